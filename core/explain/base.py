@@ -1,0 +1,148 @@
+"""What every explainer shares: layer capture, target scores, normalization, the two families.
+
+Explainers never touch the caller's model state: hooks are always removed, gradients come
+from `torch.autograd.grad` (parameters' `.grad` stay as they were) and gradient mode is
+switched on locally, so a caller inside `torch.no_grad()` still gets gradients.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from core.errors import InvalidRequest, UnknownLayer
+
+
+@dataclass
+class Explanation:
+    maps: np.ndarray        # (batch, h, w) float32 in [0, 1], at layer or input resolution
+    logits: torch.Tensor    # (batch, classes) from the explained forward pass
+    targets: torch.Tensor   # (batch,) class explained for each image
+
+
+class _Captured:
+    activation: torch.Tensor | None = None
+
+
+def find_layer(model: nn.Module, layer: str) -> nn.Module:
+    module = dict(model.named_modules()).get(layer) if layer else None
+    if module is None:
+        raise UnknownLayer(f"the model has no layer {layer!r}")
+    return module
+
+
+@contextmanager
+def capture(model: nn.Module, layer: str, start_grad_here: bool = False) -> Iterator[_Captured]:
+    """Record `layer`'s output during the next forward pass.
+
+    With `start_grad_here`, the output is swapped for a leaf that requires grad and gradient
+    mode is switched on from that point of the forward pass: run the forward under
+    `torch.no_grad()` and only the layers after `layer` record a graph. Gradients with
+    respect to the layer's output are the same; the part before it costs no autograd memory.
+    """
+    captured = _Captured()
+
+    def hook(module: nn.Module, inputs: object, output: torch.Tensor) -> torch.Tensor:
+        if captured.activation is not None:
+            raise RuntimeError(f"layer {layer!r} runs more than once per forward pass")
+        if start_grad_here:
+            torch.set_grad_enabled(True)
+            output = output.detach().requires_grad_(True)
+        captured.activation = output
+        return output
+
+    handle = find_layer(model, layer).register_forward_hook(hook)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+def resolve_targets(logits: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+    return logits.argmax(dim=1) if targets is None else targets.to(logits.device)
+
+
+def target_score(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Sum over the batch of each image's target logit: its gradient is per-image."""
+    return logits.gather(1, targets[:, None]).sum()
+
+
+def normalize_maps(maps: torch.Tensor) -> np.ndarray:
+    """Per image, min-max scale to [0, 1] (the scaling pytorch-grad-cam uses)."""
+    flat = maps.detach().float().flatten(1)
+    low = flat.min(dim=1, keepdim=True).values
+    scaled = flat - low
+    scaled = scaled / (scaled.max(dim=1, keepdim=True).values + 1e-7)
+    return scaled.view_as(maps).cpu().numpy()
+
+
+def check_range(name: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise InvalidRequest(f"{name} must be between {low} and {high}, got {value}", field=name)
+
+
+class LayerMethod:
+    """CAM family: a map over a layer's channels, weighted by what `weigh` says."""
+
+    uses_layer = True
+    needs_gradients = True
+
+    def __call__(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor | None,
+                 layer: str, **options: object) -> Explanation:
+        with capture(model, layer, start_grad_here=self.needs_gradients) as captured, torch.no_grad():
+            logits = model(inputs)
+            activations = captured.activation
+            targets = resolve_targets(logits, targets)
+            gradients = None
+            if self.needs_gradients:
+                gradients = torch.autograd.grad(target_score(logits, targets), activations)[0]
+        maps = self.combine(model, inputs, activations.detach(), gradients, targets, **options)
+        return Explanation(normalize_maps(torch.relu(maps)), logits.detach(), targets)
+
+    def combine(self, model: nn.Module, inputs: torch.Tensor, activations: torch.Tensor,
+                gradients: torch.Tensor | None, targets: torch.Tensor, **options: object) -> torch.Tensor:
+        weights = self.weigh(activations, gradients)
+        return (weights[:, :, None, None] * activations).sum(dim=1)
+
+    def weigh(self, activations: torch.Tensor, gradients: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def input_gradients(model: nn.Module, inputs: torch.Tensor,
+                    targets: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """d(target logit)/d(input) for each image, with the logits and the targets used."""
+    with torch.enable_grad():
+        x = inputs.detach().requires_grad_(True)
+        logits = model(x)
+        targets = resolve_targets(logits, targets)
+        gradients = torch.autograd.grad(target_score(logits, targets), x)[0]
+    return gradients, logits.detach(), targets
+
+
+def forward_logits(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(inputs)
+
+
+class InputMethod:
+    """Gradient family: a per-pixel attribution, reduced over colour channels to a map."""
+
+    uses_layer = False
+
+    def __call__(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor | None,
+                 layer: str | None = None, **options: object) -> Explanation:
+        attributions, logits, targets = self.attribute(model, inputs, targets, layer=layer, **options)
+        return Explanation(normalize_maps(self.reduce(attributions)), logits, targets)
+
+    def attribute(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor | None,
+                  layer: str | None = None, **options: object) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    @staticmethod
+    def reduce(attributions: torch.Tensor) -> torch.Tensor:
+        return attributions.abs().amax(dim=1)

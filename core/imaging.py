@@ -1,0 +1,124 @@
+"""Image decoding with limits, preprocessing from a ModelSpec, heatmap placement, colour maps, PNG."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from core.errors import ImageTooLarge, InvalidImage
+from core.models.spec import ModelSpec
+
+_SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
+_INTERPOLATION = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+
+
+@dataclass(frozen=True)
+class CropBox:
+    """The region of the original image (pixel coordinates, floats) that the model sees."""
+
+    left: float
+    top: float
+    right: float
+    bottom: float
+
+    def rounded(self) -> tuple[int, int, int, int]:
+        return round(self.left), round(self.top), round(self.right), round(self.bottom)
+
+
+def decode_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Decode an upload to an RGB image, honouring EXIF orientation.
+
+    Raises InvalidImage for anything that is not a complete image and ImageTooLarge for
+    images whose header declares more than `max_pixels` pixels (checked before decoding).
+    """
+    if not data:
+        raise InvalidImage("the file is empty")
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as error:
+        raise ImageTooLarge(f"image declares too many pixels: {error}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        raise InvalidImage("the file is not an image in a supported format") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageTooLarge(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
+    if width == 0 or height == 0:
+        raise InvalidImage("the image has no pixels")
+    try:
+        image.load()
+        image = ImageOps.exif_transpose(image)
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
+        raise InvalidImage(f"the image is truncated or corrupt: {error}") from None
+    return _to_rgb(image)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in _SIXTEEN_BIT_MODES:
+        values = np.asarray(image, dtype=np.float32)
+        peak = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+        image = Image.fromarray(np.clip(values * (255.0 / peak) + 0.5, 0, 255).astype(np.uint8), "L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def crop_box(width: int, height: int, spec: ModelSpec) -> CropBox:
+    """Resize-short-side-to (S + margin) then centre-crop S, expressed in original pixels."""
+    side = min(width, height) * spec.input_size / (spec.input_size + spec.resize_margin)
+    left, top = (width - side) / 2, (height - side) / 2
+    return CropBox(left, top, left + side, top + side)
+
+
+def preprocess(images: list[Image.Image], spec: ModelSpec) -> tuple[np.ndarray, list[CropBox]]:
+    """RGB images -> float32 NCHW batch normalized as the spec says, plus each crop box."""
+    size = spec.input_size
+    batch = np.empty((len(images), 3, size, size), dtype=np.float32)
+    boxes = []
+    mean = np.asarray(spec.mean, dtype=np.float32)[:, None, None]
+    inv_std = (1.0 / np.asarray(spec.std, dtype=np.float32))[:, None, None]
+    for index, image in enumerate(images):
+        box = crop_box(image.width, image.height, spec)
+        crop = image.resize((size, size), _INTERPOLATION[spec.interpolation],
+                            box=(box.left, box.top, box.right, box.bottom))
+        pixels = np.asarray(crop, dtype=np.float32).transpose(2, 0, 1)
+        np.multiply(pixels - mean, inv_std, out=batch[index])
+        boxes.append(box)
+    return batch, boxes
+
+
+def place_heatmap(saliency: np.ndarray, box: CropBox, width: int, height: int) -> np.ndarray:
+    """A [0, 1] map over the model's input -> uint8 map the size of the original image,
+    bilinearly upsampled into the crop box, 0 outside it."""
+    left, top, right, bottom = box.rounded()
+    resized = Image.fromarray(np.asarray(saliency, dtype=np.float32), "F").resize(
+        (max(right - left, 1), max(bottom - top, 1)), Image.Resampling.BILINEAR)
+    canvas = np.zeros((height, width), dtype=np.uint8)
+    inside = np.clip(np.asarray(resized) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    canvas[top:bottom, left:right] = inside[: bottom - top, : right - left]
+    return canvas
+
+
+def _jet_table() -> np.ndarray:
+    x = np.arange(256, dtype=np.float32) / 255.0
+    channels = [np.clip(1.5 - np.abs(4.0 * x - offset), 0.0, 1.0) for offset in (3.0, 2.0, 1.0)]
+    return (np.stack(channels, axis=-1) * 255.0 + 0.5).astype(np.uint8)
+
+
+JET = _jet_table()  # 256 x RGB: the classic 'jet' colours, blue = low, red = high
+
+
+def overlay(image: Image.Image, heat: np.ndarray, box: CropBox) -> np.ndarray:
+    """The image with the colour-mapped heatmap blended half-and-half over the crop box."""
+    left, top, right, bottom = box.rounded()
+    pixels = np.array(image, dtype=np.uint8)
+    region = pixels[top:bottom, left:right].astype(np.uint16)
+    region += JET[heat[top:bottom, left:right]]
+    pixels[top:bottom, left:right] = region >> 1
+    return pixels

@@ -1,0 +1,68 @@
+"""Network definitions, all with the same surface:
+
+`forward_features(x)` -> the last feature map (the default CAM layer, named `head`),
+`forward_head(features)` -> logits (global average pool, dropout, `classifier`).
+CAM, fine-tuning and ONNX export rely on that split.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+EFFICIENTNET_LITE_SIZES = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}
+
+
+class EfficientNetLite(nn.Module):
+    """EfficientNet-Lite re-wrapped from `efficientnet_lite_pytorch` with plain layer names:
+    `stem`, `blocks.0` .. `blocks.N`, `head` (last feature map), `classifier`."""
+
+    def __init__(self, architecture: str, num_classes: int, input_size: int) -> None:
+        super().__init__()
+        from efficientnet_lite_pytorch import EfficientNet
+
+        variant = architecture.replace("efficientnet_", "efficientnet-")
+        net = EfficientNet.from_name(variant, num_classes=num_classes, image_size=input_size)
+        self.stem = nn.Sequential(net._conv_stem, net._bn0, nn.ReLU6())
+        self.blocks = nn.ModuleList(net._blocks)
+        self.head = nn.Sequential(net._conv_head, net._bn1, nn.ReLU6())
+        self.dropout = nn.Dropout(net._global_params.dropout_rate)
+        self.classifier = net._fc
+        self.drop_connect_rate = net._global_params.drop_connect_rate
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for index, block in enumerate(self.blocks):
+            x = block(x, drop_connect_rate=self.drop_connect_rate * index / len(self.blocks))
+        return self.head(x)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(features.mean(dim=(2, 3))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def load_upstream_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Load a state dict saved by `efficientnet_lite_pytorch` (its key names)."""
+        renames = {
+            "_conv_stem.": "stem.0.",
+            "_bn0.": "stem.1.",
+            "_blocks.": "blocks.",
+            "_conv_head.": "head.0.",
+            "_bn1.": "head.1.",
+            "_fc.": "classifier.",
+        }
+        renamed = {}
+        for key, value in state.items():
+            for old, new in renames.items():
+                if key.startswith(old):
+                    key = new + key[len(old):]
+                    break
+            renamed[key] = value
+        self.load_state_dict(renamed, strict=True)
+
+
+def build_network(architecture: str, num_classes: int, input_size: int) -> nn.Module:
+    if architecture in EFFICIENTNET_LITE_SIZES:
+        return EfficientNetLite(architecture, num_classes, input_size)
+    raise ValueError(f"unknown architecture {architecture!r}; known: {sorted(EFFICIENTNET_LITE_SIZES)}")

@@ -1,0 +1,72 @@
+"""Export a network to ONNX once per weights digest, and check it agrees with torch."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from core.models.spec import ModelSpec
+
+AGREEMENT_TOLERANCE = 1e-4
+
+
+class _LogitsAndFeatures(nn.Module):
+    """The graph that ONNX Runtime serves: logits for predictions, the last feature map for CAM."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.network.forward_features(x)
+        return self.network.forward_head(features), features
+
+
+def onnx_path(cache_dir: Path, spec: ModelSpec) -> Path:
+    return cache_dir / f"{spec.id}-v{spec.version}-{spec.weights_digest[:16]}-{spec.input_size}.onnx"
+
+
+def ensure_onnx(network: nn.Module, spec: ModelSpec, cache_dir: Path) -> Path:
+    """Return the cached ONNX file for this spec's weights, exporting it first if needed."""
+    path = onnx_path(cache_dir, spec)
+    if path.exists():
+        return path
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=cache_dir, suffix=".onnx.partial")
+    os.close(handle)
+    try:
+        export_onnx(network, spec.input_size, Path(temporary))
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+    return path
+
+
+def export_onnx(network: nn.Module, input_size: int, path: Path) -> None:
+    example = torch.zeros(1, 3, input_size, input_size)
+    wrapper = _LogitsAndFeatures(network).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapper, (example,), str(path), dynamo=False, opset_version=17,
+            input_names=["input"], output_names=["logits", "features"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}, "features": {0: "batch"}},
+        )
+
+
+def max_logit_difference(network: nn.Module, predictor, input_size: int) -> float:
+    """Largest |torch - ONNX Runtime| logit on a fixed input in the normalized pixel range."""
+    generator = torch.Generator().manual_seed(0)
+    example = torch.rand(2, 3, input_size, input_size, generator=generator) * 2 - 1
+    device = next(network.parameters()).device
+    with torch.no_grad():
+        expected = network(example.to(device)).float().cpu().numpy()
+    actual = predictor.logits(example.numpy())
+    return float(np.abs(expected - actual).max())

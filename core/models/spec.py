@@ -1,0 +1,45 @@
+"""ModelSpec: everything needed to use a model without guessing."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    id: str
+    version: int
+    architecture: str
+    labels: tuple[str, ...]
+    input_size: int
+    # Preprocessing: pixel values in 0..255 become (x - mean) / std per channel.
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    # Resize the short side to input_size + resize_margin, then centre-crop input_size.
+    resize_margin: int
+    interpolation: str
+    cam_layer: str
+    classifier_layer: str
+    weights_digest: str = ""
+    description: str = ""
+    attention: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.id}@{self.version}"
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelSpec":
+        raw = json.loads(text)
+        for key in ("labels", "mean", "std", "attention"):
+            raw[key] = tuple(raw.get(key, ()))
+        return cls(**raw)

@@ -1,0 +1,136 @@
+"""Predict and explain a batch of decoded images with a loaded model."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+
+from core import imaging
+from core.png import encode_png
+from core.errors import InvalidRequest, TargetOutOfRange, UnknownLayer, UnknownMethod
+from core.explain import METHODS
+from core.explain.base import normalize_maps
+from core.explain.cam import class_activation_maps
+from core.models.registry import LoadedModel
+from core.models.spec import ModelSpec
+
+
+@dataclass(frozen=True)
+class Prediction:
+    index: int
+    label: str
+    probability: float
+
+
+@dataclass
+class RenderedExplanation:
+    method: str
+    target: Prediction
+    layer: str | None
+    heatmap_png: bytes
+    overlay_png: bytes
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class ImageResult:
+    predictions: list[Prediction]
+    explanation: RenderedExplanation | None = None
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def top_predictions(probabilities: np.ndarray, spec: ModelSpec, top_k: int) -> list[list[Prediction]]:
+    if not 1 <= top_k <= spec.num_classes:
+        raise InvalidRequest(f"top_k must be between 1 and {spec.num_classes}, got {top_k}", field="top_k")
+    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
+    return [[Prediction(int(i), spec.labels[i], float(row[i])) for i in indices]
+            for row, indices in zip(probabilities, order)]
+
+
+def predict(model: LoadedModel, images: list[Image.Image], top_k: int = 5) -> list[ImageResult]:
+    batch, _ = imaging.preprocess(images, model.spec)
+    probabilities = softmax(model.predictor.logits(batch))
+    return [ImageResult(predictions) for predictions in top_predictions(probabilities, model.spec, top_k)]
+
+
+def _resolve_targets(targets: list[int] | None, count: int, spec: ModelSpec) -> torch.Tensor | None:
+    if not targets:
+        return None
+    if len(targets) not in (1, count):
+        raise InvalidRequest(f"give one target for all images or one per image ({count}), "
+                             f"got {len(targets)}", field="target")
+    for target in targets:
+        if not 0 <= target < spec.num_classes:
+            raise TargetOutOfRange(f"target {target} is out of range: the model has classes 0.."
+                                   f"{spec.num_classes - 1}", field="target")
+    return torch.tensor(targets * count if len(targets) == 1 else targets, dtype=torch.long)
+
+
+def _resolve_layer(model: LoadedModel, method_name: str, layer: str | None) -> str | None:
+    method = METHODS[method_name]
+    if layer and layer not in model.layers:
+        raise UnknownLayer(f"model {model.spec.id!r} has no targetable layer {layer!r}",
+                           field="layer", valid=list(model.layers))
+    if not method.uses_layer:
+        return None
+    layer = layer or model.spec.cam_layer
+    if getattr(method, "default_layer_only", False) and layer != model.spec.cam_layer:
+        raise UnknownLayer(f"{method_name} works only at the layer that feeds the classifier, "
+                           f"{model.spec.cam_layer!r}", field="layer", valid=[model.spec.cam_layer])
+    return layer
+
+
+def explain(model: LoadedModel, images: list[Image.Image], method_name: str,
+            targets: list[int] | None = None, layer: str | None = None,
+            options: dict[str, object] | None = None, top_k: int = 5) -> list[ImageResult]:
+    if method_name not in METHODS:
+        raise UnknownMethod(f"unknown method {method_name!r}", field="method", valid=sorted(METHODS))
+    spec = model.spec
+    layer = _resolve_layer(model, method_name, layer)
+    wanted = _resolve_targets(targets, len(images), spec)
+    started = time.perf_counter()
+    batch, boxes = imaging.preprocess(images, spec)
+    preprocessed = time.perf_counter()
+    if method_name == "cam":
+        maps, logits, chosen = _cam_from_onnx(model, batch, wanted)
+    else:
+        inputs = torch.from_numpy(batch).to(model.device)
+        with model.lock:
+            result = METHODS[method_name](model.network, inputs, wanted, layer, input_mean=spec.mean,
+                                          input_std=spec.std, **(options or {}))
+        maps, logits, chosen = result.maps, result.logits.float().cpu().numpy(), result.targets.cpu().numpy()
+    explained = time.perf_counter()
+    probabilities = softmax(logits)
+    predictions = top_predictions(probabilities, spec, top_k)
+    results = []
+    for index, image in enumerate(images):
+        render_start = time.perf_counter()
+        heat = imaging.place_heatmap(maps[index], boxes[index], image.width, image.height)
+        heatmap_png = encode_png(heat)
+        overlay_png = encode_png(imaging.overlay(image, heat, boxes[index]))
+        target = int(chosen[index])
+        timings = {"preprocess": (preprocessed - started) * 1000, "model": (explained - preprocessed) * 1000,
+                   "render": (time.perf_counter() - render_start) * 1000}
+        rendered = RenderedExplanation(method_name, Prediction(target, spec.labels[target],
+                                                               float(probabilities[index, target])),
+                                       layer, heatmap_png, overlay_png, timings)
+        results.append(ImageResult(predictions[index], rendered))
+    return results
+
+
+def _cam_from_onnx(model: LoadedModel, batch: np.ndarray,
+                   wanted: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """CAM from the feature map of the same ONNX Runtime forward that makes the prediction."""
+    logits, features = model.predictor.logits_and_features(batch)
+    chosen = torch.from_numpy(logits.argmax(axis=1)) if wanted is None else wanted
+    weight = model.network.classifier.weight.detach().float().cpu()
+    maps = class_activation_maps(torch.from_numpy(features), weight, chosen)
+    return normalize_maps(torch.relu(maps)), logits, chosen.numpy()

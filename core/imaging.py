@@ -95,12 +95,13 @@ def preprocess(images: list[Image.Image], spec: ModelSpec) -> tuple[np.ndarray, 
 
 def place_heatmap(saliency: np.ndarray, box: CropBox, width: int, height: int) -> np.ndarray:
     """A [0, 1] map over the model's input -> uint8 map the size of the original image,
-    bilinearly upsampled into the crop box, 0 outside it."""
+    bilinearly upsampled into the crop box (its peak scaled to 255), 0 outside it."""
     left, top, right, bottom = box.rounded()
-    resized = Image.fromarray(np.asarray(saliency, dtype=np.float32), "F").resize(
-        (max(right - left, 1), max(bottom - top, 1)), Image.Resampling.BILINEAR)
+    resized = np.asarray(Image.fromarray(np.asarray(saliency, dtype=np.float32), "F").resize(
+        (max(right - left, 1), max(bottom - top, 1)), Image.Resampling.BILINEAR))
+    peak = float(resized.max())
     canvas = np.zeros((height, width), dtype=np.uint8)
-    inside = np.clip(np.asarray(resized) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    inside = np.clip(resized * (255.0 / peak if peak > 0 else 0.0) + 0.5, 0, 255).astype(np.uint8)
     canvas[top:bottom, left:right] = inside[: bottom - top, : right - left]
     return canvas
 

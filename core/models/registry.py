@@ -74,6 +74,9 @@ class ModelRegistry:
             self._specs[model_id] = catalog.builtin_spec(model_id)
         return self._specs[model_id]
 
+    def loaded(self, model_id: str) -> LoadedModel | None:
+        return self._loaded.get(model_id)
+
     def get(self, model_id: str) -> LoadedModel:
         loaded = self._loaded.get(model_id)
         if loaded is not None:

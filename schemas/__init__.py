@@ -1,0 +1,1 @@
+"""Pydantic wire models shared by the service and the worker."""

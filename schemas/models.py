@@ -1,0 +1,77 @@
+"""Wire models for models, predictions and explanations."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class ModelRef(BaseModel):
+    id: str
+    version: int
+
+
+class Prediction(BaseModel):
+    index: int
+    label: str
+    probability: float
+
+
+class PredictResult(BaseModel):
+    predictions: list[Prediction]
+
+
+class PredictResponse(BaseModel):
+    model: ModelRef
+    results: list[PredictResult]
+
+
+class Explanation(BaseModel):
+    method: str
+    target: Prediction
+    layer: str | None = Field(description="the layer explained; null for input-gradient methods")
+    heatmap_png: str = Field(description="base64 8-bit grey PNG, the uploaded image's size; "
+                                         "255 = most important, 0 outside the model's centre crop")
+    overlay_png: str = Field(description="base64 PNG: the colour-mapped heatmap blended over the image")
+    timings_ms: dict[str, float]
+
+
+class ExplainResult(BaseModel):
+    predictions: list[Prediction]
+    explanation: Explanation
+
+
+class ExplainResponse(BaseModel):
+    model: ModelRef
+    results: list[ExplainResult]
+
+
+class Preprocessing(BaseModel):
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    resize_short_side_to: int
+    center_crop: int
+    interpolation: str
+
+
+class ModelSummary(BaseModel):
+    id: str
+    version: int
+    architecture: str
+    input_size: int
+    num_classes: int
+    description: str
+
+
+class ModelDetail(ModelSummary):
+    default_layer: str
+    layers: list[str]
+    methods: list[str]
+    attention: list[str]
+    preprocessing: Preprocessing
+    weights_digest: str
+    status: str
+
+
+class ModelList(BaseModel):
+    data: list[ModelSummary]
+    count: int

@@ -1,0 +1,1 @@
+"""Gazer's HTTP API (FastAPI)."""

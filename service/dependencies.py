@@ -1,0 +1,44 @@
+"""Typed dependencies for the routers."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request, UploadFile
+from starlette.concurrency import run_in_threadpool
+
+from core.errors import PayloadTooLarge, TooManyFiles
+from core.models.registry import LoadedModel, ModelRegistry
+from service.settings import Settings
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_registry(request: Request) -> ModelRegistry:
+    return request.app.state.registry
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
+
+
+async def get_model(model: str, registry: RegistryDep) -> LoadedModel:
+    """The model named in the path, loaded (off the event loop) on first use."""
+    return registry.loaded(model) or await run_in_threadpool(registry.get, model)
+
+
+ModelDep = Annotated[LoadedModel, Depends(get_model)]
+
+
+async def read_uploads(files: list[UploadFile], settings: Settings) -> list[bytes]:
+    if len(files) > settings.max_files:
+        raise TooManyFiles(f"{len(files)} files in one request; the limit is {settings.max_files}")
+    blobs = []
+    for index, upload in enumerate(files):
+        if upload.size is not None and upload.size > settings.max_file_bytes:
+            raise PayloadTooLarge(f"file {index} ({upload.filename}) is {upload.size} bytes; "
+                                  f"the limit is {settings.max_file_bytes}")
+        blobs.append(await upload.read())
+    return blobs

@@ -1,0 +1,77 @@
+"""Every error leaves as application/problem+json; domain errors map to statuses here only."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from core import errors
+from schemas.problems import FieldError, Problem
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+STATUS_BY_ERROR: list[tuple[type[errors.GazerError], int]] = [
+    (errors.NotFound, 404),
+    (errors.ImageTooLarge, 413),
+    (errors.PayloadTooLarge, 413),
+    (errors.TooManyFiles, 413),
+    (errors.ModelNotReady, 503),
+    (errors.InvalidImage, 422),
+    (errors.InvalidRequest, 422),
+]
+
+TITLES = {400: "Bad request", 404: "Not found", 405: "Method not allowed", 406: "Not acceptable",
+          413: "Content too large", 422: "Unprocessable content", 500: "Internal server error",
+          503: "Service unavailable"}
+
+
+def problem_response(status: int, code: str, detail: str, errors_: list[FieldError] | None = None,
+                     valid: list[str] | None = None) -> JSONResponse:
+    body = Problem(type=f"/problems/{code}", title=TITLES.get(status, "Error"), status=status,
+                   detail=detail, errors=errors_, valid=valid)
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=status, media_type=PROBLEM_JSON)
+
+
+def status_for(error: errors.GazerError) -> int:
+    for error_type, status in STATUS_BY_ERROR:
+        if isinstance(error, error_type):
+            return status
+    return 400
+
+
+async def _gazer_error(request: Request, error: errors.GazerError) -> JSONResponse:
+    field = error.extra.get("field")
+    field_errors = [FieldError(field=str(field), message=error.detail)] if field else None
+    valid = error.extra.get("valid")
+    return problem_response(status_for(error), error.code, error.detail, field_errors,
+                            [str(v) for v in valid] if valid else None)
+
+
+async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+    field_errors = [FieldError(field=".".join(str(part) for part in item["loc"]), message=item["msg"])
+                    for item in error.errors()]
+    detail = "; ".join(f"{item.field}: {item.message}" for item in field_errors)
+    return problem_response(422, "validation-error", detail, field_errors)
+
+
+async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+    code = TITLES.get(error.status_code, "http-error").lower().replace(" ", "-")
+    return problem_response(error.status_code, code, str(error.detail))
+
+
+async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem_response(500, "internal-error", "the server failed to handle this request; it is logged")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(errors.GazerError, _gazer_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)

@@ -1,0 +1,123 @@
+"""Models: list, describe, predict, explain."""
+
+from __future__ import annotations
+
+import base64
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from core import pipeline
+from core.errors import GazerError, InvalidRequest
+from core.explain import METHODS
+from core.explain.integrated_gradients import BASELINES
+from core.imaging import decode_image
+from core.models.spec import ModelSpec
+from schemas import models as wire
+from service.dependencies import ModelDep, RegistryDep, SettingsDep, read_uploads
+from service.settings import Settings
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+Files = Annotated[list[UploadFile], File(description="one or more images (JPEG, PNG, WebP, TIFF, BMP, GIF)")]
+TopK = Annotated[int, Form(ge=1, description="how many classes to return per image")]
+
+
+def _summary(spec: ModelSpec) -> wire.ModelSummary:
+    return wire.ModelSummary(id=spec.id, version=spec.version, architecture=spec.architecture,
+                             input_size=spec.input_size, num_classes=spec.num_classes,
+                             description=spec.description)
+
+
+def _ref(spec: ModelSpec) -> wire.ModelRef:
+    return wire.ModelRef(id=spec.id, version=spec.version)
+
+
+def _predictions(predictions: list[pipeline.Prediction]) -> list[wire.Prediction]:
+    return [wire.Prediction(index=p.index, label=p.label, probability=p.probability) for p in predictions]
+
+
+def _decode_all(blobs: list[bytes], settings: Settings) -> list:
+    images = []
+    for index, blob in enumerate(blobs):
+        try:
+            images.append(decode_image(blob, settings.max_image_pixels))
+        except GazerError as error:
+            error.detail = f"file {index}: {error.detail}"
+            raise
+    return images
+
+
+@router.get("", response_model=wire.ModelList)
+async def list_models(registry: RegistryDep) -> wire.ModelList:
+    specs = [registry.spec(model_id) for model_id in registry.model_ids()]
+    return wire.ModelList(data=[_summary(spec) for spec in specs], count=len(specs))
+
+
+@router.get("/{model}", response_model=wire.ModelDetail)
+async def describe_model(model: ModelDep) -> wire.ModelDetail:
+    spec = model.spec
+    return wire.ModelDetail(
+        **_summary(spec).model_dump(), default_layer=spec.cam_layer, layers=list(model.layers),
+        methods=sorted(METHODS), attention=list(spec.attention), weights_digest=spec.weights_digest,
+        status="ready",
+        preprocessing=wire.Preprocessing(mean=spec.mean, std=spec.std, center_crop=spec.input_size,
+                                         resize_short_side_to=spec.input_size + spec.resize_margin,
+                                         interpolation=spec.interpolation))
+
+
+@router.post("/{model}/predict", response_model=wire.PredictResponse)
+async def predict(model: ModelDep, settings: SettingsDep, file: Files, top_k: TopK = 5) -> wire.PredictResponse:
+    blobs = await read_uploads(file, settings)
+
+    def work() -> list[pipeline.ImageResult]:
+        return pipeline.predict(model, _decode_all(blobs, settings), top_k)
+
+    results = await run_in_threadpool(work)
+    return wire.PredictResponse(model=_ref(model.spec),
+                                results=[wire.PredictResult(predictions=_predictions(r.predictions))
+                                         for r in results])
+
+
+@router.post("/{model}/explain", response_model=wire.ExplainResponse,
+             responses={200: {"content": {"image/png": {}},
+                              "description": "JSON, or with `Accept: image/png` and one file the overlay PNG"}})
+async def explain(
+    request: Request,
+    model: ModelDep,
+    settings: SettingsDep,
+    file: Files,
+    method: Annotated[str, Form(description=f"one of: {', '.join(METHODS)}")] = "gradcam",
+    target: Annotated[list[int] | None, Form(description="class index; one for all files or one per file; "
+                                                         "default each image's top-1")] = None,
+    layer: Annotated[str | None, Form(description="layer to explain; default the model's CAM layer")] = None,
+    steps: Annotated[int | None, Form(description="integrated_gradients: path steps (default 50)")] = None,
+    baseline: Annotated[str | None, Form(description=f"integrated_gradients: {' | '.join(BASELINES)}")] = None,
+    samples: Annotated[int | None, Form(description="smoothgrad: noisy samples (default 25)")] = None,
+    noise: Annotated[float | None, Form(description="smoothgrad: noise as a fraction of the value range")] = None,
+    top_k: TopK = 5,
+) -> Response | wire.ExplainResponse:
+    wants_png = "image/png" in request.headers.get("accept", "")
+    if wants_png and len(file) != 1:
+        raise InvalidRequest("Accept: image/png answers one overlay PNG, so send exactly one file", field="file")
+    blobs = await read_uploads(file, settings)
+    given = {"steps": steps, "baseline": baseline, "samples": samples, "noise": noise}
+    options = {name: value for name, value in given.items() if value is not None}
+
+    def work() -> list[pipeline.ImageResult]:
+        return pipeline.explain(model, _decode_all(blobs, settings), method, target, layer, options, top_k)
+
+    results = await run_in_threadpool(work)
+    if wants_png:
+        return Response(results[0].explanation.overlay_png, media_type="image/png")
+    return wire.ExplainResponse(model=_ref(model.spec), results=[
+        wire.ExplainResult(predictions=_predictions(r.predictions), explanation=wire.Explanation(
+            method=r.explanation.method,
+            target=_predictions([r.explanation.target])[0],
+            layer=r.explanation.layer,
+            heatmap_png=base64.b64encode(r.explanation.heatmap_png).decode("ascii"),
+            overlay_png=base64.b64encode(r.explanation.overlay_png).decode("ascii"),
+            timings_ms=r.explanation.timings_ms))
+        for r in results])

@@ -1,0 +1,19 @@
+"""Service settings, read from GAZER_* environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GAZER_")
+
+    data_dir: Path = Path("var")
+    default_model: str = "efficientnet_lite0"
+    max_request_bytes: int = 50 * 1024 * 1024
+    max_file_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    max_files: int = 64
+    redis_url: str | None = None

@@ -1,0 +1,105 @@
+"""The explain contract over HTTP, for every method, on real photos."""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import pytest
+
+from core.explain import METHODS
+from core.imaging import crop_box
+from tests.conftest import MODEL
+from tests.images import chelsea, decode_png, encode, png_size, upload
+
+FAST_OPTIONS = {"integrated_gradients": {"steps": 8}, "smoothgrad": {"samples": 4}}
+
+
+@pytest.fixture(scope="module")
+def chelsea_jpeg():
+    return encode(chelsea())
+
+
+def explain(client, files, **form):
+    return client.post(f"/v1/models/{MODEL}/explain", files=files, data=form)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_honours_the_contract(client, chelsea_jpeg, method):
+    if method == "scorecam":
+        form = {"method": method, "layer": "blocks.15"}  # 320 channels: a few seconds, not 1280
+    else:
+        form = {"method": method, **FAST_OPTIONS.get(method, {})}
+    response = explain(client, [upload(chelsea_jpeg)], **form)
+    assert response.status_code == 200, response.text
+    result = response.json()["results"][0]
+    explanation = result["explanation"]
+    assert explanation["method"] == method
+    assert explanation["target"]["index"] == result["predictions"][0]["index"]
+    heatmap = decode_png(base64.b64decode(explanation["heatmap_png"]))
+    overlay = decode_png(base64.b64decode(explanation["overlay_png"]))
+    assert heatmap.shape == (300, 451) and heatmap.dtype == np.uint8  # grey, the upload's size
+    assert overlay.shape == (300, 451, 3)
+    left, top, right, bottom = crop_box(451, 300, client.app.state.registry.spec(MODEL)).rounded()
+    assert heatmap.max() == 255
+    assert heatmap[:, :left].max() == 0 and heatmap[:, right:].max() == 0  # outside the centre crop
+    assert set(explanation["timings_ms"]) == {"preprocess", "model", "render"}
+
+
+def test_gradcam_on_a_batch_with_a_target_per_image(client, chelsea_jpeg):
+    files = [upload(chelsea_jpeg), upload(encode(chelsea().transpose(0)))]
+    body = explain(client, files, method="gradcam", target=[281, 285]).json()
+    assert [r["explanation"]["target"]["index"] for r in body["results"]] == [281, 285]
+    assert body["results"][0]["explanation"]["target"]["label"] == "tabby, tabby cat"
+
+
+def test_one_target_applies_to_every_image(client, chelsea_jpeg):
+    body = explain(client, [upload(chelsea_jpeg)] * 2, method="gradcam++", target=[283]).json()
+    assert [r["explanation"]["target"]["index"] for r in body["results"]] == [283, 283]
+
+
+def test_different_targets_give_different_maps(client, chelsea_jpeg):
+    maps = []
+    for target in (282, 967):  # tiger cat vs espresso
+        body = explain(client, [upload(chelsea_jpeg)], method="gradcam", target=[target]).json()
+        maps.append(decode_png(base64.b64decode(body["results"][0]["explanation"]["heatmap_png"])))
+    assert np.abs(maps[0].astype(int) - maps[1].astype(int)).mean() > 10
+
+
+def test_layer_can_be_chosen(client, chelsea_jpeg):
+    body = explain(client, [upload(chelsea_jpeg)], method="gradcam", layer="blocks.10").json()
+    assert body["results"][0]["explanation"]["layer"] == "blocks.10"
+
+
+def test_cam_and_gradcam_at_the_classifier_layer_agree(client, chelsea_jpeg):
+    """With global average pooling + linear head, Grad-CAM weights are the class weights / HW."""
+    maps = {}
+    for method in ("cam", "gradcam"):
+        body = explain(client, [upload(chelsea_jpeg)], method=method).json()
+        maps[method] = decode_png(base64.b64decode(body["results"][0]["explanation"]["heatmap_png"]))
+    assert np.abs(maps["cam"].astype(int) - maps["gradcam"].astype(int)).max() <= 2
+
+
+def test_integrated_gradients_baselines(client, chelsea_jpeg):
+    heatmaps = []
+    for baseline in ("black", "blur", "uniform"):
+        response = explain(client, [upload(chelsea_jpeg)], method="integrated_gradients", steps=8, baseline=baseline)
+        assert response.status_code == 200, response.text
+        heatmaps.append(response.json()["results"][0]["explanation"]["heatmap_png"])
+    assert len(set(heatmaps)) == 3
+    bad = explain(client, [upload(chelsea_jpeg)], method="integrated_gradients", baseline="grey")
+    assert bad.status_code == 422 and "black" in bad.json()["detail"]
+
+
+def test_accept_png_returns_the_overlay_itself(client, chelsea_jpeg):
+    response = client.post(f"/v1/models/{MODEL}/explain", files=[upload(chelsea_jpeg)],
+                           data={"method": "cam"}, headers={"Accept": "image/png"})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "image/png"
+    assert png_size(response.content) == (451, 300)
+
+
+def test_explanations_are_repeatable(client, chelsea_jpeg):
+    first, second = (explain(client, [upload(chelsea_jpeg)], method="smoothgrad", samples=4).json()
+                     for _ in range(2))
+    assert first["results"][0]["explanation"]["heatmap_png"] == second["results"][0]["explanation"]["heatmap_png"]

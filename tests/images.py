@@ -44,3 +44,53 @@ def png_size(blob: bytes) -> tuple[int, int]:
 
 def decode_png(blob: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(blob)))
+
+
+POINTING_GAME_BACKGROUNDS = ("plain", "noise")
+
+
+def pointing_game_cases(seed: int = 0, size: int = 448, object_fraction: tuple[float, float] = (1 / 3, 1 / 2.5),
+                        input_size: int = 224, resize_margin: int = 32):
+    """Pointing-game composites: each foolbox ImageNet photo pasted at a random place on a square canvas.
+
+    Yields 40 (composite RGB image, object box (left, top, right, bottom) in composite pixels, label):
+    first the 20 photos (in `foolbox_imagenet_photos()` order) on a plain background of a random colour
+    (each channel uniform in 48..207), then the same 20 photos on Gaussian noise (mean 128, std 48 per
+    pixel and channel, clipped to 0..255). Each photo is resized (aspect kept) so its long side is a random
+    fraction in `object_fraction` of the canvas, and placed at a random position fully inside the centre
+    crop the model sees (short side resized to input_size + resize_margin, centre crop input_size, as
+    core.imaging.crop_box computes). Everything comes from one numpy Generator(seed): deterministic.
+    """
+    rng = np.random.default_rng(seed)
+    side = size * input_size / (input_size + resize_margin)
+    low, high = int(np.ceil((size - side) / 2)), int(np.floor((size + side) / 2))  # integer box inside the crop
+    photos = [(Image.open(path).convert("RGB"), label) for path, label in foolbox_imagenet_photos()]
+    for background in POINTING_GAME_BACKGROUNDS:
+        for photo, label in photos:
+            if background == "plain":
+                colour = tuple(int(c) for c in rng.integers(48, 208, size=3))
+                canvas = Image.new("RGB", (size, size), colour)
+            else:
+                noise = rng.normal(128.0, 48.0, size=(size, size, 3))
+                canvas = Image.fromarray(np.clip(noise + 0.5, 0, 255).astype(np.uint8), "RGB")
+            long_side = int(round(size * rng.uniform(*object_fraction)))
+            scale = long_side / max(photo.size)
+            width, height = max(1, round(photo.width * scale)), max(1, round(photo.height * scale))
+            left = int(rng.integers(low, high - width + 1))
+            top = int(rng.integers(low, high - height + 1))
+            canvas.paste(photo.resize((width, height), Image.Resampling.LANCZOS), (left, top))
+            yield canvas, (left, top, left + width, top + height), label
+
+
+def heatmap_peak(heatmap: np.ndarray) -> tuple[float, float]:
+    """(x, y) of a heatmap's maximum; where several pixels tie at the maximum, their centroid."""
+    ys, xs = np.nonzero(heatmap == heatmap.max())
+    return float(xs.mean()), float(ys.mean())
+
+
+def point_in_box(point: tuple[float, float], box: tuple[int, int, int, int], tolerance: float = 0.0) -> bool:
+    """Whether pixel (x, y) lies in box (left, top, right, bottom; right/bottom exclusive), widened by
+    `tolerance` pixels on every side."""
+    x, y = point
+    left, top, right, bottom = box
+    return left - tolerance <= x <= right - 1 + tolerance and top - tolerance <= y <= bottom - 1 + tolerance

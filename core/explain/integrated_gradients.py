@@ -28,8 +28,9 @@ def make_baseline(kind: str, inputs: torch.Tensor, mean: tuple[float, ...], std:
     if kind == "black":
         return ((0.0 - mean_t) / std_t).expand_as(inputs).contiguous()
     if kind == "uniform":
-        generator = torch.Generator().manual_seed(seed)
-        pixels = torch.rand(inputs.shape, generator=generator).to(inputs.device) * 255.0
+        generator = torch.Generator()  # re-seeded per image: independent of the rest of the batch
+        pixels = torch.stack([torch.rand(inputs.shape[1:], generator=generator.manual_seed(seed))
+                              for _ in range(inputs.shape[0])]).to(inputs.device) * 255.0
         return (pixels - mean_t) / std_t
     if kind == "blur":
         return gaussian_blur(inputs, sigma=inputs.shape[-1] / 16)

@@ -11,10 +11,12 @@ MAX_SAMPLES = 256
 
 
 def smoothgrad_noise(inputs: torch.Tensor, samples: int, noise: float, seed: int) -> torch.Tensor:
-    """(samples, *inputs.shape) Gaussian noise, scaled per image."""
-    generator = torch.Generator().manual_seed(seed)
+    """(samples, *inputs.shape) Gaussian noise, scaled per image. Each image's noise is drawn
+    from its own generator seeded with `seed`, so it does not depend on the batch around it."""
+    generator = torch.Generator()
     spread = (inputs.flatten(1).max(dim=1).values - inputs.flatten(1).min(dim=1).values) * noise
-    unit = torch.randn((samples, *inputs.shape), generator=generator).to(inputs.device)
+    unit = torch.stack([torch.randn((samples, *inputs.shape[1:]), generator=generator.manual_seed(seed))
+                        for _ in range(inputs.shape[0])], dim=1).to(inputs.device)
     return unit * spread[None, :, None, None, None]
 
 

@@ -1,0 +1,227 @@
+"""Bad input gets a clear 4xx problem+json, and the server keeps serving."""
+
+from __future__ import annotations
+
+import base64
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from service.app import create_app
+from service.settings import Settings
+from tests.conftest import MODEL
+from tests.images import chelsea, decode_png, encode, png_size, upload
+
+PREDICT = f"/v1/models/{MODEL}/predict"
+EXPLAIN = f"/v1/models/{MODEL}/explain"
+CATS = range(281, 294)
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A tiny, valid-looking PNG whose header declares width x height pixels."""
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+            + chunk(b"IEND", b""))
+
+
+def assert_problem(response, status: int, problem_type: str) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert body["type"] == f"/problems/{problem_type}" and body["status"] == status
+    assert body["detail"] and "Traceback" not in response.text
+    return body
+
+
+def assert_still_serving(client) -> None:
+    response = client.post(PREDICT, files=[upload(encode(chelsea()))])
+    assert response.status_code == 200
+    assert response.json()["results"][0]["predictions"][0]["index"] in CATS
+
+
+@pytest.mark.parametrize("blob, detail", [
+    (b"", "empty"),
+    (b"this is not an image at all", "not an image"),
+    (encode(chelsea())[:4000], "truncated"),
+    (encode(chelsea(), "PNG")[:3000], "truncated"),
+])
+def test_unreadable_files_are_422(client, blob, detail):
+    for path in (PREDICT, EXPLAIN):
+        body = assert_problem(client.post(path, files=[upload(blob)]), 422, "invalid-image")
+        assert detail in body["detail"] and body["detail"].startswith("file 0:")
+    assert_still_serving(client)
+
+
+def test_the_bad_file_is_named_in_a_batch(client):
+    files = [upload(encode(chelsea())), upload(b"garbage")]
+    body = assert_problem(client.post(PREDICT, files=files), 422, "invalid-image")
+    assert body["detail"].startswith("file 1:")
+
+
+@pytest.mark.parametrize("width, height", [(30000, 30000), (8000, 8000)])
+def test_decompression_bombs_are_refused_before_decoding(client, width, height):
+    blob = png_declaring(width, height)
+    assert len(blob) < 200
+    body = assert_problem(client.post(PREDICT, files=[upload(blob, "bomb.png", "image/png")]), 413,
+                          "image-too-large")
+    assert "pixels" in body["detail"]
+    assert_still_serving(client)
+
+
+def test_unknown_model_is_404(client):
+    for path in ("/v1/models/resnet9000", "/v1/models/resnet9000/predict", "/v1/models/resnet9000/explain"):
+        response = client.get(path) if path.count("/") == 3 else client.post(path, files=[upload(encode(chelsea()))])
+        body = assert_problem(response, 404, "unknown-model")
+        assert "efficientnet_lite0" in body["detail"]
+
+
+def test_unknown_method_is_422_listing_the_valid_ones(client):
+    body = assert_problem(client.post(EXPLAIN, files=[upload(encode(chelsea()))], data={"method": "magic"}),
+                          422, "unknown-method")
+    assert "gradcam" in body["valid"] and "integrated_gradients" in body["valid"]
+
+
+def test_unknown_layer_is_422_listing_the_valid_ones(client):
+    body = assert_problem(client.post(EXPLAIN, files=[upload(encode(chelsea()))], data={"layer": "conv99"}),
+                          422, "unknown-layer")
+    assert "head" in body["valid"] and "blocks.3" in body["valid"]
+    assert body["errors"][0]["field"] == "layer"
+
+
+def test_cam_only_at_the_classifier_layer(client):
+    body = assert_problem(client.post(EXPLAIN, files=[upload(encode(chelsea()))],
+                                      data={"method": "cam", "layer": "blocks.3"}), 422, "unknown-layer")
+    assert body["valid"] == ["head"]
+
+
+@pytest.mark.parametrize("target", [1000, -1, 5000])
+def test_target_out_of_range_is_422(client, target):
+    body = assert_problem(client.post(EXPLAIN, files=[upload(encode(chelsea()))], data={"target": target}),
+                          422, "target-out-of-range")
+    assert "0..999" in body["detail"]
+
+
+def test_wrong_number_of_targets_is_422(client):
+    files = [upload(encode(chelsea()))] * 3
+    assert_problem(client.post(EXPLAIN, files=files, data={"target": [1, 2]}), 422, "invalid-request")
+
+
+@pytest.mark.parametrize("form, field", [
+    ({"top_k": "abc"}, "top_k"), ({"top_k": 0}, "top_k"), ({"top_k": 1001}, "top_k"),
+    ({"target": "cat"}, "target"), ({"method": "integrated_gradients", "steps": 0}, "steps"),
+    ({"method": "integrated_gradients", "steps": 100000}, "steps"),
+    ({"method": "smoothgrad", "samples": 0}, "samples"), ({"method": "smoothgrad", "noise": 3}, "noise"),
+])
+def test_bad_parameters_are_422_naming_the_field(client, form, field):
+    response = client.post(EXPLAIN, files=[upload(encode(chelsea()))], data=form)
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert any(field in error["field"] for error in response.json()["errors"])
+
+
+def test_missing_file_is_422(client):
+    body = assert_problem(client.post(PREDICT, data={"top_k": 3}), 422, "validation-error")
+    assert body["errors"][0]["field"].endswith("file")
+
+
+def test_png_answer_needs_exactly_one_file(client):
+    response = client.post(EXPLAIN, files=[upload(encode(chelsea()))] * 2, headers={"Accept": "image/png"})
+    assert_problem(response, 422, "invalid-request")
+
+
+@pytest.fixture(scope="module")
+def strict_client(data_dir):
+    settings = Settings(data_dir=data_dir, max_file_bytes=60_000, max_request_bytes=200_000, max_files=3)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        yield client
+
+
+def test_upload_over_the_request_limit_is_413(strict_client):
+    big = np.random.default_rng(0).integers(0, 256, (600, 600, 3), dtype=np.uint8)
+    blob = encode(Image.fromarray(big), "PNG")
+    assert len(blob) > 200_000
+    body = assert_problem(strict_client.post(PREDICT, files=[upload(blob, "big.png", "image/png")]), 413,
+                          "payload-too-large")
+    assert "200000" in body["detail"]
+    assert_still_serving(strict_client)
+
+
+def test_file_over_the_file_limit_is_413(strict_client):
+    noisy = np.random.default_rng(1).integers(0, 256, (200, 200, 3), dtype=np.uint8)
+    blob = encode(Image.fromarray(noisy), "PNG")
+    assert 60_000 < len(blob) < 200_000
+    assert_problem(strict_client.post(PREDICT, files=[upload(blob, "noisy.png", "image/png")]), 413,
+                   "payload-too-large")
+
+
+def test_too_many_files_is_413(strict_client):
+    small = encode(chelsea().resize((64, 43)))
+    body = assert_problem(strict_client.post(PREDICT, files=[upload(small)] * 4), 413, "too-many-files")
+    assert "limit is 3" in body["detail"]
+    assert strict_client.post(PREDICT, files=[upload(small)] * 3).status_code == 200
+
+
+def cmyk_jpeg() -> bytes:
+    return encode(chelsea().convert("CMYK"), "JPEG")
+
+
+def sixteen_bit_png() -> bytes:
+    grey = np.asarray(chelsea().convert("L"), dtype=np.uint16) * 257
+    return encode(Image.fromarray(grey), "PNG")
+
+
+def palette_png() -> bytes:
+    return encode(chelsea().convert("P", palette=Image.Palette.ADAPTIVE, colors=64), "PNG")
+
+
+def rgba_png() -> bytes:
+    image = chelsea().convert("RGBA")
+    image.putalpha(200)
+    return encode(image, "PNG")
+
+
+@pytest.mark.parametrize("name, blob", [
+    ("grey.jpg", encode(chelsea().convert("L"))),
+    ("rgba.png", rgba_png()),
+    ("palette.png", palette_png()),
+    ("grey16.png", sixteen_bit_png()),
+    ("cmyk.jpg", cmyk_jpeg()),
+    ("grey-alpha.png", encode(chelsea().convert("LA"), "PNG")),
+    ("image.webp", encode(chelsea(), "WEBP")),
+    ("image.bmp", encode(chelsea(), "BMP")),
+])
+def test_other_modes_are_converted(client, name, blob):
+    response = client.post(EXPLAIN, files=[upload(blob, name, "application/octet-stream")], data={"method": "cam"})
+    assert response.status_code == 200, response.text
+    result = response.json()["results"][0]
+    assert result["predictions"][0]["index"] in CATS
+    assert png_size(base64.b64decode(result["explanation"]["heatmap_png"])) == (451, 300)
+
+
+def test_sixteen_bit_is_scaled_not_clipped(client):
+    """A 16-bit grey photo must predict like its 8-bit version (clipping would make it white)."""
+    eight = client.post(PREDICT, files=[upload(encode(chelsea().convert("L"), "PNG"))]).json()
+    sixteen = client.post(PREDICT, files=[upload(sixteen_bit_png())]).json()
+    assert eight["results"][0]["predictions"][0]["index"] == sixteen["results"][0]["predictions"][0]["index"]
+    assert abs(eight["results"][0]["predictions"][0]["probability"]
+               - sixteen["results"][0]["predictions"][0]["probability"]) < 0.02
+
+
+def test_exif_orientation_is_honoured(client):
+    stored = chelsea().rotate(90, expand=True)  # 300 x 451 on disk
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 clockwise to display" -> upright 451 x 300
+    blob = encode(stored, "JPEG", exif=exif.tobytes())
+    response = client.post(EXPLAIN, files=[upload(blob)], data={"method": "cam"})
+    assert response.status_code == 200
+    result = response.json()["results"][0]
+    assert png_size(base64.b64decode(result["explanation"]["heatmap_png"])) == (451, 300)
+    assert result["predictions"][0]["index"] in CATS
+    upright = decode_png(base64.b64decode(result["explanation"]["heatmap_png"]))
+    assert upright.shape == (300, 451)

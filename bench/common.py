@@ -1,0 +1,105 @@
+"""Shared benchmark helpers: a real server in a subprocess, a lean HTTP client, interleaved timing.
+
+This machine is shared and noisy, so every comparison runs its contenders in alternating
+rounds within one process run and reports medians and their ratio.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+
+def median_ms(samples: list[float]) -> float:
+    return statistics.median(samples) * 1000
+
+
+def interleaved(contenders: dict[str, Callable[[], object]], rounds: int = 7, per_round: int = 10,
+                warmup: int = 3) -> dict[str, float]:
+    """Median milliseconds per call of each contender, measured in alternating rounds."""
+    samples: dict[str, list[float]] = {name: [] for name in contenders}
+    for function in contenders.values():
+        for _ in range(warmup):
+            function()
+    for _ in range(rounds):
+        for name, function in contenders.items():
+            for _ in range(per_round):
+                started = time.perf_counter()
+                function()
+                samples[name].append(time.perf_counter() - started)
+    return {name: median_ms(values) for name, values in samples.items()}
+
+
+def multipart(files: list[tuple[str, bytes]], fields: dict[str, object] | None = None) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    parts = []
+    for name, value in (fields or {}).items():
+        for item in value if isinstance(value, list) else [value]:
+            parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{item}\r\n'.encode())
+    for filename, blob in files:
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+                     f"Content-Type: application/octet-stream\r\n\r\n".encode() + blob + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+class Client:
+    """A keep-alive HTTP/1.1 client with the request body built once, so that the client's
+    own cost is as small as it can be."""
+
+    def __init__(self, port: int) -> None:
+        self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+
+    def post(self, path: str, body: bytes, content_type: str) -> bytes:
+        self.connection.request("POST", path, body=body, headers={"Content-Type": content_type})
+        response = self.connection.getresponse()
+        payload = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"{path}: {response.status} {payload[:300]!r}")
+        return payload
+
+    def get_json(self, path: str) -> tuple[int, dict]:
+        self.connection.request("GET", path)
+        response = self.connection.getresponse()
+        return response.status, json.loads(response.read())
+
+
+@contextmanager
+def running_server(port: int = 8765) -> Iterator[Client]:
+    """`python -m service` in a subprocess (same environment, so LD_PRELOAD carries over)."""
+    data_dir = tempfile.mkdtemp(prefix="gazer-bench-")
+    env = {**os.environ, "PORT": str(port), "GAZER_DATA_DIR": data_dir}
+    process = subprocess.Popen([sys.executable, "-m", "service"], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                client = Client(port)
+                if client.get_json("/readyz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            if time.time() > deadline or process.poll() is not None:
+                raise RuntimeError("the server did not become ready")
+            time.sleep(0.5)
+        yield client
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def report(title: str, rows: list[tuple[str, str]]) -> None:
+    print(f"\n== {title}")
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"  {name.ljust(width)}  {value}")

@@ -1,0 +1,65 @@
+"""Explainers against a torch forward and against pytorch-grad-cam and captum, in-process.
+
+  python -m bench.explainers
+
+EfficientNet-Lite0 at 224 on CPU, chelsea preprocessed, the same tensor for every contender.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from bench.common import interleaved, report
+from core import imaging
+from core.explain import METHODS
+from core.models.catalog import load_builtin
+from tests.images import chelsea
+
+
+def main() -> None:
+    from captum.attr import IntegratedGradients as CaptumIntegratedGradients
+    from pytorch_grad_cam import GradCAM as ReferenceGradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    spec, network = load_builtin("efficientnet_lite0")
+    inputs = torch.from_numpy(imaging.preprocess([chelsea()], spec)[0])
+    target = torch.tensor([282])
+    reference = ReferenceGradCAM(model=network, target_layers=[network.head])
+
+    def forward() -> None:
+        with torch.no_grad():
+            network(inputs)
+
+    times = interleaved({
+        "forward": forward,
+        "gradcam": lambda: METHODS["gradcam"](network, inputs, target, "head"),
+        "pytorch_grad_cam": lambda: reference(input_tensor=inputs, targets=[ClassifierOutputTarget(282)]),
+    }, rounds=7, per_round=10)
+    report("gradcam at the default layer (median ms)", [
+        ("torch forward (no_grad)", f"{times['forward']:.2f}"),
+        ("gazer gradcam", f"{times['gradcam']:.2f}"),
+        ("pytorch-grad-cam GradCAM", f"{times['pytorch_grad_cam']:.2f}"),
+        ("gradcam / forward", f"{times['gradcam'] / times['forward']:.2f}x  (goal <= 1.3x)"),
+        ("pytorch-grad-cam / gazer", f"{times['pytorch_grad_cam'] / times['gradcam']:.2f}x  (goal >= 2.5x)"),
+    ])
+
+    baseline = torch.full_like(inputs, (0.0 - spec.mean[0]) / spec.std[0])
+    captum = CaptumIntegratedGradients(network)
+    times = interleaved({
+        "gazer": lambda: METHODS["integrated_gradients"].attribute(network, inputs, target, steps=50,
+                                                                  baseline=baseline),
+        "captum": lambda: captum.attribute(inputs, baselines=baseline, target=282, n_steps=50),
+    }, rounds=5, per_round=1, warmup=1)
+    report("integrated gradients, 50 steps, black baseline (median ms)", [
+        ("gazer", f"{times['gazer']:.0f}"),
+        ("captum IntegratedGradients(n_steps=50)", f"{times['captum']:.0f}"),
+        ("captum / gazer", f"{times['captum'] / times['gazer']:.2f}x  (goal >= 1.0x)"),
+    ])
+
+
+if __name__ == "__main__":
+    started = time.time()
+    main()
+    print(f"\n(took {time.time() - started:.0f} s)")

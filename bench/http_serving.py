@@ -16,6 +16,7 @@ import tempfile
 
 from core import imaging
 from core.models.registry import ModelRegistry
+from core.storage import Storage
 from bench.common import interleaved, multipart, report, running_server
 from tests.images import chelsea, encode, foolbox_imagenet_photos
 
@@ -24,7 +25,7 @@ MODEL = "efficientnet_lite0"
 
 def main() -> None:
     photo = encode(chelsea())  # a 451 x 300 JPEG photo
-    model = ModelRegistry(Path(tempfile.mkdtemp(prefix="gazer-bench-"))).get(MODEL)
+    model = ModelRegistry(Storage(Path(tempfile.mkdtemp(prefix="gazer-bench-")))).get(MODEL)
     batch, _ = imaging.preprocess([imaging.decode_image(photo, 10**8)], model.spec)
     session, input_name = model.predictor.session, model.predictor.input_name
 

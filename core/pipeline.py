@@ -11,7 +11,7 @@ from PIL import Image
 
 from core import imaging
 from core.png import encode_png
-from core.errors import InvalidRequest, TargetOutOfRange, UnknownLayer, UnknownMethod
+from core.errors import InvalidRequest, TargetOutOfRange, UnknownLayer, UnknownMethod, UnsupportedMethod
 from core.explain import METHODS
 from core.explain.base import normalize_maps
 from core.explain.cam import class_activation_maps
@@ -82,6 +82,9 @@ def _resolve_layer(model: LoadedModel, method_name: str, layer: str | None) -> s
     if not method.uses_layer:
         return None
     layer = layer or model.spec.cam_layer
+    if getattr(method, "default_layer_only", False) and not model.spec.linear_head:
+        raise UnsupportedMethod(f"{method_name} needs a linear classifier head; model {model.spec.id!r} has a "
+                                f"hidden layer: use gradcam", field="method")
     if getattr(method, "default_layer_only", False) and layer != model.spec.cam_layer:
         raise UnknownLayer(f"{method_name} works only at the layer that feeds the classifier, "
                            f"{model.spec.cam_layer!r}", field="layer", valid=[model.spec.cam_layer])

@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from core.errors import GazerError
 from core.models.registry import ModelRegistry
+from core.storage import Storage
 from service.errors import install_error_handlers
 from service.limits import RequestSizeLimit
 from service.routers import health, models
@@ -24,7 +25,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        registry = ModelRegistry(settings.data_dir)
+        registry = ModelRegistry(Storage(settings.data_dir))
         app.state.registry = registry
         try:
             await run_in_threadpool(registry.get, settings.default_model)

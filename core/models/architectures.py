@@ -17,7 +17,8 @@ class EfficientNetLite(nn.Module):
     """EfficientNet-Lite re-wrapped from `efficientnet_lite_pytorch` with plain layer names:
     `stem`, `blocks.0` .. `blocks.N`, `head` (last feature map), `classifier`."""
 
-    def __init__(self, architecture: str, num_classes: int, input_size: int) -> None:
+    def __init__(self, architecture: str, num_classes: int, input_size: int, head_hidden: int = 0,
+                 dropout: float | None = None) -> None:
         super().__init__()
         from efficientnet_lite_pytorch import EfficientNet
 
@@ -26,8 +27,12 @@ class EfficientNetLite(nn.Module):
         self.stem = nn.Sequential(net._conv_stem, net._bn0, nn.ReLU6())
         self.blocks = nn.ModuleList(net._blocks)
         self.head = nn.Sequential(net._conv_head, net._bn1, nn.ReLU6())
-        self.dropout = nn.Dropout(net._global_params.dropout_rate)
-        self.classifier = net._fc
+        self.dropout = nn.Dropout(net._global_params.dropout_rate if dropout is None else dropout)
+        features = net._fc.in_features
+        # An optional hidden layer before `classifier`; CAM needs it absent (a linear head).
+        self.hidden = (nn.Sequential(nn.Linear(features, head_hidden), nn.ReLU(), nn.Dropout(self.dropout.p))
+                       if head_hidden else nn.Identity())
+        self.classifier = nn.Linear(head_hidden or features, num_classes)
         self.drop_connect_rate = net._global_params.drop_connect_rate
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -37,7 +42,7 @@ class EfficientNetLite(nn.Module):
         return self.head(x)
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.dropout(features.mean(dim=(2, 3))))
+        return self.classifier(self.hidden(self.dropout(features.mean(dim=(2, 3)))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
@@ -62,7 +67,8 @@ class EfficientNetLite(nn.Module):
         self.load_state_dict(renamed, strict=True)
 
 
-def build_network(architecture: str, num_classes: int, input_size: int) -> nn.Module:
+def build_network(architecture: str, num_classes: int, input_size: int, head_hidden: int = 0,
+                  dropout: float | None = None) -> nn.Module:
     if architecture in EFFICIENTNET_LITE_SIZES:
-        return EfficientNetLite(architecture, num_classes, input_size)
+        return EfficientNetLite(architecture, num_classes, input_size, head_hidden, dropout)
     raise ValueError(f"unknown architecture {architecture!r}; known: {sorted(EFFICIENTNET_LITE_SIZES)}")

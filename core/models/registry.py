@@ -5,17 +5,18 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from core.errors import ModelNotReady, UnknownModel
-from core.models import catalog
+from core.models import catalog, versions
+from core.models.architectures import build_network
 from core.models.onnx_export import AGREEMENT_TOLERANCE, ensure_onnx, max_logit_difference
 from core.models.spec import ModelSpec
 from core.runtime.devices import torch_device
 from core.runtime.onnx_predictor import OnnxPredictor
+from core.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -56,64 +57,107 @@ def targetable_layers(network: nn.Module, input_size: int) -> tuple[str, ...]:
     return tuple(name for name, _ in network.named_modules() if calls.get(name) == 1 and name in four_d)
 
 
+def parse_ref(ref: str) -> tuple[str, int | None]:
+    """`name` (newest version) or `name@N`."""
+    name, _, version = ref.partition("@")
+    if version and not version.isdigit():
+        raise UnknownModel(f"bad model reference {ref!r}: use NAME or NAME@VERSION")
+    return name, int(version) if version else None
+
+
+def build_for(spec: ModelSpec) -> nn.Module:
+    return build_network(spec.architecture, spec.num_classes, spec.input_size, spec.head_hidden, spec.dropout)
+
+
 class ModelRegistry:
-    def __init__(self, data_dir: Path) -> None:
-        self.onnx_dir = data_dir / "onnx"
+    """Built-in models plus fine-tuned versions found on disk (looked up on every request, so
+    a version written by a worker is served at once)."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
         self._loaded: dict[str, LoadedModel] = {}
         self._failures: dict[str, str] = {}
         self._specs: dict[str, ModelSpec] = {}
         self._lock = threading.Lock()
 
     def model_ids(self) -> list[str]:
-        return list(catalog.BUILTIN_MODELS)
+        return list(catalog.BUILTIN_MODELS) + [name for name in versions.model_names(self.storage.models)
+                                               if name not in catalog.BUILTIN_MODELS]
 
-    def spec(self, model_id: str) -> ModelSpec:
-        if model_id not in self.model_ids():
-            raise UnknownModel(f"no model {model_id!r}; known: {', '.join(self.model_ids())}")
-        if model_id not in self._specs:
-            self._specs[model_id] = catalog.builtin_spec(model_id)
-        return self._specs[model_id]
+    def spec(self, ref: str) -> ModelSpec:
+        name, version = parse_ref(ref)
+        if name in catalog.BUILTIN_MODELS:
+            if version not in (None, 1):
+                raise UnknownModel(f"model {name!r} has only version 1")
+            key = f"{name}@1"
+            if key not in self._specs:
+                self._specs[key] = catalog.builtin_spec(name)
+            return self._specs[key]
+        available = versions.versions(self.storage.models, name)
+        if not available:
+            raise UnknownModel(f"no model {name!r}; known: {', '.join(self.model_ids())}")
+        if version is None:
+            version = available[-1]
+        elif version not in available:
+            raise UnknownModel(f"model {name!r} has no version {version}; versions: {available}")
+        key = f"{name}@{version}"
+        if key not in self._specs:
+            self._specs[key] = versions.read_spec(self.storage.models, name, version)
+        return self._specs[key]
 
-    def loaded(self, model_id: str) -> LoadedModel | None:
-        return self._loaded.get(model_id)
+    def loaded(self, ref: str) -> LoadedModel | None:
+        if "@" not in ref and ref in catalog.BUILTIN_MODELS:
+            return self._loaded.get(f"{ref}@1")
+        return None
 
-    def get(self, model_id: str) -> LoadedModel:
-        loaded = self._loaded.get(model_id)
+    def get(self, ref: str) -> LoadedModel:
+        spec = self.spec(ref)
+        loaded = self._loaded.get(spec.ref)
         if loaded is not None:
             return loaded
-        self.spec(model_id)
-        if model_id in self._failures:
-            raise ModelNotReady(f"model {model_id!r} is not served: {self._failures[model_id]}")
+        if spec.ref in self._failures:
+            raise ModelNotReady(f"model {spec.ref!r} is not served: {self._failures[spec.ref]}")
         with self._lock:
-            if model_id not in self._loaded:
-                self._load(model_id)
-        return self._loaded[model_id]
+            if spec.ref not in self._loaded:
+                self._load(spec)
+        return self._loaded[spec.ref]
 
-    def _load(self, model_id: str) -> None:
-        spec, network = catalog.load_builtin(model_id)
-        predictor = OnnxPredictor(ensure_onnx(network, spec, self.onnx_dir))
+    def load_network(self, ref: str) -> tuple[ModelSpec, nn.Module]:
+        """A fresh CPU copy of a model's network (for training from it)."""
+        spec = self.spec(ref)
+        if spec.id in catalog.BUILTIN_MODELS:
+            return catalog.load_builtin(spec.id)
+        return spec, versions.load_weights(self.storage.models, spec, build_for(spec))
+
+    def _load(self, spec: ModelSpec) -> None:
+        spec, network = self.load_network(spec.ref)
+        if spec.id in catalog.BUILTIN_MODELS:
+            onnx_file = ensure_onnx(network, spec, self.storage.onnx_cache)
+        else:
+            onnx_file = versions.version_dir(self.storage.models, spec.id, spec.version) / versions.ONNX
+        predictor = OnnxPredictor(onnx_file)
         device = torch_device()
         network = network.to(device)
         difference = max_logit_difference(network, predictor, spec.input_size)
         if difference > AGREEMENT_TOLERANCE:
             reason = (f"torch and ONNX Runtime logits differ by {difference:.2e} "
                       f"(tolerance {AGREEMENT_TOLERANCE:.0e}); not served")
-            self._failures[model_id] = reason
-            log.error("model %s: %s", model_id, reason)
-            raise ModelNotReady(f"model {model_id!r} is not served: {reason}")
-        self._failures.pop(model_id, None)
+            self._failures[spec.ref] = reason
+            log.error("model %s: %s", spec.ref, reason)
+            raise ModelNotReady(f"model {spec.ref!r} is not served: {reason}")
         layers = targetable_layers(network, spec.input_size)
-        self._loaded[model_id] = LoadedModel(spec, network, predictor, layers, device)
+        self._loaded[spec.ref] = LoadedModel(spec, network, predictor, layers, device)
         log.info("model %s loaded (max |torch - onnx| logit %.2e, providers %s)",
-                 model_id, difference, predictor.providers)
+                 spec.ref, difference, predictor.providers)
 
     def status(self) -> dict[str, dict[str, object]]:
         report: dict[str, dict[str, object]] = {}
         for model_id in self.model_ids():
-            if model_id in self._loaded:
-                report[model_id] = {"state": "ready"}
-            elif model_id in self._failures:
-                report[model_id] = {"state": "failed", "reason": self._failures[model_id]}
+            ref = self.spec(model_id).ref
+            if ref in self._loaded:
+                report[model_id] = {"state": "ready", "version": self._loaded[ref].spec.version}
+            elif ref in self._failures:
+                report[model_id] = {"state": "failed", "reason": self._failures[ref]}
             else:
                 report[model_id] = {"state": "not_loaded"}
         return report

@@ -24,7 +24,15 @@ class ModelSpec:
     classifier_layer: str
     weights_digest: str = ""
     description: str = ""
+    head_hidden: int = 0
+    dropout: float | None = None
     attention: tuple[str, ...] = field(default_factory=tuple)
+    # Set for fine-tuned models: what they were trained from.
+    base_model: str | None = None
+
+    @property
+    def linear_head(self) -> bool:
+        return self.head_hidden == 0
 
     @property
     def num_classes(self) -> int:

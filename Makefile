@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: setup
-	PORT=$(PORT) $(RUN_ENV) $(PY) -m service
+	PORT=$(PORT) $(RUN_ENV) $(PY) -m service.launch
 
 test: setup
 	$(RUN_ENV) $(PY) -m pytest $(PYTEST_ARGS)

@@ -134,3 +134,27 @@ class JobStore:
 
     def cancel_requested(self, job_id: str) -> bool:
         return self.redis.hget(_key(job_id), "cancel_requested") == "1"
+
+
+RUN_JOB_TASK = "gazer.run_job"
+LONGEST_JOB_SECONDS = 7 * 24 * 3600
+
+
+def celery_config(redis_url: str, visibility_timeout: float = LONGEST_JOB_SECONDS) -> dict[str, Any]:
+    """Celery settings shared by the API (which sends) and the worker (which runs); plain data,
+    so core stays free of Celery. The visibility timeout must outlast the longest job."""
+    return {
+        "broker_url": redis_url,
+        "result_backend": redis_url,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "broker_transport_options": {"visibility_timeout": visibility_timeout},
+        "result_backend_transport_options": {"visibility_timeout": visibility_timeout},
+        "broker_connection_retry_on_startup": True,
+        "result_expires": LONGEST_JOB_SECONDS,
+        "worker_hijack_root_logger": False,
+    }

@@ -48,8 +48,9 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def top_predictions(probabilities: np.ndarray, spec: ModelSpec, top_k: int) -> list[list[Prediction]]:
-    if not 1 <= top_k <= spec.num_classes:
-        raise InvalidRequest(f"top_k must be between 1 and {spec.num_classes}, got {top_k}", field="top_k")
+    """The top_k classes of each image (all of them when the model has fewer)."""
+    if top_k < 1:
+        raise InvalidRequest(f"top_k must be at least 1, got {top_k}", field="top_k")
     order = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
     return [[Prediction(int(i), spec.labels[i], float(row[i])) for i in indices]
             for row, indices in zip(probabilities, order)]

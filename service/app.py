@@ -9,12 +9,14 @@ from typing import AsyncIterator
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
+from core.embedded_redis import EmbeddedRedis
 from core.errors import GazerError
 from core.models.registry import ModelRegistry
 from core.storage import Storage
 from service.errors import install_error_handlers
 from service.limits import RequestSizeLimit
-from service.routers import health, models
+from service.queue import JobQueue
+from service.routers import datasets, health, jobs, models
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -25,19 +27,35 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        registry = ModelRegistry(Storage(settings.data_dir))
+        storage = Storage(settings.data_dir)
+        registry = ModelRegistry(storage)
         app.state.registry = registry
+        embedded = None
+        redis_url = settings.redis_url
+        if redis_url is None:
+            embedded = EmbeddedRedis(storage.redis).start()
+            redis_url = embedded.url
+            log.info("no GAZER_REDIS_URL: started an embedded redis-server at %s", redis_url)
+        app.state.queue = JobQueue(redis_url, settings.job_lease_seconds, settings.visibility_timeout)
         try:
             await run_in_threadpool(registry.get, settings.default_model)
         except GazerError as error:
             log.error("default model %s not loaded: %s", settings.default_model, error.detail)
-        yield
+        try:
+            yield
+        finally:
+            app.state.queue.close()
+            if embedded is not None:
+                embedded.stop()
 
     app = FastAPI(title="Gazer", version="0.1.0", lifespan=lifespan,
                   description="Predictions and explanations (CAM, Grad-CAM, saliency, ...) for image classifiers.")
     app.state.settings = settings
     install_error_handlers(app)
-    app.add_middleware(RequestSizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(RequestSizeLimit, max_bytes=settings.max_request_bytes,
+                       per_path={"/v1/datasets": settings.max_dataset_bytes})
     app.include_router(health.router)
     app.include_router(models.router)
+    app.include_router(datasets.router)
+    app.include_router(jobs.router)
     return app

@@ -9,6 +9,8 @@ from starlette.concurrency import run_in_threadpool
 
 from core.errors import PayloadTooLarge, TooManyFiles
 from core.models.registry import LoadedModel, ModelRegistry
+from core.storage import Storage
+from service.queue import JobQueue
 from service.settings import Settings
 
 
@@ -20,8 +22,18 @@ def get_registry(request: Request) -> ModelRegistry:
     return request.app.state.registry
 
 
+def get_storage(request: Request) -> Storage:
+    return request.app.state.registry.storage
+
+
+def get_queue(request: Request) -> JobQueue:
+    return request.app.state.queue
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
+StorageDep = Annotated[Storage, Depends(get_storage)]
+QueueDep = Annotated[JobQueue, Depends(get_queue)]
 
 
 async def get_model(model: str, registry: RegistryDep) -> LoadedModel:

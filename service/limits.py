@@ -11,19 +11,21 @@ class RequestSizeLimit:
     """Answers 413 when Content-Length is over the limit; bodies sent without a length are
     cut off (and fail to parse, 400) once they pass it."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, per_path: dict[str, int] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.per_path = per_path or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = next((size for prefix, size in self.per_path.items() if scope["path"].startswith(prefix)),
+                     self.max_bytes)
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+        if declared is not None and declared.isdigit() and int(declared) > limit:
             response = problem_response(413, "payload-too-large",
-                                        f"the request body is {int(declared)} bytes; "
-                                        f"the limit is {self.max_bytes}")
+                                        f"the request body is {int(declared)} bytes; the limit is {limit}")
             await response(scope, receive, send)
             return
         received = 0
@@ -32,8 +34,8 @@ class RequestSizeLimit:
             nonlocal received
             message = await receive()
             received += len(message.get("body", b""))
-            if received > self.max_bytes:
-                raise ValueError(f"request body over {self.max_bytes} bytes")
+            if received > limit:
+                raise ValueError(f"request body over {limit} bytes")
             return message
 
         await self.app(scope, limited_receive, send)

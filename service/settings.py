@@ -16,4 +16,8 @@ class Settings(BaseSettings):
     max_file_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     max_files: int = 64
+    # Without a Redis URL the API starts an embedded redis-server with its data in data_dir.
     redis_url: str | None = None
+    job_lease_seconds: float = 60.0
+    visibility_timeout: float = 7 * 24 * 3600
+    max_dataset_bytes: int = 500 * 1024 * 1024

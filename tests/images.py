@@ -94,3 +94,48 @@ def point_in_box(point: tuple[float, float], box: tuple[int, int, int, int], tol
     x, y = point
     left, top, right, bottom = box
     return left - tolerance <= x <= right - 1 + tolerance and top - tolerance <= y <= bottom - 1 + tolerance
+
+
+SHAPE_CLASSES = ("disc", "square", "triangle")
+
+
+def shape_image(kind: str, rng: np.random.Generator, size: int = 96) -> Image.Image:
+    """A noisy background with one coloured shape of `kind`, at a random place and size."""
+    from PIL import ImageDraw
+
+    background = rng.integers(90, 170, (size, size, 3), dtype=np.uint8)
+    image = Image.fromarray(background)
+    draw = ImageDraw.Draw(image)
+    extent = int(rng.integers(size // 3, size // 2))
+    left, top = (int(v) for v in rng.integers(4, size - extent - 4, 2))
+    colour = {"disc": (220, 40, 40), "square": (40, 60, 220), "triangle": (40, 200, 60)}[kind]
+    box = (left, top, left + extent, top + extent)
+    if kind == "disc":
+        draw.ellipse(box, fill=colour)
+    elif kind == "square":
+        draw.rectangle(box, fill=colour)
+    else:
+        draw.polygon([(left, top + extent), (left + extent, top + extent), (left + extent // 2, top)], fill=colour)
+    return image
+
+
+def shapes_archive(per_class: int = 10, seed: int = 0, fmt: str = "zip", size: int = 96) -> bytes:
+    """A data set archive, one folder per class, of generated shape photos."""
+    import tarfile
+    import zipfile
+
+    rng = np.random.default_rng(seed)
+    files = {f"{kind}/{index:03d}.png": encode(shape_image(kind, rng, size), "PNG")
+             for kind in SHAPE_CLASSES for index in range(per_class)}
+    buffer = io.BytesIO()
+    if fmt == "zip":
+        with zipfile.ZipFile(buffer, "w") as archive:
+            for name, blob in files.items():
+                archive.writestr(name, blob)
+    else:
+        with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+            for name, blob in files.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(blob)
+                archive.addfile(info, io.BytesIO(blob))
+    return buffer.getvalue()

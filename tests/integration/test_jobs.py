@@ -1,0 +1,207 @@
+"""Jobs end to end with a real Redis, real Celery workers and the real API."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.images import SHAPE_CLASSES, encode, shape_image, shapes_archive, upload
+from tests.integration.conftest import LEASE_SECONDS, make_client, wait_for
+
+
+@pytest.fixture(scope="module")
+def workers(start_worker):
+    """Returns the module's one live worker, starting a new one when a test stopped it."""
+    pool = {"current": start_worker()}
+
+    def live():
+        if pool["current"].process.poll() is not None:
+            pool["current"] = start_worker()
+        return pool["current"]
+
+    return live
+
+
+def submit(api, kind: str, body: dict) -> dict:
+    response = api.post(f"/v1/jobs/{kind}", json=body)
+    assert response.status_code == 202, response.text
+    assert response.headers["location"] == f"/v1/jobs/{response.json()['id']}"
+    return response.json()
+
+
+def long_maximization(steps: int = 10000) -> dict:
+    return {"model": "efficientnet_lite0", "target": {"class": 1}, "steps": steps, "size": 64}
+
+
+def test_fine_tune_then_predict_with_the_new_model(api, workers):
+    workers()
+    created = api.post("/v1/datasets", files=[upload(shapes_archive(per_class=10), "shapes.zip", "application/zip")],
+                       data={"name": "shapes"})
+    assert created.status_code == 201, created.text
+    dataset = created.json()
+    assert dataset["classes"] == sorted(SHAPE_CLASSES) and set(dataset["counts"].values()) == {10}
+    job = submit(api, "fine-tune", {
+        "base_model": "efficientnet_lite0", "dataset_id": dataset["id"], "output_model": "shapes",
+        "strategy": "fine_tune", "epochs": 4, "batch_size": 8, "input_size": 64, "lr": 0.01,
+        "backbone_lr": 0.001, "unfreeze_blocks": 3, "early_stopping_patience": 4, "seed": 1,
+        "augmentation": {"rotation": 5, "zoom": 0.05, "shear": 0, "color_jitter": 0.05}})
+    assert job["state"] == "queued"
+    done = wait_for(api, job["id"], ("succeeded", "failed"), timeout=600)
+    assert done["state"] == "succeeded", done
+    assert done["result"]["model"] == {"id": "shapes", "version": 1}
+    metrics = done["result"]["metrics"]
+    assert len(metrics["history"]) >= 1 and len(metrics["confusion_matrix"]) == 3
+    assert set(metrics["per_class_accuracy"]) == set(SHAPE_CLASSES)
+
+    detail = api.get("/v1/models/shapes").json()  # served at once, no restart
+    assert detail["num_classes"] == 3 and detail["input_size"] == 64 and detail["version"] == 1
+    rng = np.random.default_rng(123)
+    expected = [kind for kind in SHAPE_CLASSES for _ in range(4)]
+    files = [upload(encode(shape_image(kind, rng), "PNG"), f"{i}.png", "image/png") for i, kind in enumerate(expected)]
+    response = api.post("/v1/models/shapes@1/predict", files=files, data={"top_k": 3})
+    assert response.status_code == 200, response.text
+    predicted = [r["predictions"][0]["label"] for r in response.json()["results"]]
+    correct = sum(p == e for p, e in zip(predicted, expected))
+    print(f"fine-tuned shapes model: {correct}/{len(expected)} correct on new images; "
+          f"val accuracy {metrics['val_accuracy']:.2f}")
+    assert correct >= 9
+    explained = api.post("/v1/models/shapes/explain", files=files[:1], data={"method": "gradcam"})
+    assert explained.status_code == 200, explained.text
+
+
+def test_activation_maximization_end_to_end(api, workers):
+    workers()
+    job = submit(api, "activation-maximization", {
+        "model": "efficientnet_lite0", "target": {"class": 130}, "steps": 25, "size": 96, "seed": 3})
+    done = wait_for(api, job["id"], ("succeeded", "failed"), timeout=300)
+    assert done["state"] == "succeeded", done
+    image = done["result"]["images"][0]
+    assert image["target"] == {"class": 130, "label": "flamingo"}
+    png = api.get(image["url"])
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(png.content)).size == (96, 96)
+    history = done["result"]["activation_per_step"]
+    assert len(history) == 25 and history[-1][0] > history[0][0]
+    assert api.get(f"/v1/jobs/{job['id']}/artifacts/..%2Fsecret").status_code == 404
+
+
+def test_layer_channels_as_one_batch(api, workers):
+    workers()
+    job = submit(api, "activation-maximization", {
+        "model": "efficientnet_lite0", "target": {"layer": "blocks.10", "channels": [0, 7, 42]}, "steps": 8,
+        "size": 64, "parameterization": "pixel"})
+    done = wait_for(api, job["id"], ("succeeded", "failed"), timeout=300)
+    assert done["state"] == "succeeded", done
+    assert [i["target"]["channel"] for i in done["result"]["images"]] == [0, 7, 42]
+
+
+def test_cancel_a_running_job(api, workers):
+    workers()
+    job = submit(api, "activation-maximization", long_maximization())
+    wait_for(api, job["id"], ("running",), timeout=120, condition=lambda j: (j["progress"] or {}).get("step", 0) >= 2)
+    response = api.delete(f"/v1/jobs/{job['id']}")
+    assert response.status_code == 202 and response.json()["cancel_requested"]
+    done = wait_for(api, job["id"], ("cancelled", "failed", "succeeded"), timeout=60)
+    assert done["state"] == "cancelled"
+
+
+def test_cancel_a_queued_job_before_it_runs(api, workers):
+    workers()
+    blocker = submit(api, "activation-maximization", long_maximization())
+    queued = submit(api, "activation-maximization", long_maximization())
+    assert api.delete(f"/v1/jobs/{queued['id']}").json()["state"] == "cancelled"
+    api.delete(f"/v1/jobs/{blocker['id']}")
+    wait_for(api, blocker["id"], ("cancelled",), timeout=60)
+    time.sleep(1)
+    assert api.get(f"/v1/jobs/{queued['id']}").json()["attempts"] == 0
+
+
+def test_progress_events_stream(api, workers):
+    workers()
+    job = submit(api, "activation-maximization", {**long_maximization(12), "size": 48})
+    events = []
+    with api.stream("GET", f"/v1/jobs/{job['id']}/events") as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        kind = None
+        for line in stream.iter_lines():
+            if line.startswith("event: "):
+                kind = line[len("event: "):]
+            elif line.startswith("data: "):
+                events.append((kind, json.loads(line[len("data: "):])))
+                if kind == "end":
+                    break
+    assert events[-1][0] == "end" and events[-1][1]["state"] == "succeeded"
+    fractions = [data["progress"]["fraction"] for kind, data in events if kind == "progress"]
+    assert len(fractions) >= 2 and fractions == sorted(fractions)
+
+
+def test_worker_killed_mid_job_leaves_the_job_failed(api, workers):
+    worker = workers()
+    job = submit(api, "activation-maximization", long_maximization())
+    wait_for(api, job["id"], ("running",), timeout=120, condition=lambda j: (j["progress"] or {}).get("step", 0) >= 1)
+    worker.kill()
+    done = wait_for(api, job["id"], ("failed", "succeeded", "cancelled"), timeout=LEASE_SECONDS * 5)
+    assert done["state"] == "failed"
+    assert done["error"]["type"] == "/problems/worker-lost"
+    listed = api.get("/v1/jobs", params={"state": "running"}).json()
+    assert job["id"] not in [j["id"] for j in listed["data"]]
+    workers()  # a new worker; the dead one's message must not run the job again
+    time.sleep(2)
+    assert api.get(f"/v1/jobs/{job['id']}").json()["state"] == "failed"
+
+
+def test_job_records_survive_an_api_restart(redis_server, shared_dir, api, workers):
+    workers()
+    job = submit(api, "activation-maximization", {**long_maximization(5), "size": 32})
+    with make_client(redis_server, shared_dir) as restarted:
+        done = wait_for(restarted, job["id"], ("succeeded", "failed"), timeout=120)
+        assert done["state"] == "succeeded" and done["id"] == job["id"]
+        assert job["id"] in [j["id"] for j in restarted.get("/v1/jobs").json()["data"]]
+
+
+def test_a_job_longer_than_the_visibility_timeout_runs_once(api, workers, start_worker):
+    workers().stop()
+    impatient = [start_worker(visibility_timeout=2), start_worker(visibility_timeout=2)]
+    job = submit(api, "activation-maximization", {**long_maximization(60), "size": 96})
+    done = wait_for(api, job["id"], ("succeeded", "failed"), timeout=300)
+    assert done["state"] == "succeeded" and done["attempts"] == 1
+    deadline = time.time() + 20
+    while time.time() < deadline and not any("skipped" in w.log() for w in impatient):
+        time.sleep(0.5)
+    assert any("skipped" in w.log() for w in impatient), "the message was never redelivered"
+    for worker in impatient:
+        worker.stop()
+
+
+@pytest.mark.parametrize("kind, body, field", [
+    ("fine-tune", {"dataset_id": "nope", "output_model": "x"}, None),
+    ("fine-tune", {"dataset_id": "nope", "output_model": "x", "base_model": "resnet9000"}, None),
+    ("fine-tune", {"dataset_id": "nope", "output_model": "x", "lr": -1}, "lr"),
+    ("fine-tune", {"dataset_id": "nope", "output_model": "x", "epochs": 0}, "epochs"),
+    ("fine-tune", {"dataset_id": "nope", "output_model": "x", "strategy": "magic"}, "strategy"),
+    ("fine-tune", {"dataset_id": "nope", "output_model": "x", "bogus": 1}, "bogus"),
+    ("activation-maximization", {"model": "resnet9000", "target": {"class": 1}}, None),
+    ("activation-maximization", {"target": {"class": 1000}}, "target"),
+    ("activation-maximization", {"target": {"layer": "conv99", "channels": [0]}}, None),
+    ("activation-maximization", {"target": {"layer": "blocks.3", "channels": [9999]}}, "target.channels"),
+    ("activation-maximization", {"target": {"class": 1}, "steps": -5}, "steps"),
+    ("activation-maximization", {"target": {}}, "target"),
+])
+def test_bad_job_requests_are_422_and_queue_nothing(api, kind, body, field):
+    before = api.get("/v1/jobs").json()["count"]
+    response = api.post(f"/v1/jobs/{kind}", json=body)
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    if field:
+        assert any(field in error["field"] for error in response.json()["errors"])
+    assert api.get("/v1/jobs").json()["count"] == before
+
+
+def test_unknown_job_is_404(api):
+    assert api.get("/v1/jobs/0123456789abcdef").status_code == 404
+    assert api.delete("/v1/jobs/0123456789abcdef").status_code == 404

@@ -1,0 +1,1 @@
+"""Gazer's Celery worker: thin tasks over core job functions."""

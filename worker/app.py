@@ -1,0 +1,26 @@
+"""The Celery application factory."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from core.job_runners import JobContext
+from core.jobs import RUN_JOB_TASK, JobStore, celery_config
+from core.models.registry import ModelRegistry
+from core.storage import Storage
+from worker import tasks
+from worker.settings import WorkerSettings
+
+
+def create_celery(settings: WorkerSettings) -> Celery:
+    app = Celery("gazer")
+    app.conf.update(celery_config(settings.redis_url, settings.visibility_timeout))
+    storage = Storage(settings.data_dir)
+    context = JobContext(storage, ModelRegistry(storage))
+    store = JobStore.from_url(settings.redis_url, settings.job_lease_seconds)
+
+    @app.task(name=RUN_JOB_TASK)
+    def run_job(job_id: str) -> str:
+        return tasks.run_job(job_id, store, context)
+
+    return app

@@ -1,0 +1,118 @@
+"""Data set upload: good archives, and the attacks an archive can carry."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import zipfile
+
+import pytest
+
+from tests.images import SHAPE_CLASSES, chelsea, encode, shapes_archive, upload
+
+
+def zip_of(entries: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, blob in entries.items():
+            archive.writestr(name, blob)
+    return buffer.getvalue()
+
+
+def tar_of(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for info, blob in members:
+            archive.addfile(info, io.BytesIO(blob) if blob is not None else None)
+    return buffer.getvalue()
+
+
+def file_info(name: str, blob: bytes) -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.size = len(blob)
+    return info, blob
+
+
+PHOTO = encode(chelsea().resize((64, 43)))
+GOOD = {"cat/a.jpg": PHOTO, "dog/b.jpg": PHOTO}
+
+
+def post(client, blob: bytes, filename: str = "data.zip", **form):
+    return client.post("/v1/datasets", files=[upload(blob, filename, "application/octet-stream")], data=form)
+
+
+@pytest.mark.parametrize("fmt", ["zip", "tar.gz"])
+def test_upload_list_get_delete(client, fmt):
+    response = post(client, shapes_archive(per_class=3, fmt=fmt), f"shapes.{fmt}", name="shapes")
+    assert response.status_code == 201, response.text
+    dataset = response.json()
+    assert dataset["name"] == "shapes" and dataset["classes"] == sorted(SHAPE_CLASSES)
+    assert dataset["counts"] == {kind: 3 for kind in SHAPE_CLASSES} and dataset["images"] == 9
+    assert dataset["id"] in [d["id"] for d in client.get("/v1/datasets").json()["data"]]
+    assert client.get(f"/v1/datasets/{dataset['id']}").json() == dataset
+    assert client.delete(f"/v1/datasets/{dataset['id']}").status_code == 204
+    assert client.get(f"/v1/datasets/{dataset['id']}").status_code == 404
+
+
+def test_one_wrapping_folder_is_accepted(client):
+    dataset = post(client, zip_of({f"pets/{name}": blob for name, blob in GOOD.items()})).json()
+    assert dataset["classes"] == ["cat", "dog"]
+
+
+def test_unreadable_images_are_listed_not_fatal(client):
+    dataset = post(client, zip_of({**GOOD, "cat/broken.jpg": PHOTO[:200], "dog/text.png": b"hello"})).json()
+    assert dataset["counts"] == {"cat": 1, "dog": 1}
+    assert sorted(item["file"] for item in dataset["unreadable"]) == ["cat/broken.jpg", "dog/text.png"]
+
+
+def assert_refused(response, status: int = 422, words: str = "") -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert words in response.json()["detail"]
+
+
+@pytest.mark.parametrize("name", ["../evil/x.jpg", "/etc/evil/x.jpg", "cat/../../x.jpg", "C:/evil/x.jpg"])
+def test_paths_outside_the_archive_are_refused(client, data_dir, name):
+    assert_refused(post(client, zip_of({**GOOD, name: PHOTO})), 422, "outside the archive")
+    assert not (data_dir.parent / "evil").exists() and not (data_dir / "x.jpg").exists()
+
+
+def test_links_and_devices_in_tar_are_refused(client):
+    link = tarfile.TarInfo("cat/link.jpg")
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    hard = tarfile.TarInfo("cat/hard.jpg")
+    hard.type, hard.linkname = tarfile.LNKTYPE, "dog/b.jpg"
+    device = tarfile.TarInfo("cat/dev.jpg")
+    device.type = tarfile.CHRTYPE
+    for bad, words in ((link, "link"), (hard, "link"), (device, "not a regular file")):
+        members = [file_info(name, blob) for name, blob in GOOD.items()] + [(bad, None)]
+        assert_refused(post(client, tar_of(members), "data.tar.gz"), 422, words)
+
+
+def test_symlink_in_zip_is_refused(client):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, blob in GOOD.items():
+            archive.writestr(name, blob)
+        info = zipfile.ZipInfo("cat/link.jpg")
+        info.external_attr = 0o120777 << 16
+        archive.writestr(info, "/etc/passwd")
+    assert_refused(post(client, buffer.getvalue()), 422, "symbolic link")
+
+
+def test_zip_bomb_is_refused(client):
+    bomb = zip_of({**GOOD, "cat/bomb.jpg": b"\0" * (60 * 1024 * 1024)})
+    assert len(bomb) < 200_000
+    assert_refused(post(client, bomb), 413, "uncompressed")
+
+
+def test_too_few_classes_and_not_an_archive(client):
+    assert_refused(post(client, zip_of({"cat/a.jpg": PHOTO})), 422, "at least 2 classes")
+    assert_refused(post(client, b"plain text, not an archive"), 422, ".zip or .tar.gz")
+    assert_refused(post(client, b"PK\x03\x04 truncated"), 422, "corrupt")
+
+
+def test_bad_names(client):
+    assert_refused(post(client, zip_of({"c@t!/a.jpg": PHOTO, "dog/b.jpg": PHOTO})), 422, "class")
+    assert_refused(post(client, zip_of(GOOD), name="../x"), 422, "name")
+    assert client.get("/v1/datasets/..%2F..").status_code == 404

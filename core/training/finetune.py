@@ -162,11 +162,13 @@ def fine_tune(config: FineTuneConfig, base_spec: ModelSpec, base_network: nn.Mod
             loss_sum += loss.item() * len(indices)
             progress((epoch + (step + 1) / steps_per_epoch) / config.epochs, epoch=epoch + 1, step=step + 1,
                      steps=steps_per_epoch, metrics={"train_loss": loss_sum / seen, "train_accuracy": correct / seen})
-        train_seconds += time.perf_counter() - epoch_started
+        epoch_seconds = time.perf_counter() - epoch_started
+        train_seconds += epoch_seconds
         trained_images += seen
         validation = evaluate(network, val_pixels, val_labels, normalize, len(classes), config.batch_size, device)
         record = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
-                  "val_loss": validation["loss"], "val_accuracy": validation["accuracy"]}
+                  "val_loss": validation["loss"], "val_accuracy": validation["accuracy"],
+                  "images_per_second": seen / epoch_seconds}
         history.append(record)
         progress((epoch + 1) / config.epochs, epoch=epoch + 1, metrics=record)
         if best is None or validation["accuracy"] > best["accuracy"]:

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from core import imaging
+from core.attention import spatial_gates
 from core.png import encode_png
 from core.errors import InvalidRequest, TargetOutOfRange, UnknownLayer, UnknownMethod, UnsupportedMethod
 from core.explain import METHODS
@@ -77,15 +78,21 @@ def _resolve_targets(targets: list[int] | None, count: int, spec: ModelSpec) -> 
 
 def _resolve_layer(model: LoadedModel, method_name: str, layer: str | None) -> str | None:
     method = METHODS[method_name]
+    if method_name not in model.methods:
+        raise UnsupportedMethod(f"model {model.spec.ref!r} cannot answer {method_name} (it needs "
+                                f"{'spatial attention' if method_name == 'attention' else 'a linear head'})",
+                                field="method", valid=model.methods)
     if layer and layer not in model.layers:
         raise UnknownLayer(f"model {model.spec.id!r} has no targetable layer {layer!r}",
                            field="layer", valid=list(model.layers))
     if not method.uses_layer:
         return None
+    if getattr(method, "needs_spatial_attention", False):
+        gates = spatial_gates(model.network)
+        if layer and layer not in gates:
+            raise UnknownLayer(f"{method_name} shows a spatial attention gate", field="layer", valid=gates)
+        return layer or gates[0]
     layer = layer or model.spec.cam_layer
-    if getattr(method, "default_layer_only", False) and not model.spec.linear_head:
-        raise UnsupportedMethod(f"{method_name} needs a linear classifier head; model {model.spec.id!r} has a "
-                                f"hidden layer: use gradcam", field="method")
     if getattr(method, "default_layer_only", False) and layer != model.spec.cam_layer:
         raise UnknownLayer(f"{method_name} works only at the layer that feeds the classifier, "
                            f"{model.spec.cam_layer!r}", field="layer", valid=[model.spec.cam_layer])

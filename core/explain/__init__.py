@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from core.explain.attention_map import AttentionMap
 from core.explain.cam import CAM
 from core.explain.gradcam import GradCAM
 from core.explain.gradcam_plus_plus import GradCAMPlusPlus
@@ -24,4 +25,12 @@ METHODS = {
     "guided_gradcam": GuidedGradCAM(),
     "integrated_gradients": IntegratedGradients(),
     "smoothgrad": SmoothGrad(),
+    "attention": AttentionMap(),
 }
+
+
+def supported_methods(linear_head: bool, spatial_attention: bool) -> list[str]:
+    """The methods a model with this head and these attention modules can answer."""
+    return sorted(name for name, method in METHODS.items()
+                  if (linear_head or not getattr(method, "default_layer_only", False))
+                  and (spatial_attention or not getattr(method, "needs_spatial_attention", False)))

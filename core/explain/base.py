@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.errors import InvalidRequest, UnknownLayer
+from core.errors import InvalidRequest, TargetOutOfRange, UnknownLayer
 
 
 @dataclass
@@ -64,7 +64,12 @@ def capture(model: nn.Module, layer: str, start_grad_here: bool = False) -> Iter
 
 
 def resolve_targets(logits: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
-    return logits.argmax(dim=1) if targets is None else targets.to(logits.device)
+    """The given targets (checked against the logits), else each image's top class."""
+    if targets is None:
+        return logits.argmax(dim=1)
+    if targets.numel() and (targets.min() < 0 or targets.max() >= logits.shape[1]):
+        raise TargetOutOfRange(f"targets must be class indices 0..{logits.shape[1] - 1}", field="target")
+    return targets.to(logits.device)
 
 
 def target_score(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from core.attention import make_attention
+
 EFFICIENTNET_LITE_SIZES = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}
 
 
@@ -18,7 +20,7 @@ class EfficientNetLite(nn.Module):
     `stem`, `blocks.0` .. `blocks.N`, `head` (last feature map), `classifier`."""
 
     def __init__(self, architecture: str, num_classes: int, input_size: int, head_hidden: int = 0,
-                 dropout: float | None = None) -> None:
+                 dropout: float | None = None, attention: str = "none", attention_stages: int = 1) -> None:
         super().__init__()
         from efficientnet_lite_pytorch import EfficientNet
 
@@ -34,12 +36,33 @@ class EfficientNetLite(nn.Module):
                        if head_hidden else nn.Identity())
         self.classifier = nn.Linear(head_hidden or features, num_classes)
         self.drop_connect_rate = net._global_params.drop_connect_rate
+        self.attention = nn.ModuleDict({
+            point: make_attention(attention, channels)
+            for point, channels in self.attention_points()[:attention_stages]} if attention != "none" else {})
+
+    def attention_points(self) -> list[tuple[str, int]]:
+        """Where attention can go, top first: after the head, then after each block stage."""
+        points = [("after_head", self.head[0].out_channels)]
+        blocks = list(self.blocks)
+        for index in reversed(range(len(blocks))):
+            channels = blocks[index]._block_args.output_filters
+            if index == len(blocks) - 1 or blocks[index + 1]._block_args.output_filters != channels:
+                points.append((f"after_block_{index}", channels))
+        return points
+
+    @property
+    def cam_layer(self) -> str:
+        """The feature map that global pooling and the classifier see."""
+        return "attention.after_head" if "after_head" in self.attention else "head"
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
         for index, block in enumerate(self.blocks):
             x = block(x, drop_connect_rate=self.drop_connect_rate * index / len(self.blocks))
-        return self.head(x)
+            if f"after_block_{index}" in self.attention:
+                x = self.attention[f"after_block_{index}"](x)
+        x = self.head(x)
+        return self.attention["after_head"](x) if "after_head" in self.attention else x
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.hidden(self.dropout(features.mean(dim=(2, 3)))))
@@ -68,7 +91,8 @@ class EfficientNetLite(nn.Module):
 
 
 def build_network(architecture: str, num_classes: int, input_size: int, head_hidden: int = 0,
-                  dropout: float | None = None) -> nn.Module:
+                  dropout: float | None = None, attention: str = "none", attention_stages: int = 1) -> nn.Module:
     if architecture in EFFICIENTNET_LITE_SIZES:
-        return EfficientNetLite(architecture, num_classes, input_size, head_hidden, dropout)
+        return EfficientNetLite(architecture, num_classes, input_size, head_hidden, dropout, attention,
+                                attention_stages)
     raise ValueError(f"unknown architecture {architecture!r}; known: {sorted(EFFICIENTNET_LITE_SIZES)}")

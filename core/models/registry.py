@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from core.attention import attention_modules, spatial_gates
 from core.errors import ModelNotReady, UnknownModel
+from core.explain import supported_methods
 from core.models import catalog, versions
 from core.models.architectures import build_network
 from core.models.onnx_export import AGREEMENT_TOLERANCE, ensure_onnx, max_logit_difference
@@ -28,6 +30,8 @@ class LoadedModel:
     predictor: OnnxPredictor
     layers: tuple[str, ...]
     device: torch.device
+    methods: list[str]
+    attention: list[str]
     # Explainers attach hooks to `network`; one request at a time may hold them.
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -66,7 +70,8 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
 
 
 def build_for(spec: ModelSpec) -> nn.Module:
-    return build_network(spec.architecture, spec.num_classes, spec.input_size, spec.head_hidden, spec.dropout)
+    return build_network(spec.architecture, spec.num_classes, spec.input_size, spec.head_hidden, spec.dropout,
+                         spec.attention_type, spec.attention_stages)
 
 
 class ModelRegistry:
@@ -146,7 +151,9 @@ class ModelRegistry:
             log.error("model %s: %s", spec.ref, reason)
             raise ModelNotReady(f"model {spec.ref!r} is not served: {reason}")
         layers = targetable_layers(network, spec.input_size)
-        self._loaded[spec.ref] = LoadedModel(spec, network, predictor, layers, device)
+        methods = supported_methods(spec.linear_head, bool(spatial_gates(network)))
+        self._loaded[spec.ref] = LoadedModel(spec, network, predictor, layers, device, methods,
+                                             attention_modules(network))
         log.info("model %s loaded (max |torch - onnx| logit %.2e, providers %s)",
                  spec.ref, difference, predictor.providers)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,8 @@ class ModelSpec:
     description: str = ""
     head_hidden: int = 0
     dropout: float | None = None
-    attention: tuple[str, ...] = field(default_factory=tuple)
+    attention_type: str = "none"   # none | se | spatial | cbam (core.attention)
+    attention_stages: int = 1       # after the last feature stage, or after each of the top N
     # Set for fine-tuned models: what they were trained from.
     base_model: str | None = None
 
@@ -48,6 +49,6 @@ class ModelSpec:
     @classmethod
     def from_json(cls, text: str) -> "ModelSpec":
         raw = json.loads(text)
-        for key in ("labels", "mean", "std", "attention"):
-            raw[key] = tuple(raw.get(key, ()))
+        for key in ("labels", "mean", "std"):
+            raw[key] = tuple(raw[key])
         return cls(**raw)

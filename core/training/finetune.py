@@ -55,7 +55,7 @@ def trainable_backbone(network: nn.Module, config: FineTuneConfig, epoch: int) -
 
 
 def head_modules(network: nn.Module) -> list[nn.Module]:
-    return [network.hidden, network.classifier, *getattr(network, "attention_modules", [])]
+    return [network.hidden, network.classifier, network.attention]
 
 
 def set_trainable(network: nn.Module, trainable: list[nn.Module]) -> None:
@@ -86,7 +86,7 @@ def make_optimizer(config: FineTuneConfig, network: nn.Module) -> torch.optim.Op
 def transfer_backbone(source: nn.Module, target: nn.Module) -> None:
     """Copy every pretrained weight except the classifier's (the class set changed)."""
     state = {key: value for key, value in source.state_dict().items()
-             if not key.startswith(("classifier.", "hidden."))}
+             if not key.startswith(("classifier.", "hidden.", "attention."))}
     missing, unexpected = target.load_state_dict(state, strict=False)
     assert not unexpected, unexpected
 
@@ -112,20 +112,20 @@ def evaluate(network: nn.Module, pixels: torch.Tensor, labels: torch.Tensor, nor
 
 def fine_tune(config: FineTuneConfig, base_spec: ModelSpec, base_network: nn.Module, classes: list[str],
               items: list, progress: Progress, should_stop: ShouldStop, device: torch.device,
-              max_pixels: int = 40_000_000, decorate: Callable[[nn.Module], None] | None = None) -> FineTuneResult:
-    """Train a copy of `base_network` for `classes`; `decorate` may add modules (attention)
-    before training. Raises JobCancelled when should_stop() says so between steps."""
+              max_pixels: int = 40_000_000) -> FineTuneResult:
+    """Train a copy of `base_network` (new classifier, optional attention modules, which train
+    with the head) for `classes`. Raises JobCancelled when should_stop() says so between steps."""
     torch.manual_seed(config.seed)
     input_size = config.input_size or base_spec.input_size
+    network = build_network(base_spec.architecture, len(classes), input_size, config.head_hidden,
+                            config.head_dropout, config.attention, config.attention_stages)
+    transfer_backbone(base_network, network)
+    network.to(device)
     spec = replace(base_spec, id=config.output_model, version=0, labels=tuple(classes), input_size=input_size,
                    head_hidden=config.head_hidden, dropout=config.head_dropout, weights_digest="",
-                   base_model=base_spec.ref, description=f"{base_spec.id} fine-tuned ({config.strategy}) "
-                                                         f"on data set {config.dataset_id}")
-    network = build_network(spec.architecture, len(classes), input_size, config.head_hidden, config.head_dropout)
-    transfer_backbone(base_network, network)
-    if decorate is not None:
-        decorate(network)
-    network.to(device)
+                   attention_type=config.attention, attention_stages=config.attention_stages,
+                   cam_layer=network.cam_layer, base_model=base_spec.ref,
+                   description=f"{base_spec.id} fine-tuned ({config.strategy}) on data set {config.dataset_id}")
 
     train_items, val_items = data.stratified_split(items, config.val_fraction, config.seed)
     progress(0.0, phase="loading images", images=len(items))

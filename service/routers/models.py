@@ -61,7 +61,7 @@ async def describe_model(model: ModelDep) -> wire.ModelDetail:
     spec = model.spec
     return wire.ModelDetail(
         **_summary(spec).model_dump(), default_layer=spec.cam_layer, layers=list(model.layers),
-        methods=sorted(METHODS), attention=list(spec.attention), weights_digest=spec.weights_digest,
+        methods=model.methods, attention=model.attention, weights_digest=spec.weights_digest,
         status="ready",
         preprocessing=wire.Preprocessing(mean=spec.mean, std=spec.std, center_crop=spec.input_size,
                                          resize_short_side_to=spec.input_size + spec.resize_margin,

@@ -261,7 +261,7 @@ def test_unknown_layer(method, layer):
 
 
 def test_layer_methods_are_the_cam_family_and_guided_gradcam():
-    assert set(LAYER_METHODS) == {"cam", "gradcam", "gradcam++", "layercam", "scorecam", "guided_gradcam"}
+    assert set(LAYER_METHODS) == {"cam", "gradcam", "gradcam++", "layercam", "scorecam", "guided_gradcam", "attention"}
 
 
 BAD_OPTIONS = [

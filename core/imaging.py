@@ -113,13 +113,14 @@ def _jet_table() -> np.ndarray:
 
 
 JET = _jet_table()  # 256 x RGB: the classic 'jet' colours, blue = low, red = high
+_HALF_JET = JET >> 1
 
 
 def overlay(image: Image.Image, heat: np.ndarray, box: CropBox) -> np.ndarray:
     """The image with the colour-mapped heatmap blended half-and-half over the crop box."""
     left, top, right, bottom = box.rounded()
     pixels = np.array(image, dtype=np.uint8)
-    region = pixels[top:bottom, left:right].astype(np.uint16)
-    region += JET[heat[top:bottom, left:right]]
-    pixels[top:bottom, left:right] = region >> 1
+    region = pixels[top:bottom, left:right]
+    region >>= 1
+    region += _HALF_JET[heat[top:bottom, left:right]]
     return pixels

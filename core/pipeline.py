@@ -87,13 +87,13 @@ def _resolve_layer(model: LoadedModel, method_name: str, layer: str | None) -> s
                            field="layer", valid=list(model.layers))
     if not method.uses_layer:
         return None
-    if getattr(method, "needs_spatial_attention", False):
+    if method.needs_spatial_attention:
         gates = spatial_gates(model.network)
         if layer and layer not in gates:
             raise UnknownLayer(f"{method_name} shows a spatial attention gate", field="layer", valid=gates)
         return layer or gates[0]
     layer = layer or model.spec.cam_layer
-    if getattr(method, "default_layer_only", False) and layer != model.spec.cam_layer:
+    if method.default_layer_only and layer != model.spec.cam_layer:
         raise UnknownLayer(f"{method_name} works only at the layer that feeds the classifier, "
                            f"{model.spec.cam_layer!r}", field="layer", valid=[model.spec.cam_layer])
     return layer

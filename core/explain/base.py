@@ -91,7 +91,15 @@ def check_range(name: str, value: float, low: float, high: float) -> None:
         raise InvalidRequest(f"{name} must be between {low} and {high}, got {value}", field=name)
 
 
-class LayerMethod:
+class Method:
+    """What the pipeline needs to know about a method before running it."""
+
+    uses_layer = False
+    default_layer_only = False        # only at the layer that feeds the classifier (CAM)
+    needs_spatial_attention = False   # only for models with a spatial attention module
+
+
+class LayerMethod(Method):
     """CAM family: a map over a layer's channels, weighted by what `weigh` says."""
 
     uses_layer = True
@@ -134,10 +142,8 @@ def forward_logits(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
         return model(inputs)
 
 
-class InputMethod:
+class InputMethod(Method):
     """Gradient family: a per-pixel attribution, reduced over colour channels to a map."""
-
-    uses_layer = False
 
     def __call__(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor | None,
                  layer: str | None = None, **options: object) -> Explanation:

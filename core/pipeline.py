@@ -32,8 +32,9 @@ class RenderedExplanation:
     method: str
     target: Prediction
     layer: str | None
-    heatmap_png: bytes
-    overlay_png: bytes
+    heatmap_png: bytes | None
+    overlay_png: bytes | None
+    map: list[list[float]] | None
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
@@ -99,11 +100,20 @@ def _resolve_layer(model: LoadedModel, method_name: str, layer: str | None) -> s
     return layer
 
 
+OUTPUTS = ("heatmap", "overlay", "map")
+
+
 def explain(model: LoadedModel, images: list[Image.Image], method_name: str,
             targets: list[int] | None = None, layer: str | None = None,
-            options: dict[str, object] | None = None, top_k: int = 5) -> list[ImageResult]:
+            options: dict[str, object] | None = None, top_k: int = 5,
+            outputs: tuple[str, ...] = ("heatmap", "overlay")) -> list[ImageResult]:
+    """`outputs`: `heatmap` and `overlay` PNGs the image's size, `map` the raw [0, 1] map at
+    the explained layer's (or the input's) resolution."""
     if method_name not in METHODS:
         raise UnknownMethod(f"unknown method {method_name!r}", field="method", valid=sorted(METHODS))
+    for output in outputs:
+        if output not in OUTPUTS:
+            raise InvalidRequest(f"unknown output {output!r}", field="outputs", valid=list(OUTPUTS))
     spec = model.spec
     layer = _resolve_layer(model, method_name, layer)
     wanted = _resolve_targets(targets, len(images), spec)
@@ -124,15 +134,17 @@ def explain(model: LoadedModel, images: list[Image.Image], method_name: str,
     results = []
     for index, image in enumerate(images):
         render_start = time.perf_counter()
-        heat = imaging.place_heatmap(maps[index], boxes[index], image.width, image.height)
-        heatmap_png = encode_png(heat)
-        overlay_png = encode_png(imaging.overlay(image, heat, boxes[index]))
+        heat = imaging.place_heatmap(maps[index], boxes[index], image.width, image.height) \
+            if "heatmap" in outputs or "overlay" in outputs else None
+        heatmap_png = encode_png(heat) if "heatmap" in outputs else None
+        overlay_png = encode_png(imaging.overlay(image, heat, boxes[index])) if "overlay" in outputs else None
+        raw = np.round(maps[index], 4).tolist() if "map" in outputs else None
         target = int(chosen[index])
         timings = {"preprocess": (preprocessed - started) * 1000, "model": (explained - preprocessed) * 1000,
                    "render": (time.perf_counter() - render_start) * 1000}
         rendered = RenderedExplanation(method_name, Prediction(target, spec.labels[target],
                                                                float(probabilities[index, target])),
-                                       layer, heatmap_png, overlay_png, timings)
+                                       layer, heatmap_png, overlay_png, raw, timings)
         results.append(ImageResult(predictions[index], rendered))
     return results
 

@@ -29,9 +29,11 @@ class Explanation(BaseModel):
     method: str
     target: Prediction
     layer: str | None = Field(description="the layer explained; null for input-gradient methods")
-    heatmap_png: str = Field(description="base64 8-bit grey PNG, the uploaded image's size; "
-                                         "255 = most important, 0 outside the model's centre crop")
-    overlay_png: str = Field(description="base64 PNG: the colour-mapped heatmap blended over the image")
+    heatmap_png: str | None = Field(description="base64 8-bit grey PNG, the uploaded image's size; "
+                                                "255 = most important, 0 outside the model's centre crop")
+    overlay_png: str | None = Field(description="base64 PNG: the colour-mapped heatmap blended over the image")
+    map: list[list[float]] | None = Field(None, description="with outputs=map: the raw [0, 1] map at the "
+                                                             "explained layer's or the input's resolution")
     timings_ms: dict[str, float]
 
 

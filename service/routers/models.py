@@ -39,6 +39,10 @@ def _predictions(predictions: list[pipeline.Prediction]) -> list[wire.Prediction
     return [wire.Prediction(index=p.index, label=p.label, probability=p.probability) for p in predictions]
 
 
+def _base64(blob: bytes | None) -> str | None:
+    return base64.b64encode(blob).decode("ascii") if blob is not None else None
+
+
 def _decode_all(blobs: list[bytes], settings: Settings) -> list:
     images = []
     for index, blob in enumerate(blobs):
@@ -98,6 +102,8 @@ async def explain(
     samples: Annotated[int | None, Form(description="smoothgrad: noisy samples (default 25)")] = None,
     noise: Annotated[float | None, Form(description="smoothgrad: noise as a fraction of the value range")] = None,
     top_k: TopK = 5,
+    outputs: Annotated[list[str] | None, Form(description="any of heatmap, overlay, map (the raw [0, 1] map); "
+                                                          "default heatmap and overlay")] = None,
 ) -> Response | wire.ExplainResponse:
     wants_png = "image/png" in request.headers.get("accept", "")
     if wants_png and len(file) != 1:
@@ -106,8 +112,13 @@ async def explain(
     given = {"steps": steps, "baseline": baseline, "samples": samples, "noise": noise}
     options = {name: value for name, value in given.items() if value is not None}
 
+    wanted = tuple(outputs or (["overlay"] if wants_png else ["heatmap", "overlay"]))
+    if wants_png and "overlay" not in wanted:
+        raise InvalidRequest("Accept: image/png answers the overlay, so outputs must include it", field="outputs")
+
     def work() -> list[pipeline.ImageResult]:
-        return pipeline.explain(model, _decode_all(blobs, settings), method, target, layer, options, top_k)
+        return pipeline.explain(model, _decode_all(blobs, settings), method, target, layer, options, top_k,
+                                wanted)
 
     results = await run_in_threadpool(work)
     if wants_png:
@@ -117,7 +128,8 @@ async def explain(
             method=r.explanation.method,
             target=_predictions([r.explanation.target])[0],
             layer=r.explanation.layer,
-            heatmap_png=base64.b64encode(r.explanation.heatmap_png).decode("ascii"),
-            overlay_png=base64.b64encode(r.explanation.overlay_png).decode("ascii"),
+            heatmap_png=_base64(r.explanation.heatmap_png),
+            overlay_png=_base64(r.explanation.overlay_png),
+            map=r.explanation.map,
             timings_ms=r.explanation.timings_ms))
         for r in results])

@@ -112,3 +112,17 @@ def test_attention_needs_spatial_attention(client, chelsea_jpeg):
     assert body["type"] == "/problems/unsupported-method" and "gradcam" in body["valid"]
     assert "attention" not in body["valid"]
     assert client.get(f"/v1/models/{MODEL}").json()["attention"] == []
+
+
+def test_outputs_can_be_chosen(client, chelsea_jpeg):
+    body = explain(client, [upload(chelsea_jpeg)], method="gradcam", outputs=["map"]).json()
+    explanation = body["results"][0]["explanation"]
+    assert explanation["heatmap_png"] is None and explanation["overlay_png"] is None
+    grid = np.asarray(explanation["map"])
+    assert grid.shape == (7, 7) and grid.min() == 0.0 and grid.max() == 1.0  # head: 224 / 32
+    body = explain(client, [upload(chelsea_jpeg)], method="saliency", outputs=["heatmap", "map"]).json()
+    explanation = body["results"][0]["explanation"]
+    assert explanation["overlay_png"] is None and np.asarray(explanation["map"]).shape == (224, 224)
+    assert png_size(base64.b64decode(explanation["heatmap_png"])) == (451, 300)
+    bad = explain(client, [upload(chelsea_jpeg)], outputs=["movie"])
+    assert bad.status_code == 422 and bad.json()["valid"] == ["heatmap", "overlay", "map"]

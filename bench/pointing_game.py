@@ -2,8 +2,10 @@
 
     python -m bench.pointing_game [--methods cam,gradcam] [--cases N] [--batch 10] [--seed 0]
 
-The 40 cases of tests.images.pointing_game_cases (the 20 foolbox ImageNet photos pasted at random
-places on a plain and on a noisy canvas) go to POST /v1/models/efficientnet_lite0/explain through a
+Every method in core.explain.METHODS by default; one this model cannot answer (`attention` needs
+a model with spatial attention gates) gets an n/a row with the API's reason. The 40 cases of
+tests.images.pointing_game_cases (the 20 foolbox ImageNet photos pasted at random places on a plain
+and on a noisy canvas) go to POST /v1/models/efficientnet_lite0/explain through a
 FastAPI TestClient over the real app, several files per request, with the photo's label as the
 target of each file. A hit is a heatmap peak (centroid of the pixels tied at the maximum) inside the
 pasted photo's box widened by 15 px (the original pointing game's tolerance); the strict rate uses
@@ -33,6 +35,10 @@ OPTIONS: dict[str, dict[str, object]] = {
 }
 
 
+class Unanswered(Exception):
+    """The API refused the method for this model (e.g. `attention` needs spatial attention gates)."""
+
+
 def play(client, cases, method: str, batch: int) -> tuple[list[bool], list[bool], float]:
     hits, strict = [], []
     started = time.perf_counter()
@@ -42,7 +48,7 @@ def play(client, cases, method: str, batch: int) -> tuple[list[bool], list[bool]
         form = {"method": method, "target": [label for _, _, label in chunk], **OPTIONS.get(method, {})}
         response = client.post(f"/v1/models/{MODEL}/explain", files=files, data=form)
         if response.status_code != 200:
-            raise SystemExit(f"{method}: HTTP {response.status_code}: {response.text}")
+            raise Unanswered(f"HTTP {response.status_code}: {response.json().get('detail', response.text)}")
         for result, (_, box, _) in zip(response.json()["results"], chunk):
             peak = heatmap_peak(decode_png(base64.b64decode(result["explanation"]["heatmap_png"])))
             hits.append(point_in_box(peak, box, TOLERANCE))
@@ -86,7 +92,11 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as data_dir, \
             TestClient(create_app(Settings(data_dir=data_dir)), raise_server_exceptions=True) as client:
         for method in methods:
-            hits, strict, seconds = play(client, cases, method, args.batch)
+            try:
+                hits, strict, seconds = play(client, cases, method, args.batch)
+            except Unanswered as refusal:
+                print(f"{method:<22}  n/a: {refusal}", flush=True)
+                continue
             parts = [hits[i * per_background:(i + 1) * per_background] for i in range(len(POINTING_GAME_BACKGROUNDS))]
             by_background = "".join(f"{f'{sum(p)}/{len(p)}' if p else '-':>8}" for p in parts)
             print(f"{method:<22}{f'{sum(hits)}/{len(hits)}':>8}{sum(hits) / max(len(hits), 1):>7.0%}"

@@ -15,14 +15,17 @@ class ScoreCAM(LayerMethod):
     def combine(self, model, inputs, activations, gradients, targets, batch_size: int = 32,
                 **options) -> torch.Tensor:
         check_range("batch_size", batch_size, 1, 1024)
-        upsampled = F.interpolate(activations, size=inputs.shape[-2:], mode="bilinear", align_corners=True)
-        flat = upsampled.flatten(2)
-        low, high = flat.min(dim=2).values[..., None, None], flat.max(dim=2).values[..., None, None]
-        masks = (upsampled - low) / (high - low + 1e-8)
         weights = torch.empty(activations.shape[:2], device=activations.device)
         with torch.no_grad():
             for image in range(inputs.shape[0]):
-                for start in range(0, masks.shape[1], batch_size):
-                    masked = inputs[image][None] * masks[image, start:start + batch_size, None]
+                for start in range(0, activations.shape[1], batch_size):
+                    # masks for this slice of channels only: all of them at once would take
+                    # channels x H x W floats per image (1280 x 224 x 224 = 257 MB)
+                    masks = F.interpolate(activations[image, start:start + batch_size, None],
+                                          size=inputs.shape[-2:], mode="bilinear", align_corners=True)
+                    flat = masks.flatten(1)
+                    low = flat.min(dim=1).values[:, None, None, None]
+                    high = flat.max(dim=1).values[:, None, None, None]
+                    masked = inputs[image][None] * ((masks - low) / (high - low + 1e-8))
                     weights[image, start:start + masked.shape[0]] = model(masked)[:, targets[image]]
         return (torch.softmax(weights, dim=1)[:, :, None, None] * activations).sum(dim=1)

@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from core.errors import ImageTooLarge, InvalidImage
+from core.parallel import map_images
 from core.models.spec import ModelSpec
 
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
@@ -80,17 +81,19 @@ def preprocess(images: list[Image.Image], spec: ModelSpec) -> tuple[np.ndarray, 
     """RGB images -> float32 NCHW batch normalized as the spec says, plus each crop box."""
     size = spec.input_size
     batch = np.empty((len(images), 3, size, size), dtype=np.float32)
-    boxes = []
     mean = np.asarray(spec.mean, dtype=np.float32)[:, None, None]
     inv_std = (1.0 / np.asarray(spec.std, dtype=np.float32))[:, None, None]
-    for index, image in enumerate(images):
+
+    def one(index: int) -> CropBox:
+        image = images[index]
         box = crop_box(image.width, image.height, spec)
         crop = image.resize((size, size), _INTERPOLATION[spec.interpolation],
                             box=(box.left, box.top, box.right, box.bottom))
         pixels = np.asarray(crop, dtype=np.float32).transpose(2, 0, 1)
         np.multiply(pixels - mean, inv_std, out=batch[index])
-        boxes.append(box)
-    return batch, boxes
+        return box
+
+    return batch, map_images(one, range(len(images)))
 
 
 def place_heatmap(saliency: np.ndarray, box: CropBox, width: int, height: int) -> np.ndarray:

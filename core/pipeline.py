@@ -18,6 +18,7 @@ from core.explain.base import normalize_maps
 from core.explain.cam import class_activation_maps
 from core.models.registry import LoadedModel
 from core.models.spec import ModelSpec
+from core.parallel import map_images
 
 
 @dataclass(frozen=True)
@@ -131,22 +132,23 @@ def explain(model: LoadedModel, images: list[Image.Image], method_name: str,
     explained = time.perf_counter()
     probabilities = softmax(logits)
     predictions = top_predictions(probabilities, spec, top_k)
-    results = []
-    for index, image in enumerate(images):
+    timings = {"preprocess": (preprocessed - started) * 1000, "model": (explained - preprocessed) * 1000}
+
+    def render(index: int) -> ImageResult:
+        image, box = images[index], boxes[index]
         render_start = time.perf_counter()
-        heat = imaging.place_heatmap(maps[index], boxes[index], image.width, image.height) \
+        heat = imaging.place_heatmap(maps[index], box, image.width, image.height) \
             if "heatmap" in outputs or "overlay" in outputs else None
         heatmap_png = encode_png(heat) if "heatmap" in outputs else None
-        overlay_png = encode_png(imaging.overlay(image, heat, boxes[index])) if "overlay" in outputs else None
+        overlay_png = encode_png(imaging.overlay(image, heat, box)) if "overlay" in outputs else None
         raw = np.round(maps[index], 4).tolist() if "map" in outputs else None
         target = int(chosen[index])
-        timings = {"preprocess": (preprocessed - started) * 1000, "model": (explained - preprocessed) * 1000,
-                   "render": (time.perf_counter() - render_start) * 1000}
-        rendered = RenderedExplanation(method_name, Prediction(target, spec.labels[target],
-                                                               float(probabilities[index, target])),
-                                       layer, heatmap_png, overlay_png, raw, timings)
-        results.append(ImageResult(predictions[index], rendered))
-    return results
+        rendered = RenderedExplanation(
+            method_name, Prediction(target, spec.labels[target], float(probabilities[index, target])), layer,
+            heatmap_png, overlay_png, raw, {**timings, "render": (time.perf_counter() - render_start) * 1000})
+        return ImageResult(predictions[index], rendered)
+
+    return map_images(render, range(len(images)))
 
 
 def _cam_from_onnx(model: LoadedModel, batch: np.ndarray,

@@ -15,6 +15,7 @@ from core.explain import METHODS
 from core.explain.integrated_gradients import BASELINES
 from core.imaging import decode_image
 from core.models.spec import ModelSpec
+from core.parallel import map_images
 from schemas import models as wire
 from service.dependencies import ModelDep, RegistryDep, SettingsDep, read_uploads
 from service.settings import Settings
@@ -44,14 +45,14 @@ def _base64(blob: bytes | None) -> str | None:
 
 
 def _decode_all(blobs: list[bytes], settings: Settings) -> list:
-    images = []
-    for index, blob in enumerate(blobs):
+    def decode(index: int):
         try:
-            images.append(decode_image(blob, settings.max_image_pixels))
+            return decode_image(blobs[index], settings.max_image_pixels)
         except GazerError as error:
             error.detail = f"file {index}: {error.detail}"
             raise
-    return images
+
+    return map_images(decode, range(len(blobs)))
 
 
 @router.get("", response_model=wire.ModelList)

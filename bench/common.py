@@ -19,24 +19,35 @@ from contextlib import contextmanager
 from typing import Callable, Iterator
 
 
-def median_ms(samples: list[float]) -> float:
-    return statistics.median(samples) * 1000
+class Timings(dict):
+    """Median milliseconds per call of each contender, plus per-round medians for ratios."""
+
+    def __init__(self, rounds: dict[str, list[float]]) -> None:
+        super().__init__({name: statistics.median(values) for name, values in rounds.items()})
+        self.rounds = rounds
+
+    def ratio(self, numerator: str, denominator: str) -> float:
+        """Median over rounds of the two contenders' ratio in that round: paired, so a slow
+        spell of the machine affects both sides of each ratio alike."""
+        return statistics.median(a / b for a, b in zip(self.rounds[numerator], self.rounds[denominator]))
 
 
 def interleaved(contenders: dict[str, Callable[[], object]], rounds: int = 7, per_round: int = 10,
-                warmup: int = 3) -> dict[str, float]:
-    """Median milliseconds per call of each contender, measured in alternating rounds."""
-    samples: dict[str, list[float]] = {name: [] for name in contenders}
+                warmup: int = 3) -> Timings:
+    """Each contender's median milliseconds per call, measured in alternating rounds."""
+    medians: dict[str, list[float]] = {name: [] for name in contenders}
     for function in contenders.values():
         for _ in range(warmup):
             function()
     for _ in range(rounds):
         for name, function in contenders.items():
+            samples = []
             for _ in range(per_round):
                 started = time.perf_counter()
                 function()
-                samples[name].append(time.perf_counter() - started)
-    return {name: median_ms(values) for name, values in samples.items()}
+                samples.append(time.perf_counter() - started)
+            medians[name].append(statistics.median(samples) * 1000)
+    return Timings(medians)
 
 
 def multipart(files: list[tuple[str, bytes]], fields: dict[str, object] | None = None) -> tuple[bytes, str]:

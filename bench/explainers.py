@@ -41,8 +41,8 @@ def main() -> None:
         ("torch forward (no_grad)", f"{times['forward']:.2f}"),
         ("gazer gradcam", f"{times['gradcam']:.2f}"),
         ("pytorch-grad-cam GradCAM", f"{times['pytorch_grad_cam']:.2f}"),
-        ("gradcam / forward", f"{times['gradcam'] / times['forward']:.2f}x  (goal <= 1.3x)"),
-        ("pytorch-grad-cam / gazer", f"{times['pytorch_grad_cam'] / times['gradcam']:.2f}x  (goal >= 2.5x)"),
+        ("gradcam / forward", f"{times.ratio('gradcam', 'forward'):.2f}x  (goal <= 1.3x)"),
+        ("pytorch-grad-cam / gazer", f"{times.ratio('pytorch_grad_cam', 'gradcam'):.2f}x  (goal >= 2.5x)"),
     ])
 
     baseline = torch.full_like(inputs, (0.0 - spec.mean[0]) / spec.std[0])
@@ -55,7 +55,7 @@ def main() -> None:
     report("integrated gradients, 50 steps, black baseline (median ms)", [
         ("gazer", f"{times['gazer']:.0f}"),
         ("captum IntegratedGradients(n_steps=50)", f"{times['captum']:.0f}"),
-        ("captum / gazer", f"{times['captum'] / times['gazer']:.2f}x  (goal >= 1.0x)"),
+        ("captum / gazer", f"{times.ratio('captum', 'gazer'):.2f}x  (goal >= 1.0x)"),
     ])
 
 

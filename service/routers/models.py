@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import Response
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from core import pipeline
@@ -38,6 +39,11 @@ def _ref(spec: ModelSpec) -> wire.ModelRef:
 
 def _predictions(predictions: list[pipeline.Prediction]) -> list[wire.Prediction]:
     return [wire.Prediction(index=p.index, label=p.label, probability=p.probability) for p in predictions]
+
+
+def _json(body: BaseModel) -> Response:
+    """The model is built (so validated) here; skip FastAPI's second validation pass."""
+    return Response(body.model_dump_json(), media_type="application/json")
 
 
 def _base64(blob: bytes | None) -> str | None:
@@ -74,16 +80,16 @@ async def describe_model(model: ModelDep) -> wire.ModelDetail:
 
 
 @router.post("/{model}/predict", response_model=wire.PredictResponse)
-async def predict(model: ModelDep, settings: SettingsDep, file: Files, top_k: TopK = 5) -> wire.PredictResponse:
+async def predict(model: ModelDep, settings: SettingsDep, file: Files, top_k: TopK = 5) -> Response:
     blobs = await read_uploads(file, settings)
 
     def work() -> list[pipeline.ImageResult]:
         return pipeline.predict(model, _decode_all(blobs, settings), top_k)
 
     results = await run_in_threadpool(work)
-    return wire.PredictResponse(model=_ref(model.spec),
-                                results=[wire.PredictResult(predictions=_predictions(r.predictions))
-                                         for r in results])
+    return _json(wire.PredictResponse(model=_ref(model.spec),
+                                      results=[wire.PredictResult(predictions=_predictions(r.predictions))
+                                               for r in results]))
 
 
 @router.post("/{model}/explain", response_model=wire.ExplainResponse,
@@ -105,7 +111,7 @@ async def explain(
     top_k: TopK = 5,
     outputs: Annotated[list[str] | None, Form(description="any of heatmap, overlay, map (the raw [0, 1] map); "
                                                           "default heatmap and overlay")] = None,
-) -> Response | wire.ExplainResponse:
+) -> Response:
     wants_png = "image/png" in request.headers.get("accept", "")
     if wants_png and len(file) != 1:
         raise InvalidRequest("Accept: image/png answers one overlay PNG, so send exactly one file", field="file")
@@ -124,7 +130,7 @@ async def explain(
     results = await run_in_threadpool(work)
     if wants_png:
         return Response(results[0].explanation.overlay_png, media_type="image/png")
-    return wire.ExplainResponse(model=_ref(model.spec), results=[
+    return _json(wire.ExplainResponse(model=_ref(model.spec), results=[
         wire.ExplainResult(predictions=_predictions(r.predictions), explanation=wire.Explanation(
             method=r.explanation.method,
             target=_predictions([r.explanation.target])[0],
@@ -133,4 +139,4 @@ async def explain(
             overlay_png=_base64(r.explanation.overlay_png),
             map=r.explanation.map,
             timings_ms=r.explanation.timings_ms))
-        for r in results])
+        for r in results]))

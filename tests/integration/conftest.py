@@ -79,6 +79,19 @@ def start_worker(redis_server, shared_dir, tmp_path_factory):
         worker.stop()
 
 
+@pytest.fixture(scope="module")
+def workers(start_worker):
+    """Returns the module's one live worker, starting a new one when a test stopped it."""
+    pool = {"current": start_worker()}
+
+    def live():
+        if pool["current"].process.poll() is not None:
+            pool["current"] = start_worker()
+        return pool["current"]
+
+    return live
+
+
 def make_client(redis_server, shared_dir, **settings: object) -> TestClient:
     app = create_app(Settings(data_dir=shared_dir, redis_url=redis_server.url, job_lease_seconds=LEASE_SECONDS,
                               **settings))

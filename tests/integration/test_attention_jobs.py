@@ -18,19 +18,6 @@ from tests.images import SHAPE_CLASSES, decode_png, encode, png_size, shape_imag
 from tests.integration.conftest import wait_for
 
 
-@pytest.fixture(scope="module")
-def workers(start_worker):
-    """Returns the module's one live worker, starting a new one when a test stopped it."""
-    pool = {"current": start_worker()}
-
-    def live():
-        if pool["current"].process.poll() is not None:
-            pool["current"] = start_worker()
-        return pool["current"]
-
-    return live
-
-
 def create_dataset(api, archive: bytes, name: str) -> dict:
     created = api.post("/v1/datasets", files=[upload(archive, f"{name}.zip", "application/zip")], data={"name": name})
     assert created.status_code == 201, created.text

@@ -14,19 +14,6 @@ from tests.images import SHAPE_CLASSES, encode, shape_image, shapes_archive, upl
 from tests.integration.conftest import LEASE_SECONDS, make_client, wait_for
 
 
-@pytest.fixture(scope="module")
-def workers(start_worker):
-    """Returns the module's one live worker, starting a new one when a test stopped it."""
-    pool = {"current": start_worker()}
-
-    def live():
-        if pool["current"].process.poll() is not None:
-            pool["current"] = start_worker()
-        return pool["current"]
-
-    return live
-
-
 def submit(api, kind: str, body: dict) -> dict:
     response = api.post(f"/v1/jobs/{kind}", json=body)
     assert response.status_code == 202, response.text
@@ -123,7 +110,7 @@ def test_cancel_a_queued_job_before_it_runs(api, workers):
 
 def test_progress_events_stream(api, workers):
     workers()
-    job = submit(api, "activation-maximization", {**long_maximization(12), "size": 48})
+    job = submit(api, "activation-maximization", {**long_maximization(300), "size": 64})
     events = []
     with api.stream("GET", f"/v1/jobs/{job['id']}/events") as stream:
         assert stream.headers["content-type"].startswith("text/event-stream")

@@ -30,6 +30,9 @@ test: setup
 	$(RUN_ENV) $(PY) -m pytest $(PYTEST_ARGS)
 
 bench: setup
+	@if [ ! -d /usr/share/tuxpaint/stamps ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get install -y -qq tuxpaint-stamps-default >/dev/null 2>&1 || \
+		(apt-get update -qq && apt-get install -y -qq tuxpaint-stamps-default >/dev/null) || true; fi
 	$(RUN_ENV) $(PY) -m bench.run_all
 
 clean:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms import v2
+import torch.nn.functional as F
 
 from core import imaging
 from core.models.spec import ModelSpec
@@ -44,31 +44,61 @@ def load_squares(items: list[tuple[Path, int]], spec: ModelSpec, max_pixels: int
     return pixels, labels
 
 
-def make_augmenter(augmentation: Augmentation) -> v2.Compose:
-    steps: list[v2.Transform] = []
-    if augmentation.flip:
-        steps.append(v2.RandomHorizontalFlip())
-    if augmentation.rotation or augmentation.zoom or augmentation.shear:
-        steps.append(v2.RandomAffine(degrees=augmentation.rotation,
-                                     scale=(1 - augmentation.zoom, 1 + augmentation.zoom),
-                                     shear=augmentation.shear or None,
-                                     interpolation=v2.InterpolationMode.BILINEAR))
-    if augmentation.color_jitter:
-        jitter = augmentation.color_jitter
-        steps.append(v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter))
-    return v2.Compose(steps)
+def augment_batch(squares: torch.Tensor, augmentation: Augmentation, output_size: int,
+                  generator: torch.Generator) -> torch.Tensor:
+    """Random flip, rotation, zoom and shear (one affine resampling per batch, its centre
+    `output_size` window), then brightness, contrast and saturation jitter, each drawn per
+    image from `generator`. uint8 (B, 3, S, S) -> float (B, 3, output_size, output_size) in 0..255."""
+    count = squares.shape[0]
+    images = squares.float()
+
+    def uniform(spread: float) -> torch.Tensor:
+        return (torch.rand(count, generator=generator) * 2 - 1) * spread
+
+    angle = torch.deg2rad(uniform(augmentation.rotation))
+    shear = torch.deg2rad(uniform(augmentation.shear))
+    scale = 1 + uniform(augmentation.zoom)
+    flip = torch.where(torch.rand(count, generator=generator) < 0.5, -1.0, 1.0) if augmentation.flip \
+        else torch.ones(count)
+    # forward map: scale * rotation * shear * flip; the grid needs its inverse, applied to the
+    # output window (the centre crop) expressed in the input's normalized coordinates
+    cos, sin, tan = torch.cos(angle), torch.sin(angle), torch.tan(shear)
+    forward = torch.zeros(count, 2, 2)
+    forward[:, 0, 0], forward[:, 0, 1] = cos * flip, (cos * tan - sin)
+    forward[:, 1, 0], forward[:, 1, 1] = sin * flip, (sin * tan + cos)
+    forward = forward * scale[:, None, None]
+    window = output_size / squares.shape[-1]
+    theta = torch.zeros(count, 2, 3)
+    theta[:, :, :2] = torch.linalg.inv(forward) * window
+    grid = F.affine_grid(theta, [count, 3, output_size, output_size], align_corners=False)
+    images = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    jitter = augmentation.color_jitter
+    if jitter:
+        images = images * (1 + uniform(jitter))[:, None, None, None]
+        grey = (images * _LUMA).sum(dim=1, keepdim=True)
+        images = (images - grey.mean(dim=(2, 3), keepdim=True)) * (1 + uniform(jitter))[:, None, None, None] \
+            + grey.mean(dim=(2, 3), keepdim=True)
+        grey = (images * _LUMA).sum(dim=1, keepdim=True)
+        images = (images - grey) * (1 + uniform(jitter))[:, None, None, None] + grey
+    return images.clamp(0, 255)
+
+
+_LUMA = torch.tensor([0.299, 0.587, 0.114])[None, :, None, None]
 
 
 class Normalizer:
-    """uint8 squares -> the model's input: centre crop, then (x - mean) / std."""
+    """Pixels (0..255) -> the model's input, (x - mean) / std; uint8 squares are centre-cropped first."""
 
     def __init__(self, spec: ModelSpec) -> None:
-        self.crop = v2.CenterCrop(spec.input_size)
+        self.size = spec.input_size
         self.mean = torch.tensor(spec.mean)[None, :, None, None]
         self.std = torch.tensor(spec.std)[None, :, None, None]
 
-    def __call__(self, squares: torch.Tensor) -> torch.Tensor:
-        return (self.crop(squares).float() - self.mean) / self.std
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        if pixels.shape[-1] != self.size:
+            margin = (pixels.shape[-1] - self.size) // 2
+            pixels = pixels[..., margin:margin + self.size, margin:margin + self.size]
+        return (pixels.float() - self.mean) / self.std
 
 
 def batches(count: int, batch_size: int, shuffle: bool, generator: torch.Generator):

@@ -131,7 +131,6 @@ def fine_tune(config: FineTuneConfig, base_spec: ModelSpec, base_network: nn.Mod
     progress(0.0, phase="loading images", images=len(items))
     train_pixels, train_labels = data.load_squares(train_items, spec, max_pixels)
     val_pixels, val_labels = data.load_squares(val_items, spec, max_pixels)
-    augment = data.make_augmenter(config.augmentation)
     normalize = data.Normalizer(spec)
     generator = torch.Generator().manual_seed(config.seed)
 
@@ -150,7 +149,8 @@ def fine_tune(config: FineTuneConfig, base_spec: ModelSpec, base_network: nn.Mod
         for step, indices in enumerate(data.batches(len(train_labels), config.batch_size, True, generator)):
             if should_stop():
                 raise JobCancelled()
-            inputs = normalize(torch.stack([augment(train_pixels[i]) for i in indices.tolist()])).to(device)
+            inputs = normalize(data.augment_batch(train_pixels[indices], config.augmentation, input_size,
+                                                  generator)).to(device)
             truth = train_labels[indices].to(device)
             logits = network(inputs)
             loss = nn.functional.cross_entropy(logits, truth)

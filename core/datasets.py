@@ -144,8 +144,9 @@ def ingest_archive(blob: bytes, datasets_dir: Path, name: str | None = None,
                 (staging / label / f"{index:06d}{PurePosixPath(filename).suffix.lower()}").write_bytes(data)
                 counts[label] = index + 1
         if len(counts) < 2:
+            unread = f"; {len(unreadable)} unreadable: {[item['file'] for item in unreadable][:20]}" if unreadable else ""
             raise InvalidRequest(f"a data set needs at least 2 classes (folders) with readable images; found "
-                                 f"{len(counts)}: {sorted(counts)}", field="file", unreadable=unreadable)
+                                 f"{len(counts)}: {sorted(counts)}{unread}", field="file")
         description = {"id": dataset_id, "name": name or dataset_id, "classes": sorted(counts),
                        "counts": dict(sorted(counts.items())), "images": sum(counts.values()),
                        "unreadable": unreadable, "created_at": time.time()}

@@ -1,7 +1,7 @@
 """A minimal, fast PNG writer for 8-bit grey or RGB arrays.
 
-Rows use PNG's 'Up' filter (computed with numpy) and are deflated by ISA-L at level 1:
-about 5x faster than Pillow's encoder on photos, at a similar size.
+Rows use PNG's 'Up' filter (computed with numpy) and are deflated by ISA-L at level 1. On a
+451x300 photo overlay: 0.9 ms and 240 KB, against Pillow's 9 ms and 221 KB at compress_level 1.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.jobs import LONGEST_JOB_SECONDS
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GAZER_")
@@ -19,5 +21,7 @@ class Settings(BaseSettings):
     # Without a Redis URL the API starts an embedded redis-server with its data in data_dir.
     redis_url: str | None = None
     job_lease_seconds: float = 60.0
-    visibility_timeout: float = 7 * 24 * 3600
+    visibility_timeout: float = LONGEST_JOB_SECONDS
     max_dataset_bytes: int = 500 * 1024 * 1024
+    max_dataset_uncompressed_bytes: int = 2 * 1024**3
+    max_dataset_files: int = 20_000

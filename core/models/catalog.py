@@ -13,7 +13,6 @@ from torch import nn
 from core.models.architectures import EFFICIENTNET_LITE_SIZES, build_network
 from core.models.spec import ModelSpec
 
-DEFAULT_MODEL = "efficientnet_lite0"
 BUILTIN_MODELS = tuple(EFFICIENTNET_LITE_SIZES)
 
 
@@ -40,7 +39,9 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+@lru_cache(maxsize=None)
 def builtin_spec(model_id: str) -> ModelSpec:
+    """The spec of a built-in model (its weights file, hashed once per process)."""
     if model_id not in BUILTIN_MODELS:
         raise KeyError(model_id)
     return ModelSpec(

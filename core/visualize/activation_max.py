@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from core.errors import InvalidRequest
-from core.explain.base import capture, find_layer
+from core.explain.base import capture
 from core.explain.integrated_gradients import gaussian_blur
 from core.jobs import JobCancelled
 from core.models.spec import ModelSpec
@@ -100,8 +100,7 @@ def validate(config: MaximizationConfig, spec: ModelSpec, network: nn.Module) ->
         if not 0 <= cls < spec.num_classes:
             raise InvalidRequest(f"class {cls} is out of range 0..{spec.num_classes - 1}", field="target")
     if config.layer:
-        module = find_layer(network, config.layer)
-        channels = _channel_count(module, network, spec.input_size)
+        channels = _channel_count(network, config.layer, spec.input_size)
         if not config.channels:
             raise InvalidRequest("a layer target needs at least one channel", field="target.channels")
         for channel in config.channels:
@@ -112,15 +111,12 @@ def validate(config: MaximizationConfig, spec: ModelSpec, network: nn.Module) ->
         raise InvalidRequest(f"parameterization must be one of {PARAMETERIZATIONS}", field="parameterization")
 
 
-def _channel_count(module: nn.Module, network: nn.Module, input_size: int) -> int:
-    with capture(network, _name_of(network, module)) as captured, torch.no_grad():
+def _channel_count(network: nn.Module, layer: str, input_size: int) -> int:
+    """Channels of `layer`'s output (raises UnknownLayer for a layer the network lacks)."""
+    with capture(network, layer) as captured, torch.no_grad():
         device = next(network.parameters()).device
         network(torch.zeros(1, 3, input_size, input_size, device=device))
     return captured.activation.shape[1]
-
-
-def _name_of(network: nn.Module, module: nn.Module) -> str:
-    return next(name for name, candidate in network.named_modules() if candidate is module)
 
 
 def maximize(network: nn.Module, spec: ModelSpec, config: MaximizationConfig,

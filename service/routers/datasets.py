@@ -25,7 +25,8 @@ async def upload_dataset(
     if name is not None:
         check_name(name, "name")
     blob = await file.read()
-    limits = ArchiveLimits(max_total_bytes=settings.max_dataset_bytes * 4, max_image_pixels=settings.max_image_pixels)
+    limits = ArchiveLimits(max_files=settings.max_dataset_files, max_total_bytes=settings.max_dataset_uncompressed_bytes,
+                           max_image_pixels=settings.max_image_pixels)
     storage.datasets.mkdir(parents=True, exist_ok=True)
     return Dataset(**await run_in_threadpool(datasets.ingest_archive, blob, storage.datasets, name, limits))
 

@@ -18,7 +18,7 @@ from core.explain.base import normalize_maps
 from core.explain.cam import class_activation_maps
 from core.models.registry import LoadedModel
 from core.models.spec import ModelSpec
-from core.parallel import map_images
+from core.parallel import parallel_map
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,7 @@ def explain(model: LoadedModel, images: list[Image.Image], method_name: str,
             heatmap_png, overlay_png, raw, {**timings, "render": (time.perf_counter() - render_start) * 1000})
         return ImageResult(predictions[index], rendered)
 
-    return map_images(render, range(len(images)))
+    return parallel_map(render, range(len(images)))
 
 
 def _cam_from_onnx(model: LoadedModel, batch: np.ndarray,

@@ -61,7 +61,8 @@ async def _validation_error(request: Request, error: RequestValidationError) -> 
 
 
 async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-    code = TITLES.get(error.status_code, "http-error").lower().replace(" ", "-")
+    code = "payload-too-large" if error.status_code == 413 else \
+        TITLES.get(error.status_code, "http-error").lower().replace(" ", "-")
     return problem_response(error.status_code, code, str(error.detail))
 
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.errors import problem_response
 
 
 class RequestSizeLimit:
-    """Answers 413 when Content-Length is over the limit; bodies sent without a length are
-    cut off (and fail to parse, 400) once they pass it."""
+    """Answers 413 when Content-Length is over the limit, and stops reading a body sent
+    without a length (chunked) with a 413 as soon as it passes the limit."""
 
     def __init__(self, app: ASGIApp, max_bytes: int, per_path: dict[str, int] | None = None) -> None:
         self.app = app
@@ -35,7 +36,7 @@ class RequestSizeLimit:
             message = await receive()
             received += len(message.get("body", b""))
             if received > limit:
-                raise ValueError(f"request body over {limit} bytes")
+                raise HTTPException(413, f"the request body is over the limit of {limit} bytes")
             return message
 
         await self.app(scope, limited_receive, send)

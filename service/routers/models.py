@@ -16,7 +16,7 @@ from core.explain import METHODS
 from core.explain.integrated_gradients import BASELINES
 from core.imaging import decode_image
 from core.models.spec import ModelSpec
-from core.parallel import map_images
+from core.parallel import parallel_map
 from schemas import models as wire
 from service.dependencies import ModelDep, RegistryDep, SettingsDep, read_uploads
 from service.settings import Settings
@@ -58,7 +58,7 @@ def _decode_all(blobs: list[bytes], settings: Settings) -> list:
             error.detail = f"file {index}: {error.detail}"
             raise
 
-    return map_images(decode, range(len(blobs)))
+    return parallel_map(decode, range(len(blobs)))
 
 
 @router.get("", response_model=wire.ModelList)

@@ -14,6 +14,7 @@ from PIL import Image
 from service.app import create_app
 from service.settings import Settings
 from tests.conftest import MODEL
+from bench.common import multipart as multipart_body
 from tests.images import chelsea, decode_png, encode, png_size, upload
 
 PREDICT = f"/v1/models/{MODEL}/predict"
@@ -148,6 +149,20 @@ def test_upload_over_the_request_limit_is_413(strict_client):
     assert len(blob) > 200_000
     body = assert_problem(strict_client.post(PREDICT, files=[upload(blob, "big.png", "image/png")]), 413,
                           "payload-too-large")
+    assert "200000" in body["detail"]
+    assert_still_serving(strict_client)
+
+
+def test_chunked_upload_over_the_request_limit_is_413(strict_client):
+    blob, content_type = multipart_body([("big.bin", bytes(300_000))])
+
+    def chunks():
+        for start in range(0, len(blob), 16_384):
+            yield blob[start:start + 16_384]
+
+    response = strict_client.post(PREDICT, content=chunks(), headers={"Content-Type": content_type})
+    assert "content-length" not in response.request.headers
+    body = assert_problem(response, 413, "payload-too-large")
     assert "200000" in body["detail"]
     assert_still_serving(strict_client)
 

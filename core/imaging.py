@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from core.errors import ImageTooLarge, InvalidImage
+from core.errors import ImageTooLarge, InvalidImage, InvalidRequest
 from core.parallel import parallel_map
 from core.models.spec import ModelSpec
 
@@ -70,14 +70,25 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
-def crop_box(width: int, height: int, spec: ModelSpec) -> CropBox:
-    """Resize-short-side-to (S + margin) then centre-crop S, expressed in original pixels."""
+# How an image becomes the model's S x S input: `crop` is the model's own eval preprocessing
+# (short side to S + margin, centre crop S); `stretch` resizes the whole image to S x S, the
+# aspect ratio not kept, so nothing is cut off and the explanation covers every pixel.
+RESIZE_MODES = ("crop", "stretch")
+
+
+def crop_box(width: int, height: int, spec: ModelSpec, resize: str = "crop") -> CropBox:
+    """The region of the image the model sees, in original pixels."""
+    if resize not in RESIZE_MODES:
+        raise InvalidRequest(f"unknown resize {resize!r}", field="resize", valid=list(RESIZE_MODES))
+    if resize == "stretch":
+        return CropBox(0.0, 0.0, float(width), float(height))
     side = min(width, height) * spec.input_size / (spec.input_size + spec.resize_margin)
     left, top = (width - side) / 2, (height - side) / 2
     return CropBox(left, top, left + side, top + side)
 
 
-def preprocess(images: list[Image.Image], spec: ModelSpec) -> tuple[np.ndarray, list[CropBox]]:
+def preprocess(images: list[Image.Image], spec: ModelSpec,
+               resize: str = "crop") -> tuple[np.ndarray, list[CropBox]]:
     """RGB images -> float32 NCHW batch normalized as the spec says, plus each crop box."""
     size = spec.input_size
     batch = np.empty((len(images), 3, size, size), dtype=np.float32)
@@ -86,7 +97,7 @@ def preprocess(images: list[Image.Image], spec: ModelSpec) -> tuple[np.ndarray, 
 
     def one(index: int) -> CropBox:
         image = images[index]
-        box = crop_box(image.width, image.height, spec)
+        box = crop_box(image.width, image.height, spec, resize)
         crop = image.resize((size, size), _INTERPOLATION[spec.interpolation],
                             box=(box.left, box.top, box.right, box.bottom))
         pixels = np.asarray(crop, dtype=np.float32).transpose(2, 0, 1)

@@ -59,8 +59,9 @@ def top_predictions(probabilities: np.ndarray, spec: ModelSpec, top_k: int) -> l
             for row, indices in zip(probabilities, order)]
 
 
-def predict(model: LoadedModel, images: list[Image.Image], top_k: int = 5) -> list[ImageResult]:
-    batch, _ = imaging.preprocess(images, model.spec)
+def predict(model: LoadedModel, images: list[Image.Image], top_k: int = 5,
+            resize: str = "crop") -> list[ImageResult]:
+    batch, _ = imaging.preprocess(images, model.spec, resize)
     probabilities = softmax(model.predictor.logits(batch))
     return [ImageResult(predictions) for predictions in top_predictions(probabilities, model.spec, top_k)]
 
@@ -107,9 +108,9 @@ OUTPUTS = ("heatmap", "overlay", "map")
 def explain(model: LoadedModel, images: list[Image.Image], method_name: str,
             targets: list[int] | None = None, layer: str | None = None,
             options: dict[str, object] | None = None, top_k: int = 5,
-            outputs: tuple[str, ...] = ("heatmap", "overlay")) -> list[ImageResult]:
+            outputs: tuple[str, ...] = ("heatmap", "overlay"), resize: str = "crop") -> list[ImageResult]:
     """`outputs`: `heatmap` and `overlay` PNGs the image's size, `map` the raw [0, 1] map at
-    the explained layer's (or the input's) resolution."""
+    the explained layer's (or the input's) resolution. `resize`: see imaging.RESIZE_MODES."""
     if method_name not in METHODS:
         raise UnknownMethod(f"unknown method {method_name!r}", field="method", valid=sorted(METHODS))
     for output in outputs:
@@ -119,7 +120,7 @@ def explain(model: LoadedModel, images: list[Image.Image], method_name: str,
     layer = _resolve_layer(model, method_name, layer)
     wanted = _resolve_targets(targets, len(images), spec)
     started = time.perf_counter()
-    batch, boxes = imaging.preprocess(images, spec)
+    batch, boxes = imaging.preprocess(images, spec, resize)
     preprocessed = time.perf_counter()
     if method_name == "cam":
         maps, logits, chosen = _cam_from_onnx(model, batch, wanted)

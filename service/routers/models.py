@@ -25,6 +25,8 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 
 Files = Annotated[list[UploadFile], File(description="one or more images (JPEG, PNG, WebP, TIFF, BMP, GIF)")]
 TopK = Annotated[int, Form(ge=1, description="how many classes to return per image")]
+Resize = Annotated[str, Form(description="crop: the model's own preprocessing (short side to S + 32, centre crop "
+                                         "S); stretch: the whole image resized to S x S, nothing cut off")]
 
 
 def _summary(spec: ModelSpec) -> wire.ModelSummary:
@@ -80,11 +82,12 @@ async def describe_model(model: ModelDep) -> wire.ModelDetail:
 
 
 @router.post("/{model}/predict", response_model=wire.PredictResponse)
-async def predict(model: ModelDep, settings: SettingsDep, file: Files, top_k: TopK = 5) -> Response:
+async def predict(model: ModelDep, settings: SettingsDep, file: Files, top_k: TopK = 5,
+                  resize: Resize = "crop") -> Response:
     blobs = await read_uploads(file, settings)
 
     def work() -> list[pipeline.ImageResult]:
-        return pipeline.predict(model, _decode_all(blobs, settings), top_k)
+        return pipeline.predict(model, _decode_all(blobs, settings), top_k, resize)
 
     results = await run_in_threadpool(work)
     return _json(wire.PredictResponse(model=_ref(model.spec),
@@ -109,6 +112,7 @@ async def explain(
     samples: Annotated[int | None, Form(description="smoothgrad: noisy samples (default 25)")] = None,
     noise: Annotated[float | None, Form(description="smoothgrad: noise as a fraction of the value range")] = None,
     top_k: TopK = 5,
+    resize: Resize = "crop",
     outputs: Annotated[list[str] | None, Form(description="any of heatmap, overlay, map (the raw [0, 1] map); "
                                                           "default heatmap and overlay")] = None,
 ) -> Response:
@@ -125,7 +129,7 @@ async def explain(
 
     def work() -> list[pipeline.ImageResult]:
         return pipeline.explain(model, _decode_all(blobs, settings), method, target, layer, options, top_k,
-                                wanted)
+                                wanted, resize)
 
     results = await run_in_threadpool(work)
     if wants_png:

@@ -126,6 +126,13 @@ def test_bad_parameters_are_422_naming_the_field(client, form, field):
     assert any(field in error["field"] for error in response.json()["errors"])
 
 
+@pytest.mark.parametrize("path", [PREDICT, EXPLAIN])
+def test_unknown_resize_is_422_listing_the_valid_ones(client, path):
+    body = assert_problem(client.post(path, files=[upload(encode(chelsea()))], data={"resize": "squeeze"}),
+                          422, "invalid-request")
+    assert body["valid"] == ["crop", "stretch"] and body["errors"][0]["field"] == "resize"
+
+
 def test_missing_file_is_422(client):
     body = assert_problem(client.post(PREDICT, data={"top_k": 3}), 422, "validation-error")
     assert body["errors"][0]["field"].endswith("file")

@@ -46,6 +46,15 @@ def test_every_method_honours_the_contract(client, chelsea_jpeg, method):
     assert set(explanation["timings_ms"]) == {"preprocess", "model", "render"}
 
 
+def test_stretch_explains_the_whole_image(client, chelsea_jpeg):
+    """Nothing is cropped, so the map reaches the left and right edges the centre crop cuts."""
+    body = explain(client, [upload(chelsea_jpeg)], method="gradcam", resize="stretch").json()
+    heatmap = decode_png(base64.b64decode(body["results"][0]["explanation"]["heatmap_png"]))
+    assert heatmap.shape == (300, 451)
+    assert heatmap[:, :5].max() > 0 and heatmap[:, -5:].max() > 0
+    assert body["results"][0]["predictions"][0]["index"] in range(281, 286)
+
+
 def test_gradcam_on_a_batch_with_a_target_per_image(client, chelsea_jpeg):
     files = [upload(chelsea_jpeg), upload(encode(chelsea().transpose(0)))]
     body = explain(client, files, method="gradcam", target=[281, 285]).json()

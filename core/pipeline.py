@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -126,9 +127,11 @@ def explain(model: LoadedModel, images: list[Image.Image], method_name: str,
         maps, logits, chosen = _cam_from_onnx(model, batch, wanted)
     else:
         inputs = torch.from_numpy(batch).to(model.device)
+        method = METHODS[method_name]
+        extra = {"score": onnx_scorer(model)} if method.scores_masked_inputs else {}
         with model.lock:
-            result = METHODS[method_name](model.network, inputs, wanted, layer, input_mean=spec.mean,
-                                          input_std=spec.std, **(options or {}))
+            result = method(model.network, inputs, wanted, layer, input_mean=spec.mean, input_std=spec.std,
+                            **(options or {}), **extra)
         maps, logits, chosen = result.maps, result.logits.float().cpu().numpy(), result.targets.cpu().numpy()
     explained = time.perf_counter()
     probabilities = softmax(logits)
@@ -150,6 +153,14 @@ def explain(model: LoadedModel, images: list[Image.Image], method_name: str,
         return ImageResult(predictions[index], rendered)
 
     return parallel_map(render, range(len(images)))
+
+
+def onnx_scorer(model: LoadedModel) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Logits of a batch from the model's ONNX Runtime session, for methods that only score."""
+    def score(inputs: torch.Tensor) -> torch.Tensor:
+        logits = model.predictor.logits(inputs.detach().float().cpu().numpy())
+        return torch.from_numpy(logits).to(inputs.device)
+    return score
 
 
 def _cam_from_onnx(model: LoadedModel, batch: np.ndarray,

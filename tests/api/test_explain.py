@@ -6,9 +6,11 @@ import base64
 
 import numpy as np
 import pytest
+import torch
 
+from core import pipeline
 from core.explain import METHODS
-from core.imaging import crop_box
+from core.imaging import crop_box, preprocess
 from tests.conftest import MODEL
 from tests.images import chelsea, decode_png, encode, png_size, upload
 
@@ -135,3 +137,13 @@ def test_outputs_can_be_chosen(client, chelsea_jpeg):
     assert png_size(base64.b64decode(explanation["heatmap_png"])) == (451, 300)
     bad = explain(client, [upload(chelsea_jpeg)], outputs=["movie"])
     assert bad.status_code == 422 and bad.json()["valid"] == ["heatmap", "overlay", "map"]
+
+
+def test_scorecam_scored_on_onnx_runtime_matches_torch(client):
+    """The pipeline scores Score-CAM's masked inputs with the model's ONNX Runtime session."""
+    model = client.app.state.registry.get(MODEL)
+    image = chelsea()
+    inputs = torch.from_numpy(preprocess([image], model.spec)[0])
+    by_torch = METHODS["scorecam"](model.network, inputs, None, "blocks.15").maps[0]
+    served = pipeline.explain(model, [image], "scorecam", layer="blocks.15", outputs=("map",))[0]
+    assert np.abs(np.asarray(served.explanation.map) - by_torch).max() < 1e-4

@@ -36,11 +36,13 @@ def main() -> None:
     with running_server() as client:
         predict_body = multipart([("chelsea.jpg", photo)])
         cam_body = multipart([("chelsea.jpg", photo)], {"method": "cam"})
+        cam_heatmap_body = multipart([("chelsea.jpg", photo)], {"method": "cam", "outputs": "heatmap"})
         cam_map_body = multipart([("chelsea.jpg", photo)], {"method": "cam", "outputs": "map"})
         predict_path, explain_path = f"/v1/models/{MODEL}/predict", f"/v1/models/{MODEL}/explain"
         times = interleaved({
             "http_predict": lambda: client.post(predict_path, *predict_body),
             "http_cam": lambda: client.post(explain_path, *cam_body),
+            "http_cam_heatmap": lambda: client.post(explain_path, *cam_heatmap_body),
             "http_cam_map": lambda: client.post(explain_path, *cam_map_body),
             "in_process": in_process,
             "session_run": lambda: session.run(["logits"], {input_name: batch}),
@@ -53,6 +55,8 @@ def main() -> None:
             ("HTTP / session.run", f"{times.ratio('http_predict', 'session_run'):.2f}x  (goal <= 2.5x)"),
             ("HTTP cam (heatmap + overlay PNGs)", f"{times['http_cam']:.2f}"),
             ("cam / predict", f"{times.ratio('http_cam', 'http_predict'):.2f}x  (goal <= 1.15x)"),
+            ("HTTP cam, outputs=heatmap (grey PNG only)", f"{times['http_cam_heatmap']:.2f}"),
+            ("cam (outputs=heatmap) / predict", f"{times.ratio('http_cam_heatmap', 'http_predict'):.2f}x"),
             ("HTTP cam, outputs=map (no PNGs)", f"{times['http_cam_map']:.2f}"),
             ("cam (outputs=map) / predict", f"{times.ratio('http_cam_map', 'http_predict'):.2f}x"),
         ])

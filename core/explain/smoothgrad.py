@@ -3,6 +3,9 @@ noise standard deviation = `noise` times the image's value range; seeded, so rep
 
 from __future__ import annotations
 
+import itertools
+from typing import Iterator
+
 import torch
 
 from core.explain.base import InputMethod, check_range, forward_logits, input_gradients, resolve_targets
@@ -10,14 +13,23 @@ from core.explain.base import InputMethod, check_range, forward_logits, input_gr
 MAX_SAMPLES = 256
 
 
-def smoothgrad_noise(inputs: torch.Tensor, samples: int, noise: float, seed: int) -> torch.Tensor:
-    """(samples, *inputs.shape) Gaussian noise, scaled per image. Each image's noise is drawn
-    from its own generator seeded with `seed`, so it does not depend on the batch around it."""
-    generator = torch.Generator()
+def noise_draws(inputs: torch.Tensor, samples: int, noise: float, seed: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """(image index, Gaussian noise like one image) for every sample of every image, samples
+    outermost, one at a time so memory stays flat. The standard deviation is `noise` times the
+    image's value range; each image draws from its own generator seeded with `seed`, so its
+    noise does not depend on the batch around it."""
     spread = (inputs.flatten(1).max(dim=1).values - inputs.flatten(1).min(dim=1).values) * noise
-    unit = torch.stack([torch.randn((samples, *inputs.shape[1:]), generator=generator.manual_seed(seed))
-                        for _ in range(inputs.shape[0])], dim=1).to(inputs.device)
-    return unit * spread[None, :, None, None, None]
+    generators = [torch.Generator().manual_seed(seed) for _ in range(inputs.shape[0])]
+    for _ in range(samples):
+        for image, generator in enumerate(generators):
+            draw = torch.randn(inputs.shape[1:], generator=generator, dtype=inputs.dtype)
+            yield image, draw.to(inputs.device) * spread[image]
+
+
+def smoothgrad_noise(inputs: torch.Tensor, samples: int, noise: float, seed: int) -> torch.Tensor:
+    """All of SmoothGrad's noise at once, (samples, *inputs.shape): for references and tests."""
+    draws = [draw for _, draw in noise_draws(inputs, samples, noise, seed)]
+    return torch.stack(draws).view(samples, *inputs.shape)
 
 
 class SmoothGrad(InputMethod):
@@ -28,10 +40,11 @@ class SmoothGrad(InputMethod):
         check_range("internal_batch_size", internal_batch_size, 1, 4096)
         logits = forward_logits(model, inputs)
         targets = resolve_targets(logits, targets)
-        noisy = (inputs[None] + smoothgrad_noise(inputs, samples, noise, seed)).flatten(0, 1)
-        repeated_targets = targets.repeat(samples)
-        gradients = torch.cat([
-            input_gradients(model, noisy[start:start + internal_batch_size],
-                            repeated_targets[start:start + internal_batch_size])[0]
-            for start in range(0, noisy.shape[0], internal_batch_size)])
-        return gradients.view(samples, *inputs.shape).mean(dim=0), logits, targets
+        summed = torch.zeros_like(inputs)
+        draws = noise_draws(inputs, samples, noise, seed)
+        while batch := list(itertools.islice(draws, internal_batch_size)):
+            images = torch.tensor([image for image, _ in batch], device=inputs.device)
+            noisy = inputs[images] + torch.stack([draw for _, draw in batch])
+            gradients, _, _ = input_gradients(model, noisy, targets[images])
+            summed.index_add_(0, images, gradients)
+        return summed / samples, logits, targets

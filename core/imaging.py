@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from core.errors import ImageTooLarge, InvalidImage, InvalidRequest
+from core.errors import GazerError, ImageTooLarge, InvalidImage, InvalidRequest
 from core.parallel import parallel_map
 from core.models.spec import ModelSpec
 
@@ -51,9 +51,40 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
     try:
         image.load()
         image = ImageOps.exif_transpose(image)
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
+    except Image.DecompressionBombError as error:
+        raise ImageTooLarge(f"image decodes to too many pixels: {error}") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as error:
         raise InvalidImage(f"the image is truncated or corrupt: {error}") from None
     return _to_rgb(image)
+
+
+def declared_pixels(data: bytes) -> int:
+    """Width x height as the header declares them, without decoding; 0 when the header
+    cannot be read (decode_image then says why)."""
+    try:
+        width, height = Image.open(io.BytesIO(data)).size
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return 0
+    return width * height
+
+
+def decode_images(blobs: list[bytes], max_pixels: int, max_total_pixels: int) -> list[Image.Image]:
+    """decode_image for each upload, in parallel, once the headers show that all of them
+    together stay within `max_total_pixels` (decoded, they are all in memory at once).
+    Errors name the file's index."""
+    total = sum(declared_pixels(blob) for blob in blobs)
+    if total > max_total_pixels:
+        raise ImageTooLarge(f"the {len(blobs)} images declare {total} pixels together; "
+                            f"the limit for one request is {max_total_pixels}")
+
+    def decode(index: int) -> Image.Image:
+        try:
+            return decode_image(blobs[index], max_pixels)
+        except GazerError as error:
+            error.detail = f"file {index}: {error.detail}"
+            raise
+
+    return parallel_map(decode, range(len(blobs)))
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

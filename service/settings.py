@@ -17,6 +17,7 @@ class Settings(BaseSettings):
     max_request_bytes: int = 50 * 1024 * 1024
     max_file_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 40_000_000
+    max_request_pixels: int = 160_000_000  # all images of one request: about 480 MB decoded
     max_files: int = 64
     # Without a Redis URL the API starts an embedded redis-server with its data in data_dir.
     redis_url: str | None = None

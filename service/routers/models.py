@@ -11,12 +11,11 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from core import pipeline
-from core.errors import GazerError, InvalidRequest
+from core.errors import InvalidRequest
 from core.explain import METHODS
 from core.explain.integrated_gradients import BASELINES
-from core.imaging import decode_image
+from core.imaging import decode_images
 from core.models.spec import ModelSpec
-from core.parallel import parallel_map
 from schemas import models as wire
 from service.dependencies import ModelDep, RegistryDep, SettingsDep, read_uploads
 from service.settings import Settings
@@ -53,14 +52,7 @@ def _base64(blob: bytes | None) -> str | None:
 
 
 def _decode_all(blobs: list[bytes], settings: Settings) -> list:
-    def decode(index: int):
-        try:
-            return decode_image(blobs[index], settings.max_image_pixels)
-        except GazerError as error:
-            error.detail = f"file {index}: {error.detail}"
-            raise
-
-    return parallel_map(decode, range(len(blobs)))
+    return decode_images(blobs, settings.max_image_pixels, settings.max_request_pixels)
 
 
 @router.get("", response_model=wire.ModelList)

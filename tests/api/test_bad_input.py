@@ -145,7 +145,8 @@ def test_png_answer_needs_exactly_one_file(client):
 
 @pytest.fixture(scope="module")
 def strict_client(data_dir):
-    settings = Settings(data_dir=data_dir, max_file_bytes=60_000, max_request_bytes=200_000, max_files=3)
+    settings = Settings(data_dir=data_dir, max_file_bytes=60_000, max_request_bytes=200_000, max_files=3,
+                        max_request_pixels=1_000_000)
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         yield client
 
@@ -180,6 +181,17 @@ def test_file_over_the_file_limit_is_413(strict_client):
     assert 60_000 < len(blob) < 200_000
     assert_problem(strict_client.post(PREDICT, files=[upload(blob, "noisy.png", "image/png")]), 413,
                    "payload-too-large")
+
+
+def test_images_declaring_too_many_pixels_together_are_413(strict_client):
+    """Two small files (a flat colour compresses ~700:1) that decode to 1.28 M pixels, over
+    the request's 1 M: refused from the headers, before any decoding."""
+    flat = encode(Image.new("RGB", (800, 800), (120, 30, 200)), "PNG")
+    assert len(flat) < 10_000
+    body = assert_problem(strict_client.post(PREDICT, files=[upload(flat, "a.png", "image/png")] * 2), 413,
+                          "image-too-large")
+    assert "1280000 pixels together" in body["detail"] and "1000000" in body["detail"]
+    assert strict_client.post(PREDICT, files=[upload(flat, "a.png", "image/png")]).status_code == 200
 
 
 def test_too_many_files_is_413(strict_client):

@@ -13,7 +13,7 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 def check_name(name: str, what: str) -> str:
     """Names that become folder names: letters, digits, `_`, `-`, `.`; no leading dot."""
-    if not _SAFE_NAME.match(name) or ".." in name:
+    if not _SAFE_NAME.fullmatch(name) or ".." in name:
         raise InvalidRequest(f"{what} {name!r} must be 1-64 letters, digits, '_', '-' or '.', "
                              f"starting with a letter or digit", field=what)
     return name

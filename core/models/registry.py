@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from core.attention import attention_modules, spatial_gates
-from core.errors import ModelNotReady, UnknownModel
+from core.errors import GazerError, ModelNotReady, UnknownModel
 from core.explain import supported_methods
 from core.models import catalog, versions
 from core.models.architectures import build_network
@@ -64,7 +64,7 @@ def targetable_layers(network: nn.Module, input_size: int) -> tuple[str, ...]:
 def parse_ref(ref: str) -> tuple[str, int | None]:
     """`name` (newest version) or `name@N`."""
     name, _, version = ref.partition("@")
-    if version and not version.isdigit():
+    if version and not (version.isascii() and version.isdigit()):
         raise UnknownModel(f"bad model reference {ref!r}: use NAME or NAME@VERSION")
     return name, int(version) if version else None
 
@@ -123,8 +123,17 @@ class ModelRegistry:
         if spec.ref in self._failures:
             raise ModelNotReady(f"model {spec.ref!r} is not served: {self._failures[spec.ref]}")
         with self._lock:
+            if spec.ref in self._failures:  # another request failed to load it while we waited
+                raise ModelNotReady(f"model {spec.ref!r} is not served: {self._failures[spec.ref]}")
             if spec.ref not in self._loaded:
-                self._load(spec)
+                try:
+                    self._load(spec)
+                except GazerError:
+                    raise
+                except Exception as error:  # a corrupt file, a failed export: say so once, serve 503
+                    log.exception("model %s failed to load", spec.ref)
+                    self._failures[spec.ref] = f"loading failed: {type(error).__name__}: {error}"
+                    raise ModelNotReady(f"model {spec.ref!r} is not served: {self._failures[spec.ref]}") from None
         return self._loaded[spec.ref]
 
     def load_network(self, ref: str) -> tuple[ModelSpec, nn.Module]:

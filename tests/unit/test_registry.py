@@ -1,0 +1,39 @@
+"""Model references, names that become folders, and models that fail to load."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.errors import InvalidRequest, ModelNotReady, UnknownModel
+from core.models.onnx_export import onnx_path
+from core.models.registry import ModelRegistry, parse_ref
+from core.storage import Storage, check_name
+
+
+def test_references():
+    assert parse_ref("pets") == ("pets", None)
+    assert parse_ref("pets@12") == ("pets", 12)
+    for bad in ("pets@x", "pets@²", "pets@١", "pets@-1", "pets@1.5"):  # ² and ١ pass str.isdigit
+        with pytest.raises(UnknownModel):
+            parse_ref(bad)
+
+
+@pytest.mark.parametrize("name", ["pets\n", ".hidden", "a/b", "..", "a..b", "", "x" * 65, "naïve"])
+def test_unsafe_names_are_refused(name):
+    with pytest.raises(InvalidRequest):
+        check_name(name, "output_model")
+
+
+def test_a_model_that_fails_to_load_is_not_served_and_says_why(tmp_path):
+    storage = Storage(tmp_path)
+    registry = ModelRegistry(storage)
+    spec = registry.spec("efficientnet_lite1")
+    cached = onnx_path(storage.onnx_cache, spec)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_bytes(b"this is not an ONNX file")
+    with pytest.raises(ModelNotReady, match="loading failed"):
+        registry.get("efficientnet_lite1")
+    with pytest.raises(ModelNotReady, match="loading failed"):  # recorded, not retried per request
+        registry.get("efficientnet_lite1")
+    status = registry.status()["efficientnet_lite1"]
+    assert status["state"] == "failed" and "loading failed" in status["reason"]

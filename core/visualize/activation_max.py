@@ -11,10 +11,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.errors import InvalidRequest
+from core.errors import InvalidRequest, UnknownLayer
 from core.explain.base import capture
 from core.explain.integrated_gradients import gaussian_blur
 from core.jobs import JobCancelled
+from core.models.registry import targetable_layers
 from core.models.spec import ModelSpec
 
 PARAMETERIZATIONS = ("pixel", "fft")
@@ -100,6 +101,10 @@ def validate(config: MaximizationConfig, spec: ModelSpec, network: nn.Module) ->
         if not 0 <= cls < spec.num_classes:
             raise InvalidRequest(f"class {cls} is out of range 0..{spec.num_classes - 1}", field="target")
     if config.layer:
+        layers = targetable_layers(network, spec.input_size)
+        if config.layer not in layers:
+            raise UnknownLayer(f"the model has no targetable layer {config.layer!r} (one that outputs a "
+                               f"feature map once per forward)", field="target.layer", valid=list(layers))
         channels = _channel_count(network, config.layer, spec.input_size)
         if not config.channels:
             raise InvalidRequest("a layer target needs at least one channel", field="target.channels")
@@ -112,7 +117,7 @@ def validate(config: MaximizationConfig, spec: ModelSpec, network: nn.Module) ->
 
 
 def _channel_count(network: nn.Module, layer: str, input_size: int) -> int:
-    """Channels of `layer`'s output (raises UnknownLayer for a layer the network lacks)."""
+    """Channels of the feature map `layer` outputs."""
     with capture(network, layer) as captured, torch.no_grad():
         device = next(network.parameters()).device
         network(torch.zeros(1, 3, input_size, input_size, device=device))

@@ -26,7 +26,9 @@ class CropBox:
     bottom: float
 
     def rounded(self) -> tuple[int, int, int, int]:
-        return round(self.left), round(self.top), round(self.right), round(self.bottom)
+        """Whole pixels, at least one each way: the crop of a 3000x1 image is under a pixel wide."""
+        left, top = round(self.left), round(self.top)
+        return left, top, max(round(self.right), left + 1), max(round(self.bottom), top + 1)
 
 
 def decode_image(data: bytes, max_pixels: int) -> Image.Image:

@@ -48,6 +48,17 @@ def test_every_method_honours_the_contract(client, chelsea_jpeg, method):
     assert set(explanation["timings_ms"]) == {"preprocess", "model", "render"}
 
 
+@pytest.mark.parametrize("width, height", [(1, 1), (600, 2), (2, 600), (3000, 1)])
+def test_tiny_and_thin_images_get_a_full_heatmap(client, width, height):
+    image = chelsea().resize((width, height))
+    body = explain(client, [upload(encode(image, "PNG"), "thin.png", "image/png")], method="gradcam").json()
+    explanation = body["results"][0]["explanation"]
+    heatmap = decode_png(base64.b64decode(explanation["heatmap_png"]))
+    overlay = decode_png(base64.b64decode(explanation["overlay_png"]))
+    assert heatmap.shape == (height, width) and overlay.shape == (height, width, 3)
+    assert heatmap.max() == 255
+
+
 def test_stretch_explains_the_whole_image(client, chelsea_jpeg):
     """Nothing is cropped, so the map reaches the left and right edges the centre crop cuts."""
     body = explain(client, [upload(chelsea_jpeg)], method="gradcam", resize="stretch").json()

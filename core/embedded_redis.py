@@ -57,6 +57,7 @@ class EmbeddedRedis:
                 return self
             except redis.ConnectionError:
                 if self.process.poll() is not None or time.time() > deadline:
+                    self.stop()
                     raise RuntimeError(f"redis-server did not start on port {self.port}") from None
                 time.sleep(0.05)
 

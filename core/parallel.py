@@ -7,7 +7,6 @@ starting threads of their own.
 
 from __future__ import annotations
 
-import functools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -17,22 +16,32 @@ Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 _in_pool = threading.local()
+_pool_lock = threading.Lock()
+_shared_pool: ThreadPoolExecutor | None = None
+
+
+def cpu_count() -> int:
+    """The cores this process may run on (affinity and cpusets count, not the machine's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _mark_pool_thread() -> None:
     _in_pool.value = True
 
 
-@functools.cache
 def _pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="gazer-cpu",
-                              initializer=_mark_pool_thread)
+    global _shared_pool
+    with _pool_lock:
+        if _shared_pool is None:
+            _shared_pool = ThreadPoolExecutor(max_workers=cpu_count(), thread_name_prefix="gazer-cpu",
+                                              initializer=_mark_pool_thread)
+        return _shared_pool
 
 
 def workers() -> int:
     """How many items parallel_map would run at once from here: 1 inside the pool itself,
     where waiting on the pool could deadlock it."""
-    return 1 if getattr(_in_pool, "value", False) else os.cpu_count() or 1
+    return 1 if getattr(_in_pool, "value", False) else cpu_count()
 
 
 def parallel_map(function: Callable[[Item], Result], items: Sequence[Item]) -> list[Result]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
 from typing import AsyncIterator
 
 from fastapi import FastAPI
@@ -30,23 +30,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         storage = Storage(settings.data_dir)
         registry = ModelRegistry(storage)
         app.state.registry = registry
-        embedded = None
-        redis_url = settings.redis_url
-        if redis_url is None:
-            embedded = EmbeddedRedis(storage.redis).start()
-            redis_url = embedded.url
-            log.info("no GAZER_REDIS_URL: started an embedded redis-server at %s", redis_url)
-        app.state.queue = JobQueue(redis_url, settings.job_lease_seconds, settings.visibility_timeout)
-        try:
-            await run_in_threadpool(registry.get, settings.default_model)
-        except GazerError as error:
-            log.error("default model %s not loaded: %s", settings.default_model, error.detail)
-        try:
+        with ExitStack() as on_shutdown:  # also unwinds what started if a later step fails
+            redis_url = settings.redis_url
+            if redis_url is None:
+                embedded = on_shutdown.enter_context(EmbeddedRedis(storage.redis))
+                redis_url = embedded.url
+                log.info("no GAZER_REDIS_URL: started an embedded redis-server at %s", redis_url)
+            app.state.queue = JobQueue(redis_url, settings.job_lease_seconds, settings.visibility_timeout)
+            on_shutdown.callback(app.state.queue.close)
+            try:
+                await run_in_threadpool(registry.get, settings.default_model)
+            except GazerError as error:
+                log.error("default model %s not loaded: %s", settings.default_model, error.detail)
             yield
-        finally:
-            app.state.queue.close()
-            if embedded is not None:
-                embedded.stop()
 
     app = FastAPI(title="Gazer", version="0.1.0", lifespan=lifespan,
                   description="Predictions and explanations (CAM, Grad-CAM, saliency, ...) for image classifiers.")

@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from core.imaging import crop_box
 from service.app import create_app
 from service.settings import Settings
 from tests.conftest import MODEL
@@ -257,5 +258,13 @@ def test_exif_orientation_is_honoured(client):
     result = response.json()["results"][0]
     assert png_size(base64.b64decode(result["explanation"]["heatmap_png"])) == (451, 300)
     assert result["predictions"][0]["index"] in CATS
-    upright = decode_png(base64.b64decode(result["explanation"]["heatmap_png"]))
-    assert upright.shape == (300, 451)
+    # Outside the centre crop the overlay is the image itself: it must be chelsea upright,
+    # not turned the other way.
+    overlay = decode_png(base64.b64decode(result["explanation"]["overlay_png"])).astype(int)
+    left, _, right, _ = crop_box(451, 300, client.app.state.registry.spec(MODEL)).rounded()
+    outside = np.r_[0:left, right:451]
+    upright = np.asarray(chelsea(), dtype=int)
+    wrong_way = np.asarray(chelsea().rotate(180), dtype=int)
+    error_upright = np.abs(overlay[:, outside] - upright[:, outside]).mean()
+    error_wrong_way = np.abs(overlay[:, outside] - wrong_way[:, outside]).mean()
+    assert error_upright < 6 and error_wrong_way > 5 * error_upright

@@ -89,8 +89,14 @@ def test_different_targets_give_different_maps(client, chelsea_jpeg):
 
 
 def test_layer_can_be_chosen(client, chelsea_jpeg):
-    body = explain(client, [upload(chelsea_jpeg)], method="gradcam", layer="blocks.10").json()
-    assert body["results"][0]["explanation"]["layer"] == "blocks.10"
+    """The map comes from the chosen layer: blocks.10 works at 14x14, the head at 7x7."""
+    sides = {}
+    for layer in ("blocks.10", "head"):
+        body = explain(client, [upload(chelsea_jpeg)], method="gradcam", layer=layer, outputs="map").json()
+        explanation = body["results"][0]["explanation"]
+        assert explanation["layer"] == layer
+        sides[layer] = np.asarray(explanation["map"]).shape
+    assert sides == {"blocks.10": (14, 14), "head": (7, 7)}
 
 
 def test_cam_and_gradcam_at_the_classifier_layer_agree(client, chelsea_jpeg):
@@ -150,11 +156,15 @@ def test_outputs_can_be_chosen(client, chelsea_jpeg):
     assert bad.status_code == 422 and bad.json()["valid"] == ["heatmap", "overlay", "map"]
 
 
-def test_scorecam_scored_on_onnx_runtime_matches_torch(client):
-    """The pipeline scores Score-CAM's masked inputs with the model's ONNX Runtime session."""
+def test_scorecam_scored_on_onnx_runtime_matches_torch(client, monkeypatch):
+    """On CPU the pipeline scores Score-CAM's masked inputs with the model's ONNX Runtime session."""
     model = client.app.state.registry.get(MODEL)
     image = chelsea()
     inputs = torch.from_numpy(preprocess([image], model.spec)[0])
     by_torch = METHODS["scorecam"](model.network, inputs, None, "blocks.15").maps[0]
+    scored = []
+    run_on_onnx = model.predictor.logits
+    monkeypatch.setattr(model.predictor, "logits", lambda batch: scored.append(len(batch)) or run_on_onnx(batch))
     served = pipeline.explain(model, [image], "scorecam", layer="blocks.15", outputs=("map",))[0]
+    assert sum(scored) == 320  # one masked input per channel of blocks.15
     assert np.abs(np.asarray(served.explanation.map) - by_torch).max() < 1e-4

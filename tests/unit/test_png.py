@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from core.parallel import parallel_map
+from core.parallel import parallel_map, workers
 from core.png import adler32_combine, encode_png, zlib_stream
 
 
@@ -41,9 +42,17 @@ def test_adler32_combine_matches_zlib():
 
 
 def test_encoding_inside_the_pool_does_not_wait_on_the_pool():
-    images = [np.full((600, 600, 3), value, dtype=np.uint8) for value in range(6)]
-    pngs = parallel_map(encode_png, images)
-    assert [int(_decoded(png)[0, 0, 0]) for png in pngs] == list(range(6))
+    """Images big enough to be deflated in strips, more of them than pool threads: pool threads
+    that waited on strips queued behind them would deadlock."""
+    images = [np.full((1000, 1000, 3), value, dtype=np.uint8) for value in range(5)]
+    assert workers() > 1 or os.cpu_count() == 1
+    done: list[list[bytes]] = []
+    runner = threading.Thread(target=lambda: done.append(parallel_map(encode_png, images)), daemon=True)
+    runner.start()
+    runner.join(timeout=60)
+    assert done, "parallel_map of encode_png did not finish"
+    assert [int(_decoded(png)[0, 0, 0]) for png in done[0]] == list(range(5))
+    assert parallel_map(lambda _: workers(), range(4)) == [1] * 4
 
 
 def test_refuses_other_dtypes_and_shapes():

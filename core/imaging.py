@@ -92,9 +92,15 @@ def decode_images(blobs: list[bytes], max_pixels: int, max_total_pixels: int) ->
 def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in _SIXTEEN_BIT_MODES:
         values = np.asarray(image, dtype=np.float32)
-        peak = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+        brightest = values.max(initial=0)
+        if image.mode.startswith("I;16") or brightest > 255:
+            peak = 65535.0
+        elif image.mode == "F" and brightest <= 1.0:  # a float image in [0, 1]
+            peak = 1.0
+        else:
+            peak = 255.0
         image = Image.fromarray(np.clip(values * (255.0 / peak) + 0.5, 0, 255).astype(np.uint8), "L")
-    if image.mode == "P" and "transparency" in image.info:
+    if image.mode in ("P", "L", "RGB") and "transparency" in image.info:  # a palette entry or key colour
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = image.convert("RGBA")

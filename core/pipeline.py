@@ -170,6 +170,6 @@ def _cam_from_onnx(model: LoadedModel, batch: np.ndarray,
     """CAM from the feature map of the same ONNX Runtime forward that makes the prediction."""
     logits, features = model.predictor.logits_and_features(batch)
     chosen = torch.from_numpy(logits.argmax(axis=1)) if wanted is None else wanted
-    weight = model.network.classifier.weight.detach().float().cpu()
+    weight = model.network.get_submodule(model.spec.classifier_layer).weight.detach().float().cpu()
     maps = class_activation_maps(torch.from_numpy(features), weight, chosen)
     return normalize_maps(torch.relu(maps)), logits, chosen.numpy()

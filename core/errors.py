@@ -48,6 +48,12 @@ class InvalidImage(GazerError):
     code = "invalid-image"
 
 
+class ServiceBusy(GazerError):
+    """Too much work queued already; the client may retry later (503)."""
+
+    code = "busy"
+
+
 class ImageTooLarge(GazerError):
     code = "image-too-large"
 

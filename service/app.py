@@ -6,6 +6,7 @@ import logging
 from contextlib import ExitStack, asynccontextmanager
 from typing import AsyncIterator
 
+import anyio
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
@@ -30,6 +31,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         storage = Storage(settings.data_dir)
         registry = ModelRegistry(storage)
         app.state.registry = registry
+        app.state.explanation_slots = anyio.Semaphore(settings.max_concurrent_explanations)
         with ExitStack() as on_shutdown:  # also unwinds what started if a later step fails
             redis_url = settings.redis_url
             if redis_url is None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from contextlib import asynccontextmanager
+from typing import Annotated, AsyncIterator
 
+import anyio
 from fastapi import Depends, Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
-from core.errors import PayloadTooLarge, TooManyFiles
+from core.errors import PayloadTooLarge, ServiceBusy, TooManyFiles
 from core.models.registry import LoadedModel, ModelRegistry
 from core.storage import Storage
 from service.queue import JobQueue
@@ -56,3 +58,20 @@ async def read_uploads(files: list[UploadFile], settings: Settings) -> list[byte
                                   f"the limit is {settings.max_file_bytes}")
         blobs.append(await upload.read())
     return blobs
+
+
+@asynccontextmanager
+async def explanation_slot(request: Request) -> AsyncIterator[None]:
+    """One of the app's explanation slots, waited for in the event loop (not in a thread), or
+    ServiceBusy once `explain_queue_seconds` have passed."""
+    settings: Settings = request.app.state.settings
+    slots: anyio.Semaphore = request.app.state.explanation_slots
+    with anyio.move_on_after(settings.explain_queue_seconds) as wait:
+        await slots.acquire()
+    if wait.cancelled_caught:
+        raise ServiceBusy(f"all {settings.max_concurrent_explanations} explanation slots stayed busy for "
+                          f"{settings.explain_queue_seconds:g} s; retry later")
+    try:
+        yield
+    finally:
+        slots.release()

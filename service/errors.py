@@ -22,6 +22,7 @@ STATUS_BY_ERROR: list[tuple[type[errors.GazerError], int]] = [
     (errors.PayloadTooLarge, 413),
     (errors.TooManyFiles, 413),
     (errors.ModelNotReady, 503),
+    (errors.ServiceBusy, 503),
     (errors.InvalidImage, 422),
     (errors.InvalidRequest, 422),
 ]

@@ -19,6 +19,10 @@ class Settings(BaseSettings):
     max_image_pixels: int = 40_000_000
     max_request_pixels: int = 160_000_000  # all images of one request: about 480 MB decoded
     max_files: int = 64
+    # Explanations running at once (per model they take turns); others wait this long for a
+    # turn, then get 503, so a pile of slow ones cannot hold every worker thread.
+    max_concurrent_explanations: int = 4
+    explain_queue_seconds: float = 60.0
     # Without a Redis URL the API starts an embedded redis-server with its data in data_dir.
     redis_url: str | None = None
     job_lease_seconds: float = 60.0

@@ -17,7 +17,7 @@ from core.explain.integrated_gradients import BASELINES
 from core.imaging import decode_images
 from core.models.spec import ModelSpec
 from schemas import models as wire
-from service.dependencies import ModelDep, RegistryDep, SettingsDep, read_uploads
+from service.dependencies import ModelDep, RegistryDep, SettingsDep, explanation_slot, read_uploads
 from service.settings import Settings
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -123,7 +123,8 @@ async def explain(
         return pipeline.explain(model, _decode_all(blobs, settings), method, target, layer, options, top_k,
                                 wanted, resize)
 
-    results = await run_in_threadpool(work)
+    async with explanation_slot(request):
+        results = await run_in_threadpool(work)
     if wants_png:
         return Response(results[0].explanation.overlay_png, media_type="image/png")
     return _json(wire.ExplainResponse(model=_ref(model.spec), results=[

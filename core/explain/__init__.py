@@ -32,5 +32,5 @@ METHODS = {
 def supported_methods(linear_head: bool, spatial_attention: bool) -> list[str]:
     """The methods a model with this head and these attention modules can answer."""
     return sorted(name for name, method in METHODS.items()
-                  if (linear_head or not method.default_layer_only)
+                  if (linear_head or not method.needs_linear_head)
                   and (spatial_attention or not method.needs_spatial_attention))

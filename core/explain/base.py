@@ -96,6 +96,7 @@ class Method:
 
     uses_layer = False
     default_layer_only = False        # only at the layer that feeds the classifier (CAM)
+    needs_linear_head = False         # reads the classifier's weights: no hidden head layer
     needs_spatial_attention = False   # only for models with a spatial attention module
     scores_masked_inputs = False      # takes `score`: logits of input batches, no gradients
 

@@ -17,6 +17,7 @@ def class_activation_maps(features: torch.Tensor, classifier_weight: torch.Tenso
 class CAM(LayerMethod):
     needs_gradients = False
     default_layer_only = True
+    needs_linear_head = True
 
     def combine(self, model: nn.Module, inputs, activations, gradients, targets, **options) -> torch.Tensor:
         return class_activation_maps(activations, model.classifier.weight.detach(), targets)

@@ -51,6 +51,29 @@ def _base64(blob: bytes | None) -> str | None:
     return base64.b64encode(blob).decode("ascii") if blob is not None else None
 
 
+def _media_qualities(accept: str) -> dict[str, float]:
+    qualities = {}
+    for item in accept.split(","):
+        media, *params = (part.strip() for part in item.split(";"))
+        quality = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        qualities[media.lower()] = quality
+    return qualities
+
+
+def prefers_png(accept: str) -> bool:
+    """Whether an Accept header asks for image/png (q above 0) at least as much as for JSON."""
+    qualities = _media_qualities(accept)
+    png = qualities.get("image/png", 0.0)
+    return png > 0 and png >= qualities.get("application/json", 0.0)
+
+
 def _decode_all(blobs: list[bytes], settings: Settings) -> list:
     return decode_images(blobs, settings.max_image_pixels, settings.max_request_pixels)
 
@@ -108,7 +131,7 @@ async def explain(
     outputs: Annotated[list[str] | None, Form(description="any of heatmap, overlay, map (the raw [0, 1] map); "
                                                           "default heatmap and overlay")] = None,
 ) -> Response:
-    wants_png = "image/png" in request.headers.get("accept", "")
+    wants_png = prefers_png(request.headers.get("accept", ""))
     if wants_png and len(file) != 1:
         raise InvalidRequest("Accept: image/png answers one overlay PNG, so send exactly one file", field="file")
     blobs = await read_uploads(file, settings)

@@ -11,6 +11,7 @@ import torch
 from core import pipeline
 from core.explain import METHODS
 from core.imaging import crop_box, preprocess
+from service.routers.models import prefers_png
 from tests.conftest import MODEL
 from tests.images import chelsea, decode_png, encode, png_size, upload
 
@@ -168,3 +169,12 @@ def test_scorecam_scored_on_onnx_runtime_matches_torch(client, monkeypatch):
     served = pipeline.explain(model, [image], "scorecam", layer="blocks.15", outputs=("map",))[0]
     assert sum(scored) == 320  # one masked input per channel of blocks.15
     assert np.abs(np.asarray(served.explanation.map) - by_torch).max() < 1e-4
+
+
+@pytest.mark.parametrize("accept, png", [
+    ("image/png", True), ("IMAGE/PNG", True), ("application/json, image/png", True),
+    ("image/png;q=0", False), ("application/json;q=0.9, image/png;q=0.5", False),
+    ("image/png;q=0.8, application/json;q=0.5", True), ("", False), ("*/*", False), ("image/png;q=x", False),
+])
+def test_accept_header_negotiation(accept, png):
+    assert prefers_png(accept) is png

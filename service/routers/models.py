@@ -138,7 +138,7 @@ async def explain(
     given = {"steps": steps, "baseline": baseline, "samples": samples, "noise": noise}
     options = {name: value for name, value in given.items() if value is not None}
 
-    wanted = tuple(outputs or (["overlay"] if wants_png else ["heatmap", "overlay"]))
+    wanted = tuple(outputs or (["overlay"] if wants_png else settings.explain_outputs))
     if wants_png and "overlay" not in wanted:
         raise InvalidRequest("Accept: image/png answers the overlay, so outputs must include it", field="outputs")
 

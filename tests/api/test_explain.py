@@ -7,11 +7,14 @@ import base64
 import numpy as np
 import pytest
 import torch
+from fastapi.testclient import TestClient
 
 from core import pipeline
 from core.explain import METHODS
 from core.imaging import crop_box, preprocess
+from service.app import create_app
 from service.routers.models import prefers_png
+from service.settings import Settings
 from tests.conftest import MODEL
 from tests.images import chelsea, decode_png, encode, png_size, upload
 
@@ -178,3 +181,12 @@ def test_scorecam_scored_on_onnx_runtime_matches_torch(client, monkeypatch):
 ])
 def test_accept_header_negotiation(accept, png):
     assert prefers_png(accept) is png
+
+
+def test_the_default_outputs_are_a_setting(data_dir, chelsea_jpeg):
+    settings = Settings(data_dir=data_dir, explain_outputs=("heatmap",))
+    with TestClient(create_app(settings)) as heatmap_only:
+        explanation = explain(heatmap_only, [upload(chelsea_jpeg)], method="cam").json()["results"][0]["explanation"]
+    assert explanation["heatmap_png"] and explanation["overlay_png"] is None
+    with pytest.raises(ValueError, match="explain_outputs"):
+        Settings(data_dir=data_dir, explain_outputs=("thumbnail",))

@@ -77,3 +77,13 @@ def test_top_k_and_other_builtin_model(client):
     assert body["model"]["id"] == "efficientnet_lite1"
     assert len(body["results"][0]["predictions"]) == 3
     assert body["results"][0]["predictions"][0]["index"] in range(281, 294)  # a cat of some kind
+
+
+def test_openapi_documents_the_endpoints_and_their_fields(client):
+    assert client.get("/docs").status_code == 200
+    schema = client.get("/openapi.json").json()
+    assert {"/v1/models/{model}/predict", "/v1/models/{model}/explain", "/healthz", "/readyz"} <= set(schema["paths"])
+    explain_form = next(component for name, component in schema["components"]["schemas"].items()
+                        if name.startswith("Body_explain"))
+    assert {"file", "method", "target", "layer", "steps", "baseline", "samples", "noise", "top_k", "resize",
+            "outputs"} <= set(explain_form["properties"])

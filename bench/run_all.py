@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from bench import activation_maximization, attention, explainers, fine_tuning, http_serving, large_photos, \
-    pointing_game
+from bench import activation_maximization, attention, explainers, faithfulness, fine_tuning, http_serving, \
+    large_photos, pointing_game
 
 
 def main() -> None:
-    for module in (http_serving, large_photos, explainers, pointing_game, fine_tuning, activation_maximization,
-                   attention):
+    for module in (http_serving, large_photos, explainers, pointing_game, faithfulness, fine_tuning,
+                   activation_maximization, attention):
         print(f"\n##### {module.__name__}")
         module.main()
 

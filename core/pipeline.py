@@ -17,6 +17,7 @@ from core.errors import InvalidRequest, TargetOutOfRange, UnknownLayer, UnknownM
 from core.explain import METHODS
 from core.explain.base import normalize_maps
 from core.explain.cam import class_activation_maps
+from core.explain.faithfulness import Faithfulness, deletion_and_insertion
 from core.models.registry import LoadedModel
 from core.models.spec import ModelSpec
 from core.parallel import parallel_map
@@ -38,6 +39,7 @@ class RenderedExplanation:
     overlay_png: bytes | None
     map: list[list[float]] | None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    faithfulness: Faithfulness | None = None
 
 
 @dataclass
@@ -109,9 +111,11 @@ OUTPUTS = ("heatmap", "overlay", "map")
 def explain(model: LoadedModel, images: list[Image.Image], method_name: str,
             targets: list[int] | None = None, layer: str | None = None,
             options: dict[str, object] | None = None, top_k: int = 5,
-            outputs: tuple[str, ...] = ("heatmap", "overlay"), resize: str = "crop") -> list[ImageResult]:
+            outputs: tuple[str, ...] = ("heatmap", "overlay"), resize: str = "crop",
+            faithfulness: bool = False) -> list[ImageResult]:
     """`outputs`: `heatmap` and `overlay` PNGs the image's size, `map` the raw [0, 1] map at
-    the explained layer's (or the input's) resolution. `resize`: see imaging.RESIZE_MODES."""
+    the explained layer's (or the input's) resolution. `resize`: see imaging.RESIZE_MODES.
+    `faithfulness`: each map's deletion and insertion scores, on ONNX Runtime."""
     if method_name not in METHODS:
         raise UnknownMethod(f"unknown method {method_name!r}", field="method", valid=sorted(METHODS))
     for output in outputs:
@@ -139,6 +143,12 @@ def explain(model: LoadedModel, images: list[Image.Image], method_name: str,
     probabilities = softmax(logits)
     predictions = top_predictions(probabilities, spec, top_k)
     timings = {"preprocess": (preprocessed - started) * 1000, "model": (explained - preprocessed) * 1000}
+    scores: list[Faithfulness | None] = [None] * len(images)
+    if faithfulness:
+        score, inputs = onnx_scorer(model), torch.from_numpy(batch)
+        scores = [deletion_and_insertion(score, inputs[index], maps[index], int(chosen[index]),
+                                         spec.mean, spec.std) for index in range(len(images))]
+        timings["faithfulness"] = (time.perf_counter() - explained) * 1000
 
     def render(index: int) -> ImageResult:
         image, box = images[index], boxes[index]
@@ -151,7 +161,8 @@ def explain(model: LoadedModel, images: list[Image.Image], method_name: str,
         target = int(chosen[index])
         rendered = RenderedExplanation(
             method_name, Prediction(target, spec.labels[target], float(probabilities[index, target])), layer,
-            heatmap_png, overlay_png, raw, {**timings, "render": (time.perf_counter() - render_start) * 1000})
+            heatmap_png, overlay_png, raw, {**timings, "render": (time.perf_counter() - render_start) * 1000},
+            scores[index])
         return ImageResult(predictions[index], rendered)
 
     return parallel_map(render, range(len(images)))

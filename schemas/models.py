@@ -25,6 +25,14 @@ class PredictResponse(BaseModel):
     results: list[PredictResult]
 
 
+class FaithfulnessScores(BaseModel):
+    deletion: float = Field(description="area under p(target) as the map's top pixels are blacked out, a "
+                                        "1/steps slice at a time; lower is better")
+    insertion: float = Field(description="area under p(target) as they are restored into a blurred copy; "
+                                         "higher is better")
+    steps: int
+
+
 class Explanation(BaseModel):
     method: str
     target: Prediction
@@ -34,6 +42,8 @@ class Explanation(BaseModel):
     overlay_png: str | None = Field(description="base64 PNG: the colour-mapped heatmap blended over the image")
     map: list[list[float]] | None = Field(None, description="with outputs=map: the raw [0, 1] map at the "
                                                              "explained layer's or the input's resolution")
+    faithfulness: FaithfulnessScores | None = Field(None, description="with faithfulness=true: deletion and "
+                                                                      "insertion (Petsiuk et al. 2018)")
     timings_ms: dict[str, float]
 
 

@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from core import pipeline
 from core.errors import InvalidRequest
 from core.explain import METHODS
+from core.explain.faithfulness import Faithfulness
 from core.explain.integrated_gradients import BASELINES
 from core.imaging import decode_images
 from core.models.spec import ModelSpec
@@ -45,6 +46,12 @@ def _predictions(predictions: list[pipeline.Prediction]) -> list[wire.Prediction
 def _json(body: BaseModel) -> Response:
     """The model is built (so validated) here; skip FastAPI's second validation pass."""
     return Response(body.model_dump_json(), media_type="application/json")
+
+
+def _faithfulness(scores: Faithfulness | None) -> wire.FaithfulnessScores | None:
+    if scores is None:
+        return None
+    return wire.FaithfulnessScores(deletion=scores.deletion, insertion=scores.insertion, steps=scores.steps)
 
 
 def _base64(blob: bytes | None) -> str | None:
@@ -128,6 +135,8 @@ async def explain(
     noise: Annotated[float | None, Form(description="smoothgrad: noise as a fraction of the value range")] = None,
     top_k: TopK = 5,
     resize: Resize = "crop",
+    faithfulness: Annotated[bool, Form(description="also score each map by deletion and insertion "
+                                                   "(2 x 17 forward passes per image)")] = False,
     outputs: Annotated[list[str] | None, Form(description="any of heatmap, overlay, map (the raw [0, 1] map); "
                                                           "default heatmap and overlay")] = None,
 ) -> Response:
@@ -144,7 +153,7 @@ async def explain(
 
     def work() -> list[pipeline.ImageResult]:
         return pipeline.explain(model, _decode_all(blobs, settings), method, target, layer, options, top_k,
-                                wanted, resize)
+                                wanted, resize, faithfulness)
 
     async with explanation_slot(request):
         results = await run_in_threadpool(work)
@@ -158,5 +167,6 @@ async def explain(
             heatmap_png=_base64(r.explanation.heatmap_png),
             overlay_png=_base64(r.explanation.overlay_png),
             map=r.explanation.map,
+            faithfulness=_faithfulness(r.explanation.faithfulness),
             timings_ms=r.explanation.timings_ms))
         for r in results]))

@@ -11,12 +11,13 @@ from fastapi.testclient import TestClient
 
 from core import pipeline
 from core.explain import METHODS
-from core.imaging import crop_box, preprocess
+from core.explain.faithfulness import deletion_and_insertion
+from core.imaging import crop_box, decode_image, preprocess
 from service.app import create_app
 from service.routers.models import prefers_png
 from service.settings import Settings
 from tests.conftest import MODEL
-from tests.images import chelsea, decode_png, encode, png_size, upload
+from tests.images import chelsea, coffee, decode_png, encode, png_size, upload
 
 FAST_OPTIONS = {"integrated_gradients": {"steps": 8}, "smoothgrad": {"samples": 4}}
 
@@ -190,3 +191,22 @@ def test_the_default_outputs_are_a_setting(data_dir, chelsea_jpeg):
     assert explanation["heatmap_png"] and explanation["overlay_png"] is None
     with pytest.raises(ValueError, match="explain_outputs"):
         Settings(data_dir=data_dir, explain_outputs=("thumbnail",))
+
+
+def test_faithfulness_scores_gradcam_above_its_own_inverted_map(client, chelsea_jpeg):
+    photos = [chelsea_jpeg, encode(coffee())]
+    body = explain(client, [upload(photo) for photo in photos], method="gradcam", faithfulness="true",
+                   outputs="map").json()
+    model = client.app.state.registry.get(MODEL)
+    inputs = torch.from_numpy(preprocess([decode_image(photo, 10**8) for photo in photos], model.spec)[0])
+    for index, result in enumerate(body["results"]):
+        explanation = result["explanation"]
+        scores = explanation["faithfulness"]
+        assert scores["steps"] == 16 and 0 <= scores["deletion"] <= 1 and 0 <= scores["insertion"] <= 1
+        assert "faithfulness" in explanation["timings_ms"]
+        inverted_map = 1 - np.asarray(explanation["map"])
+        inverted = deletion_and_insertion(pipeline.onnx_scorer(model), inputs[index], inverted_map,
+                                          explanation["target"]["index"], model.spec.mean, model.spec.std)
+        assert scores["deletion"] < inverted.deletion and scores["insertion"] > inverted.insertion
+    plain = explain(client, [upload(chelsea_jpeg)], method="gradcam", outputs="map").json()
+    assert plain["results"][0]["explanation"]["faithfulness"] is None

@@ -86,4 +86,4 @@ def test_openapi_documents_the_endpoints_and_their_fields(client):
     explain_form = next(component for name, component in schema["components"]["schemas"].items()
                         if name.startswith("Body_explain"))
     assert {"file", "method", "target", "layer", "steps", "baseline", "samples", "noise", "top_k", "resize",
-            "outputs"} <= set(explain_form["properties"])
+            "faithfulness", "outputs"} <= set(explain_form["properties"])

@@ -1,4 +1,4 @@
-"""Decoding odd images to RGB: transparency keys and float images."""
+"""Decoding odd images to RGB (transparency keys, float images) and preprocessing."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import io
 import numpy as np
 from PIL import Image
 
-from core.imaging import decode_image
+from core.imaging import crop_box, decode_image, preprocess
+from core.models.catalog import builtin_spec
+from tests.images import chelsea
 
 
 def _png(image: Image.Image, **params) -> bytes:
@@ -31,3 +33,16 @@ def test_float_images_in_zero_to_one_keep_their_brightness():
     Image.fromarray(values, "F").save(buffer, "TIFF")
     decoded = np.asarray(decode_image(buffer.getvalue(), 10**6))
     assert decoded.shape == (6, 6, 3) and np.all(decoded == 204)
+
+
+def test_preprocess_normalizes_the_centre_crop_channel_first():
+    spec = builtin_spec("efficientnet_lite0")
+    image = chelsea()
+    batch, boxes = preprocess([image, image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)], spec)
+    box = crop_box(image.width, image.height, spec)
+    assert boxes[0] == box and batch.shape == (2, 3, 224, 224) and batch.dtype == np.float32
+    crop = np.asarray(image.resize((224, 224), Image.Resampling.BICUBIC,
+                                   box=(box.left, box.top, box.right, box.bottom)), dtype=np.float32)
+    expected = ((crop - np.float32(127.0)) / np.float32(128.0)).transpose(2, 0, 1)
+    assert np.array_equal(batch[0], expected)
+    assert np.array_equal(batch[1], expected[:, :, ::-1])  # the flipped photo's crop, flipped back

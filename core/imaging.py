@@ -6,7 +6,7 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from core.errors import GazerError, ImageTooLarge, InvalidImage, InvalidRequest
 from core.parallel import parallel_map
@@ -43,7 +43,9 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
         image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as error:
         raise ImageTooLarge(f"image declares too many pixels: {error}") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+    except MemoryError:
+        raise
+    except Exception:  # UnidentifiedImageError, or a header too damaged to parse
         raise InvalidImage("the file is not an image in a supported format") from None
     width, height = image.size
     if width * height > max_pixels:
@@ -52,11 +54,16 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
         raise InvalidImage("the image has no pixels")
     try:
         image.load()
-        image = ImageOps.exif_transpose(image)
     except Image.DecompressionBombError as error:
         raise ImageTooLarge(f"image decodes to too many pixels: {error}") from None
-    except (OSError, ValueError, SyntaxError, EOFError) as error:
+    except MemoryError:
+        raise
+    except Exception as error:  # corrupt data raises OSError, SyntaxError, TypeError, struct.error, ...
         raise InvalidImage(f"the image is truncated or corrupt: {error}") from None
+    try:
+        image = ImageOps.exif_transpose(image)
+    except Exception:  # a damaged EXIF block: the pixels are fine, keep them as stored
+        pass
     return _to_rgb(image)
 
 
@@ -65,7 +72,7 @@ def declared_pixels(data: bytes) -> int:
     cannot be read (decode_image then says why)."""
     try:
         width, height = Image.open(io.BytesIO(data)).size
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+    except Exception:
         return 0
     return width * height
 
@@ -74,17 +81,20 @@ def decode_images(blobs: list[bytes], max_pixels: int, max_total_pixels: int) ->
     """decode_image for each upload, in parallel, once the headers show that all of them
     together stay within `max_total_pixels` (decoded, they are all in memory at once).
     Errors name the file's index."""
-    total = sum(declared_pixels(blob) for blob in blobs)
-    if total > max_total_pixels:
-        raise ImageTooLarge(f"the {len(blobs)} images declare {total} pixels together; "
-                            f"the limit for one request is {max_total_pixels}")
-
     def decode(index: int) -> Image.Image:
         try:
             return decode_image(blobs[index], max_pixels)
         except GazerError as error:
             error.detail = f"file {index}: {error.detail}"
             raise
+
+    declared = [declared_pixels(blob) for blob in blobs]
+    for index, pixels in enumerate(declared):
+        if pixels > max_pixels:
+            decode(index)  # refused from its header, with its own message
+    if sum(declared) > max_total_pixels:
+        raise ImageTooLarge(f"the {len(blobs)} images declare {sum(declared)} pixels together; "
+                            f"the limit for one request is {max_total_pixels}")
 
     return parallel_map(decode, range(len(blobs)))
 
@@ -100,7 +110,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         else:
             peak = 255.0
         image = Image.fromarray(np.clip(values * (255.0 / peak) + 0.5, 0, 255).astype(np.uint8), "L")
-    if image.mode in ("P", "L", "RGB") and "transparency" in image.info:  # a palette entry or key colour
+    if image.mode in ("P", "L", "RGB") and "transparency" in image.info:  # a palette entry or 8-bit key colour
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = image.convert("RGBA")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.jobs import LONGEST_JOB_SECONDS
@@ -23,8 +23,8 @@ class Settings(BaseSettings):
     max_files: int = 64
     # Explanations running at once (per model they take turns); others wait this long for a
     # turn, then get 503, so a pile of slow ones cannot hold every worker thread.
-    max_concurrent_explanations: int = 4
-    explain_queue_seconds: float = 60.0
+    max_concurrent_explanations: int = Field(4, ge=1)
+    explain_queue_seconds: float = Field(60.0, gt=0)
     # What explain returns when a request names no `outputs` (JSON, e.g. ["heatmap"]).
     explain_outputs: tuple[str, ...] = ("heatmap", "overlay")
     # Without a Redis URL the API starts an embedded redis-server with its data in data_dir.

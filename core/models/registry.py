@@ -130,7 +130,11 @@ class ModelRegistry:
                     self._load(spec)
                 except GazerError:
                     raise
-                except Exception as error:  # a corrupt file, a failed export: say so once, serve 503
+                except (OSError, MemoryError) as error:  # may pass (a full disk, memory): try again later
+                    log.exception("model %s failed to load", spec.ref)
+                    raise ModelNotReady(f"model {spec.ref!r} could not be loaded now: {type(error).__name__}: "
+                                        f"{error}") from None
+                except Exception as error:  # a corrupt file: it fails the same way every time
                     log.exception("model %s failed to load", spec.ref)
                     self._failures[spec.ref] = f"loading failed: {type(error).__name__}: {error}"
                     raise ModelNotReady(f"model {spec.ref!r} is not served: {self._failures[spec.ref]}") from None

@@ -150,6 +150,9 @@ async def explain(
     wanted = tuple(outputs or (["overlay"] if wants_png else settings.explain_outputs))
     if wants_png and "overlay" not in wanted:
         raise InvalidRequest("Accept: image/png answers the overlay, so outputs must include it", field="outputs")
+    if wants_png and faithfulness:
+        raise InvalidRequest("Accept: image/png answers the overlay alone, with no room for faithfulness scores; "
+                             "ask for JSON", field="faithfulness")
 
     def work() -> list[pipeline.ImageResult]:
         return pipeline.explain(model, _decode_all(blobs, settings), method, target, layer, options, top_k,

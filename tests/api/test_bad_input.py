@@ -268,3 +268,15 @@ def test_exif_orientation_is_honoured(client):
     error_upright = np.abs(overlay[:, outside] - upright[:, outside]).mean()
     error_wrong_way = np.abs(overlay[:, outside] - wrong_way[:, outside]).mean()
     assert error_upright < 6 and error_wrong_way > 5 * error_upright
+
+
+def test_faithfulness_needs_a_json_answer(client):
+    response = client.post(EXPLAIN, files=[upload(encode(chelsea()))], data={"faithfulness": "true"},
+                           headers={"Accept": "image/png"})
+    assert assert_problem(response, 422, "invalid-request")["errors"][0]["field"] == "faithfulness"
+
+
+@pytest.mark.parametrize("setting", [{"max_concurrent_explanations": 0}, {"explain_queue_seconds": 0}])
+def test_explanation_slot_settings_must_allow_explanations(data_dir, setting):
+    with pytest.raises(ValueError):
+        Settings(data_dir=data_dir, **setting)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from core.imaging import crop_box, decode_image, preprocess
+from core.errors import GazerError
+from core.imaging import crop_box, decode_image, decode_images, preprocess
 from core.models.catalog import builtin_spec
 from tests.images import chelsea
 
@@ -46,3 +48,42 @@ def test_preprocess_normalizes_the_centre_crop_channel_first():
     expected = ((crop - np.float32(127.0)) / np.float32(128.0)).transpose(2, 0, 1)
     assert np.array_equal(batch[0], expected)
     assert np.array_equal(batch[1], expected[:, :, ::-1])  # the flipped photo's crop, flipped back
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "WEBP", "PNG"])
+def test_damaged_exif_and_bytes_give_an_image_or_a_clear_error(fmt):
+    """Seeded byte flips near the EXIF block (Pillow raises struct.error, TypeError or
+    AttributeError for some of them): every upload decodes or is refused as a GazerError."""
+    exif = Image.Exif()
+    exif[0x0112], exif[0x011A], exif[0x011B], exif[0x0131] = 3, (72, 1), (72, 1), "gazer"
+    buffer = io.BytesIO()
+    chelsea().resize((64, 43)).save(buffer, fmt, exif=exif.tobytes())
+    blob = buffer.getvalue()
+    start = blob.find(b"Exif")
+    rng = np.random.default_rng(1)
+    decoded = refused = 0
+    for _ in range(1500):
+        data = bytearray(blob)
+        for _ in range(int(rng.integers(1, 4))):
+            data[int(rng.integers(start, min(len(data), start + 200)))] = int(rng.integers(0, 256))
+        try:
+            image = decode_image(bytes(data), 10**7)
+        except GazerError:
+            refused += 1
+        else:
+            assert image.mode == "RGB" and image.size in ((64, 43), (43, 64))
+            decoded += 1
+    assert decoded > 0 and decoded + refused == 1500
+
+
+def test_an_oversized_image_among_several_gets_its_own_error():
+    flat = io.BytesIO()
+    Image.new("RGB", (500, 400)).save(flat, "PNG")
+    small = io.BytesIO()
+    Image.new("RGB", (10, 10)).save(small, "PNG")
+    with pytest.raises(GazerError) as refused:
+        decode_images([small.getvalue(), flat.getvalue()], max_pixels=100_000, max_total_pixels=10**9)
+    assert refused.value.detail == "file 1: image is 500x400 = 200000 pixels; the limit is 100000"
+    with pytest.raises(GazerError) as refused:
+        decode_images([small.getvalue(), flat.getvalue()], max_pixels=10**6, max_total_pixels=150_000)
+    assert "images declare 200100 pixels together" in refused.value.detail

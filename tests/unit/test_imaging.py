@@ -50,6 +50,7 @@ def test_preprocess_normalizes_the_centre_crop_channel_first():
     assert np.array_equal(batch[1], expected[:, :, ::-1])  # the flipped photo's crop, flipped back
 
 
+@pytest.mark.filterwarnings("ignore:.*:UserWarning")  # Pillow warns about the damaged tags it skips
 @pytest.mark.parametrize("fmt", ["JPEG", "WEBP", "PNG"])
 def test_damaged_exif_and_bytes_give_an_image_or_a_clear_error(fmt):
     """Seeded byte flips near the EXIF block (Pillow raises struct.error, TypeError or

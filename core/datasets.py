@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Iterator
 
-from core.errors import GazerError, InvalidRequest, NotFound, PayloadTooLarge
+from core.errors import GazerError, InvalidRequest, NotFound, PayloadTooLarge, TooManyFiles
 from core.imaging import decode_image
 from core.storage import check_name
 
@@ -37,13 +37,12 @@ class ArchiveLimits:
 @dataclass(frozen=True)
 class _Entry:
     path: PurePosixPath
-    size: int
     open: object  # () -> binary file object
 
 
 def _safe_path(name: str) -> PurePosixPath:
     path = PurePosixPath(name.replace("\\", "/"))
-    if path.is_absolute() or name.startswith(("/", "\\")) or ".." in path.parts or ":" in path.parts[0]:
+    if path.is_absolute() or ".." in path.parts or (path.parts and ":" in path.parts[0]):
         raise InvalidRequest(f"archive entry {name!r} points outside the archive", field="file")
     return path
 
@@ -58,7 +57,7 @@ def _zip_entries(archive: zipfile.ZipFile) -> Iterator[_Entry]:
             continue
         if mode not in (0, 0o100000):
             raise InvalidRequest(f"archive entry {info.filename!r} is not a regular file", field="file")
-        yield _Entry(path, info.file_size, lambda info=info: archive.open(info))
+        yield _Entry(path, lambda info=info: archive.open(info))
 
 
 def _tar_entries(archive: tarfile.TarFile) -> Iterator[_Entry]:
@@ -70,7 +69,7 @@ def _tar_entries(archive: tarfile.TarFile) -> Iterator[_Entry]:
             continue
         if not member.isfile():
             raise InvalidRequest(f"archive entry {member.name!r} is not a regular file", field="file")
-        yield _Entry(path, member.size, lambda member=member: archive.extractfile(member))
+        yield _Entry(path, lambda member=member: archive.extractfile(member))
 
 
 def _open_archive(blob: bytes) -> tuple[object, Iterator[_Entry]]:
@@ -116,7 +115,7 @@ def ingest_archive(blob: bytes, datasets_dir: Path, name: str | None = None,
         with archive:  # type: ignore[attr-defined]
             listed = list(entries)
             if len(listed) > limits.max_files:
-                raise PayloadTooLarge(f"the archive holds {len(listed)} files; the limit is {limits.max_files}")
+                raise TooManyFiles(f"the archive holds {len(listed)} files; the limit is {limits.max_files}")
             roots = {entry.path.parts[0] for entry in listed if len(entry.path.parts) > 1}
             strip_root = len(roots) == 1 and all(len(entry.path.parts) >= 3 for entry in listed
                                                  if not entry.path.name.startswith("."))

@@ -1,4 +1,5 @@
-"""Domain errors. The service maps each class to an HTTP status in one place."""
+"""Domain errors, each with a stable problem `code` and the HTTP `status` it answers with,
+whether the API raises it or a job record stores it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ class GazerError(Exception):
     """Base class: `code` is the stable problem type, `detail` the human text."""
 
     code = "gazer-error"
+    status = 400
 
     def __init__(self, detail: str, **extra: object) -> None:
         super().__init__(detail)
@@ -16,6 +18,7 @@ class GazerError(Exception):
 
 class NotFound(GazerError):
     code = "not-found"
+    status = 404
 
 
 class UnknownModel(NotFound):
@@ -26,6 +29,7 @@ class InvalidRequest(GazerError):
     """A well-formed request whose values cannot be used (422)."""
 
     code = "invalid-request"
+    status = 422
 
 
 class UnknownMethod(InvalidRequest):
@@ -46,25 +50,31 @@ class UnsupportedMethod(InvalidRequest):
 
 class InvalidImage(GazerError):
     code = "invalid-image"
+    status = 422
 
 
 class ServiceBusy(GazerError):
     """Too much work queued already; the client may retry later (503)."""
 
     code = "busy"
+    status = 503
 
 
 class ImageTooLarge(GazerError):
     code = "image-too-large"
+    status = 413
 
 
 class PayloadTooLarge(GazerError):
     code = "payload-too-large"
+    status = 413
 
 
 class TooManyFiles(GazerError):
     code = "too-many-files"
+    status = 413
 
 
 class ModelNotReady(GazerError):
     code = "model-not-ready"
+    status = 503

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from core.datasets import dataset_images
+from core.datasets import dataset_images, describe_dataset
 from core.errors import InvalidRequest
 from core.models import catalog, versions
 from core.models.registry import ModelRegistry
@@ -45,7 +45,7 @@ def fine_tune_config(params: dict[str, Any]) -> FineTuneConfig:
 def check_fine_tune(config: FineTuneConfig, context: JobContext) -> None:
     """What can be checked before queueing: the base model and data set exist, the name is free."""
     context.registry.spec(config.base_model)
-    dataset_images(context.storage.datasets, config.dataset_id)
+    describe_dataset(context.storage.datasets, config.dataset_id)
     check_name(config.output_model, "output_model")
     if config.output_model in catalog.BUILTIN_MODELS:
         raise InvalidRequest(f"output_model {config.output_model!r} is a built-in model's name", field="output_model")

@@ -1,4 +1,4 @@
-"""Every error leaves as application/problem+json; domain errors map to statuses here only."""
+"""Every error leaves as application/problem+json; a domain error carries its own status."""
 
 from __future__ import annotations
 
@@ -16,17 +16,6 @@ log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
 
-STATUS_BY_ERROR: list[tuple[type[errors.GazerError], int]] = [
-    (errors.NotFound, 404),
-    (errors.ImageTooLarge, 413),
-    (errors.PayloadTooLarge, 413),
-    (errors.TooManyFiles, 413),
-    (errors.ModelNotReady, 503),
-    (errors.ServiceBusy, 503),
-    (errors.InvalidImage, 422),
-    (errors.InvalidRequest, 422),
-]
-
 TITLES = {400: "Bad request", 404: "Not found", 405: "Method not allowed", 406: "Not acceptable",
           413: "Content too large", 422: "Unprocessable content", 500: "Internal server error",
           503: "Service unavailable"}
@@ -39,18 +28,11 @@ def problem_response(status: int, code: str, detail: str, errors_: list[FieldErr
     return JSONResponse(body.model_dump(exclude_none=True), status_code=status, media_type=PROBLEM_JSON)
 
 
-def status_for(error: errors.GazerError) -> int:
-    for error_type, status in STATUS_BY_ERROR:
-        if isinstance(error, error_type):
-            return status
-    return 400
-
-
 async def _gazer_error(request: Request, error: errors.GazerError) -> JSONResponse:
     field = error.extra.get("field")
     field_errors = [FieldError(field=str(field), message=error.detail)] if field else None
     valid = error.extra.get("valid")
-    return problem_response(status_for(error), error.code, error.detail, field_errors,
+    return problem_response(error.status, error.code, error.detail, field_errors,
                             [str(v) for v in valid] if valid else None)
 
 
@@ -62,7 +44,7 @@ async def _validation_error(request: Request, error: RequestValidationError) -> 
 
 
 async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-    code = "payload-too-large" if error.status_code == 413 else \
+    code = errors.PayloadTooLarge.code if error.status_code == errors.PayloadTooLarge.status else \
         TITLES.get(error.status_code, "http-error").lower().replace(" ", "-")
     return problem_response(error.status_code, code, str(error.detail))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from core.errors import PayloadTooLarge
 from service.errors import problem_response
 
 
@@ -25,7 +26,7 @@ class RequestSizeLimit:
                      self.max_bytes)
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            response = problem_response(413, "payload-too-large",
+            response = problem_response(PayloadTooLarge.status, PayloadTooLarge.code,
                                         f"the request body is {int(declared)} bytes; the limit is {limit}")
             await response(scope, receive, send)
             return
@@ -36,7 +37,7 @@ class RequestSizeLimit:
             message = await receive()
             received += len(message.get("body", b""))
             if received > limit:
-                raise HTTPException(413, f"the request body is over the limit of {limit} bytes")
+                raise HTTPException(PayloadTooLarge.status, f"the request body is over the limit of {limit} bytes")
             return message
 
         await self.app(scope, limited_receive, send)

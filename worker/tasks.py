@@ -37,7 +37,7 @@ def run_job(job_id: str, store: JobStore, context: JobContext) -> str:
         store.finish(job_id, "cancelled")
         return "cancelled"
     except GazerError as error:
-        store.finish(job_id, "failed", error=problem(error.code, error.detail, 422))
+        store.finish(job_id, "failed", error=problem(error.code, error.detail, error.status))
         return "failed"
     except Exception as error:  # the job fails, the worker lives on
         log.exception("job %s failed", job_id)

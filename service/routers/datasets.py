@@ -27,21 +27,21 @@ async def upload_dataset(
     blob = await file.read()
     limits = ArchiveLimits(max_files=settings.max_dataset_files, max_total_bytes=settings.max_dataset_uncompressed_bytes,
                            max_image_pixels=settings.max_image_pixels)
-    storage.datasets.mkdir(parents=True, exist_ok=True)
     return Dataset(**await run_in_threadpool(datasets.ingest_archive, blob, storage.datasets, name, limits))
 
 
+# Plain `def` from here on: these read and delete files, so FastAPI runs them in its thread pool.
 @router.get("", response_model=DatasetList)
-async def list_datasets(storage: StorageDep) -> DatasetList:
+def list_datasets(storage: StorageDep) -> DatasetList:
     found = datasets.list_datasets(storage.datasets)
     return DatasetList(data=[Dataset(**item) for item in found], count=len(found))
 
 
 @router.get("/{dataset_id}", response_model=Dataset)
-async def describe_dataset(dataset_id: str, storage: StorageDep) -> Dataset:
+def describe_dataset(dataset_id: str, storage: StorageDep) -> Dataset:
     return Dataset(**datasets.describe_dataset(storage.datasets, dataset_id))
 
 
 @router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_dataset(dataset_id: str, storage: StorageDep) -> None:
+def delete_dataset(dataset_id: str, storage: StorageDep) -> None:
     datasets.delete_dataset(storage.datasets, dataset_id)

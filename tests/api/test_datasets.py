@@ -7,7 +7,10 @@ import tarfile
 import zipfile
 
 import pytest
+from fastapi.testclient import TestClient
 
+from service.app import create_app
+from service.settings import Settings
 from tests.images import SHAPE_CLASSES, chelsea, encode, shapes_archive, upload
 
 
@@ -65,10 +68,11 @@ def test_unreadable_images_are_listed_not_fatal(client):
     assert sorted(item["file"] for item in dataset["unreadable"]) == ["cat/broken.jpg", "dog/text.png"]
 
 
-def assert_refused(response, status: int = 422, words: str = "") -> None:
+def assert_refused(response, status: int = 422, words: str = "") -> dict:
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/problem+json"
     assert words in response.json()["detail"]
+    return response.json()
 
 
 @pytest.mark.parametrize("name", ["../evil/x.jpg", "/etc/evil/x.jpg", "cat/../../x.jpg", "C:/evil/x.jpg"])
@@ -116,3 +120,34 @@ def test_bad_names(client):
     assert_refused(post(client, zip_of({"c@t!/a.jpg": PHOTO, "dog/b.jpg": PHOTO})), 422, "class")
     assert_refused(post(client, zip_of(GOOD), name="../x"), 422, "name")
     assert client.get("/v1/datasets/..%2F..").status_code == 404
+
+
+def test_tar_of_a_folder_made_with_dot_is_accepted(client):
+    """`tar czf data.tar.gz -C folder .` stores '.', './cat', './cat/a.jpg', ..."""
+    directory = tarfile.TarInfo(".")
+    directory.type = tarfile.DIRTYPE
+    members = [(directory, None)] + [file_info(f"./{name}", blob) for name, blob in GOOD.items()]
+    response = post(client, tar_of(members), "data.tar.gz")
+    assert response.status_code == 201, response.text
+    assert sorted(response.json()["classes"]) == ["cat", "dog"]
+
+
+@pytest.fixture(scope="module")
+def strict_client(tmp_path_factory):
+    settings = Settings(data_dir=tmp_path_factory.mktemp("strict-datasets"), max_dataset_files=3,
+                        max_dataset_uncompressed_bytes=5_000_000)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        yield client
+
+
+def test_archive_over_the_uncompressed_total_is_413(strict_client):
+    """Each entry stays under the per-file cap; together they pass the data set limit."""
+    parts = {"cat/a.jpg": b"\0" * 3_000_000, "dog/b.jpg": b"\0" * 3_000_000}
+    body = assert_refused(post(strict_client, zip_of(parts)), 413, "over 5000000 bytes uncompressed")
+    assert body["type"] == "/problems/payload-too-large"
+
+
+def test_archive_with_too_many_files_is_413(strict_client):
+    body = assert_refused(post(strict_client, zip_of({**GOOD, "cat/c.jpg": PHOTO, "dog/d.jpg": PHOTO})), 413,
+                          "the limit is 3")
+    assert body["type"] == "/problems/too-many-files"

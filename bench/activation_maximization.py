@@ -12,13 +12,9 @@ import argparse
 import random
 import time
 
-from bench.common import report
+from bench.common import ignore_progress, report
 from core.models.catalog import load_builtin
 from core.visualize.activation_max import MaximizationConfig, maximize
-
-
-def nothing(*args, **kwargs) -> None:
-    return None
 
 
 def main() -> None:
@@ -29,8 +25,8 @@ def main() -> None:
     spec, network = load_builtin("efficientnet_lite0")
     classes = tuple(random.Random(2026).sample(range(1000), 10))
     started = time.perf_counter()
-    result = maximize(network, spec, MaximizationConfig(classes=classes, steps=args.steps,
-                                                        parameterization=args.parameterization), nothing, lambda: False)
+    config = MaximizationConfig(classes=classes, steps=args.steps, parameterization=args.parameterization)
+    result = maximize(network, spec, config, ignore_progress, lambda: False)
     seconds = time.perf_counter() - started
     hits = sum(p >= 0.9 for p in result.probabilities)
     report(f"10 random classes, {args.steps} steps, {args.parameterization}, one batch ({seconds:.0f} s)",
@@ -39,9 +35,9 @@ def main() -> None:
     rows = []
     for count in (1, 16):
         config = MaximizationConfig(classes=tuple(range(count)), steps=20, parameterization=args.parameterization)
-        maximize(network, spec, MaximizationConfig(classes=(0,), steps=2), nothing, lambda: False)
+        maximize(network, spec, MaximizationConfig(classes=(0,), steps=2), ignore_progress, lambda: False)
         started = time.perf_counter()
-        maximize(network, spec, config, nothing, lambda: False)
+        maximize(network, spec, config, ignore_progress, lambda: False)
         per_hundred = (time.perf_counter() - started) * 100 / config.steps
         rows.append((f"{count} target(s) in one job", f"{per_hundred:.1f} s per 100 steps"
                                                       f" ({per_hundred / count:.1f} s per target)"))

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.common import interleaved, report
+from bench.common import ignore_progress, interleaved, report
 from bench.fine_tuning import tuxpaint_archive
 from core.datasets import dataset_images, ingest_archive
 from core.models.architectures import build_network
@@ -32,10 +32,6 @@ from core.training.config import FineTuneConfig
 from core.training.finetune import fine_tune, transfer_backbone
 
 KINDS = ("none", "se", "spatial", "cbam")
-
-
-def nothing(*args, **kwargs) -> None:
-    return None
 
 
 def costs() -> None:
@@ -78,7 +74,7 @@ def accuracy(seeds: int, epochs: int, input_size: int) -> None:
             config = FineTuneConfig(base_model="efficientnet_lite0", dataset_id=dataset["id"], output_model="bench",
                                     strategy="fine_tune", epochs=epochs, batch_size=16, input_size=input_size,
                                     early_stopping_patience=epochs, seed=seed, attention=kind)
-            scores.append(fine_tune(config, spec, base, classes, items, nothing, lambda: False,
+            scores.append(fine_tune(config, spec, base, classes, items, ignore_progress, lambda: False,
                                     torch.device("cpu")).metrics["val_accuracy"])
         spread = statistics.stdev(scores) if len(scores) > 1 else 0.0
         rows.append((kind, f"val accuracy {statistics.mean(scores):.3f} +- {spread:.3f} "

@@ -6,6 +6,7 @@ rounds within one process run and reports medians and their ratio.
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import os
@@ -16,7 +17,26 @@ import tempfile
 import time
 import uuid
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Callable, Iterator
+
+from core.models.registry import LoadedModel, ModelRegistry
+from core.processes import stop_process
+from core.storage import Storage
+
+
+@functools.cache
+def _registry() -> ModelRegistry:
+    return ModelRegistry(Storage(Path(tempfile.mkdtemp(prefix="gazer-bench-"))))
+
+
+def served_model(model_id: str = "efficientnet_lite0") -> LoadedModel:
+    """A model as the service loads it (ONNX session included), exported once per bench run."""
+    return _registry().get(model_id)
+
+
+def ignore_progress(*args: object, **kwargs: object) -> None:
+    """A job body's progress callback for runs nobody watches."""
 
 
 class Timings(dict):
@@ -105,8 +125,7 @@ def running_server(port: int = 8765) -> Iterator[Client]:
             time.sleep(0.5)
         yield client
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        stop_process(process)
 
 
 def report(title: str, rows: list[tuple[str, str]]) -> None:

@@ -8,19 +8,15 @@ EfficientNet-Lite0 at 224 on CPU, chelsea preprocessed, the same tensor for ever
 
 from __future__ import annotations
 
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 
-from bench.common import interleaved, report
+from bench.common import interleaved, report, served_model
 from core import imaging
 from core.explain import METHODS
-from core.models.catalog import load_builtin
-from core.models.registry import ModelRegistry
+from core.explain.baselines import make_baseline
 from core.pipeline import onnx_scorer
-from core.storage import Storage
 from tests.images import chelsea
 
 
@@ -29,7 +25,8 @@ def main() -> None:
     from pytorch_grad_cam import GradCAM as ReferenceGradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    spec, network = load_builtin("efficientnet_lite0")
+    model = served_model()
+    spec, network = model.spec, model.network
     inputs = torch.from_numpy(imaging.preprocess([chelsea()], spec)[0])
     target = torch.tensor([282])
     reference = ReferenceGradCAM(model=network, target_layers=[network.head])
@@ -51,7 +48,7 @@ def main() -> None:
         ("pytorch-grad-cam / gazer", f"{times.ratio('pytorch_grad_cam', 'gradcam'):.2f}x  (goal >= 2.5x)"),
     ])
 
-    baseline = torch.full_like(inputs, (0.0 - spec.mean[0]) / spec.std[0])
+    baseline = make_baseline("black", inputs, spec.mean, spec.std)
     captum = CaptumIntegratedGradients(network)
     times = interleaved({
         "gazer": lambda: METHODS["integrated_gradients"].attribute(network, inputs, target, steps=50,
@@ -64,11 +61,10 @@ def main() -> None:
         ("captum / gazer", f"{times.ratio('captum', 'gazer'):.2f}x  (goal >= 1.0x)"),
     ])
 
-    model = ModelRegistry(Storage(Path(tempfile.mkdtemp(prefix="gazer-bench-")))).get("efficientnet_lite0")
     score = onnx_scorer(model)
     times = interleaved({
-        "torch": lambda: METHODS["scorecam"](model.network, inputs, target, "blocks.15"),
-        "onnx": lambda: METHODS["scorecam"](model.network, inputs, target, "blocks.15", score=score),
+        "torch": lambda: METHODS["scorecam"](network, inputs, target, "blocks.15"),
+        "onnx": lambda: METHODS["scorecam"](network, inputs, target, "blocks.15", score=score),
     }, rounds=3, per_round=1, warmup=1)
     report("scorecam at blocks.15 (320 masked inputs), median ms", [
         ("masked inputs scored by torch", f"{times['torch']:.0f}"),

@@ -10,34 +10,32 @@ per photo is the floor to beat. The same settings as bench.pointing_game.
 
 from __future__ import annotations
 
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from bench.common import served_model
 from bench.pointing_game import OPTIONS
 from core import imaging, pipeline
 from core.explain import METHODS
-from core.explain.faithfulness import deletion_and_insertion
-from core.models.registry import ModelRegistry
-from core.storage import Storage
+from core.explain.faithfulness import DEFAULT_STEPS, deletion_and_insertion
 from tests.images import foolbox_imagenet_photos
 
 MODEL = "efficientnet_lite0"
 
 
 def main() -> None:
-    model = ModelRegistry(Storage(Path(tempfile.mkdtemp(prefix="gazer-bench-")))).get(MODEL)
+    model = served_model(MODEL)
     photos = foolbox_imagenet_photos()
     images = [imaging.decode_image(path.read_bytes(), 10**8) for path, _ in photos]
     labels = [label for _, label in photos]
-    print(f"deletion / insertion: {MODEL}, {len(images)} foolbox photos, 16 steps, the label as target")
+    print(f"deletion / insertion: {MODEL}, {len(images)} foolbox photos, {DEFAULT_STEPS} steps, the label as target")
     print(f"{'method':22} {'deletion':>9} {'insertion':>10} {'seconds':>8}")
     inputs = torch.from_numpy(imaging.preprocess(images, model.spec)[0])
     generator = np.random.default_rng(0)
-    random_scores = [deletion_and_insertion(pipeline.onnx_scorer(model), inputs[index],
+    score = pipeline.onnx_scorer(model)
+    random_scores = [deletion_and_insertion(score, inputs[index],
                                             generator.random((7, 7)).astype(np.float32), label,
                                             model.spec.mean, model.spec.std)
                      for index, label in enumerate(labels)]

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bench.common import report
+from bench.common import ignore_progress, report
 from core.datasets import dataset_images, ingest_archive
 from core.models.catalog import load_builtin
 from core.training.config import STRATEGIES, Augmentation, FineTuneConfig
@@ -44,10 +44,6 @@ def tuxpaint_archive() -> bytes:
                     continue
                 archive.writestr(f"{label}/{path.parent.name}-{path.name}", path.read_bytes())
     return buffer.getvalue()
-
-
-def nothing(*args, **kwargs) -> None:
-    return None
 
 
 def plain_loop_images_per_second(config: FineTuneConfig, steps: int) -> float:
@@ -89,7 +85,8 @@ def main() -> None:
                                     strategy=strategy, epochs=args.epochs, batch_size=16, lr=1e-3, backbone_lr=1e-4,
                                     augmentation=Augmentation(), early_stopping_patience=args.epochs, seed=seed)
             started = time.perf_counter()
-            result = fine_tune(config, spec, base, classes, items, nothing, lambda: False, torch.device("cpu"))
+            result = fine_tune(config, spec, base, classes, items, ignore_progress, lambda: False,
+                               torch.device("cpu"))
             seconds.append(time.perf_counter() - started)
             scores.append(result.metrics["val_accuracy"])
         spread = statistics.stdev(scores) if len(scores) > 1 else 0.0
@@ -103,7 +100,8 @@ def main() -> None:
                             strategy="fine_tune", epochs=3, batch_size=16, early_stopping_patience=3)
     job_rates, plain_rates = [], []
     for _ in range(2):  # alternate: job loop, plain loop
-        metrics = fine_tune(config, spec, base, classes, items, nothing, lambda: False, torch.device("cpu")).metrics
+        metrics = fine_tune(config, spec, base, classes, items, ignore_progress, lambda: False,
+                            torch.device("cpu")).metrics
         job_rates.append(max(record["images_per_second"] for record in metrics["history"][1:]))
         plain_rates.append(plain_loop_images_per_second(config, steps=8))
     job, plain = max(job_rates), max(plain_rates)

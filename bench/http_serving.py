@@ -11,13 +11,9 @@ Measures, with a real uvicorn server in a subprocess and EfficientNet-Lite0 at 2
 from __future__ import annotations
 
 import time
-from pathlib import Path
-import tempfile
 
 from core import imaging
-from core.models.registry import ModelRegistry
-from core.storage import Storage
-from bench.common import interleaved, multipart, report, running_server
+from bench.common import interleaved, multipart, report, running_server, served_model
 from tests.images import chelsea, encode, foolbox_imagenet_photos
 
 MODEL = "efficientnet_lite0"
@@ -25,7 +21,7 @@ MODEL = "efficientnet_lite0"
 
 def main() -> None:
     photo = encode(chelsea())  # a 451 x 300 JPEG photo
-    model = ModelRegistry(Storage(Path(tempfile.mkdtemp(prefix="gazer-bench-")))).get(MODEL)
+    model = served_model(MODEL)
     batch, _ = imaging.preprocess([imaging.decode_image(photo, 10**8)], model.spec)
     session, input_name = model.predictor.session, model.predictor.input_name
 

@@ -6,22 +6,18 @@ core.imaging does) vs one plain bicubic resize, and what a whole in-process pred
 
 from __future__ import annotations
 
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from bench.common import interleaved, report
+from bench.common import interleaved, report, served_model
 from core import imaging, pipeline
-from core.models.registry import ModelRegistry
-from core.storage import Storage
 from tests.images import chelsea, encode
 
 
 def main() -> None:
-    model = ModelRegistry(Storage(Path(tempfile.mkdtemp(prefix="gazer-bench-")))).get("efficientnet_lite0")
+    model = served_model()
     spec = model.spec
     blob = encode(chelsea().resize((4032, 2682), Image.Resampling.BICUBIC))
     photo = imaging.decode_image(blob, 10**9)

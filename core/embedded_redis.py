@@ -11,6 +11,8 @@ from pathlib import Path
 
 import redis
 
+from core.processes import stop_process
+
 
 def redis_server_binary() -> str:
     try:
@@ -62,13 +64,8 @@ class EmbeddedRedis:
                 time.sleep(0.05)
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process:
+            stop_process(self.process, timeout=10)
         self.process = None
 
     def __enter__(self) -> "EmbeddedRedis":

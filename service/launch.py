@@ -11,6 +11,7 @@ import sys
 import time
 
 from core.embedded_redis import EmbeddedRedis
+from core.processes import stop_process
 from core.storage import Storage
 from service.settings import Settings
 
@@ -40,14 +41,11 @@ def main() -> None:
         while not stopping and all(child.poll() is None for child in children):
             time.sleep(0.5)
     finally:
-        for child in children:
+        for child in children:  # both get SIGTERM at once, then each is waited for
             if child.poll() is None:
                 child.terminate()
         for child in children:
-            try:
-                child.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                child.kill()
+            stop_process(child)
         if embedded is not None:
             embedded.stop()
     sys.exit(max((child.returncode or 0) for child in children) if not stopping else 0)

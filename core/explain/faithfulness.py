@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.explain.integrated_gradients import make_baseline
+from core.explain.baselines import make_baseline
 
 DEFAULT_STEPS = 16
 

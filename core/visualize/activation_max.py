@@ -13,7 +13,7 @@ from torch import nn
 
 from core.errors import InvalidRequest, UnknownLayer
 from core.explain.base import capture
-from core.explain.integrated_gradients import gaussian_blur
+from core.explain.baselines import gaussian_blur
 from core.jobs import JobCancelled
 from core.models.registry import targetable_layers
 from core.models.spec import ModelSpec

@@ -14,7 +14,7 @@ from core import pipeline
 from core.errors import InvalidRequest
 from core.explain import METHODS
 from core.explain.faithfulness import Faithfulness
-from core.explain.integrated_gradients import BASELINES
+from core.explain.baselines import BASELINES
 from core.imaging import decode_images
 from core.models.spec import ModelSpec
 from schemas import models as wire

@@ -13,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from core.embedded_redis import EmbeddedRedis
+from core.processes import stop_process
 from service.app import create_app
 from service.settings import Settings
 
@@ -55,13 +56,7 @@ class Worker:
         self.process.wait(timeout=30)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 @pytest.fixture(scope="module")

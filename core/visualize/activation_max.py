@@ -39,7 +39,6 @@ class MaximizationConfig:
     size: int | None = None
     seed: int = 0
     parameterization: str = "fft"
-    record_every: int = 1
 
 
 @dataclass
@@ -136,19 +135,20 @@ def maximize(network: nn.Module, spec: ModelSpec, config: MaximizationConfig,
     mean = torch.tensor(spec.mean, device=device)[None, :, None, None]
     std = torch.tensor(spec.std, device=device)[None, :, None, None]
     rows = torch.arange(count, device=device)
+    targets = torch.tensor(config.classes or config.channels, device=device)
+    parameters = list(image.parameters())
     was_training = network.training
     network.eval()
-    for parameter in network.parameters():
-        parameter.requires_grad_(False)
+
+    def logits(rgb: torch.Tensor) -> torch.Tensor:
+        return network((rgb * 255.0 - mean) / std)
 
     def activation(rgb: torch.Tensor) -> torch.Tensor:
-        inputs = (rgb * 255.0 - mean) / std
         if config.classes:
-            return network(inputs)[rows, torch.tensor(config.classes, device=device)]
+            return logits(rgb)[rows, targets]
         with capture(network, config.layer) as captured:
-            network(inputs)
-        channels = torch.tensor(config.channels, device=device)
-        return captured.activation[rows, channels].mean(dim=(1, 2))
+            logits(rgb)
+        return captured.activation[rows, targets].mean(dim=(1, 2))
 
     history: list[list[float]] = []
     try:
@@ -162,27 +162,26 @@ def maximize(network: nn.Module, spec: ModelSpec, config: MaximizationConfig,
                 reached = activation(torch.roll(rgb, shifts=shift, dims=(2, 3)))
                 loss = (-reached + config.l2 * ((rgb - 0.5) ** 2).mean(dim=(1, 2, 3))
                         + config.tv * total_variation(rgb)).sum()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                # Gradients for the image only: the network's parameters and their .grad stay as they were.
+                for parameter, gradient in zip(parameters, torch.autograd.grad(loss, parameters)):
+                    parameter.grad = gradient
                 optimizer.step()
             if config.blur_sigma > 0 and config.blur_every and (step + 1) % config.blur_every == 0:
                 with torch.no_grad():
                     image.set_from(gaussian_blur(image(), config.blur_sigma))
-            if step % config.record_every == 0 or step == config.steps - 1:
-                history.append([round(value, 4) for value in reached.detach().cpu().tolist()])
+            history.append([round(value, 4) for value in reached.detach().cpu().tolist()])
             progress((step + 1) / config.steps, step=step + 1, steps=config.steps,
                      metrics={"activation": history[-1]})
         with torch.no_grad():
             rgb = image()
-            final = activation(rgb)
             probabilities: list[float | None] = [None] * count
             if config.classes:
-                logits = network((rgb * 255.0 - mean) / std)
-                probabilities = torch.softmax(logits.float(), dim=1)[
-                    rows, torch.tensor(config.classes, device=device)].cpu().tolist()
+                scores = logits(rgb)
+                final = scores[rows, targets]
+                probabilities = torch.softmax(scores.float(), dim=1)[rows, targets].cpu().tolist()
+            else:
+                final = activation(rgb)
     finally:
-        for parameter in network.parameters():
-            parameter.requires_grad_(True)
         network.train(was_training)
     pixels = (rgb.permute(0, 2, 3, 1).cpu().numpy() * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
     return MaximizationResult(pixels, final.cpu().tolist(), history, probabilities)

@@ -6,11 +6,13 @@ RUN apt-get update && apt-get install -y --no-install-recommends libtcmalloc-min
 ENV LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 \
     GAZER_DATA_DIR=/data PYTHONUNBUFFERED=1
 WORKDIR /app
+# Its own layer, so a code change does not reinstall torch.
+RUN pip install --no-cache-dir torch==2.14.1
 COPY pyproject.toml README.md ./
 COPY core core
 COPY schemas schemas
 COPY service service
 COPY worker worker
-RUN pip install --no-cache-dir torch==2.14.1 torchvision==0.29.1 && pip install --no-cache-dir ".[${ORT}]"
+RUN pip install --no-cache-dir ".[${ORT}]"
 EXPOSE 8000
 CMD ["python", "-m", "service"]

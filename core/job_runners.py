@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 from core.datasets import dataset_images, describe_dataset
 from core.errors import InvalidRequest
+from core.jobs import Progress, ShouldStop
 from core.models import catalog, versions
 from core.models.registry import ModelRegistry
 from core.png import encode_png
@@ -17,8 +18,6 @@ from core.training.config import Augmentation, FineTuneConfig
 from core.training.finetune import fine_tune
 from core.visualize.activation_max import MaximizationConfig, maximize
 
-Progress = Callable[..., None]
-ShouldStop = Callable[[], bool]
 
 FINE_TUNE = "fine-tune"
 ACTIVATION_MAXIMIZATION = "activation-maximization"

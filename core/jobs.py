@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any
+from typing import Any, Callable
 
 import redis
 
@@ -28,7 +28,7 @@ redis.call('HSET', KEYS[1], 'state', 'running', 'started_at', ARGV[1], 'heartbea
 redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 return 1
 """
-# running -> a terminal state, only if still running (a reaped or cancelled job stays as it is).
+# queued or running -> a terminal state (a reaped, cancelled or finished job stays as it is).
 _FINISH = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state ~= 'running' and state ~= 'queued' then return 0 end
@@ -43,6 +43,11 @@ def _key(job_id: str) -> str:
 
 def problem(code: str, detail: str, status: int = 500) -> dict[str, Any]:
     return {"type": f"/problems/{code}", "title": "Job failed", "status": status, "detail": detail}
+
+
+# What a job body gets: progress(fraction, **details) and should_stop().
+Progress = Callable[..., None]
+ShouldStop = Callable[[], bool]
 
 
 class JobCancelled(Exception):

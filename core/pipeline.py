@@ -86,7 +86,7 @@ def _resolve_layer(model: LoadedModel, method_name: str, layer: str | None) -> s
     method = METHODS[method_name]
     if method_name not in model.methods:
         raise UnsupportedMethod(f"model {model.spec.ref!r} cannot answer {method_name} (it needs "
-                                f"{'spatial attention' if method_name == 'attention' else 'a linear head'})",
+                                f"{'spatial attention' if method.needs_spatial_attention else 'a linear head'})",
                                 field="method", valid=model.methods)
     if layer and layer not in model.layers:
         raise UnknownLayer(f"model {model.spec.id!r} has no targetable layer {layer!r}",

@@ -7,7 +7,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from core.jobs import STATES
 from core.training.config import ATTENTION_TYPES, OPTIMIZERS, STRATEGIES
+from core.visualize.activation_max import PARAMETERIZATIONS
 
 
 class Strict(BaseModel):
@@ -84,7 +86,7 @@ class ActivationMaximizationRequest(Strict):
     jitter: int = Field(8, ge=0, le=64)
     size: int | None = Field(None, ge=32, le=512)
     seed: int = 0
-    parameterization: Literal["pixel", "fft"] = "fft"
+    parameterization: Literal[PARAMETERIZATIONS] = "fft"  # type: ignore[valid-type]
 
     def as_params(self) -> dict[str, Any]:
         return {**self.model_dump(exclude={"target"}), "target": self.target.as_params()}
@@ -93,7 +95,7 @@ class ActivationMaximizationRequest(Strict):
 class Job(BaseModel):
     id: str
     type: str
-    state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    state: Literal[STATES]  # type: ignore[valid-type]
     progress: dict[str, Any] | None
     result: dict[str, Any] | None
     error: dict[str, Any] | None

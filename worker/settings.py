@@ -13,6 +13,6 @@ class WorkerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GAZER_")
 
     data_dir: Path = Path("var")
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str  # required: `make run` and docker-compose pass the one the API uses
     job_lease_seconds: float = 60.0
     visibility_timeout: float = LONGEST_JOB_SECONDS

@@ -18,18 +18,18 @@ def noise_draws(inputs: torch.Tensor, samples: int, noise: float, seed: int) -> 
     outermost, one at a time so memory stays flat. The standard deviation is `noise` times the
     image's value range; each image draws from its own generator seeded with `seed`, so its
     noise does not depend on the batch around it."""
-    spread = (inputs.flatten(1).max(dim=1).values - inputs.flatten(1).min(dim=1).values) * noise
+    spread = ((inputs.flatten(1).max(dim=1).values - inputs.flatten(1).min(dim=1).values) * noise).cpu()
     generators = [torch.Generator().manual_seed(seed) for _ in range(inputs.shape[0])]
     for _ in range(samples):
         for image, generator in enumerate(generators):
             draw = torch.randn(inputs.shape[1:], generator=generator, dtype=inputs.dtype)
-            yield image, draw.to(inputs.device) * spread[image]
+            yield image, draw * spread[image]  # on the CPU: a batch goes to the device at once
 
 
 def smoothgrad_noise(inputs: torch.Tensor, samples: int, noise: float, seed: int) -> torch.Tensor:
     """All of SmoothGrad's noise at once, (samples, *inputs.shape): for references and tests."""
     draws = [draw for _, draw in noise_draws(inputs, samples, noise, seed)]
-    return torch.stack(draws).view(samples, *inputs.shape)
+    return torch.stack(draws).view(samples, *inputs.shape).to(inputs.device)
 
 
 class SmoothGrad(InputMethod):
@@ -44,7 +44,7 @@ class SmoothGrad(InputMethod):
         draws = noise_draws(inputs, samples, noise, seed)
         while batch := list(itertools.islice(draws, internal_batch_size)):
             images = torch.tensor([image for image, _ in batch], device=inputs.device)
-            noisy = inputs[images] + torch.stack([draw for _, draw in batch])
+            noisy = inputs[images] + torch.stack([draw for _, draw in batch]).to(inputs.device)
             gradients, _, _ = input_gradients(model, noisy, targets[images])
             summed.index_add_(0, images, gradients)
         return summed / samples, logits, targets

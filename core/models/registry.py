@@ -94,10 +94,7 @@ class ModelRegistry:
         if name in catalog.BUILTIN_MODELS:
             if version not in (None, 1):
                 raise UnknownModel(f"model {name!r} has only version 1")
-            key = f"{name}@1"
-            if key not in self._specs:
-                self._specs[key] = catalog.builtin_spec(name)
-            return self._specs[key]
+            return catalog.builtin_spec(name)  # cached there
         available = versions.versions(self.storage.models, name)
         if not available:
             raise UnknownModel(f"no model {name!r}; known: {', '.join(self.model_ids())}")

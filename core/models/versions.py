@@ -46,9 +46,10 @@ def save_version(models_dir: Path, spec: ModelSpec, network: nn.Module, metrics:
         save_file({key: value.contiguous() for key, value in network.state_dict().items()}, str(staging / WEIGHTS))
         export_onnx(network, spec.input_size, staging / ONNX)
         (staging / METRICS).write_text(json.dumps(metrics, indent=1))
+        digest = file_digest(staging / WEIGHTS)
         while True:
             version = (versions(models_dir, spec.id) or [0])[-1] + 1
-            final = replace(spec, version=version, weights_digest=file_digest(staging / WEIGHTS))
+            final = replace(spec, version=version, weights_digest=digest)
             (staging / SPEC).write_text(final.to_json())
             try:
                 staging.rename(version_dir(models_dir, spec.id, version))
@@ -62,10 +63,6 @@ def save_version(models_dir: Path, spec: ModelSpec, network: nn.Module, metrics:
 
 def read_spec(models_dir: Path, name: str, version: int) -> ModelSpec:
     return ModelSpec.from_json((version_dir(models_dir, name, version) / SPEC).read_text())
-
-
-def read_metrics(models_dir: Path, name: str, version: int) -> dict:
-    return json.loads((version_dir(models_dir, name, version) / METRICS).read_text())
 
 
 def load_weights(models_dir: Path, spec: ModelSpec, network: nn.Module) -> nn.Module:

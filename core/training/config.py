@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from core.attention import ATTENTION_KINDS
+
 STRATEGIES = ("feature_extraction", "fine_tune", "gradual_unfreeze")
 OPTIMIZERS = ("sgd", "adam", "adamw")
-ATTENTION_TYPES = ("none", "se", "spatial", "cbam")
+ATTENTION_TYPES = ("none", *ATTENTION_KINDS)
 
 
 @dataclass(frozen=True)

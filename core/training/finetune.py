@@ -6,20 +6,17 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, replace
-from typing import Callable
 
 import torch
 from torch import nn
 
 from core.errors import InvalidRequest
-from core.jobs import JobCancelled
+from core.jobs import JobCancelled, Progress, ShouldStop
 from core.models.architectures import build_network
 from core.models.spec import ModelSpec
 from core.training import data
 from core.training.config import FineTuneConfig
 
-Progress = Callable[..., None]
-ShouldStop = Callable[[], bool]
 
 
 @dataclass
@@ -87,7 +84,7 @@ def transfer_backbone(source: nn.Module, target: nn.Module) -> None:
     """Copy every pretrained weight except the classifier's (the class set changed)."""
     state = {key: value for key, value in source.state_dict().items()
              if not key.startswith(("classifier.", "hidden.", "attention."))}
-    missing, unexpected = target.load_state_dict(state, strict=False)
+    _, unexpected = target.load_state_dict(state, strict=False)
     assert not unexpected, unexpected
 
 

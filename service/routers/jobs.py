@@ -102,6 +102,6 @@ def get_artifact(job_id: str, name: str, queue: QueueDep, storage: StorageDep) -
     queue.store.get(job_id)
     folder = storage.job_artifacts(job_id)
     path = folder / name
-    if "/" in name or name.startswith(".") or Path(name).name != name or not path.is_file():
+    if name.startswith(".") or Path(name).name != name or not path.is_file():
         raise NotFound(f"job {job_id} has no artifact {name!r}")
     return FileResponse(path)

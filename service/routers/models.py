@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from core import pipeline
 from core.errors import InvalidRequest
 from core.explain import METHODS
-from core.explain.faithfulness import Faithfulness
+from core.explain.faithfulness import DEFAULT_STEPS, Faithfulness
 from core.explain.baselines import BASELINES
 from core.imaging import decode_images
 from core.models.spec import ModelSpec
@@ -136,7 +136,7 @@ async def explain(
     top_k: TopK = 5,
     resize: Resize = "crop",
     faithfulness: Annotated[bool, Form(description="also score each map by deletion and insertion "
-                                                   "(2 x 17 forward passes per image)")] = False,
+                                                   f"(2 x {DEFAULT_STEPS + 1} forward passes per image)")] = False,
     outputs: Annotated[list[str] | None, Form(description="any of heatmap, overlay, map (the raw [0, 1] map); "
                                                           "default heatmap and overlay")] = None,
 ) -> Response:

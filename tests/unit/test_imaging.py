@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -11,29 +9,21 @@ from PIL import Image
 from core.errors import GazerError
 from core.imaging import crop_box, decode_image, decode_images, preprocess
 from core.models.catalog import builtin_spec
-from tests.images import chelsea
-
-
-def _png(image: Image.Image, **params) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG", **params)
-    return buffer.getvalue()
+from tests.images import chelsea, encode
 
 
 def test_a_transparent_key_colour_becomes_white_like_alpha_does():
     pixels = np.full((8, 8, 3), 90, dtype=np.uint8)
     pixels[:4] = 0  # the key colour: transparent
-    rgb = decode_image(_png(Image.fromarray(pixels), transparency=(0, 0, 0)), 10**6)
+    rgb = decode_image(encode(Image.fromarray(pixels), "PNG", transparency=(0, 0, 0)), 10**6)
     assert np.asarray(rgb)[:4].min() == 255 and np.asarray(rgb)[4:].max() == 90
-    grey = decode_image(_png(Image.fromarray(pixels[..., 0], "L"), transparency=0), 10**6)
+    grey = decode_image(encode(Image.fromarray(pixels[..., 0], "L"), "PNG", transparency=0), 10**6)
     assert np.asarray(grey)[:4].min() == 255 and np.asarray(grey)[4:].max() == 90
 
 
 def test_float_images_in_zero_to_one_keep_their_brightness():
     values = np.full((6, 6), 0.8, dtype=np.float32)
-    buffer = io.BytesIO()
-    Image.fromarray(values, "F").save(buffer, "TIFF")
-    decoded = np.asarray(decode_image(buffer.getvalue(), 10**6))
+    decoded = np.asarray(decode_image(encode(Image.fromarray(values, "F"), "TIFF"), 10**6))
     assert decoded.shape == (6, 6, 3) and np.all(decoded == 204)
 
 
@@ -57,9 +47,7 @@ def test_damaged_exif_and_bytes_give_an_image_or_a_clear_error(fmt):
     AttributeError for some of them): every upload decodes or is refused as a GazerError."""
     exif = Image.Exif()
     exif[0x0112], exif[0x011A], exif[0x011B], exif[0x0131] = 3, (72, 1), (72, 1), "gazer"
-    buffer = io.BytesIO()
-    chelsea().resize((64, 43)).save(buffer, fmt, exif=exif.tobytes())
-    blob = buffer.getvalue()
+    blob = encode(chelsea().resize((64, 43)), fmt, exif=exif.tobytes())
     start = blob.find(b"Exif")
     rng = np.random.default_rng(1)
     decoded = refused = 0
@@ -78,13 +66,10 @@ def test_damaged_exif_and_bytes_give_an_image_or_a_clear_error(fmt):
 
 
 def test_an_oversized_image_among_several_gets_its_own_error():
-    flat = io.BytesIO()
-    Image.new("RGB", (500, 400)).save(flat, "PNG")
-    small = io.BytesIO()
-    Image.new("RGB", (10, 10)).save(small, "PNG")
+    flat, small = encode(Image.new("RGB", (500, 400)), "PNG"), encode(Image.new("RGB", (10, 10)), "PNG")
     with pytest.raises(GazerError) as refused:
-        decode_images([small.getvalue(), flat.getvalue()], max_pixels=100_000, max_total_pixels=10**9)
+        decode_images([small, flat], max_pixels=100_000, max_total_pixels=10**9)
     assert refused.value.detail == "file 1: image is 500x400 = 200000 pixels; the limit is 100000"
     with pytest.raises(GazerError) as refused:
-        decode_images([small.getvalue(), flat.getvalue()], max_pixels=10**6, max_total_pixels=150_000)
+        decode_images([small, flat], max_pixels=10**6, max_total_pixels=150_000)
     assert "images declare 200100 pixels together" in refused.value.detail

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import io
 import os
 import threading
 import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from core.parallel import parallel_map, workers
 from core.png import adler32_combine, encode_png, zlib_stream
-
-
-def _decoded(png: bytes) -> np.ndarray:
-    image = Image.open(io.BytesIO(png))
-    image.load()
-    return np.asarray(image)
+from tests.images import decode_png
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (7, 5), (300, 451), (300, 451, 3), (1200, 800, 3), (1500, 1000), (2, 3, 3)])
@@ -26,7 +19,7 @@ def test_round_trip_is_exact(shape):
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, size=shape, dtype=np.uint8)
     pixels[: shape[0] // 2] //= 7  # a smooth part and a noisy part
-    assert np.array_equal(_decoded(encode_png(pixels)), pixels)
+    assert np.array_equal(decode_png(encode_png(pixels)), pixels)
 
 
 @pytest.mark.parametrize("strips", [1, 2, 3, 8])
@@ -51,7 +44,7 @@ def test_encoding_inside_the_pool_does_not_wait_on_the_pool():
     runner.start()
     runner.join(timeout=60)
     assert done, "parallel_map of encode_png did not finish"
-    assert [int(_decoded(png)[0, 0, 0]) for png in done[0]] == list(range(5))
+    assert [int(decode_png(png)[0, 0, 0]) for png in done[0]] == list(range(5))
     assert parallel_map(lambda _: workers(), range(4)) == [1] * 4
 
 

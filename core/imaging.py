@@ -1,4 +1,4 @@
-"""Image decoding with limits, preprocessing from a ModelSpec, heatmap placement, colour maps, PNG."""
+"""Image decoding with limits, preprocessing from a ModelSpec, heatmap placement, colour maps."""
 
 from __future__ import annotations
 

@@ -11,7 +11,6 @@ import torch
 from PIL import Image
 
 from core import imaging
-from core.attention import spatial_gates
 from core.png import encode_png
 from core.errors import InvalidRequest, TargetOutOfRange, UnknownLayer, UnknownMethod, UnsupportedMethod
 from core.explain import METHODS
@@ -94,7 +93,7 @@ def _resolve_layer(model: LoadedModel, method_name: str, layer: str | None) -> s
     if not method.uses_layer:
         return None
     if method.needs_spatial_attention:
-        gates = spatial_gates(model.network)
+        gates = model.spatial_gates
         if layer and layer not in gates:
             raise UnknownLayer(f"{method_name} shows a spatial attention gate", field="layer", valid=gates)
         return layer or gates[0]

@@ -40,15 +40,22 @@ class EfficientNetLite(nn.Module):
             point: make_attention(attention, channels)
             for point, channels in self.attention_points()[:attention_stages]} if attention != "none" else {})
 
+    def block_stages(self) -> list[list[int]]:
+        """Block indices grouped into stages (runs of blocks with the same output channels), top
+        (nearest the classifier) first, each stage's last block first."""
+        stages: list[list[int]] = []
+        for index in reversed(range(len(self.blocks))):
+            channels = self.blocks[index]._block_args.output_filters
+            if not stages or self.blocks[stages[-1][-1]]._block_args.output_filters != channels:
+                stages.append([])
+            stages[-1].append(index)
+        return stages
+
     def attention_points(self) -> list[tuple[str, int]]:
         """Where attention can go, top first: after the head, then after each block stage."""
-        points = [("after_head", self.head[0].out_channels)]
-        blocks = list(self.blocks)
-        for index in reversed(range(len(blocks))):
-            channels = blocks[index]._block_args.output_filters
-            if index == len(blocks) - 1 or blocks[index + 1]._block_args.output_filters != channels:
-                points.append((f"after_block_{index}", channels))
-        return points
+        return [("after_head", self.head[0].out_channels)] + [
+            (f"after_block_{stage[0]}", self.blocks[stage[0]]._block_args.output_filters)
+            for stage in self.block_stages()]
 
     @property
     def cam_layer(self) -> str:

@@ -32,6 +32,7 @@ class LoadedModel:
     device: torch.device
     methods: list[str]
     attention: list[str]
+    spatial_gates: list[str]
     # Explainers attach hooks to `network`; one request at a time may hold them.
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -161,9 +162,10 @@ class ModelRegistry:
             log.error("model %s: %s", spec.ref, reason)
             raise ModelNotReady(f"model {spec.ref!r} is not served: {reason}")
         layers = targetable_layers(network, spec.input_size)
-        methods = supported_methods(spec.linear_head, bool(spatial_gates(network)))
+        gates = spatial_gates(network)
+        methods = supported_methods(spec.linear_head, bool(gates))
         self._loaded[spec.ref] = LoadedModel(spec, network, predictor, layers, device, methods,
-                                             attention_modules(network))
+                                             attention_modules(network), gates)
         log.info("model %s loaded (max |torch - onnx| logit %.2e, providers %s)",
                  spec.ref, difference, predictor.providers)
 

@@ -28,19 +28,8 @@ class FineTuneResult:
 
 def backbone_stages(network: nn.Module) -> list[list[nn.Module]]:
     """Backbone modules grouped by stage, top (nearest the classifier) first."""
-    stages: list[list[nn.Module]] = [[network.head]]
-    current: list[nn.Module] = []
-    previous_channels = None
-    for block in reversed(network.blocks):
-        channels = block._block_args.output_filters
-        if previous_channels is not None and channels != previous_channels:
-            stages.append(current)
-            current = []
-        current.append(block)
-        previous_channels = channels
-    stages.append(current)
-    stages.append([network.stem])
-    return stages
+    blocks = [[network.blocks[index] for index in stage] for stage in network.block_stages()]
+    return [[network.head], *blocks, [network.stem]]
 
 
 def trainable_backbone(network: nn.Module, config: FineTuneConfig, epoch: int) -> list[nn.Module]:

@@ -15,18 +15,16 @@ no tolerance. Same scoring as tests/api/test_pointing_game.py.
 from __future__ import annotations
 
 import argparse
-import base64
 import logging
 import tempfile
 import time
 import warnings
 
 from core.explain import METHODS
-from tests.images import (POINTING_GAME_BACKGROUNDS, decode_png, encode, heatmap_peak, point_in_box,
-                          pointing_game_cases, upload)
+from tests.images import (POINTING_GAME_BACKGROUNDS, POINTING_TOLERANCE, encode, pointing_game_cases, pointing_hit,
+                          upload)
 
 MODEL = "efficientnet_lite0"
-TOLERANCE = 15
 # Bounded settings: the defaults (50 steps, 25 samples, Score-CAM over the 1280-channel head) are slow on CPU.
 OPTIONS: dict[str, dict[str, object]] = {
     "integrated_gradients": {"steps": 32},
@@ -50,9 +48,9 @@ def play(client, cases, method: str, batch: int) -> tuple[list[bool], list[bool]
         if response.status_code != 200:
             raise Unanswered(f"HTTP {response.status_code}: {response.json().get('detail', response.text)}")
         for result, (_, box, _) in zip(response.json()["results"], chunk):
-            peak = heatmap_peak(decode_png(base64.b64decode(result["explanation"]["heatmap_png"])))
-            hits.append(point_in_box(peak, box, TOLERANCE))
-            strict.append(point_in_box(peak, box))
+            hit, strict_hit = pointing_hit(result["explanation"]["heatmap_png"], box)
+            hits.append(hit)
+            strict.append(strict_hit)
     return hits, strict, time.perf_counter() - started
 
 
@@ -83,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = ", ".join(f"{method} {' '.join(f'{k}={v}' for k, v in options.items())}"
                          for method, options in OPTIONS.items())
     print(f"pointing game: {MODEL}, {len(cases)} cases (seed {args.seed}), {args.batch} files per request, "
-          f"hit = peak within {TOLERANCE} px of the object's box")
+          f"hit = peak within {POINTING_TOLERANCE} px of the object's box")
     print(f"settings: {settings}; everything else at its default")
     header = f"{'method':<22}{'hits':>8}{'rate':>7}{'strict':>8}" + "".join(
         f"{name:>8}" for name in POINTING_GAME_BACKGROUNDS) + f"{'seconds':>9}"

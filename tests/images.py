@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import io
 from pathlib import Path
@@ -94,6 +95,16 @@ def point_in_box(point: tuple[float, float], box: tuple[int, int, int, int], tol
     x, y = point
     left, top, right, bottom = box
     return left - tolerance <= x <= right - 1 + tolerance and top - tolerance <= y <= bottom - 1 + tolerance
+
+
+POINTING_TOLERANCE = 15  # pixels on every side of the object's box, as in Zhang et al. 2016
+
+
+def pointing_hit(heatmap_png_base64: str, box: tuple[int, int, int, int]) -> tuple[bool, bool]:
+    """The pointing game's scoring of one heatmap: (peak within POINTING_TOLERANCE of the box,
+    peak strictly inside it)."""
+    peak = heatmap_peak(decode_png(base64.b64decode(heatmap_png_base64)))
+    return point_in_box(peak, box, POINTING_TOLERANCE), point_in_box(peak, box)
 
 
 SHAPE_CLASSES = ("disc", "square", "triangle")

@@ -5,7 +5,7 @@ pasted photo in at least 90% of the 40 cases.
 Scoring (the same as bench/pointing_game.py):
 - the peak is the argmax of the returned 8-bit heatmap; where several pixels tie at the maximum
   (the rounding to 255 and the bilinear upsampling make small plateaus) their centroid is used;
-- a hit is a peak inside the pasted photo's box widened by TOLERANCE = 15 px on every side, the
+- a hit is a peak inside the pasted photo's box widened by POINTING_TOLERANCE = 15 px on every side, the
   tolerance of the original pointing game (Zhang et al. 2016, "Top-down neural attention by excitation
   backprop"). At the classifier layer a heatmap cell covers 56 x 56 composite pixels; a peak in a cell
   on the crop's border becomes the centroid of a half-cell plateau, which can sit a few pixels outside
@@ -14,15 +14,12 @@ Scoring (the same as bench/pointing_game.py):
 
 from __future__ import annotations
 
-import base64
-
 import pytest
 
 from core.imaging import crop_box
 from tests.conftest import MODEL
-from tests.images import decode_png, encode, heatmap_peak, point_in_box, pointing_game_cases, upload
+from tests.images import POINTING_TOLERANCE, encode, pointing_game_cases, pointing_hit, upload
 
-TOLERANCE = 15  # pixels, on every side of the object's box
 BATCH = 10  # files per request
 MIN_RATE = 0.9
 
@@ -33,7 +30,7 @@ def cases():
 
 
 def play(client, cases, method: str, **form) -> tuple[list[bool], list[bool]]:
-    """Send the cases in batches, one target per file; (hits with TOLERANCE, strict hits) per case."""
+    """Send the cases in batches, one target per file; (hits within POINTING_TOLERANCE, strict hits)."""
     hits, strict = [], []
     for start in range(0, len(cases), BATCH):
         chunk = cases[start:start + BATCH]
@@ -45,9 +42,9 @@ def play(client, cases, method: str, **form) -> tuple[list[bool], list[bool]]:
         assert len(results) == len(chunk)
         for result, (_, box, label) in zip(results, chunk):
             assert result["explanation"]["target"]["index"] == label
-            peak = heatmap_peak(decode_png(base64.b64decode(result["explanation"]["heatmap_png"])))
-            hits.append(point_in_box(peak, box, TOLERANCE))
-            strict.append(point_in_box(peak, box))
+            hit, strict_hit = pointing_hit(result["explanation"]["heatmap_png"], box)
+            hits.append(hit)
+            strict.append(strict_hit)
     return hits, strict
 
 
@@ -67,7 +64,7 @@ def test_the_cases_are_deterministic_and_inside_the_crop(client):
 def test_the_heatmap_peak_falls_on_the_object(client, cases, method):
     hits, strict = play(client, cases, method)
     rate, strict_rate = sum(hits) / len(hits), sum(strict) / len(strict)
-    print(f"\npointing game {method}: {sum(hits)}/{len(hits)} = {rate:.0%} within {TOLERANCE} px, "
+    print(f"\npointing game {method}: {sum(hits)}/{len(hits)} = {rate:.0%} within {POINTING_TOLERANCE} px, "
           f"{sum(strict)}/{len(strict)} = {strict_rate:.0%} strict; misses: "
           f"{[i for i, hit in enumerate(hits) if not hit]}")
     assert rate >= MIN_RATE, f"{method} points at the object in {rate:.0%} of cases, want >= {MIN_RATE:.0%}"

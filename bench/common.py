@@ -35,6 +35,12 @@ def served_model(model_id: str = "efficientnet_lite0") -> LoadedModel:
     return _registry().get(model_id)
 
 
+def run_timed(main: Callable[[], None]) -> None:
+    started = time.time()
+    main()
+    print(f"\n(took {time.time() - started:.0f} s)")
+
+
 def ignore_progress(*args: object, **kwargs: object) -> None:
     """A job body's progress callback for runs nobody watches."""
 

@@ -8,11 +8,10 @@ EfficientNet-Lite0 at 224 on CPU, chelsea preprocessed, the same tensor for ever
 
 from __future__ import annotations
 
-import time
 
 import torch
 
-from bench.common import interleaved, report, served_model
+from bench.common import interleaved, report, run_timed, served_model
 from core import imaging
 from core.explain import METHODS
 from core.explain.baselines import make_baseline
@@ -74,6 +73,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    started = time.time()
-    main()
-    print(f"\n(took {time.time() - started:.0f} s)")
+    run_timed(main)

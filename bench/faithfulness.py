@@ -15,7 +15,7 @@ import time
 import numpy as np
 import torch
 
-from bench.common import served_model
+from bench.common import run_timed, served_model
 from bench.pointing_game import OPTIONS
 from core import imaging, pipeline
 from core.explain import METHODS
@@ -55,6 +55,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    started = time.time()
-    main()
-    print(f"\n(took {time.time() - started:.0f} s)")
+    run_timed(main)

@@ -10,10 +10,9 @@ Measures, with a real uvicorn server in a subprocess and EfficientNet-Lite0 at 2
 
 from __future__ import annotations
 
-import time
 
 from core import imaging
-from bench.common import interleaved, multipart, report, running_server, served_model
+from bench.common import interleaved, multipart, report, run_timed, running_server, served_model
 from tests.images import chelsea, encode, foolbox_imagenet_photos
 
 MODEL = "efficientnet_lite0"
@@ -79,6 +78,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    started = time.time()
-    main()
-    print(f"\n(took {time.time() - started:.0f} s)")
+    run_timed(main)

@@ -6,12 +6,11 @@ core.imaging does) vs one plain bicubic resize, and what a whole in-process pred
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 from PIL import Image
 
-from bench.common import interleaved, report, served_model
+from bench.common import interleaved, report, run_timed, served_model
 from core import imaging, pipeline
 from tests.images import chelsea, encode
 
@@ -46,6 +45,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    started = time.time()
-    main()
-    print(f"\n(took {time.time() - started:.0f} s)")
+    run_timed(main)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from bench import activation_maximization, attention, explainers, faithfulness, fine_tuning, http_serving, \
     large_photos, pointing_game
+from bench.common import run_timed
 
 
 def main() -> None:
     for module in (http_serving, large_photos, explainers, pointing_game, faithfulness, fine_tuning,
                    activation_maximization, attention):
         print(f"\n##### {module.__name__}")
-        module.main()
+        run_timed(module.main)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from core.models.onnx_export import export_onnx
 from core.runtime.onnx_predictor import OnnxPredictor
 from core.training.config import FineTuneConfig
 from core.training.finetune import fine_tune, transfer_backbone
+from infra.settings import SharedSettings
 
 KINDS = ("none", "se", "spatial", "cbam")
 
@@ -41,7 +42,7 @@ def costs() -> None:
     measured, runners = {}, {}
     for kind in KINDS:
         network = build_network("efficientnet_lite0", 1000, 224, attention=kind).eval()
-        transfer_backbone(base, network)
+        transfer_backbone(base, network, spec)
         with FlopCounterMode(display=False) as counter, torch.no_grad():
             network(example)
         params = sum(p.numel() for p in network.parameters())
@@ -63,7 +64,7 @@ def costs() -> None:
 
 def accuracy(seeds: int, epochs: int, input_size: int) -> None:
     datasets_dir = Path(tempfile.mkdtemp(prefix="gazer-bench-"))
-    dataset = ingest_archive(tuxpaint_archive(), datasets_dir, "tuxpaint4")
+    dataset = ingest_archive(tuxpaint_archive(), datasets_dir, "tuxpaint4", SharedSettings().archive_limits)
     classes, items = dataset_images(datasets_dir, dataset["id"])
     spec, base = load_builtin("efficientnet_lite0")
     rows = []
@@ -75,7 +76,7 @@ def accuracy(seeds: int, epochs: int, input_size: int) -> None:
                                     strategy="fine_tune", epochs=epochs, batch_size=16, input_size=input_size,
                                     early_stopping_patience=epochs, seed=seed, attention=kind)
             scores.append(fine_tune(config, spec, base, classes, items, ignore_progress, lambda: False,
-                                    torch.device("cpu")).metrics["val_accuracy"])
+                                    torch.device("cpu"), SharedSettings().max_image_pixels).metrics["val_accuracy"])
         spread = statistics.stdev(scores) if len(scores) > 1 else 0.0
         rows.append((kind, f"val accuracy {statistics.mean(scores):.3f} +- {spread:.3f} "
                            f"({', '.join(f'{s:.3f}' for s in scores)}) in {time.perf_counter() - started:.0f} s"))

@@ -15,14 +15,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
 from core.models.registry import LoadedModel, ModelRegistry
-from core.processes import stop_process
 from core.storage import Storage
+from infra.processes import stop_process
 
 
 @functools.cache
@@ -74,19 +73,6 @@ def interleaved(contenders: dict[str, Callable[[], object]], rounds: int = 7, pe
                 samples.append(time.perf_counter() - started)
             medians[name].append(statistics.median(samples) * 1000)
     return Timings(medians)
-
-
-def multipart(files: list[tuple[str, bytes]], fields: dict[str, object] | None = None) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    parts = []
-    for name, value in (fields or {}).items():
-        for item in value if isinstance(value, list) else [value]:
-            parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{item}\r\n'.encode())
-    for filename, blob in files:
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
-                     f"Content-Type: application/octet-stream\r\n\r\n".encode() + blob + b"\r\n")
-    parts.append(f"--{boundary}--\r\n".encode())
-    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
 
 class Client:

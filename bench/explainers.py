@@ -16,7 +16,7 @@ from core import imaging
 from core.explain import METHODS
 from core.explain.baselines import make_baseline
 from core.pipeline import onnx_scorer
-from tests.images import chelsea
+from support import chelsea
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ from bench.pointing_game import OPTIONS
 from core import imaging, pipeline
 from core.explain import METHODS
 from core.explain.faithfulness import DEFAULT_STEPS, deletion_and_insertion
-from tests.images import foolbox_imagenet_photos
+from support import foolbox_imagenet_photos
 
 MODEL = "efficientnet_lite0"
 

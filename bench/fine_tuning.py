@@ -25,6 +25,7 @@ from core.models.catalog import load_builtin
 from core.training.config import STRATEGIES, Augmentation, FineTuneConfig
 from core.training.finetune import fine_tune, head_modules, set_trainable, trainable_backbone, transfer_backbone
 from core.models.architectures import build_network
+from infra.settings import SharedSettings
 
 STAMPS = Path("/usr/share/tuxpaint/stamps")
 CLASSES = {"mammals": "animals/mammals", "birds": "animals/birds", "fruit": "food/fruit", "vehicles": "vehicles"}
@@ -50,8 +51,8 @@ def plain_loop_images_per_second(config: FineTuneConfig, steps: int) -> float:
     """The same network and trainable layers, trained on random tensors: no data pipeline."""
     spec, base = load_builtin(config.base_model)
     network = build_network(spec.architecture, 4, spec.input_size)
-    transfer_backbone(base, network)
-    set_trainable(network, head_modules(network) + trainable_backbone(network, config, epoch=1))
+    transfer_backbone(base, network, spec)
+    set_trainable(network, head_modules(network, spec) + trainable_backbone(network, config, epoch=1))
     optimizer = torch.optim.AdamW(network.parameters(), lr=1e-4)
     inputs = torch.randn(config.batch_size, 3, spec.input_size, spec.input_size)
     labels = torch.randint(0, 4, (config.batch_size,))
@@ -73,7 +74,7 @@ def main() -> None:
     args = parser.parse_args()
 
     datasets_dir = Path(tempfile.mkdtemp(prefix="gazer-bench-"))
-    dataset = ingest_archive(tuxpaint_archive(), datasets_dir, "tuxpaint4")
+    dataset = ingest_archive(tuxpaint_archive(), datasets_dir, "tuxpaint4", SharedSettings().archive_limits)
     classes, items = dataset_images(datasets_dir, dataset["id"])
     print(f"data set: {dataset['counts']} ({len(dataset['unreadable'])} unreadable)")
     spec, base = load_builtin("efficientnet_lite0")
@@ -86,7 +87,7 @@ def main() -> None:
                                     augmentation=Augmentation(), early_stopping_patience=args.epochs, seed=seed)
             started = time.perf_counter()
             result = fine_tune(config, spec, base, classes, items, ignore_progress, lambda: False,
-                               torch.device("cpu"))
+                               torch.device("cpu"), SharedSettings().max_image_pixels)
             seconds.append(time.perf_counter() - started)
             scores.append(result.metrics["val_accuracy"])
         spread = statistics.stdev(scores) if len(scores) > 1 else 0.0
@@ -101,7 +102,7 @@ def main() -> None:
     job_rates, plain_rates = [], []
     for _ in range(2):  # alternate: job loop, plain loop
         metrics = fine_tune(config, spec, base, classes, items, ignore_progress, lambda: False,
-                            torch.device("cpu")).metrics
+                            torch.device("cpu"), SharedSettings().max_image_pixels).metrics
         job_rates.append(max(record["images_per_second"] for record in metrics["history"][1:]))
         plain_rates.append(plain_loop_images_per_second(config, steps=8))
     job, plain = max(job_rates), max(plain_rates)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 
 from core import imaging
-from bench.common import interleaved, multipart, report, run_timed, running_server, served_model
-from tests.images import chelsea, encode, foolbox_imagenet_photos
+from bench.common import interleaved, report, run_timed, running_server, served_model
+from support import chelsea, encode, foolbox_imagenet_photos, multipart
 
 MODEL = "efficientnet_lite0"
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from bench.common import interleaved, report, run_timed, served_model
 from core import imaging, pipeline
-from tests.images import chelsea, encode
+from support import chelsea, encode
 
 
 def main() -> None:

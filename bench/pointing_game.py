@@ -21,7 +21,7 @@ import time
 import warnings
 
 from core.explain import METHODS
-from tests.images import (POINTING_GAME_BACKGROUNDS, POINTING_TOLERANCE, encode, pointing_game_cases, pointing_hit,
+from support import (POINTING_GAME_BACKGROUNDS, POINTING_TOLERANCE, encode, pointing_game_cases, pointing_hit,
                           upload)
 
 MODEL = "efficientnet_lite0"

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-ATTENTION_KINDS = ("se", "spatial", "cbam")
+from core.names import ATTENTION_KINDS
 
 
 class ChannelAttention(nn.Module):

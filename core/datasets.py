@@ -28,10 +28,12 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".ti
 
 @dataclass(frozen=True)
 class ArchiveLimits:
-    max_files: int = 20_000
-    max_total_bytes: int = 2 * 1024**3
+    """From the settings (infra.settings)."""
+
+    max_files: int
+    max_total_bytes: int
+    max_image_pixels: int
     max_file_bytes: int = 50 * 1024**2
-    max_image_pixels: int = 40_000_000
 
 
 @dataclass(frozen=True)
@@ -104,8 +106,57 @@ def _class_and_file(path: PurePosixPath, strip_root: bool) -> tuple[str, str] | 
     return parts[0], parts[1]
 
 
-def ingest_archive(blob: bytes, datasets_dir: Path, name: str | None = None,
-                   limits: ArchiveLimits = ArchiveLimits()) -> dict:
+def _strips_one_root(entries: list[_Entry]) -> bool:
+    """Whether every class folder sits inside one top folder (`pets/cat/1.png`)."""
+    roots = {entry.path.parts[0] for entry in entries if len(entry.path.parts) > 1}
+    return len(roots) == 1 and all(len(entry.path.parts) >= 3 for entry in entries
+                                   if not entry.path.name.startswith("."))
+
+
+@dataclass
+class _Extracted:
+    counts: dict[str, int]
+    unreadable: list[dict[str, str]]
+
+
+def _extract_images(entries: list[_Entry], staging: Path, limits: ArchiveLimits) -> _Extracted:
+    """Write each decodable image to staging/<class>/<index><suffix>; list the others."""
+    strip_root = _strips_one_root(entries)
+    extracted = _Extracted({}, [])
+    total = 0
+    for entry in entries:
+        placed = _class_and_file(entry.path, strip_root)
+        if placed is None or PurePosixPath(placed[1]).suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        label, filename = placed
+        check_name(label, "class")
+        with entry.open() as handle:  # type: ignore[operator]
+            data = _read_capped(handle, limits.max_file_bytes, str(entry.path))
+        total += len(data)
+        if total > limits.max_total_bytes:
+            raise PayloadTooLarge(f"the archive is over {limits.max_total_bytes} bytes uncompressed")
+        try:
+            decode_image(data, limits.max_image_pixels)
+        except GazerError as error:
+            extracted.unreadable.append({"file": str(entry.path), "reason": error.detail})
+            continue
+        index = extracted.counts.get(label, 0)
+        (staging / label).mkdir(exist_ok=True)
+        (staging / label / f"{index:06d}{PurePosixPath(filename).suffix.lower()}").write_bytes(data)
+        extracted.counts[label] = index + 1
+    return extracted
+
+
+def _check_classes(extracted: _Extracted) -> None:
+    if len(extracted.counts) >= 2:
+        return
+    unread = extracted.unreadable
+    listed = f"; {len(unread)} unreadable: {[item['file'] for item in unread][:20]}" if unread else ""
+    raise InvalidRequest(f"a data set needs at least 2 classes (folders) with readable images; found "
+                         f"{len(extracted.counts)}: {sorted(extracted.counts)}{listed}", field="file")
+
+
+def ingest_archive(blob: bytes, datasets_dir: Path, name: str | None, limits: ArchiveLimits) -> dict:
     """Extract a class-per-folder archive into a new data set and return its description."""
     archive, entries = _open_archive(blob)
     dataset_id = uuid.uuid4().hex[:12]
@@ -116,39 +167,12 @@ def ingest_archive(blob: bytes, datasets_dir: Path, name: str | None = None,
             listed = list(entries)
             if len(listed) > limits.max_files:
                 raise TooManyFiles(f"the archive holds {len(listed)} files; the limit is {limits.max_files}")
-            roots = {entry.path.parts[0] for entry in listed if len(entry.path.parts) > 1}
-            strip_root = len(roots) == 1 and all(len(entry.path.parts) >= 3 for entry in listed
-                                                 if not entry.path.name.startswith("."))
-            counts: dict[str, int] = {}
-            unreadable: list[dict[str, str]] = []
-            total = 0
-            for entry in listed:
-                placed = _class_and_file(entry.path, strip_root)
-                if placed is None or PurePosixPath(placed[1]).suffix.lower() not in IMAGE_SUFFIXES:
-                    continue
-                label, filename = placed
-                check_name(label, "class")
-                with entry.open() as handle:  # type: ignore[operator]
-                    data = _read_capped(handle, limits.max_file_bytes, str(entry.path))
-                total += len(data)
-                if total > limits.max_total_bytes:
-                    raise PayloadTooLarge(f"the archive is over {limits.max_total_bytes} bytes uncompressed")
-                try:
-                    decode_image(data, limits.max_image_pixels)
-                except GazerError as error:
-                    unreadable.append({"file": str(entry.path), "reason": error.detail})
-                    continue
-                index = counts.get(label, 0)
-                (staging / label).mkdir(exist_ok=True)
-                (staging / label / f"{index:06d}{PurePosixPath(filename).suffix.lower()}").write_bytes(data)
-                counts[label] = index + 1
-        if len(counts) < 2:
-            unread = f"; {len(unreadable)} unreadable: {[item['file'] for item in unreadable][:20]}" if unreadable else ""
-            raise InvalidRequest(f"a data set needs at least 2 classes (folders) with readable images; found "
-                                 f"{len(counts)}: {sorted(counts)}{unread}", field="file")
+            extracted = _extract_images(listed, staging, limits)
+        _check_classes(extracted)
+        counts = extracted.counts
         description = {"id": dataset_id, "name": name or dataset_id, "classes": sorted(counts),
                        "counts": dict(sorted(counts.items())), "images": sum(counts.values()),
-                       "unreadable": unreadable, "created_at": time.time()}
+                       "unreadable": extracted.unreadable, "created_at": time.time()}
         (staging / "dataset.json").write_text(json.dumps(description, indent=1))
         staging.rename(datasets_dir / dataset_id)
         return description

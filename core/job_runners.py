@@ -4,20 +4,24 @@ reporting through `progress(fraction, **details)` and stopping when `should_stop
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from core.datasets import dataset_images, describe_dataset
 from core.errors import InvalidRequest
 from core.jobs import Progress, ShouldStop
-from core.models import catalog, versions
+from core.models import versions
+from core.models.layers import targetable_layers
 from core.models.registry import ModelRegistry
+from core.names import BUILTIN_MODELS
+from core.params import check_params, from_params
 from core.png import encode_png
 from core.runtime.devices import torch_device
 from core.storage import Storage, check_name
-from core.training.config import Augmentation, FineTuneConfig
+from core.training.config import FineTuneConfig
 from core.training.finetune import fine_tune
-from core.visualize.activation_max import MaximizationConfig, maximize
-
+from core.visualize.activation_max import maximize
+from core.visualize.config import MaximizationConfig
 
 FINE_TUNE = "fine-tune"
 ACTIVATION_MAXIMIZATION = "activation-maximization"
@@ -27,36 +31,34 @@ ACTIVATION_MAXIMIZATION = "activation-maximization"
 class JobContext:
     storage: Storage
     registry: ModelRegistry
-
-    def artifact_url(self, job_id: str, name: str) -> str:
-        return f"/v1/jobs/{job_id}/artifacts/{name}"
+    max_image_pixels: int
+    # (job id, artifact name) -> where clients fetch the artifact; the API's routes decide it.
+    artifact_url: Callable[[str, str], str]
 
 
 def fine_tune_config(params: dict[str, Any]) -> FineTuneConfig:
-    fields = dict(params)
-    head = fields.pop("head", None) or {}
-    fields["head_hidden"] = head.get("hidden", 0)
-    fields["head_dropout"] = head.get("dropout", 0.2)
-    fields["augmentation"] = Augmentation(**(fields.get("augmentation") or {}))
-    return FineTuneConfig(**fields)
+    return from_params(FineTuneConfig, params)
 
 
-def check_fine_tune(config: FineTuneConfig, context: JobContext) -> None:
-    """What can be checked before queueing: the base model and data set exist, the name is free."""
-    context.registry.spec(config.base_model)
-    describe_dataset(context.storage.datasets, config.dataset_id)
+def check_fine_tune(config: FineTuneConfig, registry: ModelRegistry, datasets_dir: Path) -> None:
+    """What can be checked before queueing: the values, the base model and the data set
+    exist, the name is free."""
+    check_params(config)
+    registry.spec(config.base_model)
+    describe_dataset(datasets_dir, config.dataset_id)
     check_name(config.output_model, "output_model")
-    if config.output_model in catalog.BUILTIN_MODELS:
+    if config.output_model in BUILTIN_MODELS:
         raise InvalidRequest(f"output_model {config.output_model!r} is a built-in model's name", field="output_model")
 
 
 def run_fine_tune(job_id: str, params: dict[str, Any], progress: Progress, should_stop: ShouldStop,
                   context: JobContext) -> dict[str, Any]:
     config = fine_tune_config(params)
-    check_fine_tune(config, context)
+    check_fine_tune(config, context.registry, context.storage.datasets)
     base_spec, base_network = context.registry.load_network(config.base_model)
     classes, items = dataset_images(context.storage.datasets, config.dataset_id)
-    trained = fine_tune(config, base_spec, base_network, classes, items, progress, should_stop, torch_device())
+    trained = fine_tune(config, base_spec, base_network, classes, items, progress, should_stop, torch_device(),
+                        context.max_image_pixels)
     progress(1.0, phase="exporting")
     spec = versions.save_version(context.storage.models, trained.spec, trained.network, trained.metrics)
     metrics = trained.metrics
@@ -66,34 +68,26 @@ def run_fine_tune(job_id: str, params: dict[str, Any], progress: Progress, shoul
                                                       "train_images_per_second", "stopped_early")}}
 
 
-def maximization_config(params: dict[str, Any]) -> tuple[str, MaximizationConfig]:
-    fields = dict(params)
-    model = fields.pop("model")
-    target = fields.pop("target")
-    if "class" in target:
-        fields["classes"] = (target["class"],)
-    elif "classes" in target:
-        fields["classes"] = tuple(target["classes"])
-    else:
-        fields["layer"] = target.get("layer")
-        fields["channels"] = tuple(target.get("channels") or ())
-    return model, MaximizationConfig(**fields)
+def maximization_config(params: dict[str, Any]) -> MaximizationConfig:
+    return from_params(MaximizationConfig, params)
 
 
 def run_activation_maximization(job_id: str, params: dict[str, Any], progress: Progress, should_stop: ShouldStop,
                                 context: JobContext) -> dict[str, Any]:
-    model_ref, config = maximization_config(params)
-    spec, network = context.registry.load_network(model_ref)
-    result = maximize(network.to(torch_device()), spec, config, progress, should_stop)
+    config = maximization_config(params)
+    spec, network = context.registry.load_network(config.model)
+    network = network.to(torch_device())
+    result = maximize(network, spec, config, progress, should_stop, targetable_layers(network, spec.input_size))
     folder = context.storage.job_artifacts(job_id)
     folder.mkdir(parents=True, exist_ok=True)
-    targets = ([{"class": c, "label": spec.labels[c]} for c in config.classes] if config.classes
-               else [{"layer": config.layer, "channel": c} for c in config.channels])
+    target = config.target
+    targets = ([{"class": c, "label": spec.labels[c]} for c in target.classes] if target.classes
+               else [{"layer": target.layer, "channel": c} for c in target.channels])
     images = []
-    for index, (target, pixels) in enumerate(zip(targets, result.images)):
+    for index, (described, pixels) in enumerate(zip(targets, result.images)):
         name = f"target-{index}.png"
         (folder / name).write_bytes(encode_png(pixels))
-        images.append({"target": target, "url": context.artifact_url(job_id, name),
+        images.append({"target": described, "url": context.artifact_url(job_id, name),
                        "activation": result.activations[index], "probability": result.probabilities[index]})
     return {"model": {"id": spec.id, "version": spec.version}, "images": images,
             "activation_per_step": result.history}

@@ -14,8 +14,8 @@ from core import imaging
 from core.png import encode_png
 from core.errors import InvalidRequest, TargetOutOfRange, UnknownLayer, UnknownMethod, UnsupportedMethod
 from core.explain import METHODS
-from core.explain.base import normalize_maps
-from core.explain.cam import class_activation_maps
+from core.explain.base import Explanation, Method
+from core.explain.cam import FeatureSource
 from core.explain.faithfulness import Faithfulness, deletion_and_insertion
 from core.models.registry import LoadedModel
 from core.models.spec import ModelSpec
@@ -81,12 +81,19 @@ def _resolve_targets(targets: list[int] | None, count: int, spec: ModelSpec) -> 
     return torch.tensor(targets * count if len(targets) == 1 else targets, dtype=torch.long)
 
 
-def _resolve_layer(model: LoadedModel, method_name: str, layer: str | None) -> str | None:
+def _resolve_method(model: LoadedModel, method_name: str) -> Method:
+    if method_name not in METHODS:
+        raise UnknownMethod(f"unknown method {method_name!r}", field="method", valid=sorted(METHODS))
     method = METHODS[method_name]
     if method_name not in model.methods:
         raise UnsupportedMethod(f"model {model.spec.ref!r} cannot answer {method_name} (it needs "
                                 f"{'spatial attention' if method.needs_spatial_attention else 'a linear head'})",
                                 field="method", valid=model.methods)
+    return method
+
+
+def _resolve_layer(model: LoadedModel, method_name: str, layer: str | None) -> str | None:
+    method = METHODS[method_name]
     if layer and layer not in model.layers:
         raise UnknownLayer(f"model {model.spec.id!r} has no targetable layer {layer!r}",
                            field="layer", valid=list(model.layers))
@@ -107,64 +114,82 @@ def _resolve_layer(model: LoadedModel, method_name: str, layer: str | None) -> s
 OUTPUTS = ("heatmap", "overlay", "map")
 
 
+def _check_outputs(outputs: tuple[str, ...]) -> None:
+    for output in outputs:
+        if output not in OUTPUTS:
+            raise InvalidRequest(f"unknown output {output!r}", field="outputs", valid=list(OUTPUTS))
+
+
 def explain(model: LoadedModel, images: list[Image.Image], method_name: str,
             targets: list[int] | None = None, layer: str | None = None,
             options: dict[str, object] | None = None, top_k: int = 5,
             outputs: tuple[str, ...] = ("heatmap", "overlay"), resize: str = "crop",
             faithfulness: bool = False) -> list[ImageResult]:
-    """`outputs`: `heatmap` and `overlay` PNGs the image's size, `map` the raw [0, 1] map at
+    """`options`: the method's own (its `Options`); one it does not take is refused.
+    `outputs`: `heatmap` and `overlay` PNGs the image's size, `map` the raw [0, 1] map at
     the explained layer's (or the input's) resolution. `resize`: see imaging.RESIZE_MODES.
     `faithfulness`: each map's deletion and insertion scores, on ONNX Runtime."""
-    if method_name not in METHODS:
-        raise UnknownMethod(f"unknown method {method_name!r}", field="method", valid=sorted(METHODS))
-    for output in outputs:
-        if output not in OUTPUTS:
-            raise InvalidRequest(f"unknown output {output!r}", field="outputs", valid=list(OUTPUTS))
-    spec = model.spec
+    method = _resolve_method(model, method_name)
+    checked = method.options(method_name, options or {})
+    _check_outputs(outputs)
     layer = _resolve_layer(model, method_name, layer)
-    wanted = _resolve_targets(targets, len(images), spec)
+    wanted = _resolve_targets(targets, len(images), model.spec)
     started = time.perf_counter()
-    batch, boxes = imaging.preprocess(images, spec, resize)
+    batch, boxes = imaging.preprocess(images, model.spec, resize)
     preprocessed = time.perf_counter()
-    if method_name == "cam":
-        maps, logits, chosen = _cam_from_onnx(model, batch, wanted)
-    else:
-        inputs = torch.from_numpy(batch).to(model.device)
-        method = METHODS[method_name]
-        # Measured faster on CPU only; on a GPU the masked batches stay with torch.
-        on_cpu = model.device.type == "cpu"
-        extra = {"score": onnx_scorer(model)} if method.scores_masked_inputs and on_cpu else {}
-        with model.lock:
-            result = method(model.network, inputs, wanted, layer, input_mean=spec.mean, input_std=spec.std,
-                            **(options or {}), **extra)
-        maps, logits, chosen = result.maps, result.logits.float().cpu().numpy(), result.targets.cpu().numpy()
+    result = _run_method(model, method, torch.from_numpy(batch), wanted, layer, checked)
     explained = time.perf_counter()
-    probabilities = softmax(logits)
-    predictions = top_predictions(probabilities, spec, top_k)
+    maps, chosen = result.maps, result.targets.cpu().numpy()
+    probabilities = softmax(result.logits.float().cpu().numpy())
     timings = {"preprocess": (preprocessed - started) * 1000, "model": (explained - preprocessed) * 1000}
     scores: list[Faithfulness | None] = [None] * len(images)
     if faithfulness:
-        score, inputs = onnx_scorer(model), torch.from_numpy(batch)
-        scores = [deletion_and_insertion(score, inputs[index], maps[index], int(chosen[index]),
-                                         spec.mean, spec.std) for index in range(len(images))]
+        scores = _faithfulness(model, batch, maps, chosen)
         timings["faithfulness"] = (time.perf_counter() - explained) * 1000
+    predictions = top_predictions(probabilities, model.spec, top_k)
 
     def render(index: int) -> ImageResult:
-        image, box = images[index], boxes[index]
-        render_start = time.perf_counter()
-        heat = imaging.place_heatmap(maps[index], box, image.width, image.height) \
-            if "heatmap" in outputs or "overlay" in outputs else None
-        heatmap_png = encode_png(heat) if "heatmap" in outputs else None
-        overlay_png = encode_png(imaging.overlay(image, heat, box)) if "overlay" in outputs else None
-        raw = np.round(maps[index], 4).tolist() if "map" in outputs else None
+        started = time.perf_counter()
+        heatmap_png, overlay_png = _pictures(images[index], boxes[index], maps[index], outputs)
         target = int(chosen[index])
-        rendered = RenderedExplanation(
-            method_name, Prediction(target, spec.labels[target], float(probabilities[index, target])), layer,
-            heatmap_png, overlay_png, raw, {**timings, "render": (time.perf_counter() - render_start) * 1000},
-            scores[index])
-        return ImageResult(predictions[index], rendered)
+        return ImageResult(predictions[index], RenderedExplanation(
+            method_name, Prediction(target, model.spec.labels[target], float(probabilities[index, target])),
+            layer, heatmap_png, overlay_png, np.round(maps[index], 4).tolist() if "map" in outputs else None,
+            {**timings, "render": (time.perf_counter() - started) * 1000}, scores[index]))
 
     return parallel_map(render, range(len(images)))
+
+
+def _run_method(model: LoadedModel, method: Method, inputs: torch.Tensor, wanted: torch.Tensor | None,
+                layer: str | None, options: dict[str, object]) -> Explanation:
+    spec = model.spec
+    if method.takes_feature_source:
+        # CAM from the ONNX Runtime forward that makes the prediction: no hooks, so no lock.
+        return method(model.network, inputs, wanted, layer, classifier=spec.classifier_layer,
+                      features=onnx_features(model))
+    extra: dict[str, object] = {}
+    if method.scores_masked_inputs and model.device.type == "cpu":  # measured faster on CPU only
+        extra["score"] = onnx_scorer(model)
+    with model.lock:
+        return method(model.network, inputs.to(model.device), wanted, layer, input_mean=spec.mean,
+                      input_std=spec.std, classifier=spec.classifier_layer, **options, **extra)
+
+
+def _faithfulness(model: LoadedModel, batch: np.ndarray, maps: np.ndarray, chosen: np.ndarray) -> list[Faithfulness]:
+    score, inputs = onnx_scorer(model), torch.from_numpy(batch)
+    return [deletion_and_insertion(score, inputs[index], maps[index], int(chosen[index]), model.spec.mean,
+                                   model.spec.std) for index in range(len(maps))]
+
+
+def _pictures(image: Image.Image, box: imaging.CropBox, saliency: np.ndarray,
+              outputs: tuple[str, ...]) -> tuple[bytes | None, bytes | None]:
+    """The heatmap and overlay PNGs, where `outputs` asks for them."""
+    if "heatmap" not in outputs and "overlay" not in outputs:
+        return None, None
+    heat = imaging.place_heatmap(saliency, box, image.width, image.height)
+    heatmap_png = encode_png(heat) if "heatmap" in outputs else None
+    overlay_png = encode_png(imaging.overlay(image, heat, box)) if "overlay" in outputs else None
+    return heatmap_png, overlay_png
 
 
 def onnx_scorer(model: LoadedModel) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -175,11 +200,9 @@ def onnx_scorer(model: LoadedModel) -> Callable[[torch.Tensor], torch.Tensor]:
     return score
 
 
-def _cam_from_onnx(model: LoadedModel, batch: np.ndarray,
-                   wanted: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """CAM from the feature map of the same ONNX Runtime forward that makes the prediction."""
-    logits, features = model.predictor.logits_and_features(batch)
-    chosen = torch.from_numpy(logits.argmax(axis=1)) if wanted is None else wanted
-    weight = model.network.get_submodule(model.spec.classifier_layer).weight.detach().float().cpu()
-    maps = class_activation_maps(torch.from_numpy(features), weight, chosen)
-    return normalize_maps(torch.relu(maps)), logits, chosen.numpy()
+def onnx_features(model: LoadedModel) -> FeatureSource:
+    """Logits and the last feature map from the model's ONNX Runtime session (for CAM)."""
+    def forward(inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, features = model.predictor.logits_and_features(inputs.numpy())
+        return torch.from_numpy(logits), torch.from_numpy(features)
+    return forward

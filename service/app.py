@@ -10,7 +10,7 @@ import anyio
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from core.embedded_redis import EmbeddedRedis
+from infra.embedded_redis import EmbeddedRedis
 from core.errors import GazerError
 from core.models.registry import ModelRegistry
 from core.storage import Storage

@@ -10,21 +10,16 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core import errors
-from schemas.problems import FieldError, Problem
+from schemas.problems import TITLES, FieldError, problem
 
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
 
-TITLES = {400: "Bad request", 404: "Not found", 405: "Method not allowed", 406: "Not acceptable",
-          413: "Content too large", 422: "Unprocessable content", 500: "Internal server error",
-          503: "Service unavailable"}
-
 
 def problem_response(status: int, code: str, detail: str, errors_: list[FieldError] | None = None,
                      valid: list[str] | None = None) -> JSONResponse:
-    body = Problem(type=f"/problems/{code}", title=TITLES.get(status, "Error"), status=status,
-                   detail=detail, errors=errors_, valid=valid)
+    body = problem(status, code, detail, errors_, valid)
     return JSONResponse(body.model_dump(exclude_none=True), status_code=status, media_type=PROBLEM_JSON)
 
 

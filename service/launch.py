@@ -10,8 +10,8 @@ import subprocess
 import sys
 import time
 
-from core.embedded_redis import EmbeddedRedis
-from core.processes import stop_process
+from infra.embedded_redis import EmbeddedRedis
+from infra.processes import stop_process
 from core.storage import Storage
 from service.settings import Settings
 

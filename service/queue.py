@@ -6,7 +6,8 @@ from typing import Any
 
 from celery import Celery
 
-from core.jobs import RUN_JOB_TASK, JobStore, celery_config
+from infra.celery_config import RUN_JOB_TASK, celery_config
+from infra.job_store import JobStore
 
 
 class JobQueue:

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from core.jobs import LONGEST_JOB_SECONDS
 from core.pipeline import OUTPUTS
+from infra.settings import SharedSettings
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="GAZER_")
-
-    data_dir: Path = Path("var")
+class Settings(SharedSettings):
     default_model: str = "efficientnet_lite0"
     max_request_bytes: int = 50 * 1024 * 1024
     max_file_bytes: int = 20 * 1024 * 1024
-    max_image_pixels: int = 40_000_000
     max_request_pixels: int = 160_000_000  # all images of one request: about 480 MB decoded
     max_files: int = 64
     # Explanations running at once (per model they take turns); others wait this long for a
@@ -27,13 +20,6 @@ class Settings(BaseSettings):
     explain_queue_seconds: float = Field(60.0, gt=0)
     # What explain returns when a request names no `outputs` (JSON, e.g. ["heatmap"]).
     explain_outputs: tuple[str, ...] = ("heatmap", "overlay")
-    # Without a Redis URL the API starts an embedded redis-server with its data in data_dir.
-    redis_url: str | None = None
-    job_lease_seconds: float = 60.0
-    visibility_timeout: float = LONGEST_JOB_SECONDS
-    max_dataset_bytes: int = 500 * 1024 * 1024
-    max_dataset_uncompressed_bytes: int = 2 * 1024**3
-    max_dataset_files: int = 20_000
 
     @field_validator("explain_outputs")
     @classmethod

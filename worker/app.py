@@ -5,9 +5,11 @@ from __future__ import annotations
 from celery import Celery
 
 from core.job_runners import JobContext
-from core.jobs import RUN_JOB_TASK, JobStore, celery_config
 from core.models.registry import ModelRegistry
 from core.storage import Storage
+from infra.celery_config import RUN_JOB_TASK, celery_config
+from infra.job_store import JobStore
+from schemas.jobs import artifact_url
 from worker import tasks
 from worker.settings import WorkerSettings
 
@@ -16,7 +18,7 @@ def create_celery(settings: WorkerSettings) -> Celery:
     app = Celery("gazer")
     app.conf.update(celery_config(settings.redis_url, settings.visibility_timeout))
     storage = Storage(settings.data_dir)
-    context = JobContext(storage, ModelRegistry(storage))
+    context = JobContext(storage, ModelRegistry(storage), settings.max_image_pixels, artifact_url)
     store = JobStore.from_url(settings.redis_url, settings.job_lease_seconds)
 
     @app.task(name=RUN_JOB_TASK)

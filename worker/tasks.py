@@ -9,7 +9,9 @@ import threading
 
 from core.errors import GazerError
 from core.job_runners import RUNNERS, JobContext
-from core.jobs import JobCancelled, JobStore, problem
+from core.jobs import JobCancelled
+from infra.job_store import JobStore
+from schemas.problems import problem
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +39,13 @@ def run_job(job_id: str, store: JobStore, context: JobContext) -> str:
         store.finish(job_id, "cancelled")
         return "cancelled"
     except GazerError as error:
-        store.finish(job_id, "failed", error=problem(error.code, error.detail, error.status))
+        store.finish(job_id, "failed", error=problem(error.status, error.code, error.detail).model_dump(exclude_none=True))
         return "failed"
     except Exception as error:  # the job fails, the worker lives on
         log.exception("job %s failed", job_id)
-        store.finish(job_id, "failed", error=problem("job-crashed", f"the job stopped on an unexpected "
-                                                                  f"{type(error).__name__}; see the worker log"))
+        store.finish(job_id, "failed", error=problem(500, "job-crashed", f"the job stopped on an unexpected "
+                                                                       f"{type(error).__name__}; see the worker log"
+                                                     ).model_dump(exclude_none=True))
         return "failed"
     finally:
         stop.set()

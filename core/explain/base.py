@@ -7,15 +7,17 @@ switched on locally, so a caller inside `torch.no_grad()` still gets gradients.
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
 from core.errors import InvalidRequest, TargetOutOfRange, UnknownLayer
+from core.params import check_params
 
 
 @dataclass
@@ -91,14 +93,38 @@ def check_range(name: str, value: float, low: float, high: float) -> None:
         raise InvalidRequest(f"{name} must be between {low} and {high}, got {value}", field=name)
 
 
+@dataclass(frozen=True)
+class NoOptions:
+    """A method that takes no options."""
+
+
 class Method:
     """What the pipeline needs to know about a method before running it."""
 
+    # The options a client may set, their defaults and bounds (fields made with core.params.param).
+    Options: type = NoOptions
     uses_layer = False
     default_layer_only = False        # only at the layer that feeds the classifier (CAM)
     needs_linear_head = False         # reads the classifier's weights: no hidden head layer
     needs_spatial_attention = False   # only for models with a spatial attention module
     scores_masked_inputs = False      # takes `score`: logits of input batches, no gradients
+    takes_feature_source = False      # takes `features`: logits and feature map from any forward (CAM)
+
+    def options(self, name: str, given: dict[str, Any]) -> dict[str, Any]:
+        """The client's options checked against `Options` (every default filled in): an option
+        this method does not take, or a value out of bounds, is an InvalidRequest naming it."""
+        known = [field.name for field in dataclasses.fields(self.Options)]
+        for option in given:
+            if option not in known:
+                takes = f"its options are {', '.join(known)}" if known else "it takes none"
+                raise InvalidRequest(f"{name} takes no option {option!r}; {takes}", field=option, valid=known)
+        return self.checked(**given)
+
+    def checked(self, **options: Any) -> dict[str, Any]:
+        """`options` with the defaults of those not given, after checking their bounds."""
+        values = self.Options(**options)
+        check_params(values)
+        return dataclasses.asdict(values)
 
 
 class LayerMethod(Method):

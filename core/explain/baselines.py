@@ -3,11 +3,14 @@ them, shared by integrated gradients, the faithfulness scores and activation max
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 
 from core.errors import InvalidRequest
 
-BASELINES = ("black", "blur", "uniform")
+Baseline = Literal["black", "blur", "uniform"]
+BASELINES: tuple[str, ...] = get_args(Baseline)
 
 
 def make_baseline(kind: str, inputs: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...],

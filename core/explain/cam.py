@@ -1,12 +1,22 @@
 """CAM (Zhou et al. 2016): the classifier's weights for the target class applied to the last
-feature map. No backward pass; valid only at the layer that feeds global pooling + classifier."""
+feature map. No backward pass; valid only at the layer that feeds global pooling + classifier.
+
+The feature map and the logits may come from any forward pass that yields both: by default a
+torch forward with the layer captured; the service passes its ONNX Runtime session, whose graph
+outputs the same feature map, so the CAM comes from the forward that made the prediction.
+"""
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 from torch import nn
 
-from core.explain.base import LayerMethod
+from core.explain.base import Explanation, Method, capture, normalize_maps, resolve_targets
+
+# inputs -> (logits, the feature map that global pooling sees)
+FeatureSource = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def class_activation_maps(features: torch.Tensor, classifier_weight: torch.Tensor,
@@ -14,10 +24,26 @@ def class_activation_maps(features: torch.Tensor, classifier_weight: torch.Tenso
     return torch.einsum("bc,bchw->bhw", classifier_weight[targets], features)
 
 
-class CAM(LayerMethod):
-    needs_gradients = False
+def torch_features(model: nn.Module, layer: str) -> FeatureSource:
+    def forward(inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with capture(model, layer) as captured, torch.no_grad():
+            logits = model(inputs)
+        return logits, captured.activation
+    return forward
+
+
+class CAM(Method):
+    uses_layer = True
     default_layer_only = True
     needs_linear_head = True
+    takes_feature_source = True
 
-    def combine(self, model: nn.Module, inputs, activations, gradients, targets, **options) -> torch.Tensor:
-        return class_activation_maps(activations, model.classifier.weight.detach(), targets)
+    def __call__(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor | None, layer: str,
+                 classifier: str, features: FeatureSource | None = None, **options: object) -> Explanation:
+        """`classifier`: the name of the model's final linear layer (ModelSpec.classifier_layer);
+        `features`: where the logits and the feature map at `layer` come from (default torch)."""
+        logits, activations = (features or torch_features(model, layer))(inputs)
+        targets = resolve_targets(logits, targets)
+        weight = model.get_submodule(classifier).weight.detach().to(activations.device, torch.float32)
+        maps = class_activation_maps(activations.float(), weight, targets.to(activations.device))
+        return Explanation(normalize_maps(torch.relu(maps)), logits.detach(), targets)

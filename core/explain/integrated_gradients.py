@@ -4,13 +4,21 @@ path points of all images run through the model in batches."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
 from core.explain.base import InputMethod, check_range, forward_logits, input_gradients, resolve_targets
-from core.explain.baselines import make_baseline
+from core.explain.baselines import Baseline, make_baseline
+from core.params import param
 
-MAX_STEPS = 512
+
+@dataclass(frozen=True)
+class IntegratedGradientsOptions:
+    steps: int = param(50, ge=1, le=512, doc="path steps (Gauss-Legendre nodes), run in batches")
+    baseline: Baseline = param("black", doc="the path's start: black, blur (a heavy blur of the image) or "
+                                            "uniform (seeded noise)")
 
 
 def quadrature(steps: int) -> tuple[np.ndarray, np.ndarray]:
@@ -19,13 +27,15 @@ def quadrature(steps: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class IntegratedGradients(InputMethod):
-    def attribute(self, model, inputs, targets, layer=None, steps: int = 50,
-                  baseline: str | torch.Tensor = "black", internal_batch_size: int = 16,
+    Options = IntegratedGradientsOptions
+
+    def attribute(self, model, inputs, targets, layer=None, steps: int = Options.steps,
+                  baseline: str | torch.Tensor = Options.baseline, internal_batch_size: int = 16,
                   input_mean: tuple[float, ...] = (0.0, 0.0, 0.0),
                   input_std: tuple[float, ...] = (1.0, 1.0, 1.0), seed: int = 0, **options):
         """`baseline` is a tensor like `inputs` or one of BASELINES, built in pixel space with
         the model's `input_mean` / `input_std` (pixels 0..255)."""
-        check_range("steps", steps, 1, MAX_STEPS)
+        self.checked(steps=steps, **({"baseline": baseline} if isinstance(baseline, str) else {}))
         check_range("internal_batch_size", internal_batch_size, 1, 4096)
         if isinstance(baseline, str):
             baseline = make_baseline(baseline, inputs, input_mean, input_std, seed)

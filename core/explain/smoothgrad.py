@@ -4,13 +4,19 @@ noise standard deviation = `noise` times the image's value range; seeded, so rep
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 
 from core.explain.base import InputMethod, check_range, forward_logits, input_gradients, resolve_targets
+from core.params import param
 
-MAX_SAMPLES = 256
+
+@dataclass(frozen=True)
+class SmoothGradOptions:
+    samples: int = param(25, ge=1, le=256, doc="noisy copies averaged")
+    noise: float = param(0.15, ge=0, le=1, doc="noise standard deviation as a fraction of the image's value range")
 
 
 def noise_draws(inputs: torch.Tensor, samples: int, noise: float, seed: int) -> Iterator[tuple[int, torch.Tensor]]:
@@ -33,10 +39,11 @@ def smoothgrad_noise(inputs: torch.Tensor, samples: int, noise: float, seed: int
 
 
 class SmoothGrad(InputMethod):
-    def attribute(self, model, inputs, targets, layer=None, samples: int = 25, noise: float = 0.15,
-                  seed: int = 0, internal_batch_size: int = 16, **options):
-        check_range("samples", samples, 1, MAX_SAMPLES)
-        check_range("noise", noise, 0.0, 1.0)
+    Options = SmoothGradOptions
+
+    def attribute(self, model, inputs, targets, layer=None, samples: int = Options.samples,
+                  noise: float = Options.noise, seed: int = 0, internal_batch_size: int = 16, **options):
+        self.checked(samples=samples, noise=noise)
         check_range("internal_batch_size", internal_batch_size, 1, 4096)
         logits = forward_logits(model, inputs)
         targets = resolve_targets(logits, targets)

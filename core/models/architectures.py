@@ -11,8 +11,7 @@ import torch
 from torch import nn
 
 from core.attention import make_attention
-
-EFFICIENTNET_LITE_SIZES = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}
+from core.names import EFFICIENTNET_LITE_SIZES
 
 
 class EfficientNetLite(nn.Module):

@@ -10,10 +10,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from core.models.architectures import EFFICIENTNET_LITE_SIZES, build_network
+from core.models.architectures import build_network
 from core.models.spec import ModelSpec
-
-BUILTIN_MODELS = tuple(EFFICIENTNET_LITE_SIZES)
+from core.names import BUILTIN_MODELS, EFFICIENTNET_LITE_SIZES
 
 
 @lru_cache(maxsize=1)

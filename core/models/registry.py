@@ -13,7 +13,9 @@ from core.attention import attention_modules, spatial_gates
 from core.errors import GazerError, ModelNotReady, UnknownModel
 from core.explain import supported_methods
 from core.models import catalog, versions
+from core.names import BUILTIN_MODELS
 from core.models.architectures import build_network
+from core.models.layers import targetable_layers
 from core.models.onnx_export import AGREEMENT_TOLERANCE, ensure_onnx, max_logit_difference
 from core.models.spec import ModelSpec
 from core.runtime.devices import torch_device
@@ -28,38 +30,13 @@ class LoadedModel:
     spec: ModelSpec
     network: nn.Module
     predictor: OnnxPredictor
-    layers: tuple[str, ...]
+    layers: dict[str, int]          # targetable layers and their channels
     device: torch.device
     methods: list[str]
     attention: list[str]
     spatial_gates: list[str]
     # Explainers attach hooks to `network`; one request at a time may hold them.
     lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-def targetable_layers(network: nn.Module, input_size: int) -> tuple[str, ...]:
-    """Named modules that run exactly once per forward and output a 4-D feature map."""
-    calls: dict[str, int] = {}
-    four_d: set[str] = set()
-    handles = []
-    for name, module in network.named_modules():
-        if not name:
-            continue
-
-        def record(module, inputs, output, name=name):
-            calls[name] = calls.get(name, 0) + 1
-            if isinstance(output, torch.Tensor) and output.dim() == 4:
-                four_d.add(name)
-
-        handles.append(module.register_forward_hook(record))
-    try:
-        device = next(network.parameters()).device
-        with torch.no_grad():
-            network(torch.zeros(1, 3, input_size, input_size, device=device))
-    finally:
-        for handle in handles:
-            handle.remove()
-    return tuple(name for name, _ in network.named_modules() if calls.get(name) == 1 and name in four_d)
 
 
 def parse_ref(ref: str) -> tuple[str, int | None]:
@@ -87,12 +64,12 @@ class ModelRegistry:
         self._lock = threading.Lock()
 
     def model_ids(self) -> list[str]:
-        return list(catalog.BUILTIN_MODELS) + [name for name in versions.model_names(self.storage.models)
-                                               if name not in catalog.BUILTIN_MODELS]
+        return list(BUILTIN_MODELS) + [name for name in versions.model_names(self.storage.models)
+                                               if name not in BUILTIN_MODELS]
 
     def spec(self, ref: str) -> ModelSpec:
         name, version = parse_ref(ref)
-        if name in catalog.BUILTIN_MODELS:
+        if name in BUILTIN_MODELS:
             if version not in (None, 1):
                 raise UnknownModel(f"model {name!r} has only version 1")
             return catalog.builtin_spec(name)  # cached there
@@ -109,7 +86,7 @@ class ModelRegistry:
         return self._specs[key]
 
     def loaded(self, ref: str) -> LoadedModel | None:
-        if "@" not in ref and ref in catalog.BUILTIN_MODELS:
+        if "@" not in ref and ref in BUILTIN_MODELS:
             return self._loaded.get(f"{ref}@1")
         return None
 
@@ -141,13 +118,13 @@ class ModelRegistry:
     def load_network(self, ref: str) -> tuple[ModelSpec, nn.Module]:
         """A fresh CPU copy of a model's network (for training from it)."""
         spec = self.spec(ref)
-        if spec.id in catalog.BUILTIN_MODELS:
+        if spec.id in BUILTIN_MODELS:
             return catalog.load_builtin(spec.id)
         return spec, versions.load_weights(self.storage.models, spec, build_for(spec))
 
     def _load(self, spec: ModelSpec) -> None:
         spec, network = self.load_network(spec.ref)
-        if spec.id in catalog.BUILTIN_MODELS:
+        if spec.id in BUILTIN_MODELS:
             onnx_file = ensure_onnx(network, spec, self.storage.onnx_cache)
         else:
             onnx_file = versions.version_dir(self.storage.models, spec.id, spec.version) / versions.ONNX
@@ -169,14 +146,14 @@ class ModelRegistry:
         log.info("model %s loaded (max |torch - onnx| logit %.2e, providers %s)",
                  spec.ref, difference, predictor.providers)
 
+    def state(self, ref: str) -> dict[str, object]:
+        """`ready` (with its version), `failed` (with the reason) or `not_loaded`."""
+        ref = self.spec(ref).ref
+        if ref in self._loaded:
+            return {"state": "ready", "version": self._loaded[ref].spec.version}
+        if ref in self._failures:
+            return {"state": "failed", "reason": self._failures[ref]}
+        return {"state": "not_loaded"}
+
     def status(self) -> dict[str, dict[str, object]]:
-        report: dict[str, dict[str, object]] = {}
-        for model_id in self.model_ids():
-            ref = self.spec(model_id).ref
-            if ref in self._loaded:
-                report[model_id] = {"state": "ready", "version": self._loaded[ref].spec.version}
-            elif ref in self._failures:
-                report[model_id] = {"state": "failed", "reason": self._failures[ref]}
-            else:
-                report[model_id] = {"state": "not_loaded"}
-        return report
+        return {model_id: self.state(model_id) for model_id in self.model_ids()}

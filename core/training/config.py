@@ -1,44 +1,57 @@
-"""What a fine-tuning run is asked to do."""
+"""What a fine-tuning run is asked to do: every name, default and bound, once (the wire model
+in schemas/jobs.py is generated from these)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Literal, get_args
 
-from core.attention import ATTENTION_KINDS
+from core.names import ATTENTION_KINDS, DEFAULT_MODEL
+from core.params import param
 
-STRATEGIES = ("feature_extraction", "fine_tune", "gradual_unfreeze")
-OPTIMIZERS = ("sgd", "adam", "adamw")
-ATTENTION_TYPES = ("none", *ATTENTION_KINDS)
+Strategy = Literal["feature_extraction", "fine_tune", "gradual_unfreeze"]
+Optimizer = Literal["sgd", "adam", "adamw"]
+AttentionType = Literal[("none", *ATTENTION_KINDS)]  # type: ignore[valid-type]
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
+OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
 
 
 @dataclass(frozen=True)
 class Augmentation:
-    flip: bool = True
-    rotation: float = 10.0       # degrees, +-
-    zoom: float = 0.1            # scale in [1 - zoom, 1 + zoom]
-    shear: float = 5.0           # degrees, +-
-    color_jitter: float = 0.1    # brightness, contrast and saturation, +-
+    flip: bool = param(True, doc="random horizontal flips")
+    rotation: float = param(10.0, ge=0, le=180, doc="degrees, +-")
+    zoom: float = param(0.1, ge=0, lt=1, doc="scale in [1 - zoom, 1 + zoom]")
+    shear: float = param(5.0, ge=0, le=45, doc="degrees, +-")
+    color_jitter: float = param(0.1, ge=0, le=1, doc="brightness, contrast, saturation, +-")
+
+
+@dataclass(frozen=True)
+class Head:
+    hidden: int = param(0, ge=0, le=4096, doc="hidden units before the classifier; 0 = linear head")
+    dropout: float = param(0.2, ge=0, lt=1, doc="dropout before the classifier")
 
 
 @dataclass(frozen=True)
 class FineTuneConfig:
-    base_model: str
-    dataset_id: str
-    output_model: str
-    strategy: str = "fine_tune"
-    epochs: int = 5
-    batch_size: int = 16
-    optimizer: str = "adamw"
-    lr: float = 1e-3
-    backbone_lr: float = 1e-4
-    weight_decay: float = 1e-4
-    head_hidden: int = 0
-    head_dropout: float = 0.2
-    augmentation: Augmentation = field(default_factory=Augmentation)
-    input_size: int | None = None
-    val_fraction: float = 0.2
-    early_stopping_patience: int = 3
-    seed: int = 0
-    unfreeze_blocks: int = 5     # fine_tune: how many top blocks train at backbone_lr after epoch 1
-    attention: str = "none"
-    attention_stages: int = 1    # after the last feature stage, or after each of the top N stages
+    dataset_id: str = param(doc="a data set uploaded to /v1/datasets")
+    output_model: str = param(doc="name of the new model; each run adds a version")
+    base_model: str = param(DEFAULT_MODEL, doc="the model to start from: NAME or NAME@VERSION")
+    strategy: Strategy = param("fine_tune", doc="feature_extraction: the head only; fine_tune: the head, then "
+                                                "the top unfreeze_blocks blocks from epoch 2; gradual_unfreeze: "
+                                                "one more stage each epoch")
+    epochs: int = param(5, ge=1, le=500)
+    batch_size: int = param(16, ge=1, le=512)
+    optimizer: Optimizer = param("adamw")
+    lr: float = param(1e-3, gt=0, le=10, doc="learning rate of the head (and attention modules)")
+    backbone_lr: float = param(1e-4, ge=0, le=10, doc="learning rate of unfrozen pretrained layers")
+    weight_decay: float = param(1e-4, ge=0, le=1)
+    head: Head = param(factory=Head)
+    augmentation: Augmentation = param(factory=Augmentation)
+    input_size: int | None = param(None, ge=32, le=1024, doc="train and serve at this size; default the base "
+                                                              "model's")
+    val_fraction: float = param(0.2, gt=0, lt=1)
+    early_stopping_patience: int = param(3, ge=1, le=500, doc="epochs without a better validation accuracy")
+    seed: int = param(0, ge=0, le=2**32 - 1)
+    unfreeze_blocks: int = param(5, ge=1, le=100, doc="fine_tune: top blocks unfrozen after epoch 1")
+    attention: AttentionType = param("none", doc="attention modules to add; they train with the head")
+    attention_stages: int = param(1, ge=1, le=7, doc="after the last feature stage, or after each of the top N")

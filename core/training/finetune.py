@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, replace
+from typing import Callable
 
 import torch
 from torch import nn
@@ -16,7 +17,6 @@ from core.models.architectures import build_network
 from core.models.spec import ModelSpec
 from core.training import data
 from core.training.config import FineTuneConfig
-
 
 
 @dataclass
@@ -40,8 +40,10 @@ def trainable_backbone(network: nn.Module, config: FineTuneConfig, epoch: int) -
     return [module for stage in backbone_stages(network)[:epoch] for module in stage]
 
 
-def head_modules(network: nn.Module) -> list[nn.Module]:
-    return [network.hidden, network.classifier, network.attention]
+def head_modules(network: nn.Module, spec: ModelSpec) -> list[nn.Module]:
+    """What is new in a fine-tuned network: the classifier (named by the spec), the hidden layer
+    before it and the attention modules."""
+    return [network.hidden, network.get_submodule(spec.classifier_layer), network.attention]
 
 
 def set_trainable(network: nn.Module, trainable: list[nn.Module]) -> None:
@@ -55,8 +57,8 @@ def set_trainable(network: nn.Module, trainable: list[nn.Module]) -> None:
             parameter.requires_grad_(True)
 
 
-def make_optimizer(config: FineTuneConfig, network: nn.Module) -> torch.optim.Optimizer:
-    head_ids = {id(p) for module in head_modules(network) for p in module.parameters()}
+def make_optimizer(config: FineTuneConfig, network: nn.Module, spec: ModelSpec) -> torch.optim.Optimizer:
+    head_ids = {id(p) for module in head_modules(network, spec) for p in module.parameters()}
     head = [p for p in network.parameters() if id(p) in head_ids]
     backbone = [p for p in network.parameters() if id(p) not in head_ids]
     groups = [{"params": head, "lr": config.lr}, {"params": backbone, "lr": config.backbone_lr}]
@@ -69,10 +71,11 @@ def make_optimizer(config: FineTuneConfig, network: nn.Module) -> torch.optim.Op
     raise InvalidRequest(f"unknown optimizer {config.optimizer!r}", field="optimizer")
 
 
-def transfer_backbone(source: nn.Module, target: nn.Module) -> None:
-    """Copy every pretrained weight except the classifier's (the class set changed)."""
-    state = {key: value for key, value in source.state_dict().items()
-             if not key.startswith(("classifier.", "hidden.", "attention."))}
+def transfer_backbone(source: nn.Module, target: nn.Module, spec: ModelSpec) -> None:
+    """Copy every pretrained weight except the head's (the class set changed)."""
+    new = tuple(name + "." for name, module in target.named_modules()
+                if any(module is part for part in head_modules(target, spec)))
+    state = {key: value for key, value in source.state_dict().items() if not key.startswith(new)}
     _, unexpected = target.load_state_dict(state, strict=False)
     assert not unexpected, unexpected
 
@@ -96,81 +99,139 @@ def evaluate(network: nn.Module, pixels: torch.Tensor, labels: torch.Tensor, nor
             "per_class_accuracy": per_class, "confusion_matrix": confusion.tolist()}
 
 
-def fine_tune(config: FineTuneConfig, base_spec: ModelSpec, base_network: nn.Module, classes: list[str],
-              items: list, progress: Progress, should_stop: ShouldStop, device: torch.device,
-              max_pixels: int = 40_000_000) -> FineTuneResult:
-    """Train a copy of `base_network` (new classifier, optional attention modules, which train
-    with the head) for `classes`. Raises JobCancelled when should_stop() says so between steps."""
-    torch.manual_seed(config.seed)
+def new_network(config: FineTuneConfig, base_spec: ModelSpec, base_network: nn.Module,
+                classes: list[str]) -> tuple[ModelSpec, nn.Module]:
+    """The base network with a new head for `classes` (and attention modules), and its spec."""
     input_size = config.input_size or base_spec.input_size
-    network = build_network(base_spec.architecture, len(classes), input_size, config.head_hidden,
-                            config.head_dropout, config.attention, config.attention_stages)
-    transfer_backbone(base_network, network)
-    network.to(device)
+    network = build_network(base_spec.architecture, len(classes), input_size, config.head.hidden,
+                            config.head.dropout, config.attention, config.attention_stages)
     spec = replace(base_spec, id=config.output_model, version=0, labels=tuple(classes), input_size=input_size,
-                   head_hidden=config.head_hidden, dropout=config.head_dropout, weights_digest="",
+                   head_hidden=config.head.hidden, dropout=config.head.dropout, weights_digest="",
                    attention_type=config.attention, attention_stages=config.attention_stages,
                    cam_layer=network.cam_layer, base_model=base_spec.ref,
                    description=f"{base_spec.id} fine-tuned ({config.strategy}) on data set {config.dataset_id}")
+    transfer_backbone(base_network, network, spec)
+    return spec, network
 
+
+@dataclass
+class _Data:
+    train_pixels: torch.Tensor   # uint8 squares, (N, 3, S, S)
+    train_labels: torch.Tensor
+    val_pixels: torch.Tensor
+    val_labels: torch.Tensor
+
+
+def load_data(config: FineTuneConfig, spec: ModelSpec, items: list, max_pixels: int) -> _Data:
     train_items, val_items = data.stratified_split(items, config.val_fraction, config.seed)
-    progress(0.0, phase="loading images", images=len(items))
-    train_pixels, train_labels = data.load_squares(train_items, spec, max_pixels)
-    val_pixels, val_labels = data.load_squares(val_items, spec, max_pixels)
-    normalize = data.Normalizer(spec)
-    generator = torch.Generator().manual_seed(config.seed)
+    return _Data(*data.load_squares(train_items, spec, max_pixels), *data.load_squares(val_items, spec, max_pixels))
 
-    optimizer = make_optimizer(config, network)
-    steps_per_epoch = -(-len(train_labels) // config.batch_size)
-    history: list[dict] = []
-    best: dict | None = None
-    best_state = None
-    stale_epochs = 0
-    train_seconds = 0.0
-    trained_images = 0
-    for epoch in range(config.epochs):
-        set_trainable(network, head_modules(network) + trainable_backbone(network, config, epoch))
-        seen, correct, loss_sum = 0, 0, 0.0
-        epoch_started = time.perf_counter()
-        for step, indices in enumerate(data.batches(len(train_labels), config.batch_size, True, generator)):
-            if should_stop():
-                raise JobCancelled()
-            inputs = normalize(data.augment_batch(train_pixels[indices], config.augmentation, input_size,
-                                                  generator)).to(device)
-            truth = train_labels[indices].to(device)
-            logits = network(inputs)
-            loss = nn.functional.cross_entropy(logits, truth)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            seen += len(indices)
-            correct += (logits.argmax(dim=1) == truth).sum().item()
-            loss_sum += loss.item() * len(indices)
-            progress((epoch + (step + 1) / steps_per_epoch) / config.epochs, epoch=epoch + 1, step=step + 1,
-                     steps=steps_per_epoch, metrics={"train_loss": loss_sum / seen, "train_accuracy": correct / seen})
-        epoch_seconds = time.perf_counter() - epoch_started
-        train_seconds += epoch_seconds
-        trained_images += seen
-        validation = evaluate(network, val_pixels, val_labels, normalize, len(classes), config.batch_size, device)
-        record = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
-                  "val_loss": validation["loss"], "val_accuracy": validation["accuracy"],
-                  "images_per_second": seen / epoch_seconds}
-        history.append(record)
-        progress((epoch + 1) / config.epochs, epoch=epoch + 1, metrics=record)
-        if best is None or validation["accuracy"] > best["accuracy"]:
-            best, best_state, stale_epochs = {**validation, "epoch": epoch + 1}, copy.deepcopy(network.state_dict()), 0
-        else:
-            stale_epochs += 1
-            if stale_epochs >= config.early_stopping_patience:
+
+@dataclass
+class _Epoch:
+    images: int
+    correct: int
+    loss_sum: float
+    seconds: float
+
+
+def train_epoch(network: nn.Module, optimizer: torch.optim.Optimizer, split: _Data, config: FineTuneConfig,
+                spec: ModelSpec, generator: torch.Generator, device: torch.device,
+                report: Callable[[int, int, dict], None], should_stop: ShouldStop) -> _Epoch:
+    """One pass over the training images, augmented; `report(step, steps, metrics)` after each step."""
+    normalize = data.Normalizer(spec)
+    steps = -(-len(split.train_labels) // config.batch_size)
+    epoch = _Epoch(0, 0, 0.0, 0.0)
+    started = time.perf_counter()
+    for step, indices in enumerate(data.batches(len(split.train_labels), config.batch_size, True, generator)):
+        if should_stop():
+            raise JobCancelled()
+        inputs = normalize(data.augment_batch(split.train_pixels[indices], config.augmentation, spec.input_size,
+                                              generator)).to(device)
+        truth = split.train_labels[indices].to(device)
+        logits = network(inputs)
+        loss = nn.functional.cross_entropy(logits, truth)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        epoch.images += len(indices)
+        epoch.correct += (logits.argmax(dim=1) == truth).sum().item()
+        epoch.loss_sum += loss.item() * len(indices)
+        report(step + 1, steps, {"train_loss": epoch.loss_sum / epoch.images,
+                                 "train_accuracy": epoch.correct / epoch.images})
+    epoch.seconds = time.perf_counter() - started
+    return epoch
+
+
+class BestEpoch:
+    """The epoch with the best validation accuracy so far (its weights kept), and whether
+    `patience` epochs have passed without a better one."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+        self.validation: dict | None = None
+        self.state: dict | None = None
+        self.stale_epochs = 0
+
+    def update(self, validation: dict, epoch: int, network: nn.Module) -> bool:
+        """Record an epoch's validation; True when training should stop early."""
+        if self.validation is None or validation["accuracy"] > self.validation["accuracy"]:
+            self.validation, self.state, self.stale_epochs = {**validation, "epoch": epoch}, \
+                copy.deepcopy(network.state_dict()), 0
+            return False
+        self.stale_epochs += 1
+        return self.stale_epochs >= self.patience
+
+
+def fine_tune(config: FineTuneConfig, base_spec: ModelSpec, base_network: nn.Module, classes: list[str],
+              items: list, progress: Progress, should_stop: ShouldStop, device: torch.device,
+              max_pixels: int) -> FineTuneResult:
+    """Train a copy of `base_network` (new classifier, optional attention modules, which train
+    with the head) for `classes`, keeping the epoch with the best validation accuracy. Raises
+    JobCancelled when should_stop() says so between steps. Seeded by `config.seed`: the new
+    layers' initial weights and dropout draw from torch's global generator inside a fork of it,
+    so the caller's random state is left as it was."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(config.seed)
+        spec, network = new_network(config, base_spec, base_network, classes)
+        network.to(device)
+        progress(0.0, phase="loading images", images=len(items))
+        split = load_data(config, spec, items, max_pixels)
+        generator = torch.Generator().manual_seed(config.seed)
+        optimizer = make_optimizer(config, network, spec)
+        history: list[dict] = []
+        epochs: list[_Epoch] = []
+        best = BestEpoch(config.early_stopping_patience)
+        for epoch in range(config.epochs):
+            set_trainable(network, head_modules(network, spec) + trainable_backbone(network, config, epoch))
+
+            def report(step: int, steps: int, metrics: dict, epoch: int = epoch) -> None:
+                progress((epoch + step / steps) / config.epochs, epoch=epoch + 1, step=step, steps=steps,
+                         metrics=metrics)
+
+            done = train_epoch(network, optimizer, split, config, spec, generator, device, report, should_stop)
+            validation = evaluate(network, split.val_pixels, split.val_labels, data.Normalizer(spec),
+                                  len(classes), config.batch_size, device)
+            epochs.append(done)
+            history.append({"epoch": epoch + 1, "train_loss": done.loss_sum / done.images,
+                            "train_accuracy": done.correct / done.images, "val_loss": validation["loss"],
+                            "val_accuracy": validation["accuracy"], "images_per_second": done.images / done.seconds})
+            progress((epoch + 1) / config.epochs, epoch=epoch + 1, metrics=history[-1])
+            if best.update(validation, epoch + 1, network):
                 break
-    network.load_state_dict(best_state)
+    network.load_state_dict(best.state)
     network.eval()
     for parameter in network.parameters():
         parameter.requires_grad_(True)
-    metrics = {"history": history, "best_epoch": best["epoch"], "val_accuracy": best["accuracy"],
-               "val_loss": best["loss"], "per_class_accuracy": dict(zip(classes, best["per_class_accuracy"])),
-               "confusion_matrix": best["confusion_matrix"], "classes": classes,
-               "train_images": len(train_labels), "val_images": len(val_labels),
-               "train_images_per_second": trained_images / train_seconds if train_seconds else None,
-               "stopped_early": len(history) < config.epochs}
-    return FineTuneResult(spec, network.cpu(), metrics)
+    return FineTuneResult(spec, network.cpu(), _metrics(history, epochs, best.validation, classes, split, config))
+
+
+def _metrics(history: list[dict], epochs: list[_Epoch], best: dict, classes: list[str], split: _Data,
+             config: FineTuneConfig) -> dict:
+    seconds = sum(epoch.seconds for epoch in epochs)
+    return {"history": history, "best_epoch": best["epoch"], "val_accuracy": best["accuracy"],
+            "val_loss": best["loss"], "per_class_accuracy": dict(zip(classes, best["per_class_accuracy"])),
+            "confusion_matrix": best["confusion_matrix"], "classes": classes,
+            "train_images": len(split.train_labels), "val_images": len(split.val_labels),
+            "train_images_per_second": sum(epoch.images for epoch in epochs) / seconds if seconds else None,
+            "stopped_early": len(history) < config.epochs}

@@ -5,7 +5,6 @@ blur regularization and random jitter, in pixel space or a decorrelated Fourier 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
@@ -14,31 +13,15 @@ from torch import nn
 from core.errors import InvalidRequest, UnknownLayer
 from core.explain.base import capture
 from core.explain.baselines import gaussian_blur
-from core.jobs import JobCancelled
-from core.models.registry import targetable_layers
+from core.jobs import JobCancelled, Progress, ShouldStop
+from core.models.layers import targetable_layers
 from core.models.spec import ModelSpec
+from core.params import check_params
+from core.visualize.config import MaximizationConfig
 
-PARAMETERIZATIONS = ("pixel", "fft")
 # Square root of ImageNet's colour correlation (from the Lucid feature-visualization library).
 _COLOR_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
 _COLOR_SQRT = _COLOR_SQRT / _COLOR_SQRT.norm(dim=0).max()
-
-
-@dataclass(frozen=True)
-class MaximizationConfig:
-    classes: tuple[int, ...] = ()
-    layer: str | None = None
-    channels: tuple[int, ...] = ()
-    steps: int = 200
-    lr: float = 0.05
-    l2: float = 1e-3
-    tv: float = 1e-3
-    blur_sigma: float = 0.5
-    blur_every: int = 4
-    jitter: int = 8
-    size: int | None = None
-    seed: int = 0
-    parameterization: str = "fft"
 
 
 @dataclass
@@ -93,96 +76,105 @@ def total_variation(images: torch.Tensor) -> torch.Tensor:
             + (images[..., :, 1:] - images[..., :, :-1]).abs().mean(dim=(1, 2, 3)))
 
 
-def validate(config: MaximizationConfig, spec: ModelSpec, network: nn.Module) -> None:
-    if bool(config.classes) == bool(config.layer):
+def validate(config: MaximizationConfig, spec: ModelSpec, layer_channels: dict[str, int]) -> None:
+    """`layer_channels`: the model's targetable layers and their channel counts."""
+    check_params(config)
+    target = config.target
+    if bool(target.classes) == bool(target.layer):
         raise InvalidRequest("give either classes or a layer with channels", field="target")
-    for cls in config.classes:
+    for cls in target.classes:
         if not 0 <= cls < spec.num_classes:
             raise InvalidRequest(f"class {cls} is out of range 0..{spec.num_classes - 1}", field="target")
-    if config.layer:
-        layers = targetable_layers(network, spec.input_size)
-        if config.layer not in layers:
-            raise UnknownLayer(f"the model has no targetable layer {config.layer!r} (one that outputs a "
-                               f"feature map once per forward)", field="target.layer", valid=list(layers))
-        channels = _channel_count(network, config.layer, spec.input_size)
-        if not config.channels:
+    if target.layer:
+        if target.layer not in layer_channels:
+            raise UnknownLayer(f"the model has no targetable layer {target.layer!r} (one that outputs a "
+                               f"feature map once per forward)", field="target.layer", valid=list(layer_channels))
+        if not target.channels:
             raise InvalidRequest("a layer target needs at least one channel", field="target.channels")
-        for channel in config.channels:
+        channels = layer_channels[target.layer]
+        for channel in target.channels:
             if not 0 <= channel < channels:
-                raise InvalidRequest(f"layer {config.layer!r} has channels 0..{channels - 1}, not {channel}",
+                raise InvalidRequest(f"layer {target.layer!r} has channels 0..{channels - 1}, not {channel}",
                                      field="target.channels")
-    if config.parameterization not in PARAMETERIZATIONS:
-        raise InvalidRequest(f"parameterization must be one of {PARAMETERIZATIONS}", field="parameterization")
 
 
-def _channel_count(network: nn.Module, layer: str, input_size: int) -> int:
-    """Channels of the feature map `layer` outputs."""
-    with capture(network, layer) as captured, torch.no_grad():
-        device = next(network.parameters()).device
-        network(torch.zeros(1, 3, input_size, input_size, device=device))
-    return captured.activation.shape[1]
+class _Objective:
+    """What is maximized for each target: its class logit, or the mean activation of its channel."""
+
+    def __init__(self, network: nn.Module, spec: ModelSpec, config: MaximizationConfig, device: torch.device) -> None:
+        self.network = network
+        self.layer = config.target.layer
+        self.by_class = bool(config.target.classes)
+        self.mean = torch.tensor(spec.mean, device=device)[None, :, None, None]
+        self.std = torch.tensor(spec.std, device=device)[None, :, None, None]
+        self.rows = torch.arange(config.count, device=device)
+        self.targets = torch.tensor(config.target.classes or config.target.channels, device=device)
+
+    def logits(self, rgb: torch.Tensor) -> torch.Tensor:
+        return self.network((rgb * 255.0 - self.mean) / self.std)
+
+    def __call__(self, rgb: torch.Tensor) -> torch.Tensor:
+        if self.by_class:
+            return self.logits(rgb)[self.rows, self.targets]
+        with capture(self.network, self.layer) as captured:
+            self.logits(rgb)
+        return captured.activation[self.rows, self.targets].mean(dim=(1, 2))
+
+    def final(self, rgb: torch.Tensor) -> tuple[torch.Tensor, list[float | None]]:
+        """Each target's activation, and p(class) for class targets."""
+        if not self.by_class:
+            return self(rgb), [None] * len(self.rows)
+        scores = self.logits(rgb)
+        probabilities = torch.softmax(scores.float(), dim=1)[self.rows, self.targets]
+        return scores[self.rows, self.targets], probabilities.cpu().tolist()
 
 
-def maximize(network: nn.Module, spec: ModelSpec, config: MaximizationConfig,
-             progress: Callable[..., None], should_stop: Callable[[], bool]) -> MaximizationResult:
-    validate(config, spec, network)
-    device = next(network.parameters()).device
-    size = config.size or spec.input_size
-    count = len(config.classes) or len(config.channels)
-    generator = torch.Generator().manual_seed(config.seed)
-    image = _Image(count, size, config.parameterization, generator).to(device)
-    optimizer = torch.optim.Adam(image.parameters(), lr=config.lr)
-    mean = torch.tensor(spec.mean, device=device)[None, :, None, None]
-    std = torch.tensor(spec.std, device=device)[None, :, None, None]
-    rows = torch.arange(count, device=device)
-    targets = torch.tensor(config.classes or config.channels, device=device)
+def _ascent_step(image: _Image, optimizer: torch.optim.Optimizer, objective: _Objective,
+                 config: MaximizationConfig, generator: torch.Generator) -> torch.Tensor:
+    """One jittered, regularized step; gradients reach the image only, so the network's
+    parameters and their .grad stay as they were."""
     parameters = list(image.parameters())
+    with torch.enable_grad():
+        rgb = image()
+        shift = torch.randint(-config.jitter, config.jitter + 1, (2,), generator=generator).tolist() \
+            if config.jitter else [0, 0]
+        reached = objective(torch.roll(rgb, shifts=shift, dims=(2, 3)))
+        loss = (-reached + config.l2 * ((rgb - 0.5) ** 2).mean(dim=(1, 2, 3))
+                + config.tv * total_variation(rgb)).sum()
+        for parameter, gradient in zip(parameters, torch.autograd.grad(loss, parameters)):
+            parameter.grad = gradient
+        optimizer.step()
+    return reached.detach()
+
+
+def maximize(network: nn.Module, spec: ModelSpec, config: MaximizationConfig, progress: Progress,
+             should_stop: ShouldStop, layer_channels: dict[str, int] | None = None) -> MaximizationResult:
+    """`layer_channels` as `validate` takes it; found with a forward pass when not given."""
+    validate(config, spec, layer_channels if layer_channels is not None
+             else targetable_layers(network, spec.input_size))
+    device = next(network.parameters()).device
+    generator = torch.Generator().manual_seed(config.seed)
+    image = _Image(config.count, config.size or spec.input_size, config.parameterization, generator).to(device)
+    optimizer = torch.optim.Adam(image.parameters(), lr=config.lr)
+    objective = _Objective(network, spec, config, device)
+    history: list[list[float]] = []
     was_training = network.training
     network.eval()
-
-    def logits(rgb: torch.Tensor) -> torch.Tensor:
-        return network((rgb * 255.0 - mean) / std)
-
-    def activation(rgb: torch.Tensor) -> torch.Tensor:
-        if config.classes:
-            return logits(rgb)[rows, targets]
-        with capture(network, config.layer) as captured:
-            logits(rgb)
-        return captured.activation[rows, targets].mean(dim=(1, 2))
-
-    history: list[list[float]] = []
     try:
         for step in range(config.steps):
             if should_stop():
                 raise JobCancelled()
-            with torch.enable_grad():
-                rgb = image()
-                shift = torch.randint(-config.jitter, config.jitter + 1, (2,), generator=generator).tolist() \
-                    if config.jitter else [0, 0]
-                reached = activation(torch.roll(rgb, shifts=shift, dims=(2, 3)))
-                loss = (-reached + config.l2 * ((rgb - 0.5) ** 2).mean(dim=(1, 2, 3))
-                        + config.tv * total_variation(rgb)).sum()
-                # Gradients for the image only: the network's parameters and their .grad stay as they were.
-                for parameter, gradient in zip(parameters, torch.autograd.grad(loss, parameters)):
-                    parameter.grad = gradient
-                optimizer.step()
+            reached = _ascent_step(image, optimizer, objective, config, generator)
             if config.blur_sigma > 0 and config.blur_every and (step + 1) % config.blur_every == 0:
                 with torch.no_grad():
                     image.set_from(gaussian_blur(image(), config.blur_sigma))
-            history.append([round(value, 4) for value in reached.detach().cpu().tolist()])
+            history.append([round(value, 4) for value in reached.cpu().tolist()])
             progress((step + 1) / config.steps, step=step + 1, steps=config.steps,
                      metrics={"activation": history[-1]})
         with torch.no_grad():
             rgb = image()
-            probabilities: list[float | None] = [None] * count
-            if config.classes:
-                scores = logits(rgb)
-                final = scores[rows, targets]
-                probabilities = torch.softmax(scores.float(), dim=1)[rows, targets].cpu().tolist()
-            else:
-                final = activation(rgb)
+            final, probabilities = objective.final(rgb)
     finally:
         network.train(was_training)
     pixels = (rgb.permute(0, 2, 3, 1).cpu().numpy() * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
     return MaximizationResult(pixels, final.cpu().tolist(), history, probabilities)
-

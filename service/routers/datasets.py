@@ -8,7 +8,6 @@ from fastapi import APIRouter, File, Form, UploadFile, status
 from starlette.concurrency import run_in_threadpool
 
 from core import datasets
-from core.datasets import ArchiveLimits
 from core.storage import check_name
 from schemas.datasets import Dataset, DatasetList
 from service.dependencies import SettingsDep, StorageDep
@@ -25,9 +24,8 @@ async def upload_dataset(
     if name is not None:
         check_name(name, "name")
     blob = await file.read()
-    limits = ArchiveLimits(max_files=settings.max_dataset_files, max_total_bytes=settings.max_dataset_uncompressed_bytes,
-                           max_image_pixels=settings.max_image_pixels)
-    return Dataset(**await run_in_threadpool(datasets.ingest_archive, blob, storage.datasets, name, limits))
+    return Dataset(**await run_in_threadpool(datasets.ingest_archive, blob, storage.datasets, name,
+                                             settings.archive_limits))
 
 
 # Plain `def` from here on: these read and delete files, so FastAPI runs them in its thread pool.

@@ -16,8 +16,9 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-async def readyz(registry: RegistryDep, settings: SettingsDep) -> JSONResponse:
-    """Ready when the default model is loaded and its ONNX and torch logits agree."""
+def readyz(registry: RegistryDep, settings: SettingsDep) -> JSONResponse:
+    """Ready when the default model is loaded and its ONNX and torch logits agree. Plain `def`:
+    it reads the models folder, so FastAPI runs it in its thread pool."""
     models = registry.status()
     ready = models.get(settings.default_model, {}).get("state") == "ready"
     return JSONResponse({"status": "ready" if ready else "not_ready", "default_model": settings.default_model,

@@ -13,8 +13,8 @@ from fastapi.responses import FileResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from core.errors import InvalidRequest, NotFound
-from core.job_runners import ACTIVATION_MAXIMIZATION, FINE_TUNE, JobContext, check_fine_tune, \
-    fine_tune_config, maximization_config
+from core.job_runners import ACTIVATION_MAXIMIZATION, FINE_TUNE, check_fine_tune, fine_tune_config, \
+    maximization_config
 from core.jobs import TERMINAL
 from core.visualize.activation_max import validate as validate_maximization
 from schemas.jobs import ActivationMaximizationRequest, FineTuneRequest, Job, JobList
@@ -42,7 +42,7 @@ def submit_fine_tune(request: FineTuneRequest, response: Response, queue: QueueD
                      storage: StorageDep) -> Job:
     params = request.model_dump()
     with _references_in_body():
-        check_fine_tune(fine_tune_config(params), JobContext(storage, registry))
+        check_fine_tune(fine_tune_config(params), registry, storage.datasets)
     return _accepted(queue.submit(FINE_TUNE, params), response)
 
 
@@ -50,11 +50,10 @@ def submit_fine_tune(request: FineTuneRequest, response: Response, queue: QueueD
 def submit_activation_maximization(request: ActivationMaximizationRequest, response: Response, queue: QueueDep,
                                    registry: RegistryDep) -> Job:
     params = request.as_params()
-    model_ref, config = maximization_config(params)
+    config = maximization_config(params)
     with _references_in_body():
-        model = registry.get(model_ref)
-    with model.lock:
-        validate_maximization(config, model.spec, model.network)
+        model = registry.get(config.model)
+    validate_maximization(config, model.spec, model.layers)
     return _accepted(queue.submit(ACTIVATION_MAXIMIZATION, params), response)
 
 

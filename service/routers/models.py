@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import base64
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from core import pipeline
 from core.errors import InvalidRequest
-from core.explain import METHODS
 from core.explain.faithfulness import DEFAULT_STEPS, Faithfulness
-from core.explain.baselines import BASELINES
 from core.imaging import decode_images
 from core.models.spec import ModelSpec
 from schemas import models as wire
 from service.dependencies import ModelDep, RegistryDep, SettingsDep, explanation_slot, read_uploads
+from service.method_options import method_options, methods_description
+from service.negotiation import prefers_png
 from service.settings import Settings
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -58,46 +58,24 @@ def _base64(blob: bytes | None) -> str | None:
     return base64.b64encode(blob).decode("ascii") if blob is not None else None
 
 
-def _media_qualities(accept: str) -> dict[str, float]:
-    qualities = {}
-    for item in accept.split(","):
-        media, *params = (part.strip() for part in item.split(";"))
-        quality = 1.0
-        for param in params:
-            name, _, value = param.partition("=")
-            if name.strip().lower() == "q":
-                try:
-                    quality = float(value)
-                except ValueError:
-                    quality = 0.0
-        qualities[media.lower()] = quality
-    return qualities
-
-
-def prefers_png(accept: str) -> bool:
-    """Whether an Accept header asks for image/png (q above 0) at least as much as for JSON."""
-    qualities = _media_qualities(accept)
-    png = qualities.get("image/png", 0.0)
-    return png > 0 and png >= qualities.get("application/json", 0.0)
-
-
 def _decode_all(blobs: list[bytes], settings: Settings) -> list:
     return decode_images(blobs, settings.max_image_pixels, settings.max_request_pixels)
 
 
 @router.get("", response_model=wire.ModelList)
-async def list_models(registry: RegistryDep) -> wire.ModelList:
+def list_models(registry: RegistryDep) -> wire.ModelList:
+    """Plain `def`: it reads the models folder, so FastAPI runs it in its thread pool."""
     specs = [registry.spec(model_id) for model_id in registry.model_ids()]
     return wire.ModelList(data=[_summary(spec) for spec in specs], count=len(specs))
 
 
 @router.get("/{model}", response_model=wire.ModelDetail)
-async def describe_model(model: ModelDep) -> wire.ModelDetail:
+def describe_model(model: ModelDep, registry: RegistryDep) -> wire.ModelDetail:
     spec = model.spec
     return wire.ModelDetail(
         **_summary(spec).model_dump(), default_layer=spec.cam_layer, layers=list(model.layers),
         methods=model.methods, attention=model.attention, weights_digest=spec.weights_digest,
-        status="ready",
+        status=registry.state(spec.ref)["state"],
         preprocessing=wire.Preprocessing(mean=spec.mean, std=spec.std, center_crop=spec.input_size,
                                          resize_short_side_to=spec.input_size + spec.resize_margin,
                                          interpolation=spec.interpolation))
@@ -117,6 +95,35 @@ async def predict(model: ModelDep, settings: SettingsDep, file: Files, top_k: To
                                                for r in results]))
 
 
+def _explain_outputs(wants_png: bool, files: int, outputs: list[str] | None, faithfulness: bool,
+                     settings: Settings) -> tuple[str, ...]:
+    """What to render: the request's outputs, else the overlay for a PNG answer, else the
+    operator's default; refused where a PNG answer cannot carry what was asked."""
+    if not wants_png:
+        return tuple(outputs or settings.explain_outputs)
+    if files != 1:
+        raise InvalidRequest("Accept: image/png answers one overlay PNG, so send exactly one file", field="file")
+    if outputs and "overlay" not in outputs:
+        raise InvalidRequest("Accept: image/png answers the overlay, so outputs must include it", field="outputs")
+    if faithfulness:
+        raise InvalidRequest("Accept: image/png answers the overlay alone, with no room for faithfulness scores; "
+                             "ask for JSON", field="faithfulness")
+    return tuple(outputs or ["overlay"])
+
+
+def _explain_result(result: pipeline.ImageResult) -> wire.ExplainResult:
+    explanation = result.explanation
+    return wire.ExplainResult(predictions=_predictions(result.predictions), explanation=wire.Explanation(
+        method=explanation.method,
+        target=_predictions([explanation.target])[0],
+        layer=explanation.layer,
+        heatmap_png=_base64(explanation.heatmap_png),
+        overlay_png=_base64(explanation.overlay_png),
+        map=explanation.map,
+        faithfulness=_faithfulness(explanation.faithfulness),
+        timings_ms=explanation.timings_ms))
+
+
 @router.post("/{model}/explain", response_model=wire.ExplainResponse,
              responses={200: {"content": {"image/png": {}},
                               "description": "JSON, or with `Accept: image/png` and one file the overlay PNG"}})
@@ -125,14 +132,11 @@ async def explain(
     model: ModelDep,
     settings: SettingsDep,
     file: Files,
-    method: Annotated[str, Form(description=f"one of: {', '.join(METHODS)}")] = "gradcam",
+    options: Annotated[dict[str, Any], Depends(method_options)],
+    method: Annotated[str, Form(description=methods_description())] = "gradcam",
     target: Annotated[list[int] | None, Form(description="class index; one for all files or one per file; "
                                                          "default each image's top-1")] = None,
     layer: Annotated[str | None, Form(description="layer to explain; default the model's CAM layer")] = None,
-    steps: Annotated[int | None, Form(description="integrated_gradients: path steps (default 50)")] = None,
-    baseline: Annotated[str | None, Form(description=f"integrated_gradients: {' | '.join(BASELINES)}")] = None,
-    samples: Annotated[int | None, Form(description="smoothgrad: noisy samples (default 25)")] = None,
-    noise: Annotated[float | None, Form(description="smoothgrad: noise as a fraction of the value range")] = None,
     top_k: TopK = 5,
     resize: Resize = "crop",
     faithfulness: Annotated[bool, Form(description="also score each map by deletion and insertion "
@@ -141,18 +145,8 @@ async def explain(
                                                           "default heatmap and overlay")] = None,
 ) -> Response:
     wants_png = prefers_png(request.headers.get("accept", ""))
-    if wants_png and len(file) != 1:
-        raise InvalidRequest("Accept: image/png answers one overlay PNG, so send exactly one file", field="file")
+    wanted = _explain_outputs(wants_png, len(file), outputs, faithfulness, settings)
     blobs = await read_uploads(file, settings)
-    given = {"steps": steps, "baseline": baseline, "samples": samples, "noise": noise}
-    options = {name: value for name, value in given.items() if value is not None}
-
-    wanted = tuple(outputs or (["overlay"] if wants_png else settings.explain_outputs))
-    if wants_png and "overlay" not in wanted:
-        raise InvalidRequest("Accept: image/png answers the overlay, so outputs must include it", field="outputs")
-    if wants_png and faithfulness:
-        raise InvalidRequest("Accept: image/png answers the overlay alone, with no room for faithfulness scores; "
-                             "ask for JSON", field="faithfulness")
 
     def work() -> list[pipeline.ImageResult]:
         return pipeline.explain(model, _decode_all(blobs, settings), method, target, layer, options, top_k,
@@ -162,14 +156,4 @@ async def explain(
         results = await run_in_threadpool(work)
     if wants_png:
         return Response(results[0].explanation.overlay_png, media_type="image/png")
-    return _json(wire.ExplainResponse(model=_ref(model.spec), results=[
-        wire.ExplainResult(predictions=_predictions(r.predictions), explanation=wire.Explanation(
-            method=r.explanation.method,
-            target=_predictions([r.explanation.target])[0],
-            layer=r.explanation.layer,
-            heatmap_png=_base64(r.explanation.heatmap_png),
-            overlay_png=_base64(r.explanation.overlay_png),
-            map=r.explanation.map,
-            faithfulness=_faithfulness(r.explanation.faithfulness),
-            timings_ms=r.explanation.timings_ms))
-        for r in results]))
+    return _json(wire.ExplainResponse(model=_ref(model.spec), results=[_explain_result(r) for r in results]))

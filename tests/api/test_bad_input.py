@@ -15,8 +15,8 @@ from core.imaging import crop_box
 from service.app import create_app
 from service.settings import Settings
 from tests.conftest import MODEL
-from bench.common import multipart as multipart_body
-from tests.images import chelsea, decode_png, encode, png_size, upload
+from support import multipart as multipart_body
+from support import chelsea, decode_png, encode, png_size, upload
 
 PREDICT = f"/v1/models/{MODEL}/predict"
 EXPLAIN = f"/v1/models/{MODEL}/explain"

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.settings import Settings
 from tests.conftest import MODEL
-from tests.images import chelsea, encode, upload
+from support import chelsea, encode, upload
 
 EXPLAIN = f"/v1/models/{MODEL}/explain"
 

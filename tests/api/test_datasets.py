@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import Settings
-from tests.images import SHAPE_CLASSES, chelsea, encode, shapes_archive, upload
+from support import SHAPE_CLASSES, chelsea, encode, shapes_archive, upload
 
 
 def zip_of(entries: dict[str, bytes]) -> bytes:

@@ -14,10 +14,10 @@ from core.explain import METHODS
 from core.explain.faithfulness import deletion_and_insertion
 from core.imaging import crop_box, decode_image, preprocess
 from service.app import create_app
-from service.routers.models import prefers_png
+from service.negotiation import prefers_png
 from service.settings import Settings
 from tests.conftest import MODEL
-from tests.images import chelsea, coffee, decode_png, encode, png_size, upload
+from support import chelsea, coffee, decode_png, encode, png_size, upload
 
 FAST_OPTIONS = {"integrated_gradients": {"steps": 8}, "smoothgrad": {"samples": 4}}
 

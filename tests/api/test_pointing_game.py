@@ -18,7 +18,7 @@ import pytest
 
 from core.imaging import crop_box
 from tests.conftest import MODEL
-from tests.images import POINTING_TOLERANCE, encode, pointing_game_cases, pointing_hit, upload
+from support import POINTING_TOLERANCE, encode, pointing_game_cases, pointing_hit, upload
 
 BATCH = 10  # files per request
 MIN_RATE = 0.9

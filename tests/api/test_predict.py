@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.conftest import MODEL
-from tests.images import chelsea, coffee, encode, foolbox_imagenet_photos, upload
+from support import chelsea, coffee, encode, foolbox_imagenet_photos, upload
 
 DOMESTIC_CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 ESPRESSO = 967

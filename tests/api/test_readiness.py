@@ -11,7 +11,7 @@ from core.storage import Storage
 from service.app import create_app
 from service.settings import Settings
 from tests.conftest import MODEL
-from tests.images import chelsea, encode, upload
+from support import chelsea, encode, upload
 
 
 def test_disagreeing_onnx_file_keeps_the_model_out_of_service(tmp_path):

@@ -9,7 +9,7 @@ from core.explain import METHODS
 from core.imaging import preprocess
 from core.models.catalog import load_builtin
 from core.runtime.devices import onnx_providers, torch_device
-from tests.images import chelsea
+from support import chelsea
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from core.embedded_redis import EmbeddedRedis
-from core.processes import stop_process
+from infra.embedded_redis import EmbeddedRedis
+from infra.processes import stop_process
 from service.app import create_app
 from service.settings import Settings
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from tests.images import SHAPE_CLASSES, decode_png, encode, png_size, shape_image, shapes_archive, upload
+from support import SHAPE_CLASSES, decode_png, encode, png_size, shape_image, shapes_archive, upload
 from tests.integration.conftest import wait_for
 
 

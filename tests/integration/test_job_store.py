@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from core.embedded_redis import EmbeddedRedis
-from core.jobs import JobStore
+from infra.embedded_redis import EmbeddedRedis
+from infra.job_store import JobStore
 
 
 def test_listing_reads_past_the_first_page_and_filters(tmp_path):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.images import SHAPE_CLASSES, encode, shape_image, shapes_archive, upload
+from support import SHAPE_CLASSES, encode, shape_image, shapes_archive, upload
 from tests.integration.conftest import LEASE_SECONDS, make_client, wait_for
 
 

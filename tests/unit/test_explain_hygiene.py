@@ -25,7 +25,7 @@ from core.explain import METHODS
 LAYER = "features.relu2"
 TENSOR_TYPES = (torch.Tensor, nn.Parameter)
 METHOD_NAMES = sorted(METHODS)
-CHEAP_OPTIONS = {"integrated_gradients": {"steps": 4}, "smoothgrad": {"samples": 3}}
+CHEAP_OPTIONS = {"integrated_gradients": {"steps": 4}, "smoothgrad": {"samples": 3}, "cam": {"classifier": "classifier"}}
 
 MODULE_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
                      "_forward_hooks_with_kwargs", "_forward_hooks_always_called",

@@ -154,7 +154,7 @@ def test_cam_equals_grad_cam_at_the_layer_before_pooling():
     class's classifier weights divided by h*w, so CAM and Grad-CAM agree after scaling."""
     net, inputs = make_net(), make_inputs()
     reference = grad_cam_reference(GradCAM, net, CAM_LAYER, inputs, TARGETS)
-    explanation = METHODS["cam"](net, inputs, targets_tensor(), CAM_LAYER)
+    explanation = METHODS["cam"](net, inputs, targets_tensor(), CAM_LAYER, classifier="classifier")
     difference = assert_maps_close(rescaled_like_pytorch_grad_cam(explanation.maps), reference)
     print(f"cam vs pytorch-grad-cam GradCAM: max abs difference {difference:.2e}")
     # And CAM is Zhou et al.'s sum over channels of w[target, c] * A_c, computed here by hand.
@@ -273,7 +273,8 @@ def test_guided_gradcam_matches_captum(pool_between):
 LAYER_OF = {name: (CAM_LAYER if method.uses_layer else None) for name, method in METHODS.items()}
 OPTIONS = {"integrated_gradients": {"steps": 8, "internal_batch_size": 5},
            "smoothgrad": {"samples": 4, "internal_batch_size": 3},
-           "scorecam": {"batch_size": 5}}
+           "scorecam": {"batch_size": 5},
+           "cam": {"classifier": "classifier"}}
 
 
 @pytest.mark.parametrize("method, options", [

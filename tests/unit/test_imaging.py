@@ -9,7 +9,7 @@ from PIL import Image
 from core.errors import GazerError
 from core.imaging import crop_box, decode_image, decode_images, preprocess
 from core.models.catalog import builtin_spec
-from tests.images import chelsea, encode
+from support import chelsea, encode
 
 
 def test_a_transparent_key_colour_becomes_white_like_alpha_does():

@@ -11,7 +11,7 @@ import pytest
 
 from core.parallel import parallel_map, workers
 from core.png import adler32_combine, encode_png, zlib_stream
-from tests.images import decode_png
+from support import decode_png
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (7, 5), (300, 451), (300, 451, 3), (1200, 800, 3), (1500, 1000), (2, 3, 3)])

@@ -88,7 +88,8 @@ def setting():
 
 def explain(setting, net, method: str):
     layer = setting["spec"].cam_layer if METHODS[method].uses_layer else None
-    return METHODS[method](net, setting["inputs"], setting["targets"], layer)
+    return METHODS[method](net, setting["inputs"], setting["targets"], layer,
+                           classifier=setting["spec"].classifier_layer)
 
 
 def cached(setting, method: str, seed: int | None = None):

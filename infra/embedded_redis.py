@@ -11,7 +11,7 @@ from pathlib import Path
 
 import redis
 
-from core.processes import stop_process
+from infra.processes import stop_process
 
 
 def redis_server_binary() -> str:

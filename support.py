@@ -1,10 +1,12 @@
-"""Real photos from installed packages, and helpers to send them."""
+"""What the tests and the benchmarks share (neither imports the other): real photos from
+installed packages, synthetic images and data sets, multipart bodies, pointing-game scoring."""
 
 from __future__ import annotations
 
 import base64
 import importlib.util
 import io
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +39,19 @@ def encode(image: Image.Image, fmt: str = "JPEG", **params) -> bytes:
 
 def upload(blob: bytes, name: str = "image.jpg", content_type: str = "image/jpeg") -> tuple:
     return ("file", (name, blob, content_type))
+
+
+def multipart(files: list[tuple[str, bytes]], fields: dict[str, object] | None = None) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    parts = []
+    for name, value in (fields or {}).items():
+        for item in value if isinstance(value, list) else [value]:
+            parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{item}\r\n'.encode())
+    for filename, blob in files:
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+                     f"Content-Type: application/octet-stream\r\n\r\n".encode() + blob + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
 
 def png_size(blob: bytes) -> tuple[int, int]:

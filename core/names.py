@@ -1,0 +1,11 @@
+"""Names that the wire layer needs without loading torch: the built-in models and the kinds
+of attention module."""
+
+from __future__ import annotations
+
+# EfficientNet-Lite variants with the input size their ImageNet weights were trained at.
+EFFICIENTNET_LITE_SIZES = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}
+BUILTIN_MODELS = tuple(EFFICIENTNET_LITE_SIZES)
+DEFAULT_MODEL = "efficientnet_lite0"
+
+ATTENTION_KINDS = ("se", "spatial", "cbam")

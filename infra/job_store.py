@@ -1,0 +1,137 @@
+"""Job records in Redis: what was asked, its state, progress, result and error.
+
+The record is the truth for clients; the Celery message only carries the job id. A worker
+claims a job atomically (queued -> running) so a redelivered message never runs it twice,
+and keeps a heartbeat on it; a running job whose heartbeat is older than the lease is
+failed as "worker lost" the next time anyone reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+import redis
+
+from core.errors import InvalidRequest, NotFound
+from core.jobs import STATES, TERMINAL
+from schemas.problems import problem
+
+_INDEX = "gazer:jobs"
+
+# queued -> running, only if still queued and not cancelled; returns 1 when claimed.
+_CLAIM = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'queued' then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'running', 'started_at', ARGV[1], 'heartbeat_at', ARGV[1], 'worker', ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+return 1
+"""
+# queued or running -> a terminal state (a reaped, cancelled or finished job stays as it is).
+_FINISH = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= 'running' and state ~= 'queued' then return 0 end
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'finished_at', ARGV[2], 'result', ARGV[3], 'error', ARGV[4])
+return 1
+"""
+
+
+def _key(job_id: str) -> str:
+    return f"gazer:job:{job_id}"
+
+
+class JobStore:
+    def __init__(self, client: redis.Redis, lease_seconds: float = 60.0) -> None:
+        self.redis = client
+        self.lease_seconds = lease_seconds
+        self._claim = client.register_script(_CLAIM)
+        self._finish = client.register_script(_FINISH)
+
+    @classmethod
+    def from_url(cls, url: str, lease_seconds: float = 60.0) -> "JobStore":
+        return cls(redis.Redis.from_url(url, decode_responses=True), lease_seconds)
+
+    def create(self, job_type: str, params: dict[str, Any]) -> dict[str, Any]:
+        job_id = uuid.uuid4().hex
+        now = time.time()
+        self.redis.hset(_key(job_id), mapping={
+            "id": job_id, "type": job_type, "state": "queued", "params": json.dumps(params),
+            "progress": json.dumps({"fraction": 0.0}), "created_at": now, "attempts": 0,
+        })
+        self.redis.zadd(_INDEX, {job_id: now})
+        return self.get(job_id)
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        raw = self.redis.hgetall(_key(job_id))
+        if not raw:
+            raise NotFound(f"no job {job_id!r}")
+        return self._current(job_id, raw)
+
+    def _current(self, job_id: str, raw: dict[str, str]) -> dict[str, Any]:
+        """The record, failed first as worker-lost if it runs with an expired lease."""
+        if raw["state"] == "running" and time.time() - float(raw.get("heartbeat_at", 0)) > self.lease_seconds:
+            self.finish(job_id, "failed", error=problem(
+                500, "worker-lost", "the worker running this job stopped (killed or crashed) without finishing "
+                                    "it; submit the job again").model_dump(exclude_none=True))
+            raw = self.redis.hgetall(_key(job_id))
+        return self._decode(raw)
+
+    @staticmethod
+    def _decode(raw: dict[str, str]) -> dict[str, Any]:
+        job: dict[str, Any] = {"id": raw["id"], "type": raw["type"], "state": raw["state"],
+                               "attempts": int(raw.get("attempts", 0)),
+                               "cancel_requested": raw.get("cancel_requested") == "1"}
+        for name in ("params", "progress", "result", "error"):
+            job[name] = json.loads(raw[name]) if raw.get(name) else None
+        for name in ("created_at", "started_at", "finished_at"):
+            job[name] = float(raw[name]) if raw.get(name) else None
+        return job
+
+    def list(self, state: str | None = None, job_type: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Newest first; the index is read 100 jobs at a time, their records in one round trip."""
+        if state is not None and state not in STATES:
+            raise InvalidRequest(f"unknown state {state!r}", field="state", valid=list(STATES))
+        jobs: list[dict[str, Any]] = []
+        start = 0
+        while len(jobs) < limit and (job_ids := self.redis.zrevrange(_INDEX, start, start + 99)):
+            start += 100
+            with self.redis.pipeline(transaction=False) as reads:
+                for job_id in job_ids:
+                    reads.hgetall(_key(job_id))
+                records = reads.execute()
+            for job_id, raw in zip(job_ids, records):
+                if not raw:
+                    continue
+                job = self._current(job_id, raw)
+                if (state is None or job["state"] == state) and (job_type is None or job["type"] == job_type):
+                    jobs.append(job)
+        return jobs[:limit]
+
+    def claim(self, job_id: str, worker: str) -> bool:
+        return bool(self._claim(keys=[_key(job_id)], args=[time.time(), worker]))
+
+    def heartbeat(self, job_id: str) -> None:
+        self.redis.hset(_key(job_id), "heartbeat_at", time.time())
+
+    def report_progress(self, job_id: str, fraction: float, **details: Any) -> None:
+        progress = {"fraction": round(max(0.0, min(1.0, fraction)), 4), **details}
+        self.redis.hset(_key(job_id), mapping={"progress": json.dumps(progress), "heartbeat_at": time.time()})
+
+    def finish(self, job_id: str, state: str, result: Any = None, error: dict[str, Any] | None = None) -> bool:
+        assert state in TERMINAL
+        return bool(self._finish(keys=[_key(job_id)], args=[
+            state, time.time(), json.dumps(result) if result is not None else "",
+            json.dumps(error) if error is not None else ""]))
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        """A queued job is cancelled at once; a running one stops at its next step."""
+        job = self.get(job_id)
+        if job["state"] == "queued":
+            self.finish(job_id, "cancelled")
+        elif job["state"] == "running":
+            self.redis.hset(_key(job_id), "cancel_requested", "1")
+        return self.get(job_id)
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return self.redis.hget(_key(job_id), "cancel_requested") == "1"

@@ -1,0 +1,30 @@
+"""Settings that the API and the worker share, read from GAZER_* environment variables: where
+data lives, Redis, job leases and the limits on what a client's files may cost."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.datasets import ArchiveLimits
+from infra.celery_config import LONGEST_JOB_SECONDS
+
+
+class SharedSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GAZER_")
+
+    data_dir: Path = Path("var")
+    # The API starts an embedded redis-server without one; the worker needs the API's.
+    redis_url: str | None = None
+    job_lease_seconds: float = 60.0
+    visibility_timeout: float = LONGEST_JOB_SECONDS
+    max_image_pixels: int = 40_000_000
+    max_dataset_bytes: int = 500 * 1024 * 1024
+    max_dataset_uncompressed_bytes: int = 2 * 1024**3
+    max_dataset_files: int = 20_000
+
+    @property
+    def archive_limits(self) -> ArchiveLimits:
+        return ArchiveLimits(max_files=self.max_dataset_files, max_total_bytes=self.max_dataset_uncompressed_bytes,
+                             max_image_pixels=self.max_image_pixels)

@@ -1,0 +1,39 @@
+"""Wire models generated from the core's parameter dataclasses (core.params), so a name, a
+default or a bound is written once."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from core.params import bounds, doc, field_types
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def wire_model(config: type, name: str, base: type[BaseModel] = Strict,
+               overrides: dict[str, type] | None = None) -> type[BaseModel]:
+    """A pydantic model with the dataclass's fields, defaults, bounds and descriptions; nested
+    dataclasses become nested models. `overrides` replaces the type of some fields."""
+    overrides = overrides or {}
+    annotations = field_types(config)
+    fields: dict[str, Any] = {}
+    for field in dataclasses.fields(config):
+        annotation = overrides.get(field.name, annotations[field.name])
+        if annotation is annotations[field.name] and dataclasses.is_dataclass(annotation):
+            annotation = wire_model(annotation, annotation.__name__ + "Spec", base)
+        if field.default is not dataclasses.MISSING:
+            default: dict[str, Any] = {"default": field.default}
+        elif field.default_factory is not dataclasses.MISSING:
+            factory = field.default_factory
+            default = {"default_factory": (lambda model=annotation: model()) if isinstance(annotation, type)
+                       and issubclass(annotation, BaseModel) else factory}
+        else:
+            default = {}
+        fields[field.name] = (annotation, Field(**default, description=doc(field) or None, **bounds(field)))
+    generated_doc = (config.__doc__ or "").startswith(config.__name__ + "(")  # dataclasses write one
+    return create_model(name, __base__=base, __doc__=None if generated_doc else config.__doc__, **fields)

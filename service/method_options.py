@@ -1,0 +1,56 @@
+"""The explain form's method options, generated from each method's `Options`: a method that
+gains an option gains a form field, described in the OpenAPI document, with no edit here."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Annotated, Any, Optional
+
+from fastapi import Form
+
+from core.explain import METHODS
+from core.params import bounds, describe_bounds, doc, field_types
+
+
+def _takers() -> dict[str, list[tuple[str, dataclasses.Field, Any]]]:
+    """Option name -> [(method, field, type)] over every method."""
+    takers: dict[str, list[tuple[str, dataclasses.Field, Any]]] = {}
+    for name, method in METHODS.items():
+        annotations = field_types(method.Options)
+        for field in dataclasses.fields(method.Options):
+            takers.setdefault(field.name, []).append((name, field, annotations[field.name]))
+    return takers
+
+
+def _describe(method: str, field: dataclasses.Field) -> str:
+    limits = bounds(field)
+    ranged = f"; {describe_bounds(limits)}" if limits else ""
+    return f"{method}: {doc(field)} (default {field.default}{ranged})"
+
+
+def methods_description() -> str:
+    """The `method` field's description: every method with the options it takes."""
+    listed = []
+    for name, method in METHODS.items():
+        options = [field.name for field in dataclasses.fields(method.Options)]
+        listed.append(f"{name} ({', '.join(options)})" if options else name)
+    return "one of: " + "; ".join(listed) + ". Options a method does not take are refused (422)."
+
+
+def _parameters() -> list[inspect.Parameter]:
+    parameters = []
+    for option, takers in _takers().items():
+        annotation = takers[0][2]
+        description = "; ".join(_describe(method, field) for method, field, _ in takers)
+        parameters.append(inspect.Parameter(option, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                            annotation=Annotated[Optional[annotation], Form(description=description)]))
+    return parameters
+
+
+async def method_options(**given: Any) -> dict[str, Any]:
+    """A dependency: the options the client sent (for core.pipeline.explain to check)."""
+    return {name: value for name, value in given.items() if value is not None}
+
+
+method_options.__signature__ = inspect.Signature(_parameters())  # type: ignore[attr-defined]

@@ -42,14 +42,14 @@ def _key(job_id: str) -> str:
 
 
 class JobStore:
-    def __init__(self, client: redis.Redis, lease_seconds: float = 60.0) -> None:
+    def __init__(self, client: redis.Redis, lease_seconds: float) -> None:
         self.redis = client
         self.lease_seconds = lease_seconds
         self._claim = client.register_script(_CLAIM)
         self._finish = client.register_script(_FINISH)
 
     @classmethod
-    def from_url(cls, url: str, lease_seconds: float = 60.0) -> "JobStore":
+    def from_url(cls, url: str, lease_seconds: float) -> "JobStore":
         return cls(redis.Redis.from_url(url, decode_responses=True), lease_seconds)
 
     def create(self, job_type: str, params: dict[str, Any]) -> dict[str, Any]:

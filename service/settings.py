@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
+from core.names import DEFAULT_MODEL
 from core.pipeline import OUTPUTS
 from infra.settings import SharedSettings
 
 
 class Settings(SharedSettings):
-    default_model: str = "efficientnet_lite0"
+    default_model: str = DEFAULT_MODEL
     max_request_bytes: int = 50 * 1024 * 1024
     max_file_bytes: int = 20 * 1024 * 1024
     max_request_pixels: int = 160_000_000  # all images of one request: about 480 MB decoded

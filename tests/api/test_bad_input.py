@@ -127,6 +127,17 @@ def test_bad_parameters_are_422_naming_the_field(client, form, field):
     assert any(field in error["field"] for error in response.json()["errors"])
 
 
+@pytest.mark.parametrize("method, option, value", [
+    ("gradcam", "steps", 32), ("cam", "samples", 4), ("integrated_gradients", "noise", 0.1),
+    ("smoothgrad", "baseline", "blur"), ("scorecam", "steps", 8),
+])
+def test_an_option_the_method_does_not_take_is_422_naming_it(client, method, option, value):
+    body = assert_problem(client.post(EXPLAIN, files=[upload(encode(chelsea()))],
+                                      data={"method": method, option: value}), 422, "invalid-request")
+    assert body["errors"][0]["field"] == option
+    assert f"{method} takes no option {option!r}" in body["detail"]
+
+
 @pytest.mark.parametrize("path", [PREDICT, EXPLAIN])
 def test_unknown_resize_is_422_listing_the_valid_ones(client, path):
     body = assert_problem(client.post(path, files=[upload(encode(chelsea()))], data={"resize": "squeeze"}),

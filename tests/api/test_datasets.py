@@ -116,7 +116,7 @@ def test_too_few_classes_and_not_an_archive(client):
     assert_refused(post(client, b"PK\x03\x04 truncated"), 422, "corrupt")
 
 
-def test_bad_names(client):
+def test_unsafe_class_and_data_set_names_are_refused(client):
     assert_refused(post(client, zip_of({"c@t!/a.jpg": PHOTO, "dog/b.jpg": PHOTO})), 422, "class")
     assert_refused(post(client, zip_of(GOOD), name="../x"), 422, "name")
     assert client.get("/v1/datasets/..%2F..").status_code == 404

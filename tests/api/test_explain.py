@@ -175,6 +175,25 @@ def test_scorecam_scored_on_onnx_runtime_matches_torch(client, monkeypatch):
     assert np.abs(np.asarray(served.explanation.map) - by_torch).max() < 1e-4
 
 
+def test_cam_from_the_served_onnx_forward_matches_cam_from_torch(client, monkeypatch):
+    """One CAM explainer, two feature sources: the service's (the ONNX Runtime forward that makes
+    the prediction) and a torch forward with the layer captured."""
+    model = client.app.state.registry.get(MODEL)
+    images = [chelsea(), coffee()]
+    inputs = torch.from_numpy(preprocess(images, model.spec)[0])
+    by_torch = METHODS["cam"](model.network, inputs, None, model.spec.cam_layer,
+                              classifier=model.spec.classifier_layer)
+    onnx_batches = []
+    run_on_onnx = model.predictor.logits_and_features
+    monkeypatch.setattr(model.predictor, "logits_and_features",
+                        lambda batch: onnx_batches.append(len(batch)) or run_on_onnx(batch))
+    served = pipeline.explain(model, images, "cam", outputs=("map",))
+    assert onnx_batches == [2]
+    for index, result in enumerate(served):
+        assert result.explanation.target.index == int(by_torch.targets[index])
+        assert np.abs(np.asarray(result.explanation.map) - by_torch.maps[index]).max() < 2e-4
+
+
 @pytest.mark.parametrize("accept, png", [
     ("image/png", True), ("IMAGE/PNG", True), ("application/json, image/png", True),
     ("image/png;q=0", False), ("application/json;q=0.9, image/png;q=0.5", False),

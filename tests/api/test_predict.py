@@ -71,11 +71,18 @@ def test_chelsea_is_a_cat_and_coffee_is_espresso(client):
         assert 0 < sum(probabilities) <= 1.0 + 1e-6
 
 
-def test_top_k_and_other_builtin_model(client):
-    body = client.post("/v1/models/efficientnet_lite1/predict", files=[upload(encode(chelsea()))],
-                       data={"top_k": 3}).json()
-    assert body["model"]["id"] == "efficientnet_lite1"
-    assert len(body["results"][0]["predictions"]) == 3
+def test_top_k_sets_how_many_classes_come_back(client):
+    for top_k in (1, 3, 7):
+        body = client.post(f"/v1/models/{MODEL}/predict", files=[upload(encode(chelsea()))],
+                           data={"top_k": top_k}).json()
+        predictions = body["results"][0]["predictions"]
+        assert len(predictions) == top_k
+        assert [p["probability"] for p in predictions] == sorted((p["probability"] for p in predictions), reverse=True)
+
+
+def test_another_builtin_model_is_served_by_name(client):
+    body = client.post("/v1/models/efficientnet_lite1/predict", files=[upload(encode(chelsea()))]).json()
+    assert body["model"] == {"id": "efficientnet_lite1", "version": 1}
     assert body["results"][0]["predictions"][0]["index"] in range(281, 294)  # a cat of some kind
 
 
@@ -87,3 +94,6 @@ def test_openapi_documents_the_endpoints_and_their_fields(client):
                         if name.startswith("Body_explain"))
     assert {"file", "method", "target", "layer", "steps", "baseline", "samples", "noise", "top_k", "resize",
             "faithfulness", "outputs"} <= set(explain_form["properties"])
+    methods = explain_form["properties"]["method"]["description"]
+    assert "integrated_gradients (steps, baseline)" in methods and "smoothgrad (samples, noise)" in methods
+    assert "<= 512" in explain_form["properties"]["steps"]["description"]

@@ -8,7 +8,7 @@ from infra.job_store import JobStore
 
 def test_listing_reads_past_the_first_page_and_filters(tmp_path):
     with EmbeddedRedis(tmp_path / "redis") as server:
-        store = JobStore.from_url(server.url)
+        store = JobStore.from_url(server.url, lease_seconds=60)
         created = [store.create("fine_tune" if index % 3 else "activation_maximization", {"n": index})
                    for index in range(250)]
         newest_first = [job["id"] for job in reversed(created)]

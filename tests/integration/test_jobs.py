@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import time
 
 import numpy as np
@@ -165,6 +166,12 @@ def test_a_job_longer_than_the_visibility_timeout_runs_once(api, workers, start_
         worker.stop()
 
 
+def newest_job_ids(api) -> list[str]:
+    """The ids at the top of the newest-first listing: a job queued since would come first
+    (unlike a count, which the listing's page limit caps)."""
+    return [job["id"] for job in api.get("/v1/jobs").json()["data"][:3]]
+
+
 @pytest.mark.parametrize("kind, body, field", [
     ("fine-tune", {"dataset_id": "nope", "output_model": "x"}, None),
     ("fine-tune", {"dataset_id": "nope", "output_model": "x", "base_model": "resnet9000"}, None),
@@ -184,15 +191,30 @@ def test_a_job_longer_than_the_visibility_timeout_runs_once(api, workers, start_
     ("activation-maximization", {"target": {}}, "target"),
 ])
 def test_bad_job_requests_are_422_and_queue_nothing(api, kind, body, field):
-    before = api.get("/v1/jobs").json()["count"]
+    before = newest_job_ids(api)
     response = api.post(f"/v1/jobs/{kind}", json=body)
     assert response.status_code == 422, response.text
     assert response.headers["content-type"] == "application/problem+json"
     if field:
         assert any(field in error["field"] for error in response.json()["errors"])
-    assert api.get("/v1/jobs").json()["count"] == before
+    assert newest_job_ids(api) == before
 
 
 def test_unknown_job_is_404(api):
     assert api.get("/v1/jobs/0123456789abcdef").status_code == 404
     assert api.delete("/v1/jobs/0123456789abcdef").status_code == 404
+
+
+def test_activation_maximization_is_checked_without_taking_the_model(api):
+    """Submitting reads the model's known layers and channels: an explanation holding the model
+    (its lock) does not hold the submission up."""
+    model = api.app.state.registry.get("efficientnet_lite0")
+    answered: list = []
+    submit_bad_channel = threading.Thread(target=lambda: answered.append(api.post(
+        "/v1/jobs/activation-maximization", json={"target": {"layer": "blocks.3", "channels": [9999]}})))
+    with model.lock:  # as a running explanation would
+        submit_bad_channel.start()
+        submit_bad_channel.join(timeout=60)
+        assert answered, "the submission waited for the model lock"
+    assert answered[0].status_code == 422
+    assert answered[0].json()["errors"][0]["field"] == "target.channels"

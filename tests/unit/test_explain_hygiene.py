@@ -252,7 +252,7 @@ LAYER_METHODS = sorted(name for name, method in METHODS.items() if method.uses_l
 
 @pytest.mark.parametrize("layer", ["nope", "features.relu9", "", None])
 @pytest.mark.parametrize("method", LAYER_METHODS)
-def test_unknown_layer(method, layer):
+def test_an_unknown_layer_raises_and_leaves_no_hooks_or_grad_mode_behind(method, layer):
     net, inputs = make_net(), make_inputs()
     with pytest.raises(UnknownLayer):
         METHODS[method](net, inputs, None, layer, **CHEAP_OPTIONS.get(method, {}))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.errors import GazerError
+from core.errors import GazerError, ImageTooLarge, InvalidImage
 from core.imaging import crop_box, decode_image, decode_images, preprocess
 from core.models.catalog import builtin_spec
 from support import chelsea, encode
@@ -44,7 +44,8 @@ def test_preprocess_normalizes_the_centre_crop_channel_first():
 @pytest.mark.parametrize("fmt", ["JPEG", "WEBP", "PNG"])
 def test_damaged_exif_and_bytes_give_an_image_or_a_clear_error(fmt):
     """Seeded byte flips near the EXIF block (Pillow raises struct.error, TypeError or
-    AttributeError for some of them): every upload decodes or is refused as a GazerError."""
+    AttributeError for some of them): every upload decodes or is refused as invalid or too large
+    (any other exception fails the test), and the flips exercise both outcomes."""
     exif = Image.Exif()
     exif[0x0112], exif[0x011A], exif[0x011B], exif[0x0131] = 3, (72, 1), (72, 1), "gazer"
     blob = encode(chelsea().resize((64, 43)), fmt, exif=exif.tobytes())
@@ -57,12 +58,12 @@ def test_damaged_exif_and_bytes_give_an_image_or_a_clear_error(fmt):
             data[int(rng.integers(start, min(len(data), start + 200)))] = int(rng.integers(0, 256))
         try:
             image = decode_image(bytes(data), 10**7)
-        except GazerError:
+        except (InvalidImage, ImageTooLarge):
             refused += 1
         else:
             assert image.mode == "RGB" and image.size in ((64, 43), (43, 64))
             decoded += 1
-    assert decoded > 0 and decoded + refused == 1500
+    assert decoded > 0 and refused > 0
 
 
 def test_an_oversized_image_among_several_gets_its_own_error():

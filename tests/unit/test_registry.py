@@ -10,7 +10,7 @@ from core.models.registry import ModelRegistry, parse_ref
 from core.storage import Storage, check_name
 
 
-def test_references():
+def test_model_references_are_name_or_name_at_an_ascii_version():
     assert parse_ref("pets") == ("pets", None)
     assert parse_ref("pets@12") == ("pets", 12)
     for bad in ("pets@x", "pets@²", "pets@١", "pets@-1", "pets@1.5"):  # ² and ١ pass str.isdigit

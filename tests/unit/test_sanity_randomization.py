@@ -18,10 +18,10 @@ Guided backprop is known to fail this check, or to pass it only weakly: Adebayo 
 Nie et al. 2018 ("A Theoretical Explanation for Perplexing Behaviors of Backpropagation-based
 Visualizations") show that its ReLU gating with positive-only backward signals makes it behave
 like a partial image recovery, driven by the input's edges more than by the weights, so its maps
-survive randomization. Its correlation is computed and printed for the record, and only
-checked to be a finite number, not held to the 0.5 bound. (When written: 0.29 to 0.38, under
-0.5 for this full re-initialization but about three times saliency's; the paper's cascading
-randomization shows the insensitivity more starkly.)
+survive randomization. So it is not held to the 0.5 bound; instead the test checks that very
+property against plain saliency: on the same photos and re-initializations its maps stay at
+least twice as correlated with the original. (When written: 0.29 to 0.38, about three times
+saliency's; the paper's cascading randomization shows the insensitivity more starkly.)
 """
 
 from __future__ import annotations
@@ -151,10 +151,10 @@ def test_maps_survive_a_small_weight_perturbation(setting, method):
     assert min(rho) > 0.8
 
 
-def test_guided_backprop_correlation_is_recorded(setting):
-    """Known to be insensitive to the weights (see the module docstring): recorded, not bounded."""
-    rho = correlations(setting, "guided_backprop")
+def test_guided_backprop_survives_randomization_more_than_saliency(setting):
+    """Known to be insensitive to the weights (see the module docstring): its maps stay at
+    least twice as correlated with the original as saliency's do."""
+    guided, saliency = correlations(setting, "guided_backprop"), correlations(setting, "saliency")
     print(f"guided_backprop: Spearman original vs randomized, rows = seeds {SEEDS}, columns = chelsea, coffee:\n"
-          f"{np.array2string(rho, precision=3)}  mean {rho.mean():.3f}")
-    assert np.isfinite(rho).all()
-    assert (np.abs(rho) <= 1).all()
+          f"{np.array2string(guided, precision=3)}  mean {guided.mean():.3f} (saliency {saliency.mean():.3f})")
+    assert guided.mean() > 2 * saliency.mean()

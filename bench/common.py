@@ -97,11 +97,14 @@ class Client:
 
 
 @contextmanager
-def running_server(port: int = 8765) -> Iterator[Client]:
-    """`python -m service` in a subprocess (same environment, so LD_PRELOAD carries over)."""
+def running_server(port: int = 8765, checkout: Path | None = None) -> Iterator[Client]:
+    """`python -m service` in a subprocess (same environment, so LD_PRELOAD carries over), from
+    `checkout` (another worktree of the project) when given, else from this one."""
     data_dir = tempfile.mkdtemp(prefix="gazer-bench-")
     env = {**os.environ, "PORT": str(port), "GAZER_DATA_DIR": data_dir}
-    process = subprocess.Popen([sys.executable, "-m", "service"], env=env,
+    if checkout is not None:
+        env["PYTHONPATH"] = str(checkout)
+    process = subprocess.Popen([sys.executable, "-m", "service"], env=env, cwd=checkout,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 180

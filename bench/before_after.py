@@ -1,10 +1,11 @@
-"""The serving and explain paths of two versions side by side: this checkout against a git
-revision (default HEAD~1), each as a real server, their requests interleaved in one run.
+"""The serving and explain paths of two versions side by side, each as a real server, their
+requests interleaved in one run: revision BEFORE (default HEAD~1) against revision AFTER
+(default this working tree).
 
-  python -m bench.before_after [REV]
+  python -m bench.before_after [BEFORE [AFTER]]
 
-Both servers use this checkout's Python environment; the revision is checked out into a
-temporary git worktree, removed afterwards. EfficientNet-Lite0 at 224 on CPU, chelsea.
+Both servers use this checkout's Python environment; revisions are checked out into temporary
+git worktrees, removed afterwards. EfficientNet-Lite0 at 224 on CPU, chelsea.
 Each row: median ms per request of each version, and the median over rounds of after/before.
 """
 
@@ -15,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.common import interleaved, report, run_timed, running_server
+from bench.common import Client, interleaved, report, run_timed, running_server
 from support import chelsea, encode, multipart
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,23 +43,31 @@ def cases() -> dict[str, tuple[str, tuple[bytes, str], int]]:
 
 
 def main() -> None:
-    revision = sys.argv[1] if len(sys.argv) > 1 else "HEAD~1"
-    with tempfile.TemporaryDirectory(prefix="gazer-before-") as folder:
-        before_checkout = Path(folder) / "checkout"
-        subprocess.run(["git", "worktree", "add", "--detach", str(before_checkout), revision], cwd=ROOT, check=True,
-                       capture_output=True)
+    before_revision = sys.argv[1] if len(sys.argv) > 1 else "HEAD~1"
+    after_revision = sys.argv[2] if len(sys.argv) > 2 else None
+    with tempfile.TemporaryDirectory(prefix="gazer-before-after-") as folder:
+        checkouts = {"before": Path(folder) / "before", "after": Path(folder) / "after" if after_revision else None}
+        for name, revision in (("before", before_revision), ("after", after_revision)):
+            if revision:
+                subprocess.run(["git", "worktree", "add", "--detach", str(checkouts[name]), revision], cwd=ROOT,
+                               check=True, capture_output=True)
         try:
             rows = []
-            with running_server(8765, before_checkout) as before, running_server(8766) as after:
+            with running_server(8765, checkouts["before"]), running_server(8766, checkouts["after"]):
+                # fresh connections: the first server closes an idle keep-alive while the second starts
+                before, after = Client(8765), Client(8766)
                 for name, (path, body, per_round) in cases().items():
                     times = interleaved({"before": lambda: before.post(path, *body),
                                          "after": lambda: after.post(path, *body)},
                                         rounds=5, per_round=per_round, warmup=1)
                     rows.append((name, f"before {times['before']:8.1f} ms   after {times['after']:8.1f} ms   "
                                        f"after/before {times.ratio('after', 'before'):.3f}x"))
-            report(f"{revision} (before) against this checkout (after), one server each, interleaved", rows)
+            report(f"{before_revision} (before) against {after_revision or 'this working tree'} (after), "
+                   f"one server each, interleaved", rows)
         finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(before_checkout)], cwd=ROOT, check=False)
+            for checkout in checkouts.values():
+                if checkout is not None and checkout.exists():
+                    subprocess.run(["git", "worktree", "remove", "--force", str(checkout)], cwd=ROOT, check=False)
 
 
 if __name__ == "__main__":

@@ -104,8 +104,8 @@ def running_server(port: int = 8765, checkout: Path | None = None) -> Iterator[C
     env = {**os.environ, "PORT": str(port), "GAZER_DATA_DIR": data_dir}
     if checkout is not None:
         env["PYTHONPATH"] = str(checkout)
-    process = subprocess.Popen([sys.executable, "-m", "service"], env=env, cwd=checkout,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = open(Path(data_dir) / "server.log", "wb")
+    process = subprocess.Popen([sys.executable, "-m", "service"], env=env, cwd=checkout, stdout=log, stderr=log)
     try:
         deadline = time.time() + 180
         while True:
@@ -116,11 +116,12 @@ def running_server(port: int = 8765, checkout: Path | None = None) -> Iterator[C
             except OSError:
                 pass
             if time.time() > deadline or process.poll() is not None:
-                raise RuntimeError("the server did not become ready")
+                raise RuntimeError(f"the server did not become ready; its log: {log.name}")
             time.sleep(0.5)
         yield client
     finally:
         stop_process(process)
+        log.close()
 
 
 def report(title: str, rows: list[tuple[str, str]]) -> None:

@@ -26,7 +26,7 @@ from infra.processes import stop_process
 
 @functools.cache
 def _registry() -> ModelRegistry:
-    return ModelRegistry(Storage(Path(tempfile.mkdtemp(prefix="gazer-bench-"))))
+    return ModelRegistry(Storage(Path(tempfile.mkdtemp(prefix="gazer-bench-"))), max_loaded=8)
 
 
 def served_model(model_id: str = "efficientnet_lite0") -> LoadedModel:
@@ -83,8 +83,14 @@ class Client:
         self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
 
     def post(self, path: str, body: bytes, content_type: str) -> bytes:
-        self.connection.request("POST", path, body=body, headers={"Content-Type": content_type})
-        response = self.connection.getresponse()
+        try:
+            self.connection.request("POST", path, body=body, headers={"Content-Type": content_type})
+            response = self.connection.getresponse()
+        except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+            # the server closed a keep-alive connection left idle (uvicorn: after 5 s): reconnect once
+            self.connection.close()
+            self.connection.request("POST", path, body=body, headers={"Content-Type": content_type})
+            response = self.connection.getresponse()
         payload = response.read()
         if response.status != 200:
             raise RuntimeError(f"{path}: {response.status} {payload[:300]!r}")

@@ -7,7 +7,7 @@ ENV LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 \
     GAZER_DATA_DIR=/data PYTHONUNBUFFERED=1
 WORKDIR /app
 # Its own layer, so a code change does not reinstall torch.
-RUN pip install --no-cache-dir torch==2.14.1
+RUN pip install --no-cache-dir torch==2.14.1 torchvision==0.29.1
 COPY pyproject.toml README.md ./
 COPY core core
 COPY infra infra

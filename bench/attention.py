@@ -42,7 +42,7 @@ def costs() -> None:
     measured, runners = {}, {}
     for kind in KINDS:
         network = build_network("efficientnet_lite0", 1000, 224, attention=kind).eval()
-        transfer_backbone(base, network, spec)
+        transfer_backbone(base, network)
         with FlopCounterMode(display=False) as counter, torch.no_grad():
             network(example)
         params = sum(p.numel() for p in network.parameters())

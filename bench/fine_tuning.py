@@ -51,8 +51,8 @@ def plain_loop_images_per_second(config: FineTuneConfig, steps: int) -> float:
     """The same network and trainable layers, trained on random tensors: no data pipeline."""
     spec, base = load_builtin(config.base_model)
     network = build_network(spec.architecture, 4, spec.input_size)
-    transfer_backbone(base, network, spec)
-    set_trainable(network, head_modules(network, spec) + trainable_backbone(network, config, epoch=1))
+    transfer_backbone(base, network)
+    set_trainable(network, head_modules(network) + trainable_backbone(network, config, epoch=1))
     optimizer = torch.optim.AdamW(network.parameters(), lr=1e-4)
     inputs = torch.randn(config.batch_size, 3, spec.input_size, spec.input_size)
     labels = torch.randint(0, 4, (config.batch_size,))

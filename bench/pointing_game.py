@@ -25,11 +25,13 @@ from support import (POINTING_GAME_BACKGROUNDS, POINTING_TOLERANCE, encode, poin
                           upload)
 
 MODEL = "efficientnet_lite0"
-# Bounded settings: the defaults (50 steps, 25 samples, Score-CAM over the 1280-channel head) are slow on CPU.
+# Bounded settings: the defaults (50 steps, 25 samples, Score-CAM over the 1280-channel head, 1000 RISE
+# masks) are slow on CPU.
 OPTIONS: dict[str, dict[str, object]] = {
     "integrated_gradients": {"steps": 32},
     "smoothgrad": {"samples": 16},
     "scorecam": {"layer": "blocks.15"},
+    "rise": {"masks": 500},
 }
 
 

@@ -48,6 +48,13 @@ class UnsupportedMethod(InvalidRequest):
     code = "unsupported-method"
 
 
+class Conflict(GazerError):
+    """The request clashes with what exists (a built-in model's name, say)."""
+
+    code = "conflict"
+    status = 409
+
+
 class InvalidImage(GazerError):
     code = "invalid-image"
     status = 422

@@ -131,9 +131,28 @@ def crop_box(width: int, height: int, spec: ModelSpec, resize: str = "crop") -> 
         raise InvalidRequest(f"unknown resize {resize!r}", field="resize", valid=list(RESIZE_MODES))
     if resize == "stretch":
         return CropBox(0.0, 0.0, float(width), float(height))
+    if spec.torchvision_resize:
+        return _torchvision_crop_box(width, height, spec.input_size, spec.input_size + spec.resize_margin)
     side = min(width, height) * spec.input_size / (spec.input_size + spec.resize_margin)
     left, top = (width - side) / 2, (height - side) / 2
     return CropBox(left, top, left + side, top + side)
+
+
+def _torchvision_geometry(width: int, height: int, size: int, short_side: int) -> tuple[int, int, int, int]:
+    """torchvision's `Resize(short_side)` then `CenterCrop(size)`: the resized image's whole-pixel
+    sides (the long one truncated) and the crop's whole-pixel offsets."""
+    if width <= height:
+        resized_width, resized_height = short_side, int(short_side * height / width)
+    else:
+        resized_width, resized_height = int(short_side * width / height), short_side
+    return (resized_width, resized_height, int(round((resized_width - size) / 2.0)),
+            int(round((resized_height - size) / 2.0)))
+
+
+def _torchvision_crop_box(width: int, height: int, size: int, short_side: int) -> CropBox:
+    resized_width, resized_height, left, top = _torchvision_geometry(width, height, size, short_side)
+    scale_x, scale_y = width / resized_width, height / resized_height
+    return CropBox(left * scale_x, top * scale_y, (left + size) * scale_x, (top + size) * scale_y)
 
 
 def resize_region(image: Image.Image, box: tuple[float, float, float, float], side: int,
@@ -147,6 +166,16 @@ def resize_region(image: Image.Image, box: tuple[float, float, float, float], si
     return image.resize((side, side), _INTERPOLATION[spec.interpolation], box=box, reducing_gap=3.0)
 
 
+def _torchvision_resize(image: Image.Image, spec: ModelSpec) -> Image.Image:
+    """Exactly torchvision's `Resize` + `CenterCrop` on a PIL image: the whole image resized,
+    then cropped (resizing only the crop's region differs by a pixel level here and there)."""
+    size = spec.input_size
+    resized_width, resized_height, left, top = _torchvision_geometry(image.width, image.height, size,
+                                                                     size + spec.resize_margin)
+    resized = image.resize((resized_width, resized_height), _INTERPOLATION[spec.interpolation])
+    return resized.crop((left, top, left + size, top + size))
+
+
 def preprocess(images: list[Image.Image], spec: ModelSpec,
                resize: str = "crop") -> tuple[np.ndarray, list[CropBox]]:
     """RGB images -> float32 NCHW batch normalized as the spec says, plus each crop box."""
@@ -158,7 +187,8 @@ def preprocess(images: list[Image.Image], spec: ModelSpec,
     def one(index: int) -> CropBox:
         image = images[index]
         box = crop_box(image.width, image.height, spec, resize)
-        crop = resize_region(image, (box.left, box.top, box.right, box.bottom), size, spec)
+        crop = _torchvision_resize(image, spec) if spec.torchvision_resize and resize == "crop" else \
+            resize_region(image, (box.left, box.top, box.right, box.bottom), size, spec)
         # uint8 HWC -> float32 CHW in one pass, then scaled in place: 3x faster than arithmetic
         # on the transposed float view, with the same float32 results.
         np.subtract(np.asarray(crop).transpose(2, 0, 1), mean, out=batch[index], dtype=np.float32)

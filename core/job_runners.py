@@ -10,10 +10,9 @@ from typing import Any, Callable
 from core.datasets import dataset_images, describe_dataset
 from core.errors import InvalidRequest
 from core.jobs import Progress, ShouldStop
-from core.models import versions
 from core.models.layers import targetable_layers
 from core.models.registry import ModelRegistry
-from core.names import BUILTIN_MODELS
+from core.names import BUILTIN_MODELS, ONNX_ARCHITECTURE
 from core.params import check_params, from_params
 from core.png import encode_png
 from core.runtime.devices import torch_device
@@ -44,7 +43,10 @@ def check_fine_tune(config: FineTuneConfig, registry: ModelRegistry, datasets_di
     """What can be checked before queueing: the values, the base model and the data set
     exist, the name is free."""
     check_params(config)
-    registry.spec(config.base_model)
+    check_name(config.base_model.partition("@")[0], "base_model")
+    if registry.spec(config.base_model).architecture == ONNX_ARCHITECTURE:
+        raise InvalidRequest(f"{config.base_model!r} is served from ONNX alone: it has no torch network to "
+                             f"fine-tune", field="base_model")
     describe_dataset(datasets_dir, config.dataset_id)
     check_name(config.output_model, "output_model")
     if config.output_model in BUILTIN_MODELS:
@@ -60,7 +62,7 @@ def run_fine_tune(job_id: str, params: dict[str, Any], progress: Progress, shoul
     trained = fine_tune(config, base_spec, base_network, classes, items, progress, should_stop, torch_device(),
                         context.max_image_pixels)
     progress(1.0, phase="exporting")
-    spec = versions.save_version(context.storage.models, trained.spec, trained.network, trained.metrics)
+    spec = context.registry.register_network(trained.spec, trained.network, trained.metrics)
     metrics = trained.metrics
     return {"model": {"id": spec.id, "version": spec.version},
             "metrics": {key: metrics[key] for key in ("val_accuracy", "val_loss", "best_epoch", "per_class_accuracy",

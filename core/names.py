@@ -9,3 +9,6 @@ BUILTIN_MODELS = tuple(EFFICIENTNET_LITE_SIZES)
 DEFAULT_MODEL = "efficientnet_lite0"
 
 ATTENTION_KINDS = ("se", "spatial", "cbam")
+
+# The architecture of a model served from an uploaded ONNX file alone (no torch network).
+ONNX_ARCHITECTURE = "onnx"

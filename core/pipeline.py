@@ -86,9 +86,11 @@ def _resolve_method(model: LoadedModel, method_name: str) -> Method:
         raise UnknownMethod(f"unknown method {method_name!r}", field="method", valid=sorted(METHODS))
     method = METHODS[method_name]
     if method_name not in model.methods:
-        raise UnsupportedMethod(f"model {model.spec.ref!r} cannot answer {method_name} (it needs "
-                                f"{'spatial attention' if method.needs_spatial_attention else 'a linear head'})",
-                                field="method", valid=model.methods)
+        needs = ("gradients, and the model is served from ONNX alone" if model.network is None
+                 else "spatial attention" if method.needs_spatial_attention
+                 else "the logits to be a linear classifier of the pooled CAM layer")
+        raise UnsupportedMethod(f"model {model.spec.ref!r} cannot answer {method_name}: it needs {needs}; "
+                                f"it answers {', '.join(model.methods)}", field="method", valid=model.methods)
     return method
 
 
@@ -167,6 +169,10 @@ def _run_method(model: LoadedModel, method: Method, inputs: torch.Tensor, wanted
         # CAM from the ONNX Runtime forward that makes the prediction: no hooks, so no lock.
         return method(model.network, inputs, wanted, layer, classifier=spec.classifier_layer,
                       features=onnx_features(model))
+    if method.model_agnostic:
+        # Scored on ONNX Runtime, whose sessions are thread-safe, and no hooks: no lock.
+        return method(model.network, inputs, wanted, layer, score=onnx_scorer(model), input_mean=spec.mean,
+                      input_std=spec.std, **options)
     extra: dict[str, object] = {}
     if method.scores_masked_inputs and model.device.type == "cpu":  # measured faster on CPU only
         extra["score"] = onnx_scorer(model)

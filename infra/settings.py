@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.datasets import ArchiveLimits
@@ -23,6 +24,8 @@ class SharedSettings(BaseSettings):
     max_dataset_bytes: int = 500 * 1024 * 1024
     max_dataset_uncompressed_bytes: int = 2 * 1024**3
     max_dataset_files: int = 20_000
+    max_model_bytes: int = 1024**3          # an uploaded model (weights or ONNX file)
+    max_loaded_models: int = Field(8, ge=1)  # beyond this, the least recently used is unloaded
 
     @property
     def archive_limits(self) -> ArchiveLimits:

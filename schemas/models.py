@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class ModelRef(BaseModel):
@@ -87,3 +87,24 @@ class ModelDetail(ModelSummary):
 class ModelList(BaseModel):
     data: list[ModelSummary]
     count: int
+
+
+class Version(BaseModel):
+    version: int
+    architecture: str
+    description: str
+    default: bool = Field(description="what the plain name resolves to")
+    state: str = Field(description="ready, failed or not_loaded")
+
+
+class VersionList(BaseModel):
+    data: list[Version]
+    count: int
+    default: int
+    pinned: int | None
+
+
+class PinRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1)

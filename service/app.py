@@ -17,7 +17,7 @@ from core.storage import Storage
 from service.errors import install_error_handlers
 from service.limits import RequestSizeLimit
 from service.queue import JobQueue
-from service.routers import datasets, health, jobs, models
+from service.routers import datasets, health, jobs, model_versions, models
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         storage = Storage(settings.data_dir)
-        registry = ModelRegistry(storage)
+        registry = ModelRegistry(storage, settings.max_loaded_models, resident=(settings.default_model,))
         app.state.registry = registry
         app.state.explanation_slots = anyio.Semaphore(settings.max_concurrent_explanations)
         with ExitStack() as on_shutdown:  # also unwinds what started if a later step fails
@@ -51,8 +51,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
     app.add_middleware(RequestSizeLimit, max_bytes=settings.max_request_bytes,
-                       per_path={"/v1/datasets": settings.max_dataset_bytes})
+                       per_path={"/v1/datasets": settings.max_dataset_bytes, "/v1/models": settings.max_model_bytes})
     app.include_router(health.router)
+    app.include_router(model_versions.router)
     app.include_router(models.router)
     app.include_router(datasets.router)
     app.include_router(jobs.router)

@@ -11,7 +11,8 @@ from service.errors import problem_response
 
 class RequestSizeLimit:
     """Answers 413 when Content-Length is over the limit, and stops reading a body sent
-    without a length (chunked) with a 413 as soon as it passes the limit."""
+    without a length (chunked) with a 413 as soon as it passes the limit. `per_path`: other
+    limits for some paths (matched exactly)."""
 
     def __init__(self, app: ASGIApp, max_bytes: int, per_path: dict[str, int] | None = None) -> None:
         self.app = app
@@ -22,8 +23,7 @@ class RequestSizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = next((size for prefix, size in self.per_path.items() if scope["path"].startswith(prefix)),
-                     self.max_bytes)
+        limit = self.per_path.get(scope["path"].rstrip("/"), self.max_bytes)
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             response = problem_response(PayloadTooLarge.status, PayloadTooLarge.code,

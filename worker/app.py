@@ -18,7 +18,7 @@ def create_celery(settings: WorkerSettings) -> Celery:
     app = Celery("gazer")
     app.conf.update(celery_config(settings.redis_url, settings.visibility_timeout))
     storage = Storage(settings.data_dir)
-    context = JobContext(storage, ModelRegistry(storage), settings.max_image_pixels, artifact_url)
+    context = JobContext(storage, ModelRegistry(storage, settings.max_loaded_models), settings.max_image_pixels, artifact_url)
     store = JobStore.from_url(settings.redis_url, settings.job_lease_seconds)
 
     @app.task(name=RUN_JOB_TASK)

@@ -10,6 +10,8 @@ from core.explain.guided_backprop import GuidedBackprop
 from core.explain.guided_gradcam import GuidedGradCAM
 from core.explain.integrated_gradients import IntegratedGradients
 from core.explain.layercam import LayerCAM
+from core.explain.occlusion import Occlusion
+from core.explain.rise import Rise
 from core.explain.saliency import Saliency
 from core.explain.scorecam import ScoreCAM
 from core.explain.smoothgrad import SmoothGrad
@@ -26,11 +28,15 @@ METHODS = {
     "integrated_gradients": IntegratedGradients(),
     "smoothgrad": SmoothGrad(),
     "attention": AttentionMap(),
+    "occlusion": Occlusion(),
+    "rise": Rise(),
 }
 
 
-def supported_methods(linear_head: bool, spatial_attention: bool) -> list[str]:
-    """The methods a model with this head and these attention modules can answer."""
+def supported_methods(linear_head: bool, spatial_attention: bool, gradients: bool = True) -> list[str]:
+    """The methods a model with this head and these attention modules can answer; without
+    `gradients` (a model served from ONNX alone), the model-agnostic ones only."""
     return sorted(name for name, method in METHODS.items()
-                  if (linear_head or not method.needs_linear_head)
+                  if (gradients or method.model_agnostic)
+                  and (linear_head or not method.needs_linear_head)
                   and (spatial_attention or not method.needs_spatial_attention))

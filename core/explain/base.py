@@ -1,4 +1,4 @@
-"""What every explainer shares: layer capture, target scores, normalization, the two families.
+"""What every explainer shares: layer capture, target scores, normalization, the three families.
 
 Explainers never touch the caller's model state: hooks are always removed, gradients come
 from `torch.autograd.grad` (parameters' `.grad` stay as they were) and gradient mode is
@@ -10,13 +10,14 @@ from __future__ import annotations
 import dataclasses
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
 from core.errors import InvalidRequest, TargetOutOfRange, UnknownLayer
+from core.explain.baselines import make_baseline
 from core.params import check_params
 
 
@@ -56,7 +57,10 @@ def capture(model: nn.Module, layer: str, start_grad_here: bool = False) -> Iter
             torch.set_grad_enabled(True)
             output = output.detach().requires_grad_(True)
         captured.activation = output
-        return output
+        # The network goes on with a copy: an in-place op after the layer (DenseNet's
+        # F.relu(features, inplace=True)) would otherwise change what was captured, or write
+        # into a leaf that requires grad.
+        return output.clone()
 
     handle = find_layer(model, layer).register_forward_hook(hook)
     try:
@@ -109,6 +113,7 @@ class Method:
     needs_spatial_attention = False   # only for models with a spatial attention module
     scores_masked_inputs = False      # takes `score`: logits of input batches, no gradients
     takes_feature_source = False      # takes `features`: logits and feature map from any forward (CAM)
+    model_agnostic = False            # needs only `score`: works without the torch network (ONNX-only models)
 
     def options(self, name: str, given: dict[str, Any]) -> dict[str, Any]:
         """The client's options checked against `Options` (every default filled in): an option
@@ -185,3 +190,39 @@ class InputMethod(Method):
     @staticmethod
     def reduce(attributions: torch.Tensor) -> torch.Tensor:
         return attributions.abs().amax(dim=1)
+
+
+Score = Callable[[torch.Tensor], torch.Tensor]
+
+
+class PerturbationMethod(Method):
+    """Model-agnostic family: a map from the target's probability on perturbed copies of each
+    image, where perturbed pixels take the black baseline. Only `score` (logits of a batch of
+    inputs) is needed, so it works for a model served as ONNX alone; without `score`, `model` is
+    the scorer. Each image is perturbed and scored on its own, so its map does not depend on the
+    rest of the batch."""
+
+    model_agnostic = True
+
+    def __call__(self, model: nn.Module | None, inputs: torch.Tensor, targets: torch.Tensor | None,
+                 layer: str | None = None, score: Score | None = None,
+                 input_mean: tuple[float, ...] = (0.0, 0.0, 0.0), input_std: tuple[float, ...] = (1.0, 1.0, 1.0),
+                 **options: Any) -> Explanation:
+        ours = {field.name for field in dataclasses.fields(self.Options)}
+        # keywords meant for other families (such as `classifier`) are not ours
+        options = self.checked(**{name: value for name, value in options.items() if name in ours})
+        score = score or model
+        with torch.no_grad():
+            logits = score(inputs)
+            targets = resolve_targets(logits, targets)
+            probabilities = torch.softmax(logits, dim=1).gather(1, targets[:, None])[:, 0]
+            baseline = make_baseline("black", inputs, input_mean, input_std)
+            maps = torch.stack([self.perturb(score, inputs[index], baseline[index], int(targets[index]),
+                                             float(probabilities[index]), **options)
+                                for index in range(inputs.shape[0])])
+        return Explanation(normalize_maps(maps), logits.detach(), targets)
+
+    def perturb(self, score: Score, image: torch.Tensor, baseline: torch.Tensor, target: int,
+                probability: float, **options: Any) -> torch.Tensor:
+        """One image's (H, W) map; `probability`: the target's on the unperturbed image."""
+        raise NotImplementedError

@@ -1,8 +1,9 @@
-"""Network definitions, all with the same surface:
+"""Networks by architecture name, all with the same surface, which CAM, fine-tuning, attention
+and ONNX export rely on (and nothing else about an architecture):
 
-`forward_features(x)` -> the last feature map (the default CAM layer, named `head`),
-`forward_head(features)` -> logits (global average pool, dropout, `classifier`).
-CAM, fine-tuning and ONNX export rely on that split.
+`network.anatomy` (core.models.anatomy): the CAM layer, the classifier, the head, the blocks
+and stages. Built in: EfficientNet-Lite0/1/2 (`EfficientNetLite`); every torchvision
+classification builder and every timm model (`timm:NAME`) through `core.models.adapted.adapt`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import torch
 from torch import nn
 
 from core.attention import make_attention
+from core.models.adapted import adapt
+from core.models.anatomy import Anatomy
 from core.names import EFFICIENTNET_LITE_SIZES
 
 
@@ -61,6 +64,14 @@ class EfficientNetLite(nn.Module):
         """The feature map that global pooling and the classifier see."""
         return "attention.after_head" if "after_head" in self.attention else "head"
 
+    @property
+    def anatomy(self) -> Anatomy:
+        return Anatomy(
+            cam_layer=self.cam_layer, classifier_layer="classifier", head_layers=("hidden", "classifier", "attention"),
+            blocks=("stem", *(f"blocks.{index}" for index in range(len(self.blocks))), "head"),
+            stages=(("head",), *(tuple(f"blocks.{index}" for index in stage) for stage in self.block_stages()),
+                    ("stem",)))
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
         for index, block in enumerate(self.blocks):
@@ -101,4 +112,4 @@ def build_network(architecture: str, num_classes: int, input_size: int, head_hid
     if architecture in EFFICIENTNET_LITE_SIZES:
         return EfficientNetLite(architecture, num_classes, input_size, head_hidden, dropout, attention,
                                 attention_stages)
-    raise ValueError(f"unknown architecture {architecture!r}; known: {sorted(EFFICIENTNET_LITE_SIZES)}")
+    return adapt(architecture, num_classes, input_size, head_hidden, dropout, attention, attention_stages)

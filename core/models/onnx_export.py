@@ -11,21 +11,24 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.explain.base import capture
 from core.models.spec import ModelSpec
 
-AGREEMENT_TOLERANCE = 1e-4
+AGREEMENT_TOLERANCE = 1e-4  # times max(1, the largest |logit|)
 
 
 class _LogitsAndFeatures(nn.Module):
-    """The graph that ONNX Runtime serves: logits for predictions, the last feature map for CAM."""
+    """The graph that ONNX Runtime serves: logits for predictions, the CAM layer's feature map
+    (captured on its way through the same forward) for CAM."""
 
     def __init__(self, network: nn.Module) -> None:
         super().__init__()
         self.network = network
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.network.forward_features(x)
-        return self.network.forward_head(features), features
+        with capture(self.network, self.network.anatomy.cam_layer) as captured:
+            logits = self.network(x)
+        return logits, captured.activation
 
 
 def onnx_path(cache_dir: Path, spec: ModelSpec) -> Path:
@@ -61,12 +64,16 @@ def export_onnx(network: nn.Module, input_size: int, path: Path) -> None:
         )
 
 
-def max_logit_difference(network: nn.Module, predictor, input_size: int) -> float:
-    """Largest |torch - ONNX Runtime| logit on a fixed input in the normalized pixel range."""
+def max_logit_difference(network: nn.Module, predictor, input_size: int) -> tuple[float, float]:
+    """On a fixed input in the normalized pixel range: the largest |torch - ONNX Runtime| logit
+    (infinite when either side's logits are not finite: NaN would compare as agreeing), and the
+    largest |torch logit|, the scale that float32 rounding grows with."""
     generator = torch.Generator().manual_seed(0)
     example = torch.rand(2, 3, input_size, input_size, generator=generator) * 2 - 1
     device = next(network.parameters()).device
     with torch.no_grad():
         expected = network(example.to(device)).float().cpu().numpy()
     actual = predictor.logits(example.numpy())
-    return float(np.abs(expected - actual).max())
+    if not (np.isfinite(expected).all() and np.isfinite(actual).all()):
+        return float("inf"), float("nan")
+    return float(np.abs(expected - actual).max()), float(np.abs(expected).max())

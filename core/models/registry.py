@@ -4,23 +4,25 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from core.attention import attention_modules, spatial_gates
-from core.errors import GazerError, ModelNotReady, UnknownModel
+from core.errors import Conflict, GazerError, InvalidRequest, ModelNotReady, UnknownModel
 from core.explain import supported_methods
 from core.models import catalog, versions
-from core.names import BUILTIN_MODELS
+from core.names import BUILTIN_MODELS, ONNX_ARCHITECTURE
 from core.models.architectures import build_network
 from core.models.layers import targetable_layers
 from core.models.onnx_export import AGREEMENT_TOLERANCE, ensure_onnx, max_logit_difference
 from core.models.spec import ModelSpec
 from core.runtime.devices import torch_device
 from core.runtime.onnx_predictor import OnnxPredictor
-from core.storage import Storage
+from core.storage import Storage, check_name
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +30,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class LoadedModel:
     spec: ModelSpec
-    network: nn.Module
+    network: nn.Module | None        # None: served from ONNX alone (model-agnostic methods only)
     predictor: OnnxPredictor
     layers: dict[str, int]          # targetable layers and their channels
     device: torch.device
@@ -40,8 +42,10 @@ class LoadedModel:
 
 
 def parse_ref(ref: str) -> tuple[str, int | None]:
-    """`name` (newest version) or `name@N`."""
+    """`name` (its default version) or `name@N`; a name that could not be a folder of ours
+    (`../x`, `a/b`) is refused before anything reads the disk."""
     name, _, version = ref.partition("@")
+    check_name(name, "model")
     if version and not (version.isascii() and version.isdigit()):
         raise UnknownModel(f"bad model reference {ref!r}: use NAME or NAME@VERSION")
     return name, int(version) if version else None
@@ -53,19 +57,35 @@ def build_for(spec: ModelSpec) -> nn.Module:
 
 
 class ModelRegistry:
-    """Built-in models plus fine-tuned versions found on disk (looked up on every request, so
-    a version written by a worker is served at once)."""
+    """Built-in models plus the versions found on disk (looked up on every request, so a
+    version written by a worker or an upload is served at once). A plain name means its pinned
+    version, else its newest version that loads. At most `max_loaded` models stay loaded; the
+    least recently used goes first, except those named in `resident` (the default model)."""
 
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: Storage, max_loaded: int, resident: tuple[str, ...] = ()) -> None:
         self.storage = storage
-        self._loaded: dict[str, LoadedModel] = {}
+        self.max_loaded = max_loaded
+        self.resident = resident
+        self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
         self._failures: dict[str, str] = {}
         self._specs: dict[str, ModelSpec] = {}
         self._lock = threading.Lock()
 
     def model_ids(self) -> list[str]:
         return list(BUILTIN_MODELS) + [name for name in versions.model_names(self.storage.models)
-                                               if name not in BUILTIN_MODELS]
+                                       if name not in BUILTIN_MODELS]
+
+    def versions(self, name: str) -> list[int]:
+        check_name(name, "model")
+        if name in BUILTIN_MODELS:
+            return [1]
+        available = versions.versions(self.storage.models, name)
+        if not available:
+            raise UnknownModel(f"no model {name!r}; known: {', '.join(self.model_ids())}")
+        return available
+
+    def pinned(self, name: str) -> int | None:
+        return None if name in BUILTIN_MODELS else versions.pinned_version(self.storage.models, name)
 
     def spec(self, ref: str) -> ModelSpec:
         name, version = parse_ref(ref)
@@ -73,11 +93,9 @@ class ModelRegistry:
             if version not in (None, 1):
                 raise UnknownModel(f"model {name!r} has only version 1")
             return catalog.builtin_spec(name)  # cached there
-        available = versions.versions(self.storage.models, name)
-        if not available:
-            raise UnknownModel(f"no model {name!r}; known: {', '.join(self.model_ids())}")
+        available = self.versions(name)
         if version is None:
-            version = available[-1]
+            version = self._default_version(name, available)
         elif version not in available:
             raise UnknownModel(f"model {name!r} has no version {version}; versions: {available}")
         key = f"{name}@{version}"
@@ -85,15 +103,42 @@ class ModelRegistry:
             self._specs[key] = versions.read_spec(self.storage.models, name, version)
         return self._specs[key]
 
+    def _default_version(self, name: str, available: list[int]) -> int:
+        pinned = self.pinned(name)
+        if pinned in available:
+            return pinned
+        loadable = [version for version in available if f"{name}@{version}" not in self._failures]
+        return (loadable or available)[-1]
+
     def loaded(self, ref: str) -> LoadedModel | None:
+        """A built-in model already loaded, found without touching the disk."""
         if "@" not in ref and ref in BUILTIN_MODELS:
-            return self._loaded.get(f"{ref}@1")
+            model = self._loaded.get(f"{ref}@1")
+            if model is not None:
+                self._loaded.move_to_end(model.spec.ref)
+            return model
         return None
 
     def get(self, ref: str) -> LoadedModel:
-        spec = self.spec(ref)
+        """The model loaded (on first use); for a plain name without a pin, an older version
+        when the newer ones fail to load for good."""
+        name, version = parse_ref(ref)
+        if version is not None or name in BUILTIN_MODELS or self.pinned(name) is not None:
+            return self._get(self.spec(ref))
+        for candidate in reversed(self.versions(name)):
+            spec = self.spec(f"{name}@{candidate}")
+            try:
+                return self._get(spec)
+            except ModelNotReady:
+                if spec.ref not in self._failures:  # may pass: say so rather than serve an older one
+                    raise
+        raise ModelNotReady(f"no version of {name!r} can be served: "
+                            f"{'; '.join(f'{key}: {why}' for key, why in self._failures.items() if key.startswith(name + '@'))}")
+
+    def _get(self, spec: ModelSpec) -> LoadedModel:
         loaded = self._loaded.get(spec.ref)
         if loaded is not None:
+            self._loaded.move_to_end(spec.ref)
             return loaded
         if spec.ref in self._failures:
             raise ModelNotReady(f"model {spec.ref!r} is not served: {self._failures[spec.ref]}")
@@ -113,16 +158,30 @@ class ModelRegistry:
                     log.exception("model %s failed to load", spec.ref)
                     self._failures[spec.ref] = f"loading failed: {type(error).__name__}: {error}"
                     raise ModelNotReady(f"model {spec.ref!r} is not served: {self._failures[spec.ref]}") from None
-        return self._loaded[spec.ref]
+                self._evict()
+            return self._loaded[spec.ref]
+
+    def _evict(self) -> None:
+        evictable = [ref for ref, model in self._loaded.items() if model.spec.id not in self.resident]
+        while len(self._loaded) > self.max_loaded and evictable:
+            evicted = evictable.pop(0)  # least recently used first
+            del self._loaded[evicted]
+            log.info("model %s unloaded (least recently used; GAZER_MAX_LOADED_MODELS=%d)", evicted, self.max_loaded)
 
     def load_network(self, ref: str) -> tuple[ModelSpec, nn.Module]:
         """A fresh CPU copy of a model's network (for training from it)."""
         spec = self.spec(ref)
         if spec.id in BUILTIN_MODELS:
             return catalog.load_builtin(spec.id)
+        if spec.architecture == ONNX_ARCHITECTURE:
+            raise InvalidRequest(f"model {spec.ref!r} is served from ONNX alone: it has no torch network to "
+                                 f"train or to take gradients of", field="model")
         return spec, versions.load_weights(self.storage.models, spec, build_for(spec))
 
     def _load(self, spec: ModelSpec) -> None:
+        if spec.architecture == ONNX_ARCHITECTURE:
+            self._loaded[spec.ref] = self._onnx_only(spec)
+            return
         spec, network = self.load_network(spec.ref)
         if spec.id in BUILTIN_MODELS:
             onnx_file = ensure_onnx(network, spec, self.storage.onnx_cache)
@@ -131,20 +190,58 @@ class ModelRegistry:
         predictor = OnnxPredictor(onnx_file)
         device = torch_device()
         network = network.to(device)
-        difference = max_logit_difference(network, predictor, spec.input_size)
-        if difference > AGREEMENT_TOLERANCE:
-            reason = (f"torch and ONNX Runtime logits differ by {difference:.2e} "
-                      f"(tolerance {AGREEMENT_TOLERANCE:.0e}); not served")
-            self._failures[spec.ref] = reason
-            log.error("model %s: %s", spec.ref, reason)
-            raise ModelNotReady(f"model {spec.ref!r} is not served: {reason}")
+        try:
+            check_agreement(network, predictor, spec.input_size)
+        except ModelNotReady as refused:
+            self._failures[spec.ref] = refused.detail
+            log.error("model %s: %s", spec.ref, refused.detail)
+            raise ModelNotReady(f"model {spec.ref!r} is not served: {refused.detail}") from None
         layers = targetable_layers(network, spec.input_size)
         gates = spatial_gates(network)
-        methods = supported_methods(spec.linear_head, bool(gates))
+        methods = supported_methods(spec.linear_head, bool(gates), gradients=True)
         self._loaded[spec.ref] = LoadedModel(spec, network, predictor, layers, device, methods,
                                              attention_modules(network), gates)
-        log.info("model %s loaded (max |torch - onnx| logit %.2e, providers %s)",
-                 spec.ref, difference, predictor.providers)
+        log.info("model %s loaded (providers %s)", spec.ref, predictor.providers)
+
+    def _onnx_only(self, spec: ModelSpec) -> LoadedModel:
+        onnx_file = versions.version_dir(self.storage.models, spec.id, spec.version) / versions.ONNX
+        return LoadedModel(spec, None, OnnxPredictor(onnx_file), {}, torch.device("cpu"),
+                           supported_methods(False, False, gradients=False), [], [])
+
+    def register_network(self, spec: ModelSpec, network: nn.Module, metrics: dict | None = None) -> ModelSpec:
+        """Publish a new version of `spec.id` with its ONNX export, unless its torch and ONNX
+        Runtime logits disagree (or are not finite): then InvalidRequest says why."""
+        def verify(onnx_file: Path) -> None:
+            try:
+                check_agreement(network, OnnxPredictor(onnx_file), spec.input_size)
+            except ModelNotReady as refused:
+                raise InvalidRequest(f"the model is refused: {refused.detail}") from None
+
+        return versions.save_version(self.storage.models, spec, network, metrics or {}, verify)
+
+    def register_onnx(self, spec: ModelSpec, onnx_model: bytes) -> ModelSpec:
+        return versions.save_onnx_version(self.storage.models, spec, onnx_model)
+
+    def delete(self, ref: str) -> None:
+        name, version = parse_ref(ref)
+        if name in BUILTIN_MODELS:
+            raise Conflict(f"{name!r} is built in and cannot be deleted", field="model")
+        if version is None:
+            raise InvalidRequest("name the version to delete: NAME@VERSION", field="model")
+        spec = self.spec(ref)
+        versions.delete_version(self.storage.models, name, version)
+        with self._lock:
+            self._loaded.pop(spec.ref, None)
+            self._failures.pop(spec.ref, None)
+            self._specs.pop(spec.ref, None)
+
+    def pin(self, name: str, version: int) -> None:
+        if name in BUILTIN_MODELS:
+            raise Conflict(f"{name!r} is built in: it has only version 1", field="model")
+        available = self.versions(name)
+        if version not in available:
+            raise InvalidRequest(f"model {name!r} has no version {version}; versions: {available}", field="version")
+        versions.pin_version(self.storage.models, name, version)
 
     def state(self, ref: str) -> dict[str, object]:
         """`ready` (with its version), `failed` (with the reason) or `not_loaded`."""
@@ -157,3 +254,15 @@ class ModelRegistry:
 
     def status(self) -> dict[str, dict[str, object]]:
         return {model_id: self.state(model_id) for model_id in self.model_ids()}
+
+
+def check_agreement(network: nn.Module, predictor: OnnxPredictor, input_size: int) -> float:
+    """The largest torch-vs-ONNX Runtime logit difference, or ModelNotReady saying why it is
+    too large (NaN or infinite logits count as disagreeing)."""
+    difference, largest = max_logit_difference(network, predictor, input_size)
+    if difference == float("inf"):
+        raise ModelNotReady("its logits are NaN or infinite; not served")
+    if difference > AGREEMENT_TOLERANCE * max(1.0, largest):
+        raise ModelNotReady(f"torch and ONNX Runtime logits differ by {difference:.2e} (tolerance "
+                            f"{AGREEMENT_TOLERANCE:.0e} x {max(1.0, largest):.3g}, the largest logit); not served")
+    return difference

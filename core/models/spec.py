@@ -30,10 +30,11 @@ class ModelSpec:
     attention_stages: int = 1       # after the last feature stage, or after each of the top N
     # Set for fine-tuned models: what they were trained from.
     base_model: str | None = None
-
-    @property
-    def linear_head(self) -> bool:
-        return self.head_hidden == 0
+    # The logits are `classifier_layer` applied to the global average of `cam_layer` (CAM works).
+    linear_head: bool = True
+    # Resize and crop on torchvision's pixel grid (whole-pixel resized sides and crop offsets,
+    # as `Resize` + `CenterCrop`), for models trained with torchvision's transforms.
+    torchvision_resize: bool = False
 
     @property
     def num_classes(self) -> int:
@@ -51,4 +52,5 @@ class ModelSpec:
         raw = json.loads(text)
         for key in ("labels", "mean", "std"):
             raw[key] = tuple(raw[key])
+        raw.setdefault("linear_head", raw.get("head_hidden", 0) == 0)  # written before the field existed
         return cls(**raw)

@@ -1,22 +1,28 @@
-"""Fine-tuned model versions on disk: models/<name>/<version>/{weights.safetensors, model.onnx,
-spec.json, metrics.json}. A version folder appears whole (written aside, then renamed)."""
+"""Model versions on disk (fine-tuned or uploaded): models/<name>/<version>/{weights.safetensors,
+model.onnx, spec.json, metrics.json}; an ONNX-only upload has no weights. A version folder appears
+whole (written aside, checked, then renamed) and disappears whole (renamed aside, then removed).
+models/<name>/default holds a pinned version number, if one is pinned."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import uuid
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
+import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from core.errors import InvalidRequest
 from core.models.catalog import file_digest
 from core.models.onnx_export import export_onnx
 from core.models.spec import ModelSpec
 
-WEIGHTS, ONNX, SPEC, METRICS = "weights.safetensors", "model.onnx", "spec.json", "metrics.json"
+WEIGHTS, ONNX, SPEC, METRICS, PIN = "weights.safetensors", "model.onnx", "spec.json", "metrics.json", "default"
 
 
 def versions(models_dir: Path, name: str) -> list[int]:
@@ -36,17 +42,41 @@ def model_names(models_dir: Path) -> list[str]:
     return sorted(entry.name for entry in models_dir.iterdir() if versions(models_dir, entry.name))
 
 
-def save_version(models_dir: Path, spec: ModelSpec, network: nn.Module, metrics: dict) -> ModelSpec:
-    """Write a new version of `spec.id` and return its spec (version number and digest set)."""
+def save_version(models_dir: Path, spec: ModelSpec, network: nn.Module, metrics: dict,
+                 verify: Callable[[Path], None] | None = None) -> ModelSpec:
+    """Write a new version of `spec.id` and return its spec (version number and digest set).
+    `verify(onnx_file)` runs on the staged export and may raise to keep the version out."""
+    def write(staging: Path) -> str:
+        network.cpu().eval()
+        save_file({key: value.contiguous() for key, value in network.state_dict().items()}, str(staging / WEIGHTS))
+        try:
+            export_onnx(network, spec.input_size, staging / ONNX)
+        except (RuntimeError, ValueError, TypeError, torch.onnx.errors.OnnxExporterError) as error:
+            raise InvalidRequest(f"the network cannot be exported to ONNX at {spec.input_size}x{spec.input_size}: "
+                                 f"{str(error)[:300]}", field="input_size") from None
+        if verify is not None:
+            verify(staging / ONNX)
+        return file_digest(staging / WEIGHTS)
+
+    return _publish(models_dir, spec, metrics, write)
+
+
+def save_onnx_version(models_dir: Path, spec: ModelSpec, onnx_model: bytes) -> ModelSpec:
+    """A new version served from an ONNX file alone (no torch network)."""
+    def write(staging: Path) -> str:
+        (staging / ONNX).write_bytes(onnx_model)
+        return file_digest(staging / ONNX)
+
+    return _publish(models_dir, spec, {}, write)
+
+
+def _publish(models_dir: Path, spec: ModelSpec, metrics: dict, write: Callable[[Path], str]) -> ModelSpec:
     (models_dir / spec.id).mkdir(parents=True, exist_ok=True)
-    staging = models_dir / spec.id / f".staging-{os.getpid()}-{id(network)}"
+    staging = models_dir / spec.id / f".staging-{uuid.uuid4().hex}"
     staging.mkdir()
     try:
-        network = network.cpu().eval()
-        save_file({key: value.contiguous() for key, value in network.state_dict().items()}, str(staging / WEIGHTS))
-        export_onnx(network, spec.input_size, staging / ONNX)
+        digest = write(staging)
         (staging / METRICS).write_text(json.dumps(metrics, indent=1))
-        digest = file_digest(staging / WEIGHTS)
         while True:
             version = (versions(models_dir, spec.id) or [0])[-1] + 1
             final = replace(spec, version=version, weights_digest=digest)
@@ -59,6 +89,29 @@ def save_version(models_dir: Path, spec: ModelSpec, network: nn.Module, metrics:
     finally:
         if staging.exists():
             shutil.rmtree(staging)
+
+
+def delete_version(models_dir: Path, name: str, version: int) -> None:
+    folder = version_dir(models_dir, name, version)
+    aside = models_dir / name / f".deleting-{version}-{uuid.uuid4().hex}"
+    folder.rename(aside)  # gone from listings at once
+    shutil.rmtree(aside)
+    if pinned_version(models_dir, name) == version:
+        (models_dir / name / PIN).unlink()
+
+
+def pinned_version(models_dir: Path, name: str) -> int | None:
+    try:
+        text = (models_dir / name / PIN).read_text().strip()
+    except FileNotFoundError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def pin_version(models_dir: Path, name: str, version: int) -> None:
+    staged = models_dir / name / f".{PIN}-{uuid.uuid4().hex}"
+    staged.write_text(str(version))
+    os.replace(staged, models_dir / name / PIN)
 
 
 def read_spec(models_dir: Path, name: str, version: int) -> ModelSpec:

@@ -38,7 +38,7 @@ class FineTuneConfig:
     base_model: str = param(DEFAULT_MODEL, doc="the model to start from: NAME or NAME@VERSION")
     strategy: Strategy = param("fine_tune", doc="feature_extraction: the head only; fine_tune: the head, then "
                                                 "the top unfreeze_blocks blocks from epoch 2; gradual_unfreeze: "
-                                                "one more stage each epoch")
+                                                "one more stage each epoch (stages: blocks of one resolution)")
     epochs: int = param(5, ge=1, le=500)
     batch_size: int = param(16, ge=1, le=512)
     optimizer: Optimizer = param("adamw")
@@ -52,6 +52,7 @@ class FineTuneConfig:
     val_fraction: float = param(0.2, gt=0, lt=1)
     early_stopping_patience: int = param(3, ge=1, le=500, doc="epochs without a better validation accuracy")
     seed: int = param(0, ge=0, le=2**32 - 1)
-    unfreeze_blocks: int = param(5, ge=1, le=100, doc="fine_tune: top blocks unfrozen after epoch 1")
+    unfreeze_blocks: int = param(6, ge=1, le=1000, doc="fine_tune: top backbone blocks unfrozen after epoch 1 "
+                                                       "(EfficientNet-Lite's last conv counts as one)")
     attention: AttentionType = param("none", doc="attention modules to add; they train with the head")
     attention_stages: int = param(1, ge=1, le=7, doc="after the last feature stage, or after each of the top N")

@@ -14,6 +14,7 @@ from torch import nn
 from core.errors import InvalidRequest
 from core.jobs import JobCancelled, Progress, ShouldStop
 from core.models.architectures import build_network
+from core.models.layers import feeds_a_linear_head
 from core.models.spec import ModelSpec
 from core.training import data
 from core.training.config import FineTuneConfig
@@ -26,24 +27,23 @@ class FineTuneResult:
     metrics: dict
 
 
-def backbone_stages(network: nn.Module) -> list[list[nn.Module]]:
-    """Backbone modules grouped by stage, top (nearest the classifier) first."""
-    blocks = [[network.blocks[index] for index in stage] for stage in network.block_stages()]
-    return [[network.head], *blocks, [network.stem]]
-
-
 def trainable_backbone(network: nn.Module, config: FineTuneConfig, epoch: int) -> list[nn.Module]:
+    """The backbone modules that train in this epoch (0-based), besides the head: none for
+    feature extraction; the top `unfreeze_blocks` blocks from the second epoch on for fine_tune;
+    one more stage each epoch for gradual_unfreeze."""
     if config.strategy == "feature_extraction" or (config.strategy == "fine_tune" and epoch == 0):
         return []
     if config.strategy == "fine_tune":
-        return [network.head, *list(network.blocks)[-config.unfreeze_blocks:]]
-    return [module for stage in backbone_stages(network)[:epoch] for module in stage]
+        names = network.anatomy.blocks[-config.unfreeze_blocks:]
+    else:
+        names = [name for stage in network.anatomy.stages[:epoch] for name in stage]
+    return [network.get_submodule(name) for name in names]
 
 
-def head_modules(network: nn.Module, spec: ModelSpec) -> list[nn.Module]:
-    """What is new in a fine-tuned network: the classifier (named by the spec), the hidden layer
-    before it and the attention modules."""
-    return [network.hidden, network.get_submodule(spec.classifier_layer), network.attention]
+def head_modules(network: nn.Module) -> list[nn.Module]:
+    """What is new in a fine-tuned network: the classifier (and a hidden layer before it) and
+    the attention modules."""
+    return [network.get_submodule(name) for name in network.anatomy.head_layers]
 
 
 def set_trainable(network: nn.Module, trainable: list[nn.Module]) -> None:
@@ -57,8 +57,8 @@ def set_trainable(network: nn.Module, trainable: list[nn.Module]) -> None:
             parameter.requires_grad_(True)
 
 
-def make_optimizer(config: FineTuneConfig, network: nn.Module, spec: ModelSpec) -> torch.optim.Optimizer:
-    head_ids = {id(p) for module in head_modules(network, spec) for p in module.parameters()}
+def make_optimizer(config: FineTuneConfig, network: nn.Module) -> torch.optim.Optimizer:
+    head_ids = {id(p) for module in head_modules(network) for p in module.parameters()}
     head = [p for p in network.parameters() if id(p) in head_ids]
     backbone = [p for p in network.parameters() if id(p) not in head_ids]
     groups = [{"params": head, "lr": config.lr}, {"params": backbone, "lr": config.backbone_lr}]
@@ -71,10 +71,9 @@ def make_optimizer(config: FineTuneConfig, network: nn.Module, spec: ModelSpec) 
     raise InvalidRequest(f"unknown optimizer {config.optimizer!r}", field="optimizer")
 
 
-def transfer_backbone(source: nn.Module, target: nn.Module, spec: ModelSpec) -> None:
+def transfer_backbone(source: nn.Module, target: nn.Module) -> None:
     """Copy every pretrained weight except the head's (the class set changed)."""
-    new = tuple(name + "." for name, module in target.named_modules()
-                if any(module is part for part in head_modules(target, spec)))
+    new = tuple(name + "." for name in target.anatomy.head_layers)
     state = {key: value for key, value in source.state_dict().items() if not key.startswith(new)}
     _, unexpected = target.load_state_dict(state, strict=False)
     assert not unexpected, unexpected
@@ -105,12 +104,15 @@ def new_network(config: FineTuneConfig, base_spec: ModelSpec, base_network: nn.M
     input_size = config.input_size or base_spec.input_size
     network = build_network(base_spec.architecture, len(classes), input_size, config.head.hidden,
                             config.head.dropout, config.attention, config.attention_stages)
+    anatomy = network.anatomy
     spec = replace(base_spec, id=config.output_model, version=0, labels=tuple(classes), input_size=input_size,
                    head_hidden=config.head.hidden, dropout=config.head.dropout, weights_digest="",
                    attention_type=config.attention, attention_stages=config.attention_stages,
-                   cam_layer=network.cam_layer, base_model=base_spec.ref,
+                   cam_layer=anatomy.cam_layer, classifier_layer=anatomy.classifier_layer,
+                   linear_head=feeds_a_linear_head(network, anatomy.cam_layer, anatomy.classifier_layer, input_size),
+                   base_model=base_spec.ref,
                    description=f"{base_spec.id} fine-tuned ({config.strategy}) on data set {config.dataset_id}")
-    transfer_backbone(base_network, network, spec)
+    transfer_backbone(base_network, network)
     return spec, network
 
 
@@ -198,12 +200,12 @@ def fine_tune(config: FineTuneConfig, base_spec: ModelSpec, base_network: nn.Mod
         progress(0.0, phase="loading images", images=len(items))
         split = load_data(config, spec, items, max_pixels)
         generator = torch.Generator().manual_seed(config.seed)
-        optimizer = make_optimizer(config, network, spec)
+        optimizer = make_optimizer(config, network)
         history: list[dict] = []
         epochs: list[_Epoch] = []
         best = BestEpoch(config.early_stopping_patience)
         for epoch in range(config.epochs):
-            set_trainable(network, head_modules(network, spec) + trainable_backbone(network, config, epoch))
+            set_trainable(network, head_modules(network) + trainable_backbone(network, config, epoch))
 
             def report(step: int, steps: int, metrics: dict, epoch: int = epoch) -> None:
                 progress((epoch + step / steps) / config.epochs, epoch=epoch + 1, step=step, steps=steps,

@@ -16,6 +16,7 @@ from core.explain.baselines import gaussian_blur
 from core.jobs import JobCancelled, Progress, ShouldStop
 from core.models.layers import targetable_layers
 from core.models.spec import ModelSpec
+from core.names import ONNX_ARCHITECTURE
 from core.params import check_params
 from core.visualize.config import MaximizationConfig
 
@@ -79,6 +80,9 @@ def total_variation(images: torch.Tensor) -> torch.Tensor:
 def validate(config: MaximizationConfig, spec: ModelSpec, layer_channels: dict[str, int]) -> None:
     """`layer_channels`: the model's targetable layers and their channel counts."""
     check_params(config)
+    if spec.architecture == ONNX_ARCHITECTURE:
+        raise InvalidRequest(f"model {spec.ref!r} is served from ONNX alone: activation maximization needs "
+                             f"gradients", field="model")
     target = config.target
     if bool(target.classes) == bool(target.layer):
         raise InvalidRequest("give either classes or a layer with channels", field="target")

@@ -119,6 +119,8 @@ def test_wrong_number_of_targets_is_422(client):
     ({"target": "cat"}, "target"), ({"method": "integrated_gradients", "steps": 0}, "steps"),
     ({"method": "integrated_gradients", "steps": 100000}, "steps"),
     ({"method": "smoothgrad", "samples": 0}, "samples"), ({"method": "smoothgrad", "noise": 3}, "noise"),
+    ({"method": "rise", "masks": 8001}, "masks"), ({"method": "rise", "p": 0}, "p"),
+    ({"method": "occlusion", "window": 2}, "window"),
 ])
 def test_bad_parameters_are_422_naming_the_field(client, form, field):
     response = client.post(EXPLAIN, files=[upload(encode(chelsea()))], data=form)
@@ -129,7 +131,8 @@ def test_bad_parameters_are_422_naming_the_field(client, form, field):
 
 @pytest.mark.parametrize("method, option, value", [
     ("gradcam", "steps", 32), ("cam", "samples", 4), ("integrated_gradients", "noise", 0.1),
-    ("smoothgrad", "baseline", "blur"), ("scorecam", "steps", 8),
+    ("smoothgrad", "baseline", "blur"), ("scorecam", "steps", 8), ("smoothgrad", "seed", 3),
+    ("rise", "window", 32), ("occlusion", "masks", 64),
 ])
 def test_an_option_the_method_does_not_take_is_422_naming_it(client, method, option, value):
     body = assert_problem(client.post(EXPLAIN, files=[upload(encode(chelsea()))],

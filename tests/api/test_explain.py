@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -19,7 +20,8 @@ from service.settings import Settings
 from tests.conftest import MODEL
 from support import chelsea, coffee, decode_png, encode, png_size, upload
 
-FAST_OPTIONS = {"integrated_gradients": {"steps": 8}, "smoothgrad": {"samples": 4}}
+FAST_OPTIONS = {"integrated_gradients": {"steps": 8}, "smoothgrad": {"samples": 4}, "rise": {"masks": 64},
+                "occlusion": {"window": 56, "stride": 56}}
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +175,26 @@ def test_scorecam_scored_on_onnx_runtime_matches_torch(client, monkeypatch):
     served = pipeline.explain(model, [image], "scorecam", layer="blocks.15", outputs=("map",))[0]
     assert sum(scored) == 320  # one masked input per channel of blocks.15
     assert np.abs(np.asarray(served.explanation.map) - by_torch).max() < 1e-4
+
+
+def test_rise_is_scored_on_onnx_runtime_in_large_batches_without_the_model_lock(client, monkeypatch):
+    """rise needs only logits: the service scores its masked inputs on the model's ONNX Runtime
+    session, 128 per call, and does not wait for the lock that guards the torch network."""
+    model = client.app.state.registry.get(MODEL)
+    image = chelsea()
+    inputs = torch.from_numpy(preprocess([image], model.spec)[0])
+    by_torch = METHODS["rise"](model.network, inputs, None, masks=130, input_mean=model.spec.mean,
+                               input_std=model.spec.std).maps[0]
+    scored = []
+    run_on_onnx = model.predictor.logits
+    monkeypatch.setattr(model.predictor, "logits", lambda batch: scored.append(len(batch)) or run_on_onnx(batch))
+    worker = ThreadPoolExecutor(1)
+    with model.lock:  # as if another request were running a torch method
+        future = worker.submit(pipeline.explain, model, [image], "rise", options={"masks": 130}, outputs=("map",))
+        served = future.result(timeout=120)[0]
+    worker.shutdown()
+    assert scored == [1, 128, 2]  # the image itself, then its 130 masked copies
+    assert np.abs(np.asarray(served.explanation.map) - by_torch).max() < 1e-3
 
 
 def test_cam_from_the_served_onnx_forward_matches_cam_from_torch(client, monkeypatch):

@@ -17,7 +17,7 @@ from core.attention import (CBAM, ChannelAttention, SpatialAttention, attention_
                             spatial_gates)
 from core import imaging
 from core.models.architectures import build_network
-from core.models.catalog import builtin_spec, load_builtin
+from core.models.catalog import load_builtin
 from core.models.onnx_export import export_onnx
 from core.training.finetune import transfer_backbone
 from support import chelsea, coffee
@@ -285,7 +285,7 @@ def test_efficientnet_lite_with_attention_runs_names_its_modules_and_exports(kin
     torch.manual_seed(0)
     network = build_network("efficientnet_lite0", NETWORK_CLASSES, NETWORK_SIZE, attention=kind,
                             attention_stages=stages)
-    transfer_backbone(backbone, network, builtin_spec("efficientnet_lite0"))  # as fine-tuning does: new classifier and attention
+    transfer_backbone(backbone, network)  # as fine-tuning does: new classifier and attention
     network.eval()
     expected_modules = ["attention.after_head", "attention.after_block_15"][:stages] if kind != "none" else []
     assert attention_modules(network) == expected_modules

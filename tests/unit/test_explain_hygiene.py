@@ -25,7 +25,8 @@ from core.explain import METHODS
 LAYER = "features.relu2"
 TENSOR_TYPES = (torch.Tensor, nn.Parameter)
 METHOD_NAMES = sorted(METHODS)
-CHEAP_OPTIONS = {"integrated_gradients": {"steps": 4}, "smoothgrad": {"samples": 3}, "cam": {"classifier": "classifier"}}
+CHEAP_OPTIONS = {"integrated_gradients": {"steps": 4}, "smoothgrad": {"samples": 3},
+                 "cam": {"classifier": "classifier"}, "occlusion": {"window": 4, "stride": 2}, "rise": {"masks": 64}}
 
 MODULE_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
                      "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
@@ -278,6 +279,10 @@ BAD_OPTIONS = [
     ("smoothgrad", {"internal_batch_size": 0}),
     ("scorecam", {"batch_size": 0}),
     ("scorecam", {"batch_size": 5000}),
+    ("occlusion", {"window": 2}),
+    ("occlusion", {"stride": 0}),
+    ("rise", {"masks": 0}),
+    ("rise", {"p": 0}),
 ]
 
 
@@ -296,6 +301,7 @@ def test_out_of_range_options_raise_invalid_request(method, options):
     ("integrated_gradients", {"steps": 1}), ("integrated_gradients", {"steps": 512, "internal_batch_size": 512}),
     ("smoothgrad", {"samples": 1}), ("smoothgrad", {"noise": 0.0}), ("smoothgrad", {"noise": 1.0}),
     ("scorecam", {"batch_size": 1}),
+    ("occlusion", {"window": 4, "stride": 1}), ("occlusion", {"window": 224, "stride": 224}), ("rise", {"masks": 1}),
 ])
 def test_options_at_the_limits_are_accepted(method, options):
     net, inputs = make_net(), make_inputs(count=1, size=8)

@@ -274,7 +274,9 @@ LAYER_OF = {name: (CAM_LAYER if method.uses_layer else None) for name, method in
 OPTIONS = {"integrated_gradients": {"steps": 8, "internal_batch_size": 5},
            "smoothgrad": {"samples": 4, "internal_batch_size": 3},
            "scorecam": {"batch_size": 5},
-           "cam": {"classifier": "classifier"}}
+           "cam": {"classifier": "classifier"},
+           "occlusion": {"window": 4, "stride": 2},
+           "rise": {"masks": 200}}
 
 
 @pytest.mark.parametrize("method, options", [

@@ -74,3 +74,17 @@ def test_an_oversized_image_among_several_gets_its_own_error():
     with pytest.raises(GazerError) as refused:
         decode_images([small, flat], max_pixels=10**6, max_total_pixels=150_000)
     assert "images declare 200100 pixels together" in refused.value.detail
+
+
+def test_the_torchvision_convention_is_torchvisions_resize_and_centre_crop():
+    from dataclasses import replace
+
+    from torchvision import transforms
+
+    spec = replace(builtin_spec("efficientnet_lite0"), input_size=160, resize_margin=23, interpolation="bilinear",
+                   mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375), torchvision_resize=True)
+    reference = transforms.Compose([transforms.Resize(183), transforms.CenterCrop(160), transforms.ToTensor(),
+                                    transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    for image in (chelsea(), chelsea().rotate(90, expand=True), chelsea().resize((301, 203))):
+        batch, _ = preprocess([image], spec)
+        assert np.abs(batch[0] - reference(image).numpy()).max() < 1e-5

@@ -26,7 +26,7 @@ def test_unsafe_names_are_refused(name):
 
 def test_a_model_that_fails_to_load_is_not_served_and_says_why(tmp_path):
     storage = Storage(tmp_path)
-    registry = ModelRegistry(storage)
+    registry = ModelRegistry(storage, max_loaded=8)
     spec = registry.spec("efficientnet_lite1")
     cached = onnx_path(storage.onnx_cache, spec)
     cached.parent.mkdir(parents=True, exist_ok=True)

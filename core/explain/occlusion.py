@@ -1,0 +1,53 @@
+"""Occlusion (Zeiler & Fergus 2014; captum's Occlusion): a window of the black baseline slides
+over the image; a pixel's map value is the mean, over the windows covering it, of the drop in the
+target's probability when that window is occluded. Needs only logits: model-agnostic."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from core.explain.base import PerturbationMethod
+from core.params import param
+
+BATCH = 64  # occluded inputs per `score` call
+
+
+@dataclass(frozen=True)
+class OcclusionOptions:
+    window: int = param(32, ge=4, le=224, doc="side of the occluding square, in input pixels "
+                                              "(at most the whole input)")
+    stride: int = param(16, ge=1, le=224, doc="step between window positions, in input pixels")
+
+
+def window_starts(size: int, window: int, stride: int) -> list[int]:
+    """Offsets of the windows along one side; the last one ends at the border, so every pixel is covered."""
+    starts = list(range(0, size - window + 1, stride))
+    if starts[-1] != size - window:
+        starts.append(size - window)
+    return starts
+
+
+class Occlusion(PerturbationMethod):
+    Options = OcclusionOptions
+
+    def perturb(self, score, image, baseline, target, probability, window: int = Options.window,
+                stride: int = Options.stride) -> torch.Tensor:
+        height, width = image.shape[-2:]
+        window_h, window_w = min(window, height), min(window, width)
+        positions = [(top, left) for top in window_starts(height, window_h, stride)
+                     for left in window_starts(width, window_w, stride)]
+        drops = torch.zeros((height, width), dtype=torch.float64, device=image.device)
+        covered = torch.zeros_like(drops)
+        for start in range(0, len(positions), BATCH):
+            chunk = positions[start:start + BATCH]
+            occluded = image.repeat(len(chunk), 1, 1, 1)
+            for index, (top, left) in enumerate(chunk):
+                window_of = (slice(None), slice(top, top + window_h), slice(left, left + window_w))
+                occluded[index][window_of] = baseline[window_of]
+            occluded_probabilities = torch.softmax(score(occluded), dim=1)[:, target].tolist()
+            for (top, left), occluded_probability in zip(chunk, occluded_probabilities):
+                drops[top:top + window_h, left:left + window_w] += probability - occluded_probability
+                covered[top:top + window_h, left:left + window_w] += 1
+        return drops / covered

@@ -1,0 +1,179 @@
+"""Any torchvision classification builder, or any timm model, with the surface Gazer needs.
+
+What differs per architecture is read from the network itself, once, by one forward pass:
+- the classifier: timm's `get_classifier()`, else the last `nn.Linear` (torchvision's `fc`,
+  `classifier[-1]`, ...);
+- the CAM layer: the last top-level child whose output is a feature map wider than 1x1 and
+  is not a pooling layer (`layer4`, `features`, `Mixed_7c`, timm's `bn2`, ...);
+- the blocks: the top-level children up to the CAM layer, containers opened one level
+  (`features.0`, `layer4.1`, timm's `blocks.6`), in the order they run;
+- the stages: runs of blocks with the same output resolution.
+Attention modules go after the last block of the top stages, applied by forward hooks, so the
+original network's module names (and its state-dict keys) stay as they were: an uploaded
+state dict loads as it is, and layers are named as the user knows them (`layer4`, `fc`).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from core.attention import make_attention
+from core.models.anatomy import Anatomy
+
+TIMM_PREFIX = "timm:"
+_POOLING = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d, nn.MaxPool2d)
+
+
+def torchvision_architectures() -> list[str]:
+    import torchvision
+
+    return torchvision.models.list_models(module=torchvision.models)
+
+
+def construct(architecture: str) -> nn.Module:
+    """The architecture with random weights and its default classifier; nothing is downloaded."""
+    if architecture.startswith(TIMM_PREFIX):
+        import timm
+
+        return timm.create_model(architecture[len(TIMM_PREFIX):], pretrained=False)
+    import torchvision
+
+    options = {"aux_logits": False, "init_weights": False} if architecture in ("inception_v3", "googlenet") else {}
+    return torchvision.models.get_model(architecture, weights=None, **options)
+
+
+def classifier_name(net: nn.Module) -> str:
+    if hasattr(net, "get_classifier"):  # timm
+        found = net.get_classifier()
+        return next(name for name, module in net.named_modules() if module is found)
+    return [name for name, module in net.named_modules() if isinstance(module, nn.Linear)][-1]
+
+
+@dataclass(frozen=True)
+class _Run:
+    """One module's part in a forward pass."""
+
+    name: str
+    calls: int
+    shape: tuple[int, ...] | None  # of its (last) tensor output
+
+
+def _trace(net: nn.Module, input_size: int) -> dict[str, _Run]:
+    """Every named module's calls and output shape in one forward pass, in the order they ran."""
+    runs: dict[str, list] = {}
+    handles = []
+    for name, module in net.named_modules():
+        def record(module, inputs, output, name=name):
+            entry = runs.setdefault(name, [0, None])
+            entry[0] += 1
+            entry[1] = tuple(output.shape) if isinstance(output, torch.Tensor) else None
+        handles.append(module.register_forward_hook(record))
+    was_training = net.training
+    try:
+        net.eval()
+        with torch.no_grad():
+            net(torch.zeros(1, 3, input_size, input_size, device=next(net.parameters()).device))
+    finally:
+        net.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return {name: _Run(name, calls, shape) for name, (calls, shape) in runs.items()}
+
+
+def _is_feature_map(run: _Run | None) -> bool:
+    return run is not None and run.calls == 1 and run.shape is not None and len(run.shape) == 4 \
+        and run.shape[2] * run.shape[3] > 1
+
+
+def _cam_layer(net: nn.Module, runs: dict[str, _Run]) -> str:
+    children = [(name, module) for name, module in net.named_children()
+                if _is_feature_map(runs.get(name)) and not isinstance(module, _POOLING)]
+    if not children:
+        raise ValueError("the network has no top-level layer that outputs a feature map")
+    order = list(runs)
+    return max(children, key=lambda child: order.index(child[0]))[0]
+
+
+def _blocks(net: nn.Module, runs: dict[str, _Run], cam_layer: str) -> list[str]:
+    """Top-level children up to the CAM layer, containers opened one level, in running order."""
+    order = list(runs)
+    blocks = []
+    for name, module in net.named_children():
+        if name not in runs or order.index(name) > order.index(cam_layer):
+            continue
+        inner = [f"{name}.{child}" for child, _ in module.named_children()]
+        if isinstance(module, (nn.Sequential, nn.ModuleList)) and inner and all(
+                _is_feature_map(runs.get(child)) for child in inner):
+            blocks += inner
+        elif runs[name].shape is not None and len(runs[name].shape) == 4:
+            blocks.append(name)
+    return sorted(blocks, key=order.index)
+
+
+def _stages(blocks: list[str], runs: dict[str, _Run]) -> list[list[str]]:
+    """Blocks grouped by output resolution, top stage first, each stage's last block first."""
+    stages: list[list[str]] = []
+    previous = None
+    for name in reversed(blocks):
+        resolution = runs[name].shape[2:]
+        if resolution != previous:
+            stages.append([])
+            previous = resolution
+        stages[-1].append(name)
+    return stages
+
+
+def new_head(in_features: int, num_classes: int, hidden: int, dropout: float) -> nn.Sequential:
+    """dropout -> [hidden linear -> ReLU -> dropout] -> linear; the last one is `linear`."""
+    layers: list[tuple[str, nn.Module]] = [("dropout", nn.Dropout(dropout))]
+    if hidden:
+        layers += [("hidden", nn.Linear(in_features, hidden)), ("act", nn.ReLU()), ("hidden_dropout", nn.Dropout(dropout))]
+    layers.append(("linear", nn.Linear(hidden or in_features, num_classes)))
+    return nn.Sequential(OrderedDict(layers))
+
+
+def adapt(architecture: str, num_classes: int, input_size: int, head_hidden: int = 0,
+          dropout: float | None = None, attention: str = "none", attention_stages: int = 1,
+          network: nn.Module | None = None) -> nn.Module:
+    """The architecture's own module (its layer names and state-dict keys unchanged), with
+    `num_classes` outputs and its `anatomy`. Without `dropout` or `head_hidden` the classifier
+    becomes a plain `nn.Linear`; with them (fine-tuning), the head from `new_head`. Attention
+    modules live in `network.attention` and are applied by forward hooks. `network`: one that
+    `construct(architecture)` made already, to adapt instead of building another."""
+    network = network if network is not None else construct(architecture)
+    if hasattr(network, "attention"):
+        raise ValueError(f"{architecture} already has an `attention` attribute")
+    classifier = classifier_name(network)
+    in_features = network.get_submodule(classifier).in_features
+    if dropout is None and not head_hidden:
+        network.set_submodule(classifier, nn.Linear(in_features, num_classes))
+        classifier_layer = classifier
+    else:
+        network.set_submodule(classifier, new_head(in_features, num_classes, head_hidden, dropout or 0.0))
+        classifier_layer = f"{classifier}.linear"
+    runs = _trace(network, input_size)
+    cam_layer = _cam_layer(network, runs)
+    blocks = _blocks(network, runs, cam_layer)
+    stages = _stages(blocks, runs)
+    points = [(stage[0], runs[stage[0]].shape[1]) for stage in stages][:attention_stages] if attention != "none" else []
+    network.attention = nn.ModuleDict({_point_name(block): make_attention(attention, channels)
+                                       for block, channels in points})
+    for block, _ in points:
+        network.get_submodule(block).register_forward_hook(_attend(network.attention[_point_name(block)]))
+    network.anatomy = Anatomy(cam_layer, classifier_layer, (classifier, "attention"), tuple(blocks),
+                              tuple(tuple(stage) for stage in stages))
+    return network
+
+
+def _attend(module: nn.Module):
+    def hook(block: nn.Module, inputs: object, output: torch.Tensor) -> torch.Tensor:
+        return module(output)
+    return hook
+
+
+def _point_name(block: str) -> str:
+    return "after_" + block.replace(".", "_")

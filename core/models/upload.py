@@ -1,0 +1,223 @@
+"""A user's own model, registered as a new version: a torchvision or timm architecture with
+safetensors weights, or a self-contained ONNX classifier. Nothing is unpickled and no code
+from the user runs: weights are plain tensors, and an ONNX graph may use standard operators only
+and no external data (which could point at any file on the server)."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from torch import nn
+
+from core.errors import Conflict, InvalidRequest
+from core.models.adapted import TIMM_PREFIX, adapt, classifier_name, construct, torchvision_architectures
+from core.models.layers import feeds_a_linear_head, targetable_layers
+from core.models.spec import ModelSpec
+from core.names import BUILTIN_MODELS, ONNX_ARCHITECTURE
+from core.params import check_params, param
+from core.storage import check_name
+
+_STANDARD_ONNX_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
+# Layers only built for training (torchvision's Inception auxiliary classifier): not served.
+_TRAINING_ONLY_PREFIXES = ("AuxLogits.", "aux1.", "aux2.")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """torchvision's convention: pixels scaled to 0..1, then (x - mean) / std."""
+
+    mean: tuple[float, float, float] = param((0.485, 0.456, 0.406), min_length=3, max_length=3,
+                                             doc="per channel (RGB), pixels in 0..1")
+    std: tuple[float, float, float] = param((0.229, 0.224, 0.225), min_length=3, max_length=3,
+                                            doc="per channel (RGB), pixels in 0..1")
+    input_size: int | None = param(None, ge=32, le=1024, doc="default the architecture's (299 for Inception v3)")
+    resize_size: int | None = param(None, ge=32, le=2048, doc="short side before the centre crop; default "
+                                                              "round(input_size / 0.875)")
+    interpolation: Literal["bilinear", "bicubic"] = param("bilinear")
+
+
+def check_model_name(name: str) -> str:
+    check_name(name, "name")
+    if name in BUILTIN_MODELS:
+        raise Conflict(f"{name!r} is a built-in model's name; choose another", field="name")
+    return name
+
+
+def check_architecture(architecture: str) -> str:
+    if architecture.startswith(TIMM_PREFIX):
+        import timm
+
+        if timm.is_model(architecture[len(TIMM_PREFIX):]):
+            return architecture
+    elif architecture in torchvision_architectures():
+        return architecture
+    raise InvalidRequest(f"unknown architecture {architecture!r}: use a torchvision classification builder "
+                         f"(resnet50, vgg16_bn, mobilenet_v3_large, inception_v3, densenet121, efficientnet_b0, "
+                         f"convnext_tiny, ...) or timm:NAME", field="architecture")
+
+
+def read_state_dict(blob: bytes) -> dict[str, torch.Tensor]:
+    """Tensors from a .safetensors file; a pickle of any kind is refused without being opened."""
+    if blob[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05") or blob[:4] == b"PK\x03\x04" \
+            or zipfile.is_zipfile(io.BytesIO(blob)):
+        raise InvalidRequest("weights look like a pickle (torch.save: .pt, .pth, .bin); pickles are never "
+                             "opened here: save a state dict with safetensors.torch.save_file", field="weights")
+    try:
+        return load_safetensors(blob)
+    except (SafetensorError, ValueError, RuntimeError) as error:
+        raise InvalidRequest(f"weights are not a valid .safetensors file: {error}", field="weights") from None
+
+
+def default_input_size(architecture: str, network: nn.Module) -> int:
+    """`network`: the architecture as `construct` builds it."""
+    config = getattr(network, "pretrained_cfg", None) or {}
+    if "input_size" in config:  # timm
+        return int(config["input_size"][-1])
+    return 299 if architecture == "inception_v3" else 224
+
+
+def _labels(labels: list[str] | None, num_classes: int) -> tuple[str, ...]:
+    if labels is None:
+        return tuple(str(index) for index in range(num_classes))
+    if len(labels) != num_classes:
+        raise InvalidRequest(f"labels has {len(labels)} names; the classifier has {num_classes} classes",
+                             field="labels")
+    return tuple(labels)
+
+
+def _spec(name: str, architecture: str, labels: tuple[str, ...], preprocessing: Preprocessing, input_size: int,
+          cam_layer: str, classifier_layer: str, linear_head: bool, description: str) -> ModelSpec:
+    resize_size = preprocessing.resize_size or round(input_size / 0.875)
+    if resize_size < input_size:
+        raise InvalidRequest(f"resize_size {resize_size} is smaller than input_size {input_size}",
+                             field="resize_size")
+    return ModelSpec(
+        id=name, version=0, architecture=architecture, labels=labels, input_size=input_size,
+        mean=tuple(255.0 * value for value in preprocessing.mean), std=tuple(255.0 * value for value in preprocessing.std),
+        resize_margin=resize_size - input_size, interpolation=preprocessing.interpolation, cam_layer=cam_layer,
+        classifier_layer=classifier_layer, linear_head=linear_head, torchvision_resize=True, description=description)
+
+
+def torch_model(name: str, architecture: str, weights: bytes, labels: list[str] | None,
+                preprocessing: Preprocessing, cam_layer: str | None = None) -> tuple[ModelSpec, nn.Module]:
+    """The network with the uploaded weights, and its spec (version 0: the registry numbers it)."""
+    check_model_name(name)
+    check_architecture(architecture)
+    check_params(preprocessing)
+    state = {key: value for key, value in read_state_dict(weights).items()
+             if not key.startswith(_TRAINING_ONLY_PREFIXES)}
+    probe = construct(architecture)
+    classifier = classifier_name(probe) + ".weight"
+    if classifier not in state or state[classifier].dim() != 2:
+        raise InvalidRequest(f"weights have no 2-D {classifier!r}: not a state dict of {architecture}",
+                             field="weights")
+    num_classes = state[classifier].shape[0]
+    input_size = preprocessing.input_size or default_input_size(architecture, probe)
+    try:
+        network = adapt(architecture, num_classes, input_size, network=probe)
+    except (RuntimeError, ValueError) as error:  # the input is too small for the network, say
+        raise InvalidRequest(f"{architecture} cannot run at {input_size}x{input_size}: {str(error)[:300]}",
+                             field="input_size") from None
+    missing, unexpected = network.load_state_dict(state, strict=False)
+    missing = [key for key in missing if not key.startswith("attention.")]
+    if missing or unexpected:
+        raise InvalidRequest(f"weights do not fit {architecture}: missing {missing[:5]}, unexpected "
+                             f"{unexpected[:5]}", field="weights")
+    network.eval()
+    with torch.no_grad():
+        logits = network(torch.rand(2, 3, input_size, input_size, generator=torch.Generator().manual_seed(0)) * 2 - 1)
+    if not torch.isfinite(logits).all():
+        raise InvalidRequest("the model's logits are NaN or infinite", field="weights")
+    anatomy = network.anatomy
+    layer = cam_layer or anatomy.cam_layer
+    if layer not in targetable_layers(network, input_size):
+        raise InvalidRequest(f"cam_layer {layer!r} is not a layer that outputs a feature map once per forward",
+                             field="cam_layer")
+    spec = _spec(name, architecture, _labels(labels, num_classes), preprocessing, input_size, layer,
+                 anatomy.classifier_layer, layer == anatomy.cam_layer and feeds_a_linear_head(
+                     network, layer, anatomy.classifier_layer, input_size),
+                 f"{architecture} uploaded as {name}")
+    return spec, network
+
+
+def _check_onnx_graph(model) -> None:  # an onnx.ModelProto
+    from onnx import external_data_helper
+
+    for tensor in external_data_helper._get_all_tensors(model):
+        if external_data_helper.uses_external_data(tensor):
+            raise InvalidRequest(f"the ONNX file refers to external data ({tensor.name!r}); upload a "
+                                 f"self-contained file", field="onnx")
+    domains = {entry.domain for entry in model.opset_import} | {node.domain for node in model.graph.node}
+    for function in model.functions:
+        domains |= {node.domain for node in function.node}
+    custom = sorted(domain for domain in domains if domain not in _STANDARD_ONNX_DOMAINS)
+    if custom:
+        raise InvalidRequest(f"the ONNX file uses custom operator domains {custom}; only standard operators "
+                             f"are served", field="onnx")
+
+
+def _rename_output(model, old: str, new: str) -> None:
+    for node in model.graph.node:
+        node.output[:] = [new if name == old else name for name in node.output]
+        node.input[:] = [new if name == old else name for name in node.input]
+    for output in model.graph.output:
+        if output.name == old:
+            output.name = new
+
+
+def onnx_model(name: str, blob: bytes, labels: list[str] | None,
+               preprocessing: Preprocessing) -> tuple[ModelSpec, bytes]:
+    """A checked ONNX classifier (its first output renamed `logits`) and its spec."""
+    import onnx
+
+    check_model_name(name)
+    check_params(preprocessing)
+    try:
+        model = onnx.load_from_string(blob)
+    except Exception as error:  # protobuf's DecodeError and friends
+        raise InvalidRequest(f"not an ONNX file: {type(error).__name__}", field="onnx") from None
+    _check_onnx_graph(model)
+    inputs = [entry for entry in model.graph.input
+              if entry.name not in {initializer.name for initializer in model.graph.initializer}]
+    if len(inputs) != 1 or len(model.graph.output) < 1:
+        raise InvalidRequest("the ONNX classifier must take one input (NCHW float32) and return logits first",
+                             field="onnx")
+    dims = inputs[0].type.tensor_type.shape.dim
+    fixed = [dim.dim_value if dim.HasField("dim_value") else None for dim in dims]
+    if len(fixed) != 4 or fixed[1] not in (3, None):
+        raise InvalidRequest(f"the ONNX input must be NCHW with 3 channels; it is {fixed}", field="onnx")
+    input_size = preprocessing.input_size or fixed[2] or 224
+    if fixed[2] not in (None, input_size) or fixed[3] not in (None, input_size):
+        raise InvalidRequest(f"the ONNX input is {fixed[2]}x{fixed[3]}, not {input_size}", field="input_size")
+    _rename_output(model, model.graph.output[0].name, "logits")
+    serialized = model.SerializeToString()
+    logits = _run_onnx(serialized, input_size)
+    spec = _spec(name, ONNX_ARCHITECTURE, _labels(labels, logits.shape[1]), preprocessing, input_size, "", "",
+                 False, f"ONNX classifier uploaded as {name}")
+    return spec, serialized
+
+
+def _run_onnx(serialized: bytes, input_size: int) -> np.ndarray:
+    """Logits of two inputs (so a batch dimension is needed), which must be finite."""
+    import onnxruntime
+
+    try:
+        session = onnxruntime.InferenceSession(serialized, providers=["CPUExecutionProvider"])
+        example = np.random.default_rng(0).uniform(-1, 1, (2, 3, input_size, input_size)).astype(np.float32)
+        logits = session.run(["logits"], {session.get_inputs()[0].name: example})[0]
+    except Exception as error:  # onnxruntime raises its own exception types
+        raise InvalidRequest(f"ONNX Runtime cannot run the model on a batch of 2 at {input_size}x{input_size}: "
+                             f"{str(error)[:300]}", field="onnx") from None
+    if logits.ndim != 2:
+        raise InvalidRequest(f"the first ONNX output must be logits (batch, classes); it is {logits.shape}",
+                             field="onnx")
+    if not np.isfinite(logits).all():
+        raise InvalidRequest("the model's logits are NaN or infinite", field="onnx")
+    return logits

@@ -1,0 +1,112 @@
+"""Bring your own model: upload (safetensors weights for a torchvision or timm architecture, or
+an ONNX file), list versions, pin the default version, delete a version."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Response, UploadFile, status
+from starlette.concurrency import run_in_threadpool
+
+from core.errors import InvalidRequest, PayloadTooLarge
+from core.models import upload
+from core.models.spec import ModelSpec
+from schemas import models as wire
+from service.dependencies import RegistryDep, SettingsDep
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+MAX_LABELS_BYTES = 4 * 1024 * 1024
+
+
+async def _read(file: UploadFile | None, limit: int, field: str) -> bytes | None:
+    if file is None:
+        return None
+    blob = await file.read(limit + 1)
+    if len(blob) > limit:
+        raise PayloadTooLarge(f"{field} is over the limit of {limit} bytes", field=field)
+    return blob
+
+
+def _labels(blob: bytes | None) -> list[str] | None:
+    if blob is None:
+        return None
+    try:
+        lines = blob.decode("utf-8-sig").splitlines()
+    except UnicodeDecodeError:
+        raise InvalidRequest("labels must be UTF-8 text, one class name per line", field="labels") from None
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return [line.strip() for line in lines]
+
+
+@router.post("", response_model=wire.ModelRef, status_code=status.HTTP_201_CREATED)
+async def upload_model(
+    response: Response,
+    registry: RegistryDep,
+    settings: SettingsDep,
+    name: Annotated[str, Form(description="the model's name (a new version when it exists); 1-64 letters, "
+                                          "digits, '_', '-', '.'")],
+    architecture: Annotated[str | None, Form(description="a torchvision classification builder (resnet50, "
+                                                         "vgg16_bn, ...) or timm:NAME; with `weights`")] = None,
+    weights: Annotated[UploadFile | None, File(description=".safetensors state dict for `architecture` "
+                                                           "(pickles are refused)")] = None,
+    onnx: Annotated[UploadFile | None, File(description="instead of architecture + weights: a self-contained "
+                                                        "ONNX classifier, NCHW float32 in, logits out")] = None,
+    labels: Annotated[UploadFile | None, File(description="text, one class name per line; default the indices")] = None,
+    mean: Annotated[list[float] | None, Form(description="3 numbers, pixels in 0..1; default ImageNet's")] = None,
+    std: Annotated[list[float] | None, Form(description="3 numbers, pixels in 0..1; default ImageNet's")] = None,
+    input_size: Annotated[int | None, Form(description="default the architecture's (299 for inception_v3)")] = None,
+    resize_size: Annotated[int | None, Form(description="short side before the centre crop; default "
+                                                        "round(input_size / 0.875)")] = None,
+    interpolation: Annotated[str, Form(description="bilinear or bicubic")] = "bilinear",
+    cam_layer: Annotated[str | None, Form(description="default: the feature map that global pooling sees")] = None,
+) -> wire.ModelRef:
+    if (onnx is None) == (weights is None) or (weights is not None and not architecture):
+        raise InvalidRequest("send either `architecture` with `weights` (.safetensors) or `onnx`", field="weights")
+    given = {"mean": tuple(mean) if mean else None, "std": tuple(std) if std else None, "input_size": input_size,
+             "resize_size": resize_size, "interpolation": interpolation}
+    preprocessing = upload.Preprocessing(**{key: value for key, value in given.items() if value is not None})
+    class_names = _labels(await _read(labels, MAX_LABELS_BYTES, "labels"))
+    if onnx is not None:
+        blob = await _read(onnx, settings.max_model_bytes, "onnx")
+
+        def register() -> ModelSpec:
+            spec, checked = upload.onnx_model(name, blob, class_names, preprocessing)
+            return registry.register_onnx(spec, checked)
+    else:
+        blob = await _read(weights, settings.max_model_bytes, "weights")
+
+        def register() -> ModelSpec:
+            spec, network = upload.torch_model(name, architecture, blob, class_names, preprocessing, cam_layer)
+            return registry.register_network(spec, network)
+
+    spec = await run_in_threadpool(register)
+    response.headers["Location"] = f"/v1/models/{spec.ref}"
+    return wire.ModelRef(id=spec.id, version=spec.version)
+
+
+# Plain `def` from here on: these read the models folder, so FastAPI runs them in its thread pool.
+@router.get("/{name}/versions", response_model=wire.VersionList)
+def list_versions(name: str, registry: RegistryDep) -> wire.VersionList:
+    default = registry.spec(name).version
+    found = [registry.spec(f"{name}@{version}") for version in registry.versions(name)]
+    return wire.VersionList(
+        data=[wire.Version(version=spec.version, architecture=spec.architecture, description=spec.description,
+                           default=spec.version == default, state=str(registry.state(spec.ref)["state"]))
+              for spec in found],
+        count=len(found), default=default, pinned=registry.pinned(name))
+
+
+@router.put("/{name}/default", response_model=wire.ModelRef)
+def pin_default(name: str, body: wire.PinRequest, registry: RegistryDep) -> wire.ModelRef:
+    """A plain `name` resolves to this version from now on (a rollback); without a pin, to the
+    newest version that loads."""
+    registry.pin(name, body.version)
+    return wire.ModelRef(id=name, version=body.version)
+
+
+@router.delete("/{model}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_version(model: str, registry: RegistryDep) -> None:
+    """`NAME@VERSION`; built-in models cannot be deleted (409)."""
+    registry.delete(model)

@@ -1,0 +1,169 @@
+"""What an upload may not do: pickles (never opened), ONNX external data and custom operators,
+NaN models, label-count mismatches, names that leave the models folder, built-in names."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torchvision
+from fastapi.testclient import TestClient
+from onnx import TensorProto, helper, numpy_helper
+from safetensors.torch import save
+
+from service.app import create_app
+from service.settings import Settings
+from support import chelsea, encode, upload
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    with TestClient(create_app(Settings(data_dir=tmp_path_factory.mktemp("refusals"))),
+                    raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def small_resnet():
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(num_classes=4).eval()
+
+
+def weights_of(network) -> bytes:
+    return save({key: value.contiguous() for key, value in network.state_dict().items()})
+
+
+def post_weights(client, blob: bytes, name: str = "mine", **fields):
+    return client.post("/v1/models", data={"name": name, "architecture": "resnet18", "input_size": 64, **fields},
+                       files={"weights": ("weights.bin", blob)})
+
+
+def assert_refused(response, status: int, field: str, words: str) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert body["errors"][0]["field"] == field and words in body["detail"], body
+    return body
+
+
+class CreatesAFile:
+    """Unpickling this would create a file: the upload must not unpickle anything."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_pickle_that_would_create_a_file_is_refused_unopened(client, tmp_path):
+    marker = tmp_path / "pwned"
+    blob = pickle.dumps({"fc.weight": CreatesAFile(str(marker))}, protocol=4)
+    assert_refused(post_weights(client, blob), 422, "weights", "safetensors")
+    assert not marker.exists()
+
+
+def test_torch_save_files_are_refused_unopened(client, small_resnet, tmp_path):
+    marker = tmp_path / "pwned-zip"
+    buffer = io.BytesIO()
+    torch.save({"state": small_resnet.state_dict(), "trap": CreatesAFile(str(marker))}, buffer)
+    assert_refused(post_weights(client, buffer.getvalue()), 422, "weights", "safetensors")
+    legacy = io.BytesIO()
+    torch.save(small_resnet.state_dict(), legacy, _use_new_zipfile_serialization=False)
+    assert_refused(post_weights(client, legacy.getvalue()), 422, "weights", "safetensors")
+    assert not marker.exists()
+
+
+def test_weights_of_another_architecture_are_422(client):
+    other = torchvision.models.mobilenet_v2(num_classes=4)
+    assert_refused(post_weights(client, weights_of(other)), 422, "weights", "resnet18")
+
+
+def test_a_model_with_nan_logits_is_422(client, small_resnet):
+    state = {key: value.clone() for key, value in small_resnet.state_dict().items()}
+    state["fc.bias"][0] = float("nan")
+    assert_refused(post_weights(client, save(state)), 422, "weights", "NaN")
+    assert client.get("/v1/models/mine").status_code == 404  # nothing was published
+
+
+def test_a_label_count_that_differs_from_the_classifier_is_422(client, small_resnet):
+    response = client.post("/v1/models", data={"name": "mine", "architecture": "resnet18", "input_size": 64},
+                           files={"weights": ("w.safetensors", weights_of(small_resnet)),
+                                  "labels": ("labels.txt", b"cat\ndog\n")})
+    assert_refused(response, 422, "labels", "4 classes")
+
+
+def test_unknown_architectures_and_bad_preprocessing_are_422(client, small_resnet):
+    assert_refused(client.post("/v1/models", data={"name": "mine", "architecture": "resnet9000"},
+                               files={"weights": ("w", weights_of(small_resnet))}), 422, "architecture", "unknown")
+    assert_refused(post_weights(client, weights_of(small_resnet), mean=[0.5, 0.5]), 422, "mean", "length")
+    assert_refused(post_weights(client, weights_of(small_resnet), interpolation="lanczos"), 422, "interpolation",
+                   "bilinear")
+    assert_refused(post_weights(client, weights_of(small_resnet), cam_layer="fc"), 422, "cam_layer", "feature map")
+
+
+def onnx_classifier(external_data: bool = False, domain: str = "") -> onnx.ModelProto:
+    weight = numpy_helper.from_array(np.ones((4, 3), dtype=np.float32), "weight")
+    nodes = [helper.make_node("GlobalAveragePool", ["pixels"], ["pooled"]),
+             helper.make_node("Flatten", ["pooled"], ["flat"]),
+             helper.make_node("Gemm", ["flat", "weight"], ["scores"], transB=1)]
+    if domain:
+        nodes.append(helper.make_node("Mystery", ["scores"], ["extra"], domain=domain))
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("pixels", TensorProto.FLOAT,
+                                                                              ["n", 3, 32, 32])],
+                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["n", 4])],
+                              initializer=[weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    if external_data:
+        weight.ClearField("raw_data")
+        weight.data_location = TensorProto.EXTERNAL
+        entry = weight.external_data.add()
+        entry.key, entry.value = "location", "../../../../etc/passwd"
+        model.graph.initializer[0].CopyFrom(weight)
+    return model
+
+
+def test_onnx_with_external_data_or_custom_operators_is_422(client):
+    for model, words in ((onnx_classifier(external_data=True), "external data"),
+                         (onnx_classifier(domain="com.evil"), "custom operator")):
+        response = client.post("/v1/models", data={"name": "tiny-onnx"},
+                               files={"onnx": ("m.onnx", model.SerializeToString())})
+        assert_refused(response, 422, "onnx", words)
+    garbage = client.post("/v1/models", data={"name": "tiny-onnx"}, files={"onnx": ("m.onnx", b"not onnx")})
+    assert_refused(garbage, 422, "onnx", "ONNX")
+    served = client.post("/v1/models", data={"name": "tiny-onnx", "input_size": 32},
+                         files={"onnx": ("m.onnx", onnx_classifier().SerializeToString())})
+    assert served.status_code == 201, served.text
+
+
+@pytest.mark.parametrize("name", ["../x", "/proc", "a/b", "..", ".hidden", "x" * 65])
+def test_model_names_that_leave_the_models_folder_are_422(client, small_resnet, name):
+    assert_refused(post_weights(client, weights_of(small_resnet), name=name), 422, "name", "letters")
+
+
+@pytest.mark.parametrize("path", ["..", "...", ".hidden", "a..b", "%2Fproc", "..%2F..%2Fetc"])
+def test_model_references_in_paths_never_leave_the_models_folder(client, path):
+    for response in (client.get(f"/v1/models/{path}"), client.get(f"/v1/models/{path}/versions"),
+                     client.post(f"/v1/models/{path}/predict", files=[upload(encode(chelsea()))]),
+                     client.delete(f"/v1/models/{path}@1"),
+                     client.put(f"/v1/models/{path}/default", json={"version": 1})):
+        assert response.status_code in (404, 422), (path, response.status_code, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+
+
+def test_built_in_names_are_409(client, small_resnet):
+    assert_refused(post_weights(client, weights_of(small_resnet), name="efficientnet_lite0"), 409, "name", "built-in")
+    assert client.delete("/v1/models/efficientnet_lite0@1").status_code == 409
+    assert client.put("/v1/models/efficientnet_lite0/default", json={"version": 1}).status_code == 409
+
+
+def test_an_upload_over_the_size_limit_is_413(tmp_path_factory, small_resnet):
+    settings = Settings(data_dir=tmp_path_factory.mktemp("small-uploads"), max_model_bytes=1000)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        assert post_weights(client, weights_of(small_resnet)).status_code == 413
+        assert not (settings.data_dir / "models").exists() or not os.listdir(settings.data_dir / "models")

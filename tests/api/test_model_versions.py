@@ -1,0 +1,90 @@
+"""Versions of an uploaded model: listed, pinned as the default (a rollback), deleted; a plain
+name means the pinned version, else the newest that loads; loaded models are evicted least
+recently used first."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from fastapi.testclient import TestClient
+from safetensors.torch import save
+
+from core.models import versions
+from service.app import create_app
+from service.settings import Settings
+from support import chelsea, encode, upload
+
+
+def resnet_weights(seed: int) -> bytes:
+    torch.manual_seed(seed)
+    network = torchvision.models.resnet18(num_classes=3)
+    return save({key: value.contiguous() for key, value in network.state_dict().items()})
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    settings = Settings(data_dir=tmp_path_factory.mktemp("versions"), max_loaded_models=3)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+def publish(client, name: str, seed: int) -> int:
+    response = client.post("/v1/models", data={"name": name, "architecture": "resnet18", "input_size": 64},
+                           files={"weights": ("w.safetensors", resnet_weights(seed))})
+    assert response.status_code == 201, response.text
+    return response.json()["version"]
+
+
+def served_version(client, ref: str) -> int:
+    response = client.post(f"/v1/models/{ref}/predict", files=[upload(encode(chelsea()))])
+    assert response.status_code == 200, response.text
+    return response.json()["model"]["version"]
+
+
+def test_versions_can_be_listed_pinned_and_deleted(client):
+    assert [publish(client, "pets", seed) for seed in (1, 2, 3)] == [1, 2, 3]
+    listed = client.get("/v1/models/pets/versions").json()
+    assert [v["version"] for v in listed["data"]] == [1, 2, 3] and listed["default"] == 3 and listed["pinned"] is None
+    assert served_version(client, "pets") == 3
+
+    pinned = client.put("/v1/models/pets/default", json={"version": 1})
+    assert pinned.status_code == 200 and pinned.json() == {"id": "pets", "version": 1}
+    assert served_version(client, "pets") == 1 and served_version(client, "pets@2") == 2
+    assert client.get("/v1/models/pets").json()["version"] == 1
+    assert client.put("/v1/models/pets/default", json={"version": 9}).status_code == 422
+    assert client.put("/v1/models/pets/default", json={"version": 0}).status_code == 422
+
+    assert client.delete("/v1/models/pets@1").status_code == 204  # the pinned one: the pin goes with it
+    listed = client.get("/v1/models/pets/versions").json()
+    assert [v["version"] for v in listed["data"]] == [2, 3] and listed["pinned"] is None
+    assert served_version(client, "pets") == 3
+    assert client.delete("/v1/models/pets@1").status_code == 404
+    assert client.delete("/v1/models/pets").status_code == 422  # which version?
+    assert client.post("/v1/models/pets@1/predict", files=[upload(encode(chelsea()))]).status_code == 404
+
+
+def test_a_plain_name_means_the_newest_version_that_loads(client):
+    assert publish(client, "fragile", 1) == 1
+    assert publish(client, "fragile", 2) == 2
+    broken = versions.version_dir(client.app.state.registry.storage.models, "fragile", 2) / versions.ONNX
+    broken.write_bytes(b"corrupted on disk")
+    assert served_version(client, "fragile") == 1
+    assert client.post("/v1/models/fragile@2/predict", files=[upload(encode(chelsea()))]).status_code == 503
+    states = {v["version"]: v["state"] for v in client.get("/v1/models/fragile/versions").json()["data"]}
+    assert states == {1: "ready", 2: "failed"}
+
+
+def test_loaded_models_beyond_the_limit_are_evicted_least_recently_used_first(client):
+    """The default model stays loaded (it is resident); two slots are left for the others."""
+    registry = client.app.state.registry
+    for name, seed in (("first", 1), ("second", 2), ("third", 3)):
+        publish(client, name, seed)
+    served_version(client, "first")
+    served_version(client, "second")
+    served_version(client, "first")  # now `second` is the least recently used
+    served_version(client, "third")
+    assert set(registry._loaded) == {"efficientnet_lite0@1", "first@1", "third@1"}
+    assert served_version(client, "second") == 1  # loads again on demand, in place of `first`
+    assert set(registry._loaded) == {"efficientnet_lite0@1", "third@1", "second@1"}
+    assert client.get("/readyz").status_code == 200

@@ -1,0 +1,194 @@
+"""Bring your own model: one network of each classic CNN family (and one timm model), with random
+weights made here, uploaded as safetensors and as ONNX, then predicted and explained.
+
+Weights are random (no hub is reachable). So that they behave like a trained network's, the
+BatchNorm statistics are calibrated on the two photos, and the classifier is drawn again with a
+scale that spreads the logits over about 10 standard deviations: the top-5 of a faithful
+preprocessing then cannot flip on a rounding difference. Inputs are smaller than the
+architectures' defaults where the network allows it, to keep the suite fast.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import onnx
+import pytest
+import timm
+import torch
+import torchvision
+from fastapi.testclient import TestClient
+from PIL import Image
+from pytorch_grad_cam import GradCAM as ReferenceGradCAM
+from pytorch_grad_cam.utils.image import scale_cam_image
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from safetensors.torch import save
+from torchvision import transforms
+
+from core import imaging
+from core.explain import METHODS
+from service.app import create_app
+from service.settings import Settings
+from support import chelsea, coffee, encode, upload
+
+CLASSES = 10
+# architecture -> input size used here (Inception v3 needs a 3x3 map at Mixed_7c)
+# (VGG's adaptive pooling to 7x7 exports to ONNX only from a 7x7 map: 224)
+FAMILIES = {"resnet18": 128, "vgg11_bn": 224, "mobilenet_v3_large": 128, "inception_v3": 160,
+            "densenet121": 128, "efficientnet_b0": 128, "convnext_tiny": 128, "timm:resnet18": 128}
+CHEAP = {"integrated_gradients": {"steps": 4}, "smoothgrad": {"samples": 3}, "rise": {"masks": 64},
+         "occlusion": {"window": 32, "stride": 32}}
+
+
+def reference_network(architecture: str, size: int, seed: int = 0) -> torch.nn.Module:
+    """Built with the libraries themselves, not with Gazer's code."""
+    torch.manual_seed(seed)
+    if architecture.startswith("timm:"):
+        network = timm.create_model(architecture[5:], pretrained=False, num_classes=CLASSES)
+    elif architecture == "inception_v3":
+        network = torchvision.models.inception_v3(weights=None, num_classes=CLASSES, aux_logits=False,
+                                                  init_weights=False)
+    else:
+        network = torchvision.models.get_model(architecture, weights=None, num_classes=CLASSES)
+    photos = torch.cat([reference_preprocessing(size)(image)[None] for image in (chelsea(), coffee())])
+    photos = torch.cat([photos, photos.flip(-1)])
+    with torch.no_grad():
+        for module in network.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.reset_running_stats()
+                module.momentum = None  # a cumulative average: one batch gives its exact statistics
+        network.train()(photos)
+        network.eval()
+        classifier = [module for module in network.modules() if isinstance(module, torch.nn.Linear)][-1]
+        features: list[torch.Tensor] = []
+        handle = classifier.register_forward_pre_hook(lambda module, inputs: features.append(inputs[0]))
+        network(photos)
+        handle.remove()
+        weight = torch.randn(classifier.weight.shape, generator=torch.Generator().manual_seed(seed))
+        spread = (features[0] @ weight.T).std()
+        classifier.weight.copy_(weight * 10.0 / spread)
+        classifier.bias.zero_()
+    return network
+
+
+def safetensors_of(network: torch.nn.Module) -> bytes:
+    return save({key: value.contiguous() for key, value in network.state_dict().items()})
+
+
+def onnx_of(network: torch.nn.Module, size: int) -> bytes:
+    buffer = io.BytesIO()
+    torch.onnx.export(network, (torch.zeros(1, 3, size, size),), buffer, dynamo=False, opset_version=17,
+                      input_names=["pixels"], output_names=["scores"], dynamic_axes={"pixels": {0: "n"}})
+    return buffer.getvalue()
+
+
+# Maps of input gradients cannot be all zero on these networks; CAM-family maps can (the ReLU of a
+# sum that is negative everywhere, as Grad-CAM++ gives on ConvNeXt), and so can the
+# probability-based ones when the softmax saturates.
+NEVER_FLAT = {"saliency", "integrated_gradients", "smoothgrad", "guided_backprop"}
+LABELS = "\n".join(f"class {index}" for index in range(CLASSES)).encode()
+
+
+def reference_preprocessing(size: int) -> transforms.Compose:
+    return transforms.Compose([transforms.Resize(round(size / 0.875)), transforms.CenterCrop(size),
+                               transforms.ToTensor(),
+                               transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+
+
+def torchvision_log_probabilities(network: torch.nn.Module, image: Image.Image, size: int) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.log_softmax(network(reference_preprocessing(size)(image)[None])[0], dim=0)
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    settings = Settings(data_dir=tmp_path_factory.mktemp("own-models"), max_loaded_models=3)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def uploaded(request, client):
+    architecture, size = request.param, FAMILIES[request.param]
+    network = reference_network(architecture, size)
+    name = architecture.replace(":", "-")
+    response = client.post("/v1/models", data={"name": name, "architecture": architecture, "input_size": size},
+                           files={"weights": ("model.safetensors", safetensors_of(network)),
+                                  "labels": ("labels.txt", LABELS)})
+    assert response.status_code == 201, response.text
+    assert response.headers["location"] == f"/v1/models/{name}@{response.json()['version']}"
+    return architecture, name, network, size
+
+
+def test_top5_equals_the_torchvision_reference_pipeline(client, uploaded):
+    architecture, name, network, size = uploaded
+    images = [chelsea(), coffee()]
+    response = client.post(f"/v1/models/{name}/predict", files=[upload(encode(image, "PNG"), "x.png") for image in images])
+    assert response.status_code == 200, response.text
+    for image, result in zip(images, response.json()["results"]):
+        expected = torchvision_log_probabilities(network, image, size)
+        top = torch.argsort(expected, descending=True)
+        gaps = expected[top[:5]] - expected[top[1:6]]
+        assert gaps.min() > 0.05, f"logits not separated: {gaps}"  # 20x the rounding seen here
+        served = result["predictions"]
+        assert [p["index"] for p in served] == top[:5].tolist()
+        assert served[0]["label"] == f"class {served[0]['index']}"
+        # the served probabilities themselves, not only their order
+        log_probabilities = np.log([max(p["probability"], 1e-30) for p in served])
+        assert np.abs(log_probabilities - expected[top[:5]].numpy()).max() < 0.05
+
+
+def test_gradcam_at_the_default_layer_agrees_with_pytorch_grad_cam(client, uploaded):
+    architecture, name, network, size = uploaded
+    model = client.app.state.registry.get(name)
+    inputs = torch.from_numpy(imaging.preprocess([chelsea()], model.spec)[0])
+    ours = METHODS["gradcam"](model.network, inputs, torch.tensor([3]), model.spec.cam_layer)
+    layer = network.get_submodule(model.spec.cam_layer)
+    with ReferenceGradCAM(model=network, target_layers=[layer]) as reference:
+        # pytorch-grad-cam keeps the layer's output tensor itself, and DenseNet's in-place ReLU
+        # after `features` would change it; a hook registered after theirs hands the network a copy
+        handle = layer.register_forward_hook(lambda module, args, output: output.clone())
+        theirs = reference(inputs, [ClassifierOutputTarget(3)])
+        handle.remove()
+    ours_like_theirs = scale_cam_image(scale_cam_image(ours.maps, (size, size)))
+    assert theirs.max() > 0.99 and theirs.std() > 0.01
+    assert np.abs(ours_like_theirs - theirs).max() < 1e-4
+
+
+def test_the_model_describes_itself_and_every_method_returns_a_valid_map(client, uploaded):
+    architecture, name, network, size = uploaded
+    described = client.get(f"/v1/models/{name}").json()
+    assert described["architecture"] == architecture and described["num_classes"] == CLASSES
+    assert described["input_size"] == size and described["default_layer"] in described["layers"]
+    assert {"gradcam", "saliency", "integrated_gradients", "occlusion", "rise"} <= set(described["methods"])
+    assert ("cam" in described["methods"]) == (architecture in {"resnet18", "inception_v3", "efficientnet_b0",
+                                                                "timm:resnet18"})
+    photo = [upload(encode(chelsea()))]
+    for method in described["methods"]:
+        response = client.post(f"/v1/models/{name}/explain", files=photo,
+                               data={"method": method, "outputs": ["map", "heatmap"], **CHEAP.get(method, {})})
+        assert response.status_code == 200, (method, response.text)
+        explanation = response.json()["results"][0]["explanation"]
+        raw = np.asarray(explanation["map"])
+        assert raw.ndim == 2 and np.isfinite(raw).all() and raw.min() >= 0 and raw.max() <= 1, method
+        if method in NEVER_FLAT:
+            assert raw.max() > 0.99 and raw.std() > 0, f"{method}: a flat map"
+
+
+def test_the_same_network_uploaded_as_onnx_gives_the_same_top5(client, uploaded):
+    architecture, name, network, size = uploaded
+    response = client.post("/v1/models", data={"name": f"{name}-onnx", "input_size": size},
+                           files={"onnx": ("model.onnx", onnx_of(network, size)), "labels": ("labels.txt", LABELS)})
+    assert response.status_code == 201, response.text
+    photos = [upload(encode(chelsea()))]
+    from_torch = client.post(f"/v1/models/{name}/predict", files=photos).json()["results"]
+    from_onnx = client.post(f"/v1/models/{name}-onnx/predict", files=photos).json()["results"]
+    assert [p["index"] for p in from_onnx[0]["predictions"]] == [p["index"] for p in from_torch[0]["predictions"]]
+    described = client.get(f"/v1/models/{name}-onnx").json()
+    assert described["methods"] == ["occlusion", "rise"] and described["architecture"] == "onnx"
+    refused = client.post(f"/v1/models/{name}-onnx/explain", files=photos, data={"method": "gradcam"})
+    assert refused.status_code == 422 and refused.json()["valid"] == ["occlusion", "rise"]
+    occluded = client.post(f"/v1/models/{name}-onnx/explain", files=photos,
+                           data={"method": "occlusion", "window": 64, "stride": 32})
+    assert occluded.status_code == 200, occluded.text

@@ -1,0 +1,64 @@
+"""Uploaded architectures read from the network itself: classifier, CAM layer, blocks and
+stages, attention placed by hooks, frozen BatchNorm statistics, ONNX export that agrees."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core.attention import spatial_gates
+from core.models.architectures import build_network
+from core.models.onnx_export import export_onnx, max_logit_difference
+from core.runtime.onnx_predictor import OnnxPredictor
+from core.training.config import FineTuneConfig
+from core.training.finetune import head_modules, set_trainable, trainable_backbone, transfer_backbone
+
+
+@pytest.mark.parametrize("architecture, size, cam_layer, classifier, top_stage", [
+    ("resnet18", 64, "layer4", "fc", ("layer4.1", "layer4.0")),
+    ("inception_v3", 160, "Mixed_7c", "fc", ("Mixed_7c", "Mixed_7b", "Mixed_7a")),
+    ("mobilenet_v2", 64, "features", "classifier.1", ("features.18", "features.17", "features.16", "features.15",
+                                                      "features.14")),
+    ("timm:tf_efficientnet_lite0", 64, "bn2", "classifier", ("bn2", "conv_head", "blocks.6", "blocks.5")),
+])
+def test_the_anatomy_is_read_from_the_network(architecture, size, cam_layer, classifier, top_stage):
+    network = build_network(architecture, 5, size)
+    anatomy = network.anatomy
+    assert (anatomy.cam_layer, anatomy.classifier_layer) == (cam_layer, classifier)
+    assert anatomy.stages[0] == top_stage
+    assert [block for stage in reversed(anatomy.stages) for block in reversed(stage)] == list(anatomy.blocks)
+    assert network.get_submodule(classifier).out_features == 5
+
+
+def test_fine_tuning_heads_and_attention_keep_the_original_names(tmp_path):
+    base = build_network("resnet18", 7, 64).eval()
+    tuned = build_network("resnet18", 3, 64, head_hidden=16, dropout=0.1, attention="cbam", attention_stages=2).eval()
+    transfer_backbone(base, tuned)
+    assert tuned.anatomy.classifier_layer == "fc.linear" and list(tuned.attention) == ["after_layer4_1", "after_layer3_1"]
+    assert spatial_gates(tuned) == ["attention.after_layer4_1.spatial.gate", "attention.after_layer3_1.spatial.gate"]
+    assert torch.equal(tuned.layer2[0].conv1.weight, base.layer2[0].conv1.weight)
+    inputs = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        plain = base.layer4(base.layer3(base.layer2(base.layer1(base.maxpool(base.relu(base.bn1(base.conv1(inputs))))))))
+        attended = []
+        handle = tuned.layer4.register_forward_hook(lambda module, args, output: attended.append(output))
+        tuned(inputs)
+        handle.remove()
+    assert attended[0].shape == plain.shape and not torch.allclose(attended[0], plain)  # the gates act
+    export_onnx(tuned, 64, tmp_path / "tuned.onnx")
+    assert max_logit_difference(tuned, OnnxPredictor(tmp_path / "tuned.onnx"), 64)[0] < 1e-4
+
+
+def test_frozen_parts_keep_their_batchnorm_statistics():
+    network = build_network("resnet18", 3, 64, dropout=0.1)
+    config = FineTuneConfig(dataset_id="x", output_model="y", strategy="fine_tune", unfreeze_blocks=2)
+    set_trainable(network, head_modules(network) + trainable_backbone(network, config, epoch=1))
+    frozen, trained = network.layer1[0].bn1, network.layer4[1].bn2
+    before = frozen.running_mean.clone(), trained.running_mean.clone()
+    optimizer = torch.optim.SGD([p for p in network.parameters() if p.requires_grad], lr=0.1)
+    loss = network(torch.randn(4, 3, 64, 64) * 3 + 1).logsumexp(dim=1).mean()
+    loss.backward()
+    optimizer.step()
+    assert torch.equal(frozen.running_mean, before[0]) and not frozen.weight.requires_grad
+    assert not torch.equal(trained.running_mean, before[1]) and trained.weight.requires_grad
+    assert network.layer1[0].conv1.weight.grad is None

@@ -13,6 +13,8 @@ from core.parallel import parallel_map
 from core.models.spec import ModelSpec
 
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
+# The only formats Pillow may open: no EPS/PostScript (whose plugin runs Ghostscript), no others.
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 _INTERPOLATION = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 
 
@@ -40,13 +42,13 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
     if not data:
         raise InvalidImage("the file is empty")
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except Image.DecompressionBombError as error:
         raise ImageTooLarge(f"image declares too many pixels: {error}") from None
     except MemoryError:
         raise
     except Exception:  # UnidentifiedImageError, or a header too damaged to parse
-        raise InvalidImage("the file is not an image in a supported format") from None
+        raise InvalidImage(f"the file is not an image in a supported format ({', '.join(ALLOWED_FORMATS)})") from None
     width, height = image.size
     if width * height > max_pixels:
         raise ImageTooLarge(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
@@ -71,7 +73,7 @@ def declared_pixels(data: bytes) -> int:
     """Width x height as the header declares them, without decoding; 0 when the header
     cannot be read (decode_image then says why)."""
     try:
-        width, height = Image.open(io.BytesIO(data)).size
+        width, height = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS).size
     except Exception:
         return 0
     return width * height

@@ -88,3 +88,20 @@ def test_the_torchvision_convention_is_torchvisions_resize_and_centre_crop():
     for image in (chelsea(), chelsea().rotate(90, expand=True), chelsea().resize((301, 203))):
         batch, _ = preprocess([image], spec)
         assert np.abs(batch[0] - reference(image).numpy()).max() < 1e-5
+
+
+@pytest.mark.parametrize("blob", [
+    b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n{} loop\n",  # would run Ghostscript forever
+    b"%!PS\n{} loop\n",
+])
+def test_postscript_is_refused_without_running_anything(blob, monkeypatch):
+    import subprocess
+
+    def no_programs(*args, **kwargs):
+        raise AssertionError("an external program was started")
+
+    monkeypatch.setattr(subprocess, "Popen", no_programs)
+    monkeypatch.setattr(subprocess, "check_call", no_programs)
+    with pytest.raises(GazerError) as refused:
+        decode_image(blob, 10**6)
+    assert refused.value.status == 422 and "JPEG" in refused.value.detail

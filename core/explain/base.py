@@ -211,7 +211,7 @@ class PerturbationMethod(Method):
         ours = {field.name for field in dataclasses.fields(self.Options)}
         # keywords meant for other families (such as `classifier`) are not ours
         options = self.checked(**{name: value for name, value in options.items() if name in ours})
-        score = score or model
+        score = score if score is not None else model
         with torch.no_grad():
             logits = score(inputs)
             targets = resolve_targets(logits, targets)

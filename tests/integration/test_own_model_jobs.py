@@ -4,16 +4,15 @@ model cannot be fine-tuned, and model names in job bodies cannot leave the model
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import timm
 import torch
 import torchvision
-import timm
 from safetensors.torch import save
 
 from support import SHAPE_CLASSES, encode, shape_image, shapes_archive, upload
 from tests.integration.conftest import wait_for
-
-import numpy as np
 
 # architecture -> fine-tuning input size (Inception v3 needs a larger one for its last map, VGG a
 # 7x7 map for its adaptive pooling to export to ONNX)
@@ -56,7 +55,7 @@ def test_an_uploaded_model_fine_tunes_and_the_result_is_served(api, workers, sha
     assert done["state"] == "succeeded", done
     described = api.get(f"/v1/models/tuned-{name}").json()
     assert described["architecture"] == architecture and described["num_classes"] == len(SHAPE_CLASSES)
-    photo = [upload(encode(shape_image("circle", np.random.default_rng(0)), "PNG"), "c.png", "image/png")]
+    photo = [upload(encode(shape_image("disc", np.random.default_rng(0)), "PNG"), "c.png", "image/png")]
     predicted = api.post(f"/v1/models/tuned-{name}/predict", files=photo)
     assert predicted.status_code == 200, predicted.text
     assert predicted.json()["results"][0]["predictions"][0]["label"] in SHAPE_CLASSES

@@ -101,4 +101,5 @@ def check_params(config: Any, prefix: str = "") -> None:
 
 def describe_bounds(limits: dict[str, float]) -> str:
     words = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<", "min_length": "length >=", "max_length": "length <="}
-    return " and ".join(f"{words[bound]} {limit:g}" for bound, limit in limits.items())
+    return " and ".join(f"{words[bound]} {limit if isinstance(limit, int) else f'{limit:g}'}"
+                        for bound, limit in limits.items())

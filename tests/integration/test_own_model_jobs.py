@@ -79,3 +79,25 @@ def test_model_names_in_fine_tune_bodies_are_422(api, shapes, field, body):
 def test_model_names_in_activation_maximization_bodies_are_422(api, model):
     response = api.post("/v1/jobs/activation-maximization", json={"model": model, "target": {"class": 1}})
     assert response.status_code == 422, response.text
+
+
+def test_attention_modules_go_into_an_uploaded_model_and_show_their_maps(api, workers, shapes):
+    workers()
+    uploaded = api.post("/v1/models", data={"name": "base-attended", "architecture": "resnet18", "input_size": 64},
+                        files={"weights": ("w.safetensors", uploaded_weights("resnet18"))})
+    assert uploaded.status_code == 201, uploaded.text
+    job = api.post("/v1/jobs/fine-tune", json={
+        "base_model": "base-attended", "dataset_id": shapes, "output_model": "attended", "strategy": "fine_tune",
+        "unfreeze_blocks": 2, "epochs": 2, "batch_size": 4, "attention": "cbam", "attention_stages": 2})
+    assert job.status_code == 202, job.text
+    done = wait_for(api, job.json()["id"], ("succeeded", "failed"), timeout=600)
+    assert done["state"] == "succeeded", done
+    described = api.get("/v1/models/attended").json()
+    assert described["attention"] == ["attention.after_layer4_1", "attention.after_layer3_1"]
+    assert "attention" in described["methods"]
+    photo = [upload(encode(shape_image("disc", np.random.default_rng(1)), "PNG"), "d.png", "image/png")]
+    for layer in ("attention.after_layer4_1.spatial.gate", "attention.after_layer3_1.spatial.gate"):
+        shown = api.post("/v1/models/attended/explain", files=photo,
+                         data={"method": "attention", "layer": layer, "outputs": "map"})
+        assert shown.status_code == 200, shown.text
+        assert np.asarray(shown.json()["results"][0]["explanation"]["map"]).shape in ((2, 2), (4, 4))

@@ -125,7 +125,10 @@ def torch_model(name: str, architecture: str, weights: bytes, labels: list[str] 
     except (RuntimeError, ValueError) as error:  # the input is too small for the network, say
         raise InvalidRequest(f"{architecture} cannot run at {input_size}x{input_size}: {str(error)[:300]}",
                              field="input_size") from None
-    missing, unexpected = network.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = network.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # tensors of the wrong shape
+        raise InvalidRequest(f"weights do not fit {architecture}: {str(error)[:400]}", field="weights") from None
     missing = [key for key in missing if not key.startswith("attention.")]
     if missing or unexpected:
         raise InvalidRequest(f"weights do not fit {architecture}: missing {missing[:5]}, unexpected "

@@ -79,9 +79,10 @@ def test_torch_save_files_are_refused_unopened(client, small_resnet, tmp_path):
     assert not marker.exists()
 
 
-def test_weights_of_another_architecture_are_422(client):
-    other = torchvision.models.mobilenet_v2(num_classes=4)
-    assert_refused(post_weights(client, weights_of(other)), 422, "weights", "resnet18")
+@pytest.mark.parametrize("other", ["mobilenet_v2", "resnet34", "resnet50"])
+def test_weights_of_another_architecture_are_422(client, other):
+    weights = weights_of(torchvision.models.get_model(other, num_classes=4))
+    assert_refused(post_weights(client, weights), 422, "weights", "resnet18")
 
 
 def test_a_model_with_nan_logits_is_422(client, small_resnet):

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from core.attention import make_attention
+from core.errors import InvalidRequest
 from core.models.anatomy import Anatomy
 
 TIMM_PREFIX = "timm:"
@@ -47,10 +48,16 @@ def construct(architecture: str) -> nn.Module:
 
 
 def classifier_name(net: nn.Module) -> str:
+    """The final linear layer's name: timm's `get_classifier()`, else the last `nn.Linear`."""
     if hasattr(net, "get_classifier"):  # timm
         found = net.get_classifier()
-        return next(name for name, module in net.named_modules() if module is found)
-    return [name for name, module in net.named_modules() if isinstance(module, nn.Linear)][-1]
+        names = [name for name, module in net.named_modules() if module is found and isinstance(module, nn.Linear)]
+    else:
+        names = [name for name, module in net.named_modules() if isinstance(module, nn.Linear)]
+    if not names:
+        raise InvalidRequest(f"{type(net).__name__} has no linear classifier to read the classes from",
+                             field="architecture")
+    return names[-1]
 
 
 @dataclass(frozen=True)

@@ -102,6 +102,9 @@ def test_a_label_count_that_differs_from_the_classifier_is_422(client, small_res
 def test_unknown_architectures_and_bad_preprocessing_are_422(client, small_resnet):
     assert_refused(client.post("/v1/models", data={"name": "mine", "architecture": "resnet9000"},
                                files={"weights": ("w", weights_of(small_resnet))}), 422, "architecture", "unknown")
+    squeezenet = client.post("/v1/models", data={"name": "mine", "architecture": "squeezenet1_0"},
+                             files={"weights": ("w", weights_of(torchvision.models.squeezenet1_0(num_classes=4)))})
+    assert_refused(squeezenet, 422, "architecture", "no linear classifier")
     assert_refused(post_weights(client, weights_of(small_resnet), mean=[0.5, 0.5]), 422, "mean", "length")
     assert_refused(post_weights(client, weights_of(small_resnet), interpolation="lanczos"), 422, "interpolation",
                    "bilinear")

@@ -168,6 +168,14 @@ def resize_region(image: Image.Image, box: tuple[float, float, float, float], si
     return image.resize((side, side), _INTERPOLATION[spec.interpolation], box=box, reducing_gap=3.0)
 
 
+def _resized_area(image: Image.Image, spec: ModelSpec) -> int:
+    """Pixels of the whole resized image on torchvision's grid: for a 40000 x 1 image, billions,
+    so such images take the crop region's resize instead (the same pixels within a level)."""
+    width, height, _, _ = _torchvision_geometry(image.width, image.height, spec.input_size,
+                                                spec.input_size + spec.resize_margin)
+    return width * height
+
+
 def _torchvision_resize(image: Image.Image, spec: ModelSpec) -> Image.Image:
     """Exactly torchvision's `Resize` + `CenterCrop` on a PIL image: the whole image resized,
     then cropped (resizing only the crop's region differs by a pixel level here and there)."""
@@ -189,7 +197,8 @@ def preprocess(images: list[Image.Image], spec: ModelSpec,
     def one(index: int) -> CropBox:
         image = images[index]
         box = crop_box(image.width, image.height, spec, resize)
-        crop = _torchvision_resize(image, spec) if spec.torchvision_resize and resize == "crop" else \
+        crop = _torchvision_resize(image, spec) if spec.torchvision_resize and resize == "crop" \
+            and _resized_area(image, spec) <= 4 * size * size else \
             resize_region(image, (box.left, box.top, box.right, box.bottom), size, spec)
         # uint8 HWC -> float32 CHW in one pass, then scaled in place: 3x faster than arithmetic
         # on the transposed float view, with the same float32 results.

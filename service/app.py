@@ -32,6 +32,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry = ModelRegistry(storage, settings.max_loaded_models, resident=(settings.default_model,))
         app.state.registry = registry
         app.state.explanation_slots = anyio.Semaphore(settings.max_concurrent_explanations)
+        app.state.upload_slots = anyio.Semaphore(1)
         with ExitStack() as on_shutdown:  # also unwinds what started if a later step fails
             redis_url = settings.redis_url
             if redis_url is None:

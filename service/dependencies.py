@@ -61,17 +61,29 @@ async def read_uploads(files: list[UploadFile], settings: Settings) -> list[byte
 
 
 @asynccontextmanager
-async def explanation_slot(request: Request) -> AsyncIterator[None]:
-    """One of the app's explanation slots, waited for in the event loop (not in a thread), or
-    ServiceBusy once `explain_queue_seconds` have passed."""
-    settings: Settings = request.app.state.settings
-    slots: anyio.Semaphore = request.app.state.explanation_slots
-    with anyio.move_on_after(settings.explain_queue_seconds) as wait:
+async def taken(slots: anyio.Semaphore, wait_seconds: float, busy: str) -> AsyncIterator[None]:
+    """One of `slots`, waited for in the event loop (not in a thread), or ServiceBusy saying
+    `busy` once `wait_seconds` have passed."""
+    with anyio.move_on_after(wait_seconds) as wait:
         await slots.acquire()
     if wait.cancelled_caught:
-        raise ServiceBusy(f"all {settings.max_concurrent_explanations} explanation slots stayed busy for "
-                          f"{settings.explain_queue_seconds:g} s; retry later")
+        raise ServiceBusy(busy)
     try:
         yield
     finally:
         slots.release()
+
+
+def explanation_slot(request: Request):
+    """One of the app's explanation slots (`max_concurrent_explanations`)."""
+    settings: Settings = request.app.state.settings
+    return taken(request.app.state.explanation_slots, settings.explain_queue_seconds,
+                 f"all {settings.max_concurrent_explanations} explanation slots stayed busy for "
+                 f"{settings.explain_queue_seconds:g} s; retry later")
+
+
+def upload_slot(request: Request):
+    """Model uploads build, run and export a network: one at a time."""
+    settings: Settings = request.app.state.settings
+    return taken(request.app.state.upload_slots, settings.explain_queue_seconds,
+                 f"another model upload kept the server busy for {settings.explain_queue_seconds:g} s; retry later")

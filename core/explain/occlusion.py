@@ -8,10 +8,12 @@ from dataclasses import dataclass
 
 import torch
 
+from core.errors import InvalidRequest
 from core.explain.base import PerturbationMethod
 from core.params import param
 
 BATCH = 64  # occluded inputs per `score` call
+MAX_POSITIONS = 4096  # window positions per image: a bounded cost (window 4, stride 1 at 224 is 48,841)
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,10 @@ class Occlusion(PerturbationMethod):
         window_h, window_w = min(window, height), min(window, width)
         positions = [(top, left) for top in window_starts(height, window_h, stride)
                      for left in window_starts(width, window_w, stride)]
+        if len(positions) > MAX_POSITIONS:
+            raise InvalidRequest(f"window {window} with stride {stride} needs {len(positions)} occluded inputs per "
+                                 f"image at {width}x{height}; the limit is {MAX_POSITIONS}: use a larger stride",
+                                 field="stride")
         drops = torch.zeros((height, width), dtype=torch.float64, device=image.device)
         covered = torch.zeros_like(drops)
         for start in range(0, len(positions), BATCH):

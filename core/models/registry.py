@@ -69,7 +69,8 @@ class ModelRegistry:
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
         self._failures: dict[str, str] = {}
         self._specs: dict[str, ModelSpec] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()       # held while a model loads
+        self._order_lock = threading.Lock()  # held briefly around every change of `_loaded`
 
     def model_ids(self) -> list[str]:
         return list(BUILTIN_MODELS) + [name for name in versions.model_names(self.storage.models)
@@ -113,11 +114,16 @@ class ModelRegistry:
     def loaded(self, ref: str) -> LoadedModel | None:
         """A built-in model already loaded, found without touching the disk."""
         if "@" not in ref and ref in BUILTIN_MODELS:
-            model = self._loaded.get(f"{ref}@1")
-            if model is not None:
-                self._loaded.move_to_end(model.spec.ref)
-            return model
+            return self._touch(f"{ref}@1")
         return None
+
+    def _touch(self, ref: str) -> LoadedModel | None:
+        """The loaded model, marked as the most recently used."""
+        with self._order_lock:
+            model = self._loaded.get(ref)
+            if model is not None:
+                self._loaded.move_to_end(ref)
+            return model
 
     def get(self, ref: str) -> LoadedModel:
         """The model loaded (on first use); for a plain name without a pin, an older version
@@ -136,9 +142,8 @@ class ModelRegistry:
                             f"{'; '.join(f'{key}: {why}' for key, why in self._failures.items() if key.startswith(name + '@'))}")
 
     def _get(self, spec: ModelSpec) -> LoadedModel:
-        loaded = self._loaded.get(spec.ref)
+        loaded = self._touch(spec.ref)
         if loaded is not None:
-            self._loaded.move_to_end(spec.ref)
             return loaded
         if spec.ref in self._failures:
             raise ModelNotReady(f"model {spec.ref!r} is not served: {self._failures[spec.ref]}")
@@ -158,13 +163,18 @@ class ModelRegistry:
                     log.exception("model %s failed to load", spec.ref)
                     self._failures[spec.ref] = f"loading failed: {type(error).__name__}: {error}"
                     raise ModelNotReady(f"model {spec.ref!r} is not served: {self._failures[spec.ref]}") from None
-                self._evict()
-            return self._loaded[spec.ref]
+            with self._order_lock:
+                loaded = self._loaded.get(spec.ref)
+                self._evict(keep=spec.ref)
+            if loaded is None:  # deleted meanwhile
+                raise UnknownModel(f"model {spec.ref!r} was deleted")
+            return loaded
 
-    def _evict(self) -> None:
-        evictable = [ref for ref, model in self._loaded.items() if model.spec.id not in self.resident]
+    def _evict(self, keep: str) -> None:
+        """Unload the least recently used models beyond `max_loaded`, never `keep` or a resident one."""
+        evictable = [ref for ref, model in self._loaded.items() if ref != keep and model.spec.id not in self.resident]
         while len(self._loaded) > self.max_loaded and evictable:
-            evicted = evictable.pop(0)  # least recently used first
+            evicted = evictable.pop(0)
             del self._loaded[evicted]
             log.info("model %s unloaded (least recently used; GAZER_MAX_LOADED_MODELS=%d)", evicted, self.max_loaded)
 
@@ -180,7 +190,7 @@ class ModelRegistry:
 
     def _load(self, spec: ModelSpec) -> None:
         if spec.architecture == ONNX_ARCHITECTURE:
-            self._loaded[spec.ref] = self._onnx_only(spec)
+            self._store(self._onnx_only(spec))
             return
         spec, network = self.load_network(spec.ref)
         if spec.id in BUILTIN_MODELS:
@@ -199,9 +209,12 @@ class ModelRegistry:
         layers = targetable_layers(network, spec.input_size)
         gates = spatial_gates(network)
         methods = supported_methods(spec.linear_head, bool(gates), gradients=True)
-        self._loaded[spec.ref] = LoadedModel(spec, network, predictor, layers, device, methods,
-                                             attention_modules(network), gates)
+        self._store(LoadedModel(spec, network, predictor, layers, device, methods, attention_modules(network), gates))
         log.info("model %s loaded (providers %s)", spec.ref, predictor.providers)
+
+    def _store(self, model: LoadedModel) -> None:
+        with self._order_lock:
+            self._loaded[model.spec.ref] = model
 
     def _onnx_only(self, spec: ModelSpec) -> LoadedModel:
         onnx_file = versions.version_dir(self.storage.models, spec.id, spec.version) / versions.ONNX
@@ -213,7 +226,11 @@ class ModelRegistry:
         Runtime logits disagree (or are not finite): then InvalidRequest says why."""
         def verify(onnx_file: Path) -> None:
             try:
-                check_agreement(network, OnnxPredictor(onnx_file), spec.input_size)
+                predictor = OnnxPredictor(onnx_file)
+            except Exception as error:  # onnxruntime's own exception types
+                raise InvalidRequest(f"ONNX Runtime cannot load the exported model: {str(error)[:300]}") from None
+            try:
+                check_agreement(network, predictor, spec.input_size)
             except ModelNotReady as refused:
                 raise InvalidRequest(f"the model is refused: {refused.detail}") from None
 
@@ -230,10 +247,10 @@ class ModelRegistry:
             raise InvalidRequest("name the version to delete: NAME@VERSION", field="model")
         spec = self.spec(ref)
         versions.delete_version(self.storage.models, name, version)
-        with self._lock:
+        with self._order_lock:
             self._loaded.pop(spec.ref, None)
-            self._failures.pop(spec.ref, None)
-            self._specs.pop(spec.ref, None)
+        self._failures.pop(spec.ref, None)
+        self._specs.pop(spec.ref, None)
 
     def pin(self, name: str, version: int) -> None:
         if name in BUILTIN_MODELS:
@@ -246,8 +263,9 @@ class ModelRegistry:
     def state(self, ref: str) -> dict[str, object]:
         """`ready` (with its version), `failed` (with the reason) or `not_loaded`."""
         ref = self.spec(ref).ref
-        if ref in self._loaded:
-            return {"state": "ready", "version": self._loaded[ref].spec.version}
+        loaded = self._loaded.get(ref)
+        if loaded is not None:
+            return {"state": "ready", "version": loaded.spec.version}
         if ref in self._failures:
             return {"state": "failed", "reason": self._failures[ref]}
         return {"state": "not_loaded"}

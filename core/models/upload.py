@@ -6,9 +6,12 @@ and no external data (which could point at any file on the server)."""
 from __future__ import annotations
 
 import io
+import math
+import tempfile
 import zipfile
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterator, Literal
 
 import numpy as np
 import torch
@@ -16,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from torch import nn
 
-from core.errors import Conflict, InvalidRequest
+from core.errors import Conflict, GazerError, InvalidRequest
 from core.models.adapted import TIMM_PREFIX, adapt, classifier_name, construct, torchvision_architectures
 from core.models.layers import feeds_a_linear_head, targetable_layers
 from core.models.spec import ModelSpec
@@ -41,6 +44,15 @@ class Preprocessing:
     resize_size: int | None = param(None, ge=32, le=2048, doc="short side before the centre crop; default "
                                                               "round(input_size / 0.875)")
     interpolation: Literal["bilinear", "bicubic"] = param("bilinear")
+
+
+def check_preprocessing(preprocessing: Preprocessing) -> None:
+    check_params(preprocessing)
+    for field, values in (("mean", preprocessing.mean), ("std", preprocessing.std)):
+        if not all(math.isfinite(value) and (0 < value <= 10 if field == "std" else abs(value) <= 10)
+                   for value in values):
+            raise InvalidRequest(f"{field} must be 3 finite numbers ({'0 < std <= 10' if field == 'std' else '|mean| <= 10'})"
+                                 f"; got {values}", field=field)
 
 
 def check_model_name(name: str) -> str:
@@ -73,6 +85,19 @@ def read_state_dict(blob: bytes) -> dict[str, torch.Tensor]:
         return load_safetensors(blob)
     except (SafetensorError, ValueError, RuntimeError) as error:
         raise InvalidRequest(f"weights are not a valid .safetensors file: {error}", field="weights") from None
+
+
+def _check_fit(architecture: str, expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor],
+               classifier: str) -> None:
+    """The uploaded tensors are the architecture's, with the same shapes (the classifier's rows
+    aside: they are the classes)."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(key for key in set(expected) & set(state) if not key.startswith(classifier + ".")
+                   and tuple(expected[key].shape) != tuple(state[key].shape))
+    if missing or unexpected or wrong:
+        raise InvalidRequest(f"weights do not fit {architecture}: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+                             f"other shapes {wrong[:5]}", field="weights")
 
 
 def default_input_size(architecture: str, network: nn.Module) -> int:
@@ -110,52 +135,67 @@ def torch_model(name: str, architecture: str, weights: bytes, labels: list[str] 
     """The network with the uploaded weights, and its spec (version 0: the registry numbers it)."""
     check_model_name(name)
     check_architecture(architecture)
-    check_params(preprocessing)
+    check_preprocessing(preprocessing)
     state = {key: value for key, value in read_state_dict(weights).items()
              if not key.startswith(_TRAINING_ONLY_PREFIXES)}
-    probe = construct(architecture)
-    classifier = classifier_name(probe) + ".weight"
-    if classifier not in state or state[classifier].dim() != 2:
-        raise InvalidRequest(f"weights have no 2-D {classifier!r}: not a state dict of {architecture}",
+    try:
+        with torch.device("meta"):  # shapes only: nothing is allocated before the weights are known to fit
+            probe = construct(architecture)
+    except NotImplementedError:  # a builder that computes with tensors (RegNet): build it for real
+        probe = construct(architecture)
+    classifier = classifier_name(probe)
+    if f"{classifier}.weight" not in state or state[f"{classifier}.weight"].dim() != 2:
+        raise InvalidRequest(f"weights have no 2-D {classifier + '.weight'!r}: not a state dict of {architecture}",
                              field="weights")
-    num_classes = state[classifier].shape[0]
+    _check_fit(architecture, probe.state_dict(), state, classifier)
+    num_classes = state[f"{classifier}.weight"].shape[0]
     input_size = preprocessing.input_size or default_input_size(architecture, probe)
     try:
-        network = adapt(architecture, num_classes, input_size, network=probe)
-    except (RuntimeError, ValueError) as error:  # the input is too small for the network, say
-        raise InvalidRequest(f"{architecture} cannot run at {input_size}x{input_size}: {str(error)[:300]}",
-                             field="input_size") from None
-    try:
-        missing, unexpected = network.load_state_dict(state, strict=False)
-    except RuntimeError as error:  # tensors of the wrong shape
-        raise InvalidRequest(f"weights do not fit {architecture}: {str(error)[:400]}", field="weights") from None
-    missing = [key for key in missing if not key.startswith("attention.")]
-    if missing or unexpected:
-        raise InvalidRequest(f"weights do not fit {architecture}: missing {missing[:5]}, unexpected "
-                             f"{unexpected[:5]}", field="weights")
-    network.eval()
-    with torch.no_grad():
-        logits = network(torch.rand(2, 3, input_size, input_size, generator=torch.Generator().manual_seed(0)) * 2 - 1)
-    if not torch.isfinite(logits).all():
+        network = adapt(architecture, num_classes, input_size)
+        network.load_state_dict(state, strict=False)
+        network.eval()
+        with torch.no_grad():
+            example = torch.rand(2, 3, input_size, input_size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+            finite = bool(torch.isfinite(network(example)).all())
+        layer = cam_layer or network.anatomy.cam_layer
+        targetable = layer in targetable_layers(network, input_size)
+        linear = targetable and layer == network.anatomy.cam_layer and finite and feeds_a_linear_head(
+            network, layer, network.anatomy.classifier_layer, input_size)
+    except MemoryError:
+        raise
+    except GazerError:
+        raise
+    except Exception as error:  # the network cannot run at this size (too small, a transformer's fixed size, ...)
+        raise InvalidRequest(f"{architecture} cannot run at {input_size}x{input_size}: {type(error).__name__}: "
+                             f"{str(error)[:300]}", field="input_size") from None
+    if not finite:
         raise InvalidRequest("the model's logits are NaN or infinite", field="weights")
-    anatomy = network.anatomy
-    layer = cam_layer or anatomy.cam_layer
-    if layer not in targetable_layers(network, input_size):
+    if not targetable:
         raise InvalidRequest(f"cam_layer {layer!r} is not a layer that outputs a feature map once per forward",
                              field="cam_layer")
+    anatomy = network.anatomy
     spec = _spec(name, architecture, _labels(labels, num_classes), preprocessing, input_size, layer,
-                 anatomy.classifier_layer, layer == anatomy.cam_layer and feeds_a_linear_head(
-                     network, layer, anatomy.classifier_layer, input_size),
-                 f"{architecture} uploaded as {name}")
+                 anatomy.classifier_layer, linear, f"{architecture} uploaded as {name}")
     return spec, network
 
 
-def _check_onnx_graph(model) -> None:  # an onnx.ModelProto
-    from onnx import external_data_helper
+def _messages(message) -> Iterator:
+    """Every protobuf message inside `message`, itself included: initializers, sparse tensors,
+    attributes, subgraphs and functions alike."""
+    yield message
+    for descriptor, value in message.ListFields():
+        if descriptor.type == descriptor.TYPE_MESSAGE:
+            for item in ([value] if hasattr(value, "ListFields") else value):  # one message, or a repeated field
+                yield from _messages(item)
 
-    for tensor in external_data_helper._get_all_tensors(model):
-        if external_data_helper.uses_external_data(tensor):
-            raise InvalidRequest(f"the ONNX file refers to external data ({tensor.name!r}); upload a "
+
+def _check_onnx_graph(model) -> None:  # an onnx.ModelProto
+    from onnx import TensorProto
+
+    for message in _messages(model):
+        if isinstance(message, TensorProto) and (message.data_location == TensorProto.EXTERNAL
+                                                 or len(message.external_data)):
+            raise InvalidRequest(f"the ONNX file refers to external data ({message.name!r}); upload a "
                                  f"self-contained file", field="onnx")
     domains = {entry.domain for entry in model.opset_import} | {node.domain for node in model.graph.node}
     for function in model.functions:
@@ -181,7 +221,7 @@ def onnx_model(name: str, blob: bytes, labels: list[str] | None,
     import onnx
 
     check_model_name(name)
-    check_params(preprocessing)
+    check_preprocessing(preprocessing)
     try:
         model = onnx.load_from_string(blob)
     except Exception as error:  # protobuf's DecodeError and friends
@@ -196,9 +236,13 @@ def onnx_model(name: str, blob: bytes, labels: list[str] | None,
     fixed = [dim.dim_value if dim.HasField("dim_value") else None for dim in dims]
     if len(fixed) != 4 or fixed[1] not in (3, None):
         raise InvalidRequest(f"the ONNX input must be NCHW with 3 channels; it is {fixed}", field="onnx")
+    if fixed[0] is not None:
+        raise InvalidRequest(f"the ONNX input's batch dimension is fixed at {fixed[0]}; export it dynamic "
+                             f"(dynamic_axes)", field="onnx")
     input_size = preprocessing.input_size or fixed[2] or 224
     if fixed[2] not in (None, input_size) or fixed[3] not in (None, input_size):
         raise InvalidRequest(f"the ONNX input is {fixed[2]}x{fixed[3]}, not {input_size}", field="input_size")
+    check_params(replace(preprocessing, input_size=input_size))
     _rename_output(model, model.graph.output[0].name, "logits")
     serialized = model.SerializeToString()
     logits = _run_onnx(serialized, input_size)
@@ -208,11 +252,15 @@ def onnx_model(name: str, blob: bytes, labels: list[str] | None,
 
 
 def _run_onnx(serialized: bytes, input_size: int) -> np.ndarray:
-    """Logits of two inputs (so a batch dimension is needed), which must be finite."""
+    """Logits of two inputs (so a batch dimension is needed), which must be finite. The session
+    opens the file in an empty folder: no path in it can resolve to anything of ours."""
     import onnxruntime
 
     try:
-        session = onnxruntime.InferenceSession(serialized, providers=["CPUExecutionProvider"])
+        with tempfile.TemporaryDirectory() as folder:
+            (Path(folder) / "model.onnx").write_bytes(serialized)
+            session = onnxruntime.InferenceSession(str(Path(folder) / "model.onnx"),
+                                                   providers=["CPUExecutionProvider"])
         example = np.random.default_rng(0).uniform(-1, 1, (2, 3, input_size, input_size)).astype(np.float32)
         logits = session.run(["logits"], {session.get_inputs()[0].name: example})[0]
     except Exception as error:  # onnxruntime raises its own exception types

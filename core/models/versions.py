@@ -5,6 +5,7 @@ models/<name>/default holds a pinned version number, if one is pinned."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -17,12 +18,16 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from core.errors import InvalidRequest
+from core.errors import InvalidRequest, ModelNotReady, UnknownModel
 from core.models.catalog import file_digest
 from core.models.onnx_export import export_onnx
 from core.models.spec import ModelSpec
 
 WEIGHTS, ONNX, SPEC, METRICS, PIN = "weights.safetensors", "model.onnx", "spec.json", "metrics.json", "default"
+# The highest version number ever published: a deleted version's number is never given again,
+# so `name@N` always means the same model (to clients, and to caches in other processes).
+LAST = "last"
+_PUBLISH_ATTEMPTS = 100
 
 
 def versions(models_dir: Path, name: str) -> list[int]:
@@ -77,27 +82,48 @@ def _publish(models_dir: Path, spec: ModelSpec, metrics: dict, write: Callable[[
     try:
         digest = write(staging)
         (staging / METRICS).write_text(json.dumps(metrics, indent=1))
-        while True:
-            version = (versions(models_dir, spec.id) or [0])[-1] + 1
+        for _ in range(_PUBLISH_ATTEMPTS):
+            version = max(versions(models_dir, spec.id) + [_last_version(models_dir, spec.id)]) + 1
             final = replace(spec, version=version, weights_digest=digest)
             (staging / SPEC).write_text(final.to_json())
             try:
                 staging.rename(version_dir(models_dir, spec.id, version))
-                return final
-            except OSError:
+            except OSError as error:
+                if error.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
                 continue  # another job took this number first
+            _write_atomically(models_dir / spec.id / LAST, str(version))
+            return final
+        raise ModelNotReady(f"could not number a new version of {spec.id!r}: {_PUBLISH_ATTEMPTS} tries collided")
     finally:
         if staging.exists():
             shutil.rmtree(staging)
 
 
+def _last_version(models_dir: Path, name: str) -> int:
+    try:
+        text = (models_dir / name / LAST).read_text().strip()
+    except FileNotFoundError:
+        return 0
+    return int(text) if text.isdigit() else 0
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    staged = path.parent / f".{path.name}-{uuid.uuid4().hex}"
+    staged.write_text(text)
+    os.replace(staged, path)
+
+
 def delete_version(models_dir: Path, name: str, version: int) -> None:
     folder = version_dir(models_dir, name, version)
     aside = models_dir / name / f".deleting-{version}-{uuid.uuid4().hex}"
-    folder.rename(aside)  # gone from listings at once
+    try:
+        folder.rename(aside)  # gone from listings at once
+    except FileNotFoundError:
+        raise UnknownModel(f"model {name!r} has no version {version}") from None
     shutil.rmtree(aside)
     if pinned_version(models_dir, name) == version:
-        (models_dir / name / PIN).unlink()
+        (models_dir / name / PIN).unlink(missing_ok=True)
 
 
 def pinned_version(models_dir: Path, name: str) -> int | None:
@@ -109,13 +135,14 @@ def pinned_version(models_dir: Path, name: str) -> int | None:
 
 
 def pin_version(models_dir: Path, name: str, version: int) -> None:
-    staged = models_dir / name / f".{PIN}-{uuid.uuid4().hex}"
-    staged.write_text(str(version))
-    os.replace(staged, models_dir / name / PIN)
+    _write_atomically(models_dir / name / PIN, str(version))
 
 
 def read_spec(models_dir: Path, name: str, version: int) -> ModelSpec:
-    return ModelSpec.from_json((version_dir(models_dir, name, version) / SPEC).read_text())
+    try:
+        return ModelSpec.from_json((version_dir(models_dir, name, version) / SPEC).read_text())
+    except FileNotFoundError:  # deleted since it was listed
+        raise UnknownModel(f"model {name!r} has no version {version}") from None
 
 
 def load_weights(models_dir: Path, spec: ModelSpec, network: nn.Module) -> nn.Module:

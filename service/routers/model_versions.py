@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Response, UploadFile, status
+from fastapi import APIRouter, File, Form, Request, Response, UploadFile, status
 from starlette.concurrency import run_in_threadpool
 
 from core.errors import InvalidRequest, PayloadTooLarge
 from core.models import upload
 from core.models.spec import ModelSpec
 from schemas import models as wire
-from service.dependencies import RegistryDep, SettingsDep
+from service.dependencies import RegistryDep, SettingsDep, upload_slot
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -42,6 +42,7 @@ def _labels(blob: bytes | None) -> list[str] | None:
 
 @router.post("", response_model=wire.ModelRef, status_code=status.HTTP_201_CREATED)
 async def upload_model(
+    request: Request,
     response: Response,
     registry: RegistryDep,
     settings: SettingsDep,
@@ -81,7 +82,8 @@ async def upload_model(
             spec, network = upload.torch_model(name, architecture, blob, class_names, preprocessing, cam_layer)
             return registry.register_network(spec, network)
 
-    spec = await run_in_threadpool(register)
+    async with upload_slot(request):
+        spec = await run_in_threadpool(register)
     response.headers["Location"] = f"/v1/models/{spec.ref}"
     return wire.ModelRef(id=spec.id, version=spec.version)
 

@@ -14,6 +14,7 @@ import torch
 import torchvision
 from fastapi.testclient import TestClient
 from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
 from safetensors.torch import save
 
 from service.app import create_app
@@ -171,3 +172,50 @@ def test_an_upload_over_the_size_limit_is_413(tmp_path_factory, small_resnet):
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         assert post_weights(client, weights_of(small_resnet)).status_code == 413
         assert not (settings.data_dir / "models").exists() or not os.listdir(settings.data_dir / "models")
+
+
+def test_external_data_hidden_in_a_sparse_initializer_is_422(client):
+    """onnx's own helper does not look at sparse tensors; ONNX Runtime would read the file."""
+    model = onnx_classifier()
+    values = helper.make_tensor("secret_values", TensorProto.FLOAT, [1], [0.0])
+    values.ClearField("float_data")
+    values.data_location = TensorProto.EXTERNAL
+    entry = values.external_data.add()
+    entry.key, entry.value = "location", "var/redis/appendonly.aof"
+    indices = helper.make_tensor("secret_indices", TensorProto.INT64, [1], [0])
+    model.graph.sparse_initializer.append(helper.make_sparse_tensor(values, indices, [4]))
+    response = client.post("/v1/models", data={"name": "sparse-onnx", "input_size": 32},
+                           files={"onnx": ("m.onnx", model.SerializeToString())})
+    assert_refused(response, 422, "onnx", "external data")
+
+
+def test_onnx_inputs_need_a_dynamic_batch_and_a_bounded_size(client):
+    fixed_batch = onnx_classifier()
+    fixed_batch.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2
+    assert_refused(client.post("/v1/models", data={"name": "fixed-onnx", "input_size": 32},
+                               files={"onnx": ("m.onnx", fixed_batch.SerializeToString())}), 422, "onnx", "batch")
+    huge = onnx_classifier()
+    for axis in (2, 3):
+        huge.graph.input[0].type.tensor_type.shape.dim[axis].dim_value = 30000
+    assert_refused(client.post("/v1/models", data={"name": "huge-onnx"},
+                               files={"onnx": ("m.onnx", huge.SerializeToString())}), 422, "input_size", "<= 1024")
+
+
+@pytest.mark.parametrize("field, values, words", [
+    ("std", ["0.2", "0", "0.2"], "0 < std"), ("std", ["nan", "0.2", "0.2"], "finite"), ("mean", ["inf", "0", "0"], "finite"),
+])
+def test_mean_and_std_must_be_finite_and_std_positive(client, small_resnet, field, values, words):
+    assert_refused(post_weights(client, weights_of(small_resnet), **{field: values}), 422, field, words)
+
+
+def test_extreme_shapes_and_occlusion_costs_stay_bounded(client):
+    served = client.post("/v1/models", data={"name": "tiny-any-size", "input_size": 32},
+                         files={"onnx": ("m.onnx", onnx_classifier().SerializeToString())})
+    assert served.status_code == 201, served.text
+    # 40000 x 1: on torchvision's grid the whole image would be 10,240,000 x 256 pixels
+    line = encode(Image.new("RGB", (40000, 1), (200, 30, 30)), "PNG")
+    predicted = client.post("/v1/models/tiny-any-size/predict", files=[upload(line, "line.png", "image/png")])
+    assert predicted.status_code == 200, predicted.text
+    refused = client.post("/v1/models/efficientnet_lite0/explain", files=[upload(encode(chelsea()))],
+                          data={"method": "occlusion", "window": 4, "stride": 1})  # 48,841 inputs at 224
+    assert_refused(refused, 422, "stride", "limit")

@@ -60,6 +60,8 @@ def test_versions_can_be_listed_pinned_and_deleted(client):
     assert [v["version"] for v in listed["data"]] == [2, 3] and listed["pinned"] is None
     assert served_version(client, "pets") == 3
     assert client.delete("/v1/models/pets@1").status_code == 404
+    assert client.delete("/v1/models/pets@3").status_code == 204
+    assert publish(client, "pets", 4) == 4  # a deleted number is never given again
     assert client.delete("/v1/models/pets").status_code == 422  # which version?
     assert client.post("/v1/models/pets@1/predict", files=[upload(encode(chelsea()))]).status_code == 404
 
@@ -88,3 +90,12 @@ def test_loaded_models_beyond_the_limit_are_evicted_least_recently_used_first(cl
     assert served_version(client, "second") == 1  # loads again on demand, in place of `first`
     assert set(registry._loaded) == {"efficientnet_lite0@1", "third@1", "second@1"}
     assert client.get("/readyz").status_code == 200
+
+
+def test_one_loaded_model_besides_the_resident_default_still_serves(tmp_path):
+    settings = Settings(data_dir=tmp_path, max_loaded_models=1)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        publish(client, "solo", 1)
+        assert served_version(client, "solo") == 1
+        assert served_version(client, "solo") == 1
+        assert client.get("/readyz").status_code == 200

@@ -16,7 +16,6 @@ state dict loads as it is, and layers are named as the user knows them (`layer4`
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -24,6 +23,7 @@ from torch import nn
 from core.attention import make_attention
 from core.errors import InvalidRequest
 from core.models.anatomy import Anatomy
+from core.models.layers import Run, trace
 
 TIMM_PREFIX = "timm:"
 _POOLING = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d, nn.MaxPool2d)
@@ -60,43 +60,12 @@ def classifier_name(net: nn.Module) -> str:
     return names[-1]
 
 
-@dataclass(frozen=True)
-class _Run:
-    """One module's part in a forward pass."""
-
-    name: str
-    calls: int
-    shape: tuple[int, ...] | None  # of its (last) tensor output
-
-
-def _trace(net: nn.Module, input_size: int) -> dict[str, _Run]:
-    """Every named module's calls and output shape in one forward pass, in the order they ran."""
-    runs: dict[str, list] = {}
-    handles = []
-    for name, module in net.named_modules():
-        def record(module, inputs, output, name=name):
-            entry = runs.setdefault(name, [0, None])
-            entry[0] += 1
-            entry[1] = tuple(output.shape) if isinstance(output, torch.Tensor) else None
-        handles.append(module.register_forward_hook(record))
-    was_training = net.training
-    try:
-        net.eval()
-        with torch.no_grad():
-            net(torch.zeros(1, 3, input_size, input_size, device=next(net.parameters()).device))
-    finally:
-        net.train(was_training)
-        for handle in handles:
-            handle.remove()
-    return {name: _Run(name, calls, shape) for name, (calls, shape) in runs.items()}
-
-
-def _is_feature_map(run: _Run | None) -> bool:
+def _is_feature_map(run: Run | None) -> bool:
     return run is not None and run.calls == 1 and run.shape is not None and len(run.shape) == 4 \
         and run.shape[2] * run.shape[3] > 1
 
 
-def _cam_layer(net: nn.Module, runs: dict[str, _Run]) -> str:
+def _cam_layer(net: nn.Module, runs: dict[str, Run]) -> str:
     children = [(name, module) for name, module in net.named_children()
                 if _is_feature_map(runs.get(name)) and not isinstance(module, _POOLING)]
     if not children:
@@ -105,7 +74,7 @@ def _cam_layer(net: nn.Module, runs: dict[str, _Run]) -> str:
     return max(children, key=lambda child: order.index(child[0]))[0]
 
 
-def _blocks(net: nn.Module, runs: dict[str, _Run], cam_layer: str) -> list[str]:
+def _blocks(net: nn.Module, runs: dict[str, Run], cam_layer: str) -> list[str]:
     """Top-level children up to the CAM layer, containers opened one level, in running order."""
     order = list(runs)
     blocks = []
@@ -121,7 +90,7 @@ def _blocks(net: nn.Module, runs: dict[str, _Run], cam_layer: str) -> list[str]:
     return sorted(blocks, key=order.index)
 
 
-def _stages(blocks: list[str], runs: dict[str, _Run]) -> list[list[str]]:
+def _stages(blocks: list[str], runs: dict[str, Run]) -> list[list[str]]:
     """Blocks grouped by output resolution, top stage first, each stage's last block first."""
     stages: list[list[str]] = []
     previous = None
@@ -162,7 +131,7 @@ def adapt(architecture: str, num_classes: int, input_size: int, head_hidden: int
     else:
         network.set_submodule(classifier, new_head(in_features, num_classes, head_hidden, dropout or 0.0))
         classifier_layer = f"{classifier}.linear"
-    runs = _trace(network, input_size)
+    runs = trace(network, input_size)
     cam_layer = _cam_layer(network, runs)
     blocks = _blocks(network, runs, cam_layer)
     stages = _stages(blocks, runs)

@@ -2,36 +2,52 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from core.explain.base import capture
 
 
+@dataclass(frozen=True)
+class Run:
+    """One module's part in a forward pass."""
+
+    name: str
+    calls: int
+    shape: tuple[int, ...] | None  # of its (last) tensor output
+
+
+def trace(net: nn.Module, input_size: int) -> dict[str, Run]:
+    """Every named module's calls and output shape in one forward pass, in the order they ran."""
+    runs: dict[str, list] = {}
+    handles = []
+    for name, module in net.named_modules():
+        def record(module, inputs, output, name=name):
+            entry = runs.setdefault(name, [0, None])
+            entry[0] += 1
+            entry[1] = tuple(output.shape) if isinstance(output, torch.Tensor) else None
+        handles.append(module.register_forward_hook(record))
+    was_training = net.training
+    try:
+        net.eval()
+        with torch.no_grad():
+            net(torch.zeros(1, 3, input_size, input_size, device=next(net.parameters()).device))
+    finally:
+        net.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return {name: Run(name, calls, shape) for name, (calls, shape) in runs.items()}
+
+
 def targetable_layers(network: nn.Module, input_size: int) -> dict[str, int]:
     """Named modules that run exactly once per forward and output a 4-D feature map, in
     registration order, with the channels of that map."""
-    calls: dict[str, int] = {}
-    channels: dict[str, int] = {}
-    handles = []
-    for name, module in network.named_modules():
-        if not name:
-            continue
-
-        def record(module, inputs, output, name=name):
-            calls[name] = calls.get(name, 0) + 1
-            if isinstance(output, torch.Tensor) and output.dim() == 4:
-                channels[name] = output.shape[1]
-
-        handles.append(module.register_forward_hook(record))
-    try:
-        device = next(network.parameters()).device
-        with torch.no_grad():
-            network(torch.zeros(1, 3, input_size, input_size, device=device))
-    finally:
-        for handle in handles:
-            handle.remove()
-    return {name: channels[name] for name, _ in network.named_modules() if calls.get(name) == 1 and name in channels}
+    runs = trace(network, input_size)
+    return {name: runs[name].shape[1] for name, _ in network.named_modules()
+            if name and name in runs and runs[name].calls == 1 and runs[name].shape is not None
+            and len(runs[name].shape) == 4}
 
 
 def feeds_a_linear_head(network: nn.Module, cam_layer: str, classifier_layer: str, input_size: int) -> bool:

@@ -10,6 +10,7 @@ WORKDIR /app
 RUN pip install --no-cache-dir torch==2.14.1 torchvision==0.29.1
 COPY pyproject.toml README.md ./
 COPY core core
+COPY gazer gazer
 COPY infra infra
 COPY schemas schemas
 COPY service service

@@ -16,6 +16,10 @@ $(VENV)/.installed: pyproject.toml
 	@if [ -z "$(TCMALLOC)" ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 		apt-get install -y -qq libtcmalloc-minimal4 >/dev/null 2>&1 || \
 		(apt-get update -qq && apt-get install -y -qq libtcmalloc-minimal4 >/dev/null) || true; fi
+	@# the browser tests drive Debian's Chromium (Playwright's own browser download needs the internet)
+	@if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get install -y -qq chromium >/dev/null 2>&1 || \
+		(apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || true; fi
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1

@@ -17,7 +17,7 @@ from core.storage import Storage
 from service.errors import install_error_handlers
 from service.limits import RequestSizeLimit
 from service.queue import JobQueue
-from service.routers import datasets, health, jobs, model_versions, models
+from service.routers import datasets, health, jobs, model_versions, models, web
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -58,4 +58,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(datasets.router)
     app.include_router(jobs.router)
+    app.include_router(web.router)
+    app.mount("/static", web.static_files(), name="static")
     return app

@@ -1,26 +1,33 @@
 """Labelled image data sets uploaded as archives (one folder per class), extracted safely.
 
 Refused: absolute paths, `..`, links, devices and anything that is not a plain file or
-folder; more than `max_files` entries; more than `max_total_bytes` once uncompressed (counted
-while extracting, not trusted from headers). Every image is decoded; unreadable ones are
-listed and left out. At least two classes must keep at least one image.
+folder; encrypted entries and compression methods zipfile lacks; damaged archives; more than
+`max_files` entries and more than `max_total_bytes` once uncompressed, both counted while
+the archive streams by, before anything is kept; more than `max_seconds` in all. Every image
+is decoded, on the shared CPU pool; unreadable ones are listed and left out. At least two
+classes must keep at least one image.
 """
 
 from __future__ import annotations
 
+import gzip
 import io
+import itertools
 import json
+import lzma
 import shutil
 import tarfile
 import time
 import uuid
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, Iterator
+from typing import IO, Callable, Iterator
 
 from core.errors import GazerError, InvalidRequest, NotFound, PayloadTooLarge, TooManyFiles
 from core.imaging import decode_image
+from core.parallel import parallel_map
 from core.storage import check_name
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -34,12 +41,34 @@ class ArchiveLimits:
     max_total_bytes: int
     max_image_pixels: int
     max_file_bytes: int = 50 * 1024**2
+    max_seconds: float = 600.0
+
+
+DESCRIPTION = "dataset.json"
+# What zipfile can inflate; anything else (WinZip AES is 99) is refused up front.
+ZIP_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
+# What a damaged archive raises while it is read: bad CRC, cut streams, bad headers.
+CORRUPT = (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile)
+
+
+def _corrupt(error: Exception) -> InvalidRequest:
+    return InvalidRequest(f"the archive is corrupt: {error}", field="file")
 
 
 @dataclass(frozen=True)
 class _Entry:
     path: PurePosixPath
-    open: object  # () -> binary file object
+    open: Callable[[], IO[bytes]]
+
+    def read(self, cap: int) -> bytes:
+        try:
+            with self.open() as handle:
+                data = handle.read(cap + 1)
+        except CORRUPT as error:
+            raise _corrupt(error) from None
+        if len(data) > cap:
+            raise PayloadTooLarge(f"archive entry {str(self.path)!r} is over {cap} bytes uncompressed")
+        return data
 
 
 def _safe_path(name: str) -> PurePosixPath:
@@ -49,52 +78,88 @@ def _safe_path(name: str) -> PurePosixPath:
     return path
 
 
-def _zip_entries(archive: zipfile.ZipFile) -> Iterator[_Entry]:
-    for info in archive.infolist():
-        path = _safe_path(info.filename)
-        mode = (info.external_attr >> 16) & 0o170000
-        if mode == 0o120000:
-            raise InvalidRequest(f"archive entry {info.filename!r} is a symbolic link", field="file")
-        if info.is_dir():
-            continue
-        if mode not in (0, 0o100000):
-            raise InvalidRequest(f"archive entry {info.filename!r} is not a regular file", field="file")
-        yield _Entry(path, lambda info=info: archive.open(info))
+def _declared_zip_entries(blob: bytes) -> int:
+    """The entry count in the zip's end-of-central-directory record (zip64's when it overflows),
+    read before zipfile builds an object per entry; 0 when there is no readable record."""
+    end = blob.rfind(b"PK\x05\x06", max(0, len(blob) - 65_557))
+    if end < 0 or end + 22 > len(blob):
+        return 0
+    count = int.from_bytes(blob[end + 10:end + 12], "little")
+    locator = end - 20
+    if count == 0xFFFF and locator >= 0 and blob[locator:locator + 4] == b"PK\x06\x07":
+        record = int.from_bytes(blob[locator + 8:locator + 16], "little")
+        if blob[record:record + 4] == b"PK\x06\x06":
+            count = int.from_bytes(blob[record + 32:record + 40], "little")
+    return count
 
 
-def _tar_entries(archive: tarfile.TarFile) -> Iterator[_Entry]:
-    for member in archive:
-        path = _safe_path(member.name)
-        if member.issym() or member.islnk():
-            raise InvalidRequest(f"archive entry {member.name!r} is a link", field="file")
-        if member.isdir():
-            continue
-        if not member.isfile():
-            raise InvalidRequest(f"archive entry {member.name!r} is not a regular file", field="file")
-        yield _Entry(path, lambda member=member: archive.extractfile(member))
+def _too_many(count: int, limits: ArchiveLimits, exact: bool = True) -> TooManyFiles:
+    held = f"{count}" if exact else f"more than {limits.max_files}"
+    return TooManyFiles(f"the archive holds {held} files; the limit is {limits.max_files}")
 
 
-def _open_archive(blob: bytes) -> tuple[object, Iterator[_Entry]]:
-    if blob[:4] == b"PK\x03\x04" or blob[:4] == b"PK\x05\x06":
-        try:
-            archive = zipfile.ZipFile(io.BytesIO(blob))
-        except zipfile.BadZipFile as error:
-            raise InvalidRequest(f"the zip archive is corrupt: {error}", field="file") from None
-        return archive, _zip_entries(archive)
+def _zip_entries(blob: bytes, limits: ArchiveLimits) -> Iterator[_Entry]:
+    declared = _declared_zip_entries(blob)
+    if declared > limits.max_files:
+        raise _too_many(declared, limits)
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(blob))
+    except (zipfile.BadZipFile, ValueError) as error:
+        raise InvalidRequest(f"the zip archive is corrupt: {error}", field="file") from None
+    with archive:
+        infos = archive.infolist()
+        if len(infos) > limits.max_files:
+            raise _too_many(len(infos), limits)
+        for info in infos:
+            path = _safe_path(info.filename)
+            mode = (info.external_attr >> 16) & 0o170000
+            if mode == 0o120000:
+                raise InvalidRequest(f"archive entry {info.filename!r} is a symbolic link", field="file")
+            if info.is_dir():
+                continue
+            if mode not in (0, 0o100000):
+                raise InvalidRequest(f"archive entry {info.filename!r} is not a regular file", field="file")
+            if info.flag_bits & 0x1:
+                raise InvalidRequest(f"archive entry {info.filename!r} is encrypted", field="file")
+            if info.compress_type not in ZIP_METHODS:
+                raise InvalidRequest(f"archive entry {info.filename!r} uses compression method "
+                                     f"{info.compress_type}, which is not supported", field="file")
+            yield _Entry(path, lambda info=info: archive.open(info))
+
+
+def _tar_entries(blob: bytes, limits: ArchiveLimits) -> Iterator[_Entry]:
+    """One pass over the stream (no seeking back): each entry must be read when it is yielded."""
+    try:
+        archive = tarfile.open(fileobj=io.BytesIO(blob), mode="r|gz")
+    except CORRUPT as error:
+        raise _corrupt(error) from None
+    with archive:
+        for count in itertools.count(1):
+            try:
+                member = archive.next()
+            except CORRUPT as error:
+                raise _corrupt(error) from None
+            if member is None:
+                return
+            if count > limits.max_files:
+                raise _too_many(count, limits, exact=False)
+            archive.members.clear()  # tarfile keeps every member it has seen
+            path = _safe_path(member.name)
+            if member.issym() or member.islnk():
+                raise InvalidRequest(f"archive entry {member.name!r} is a link", field="file")
+            if member.isdir():
+                continue
+            if not member.isfile():
+                raise InvalidRequest(f"archive entry {member.name!r} is not a regular file", field="file")
+            yield _Entry(path, lambda member=member: archive.extractfile(member))
+
+
+def _entries(blob: bytes, limits: ArchiveLimits) -> Iterator[_Entry]:
+    if blob[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        return _zip_entries(blob, limits)
     if blob[:2] == b"\x1f\x8b":
-        try:
-            archive = tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz")
-        except (tarfile.TarError, OSError, EOFError) as error:
-            raise InvalidRequest(f"the .tar.gz archive is corrupt: {error}", field="file") from None
-        return archive, _tar_entries(archive)
+        return _tar_entries(blob, limits)
     raise InvalidRequest("the data set must be a .zip or .tar.gz archive", field="file")
-
-
-def _read_capped(handle: IO[bytes], cap: int, name: str) -> bytes:
-    data = handle.read(cap + 1)
-    if len(data) > cap:
-        raise PayloadTooLarge(f"archive entry {name!r} is over {cap} bytes uncompressed")
-    return data
 
 
 def _class_and_file(path: PurePosixPath, strip_root: bool) -> tuple[str, str] | None:
@@ -106,11 +171,53 @@ def _class_and_file(path: PurePosixPath, strip_root: bool) -> tuple[str, str] | 
     return parts[0], parts[1]
 
 
-def _strips_one_root(entries: list[_Entry]) -> bool:
+def _strips_one_root(paths: list[PurePosixPath]) -> bool:
     """Whether every class folder sits inside one top folder (`pets/cat/1.png`)."""
-    roots = {entry.path.parts[0] for entry in entries if len(entry.path.parts) > 1}
-    return len(roots) == 1 and all(len(entry.path.parts) >= 3 for entry in entries
-                                   if not entry.path.name.startswith("."))
+    roots = {path.parts[0] for path in paths if len(path.parts) > 1}
+    return len(roots) == 1 and all(len(path.parts) >= 3 for path in paths if not path.name.startswith("."))
+
+
+def _may_be_an_image(path: PurePosixPath) -> bool:
+    return (path.suffix.lower() in IMAGE_SUFFIXES and 2 <= len(path.parts) <= 3
+            and not any(part.startswith(".") or part == "__MACOSX" for part in path.parts))
+
+
+@dataclass(frozen=True)
+class _Staged:
+    path: PurePosixPath
+    file: Path
+
+
+class _Deadline:
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.at = time.monotonic() + seconds
+
+    def check(self) -> None:
+        if time.monotonic() > self.at:
+            raise PayloadTooLarge(f"the archive took more than {self.seconds:g} s to ingest")
+
+
+def _stage(entries: Iterator[_Entry], raw: Path, limits: ArchiveLimits,
+           deadline: _Deadline) -> tuple[list[PurePosixPath], list[_Staged]]:
+    """Stream the archive once: count and size every entry as it comes, and write the ones
+    that may be images to `raw`. Returns every file's path and the staged candidates."""
+    paths: list[PurePosixPath] = []
+    staged: list[_Staged] = []
+    total = 0
+    for entry in entries:
+        deadline.check()
+        paths.append(entry.path)
+        if not _may_be_an_image(entry.path):
+            continue
+        data = entry.read(limits.max_file_bytes)
+        total += len(data)
+        if total > limits.max_total_bytes:
+            raise PayloadTooLarge(f"the archive is over {limits.max_total_bytes} bytes uncompressed")
+        file = raw / f"{len(staged):06d}"
+        file.write_bytes(data)
+        staged.append(_Staged(entry.path, file))
+    return paths, staged
 
 
 @dataclass
@@ -119,30 +226,34 @@ class _Extracted:
     unreadable: list[dict[str, str]]
 
 
-def _extract_images(entries: list[_Entry], staging: Path, limits: ArchiveLimits) -> _Extracted:
-    """Write each decodable image to staging/<class>/<index><suffix>; list the others."""
-    strip_root = _strips_one_root(entries)
-    extracted = _Extracted({}, [])
-    total = 0
-    for entry in entries:
-        placed = _class_and_file(entry.path, strip_root)
-        if placed is None or PurePosixPath(placed[1]).suffix.lower() not in IMAGE_SUFFIXES:
-            continue
-        label, filename = placed
+def _place_images(paths: list[PurePosixPath], staged: list[_Staged], staging: Path, limits: ArchiveLimits,
+                  deadline: _Deadline) -> _Extracted:
+    """Decode the candidates on the shared CPU pool; move each readable one to
+    staging/<class>/<index><suffix> and list the others."""
+    strip_root = _strips_one_root(paths)
+    placed = [(item, _class_and_file(item.path, strip_root)) for item in staged]
+    placed = [(item, where) for item, where in placed if where is not None]
+    for _, (label, _) in placed:
         check_name(label, "class")
-        with entry.open() as handle:  # type: ignore[operator]
-            data = _read_capped(handle, limits.max_file_bytes, str(entry.path))
-        total += len(data)
-        if total > limits.max_total_bytes:
-            raise PayloadTooLarge(f"the archive is over {limits.max_total_bytes} bytes uncompressed")
+        if label == DESCRIPTION:
+            raise InvalidRequest(f"a class may not be named {DESCRIPTION!r}", field="file")
+
+    def problem(item: _Staged) -> str | None:
+        deadline.check()
         try:
-            decode_image(data, limits.max_image_pixels)
+            decode_image(item.file.read_bytes(), limits.max_image_pixels)
         except GazerError as error:
-            extracted.unreadable.append({"file": str(entry.path), "reason": error.detail})
+            return error.detail
+        return None
+
+    extracted = _Extracted({}, [])
+    for (item, (label, filename)), reason in zip(placed, parallel_map(problem, [item for item, _ in placed])):
+        if reason is not None:
+            extracted.unreadable.append({"file": str(item.path), "reason": reason})
             continue
         index = extracted.counts.get(label, 0)
         (staging / label).mkdir(exist_ok=True)
-        (staging / label / f"{index:06d}{PurePosixPath(filename).suffix.lower()}").write_bytes(data)
+        item.file.rename(staging / label / f"{index:06d}{PurePosixPath(filename).suffix.lower()}")
         extracted.counts[label] = index + 1
     return extracted
 
@@ -158,22 +269,22 @@ def _check_classes(extracted: _Extracted) -> None:
 
 def ingest_archive(blob: bytes, datasets_dir: Path, name: str | None, limits: ArchiveLimits) -> dict:
     """Extract a class-per-folder archive into a new data set and return its description."""
-    archive, entries = _open_archive(blob)
+    deadline = _Deadline(limits.max_seconds)
+    entries = _entries(blob, limits)
     dataset_id = uuid.uuid4().hex[:12]
     staging = datasets_dir / f".{dataset_id}.partial"
-    staging.mkdir(parents=True)
+    raw = staging / ".raw"
+    raw.mkdir(parents=True)
     try:
-        with archive:  # type: ignore[attr-defined]
-            listed = list(entries)
-            if len(listed) > limits.max_files:
-                raise TooManyFiles(f"the archive holds {len(listed)} files; the limit is {limits.max_files}")
-            extracted = _extract_images(listed, staging, limits)
+        paths, staged = _stage(entries, raw, limits, deadline)
+        extracted = _place_images(paths, staged, staging, limits, deadline)
         _check_classes(extracted)
+        shutil.rmtree(raw)
         counts = extracted.counts
         description = {"id": dataset_id, "name": name or dataset_id, "classes": sorted(counts),
                        "counts": dict(sorted(counts.items())), "images": sum(counts.values()),
                        "unreadable": extracted.unreadable, "created_at": time.time()}
-        (staging / "dataset.json").write_text(json.dumps(description, indent=1))
+        (staging / DESCRIPTION).write_text(json.dumps(description, indent=1))
         staging.rename(datasets_dir / dataset_id)
         return description
     finally:

@@ -24,10 +24,11 @@ class SharedSettings(BaseSettings):
     max_dataset_bytes: int = 500 * 1024 * 1024
     max_dataset_uncompressed_bytes: int = 2 * 1024**3
     max_dataset_files: int = 20_000
+    max_dataset_ingest_seconds: float = Field(600.0, gt=0)
     max_model_bytes: int = 1024**3          # an uploaded model (weights or ONNX file)
     max_loaded_models: int = Field(8, ge=1)  # beyond this, the least recently used is unloaded
 
     @property
     def archive_limits(self) -> ArchiveLimits:
         return ArchiveLimits(max_files=self.max_dataset_files, max_total_bytes=self.max_dataset_uncompressed_bytes,
-                             max_image_pixels=self.max_image_pixels)
+                             max_image_pixels=self.max_image_pixels, max_seconds=self.max_dataset_ingest_seconds)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import tarfile
+import time
 import zipfile
 
 import pytest
 from fastapi.testclient import TestClient
 
+from core.datasets import ArchiveLimits, ingest_archive
+from core.errors import PayloadTooLarge
 from service.app import create_app
 from service.settings import Settings
 from support import SHAPE_CLASSES, chelsea, encode, shapes_archive, upload
@@ -151,3 +155,75 @@ def test_archive_with_too_many_files_is_413(strict_client):
     body = assert_refused(post(strict_client, zip_of({**GOOD, "cat/c.jpg": PHOTO, "dog/d.jpg": PHOTO})), 413,
                           "the limit is 3")
     assert body["type"] == "/problems/too-many-files"
+
+
+def stored_zip(entries: dict[str, bytes]) -> bytearray:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for name, blob in entries.items():
+            archive.writestr(name, blob)
+    return bytearray(buffer.getvalue())
+
+
+def with_header_field(blob: bytearray, local_offset: int, central_offset: int, value: int) -> bytes:
+    """Set a 2-byte field in every local and central header of a zip."""
+    for signature, offset in ((b"PK\x03\x04", local_offset), (b"PK\x01\x02", central_offset)):
+        start = blob.find(signature)
+        while start != -1:
+            blob[start + offset:start + offset + 2] = value.to_bytes(2, "little")
+            start = blob.find(signature, start + 4)
+    return bytes(blob)
+
+
+def test_a_class_folder_named_like_the_description_file_is_refused(client):
+    assert_refused(post(client, zip_of({"dataset.json/a.jpg": PHOTO, **GOOD})), 422, "dataset.json")
+
+
+def test_an_encrypted_zip_entry_is_refused(client):
+    assert_refused(post(client, with_header_field(stored_zip(GOOD), 6, 8, 0x1)), 422, "encrypted")
+
+
+def test_an_unsupported_compression_method_is_refused(client):
+    """99 is WinZip AES, which zipfile cannot read."""
+    assert_refused(post(client, with_header_field(stored_zip(GOOD), 8, 10, 99)), 422, "compression")
+
+
+def test_a_bad_crc_is_refused(client):
+    blob = stored_zip(GOOD)
+    middle = blob.find(PHOTO) + len(PHOTO) // 2
+    blob[middle] ^= 0xFF
+    assert_refused(post(client, bytes(blob)), 422, "corrupt")
+
+
+def test_a_tar_gz_cut_mid_stream_is_refused(client, data_dir):
+    whole = tar_of([file_info(name, blob) for name, blob in GOOD.items()])
+    assert_refused(post(client, whole[: len(whole) // 2], "data.tar.gz"), 422, "corrupt")
+    assert not list((data_dir / "datasets").glob(".*"))  # nothing half-extracted is left
+
+
+def test_entries_of_a_huge_tar_are_counted_while_streaming(strict_client):
+    """A million entries: refused once the limit is passed, without reading the rest."""
+    header = tarfile.TarInfo("cat/a.jpg").tobuf()
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb", compresslevel=1) as stream:
+        for _ in range(100):
+            stream.write(header * 10_000)
+        stream.write(b"\0" * 1024)
+    started = time.perf_counter()
+    assert_refused(post(strict_client, buffer.getvalue(), "data.tar.gz"), 413, "more than 3 files")
+    assert time.perf_counter() - started < 10
+
+
+def test_a_zip_with_too_many_entries_is_refused_from_its_directory(strict_client):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for index in range(50_000):
+            archive.writestr(f"cat/{index}.jpg", b"")
+    assert_refused(post(strict_client, buffer.getvalue()), 413, "50000 files")
+
+
+def test_ingest_has_a_time_limit_and_leaves_nothing_behind(tmp_path):
+    limits = ArchiveLimits(max_files=10, max_total_bytes=10**7, max_image_pixels=10**7, max_seconds=1e-9)
+    with pytest.raises(PayloadTooLarge, match="took more than"):
+        ingest_archive(zip_of(GOOD), tmp_path, None, limits)
+    assert list(tmp_path.iterdir()) == []

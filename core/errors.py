@@ -85,3 +85,10 @@ class TooManyFiles(GazerError):
 class ModelNotReady(GazerError):
     code = "model-not-ready"
     status = 503
+
+
+class StorageFailed(GazerError):
+    """The data folder refused a write (full disk, permissions): nothing was kept."""
+
+    code = "storage-failed"
+    status = 507

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,3 +43,24 @@ class Storage:
 
     def job_artifacts(self, job_id: str) -> Path:
         return self.root / "artifacts" / job_id
+
+    def partial_folders(self) -> list[Path]:
+        """What an interrupted ingest, save or delete leaves: `.<id>.partial` data sets and a
+        model's `.staging-*` and `.deleting-*` folders."""
+        return [*self.datasets.glob(".*.partial"), *self.models.glob("*/.staging-*"),
+                *self.models.glob("*/.deleting-*")]
+
+    def sweep_partial_folders(self, older_than_seconds: float = 3600.0) -> list[Path]:
+        """Remove partial folders not touched for `older_than_seconds`: old enough that no live
+        process (this one or another sharing the folder) is still writing them."""
+        now = time.time()
+        swept = []
+        for folder in self.partial_folders():
+            try:
+                if now - folder.stat().st_mtime < older_than_seconds:
+                    continue
+                shutil.rmtree(folder)
+            except FileNotFoundError:  # another process swept it first
+                continue
+            swept.append(folder)
+        return swept

@@ -155,7 +155,7 @@ class ModelRegistry:
                     self._load(spec)
                 except GazerError:
                     raise
-                except (OSError, MemoryError) as error:  # may pass (a full disk, memory): try again later
+                except (OSError, MemoryError, torch.OutOfMemoryError) as error:  # may pass: try again later
                     log.exception("model %s failed to load", spec.ref)
                     raise ModelNotReady(f"model {spec.ref!r} could not be loaded now: {type(error).__name__}: "
                                         f"{error}") from None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import shutil
 import uuid
@@ -18,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from core.errors import InvalidRequest, ModelNotReady, UnknownModel
+from core.errors import InvalidRequest, ModelNotReady, StorageFailed, UnknownModel
 from core.models.catalog import file_digest
 from core.models.onnx_export import export_onnx
 from core.models.spec import ModelSpec
@@ -28,6 +29,7 @@ WEIGHTS, ONNX, SPEC, METRICS, PIN = "weights.safetensors", "model.onnx", "spec.j
 # so `name@N` always means the same model (to clients, and to caches in other processes).
 LAST = "last"
 _PUBLISH_ATTEMPTS = 100
+log = logging.getLogger(__name__)
 
 
 def versions(models_dir: Path, name: str) -> list[int]:
@@ -76,28 +78,46 @@ def save_onnx_version(models_dir: Path, spec: ModelSpec, onnx_model: bytes) -> M
 
 
 def _publish(models_dir: Path, spec: ModelSpec, metrics: dict, write: Callable[[Path], str]) -> ModelSpec:
-    (models_dir / spec.id).mkdir(parents=True, exist_ok=True)
     staging = models_dir / spec.id / f".staging-{uuid.uuid4().hex}"
-    staging.mkdir()
     try:
+        (models_dir / spec.id).mkdir(parents=True, exist_ok=True)
+        staging.mkdir()
         digest = write(staging)
         (staging / METRICS).write_text(json.dumps(metrics, indent=1))
         for _ in range(_PUBLISH_ATTEMPTS):
             version = max(versions(models_dir, spec.id) + [_last_version(models_dir, spec.id)]) + 1
             final = replace(spec, version=version, weights_digest=digest)
             (staging / SPEC).write_text(final.to_json())
+            _fsync_folder(staging)
             try:
                 staging.rename(version_dir(models_dir, spec.id, version))
             except OSError as error:
                 if error.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                     raise
                 continue  # another job took this number first
-            _write_atomically(models_dir / spec.id / LAST, str(version))
+            _fsync(models_dir / spec.id)
+            _record_last(models_dir, spec.id, version)
             return final
         raise ModelNotReady(f"could not number a new version of {spec.id!r}: {_PUBLISH_ATTEMPTS} tries collided")
+    except OSError as error:
+        raise StorageFailed(f"could not save a version of {spec.id!r}: {error.strerror or error}") from None
     finally:
-        if staging.exists():
-            shutil.rmtree(staging)
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _fsync(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Its files and then the folder itself, so that a rename publishes only what is on disk."""
+    for path in folder.iterdir():
+        _fsync(path)
+    _fsync(folder)
 
 
 def _last_version(models_dir: Path, name: str) -> int:
@@ -106,6 +126,15 @@ def _last_version(models_dir: Path, name: str) -> int:
     except FileNotFoundError:
         return 0
     return int(text) if text.isdigit() else 0
+
+
+def _record_last(models_dir: Path, name: str, version: int) -> None:
+    """The high-water mark that keeps a deleted version's number from coming back. The version
+    is already published when this runs, so failing here is logged, not raised."""
+    try:
+        _write_atomically(models_dir / name / LAST, str(version))
+    except OSError as error:
+        log.warning("model %s@%d published, but its high-water mark was not saved: %s", name, version, error)
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -1,0 +1,77 @@
+"""Faults of the data folder and of loading: a full disk, interrupted writes, a transient
+out-of-memory. Each ends in a clear error and leaves nothing half-written behind."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+import pytest
+import torch
+
+from core.errors import ModelNotReady, StorageFailed
+from core.models import registry as registry_module
+from core.models.registry import ModelRegistry
+from core.models.versions import save_onnx_version, versions
+from core.storage import Storage
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs: a real full disk (needs root, as CI has)."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    yield mount_point
+    subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_a_full_disk_during_a_version_save_is_a_clear_error_and_leaves_nothing(small_disk, tmp_path):
+    spec = ModelRegistry(Storage(tmp_path / "spec-source"), max_loaded=1).spec("efficientnet_lite0")
+    models_dir = small_disk / "models"
+    with pytest.raises(StorageFailed, match="could not save a version of 'efficientnet_lite0'.*No space"):
+        save_onnx_version(models_dir, spec, b"\0" * 2_000_000)
+    assert versions(models_dir, spec.id) == []
+    assert list((models_dir / spec.id).iterdir()) == []
+    assert StorageFailed.status == 507
+
+
+def test_the_sweep_removes_old_partial_folders_only(tmp_path):
+    storage = Storage(tmp_path)
+    old = [storage.datasets / ".abc.partial", storage.models / "pets" / ".staging-1",
+           storage.models / "pets" / ".deleting-3-x"]
+    fresh = storage.models / "pets" / ".staging-2"
+    kept = [storage.models / "pets" / "1", storage.datasets / "abc"]
+    for folder in old + [fresh] + kept:
+        folder.mkdir(parents=True)
+        (folder / "file").write_bytes(b"x")
+    an_hour_ago = time.time() - 3700
+    for folder in old + kept:
+        os.utime(folder, (an_hour_ago, an_hour_ago))
+    assert sorted(storage.sweep_partial_folders()) == sorted(old)
+    assert all(folder.exists() for folder in kept + [fresh])
+    assert not any(folder.exists() for folder in old)
+
+
+def test_an_out_of_memory_while_loading_is_not_remembered(tmp_path, monkeypatch):
+    """CUDA out of memory is transient: the next request tries again and is served."""
+    registry = ModelRegistry(Storage(tmp_path), max_loaded=2)
+    real_check = registry_module.check_agreement
+    calls = []
+
+    def out_of_memory_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_check(*args, **kwargs)
+
+    monkeypatch.setattr(registry_module, "check_agreement", out_of_memory_once)
+    with pytest.raises(ModelNotReady, match="could not be loaded now: OutOfMemoryError"):
+        registry.get("efficientnet_lite0")
+    assert registry.status()["efficientnet_lite0"]["state"] != "failed"
+    assert registry.get("efficientnet_lite0").spec.id == "efficientnet_lite0"
+    assert len(calls) == 2

@@ -36,9 +36,13 @@ def free_port() -> int:
 
 
 class EmbeddedRedis:
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+    """`maxmemory` bounds what job records and queues may take; with `noeviction`, a write past
+    it fails with Redis's OOM error instead of silently dropping jobs."""
+
+    def __init__(self, data_dir: Path, port: int | None = None, maxmemory: str = "512mb") -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
+        self.maxmemory = maxmemory
         self.process: subprocess.Popen | None = None
 
     @property
@@ -49,7 +53,7 @@ class EmbeddedRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
-             "--appendonly", "yes", "--maxmemory-policy", "noeviction", "--save", "60 1", "--protected-mode", "yes"],
+             "--appendonly", "yes", "--maxmemory", self.maxmemory, "--maxmemory-policy", "noeviction", "--save", "60 1", "--protected-mode", "yes"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + timeout
         client = redis.Redis.from_url(self.url)

@@ -40,6 +40,11 @@ def bounds(field: dataclasses.Field) -> dict[str, float]:
     return dict(field.metadata.get("bounds", {}))
 
 
+def field_bounds(cls: type, name: str) -> dict[str, float]:
+    """The bounds of one field of a params dataclass, by name."""
+    return bounds(next(field for field in dataclasses.fields(cls) if field.name == name))
+
+
 def choices(annotation: Any) -> tuple[Any, ...] | None:
     """The allowed values of a `Literal[...]` annotation (also inside `X | None`), else None."""
     if typing.get_origin(annotation) is Literal:

@@ -107,4 +107,4 @@ class VersionList(BaseModel):
 class PinRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=2**31 - 1)

@@ -38,13 +38,23 @@ def methods_description() -> str:
     return "one of: " + "; ".join(listed) + ". Options a method does not take are refused (422)."
 
 
+def _envelope(fields: list[dataclasses.Field]) -> dict[str, float]:
+    """Bounds that admit every method's range for a shared option (each method still checks
+    its own): a bound kind that every taker has, at its loosest."""
+    loosest = {"ge": min, "gt": min, "le": max, "lt": max, "min_length": min, "max_length": max}
+    limits = [bounds(field) for field in fields]
+    return {kind: pick(limit[kind] for limit in limits) for kind, pick in loosest.items()
+            if all(kind in limit for limit in limits)}
+
+
 def _parameters() -> list[inspect.Parameter]:
     parameters = []
     for option, takers in _takers().items():
         annotation = takers[0][2]
         description = "; ".join(_describe(method, field) for method, field, _ in takers)
+        form = Form(description=description, **_envelope([field for _, field, _ in takers]))
         parameters.append(inspect.Parameter(option, inspect.Parameter.KEYWORD_ONLY, default=None,
-                                            annotation=Annotated[Optional[annotation], Form(description=description)]))
+                                            annotation=Annotated[Optional[annotation], form]))
     return parameters
 
 

@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from core.errors import InvalidRequest, PayloadTooLarge
 from core.models import upload
 from core.models.spec import ModelSpec
+from core.params import field_bounds
 from schemas import models as wire
 from service.dependencies import RegistryDep, SettingsDep, upload_slot
 
@@ -57,9 +58,11 @@ async def upload_model(
     labels: Annotated[UploadFile | None, File(description="text, one class name per line; default the indices")] = None,
     mean: Annotated[list[float] | None, Form(description="3 numbers, pixels in 0..1; default ImageNet's")] = None,
     std: Annotated[list[float] | None, Form(description="3 numbers, pixels in 0..1; default ImageNet's")] = None,
-    input_size: Annotated[int | None, Form(description="default the architecture's (299 for inception_v3)")] = None,
+    input_size: Annotated[int | None, Form(description="default the architecture's (299 for inception_v3)",
+                                           **field_bounds(upload.Preprocessing, "input_size"))] = None,
     resize_size: Annotated[int | None, Form(description="short side before the centre crop; default "
-                                                        "round(input_size / 0.875)")] = None,
+                                                        "round(input_size / 0.875)",
+                                            **field_bounds(upload.Preprocessing, "resize_size"))] = None,
     interpolation: Annotated[str, Form(description="bilinear or bicubic")] = "bilinear",
     cam_layer: Annotated[str | None, Form(description="default: the feature map that global pooling sees")] = None,
 ) -> wire.ModelRef:

@@ -21,6 +21,13 @@ from core.models.registry import LoadedModel
 from core.models.spec import ModelSpec
 from core.parallel import parallel_map
 
+# Told each stage's wall time in seconds: preprocess, ort, explain:<method>, faithfulness, render.
+OnStage = Callable[[str, float], None]
+
+
+def _ignore(stage: str, seconds: float) -> None:
+    pass
+
 
 @dataclass(frozen=True)
 class Prediction:
@@ -62,9 +69,14 @@ def top_predictions(probabilities: np.ndarray, spec: ModelSpec, top_k: int) -> l
 
 
 def predict(model: LoadedModel, images: list[Image.Image], top_k: int = 5,
-            resize: str = "crop") -> list[ImageResult]:
+            resize: str = "crop", on_stage: OnStage = _ignore) -> list[ImageResult]:
+    started = time.perf_counter()
     batch, _ = imaging.preprocess(images, model.spec, resize)
-    probabilities = softmax(model.predictor.logits(batch))
+    preprocessed = time.perf_counter()
+    on_stage("preprocess", preprocessed - started)
+    logits = model.predictor.logits(batch)
+    on_stage("ort", time.perf_counter() - preprocessed)
+    probabilities = softmax(logits)
     return [ImageResult(predictions) for predictions in top_predictions(probabilities, model.spec, top_k)]
 
 
@@ -126,7 +138,7 @@ def explain(model: LoadedModel, images: list[Image.Image], method_name: str,
             targets: list[int] | None = None, layer: str | None = None,
             options: dict[str, object] | None = None, top_k: int = 5,
             outputs: tuple[str, ...] = ("heatmap", "overlay"), resize: str = "crop",
-            faithfulness: bool = False) -> list[ImageResult]:
+            faithfulness: bool = False, on_stage: OnStage = _ignore) -> list[ImageResult]:
     """`options`: the method's own (its `Options`); one it does not take is refused.
     `outputs`: `heatmap` and `overlay` PNGs the image's size, `map` the raw [0, 1] map at
     the explained layer's (or the input's) resolution. `resize`: see imaging.RESIZE_MODES.
@@ -144,10 +156,13 @@ def explain(model: LoadedModel, images: list[Image.Image], method_name: str,
     maps, chosen = result.maps, result.targets.cpu().numpy()
     probabilities = softmax(result.logits.float().cpu().numpy())
     timings = {"preprocess": (preprocessed - started) * 1000, "model": (explained - preprocessed) * 1000}
+    on_stage("preprocess", preprocessed - started)
+    on_stage(f"explain:{method_name}", explained - preprocessed)
     scores: list[Faithfulness | None] = [None] * len(images)
     if faithfulness:
         scores = _faithfulness(model, batch, maps, chosen)
         timings["faithfulness"] = (time.perf_counter() - explained) * 1000
+        on_stage("faithfulness", timings["faithfulness"] / 1000)
     predictions = top_predictions(probabilities, model.spec, top_k)
 
     def render(index: int) -> ImageResult:
@@ -159,7 +174,10 @@ def explain(model: LoadedModel, images: list[Image.Image], method_name: str,
             layer, heatmap_png, overlay_png, np.round(maps[index], 4).tolist() if "map" in outputs else None,
             {**timings, "render": (time.perf_counter() - started) * 1000}, scores[index]))
 
-    return parallel_map(render, range(len(images)))
+    rendering = time.perf_counter()
+    results = parallel_map(render, range(len(images)))
+    on_stage("render", time.perf_counter() - rendering)
+    return results
 
 
 def _run_method(model: LoadedModel, method: Method, inputs: torch.Tensor, wanted: torch.Tensor | None,

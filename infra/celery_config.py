@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 RUN_JOB_TASK = "gazer.run_job"
+QUEUE = "celery"  # Celery's default queue: a Redis list of that name
 LONGEST_JOB_SECONDS = 7 * 24 * 3600
 
 
@@ -12,6 +13,7 @@ def celery_config(redis_url: str, visibility_timeout: float = LONGEST_JOB_SECOND
     """The visibility timeout must outlast the longest job."""
     return {
         "broker_url": redis_url,
+        "task_default_queue": QUEUE,
         "task_serializer": "json",
         # Job records in Redis (infra.job_store) hold results; Celery keeps none.
         "task_ignore_result": True,

@@ -108,6 +108,19 @@ class JobStore:
                     jobs.append(job)
         return jobs[:limit]
 
+    def count(self) -> int:
+        return self.redis.zcard(_INDEX)
+
+    def summaries(self, limit: int) -> list[dict[str, str]]:
+        """type, state, started_at and finished_at of the newest `limit` jobs, as stored (no
+        lease check, so a reader changes nothing); one round trip for the records."""
+        fields = ("type", "state", "started_at", "finished_at")
+        with self.redis.pipeline(transaction=False) as reads:
+            for job_id in self.redis.zrevrange(_INDEX, 0, limit - 1):
+                reads.hmget(_key(job_id), fields)
+            rows = reads.execute()
+        return [dict(zip(fields, row)) for row in rows if row[0] is not None]
+
     def claim(self, job_id: str, worker: str) -> bool:
         return bool(self._claim(keys=[_key(job_id)], args=[time.time(), worker]))
 

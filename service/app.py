@@ -16,8 +16,10 @@ from core.models.registry import ModelRegistry
 from core.storage import Storage
 from service.errors import install_error_handlers
 from service.limits import RequestSizeLimit
+from service.metrics import Metrics
 from service.queue import JobQueue
-from service.routers import datasets, health, jobs, model_versions, models, web
+from service.request_context import RequestContext
+from service.routers import datasets, health, jobs, metrics, model_versions, models, web
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -50,14 +52,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Gazer", version="0.1.0", lifespan=lifespan,
                   description="Predictions and explanations (CAM, Grad-CAM, saliency, ...) for image classifiers.")
     app.state.settings = settings
+    app.state.metrics = Metrics(app.state, settings.max_concurrent_explanations)
     install_error_handlers(app)
     app.add_middleware(RequestSizeLimit, max_bytes=settings.max_request_bytes,
                        per_path={"/v1/datasets": settings.max_dataset_bytes, "/v1/models": settings.max_model_bytes})
+    app.add_middleware(RequestContext, metrics=app.state.metrics)  # outside the size limit: its 413s count too
     app.include_router(health.router)
     app.include_router(model_versions.router)
     app.include_router(models.router)
     app.include_router(datasets.router)
     app.include_router(jobs.router)
+    app.include_router(metrics.router)
     app.include_router(web.router)
     app.mount("/static", web.static_files(), name="static")
     return app

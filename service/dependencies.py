@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from core.errors import PayloadTooLarge, ServiceBusy, TooManyFiles
 from core.models.registry import LoadedModel, ModelRegistry
 from core.storage import Storage
+from service.metrics import Metrics
 from service.queue import JobQueue
 from service.settings import Settings
 
@@ -34,10 +35,15 @@ async def get_queue(request: Request) -> JobQueue:
     return request.app.state.queue
 
 
+async def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
 QueueDep = Annotated[JobQueue, Depends(get_queue)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
 
 async def get_model(model: str, registry: RegistryDep) -> LoadedModel:
@@ -74,12 +80,15 @@ async def taken(slots: anyio.Semaphore, wait_seconds: float, busy: str) -> Async
         slots.release()
 
 
-def explanation_slot(request: Request):
+@asynccontextmanager
+async def explanation_slot(request: Request) -> AsyncIterator[None]:
     """One of the app's explanation slots (`max_concurrent_explanations`)."""
     settings: Settings = request.app.state.settings
-    return taken(request.app.state.explanation_slots, settings.explain_queue_seconds,
-                 f"all {settings.max_concurrent_explanations} explanation slots stayed busy for "
-                 f"{settings.explain_queue_seconds:g} s; retry later")
+    async with taken(request.app.state.explanation_slots, settings.explain_queue_seconds,
+                     f"all {settings.max_concurrent_explanations} explanation slots stayed busy for "
+                     f"{settings.explain_queue_seconds:g} s; retry later"):
+        with request.app.state.metrics.explain_slots_in_use.track_inprogress():
+            yield
 
 
 def upload_slot(request: Request):

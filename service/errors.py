@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core import errors
+from infra.logs import request_id
 from schemas.problems import TITLES, FieldError, problem
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,10 @@ async def _http_error(request: Request, error: StarletteHTTPException) -> JSONRe
 
 async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return problem_response(500, "internal-error", "the server failed to handle this request; it is logged")
+    response = problem_response(500, "internal-error", "the server failed to handle this request; it is logged")
+    if (rid := request_id.get()) is not None:  # answered outside RequestContext, which adds it elsewhere
+        response.headers["x-request-id"] = rid
+    return response
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -11,6 +11,7 @@ import sys
 import time
 
 from infra.embedded_redis import EmbeddedRedis
+from infra.logs import configure_logging
 from infra.processes import stop_process
 from core.storage import Storage
 from service.settings import Settings
@@ -19,7 +20,7 @@ log = logging.getLogger("gazer.launch")
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     settings = Settings()
     env = dict(os.environ)
     embedded = None

@@ -5,15 +5,31 @@ from __future__ import annotations
 
 import logging
 
+from celery import signals
+
+from infra.logs import configure_logging
 from worker.app import create_celery
+from worker.metrics import WorkerMetrics
 from worker.settings import WorkerSettings
+
+log = logging.getLogger("gazer.worker")
+
+
+def _keep_our_logging(**_: object) -> None:
+    """Connected to setup_logging, so Celery leaves the JSON logging as it is."""
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_celery(WorkerSettings())
-    app.worker_main(["worker", "--pool=solo", "--concurrency=1", "--loglevel=INFO", "--without-gossip",
-                     "--without-mingle", "--without-heartbeat"])
+    configure_logging()
+    signals.setup_logging.connect(_keep_our_logging, weak=False)
+    settings = WorkerSettings()
+    metrics = WorkerMetrics()
+    if settings.worker_metrics_port is not None:
+        metrics.serve(settings.worker_metrics_port)
+        log.info("worker metrics on port %d", settings.worker_metrics_port)
+    app = create_celery(settings, metrics)
+    app.worker_main(["--quiet", "worker", "--pool=solo", "--concurrency=1", "--loglevel=INFO",  # quiet: no banner
+                     "--without-gossip", "--without-mingle", "--without-heartbeat"])
 
 
 if __name__ == "__main__":

@@ -11,18 +11,20 @@ from infra.celery_config import RUN_JOB_TASK, celery_config
 from infra.job_store import JobStore
 from schemas.jobs import artifact_url
 from worker import tasks
+from worker.metrics import WorkerMetrics
 from worker.settings import WorkerSettings
 
 
-def create_celery(settings: WorkerSettings) -> Celery:
+def create_celery(settings: WorkerSettings, metrics: WorkerMetrics | None = None) -> Celery:
     app = Celery("gazer")
     app.conf.update(celery_config(settings.redis_url, settings.visibility_timeout))
     storage = Storage(settings.data_dir)
     context = JobContext(storage, ModelRegistry(storage, settings.max_loaded_models), settings.max_image_pixels, artifact_url)
     store = JobStore.from_url(settings.redis_url, settings.job_lease_seconds)
+    metrics = metrics or WorkerMetrics()
 
     @app.task(name=RUN_JOB_TASK)
     def run_job(job_id: str) -> str:
-        return tasks.run_job(job_id, store, context)
+        return tasks.run_job(job_id, store, context, metrics)
 
     return app

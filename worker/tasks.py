@@ -6,12 +6,15 @@ import logging
 import os
 import socket
 import threading
+import time
 
 from core.errors import GazerError
 from core.job_runners import RUNNERS, JobContext
 from core.jobs import JobCancelled
+from infra import logs
 from infra.job_store import JobStore
 from schemas.problems import problem
+from worker.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -21,12 +24,26 @@ def _heartbeat(store: JobStore, job_id: str, stop: threading.Event) -> None:
         store.heartbeat(job_id)
 
 
-def run_job(job_id: str, store: JobStore, context: JobContext) -> str:
-    worker = f"{socket.gethostname()}:{os.getpid()}"
-    if not store.claim(job_id, worker):
-        log.info("job %s is not queued any more (cancelled, running elsewhere or done); skipped", job_id)
-        return "skipped"
-    job = store.get(job_id)
+def run_job(job_id: str, store: JobStore, context: JobContext, metrics: WorkerMetrics) -> str:
+    token = logs.job_id.set(job_id)
+    try:
+        worker = f"{socket.gethostname()}:{os.getpid()}"
+        if not store.claim(job_id, worker):
+            log.info("job %s is not queued any more (cancelled, running elsewhere or done); skipped", job_id)
+            return "skipped"
+        job = store.get(job_id)
+        started = time.perf_counter()
+        with metrics.running.track_inprogress():
+            state = _run(job, store, context)
+        metrics.record(job["type"], state, time.perf_counter() - started)
+        return state
+    finally:
+        logs.job_id.reset(token)
+
+
+def _run(job: dict, store: JobStore, context: JobContext) -> str:
+    """Runs a claimed job to its end; the state it ended in."""
+    job_id = job["id"]
     stop = threading.Event()
     beating = threading.Thread(target=_heartbeat, args=(store, job_id, stop), daemon=True)
     beating.start()

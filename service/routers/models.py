@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
@@ -16,7 +17,8 @@ from core.explain.faithfulness import DEFAULT_STEPS, Faithfulness
 from core.imaging import decode_images
 from core.models.spec import ModelSpec
 from schemas import models as wire
-from service.dependencies import ModelDep, RegistryDep, SettingsDep, explanation_slot, read_uploads
+from service.dependencies import (MetricsDep, ModelDep, RegistryDep, SettingsDep, explanation_slot,
+                                  read_uploads)
 from service.method_options import method_options, methods_description
 from service.negotiation import prefers_png
 from service.settings import Settings
@@ -58,8 +60,11 @@ def _base64(blob: bytes | None) -> str | None:
     return base64.b64encode(blob).decode("ascii") if blob is not None else None
 
 
-def _decode_all(blobs: list[bytes], settings: Settings) -> list:
-    return decode_images(blobs, settings.max_image_pixels, settings.max_request_pixels)
+def _decode_all(blobs: list[bytes], settings: Settings, on_stage: pipeline.OnStage) -> list:
+    started = time.perf_counter()
+    images = decode_images(blobs, settings.max_image_pixels, settings.max_request_pixels)
+    on_stage("decode", time.perf_counter() - started)
+    return images
 
 
 @router.get("", response_model=wire.ModelList)
@@ -82,12 +87,14 @@ def describe_model(model: ModelDep, registry: RegistryDep) -> wire.ModelDetail:
 
 
 @router.post("/{model}/predict", response_model=wire.PredictResponse)
-async def predict(model: ModelDep, settings: SettingsDep, file: Files, top_k: TopK = 5,
+async def predict(model: ModelDep, settings: SettingsDep, metrics: MetricsDep, file: Files, top_k: TopK = 5,
                   resize: Resize = "crop") -> Response:
     blobs = await read_uploads(file, settings)
+    metrics.batch_size.labels("predict").observe(len(blobs))
+    on_stage = metrics.stage_recorder(model.spec.id)
 
     def work() -> list[pipeline.ImageResult]:
-        return pipeline.predict(model, _decode_all(blobs, settings), top_k, resize)
+        return pipeline.predict(model, _decode_all(blobs, settings, on_stage), top_k, resize, on_stage)
 
     results = await run_in_threadpool(work)
     return _json(wire.PredictResponse(model=_ref(model.spec),
@@ -131,6 +138,7 @@ async def explain(
     request: Request,
     model: ModelDep,
     settings: SettingsDep,
+    metrics: MetricsDep,
     file: Files,
     options: Annotated[dict[str, Any], Depends(method_options)],
     method: Annotated[str, Form(description=methods_description())] = "gradcam",
@@ -147,10 +155,12 @@ async def explain(
     wants_png = prefers_png(request.headers.get("accept", ""))
     wanted = _explain_outputs(wants_png, len(file), outputs, faithfulness, settings)
     blobs = await read_uploads(file, settings)
+    metrics.batch_size.labels("explain").observe(len(blobs))
+    on_stage = metrics.stage_recorder(model.spec.id)
 
     def work() -> list[pipeline.ImageResult]:
-        return pipeline.explain(model, _decode_all(blobs, settings), method, target, layer, options, top_k,
-                                wanted, resize, faithfulness)
+        return pipeline.explain(model, _decode_all(blobs, settings, on_stage), method, target, layer, options,
+                                top_k, wanted, resize, faithfulness, on_stage)
 
     async with explanation_slot(request):
         results = await run_in_threadpool(work)

@@ -1,6 +1,5 @@
 """Explanations take turns in a bounded number of slots; a request that waits too long for
-one gets 503, and predictions are not held up behind them. A Grad-CAM held at an event plays
-the slow explanation, so nothing here depends on how fast the machine is."""
+one gets 503, and predictions are not held up behind them."""
 
 from __future__ import annotations
 
@@ -11,27 +10,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from core.explain import METHODS
-from core.explain.gradcam import GradCAM
 from service.app import create_app
 from service.settings import Settings
 from support import chelsea, encode, upload
 from tests.conftest import MODEL
+from tests.held_method import HeldGradCAM
 
 EXPLAIN = f"/v1/models/{MODEL}/explain"
 QUEUE_SECONDS = 0.5
-
-
-class HeldGradCAM(GradCAM):
-    """Grad-CAM that says when it has started and waits to be released before computing."""
-
-    def __init__(self) -> None:
-        self.started = threading.Event()
-        self.release = threading.Event()
-
-    def __call__(self, *args, **kwargs):
-        self.started.set()
-        assert self.release.wait(timeout=120), "the test never released the held explanation"
-        return super().__call__(*args, **kwargs)
 
 
 @pytest.fixture(scope="module")

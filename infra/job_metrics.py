@@ -1,0 +1,78 @@
+"""Job metrics read from Redis at scrape time: jobs by type and state, queue depth and job
+durations, over the newest `limit` job records (so a scrape costs at most that many reads)."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Callable, Iterator
+
+import redis
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from infra.celery_config import QUEUE
+from infra.job_store import JobStore
+
+log = logging.getLogger(__name__)
+
+JOB_SECONDS_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400, float("inf"))
+# kombu's Redis transport keeps priorities 3, 6 and 9 in lists of their own beside QUEUE.
+_QUEUE_KEYS = (QUEUE, *(f"{QUEUE}\x06\x16{priority}" for priority in (3, 6, 9)))
+
+
+def queue_depth(client: redis.Redis) -> int:
+    """Celery messages waiting for a worker (not those a worker holds)."""
+    with client.pipeline(transaction=False) as reads:
+        for key in _QUEUE_KEYS:
+            reads.llen(key)
+        return sum(reads.execute())
+
+
+def _duration_histogram(rows: list[dict[str, str]], family: HistogramMetricFamily) -> None:
+    durations: dict[str, list[float]] = {}
+    for row in rows:
+        if row["started_at"] and row["finished_at"]:
+            durations.setdefault(row["type"], []).append(float(row["finished_at"]) - float(row["started_at"]))
+    for job_type, seconds in sorted(durations.items()):
+        buckets = [(str(bound), sum(1 for s in seconds if s <= bound)) for bound in JOB_SECONDS_BUCKETS]
+        buckets[-1] = ("+Inf", len(seconds))
+        family.add_metric([job_type], buckets, sum(seconds))
+
+
+class JobsCollector(Collector):
+    """`store` returns the job store, or None before the app has one (then only the families,
+    without samples, are given)."""
+
+    def __init__(self, store: Callable[[], JobStore | None], limit: int = 10_000) -> None:
+        self.store = store
+        self.limit = limit
+
+    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, HistogramMetricFamily]:
+        return (
+            GaugeMetricFamily("gazer_jobs", f"Jobs by type and state (among the newest {self.limit})",
+                              labels=["type", "state"]),
+            GaugeMetricFamily("gazer_job_records", "Job records kept in Redis"),
+            GaugeMetricFamily("gazer_queue_depth", "Job messages waiting in the Celery queue for a worker"),
+            HistogramMetricFamily("gazer_job_duration_seconds", "Run time (started to finished) of finished jobs "
+                                  f"by type (among the newest {self.limit})", labels=["type"]),
+        )
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        jobs, records, depth, durations = families = self._families()
+        store = self.store()
+        if store is not None:
+            try:
+                rows = store.summaries(self.limit)
+                records.add_metric([], store.count())
+                depth.add_metric([], queue_depth(store.redis))
+            except redis.RedisError as error:
+                log.warning("job metrics not read from Redis: %s", error)
+                return iter(self._families())
+            for (job_type, state), count in sorted(Counter((r["type"], r["state"]) for r in rows).items()):
+                jobs.add_metric([job_type, state], count)
+            _duration_histogram(rows, durations)
+        return iter(families)

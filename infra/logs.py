@@ -1,0 +1,59 @@
+"""Logs as one JSON object per line, carrying the id of the request (or job) being served."""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.config
+import sys
+from contextvars import ContextVar
+from datetime import datetime, timezone
+from typing import Any
+
+request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
+job_id: ContextVar[str | None] = ContextVar("job_id", default=None)
+
+# uvicorn's access log passes these as its record's args.
+_ACCESS_FIELDS = ("client", "method", "path", "http_version", "status")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.name == "uvicorn.access" and isinstance(record.args, tuple) and len(record.args) == 5:
+            entry.update(zip(_ACCESS_FIELDS, record.args))
+        for name, var in (("request_id", request_id), ("job_id", job_id)):
+            if (value := var.get()) is not None:
+                entry[name] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def logging_config(level: str = "INFO") -> dict[str, Any]:
+    """A dictConfig: the root logger and uvicorn's own loggers, all through JsonFormatter
+    to stderr (uvicorn.run takes it as `log_config`)."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": JsonFormatter}},
+        "handlers": {"json": {"class": "logging.StreamHandler", "formatter": "json", "stream": sys.stderr}},
+        "root": {"handlers": ["json"], "level": level},
+        "loggers": {
+            "uvicorn": {"handlers": ["json"], "level": level, "propagate": False},
+            "uvicorn.error": {"level": level},
+            "uvicorn.access": {"handlers": ["json"], "level": level, "propagate": False},
+        },
+    }
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Also routes Python warnings through the log, so they become JSON lines too."""
+    logging.config.dictConfig(logging_config(level))
+    logging.captureWarnings(True)
+

@@ -1,0 +1,92 @@
+"""The API's Prometheus metrics, on a registry of each app's own (tests build many apps in one
+process). With PROMETHEUS_MULTIPROC_DIR set (several API processes), /metrics sums every
+process's files, plus what is read at scrape time."""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+from infra.job_metrics import JobsCollector
+
+UNMATCHED_ROUTE = "unmatched"
+_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
+_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_IMAGES = (1, 2, 4, 8, 16, 32, 64)
+
+
+class ModelsCollector(Collector):
+    """Loaded and failed models, from the ModelRegistry's status (in the answering process)."""
+
+    def __init__(self, state: object) -> None:
+        self.state = state
+
+    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        return (GaugeMetricFamily("gazer_models_loaded", "Models loaded and serving"),
+                GaugeMetricFamily("gazer_models_failed", "Models whose last load failed"))
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        loaded, failed = self._families()
+        registry = getattr(self.state, "registry", None)
+        if registry is not None:
+            states = [status["state"] for status in registry.status().values()]
+            loaded.add_metric([], states.count("ready"))
+            failed.add_metric([], states.count("failed"))
+        return iter((loaded, failed))
+
+
+class Metrics:
+    """`state`: the app's state, read at scrape time for its model registry and job queue."""
+
+    def __init__(self, state: object, explanation_slots: int) -> None:
+        self.registry = registry = CollectorRegistry()
+        self.requests = Counter("gazer_http_requests", "HTTP requests by route template, method and status",
+                                ["route", "method", "status"], registry=registry)
+        self.latency = Histogram("gazer_http_request_duration_seconds", "HTTP request latency by route template",
+                                 ["route", "method"], buckets=_SECONDS, registry=registry)
+        self.unavailable = Counter("gazer_http_503_responses", "503 answers (busy, model not ready) by route template",
+                                   ["route"], registry=registry)
+        self.inference = Histogram("gazer_inference_seconds", "Inference time by model and stage (decode, "
+                                   "preprocess, ort, explain:<method>, faithfulness, render)",
+                                   ["model", "stage"], buckets=_SECONDS, registry=registry)
+        self.batch_size = Histogram("gazer_batch_size", "Images per request", ["endpoint"], buckets=_IMAGES,
+                                    registry=registry)
+        self.explain_slots_in_use = Gauge("gazer_explain_slots_in_use", "Explanation slots taken",
+                                          multiprocess_mode="livesum", registry=registry)
+        slots = Gauge("gazer_explain_slots", "Explanation slots in all", multiprocess_mode="livesum",
+                      registry=registry)
+        slots.set(explanation_slots)
+        live = [ModelsCollector(state), JobsCollector(lambda: getattr(getattr(state, "queue", None), "store", None))]
+        for collector in live:
+            registry.register(collector)
+        self.exposition = registry
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            self.exposition = CollectorRegistry()
+            MultiProcessCollector(self.exposition)
+            for collector in live:
+                self.exposition.register(collector)
+
+    def render(self) -> bytes:
+        return generate_latest(self.exposition)
+
+    def observe_request(self, route: str | None, method: str, status: int, seconds: float) -> None:
+        route = route or UNMATCHED_ROUTE
+        method = method if method in _METHODS else "other"
+        self.requests.labels(route, method, str(status)).inc()
+        self.latency.labels(route, method).observe(seconds)
+        if status == 503:
+            self.unavailable.labels(route).inc()
+
+    def stage_recorder(self, model: str) -> Callable[[str, float], None]:
+        """An `on_stage` for core.pipeline that records into the inference histogram."""
+        def record(stage: str, seconds: float) -> None:
+            self.inference.labels(model, stage).observe(seconds)
+        return record

@@ -1,0 +1,21 @@
+"""A Grad-CAM held at an event: it plays the slow explanation, so tests of slots, queues and
+busy answers do not depend on how fast the machine is."""
+
+from __future__ import annotations
+
+import threading
+
+from core.explain.gradcam import GradCAM
+
+
+class HeldGradCAM(GradCAM):
+    """Grad-CAM that says when it has started and waits to be released before computing."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, *args, **kwargs):
+        self.started.set()
+        assert self.release.wait(timeout=120), "the test never released the held explanation"
+        return super().__call__(*args, **kwargs)

@@ -1,0 +1,55 @@
+"""Job metrics: the API reads jobs by type and state and the queue depth from Redis at scrape
+time; a worker started with GAZER_WORKER_METRICS_PORT serves its own job metrics."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.integration.conftest import wait_for
+from tests.live_service import free_port
+
+JOB_TYPE = "activation-maximization"
+
+
+def samples(text: str) -> dict[tuple[str, frozenset], float]:
+    return {(sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def value(scraped: dict, name: str, **labels: str) -> float:
+    return scraped.get((name, frozenset(labels.items())), 0.0)
+
+
+def test_queued_then_finished_job_in_api_and_worker_metrics(api, start_worker):
+    response = api.post(f"/v1/jobs/{JOB_TYPE}", json={"model": "efficientnet_lite0", "target": {"class": 130},
+                                                      "steps": 3, "size": 64})
+    assert response.status_code == 202, response.text
+    job = response.json()
+    job_type = job["type"]
+    waiting = samples(api.get("/metrics").text)  # no worker yet: the job waits in the queue
+    assert value(waiting, "gazer_jobs", type=job_type, state="queued") == 1
+    assert value(waiting, "gazer_queue_depth") == 1 and value(waiting, "gazer_job_records") == 1
+
+    port = free_port()
+    worker = start_worker(worker_metrics_port=port)
+    assert wait_for(api, job["id"], ("succeeded", "failed"), timeout=300)["state"] == "succeeded"
+
+    done = samples(api.get("/metrics").text)
+    assert value(done, "gazer_jobs", type=job_type, state="succeeded") == 1
+    assert value(done, "gazer_jobs", type=job_type, state="queued") == 0
+    assert value(done, "gazer_queue_depth") == 0
+    assert value(done, "gazer_job_duration_seconds_count", type=job_type) == 1
+    assert value(done, "gazer_job_duration_seconds_bucket", type=job_type, le="+Inf") == 1
+
+    own = samples(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text)
+    assert value(own, "gazer_worker_job_duration_seconds_count", type=job_type, outcome="succeeded") == 1
+    assert value(own, "gazer_worker_job_duration_seconds_sum", type=job_type, outcome="succeeded") > 0
+    assert value(own, "gazer_worker_jobs_finished_total", type=job_type, state="succeeded") == 1
+    assert value(own, "gazer_worker_jobs_running") == 0
+
+    entries = [json.loads(line) for line in worker.log().splitlines() if line.strip()]  # JSON lines only
+    assert any(e["message"].endswith(" ready.") for e in entries)
+    assert any(e["message"] == f"worker metrics on port {port}" for e in entries)

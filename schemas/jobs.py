@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from core.jobs import STATES
+from core.jobs import STATES, TERMINAL
 from core.training.config import FineTuneConfig
 from core.visualize.config import MaximizationConfig, Target
 from schemas.params import Strict, wire_model
@@ -52,6 +52,11 @@ class Job(BaseModel):
     created_at: float
     started_at: float | None
     finished_at: float | None
+
+    @property
+    def finished(self) -> bool:
+        """Succeeded, failed or cancelled: the record will not change again."""
+        return self.state in TERMINAL
 
 
 class JobList(BaseModel):

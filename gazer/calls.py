@@ -1,0 +1,242 @@
+"""Every API call as data: what to send and how to read the answer. `Client` and `AsyncClient`
+only send a `Call` and hand the answer to its `read`, so the two never drift apart."""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Callable, Generic, Iterable, TypeVar
+from urllib.parse import quote
+
+import httpx
+from pydantic import BaseModel
+
+from gazer.errors import ApiError
+from gazer.results import ExplainResponse, JobEvent
+from schemas.datasets import Dataset, DatasetList
+from schemas.jobs import Job, JobList
+from schemas.models import ModelDetail, ModelList, ModelRef, PredictResponse, VersionList
+
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+
+DEFAULT_MODEL = "efficientnet_lite0"
+# An image to send: a path, the file's bytes, or (file name, bytes).
+ImageInput = str | os.PathLike[str] | bytes | tuple[str, bytes]
+# A file to upload: a path, bytes, or an open binary file.
+FileInput = str | os.PathLike[str] | bytes | IO[bytes]
+
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    method: str
+    path: str
+    read: Callable[[httpx.Response], T]
+    params: dict[str, Any] | None = None
+    json: Any = None
+    data: dict[str, Any] | None = None
+    files: list[tuple[str, Any]] | None = None
+
+    def request(self) -> dict[str, Any]:
+        """Keyword arguments for httpx's `request` (and `stream`)."""
+        sent: dict[str, Any] = {"method": self.method, "url": self.path}
+        for name in ("params", "json", "data", "files"):
+            value = getattr(self, name)
+            if value is not None:
+                sent[name] = value
+        return sent
+
+
+def checked(response: httpx.Response) -> httpx.Response:
+    if response.is_error:
+        raise ApiError.from_response(response)
+    return response
+
+
+def _reader(model: type[M]) -> Callable[[httpx.Response], M]:
+    return lambda response: model.model_validate_json(checked(response).content)
+
+
+def _nothing(response: httpx.Response) -> None:
+    checked(response)
+
+
+def _content(response: httpx.Response) -> bytes:
+    return checked(response).content
+
+
+def _segment(value: str) -> str:
+    return quote(value, safe="@")
+
+
+def _given(**fields: Any) -> dict[str, Any]:
+    """Form fields without the unset ones; lists become repeated fields."""
+    return {name: list(value) if isinstance(value, tuple) else value
+            for name, value in fields.items() if value is not None}
+
+
+def image_file(image: ImageInput, index: int) -> tuple[str, tuple[str, bytes, str]]:
+    if isinstance(image, bytes):
+        name, blob = f"image-{index}", image
+    elif isinstance(image, tuple):
+        name, blob = image
+    else:
+        path = Path(image)
+        name, blob = path.name, path.read_bytes()
+    return "file", (name, blob, mimetypes.guess_type(name)[0] or "application/octet-stream")
+
+
+def upload_file(field_name: str, value: FileInput, default_name: str) -> tuple[str, tuple[str, Any]]:
+    if isinstance(value, bytes):
+        return field_name, (default_name, value)
+    if isinstance(value, (str, os.PathLike)):
+        path = Path(value)
+        return field_name, (path.name, path.read_bytes())
+    return field_name, (Path(getattr(value, "name", default_name)).name, value)
+
+
+def _images(images: ImageInput | Iterable[ImageInput]) -> list[ImageInput]:
+    if isinstance(images, (str, os.PathLike, bytes, tuple)):
+        return [images]
+    return list(images)
+
+
+def predict(images: ImageInput | Iterable[ImageInput], model: str = DEFAULT_MODEL, top_k: int | None = None,
+            resize: str | None = None) -> Call[PredictResponse]:
+    files = [image_file(image, index) for index, image in enumerate(_images(images))]
+    return Call("POST", f"/v1/models/{_segment(model)}/predict", _reader(PredictResponse),
+                data=_given(top_k=top_k, resize=resize), files=files)
+
+
+def explain(images: ImageInput | Iterable[ImageInput], model: str = DEFAULT_MODEL, method: str | None = None,
+            target: int | list[int] | None = None, layer: str | None = None, top_k: int | None = None,
+            resize: str | None = None, faithfulness: bool | None = None, outputs: Iterable[str] | None = None,
+            **options: Any) -> Call[ExplainResponse]:
+    """`options`: the method's own (steps, baseline, samples, noise, window, stride, masks, seed,
+    cells, p); GET /docs lists which method takes which."""
+    files = [image_file(image, index) for index, image in enumerate(_images(images))]
+    data = _given(method=method, target=[target] if isinstance(target, int) else target, layer=layer,
+                  top_k=top_k, resize=resize, faithfulness=faithfulness,
+                  outputs=list(outputs) if outputs is not None else None, **options)
+    return Call("POST", f"/v1/models/{_segment(model)}/explain", _reader(ExplainResponse), data=data, files=files)
+
+
+def models() -> Call[ModelList]:
+    return Call("GET", "/v1/models", _reader(ModelList))
+
+
+def model(name: str) -> Call[ModelDetail]:
+    return Call("GET", f"/v1/models/{_segment(name)}", _reader(ModelDetail))
+
+
+def versions(name: str) -> Call[VersionList]:
+    return Call("GET", f"/v1/models/{_segment(name)}/versions", _reader(VersionList))
+
+
+def upload_model(name: str, *, architecture: str | None = None, weights: FileInput | None = None,
+                 onnx: FileInput | None = None, labels: FileInput | list[str] | None = None,
+                 mean: Iterable[float] | None = None, std: Iterable[float] | None = None,
+                 input_size: int | None = None, resize_size: int | None = None, interpolation: str | None = None,
+                 cam_layer: str | None = None) -> Call[ModelRef]:
+    """`architecture` with `weights` (.safetensors), or `onnx`; `labels` a text file or a list."""
+    if isinstance(labels, list):
+        labels = "\n".join(labels).encode("utf-8")
+    files = [upload_file(name_, value, f"{name_}.bin") for name_, value in
+             (("weights", weights), ("onnx", onnx), ("labels", labels)) if value is not None]
+    data = _given(name=name, architecture=architecture, mean=list(mean) if mean is not None else None,
+                  std=list(std) if std is not None else None, input_size=input_size, resize_size=resize_size,
+                  interpolation=interpolation, cam_layer=cam_layer)
+    return Call("POST", "/v1/models", _reader(ModelRef), data=data, files=files)
+
+
+def upload_dataset(archive: IO[bytes] | bytes, file_name: str, name: str | None = None) -> Call[Dataset]:
+    return Call("POST", "/v1/datasets", _reader(Dataset), data=_given(name=name),
+                files=[("file", (file_name, archive, "application/octet-stream"))])
+
+
+def datasets() -> Call[DatasetList]:
+    return Call("GET", "/v1/datasets", _reader(DatasetList))
+
+
+def dataset(dataset_id: str) -> Call[Dataset]:
+    return Call("GET", f"/v1/datasets/{_segment(dataset_id)}", _reader(Dataset))
+
+
+def fine_tune(dataset_id: str, output_model: str, **options: Any) -> Call[Job]:
+    """`options`: FineTuneRequest's other fields (schemas/jobs.py), checked by the server."""
+    return Call("POST", "/v1/jobs/fine-tune", _reader(Job),
+                json={"dataset_id": dataset_id, "output_model": output_model, **options})
+
+
+def activation_maximization(target: dict[str, Any], model: str = DEFAULT_MODEL, **options: Any) -> Call[Job]:
+    """`target`: {"class": N}, {"classes": [...]} or {"layer": NAME, "channels": [...]}."""
+    return Call("POST", "/v1/jobs/activation-maximization", _reader(Job),
+                json={"model": model, "target": target, **options})
+
+
+def jobs(state: str | None = None, type: str | None = None) -> Call[JobList]:
+    return Call("GET", "/v1/jobs", _reader(JobList), params=_given(state=state, type=type))
+
+
+def job(job_id: str) -> Call[Job]:
+    return Call("GET", f"/v1/jobs/{_segment(job_id)}", _reader(Job))
+
+
+def cancel(job_id: str) -> Call[Job]:
+    return Call("DELETE", f"/v1/jobs/{_segment(job_id)}", _reader(Job))
+
+
+def events(job_id: str) -> Call[None]:
+    """Streamed: the answer is read line by line through `EventParser`, not by `read`."""
+    return Call("GET", f"/v1/jobs/{_segment(job_id)}/events", _nothing)
+
+
+def artifact(job_id: str, name: str) -> Call[bytes]:
+    return Call("GET", f"/v1/jobs/{_segment(job_id)}/artifacts/{quote(name, safe='')}", _content)
+
+
+def artifact_names(job: Job) -> list[str]:
+    """The artifacts a finished job's result links to, in the order it lists them."""
+    prefix = f"/v1/jobs/{job.id}/artifacts/"
+    found: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, str) and value.startswith(prefix) and value[len(prefix):] not in found:
+            found.append(value[len(prefix):])
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    walk(job.result)
+    return found
+
+
+class EventParser:
+    """Server-sent events, fed one line at a time (without its line break)."""
+
+    def __init__(self) -> None:
+        self._kind = "message"
+        self._data: list[str] = []
+
+    def feed(self, line: str) -> JobEvent | None:
+        if line == "":
+            if not self._data:
+                return None
+            event = JobEvent(self._kind, Job.model_validate(json.loads("\n".join(self._data))))
+            self._kind, self._data = "message", []
+            return event
+        if line.startswith(":"):
+            return None
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "event":
+            self._kind = value
+        elif name == "data":
+            self._data.append(value)
+        return None

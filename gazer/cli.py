@@ -1,0 +1,410 @@
+"""`gazer`: the API from a shell. `gazer --help`, `gazer COMMAND --help`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import types
+import typing
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
+
+import httpx
+from tqdm import tqdm
+
+from gazer import grid
+from gazer.calls import DEFAULT_MODEL
+from gazer.client import Client, default_url
+from gazer.errors import ApiError
+from schemas.jobs import FineTuneRequest, Job
+
+INTERRUPTED = 130  # what a shell reports for a command stopped by SIGINT
+# FineTuneRequest fields that get their own, shorter, required flags.
+FINE_TUNE_REQUIRED = {"dataset_id": "--dataset", "output_model": "--output"}
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Columns padded to their widest cell; numbers right-aligned."""
+    cells = [[str(value) for value in row] for row in rows]
+    widths = [max([len(header)] + [len(row[column]) for row in cells]) for column, header in enumerate(headers)]
+    numeric = [bool(rows) and all(isinstance(row[column], (int, float)) for row in rows)
+               for column in range(len(headers))]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(value.rjust(width) if right else value.ljust(width)
+                         for value, width, right in zip(values, widths, numeric)).rstrip()
+
+    return "\n".join([line(headers)] + [line(row) for row in cells])
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value as JSON where it is JSON (3, 0.5, true, [1, 2]), else the string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def key_values(pairs: Sequence[str], flag: str) -> dict[str, Any]:
+    """`a=1`, `head.hidden=64` -> nested dicts."""
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"gazer: {flag} takes KEY=VALUE, not {pair!r}")
+        *parents, leaf = key.split(".")
+        node = values
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = parse_value(text)
+    return values
+
+
+def merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    result = dict(base)
+    for key, value in extra.items():
+        result[key] = merged(result[key], value) if isinstance(value, dict) and isinstance(result.get(key), dict) \
+            else value
+    return result
+
+
+def _boolean(text: str) -> bool:
+    if text.lower() in ("true", "yes", "1"):
+        return True
+    if text.lower() in ("false", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+
+
+def flag_type(annotation: Any) -> tuple[Callable[[str], Any], tuple | None] | None:
+    """(parser, choices) for a scalar field type; None for nested models (set with --set)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        return flag_type(options[0]) if len(options) == 1 else None
+    if origin is Literal:
+        choices = typing.get_args(annotation)
+        return type(choices[0]), choices
+    if annotation is bool:
+        return _boolean, None
+    if annotation in (int, float, str):
+        return annotation, None
+    return None
+
+
+def add_fine_tune_flags(parser: argparse.ArgumentParser) -> list[str]:
+    """A flag for each scalar field of FineTuneRequest, so the flags follow the wire model;
+    returns their names. Unset flags are not sent: the server's defaults apply."""
+    for name, flag in FINE_TUNE_REQUIRED.items():
+        parser.add_argument(flag, dest=name, required=True, metavar=flag.lstrip("-").upper(),
+                            help=FineTuneRequest.model_fields[name].description)
+    names = []
+    for name, field in FineTuneRequest.model_fields.items():
+        kind = flag_type(field.annotation)
+        if name in FINE_TUNE_REQUIRED or kind is None:
+            continue
+        parse, choices = kind
+        described = (field.description or "").replace("%", "%%")
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=parse, choices=choices, default=None,
+                            help=f"{described} (default {field.default})".lstrip() if field.default is not None
+                            else described)
+        names.append(name)
+    return names
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_predict(client: Client, args: argparse.Namespace) -> int:
+    answer = client.predict([Path(image) for image in args.images], args.model, args.top_k, args.resize)
+    rows = [(Path(image).name, rank, p.index, p.label, round(p.probability, 4))
+            for image, result in zip(args.images, answer.results)
+            for rank, p in enumerate(result.predictions, start=1)]
+    print(f"model {answer.model.id}@{answer.model.version}")
+    print(table(("image", "rank", "class", "label", "probability"), rows))
+    return 0
+
+
+def cmd_explain(client: Client, args: argparse.Namespace) -> int:
+    outputs = ["overlay"] + (["heatmap"] if args.heatmap else [])
+    answer = client.explain(Path(args.image), args.model, args.method, args.target, args.layer, outputs=outputs,
+                            **key_values(args.option, "--option"))
+    explanation = answer.results[0].explanation
+    Path(args.output).write_bytes(explanation.overlay or b"")
+    if args.heatmap:
+        Path(args.heatmap).write_bytes(explanation.heatmap or b"")
+    target = explanation.target
+    print(f"{explanation.method}: class {target.index} {target.label} (p={target.probability:.4f}), "
+          f"layer {explanation.layer or '-'}, {explanation.timings_ms.get('model', 0):.0f} ms -> {args.output}")
+    return 0
+
+
+def cmd_compare(client: Client, args: argparse.Namespace) -> int:
+    methods = [method.strip() for method in args.methods.split(",") if method.strip()]
+    if not methods:
+        raise SystemExit("gazer: --methods names at least one method")
+    tiles, target = [], args.target
+    for method in methods:
+        explanation = client.explain(Path(args.image), args.model, method, target, outputs=["overlay"]) \
+            .results[0].explanation
+        target = explanation.target.index  # every tile explains the first one's class
+        milliseconds = explanation.timings_ms.get("model", 0.0)
+        tiles.append(grid.Tile(explanation.overlay or b"", f"{method}  {milliseconds:.0f} ms"))
+        print(f"{method}: class {target} {explanation.target.label}, {milliseconds:.0f} ms")
+    grid.grid(tiles).save(args.output, format="PNG")
+    print(f"-> {args.output}")
+    return 0
+
+
+def cmd_datasets_upload(client: Client, args: argparse.Namespace) -> int:
+    try:
+        dataset = client.upload_dataset(Path(args.source), args.name)
+    except ValueError as error:
+        raise SystemExit(f"gazer: {error}") from None
+    if args.quiet:
+        print(dataset.id)
+        return 0
+    counts = ", ".join(f"{name} {count}" for name, count in dataset.counts.items())
+    print(f"dataset {dataset.id} ({dataset.name}): {dataset.images} images in {len(dataset.classes)} classes "
+          f"({counts})")
+    for item in dataset.unreadable:
+        print(f"  skipped {item.file}: {item.reason}", file=sys.stderr)
+    return 0
+
+
+def cmd_datasets_ls(client: Client, args: argparse.Namespace) -> int:
+    found = client.datasets()
+    print(table(("id", "name", "images", "classes"),
+                [(d.id, d.name, d.images, ",".join(d.classes)) for d in found.data]))
+    return 0
+
+
+def cmd_finetune(client: Client, args: argparse.Namespace) -> int:
+    options = {name: getattr(args, name) for name in args.fine_tune_flags if getattr(args, name) is not None}
+    options = merged(options, key_values(args.set, "--set"))
+    job = client.fine_tune(args.dataset_id, args.output_model, **options)
+    print(f"job {job.id} {job.state}", flush=True)
+    return 0 if args.no_follow else follow(client, job.id, args.url)
+
+
+def cmd_jobs_ls(client: Client, args: argparse.Namespace) -> int:
+    found = client.jobs(args.state, args.type)
+    rows = [(job.id, job.type, job.state, f"{100 * (job.progress or {}).get('fraction', 0):.0f}%",
+             time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.created_at))) for job in found.data]
+    print(table(("id", "type", "state", "progress", "created"), rows))
+    return 0
+
+
+def cmd_jobs_show(client: Client, args: argparse.Namespace) -> int:
+    print(client.job(args.job_id).model_dump_json(indent=2))
+    return 0
+
+
+def cmd_jobs_cancel(client: Client, args: argparse.Namespace) -> int:
+    job = client.cancel(args.job_id)
+    print(f"job {job.id} {job.state}" + (" (cancel requested: it stops at its next step)"
+                                          if job.cancel_requested and not job.finished else ""))
+    return 0
+
+
+def cmd_jobs_follow(client: Client, args: argparse.Namespace) -> int:
+    return follow(client, args.job_id, args.url)
+
+
+def cmd_models_ls(client: Client, args: argparse.Namespace) -> int:
+    found = client.models()
+    print(table(("id", "version", "architecture", "input", "classes", "description"),
+                [(m.id, m.version, m.architecture, m.input_size, m.num_classes, m.description) for m in found.data]))
+    return 0
+
+
+def cmd_models_show(client: Client, args: argparse.Namespace) -> int:
+    detail = client.model(args.name)
+    pre = detail.preprocessing
+    print(f"{detail.id}@{detail.version}: {detail.architecture}, {detail.num_classes} classes, {detail.status}\n"
+          f"  {detail.description}\n"
+          f"  input {detail.input_size} (resize short side to {pre.resize_short_side_to}, {pre.interpolation}; "
+          f"mean {[round(v, 4) for v in pre.mean]}, std {[round(v, 4) for v in pre.std]})\n"
+          f"  default layer {detail.default_layer}; {len(detail.layers)} targetable layers\n"
+          f"  methods {', '.join(detail.methods)}\n"
+          f"  attention {', '.join(detail.attention) or 'none'}\n"
+          f"  weights {detail.weights_digest}")
+    return 0
+
+
+def cmd_models_upload(client: Client, args: argparse.Namespace) -> int:
+    ref = client.upload_model(args.name, architecture=args.architecture, weights=args.weights, onnx=args.onnx,
+                              labels=args.labels, mean=args.mean, std=args.std, input_size=args.input_size,
+                              resize_size=args.resize_size, interpolation=args.interpolation,
+                              cam_layer=args.cam_layer)
+    print(f"model {ref.id}@{ref.version}")
+    return 0
+
+
+# ---------------------------------------------------------------- following a job
+
+
+def describe_progress(job: Job) -> str:
+    progress = job.progress or {}
+    parts = [job.state]
+    if "phase" in progress:
+        parts.append(str(progress["phase"]))
+    if "epoch" in progress:
+        epochs = job.params.get("epochs")
+        parts.append(f"epoch {progress['epoch']}" + (f"/{epochs}" if epochs else ""))
+    if "step" in progress and "steps" in progress:
+        parts.append(f"step {progress['step']}/{progress['steps']}")
+    for name, value in (progress.get("metrics") or {}).items():
+        if isinstance(value, float):
+            parts.append(f"{name} {value:.3g}")
+    return " ".join(parts)
+
+
+def describe_end(job: Job) -> str:
+    if job.state == "succeeded" and job.result and "model" in job.result:
+        made = job.result["model"]
+        accuracy = (job.result.get("metrics") or {}).get("val_accuracy")
+        scored = f" (val_accuracy {accuracy:.3f})" if isinstance(accuracy, (int, float)) else ""
+        return f"job {job.id} succeeded: model {made['id']}@{made['version']}{scored}"
+    if job.error:
+        return f"job {job.id} {job.state}: {job.error.get('detail', job.error)}"
+    return f"job {job.id} {job.state}"
+
+
+def follow(client: Client, job_id: str, url: str) -> int:
+    """A progress bar from the job's events until it ends: 0 if it succeeded, 1 if not, 130 on
+    Ctrl-C, which leaves the job running."""
+    bar = tqdm(total=100, desc=f"job {job_id[:8]}", unit="%", file=sys.stderr,
+               bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}{postfix}")
+    last: Job | None = None
+    try:
+        for event in client.events(job_id):
+            last = event.job
+            bar.n = round(100 * (last.progress or {}).get("fraction", 0.0), 1)
+            bar.set_postfix_str(describe_progress(last), refresh=False)
+            bar.refresh()
+    except KeyboardInterrupt:
+        bar.close()
+        target = "" if url == default_url() else f" --url {url}"
+        print(f"\njob {job_id} is still running; cancel it with: gazer{target} jobs cancel {job_id}",
+              file=sys.stderr, flush=True)
+        return INTERRUPTED
+    bar.close()
+    if last is None or not last.finished:
+        print(f"gazer: the event stream of job {job_id} ended early; see: gazer jobs show {job_id}", file=sys.stderr)
+        return 1
+    print(describe_end(last), file=sys.stdout if last.state == "succeeded" else sys.stderr)
+    return 0 if last.state == "succeeded" else 1
+
+
+# ---------------------------------------------------------------- arguments
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gazer", description="Predict and explain image classifiers with a "
+                                                               "Gazer service; fine-tune them on your images.")
+    parser.add_argument("--url", default=default_url(), help="the service (default $GAZER_URL, else %(default)s)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(group: Any, name: str, run: Callable[[Client, argparse.Namespace], int], text: str) \
+            -> argparse.ArgumentParser:
+        sub = group.add_parser(name, help=text, description=text)
+        sub.set_defaults(run=run)
+        return sub
+
+    def group(name: str, text: str) -> Any:
+        return commands.add_parser(name, help=text, description=text) \
+            .add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def model_flag(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--model", "-m", default=DEFAULT_MODEL, help="NAME or NAME@VERSION (default %(default)s)")
+
+    sub = command(commands, "predict", cmd_predict, "top classes of each image, as a table")
+    sub.add_argument("images", nargs="+", metavar="IMG")
+    model_flag(sub)
+    sub.add_argument("--top-k", "-k", type=int, default=None, help="classes per image (server default 5)")
+    sub.add_argument("--resize", choices=("crop", "stretch"), default=None)
+
+    sub = command(commands, "explain", cmd_explain, "write one image's explanation overlay as a PNG")
+    sub.add_argument("image", metavar="IMG")
+    model_flag(sub)
+    sub.add_argument("--method", default=None, help="gradcam (default), cam, saliency, ... (see /docs)")
+    sub.add_argument("--target", type=int, default=None, help="class index (default the top-1)")
+    sub.add_argument("--layer", default=None, help="layer to explain (default the model's CAM layer)")
+    sub.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                     help="a method option, e.g. steps=32 or baseline=blur; repeatable")
+    sub.add_argument("--output", "-o", required=True, help="the overlay PNG to write")
+    sub.add_argument("--heatmap", default=None, metavar="PATH", help="also write the grey heatmap PNG here")
+
+    sub = command(commands, "compare", cmd_compare, "one grid image of several methods' overlays")
+    sub.add_argument("image", metavar="IMG")
+    model_flag(sub)
+    sub.add_argument("--methods", required=True, help="comma-separated, e.g. cam,gradcam,saliency")
+    sub.add_argument("--target", type=int, default=None, help="class index (default the top-1)")
+    sub.add_argument("--output", "-o", required=True, help="the grid PNG to write")
+
+    datasets = group("datasets", "upload and list data sets")
+    sub = command(datasets, "upload", cmd_datasets_upload,
+                  "upload a folder (one folder of images per class; zipped here) or a .zip / .tar.gz")
+    sub.add_argument("source", metavar="DIR_OR_ARCHIVE")
+    sub.add_argument("--name", default=None, help="a name to show (default the id)")
+    sub.add_argument("--quiet", "-q", action="store_true", help="print the data set's id only")
+    command(datasets, "ls", cmd_datasets_ls, "list data sets")
+
+    sub = command(commands, "finetune", cmd_finetune,
+                  "fine-tune a model on a data set and follow the job's progress until it ends")
+    sub.set_defaults(fine_tune_flags=add_fine_tune_flags(sub))
+    sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="any other field, e.g. head.hidden=128 or augmentation.flip=false; repeatable")
+    sub.add_argument("--no-follow", action="store_true", help="submit, print the job id and return")
+
+    jobs = group("jobs", "list, show, follow and cancel jobs")
+    sub = command(jobs, "ls", cmd_jobs_ls, "list jobs")
+    sub.add_argument("--state", default=None, choices=typing.get_args(Job.model_fields["state"].annotation))
+    sub.add_argument("--type", default=None, help="fine-tune or activation-maximization")
+    for name, run, text in (("show", cmd_jobs_show, "a job's record as JSON"),
+                            ("cancel", cmd_jobs_cancel, "cancel a job (a running one stops at its next step)"),
+                            ("follow", cmd_jobs_follow, "a job's progress bar until it ends")):
+        command(jobs, name, run, text).add_argument("job_id", metavar="ID")
+
+    models = group("models", "list, describe and upload models")
+    command(models, "ls", cmd_models_ls, "list models")
+    command(models, "show", cmd_models_show, "describe a model").add_argument("name", metavar="NAME")
+    sub = command(models, "upload", cmd_models_upload,
+                  "upload a model: --architecture with --weights (.safetensors), or --onnx")
+    sub.add_argument("name", metavar="NAME")
+    sub.add_argument("--architecture", default=None, help="a torchvision builder (resnet50, ...) or timm:NAME")
+    sub.add_argument("--weights", type=Path, default=None, help=".safetensors state dict")
+    sub.add_argument("--onnx", type=Path, default=None, help="a self-contained ONNX classifier")
+    sub.add_argument("--labels", type=Path, default=None, help="text file, one class name per line")
+    sub.add_argument("--mean", type=float, nargs=3, default=None)
+    sub.add_argument("--std", type=float, nargs=3, default=None)
+    sub.add_argument("--input-size", type=int, default=None)
+    sub.add_argument("--resize-size", type=int, default=None)
+    sub.add_argument("--interpolation", choices=("bilinear", "bicubic"), default=None)
+    sub.add_argument("--cam-layer", default=None)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        with Client(args.url) as client:
+            return args.run(client, args)
+    except ApiError as error:
+        print(f"gazer: {error.status} {error.title}: {error.detail}", file=sys.stderr)
+        for field_error in error.extras.get("errors") or []:
+            print(f"  {field_error.get('field')}: {field_error.get('message')}", file=sys.stderr)
+        if error.extras.get("valid"):
+            print(f"  valid: {', '.join(map(str, error.extras['valid']))}", file=sys.stderr)
+        return 1
+    except httpx.TransportError as error:
+        print(f"gazer: cannot reach {args.url}: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(f"gazer: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return INTERRUPTED

@@ -1,0 +1,249 @@
+"""Python clients for the Gazer API on httpx: `Client` blocks, `AsyncClient` awaits. Both send
+the calls that gazer.calls builds and return the wire models of schemas/; an error answer is
+raised as `ApiError`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from contextlib import ExitStack, nullcontext
+from typing import IO, Any, AsyncIterator, ContextManager, Iterable, Iterator, TypeVar
+
+import httpx
+
+from gazer import calls
+from gazer.archive import dataset_archive
+from gazer.calls import DEFAULT_MODEL, ImageInput
+from gazer.errors import ApiError
+from gazer.results import ExplainResponse, JobEvent
+from schemas.datasets import Dataset, DatasetList
+from schemas.jobs import Job, JobList
+from schemas.models import ModelDetail, ModelList, ModelRef, PredictResponse, VersionList
+
+__all__ = ["ApiError", "AsyncClient", "Client", "DEFAULT_URL", "JobEvent", "default_url"]
+
+T = TypeVar("T")
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+# Explanations and model uploads can take minutes on a CPU.
+DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
+# The event stream is quiet while a job waits or between steps: no read timeout.
+STREAM_TIMEOUT = httpx.Timeout(None, connect=10.0)
+POLL_SECONDS = 0.5
+
+
+def default_url() -> str:
+    return os.environ.get("GAZER_URL") or DEFAULT_URL
+
+
+def _dataset_source(source: str | os.PathLike[str] | bytes) -> ContextManager[tuple[str, IO[bytes] | bytes]]:
+    """(file name, archive) to upload: a folder zipped, an archive file opened, bytes as they are."""
+    if isinstance(source, bytes):
+        return nullcontext(("dataset.zip", source))
+    return dataset_archive(source)
+
+
+class Client:
+    """Blocking client: `with Client("http://host:8000") as gazer: gazer.predict("cat.jpg")`.
+    `url` defaults to $GAZER_URL, else http://127.0.0.1:8000."""
+
+    def __init__(self, url: str | None = None, *, timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+                 headers: dict[str, str] | None = None) -> None:
+        self.url = url or default_url()
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, headers=headers)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _send(self, call: calls.Call[T]) -> T:
+        return call.read(self._http.request(**call.request()))
+
+    def predict(self, images: ImageInput | Iterable[ImageInput], model: str = DEFAULT_MODEL,
+                top_k: int | None = None, resize: str | None = None) -> PredictResponse:
+        return self._send(calls.predict(images, model, top_k, resize))
+
+    def explain(self, images: ImageInput | Iterable[ImageInput], model: str = DEFAULT_MODEL,
+                method: str | None = None, target: int | list[int] | None = None, layer: str | None = None,
+                top_k: int | None = None, resize: str | None = None, faithfulness: bool | None = None,
+                outputs: Iterable[str] | None = None, **options: Any) -> ExplainResponse:
+        """Each result's `explanation.heatmap` / `.overlay` are PNG bytes, `.map_array` the raw
+        map as a numpy array (with outputs including "map")."""
+        return self._send(calls.explain(images, model, method, target, layer, top_k, resize, faithfulness,
+                                        outputs, **options))
+
+    def models(self) -> ModelList:
+        return self._send(calls.models())
+
+    def model(self, name: str) -> ModelDetail:
+        return self._send(calls.model(name))
+
+    def versions(self, name: str) -> VersionList:
+        return self._send(calls.versions(name))
+
+    def upload_model(self, name: str, **fields: Any) -> ModelRef:
+        """`architecture` with `weights` (.safetensors), or `onnx`; see gazer.calls.upload_model."""
+        return self._send(calls.upload_model(name, **fields))
+
+    def upload_dataset(self, source: str | os.PathLike[str] | bytes, name: str | None = None) -> Dataset:
+        """`source`: a folder with one folder of images per class (zipped here), a .zip or
+        .tar.gz archive, or an archive's bytes."""
+        with _dataset_source(source) as (file_name, archive):
+            return self._send(calls.upload_dataset(archive, file_name, name))
+
+    def datasets(self) -> DatasetList:
+        return self._send(calls.datasets())
+
+    def dataset(self, dataset_id: str) -> Dataset:
+        return self._send(calls.dataset(dataset_id))
+
+    def fine_tune(self, dataset_id: str, output_model: str, **options: Any) -> Job:
+        return self._send(calls.fine_tune(dataset_id, output_model, **options))
+
+    def activation_maximization(self, target: dict[str, Any], model: str = DEFAULT_MODEL, **options: Any) -> Job:
+        return self._send(calls.activation_maximization(target, model, **options))
+
+    def jobs(self, state: str | None = None, type: str | None = None) -> JobList:
+        return self._send(calls.jobs(state, type))
+
+    def job(self, job_id: str) -> Job:
+        return self._send(calls.job(job_id))
+
+    def cancel(self, job_id: str) -> Job:
+        return self._send(calls.cancel(job_id))
+
+    def wait(self, job_id: str, timeout: float | None = None, poll: float = POLL_SECONDS) -> Job:
+        """The job's record once it has ended; TimeoutError after `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not (job := self.job(job_id)).finished:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} is still {job.state} after {timeout} s")
+            time.sleep(poll)
+        return job
+
+    def events(self, job_id: str) -> Iterator[JobEvent]:
+        """The job's server-sent events until its `end` event."""
+        call = calls.events(job_id)
+        with self._http.stream(**call.request(), timeout=STREAM_TIMEOUT) as response:
+            if response.is_error:
+                response.read()
+                raise ApiError.from_response(response)
+            parser = calls.EventParser()
+            for line in response.iter_lines():
+                event = parser.feed(line)
+                if event is not None:
+                    yield event
+                    if event.kind == "end":
+                        return
+
+    def artifacts(self, job_id: str) -> list[str]:
+        """Names of the artifacts the job's result links to (fetch each with `artifact`)."""
+        return calls.artifact_names(self.job(job_id))
+
+    def artifact(self, job_id: str, name: str) -> bytes:
+        return self._send(calls.artifact(job_id, name))
+
+
+class AsyncClient:
+    """The same calls as `Client`, awaited: `async with AsyncClient(url) as gazer: await gazer.predict(...)`."""
+
+    def __init__(self, url: str | None = None, *, timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+                 headers: dict[str, str] | None = None) -> None:
+        self.url = url or default_url()
+        self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout, headers=headers)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def _send(self, call: calls.Call[T]) -> T:
+        return call.read(await self._http.request(**call.request()))
+
+    async def predict(self, images: ImageInput | Iterable[ImageInput], model: str = DEFAULT_MODEL,
+                      top_k: int | None = None, resize: str | None = None) -> PredictResponse:
+        return await self._send(calls.predict(images, model, top_k, resize))
+
+    async def explain(self, images: ImageInput | Iterable[ImageInput], model: str = DEFAULT_MODEL,
+                      method: str | None = None, target: int | list[int] | None = None, layer: str | None = None,
+                      top_k: int | None = None, resize: str | None = None, faithfulness: bool | None = None,
+                      outputs: Iterable[str] | None = None, **options: Any) -> ExplainResponse:
+        return await self._send(calls.explain(images, model, method, target, layer, top_k, resize, faithfulness,
+                                              outputs, **options))
+
+    async def models(self) -> ModelList:
+        return await self._send(calls.models())
+
+    async def model(self, name: str) -> ModelDetail:
+        return await self._send(calls.model(name))
+
+    async def versions(self, name: str) -> VersionList:
+        return await self._send(calls.versions(name))
+
+    async def upload_model(self, name: str, **fields: Any) -> ModelRef:
+        return await self._send(calls.upload_model(name, **fields))
+
+    async def upload_dataset(self, source: str | os.PathLike[str] | bytes, name: str | None = None) -> Dataset:
+        with ExitStack() as stack:  # zipping a folder blocks: it runs in a thread
+            file_name, archive = await asyncio.to_thread(stack.enter_context, _dataset_source(source))
+            return await self._send(calls.upload_dataset(archive, file_name, name))
+
+    async def datasets(self) -> DatasetList:
+        return await self._send(calls.datasets())
+
+    async def dataset(self, dataset_id: str) -> Dataset:
+        return await self._send(calls.dataset(dataset_id))
+
+    async def fine_tune(self, dataset_id: str, output_model: str, **options: Any) -> Job:
+        return await self._send(calls.fine_tune(dataset_id, output_model, **options))
+
+    async def activation_maximization(self, target: dict[str, Any], model: str = DEFAULT_MODEL,
+                                      **options: Any) -> Job:
+        return await self._send(calls.activation_maximization(target, model, **options))
+
+    async def jobs(self, state: str | None = None, type: str | None = None) -> JobList:
+        return await self._send(calls.jobs(state, type))
+
+    async def job(self, job_id: str) -> Job:
+        return await self._send(calls.job(job_id))
+
+    async def cancel(self, job_id: str) -> Job:
+        return await self._send(calls.cancel(job_id))
+
+    async def wait(self, job_id: str, timeout: float | None = None, poll: float = POLL_SECONDS) -> Job:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not (job := await self.job(job_id)).finished:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} is still {job.state} after {timeout} s")
+            await asyncio.sleep(poll)
+        return job
+
+    async def events(self, job_id: str) -> AsyncIterator[JobEvent]:
+        call = calls.events(job_id)
+        async with self._http.stream(**call.request(), timeout=STREAM_TIMEOUT) as response:
+            if response.is_error:
+                await response.aread()
+                raise ApiError.from_response(response)
+            parser = calls.EventParser()
+            async for line in response.aiter_lines():
+                event = parser.feed(line)
+                if event is not None:
+                    yield event
+                    if event.kind == "end":
+                        return
+
+    async def artifacts(self, job_id: str) -> list[str]:
+        return calls.artifact_names(await self.job(job_id))
+
+    async def artifact(self, job_id: str, name: str) -> bytes:
+        return await self._send(calls.artifact(job_id, name))

@@ -1,0 +1,41 @@
+"""The one exception the client raises for an error answer from the API."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+
+PROBLEM_FIELDS = ("type", "title", "status", "detail")
+
+
+class ApiError(Exception):
+    """An RFC 9457 problem: `type`, `title`, `status`, `detail`, and in `extras` whatever else
+    the body carried (`errors`, the offending fields; `valid`, the accepted values)."""
+
+    def __init__(self, type: str, title: str, status: int, detail: str, extras: dict[str, Any] | None = None):
+        super().__init__(f"{status} {title}: {detail}")
+        self.type = type
+        self.title = title
+        self.status = status
+        self.detail = detail
+        self.extras = extras or {}
+
+    @classmethod
+    def from_response(cls, response: httpx.Response) -> "ApiError":
+        """From a problem+json body; an answer without one (a proxy's page) keeps its text as
+        the detail."""
+        try:
+            body = response.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            body = None
+        if not isinstance(body, dict):
+            return cls("about:blank", response.reason_phrase, response.status_code, response.text[:500])
+        extras = {key: value for key, value in body.items() if key not in PROBLEM_FIELDS}
+        return cls(str(body.get("type", "about:blank")), str(body.get("title", response.reason_phrase)),
+                   int(body.get("status", response.status_code)), str(body.get("detail", "")), extras)
+
+    def problem(self) -> dict[str, Any]:
+        """The problem as the server sent it."""
+        return {"type": self.type, "title": self.title, "status": self.status, "detail": self.detail, **self.extras}

@@ -1,0 +1,45 @@
+"""The explain answer's wire models with the base64 PNGs and the raw map decoded on access."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+
+import numpy as np
+
+from schemas import models as wire
+from schemas.jobs import Job
+
+
+class Explanation(wire.Explanation):
+    @property
+    def heatmap(self) -> bytes | None:
+        """The heatmap PNG file's bytes (asked for with outputs=heatmap, a default)."""
+        return base64.b64decode(self.heatmap_png) if self.heatmap_png is not None else None
+
+    @property
+    def overlay(self) -> bytes | None:
+        """The overlay PNG file's bytes (asked for with outputs=overlay, a default)."""
+        return base64.b64decode(self.overlay_png) if self.overlay_png is not None else None
+
+    @property
+    def map_array(self) -> np.ndarray | None:
+        """The raw [0, 1] map as float32 (asked for with outputs=map)."""
+        return np.asarray(self.map, dtype=np.float32) if self.map is not None else None
+
+
+class ExplainResult(wire.ExplainResult):
+    explanation: Explanation
+
+
+class ExplainResponse(wire.ExplainResponse):
+    results: list[ExplainResult]
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """One server-sent event of GET /v1/jobs/{id}/events: `progress` while the job runs, `end`
+    with the final record."""
+
+    kind: str
+    job: Job

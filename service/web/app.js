@@ -1,0 +1,49 @@
+// Gazer's web page: three views (Explain, Jobs, Models) switched by the URL hash.
+import { api } from "./api.js";
+import { initExplain, showExplain } from "./explain.js";
+import { initJobs, showJobs } from "./jobs.js";
+import { showModels } from "./models.js";
+
+const VIEWS = {
+  explain: { init: initExplain, show: showExplain },
+  jobs: { init: initJobs, show: showJobs },
+  models: { show: showModels },
+};
+const started = new Map();
+
+function parseHash() {
+  const [name, query] = location.hash.replace(/^#/, "").split("?");
+  return { name: VIEWS[name] ? name : "explain", params: new URLSearchParams(query || "") };
+}
+
+async function route() {
+  const { name, params } = parseHash();
+  for (const view of Object.keys(VIEWS)) {
+    document.getElementById(`view-${view}`).hidden = view !== name;
+    const tab = document.querySelector(`[data-view="${view}"]`);
+    tab.classList.toggle("active", view === name);
+    if (view === name) tab.setAttribute("aria-current", "page"); else tab.removeAttribute("aria-current");
+  }
+  const view = VIEWS[name];
+  if (!started.has(name)) started.set(name, view.init ? view.init() : Promise.resolve());
+  await started.get(name);
+  await view.show?.(params);
+  document.body.dataset.ready = name;
+}
+
+async function readiness() {
+  const badge = document.getElementById("service-state");
+  try {
+    await api("/readyz");
+    badge.textContent = "ready";
+    badge.className = "service-state ok";
+  } catch (error) {
+    badge.textContent = "not ready";
+    badge.className = "service-state bad";
+    badge.title = error.problem ? `${error.problem.title}: ${error.problem.detail}` : String(error);
+  }
+}
+
+window.addEventListener("hashchange", route);
+route();
+readiness();

@@ -1,0 +1,341 @@
+// The Jobs view: upload a data set, start fine-tuning or activation maximization from forms generated
+// from the OpenAPI schemas, follow jobs live over server-sent events, cancel, read the results.
+import { api, ApiError, modelsWithVersions, openapi, resolve } from "./api.js";
+import { accuracyBars, confusionMatrix, lineChart } from "./plot.js";
+import { collectObject, inputFor, renderObject } from "./schema.js";
+import { el, fill, fmtMs, fmtNumber, fmtTime, pct, problemBox, spinner, toast } from "./ui.js";
+
+const $ = (id) => document.getElementById(id);
+const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+const FORMS = { "fine-tune": "finetune-form", "activation-maximization": "maximize-form" };
+const cards = new Map();     // job id -> {root, ...}
+const sources = new Map();   // job id -> EventSource
+let datasets = [];
+let formsBuilt = false;
+
+export async function initJobs() {
+  $("dataset-form").addEventListener("submit", uploadDataset);
+  $("jobs-refresh").addEventListener("click", () => loadJobs());
+  for (const tab of document.querySelectorAll("[data-jobform]")) {
+    tab.addEventListener("click", () => {
+      for (const other of document.querySelectorAll("[data-jobform]")) other.classList.toggle("active", other === tab);
+      for (const [kind, id] of Object.entries(FORMS)) $(id).hidden = kind !== tab.dataset.jobform;
+    });
+  }
+  document.body.append(el("datalist", { id: "model-ids" }));
+  await Promise.all([buildForms(), loadDatasets()]);
+}
+
+export async function showJobs() {
+  await Promise.all([loadDatasets(), loadJobs(), refreshModelList()]);
+}
+
+// ------------------------------------------------------------------------------------------------ forms
+async function buildForms() {
+  if (formsBuilt) return;
+  let spec;
+  try {
+    spec = await openapi();
+  } catch (error) {
+    $("finetune-form").replaceChildren(problemBox(error, "Could not read the API description"));
+    return;
+  }
+  formsBuilt = true;
+  for (const [kind, id] of Object.entries(FORMS)) {
+    const form = $(id);
+    const schema = resolve(spec, spec.paths[`/v1/jobs/${kind}`].post.requestBody.content["application/json"].schema);
+    form.replaceChildren();
+    if (schema.description) form.append(el("p", { class: "hint" }, schema.description));
+    renderObject(spec, schema, form, { custom: customInput, split: true });
+    const message = el("div", { class: "form-message" });
+    form.append(el("div", { class: "actions" },
+      el("button", { class: "btn primary", type: "submit" }, kind === "fine-tune" ? "Start fine-tuning" : "Start activation maximization"),
+      el("button", { class: "btn ghost", type: "reset" }, "Reset to defaults")), message);
+    form.addEventListener("submit", (event) => { event.preventDefault(); submitJob(kind, form, message); });
+  }
+  refreshModelList();
+}
+
+function customInput(path, schema) {
+  if (path === "dataset_id") {
+    const select = el("select", { name: path, "data-type": "string", required: true, class: "dataset-select" });
+    fillDatasetSelect(select);
+    return select;
+  }
+  if (path === "base_model" || path === "model") {
+    const input = inputFor(schema, { name: path });
+    input.setAttribute("list", "model-ids");
+    return input;
+  }
+  if (path === "output_model") {
+    const input = inputFor(schema, { name: path, required: true });
+    input.placeholder = "e.g. pets";
+    input.pattern = "[A-Za-z0-9_.\\-]{1,64}";
+    return input;
+  }
+  return null;
+}
+
+function fillDatasetSelect(select, chosen) {
+  const keep = chosen || select.value;
+  select.replaceChildren(...(datasets.length
+    ? datasets.map((d) => el("option", { value: d.id }, `${d.name} · ${d.classes.length} classes, ${d.images} images`))
+    : [el("option", { value: "" }, "Upload a data set first")]));
+  if (keep && datasets.some((d) => d.id === keep)) select.value = keep;
+}
+
+async function refreshModelList() {
+  try {
+    const models = await modelsWithVersions();
+    $("model-ids").replaceChildren(...models.flatMap((m) => [el("option", { value: m.id }),
+      ...(m.versions.length > 1 ? m.versions.map((v) => el("option", { value: `${m.id}@${v.version}` })) : [])]));
+  } catch { /* the datalist is only a convenience */ }
+}
+
+async function submitJob(kind, form, message) {
+  message.replaceChildren();
+  const body = collectObject(form);
+  const button = form.querySelector("button[type=submit]");
+  button.disabled = true;
+  try {
+    const job = await api(`/v1/jobs/${kind}`, { method: "POST", json: body });
+    toast(`Job ${job.id.slice(0, 8)} queued`, "success");
+    upsertCard(job, { prepend: true });
+    follow(job);
+  } catch (error) {
+    message.replaceChildren(problemBox(error, "The job was not started"));
+  } finally {
+    button.disabled = false;
+  }
+}
+
+// ------------------------------------------------------------------------------------------------ data sets
+async function loadDatasets(select) {
+  try {
+    datasets = (await api("/v1/datasets")).data.sort((a, b) => b.created_at - a.created_at);
+  } catch (error) {
+    $("dataset-message").replaceChildren(problemBox(error, "Could not list the data sets"));
+    return;
+  }
+  const list = $("dataset-list");
+  list.replaceChildren(...datasets.map((d) => el("li", {},
+    el("div", { class: "ds-main" }, el("b", {}, d.name), el("span", { class: "muted" }, ` ${d.id.slice(0, 8)}`)),
+    el("div", { class: "ds-meta" }, `${d.classes.length} classes · ${d.images} images`,
+      d.unreadable.length ? el("span", { class: "warn", title: d.unreadable.map((u) => `${u.file}: ${u.reason}`).join("\n") }, ` · ${d.unreadable.length} unreadable`) : null),
+    el("div", { class: "ds-classes" }, d.classes.slice(0, 12).map((c) => el("span", { class: "chip static" }, c, el("small", {}, d.counts[c]))),
+      d.classes.length > 12 ? el("span", { class: "muted" }, ` +${d.classes.length - 12}`) : null),
+    el("button", { class: "btn ghost small", type: "button", onclick: () => useDataset(d.id) }, "Fine-tune on this"))));
+  if (!datasets.length) list.append(el("li", { class: "empty-line" }, "No data sets yet."));
+  for (const node of document.querySelectorAll(".dataset-select")) fillDatasetSelect(node, select);
+}
+
+function useDataset(id) {
+  document.querySelector('[data-jobform="fine-tune"]').click();
+  const select = $("finetune-form").querySelector(".dataset-select");
+  if (select) { select.value = id; select.focus(); }
+}
+
+async function uploadDataset(event) {
+  event.preventDefault();
+  const file = $("dataset-file").files[0];
+  const message = $("dataset-message");
+  message.replaceChildren();
+  if (!file) return;
+  const form = new FormData();
+  form.append("file", file, file.name);
+  const name = $("dataset-name").value.trim();
+  if (name) form.append("name", name);
+  const button = event.target.querySelector("button");
+  button.disabled = true;
+  button.replaceChildren(spinner(), "Uploading…");
+  try {
+    const created = await api("/v1/datasets", { method: "POST", form });
+    event.target.reset();
+    await loadDatasets(created.id);
+    message.replaceChildren(el("p", { class: "ok" }, `Uploaded ${created.name}: ${created.classes.length} classes, ${created.images} images`,
+      created.unreadable.length ? ` (${created.unreadable.length} unreadable files skipped)` : ""));
+  } catch (error) {
+    message.replaceChildren(problemBox(error, "The data set was not stored"));
+  } finally {
+    button.disabled = false;
+    button.replaceChildren("Upload");
+  }
+}
+
+// ------------------------------------------------------------------------------------------------ jobs
+async function loadJobs() {
+  let jobs;
+  try {
+    jobs = (await api("/v1/jobs")).data;
+  } catch (error) {
+    $("job-list").replaceChildren(problemBox(error, "Could not list the jobs"));
+    cards.clear();
+    return;
+  }
+  jobs.sort((a, b) => b.created_at - a.created_at);
+  const list = $("job-list");
+  list.querySelector(".empty")?.remove();
+  for (const job of jobs) {
+    upsertCard(job);
+    list.append(cards.get(job.id).root);   // keeps the newest first
+    if (!TERMINAL.has(job.state)) follow(job);
+  }
+  if (!jobs.length && !cards.size) {
+    list.replaceChildren(el("div", { class: "empty small" },
+      el("h3", {}, "No jobs yet"),
+      el("p", {}, "Upload a data set and start a fine-tune, or ask what a class looks like to the network with activation maximization.")));
+  }
+}
+
+// Follow a job live: one EventSource per unfinished job, closed at its `end` event.
+function follow(job) {
+  if (sources.has(job.id) || TERMINAL.has(job.state)) return;
+  const source = new EventSource(`/v1/jobs/${encodeURIComponent(job.id)}/events`);
+  sources.set(job.id, source);
+  const card = cards.get(job.id);
+  if (card) card.root.dataset.live = "true";
+  source.addEventListener("progress", (event) => upsertCard(JSON.parse(event.data)));
+  source.addEventListener("end", (event) => {
+    source.close();
+    sources.delete(job.id);
+    const done = JSON.parse(event.data);
+    if (cards.get(job.id)) delete cards.get(job.id).root.dataset.live;
+    upsertCard(done);
+    toast(`${done.type === "fine-tune" ? "Fine-tune" : "Activation maximization"} ${done.state}`, done.state === "succeeded" ? "success" : "info");
+  });
+  source.addEventListener("error", () => {
+    if (source.readyState === EventSource.CLOSED) {
+      sources.delete(job.id);
+      const current = cards.get(job.id);
+      if (current) current.live.replaceChildren(el("span", { class: "warn" }, "Live updates stopped; press Refresh."));
+    }
+  });
+}
+
+function title(job) {
+  if (job.type === "fine-tune") {
+    return [el("span", { class: "job-kind" }, "Fine-tune"), el("span", {}, `${job.params.base_model} → `, el("b", {}, job.params.output_model))];
+  }
+  const target = job.params.target || {};
+  const what = target.classes?.length ? `class ${target.classes.join(", ")}` : target.layer ? `${target.layer} [${(target.channels || []).join(", ")}]` : "";
+  return [el("span", { class: "job-kind" }, "Activation maximization"), el("span", {}, `${job.params.model} · `, el("b", {}, what))];
+}
+
+function upsertCard(job, { prepend = false } = {}) {
+  let card = cards.get(job.id);
+  if (!card) {
+    const cancel = el("button", { class: "btn ghost small danger", type: "button", onclick: () => cancelJob(job.id, cancel) }, "Cancel");
+    card = {
+      root: el("article", { class: "job-card", dataset: { jobId: job.id } }),
+      head: el("header", { class: "job-head" }),
+      progress: el("div", { class: "job-progress" }),
+      live: el("div", { class: "job-live" }),
+      body: el("div", { class: "job-body" }),
+      cancel,
+      renderedState: null,
+    };
+    card.root.append(card.head, card.progress, card.live, card.body);
+    cards.set(job.id, card);
+    const list = $("job-list");
+    list.querySelector(".empty")?.remove();
+    if (prepend) list.prepend(card.root); else list.append(card.root);
+  }
+  card.root.dataset.state = job.state;
+  fill(card.head,
+    el("div", { class: "job-title" }, title(job)),
+    el("div", { class: "job-right" },
+      el("span", { class: `badge ${job.state}` }, job.cancel_requested && job.state === "running" ? "cancelling" : job.state),
+      TERMINAL.has(job.state) ? null : card.cancel),
+    el("div", { class: "job-sub muted" }, `${job.id.slice(0, 8)} · created ${fmtTime(job.created_at)}`,
+      job.finished_at && job.started_at ? ` · ran ${fmtMs((job.finished_at - job.started_at) * 1000)}` : ""));
+  renderProgress(card, job);
+  if (TERMINAL.has(job.state) && card.renderedState !== job.state) {
+    card.renderedState = job.state;
+    card.progress.replaceChildren();
+    card.live.replaceChildren();
+    card.body.replaceChildren(...renderResult(job));
+  }
+}
+
+function renderProgress(card, job) {
+  if (TERMINAL.has(job.state)) return;
+  const progress = job.progress || {};
+  const fraction = progress.fraction ?? 0;
+  const parts = [];
+  if (job.state === "queued") parts.push("Waiting for a worker");
+  if (progress.phase) parts.push(progress.phase);
+  if (progress.epoch) parts.push(`epoch ${progress.epoch}/${job.params.epochs ?? "?"}`);
+  if (progress.step && progress.steps) parts.push(`step ${progress.step}/${progress.steps}`);
+  const metrics = progress.metrics || {};
+  const shown = Object.entries(metrics).filter(([, v]) => typeof v === "number" || Array.isArray(v)).slice(0, 4)
+    .map(([k, v]) => `${k.replace(/_/g, " ")} ${Array.isArray(v) ? v.map((x) => fmtNumber(x, 3)).join(", ") : k.includes("accuracy") ? pct(v) : fmtNumber(v, 3)}`);
+  fill(card.progress,
+    el("div", { class: "progress-track", role: "progressbar", "aria-valuemin": 0, "aria-valuemax": 100, "aria-valuenow": Math.round(fraction * 100) },
+      el("span", { class: `progress-fill${job.state === "queued" ? " idle" : ""}`, style: `width:${Math.max(2, fraction * 100)}%` })),
+    el("div", { class: "progress-text" }, el("span", {}, parts.join(" · ") || "Starting"), el("b", {}, pct(fraction, 0))),
+    shown.length ? el("div", { class: "progress-metrics muted" }, shown.join(" · ")) : null);
+}
+
+async function cancelJob(id, button) {
+  button.disabled = true;
+  try {
+    upsertCard(await api(`/v1/jobs/${encodeURIComponent(id)}`, { method: "DELETE" }));
+  } catch (error) {
+    cards.get(id)?.live.replaceChildren(problemBox(error, "Cancel failed"));
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function renderResult(job) {
+  if (job.state === "failed") return [problemBox(new ApiError(job.error || { title: "Failed", detail: "the job failed" }), "The job failed")];
+  if (job.state === "cancelled") return [el("p", { class: "muted" }, "Cancelled.")];
+  if (!job.result) return [];
+  return job.type === "fine-tune" ? fineTuneResult(job.result) : maximizationResult(job);
+}
+
+function fineTuneResult(result) {
+  const metrics = result.metrics;
+  const ref = `${result.model.id}@${result.model.version}`;
+  const history = metrics.history || [];
+  const series = (key) => history.map((h) => [h.epoch, h[key]]);
+  return [
+    el("div", { class: "result-summary" },
+      stat("Model", ref), stat("Validation accuracy", pct(metrics.val_accuracy)), stat("Validation loss", fmtNumber(metrics.val_loss, 3)),
+      stat("Best epoch", `${metrics.best_epoch} of ${history.length}${metrics.stopped_early ? " (stopped early)" : ""}`),
+      metrics.train_images_per_second ? stat("Training speed", `${fmtNumber(metrics.train_images_per_second, 1)} img/s`) : null),
+    el("div", { class: "result-links" },
+      el("a", { class: "btn primary small", href: `#explain?model=${encodeURIComponent(ref)}` }, `Explain with ${ref}`),
+      el("a", { class: "btn ghost small", href: `#models?model=${encodeURIComponent(result.model.id)}` }, "Model details")),
+    el("div", { class: "charts" },
+      lineChart([{ name: "train loss", points: series("train_loss") }, { name: "validation loss", points: series("val_loss"), dashed: true }], { title: "Loss per epoch" }),
+      lineChart([{ name: "train accuracy", points: series("train_accuracy") }, { name: "validation accuracy", points: series("val_accuracy"), dashed: true }],
+        { title: "Accuracy per epoch", percent: true, yMin: 0, yMax: 1 }),
+      confusionMatrix(metrics.confusion_matrix, metrics.classes),
+      accuracyBars(metrics.per_class_accuracy)),
+  ];
+}
+
+function maximizationResult(job) {
+  const result = job.result;
+  const history = result.activation_per_step || [];
+  const count = result.images.length;
+  const label = (target) => target.label !== undefined ? `${target.label}` : `${target.layer} · channel ${target.channel}`;
+  const chart = history.length > 1 ? lineChart(result.images.slice(0, 4).map((image, i) => ({
+    name: label(image.target), points: history.map((row, step) => [step + 1, row[i]]) })), { title: "Activation per step", xLabel: "step" }) : null;
+  return [
+    el("div", { class: "gallery" }, result.images.map((image) => el("figure", { class: "gallery-item" },
+      el("a", { href: image.url, target: "_blank", rel: "noopener" }, el("img", { src: image.url, alt: label(image.target) })),
+      el("figcaption", {},
+        el("b", {}, label(image.target)),
+        image.target.class !== undefined ? el("span", { class: "muted" }, ` class ${image.target.class}`) : null,
+        el("span", { class: "muted block" }, `activation ${fmtNumber(image.activation, 3)}`,
+          image.probability !== null && image.probability !== undefined ? ` · p ${pct(image.probability)}` : ""))))),
+    el("p", { class: "muted" }, `${count} image${count === 1 ? "" : "s"} from ${result.model.id}@${result.model.version}`),
+    chart ? el("div", { class: "charts" }, chart) : null,
+  ];
+}
+
+function stat(label, value) {
+  return el("div", { class: "stat" }, el("span", { class: "stat-label" }, label), el("span", { class: "stat-value" }, value));
+}

@@ -1,0 +1,315 @@
+"""The web page in a real browser (Debian's Chromium driven by Playwright) against the real service
+(`python -m service.launch`: embedded Redis, one Celery worker, the API with EfficientNet-Lite0).
+Screenshots land in test-output/screenshots/ for a person to look at."""
+
+from __future__ import annotations
+
+import io
+import random
+import zipfile
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from support import chelsea, coffee, encode
+from tests.live_service import ROOT, LiveService
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+SHOTS = ROOT / "test-output" / "screenshots"
+LAPTOP = {"width": 1366, "height": 900}
+PHONE = {"width": 390, "height": 844}
+
+# Pixels of the explanation canvas against the original drawn at the same size: mean absolute difference.
+PIXEL_DIFF = """([canvasSelector, imageSelector]) => {
+  const canvas = document.querySelector(canvasSelector);
+  const image = document.querySelector(imageSelector);
+  const reference = document.createElement("canvas");
+  reference.width = canvas.width; reference.height = canvas.height;
+  const ctx = reference.getContext("2d");
+  ctx.drawImage(image, 0, 0, canvas.width, canvas.height);
+  const a = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+  const b = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
+  let sum = 0;
+  for (let i = 0; i < a.length; i += 4) sum += Math.abs(a[i] - b[i]) + Math.abs(a[i + 1] - b[i + 1]) + Math.abs(a[i + 2] - b[i + 2]);
+  return sum / (a.length / 4 * 3);
+}"""
+
+CANVAS_SIGNATURE = """(selector) => {
+  const canvas = document.querySelector(selector);
+  const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+  let hash = 0;
+  for (let i = 0; i < data.length; i += 97) hash = (hash * 31 + data[i]) >>> 0;
+  return [canvas.width, canvas.height, hash];
+}"""
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    with LiveService(tmp_path_factory.mktemp("browser-service")) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is not installed")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("photos")
+    (folder / "chelsea.jpg").write_bytes(encode(chelsea()))
+    (folder / "coffee.jpg").write_bytes(encode(coffee()))
+    (folder / "broken.jpg").write_bytes(b"this is a text file, not a JPEG\n" * 4)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def shots():
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    return SHOTS
+
+
+@pytest.fixture
+def page(browser, service):
+    context = browser.new_context(viewport=LAPTOP, device_scale_factor=1)
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    yield page
+    context.close()
+    assert not errors, f"uncaught errors in the page: {errors}"
+
+
+def open_explain(page, service, photo: Path) -> None:
+    page.goto(f"{service.url}/#explain")
+    page.wait_for_selector("body[data-ready=explain]")
+    page.wait_for_function("document.querySelector('#method-select').options.length > 0")
+    page.set_input_files("#file-input", str(photo))
+    page.wait_for_selector(".result-card img.original")
+
+
+def explain(page) -> None:
+    page.click("#explain-btn")
+    page.wait_for_selector(".result-card .map-canvas[data-target]")
+
+
+def tiny_dataset(folder: Path) -> Path:
+    """2 classes x 4 real photos (random crops of chelsea and coffee), as a class-folder zip."""
+    rng = random.Random(0)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, photo in (("cat", chelsea()), ("coffee", coffee())):
+            width, height = photo.size
+            for index in range(4):
+                side = rng.randint(min(width, height) * 2 // 3, min(width, height))
+                left, top = rng.randint(0, width - side), rng.randint(0, height - side)
+                crop = photo.crop((left, top, left + side, top + side)).resize((96, 96), Image.BILINEAR)
+                archive.writestr(f"pets/{name}/{index}.jpg", encode(crop))
+    path = folder / "pets.zip"
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+def test_explain_draws_an_overlay_that_differs_from_the_original(page, service, photos, shots):
+    open_explain(page, service, photos / "chelsea.jpg")
+    explain(page)
+    canvas = ".result-card .map-canvas"
+    overlay_diff = page.evaluate(PIXEL_DIFF, [canvas, ".result-card img.original"])
+    assert overlay_diff > 10, overlay_diff
+    assert page.locator(".result-card .prediction").count() == 5
+    assert "tabby" in page.locator(".result-card .prediction.selected").inner_text().lower() or \
+        "cat" in page.locator(".result-card .prediction.selected").inner_text().lower()
+    # the opacity slider composites client-side: 0 shows the original, 1 the heatmap alone
+    page.locator("#opacity").fill("0")
+    assert page.evaluate(PIXEL_DIFF, [canvas, ".result-card img.original"]) < 1
+    page.locator("#opacity").fill("0.5")
+    page.check("#heatmap-only")
+    heat_only = page.evaluate(PIXEL_DIFF, [canvas, ".result-card img.original"])
+    assert heat_only > overlay_diff
+    page.uncheck("#heatmap-only")
+    page.screenshot(path=str(shots / "explain-laptop.png"), full_page=True)
+    # any map downloads as a PNG
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download PNG").click()
+    assert download.value.suggested_filename == "chelsea-gradcam.png"
+    assert Path(download.value.path()).read_bytes().startswith(b"\x89PNG")
+    # faithfulness scores when asked
+    page.check("#faithfulness")
+    page.click("#explain-btn")
+    page.wait_for_selector(".result-card .faithfulness dd")
+    scores = page.locator(".result-card .faithfulness dd").all_inner_texts()
+    assert len(scores) == 2 and all(0 <= float(score) <= 1 for score in scores), scores
+
+
+def test_clicking_the_second_class_explains_that_class(page, service, photos):
+    open_explain(page, service, photos / "chelsea.jpg")
+    explain(page)
+    canvas = ".result-card .map-canvas"
+    first_target = page.get_attribute(canvas, "data-target")
+    before = page.evaluate(CANVAS_SIGNATURE, canvas)
+    second = page.locator('.result-card .prediction[data-rank="2"]')
+    index = second.get_attribute("data-index")
+    assert index != first_target
+    # record the form fields of every request the page sends (Chromium hides multipart bodies with files)
+    page.evaluate("""() => {
+      window.__sent = [];
+      const original = window.fetch;
+      window.fetch = (url, init = {}) => {
+        if (init.body instanceof FormData) {
+          window.__sent.push({url: String(url), fields: [...init.body.entries()].filter(([, v]) => typeof v === 'string')});
+        }
+        return original(url, init);
+      };
+    }""")
+    second.click()
+    page.wait_for_function("window.__sent.length === 1")
+    sent = page.evaluate("window.__sent[0]")
+    assert sent["url"].endswith("/v1/models/efficientnet_lite0/explain")
+    assert ["target", index] in sent["fields"] and ["outputs", "heatmap"] in sent["fields"]
+    page.wait_for_selector(f'{canvas}[data-target="{index}"]')
+    assert page.evaluate(CANVAS_SIGNATURE, canvas) != before
+    assert page.locator(".result-card .prediction.selected").get_attribute("data-index") == index
+
+
+def test_compare_shows_four_methods_side_by_side(page, service, photos, shots):
+    open_explain(page, service, photos / "chelsea.jpg")
+    explain(page)
+    checked = page.locator("#compare-methods input:checked")
+    assert sorted(checked.evaluate_all("nodes => nodes.map(n => n.value)")) == \
+        ["cam", "gradcam", "integrated_gradients", "smoothgrad"]
+    page.click("#compare-btn")
+    page.wait_for_function("document.querySelectorAll('.compare-cell .map-canvas[data-target]').length === 4",
+                           timeout=90_000)
+    assert page.locator(".compare-cell .compare-info .time").count() == 4
+    methods = page.locator(".compare-cell").evaluate_all("nodes => nodes.map(n => n.dataset.method)")
+    assert methods == ["cam", "gradcam", "integrated_gradients", "smoothgrad"]
+    signatures = {tuple(page.evaluate(CANVAS_SIGNATURE, f'.compare-cell[data-method="{m}"] canvas')) for m in methods}
+    assert len(signatures) == 4
+    page.screenshot(path=str(shots / "compare-laptop.png"), full_page=True)
+
+
+def test_an_unreadable_file_shows_the_problem_title_and_detail(page, service, photos, shots):
+    blob = (photos / "broken.jpg").read_bytes()
+    expected = httpx.post(f"{service.url}/v1/models/efficientnet_lite0/explain",
+                          files=[("file", ("broken.jpg", blob, "image/jpeg"))], data={"outputs": "heatmap"}).json()
+    assert expected["status"] == 422
+    open_explain_any = page.goto(f"{service.url}/#explain")
+    assert open_explain_any.ok
+    page.wait_for_selector("body[data-ready=explain]")
+    page.wait_for_function("document.querySelector('#method-select').options.length > 0")
+    page.set_input_files("#file-input", str(photos / "broken.jpg"))
+    page.click("#explain-btn")
+    problem = page.locator(".results .problem")
+    problem.wait_for()
+    text = problem.inner_text()
+    assert expected["title"] in text and expected["detail"] in text
+    assert problem.locator(".problem-title strong").is_visible()
+    page.screenshot(path=str(shots / "error-laptop.png"))
+
+
+def test_fine_tune_from_the_form_shows_live_progress_then_plots(page, service, tmp_path, shots):
+    events: list[str] = []
+    page.on("request", lambda request: events.append(request.url) if request.url.endswith("/events") else None)
+    page.goto(f"{service.url}/#jobs")
+    page.wait_for_selector("body[data-ready=jobs]")
+    page.set_input_files("#dataset-file", str(tiny_dataset(tmp_path)))
+    page.fill("#dataset-name", "pets")
+    page.click("#dataset-form button[type=submit]")
+    page.wait_for_selector("#dataset-message .ok")
+    form = page.locator("#finetune-form")
+    assert form.locator(".dataset-select").input_value() != ""
+    # every field of FineTuneRequest is on the form, nested ones included, with its default
+    assert form.locator('[name="epochs"]').input_value() == "5"
+    assert form.locator('[name="augmentation.rotation"]').input_value() == "10"
+    assert form.locator('[name="head.dropout"]').input_value() == "0.2"
+    assert form.locator('[name="augmentation.flip"]').is_checked()
+    form.locator('[name="output_model"]').fill("pets")
+    form.locator('[name="epochs"]').fill("1")
+    form.locator('[name="batch_size"]').fill("4")
+    form.locator('[name="input_size"]').fill("64")
+    form.locator('[name="strategy"]').select_option("feature_extraction")
+    form.locator('[name="val_fraction"]').fill("0.25")
+    # record every progress text the page shows while the job runs
+    page.evaluate("""() => {
+      window.__progress = [];
+      new MutationObserver(() => {
+        for (const node of document.querySelectorAll('.job-card .progress-text')) window.__progress.push(node.textContent);
+      }).observe(document.querySelector('#job-list'), {subtree: true, childList: true, characterData: true});
+    }""")
+    form.locator("button[type=submit]").click()
+    card = page.locator(".job-card").first
+    card.wait_for()
+    page.wait_for_selector('.job-card[data-state="succeeded"]', timeout=120_000)
+    assert any("/events" in url for url in events), events
+    seen = page.evaluate("window.__progress")
+    assert seen, "no live progress was shown"
+    assert card.locator(".chart polyline, .chart circle").count() >= 4      # loss and accuracy, train and val
+    assert card.locator(".confusion .cell").count() == 4
+    assert card.locator(".bars li").count() == 2
+    link = card.get_by_role("link", name="Explain with pets@1")
+    assert link.is_visible()
+    page.screenshot(path=str(shots / "jobs-laptop.png"))
+    card.screenshot(path=str(shots / "fine-tune-result-laptop.png"))
+    link.click()
+    page.wait_for_function("document.querySelector('#model-select').value === 'pets@1'")
+
+
+def test_activation_maximization_results_show_as_a_gallery(page, service, shots):
+    page.goto(f"{service.url}/#jobs")
+    page.wait_for_selector("body[data-ready=jobs]")
+    page.click('[data-jobform="activation-maximization"]')
+    form = page.locator("#maximize-form")
+    form.locator('[name="target.class"]').fill("130")
+    form.locator('[name="steps"]').fill("6")
+    form.locator('[name="size"]').fill("64")
+    form.locator("button[type=submit]").click()
+    page.wait_for_selector('.job-card[data-state="succeeded"] .gallery-item img', timeout=90_000)
+    item = page.locator(".job-card .gallery-item").first
+    assert "flamingo" in item.inner_text() and "activation" in item.inner_text()
+    assert page.evaluate("document.querySelector('.gallery-item img').naturalWidth") == 64
+
+
+def test_models_view_lists_every_spec(page, service, shots):
+    page.goto(f"{service.url}/#models")
+    page.wait_for_selector('.model-card[data-model="efficientnet_lite0"]')
+    card = page.locator('.model-card[data-model="efficientnet_lite0"]')
+    text = card.inner_text()
+    for expected in ("efficientnet_lite0", "224 × 224", "1,000", "centre crop 224", "gradcam", "v1"):
+        assert expected in text, expected
+    page.screenshot(path=str(shots / "models-laptop.png"))
+
+
+def test_phone_width_layout_holds(browser, service, photos, shots):
+    context = browser.new_context(viewport=PHONE, device_scale_factor=2, is_mobile=True, has_touch=True)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    try:
+        open_explain(page, service, photos / "chelsea.jpg")
+        explain(page)
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+        page.screenshot(path=str(shots / "explain-phone.png"), full_page=True)
+        page.goto(f"{service.url}/#jobs")
+        page.wait_for_selector("body[data-ready=jobs]")
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+        page.screenshot(path=str(shots / "jobs-phone.png"), full_page=True)
+        page.goto(f"{service.url}/#models")
+        page.wait_for_selector(".model-card")
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+        page.screenshot(path=str(shots / "models-phone.png"))
+    finally:
+        context.close()
+    assert not errors, errors

@@ -1,0 +1,152 @@
+"""The `gazer` command as a real subprocess against the live service."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from gazer import grid
+from support import chelsea, coffee
+
+CAT_CLASSES = {str(index) for index in range(281, 286)}
+TINY_FINE_TUNE = ["--strategy", "feature_extraction", "--epochs", "1", "--batch-size", "4", "--input-size", "64",
+                  "--early-stopping-patience", "20", "--set", "augmentation.rotation=0", "--set", "head.dropout=0"]
+
+
+def cli_env(live) -> dict[str, str]:
+    return {**os.environ, "GAZER_URL": live.url}
+
+
+def gazer_cli(live, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`python -m gazer ARGS`, the service's URL from GAZER_URL."""
+    return subprocess.run([sys.executable, "-m", "gazer", *args], env=cli_env(live), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def pet_folder(root: Path) -> Path:
+    """cat/ and coffee/, four variants of one real photo each (mirrored, cropped), small."""
+    folder = root / "pets"
+    for name, photo in (("cat", chelsea()), ("coffee", coffee())):
+        (folder / name).mkdir(parents=True)
+        width, height = photo.size
+        variants = [photo, ImageOps.mirror(photo), photo.crop((0, 0, width * 3 // 4, height)),
+                    photo.crop((width // 4, 0, width, height))]
+        for index, variant in enumerate(variants):
+            variant.resize((96, 96)).save(folder / name / f"{index}.png")
+    (folder / ".DS_Store").write_bytes(b"not a photo")  # hidden files are left out of the archive
+    return folder
+
+
+@pytest.fixture(scope="module")
+def dataset_id(live, tmp_path_factory):
+    folder = pet_folder(tmp_path_factory.mktemp("dataset"))
+    uploaded = gazer_cli(live, "datasets", "upload", str(folder), "--name", "pets", "--quiet")
+    assert uploaded.returncode == 0, uploaded.stderr
+    return uploaded.stdout.strip()
+
+
+def test_datasets_upload_zips_a_folder(live, gazer, dataset_id):
+    dataset = gazer.dataset(dataset_id)
+    assert dataset.name == "pets" and dataset.counts == {"cat": 4, "coffee": 4} and not dataset.unreadable
+    listed = gazer_cli(live, "datasets", "ls")
+    assert listed.returncode == 0 and dataset_id in listed.stdout
+
+
+def test_predict_prints_a_table(live, photos):
+    done = gazer_cli(live, "predict", str(photos["chelsea"]), str(photos["coffee"]), "--top-k", "2")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "model efficientnet_lite0@1"
+    assert lines[1].split() == ["image", "rank", "class", "label", "probability"]
+    rows = [line.split() for line in lines[2:]]
+    assert len(rows) == 4 and [row[:2] for row in rows] == [["chelsea.jpg", "1"], ["chelsea.jpg", "2"],
+                                                           ["coffee.jpg", "1"], ["coffee.jpg", "2"]]
+    assert rows[0][2] in CAT_CLASSES and 0 < float(rows[0][-1]) <= 1
+
+
+def test_explain_writes_the_overlay(live, photos, tmp_path):
+    done = gazer_cli(live, "explain", str(photos["chelsea"]), "--method", "gradcam", "--target", "281",
+                     "-o", str(tmp_path / "overlay.png"))
+    assert done.returncode == 0, done.stderr
+    assert "class 281" in done.stdout
+    overlay = Image.open(tmp_path / "overlay.png")
+    assert overlay.format == "PNG" and overlay.size == chelsea().size
+
+
+def test_compare_writes_one_labelled_grid(live, photos, tmp_path):
+    methods = ["cam", "gradcam", "saliency"]
+    done = gazer_cli(live, "compare", str(photos["chelsea"]), "--methods", ",".join(methods),
+                     "-o", str(tmp_path / "grid.png"))
+    assert done.returncode == 0, done.stderr
+    picture = Image.open(tmp_path / "grid.png")
+    width, height = chelsea().size
+    tile_height = round(height * grid.TILE_WIDTH / width)
+    assert picture.format == "PNG"
+    assert picture.size == (len(methods) * grid.TILE_WIDTH, tile_height + grid.LABEL_HEIGHT)
+    pixels = np.asarray(picture.convert("L"), dtype=np.float32)
+    tiles = [pixels[:tile_height, i * grid.TILE_WIDTH:(i + 1) * grid.TILE_WIDTH] for i in range(len(methods))]
+    labels = [pixels[tile_height:, i * grid.TILE_WIDTH:(i + 1) * grid.TILE_WIDTH] for i in range(len(methods))]
+    assert all(tile.std() > 10 for tile in tiles)  # a picture, not a blank
+    assert np.abs(tiles[0] - tiles[2]).mean() > 1  # cam and saliency look different
+    assert all((label < 128).sum() > 50 for label in labels)  # dark text in every label strip
+    assert all(f"{method}: class" in done.stdout for method in methods)
+
+
+def test_finetune_follows_to_the_end_and_the_model_is_listed(live, dataset_id):
+    done = gazer_cli(live, "finetune", "--dataset", dataset_id, "--output", "pets", *TINY_FINE_TUNE, timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "%|" in done.stderr and "100%" in done.stderr  # the progress bar, to the end
+    assert "succeeded: model pets@1" in done.stdout
+    listed = gazer_cli(live, "models", "ls")
+    assert listed.returncode == 0
+    assert any(line.split()[:2] == ["pets", "1"] for line in listed.stdout.splitlines()), listed.stdout
+    shown = gazer_cli(live, "models", "show", "pets")
+    assert shown.returncode == 0 and "2 classes" in shown.stdout
+
+
+def test_ctrl_c_leaves_the_job_running_and_says_how_to_cancel(live, gazer, dataset_id):
+    process = subprocess.Popen([sys.executable, "-m", "gazer", "finetune", "--dataset", dataset_id,
+                                "--output", "pets-interrupted", *TINY_FINE_TUNE, "--epochs", "500",
+                                "--early-stopping-patience", "500"],
+                               env=cli_env(live), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               # a shell's background job would inherit SIGINT ignored
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    stderr = bytearray()
+
+    def read_stderr() -> None:  # the bar is redrawn with \r, never a newline: read what comes
+        for chunk in iter(lambda: process.stderr.read1(4096), b""):
+            stderr.extend(chunk)
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 60
+        while b"queued" not in stderr and b"running" not in stderr:  # the first event's bar
+            assert time.monotonic() < deadline and process.poll() is None, stderr.decode()
+            time.sleep(0.1)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 130
+    finally:
+        if process.poll() is None:
+            process.kill()
+    reader.join(timeout=5)
+    job_id = process.stdout.read().decode().split()[1]
+    assert f"job {job_id} is still running; cancel it with: gazer jobs cancel {job_id}" in stderr.decode()
+    job = gazer.job(job_id)
+    assert job.state in ("queued", "running") and not job.cancel_requested
+
+    assert gazer_cli(live, "jobs", "ls").stdout.count(job_id) == 1
+    cancelled = gazer_cli(live, "jobs", "cancel", job_id)
+    assert cancelled.returncode == 0 and job_id in cancelled.stdout
+    assert gazer.wait(job_id, timeout=120).state == "cancelled"
+    shown = gazer_cli(live, "jobs", "show", job_id)
+    assert shown.returncode == 0 and '"state": "cancelled"' in shown.stdout

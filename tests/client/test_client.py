@@ -1,0 +1,77 @@
+"""`gazer.client` against the live service: typed results, decoded explanations, the one
+error type, the async client and job artifacts."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gazer.client import ApiError, AsyncClient
+from gazer.results import ExplainResponse, JobEvent
+from schemas.models import PredictResponse
+from support import chelsea, encode
+
+CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+
+
+def test_predict_returns_typed_results_with_a_cat_on_top(gazer, photos):
+    answer = gazer.predict([photos["chelsea"], photos["coffee"]], top_k=3)
+    assert isinstance(answer, PredictResponse)
+    assert answer.model.id == "efficientnet_lite0"
+    cat, cup = answer.results
+    assert len(cat.predictions) == 3 and cat.predictions[0].index in CAT_CLASSES, cat
+    assert cup.predictions[0].index not in CAT_CLASSES
+
+
+def test_explain_decodes_the_pngs_and_the_map(gazer, photos):
+    answer = gazer.explain(photos["chelsea"], method="gradcam", outputs=["heatmap", "overlay", "map"])
+    assert isinstance(answer, ExplainResponse)
+    explanation = answer.results[0].explanation
+    heatmap = Image.open(io.BytesIO(explanation.heatmap))
+    overlay = Image.open(io.BytesIO(explanation.overlay))
+    assert heatmap.format == overlay.format == "PNG"
+    assert heatmap.size == overlay.size == chelsea().size and heatmap.mode == "L"
+    raw = explanation.map_array
+    side = gazer.model("efficientnet_lite0").input_size // 32  # EfficientNet's last feature map
+    assert isinstance(raw, np.ndarray) and raw.shape == (side, side)
+    assert raw.min() >= 0 and raw.max() <= 1 and raw.max() > 0
+
+
+def test_a_bad_file_is_one_error_type_with_the_problem_fields(gazer, photos):
+    with pytest.raises(ApiError) as raised:
+        gazer.predict(("notes.jpg", b"this is not an image"))
+    error = raised.value
+    assert (error.status, error.title) == (422, "Unprocessable content")
+    assert error.type == "/problems/invalid-image" and "not an image" in error.detail and error.extras == {}
+
+    with pytest.raises(ApiError) as raised:  # the extras come along
+        gazer.explain(photos["chelsea"], method="no-such-method")
+    assert raised.value.status == 422 and raised.value.type == "/problems/unknown-method"
+    assert raised.value.extras["errors"] == [{"field": "method", "message": "unknown method 'no-such-method'"}]
+    assert "gradcam" in raised.value.extras["valid"]
+
+    with pytest.raises(ApiError) as raised:
+        gazer.model("no-such-model")
+    assert raised.value.status == 404 and raised.value.problem()["type"] == "/problems/unknown-model"
+
+
+def test_async_client_predicts_follows_a_job_and_fetches_its_artifacts(live):
+    async def run() -> tuple[PredictResponse, list[JobEvent], list[str], bytes]:
+        async with AsyncClient(live.url) as gazer:
+            answers = await asyncio.gather(gazer.predict(encode(chelsea())), gazer.predict(encode(chelsea())))
+            job = await gazer.activation_maximization({"class": 130}, steps=3, size=64)
+            events = [event async for event in gazer.events(job.id)]
+            assert (await gazer.wait(job.id, timeout=5)).state == "succeeded"
+            names = await gazer.artifacts(job.id)
+            return answers[0], events, names, await gazer.artifact(job.id, names[0])
+
+    answer, events, names, png = asyncio.run(run())
+    assert isinstance(answer, PredictResponse) and answer.results[0].predictions[0].index in CAT_CLASSES
+    assert [event.kind for event in events][-1] == "end" and events[-1].job.state == "succeeded"
+    assert all(event.kind == "progress" and not event.job.finished for event in events[:-1])
+    assert names == ["target-0.png"]
+    assert Image.open(io.BytesIO(png)).size == (64, 64)

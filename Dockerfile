@@ -16,5 +16,8 @@ COPY schemas schemas
 COPY service service
 COPY worker worker
 RUN pip install --no-cache-dir ".[${ORT}]"
+# Runs as a user of its own; /data (the shared volume) is the only place it writes.
+RUN useradd --uid 10001 --create-home gazer && mkdir -p /data && chown gazer /data
+USER gazer
 EXPOSE 8000
 CMD ["python", "-m", "service"]

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     print(header)
     print("-" * len(header))
     with tempfile.TemporaryDirectory() as data_dir, \
-            TestClient(create_app(Settings(data_dir=data_dir)), raise_server_exceptions=True) as client:
+            TestClient(base_url="http://localhost", app=create_app(Settings(data_dir=data_dir)), raise_server_exceptions=True) as client:
         for method in methods:
             try:
                 hits, strict, seconds = play(client, cases, method, args.batch)

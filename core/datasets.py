@@ -267,8 +267,10 @@ def _check_classes(extracted: _Extracted) -> None:
                          f"{len(extracted.counts)}: {sorted(extracted.counts)}{listed}", field="file")
 
 
-def ingest_archive(blob: bytes, datasets_dir: Path, name: str | None, limits: ArchiveLimits) -> dict:
-    """Extract a class-per-folder archive into a new data set and return its description."""
+def ingest_archive(blob: bytes, datasets_dir: Path, name: str | None, limits: ArchiveLimits,
+                   owner: str | None = None) -> dict:
+    """Extract a class-per-folder archive into a new data set and return its description.
+    `owner`: who may see it (an API key id; None when the service is open)."""
     deadline = _Deadline(limits.max_seconds)
     entries = _entries(blob, limits)
     dataset_id = uuid.uuid4().hex[:12]
@@ -283,7 +285,7 @@ def ingest_archive(blob: bytes, datasets_dir: Path, name: str | None, limits: Ar
         counts = extracted.counts
         description = {"id": dataset_id, "name": name or dataset_id, "classes": sorted(counts),
                        "counts": dict(sorted(counts.items())), "images": sum(counts.values()),
-                       "unreadable": extracted.unreadable, "created_at": time.time()}
+                       "unreadable": extracted.unreadable, "created_at": time.time(), "owner": owner}
         (staging / DESCRIPTION).write_text(json.dumps(description, indent=1))
         staging.rename(datasets_dir / dataset_id)
         return description

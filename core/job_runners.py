@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from core.datasets import dataset_images, describe_dataset
 from core.errors import InvalidRequest
-from core.jobs import Progress, ShouldStop
+from core.jobs import JobCancelled, Progress, ShouldStop
 from core.models.layers import targetable_layers
 from core.models.registry import ModelRegistry
 from core.names import BUILTIN_MODELS, ONNX_ARCHITECTURE
@@ -62,6 +62,8 @@ def run_fine_tune(job_id: str, params: dict[str, Any], progress: Progress, shoul
     trained = fine_tune(config, base_spec, base_network, classes, items, progress, should_stop, torch_device(),
                         context.max_image_pixels)
     progress(1.0, phase="exporting")
+    if should_stop():  # a job reaped as lost while it trained publishes nothing
+        raise JobCancelled("the job was stopped before its model was published")
     spec = context.registry.register_network(trained.spec, trained.network, trained.metrics)
     metrics = trained.metrics
     return {"model": {"id": spec.id, "version": spec.version},

@@ -12,3 +12,8 @@ ATTENTION_KINDS = ("se", "spatial", "cbam")
 
 # The architecture of a model served from an uploaded ONNX file alone (no torch network).
 ONNX_ARCHITECTURE = "onnx"
+
+# Bounds on what a client may name: class and channel indices (ImageNet-21k has 21,843
+# classes; each model checks its own count), and the classes answered per image.
+MAX_INDEX = 100_000
+MAX_TOP_K = 1000

@@ -10,12 +10,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from core import imaging
+from core import cancellation, imaging
 from core.png import encode_png
 from core.errors import InvalidRequest, TargetOutOfRange, UnknownLayer, UnknownMethod, UnsupportedMethod
 from core.explain import METHODS
 from core.explain.base import Explanation, Method
 from core.explain.cam import FeatureSource
+from core.explain.faithfulness import DEFAULT_STEPS as FAITHFULNESS_STEPS
 from core.explain.faithfulness import Faithfulness, deletion_and_insertion
 from core.models.registry import LoadedModel
 from core.models.spec import ModelSpec
@@ -125,6 +126,24 @@ def _resolve_layer(model: LoadedModel, method_name: str, layer: str | None) -> s
     return layer
 
 
+def _plan(model: LoadedModel, method_name: str, layer: str | None,
+          options: dict[str, object] | None) -> tuple[Method, dict[str, object], str | None]:
+    """The method, its checked options (defaults filled in) and the layer it runs at."""
+    method = _resolve_method(model, method_name)
+    checked = method.options(method_name, options or {})
+    return method, checked, _resolve_layer(model, method_name, layer)
+
+
+def explain_cost(model: LoadedModel, method_name: str, layer: str | None, options: dict[str, object] | None,
+                 images: int, faithfulness: bool = False) -> int:
+    """What explain would cost, in forward-equivalents (a backward counts as one), before it
+    runs. Refuses what explain would refuse: an unknown method, layer or option."""
+    method, checked, layer = _plan(model, method_name, layer, options)
+    channels = model.layers.get(layer, 0) if layer else 0
+    per_image = method.cost(checked, model.spec.input_size, channels)
+    return images * (per_image + (2 * (FAITHFULNESS_STEPS + 1) if faithfulness else 0))
+
+
 OUTPUTS = ("heatmap", "overlay", "map")
 
 
@@ -143,10 +162,8 @@ def explain(model: LoadedModel, images: list[Image.Image], method_name: str,
     `outputs`: `heatmap` and `overlay` PNGs the image's size, `map` the raw [0, 1] map at
     the explained layer's (or the input's) resolution. `resize`: see imaging.RESIZE_MODES.
     `faithfulness`: each map's deletion and insertion scores, on ONNX Runtime."""
-    method = _resolve_method(model, method_name)
-    checked = method.options(method_name, options or {})
+    method, checked, layer = _plan(model, method_name, layer, options)
     _check_outputs(outputs)
-    layer = _resolve_layer(model, method_name, layer)
     wanted = _resolve_targets(targets, len(images), model.spec)
     started = time.perf_counter()
     batch, boxes = imaging.preprocess(images, model.spec, resize)
@@ -195,8 +212,12 @@ def _run_method(model: LoadedModel, method: Method, inputs: torch.Tensor, wanted
     if method.scores_masked_inputs and model.device.type == "cpu":  # measured faster on CPU only
         extra["score"] = onnx_scorer(model)
     with model.lock:
-        return method(model.network, inputs.to(model.device), wanted, layer, input_mean=spec.mean,
-                      input_std=spec.std, classifier=spec.classifier_layer, **options, **extra)
+        checking = model.network.register_forward_pre_hook(lambda module, args: cancellation.check())
+        try:
+            return method(model.network, inputs.to(model.device), wanted, layer, input_mean=spec.mean,
+                          input_std=spec.std, classifier=spec.classifier_layer, **options, **extra)
+        finally:
+            checking.remove()
 
 
 def _faithfulness(model: LoadedModel, batch: np.ndarray, maps: np.ndarray, chosen: np.ndarray) -> list[Faithfulness]:
@@ -219,6 +240,7 @@ def _pictures(image: Image.Image, box: imaging.CropBox, saliency: np.ndarray,
 def onnx_scorer(model: LoadedModel) -> Callable[[torch.Tensor], torch.Tensor]:
     """Logits of a batch from the model's ONNX Runtime session, for methods that only score."""
     def score(inputs: torch.Tensor) -> torch.Tensor:
+        cancellation.check()
         logits = model.predictor.logits(inputs.detach().float().cpu().numpy())
         return torch.from_numpy(logits).to(inputs.device)
     return score
@@ -227,6 +249,7 @@ def onnx_scorer(model: LoadedModel) -> Callable[[torch.Tensor], torch.Tensor]:
 def onnx_features(model: LoadedModel) -> FeatureSource:
     """Logits and the last feature map from the model's ONNX Runtime session (for CAM)."""
     def forward(inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cancellation.check()
         logits, features = model.predictor.logits_and_features(inputs.numpy())
         return torch.from_numpy(logits), torch.from_numpy(features)
     return forward

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import types
@@ -18,6 +19,7 @@ from gazer import grid
 from gazer.calls import DEFAULT_MODEL
 from gazer.client import Client, default_url
 from gazer.errors import ApiError
+from schemas.api_keys import SCOPES, create_key
 from schemas.jobs import FineTuneRequest, Job
 
 INTERRUPTED = 130  # what a shell reports for a command stopped by SIGINT
@@ -306,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gazer", description="Predict and explain image classifiers with a "
                                                                "Gazer service; fine-tune them on your images.")
     parser.add_argument("--url", default=default_url(), help="the service (default $GAZER_URL, else %(default)s)")
+    parser.add_argument("--api-key", default=None, help="the key to send (default $GAZER_API_KEY)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(group: Any, name: str, run: Callable[[Client, argparse.Namespace], int], text: str) \
@@ -385,13 +388,39 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--resize-size", type=int, default=None)
     sub.add_argument("--interpolation", choices=("bilinear", "bicubic"), default=None)
     sub.add_argument("--cam-layer", default=None)
+
+    keys = group("keys", "API keys, in the service's key file (run where the service runs)")
+    sub = command(keys, "create", cmd_keys_create, "make a key, print it once and store only its hash")
+    sub.set_defaults(local=True)
+    sub.add_argument("--scopes", required=True, help=f"comma-separated, of: {', '.join(SCOPES)}")
+    sub.add_argument("--label", default="", help="who or what the key is for")
+    sub.add_argument("--file", type=Path, default=os.environ.get("GAZER_API_KEYS"),
+                     help="the key file (default $GAZER_API_KEYS)")
     return parser
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    scopes = [scope.strip() for scope in args.scopes.split(",") if scope.strip()]
+    unknown = sorted(set(scopes) - set(SCOPES))
+    if not scopes or unknown:
+        print(f"gazer: scopes must be some of {', '.join(SCOPES)}; got {args.scopes!r}", file=sys.stderr)
+        return 2
+    if args.file is None:
+        print("gazer: name the key file with --file or GAZER_API_KEYS", file=sys.stderr)
+        return 2
+    key, record = create_key(args.file, scopes, args.label)
+    print(key)
+    print(f"key {record.id} ({', '.join(record.scopes)}) added to {args.file}; the key is not stored, "
+          f"keep it now", file=sys.stderr)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "local", False):
+        return args.run(args)
     try:
-        with Client(args.url) as client:
+        with Client(args.url, api_key=args.api_key) as client:
             return args.run(client, args)
     except ApiError as error:
         print(f"gazer: {error.status} {error.title}: {error.detail}", file=sys.stderr)

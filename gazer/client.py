@@ -37,6 +37,12 @@ def default_url() -> str:
     return os.environ.get("GAZER_URL") or DEFAULT_URL
 
 
+def _auth_headers(api_key: str | None, headers: dict[str, str] | None) -> dict[str, str]:
+    """`api_key` (default $GAZER_API_KEY) as a bearer token, beside the caller's headers."""
+    key = api_key or os.environ.get("GAZER_API_KEY")
+    return {**({"Authorization": f"Bearer {key}"} if key else {}), **(headers or {})}
+
+
 def _dataset_source(source: str | os.PathLike[str] | bytes) -> ContextManager[tuple[str, IO[bytes] | bytes]]:
     """(file name, archive) to upload: a folder zipped, an archive file opened, bytes as they are."""
     if isinstance(source, bytes):
@@ -49,9 +55,9 @@ class Client:
     `url` defaults to $GAZER_URL, else http://127.0.0.1:8000."""
 
     def __init__(self, url: str | None = None, *, timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, api_key: str | None = None) -> None:
         self.url = url or default_url()
-        self._http = httpx.Client(base_url=self.url, timeout=timeout, headers=headers)
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, headers=_auth_headers(api_key, headers))
 
     def close(self) -> None:
         self._http.close()
@@ -154,9 +160,9 @@ class AsyncClient:
     """The same calls as `Client`, awaited: `async with AsyncClient(url) as gazer: await gazer.predict(...)`."""
 
     def __init__(self, url: str | None = None, *, timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, api_key: str | None = None) -> None:
         self.url = url or default_url()
-        self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout, headers=headers)
+        self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout, headers=_auth_headers(api_key, headers))
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -41,6 +41,9 @@ def _key(job_id: str) -> str:
     return f"gazer:job:{job_id}"
 
 
+_WORKERS = "gazer:workers"  # sorted set: worker name -> when it last said it was alive
+
+
 class JobStore:
     def __init__(self, client: redis.Redis, lease_seconds: float) -> None:
         self.redis = client
@@ -52,15 +55,25 @@ class JobStore:
     def from_url(cls, url: str, lease_seconds: float) -> "JobStore":
         return cls(redis.Redis.from_url(url, decode_responses=True), lease_seconds)
 
-    def create(self, job_type: str, params: dict[str, Any]) -> dict[str, Any]:
+    def create(self, job_type: str, params: dict[str, Any], owner: str | None = None) -> dict[str, Any]:
+        """A `queued` record, in one transaction with its index entry. `owner`: the API key id."""
         job_id = uuid.uuid4().hex
         now = time.time()
-        self.redis.hset(_key(job_id), mapping={
-            "id": job_id, "type": job_type, "state": "queued", "params": json.dumps(params),
-            "progress": json.dumps({"fraction": 0.0}), "created_at": now, "attempts": 0,
-        })
-        self.redis.zadd(_INDEX, {job_id: now})
+        with self.redis.pipeline(transaction=True) as writes:
+            writes.hset(_key(job_id), mapping={
+                "id": job_id, "type": job_type, "state": "queued", "params": json.dumps(params),
+                "progress": json.dumps({"fraction": 0.0}), "created_at": now, "attempts": 0, "owner": owner or "",
+            })
+            writes.zadd(_INDEX, {job_id: now})
+            writes.execute()
         return self.get(job_id)
+
+    def discard(self, job_id: str) -> None:
+        """Remove a record whose message could not be sent, so that no job waits for nothing."""
+        with self.redis.pipeline(transaction=True) as writes:
+            writes.delete(_key(job_id))
+            writes.zrem(_INDEX, job_id)
+            writes.execute()
 
     def get(self, job_id: str) -> dict[str, Any]:
         raw = self.redis.hgetall(_key(job_id))
@@ -80,6 +93,7 @@ class JobStore:
     @staticmethod
     def _decode(raw: dict[str, str]) -> dict[str, Any]:
         job: dict[str, Any] = {"id": raw["id"], "type": raw["type"], "state": raw["state"],
+                               "owner": raw.get("owner") or None,
                                "attempts": int(raw.get("attempts", 0)),
                                "cancel_requested": raw.get("cancel_requested") == "1"}
         for name in ("params", "progress", "result", "error"):
@@ -88,8 +102,10 @@ class JobStore:
             job[name] = float(raw[name]) if raw.get(name) else None
         return job
 
-    def list(self, state: str | None = None, job_type: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        """Newest first; the index is read 100 jobs at a time, their records in one round trip."""
+    def list(self, state: str | None = None, job_type: str | None = None, limit: int = 100,
+             owner: str | None = None) -> list[dict[str, Any]]:
+        """Newest first (only `owner`'s when given); the index is read 100 jobs at a time, their
+        records in one round trip."""
         if state is not None and state not in STATES:
             raise InvalidRequest(f"unknown state {state!r}", field="state", valid=list(STATES))
         jobs: list[dict[str, Any]] = []
@@ -104,9 +120,13 @@ class JobStore:
                 if not raw:
                     continue
                 job = self._current(job_id, raw)
-                if (state is None or job["state"] == state) and (job_type is None or job["type"] == job_type):
+                if (state is None or job["state"] == state) and (job_type is None or job["type"] == job_type) \
+                        and (owner is None or job["owner"] == owner):
                     jobs.append(job)
         return jobs[:limit]
+
+    def exists(self, job_id: str) -> bool:
+        return bool(self.redis.exists(_key(job_id)))
 
     def count(self) -> int:
         return self.redis.zcard(_INDEX)
@@ -148,3 +168,41 @@ class JobStore:
 
     def cancel_requested(self, job_id: str) -> bool:
         return self.redis.hget(_key(job_id), "cancel_requested") == "1"
+
+    def expire_finished(self, finished_before: float, limit: int = 1000) -> list[str]:
+        """Deletes up to `limit` records of jobs that ended before `finished_before` (oldest
+        created first), and index entries whose record is gone; returns their ids."""
+        candidates = self.redis.zrangebyscore(_INDEX, "-inf", finished_before, start=0, num=limit)
+        if not candidates:
+            return []
+        with self.redis.pipeline(transaction=False) as reads:
+            for job_id in candidates:
+                reads.hmget(_key(job_id), ("state", "finished_at"))
+            rows = reads.execute()
+        expired = [job_id for job_id, (state, finished_at) in zip(candidates, rows)
+                   if state is None or (state in TERMINAL and float(finished_at or 0) < finished_before)]
+        if expired:
+            with self.redis.pipeline(transaction=True) as writes:
+                writes.delete(*[_key(job_id) for job_id in expired])
+                writes.zrem(_INDEX, *expired)
+                writes.execute()
+        return expired
+
+    def worker_alive(self, worker: str) -> None:
+        self.redis.zadd(_WORKERS, {worker: time.time()})
+
+    def worker_gone(self, worker: str) -> None:
+        self.redis.zrem(_WORKERS, worker)
+
+    def live_workers(self) -> list[str]:
+        """Workers heard from within the lease; older entries are dropped on the way."""
+        cutoff = time.time() - self.lease_seconds
+        self.redis.zremrangebyscore(_WORKERS, "-inf", cutoff)
+        return self.redis.zrangebyscore(_WORKERS, cutoff, "+inf")
+
+    def should_stop(self, job_id: str, worker: str) -> bool:
+        """Whether the job running on `worker` must stop: cancelled, reaped as lost (its lease ran
+        out), or claimed again by another worker since."""
+        job = self.get(job_id)
+        return job["cancel_requested"] or job["state"] != "running" or \
+            self.redis.hget(_key(job_id), "worker") != worker

@@ -18,6 +18,7 @@ class Dataset(BaseModel):
     images: int
     unreadable: list[Unreadable]
     created_at: float
+    owner: str | None = None
 
 
 class DatasetList(BaseModel):

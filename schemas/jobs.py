@@ -3,20 +3,23 @@ what they read back. The submissions are generated from the core's configs."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
 from core.jobs import STATES, TERMINAL
+from core.names import MAX_INDEX
 from core.training.config import FineTuneConfig
 from core.visualize.config import MaximizationConfig, Target
-from schemas.params import Strict, wire_model
+from schemas.params import wire_model
 
 FineTuneRequest = wire_model(FineTuneConfig, "FineTuneRequest")
+Index = Annotated[int, Field(ge=0, lt=MAX_INDEX)]
 
 
-class MaximizationTarget(wire_model(Target, "TargetFields")):  # type: ignore[misc]
-    class_: int | None = Field(None, alias="class", ge=0, description='shorthand for "classes": [N]')
+class MaximizationTarget(wire_model(Target, "TargetFields",  # type: ignore[misc]
+                                    overrides={"classes": tuple[Index, ...], "channels": tuple[Index, ...]})):
+    class_: int | None = Field(None, alias="class", ge=0, lt=MAX_INDEX, description='shorthand for "classes": [N]')
 
     @model_validator(mode="after")
     def one_kind(self) -> "MaximizationTarget":

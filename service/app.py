@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import ExitStack, asynccontextmanager
 from typing import AsyncIterator
 
 import anyio
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
 from infra.embedded_redis import EmbeddedRedis
 from core.errors import GazerError
 from core.models.registry import ModelRegistry
 from core.storage import Storage
+from service.auth import KeyStore, requires
 from service.errors import install_error_handlers
 from service.limits import RequestSizeLimit
 from service.metrics import Metrics
+from service.guards import RefuseForeignOrigins, RefuseUnknownHosts
 from service.queue import JobQueue
+from service.rate_limits import RateLimiter, StreamSlots, limit_requests
+from service.retention import sweep_forever
 from service.request_context import RequestContext
 from service.routers import datasets, health, jobs, metrics, model_versions, models, web
 from service.settings import Settings
@@ -43,6 +49,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 log.info("no GAZER_REDIS_URL: started an embedded redis-server at %s", redis_url)
             app.state.queue = JobQueue(redis_url, settings.job_lease_seconds, settings.visibility_timeout)
             on_shutdown.callback(app.state.queue.close)
+            for swept in await run_in_threadpool(storage.sweep_partial_folders):
+                log.warning("removed %s, left behind by an interrupted ingest, save or delete", swept)
+            sweeping = asyncio.create_task(sweep_forever(app.state.queue.store, storage,
+                                                         settings.job_retention_days * 86400))
+            on_shutdown.callback(sweeping.cancel)
             try:
                 await run_in_threadpool(registry.get, settings.default_model)
             except GazerError as error:
@@ -53,15 +64,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Predictions and explanations (CAM, Grad-CAM, saliency, ...) for image classifiers.")
     app.state.settings = settings
     app.state.metrics = Metrics(app.state, settings.max_concurrent_explanations)
+    app.state.keys = KeyStore(settings.api_keys) if settings.api_keys else None
+    app.state.request_limiter = RateLimiter("requests", settings.requests_per_second, settings.request_burst)
+    app.state.compute_limiter = RateLimiter("forward passes", settings.compute_per_second, settings.compute_burst)
+    app.state.event_streams = StreamSlots(settings.max_event_streams, settings.max_event_streams_per_client)
     install_error_handlers(app)
+    # Outermost last: ids and metrics, then Host, Origin and CORS, then the size limit.
     app.add_middleware(RequestSizeLimit, max_bytes=settings.max_request_bytes,
                        per_path={"/v1/datasets": settings.max_dataset_bytes, "/v1/models": settings.max_model_bytes})
+    if settings.cors_origin_list:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list, allow_methods=["*"],
+                           allow_headers=["Authorization", "X-API-Key", "X-Request-ID", "Content-Type", "Accept"],
+                           expose_headers=["X-Request-ID", "Location", "Retry-After"])
+    app.add_middleware(RefuseForeignOrigins, allowed=settings.cors_origin_list)
+    app.add_middleware(RefuseUnknownHosts, allowed=settings.allowed_host_list)
     app.add_middleware(RequestContext, metrics=app.state.metrics)  # outside the size limit: its 413s count too
     app.include_router(health.router)
-    app.include_router(model_versions.router)
-    app.include_router(models.router)
-    app.include_router(datasets.router)
-    app.include_router(jobs.router)
+    limited = Depends(limit_requests)
+    app.include_router(model_versions.router, dependencies=[limited])
+    app.include_router(models.router, dependencies=[Depends(requires("predict")), limited])
+    app.include_router(datasets.router, dependencies=[Depends(requires("jobs")), limited])
+    app.include_router(jobs.router, dependencies=[Depends(requires("jobs")), limited])
     app.include_router(metrics.router)
     app.include_router(web.router)
     app.mount("/static", web.static_files(), name="static")

@@ -16,6 +16,8 @@ from schemas.problems import TITLES, FieldError, problem
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
+# What a 503 (busy, queue or model not ready) tells the client to wait before trying again.
+RETRY_AFTER_SECONDS = 5
 
 
 def problem_response(status: int, code: str, detail: str, errors_: list[FieldError] | None = None,
@@ -28,8 +30,12 @@ async def _gazer_error(request: Request, error: errors.GazerError) -> JSONRespon
     field = error.extra.get("field")
     field_errors = [FieldError(field=str(field), message=error.detail)] if field else None
     valid = error.extra.get("valid")
-    return problem_response(error.status, error.code, error.detail, field_errors,
-                            [str(v) for v in valid] if valid else None)
+    response = problem_response(error.status, error.code, error.detail, field_errors,
+                                [str(v) for v in valid] if valid else None)
+    response.headers.update(error.extra.get("headers", {}))
+    if error.status == 503:
+        response.headers.setdefault("retry-after", str(RETRY_AFTER_SECONDS))
+    return response
 
 
 async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:

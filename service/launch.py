@@ -1,5 +1,6 @@
 """`make run`: the whole service in one command: Redis (embedded unless GAZER_REDIS_URL is
-set), one Celery worker and the API, stopped together on Ctrl-C."""
+set), one Celery worker and the API, supervised: a child that dies (killed for memory, say) is
+started again with backoff while the others keep serving. Ctrl-C stops them together."""
 
 from __future__ import annotations
 
@@ -9,14 +10,62 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 
+from core.storage import Storage
 from infra.embedded_redis import EmbeddedRedis
 from infra.logs import configure_logging
 from infra.processes import stop_process
-from core.storage import Storage
 from service.settings import Settings
 
 log = logging.getLogger("gazer.launch")
+
+FIRST_DELAY_SECONDS = 1.0
+LONGEST_DELAY_SECONDS = 30.0
+STABLE_SECONDS = 60.0  # a child up this long starts its backoff afresh when it dies
+
+
+@dataclass
+class Child:
+    """A `python -m MODULE` child, started again after it dies: 1 s later, then 2, 4, ... 30."""
+
+    module: str
+    env: dict[str, str]
+    process: subprocess.Popen | None = None
+    started_at: float = 0.0
+    deaths: int = 0
+    restart_at: float | None = None
+    restarts: int = 0
+
+    def start(self) -> None:
+        self.process = subprocess.Popen([sys.executable, "-m", self.module], env=self.env)
+        self.started_at = time.monotonic()
+        self.restart_at = None
+
+    def watch(self, now: float) -> None:
+        assert self.process is not None
+        if self.process.poll() is None:
+            if now - self.started_at > STABLE_SECONDS:
+                self.deaths = 0
+            return
+        if self.restart_at is None:
+            self.deaths += 1
+            delay = min(LONGEST_DELAY_SECONDS, FIRST_DELAY_SECONDS * 2 ** (self.deaths - 1))
+            self.restart_at = now + delay
+            log.error("%s (pid %d) exited with %s; starting it again in %.0f s", self.module, self.process.pid,
+                      self.process.returncode, delay)
+        elif now >= self.restart_at:
+            self.start()
+            self.restarts += 1
+            log.info("%s started again (pid %d)", self.module, self.process.pid)
+
+    def terminate(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+
+    def wait(self) -> None:
+        if self.process is not None:
+            stop_process(self.process)
 
 
 def main() -> None:
@@ -28,8 +77,9 @@ def main() -> None:
         embedded = EmbeddedRedis(Storage(settings.data_dir).redis).start()
         env["GAZER_REDIS_URL"] = embedded.url
         log.info("embedded redis-server at %s (data in %s)", embedded.url, embedded.data_dir)
-    children = [subprocess.Popen([sys.executable, "-m", "worker"], env=env),
-                subprocess.Popen([sys.executable, "-m", "service"], env=env)]
+    children = [Child("worker", env), Child("service", env)]
+    for child in children:
+        child.start()
     stopping = False
 
     def stop(*_: object) -> None:
@@ -39,17 +89,21 @@ def main() -> None:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     try:
-        while not stopping and all(child.poll() is None for child in children):
-            time.sleep(0.5)
+        while not stopping:
+            now = time.monotonic()
+            if embedded is not None and embedded.process is not None and embedded.process.poll() is not None:
+                log.error("the embedded redis-server exited with %s; starting it again", embedded.process.returncode)
+                embedded.start()  # the same port and data folder (AOF), so clients reconnect
+            for child in children:
+                child.watch(now)
+            time.sleep(0.25)
     finally:
-        for child in children:  # both get SIGTERM at once, then each is waited for
-            if child.poll() is None:
-                child.terminate()
+        for child in children:  # all get SIGTERM at once, then each is waited for
+            child.terminate()
         for child in children:
-            stop_process(child)
+            child.wait()
         if embedded is not None:
             embedded.stop()
-    sys.exit(max((child.returncode or 0) for child in children) if not stopping else 0)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field, field_validator
 
 from core.names import DEFAULT_MODEL
 from core.pipeline import OUTPUTS
 from infra.settings import SharedSettings
+
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
 
 
 class Settings(SharedSettings):
@@ -21,6 +26,44 @@ class Settings(SharedSettings):
     explain_queue_seconds: float = Field(60.0, gt=0)
     # What explain returns when a request names no `outputs` (JSON, e.g. ["heatmap"]).
     explain_outputs: tuple[str, ...] = ("heatmap", "overlay")
+    # The key file (`gazer keys create` writes it). Without one the service is open, and
+    # `python -m service` refuses to listen beyond loopback unless allow_open is set.
+    api_keys: Path | None = None
+    allow_open: bool = False
+    # Comma-separated. Origins whose pages may call the API from a browser (none by default),
+    # and the Host names answered (default: loopback names when open, any with keys).
+    cors_origins: str = ""
+    allowed_hosts: str = ""
+    # Connections and requests in flight per API process; beyond it uvicorn answers 503.
+    max_connections: int = Field(1000, ge=1)
+    # One explain request may cost this many forward-equivalents (files x steps, samples, masks
+    # or channels; a backward counts as one); more is a 422 that gives the cost.
+    max_explain_cost: int = Field(8192, ge=1)
+    # Token buckets per client (key, or address when open): requests, and explain compute.
+    requests_per_second: float = Field(100.0, gt=0)
+    request_burst: int = Field(500, ge=1)
+    compute_per_second: float = Field(1000.0, gt=0)
+    compute_burst: int = Field(16384, ge=1)
+    # Server-sent event streams open at once, in all and per client, and how long one lasts.
+    max_event_streams: int = Field(1000, ge=1)
+    max_event_streams_per_client: int = Field(100, ge=1)
+    event_stream_seconds: float = Field(3600.0, gt=0)
+    # Finished jobs (records and artifacts) are removed this long after they end.
+    job_retention_days: float = Field(30.0, gt=0)
+    # What one API key may keep (keys with `admin` are not counted for model names).
+    max_datasets_per_key: int = Field(50, ge=1)
+    max_models_per_key: int = Field(20, ge=1)
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip().rstrip("/") for origin in self.cors_origins.split(",") if origin.strip()]
+
+    @property
+    def allowed_host_list(self) -> list[str]:
+        listed = [host.strip() for host in self.allowed_hosts.split(",") if host.strip()]
+        if listed:
+            return listed
+        return ["*"] if self.api_keys else list(LOOPBACK_NAMES)
 
     @field_validator("explain_outputs")
     @classmethod

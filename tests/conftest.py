@@ -17,5 +17,5 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def client(data_dir):
     """The real app with the real EfficientNet-Lite0, over the ASGI interface."""
-    with TestClient(create_app(Settings(data_dir=data_dir)), raise_server_exceptions=False) as test_client:
+    with TestClient(base_url="http://localhost", app=create_app(Settings(data_dir=data_dir)), raise_server_exceptions=False) as test_client:
         yield test_client

@@ -7,9 +7,11 @@ import logging
 
 from celery import signals
 
+from infra.job_store import JobStore
 from infra.logs import configure_logging
 from worker.app import create_celery
 from worker.metrics import WorkerMetrics
+from worker.presence import Presence
 from worker.settings import WorkerSettings
 
 log = logging.getLogger("gazer.worker")
@@ -28,8 +30,9 @@ def main() -> None:
         metrics.serve(settings.worker_metrics_port)
         log.info("worker metrics on port %d", settings.worker_metrics_port)
     app = create_celery(settings, metrics)
-    app.worker_main(["--quiet", "worker", "--pool=solo", "--concurrency=1", "--loglevel=INFO",  # quiet: no banner
-                     "--without-gossip", "--without-mingle", "--without-heartbeat"])
+    with Presence(JobStore.from_url(settings.redis_url, settings.job_lease_seconds)):
+        app.worker_main(["--quiet", "worker", "--pool=solo", "--concurrency=1", "--loglevel=INFO",  # no banner
+                         "--without-gossip", "--without-mingle", "--without-heartbeat"])
 
 
 if __name__ == "__main__":

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
+from typing import Callable
+
+import redis
 
 from core.errors import GazerError
 from core.job_runners import RUNNERS, JobContext
@@ -15,33 +16,82 @@ from infra import logs
 from infra.job_store import JobStore
 from schemas.problems import problem
 from worker.metrics import WorkerMetrics
+from worker.presence import worker_name
 
 log = logging.getLogger(__name__)
+_END_ATTEMPTS = 5
 
 
 def _heartbeat(store: JobStore, job_id: str, stop: threading.Event) -> None:
+    """Beats until stopped; a failed beat (Redis restarting, say) is logged and the next one tried."""
     while not stop.wait(min(5.0, store.lease_seconds / 4)):
-        store.heartbeat(job_id)
+        try:
+            store.heartbeat(job_id)
+        except redis.RedisError as error:
+            log.warning("job %s: heartbeat failed (%s); trying again", job_id, error)
+
+
+def _progress_report(store: JobStore, job_id: str) -> Callable[..., None]:
+    """`progress` for the runner; a report that cannot be written (Redis restarting) is skipped."""
+    def report(fraction: float, **details: object) -> None:
+        try:
+            store.report_progress(job_id, fraction, **details)
+        except redis.RedisError as error:
+            log.warning("job %s: progress not recorded (%s)", job_id, error)
+
+    return report
+
+
+def _stop_check(store: JobStore, job_id: str, worker: str) -> Callable[[], bool]:
+    """`should_stop` for the runner. While Redis cannot be read the job goes on: if the outage
+    outlasts the lease, the next check that gets through finds it reaped and stops it."""
+    def should_stop() -> bool:
+        try:
+            return store.should_stop(job_id, worker)
+        except redis.RedisError as error:
+            log.warning("job %s: could not read the job record (%s); going on", job_id, error)
+            return False
+
+    return should_stop
 
 
 def run_job(job_id: str, store: JobStore, context: JobContext, metrics: WorkerMetrics) -> str:
     token = logs.job_id.set(job_id)
     try:
-        worker = f"{socket.gethostname()}:{os.getpid()}"
+        worker = worker_name()
         if not store.claim(job_id, worker):
             log.info("job %s is not queued any more (cancelled, running elsewhere or done); skipped", job_id)
             return "skipped"
         job = store.get(job_id)
         started = time.perf_counter()
         with metrics.running.track_inprogress():
-            state = _run(job, store, context)
+            state = _run(job, store, context, worker)
         metrics.record(job["type"], state, time.perf_counter() - started)
         return state
     finally:
         logs.job_id.reset(token)
 
 
-def _run(job: dict, store: JobStore, context: JobContext) -> str:
+def _end(store: JobStore, job_id: str, state: str, **fields: object) -> str:
+    """Writes the job's end, retrying while Redis is away (1, 2, 4, 8 s); the state its record
+    ends in: another one when the record had already ended (reaped as lost, or cancelled)."""
+    for attempt in range(_END_ATTEMPTS):
+        try:
+            if store.finish(job_id, state, **fields):
+                return state
+            ended = store.get(job_id)["state"]
+            log.warning("job %s ended %s here, but its record had already ended %s; nothing more is written",
+                        job_id, state, ended)
+            return ended
+        except redis.RedisError as error:
+            log.warning("job %s: its end could not be written (%s); trying again", job_id, error)
+            if attempt + 1 < _END_ATTEMPTS:
+                time.sleep(2 ** attempt)
+    log.error("job %s: its end (%s) was never written; it will read as lost once its lease passes", job_id, state)
+    return state
+
+
+def _run(job: dict, store: JobStore, context: JobContext, worker: str) -> str:
     """Runs a claimed job to its end; the state it ended in."""
     job_id = job["id"]
     stop = threading.Event()
@@ -49,22 +99,17 @@ def _run(job: dict, store: JobStore, context: JobContext) -> str:
     beating.start()
     try:
         result = RUNNERS[job["type"]](
-            job_id, job["params"],
-            lambda fraction, **details: store.report_progress(job_id, fraction, **details),
-            lambda: store.cancel_requested(job_id), context)
+            job_id, job["params"], _progress_report(store, job_id), _stop_check(store, job_id, worker), context)
     except JobCancelled:
-        store.finish(job_id, "cancelled")
-        return "cancelled"
+        return _end(store, job_id, "cancelled")
     except GazerError as error:
-        store.finish(job_id, "failed", error=problem(error.status, error.code, error.detail).model_dump(exclude_none=True))
-        return "failed"
+        return _end(store, job_id, "failed",
+                    error=problem(error.status, error.code, error.detail).model_dump(exclude_none=True))
     except Exception as error:  # the job fails, the worker lives on
         log.exception("job %s failed", job_id)
-        store.finish(job_id, "failed", error=problem(500, "job-crashed", f"the job stopped on an unexpected "
-                                                                       f"{type(error).__name__}; see the worker log"
-                                                     ).model_dump(exclude_none=True))
-        return "failed"
+        return _end(store, job_id, "failed", error=problem(
+            500, "job-crashed", f"the job stopped on an unexpected {type(error).__name__}; see the worker log"
+        ).model_dump(exclude_none=True))
     finally:
         stop.set()
-    store.finish(job_id, "succeeded", result=result)
-    return "succeeded"
+    return _end(store, job_id, "succeeded", result=result)

@@ -115,6 +115,11 @@ class Method:
     takes_feature_source = False      # takes `features`: logits and feature map from any forward (CAM)
     model_agnostic = False            # needs only `score`: works without the torch network (ONNX-only models)
 
+    def cost(self, options: dict[str, Any], input_size: int, layer_channels: int) -> int:
+        """Forward-equivalents per image (a backward counts as one more), for budgets. `options`
+        are checked ones (every default filled in)."""
+        return 2
+
     def options(self, name: str, given: dict[str, Any]) -> dict[str, Any]:
         """The client's options checked against `Options` (every default filled in): an option
         this method does not take, or a value out of bounds, is an InvalidRequest naming it."""

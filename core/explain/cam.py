@@ -38,6 +38,9 @@ class CAM(Method):
     needs_linear_head = True
     takes_feature_source = True
 
+    def cost(self, options, input_size, layer_channels) -> int:
+        return 1
+
     def __call__(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor | None, layer: str,
                  classifier: str, features: FeatureSource | None = None, **options: object) -> Explanation:
         """`classifier`: the name of the model's final linear layer (ModelSpec.classifier_layer);

@@ -13,6 +13,9 @@ from core.explain.guided_backprop import GuidedBackprop
 class GuidedGradCAM(InputMethod):
     uses_layer = True
 
+    def cost(self, options, input_size, layer_channels) -> int:
+        return 4  # Grad-CAM and guided backpropagation
+
     def attribute(self, model, inputs, targets, layer=None, **options):
         cam = GradCAM()(model, inputs, targets, layer)
         guided, logits, targets = GuidedBackprop().attribute(model, inputs, cam.targets)

@@ -29,6 +29,9 @@ def quadrature(steps: int) -> tuple[np.ndarray, np.ndarray]:
 class IntegratedGradients(InputMethod):
     Options = IntegratedGradientsOptions
 
+    def cost(self, options, input_size, layer_channels) -> int:
+        return 2 * options["steps"]
+
     def attribute(self, model, inputs, targets, layer=None, steps: int = Options.steps,
                   baseline: str | torch.Tensor = Options.baseline, internal_batch_size: int = 16,
                   input_mean: tuple[float, ...] = (0.0, 0.0, 0.0),

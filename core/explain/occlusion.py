@@ -34,6 +34,10 @@ def window_starts(size: int, window: int, stride: int) -> list[int]:
 class Occlusion(PerturbationMethod):
     Options = OcclusionOptions
 
+    def cost(self, options, input_size, layer_channels) -> int:
+        window = min(options["window"], input_size)
+        return len(window_starts(input_size, window, options["stride"])) ** 2 + 1
+
     def perturb(self, score, image, baseline, target, probability, window: int = Options.window,
                 stride: int = Options.stride) -> torch.Tensor:
         height, width = image.shape[-2:]

@@ -49,6 +49,9 @@ def rise_masks(count: int, cells: int, p: float, height: int, width: int, seed: 
 class Rise(PerturbationMethod):
     Options = RiseOptions
 
+    def cost(self, options, input_size, layer_channels) -> int:
+        return options["masks"] + 1
+
     def perturb(self, score, image, baseline, target, probability, masks: int = Options.masks,
                 seed: int = Options.seed, cells: int = Options.cells, p: float = Options.p) -> torch.Tensor:
         height, width = image.shape[-2:]

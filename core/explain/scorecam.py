@@ -15,6 +15,9 @@ class ScoreCAM(LayerMethod):
     needs_gradients = False
     scores_masked_inputs = True
 
+    def cost(self, options, input_size, layer_channels) -> int:
+        return layer_channels + 2  # a masked input per channel, then the forward and backward of the layer
+
     def combine(self, model, inputs, activations, gradients, targets, batch_size: int = 32,
                 score: Callable[[torch.Tensor], torch.Tensor] | None = None, **options) -> torch.Tensor:
         """`score`: logits of a batch of masked inputs, by default `model` itself. Nothing here

@@ -41,6 +41,9 @@ def smoothgrad_noise(inputs: torch.Tensor, samples: int, noise: float, seed: int
 class SmoothGrad(InputMethod):
     Options = SmoothGradOptions
 
+    def cost(self, options, input_size, layer_channels) -> int:
+        return 2 * options["samples"]
+
     def attribute(self, model, inputs, targets, layer=None, samples: int = Options.samples,
                   noise: float = Options.noise, seed: int = 0, internal_batch_size: int = 16, **options):
         self.checked(samples=samples, noise=noise)

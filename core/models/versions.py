@@ -23,8 +23,10 @@ from core.errors import InvalidRequest, ModelNotReady, StorageFailed, UnknownMod
 from core.models.catalog import file_digest
 from core.models.onnx_export import export_onnx
 from core.models.spec import ModelSpec
+from core.storage import check_name
 
 WEIGHTS, ONNX, SPEC, METRICS, PIN = "weights.safetensors", "model.onnx", "spec.json", "metrics.json", "default"
+OWNER = "owner"
 # The highest version number ever published: a deleted version's number is never given again,
 # so `name@N` always means the same model (to clients, and to caches in other processes).
 LAST = "last"
@@ -153,6 +155,34 @@ def delete_version(models_dir: Path, name: str, version: int) -> None:
     shutil.rmtree(aside)
     if pinned_version(models_dir, name) == version:
         (models_dir / name / PIN).unlink(missing_ok=True)
+
+
+def name_owner(models_dir: Path, name: str) -> str | None:
+    """The API key that first published under `name` (None: open service, or built-in)."""
+    try:
+        return (models_dir / name / OWNER).read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def claim_name(models_dir: Path, name: str, owner: str) -> str:
+    """Records `owner` as the name's owner unless it has one; returns the owner it has now."""
+    check_name(name, "model name")
+    (models_dir / name).mkdir(parents=True, exist_ok=True)
+    try:
+        descriptor = os.open(models_dir / name / OWNER, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return name_owner(models_dir, name) or owner
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(owner)
+    return owner
+
+
+def names_owned(models_dir: Path, owner: str) -> list[str]:
+    """Names `owner` has claimed, published under or not yet."""
+    if not models_dir.is_dir():
+        return []
+    return sorted(entry.name for entry in models_dir.iterdir() if name_owner(models_dir, entry.name) == owner)
 
 
 def pinned_version(models_dir: Path, name: str) -> int | None:

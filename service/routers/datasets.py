@@ -10,36 +10,47 @@ from starlette.concurrency import run_in_threadpool
 from core import datasets
 from core.storage import check_name
 from schemas.datasets import Dataset, DatasetList
+from service.auth import Caller, CallerDep
 from service.dependencies import SettingsDep, StorageDep
+from service.quotas import check_dataset_quota
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
 
 @router.post("", response_model=Dataset, status_code=status.HTTP_201_CREATED)
 async def upload_dataset(
-    storage: StorageDep, settings: SettingsDep,
+    storage: StorageDep, settings: SettingsDep, caller: CallerDep,
     file: Annotated[UploadFile, File(description=".zip or .tar.gz with one folder of images per class")],
     name: Annotated[str | None, Form(description="a name to show; default the id")] = None,
 ) -> Dataset:
     if name is not None:
         check_name(name, "name")
+    check_dataset_quota(caller, storage, settings)
     blob = await file.read()
     return Dataset(**await run_in_threadpool(datasets.ingest_archive, blob, storage.datasets, name,
-                                             settings.archive_limits))
+                                             settings.archive_limits, caller.owner))
 
 
 # Plain `def` from here on: these read and delete files, so FastAPI runs them in its thread pool.
 @router.get("", response_model=DatasetList)
-def list_datasets(storage: StorageDep) -> DatasetList:
-    found = datasets.list_datasets(storage.datasets)
+def list_datasets(storage: StorageDep, caller: CallerDep) -> DatasetList:
+    found = [item for item in datasets.list_datasets(storage.datasets) if caller.sees(item.get("owner"))]
     return DatasetList(data=[Dataset(**item) for item in found], count=len(found))
 
 
 @router.get("/{dataset_id}", response_model=Dataset)
-def describe_dataset(dataset_id: str, storage: StorageDep) -> Dataset:
-    return Dataset(**datasets.describe_dataset(storage.datasets, dataset_id))
+def describe_dataset(dataset_id: str, storage: StorageDep, caller: CallerDep) -> Dataset:
+    return Dataset(**_visible(dataset_id, storage, caller))
 
 
 @router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_dataset(dataset_id: str, storage: StorageDep) -> None:
+def delete_dataset(dataset_id: str, storage: StorageDep, caller: CallerDep) -> None:
+    _visible(dataset_id, storage, caller)
     datasets.delete_dataset(storage.datasets, dataset_id)
+
+
+def _visible(dataset_id: str, storage: StorageDep, caller: Caller) -> dict:
+    """The data set's description; 404 for one of another key, unless the caller holds `admin`."""
+    description = datasets.describe_dataset(storage.datasets, dataset_id)
+    caller.check_owns(description.get("owner"), f"data set {dataset_id!r}")
+    return description

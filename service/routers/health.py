@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import redis
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from service.dependencies import RegistryDep, SettingsDep
+from service.dependencies import QueueDep, RegistryDep, SettingsDep
 
 router = APIRouter(tags=["health"])
 
@@ -16,10 +17,18 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-def readyz(registry: RegistryDep, settings: SettingsDep) -> JSONResponse:
-    """Ready when the default model is loaded and its ONNX and torch logits agree. Plain `def`:
-    it reads the models folder, so FastAPI runs it in its thread pool."""
+def readyz(registry: RegistryDep, settings: SettingsDep, queue: QueueDep) -> JSONResponse:
+    """Ready when the default model is loaded (its ONNX and torch logits agree) and Redis
+    answers. Live workers are counted, not required: predictions need none. Plain `def`: it
+    reads the models folder and Redis, so FastAPI runs it in its thread pool."""
     models = registry.status()
-    ready = models.get(settings.default_model, {}).get("state") == "ready"
+    model_ready = models.get(settings.default_model, {}).get("state") == "ready"
+    try:
+        workers: int | None = len(queue.store.live_workers())
+        redis_state = "ready"
+    except redis.RedisError as error:
+        workers, redis_state = None, f"unreachable: {error}"
+    ready = model_ready and redis_state == "ready"
     return JSONResponse({"status": "ready" if ready else "not_ready", "default_model": settings.default_model,
-                         "models": models}, status_code=200 if ready else 503)
+                         "models": models, "redis": redis_state, "workers": workers},
+                        status_code=200 if ready else 503)

@@ -4,23 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterator
 
-from fastapi import APIRouter, Response, status
+import redis
+from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import FileResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from core.datasets import describe_dataset
 from core.errors import InvalidRequest, NotFound
 from core.job_runners import ACTIVATION_MAXIMIZATION, FINE_TUNE, check_fine_tune, fine_tune_config, \
     maximization_config
 from core.jobs import TERMINAL
 from core.visualize.activation_max import validate as validate_maximization
 from schemas.jobs import ActivationMaximizationRequest, FineTuneRequest, Job, JobList
-from service.dependencies import QueueDep, RegistryDep, StorageDep
+from schemas.problems import Problem, problem
+from service.auth import Caller, CallerDep
+from service.dependencies import QueueDep, RegistryDep, SettingsDep, StorageDep
+from service.quotas import claim_model_name
+from service.rate_limits import client_id
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+KEEPALIVE_SECONDS = 15.0
 
 
 @contextmanager
@@ -32,6 +40,13 @@ def _references_in_body() -> Iterator[None]:
         raise InvalidRequest(error.detail) from None
 
 
+def _visible_job(job_id: str, queue: QueueDep, caller: Caller) -> dict[str, Any]:
+    """The job's record; 404 for a job of another key, unless the caller holds `admin`."""
+    job = queue.store.get(job_id)
+    caller.check_owns(job["owner"], f"job {job_id!r}")
+    return job
+
+
 def _accepted(job: dict[str, Any], response: Response) -> Job:
     response.headers["Location"] = f"/v1/jobs/{job['id']}"
     return Job(**job)
@@ -39,66 +54,95 @@ def _accepted(job: dict[str, Any], response: Response) -> Job:
 
 @router.post("/fine-tune", response_model=Job, status_code=status.HTTP_202_ACCEPTED)
 def submit_fine_tune(request: FineTuneRequest, response: Response, queue: QueueDep, registry: RegistryDep,
-                     storage: StorageDep) -> Job:
+                     storage: StorageDep, caller: CallerDep, settings: SettingsDep) -> Job:
     params = request.model_dump()
     with _references_in_body():
+        caller.check_owns(describe_dataset(storage.datasets, request.dataset_id).get("owner"),
+                          f"data set {request.dataset_id!r}")
         check_fine_tune(fine_tune_config(params), registry, storage.datasets)
-    return _accepted(queue.submit(FINE_TUNE, params), response)
+    claim_model_name(caller, storage, request.output_model, settings)
+    return _accepted(queue.submit(FINE_TUNE, params, caller.owner), response)
 
 
 @router.post("/activation-maximization", response_model=Job, status_code=status.HTTP_202_ACCEPTED)
 def submit_activation_maximization(request: ActivationMaximizationRequest, response: Response, queue: QueueDep,
-                                   registry: RegistryDep) -> Job:
+                                   registry: RegistryDep, caller: CallerDep) -> Job:
     params = request.as_params()
     config = maximization_config(params)
     with _references_in_body():
         model = registry.get(config.model)
     validate_maximization(config, model.spec, model.layers)
-    return _accepted(queue.submit(ACTIVATION_MAXIMIZATION, params), response)
+    return _accepted(queue.submit(ACTIVATION_MAXIMIZATION, params, caller.owner), response)
 
 
 @router.get("", response_model=JobList)
-def list_jobs(queue: QueueDep, state: str | None = None, type: str | None = None) -> JobList:
-    jobs = queue.store.list(state=state, job_type=type)
+def list_jobs(queue: QueueDep, caller: CallerDep, state: str | None = None, type: str | None = None) -> JobList:
+    jobs = queue.store.list(state=state, job_type=type, owner=None if caller.sees_all else caller.owner)
     return JobList(data=[Job(**job) for job in jobs], count=len(jobs))
 
 
 @router.get("/{job_id}", response_model=Job)
-def get_job(job_id: str, queue: QueueDep) -> Job:
-    return Job(**queue.store.get(job_id))
+def get_job(job_id: str, queue: QueueDep, caller: CallerDep) -> Job:
+    return Job(**_visible_job(job_id, queue, caller))
 
 
 @router.delete("/{job_id}", response_model=Job, status_code=status.HTTP_202_ACCEPTED)
-def cancel_job(job_id: str, queue: QueueDep) -> Job:
+def cancel_job(job_id: str, queue: QueueDep, caller: CallerDep) -> Job:
     """A queued job ends `cancelled` at once; a running one stops at its next step."""
+    _visible_job(job_id, queue, caller)
     return Job(**queue.store.cancel(job_id))
 
 
 @router.get("/{job_id}/events", response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}}}})
-async def job_events(job_id: str, queue: QueueDep) -> StreamingResponse:
-    """Server-sent events: one `progress` event per change, then `end` with the final record."""
-    first = await run_in_threadpool(queue.store.get, job_id)
+async def job_events(job_id: str, request: Request, queue: QueueDep, caller: CallerDep,
+                     settings: SettingsDep) -> StreamingResponse:
+    """Server-sent events: one `progress` event per change, then `end` with the final record.
+    A stream lasts at most `event_stream_seconds` (then `expired`: connect again); if the job
+    store cannot be read it ends with `error` (a problem). Comments keep idle streams alive."""
+    first = await run_in_threadpool(_visible_job, job_id, queue, caller)
+    release = request.app.state.event_streams.acquire(client_id(caller, request))
 
     async def stream() -> AsyncIterator[str]:
-        job, last = first, None
-        while True:
-            snapshot = json.dumps(job)
-            if snapshot != last:
-                kind = "end" if job["state"] in TERMINAL else "progress"
-                yield f"event: {kind}\ndata: {snapshot}\n\n"
-                last = snapshot
-                if kind == "end":
+        try:
+            job, last = first, None
+            deadline = time.monotonic() + settings.event_stream_seconds
+            quiet_since = time.monotonic()
+            while True:
+                snapshot = json.dumps(job)
+                if snapshot != last:
+                    kind = "end" if job["state"] in TERMINAL else "progress"
+                    yield f"event: {kind}\ndata: {snapshot}\n\n"
+                    last, quiet_since = snapshot, time.monotonic()
+                    if kind == "end":
+                        return
+                elif time.monotonic() - quiet_since > KEEPALIVE_SECONDS:
+                    yield ": still running\n\n"
+                    quiet_since = time.monotonic()
+                if time.monotonic() > deadline:
+                    yield _event("expired", problem(408, "stream-expired", f"event streams last "
+                                                    f"{settings.event_stream_seconds:g} s; connect again"))
                     return
-            await asyncio.sleep(0.25)
-            job = await run_in_threadpool(queue.store.get, job_id)
+                await asyncio.sleep(0.25)
+                try:
+                    job = await run_in_threadpool(queue.store.get, job_id)
+                except redis.RedisError as error:
+                    yield _event("error", problem(503, "queue-unavailable", f"the job store cannot be read now "
+                                                  f"({error}); connect again later"))
+                    return
+        finally:
+            release()
 
     return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
+def _event(kind: str, body: Problem) -> str:
+    return f"event: {kind}\ndata: {body.model_dump_json(exclude_none=True)}\n\n"
+
+
 @router.get("/{job_id}/artifacts/{name}")
-def get_artifact(job_id: str, name: str, queue: QueueDep, storage: StorageDep) -> FileResponse:
-    queue.store.get(job_id)
+def get_artifact(job_id: str, name: str, queue: QueueDep, storage: StorageDep, caller: CallerDep) -> FileResponse:
+    _visible_job(job_id, queue, caller)
     folder = storage.job_artifacts(job_id)
     path = folder / name
     if name.startswith(".") or Path(name).name != name or not path.is_file():

@@ -5,17 +5,21 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Request, Response, UploadFile, status
+from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile, status
 from starlette.concurrency import run_in_threadpool
 
 from core.errors import InvalidRequest, PayloadTooLarge
 from core.models import upload
 from core.models.spec import ModelSpec
 from core.params import field_bounds
+from core.storage import check_name
 from schemas import models as wire
+from service.auth import CallerDep, requires
 from service.dependencies import RegistryDep, SettingsDep, upload_slot
+from service.quotas import claim_model_name
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
+ADMIN, PREDICT = Depends(requires("admin")), Depends(requires("predict"))
 
 MAX_LABELS_BYTES = 4 * 1024 * 1024
 
@@ -41,11 +45,12 @@ def _labels(blob: bytes | None) -> list[str] | None:
     return [line.strip() for line in lines]
 
 
-@router.post("", response_model=wire.ModelRef, status_code=status.HTTP_201_CREATED)
+@router.post("", response_model=wire.ModelRef, status_code=status.HTTP_201_CREATED, dependencies=[ADMIN])
 async def upload_model(
     request: Request,
     response: Response,
     registry: RegistryDep,
+    caller: CallerDep,
     settings: SettingsDep,
     name: Annotated[str, Form(description="the model's name (a new version when it exists); 1-64 letters, "
                                           "digits, '_', '-', '.'")],
@@ -85,6 +90,8 @@ async def upload_model(
             spec, network = upload.torch_model(name, architecture, blob, class_names, preprocessing, cam_layer)
             return registry.register_network(spec, network)
 
+    check_name(name, "name")
+    claim_model_name(caller, registry.storage, name, settings)
     async with upload_slot(request):
         spec = await run_in_threadpool(register)
     response.headers["Location"] = f"/v1/models/{spec.ref}"
@@ -92,7 +99,7 @@ async def upload_model(
 
 
 # Plain `def` from here on: these read the models folder, so FastAPI runs them in its thread pool.
-@router.get("/{name}/versions", response_model=wire.VersionList)
+@router.get("/{name}/versions", response_model=wire.VersionList, dependencies=[PREDICT])
 def list_versions(name: str, registry: RegistryDep) -> wire.VersionList:
     default = registry.spec(name).version
     found = [registry.spec(f"{name}@{version}") for version in registry.versions(name)]
@@ -103,7 +110,7 @@ def list_versions(name: str, registry: RegistryDep) -> wire.VersionList:
         count=len(found), default=default, pinned=registry.pinned(name))
 
 
-@router.put("/{name}/default", response_model=wire.ModelRef)
+@router.put("/{name}/default", response_model=wire.ModelRef, dependencies=[ADMIN])
 def pin_default(name: str, body: wire.PinRequest, registry: RegistryDep) -> wire.ModelRef:
     """A plain `name` resolves to this version from now on (a rollback); without a pin, to the
     newest version that loads."""
@@ -111,7 +118,7 @@ def pin_default(name: str, body: wire.PinRequest, registry: RegistryDep) -> wire
     return wire.ModelRef(id=name, version=body.version)
 
 
-@router.delete("/{model}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/{model}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[ADMIN])
 def delete_version(model: str, registry: RegistryDep) -> None:
     """`NAME@VERSION`; built-in models cannot be deleted (409)."""
     registry.delete(model)

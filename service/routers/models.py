@@ -3,30 +3,36 @@
 from __future__ import annotations
 
 import base64
+import logging
 import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from core import pipeline
+from core import cancellation, pipeline
 from core.errors import InvalidRequest
 from core.explain.faithfulness import DEFAULT_STEPS, Faithfulness
 from core.imaging import decode_images
 from core.models.spec import ModelSpec
+from core.names import MAX_INDEX, MAX_TOP_K
 from schemas import models as wire
 from service.dependencies import (MetricsDep, ModelDep, RegistryDep, SettingsDep, explanation_slot,
                                   read_uploads)
+from service.auth import CallerDep
+from service.disconnects import client_watch
 from service.method_options import method_options, methods_description
 from service.negotiation import prefers_png
+from service.rate_limits import client_id
 from service.settings import Settings
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 Files = Annotated[list[UploadFile], File(description="one or more images (JPEG, PNG, WebP, TIFF, BMP, GIF)")]
-TopK = Annotated[int, Form(ge=1, description="how many classes to return per image")]
+TopK = Annotated[int, Form(ge=1, le=MAX_TOP_K, description="how many classes to return per image")]
 Resize = Annotated[str, Form(description="crop: the model's own preprocessing (short side to S + 32, centre crop "
                                          "S); stretch: the whole image resized to S x S, nothing cut off")]
 
@@ -139,10 +145,12 @@ async def explain(
     model: ModelDep,
     settings: SettingsDep,
     metrics: MetricsDep,
+    caller: CallerDep,
     file: Files,
     options: Annotated[dict[str, Any], Depends(method_options)],
     method: Annotated[str, Form(description=methods_description())] = "gradcam",
-    target: Annotated[list[int] | None, Form(description="class index; one for all files or one per file; "
+    target: Annotated[list[Annotated[int, Field(ge=0, lt=MAX_INDEX)]] | None,
+                      Form(description="class index; one for all files or one per file; "
                                                          "default each image's top-1")] = None,
     layer: Annotated[str | None, Form(description="layer to explain; default the model's CAM layer")] = None,
     top_k: TopK = 5,
@@ -154,16 +162,29 @@ async def explain(
 ) -> Response:
     wants_png = prefers_png(request.headers.get("accept", ""))
     wanted = _explain_outputs(wants_png, len(file), outputs, faithfulness, settings)
+    cost = pipeline.explain_cost(model, method, layer, options, len(file), faithfulness)
+    if cost > settings.max_explain_cost:
+        raise InvalidRequest(f"this explanation costs {cost} forward passes ({method} on {len(file)} files); the "
+                             f"budget of one request is {settings.max_explain_cost}: send fewer files or fewer "
+                             f"steps, samples or masks", field="file", cost=cost, budget=settings.max_explain_cost)
+    request.app.state.compute_limiter.take(client_id(caller, request), cost)
     blobs = await read_uploads(file, settings)
     metrics.batch_size.labels("explain").observe(len(blobs))
     on_stage = metrics.stage_recorder(model.spec.id)
 
-    def work() -> list[pipeline.ImageResult]:
-        return pipeline.explain(model, _decode_all(blobs, settings, on_stage), method, target, layer, options,
-                                top_k, wanted, resize, faithfulness, on_stage)
+    async with client_watch(request) as gone:
+        def work() -> list[pipeline.ImageResult]:
+            with cancellation.for_client(gone):
+                return pipeline.explain(model, _decode_all(blobs, settings, on_stage), method, target, layer,
+                                        options, top_k, wanted, resize, faithfulness, on_stage)
 
-    async with explanation_slot(request):
-        results = await run_in_threadpool(work)
+        try:
+            async with explanation_slot(request):
+                cancellation.check(gone)  # queued work of a client that has left is dropped at its turn
+                results = await run_in_threadpool(work)
+        except cancellation.ClientGone as gone_error:
+            log.info("%s on %s dropped: %s", method, model.spec.ref, gone_error.detail)
+            raise
     if wants_png:
         return Response(results[0].explanation.overlay_png, media_type="image/png")
     return _json(wire.ExplainResponse(model=_ref(model.spec), results=[_explain_result(r) for r in results]))

@@ -1,9 +1,39 @@
-// Talking to the Gazer API: JSON in and out, problem+json errors turned into ApiError.
+// Talking to the Gazer API: JSON in and out, problem+json errors turned into ApiError. Every call
+// carries the API key kept in localStorage (`Authorization: Bearer`); a 401 asks for a key
+// (see keys.js) and retries the call with it.
+import { askForKey, currentKey } from "./keys.js";
 
 export class ApiError extends Error {
   constructor(problem) {
     super(`${problem.title}: ${problem.detail}`);
     this.problem = problem;
+  }
+}
+
+const unreachable = (error) => new ApiError({ title: "Service unreachable",
+  detail: `The request did not reach the service (${error.message}).`, status: 0 });
+
+async function problemOf(response) {
+  const text = await response.text().catch(() => "");
+  let body = null;
+  try { body = text ? JSON.parse(text) : null; } catch { body = null; }
+  return body && typeof body === "object" && body.title ? body
+    : { title: `HTTP ${response.status}`, detail: (text || response.statusText).slice(0, 400), status: response.status };
+}
+
+// fetch() with the key; on 401 ask for a key (one dialog for every call waiting) and try again.
+// Without a key from the person, the 401 response is returned as it is.
+export async function authFetch(path, init = {}) {
+  for (;;) {
+    const sent = currentKey();
+    const headers = new Headers(init.headers || {});
+    if (sent) headers.set("Authorization", `Bearer ${sent}`);
+    const response = await fetch(path, { ...init, headers });
+    if (response.status !== 401) return response;
+    if (currentKey() && currentKey() !== sent) continue;   // a newer key was saved meanwhile
+    const problem = await problemOf(response.clone());
+    const key = await askForKey({ problem, rejected: Boolean(sent) });
+    if (!key || init.signal?.aborted) return response;
   }
 }
 
@@ -17,20 +47,74 @@ export async function api(path, { method = "GET", form, json, signal } = {}) {
   }
   let response;
   try {
-    response = await fetch(path, init);
+    response = await authFetch(path, init);
   } catch (error) {
     if (error.name === "AbortError") throw error;
-    throw new ApiError({ title: "Service unreachable", detail: `The request did not reach the service (${error.message}).`, status: 0 });
+    throw unreachable(error);
   }
+  if (!response.ok) throw new ApiError(await problemOf(response));
   const text = await response.text();
-  let body = null;
-  try { body = text ? JSON.parse(text) : null; } catch { body = null; }
-  if (!response.ok) {
-    const problem = body && typeof body === "object" && body.title ? body
-      : { title: `HTTP ${response.status}`, detail: (text || response.statusText).slice(0, 400), status: response.status };
-    throw new ApiError(problem);
+  try { return text ? JSON.parse(text) : null; } catch { return null; }
+}
+
+// A file from the API (an artifact image, a download) as a Blob, fetched with the key.
+export async function apiBlob(path, { signal } = {}) {
+  let response;
+  try {
+    response = await authFetch(path, { signal });
+  } catch (error) {
+    if (error.name === "AbortError") throw error;
+    throw unreachable(error);
   }
-  return body;
+  if (!response.ok) throw new ApiError(await problemOf(response));
+  return response.blob();
+}
+
+// Server-sent events read with fetch() (EventSource cannot send the key): `onEvent(type, data)`
+// for each `event:`/`data:` block. Resolves when the server closes the stream; rejects with
+// AbortError when `signal` aborts, or with ApiError when the stream cannot be opened.
+export async function eventStream(path, { signal, onEvent }) {
+  let response;
+  try {
+    response = await authFetch(path, { headers: { Accept: "text/event-stream" }, signal, cache: "no-store" });
+  } catch (error) {
+    if (error.name === "AbortError") throw error;
+    throw unreachable(error);
+  }
+  if (!response.ok || !response.body) throw new ApiError(await problemOf(response));
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  const dispatch = (block) => {
+    let type = "message";
+    const data = [];
+    for (const line of block.split(/\r\n|\r|\n/)) {
+      if (!line || line.startsWith(":")) continue;
+      const colon = line.indexOf(":");
+      const field = colon < 0 ? line : line.slice(0, colon);
+      let value = colon < 0 ? "" : line.slice(colon + 1);
+      if (value.startsWith(" ")) value = value.slice(1);
+      if (field === "event") type = value || "message";
+      else if (field === "data") data.push(value);
+    }
+    if (data.length) onEvent(type, data.join("\n"));
+  };
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      buffer += decoder.decode(value || new Uint8Array(), { stream: !done });
+      let match;
+      while ((match = /\r\n\r\n|\n\n|\r\r/.exec(buffer))) {
+        const block = buffer.slice(0, match.index);
+        buffer = buffer.slice(match.index + match[0].length);
+        dispatch(block);
+        if (signal?.aborted) throw new DOMException("The stream was aborted", "AbortError");
+      }
+      if (done) return;
+    }
+  } finally {
+    reader.cancel().catch(() => {});
+  }
 }
 
 let openapiPromise = null;

@@ -2,6 +2,7 @@
 import { api } from "./api.js";
 import { initExplain, showExplain } from "./explain.js";
 import { initJobs, showJobs } from "./jobs.js";
+import { initKeyControl } from "./keys.js";
 import { showModels } from "./models.js";
 
 const VIEWS = {
@@ -45,5 +46,7 @@ async function readiness() {
 }
 
 window.addEventListener("hashchange", route);
+window.addEventListener("gazer:key-changed", () => route());   // a key set from the top bar: load the view again
+initKeyControl();
 route();
 readiness();

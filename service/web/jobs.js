@@ -1,6 +1,6 @@
 // The Jobs view: upload a data set, start fine-tuning or activation maximization from forms generated
 // from the OpenAPI schemas, follow jobs live over server-sent events, cancel, read the results.
-import { api, ApiError, modelsWithVersions, openapi, resolve } from "./api.js";
+import { api, apiBlob, ApiError, eventStream, modelsWithVersions, openapi, resolve } from "./api.js";
 import { accuracyBars, confusionMatrix, lineChart } from "./plot.js";
 import { collectObject, inputFor, renderObject } from "./schema.js";
 import { el, fill, fmtMs, fmtNumber, fmtTime, pct, problemBox, spinner, toast } from "./ui.js";
@@ -9,13 +9,14 @@ const $ = (id) => document.getElementById(id);
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 const FORMS = { "fine-tune": "finetune-form", "activation-maximization": "maximize-form" };
 const cards = new Map();     // job id -> {root, ...}
-const sources = new Map();   // job id -> EventSource
+const streams = new Map();   // job id -> AbortController of its event stream
 let datasets = [];
 let formsBuilt = false;
 
 export async function initJobs() {
   $("dataset-form").addEventListener("submit", uploadDataset);
   $("jobs-refresh").addEventListener("click", () => loadJobs());
+  window.addEventListener("pagehide", stopAll);
   for (const tab of document.querySelectorAll("[data-jobform]")) {
     tab.addEventListener("click", () => {
       for (const other of document.querySelectorAll("[data-jobform]")) other.classList.toggle("active", other === tab);
@@ -169,6 +170,8 @@ async function loadJobs() {
     jobs = (await api("/v1/jobs")).data;
   } catch (error) {
     $("job-list").replaceChildren(problemBox(error, "Could not list the jobs"));
+    stopAll();
+    for (const card of cards.values()) revokeUrls(card);
     cards.clear();
     return;
   }
@@ -187,29 +190,48 @@ async function loadJobs() {
   }
 }
 
-// Follow a job live: one EventSource per unfinished job, closed at its `end` event.
+// Follow a job live: one server-sent-events stream per unfinished job (read with fetch, which can
+// send the API key, unlike EventSource), closed at its `end` event, aborted when no longer needed.
 function follow(job) {
-  if (sources.has(job.id) || TERMINAL.has(job.state)) return;
-  const source = new EventSource(`/v1/jobs/${encodeURIComponent(job.id)}/events`);
-  sources.set(job.id, source);
+  if (streams.has(job.id) || TERMINAL.has(job.state)) return;
+  const controller = new AbortController();
+  streams.set(job.id, controller);
   const card = cards.get(job.id);
   if (card) card.root.dataset.live = "true";
-  source.addEventListener("progress", (event) => upsertCard(JSON.parse(event.data)));
-  source.addEventListener("end", (event) => {
-    source.close();
-    sources.delete(job.id);
-    const done = JSON.parse(event.data);
-    if (cards.get(job.id)) delete cards.get(job.id).root.dataset.live;
-    upsertCard(done);
-    toast(`${done.type === "fine-tune" ? "Fine-tune" : "Activation maximization"} ${done.state}`, done.state === "succeeded" ? "success" : "info");
-  });
-  source.addEventListener("error", () => {
-    if (source.readyState === EventSource.CLOSED) {
-      sources.delete(job.id);
-      const current = cards.get(job.id);
-      if (current) current.live.replaceChildren(el("span", { class: "warn" }, "Live updates stopped; press Refresh."));
+  let ended = false;
+  const onEvent = (type, data) => {
+    if (type === "progress") {
+      upsertCard(JSON.parse(data));
+    } else if (type === "end") {
+      ended = true;
+      stopFollowing(job.id);
+      const done = JSON.parse(data);
+      upsertCard(done);
+      toast(`${done.type === "fine-tune" ? "Fine-tune" : "Activation maximization"} ${done.state}`, done.state === "succeeded" ? "success" : "info");
     }
-  });
+  };
+  eventStream(`/v1/jobs/${encodeURIComponent(job.id)}/events`, { signal: controller.signal, onEvent })
+    .then(() => { if (!ended) throw new Error("the stream closed before the job ended"); })
+    .catch((error) => {
+      if (controller.signal.aborted || error.name === "AbortError") return;
+      if (streams.get(job.id) === controller) streams.delete(job.id);
+      const current = cards.get(job.id);
+      if (current) {
+        delete current.root.dataset.live;
+        current.live.replaceChildren(el("span", { class: "warn" }, "Live updates stopped; press Refresh."));
+      }
+    });
+}
+
+function stopFollowing(id) {
+  streams.get(id)?.abort();
+  streams.delete(id);
+  const card = cards.get(id);
+  if (card) delete card.root.dataset.live;
+}
+
+function stopAll() {
+  for (const id of [...streams.keys()]) stopFollowing(id);
 }
 
 function title(job) {
@@ -233,6 +255,7 @@ function upsertCard(job, { prepend = false } = {}) {
       body: el("div", { class: "job-body" }),
       cancel,
       renderedState: null,
+      urls: [],      // blob: URLs of the artifacts shown, revoked when the body is replaced
     };
     card.root.append(card.head, card.progress, card.live, card.body);
     cards.set(job.id, card);
@@ -253,7 +276,8 @@ function upsertCard(job, { prepend = false } = {}) {
     card.renderedState = job.state;
     card.progress.replaceChildren();
     card.live.replaceChildren();
-    card.body.replaceChildren(...renderResult(job));
+    revokeUrls(card);
+    card.body.replaceChildren(...renderResult(job, card));
   }
 }
 
@@ -287,11 +311,16 @@ async function cancelJob(id, button) {
   }
 }
 
-function renderResult(job) {
+function revokeUrls(card) {
+  for (const url of card.urls) URL.revokeObjectURL(url);
+  card.urls = [];
+}
+
+function renderResult(job, card) {
   if (job.state === "failed") return [problemBox(new ApiError(job.error || { title: "Failed", detail: "the job failed" }), "The job failed")];
   if (job.state === "cancelled") return [el("p", { class: "muted" }, "Cancelled.")];
   if (!job.result) return [];
-  return job.type === "fine-tune" ? fineTuneResult(job.result) : maximizationResult(job);
+  return job.type === "fine-tune" ? fineTuneResult(job.result) : maximizationResult(job, card);
 }
 
 function fineTuneResult(result) {
@@ -316,7 +345,28 @@ function fineTuneResult(result) {
   ];
 }
 
-function maximizationResult(job) {
+// An artifact (served under /v1/, so it needs the key): fetched with the key, shown through a
+// blob: URL. The <img> goes in once decoded; a placeholder holds its place until then.
+function artifactImage(url, alt, card) {
+  const frame = el("a", { class: "gallery-frame loading", target: "_blank", rel: "noopener", "aria-label": `${alt} (full size)` });
+  apiBlob(url).then(async (blob) => {
+    const objectUrl = URL.createObjectURL(blob);
+    card.urls.push(objectUrl);
+    const image = el("img", { src: objectUrl, alt });
+    await image.decode();
+    frame.href = objectUrl;
+    frame.classList.remove("loading");
+    frame.replaceChildren(image);
+  }).catch((error) => {
+    frame.classList.remove("loading");
+    frame.classList.add("failed");
+    frame.title = error.problem ? `${error.problem.title}: ${error.problem.detail}` : String(error.message || error);
+    frame.replaceChildren(el("span", {}, "Image not loaded"));
+  });
+  return frame;
+}
+
+function maximizationResult(job, card) {
   const result = job.result;
   const history = result.activation_per_step || [];
   const count = result.images.length;
@@ -325,7 +375,7 @@ function maximizationResult(job) {
     name: label(image.target), points: history.map((row, step) => [step + 1, row[i]]) })), { title: "Activation per step", xLabel: "step" }) : null;
   return [
     el("div", { class: "gallery" }, result.images.map((image) => el("figure", { class: "gallery-item" },
-      el("a", { href: image.url, target: "_blank", rel: "noopener" }, el("img", { src: image.url, alt: label(image.target) })),
+      artifactImage(image.url, label(image.target), card),
       el("figcaption", {},
         el("b", {}, label(image.target)),
         image.target.class !== undefined ? el("span", { class: "muted" }, ` class ${image.target.class}`) : null,

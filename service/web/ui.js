@@ -42,7 +42,9 @@ export function problemBox(error, context) {
       context ? el("span", { class: "problem-context" }, context) : null),
     el("p", { class: "problem-detail" }, problem.detail),
     fields.length ? el("ul", { class: "problem-fields" }, fields.map((item) => el("li", {}, el("code", {}, item.field), " ", item.message))) : null,
-    problem.valid?.length ? el("p", { class: "problem-valid" }, "Valid: ", problem.valid.join(", ")) : null);
+    problem.valid?.length ? el("p", { class: "problem-valid" }, "Valid: ", problem.valid.join(", ")) : null,
+    problem.status === 401 ? el("p", { class: "problem-actions" }, el("button", { class: "btn small", type: "button",
+      onclick: () => window.dispatchEvent(new CustomEvent("gazer:ask-key")) }, "Enter API key")) : null);
 }
 
 export function toast(message, kind = "info") {

@@ -162,7 +162,7 @@ def test_png_answer_needs_exactly_one_file(client):
 def strict_client(data_dir):
     settings = Settings(data_dir=data_dir, max_file_bytes=60_000, max_request_bytes=200_000, max_files=3,
                         max_request_pixels=1_000_000)
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+    with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as client:
         yield client
 
 

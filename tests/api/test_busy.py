@@ -23,7 +23,7 @@ QUEUE_SECONDS = 0.5
 @pytest.fixture(scope="module")
 def one_slot_client(data_dir):
     settings = Settings(data_dir=data_dir, max_concurrent_explanations=1, explain_queue_seconds=QUEUE_SECONDS)
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+    with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as client:
         yield client
 
 

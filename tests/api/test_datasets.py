@@ -140,7 +140,7 @@ def test_tar_of_a_folder_made_with_dot_is_accepted(client):
 def strict_client(tmp_path_factory):
     settings = Settings(data_dir=tmp_path_factory.mktemp("strict-datasets"), max_dataset_files=3,
                         max_dataset_uncompressed_bytes=5_000_000)
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+    with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as client:
         yield client
 
 

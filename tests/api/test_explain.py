@@ -227,7 +227,7 @@ def test_accept_header_negotiation(accept, png):
 
 def test_the_default_outputs_are_a_setting(data_dir, chelsea_jpeg):
     settings = Settings(data_dir=data_dir, explain_outputs=("heatmap",))
-    with TestClient(create_app(settings)) as heatmap_only:
+    with TestClient(base_url="http://localhost", app=create_app(settings)) as heatmap_only:
         explanation = explain(heatmap_only, [upload(chelsea_jpeg)], method="cam").json()["results"][0]["explanation"]
     assert explanation["heatmap_png"] and explanation["overlay_png"] is None
     with pytest.raises(ValueError, match="explain_outputs"):

@@ -96,7 +96,7 @@ def test_request_ids_are_echoed_when_safe_and_generated_otherwise(client):
 @pytest.fixture(scope="module")
 def one_slot_client(data_dir):
     settings = Settings(data_dir=data_dir, max_concurrent_explanations=1, explain_queue_seconds=0.3)
-    with TestClient(create_app(settings), raise_server_exceptions=False) as one_slot:
+    with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as one_slot:
         yield one_slot
 
 
@@ -181,7 +181,7 @@ def test_a_crash_and_a_refused_body_still_carry_the_id_and_are_counted(tmp_path)
     def crash() -> None:
         raise RuntimeError("boom")
 
-    bare = TestClient(app, raise_server_exceptions=False)
+    bare = TestClient(base_url="http://localhost", app=app, raise_server_exceptions=False)
     crashed = bare.get("/crash", headers={"X-Request-ID": "crash-1"})
     assert crashed.status_code == 500 and crashed.headers["x-request-id"] == "crash-1"
     refused = bare.post(f"/v1/models/{MODEL}/predict", content=b"x" * 1000, headers={"X-Request-ID": "big-1"})

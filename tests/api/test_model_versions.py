@@ -25,7 +25,7 @@ def resnet_weights(seed: int) -> bytes:
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
     settings = Settings(data_dir=tmp_path_factory.mktemp("versions"), max_loaded_models=3)
-    with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
+    with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as test_client:
         yield test_client
 
 
@@ -94,7 +94,7 @@ def test_loaded_models_beyond_the_limit_are_evicted_least_recently_used_first(cl
 
 def test_one_loaded_model_besides_the_resident_default_still_serves(tmp_path):
     settings = Settings(data_dir=tmp_path, max_loaded_models=1)
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+    with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as client:
         publish(client, "solo", 1)
         assert served_version(client, "solo") == 1
         assert served_version(client, "solo") == 1

@@ -24,7 +24,7 @@ def test_disagreeing_onnx_file_keeps_the_model_out_of_service(tmp_path):
     cached.parent.mkdir(parents=True, exist_ok=True)
     export_onnx(network, spec.input_size, cached)
 
-    with TestClient(create_app(Settings(data_dir=tmp_path))) as client:
+    with TestClient(base_url="http://localhost", app=create_app(Settings(data_dir=tmp_path))) as client:
         ready = client.get("/readyz")
         assert ready.status_code == 503 and ready.json()["status"] == "not_ready"
         model = ready.json()["models"][MODEL]

@@ -31,7 +31,7 @@ def lite0_weights_for_timm() -> dict:
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
-    with TestClient(create_app(Settings(data_dir=tmp_path_factory.mktemp("real-weights"))),
+    with TestClient(base_url="http://localhost", app=create_app(Settings(data_dir=tmp_path_factory.mktemp("real-weights"))),
                     raise_server_exceptions=False) as test_client:
         yield test_client
 

@@ -89,8 +89,10 @@ def page(browser, service):
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
     yield page
+    asked_for_key = page.locator("dialog.key-dialog[open]").count()   # open service: never
     context.close()
     assert not errors, f"uncaught errors in the page: {errors}"
+    assert not asked_for_key, "the API key dialog was shown by a service without keys"
 
 
 def open_explain(page, service, photo: Path) -> None:

@@ -90,7 +90,7 @@ def workers(start_worker):
 def make_client(redis_server, shared_dir, **settings: object) -> TestClient:
     app = create_app(Settings(data_dir=shared_dir, redis_url=redis_server.url, job_lease_seconds=LEASE_SECONDS,
                               **settings))
-    return TestClient(app, raise_server_exceptions=False)
+    return TestClient(base_url="http://localhost", app=app, raise_server_exceptions=False)
 
 
 @pytest.fixture(scope="module")

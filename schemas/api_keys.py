@@ -1,0 +1,86 @@
+"""The API key file (`GAZER_API_KEYS`): one JSON document listing each key's id, the SHA-256 of
+the key, its scopes and a label. The key itself is shown once, when it is made, and never
+stored. Keys are 32 random bytes, so a plain SHA-256 is enough: nothing to guess slowly."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+Scope = Literal["predict", "jobs", "admin"]
+SCOPES: tuple[str, ...] = ("predict", "jobs", "admin")
+PREFIX = "gz_"
+
+
+class KeyRecord(BaseModel):
+    id: str = Field(pattern=r"^[0-9a-f]{8}$")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    scopes: list[Scope] = Field(min_length=1)
+    label: str = ""
+    created_at: float = 0.0
+
+    def grants(self, scope: str) -> bool:
+        """`admin` holds every scope."""
+        return scope in self.scopes or "admin" in self.scopes
+
+
+class KeyFile(BaseModel):
+    keys: list[KeyRecord] = []
+
+
+def digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def key_id(key: str) -> str | None:
+    """The public id inside a key (`gz_<id>_<secret>`), or None when it is not shaped like one."""
+    parts = key.split("_")
+    if len(parts) != 3 or parts[0] + "_" != PREFIX or len(parts[1]) != 8:
+        return None
+    return parts[1]
+
+
+def read_key_file(path: Path) -> KeyFile:
+    if not path.exists():
+        return KeyFile()
+    return KeyFile.model_validate_json(path.read_text())
+
+
+def find_key(keys: KeyFile, key: str) -> KeyRecord | None:
+    """The record of a presented key, compared in constant time."""
+    wanted = key_id(key)
+    if wanted is None:
+        return None
+    presented = digest(key)
+    for record in keys.keys:
+        if record.id == wanted and hmac.compare_digest(record.sha256, presented):
+            return record
+    return None
+
+
+def create_key(path: Path, scopes: list[str], label: str = "") -> tuple[str, KeyRecord]:
+    """A new key, added to the file (written aside, then renamed over it, mode 0600).
+    Returns the key, which is not kept anywhere."""
+    keys = read_key_file(path)
+    taken = {record.id for record in keys.keys}
+    identifier = secrets.token_hex(4)
+    while identifier in taken:
+        identifier = secrets.token_hex(4)
+    key = f"{PREFIX}{identifier}_{secrets.token_urlsafe(32).replace('_', '-')}"
+    record = KeyRecord(id=identifier, sha256=digest(key), scopes=sorted(set(scopes), key=SCOPES.index),
+                       label=label, created_at=time.time())
+    keys.keys.append(record)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staged = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    descriptor = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(keys.model_dump_json(indent=1))
+    os.replace(staged, path)
+    return key, record

@@ -1,0 +1,46 @@
+"""Retention: finished jobs and their artifacts expire `GAZER_JOB_RETENTION_DAYS` after they
+end. Data sets and model versions stay until deleted. The API sweeps when it starts and then
+every hour; several API processes sweeping at once delete nothing twice (Redis decides)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import time
+
+from starlette.concurrency import run_in_threadpool
+
+from core.storage import Storage
+from infra.job_store import JobStore
+
+log = logging.getLogger(__name__)
+SWEEP_EVERY_SECONDS = 3600.0
+
+
+def sweep_expired_jobs(store: JobStore, storage: Storage, retention_seconds: float) -> list[str]:
+    """Removes the records and artifacts of jobs that ended more than `retention_seconds` ago,
+    and artifact folders as old whose record is gone; returns the job ids removed."""
+    cutoff = time.time() - retention_seconds
+    removed: list[str] = []
+    while expired := store.expire_finished(cutoff):
+        removed += expired
+        for job_id in expired:
+            shutil.rmtree(storage.job_artifacts(job_id), ignore_errors=True)
+    artifacts = storage.root / "artifacts"
+    for folder in artifacts.iterdir() if artifacts.is_dir() else []:
+        if folder.stat().st_mtime < cutoff and not store.exists(folder.name):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder.name)
+    return removed
+
+
+async def sweep_forever(store: JobStore, storage: Storage, retention_seconds: float) -> None:
+    while True:
+        try:
+            removed = await run_in_threadpool(sweep_expired_jobs, store, storage, retention_seconds)
+            if removed:
+                log.info("retention: removed %d finished jobs and their artifacts", len(removed))
+        except Exception:  # Redis away, a folder in use: the next sweep tries again
+            log.exception("retention sweep failed")
+        await asyncio.sleep(SWEEP_EVERY_SECONDS)

@@ -1,0 +1,152 @@
+"""API keys and scopes: who may call what, and who sees whose jobs and data sets. A real app
+with a real key file and Redis; the keys are made the way `gazer keys create` makes them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from fastapi.testclient import TestClient
+
+from schemas.api_keys import create_key
+from service.__main__ import refusal
+from service.app import create_app
+from service.settings import Settings
+from support import chelsea, encode, shapes_archive, upload
+from tests.conftest import MODEL
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    path = tmp_path_factory.mktemp("keys") / "keys.json"
+    made = {name: create_key(path, scopes, label=name)[0]
+            for name, scopes in (("predictor", ["predict"]), ("alice", ["jobs"]), ("bob", ["jobs"]),
+                                 ("admin", ["admin"]))}
+    return path, made
+
+
+@pytest.fixture(scope="module")
+def api(keys, tmp_path_factory):
+    settings = Settings(data_dir=tmp_path_factory.mktemp("keyed"), api_keys=keys[0])
+    with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as client:
+        yield client
+
+
+def as_(keys, name: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {keys[1][name]}"}
+
+
+def assert_problem(response, status: int, words: str) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert words in response.json()["detail"]
+    return response.json()
+
+
+def test_a_missing_or_unknown_key_is_401_with_a_challenge(api):
+    missing = api.get(f"/v1/models/{MODEL}")
+    assert_problem(missing, 401, "needs an API key")
+    assert missing.headers["www-authenticate"] == "Bearer"
+    assert_problem(api.get("/v1/jobs", headers={"X-API-Key": "gz_00000000_guess"}), 401, "not known")
+    assert_problem(api.get("/v1/jobs", headers={"Authorization": "Bearer not-even-shaped"}), 401, "not known")
+
+
+def test_health_metrics_and_the_page_need_no_key(api):
+    for path in ("/healthz", "/readyz", "/metrics", "/"):
+        assert api.get(path).status_code == 200, path
+
+
+def test_each_scope_opens_its_routes_and_no_others(api, keys):
+    photo = [upload(encode(chelsea()))]
+    predicted = api.post(f"/v1/models/{MODEL}/predict", files=photo, headers={"X-API-Key": keys[1]["predictor"]})
+    assert predicted.status_code == 200, predicted.text
+    assert_problem(api.get("/v1/jobs", headers=as_(keys, "predictor")), 403, "'jobs' scope")
+    assert_problem(api.post(f"/v1/models/{MODEL}/predict", files=photo, headers=as_(keys, "alice")), 403,
+                   "'predict' scope")
+    assert_problem(api.delete("/v1/models/pets@1", headers=as_(keys, "alice")), 403, "'admin' scope")
+    assert_problem(api.put("/v1/models/pets/default", json={"version": 1}, headers=as_(keys, "predictor")), 403,
+                   "'admin' scope")
+    assert api.post(f"/v1/models/{MODEL}/predict", files=photo, headers=as_(keys, "admin")).status_code == 200
+
+
+def test_data_sets_and_jobs_belong_to_the_key_that_made_them(api, keys):
+    archive = upload(shapes_archive(per_class=2), "shapes.zip", "application/zip")
+    made = api.post("/v1/datasets", files=[archive], headers=as_(keys, "alice"))
+    assert made.status_code == 201, made.text
+    dataset = made.json()
+    assert dataset["owner"] == keys[1]["alice"].split("_")[1]
+    assert [d["id"] for d in api.get("/v1/datasets", headers=as_(keys, "alice")).json()["data"]] == [dataset["id"]]
+    assert api.get("/v1/datasets", headers=as_(keys, "bob")).json()["data"] == []
+    assert_problem(api.get(f"/v1/datasets/{dataset['id']}", headers=as_(keys, "bob")), 404, "no data set")
+    assert_problem(api.delete(f"/v1/datasets/{dataset['id']}", headers=as_(keys, "bob")), 404, "no data set")
+    body = {"dataset_id": dataset["id"], "output_model": "shapes-owned", "epochs": 1, "input_size": 64}
+    assert_problem(api.post("/v1/jobs/fine-tune", json=body, headers=as_(keys, "bob")), 422, "no data set")
+
+    submitted = api.post("/v1/jobs/fine-tune", json=body, headers=as_(keys, "alice"))
+    assert submitted.status_code == 202, submitted.text
+    job_id = submitted.json()["id"]
+    for path in (f"/v1/jobs/{job_id}", f"/v1/jobs/{job_id}/events", f"/v1/jobs/{job_id}/artifacts/x.png"):
+        assert_problem(api.get(path, headers=as_(keys, "bob")), 404, "no job")
+    assert_problem(api.delete(f"/v1/jobs/{job_id}", headers=as_(keys, "bob")), 404, "no job")
+    assert job_id not in [job["id"] for job in api.get("/v1/jobs", headers=as_(keys, "bob")).json()["data"]]
+    assert job_id in [job["id"] for job in api.get("/v1/jobs", headers=as_(keys, "alice")).json()["data"]]
+    assert api.get(f"/v1/datasets/{dataset['id']}", headers=as_(keys, "admin")).status_code == 200
+    cancelled = api.delete(f"/v1/jobs/{job_id}", headers=as_(keys, "admin"))  # admin cancels others' jobs
+    assert cancelled.status_code == 202 and cancelled.json()["state"] == "cancelled"
+
+
+def test_a_key_made_while_the_service_runs_works_at_once(api, keys):
+    key, _ = create_key(keys[0], ["jobs"], label="late")
+    assert api.get("/v1/jobs", headers={"X-API-Key": key}).status_code == 200
+
+
+def test_pages_of_other_origins_and_unknown_hosts_are_refused(api, keys, client):
+    foreign = api.get("/v1/jobs", headers={**as_(keys, "alice"), "Origin": "http://evil.example"})
+    assert_problem(foreign, 403, "evil.example")
+    same = api.get("/v1/jobs", headers={**as_(keys, "alice"), "Origin": "http://localhost"})
+    assert same.status_code == 200
+    # open (no keys): only loopback names, so a rebound DNS name cannot reach the service
+    assert_problem(client.get("/healthz", headers={"Host": "attacker.example"}), 400, "attacker.example")
+    assert client.get("/healthz", headers={"Host": "127.0.0.1:8000"}).status_code == 200
+
+
+def test_allowed_cors_origins_get_cors_headers(tmp_path):
+    settings = Settings(data_dir=tmp_path, cors_origins="https://app.example")
+    with TestClient(base_url="http://localhost", app=create_app(settings)) as client:
+        preflight = client.options("/v1/models", headers={"Origin": "https://app.example",
+                                                          "Access-Control-Request-Method": "GET"})
+        assert preflight.headers["access-control-allow-origin"] == "https://app.example"
+        assert_problem(client.get("/v1/models", headers={"Origin": "https://other.example"}), 403, "other.example")
+
+
+def test_without_keys_the_service_will_not_listen_beyond_loopback(tmp_path):
+    env = {**os.environ, "HOST": "0.0.0.0", "PORT": "1", "GAZER_DATA_DIR": str(tmp_path)}
+    env.pop("GAZER_API_KEYS", None)
+    refused = subprocess.run([sys.executable, "-m", "service"], env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "refusing to serve 0.0.0.0 without API keys" in refused.stderr
+    assert refusal(Settings(data_dir=tmp_path), "127.0.0.1") is None
+    assert refusal(Settings(data_dir=tmp_path), "::1") is None
+    assert refusal(Settings(data_dir=tmp_path, allow_open=True), "0.0.0.0") is None
+    assert refusal(Settings(data_dir=tmp_path, api_keys=tmp_path / "keys.json"), "0.0.0.0") is None
+
+
+def test_model_names_and_data_sets_are_held_per_key_within_quotas(keys, tmp_path):
+    settings = Settings(data_dir=tmp_path, api_keys=keys[0], max_datasets_per_key=1, max_models_per_key=1)
+    with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as api:
+        archive = upload(shapes_archive(per_class=2), "shapes.zip", "application/zip")
+        alices = api.post("/v1/datasets", files=[archive], headers=as_(keys, "alice")).json()
+        assert_problem(api.post("/v1/datasets", files=[archive], headers=as_(keys, "alice")), 403,
+                       "GAZER_MAX_DATASETS_PER_KEY")
+        bobs = api.post("/v1/datasets", files=[archive], headers=as_(keys, "bob")).json()
+
+        def fine_tune(who: str, dataset: dict, output: str):
+            body = {"dataset_id": dataset["id"], "output_model": output, "epochs": 1, "input_size": 64}
+            return api.post("/v1/jobs/fine-tune", json=body, headers=as_(keys, who))
+
+        assert fine_tune("alice", alices, "alices").status_code == 202
+        assert fine_tune("alice", alices, "alices").status_code == 202  # a new version of her own name
+        assert_problem(fine_tune("alice", alices, "another"), 403, "GAZER_MAX_MODELS_PER_KEY")
+        assert_problem(fine_tune("bob", bobs, "alices"), 403, "belongs to another key")
+        assert fine_tune("admin", alices, "alices").status_code == 202

@@ -1,0 +1,91 @@
+"""Bounded cost per request and per client: the explain budget (422 that gives the cost),
+token buckets for requests and compute (429 with Retry-After), event stream caps, and work of
+a client that has gone away being dropped."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.settings import Settings
+from support import chelsea, encode, upload
+from tests.conftest import MODEL
+from tests.live_service import LiveService
+
+EXPLAIN = f"/v1/models/{MODEL}/explain"
+PHOTO = encode(chelsea().resize((224, 149)))
+
+
+def photos(count: int) -> list:
+    return [upload(PHOTO, f"{index}.jpg") for index in range(count)]
+
+
+def test_an_explanation_over_the_budget_is_422_with_its_cost(client):
+    refused = client.post(EXPLAIN, files=photos(64), data={"method": "integrated_gradients", "steps": 512})
+    assert refused.status_code == 422, refused.text
+    assert "costs 65536 forward passes" in refused.json()["detail"] and "budget of one request is 8192" in \
+        refused.json()["detail"]
+    scorecam = client.post(EXPLAIN, files=photos(8), data={"method": "scorecam"})  # 1280 channels at head
+    assert scorecam.status_code == 422 and "scorecam on 8 files" in scorecam.json()["detail"]
+    assert client.post(EXPLAIN, files=photos(2), data={"method": "gradcam"}).status_code == 200
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory):
+    settings = Settings(data_dir=tmp_path_factory.mktemp("limited"), requests_per_second=1, request_burst=3,
+                        compute_per_second=1, compute_burst=120, max_event_streams_per_client=1,
+                        event_stream_seconds=1)
+    with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as client:
+        yield client
+
+
+def test_requests_over_the_rate_are_429_with_retry_after(limited):
+    time.sleep(3)  # a full bucket
+    answers = [limited.get(f"/v1/models/{MODEL}").status_code for _ in range(5)]
+    assert answers[:3] == [200, 200, 200] and answers[3:] == [429, 429]
+    refused = limited.get(f"/v1/models/{MODEL}")
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert 1 <= int(refused.headers["retry-after"]) <= 2 and "1 requests per second" in refused.json()["detail"]
+    assert limited.get("/healthz").status_code == 200  # health is not limited
+
+
+def test_compute_over_the_rate_is_429(limited):
+    time.sleep(3)
+    first = limited.post(EXPLAIN, files=photos(1), data={"method": "integrated_gradients", "steps": 50})  # 100
+    assert first.status_code == 200, first.text
+    time.sleep(1)
+    second = limited.post(EXPLAIN, files=photos(1), data={"method": "integrated_gradients", "steps": 50})
+    assert second.status_code == 429 and "forward passes per second" in second.json()["detail"]
+    assert int(second.headers["retry-after"]) >= 5
+
+
+def test_event_streams_are_capped_per_client_and_expire(limited):
+    time.sleep(3)
+    job = limited.post("/v1/jobs/activation-maximization",
+                       json={"model": MODEL, "target": {"class": 1}, "steps": 10, "size": 64}).json()
+    with limited.stream("GET", f"/v1/jobs/{job['id']}/events") as stream:
+        assert stream.status_code == 200
+        second = limited.get(f"/v1/jobs/{job['id']}/events")
+        assert second.status_code == 429 and "event streams open" in second.json()["detail"]
+        text = "".join(stream.iter_text())  # nobody runs the job here: the stream expires after 1 s
+    assert "event: progress" in text and "event: expired" in text and "connect again" in text
+
+
+def test_an_explanation_whose_client_left_stops_and_frees_the_model(tmp_path):
+    """Integrated gradients on 4 photos at 512 steps runs for many seconds on this CPU; the
+    client gives up after 2 s. The next explanation must not wait for the abandoned one."""
+    with LiveService(tmp_path, max_concurrent_explanations=1) as service:
+        files = [("file", (f"{i}.jpg", PHOTO, "image/jpeg")) for i in range(4)]
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(service.url + EXPLAIN, files=files, data={"method": "integrated_gradients", "steps": 512},
+                       timeout=httpx.Timeout(60, read=2))
+        started = time.perf_counter()
+        after = httpx.post(service.url + EXPLAIN, files=files[:1], data={"method": "gradcam"}, timeout=120)
+        waited = time.perf_counter() - started
+        assert after.status_code == 200, after.text
+        assert waited < 10, f"the next explanation waited {waited:.1f} s"
+        assert "dropped: the client closed the connection" in service.log()

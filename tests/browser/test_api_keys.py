@@ -1,0 +1,236 @@
+"""The web page against a service that needs API keys (`GAZER_API_KEYS`): the key dialog on 401,
+the key kept in localStorage and sent on every call, job progress read over a fetch()-based
+event stream (EventSource cannot send the key), artifact images fetched with the key, 403 shown
+as a problem. Screenshots of the dialog land in test-output/screenshots/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from schemas.api_keys import create_key
+from support import chelsea, encode
+from tests.browser.test_web_page import ARGS, CHROMIUM, LAPTOP, PHONE, PIXEL_DIFF, SHOTS
+from tests.live_service import LiveService
+
+pytestmark = pytest.mark.browser
+
+DIALOG = "dialog.key-dialog[open]"
+
+# Counts the server-sent events the page reads, from a clone of each /events response, and
+# keeps the headers each /events request was sent with.
+SSE_PROBE = """(() => {
+  window.__sse = {requests: [], progress: 0, end: 0};
+  const original = window.fetch;
+  window.fetch = async (url, init = {}) => {
+    const response = await original(url, init);
+    if (String(url).endsWith('/events')) {
+      window.__sse.requests.push(Object.fromEntries(new Headers(init.headers || {}).entries()));
+      const reader = response.clone().body.getReader();
+      const decoder = new TextDecoder();
+      (async () => {
+        for (;;) {
+          const {value, done} = await reader.read().catch(() => ({done: true}));
+          if (done) break;
+          const text = decoder.decode(value, {stream: true});
+          window.__sse.progress += (text.match(/^event: progress$/gm) || []).length;
+          window.__sse.end += (text.match(/^event: end$/gm) || []).length;
+        }
+      })();
+    }
+    return response;
+  };
+})();"""
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    path = tmp_path_factory.mktemp("keys") / "keys.json"
+    admin, _ = create_key(path, ["admin"], "browser tests")
+    predict_only, _ = create_key(path, ["predict"], "browser tests, predict only")
+    return {"path": path, "admin": admin, "predict": predict_only}
+
+
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory, keys):
+    with LiveService(tmp_path_factory.mktemp("keyed-service"), api_keys=keys["path"]) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is not installed")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory):
+    path = tmp_path_factory.mktemp("key-photos") / "chelsea.jpg"
+    path.write_bytes(encode(chelsea()))
+    return path
+
+
+@pytest.fixture(scope="module")
+def shots():
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    return SHOTS
+
+
+def new_page(browser, stored_key: str | None = None, viewport=LAPTOP, **options):
+    context = browser.new_context(viewport=viewport, device_scale_factor=options.pop("scale", 1), **options)
+    if stored_key is not None:
+        context.add_init_script(f"localStorage.setItem('gazer.apiKey', {stored_key!r})")
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    return context, page, errors
+
+
+@pytest.fixture
+def fresh(browser):
+    """A page with nothing in localStorage."""
+    context, page, errors = new_page(browser)
+    yield page
+    context.close()
+    assert not errors, f"uncaught errors in the page: {errors}"
+
+
+def enter_key(page, key: str) -> None:
+    page.fill("#api-key-input", key)
+    page.get_by_role("button", name="Save key").click()
+
+
+def test_the_key_dialog_asks_once_then_explain_works_and_the_key_is_kept(fresh, keyed, keys, photo, shots):
+    page = fresh
+    sent: list[tuple[str, str | None]] = []
+    page.on("request", lambda request: sent.append((request.url, request.headers.get("authorization")))
+            if "/v1/" in request.url else None)
+    page.goto(f"{keyed.url}/#explain")
+    dialog = page.locator(DIALOG)
+    dialog.wait_for()
+    assert "needs an API key" in dialog.inner_text()
+    assert page.locator("#key-btn").get_attribute("data-state") == "needed"
+    assert page.evaluate("document.activeElement.id") == "api-key-input"
+    page.screenshot(path=str(shots / "api-key-dialog-laptop.png"), animations="disabled")
+    # a wrong key: the call is tried again, answered 401 again, and the dialog says so
+    enter_key(page, "gz_00000000_not-a-real-key")
+    page.wait_for_selector(f"{DIALOG} .key-error:not([hidden])")
+    assert "not accepted" in page.locator(".key-error").inner_text()
+    page.screenshot(path=str(shots / "api-key-dialog-rejected-laptop.png"), animations="disabled")
+    # the right one: the waiting calls go through, the view loads
+    enter_key(page, keys["admin"])
+    page.wait_for_selector("body[data-ready=explain]")
+    page.wait_for_function("document.querySelector('#method-select').options.length > 0")
+    assert page.locator(DIALOG).count() == 0
+    assert page.evaluate("localStorage.getItem('gazer.apiKey')") == keys["admin"]
+    assert page.locator("#key-btn").get_attribute("data-state") == "set"
+    page.set_input_files("#file-input", str(photo))
+    page.wait_for_selector(".result-card img.original")
+    page.click("#explain-btn")
+    page.wait_for_selector(".result-card .map-canvas[data-target]")
+    assert page.evaluate(PIXEL_DIFF, [".result-card .map-canvas", ".result-card img.original"]) > 10
+    explain_calls = [auth for url, auth in sent if url.endswith("/explain")]
+    assert explain_calls and all(auth == f"Bearer {keys['admin']}" for auth in explain_calls)
+    # a reload keeps the key: no dialog, the models load at once
+    page.reload()
+    page.wait_for_selector("body[data-ready=explain]")
+    page.wait_for_function("document.querySelector('#method-select').options.length > 0")
+    assert page.locator(DIALOG).count() == 0
+    assert page.locator("#key-btn").get_attribute("data-state") == "set"
+
+
+def test_a_job_streams_progress_with_the_key_and_its_images_load(browser, keyed, keys, shots):
+    context, page, errors = new_page(browser, keys["admin"])
+    context.add_init_script(SSE_PROBE)
+    try:
+        page.goto(f"{keyed.url}/#jobs")
+        page.wait_for_selector("body[data-ready=jobs]")
+        page.click('[data-jobform="activation-maximization"]')
+        form = page.locator("#maximize-form")
+        form.locator('[name="target.class"]').fill("130")
+        form.locator('[name="steps"]').fill("6")
+        form.locator('[name="size"]').fill("64")
+        form.locator("button[type=submit]").click()
+        page.wait_for_selector(".job-card[data-live=true]")
+        page.wait_for_selector('.job-card[data-state="succeeded"] .gallery-item img', timeout=90_000)
+        sse = page.evaluate("window.__sse")
+        assert sse["requests"] and all(h.get("authorization") == f"Bearer {keys['admin']}" for h in sse["requests"]), sse
+        assert sse["progress"] >= 1 and sse["end"] == 1, sse
+        card = page.locator(".job-card").first
+        assert card.get_attribute("data-live") is None          # closed at `end`
+        assert page.locator(".toast", has_text="Activation maximization succeeded").count() == 1
+        assert "Live updates stopped" not in card.inner_text()
+        image = page.locator(".gallery-item img").first
+        assert image.get_attribute("src").startswith("blob:")
+        assert page.evaluate("document.querySelector('.gallery-item img').naturalWidth") == 64
+        assert page.locator(".gallery-item a").first.get_attribute("href").startswith("blob:")
+        assert page.locator(DIALOG).count() == 0
+        page.evaluate("window.scrollTo(0, 0)")
+        page.screenshot(path=str(shots / "jobs-keyed-laptop.png"), animations="disabled")
+    finally:
+        context.close()
+    assert not errors, errors
+
+
+def test_a_wrong_stored_key_shows_the_dialog_and_the_top_bar_changes_it(browser, keyed, keys, shots):
+    context, page, errors = new_page(browser, "gz_12345678_revoked-or-mistyped")
+    try:
+        page.goto(f"{keyed.url}/#models")
+        page.wait_for_selector(f"{DIALOG} .key-error:not([hidden])")
+        assert "not accepted" in page.locator(".key-error").inner_text()
+        # cancelling leaves the 401 as a problem, with a way back to the dialog
+        page.get_by_role("button", name="Cancel").click()
+        problem = page.locator("#model-list .problem")
+        problem.wait_for()
+        assert "401" in problem.inner_text()
+        problem.get_by_role("button", name="Enter API key").click()
+        page.locator(DIALOG).wait_for()
+        assert "gz_12345678_" in page.locator(".key-current").inner_text()
+        page.screenshot(path=str(shots / "api-key-dialog-manage-laptop.png"), animations="disabled")
+        enter_key(page, keys["admin"])
+        page.wait_for_selector('.model-card[data-model="efficientnet_lite0"]')
+        # forget from the top bar: the next call asks again
+        page.click("#key-btn")
+        page.get_by_role("button", name="Forget key").click()
+        page.locator(DIALOG).wait_for()
+        assert page.evaluate("localStorage.getItem('gazer.apiKey')") is None
+        assert page.locator(".key-forget").is_hidden()
+    finally:
+        context.close()
+    assert not errors, errors
+
+
+def test_a_key_without_the_scope_gets_a_readable_403_not_the_dialog(browser, keyed, keys):
+    context, page, errors = new_page(browser, keys["predict"])
+    try:
+        page.goto(f"{keyed.url}/#jobs")
+        page.wait_for_selector("body[data-ready=jobs]")
+        problem = page.locator("#dataset-message .problem")
+        problem.wait_for()
+        text = problem.inner_text()
+        assert "403" in text and "scope" in text, text
+        assert page.locator(DIALOG).count() == 0
+    finally:
+        context.close()
+    assert not errors, errors
+
+
+def test_the_key_dialog_fits_a_phone(browser, keyed, shots):
+    context, page, errors = new_page(browser, viewport=PHONE, scale=2, is_mobile=True, has_touch=True)
+    try:
+        page.goto(f"{keyed.url}/#explain")
+        page.locator(DIALOG).wait_for()
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+        box = page.locator(DIALOG).bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"]
+        page.screenshot(path=str(shots / "api-key-dialog-phone.png"), animations="disabled")
+    finally:
+        context.close()
+    assert not errors, errors

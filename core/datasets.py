@@ -10,6 +10,7 @@ classes must keep at least one image.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import io
 import itertools
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Callable, Iterator
 
-from core.errors import GazerError, InvalidRequest, NotFound, PayloadTooLarge, TooManyFiles
+from core.errors import GazerError, InvalidRequest, NotFound, PayloadTooLarge, StorageFailed, TooManyFiles
 from core.imaging import decode_image
 from core.parallel import parallel_map
 from core.storage import check_name
@@ -64,8 +65,8 @@ class _Entry:
         try:
             with self.open() as handle:
                 data = handle.read(cap + 1)
-        except CORRUPT as error:
-            raise _corrupt(error) from None
+        except (*CORRUPT, OSError, ValueError) as error:  # in memory: bz2's "Invalid data stream" is an
+            raise _corrupt(error) from None                 # OSError, a bad header offset a negative seek
         if len(data) > cap:
             raise PayloadTooLarge(f"archive entry {str(self.path)!r} is over {cap} bytes uncompressed")
         return data
@@ -111,6 +112,8 @@ def _zip_entries(blob: bytes, limits: ArchiveLimits) -> Iterator[_Entry]:
         if len(infos) > limits.max_files:
             raise _too_many(len(infos), limits)
         for info in infos:
+            if not info.filename:  # zipfile's is_dir() would index an empty name
+                raise InvalidRequest("an archive entry has an empty name", field="file")
             path = _safe_path(info.filename)
             mode = (info.external_attr >> 16) & 0o170000
             if mode == 0o120000:
@@ -133,6 +136,8 @@ def _tar_entries(blob: bytes, limits: ArchiveLimits) -> Iterator[_Entry]:
         archive = tarfile.open(fileobj=io.BytesIO(blob), mode="r|gz")
     except CORRUPT as error:
         raise _corrupt(error) from None
+    except TypeError:  # tarfile's gzip header parser on a header cut short: ord(b"")
+        raise _corrupt(ValueError("the gzip header is cut short")) from None
     with archive:
         for count in itertools.count(1):
             try:
@@ -276,8 +281,8 @@ def ingest_archive(blob: bytes, datasets_dir: Path, name: str | None, limits: Ar
     dataset_id = uuid.uuid4().hex[:12]
     staging = datasets_dir / f".{dataset_id}.partial"
     raw = staging / ".raw"
-    raw.mkdir(parents=True)
     try:
+        raw.mkdir(parents=True)
         paths, staged = _stage(entries, raw, limits, deadline)
         extracted = _place_images(paths, staged, staging, limits, deadline)
         _check_classes(extracted)
@@ -289,9 +294,12 @@ def ingest_archive(blob: bytes, datasets_dir: Path, name: str | None, limits: Ar
         (staging / DESCRIPTION).write_text(json.dumps(description, indent=1))
         staging.rename(datasets_dir / dataset_id)
         return description
+    except OSError as error:  # the data folder refused a write: a full disk, permissions
+        full = "the data folder is full: " if error.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        raise StorageFailed(f"could not store the data set: {full}{error.strerror or error}") from None
     finally:
         if staging.exists():
-            shutil.rmtree(staging)
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def _dataset_dir(datasets_dir: Path, dataset_id: str) -> Path:

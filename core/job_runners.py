@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from core import memory
 from core.datasets import dataset_images, describe_dataset
 from core.errors import InvalidRequest
 from core.jobs import JobCancelled, Progress, ShouldStop
@@ -39,18 +40,38 @@ def fine_tune_config(params: dict[str, Any]) -> FineTuneConfig:
     return from_params(FineTuneConfig, params)
 
 
-def check_fine_tune(config: FineTuneConfig, registry: ModelRegistry, datasets_dir: Path) -> None:
+def check_fine_tune(config: FineTuneConfig, registry: ModelRegistry, datasets_dir: Path,
+                    memory_limit: int | None = None) -> None:
     """What can be checked before queueing: the values, the base model and the data set
-    exist, the name is free."""
+    exist, the name is free, and the estimated memory fits `memory_limit` bytes."""
     check_params(config)
     check_name(config.base_model.partition("@")[0], "base_model")
-    if registry.spec(config.base_model).architecture == ONNX_ARCHITECTURE:
+    base = registry.spec(config.base_model)
+    if base.architecture == ONNX_ARCHITECTURE:
         raise InvalidRequest(f"{config.base_model!r} is served from ONNX alone: it has no torch network to "
                              f"fine-tune", field="base_model")
-    describe_dataset(datasets_dir, config.dataset_id)
+    dataset = describe_dataset(datasets_dir, config.dataset_id)
     check_name(config.output_model, "output_model")
     if config.output_model in BUILTIN_MODELS:
         raise InvalidRequest(f"output_model {config.output_model!r} is a built-in model's name", field="output_model")
+    if memory_limit is not None:
+        needed = memory.training_bytes(dataset["images"], len(dataset["classes"]), config.batch_size,
+                                       config.input_size or base.input_size, base.resize_margin)
+        check_memory(needed, memory_limit, f"fine-tuning on {dataset['images']} images in "
+                                           f"{len(dataset['classes'])} classes at batch {config.batch_size}",
+                     "batch_size")
+
+
+def check_maximization_memory(config: MaximizationConfig, input_size: int, memory_limit: int) -> None:
+    check_memory(memory.maximization_bytes(config.count, config.size or input_size), memory_limit,
+                 f"{config.count} targets at {config.size or input_size} px", "target")
+
+
+def check_memory(needed: int, limit: int, what: str, field: str) -> None:
+    if needed > limit:
+        raise InvalidRequest(f"{what} would need about {memory.describe(needed)} of memory; a worker has "
+                             f"{memory.describe(limit)} (GAZER_WORKER_MEMORY_BYTES)", field=field,
+                             estimate_bytes=needed, limit_bytes=limit)
 
 
 def run_fine_tune(job_id: str, params: dict[str, Any], progress: Progress, should_stop: ShouldStop,

@@ -18,12 +18,11 @@ from gazer.errors import ApiError
 from gazer.results import ExplainResponse, JobEvent
 from schemas.datasets import Dataset, DatasetList
 from schemas.jobs import Job, JobList
-from schemas.models import ModelDetail, ModelList, ModelRef, PredictResponse, VersionList
+from schemas.models import DEFAULT_MODEL, ModelDetail, ModelList, ModelRef, PredictResponse, VersionList
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
 
-DEFAULT_MODEL = "efficientnet_lite0"
 # An image to send: a path, the file's bytes, or (file name, bytes).
 ImageInput = str | os.PathLike[str] | bytes | tuple[str, bytes]
 # A file to upload: a path, bytes, or an open binary file.

@@ -3,6 +3,7 @@ data lives, Redis, job leases and the limits on what a client's files may cost."
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field
@@ -10,6 +11,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.datasets import ArchiveLimits
 from infra.celery_config import LONGEST_JOB_SECONDS
+
+
+def physical_memory() -> int:
+    """This machine's memory: the default guess for a worker's (set it where workers differ)."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 class SharedSettings(BaseSettings):
@@ -27,6 +33,8 @@ class SharedSettings(BaseSettings):
     max_dataset_ingest_seconds: float = Field(600.0, gt=0)
     max_model_bytes: int = 1024**3          # an uploaded model (weights or ONNX file)
     max_loaded_models: int = Field(8, ge=1)  # beyond this, the least recently used is unloaded
+    # What one job may need; jobs estimated above it are refused before they are queued.
+    worker_memory_bytes: int = Field(default_factory=lambda: int(0.8 * physical_memory()), ge=1)
 
     @property
     def archive_limits(self) -> ArchiveLimits:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.names import DEFAULT_MODEL  # noqa: F401  (the clients' default, from its one place)
+
 
 class ModelRef(BaseModel):
     id: str

@@ -17,7 +17,7 @@ from core.errors import GazerError
 from core.models.registry import ModelRegistry
 from core.storage import Storage
 from service.auth import KeyStore, requires
-from service.errors import install_error_handlers
+from service.errors import PROBLEM_RESPONSES, install_error_handlers
 from service.limits import RequestSizeLimit
 from service.metrics import Metrics
 from service.guards import RefuseForeignOrigins, RefuseUnknownHosts
@@ -81,10 +81,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestContext, metrics=app.state.metrics)  # outside the size limit: its 413s count too
     app.include_router(health.router)
     limited = Depends(limit_requests)
-    app.include_router(model_versions.router, dependencies=[limited])
-    app.include_router(models.router, dependencies=[Depends(requires("predict")), limited])
-    app.include_router(datasets.router, dependencies=[Depends(requires("jobs")), limited])
-    app.include_router(jobs.router, dependencies=[Depends(requires("jobs")), limited])
+    app.include_router(model_versions.router, dependencies=[limited], responses=PROBLEM_RESPONSES)
+    app.include_router(models.router, dependencies=[Depends(requires("predict")), limited], responses=PROBLEM_RESPONSES)
+    app.include_router(datasets.router, dependencies=[Depends(requires("jobs")), limited], responses=PROBLEM_RESPONSES)
+    app.include_router(jobs.router, dependencies=[Depends(requires("jobs")), limited], responses=PROBLEM_RESPONSES)
     app.include_router(metrics.router)
     app.include_router(web.router)
     app.mount("/static", web.static_files(), name="static")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -11,13 +12,19 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core import errors
 from infra.logs import request_id
-from schemas.problems import TITLES, FieldError, problem
+from schemas.problems import TITLES, FieldError, Problem, problem
 
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
 # What a 503 (busy, queue or model not ready) tells the client to wait before trying again.
 RETRY_AFTER_SECONDS = 5
+# The problems any /v1 route can answer with (auth, Host/Origin guards, size limit, rate limits,
+# unknown names, conflicts, bad values, busy, full disk), documented in the OpenAPI schema.
+PROBLEM_RESPONSES: dict[int | str, dict] = {
+    status: {"model": Problem, "description": TITLES[status],
+             "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+    for status in (400, 401, 403, 404, 406, 409, 413, 422, 429, 503, 507)}
 
 
 def problem_response(status: int, code: str, detail: str, errors_: list[FieldError] | None = None,
@@ -48,7 +55,23 @@ async def _validation_error(request: Request, error: RequestValidationError) -> 
 async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
     code = errors.PayloadTooLarge.code if error.status_code == errors.PayloadTooLarge.status else \
         TITLES.get(error.status_code, "http-error").lower().replace(" ", "-")
-    return problem_response(error.status_code, code, str(error.detail))
+    response = problem_response(error.status_code, code, str(error.detail))
+    response.headers.update(error.headers or {})
+    if error.status_code == 405 and (allowed := _documented_methods(request)):
+        response.headers["allow"] = allowed  # Starlette names only the first matching route's methods
+    return response
+
+
+def _documented_methods(request: Request) -> str | None:
+    """The methods the OpenAPI schema gives the most specific path template matching the request
+    (`/v1/jobs/fine-tune` over `/v1/jobs/{job_id}`); None for paths outside the schema."""
+    paths = request.app.openapi().get("paths", {})
+    matching = [template for template in paths
+                if re.fullmatch(re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)), request.url.path)]
+    if not matching:
+        return None
+    best = min(matching, key=lambda template: template.count("{"))
+    return ", ".join(sorted(method.upper() for method in paths[best]))
 
 
 async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:

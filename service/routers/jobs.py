@@ -16,8 +16,8 @@ from starlette.concurrency import run_in_threadpool
 
 from core.datasets import describe_dataset
 from core.errors import InvalidRequest, NotFound
-from core.job_runners import ACTIVATION_MAXIMIZATION, FINE_TUNE, check_fine_tune, fine_tune_config, \
-    maximization_config
+from core.job_runners import ACTIVATION_MAXIMIZATION, FINE_TUNE, check_fine_tune, check_maximization_memory, \
+    fine_tune_config, maximization_config
 from core.jobs import TERMINAL
 from core.visualize.activation_max import validate as validate_maximization
 from schemas.jobs import ActivationMaximizationRequest, FineTuneRequest, Job, JobList
@@ -29,6 +29,8 @@ from service.rate_limits import client_id
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 KEEPALIVE_SECONDS = 15.0
+# An event stream reads its job every 0.25 s while it changes, backing off to 2 s while not.
+FIRST_POLL_SECONDS, LONGEST_POLL_SECONDS = 0.25, 2.0
 
 
 @contextmanager
@@ -59,19 +61,20 @@ def submit_fine_tune(request: FineTuneRequest, response: Response, queue: QueueD
     with _references_in_body():
         caller.check_owns(describe_dataset(storage.datasets, request.dataset_id).get("owner"),
                           f"data set {request.dataset_id!r}")
-        check_fine_tune(fine_tune_config(params), registry, storage.datasets)
+        check_fine_tune(fine_tune_config(params), registry, storage.datasets, settings.worker_memory_bytes)
     claim_model_name(caller, storage, request.output_model, settings)
     return _accepted(queue.submit(FINE_TUNE, params, caller.owner), response)
 
 
 @router.post("/activation-maximization", response_model=Job, status_code=status.HTTP_202_ACCEPTED)
 def submit_activation_maximization(request: ActivationMaximizationRequest, response: Response, queue: QueueDep,
-                                   registry: RegistryDep, caller: CallerDep) -> Job:
+                                   registry: RegistryDep, caller: CallerDep, settings: SettingsDep) -> Job:
     params = request.as_params()
     config = maximization_config(params)
     with _references_in_body():
         model = registry.get(config.model)
     validate_maximization(config, model.spec, model.layers)
+    check_maximization_memory(config, model.spec.input_size, settings.worker_memory_bytes)
     return _accepted(queue.submit(ACTIVATION_MAXIMIZATION, params, caller.owner), response)
 
 
@@ -108,22 +111,25 @@ async def job_events(job_id: str, request: Request, queue: QueueDep, caller: Cal
             job, last = first, None
             deadline = time.monotonic() + settings.event_stream_seconds
             quiet_since = time.monotonic()
+            pause = FIRST_POLL_SECONDS
             while True:
                 snapshot = json.dumps(job)
                 if snapshot != last:
                     kind = "end" if job["state"] in TERMINAL else "progress"
                     yield f"event: {kind}\ndata: {snapshot}\n\n"
-                    last, quiet_since = snapshot, time.monotonic()
+                    last, quiet_since, pause = snapshot, time.monotonic(), FIRST_POLL_SECONDS
                     if kind == "end":
                         return
-                elif time.monotonic() - quiet_since > KEEPALIVE_SECONDS:
-                    yield ": still running\n\n"
-                    quiet_since = time.monotonic()
+                else:  # a quiet job (queued, say) is read less and less often
+                    pause = min(2 * pause, LONGEST_POLL_SECONDS)
+                    if time.monotonic() - quiet_since > KEEPALIVE_SECONDS:
+                        yield ": still running\n\n"
+                        quiet_since = time.monotonic()
                 if time.monotonic() > deadline:
                     yield _event("expired", problem(408, "stream-expired", f"event streams last "
                                                     f"{settings.event_stream_seconds:g} s; connect again"))
                     return
-                await asyncio.sleep(0.25)
+                await asyncio.sleep(pause)
                 try:
                     job = await run_in_threadpool(queue.store.get, job_id)
                 except redis.RedisError as error:

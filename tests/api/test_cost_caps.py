@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import Settings
-from support import chelsea, encode, upload
+from support import chelsea, encode, shapes_archive, upload
 from tests.conftest import MODEL
 from tests.live_service import LiveService
 
@@ -89,3 +89,20 @@ def test_an_explanation_whose_client_left_stops_and_frees_the_model(tmp_path):
         assert after.status_code == 200, after.text
         assert waited < 10, f"the next explanation waited {waited:.1f} s"
         assert "dropped: the client closed the connection" in service.log()
+
+
+def test_jobs_that_would_not_fit_in_a_worker_are_refused_with_the_estimate(tmp_path):
+    settings = Settings(data_dir=tmp_path, worker_memory_bytes=4 * 1024**3)
+    with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as api:
+        archive = upload(shapes_archive(per_class=2), "shapes.zip", "application/zip")
+        dataset = api.post("/v1/datasets", files=[archive]).json()
+        body = {"dataset_id": dataset["id"], "output_model": "big", "batch_size": 64, "input_size": 512}
+        refused = api.post("/v1/jobs/fine-tune", json=body)
+        assert refused.status_code == 422, refused.text
+        assert "would need about 47.9 GiB of memory; a worker has 4.0 GiB" in refused.json()["detail"]
+        assert refused.json()["errors"][0]["field"] == "batch_size"
+        assert api.post("/v1/jobs/fine-tune", json={**body, "batch_size": 8, "input_size": 64}).status_code == 202
+        many = {"model": MODEL, "target": {"classes": list(range(64))}, "size": 512, "steps": 10}
+        refused = api.post("/v1/jobs/activation-maximization", json=many)
+        assert refused.status_code == 422 and "64 targets at 512 px would need about" in refused.json()["detail"]
+        assert api.post("/v1/jobs/activation-maximization", json={**many, "size": 64}).status_code == 202

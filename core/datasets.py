@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Callable, Iterator
 
+from core import cancellation
 from core.errors import GazerError, InvalidRequest, NotFound, PayloadTooLarge, StorageFailed, TooManyFiles
 from core.imaging import decode_image
 from core.parallel import parallel_map
@@ -199,6 +200,8 @@ class _Deadline:
         self.at = time.monotonic() + seconds
 
     def check(self) -> None:
+        """Stops the ingest when its time is up, or when its client has gone (core.cancellation)."""
+        cancellation.check()
         if time.monotonic() > self.at:
             raise PayloadTooLarge(f"the archive took more than {self.seconds:g} s to ingest")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pydantic import BaseModel
 
 TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found",
-          405: "Method not allowed", 406: "Not acceptable", 409: "Conflict", 413: "Content too large",
-          422: "Unprocessable content", 429: "Too many requests", 500: "Internal server error",
-          503: "Service unavailable", 507: "Insufficient storage"}
+          405: "Method not allowed", 406: "Not acceptable", 408: "Request timeout", 409: "Conflict",
+          413: "Content too large", 422: "Unprocessable content", 429: "Too many requests",
+          500: "Internal server error", 503: "Service unavailable", 507: "Insufficient storage"}
 
 
 class FieldError(BaseModel):

@@ -11,6 +11,7 @@ import sys
 import uvicorn
 
 from infra.logs import configure_logging, logging_config
+from service.http_protocol import with_header_deadline
 from service.settings import Settings
 
 
@@ -42,7 +43,8 @@ def main() -> None:
     uvicorn.run("service.app:create_app", factory=True, host=host,
                 port=int(os.environ.get("PORT", "8000")), log_level="info", log_config=logging_config(),
                 access_log=os.environ.get("GAZER_ACCESS_LOG", "1") != "0",
-                limit_concurrency=settings.max_connections, timeout_keep_alive=5)
+                limit_concurrency=settings.max_connections, timeout_keep_alive=5,
+                http=with_header_deadline(settings.header_seconds))
 
 
 if __name__ == "__main__":

@@ -71,7 +71,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     # Outermost last: ids and metrics, then Host, Origin and CORS, then the size limit.
     app.add_middleware(RequestSizeLimit, max_bytes=settings.max_request_bytes,
-                       per_path={"/v1/datasets": settings.max_dataset_bytes, "/v1/models": settings.max_model_bytes})
+                       per_path={"/v1/datasets": settings.max_dataset_bytes, "/v1/models": settings.max_model_bytes},
+                       idle_seconds=settings.body_idle_seconds)
     if settings.cors_origin_list:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list, allow_methods=["*"],
                            allow_headers=["Authorization", "X-API-Key", "X-Request-ID", "Content-Type", "Accept"],

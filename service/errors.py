@@ -24,7 +24,7 @@ RETRY_AFTER_SECONDS = 5
 PROBLEM_RESPONSES: dict[int | str, dict] = {
     status: {"model": Problem, "description": TITLES[status],
              "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
-    for status in (400, 401, 403, 404, 406, 409, 413, 422, 429, 503, 507)}
+    for status in (400, 401, 403, 404, 406, 408, 409, 413, 422, 429, 503, 507)}
 
 
 def problem_response(status: int, code: str, detail: str, errors_: list[FieldError] | None = None,

@@ -1,7 +1,9 @@
-"""Refuse request bodies over the configured size before anything reads them."""
+"""Refuse request bodies over the configured size before anything reads them, or that arrive
+too slowly (a slow-body attack holds a connection and a worker thread for nothing)."""
 
 from __future__ import annotations
 
+import anyio
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -12,12 +14,15 @@ from service.errors import problem_response
 class RequestSizeLimit:
     """Answers 413 when Content-Length is over the limit, and stops reading a body sent
     without a length (chunked) with a 413 as soon as it passes the limit. `per_path`: other
-    limits for some paths (matched exactly)."""
+    limits for some paths (matched exactly). A body that sends nothing for `idle_seconds`
+    before it is complete gets 408."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, per_path: dict[str, int] | None = None) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, per_path: dict[str, int] | None = None,
+                 idle_seconds: float = 30.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.per_path = per_path or {}
+        self.idle_seconds = idle_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -31,10 +36,17 @@ class RequestSizeLimit:
             await response(scope, receive, send)
             return
         received = 0
+        complete = False
 
         async def limited_receive() -> dict:
-            nonlocal received
-            message = await receive()
+            nonlocal received, complete
+            if complete:  # what comes after the body is the disconnect, whenever it comes
+                return await receive()
+            with anyio.move_on_after(self.idle_seconds) as idle:
+                message = await receive()
+            if idle.cancelled_caught:
+                raise HTTPException(408, f"the request body sent nothing for {self.idle_seconds:g} s")
+            complete = message["type"] != "http.request" or not message.get("more_body", False)
             received += len(message.get("body", b""))
             if received > limit:
                 raise HTTPException(PayloadTooLarge.status, f"the request body is over the limit of {limit} bytes")

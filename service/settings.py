@@ -36,6 +36,10 @@ class Settings(SharedSettings):
     allowed_hosts: str = ""
     # Connections and requests in flight per API process; beyond it uvicorn answers 503.
     max_connections: int = Field(1000, ge=1)
+    # A request body that sends nothing for this long before it is complete gets 408; a
+    # connection whose request headers are not complete this long after they began is closed.
+    body_idle_seconds: float = Field(30.0, gt=0)
+    header_seconds: float = Field(10.0, gt=0)
     # One explain request may cost this many forward-equivalents (files x steps, samples, masks
     # or channels; a backward counts as one); more is a 422 that gives the cost.
     max_explain_cost: int = Field(8192, ge=1)

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, UploadFile, status
+from fastapi import APIRouter, File, Form, Request, UploadFile, status
 from starlette.concurrency import run_in_threadpool
 
-from core import datasets
+from core import cancellation, datasets
 from core.storage import check_name
 from schemas.datasets import Dataset, DatasetList
 from service.auth import Caller, CallerDep
 from service.dependencies import SettingsDep, StorageDep
+from service.disconnects import client_watch
 from service.quotas import check_dataset_quota
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
@@ -19,6 +21,7 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
 @router.post("", response_model=Dataset, status_code=status.HTTP_201_CREATED)
 async def upload_dataset(
+    request: Request,
     storage: StorageDep, settings: SettingsDep, caller: CallerDep,
     file: Annotated[UploadFile, File(description=".zip or .tar.gz with one folder of images per class")],
     name: Annotated[str | None, Form(description="a name to show; default the id")] = None,
@@ -27,8 +30,13 @@ async def upload_dataset(
         check_name(name, "name")
     check_dataset_quota(caller, storage, settings)
     blob = await file.read()
-    return Dataset(**await run_in_threadpool(datasets.ingest_archive, blob, storage.datasets, name,
-                                             settings.archive_limits, caller.owner))
+
+    def ingest(gone: threading.Event) -> dict:
+        with cancellation.for_client(gone):
+            return datasets.ingest_archive(blob, storage.datasets, name, settings.archive_limits, caller.owner)
+
+    async with client_watch(request) as gone:
+        return Dataset(**await run_in_threadpool(ingest, gone))
 
 
 # Plain `def` from here on: these read and delete files, so FastAPI runs them in its thread pool.

@@ -4,6 +4,7 @@ a client that has gone away being dropped."""
 
 from __future__ import annotations
 
+import socket
 import time
 
 import httpx
@@ -106,3 +107,43 @@ def test_jobs_that_would_not_fit_in_a_worker_are_refused_with_the_estimate(tmp_p
         refused = api.post("/v1/jobs/activation-maximization", json=many)
         assert refused.status_code == 422 and "64 targets at 512 px would need about" in refused.json()["detail"]
         assert api.post("/v1/jobs/activation-maximization", json={**many, "size": 64}).status_code == 202
+
+
+def test_a_body_that_stalls_gets_408_and_frees_the_connection(tmp_path):
+    """A slow-body client: headers promise 1000 bytes, 10 arrive, then nothing."""
+    with LiveService(tmp_path, body_idle_seconds=1) as service:
+        with socket.create_connection(("127.0.0.1", service.port), timeout=30) as stalled:
+            stalled.sendall(b"POST /v1/models/efficientnet_lite0/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                            b"Content-Type: multipart/form-data; boundary=x\r\nContent-Length: 1000\r\n\r\n"
+                            + b"--x\r\nContent")
+            started = time.perf_counter()
+            answer = ""
+            while "}" not in answer:  # the status line and headers, then the problem's JSON
+                chunk = stalled.recv(65536).decode("latin-1")
+                assert chunk, answer
+                answer += chunk
+        assert answer.startswith("HTTP/1.1 408"), answer
+        assert "sent nothing for 1 s" in answer and time.perf_counter() - started < 10
+
+
+def test_a_slowloris_connection_is_closed_at_the_header_deadline(tmp_path):
+    """Headers trickle in a byte at a time; after the deadline the server hangs up, while a
+    normal request on another connection is answered throughout."""
+    with LiveService(tmp_path, header_seconds=2) as service:
+        with socket.create_connection(("127.0.0.1", service.port), timeout=30) as slow:
+            started = time.perf_counter()
+            closed_after = None
+            for byte in b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: " + b"a" * 100:
+                try:
+                    slow.sendall(bytes([byte]))
+                    assert httpx.get(f"{service.url}/healthz", timeout=5).status_code == 200
+                    slow.settimeout(0.5)
+                    if slow.recv(1) == b"":
+                        closed_after = time.perf_counter() - started
+                        break
+                except socket.timeout:
+                    continue
+                except (BrokenPipeError, ConnectionResetError):
+                    closed_after = time.perf_counter() - started
+                    break
+        assert closed_after is not None and 1.5 < closed_after < 6, closed_after

@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
 
 import pytest
 import torch
 
+from core import cancellation
+from core.datasets import ArchiveLimits, ingest_archive
 from core.errors import ModelNotReady, StorageFailed
 from core.models import registry as registry_module
 from core.models.registry import ModelRegistry
 from core.models.versions import save_onnx_version, versions
 from core.storage import Storage
+from support import shapes_archive
 
 
 @pytest.fixture
@@ -75,3 +79,12 @@ def test_an_out_of_memory_while_loading_is_not_remembered(tmp_path, monkeypatch)
     assert registry.status()["efficientnet_lite0"]["state"] != "failed"
     assert registry.get("efficientnet_lite0").spec.id == "efficientnet_lite0"
     assert len(calls) == 2
+
+
+def test_an_ingest_whose_client_has_gone_stops_and_leaves_nothing(tmp_path):
+    gone = threading.Event()
+    gone.set()
+    limits = ArchiveLimits(max_files=100, max_total_bytes=10**8, max_image_pixels=10**8)
+    with cancellation.for_client(gone), pytest.raises(cancellation.ClientGone):
+        ingest_archive(shapes_archive(per_class=3), tmp_path, None, limits)
+    assert list(tmp_path.iterdir()) == []

@@ -6,25 +6,14 @@ from __future__ import annotations
 import threading
 import time
 
-import pytest
-from fastapi.testclient import TestClient
 
 from core.explain import METHODS
-from service.app import create_app
-from service.settings import Settings
 from support import chelsea, encode, upload
+from tests.api.conftest import QUEUE_SECONDS
 from tests.conftest import MODEL
 from tests.held_method import HeldGradCAM
 
 EXPLAIN = f"/v1/models/{MODEL}/explain"
-QUEUE_SECONDS = 0.5
-
-
-@pytest.fixture(scope="module")
-def one_slot_client(data_dir):
-    settings = Settings(data_dir=data_dir, max_concurrent_explanations=1, explain_queue_seconds=QUEUE_SECONDS)
-    with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as client:
-        yield client
 
 
 def test_a_request_that_finds_every_slot_busy_gets_503(one_slot_client, monkeypatch):

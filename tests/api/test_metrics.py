@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -91,13 +90,6 @@ def test_request_ids_are_echoed_when_safe_and_generated_otherwise(client):
     assert "x-request-id" in client.get("/no/such/page").headers
     assert client.post(f"/v1/models/{MODEL}/predict", files=[upload(b"junk")],
                        headers={"X-Request-ID": "bad-file"}).headers["x-request-id"] == "bad-file"
-
-
-@pytest.fixture(scope="module")
-def one_slot_client(data_dir):
-    settings = Settings(data_dir=data_dir, max_concurrent_explanations=1, explain_queue_seconds=0.3)
-    with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as one_slot:
-        yield one_slot
 
 
 def test_slots_in_use_and_503s_on_an_app_of_its_own(one_slot_client, monkeypatch):

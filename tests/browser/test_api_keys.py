@@ -5,13 +5,12 @@ as a problem. Screenshots of the dialog land in test-output/screenshots/."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
 from schemas.api_keys import create_key
 from support import chelsea, encode
-from tests.browser.test_web_page import ARGS, CHROMIUM, LAPTOP, PHONE, PIXEL_DIFF, SHOTS
+from tests.browser.chromium import LAPTOP, PHONE, PIXEL_DIFF
 from tests.live_service import LiveService
 
 pytestmark = pytest.mark.browser
@@ -59,27 +58,10 @@ def keyed(tmp_path_factory, keys):
 
 
 @pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is not installed")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture(scope="module")
 def photo(tmp_path_factory):
     path = tmp_path_factory.mktemp("key-photos") / "chelsea.jpg"
     path.write_bytes(encode(chelsea()))
     return path
-
-
-@pytest.fixture(scope="module")
-def shots():
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    return SHOTS
 
 
 def new_page(browser, stored_key: str | None = None, viewport=LAPTOP, **options):

@@ -14,31 +14,10 @@ import pytest
 from PIL import Image
 
 from support import chelsea, coffee, encode
-from tests.live_service import ROOT, LiveService
+from tests.browser.chromium import LAPTOP, PHONE, PIXEL_DIFF
+from tests.live_service import LiveService
 
 pytestmark = pytest.mark.browser
-
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
-SHOTS = ROOT / "test-output" / "screenshots"
-LAPTOP = {"width": 1366, "height": 900}
-PHONE = {"width": 390, "height": 844}
-
-# Pixels of the explanation canvas against the original drawn at the same size: mean absolute difference.
-PIXEL_DIFF = """([canvasSelector, imageSelector]) => {
-  const canvas = document.querySelector(canvasSelector);
-  const image = document.querySelector(imageSelector);
-  const reference = document.createElement("canvas");
-  reference.width = canvas.width; reference.height = canvas.height;
-  const ctx = reference.getContext("2d");
-  ctx.drawImage(image, 0, 0, canvas.width, canvas.height);
-  const a = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
-  const b = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
-  let sum = 0;
-  for (let i = 0; i < a.length; i += 4) sum += Math.abs(a[i] - b[i]) + Math.abs(a[i + 1] - b[i + 1]) + Math.abs(a[i + 2] - b[i + 2]);
-  return sum / (a.length / 4 * 3);
-}"""
 
 CANVAS_SIGNATURE = """(selector) => {
   const canvas = document.querySelector(selector);
@@ -56,29 +35,12 @@ def service(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is not installed")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture(scope="module")
 def photos(tmp_path_factory):
     folder = tmp_path_factory.mktemp("photos")
     (folder / "chelsea.jpg").write_bytes(encode(chelsea()))
     (folder / "coffee.jpg").write_bytes(encode(coffee()))
     (folder / "broken.jpg").write_bytes(b"this is a text file, not a JPEG\n" * 4)
     return folder
-
-
-@pytest.fixture(scope="module")
-def shots():
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    return SHOTS
 
 
 @pytest.fixture

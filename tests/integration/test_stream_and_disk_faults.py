@@ -6,7 +6,6 @@ that leaves nothing behind."""
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 
 import pytest
@@ -16,6 +15,7 @@ from core.errors import GazerError, StorageFailed
 from support import shapes_archive
 from tests.integration.conftest import wait_for
 from tests.integration.test_jobs import long_maximization, submit
+from tests.small_disk import small_disk
 
 
 def events(lines) -> object:
@@ -59,15 +59,9 @@ def test_redis_stopped_under_an_event_stream_ends_it_with_a_problem(api, workers
 
 @pytest.fixture
 def tiny_disk(tmp_path):
-    """A 2 MiB tmpfs: a real full disk (needs root, as CI has)."""
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    yield mount_point
-    subprocess.run(["umount", str(mount_point)], check=True)
+    """A 2 MiB tmpfs: a real full disk."""
+    with small_disk(tmp_path / "disk", "2m") as mount_point:
+        yield mount_point
 
 
 def test_a_full_disk_during_a_dataset_ingest_is_a_507_and_leaves_nothing(tiny_disk):

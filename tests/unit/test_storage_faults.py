@@ -4,7 +4,6 @@ out-of-memory. Each ends in a clear error and leaves nothing half-written behind
 from __future__ import annotations
 
 import os
-import subprocess
 import threading
 import time
 
@@ -19,24 +18,19 @@ from core.models.registry import ModelRegistry
 from core.models.versions import save_onnx_version, versions
 from core.storage import Storage
 from support import shapes_archive
+from tests.small_disk import small_disk
 
 
 @pytest.fixture
-def small_disk(tmp_path):
-    """A 1 MiB tmpfs: a real full disk (needs root, as CI has)."""
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    yield mount_point
-    subprocess.run(["umount", str(mount_point)], check=True)
+def full_disk(tmp_path):
+    """A 1 MiB tmpfs: a real full disk."""
+    with small_disk(tmp_path / "disk", "1m") as mount_point:
+        yield mount_point
 
 
-def test_a_full_disk_during_a_version_save_is_a_clear_error_and_leaves_nothing(small_disk, tmp_path):
+def test_a_full_disk_during_a_version_save_is_a_clear_error_and_leaves_nothing(full_disk, tmp_path):
     spec = ModelRegistry(Storage(tmp_path / "spec-source"), max_loaded=1).spec("efficientnet_lite0")
-    models_dir = small_disk / "models"
+    models_dir = full_disk / "models"
     with pytest.raises(StorageFailed, match="could not save a version of 'efficientnet_lite0'.*No space"):
         save_onnx_version(models_dir, spec, b"\0" * 2_000_000)
     assert versions(models_dir, spec.id) == []

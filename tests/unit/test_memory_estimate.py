@@ -1,0 +1,20 @@
+"""The memory a job is estimated to need before it is queued: each part can push a job past
+what a worker has on its own."""
+
+from __future__ import annotations
+
+from core import memory
+
+
+def test_the_parts_of_a_fine_tune_estimate():
+    small = memory.training_bytes(images=100, classes=4, batch_size=8, input_size=224, resize_margin=32)
+    assert 2.0 * 1024**3 < small < 2.3 * 1024**3  # 1 GiB baseline, 20 MB of images, 1.2 GB of activations
+    many_classes = memory.training_bytes(images=100, classes=20_000, batch_size=8, input_size=224, resize_margin=32)
+    assert many_classes - small > 19 * 10**9  # a 20,000 x 20,000 confusion matrix, as a tensor and as JSON
+    many_images = memory.training_bytes(images=200_000, classes=4, batch_size=8, input_size=224, resize_margin=32)
+    assert many_images - small > 39 * 10**9  # every image preloaded as 256 x 256 x 3 bytes
+
+
+def test_activation_maximization_grows_with_targets_and_size():
+    assert memory.maximization_bytes(64, 512) > 16 * memory.maximization_bytes(4, 512) - 16 * 1024**3
+    assert memory.describe(memory.maximization_bytes(64, 512)) == "47.9 GiB"

@@ -202,7 +202,10 @@ class JobStore:
 
     def should_stop(self, job_id: str, worker: str) -> bool:
         """Whether the job running on `worker` must stop: cancelled, reaped as lost (its lease ran
-        out), or claimed again by another worker since."""
-        job = self.get(job_id)
-        return job["cancel_requested"] or job["state"] != "running" or \
-            self.redis.hget(_key(job_id), "worker") != worker
+        out), or claimed again by another worker since. One read per step; the whole record only
+        when the lease has run out (it is then reaped here, as any reader would)."""
+        state, cancel, claimed_by, beat = self.redis.hmget(
+            _key(job_id), ("state", "cancel_requested", "worker", "heartbeat_at"))
+        if state == "running" and time.time() - float(beat or 0) > self.lease_seconds:
+            state = self.get(job_id)["state"]
+        return cancel == "1" or state != "running" or claimed_by != worker

@@ -26,3 +26,14 @@ PIXEL_DIFF = """([canvasSelector, imageSelector]) => {
   for (let i = 0; i < a.length; i += 4) sum += Math.abs(a[i] - b[i]) + Math.abs(a[i + 1] - b[i + 1]) + Math.abs(a[i + 2] - b[i + 2]);
   return sum / (a.length / 4 * 3);
 }"""
+
+
+def start_flamingo_maximization(page) -> None:
+    """On the jobs view: submit the activation-maximization form for class 130 (flamingo), 6
+    steps at 64 px, small enough to end in seconds on a CPU."""
+    page.click('[data-jobform="activation-maximization"]')
+    form = page.locator("#maximize-form")
+    form.locator('[name="target.class"]').fill("130")
+    form.locator('[name="steps"]').fill("6")
+    form.locator('[name="size"]').fill("64")
+    form.locator("button[type=submit]").click()

@@ -10,7 +10,7 @@ import pytest
 
 from schemas.api_keys import create_key
 from support import chelsea, encode
-from tests.browser.chromium import LAPTOP, PHONE, PIXEL_DIFF
+from tests.browser.chromium import LAPTOP, PHONE, PIXEL_DIFF, start_flamingo_maximization
 from tests.live_service import LiveService
 
 pytestmark = pytest.mark.browser
@@ -134,12 +134,7 @@ def test_a_job_streams_progress_with_the_key_and_its_images_load(browser, keyed,
     try:
         page.goto(f"{keyed.url}/#jobs")
         page.wait_for_selector("body[data-ready=jobs]")
-        page.click('[data-jobform="activation-maximization"]')
-        form = page.locator("#maximize-form")
-        form.locator('[name="target.class"]').fill("130")
-        form.locator('[name="steps"]').fill("6")
-        form.locator('[name="size"]').fill("64")
-        form.locator("button[type=submit]").click()
+        start_flamingo_maximization(page)
         page.wait_for_selector(".job-card[data-live=true]")
         page.wait_for_selector('.job-card[data-state="succeeded"] .gallery-item img', timeout=90_000)
         sse = page.evaluate("window.__sse")

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from support import chelsea, coffee, encode
-from tests.browser.chromium import LAPTOP, PHONE, PIXEL_DIFF
+from tests.browser.chromium import LAPTOP, PHONE, PIXEL_DIFF, start_flamingo_maximization
 from tests.live_service import LiveService
 
 pytestmark = pytest.mark.browser
@@ -234,12 +234,7 @@ def test_fine_tune_from_the_form_shows_live_progress_then_plots(page, service, t
 def test_activation_maximization_results_show_as_a_gallery(page, service, shots):
     page.goto(f"{service.url}/#jobs")
     page.wait_for_selector("body[data-ready=jobs]")
-    page.click('[data-jobform="activation-maximization"]')
-    form = page.locator("#maximize-form")
-    form.locator('[name="target.class"]').fill("130")
-    form.locator('[name="steps"]').fill("6")
-    form.locator('[name="size"]').fill("64")
-    form.locator("button[type=submit]").click()
+    start_flamingo_maximization(page)
     page.wait_for_selector('.job-card[data-state="succeeded"] .gallery-item img', timeout=90_000)
     item = page.locator(".job-card .gallery-item").first
     assert "flamingo" in item.inner_text() and "activation" in item.inner_text()

@@ -62,6 +62,13 @@ def decode_png(blob: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(blob)))
 
 
+def decode_picture(blob: bytes, image_format: str) -> np.ndarray:
+    """An image file's pixels, checking that it is in `image_format` (PNG, JPEG or WEBP)."""
+    image = Image.open(io.BytesIO(blob))
+    assert image.format == image_format.upper(), f"{image.format} where {image_format} was expected"
+    return np.asarray(image)
+
+
 POINTING_GAME_BACKGROUNDS = ("plain", "noise")
 
 
@@ -164,4 +171,48 @@ def shapes_archive(per_class: int = 10, seed: int = 0, fmt: str = "zip", size: i
                 info = tarfile.TarInfo(name)
                 info.size = len(blob)
                 archive.addfile(info, io.BytesIO(blob))
+    return buffer.getvalue()
+
+
+EVIDENCE_COLOURS = {"disc": (220, 40, 40), "square": (40, 60, 220), "triangle": (40, 200, 60)}
+
+
+def evidence_left_image(kind: str, rng: np.random.Generator, size: int = 160,
+                        input_size: int = 128) -> tuple[Image.Image, int]:
+    """Noise with the class's shape somewhere in the left half of the model's centre crop (short
+    side to input_size + 32, crop input_size) and a distractor shape of a uniformly random class
+    (independent of the label) somewhere in the right half: only the left half tells the classes
+    apart. Returns the image and the x where the right half starts."""
+    from PIL import ImageDraw
+
+    crop = size * input_size / (input_size + 32)
+    low, high = int(np.ceil((size - crop) / 2)) + 2, int((size + crop) / 2) - 2
+    middle = int(round(size / 2))
+    image = Image.fromarray(rng.integers(90, 170, (size, size, 3), dtype=np.uint8))
+    draw = ImageDraw.Draw(image)
+    for shape, (x_low, x_high) in ((kind, (low, middle - 2)),
+                                   (SHAPE_CLASSES[int(rng.integers(len(SHAPE_CLASSES)))], (middle + 2, high))):
+        extent = int(rng.integers(int(crop * 0.22), int(crop * 0.35)))
+        left, top = int(rng.integers(x_low, x_high - extent + 1)), int(rng.integers(low, high - extent + 1))
+        box, colour = (left, top, left + extent, top + extent), EVIDENCE_COLOURS[shape]
+        if shape == "disc":
+            draw.ellipse(box, fill=colour)
+        elif shape == "square":
+            draw.rectangle(box, fill=colour)
+        else:
+            draw.polygon([(left, top + extent), (left + extent, top + extent), (left + extent // 2, top)], fill=colour)
+    return image, middle
+
+
+def evidence_left_archive(per_class: int, seed: int, size: int = 160, input_size: int = 128) -> bytes:
+    """A zip data set of `evidence_left_image`s, one folder per shape class."""
+    import zipfile
+
+    rng = np.random.default_rng(seed)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for kind in SHAPE_CLASSES:
+            for index in range(per_class):
+                archive.writestr(f"{kind}/{index:03d}.png",
+                                 encode(evidence_left_image(kind, rng, size, input_size)[0], "PNG"))
     return buffer.getvalue()

@@ -106,8 +106,18 @@ class Client:
 def running_server(port: int = 8765, checkout: Path | None = None) -> Iterator[Client]:
     """`python -m service` in a subprocess (same environment, so LD_PRELOAD carries over), from
     `checkout` (another worktree of the project) when given, else from this one."""
+    with running_server_process(port, checkout) as (port, _):
+        yield Client(port)
+
+
+@contextmanager
+def running_server_process(port: int = 8765, checkout: Path | None = None,
+                           **settings: str) -> Iterator[tuple[int, list[int]]]:
+    """As running_server, yielding the port and the server's pid; `settings`: GAZER_* variables
+    (lower-case names, as Settings spells them)."""
     data_dir = tempfile.mkdtemp(prefix="gazer-bench-")
-    env = {**os.environ, "PORT": str(port), "GAZER_DATA_DIR": data_dir}
+    env = {**os.environ, "PORT": str(port), "GAZER_DATA_DIR": data_dir,
+           **{f"GAZER_{name.upper()}": str(value) for name, value in settings.items()}}
     if checkout is not None:
         env["PYTHONPATH"] = str(checkout)
     log = open(Path(data_dir) / "server.log", "wb")
@@ -124,7 +134,8 @@ def running_server(port: int = 8765, checkout: Path | None = None) -> Iterator[C
             if time.time() > deadline or process.poll() is not None:
                 raise RuntimeError(f"the server did not become ready; its log: {log.name}")
             time.sleep(0.5)
-        yield client
+        client.connection.close()
+        yield port, [process.pid]
     finally:
         stop_process(process)
         log.close()

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from bench import activation_maximization, attention, explainers, faithfulness, fine_tuning, http_serving, \
-    large_photos, model_agnostic, own_models, pointing_game
+    large_photos, model_agnostic, own_models, pointing_game, sweep
 from bench.common import run_timed
 
 
 def main() -> None:
     for module in (http_serving, large_photos, explainers, own_models, model_agnostic, pointing_game, faithfulness,
-                   fine_tuning, activation_maximization, attention):
+                   fine_tuning, activation_maximization, attention, sweep):
         print(f"\n##### {module.__name__}")
         run_timed(module.main)
 

@@ -30,6 +30,11 @@ def for_client(gone: threading.Event) -> Iterator[None]:
         _gone.reset(token)
 
 
+def current() -> threading.Event | None:
+    """This block's event (see for_client), if any."""
+    return _gone.get()
+
+
 def check(gone: threading.Event | None = None) -> None:
     """Raises ClientGone once `gone` (by default this block's event, see for_client) is set."""
     gone = gone or _gone.get()

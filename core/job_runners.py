@@ -3,12 +3,14 @@ reporting through `progress(fraction, **details)` and stopping when `should_stop
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from core import memory
 from core.datasets import dataset_images, describe_dataset
+from core.dataset_explain.runner import explain_dataset, explain_dataset_config
 from core.errors import InvalidRequest
 from core.jobs import JobCancelled, Progress, ShouldStop
 from core.models.layers import targetable_layers
@@ -20,11 +22,14 @@ from core.runtime.devices import torch_device
 from core.storage import Storage, check_name
 from core.training.config import FineTuneConfig
 from core.training.finetune import fine_tune
+from core.training.lr_finder import lr_finder_result
+from core.training.report import validation_report, write_report
 from core.visualize.activation_max import maximize
 from core.visualize.config import MaximizationConfig
 
 FINE_TUNE = "fine-tune"
 ACTIVATION_MAXIMIZATION = "activation-maximization"
+EXPLAIN_DATASET = "explain-dataset"
 
 
 @dataclass
@@ -80,17 +85,36 @@ def run_fine_tune(job_id: str, params: dict[str, Any], progress: Progress, shoul
     check_fine_tune(config, context.registry, context.storage.datasets)
     base_spec, base_network = context.registry.load_network(config.base_model)
     classes, items = dataset_images(context.storage.datasets, config.dataset_id)
-    trained = fine_tune(config, base_spec, base_network, classes, items, progress, should_stop, torch_device(),
-                        context.max_image_pixels)
+    started = time.perf_counter()
+    trained = fine_tune(config, base_spec, base_network, classes, items, share_of(progress, 0.0, TRAINING_SHARE),
+                        should_stop, torch_device(), context.max_image_pixels)
+    training_seconds = time.perf_counter() - started
+    report = validation_report(config, trained.spec, trained.network, items, context.max_image_pixels,
+                               torch_device(), share_of(progress, TRAINING_SHARE, 1.0), should_stop)
     progress(1.0, phase="exporting")
     if should_stop():  # a job reaped as lost while it trained publishes nothing
         raise JobCancelled("the job was stopped before its model was published")
+    summary = write_report(report, context.storage.job_artifacts(job_id),
+                           lambda name: context.artifact_url(job_id, name))
     spec = context.registry.register_network(trained.spec, trained.network, trained.metrics)
     metrics = trained.metrics
-    return {"model": {"id": spec.id, "version": spec.version},
+    lr_finder = lr_finder_result(metrics, context.storage.job_artifacts(job_id),
+                                 lambda name: context.artifact_url(job_id, name))
+    return {"model": {"id": spec.id, "version": spec.version}, **lr_finder,
             "metrics": {key: metrics[key] for key in ("val_accuracy", "val_loss", "best_epoch", "per_class_accuracy",
                                                       "confusion_matrix", "classes", "history",
-                                                      "train_images_per_second", "stopped_early")}}
+                                                      "train_images_per_second", "stopped_early")},
+            "report": {**summary, "training_seconds": round(training_seconds, 3)}}
+
+
+TRAINING_SHARE = 0.9  # of a fine-tune's progress; its report takes the rest
+
+
+def share_of(progress: Progress, low: float, high: float) -> Progress:
+    """`progress` for one part of a job: its fractions 0..1 mapped onto low..high."""
+    def report(fraction: float, **details: Any) -> None:
+        progress(low + fraction * (high - low), **details)
+    return report
 
 
 def maximization_config(params: dict[str, Any]) -> MaximizationConfig:
@@ -118,7 +142,16 @@ def run_activation_maximization(job_id: str, params: dict[str, Any], progress: P
             "activation_per_step": result.history}
 
 
+def run_explain_dataset(job_id: str, params: dict[str, Any], progress: Progress, should_stop: ShouldStop,
+                        context: JobContext) -> dict[str, Any]:
+    config = explain_dataset_config(params)
+    return explain_dataset(config, context.registry.get(config.model), context.storage.datasets,
+                           context.storage.job_artifacts(job_id), lambda name: context.artifact_url(job_id, name),
+                           context.max_image_pixels, progress, should_stop)
+
+
 RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
     FINE_TUNE: run_fine_tune,
     ACTIVATION_MAXIMIZATION: run_activation_maximization,
+    EXPLAIN_DATASET: run_explain_dataset,
 }

@@ -13,5 +13,9 @@ class JobCancelled(Exception):
     """Raised inside a job body when its should_stop() said yes."""
 
 
-STATES = ("queued", "running", "succeeded", "failed", "cancelled")
-TERMINAL = ("succeeded", "failed", "cancelled")
+class JobPruned(Exception):
+    """Raised inside a sweep's trial when its sweep's pruner says it will not catch up."""
+
+
+STATES = ("queued", "running", "succeeded", "failed", "cancelled", "pruned")
+TERMINAL = ("succeeded", "failed", "cancelled", "pruned")

@@ -9,6 +9,9 @@ BUILTIN_MODELS = tuple(EFFICIENTNET_LITE_SIZES)
 DEFAULT_MODEL = "efficientnet_lite0"
 
 ATTENTION_KINDS = ("se", "spatial", "cbam")
+# An attention gate whose values over an image span less than this (max - min, in gate units)
+# is reported flat, and its map shown as zeros (core.explain.attention_map).
+FLAT_GATE_RANGE = 0.05
 
 # The architecture of a model served from an uploaded ONNX file alone (no torch network).
 ONNX_ARCHITECTURE = "onnx"
@@ -17,3 +20,6 @@ ONNX_ARCHITECTURE = "onnx"
 # classes; each model checks its own count), and the classes answered per image.
 MAX_INDEX = 100_000
 MAX_TOP_K = 1000
+
+# What explain can return: PNGs of the map alone and over the photo, and the raw map.
+OUTPUTS = ("heatmap", "overlay", "map")

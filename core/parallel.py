@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Sequence, TypeVar
 
 Item = TypeVar("Item")
@@ -42,6 +42,12 @@ def workers() -> int:
     """How many items parallel_map would run at once from here: 1 inside the pool itself,
     where waiting on the pool could deadlock it."""
     return 1 if getattr(_in_pool, "value", False) else cpu_count()
+
+
+def submit(function: Callable[[], Result]) -> Future:
+    """`function` on the shared pool: work that should not wait behind more threads than cores
+    (decoding a request's images while the model runs another batch)."""
+    return _pool().submit(function)
 
 
 def parallel_map(function: Callable[[Item], Result], items: Sequence[Item]) -> list[Result]:

@@ -56,6 +56,17 @@ def choices(annotation: Any) -> tuple[Any, ...] | None:
     return None
 
 
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def takes_numbers(annotation: Any) -> bool:
+    """Whether a field's annotation admits plain numbers (`float | Literal["auto"]`, say)."""
+    members = typing.get_args(annotation) if typing.get_origin(annotation) in (Union, types.UnionType) \
+        else (annotation,)
+    return any(member in (int, float) for member in members)
+
+
 def _nested_dataclass(annotation: Any) -> type | None:
     return annotation if isinstance(annotation, type) and dataclasses.is_dataclass(annotation) else None
 
@@ -88,11 +99,12 @@ def check_params(config: Any, prefix: str = "") -> None:
             check_params(value, name + ".")
             continue
         allowed = choices(annotations[field.name])
-        if allowed is not None and value is not None and value not in allowed:
+        if allowed is not None and value is not None and value not in allowed \
+                and not (takes_numbers(annotations[field.name]) and is_number(value)):
             raise InvalidRequest(f"{name} must be one of {', '.join(map(str, allowed))}; got {value!r}",
                                  field=name, valid=list(allowed))
-        if value is None:
-            continue
+        if value is None or (allowed is not None and value in allowed and not is_number(value)):
+            continue  # a word a number field also takes ("auto") has no bounds
         limits = bounds(field)
         size = len(value) if isinstance(value, (tuple, list, str)) else None
         for bound, limit in limits.items():

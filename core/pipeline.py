@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import threading
+from contextlib import nullcontext
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -11,16 +15,20 @@ import torch
 from PIL import Image
 
 from core import cancellation, imaging
-from core.png import encode_png
+from core.batching import Batcher
+from core.encoding import IMAGE_FORMATS, encode_image
 from core.errors import InvalidRequest, TargetOutOfRange, UnknownLayer, UnknownMethod, UnsupportedMethod
 from core.explain import METHODS
-from core.explain.base import Explanation, Method
+from core.explain.base import TOP_CLASS, Explanation, GateRange, LayerMethod, Method
 from core.explain.cam import FeatureSource
 from core.explain.faithfulness import DEFAULT_STEPS as FAITHFULNESS_STEPS
 from core.explain.faithfulness import Faithfulness, deletion_and_insertion
 from core.models.registry import LoadedModel
 from core.models.spec import ModelSpec
+from core.names import OUTPUTS
 from core.parallel import parallel_map
+from core.png import encode_png
+from core.runtime.devices import fast_layout, fast_math
 
 # Told each stage's wall time in seconds: preprocess, ort, explain:<method>, faithfulness, render.
 OnStage = Callable[[str, float], None]
@@ -43,10 +51,12 @@ class RenderedExplanation:
     target: Prediction
     layer: str | None
     heatmap_png: bytes | None
-    overlay_png: bytes | None
+    overlay: bytes | None           # in `overlay_format`
     map: list[list[float]] | None
     timings_ms: dict[str, float] = field(default_factory=dict)
     faithfulness: Faithfulness | None = None
+    gate: GateRange | None = None   # attention maps: the raw gate's range over the image
+    overlay_format: str = "jpeg"
 
 
 @dataclass
@@ -75,10 +85,28 @@ def predict(model: LoadedModel, images: list[Image.Image], top_k: int = 5,
     batch, _ = imaging.preprocess(images, model.spec, resize)
     preprocessed = time.perf_counter()
     on_stage("preprocess", preprocessed - started)
-    logits = model.predictor.logits(batch)
+    logits = onnx_run(model, ("logits",), batch)[0]
     on_stage("ort", time.perf_counter() - preprocessed)
-    probabilities = softmax(logits)
-    return [ImageResult(predictions) for predictions in top_predictions(probabilities, model.spec, top_k)]
+    return ranked(model, logits, top_k)
+
+
+def ranked(model: LoadedModel, logits: np.ndarray, top_k: int) -> list[ImageResult]:
+    return [ImageResult(predictions) for predictions in top_predictions(softmax(logits), model.spec, top_k)]
+
+
+def onnx_runs(model: LoadedModel) -> Batcher:
+    """The model's ONNX Runtime runs, batched across requests (keys: the outputs wanted)."""
+    return model.batcher("onnx", lambda outputs, batches: model.predictor.run_batches(outputs, batches))
+
+
+def submit_onnx(model: LoadedModel, outputs: tuple[str, ...], batch: np.ndarray,
+                gone: threading.Event | None = None) -> Future:
+    """A future of `outputs` (a list of arrays) for `batch`, run with other requests' inputs."""
+    return onnx_runs(model).submit(outputs, batch, len(batch), gone)
+
+
+def onnx_run(model: LoadedModel, outputs: tuple[str, ...], batch: np.ndarray) -> list[np.ndarray]:
+    return onnx_runs(model)(outputs, batch, len(batch))
 
 
 def _resolve_targets(targets: list[int] | None, count: int, spec: ModelSpec) -> torch.Tensor | None:
@@ -144,9 +172,6 @@ def explain_cost(model: LoadedModel, method_name: str, layer: str | None, option
     return images * (per_image + (2 * (FAITHFULNESS_STEPS + 1) if faithfulness else 0))
 
 
-OUTPUTS = ("heatmap", "overlay", "map")
-
-
 def _check_outputs(outputs: tuple[str, ...]) -> None:
     for output in outputs:
         if output not in OUTPUTS:
@@ -157,18 +182,23 @@ def explain(model: LoadedModel, images: list[Image.Image], method_name: str,
             targets: list[int] | None = None, layer: str | None = None,
             options: dict[str, object] | None = None, top_k: int = 5,
             outputs: tuple[str, ...] = ("heatmap", "overlay"), resize: str = "crop",
-            faithfulness: bool = False, on_stage: OnStage = _ignore) -> list[ImageResult]:
+            faithfulness: bool = False, on_stage: OnStage = _ignore,
+            overlay_format: str = "jpeg") -> list[ImageResult]:
     """`options`: the method's own (its `Options`); one it does not take is refused.
-    `outputs`: `heatmap` and `overlay` PNGs the image's size, `map` the raw [0, 1] map at
-    the explained layer's (or the input's) resolution. `resize`: see imaging.RESIZE_MODES.
+    `outputs`: `heatmap` (a grey PNG) and `overlay` (in `overlay_format`, see
+    encoding.IMAGE_FORMATS) the image's size, `map` the raw [0, 1] map at the explained
+    layer's (or the input's) resolution. `resize`: see imaging.RESIZE_MODES.
     `faithfulness`: each map's deletion and insertion scores, on ONNX Runtime."""
     method, checked, layer = _plan(model, method_name, layer, options)
     _check_outputs(outputs)
+    if overlay_format not in IMAGE_FORMATS:
+        raise InvalidRequest(f"unknown overlay_format {overlay_format!r}", field="overlay_format",
+                             valid=list(IMAGE_FORMATS))
     wanted = _resolve_targets(targets, len(images), model.spec)
     started = time.perf_counter()
     batch, boxes = imaging.preprocess(images, model.spec, resize)
     preprocessed = time.perf_counter()
-    result = _run_method(model, method, torch.from_numpy(batch), wanted, layer, checked)
+    result = _run_method(model, method_name, torch.from_numpy(batch), wanted, layer, checked)
     explained = time.perf_counter()
     maps, chosen = result.maps, result.targets.cpu().numpy()
     probabilities = softmax(result.logits.float().cpu().numpy())
@@ -184,12 +214,13 @@ def explain(model: LoadedModel, images: list[Image.Image], method_name: str,
 
     def render(index: int) -> ImageResult:
         started = time.perf_counter()
-        heatmap_png, overlay_png = _pictures(images[index], boxes[index], maps[index], outputs)
+        heatmap_png, overlay = _pictures(images[index], boxes[index], maps[index], outputs, overlay_format)
         target = int(chosen[index])
         return ImageResult(predictions[index], RenderedExplanation(
             method_name, Prediction(target, model.spec.labels[target], float(probabilities[index, target])),
-            layer, heatmap_png, overlay_png, np.round(maps[index], 4).tolist() if "map" in outputs else None,
-            {**timings, "render": (time.perf_counter() - started) * 1000}, scores[index]))
+            layer, heatmap_png, overlay, np.round(maps[index], 4).tolist() if "map" in outputs else None,
+            {**timings, "render": (time.perf_counter() - started) * 1000}, scores[index],
+            result.gates[index] if result.gates else None, overlay_format))
 
     rendering = time.perf_counter()
     results = parallel_map(render, range(len(images)))
@@ -197,27 +228,58 @@ def explain(model: LoadedModel, images: list[Image.Image], method_name: str,
     return results
 
 
-def _run_method(model: LoadedModel, method: Method, inputs: torch.Tensor, wanted: torch.Tensor | None,
+def _run_method(model: LoadedModel, method_name: str, inputs: torch.Tensor, wanted: torch.Tensor | None,
                 layer: str | None, options: dict[str, object]) -> Explanation:
-    spec = model.spec
+    spec, method = model.spec, METHODS[method_name]
     if method.takes_feature_source:
         # CAM from the ONNX Runtime forward that makes the prediction: no hooks, so no lock.
         return method(model.network, inputs, wanted, layer, classifier=spec.classifier_layer,
                       features=onnx_features(model))
     if method.model_agnostic:
-        # Scored on ONNX Runtime, whose sessions are thread-safe, and no hooks: no lock.
+        # Scored on ONNX Runtime (batched with other requests) with no hooks: no lock.
         return method(model.network, inputs, wanted, layer, score=onnx_scorer(model), input_mean=spec.mean,
                       input_std=spec.std, **options)
+    targets = wanted if wanted is not None else torch.full((len(inputs),), TOP_CLASS, dtype=torch.long)
+    channels = model.layers.get(layer, 0) if layer else 0
+    long = method.cost(options, spec.input_size, channels) > LONG_COST
+    key = (method_name, layer, json.dumps(options, sort_keys=True), long)
+    return torch_runs(model)(key, (inputs, targets), len(inputs))
+
+
+# Per image, in forward-equivalents: above it a method pauses between chunks for shorter work.
+LONG_COST = 8
+
+
+def torch_runs(model: LoadedModel) -> Batcher:
+    """The model's gradient explanations: requests with the same method, layer and options run
+    as one batch (each image keeps its own target); long ones pause for short ones."""
+    return model.batcher("torch", lambda key, payloads: _torch_batch(model, key, payloads),
+                         is_long=lambda key: key[3])
+
+
+def _torch_batch(model: LoadedModel, key: tuple, payloads: list[tuple[torch.Tensor, torch.Tensor]]) -> list[Explanation]:
+    method_name, layer, options, _ = key
+    method, spec = METHODS[method_name], model.spec
+    inputs, targets = torch.cat([inputs for inputs, _ in payloads]), torch.cat([targets for _, targets in payloads])
     extra: dict[str, object] = {}
     if method.scores_masked_inputs and model.device.type == "cpu":  # measured faster on CPU only
         extra["score"] = onnx_scorer(model)
-    with model.lock:
+    # bfloat16 on CUDA only where it keeps the map (within 0.02 for the CAM family; input
+    # gradients lose too much: tests/unit/test_gpu_paths.py)
+    faster = fast_math(model.device) if isinstance(method, LayerMethod) and method.needs_gradients else nullcontext()
+    with model.lock, faster:
         checking = model.network.register_forward_pre_hook(lambda module, args: cancellation.check())
         try:
-            return method(model.network, inputs.to(model.device), wanted, layer, input_mean=spec.mean,
-                          input_std=spec.std, classifier=spec.classifier_layer, **options, **extra)
+            result = method(model.network, fast_layout(inputs.to(model.device), model.device), targets, layer,
+                            input_mean=spec.mean, input_std=spec.std, classifier=spec.classifier_layer,
+                            **json.loads(options), **extra)
         finally:
             checking.remove()
+    ends = np.cumsum([len(inputs) for inputs, _ in payloads])[:-1].tolist()
+    return [Explanation(maps, logits, chosen, result.gates[start:start + len(maps)] if result.gates else None)
+            for start, maps, logits, chosen in
+            zip([0, *ends], np.split(result.maps, ends), torch.tensor_split(result.logits, ends),
+                torch.tensor_split(result.targets, ends))]
 
 
 def _faithfulness(model: LoadedModel, batch: np.ndarray, maps: np.ndarray, chosen: np.ndarray) -> list[Faithfulness]:
@@ -227,21 +289,21 @@ def _faithfulness(model: LoadedModel, batch: np.ndarray, maps: np.ndarray, chose
 
 
 def _pictures(image: Image.Image, box: imaging.CropBox, saliency: np.ndarray,
-              outputs: tuple[str, ...]) -> tuple[bytes | None, bytes | None]:
+              outputs: tuple[str, ...], overlay_format: str) -> tuple[bytes | None, bytes | None]:
     """The heatmap and overlay PNGs, where `outputs` asks for them."""
     if "heatmap" not in outputs and "overlay" not in outputs:
         return None, None
     heat = imaging.place_heatmap(saliency, box, image.width, image.height)
-    heatmap_png = encode_png(heat) if "heatmap" in outputs else None
-    overlay_png = encode_png(imaging.overlay(image, heat, box)) if "overlay" in outputs else None
-    return heatmap_png, overlay_png
+    heatmap_png = encode_png(heat, compact=True) if "heatmap" in outputs else None
+    overlay = encode_image(imaging.overlay(image, heat, box), overlay_format) if "overlay" in outputs else None
+    return heatmap_png, overlay
 
 
 def onnx_scorer(model: LoadedModel) -> Callable[[torch.Tensor], torch.Tensor]:
     """Logits of a batch from the model's ONNX Runtime session, for methods that only score."""
     def score(inputs: torch.Tensor) -> torch.Tensor:
         cancellation.check()
-        logits = model.predictor.logits(inputs.detach().float().cpu().numpy())
+        logits = onnx_run(model, ("logits",), inputs.detach().float().cpu().numpy())[0]
         return torch.from_numpy(logits).to(inputs.device)
     return score
 
@@ -250,6 +312,6 @@ def onnx_features(model: LoadedModel) -> FeatureSource:
     """Logits and the last feature map from the model's ONNX Runtime session (for CAM)."""
     def forward(inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cancellation.check()
-        logits, features = model.predictor.logits_and_features(inputs.numpy())
+        logits, features = onnx_run(model, ("logits", "features"), inputs.numpy())
         return torch.from_numpy(logits), torch.from_numpy(features)
     return forward

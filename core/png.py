@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 
+import deflate
 import numpy as np
 from isal import isal_zlib
 
@@ -20,6 +21,7 @@ _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _COLOUR_TYPES = {1: 0, 3: 2}  # channels -> PNG colour type (grey, RGB)
 _MIN_STRIP_BYTES = 1 << 20  # smaller strips cost more to hand over (and contend with ORT) than they save
 _ADLER_BASE = 65521
+_COMPACT_MAX_BYTES = 4 << 20  # beyond it compact costs over 30 ms: the fast path instead
 
 
 def _chunk(kind: bytes, payload: bytes) -> bytes:
@@ -54,8 +56,9 @@ def zlib_stream(data: bytes, strips: int) -> bytes:
     return b"\x78\x01" + b"".join(body for body, _ in pieces) + struct.pack(">I", checksum)
 
 
-def encode_png(pixels: np.ndarray) -> bytes:
-    """(h, w) or (h, w, 3) uint8 array -> PNG bytes."""
+def encode_png(pixels: np.ndarray, compact: bool = False) -> bytes:
+    """(h, w) or (h, w, 3) uint8 array -> PNG bytes. `compact`: deflated by libdeflate at level 6
+    (up to _COMPACT_MAX_BYTES): a 512 x 512 heatmap in 17 KB instead of 25, for about 2 ms more."""
     if pixels.dtype != np.uint8 or pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] != 3):
         raise ValueError("encode_png takes a uint8 array of shape (h, w) or (h, w, 3)")
     height, width = pixels.shape[:2]
@@ -67,6 +70,8 @@ def encode_png(pixels: np.ndarray) -> bytes:
     filtered[0, 1:] = rows[0]
     np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])
     header = struct.pack(">IIBBBBB", width, height, 8, _COLOUR_TYPES[channels], 0, 0, 0)
-    strips = max(1, min(workers(), filtered.nbytes // _MIN_STRIP_BYTES))
-    return (_SIGNATURE + _chunk(b"IHDR", header)
-            + _chunk(b"IDAT", zlib_stream(filtered.tobytes(), strips)) + _chunk(b"IEND", b""))
+    if compact and filtered.nbytes <= _COMPACT_MAX_BYTES:
+        stream = deflate.zlib_compress(filtered.tobytes(), 6)
+    else:
+        stream = zlib_stream(filtered.tobytes(), max(1, min(workers(), filtered.nbytes // _MIN_STRIP_BYTES)))
+    return _SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", stream) + _chunk(b"IEND", b"")

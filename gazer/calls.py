@@ -113,13 +113,14 @@ def predict(images: ImageInput | Iterable[ImageInput], model: str = DEFAULT_MODE
 def explain(images: ImageInput | Iterable[ImageInput], model: str = DEFAULT_MODEL, method: str | None = None,
             target: int | list[int] | None = None, layer: str | None = None, top_k: int | None = None,
             resize: str | None = None, faithfulness: bool | None = None, outputs: Iterable[str] | None = None,
-            **options: Any) -> Call[ExplainResponse]:
-    """`options`: the method's own (steps, baseline, samples, noise, window, stride, masks, seed,
-    cells, p); GET /docs lists which method takes which."""
+            overlay_format: str | None = None, **options: Any) -> Call[ExplainResponse]:
+    """`overlay_format`: jpeg (the server's default), png or webp. `options`: the method's own
+    (steps, baseline, samples, noise, window, stride, masks, seed, cells, p); GET /docs lists
+    which method takes which."""
     files = [image_file(image, index) for index, image in enumerate(_images(images))]
     data = _given(method=method, target=[target] if isinstance(target, int) else target, layer=layer,
                   top_k=top_k, resize=resize, faithfulness=faithfulness,
-                  outputs=list(outputs) if outputs is not None else None, **options)
+                  outputs=list(outputs) if outputs is not None else None, overlay_format=overlay_format, **options)
     return Call("POST", f"/v1/models/{_segment(model)}/explain", _reader(ExplainResponse), data=data, files=files)
 
 

@@ -10,7 +10,7 @@ import time
 import types
 import typing
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Annotated, Any, Callable, Literal, Sequence
 
 import httpx
 from tqdm import tqdm
@@ -80,12 +80,32 @@ def _boolean(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
 
 
+def _first_that_parses(parsers: list[Callable[[str], Any]], kinds: list) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        for parser, (_, choices) in zip(parsers, kinds):
+            try:
+                value = parser(text)
+            except (ValueError, argparse.ArgumentTypeError):
+                continue
+            if choices is None or value in choices:
+                return value
+        raise argparse.ArgumentTypeError(f"not a value this flag takes: {text!r}")
+    return parse
+
+
 def flag_type(annotation: Any) -> tuple[Callable[[str], Any], tuple | None] | None:
     """(parser, choices) for a scalar field type; None for nested models (set with --set)."""
     origin = typing.get_origin(annotation)
+    if origin is Annotated:  # a bounded number: the server checks the bounds
+        return flag_type(typing.get_args(annotation)[0])
     if origin in (typing.Union, types.UnionType):
         options = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
-        return flag_type(options[0]) if len(options) == 1 else None
+        if len(options) == 1:
+            return flag_type(options[0])
+        kinds = [flag_type(option) for option in options]
+        if all(kind is not None for kind in kinds):  # such as a number or "auto"
+            return _first_that_parses([parse for parse, _ in kinds], kinds), None
+        return None
     if origin is Literal:
         choices = typing.get_args(annotation)
         return type(choices[0]), choices
@@ -132,14 +152,18 @@ def cmd_predict(client: Client, args: argparse.Namespace) -> int:
 def cmd_explain(client: Client, args: argparse.Namespace) -> int:
     outputs = ["overlay"] + (["heatmap"] if args.heatmap else [])
     answer = client.explain(Path(args.image), args.model, args.method, args.target, args.layer, outputs=outputs,
-                            **key_values(args.option, "--option"))
+                            overlay_format="png", **key_values(args.option, "--option"))
     explanation = answer.results[0].explanation
-    Path(args.output).write_bytes(explanation.overlay or b"")
+    Path(args.output).write_bytes(explanation.overlay_image or b"")
     if args.heatmap:
         Path(args.heatmap).write_bytes(explanation.heatmap or b"")
     target = explanation.target
     print(f"{explanation.method}: class {target.index} {target.label} (p={target.probability:.4f}), "
           f"layer {explanation.layer or '-'}, {explanation.timings_ms.get('model', 0):.0f} ms -> {args.output}")
+    if explanation.gate is not None:
+        gate = explanation.gate
+        print(f"gate {gate.min:.3f}..{gate.max:.3f} (mean {gate.mean:.3f})"
+              + (": flat, so the map is all zeros" if gate.flat else ""))
     return 0
 
 
@@ -153,7 +177,7 @@ def cmd_compare(client: Client, args: argparse.Namespace) -> int:
             .results[0].explanation
         target = explanation.target.index  # every tile explains the first one's class
         milliseconds = explanation.timings_ms.get("model", 0.0)
-        tiles.append(grid.Tile(explanation.overlay or b"", f"{method}  {milliseconds:.0f} ms"))
+        tiles.append(grid.Tile(explanation.overlay_image or b"", f"{method}  {milliseconds:.0f} ms"))
         print(f"{method}: class {target} {explanation.target.label}, {milliseconds:.0f} ms")
     grid.grid(tiles).save(args.output, format="PNG")
     print(f"-> {args.output}")

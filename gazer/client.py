@@ -79,8 +79,9 @@ class Client:
                 method: str | None = None, target: int | list[int] | None = None, layer: str | None = None,
                 top_k: int | None = None, resize: str | None = None, faithfulness: bool | None = None,
                 outputs: Iterable[str] | None = None, **options: Any) -> ExplainResponse:
-        """Each result's `explanation.heatmap` / `.overlay` are PNG bytes, `.map_array` the raw
-        map as a numpy array (with outputs including "map")."""
+        """Each result's `explanation.heatmap` is PNG bytes, `.overlay_image` the overlay file's
+        bytes (JPEG unless `overlay_format` says otherwise), `.map_array` the raw map as a numpy
+        array (with outputs including "map")."""
         return self._send(calls.explain(images, model, method, target, layer, top_k, resize, faithfulness,
                                         outputs, **options))
 

@@ -18,9 +18,9 @@ class Explanation(wire.Explanation):
         return base64.b64decode(self.heatmap_png) if self.heatmap_png is not None else None
 
     @property
-    def overlay(self) -> bytes | None:
-        """The overlay PNG file's bytes (asked for with outputs=overlay, a default)."""
-        return base64.b64decode(self.overlay_png) if self.overlay_png is not None else None
+    def overlay_image(self) -> bytes | None:
+        """The overlay file's bytes, in `overlay_format` (asked for with outputs=overlay, a default)."""
+        return base64.b64decode(self.overlay) if self.overlay is not None else None
 
     @property
     def map_array(self) -> np.ndarray | None:

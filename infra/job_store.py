@@ -55,14 +55,17 @@ class JobStore:
     def from_url(cls, url: str, lease_seconds: float) -> "JobStore":
         return cls(redis.Redis.from_url(url, decode_responses=True), lease_seconds)
 
-    def create(self, job_type: str, params: dict[str, Any], owner: str | None = None) -> dict[str, Any]:
-        """A `queued` record, in one transaction with its index entry. `owner`: the API key id."""
+    def create(self, job_type: str, params: dict[str, Any], owner: str | None = None,
+               parent: str | None = None) -> dict[str, Any]:
+        """A `queued` record, in one transaction with its index entry. `owner`: the API key id;
+        `parent`: the job that made this one (a sweep, for its trials)."""
         job_id = uuid.uuid4().hex
         now = time.time()
         with self.redis.pipeline(transaction=True) as writes:
             writes.hset(_key(job_id), mapping={
                 "id": job_id, "type": job_type, "state": "queued", "params": json.dumps(params),
                 "progress": json.dumps({"fraction": 0.0}), "created_at": now, "attempts": 0, "owner": owner or "",
+                "parent": parent or "",
             })
             writes.zadd(_INDEX, {job_id: now})
             writes.execute()
@@ -93,7 +96,7 @@ class JobStore:
     @staticmethod
     def _decode(raw: dict[str, str]) -> dict[str, Any]:
         job: dict[str, Any] = {"id": raw["id"], "type": raw["type"], "state": raw["state"],
-                               "owner": raw.get("owner") or None,
+                               "owner": raw.get("owner") or None, "parent": raw.get("parent") or None,
                                "attempts": int(raw.get("attempts", 0)),
                                "cancel_requested": raw.get("cancel_requested") == "1"}
         for name in ("params", "progress", "result", "error"):
@@ -103,7 +106,7 @@ class JobStore:
         return job
 
     def list(self, state: str | None = None, job_type: str | None = None, limit: int = 100,
-             owner: str | None = None) -> list[dict[str, Any]]:
+             owner: str | None = None, parent: str | None = None) -> list[dict[str, Any]]:
         """Newest first (only `owner`'s when given); the index is read 100 jobs at a time, their
         records in one round trip."""
         if state is not None and state not in STATES:
@@ -121,7 +124,7 @@ class JobStore:
                     continue
                 job = self._current(job_id, raw)
                 if (state is None or job["state"] == state) and (job_type is None or job["type"] == job_type) \
-                        and (owner is None or job["owner"] == owner):
+                        and (owner is None or job["owner"] == owner) and (parent is None or job["parent"] == parent):
                     jobs.append(job)
         return jobs[:limit]
 

@@ -7,14 +7,20 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
+from core.dataset_explain.config import ExplainDatasetConfig
 from core.jobs import STATES, TERMINAL
 from core.names import MAX_INDEX
+from core.sweeps import SweepConfig
 from core.training.config import FineTuneConfig
 from core.visualize.config import MaximizationConfig, Target
 from schemas.params import wire_model
 
 FineTuneRequest = wire_model(FineTuneConfig, "FineTuneRequest")
+SweepRequest = wire_model(SweepConfig, "SweepRequest", overrides={"base": FineTuneRequest})
 Index = Annotated[int, Field(ge=0, lt=MAX_INDEX)]
+OptionName = Annotated[str, Field(max_length=64)]
+ExplainDatasetRequest = wire_model(ExplainDatasetConfig, "ExplainDatasetRequest",
+                                   overrides={"options": dict[OptionName, bool | int | float | str]})
 
 
 class MaximizationTarget(wire_model(Target, "TargetFields",  # type: ignore[misc]
@@ -50,6 +56,7 @@ class Job(BaseModel):
     result: dict[str, Any] | None
     error: dict[str, Any] | None
     params: dict[str, Any]
+    parent: str | None = None
     attempts: int
     cancel_requested: bool
     created_at: float
@@ -58,7 +65,7 @@ class Job(BaseModel):
 
     @property
     def finished(self) -> bool:
-        """Succeeded, failed or cancelled: the record will not change again."""
+        """Succeeded, failed, cancelled or pruned: the record will not change again."""
         return self.state in TERMINAL
 
 

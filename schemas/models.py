@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.names import DEFAULT_MODEL  # noqa: F401  (the clients' default, from its one place)
+from core.names import FLAT_GATE_RANGE
 
 
 class ModelRef(BaseModel):
@@ -35,18 +38,31 @@ class FaithfulnessScores(BaseModel):
     steps: int
 
 
+class GateRange(BaseModel):
+    min: float = Field(description="the smallest gate value over the image (a multiplier of the features)")
+    max: float
+    mean: float
+    flat: bool = Field(description=f"max - min < {FLAT_GATE_RANGE}: the gate barely varies, and the map is "
+                                   "all zeros instead of stretched noise")
+
+
 class Explanation(BaseModel):
     method: str
     target: Prediction
     layer: str | None = Field(description="the layer explained; null for input-gradient methods")
     heatmap_png: str | None = Field(description="base64 8-bit grey PNG, the uploaded image's size; "
                                                 "255 = most important, 0 outside the model's centre crop")
-    overlay_png: str | None = Field(description="base64 PNG: the colour-mapped heatmap blended over the image")
+    overlay: str | None = Field(description="base64 image in `overlay_format`: the colour-mapped heatmap blended "
+                                            "over the uploaded image, the image's size")
+    overlay_format: Literal["jpeg", "png", "webp"] | None = Field(description="the overlay's format; null without one")
     map: list[list[float]] | None = Field(None, description="with outputs=map: the raw [0, 1] map at the "
                                                              "explained layer's or the input's resolution")
     faithfulness: FaithfulnessScores | None = Field(None, description="with faithfulness=true: deletion and "
                                                                       "insertion (Petsiuk et al. 2018)")
     timings_ms: dict[str, float]
+    gate: GateRange | None = Field(None, description="attention maps: the raw gate's range over the image, before "
+                                                     "the map is scaled to [0, 1] (residual gates: 1 = unchanged, "
+                                                     "up to 2; sigmoid gates: 0 to 1); null for other methods")
 
 
 class ExplainResult(BaseModel):

@@ -4,7 +4,9 @@ default or a bound is written once."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import types
+import typing
+from typing import Annotated, Any, Union
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
@@ -34,6 +36,12 @@ def wire_model(config: type, name: str, base: type[BaseModel] = Strict,
                        and issubclass(annotation, BaseModel) else factory}
         else:
             default = {}
-        fields[field.name] = (annotation, Field(**default, description=doc(field) or None, **bounds(field)))
+        limits = bounds(field)
+        if limits and typing.get_origin(annotation) in (Union, types.UnionType):
+            # `float | Literal["auto"]`: the bounds are the number's
+            annotation = Union[tuple(Annotated[member, Field(**limits)] if member in (int, float) else member
+                                     for member in typing.get_args(annotation))]
+            limits = {}
+        fields[field.name] = (annotation, Field(**default, description=doc(field) or None, **limits))
     generated_doc = (config.__doc__ or "").startswith(config.__name__ + "(")  # dataclasses write one
     return create_model(name, __base__=base, __doc__=None if generated_doc else config.__doc__, **fields)

@@ -1,18 +1,31 @@
 """`python -m service`: serve the API with uvicorn on $HOST:$PORT (default 127.0.0.1:8000);
 GAZER_ACCESS_LOG=0 turns the per-request access log off. Logs are JSON lines (infra.logs).
-Without API keys it listens on loopback only, unless GAZER_ALLOW_OPEN=1 says otherwise."""
+Without API keys it listens on loopback only, unless GAZER_ALLOW_OPEN=1 says otherwise.
+
+GAZER_API_PROCESSES=N serves the port from N uvicorn processes (uvicorn's supervisor restarts one
+that dies). They share one Redis: GAZER_REDIS_URL, else an embedded redis-server started here, once,
+not by each; and one PROMETHEUS_MULTIPROC_DIR (a fresh folder unless given), so that /metrics
+answered by any of them counts the requests of all."""
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
+import shutil
 import sys
+import tempfile
+from contextlib import ExitStack, contextmanager, nullcontext
+from typing import Iterator
 
 import uvicorn
 
+from core.storage import Storage
+from infra.embedded_redis import EmbeddedRedis
 from infra.logs import configure_logging, logging_config
-from service.http_protocol import with_header_deadline
 from service.settings import Settings
+
+log = logging.getLogger("gazer.service")
 
 
 def is_loopback(host: str) -> bool:
@@ -33,6 +46,23 @@ def refusal(settings: Settings, host: str) -> str | None:
     return None
 
 
+@contextmanager
+def shared_by_processes(settings: Settings) -> Iterator[None]:
+    """What N API processes must share, set in the environment they inherit: one Redis, and one
+    folder for their metrics files: a fresh one (prometheus-client wants it empty at start), removed
+    at the end, unless PROMETHEUS_MULTIPROC_DIR names one."""
+    with ExitStack() as stack:
+        if not settings.redis_url:
+            embedded = stack.enter_context(EmbeddedRedis(Storage(settings.data_dir).redis))
+            os.environ["GAZER_REDIS_URL"] = embedded.url
+            log.info("embedded redis-server at %s for %d API processes", embedded.url, settings.api_processes)
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            folder = tempfile.mkdtemp(prefix="gazer-metrics-")
+            stack.callback(shutil.rmtree, folder, ignore_errors=True)
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+        yield
+
+
 def main() -> None:
     configure_logging()  # uvicorn applies the same config again; this covers what comes before it
     settings = Settings()
@@ -40,11 +70,16 @@ def main() -> None:
     if (why := refusal(settings, host)) is not None:
         print(why, file=sys.stderr)
         sys.exit(2)
-    uvicorn.run("service.app:create_app", factory=True, host=host,
-                port=int(os.environ.get("PORT", "8000")), log_level="info", log_config=logging_config(),
-                access_log=os.environ.get("GAZER_ACCESS_LOG", "1") != "0",
-                limit_concurrency=settings.max_connections, timeout_keep_alive=5,
-                http=with_header_deadline(settings.header_seconds))
+    processes = settings.api_processes
+    with shared_by_processes(settings) if processes > 1 else nullcontext():
+        uvicorn.run("service.app:create_app", factory=True, host=host, workers=processes,
+                    port=int(os.environ.get("PORT", "8000")), log_level="info", log_config=logging_config(),
+                    access_log=os.environ.get("GAZER_ACCESS_LOG", "1") != "0",
+                    limit_concurrency=settings.max_connections, timeout_keep_alive=5,
+                    # by name: worker processes import it (a class made in a function cannot be sent)
+                    http="service.http_protocol:FROM_SETTINGS",
+                    # a process loading its models answers the supervisor's pings late
+                    timeout_worker_healthcheck=60)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,11 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
 from infra.embedded_redis import EmbeddedRedis
+from core.batching import Batching
 from core.errors import GazerError
 from core.models.registry import ModelRegistry
 from core.storage import Storage
+from service.admission import ModelQueues
 from service.auth import KeyStore, requires
 from service.errors import PROBLEM_RESPONSES, install_error_handlers
 from service.limits import RequestSizeLimit
@@ -37,9 +39,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         storage = Storage(settings.data_dir)
-        registry = ModelRegistry(storage, settings.max_loaded_models, resident=(settings.default_model,))
+        registry = ModelRegistry(storage, settings.max_loaded_models, resident=(settings.default_model,),
+                                 batching=Batching(settings.max_batch, settings.batch_wait_ms / 1000,
+                                                   lambda runtime, images: app.state.metrics.run_size.labels(
+                                                       runtime).observe(images)),
+                                 onnx_fp16=settings.onnx_fp16)
         app.state.registry = registry
         app.state.explanation_slots = anyio.Semaphore(settings.max_concurrent_explanations)
+        app.state.model_queues = ModelQueues(settings.max_queued_per_model)
         app.state.upload_slots = anyio.Semaphore(1)
         with ExitStack() as on_shutdown:  # also unwinds what started if a later step fails
             redis_url = settings.redis_url

@@ -82,13 +82,23 @@ async def taken(slots: anyio.Semaphore, wait_seconds: float, busy: str) -> Async
 
 @asynccontextmanager
 async def explanation_slot(request: Request) -> AsyncIterator[None]:
-    """One of the app's explanation slots (`max_concurrent_explanations`)."""
-    settings: Settings = request.app.state.settings
-    async with taken(request.app.state.explanation_slots, settings.explain_queue_seconds,
-                     f"all {settings.max_concurrent_explanations} explanation slots stayed busy for "
-                     f"{settings.explain_queue_seconds:g} s; retry later"):
+    """One of the app's explanation slots (`max_concurrent_explanations`), or 503 at once."""
+    slots: anyio.Semaphore = request.app.state.explanation_slots
+    try:
+        slots.acquire_nowait()
+    except anyio.WouldBlock:
+        raise ServiceBusy(f"all {request.app.state.settings.max_concurrent_explanations} explanation slots are "
+                          f"busy; retry later", headers={"Retry-After": "1"}) from None
+    try:
         with request.app.state.metrics.explain_slots_in_use.track_inprogress():
             yield
+    finally:
+        slots.release()
+
+
+def admitted(request: Request, model: LoadedModel):
+    """A place in the model's bounded queue, or 503 with Retry-After at once."""
+    return request.app.state.model_queues.admitted(model.spec.ref)
 
 
 def upload_slot(request: Request):

@@ -44,3 +44,14 @@ def with_header_deadline(seconds: float) -> type[HttpToolsProtocol]:
             super().connection_lost(exc)
 
     return HeaderDeadlineProtocol
+
+
+def __getattr__(name: str) -> type[HttpToolsProtocol]:
+    """`service.http_protocol:FROM_SETTINGS`, the protocol with GAZER_HEADER_SECONDS' deadline, built
+    when it is imported by name: what uvicorn's worker processes receive (a class made in a function
+    cannot be sent to them)."""
+    if name == "FROM_SETTINGS":
+        from service.settings import Settings
+
+        return with_header_deadline(Settings().header_seconds)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

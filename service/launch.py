@@ -1,6 +1,8 @@
 """`make run`: the whole service in one command: Redis (embedded unless GAZER_REDIS_URL is
 set), one Celery worker and the API, supervised: a child that dies (killed for memory, say) is
-started again with backoff while the others keep serving. Ctrl-C stops them together."""
+started again with backoff while the others keep serving. Ctrl-C stops them together.
+GAZER_API_PROCESSES=N: the API child serves the port from N processes (service/__main__.py),
+all on the Redis started here, which their environment names."""
 
 from __future__ import annotations
 

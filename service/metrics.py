@@ -57,8 +57,14 @@ class Metrics:
         self.inference = Histogram("gazer_inference_seconds", "Inference time by model and stage (decode, "
                                    "preprocess, ort, explain:<method>, faithfulness, render)",
                                    ["model", "stage"], buckets=_SECONDS, registry=registry)
+        # with several API processes, one series per process (label `pid`): who answered how many
+        self.answered = Gauge("gazer_http_requests_answered", "HTTP requests answered by this API process",
+                              multiprocess_mode="all", registry=registry)
         self.batch_size = Histogram("gazer_batch_size", "Images per request", ["endpoint"], buckets=_IMAGES,
                                     registry=registry)
+        self.run_size = Histogram("gazer_model_run_images", "Images per model run, requests batched together "
+                                  "(onnx: predictions, CAM and scoring; torch: gradient explanations)", ["runtime"],
+                                  buckets=_IMAGES, registry=registry)
         self.explain_slots_in_use = Gauge("gazer_explain_slots_in_use", "Explanation slots taken",
                                           multiprocess_mode="livesum", registry=registry)
         slots = Gauge("gazer_explain_slots", "Explanation slots in all", multiprocess_mode="livesum",
@@ -82,6 +88,7 @@ class Metrics:
         method = method if method in _METHODS else "other"
         self.requests.labels(route, method, str(status)).inc()
         self.latency.labels(route, method).observe(seconds)
+        self.answered.inc()
         if status == 503:
             self.unavailable.labels(route).inc()
 

@@ -20,8 +20,14 @@ def media_qualities(accept: str) -> dict[str, float]:
     return qualities
 
 
-def prefers_png(accept: str) -> bool:
-    """Whether an Accept header asks for image/png (q above 0) at least as much as for JSON."""
+def preferred_image(accept: str, media_types: dict[str, str]) -> str | None:
+    """The key of `media_types` (format -> media type) that an Accept header asks for most, if
+    it asks for one (q above 0) at least as much as for JSON; ties go to the first listed."""
     qualities = media_qualities(accept)
-    png = qualities.get("image/png", 0.0)
-    return png > 0 and png >= qualities.get("application/json", 0.0)
+    json_quality = qualities.get("application/json", 0.0)
+    best, best_quality = None, 0.0
+    for name, media_type in media_types.items():
+        quality = qualities.get(media_type, 0.0)
+        if quality > best_quality and quality >= json_quality:
+            best, best_quality = name, quality
+    return best

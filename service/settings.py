@@ -6,8 +6,7 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
-from core.names import DEFAULT_MODEL
-from core.pipeline import OUTPUTS
+from core.names import DEFAULT_MODEL, OUTPUTS
 from infra.settings import SharedSettings
 
 
@@ -20,9 +19,19 @@ class Settings(SharedSettings):
     max_file_bytes: int = 20 * 1024 * 1024
     max_request_pixels: int = 160_000_000  # all images of one request: about 480 MB decoded
     max_files: int = 64
-    # Explanations running at once (per model they take turns); others wait this long for a
-    # turn, then get 503, so a pile of slow ones cannot hold every worker thread.
-    max_concurrent_explanations: int = Field(4, ge=1)
+    # Requests in flight per model version (decoding, queued or running); beyond it 503 with
+    # Retry-After at once, so that admitted requests are answered in bounded time.
+    max_queued_per_model: int = Field(64, ge=1)
+    # Explanations in flight at once over all models; beyond it 503 at once.
+    max_concurrent_explanations: int = Field(32, ge=1)
+    # Concurrent requests' images run together, up to this many per model run; an idle model
+    # runs what it has at once, unless batch_wait_ms asks it to wait for more.
+    max_batch: int = Field(32, ge=1, le=1024)
+    batch_wait_ms: float = Field(0.0, ge=0, le=1000)
+    # On a GPU, built-in models predict from a float16 ONNX export (agreeing with torch within
+    # core.models.onnx_export.FP16_AGREEMENT_TOLERANCE); ignored on the CPU.
+    onnx_fp16: bool = False
+    # How long a model upload waits for the one upload slot before 503.
     explain_queue_seconds: float = Field(60.0, gt=0)
     # What explain returns when a request names no `outputs` (JSON, e.g. ["heatmap"]).
     explain_outputs: tuple[str, ...] = ("heatmap", "overlay")
@@ -36,6 +45,8 @@ class Settings(SharedSettings):
     allowed_hosts: str = ""
     # Connections and requests in flight per API process; beyond it uvicorn answers 503.
     max_connections: int = Field(1000, ge=1)
+    # uvicorn processes serving one port; each loads its own models and keeps its own limits.
+    api_processes: int = Field(1, ge=1, le=64)
     # A request body that sends nothing for this long before it is complete gets 408; a
     # connection whose request headers are not complete this long after they began is closed.
     body_idle_seconds: float = Field(30.0, gt=0)
@@ -43,6 +54,9 @@ class Settings(SharedSettings):
     # One explain request may cost this many forward-equivalents (files x steps, samples, masks
     # or channels; a backward counts as one); more is a 422 that gives the cost.
     max_explain_cost: int = Field(8192, ge=1)
+    # One explain-dataset job may cost this many (its images x the cost of one; each image is held
+    # to max_explain_cost as well).
+    max_explain_job_cost: int = Field(2_000_000, ge=1)
     # Token buckets per client (key, or address when open): requests, and explain compute.
     requests_per_second: float = Field(100.0, gt=0)
     request_burst: int = Field(500, ge=1)

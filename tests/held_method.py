@@ -9,13 +9,16 @@ from core.explain.gradcam import GradCAM
 
 
 class HeldGradCAM(GradCAM):
-    """Grad-CAM that says when it has started and waits to be released before computing."""
+    """Grad-CAM that says when it has started and waits to be released before computing; it
+    records the images of each run."""
 
     def __init__(self) -> None:
         self.started = threading.Event()
         self.release = threading.Event()
+        self.batches: list[int] = []
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, model, inputs, *args, **kwargs):
+        self.batches.append(len(inputs))
         self.started.set()
         assert self.release.wait(timeout=120), "the test never released the held explanation"
-        return super().__call__(*args, **kwargs)
+        return super().__call__(model, inputs, *args, **kwargs)

@@ -9,6 +9,7 @@ from core.models.registry import ModelRegistry
 from core.storage import Storage
 from infra.celery_config import RUN_JOB_TASK, celery_config
 from infra.job_store import JobStore
+from infra.sweeps import SweepHost
 from schemas.jobs import artifact_url
 from worker import tasks
 from worker.metrics import WorkerMetrics
@@ -22,9 +23,10 @@ def create_celery(settings: WorkerSettings, metrics: WorkerMetrics | None = None
     context = JobContext(storage, ModelRegistry(storage, settings.max_loaded_models), settings.max_image_pixels, artifact_url)
     store = JobStore.from_url(settings.redis_url, settings.job_lease_seconds)
     metrics = metrics or WorkerMetrics()
+    sweeps = SweepHost(store, lambda job_id: app.send_task(RUN_JOB_TASK, args=[job_id]), settings.redis_url)
 
     @app.task(name=RUN_JOB_TASK)
     def run_job(job_id: str) -> str:
-        return tasks.run_job(job_id, store, context, metrics)
+        return tasks.run_job(job_id, store, context, metrics, sweeps)
 
     return app

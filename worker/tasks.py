@@ -5,15 +5,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable
+from functools import partial
+from typing import Any, Callable
 
 import redis
 
 from core.errors import GazerError
-from core.job_runners import RUNNERS, JobContext
-from core.jobs import JobCancelled
+from core.job_runners import FINE_TUNE, RUNNERS, JobContext
+from core.jobs import JobCancelled, JobPruned
+from core.sweep_trials import run_trial
+from core.sweeps import SWEEP
 from infra import logs
 from infra.job_store import JobStore
+from infra.sweeps import SweepHost, run_sweep
 from schemas.problems import problem
 from worker.metrics import WorkerMetrics
 from worker.presence import worker_name
@@ -55,7 +59,15 @@ def _stop_check(store: JobStore, job_id: str, worker: str) -> Callable[[], bool]
     return should_stop
 
 
-def run_job(job_id: str, store: JobStore, context: JobContext, metrics: WorkerMetrics) -> str:
+def _runner(job: dict, sweeps: SweepHost) -> Callable[..., dict[str, Any]]:
+    if job["type"] == SWEEP:
+        return partial(run_sweep, host=sweeps)
+    if job["type"] == FINE_TUNE and "trial" in job["params"]:
+        return partial(run_trial, report_epoch=sweeps.report_epoch)
+    return RUNNERS[job["type"]]
+
+
+def run_job(job_id: str, store: JobStore, context: JobContext, metrics: WorkerMetrics, sweeps: SweepHost) -> str:
     token = logs.job_id.set(job_id)
     try:
         worker = worker_name()
@@ -63,9 +75,22 @@ def run_job(job_id: str, store: JobStore, context: JobContext, metrics: WorkerMe
             log.info("job %s is not queued any more (cancelled, running elsewhere or done); skipped", job_id)
             return "skipped"
         job = store.get(job_id)
+        run = partial(_run_measured, job, store, context, worker, metrics, _runner(job, sweeps))
+        if job["type"] == SWEEP:  # it waits on its trials: on a thread, so this worker's one slot runs them
+            threading.Thread(target=run, name=f"sweep-{job_id}", daemon=True).start()
+            return "detached"
+        return run()
+    finally:
+        logs.job_id.reset(token)
+
+
+def _run_measured(job: dict, store: JobStore, context: JobContext, worker: str, metrics: WorkerMetrics,
+                  runner: Callable[..., dict[str, Any]]) -> str:
+    token = logs.job_id.set(job["id"])
+    try:
         started = time.perf_counter()
         with metrics.running.track_inprogress():
-            state = _run(job, store, context, worker)
+            state = _run(job, store, context, worker, runner)
         metrics.record(job["type"], state, time.perf_counter() - started)
         return state
     finally:
@@ -91,17 +116,19 @@ def _end(store: JobStore, job_id: str, state: str, **fields: object) -> str:
     return state
 
 
-def _run(job: dict, store: JobStore, context: JobContext, worker: str) -> str:
+def _run(job: dict, store: JobStore, context: JobContext, worker: str, runner: Callable[..., dict[str, Any]]) -> str:
     """Runs a claimed job to its end; the state it ended in."""
     job_id = job["id"]
     stop = threading.Event()
     beating = threading.Thread(target=_heartbeat, args=(store, job_id, stop), daemon=True)
     beating.start()
     try:
-        result = RUNNERS[job["type"]](
-            job_id, job["params"], _progress_report(store, job_id), _stop_check(store, job_id, worker), context)
+        result = runner(job_id, job["params"], _progress_report(store, job_id), _stop_check(store, job_id, worker),
+                        context)
     except JobCancelled:
         return _end(store, job_id, "cancelled")
+    except JobPruned as pruned:
+        return _end(store, job_id, "pruned", result={"pruned": str(pruned)})
     except GazerError as error:
         return _end(store, job_id, "failed",
                     error=problem(error.status, error.code, error.detail).model_dump(exclude_none=True))

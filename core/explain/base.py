@@ -21,11 +21,22 @@ from core.explain.baselines import make_baseline
 from core.params import check_params
 
 
+@dataclass(frozen=True)
+class GateRange:
+    """An attention gate's raw values over one image, before any scaling; `flat`: so nearly
+    uniform that its map is shown as zeros instead of stretched noise."""
+    min: float
+    max: float
+    mean: float
+    flat: bool
+
+
 @dataclass
 class Explanation:
     maps: np.ndarray        # (batch, h, w) float32 in [0, 1], at layer or input resolution
     logits: torch.Tensor    # (batch, classes) from the explained forward pass
     targets: torch.Tensor   # (batch,) class explained for each image
+    gates: list[GateRange] | None = None  # attention maps only: each image's raw gate
 
 
 class _Captured:
@@ -69,13 +80,18 @@ def capture(model: nn.Module, layer: str, start_grad_here: bool = False) -> Iter
         handle.remove()
 
 
+TOP_CLASS = -1  # as a target: the image's own top class (requests batched together may mix both)
+
+
 def resolve_targets(logits: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
-    """The given targets (checked against the logits), else each image's top class."""
+    """The given targets (checked against the logits), else each image's top class; a target
+    of TOP_CLASS is that image's top class."""
     if targets is None:
         return logits.argmax(dim=1)
-    if targets.numel() and (targets.min() < 0 or targets.max() >= logits.shape[1]):
+    if targets.numel() and (targets.min() < TOP_CLASS or targets.max() >= logits.shape[1]):
         raise TargetOutOfRange(f"targets must be class indices 0..{logits.shape[1] - 1}", field="target")
-    return targets.to(logits.device)
+    targets = targets.to(logits.device)
+    return torch.where(targets == TOP_CLASS, logits.argmax(dim=1), targets)
 
 
 def target_score(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from core.batching import pause_point
 from core.explain.base import InputMethod, check_range, forward_logits, input_gradients, resolve_targets
 from core.explain.baselines import Baseline, make_baseline
 from core.params import param
@@ -53,6 +54,7 @@ class IntegratedGradients(InputMethod):
         delta = inputs - baseline
         summed = torch.zeros_like(inputs)
         for start in range(0, image_index.numel(), internal_batch_size):
+            pause_point()
             images = image_index[start:start + internal_batch_size]
             points = step_index[start:start + internal_batch_size]
             path = baseline[images] + alphas[points, None, None, None] * delta[images]

@@ -8,6 +8,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from core.batching import pause_point
 from core.explain.base import LayerMethod, check_range
 
 
@@ -29,6 +30,7 @@ class ScoreCAM(LayerMethod):
         with torch.no_grad():
             for image in range(inputs.shape[0]):
                 for start in range(0, activations.shape[1], batch_size):
+                    pause_point()
                     # masks for this slice of channels only: all of them at once would take
                     # channels x H x W floats per image (1280 x 224 x 224 = 257 MB)
                     masks = F.interpolate(activations[image, start:start + batch_size, None],

@@ -9,6 +9,7 @@ from typing import Iterator
 
 import torch
 
+from core.batching import pause_point
 from core.explain.base import InputMethod, check_range, forward_logits, input_gradients, resolve_targets
 from core.params import param
 
@@ -53,6 +54,7 @@ class SmoothGrad(InputMethod):
         summed = torch.zeros_like(inputs)
         draws = noise_draws(inputs, samples, noise, seed)
         while batch := list(itertools.islice(draws, internal_batch_size)):
+            pause_point()
             images = torch.tensor([image for image, _ in batch], device=inputs.device)
             noisy = inputs[images] + torch.stack([draw for _, draw in batch]).to(inputs.device)
             gradients, _, _ = input_gradients(model, noisy, targets[images])

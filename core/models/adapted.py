@@ -15,12 +15,13 @@ state dict loads as it is, and layers are named as the user knows them (`layer4`
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 
 import torch
 from torch import nn
 
-from core.attention import make_attention
+from core.attention import choose_points, make_attention
 from core.errors import InvalidRequest
 from core.models.anatomy import Anatomy
 from core.models.layers import Run, trace
@@ -114,7 +115,8 @@ def new_head(in_features: int, num_classes: int, hidden: int, dropout: float) ->
 
 def adapt(architecture: str, num_classes: int, input_size: int, head_hidden: int = 0,
           dropout: float | None = None, attention: str = "none", attention_stages: int = 1,
-          network: nn.Module | None = None) -> nn.Module:
+          network: nn.Module | None = None, *, attention_gate: str = "residual",
+          attention_stride: int | None = None) -> nn.Module:
     """The architecture's own module (its layer names and state-dict keys unchanged), with
     `num_classes` outputs and its `anatomy`. Without `dropout` or `head_hidden` the classifier
     becomes a plain `nn.Linear`; with them (fine-tuning), the head from `new_head`. Attention
@@ -135,8 +137,10 @@ def adapt(architecture: str, num_classes: int, input_size: int, head_hidden: int
     cam_layer = _cam_layer(network, runs)
     blocks = _blocks(network, runs, cam_layer)
     stages = _stages(blocks, runs)
-    points = [(stage[0], runs[stage[0]].shape[1]) for stage in stages][:attention_stages] if attention != "none" else []
-    network.attention = nn.ModuleDict({_point_name(block): make_attention(attention, channels)
+    candidates = [(stage[0], runs[stage[0]].shape[1], _stride(input_size, runs[stage[0]].shape[-1]))
+                  for stage in stages]
+    points = choose_points(candidates, attention_stages, attention_stride) if attention != "none" else []
+    network.attention = nn.ModuleDict({_point_name(block): make_attention(attention, channels, gate=attention_gate)
                                        for block, channels in points})
     for block, _ in points:
         network.get_submodule(block).register_forward_hook(_attend(network.attention[_point_name(block)]))
@@ -149,6 +153,11 @@ def _attend(module: nn.Module):
     def hook(block: nn.Module, inputs: object, output: torch.Tensor) -> torch.Tensor:
         return module(output)
     return hook
+
+
+def _stride(input_size: int, side: int) -> int:
+    """The power of two nearest input_size / side (299 px Inception: 8 x 8 is stride 32)."""
+    return 2 ** round(math.log2(input_size / side))
 
 
 def _point_name(block: str) -> str:

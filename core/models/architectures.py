@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from core.attention import make_attention
+from core.attention import choose_points, make_attention
 from core.models.adapted import adapt
 from core.models.anatomy import Anatomy
 from core.names import EFFICIENTNET_LITE_SIZES
@@ -22,7 +22,8 @@ class EfficientNetLite(nn.Module):
     `stem`, `blocks.0` .. `blocks.N`, `head` (last feature map), `classifier`."""
 
     def __init__(self, architecture: str, num_classes: int, input_size: int, head_hidden: int = 0,
-                 dropout: float | None = None, attention: str = "none", attention_stages: int = 1) -> None:
+                 dropout: float | None = None, attention: str = "none", attention_stages: int = 1, *,
+                 attention_gate: str = "residual", attention_stride: int | None = None) -> None:
         super().__init__()
         from efficientnet_lite_pytorch import EfficientNet
 
@@ -39,8 +40,9 @@ class EfficientNetLite(nn.Module):
         self.classifier = nn.Linear(head_hidden or features, num_classes)
         self.drop_connect_rate = net._global_params.drop_connect_rate
         self.attention = nn.ModuleDict({
-            point: make_attention(attention, channels)
-            for point, channels in self.attention_points()[:attention_stages]} if attention != "none" else {})
+            point: make_attention(attention, channels, gate=attention_gate)
+            for point, channels in choose_points(self.attention_points(), attention_stages, attention_stride)
+        } if attention != "none" else {})
 
     def block_stages(self) -> list[list[int]]:
         """Block indices grouped into stages (runs of blocks with the same output channels), top
@@ -53,10 +55,14 @@ class EfficientNetLite(nn.Module):
             stages[-1].append(index)
         return stages
 
-    def attention_points(self) -> list[tuple[str, int]]:
-        """Where attention can go, top first: after the head, then after each block stage."""
-        return [("after_head", self.head[0].out_channels)] + [
-            (f"after_block_{stage[0]}", self.blocks[stage[0]]._block_args.output_filters)
+    def attention_points(self) -> list[tuple[str, int, int]]:
+        """Where attention can go, top first: after the head, then after each block stage; with
+        each point's channels and stride."""
+        strides = [self.stem[0].stride[0]]
+        for block in self.blocks:
+            strides.append(strides[-1] * block._depthwise_conv.stride[0])
+        return [("after_head", self.head[0].out_channels, strides[-1])] + [
+            (f"after_block_{stage[0]}", self.blocks[stage[0]]._block_args.output_filters, strides[stage[0] + 1])
             for stage in self.block_stages()]
 
     @property
@@ -108,8 +114,11 @@ class EfficientNetLite(nn.Module):
 
 
 def build_network(architecture: str, num_classes: int, input_size: int, head_hidden: int = 0,
-                  dropout: float | None = None, attention: str = "none", attention_stages: int = 1) -> nn.Module:
+                  dropout: float | None = None, attention: str = "none", attention_stages: int = 1, *,
+                  attention_gate: str = "residual", attention_stride: int | None = None) -> nn.Module:
+    """`attention_gate`: core.attention.GATE_FORMS; `attention_stride`: see core.attention.choose_points."""
     if architecture in EFFICIENTNET_LITE_SIZES:
         return EfficientNetLite(architecture, num_classes, input_size, head_hidden, dropout, attention,
-                                attention_stages)
-    return adapt(architecture, num_classes, input_size, head_hidden, dropout, attention, attention_stages)
+                                attention_stages, attention_gate=attention_gate, attention_stride=attention_stride)
+    return adapt(architecture, num_classes, input_size, head_hidden, dropout, attention, attention_stages,
+                 attention_gate=attention_gate, attention_stride=attention_stride)

@@ -1,7 +1,9 @@
-"""Export a network to ONNX once per weights digest, and check it agrees with torch."""
+"""Export a network to ONNX once per weights digest, and check it agrees with torch; optionally
+in float16 for GPUs."""
 
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
 import warnings
@@ -15,6 +17,9 @@ from core.explain.base import capture
 from core.models.spec import ModelSpec
 
 AGREEMENT_TOLERANCE = 1e-4  # times max(1, the largest |logit|)
+# The float16 export against float32 torch, in the same units: float16 keeps 11 bits of mantissa.
+# EfficientNet-Lite0 measured 2.1e-2 on max_logit_difference's random input, 3.9e-3 on photos.
+FP16_AGREEMENT_TOLERANCE = 5e-2
 
 
 class _LogitsAndFeatures(nn.Module):
@@ -31,20 +36,35 @@ class _LogitsAndFeatures(nn.Module):
         return logits, captured.activation
 
 
-def onnx_path(cache_dir: Path, spec: ModelSpec) -> Path:
-    return cache_dir / f"{spec.id}-v{spec.version}-{spec.weights_digest[:16]}-{spec.input_size}.onnx"
+class _HalfPrecision(nn.Module):
+    """The same graph computed in float16 (a float16 copy of the network), with float32 input and
+    outputs: what the API sends and reads stays as it is."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.inner = _LogitsAndFeatures(copy.deepcopy(network).cpu().half())  # traced on the CPU
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, features = self.inner(x.half())
+        return logits.float(), features.float()
 
 
-def ensure_onnx(network: nn.Module, spec: ModelSpec, cache_dir: Path) -> Path:
-    """Return the cached ONNX file for this spec's weights, exporting it first if needed."""
-    path = onnx_path(cache_dir, spec)
+def onnx_path(cache_dir: Path, spec: ModelSpec, half: bool = False) -> Path:
+    suffix = "-fp16" if half else ""
+    return cache_dir / f"{spec.id}-v{spec.version}-{spec.weights_digest[:16]}-{spec.input_size}{suffix}.onnx"
+
+
+def ensure_onnx(network: nn.Module, spec: ModelSpec, cache_dir: Path, half: bool = False) -> Path:
+    """Return the cached ONNX file for this spec's weights (computing in float16 when `half`),
+    exporting it first if needed."""
+    path = onnx_path(cache_dir, spec, half)
     if path.exists():
         return path
     cache_dir.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=cache_dir, suffix=".onnx.partial")
     os.close(handle)
     try:
-        export_onnx(network, spec.input_size, Path(temporary))
+        export_onnx(network, spec.input_size, Path(temporary), half)
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
@@ -52,9 +72,11 @@ def ensure_onnx(network: nn.Module, spec: ModelSpec, cache_dir: Path) -> Path:
     return path
 
 
-def export_onnx(network: nn.Module, input_size: int, path: Path) -> None:
+def export_onnx(network: nn.Module, input_size: int, path: Path, half: bool = False) -> None:
+    """`half`: weights and activations in float16 (for GPUs; agrees within FP16_AGREEMENT_TOLERANCE),
+    input and outputs float32 all the same."""
     example = torch.zeros(1, 3, input_size, input_size)
-    wrapper = _LogitsAndFeatures(network).eval()
+    wrapper = (_HalfPrecision(network) if half else _LogitsAndFeatures(network)).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(

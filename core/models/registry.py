@@ -7,10 +7,12 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 from dataclasses import dataclass, field
+from typing import Callable, Hashable
 
 import torch
 from torch import nn
 
+from core.batching import Batcher, Batching, RunBatch
 from core.attention import attention_modules, spatial_gates
 from core.errors import Conflict, GazerError, InvalidRequest, ModelNotReady, UnknownModel
 from core.explain import supported_methods
@@ -18,9 +20,10 @@ from core.models import catalog, versions
 from core.names import BUILTIN_MODELS, ONNX_ARCHITECTURE
 from core.models.architectures import build_network
 from core.models.layers import targetable_layers
-from core.models.onnx_export import AGREEMENT_TOLERANCE, ensure_onnx, max_logit_difference
+from core.models.onnx_export import (AGREEMENT_TOLERANCE, FP16_AGREEMENT_TOLERANCE, ensure_onnx,
+                                     max_logit_difference)
 from core.models.spec import ModelSpec
-from core.runtime.devices import torch_device
+from core.runtime.devices import fast_layout, torch_device
 from core.runtime.onnx_predictor import OnnxPredictor
 from core.storage import Storage, check_name
 
@@ -37,8 +40,22 @@ class LoadedModel:
     methods: list[str]
     attention: list[str]
     spatial_gates: list[str]
-    # Explainers attach hooks to `network`; one request at a time may hold them.
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    batching: Batching = field(default_factory=Batching)
+    # Explainers attach hooks to `network`; one batch at a time may hold them (reentrant: a
+    # short batch may run inside a long one's pause, on the same thread).
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    _batchers: dict[str, Batcher] = field(default_factory=dict)
+    _batchers_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def batcher(self, kind: str, run: RunBatch, is_long: Callable[[Hashable], bool] = lambda key: False) -> Batcher:
+        """This model's batcher of `kind` (`run` and `is_long` are used when it is first made)."""
+        with self._batchers_lock:
+            if kind not in self._batchers:
+                observe = self.batching.observe
+                self._batchers[kind] = Batcher(f"{self.spec.ref} {kind}", run, self.batching.max_batch,
+                                               self.batching.wait_seconds, is_long,
+                                               (lambda images: observe(kind, images)) if observe else None)
+            return self._batchers[kind]
 
 
 def parse_ref(ref: str) -> tuple[str, int | None]:
@@ -53,7 +70,8 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
 
 def build_for(spec: ModelSpec) -> nn.Module:
     return build_network(spec.architecture, spec.num_classes, spec.input_size, spec.head_hidden, spec.dropout,
-                         spec.attention_type, spec.attention_stages)
+                         spec.attention_type, spec.attention_stages, attention_gate=spec.attention_gate,
+                         attention_stride=spec.attention_stride)
 
 
 class ModelRegistry:
@@ -62,8 +80,13 @@ class ModelRegistry:
     version, else its newest version that loads. At most `max_loaded` models stay loaded; the
     least recently used goes first, except those named in `resident` (the default model)."""
 
-    def __init__(self, storage: Storage, max_loaded: int, resident: tuple[str, ...] = ()) -> None:
+    def __init__(self, storage: Storage, max_loaded: int, resident: tuple[str, ...] = (),
+                 batching: Batching = Batching(), onnx_fp16: bool = False) -> None:
+        """`onnx_fp16`: on a GPU, built-in models predict from a float16 ONNX export (checked
+        against torch within FP16_AGREEMENT_TOLERANCE instead of AGREEMENT_TOLERANCE)."""
         self.storage = storage
+        self.batching = batching
+        self.onnx_fp16 = onnx_fp16
         self.max_loaded = max_loaded
         self.resident = resident
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
@@ -193,15 +216,17 @@ class ModelRegistry:
             self._store(self._onnx_only(spec))
             return
         spec, network = self.load_network(spec.ref)
+        device = torch_device()
+        half = self.onnx_fp16 and device.type == "cuda" and spec.id in BUILTIN_MODELS
         if spec.id in BUILTIN_MODELS:
-            onnx_file = ensure_onnx(network, spec, self.storage.onnx_cache)
+            onnx_file = ensure_onnx(network, spec, self.storage.onnx_cache, half=half)
         else:
             onnx_file = versions.version_dir(self.storage.models, spec.id, spec.version) / versions.ONNX
         predictor = OnnxPredictor(onnx_file)
-        device = torch_device()
-        network = network.to(device)
+        network = fast_layout(network.to(device), device)
         try:
-            check_agreement(network, predictor, spec.input_size)
+            check_agreement(network, predictor, spec.input_size,
+                            FP16_AGREEMENT_TOLERANCE if half else AGREEMENT_TOLERANCE)
         except ModelNotReady as refused:
             self._failures[spec.ref] = refused.detail
             log.error("model %s: %s", spec.ref, refused.detail)
@@ -209,7 +234,8 @@ class ModelRegistry:
         layers = targetable_layers(network, spec.input_size)
         gates = spatial_gates(network)
         methods = supported_methods(spec.linear_head, bool(gates), gradients=True)
-        self._store(LoadedModel(spec, network, predictor, layers, device, methods, attention_modules(network), gates))
+        self._store(LoadedModel(spec, network, predictor, layers, device, methods, attention_modules(network), gates,
+                                self.batching))
         log.info("model %s loaded (providers %s)", spec.ref, predictor.providers)
 
     def _store(self, model: LoadedModel) -> None:
@@ -219,7 +245,7 @@ class ModelRegistry:
     def _onnx_only(self, spec: ModelSpec) -> LoadedModel:
         onnx_file = versions.version_dir(self.storage.models, spec.id, spec.version) / versions.ONNX
         return LoadedModel(spec, None, OnnxPredictor(onnx_file), {}, torch.device("cpu"),
-                           supported_methods(False, False, gradients=False), [], [])
+                           supported_methods(False, False, gradients=False), [], [], self.batching)
 
     def register_network(self, spec: ModelSpec, network: nn.Module, metrics: dict | None = None) -> ModelSpec:
         """Publish a new version of `spec.id` with its ONNX export, unless its torch and ONNX
@@ -274,13 +300,14 @@ class ModelRegistry:
         return {model_id: self.state(model_id) for model_id in self.model_ids()}
 
 
-def check_agreement(network: nn.Module, predictor: OnnxPredictor, input_size: int) -> float:
+def check_agreement(network: nn.Module, predictor: OnnxPredictor, input_size: int,
+                    tolerance: float = AGREEMENT_TOLERANCE) -> float:
     """The largest torch-vs-ONNX Runtime logit difference, or ModelNotReady saying why it is
     too large (NaN or infinite logits count as disagreeing)."""
     difference, largest = max_logit_difference(network, predictor, input_size)
     if difference == float("inf"):
         raise ModelNotReady("its logits are NaN or infinite; not served")
-    if difference > AGREEMENT_TOLERANCE * max(1.0, largest):
+    if difference > tolerance * max(1.0, largest):
         raise ModelNotReady(f"torch and ONNX Runtime logits differ by {difference:.2e} (tolerance "
-                            f"{AGREEMENT_TOLERANCE:.0e} x {max(1.0, largest):.3g}, the largest logit); not served")
+                            f"{tolerance:.0e} x {max(1.0, largest):.3g}, the largest logit); not served")
     return difference

@@ -28,6 +28,10 @@ class ModelSpec:
     dropout: float | None = None
     attention_type: str = "none"   # none | se | spatial | cbam (core.attention)
     attention_stages: int = 1       # after the last feature stage, or after each of the top N
+    # The gate form its attention weights were trained with (core.attention.GATE_FORMS): specs
+    # written before the residual form existed have none, and mean the sigmoid gate.
+    attention_gate: str = "sigmoid"
+    attention_stride: int | None = None  # only at stages of this stride (core.attention.choose_points)
     # Set for fine-tuned models: what they were trained from.
     base_model: str | None = None
     # The logits are `classifier_layer` applied to the global average of `cam_layer` (CAM works).

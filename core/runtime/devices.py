@@ -1,8 +1,14 @@
-"""Where torch and ONNX Runtime run: the GPU when there is one, else the CPU (decided here only)."""
+"""Where torch and ONNX Runtime run: the GPU when there is one, else the CPU (decided here only),
+and the faster arithmetic and memory layout used on the GPU."""
 
 from __future__ import annotations
 
+import contextlib
+from typing import ContextManager, TypeVar
+
 import torch
+
+Movable = TypeVar("Movable", torch.Tensor, torch.nn.Module)
 
 
 def torch_device() -> torch.device:
@@ -15,3 +21,20 @@ def onnx_providers() -> list[str]:
     available = onnxruntime.get_available_providers()
     preferred = [name for name in ("CUDAExecutionProvider",) if name in available]
     return preferred + ["CPUExecutionProvider"]
+
+
+def fast_math(device: torch.device) -> ContextManager[object]:
+    """On CUDA, bfloat16 autocast: convolutions and matmuls on tensor cores, while autocast keeps
+    reductions, softmax and losses in float32 (bfloat16 has float32's range, so gradients need no
+    scaler). Elsewhere nothing changes: CPU results stay exactly what they were."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def fast_layout(value: Movable, device: torch.device) -> Movable:
+    """On CUDA, channels_last (NHWC), the layout cuDNN's tensor-core convolutions want: a module
+    is converted in place, a 4-d tensor copied. Elsewhere `value` itself."""
+    if device.type != "cuda" or (isinstance(value, torch.Tensor) and value.dim() != 4):
+        return value
+    return value.to(memory_format=torch.channels_last)

@@ -12,6 +12,8 @@ from core.params import param
 Strategy = Literal["feature_extraction", "fine_tune", "gradual_unfreeze"]
 Optimizer = Literal["sgd", "adam", "adamw"]
 AttentionType = Literal[("none", *ATTENTION_KINDS)]  # type: ignore[valid-type]
+AttentionGate = Literal["residual", "sigmoid"]  # core.attention.GATE_FORMS
+AttentionStride = Literal[8, 16, 32]
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
 OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
 
@@ -42,7 +44,8 @@ class FineTuneConfig:
     epochs: int = param(5, ge=1, le=500)
     batch_size: int = param(16, ge=1, le=512)
     optimizer: Optimizer = param("adamw")
-    lr: float = param(1e-3, gt=0, le=10, doc="learning rate of the head (and attention modules)")
+    lr: float | Literal["auto"] = param(1e-3, gt=0, le=10, doc="learning rate of the head (and attention modules); "
+                                                                  '"auto": a learning-rate range test picks it')
     backbone_lr: float = param(1e-4, ge=0, le=10, doc="learning rate of unfrozen pretrained layers")
     weight_decay: float = param(1e-4, ge=0, le=1)
     head: Head = param(factory=Head)
@@ -55,4 +58,11 @@ class FineTuneConfig:
     unfreeze_blocks: int = param(6, ge=1, le=1000, doc="fine_tune: top backbone blocks unfrozen after epoch 1 "
                                                        "(EfficientNet-Lite's last conv counts as one)")
     attention: AttentionType = param("none", doc="attention modules to add; they train with the head")
-    attention_stages: int = param(1, ge=1, le=7, doc="after the last feature stage, or after each of the top N")
+    attention_stages: int = param(1, ge=1, le=7, doc="after the last feature stage, or after each of the top N "
+                                                     "(of those at attention_stride, when given)")
+    attention_gate: AttentionGate = param("residual", doc="residual: x * (1 + tanh(z)), starting as the identity "
+                                                          "(a new module leaves the pretrained outputs unchanged); "
+                                                          "sigmoid: x * sigmoid(z), the papers' form")
+    attention_stride: AttentionStride | None = param(None, doc="only after stages whose feature map is the input "
+                                                               "side / this (16: the 14x14 stages at 224 px); "
+                                                               "default the top stages")

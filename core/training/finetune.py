@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -16,8 +16,10 @@ from core.jobs import JobCancelled, Progress, ShouldStop
 from core.models.architectures import build_network
 from core.models.layers import feeds_a_linear_head
 from core.models.spec import ModelSpec
+from core.runtime.devices import fast_layout, fast_math
 from core.training import data
 from core.training.config import FineTuneConfig
+from core.training.lr_finder import START_LR, LrCurve, lr_range_test, steps_for
 
 
 @dataclass
@@ -103,11 +105,13 @@ def new_network(config: FineTuneConfig, base_spec: ModelSpec, base_network: nn.M
     """The base network with a new head for `classes` (and attention modules), and its spec."""
     input_size = config.input_size or base_spec.input_size
     network = build_network(base_spec.architecture, len(classes), input_size, config.head.hidden,
-                            config.head.dropout, config.attention, config.attention_stages)
+                            config.head.dropout, config.attention, config.attention_stages,
+                            attention_gate=config.attention_gate, attention_stride=config.attention_stride)
     anatomy = network.anatomy
     spec = replace(base_spec, id=config.output_model, version=0, labels=tuple(classes), input_size=input_size,
                    head_hidden=config.head.hidden, dropout=config.head.dropout, weights_digest="",
                    attention_type=config.attention, attention_stages=config.attention_stages,
+                   attention_gate=config.attention_gate, attention_stride=config.attention_stride,
                    cam_layer=anatomy.cam_layer, classifier_layer=anatomy.classifier_layer,
                    linear_head=feeds_a_linear_head(network, anatomy.cam_layer, anatomy.classifier_layer, input_size),
                    base_model=base_spec.ref,
@@ -148,11 +152,12 @@ def train_epoch(network: nn.Module, optimizer: torch.optim.Optimizer, split: _Da
     for step, indices in enumerate(data.batches(len(split.train_labels), config.batch_size, True, generator)):
         if should_stop():
             raise JobCancelled()
-        inputs = normalize(data.augment_batch(split.train_pixels[indices], config.augmentation, spec.input_size,
-                                              generator)).to(device)
+        inputs = fast_layout(normalize(data.augment_batch(split.train_pixels[indices], config.augmentation,
+                                                          spec.input_size, generator)).to(device), device)
         truth = split.train_labels[indices].to(device)
-        logits = network(inputs)
-        loss = nn.functional.cross_entropy(logits, truth)
+        with fast_math(device):
+            logits = network(inputs)
+            loss = nn.functional.cross_entropy(logits, truth)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -163,6 +168,26 @@ def train_epoch(network: nn.Module, optimizer: torch.optim.Optimizer, split: _Da
                                  "train_accuracy": epoch.correct / epoch.images})
     epoch.seconds = time.perf_counter() - started
     return epoch
+
+
+def find_lr(network: nn.Module, config: FineTuneConfig, spec: ModelSpec, split: _Data, generator: torch.Generator,
+            device: torch.device, should_stop: ShouldStop, progress: Progress) -> LrCurve:
+    """`lr: "auto"`: the learning-rate range test over the first epoch's trainable part, on
+    augmented training batches (cycled: a small data set has fewer than its steps)."""
+    set_trainable(network, head_modules(network) + trainable_backbone(network, config, 0))
+    optimizer = make_optimizer(replace(config, lr=START_LR), network)
+    normalize = data.Normalizer(spec)
+
+    def cycled() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        while True:
+            for indices in data.batches(len(split.train_labels), config.batch_size, True, generator):
+                squares = data.augment_batch(split.train_pixels[indices], config.augmentation, spec.input_size,
+                                             generator)
+                yield normalize(squares).to(device), split.train_labels[indices].to(device)
+
+    steps = steps_for(-(-len(split.train_labels) // config.batch_size))
+    return lr_range_test(network, optimizer, cycled(), should_stop, steps=steps,
+                         step_report=lambda step, steps: progress(0.0, phase="lr range test", step=step, steps=steps))
 
 
 class BestEpoch:
@@ -196,10 +221,14 @@ def fine_tune(config: FineTuneConfig, base_spec: ModelSpec, base_network: nn.Mod
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)
         spec, network = new_network(config, base_spec, base_network, classes)
-        network.to(device)
+        fast_layout(network.to(device), device)
         progress(0.0, phase="loading images", images=len(items))
         split = load_data(config, spec, items, max_pixels)
         generator = torch.Generator().manual_seed(config.seed)
+        lr_curve = None
+        if config.lr == "auto":
+            lr_curve = find_lr(network, config, spec, split, generator, device, should_stop, progress)
+            config = replace(config, lr=lr_curve.chosen)
         optimizer = make_optimizer(config, network)
         history: list[dict] = []
         epochs: list[_Epoch] = []
@@ -225,7 +254,11 @@ def fine_tune(config: FineTuneConfig, base_spec: ModelSpec, base_network: nn.Mod
     network.eval()
     for parameter in network.parameters():
         parameter.requires_grad_(True)
-    return FineTuneResult(spec, network.cpu(), _metrics(history, epochs, best.validation, classes, split, config))
+    network = network.cpu().to(memory_format=torch.contiguous_format)  # safetensors saves contiguous tensors only
+    metrics = _metrics(history, epochs, best.validation, classes, split, config)
+    if lr_curve is not None:
+        metrics["lr_finder"] = lr_curve.as_dict()
+    return FineTuneResult(spec, network, metrics)
 
 
 def _metrics(history: list[dict], epochs: list[_Epoch], best: dict, classes: list[str], split: _Data,

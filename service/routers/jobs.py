@@ -14,13 +14,16 @@ from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import FileResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from core.dataset_explain.runner import check_explain_dataset, explain_dataset_config
 from core.datasets import describe_dataset
 from core.errors import InvalidRequest, NotFound
-from core.job_runners import ACTIVATION_MAXIMIZATION, FINE_TUNE, check_fine_tune, check_maximization_memory, \
-    fine_tune_config, maximization_config
+from core.job_runners import ACTIVATION_MAXIMIZATION, EXPLAIN_DATASET, FINE_TUNE, check_fine_tune, \
+    check_maximization_memory, fine_tune_config, maximization_config
 from core.jobs import TERMINAL
+from core.sweeps import SWEEP, heaviest_trial, sweep_config
 from core.visualize.activation_max import validate as validate_maximization
-from schemas.jobs import ActivationMaximizationRequest, FineTuneRequest, Job, JobList
+from schemas.jobs import ActivationMaximizationRequest, ExplainDatasetRequest, FineTuneRequest, Job, JobList, \
+    SweepRequest
 from schemas.problems import Problem, problem
 from service.auth import Caller, CallerDep
 from service.dependencies import QueueDep, RegistryDep, SettingsDep, StorageDep
@@ -66,6 +69,21 @@ def submit_fine_tune(request: FineTuneRequest, response: Response, queue: QueueD
     return _accepted(queue.submit(FINE_TUNE, params, caller.owner), response)
 
 
+@router.post("/sweep", response_model=Job, status_code=status.HTTP_202_ACCEPTED)
+def submit_sweep(request: SweepRequest, response: Response, queue: QueueDep, registry: RegistryDep,
+                 storage: StorageDep, caller: CallerDep, settings: SettingsDep) -> Job:
+    """Trials of the base fine-tune over `space`, each a fine-tune job with `parent` = the sweep."""
+    params = request.model_dump()
+    config = sweep_config(params)
+    with _references_in_body():
+        caller.check_owns(describe_dataset(storage.datasets, config.base.dataset_id).get("owner"),
+                          f"data set {config.base.dataset_id!r}")
+        check_fine_tune(fine_tune_config(heaviest_trial(params)), registry, storage.datasets,
+                        settings.worker_memory_bytes)
+    claim_model_name(caller, storage, config.base.output_model, settings)
+    return _accepted(queue.submit(SWEEP, params, caller.owner), response)
+
+
 @router.post("/activation-maximization", response_model=Job, status_code=status.HTTP_202_ACCEPTED)
 def submit_activation_maximization(request: ActivationMaximizationRequest, response: Response, queue: QueueDep,
                                    registry: RegistryDep, caller: CallerDep, settings: SettingsDep) -> Job:
@@ -78,9 +96,28 @@ def submit_activation_maximization(request: ActivationMaximizationRequest, respo
     return _accepted(queue.submit(ACTIVATION_MAXIMIZATION, params, caller.owner), response)
 
 
+@router.post("/explain-dataset", response_model=Job, status_code=status.HTTP_202_ACCEPTED)
+def submit_explain_dataset(request: ExplainDatasetRequest, response: Response, queue: QueueDep,
+                           registry: RegistryDep, storage: StorageDep, caller: CallerDep,
+                           settings: SettingsDep) -> Job:
+    """Every image of a data set explained on a worker: predictions, heatmaps (one zip), a CSV,
+    per-class mean maps and, with `faithfulness`, deletion and insertion scores."""
+    params = request.model_dump()
+    config = explain_dataset_config(params)
+    with _references_in_body():
+        dataset = describe_dataset(storage.datasets, config.dataset_id)
+        caller.check_owns(dataset.get("owner"), f"data set {config.dataset_id!r}")
+        model = registry.get(config.model)
+    check_explain_dataset(config, model, dataset["images"], settings.max_explain_cost, settings.max_explain_job_cost)
+    return _accepted(queue.submit(EXPLAIN_DATASET, params, caller.owner), response)
+
+
 @router.get("", response_model=JobList)
-def list_jobs(queue: QueueDep, caller: CallerDep, state: str | None = None, type: str | None = None) -> JobList:
-    jobs = queue.store.list(state=state, job_type=type, owner=None if caller.sees_all else caller.owner)
+def list_jobs(queue: QueueDep, caller: CallerDep, state: str | None = None, type: str | None = None,
+              parent: str | None = None) -> JobList:
+    """Newest first; `parent=ID`: the trials of sweep ID."""
+    jobs = queue.store.list(state=state, job_type=type, owner=None if caller.sees_all else caller.owner,
+                            parent=parent)
     return JobList(data=[Job(**job) for job in jobs], count=len(jobs))
 
 

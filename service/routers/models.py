@@ -2,29 +2,33 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import dataclasses
 import logging
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
+import numpy as np
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from core import cancellation, pipeline
+from core import cancellation, parallel, pipeline
+from core.encoding import MEDIA_TYPES
 from core.errors import InvalidRequest
 from core.explain.faithfulness import DEFAULT_STEPS, Faithfulness
-from core.imaging import decode_images
+from core.imaging import decode_images, preprocess
 from core.models.spec import ModelSpec
 from core.names import MAX_INDEX, MAX_TOP_K
 from schemas import models as wire
-from service.dependencies import (MetricsDep, ModelDep, RegistryDep, SettingsDep, explanation_slot,
+from service.dependencies import (MetricsDep, ModelDep, RegistryDep, SettingsDep, admitted, explanation_slot,
                                   read_uploads)
 from service.auth import CallerDep
 from service.disconnects import client_watch
 from service.method_options import method_options, methods_description
-from service.negotiation import prefers_png
+from service.negotiation import preferred_image
 from service.rate_limits import client_id
 from service.settings import Settings
 
@@ -93,33 +97,46 @@ def describe_model(model: ModelDep, registry: RegistryDep) -> wire.ModelDetail:
 
 
 @router.post("/{model}/predict", response_model=wire.PredictResponse)
-async def predict(model: ModelDep, settings: SettingsDep, metrics: MetricsDep, file: Files, top_k: TopK = 5,
-                  resize: Resize = "crop") -> Response:
-    blobs = await read_uploads(file, settings)
-    metrics.batch_size.labels("predict").observe(len(blobs))
-    on_stage = metrics.stage_recorder(model.spec.id)
+async def predict(request: Request, model: ModelDep, settings: SettingsDep, metrics: MetricsDep, file: Files,
+                  top_k: TopK = 5, resize: Resize = "crop") -> Response:
+    with admitted(request, model):
+        blobs = await read_uploads(file, settings)
+        metrics.batch_size.labels("predict").observe(len(blobs))
+        on_stage = metrics.stage_recorder(model.spec.id)
 
-    def work() -> list[pipeline.ImageResult]:
-        return pipeline.predict(model, _decode_all(blobs, settings, on_stage), top_k, resize, on_stage)
+        def prepare() -> np.ndarray:
+            images = _decode_all(blobs, settings, on_stage)
+            started = time.perf_counter()
+            batch, _ = preprocess(images, model.spec, resize)
+            on_stage("preprocess", time.perf_counter() - started)
+            return batch
 
-    results = await run_in_threadpool(work)
+        async with client_watch(request) as gone:
+            # decoded on the CPU pool while the model runs other requests' batches; the model
+            # runs this one with whatever else is waiting then
+            batch = await asyncio.wrap_future(parallel.submit(prepare))
+            started = time.perf_counter()
+            logits = (await asyncio.wrap_future(pipeline.submit_onnx(model, ("logits",), batch, gone)))[0]
+            on_stage("ort", time.perf_counter() - started)
+        results = pipeline.ranked(model, logits, top_k)
     return _json(wire.PredictResponse(model=_ref(model.spec),
                                       results=[wire.PredictResult(predictions=_predictions(r.predictions))
                                                for r in results]))
 
 
-def _explain_outputs(wants_png: bool, files: int, outputs: list[str] | None, faithfulness: bool,
+def _explain_outputs(image_answer: str | None, files: int, outputs: list[str] | None, faithfulness: bool,
                      settings: Settings) -> tuple[str, ...]:
-    """What to render: the request's outputs, else the overlay for a PNG answer, else the
-    operator's default; refused where a PNG answer cannot carry what was asked."""
-    if not wants_png:
+    """What to render: the request's outputs, else the overlay for an image answer, else the
+    operator's default; refused where an image answer cannot carry what was asked."""
+    if image_answer is None:
         return tuple(outputs or settings.explain_outputs)
+    accept = f"Accept: {MEDIA_TYPES[image_answer]}"
     if files != 1:
-        raise InvalidRequest("Accept: image/png answers one overlay PNG, so send exactly one file", field="file")
+        raise InvalidRequest(f"{accept} answers one overlay image, so send exactly one file", field="file")
     if outputs and "overlay" not in outputs:
-        raise InvalidRequest("Accept: image/png answers the overlay, so outputs must include it", field="outputs")
+        raise InvalidRequest(f"{accept} answers the overlay, so outputs must include it", field="outputs")
     if faithfulness:
-        raise InvalidRequest("Accept: image/png answers the overlay alone, with no room for faithfulness scores; "
+        raise InvalidRequest(f"{accept} answers the overlay alone, with no room for faithfulness scores; "
                              "ask for JSON", field="faithfulness")
     return tuple(outputs or ["overlay"])
 
@@ -131,15 +148,18 @@ def _explain_result(result: pipeline.ImageResult) -> wire.ExplainResult:
         target=_predictions([explanation.target])[0],
         layer=explanation.layer,
         heatmap_png=_base64(explanation.heatmap_png),
-        overlay_png=_base64(explanation.overlay_png),
+        overlay=_base64(explanation.overlay),
+        overlay_format=explanation.overlay_format if explanation.overlay is not None else None,
         map=explanation.map,
         faithfulness=_faithfulness(explanation.faithfulness),
-        timings_ms=explanation.timings_ms))
+        timings_ms=explanation.timings_ms,
+        gate=wire.GateRange(**dataclasses.asdict(explanation.gate)) if explanation.gate else None))
 
 
 @router.post("/{model}/explain", response_model=wire.ExplainResponse,
-             responses={200: {"content": {"image/png": {}},
-                              "description": "JSON, or with `Accept: image/png` and one file the overlay PNG"}})
+             responses={200: {"content": {"image/jpeg": {}, "image/png": {}, "image/webp": {}},
+                              "description": "JSON, or with `Accept: image/jpeg`, `image/png` or `image/webp` and "
+                                             "one file the overlay in that format"}})
 async def explain(
     request: Request,
     model: ModelDep,
@@ -159,32 +179,37 @@ async def explain(
                                                    f"(2 x {DEFAULT_STEPS + 1} forward passes per image)")] = False,
     outputs: Annotated[list[str] | None, Form(description="any of heatmap, overlay, map (the raw [0, 1] map); "
                                                           "default heatmap and overlay")] = None,
+    overlay_format: Annotated[Literal["jpeg", "png", "webp"], Form(
+        description="the overlay's format: jpeg (quality 75, a tenth of PNG's size), png (lossless) or webp; "
+                    "an Accept header for an image decides it instead")] = "jpeg",
 ) -> Response:
-    wants_png = prefers_png(request.headers.get("accept", ""))
-    wanted = _explain_outputs(wants_png, len(file), outputs, faithfulness, settings)
+    image_answer = preferred_image(request.headers.get("accept", ""), MEDIA_TYPES)
+    wanted = _explain_outputs(image_answer, len(file), outputs, faithfulness, settings)
+    overlay_format = image_answer or overlay_format
     cost = pipeline.explain_cost(model, method, layer, options, len(file), faithfulness)
     if cost > settings.max_explain_cost:
         raise InvalidRequest(f"this explanation costs {cost} forward passes ({method} on {len(file)} files); the "
                              f"budget of one request is {settings.max_explain_cost}: send fewer files or fewer "
                              f"steps, samples or masks", field="file", cost=cost, budget=settings.max_explain_cost)
     request.app.state.compute_limiter.take(client_id(caller, request), cost)
-    blobs = await read_uploads(file, settings)
-    metrics.batch_size.labels("explain").observe(len(blobs))
-    on_stage = metrics.stage_recorder(model.spec.id)
+    with admitted(request, model):
+        blobs = await read_uploads(file, settings)
+        metrics.batch_size.labels("explain").observe(len(blobs))
+        on_stage = metrics.stage_recorder(model.spec.id)
 
-    async with client_watch(request) as gone:
-        def work() -> list[pipeline.ImageResult]:
-            with cancellation.for_client(gone):
-                return pipeline.explain(model, _decode_all(blobs, settings, on_stage), method, target, layer,
-                                        options, top_k, wanted, resize, faithfulness, on_stage)
+        async with client_watch(request) as gone:
+            def work(images: list) -> list[pipeline.ImageResult]:
+                with cancellation.for_client(gone):
+                    return pipeline.explain(model, images, method, target, layer, options, top_k, wanted, resize,
+                                            faithfulness, on_stage, overlay_format)
 
-        try:
-            async with explanation_slot(request):
-                cancellation.check(gone)  # queued work of a client that has left is dropped at its turn
-                results = await run_in_threadpool(work)
-        except cancellation.ClientGone as gone_error:
-            log.info("%s on %s dropped: %s", method, model.spec.ref, gone_error.detail)
-            raise
-    if wants_png:
-        return Response(results[0].explanation.overlay_png, media_type="image/png")
+            try:
+                async with explanation_slot(request):
+                    images = await asyncio.wrap_future(parallel.submit(lambda: _decode_all(blobs, settings, on_stage)))
+                    results = await run_in_threadpool(work, images)
+            except cancellation.ClientGone as gone_error:
+                log.info("%s on %s dropped: %s", method, model.spec.ref, gone_error.detail)
+                raise
+    if image_answer is not None:
+        return Response(results[0].explanation.overlay, media_type=MEDIA_TYPES[image_answer])
     return _json(wire.ExplainResponse(model=_ref(model.spec), results=[_explain_result(r) for r in results]))

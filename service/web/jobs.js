@@ -6,7 +6,7 @@ import { collectObject, inputFor, renderObject } from "./schema.js";
 import { el, fill, fmtMs, fmtNumber, fmtTime, pct, problemBox, spinner, toast } from "./ui.js";
 
 const $ = (id) => document.getElementById(id);
-const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+const TERMINAL = new Set(["succeeded", "failed", "cancelled", "pruned"]);
 const FORMS = { "fine-tune": "finetune-form", "activation-maximization": "maximize-form" };
 const cards = new Map();     // job id -> {root, ...}
 const streams = new Map();   // job id -> AbortController of its event stream
@@ -319,7 +319,9 @@ function revokeUrls(card) {
 function renderResult(job, card) {
   if (job.state === "failed") return [problemBox(new ApiError(job.error || { title: "Failed", detail: "the job failed" }), "The job failed")];
   if (job.state === "cancelled") return [el("p", { class: "muted" }, "Cancelled.")];
+  if (job.state === "pruned") return [el("p", { class: "muted" }, "Pruned by its sweep.")];
   if (!job.result) return [];
+  if (job.type === "sweep") return [el("pre", {}, JSON.stringify(job.result.best, null, 2))];
   return job.type === "fine-tune" ? fineTuneResult(job.result) : maximizationResult(job, card);
 }
 

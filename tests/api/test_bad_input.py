@@ -281,7 +281,7 @@ def test_exif_orientation_is_honoured(client):
     assert result["predictions"][0]["index"] in CATS
     # Outside the centre crop the overlay is the image itself: it must be chelsea upright,
     # not turned the other way.
-    overlay = decode_png(base64.b64decode(result["explanation"]["overlay_png"])).astype(int)
+    overlay = decode_png(base64.b64decode(result["explanation"]["overlay"])).astype(int)
     left, _, right, _ = crop_box(451, 300, client.app.state.registry.spec(MODEL)).rounded()
     outside = np.r_[0:left, right:451]
     upright = np.asarray(chelsea(), dtype=int)

@@ -1,5 +1,5 @@
-"""Explanations take turns in a bounded number of slots; a request that waits too long for
-one gets 503, and predictions are not held up behind them."""
+"""Explanations run in a bounded number of slots; a request that finds them all busy gets 503
+with Retry-After at once, and predictions are not held up behind them."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import time
 
 from core.explain import METHODS
 from support import chelsea, encode, upload
-from tests.api.conftest import QUEUE_SECONDS
 from tests.conftest import MODEL
 from tests.held_method import HeldGradCAM
 
@@ -31,7 +30,8 @@ def test_a_request_that_finds_every_slot_busy_gets_503(one_slot_client, monkeypa
         busy = one_slot_client.post(EXPLAIN, files=photo, data={"method": "saliency"})
         assert busy.status_code == 503 and busy.headers["content-type"] == "application/problem+json"
         assert busy.json()["type"] == "/problems/busy" and "retry later" in busy.json()["detail"]
-        assert time.perf_counter() - started >= QUEUE_SECONDS
+        assert busy.headers["retry-after"] == "1"
+        assert time.perf_counter() - started < 5, "a full server answers at once, not after a wait"
 
         predicted = one_slot_client.post(f"/v1/models/{MODEL}/predict", files=photo)
         assert predicted.status_code == 200 and not slow, "predict waited for the explanation"

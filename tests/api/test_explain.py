@@ -11,14 +11,15 @@ import torch
 from fastapi.testclient import TestClient
 
 from core import pipeline
+from core.encoding import MEDIA_TYPES
 from core.explain import METHODS
 from core.explain.faithfulness import deletion_and_insertion
 from core.imaging import crop_box, decode_image, preprocess
 from service.app import create_app
-from service.negotiation import prefers_png
+from service.negotiation import preferred_image
 from service.settings import Settings
 from tests.conftest import MODEL
-from support import chelsea, coffee, decode_png, encode, png_size, upload
+from support import chelsea, coffee, decode_picture, decode_png, encode, foolbox_imagenet_photos, png_size, upload
 
 FAST_OPTIONS = {"integrated_gradients": {"steps": 8}, "smoothgrad": {"samples": 4}, "rise": {"masks": 64},
                 "occlusion": {"window": 56, "stride": 56}}
@@ -45,8 +46,9 @@ def test_every_method_honours_the_contract(client, chelsea_jpeg, method):
     explanation = result["explanation"]
     assert explanation["method"] == method
     assert explanation["target"]["index"] == result["predictions"][0]["index"]
-    heatmap = decode_png(base64.b64decode(explanation["heatmap_png"]))
-    overlay = decode_png(base64.b64decode(explanation["overlay_png"]))
+    heatmap = decode_picture(base64.b64decode(explanation["heatmap_png"]), "png")
+    overlay = decode_picture(base64.b64decode(explanation["overlay"]), "jpeg")  # the default
+    assert explanation["overlay_format"] == "jpeg"
     assert heatmap.shape == (300, 451) and heatmap.dtype == np.uint8  # grey, the upload's size
     assert overlay.shape == (300, 451, 3)
     left, top, right, bottom = crop_box(451, 300, client.app.state.registry.spec(MODEL)).rounded()
@@ -61,7 +63,7 @@ def test_tiny_and_thin_images_get_a_full_heatmap(client, width, height):
     body = explain(client, [upload(encode(image, "PNG"), "thin.png", "image/png")], method="gradcam").json()
     explanation = body["results"][0]["explanation"]
     heatmap = decode_png(base64.b64decode(explanation["heatmap_png"]))
-    overlay = decode_png(base64.b64decode(explanation["overlay_png"]))
+    overlay = decode_png(base64.b64decode(explanation["overlay"]))
     assert heatmap.shape == (height, width) and overlay.shape == (height, width, 3)
     assert heatmap.max() == 255
 
@@ -126,12 +128,39 @@ def test_integrated_gradients_baselines(client, chelsea_jpeg):
     assert bad.status_code == 422 and "black" in bad.json()["detail"]
 
 
-def test_accept_png_returns_the_overlay_itself(client, chelsea_jpeg):
+@pytest.mark.parametrize("image_format", ["png", "jpeg", "webp"])
+def test_accept_an_image_type_returns_the_overlay_itself(client, chelsea_jpeg, image_format):
     response = client.post(f"/v1/models/{MODEL}/explain", files=[upload(chelsea_jpeg)],
-                           data={"method": "cam"}, headers={"Accept": "image/png"})
+                           data={"method": "cam"}, headers={"Accept": f"image/{image_format}"})
     assert response.status_code == 200
-    assert response.headers["content-type"] == "image/png"
-    assert png_size(response.content) == (451, 300)
+    assert response.headers["content-type"] == f"image/{image_format}"
+    assert decode_picture(response.content, image_format).shape == (300, 451, 3)
+
+
+@pytest.mark.parametrize("image_format", ["png", "jpeg", "webp"])
+def test_overlay_format_chooses_the_overlay_file_and_all_look_alike(client, image_format):
+    """The lossy overlays are the lossless one within a few levels on average, and far smaller."""
+    photo = upload((foolbox_imagenet_photos()[0][0]).read_bytes())  # 512 x 512
+    answers = {name: explain(client, [photo], method="cam", overlay_format=name) for name in ("png", image_format)}
+    overlays = {name: decode_picture(base64.b64decode(answer.json()["results"][0]["explanation"]["overlay"]), name)
+                for name, answer in answers.items()}
+    assert answers[image_format].json()["results"][0]["explanation"]["overlay_format"] == image_format
+    assert np.abs(overlays[image_format].astype(int) - overlays["png"]).mean() < 4
+    if image_format != "png":
+        assert len(answers[image_format].content) < len(answers["png"].content) / 3
+
+
+def test_the_default_explain_answer_for_a_512_pixel_photo_stays_under_100_kb(client):
+    photos = [path.read_bytes() for path, _ in foolbox_imagenet_photos()]
+    square = [photo for photo in photos if png_size(photo) == (512, 512)]
+    assert len(square) == 19
+    sizes = [len(explain(client, [upload(photo)], method="cam").content) for photo in square]
+    assert max(sizes) < 100_000, sorted(sizes)[-3:]
+
+
+def test_an_unknown_overlay_format_is_422(client, chelsea_jpeg):
+    response = explain(client, [upload(chelsea_jpeg)], method="cam", overlay_format="gif")
+    assert response.status_code == 422 and response.json()["errors"][0]["field"].endswith("overlay_format")
 
 
 def test_explanations_are_repeatable(client, chelsea_jpeg):
@@ -152,15 +181,29 @@ def test_attention_needs_spatial_attention(client, chelsea_jpeg):
 def test_outputs_can_be_chosen(client, chelsea_jpeg):
     body = explain(client, [upload(chelsea_jpeg)], method="gradcam", outputs=["map"]).json()
     explanation = body["results"][0]["explanation"]
-    assert explanation["heatmap_png"] is None and explanation["overlay_png"] is None
+    assert explanation["heatmap_png"] is None and explanation["overlay"] is None
     grid = np.asarray(explanation["map"])
     assert grid.shape == (7, 7) and grid.min() == 0.0 and grid.max() == 1.0  # head: 224 / 32
     body = explain(client, [upload(chelsea_jpeg)], method="saliency", outputs=["heatmap", "map"]).json()
     explanation = body["results"][0]["explanation"]
-    assert explanation["overlay_png"] is None and np.asarray(explanation["map"]).shape == (224, 224)
+    assert explanation["overlay"] is None and np.asarray(explanation["map"]).shape == (224, 224)
     assert png_size(base64.b64decode(explanation["heatmap_png"])) == (451, 300)
     bad = explain(client, [upload(chelsea_jpeg)], outputs=["movie"])
     assert bad.status_code == 422 and bad.json()["valid"] == ["heatmap", "overlay", "map"]
+
+
+def onnx_runs(model, monkeypatch, outputs=("logits",)) -> list[int]:
+    """The batch sizes of the model's ONNX Runtime runs for `outputs` from now on."""
+    sizes: list[int] = []
+    run = model.predictor.run_batches
+
+    def counted(wanted, batches):
+        if wanted == outputs:
+            sizes.append(sum(len(batch) for batch in batches))
+        return run(wanted, batches)
+
+    monkeypatch.setattr(model.predictor, "run_batches", counted)
+    return sizes
 
 
 def test_scorecam_scored_on_onnx_runtime_matches_torch(client, monkeypatch):
@@ -169,9 +212,7 @@ def test_scorecam_scored_on_onnx_runtime_matches_torch(client, monkeypatch):
     image = chelsea()
     inputs = torch.from_numpy(preprocess([image], model.spec)[0])
     by_torch = METHODS["scorecam"](model.network, inputs, None, "blocks.15").maps[0]
-    scored = []
-    run_on_onnx = model.predictor.logits
-    monkeypatch.setattr(model.predictor, "logits", lambda batch: scored.append(len(batch)) or run_on_onnx(batch))
+    scored = onnx_runs(model, monkeypatch)
     served = pipeline.explain(model, [image], "scorecam", layer="blocks.15", outputs=("map",))[0]
     assert sum(scored) == 320  # one masked input per channel of blocks.15
     assert np.abs(np.asarray(served.explanation.map) - by_torch).max() < 1e-4
@@ -185,9 +226,7 @@ def test_rise_is_scored_on_onnx_runtime_in_large_batches_without_the_model_lock(
     inputs = torch.from_numpy(preprocess([image], model.spec)[0])
     by_torch = METHODS["rise"](model.network, inputs, None, masks=130, input_mean=model.spec.mean,
                                input_std=model.spec.std).maps[0]
-    scored = []
-    run_on_onnx = model.predictor.logits
-    monkeypatch.setattr(model.predictor, "logits", lambda batch: scored.append(len(batch)) or run_on_onnx(batch))
+    scored = onnx_runs(model, monkeypatch)
     worker = ThreadPoolExecutor(1)
     with model.lock:  # as if another request were running a torch method
         future = worker.submit(pipeline.explain, model, [image], "rise", options={"masks": 130}, outputs=("map",))
@@ -205,10 +244,7 @@ def test_cam_from_the_served_onnx_forward_matches_cam_from_torch(client, monkeyp
     inputs = torch.from_numpy(preprocess(images, model.spec)[0])
     by_torch = METHODS["cam"](model.network, inputs, None, model.spec.cam_layer,
                               classifier=model.spec.classifier_layer)
-    onnx_batches = []
-    run_on_onnx = model.predictor.logits_and_features
-    monkeypatch.setattr(model.predictor, "logits_and_features",
-                        lambda batch: onnx_batches.append(len(batch)) or run_on_onnx(batch))
+    onnx_batches = onnx_runs(model, monkeypatch, ("logits", "features"))
     served = pipeline.explain(model, images, "cam", outputs=("map",))
     assert onnx_batches == [2]
     for index, result in enumerate(served):
@@ -216,20 +252,21 @@ def test_cam_from_the_served_onnx_forward_matches_cam_from_torch(client, monkeyp
         assert np.abs(np.asarray(result.explanation.map) - by_torch.maps[index]).max() < 2e-4
 
 
-@pytest.mark.parametrize("accept, png", [
-    ("image/png", True), ("IMAGE/PNG", True), ("application/json, image/png", True),
-    ("image/png;q=0", False), ("application/json;q=0.9, image/png;q=0.5", False),
-    ("image/png;q=0.8, application/json;q=0.5", True), ("", False), ("*/*", False), ("image/png;q=x", False),
+@pytest.mark.parametrize("accept, image", [
+    ("image/png", "png"), ("IMAGE/PNG", "png"), ("application/json, image/png", "png"),
+    ("image/png;q=0", None), ("application/json;q=0.9, image/png;q=0.5", None),
+    ("image/png;q=0.8, application/json;q=0.5", "png"), ("", None), ("*/*", None), ("image/png;q=x", None),
+    ("image/webp", "webp"), ("image/jpeg;q=0.5, image/webp;q=0.9", "webp"), ("image/png, image/jpeg", "png"),
 ])
-def test_accept_header_negotiation(accept, png):
-    assert prefers_png(accept) is png
+def test_accept_header_negotiation(accept, image):
+    assert preferred_image(accept, MEDIA_TYPES) == image
 
 
 def test_the_default_outputs_are_a_setting(data_dir, chelsea_jpeg):
     settings = Settings(data_dir=data_dir, explain_outputs=("heatmap",))
     with TestClient(base_url="http://localhost", app=create_app(settings)) as heatmap_only:
         explanation = explain(heatmap_only, [upload(chelsea_jpeg)], method="cam").json()["results"][0]["explanation"]
-    assert explanation["heatmap_png"] and explanation["overlay_png"] is None
+    assert explanation["heatmap_png"] and explanation["overlay"] is None
     with pytest.raises(ValueError, match="explain_outputs"):
         Settings(data_dir=data_dir, explain_outputs=("thumbnail",))
 

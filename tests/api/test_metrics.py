@@ -63,8 +63,10 @@ def test_predict_and_explain_are_counted_by_route_template_and_timed_by_stage(cl
     assert grew("gazer_batch_size_count", endpoint="predict") == 2
     assert grew("gazer_batch_size_sum", endpoint="predict") == 3
     assert grew("gazer_batch_size_sum", endpoint="explain") == 1
+    assert grew("gazer_model_run_images_sum", runtime="onnx") == 2  # the two photos predicted
+    assert grew("gazer_model_run_images_sum", runtime="torch") == 1  # the gradcam
     assert value(after, "gazer_models_loaded") >= 1
-    assert value(after, "gazer_explain_slots") == 4 and value(after, "gazer_explain_slots_in_use") == 0
+    assert value(after, "gazer_explain_slots") == 32 and value(after, "gazer_explain_slots_in_use") == 0
     assert value(after, "gazer_queue_depth") == 0  # the embedded Redis, with no jobs sent
     assert ("gazer_job_records", frozenset()) in after
 

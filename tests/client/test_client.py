@@ -27,13 +27,14 @@ def test_predict_returns_typed_results_with_a_cat_on_top(gazer, photos):
     assert cup.predictions[0].index not in CAT_CLASSES
 
 
-def test_explain_decodes_the_pngs_and_the_map(gazer, photos):
-    answer = gazer.explain(photos["chelsea"], method="gradcam", outputs=["heatmap", "overlay", "map"])
+def test_explain_decodes_the_pictures_and_the_map(gazer, photos):
+    answer = gazer.explain(photos["chelsea"], method="gradcam", outputs=["heatmap", "overlay", "map"],
+                           overlay_format="png")
     assert isinstance(answer, ExplainResponse)
     explanation = answer.results[0].explanation
     heatmap = Image.open(io.BytesIO(explanation.heatmap))
-    overlay = Image.open(io.BytesIO(explanation.overlay))
-    assert heatmap.format == overlay.format == "PNG"
+    overlay = Image.open(io.BytesIO(explanation.overlay_image))
+    assert heatmap.format == overlay.format == "PNG" and explanation.overlay_format == "png"
     assert heatmap.size == overlay.size == chelsea().size and heatmap.mode == "L"
     raw = explanation.map_array
     side = gazer.model("efficientnet_lite0").input_size // 32  # EfficientNet's last feature map

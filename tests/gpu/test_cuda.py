@@ -1,17 +1,35 @@
-"""On a CUDA machine: the served model runs on the GPU and agrees with the CPU. Skipped elsewhere."""
+"""On a CUDA machine: the served model runs on the GPU and agrees with the CPU, through each GPU
+path (I/O binding, the float16 export, bfloat16 fast_math with channels_last, fine-tuning).
+Skipped elsewhere."""
 
 from __future__ import annotations
 
+import copy
+
+import numpy as np
 import pytest
 import torch
 
+from core import pipeline
 from core.explain import METHODS
 from core.imaging import preprocess
 from core.models.catalog import load_builtin
-from core.runtime.devices import onnx_providers, torch_device
-from support import chelsea
+from core.models.onnx_export import FP16_AGREEMENT_TOLERANCE, ensure_onnx, max_logit_difference
+from core.models.registry import ModelRegistry
+from core.runtime.devices import fast_layout, fast_math, onnx_providers, torch_device
+from core.runtime.onnx_predictor import OnnxPredictor
+from core.storage import Storage
+from core.training.config import FineTuneConfig
+from core.training.finetune import fine_tune
+from support import chelsea, shape_image
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+CUDA = torch.device("cuda")
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return load_builtin("efficientnet_lite0")
 
 
 def test_devices_prefer_the_gpu():
@@ -28,3 +46,73 @@ def test_gpu_explanations_match_the_cpu(method):
     on_gpu = METHODS[method](network.cuda(), inputs.cuda(), None, spec.cam_layer, **options)
     assert int(on_cpu.targets[0]) == int(on_gpu.targets[0])
     assert abs(on_cpu.maps - on_gpu.maps).max() < 1e-2
+
+
+def test_the_registry_serves_the_default_model_on_the_gpu(tmp_path):
+    """Loading runs the torch-vs-ONNX Runtime agreement check with both on the GPU."""
+    model = ModelRegistry(Storage(tmp_path), max_loaded=1).get("efficientnet_lite0")
+    assert model.device.type == "cuda" and model.predictor.providers[0] == "CUDAExecutionProvider"
+    assert model.predictor.bound_device == "cuda"
+
+
+def test_the_registry_serves_the_float16_export_when_asked(tmp_path):
+    """GAZER_ONNX_FP16: predictions from the float16 export, the same top classes as float32,
+    and gradient explanations through the batcher in bfloat16."""
+    half = ModelRegistry(Storage(tmp_path / "half"), max_loaded=1, onnx_fp16=True).get("efficientnet_lite0")
+    full = ModelRegistry(Storage(tmp_path / "full"), max_loaded=1).get("efficientnet_lite0")
+    photos = [chelsea()]
+    assert [p.index for p in pipeline.predict(half, photos)[0].predictions[:1]] == \
+        [p.index for p in pipeline.predict(full, photos)[0].predictions[:1]]
+    explained = pipeline.explain(full, photos, "gradcam", outputs=("map",))[0].explanation
+    assert np.asarray(explained.map).max() == pytest.approx(1.0, abs=1e-3)
+
+
+def test_io_binding_on_the_gpu_agrees_with_the_cpu(lite0, tmp_path):
+    spec, network = lite0
+    path = ensure_onnx(network, spec, tmp_path)
+    on_gpu = OnnxPredictor(path)
+    assert on_gpu.bound_device == "cuda"
+    batch = preprocess([chelsea()] * 4, spec)[0]
+    bound = on_gpu.logits_and_features(batch)
+    plain = on_gpu.session.run(["logits", "features"], {on_gpu.input_name: batch})
+    for got, expected in zip(bound, plain):
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-3 * max(1.0, float(np.abs(expected).max())))
+
+
+def test_the_float16_export_agrees_on_the_gpu_within_its_tolerance(lite0, tmp_path):
+    spec, network = lite0
+    half = OnnxPredictor(ensure_onnx(network, spec, tmp_path, half=True))
+    assert half.providers[0] == "CUDAExecutionProvider"
+    difference, largest = max_logit_difference(network, half, spec.input_size)
+    assert difference <= FP16_AGREEMENT_TOLERANCE * max(1.0, largest)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "layercam"])
+def test_layer_methods_under_fast_math_agree_with_float32(lite0, method):
+    spec, network = lite0
+    inputs = torch.from_numpy(preprocess([chelsea()], spec)[0])
+    exact = METHODS[method](network, inputs, None, spec.cam_layer)
+    fast_network = fast_layout(copy.deepcopy(network).cuda(), CUDA)
+    with fast_math(CUDA):
+        fast = METHODS[method](fast_network, fast_layout(inputs.cuda(), CUDA), None, spec.cam_layer)
+    assert int(exact.targets[0]) == int(fast.targets[0])
+    assert np.abs(np.asarray(exact.maps, dtype=np.float32) - np.asarray(fast.maps, dtype=np.float32)).max() < 0.05
+
+
+def test_fine_tuning_on_the_gpu_learns_and_returns_a_savable_cpu_network(lite0, tmp_path):
+    """bfloat16 autocast and channels_last during training; contiguous CPU weights after it."""
+    spec, base = lite0
+    rng = np.random.default_rng(0)
+    items = []
+    for index in range(48):
+        kind = ("disc", "square")[index % 2]
+        path = tmp_path / f"{kind}-{index}.png"
+        shape_image(kind, rng, 96).save(path)
+        items.append((path, index % 2))
+    config = FineTuneConfig(dataset_id="shapes", output_model="shapes", strategy="fine_tune", epochs=3,
+                            batch_size=16, input_size=96, early_stopping_patience=3)
+    result = fine_tune(config, spec, base, ["disc", "square"], items, lambda *a, **k: None, lambda: False, CUDA,
+                       40_000_000)
+    assert result.metrics["val_accuracy"] >= 0.7
+    assert all(tensor.device.type == "cpu" and tensor.is_contiguous()
+               for tensor in result.network.state_dict().values())

@@ -6,15 +6,13 @@ spatial attention map concentrates on the region that holds the class evidence."
 from __future__ import annotations
 
 import base64
-import io
 import time
-import zipfile
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
 
-from support import SHAPE_CLASSES, decode_png, encode, png_size, shape_image, shapes_archive, upload
+from support import (SHAPE_CLASSES, decode_png, encode, evidence_left_archive, evidence_left_image, png_size,
+                     shape_image, shapes_archive, upload)
 from tests.integration.conftest import wait_for
 
 
@@ -100,8 +98,14 @@ def test_fine_tuned_model_lists_its_attention_and_answers_attention_maps_only_wi
     assert explanation["method"] == "attention" and explanation["layer"] == gates[0]
     assert explanation["target"] == result["predictions"][0]
     heatmap = base64.b64decode(explanation["heatmap_png"])
-    assert png_size(heatmap) == photo.size and png_size(base64.b64decode(explanation["overlay_png"])) == photo.size
-    assert decode_png(heatmap).max() == 255  # the map's peak is scaled to 255, as for every method
+    assert png_size(heatmap) == photo.size and png_size(base64.b64decode(explanation["overlay"])) == photo.size
+    gate = explanation["gate"]  # the raw gate: residual, so a multiplier in (0, 2)
+    assert 0 <= gate["min"] <= gate["mean"] <= gate["max"] <= 2
+    assert gate["flat"] == (gate["max"] - gate["min"] < 0.05)
+    # the map's peak is scaled to 255, as for every method, unless the gate is flat: then all zeros
+    assert decode_png(heatmap).max() == (0 if gate["flat"] else 255)
+    gradcam = api.post(f"/v1/models/{name}/explain", files=files, data={"method": "gradcam"})
+    assert gradcam.status_code == 200 and gradcam.json()["results"][0]["explanation"]["gate"] is None
 
     for gate in gates[1:]:  # an earlier gate by the `layer` field
         other = explain(api, name, files, layer=gate)
@@ -116,46 +120,6 @@ def test_fine_tuned_model_lists_its_attention_and_answers_attention_maps_only_wi
 
 LOCALIZATION_INPUT = 128   # the after-head gate map is 4 x 4 at this input size
 LOCALIZATION_IMAGE = 160   # resize short side to 128 + 32, centre crop 128: the crop is pixels 16..144
-SHAPE_COLOURS = {"disc": (220, 40, 40), "square": (40, 60, 220), "triangle": (40, 200, 60)}
-
-
-def _draw_shape(draw: ImageDraw.ImageDraw, kind: str, box: tuple[int, int, int, int]) -> None:
-    left, top, right, bottom = box
-    if kind == "disc":
-        draw.ellipse(box, fill=SHAPE_COLOURS[kind])
-    elif kind == "square":
-        draw.rectangle(box, fill=SHAPE_COLOURS[kind])
-    else:
-        draw.polygon([(left, bottom), (right, bottom), ((left + right) // 2, top)], fill=SHAPE_COLOURS[kind])
-
-
-def evidence_left_image(kind: str, rng: np.random.Generator, size: int = LOCALIZATION_IMAGE,
-                        input_size: int = LOCALIZATION_INPUT) -> tuple[Image.Image, int]:
-    """Noise with the class's shape somewhere in the left half of the model's crop and a distractor
-    shape of a uniformly random class (independent of the label, so the same distribution for every
-    class) somewhere in the right half. Returns the image and the x where the right half starts."""
-    crop = size * input_size / (input_size + 32)
-    low, high = int(np.ceil((size - crop) / 2)) + 2, int((size + crop) / 2) - 2
-    middle = int(round(size / 2))
-    image = Image.fromarray(rng.integers(90, 170, (size, size, 3), dtype=np.uint8))
-    draw = ImageDraw.Draw(image)
-    for shape, (x_low, x_high) in ((kind, (low, middle - 2)),
-                                   (SHAPE_CLASSES[int(rng.integers(len(SHAPE_CLASSES)))], (middle + 2, high))):
-        extent = int(rng.integers(int(crop * 0.22), int(crop * 0.35)))
-        left = int(rng.integers(x_low, x_high - extent + 1))
-        top = int(rng.integers(low, high - extent + 1))
-        _draw_shape(draw, shape, (left, top, left + extent, top + extent))
-    return image, middle
-
-
-def evidence_left_archive(per_class: int, seed: int) -> bytes:
-    rng = np.random.default_rng(seed)
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for kind in SHAPE_CLASSES:
-            for index in range(per_class):
-                archive.writestr(f"{kind}/{index:03d}.png", encode(evidence_left_image(kind, rng)[0], "PNG"))
-    return buffer.getvalue()
 
 
 def test_learned_spatial_attention_concentrates_on_the_region_with_the_class_evidence(api, workers):
@@ -167,9 +131,10 @@ def test_learned_spatial_attention_concentrates_on_the_region_with_the_class_evi
     the crop (the heatmap is 0 outside the crop). The region is exactly half the crop, so mass and
     per-area density give the same verdict here: a map that is flat, or spread at random, scores about
     0.5 either way, and a larger mass inside cannot come from the region simply being bigger. (An
-    untrained gate at this placement scores about 0.40 inside, i.e. it leans the other way.)"""
+    untrained residual gate is 1 everywhere: reported flat, its map all zeros.) The raw gate, too,
+    is higher on the evidence than elsewhere: a multiplier above the untouched 1 there."""
     workers()
-    dataset = create_dataset(api, evidence_left_archive(per_class=20, seed=0), "evidence-left")
+    dataset = create_dataset(api, evidence_left_archive(20, 0, LOCALIZATION_IMAGE, LOCALIZATION_INPUT), "evidence-left")
     done, seconds = run_fine_tune(api, {
         "base_model": "efficientnet_lite0", "dataset_id": dataset["id"], "output_model": "evidence-left",
         "strategy": "feature_extraction", "epochs": 3, "batch_size": 16, "input_size": LOCALIZATION_INPUT,
@@ -184,14 +149,14 @@ def test_learned_spatial_attention_concentrates_on_the_region_with_the_class_evi
 
     rng = np.random.default_rng(2024)
     kinds = [SHAPE_CLASSES[index % len(SHAPE_CLASSES)] for index in range(12)]
-    cases = [evidence_left_image(kind, rng) for kind in kinds]
+    cases = [evidence_left_image(kind, rng, LOCALIZATION_IMAGE, LOCALIZATION_INPUT) for kind in kinds]
     files = [upload(encode(image, "PNG"), f"{index}.png", "image/png") for index, (image, _) in enumerate(cases)]
     response = explain(api, "evidence-left", files, layer=gate)
     assert response.status_code == 200, response.text
     results = response.json()["results"]
     inside_fractions = []
     for result, (image, middle) in zip(results, cases):
-        assert result["explanation"]["layer"] == gate
+        assert result["explanation"]["layer"] == gate and not result["explanation"]["gate"]["flat"]
         heat = decode_png(base64.b64decode(result["explanation"]["heatmap_png"])).astype(np.float64)
         assert heat.shape == (image.height, image.width)
         inside, outside = heat[:, :middle].sum(), heat[:, middle:].sum()

@@ -45,6 +45,12 @@ def test_fine_tune_then_predict_with_the_new_model(api, workers):
     metrics = done["result"]["metrics"]
     assert len(metrics["history"]) >= 1 and len(metrics["confusion_matrix"]) == 3
     assert set(metrics["per_class_accuracy"]) == set(SHAPE_CLASSES)
+    report = done["result"]["report"]  # what it got wrong and where it looks (core/training/report.py)
+    assert set(report["background_reliance"]) == set(SHAPE_CLASSES) and report["seconds"] > 0
+    document = api.get(report["url"]).json()
+    assert len(document["mistakes"]) == report["mistakes"] and len(document["classes"]) == 3
+    mean_maps = [entry["mean_gradcam"]["picture"] for entry in document["classes"] if "mean_gradcam" in entry]
+    assert mean_maps and api.get(mean_maps[0]).headers["content-type"] == "image/png"
 
     detail = api.get("/v1/models/shapes").json()  # served at once, no restart
     assert detail["num_classes"] == 3 and detail["input_size"] == 64 and detail["version"] == 1

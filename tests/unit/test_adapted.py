@@ -32,7 +32,8 @@ def test_the_anatomy_is_read_from_the_network(architecture, size, cam_layer, cla
 
 def test_fine_tuning_heads_and_attention_keep_the_original_names(tmp_path):
     base = build_network("resnet18", 7, 64).eval()
-    tuned = build_network("resnet18", 3, 64, head_hidden=16, dropout=0.1, attention="cbam", attention_stages=2).eval()
+    tuned = build_network("resnet18", 3, 64, head_hidden=16, dropout=0.1, attention="cbam", attention_stages=2,
+                          attention_gate="sigmoid").eval()
     transfer_backbone(base, tuned)
     assert tuned.anatomy.classifier_layer == "fc.linear" and list(tuned.attention) == ["after_layer4_1", "after_layer3_1"]
     assert spatial_gates(tuned) == ["attention.after_layer4_1.spatial.gate", "attention.after_layer3_1.spatial.gate"]
@@ -45,6 +46,13 @@ def test_fine_tuning_heads_and_attention_keep_the_original_names(tmp_path):
         tuned(inputs)
         handle.remove()
     assert attended[0].shape == plain.shape and not torch.allclose(attended[0], plain)  # the gates act
+    residual = build_network("resnet18", 3, 64, attention="cbam", attention_stages=2).eval()
+    transfer_backbone(base, residual)
+    with torch.no_grad():  # residual gates start as the identity
+        handle = residual.layer4.register_forward_hook(lambda module, args, output: attended.append(output))
+        residual(inputs)
+        handle.remove()
+    assert torch.allclose(attended[1], plain, rtol=0, atol=1e-6)
     export_onnx(tuned, 64, tmp_path / "tuned.onnx")
     assert max_logit_difference(tuned, OnnxPredictor(tmp_path / "tuned.onnx"), 64)[0] < 1e-4
 

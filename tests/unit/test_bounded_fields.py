@@ -20,7 +20,7 @@ def unbounded_numbers(spec: dict) -> list[str]:
         for key in ("anyOf", "oneOf", "allOf"):
             for option in schema.get(key, []):
                 walk(option, path, seen)
-        if schema.get("type") in ("integer", "number") and not {"maximum", "exclusiveMaximum"} & set(schema):
+        if schema.get("type") in ("integer", "number") and not {"maximum", "exclusiveMaximum", "enum"} & set(schema):
             found.append(path)
         for name, child in schema.get("properties", {}).items():
             walk(child, f"{path}.{name}", seen)

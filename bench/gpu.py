@@ -1,0 +1,340 @@
+"""Every GPU figure in one run: predictions on ONNX Runtime and through the service, Grad-CAM,
+integrated gradients, Score-CAM, fine-tuning and activation maximization, on the device that
+core.runtime.devices picks (CUDA when there is one).
+
+  python -m bench.gpu            # on the GPU machine: a few minutes
+  python -m bench.gpu --smoke    # tiny counts, any machine: checks that every part runs
+
+EfficientNet-Lite0 at 224 as the service loads it. Prints the two goals' ratios: service predict
+throughput against raw ONNX Runtime at batch 256 (goal >= 0.5) and Grad-CAM at batch 1 against a
+forward (goal <= 1.5x). GAZER_API_PROCESSES in the environment reaches the service it starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+import statistics
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from bench.common import Client, ignore_progress, interleaved, report, run_timed, running_server, served_model
+from core import imaging
+from core.explain import METHODS
+from core.explain.baselines import make_baseline
+from core.models.onnx_export import ensure_onnx
+from core.models.registry import LoadedModel
+from core.pipeline import onnx_scorer
+from core.runtime.devices import fast_layout, fast_math
+from core.runtime.onnx_predictor import OnnxPredictor
+from core.training.config import FineTuneConfig
+from core.training.finetune import fine_tune, head_modules, set_trainable, trainable_backbone
+from core.visualize.activation_max import maximize
+from core.visualize.config import MaximizationConfig, Target
+from infra.embedded_redis import free_port
+from infra.settings import SharedSettings
+from support import foolbox_imagenet_photos, multipart, shape_image
+
+MODEL = "efficientnet_lite0"
+TABBY = 281
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much of everything: the full run, or --smoke's tiny counts."""
+
+    rounds: int
+    per_round: int
+    warmup: int
+    predict_batches: tuple[int, int]      # the two throughput batches (64 and 256)
+    request_images: int                   # images per service request (the API takes 64 at most)
+    load_seconds: float
+    gradcam_batch: int
+    ig_steps: int
+    scorecam_layer: str
+    train_images: int
+    train_size: int
+    train_epochs: int
+    plain_steps: int
+    maximize_steps: int
+    maximize_targets: tuple[int, int]
+    maximize_size: int | None             # None: the model's input size
+
+
+FULL = Sizes(rounds=7, per_round=10, warmup=3, predict_batches=(64, 256), request_images=64, load_seconds=20.0,
+             gradcam_batch=32, ig_steps=50, scorecam_layer="blocks.15", train_images=512, train_size=224,
+             train_epochs=2, plain_steps=20, maximize_steps=50, maximize_targets=(1, 16), maximize_size=None)
+SMOKE = Sizes(rounds=1, per_round=1, warmup=1, predict_batches=(2, 4), request_images=2, load_seconds=2.0,
+              gradcam_batch=2, ig_steps=4, scorecam_layer="blocks.0", train_images=16, train_size=64,
+              train_epochs=1, plain_steps=2, maximize_steps=2, maximize_targets=(1, 2), maximize_size=64)
+
+
+def synced(function: Callable[[], object], device: torch.device) -> Callable[[], None]:
+    """`function` timed to its end on the device, not to the moment CUDA accepted the work."""
+    def run() -> None:
+        function()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    return run
+
+
+@functools.cache
+def photos() -> list:
+    return [imaging.decode_image(path.read_bytes(), 10**8) for path, _ in foolbox_imagenet_photos()]
+
+
+def photo_batch(model: LoadedModel, count: int) -> np.ndarray:
+    return imaging.preprocess([photos()[index % len(photos())] for index in range(count)], model.spec)[0]
+
+
+def onnx_runtime(model: LoadedModel, sizes: Sizes, folder: Path) -> dict[int, float]:
+    """Raw ONNX Runtime: latency at batch 1, images/s at the two throughput batches; the plain
+    run against I/O binding, and the float16 export."""
+    predictor, device = model.predictor, model.device
+    half = OnnxPredictor(ensure_onnx(model.network, model.spec, folder, half=True))
+    binding_device = predictor.bound_device or "cpu"
+    one = photo_batch(model, 1)
+    timings = interleaved({"batch 1": lambda: predictor.logits(one)}, sizes.rounds, sizes.per_round, sizes.warmup)
+    rows = [("providers", ", ".join(predictor.providers)),
+            ("batch 1, ms", f"{timings['batch 1']:.2f}")]
+    throughput = {}
+    for batch_size in sizes.predict_batches:
+        batch = photo_batch(model, batch_size)
+        times = interleaved({
+            "run": lambda: predictor.session.run(["logits"], {predictor.input_name: batch}),
+            "bound": lambda: predictor.run_bound(["logits"], batch, binding_device),
+            "fp16": lambda: half.logits(batch),
+        }, sizes.rounds, max(1, sizes.per_round // 2), sizes.warmup)
+        throughput[batch_size] = batch_size * 1000 / min(times["run"], times["bound"])
+        rows += [(f"batch {batch_size}, images/s: session.run", f"{batch_size * 1000 / times['run']:.0f}"),
+                 (f"batch {batch_size}, images/s: I/O binding ({binding_device})",
+                  f"{batch_size * 1000 / times['bound']:.0f}"),
+                 (f"batch {batch_size}, images/s: float16 export", f"{batch_size * 1000 / times['fp16']:.0f}")]
+    report(f"ONNX Runtime, {MODEL} ({device})", rows)
+    return throughput
+
+
+def closed_loop(port: int, body: tuple[bytes, str], clients: int, seconds: float) -> tuple[int, list[float]]:
+    """Requests answered and their latencies, `clients` posting `body` back to back."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    stop_at = time.perf_counter() + seconds
+
+    def run() -> None:
+        client, mine = Client(port), []
+        while time.perf_counter() < stop_at:
+            started = time.perf_counter()
+            client.post(f"/v1/models/{MODEL}/predict", *body)
+            mine.append(time.perf_counter() - started)
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=run) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return len(latencies), latencies
+
+
+def service_predict(sizes: Sizes, raw: dict[int, float]) -> None:
+    """Through HTTP: one image per request (latency), then requests of `request_images` photos
+    from enough clients to keep each throughput batch's worth of images in flight."""
+    photos = [(path.name, path.read_bytes()) for path, _ in foolbox_imagenet_photos()]
+    single = multipart(photos[:1])
+    many = multipart([photos[index % len(photos)] for index in range(sizes.request_images)])
+    port = free_port()
+    with running_server(port) as client:
+        path = f"/v1/models/{MODEL}/predict"
+        timings = interleaved({"one": lambda: client.post(path, *single)}, sizes.rounds, sizes.per_round, sizes.warmup)
+        rows = [("1 image per request, p50 ms", f"{timings['one']:.2f}")]
+        closed_loop(port, many, 1, min(2.0, sizes.load_seconds))  # warm-up
+        served = {}
+        for in_flight in sizes.predict_batches:
+            clients = max(1, in_flight // sizes.request_images)
+            started = time.perf_counter()
+            answered, latencies = closed_loop(port, many, clients, sizes.load_seconds)
+            images_per_second = answered * sizes.request_images / (time.perf_counter() - started)
+            served[in_flight] = images_per_second
+            rows.append((f"{clients} clients x {sizes.request_images} images, images/s",
+                         f"{images_per_second:.0f} (p50 {statistics.median(latencies) * 1000:.0f} ms per request)"))
+        top = sizes.predict_batches[-1]
+        rows.append((f"service / raw ONNX Runtime at batch {top}", f"{served[top] / raw[top]:.2f}  (goal >= 0.5)"))
+    report("service predict over HTTP, foolbox JPEGs (512 x 512)", rows)
+
+
+def gradcam(model: LoadedModel, sizes: Sizes) -> None:
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    network, device = model.network, model.device
+    fast_network = fast_layout(copy.deepcopy(network), device)
+    for batch_size in (1, sizes.gradcam_batch):
+        inputs = torch.from_numpy(photo_batch(model, batch_size)).to(device)
+        fast_inputs = fast_layout(inputs, device)
+        targets = torch.full((batch_size,), TABBY, device=device)
+
+        def forward() -> None:
+            with torch.no_grad():
+                network(inputs)
+
+        def fast() -> None:
+            with fast_math(device):
+                METHODS["gradcam"](fast_network, fast_inputs, targets, "head")
+
+        with GradCAM(model=network, target_layers=[network.head]) as reference:
+            times = interleaved({
+                "forward": synced(forward, device),
+                "gradcam": synced(lambda: METHODS["gradcam"](network, inputs, targets, "head"), device),
+                "fast": synced(fast, device),
+                "reference": synced(lambda: reference(input_tensor=inputs, targets=[
+                    ClassifierOutputTarget(TABBY)] * batch_size), device),
+            }, sizes.rounds, sizes.per_round, sizes.warmup)
+        goal = "  (goal <= 1.5x)" if batch_size == 1 else ""
+        report(f"Grad-CAM at the default layer, batch {batch_size} ({device}), median ms", [
+            ("torch forward (no_grad)", f"{times['forward']:.2f}"),
+            ("gazer gradcam", f"{times['gradcam']:.2f}"),
+            ("gazer gradcam, fast_math + channels_last", f"{times['fast']:.2f}"),
+            ("pytorch-grad-cam GradCAM", f"{times['reference']:.2f}"),
+            ("gradcam / forward", f"{times.ratio('gradcam', 'forward'):.2f}x{goal}"),
+            ("gradcam fast_math / forward", f"{times.ratio('fast', 'forward'):.2f}x"),
+            ("pytorch-grad-cam / gazer", f"{times.ratio('reference', 'gradcam'):.2f}x"),
+        ])
+
+
+def integrated_gradients_and_scorecam(model: LoadedModel, sizes: Sizes) -> None:
+    from captum.attr import IntegratedGradients
+
+    network, device = model.network, model.device
+    inputs = torch.from_numpy(photo_batch(model, 1)).to(device)
+    target = torch.tensor([TABBY], device=device)
+    baseline = make_baseline("black", inputs, model.spec.mean, model.spec.std)
+    captum = IntegratedGradients(network)
+    times = interleaved({
+        "gazer": synced(lambda: METHODS["integrated_gradients"].attribute(
+            network, inputs, target, steps=sizes.ig_steps, baseline=baseline), device),
+        "captum": synced(lambda: captum.attribute(inputs, baselines=baseline, target=TABBY,
+                                                  n_steps=sizes.ig_steps), device),
+    }, sizes.rounds, 1, warmup=1)
+    report(f"integrated gradients, {sizes.ig_steps} steps, black baseline ({device}), median ms", [
+        ("gazer", f"{times['gazer']:.1f}"),
+        (f"captum IntegratedGradients(n_steps={sizes.ig_steps})", f"{times['captum']:.1f}"),
+        ("captum / gazer", f"{times.ratio('captum', 'gazer'):.2f}x"),
+    ])
+    score = onnx_scorer(model)
+    layer = sizes.scorecam_layer
+    times = interleaved({
+        "torch": synced(lambda: METHODS["scorecam"](network, inputs, target, layer), device),
+        "onnx": synced(lambda: METHODS["scorecam"](network, inputs, target, layer, score=score), device),
+    }, sizes.rounds, 1, warmup=1)
+    report(f"Score-CAM at {layer} ({model.layers.get(layer, '?')} masked inputs, {device}), median ms", [
+        ("masked inputs scored by torch", f"{times['torch']:.0f}"),
+        ("scored by ONNX Runtime (what the service does)", f"{times['onnx']:.0f}"),
+        ("torch / ONNX Runtime", f"{times.ratio('torch', 'onnx'):.2f}x"),
+    ])
+
+
+def shape_items(folder: Path, count: int, size: int) -> tuple[list[str], list[tuple[Path, int]]]:
+    classes = ["disc", "square"]
+    rng = np.random.default_rng(0)
+    items = []
+    for index in range(count):
+        label = index % len(classes)
+        path = folder / f"{classes[label]}-{index}.png"
+        shape_image(classes[label], rng, size).save(path)
+        items.append((path, label))
+    return classes, items
+
+
+def plain_training(network: nn.Module, config: FineTuneConfig, device: torch.device, steps: int,
+                   input_size: int, fast: bool) -> float:
+    """Images/s of a bare loop over the job's network and trainable layers, on random tensors."""
+    network = fast_layout(copy.deepcopy(network).to(device), device) if fast else copy.deepcopy(network).to(device)
+    set_trainable(network, head_modules(network) + trainable_backbone(network, config, epoch=1))
+    optimizer = torch.optim.AdamW([p for p in network.parameters() if p.requires_grad], lr=1e-4)
+    inputs = torch.randn(config.batch_size, 3, input_size, input_size, device=device)
+    inputs = fast_layout(inputs, device) if fast else inputs
+    labels = torch.randint(0, 2, (config.batch_size,), device=device)
+
+    def step() -> None:
+        with fast_math(device) if fast else torch.enable_grad():
+            loss = nn.functional.cross_entropy(network(inputs), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step()
+    run = synced(step, device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        run()
+    return steps * config.batch_size / (time.perf_counter() - started)
+
+
+def fine_tuning(model: LoadedModel, sizes: Sizes, folder: Path) -> None:
+    device = model.device
+    classes, items = shape_items(folder, sizes.train_images, sizes.train_size)
+    config = FineTuneConfig(base_model=MODEL, dataset_id="bench", output_model="bench", strategy="fine_tune",
+                            epochs=sizes.train_epochs, batch_size=min(32, sizes.train_images // 2),
+                            input_size=sizes.train_size, early_stopping_patience=sizes.train_epochs)
+    base = copy.deepcopy(model.network).cpu()
+    result = fine_tune(config, model.spec, base, classes, items, ignore_progress, lambda: False, device,
+                       SharedSettings().max_image_pixels)
+    job = max(record["images_per_second"] for record in result.metrics["history"])
+    network = result.network
+    plain = plain_training(network, config, device, sizes.plain_steps, sizes.train_size, fast=True)
+    plain_fp32 = plain_training(network, config, device, sizes.plain_steps, sizes.train_size, fast=False)
+    report(f"fine-tuning, batch {config.batch_size} at {sizes.train_size} px ({device}), images/s", [
+        ("fine-tune job loop (augmentation included; fast_math on CUDA)", f"{job:.1f}"),
+        ("plain loop, same layers, fast_math + channels_last", f"{plain:.1f}"),
+        ("plain loop, float32", f"{plain_fp32:.1f}"),
+        ("job / plain (fast_math)", f"{job / plain:.2f}x"),
+    ])
+
+
+def activation_maximization(model: LoadedModel, sizes: Sizes) -> None:
+    rows = []
+    for count in sizes.maximize_targets:
+        config = MaximizationConfig(target=Target(classes=tuple(range(count))), steps=sizes.maximize_steps,
+                                    size=sizes.maximize_size)
+        maximize(model.network, model.spec, MaximizationConfig(target=Target(classes=(0,)), steps=1,
+                                                               size=sizes.maximize_size),
+                 ignore_progress, lambda: False, model.layers)
+        started = time.perf_counter()
+        maximize(model.network, model.spec, config, ignore_progress, lambda: False, model.layers)
+        if model.device.type == "cuda":
+            torch.cuda.synchronize(model.device)
+        per_hundred = (time.perf_counter() - started) * 100 / config.steps
+        rows.append((f"{count} target(s) in one job", f"{per_hundred:.2f} s per 100 steps "
+                                                      f"({per_hundred / count:.2f} s per target)"))
+    report(f"activation maximization at {sizes.maximize_size or model.spec.input_size} px ({model.device})", rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny counts: checks that every part runs")
+    args = parser.parse_args(argv)
+    sizes = SMOKE if args.smoke else FULL
+    folder = Path(tempfile.mkdtemp(prefix="gazer-bench-gpu-"))
+    model = served_model(MODEL)
+    name = torch.cuda.get_device_name(model.device) if model.device.type == "cuda" else "CPU"
+    print(f"device: {model.device} ({name}); ONNX Runtime providers: {model.predictor.providers}")
+    raw = onnx_runtime(model, sizes, folder)
+    service_predict(sizes, raw)
+    gradcam(model, sizes)
+    integrated_gradients_and_scorecam(model, sizes)
+    fine_tuning(model, sizes, folder)
+    activation_maximization(model, sizes)
+
+
+if __name__ == "__main__":
+    run_timed(main)

@@ -1,0 +1,278 @@
+"""A closed-loop load generator: each client keeps one request in flight, cycling through the 20
+foolbox ImageNet JPEGs (512 x 512), for a fixed time; it reports throughput, latency
+percentiles, the status codes seen and the server's CPU use.
+
+  python -m bench.load                  # Gazer predict / cam / gradcam / IG-32 at 1, 8, 32, 128 clients
+  python -m bench.load --peers          # also PyTriton (bench/peers), installed into a venv of its own
+
+Clients are threads on keep-alive connections with their bodies built once, so the generator
+costs the machine as little as it can; it shares the 2 cores with the server all the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import subprocess
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import psutil
+
+from support import foolbox_imagenet_photos, multipart
+
+# photo -> (path, body, headers) of one request
+BodyFor = Callable[[bytes], tuple[str, bytes, dict[str, str]]]
+
+
+@dataclass
+class LoadResult:
+    clients: int
+    seconds: float
+    latencies: list[float] = field(default_factory=list)  # of 200s, seconds
+    statuses: dict[int, int] = field(default_factory=dict)
+    retry_after_missing: int = 0  # 503s without Retry-After
+    server_cpu: float = 0.0  # cores the server processes used on average
+
+    @property
+    def ok_per_second(self) -> float:
+        return len(self.latencies) / self.seconds
+
+    def percentile(self, q: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+    def row(self) -> str:
+        codes = ", ".join(f"{code}: {count}" for code, count in sorted(self.statuses.items()))
+        warn = f"  ({self.retry_after_missing} 503s without Retry-After)" if self.retry_after_missing else ""
+        return (f"{self.ok_per_second:7.1f} req/s  p50 {self.percentile(0.5):7.1f} ms  p99 {self.percentile(0.99):7.1f} ms"
+                f"  server {self.server_cpu:4.2f} cores  [{codes}]{warn}")
+
+
+def gazer_body(path: str, fields: dict[str, object] | None = None) -> BodyFor:
+    def body_for(photo: bytes) -> tuple[str, bytes, dict[str, str]]:
+        body, content_type = multipart([("photo.jpg", photo)], fields)
+        return path, body, {"Content-Type": content_type}
+    return body_for
+
+
+def photos() -> list[bytes]:
+    return [path.read_bytes() for path, _ in foolbox_imagenet_photos()]
+
+
+def _server_cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            process = psutil.Process(pid)
+            for member in [process, *process.children(recursive=True)]:
+                times = member.cpu_times()
+                total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def closed_loop(port: int, body_for: BodyFor, clients: int, seconds: float, server_pids: list[int],
+                warmup: float = 2.0) -> LoadResult:
+    """`clients` threads, each with one request in flight, for `warmup` + `seconds`; only the
+    requests that start after the warm-up count."""
+    requests = [body_for(photo) for photo in photos()]
+    result = LoadResult(clients, seconds)
+    lock = threading.Lock()
+    begin = time.perf_counter() + warmup
+    end = begin + seconds
+
+    def client(offset: int) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        index = offset
+        while (started := time.perf_counter()) < end:
+            path, body, headers = requests[index % len(requests)]
+            index += 1
+            try:
+                connection.request("POST", path, body=body, headers=headers)
+                response = connection.getresponse()
+                response.read()
+                status, retry_after = response.status, response.getheader("Retry-After")
+                if response.getheader("Connection", "").lower() == "close":
+                    connection.close()
+            except (OSError, http.client.HTTPException):
+                connection.close()
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+                status, retry_after = 0, None
+            finished = time.perf_counter()
+            if started < begin:
+                continue
+            with lock:
+                result.statuses[status] = result.statuses.get(status, 0) + 1
+                if status == 200:
+                    result.latencies.append(finished - started)
+                elif status == 503 and retry_after is None:
+                    result.retry_after_missing += 1
+            if status == 503:  # as a client that honours Retry-After (briefly, to keep the pressure on)
+                time.sleep(0.05)
+        connection.close()
+
+    threads = [threading.Thread(target=client, args=(offset,)) for offset in range(clients)]
+    for thread in threads:
+        thread.start()
+    time.sleep(max(0.0, begin - time.perf_counter()))
+    cpu_before = _server_cpu_seconds(server_pids)
+    time.sleep(max(0.0, end - time.perf_counter()))
+    result.server_cpu = (_server_cpu_seconds(server_pids) - cpu_before) / seconds
+    for thread in threads:
+        thread.join()
+    return result
+
+
+def mean_run_size(port: int) -> tuple[float, float]:
+    """(images, runs) the server's ONNX Runtime runs have taken so far, from its /metrics."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    connection.request("GET", "/metrics")
+    text = connection.getresponse().read().decode()
+    connection.close()
+    values = {}
+    for line in text.splitlines():
+        for name in ("gazer_model_run_images_sum", "gazer_model_run_images_count"):
+            if line.startswith(name + '{runtime="onnx"}'):
+                values[name] = float(line.split()[-1])
+    return values.get("gazer_model_run_images_sum", 0.0), values.get("gazer_model_run_images_count", 0.0)
+
+
+def compute_bound(batch: int) -> tuple[float, float, float]:
+    """(decode + preprocess core-ms per image, ORT core-ms per image at `batch`, images/s the
+    machine's cores could do at most), measured in this process on its CPU time."""
+    from bench.common import served_model
+    from core import imaging
+    from core.parallel import cpu_count
+
+    model = served_model("efficientnet_lite0")
+    blobs = photos()
+    started = time.process_time()
+    for blob in blobs * 3:
+        imaging.preprocess([imaging.decode_image(blob, 10**8)], model.spec)
+    decode_ms = (time.process_time() - started) * 1000 / (3 * len(blobs))
+    inputs, _ = imaging.preprocess([imaging.decode_image(blob, 10**8) for blob in blobs[:batch]] * (batch // len(blobs) + 1),
+                                   model.spec)
+    inputs = inputs[:batch]
+    for _ in range(3):
+        model.predictor.logits(inputs)
+    runs = max(3, 64 // batch)
+    started = time.process_time()
+    for _ in range(runs):
+        model.predictor.logits(inputs)
+    ort_ms = (time.process_time() - started) * 1000 / (runs * batch)
+    return decode_ms, ort_ms, cpu_count() * 1000 / (decode_ms + ort_ms)
+
+
+def main() -> None:
+    from bench.common import running_server_process
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", default="1,8,32,128")
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--peers", action="store_true", help="also PyTriton, in a venv of its own")
+    parser.add_argument("--only", default="predict,cam,gradcam,ig32", help="which Gazer workloads")
+    parser.add_argument("--before", metavar="REV", help="also a server of git revision REV, each load run on it "
+                                                        "right after the same run on this working tree")
+    args = parser.parse_args()
+    counts = [int(count) for count in args.clients.split(",")]
+    model = "efficientnet_lite0"
+    workloads = {
+        "predict": gazer_body(f"/v1/models/{model}/predict"),
+        "cam": gazer_body(f"/v1/models/{model}/explain", {"method": "cam"}),
+        "gradcam": gazer_body(f"/v1/models/{model}/explain", {"method": "gradcam"}),
+        "ig32": gazer_body(f"/v1/models/{model}/explain", {"method": "integrated_gradients", "steps": 32,
+                                                           "outputs": "heatmap"}),
+    }
+    results: dict[str, dict[int, LoadResult]] = {}
+    run_sizes: dict[int, float] = {}
+    with running_server_process() as (port, pids), _before_server(args.before) as before:
+        for name in args.only.split(","):
+            results[name] = {}
+            for clients in counts if name in ("predict", "cam") else [1, 8]:
+                images, runs = mean_run_size(port)
+                results[name][clients] = outcome = closed_loop(port, workloads[name], clients, args.seconds, pids)
+                images_after, runs_after = mean_run_size(port)
+                batch = (images_after - images) / max(runs_after - runs, 1)
+                if name == "predict":
+                    run_sizes[clients] = batch
+                print(f"gazer {name:8s} {clients:4d} clients  {outcome.row()}  onnx run {batch:4.1f} images", flush=True)
+                if before is not None:
+                    outcome = closed_loop(before[0], workloads[name], clients, args.seconds, before[1])
+                    print(f"  {args.before[:12]:>12s}  {clients:4d} clients  {outcome.row()}", flush=True)
+    if 8 in run_sizes and 8 in results.get("predict", {}):
+        decode_ms, ort_ms, bound = compute_bound(max(1, round(run_sizes[8])))
+        print(f"\ncompute bound at batch {round(run_sizes[8])}: decode+preprocess {decode_ms:.1f} core-ms + ORT "
+              f"{ort_ms:.1f} core-ms per image -> {bound:.0f} images/s; predict at 8 clients reaches "
+              f"{results['predict'][8].ok_per_second / bound:.0%} of it (goal >= 90%)")
+    if args.peers:
+        from bench.peers import pytriton
+
+        for batching in (False, True):
+            label = f"pytriton{' batch 8/5ms' if batching else ''}"
+            with pytriton.running(batching) as (port, pids):
+                for clients in counts:
+                    outcome = closed_loop(port, pytriton.body_for, clients, args.seconds, pids)
+                    results.setdefault(label, {})[clients] = outcome
+                    print(f"{label:14s} {clients:4d} clients  {outcome.row()}", flush=True)
+    _goals(results)
+
+
+@contextmanager
+def _before_server(revision: str | None) -> Iterator[tuple[int, list[int]] | None]:
+    """A server of `revision` from a temporary git worktree (None without a revision)."""
+    from bench.common import running_server_process
+
+    if revision is None:
+        yield None
+        return
+    root = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory(prefix="gazer-load-before-") as folder:
+        checkout = Path(folder) / "before"
+        subprocess.run(["git", "worktree", "add", "--detach", str(checkout), revision], cwd=root, check=True,
+                       capture_output=True)
+        try:
+            with running_server_process(8766, checkout) as server:
+                yield server
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(checkout)], cwd=root, check=False)
+
+
+def _goals(results: dict[str, dict[int, LoadResult]]) -> None:
+    predict = results.get("predict", {})
+    print("\n== goals")
+    if 1 in predict and 8 in predict:
+        for clients in (32, 128):
+            if clients in predict:
+                outcome = predict[clients]
+                print(f"  predict {clients} clients: {outcome.ok_per_second / predict[8].ok_per_second:.2f}x the 8-client "
+                      f"req/s (goal >= 1), p99 {outcome.percentile(0.99) / predict[8].percentile(0.99):.2f}x the "
+                      f"8-client p99 (goal <= 4), codes {sorted(outcome.statuses)} (goal: 200 and 503 only)")
+    for name, goal in (("gradcam", 2.0), ("ig32", 1.5)):
+        runs = results.get(name, {})
+        if 1 in runs and 8 in runs:
+            print(f"  {name} 8 clients / 1 client throughput: {runs[8].ok_per_second / runs[1].ok_per_second:.2f}x "
+                  f"(goal >= {goal})")
+    if 1 in predict and 1 in results.get("cam", {}):
+        print(f"  cam / predict p50 at 1 client: "
+              f"{results['cam'][1].percentile(0.5) / predict[1].percentile(0.5):.2f}x (goal <= 1.3)")
+    triton = results.get("pytriton batch 8/5ms", {})
+    if 8 in predict and 8 in triton:
+        print(f"  predict 8 clients vs PyTriton dynamic batching: {predict[8].ok_per_second / triton[8].ok_per_second:.2f}x "
+              f"req/s (goal >= 1.5), p99 {predict[8].percentile(0.99):.0f} vs {triton[8].percentile(0.99):.0f} ms")
+    plain = results.get("pytriton", {})
+    if 1 in predict and 1 in plain:
+        print(f"  predict 1 client p50: {predict[1].percentile(0.5):.1f} ms vs PyTriton without batching "
+              f"{plain[1].percentile(0.5):.1f} ms (goal: <=)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,244 @@
+"""Hyperparameter sweeps on Optuna: a TPE sampler and a median pruner over a study kept in
+Redis (Optuna's journal storage), one study per sweep.
+
+The coordinator asks the study for trials and runs each as a fine-tune job of its own (its
+params carry `trial`, its record `parent` = the sweep), keeping up to `parallel` of them queued
+or running, so every worker takes one. Each trial reports its epochs to the study itself
+(`SweepHost.report_epoch`) and stops `pruned` when the pruner says so; the coordinator tells the
+study how each trial ended, and at the end registers the best trial's model as the base's
+`output_model`, drops the other trials' weights and measures the parameters' importances.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+from typing import Any, Callable
+
+import optuna
+import redis
+from optuna.importance import FanovaImportanceEvaluator, get_param_importances
+from optuna.pruners import MedianPruner
+from optuna.samplers import TPESampler
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalRedisBackend
+from optuna.trial import TrialState
+
+from core.errors import InvalidRequest
+from core.job_runners import FINE_TUNE, JobContext
+from core.jobs import TERMINAL, JobCancelled, Progress, ShouldStop
+from core.sweep_trials import load_trial, trial_folder
+from core.sweeps import Dimension, NoTrialSucceeded, SweepConfig, parse_space, sweep_config, with_values
+from infra.job_store import JobStore
+
+log = logging.getLogger(__name__)
+POLL_SECONDS = 0.5
+_PREFIX = "gazer:optuna:"
+_ENDS = {"succeeded": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "failed": TrialState.FAIL,
+         "cancelled": TrialState.FAIL}
+
+
+def study_name(sweep_id: str) -> str:
+    return f"sweep-{sweep_id}"
+
+
+def startup_trials(trials: int) -> int:
+    """Trials that finish before the pruner or TPE's model has a say (a fifth, 2 to 10)."""
+    return max(2, min(10, trials // 5))
+
+
+def make_sampler(config: SweepConfig) -> TPESampler:
+    # constant_liar: trials running in parallel are not all sampled at the same point
+    return TPESampler(seed=config.seed, n_startup_trials=startup_trials(config.trials), constant_liar=True)
+
+
+def make_pruner(startup: int) -> MedianPruner:
+    return MedianPruner(n_startup_trials=startup, n_warmup_steps=0)
+
+
+def suggest(trial: optuna.Trial, dimension: Dimension) -> Any:
+    if dimension.kind == "choice":
+        return trial.suggest_categorical(dimension.name, list(dimension.options))
+    if dimension.kind == "int":
+        return trial.suggest_int(dimension.name, int(dimension.low), int(dimension.high))
+    return trial.suggest_float(dimension.name, dimension.low, dimension.high, log=dimension.kind == "log_uniform")
+
+
+class SweepHost:
+    """What a coordinator needs beyond core: the job store, a way to send a job's message to the
+    queue (`send(job_id)`), and the Redis holding the studies."""
+
+    def __init__(self, store: JobStore, send: Callable[[str], None], redis_url: str) -> None:
+        self.store = store
+        self.send = send
+        self.redis_url = redis_url
+
+    def storage(self, sweep_id: str) -> JournalStorage:
+        return JournalStorage(JournalRedisBackend(self.redis_url, prefix=f"{_PREFIX}{sweep_id}:"))
+
+    def drop_study(self, sweep_id: str) -> None:
+        keys = list(self.store.redis.scan_iter(match=f"{_PREFIX}{sweep_id}:*", count=1000))
+        if keys:
+            self.store.redis.delete(*keys)
+
+    def submit_trial(self, sweep_id: str, params: dict[str, Any], owner: str | None) -> str:
+        job = self.store.create(FINE_TUNE, params, owner, parent=sweep_id)
+        try:
+            self.send(job["id"])
+        except Exception:  # kombu's and redis's connection errors alike: no record waits for nothing
+            self.store.discard(job["id"])
+            raise
+        return job["id"]
+
+    def report_epoch(self, trial: dict[str, Any], epoch: int, value: float) -> bool:
+        """A trial's epoch, reported to its study; whether the pruner stops it here."""
+        study = optuna.load_study(study_name=study_name(trial["sweep"]), storage=self.storage(trial["sweep"]),
+                                  pruner=make_pruner(int(trial["startup_trials"])))
+        reported = optuna.trial.Trial(study, int(trial["trial_id"]))
+        reported.report(float(value), epoch)
+        return reported.should_prune()
+
+
+class _Coordinator:
+    def __init__(self, job_id: str, config: SweepConfig, params: dict[str, Any], host: SweepHost,
+                 context: JobContext) -> None:
+        self.job_id, self.config, self.base, self.host, self.context = job_id, config, params["base"], host, context
+        self.dimensions = parse_space(config.space)
+        self.owner = host.store.get(job_id)["owner"]
+        self.study = optuna.create_study(
+            study_name=study_name(job_id), storage=host.storage(job_id), sampler=make_sampler(config),
+            pruner=make_pruner(startup_trials(config.trials)),
+            direction="maximize" if config.maximize else "minimize", load_if_exists=True)
+        self.trials: list[dict[str, Any]] = []   # one record per trial, in the order asked
+        self.running: dict[str, tuple[optuna.Trial, dict[str, Any]]] = {}  # child job id -> its trial
+
+    def launch(self) -> None:
+        trial = self.study.ask()
+        values = {dimension.name: suggest(trial, dimension) for dimension in self.dimensions}
+        marker = {"sweep": self.job_id, "number": trial.number, "trial_id": trial._trial_id,
+                  "metric": self.config.metric, "startup_trials": startup_trials(self.config.trials)}
+        try:
+            child = self.host.submit_trial(self.job_id, {**with_values(self.base, values), "trial": marker},
+                                           self.owner)
+        except Exception:
+            self.study.tell(trial, state=TrialState.FAIL)
+            raise
+        record = {"number": trial.number, "job_id": child, "params": values, "state": "queued", "value": None}
+        self.trials.append(record)
+        self.running[child] = (trial, record)
+
+    def collect(self) -> None:
+        """Tells the study about every trial that ended since the last look."""
+        for child, (trial, record) in list(self.running.items()):
+            job = self.host.store.get(child)
+            record["state"] = job["state"]
+            if job["state"] not in TERMINAL:
+                continue
+            del self.running[child]
+            value = job["result"]["metrics"][self.config.metric] if job["state"] == "succeeded" else None
+            if value is None and job["state"] == "succeeded":  # it diverged (NaN): no value to compare
+                self.study.tell(trial, state=TrialState.FAIL)
+            elif job["state"] == "succeeded":
+                record["value"] = value
+                self.study.tell(trial, value)
+            else:
+                self.study.tell(trial, state=_ENDS[job["state"]])
+                if job["state"] == "pruned":
+                    history = job["progress"].get("metrics") or {}
+                    record["value"] = history.get(self.config.metric)
+
+    def ranked(self) -> list[dict[str, Any]]:
+        """The trials that finished with a value, best first."""
+        done = [record for record in self.trials if record["state"] == "succeeded" and record["value"] is not None]
+        return sorted(done, key=lambda record: -record["value"] if self.config.maximize else record["value"])
+
+    def best(self) -> dict[str, Any] | None:
+        ranked = [record for record in self.ranked() if not record.get("refused")]
+        return {key: ranked[0][key] for key in ("number", "job_id", "value", "params")} if ranked else None
+
+    def report(self, progress: Progress) -> None:
+        count = {state: sum(record["state"] == state for record in self.trials) for state in TERMINAL}
+        ended = sum(count.values())
+        progress(ended / self.config.trials, phase="trials", trials={
+            "total": self.config.trials, "done": ended, "running": len(self.running), "pruned": count["pruned"],
+            "succeeded": count["succeeded"], "failed": count["failed"] + count["cancelled"]}, best=self.best())
+
+    def cancel_running(self, wait_seconds: float) -> None:
+        for child in self.running:
+            self.host.store.cancel(child)
+        deadline = time.monotonic() + wait_seconds
+        while self.running and time.monotonic() < deadline:
+            time.sleep(POLL_SECONDS)
+            self.collect()
+
+    def run(self, progress: Progress, should_stop: ShouldStop, parallel: int) -> None:
+        launched = 0
+        while launched < self.config.trials or self.running:
+            if should_stop():
+                self.cancel_running(wait_seconds=2 * self.host.store.lease_seconds + 10)
+                raise JobCancelled("the sweep was cancelled; its running trials were cancelled too")
+            while launched < self.config.trials and len(self.running) < parallel:
+                self.launch()
+                launched += 1
+            try:
+                self.collect()
+            except redis.RedisError as error:  # Redis restarting, say: look again next time
+                log.warning("sweep %s: its trials could not be read (%s); trying again", self.job_id, error)
+            self.report(progress)
+            if self.running:
+                time.sleep(POLL_SECONDS)
+
+    def importances(self) -> dict[str, float]:
+        """fANOVA's share of the metric's variance per parameter, over the finished trials (the
+        parameters that took more than one value there)."""
+        complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        varied = [d.name for d in self.dimensions if len({repr(t.params.get(d.name)) for t in complete}) > 1]
+        if len(complete) < 2 or not varied:
+            return {}
+        if len({trial.value for trial in complete}) == 1:  # fANOVA refuses: no variance for anything to explain
+            return {name: 0.0 for name in varied}
+        found = get_param_importances(self.study, evaluator=FanovaImportanceEvaluator(seed=self.config.seed),
+                                      params=varied)
+        return {name: round(float(value), 4) for name, value in found.items() if math.isfinite(value)}
+
+    def publish_best(self, should_stop: ShouldStop) -> dict[str, Any]:
+        """Registers the best trial's model as the base's output_model; one the registry refuses
+        (its torch and ONNX Runtime logits disagree: weights blown up by a huge learning rate,
+        say) gives way to the next best."""
+        for record in self.ranked():
+            spec, network, metrics = load_trial(trial_folder(self.context.storage, {"sweep": self.job_id,
+                                                                                    "number": record["number"]}))
+            if should_stop():
+                raise JobCancelled("the sweep was stopped before its best model was published")
+            try:
+                published = self.context.registry.register_network(spec, network, metrics)
+            except InvalidRequest as refused:
+                log.warning("sweep %s: trial %d's model was refused (%s)", self.job_id, record["number"],
+                            refused.detail)
+                record["refused"] = refused.detail
+                continue
+            return {"id": published.id, "version": published.version}
+        raise NoTrialSucceeded(f"none of the {len(self.trials)} trials gave a model to publish "
+                               f"({', '.join(sorted({r['state'] for r in self.trials}))})")
+
+
+def run_sweep(job_id: str, params: dict[str, Any], progress: Progress, should_stop: ShouldStop,
+              context: JobContext, host: SweepHost) -> dict[str, Any]:
+    config = sweep_config(params)
+    parallel = config.parallel or max(1, len(host.store.live_workers()))
+    coordinator = _Coordinator(job_id, config, params, host, context)
+    try:
+        coordinator.run(progress, should_stop, parallel)
+        importances = coordinator.importances()
+        model = coordinator.publish_best(should_stop)
+    finally:  # the losing trials' weights (and the winner's copy) are not kept
+        shutil.rmtree(context.storage.job_artifacts(job_id) / "trials", ignore_errors=True)
+        try:
+            host.drop_study(job_id)
+        except redis.RedisError as error:
+            log.warning("sweep %s: its study could not be removed from Redis (%s)", job_id, error)
+    coordinator.report(progress)
+    return {"output_model": model, "metric": config.metric, "parallel": parallel, "best": coordinator.best(),
+            "importances": importances, "trials": coordinator.trials}

@@ -1,0 +1,134 @@
+"""Concurrent requests for one model run as one batch, with the same answers as alone; a full
+model queue answers 503 with Retry-After at once."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from core import pipeline
+from core.explain import METHODS
+from service.app import create_app
+from service.settings import Settings
+from support import encode, foolbox_imagenet_photos, upload
+from tests.conftest import MODEL
+from tests.held_method import HeldGradCAM
+
+PREDICT, EXPLAIN = f"/v1/models/{MODEL}/predict", f"/v1/models/{MODEL}/explain"
+
+
+@pytest.fixture(scope="module")
+def small_queue_client(data_dir):
+    settings = Settings(data_dir=data_dir, max_queued_per_model=3)
+    with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def photos() -> list[bytes]:
+    return [path.read_bytes() for path, _ in foolbox_imagenet_photos()[:3]]
+
+
+class HeldRuns:
+    """The model's ONNX Runtime runs, recorded (images per run); the first is held until released."""
+
+    def __init__(self, model, monkeypatch) -> None:
+        self.sizes: list[int] = []
+        self.started, self.release = threading.Event(), threading.Event()
+        run = model.predictor.run_batches
+
+        def held(outputs, batches):
+            self.sizes.append(sum(len(batch) for batch in batches))
+            self.started.set()
+            assert self.release.wait(60), "the test never released the held run"
+            return run(outputs, batches)
+
+        monkeypatch.setattr(model.predictor, "run_batches", held)
+
+
+def test_concurrent_predictions_run_as_one_batch_with_the_answers_they_get_alone(small_queue_client, photos,
+                                                                                 monkeypatch):
+    client = small_queue_client
+    alone = [client.post(PREDICT, files=[upload(photo)]).json()["results"][0] for photo in photos]
+    model = client.app.state.registry.get(MODEL)
+    held = HeldRuns(model, monkeypatch)
+    with ThreadPoolExecutor(3) as pool:
+        first = pool.submit(client.post, PREDICT, files=[upload(photos[0])])
+        assert held.started.wait(60)
+        rest = [pool.submit(client.post, PREDICT, files=[upload(photo)]) for photo in photos[1:]]
+        while pipeline.onnx_runs(model).waiting() < 2:
+            threading.Event().wait(0.01)
+        held.release.set()
+        together = [future.result(60) for future in [first, *rest]]
+    assert held.sizes == [1, 2]
+    assert [response.json()["results"][0] for response in together] == alone  # the same probabilities, exactly
+
+
+def test_a_full_model_queue_answers_503_with_retry_after_at_once(small_queue_client, photos, monkeypatch):
+    client = small_queue_client
+    held = HeldRuns(client.app.state.registry.get(MODEL), monkeypatch)
+    with ThreadPoolExecutor(3) as pool:
+        admitted = [pool.submit(client.post, PREDICT, files=[upload(photo)]) for photo in photos]
+        assert held.started.wait(60)
+        while sum(client.app.state.model_queues.in_flight.values()) < 3:
+            threading.Event().wait(0.01)
+        refused = client.post(PREDICT, files=[upload(photos[0])])
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        assert refused.json()["type"] == "/problems/busy" and "GAZER_MAX_QUEUED_PER_MODEL" in refused.json()["detail"]
+        held.release.set()
+        assert [future.result(60).status_code for future in admitted] == [200, 200, 200]
+    assert client.post(PREDICT, files=[upload(photos[0])]).status_code == 200
+
+
+def test_concurrent_gradcams_run_as_one_batch_each_with_its_own_target(small_queue_client, photos, monkeypatch):
+    client = small_queue_client
+    requests = [(photos[0], {}), (photos[1], {"target": "281"}), (photos[2], {})]
+
+    def explain(photo, fields):
+        return client.post(EXPLAIN, files=[upload(photo)], data={"method": "gradcam", "outputs": "map", **fields})
+
+    alone = [explain(photo, fields).json()["results"][0]["explanation"] for photo, fields in requests]
+    held = HeldGradCAM()
+    monkeypatch.setitem(METHODS, "gradcam", held)
+    model = client.app.state.registry.get(MODEL)
+    with ThreadPoolExecutor(3) as pool:
+        first = pool.submit(explain, *requests[0])
+        assert held.started.wait(60)
+        rest = [pool.submit(explain, *request) for request in requests[1:]]
+        while pipeline.torch_runs(model).waiting() < 2:
+            threading.Event().wait(0.01)
+        held.release.set()
+        together = [future.result(60).json()["results"][0]["explanation"] for future in [first, *rest]]
+    assert held.batches == [1, 2]
+    for by_itself, batched in zip(alone, together):
+        assert batched["target"]["index"] == by_itself["target"]["index"]
+        assert batched["target"]["probability"] == pytest.approx(by_itself["target"]["probability"], abs=1e-6)
+        assert np.abs(np.asarray(batched["map"]) - np.asarray(by_itself["map"])).max() < 1e-3
+    assert together[1]["target"]["index"] == 281
+
+
+def test_a_long_explanation_does_not_hold_the_model_for_a_short_one(small_queue_client, photos):
+    """Integrated gradients at 128 steps runs in chunks; a Grad-CAM sent meanwhile runs between
+    two of them and is answered long before the integrated gradients are."""
+    client = small_queue_client
+    finished: dict[str, float] = {}
+
+    def explain(name, fields):
+        response = client.post(EXPLAIN, files=[upload(photos[0])], data={**fields, "outputs": "map"})
+        finished[name] = time.perf_counter()
+        return response
+
+    model = client.app.state.registry.get(MODEL)
+    with ThreadPoolExecutor(2) as pool:
+        long = pool.submit(explain, "long", {"method": "integrated_gradients", "steps": 128})
+        while not pipeline.torch_runs(model).running_long() and not long.done():
+            time.sleep(0.01)
+        assert not long.done(), long.result().text
+        short = pool.submit(explain, "short", {"method": "gradcam"})
+        assert short.result(120).status_code == 200 and long.result(300).status_code == 200
+    assert finished["short"] < finished["long"]

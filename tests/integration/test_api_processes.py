@@ -1,0 +1,71 @@
+"""`make run` with GAZER_API_PROCESSES=2: two uvicorn processes answer one port, both on the
+supervisor's Redis (neither starts its own), and /metrics, answered by either, counts the
+requests of both."""
+
+from __future__ import annotations
+
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import psutil
+import pytest
+
+from tests.live_service import LiveService
+
+ANSWERED = re.compile(r'^gazer_http_requests_answered\{pid="(\d+)"\} ([0-9.e+]+)$', re.MULTILINE)
+HEALTHZ = re.compile(r'^gazer_http_requests_total\{method="GET",route="/healthz",status="200"\} ([0-9.e+]+)$',
+                     re.MULTILINE)
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    with LiveService(tmp_path_factory.mktemp("two-apis"), api_processes=2, access_log=0) as live:
+        yield live
+
+
+def answered_by(service: LiveService) -> dict[int, float]:
+    text = httpx.get(f"{service.url}/metrics", timeout=10).text
+    return {int(pid): float(count) for pid, count in ANSWERED.findall(text)}
+
+
+def on_fresh_connections(service: LiveService, path: str, count: int) -> list[httpx.Response]:
+    """Each request on a connection of its own, 8 at a time, so that either process may accept it."""
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(lambda _: httpx.get(f"{service.url}{path}", timeout=30), range(count)))
+
+
+def api_processes(service: LiveService) -> set[int]:
+    """The uvicorn worker processes: children of `python -m service`, a child of `make run`."""
+    for child in psutil.Process(service.process.pid).children():
+        if child.cmdline()[-2:] == ["-m", "service"]:
+            return {process.pid for process in child.children()
+                    if "resource_tracker" not in " ".join(process.cmdline())}
+    raise AssertionError("no `python -m service` child of make run")
+
+
+def test_two_processes_answer_one_port_and_are_each_ready(service):
+    deadline = time.time() + 120
+    while len(answered_by(service)) < 2:  # the second may still be loading its model
+        assert time.time() < deadline, service.log()[-3000:]
+        on_fresh_connections(service, "/healthz", 8)
+    before = answered_by(service)
+    readiness = on_fresh_connections(service, "/readyz", 16)
+    after = answered_by(service)
+    assert set(after) == api_processes(service)
+    assert all(after[pid] > before[pid] for pid in after), (before, after)  # both answered /readyz
+    assert {answer.status_code for answer in readiness} == {200}
+    assert {answer.json()["workers"] for answer in readiness} == {1}  # both see make run's worker
+    assert "no GAZER_REDIS_URL" not in service.log()  # neither started a Redis of its own
+
+
+def test_metrics_from_either_process_count_the_requests_of_both(service):
+    def healthz_count() -> float:
+        found = HEALTHZ.search(httpx.get(f"{service.url}/metrics", timeout=10).text)
+        return float(found.group(1)) if found else 0.0
+
+    before = healthz_count()
+    assert {answer.status_code for answer in on_fresh_connections(service, "/healthz", 24)} == {200}
+    counts = [healthz_count() - before for _ in range(4)]  # scrapes land on either process
+    assert counts == [24.0] * 4

@@ -1,6 +1,7 @@
-"""A bounded queue per model: requests in flight for one model version beyond the limit are
-answered 503 with Retry-After at once, before their images are read or decoded, so that the
-latency of admitted requests stays bounded under overload."""
+"""A bounded queue per model: requests in flight for one model beyond the limit are answered
+503 with Retry-After at once, so that the latency of admitted requests stays bounded under
+overload. A request takes its place once its caller is known (the router's dependency); while
+the queue is full, `RefuseWhenQueueFull` answers before the body is even read."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ from collections import Counter
 from contextlib import contextmanager
 from typing import Iterator
 
+from starlette.types import ASGIApp, Receive, Scope, Send
+
 from core.errors import ServiceBusy
+from service.errors import problem_response
 
 RETRY_AFTER_SECONDS = 1
 
@@ -20,11 +24,18 @@ class ModelQueues:
         self.limit = limit
         self.in_flight: Counter[str] = Counter()
 
+    def full(self, model: str) -> bool:
+        return self.in_flight[model] >= self.limit
+
+    def busy(self, model: str) -> ServiceBusy:
+        return ServiceBusy(f"model {model!r} has {self.limit} requests in flight (GAZER_MAX_QUEUED_PER_MODEL); "
+                           f"retry shortly", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
     @contextmanager
     def admitted(self, model: str) -> Iterator[None]:
-        if self.in_flight[model] >= self.limit:
-            raise ServiceBusy(f"model {model!r} has {self.limit} requests in flight (GAZER_MAX_QUEUED_PER_MODEL); "
-                              f"retry shortly", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+        """`model`: as the request's path names it."""
+        if self.full(model):
+            raise self.busy(model)
         self.in_flight[model] += 1
         try:
             yield
@@ -32,3 +43,24 @@ class ModelQueues:
             self.in_flight[model] -= 1
             if not self.in_flight[model]:
                 del self.in_flight[model]
+
+
+class RefuseWhenQueueFull:
+    """POST /v1/models/{model}/predict or /explain while that model's queue is full: 503 before
+    the upload is read and parsed."""
+
+    def __init__(self, app: ASGIApp, queues: ModelQueues) -> None:
+        self.app = app
+        self.queues = queues
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            parts = scope["path"].strip("/").split("/")
+            if len(parts) == 4 and parts[:2] == ["v1", "models"] and parts[3] in ("predict", "explain") \
+                    and self.queues.full(parts[2]):
+                busy = self.queues.busy(parts[2])
+                response = problem_response(busy.status, busy.code, busy.detail)
+                response.headers.update(busy.extra["headers"])
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -17,7 +17,7 @@ from core.batching import Batching
 from core.errors import GazerError
 from core.models.registry import ModelRegistry
 from core.storage import Storage
-from service.admission import ModelQueues
+from service.admission import ModelQueues, RefuseWhenQueueFull
 from service.auth import KeyStore, requires
 from service.errors import PROBLEM_RESPONSES, install_error_handlers
 from service.limits import RequestSizeLimit
@@ -46,7 +46,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                  onnx_fp16=settings.onnx_fp16)
         app.state.registry = registry
         app.state.explanation_slots = anyio.Semaphore(settings.max_concurrent_explanations)
-        app.state.model_queues = ModelQueues(settings.max_queued_per_model)
         app.state.upload_slots = anyio.Semaphore(1)
         with ExitStack() as on_shutdown:  # also unwinds what started if a later step fails
             redis_url = settings.redis_url
@@ -75,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.request_limiter = RateLimiter("requests", settings.requests_per_second, settings.request_burst)
     app.state.compute_limiter = RateLimiter("forward passes", settings.compute_per_second, settings.compute_burst)
     app.state.event_streams = StreamSlots(settings.max_event_streams, settings.max_event_streams_per_client)
+    app.state.model_queues = ModelQueues(settings.max_queued_per_model)
     install_error_handlers(app)
     # Outermost last: ids and metrics, then Host, Origin and CORS, then the size limit.
     app.add_middleware(RequestSizeLimit, max_bytes=settings.max_request_bytes,
@@ -84,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list, allow_methods=["*"],
                            allow_headers=["Authorization", "X-API-Key", "X-Request-ID", "Content-Type", "Accept"],
                            expose_headers=["X-Request-ID", "Location", "Retry-After"])
+    app.add_middleware(RefuseWhenQueueFull, queues=app.state.model_queues)
     app.add_middleware(RefuseForeignOrigins, allowed=settings.cors_origin_list)
     app.add_middleware(RefuseUnknownHosts, allowed=settings.allowed_host_list)
     app.add_middleware(RequestContext, metrics=app.state.metrics)  # outside the size limit: its 413s count too

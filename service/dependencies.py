@@ -96,9 +96,9 @@ async def explanation_slot(request: Request) -> AsyncIterator[None]:
         slots.release()
 
 
-def admitted(request: Request, model: LoadedModel):
+def admitted(request: Request):
     """A place in the model's bounded queue, or 503 with Retry-After at once."""
-    return request.app.state.model_queues.admitted(model.spec.ref)
+    return request.app.state.model_queues.admitted(request.path_params["model"])
 
 
 def upload_slot(request: Request):

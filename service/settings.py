@@ -21,7 +21,7 @@ class Settings(SharedSettings):
     max_files: int = 64
     # Requests in flight per model version (decoding, queued or running); beyond it 503 with
     # Retry-After at once, so that admitted requests are answered in bounded time.
-    max_queued_per_model: int = Field(64, ge=1)
+    max_queued_per_model: int = Field(24, ge=1)
     # Explanations in flight at once over all models; beyond it 503 at once.
     max_concurrent_explanations: int = Field(32, ge=1)
     # Concurrent requests' images run together, up to this many per model run; an idle model

@@ -99,7 +99,7 @@ def describe_model(model: ModelDep, registry: RegistryDep) -> wire.ModelDetail:
 @router.post("/{model}/predict", response_model=wire.PredictResponse)
 async def predict(request: Request, model: ModelDep, settings: SettingsDep, metrics: MetricsDep, file: Files,
                   top_k: TopK = 5, resize: Resize = "crop") -> Response:
-    with admitted(request, model):
+    with admitted(request):
         blobs = await read_uploads(file, settings)
         metrics.batch_size.labels("predict").observe(len(blobs))
         on_stage = metrics.stage_recorder(model.spec.id)
@@ -192,7 +192,7 @@ async def explain(
                              f"budget of one request is {settings.max_explain_cost}: send fewer files or fewer "
                              f"steps, samples or masks", field="file", cost=cost, budget=settings.max_explain_cost)
     request.app.state.compute_limiter.take(client_id(caller, request), cost)
-    with admitted(request, model):
+    with admitted(request):
         blobs = await read_uploads(file, settings)
         metrics.batch_size.labels("explain").observe(len(blobs))
         on_stage = metrics.stage_recorder(model.spec.id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -108,3 +109,19 @@ def wait_for(client: TestClient, job_id: str, states: tuple[str, ...], timeout: 
             return job
         assert time.time() < deadline, f"job {job_id} still {job['state']} after {timeout} s: {job}"
         time.sleep(0.2)
+
+
+def follow(client: TestClient, job_id: str) -> list[tuple[str, dict]]:
+    """A job's server-sent events, (event, data), up to and with its `end`."""
+    events = []
+    with client.stream("GET", f"/v1/jobs/{job_id}/events") as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        kind = None
+        for line in stream.iter_lines():
+            if line.startswith("event: "):
+                kind = line[len("event: "):]
+            elif line.startswith("data: "):
+                events.append((kind, json.loads(line[len("data: "):])))
+                if kind == "end":
+                    break
+    return events

@@ -47,14 +47,17 @@ def api_processes(service: LiveService) -> set[int]:
 
 def test_two_processes_answer_one_port_and_are_each_ready(service):
     deadline = time.time() + 120
-    while len(answered_by(service)) < 2:  # the second may still be loading its model
+    while sum(count > 0 for count in answered_by(service).values()) < 2:  # the second may still be loading
         assert time.time() < deadline, service.log()[-3000:]
         on_fresh_connections(service, "/healthz", 8)
-    before = answered_by(service)
-    readiness = on_fresh_connections(service, "/readyz", 16)
-    after = answered_by(service)
+    before, readiness = answered_by(service), []
+    while True:  # which process accepts a connection is the kernel's choice: ask until both have answered
+        readiness += on_fresh_connections(service, "/readyz", 16)
+        after = answered_by(service)
+        if all(after[pid] > before[pid] for pid in after):
+            break
+        assert time.time() < deadline, (before, after)
     assert set(after) == api_processes(service)
-    assert all(after[pid] > before[pid] for pid in after), (before, after)  # both answered /readyz
     assert {answer.status_code for answer in readiness} == {200}
     assert {answer.json()["workers"] for answer in readiness} == {1}  # both see make run's worker
     assert "no GAZER_REDIS_URL" not in service.log()  # neither started a Redis of its own

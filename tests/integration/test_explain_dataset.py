@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import time
 import zipfile
 
@@ -12,7 +11,7 @@ import pytest
 from PIL import Image
 
 from support import SHAPE_CLASSES, shapes_archive, upload
-from tests.integration.conftest import make_client, wait_for
+from tests.integration.conftest import follow, make_client, wait_for
 
 PER_CLASS = 3
 
@@ -29,20 +28,6 @@ def submit(api, body: dict) -> dict:
     response = api.post("/v1/jobs/explain-dataset", json=body)
     assert response.status_code == 202, response.text
     return response.json()
-
-
-def follow(api, job_id: str) -> list[tuple[str, dict]]:
-    events = []
-    with api.stream("GET", f"/v1/jobs/{job_id}/events") as stream:
-        kind = None
-        for line in stream.iter_lines():
-            if line.startswith("event: "):
-                kind = line[len("event: "):]
-            elif line.startswith("data: "):
-                events.append((kind, json.loads(line[len("data: "):])))
-                if kind == "end":
-                    break
-    return events
 
 
 def test_every_image_explained_with_faithfulness(api, workers, shapes_dataset):

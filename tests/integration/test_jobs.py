@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import threading
 import time
 
@@ -12,7 +11,7 @@ import pytest
 from PIL import Image
 
 from support import SHAPE_CLASSES, encode, shape_image, shapes_archive, upload
-from tests.integration.conftest import LEASE_SECONDS, make_client, wait_for
+from tests.integration.conftest import LEASE_SECONDS, follow, make_client, wait_for
 
 
 def submit(api, kind: str, body: dict) -> dict:
@@ -118,17 +117,7 @@ def test_cancel_a_queued_job_before_it_runs(api, workers):
 def test_progress_events_stream(api, workers):
     workers()
     job = submit(api, "activation-maximization", {**long_maximization(300), "size": 64})
-    events = []
-    with api.stream("GET", f"/v1/jobs/{job['id']}/events") as stream:
-        assert stream.headers["content-type"].startswith("text/event-stream")
-        kind = None
-        for line in stream.iter_lines():
-            if line.startswith("event: "):
-                kind = line[len("event: "):]
-            elif line.startswith("data: "):
-                events.append((kind, json.loads(line[len("data: "):])))
-                if kind == "end":
-                    break
+    events = follow(api, job["id"])
     assert events[-1][0] == "end" and events[-1][1]["state"] == "succeeded"
     fractions = [data["progress"]["fraction"] for kind, data in events if kind == "progress"]
     assert len(fractions) >= 2 and fractions == sorted(fractions)

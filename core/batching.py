@@ -107,31 +107,43 @@ class Batcher:
 
     def _serve(self) -> None:
         _local.batcher = self
-        while (batch := self._next_batch(block=True)) is not None:
-            self._execute(batch)
+        try:
+            while (batch := self._next_batch(block=True)) is not None:
+                self._execute(batch)
+        finally:
+            with self._changed:  # an unexpected error must not leave a dead thread registered
+                if self._thread is threading.current_thread():
+                    self._thread = None
+                    if self._queue:  # whatever came meanwhile gets a thread of its own
+                        self._thread = threading.Thread(target=self._serve, name=f"batch-{self.name}", daemon=True)
+                        self._thread.start()
 
     def _next_batch(self, block: bool, short_only: bool = False) -> list[_Item] | None:
-        """The next batch to run; None when the thread should end (idle for IDLE_SECONDS: a
-        model that was unloaded leaves no thread behind, and the next submit starts one)."""
+        """The next batch to run (blocking: waiting for one); None when there is none (blocking:
+        when the thread should end, idle for IDLE_SECONDS, so that a model that was unloaded
+        leaves no thread behind; the next submit starts one)."""
         with self._changed:
-            if block and not self._queue:
-                self._changed.wait_for(lambda: self._queue, timeout=IDLE_SECONDS)
-                if not self._queue:
-                    self._thread = None
-                    return None
-            if block and self.wait_seconds > 0:
-                deadline = time.monotonic() + self.wait_seconds
-                while (sum(item.size for item in self._queue) < self.max_batch
-                       and (left := deadline - time.monotonic()) > 0):
-                    self._changed.wait(left)
-            return self._take(short_only)
+            while True:
+                if block and not self._queue:
+                    self._changed.wait_for(lambda: self._queue, timeout=IDLE_SECONDS)
+                    if not self._queue:
+                        return None
+                if block and self.wait_seconds > 0:
+                    deadline = time.monotonic() + self.wait_seconds
+                    while (sum(item.size for item in self._queue) < self.max_batch
+                           and (left := deadline - time.monotonic()) > 0):
+                        self._changed.wait(left)
+                batch = self._take(short_only)
+                if batch is not None or not block:  # blocking, and all that waited was dropped: wait on
+                    return batch
 
     def _take(self, short_only: bool) -> list[_Item] | None:
         """The oldest runnable item and the later ones of its key that fit; drops abandoned ones."""
-        for item in [item for item in self._queue if item.abandoned()]:
+        for item in [item for item in self._queue if item.abandoned() or item.future.cancelled()]:
             self._queue.remove(item)
-            item.future.set_exception(cancellation.ClientGone("the client closed the connection; its work "
-                                                              "was dropped before it ran"))
+            if item.future.set_running_or_notify_cancel():
+                item.future.set_exception(cancellation.ClientGone("the client closed the connection; its work "
+                                                                  "was dropped before it ran"))
         first = next((item for item in self._queue if not (short_only and self._is_long(item.key))), None)
         if first is None:
             return None
@@ -149,11 +161,13 @@ class Batcher:
             self._run_items(running)
 
     def _run_items(self, running: list[_Item]) -> None:
-        if self._observe is not None:
-            self._observe(sum(item.size for item in running))
         try:
+            if self._observe is not None:
+                self._observe(sum(item.size for item in running))
             with cancellation.for_client(_AllGone(running)), self._pausing(running[0].key):  # type: ignore[arg-type]
-                results = self._run(running[0].key, [item.payload for item in running])
+                results = list(self._run(running[0].key, [item.payload for item in running]))
+            if len(results) != len(running):
+                raise RuntimeError(f"{self.name}: {len(results)} results for {len(running)} payloads")
         except Exception as error:
             if len(running) > 1 and not isinstance(error, cancellation.ClientGone):
                 for item in running:  # alone, so that an error lands on the request that caused it

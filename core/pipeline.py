@@ -222,6 +222,7 @@ def explain(model: LoadedModel, images: list[Image.Image], method_name: str,
             {**timings, "render": (time.perf_counter() - started) * 1000}, scores[index],
             result.gates[index] if result.gates else None, overlay_format))
 
+    cancellation.check()  # batched with others, this request's own client may have gone meanwhile
     rendering = time.perf_counter()
     results = parallel_map(render, range(len(images)))
     on_stage("render", time.perf_counter() - rendering)
@@ -290,7 +291,7 @@ def _faithfulness(model: LoadedModel, batch: np.ndarray, maps: np.ndarray, chose
 
 def _pictures(image: Image.Image, box: imaging.CropBox, saliency: np.ndarray,
               outputs: tuple[str, ...], overlay_format: str) -> tuple[bytes | None, bytes | None]:
-    """The heatmap and overlay PNGs, where `outputs` asks for them."""
+    """The heatmap PNG and the overlay in `overlay_format`, where `outputs` asks for them."""
     if "heatmap" not in outputs and "overlay" not in outputs:
         return None, None
     heat = imaging.place_heatmap(saliency, box, image.width, image.height)

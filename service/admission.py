@@ -1,7 +1,7 @@
 """A bounded queue per model: requests in flight for one model beyond the limit are answered
 503 with Retry-After at once, so that the latency of admitted requests stays bounded under
-overload. A request takes its place once its caller is known (the router's dependency); while
-the queue is full, `RefuseWhenQueueFull` answers before the body is even read."""
+overload. A request takes its place in the route, once its caller is known and its upload read;
+while the queue is already full, `RefuseWhenQueueFull` answers before the upload is read."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ RETRY_AFTER_SECONDS = 1
 
 
 class ModelQueues:
-    """Counts requests per model; used on the event loop only, so it needs no lock."""
+    """Counts requests per model as the request's path names it (`m` and `m@1` count apart);
+    used on the event loop only, so it needs no lock."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit

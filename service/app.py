@@ -80,11 +80,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestSizeLimit, max_bytes=settings.max_request_bytes,
                        per_path={"/v1/datasets": settings.max_dataset_bytes, "/v1/models": settings.max_model_bytes},
                        idle_seconds=settings.body_idle_seconds)
+    app.add_middleware(RefuseWhenQueueFull, queues=app.state.model_queues)  # inside CORS: its 503s carry CORS headers
     if settings.cors_origin_list:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list, allow_methods=["*"],
                            allow_headers=["Authorization", "X-API-Key", "X-Request-ID", "Content-Type", "Accept"],
                            expose_headers=["X-Request-ID", "Location", "Retry-After"])
-    app.add_middleware(RefuseWhenQueueFull, queues=app.state.model_queues)
     app.add_middleware(RefuseForeignOrigins, allowed=settings.cors_origin_list)
     app.add_middleware(RefuseUnknownHosts, allowed=settings.allowed_host_list)
     app.add_middleware(RequestContext, metrics=app.state.metrics)  # outside the size limit: its 413s count too

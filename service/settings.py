@@ -19,7 +19,7 @@ class Settings(SharedSettings):
     max_file_bytes: int = 20 * 1024 * 1024
     max_request_pixels: int = 160_000_000  # all images of one request: about 480 MB decoded
     max_files: int = 64
-    # Requests in flight per model version (decoding, queued or running); beyond it 503 with
+    # Requests in flight per model (decoding, queued or running); beyond it 503 with
     # Retry-After at once, so that admitted requests are answered in bounded time.
     max_queued_per_model: int = Field(24, ge=1)
     # Explanations in flight at once over all models; beyond it 503 at once.

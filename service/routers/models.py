@@ -191,8 +191,8 @@ async def explain(
         raise InvalidRequest(f"this explanation costs {cost} forward passes ({method} on {len(file)} files); the "
                              f"budget of one request is {settings.max_explain_cost}: send fewer files or fewer "
                              f"steps, samples or masks", field="file", cost=cost, budget=settings.max_explain_cost)
-    request.app.state.compute_limiter.take(client_id(caller, request), cost)
     with admitted(request):
+        request.app.state.compute_limiter.take(client_id(caller, request), cost)
         blobs = await read_uploads(file, settings)
         metrics.batch_size.labels("explain").observe(len(blobs))
         on_stage = metrics.stage_recorder(model.spec.id)

@@ -118,3 +118,24 @@ def test_long_work_pauses_for_short_work():
     short_submitted.set()
     assert short.result(30) == 2 and long.result(30) == 1
     assert order == ["short", "long chunk 0", "long chunk 1", "long chunk 2"]
+
+
+def test_a_batcher_whose_only_waiting_work_was_abandoned_keeps_serving():
+    recorder = Recorder()
+    batcher = Batcher("test", recorder, max_batch=8)
+    assert batcher("a", 1, 1) == 2
+    gone = threading.Event()
+    gone.set()
+    with pytest.raises(cancellation.ClientGone):
+        batcher.submit("a", 2, 1, gone).result(30)
+    assert batcher.submit("a", 3, 1).result(30) == 6
+
+
+def test_a_request_cancelled_while_it_waits_does_not_stop_the_batcher():
+    batcher, recorder = held_batcher()
+    gone = threading.Event()
+    cancelled = batcher.submit("a", 1, 1, gone)
+    assert cancelled.cancel()  # as asyncio.wrap_future does when the awaiting task is cancelled
+    gone.set()
+    recorder.hold.set()
+    assert batcher.submit("a", 2, 1).result(30) == 4

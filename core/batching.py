@@ -6,6 +6,9 @@ runs them as one call. An idle batcher adds no delay: it runs what is waiting no
 `wait_seconds` asks it to wait for more. Items whose client has gone are dropped before they
 run, and a running batch stops (at its next `cancellation.check`) once all its clients have gone.
 
+With `runners` > 1, up to that many batches run at once, each on a thread of its own, when
+work is waiting while a batch runs (ONNX Runtime on a CPU: see OnnxPredictor.concurrent_runs).
+
 Long work (integrated gradients, SmoothGrad, Score-CAM) pauses between its chunks at
 `pause_point()`: there the batcher's thread runs one waiting batch of short work, so a slow
 request does not hold the model for everyone.
@@ -66,8 +69,9 @@ class _AllGone:
 class Batcher:
     def __init__(self, name: str, run: RunBatch, max_batch: int, wait_seconds: float = 0.0,
                  is_long: Callable[[Hashable], bool] = lambda key: False,
-                 observe: Callable[[int], None] | None = None) -> None:
+                 observe: Callable[[int], None] | None = None, runners: int = 1) -> None:
         self.name = name
+        self.runners = runners
         self._observe = observe
         self._run = run
         self.max_batch = max_batch
@@ -75,7 +79,8 @@ class Batcher:
         self._is_long = is_long
         self._queue: deque[_Item] = deque()
         self._changed = threading.Condition()
-        self._thread: threading.Thread | None = None
+        self._threads: set[threading.Thread] = set()
+        self._idle = 0  # threads waiting for work
         self._long_running = False
 
     def submit(self, key: Hashable, payload: Any, size: int, gone: threading.Event | None = None) -> Future:
@@ -84,11 +89,16 @@ class Batcher:
         item = _Item(key, payload, size, Future(), gone if gone is not None else cancellation.current())
         with self._changed:
             self._queue.append(item)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._serve, name=f"batch-{self.name}", daemon=True)
-                self._thread.start()
+            self._start_runner_if_needed()
             self._changed.notify()
         return item.future
+
+    def _start_runner_if_needed(self) -> None:
+        """A thread for waiting work when none is free to take it (holding `_changed`)."""
+        if self._queue and self._idle == 0 and len(self._threads) < self.runners:
+            thread = threading.Thread(target=self._serve, name=f"batch-{self.name}", daemon=True)
+            self._threads.add(thread)
+            thread.start()
 
     def __call__(self, key: Hashable, payload: Any, size: int) -> Any:
         """Submit and wait: for callers on a plain thread."""
@@ -112,11 +122,8 @@ class Batcher:
                 self._execute(batch)
         finally:
             with self._changed:  # an unexpected error must not leave a dead thread registered
-                if self._thread is threading.current_thread():
-                    self._thread = None
-                    if self._queue:  # whatever came meanwhile gets a thread of its own
-                        self._thread = threading.Thread(target=self._serve, name=f"batch-{self.name}", daemon=True)
-                        self._thread.start()
+                self._threads.discard(threading.current_thread())
+                self._start_runner_if_needed()  # whatever came meanwhile gets a thread of its own
 
     def _next_batch(self, block: bool, short_only: bool = False) -> list[_Item] | None:
         """The next batch to run (blocking: waiting for one); None when there is none (blocking:
@@ -125,8 +132,13 @@ class Batcher:
         with self._changed:
             while True:
                 if block and not self._queue:
-                    self._changed.wait_for(lambda: self._queue, timeout=IDLE_SECONDS)
+                    self._idle += 1
+                    try:
+                        self._changed.wait_for(lambda: self._queue, timeout=IDLE_SECONDS)
+                    finally:
+                        self._idle -= 1
                     if not self._queue:
+                        self._threads.discard(threading.current_thread())
                         return None
                 if block and self.wait_seconds > 0:
                     deadline = time.monotonic() + self.wait_seconds
@@ -134,6 +146,8 @@ class Batcher:
                            and (left := deadline - time.monotonic()) > 0):
                         self._changed.wait(left)
                 batch = self._take(short_only)
+                if block and self._queue:
+                    self._changed.notify()  # what is left is for another runner, if one is free
                 if batch is not None or not block:  # blocking, and all that waited was dropped: wait on
                     return batch
 

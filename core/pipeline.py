@@ -96,7 +96,8 @@ def ranked(model: LoadedModel, logits: np.ndarray, top_k: int) -> list[ImageResu
 
 def onnx_runs(model: LoadedModel) -> Batcher:
     """The model's ONNX Runtime runs, batched across requests (keys: the outputs wanted)."""
-    return model.batcher("onnx", lambda outputs, batches: model.predictor.run_batches(outputs, batches))
+    return model.batcher("onnx", lambda outputs, batches: model.predictor.run_batches(outputs, batches),
+                         runners=model.predictor.concurrent_runs)
 
 
 def submit_onnx(model: LoadedModel, outputs: tuple[str, ...], batch: np.ndarray,
@@ -295,9 +296,11 @@ def _pictures(image: Image.Image, box: imaging.CropBox, saliency: np.ndarray,
     if "heatmap" not in outputs and "overlay" not in outputs:
         return None, None
     heat = imaging.place_heatmap(saliency, box, image.width, image.height)
-    heatmap_png = encode_png(heat, compact=True) if "heatmap" in outputs else None
-    overlay = encode_image(imaging.overlay(image, heat, box), overlay_format) if "overlay" in outputs else None
-    return heatmap_png, overlay
+    encoders = {"heatmap": lambda: encode_png(heat, compact=True),
+                "overlay": lambda: encode_image(imaging.overlay(image, heat, box), overlay_format)}
+    wanted = [name for name in encoders if name in outputs]
+    files = dict(zip(wanted, parallel_map(lambda name: encoders[name](), wanted)))  # on two cores, at once
+    return files.get("heatmap"), files.get("overlay")
 
 
 def onnx_scorer(model: LoadedModel) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -47,14 +47,16 @@ class LoadedModel:
     _batchers: dict[str, Batcher] = field(default_factory=dict)
     _batchers_lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def batcher(self, kind: str, run: RunBatch, is_long: Callable[[Hashable], bool] = lambda key: False) -> Batcher:
-        """This model's batcher of `kind` (`run` and `is_long` are used when it is first made)."""
+    def batcher(self, kind: str, run: RunBatch, is_long: Callable[[Hashable], bool] = lambda key: False,
+                runners: int = 1) -> Batcher:
+        """This model's batcher of `kind` (`run`, `is_long` and `runners` are used when it is first made)."""
         with self._batchers_lock:
             if kind not in self._batchers:
                 observe = self.batching.observe
                 self._batchers[kind] = Batcher(f"{self.spec.ref} {kind}", run, self.batching.max_batch,
                                                self.batching.wait_seconds, is_long,
-                                               (lambda images: observe(kind, images)) if observe else None)
+                                               (lambda images: observe(kind, images)) if observe else None,
+                                               runners)
             return self._batchers[kind]
 
 

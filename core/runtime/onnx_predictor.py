@@ -2,25 +2,39 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
 import onnxruntime
 
+from core.parallel import cpu_count
 from core.runtime.devices import onnx_providers
 
 
 class OnnxPredictor:
+    """One model's ONNX Runtime session.
+
+    On a CPU, a run that starts while another is in flight takes a second session with one
+    intra-op thread: two runs of two threads each, beside the decoding of the next requests,
+    oversubscribe the cores, and a run's threads wait for whichever was descheduled. Alone, a
+    run takes the session with a thread per core, which is what a single client's latency
+    needs (bench/load.py: predict at 1 and 8 clients).
+    """
+
     def __init__(self, path: Path) -> None:
-        options = onnxruntime.SessionOptions()
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Threads that spin between runs burn a core for nothing under a server's uneven load,
-        # and take it from the decoding of the next requests (bench.load: server CPU at 1 client).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        self.session = onnxruntime.InferenceSession(str(path), options, providers=onnx_providers())
+        self.path = path
+        self.session = _session(path, threads=0)  # 0: ORT's default, a thread per core
         self.input_name = self.session.get_inputs()[0].name
         self.bound_device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else None
+        self._single_threaded: onnxruntime.InferenceSession | None = None
+        self._in_flight = 0
+        self._lock = threading.Lock()
+
+    @property
+    def concurrent_runs(self) -> int:
+        """How many runs a batcher should keep in flight: two on a CPU of several cores, one on a GPU."""
+        return 1 if self.bound_device is not None or cpu_count() < 2 else 2
 
     @property
     def providers(self) -> list[str]:
@@ -28,9 +42,19 @@ class OnnxPredictor:
 
     def run(self, outputs: list[str], batch: np.ndarray) -> list[np.ndarray]:
         """`outputs` for `batch`; on the GPU through I/O binding."""
-        if self.bound_device is None:
-            return self.session.run(outputs, {self.input_name: batch})
-        return self.run_bound(outputs, batch, self.bound_device)
+        if self.bound_device is not None:
+            return self.run_bound(outputs, batch, self.bound_device)
+        with self._lock:
+            crowded = self._in_flight > 0
+            self._in_flight += 1
+            if crowded and self._single_threaded is None:
+                self._single_threaded = _session(self.path, threads=1)
+            session = self._single_threaded if crowded else self.session
+        try:
+            return session.run(outputs, {self.input_name: batch})
+        finally:
+            with self._lock:
+                self._in_flight -= 1
 
     def run_bound(self, outputs: list[str], batch: np.ndarray, device: str) -> list[np.ndarray]:
         """With I/O binding: the input copied to `device` once, only `outputs` allocated there
@@ -57,3 +81,14 @@ class OnnxPredictor:
         ends = np.cumsum([len(batch) for batch in batches])[:-1]
         per_output = [np.split(result, ends) for result in results]
         return [[parts[index] for parts in per_output] for index in range(len(batches))]
+
+
+def _session(path: Path, threads: int) -> onnxruntime.InferenceSession:
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    # Threads that spin between runs burn a core for nothing under a server's uneven load,
+    # and take it from the decoding of the next requests (bench.load: server CPU at 1 client).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return onnxruntime.InferenceSession(str(path), options, providers=onnx_providers())

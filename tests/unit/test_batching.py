@@ -57,6 +57,25 @@ def test_what_waits_runs_together_per_key_up_to_max_batch():
     assert recorder.calls[1:] == [("a", [1, 3]), ("b", [2]), ("a", [4])]  # 2 + 2 images fill a batch of 4
 
 
+def test_with_two_runners_work_that_waits_runs_beside_a_running_batch_and_no_third_starts():
+    recorder = Recorder()
+    batcher = Batcher("test", recorder, max_batch=8, runners=2)
+    both_running = threading.Barrier(3, timeout=30)
+
+    def run(key, payloads):
+        if key != "c":
+            both_running.wait()  # a and b run at once, or this times out
+        return recorder(key, payloads)
+
+    batcher._run = run
+    first, second = batcher.submit("a", 1, 1), batcher.submit("b", 2, 1)
+    third = batcher.submit("c", 3, 1)  # both runners are busy: it waits
+    assert len(batcher._threads) == 2
+    both_running.wait()
+    assert [first.result(30), second.result(30), third.result(30)] == [2, 4, 6]
+    assert sorted(key for key, _ in recorder.calls) == ["a", "b", "c"]
+
+
 def test_abandoned_work_is_dropped_before_it_runs():
     batcher, recorder = held_batcher()
     gone = threading.Event()

@@ -194,10 +194,12 @@ def main() -> None:
                                                            "outputs": "heatmap"}),
     }
     results: dict[str, dict[int, LoadResult]] = {}
-    run_sizes: dict[int, float] = {}
     # every client of this generator comes from one address: lift the per-client request rate limit
     unlimited = {"requests_per_second": 1e6, "request_burst": 1000000}
-    with running_server_process(**unlimited) as (port, pids), _before_server(args.before, unlimited) as before:
+    # All servers run at once and each load runs on them back to back, since this machine's speed
+    # drifts over minutes: a ratio is only honest between runs made side by side.
+    with running_server_process(**unlimited) as (port, pids), _before_server(args.before, unlimited) as before, \
+            _peer_servers(args.peers and "predict" in args.only.split(",")) as peers:
         for name in args.only.split(","):
             results[name] = {}
             for clients in counts if name in ("predict", "cam") else [1] if name == "cam-heatmap" else [1, 8]:
@@ -206,28 +208,39 @@ def main() -> None:
                 results[name][clients] = outcome = closed_loop(port, workloads[name], clients, seconds, pids)
                 images_after, runs_after = mean_run_size(port)
                 batch = (images_after - images) / max(runs_after - runs, 1)
-                if name == "predict":
-                    run_sizes[clients] = batch
                 print(f"gazer {name:8s} {clients:4d} clients  {outcome.row()}  onnx run {batch:4.1f} images", flush=True)
                 if before is not None:
                     outcome = closed_loop(before[0], workloads[name], clients, seconds, before[1])
                     print(f"  {args.before[:12]:>12s}  {clients:4d} clients  {outcome.row()}", flush=True)
-    if 8 in run_sizes and 8 in results.get("predict", {}):
-        decode_ms, ort_ms, bound = compute_bound(max(1, round(run_sizes[8])))
-        print(f"\ncompute bound at batch {round(run_sizes[8])}: decode+preprocess {decode_ms:.1f} core-ms + ORT "
-              f"{ort_ms:.1f} core-ms per image -> {bound:.0f} images/s; predict at 8 clients reaches "
-              f"{results['predict'][8].ok_per_second / bound:.0%} of it (goal >= 90%)")
-    if args.peers:
-        from bench.peers import pytriton
+                if name == "predict":
+                    from bench.peers import pytriton
 
-        for batching in (False, True):
-            label = f"pytriton{' batch 8/5ms' if batching else ''}"
-            with pytriton.running(batching) as (port, pids):
-                for clients in counts:
-                    outcome = closed_loop(port, pytriton.body_for, clients, args.seconds, pids)
-                    results.setdefault(label, {})[clients] = outcome
-                    print(f"{label:14s} {clients:4d} clients  {outcome.row()}", flush=True)
+                    for label, (peer_port, peer_pids) in peers.items():
+                        results.setdefault(label, {})[clients] = outcome = closed_loop(
+                            peer_port, pytriton.body_for, clients, args.seconds, peer_pids)
+                        print(f"  {label:>20s}  {clients:4d} clients  {outcome.row()}", flush=True)
+                    if clients == 8:
+                        _print_compute_bound(max(1, round(batch)), results["predict"][8])
     _goals(results)
+
+
+def _print_compute_bound(batch: int, outcome: LoadResult) -> None:
+    decode_ms, ort_ms, bound = compute_bound(batch)
+    print(f"  compute bound at batch {batch}, measured now: decode+preprocess {decode_ms:.1f} core-ms + ORT "
+          f"{ort_ms:.1f} core-ms per image -> {bound:.0f} images/s; predict at 8 clients reaches "
+          f"{outcome.ok_per_second / bound:.0%} of it (goal >= 90%)", flush=True)
+
+
+@contextmanager
+def _peer_servers(wanted: bool) -> Iterator[dict[str, tuple[int, list[int]]]]:
+    """PyTriton without and with dynamic batching, both running (none unless `wanted`)."""
+    if not wanted:
+        yield {}
+        return
+    from bench.peers import pytriton
+
+    with pytriton.running(False) as plain, pytriton.running(True) as batching:
+        yield {"pytriton": plain, "pytriton batch 8/5ms": batching}
 
 
 @contextmanager

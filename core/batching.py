@@ -146,8 +146,9 @@ class Batcher:
                            and (left := deadline - time.monotonic()) > 0):
                         self._changed.wait(left)
                 batch = self._take(short_only)
-                if block and self._queue:
-                    self._changed.notify()  # what is left is for another runner, if one is free
+                if block and self._queue:  # what is left is for another runner: a free one, or a new one
+                    self._start_runner_if_needed()
+                    self._changed.notify()
                 if batch is not None or not block:  # blocking, and all that waited was dropped: wait on
                     return batch
 

@@ -19,6 +19,8 @@ JPEG_QUALITY = 75
 JPEG_QUALITY_DETAILED = 50
 JPEG_MAX_BYTES_PER_PIXEL = 0.2
 WEBP_QUALITY = 75
+# The largest side each format can hold (libjpeg's and libwebp's own limits); PNG's is 2**31 - 1.
+MAX_SIDE = {"jpeg": 65500, "webp": 16383, "png": 2**31 - 1}
 
 
 def encode_image(pixels: np.ndarray, image_format: str) -> bytes:

@@ -16,7 +16,7 @@ from PIL import Image
 
 from core import cancellation, imaging
 from core.batching import Batcher
-from core.encoding import IMAGE_FORMATS, encode_image
+from core.encoding import IMAGE_FORMATS, MAX_SIDE, encode_image
 from core.errors import InvalidRequest, TargetOutOfRange, UnknownLayer, UnknownMethod, UnsupportedMethod
 from core.explain import METHODS
 from core.explain.base import TOP_CLASS, Explanation, GateRange, LayerMethod, Method
@@ -195,6 +195,11 @@ def explain(model: LoadedModel, images: list[Image.Image], method_name: str,
     if overlay_format not in IMAGE_FORMATS:
         raise InvalidRequest(f"unknown overlay_format {overlay_format!r}", field="overlay_format",
                              valid=list(IMAGE_FORMATS))
+    longest = max(max(image.size) for image in images)
+    if "overlay" in outputs and longest > MAX_SIDE[overlay_format]:
+        raise InvalidRequest(f"an overlay in {overlay_format} can be at most {MAX_SIDE[overlay_format]} pixels on a "
+                             f"side, and an image here is {longest}: ask for overlay_format=png",
+                             field="overlay_format")
     wanted = _resolve_targets(targets, len(images), model.spec)
     started = time.perf_counter()
     batch, boxes = imaging.preprocess(images, model.spec, resize)

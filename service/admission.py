@@ -26,7 +26,7 @@ class ModelQueues:
         self.in_flight: Counter[str] = Counter()
 
     def full(self, model: str) -> bool:
-        return self.in_flight[model] >= self.limit
+        return self.in_flight[queue_name(model)] >= self.limit
 
     def busy(self, model: str) -> ServiceBusy:
         return ServiceBusy(f"model {model!r} has {self.limit} requests in flight (GAZER_MAX_QUEUED_PER_MODEL); "
@@ -37,13 +37,21 @@ class ModelQueues:
         """`model`: as the request's path names it."""
         if self.full(model):
             raise self.busy(model)
-        self.in_flight[model] += 1
+        name = queue_name(model)
+        self.in_flight[name] += 1
         try:
             yield
         finally:
-            self.in_flight[model] -= 1
-            if not self.in_flight[model]:
-                del self.in_flight[model]
+            self.in_flight[name] -= 1
+            if not self.in_flight[name]:
+                del self.in_flight[name]
+
+
+def queue_name(model: str) -> str:
+    """The queue of a model as a path names it: `m@01` and `m@1` share one (a version's
+    spellings would otherwise each get a queue); `m` (its default version) keeps its own."""
+    name, at, version = model.partition("@")
+    return f"{name}@{int(version)}" if at and version.isascii() and version.isdigit() else model
 
 
 class RefuseWhenQueueFull:

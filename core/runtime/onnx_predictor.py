@@ -15,11 +15,11 @@ from core.runtime.devices import onnx_providers
 class OnnxPredictor:
     """One model's ONNX Runtime session.
 
-    On a CPU, a run that starts while another is in flight takes a second session with one
-    intra-op thread: two runs of two threads each, beside the decoding of the next requests,
-    oversubscribe the cores, and a run's threads wait for whichever was descheduled. Alone, a
-    run takes the session with a thread per core, which is what a single client's latency
-    needs (bench/load.py: predict at 1 and 8 clients).
+    On a CPU, a run that starts while another is in flight takes a second session with half
+    the cores' threads: two runs of a thread per core each, beside the decoding of the next
+    requests, oversubscribe the cores, and a run's threads wait for whichever was descheduled.
+    Alone, a run takes the session with a thread per core, which is what a single client's
+    latency needs (bench/load.py: predict at 1 and 8 clients).
     """
 
     def __init__(self, path: Path) -> None:
@@ -27,9 +27,10 @@ class OnnxPredictor:
         self.session = _session(path, threads=0)  # 0: ORT's default, a thread per core
         self.input_name = self.session.get_inputs()[0].name
         self.bound_device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else None
-        self._single_threaded: onnxruntime.InferenceSession | None = None
+        self._shared_session: onnxruntime.InferenceSession | None = None
         self._in_flight = 0
         self._lock = threading.Lock()
+        self._making_shared = threading.Lock()
 
     @property
     def concurrent_runs(self) -> int:
@@ -47,14 +48,19 @@ class OnnxPredictor:
         with self._lock:
             crowded = self._in_flight > 0
             self._in_flight += 1
-            if crowded and self._single_threaded is None:
-                self._single_threaded = _session(self.path, threads=1)
-            session = self._single_threaded if crowded else self.session
         try:
+            session = self._shared() if crowded else self.session
             return session.run(outputs, {self.input_name: batch})
         finally:
             with self._lock:
                 self._in_flight -= 1
+
+    def _shared(self) -> onnxruntime.InferenceSession:
+        """The session for runs beside another: made on first need (a copy of the model's weights)."""
+        with self._making_shared:
+            if self._shared_session is None:
+                self._shared_session = _session(self.path, threads=max(1, cpu_count() // self.concurrent_runs))
+            return self._shared_session
 
     def run_bound(self, outputs: list[str], batch: np.ndarray, device: str) -> list[np.ndarray]:
         """With I/O binding: the input copied to `device` once, only `outputs` allocated there

@@ -142,3 +142,10 @@ def test_a_long_explanation_does_not_hold_the_model_for_a_short_one(small_queue_
         short = pool.submit(explain, "short", {"method": "gradcam"})
         assert short.result(120).status_code == 200 and long.result(300).status_code == 200
     assert finished["short"] < finished["long"]
+
+
+def test_spellings_of_one_version_share_its_queue():
+    from service.admission import queue_name
+
+    assert queue_name("m@01") == queue_name("m@001") == queue_name("m@1") == "m@1"
+    assert queue_name("m") == "m"

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from fastapi.testclient import TestClient
 
 from core import pipeline
@@ -161,6 +162,13 @@ def test_the_default_explain_answer_for_a_512_pixel_photo_stays_under_100_kb(cli
 def test_an_unknown_overlay_format_is_422(client, chelsea_jpeg):
     response = explain(client, [upload(chelsea_jpeg)], method="cam", overlay_format="gif")
     assert response.status_code == 422 and response.json()["errors"][0]["field"].endswith("overlay_format")
+
+
+def test_an_overlay_longer_than_its_format_can_hold_is_422_and_png_holds_it(client):
+    thin = encode(Image.new("RGB", (20_000, 2), (200, 120, 40)), "PNG")  # WebP holds 16383 pixels a side
+    refused = explain(client, [upload(thin, "thin.png", "image/png")], method="cam", overlay_format="webp")
+    assert refused.status_code == 422 and refused.json()["errors"][0]["field"].endswith("overlay_format")
+    assert explain(client, [upload(thin, "thin.png", "image/png")], method="cam", overlay_format="png").status_code == 200
 
 
 def test_explanations_are_repeatable(client, chelsea_jpeg):

@@ -1,0 +1,57 @@
+"""OnnxPredictor on a CPU: a run that starts while another is in flight takes the second session,
+with the same numbers; alone, runs take the main session."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from core.imaging import decode_image, preprocess
+from core.models.catalog import load_builtin
+from core.models.onnx_export import ensure_onnx
+from core.runtime.onnx_predictor import OnnxPredictor
+from support import foolbox_imagenet_photos
+
+
+@pytest.fixture(scope="module")
+def predictor_and_batch(tmp_path_factory):
+    spec, network = load_builtin("efficientnet_lite0")
+    predictor = OnnxPredictor(ensure_onnx(network, spec, tmp_path_factory.mktemp("onnx")))
+    photos = [decode_image(path.read_bytes(), 10**8) for path, _ in foolbox_imagenet_photos()[:3]]
+    return predictor, preprocess(photos, spec)[0]
+
+
+class HeldSession:
+    """Stands in for the main session: a run waits until released, then runs on the real one."""
+
+    def __init__(self, session) -> None:
+        self.session, self.running, self.release = session, threading.Event(), threading.Event()
+
+    def run(self, outputs, feeds):
+        self.running.set()
+        assert self.release.wait(30)
+        return self.session.run(outputs, feeds)
+
+
+def test_a_run_beside_another_takes_the_second_session_with_the_same_numbers(predictor_and_batch, monkeypatch):
+    predictor, batch = predictor_and_batch
+    if predictor.concurrent_runs < 2:
+        pytest.skip("one core: one run at a time")
+    alone = predictor.run(["logits", "features"], batch)
+    assert predictor._shared_session is None  # alone, nothing beside it: the main session only
+    held = HeldSession(predictor.session)
+    monkeypatch.setattr(predictor, "session", held)
+    first: list = []
+    thread = threading.Thread(target=lambda: first.append(predictor.run(["logits", "features"], batch)))
+    thread.start()
+    assert held.running.wait(30)
+    beside = predictor.run(["logits", "features"], batch)  # the main session is held: this one runs beside it
+    assert predictor._shared_session is not None
+    held.release.set()
+    thread.join(30)
+    for outputs in (beside, first[0]):
+        for got, expected in zip(outputs, alone):
+            np.testing.assert_array_equal(got, expected)
+    assert predictor._in_flight == 0

@@ -56,20 +56,26 @@ def queue_name(model: str) -> str:
 
 class RefuseWhenQueueFull:
     """POST /v1/models/{model}/predict or /explain while that model's queue is full: 503 before
-    the upload is read and parsed."""
+    the upload is read and parsed. Where keys are required, a request without one passes on to
+    its 401: whether a model is busy is not told to anyone without a key."""
 
-    def __init__(self, app: ASGIApp, queues: ModelQueues) -> None:
+    def __init__(self, app: ASGIApp, queues: ModelQueues, keys_required: bool = False) -> None:
         self.app = app
         self.queues = queues
+        self.keys_required = keys_required
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             parts = scope["path"].strip("/").split("/")
             if len(parts) == 4 and parts[:2] == ["v1", "models"] and parts[3] in ("predict", "explain") \
-                    and self.queues.full(parts[2]):
+                    and self.queues.full(parts[2]) and (not self.keys_required or _has_credentials(scope)):
                 busy = self.queues.busy(parts[2])
                 response = problem_response(busy.status, busy.code, busy.detail)
                 response.headers.update(busy.extra["headers"])
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def _has_credentials(scope: Scope) -> bool:
+    return any(name in (b"authorization", b"x-api-key") for name, _ in scope["headers"])

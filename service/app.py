@@ -80,7 +80,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestSizeLimit, max_bytes=settings.max_request_bytes,
                        per_path={"/v1/datasets": settings.max_dataset_bytes, "/v1/models": settings.max_model_bytes},
                        idle_seconds=settings.body_idle_seconds)
-    app.add_middleware(RefuseWhenQueueFull, queues=app.state.model_queues)  # inside CORS: its 503s carry CORS headers
+    app.add_middleware(RefuseWhenQueueFull, queues=app.state.model_queues,  # inside CORS: its 503s carry CORS headers
+                       keys_required=app.state.keys is not None)
     if settings.cors_origin_list:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list, allow_methods=["*"],
                            allow_headers=["Authorization", "X-API-Key", "X-Request-ID", "Content-Type", "Accept"],

@@ -191,25 +191,27 @@ async def explain(
         raise InvalidRequest(f"this explanation costs {cost} forward passes ({method} on {len(file)} files); the "
                              f"budget of one request is {settings.max_explain_cost}: send fewer files or fewer "
                              f"steps, samples or masks", field="file", cost=cost, budget=settings.max_explain_cost)
+    # the form is read by now: a slot held from here waits on no upload; a request refused
+    # (503, 413) has spent none of its client's compute
     with admitted(request):
-        request.app.state.compute_limiter.take(client_id(caller, request), cost)
-        blobs = await read_uploads(file, settings)
-        metrics.batch_size.labels("explain").observe(len(blobs))
-        on_stage = metrics.stage_recorder(model.spec.id)
+        async with explanation_slot(request):
+            blobs = await read_uploads(file, settings)
+            request.app.state.compute_limiter.take(client_id(caller, request), cost)
+            metrics.batch_size.labels("explain").observe(len(blobs))
+            on_stage = metrics.stage_recorder(model.spec.id)
 
-        async with client_watch(request) as gone:
-            def work(images: list) -> list[pipeline.ImageResult]:
-                with cancellation.for_client(gone):
-                    return pipeline.explain(model, images, method, target, layer, options, top_k, wanted, resize,
-                                            faithfulness, on_stage, overlay_format)
+            async with client_watch(request) as gone:
+                def work(images: list) -> list[pipeline.ImageResult]:
+                    with cancellation.for_client(gone):
+                        return pipeline.explain(model, images, method, target, layer, options, top_k, wanted, resize,
+                                                faithfulness, on_stage, overlay_format)
 
-            try:
-                async with explanation_slot(request):
+                try:
                     images = await asyncio.wrap_future(parallel.submit(lambda: _decode_all(blobs, settings, on_stage)))
                     results = await run_in_threadpool(work, images)
-            except cancellation.ClientGone as gone_error:
-                log.info("%s on %s dropped: %s", method, model.spec.ref, gone_error.detail)
-                raise
+                except cancellation.ClientGone as gone_error:
+                    log.info("%s on %s dropped: %s", method, model.spec.ref, gone_error.detail)
+                    raise
     if image_answer is not None:
         return Response(results[0].explanation.overlay, media_type=MEDIA_TYPES[image_answer])
     return _json(wire.ExplainResponse(model=_ref(model.spec), results=[_explain_result(r) for r in results]))

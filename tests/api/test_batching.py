@@ -149,3 +149,22 @@ def test_spellings_of_one_version_share_its_queue():
 
     assert queue_name("m@01") == queue_name("m@001") == queue_name("m@1") == "m@1"
     assert queue_name("m") == "m"
+
+
+def test_where_keys_are_required_a_full_queue_is_told_only_to_requests_with_a_key():
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from service.admission import ModelQueues, RefuseWhenQueueFull
+
+    queues = ModelQueues(limit=1)
+    queues.in_flight["m"] = 1
+    inner = Starlette(routes=[Route("/v1/models/m/predict", lambda request: PlainTextResponse("the route's own answer",
+                                                                                             status_code=401),
+                                    methods=["POST"])])
+    with TestClient(RefuseWhenQueueFull(inner, queues, keys_required=True)) as client:
+        assert client.post("/v1/models/m/predict").status_code == 401  # on to the route, which asks for a key
+        assert client.post("/v1/models/m/predict", headers={"X-API-Key": "k"}).status_code == 503
+    with TestClient(RefuseWhenQueueFull(inner, queues)) as client:
+        assert client.post("/v1/models/m/predict").status_code == 503

@@ -1,5 +1,5 @@
 """Explanations run in a bounded number of slots; a request that finds them all busy gets 503
-with Retry-After at once, and predictions are not held up behind them."""
+with Retry-After at once, without being charged compute, and predictions are not held up behind them."""
 
 from __future__ import annotations
 
@@ -26,8 +26,11 @@ def test_a_request_that_finds_every_slot_busy_gets_503(one_slot_client, monkeypa
     try:
         assert held.started.wait(timeout=60), "the first explanation never started"
 
+        [bucket] = one_slot_client.app.state.compute_limiter._buckets.values()  # the one client's compute
+        charged = bucket.updated  # each charge stamps it
         started = time.perf_counter()
         busy = one_slot_client.post(EXPLAIN, files=photo, data={"method": "saliency"})
+        assert bucket.updated == charged, "a refused explanation was charged compute"
         assert busy.status_code == 503 and busy.headers["content-type"] == "application/problem+json"
         assert busy.json()["type"] == "/problems/busy" and "retry later" in busy.json()["detail"]
         assert busy.headers["retry-after"] == "1"

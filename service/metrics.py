@@ -5,11 +5,12 @@ process's files, plus what is read at scrape time."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
 from infra.job_metrics import JobsCollector
@@ -81,6 +82,8 @@ class Metrics:
                 self.exposition.register(collector)
 
     def render(self) -> bytes:
+        if folder := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            forget_dead_processes(folder)
         return generate_latest(self.exposition)
 
     def observe_request(self, route: str | None, method: str, status: int, seconds: float) -> None:
@@ -97,3 +100,16 @@ class Metrics:
         def record(stage: str, seconds: float) -> None:
             self.inference.labels(model, stage).observe(seconds)
         return record
+
+
+def forget_dead_processes(folder: str) -> None:
+    """The live gauges of API processes that have died (uvicorn starts another in their place):
+    their files would keep counting slots that no process holds."""
+    for path in Path(folder).glob("gauge_live*_*.db"):
+        pid = int(path.stem.rsplit("_", 1)[1])
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            mark_process_dead(pid, folder)
+        except PermissionError:  # alive, someone else's
+            pass

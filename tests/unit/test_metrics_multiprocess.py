@@ -1,4 +1,5 @@
-"""With PROMETHEUS_MULTIPROC_DIR set, one process's /metrics sums what every API process counted."""
+"""With PROMETHEUS_MULTIPROC_DIR set, one process's /metrics sums what every API process counted;
+the live gauges of processes that have ended no longer count."""
 
 from __future__ import annotations
 
@@ -28,3 +29,4 @@ def test_counts_from_several_processes_add_up(tmp_path):
     assert samples[("gazer_http_requests_total", labels)] == 2
     assert samples[("gazer_http_request_duration_seconds_count", labels[:2])] == 2
     assert ("gazer_jobs", ()) not in samples and ("gazer_models_loaded", ()) not in samples  # no app state here
+    assert samples[("gazer_explain_slots", ())] == 2  # the answering process's own: the two that ended are gone

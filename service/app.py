@@ -46,6 +46,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                  onnx_fp16=settings.onnx_fp16)
         app.state.registry = registry
         app.state.explanation_slots = anyio.Semaphore(settings.max_concurrent_explanations)
+        # explanations wait on their model's batcher in threads of their own, not in the 40 that
+        # every other blocking call of the app shares
+        app.state.explanation_threads = anyio.CapacityLimiter(settings.max_concurrent_explanations)
         app.state.upload_slots = anyio.Semaphore(1)
         with ExitStack() as on_shutdown:  # also unwinds what started if a later step fails
             redis_url = settings.redis_url

@@ -9,11 +9,11 @@ import logging
 import time
 from typing import Annotated, Any, Literal
 
+import anyio
 import numpy as np
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
-from starlette.concurrency import run_in_threadpool
 
 from core import cancellation, parallel, pipeline
 from core.encoding import MEDIA_TYPES
@@ -208,7 +208,8 @@ async def explain(
 
                 try:
                     images = await asyncio.wrap_future(parallel.submit(lambda: _decode_all(blobs, settings, on_stage)))
-                    results = await run_in_threadpool(work, images)
+                    results = await anyio.to_thread.run_sync(work, images,
+                                                             limiter=request.app.state.explanation_threads)
                 except cancellation.ClientGone as gone_error:
                     log.info("%s on %s dropped: %s", method, model.spec.ref, gone_error.detail)
                     raise

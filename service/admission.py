@@ -51,7 +51,7 @@ def queue_name(model: str) -> str:
     """The queue of a model as a path names it: `m@01` and `m@1` share one (a version's
     spellings would otherwise each get a queue); `m` (its default version) keeps its own."""
     name, at, version = model.partition("@")
-    return f"{name}@{int(version)}" if at and version.isascii() and version.isdigit() else model
+    return f"{name}@{version.lstrip('0') or '0'}" if at and version.isascii() and version.isdigit() else model
 
 
 class RefuseWhenQueueFull:

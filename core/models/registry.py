@@ -65,8 +65,8 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
     (`../x`, `a/b`) is refused before anything reads the disk."""
     name, _, version = ref.partition("@")
     check_name(name, "model")
-    if version and not (version.isascii() and version.isdigit()):
-        raise UnknownModel(f"bad model reference {ref!r}: use NAME or NAME@VERSION")
+    if version and not (version.isascii() and version.isdigit() and len(version) <= 9):
+        raise UnknownModel(f"bad model reference {ref[:80]!r}: use NAME or NAME@VERSION (up to 9 digits)")
     return name, int(version) if version else None
 
 

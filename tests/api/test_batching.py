@@ -148,7 +148,8 @@ def test_spellings_of_one_version_share_its_queue():
     from service.admission import queue_name
 
     assert queue_name("m@01") == queue_name("m@001") == queue_name("m@1") == "m@1"
-    assert queue_name("m") == "m"
+    assert queue_name("m") == "m" and queue_name("m@0") == queue_name("m@00") == "m@0"
+    assert queue_name("m@" + "9" * 5000) == "m@" + "9" * 5000  # no int() of it: Python refuses 4300+ digits
 
 
 def test_where_keys_are_required_a_full_queue_is_told_only_to_requests_with_a_key():
@@ -168,3 +169,8 @@ def test_where_keys_are_required_a_full_queue_is_told_only_to_requests_with_a_ke
         assert client.post("/v1/models/m/predict", headers={"X-API-Key": "k"}).status_code == 503
     with TestClient(RefuseWhenQueueFull(inner, queues)) as client:
         assert client.post("/v1/models/m/predict").status_code == 503
+
+
+def test_a_version_of_thousands_of_digits_is_a_clear_4xx(small_queue_client, photos):
+    response = small_queue_client.post(f"/v1/models/{MODEL}@{'9' * 5000}/predict", files=[upload(photos[0])])
+    assert response.status_code == 404 and "up to 9 digits" in response.json()["detail"]

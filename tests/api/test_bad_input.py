@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import struct
 import zlib
@@ -10,9 +11,13 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
 
 from core.imaging import crop_box
 from service.app import create_app
+from service.limits import RequestSizeLimit
 from service.settings import Settings
 from tests.conftest import MODEL
 from support import multipart as multipart_body
@@ -301,3 +306,24 @@ def test_faithfulness_needs_a_json_answer(client):
 def test_explanation_slot_settings_must_allow_explanations(data_dir, setting):
     with pytest.raises(ValueError):
         Settings(data_dir=data_dir, **setting)
+
+
+def test_a_content_length_of_thousands_of_digits_is_413_not_500():
+    inner = Starlette(routes=[Route("/", lambda request: PlainTextResponse("read"), methods=["POST"])])
+
+    async def call() -> list[dict]:
+        sent: list[dict] = []
+        scope = {"type": "http", "method": "POST", "path": "/", "headers": [(b"content-length", b"9" * 5000)],
+                 "query_string": b"", "root_path": "", "scheme": "http", "server": ("t", 80), "http_version": "1.1"}
+
+        async def receive() -> dict:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        await RequestSizeLimit(inner, max_bytes=1000)(scope, receive, send)
+        return sent
+
+    sent = asyncio.run(call())
+    assert sent[0]["status"] == 413 and b"over 10**18" in sent[1]["body"]

@@ -1,5 +1,6 @@
 """Concurrent requests for one model run as one batch, with the same answers as alone; a full
-model queue answers 503 with Retry-After at once."""
+model queue answers 503 with Retry-After at once (to requests with a key, where keys are
+required); the spellings of a version share its queue."""
 
 from __future__ import annotations
 
@@ -10,9 +11,13 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
 
 from core import pipeline
 from core.explain import METHODS
+from service.admission import ModelQueues, RefuseWhenQueueFull, queue_name
 from service.app import create_app
 from service.settings import Settings
 from support import encode, foolbox_imagenet_photos, upload
@@ -145,20 +150,12 @@ def test_a_long_explanation_does_not_hold_the_model_for_a_short_one(small_queue_
 
 
 def test_spellings_of_one_version_share_its_queue():
-    from service.admission import queue_name
-
     assert queue_name("m@01") == queue_name("m@001") == queue_name("m@1") == "m@1"
     assert queue_name("m") == "m" and queue_name("m@0") == queue_name("m@00") == "m@0"
     assert queue_name("m@" + "9" * 5000) == "m@" + "9" * 5000  # no int() of it: Python refuses 4300+ digits
 
 
 def test_where_keys_are_required_a_full_queue_is_told_only_to_requests_with_a_key():
-    from starlette.applications import Starlette
-    from starlette.responses import PlainTextResponse
-    from starlette.routing import Route
-
-    from service.admission import ModelQueues, RefuseWhenQueueFull
-
     queues = ModelQueues(limit=1)
     queues.in_flight["m"] = 1
     inner = Starlette(routes=[Route("/v1/models/m/predict", lambda request: PlainTextResponse("the route's own answer",

@@ -106,10 +106,12 @@ def forget_dead_processes(folder: str) -> None:
     """The live gauges of API processes that have died (uvicorn starts another in their place):
     their files would keep counting slots that no process holds."""
     for path in Path(folder).glob("gauge_live*_*.db"):
-        pid = int(path.stem.rsplit("_", 1)[1])
+        pid = path.stem.rsplit("_", 1)[1]
+        if not pid.isdigit():  # not a file prometheus_client wrote
+            continue
         try:
-            os.kill(pid, 0)
+            os.kill(int(pid), 0)
         except ProcessLookupError:
-            mark_process_dead(pid, folder)
+            mark_process_dead(int(pid), folder)
         except PermissionError:  # alive, someone else's
             pass

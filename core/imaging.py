@@ -209,15 +209,47 @@ def preprocess(images: list[Image.Image], spec: ModelSpec,
     return batch, parallel_map(one, range(len(images)))
 
 
+# Up to this many rows and columns a map is resized by two small matrix products (a few
+# multiply-adds per pixel); Pillow's float resize took 1-2 ms for 7 x 7 -> 448 x 448, 19 for
+# 14 x 14 -> 1500 x 1000, where the products take 0.3 and 1.4.
+_MATRIX_RESIZE_MAX = 32
+
+
+def bilinear_weights(source: int, size: int) -> np.ndarray:
+    """(size, source) float32 matrix: Pillow's BILINEAR resampling of `source` samples to `size`
+    along one axis (its triangle filter, widened by the scale when shrinking, each row's
+    weights summing to 1)."""
+    scale = source / size
+    support = max(scale, 1.0)
+    centres = (np.arange(size) + 0.5) * scale
+    first = np.maximum((centres - support + 0.5).astype(np.int64), 0)
+    stop = np.minimum((centres + support + 0.5).astype(np.int64), source)
+    taps = first[:, None] + np.arange(2 * int(np.ceil(support)) + 1)
+    weights = np.maximum(0.0, 1.0 - np.abs(taps + 0.5 - centres[:, None]) / support) * (taps < stop[:, None])
+    weights /= weights.sum(axis=1, keepdims=True)
+    matrix = np.zeros((size, source + taps.shape[1]))
+    matrix[np.arange(size)[:, None], taps] = weights
+    return matrix[:, :source].astype(np.float32)
+
+
+def resize_map(saliency: np.ndarray, width: int, height: int) -> np.ndarray:
+    """A float map bilinearly resized to (height, width), as Pillow resizes an "F" image."""
+    saliency = np.asarray(saliency, dtype=np.float32)
+    if max(saliency.shape) <= _MATRIX_RESIZE_MAX:
+        return bilinear_weights(saliency.shape[0], height) @ saliency @ bilinear_weights(saliency.shape[1], width).T
+    return np.array(Image.fromarray(saliency, "F").resize((width, height), Image.Resampling.BILINEAR))
+
+
 def place_heatmap(saliency: np.ndarray, box: CropBox, width: int, height: int) -> np.ndarray:
     """A [0, 1] map over the model's input -> uint8 map the size of the original image,
     bilinearly upsampled into the crop box (its peak scaled to 255), 0 outside it."""
     left, top, right, bottom = box.rounded()
-    resized = np.asarray(Image.fromarray(np.asarray(saliency, dtype=np.float32), "F").resize(
-        (max(right - left, 1), max(bottom - top, 1)), Image.Resampling.BILINEAR))
+    resized = resize_map(saliency, max(right - left, 1), max(bottom - top, 1))
     peak = float(resized.max())
     canvas = np.zeros((height, width), dtype=np.uint8)
-    inside = np.clip(resized * (255.0 / peak if peak > 0 else 0.0) + 0.5, 0, 255).astype(np.uint8)
+    resized *= np.float32(255.0 / peak if peak > 0 else 0.0)
+    resized += np.float32(0.5)
+    inside = np.clip(resized, 0, 255, out=resized).astype(np.uint8)
     canvas[top:bottom, left:right] = inside[: bottom - top, : right - left]
     return canvas
 

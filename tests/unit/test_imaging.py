@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from core.errors import GazerError, ImageTooLarge, InvalidImage
-from core.imaging import crop_box, decode_image, decode_images, preprocess
+from core.imaging import crop_box, decode_image, decode_images, preprocess, resize_map
 from core.models.catalog import builtin_spec
 from support import chelsea, encode
 
@@ -105,3 +105,14 @@ def test_postscript_is_refused_without_running_anything(blob, monkeypatch):
     with pytest.raises(GazerError) as refused:
         decode_image(blob, 10**6)
     assert refused.value.status == 422 and "JPEG" in refused.value.detail
+
+
+@pytest.mark.parametrize("source, size", [((7, 7), (448, 448)), ((7, 7), (300, 451)), ((14, 14), (1000, 1500)),
+                                          ((7, 7), (1, 3)), ((1, 1), (5, 5)), ((32, 20), (9, 700)),
+                                          ((33, 33), (500, 40)), ((224, 224), (100, 150))])
+def test_a_map_is_resized_as_pillow_resizes_a_float_image(source, size):
+    saliency = np.random.default_rng(0).random(source, dtype=np.float32)
+    expected = np.asarray(Image.fromarray(saliency, "F").resize(size[::-1], Image.Resampling.BILINEAR))
+    resized = resize_map(saliency, size[1], size[0])
+    assert resized.shape == size and resized.dtype == np.float32
+    np.testing.assert_allclose(resized, expected, atol=1e-6)

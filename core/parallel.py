@@ -12,6 +12,8 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Sequence, TypeVar
 
+from threadpoolctl import threadpool_limits
+
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
@@ -36,6 +38,13 @@ def _pool() -> ThreadPoolExecutor:
             _shared_pool = ThreadPoolExecutor(max_workers=cpu_count(), thread_name_prefix="gazer-cpu",
                                               initializer=_mark_pool_thread)
         return _shared_pool
+
+
+def single_threaded_blas() -> None:
+    """numpy's BLAS (it resizes heatmaps) on one thread from now on in this process: work is
+    spread over this module's pool, and OpenBLAS's own threads spin on a core for a while after
+    each product they share."""
+    threadpool_limits(1, user_api="blas")
 
 
 def workers() -> int:

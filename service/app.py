@@ -11,11 +11,11 @@ import anyio
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
-from threadpoolctl import threadpool_limits
 
 from infra.embedded_redis import EmbeddedRedis
 from core.batching import Batching
 from core.errors import GazerError
+from core.parallel import single_threaded_blas
 from core.models.registry import ModelRegistry
 from core.storage import Storage
 from service.admission import ModelQueues, RefuseWhenQueueFull
@@ -39,9 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # numpy's BLAS (resizing heatmaps) on one thread: the server spreads work over its own
-        # pools, and OpenBLAS's threads spin on a core for a while after each parallel product
-        threadpool_limits(1, user_api="blas")
+        single_threaded_blas()
         storage = Storage(settings.data_dir)
         registry = ModelRegistry(storage, settings.max_loaded_models, resident=(settings.default_model,),
                                  batching=Batching(settings.max_batch, settings.batch_wait_ms / 1000,

@@ -8,6 +8,7 @@ import logging
 from celery import signals
 
 from infra.job_store import JobStore
+from core.parallel import single_threaded_blas
 from infra.logs import configure_logging
 from worker.app import create_celery
 from worker.metrics import WorkerMetrics
@@ -23,6 +24,7 @@ def _keep_our_logging(**_: object) -> None:
 
 def main() -> None:
     configure_logging()
+    single_threaded_blas()
     signals.setup_logging.connect(_keep_our_logging, weak=False)
     settings = WorkerSettings()
     metrics = WorkerMetrics()

@@ -35,9 +35,10 @@ AGREEMENT = 1e-4  # |peer - Gazer| top-1 probability
 
 
 def requirements() -> list[str]:
-    """PyTriton, and the very onnxruntime and Pillow that Gazer runs on, so both compute the same numbers."""
+    """PyTriton, and the very onnxruntime and Pillow that Gazer runs on, so both compute the same numbers
+    (and what else core.imaging, which the peer preprocesses with, imports)."""
     return ["nvidia-pytriton==0.7.0", f"onnxruntime=={version('onnxruntime')}", f"pillow=={version('pillow')}",
-            "numpy"]
+            "numpy", f"threadpoolctl=={version('threadpoolctl')}"]
 
 
 def ensure_venv() -> Path:

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 from fastapi.testclient import TestClient
+from threadpoolctl import threadpool_info
 
 from core import pipeline
 from core.encoding import MEDIA_TYPES
@@ -157,6 +158,20 @@ def test_the_default_explain_answer_for_a_512_pixel_photo_stays_under_100_kb(cli
     assert len(square) == 19
     sizes = [len(explain(client, [upload(photo)], method="cam").content) for photo in square]
     assert max(sizes) < 100_000, sorted(sizes)[-3:]
+
+
+def test_a_heatmap_sent_alone_has_the_same_pixels_as_beside_an_overlay(client, chelsea_jpeg):
+    both, alone = (explain(client, [upload(chelsea_jpeg)], method="cam", **fields).json()["results"][0]["explanation"]
+                   for fields in ({}, {"outputs": "heatmap"}))
+    assert alone["overlay"] is None and both["overlay"] is not None
+    assert np.array_equal(decode_png(base64.b64decode(alone["heatmap_png"])),
+                          decode_png(base64.b64decode(both["heatmap_png"])))
+
+
+def test_the_server_runs_numpys_blas_on_one_thread(client):
+    assert client.get("/readyz").status_code == 200
+    blas = [library for library in threadpool_info() if library["user_api"] == "blas"]
+    assert blas and all(library["num_threads"] == 1 for library in blas)
 
 
 def test_an_unknown_overlay_format_is_422(client, chelsea_jpeg):

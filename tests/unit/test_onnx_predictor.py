@@ -4,6 +4,7 @@ with the same numbers; alone, runs take the main session."""
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from core.imaging import decode_image, preprocess
 from core.models.catalog import load_builtin
 from core.models.onnx_export import ensure_onnx
+from core.runtime import onnx_predictor
 from core.runtime.onnx_predictor import OnnxPredictor
 from support import foolbox_imagenet_photos
 
@@ -28,8 +30,10 @@ class HeldSession:
 
     def __init__(self, session) -> None:
         self.session, self.running, self.release = session, threading.Event(), threading.Event()
+        self.calls = 0
 
     def run(self, outputs, feeds):
+        self.calls += 1
         self.running.set()
         assert self.release.wait(30)
         return self.session.run(outputs, feeds)
@@ -55,3 +59,25 @@ def test_a_run_beside_another_takes_the_second_session_with_the_same_numbers(pre
         for got, expected in zip(outputs, alone):
             np.testing.assert_array_equal(got, expected)
     assert predictor._in_flight == 0
+
+
+def test_a_model_over_the_size_cap_keeps_one_session_when_runs_overlap(predictor_and_batch, monkeypatch):
+    predictor, batch = predictor_and_batch
+    monkeypatch.setattr(onnx_predictor, "SECOND_SESSION_MAX_BYTES", predictor.path.stat().st_size - 1)
+    large = OnnxPredictor(predictor.path)
+    assert large.concurrent_runs == 1
+    held = HeldSession(large.session)
+    monkeypatch.setattr(large, "session", held)
+    results: list = []
+    threads = [threading.Thread(target=lambda: results.append(large.run(["logits"], batch))) for _ in range(2)]
+    threads[0].start()
+    assert held.running.wait(30)
+    threads[1].start()
+    deadline = time.monotonic() + 30
+    while held.calls < 2 and time.monotonic() < deadline:  # the second run waits on the same session
+        time.sleep(0.01)
+    held.release.set()
+    for thread in threads:
+        thread.join(30)
+    assert held.calls == 2 and len(results) == 2 and large._shared_session is None
+    np.testing.assert_array_equal(results[0][0], results[1][0])

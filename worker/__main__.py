@@ -8,8 +8,8 @@ import logging
 from celery import signals
 
 from infra.job_store import JobStore
-from core.parallel import single_threaded_blas
 from infra.logs import configure_logging
+from core.parallel import single_threaded_blas
 from worker.app import create_celery
 from worker.metrics import WorkerMetrics
 from worker.presence import Presence

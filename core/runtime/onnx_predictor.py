@@ -25,9 +25,9 @@ class OnnxPredictor:
     latency needs (bench/load.py: predict at 1 and 8 clients).
 
     The second session is a second copy of the weights, so a model over SECOND_SESSION_MAX_BYTES
-    runs one batch at a time instead: for vgg11_bn (a 506 MB file) it would cost 764 MB more,
-    where it pays on small models whose single run leaves cores idle (Lite0: 60.6 -> 68.7-70.1
-    images/s in process at 8 clients).
+    runs one batch at a time instead: for vgg11_bn (a 506 MB file) it would cost 764 MB more.
+    Two runs pay on a small model, whose single run leaves cores idle (Lite0 in process at 8
+    clients: 60.6 images/s with one run at a time, 68.7-70.1 with two).
     """
 
     def __init__(self, path: Path) -> None:

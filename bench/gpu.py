@@ -177,10 +177,10 @@ def gradcam(model: LoadedModel, sizes: Sizes) -> None:
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     network, device = model.network, model.device
-    fast_network = fast_layout(copy.deepcopy(network), device)
+    fast_network = fast_layout(copy.deepcopy(network))
     for batch_size in (1, sizes.gradcam_batch):
         inputs = torch.from_numpy(photo_batch(model, batch_size)).to(device)
-        fast_inputs = fast_layout(inputs, device)
+        fast_inputs = fast_layout(inputs)
         targets = torch.full((batch_size,), TABBY, device=device)
 
         def forward() -> None:
@@ -258,11 +258,11 @@ def shape_items(folder: Path, count: int, size: int) -> tuple[list[str], list[tu
 def plain_training(network: nn.Module, config: FineTuneConfig, device: torch.device, steps: int,
                    input_size: int, fast: bool) -> float:
     """Images/s of a bare loop over the job's network and trainable layers, on random tensors."""
-    network = fast_layout(copy.deepcopy(network).to(device), device) if fast else copy.deepcopy(network).to(device)
+    network = fast_layout(copy.deepcopy(network).to(device)) if fast else copy.deepcopy(network).to(device)
     set_trainable(network, head_modules(network) + trainable_backbone(network, config, epoch=1))
     optimizer = torch.optim.AdamW([p for p in network.parameters() if p.requires_grad], lr=1e-4)
     inputs = torch.randn(config.batch_size, 3, input_size, input_size, device=device)
-    inputs = fast_layout(inputs, device) if fast else inputs
+    inputs = fast_layout(inputs) if fast else inputs
     labels = torch.randint(0, 2, (config.batch_size,), device=device)
 
     def step() -> None:

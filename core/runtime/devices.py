@@ -1,5 +1,5 @@
 """Where torch and ONNX Runtime run: the GPU when there is one, else the CPU (decided here only),
-and the faster arithmetic and memory layout used on the GPU."""
+the faster arithmetic used on the GPU, and the memory layout used everywhere."""
 
 from __future__ import annotations
 
@@ -32,9 +32,12 @@ def fast_math(device: torch.device) -> ContextManager[object]:
     return contextlib.nullcontext()
 
 
-def fast_layout(value: Movable, device: torch.device) -> Movable:
-    """On CUDA, channels_last (NHWC), the layout cuDNN's tensor-core convolutions want: a module
-    is converted in place, a 4-d tensor copied. Elsewhere `value` itself."""
-    if device.type != "cuda" or (isinstance(value, torch.Tensor) and value.dim() != 4):
+def fast_layout(value: Movable) -> Movable:
+    """channels_last (NHWC): a module is converted in place, a 4-d tensor copied; anything else is
+    `value` itself. cuDNN's tensor-core convolutions want it, and so does oneDNN on the CPU: there
+    it made gradient methods 1.1-1.4x and a training step 1.2-1.4x faster for EfficientNet-Lite0,
+    ResNet-18 and MobileNetV3, and cost ConvNeXt-T at most 4% (bench/channels_last.py). The
+    results move only by float rounding."""
+    if isinstance(value, torch.Tensor) and value.dim() != 4:
         return value
     return value.to(memory_format=torch.channels_last)

@@ -153,7 +153,7 @@ def train_epoch(network: nn.Module, optimizer: torch.optim.Optimizer, split: _Da
         if should_stop():
             raise JobCancelled()
         inputs = fast_layout(normalize(data.augment_batch(split.train_pixels[indices], config.augmentation,
-                                                          spec.input_size, generator)).to(device), device)
+                                                          spec.input_size, generator)).to(device))
         truth = split.train_labels[indices].to(device)
         with fast_math(device):
             logits = network(inputs)
@@ -221,7 +221,7 @@ def fine_tune(config: FineTuneConfig, base_spec: ModelSpec, base_network: nn.Mod
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)
         spec, network = new_network(config, base_spec, base_network, classes)
-        fast_layout(network.to(device), device)
+        fast_layout(network.to(device))
         progress(0.0, phase="loading images", images=len(items))
         split = load_data(config, spec, items, max_pixels)
         generator = torch.Generator().manual_seed(config.seed)

@@ -10,6 +10,7 @@ architectures' defaults where the network allows it, to keep the suite fast.
 
 from __future__ import annotations
 
+import copy
 import io
 
 import numpy as np
@@ -28,6 +29,7 @@ from torchvision import transforms
 
 from core import imaging
 from core.explain import METHODS
+from core.runtime.devices import fast_layout
 from service.app import create_app
 from service.settings import Settings
 from support import chelsea, coffee, encode, upload
@@ -144,6 +146,7 @@ def test_gradcam_at_the_default_layer_agrees_with_pytorch_grad_cam(client, uploa
     model = client.app.state.registry.get(name)
     inputs = torch.from_numpy(imaging.preprocess([chelsea()], model.spec)[0])
     ours = METHODS["gradcam"](model.network, inputs, torch.tensor([3]), model.spec.cam_layer)
+    network = fast_layout(copy.deepcopy(network))  # the layout the service runs it in: the same rounding
     layer = network.get_submodule(model.spec.cam_layer)
     with ReferenceGradCAM(model=network, target_layers=[layer]) as reference:
         # pytorch-grad-cam keeps the layer's output tensor itself, and DenseNet's in-place ReLU

@@ -92,9 +92,9 @@ def test_layer_methods_under_fast_math_agree_with_float32(lite0, method):
     spec, network = lite0
     inputs = torch.from_numpy(preprocess([chelsea()], spec)[0])
     exact = METHODS[method](network, inputs, None, spec.cam_layer)
-    fast_network = fast_layout(copy.deepcopy(network).cuda(), CUDA)
+    fast_network = fast_layout(copy.deepcopy(network).cuda())
     with fast_math(CUDA):
-        fast = METHODS[method](fast_network, fast_layout(inputs.cuda(), CUDA), None, spec.cam_layer)
+        fast = METHODS[method](fast_network, fast_layout(inputs.cuda()), None, spec.cam_layer)
     assert int(exact.targets[0]) == int(fast.targets[0])
     assert np.abs(np.asarray(exact.maps, dtype=np.float32) - np.asarray(fast.maps, dtype=np.float32)).max() < 0.05
 

@@ -1,10 +1,11 @@
 """What the GPU path adds, checked on the CPU: the float16 export agrees with float32 within its
 stated tolerance (ONNX Runtime's CPU provider runs float16 graphs), I/O binding returns what a
-plain run returns, and fast_math / fast_layout change nothing on the CPU. tests/gpu runs the same
-paths on CUDA."""
+plain run returns, fast_math changes nothing on the CPU, and channels_last changes results by
+rounding only. tests/gpu runs the same paths on CUDA."""
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import numpy as np
@@ -61,25 +62,36 @@ def test_io_binding_returns_what_a_plain_run_returns(lite0, half):
         np.testing.assert_array_equal(expected, actual)
 
 
-def test_fast_math_and_layout_leave_the_cpu_as_it_was():
+def test_fast_math_leaves_the_cpu_as_it_was():
     with fast_math(CPU):
         assert not torch.is_autocast_enabled("cpu")
-    image, module = torch.rand(2, 3, 8, 8), torch.nn.Conv2d(3, 4, 3)
-    assert fast_layout(image, CPU) is image and fast_layout(module, CPU) is module
-    assert fast_layout(module, CPU).weight.is_contiguous()
 
 
-def test_on_cuda_fast_math_is_bfloat16_autocast_and_the_layout_channels_last():
+def test_on_cuda_fast_math_is_bfloat16_autocast():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "CUDA is not available": it is only made, never entered, here
         autocast = fast_math(CUDA)
     assert isinstance(autocast, torch.autocast) and autocast.device == "cuda"
     assert autocast.fast_dtype == torch.bfloat16
+
+
+def test_the_fast_layout_is_channels_last_for_modules_and_image_batches():
     image, module = torch.rand(2, 3, 8, 8), torch.nn.Conv2d(3, 4, 3)
-    moved = fast_layout(image, CUDA)  # the layout alone: it works on CPU tensors too
+    moved = fast_layout(image)
     assert moved.is_contiguous(memory_format=torch.channels_last) and torch.equal(moved, image)
-    assert fast_layout(module, CUDA) is module and module.weight.is_contiguous(memory_format=torch.channels_last)
-    assert fast_layout(torch.rand(2, 3), CUDA).is_contiguous()  # not an image batch: left alone
+    assert fast_layout(module) is module and module.weight.is_contiguous(memory_format=torch.channels_last)
+    assert fast_layout(torch.rand(2, 3)).is_contiguous()  # not an image batch: left alone
+
+
+@pytest.mark.parametrize("method", ["gradcam", "saliency"])
+def test_channels_last_moves_the_maps_by_rounding_only(lite0, method):
+    spec, network = lite0
+    inputs = torch.from_numpy(preprocess([chelsea()], spec)[0])
+    plain = METHODS[method](network, inputs, None, spec.cam_layer)
+    fast = METHODS[method](fast_layout(copy.deepcopy(network)), fast_layout(inputs), None, spec.cam_layer)
+    assert torch.equal(plain.targets, fast.targets)
+    np.testing.assert_allclose(fast.maps, plain.maps, atol=1e-5)
+    torch.testing.assert_close(fast.logits, plain.logits, rtol=1e-5, atol=1e-4)
 
 
 def test_a_layer_gradient_method_agrees_under_bfloat16_autocast(lite0, method="gradcam"):

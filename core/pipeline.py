@@ -168,6 +168,7 @@ def explain_cost(model: LoadedModel, method_name: str, layer: str | None, option
     """What explain would cost, in forward-equivalents (a backward counts as one), before it
     runs. Refuses what explain would refuse: an unknown method, layer or option."""
     method, checked, layer = _plan(model, method_name, layer, options)
+    method = METHODS["cam"] if is_cam(model, method_name, layer) else method
     channels = model.layers.get(layer, 0) if layer else 0
     per_image = method.cost(checked, model.spec.input_size, channels)
     return images * (per_image + (2 * (FAITHFULNESS_STEPS + 1) if faithfulness else 0))
@@ -238,10 +239,10 @@ def explain(model: LoadedModel, images: list[Image.Image], method_name: str,
 def _run_method(model: LoadedModel, method_name: str, inputs: torch.Tensor, wanted: torch.Tensor | None,
                 layer: str | None, options: dict[str, object]) -> Explanation:
     spec, method = model.spec, METHODS[method_name]
-    if method.takes_feature_source:
+    if method.takes_feature_source or is_cam(model, method_name, layer):
         # CAM from the ONNX Runtime forward that makes the prediction: no hooks, so no lock.
-        return method(model.network, inputs, wanted, layer, classifier=spec.classifier_layer,
-                      features=onnx_features(model))
+        return METHODS["cam"](model.network, inputs, wanted, layer, classifier=spec.classifier_layer,
+                              features=onnx_features(model))
     if method.model_agnostic:
         # Scored on ONNX Runtime (batched with other requests) with no hooks: no lock.
         return method(model.network, inputs, wanted, layer, score=onnx_scorer(model), input_mean=spec.mean,
@@ -251,6 +252,15 @@ def _run_method(model: LoadedModel, method_name: str, inputs: torch.Tensor, want
     long = method.cost(options, spec.input_size, channels) > LONG_COST
     key = (method_name, layer, json.dumps(options, sort_keys=True), long)
     return torch_runs(model)(key, (inputs, targets), len(inputs))
+
+
+def is_cam(model: LoadedModel, method_name: str, layer: str | None) -> bool:
+    """Whether this Grad-CAM is CAM. At the layer that feeds global average pooling and a linear
+    classifier (checked when the model loads: `cam` is among its methods), the target logit's
+    gradient is, at every position, the class's classifier weights over the map's area. So
+    Grad-CAM's channel weights are CAM's over a constant, which its ReLU and min-max scaling
+    remove: the map is CAM's, computed from the forward that makes the prediction."""
+    return method_name == "gradcam" and "cam" in model.methods and layer == model.spec.cam_layer
 
 
 # Per image, in forward-equivalents: above it a method pauses between chunks for shorter work.
@@ -277,7 +287,7 @@ def _torch_batch(model: LoadedModel, key: tuple, payloads: list[tuple[torch.Tens
     with model.lock, faster:
         checking = model.network.register_forward_pre_hook(lambda module, args: cancellation.check())
         try:
-            result = method(model.network, fast_layout(inputs.to(model.device), model.device), targets, layer,
+            result = method(model.network, fast_layout(inputs.to(model.device)), targets, layer,
                             input_mean=spec.mean, input_std=spec.std, classifier=spec.classifier_layer,
                             **json.loads(options), **extra)
         finally:

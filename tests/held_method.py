@@ -7,6 +7,10 @@ import threading
 
 from core.explain.gradcam import GradCAM
 
+# A layer below the classifier's: Grad-CAM there runs a forward and a backward on torch (at the
+# classifier's layer it is CAM, from ONNX Runtime: core.pipeline.is_cam).
+GRADIENT_LAYER = "blocks.15"
+
 
 class HeldGradCAM(GradCAM):
     """Grad-CAM that says when it has started and waits to be released before computing; it

@@ -22,7 +22,7 @@ from service.app import create_app
 from service.settings import Settings
 from support import encode, foolbox_imagenet_photos, upload
 from tests.conftest import MODEL
-from tests.held_method import HeldGradCAM
+from tests.held_method import GRADIENT_LAYER, HeldGradCAM
 
 PREDICT, EXPLAIN = f"/v1/models/{MODEL}/predict", f"/v1/models/{MODEL}/explain"
 QUEUE = 4  # requests in flight per model
@@ -105,7 +105,8 @@ def test_concurrent_gradcams_run_as_one_batch_each_with_its_own_target(small_que
     requests = [(photos[0], {}), (photos[1], {"target": "281"}), (photos[2], {})]
 
     def explain(photo, fields):
-        return client.post(EXPLAIN, files=[upload(photo)], data={"method": "gradcam", "outputs": "map", **fields})
+        fields = {"method": "gradcam", "layer": GRADIENT_LAYER, "outputs": "map", **fields}
+        return client.post(EXPLAIN, files=[upload(photo)], data=fields)
 
     alone = [explain(photo, fields).json()["results"][0]["explanation"] for photo, fields in requests]
     held = HeldGradCAM()
@@ -144,7 +145,7 @@ def test_a_long_explanation_does_not_hold_the_model_for_a_short_one(small_queue_
         while not pipeline.torch_runs(model).running_long() and not long.done():
             time.sleep(0.01)
         assert not long.done(), long.result().text
-        short = pool.submit(explain, "short", {"method": "gradcam"})
+        short = pool.submit(explain, "short", {"method": "gradcam", "layer": GRADIENT_LAYER})
         assert short.result(120).status_code == 200 and long.result(300).status_code == 200
     assert finished["short"] < finished["long"]
 

@@ -10,7 +10,7 @@ import time
 from core.explain import METHODS
 from support import chelsea, encode, upload
 from tests.conftest import MODEL
-from tests.held_method import HeldGradCAM
+from tests.held_method import GRADIENT_LAYER, HeldGradCAM
 
 EXPLAIN = f"/v1/models/{MODEL}/explain"
 
@@ -21,7 +21,8 @@ def test_a_request_that_finds_every_slot_busy_gets_503(one_slot_client, monkeypa
     photo = [upload(encode(chelsea()))]
     slow: list = []
     running = threading.Thread(target=lambda: slow.append(
-        one_slot_client.post(EXPLAIN, files=photo, data={"method": "gradcam", "outputs": "map"})))
+        one_slot_client.post(EXPLAIN, files=photo,
+                             data={"method": "gradcam", "layer": GRADIENT_LAYER, "outputs": "map"})))
     running.start()
     try:
         assert held.started.wait(timeout=60), "the first explanation never started"

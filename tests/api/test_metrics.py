@@ -20,7 +20,7 @@ from service.app import create_app
 from service.settings import Settings
 from support import chelsea, coffee, encode, upload
 from tests.conftest import MODEL
-from tests.held_method import HeldGradCAM
+from tests.held_method import GRADIENT_LAYER, HeldGradCAM
 from tests.live_service import ROOT, free_port
 
 PREDICT = "/v1/models/{model}/predict"
@@ -43,7 +43,8 @@ def test_predict_and_explain_are_counted_by_route_template_and_timed_by_stage(cl
     photos = [upload(encode(chelsea())), upload(encode(coffee()))]
     assert client.post(f"/v1/models/{MODEL}/predict", files=photos).status_code == 200
     assert client.post(f"/v1/models/{MODEL}/predict", files=[upload(b"not an image")]).status_code == 422
-    explained = client.post(f"/v1/models/{MODEL}/explain", files=photos[:1], data={"method": "gradcam"})
+    explained = client.post(f"/v1/models/{MODEL}/explain", files=photos[:1],
+                            data={"method": "gradcam", "layer": GRADIENT_LAYER})
     assert explained.status_code == 200
     after = scrape(client)
 
@@ -99,7 +100,8 @@ def test_slots_in_use_and_503s_on_an_app_of_its_own(one_slot_client, monkeypatch
     monkeypatch.setitem(METHODS, "gradcam", held)
     photo = [upload(encode(chelsea()))]
     running = threading.Thread(target=lambda: one_slot_client.post(
-        f"/v1/models/{MODEL}/explain", files=photo, data={"method": "gradcam", "outputs": "map"}))
+        f"/v1/models/{MODEL}/explain", files=photo,
+        data={"method": "gradcam", "layer": GRADIENT_LAYER, "outputs": "map"}))
     running.start()
     try:
         assert held.started.wait(timeout=60)

@@ -35,9 +35,9 @@ def fast_math(device: torch.device) -> ContextManager[object]:
 def fast_layout(value: Movable) -> Movable:
     """channels_last (NHWC): a module is converted in place, a 4-d tensor copied; anything else is
     `value` itself. cuDNN's tensor-core convolutions want it, and so does oneDNN on the CPU: there
-    it made gradient methods 1.1-1.4x and a training step 1.2-1.4x faster for EfficientNet-Lite0,
-    ResNet-18 and MobileNetV3, and cost ConvNeXt-T at most 4% (bench/channels_last.py). The
-    results move only by float rounding."""
+    it made gradient methods 1.1-1.4x and a training step 1.2-1.5x faster for EfficientNet-Lite0,
+    ResNet-18 and MobileNetV3, and ConvNeXt-T 0.94-1.09x (bench/channels_last.py). The results
+    move only by float rounding."""
     if isinstance(value, torch.Tensor) and value.dim() != 4:
         return value
     return value.to(memory_format=torch.channels_last)

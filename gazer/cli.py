@@ -368,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command(commands, "compare", cmd_compare, "one grid image of several methods' overlays")
     sub.add_argument("image", metavar="IMG")
     model_flag(sub)
-    sub.add_argument("--methods", required=True, help="comma-separated, e.g. cam,gradcam,saliency")
+    sub.add_argument("--methods", required=True, help="comma-separated, e.g. gradcam,layercam,saliency")
     sub.add_argument("--target", type=int, default=None, help="class index (default the top-1)")
     sub.add_argument("--output", "-o", required=True, help="the grid PNG to write")
 

@@ -5,7 +5,8 @@ import { colourBar, colourHeatmap, composite, loadImage } from "./heatmap.js";
 import { explainSchema, inputFor, readInput } from "./schema.js";
 import { downloadBlob, el, fill, fmtMs, fmtNumber, humanize, pct, problemBox, spinner } from "./ui.js";
 
-const PREFERRED_COMPARE = ["cam", "gradcam", "integrated_gradients", "smoothgrad"];
+// four different views: at the default layer `cam` would repeat Grad-CAM's map (core.pipeline.is_cam)
+const PREFERRED_COMPARE = ["gradcam", "saliency", "integrated_gradients", "smoothgrad"];
 const $ = (id) => document.getElementById(id);
 
 const state = {

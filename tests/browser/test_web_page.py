@@ -153,13 +153,13 @@ def test_compare_shows_four_methods_side_by_side(page, service, photos, shots):
     explain(page)
     checked = page.locator("#compare-methods input:checked")
     assert sorted(checked.evaluate_all("nodes => nodes.map(n => n.value)")) == \
-        ["cam", "gradcam", "integrated_gradients", "smoothgrad"]
+        ["gradcam", "integrated_gradients", "saliency", "smoothgrad"]
     page.click("#compare-btn")
     page.wait_for_function("document.querySelectorAll('.compare-cell .map-canvas[data-target]').length === 4",
                            timeout=90_000)
     assert page.locator(".compare-cell .compare-info .time").count() == 4
     methods = page.locator(".compare-cell").evaluate_all("nodes => nodes.map(n => n.dataset.method)")
-    assert methods == ["cam", "gradcam", "integrated_gradients", "smoothgrad"]
+    assert methods == ["gradcam", "saliency", "integrated_gradients", "smoothgrad"]
     signatures = {tuple(page.evaluate(CANVAS_SIGNATURE, f'.compare-cell[data-method="{m}"] canvas')) for m in methods}
     assert len(signatures) == 4
     page.screenshot(path=str(shots / "compare-laptop.png"), full_page=True)

@@ -57,13 +57,14 @@ def test_the_registry_serves_the_default_model_on_the_gpu(tmp_path):
 
 def test_the_registry_serves_the_float16_export_when_asked(tmp_path):
     """GAZER_ONNX_FP16: predictions from the float16 export, the same top classes as float32,
-    and gradient explanations through the batcher in bfloat16."""
+    and gradient explanations (Grad-CAM below the classifier's layer) through the batcher in
+    bfloat16."""
     half = ModelRegistry(Storage(tmp_path / "half"), max_loaded=1, onnx_fp16=True).get("efficientnet_lite0")
     full = ModelRegistry(Storage(tmp_path / "full"), max_loaded=1).get("efficientnet_lite0")
     photos = [chelsea()]
     assert [p.index for p in pipeline.predict(half, photos)[0].predictions[:1]] == \
         [p.index for p in pipeline.predict(full, photos)[0].predictions[:1]]
-    explained = pipeline.explain(full, photos, "gradcam", outputs=("map",))[0].explanation
+    explained = pipeline.explain(full, photos, "gradcam", layer="blocks.15", outputs=("map",))[0].explanation
     assert np.asarray(explained.map).max() == pytest.approx(1.0, abs=1e-3)
 
 

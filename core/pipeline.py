@@ -311,7 +311,7 @@ def _pictures(image: Image.Image, box: imaging.CropBox, saliency: np.ndarray,
     if "heatmap" not in outputs and "overlay" not in outputs:
         return None, None
     heat = imaging.place_heatmap(saliency, box, image.width, image.height)
-    # compact (2.5 ms more for 512 x 512, 17 KB instead of 25) where it shares the answer with
+    # compact (1 ms more for 512 x 512, 15 KB instead of 22) where it shares the answer with
     # an overlay, which keeps the default answer under 100 KB; alone, the faster one
     encoders = {"heatmap": lambda: encode_png(heat, compact="overlay" in outputs),
                 "overlay": lambda: encode_image(imaging.overlay(image, heat, box), overlay_format)}

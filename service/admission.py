@@ -9,9 +9,11 @@ from collections import Counter
 from contextlib import contextmanager
 from typing import Iterator
 
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core.errors import ServiceBusy
+from service.auth import presented_key
 from service.errors import problem_response
 
 RETRY_AFTER_SECONDS = 1
@@ -68,14 +70,10 @@ class RefuseWhenQueueFull:
         if scope["type"] == "http" and scope["method"] == "POST":
             parts = scope["path"].strip("/").split("/")
             if len(parts) == 4 and parts[:2] == ["v1", "models"] and parts[3] in ("predict", "explain") \
-                    and self.queues.full(parts[2]) and (not self.keys_required or _has_credentials(scope)):
+                    and self.queues.full(parts[2]) and (not self.keys_required or presented_key(Headers(scope=scope)) is not None):
                 busy = self.queues.busy(parts[2])
                 response = problem_response(busy.status, busy.code, busy.detail)
                 response.headers.update(busy.extra["headers"])
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
-
-
-def _has_credentials(scope: Scope) -> bool:
-    return any(name in (b"authorization", b"x-api-key") for name, _ in scope["headers"])

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Callable
 
 from fastapi import Depends, Request
+from starlette.datastructures import Headers
 
 from core.errors import GazerError, NotFound
 from schemas.api_keys import KeyFile, KeyRecord, find_key, read_key_file
@@ -75,19 +76,20 @@ class KeyStore:
             return self._keys
 
 
-def presented_key(request: Request) -> str | None:
-    authorization = request.headers.get("authorization", "")
+def presented_key(headers: Headers) -> str | None:
+    """The API key in a request's `Authorization: Bearer` or `X-API-Key` header, if any."""
+    authorization = headers.get("authorization", "")
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
-    return request.headers.get("x-api-key") or None
+    return headers.get("x-api-key") or None
 
 
 async def get_caller(request: Request) -> Caller:
     store: KeyStore | None = request.app.state.keys
     if store is None:
         return Caller(None)
-    key = presented_key(request)
+    key = presented_key(request.headers)
     if key is None:
         raise Unauthorized("this service needs an API key: send `Authorization: Bearer KEY` or `X-API-Key: KEY`",
                            headers={"WWW-Authenticate": "Bearer"})

@@ -164,6 +164,7 @@ def test_where_keys_are_required_a_full_queue_is_told_only_to_requests_with_a_ke
                                     methods=["POST"])])
     with TestClient(RefuseWhenQueueFull(inner, queues, keys_required=True)) as client:
         assert client.post("/v1/models/m/predict").status_code == 401  # on to the route, which asks for a key
+        assert client.post("/v1/models/m/predict", headers={"Authorization": "Basic dTpw"}).status_code == 401
         assert client.post("/v1/models/m/predict", headers={"X-API-Key": "k"}).status_code == 503
     with TestClient(RefuseWhenQueueFull(inner, queues)) as client:
         assert client.post("/v1/models/m/predict").status_code == 503

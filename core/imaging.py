@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 from dataclasses import dataclass
 
@@ -215,10 +216,11 @@ def preprocess(images: list[Image.Image], spec: ModelSpec,
 _MATRIX_RESIZE_MAX = 32
 
 
+@functools.lru_cache(maxsize=16)  # a served model's maps come in a few sizes; 0.06 ms each to build
 def bilinear_weights(source: int, size: int) -> np.ndarray:
-    """(size, source) float32 matrix: Pillow's BILINEAR resampling of `source` samples to `size`
-    along one axis (its triangle filter, widened by the scale when shrinking, each row's
-    weights summing to 1)."""
+    """(size, source) float32 matrix, read-only: Pillow's BILINEAR resampling of `source` samples
+    to `size` along one axis (its triangle filter, widened by the scale when shrinking, each
+    row's weights summing to 1)."""
     scale = source / size
     support = max(scale, 1.0)
     centres = (np.arange(size) + 0.5) * scale
@@ -229,7 +231,9 @@ def bilinear_weights(source: int, size: int) -> np.ndarray:
     weights /= weights.sum(axis=1, keepdims=True)
     matrix = np.zeros((size, source + taps.shape[1]))
     matrix[np.arange(size)[:, None], taps] = weights
-    return matrix[:, :source].astype(np.float32)
+    matrix = matrix[:, :source].astype(np.float32)
+    matrix.flags.writeable = False
+    return matrix
 
 
 def resize_map(saliency: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -261,7 +265,7 @@ def _jet_table() -> np.ndarray:
 
 
 JET = _jet_table()  # 256 x RGB: the classic 'jet' colours, blue = low, red = high
-_HALF_JET = JET >> 1
+_HALF_JET_PALETTE = (JET >> 1).tobytes()
 
 
 def overlay(image: Image.Image, heat: np.ndarray, box: CropBox) -> np.ndarray:
@@ -270,5 +274,9 @@ def overlay(image: Image.Image, heat: np.ndarray, box: CropBox) -> np.ndarray:
     pixels = np.array(image, dtype=np.uint8)
     region = pixels[top:bottom, left:right]
     region >>= 1
-    region += np.take(_HALF_JET, heat[top:bottom, left:right], axis=0)  # 4x faster than _HALF_JET[...]
+    # half the jet colour of each heat value, by Pillow's palette lookup: 0.25 ms for 448 x 448,
+    # where numpy's take (the fastest numpy way) took 0.55
+    colour = Image.fromarray(np.ascontiguousarray(heat[top:bottom, left:right]))
+    colour.putpalette(_HALF_JET_PALETTE)
+    region += np.asarray(colour.convert("RGB"))
     return pixels

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from core.errors import GazerError, ImageTooLarge, InvalidImage
-from core.imaging import crop_box, decode_image, decode_images, preprocess, resize_map
+from core.imaging import JET, CropBox, crop_box, decode_image, decode_images, overlay, preprocess, resize_map
 from core.models.catalog import builtin_spec
 from support import chelsea, encode
 
@@ -116,3 +116,14 @@ def test_a_map_is_resized_as_pillow_resizes_a_float_image(source, size):
     resized = resize_map(saliency, size[1], size[0])
     assert resized.shape == size and resized.dtype == np.float32
     np.testing.assert_allclose(resized, expected, atol=1e-6)
+
+
+def test_the_overlay_is_half_photo_half_jet_colour_inside_the_crop_box_and_the_photo_outside():
+    photo = chelsea()
+    pixels = np.asarray(photo)
+    heat = np.random.default_rng(0).integers(0, 256, pixels.shape[:2], dtype=np.uint8)
+    left, top, right, bottom = 37, 5, 290, 250
+    blended = overlay(photo, heat, CropBox(left, top, right, bottom))
+    expected = pixels.copy()
+    expected[top:bottom, left:right] = (pixels[top:bottom, left:right] >> 1) + (JET[heat[top:bottom, left:right]] >> 1)
+    assert blended.dtype == np.uint8 and np.array_equal(blended, expected)

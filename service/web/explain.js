@@ -300,6 +300,14 @@ function renderFaithfulness(container, scores) {
     el("div", {}, el("dt", { title: "area under p(target) as they are restored into a blurred copy; higher is better" }, "Insertion ↑"), el("dd", {}, fmtNumber(scores.insertion, 3)))));
 }
 
+// An attention map's raw gate range: the map is scaled to [0, 1], so this is what it started from.
+function gateTag(gate) {
+  return el("span", { class: `tag subtle gate${gate.flat ? " warn" : ""}`, title: gate.flat
+    ? "the gate barely varies over this image: the map is all zeros rather than stretched noise"
+    : "the attention gate's raw values over this image (a multiplier of the features)" },
+  `gate ${fmtNumber(gate.min, 3)}–${fmtNumber(gate.max, 3)}, mean ${fmtNumber(gate.mean, 3)}${gate.flat ? " · flat" : ""}`);
+}
+
 const totalMs = (timings) => Object.values(timings || {}).reduce((a, b) => a + b, 0);
 
 async function showMap(image, result, elapsed) {
@@ -324,6 +332,7 @@ async function showMap(image, result, elapsed) {
   fill(card.meta,
     el("span", { class: "tag" }, state.model),
     explanation.layer ? el("span", { class: "tag subtle", title: "layer explained" }, explanation.layer) : null,
+    explanation.gate ? gateTag(explanation.gate) : null,
     el("span", { class: "tag subtle", title: `server: ${Object.entries(explanation.timings_ms).map(([k, v]) => `${k} ${fmtMs(v)}`).join(", ")}` },
       `${fmtMs(totalMs(explanation.timings_ms))} server · ${fmtMs(elapsed)} total`));
   renderPredictions(image);

@@ -3,7 +3,7 @@
 import { api, apiBlob, ApiError, eventStream, modelsWithVersions, openapi, resolve } from "./api.js";
 import { accuracyBars, confusionMatrix, lineChart } from "./plot.js";
 import { collectObject, inputFor, renderObject } from "./schema.js";
-import { el, fill, fmtMs, fmtNumber, fmtTime, pct, problemBox, spinner, toast } from "./ui.js";
+import { downloadBlob, el, fill, fmtMs, fmtNumber, fmtTime, pct, problemBox, spinner, toast } from "./ui.js";
 
 const $ = (id) => document.getElementById(id);
 const TERMINAL = new Set(["succeeded", "failed", "cancelled", "pruned"]);
@@ -12,6 +12,8 @@ const cards = new Map();     // job id -> {root, ...}
 const streams = new Map();   // job id -> AbortController of its event stream
 let datasets = [];
 let formsBuilt = false;
+const MISTAKES_SHOWN = 8;
+const KINDS = { "fine-tune": "Fine-tune", sweep: "Sweep", "explain-dataset": "Explain data set", "activation-maximization": "Activation maximization" };
 
 export async function initJobs() {
   $("dataset-form").addEventListener("submit", uploadDataset);
@@ -207,7 +209,7 @@ function follow(job) {
       stopFollowing(job.id);
       const done = JSON.parse(data);
       upsertCard(done);
-      toast(`${done.type === "fine-tune" ? "Fine-tune" : "Activation maximization"} ${done.state}`, done.state === "succeeded" ? "success" : "info");
+      toast(`${KINDS[done.type] ?? done.type} ${done.state}`, done.state === "succeeded" ? "success" : "info");
     }
   };
   eventStream(`/v1/jobs/${encodeURIComponent(job.id)}/events`, { signal: controller.signal, onEvent })
@@ -235,12 +237,22 @@ function stopAll() {
 }
 
 function title(job) {
+  const params = job.params || {};
   if (job.type === "fine-tune") {
-    return [el("span", { class: "job-kind" }, "Fine-tune"), el("span", {}, `${job.params.base_model} → `, el("b", {}, job.params.output_model))];
+    return [el("span", { class: "job-kind" }, KINDS["fine-tune"]), el("span", {}, `${params.base_model} → `, el("b", {}, params.output_model))];
   }
-  const target = job.params.target || {};
+  if (job.type === "sweep") {
+    const base = params.base || {};
+    return [el("span", { class: "job-kind" }, KINDS["sweep"]), el("span", {}, `${base.base_model} → `, el("b", {}, base.output_model),
+      ` · ${params.trials} trials`)];
+  }
+  if (job.type === "explain-dataset") {
+    return [el("span", { class: "job-kind" }, KINDS["explain-dataset"]), el("span", {}, `${params.model} · `, el("b", {}, params.method),
+      ` on ${params.dataset_id}`)];
+  }
+  const target = params.target || {};
   const what = target.classes?.length ? `class ${target.classes.join(", ")}` : target.layer ? `${target.layer} [${(target.channels || []).join(", ")}]` : "";
-  return [el("span", { class: "job-kind" }, "Activation maximization"), el("span", {}, `${job.params.model} · `, el("b", {}, what))];
+  return [el("span", { class: "job-kind" }, KINDS["activation-maximization"]), el("span", {}, `${params.model} · `, el("b", {}, what))];
 }
 
 function upsertCard(job, { prepend = false } = {}) {
@@ -321,11 +333,13 @@ function renderResult(job, card) {
   if (job.state === "cancelled") return [el("p", { class: "muted" }, "Cancelled.")];
   if (job.state === "pruned") return [el("p", { class: "muted" }, "Pruned by its sweep.")];
   if (!job.result) return [];
-  if (job.type === "sweep") return [el("pre", {}, JSON.stringify(job.result.best, null, 2))];
-  return job.type === "fine-tune" ? fineTuneResult(job.result) : maximizationResult(job, card);
+  if (job.type === "fine-tune") return fineTuneResult(job.result, card);
+  if (job.type === "activation-maximization") return maximizationResult(job, card);
+  if (job.type === "explain-dataset") return explainDatasetResult(job.result, card);
+  return [el("pre", {}, JSON.stringify(job.type === "sweep" ? job.result.best : job.result, null, 2))];
 }
 
-function fineTuneResult(result) {
+function fineTuneResult(result, card) {
   const metrics = result.metrics;
   const ref = `${result.model.id}@${result.model.version}`;
   const history = metrics.history || [];
@@ -344,7 +358,85 @@ function fineTuneResult(result) {
         { title: "Accuracy per epoch", percent: true, yMin: 0, yMax: 1 }),
       confusionMatrix(metrics.confusion_matrix, metrics.classes),
       accuracyBars(metrics.per_class_accuracy)),
+    result.report ? fineTuneReport(result.report, card) : null,
   ];
+}
+
+// The validation report: where each class's evidence lies, and the mistakes with their Grad-CAM
+// maps for the predicted and the true class (from report.json, fetched with the key).
+function fineTuneReport(report, card) {
+  const flagged = report.background_reliance_flagged || [];
+  const mistakes = el("div", { class: "gallery report-mistakes" });
+  const section = el("section", { class: "report" },
+    el("h3", {}, "Validation report"),
+    el("div", { class: "result-summary" },
+      stat("Mistakes", fmtNumber(report.mistakes)),
+      stat("Background reliance flagged", flagged.length ? flagged.join(", ") : "none")),
+    el("div", { class: "charts" }, relianceBars(report.background_reliance, flagged,
+      `Background reliance (${report.score_method} at ${report.score_layer}; above 0.5: more evidence near the border than inside)`)),
+    mistakes,
+    el("div", { class: "result-links" }, downloadButton(report.url, "report.json", "Download report.json")));
+  if (report.mistakes) {
+    mistakes.append(el("p", { class: "muted" }, spinner(), " Loading the mistakes"));
+    api(report.url).then((document_) => {
+      const shown = document_.mistakes.filter((mistake) => mistake.pictures).slice(0, MISTAKES_SHOWN);
+      mistakes.replaceChildren(...shown.map((mistake) => el("figure", { class: "gallery-item mistake" },
+        el("div", { class: "mistake-pictures" },
+          artifactImage(mistake.pictures.image, mistake.file, card),
+          artifactImage(mistake.pictures.gradcam_predicted, `Grad-CAM for ${mistake.predicted.label}`, card),
+          artifactImage(mistake.pictures.gradcam_true, `Grad-CAM for ${mistake.true.label}`, card)),
+        el("figcaption", {}, el("b", {}, mistake.file),
+          el("span", { class: "muted block" }, `${mistake.true.label} (p ${pct(mistake.true.probability)}) taken for `,
+            `${mistake.predicted.label} (p ${pct(mistake.predicted.probability)})`)))),
+      document_.mistakes.length > shown.length
+        ? el("p", { class: "muted" }, `${shown.length} of ${document_.mistakes.length} mistakes shown; all are in report.json`) : null);
+    }).catch((error) => mistakes.replaceChildren(problemBox(error, "Could not load the report")));
+  }
+  return section;
+}
+
+function relianceBars(reliance, flagged, caption) {
+  return el("figure", { class: "chart-figure" }, el("figcaption", {}, caption),
+    el("ul", { class: "bars" }, Object.entries(reliance || {}).map(([name, value]) => el("li", { class: flagged.includes(name) ? "flagged" : null },
+      el("span", { class: "bar-label", title: name }, name),
+      el("span", { class: "bar-track" }, el("span", { class: "bar-fill", style: `width:${Math.max(0, Math.min(1, value ?? 0)) * 100}%` })),
+      el("span", { class: "bar-value" }, value === null || value === undefined ? "–" : fmtNumber(value, 2))))));
+}
+
+// An explain-dataset job: per class its mean map, plus the heatmaps and the table to download.
+function explainDatasetResult(result, card) {
+  const classes = result.classes || [];
+  const faithful = classes.some((entry) => entry.deletion !== undefined);
+  return [
+    el("div", { class: "result-summary" },
+      stat("Model", `${result.model.id}@${result.model.version}`), stat("Method", `${result.method}${result.layer ? ` at ${result.layer}` : ""}`),
+      stat("Explained", `${fmtNumber(result.explained)} of ${fmtNumber(result.images)}`),
+      result.failed ? stat("Unreadable", fmtNumber(result.failed)) : null),
+    el("div", { class: "gallery" }, classes.filter((entry) => entry.mean_map).map((entry) => el("figure", { class: "gallery-item class-mean" },
+      artifactImage(entry.mean_map, `mean map of ${entry.label}`, card),
+      el("figcaption", {}, el("b", {}, entry.label),
+        el("span", { class: "muted block" }, `${entry.images} image${entry.images === 1 ? "" : "s"} · mean top-1 p ${pct(entry.mean_probability)}`),
+        faithful ? el("span", { class: "muted block" }, `deletion ${fmtNumber(entry.deletion, 3)} · insertion ${fmtNumber(entry.insertion, 3)}`) : null)))),
+    el("div", { class: "result-links" },
+      downloadButton(result.heatmaps, "heatmaps.zip", "Download heatmaps (zip)"),
+      downloadButton(result.table, "explanations.csv", "Download table (CSV)")),
+  ];
+}
+
+// An artifact to save (served under /v1/, so it needs the key): fetched with the key on click.
+function downloadButton(url, filename, text) {
+  const button = el("button", { class: "btn ghost small", type: "button", dataset: { download: filename } }, text);
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    try {
+      downloadBlob(await apiBlob(url), filename);
+    } catch (error) {
+      toast(error.problem ? `${error.problem.title}: ${error.problem.detail}` : String(error.message || error), "error");
+    } finally {
+      button.disabled = false;
+    }
+  });
+  return button;
 }
 
 // An artifact (served under /v1/, so it needs the key): fetched with the key, shown through a

@@ -5,6 +5,7 @@ Screenshots land in test-output/screenshots/ for a person to look at."""
 from __future__ import annotations
 
 import io
+import json
 import random
 import zipfile
 from pathlib import Path
@@ -13,7 +14,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from support import chelsea, coffee, encode
+from core.names import FLAT_GATE_RANGE
+from support import chelsea, coffee, encode, upload
 from tests.browser.chromium import LAPTOP, PHONE, PIXEL_DIFF, start_flamingo_maximization
 from tests.live_service import LiveService
 
@@ -184,7 +186,7 @@ def test_an_unreadable_file_shows_the_problem_title_and_detail(page, service, ph
     page.screenshot(path=str(shots / "error-laptop.png"))
 
 
-def test_fine_tune_from_the_form_shows_live_progress_then_plots(page, service, tmp_path, shots):
+def test_fine_tune_from_the_form_shows_live_progress_then_plots(page, service, tmp_path, photos, shots):
     events: list[str] = []
     page.on("request", lambda request: events.append(request.url) if request.url.endswith("/events") else None)
     page.goto(f"{service.url}/#jobs")
@@ -206,6 +208,7 @@ def test_fine_tune_from_the_form_shows_live_progress_then_plots(page, service, t
     form.locator('[name="input_size"]').fill("64")
     form.locator('[name="strategy"]').select_option("feature_extraction")
     form.locator('[name="val_fraction"]').fill("0.25")
+    form.locator('[name="attention"]').select_option("spatial")
     # record every progress text the page shows while the job runs
     page.evaluate("""() => {
       window.__progress = [];
@@ -222,23 +225,75 @@ def test_fine_tune_from_the_form_shows_live_progress_then_plots(page, service, t
     assert seen, "no live progress was shown"
     assert card.locator(".chart polyline, .chart circle").count() >= 4      # loss and accuracy, train and val
     assert card.locator(".confusion .cell").count() == 4
-    assert card.locator(".bars li").count() == 2
+    assert card.locator(".charts").first.locator(".bars li").count() == 2     # accuracy per class
     link = card.get_by_role("link", name="Explain with pets@1")
     assert link.is_visible()
+    report = card.locator(".report")
+    assert report.locator(".bars li").count() == 2                          # background reliance of both classes
+    with page.expect_download() as download:
+        report.get_by_role("button", name="Download report.json").click()
+    document = json.loads(Path(download.value.path()).read_text())
+    assert [entry["label"] for entry in document["classes"]] == ["cat", "coffee"]
+    # each mistake with pictures is drawn: the crop and Grad-CAM for both classes
+    mistakes = sum(1 for mistake in document["mistakes"] if "pictures" in mistake)
+    page.wait_for_function("(n) => document.querySelectorAll('.report-mistakes .gallery-frame img').length === 3 * n",
+                           arg=min(mistakes, 8))
     page.screenshot(path=str(shots / "jobs-laptop.png"))
     card.screenshot(path=str(shots / "fine-tune-result-laptop.png"))
     link.click()
     page.wait_for_function("document.querySelector('#model-select').value === 'pets@1'")
+    # the attention module's map shows the raw gate's range beside it
+    page.wait_for_function("[...document.querySelector('#method-select').options].some((o) => o.value === 'attention')")
+    page.select_option("#method-select", "attention")
+    page.set_input_files("#file-input", str(photos / "chelsea.jpg"))
+    page.wait_for_selector(".result-card img.original")
+    explain(page)
+    gate = page.locator(".result-card .tag.gate").inner_text()
+    low, high = (float(value) for value in gate.split()[1].rstrip(",").split("–"))
+    assert 0 <= low <= high <= 2, gate   # a residual gate: x * (1 + tanh(z))
+    assert gate.endswith("· flat") == (high - low < FLAT_GATE_RANGE), gate
+
+
+def test_an_explain_dataset_job_shows_each_class_mean_map_and_its_downloads(page, service, tmp_path, shots):
+    archive = tiny_dataset(tmp_path).read_bytes()
+    created = httpx.post(f"{service.url}/v1/datasets", files=[upload(archive, "pets.zip", "application/zip")],
+                         data={"name": "pets-maps"}, timeout=60)
+    assert created.status_code == 201, created.text
+    job = httpx.post(f"{service.url}/v1/jobs/explain-dataset", timeout=30,
+                     json={"dataset_id": created.json()["id"], "method": "gradcam", "faithfulness": True})
+    assert job.status_code == 202, job.text
+    job_id = job.json()["id"]
+    page.goto(f"{service.url}/#jobs")
+    page.wait_for_selector("body[data-ready=jobs]")
+    card = page.locator(f'.job-card[data-job-id="{job_id}"]')
+    page.wait_for_function("(id) => document.querySelectorAll(`.job-card[data-job-id='${id}'] .class-mean img`).length === 2",
+                           arg=job_id, timeout=120_000)
+    assert card.get_attribute("data-state") == "succeeded"
+    assert "Explain data set" in card.locator(".job-title").inner_text()
+    captions = card.locator(".class-mean figcaption").all_inner_texts()
+    assert [caption.split("\n")[0] for caption in captions] == ["cat", "coffee"]
+    assert all("4 images" in caption and "deletion" in caption for caption in captions), captions
+    assert card.locator(".class-mean img").evaluate_all("images => images.map((image) => image.naturalWidth)") == [224, 224]
+    with page.expect_download() as download:
+        card.get_by_role("button", name="Download heatmaps (zip)").click()
+    with zipfile.ZipFile(download.value.path()) as heatmaps:
+        assert len([name for name in heatmaps.namelist() if name.endswith(".png")]) == 8
+    with page.expect_download() as download:
+        card.get_by_role("button", name="Download table (CSV)").click()
+    assert len(Path(download.value.path()).read_text().strip().splitlines()) == 1 + 8
+    card.screenshot(path=str(shots / "explain-dataset-result-laptop.png"))
 
 
 def test_activation_maximization_results_show_as_a_gallery(page, service, shots):
     page.goto(f"{service.url}/#jobs")
     page.wait_for_selector("body[data-ready=jobs]")
     start_flamingo_maximization(page)
-    page.wait_for_selector('.job-card[data-state="succeeded"] .gallery-item img', timeout=90_000)
-    item = page.locator(".job-card .gallery-item").first
+    card = page.locator(".job-card", has_text="Activation maximization").first
+    card.locator(".gallery-item img").first.wait_for(timeout=90_000)
+    assert card.get_attribute("data-state") == "succeeded"
+    item = card.locator(".gallery-item").first
     assert "flamingo" in item.inner_text() and "activation" in item.inner_text()
-    assert page.evaluate("document.querySelector('.gallery-item img').naturalWidth") == 64
+    assert item.locator("img").evaluate("image => image.naturalWidth") == 64
 
 
 def test_models_view_lists_every_spec(page, service, shots):

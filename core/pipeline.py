@@ -20,7 +20,7 @@ from core.encoding import IMAGE_FORMATS, MAX_SIDE, encode_image
 from core.errors import InvalidRequest, TargetOutOfRange, UnknownLayer, UnknownMethod, UnsupportedMethod
 from core.explain import METHODS
 from core.explain.base import TOP_CLASS, Explanation, GateRange, LayerMethod, Method
-from core.explain.cam import FeatureSource
+from core.explain.cam import FeatureSource, at_classifier_layer
 from core.explain.faithfulness import DEFAULT_STEPS as FAITHFULNESS_STEPS
 from core.explain.faithfulness import Faithfulness, deletion_and_insertion
 from core.models.registry import LoadedModel
@@ -168,7 +168,7 @@ def explain_cost(model: LoadedModel, method_name: str, layer: str | None, option
     """What explain would cost, in forward-equivalents (a backward counts as one), before it
     runs. Refuses what explain would refuse: an unknown method, layer or option."""
     method, checked, layer = _plan(model, method_name, layer, options)
-    method = METHODS["cam"] if is_cam(model, method_name, layer) else method
+    method = METHODS["cam"] if from_feature_map(model, method_name, layer) else method  # one forward
     channels = model.layers.get(layer, 0) if layer else 0
     per_image = method.cost(checked, model.spec.input_size, channels)
     return images * (per_image + (2 * (FAITHFULNESS_STEPS + 1) if faithfulness else 0))
@@ -239,10 +239,14 @@ def explain(model: LoadedModel, images: list[Image.Image], method_name: str,
 def _run_method(model: LoadedModel, method_name: str, inputs: torch.Tensor, wanted: torch.Tensor | None,
                 layer: str | None, options: dict[str, object]) -> Explanation:
     spec, method = model.spec, METHODS[method_name]
-    if method.takes_feature_source or is_cam(model, method_name, layer):
+    if method.takes_feature_source:
         # CAM from the ONNX Runtime forward that makes the prediction: no hooks, so no lock.
-        return METHODS["cam"](model.network, inputs, wanted, layer, classifier=spec.classifier_layer,
-                              features=onnx_features(model))
+        return method(model.network, inputs, wanted, layer, classifier=spec.classifier_layer,
+                      features=onnx_features(model))
+    if from_feature_map(model, method_name, layer):
+        # from the same forward's feature map, with no backward: no hooks, so no lock
+        return at_classifier_layer(method, model.network, inputs, wanted, spec.classifier_layer,
+                                   onnx_features(model))
     if method.model_agnostic:
         # Scored on ONNX Runtime (batched with other requests) with no hooks: no lock.
         return method(model.network, inputs, wanted, layer, score=onnx_scorer(model), input_mean=spec.mean,
@@ -254,13 +258,13 @@ def _run_method(model: LoadedModel, method_name: str, inputs: torch.Tensor, want
     return torch_runs(model)(key, (inputs, targets), len(inputs))
 
 
-def is_cam(model: LoadedModel, method_name: str, layer: str | None) -> bool:
-    """Whether this Grad-CAM is CAM. At the layer that feeds global average pooling and a linear
-    classifier (checked when the model loads: `cam` is among its methods), the target logit's
-    gradient is, at every position, the class's classifier weights over the map's area. So
-    Grad-CAM's channel weights are CAM's over a constant, which its ReLU and min-max scaling
-    remove: the map is CAM's, computed from the forward that makes the prediction."""
-    return method_name == "gradcam" and "cam" in model.methods and layer == model.spec.cam_layer
+def from_feature_map(model: LoadedModel, method_name: str, layer: str | None) -> bool:
+    """Whether this gradient CAM method (Grad-CAM, Grad-CAM++, LayerCAM) is computed from the
+    ONNX Runtime forward's feature map, with no torch (core.explain.cam.at_classifier_layer): at
+    the layer that feeds global average pooling and a linear classifier (checked when the model
+    loads: `cam` is among its methods), where its gradients are known without a backward pass."""
+    return (getattr(METHODS[method_name], "from_activations_and_gradients", False) and "cam" in model.methods
+            and layer == model.spec.cam_layer)
 
 
 # Per image, in forward-equivalents: above it a method pauses between chunks for shorter work.

@@ -8,7 +8,7 @@ import threading
 from core.explain.gradcam import GradCAM
 
 # A layer below the classifier's: Grad-CAM there runs a forward and a backward on torch (at the
-# classifier's layer it is CAM, from ONNX Runtime: core.pipeline.is_cam).
+# classifier's layer it comes from ONNX Runtime: core.pipeline.from_feature_map).
 GRADIENT_LAYER = "blocks.15"
 
 

@@ -158,6 +158,9 @@ class LayerMethod(Method):
 
     uses_layer = True
     needs_gradients = True
+    # `combine` reads only the activations and their gradients, not the model or the inputs
+    # (so at the classifier's layer the map follows from the feature map: core.explain.cam)
+    from_activations_and_gradients = False
 
     def __call__(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor | None,
                  layer: str, **options: object) -> Explanation:

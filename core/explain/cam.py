@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.explain.base import Explanation, Method, capture, normalize_maps, resolve_targets
+from core.explain.base import Explanation, LayerMethod, Method, capture, normalize_maps, resolve_targets
 
 # inputs -> (logits, the feature map that global pooling sees)
 FeatureSource = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -55,3 +55,19 @@ class CAM(Method):
         weight = model.get_submodule(classifier).weight.detach().to(activations.device, torch.float32)
         maps = class_activation_maps(activations.float(), weight, targets.to(activations.device))
         return Explanation(normalize_maps(torch.relu(maps)), logits.detach(), targets)
+
+
+def at_classifier_layer(method: LayerMethod, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor | None,
+                        classifier: str, features: FeatureSource) -> Explanation:
+    """A gradient CAM method (`from_activations_and_gradients`) at the layer that feeds global
+    average pooling and a linear classifier, with no backward pass: there the target logit's
+    gradient is, at every position, the class's classifier weights over the map's area. The
+    feature map comes from `features` (the service's ONNX Runtime forward)."""
+    logits, activations = features(inputs)
+    targets = resolve_targets(logits, targets)
+    activations = activations.float()
+    weight = model.get_submodule(classifier).weight.detach().to(activations.device, torch.float32)
+    batch, channels, height, width = activations.shape
+    gradients = (weight[targets.to(activations.device)] / (height * width))[:, :, None, None]
+    maps = method.combine(model, inputs, activations, gradients.expand(batch, channels, height, width), targets)
+    return Explanation(normalize_maps(torch.relu(maps)), logits.detach(), targets)

@@ -8,5 +8,7 @@ from core.explain.base import LayerMethod
 
 
 class GradCAM(LayerMethod):
+    from_activations_and_gradients = True
+
     def weigh(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
         return gradients.mean(dim=(2, 3))

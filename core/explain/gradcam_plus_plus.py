@@ -8,6 +8,8 @@ from core.explain.base import LayerMethod
 
 
 class GradCAMPlusPlus(LayerMethod):
+    from_activations_and_gradients = True
+
     def weigh(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
         squared = gradients.pow(2)
         cubed = squared * gradients

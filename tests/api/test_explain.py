@@ -111,26 +111,29 @@ def test_layer_can_be_chosen(client, chelsea_jpeg):
     assert sides == {"blocks.10": (14, 14), "head": (7, 7)}
 
 
-def test_gradcam_at_the_classifier_layer_is_cam_from_onnx_runtime_and_matches_torch_gradcam(client, chelsea_jpeg):
-    """With global average pooling + linear head, Grad-CAM's weights are the class weights / HW, so
-    its map is CAM's: the service takes it from the ONNX Runtime forward, without torch. Below that
-    layer Grad-CAM runs on torch."""
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "layercam"])
+def test_gradient_cams_at_the_classifier_layer_come_from_onnx_runtime_and_match_torch(client, chelsea_jpeg, method):
+    """With global average pooling + linear head, the target logit's gradient at the CAM layer is
+    the class weights / HW everywhere, so these maps follow from the feature map of the ONNX
+    Runtime forward, with no torch; Grad-CAM's is then CAM's. Below that layer they run on torch."""
     model = client.app.state.registry.get(MODEL)
     torch_forwards = []
     counting = model.network.register_forward_hook(lambda *_: torch_forwards.append(1))
     try:
-        maps = {method: np.asarray(explain(client, [upload(chelsea_jpeg)], method=method, outputs="map")
-                                   .json()["results"][0]["explanation"]["map"]) for method in ("cam", "gradcam")}
+        maps = {name: np.asarray(explain(client, [upload(chelsea_jpeg)], method=name, outputs="map")
+                                 .json()["results"][0]["explanation"]["map"]) for name in ("cam", method)}
         assert not torch_forwards
-        assert explain(client, [upload(chelsea_jpeg)], method="gradcam", layer="blocks.15").status_code == 200
+        assert explain(client, [upload(chelsea_jpeg)], method=method, layer="blocks.15").status_code == 200
         assert len(torch_forwards) == 1
     finally:
         counting.remove()
-    np.testing.assert_allclose(maps["gradcam"], maps["cam"], atol=1e-4)
+    if method == "gradcam":
+        np.testing.assert_allclose(maps[method], maps["cam"], atol=1e-4)
     inputs = torch.from_numpy(preprocess([decode_image(chelsea_jpeg, 10**8)], model.spec)[0])
-    with_gradients = METHODS["gradcam"](model.network, inputs, None, model.spec.cam_layer)
-    assert maps["gradcam"].shape == with_gradients.maps[0].shape == (7, 7)
-    np.testing.assert_allclose(maps["gradcam"], with_gradients.maps[0], atol=1e-3)
+    with_gradients = METHODS[method](model.network, inputs, None, model.spec.cam_layer)
+    assert maps[method].shape == with_gradients.maps[0].shape == (7, 7)
+    np.testing.assert_allclose(maps[method], with_gradients.maps[0], atol=1e-3)
+    assert pipeline.explain_cost(model, method, None, {}, 1) == 1 < pipeline.explain_cost(model, method, "blocks.15", {}, 1)
 
 
 def test_integrated_gradients_baselines(client, chelsea_jpeg):

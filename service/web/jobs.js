@@ -380,14 +380,15 @@ function fineTuneReport(report, card) {
     mistakes.append(el("p", { class: "muted" }, spinner(), " Loading the mistakes"));
     api(report.url).then((document_) => {
       const shown = document_.mistakes.filter((mistake) => mistake.pictures).slice(0, MISTAKES_SHOWN);
-      mistakes.replaceChildren(...shown.map((mistake) => el("figure", { class: "gallery-item mistake" },
+      fill(mistakes, shown.map((mistake) => el("figure", { class: "gallery-item mistake" },
         el("div", { class: "mistake-pictures" },
           artifactImage(mistake.pictures.image, mistake.file, card),
           artifactImage(mistake.pictures.gradcam_predicted, `Grad-CAM for ${mistake.predicted.label}`, card),
           artifactImage(mistake.pictures.gradcam_true, `Grad-CAM for ${mistake.true.label}`, card)),
         el("figcaption", {}, el("b", {}, mistake.file),
           el("span", { class: "muted block" }, `${mistake.true.label} (p ${pct(mistake.true.probability)}) taken for `,
-            `${mistake.predicted.label} (p ${pct(mistake.predicted.probability)})`)))),
+            `${mistake.predicted.label} (p ${pct(mistake.predicted.probability)})`),
+          el("span", { class: "muted block" }, `the crop, then Grad-CAM for ${mistake.predicted.label} and for ${mistake.true.label}`)))),
       document_.mistakes.length > shown.length
         ? el("p", { class: "muted" }, `${shown.length} of ${document_.mistakes.length} mistakes shown; all are in report.json`) : null);
     }).catch((error) => mistakes.replaceChildren(problemBox(error, "Could not load the report")));

@@ -254,6 +254,35 @@ def test_fine_tune_from_the_form_shows_live_progress_then_plots(page, service, t
     assert gate.endswith("· flat") == (high - low < FLAT_GATE_RANGE), gate
 
 
+def test_a_fine_tunes_mistakes_show_with_grad_cam_for_both_classes(page, service, shots):
+    """Both classes hold the same photo: of the two validation images, one labelled each way, the
+    model must get one wrong."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        photo = encode(chelsea().resize((96, 64), Image.BILINEAR))
+        for name in ("cat", "coffee"):
+            for index in range(4):
+                archive.writestr(f"same/{name}/{index}.jpg", photo)
+    created = httpx.post(f"{service.url}/v1/datasets", files=[upload(buffer.getvalue(), "same.zip", "application/zip")],
+                         data={"name": "same"}, timeout=60)
+    assert created.status_code == 201, created.text
+    job = httpx.post(f"{service.url}/v1/jobs/fine-tune", timeout=30, json={
+        "dataset_id": created.json()["id"], "output_model": "same", "epochs": 1, "batch_size": 4, "input_size": 64,
+        "strategy": "feature_extraction", "val_fraction": 0.25})
+    assert job.status_code == 202, job.text
+    page.goto(f"{service.url}/#jobs")
+    page.wait_for_selector("body[data-ready=jobs]")
+    card = page.locator(f'.job-card[data-job-id="{job.json()["id"]}"]')
+    card.locator(".report-mistakes .mistake").first.wait_for(timeout=120_000)
+    mistake = card.locator(".report-mistakes .mistake")
+    assert mistake.count() == 1 and card.locator(".result-summary .stat", has_text="Mistakes").inner_text().endswith("1")
+    page.wait_for_function("(id) => document.querySelectorAll(`.job-card[data-job-id='${id}'] .mistake img`).length === 3",
+                           arg=job.json()["id"])
+    assert mistake.locator("img").evaluate_all("images => images.map((image) => image.naturalWidth)") == [64, 64, 64]
+    assert "taken for" in mistake.inner_text() and "null" not in card.locator(".report-mistakes").inner_text()
+    card.screenshot(path=str(shots / "fine-tune-mistakes-laptop.png"))
+
+
 def test_an_explain_dataset_job_shows_each_class_mean_map_and_its_downloads(page, service, tmp_path, shots):
     archive = tiny_dataset(tmp_path).read_bytes()
     created = httpx.post(f"{service.url}/v1/datasets", files=[upload(archive, "pets.zip", "application/zip")],

@@ -263,7 +263,7 @@ def from_feature_map(model: LoadedModel, method_name: str, layer: str | None) ->
     ONNX Runtime forward's feature map, with no torch (core.explain.cam.at_classifier_layer): at
     the layer that feeds global average pooling and a linear classifier (checked when the model
     loads: `cam` is among its methods), where its gradients are known without a backward pass."""
-    return (getattr(METHODS[method_name], "from_activations_and_gradients", False) and "cam" in model.methods
+    return (METHODS[method_name].from_activations_and_gradients and "cam" in model.methods
             and layer == model.spec.cam_layer)
 
 

@@ -129,6 +129,9 @@ class Method:
     needs_spatial_attention = False   # only for models with a spatial attention module
     scores_masked_inputs = False      # takes `score`: logits of input batches, no gradients
     takes_feature_source = False      # takes `features`: logits and feature map from any forward (CAM)
+    # a CAM-family `combine` that reads only the activations and their gradients, not the model
+    # or the inputs: at the classifier's layer its map follows from the feature map (core.explain.cam)
+    from_activations_and_gradients = False
     model_agnostic = False            # needs only `score`: works without the torch network (ONNX-only models)
 
     def cost(self, options: dict[str, Any], input_size: int, layer_channels: int) -> int:
@@ -158,9 +161,6 @@ class LayerMethod(Method):
 
     uses_layer = True
     needs_gradients = True
-    # `combine` reads only the activations and their gradients, not the model or the inputs
-    # (so at the classifier's layer the map follows from the feature map: core.explain.cam)
-    from_activations_and_gradients = False
 
     def __call__(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor | None,
                  layer: str, **options: object) -> Explanation:

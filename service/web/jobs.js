@@ -1,7 +1,7 @@
 // The Jobs view: upload a data set, start fine-tuning or activation maximization from forms generated
 // from the OpenAPI schemas, follow jobs live over server-sent events, cancel, read the results.
 import { api, apiBlob, ApiError, eventStream, modelsWithVersions, openapi, resolve } from "./api.js";
-import { accuracyBars, confusionMatrix, lineChart } from "./plot.js";
+import { accuracyBars, bars, confusionMatrix, lineChart } from "./plot.js";
 import { collectObject, inputFor, renderObject } from "./schema.js";
 import { downloadBlob, el, fill, fmtMs, fmtNumber, fmtTime, pct, problemBox, spinner, toast } from "./ui.js";
 
@@ -372,8 +372,9 @@ function fineTuneReport(report, card) {
     el("div", { class: "result-summary" },
       stat("Mistakes", fmtNumber(report.mistakes)),
       stat("Background reliance flagged", flagged.length ? flagged.join(", ") : "none")),
-    el("div", { class: "charts" }, relianceBars(report.background_reliance, flagged,
-      `Background reliance (${report.score_method} at ${report.score_layer}; above 0.5: more evidence near the border than inside)`)),
+    el("div", { class: "charts" }, bars(
+      `Background reliance (${report.score_method} at ${report.score_layer}); flagged: more evidence near the border than inside`,
+      report.background_reliance, (value) => fmtNumber(value, 2), flagged)),
     mistakes,
     el("div", { class: "result-links" }, downloadButton(report.url, "report.json", "Download report.json")));
   if (report.mistakes) {
@@ -394,14 +395,6 @@ function fineTuneReport(report, card) {
     }).catch((error) => mistakes.replaceChildren(problemBox(error, "Could not load the report")));
   }
   return section;
-}
-
-function relianceBars(reliance, flagged, caption) {
-  return el("figure", { class: "chart-figure" }, el("figcaption", {}, caption),
-    el("ul", { class: "bars" }, Object.entries(reliance || {}).map(([name, value]) => el("li", { class: flagged.includes(name) ? "flagged" : null },
-      el("span", { class: "bar-label", title: name }, name),
-      el("span", { class: "bar-track" }, el("span", { class: "bar-fill", style: `width:${Math.max(0, Math.min(1, value ?? 0)) * 100}%` })),
-      el("span", { class: "bar-value" }, value === null || value === undefined ? "–" : fmtNumber(value, 2))))));
 }
 
 // An explain-dataset job: per class its mean map, plus the heatmaps and the table to download.

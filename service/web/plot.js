@@ -84,10 +84,14 @@ export function confusionMatrix(matrix, classes) {
 }
 
 export function accuracyBars(perClass) {
-  const entries = Object.entries(perClass);
-  return el("figure", { class: "chart-figure" }, el("figcaption", {}, "Per-class accuracy"),
-    el("ul", { class: "bars" }, entries.map(([name, value]) => el("li", {},
+  return bars("Per-class accuracy", perClass, (value) => pct(value, 0));
+}
+
+// One bar per name for values in [0, 1] (null: no bar, shown as "–"); `flagged` names stand out.
+export function bars(caption, values, format, flagged = []) {
+  return el("figure", { class: "chart-figure" }, el("figcaption", {}, caption),
+    el("ul", { class: "bars" }, Object.entries(values || {}).map(([name, value]) => el("li", { class: flagged.includes(name) ? "flagged" : null },
       el("span", { class: "bar-label", title: name }, name),
-      el("span", { class: "bar-track" }, el("span", { class: "bar-fill", style: `width:${Math.max(0, Math.min(1, value)) * 100}%` })),
-      el("span", { class: "bar-value" }, pct(value, 0))))));
+      el("span", { class: "bar-track" }, el("span", { class: "bar-fill", style: `width:${Math.max(0, Math.min(1, value ?? 0)) * 100}%` })),
+      el("span", { class: "bar-value" }, value === null || value === undefined ? "–" : format(value))))));
 }

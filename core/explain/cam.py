@@ -61,8 +61,9 @@ def at_classifier_layer(method: LayerMethod, model: nn.Module, inputs: torch.Ten
                         classifier: str, features: FeatureSource) -> Explanation:
     """A gradient CAM method (`from_activations_and_gradients`) at the layer that feeds global
     average pooling and a linear classifier, with no backward pass: there the target logit's
-    gradient is, at every position, the class's classifier weights over the map's area. The
-    feature map comes from `features` (the service's ONNX Runtime forward)."""
+    gradient is, at every position, the class's classifier weights over the map's area (so
+    Grad-CAM's channel weights are CAM's over a constant, and its map is CAM's). The feature map
+    comes from `features` (the service's ONNX Runtime forward)."""
     logits, activations = features(inputs)
     targets = resolve_targets(logits, targets)
     activations = activations.float()

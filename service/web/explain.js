@@ -5,7 +5,7 @@ import { colourBar, colourHeatmap, composite, loadImage } from "./heatmap.js";
 import { explainSchema, inputFor, readInput } from "./schema.js";
 import { downloadBlob, el, fill, fmtMs, fmtNumber, humanize, pct, problemBox, spinner } from "./ui.js";
 
-// four different views: at the default layer `cam` would repeat Grad-CAM's map (core.pipeline.from_feature_map)
+// four different views: at the default layer `cam` would repeat Grad-CAM's map (core/explain/cam.py, at_classifier_layer)
 const PREFERRED_COMPARE = ["gradcam", "saliency", "integrated_gradients", "smoothgrad"];
 const $ = (id) => document.getElementById(id);
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.common import ignore_progress, interleaved, report
+from bench.common import ignore_progress, interleaved, report, scratch_dir
 from bench.fine_tuning import tuxpaint_archive
 from core import imaging
 from core.attention import spatial_gates
@@ -52,7 +51,7 @@ KINDS = ("none", "se", "spatial", "cbam")
 def costs() -> None:
     spec, base = load_builtin("efficientnet_lite0")
     example = torch.zeros(1, 3, 224, 224)
-    folder = Path(tempfile.mkdtemp(prefix="gazer-bench-"))
+    folder = scratch_dir()
     measured, runners = {}, {}
     for kind in KINDS:
         network = build_network("efficientnet_lite0", 1000, 224, attention=kind).eval()
@@ -77,7 +76,7 @@ def costs() -> None:
 
 
 def accuracy(seeds: int, epochs: int, input_size: int) -> None:
-    datasets_dir = Path(tempfile.mkdtemp(prefix="gazer-bench-"))
+    datasets_dir = scratch_dir()
     dataset = ingest_archive(tuxpaint_archive(), datasets_dir, "tuxpaint4", SharedSettings().archive_limits)
     classes, items = dataset_images(datasets_dir, dataset["id"])
     spec, base = load_builtin("efficientnet_lite0")
@@ -186,7 +185,7 @@ def _accuracy_row(result, seconds: float, extra: str = "") -> tuple[str, str]:
 
 
 def localization_synthetic(epochs: int, variants: list[str]) -> None:
-    datasets_dir = Path(tempfile.mkdtemp(prefix="gazer-bench-"))
+    datasets_dir = scratch_dir()
     image_size = LOCALIZATION_SIZE + 32
     dataset = ingest_archive(evidence_left_archive(20, seed=0, size=image_size, input_size=LOCALIZATION_SIZE),
                              datasets_dir, "evidence-left", SharedSettings().archive_limits)
@@ -212,7 +211,7 @@ def localization_synthetic(epochs: int, variants: list[str]) -> None:
 def localization_tuxpaint(epochs: int, variants: list[str]) -> None:
     from PIL import Image
 
-    datasets_dir = Path(tempfile.mkdtemp(prefix="gazer-bench-"))
+    datasets_dir = scratch_dir()
     dataset = ingest_archive(tuxpaint_archive(), datasets_dir, "tuxpaint4", SharedSettings().archive_limits)
     for name in variants:
         variant = LOCALIZATION_VARIANTS[name]

@@ -6,10 +6,12 @@ rounds within one process run and reports medians and their ratio.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import http.client
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -24,9 +26,16 @@ from core.storage import Storage
 from infra.processes import stop_process
 
 
+def scratch_dir(prefix: str = "gazer-bench-") -> Path:
+    """A temporary folder, removed when this process ends: benchmarks export models of tens of MB."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
 @functools.cache
 def _registry() -> ModelRegistry:
-    return ModelRegistry(Storage(Path(tempfile.mkdtemp(prefix="gazer-bench-"))), max_loaded=8)
+    return ModelRegistry(Storage(scratch_dir()), max_loaded=8)
 
 
 def served_model(model_id: str = "efficientnet_lite0") -> LoadedModel:
@@ -115,12 +124,12 @@ def running_server_process(port: int = 8765, checkout: Path | None = None,
                            **settings: str) -> Iterator[tuple[int, list[int]]]:
     """As running_server, yielding the port and the server's pid; `settings`: GAZER_* variables
     (lower-case names, as Settings spells them)."""
-    data_dir = tempfile.mkdtemp(prefix="gazer-bench-")
-    env = {**os.environ, "PORT": str(port), "GAZER_DATA_DIR": data_dir,
+    data_dir = scratch_dir()
+    env = {**os.environ, "PORT": str(port), "GAZER_DATA_DIR": str(data_dir),
            **{f"GAZER_{name.upper()}": str(value) for name, value in settings.items()}}
     if checkout is not None:
         env["PYTHONPATH"] = str(checkout)
-    log = open(Path(data_dir) / "server.log", "wb")
+    log = open(data_dir / "server.log", "wb")
     process = subprocess.Popen([sys.executable, "-m", "service"], env=env, cwd=checkout, stdout=log, stderr=log)
     try:
         deadline = time.time() + 180
@@ -132,7 +141,9 @@ def running_server_process(port: int = 8765, checkout: Path | None = None,
             except OSError:
                 pass
             if time.time() > deadline or process.poll() is not None:
-                raise RuntimeError(f"the server did not become ready; its log: {log.name}")
+                log.flush()
+                raise RuntimeError(f"the server did not become ready; the end of its log:\n"
+                                   f"{Path(log.name).read_text(errors='replace')[-3000:]}")
             time.sleep(0.5)
         client.connection.close()
         yield port, [process.pid]

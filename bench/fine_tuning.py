@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from bench.common import ignore_progress, report
+from bench.common import ignore_progress, report, scratch_dir
 from core.datasets import dataset_images, ingest_archive
 from core.models.catalog import load_builtin
 from core.training.config import STRATEGIES, Augmentation, FineTuneConfig
@@ -73,7 +72,7 @@ def main() -> None:
     parser.add_argument("--throughput-only", action="store_true")
     args = parser.parse_args()
 
-    datasets_dir = Path(tempfile.mkdtemp(prefix="gazer-bench-"))
+    datasets_dir = scratch_dir()
     dataset = ingest_archive(tuxpaint_archive(), datasets_dir, "tuxpaint4", SharedSettings().archive_limits)
     classes, items = dataset_images(datasets_dir, dataset["id"])
     print(f"data set: {dataset['counts']} ({len(dataset['unreadable'])} unreadable)")

@@ -16,7 +16,6 @@ import argparse
 import copy
 import functools
 import statistics
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -27,7 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.common import Client, ignore_progress, interleaved, report, run_timed, running_server, served_model
+from bench.common import (Client, ignore_progress, interleaved, report, run_timed, running_server, scratch_dir,
+                          served_model)
 from core import imaging
 from core.explain import METHODS
 from core.explain.baselines import make_baseline
@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny counts: checks that every part runs")
     args = parser.parse_args(argv)
     sizes = SMOKE if args.smoke else FULL
-    folder = Path(tempfile.mkdtemp(prefix="gazer-bench-gpu-"))
+    folder = scratch_dir("gazer-bench-gpu-")
     model = served_model(MODEL)
     name = torch.cuda.get_device_name(model.device) if model.device.type == "cuda" else "CPU"
     print(f"device: {model.device} ({name}); ONNX Runtime providers: {model.predictor.providers}")

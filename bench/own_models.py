@@ -9,14 +9,13 @@ as an upload would be, at 224 on chelsea; the default CAM layer of each.
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import torch
 import torchvision
 from safetensors.torch import save
 
-from bench.common import interleaved, report, run_timed
+from bench.common import interleaved, report, run_timed, scratch_dir
 from core import imaging
 from core.explain import METHODS
 from core.models import upload
@@ -31,7 +30,7 @@ def main() -> None:
     from pytorch_grad_cam import GradCAM as ReferenceGradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    registry = ModelRegistry(Storage(Path(tempfile.mkdtemp(prefix="gazer-bench-"))), max_loaded=len(ARCHITECTURES))
+    registry = ModelRegistry(Storage(scratch_dir()), max_loaded=len(ARCHITECTURES))
     for architecture in ARCHITECTURES:
         torch.manual_seed(0)
         weights = torchvision.models.get_model(architecture, weights=None).state_dict()

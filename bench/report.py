@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from bench.common import ignore_progress, report
+from bench.common import ignore_progress, report, scratch_dir
 from bench.fine_tuning import CLASSES, STAMPS
 from core.datasets import ingest_archive
 from core.job_runners import JobContext, run_fine_tune
@@ -99,7 +98,7 @@ def main() -> None:
     if not STAMPS.exists():
         raise SystemExit("install Debian's tuxpaint-stamps-default first (apt-get install tuxpaint-stamps-default)")
 
-    storage = Storage(Path(tempfile.mkdtemp(prefix="gazer-bench-")))
+    storage = Storage(scratch_dir())
     settings = SharedSettings()
     context = JobContext(storage, ModelRegistry(storage, max_loaded=2), settings.max_image_pixels,
                          lambda job, name: f"/v1/jobs/{job}/artifacts/{name}")

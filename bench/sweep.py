@@ -15,7 +15,6 @@ import argparse
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 import torch
 from fastapi.testclient import TestClient
 
-from bench.common import ignore_progress, report
+from bench.common import ignore_progress, report, scratch_dir
 from bench.fine_tuning import tuxpaint_archive
 from core.datasets import dataset_images, ingest_archive
 from core.models.catalog import load_builtin
@@ -76,7 +75,7 @@ def timed_job(api: TestClient, kind: str, body: dict) -> tuple[dict, float]:
 def sweeps(args: argparse.Namespace) -> None:
     base = {"strategy": "fine_tune", "epochs": args.epochs, "batch_size": 16, "input_size": args.input_size,
             "early_stopping_patience": args.epochs, "seed": 0}
-    folder = Path(tempfile.mkdtemp(prefix="gazer-bench-sweep-"))
+    folder = scratch_dir("gazer-bench-sweep-")
     data_dir = folder / "data"
     with ExitStack() as stack:
         redis_server = stack.enter_context(EmbeddedRedis(folder / "redis"))
@@ -113,7 +112,7 @@ def sweeps(args: argparse.Namespace) -> None:
 
 
 def lr_tests(args: argparse.Namespace) -> None:
-    datasets_dir = Path(tempfile.mkdtemp(prefix="gazer-bench-lr-"))
+    datasets_dir = scratch_dir("gazer-bench-lr-")
     dataset = ingest_archive(tuxpaint_archive(), datasets_dir, "tuxpaint4", SharedSettings().archive_limits)
     classes, items = dataset_images(datasets_dir, dataset["id"])
     spec, base = load_builtin("efficientnet_lite0")

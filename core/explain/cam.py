@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.weak import WeakIdKeyDictionary
 
 from core.explain.base import Explanation, LayerMethod, Method, capture, normalize_maps, resolve_targets
 
@@ -20,13 +21,31 @@ from core.explain.base import Explanation, LayerMethod, Method, capture, normali
 FeatureSource = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
-def class_activation_maps(features: torch.Tensor, classifier_weight: torch.Tensor,
-                          targets: torch.Tensor) -> torch.Tensor:
-    weights = classifier_weight[targets]
+def class_activation_maps(features: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """`weight`: the linear classifier's (classes x channels)."""
+    weights = weight[targets]
     if features.device.type == "cpu":
         # numpy on one thread: torch's threads, woken after an ONNX Runtime run, took 1.8 ms for it, numpy 0.24
         return torch.from_numpy(np.einsum("bc,bchw->bhw", weights.detach().numpy(), features.detach().numpy()))
     return torch.einsum("bc,bchw->bhw", weights, features)
+
+
+# parameter -> (its version when copied, the copy): see classifier_weight
+_weight_copies: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def classifier_weight(model: nn.Module, classifier: str, device: torch.device) -> torch.Tensor:
+    """The classifier's weight, float32 on `device`: the parameter itself where it already is
+    that, else a copy kept until the parameter changes. On a GPU model whose feature map comes
+    from ONNX Runtime on the CPU, each CAM would otherwise copy the weight back (5 MB for Lite0)."""
+    parameter = model.get_submodule(classifier).weight
+    if parameter.device == device and parameter.dtype == torch.float32:
+        return parameter.detach()
+    version, copied = _weight_copies.get(parameter, (None, None))
+    if copied is None or version != parameter._version or copied.device != device:
+        copied = parameter.detach().to(device, torch.float32)
+        _weight_copies[parameter] = (parameter._version, copied)
+    return copied
 
 
 def torch_features(model: nn.Module, layer: str) -> FeatureSource:
@@ -52,7 +71,7 @@ class CAM(Method):
         `features`: where the logits and the feature map at `layer` come from (default torch)."""
         logits, activations = (features or torch_features(model, layer))(inputs)
         targets = resolve_targets(logits, targets)
-        weight = model.get_submodule(classifier).weight.detach().to(activations.device, torch.float32)
+        weight = classifier_weight(model, classifier, activations.device)
         maps = class_activation_maps(activations.float(), weight, targets.to(activations.device))
         return Explanation(normalize_maps(torch.relu(maps)), logits.detach(), targets)
 
@@ -67,7 +86,7 @@ def at_classifier_layer(method: LayerMethod, model: nn.Module, inputs: torch.Ten
     logits, activations = features(inputs)
     targets = resolve_targets(logits, targets)
     activations = activations.float()
-    weight = model.get_submodule(classifier).weight.detach().to(activations.device, torch.float32)
+    weight = classifier_weight(model, classifier, activations.device)
     batch, channels, height, width = activations.shape
     gradients = (weight[targets.to(activations.device)] / (height * width))[:, :, None, None]
     maps = method.combine(model, inputs, activations, gradients.expand(batch, channels, height, width), targets)

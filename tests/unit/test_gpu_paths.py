@@ -1,7 +1,8 @@
 """What the GPU path adds, checked on the CPU: the float16 export agrees with float32 within its
 stated tolerance (ONNX Runtime's CPU provider runs float16 graphs), I/O binding returns what a
-plain run returns, fast_math changes nothing on the CPU, and channels_last changes results by
-rounding only. tests/gpu runs the same paths on CUDA."""
+plain run returns, fast_math changes nothing on the CPU, channels_last changes results by
+rounding only, and CAM copies a classifier's weight once per change. tests/gpu runs the same
+paths on CUDA."""
 
 from __future__ import annotations
 
@@ -105,3 +106,20 @@ def test_a_layer_gradient_method_agrees_under_bfloat16_autocast(lite0, method="g
         fast = METHODS[method](network, inputs, None, spec.cam_layer)
     assert int(exact.targets[0]) == int(fast.targets[0])
     assert np.abs(np.asarray(exact.maps, dtype=np.float32) - np.asarray(fast.maps, dtype=np.float32)).max() < 0.05
+
+
+def test_the_classifier_weight_is_copied_once_per_change_not_once_per_cam():
+    """A GPU model's CAM from ONNX Runtime's CPU feature map needs its classifier's weight on the
+    CPU; float64 weights need a float32 copy in the same way, which the CPU can check."""
+    from core.explain.cam import classifier_weight
+
+    network = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    assert classifier_weight(network, "1", CPU).data_ptr() == network[1].weight.data_ptr()  # already so: no copy
+    network.double()
+    first = classifier_weight(network, "1", CPU)
+    assert first.dtype == torch.float32 and classifier_weight(network, "1", CPU) is first
+    with torch.no_grad():
+        network[1].weight.add_(1.0)  # as an optimizer step would
+    changed = classifier_weight(network, "1", CPU)
+    assert changed is not first
+    torch.testing.assert_close(changed, network[1].weight.float())

@@ -94,9 +94,11 @@ class SweepHost:
 
     def report_epoch(self, trial: dict[str, Any], epoch: int, value: float) -> bool:
         """A trial's epoch, reported to its study; whether the pruner stops it here."""
-        study = optuna.load_study(study_name=study_name(trial["sweep"]), storage=self.storage(trial["sweep"]),
-                                  pruner=make_pruner(int(trial["startup_trials"])))
-        reported = optuna.trial.Trial(study, int(trial["trial_id"]))
+        storage, name = self.storage(trial["sweep"]), study_name(trial["sweep"])
+        study = optuna.load_study(study_name=name, storage=storage, pruner=make_pruner(int(trial["startup_trials"])))
+        trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(name),
+                                                                   int(trial["number"]))
+        reported = optuna.trial.Trial(study, trial_id)
         reported.report(float(value), epoch)
         return reported.should_prune()
 
@@ -117,7 +119,7 @@ class _Coordinator:
     def launch(self) -> None:
         trial = self.study.ask()
         values = {dimension.name: suggest(trial, dimension) for dimension in self.dimensions}
-        marker = {"sweep": self.job_id, "number": trial.number, "trial_id": trial._trial_id,
+        marker = {"sweep": self.job_id, "number": trial.number,
                   "metric": self.config.metric, "startup_trials": startup_trials(self.config.trials)}
         try:
             child = self.host.submit_trial(self.job_id, {**with_values(self.base, values), "trial": marker},

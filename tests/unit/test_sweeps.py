@@ -102,7 +102,7 @@ def test_the_same_seed_samples_the_same_sequence_and_another_seed_does_not():
 
 def test_a_trial_reports_each_epoch_and_stops_pruned_when_told():
     reports, seen = [], []
-    trial = {"sweep": "s", "number": 0, "trial_id": 0, "metric": "val_loss", "startup_trials": 2}
+    trial = {"sweep": "s", "number": 0, "metric": "val_loss", "startup_trials": 2}
 
     def report_epoch(marker, epoch, value):
         reports.append((epoch, value))

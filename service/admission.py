@@ -1,4 +1,4 @@
-"""A bounded queue per model: requests in flight for one model beyond the limit are answered
+"""A bounded queue per model version: requests in flight for one beyond the limit are answered
 503 with Retry-After at once, so that the latency of admitted requests stays bounded under
 overload. A request takes its place in the route, once its caller is known and its upload read;
 while the queue is already full, `RefuseWhenQueueFull` answers before the upload is read."""
@@ -20,40 +20,42 @@ RETRY_AFTER_SECONDS = 1
 
 
 class ModelQueues:
-    """Counts requests per model as the request's path names it (`m` and `m@1` count apart);
-    used on the event loop only, so it needs no lock."""
+    """Counts requests per model version (`m`, `m@1` and `m@01` count as one while `m` means
+    version 1); used on the event loop only, so it needs no lock."""
+
+    # path spellings remembered (each one resolved to a model); past this many, forgotten
+    MAX_SPELLINGS = 4096
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.in_flight: Counter[str] = Counter()
+        self.versions: dict[str, str] = {}  # the model as a path spelt it -> the version it meant last
 
     def full(self, model: str) -> bool:
-        return self.in_flight[queue_name(model)] >= self.limit
+        """`model`: as a path spells it; a spelling not seen before counts as its own (empty) queue,
+        and the route then admits it by its version."""
+        return self.in_flight[self.versions.get(model, model)] >= self.limit
 
     def busy(self, model: str) -> ServiceBusy:
         return ServiceBusy(f"model {model!r} has {self.limit} requests in flight (GAZER_MAX_QUEUED_PER_MODEL); "
                            f"retry shortly", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
     @contextmanager
-    def admitted(self, model: str) -> Iterator[None]:
-        """`model`: as the request's path names it."""
-        if self.full(model):
+    def admitted(self, model: str, version: str) -> Iterator[None]:
+        """`model`: as the request's path spells it; `version`: the model version it resolved to
+        (ModelSpec.ref)."""
+        if len(self.versions) >= self.MAX_SPELLINGS and model not in self.versions:
+            self.versions.clear()
+        self.versions[model] = version
+        if self.in_flight[version] >= self.limit:
             raise self.busy(model)
-        name = queue_name(model)
-        self.in_flight[name] += 1
+        self.in_flight[version] += 1
         try:
             yield
         finally:
-            self.in_flight[name] -= 1
-            if not self.in_flight[name]:
-                del self.in_flight[name]
-
-
-def queue_name(model: str) -> str:
-    """The queue of a model as a path names it: `m@01` and `m@1` share one (a version's
-    spellings would otherwise each get a queue); `m` (its default version) keeps its own."""
-    name, at, version = model.partition("@")
-    return f"{name}@{version.lstrip('0') or '0'}" if at and version.isascii() and version.isdigit() else model
+            self.in_flight[version] -= 1
+            if not self.in_flight[version]:
+                del self.in_flight[version]
 
 
 class RefuseWhenQueueFull:

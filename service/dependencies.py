@@ -96,9 +96,9 @@ async def explanation_slot(request: Request) -> AsyncIterator[None]:
         slots.release()
 
 
-def admitted(request: Request):
-    """A place in the model's bounded queue, or 503 with Retry-After at once."""
-    return request.app.state.model_queues.admitted(request.path_params["model"])
+def admitted(request: Request, model: LoadedModel):
+    """A place in the model version's bounded queue, or 503 with Retry-After at once."""
+    return request.app.state.model_queues.admitted(request.path_params["model"], model.spec.ref)
 
 
 def upload_slot(request: Request):

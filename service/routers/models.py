@@ -99,7 +99,7 @@ def describe_model(model: ModelDep, registry: RegistryDep) -> wire.ModelDetail:
 @router.post("/{model}/predict", response_model=wire.PredictResponse)
 async def predict(request: Request, model: ModelDep, settings: SettingsDep, metrics: MetricsDep, file: Files,
                   top_k: TopK = 5, resize: Resize = "crop") -> Response:
-    with admitted(request):
+    with admitted(request, model):
         blobs = await read_uploads(file, settings)
         metrics.batch_size.labels("predict").observe(len(blobs))
         on_stage = metrics.stage_recorder(model.spec.id)
@@ -193,7 +193,7 @@ async def explain(
                              f"steps, samples or masks", field="file", cost=cost, budget=settings.max_explain_cost)
     # the form is read by now: a slot held from here waits on no upload; a request refused
     # (503, 413) has spent none of its client's compute
-    with admitted(request):
+    with admitted(request, model):
         async with explanation_slot(request):
             blobs = await read_uploads(file, settings)
             request.app.state.compute_limiter.take(client_id(caller, request), cost)

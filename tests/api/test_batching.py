@@ -16,8 +16,9 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from core import pipeline
+from core.errors import ServiceBusy
 from core.explain import METHODS
-from service.admission import ModelQueues, RefuseWhenQueueFull, queue_name
+from service.admission import ModelQueues, RefuseWhenQueueFull
 from service.app import create_app
 from service.settings import Settings
 from support import encode, foolbox_imagenet_photos, upload
@@ -151,9 +152,29 @@ def test_a_long_explanation_does_not_hold_the_model_for_a_short_one(small_queue_
 
 
 def test_spellings_of_one_version_share_its_queue():
-    assert queue_name("m@01") == queue_name("m@001") == queue_name("m@1") == "m@1"
-    assert queue_name("m") == "m" and queue_name("m@0") == queue_name("m@00") == "m@0"
-    assert queue_name("m@" + "9" * 5000) == "m@" + "9" * 5000  # no int() of it: Python refuses 4300+ digits
+    queues = ModelQueues(limit=2)
+    with queues.admitted("m", "m@1"), queues.admitted("m@01", "m@1"):  # `m` means version 1 here
+        assert queues.full("m") and queues.full("m@01") and queues.full("m@1")
+        with pytest.raises(ServiceBusy):
+            with queues.admitted("m@1", "m@1"):
+                pass
+        assert not queues.full("m@2") and not queues.full("other")
+    assert not queues.in_flight and not queues.full("m")
+
+
+def test_a_plain_name_and_its_version_share_one_queue_over_http(small_queue_client, photos):
+    """While the version's queue is full, its plain name (once seen), the version and another
+    spelling of it are all refused, with Retry-After."""
+    version = small_queue_client.app.state.registry.get(MODEL).spec.ref
+    assert small_queue_client.post(f"/v1/models/{MODEL}/predict", files=[upload(photos[0])]).status_code == 200
+    queues = small_queue_client.app.state.model_queues
+    queues.in_flight[version] = queues.limit  # as if that many were in flight
+    try:
+        for spelling in (MODEL, version, version.replace("@", "@0")):
+            refused = small_queue_client.post(f"/v1/models/{spelling}/predict", files=[upload(photos[0])])
+            assert refused.status_code == 503 and refused.headers["Retry-After"] == "1", spelling
+    finally:
+        del queues.in_flight[version]
 
 
 def test_where_keys_are_required_a_full_queue_is_told_only_to_requests_with_a_key():

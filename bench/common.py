@@ -141,12 +141,14 @@ def running_server_process(port: int = 8765, checkout: Path | None = None,
             except OSError:
                 pass
             if time.time() > deadline or process.poll() is not None:
-                log.flush()
-                raise RuntimeError(f"the server did not become ready; the end of its log:\n"
-                                   f"{Path(log.name).read_text(errors='replace')[-3000:]}")
+                raise RuntimeError("the server did not become ready")
             time.sleep(0.5)
         client.connection.close()
         yield port, [process.pid]
+    except BaseException:  # the folder, log included, goes when this process ends: show why here
+        tail = (data_dir / "server.log").read_text(errors="replace")[-3000:]
+        print(f"the end of the server's log:\n{tail}", file=sys.stderr)
+        raise
     finally:
         stop_process(process)
         log.close()

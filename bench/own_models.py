@@ -9,7 +9,6 @@ as an upload would be, at 224 on chelsea; the default CAM layer of each.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 import torchvision

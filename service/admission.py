@@ -5,6 +5,7 @@ while the queue is already full, `RefuseWhenQueueFull` answers before the upload
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from contextlib import contextmanager
 from typing import Iterator
@@ -29,12 +30,17 @@ class ModelQueues:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.in_flight: Counter[str] = Counter()
-        self.versions: dict[str, str] = {}  # the model as a path spelt it -> the version it meant last
+        # the model as a path spelt it -> (the version it meant, when the route last resolved it)
+        self.versions: dict[str, tuple[str, float]] = {}
 
     def full(self, model: str) -> bool:
-        """`model`: as a path spells it; a spelling not seen before counts as its own (empty) queue,
-        and the route then admits it by its version."""
-        return self.in_flight[self.versions.get(model, model)] >= self.limit
+        """`model`: as a path spells it. A spelling the route has not resolved within
+        RETRY_AFTER_SECONDS counts as a queue of its own (empty), so the route resolves it again:
+        `m` pinned to a new version is not held to the old version's full queue for long."""
+        version, resolved_at = self.versions.get(model, (model, 0.0))
+        if time.monotonic() - resolved_at > RETRY_AFTER_SECONDS:
+            version = model
+        return self.in_flight[version] >= self.limit
 
     def busy(self, model: str) -> ServiceBusy:
         return ServiceBusy(f"model {model!r} has {self.limit} requests in flight (GAZER_MAX_QUEUED_PER_MODEL); "
@@ -46,7 +52,7 @@ class ModelQueues:
         (ModelSpec.ref)."""
         if len(self.versions) >= self.MAX_SPELLINGS and model not in self.versions:
             self.versions.clear()
-        self.versions[model] = version
+        self.versions[model] = (version, time.monotonic())
         if self.in_flight[version] >= self.limit:
             raise self.busy(model)
         self.in_flight[version] += 1

@@ -30,7 +30,7 @@ def class_activation_maps(features: torch.Tensor, weight: torch.Tensor, targets:
     return torch.einsum("bc,bchw->bhw", weights, features)
 
 
-# parameter -> (its version when copied, the copy): see classifier_weight
+# parameter -> (what it was when copied, the copy): see classifier_weight
 _weight_copies: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 
@@ -41,10 +41,13 @@ def classifier_weight(model: nn.Module, classifier: str, device: torch.device) -
     parameter = model.get_submodule(classifier).weight
     if parameter.device == device and parameter.dtype == torch.float32:
         return parameter.detach()
-    version, copied = _weight_copies.get(parameter, (None, None))
-    if copied is None or version != parameter._version or copied.device != device:
+    # torch's in-place counter catches an optimizer step; storage and dtype catch `.data = ...`
+    # and `module.to(dtype)`, which leave the counter as it was
+    state = (parameter._version, parameter.data_ptr(), parameter.dtype, device)
+    seen, copied = _weight_copies.get(parameter, (None, None))
+    if seen != state:
         copied = parameter.detach().to(device, torch.float32)
-        _weight_copies[parameter] = (parameter._version, copied)
+        _weight_copies[parameter] = (state, copied)
     return copied
 
 

@@ -98,8 +98,8 @@ class ModelRegistry:
         self._order_lock = threading.Lock()  # held briefly around every change of `_loaded`
 
     def model_ids(self) -> list[str]:
-        return [name for name in BUILTIN_MODELS if catalog.installed(name)] + [name for name in versions.model_names(self.storage.models)
-                                       if name not in BUILTIN_MODELS]
+        installed = [name for name in BUILTIN_MODELS if catalog.installed(name)]
+        return installed + [name for name in versions.model_names(self.storage.models) if name not in BUILTIN_MODELS]
 
     def versions(self, name: str) -> list[int]:
         check_name(name, "model")

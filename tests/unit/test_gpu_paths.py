@@ -123,3 +123,5 @@ def test_the_classifier_weight_is_copied_once_per_change_not_once_per_cam():
     changed = classifier_weight(network, "1", CPU)
     assert changed is not first
     torch.testing.assert_close(changed, network[1].weight.float())
+    network[1].weight.data = torch.zeros(3, 4, dtype=torch.float64)  # replaced: torch's counter stays
+    torch.testing.assert_close(classifier_weight(network, "1", CPU), torch.zeros(3, 4))

@@ -255,7 +255,9 @@ def _run_method(model: LoadedModel, method_name: str, inputs: torch.Tensor, want
     channels = model.layers.get(layer, 0) if layer else 0
     long = method.cost(options, spec.input_size, channels) > LONG_COST
     key = (method_name, layer, json.dumps(options, sort_keys=True), long)
-    return torch_runs(model)(key, (inputs, targets), len(inputs))
+    runs, step = torch_runs(model), torch_images_per_run(model)
+    return joined([runs(key, (inputs[start:start + step], targets[start:start + step]), len(inputs[start:start + step]))
+                   for start in range(0, len(inputs), step)])
 
 
 def from_feature_map(model: LoadedModel, method_name: str, layer: str | None) -> bool:
@@ -271,11 +273,31 @@ def from_feature_map(model: LoadedModel, method_name: str, layer: str | None) ->
 LONG_COST = 8
 
 
+# A forward and backward on torch holds about 80 MB per 224 x 224 image (Lite0, saliency: one
+# request of 64 images took 5.2 GB), so a run takes at most this many input pixels: 16 such images.
+TORCH_RUN_PIXELS = 16 * 224 * 224
+
+
+def torch_images_per_run(model: LoadedModel) -> int:
+    """The most images one torch run takes (a larger request runs in parts): GAZER_MAX_BATCH,
+    fewer for large inputs, at least one."""
+    return max(1, min(model.batching.max_batch, TORCH_RUN_PIXELS // model.spec.input_size ** 2))
+
+
 def torch_runs(model: LoadedModel) -> Batcher:
     """The model's gradient explanations: requests with the same method, layer and options run
     as one batch (each image keeps its own target); long ones pause for short ones."""
     return model.batcher("torch", lambda key, payloads: _torch_batch(model, key, payloads),
-                         is_long=lambda key: key[3])
+                         is_long=lambda key: key[3], max_batch=torch_images_per_run(model))
+
+
+def joined(parts: list[Explanation]) -> Explanation:
+    """One request's explanation from the runs of its parts, in order."""
+    if len(parts) == 1:
+        return parts[0]
+    gates = [gate for part in parts for gate in part.gates] if parts[0].gates is not None else None
+    return Explanation(np.concatenate([part.maps for part in parts]), torch.cat([part.logits for part in parts]),
+                       torch.cat([part.targets for part in parts]), gates)
 
 
 def _torch_batch(model: LoadedModel, key: tuple, payloads: list[tuple[torch.Tensor, torch.Tensor]]) -> list[Explanation]:

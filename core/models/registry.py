@@ -48,12 +48,13 @@ class LoadedModel:
     _batchers_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def batcher(self, kind: str, run: RunBatch, is_long: Callable[[Hashable], bool] = lambda key: False,
-                runners: int = 1) -> Batcher:
-        """This model's batcher of `kind` (`run`, `is_long` and `runners` are used when it is first made)."""
+                runners: int = 1, max_batch: int | None = None) -> Batcher:
+        """This model's batcher of `kind` (`run`, `is_long`, `runners` and `max_batch`, by default
+        the model's `batching.max_batch`, are used when it is first made)."""
         with self._batchers_lock:
             if kind not in self._batchers:
                 observe = self.batching.observe
-                self._batchers[kind] = Batcher(f"{self.spec.ref} {kind}", run, self.batching.max_batch,
+                self._batchers[kind] = Batcher(f"{self.spec.ref} {kind}", run, max_batch or self.batching.max_batch,
                                                self.batching.wait_seconds, is_long,
                                                (lambda images: observe(kind, images)) if observe else None,
                                                runners)

@@ -199,3 +199,29 @@ def test_where_keys_are_required_a_full_queue_is_told_only_to_requests_with_a_ke
 def test_a_version_of_thousands_of_digits_is_a_clear_4xx(small_queue_client, photos):
     response = small_queue_client.post(f"/v1/models/{MODEL}@{'9' * 5000}/predict", files=[upload(photos[0])])
     assert response.status_code == 404 and "up to 9 digits" in response.json()["detail"]
+
+
+def test_a_large_gradient_request_runs_in_parts_of_at_most_the_largest_batch(data_dir, photos, monkeypatch):
+    """Each image's forward and backward holds tens of MB: a request of many images is split
+    so that no torch run takes more than GAZER_MAX_BATCH (fewer for large inputs)."""
+    settings = Settings(data_dir=data_dir, max_batch=2)
+    with TestClient(base_url="http://localhost", app=create_app(settings)) as client:
+        fields = {"method": "saliency", "outputs": "map"}
+        alone = [client.post(EXPLAIN, files=[upload(photo)], data=fields).json()["results"][0]["explanation"]["map"]
+                 for photo in photos[:3]]
+        model = client.app.state.registry.get(MODEL)
+        assert pipeline.torch_images_per_run(model) == 2
+        sizes, run = [], pipeline._torch_batch
+        monkeypatch.setattr(pipeline, "_torch_batch", lambda model, key, payloads: (
+            sizes.append(sum(len(inputs) for inputs, _ in payloads)), run(model, key, payloads))[1])
+        response = client.post(EXPLAIN, files=[upload(photo) for photo in [*photos[:3], *photos[:2]]], data=fields)
+        assert response.status_code == 200, response.text
+        assert sizes == [2, 2, 1]
+        together = [result["explanation"]["map"] for result in response.json()["results"]]
+        for got, expected in zip(together, [*alone, *alone[:2]]):
+            np.testing.assert_allclose(got, expected, atol=1e-3)
+
+
+def test_a_torch_run_takes_fewer_images_the_larger_the_input(small_queue_client):
+    model = small_queue_client.app.state.registry.get(MODEL)
+    assert model.spec.input_size == 224 and pipeline.torch_images_per_run(model) == 16

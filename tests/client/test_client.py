@@ -4,7 +4,10 @@ error type, the async client and job artifacts."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,6 +43,18 @@ def test_explain_decodes_the_pictures_and_the_map(gazer, photos):
     side = gazer.model("efficientnet_lite0").input_size // 32  # EfficientNet's last feature map
     assert isinstance(raw, np.ndarray) and raw.shape == (side, side)
     assert raw.min() >= 0 and raw.max() <= 1 and raw.max() > 0
+
+
+def test_the_readmes_python_example_runs_as_written(live, photos, tmp_path, monkeypatch):
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    example = re.search(r"```python\n(from gazer.client import Client\n.*?)```", readme, re.S).group(1)
+    (tmp_path / "cat.jpg").write_bytes(photos["chelsea"].read_bytes())
+    monkeypatch.chdir(tmp_path)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(example.replace("http://127.0.0.1:8000", live.url), {})
+    assert printed.getvalue().split("\n")[:2] == ["tiger cat", "(7, 7)"]
+    assert Image.open(tmp_path / "overlay.jpg").format == "JPEG"
 
 
 def test_a_bad_file_is_one_error_type_with_the_problem_fields(gazer, photos):

@@ -289,13 +289,16 @@ def describe_progress(job: Job) -> str:
 
 
 def describe_end(job: Job) -> str:
-    if job.state == "succeeded" and job.result and "model" in job.result:
+    """What a job that ended made: the model a fine-tune trained, else where its result is."""
+    if job.state == "succeeded" and job.type == "fine-tune" and job.result and "model" in job.result:
         made = job.result["model"]
         accuracy = (job.result.get("metrics") or {}).get("val_accuracy")
         scored = f" (val_accuracy {accuracy:.3f})" if isinstance(accuracy, (int, float)) else ""
         return f"job {job.id} succeeded: model {made['id']}@{made['version']}{scored}"
     if job.error:
         return f"job {job.id} {job.state}: {job.error.get('detail', job.error)}"
+    if job.state == "succeeded" and job.result:
+        return f"job {job.id} succeeded; its result: gazer jobs show {job.id}"
     return f"job {job.id} {job.state}"
 
 
@@ -445,7 +448,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.run(args)
     try:
         with Client(args.url, api_key=args.api_key) as client:
-            return args.run(client, args)
+            status = args.run(client, args)
+            sys.stdout.flush()  # where a closed pipe shows, below, rather than at exit
+            return status
     except ApiError as error:
         print(f"gazer: {error.status} {error.title}: {error.detail}", file=sys.stderr)
         for field_error in error.extras.get("errors") or []:
@@ -455,6 +460,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except httpx.TransportError as error:
         print(f"gazer: cannot reach {args.url}: {error}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # `gazer jobs show ID | head`: the reader has had what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
         return 1
     except OSError as error:
         print(f"gazer: {error}", file=sys.stderr)

@@ -113,6 +113,18 @@ def test_finetune_follows_to_the_end_and_the_model_is_listed(live, dataset_id):
     assert shown.returncode == 0 and "2 classes" in shown.stdout
 
 
+def test_follow_names_a_model_only_for_a_fine_tune_and_a_closed_pipe_is_quiet(live, gazer):
+    job = gazer.activation_maximization({"class": 130}, steps=2)
+    followed = gazer_cli(live, "jobs", "follow", job.id)
+    assert followed.returncode == 0, followed.stderr
+    assert followed.stdout.strip() == f"job {job.id} succeeded; its result: gazer jobs show {job.id}"
+    # as `gazer jobs show ID | head` where head has gone before the answer came
+    shown = subprocess.Popen([sys.executable, "-m", "gazer", "jobs", "show", job.id], env=cli_env(live),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    shown.stdout.close()
+    assert shown.wait(timeout=60) == 1 and shown.stderr.read() == b""
+
+
 def test_ctrl_c_leaves_the_job_running_and_says_how_to_cancel(live, gazer, dataset_id):
     process = subprocess.Popen([sys.executable, "-m", "gazer", "finetune", "--dataset", dataset_id,
                                 "--output", "pets-interrupted", *TINY_FINE_TUNE, "--epochs", "500",

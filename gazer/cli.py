@@ -275,7 +275,7 @@ def cmd_models_upload(client: Client, args: argparse.Namespace) -> int:
 def describe_progress(job: Job) -> str:
     progress = job.progress or {}
     parts = [job.state]
-    if "phase" in progress:
+    if "phase" in progress and not job.finished:
         parts.append(str(progress["phase"]))
     if "epoch" in progress:
         epochs = job.params.get("epochs")

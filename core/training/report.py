@@ -147,6 +147,7 @@ def fine_tune_report(network: nn.Module, spec: ModelSpec, pixels: torch.Tensor, 
     layer = layer or score_layer(network, spec)
     running = _Running()
     count = len(labels)
+    progress(0.0, phase="report", images=0, total=count)  # the phase shows while the first batch runs
     for start in range(0, count, batch_size):
         if should_stop():
             raise JobCancelled()

@@ -102,8 +102,11 @@ def test_report_lists_the_planted_mistakes_and_flags_the_border_cue(trained, tmp
     pixels, labels = data.load_squares(labelled, spec, 10**8)
     files = [path.name for path, _ in labelled]
     assert score_layer(network, spec) == "blocks.10"
-    report = fine_tune_report(network, spec, pixels, labels, files, 8, torch.device("cpu"), lambda *a, **k: None,
-                              lambda: False)
+    reported = []
+    report = fine_tune_report(network, spec, pixels, labels, files, 8, torch.device("cpu"),
+                              lambda fraction, **details: reported.append((fraction, details)), lambda: False)
+    assert reported[0] == (0.0, {"phase": "report", "images": 0, "total": len(files)})  # before the first batch
+    assert reported[-1] == (1.0, {"phase": "report", "images": len(files), "total": len(files)})
     document = report.document
     mistaken = {mistake["file"] for mistake in document["mistakes"]}
     classes = document["classes"]

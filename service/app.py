@@ -28,7 +28,7 @@ from service.queue import JobQueue
 from service.rate_limits import RateLimiter, StreamSlots, limit_requests
 from service.retention import sweep_forever
 from service.request_context import RequestContext
-from service.routers import datasets, health, jobs, metrics, model_versions, models, web
+from service.routers import datasets, docs, health, jobs, metrics, model_versions, models, web
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 log.error("default model %s not loaded: %s", settings.default_model, error.detail)
             yield
 
-    app = FastAPI(title="Gazer", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="Gazer", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,  # routers.docs
                   description="Predictions and explanations (CAM, Grad-CAM, saliency, ...) for image classifiers.")
     app.state.settings = settings
     app.state.metrics = Metrics(app.state, settings.max_concurrent_explanations)
@@ -103,4 +103,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics.router)
     app.include_router(web.router)
     app.mount("/static", web.static_files(), name="static")
+    app.include_router(docs.router)
+    app.mount(docs.ASSETS_PATH, docs.assets(), name="docs-assets")
     return app

@@ -7,6 +7,7 @@ import re
 import time
 import uuid
 
+from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from infra.logs import request_id
@@ -19,6 +20,17 @@ _SAFE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 def accepted_id(sent: bytes | None) -> str:
     text = sent.decode("latin-1") if sent is not None else ""
     return text if _SAFE_ID.fullmatch(text) else uuid.uuid4().hex
+
+
+def route_template(scope: Scope) -> str | None:
+    """The template of the route that answered, never the raw path; None when the router did not
+    match (or was never reached). FastAPI's routes leave themselves in the scope; a mount (the
+    static files) leaves its app as the endpoint."""
+    if "route" in scope:
+        return scope["route"].path
+    mounted = next((route for route in scope["app"].router.routes
+                    if isinstance(route, Mount) and route.app is scope.get("endpoint", ...)), None)
+    return f"{mounted.path}/{{path}}" if mounted is not None else None
 
 
 class RequestContext:
@@ -46,8 +58,7 @@ class RequestContext:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            # The router leaves the matched route in the scope: its template, never the raw path.
-            route = getattr(scope.get("route"), "path", None)
-            self.metrics.observe_request(route, scope["method"], status, time.perf_counter() - started)
+            self.metrics.observe_request(route_template(scope), scope["method"], status,
+                                         time.perf_counter() - started)
         # Left set when the app raised: ServerErrorMiddleware logs and answers after us, with the id.
         request_id.reset(token)

@@ -82,6 +82,14 @@ def test_unmatched_paths_share_one_label(client):
     assert not any("/no/such" in str(labels) for _, labels in after)
 
 
+def test_the_web_page_its_files_and_the_docs_count_under_their_templates(client):
+    for path in ("/", "/static/app.js", "/docs", "/docs-assets/swagger-ui.css"):
+        assert client.get(path).status_code == 200, path
+    samples = scrape(client)
+    for route in ("/", "/static/{path}", "/docs", "/docs-assets/{path}"):
+        assert value(samples, "gazer_http_requests_total", route=route, method="GET", status="200") >= 1, route
+
+
 def test_request_ids_are_echoed_when_safe_and_generated_otherwise(client):
     assert client.get("/healthz", headers={"X-Request-ID": "trace-42.a:b_c"}).headers["x-request-id"] == \
         "trace-42.a:b_c"

@@ -356,3 +356,27 @@ def test_phone_width_layout_holds(browser, service, photos, shots):
     finally:
         context.close()
     assert not errors, errors
+
+
+def test_the_api_docs_render_with_nothing_from_outside(browser, service, shots):
+    context = browser.new_context()
+    page = context.new_page()
+    outside: list[str] = []
+
+    def local_only(route) -> None:
+        if route.request.url.startswith(service.url):
+            route.continue_()
+        else:
+            outside.append((route.request.resource_type, route.request.url))
+            route.abort()
+
+    page.route("**/*", local_only)
+    page.goto(f"{service.url}/docs")
+    page.wait_for_selector('.opblock-summary-path[data-path="/v1/models/{model}/explain"]', timeout=30_000)
+    page.screenshot(path=str(shots / "api-docs.png"))
+    page.goto(f"{service.url}/redoc")
+    page.wait_for_selector('h1:has-text("Gazer (0.1.0)")', timeout=30_000)
+    assert page.get_by_text("/v1/models/{model}/explain").count() > 0
+    context.close()
+    # ReDoc's footer asks for Redocly's logo, an image: the pages need nothing else from outside
+    assert [(kind, url) for kind, url in outside if kind != "image"] == []

@@ -37,6 +37,13 @@ def encode(image: Image.Image, fmt: str = "JPEG", **params) -> bytes:
     return buffer.getvalue()
 
 
+def with_last_scan_repeated(jpeg: bytes, times: int) -> bytes:
+    """A progressive JPEG whose last scan comes `times` more times: each copy is one more pass
+    over the whole image when it is decoded."""
+    last, end = jpeg.rfind(b"\xff\xda"), jpeg.rfind(b"\xff\xd9")
+    return jpeg[:end] + jpeg[last:end] * times + jpeg[end:]
+
+
 def upload(blob: bytes, name: str = "image.jpg", content_type: str = "image/jpeg") -> tuple:
     return ("file", (name, blob, content_type))
 

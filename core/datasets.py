@@ -1,11 +1,13 @@
 """Labelled image data sets uploaded as archives (one folder per class), extracted safely.
 
 Refused: absolute paths, `..`, links, devices and anything that is not a plain file or
-folder; encrypted entries and compression methods zipfile lacks; damaged archives; more than
-`max_files` entries and more than `max_total_bytes` once uncompressed, both counted while
-the archive streams by, before anything is kept; more than `max_seconds` in all. Every image
-is decoded, on the shared CPU pool; unreadable ones are listed and left out. At least two
-classes must keep at least one image.
+folder; encrypted entries and compression methods other than stored and deflated; damaged
+archives; more than `max_files` entries and more than `max_total_bytes` decompressed, both
+counted while the archive streams by, before anything is kept; more than `max_seconds` in all.
+Every byte decompressed counts, kept or skipped: a tar.gz's whole tar (headers and non-image
+files too), a zip's image entries (it never inflates the others). Time and bytes are checked
+on every read, so one huge entry cannot outrun them. Every image is decoded, on the shared CPU
+pool; unreadable ones are listed and left out. At least two classes must keep at least one image.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import gzip
 import io
 import itertools
 import json
-import lzma
 import shutil
 import tarfile
 import time
@@ -47,14 +48,73 @@ class ArchiveLimits:
 
 
 DESCRIPTION = "dataset.json"
-# What zipfile can inflate; anything else (WinZip AES is 99) is refused up front.
-ZIP_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
+# What zipfile inflates a piece at a time; anything else is refused up front. zipfile hands
+# bzip2 and LZMA data to their decompressors with no output bound (a 324-byte bzip2 entry made
+# 256 MiB at the first read), and lacks WinZip AES (99).
+ZIP_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED}
+# General-purpose flags refused: zipfile needs a password for the first, has no reader for the others.
+ZIP_ENCRYPTED, ZIP_PATCHED, ZIP_STRONGLY_ENCRYPTED = 0x1, 0x20, 0x40
+READ_BYTES = 1024**2  # one read from an archive; the ingest's time and bytes are checked between reads
 # What a damaged archive raises while it is read: bad CRC, cut streams, bad headers.
-CORRUPT = (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile)
+CORRUPT = (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile)
 
 
 def _corrupt(error: Exception) -> InvalidRequest:
     return InvalidRequest(f"the archive is corrupt: {error}", field="file")
+
+
+class _Budget:
+    """What one ingest may spend: `seconds` while its client waits (core.cancellation), and
+    `max_bytes` decompressed."""
+
+    def __init__(self, seconds: float, max_bytes: int) -> None:
+        self.seconds = seconds
+        self.at = time.monotonic() + seconds
+        self.max_bytes = max_bytes
+        self.spent = 0
+
+    def check(self) -> None:
+        """Stops the ingest when its time is up, or when its client has gone."""
+        cancellation.check()
+        if time.monotonic() > self.at:
+            raise PayloadTooLarge(f"the archive took more than {self.seconds:g} s to ingest")
+
+    def spend(self, size: int) -> None:
+        self.spent += size
+        if self.spent > self.max_bytes:
+            raise PayloadTooLarge(f"the archive is over {self.max_bytes} bytes uncompressed")
+        self.check()
+
+
+class _Metered:
+    """A decompressed stream whose every read, READ_BYTES at most, is charged to the budget."""
+
+    def __init__(self, stream: IO[bytes], budget: _Budget) -> None:
+        self.stream = stream
+        self.budget = budget
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(READ_BYTES if size < 0 else min(size, READ_BYTES))
+        self.budget.spend(len(data))
+        return data
+
+    def close(self) -> None:
+        self.stream.close()
+
+    def __enter__(self) -> _Metered:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+def _read_at_most(handle: IO[bytes], size: int) -> bytes:
+    parts: list[bytes] = []
+    got = 0
+    while got < size and (part := handle.read(size - got)):
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
 
 
 @dataclass(frozen=True)
@@ -65,9 +125,9 @@ class _Entry:
     def read(self, cap: int) -> bytes:
         try:
             with self.open() as handle:
-                data = handle.read(cap + 1)
-        except (*CORRUPT, OSError, ValueError) as error:  # in memory: bz2's "Invalid data stream" is an
-            raise _corrupt(error) from None                 # OSError, a bad header offset a negative seek
+                data = _read_at_most(handle, cap + 1)
+        except (*CORRUPT, OSError, ValueError) as error:  # in memory: an OSError is a damaged stream,
+            raise _corrupt(error) from None                 # a ValueError a bad header offset's negative seek
         if len(data) > cap:
             raise PayloadTooLarge(f"archive entry {str(self.path)!r} is over {cap} bytes uncompressed")
         return data
@@ -100,7 +160,7 @@ def _too_many(count: int, limits: ArchiveLimits, exact: bool = True) -> TooManyF
     return TooManyFiles(f"the archive holds {held} files; the limit is {limits.max_files}")
 
 
-def _zip_entries(blob: bytes, limits: ArchiveLimits) -> Iterator[_Entry]:
+def _zip_entries(blob: bytes, limits: ArchiveLimits, budget: _Budget) -> Iterator[_Entry]:
     declared = _declared_zip_entries(blob)
     if declared > limits.max_files:
         raise _too_many(declared, limits)
@@ -123,22 +183,27 @@ def _zip_entries(blob: bytes, limits: ArchiveLimits) -> Iterator[_Entry]:
                 continue
             if mode not in (0, 0o100000):
                 raise InvalidRequest(f"archive entry {info.filename!r} is not a regular file", field="file")
-            if info.flag_bits & 0x1:
+            if info.flag_bits & (ZIP_ENCRYPTED | ZIP_STRONGLY_ENCRYPTED):
                 raise InvalidRequest(f"archive entry {info.filename!r} is encrypted", field="file")
+            if info.flag_bits & ZIP_PATCHED:
+                raise InvalidRequest(f"archive entry {info.filename!r} holds patch data, which is not supported",
+                                     field="file")
             if info.compress_type not in ZIP_METHODS:
                 raise InvalidRequest(f"archive entry {info.filename!r} uses compression method "
-                                     f"{info.compress_type}, which is not supported", field="file")
-            yield _Entry(path, lambda info=info: archive.open(info))
+                                     f"{info.compress_type}, which is not supported (store or deflate it)",
+                                     field="file")
+            yield _Entry(path, lambda info=info: _Metered(archive.open(info), budget))
 
 
-def _tar_entries(blob: bytes, limits: ArchiveLimits) -> Iterator[_Entry]:
-    """One pass over the stream (no seeking back): each entry must be read when it is yielded."""
+def _tar_entries(blob: bytes, limits: ArchiveLimits, budget: _Budget) -> Iterator[_Entry]:
+    """One pass over the stream (no seeking back): each entry must be read when it is yielded.
+    gzip, not tarfile, inflates: tarfile's own "r|gz" copies its whole inflated buffer again
+    on every 10 KiB read, so skipping a highly compressed entry took time quadratic in it."""
     try:
-        archive = tarfile.open(fileobj=io.BytesIO(blob), mode="r|gz")
+        tar = _Metered(gzip.GzipFile(fileobj=io.BytesIO(blob), mode="rb"), budget)
+        archive = tarfile.open(fileobj=tar, mode="r|")
     except CORRUPT as error:
         raise _corrupt(error) from None
-    except TypeError:  # tarfile's gzip header parser on a header cut short: ord(b"")
-        raise _corrupt(ValueError("the gzip header is cut short")) from None
     with archive:
         for count in itertools.count(1):
             try:
@@ -160,11 +225,11 @@ def _tar_entries(blob: bytes, limits: ArchiveLimits) -> Iterator[_Entry]:
             yield _Entry(path, lambda member=member: archive.extractfile(member))
 
 
-def _entries(blob: bytes, limits: ArchiveLimits) -> Iterator[_Entry]:
+def _entries(blob: bytes, limits: ArchiveLimits, budget: _Budget) -> Iterator[_Entry]:
     if blob[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
-        return _zip_entries(blob, limits)
+        return _zip_entries(blob, limits, budget)
     if blob[:2] == b"\x1f\x8b":
-        return _tar_entries(blob, limits)
+        return _tar_entries(blob, limits, budget)
     raise InvalidRequest("the data set must be a .zip or .tar.gz archive", field="file")
 
 
@@ -194,34 +259,18 @@ class _Staged:
     file: Path
 
 
-class _Deadline:
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.at = time.monotonic() + seconds
-
-    def check(self) -> None:
-        """Stops the ingest when its time is up, or when its client has gone (core.cancellation)."""
-        cancellation.check()
-        if time.monotonic() > self.at:
-            raise PayloadTooLarge(f"the archive took more than {self.seconds:g} s to ingest")
-
-
 def _stage(entries: Iterator[_Entry], raw: Path, limits: ArchiveLimits,
-           deadline: _Deadline) -> tuple[list[PurePosixPath], list[_Staged]]:
-    """Stream the archive once: count and size every entry as it comes, and write the ones
-    that may be images to `raw`. Returns every file's path and the staged candidates."""
+           budget: _Budget) -> tuple[list[PurePosixPath], list[_Staged]]:
+    """Stream the archive once (its reads charged to `budget`), and write the entries that
+    may be images to `raw`. Returns every file's path and the staged candidates."""
     paths: list[PurePosixPath] = []
     staged: list[_Staged] = []
-    total = 0
     for entry in entries:
-        deadline.check()
+        budget.check()
         paths.append(entry.path)
         if not _may_be_an_image(entry.path):
             continue
         data = entry.read(limits.max_file_bytes)
-        total += len(data)
-        if total > limits.max_total_bytes:
-            raise PayloadTooLarge(f"the archive is over {limits.max_total_bytes} bytes uncompressed")
         file = raw / f"{len(staged):06d}"
         file.write_bytes(data)
         staged.append(_Staged(entry.path, file))
@@ -235,7 +284,7 @@ class _Extracted:
 
 
 def _place_images(paths: list[PurePosixPath], staged: list[_Staged], staging: Path, limits: ArchiveLimits,
-                  deadline: _Deadline) -> _Extracted:
+                  budget: _Budget) -> _Extracted:
     """Decode the candidates on the shared CPU pool; move each readable one to
     staging/<class>/<index><suffix> and list the others."""
     strip_root = _strips_one_root(paths)
@@ -247,7 +296,7 @@ def _place_images(paths: list[PurePosixPath], staged: list[_Staged], staging: Pa
             raise InvalidRequest(f"a class may not be named {DESCRIPTION!r}", field="file")
 
     def problem(item: _Staged) -> str | None:
-        deadline.check()
+        budget.check()
         try:
             decode_image(item.file.read_bytes(), limits.max_image_pixels)
         except GazerError as error:
@@ -279,15 +328,15 @@ def ingest_archive(blob: bytes, datasets_dir: Path, name: str | None, limits: Ar
                    owner: str | None = None) -> dict:
     """Extract a class-per-folder archive into a new data set and return its description.
     `owner`: who may see it (an API key id; None when the service is open)."""
-    deadline = _Deadline(limits.max_seconds)
-    entries = _entries(blob, limits)
+    budget = _Budget(limits.max_seconds, limits.max_total_bytes)
+    entries = _entries(blob, limits, budget)
     dataset_id = uuid.uuid4().hex[:12]
     staging = datasets_dir / f".{dataset_id}.partial"
     raw = staging / ".raw"
     try:
         raw.mkdir(parents=True)
-        paths, staged = _stage(entries, raw, limits, deadline)
-        extracted = _place_images(paths, staged, staging, limits, deadline)
+        paths, staged = _stage(entries, raw, limits, budget)
+        extracted = _place_images(paths, staged, staging, limits, budget)
         _check_classes(extracted)
         shutil.rmtree(raw)
         counts = extracted.counts

@@ -21,7 +21,7 @@ from service.limits import RequestSizeLimit
 from service.settings import Settings
 from tests.conftest import MODEL
 from support import multipart as multipart_body
-from support import chelsea, decode_png, encode, png_size, upload
+from support import chelsea, decode_png, encode, png_size, upload, with_last_scan_repeated
 
 PREDICT = f"/v1/models/{MODEL}/predict"
 EXPLAIN = f"/v1/models/{MODEL}/explain"
@@ -57,6 +57,7 @@ def assert_still_serving(client) -> None:
     (b"this is not an image at all", "not an image"),
     (encode(chelsea())[:4000], "truncated"),
     (encode(chelsea(), "PNG")[:3000], "truncated"),
+    (with_last_scan_repeated(encode(chelsea(), progressive=True), 150), "160 scans; the limit is"),
 ])
 def test_unreadable_files_are_422(client, blob, detail):
     for path in (PREDICT, EXPLAIN):

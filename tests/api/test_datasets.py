@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import gzip
 import io
+import struct
 import tarfile
 import time
 import zipfile
+import zlib
 
 import pytest
 from fastapi.testclient import TestClient
@@ -38,6 +40,34 @@ def file_info(name: str, blob: bytes) -> tuple[tarfile.TarInfo, bytes]:
     info = tarfile.TarInfo(name)
     info.size = len(blob)
     return info, blob
+
+
+MiB = 1024**2
+
+
+def tar_gz_of_zeros(name: str, mib: int, then: bytes = bytes(1024)) -> bytes:
+    """A tar.gz whose first entry, `name`, is `mib` MiB of zeros, followed by the tar `then`.
+    Made in a blink: a full flush makes each deflated MiB stand alone, so one is repeated."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+
+    def deflate(data: bytes) -> bytes:
+        return packer.compress(data) + packer.flush(zlib.Z_FULL_FLUSH)
+
+    info = tarfile.TarInfo(name)
+    info.size = mib * MiB
+    header, zeros = info.tobuf(), bytes(MiB)
+    body = deflate(header) + deflate(zeros) + deflate(zeros) * (mib - 1) + packer.compress(then) + packer.flush()
+    crc = zlib.crc32(header)
+    for _ in range(mib):
+        crc = zlib.crc32(zeros, crc)
+    crc = zlib.crc32(then, crc)
+    size = len(header) + info.size + len(then)
+    return b"\x1f\x8b\x08\0\0\0\0\0\0\xff" + body + struct.pack("<II", crc, size % 2**32)
+
+
+def test_the_zeros_helper_makes_a_true_tar_gz():
+    tar = gzip.decompress(tar_gz_of_zeros("cat/padding.bin", 3))
+    assert len(tar) == 512 + 3 * MiB + 1024 and tar[512:].count(0) == len(tar) - 512
 
 
 PHOTO = encode(chelsea().resize((64, 43)))
@@ -151,6 +181,39 @@ def test_archive_over_the_uncompressed_total_is_413(strict_client):
     assert body["type"] == "/problems/payload-too-large"
 
 
+def test_a_big_non_image_in_a_tar_gz_counts_and_is_refused_at_once(strict_client):
+    """Skipped bytes count: a 64 KiB upload that inflates to 64 MiB of non-image, then images."""
+    images = gzip.decompress(tar_of([file_info(name, blob) for name, blob in GOOD.items()]))
+    bomb = tar_gz_of_zeros("cat/padding.bin", 64, then=images)
+    assert len(bomb) < 100_000
+    started = time.perf_counter()
+    assert_refused(post(strict_client, bomb, "data.tar.gz"), 413, "over 5000000 bytes uncompressed")
+    assert time.perf_counter() - started < 2
+
+
+def test_the_time_limit_holds_while_one_entry_is_skipped(tmp_path):
+    """The deadline is checked on every read, not only between entries: 512 MiB of zeros
+    takes seconds to inflate, and the ingest stops half a second in."""
+    limits = ArchiveLimits(max_files=10, max_total_bytes=4 * 1024**3, max_image_pixels=10**6, max_seconds=0.5)
+    bomb = tar_gz_of_zeros("cat/padding.bin", 512)
+    started = time.perf_counter()
+    with pytest.raises(PayloadTooLarge, match="took more than 0.5 s"):
+        ingest_archive(bomb, tmp_path, None, limits)
+    assert time.perf_counter() - started < 2
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("method", [zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA])
+def test_bzip2_and_lzma_zip_entries_are_refused(client, method):
+    """zipfile inflates them with no bound on the output: a 324-byte bzip2 entry gave 256 MiB
+    at its first read."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", method) as archive:
+        for name, blob in GOOD.items():
+            archive.writestr(name, blob)
+    assert_refused(post(client, buffer.getvalue()), 422, f"compression method {method}")
+
+
 def test_archive_with_too_many_files_is_413(strict_client):
     body = assert_refused(post(strict_client, zip_of({**GOOD, "cat/c.jpg": PHOTO, "dog/d.jpg": PHOTO})), 413,
                           "the limit is 3")
@@ -179,8 +242,13 @@ def test_a_class_folder_named_like_the_description_file_is_refused(client):
     assert_refused(post(client, zip_of({"dataset.json/a.jpg": PHOTO, **GOOD})), 422, "dataset.json")
 
 
-def test_an_encrypted_zip_entry_is_refused(client):
-    assert_refused(post(client, with_header_field(stored_zip(GOOD), 6, 8, 0x1)), 422, "encrypted")
+@pytest.mark.parametrize("flag", [0x1, 0x40])  # encrypted, strongly encrypted
+def test_an_encrypted_zip_entry_is_refused(client, flag):
+    assert_refused(post(client, with_header_field(stored_zip(GOOD), 6, 8, flag)), 422, "encrypted")
+
+
+def test_a_zip_entry_of_patch_data_is_refused(client):
+    assert_refused(post(client, with_header_field(stored_zip(GOOD), 6, 8, 0x20)), 422, "patch data")
 
 
 def test_an_unsupported_compression_method_is_refused(client):

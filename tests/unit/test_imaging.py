@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from core.errors import GazerError, ImageTooLarge, InvalidImage
-from core.imaging import JET, CropBox, crop_box, decode_image, decode_images, overlay, preprocess, resize_map
+from core.imaging import (JET, MAX_JPEG_SCANS, CropBox, crop_box, decode_image, decode_images, overlay, preprocess,
+                          resize_map)
 from core.models.catalog import builtin_spec
-from support import chelsea, encode
+from support import chelsea, encode, foolbox_imagenet_photos, with_last_scan_repeated
 
 
 def test_a_transparent_key_colour_becomes_white_like_alpha_does():
@@ -25,6 +28,27 @@ def test_float_images_in_zero_to_one_keep_their_brightness():
     values = np.full((6, 6), 0.8, dtype=np.float32)
     decoded = np.asarray(decode_image(encode(Image.fromarray(values, "F"), "TIFF"), 10**6))
     assert decoded.shape == (6, 6, 3) and np.all(decoded == 204)
+
+
+def test_a_jpeg_with_too_many_scans_is_refused_before_decoding():
+    """Every scan is one more pass over the image; real progressive JPEGs have about ten."""
+    progressive = encode(chelsea(), progressive=True)
+    assert progressive.count(b"\xff\xda") == 10
+    at_the_limit = with_last_scan_repeated(progressive, MAX_JPEG_SCANS - 10)
+    assert decode_image(at_the_limit, 10**6).size == (451, 300)
+    crafted = with_last_scan_repeated(progressive, MAX_JPEG_SCANS - 9)
+    Image.open(io.BytesIO(crafted)).load()  # a JPEG Pillow decodes: the limit, not damage, refuses it
+    with pytest.raises(InvalidImage, match=f"has {MAX_JPEG_SCANS + 1} scans; the limit is {MAX_JPEG_SCANS}") as refused:
+        decode_image(crafted, 10**6)
+    assert refused.value.status == 422
+
+
+def test_real_progressive_photos_are_within_the_scan_limit():
+    for path, _ in foolbox_imagenet_photos():
+        blob = path.read_bytes()
+        assert blob.count(b"\xff\xda") >= 7  # progressive, every one
+        assert decode_image(blob, 10**7).mode == "RGB"
+    assert decode_image(encode(chelsea().convert("L"), progressive=True), 10**6).size == (451, 300)
 
 
 def test_preprocess_normalizes_the_centre_crop_channel_first():

@@ -48,6 +48,7 @@ class ArchiveLimits:
 
 
 DESCRIPTION = "dataset.json"
+UPLOADED_AS = "uploaded-as.json"  # images are kept as class/NNNNNN.ext; what each was called in the archive
 # What zipfile inflates a piece at a time; anything else is refused up front. zipfile hands
 # bzip2 and LZMA data to their decompressors with no output bound (a 324-byte bzip2 entry made
 # 256 MiB at the first read), and lacks WinZip AES (99).
@@ -281,6 +282,7 @@ def _stage(entries: Iterator[_Entry], raw: Path, limits: ArchiveLimits,
 class _Extracted:
     counts: dict[str, int]
     unreadable: list[dict[str, str]]
+    uploaded_as: dict[str, str]  # each kept image's `class/file` name -> its path in the archive
 
 
 def _place_images(paths: list[PurePosixPath], staged: list[_Staged], staging: Path, limits: ArchiveLimits,
@@ -292,8 +294,8 @@ def _place_images(paths: list[PurePosixPath], staged: list[_Staged], staging: Pa
     placed = [(item, where) for item, where in placed if where is not None]
     for _, (label, _) in placed:
         check_name(label, "class")
-        if label == DESCRIPTION:
-            raise InvalidRequest(f"a class may not be named {DESCRIPTION!r}", field="file")
+        if label in (DESCRIPTION, UPLOADED_AS):
+            raise InvalidRequest(f"a class may not be named {label!r}", field="file")
 
     def problem(item: _Staged) -> str | None:
         budget.check()
@@ -303,14 +305,16 @@ def _place_images(paths: list[PurePosixPath], staged: list[_Staged], staging: Pa
             return error.detail
         return None
 
-    extracted = _Extracted({}, [])
+    extracted = _Extracted({}, [], {})
     for (item, (label, filename)), reason in zip(placed, parallel_map(problem, [item for item, _ in placed])):
         if reason is not None:
             extracted.unreadable.append({"file": str(item.path), "reason": reason})
             continue
         index = extracted.counts.get(label, 0)
         (staging / label).mkdir(exist_ok=True)
-        item.file.rename(staging / label / f"{index:06d}{PurePosixPath(filename).suffix.lower()}")
+        kept = f"{index:06d}{PurePosixPath(filename).suffix.lower()}"
+        item.file.rename(staging / label / kept)
+        extracted.uploaded_as[f"{label}/{kept}"] = str(item.path)
         extracted.counts[label] = index + 1
     return extracted
 
@@ -344,6 +348,7 @@ def ingest_archive(blob: bytes, datasets_dir: Path, name: str | None, limits: Ar
                        "counts": dict(sorted(counts.items())), "images": sum(counts.values()),
                        "unreadable": extracted.unreadable, "created_at": time.time(), "owner": owner}
         (staging / DESCRIPTION).write_text(json.dumps(description, indent=1))
+        (staging / UPLOADED_AS).write_text(json.dumps(extracted.uploaded_as))
         staging.rename(datasets_dir / dataset_id)
         return description
     except OSError as error:  # the data folder refused a write: a full disk, permissions
@@ -376,6 +381,13 @@ def list_datasets(datasets_dir: Path) -> list[dict]:
 
 def delete_dataset(datasets_dir: Path, dataset_id: str) -> None:
     shutil.rmtree(_dataset_dir(datasets_dir, dataset_id))
+
+
+def uploaded_names(datasets_dir: Path, dataset_id: str) -> dict[str, str]:
+    """Each image's `class/file` name -> its path in the uploaded archive (empty for a data set
+    stored before the names were kept)."""
+    names = _dataset_dir(datasets_dir, dataset_id) / UPLOADED_AS
+    return json.loads(names.read_text()) if names.exists() else {}
 
 
 def dataset_images(datasets_dir: Path, dataset_id: str) -> tuple[list[str], list[tuple[Path, int]]]:

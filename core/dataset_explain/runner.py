@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from core import cancellation, imaging, pipeline
-from core.datasets import dataset_images
+from core.datasets import dataset_images, uploaded_names
 from core.dataset_explain.config import ExplainDatasetConfig
 from core.errors import GazerError, InvalidRequest
 from core.explain import METHODS
@@ -116,11 +116,12 @@ def explain_dataset(config: ExplainDatasetConfig, model: LoadedModel, datasets_d
     its next model run."""
     check_explain_dataset(config, model, 1)
     classes, items = dataset_images(datasets_dir, config.dataset_id)
+    uploaded_as = uploaded_names(datasets_dir, config.dataset_id)
     folder.mkdir(parents=True, exist_ok=True)
     names = _zip_names(items, classes)
     sums: dict[int, np.ndarray] = {}
     rows: dict[int, list[dict]] = {index: [] for index in range(len(classes))}
-    columns = ["file", "class", "predicted_index", "predicted_label", "probability", "heatmap"] + \
+    columns = ["file", "uploaded_as", "class", "predicted_index", "predicted_label", "probability", "heatmap"] + \
         (["deletion", "insertion"] if config.faithfulness else []) + ["error"]
     layer = None
     with zipfile.ZipFile(folder / HEATMAPS, "w", zipfile.ZIP_STORED) as heatmaps, \
@@ -137,7 +138,8 @@ def explain_dataset(config: ExplainDatasetConfig, model: LoadedModel, datasets_d
                 try:
                     decoded[index] = imaging.decode_image(path.read_bytes(), max_image_pixels)
                 except GazerError as error:
-                    table.writerow({"file": f"{classes[label]}/{path.name}", "class": classes[label],
+                    file = f"{classes[label]}/{path.name}"
+                    table.writerow({"file": file, "uploaded_as": uploaded_as.get(file, file), "class": classes[label],
                                     "error": error.detail})
             if not decoded:
                 continue
@@ -150,7 +152,8 @@ def explain_dataset(config: ExplainDatasetConfig, model: LoadedModel, datasets_d
                 layer = result.explanation.layer
                 heatmaps.writestr(names[index], result.explanation.heatmap_png)
                 sums[label] = sums.get(label, 0) + np.asarray(result.explanation.map, dtype=np.float64)
-                row = _row(f"{classes[label]}/{path.name}", classes[label], names[index], result.explanation)
+                file = f"{classes[label]}/{path.name}"
+                row = _row(file, uploaded_as.get(file, file), classes[label], names[index], result.explanation)
                 table.writerow(row)
                 rows[label].append(row)
     progress(1.0, phase="explaining", images=len(items), total=len(items))
@@ -162,8 +165,9 @@ def explain_dataset(config: ExplainDatasetConfig, model: LoadedModel, datasets_d
             "failed": len(items) - explained, "heatmaps": url(HEATMAPS), "table": url(TABLE), "classes": summary}
 
 
-def _row(file: str, label: str, heatmap: str, explanation: pipeline.RenderedExplanation) -> dict[str, Any]:
-    row = {"file": file, "class": label, "predicted_index": explanation.target.index,
+def _row(file: str, uploaded_as: str, label: str, heatmap: str,
+         explanation: pipeline.RenderedExplanation) -> dict[str, Any]:
+    row = {"file": file, "uploaded_as": uploaded_as, "class": label, "predicted_index": explanation.target.index,
            "predicted_label": explanation.target.label, "probability": round(explanation.target.probability, 6),
            "heatmap": heatmap}
     if explanation.faithfulness is not None:

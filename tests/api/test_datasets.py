@@ -13,7 +13,7 @@ import zlib
 import pytest
 from fastapi.testclient import TestClient
 
-from core.datasets import ArchiveLimits, ingest_archive
+from core.datasets import ArchiveLimits, ingest_archive, uploaded_names
 from core.errors import PayloadTooLarge
 from service.app import create_app
 from service.settings import Settings
@@ -238,8 +238,18 @@ def with_header_field(blob: bytearray, local_offset: int, central_offset: int, v
     return bytes(blob)
 
 
-def test_a_class_folder_named_like_the_description_file_is_refused(client):
-    assert_refused(post(client, zip_of({"dataset.json/a.jpg": PHOTO, **GOOD})), 422, "dataset.json")
+def test_each_kept_image_remembers_its_name_in_the_archive(tmp_path):
+    blob = zip_of({"pets/cat/tabby.jpg": PHOTO, "pets/cat/a.jpg": PHOTO, "pets/dog/rex.jpg": PHOTO,
+                   "pets/dog/broken.jpg": PHOTO[:200]})
+    dataset = ingest_archive(blob, tmp_path, None, ArchiveLimits(max_files=10, max_total_bytes=10**7, max_image_pixels=10**7))
+    assert uploaded_names(tmp_path, dataset["id"]) == {"cat/000000.jpg": "pets/cat/tabby.jpg",
+                                                       "cat/000001.jpg": "pets/cat/a.jpg",
+                                                       "dog/000000.jpg": "pets/dog/rex.jpg"}
+
+
+@pytest.mark.parametrize("reserved", ["dataset.json", "uploaded-as.json"])
+def test_a_class_folder_named_like_a_file_of_ours_is_refused(client, reserved):
+    assert_refused(post(client, zip_of({f"{reserved}/a.jpg": PHOTO, **GOOD})), 422, reserved)
 
 
 @pytest.mark.parametrize("flag", [0x1, 0x40])  # encrypted, strongly encrypted

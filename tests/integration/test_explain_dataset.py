@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from pathlib import PurePosixPath
 import io
 import time
 import zipfile
@@ -54,6 +55,8 @@ def test_every_image_explained_with_faithfulness(api, workers, shapes_dataset):
     assert sorted(row["heatmap"] for row in rows) == names
     for row in rows:
         assert row["class"] in SHAPE_CLASSES and row["file"].startswith(row["class"] + "/") and not row["error"]
+        stored = PurePosixPath(row["file"])  # class/NNNNNN.png, kept in the archive's order
+        assert row["uploaded_as"] == f"{row['class']}/{int(stored.stem):03d}.png"  # shapes_archive's own name
         assert 0 <= int(row["predicted_index"]) < 1000 and row["predicted_label"]
         assert 0 < float(row["probability"]) <= 1
         assert 0 <= float(row["deletion"]) <= 1 and 0 <= float(row["insertion"]) <= 1

@@ -26,6 +26,8 @@ from core.params import check_params, param
 from core.storage import check_name
 
 _STANDARD_ONNX_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
+# The uploaded ONNX check runs these batch sizes: logits must have as many rows as the batch has images.
+ONNX_CHECK_BATCHES = (1, 3)
 # Layers only built for training (torchvision's Inception auxiliary classifier): not served.
 _TRAINING_ONLY_PREFIXES = ("AuxLogits.", "aux1.", "aux2.")
 
@@ -187,13 +189,18 @@ def _messages(message) -> Iterator:
 
 
 def _check_onnx_graph(model) -> None:  # an onnx.ModelProto
-    from onnx import TensorProto
+    from onnx import AttributeProto, NodeProto, TensorProto
 
     for message in _messages(model):
         if isinstance(message, TensorProto) and (message.data_location == TensorProto.EXTERNAL
                                                  or len(message.external_data)):
             raise InvalidRequest(f"the ONNX file refers to external data ({message.name!r}); upload a "
                                  f"self-contained file", field="onnx")
+        if isinstance(message, NodeProto) and any(attribute.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS)
+                                                  for attribute in message.attribute):
+            raise InvalidRequest(f"the ONNX file uses the control-flow operator {message.op_type} (node "
+                                 f"{message.name!r}); Loop, Scan, If and other operators with subgraphs are not "
+                                 f"served: their cost is not bounded by the input", field="onnx")
     domains = {entry.domain for entry in model.opset_import} | {node.domain for node in model.graph.node}
     for function in model.functions:
         domains |= {node.domain for node in function.node}
@@ -249,8 +256,10 @@ def onnx_model(name: str, blob: bytes, labels: list[str] | None,
 
 
 def _run_onnx(serialized: bytes, input_size: int) -> np.ndarray:
-    """Logits of two inputs (so a batch dimension is needed), which must be finite. The session
-    opens the file in an empty folder: no path in it can resolve to anything of ours."""
+    """Logits of a batch of each of ONNX_CHECK_BATCHES' sizes (so a batch dimension is needed, and
+    must be kept), which must be finite and have as many classes each time; the logits of the
+    largest batch. The session opens the file in an empty folder: no path in it can resolve to
+    anything of ours."""
     import onnxruntime
 
     try:
@@ -258,14 +267,27 @@ def _run_onnx(serialized: bytes, input_size: int) -> np.ndarray:
             (Path(folder) / "model.onnx").write_bytes(serialized)
             session = onnxruntime.InferenceSession(str(Path(folder) / "model.onnx"),
                                                    providers=["CPUExecutionProvider"])
-        example = np.random.default_rng(0).uniform(-1, 1, (2, 3, input_size, input_size)).astype(np.float32)
+    except Exception as error:  # onnxruntime raises its own exception types
+        raise InvalidRequest(f"ONNX Runtime cannot load the model: {str(error)[:300]}", field="onnx") from None
+    results = [_checked_logits(session, batch, input_size) for batch in ONNX_CHECK_BATCHES]
+    if len({logits.shape[1] for logits in results}) != 1:
+        raise InvalidRequest(f"the number of classes changes with the batch size: logits "
+                             f"{[logits.shape for logits in results]} for batches of {ONNX_CHECK_BATCHES}",
+                             field="onnx")
+    return results[-1]
+
+
+def _checked_logits(session, batch: int, input_size: int) -> np.ndarray:
+    """Logits of `batch` random inputs: (batch, classes) and finite."""
+    example = np.random.default_rng(0).uniform(-1, 1, (batch, 3, input_size, input_size)).astype(np.float32)
+    try:
         logits = session.run(["logits"], {session.get_inputs()[0].name: example})[0]
     except Exception as error:  # onnxruntime raises its own exception types
-        raise InvalidRequest(f"ONNX Runtime cannot run the model on a batch of 2 at {input_size}x{input_size}: "
+        raise InvalidRequest(f"ONNX Runtime cannot run the model on a batch of {batch} at {input_size}x{input_size}: "
                              f"{str(error)[:300]}", field="onnx") from None
-    if logits.ndim != 2:
-        raise InvalidRequest(f"the first ONNX output must be logits (batch, classes); it is {logits.shape}",
-                             field="onnx")
+    if logits.ndim != 2 or logits.shape[0] != batch:
+        raise InvalidRequest(f"the first ONNX output must be logits of shape (batch, classes); for a batch of "
+                             f"{batch} it is {logits.shape}", field="onnx")
     if not np.isfinite(logits).all():
         raise InvalidRequest("the model's logits are NaN or infinite", field="onnx")
     return logits

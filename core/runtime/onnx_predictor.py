@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 
+from core.errors import ModelNotReady
 from core.parallel import cpu_count
 from core.runtime.devices import onnx_providers
 
@@ -94,6 +95,10 @@ class OnnxPredictor:
         """`outputs` of several input batches in one session run, split back per batch."""
         joined = batches[0] if len(batches) == 1 else np.concatenate(batches)
         results = self.run(list(outputs), joined)
+        for name, result in zip(outputs, results):
+            if result.shape[:1] != (len(joined),):  # split, its rows would go to the wrong requests
+                raise ModelNotReady(f"the model's {name!r} output has shape {result.shape} for a batch of "
+                                    f"{len(joined)} images, not one row per image; it cannot be served")
         ends = np.cumsum([len(batch) for batch in batches])[:-1]
         per_output = [np.split(result, ends) for result in results]
         return [[parts[index] for parts in per_output] for index in range(len(batches))]

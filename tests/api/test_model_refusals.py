@@ -219,3 +219,65 @@ def test_extreme_shapes_and_occlusion_costs_stay_bounded(client):
     refused = client.post("/v1/models/efficientnet_lite0/explain", files=[upload(encode(chelsea()))],
                           data={"method": "occlusion", "window": 4, "stride": 1})  # 48,841 inputs at 224
     assert_refused(refused, 422, "file", "costs 48842 forward passes")
+
+
+def onnx_graph(nodes, initializers=()) -> bytes:
+    """A classifier over `pixels` (n, 3, 32, 32) whose logits are the value `scores`."""
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["n", 3, 32, 32])],
+                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, None)],
+                              initializer=list(initializers))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+POOLED = [helper.make_node("GlobalAveragePool", ["pixels"], ["pooled"]), helper.make_node("Flatten", ["pooled"], ["flat"])]
+
+
+def counting_loop(output: str) -> onnx.NodeProto:
+    """A Loop adding 1 to `zero` `trips` times."""
+    one = helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Constant", [], ["c1"], value=one),
+         helper.make_node("Add", ["acc_in", "c1"], ["acc_out"])], "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, [])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, [])])
+    return helper.make_node("Loop", ["trips", "true", "zero"], [output], body=body)
+
+
+def looping_onnx(inside_an_if: bool) -> bytes:
+    """The logits plus 0 x a Loop's count (10 trips here; an attacker's 2**62 never ends), the Loop
+    at the top or in both branches of an If."""
+    constants = [numpy_helper.from_array(np.array(10, dtype=np.int64), "trips"),
+                 numpy_helper.from_array(np.array(True), "true"),
+                 numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero")]
+    counting = counting_loop("count")
+    if inside_an_if:
+        branch = helper.make_graph([counting_loop("counted")], "branch", [],
+                                   [helper.make_tensor_value_info("counted", TensorProto.FLOAT, [])])
+        counting = helper.make_node("If", ["true"], ["count"], then_branch=branch, else_branch=branch)
+    nodes = [*POOLED, counting, helper.make_node("Mul", ["count", "zero"], ["nothing"]),
+             helper.make_node("Add", ["flat", "nothing"], ["scores"])]
+    return onnx_graph(nodes, constants)
+
+
+@pytest.mark.parametrize("inside_an_if, operator", [(False, "Loop"), (True, "If")])
+def test_onnx_control_flow_is_422_naming_the_operator(client, inside_an_if, operator):
+    response = client.post("/v1/models", data={"name": "looping-onnx", "input_size": 32},
+                           files={"onnx": ("m.onnx", looping_onnx(inside_an_if))})
+    assert_refused(response, 422, "onnx", f"control-flow operator {operator}")
+
+
+@pytest.mark.parametrize("batch_node, words", [
+    (helper.make_node("Reshape", ["flat", "two_rows"], ["scores"]), "cannot run the model on a batch of 1"),  # 2 rows
+    (helper.make_node("ReduceMean", ["flat"], ["scores"], axes=[0], keepdims=1), "(batch, classes)"),  # 1 row
+], ids=["constant-rows", "batch-averaged"])
+def test_onnx_logits_without_a_row_per_image_are_422(client, batch_node, words):
+    blob = onnx_graph([*POOLED, batch_node], [numpy_helper.from_array(np.array([2, 3], dtype=np.int64), "two_rows")])
+    response = client.post("/v1/models", data={"name": "batchless-onnx", "input_size": 32},
+                           files={"onnx": ("m.onnx", blob)})
+    assert_refused(response, 422, "onnx", words)
+    assert client.get("/v1/models/batchless-onnx").status_code == 404

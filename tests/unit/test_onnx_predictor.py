@@ -1,5 +1,6 @@
 """OnnxPredictor on a CPU: a run that starts while another is in flight takes the second session,
-with the same numbers; alone, runs take the main session."""
+with the same numbers; alone, runs take the main session. Batches joined into one run are split
+back only when every output has a row per image."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ import threading
 import time
 
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper
 
+from core.errors import ModelNotReady
 from core.imaging import decode_image, preprocess
 from core.models.catalog import load_builtin
 from core.models.onnx_export import ensure_onnx
@@ -81,3 +85,28 @@ def test_a_model_over_the_size_cap_keeps_one_session_when_runs_overlap(predictor
         thread.join(30)
     assert held.calls == 2 and len(results) == 2 and large._shared_session is None
     np.testing.assert_array_equal(results[0][0], results[1][0])
+
+
+def channel_means_onnx(path, batch_averaged: bool):
+    """logits: each image's channel means; `batch_averaged`: one row, the mean over the batch."""
+    nodes = [helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
+             helper.make_node("Flatten", ["pooled"], ["flat" if batch_averaged else "logits"])]
+    if batch_averaged:
+        nodes.append(helper.make_node("ReduceMean", ["flat"], ["logits"], axes=[0], keepdims=1))
+    graph = helper.make_graph(nodes, "means", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 3, 4, 4])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def test_joined_batches_are_split_back_only_with_a_row_per_image(tmp_path):
+    batches = [np.full((1, 3, 4, 4), 1.0, np.float32), np.full((2, 3, 4, 4), 5.0, np.float32)]
+    faithful = OnnxPredictor(channel_means_onnx(tmp_path / "faithful.onnx", batch_averaged=False))
+    split = faithful.run_batches(("logits",), batches)
+    np.testing.assert_array_equal(split[0][0], np.full((1, 3), 1.0))
+    np.testing.assert_array_equal(split[1][0], np.full((2, 3), 5.0))
+    averaging = OnnxPredictor(channel_means_onnx(tmp_path / "averaging.onnx", batch_averaged=True))
+    with pytest.raises(ModelNotReady, match=r"'logits' output has shape \(1, 3\) for a batch of 3 images"):
+        averaging.run_batches(("logits",), batches)  # unchecked, the first request would get everyone's mean

@@ -20,7 +20,7 @@ from core.errors import InvalidRequest, NotFound
 from core.job_runners import ACTIVATION_MAXIMIZATION, EXPLAIN_DATASET, FINE_TUNE, check_fine_tune, \
     check_maximization_memory, fine_tune_config, maximization_config
 from core.jobs import TERMINAL
-from core.sweeps import SWEEP, heaviest_trial, sweep_config
+from core.sweeps import SWEEP, heaviest_trials, sweep_config
 from core.visualize.activation_max import validate as validate_maximization
 from schemas.jobs import ActivationMaximizationRequest, ExplainDatasetRequest, FineTuneRequest, Job, JobList, \
     SweepRequest
@@ -78,8 +78,8 @@ def submit_sweep(request: SweepRequest, response: Response, queue: QueueDep, reg
     with _references_in_body():
         caller.check_owns(describe_dataset(storage.datasets, config.base.dataset_id).get("owner"),
                           f"data set {config.base.dataset_id!r}")
-        check_fine_tune(fine_tune_config(heaviest_trial(params)), registry, storage.datasets,
-                        settings.worker_memory_bytes)
+        for heaviest in heaviest_trials(params):
+            check_fine_tune(fine_tune_config(heaviest), registry, storage.datasets, settings.worker_memory_bytes)
     claim_model_name(caller, storage, config.base.output_model, settings)
     return _accepted(queue.submit(SWEEP, params, caller.owner), response)
 

@@ -15,11 +15,23 @@ from typing import Any
 
 import redis
 
-from core.errors import InvalidRequest, NotFound
+from core.errors import InvalidRequest, NotFound, TooManyJobs
 from core.jobs import STATES, TERMINAL
 from schemas.problems import problem
 
 _INDEX = "gazer:jobs"
+# What a client waits before submitting again when it has its limit of jobs queued or running.
+RETRY_AFTER_SECONDS = 30
+
+# A queued record and its index entry; with KEYS[3] (the client's set of queued and running
+# jobs) also its place there, unless the set already holds ARGV[3] jobs (then nothing; 0).
+_CREATE = """
+if KEYS[3] and ARGV[3] ~= '' and redis.call('SCARD', KEYS[3]) >= tonumber(ARGV[3]) then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+if KEYS[3] then redis.call('SADD', KEYS[3], ARGV[1]) end
+return 1
+"""
 
 # queued -> running, only if still queued and not cancelled; returns 1 when claimed.
 _CLAIM = """
@@ -28,17 +40,24 @@ redis.call('HSET', KEYS[1], 'state', 'running', 'started_at', ARGV[1], 'heartbea
 redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 return 1
 """
-# queued or running -> a terminal state (a reaped, cancelled or finished job stays as it is).
+# queued or running -> a terminal state (a reaped, cancelled or finished job stays as it is);
+# the job leaves its client's active set (KEYS[2], when it has one).
 _FINISH = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state ~= 'running' and state ~= 'queued' then return 0 end
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'finished_at', ARGV[2], 'result', ARGV[3], 'error', ARGV[4])
+if KEYS[2] then redis.call('SREM', KEYS[2], ARGV[5]) end
 return 1
 """
 
 
 def _key(job_id: str) -> str:
     return f"gazer:job:{job_id}"
+
+
+def _active_key(client: str) -> str:
+    """The set of `client`'s queued and running jobs (a sweep's trials are not in it)."""
+    return f"gazer:active:{client}"
 
 
 _WORKERS = "gazer:workers"  # sorted set: worker name -> when it last said it was alive
@@ -48,6 +67,7 @@ class JobStore:
     def __init__(self, client: redis.Redis, lease_seconds: float) -> None:
         self.redis = client
         self.lease_seconds = lease_seconds
+        self._create = client.register_script(_CREATE)
         self._claim = client.register_script(_CLAIM)
         self._finish = client.register_script(_FINISH)
 
@@ -56,26 +76,50 @@ class JobStore:
         return cls(redis.Redis.from_url(url, decode_responses=True), lease_seconds)
 
     def create(self, job_type: str, params: dict[str, Any], owner: str | None = None,
-               parent: str | None = None) -> dict[str, Any]:
+               parent: str | None = None, client: str | None = None, limit: int | None = None) -> dict[str, Any]:
         """A `queued` record, in one transaction with its index entry. `owner`: the API key id;
-        `parent`: the job that made this one (a sweep, for its trials)."""
+        `parent`: the job that made this one (a sweep, for its trials); `client`: whom the job
+        counts against, TooManyJobs when it already has `limit` jobs queued or running."""
         job_id = uuid.uuid4().hex
         now = time.time()
-        with self.redis.pipeline(transaction=True) as writes:
-            writes.hset(_key(job_id), mapping={
-                "id": job_id, "type": job_type, "state": "queued", "params": json.dumps(params),
-                "progress": json.dumps({"fraction": 0.0}), "created_at": now, "attempts": 0, "owner": owner or "",
-                "parent": parent or "",
-            })
-            writes.zadd(_INDEX, {job_id: now})
-            writes.execute()
+        fields = {"id": job_id, "type": job_type, "state": "queued", "params": json.dumps(params),
+                  "progress": json.dumps({"fraction": 0.0}), "created_at": now, "attempts": 0, "owner": owner or "",
+                  "parent": parent or "", "client": client or ""}
+        keys = [_key(job_id), _INDEX] + ([_active_key(client)] if client else [])
+        args = [job_id, now, "" if limit is None else limit, *[item for pair in fields.items() for item in pair]]
+        if not self._create(keys=keys, args=args):
+            self.active_jobs(client)  # drops jobs that ended unseen (a lost worker's), then once more
+            if not self._create(keys=keys, args=args):
+                raise TooManyJobs(f"this client has {limit} jobs queued or running, its limit "
+                                  f"(GAZER_MAX_ACTIVE_JOBS_PER_CLIENT); submit again when one ends, or cancel one",
+                                  headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
         return self.get(job_id)
+
+    def active_jobs(self, client: str) -> list[dict[str, Any]]:
+        """`client`'s queued and running jobs; on the way, a running one whose lease ran out is
+        failed as lost, and ids whose record ended or is gone leave the set."""
+        job_ids = sorted(self.redis.smembers(_active_key(client)))
+        with self.redis.pipeline(transaction=False) as reads:
+            for job_id in job_ids:
+                reads.hgetall(_key(job_id))
+            records = reads.execute()
+        active = []
+        for job_id, raw in zip(job_ids, records):
+            job = self._current(job_id, raw) if raw else None
+            if job is None or job["state"] in TERMINAL:
+                self.redis.srem(_active_key(client), job_id)
+            else:
+                active.append(job)
+        return active
 
     def discard(self, job_id: str) -> None:
         """Remove a record whose message could not be sent, so that no job waits for nothing."""
+        client = self.redis.hget(_key(job_id), "client")
         with self.redis.pipeline(transaction=True) as writes:
             writes.delete(_key(job_id))
             writes.zrem(_INDEX, job_id)
+            if client:
+                writes.srem(_active_key(client), job_id)
             writes.execute()
 
     def get(self, job_id: str) -> dict[str, Any]:
@@ -156,9 +200,10 @@ class JobStore:
 
     def finish(self, job_id: str, state: str, result: Any = None, error: dict[str, Any] | None = None) -> bool:
         assert state in TERMINAL
-        return bool(self._finish(keys=[_key(job_id)], args=[
+        client = self.redis.hget(_key(job_id), "client")  # set once, at create
+        return bool(self._finish(keys=[_key(job_id)] + ([_active_key(client)] if client else []), args=[
             state, time.time(), json.dumps(result) if result is not None else "",
-            json.dumps(error) if error is not None else ""]))
+            json.dumps(error) if error is not None else "", job_id]))
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         """A queued job is cancelled at once; a running one stops at its next step."""

@@ -27,10 +27,12 @@ class JobQueue:
         self.celery = Celery("gazer-api")
         self.celery.conf.update(celery_config(redis_url, visibility_timeout))
 
-    def submit(self, job_type: str, params: dict[str, Any], owner: str | None = None) -> dict[str, Any]:
-        """The record and its message both exist, or neither does (503)."""
+    def submit(self, job_type: str, params: dict[str, Any], owner: str | None, client: str,
+               limit: int) -> dict[str, Any]:
+        """The record and its message both exist, or neither does (503); 429 when `client`
+        already has `limit` jobs queued or running."""
         try:
-            job = self.store.create(job_type, params, owner)
+            job = self.store.create(job_type, params, owner, client=client, limit=limit)
         except redis.OutOfMemoryError:
             raise StorageFailed("the job store is full (Redis reached its maxmemory); finished jobs must expire "
                                 "or be deleted before new ones are taken") from None

@@ -23,16 +23,6 @@ _INDEX = "gazer:jobs"
 # What a client waits before submitting again when it has its limit of jobs queued or running.
 RETRY_AFTER_SECONDS = 30
 
-# A queued record and its index entry; with KEYS[3] (the client's set of queued and running
-# jobs) also its place there, unless the set already holds ARGV[3] jobs (then nothing; 0).
-_CREATE = """
-if KEYS[3] and ARGV[3] ~= '' and redis.call('SCARD', KEYS[3]) >= tonumber(ARGV[3]) then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 4))
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-if KEYS[3] then redis.call('SADD', KEYS[3], ARGV[1]) end
-return 1
-"""
-
 # queued -> running, only if still queued and not cancelled; returns 1 when claimed.
 _CLAIM = """
 if redis.call('HGET', KEYS[1], 'state') ~= 'queued' then return 0 end
@@ -67,7 +57,6 @@ class JobStore:
     def __init__(self, client: redis.Redis, lease_seconds: float) -> None:
         self.redis = client
         self.lease_seconds = lease_seconds
-        self._create = client.register_script(_CREATE)
         self._claim = client.register_script(_CLAIM)
         self._finish = client.register_script(_FINISH)
 
@@ -81,19 +70,33 @@ class JobStore:
         `parent`: the job that made this one (a sweep, for its trials); `client`: whom the job
         counts against, TooManyJobs when it already has `limit` jobs queued or running."""
         job_id = uuid.uuid4().hex
-        now = time.time()
         fields = {"id": job_id, "type": job_type, "state": "queued", "params": json.dumps(params),
-                  "progress": json.dumps({"fraction": 0.0}), "created_at": now, "attempts": 0, "owner": owner or "",
-                  "parent": parent or "", "client": client or ""}
-        keys = [_key(job_id), _INDEX] + ([_active_key(client)] if client else [])
-        args = [job_id, now, "" if limit is None else limit, *[item for pair in fields.items() for item in pair]]
-        if not self._create(keys=keys, args=args):
+                  "progress": json.dumps({"fraction": 0.0}), "created_at": time.time(), "attempts": 0,
+                  "owner": owner or "", "parent": parent or "", "client": client or ""}
+        if not self._add(fields, client, limit):
             self.active_jobs(client)  # drops jobs that ended unseen (a lost worker's), then once more
-            if not self._create(keys=keys, args=args):
+            if not self._add(fields, client, limit):
                 raise TooManyJobs(f"this client has {limit} jobs queued or running, its limit "
                                   f"(GAZER_MAX_ACTIVE_JOBS_PER_CLIENT); submit again when one ends, or cancel one",
                                   headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
         return self.get(job_id)
+
+    def _add(self, fields: dict[str, Any], client: str | None, limit: int | None) -> bool:
+        """The record, its index entry and its place in the client's active set, in one
+        transaction; nothing (False) when the client has `limit` jobs there already."""
+        active = _active_key(client) if client else None
+
+        def write(transaction: redis.client.Pipeline) -> bool:
+            if active and limit is not None and transaction.scard(active) >= limit:
+                return False
+            transaction.multi()
+            transaction.hset(_key(fields["id"]), mapping=fields)
+            transaction.zadd(_INDEX, {fields["id"]: fields["created_at"]})
+            if active:
+                transaction.sadd(active, fields["id"])
+            return True
+
+        return self.redis.transaction(write, *([active] if active else []), value_from_callable=True)
 
     def active_jobs(self, client: str) -> list[dict[str, Any]]:
         """`client`'s queued and running jobs; on the way, a running one whose lease ran out is

@@ -68,8 +68,9 @@ def submit_fine_tune(body: FineTuneRequest, request: Request, response: Response
         caller.check_owns(describe_dataset(storage.datasets, body.dataset_id).get("owner"),
                           f"data set {body.dataset_id!r}")
         check_fine_tune(fine_tune_config(params), registry, storage.datasets, settings.worker_memory_bytes)
-    claim_model_name(caller, storage, body.output_model, settings)
-    return _submit(FINE_TUNE, params, queue, caller, request, settings, response)
+    with queue.model_name_lock(body.output_model):
+        claim_model_name(caller, storage, queue, body.output_model, settings)
+        return _submit(FINE_TUNE, params, queue, caller, request, settings, response)
 
 
 @router.post("/sweep", response_model=Job, status_code=status.HTTP_202_ACCEPTED)
@@ -83,8 +84,9 @@ def submit_sweep(body: SweepRequest, request: Request, response: Response, queue
                           f"data set {config.base.dataset_id!r}")
         for heaviest in heaviest_trials(params):
             check_fine_tune(fine_tune_config(heaviest), registry, storage.datasets, settings.worker_memory_bytes)
-    claim_model_name(caller, storage, config.base.output_model, settings)
-    return _submit(SWEEP, params, queue, caller, request, settings, response)
+    with queue.model_name_lock(config.base.output_model):
+        claim_model_name(caller, storage, queue, config.base.output_model, settings)
+        return _submit(SWEEP, params, queue, caller, request, settings, response)
 
 
 @router.post("/activation-maximization", response_model=Job, status_code=status.HTTP_202_ACCEPTED)

@@ -67,6 +67,13 @@ class ServiceBusy(GazerError):
     status = 503
 
 
+class TooManyJobs(GazerError):
+    """The client has as many jobs queued or running as it may; it may submit again once one ends."""
+
+    code = "too-many-jobs"
+    status = 429
+
+
 class ImageTooLarge(GazerError):
     code = "image-too-large"
     status = 413

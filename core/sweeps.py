@@ -121,12 +121,17 @@ def parse_space(space: dict[str, Any]) -> list[Dimension]:
     return dimensions
 
 
+def _has_duplicates(options: list) -> bool:
+    """Whether two choices are the same value: 1 and 1.0 are, true and 1 are not."""
+    return len({(isinstance(option, bool), option) for option in options}) != len(options)
+
+
 def _dimension(name: str, kind: str, value: Any, annotation: Any, field: str) -> Dimension:
     numeric = _numeric_kind(annotation)
     if kind == "choice":
         if not isinstance(value, list) or not 1 <= len(value) <= MAX_CHOICES:
             raise InvalidRequest(f"{name}: choice takes a list of 1 to {MAX_CHOICES} values", field=field)
-        if any(isinstance(option, (dict, list)) for option in value) or len(set(map(repr, value))) != len(value):
+        if any(isinstance(option, (dict, list)) for option in value) or _has_duplicates(value):
             raise InvalidRequest(f"{name}: choice takes distinct plain values", field=field)
         allowed = choices(annotation) or ()
         for option in value:
@@ -183,10 +188,17 @@ def check_space(dimensions: list[Dimension], base: dict[str, Any]) -> None:
                                      **{k: v for k, v in error.extra.items() if k != "field"}) from None
 
 
-def heaviest_trial(params: dict[str, Any]) -> dict[str, Any]:
+def heaviest_trials(params: dict[str, Any]) -> list[dict[str, Any]]:
     """The base fine-tune with the memory-deciding values (batch and input size) at the top of
-    their ranges: if it fits a worker, every trial does."""
+    their ranges: if these fit a worker, every trial does. Two when `input_size` may be null
+    (the base model's size, unknown here): one at null, one at the largest size given."""
     dimensions = {dimension.name: dimension for dimension in parse_space(params["space"])}
-    top = {name: max(value for value in extremes(dimensions[name]) if value is not None)
-           for name in ("batch_size", "input_size") if name in dimensions}
-    return with_values(params["base"], top)
+    top: dict[str, Any] = {}
+    if "batch_size" in dimensions:
+        top["batch_size"] = max(extremes(dimensions["batch_size"]))
+    if "input_size" not in dimensions:
+        return [with_values(params["base"], top)]
+    sizes = extremes(dimensions["input_size"])
+    given = [size for size in sizes if size is not None]
+    largest = ([max(given)] if given else []) + ([None] if None in sizes else [])
+    return [with_values(params["base"], {**top, "input_size": size}) for size in largest]

@@ -15,11 +15,13 @@ from typing import Any
 
 import redis
 
-from core.errors import InvalidRequest, NotFound
+from core.errors import InvalidRequest, NotFound, TooManyJobs
 from core.jobs import STATES, TERMINAL
 from schemas.problems import problem
 
 _INDEX = "gazer:jobs"
+# What a client waits before submitting again when it has its limit of jobs queued or running.
+RETRY_AFTER_SECONDS = 30
 
 # queued -> running, only if still queued and not cancelled; returns 1 when claimed.
 _CLAIM = """
@@ -28,17 +30,24 @@ redis.call('HSET', KEYS[1], 'state', 'running', 'started_at', ARGV[1], 'heartbea
 redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 return 1
 """
-# queued or running -> a terminal state (a reaped, cancelled or finished job stays as it is).
+# queued or running -> a terminal state (a reaped, cancelled or finished job stays as it is);
+# the job leaves its client's active set (KEYS[2], when it has one).
 _FINISH = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state ~= 'running' and state ~= 'queued' then return 0 end
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'finished_at', ARGV[2], 'result', ARGV[3], 'error', ARGV[4])
+if KEYS[2] then redis.call('SREM', KEYS[2], ARGV[5]) end
 return 1
 """
 
 
 def _key(job_id: str) -> str:
     return f"gazer:job:{job_id}"
+
+
+def _active_key(client: str) -> str:
+    """The set of `client`'s queued and running jobs (a sweep's trials are not in it)."""
+    return f"gazer:active:{client}"
 
 
 _WORKERS = "gazer:workers"  # sorted set: worker name -> when it last said it was alive
@@ -56,26 +65,64 @@ class JobStore:
         return cls(redis.Redis.from_url(url, decode_responses=True), lease_seconds)
 
     def create(self, job_type: str, params: dict[str, Any], owner: str | None = None,
-               parent: str | None = None) -> dict[str, Any]:
+               parent: str | None = None, client: str | None = None, limit: int | None = None) -> dict[str, Any]:
         """A `queued` record, in one transaction with its index entry. `owner`: the API key id;
-        `parent`: the job that made this one (a sweep, for its trials)."""
+        `parent`: the job that made this one (a sweep, for its trials); `client`: whom the job
+        counts against, TooManyJobs when it already has `limit` jobs queued or running."""
         job_id = uuid.uuid4().hex
-        now = time.time()
-        with self.redis.pipeline(transaction=True) as writes:
-            writes.hset(_key(job_id), mapping={
-                "id": job_id, "type": job_type, "state": "queued", "params": json.dumps(params),
-                "progress": json.dumps({"fraction": 0.0}), "created_at": now, "attempts": 0, "owner": owner or "",
-                "parent": parent or "",
-            })
-            writes.zadd(_INDEX, {job_id: now})
-            writes.execute()
+        fields = {"id": job_id, "type": job_type, "state": "queued", "params": json.dumps(params),
+                  "progress": json.dumps({"fraction": 0.0}), "created_at": time.time(), "attempts": 0,
+                  "owner": owner or "", "parent": parent or "", "client": client or ""}
+        if not self._add(fields, client, limit):
+            self.active_jobs(client)  # drops jobs that ended unseen (a lost worker's), then once more
+            if not self._add(fields, client, limit):
+                raise TooManyJobs(f"this client has {limit} jobs queued or running, its limit "
+                                  f"(GAZER_MAX_ACTIVE_JOBS_PER_CLIENT); submit again when one ends, or cancel one",
+                                  headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
         return self.get(job_id)
+
+    def _add(self, fields: dict[str, Any], client: str | None, limit: int | None) -> bool:
+        """The record, its index entry and its place in the client's active set, in one
+        transaction; nothing (False) when the client has `limit` jobs there already."""
+        active = _active_key(client) if client else None
+
+        def write(transaction: redis.client.Pipeline) -> bool:
+            if active and limit is not None and transaction.scard(active) >= limit:
+                return False
+            transaction.multi()
+            transaction.hset(_key(fields["id"]), mapping=fields)
+            transaction.zadd(_INDEX, {fields["id"]: fields["created_at"]})
+            if active:
+                transaction.sadd(active, fields["id"])
+            return True
+
+        return self.redis.transaction(write, *([active] if active else []), value_from_callable=True)
+
+    def active_jobs(self, client: str) -> list[dict[str, Any]]:
+        """`client`'s queued and running jobs; on the way, a running one whose lease ran out is
+        failed as lost, and ids whose record ended or is gone leave the set."""
+        job_ids = sorted(self.redis.smembers(_active_key(client)))
+        with self.redis.pipeline(transaction=False) as reads:
+            for job_id in job_ids:
+                reads.hgetall(_key(job_id))
+            records = reads.execute()
+        active = []
+        for job_id, raw in zip(job_ids, records):
+            job = self._current(job_id, raw) if raw else None
+            if job is None or job["state"] in TERMINAL:
+                self.redis.srem(_active_key(client), job_id)
+            else:
+                active.append(job)
+        return active
 
     def discard(self, job_id: str) -> None:
         """Remove a record whose message could not be sent, so that no job waits for nothing."""
+        client = self.redis.hget(_key(job_id), "client")
         with self.redis.pipeline(transaction=True) as writes:
             writes.delete(_key(job_id))
             writes.zrem(_INDEX, job_id)
+            if client:
+                writes.srem(_active_key(client), job_id)
             writes.execute()
 
     def get(self, job_id: str) -> dict[str, Any]:
@@ -156,9 +203,10 @@ class JobStore:
 
     def finish(self, job_id: str, state: str, result: Any = None, error: dict[str, Any] | None = None) -> bool:
         assert state in TERMINAL
-        return bool(self._finish(keys=[_key(job_id)], args=[
+        client = self.redis.hget(_key(job_id), "client")  # set once, at create
+        return bool(self._finish(keys=[_key(job_id)] + ([_active_key(client)] if client else []), args=[
             state, time.time(), json.dumps(result) if result is not None else "",
-            json.dumps(error) if error is not None else ""]))
+            json.dumps(error) if error is not None else "", job_id]))
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         """A queued job is cancelled at once; a running one stops at its next step."""

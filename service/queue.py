@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from contextlib import contextmanager, suppress
+from typing import Any, Iterator
 
 import redis
 from celery import Celery
@@ -15,6 +16,7 @@ from infra.job_store import JobStore
 
 
 log = logging.getLogger(__name__)
+NAME_LOCK_SECONDS = 30
 
 
 class QueueUnavailable(ServiceBusy):
@@ -27,10 +29,12 @@ class JobQueue:
         self.celery = Celery("gazer-api")
         self.celery.conf.update(celery_config(redis_url, visibility_timeout))
 
-    def submit(self, job_type: str, params: dict[str, Any], owner: str | None = None) -> dict[str, Any]:
-        """The record and its message both exist, or neither does (503)."""
+    def submit(self, job_type: str, params: dict[str, Any], owner: str | None, client: str,
+               limit: int) -> dict[str, Any]:
+        """The record and its message both exist, or neither does (503); 429 when `client`
+        already has `limit` jobs queued or running."""
         try:
-            job = self.store.create(job_type, params, owner)
+            job = self.store.create(job_type, params, owner, client=client, limit=limit)
         except redis.OutOfMemoryError:
             raise StorageFailed("the job store is full (Redis reached its maxmemory); finished jobs must expire "
                                 "or be deleted before new ones are taken") from None
@@ -45,6 +49,31 @@ class JobQueue:
                 log.error("job %s: its message was not sent and its record could not be removed", job["id"])
             raise QueueUnavailable(f"the job queue cannot take jobs now: {error}") from None
         return job
+
+    @contextmanager
+    def model_name_lock(self, name: str) -> Iterator[None]:
+        """Held, over all API processes, while a submit checks and claims model name `name` and
+        queues the job that will hold it, so that no other submit sees the claim without its job."""
+        lock = self.store.redis.lock(f"gazer:model-name-lock:{name}", timeout=NAME_LOCK_SECONDS,
+                                     blocking_timeout=NAME_LOCK_SECONDS)
+        try:
+            acquired = lock.acquire()
+        except redis.RedisError as error:
+            raise QueueUnavailable(f"the job queue cannot take jobs now: {error}") from None
+        if not acquired:
+            raise QueueUnavailable(f"another submit under model name {name!r} is still in progress; retry")
+        try:
+            yield
+        finally:
+            with suppress(redis.RedisError):  # it expires by itself
+                lock.release()
+
+    def active_jobs(self, client: str) -> list[dict[str, Any]]:
+        """`client`'s queued and running jobs (503 when Redis cannot be read)."""
+        try:
+            return self.store.active_jobs(client)
+        except redis.RedisError as error:
+            raise QueueUnavailable(f"the job queue cannot be read now: {error}") from None
 
     def close(self) -> None:
         self.celery.close()

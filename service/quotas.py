@@ -1,14 +1,21 @@
-"""What one API key may keep: data sets, and model names (a name belongs to the key that
-first publishes under it; others, unless they hold `admin`, may not publish there)."""
+"""What one API key may keep: data sets, and model names. A key holds a name while the name has
+a published version, or while one of the key's queued or running jobs will publish there; a
+claim that ended with nothing published (a job cancelled or failed, an upload refused) holds
+nothing, so it neither counts against the quota nor keeps other keys out. Others, unless they
+hold `admin`, may not publish under a name a key holds."""
 
 from __future__ import annotations
 
 from core import datasets
 from core.errors import GazerError
+from core.job_runners import FINE_TUNE
 from core.models import versions
 from core.names import BUILTIN_MODELS
 from core.storage import Storage
+from core.sweeps import SWEEP
 from service.auth import Caller, Forbidden
+from service.queue import NAME_LOCK_SECONDS, JobQueue
+from service.rate_limits import key_client
 from service.settings import Settings
 
 
@@ -26,21 +33,68 @@ def check_dataset_quota(caller: Caller, storage: Storage, settings: Settings) ->
                             f"delete one first")
 
 
-def claim_model_name(caller: Caller, storage: Storage, name: str, settings: Settings) -> None:
+def claim_model_name(caller: Caller, storage: Storage, queue: JobQueue, name: str, settings: Settings) -> None:
     """Before a fine-tune or upload publishes under `name`: the name is this key's, or free
     and within the key's quota (then it becomes this key's)."""
     if caller.owner is None or name in BUILTIN_MODELS:  # built-in names are refused elsewhere
         return
-    owner = versions.name_owner(storage.models, name)
-    if owner is None and versions.versions(storage.models, name):
-        owner = "the open service"  # published before keys were configured
-    if owner is not None and owner != caller.owner:
+    holder = _holder(storage, queue, name)
+    if holder is not None and holder != caller.owner:
         if caller.grants("admin"):
             return
-        raise Forbidden(f"model name {name!r} belongs to another key; choose another output_model", field="output_model")
-    if owner is None and not caller.grants("admin"):
-        held = versions.names_owned(storage.models, caller.owner)
+        raise _taken(name)
+    if holder is None and not caller.grants("admin"):
+        held = _names_held(storage, queue, caller.owner)
         if len(held) >= settings.max_models_per_key:
             raise QuotaExceeded(f"this key holds {len(held)} model names, its quota (GAZER_MAX_MODELS_PER_KEY); "
                                 f"delete one first or publish a new version of one of {', '.join(held[:10])}")
-    versions.claim_name(storage.models, name, caller.owner)
+    if holder is None:
+        versions.release_name(storage.models, name)  # a claim that holds nothing any more
+    if versions.claim_name(storage.models, name, caller.owner) != caller.owner and not caller.grants("admin"):
+        raise _taken(name)  # another key claimed it just now
+
+
+def release_unused_claim(caller: Caller, storage: Storage, queue: JobQueue, name: str) -> None:
+    """After an upload under `name` failed: its claim goes, unless the key holds the name anyway."""
+    if caller.owner is not None and name not in _publishing_to(queue, caller.owner) \
+            and versions.name_owner(storage.models, name) == caller.owner:
+        versions.release_name(storage.models, name)
+
+
+def _taken(name: str) -> Forbidden:
+    return Forbidden(f"model name {name!r} belongs to another key; choose another output_model", field="output_model")
+
+
+def _holder(storage: Storage, queue: JobQueue, name: str) -> str | None:
+    """The key that holds `name` (see the module's words), "the open service" for a name
+    published before keys were configured, or None when the name is free."""
+    owner = versions.name_owner(storage.models, name)
+    if versions.versions(storage.models, name):
+        return owner or "the open service"
+    if owner is not None and name in _publishing_to(queue, owner):
+        return owner
+    return None
+
+
+def _names_held(storage: Storage, queue: JobQueue, owner: str) -> list[str]:
+    """The names `owner` holds. Its claims that hold nothing are released on the way, once
+    older than the name lock (a younger one may be a claim whose job is being queued now)."""
+    publishing = _publishing_to(queue, owner)
+    held = []
+    for name in versions.names_owned(storage.models, owner):
+        if versions.versions(storage.models, name) or name in publishing:
+            held.append(name)
+        elif versions.claim_age(storage.models, name) > NAME_LOCK_SECONDS:
+            versions.release_name(storage.models, name)
+    return held
+
+
+def _publishing_to(queue: JobQueue, owner: str) -> set[str]:
+    """The model names the key's queued and running fine-tunes and sweeps will publish under."""
+    names = set()
+    for job in queue.active_jobs(key_client(owner)):
+        if job["type"] == FINE_TUNE:
+            names.add(job["params"]["output_model"])
+        elif job["type"] == SWEEP:
+            names.add(job["params"]["base"]["output_model"])
+    return names

@@ -99,8 +99,12 @@ class StreamSlots:
 def client_id(caller: Caller, request: Request) -> str:
     """Whom the limits count against: the key, or the address when the service is open."""
     if caller.owner is not None:
-        return f"key:{caller.owner}"
+        return key_client(caller.owner)
     return f"address:{request.client.host if request.client else 'unknown'}"
+
+
+def key_client(owner: str) -> str:
+    return f"key:{owner}"
 
 
 async def limit_requests(request: Request, caller: CallerDep) -> None:

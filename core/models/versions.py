@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import shutil
+import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -176,6 +177,26 @@ def claim_name(models_dir: Path, name: str, owner: str) -> str:
     with os.fdopen(descriptor, "w") as handle:
         handle.write(owner)
     return owner
+
+
+def claim_age(models_dir: Path, name: str) -> float:
+    """Seconds since the name's owner was recorded (0 when it has none)."""
+    try:
+        return time.time() - (models_dir / name / OWNER).stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
+def release_name(models_dir: Path, name: str) -> None:
+    """Forgets the owner of a name with no version (a claim nothing was published under), and
+    the name's folder when nothing else is left in it (`last` stays: numbers are not reused)."""
+    if versions(models_dir, name):
+        return
+    (models_dir / name / OWNER).unlink(missing_ok=True)
+    try:
+        (models_dir / name).rmdir()
+    except OSError:  # not empty, or gone already
+        pass
 
 
 def names_owned(models_dir: Path, owner: str) -> list[str]:

@@ -20,7 +20,7 @@ from core.errors import InvalidRequest, NotFound
 from core.job_runners import ACTIVATION_MAXIMIZATION, EXPLAIN_DATASET, FINE_TUNE, check_fine_tune, \
     check_maximization_memory, fine_tune_config, maximization_config
 from core.jobs import TERMINAL
-from core.sweeps import SWEEP, heaviest_trial, sweep_config
+from core.sweeps import SWEEP, heaviest_trials, sweep_config
 from core.visualize.activation_max import validate as validate_maximization
 from schemas.jobs import ActivationMaximizationRequest, ExplainDatasetRequest, FineTuneRequest, Job, JobList, \
     SweepRequest
@@ -52,64 +52,70 @@ def _visible_job(job_id: str, queue: QueueDep, caller: Caller) -> dict[str, Any]
     return job
 
 
-def _accepted(job: dict[str, Any], response: Response) -> Job:
+def _submit(job_type: str, params: dict[str, Any], queue: QueueDep, caller: Caller, request: Request,
+            settings: SettingsDep, response: Response) -> Job:
+    """Queued as the caller's (429 when it has its limit of jobs queued or running); 202 + Location."""
+    job = queue.submit(job_type, params, caller.owner, client_id(caller, request), settings.max_active_jobs_per_client)
     response.headers["Location"] = f"/v1/jobs/{job['id']}"
     return Job(**job)
 
 
 @router.post("/fine-tune", response_model=Job, status_code=status.HTTP_202_ACCEPTED)
-def submit_fine_tune(request: FineTuneRequest, response: Response, queue: QueueDep, registry: RegistryDep,
-                     storage: StorageDep, caller: CallerDep, settings: SettingsDep) -> Job:
-    params = request.model_dump()
+def submit_fine_tune(body: FineTuneRequest, request: Request, response: Response, queue: QueueDep,
+                     registry: RegistryDep, storage: StorageDep, caller: CallerDep, settings: SettingsDep) -> Job:
+    params = body.model_dump()
     with _references_in_body():
-        caller.check_owns(describe_dataset(storage.datasets, request.dataset_id).get("owner"),
-                          f"data set {request.dataset_id!r}")
+        caller.check_owns(describe_dataset(storage.datasets, body.dataset_id).get("owner"),
+                          f"data set {body.dataset_id!r}")
         check_fine_tune(fine_tune_config(params), registry, storage.datasets, settings.worker_memory_bytes)
-    claim_model_name(caller, storage, request.output_model, settings)
-    return _accepted(queue.submit(FINE_TUNE, params, caller.owner), response)
+    with queue.model_name_lock(body.output_model):
+        claim_model_name(caller, storage, queue, body.output_model, settings)
+        return _submit(FINE_TUNE, params, queue, caller, request, settings, response)
 
 
 @router.post("/sweep", response_model=Job, status_code=status.HTTP_202_ACCEPTED)
-def submit_sweep(request: SweepRequest, response: Response, queue: QueueDep, registry: RegistryDep,
-                 storage: StorageDep, caller: CallerDep, settings: SettingsDep) -> Job:
+def submit_sweep(body: SweepRequest, request: Request, response: Response, queue: QueueDep,
+                 registry: RegistryDep, storage: StorageDep, caller: CallerDep, settings: SettingsDep) -> Job:
     """Trials of the base fine-tune over `space`, each a fine-tune job with `parent` = the sweep."""
-    params = request.model_dump()
+    params = body.model_dump()
     config = sweep_config(params)
     with _references_in_body():
         caller.check_owns(describe_dataset(storage.datasets, config.base.dataset_id).get("owner"),
                           f"data set {config.base.dataset_id!r}")
-        check_fine_tune(fine_tune_config(heaviest_trial(params)), registry, storage.datasets,
-                        settings.worker_memory_bytes)
-    claim_model_name(caller, storage, config.base.output_model, settings)
-    return _accepted(queue.submit(SWEEP, params, caller.owner), response)
+        for heaviest in heaviest_trials(params):
+            check_fine_tune(fine_tune_config(heaviest), registry, storage.datasets, settings.worker_memory_bytes)
+    with queue.model_name_lock(config.base.output_model):
+        claim_model_name(caller, storage, queue, config.base.output_model, settings)
+        return _submit(SWEEP, params, queue, caller, request, settings, response)
 
 
 @router.post("/activation-maximization", response_model=Job, status_code=status.HTTP_202_ACCEPTED)
-def submit_activation_maximization(request: ActivationMaximizationRequest, response: Response, queue: QueueDep,
-                                   registry: RegistryDep, caller: CallerDep, settings: SettingsDep) -> Job:
-    params = request.as_params()
+def submit_activation_maximization(body: ActivationMaximizationRequest, request: Request, response: Response,
+                                   queue: QueueDep, registry: RegistryDep, caller: CallerDep,
+                                   settings: SettingsDep) -> Job:
+    params = body.as_params()
     config = maximization_config(params)
     with _references_in_body():
         model = registry.get(config.model)
     validate_maximization(config, model.spec, model.layers)
     check_maximization_memory(config, model.spec.input_size, settings.worker_memory_bytes)
-    return _accepted(queue.submit(ACTIVATION_MAXIMIZATION, params, caller.owner), response)
+    return _submit(ACTIVATION_MAXIMIZATION, params, queue, caller, request, settings, response)
 
 
 @router.post("/explain-dataset", response_model=Job, status_code=status.HTTP_202_ACCEPTED)
-def submit_explain_dataset(request: ExplainDatasetRequest, response: Response, queue: QueueDep,
+def submit_explain_dataset(body: ExplainDatasetRequest, request: Request, response: Response, queue: QueueDep,
                            registry: RegistryDep, storage: StorageDep, caller: CallerDep,
                            settings: SettingsDep) -> Job:
     """Every image of a data set explained on a worker: predictions, heatmaps (one zip), a CSV,
     per-class mean maps and, with `faithfulness`, deletion and insertion scores."""
-    params = request.model_dump()
+    params = body.model_dump()
     config = explain_dataset_config(params)
     with _references_in_body():
         dataset = describe_dataset(storage.datasets, config.dataset_id)
         caller.check_owns(dataset.get("owner"), f"data set {config.dataset_id!r}")
         model = registry.get(config.model)
     check_explain_dataset(config, model, dataset["images"], settings.max_explain_cost, settings.max_explain_job_cost)
-    return _accepted(queue.submit(EXPLAIN_DATASET, params, caller.owner), response)
+    return _submit(EXPLAIN_DATASET, params, queue, caller, request, settings, response)
 
 
 @router.get("", response_model=JobList)

@@ -12,11 +12,13 @@ from core.errors import InvalidRequest, PayloadTooLarge
 from core.models import upload
 from core.models.spec import ModelSpec
 from core.params import field_bounds
-from core.storage import check_name
+from core.storage import Storage, check_name
 from schemas import models as wire
-from service.auth import CallerDep, requires
-from service.dependencies import RegistryDep, SettingsDep, upload_slot
-from service.quotas import claim_model_name
+from service.auth import Caller, CallerDep, requires
+from service.dependencies import QueueDep, RegistryDep, SettingsDep, upload_slot
+from service.queue import JobQueue
+from service.quotas import claim_model_name, release_unused_claim
+from service.settings import Settings
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 ADMIN, PREDICT = Depends(requires("admin")), Depends(requires("predict"))
@@ -50,6 +52,7 @@ async def upload_model(
     request: Request,
     response: Response,
     registry: RegistryDep,
+    queue: QueueDep,
     caller: CallerDep,
     settings: SettingsDep,
     name: Annotated[str, Form(description="the model's name (a new version when it exists); 1-64 letters, "
@@ -91,11 +94,25 @@ async def upload_model(
             return registry.register_network(spec, network)
 
     check_name(name, "name")
-    claim_model_name(caller, registry.storage, name, settings)
-    async with upload_slot(request):
-        spec = await run_in_threadpool(register)
+    await run_in_threadpool(_claim, caller, registry.storage, queue, name, settings)
+    try:
+        async with upload_slot(request):
+            spec = await run_in_threadpool(register)
+    except Exception:  # refused: the claim holds nothing
+        await run_in_threadpool(_release, caller, registry.storage, queue, name)
+        raise
     response.headers["Location"] = f"/v1/models/{spec.ref}"
     return wire.ModelRef(id=spec.id, version=spec.version)
+
+
+def _claim(caller: Caller, storage: Storage, queue: JobQueue, name: str, settings: Settings) -> None:
+    with queue.model_name_lock(name):
+        claim_model_name(caller, storage, queue, name, settings)
+
+
+def _release(caller: Caller, storage: Storage, queue: JobQueue, name: str) -> None:
+    with queue.model_name_lock(name):
+        release_unused_claim(caller, storage, queue, name)
 
 
 # Plain `def` from here on: these read the models folder, so FastAPI runs them in its thread pool.

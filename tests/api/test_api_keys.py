@@ -6,9 +6,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
+import torch
+import torchvision
 from fastapi.testclient import TestClient
+from safetensors.torch import save
 
 from schemas.api_keys import create_key
 from service.__main__ import refusal
@@ -150,3 +154,55 @@ def test_model_names_and_data_sets_are_held_per_key_within_quotas(keys, tmp_path
         assert_problem(fine_tune("alice", alices, "another"), 403, "GAZER_MAX_MODELS_PER_KEY")
         assert_problem(fine_tune("bob", bobs, "alices"), 403, "belongs to another key")
         assert fine_tune("admin", alices, "alices").status_code == 202
+
+
+def resnet18_weights() -> bytes:
+    torch.manual_seed(0)
+    network = torchvision.models.resnet18(num_classes=3)
+    return save({key: value.contiguous() for key, value in network.state_dict().items()})
+
+
+def test_a_name_is_held_while_it_has_a_version_or_a_job_that_will_publish_there(keys, tmp_path):
+    """Quota 1. A claim whose job ended with nothing published (cancelled here; failed or lost
+    read the same) holds nothing: not the quota, not the name; a refused upload leaves nothing."""
+    settings = Settings(data_dir=tmp_path, api_keys=keys[0], max_models_per_key=1)
+    models = tmp_path / "models"
+    with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as api:
+        archive = upload(shapes_archive(per_class=2), "shapes.zip", "application/zip")
+        datasets = {who: api.post("/v1/datasets", files=[archive], headers=as_(keys, who)).json()["id"]
+                    for who in ("alice", "bob")}
+
+        def fine_tune(who: str, output: str):
+            body = {"dataset_id": datasets[who], "output_model": output, "epochs": 1, "input_size": 64}
+            return api.post("/v1/jobs/fine-tune", json=body, headers=as_(keys, who))
+
+        def cancel(job) -> None:
+            assert api.delete(job.headers["location"], headers=as_(keys, "admin")).json()["state"] == "cancelled"
+
+        first = fine_tune("alice", "first")
+        assert first.status_code == 202, first.text
+        assert_problem(fine_tune("alice", "second"), 403, "GAZER_MAX_MODELS_PER_KEY")  # her queued job holds it
+        assert_problem(fine_tune("bob", "first"), 403, "belongs to another key")
+        cancel(first)
+        second = fine_tune("alice", "second")
+        assert second.status_code == 202, second.text
+        cancel(fine_tune("bob", "first"))  # the name is free for others too
+
+        published = api.post("/v1/models", data={"name": "second", "architecture": "resnet18", "input_size": 64},
+                             files={"weights": ("w.safetensors", resnet18_weights())}, headers=as_(keys, "admin"))
+        assert published.status_code == 201, published.text
+        cancel(second)
+        assert_problem(fine_tune("alice", "third"), 403, "GAZER_MAX_MODELS_PER_KEY")  # its version holds it
+        assert_problem(fine_tune("bob", "second"), 403, "belongs to another key")
+        assert api.delete("/v1/models/second@1", headers=as_(keys, "admin")).status_code == 204
+        assert fine_tune("alice", "third").status_code == 202
+
+        refused = api.post("/v1/models", data={"name": "broken", "architecture": "resnet18"},
+                           files={"weights": ("w.safetensors", b"junk")}, headers=as_(keys, "admin"))
+        assert refused.status_code == 422, refused.text
+        assert not (models / "broken").exists()
+
+        claimed = time.time() - 60  # bob's claim on "first", its job cancelled, a minute ago
+        os.utime(models / "first" / "owner", (claimed, claimed))
+        assert fine_tune("bob", "fourth").status_code == 202
+        assert not (models / "first").exists()  # released when bob claimed another name

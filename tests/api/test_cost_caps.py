@@ -113,6 +113,21 @@ def test_jobs_that_would_not_fit_in_a_worker_are_refused_with_the_estimate(tmp_p
         assert api.post("/v1/jobs/activation-maximization", json={**many, "size": 64}).status_code == 202
 
 
+def test_a_client_with_its_limit_of_jobs_queued_or_running_gets_429_until_one_ends(tmp_path):
+    settings = Settings(data_dir=tmp_path, max_active_jobs_per_client=2)
+    with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as api:
+        body = {"model": MODEL, "target": {"class": 1}, "steps": 10, "size": 64}
+        jobs = [api.post("/v1/jobs/activation-maximization", json=body) for _ in range(2)]
+        assert [job.status_code for job in jobs] == [202, 202]
+        refused = api.post("/v1/jobs/activation-maximization", json=body)
+        assert refused.status_code == 429 and refused.headers["content-type"] == "application/problem+json"
+        assert refused.headers["retry-after"] == "30" and refused.json()["type"].endswith("too-many-jobs")
+        assert "2 jobs queued or running" in refused.json()["detail"]
+        assert api.get("/v1/jobs").json()["count"] == 2
+        api.delete(jobs[0].headers["location"])
+        assert api.post("/v1/jobs/activation-maximization", json=body).status_code == 202
+
+
 def test_a_body_that_stalls_gets_408_and_frees_the_connection(tmp_path):
     """A slow-body client: headers promise 1000 bytes, 10 arrive, then nothing."""
     with LiveService(tmp_path, body_idle_seconds=1) as service:

@@ -27,7 +27,7 @@ def fuzz_settings(data_dir) -> Settings:
     # worth checking; event streams short, in case one ever follows a real job.
     return Settings(data_dir=data_dir, requests_per_second=1e6, request_burst=10**9,
                     compute_per_second=1e9, compute_burst=10**9, event_stream_seconds=1.0,
-                    max_datasets_per_key=10**6, max_models_per_key=10**6)
+                    max_datasets_per_key=10**6, max_models_per_key=10**6, max_active_jobs_per_client=10**6)
 
 
 # The schema exactly as the service serves it at /openapi.json (it does not depend on the data

@@ -4,6 +4,12 @@ fields (422 naming `space.NAME`), its bounds, its base fine-tune's references.""
 from __future__ import annotations
 
 import pytest
+from fastapi.testclient import TestClient
+
+from core.memory import training_bytes
+from service.app import create_app
+from service.settings import Settings
+from support import shapes_archive, upload
 
 BASE = {"dataset_id": "no-such-set", "output_model": "swept", "epochs": 2}
 
@@ -30,3 +36,41 @@ def test_a_sweep_over_a_missing_data_set_is_a_422_and_no_job(client):
     assert response.status_code == 422 and "no-such-set" in response.json()["detail"], response.text
     assert client.get("/v1/jobs", params={"type": "sweep"}).json()["count"] == before
     assert client.get("/v1/jobs", params={"parent": "0" * 32}).json() == {"data": [], "count": 0}
+
+
+@pytest.fixture(scope="module")
+def shapes(client):
+    response = client.post("/v1/datasets", files=[upload(shapes_archive(per_class=2), "s.zip", "application/zip")])
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+def test_a_null_input_size_choice_is_the_base_models_size(client, shapes):
+    base = {**BASE, "dataset_id": shapes}
+    response = client.post("/v1/jobs/sweep", json={"base": base, "space": {"input_size": {"choice": [None]}},
+                                                   "trials": 1})
+    assert response.status_code == 202, response.text
+    assert client.delete(response.headers["location"]).json()["state"] == "cancelled"
+
+
+def test_the_memory_check_of_a_null_input_size_uses_the_base_models_size(shapes, data_dir):
+    """At 64 px the heaviest trial fits this worker; at the base model's 224 px it does not."""
+    fits = training_bytes(4, 2, 512, 64, 32)
+    settings = Settings(data_dir=data_dir, worker_memory_bytes=2 * fits)
+    with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as client:
+        base = {**BASE, "dataset_id": shapes, "batch_size": 512}
+        response = client.post("/v1/jobs/sweep", json={"base": base, "space": {"input_size": {"choice": [64, None]}}})
+        assert response.status_code == 422 and "GAZER_WORKER_MEMORY_BYTES" in response.json()["detail"], response.text
+        response = client.post("/v1/jobs/sweep", json={"base": base, "space": {"input_size": {"choice": [64, 48]}}})
+        assert response.status_code == 202, response.text
+        client.delete(response.headers["location"])
+
+
+@pytest.mark.parametrize("space, words", [
+    ({"batch_size": {"choice": [1, 1.0]}}, "distinct"),
+    ({"batch_size": {"choice": [None, 4]}}, "must be a int"),
+])
+def test_a_choice_repeated_or_null_where_the_field_takes_no_null_is_a_422(client, shapes, space, words):
+    response = client.post("/v1/jobs/sweep", json={"base": {**BASE, "dataset_id": shapes}, "space": space})
+    assert response.status_code == 422 and words in response.json()["detail"], response.text
+    assert response.json()["errors"][0]["field"] == f"space.{next(iter(space))}"

@@ -1,9 +1,16 @@
-"""The job index on a real redis-server: listing pages through it, newest first."""
+"""The job index on a real redis-server: listing pages through it, newest first; each
+client's queued and running jobs, counted against its limit."""
 
 from __future__ import annotations
 
+import time
+
+import pytest
+
+from core.errors import TooManyJobs
 from infra.embedded_redis import EmbeddedRedis
 from infra.job_store import JobStore
+from infra.sweeps import SweepHost
 
 
 def test_listing_reads_past_the_first_page_and_filters(tmp_path):
@@ -17,3 +24,54 @@ def test_listing_reads_past_the_first_page_and_filters(tmp_path):
         assert [job["params"]["n"] for job in maximizations] == [n for n in range(249, -1, -1) if n % 3 == 0]
         store.redis.delete(f"gazer:job:{created[-1]['id']}")  # an index entry whose record is gone
         assert store.list(limit=1)[0]["id"] == created[-2]["id"]
+
+
+def test_a_client_may_have_its_limit_of_jobs_queued_or_running_across_processes(redis_server):
+    first, second = (JobStore.from_url(redis_server.url, lease_seconds=1.0) for _ in range(2))  # two API processes
+
+    def submit(store: JobStore, client: str = "key:alice") -> str:
+        return store.create("fine_tune", {}, client=client, limit=3)["id"]
+
+    def refused(store: JobStore) -> TooManyJobs:
+        with pytest.raises(TooManyJobs) as refusal:
+            submit(store)
+        return refusal.value
+
+    alice = [submit(first), submit(second), submit(first)]
+    for store in (first, second):
+        assert refused(store).status == 429 and refused(store).extra["headers"]["Retry-After"] == "30"
+    submit(first, "key:bob")
+    assert sorted(job["id"] for job in second.active_jobs("key:alice")) == sorted(alice)
+
+    cancelled = alice.pop()
+    first.cancel(cancelled)
+    alice.append(submit(second))
+    refused(first)
+
+    failed = alice.pop()
+    assert second.claim(failed, "worker") and second.finish(failed, "failed")
+    alice.append(submit(first))
+    refused(second)
+
+    unsent = alice.pop()
+    first.discard(unsent)
+    alice.append(submit(second))
+    refused(first)
+
+    lost = alice.pop()
+    assert first.claim(lost, "worker")
+    time.sleep(1.2)  # its worker died: the lease ran out, and nobody has read the job since
+    alice.append(submit(second))
+    assert first.get(lost)["state"] == "failed" and first.get(lost)["error"]["type"].endswith("worker-lost")
+    refused(first)
+
+
+def test_a_sweeps_trials_do_not_count_against_its_client(redis_server):
+    store = JobStore.from_url(redis_server.url, lease_seconds=60)
+    sweep = store.create("sweep", {}, owner="carol", client="key:carol", limit=1)
+    host = SweepHost(store, send=lambda job_id: None, redis_url=redis_server.url)
+    trials = [host.submit_trial(sweep["id"], {"n": n}, "carol") for n in range(3)]
+    assert [job["id"] for job in store.active_jobs("key:carol")] == [sweep["id"]]
+    assert all(store.get(trial)["owner"] == "carol" for trial in trials)
+    with pytest.raises(TooManyJobs):
+        store.create("sweep", {}, owner="carol", client="key:carol", limit=1)

@@ -11,7 +11,7 @@ import pytest
 from core.errors import InvalidRequest
 from core.jobs import JobPruned
 from core.sweep_trials import pruned_when_told
-from core.sweeps import Dimension, heaviest_trial, parse_space, sweep_config, with_values
+from core.sweeps import Dimension, heaviest_trials, parse_space, sweep_config, with_values
 from infra.sweeps import make_sampler, suggest
 
 BASE = {"dataset_id": "d", "output_model": "out"}
@@ -59,6 +59,11 @@ def test_a_space_over_every_kind_parses_into_its_dimensions():
     ({"strategy": {"choice": ["fine_tune", "freeze_all"]}}, "space.strategy", "choose among"),
     ({"strategy": {"choice": []}}, "space.strategy", "1 to 32"),
     ({"optimizer": {"choice": ["sgd", "sgd"]}}, "space.optimizer", "distinct"),
+    ({"batch_size": {"choice": [1, 1.0]}}, "space.batch_size", "distinct"),
+    ({"head.dropout": {"choice": [0.5, 0.50]}}, "space.head.dropout", "distinct"),
+    ({"attention_stride": {"choice": [8, 8.0]}}, "space.attention_stride", "distinct"),
+    ({"batch_size": {"choice": [None]}}, "space.batch_size", "must be a int"),
+    ({"attention": {"choice": [None]}}, "space.attention", "choose among"),
     ({"augmentation.flip": {"uniform": [0, 1]}}, "space.augmentation.flip", "use choice"),
     ({"augmentation.flip": {"choice": [1, 0]}}, "space.augmentation.flip", "true/false"),
     ({}, "space", "at least one"),
@@ -72,7 +77,11 @@ def test_a_bad_space_is_refused_naming_the_parameter(space, field, words):
 def test_the_memory_check_sees_the_largest_batch_and_size_a_space_can_sample():
     params = sweep({"batch_size": {"int": [4, 64]}, "input_size": {"choice": [64, None, 128]},
                     "lr": {"log_uniform": [1e-4, 1]}})
-    assert heaviest_trial(params) == {**BASE, "batch_size": 64, "input_size": 128}
+    # null is the base model's size, which may be larger than any size given: both are checked
+    assert heaviest_trials(params) == [{**BASE, "batch_size": 64, "input_size": 128},
+                                       {**BASE, "batch_size": 64, "input_size": None}]
+    assert heaviest_trials(sweep({"input_size": {"choice": [None]}})) == [{**BASE, "input_size": None}]
+    assert heaviest_trials(sweep({"batch_size": {"choice": [8, 2]}})) == [{**BASE, "batch_size": 8}]
     assert with_values({"head": {"hidden": 8}}, {"head.dropout": 0.3}) == {"head": {"hidden": 8, "dropout": 0.3}}
 
 

@@ -84,7 +84,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Outermost last: ids and metrics, then Host, Origin and CORS, then the size limit.
     app.add_middleware(RequestSizeLimit, max_bytes=settings.max_request_bytes,
                        per_path={"/v1/datasets": settings.max_dataset_bytes, "/v1/models": settings.max_model_bytes},
-                       idle_seconds=settings.body_idle_seconds)
+                       idle_seconds=settings.body_idle_seconds,
+                       min_bytes_per_second=settings.body_min_bytes_per_second)
     app.add_middleware(RefuseWhenQueueFull, queues=app.state.model_queues,  # inside CORS: its 503s carry CORS headers
                        keys_required=app.state.keys is not None)
     if settings.cors_origin_list:

@@ -158,8 +158,24 @@ def test_a_body_that_trickles_gets_408_once_it_falls_behind_the_minimum_rate(slo
                 break
         answer = read_answer(trickling)
         answered_after = time.perf_counter() - started
-    assert answer.startswith("HTTP/1.1 408"), answer
-    assert "it must average 50 bytes/s after its first 2 s" in answer and answered_after < 6, answered_after
+        assert answer.startswith("HTTP/1.1 408"), answer
+        assert "it must average 50 bytes/s after its first 2 s" in answer and answered_after < 6, answered_after
+        assert closed_while_trickling(trickling) < 5  # the rest of its body is not waited for beyond 2 s
+    assert "answered before it was complete, was not complete 2 s later" in slow_body_service.log()
+
+
+def closed_while_trickling(connection: socket.socket, seconds: float = 15) -> float:
+    """Sends a byte every 0.5 s (the rest of a body already answered) until the server closes the
+    connection; how long that took (`seconds` if it did not)."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        try:
+            connection.sendall(b"a")
+            if select.select([connection], [], [], 0.5)[0] and connection.recv(65536) == b"":
+                break
+        except (BrokenPipeError, ConnectionResetError):
+            break
+    return time.perf_counter() - started
 
 
 def test_a_slowloris_connection_is_closed_at_the_header_deadline(tmp_path):

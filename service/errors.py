@@ -34,6 +34,11 @@ def problem_response(status: int, code: str, detail: str, errors_: list[FieldErr
 
 
 async def _gazer_error(request: Request, error: errors.GazerError) -> JSONResponse:
+    return gazer_error_response(error)
+
+
+def gazer_error_response(error: errors.GazerError) -> JSONResponse:
+    """A domain error's problem, with the headers it carries (and Retry-After on a 503)."""
     field = error.extra.get("field")
     field_errors = [FieldError(field=str(field), message=error.detail)] if field else None
     valid = error.extra.get("valid")

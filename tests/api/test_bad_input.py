@@ -16,6 +16,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from core.imaging import crop_box
+from schemas.problems import MAX_FIELD_ERRORS, MAX_TEXT_CHARS
 from service.app import create_app
 from service.limits import RequestSizeLimit
 from service.settings import Settings
@@ -99,6 +100,24 @@ def test_unknown_layer_is_422_listing_the_valid_ones(client):
                           422, "unknown-layer")
     assert "head" in body["valid"] and "blocks.3" in body["valid"]
     assert body["errors"][0]["field"] == "layer"
+
+
+@pytest.mark.parametrize("field", ["method", "layer"])
+def test_a_long_value_is_echoed_shortened(client, field):
+    """A megabyte of `layer` once came back twice over (detail and errors[].message): 2 MB."""
+    response = client.post(EXPLAIN, files=[upload(encode(chelsea()))], data={field: "x" * 1_000_000})
+    body = assert_problem(response, 422, f"unknown-{field}")
+    assert len(response.content) < 10_000, len(response.content)
+    assert len(body["detail"]) == MAX_TEXT_CHARS and "x…x" in body["detail"]
+    assert body["errors"][0]["field"] == field and body["errors"][0]["message"] == body["detail"]
+    assert "gradcam" in body["valid"] or "head" in body["valid"]
+
+
+def test_a_body_with_thousands_of_invalid_values_lists_a_bounded_number(client):
+    response = client.post("/v1/jobs/activation-maximization",
+                           json={"model": MODEL, "target": {"classes": ["a"] * 10_000}, "x" * 100_000: 1})
+    body = assert_problem(response, 422, "validation-error")
+    assert len(body["errors"]) == MAX_FIELD_ERRORS and len(response.content) < 20_000, len(response.content)
 
 
 def test_cam_only_at_the_classifier_layer(client):

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import anyio
 import pytest
@@ -18,6 +19,7 @@ from service.app import create_app
 from service.auth import KeysBeforeBodies, required_scope
 from service.settings import Settings
 from support import chelsea, encode, shapes_archive, upload
+from tests.api.test_model_refusals import onnx_classifier
 from tests.conftest import MODEL
 
 
@@ -152,6 +154,24 @@ def test_a_full_queue_is_told_only_to_requests_with_a_known_key(api, keys):
         assert_problem(api.post(f"/v1/models/{MODEL}/predict", headers=as_(keys, "predictor")), 503, "in flight")
     finally:
         del queues.in_flight[version], queues.versions[MODEL]
+
+
+def test_readiness_names_uploaded_models_only_to_keys_and_load_failures_name_no_server_paths(api, keys):
+    uploaded = api.post("/v1/models", data={"name": "secret-customer-model"}, headers=as_(keys, "admin"),
+                        files={"onnx": ("m.onnx", onnx_classifier().SerializeToString())})
+    assert uploaded.status_code == 201, uploaded.text
+    anonymous = api.get("/readyz").json()
+    assert list(anonymous["models"]) == [MODEL] and anonymous["models"][MODEL]["state"] == "ready"
+    assert "secret-customer-model" in api.get("/readyz", headers=as_(keys, "predictor")).json()["models"]
+    assert list(api.get("/readyz", headers=as_(keys, "alice")).json()["models"]) == [MODEL]
+
+    data_dir = str(api.app.state.settings.data_dir.resolve())
+    (Path(data_dir) / "models/secret-customer-model/1/model.onnx").unlink()  # as a load racing a DELETE finds it
+    refused = api.post("/v1/models/secret-customer-model/predict", files=[upload(encode(chelsea()))],
+                       headers=as_(keys, "admin"))
+    assert_problem(refused, 503, "the server log has the cause")
+    reason = api.get("/readyz", headers=as_(keys, "admin")).json()["models"]["secret-customer-model"]["reason"]
+    assert data_dir not in refused.text and data_dir not in reason and "the server log has the cause" in reason
 
 
 def test_data_sets_and_jobs_belong_to_the_key_that_made_them(api, keys):

@@ -137,7 +137,22 @@ def test_target_out_of_range_is_422(client, target):
 def test_a_target_outside_any_model_is_refused_by_the_form(client, target):
     body = assert_problem(client.post(EXPLAIN, files=[upload(encode(chelsea()))], data={"target": target}),
                           422, "validation-error")
-    assert body["errors"][0]["field"].startswith("body.target")
+    assert body["errors"][0]["field"] == "target.0"  # the first of its values
+
+
+def test_fields_are_named_alike_by_the_form_and_by_the_routes_checks(client):
+    """As `errors[].field` (and the CLI) give them: `steps`, not `body.steps`."""
+    bad_steps = client.post(EXPLAIN, files=[upload(encode(chelsea()))], data={"method": "integrated_gradients",
+                                                                              "steps": "many"})
+    assert assert_problem(bad_steps, 422, "validation-error")["errors"][0]["field"] == "steps"
+    assert bad_steps.json()["detail"].startswith("steps: ")
+    bad_layer = client.post(EXPLAIN, files=[upload(encode(chelsea()))], data={"layer": "conv99"})
+    assert assert_problem(bad_layer, 422, "unknown-layer")["errors"][0]["field"] == "layer"
+    nested = client.post("/v1/jobs/activation-maximization", json={"model": MODEL, "target": {"classes": ["a"]}})
+    assert assert_problem(nested, 422, "validation-error")["errors"][0]["field"] == "target.classes.0"
+    unparsed = client.post("/v1/jobs/fine-tune", content=b"{", headers={"Content-Type": "application/json"})
+    assert assert_problem(unparsed, 422, "validation-error")["errors"] == [{"field": "body",
+                                                                            "message": "JSON decode error"}]
 
 
 def test_wrong_number_of_targets_is_422(client):

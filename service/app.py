@@ -82,7 +82,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.model_queues = ModelQueues(settings.max_queued_per_model)
     install_error_handlers(app)
     # Outermost last: ids and metrics, then Host, Origin and CORS, then keys and scopes (their
-    # 401s and 403s carry CORS headers, and come before anything reads a body), then the size limit.
+    # 401s and 403s carry CORS headers, and come before anything reads a body), then a full
+    # queue's early 503 (told only to callers with a key), then the size limit.
     app.add_middleware(RequestSizeLimit, max_bytes=settings.max_request_bytes,
                        per_path={"/v1/datasets": settings.max_dataset_bytes, "/v1/models": settings.max_model_bytes},
                        idle_seconds=settings.body_idle_seconds,

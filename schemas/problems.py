@@ -9,6 +9,13 @@ TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not f
           413: "Content too large", 422: "Unprocessable content", 429: "Too many requests",
           500: "Internal server error", 503: "Service unavailable", 507: "Insufficient storage"}
 
+# Messages echo what a client sent (an unknown layer, a parameter's name); a problem holds at
+# most this much of each text, a long one keeping its start and end around an ellipsis.
+MAX_TEXT_CHARS = 1000
+MAX_NAME_CHARS = 200
+MAX_FIELD_ERRORS = 50
+MAX_VALID_VALUES = 1000
+
 
 class FieldError(BaseModel):
     field: str
@@ -26,6 +33,20 @@ class Problem(BaseModel):
 
 def problem(status: int, code: str, detail: str, errors: list[FieldError] | None = None,
             valid: list[str] | None = None) -> Problem:
-    """The one builder: `type` from the stable `code`, `title` from the status."""
-    return Problem(type=f"/problems/{code}", title=TITLES.get(status, "Error"), status=status, detail=detail,
-                   errors=errors, valid=valid)
+    """The one builder: `type` from the stable `code`, `title` from the status; texts and lists
+    bounded (MAX_*), however much of a request they echo."""
+    if errors is not None:
+        errors = [FieldError(field=shorten(error.field, MAX_NAME_CHARS), message=shorten(error.message, MAX_TEXT_CHARS))
+                  for error in errors[:MAX_FIELD_ERRORS]]
+    if valid is not None:
+        valid = [shorten(value, MAX_NAME_CHARS) for value in valid[:MAX_VALID_VALUES]]
+    return Problem(type=f"/problems/{code}", title=TITLES.get(status, "Error"), status=status,
+                   detail=shorten(detail, MAX_TEXT_CHARS), errors=errors, valid=valid)
+
+
+def shorten(text: str, limit: int) -> str:
+    """`text` itself, or its first two thirds and last third of `limit` around an ellipsis."""
+    if len(text) <= limit:
+        return text
+    tail = (limit - 1) // 3
+    return f"{text[:limit - 1 - tail]}…{text[len(text) - tail:]}"

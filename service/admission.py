@@ -10,12 +10,10 @@ from collections import Counter
 from contextlib import contextmanager
 from typing import Iterator
 
-from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core.errors import ServiceBusy
-from service.auth import presented_key
-from service.errors import problem_response
+from service.errors import gazer_error_response
 
 RETRY_AFTER_SECONDS = 1
 
@@ -66,27 +64,18 @@ class ModelQueues:
 
 class RefuseWhenQueueFull:
     """POST /v1/models/{model}/predict or /explain while that model's queue is full: 503 before
-    the upload is read and parsed. Where keys are required, a request without one passes on to
-    its 401: whether a model is busy is not told to anyone without a key."""
+    the upload is read and parsed. Placed inside KeysBeforeBodies: whether a model is busy is
+    told only to callers with a key, where keys are required."""
 
-    def __init__(self, app: ASGIApp, queues: ModelQueues, keys_required: bool = False) -> None:
+    def __init__(self, app: ASGIApp, queues: ModelQueues) -> None:
         self.app = app
         self.queues = queues
-        self.keys_required = keys_required
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             parts = scope["path"].strip("/").split("/")
             if len(parts) == 4 and parts[:2] == ["v1", "models"] and parts[3] in ("predict", "explain") \
-                    and self.queues.full(parts[2]) and (not self.keys_required or _has_key(scope)):
-                busy = self.queues.busy(parts[2])
-                response = problem_response(busy.status, busy.code, busy.detail)
-                response.headers.update(busy.extra["headers"])
-                await response(scope, receive, send)
+                    and self.queues.full(parts[2]):
+                await gazer_error_response(self.queues.busy(parts[2]))(scope, receive, send)
                 return
         await self.app(scope, receive, send)
-
-
-def _has_key(scope: Scope) -> bool:
-    """Whether the request presents an API key, by the rule that the route's 401 applies."""
-    return presented_key(Headers(scope=scope)) is not None

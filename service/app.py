@@ -19,7 +19,7 @@ from core.parallel import single_threaded_blas
 from core.models.registry import ModelRegistry
 from core.storage import Storage
 from service.admission import ModelQueues, RefuseWhenQueueFull
-from service.auth import KeyStore, requires
+from service.auth import KeyStore, KeysBeforeBodies, requires
 from service.errors import PROBLEM_RESPONSES, install_error_handlers
 from service.limits import RequestSizeLimit
 from service.metrics import Metrics
@@ -81,12 +81,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.event_streams = StreamSlots(settings.max_event_streams, settings.max_event_streams_per_client)
     app.state.model_queues = ModelQueues(settings.max_queued_per_model)
     install_error_handlers(app)
-    # Outermost last: ids and metrics, then Host, Origin and CORS, then the size limit.
+    # Outermost last: ids and metrics, then Host, Origin and CORS, then keys and scopes (their
+    # 401s and 403s carry CORS headers, and come before anything reads a body), then a full
+    # queue's early 503 (told only to callers with a key), then the size limit.
     app.add_middleware(RequestSizeLimit, max_bytes=settings.max_request_bytes,
                        per_path={"/v1/datasets": settings.max_dataset_bytes, "/v1/models": settings.max_model_bytes},
-                       idle_seconds=settings.body_idle_seconds)
-    app.add_middleware(RefuseWhenQueueFull, queues=app.state.model_queues,  # inside CORS: its 503s carry CORS headers
-                       keys_required=app.state.keys is not None)
+                       idle_seconds=settings.body_idle_seconds,
+                       min_bytes_per_second=settings.body_min_bytes_per_second)
+    app.add_middleware(RefuseWhenQueueFull, queues=app.state.model_queues)
+    app.add_middleware(KeysBeforeBodies, keys=app.state.keys)
     if settings.cors_origin_list:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list, allow_methods=["*"],
                            allow_headers=["Authorization", "X-API-Key", "X-Request-ID", "Content-Type", "Accept"],

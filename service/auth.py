@@ -4,6 +4,7 @@ open (and binds loopback only, see service.__main__)."""
 
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,9 +12,11 @@ from typing import Annotated, Callable
 
 from fastapi import Depends, Request
 from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core.errors import GazerError, NotFound
 from schemas.api_keys import KeyFile, KeyRecord, find_key, read_key_file
+from service.errors import gazer_error_response
 
 
 class Unauthorized(GazerError):
@@ -85,11 +88,12 @@ def presented_key(headers: Headers) -> str | None:
     return headers.get("x-api-key") or None
 
 
-async def get_caller(request: Request) -> Caller:
-    store: KeyStore | None = request.app.state.keys
+def authenticate(store: KeyStore | None, headers: Headers) -> Caller:
+    """Who the request's headers say is calling; Unauthorized where keys are required and they
+    name no key the key file holds."""
     if store is None:
         return Caller(None)
-    key = presented_key(request.headers)
+    key = presented_key(headers)
     if key is None:
         raise Unauthorized("this service needs an API key: send `Authorization: Bearer KEY` or `X-API-Key: KEY`",
                            headers={"WWW-Authenticate": "Bearer"})
@@ -99,15 +103,61 @@ async def get_caller(request: Request) -> Caller:
     return Caller(record)
 
 
+def check_scope(caller: Caller, scope: str) -> None:
+    if not caller.grants(scope):
+        raise Forbidden(f"this needs a key with the {scope!r} scope; this key has "
+                        f"{', '.join(caller.key.scopes) if caller.key else 'none'}")
+
+
+async def get_caller(request: Request) -> Caller:
+    return authenticate(request.app.state.keys, request.headers)
+
+
 CallerDep = Annotated[Caller, Depends(get_caller)]
 
 
 def requires(scope: str) -> Callable:
     """A dependency that lets through only callers whose key holds `scope` (or `admin`)."""
     async def check(caller: CallerDep) -> Caller:
-        if not caller.grants(scope):
-            raise Forbidden(f"this needs a key with the {scope!r} scope; this key has "
-                            f"{', '.join(caller.key.scopes) if caller.key else 'none'}")
+        check_scope(caller, scope)
         return caller
 
     return check
+
+
+# The scope each /v1 route requires, by method (None: any) and path: what the routers' `requires`
+# dependencies say, told here from the request line alone, before the body is read.
+ROUTE_SCOPES = (("POST", re.compile(r"/v1/models/?"), "admin"),
+                ("PUT", re.compile(r"/v1/models/[^/]+/default/?"), "admin"),
+                ("DELETE", re.compile(r"/v1/models/[^/]+/?"), "admin"),
+                (None, re.compile(r"/v1/models(/.*)?"), "predict"),
+                (None, re.compile(r"/v1/(datasets|jobs)(/.*)?"), "jobs"))
+
+
+def required_scope(method: str, path: str) -> str | None:
+    for only_method, pattern, scope in ROUTE_SCOPES:
+        if only_method in (None, method) and pattern.fullmatch(path):
+            return scope
+    return None
+
+
+class KeysBeforeBodies:
+    """Where keys are required, a /v1 request without a known key (401), or whose key lacks the
+    scope its route requires (403), is answered before its body is read. FastAPI reads and
+    spools a form before it solves a route's dependencies, so otherwise anyone could make the
+    service take in a model-sized upload only to refuse it. The routes' own checks still run."""
+
+    def __init__(self, app: ASGIApp, keys: KeyStore | None) -> None:
+        self.app = app
+        self.keys = keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.keys is not None and scope["type"] == "http" and (scope["path"] + "/").startswith("/v1/"):
+            try:
+                caller = authenticate(self.keys, Headers(scope=scope))
+                if needed := required_scope(scope["method"], scope["path"]):
+                    check_scope(caller, needed)
+            except GazerError as refused:
+                await gazer_error_response(refused)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -34,6 +34,11 @@ def problem_response(status: int, code: str, detail: str, errors_: list[FieldErr
 
 
 async def _gazer_error(request: Request, error: errors.GazerError) -> JSONResponse:
+    return gazer_error_response(error)
+
+
+def gazer_error_response(error: errors.GazerError) -> JSONResponse:
+    """A domain error's problem, with the headers it carries (and Retry-After on a 503)."""
     field = error.extra.get("field")
     field_errors = [FieldError(field=str(field), message=error.detail)] if field else None
     valid = error.extra.get("valid")
@@ -46,10 +51,18 @@ async def _gazer_error(request: Request, error: errors.GazerError) -> JSONRespon
 
 
 async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-    field_errors = [FieldError(field=".".join(str(part) for part in item["loc"]), message=item["msg"])
-                    for item in error.errors()]
+    field_errors = [FieldError(field=_field_name(item), message=item["msg"]) for item in error.errors()]
     detail = "; ".join(f"{item.field}: {item.message}" for item in field_errors)
     return problem_response(422, "validation-error", detail, field_errors)
+
+
+def _field_name(item: dict) -> str:
+    """`steps`, `target.classes.0`: the field as the routes' own checks name it, without where
+    it came from (body, query, path); `body` for the body as a whole, or JSON that does not parse."""
+    location, *inside = [str(part) for part in item["loc"]]
+    if not inside or item["type"] == "json_invalid":  # ("body", 17): 17 is the character where parsing failed
+        return location
+    return ".".join(inside)
 
 
 async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:

@@ -1,6 +1,8 @@
-"""uvicorn's httptools protocol with a deadline for request headers: uvicorn has none, so a
-slowloris client (a byte of headers every few seconds) would hold its connection for ever.
-A connection whose next request has not finished its headers within the deadline is closed."""
+"""uvicorn's httptools protocol with two deadlines uvicorn lacks. A connection whose next request
+has not finished its headers within the header deadline is closed (slowloris: a byte of headers
+every few seconds would hold it for ever). And a request answered before its body was complete
+(401, 403, 408, 413, an early 503) gets the linger deadline to send the rest, which uvicorn reads
+and throws away, with no timeout of its own: then its connection is closed."""
 
 from __future__ import annotations
 
@@ -9,49 +11,64 @@ import asyncio
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 
-def with_header_deadline(seconds: float) -> type[HttpToolsProtocol]:
-    class HeaderDeadlineProtocol(HttpToolsProtocol):
+def with_deadlines(header_seconds: float, linger_seconds: float) -> type[HttpToolsProtocol]:
+    class DeadlineProtocol(HttpToolsProtocol):
         _deadline: asyncio.TimerHandle | None = None
 
-        def _arm(self) -> None:
+        def _arm(self, seconds: float, why: str) -> None:
             if self._deadline is None:
-                self._deadline = self.loop.call_later(seconds, self._headers_too_slow)
+                self._deadline = self.loop.call_later(seconds, self._too_slow, why)
 
         def _disarm(self) -> None:
             if self._deadline is not None:
                 self._deadline.cancel()
                 self._deadline = None
 
-        def _headers_too_slow(self) -> None:
+        def _too_slow(self, why: str) -> None:
             self._deadline = None
-            self.logger.info("closing a connection whose request headers took over %g s", seconds)
+            self.logger.info("closing a connection whose %s", why)
             self.transport.close()
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            self._arm()
+            self._arm(header_seconds, f"request headers took over {header_seconds:g} s")
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
-            self._arm()
+            self._unset_keepalive_if_required()  # armed when an early-answered body ended in the same read
+            self._arm(header_seconds, f"request headers took over {header_seconds:g} s")
 
         def on_headers_complete(self) -> None:
             self._disarm()
             super().on_headers_complete()
 
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if self.cycle.response_complete and self.cycle.more_body and not self.transport.is_closing():
+                self._arm(linger_seconds, f"request body, answered before it was complete, was not complete "
+                                          f"{linger_seconds:g} s later")
+
+        def on_message_complete(self) -> None:
+            if self._deadline is not None and self.cycle.response_complete:  # the body answered early, now complete
+                self._disarm()
+                self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive,
+                                                                    self.timeout_keep_alive_handler)
+            super().on_message_complete()
+
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
             super().connection_lost(exc)
 
-    return HeaderDeadlineProtocol
+    return DeadlineProtocol
 
 
 def __getattr__(name: str) -> type[HttpToolsProtocol]:
-    """`service.http_protocol:FROM_SETTINGS`, the protocol with GAZER_HEADER_SECONDS' deadline, built
-    when it is imported by name: what uvicorn's worker processes receive (a class made in a function
-    cannot be sent to them)."""
+    """`service.http_protocol:FROM_SETTINGS`, the protocol with GAZER_HEADER_SECONDS' deadline and
+    GAZER_BODY_IDLE_SECONDS' to linger, built when it is imported by name: what uvicorn's worker
+    processes receive (a class made in a function cannot be sent to them)."""
     if name == "FROM_SETTINGS":
         from service.settings import Settings
 
-        return with_header_deadline(Settings().header_seconds)
+        settings = Settings()
+        return with_deadlines(settings.header_seconds, settings.body_idle_seconds)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,6 +3,8 @@ too slowly (a slow-body attack holds a connection and a worker thread for nothin
 
 from __future__ import annotations
 
+import time
+
 import anyio
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -15,14 +17,17 @@ class RequestSizeLimit:
     """Answers 413 when Content-Length is over the limit, and stops reading a body sent
     without a length (chunked) with a 413 as soon as it passes the limit. `per_path`: other
     limits for some paths (matched exactly). A body that sends nothing for `idle_seconds`
-    before it is complete gets 408."""
+    before it is complete gets 408, and so does one that falls behind an average of
+    `min_bytes_per_second` once its first `idle_seconds` are past: a byte now and then would
+    otherwise hold the connection for as long as its client likes."""
 
     def __init__(self, app: ASGIApp, max_bytes: int, per_path: dict[str, int] | None = None,
-                 idle_seconds: float = 30.0) -> None:
+                 idle_seconds: float = 30.0, min_bytes_per_second: float = 16384) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.per_path = per_path or {}
         self.idle_seconds = idle_seconds
+        self.min_bytes_per_second = min_bytes_per_second
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -38,15 +43,22 @@ class RequestSizeLimit:
             return
         received = 0
         complete = False
+        started: float | None = None
 
         async def limited_receive() -> dict:
-            nonlocal received, complete
+            nonlocal received, complete, started
             if complete:  # what comes after the body is the disconnect, whenever it comes
                 return await receive()
-            with anyio.move_on_after(self.idle_seconds) as idle:
+            if started is None:
+                started = time.monotonic()
+            behind_in = self._falls_behind_at(started, received) - time.monotonic()
+            if behind_in <= 0:
+                raise HTTPException(408, self._too_slow(received, started))
+            with anyio.move_on_after(min(self.idle_seconds, behind_in)) as waited:
                 message = await receive()
-            if idle.cancelled_caught:
-                raise HTTPException(408, f"the request body sent nothing for {self.idle_seconds:g} s")
+            if waited.cancelled_caught:
+                raise HTTPException(408, f"the request body sent nothing for {self.idle_seconds:g} s"
+                                    if self.idle_seconds <= behind_in else self._too_slow(received, started))
             complete = message["type"] != "http.request" or not message.get("more_body", False)
             received += len(message.get("body", b""))
             if received > limit:
@@ -54,3 +66,12 @@ class RequestSizeLimit:
             return message
 
         await self.app(scope, limited_receive, send)
+
+    def _falls_behind_at(self, started: float, received: int) -> float:
+        """When a body that began at `started` and has sent `received` bytes falls behind the
+        minimum average rate, its first `idle_seconds` given free."""
+        return started + self.idle_seconds + received / self.min_bytes_per_second
+
+    def _too_slow(self, received: int, started: float) -> str:
+        return (f"the request body sent {received} bytes in {time.monotonic() - started:.1f} s; it must average "
+                f"{self.min_bytes_per_second:g} bytes/s after its first {self.idle_seconds:g} s")

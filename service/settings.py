@@ -47,9 +47,11 @@ class Settings(SharedSettings):
     max_connections: int = Field(1000, ge=1)
     # uvicorn processes serving one port; each loads its own models and keeps its own limits.
     api_processes: int = Field(1, ge=1, le=64)
-    # A request body that sends nothing for this long before it is complete gets 408; a
-    # connection whose request headers are not complete this long after they began is closed.
+    # A request body that sends nothing for this long before it is complete gets 408, and so
+    # does one that averages under body_min_bytes_per_second after that long; a connection
+    # whose request headers are not complete this long after they began is closed.
     body_idle_seconds: float = Field(30.0, gt=0)
+    body_min_bytes_per_second: float = Field(16384.0, gt=0)
     header_seconds: float = Field(10.0, gt=0)
     # One explain request may cost this many forward-equivalents (files x steps, samples, masks
     # or channels; a backward counts as one); more is a 422 that gives the cost.

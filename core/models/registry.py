@@ -186,11 +186,11 @@ class ModelRegistry:
                     raise
                 except (OSError, MemoryError, torch.OutOfMemoryError) as error:  # may pass: try again later
                     log.exception("model %s failed to load", spec.ref)
-                    raise ModelNotReady(f"model {spec.ref!r} could not be loaded now: {type(error).__name__}: "
-                                        f"{error}") from None
+                    raise ModelNotReady(f"model {spec.ref!r} could not be loaded now: {_without_cause(error)}") \
+                        from None
                 except Exception as error:  # a corrupt file: it fails the same way every time
                     log.exception("model %s failed to load", spec.ref)
-                    self._failures[spec.ref] = f"loading failed: {type(error).__name__}: {error}"
+                    self._failures[spec.ref] = f"loading failed: {_without_cause(error)}"
                     raise ModelNotReady(f"model {spec.ref!r} is not served: {self._failures[spec.ref]}") from None
             with self._order_lock:
                 loaded = self._loaded.get(spec.ref)
@@ -308,6 +308,12 @@ class ModelRegistry:
 
     def status(self) -> dict[str, dict[str, object]]:
         return {model_id: self.state(model_id) for model_id in self.model_ids()}
+
+
+def _without_cause(error: Exception) -> str:
+    """What clients are told of a load's failure: its kind, not its message, which names server
+    paths (the log has it all)."""
+    return f"{type(error).__name__} (the server log has the cause)"
 
 
 def check_agreement(network: nn.Module, predictor: OnnxPredictor, input_size: int,

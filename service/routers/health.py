@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 import redis
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from service.auth import Unauthorized, authenticate
 from service.dependencies import QueueDep, RegistryDep, SettingsDep
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["health"])
 
@@ -17,18 +22,30 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-def readyz(registry: RegistryDep, settings: SettingsDep, queue: QueueDep) -> JSONResponse:
+def readyz(request: Request, registry: RegistryDep, settings: SettingsDep, queue: QueueDep) -> JSONResponse:
     """Ready when the default model is loaded (its ONNX and torch logits agree) and Redis
-    answers. Live workers are counted, not required: predictions need none. Plain `def`: it
-    reads the models folder and Redis, so FastAPI runs it in its thread pool."""
+    answers. Live workers are counted, not required: predictions need none. Where keys are
+    required, a caller without a `predict` key sees the default model alone, not the names of
+    uploaded ones. Plain `def`: it reads the models folder and Redis, so FastAPI runs it in its
+    thread pool."""
     models = registry.status()
     model_ready = models.get(settings.default_model, {}).get("state") == "ready"
+    if not _may_list_models(request):
+        models = {name: state for name, state in models.items() if name == settings.default_model}
     try:
         workers: int | None = len(queue.store.live_workers())
         redis_state = "ready"
     except redis.RedisError as error:
-        workers, redis_state = None, f"unreachable: {error}"
+        log.warning("readiness: Redis is unreachable: %s", error)
+        workers, redis_state = None, f"unreachable: {type(error).__name__} (the server log has the cause)"
     ready = model_ready and redis_state == "ready"
     return JSONResponse({"status": "ready" if ready else "not_ready", "default_model": settings.default_model,
                          "models": models, "redis": redis_state, "workers": workers},
                         status_code=200 if ready else 503)
+
+
+def _may_list_models(request: Request) -> bool:
+    try:
+        return authenticate(request.app.state.keys, request.headers).grants("predict")
+    except Unauthorized:
+        return False

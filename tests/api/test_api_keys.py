@@ -4,10 +4,13 @@ with a real key file and Redis; the keys are made the way `gazer keys create` ma
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import anyio
 import pytest
 import torch
 import torchvision
@@ -17,8 +20,10 @@ from safetensors.torch import save
 from schemas.api_keys import create_key
 from service.__main__ import refusal
 from service.app import create_app
+from service.auth import KeysBeforeBodies, required_scope
 from service.settings import Settings
 from support import chelsea, encode, shapes_archive, upload
+from tests.api.test_model_refusals import onnx_classifier
 from tests.conftest import MODEL
 
 
@@ -73,6 +78,104 @@ def test_each_scope_opens_its_routes_and_no_others(api, keys):
     assert_problem(api.put("/v1/models/pets/default", json={"version": 1}, headers=as_(keys, "predictor")), 403,
                    "'admin' scope")
     assert api.post(f"/v1/models/{MODEL}/predict", files=photo, headers=as_(keys, "admin")).status_code == 200
+
+
+MIB = b"\0" * 2**20
+
+
+def post_lazily(api: TestClient, path: str, headers: dict[str, str], mebibytes: int) -> tuple[int, int]:
+    """POST a multipart upload of `mebibytes` MiB straight to the app over ASGI, handing over each
+    piece only when the app asks for it, as a slow network would; the status, and how many of
+    its mebibytes the app asked for before it answered."""
+    pieces = [b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.bin"\r\n\r\n',
+              *[MIB] * mebibytes, b"\r\n--b--\r\n"]
+    given, status = 0, None
+
+    async def receive() -> dict:
+        nonlocal given
+        if given == len(pieces):
+            await anyio.sleep_forever()  # the client waits for its answer
+        given += 1
+        return {"type": "http.request", "body": pieces[given - 1], "more_body": given < len(pieces)}
+
+    async def send(message: dict) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+             "headers": [(name.lower().encode(), value.encode()) for name, value in
+                         {**headers, "Host": "localhost", "Content-Type": "multipart/form-data; boundary=b"}.items()],
+             "client": ("127.0.0.1", 5555), "server": ("localhost", 80), "state": {}}
+    api.portal.call(api.app, scope, receive, send)
+    return status, max(0, min(given - 1, mebibytes))
+
+
+def test_a_request_without_a_key_or_its_scope_is_refused_before_its_body_is_read(api, keys):
+    """Otherwise anyone could make the service take in (and spool to disk) 1 GiB per model upload."""
+    for path, who, status in (("/v1/models", None, 401), ("/v1/datasets", None, 401),
+                              (f"/v1/models/{MODEL}/predict", None, 401), ("/v1/models", "alice", 403),
+                              ("/v1/models", "predictor", 403), ("/v1/datasets", "predictor", 403),
+                              (f"/v1/models/{MODEL}/explain", "alice", 403)):
+        headers = as_(keys, who) if who else {}
+        assert post_lazily(api, path, headers, mebibytes=40) == (status, 0), (path, who)
+    assert post_lazily(api, "/v1/models", as_(keys, "admin"), mebibytes=3) == (422, 3)  # read, then refused
+
+
+def test_the_scopes_told_before_the_body_are_those_the_routes_require(keys, tmp_path):
+    """Each /v1 operation in the schema, called with a key of each scope by an app without
+    KeysBeforeBodies: the route refuses it for want of a scope exactly where `required_scope`,
+    which that early check uses, says the key lacks it."""
+    app = create_app(Settings(data_dir=tmp_path, api_keys=keys[0]))
+    app.user_middleware = [layer for layer in app.user_middleware if layer.cls is not KeysBeforeBodies]
+    checked = 0
+    with TestClient(base_url="http://localhost", app=app, raise_server_exceptions=False) as routes_alone:
+        for template, operations in app.openapi()["paths"].items():
+            if not template.startswith("/v1/"):
+                continue
+            path = re.sub(r"\{[^}]+\}", "x", template)
+            for method in operations:
+                needed = required_scope(method.upper(), path)
+                assert needed is not None, (method, template)
+                for who, scopes in (("predictor", {"predict"}), ("alice", {"jobs"}), ("admin", {"admin"})):
+                    answer = routes_alone.request(method, path, headers=as_(keys, who))
+                    refused = answer.status_code == 403 and "scope" in answer.json()["detail"]
+                    assert refused == (needed not in scopes and "admin" not in scopes), (method, template, who)
+                    checked += 1
+    assert checked >= 60, checked
+
+
+def test_a_full_queue_is_told_only_to_requests_with_a_known_key(api, keys):
+    queues = api.app.state.model_queues
+    version = api.app.state.registry.get(MODEL).spec.ref
+    queues.versions[MODEL] = (version, float("inf"))  # resolved by the route, trusted however slow the test
+    queues.in_flight[version] = queues.limit  # as if that many were in flight
+    try:
+        assert_problem(api.post(f"/v1/models/{MODEL}/predict"), 401, "needs an API key")
+        assert_problem(api.post(f"/v1/models/{MODEL}/predict", headers={"X-API-Key": "gz_00000000_guess"}), 401,
+                       "not known")
+        assert_problem(api.post(f"/v1/models/{MODEL}/predict", headers=as_(keys, "predictor")), 503, "in flight")
+    finally:
+        del queues.in_flight[version], queues.versions[MODEL]
+
+
+def test_readiness_names_uploaded_models_only_to_keys_and_load_failures_name_no_server_paths(api, keys):
+    uploaded = api.post("/v1/models", data={"name": "secret-customer-model"}, headers=as_(keys, "admin"),
+                        files={"onnx": ("m.onnx", onnx_classifier().SerializeToString())})
+    assert uploaded.status_code == 201, uploaded.text
+    anonymous = api.get("/readyz").json()
+    assert list(anonymous["models"]) == [MODEL] and anonymous["models"][MODEL]["state"] == "ready"
+    assert "secret-customer-model" in api.get("/readyz", headers=as_(keys, "predictor")).json()["models"]
+    assert list(api.get("/readyz", headers=as_(keys, "alice")).json()["models"]) == [MODEL]
+
+    data_dir = str(api.app.state.settings.data_dir.resolve())
+    (Path(data_dir) / "models/secret-customer-model/1/model.onnx").unlink()  # as a load racing a DELETE finds it
+    refused = api.post("/v1/models/secret-customer-model/predict", files=[upload(encode(chelsea()))],
+                       headers=as_(keys, "admin"))
+    assert_problem(refused, 503, "the server log has the cause")
+    reason = api.get("/readyz", headers=as_(keys, "admin")).json()["models"]["secret-customer-model"]["reason"]
+    assert data_dir not in refused.text and data_dir not in reason and "the server log has the cause" in reason
 
 
 def test_data_sets_and_jobs_belong_to_the_key_that_made_them(api, keys):

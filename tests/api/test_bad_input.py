@@ -16,6 +16,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from core.imaging import crop_box
+from schemas.problems import MAX_FIELD_ERRORS, MAX_TEXT_CHARS
 from service.app import create_app
 from service.limits import RequestSizeLimit
 from service.settings import Settings
@@ -102,6 +103,24 @@ def test_unknown_layer_is_422_listing_the_valid_ones(client):
     assert body["errors"][0]["field"] == "layer"
 
 
+@pytest.mark.parametrize("field", ["method", "layer"])
+def test_a_long_value_is_echoed_shortened(client, field):
+    """A megabyte of `layer` once came back twice over (detail and errors[].message): 2 MB."""
+    response = client.post(EXPLAIN, files=[upload(encode(chelsea()))], data={field: "x" * 1_000_000})
+    body = assert_problem(response, 422, f"unknown-{field}")
+    assert len(response.content) < 10_000, len(response.content)
+    assert len(body["detail"]) == MAX_TEXT_CHARS and "x…x" in body["detail"]
+    assert body["errors"][0]["field"] == field and body["errors"][0]["message"] == body["detail"]
+    assert "gradcam" in body["valid"] or "head" in body["valid"]
+
+
+def test_a_body_with_thousands_of_invalid_values_lists_a_bounded_number(client):
+    response = client.post("/v1/jobs/activation-maximization",
+                           json={"model": MODEL, "target": {"classes": ["a"] * 10_000}, "x" * 100_000: 1})
+    body = assert_problem(response, 422, "validation-error")
+    assert len(body["errors"]) == MAX_FIELD_ERRORS and len(response.content) < 20_000, len(response.content)
+
+
 def test_cam_only_at_the_classifier_layer(client):
     body = assert_problem(client.post(EXPLAIN, files=[upload(encode(chelsea()))],
                                       data={"method": "cam", "layer": "blocks.3"}), 422, "unknown-layer")
@@ -119,7 +138,22 @@ def test_target_out_of_range_is_422(client, target):
 def test_a_target_outside_any_model_is_refused_by_the_form(client, target):
     body = assert_problem(client.post(EXPLAIN, files=[upload(encode(chelsea()))], data={"target": target}),
                           422, "validation-error")
-    assert body["errors"][0]["field"].startswith("body.target")
+    assert body["errors"][0]["field"] == "target.0"  # the first of its values
+
+
+def test_fields_are_named_alike_by_the_form_and_by_the_routes_checks(client):
+    """As `errors[].field` (and the CLI) give them: `steps`, not `body.steps`."""
+    bad_steps = client.post(EXPLAIN, files=[upload(encode(chelsea()))], data={"method": "integrated_gradients",
+                                                                              "steps": "many"})
+    assert assert_problem(bad_steps, 422, "validation-error")["errors"][0]["field"] == "steps"
+    assert bad_steps.json()["detail"].startswith("steps: ")
+    bad_layer = client.post(EXPLAIN, files=[upload(encode(chelsea()))], data={"layer": "conv99"})
+    assert assert_problem(bad_layer, 422, "unknown-layer")["errors"][0]["field"] == "layer"
+    nested = client.post("/v1/jobs/activation-maximization", json={"model": MODEL, "target": {"classes": ["a"]}})
+    assert assert_problem(nested, 422, "validation-error")["errors"][0]["field"] == "target.classes.0"
+    unparsed = client.post("/v1/jobs/fine-tune", content=b"{", headers={"Content-Type": "application/json"})
+    assert assert_problem(unparsed, 422, "validation-error")["errors"] == [{"field": "body",
+                                                                            "message": "JSON decode error"}]
 
 
 def test_wrong_number_of_targets_is_422(client):

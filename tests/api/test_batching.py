@@ -11,14 +11,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from starlette.applications import Starlette
-from starlette.responses import PlainTextResponse
-from starlette.routing import Route
 
 from core import pipeline
 from core.errors import ServiceBusy
 from core.explain import METHODS
-from service.admission import ModelQueues, RefuseWhenQueueFull
+from service.admission import ModelQueues
 from service.app import create_app
 from service.settings import Settings
 from support import encode, foolbox_imagenet_photos, upload
@@ -180,20 +177,6 @@ def test_a_plain_name_and_its_version_share_one_queue_over_http(small_queue_clie
             assert refused.status_code == 503 and refused.headers["Retry-After"] == "1", spelling
     finally:
         del queues.in_flight[version]
-
-
-def test_where_keys_are_required_a_full_queue_is_told_only_to_requests_with_a_key():
-    queues = ModelQueues(limit=1)
-    queues.versions["m"], queues.in_flight["m@1"] = ("m@1", float("inf")), 1  # trusted however slow the test
-    inner = Starlette(routes=[Route("/v1/models/m/predict", lambda request: PlainTextResponse("the route's own answer",
-                                                                                             status_code=401),
-                                    methods=["POST"])])
-    with TestClient(RefuseWhenQueueFull(inner, queues, keys_required=True)) as client:
-        assert client.post("/v1/models/m/predict").status_code == 401  # on to the route, which asks for a key
-        assert client.post("/v1/models/m/predict", headers={"Authorization": "Basic dTpw"}).status_code == 401
-        assert client.post("/v1/models/m/predict", headers={"X-API-Key": "k"}).status_code == 503
-    with TestClient(RefuseWhenQueueFull(inner, queues)) as client:
-        assert client.post("/v1/models/m/predict").status_code == 503
 
 
 def test_a_version_of_thousands_of_digits_is_a_clear_4xx(small_queue_client, photos):

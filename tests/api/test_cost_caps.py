@@ -4,6 +4,7 @@ a client that has gone away being dropped."""
 
 from __future__ import annotations
 
+import select
 import socket
 import time
 
@@ -128,21 +129,68 @@ def test_a_client_with_its_limit_of_jobs_queued_or_running_gets_429_until_one_en
         assert api.post("/v1/jobs/activation-maximization", json=body).status_code == 202
 
 
-def test_a_body_that_stalls_gets_408_and_frees_the_connection(tmp_path):
+@pytest.fixture(scope="module")
+def slow_body_service(tmp_path_factory):
+    """Bodies must send something every 2 s, and average 50 bytes/s after their first 2 s."""
+    with LiveService(tmp_path_factory.mktemp("slow-body"), body_idle_seconds=2,
+                     body_min_bytes_per_second=50) as service:
+        yield service
+
+
+PROMISED_BODY = (b"POST /v1/models/efficientnet_lite0/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                 b"Content-Type: multipart/form-data; boundary=x\r\nContent-Length: 1000\r\n\r\n")
+
+
+def read_answer(connection: socket.socket) -> str:
+    """The status line and headers, then the problem's JSON."""
+    answer = ""
+    while "}" not in answer:
+        chunk = connection.recv(65536).decode("latin-1")
+        assert chunk, answer
+        answer += chunk
+    return answer
+
+
+def test_a_body_that_stalls_gets_408_and_frees_the_connection(slow_body_service):
     """A slow-body client: headers promise 1000 bytes, 10 arrive, then nothing."""
-    with LiveService(tmp_path, body_idle_seconds=1) as service:
-        with socket.create_connection(("127.0.0.1", service.port), timeout=30) as stalled:
-            stalled.sendall(b"POST /v1/models/efficientnet_lite0/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                            b"Content-Type: multipart/form-data; boundary=x\r\nContent-Length: 1000\r\n\r\n"
-                            + b"--x\r\nContent")
-            started = time.perf_counter()
-            answer = ""
-            while "}" not in answer:  # the status line and headers, then the problem's JSON
-                chunk = stalled.recv(65536).decode("latin-1")
-                assert chunk, answer
-                answer += chunk
+    with socket.create_connection(("127.0.0.1", slow_body_service.port), timeout=30) as stalled:
+        stalled.sendall(PROMISED_BODY + b"--x\r\nContent")
+        started = time.perf_counter()
+        answer = read_answer(stalled)
+    assert answer.startswith("HTTP/1.1 408"), answer
+    assert "sent nothing for 2 s" in answer and time.perf_counter() - started < 10
+
+
+def test_a_body_that_trickles_gets_408_once_it_falls_behind_the_minimum_rate(slow_body_service):
+    """A byte every 0.5 s never trips the idle limit of 2 s, but averages 2 bytes/s: it is cut
+    off once 2 s + what it sent / 50 bytes/s have passed, about 2.1 s in, not when it likes."""
+    with socket.create_connection(("127.0.0.1", slow_body_service.port), timeout=30) as trickling:
+        trickling.sendall(PROMISED_BODY)
+        started = time.perf_counter()
+        for byte in b"--x\r\n" + b"a" * 54:  # 30 s of it, were it let through
+            trickling.sendall(bytes([byte]))
+            if select.select([trickling], [], [], 0.5)[0]:
+                break
+        answer = read_answer(trickling)
+        answered_after = time.perf_counter() - started
         assert answer.startswith("HTTP/1.1 408"), answer
-        assert "sent nothing for 1 s" in answer and time.perf_counter() - started < 10
+        assert "it must average 50 bytes/s after its first 2 s" in answer and answered_after < 6, answered_after
+        assert closed_while_trickling(trickling) < 5  # the rest of its body is not waited for beyond 2 s
+    assert "answered before it was complete, was not complete 2 s later" in slow_body_service.log()
+
+
+def closed_while_trickling(connection: socket.socket, seconds: float = 15) -> float:
+    """Sends a byte every 0.5 s (the rest of a body already answered) until the server closes the
+    connection; how long that took (`seconds` if it did not)."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        try:
+            connection.sendall(b"a")
+            if select.select([connection], [], [], 0.5)[0] and connection.recv(65536) == b"":
+                break
+        except (BrokenPipeError, ConnectionResetError):
+            break
+    return time.perf_counter() - started
 
 
 def test_a_slowloris_connection_is_closed_at_the_header_deadline(tmp_path):

@@ -19,9 +19,9 @@ BASE = {"dataset_id": "no-such-set", "output_model": "swept", "epochs": 2}
     ({"space": {"momentum": {"uniform": [0.8, 0.99]}}}, "space.momentum"),
     ({"space": {"optimizer": {"choice": ["sgd", "lion"]}}}, "space.optimizer"),
     ({"space": {"head.dropout": {"log_uniform": [0.1, 0.5], "int": [1, 2]}}}, "space.head.dropout"),
-    ({"space": {"lr": {"log_uniform": [1e-4, 1]}}, "trials": 201}, "body.trials"),
-    ({"space": {"lr": {"log_uniform": [1e-4, 1]}}, "parallel": 0}, "body.parallel"),
-    ({"space": {"lr": {"log_uniform": [1e-4, 1]}}, "metric": "train_loss"}, "body.metric"),
+    ({"space": {"lr": {"log_uniform": [1e-4, 1]}}, "trials": 201}, "trials"),
+    ({"space": {"lr": {"log_uniform": [1e-4, 1]}}, "parallel": 0}, "parallel"),
+    ({"space": {"lr": {"log_uniform": [1e-4, 1]}}, "metric": "train_loss"}, "metric"),
 ])
 def test_a_bad_sweep_is_a_422_naming_the_field(client, body, field):
     response = client.post("/v1/jobs/sweep", json={"base": BASE, **body})

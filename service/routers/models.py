@@ -126,8 +126,10 @@ async def predict(request: Request, model: ModelDep, settings: SettingsDep, metr
 
 def _explain_outputs(image_answer: str | None, files: int, outputs: list[str] | None, faithfulness: bool,
                      settings: Settings) -> tuple[str, ...]:
-    """What to render: the request's outputs, else the overlay for an image answer, else the
-    operator's default; refused where an image answer cannot carry what was asked."""
+    """What to render: the request's outputs (the field repeated, or a comma list), else the
+    overlay for an image answer, else the operator's default; refused where an image answer
+    cannot carry what was asked."""
+    outputs = [part.strip() for value in outputs or [] for part in value.split(",") if part.strip()]
     if image_answer is None:
         return tuple(outputs or settings.explain_outputs)
     accept = f"Accept: {MEDIA_TYPES[image_answer]}"
@@ -177,8 +179,8 @@ async def explain(
     resize: Resize = "crop",
     faithfulness: Annotated[bool, Form(description="also score each map by deletion and insertion "
                                                    f"(2 x {DEFAULT_STEPS + 1} forward passes per image)")] = False,
-    outputs: Annotated[list[str] | None, Form(description="any of heatmap, overlay, map (the raw [0, 1] map); "
-                                                          "default heatmap and overlay")] = None,
+    outputs: Annotated[list[str] | None, Form(description="any of heatmap, overlay, map (the raw [0, 1] map), the "
+                                                          "field repeated or comma-separated; default heatmap and overlay")] = None,
     overlay_format: Annotated[Literal["jpeg", "png", "webp"], Form(
         description="the overlay's format: jpeg (quality 75, a tenth of PNG's size), png (lossless) or webp; "
                     "an Accept header for an image decides it instead")] = "jpeg",

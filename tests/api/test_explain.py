@@ -230,6 +230,9 @@ def test_outputs_can_be_chosen(client, chelsea_jpeg):
     explanation = body["results"][0]["explanation"]
     assert explanation["overlay"] is None and np.asarray(explanation["map"]).shape == (224, 224)
     assert png_size(base64.b64decode(explanation["heatmap_png"])) == (451, 300)
+    listed = explain(client, [upload(chelsea_jpeg)], method="gradcam", outputs=["heatmap, map"]).json()
+    explanation = listed["results"][0]["explanation"]  # as a comma list: the same as the field repeated
+    assert explanation["overlay"] is None and explanation["heatmap_png"] and explanation["map"]
     bad = explain(client, [upload(chelsea_jpeg)], outputs=["movie"])
     assert bad.status_code == 422 and bad.json()["valid"] == ["heatmap", "overlay", "map"]
 

@@ -169,6 +169,9 @@ def _zip_entries(blob: bytes, limits: ArchiveLimits, budget: _Budget) -> Iterato
         archive = zipfile.ZipFile(io.BytesIO(blob))
     except (zipfile.BadZipFile, ValueError) as error:
         raise InvalidRequest(f"the zip archive is corrupt: {error}", field="file") from None
+    except NotImplementedError as error:  # an entry needs a later zip version than zipfile reads
+        raise InvalidRequest(f"the zip archive needs a later zip version than is supported: {error}",
+                             field="file") from None
     with archive:
         infos = archive.infolist()
         if len(infos) > limits.max_files:

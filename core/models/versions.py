@@ -167,13 +167,17 @@ def name_owner(models_dir: Path, name: str) -> str | None:
 
 
 def claim_name(models_dir: Path, name: str, owner: str) -> str:
-    """Records `owner` as the name's owner unless it has one; returns the owner it has now."""
+    """Records `owner` as the name's owner unless it has one; returns the owner it has now. A
+    claim made again by its owner starts its age (claim_age) afresh."""
     check_name(name, "model name")
     (models_dir / name).mkdir(parents=True, exist_ok=True)
     try:
         descriptor = os.open(models_dir / name / OWNER, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
-        return name_owner(models_dir, name) or owner
+        holder = name_owner(models_dir, name) or owner
+        if holder == owner:
+            os.utime(models_dir / name / OWNER)
+        return holder
     with os.fdopen(descriptor, "w") as handle:
         handle.write(owner)
     return owner

@@ -261,6 +261,11 @@ def test_a_zip_entry_of_patch_data_is_refused(client):
     assert_refused(post(client, with_header_field(stored_zip(GOOD), 6, 8, 0x20)), 422, "patch data")
 
 
+def test_a_zip_entry_that_needs_a_later_zip_version_is_refused(client):
+    """zipfile raises NotImplementedError for a version above 6.3: it was a 500."""
+    assert_refused(post(client, with_header_field(stored_zip(GOOD), 4, 6, 99)), 422, "zip file version 9.9")
+
+
 def test_an_unsupported_compression_method_is_refused(client):
     """99 is WinZip AES, which zipfile cannot read."""
     assert_refused(post(client, with_header_field(stored_zip(GOOD), 8, 10, 99)), 422, "compression")

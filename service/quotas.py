@@ -1,8 +1,8 @@
 """What one API key may keep: data sets, and model names. A key holds a name while the name has
-a published version, or while one of the key's queued or running jobs will publish there; a
-claim that ended with nothing published (a job cancelled or failed, an upload refused) holds
-nothing, so it neither counts against the quota nor keeps other keys out. Others, unless they
-hold `admin`, may not publish under a name a key holds."""
+a published version, an upload runs under it, or one of the key's queued or running jobs will
+publish there; a claim that ended with nothing published (a job cancelled or failed, an upload
+refused) holds nothing, so it neither counts against the quota nor keeps other keys out.
+Others, unless they hold `admin`, may not publish under a name a key holds."""
 
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def _holder(storage: Storage, queue: JobQueue, name: str) -> str | None:
     owner = versions.name_owner(storage.models, name)
     if versions.versions(storage.models, name):
         return owner or "the open service"
-    if owner is not None and name in _publishing_to(queue, owner):
+    if owner is not None and (versions.upload_running(storage.models, name) or name in _publishing_to(queue, owner)):
         return owner
     return None
 
@@ -82,7 +82,8 @@ def _names_held(storage: Storage, queue: JobQueue, owner: str) -> list[str]:
     publishing = _publishing_to(queue, owner)
     held = []
     for name in versions.names_owned(storage.models, owner):
-        if versions.versions(storage.models, name) or name in publishing:
+        if versions.versions(storage.models, name) or versions.upload_running(storage.models, name) \
+                or name in publishing:
             held.append(name)
         elif versions.claim_age(storage.models, name) > NAME_LOCK_SECONDS:
             versions.release_name(storage.models, name)

@@ -12,9 +12,10 @@ import os
 import shutil
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -28,6 +29,8 @@ from core.storage import check_name
 
 WEIGHTS, ONNX, SPEC, METRICS, PIN = "weights.safetensors", "model.onnx", "spec.json", "metrics.json", "default"
 OWNER = "owner"
+UPLOADING = "uploading"  # present while an upload under the name runs
+UPLOAD_MARK_SECONDS = 3600
 # The highest version number ever published: a deleted version's number is never given again,
 # so `name@N` always means the same model (to clients, and to caches in other processes).
 LAST = "last"
@@ -181,6 +184,26 @@ def claim_name(models_dir: Path, name: str, owner: str) -> str:
     with os.fdopen(descriptor, "w") as handle:
         handle.write(owner)
     return owner
+
+
+@contextmanager
+def uploading(models_dir: Path, name: str) -> Iterator[None]:
+    """Marks `name` while an upload under it runs (its claim has no version and no job yet)."""
+    marker = models_dir / name / UPLOADING
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    try:
+        yield
+    finally:
+        marker.unlink(missing_ok=True)
+
+
+def upload_running(models_dir: Path, name: str) -> bool:
+    """Whether an upload under `name` runs now (a marker left by a crash counts for an hour)."""
+    try:
+        return time.time() - (models_dir / name / UPLOADING).stat().st_mtime < UPLOAD_MARK_SECONDS
+    except FileNotFoundError:
+        return False
 
 
 def claim_age(models_dir: Path, name: str) -> float:

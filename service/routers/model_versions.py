@@ -3,13 +3,14 @@ an ONNX file), list versions, pin the default version, delete a version."""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile, status
 from starlette.concurrency import run_in_threadpool
 
 from core.errors import InvalidRequest, PayloadTooLarge
-from core.models import upload
+from core.models import upload, versions
 from core.models.spec import ModelSpec
 from core.params import field_bounds
 from core.storage import Storage, check_name
@@ -96,8 +97,9 @@ async def upload_model(
     check_name(name, "name")
     await run_in_threadpool(_claim, caller, registry.storage, queue, name, settings)
     try:
-        async with upload_slot(request):
-            spec = await run_in_threadpool(register)
+        with versions.uploading(registry.storage.models, name) if caller.owner else nullcontext():
+            async with upload_slot(request):
+                spec = await run_in_threadpool(register)
     except Exception:  # refused: the claim holds nothing
         await run_in_threadpool(_release, caller, registry.storage, queue, name)
         raise

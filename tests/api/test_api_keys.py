@@ -17,6 +17,7 @@ import torchvision
 from fastapi.testclient import TestClient
 from safetensors.torch import save
 
+from core.models import versions
 from schemas.api_keys import create_key
 from service.__main__ import refusal
 from service.app import create_app
@@ -304,6 +305,11 @@ def test_a_name_is_held_while_it_has_a_version_or_a_job_that_will_publish_there(
                            files={"weights": ("w.safetensors", b"junk")}, headers=as_(keys, "admin"))
         assert refused.status_code == 422, refused.text
         assert not (models / "broken").exists()
+
+        versions.claim_name(models, "busy", "an-admin")
+        with versions.uploading(models, "busy"):  # as an admin's upload holds its name until its version is saved
+            assert_problem(fine_tune("bob", "busy"), 403, "belongs to another key")
+        cancel(fine_tune("bob", "busy"))  # it ended with nothing published: the name was free
 
         claimed = time.time() - 60  # bob's claim on "first", its job cancelled, a minute ago
         os.utime(models / "first" / "owner", (claimed, claimed))

@@ -188,9 +188,12 @@ def claim_name(models_dir: Path, name: str, owner: str) -> str:
 
 @contextmanager
 def uploading(models_dir: Path, name: str) -> Iterator[None]:
-    """Marks `name` while an upload under it runs (its claim has no version and no job yet)."""
+    """Marks `name` while an upload under it runs (its claim has no version and no job yet);
+    a name with no folder (no claim was made: an open service, a built-in name) is left alone."""
     marker = models_dir / name / UPLOADING
-    marker.parent.mkdir(parents=True, exist_ok=True)
+    if not marker.parent.is_dir():
+        yield
+        return
     marker.touch()
     try:
         yield

@@ -3,7 +3,6 @@ an ONNX file), list versions, pin the default version, delete a version."""
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile, status
@@ -97,7 +96,7 @@ async def upload_model(
     check_name(name, "name")
     await run_in_threadpool(_claim, caller, registry.storage, queue, name, settings)
     try:
-        with versions.uploading(registry.storage.models, name) if caller.owner else nullcontext():
+        with versions.uploading(registry.storage.models, name):
             async with upload_slot(request):
                 spec = await run_in_threadpool(register)
     except Exception:  # refused: the claim holds nothing

@@ -229,8 +229,7 @@ class ModelRegistry:
         else:
             onnx_file = versions.version_dir(self.storage.models, spec.id, spec.version) / versions.ONNX
         predictor = OnnxPredictor(onnx_file)
-        network = network.to(device)
-        try:
+        try:  # on the CPU, in IEEE float32: cuDNN's convolutions use TF32 unless told otherwise
             check_agreement(network, predictor, spec.input_size,
                             FP16_AGREEMENT_TOLERANCE if half else AGREEMENT_TOLERANCE)
         except ModelNotReady as refused:
@@ -240,7 +239,7 @@ class ModelRegistry:
         # After the check, which compares the file with the weights: the layout changes only
         # rounding, yet on a random input whose logits reach 1e4 (a torchvision EfficientNet-B0
         # with test-made weights) that rounding alone reached 0.7x the check's tolerance.
-        network = fast_layout(network)
+        network = fast_layout(network.to(device))
         layers = targetable_layers(network, spec.input_size)
         gates = spatial_gates(network)
         methods = supported_methods(spec.linear_head, bool(gates), gradients=True)

@@ -47,18 +47,20 @@ def test_onnx_runtime_prefers_the_gpu():
 
 @pytest.mark.parametrize("method", ["gradcam", "saliency", "integrated_gradients"])
 def test_gpu_explanations_match_the_cpu(method):
+    """In IEEE float32 on both: PyTorch lets cuDNN's convolutions use TF32 unless told otherwise."""
     spec, network = load_builtin("efficientnet_lite0")
     inputs = torch.from_numpy(preprocess([chelsea()], spec)[0])
     options = {"steps": 16} if method == "integrated_gradients" else {}
     on_cpu = METHODS[method](network, inputs, None, spec.cam_layer, **options)
-    on_gpu = METHODS[method](network.cuda(), inputs.cuda(), None, spec.cam_layer, **options)
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        on_gpu = METHODS[method](network.cuda(), inputs.cuda(), None, spec.cam_layer, **options)
     assert int(on_cpu.targets[0]) == int(on_gpu.targets[0])
     assert abs(on_cpu.maps - on_gpu.maps).max() < 1e-2
 
 
 def test_the_registry_serves_the_default_model_on_the_gpu(tmp_path):
-    """Loading runs the torch-vs-ONNX Runtime agreement check with torch on the GPU (ONNX Runtime
-    too, where it has a CUDA provider); CAM and Grad-CAM then use the GPU model's classifier weight
+    """Loading checks torch's CPU weights against ONNX Runtime (on the GPU, where it has a CUDA
+    provider), then serves torch on the GPU; CAM and Grad-CAM use the GPU model's classifier weight
     on ONNX Runtime's feature map."""
     model = ModelRegistry(Storage(tmp_path), max_loaded=1).get("efficientnet_lite0")
     assert model.device.type == "cuda"

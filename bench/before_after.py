@@ -5,7 +5,7 @@ requests interleaved in one run: revision BEFORE (default HEAD~1) against revisi
   python -m bench.before_after [BEFORE [AFTER]]
 
 Both servers use this checkout's Python environment; revisions are checked out into temporary
-git worktrees, removed afterwards. EfficientNet-Lite0 at 224 on CPU, chelsea.
+git worktrees, removed afterwards. EfficientNet-Lite0 at 224 on CPU, chelsea (and the foolbox photos, 512 x 512).
 Each row: median ms per request of each version, and the median over rounds of after/before.
 """
 
@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from bench.common import Client, interleaved, report, run_timed, running_server
-from support import chelsea, encode, multipart
+from support import chelsea, encode, foolbox_imagenet_photos, multipart
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "efficientnet_lite0"
@@ -27,8 +27,11 @@ PREDICT, EXPLAIN = f"/v1/models/{MODEL}/predict", f"/v1/models/{MODEL}/explain"
 def cases() -> dict[str, tuple[str, tuple[bytes, str], int]]:
     """name -> (path, multipart body, requests per round)."""
     photo = [("chelsea.jpg", encode(chelsea()))]
+    photos = [(path.name, path.read_bytes()) for path, _ in foolbox_imagenet_photos()]
     return {
         "predict": (PREDICT, multipart(photo), 10),
+        "predict, 8 foolbox photos": (PREDICT, multipart(photos[:8]), 5),
+        "predict, 64 foolbox photos": (PREDICT, multipart([photos[index % len(photos)] for index in range(64)]), 2),
         "cam (default outputs)": (EXPLAIN, multipart(photo, {"method": "cam"}), 10),
         "cam, outputs=heatmap": (EXPLAIN, multipart(photo, {"method": "cam", "outputs": "heatmap"}), 10),
         "gradcam": (EXPLAIN, multipart(photo, {"method": "gradcam"}), 10),

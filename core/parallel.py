@@ -20,6 +20,7 @@ Result = TypeVar("Result")
 _in_pool = threading.local()
 _pool_lock = threading.Lock()
 _shared_pool: ThreadPoolExecutor | None = None
+_spreading_pool: ThreadPoolExecutor | None = None
 
 
 def cpu_count() -> int:
@@ -40,6 +41,14 @@ def _pool() -> ThreadPoolExecutor:
         return _shared_pool
 
 
+def _spreading() -> ThreadPoolExecutor:
+    global _spreading_pool
+    with _pool_lock:
+        if _spreading_pool is None:
+            _spreading_pool = ThreadPoolExecutor(max_workers=cpu_count(), thread_name_prefix="gazer-spread")
+        return _spreading_pool
+
+
 def single_threaded_blas() -> None:
     """numpy's BLAS (it resizes heatmaps) on one thread from now on in this process: work is
     spread over this module's pool, and OpenBLAS's own threads spin on a core for a while after
@@ -53,10 +62,12 @@ def workers() -> int:
     return 1 if getattr(_in_pool, "value", False) else cpu_count()
 
 
-def submit(function: Callable[[], Result]) -> Future:
+def submit(function: Callable[[], Result], spread: bool = False) -> Future:
     """`function` on the shared pool: work that should not wait behind more threads than cores
-    (decoding a request's images while the model runs another batch)."""
-    return _pool().submit(function)
+    (decoding a request's images while the model runs another batch). With `spread`, for work of
+    several items: `function` runs on a thread of a second pool, which only waits, so that its
+    parallel_map calls spread the items over the shared pool (inside it they would run one by one)."""
+    return (_spreading() if spread else _pool()).submit(function)
 
 
 def parallel_map(function: Callable[[Item], Result], items: Sequence[Item]) -> list[Result]:

@@ -114,7 +114,7 @@ async def predict(request: Request, model: ModelDep, settings: SettingsDep, metr
         async with client_watch(request) as gone:
             # decoded on the CPU pool while the model runs other requests' batches; the model
             # runs this one with whatever else is waiting then
-            batch = await asyncio.wrap_future(parallel.submit(prepare))
+            batch = await asyncio.wrap_future(parallel.submit(prepare, spread=len(blobs) > 1))
             started = time.perf_counter()
             logits = (await asyncio.wrap_future(pipeline.submit_onnx(model, ("logits",), batch, gone)))[0]
             on_stage("ort", time.perf_counter() - started)

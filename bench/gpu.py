@@ -239,8 +239,8 @@ def integrated_gradients_and_scorecam(model: LoadedModel, sizes: Sizes) -> None:
         "onnx": synced(lambda: METHODS["scorecam"](network, inputs, target, layer, score=score), device),
     }, sizes.rounds, 1, warmup=1)
     report(f"Score-CAM at {layer} ({model.layers.get(layer, '?')} masked inputs, {device}), median ms", [
-        ("masked inputs scored by torch", f"{times['torch']:.0f}"),
-        ("scored by ONNX Runtime (what the service does)", f"{times['onnx']:.0f}"),
+        ("masked inputs scored by torch (what the service does on CUDA)", f"{times['torch']:.0f}"),
+        ("scored by ONNX Runtime (what it does on the CPU)", f"{times['onnx']:.0f}"),
         ("torch / ONNX Runtime", f"{times.ratio('torch', 'onnx'):.2f}x"),
     ])
 

@@ -13,6 +13,7 @@ from core.batching import pause_point
 from core.explain.base import InputMethod, check_range, forward_logits, input_gradients, resolve_targets
 from core.explain.baselines import Baseline, make_baseline
 from core.params import param
+from core.runtime.devices import images_per_pass
 
 
 @dataclass(frozen=True)
@@ -34,12 +35,14 @@ class IntegratedGradients(InputMethod):
         return 2 * options["steps"]
 
     def attribute(self, model, inputs, targets, layer=None, steps: int = Options.steps,
-                  baseline: str | torch.Tensor = Options.baseline, internal_batch_size: int = 16,
+                  baseline: str | torch.Tensor = Options.baseline, internal_batch_size: int | None = None,
                   input_mean: tuple[float, ...] = (0.0, 0.0, 0.0),
                   input_std: tuple[float, ...] = (1.0, 1.0, 1.0), seed: int = 0, **options):
         """`baseline` is a tensor like `inputs` or one of BASELINES, built in pixel space with
         the model's `input_mean` / `input_std` (pixels 0..255)."""
         self.checked(steps=steps, **({"baseline": baseline} if isinstance(baseline, str) else {}))
+        if internal_batch_size is None:
+            internal_batch_size = images_per_pass(inputs, 16)
         check_range("internal_batch_size", internal_batch_size, 1, 4096)
         if isinstance(baseline, str):
             baseline = make_baseline(baseline, inputs, input_mean, input_std, seed)

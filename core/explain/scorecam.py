@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from core.batching import pause_point
 from core.explain.base import LayerMethod, check_range
+from core.runtime.devices import images_per_pass
 
 
 class ScoreCAM(LayerMethod):
@@ -19,11 +20,13 @@ class ScoreCAM(LayerMethod):
     def cost(self, options, input_size, layer_channels) -> int:
         return layer_channels + 2  # a masked input per channel, then the forward and backward of the layer
 
-    def combine(self, model, inputs, activations, gradients, targets, batch_size: int = 32,
+    def combine(self, model, inputs, activations, gradients, targets, batch_size: int | None = None,
                 score: Callable[[torch.Tensor], torch.Tensor] | None = None, **options) -> torch.Tensor:
         """`score`: logits of a batch of masked inputs, by default `model` itself. Nothing here
         needs gradients, so on CPU the pipeline passes the model's ONNX Runtime session: Score-CAM
         at blocks.15 of EfficientNet-Lite0 is 2.0-2.7x faster that way (bench.explainers)."""
+        if batch_size is None:
+            batch_size = images_per_pass(inputs, 32)
         check_range("batch_size", batch_size, 1, 1024)
         score = score or model
         weights = torch.empty(activations.shape[:2], device=activations.device)

@@ -12,6 +12,7 @@ import torch
 from core.batching import pause_point
 from core.explain.base import InputMethod, check_range, forward_logits, input_gradients, resolve_targets
 from core.params import param
+from core.runtime.devices import images_per_pass
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,10 @@ class SmoothGrad(InputMethod):
         return 2 * options["samples"]
 
     def attribute(self, model, inputs, targets, layer=None, samples: int = Options.samples,
-                  noise: float = Options.noise, seed: int = 0, internal_batch_size: int = 16, **options):
+                  noise: float = Options.noise, seed: int = 0, internal_batch_size: int | None = None, **options):
         self.checked(samples=samples, noise=noise)
+        if internal_batch_size is None:
+            internal_batch_size = images_per_pass(inputs, 16)
         check_range("internal_batch_size", internal_batch_size, 1, 4096)
         logits = forward_logits(model, inputs)
         targets = resolve_targets(logits, targets)

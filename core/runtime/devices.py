@@ -15,6 +15,16 @@ def torch_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def images_per_pass(inputs: torch.Tensor, on_cpu: int) -> int:
+    """Images in one pass of a many-pass method (IG's path points, SmoothGrad's noisy copies,
+    Score-CAM's masked inputs): `on_cpu` on the CPU, and on CUDA as many pixels as 4 x `on_cpu`
+    images of 224 x 224, since passes of 16 Lite0 images leave an H200 waiting on kernel launches
+    (IG-50 in passes of 16: 55 ms; captum's single pass of 50: 21 ms)."""
+    if inputs.device.type != "cuda":
+        return on_cpu
+    return max(1, 4 * on_cpu * 224 * 224 // (inputs.shape[-2] * inputs.shape[-1]))
+
+
 def onnx_providers() -> list[str]:
     import onnxruntime
 

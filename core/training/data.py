@@ -48,12 +48,17 @@ def augment_batch(squares: torch.Tensor, augmentation: Augmentation, output_size
                   generator: torch.Generator) -> torch.Tensor:
     """Random flip, rotation, zoom and shear (one affine resampling per batch, its centre
     `output_size` window), then brightness, contrast and saturation jitter, each drawn per
-    image from `generator`. uint8 (B, 3, S, S) -> float (B, 3, output_size, output_size) in 0..255."""
-    count = squares.shape[0]
+    image from `generator`. uint8 (B, 3, S, S) -> float (B, 3, output_size, output_size) in 0..255,
+    on the squares' device; the draws come from `generator` on the CPU wherever that is, so a seed
+    draws the same augmentation on any device."""
+    count, device = squares.shape[0], squares.device
     images = squares.float()
 
     def uniform(spread: float) -> torch.Tensor:
         return (torch.rand(count, generator=generator) * 2 - 1) * spread
+
+    def per_image(spread: float) -> torch.Tensor:
+        return (1 + uniform(spread)).to(device)[:, None, None, None]
 
     angle = torch.deg2rad(uniform(augmentation.rotation))
     shear = torch.deg2rad(uniform(augmentation.shear))
@@ -70,16 +75,16 @@ def augment_batch(squares: torch.Tensor, augmentation: Augmentation, output_size
     window = output_size / squares.shape[-1]
     theta = torch.zeros(count, 2, 3)
     theta[:, :, :2] = torch.linalg.inv(forward) * window
-    grid = F.affine_grid(theta, [count, 3, output_size, output_size], align_corners=False)
+    grid = F.affine_grid(theta.to(device), [count, 3, output_size, output_size], align_corners=False)
     images = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
     jitter = augmentation.color_jitter
     if jitter:
-        images = images * (1 + uniform(jitter))[:, None, None, None]
-        grey = (images * _LUMA).sum(dim=1, keepdim=True)
-        images = (images - grey.mean(dim=(2, 3), keepdim=True)) * (1 + uniform(jitter))[:, None, None, None] \
-            + grey.mean(dim=(2, 3), keepdim=True)
-        grey = (images * _LUMA).sum(dim=1, keepdim=True)
-        images = (images - grey) * (1 + uniform(jitter))[:, None, None, None] + grey
+        luma = _LUMA.to(device)
+        images = images * per_image(jitter)
+        grey = (images * luma).sum(dim=1, keepdim=True)
+        images = (images - grey.mean(dim=(2, 3), keepdim=True)) * per_image(jitter) + grey.mean(dim=(2, 3), keepdim=True)
+        grey = (images * luma).sum(dim=1, keepdim=True)
+        images = (images - grey) * per_image(jitter) + grey
     return images.clamp(0, 255)
 
 
@@ -98,7 +103,7 @@ class Normalizer:
         if pixels.shape[-1] != self.size:
             margin = (pixels.shape[-1] - self.size) // 2
             pixels = pixels[..., margin:margin + self.size, margin:margin + self.size]
-        return (pixels.float() - self.mean) / self.std
+        return (pixels.float() - self.mean.to(pixels.device)) / self.std.to(pixels.device)
 
 
 def batches(count: int, batch_size: int, shuffle: bool, generator: torch.Generator):

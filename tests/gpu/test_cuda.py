@@ -18,10 +18,11 @@ from core.imaging import preprocess
 from core.models.catalog import load_builtin
 from core.models.onnx_export import FP16_AGREEMENT_TOLERANCE, ensure_onnx, max_logit_difference
 from core.models.registry import ModelRegistry
-from core.runtime.devices import fast_layout, fast_math, onnx_providers, torch_device
+from core.runtime.devices import fast_layout, fast_math, images_per_pass, onnx_providers, torch_device
 from core.runtime.onnx_predictor import OnnxPredictor
 from core.storage import Storage
-from core.training.config import FineTuneConfig
+from core.training import data
+from core.training.config import Augmentation, FineTuneConfig
 from core.training.finetune import fine_tune
 from support import chelsea, shape_image
 
@@ -143,3 +144,31 @@ def test_fine_tuning_on_the_gpu_learns_and_returns_a_savable_cpu_network(lite0, 
     assert result.metrics["val_accuracy"] >= 0.7
     assert all(tensor.device.type == "cpu" and tensor.is_contiguous()
                for tensor in result.network.state_dict().values())
+
+
+def test_augmentation_on_the_gpu_draws_what_the_cpu_draws():
+    """The fine-tune loop augments on the device; the same seed gives the same images (to float
+    rounding), since the draws come from the CPU generator."""
+    squares = torch.randint(0, 256, (8, 3, 80, 80), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    augmentation = Augmentation()
+    on_cpu = data.augment_batch(squares, augmentation, 64, torch.Generator().manual_seed(0))
+    on_gpu = data.augment_batch(squares.cuda(), augmentation, 64, torch.Generator().manual_seed(0))
+    assert on_gpu.device.type == "cuda"
+    assert (on_cpu - on_gpu.cpu()).abs().max() < 0.5  # of 0..255; other draws differ by ~100
+
+
+@pytest.mark.parametrize("method, options, cpu_pass", [
+    ("integrated_gradients", {"steps": 100}, {"internal_batch_size": 16}),
+    ("smoothgrad", {"samples": 100}, {"internal_batch_size": 16}),
+    ("scorecam", {}, {"batch_size": 32}),
+])
+def test_the_gpus_larger_passes_give_the_maps_of_the_cpus_passes(lite0, method, options, cpu_pass):
+    spec, network = lite0
+    network = copy.deepcopy(network).cuda()
+    inputs = torch.from_numpy(preprocess([chelsea()], spec)[0]).cuda()
+    layer = "blocks.15" if method == "scorecam" else None
+    assert images_per_pass(inputs, next(iter(cpu_pass.values()))) > next(iter(cpu_pass.values()))
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        larger = METHODS[method](network, inputs, None, layer, **options)
+        smaller = METHODS[method](network, inputs, None, layer, **options, **cpu_pass)
+    assert np.abs(larger.maps - smaller.maps).max() < 1e-3

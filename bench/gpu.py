@@ -59,7 +59,7 @@ class Sizes:
     predict_batches: tuple[int, int]      # the two throughput batches (64 and 256)
     request_images: int                   # images per service request (the API takes 64 at most)
     load_seconds: float
-    gradcam_batch: int
+    gradcam_batches: tuple[int, ...]
     ig_steps: int
     scorecam_layer: str
     train_images: int
@@ -72,10 +72,10 @@ class Sizes:
 
 
 FULL = Sizes(rounds=7, per_round=10, warmup=3, predict_batches=(64, 256), request_images=64, load_seconds=20.0,
-             gradcam_batch=32, ig_steps=50, scorecam_layer="blocks.15", train_images=512, train_size=224,
+             gradcam_batches=(1, 8, 32), ig_steps=50, scorecam_layer="blocks.15", train_images=512, train_size=224,
              train_epochs=2, plain_steps=20, maximize_steps=50, maximize_targets=(1, 16), maximize_size=None)
 SMOKE = Sizes(rounds=1, per_round=1, warmup=1, predict_batches=(2, 4), request_images=2, load_seconds=2.0,
-              gradcam_batch=2, ig_steps=4, scorecam_layer="blocks.0", train_images=16, train_size=64,
+              gradcam_batches=(1, 2), ig_steps=4, scorecam_layer="blocks.0", train_images=16, train_size=64,
               train_epochs=1, plain_steps=2, maximize_steps=2, maximize_targets=(1, 2), maximize_size=64)
 
 
@@ -180,7 +180,7 @@ def gradcam(model: LoadedModel, sizes: Sizes) -> None:
 
     network, device = model.network, model.device
     fast_network = fast_layout(copy.deepcopy(network))
-    for batch_size in (1, sizes.gradcam_batch):
+    for batch_size in sizes.gradcam_batches:
         inputs = torch.from_numpy(photo_batch(model, batch_size)).to(device)
         fast_inputs = fast_layout(inputs)
         targets = torch.full((batch_size,), TABBY, device=device)

@@ -82,7 +82,8 @@ def augment_batch(squares: torch.Tensor, augmentation: Augmentation, output_size
         luma = _LUMA.to(device)
         images = images * per_image(jitter)
         grey = (images * luma).sum(dim=1, keepdim=True)
-        images = (images - grey.mean(dim=(2, 3), keepdim=True)) * per_image(jitter) + grey.mean(dim=(2, 3), keepdim=True)
+        mean_grey = grey.mean(dim=(2, 3), keepdim=True)
+        images = (images - mean_grey) * per_image(jitter) + mean_grey
         grey = (images * luma).sum(dim=1, keepdim=True)
         images = (images - grey) * per_image(jitter) + grey
     return images.clamp(0, 255)

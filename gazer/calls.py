@@ -120,7 +120,8 @@ def explain(images: ImageInput | Iterable[ImageInput], model: str = DEFAULT_MODE
     files = [image_file(image, index) for index, image in enumerate(_images(images))]
     data = _given(method=method, target=[target] if isinstance(target, int) else target, layer=layer,
                   top_k=top_k, resize=resize, faithfulness=faithfulness,
-                  outputs=list(outputs) if outputs is not None else None, overlay_format=overlay_format, **options)
+                  outputs=",".join(outputs) if outputs is not None else None, overlay_format=overlay_format,
+                  **options)
     return Call("POST", f"/v1/models/{_segment(model)}/explain", _reader(ExplainResponse), data=data, files=files)
 
 

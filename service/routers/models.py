@@ -21,7 +21,7 @@ from core.errors import InvalidRequest
 from core.explain.faithfulness import DEFAULT_STEPS, Faithfulness
 from core.imaging import decode_images, preprocess
 from core.models.spec import ModelSpec
-from core.names import MAX_INDEX, MAX_TOP_K
+from core.names import MAX_INDEX, MAX_TOP_K, OUTPUTS
 from schemas import models as wire
 from service.dependencies import (MetricsDep, ModelDep, RegistryDep, SettingsDep, admitted, explanation_slot,
                                   read_uploads)
@@ -129,7 +129,11 @@ def _explain_outputs(image_answer: str | None, files: int, outputs: list[str] | 
     """What to render: the request's outputs (the field repeated, or a comma list), else the
     overlay for an image answer, else the operator's default; refused where an image answer
     cannot carry what was asked."""
+    given = outputs is not None
     outputs = [part.strip() for value in outputs or [] for part in value.split(",") if part.strip()]
+    if given and not outputs:
+        raise InvalidRequest("outputs names nothing: name any of heatmap, overlay, map, or leave the field out "
+                             "for the default", field="outputs", valid=list(OUTPUTS))
     if image_answer is None:
         return tuple(outputs or settings.explain_outputs)
     accept = f"Accept: {MEDIA_TYPES[image_answer]}"

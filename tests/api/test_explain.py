@@ -235,6 +235,9 @@ def test_outputs_can_be_chosen(client, chelsea_jpeg):
     assert explanation["overlay"] is None and explanation["heatmap_png"] and explanation["map"]
     bad = explain(client, [upload(chelsea_jpeg)], outputs=["movie"])
     assert bad.status_code == 422 and bad.json()["valid"] == ["heatmap", "overlay", "map"]
+    for nothing in ([""], [" , "]):  # not the default: a client that asked for less would get more
+        empty = explain(client, [upload(chelsea_jpeg)], outputs=nothing)
+        assert empty.status_code == 422 and "names nothing" in empty.json()["detail"], nothing
 
 
 def onnx_runs(model, monkeypatch, outputs=("logits",)) -> list[int]:

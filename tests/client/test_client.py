@@ -70,6 +70,10 @@ def test_a_bad_file_is_one_error_type_with_the_problem_fields(gazer, photos):
     assert raised.value.extras["errors"] == [{"field": "method", "message": "unknown method 'no-such-method'"}]
     assert "gradcam" in raised.value.extras["valid"]
 
+    with pytest.raises(ApiError) as raised:  # asked for no pictures: told so, not sent the default two
+        gazer.explain(photos["chelsea"], outputs=[])
+    assert raised.value.status == 422 and "names nothing" in raised.value.detail
+
     with pytest.raises(ApiError) as raised:
         gazer.model("no-such-model")
     assert raised.value.status == 404 and raised.value.problem()["type"] == "/problems/unknown-model"

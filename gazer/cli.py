@@ -19,7 +19,7 @@ from gazer import grid
 from gazer.calls import DEFAULT_MODEL
 from gazer.client import Client, default_url
 from gazer.errors import ApiError
-from schemas.api_keys import SCOPES, create_key
+from schemas.api_keys import SCOPES, create_key, read_key_file, revoke_key
 from schemas.jobs import FineTuneRequest, Job
 
 INTERRUPTED = 130  # what a shell reports for a command stopped by SIGINT
@@ -417,13 +417,27 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--cam-layer", default=None)
 
     keys = group("keys", "API keys, in the service's key file (run where the service runs)")
-    sub = command(keys, "create", cmd_keys_create, "make a key, print it once and store only its hash")
-    sub.set_defaults(local=True)
+
+    def key_command(name: str, run: Callable[[argparse.Namespace], int], text: str) -> argparse.ArgumentParser:
+        sub = command(keys, name, run, text)
+        sub.set_defaults(local=True)
+        sub.add_argument("--file", type=Path, default=os.environ.get("GAZER_API_KEYS"),
+                         help="the key file (default $GAZER_API_KEYS)")
+        return sub
+
+    sub = key_command("create", cmd_keys_create, "make a key, print it once and store only its hash")
     sub.add_argument("--scopes", required=True, help=f"comma-separated, of: {', '.join(SCOPES)}")
     sub.add_argument("--label", default="", help="who or what the key is for")
-    sub.add_argument("--file", type=Path, default=os.environ.get("GAZER_API_KEYS"),
-                     help="the key file (default $GAZER_API_KEYS)")
+    key_command("list", cmd_keys_list, "the keys in the file: id, scopes, label, when made (never the key)")
+    sub = key_command("revoke", cmd_keys_revoke, "remove a key: the service refuses it from its next request")
+    sub.add_argument("id", metavar="ID", help="the key's id, as `gazer keys list` shows it (gz_<ID>_...)")
     return parser
+
+
+def _no_key_file(args: argparse.Namespace) -> bool:
+    if args.file is None:
+        print("gazer: name the key file with --file or GAZER_API_KEYS", file=sys.stderr)
+    return args.file is None
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
@@ -432,13 +446,35 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     if not scopes or unknown:
         print(f"gazer: scopes must be some of {', '.join(SCOPES)}; got {args.scopes!r}", file=sys.stderr)
         return 2
-    if args.file is None:
-        print("gazer: name the key file with --file or GAZER_API_KEYS", file=sys.stderr)
+    if _no_key_file(args):
         return 2
     key, record = create_key(args.file, scopes, args.label)
     print(key)
     print(f"key {record.id} ({', '.join(record.scopes)}) added to {args.file}; the key is not stored, "
           f"keep it now", file=sys.stderr)
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    if _no_key_file(args):
+        return 2
+    records = read_key_file(args.file).keys
+    print(table(["id", "scopes", "label", "created"],
+                [(record.id, ",".join(record.scopes), record.label,
+                  time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created_at))) for record in records]))
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    if _no_key_file(args):
+        return 2
+    try:
+        record = revoke_key(args.file, args.id)
+    except KeyError:
+        print(f"gazer: {args.file} has no key {args.id!r}; `gazer keys list` shows the ids", file=sys.stderr)
+        return 1
+    print(f"key {record.id} ({', '.join(record.scopes)}{', ' + record.label if record.label else ''}) revoked",
+          file=sys.stderr)
     return 0
 
 

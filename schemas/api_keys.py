@@ -4,13 +4,15 @@ stored. Keys are 32 random bytes, so a plain SHA-256 is enough: nothing to guess
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
 import os
 import secrets
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Iterator, Literal
 
 from pydantic import BaseModel, Field
 
@@ -65,22 +67,42 @@ def find_key(keys: KeyFile, key: str) -> KeyRecord | None:
     return None
 
 
-def create_key(path: Path, scopes: list[str], label: str = "") -> tuple[str, KeyRecord]:
-    """A new key, added to the file (written aside, then renamed over it, mode 0600).
-    Returns the key, which is not kept anywhere."""
-    keys = read_key_file(path)
-    taken = {record.id for record in keys.keys}
-    identifier = secrets.token_hex(4)
-    while identifier in taken:
-        identifier = secrets.token_hex(4)
-    key = f"{PREFIX}{identifier}_{secrets.token_urlsafe(32).replace('_', '-')}"
-    record = KeyRecord(id=identifier, sha256=digest(key), scopes=sorted(set(scopes), key=SCOPES.index),
-                       label=label, created_at=time.time())
-    keys.keys.append(record)
+@contextmanager
+def _editing(path: Path) -> Iterator[KeyFile]:
+    """The key file to change in place: locked against another `gazer keys` run meanwhile, then
+    written aside and renamed over the file (mode 0600), so the service never reads half of it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    staged = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    descriptor = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(keys.model_dump_json(indent=1))
-    os.replace(staged, path)
+    with open(path.with_name(f".{path.name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        keys = read_key_file(path)
+        yield keys
+        staged = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+        descriptor = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(keys.model_dump_json(indent=1))
+        os.replace(staged, path)
+
+
+def create_key(path: Path, scopes: list[str], label: str = "") -> tuple[str, KeyRecord]:
+    """A new key, added to the file. Returns the key, which is not kept anywhere."""
+    with _editing(path) as keys:
+        taken = {record.id for record in keys.keys}
+        identifier = secrets.token_hex(4)
+        while identifier in taken:
+            identifier = secrets.token_hex(4)
+        key = f"{PREFIX}{identifier}_{secrets.token_urlsafe(32).replace('_', '-')}"
+        record = KeyRecord(id=identifier, sha256=digest(key), scopes=sorted(set(scopes), key=SCOPES.index),
+                           label=label, created_at=time.time())
+        keys.keys.append(record)
     return key, record
+
+
+def revoke_key(path: Path, identifier: str) -> KeyRecord:
+    """Remove the key with this id from the file (the service refuses it from its next request);
+    KeyError when the file has none."""
+    with _editing(path) as keys:
+        found = [record for record in keys.keys if record.id == identifier]
+        if not found:
+            raise KeyError(identifier)
+        keys.keys = [record for record in keys.keys if record.id != identifier]
+    return found[0]

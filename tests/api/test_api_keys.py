@@ -210,6 +210,33 @@ def test_a_key_made_while_the_service_runs_works_at_once(api, keys):
     assert api.get("/v1/jobs", headers={"X-API-Key": key}).status_code == 200
 
 
+def gazer_keys(*args: str, file: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gazer", "keys", *args, "--file", str(file)], capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_gazer_keys_creates_lists_and_revokes_and_the_service_follows_at_once(api, keys):
+    made = gazer_keys("create", "--scopes", "jobs", "--label", "ci runner", file=keys[0])
+    assert made.returncode == 0, made.stderr
+    key = made.stdout.strip()
+    identifier = key.split("_")[1]
+    assert api.get("/v1/jobs", headers={"X-API-Key": key}).status_code == 200
+
+    listed = gazer_keys("list", file=keys[0])
+    assert listed.returncode == 0, listed.stderr
+    row = next(line for line in listed.stdout.splitlines() if line.startswith(identifier))
+    assert "jobs" in row and "ci runner" in row
+    assert key not in listed.stdout and key.split("_")[2] not in listed.stdout  # nor the key, nor its secret
+    assert "alice" in listed.stdout and "admin" in listed.stdout
+
+    revoked = gazer_keys("revoke", identifier, file=keys[0])
+    assert revoked.returncode == 0 and "revoked" in revoked.stderr, revoked.stderr
+    assert_problem(api.get("/v1/jobs", headers={"X-API-Key": key}), 401, "not known")
+    assert api.get("/v1/jobs", headers=as_(keys, "alice")).status_code == 200  # the others stay
+    again = gazer_keys("revoke", identifier, file=keys[0])
+    assert again.returncode == 1 and "no key" in again.stderr
+
+
 def test_pages_of_other_origins_and_unknown_hosts_are_refused(api, keys, client):
     foreign = api.get("/v1/jobs", headers={**as_(keys, "alice"), "Origin": "http://evil.example"})
     assert_problem(foreign, 403, "evil.example")

@@ -25,7 +25,7 @@ from service.limits import RequestSizeLimit
 from service.metrics import Metrics
 from service.guards import RefuseForeignOrigins, RefuseUnknownHosts
 from service.queue import JobQueue
-from service.rate_limits import RateLimiter, StreamSlots, limit_requests
+from service.rate_limits import LimitRequestsBeforeBodies, RateLimiter, StreamSlots
 from service.retention import sweep_forever
 from service.request_context import RequestContext
 from service.routers import datasets, docs, health, jobs, metrics, model_versions, models, web
@@ -83,11 +83,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     # Outermost last: ids and metrics, then Host, Origin and CORS, then keys and scopes (their
     # 401s and 403s carry CORS headers, and come before anything reads a body), then a full
-    # queue's early 503 (told only to callers with a key), then the size limit.
+    # queue's early 503 (told only to callers with a key), then the request rate, then the size limit.
     app.add_middleware(RequestSizeLimit, max_bytes=settings.max_request_bytes,
                        per_path={"/v1/datasets": settings.max_dataset_bytes, "/v1/models": settings.max_model_bytes},
                        idle_seconds=settings.body_idle_seconds,
                        min_bytes_per_second=settings.body_min_bytes_per_second)
+    app.add_middleware(LimitRequestsBeforeBodies, limiter=app.state.request_limiter, keys=app.state.keys)
     app.add_middleware(RefuseWhenQueueFull, queues=app.state.model_queues)
     app.add_middleware(KeysBeforeBodies, keys=app.state.keys)
     if settings.cors_origin_list:
@@ -98,11 +99,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RefuseUnknownHosts, allowed=settings.allowed_host_list)
     app.add_middleware(RequestContext, metrics=app.state.metrics)  # outside the size limit: its 413s count too
     app.include_router(health.router)
-    limited = Depends(limit_requests)
-    app.include_router(model_versions.router, dependencies=[limited], responses=PROBLEM_RESPONSES)
-    app.include_router(models.router, dependencies=[Depends(requires("predict")), limited], responses=PROBLEM_RESPONSES)
-    app.include_router(datasets.router, dependencies=[Depends(requires("jobs")), limited], responses=PROBLEM_RESPONSES)
-    app.include_router(jobs.router, dependencies=[Depends(requires("jobs")), limited], responses=PROBLEM_RESPONSES)
+    app.include_router(model_versions.router, responses=PROBLEM_RESPONSES)
+    app.include_router(models.router, dependencies=[Depends(requires("predict"))], responses=PROBLEM_RESPONSES)
+    app.include_router(datasets.router, dependencies=[Depends(requires("jobs"))], responses=PROBLEM_RESPONSES)
+    app.include_router(jobs.router, dependencies=[Depends(requires("jobs"))], responses=PROBLEM_RESPONSES)
     app.include_router(metrics.router)
     app.include_router(web.router)
     app.mount("/static", web.static_files(), name="static")

@@ -10,9 +10,12 @@ from collections import OrderedDict
 from typing import Callable
 
 from fastapi import Request
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core.errors import GazerError
-from service.auth import Caller, CallerDep
+from service.auth import Caller, KeyStore, authenticate
+from service.errors import gazer_error_response
 
 
 class TooManyRequests(GazerError):
@@ -98,15 +101,36 @@ class StreamSlots:
 
 def client_id(caller: Caller, request: Request) -> str:
     """Whom the limits count against: the key, or the address when the service is open."""
+    return _client(caller, request.client.host if request.client else None)
+
+
+def _client(caller: Caller, address: str | None) -> str:
     if caller.owner is not None:
         return key_client(caller.owner)
-    return f"address:{request.client.host if request.client else 'unknown'}"
+    return f"address:{address or 'unknown'}"
 
 
 def key_client(owner: str) -> str:
     return f"key:{owner}"
 
 
-async def limit_requests(request: Request, caller: CallerDep) -> None:
-    """A dependency of every /v1 route: one token of the client's request bucket."""
-    request.app.state.request_limiter.take(client_id(caller, request))
+class LimitRequestsBeforeBodies:
+    """One token of the client's request bucket for each /v1 request, taken before its body is
+    read: a client over its rate gets its 429 without the service taking in its upload first.
+    Placed inside KeysBeforeBodies (a key is known and good by then) and RefuseWhenQueueFull
+    (a request refused for a full queue is not charged)."""
+
+    def __init__(self, app: ASGIApp, limiter: RateLimiter, keys: KeyStore | None) -> None:
+        self.app = app
+        self.limiter = limiter
+        self.keys = keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (scope["path"] + "/").startswith("/v1/"):
+            try:
+                caller = authenticate(self.keys, Headers(scope=scope))
+                self.limiter.take(_client(caller, scope["client"][0] if scope.get("client") else None))
+            except GazerError as refused:
+                await gazer_error_response(refused)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

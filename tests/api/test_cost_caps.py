@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.settings import Settings
 from support import chelsea, encode, shapes_archive, upload
+from tests.api.test_api_keys import post_lazily
 from tests.conftest import MODEL
 from tests.live_service import LiveService
 
@@ -53,6 +54,10 @@ def test_requests_over_the_rate_are_429_with_retry_after(limited):
     assert refused.headers["content-type"] == "application/problem+json"
     assert 1 <= int(refused.headers["retry-after"]) <= 2 and "1 requests per second" in refused.json()["detail"]
     assert limited.get("/healthz").status_code == 200  # health is not limited
+    # refused before its body is read: an upload over the rate is not taken in first
+    path = f"/v1/models/{MODEL}/predict"
+    assert 429 in [post_lazily(limited, path, {}, mebibytes=0)[0] for _ in range(5)]  # that client's bucket
+    assert post_lazily(limited, path, {}, mebibytes=40) == (429, 0)
 
 
 def test_compute_over_the_rate_is_429(limited):

@@ -123,6 +123,12 @@ def _resolve_targets(targets: list[int] | None, count: int, spec: ModelSpec) -> 
     return torch.tensor(targets * count if len(targets) == 1 else targets, dtype=torch.long)
 
 
+def default_method(model: LoadedModel) -> str:
+    """What explain runs when the request names no method: Grad-CAM, or occlusion (the cheaper
+    model-agnostic method) for a model served from ONNX alone, which has no gradients."""
+    return "gradcam" if "gradcam" in model.methods else "occlusion"
+
+
 def _resolve_method(model: LoadedModel, method_name: str) -> Method:
     if method_name not in METHODS:
         raise UnknownMethod(f"unknown method {method_name!r}", field="method", valid=sorted(METHODS))

@@ -35,7 +35,8 @@ def methods_description() -> str:
     for name, method in METHODS.items():
         options = [field.name for field in dataclasses.fields(method.Options)]
         listed.append(f"{name} ({', '.join(options)})" if options else name)
-    return "one of: " + "; ".join(listed) + ". Options a method does not take are refused (422)."
+    return ("one of: " + "; ".join(listed) + ". Default gradcam, or occlusion for a model served from ONNX "
+            "alone. Options a method does not take are refused (422).")
 
 
 def _envelope(fields: list[dataclasses.Field]) -> dict[str, float]:

@@ -174,7 +174,7 @@ async def explain(
     caller: CallerDep,
     file: Files,
     options: Annotated[dict[str, Any], Depends(method_options)],
-    method: Annotated[str, Form(description=methods_description())] = "gradcam",
+    method: Annotated[str | None, Form(description=methods_description())] = None,
     target: Annotated[list[Annotated[int, Field(ge=0, lt=MAX_INDEX)]] | None,
                       Form(description="class index; one for all files or one per file; "
                                                          "default each image's top-1")] = None,
@@ -189,6 +189,7 @@ async def explain(
         description="the overlay's format: jpeg (quality 75, a tenth of PNG's size), png (lossless) or webp; "
                     "an Accept header for an image decides it instead")] = "jpeg",
 ) -> Response:
+    method = pipeline.default_method(model) if method is None else method
     image_answer = preferred_image(request.headers.get("accept", ""), MEDIA_TYPES)
     wanted = _explain_outputs(image_answer, len(file), outputs, faithfulness, settings)
     overlay_format = image_answer or overlay_format

@@ -195,3 +195,8 @@ def test_the_same_network_uploaded_as_onnx_gives_the_same_top5(client, uploaded)
     occluded = client.post(f"/v1/models/{name}-onnx/explain", files=photos,
                            data={"method": "occlusion", "window": 64, "stride": 32})
     assert occluded.status_code == 200, occluded.text
+    by_default = client.post(f"/v1/models/{name}-onnx/explain", files=photos, data={"window": 64, "stride": 32})
+    assert by_default.status_code == 200, by_default.text  # no method named: one this model answers
+    assert by_default.json()["results"][0]["explanation"]["method"] == "occlusion"
+    assert client.post(f"/v1/models/{name}/explain", files=photos).json()["results"][0]["explanation"]["method"] \
+        == "gradcam"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -28,6 +29,10 @@ from core.runtime.onnx_predictor import OnnxPredictor
 from core.storage import Storage, check_name
 
 log = logging.getLogger(__name__)
+
+# A model that failed to load is tried again after this long. ONNX Runtime's exceptions do not
+# tell a corrupt file from a failed allocation: the one costs a load a minute, the other heals.
+RETRY_FAILED_LOAD_SECONDS = 60.0
 
 
 @dataclass
@@ -93,7 +98,8 @@ class ModelRegistry:
         self.max_loaded = max_loaded
         self.resident = resident
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
-        self._failures: dict[str, str] = {}
+        self._failures: dict[str, str] = {}  # ref -> why it failed to load
+        self._failed_at: dict[str, float] = {}
         self._specs: dict[str, ModelSpec] = {}
         self._lock = threading.Lock()       # held while a model loads
         self._order_lock = threading.Lock()  # held briefly around every change of `_loaded`
@@ -170,10 +176,20 @@ class ModelRegistry:
         raise ModelNotReady(f"no version of {name!r} can be served: "
                             f"{'; '.join(f'{key}: {why}' for key, why in self._failures.items() if key.startswith(name + '@'))}")
 
+    def _fail(self, ref: str, detail: str) -> None:
+        self._failures[ref], self._failed_at[ref] = detail, time.monotonic()
+
+    def _forget_stale_failure(self, ref: str) -> None:
+        failed_at = self._failed_at.get(ref)
+        if failed_at is not None and time.monotonic() - failed_at >= RETRY_FAILED_LOAD_SECONDS:
+            self._failures.pop(ref, None)
+            self._failed_at.pop(ref, None)
+
     def _get(self, spec: ModelSpec) -> LoadedModel:
         loaded = self._touch(spec.ref)
         if loaded is not None:
             return loaded
+        self._forget_stale_failure(spec.ref)
         if spec.ref in self._failures:
             raise ModelNotReady(f"model {spec.ref!r} is not served: {self._failures[spec.ref]}")
         with self._lock:
@@ -188,9 +204,9 @@ class ModelRegistry:
                     log.exception("model %s failed to load", spec.ref)
                     raise ModelNotReady(f"model {spec.ref!r} could not be loaded now: {_without_cause(error)}") \
                         from None
-                except Exception as error:  # a corrupt file: it fails the same way every time
+                except Exception as error:  # a corrupt file fails the same way each time: not tried per request
                     log.exception("model %s failed to load", spec.ref)
-                    self._failures[spec.ref] = f"loading failed: {_without_cause(error)}"
+                    self._fail(spec.ref, f"loading failed: {_without_cause(error)}")
                     raise ModelNotReady(f"model {spec.ref!r} is not served: {self._failures[spec.ref]}") from None
             with self._order_lock:
                 loaded = self._loaded.get(spec.ref)
@@ -233,7 +249,7 @@ class ModelRegistry:
             check_agreement(network, predictor, spec.input_size,
                             FP16_AGREEMENT_TOLERANCE if half else AGREEMENT_TOLERANCE)
         except ModelNotReady as refused:
-            self._failures[spec.ref] = refused.detail
+            self._fail(spec.ref, refused.detail)
             log.error("model %s: %s", spec.ref, refused.detail)
             raise ModelNotReady(f"model {spec.ref!r} is not served: {refused.detail}") from None
         # After the check, which compares the file with the weights: the layout changes only
@@ -285,6 +301,7 @@ class ModelRegistry:
         with self._order_lock:
             self._loaded.pop(spec.ref, None)
         self._failures.pop(spec.ref, None)
+        self._failed_at.pop(spec.ref, None)
         self._specs.pop(spec.ref, None)
 
     def pin(self, name: str, version: int) -> None:

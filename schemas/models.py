@@ -96,6 +96,7 @@ class ModelDetail(ModelSummary):
     default_layer: str
     layers: list[str]
     methods: list[str]
+    default_method: str  # what explain runs when a request names no method
     attention: list[str]
     preprocessing: Preprocessing
     weights_digest: str

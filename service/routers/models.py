@@ -89,7 +89,8 @@ def describe_model(model: ModelDep, registry: RegistryDep) -> wire.ModelDetail:
     spec = model.spec
     return wire.ModelDetail(
         **_summary(spec).model_dump(), default_layer=spec.cam_layer, layers=list(model.layers),
-        methods=model.methods, attention=model.attention, weights_digest=spec.weights_digest,
+        methods=model.methods, default_method=pipeline.default_method(model), attention=model.attention,
+        weights_digest=spec.weights_digest,
         status=registry.state(spec.ref)["state"],
         preprocessing=wire.Preprocessing(mean=spec.mean, std=spec.std, center_crop=spec.input_size,
                                          resize_short_side_to=spec.input_size + spec.resize_margin,

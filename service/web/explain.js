@@ -120,7 +120,7 @@ async function selectModel(ref) {
     .concat(detail.methods.filter((m) => !state.schema.order.includes(m)));
   const select = $("method-select");
   const keep = methods.includes(state.method) ? state.method
-    : methods.includes(state.schema.defaultMethod) ? state.schema.defaultMethod : methods[0];
+    : methods.includes(detail.default_method) ? detail.default_method : methods[0];
   select.replaceChildren(...methods.map((m) => el("option", { value: m }, m)));
   select.value = keep;
   selectMethod(keep);

@@ -52,7 +52,7 @@ export function explainSchema(spec) {
       return option;
     });
   }
-  return { order, options, defaultMethod: props.method.default, props };
+  return { order, options, props };
 }
 
 // One input for a scalar schema. Returns the input (or select).

@@ -190,6 +190,8 @@ def test_the_same_network_uploaded_as_onnx_gives_the_same_top5(client, uploaded)
     assert [p["index"] for p in from_onnx[0]["predictions"]] == [p["index"] for p in from_torch[0]["predictions"]]
     described = client.get(f"/v1/models/{name}-onnx").json()
     assert described["methods"] == ["occlusion", "rise"] and described["architecture"] == "onnx"
+    assert described["default_method"] == "occlusion"
+    assert client.get(f"/v1/models/{name}").json()["default_method"] == "gradcam"
     refused = client.post(f"/v1/models/{name}-onnx/explain", files=photos, data={"method": "gradcam"})
     assert refused.status_code == 422 and refused.json()["valid"] == ["occlusion", "rise"]
     occluded = client.post(f"/v1/models/{name}-onnx/explain", files=photos,

@@ -180,10 +180,21 @@ def explain_cost(model: LoadedModel, method_name: str, layer: str | None, option
     return images * (per_image + (2 * (FAITHFULNESS_STEPS + 1) if faithfulness else 0))
 
 
-def _check_outputs(outputs: tuple[str, ...]) -> None:
+# The most raw map values one request returns (`outputs=map`): 64 maps of Lite2's 260 x 260
+# input. As JSON each value is about 7 bytes, and a Python float while the answer is built.
+MAX_MAP_VALUES = 64 * 260 * 260
+
+
+def _check_outputs(outputs: tuple[str, ...], model: LoadedModel, method: Method, images: int) -> None:
     for output in outputs:
         if output not in OUTPUTS:
             raise InvalidRequest(f"unknown output {output!r}", field="outputs", valid=list(OUTPUTS))
+    # a layer method's map has its layer's resolution, smaller than the input's
+    values = 0 if isinstance(method, LayerMethod) else images * model.spec.input_size ** 2
+    if "map" in outputs and values > MAX_MAP_VALUES:
+        raise InvalidRequest(f"outputs=map would return {values} values ({images} maps of "
+                             f"{model.spec.input_size} x {model.spec.input_size}); a request returns at most "
+                             f"{MAX_MAP_VALUES}: send fewer files, or ask for the heatmap", field="outputs")
 
 
 def explain(model: LoadedModel, images: list[Image.Image], method_name: str,
@@ -198,7 +209,7 @@ def explain(model: LoadedModel, images: list[Image.Image], method_name: str,
     layer's (or the input's) resolution. `resize`: see imaging.RESIZE_MODES.
     `faithfulness`: each map's deletion and insertion scores, on ONNX Runtime."""
     method, checked, layer = _plan(model, method_name, layer, options)
-    _check_outputs(outputs)
+    _check_outputs(outputs, model, method, len(images))
     if overlay_format not in IMAGE_FORMATS:
         raise InvalidRequest(f"unknown overlay_format {overlay_format!r}", field="overlay_format",
                              valid=list(IMAGE_FORMATS))

@@ -17,6 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from safetensors.torch import save
 
+from core.pipeline import MAX_MAP_VALUES
 from service.app import create_app
 from service.settings import Settings
 from support import chelsea, encode, upload
@@ -112,7 +113,7 @@ def test_unknown_architectures_and_bad_preprocessing_are_422(client, small_resne
     assert_refused(post_weights(client, weights_of(small_resnet), cam_layer="fc"), 422, "cam_layer", "feature map")
 
 
-def onnx_classifier(external_data: bool = False, domain: str = "") -> onnx.ModelProto:
+def onnx_classifier(external_data: bool = False, domain: str = "", side: int = 32) -> onnx.ModelProto:
     weight = numpy_helper.from_array(np.ones((4, 3), dtype=np.float32), "weight")
     nodes = [helper.make_node("GlobalAveragePool", ["pixels"], ["pooled"]),
              helper.make_node("Flatten", ["pooled"], ["flat"]),
@@ -120,7 +121,7 @@ def onnx_classifier(external_data: bool = False, domain: str = "") -> onnx.Model
     if domain:
         nodes.append(helper.make_node("Mystery", ["scores"], ["extra"], domain=domain))
     graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("pixels", TensorProto.FLOAT,
-                                                                              ["n", 3, 32, 32])],
+                                                                              ["n", 3, side, side])],
                               [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["n", 4])],
                               initializer=[weight])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -131,6 +132,23 @@ def onnx_classifier(external_data: bool = False, domain: str = "") -> onnx.Model
         entry.key, entry.value = "location", "../../../../etc/passwd"
         model.graph.initializer[0].CopyFrom(weight)
     return model
+
+
+def test_raw_maps_are_bounded_per_request(client):
+    """outputs=map returns each map at the input's resolution: at 1024 x 1024, five are over the budget."""
+    response = client.post("/v1/models", data={"name": "wide-onnx", "input_size": 1024},
+                           files={"onnx": ("m.onnx", onnx_classifier(side=1024).SerializeToString())})
+    assert response.status_code == 201, response.text
+    photos = [upload(encode(chelsea()))] * 5
+    cheap = {"window": 224, "stride": 224}  # a few dozen occluded inputs per image: under the compute budget
+    refused = client.post("/v1/models/wide-onnx/explain", files=photos, data={"outputs": "map", **cheap})
+    assert refused.status_code == 422, refused.text
+    assert f"outputs=map would return 5242880 values (5 maps of 1024 x 1024); a request returns at most " \
+        f"{MAX_MAP_VALUES}" in refused.json()["detail"]
+    small = client.post("/v1/models/wide-onnx/explain", files=photos[:1],
+                        data={"outputs": "heatmap,map", **cheap})
+    assert small.status_code == 200, small.text
+    assert np.asarray(small.json()["results"][0]["explanation"]["map"]).shape == (1024, 1024)
 
 
 def test_onnx_with_external_data_or_custom_operators_is_422(client):

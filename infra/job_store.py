@@ -50,6 +50,11 @@ def _active_key(client: str) -> str:
     return f"gazer:active:{client}"
 
 
+def _kept_key(client: str) -> str:
+    """`client`'s jobs whose records are kept, in any state, by when they were made."""
+    return f"gazer:kept:{client}"
+
+
 _WORKERS = "gazer:workers"  # sorted set: worker name -> when it last said it was alive
 
 
@@ -94,6 +99,7 @@ class JobStore:
             transaction.zadd(_INDEX, {fields["id"]: fields["created_at"]})
             if active:
                 transaction.sadd(active, fields["id"])
+                transaction.zadd(_kept_key(client), {fields["id"]: fields["created_at"]})
             return True
 
         return self.redis.transaction(write, *([active] if active else []), value_from_callable=True)
@@ -123,6 +129,7 @@ class JobStore:
             writes.zrem(_INDEX, job_id)
             if client:
                 writes.srem(_active_key(client), job_id)
+                writes.zrem(_kept_key(client), job_id)
             writes.execute()
 
     def get(self, job_id: str) -> dict[str, Any]:
@@ -228,16 +235,41 @@ class JobStore:
             return []
         with self.redis.pipeline(transaction=False) as reads:
             for job_id in candidates:
-                reads.hmget(_key(job_id), ("state", "finished_at"))
+                reads.hmget(_key(job_id), ("state", "finished_at", "client"))
             rows = reads.execute()
-        expired = [job_id for job_id, (state, finished_at) in zip(candidates, rows)
-                   if state is None or (state in TERMINAL and float(finished_at or 0) < finished_before)]
-        if expired:
-            with self.redis.pipeline(transaction=True) as writes:
-                writes.delete(*[_key(job_id) for job_id in expired])
-                writes.zrem(_INDEX, *expired)
-                writes.execute()
-        return expired
+        expired = {job_id: client for job_id, (state, finished_at, client) in zip(candidates, rows)
+                   if state is None or (state in TERMINAL and float(finished_at or 0) < finished_before)}
+        self._delete(expired)
+        return list(expired)
+
+    def trim_finished(self, client: str, keep: int) -> list[str]:
+        """Deletes the records of `client`'s oldest ended jobs until it keeps fewer than `keep`
+        (room for one more); returns their ids. Jobs still queued or running are never taken."""
+        kept = _kept_key(client)
+        excess = self.redis.zcard(kept) - keep + 1
+        if excess <= 0:
+            return []
+        candidates = self.redis.zrange(kept, 0, excess + self.redis.scard(_active_key(client)) - 1)
+        with self.redis.pipeline(transaction=False) as reads:
+            for job_id in candidates:
+                reads.hget(_key(job_id), "state")
+            states = reads.execute()
+        ended = [job_id for job_id, state in zip(candidates, states) if state is None or state in TERMINAL]
+        trimmed = {job_id: client for job_id in ended[:excess]}
+        self._delete(trimmed)
+        return list(trimmed)
+
+    def _delete(self, records: dict[str, str | None]) -> None:
+        """Job id -> its client: the records, their index entries and their place among the client's."""
+        if not records:
+            return
+        with self.redis.pipeline(transaction=True) as writes:
+            writes.delete(*[_key(job_id) for job_id in records])
+            writes.zrem(_INDEX, *records)
+            for job_id, client in records.items():
+                if client:
+                    writes.zrem(_kept_key(client), job_id)
+            writes.execute()
 
     def worker_alive(self, worker: str) -> None:
         self.redis.zadd(_WORKERS, {worker: time.time()})

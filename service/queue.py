@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from contextlib import contextmanager, suppress
 from typing import Any, Iterator
 
@@ -10,6 +11,7 @@ import redis
 from celery import Celery
 
 from core.errors import ServiceBusy, StorageFailed
+from core.storage import Storage
 
 from infra.celery_config import RUN_JOB_TASK, celery_config
 from infra.job_store import JobStore
@@ -30,10 +32,13 @@ class JobQueue:
         self.celery.conf.update(celery_config(redis_url, visibility_timeout))
 
     def submit(self, job_type: str, params: dict[str, Any], owner: str | None, client: str,
-               limit: int) -> dict[str, Any]:
+               limit: int, keep: int, storage: Storage) -> dict[str, Any]:
         """The record and its message both exist, or neither does (503); 429 when `client`
-        already has `limit` jobs queued or running."""
+        already has `limit` jobs queued or running. Where `client` keeps `keep` job records,
+        its oldest ended jobs go first, their artifacts too."""
         try:
+            for job_id in self.store.trim_finished(client, keep):
+                shutil.rmtree(storage.job_artifacts(job_id), ignore_errors=True)
             job = self.store.create(job_type, params, owner, client=client, limit=limit)
         except redis.OutOfMemoryError:
             raise StorageFailed("the job store is full (Redis reached its maxmemory); finished jobs must expire "

@@ -55,7 +55,8 @@ def _visible_job(job_id: str, queue: QueueDep, caller: Caller) -> dict[str, Any]
 def _submit(job_type: str, params: dict[str, Any], queue: QueueDep, caller: Caller, request: Request,
             settings: SettingsDep, response: Response) -> Job:
     """Queued as the caller's (429 when it has its limit of jobs queued or running); 202 + Location."""
-    job = queue.submit(job_type, params, caller.owner, client_id(caller, request), settings.max_active_jobs_per_client)
+    job = queue.submit(job_type, params, caller.owner, client_id(caller, request), settings.max_active_jobs_per_client,
+                       settings.max_jobs_kept_per_client, request.app.state.registry.storage)
     response.headers["Location"] = f"/v1/jobs/{job['id']}"
     return Job(**job)
 

@@ -1,5 +1,5 @@
 """The job index on a real redis-server: listing pages through it, newest first; each
-client's queued and running jobs, counted against its limit."""
+client's queued and running jobs, counted against its limit; the records each client keeps."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import time
 import pytest
 
 from core.errors import TooManyJobs
+from core.storage import Storage
 from infra.embedded_redis import EmbeddedRedis
 from infra.job_store import JobStore
 from infra.sweeps import SweepHost
+from service.queue import JobQueue
 
 
 def test_listing_reads_past_the_first_page_and_filters(tmp_path):
@@ -75,3 +77,32 @@ def test_a_sweeps_trials_do_not_count_against_its_client(redis_server):
     assert all(store.get(trial)["owner"] == "carol" for trial in trials)
     with pytest.raises(TooManyJobs):
         store.create("sweep", {}, owner="carol", client="key:carol", limit=1)
+
+
+def test_a_client_keeps_a_bounded_number_of_job_records_its_oldest_ended_ones_going_first(redis_server, tmp_path):
+    """A submit-and-cancel loop does not grow Redis and the disk without end: beyond `keep`
+    records, the client's oldest ended jobs go (records and artifacts); live jobs never do."""
+    queue = JobQueue(redis_server.url, lease_seconds=60, visibility_timeout=3600)
+    storage = Storage(tmp_path)
+
+    def submit(client: str = "key:erin") -> str:
+        return queue.submit("fine_tune", {}, None, client, limit=3, keep=5, storage=storage)["id"]
+
+    running = submit()
+    assert queue.store.claim(running, "worker")
+    ended = []
+    for _ in range(4):
+        job_id = submit()
+        queue.store.cancel(job_id)
+        storage.job_artifacts(job_id).mkdir(parents=True)
+        ended.append(job_id)
+    other = submit("key:frank")
+    newest = submit()  # erin keeps 5: her oldest ended job goes to make room
+    assert not queue.store.exists(ended[0]) and not storage.job_artifacts(ended[0]).exists()
+    assert all(queue.store.exists(job_id) for job_id in [running, *ended[1:], newest, other])
+    assert storage.job_artifacts(ended[1]).exists()
+    for _ in range(3):  # cancelled as they come: only ended ones go, the running one stays
+        queue.store.cancel(submit())
+    assert queue.store.exists(running) and queue.store.get(running)["state"] == "running"
+    assert queue.store.redis.zcard("gazer:kept:key:erin") == 5 and queue.store.exists(other)
+    assert [job_id for job_id in ended if queue.store.exists(job_id)] == []

@@ -19,8 +19,7 @@ Result = TypeVar("Result")
 
 _in_pool = threading.local()
 _pool_lock = threading.Lock()
-_shared_pool: ThreadPoolExecutor | None = None
-_spreading_pool: ThreadPoolExecutor | None = None
+_pools: dict[str, ThreadPoolExecutor] = {}
 
 
 def cpu_count() -> int:
@@ -32,21 +31,21 @@ def _mark_pool_thread() -> None:
     _in_pool.value = True
 
 
-def _pool() -> ThreadPoolExecutor:
-    global _shared_pool
+def _executor(name: str, initializer: Callable[[], None] | None = None) -> ThreadPoolExecutor:
+    """A pool of a thread per core, named `name`, started on first use."""
     with _pool_lock:
-        if _shared_pool is None:
-            _shared_pool = ThreadPoolExecutor(max_workers=cpu_count(), thread_name_prefix="gazer-cpu",
-                                              initializer=_mark_pool_thread)
-        return _shared_pool
+        if name not in _pools:
+            _pools[name] = ThreadPoolExecutor(max_workers=cpu_count(), thread_name_prefix=name,
+                                              initializer=initializer)
+        return _pools[name]
+
+
+def _pool() -> ThreadPoolExecutor:
+    return _executor("gazer-cpu", _mark_pool_thread)
 
 
 def _spreading() -> ThreadPoolExecutor:
-    global _spreading_pool
-    with _pool_lock:
-        if _spreading_pool is None:
-            _spreading_pool = ThreadPoolExecutor(max_workers=cpu_count(), thread_name_prefix="gazer-spread")
-        return _spreading_pool
+    return _executor("gazer-spread")
 
 
 def single_threaded_blas() -> None:

@@ -170,10 +170,12 @@ def _plan(model: LoadedModel, method_name: str, layer: str | None,
 
 
 def explain_cost(model: LoadedModel, method_name: str, layer: str | None, options: dict[str, object] | None,
-                 images: int, faithfulness: bool = False) -> int:
+                 images: int, faithfulness: bool = False, outputs: tuple[str, ...] = ()) -> int:
     """What explain would cost, in forward-equivalents (a backward counts as one), before it
-    runs. Refuses what explain would refuse: an unknown method, layer or option."""
+    runs. Refuses what explain would refuse: an unknown method, layer, option or output, or
+    raw maps over MAX_MAP_VALUES."""
     method, checked, layer = _plan(model, method_name, layer, options)
+    _check_outputs(outputs, model, method, images)
     method = METHODS["cam"] if from_feature_map(model, method_name, layer) else method  # one forward
     channels = model.layers.get(layer, 0) if layer else 0
     per_image = method.cost(checked, model.spec.input_size, channels)

@@ -243,10 +243,10 @@ class JobStore:
         return list(expired)
 
     def trim_finished(self, client: str, keep: int) -> list[str]:
-        """Deletes the records of `client`'s oldest ended jobs until it keeps fewer than `keep`
-        (room for one more); returns their ids. Jobs still queued or running are never taken."""
+        """Deletes the records of `client`'s oldest ended jobs until it keeps at most `keep`;
+        returns their ids. Jobs still queued or running are never taken."""
         kept = _kept_key(client)
-        excess = self.redis.zcard(kept) - keep + 1
+        excess = self.redis.zcard(kept) - keep
         if excess <= 0:
             return []
         candidates = self.redis.zrange(kept, 0, excess + self.redis.scard(_active_key(client)) - 1)

@@ -34,11 +34,9 @@ class JobQueue:
     def submit(self, job_type: str, params: dict[str, Any], owner: str | None, client: str,
                limit: int, keep: int, storage: Storage) -> dict[str, Any]:
         """The record and its message both exist, or neither does (503); 429 when `client`
-        already has `limit` jobs queued or running. Where `client` keeps `keep` job records,
-        its oldest ended jobs go first, their artifacts too."""
+        already has `limit` jobs queued or running. Once the job is queued, where `client` keeps
+        more than `keep` job records, its oldest ended jobs go, their artifacts too."""
         try:
-            for job_id in self.store.trim_finished(client, keep):
-                shutil.rmtree(storage.job_artifacts(job_id), ignore_errors=True)
             job = self.store.create(job_type, params, owner, client=client, limit=limit)
         except redis.OutOfMemoryError:
             raise StorageFailed("the job store is full (Redis reached its maxmemory); finished jobs must expire "
@@ -53,6 +51,11 @@ class JobQueue:
             except redis.RedisError:
                 log.error("job %s: its message was not sent and its record could not be removed", job["id"])
             raise QueueUnavailable(f"the job queue cannot take jobs now: {error}") from None
+        try:  # after the job is queued: a refused submit takes nothing away
+            for job_id in self.store.trim_finished(client, keep):
+                shutil.rmtree(storage.job_artifacts(job_id), ignore_errors=True)
+        except redis.RedisError:
+            log.exception("jobs of %s could not be trimmed; the next submit tries again", client)
         return job
 
     @contextmanager

@@ -71,8 +71,8 @@ class Settings(SharedSettings):
     # Jobs one client (key, or address when open) may have queued or running, over all API
     # processes (a sweep counts once, its trials not); beyond it 429.
     max_active_jobs_per_client: int = Field(16, ge=1)
-    # Job records one client keeps (any state); beyond it, its oldest ended jobs go first, with
-    # their artifacts, as retention would take them later.
+    # Job records one client keeps (any state); beyond it, once another of its jobs is queued,
+    # its oldest ended jobs go, with their artifacts, as retention would take them later.
     max_jobs_kept_per_client: int = Field(1000, ge=1)
     # Finished jobs (records and artifacts) are removed this long after they end.
     job_retention_days: float = Field(30.0, gt=0)

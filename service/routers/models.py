@@ -194,7 +194,7 @@ async def explain(
     image_answer = preferred_image(request.headers.get("accept", ""), MEDIA_TYPES)
     wanted = _explain_outputs(image_answer, len(file), outputs, faithfulness, settings)
     overlay_format = image_answer or overlay_format
-    cost = pipeline.explain_cost(model, method, layer, options, len(file), faithfulness)
+    cost = pipeline.explain_cost(model, method, layer, options, len(file), faithfulness, wanted)
     if cost > settings.max_explain_cost:
         raise InvalidRequest(f"this explanation costs {cost} forward passes ({method} on {len(file)} files); the "
                              f"budget of one request is {settings.max_explain_cost}: send fewer files or fewer "

@@ -154,7 +154,7 @@ def test_augmentation_on_the_gpu_draws_what_the_cpu_draws():
     on_cpu = data.augment_batch(squares, augmentation, 64, torch.Generator().manual_seed(0))
     on_gpu = data.augment_batch(squares.cuda(), augmentation, 64, torch.Generator().manual_seed(0))
     assert on_gpu.device.type == "cuda"
-    assert (on_cpu - on_gpu.cpu()).abs().max() < 0.5  # of 0..255; other draws differ by ~100
+    assert (on_cpu - on_gpu.cpu()).abs().max() < 0.5  # of 0..255: another rotation or zoom moves far more
 
 
 @pytest.mark.parametrize("method, options, cpu_pass", [

@@ -308,6 +308,30 @@ def fine_tuning(model: LoadedModel, sizes: Sizes, folder: Path) -> None:
     ])
 
 
+def fine_tuning_profile(model: LoadedModel, sizes: Sizes, folder: Path) -> None:
+    """Where a fine-tune job's time goes: one short job under torch's profiler, its ops by their
+    own CPU time and by their own device time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    device = model.device
+    count = max(4, sizes.train_images // 8)
+    classes, items = shape_items(folder, count, sizes.train_size)
+    config = FineTuneConfig(base_model=MODEL, dataset_id="bench", output_model="bench", strategy="fine_tune",
+                            epochs=1, batch_size=min(32, count // 2), input_size=sizes.train_size)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    base = copy.deepcopy(model.network).cpu()
+    with profile(activities=activities) as profiler:
+        result = fine_tune(config, model.spec, base, classes, items, ignore_progress, lambda: False, device,
+                           SharedSettings().max_image_pixels)
+    epoch = result.metrics["history"][0]
+    print(f"\n## fine-tuning under the profiler: {count} images, one epoch at "
+          f"{epoch['images_per_second']:.1f} images/s")
+    averages = profiler.key_averages()
+    print(averages.table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=50))
+    if device.type == "cuda":
+        print(averages.table(sort_by="self_device_time_total", row_limit=12, max_name_column_width=50))
+
+
 def activation_maximization(model: LoadedModel, sizes: Sizes) -> None:
     rows = []
     for count in sizes.maximize_targets:
@@ -338,7 +362,8 @@ def main(argv: list[str] | None = None) -> None:
     raw: dict[int, float] = {}
     parts = [lambda: raw.update(onnx_runtime(model, sizes, folder)), lambda: service_predict(sizes, raw),
              lambda: gradcam(model, sizes), lambda: integrated_gradients_and_scorecam(model, sizes),
-             lambda: fine_tuning(model, sizes, folder), lambda: activation_maximization(model, sizes)]
+             lambda: fine_tuning(model, sizes, folder), lambda: activation_maximization(model, sizes),
+             lambda: fine_tuning_profile(model, sizes, folder)]
     failed = 0
     for part in parts:  # each on its own: a lent machine's minutes are few, and one failure should not cost the rest
         try:

@@ -43,7 +43,7 @@ def test_torch_prefers_the_gpu():
 
 @needs_onnx_cuda
 def test_onnx_runtime_prefers_the_gpu():
-    assert onnx_providers()[0] == "CUDAExecutionProvider"
+    assert onnx_providers()[0] == ("CUDAExecutionProvider", {"use_tf32": "0"})
 
 
 @pytest.mark.parametrize("method", ["gradcam", "saliency", "integrated_gradients"])

@@ -45,7 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                  batching=Batching(settings.max_batch, settings.batch_wait_ms / 1000,
                                                    lambda runtime, images: app.state.metrics.run_size.labels(
                                                        runtime).observe(images)),
-                                 onnx_fp16=settings.onnx_fp16)
+                                 onnx_fp16=settings.onnx_fp16, bfloat16=settings.cuda_bfloat16)
         app.state.registry = registry
         app.state.explanation_slots = anyio.Semaphore(settings.max_concurrent_explanations)
         # explanations wait on their model's batcher in threads of their own, not in the 40 that

@@ -31,6 +31,9 @@ class Settings(SharedSettings):
     # On a GPU, built-in models predict from a float16 ONNX export (agreeing with torch within
     # core.models.onnx_export.FP16_AGREEMENT_TOLERANCE); ignored on the CPU.
     onnx_fp16: bool = False
+    # On a GPU, the gradient CAM methods (Grad-CAM and its kin) run in bfloat16 autocast; ignored on
+    # the CPU. Off by default: slower for EfficientNet-Lite0 on an H200 (README, Measured on a lent GPU).
+    cuda_bfloat16: bool = False
     # How long a model upload waits for the one upload slot before 503.
     explain_queue_seconds: float = Field(60.0, gt=0)
     # What explain returns when a request names no `outputs` (JSON, e.g. ["heatmap"]).

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The GPU checks as one prepared run on the lent GPU machine (the `device` tool): `pytest tests/gpu`
 # then `python -m bench.gpu`. That machine reaches no package index; its python3 (3.12) holds
-# torch with CUDA, numpy, Pillow and plain onnxruntime (no CUDA provider: the ONNX Runtime figures
-# there are its 16 CPU cores'), but not FastAPI, Celery, pydantic and the rest of the service's
-# packages, which travel as wheels (wheels.txt, sdists.txt):
+# torch with CUDA, numpy, Pillow and plain onnxruntime (no CUDA provider: see ort-gpu below), but
+# not FastAPI, Celery, pydantic and the rest of the service's packages, which travel as wheels
+# (wheels.txt, sdists.txt):
 #
 #   here, first:  bash bench/gpu_machine/run.sh wheels     # into .whl/ (git-ignored), about 32 MB
 #   there:        run(command="bash bench/gpu_machine/run.sh", carry=[".whl"], timeout_s=500)

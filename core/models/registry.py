@@ -46,6 +46,7 @@ class LoadedModel:
     attention: list[str]
     spatial_gates: list[str]
     batching: Batching = field(default_factory=Batching)
+    bfloat16: bool = False           # gradient CAM methods in bfloat16 autocast on CUDA (fast_math)
     # Explainers attach hooks to `network`; one batch at a time may hold them (reentrant: a
     # short batch may run inside a long one's pause, on the same thread).
     lock: threading.RLock = field(default_factory=threading.RLock)
@@ -89,12 +90,14 @@ class ModelRegistry:
     least recently used goes first, except those named in `resident` (the default model)."""
 
     def __init__(self, storage: Storage, max_loaded: int, resident: tuple[str, ...] = (),
-                 batching: Batching = Batching(), onnx_fp16: bool = False) -> None:
+                 batching: Batching = Batching(), onnx_fp16: bool = False, bfloat16: bool = False) -> None:
         """`onnx_fp16`: on a GPU, built-in models predict from a float16 ONNX export (checked
-        against torch within FP16_AGREEMENT_TOLERANCE instead of AGREEMENT_TOLERANCE)."""
+        against torch within FP16_AGREEMENT_TOLERANCE instead of AGREEMENT_TOLERANCE).
+        `bfloat16`: on a GPU, the gradient CAM methods run in bfloat16 autocast (fast_math)."""
         self.storage = storage
         self.batching = batching
         self.onnx_fp16 = onnx_fp16
+        self.bfloat16 = bfloat16
         self.max_loaded = max_loaded
         self.resident = resident
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
@@ -260,7 +263,7 @@ class ModelRegistry:
         gates = spatial_gates(network)
         methods = supported_methods(spec.linear_head, bool(gates), gradients=True)
         self._store(LoadedModel(spec, network, predictor, layers, device, methods, attention_modules(network), gates,
-                                self.batching))
+                                self.batching, self.bfloat16))
         log.info("model %s loaded (providers %s)", spec.ref, predictor.providers)
 
     def _store(self, model: LoadedModel) -> None:

@@ -55,6 +55,8 @@ class FineTuneConfig:
     val_fraction: float = param(0.2, gt=0, lt=1)
     early_stopping_patience: int = param(3, ge=1, le=500, doc="epochs without a better validation accuracy")
     seed: int = param(0, ge=0, le=2**32 - 1)
+    bfloat16: bool = param(False, doc="on a GPU, train in bfloat16 autocast (weights stay float32); "
+                                      "ignored on the CPU")
     unfreeze_blocks: int = param(6, ge=1, le=1000, doc="fine_tune: top backbone blocks unfrozen after epoch 1 "
                                                        "(EfficientNet-Lite's last conv counts as one)")
     attention: AttentionType = param("none", doc="attention modules to add; they train with the head")

@@ -156,7 +156,7 @@ def train_epoch(network: nn.Module, optimizer: torch.optim.Optimizer, split: _Da
         squares = split.train_pixels[indices].to(device)
         inputs = fast_layout(normalize(data.augment_batch(squares, config.augmentation, spec.input_size, generator)))
         truth = split.train_labels[indices].to(device)
-        with fast_math(device):
+        with fast_math(device, config.bfloat16):
             logits = network(inputs)
             loss = nn.functional.cross_entropy(logits, truth)
         optimizer.zero_grad(set_to_none=True)

@@ -55,7 +55,7 @@ def test_the_float16_export_agrees_within_its_tolerance_and_keeps_float32_at_the
 def test_io_binding_returns_what_a_plain_run_returns(lite0, half):
     spec, _ = lite0
     predictor = OnnxPredictor(half)
-    assert predictor.bound_device is None  # bound on CUDA only
+    assert predictor.bound_device == ("cuda" if "CUDAExecutionProvider" in predictor.providers else None)
     batch = preprocess([chelsea()], spec)[0]
     plain = predictor.session.run(["logits", "features"], {predictor.input_name: batch})
     bound = predictor.run_bound(["logits", "features"], batch, "cpu")
@@ -64,16 +64,17 @@ def test_io_binding_returns_what_a_plain_run_returns(lite0, half):
 
 
 def test_fast_math_leaves_the_cpu_as_it_was():
-    with fast_math(CPU):
+    with fast_math(CPU, bfloat16=True):
         assert not torch.is_autocast_enabled("cpu")
 
 
-def test_on_cuda_fast_math_is_bfloat16_autocast():
+def test_on_cuda_fast_math_is_bfloat16_autocast_when_asked_only():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "CUDA is not available": it is only made, never entered, here
-        autocast = fast_math(CUDA)
+        autocast = fast_math(CUDA, bfloat16=True)
     assert isinstance(autocast, torch.autocast) and autocast.device == "cuda"
     assert autocast.fast_dtype == torch.bfloat16
+    assert not isinstance(fast_math(CUDA, bfloat16=False), torch.autocast)
 
 
 def test_the_fast_layout_is_channels_last_for_modules_and_image_batches():

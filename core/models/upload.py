@@ -5,13 +5,17 @@ and no external data (which could point at any file on the server)."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import signal
+import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, Literal
 
-import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
@@ -26,8 +30,6 @@ from core.params import check_params, param
 from core.storage import check_name
 
 _STANDARD_ONNX_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
-# The uploaded ONNX check runs these batch sizes: logits must have as many rows as the batch has images.
-ONNX_CHECK_BATCHES = (1, 3)
 # Layers only built for training (torchvision's Inception auxiliary classifier): not served.
 _TRAINING_ONLY_PREFIXES = ("AuxLogits.", "aux1.", "aux2.")
 
@@ -178,6 +180,16 @@ def torch_model(name: str, architecture: str, weights: bytes, labels: list[str] 
     return spec, network
 
 
+@dataclass(frozen=True)
+class OnnxCheckLimits:
+    """What an uploaded ONNX model's check may cost: memory beyond the checking process's own,
+    seconds, and the served batch size that its memory per image is projected to."""
+
+    memory_bytes: int = 4 * 1024**3
+    seconds: float = 60.0
+    max_batch: int = 32
+
+
 def _messages(message) -> Iterator:
     """Every protobuf message inside `message`, itself included: initializers, sparse tensors,
     attributes, subgraphs and functions alike."""
@@ -219,8 +231,8 @@ def _rename_output(model, old: str, new: str) -> None:
             output.name = new
 
 
-def onnx_model(name: str, blob: bytes, labels: list[str] | None,
-               preprocessing: Preprocessing) -> tuple[ModelSpec, bytes]:
+def onnx_model(name: str, blob: bytes, labels: list[str] | None, preprocessing: Preprocessing,
+               limits: OnnxCheckLimits = OnnxCheckLimits()) -> tuple[ModelSpec, bytes]:
     """A checked ONNX classifier (its first output renamed `logits`) and its spec."""
     import onnx
 
@@ -249,45 +261,53 @@ def onnx_model(name: str, blob: bytes, labels: list[str] | None,
     check_params(replace(preprocessing, input_size=input_size))
     _rename_output(model, model.graph.output[0].name, "logits")
     serialized = model.SerializeToString()
-    logits = _run_onnx(serialized, input_size)
-    spec = _spec(name, ONNX_ARCHITECTURE, _labels(labels, logits.shape[1]), preprocessing, input_size, "", "",
+    classes = _check_runs(serialized, input_size, limits)
+    spec = _spec(name, ONNX_ARCHITECTURE, _labels(labels, classes), preprocessing, input_size, "", "",
                  False, f"ONNX classifier uploaded as {name}")
     return spec, serialized
 
 
-def _run_onnx(serialized: bytes, input_size: int) -> np.ndarray:
-    """Logits of a batch of each of ONNX_CHECK_BATCHES' sizes (so a batch dimension is needed, and
-    must be kept), which must be finite and have as many classes each time; the logits of the
-    largest batch. The session opens the file in an empty folder: no path in it can resolve to
-    anything of ours."""
-    import onnxruntime
+# how ONNX Runtime words a failed allocation, in the check's error (its CPU arena is off there)
+_OUT_OF_MEMORY = ("bad_alloc", "bad allocation", "Failed to allocate")
 
-    try:
-        with tempfile.TemporaryDirectory() as folder:
-            (Path(folder) / "model.onnx").write_bytes(serialized)
-            session = onnxruntime.InferenceSession(str(Path(folder) / "model.onnx"),
-                                                   providers=["CPUExecutionProvider"])
-    except Exception as error:  # onnxruntime raises its own exception types
-        raise InvalidRequest(f"ONNX Runtime cannot load the model: {str(error)[:300]}", field="onnx") from None
-    results = [_checked_logits(session, batch, input_size) for batch in ONNX_CHECK_BATCHES]
-    if len({logits.shape[1] for logits in results}) != 1:
-        raise InvalidRequest(f"the number of classes changes with the batch size: logits "
-                             f"{[logits.shape for logits in results]} for batches of {ONNX_CHECK_BATCHES}",
+
+def _check_runs(serialized: bytes, input_size: int, limits: OnnxCheckLimits) -> int:
+    """The number of classes, from runs on random batches (onnx_probe.BATCHES) in a child process
+    capped at `limits.memory_bytes` and killed after `limits.seconds`; the memory it took per image,
+    projected to `limits.max_batch` images, must stay within that cap too. The file lies alone in an
+    empty folder: no path in it can resolve to anything of ours."""
+    from core.models import onnx_probe
+
+    memory = f"{limits.memory_bytes / 2**20:.0f} MiB"
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "model.onnx").write_bytes(serialized)
+        try:
+            child = subprocess.run(
+                [sys.executable, "-m", onnx_probe.__name__, "model.onnx", str(input_size), str(limits.memory_bytes)],
+                cwd=folder, env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                    [str(Path(__file__).resolve().parents[2]), *filter(None, [os.environ.get("PYTHONPATH")])])},
+                capture_output=True, text=True, timeout=limits.seconds)
+        except subprocess.TimeoutExpired:
+            raise InvalidRequest(f"ONNX Runtime took longer than {limits.seconds:g} s on batches of "
+                                 f"{' and '.join(map(str, onnx_probe.BATCHES))} images (GAZER_ONNX_CHECK_SECONDS)",
+                                 field="onnx") from None
+    if child.returncode < 0 and child.returncode != -signal.SIGKILL:
+        raise InvalidRequest(f"ONNX Runtime stopped on the model ({signal.Signals(-child.returncode).name})",
                              field="onnx")
-    return results[-1]
-
-
-def _checked_logits(session, batch: int, input_size: int) -> np.ndarray:
-    """Logits of `batch` random inputs: (batch, classes) and finite."""
-    example = np.random.default_rng(0).uniform(-1, 1, (batch, 3, input_size, input_size)).astype(np.float32)
-    try:
-        logits = session.run(["logits"], {session.get_inputs()[0].name: example})[0]
-    except Exception as error:  # onnxruntime raises its own exception types
-        raise InvalidRequest(f"ONNX Runtime cannot run the model on a batch of {batch} at {input_size}x{input_size}: "
-                             f"{str(error)[:300]}", field="onnx") from None
-    if logits.ndim != 2 or logits.shape[0] != batch:
-        raise InvalidRequest(f"the first ONNX output must be logits of shape (batch, classes); for a batch of "
-                             f"{batch} it is {logits.shape}", field="onnx")
-    if not np.isfinite(logits).all():
-        raise InvalidRequest("the model's logits are NaN or infinite", field="onnx")
-    return logits
+    if child.returncode > 0:
+        raise RuntimeError(f"the ONNX check itself failed: {child.stderr[-1000:]}")
+    answer = json.loads(child.stdout.strip().splitlines()[-1]) if child.returncode == 0 else {"error": "memory"}
+    error = answer.get("error", "")
+    if error == "memory" or any(words in error for words in _OUT_OF_MEMORY):  # SIGKILL: the kernel's OOM killer
+        raise InvalidRequest(f"ONNX Runtime needed more than {memory} of memory to load and run the model "
+                             f"(GAZER_ONNX_CHECK_MEMORY_BYTES)", field="onnx")
+    if error:
+        raise InvalidRequest(error, field="onnx")
+    (smallest, largest), (fewest, most) = answer["run_peak_bytes"], onnx_probe.BATCHES
+    per_image = max(0, largest - smallest) / (most - fewest)
+    projected = answer["loaded_bytes"] + largest + per_image * max(0, limits.max_batch - most)
+    if projected > limits.memory_bytes:
+        raise InvalidRequest(f"the model takes about {per_image / 2**20:.0f} MiB per image: a batch of "
+                             f"{limits.max_batch} (GAZER_MAX_BATCH) would need about {projected / 2**30:.1f} GiB, "
+                             f"over the {memory} allowed (GAZER_ONNX_CHECK_MEMORY_BYTES)", field="onnx")
+    return answer["classes"]

@@ -84,7 +84,9 @@ async def upload_model(
         blob = await _read(onnx, settings.max_model_bytes, "onnx")
 
         def register() -> ModelSpec:
-            spec, checked = upload.onnx_model(name, blob, class_names, preprocessing)
+            limits = upload.OnnxCheckLimits(settings.onnx_check_memory_bytes, settings.onnx_check_seconds,
+                                            settings.max_batch)
+            spec, checked = upload.onnx_model(name, blob, class_names, preprocessing, limits)
             return registry.register_onnx(spec, checked)
     else:
         blob = await _read(weights, settings.max_model_bytes, "weights")

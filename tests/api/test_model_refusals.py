@@ -1,11 +1,13 @@
 """What an upload may not do: pickles (never opened), ONNX external data and custom operators,
-NaN models, label-count mismatches, names that leave the models folder, built-in names."""
+ONNX graphs whose memory or time is out of bounds, NaN models, label-count mismatches, names that
+leave the models folder, built-in names."""
 
 from __future__ import annotations
 
 import io
 import os
 import pickle
+import time
 
 import numpy as np
 import onnx
@@ -17,6 +19,8 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from safetensors.torch import save
 
+from core.errors import InvalidRequest
+from core.models import upload as model_upload
 from core.pipeline import MAX_MAP_VALUES
 from service.app import create_app
 from service.settings import Settings
@@ -299,3 +303,68 @@ def test_onnx_logits_without_a_row_per_image_are_422(client, batch_node, words):
                            files={"onnx": ("m.onnx", blob)})
     assert_refused(response, 422, "onnx", words)
     assert client.get("/v1/models/batchless-onnx").status_code == 404
+
+
+def data_sized_onnx() -> bytes:
+    """Logits plus the sum of a 64 GiB tensor of zeros, its shape written in the file."""
+    zeros = helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0])
+    return onnx_graph([*POOLED, helper.make_node("ConstantOfShape", ["shape"], ["huge"], value=zeros),
+                       helper.make_node("ReduceSum", ["huge"], ["total"], keepdims=0),
+                       helper.make_node("Add", ["flat", "total"], ["scores"])],
+                      [numpy_helper.from_array(np.array([65536, 65536, 4], dtype=np.int64), "shape")])
+
+
+def widening_onnx(copies: int) -> bytes:
+    """`copies` copies of each image's pixels (12 KiB each), averaged into 3 logits: memory per image."""
+    return onnx_graph([helper.make_node("Shape", ["pixels"], ["dims"]),
+                       helper.make_node("Concat", ["dims", "copies"], ["wide"], axis=0),
+                       helper.make_node("Unsqueeze", ["pixels", "last"], ["column"]),
+                       helper.make_node("Expand", ["column", "wide"], ["copied"]),
+                       helper.make_node("ReduceMean", ["copied"], ["scores"], axes=[2, 3, 4], keepdims=0)],
+                      [numpy_helper.from_array(np.array([copies], dtype=np.int64), "copies"),
+                       numpy_helper.from_array(np.array([4], dtype=np.int64), "last")])
+
+
+def slow_onnx(products: int) -> bytes:
+    """`products` 1024 x 1024 matrix products on a matrix that depends on the input (so that
+    ONNX Runtime cannot fold them into a constant when it loads the file)."""
+    products_chain = [helper.make_node("MatMul", [f"m{index}", "w"], [f"m{index + 1}"]) for index in range(products)]
+    return onnx_graph([*POOLED, helper.make_node("ReduceSum", ["pixels"], ["seed"], keepdims=0),
+                       helper.make_node("Add", ["ones", "seed"], ["m0"]), *products_chain,
+                       helper.make_node("ReduceSum", [f"m{products}"], ["total"], keepdims=0),
+                       helper.make_node("Mul", ["total", "zero"], ["nothing"]),
+                       helper.make_node("Add", ["flat", "nothing"], ["scores"])],
+                      [numpy_helper.from_array(np.full((1024, 1024), 1 / 1024, np.float32), "w"),
+                       numpy_helper.from_array(np.ones((1024, 1024), np.float32), "ones"),
+                       numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero")])
+
+
+def test_an_onnx_model_that_allocates_without_bound_is_422_and_the_server_carries_on(client):
+    response = client.post("/v1/models", data={"name": "hungry-onnx", "input_size": 32},
+                           files={"onnx": ("m.onnx", data_sized_onnx())})
+    assert_refused(response, 422, "onnx", "needed more than 4096 MiB of memory")
+    assert client.get("/v1/models/hungry-onnx").status_code == 404
+    predicted = client.post("/v1/models/efficientnet_lite0/predict", files=[upload(encode(chelsea()))])
+    assert predicted.status_code == 200, predicted.text
+
+
+def test_an_onnx_models_memory_per_image_is_projected_to_the_served_batch():
+    """About 192 MiB per image: checked at batches of 1 and 3 within 1 GiB, but 32 of them would not fit."""
+    blob, preprocessing = widening_onnx(16384), model_upload.Preprocessing(input_size=32)
+    with pytest.raises(InvalidRequest, match=r"about 19\d MiB per image: a batch of 32 \(GAZER_MAX_BATCH\)"):
+        model_upload.onnx_model("wide", blob, None, preprocessing, model_upload.OnnxCheckLimits(memory_bytes=2**30, max_batch=32))
+    spec, _ = model_upload.onnx_model("wide", blob, None, preprocessing,
+                                model_upload.OnnxCheckLimits(memory_bytes=2**30, max_batch=4))
+    assert len(spec.labels) == 3
+
+
+def test_an_onnx_model_slower_than_the_check_allows_is_422_in_that_time():
+    """400 products take about 5 s here: the check stops at its 1 s."""
+    started = time.monotonic()
+    with pytest.raises(InvalidRequest, match=r"longer than 1 s on batches of 1 and 3 images"):
+        model_upload.onnx_model("slow", slow_onnx(400), None, model_upload.Preprocessing(input_size=32),
+                          model_upload.OnnxCheckLimits(seconds=1.0))
+    assert time.monotonic() - started < 10
+    spec, _ = model_upload.onnx_model("quick", slow_onnx(2), None, model_upload.Preprocessing(input_size=32),
+                                model_upload.OnnxCheckLimits(seconds=60.0))
+    assert len(spec.labels) == 3

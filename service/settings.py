@@ -28,16 +28,10 @@ class Settings(SharedSettings):
     # runs what it has at once, unless batch_wait_ms asks it to wait for more.
     max_batch: int = Field(32, ge=1, le=1024)
     batch_wait_ms: float = Field(0.0, ge=0, le=1000)
-    # On a GPU, built-in models predict from a float16 ONNX export (agreeing with torch within
-    # core.models.onnx_export.FP16_AGREEMENT_TOLERANCE); ignored on the CPU.
-    onnx_fp16: bool = False
-    # On a GPU, the gradient CAM methods (Grad-CAM and its kin) run in bfloat16 autocast; ignored on
-    # the CPU. Off by default: slower for EfficientNet-Lite0 on an H200 (README, Measured on a lent GPU).
-    cuda_bfloat16: bool = False
-    # An uploaded ONNX model's check runs in a child process: the memory it may take beyond that
-    # process's own (also for its memory per image times max_batch), and the seconds before it is killed.
+    # An uploaded ONNX model's check runs in a child process, batches of up to max_batch images: the
+    # address space it may take beyond that process's own, and the seconds before it is killed.
     onnx_check_memory_bytes: int = Field(4 * 1024**3, ge=64 * 2**20)
-    onnx_check_seconds: float = Field(60.0, gt=0, le=3600)
+    onnx_check_seconds: float = Field(30.0, gt=0, le=3600)
     # How long a model upload waits for the one upload slot before 503.
     explain_queue_seconds: float = Field(60.0, gt=0)
     # What explain returns when a request names no `outputs` (JSON, e.g. ["heatmap"]).

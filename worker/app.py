@@ -20,7 +20,9 @@ def create_celery(settings: WorkerSettings, metrics: WorkerMetrics | None = None
     app = Celery("gazer")
     app.conf.update(celery_config(settings.redis_url, settings.visibility_timeout))
     storage = Storage(settings.data_dir)
-    context = JobContext(storage, ModelRegistry(storage, settings.max_loaded_models), settings.max_image_pixels, artifact_url)
+    registry = ModelRegistry(storage, settings.max_loaded_models, onnx_fp16=settings.onnx_fp16,
+                             bfloat16=settings.cuda_bfloat16)
+    context = JobContext(storage, registry, settings.max_image_pixels, artifact_url)
     store = JobStore.from_url(settings.redis_url, settings.job_lease_seconds)
     metrics = metrics or WorkerMetrics()
     sweeps = SweepHost(store, lambda job_id: app.send_task(RUN_JOB_TASK, args=[job_id]), settings.redis_url)

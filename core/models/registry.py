@@ -247,7 +247,7 @@ class ModelRegistry:
             onnx_file = ensure_onnx(network, spec, self.storage.onnx_cache, half=half)
         else:
             onnx_file = versions.version_dir(self.storage.models, spec.id, spec.version) / versions.ONNX
-        predictor = OnnxPredictor(onnx_file)
+        predictor = OnnxPredictor(onnx_file, self.batching.max_batch)
         try:  # on the CPU, in IEEE float32: cuDNN's convolutions use TF32 unless told otherwise
             check_agreement(network, predictor, spec.input_size,
                             FP16_AGREEMENT_TOLERANCE if half else AGREEMENT_TOLERANCE)
@@ -272,7 +272,7 @@ class ModelRegistry:
 
     def _onnx_only(self, spec: ModelSpec) -> LoadedModel:
         onnx_file = versions.version_dir(self.storage.models, spec.id, spec.version) / versions.ONNX
-        return LoadedModel(spec, None, OnnxPredictor(onnx_file), {}, torch.device("cpu"),
+        return LoadedModel(spec, None, OnnxPredictor(onnx_file, self.batching.max_batch), {}, torch.device("cpu"),
                            supported_methods(False, False, gradients=False), [], [], self.batching)
 
     def register_network(self, spec: ModelSpec, network: nn.Module, metrics: dict | None = None) -> ModelSpec:

@@ -183,11 +183,11 @@ def torch_model(name: str, architecture: str, weights: bytes, labels: list[str] 
 @dataclass(frozen=True)
 class OnnxCheckLimits:
     """What an uploaded ONNX model's check may cost: memory beyond the checking process's own,
-    seconds, and the served batch size that its memory per image is projected to."""
+    and seconds; it runs the largest batch that serving runs, `max_batch` images."""
 
-    memory_bytes: int = 4 * 1024**3
-    seconds: float = 60.0
-    max_batch: int = 32
+    memory_bytes: int
+    seconds: float
+    max_batch: int
 
 
 def _messages(message) -> Iterator:
@@ -220,6 +220,66 @@ def _check_onnx_graph(model) -> None:  # an onnx.ModelProto
     if custom:
         raise InvalidRequest(f"the ONNX file uses custom operator domains {custom}; only standard operators "
                              f"are served", field="onnx")
+    _check_sizes_do_not_come_from_pixels(model)
+
+
+# Operators whose output size is read from these inputs' values (ONNX opset 21 and before).
+_SIZE_INPUTS = {"ConstantOfShape": (0,), "Expand": (1,), "Tile": (1,), "Range": (0, 1, 2), "Resize": (2, 3),
+                "Upsample": (1,), "Pad": (1,), "OneHot": (1,), "CenterCropPad": (1,), "Col2Im": (1, 2),
+                "MaxUnpool": (2,), "DFT": (1,), "STFT": (2, 3), "MelWeightMatrix": (0, 1, 2, 3, 4),
+                "BlackmanWindow": (0,), "HannWindow": (0,), "HammingWindow": (0,)}
+_REDUCTIONS = ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+               "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare")
+# Operators whose output shapes (not their size: that stays within their inputs') follow from these
+# inputs' values; and those whose output shapes follow from their inputs' shapes and attributes alone.
+_SHAPES_FROM_VALUES = {**_SIZE_INPUTS, "Reshape": (1,), "Slice": (1, 2, 3, 4), "Squeeze": (1,), "Unsqueeze": (1,),
+                       "Split": (1,), "TopK": (1,), "Compress": (1,), "NonZero": (0,), "Unique": (0,),
+                       "NonMaxSuppression": (0, 1, 2, 3, 4), **{name: (1,) for name in _REDUCTIONS}}
+_SHAPES_FROM_SHAPES = {
+    "Abs", "Acos", "Add", "And", "ArgMax", "ArgMin", "Asin", "Atan", "AveragePool", "BatchNormalization", "BitShift",
+    "Cast", "CastLike", "Ceil", "Celu", "Clip", "Concat", "Conv", "ConvTranspose", "Cos", "Cosh", "DepthToSpace",
+    "Div", "Dropout", "Einsum", "Elu", "Equal", "Erf", "Exp", "Flatten", "Floor", "Gather", "GatherElements",
+    "GatherND", "Gelu", "Gemm", "GlobalAveragePool", "GlobalLpPool", "GlobalMaxPool", "Greater", "GreaterOrEqual",
+    "GroupNormalization", "HardSigmoid", "HardSwish", "Hardmax", "Identity", "InstanceNormalization", "IsInf", "IsNaN",
+    "LRN", "LayerNormalization", "LeakyRelu", "Less", "LessOrEqual", "Log", "LogSoftmax", "LpNormalization", "LpPool",
+    "MatMul", "Max", "MaxPool", "Mean", "Min", "Mish", "Mod", "Mul", "Neg", "Not", "Or", "PRelu", "Pow",
+    "Reciprocal", "Relu", "Round", "Selu", "Shrink", "Sigmoid", "Sign", "Sin", "Sinh", "Softmax", "Softplus",
+    "Softsign", "SpaceToDepth", "Sqrt", "Sub", "Sum", "Tan", "Tanh", "ThresholdedRelu", "Transpose", "Trilu",
+    "Where", "Xor"}
+
+
+def _check_sizes_do_not_come_from_pixels(model) -> None:
+    """Sizes may come from the file and from the input's shape, not from its values: then a run
+    costs the same for every image of a size, and the check's runs at the largest served batch
+    measure it. A value reaches a size through the ops above, or through the shape (`Shape`,
+    `Size`) of a tensor whose shape it set (NonZero, a Reshape to a computed shape, ...); an
+    operator not listed is taken to let it. Local functions are inlined first."""
+    from onnx.inliner import inline_local_functions
+
+    graph = inline_local_functions(model).graph
+    initializers = {initializer.name for initializer in graph.initializer}
+    from_pixels = {entry.name for entry in graph.input if entry.name not in initializers}  # values set by pixels
+    shaped_by_pixels: set[str] = set()  # shapes set by pixels' values
+    for node in graph.node:  # in topological order, as ONNX requires
+        if any(node.input[index] in from_pixels for index in _SIZE_INPUTS.get(node.op_type, ())
+               if index < len(node.input)):
+            raise InvalidRequest(f"the ONNX node {node.name!r} ({node.op_type}) takes the size of its output from "
+                                 f"the pixels' values: the cost of a run would depend on the image", field="onnx")
+        if node.op_type in ("Shape", "Size"):
+            values_from_pixels = node.input[0] in shaped_by_pixels
+            shape_from_pixels = False
+        else:
+            values_from_pixels = any(name in from_pixels for name in node.input)
+            if node.op_type in _SHAPES_FROM_VALUES:
+                set_by = [node.input[index] for index in _SHAPES_FROM_VALUES[node.op_type] if index < len(node.input)]
+            else:
+                set_by = [] if node.op_type in _SHAPES_FROM_SHAPES else list(node.input)
+            shape_from_pixels = any(name in shaped_by_pixels for name in node.input) or \
+                any(name in from_pixels for name in set_by)
+        if values_from_pixels:
+            from_pixels.update(node.output)
+        if shape_from_pixels:
+            shaped_by_pixels.update(node.output)
 
 
 def _rename_output(model, old: str, new: str) -> None:
@@ -232,7 +292,7 @@ def _rename_output(model, old: str, new: str) -> None:
 
 
 def onnx_model(name: str, blob: bytes, labels: list[str] | None, preprocessing: Preprocessing,
-               limits: OnnxCheckLimits = OnnxCheckLimits()) -> tuple[ModelSpec, bytes]:
+               limits: OnnxCheckLimits) -> tuple[ModelSpec, bytes]:
     """A checked ONNX classifier (its first output renamed `logits`) and its spec."""
     import onnx
 
@@ -267,47 +327,48 @@ def onnx_model(name: str, blob: bytes, labels: list[str] | None, preprocessing: 
     return spec, serialized
 
 
-# how ONNX Runtime words a failed allocation, in the check's error (its CPU arena is off there)
+# how ONNX Runtime words a failed allocation, in the check's error
 _OUT_OF_MEMORY = ("bad_alloc", "bad allocation", "Failed to allocate")
+_STDERR_KEPT = 2000
 
 
 def _check_runs(serialized: bytes, input_size: int, limits: OnnxCheckLimits) -> int:
-    """The number of classes, from runs on random batches (onnx_probe.BATCHES) in a child process
-    capped at `limits.memory_bytes` and killed after `limits.seconds`; the memory it took per image,
-    projected to `limits.max_batch` images, must stay within that cap too. The file lies alone in an
-    empty folder: no path in it can resolve to anything of ours."""
+    """The number of classes, from runs on random batches (onnx_probe.batches) in a child process
+    capped at `limits.memory_bytes` and killed after `limits.seconds`. The file lies alone in an
+    empty folder: no path in it can resolve to anything of ours; the child gets no secrets from
+    the environment, and its output goes to files."""
     from core.models import onnx_probe
 
     memory = f"{limits.memory_bytes / 2**20:.0f} MiB"
+    *fewer, most = onnx_probe.batches(limits.max_batch)
+    sizes = f"{', '.join(map(str, fewer))} and {most}"
+    environment = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).resolve().parents[2]), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    environment.update({name: os.environ[name] for name in ("LD_PRELOAD", "LD_LIBRARY_PATH") if name in os.environ})
     with tempfile.TemporaryDirectory() as folder:
         (Path(folder) / "model.onnx").write_bytes(serialized)
-        try:
-            child = subprocess.run(
-                [sys.executable, "-m", onnx_probe.__name__, "model.onnx", str(input_size), str(limits.memory_bytes)],
-                cwd=folder, env={**os.environ, "PYTHONPATH": os.pathsep.join(
-                    [str(Path(__file__).resolve().parents[2]), *filter(None, [os.environ.get("PYTHONPATH")])])},
-                capture_output=True, text=True, timeout=limits.seconds)
-        except subprocess.TimeoutExpired:
-            raise InvalidRequest(f"ONNX Runtime took longer than {limits.seconds:g} s on batches of "
-                                 f"{' and '.join(map(str, onnx_probe.BATCHES))} images (GAZER_ONNX_CHECK_SECONDS)",
-                                 field="onnx") from None
+        with open(Path(folder) / "out", "w+") as out, open(Path(folder) / "err", "w+") as err:
+            try:
+                child = subprocess.run([sys.executable, "-m", onnx_probe.__name__, "model.onnx", str(input_size),
+                                        str(limits.max_batch), str(limits.memory_bytes)],
+                                       cwd=folder, env=environment, stdout=out, stderr=err, timeout=limits.seconds)
+            except subprocess.TimeoutExpired:
+                raise InvalidRequest(f"ONNX Runtime took longer than {limits.seconds:g} s on batches of {sizes} "
+                                     f"images (GAZER_ONNX_CHECK_SECONDS)", field="onnx") from None
+            out.seek(0)
+            printed = out.read(10_000).strip().splitlines()
+            err.seek(max(0, err.seek(0, os.SEEK_END) - _STDERR_KEPT))
+            errors = err.read()
     if child.returncode < 0 and child.returncode != -signal.SIGKILL:
         raise InvalidRequest(f"ONNX Runtime stopped on the model ({signal.Signals(-child.returncode).name})",
                              field="onnx")
-    if child.returncode > 0:
-        raise RuntimeError(f"the ONNX check itself failed: {child.stderr[-1000:]}")
-    answer = json.loads(child.stdout.strip().splitlines()[-1]) if child.returncode == 0 else {"error": "memory"}
+    if child.returncode > 0 or (child.returncode == 0 and not printed):
+        raise RuntimeError(f"the ONNX check itself failed (exit {child.returncode}): {errors}")
+    answer = json.loads(printed[-1]) if child.returncode == 0 else {"error": "memory"}  # SIGKILL: the OOM killer
     error = answer.get("error", "")
-    if error == "memory" or any(words in error for words in _OUT_OF_MEMORY):  # SIGKILL: the kernel's OOM killer
-        raise InvalidRequest(f"ONNX Runtime needed more than {memory} of memory to load and run the model "
-                             f"(GAZER_ONNX_CHECK_MEMORY_BYTES)", field="onnx")
+    if error == "memory" or any(words in error for words in _OUT_OF_MEMORY):
+        raise InvalidRequest(f"ONNX Runtime needed more than {memory} of memory to load the model and run batches "
+                             f"of {sizes} images (GAZER_ONNX_CHECK_MEMORY_BYTES, GAZER_MAX_BATCH)", field="onnx")
     if error:
         raise InvalidRequest(error, field="onnx")
-    (smallest, largest), (fewest, most) = answer["run_peak_bytes"], onnx_probe.BATCHES
-    per_image = max(0, largest - smallest) / (most - fewest)
-    projected = answer["loaded_bytes"] + largest + per_image * max(0, limits.max_batch - most)
-    if projected > limits.memory_bytes:
-        raise InvalidRequest(f"the model takes about {per_image / 2**20:.0f} MiB per image: a batch of "
-                             f"{limits.max_batch} (GAZER_MAX_BATCH) would need about {projected / 2**30:.1f} GiB, "
-                             f"over the {memory} allowed (GAZER_ONNX_CHECK_MEMORY_BYTES)", field="onnx")
     return answer["classes"]

@@ -31,8 +31,12 @@ class OnnxPredictor:
     clients: 60.6 images/s with one run at a time, 68.7-70.1 with two).
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, max_batch: int = 1024) -> None:
+        """`max_batch`: run_batches runs at most this many images at once (the batcher's first
+        request is taken whole, and RISE scores 128 masked images in one call), so that an uploaded
+        model's memory, checked at this batch, bounds what serving takes."""
         self.path = path
+        self.max_batch = max_batch
         self.session = _session(path, threads=0)  # 0: ORT's default, a thread per core
         self.input_name = self.session.get_inputs()[0].name
         self.bound_device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else None
@@ -92,9 +96,12 @@ class OnnxPredictor:
         return logits, features
 
     def run_batches(self, outputs: tuple[str, ...], batches: list[np.ndarray]) -> list[list[np.ndarray]]:
-        """`outputs` of several input batches in one session run, split back per batch."""
+        """`outputs` of several input batches in one session run (runs of max_batch images where
+        they hold more), split back per batch."""
         joined = batches[0] if len(batches) == 1 else np.concatenate(batches)
-        results = self.run(list(outputs), joined)
+        runs = [self.run(list(outputs), joined[start:start + self.max_batch])
+                for start in range(0, len(joined), self.max_batch)]
+        results = runs[0] if len(runs) == 1 else [np.concatenate(parts) for parts in zip(*runs)]
         for name, result in zip(outputs, results):
             if result.shape[:1] != (len(joined),):  # split, its rows would go to the wrong requests
                 raise ModelNotReady(f"the model's {name!r} output has shape {result.shape} for a batch of "

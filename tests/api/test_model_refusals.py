@@ -305,32 +305,59 @@ def test_onnx_logits_without_a_row_per_image_are_422(client, batch_node, words):
     assert client.get("/v1/models/batchless-onnx").status_code == 404
 
 
-def data_sized_onnx() -> bytes:
-    """Logits plus the sum of a 64 GiB tensor of zeros, its shape written in the file."""
+def constant_sized_onnx(shape: list[int]) -> bytes:
+    """Logits plus the sum of zeros of `shape`, a size written in the file."""
     zeros = helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0])
-    return onnx_graph([*POOLED, helper.make_node("ConstantOfShape", ["shape"], ["huge"], value=zeros),
-                       helper.make_node("ReduceSum", ["huge"], ["total"], keepdims=0),
+    return onnx_graph([*POOLED, helper.make_node("ConstantOfShape", ["shape"], ["zeros"], value=zeros),
+                       helper.make_node("ReduceSum", ["zeros"], ["total"], keepdims=0),
                        helper.make_node("Add", ["flat", "total"], ["scores"])],
-                      [numpy_helper.from_array(np.array([65536, 65536, 4], dtype=np.int64), "shape")])
+                      [numpy_helper.from_array(np.array(shape, dtype=np.int64), "shape")])
 
 
-def widening_onnx(copies: int) -> bytes:
-    """`copies` copies of each image's pixels (12 KiB each), averaged into 3 logits: memory per image."""
-    return onnx_graph([helper.make_node("Shape", ["pixels"], ["dims"]),
-                       helper.make_node("Concat", ["dims", "copies"], ["wide"], axis=0),
-                       helper.make_node("Unsqueeze", ["pixels", "last"], ["column"]),
-                       helper.make_node("Expand", ["column", "wide"], ["copied"]),
-                       helper.make_node("ReduceMean", ["copied"], ["scores"], axes=[2, 3, 4], keepdims=0)],
-                      [numpy_helper.from_array(np.array([copies], dtype=np.int64), "copies"),
-                       numpy_helper.from_array(np.array([4], dtype=np.int64), "last")])
+def batch_squared_onnx(per_pair: int) -> bytes:
+    """Zeros of (n, n, per_pair) for a batch of n, its size taken from the input's shape alone:
+    it grows with the square of the batch (64 KiB x n^2 for 16384)."""
+    zeros = helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0])
+    return onnx_graph([*POOLED, helper.make_node("Shape", ["pixels"], ["dims"]),
+                       helper.make_node("Slice", ["dims", "start", "end"], ["n"]),
+                       helper.make_node("Concat", ["n", "n", "per_pair"], ["square"], axis=0),
+                       helper.make_node("ConstantOfShape", ["square"], ["zeros"], value=zeros),
+                       helper.make_node("ReduceSum", ["zeros", "pairs"], ["totals"], keepdims=0),
+                       helper.make_node("Unsqueeze", ["totals", "last"], ["column"]),
+                       helper.make_node("Add", ["flat", "column"], ["scores"])],
+                      [numpy_helper.from_array(np.array([0], dtype=np.int64), "start"),
+                       numpy_helper.from_array(np.array([1], dtype=np.int64), "end"),
+                       numpy_helper.from_array(np.array([per_pair], dtype=np.int64), "per_pair"),
+                       numpy_helper.from_array(np.array([1, 2], dtype=np.int64), "pairs"),
+                       numpy_helper.from_array(np.array([1], dtype=np.int64), "last")])
+
+
+def pixel_sized_onnx(through_a_shape: bool) -> bytes:
+    """Zeros whose count comes from the pixels' values: their brightest value x 1e10 directly, or
+    the shape of NonZero's answer (how many pixels are bright)."""
+    zeros = helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0])
+    if through_a_shape:
+        count = [helper.make_node("Greater", ["pixels", "threshold"], ["bright"]),
+                 helper.make_node("NonZero", ["bright"], ["where"]), helper.make_node("Shape", ["where"], ["count"])]
+    else:
+        count = [helper.make_node("ReduceMax", ["pixels"], ["brightest"], keepdims=0),
+                 helper.make_node("Mul", ["brightest", "scale"], ["scaled"]),
+                 helper.make_node("Cast", ["scaled"], ["length"], to=TensorProto.INT64),
+                 helper.make_node("Unsqueeze", ["length", "first"], ["count"])]
+    return onnx_graph([*POOLED, *count, helper.make_node("ConstantOfShape", ["count"], ["zeros"], value=zeros),
+                       helper.make_node("ReduceSum", ["zeros"], ["total"], keepdims=0),
+                       helper.make_node("Add", ["flat", "total"], ["scores"])],
+                      [numpy_helper.from_array(np.array(0.5, dtype=np.float32), "threshold"),
+                       numpy_helper.from_array(np.array(1e10, dtype=np.float32), "scale"),
+                       numpy_helper.from_array(np.array([0], dtype=np.int64), "first")])
 
 
 def slow_onnx(products: int) -> bytes:
     """`products` 1024 x 1024 matrix products on a matrix that depends on the input (so that
     ONNX Runtime cannot fold them into a constant when it loads the file)."""
-    products_chain = [helper.make_node("MatMul", [f"m{index}", "w"], [f"m{index + 1}"]) for index in range(products)]
+    chain = [helper.make_node("MatMul", [f"m{index}", "w"], [f"m{index + 1}"]) for index in range(products)]
     return onnx_graph([*POOLED, helper.make_node("ReduceSum", ["pixels"], ["seed"], keepdims=0),
-                       helper.make_node("Add", ["ones", "seed"], ["m0"]), *products_chain,
+                       helper.make_node("Add", ["ones", "seed"], ["m0"]), *chain,
                        helper.make_node("ReduceSum", [f"m{products}"], ["total"], keepdims=0),
                        helper.make_node("Mul", ["total", "zero"], ["nothing"]),
                        helper.make_node("Add", ["flat", "nothing"], ["scores"])],
@@ -339,32 +366,49 @@ def slow_onnx(products: int) -> bytes:
                        numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero")])
 
 
+def check(blob: bytes, memory_bytes: int = 4 * 2**30, seconds: float = 60.0, max_batch: int = 32) -> int:
+    """The number of classes the upload's check finds (InvalidRequest when it refuses)."""
+    limits = model_upload.OnnxCheckLimits(memory_bytes, seconds, max_batch)
+    return len(model_upload.onnx_model("checked", blob, None, model_upload.Preprocessing(input_size=32), limits)[0].labels)
+
+
 def test_an_onnx_model_that_allocates_without_bound_is_422_and_the_server_carries_on(client):
     response = client.post("/v1/models", data={"name": "hungry-onnx", "input_size": 32},
-                           files={"onnx": ("m.onnx", data_sized_onnx())})
+                           files={"onnx": ("m.onnx", constant_sized_onnx([65536, 65536, 4]))})  # 64 GiB
     assert_refused(response, 422, "onnx", "needed more than 4096 MiB of memory")
     assert client.get("/v1/models/hungry-onnx").status_code == 404
     predicted = client.post("/v1/models/efficientnet_lite0/predict", files=[upload(encode(chelsea()))])
     assert predicted.status_code == 200, predicted.text
 
 
-def test_an_onnx_models_memory_per_image_is_projected_to_the_served_batch():
-    """About 192 MiB per image: checked at batches of 1 and 3 within 1 GiB, but 32 of them would not fit."""
-    blob, preprocessing = widening_onnx(16384), model_upload.Preprocessing(input_size=32)
-    with pytest.raises(InvalidRequest, match=r"about 19\d MiB per image: a batch of 32 \(GAZER_MAX_BATCH\)"):
-        model_upload.onnx_model("wide", blob, None, preprocessing, model_upload.OnnxCheckLimits(memory_bytes=2**30, max_batch=32))
-    spec, _ = model_upload.onnx_model("wide", blob, None, preprocessing,
-                                model_upload.OnnxCheckLimits(memory_bytes=2**30, max_batch=4))
-    assert len(spec.labels) == 3
+def test_the_checks_memory_cap_decides():
+    """1 GiB of zeros: refused under a 256 MiB cap (this machine could give it), served under 4 GiB."""
+    blob = constant_sized_onnx([256, 1024, 1024])
+    with pytest.raises(InvalidRequest, match=r"more than 256 MiB of memory to load the model and run batches of "
+                                             r"1, 3 and 32 images"):
+        check(blob, memory_bytes=256 * 2**20)
+    assert check(blob) == 3
+
+
+def test_a_model_whose_memory_grows_faster_than_the_batch_is_measured_at_the_largest_served_batch():
+    """64 KiB x n^2: 0.6 MiB at a batch of 3, 64 MiB at 32 (GAZER_MAX_BATCH), over a 48 MiB cap."""
+    blob = batch_squared_onnx(16384)
+    with pytest.raises(InvalidRequest, match="more than 48 MiB of memory"):
+        check(blob, memory_bytes=48 * 2**20, max_batch=32)
+    assert check(blob, memory_bytes=48 * 2**20, max_batch=8) == 3
+
+
+@pytest.mark.parametrize("through_a_shape", [False, True], ids=["value", "nonzero-shape"])
+def test_an_onnx_model_whose_sizes_come_from_pixel_values_is_422(client, through_a_shape):
+    response = client.post("/v1/models", data={"name": "pixel-sized-onnx", "input_size": 32},
+                           files={"onnx": ("m.onnx", pixel_sized_onnx(through_a_shape))})
+    assert_refused(response, 422, "onnx", "(ConstantOfShape) takes the size of its output from the pixels' values")
 
 
 def test_an_onnx_model_slower_than_the_check_allows_is_422_in_that_time():
-    """400 products take about 5 s here: the check stops at its 1 s."""
+    """400 products take seconds here: the check stops at its 1 s."""
     started = time.monotonic()
-    with pytest.raises(InvalidRequest, match=r"longer than 1 s on batches of 1 and 3 images"):
-        model_upload.onnx_model("slow", slow_onnx(400), None, model_upload.Preprocessing(input_size=32),
-                          model_upload.OnnxCheckLimits(seconds=1.0))
+    with pytest.raises(InvalidRequest, match=r"longer than 1 s on batches of 1, 3 and 32 images"):
+        check(slow_onnx(400), seconds=1.0)
     assert time.monotonic() - started < 10
-    spec, _ = model_upload.onnx_model("quick", slow_onnx(2), None, model_upload.Preprocessing(input_size=32),
-                                model_upload.OnnxCheckLimits(seconds=60.0))
-    assert len(spec.labels) == 3
+    assert check(slow_onnx(2)) == 3

@@ -105,7 +105,8 @@ def torchvision_log_probabilities(network: torch.nn.Module, image: Image.Image, 
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
-    settings = Settings(data_dir=tmp_path_factory.mktemp("own-models"), max_loaded_models=3)
+    # max_batch 8: an ONNX upload's check runs its largest batch, and VGG's at 224 would take 2 GB more
+    settings = Settings(data_dir=tmp_path_factory.mktemp("own-models"), max_loaded_models=3, max_batch=8)
     with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as test_client:
         yield test_client
 

@@ -102,6 +102,7 @@ def test_io_binding_on_the_gpu_agrees_with_the_cpu(lite0, tmp_path):
     path = ensure_onnx(network, spec, tmp_path)
     on_gpu = OnnxPredictor(path)
     assert on_gpu.bound_device == "cuda"
+    assert on_gpu.session.get_provider_options()["CUDAExecutionProvider"]["use_tf32"] == "0"  # IEEE float32
     batch = preprocess([chelsea()] * 4, spec)[0]
     bound = on_gpu.logits_and_features(batch)
     plain = on_gpu.session.run(["logits", "features"], {on_gpu.input_name: batch})

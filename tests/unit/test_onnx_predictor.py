@@ -110,3 +110,17 @@ def test_joined_batches_are_split_back_only_with_a_row_per_image(tmp_path):
     averaging = OnnxPredictor(channel_means_onnx(tmp_path / "averaging.onnx", batch_averaged=True))
     with pytest.raises(ModelNotReady, match=r"'logits' output has shape \(1, 3\) for a batch of 3 images"):
         averaging.run_batches(("logits",), batches)  # unchecked, the first request would get everyone's mean
+
+
+def test_runs_hold_at_most_max_batch_images_with_the_same_results(tmp_path):
+    """An uploaded model's memory is checked at max_batch images; serving never runs more at once."""
+    path = channel_means_onnx(tmp_path / "means.onnx", batch_averaged=False)
+    batches = [np.full((count, 3, 4, 4), float(value), np.float32) for value, count in ((1, 1), (2, 3), (3, 1))]
+    whole = OnnxPredictor(path).run_batches(("logits",), batches)
+    chunked = OnnxPredictor(path, max_batch=2)
+    sizes = []
+    plain_run = chunked.run
+    chunked.run = lambda outputs, batch: sizes.append(len(batch)) or plain_run(outputs, batch)
+    for expected, got in zip(whole, chunked.run_batches(("logits",), batches)):
+        np.testing.assert_array_equal(expected[0], got[0])
+    assert sizes == [2, 2, 1]

@@ -256,7 +256,11 @@ def _check_sizes_do_not_come_from_pixels(model) -> None:
     operator not listed is taken to let it. Local functions are inlined first."""
     from onnx.inliner import inline_local_functions
 
-    graph = inline_local_functions(model).graph
+    try:
+        graph = inline_local_functions(model).graph
+    except Exception as error:  # onnx's ValidationError (a recursive function, say) and others
+        raise InvalidRequest(f"the ONNX file's local functions cannot be inlined: {str(error)[:300]}",
+                             field="onnx") from None
     initializers = {initializer.name for initializer in graph.initializer}
     from_pixels = {entry.name for entry in graph.input if entry.name not in initializers}  # values set by pixels
     shaped_by_pixels: set[str] = set()  # shapes set by pixels' values

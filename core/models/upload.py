@@ -213,77 +213,63 @@ def _check_onnx_graph(model) -> None:  # an onnx.ModelProto
             raise InvalidRequest(f"the ONNX file uses the control-flow operator {message.op_type} (node "
                                  f"{message.name!r}); Loop, Scan, If and other operators with subgraphs are not "
                                  f"served: their cost is not bounded by the input", field="onnx")
+    if model.functions:
+        raise InvalidRequest("the ONNX file defines local functions; export without them (torch.onnx's "
+                             "dynamo=False does)", field="onnx")
     domains = {entry.domain for entry in model.opset_import} | {node.domain for node in model.graph.node}
-    for function in model.functions:
-        domains |= {node.domain for node in function.node}
     custom = sorted(domain for domain in domains if domain not in _STANDARD_ONNX_DOMAINS)
     if custom:
         raise InvalidRequest(f"the ONNX file uses custom operator domains {custom}; only standard operators "
                              f"are served", field="onnx")
-    _check_sizes_do_not_come_from_pixels(model)
+    _check_operators(model.graph)
 
 
-# Operators whose output size is read from these inputs' values (ONNX opset 21 and before).
-_SIZE_INPUTS = {"ConstantOfShape": (0,), "Expand": (1,), "Tile": (1,), "Range": (0, 1, 2), "Resize": (2, 3),
-                "Upsample": (1,), "Pad": (1,), "OneHot": (1,), "CenterCropPad": (1,), "Col2Im": (1, 2),
-                "MaxUnpool": (2,), "DFT": (1,), "STFT": (2, 3), "MelWeightMatrix": (0, 1, 2, 3, 4),
-                "BlackmanWindow": (0,), "HannWindow": (0,), "HammingWindow": (0,)}
-_REDUCTIONS = ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
-               "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare")
-# Operators whose output shapes (not their size: that stays within their inputs') follow from these
-# inputs' values; and those whose output shapes follow from their inputs' shapes and attributes alone.
-_SHAPES_FROM_VALUES = {**_SIZE_INPUTS, "Reshape": (1,), "Slice": (1, 2, 3, 4), "Squeeze": (1,), "Unsqueeze": (1,),
-                       "Split": (1,), "TopK": (1,), "Compress": (1,), "NonZero": (0,), "Unique": (0,),
-                       "NonMaxSuppression": (0, 1, 2, 3, 4), **{name: (1,) for name in _REDUCTIONS}}
-_SHAPES_FROM_SHAPES = {
-    "Abs", "Acos", "Add", "And", "ArgMax", "ArgMin", "Asin", "Atan", "AveragePool", "BatchNormalization", "BitShift",
-    "Cast", "CastLike", "Ceil", "Celu", "Clip", "Concat", "Conv", "ConvTranspose", "Cos", "Cosh", "DepthToSpace",
-    "Div", "Dropout", "Einsum", "Elu", "Equal", "Erf", "Exp", "Flatten", "Floor", "Gather", "GatherElements",
+# What an uploaded ONNX graph may use (the standard domain): the operators of convolutional
+# classifiers as torch.onnx and tf2onnx export them. Left out are those whose cost or output shape
+# follows their inputs' values (NonZero, TopK, NonMaxSuppression, RoiAlign, RNNs, ...).
+_OPERATORS = {
+    "Abs", "Add", "And", "ArgMax", "ArgMin", "AveragePool", "BatchNormalization", "Cast", "CastLike", "Ceil",
+    "Celu", "Clip", "Concat", "Constant", "ConstantOfShape", "Conv", "ConvTranspose", "DepthToSpace", "Div",
+    "Dropout", "Einsum", "Elu", "Equal", "Erf", "Exp", "Expand", "Flatten", "Floor", "Gather", "GatherElements",
     "GatherND", "Gelu", "Gemm", "GlobalAveragePool", "GlobalLpPool", "GlobalMaxPool", "Greater", "GreaterOrEqual",
-    "GroupNormalization", "HardSigmoid", "HardSwish", "Hardmax", "Identity", "InstanceNormalization", "IsInf", "IsNaN",
-    "LRN", "LayerNormalization", "LeakyRelu", "Less", "LessOrEqual", "Log", "LogSoftmax", "LpNormalization", "LpPool",
-    "MatMul", "Max", "MaxPool", "Mean", "Min", "Mish", "Mod", "Mul", "Neg", "Not", "Or", "PRelu", "Pow",
-    "Reciprocal", "Relu", "Round", "Selu", "Shrink", "Sigmoid", "Sign", "Sin", "Sinh", "Softmax", "Softplus",
-    "Softsign", "SpaceToDepth", "Sqrt", "Sub", "Sum", "Tan", "Tanh", "ThresholdedRelu", "Transpose", "Trilu",
-    "Where", "Xor"}
+    "GroupNormalization", "HardSigmoid", "HardSwish", "Hardmax", "Identity", "InstanceNormalization", "IsInf",
+    "IsNaN", "LRN", "LayerNormalization", "LeakyRelu", "Less", "LessOrEqual", "Log", "LogSoftmax",
+    "LpNormalization", "LpPool", "MatMul", "Max", "MaxPool", "Mean", "Min", "Mish", "Mod", "Mul", "Neg", "Not",
+    "Or", "PRelu", "Pad", "Pow", "Range", "Reciprocal", "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp",
+    "ReduceMax", "ReduceMean", "ReduceMin", "ReduceProd", "ReduceSum", "ReduceSumSquare", "Relu", "Reshape",
+    "Resize", "Round", "Selu", "Shape", "Shrink", "Sigmoid", "Sign", "Size", "Slice", "Softmax", "Softplus",
+    "Softsign", "SpaceToDepth", "Split", "Sqrt", "Squeeze", "Sub", "Sum", "Tanh", "ThresholdedRelu", "Tile",
+    "Transpose", "Trilu", "Unsqueeze", "Upsample", "Where", "Xor"}
+# Inputs whose values set an operator's output shape: they may come from the file and from the
+# input's shape (Shape, Size), not from the pixels' values. Every other operator above takes its
+# output shape from its inputs' shapes and its attributes, so no shape depends on the pixels.
+_SHAPE_INPUTS = {"ConstantOfShape": (0,), "Expand": (1,), "Tile": (1,), "Range": (0, 1, 2), "Resize": (1, 2, 3),
+                 "Upsample": (1,), "Pad": (1, 3), "Reshape": (1,), "Slice": (1, 2, 3, 4), "Squeeze": (1,),
+                 "Unsqueeze": (1,), "Split": (1,), **{name: (1,) for name in _OPERATORS if name.startswith("Reduce")}}
 
 
-def _check_sizes_do_not_come_from_pixels(model) -> None:
-    """Sizes may come from the file and from the input's shape, not from its values: then a run
-    costs the same for every image of a size, and the check's runs at the largest served batch
-    measure it. A value reaches a size through the ops above, or through the shape (`Shape`,
-    `Size`) of a tensor whose shape it set (NonZero, a Reshape to a computed shape, ...); an
-    operator not listed is taken to let it. Local functions are inlined first."""
-    from onnx.inliner import inline_local_functions
-
-    try:
-        graph = inline_local_functions(model).graph
-    except Exception as error:  # onnx's ValidationError (a recursive function, say) and others
-        raise InvalidRequest(f"the ONNX file's local functions cannot be inlined: {str(error)[:300]}",
-                             field="onnx") from None
-    initializers = {initializer.name for initializer in graph.initializer}
-    from_pixels = {entry.name for entry in graph.input if entry.name not in initializers}  # values set by pixels
-    shaped_by_pixels: set[str] = set()  # shapes set by pixels' values
-    for node in graph.node:  # in topological order, as ONNX requires
-        if any(node.input[index] in from_pixels for index in _SIZE_INPUTS.get(node.op_type, ())
+def _check_operators(graph) -> None:
+    """Only _OPERATORS, in the order they run (each input made before, each name made once), and
+    no shape set by the pixels' values: a run then costs the same for every image of a size, and
+    the check's runs measure it."""
+    from_pixels = {entry.name for entry in graph.input} - {initializer.name for initializer in graph.initializer}
+    made = {entry.name for entry in graph.input} | {initializer.name for initializer in graph.initializer} | {""}
+    for node in graph.node:
+        where = f"the ONNX node {node.name!r} ({node.op_type})"
+        if node.domain not in ("", "ai.onnx") or node.op_type not in _OPERATORS:
+            raise InvalidRequest(f"{where} is not an operator served from an uploaded file: a convolutional "
+                                 f"classifier's standard operators only", field="onnx")
+        if any(name not in made for name in node.input):
+            raise InvalidRequest(f"{where} comes before an input it needs, or needs one nothing makes", field="onnx")
+        if any(name in made for name in node.output if name):
+            raise InvalidRequest(f"{where} makes a value that already exists", field="onnx")
+        if any(node.input[index] in from_pixels for index in _SHAPE_INPUTS.get(node.op_type, ())
                if index < len(node.input)):
-            raise InvalidRequest(f"the ONNX node {node.name!r} ({node.op_type}) takes the size of its output from "
-                                 f"the pixels' values: the cost of a run would depend on the image", field="onnx")
-        if node.op_type in ("Shape", "Size"):
-            values_from_pixels = node.input[0] in shaped_by_pixels
-            shape_from_pixels = False
-        else:
-            values_from_pixels = any(name in from_pixels for name in node.input)
-            if node.op_type in _SHAPES_FROM_VALUES:
-                set_by = [node.input[index] for index in _SHAPES_FROM_VALUES[node.op_type] if index < len(node.input)]
-            else:
-                set_by = [] if node.op_type in _SHAPES_FROM_SHAPES else list(node.input)
-            shape_from_pixels = any(name in shaped_by_pixels for name in node.input) or \
-                any(name in from_pixels for name in set_by)
-        if values_from_pixels:
+            raise InvalidRequest(f"{where} takes its output's shape from the pixels' values: the cost of a run "
+                                 f"would depend on the image", field="onnx")
+        made.update(node.output)
+        if node.op_type not in ("Shape", "Size") and any(name in from_pixels for name in node.input):
             from_pixels.update(node.output)
-        if shape_from_pixels:
-            shaped_by_pixels.update(node.output)
 
 
 def _rename_output(model, old: str, new: str) -> None:
@@ -351,7 +337,7 @@ def _check_runs(serialized: bytes, input_size: int, limits: OnnxCheckLimits) -> 
     environment.update({name: os.environ[name] for name in ("LD_PRELOAD", "LD_LIBRARY_PATH") if name in os.environ})
     with tempfile.TemporaryDirectory() as folder:
         (Path(folder) / "model.onnx").write_bytes(serialized)
-        with open(Path(folder) / "out", "w+") as out, open(Path(folder) / "err", "w+") as err:
+        with open(Path(folder) / "out", "wb+") as out, open(Path(folder) / "err", "wb+") as err:
             try:
                 child = subprocess.run([sys.executable, "-m", onnx_probe.__name__, "model.onnx", str(input_size),
                                         str(limits.max_batch), str(limits.memory_bytes)],
@@ -360,9 +346,9 @@ def _check_runs(serialized: bytes, input_size: int, limits: OnnxCheckLimits) -> 
                 raise InvalidRequest(f"ONNX Runtime took longer than {limits.seconds:g} s on batches of {sizes} "
                                      f"images (GAZER_ONNX_CHECK_SECONDS)", field="onnx") from None
             out.seek(0)
-            printed = out.read(10_000).strip().splitlines()
+            printed = out.read(10_000).decode(errors="replace").strip().splitlines()
             err.seek(max(0, err.seek(0, os.SEEK_END) - _STDERR_KEPT))
-            errors = err.read()
+            errors = err.read().decode(errors="replace")
     if child.returncode < 0 and child.returncode != -signal.SIGKILL:
         raise InvalidRequest(f"ONNX Runtime stopped on the model ({signal.Signals(-child.returncode).name})",
                              field="onnx")

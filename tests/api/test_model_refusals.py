@@ -398,11 +398,31 @@ def test_a_model_whose_memory_grows_faster_than_the_batch_is_measured_at_the_lar
     assert check(blob, memory_bytes=48 * 2**20, max_batch=8) == 3
 
 
-@pytest.mark.parametrize("through_a_shape", [False, True], ids=["value", "nonzero-shape"])
-def test_an_onnx_model_whose_sizes_come_from_pixel_values_is_422(client, through_a_shape):
+@pytest.mark.parametrize("through_a_shape, words", [
+    (False, "(ConstantOfShape) takes its output's shape from the pixels' values"),
+    (True, "(NonZero) is not an operator served from an uploaded file"),
+], ids=["value", "nonzero-shape"])
+def test_an_onnx_model_whose_sizes_come_from_pixel_values_is_422(client, through_a_shape, words):
     response = client.post("/v1/models", data={"name": "pixel-sized-onnx", "input_size": 32},
                            files={"onnx": ("m.onnx", pixel_sized_onnx(through_a_shape))})
-    assert_refused(response, 422, "onnx", "(ConstantOfShape) takes the size of its output from the pixels' values")
+    assert_refused(response, 422, "onnx", words)
+
+
+def test_an_onnx_graph_must_list_its_nodes_in_the_order_they_run_and_define_no_functions():
+    """ONNX Runtime sorts the nodes itself: listed out of order, a size made from the pixels after
+    the node that reads it would slip past a check that reads the list in order."""
+    graph = onnx.load_from_string(pixel_sized_onnx(through_a_shape=False))
+    nodes = list(graph.graph.node)
+    reading = next(index for index, node in enumerate(nodes) if node.op_type == "ConstantOfShape")
+    graph.graph.ClearField("node")
+    graph.graph.node.extend([nodes[reading], *nodes[:reading], *nodes[reading + 1:]])
+    with pytest.raises(InvalidRequest, match=r"\(ConstantOfShape\) comes before an input it needs"):
+        check(graph.SerializeToString())
+    with_function = onnx.load_from_string(onnx_graph(POOLED + [helper.make_node("Identity", ["flat"], ["scores"])]))
+    with_function.functions.append(helper.make_function("", "Twice", ["x"], ["y"], [
+        helper.make_node("Add", ["x", "x"], ["y"])], [helper.make_opsetid("", 17)]))
+    with pytest.raises(InvalidRequest, match="defines local functions"):
+        check(with_function.SerializeToString())
 
 
 def test_an_onnx_model_slower_than_the_check_allows_is_422_in_that_time():

@@ -33,8 +33,8 @@ class SharedSettings(BaseSettings):
     max_dataset_ingest_seconds: float = Field(600.0, gt=0)
     max_model_bytes: int = 1024**3          # an uploaded model (weights or ONNX file)
     max_loaded_models: int = Field(8, ge=1)  # beyond this, the least recently used is unloaded
-    # The API's and the worker's models: on a GPU, built-in models predict from a float16 ONNX export (agreeing with torch within
-    # core.models.onnx_export.FP16_AGREEMENT_TOLERANCE); ignored on the CPU.
+    # For the API's and the worker's models. On a GPU, built-in models predict from a float16 ONNX
+    # export (agreeing with torch within core.models.onnx_export.FP16_AGREEMENT_TOLERANCE); ignored on the CPU.
     onnx_fp16: bool = False
     # On a GPU, the gradient CAM methods (Grad-CAM and its kin) run in bfloat16 autocast; ignored on
     # the CPU. Off by default: slower for EfficientNet-Lite0 on an H200 (README, Measured on a lent GPU).

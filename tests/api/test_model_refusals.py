@@ -369,7 +369,8 @@ def slow_onnx(products: int) -> bytes:
 def check(blob: bytes, memory_bytes: int = 4 * 2**30, seconds: float = 60.0, max_batch: int = 32) -> int:
     """The number of classes the upload's check finds (InvalidRequest when it refuses)."""
     limits = model_upload.OnnxCheckLimits(memory_bytes, seconds, max_batch)
-    return len(model_upload.onnx_model("checked", blob, None, model_upload.Preprocessing(input_size=32), limits)[0].labels)
+    spec, _ = model_upload.onnx_model("checked", blob, None, model_upload.Preprocessing(input_size=32), limits)
+    return len(spec.labels)
 
 
 def test_an_onnx_model_that_allocates_without_bound_is_422_and_the_server_carries_on(client):

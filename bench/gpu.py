@@ -328,7 +328,7 @@ def fine_tuning(model: LoadedModel, sizes: Sizes, folder: Path) -> None:
     report(f"fine-tuning, batch {config.batch_size} at {sizes.train_size} px ({device}), images/s", [
         ("fine-tune job loop per epoch (augmentation included; float32, channels_last)",
          ", ".join(f"{value:.1f}" for value in epochs)),
-        ("plain loop, same layers, float32", f"{plain_fp32:.1f}"),
+        ("plain loop, same layers, float32 + channels_last", f"{plain_fp32:.1f}"),
         ("plain loop, bfloat16 autocast + channels_last", f"{plain:.1f}"),
         ("job's last epoch / plain (float32)", f"{job / plain_fp32:.2f}x"),
     ])

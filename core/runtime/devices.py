@@ -41,9 +41,9 @@ def fast_math(device: torch.device, bfloat16: bool) -> ContextManager[object]:
     autocast keeps reductions, softmax and losses in float32 (bfloat16 has float32's range, so
     gradients need no scaler). Else nothing changes: float32, whose convolutions cuDNN already runs
     on tensor cores in TF32. Asked for, not the default: on an H200, EfficientNet-Lite0 was slower
-    in bfloat16 (Grad-CAM at batch 1 and 8 by 1.2-1.3x in three runs, faster only at 32; a
-    training step at batch 32 by 1.2x), since its depthwise convolutions gain nothing and the casts
-    cost kernels. CPU results stay exactly what they were."""
+    in bfloat16 (Grad-CAM at batch 1 and 8 by 1.18-1.29x over three runs, faster only at 32; a
+    training loop at batch 32 reached 0.83x the images/s of a float32 one, though that one was not
+    channels_last), since its depthwise convolutions gain little and the casts cost kernels. CPU results stay exactly what they were."""
     if device.type == "cuda" and bfloat16:
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()

@@ -209,8 +209,6 @@ def localization_synthetic(epochs: int, variants: list[str]) -> None:
 
 
 def localization_tuxpaint(epochs: int, variants: list[str]) -> None:
-    from PIL import Image
-
     datasets_dir = scratch_dir()
     dataset = ingest_archive(tuxpaint_archive(), datasets_dir, "tuxpaint4", SharedSettings().archive_limits)
     for name in variants:

@@ -23,6 +23,7 @@ import time
 import uuid
 import zipfile
 import zlib
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Callable, Iterator
@@ -332,9 +333,11 @@ def _check_classes(extracted: _Extracted) -> None:
 
 
 def ingest_archive(blob: bytes, datasets_dir: Path, name: str | None, limits: ArchiveLimits,
-                   owner: str | None = None) -> dict:
+                   owner: str | None = None,
+                   admitted: Callable[[], AbstractContextManager[None]] = nullcontext) -> dict:
     """Extract a class-per-folder archive into a new data set and return its description.
-    `owner`: who may see it (an API key id; None when the service is open)."""
+    `owner`: who may see it (an API key id; None when the service is open). `admitted()` is
+    entered around the moment the data set appears (the caller's quota check, under a lock)."""
     budget = _Budget(limits.max_seconds, limits.max_total_bytes)
     entries = _entries(blob, limits, budget)
     dataset_id = uuid.uuid4().hex[:12]
@@ -352,7 +355,8 @@ def ingest_archive(blob: bytes, datasets_dir: Path, name: str | None, limits: Ar
                        "unreadable": extracted.unreadable, "created_at": time.time(), "owner": owner}
         (staging / DESCRIPTION).write_text(json.dumps(description, indent=1))
         (staging / UPLOADED_AS).write_text(json.dumps(extracted.uploaded_as))
-        staging.rename(datasets_dir / dataset_id)
+        with admitted():
+            staging.rename(datasets_dir / dataset_id)
         return description
     except OSError as error:  # the data folder refused a write: a full disk, permissions
         full = "the data folder is full: " if error.errno in (errno.ENOSPC, errno.EDQUOT) else ""
@@ -378,7 +382,14 @@ def describe_dataset(datasets_dir: Path, dataset_id: str) -> dict:
 def list_datasets(datasets_dir: Path) -> list[dict]:
     if not datasets_dir.exists():
         return []
-    found = [json.loads(path.read_text()) for path in datasets_dir.glob("*/dataset.json")]
+    found = []
+    for path in datasets_dir.glob("*/dataset.json"):
+        if path.parent.name.startswith("."):  # one still being written
+            continue
+        try:
+            found.append(json.loads(path.read_text()))
+        except FileNotFoundError:  # deleted meanwhile
+            continue
     return sorted(found, key=lambda item: item["created_at"], reverse=True)
 
 

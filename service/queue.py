@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from typing import Any, Iterator
 
 import redis
@@ -59,17 +59,28 @@ class JobQueue:
         return job
 
     @contextmanager
-    def model_name_lock(self, name: str) -> Iterator[None]:
-        """Held, over all API processes, while a submit checks and claims model name `name` and
-        queues the job that will hold it, so that no other submit sees the claim without its job."""
-        lock = self.store.redis.lock(f"gazer:model-name-lock:{name}", timeout=NAME_LOCK_SECONDS,
-                                     blocking_timeout=NAME_LOCK_SECONDS)
+    def claim_lock(self, owner: str | None, name: str | None = None) -> Iterator[None]:
+        """Held, over all API processes, while a request of key `owner` checks its quota, claims
+        model name `name` and queues the job (or marks the upload) that will hold it, so that no
+        other request sees the claim without its holder, nor counts the key's names halfway. An
+        open service (no owner) has no claims and takes no lock."""
+        with ExitStack() as locks:
+            if owner is not None:
+                locks.enter_context(self._lock(f"gazer:owner-lock:{owner}", "another request of this key"))
+                if name is not None:
+                    locks.enter_context(self._lock(f"gazer:model-name-lock:{name}",
+                                                   f"another submit under model name {name!r}"))
+            yield
+
+    @contextmanager
+    def _lock(self, key: str, holder: str) -> Iterator[None]:
+        lock = self.store.redis.lock(key, timeout=NAME_LOCK_SECONDS, blocking_timeout=NAME_LOCK_SECONDS)
         try:
             acquired = lock.acquire()
         except redis.RedisError as error:
             raise QueueUnavailable(f"the job queue cannot take jobs now: {error}") from None
         if not acquired:
-            raise QueueUnavailable(f"another submit under model name {name!r} is still in progress; retry")
+            raise QueueUnavailable(f"{holder} is still in progress; retry")
         try:
             yield
         finally:

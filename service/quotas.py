@@ -2,7 +2,11 @@
 a published version, an upload runs under it, or one of the key's queued or running jobs will
 publish there; a claim that ended with nothing published (a job cancelled or failed, an upload
 refused) holds nothing, so it neither counts against the quota nor keeps other keys out.
-Others, unless they hold `admin`, may not publish under a name a key holds."""
+Others, unless they hold `admin`, may not publish under a name a key holds.
+
+Each check runs under the key's lock (`JobQueue.claim_lock`) together with what makes its claim
+hold (the queued job, the upload's mark, the data set's folder), so that two requests of one key
+cannot both pass the last free place."""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from core.names import BUILTIN_MODELS
 from core.storage import Storage
 from core.sweeps import SWEEP
 from service.auth import Caller, Forbidden
-from service.queue import NAME_LOCK_SECONDS, JobQueue
+from service.queue import JobQueue
 from service.rate_limits import key_client
 from service.settings import Settings
 
@@ -25,6 +29,7 @@ class QuotaExceeded(GazerError):
 
 
 def check_dataset_quota(caller: Caller, storage: Storage, settings: Settings) -> None:
+    """Refuses a new data set of a key at its quota."""
     if caller.owner is None:
         return
     held = sum(1 for item in datasets.list_datasets(storage.datasets) if item.get("owner") == caller.owner)
@@ -35,7 +40,7 @@ def check_dataset_quota(caller: Caller, storage: Storage, settings: Settings) ->
 
 def claim_model_name(caller: Caller, storage: Storage, queue: JobQueue, name: str, settings: Settings) -> None:
     """Before a fine-tune or upload publishes under `name`: the name is this key's, or free
-    and within the key's quota (then it becomes this key's)."""
+    and within the key's quota (then it becomes this key's). Under `queue.claim_lock`."""
     if caller.owner is None or name in BUILTIN_MODELS:  # built-in names are refused elsewhere
         return
     holder = _holder(storage, queue, name)
@@ -77,15 +82,15 @@ def _holder(storage: Storage, queue: JobQueue, name: str) -> str | None:
 
 
 def _names_held(storage: Storage, queue: JobQueue, owner: str) -> list[str]:
-    """The names `owner` holds. Its claims that hold nothing are released on the way, once
-    older than the name lock (a younger one may be a claim whose job is being queued now)."""
+    """The names `owner` holds; its claims that hold nothing are released on the way (under the
+    key's lock, none of them is halfway through a submit or an upload)."""
     publishing = _publishing_to(queue, owner)
     held = []
     for name in versions.names_owned(storage.models, owner):
         if versions.versions(storage.models, name) or versions.upload_running(storage.models, name) \
                 or name in publishing:
             held.append(name)
-        elif versions.claim_age(storage.models, name) > NAME_LOCK_SECONDS:
+        else:
             versions.release_name(storage.models, name)
     return held
 

@@ -12,10 +12,9 @@ import os
 import shutil
 import time
 import uuid
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -170,35 +169,27 @@ def name_owner(models_dir: Path, name: str) -> str | None:
 
 
 def claim_name(models_dir: Path, name: str, owner: str) -> str:
-    """Records `owner` as the name's owner unless it has one; returns the owner it has now. A
-    claim made again by its owner starts its age (claim_age) afresh."""
+    """Records `owner` as the name's owner unless it has one; returns the owner it has now."""
     check_name(name, "model name")
     (models_dir / name).mkdir(parents=True, exist_ok=True)
     try:
         descriptor = os.open(models_dir / name / OWNER, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
-        holder = name_owner(models_dir, name) or owner
-        if holder == owner:
-            os.utime(models_dir / name / OWNER)
-        return holder
+        return name_owner(models_dir, name) or owner
     with os.fdopen(descriptor, "w") as handle:
         handle.write(owner)
     return owner
 
 
-@contextmanager
-def uploading(models_dir: Path, name: str) -> Iterator[None]:
+def start_upload(models_dir: Path, name: str) -> None:
     """Marks `name` while an upload under it runs (its claim has no version and no job yet);
     a name with no folder (no claim was made: an open service, a built-in name) is left alone."""
-    marker = models_dir / name / UPLOADING
-    if not marker.parent.is_dir():
-        yield
-        return
-    marker.touch()
-    try:
-        yield
-    finally:
-        marker.unlink(missing_ok=True)
+    if (models_dir / name).is_dir():
+        (models_dir / name / UPLOADING).touch()
+
+
+def end_upload(models_dir: Path, name: str) -> None:
+    (models_dir / name / UPLOADING).unlink(missing_ok=True)
 
 
 def upload_running(models_dir: Path, name: str) -> bool:
@@ -207,14 +198,6 @@ def upload_running(models_dir: Path, name: str) -> bool:
         return time.time() - (models_dir / name / UPLOADING).stat().st_mtime < UPLOAD_MARK_SECONDS
     except FileNotFoundError:
         return False
-
-
-def claim_age(models_dir: Path, name: str) -> float:
-    """Seconds since the name's owner was recorded (0 when it has none)."""
-    try:
-        return time.time() - (models_dir / name / OWNER).stat().st_mtime
-    except FileNotFoundError:
-        return 0.0
 
 
 def release_name(models_dir: Path, name: str) -> None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from typing import Annotated
+from contextlib import contextmanager
+from typing import Annotated, Iterator
 
 from fastapi import APIRouter, File, Form, Request, UploadFile, status
 from starlette.concurrency import run_in_threadpool
@@ -12,7 +13,7 @@ from core import cancellation, datasets
 from core.storage import check_name
 from schemas.datasets import Dataset, DatasetList
 from service.auth import Caller, CallerDep
-from service.dependencies import SettingsDep, StorageDep
+from service.dependencies import QueueDep, SettingsDep, StorageDep
 from service.disconnects import client_watch
 from service.quotas import check_dataset_quota
 
@@ -22,18 +23,25 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 @router.post("", response_model=Dataset, status_code=status.HTTP_201_CREATED)
 async def upload_dataset(
     request: Request,
-    storage: StorageDep, settings: SettingsDep, caller: CallerDep,
+    storage: StorageDep, settings: SettingsDep, caller: CallerDep, queue: QueueDep,
     file: Annotated[UploadFile, File(description=".zip or .tar.gz with one folder of images per class")],
     name: Annotated[str | None, Form(description="a name to show; default the id")] = None,
 ) -> Dataset:
     if name is not None:
         check_name(name, "name")
-    check_dataset_quota(caller, storage, settings)
+    check_dataset_quota(caller, storage, settings)  # before the work; again as the data set appears
     blob = await file.read()
+
+    @contextmanager
+    def within_quota() -> Iterator[None]:
+        with queue.claim_lock(caller.owner):
+            check_dataset_quota(caller, storage, settings)
+            yield
 
     def ingest(gone: threading.Event) -> dict:
         with cancellation.for_client(gone):
-            return datasets.ingest_archive(blob, storage.datasets, name, settings.archive_limits, caller.owner)
+            return datasets.ingest_archive(blob, storage.datasets, name, settings.archive_limits, caller.owner,
+                                           within_quota)
 
     async with client_watch(request) as gone:
         return Dataset(**await run_in_threadpool(ingest, gone))

@@ -69,7 +69,7 @@ def submit_fine_tune(body: FineTuneRequest, request: Request, response: Response
         caller.check_owns(describe_dataset(storage.datasets, body.dataset_id).get("owner"),
                           f"data set {body.dataset_id!r}")
         check_fine_tune(fine_tune_config(params), registry, storage.datasets, settings.worker_memory_bytes)
-    with queue.model_name_lock(body.output_model):
+    with queue.claim_lock(caller.owner, body.output_model):
         claim_model_name(caller, storage, queue, body.output_model, settings)
         return _submit(FINE_TUNE, params, queue, caller, request, settings, response)
 
@@ -85,7 +85,7 @@ def submit_sweep(body: SweepRequest, request: Request, response: Response, queue
                           f"data set {config.base.dataset_id!r}")
         for heaviest in heaviest_trials(params):
             check_fine_tune(fine_tune_config(heaviest), registry, storage.datasets, settings.worker_memory_bytes)
-    with queue.model_name_lock(config.base.output_model):
+    with queue.claim_lock(caller.owner, config.base.output_model):
         claim_model_name(caller, storage, queue, config.base.output_model, settings)
         return _submit(SWEEP, params, queue, caller, request, settings, response)
 

@@ -98,23 +98,26 @@ async def upload_model(
     check_name(name, "name")
     await run_in_threadpool(_claim, caller, registry.storage, queue, name, settings)
     try:
-        with versions.uploading(registry.storage.models, name):
-            async with upload_slot(request):
-                spec = await run_in_threadpool(register)
+        async with upload_slot(request):
+            spec = await run_in_threadpool(register)
     except Exception:  # refused: the claim holds nothing
+        versions.end_upload(registry.storage.models, name)
         await run_in_threadpool(_release, caller, registry.storage, queue, name)
         raise
+    finally:
+        versions.end_upload(registry.storage.models, name)
     response.headers["Location"] = f"/v1/models/{spec.ref}"
     return wire.ModelRef(id=spec.id, version=spec.version)
 
 
 def _claim(caller: Caller, storage: Storage, queue: JobQueue, name: str, settings: Settings) -> None:
-    with queue.model_name_lock(name):
+    with queue.claim_lock(caller.owner, name):
         claim_model_name(caller, storage, queue, name, settings)
+        versions.start_upload(storage.models, name)
 
 
 def _release(caller: Caller, storage: Storage, queue: JobQueue, name: str) -> None:
-    with queue.model_name_lock(name):
+    with queue.claim_lock(caller.owner, name):
         release_unused_claim(caller, storage, queue, name)
 
 

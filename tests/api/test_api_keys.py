@@ -7,7 +7,7 @@ import os
 import re
 import subprocess
 import sys
-import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import anyio
@@ -287,6 +287,30 @@ def test_model_names_and_data_sets_are_held_per_key_within_quotas(keys, tmp_path
         assert fine_tune("admin", alices, "alices").status_code == 202
 
 
+
+def test_requests_of_one_key_sent_at_once_cannot_pass_its_quota_together(keys, tmp_path):
+    """Quota 1: four data sets and eight new model names asked for at the same moment; one of
+    each is taken, and the others are refused."""
+    settings = Settings(data_dir=tmp_path, api_keys=keys[0], max_datasets_per_key=1, max_models_per_key=1)
+    with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as api, \
+            ThreadPoolExecutor(8) as pool:
+        archive = upload(shapes_archive(per_class=2), "shapes.zip", "application/zip")
+        made = list(pool.map(lambda _: api.post("/v1/datasets", files=[archive], headers=as_(keys, "alice")),
+                             range(4)))
+        assert sorted(answer.status_code for answer in made) == [201, 403, 403, 403], [a.text for a in made]
+        assert len(api.get("/v1/datasets", headers=as_(keys, "alice")).json()["data"]) == 1
+        dataset = next(answer.json()["id"] for answer in made if answer.status_code == 201)
+
+        def fine_tune(output: str):
+            body = {"dataset_id": dataset, "output_model": output, "epochs": 1, "input_size": 64}
+            return api.post("/v1/jobs/fine-tune", json=body, headers=as_(keys, "alice"))
+
+        submitted = list(pool.map(fine_tune, [f"name{index}" for index in range(8)]))
+        assert sorted(answer.status_code for answer in submitted) == [202] + [403] * 7, [a.text for a in submitted]
+        assert all("GAZER_MAX_MODELS_PER_KEY" in answer.json()["detail"]
+                   for answer in submitted if answer.status_code == 403)
+
+
 def resnet18_weights() -> bytes:
     torch.manual_seed(0)
     network = torchvision.models.resnet18(num_classes=3)
@@ -334,11 +358,10 @@ def test_a_name_is_held_while_it_has_a_version_or_a_job_that_will_publish_there(
         assert not (models / "broken").exists()
 
         versions.claim_name(models, "busy", "an-admin")
-        with versions.uploading(models, "busy"):  # as an admin's upload holds its name until its version is saved
-            assert_problem(fine_tune("bob", "busy"), 403, "belongs to another key")
+        versions.start_upload(models, "busy")  # as an admin's upload holds its name until its version is saved
+        assert_problem(fine_tune("bob", "busy"), 403, "belongs to another key")
+        versions.end_upload(models, "busy")
         cancel(fine_tune("bob", "busy"))  # it ended with nothing published: the name was free
 
-        claimed = time.time() - 60  # bob's claim on "first", its job cancelled, a minute ago
-        os.utime(models / "first" / "owner", (claimed, claimed))
         assert fine_tune("bob", "fourth").status_code == 202
-        assert not (models / "first").exists()  # released when bob claimed another name
+        assert not (models / "first").exists()  # bob's claim, its job cancelled: released as he claimed another

@@ -18,7 +18,7 @@ from core.explain import METHODS
 from service.admission import ModelQueues
 from service.app import create_app
 from service.settings import Settings
-from support import encode, foolbox_imagenet_photos, upload
+from support import foolbox_imagenet_photos, upload
 from tests.conftest import MODEL
 from tests.held_method import GRADIENT_LAYER, HeldGradCAM
 

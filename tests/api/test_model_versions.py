@@ -4,7 +4,6 @@ recently used first."""
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
@@ -101,16 +100,3 @@ def test_one_loaded_model_besides_the_resident_default_still_serves(tmp_path):
         assert served_version(client, "solo") == 1
         assert served_version(client, "solo") == 1
         assert client.get("/readyz").status_code == 200
-
-
-def test_a_name_claimed_again_by_its_owner_counts_its_age_afresh(tmp_path):
-    """A key's claim held by a job that has since ended must not be released as stale while the
-    same key queues a new job under it (service.quotas)."""
-    assert versions.claim_name(tmp_path, "pets", "alice") == "alice"
-    owner_file = tmp_path / "pets" / versions.OWNER
-    os.utime(owner_file, (owner_file.stat().st_atime - 3600, owner_file.stat().st_mtime - 3600))
-    assert versions.claim_age(tmp_path, "pets") > 3000
-    assert versions.claim_name(tmp_path, "pets", "bob") == "alice"
-    assert versions.claim_age(tmp_path, "pets") > 3000  # another key's attempt changes nothing
-    assert versions.claim_name(tmp_path, "pets", "alice") == "alice"
-    assert versions.claim_age(tmp_path, "pets") < 60

@@ -14,7 +14,6 @@ import copy
 import io
 
 import numpy as np
-import onnx
 import pytest
 import timm
 import torch

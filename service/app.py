@@ -23,6 +23,7 @@ from service.auth import KeyStore, KeysBeforeBodies, requires
 from service.errors import PROBLEM_RESPONSES, install_error_handlers
 from service.limits import RequestSizeLimit
 from service.metrics import Metrics
+from service.negotiation import acceptable
 from service.guards import RefuseForeignOrigins, RefuseUnknownHosts
 from service.queue import JobQueue
 from service.rate_limits import LimitRequestsBeforeBodies, RateLimiter, StreamSlots
@@ -99,10 +100,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RefuseUnknownHosts, allowed=settings.allowed_host_list)
     app.add_middleware(RequestContext, metrics=app.state.metrics)  # outside the size limit: its 413s count too
     app.include_router(health.router)
-    app.include_router(model_versions.router, responses=PROBLEM_RESPONSES)
-    app.include_router(models.router, dependencies=[Depends(requires("predict"))], responses=PROBLEM_RESPONSES)
-    app.include_router(datasets.router, dependencies=[Depends(requires("jobs"))], responses=PROBLEM_RESPONSES)
-    app.include_router(jobs.router, dependencies=[Depends(requires("jobs"))], responses=PROBLEM_RESPONSES)
+    app.include_router(model_versions.router, dependencies=[Depends(acceptable)], responses=PROBLEM_RESPONSES)
+    app.include_router(models.router, dependencies=[Depends(requires("predict")), Depends(acceptable)],
+                       responses=PROBLEM_RESPONSES)
+    app.include_router(datasets.router, dependencies=[Depends(requires("jobs")), Depends(acceptable)],
+                       responses=PROBLEM_RESPONSES)
+    app.include_router(jobs.router, dependencies=[Depends(requires("jobs")), Depends(acceptable)],
+                       responses=PROBLEM_RESPONSES)
     app.include_router(metrics.router)
     app.include_router(web.router)
     app.mount("/static", web.static_files(), name="static")

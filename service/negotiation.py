@@ -2,6 +2,17 @@
 
 from __future__ import annotations
 
+from fastapi import Request
+from fastapi.datastructures import DefaultPlaceholder
+from fastapi.routing import APIRoute
+
+from core.errors import GazerError
+
+
+class NotAcceptable(GazerError):
+    code = "not-acceptable"
+    status = 406
+
 
 def media_qualities(accept: str) -> dict[str, float]:
     """Media type -> q value (1 when not given, 0 when unreadable)."""
@@ -22,12 +33,45 @@ def media_qualities(accept: str) -> dict[str, float]:
 
 def preferred_image(accept: str, media_types: dict[str, str]) -> str | None:
     """The key of `media_types` (format -> media type) that an Accept header asks for most, if
-    it asks for one (q above 0) at least as much as for JSON; ties go to the first listed."""
+    it asks for one (by name or image/*, q above 0) at least as much as for JSON; ties go to the
+    first listed. A bare */* asks for JSON."""
     qualities = media_qualities(accept)
-    json_quality = qualities.get("application/json", 0.0)
+    json_quality = quality(qualities, "application/json")
     best, best_quality = None, 0.0
     for name, media_type in media_types.items():
-        quality = qualities.get(media_type, 0.0)
-        if quality > best_quality and quality >= json_quality:
-            best, best_quality = name, quality
+        wanted = qualities.get(media_type, qualities.get("image/*", 0.0))
+        if wanted > best_quality and wanted >= json_quality:
+            best, best_quality = name, wanted
     return best
+
+
+def quality(qualities: dict[str, float], media_type: str) -> float:
+    """The q value of `media_type`'s most specific match (itself, then type/*, then */*); 0 for none."""
+    for candidate in (media_type, f"{media_type.split('/')[0]}/*", "*/*"):
+        if candidate in qualities:
+            return qualities[candidate]
+    return 0.0
+
+
+def acceptable(request: Request) -> None:
+    """406 when an Accept header allows none of what the matched route answers (no header
+    allows everything)."""
+    accept = request.headers.get("accept", "")
+    offered = route_media_types(request.scope["route"])
+    qualities = media_qualities(accept)
+    if accept.strip() and offered and not any(quality(qualities, media_type) > 0 for media_type in offered):
+        raise NotAcceptable(f"this route answers {' or '.join(offered)}; the Accept header ({accept[:200]!r}) "
+                            f"allows none of them")
+
+
+def route_media_types(route: APIRoute) -> list[str]:
+    """What a route answers with success, as its OpenAPI says: its response class's media type
+    and those listed for 200 (empty for a file of any type, or no content)."""
+    if route.status_code == 204:
+        return []
+    response_class = route.response_class
+    if isinstance(response_class, DefaultPlaceholder):
+        response_class = response_class.value
+    declared = [response_class.media_type] if response_class.media_type else []
+    return declared + list(route.responses.get(200, {}).get("content", {}))
+

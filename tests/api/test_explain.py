@@ -305,9 +305,27 @@ def test_cam_from_the_served_onnx_forward_matches_cam_from_torch(client, monkeyp
     ("image/png;q=0", None), ("application/json;q=0.9, image/png;q=0.5", None),
     ("image/png;q=0.8, application/json;q=0.5", "png"), ("", None), ("*/*", None), ("image/png;q=x", None),
     ("image/webp", "webp"), ("image/jpeg;q=0.5, image/webp;q=0.9", "webp"), ("image/png, image/jpeg", "png"),
+    ("image/*", "png"), ("image/png;q=0, image/*", "jpeg"), ("application/*, image/*;q=0.5", None),
+    ("*/*, image/webp;q=0.5", None), ("image/webp, */*;q=0.1", "webp"),
 ])
 def test_accept_header_negotiation(accept, image):
     assert preferred_image(accept, MEDIA_TYPES) == image
+
+
+def test_an_accept_header_that_allows_nothing_a_route_answers_is_406(client, chelsea_jpeg):
+    for path, accept in ((f"/v1/models/{MODEL}/predict", "image/png"), (f"/v1/models/{MODEL}/explain", "image/gif"),
+                         (f"/v1/models/{MODEL}/explain", "text/html, application/json;q=0")):
+        refused = client.post(path, files=[upload(chelsea_jpeg)], headers={"Accept": accept})
+        assert refused.status_code == 406, refused.text
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert refused.json()["type"] == "/problems/not-acceptable" and "application/json" in refused.json()["detail"]
+    assert client.get("/v1/models", headers={"Accept": "text/csv"}).status_code == 406
+    for accept in ("application/*", "text/html, */*;q=0.1", "application/json; charset=utf-8", ""):
+        answer = client.post(f"/v1/models/{MODEL}/predict", files=[upload(chelsea_jpeg)], headers={"Accept": accept})
+        assert answer.status_code == 200 and answer.headers["content-type"] == "application/json", accept
+    overlay = client.post(f"/v1/models/{MODEL}/explain", files=[upload(chelsea_jpeg)], data={"method": "cam"},
+                          headers={"Accept": "image/*"})
+    assert overlay.status_code == 200 and overlay.headers["content-type"] == "image/png"
 
 
 def test_the_default_outputs_are_a_setting(data_dir, chelsea_jpeg):

@@ -41,6 +41,10 @@ class Storage:
     def redis(self) -> Path:
         return self.root / "redis"
 
+    @property
+    def upload_lock(self) -> Path:
+        return self.root / "upload.lock"
+
     def job_artifacts(self, job_id: str) -> Path:
         return self.root / "artifacts" / job_id
 

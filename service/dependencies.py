@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 from contextlib import asynccontextmanager
 from typing import Annotated, AsyncIterator
 
@@ -101,8 +102,27 @@ def admitted(request: Request, model: LoadedModel):
     return request.app.state.model_queues.admitted(request.path_params["model"], model.spec.ref)
 
 
-def upload_slot(request: Request):
-    """Model uploads build, run and export a network: one at a time."""
+@asynccontextmanager
+async def upload_slot(request: Request) -> AsyncIterator[None]:
+    """Model uploads build, run and export a network (an ONNX file's check takes up to
+    GAZER_ONNX_CHECK_MEMORY_BYTES): one at a time on this machine, over all API processes. This
+    process's slot first, then the lock file they share; ServiceBusy once the wait is over."""
     settings: Settings = request.app.state.settings
-    return taken(request.app.state.upload_slots, settings.explain_queue_seconds,
-                 f"another model upload kept the server busy for {settings.explain_queue_seconds:g} s; retry later")
+    busy = f"another model upload kept the server busy for {settings.explain_queue_seconds:g} s; retry later"
+    deadline = anyio.current_time() + settings.explain_queue_seconds
+    async with taken(request.app.state.upload_slots, settings.explain_queue_seconds, busy):
+        path = request.app.state.registry.storage.upload_lock
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as lock_file:
+            while True:
+                try:
+                    fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if anyio.current_time() >= deadline:
+                        raise ServiceBusy(busy) from None
+                    await anyio.sleep(UPLOAD_LOCK_POLL_SECONDS)
+            yield  # closing the file releases the lock
+
+
+UPLOAD_LOCK_POLL_SECONDS = 0.05

@@ -7,6 +7,8 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -433,3 +435,30 @@ def test_an_onnx_model_slower_than_the_check_allows_is_422_in_that_time():
         check(slow_onnx(400), seconds=1.0)
     assert time.monotonic() - started < 10
     assert check(slow_onnx(2)) == 3
+
+
+def test_uploads_take_turns_over_all_api_processes(tmp_path):
+    """Another API process (here a process holding the shared lock file) keeps this one's upload
+    waiting, then 503 once the wait is over; after it lets go, the upload goes through."""
+    settings = Settings(data_dir=tmp_path, explain_queue_seconds=0.5)
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time\n"
+                               f"lock = open({str(tmp_path / 'upload.lock')!r}, 'a')\n"
+                               "fcntl.flock(lock, fcntl.LOCK_EX)\nprint('held', flush=True)\ntime.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as api:
+            def send():
+                return api.post("/v1/models", data={"name": "tiny", "input_size": 32},
+                                files={"onnx": ("m.onnx", onnx_classifier().SerializeToString())})
+
+            started = time.monotonic()
+            busy = send()
+            assert busy.status_code == 503 and "another model upload" in busy.json()["detail"], busy.text
+            assert 0.5 <= time.monotonic() - started < 5
+            holder.kill()
+            holder.wait()
+            assert send().status_code == 201
+    finally:
+        holder.kill()
+        holder.wait()

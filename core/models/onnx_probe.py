@@ -2,9 +2,9 @@
 FILE INPUT_SIZE MAX_BATCH MEMORY_BYTES`. Before it loads the model it caps its own address space at
 what it has then plus MEMORY_BYTES, so a graph that allocates without bound (a ConstantOfShape or
 Expand to a size written in the file, or one that grows faster than the batch) fails here instead
-of taking the server's memory; the caller kills it at its time limit. It runs batches of 1, 3 and
-MAX_BATCH random images (serving never runs more at once: OnnxPredictor.max_batch) and prints one
-JSON line: {"classes"} or {"error"}."""
+of taking the server's memory; the caller kills it at its time limit. It runs random images at each batch size of
+`batches(MAX_BATCH)`, the only sizes serving then runs (OnnxPredictor.run_sizes), and prints
+one JSON line: {"classes"} or {"error"}."""
 
 from __future__ import annotations
 
@@ -14,8 +14,11 @@ import sys
 
 
 def batches(max_batch: int) -> tuple[int, ...]:
-    """Two sizes show that logits keep a row per image; the largest served batch shows its cost."""
-    return tuple(sorted({1, 3, max_batch}))
+    """The batch sizes an uploaded graph is checked at, and the only ones it is then run at
+    (OnnxPredictor.run_sizes: 7 images run as 4 + 2 + 1): powers of two below `max_batch`, and
+    `max_batch`. A graph could compute its sizes from the batch size and misbehave only at one
+    the check skipped. On this CPU the parts cost what one run does (bench.checked_batch_sizes)."""
+    return tuple(sorted({2**power for power in range(max_batch.bit_length()) if 2**power < max_batch} | {max_batch}))
 
 
 def probe(path: str, input_size: int, max_batch: int) -> dict:

@@ -39,6 +39,9 @@ class ModelSpec:
     # Resize and crop on torchvision's pixel grid (whole-pixel resized sides and crop offsets,
     # as `Resize` + `CenterCrop`), for models trained with torchvision's transforms.
     torchvision_resize: bool = False
+    # An uploaded ONNX graph: the batch sizes its check ran, the only ones it is run at
+    # (core.models.onnx_probe.batches). None: a graph of ours, run at any size.
+    batch_sizes: tuple[int, ...] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -57,4 +60,6 @@ class ModelSpec:
         for key in ("labels", "mean", "std"):
             raw[key] = tuple(raw[key])
         raw.setdefault("linear_head", raw.get("head_hidden", 0) == 0)  # written before the field existed
+        if raw.get("batch_sizes") is not None:
+            raw["batch_sizes"] = tuple(raw["batch_sizes"])
         return cls(**raw)

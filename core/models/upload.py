@@ -23,6 +23,7 @@ from torch import nn
 
 from core.errors import Conflict, GazerError, InvalidRequest
 from core.models.adapted import TIMM_PREFIX, adapt, classifier_name, construct, torchvision_architectures
+from core.models import onnx_probe
 from core.models.layers import feeds_a_linear_head, targetable_layers
 from core.models.spec import ModelSpec
 from core.names import BUILTIN_MODELS, ONNX_ARCHITECTURE
@@ -314,7 +315,7 @@ def onnx_model(name: str, blob: bytes, labels: list[str] | None, preprocessing: 
     classes = _check_runs(serialized, input_size, limits)
     spec = _spec(name, ONNX_ARCHITECTURE, _labels(labels, classes), preprocessing, input_size, "", "",
                  False, f"ONNX classifier uploaded as {name}")
-    return spec, serialized
+    return replace(spec, batch_sizes=onnx_probe.batches(limits.max_batch)), serialized
 
 
 # how ONNX Runtime words a failed allocation, in the check's error
@@ -327,8 +328,6 @@ def _check_runs(serialized: bytes, input_size: int, limits: OnnxCheckLimits) -> 
     capped at `limits.memory_bytes` and killed after `limits.seconds`. The file lies alone in an
     empty folder: no path in it can resolve to anything of ours; the child gets no secrets from
     the environment, and its output goes to files."""
-    from core.models import onnx_probe
-
     memory = f"{limits.memory_bytes / 2**20:.0f} MiB"
     *fewer, most = onnx_probe.batches(limits.max_batch)
     sizes = f"{', '.join(map(str, fewer))} and {most}"

@@ -31,12 +31,14 @@ class OnnxPredictor:
     clients: 60.6 images/s with one run at a time, 68.7-70.1 with two).
     """
 
-    def __init__(self, path: Path, max_batch: int = 1024) -> None:
+    def __init__(self, path: Path, max_batch: int = 1024, batch_sizes: tuple[int, ...] | None = None) -> None:
         """`max_batch`: run_batches runs at most this many images at once (the batcher's first
-        request is taken whole, and RISE scores 128 masked images in one call), so that an uploaded
-        model's memory, checked at this batch, bounds what serving takes."""
+        request is taken whole, and RISE scores 128 masked images in one call). `batch_sizes`:
+        an uploaded graph's checked sizes (ModelSpec.batch_sizes), the only ones it is run at, so
+        that a run's memory and time are what the check measured."""
         self.path = path
-        self.max_batch = max_batch
+        self.max_batch = max_batch if batch_sizes is None else min(max_batch, max(batch_sizes))
+        self.batch_sizes = batch_sizes
         self.session = _session(path, threads=0)  # 0: ORT's default, a thread per core
         self.input_name = self.session.get_inputs()[0].name
         self.bound_device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else None
@@ -96,20 +98,35 @@ class OnnxPredictor:
         return logits, features
 
     def run_batches(self, outputs: tuple[str, ...], batches: list[np.ndarray]) -> list[list[np.ndarray]]:
-        """`outputs` of several input batches in one session run (runs of max_batch images where
-        they hold more), split back per batch."""
+        """`outputs` of several input batches in one session run (or in parts: run_sizes), split
+        back per batch."""
         joined = batches[0] if len(batches) == 1 else np.concatenate(batches)
-        runs = [self.run(list(outputs), joined[start:start + self.max_batch])
-                for start in range(0, len(joined), self.max_batch)]
+        bounds = np.cumsum([0, *self.run_sizes(len(joined))])
+        runs = [self._run_rows(outputs, joined[start:end]) for start, end in zip(bounds, bounds[1:])]
         results = runs[0] if len(runs) == 1 else [np.concatenate(parts) for parts in zip(*runs)]
-        for name, result in zip(outputs, results):
-            if result.shape[:1] != (len(joined),):  # split, its rows would go to the wrong requests
-                raise ModelNotReady(f"the model's {name!r} output has shape {result.shape} for a batch of "
-                                    f"{len(joined)} images, not one row per image; it cannot be served")
         ends = np.cumsum([len(batch) for batch in batches])[:-1]
         per_output = [np.split(result, ends) for result in results]
         return [[parts[index] for parts in per_output] for index in range(len(batches))]
 
+    def run_sizes(self, count: int) -> list[int]:
+        """The runs `count` images take: parts of at most max_batch; for an uploaded graph, each
+        part the largest of its checked batch sizes that fits (1 is one of them), so that no run
+        has a size its check did not measure, and no image is padded or run twice."""
+        sizes = []
+        while count > 0:
+            most = min(count, self.max_batch)
+            size = most if self.batch_sizes is None else max(s for s in self.batch_sizes if s <= most)
+            sizes.append(size)
+            count -= size
+        return sizes
+
+    def _run_rows(self, outputs: tuple[str, ...], batch: np.ndarray) -> list[np.ndarray]:
+        results = self.run(list(outputs), batch)
+        for name, result in zip(outputs, results):
+            if result.shape[:1] != (len(batch),):  # split, its rows would go to the wrong requests
+                raise ModelNotReady(f"the model's {name!r} output has shape {result.shape} for a batch of "
+                                    f"{len(batch)} images, not one row per image; it cannot be served")
+        return results
 
 def _session(path: Path, threads: int) -> onnxruntime.InferenceSession:
     options = onnxruntime.SessionOptions()

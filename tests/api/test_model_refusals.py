@@ -388,7 +388,7 @@ def test_the_checks_memory_cap_decides():
     """1 GiB of zeros: refused under a 256 MiB cap (this machine could give it), served under 4 GiB."""
     blob = constant_sized_onnx([256, 1024, 1024])
     with pytest.raises(InvalidRequest, match=r"more than 256 MiB of memory to load the model and run batches of "
-                                             r"1, 3 and 32 images"):
+                                             r"1, 2, 4, 8, 16 and 32 images"):
         check(blob, memory_bytes=256 * 2**20)
     assert check(blob) == 3
 
@@ -399,6 +399,37 @@ def test_a_model_whose_memory_grows_faster_than_the_batch_is_measured_at_the_lar
     with pytest.raises(InvalidRequest, match="more than 48 MiB of memory"):
         check(blob, memory_bytes=48 * 2**20, max_batch=32)
     assert check(blob, memory_bytes=48 * 2**20, max_batch=8) == 3
+
+
+def batch_five_onnx() -> bytes:
+    """Logits that lift class 0 by 1000 when the batch holds exactly 5 images, a size the
+    check (1, 2, 4, ..., 32) does not run."""
+    return onnx_graph([*POOLED, helper.make_node("Shape", ["pixels"], ["dims"]),
+                       helper.make_node("Slice", ["dims", "start", "end"], ["n"]),
+                       helper.make_node("Equal", ["n", "five"], ["is_five"]),
+                       helper.make_node("Cast", ["is_five"], ["flag"], to=TensorProto.FLOAT),
+                       helper.make_node("Mul", ["flag", "lift"], ["bump"]),
+                       helper.make_node("Add", ["flat", "bump"], ["scores"])],
+                      [numpy_helper.from_array(np.array([0], dtype=np.int64), "start"),
+                       numpy_helper.from_array(np.array([1], dtype=np.int64), "end"),
+                       numpy_helper.from_array(np.array([5], dtype=np.int64), "five"),
+                       numpy_helper.from_array(np.array([1000, 0, 0], dtype=np.float32), "lift")])
+
+
+def test_an_uploaded_graph_runs_only_at_the_batch_sizes_its_check_ran(client):
+    """A request of 5 images runs as 4 + 1, so a graph that behaves otherwise at 5 (here its
+    logits; as well its memory or its time) never shows it: each image scores as it does alone."""
+    response = client.post("/v1/models", data={"name": "batch-five-onnx", "input_size": 32},
+                           files={"onnx": ("m.onnx", batch_five_onnx())})
+    assert response.status_code == 201, response.text
+    served = client.app.state.registry.get("batch-five-onnx")  # its spec as read back from spec.json
+    assert served.spec.batch_sizes == served.predictor.batch_sizes == (1, 2, 4, 8, 16, 32)
+    photos = [encode(chelsea().rotate(angle)) for angle in (0, 30, 60, 90, 120)]
+    together = client.post("/v1/models/batch-five-onnx/predict", files=[upload(photo) for photo in photos]).json()
+    for photo, result in zip(photos, together["results"]):
+        alone = client.post("/v1/models/batch-five-onnx/predict", files=[upload(photo)]).json()["results"][0]
+        assert result["predictions"] == alone["predictions"]
+        assert result["predictions"][0]["probability"] < 0.99
 
 
 @pytest.mark.parametrize("through_a_shape, words", [
@@ -431,7 +462,7 @@ def test_an_onnx_graph_must_list_its_nodes_in_the_order_they_run_and_define_no_f
 def test_an_onnx_model_slower_than_the_check_allows_is_422_in_that_time():
     """400 products take seconds here: the check stops at its 1 s."""
     started = time.monotonic()
-    with pytest.raises(InvalidRequest, match=r"longer than 1 s on batches of 1, 3 and 32 images"):
+    with pytest.raises(InvalidRequest, match=r"longer than 1 s on batches of 1, 2, 4, 8, 16 and 32 images"):
         check(slow_onnx(400), seconds=1.0)
     assert time.monotonic() - started < 10
     assert check(slow_onnx(2)) == 3

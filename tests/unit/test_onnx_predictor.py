@@ -124,3 +124,19 @@ def test_runs_hold_at_most_max_batch_images_with_the_same_results(tmp_path):
     for expected, got in zip(whole, chunked.run_batches(("logits",), batches)):
         np.testing.assert_array_equal(expected[0], got[0])
     assert sizes == [2, 2, 1]
+
+
+def test_an_uploaded_graph_runs_only_at_its_checked_batch_sizes_with_the_same_rows(tmp_path):
+    path = channel_means_onnx(tmp_path / "means.onnx", batch_averaged=False)
+    batches = [np.full((count, 3, 4, 4), float(value), np.float32) for value, count in ((1, 1), (2, 3), (3, 3))]
+    whole = OnnxPredictor(path).run_batches(("logits",), batches)
+    checked = OnnxPredictor(path, max_batch=32, batch_sizes=(1, 2, 4))
+    sizes = []
+    plain_run = checked.run
+    checked.run = lambda outputs, batch: sizes.append(len(batch)) or plain_run(outputs, batch)
+    for expected, got in zip(whole, checked.run_batches(("logits",), batches)):
+        np.testing.assert_array_equal(expected[0], got[0])
+    assert sizes == [4, 2, 1]  # 7 images
+    assert checked.run_sizes(13) == [4, 4, 4, 1]
+    assert OnnxPredictor(path, max_batch=3, batch_sizes=(1, 2, 4)).run_sizes(7) == [2, 2, 2, 1]
+    assert OnnxPredictor(path, max_batch=4).run_sizes(13) == [4, 4, 4, 1]  # a graph of ours: any size

@@ -55,6 +55,12 @@ def _kept_key(client: str) -> str:
     return f"gazer:kept:{client}"
 
 
+def _owned_key(owner: str) -> str:
+    """API key `owner`'s jobs (a sweep's trials too), by when they were made: what it lists."""
+    return f"gazer:owned:{owner}"
+
+
+_OWNERS_INDEXED = "gazer:owned-indexed"  # set once the jobs made before the owned sets existed are in them
 _WORKERS = "gazer:workers"  # sorted set: worker name -> when it last said it was alive
 
 
@@ -97,6 +103,8 @@ class JobStore:
             transaction.multi()
             transaction.hset(_key(fields["id"]), mapping=fields)
             transaction.zadd(_INDEX, {fields["id"]: fields["created_at"]})
+            if fields["owner"]:
+                transaction.zadd(_owned_key(fields["owner"]), {fields["id"]: fields["created_at"]})
             if active:
                 transaction.sadd(active, fields["id"])
                 transaction.zadd(_kept_key(client), {fields["id"]: fields["created_at"]})
@@ -124,13 +132,9 @@ class JobStore:
     def discard(self, job_id: str) -> None:
         """Remove a record whose message could not be sent, so that no job waits for nothing."""
         client = self.redis.hget(_key(job_id), "client")
-        with self.redis.pipeline(transaction=True) as writes:
-            writes.delete(_key(job_id))
-            writes.zrem(_INDEX, job_id)
-            if client:
-                writes.srem(_active_key(client), job_id)
-                writes.zrem(_kept_key(client), job_id)
-            writes.execute()
+        self._delete({job_id: client})
+        if client:
+            self.redis.srem(_active_key(client), job_id)
 
     def get(self, job_id: str) -> dict[str, Any]:
         raw = self.redis.hgetall(_key(job_id))
@@ -161,13 +165,14 @@ class JobStore:
 
     def list(self, state: str | None = None, job_type: str | None = None, limit: int = 100,
              owner: str | None = None, parent: str | None = None) -> list[dict[str, Any]]:
-        """Newest first (only `owner`'s when given); the index is read 100 jobs at a time, their
-        records in one round trip."""
+        """Newest first; only `owner`'s when given, read from its own set rather than from every
+        job; 100 ids at a time, their records in one round trip."""
         if state is not None and state not in STATES:
             raise InvalidRequest(f"unknown state {state!r}", field="state", valid=list(STATES))
+        index = _INDEX if owner is None else _owned_key(owner)
         jobs: list[dict[str, Any]] = []
         start = 0
-        while len(jobs) < limit and (job_ids := self.redis.zrevrange(_INDEX, start, start + 99)):
+        while len(jobs) < limit and (job_ids := self.redis.zrevrange(index, start, start + 99)):
             start += 100
             with self.redis.pipeline(transaction=False) as reads:
                 for job_id in job_ids:
@@ -175,12 +180,35 @@ class JobStore:
                 records = reads.execute()
             for job_id, raw in zip(job_ids, records):
                 if not raw:
+                    if owner is not None:  # its record went another way (Redis's maxmemory, by hand)
+                        self.redis.zrem(index, job_id)
                     continue
                 job = self._current(job_id, raw)
                 if (state is None or job["state"] == state) and (job_type is None or job["type"] == job_type) \
                         and (owner is None or job["owner"] == owner) and (parent is None or job["parent"] == parent):
                     jobs.append(job)
         return jobs[:limit]
+
+    def index_owners(self) -> int:
+        """Once per Redis: puts the jobs made before the owned sets existed into their owner's;
+        returns how many it put. Two processes doing it at once put the same entries."""
+        if self.redis.exists(_OWNERS_INDEXED):
+            return 0
+        indexed, start = 0, 0
+        while job_ids := self.redis.zrange(_INDEX, start, start + 999, withscores=True):
+            start += 1000
+            with self.redis.pipeline(transaction=False) as reads:
+                for job_id, _ in job_ids:
+                    reads.hget(_key(job_id), "owner")
+                owners = reads.execute()
+            with self.redis.pipeline(transaction=False) as writes:
+                for (job_id, created_at), owner in zip(job_ids, owners):
+                    if owner:
+                        writes.zadd(_owned_key(owner), {job_id: created_at})
+                        indexed += 1
+                writes.execute()
+        self.redis.set(_OWNERS_INDEXED, "1")
+        return indexed
 
     def exists(self, job_id: str) -> bool:
         return bool(self.redis.exists(_key(job_id)))
@@ -260,15 +288,22 @@ class JobStore:
         return list(trimmed)
 
     def _delete(self, records: dict[str, str | None]) -> None:
-        """Job id -> its client: the records, their index entries and their place among the client's."""
+        """Job id -> its client: the records, their index entries and their place among the
+        client's and the owner's."""
         if not records:
             return
+        with self.redis.pipeline(transaction=False) as reads:
+            for job_id in records:
+                reads.hget(_key(job_id), "owner")
+            owners = reads.execute()
         with self.redis.pipeline(transaction=True) as writes:
             writes.delete(*[_key(job_id) for job_id in records])
             writes.zrem(_INDEX, *records)
-            for job_id, client in records.items():
+            for (job_id, client), owner in zip(records.items(), owners):
                 if client:
                     writes.zrem(_kept_key(client), job_id)
+                if owner:
+                    writes.zrem(_owned_key(owner), job_id)
             writes.execute()
 
     def worker_alive(self, worker: str) -> None:

@@ -1,5 +1,6 @@
-"""The job index on a real redis-server: listing pages through it, newest first; each
-client's queued and running jobs, counted against its limit; the records each client keeps."""
+"""The job index on a real redis-server: listing pages through it, newest first, and a key's
+through its own jobs; each client's queued and running jobs, counted against its limit; the
+records each client keeps."""
 
 from __future__ import annotations
 
@@ -27,6 +28,42 @@ def test_listing_reads_past_the_first_page_and_filters(tmp_path):
         store.redis.delete(f"gazer:job:{created[-1]['id']}")  # an index entry whose record is gone
         assert store.list(limit=1)[0]["id"] == created[-2]["id"]
 
+
+
+def test_a_keys_listing_reads_its_own_jobs_not_every_job(tmp_path):
+    """Its cost follows the key's own jobs (a sweep's trials included), not all the others'; an
+    ended job trimmed or expired leaves its owner's set; jobs made before the owned sets existed
+    are put in them once."""
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        store = JobStore.from_url(server.url, lease_seconds=60)
+        alices = [store.create("fine_tune", {"n": index}, owner="alice", client="key:alice") for index in range(3)]
+        trial = store.create("fine_tune", {"n": 3}, owner="alice", parent=alices[0]["id"])
+        for index in range(300):
+            store.create("fine_tune", {"n": index}, owner="mallory", client="key:mallory")
+
+        def reads(list_call) -> tuple[list, int]:
+            before = store.redis.info("commandstats").get("cmdstat_hgetall", {}).get("calls", 0)
+            listed = list_call()
+            return listed, store.redis.info("commandstats")["cmdstat_hgetall"]["calls"] - before
+
+        listed, records_read = reads(lambda: store.list(owner="alice"))
+        assert [job["id"] for job in listed] == [trial["id"], *[job["id"] for job in reversed(alices)]]
+        assert records_read == 4
+        listed, _ = reads(lambda: store.list(owner="alice", parent=alices[0]["id"]))
+        assert [job["id"] for job in listed] == [trial["id"]]
+        assert len(store.list(owner="mallory", limit=1000)) == 300 and len(store.list(limit=1000)) == 304
+
+        store.cancel(alices[1]["id"])
+        assert store.trim_finished("key:alice", keep=2) == [alices[1]["id"]]
+        assert store.redis.zcard("gazer:owned:alice") == 3
+        store.cancel(alices[2]["id"])
+        assert store.expire_finished(time.time() + 1) == [alices[2]["id"]]
+        assert store.redis.zcard("gazer:owned:alice") == 2
+
+        store.redis.delete("gazer:owned:alice", "gazer:owned:mallory")  # as a Redis kept from before
+        assert store.index_owners() == 302 and store.index_owners() == 0  # once
+        assert [job["id"] for job in store.list(owner="alice")] == [trial["id"], alices[0]["id"]]
+        assert len(store.list(owner="mallory", limit=1000)) == 300
 
 def test_a_client_may_have_its_limit_of_jobs_queued_or_running_across_processes(redis_server):
     first, second = (JobStore.from_url(redis_server.url, lease_seconds=1.0) for _ in range(2))  # two API processes

@@ -19,7 +19,8 @@ class RequestSizeLimit:
     limits for some paths (matched exactly). A body that sends nothing for `idle_seconds`
     before it is complete gets 408, and so does one that falls behind an average of
     `min_bytes_per_second` once its first `idle_seconds` are past: a byte now and then would
-    otherwise hold the connection for as long as its client likes."""
+    otherwise hold the connection for as long as its client likes. Both count only the time
+    spent waiting for the client, not the server's own between two reads of the body."""
 
     def __init__(self, app: ASGIApp, max_bytes: int, per_path: dict[str, int] | None = None,
                  idle_seconds: float = 30.0, min_bytes_per_second: float = 16384) -> None:
@@ -43,22 +44,22 @@ class RequestSizeLimit:
             return
         received = 0
         complete = False
-        started: float | None = None
+        waited = 0.0  # seconds spent waiting for the client's next part
 
         async def limited_receive() -> dict:
-            nonlocal received, complete, started
+            nonlocal received, complete, waited
             if complete:  # what comes after the body is the disconnect, whenever it comes
                 return await receive()
-            if started is None:
-                started = time.monotonic()
-            behind_in = self._falls_behind_at(started, received) - time.monotonic()
+            behind_in = self.idle_seconds + received / self.min_bytes_per_second - waited
             if behind_in <= 0:
-                raise HTTPException(408, self._too_slow(received, started))
-            with anyio.move_on_after(min(self.idle_seconds, behind_in)) as waited:
+                raise HTTPException(408, self._too_slow(received, waited))
+            asked = time.monotonic()
+            with anyio.move_on_after(min(self.idle_seconds, behind_in)) as wait:
                 message = await receive()
-            if waited.cancelled_caught:
+            waited += time.monotonic() - asked
+            if wait.cancelled_caught:
                 raise HTTPException(408, f"the request body sent nothing for {self.idle_seconds:g} s"
-                                    if self.idle_seconds <= behind_in else self._too_slow(received, started))
+                                    if self.idle_seconds <= behind_in else self._too_slow(received, waited))
             complete = message["type"] != "http.request" or not message.get("more_body", False)
             received += len(message.get("body", b""))
             if received > limit:
@@ -67,11 +68,6 @@ class RequestSizeLimit:
 
         await self.app(scope, limited_receive, send)
 
-    def _falls_behind_at(self, started: float, received: int) -> float:
-        """When a body that began at `started` and has sent `received` bytes falls behind the
-        minimum average rate, its first `idle_seconds` given free."""
-        return started + self.idle_seconds + received / self.min_bytes_per_second
-
-    def _too_slow(self, received: int, started: float) -> str:
-        return (f"the request body sent {received} bytes in {time.monotonic() - started:.1f} s; it must average "
+    def _too_slow(self, received: int, waited: float) -> str:
+        return (f"the request body sent {received} bytes in {waited:.1f} s; it must average "
                 f"{self.min_bytes_per_second:g} bytes/s after its first {self.idle_seconds:g} s")

@@ -362,3 +362,36 @@ def test_a_content_length_of_thousands_of_digits_is_413_not_500():
 
     sent = asyncio.run(call())
     assert sent[0]["status"] == 413 and b"over 10**18" in sent[1]["body"]
+
+
+def test_the_minimum_body_rate_counts_waiting_for_the_client_not_the_servers_own_delays():
+    """A client that sends its 30 bytes at once, read by a server busy for 2 s between reads, is
+    not cut off at 10 bytes/s: only the time spent waiting for the client counts."""
+    parts = [{"type": "http.request", "body": b"x" * 10, "more_body": index < 2} for index in range(3)]
+
+    async def slow_reader(scope, receive, send) -> None:
+        read = 0
+        while True:
+            message = await receive()
+            read += len(message["body"])
+            if not message["more_body"]:
+                break
+            await asyncio.sleep(2)  # the server's own delay: the client's bytes are already there
+        await PlainTextResponse(f"read {read}")(scope, receive, send)
+
+    async def call() -> list[dict]:
+        sent: list[dict] = []
+        scope = {"type": "http", "method": "POST", "path": "/", "headers": [], "query_string": b""}
+
+        async def receive() -> dict:
+            return parts.pop(0)
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        await RequestSizeLimit(slow_reader, max_bytes=1000, idle_seconds=0.5, min_bytes_per_second=10)(
+            scope, receive, send)
+        return sent
+
+    sent = asyncio.run(call())
+    assert sent[0]["status"] == 200 and sent[1]["body"] == b"read 30"

@@ -8,6 +8,7 @@ failed as "worker lost" the next time anyone reads it.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 import uuid
@@ -60,7 +61,6 @@ def _owned_key(owner: str) -> str:
     return f"gazer:owned:{owner}"
 
 
-_OWNERS_INDEXED = "gazer:owned-indexed"  # set once the jobs made before the owned sets existed are in them
 _WORKERS = "gazer:workers"  # sorted set: worker name -> when it last said it was alive
 
 
@@ -190,24 +190,22 @@ class JobStore:
         return jobs[:limit]
 
     def index_owners(self) -> int:
-        """Once per Redis: puts the jobs made before the owned sets existed into their owner's;
-        returns how many it put. Two processes doing it at once put the same entries."""
-        if self.redis.exists(_OWNERS_INDEXED):
-            return 0
-        indexed, start = 0, 0
-        while job_ids := self.redis.zrange(_INDEX, start, start + 999, withscores=True):
-            start += 1000
+        """Puts every job of an owner in its owner's set, again (it changes nothing there): jobs
+        made before the sets existed, or by an older process during an upgrade. Returns how many
+        jobs have an owner."""
+        indexed = 0
+        entries = self.redis.zscan_iter(_INDEX, count=1000)  # a cursor: jobs deleted meanwhile skip no others
+        while page := list(itertools.islice(entries, 1000)):
             with self.redis.pipeline(transaction=False) as reads:
-                for job_id, _ in job_ids:
+                for job_id, _ in page:
                     reads.hget(_key(job_id), "owner")
                 owners = reads.execute()
             with self.redis.pipeline(transaction=False) as writes:
-                for (job_id, created_at), owner in zip(job_ids, owners):
+                for (job_id, created_at), owner in zip(page, owners):
                     if owner:
                         writes.zadd(_owned_key(owner), {job_id: created_at})
                         indexed += 1
                 writes.execute()
-        self.redis.set(_OWNERS_INDEXED, "1")
         return indexed
 
     def exists(self, job_id: str) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from typing import Any, Iterator
 
 import redis
@@ -64,21 +64,26 @@ class JobQueue:
         model name `name` and queues the job (or marks the upload) that will hold it, so that no
         other request sees the claim without its holder, nor counts the key's names halfway. An
         open service (no owner) has no claims and takes no lock."""
-        with ExitStack() as locks:
-            if owner is not None:
-                locks.enter_context(self._lock(f"gazer:owner-lock:{owner}", "another request of this key"))
-                if name is not None:
-                    locks.enter_context(self._lock(f"gazer:model-name-lock:{name}",
-                                                   f"another submit under model name {name!r}"))
+        if owner is None:
+            yield
+            return
+        with self._lock(f"gazer:owner-lock:{owner}", "another request of this key"), \
+                (self.name_lock(name) if name is not None else nullcontext()):
             yield
 
+    def name_lock(self, name: str, wait: bool = True) -> AbstractContextManager[None]:
+        """Model name `name`'s part of claim_lock (taken after the key's, by whoever holds that).
+        `wait=False`: QueueUnavailable at once when another request holds it."""
+        return self._lock(f"gazer:model-name-lock:{name}", f"another submit under model name {name!r}", wait)
+
     @contextmanager
-    def _lock(self, key: str, holder: str) -> Iterator[None]:
+    def _lock(self, key: str, holder: str, wait: bool = True) -> Iterator[None]:
         lock = self.store.redis.lock(key, timeout=NAME_LOCK_SECONDS, blocking_timeout=NAME_LOCK_SECONDS)
         try:
-            acquired = lock.acquire()
+            acquired = lock.acquire(blocking=wait)
         except redis.RedisError as error:
-            raise QueueUnavailable(f"the job queue cannot take jobs now: {error}") from None
+            raise QueueUnavailable(f"Redis, which holds this key's quotas and claims, cannot be reached now: "
+                                   f"{error}") from None
         if not acquired:
             raise QueueUnavailable(f"{holder} is still in progress; retry")
         try:

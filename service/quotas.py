@@ -10,6 +10,8 @@ cannot both pass the last free place."""
 
 from __future__ import annotations
 
+from contextlib import suppress
+
 from core import datasets
 from core.errors import GazerError
 from core.job_runners import FINE_TUNE
@@ -18,7 +20,7 @@ from core.names import BUILTIN_MODELS
 from core.storage import Storage
 from core.sweeps import SWEEP
 from service.auth import Caller, Forbidden
-from service.queue import JobQueue
+from service.queue import JobQueue, QueueUnavailable
 from service.rate_limits import key_client
 from service.settings import Settings
 
@@ -49,7 +51,7 @@ def claim_model_name(caller: Caller, storage: Storage, queue: JobQueue, name: st
             return
         raise _taken(name)
     if holder is None and not caller.grants("admin"):
-        held = _names_held(storage, queue, caller.owner)
+        held = _names_held(storage, queue, caller.owner, claiming=name)
         if len(held) >= settings.max_models_per_key:
             raise QuotaExceeded(f"this key holds {len(held)} model names, its quota (GAZER_MAX_MODELS_PER_KEY); "
                                 f"delete one first or publish a new version of one of {', '.join(held[:10])}")
@@ -60,9 +62,10 @@ def claim_model_name(caller: Caller, storage: Storage, queue: JobQueue, name: st
 
 
 def release_unused_claim(caller: Caller, storage: Storage, queue: JobQueue, name: str) -> None:
-    """After an upload under `name` failed: its claim goes, unless the key holds the name anyway."""
-    if caller.owner is not None and name not in _publishing_to(queue, caller.owner) \
-            and versions.name_owner(storage.models, name) == caller.owner:
+    """After an upload under `name` failed: its claim goes, unless the key holds the name anyway
+    (another of its uploads or jobs). Under `queue.claim_lock`."""
+    if caller.owner is not None and versions.name_owner(storage.models, name) == caller.owner \
+            and _holder(storage, queue, name) is None:
         versions.release_name(storage.models, name)
 
 
@@ -81,17 +84,22 @@ def _holder(storage: Storage, queue: JobQueue, name: str) -> str | None:
     return None
 
 
-def _names_held(storage: Storage, queue: JobQueue, owner: str) -> list[str]:
-    """The names `owner` holds; its claims that hold nothing are released on the way (under the
-    key's lock, none of them is halfway through a submit or an upload)."""
+def _names_held(storage: Storage, queue: JobQueue, owner: str, claiming: str) -> list[str]:
+    """The names `owner` holds. Its other claims that hold nothing are released on the way, each
+    under its name's lock, and only if still its own and still holding nothing then (another key
+    may just have claimed it). A name whose lock is busy is left for another time, as is
+    `claiming`, whose lock the caller holds: waiting there could wait on a request that waits
+    on this one."""
     publishing = _publishing_to(queue, owner)
     held = []
     for name in versions.names_owned(storage.models, owner):
         if versions.versions(storage.models, name) or versions.upload_running(storage.models, name) \
                 or name in publishing:
             held.append(name)
-        else:
-            versions.release_name(storage.models, name)
+        elif name != claiming:
+            with suppress(QueueUnavailable), queue.name_lock(name, wait=False):
+                if versions.name_owner(storage.models, name) == owner and _holder(storage, queue, name) is None:
+                    versions.release_name(storage.models, name)
     return held
 
 

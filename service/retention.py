@@ -36,14 +36,14 @@ def sweep_expired_jobs(store: JobStore, storage: Storage, retention_seconds: flo
 
 
 async def sweep_forever(store: JobStore, storage: Storage, retention_seconds: float) -> None:
-    """Also, until it has worked once, puts jobs made before keys had job sets of their own into
-    them (JobStore.index_owners): an upgraded Redis's old jobs are listed to their keys again."""
+    """Also, until it has worked once in this process, puts every job in its key's job set
+    (JobStore.index_owners): an upgraded Redis's old jobs are listed to their keys again."""
     owners_indexed = False
     while True:
         try:
             if not owners_indexed:
-                if indexed := await run_in_threadpool(store.index_owners):
-                    log.info("listed %d jobs made before keys had job sets of their own under their keys", indexed)
+                indexed = await run_in_threadpool(store.index_owners)
+                log.info("%d jobs of API keys are in their keys' job sets", indexed)
                 owners_indexed = True
             removed = await run_in_threadpool(sweep_expired_jobs, store, storage, retention_seconds)
             if removed:

@@ -17,7 +17,7 @@ from core.batching import Batcher, Batching, RunBatch
 from core.attention import attention_modules, spatial_gates
 from core.errors import Conflict, GazerError, InvalidRequest, ModelNotReady, UnknownModel
 from core.explain import supported_methods
-from core.models import catalog, onnx_probe, versions
+from core.models import catalog, versions
 from core.names import BUILTIN_MODELS, ONNX_ARCHITECTURE
 from core.models.architectures import build_network
 from core.models.layers import targetable_layers
@@ -272,7 +272,9 @@ class ModelRegistry:
 
     def _onnx_only(self, spec: ModelSpec) -> LoadedModel:
         onnx_file = versions.version_dir(self.storage.models, spec.id, spec.version) / versions.ONNX
-        batch_sizes = spec.batch_sizes or onnx_probe.batches(self.batching.max_batch)  # older specs lack them
+        # Uploaded before the sizes were kept: checked at 1, 3 and a GAZER_MAX_BATCH that may
+        # since have changed; 1 and 3 are sure (a new upload of the file runs at larger sizes).
+        batch_sizes = spec.batch_sizes or (1, 3)
         return LoadedModel(spec, None, OnnxPredictor(onnx_file, self.batching.max_batch, batch_sizes), {},
                            torch.device("cpu"), supported_methods(False, False, gradients=False), [], [], self.batching)
 

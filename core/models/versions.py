@@ -28,7 +28,7 @@ from core.storage import check_name
 
 WEIGHTS, ONNX, SPEC, METRICS, PIN = "weights.safetensors", "model.onnx", "spec.json", "metrics.json", "default"
 OWNER = "owner"
-UPLOADING = "uploading"  # present while an upload under the name runs
+UPLOADING = "uploading"  # uploading-<id>: one per upload under the name while it runs
 UPLOAD_MARK_SECONDS = 3600
 # The highest version number ever published: a deleted version's number is never given again,
 # so `name@N` always means the same model (to clients, and to caches in other processes).
@@ -181,23 +181,32 @@ def claim_name(models_dir: Path, name: str, owner: str) -> str:
     return owner
 
 
-def start_upload(models_dir: Path, name: str) -> None:
-    """Marks `name` while an upload under it runs (its claim has no version and no job yet);
-    a name with no folder (no claim was made: an open service, a built-in name) is left alone."""
-    if (models_dir / name).is_dir():
-        (models_dir / name / UPLOADING).touch()
+def start_upload(models_dir: Path, name: str) -> Path | None:
+    """Marks `name` while this upload under it runs (its claim has no version and no job yet),
+    with a mark of its own; a name with no folder (no claim was made: an open service, a built-in
+    name) is left alone."""
+    if not (models_dir / name).is_dir():
+        return None
+    mark = models_dir / name / f"{UPLOADING}-{uuid.uuid4().hex}"
+    mark.touch()
+    return mark
 
 
-def end_upload(models_dir: Path, name: str) -> None:
-    (models_dir / name / UPLOADING).unlink(missing_ok=True)
+def end_upload(mark: Path | None) -> None:
+    if mark is not None:
+        mark.unlink(missing_ok=True)
 
 
 def upload_running(models_dir: Path, name: str) -> bool:
-    """Whether an upload under `name` runs now (a marker left by a crash counts for an hour)."""
-    try:
-        return time.time() - (models_dir / name / UPLOADING).stat().st_mtime < UPLOAD_MARK_SECONDS
-    except FileNotFoundError:
-        return False
+    """Whether an upload under `name` runs now (a mark left by a crash counts for an hour)."""
+    now = time.time()
+    for mark in (models_dir / name).glob(f"{UPLOADING}-*"):
+        try:
+            if now - mark.stat().st_mtime < UPLOAD_MARK_SECONDS:
+                return True
+        except FileNotFoundError:  # that upload ended just now
+            continue
+    return False
 
 
 def release_name(models_dir: Path, name: str) -> None:

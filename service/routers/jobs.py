@@ -190,7 +190,7 @@ def _event(kind: str, body: Problem) -> str:
     return f"event: {kind}\ndata: {body.model_dump_json(exclude_none=True)}\n\n"
 
 
-@router.get("/{job_id}/artifacts/{name}")
+@router.get("/{job_id}/artifacts/{name}", response_class=FileResponse)
 def get_artifact(job_id: str, name: str, queue: QueueDep, storage: StorageDep, caller: CallerDep) -> FileResponse:
     _visible_job(job_id, queue, caller)
     folder = storage.job_artifacts(job_id)

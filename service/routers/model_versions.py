@@ -3,6 +3,7 @@ an ONNX file), list versions, pin the default version, delete a version."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile, status
@@ -96,24 +97,25 @@ async def upload_model(
             return registry.register_network(spec, network)
 
     check_name(name, "name")
-    await run_in_threadpool(_claim, caller, registry.storage, queue, name, settings)
+    mark = await run_in_threadpool(_claim, caller, registry.storage, queue, name, settings)
     try:
         async with upload_slot(request):
             spec = await run_in_threadpool(register)
-    except Exception:  # refused: the claim holds nothing
-        versions.end_upload(registry.storage.models, name)
+    except Exception:  # refused: the claim holds nothing, unless another upload or job holds it
+        versions.end_upload(mark)
         await run_in_threadpool(_release, caller, registry.storage, queue, name)
         raise
     finally:
-        versions.end_upload(registry.storage.models, name)
+        versions.end_upload(mark)
     response.headers["Location"] = f"/v1/models/{spec.ref}"
     return wire.ModelRef(id=spec.id, version=spec.version)
 
 
-def _claim(caller: Caller, storage: Storage, queue: JobQueue, name: str, settings: Settings) -> None:
+def _claim(caller: Caller, storage: Storage, queue: JobQueue, name: str, settings: Settings) -> Path | None:
+    """The name claimed, and this upload's mark on it (versions.start_upload)."""
     with queue.claim_lock(caller.owner, name):
         claim_model_name(caller, storage, queue, name, settings)
-        versions.start_upload(storage.models, name)
+        return versions.start_upload(storage.models, name)
 
 
 def _release(caller: Caller, storage: Storage, queue: JobQueue, name: str) -> None:

@@ -320,6 +320,8 @@ def test_an_accept_header_that_allows_nothing_a_route_answers_is_406(client, che
         assert refused.headers["content-type"] == "application/problem+json"
         assert refused.json()["type"] == "/problems/not-acceptable" and "application/json" in refused.json()["detail"]
     assert client.get("/v1/models", headers={"Accept": "text/csv"}).status_code == 406
+    artifact = client.get("/v1/jobs/0123456789abcdef/artifacts/map.png", headers={"Accept": "image/png"})
+    assert artifact.status_code == 404, artifact.text  # a file of any type: no Accept is refused
     for accept in ("application/*", "text/html, */*;q=0.1", "application/json; charset=utf-8", ""):
         answer = client.post(f"/v1/models/{MODEL}/predict", files=[upload(chelsea_jpeg)], headers={"Accept": accept})
         assert answer.status_code == 200 and answer.headers["content-type"] == "application/json", accept

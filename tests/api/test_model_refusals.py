@@ -5,6 +5,7 @@ leave the models folder, built-in names."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
 import subprocess
@@ -23,6 +24,7 @@ from safetensors.torch import save
 
 from core.errors import InvalidRequest
 from core.models import upload as model_upload
+from core.models.registry import ModelRegistry
 from core.pipeline import MAX_MAP_VALUES
 from service.app import create_app
 from service.settings import Settings
@@ -430,6 +432,13 @@ def test_an_uploaded_graph_runs_only_at_the_batch_sizes_its_check_ran(client):
         alone = client.post("/v1/models/batch-five-onnx/predict", files=[upload(photo)]).json()["results"][0]
         assert result["predictions"] == alone["predictions"]
         assert result["predictions"][0]["probability"] < 0.99
+
+    spec_file = client.app.state.registry.storage.models / "batch-five-onnx" / "1" / "spec.json"
+    written_before = json.loads(spec_file.read_text())
+    del written_before["batch_sizes"]  # a version uploaded before the sizes were kept: checked at 1 and 3 surely
+    spec_file.write_text(json.dumps(written_before))
+    older = ModelRegistry(client.app.state.registry.storage, max_loaded=1).get("batch-five-onnx")
+    assert older.predictor.batch_sizes == (1, 3) and older.predictor.run_sizes(5) == [3, 1, 1]
 
 
 @pytest.mark.parametrize("through_a_shape, words", [

@@ -74,4 +74,3 @@ def route_media_types(route: APIRoute) -> list[str]:
         response_class = response_class.value
     declared = [response_class.media_type] if response_class.media_type else []
     return declared + list(route.responses.get(200, {}).get("content", {}))
-

@@ -22,8 +22,8 @@ from safetensors.torch import load as load_safetensors
 from torch import nn
 
 from core.errors import Conflict, GazerError, InvalidRequest
-from core.models.adapted import TIMM_PREFIX, adapt, classifier_name, construct, torchvision_architectures
 from core.models import onnx_probe
+from core.models.adapted import TIMM_PREFIX, adapt, classifier_name, construct, torchvision_architectures
 from core.models.layers import feeds_a_linear_head, targetable_layers
 from core.models.spec import ModelSpec
 from core.names import BUILTIN_MODELS, ONNX_ARCHITECTURE

@@ -1,6 +1,7 @@
-"""Every GPU figure in one run: predictions on ONNX Runtime and through the service, Grad-CAM,
-integrated gradients, Score-CAM, fine-tuning and activation maximization, on the device that
-core.runtime.devices picks (CUDA when there is one).
+"""Every GPU figure in one run: predictions on ONNX Runtime and through the service, what decoding
+the photos on the device would give (not served), Grad-CAM, integrated gradients, Score-CAM,
+fine-tuning and activation maximization, on the device that core.runtime.devices picks (CUDA when
+there is one).
 
   python -m bench.gpu            # on the GPU machine: a few minutes
   python -m bench.gpu --smoke    # tiny counts, any machine: checks that every part runs
@@ -71,16 +72,19 @@ class Sizes:
     maximize_steps: int
     maximize_targets: tuple[int, int]
     maximize_size: int | None             # None: the model's input size
+    decode_batch: int                     # photos decoded together on the device
 
 
 FULL = Sizes(rounds=7, per_round=10, warmup=3, predict_batches=(64, 256), request_images=64, api_processes=(1, 4),
              load_seconds=15.0,
              gradcam_batches=(1, 8, 32), ig_steps=50, scorecam_layer="blocks.15", train_images=2048, train_size=224,
-             train_epochs=3, plain_steps=20, maximize_steps=50, maximize_targets=(1, 16), maximize_size=None)
+             train_epochs=3, plain_steps=20, maximize_steps=50, maximize_targets=(1, 16), maximize_size=None,
+             decode_batch=256)
 SMOKE = Sizes(rounds=1, per_round=1, warmup=1, predict_batches=(2, 4), request_images=2, api_processes=(1, 2),
               load_seconds=2.0,
               gradcam_batches=(1, 2), ig_steps=4, scorecam_layer="blocks.0", train_images=16, train_size=64,
-              train_epochs=1, plain_steps=2, maximize_steps=2, maximize_targets=(1, 2), maximize_size=64)
+              train_epochs=1, plain_steps=2, maximize_steps=2, maximize_targets=(1, 2), maximize_size=64,
+              decode_batch=2)
 
 
 def synced(function: Callable[[], object], device: torch.device) -> Callable[[], None]:
@@ -198,6 +202,48 @@ def service_predict(model: LoadedModel, sizes: Sizes, raw: dict[int, float]) -> 
                              f"{images_per_second / raw[top]:.2f}  (goal >= 0.5)"))
             rows.append(("  service / the cores' decode bound", f"{images_per_second / bound:.2f}"))
     report("service predict over HTTP, foolbox JPEGs (512 x 512)", rows)
+
+
+def device_decode(model: LoadedModel, sizes: Sizes, raw: dict[int, float]) -> None:
+    """Not served: what decoding on the device (nvJPEG, through torchvision.io.decode_jpeg) would
+    give. A batch of the photos decoded, resized (bilinear, antialiased) and cropped there, in
+    images/s, against the CPU's decode bound and raw ONNX Runtime, and how far its pixels are from
+    the served preprocessing's (in 0-255 levels)."""
+    from torch.nn import functional
+    from torchvision.io import decode_jpeg
+
+    device, spec, size = model.device, model.spec, model.spec.input_size
+    blobs = [torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8) for path, _ in foolbox_imagenet_photos()]
+    mean = torch.tensor(spec.mean, device=device)[:, None, None]
+    std = torch.tensor(spec.std, device=device)[:, None, None]
+
+    def preprocessed(encoded: list[torch.Tensor]) -> torch.Tensor:
+        crops = []
+        for image in decode_jpeg(encoded, device=device):
+            height, width = image.shape[1:]
+            scale = (size + spec.resize_margin) / min(height, width)
+            resized = (round(height * scale), round(width * scale))
+            image = functional.interpolate(image[None].float(), size=resized, mode="bilinear", antialias=True)
+            top, left = (resized[0] - size) // 2, (resized[1] - size) // 2
+            crops.append(image[0, :, top:top + size, left:left + size])
+        return (torch.stack(crops) - mean) / std
+
+    batch = [blobs[index % len(blobs)] for index in range(sizes.decode_batch)]
+    timings = interleaved({"device": synced(lambda: preprocessed(batch), device)}, sizes.rounds,
+                          max(1, sizes.per_round // 5), sizes.warmup)
+    levels = (preprocessed(blobs).cpu() - torch.from_numpy(imaging.preprocess(photos(), spec)[0])).abs() \
+        * torch.tensor(spec.std)[:, None, None]
+    milliseconds, bound = decode_bound(model)
+    per_second = sizes.decode_batch * 1000 / timings["device"]
+    rows = [(f"{sizes.decode_batch} photos decoded and preprocessed on {device}, images/s", f"{per_second:.0f}"),
+            (f"  against the {cpu_count()} CPU cores' decode bound ({milliseconds:.2f} ms a photo)",
+             f"{per_second / bound:.2f}x")]
+    if raw:
+        top = max(raw)
+        rows.append((f"  against raw ONNX Runtime at batch {top}", f"{per_second / raw[top]:.2f}x"))
+    rows.append(("  pixels against the served preprocessing, mean / max levels",
+                 f"{levels.mean():.2f} / {levels.max():.1f}"))
+    report("decoding on the device (not served; torchvision.io.decode_jpeg)", rows)
 
 
 def gradcam(model: LoadedModel, sizes: Sizes) -> None:
@@ -387,6 +433,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"device: {model.device} ({name}); ONNX Runtime providers: {model.predictor.providers}")
     raw: dict[int, float] = {}
     parts = [lambda: raw.update(onnx_runtime(model, sizes, folder)), lambda: service_predict(model, sizes, raw),
+             lambda: device_decode(model, sizes, raw),
              lambda: gradcam(model, sizes), lambda: integrated_gradients_and_scorecam(model, sizes),
              lambda: fine_tuning(model, sizes, folder), lambda: activation_maximization(model, sizes),
              lambda: fine_tuning_profile(model, sizes, folder)]

@@ -311,19 +311,12 @@ def test_requests_of_one_key_sent_at_once_cannot_pass_its_quota_together(keys, t
                    for answer in submitted if answer.status_code == 403)
 
 
-
 def test_a_stale_read_of_a_keys_names_never_releases_a_name_another_key_claimed_since(keys, tmp_path, monkeypatch):
     """Alice's names read just before bob claimed her old claim on "pets" (it held nothing, so it
     was free): checking her quota on another name must not release bob's claim."""
     settings = Settings(data_dir=tmp_path, api_keys=keys[0])
     with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as api:
-        archive = upload(shapes_archive(per_class=2), "shapes.zip", "application/zip")
-        datasets = {who: api.post("/v1/datasets", files=[archive], headers=as_(keys, who)).json()["id"]
-                    for who in ("alice", "bob")}
-
-        def fine_tune(who: str, output: str):
-            body = {"dataset_id": datasets[who], "output_model": output, "epochs": 1, "input_size": 64}
-            return api.post("/v1/jobs/fine-tune", json=body, headers=as_(keys, who))
+        fine_tune = fine_tunes_of_alice_and_bob(api, keys)
 
         alices = fine_tune("alice", "pets")
         api.delete(alices.headers["location"], headers=as_(keys, "admin"))  # her claim now holds nothing
@@ -332,6 +325,20 @@ def test_a_stale_read_of_a_keys_names_never_releases_a_name_another_key_claimed_
         monkeypatch.setattr(versions, "names_owned", lambda models, owner: sorted({*read_names(models, owner), "pets"}))
         assert fine_tune("alice", "other").status_code == 202
         assert_problem(fine_tune("alice", "pets"), 403, "belongs to another key")  # bob's still
+
+
+def fine_tunes_of_alice_and_bob(api, keys):
+    """A data set each for alice and bob, and a call that submits a fine-tune of one's under a name."""
+    archive = upload(shapes_archive(per_class=2), "shapes.zip", "application/zip")
+    datasets = {who: api.post("/v1/datasets", files=[archive], headers=as_(keys, who)).json()["id"]
+                for who in ("alice", "bob")}
+
+    def fine_tune(who: str, output: str):
+        body = {"dataset_id": datasets[who], "output_model": output, "epochs": 1, "input_size": 64}
+        return api.post("/v1/jobs/fine-tune", json=body, headers=as_(keys, who))
+
+    return fine_tune
+
 
 def resnet18_weights() -> bytes:
     torch.manual_seed(0)
@@ -345,13 +352,7 @@ def test_a_name_is_held_while_it_has_a_version_or_a_job_that_will_publish_there(
     settings = Settings(data_dir=tmp_path, api_keys=keys[0], max_models_per_key=1)
     models = tmp_path / "models"
     with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as api:
-        archive = upload(shapes_archive(per_class=2), "shapes.zip", "application/zip")
-        datasets = {who: api.post("/v1/datasets", files=[archive], headers=as_(keys, who)).json()["id"]
-                    for who in ("alice", "bob")}
-
-        def fine_tune(who: str, output: str):
-            body = {"dataset_id": datasets[who], "output_model": output, "epochs": 1, "input_size": 64}
-            return api.post("/v1/jobs/fine-tune", json=body, headers=as_(keys, who))
+        fine_tune = fine_tunes_of_alice_and_bob(api, keys)
 
         def cancel(job) -> None:
             assert api.delete(job.headers["location"], headers=as_(keys, "admin")).json()["state"] == "cancelled"

@@ -53,9 +53,10 @@ def quality(qualities: dict[str, float], media_type: str) -> float:
     return 0.0
 
 
-def acceptable(request: Request) -> None:
+async def acceptable(request: Request) -> None:
     """406 when an Accept header allows none of what the matched route answers (no header
-    allows everything)."""
+    allows everything). `async`, though it does not await: FastAPI runs a plain `def`
+    dependency in its thread pool, a thread hop per request."""
     accept = request.headers.get("accept", "")
     offered = route_media_types(request.scope["route"])
     qualities = media_qualities(accept)

@@ -8,7 +8,8 @@ looks, computed batched on the trained network once training ends.
   that covers half the image's area (sides sqrt(0.5) of the image's), averaged over the class's
   correctly classified images. A uniform map scores 0.5; a class scoring above
   BACKGROUND_WARNING finds more of its evidence near the border than inside: a warning sign of
-  a shortcut (a watermark, a frame, a border colour).
+  a shortcut (a watermark, a frame, a border colour). It is flagged when its images show it
+  beyond chance (`beyond_warning`): one image at 0.51 is no evidence.
 
 The score is taken with SCORE_METHOD at `score_layer`, the last block at twice the CAM layer's
 resolution or more: a 7x7 map's outer ring alone covers 49% of the image, and there Grad-CAM
@@ -46,6 +47,8 @@ from core.training.data import Normalizer
 
 CENTRAL_SIDE = math.sqrt(0.5)     # the central box's sides, as a share of the image's: half its area
 BACKGROUND_WARNING = 0.5          # more evidence outside the central half than inside it
+FLAG_MIN_IMAGES = 3               # a class is flagged on at least this many images' scores
+FLAG_CONFIDENCE = 0.95            # ... when their mean is above the warning with this confidence
 MAX_MISTAKE_PICTURES = 64         # mistakes beyond these (the least confident) are listed without pictures
 REPORT_FILE = "report.json"
 # The background-reliance score's explainer: LayerCAM (Jiang et al. 2021) weighs each location
@@ -203,6 +206,19 @@ def _add_batch(network: nn.Module, inputs: torch.Tensor, truth: torch.Tensor, of
         running.cam_reliance.setdefault(label, []).append(float(cam_scores[position]))
 
 
+def beyond_warning(scores: list[float]) -> bool:
+    """Whether a class's background-reliance scores put its mean above BACKGROUND_WARNING beyond
+    chance: FLAG_MIN_IMAGES scores or more, and the lower end of the mean's one-sided
+    FLAG_CONFIDENCE interval (Student's t) above the line."""
+    from scipy import stats  # here: scipy.stats takes 0.75 s to import, and the API imports this module
+
+    kept = np.array([score for score in scores if not math.isnan(score)])
+    if len(kept) < FLAG_MIN_IMAGES:
+        return False
+    margin = stats.t.ppf(FLAG_CONFIDENCE, len(kept) - 1) * kept.std(ddof=1) / math.sqrt(len(kept))
+    return bool(kept.mean() - margin > BACKGROUND_WARNING)
+
+
 def _mean(values: list[float]) -> float | None:
     kept = [value for value in values if not math.isnan(value)]
     return round(float(np.mean(kept)), 4) if kept else None
@@ -251,8 +267,7 @@ def _document(spec: ModelSpec, layer: str, running: _Running, crops: torch.Tenso
             pictures[name] = encode_png(imaging.JET[_heat(mean_map, spec.input_size)])
             entry["mean_gradcam"] = {"picture": name, "map": np.round(mean_map, 4).tolist()}
         classes.append(entry)
-    flagged = [entry["label"] for entry in classes
-               if entry["background_reliance"] is not None and entry["background_reliance"] > BACKGROUND_WARNING]
+    flagged = [label for index, label in enumerate(spec.labels) if beyond_warning(running.reliance.get(index, []))]
     document = {"method": "gradcam", "cam_layer": spec.cam_layer, "score_method": SCORE_METHOD,
                 "score_layer": layer, "central_box_side": round(CENTRAL_SIDE, 4),
                 "background_warning": BACKGROUND_WARNING,

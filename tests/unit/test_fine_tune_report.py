@@ -16,8 +16,8 @@ from core.training import data
 from core.training.config import Augmentation, FineTuneConfig
 from core.training.finetune import fine_tune
 from core.explain import METHODS
-from core.training.report import BACKGROUND_WARNING, background_reliance, central_mask, fine_tune_report, \
-    gradcam_maps, score_layer, write_report
+from core.training.report import BACKGROUND_WARNING, background_reliance, beyond_warning, central_mask, \
+    fine_tune_report, gradcam_maps, score_layer, write_report
 
 SIZE = 224          # the images and the model's input: a 7x7 CAM layer, 14x14 at the score layer
 CLASSES = ("disc", "square", "marked")
@@ -132,3 +132,11 @@ def test_report_lists_the_planted_mistakes_and_flags_the_border_cue(trained, tmp
         assert Image.open(tmp_path / url.removeprefix("/artifacts/")).size == (SIZE, SIZE)
     mean_map = written["classes"][2]["mean_gradcam"]
     assert Image.open(tmp_path / mean_map["picture"].removeprefix("/artifacts/")).size == (SIZE, SIZE)
+
+
+def test_a_class_is_flagged_only_when_its_images_show_reliance_beyond_chance():
+    assert not beyond_warning([0.5075])  # one image: the README's pets example, no evidence
+    assert not beyond_warning([0.9, 0.95])  # two images: still too few
+    assert not beyond_warning([0.52, 0.48, 0.55, 0.51])  # above 0.5 on average, within chance
+    assert beyond_warning([0.66, 0.7, 0.62, 0.68])
+    assert not beyond_warning([0.7, float("nan"), float("nan")])  # flat maps have no score

@@ -105,8 +105,9 @@ def admitted(request: Request, model: LoadedModel):
 @asynccontextmanager
 async def upload_slot(request: Request) -> AsyncIterator[None]:
     """Model uploads build, run and export a network (an ONNX file's check takes up to
-    GAZER_ONNX_CHECK_MEMORY_BYTES): one at a time on this machine, over all API processes. This
-    process's slot first, then the lock file they share; ServiceBusy once the wait is over."""
+    GAZER_ONNX_CHECK_MEMORY_BYTES): one at a time over all API processes sharing the data
+    folder. This process's slot first, then the lock file they share; ServiceBusy once the wait
+    is over."""
     settings: Settings = request.app.state.settings
     busy = f"another model upload kept the server busy for {settings.explain_queue_seconds:g} s; retry later"
     deadline = anyio.current_time() + settings.explain_queue_seconds

@@ -18,7 +18,7 @@ from infra.job_store import JobStore
 
 
 log = logging.getLogger(__name__)
-NAME_LOCK_SECONDS = 30
+CLAIM_LOCK_SECONDS = 30  # how long a claim lock is held at most, and waited for
 
 
 class QueueUnavailable(ServiceBusy):
@@ -78,7 +78,7 @@ class JobQueue:
 
     @contextmanager
     def _lock(self, key: str, holder: str, wait: bool = True) -> Iterator[None]:
-        lock = self.store.redis.lock(key, timeout=NAME_LOCK_SECONDS, blocking_timeout=NAME_LOCK_SECONDS)
+        lock = self.store.redis.lock(key, timeout=CLAIM_LOCK_SECONDS, blocking_timeout=CLAIM_LOCK_SECONDS)
         try:
             acquired = lock.acquire(blocking=wait)
         except redis.RedisError as error:

@@ -184,7 +184,8 @@ def torch_model(name: str, architecture: str, weights: bytes, labels: list[str] 
 @dataclass(frozen=True)
 class OnnxCheckLimits:
     """What an uploaded ONNX model's check may cost: memory beyond the checking process's own,
-    and seconds; it runs the largest batch that serving runs, `max_batch` images."""
+    and seconds. `max_batch`: the largest batch serving runs; the check runs each batch size of
+    onnx_probe.batches(max_batch)."""
 
     memory_bytes: int
     seconds: float
@@ -330,7 +331,7 @@ def _check_runs(serialized: bytes, input_size: int, limits: OnnxCheckLimits) -> 
     the environment, and its output goes to files."""
     memory = f"{limits.memory_bytes / 2**20:.0f} MiB"
     *fewer, most = onnx_probe.batches(limits.max_batch)
-    sizes = f"{', '.join(map(str, fewer))} and {most}"
+    sizes = f"{', '.join(map(str, fewer))} and {most}" if fewer else str(most)
     environment = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": os.pathsep.join(
         [str(Path(__file__).resolve().parents[2]), *filter(None, [os.environ.get("PYTHONPATH")])])}
     environment.update({name: os.environ[name] for name in ("LD_PRELOAD", "LD_LIBRARY_PATH") if name in os.environ})

@@ -43,7 +43,8 @@ def fast_math(device: torch.device, bfloat16: bool) -> ContextManager[object]:
     on tensor cores in TF32. Asked for, not the default: on an H200, EfficientNet-Lite0 was slower
     in bfloat16 (Grad-CAM at batch 1 and 8 by 1.18-1.29x over three runs, faster only at 32; a
     training loop at batch 32 reached 0.83x the images/s of a float32 one, though that one was not
-    channels_last), since its depthwise convolutions gain little and the casts cost kernels. CPU results stay exactly what they were."""
+    channels_last), since its depthwise convolutions gain little and the casts cost kernels. CPU
+    results stay exactly what they were."""
     if device.type == "cuda" and bfloat16:
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()

@@ -7,8 +7,11 @@ import os
 import re
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import anyio
 import pytest
@@ -17,6 +20,7 @@ import torchvision
 from fastapi.testclient import TestClient
 from safetensors.torch import save
 
+from core import datasets
 from core.models import versions
 from schemas.api_keys import create_key
 from service.__main__ import refusal
@@ -288,9 +292,24 @@ def test_model_names_and_data_sets_are_held_per_key_within_quotas(keys, tmp_path
 
 
 
-def test_requests_of_one_key_sent_at_once_cannot_pass_its_quota_together(keys, tmp_path):
+def test_requests_of_one_key_sent_at_once_cannot_pass_its_quota_together(keys, tmp_path, monkeypatch):
     """Quota 1: four data sets and eight new model names asked for at the same moment; one of
-    each is taken, and the others are refused."""
+    each is taken, and the others are refused. A data set appears a while after its last quota
+    check here, so that without the key's lock all four would pass that check first."""
+    ingest = datasets.ingest_archive
+
+    def ingest_slowly(*args):
+        *rest, admitted = args
+
+        @contextmanager
+        def slowly() -> Iterator[None]:
+            with admitted():
+                time.sleep(0.3)
+                yield
+
+        return ingest(*rest, slowly)
+
+    monkeypatch.setattr(datasets, "ingest_archive", ingest_slowly)
     settings = Settings(data_dir=tmp_path, api_keys=keys[0], max_datasets_per_key=1, max_models_per_key=1)
     with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as api, \
             ThreadPoolExecutor(8) as pool:

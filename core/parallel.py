@@ -7,12 +7,15 @@ starting threads of their own.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Sequence, TypeVar
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence, TypeVar
 
-from threadpoolctl import threadpool_limits
+import torch
+from threadpoolctl import ThreadpoolController, threadpool_limits
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -53,6 +56,23 @@ def single_threaded_blas() -> None:
     spread over this module's pool, and OpenBLAS's own threads spin on a core for a while after
     each product they share."""
     threadpool_limits(1, user_api="blas")
+
+
+@functools.cache
+def _openmp() -> ThreadpoolController:
+    """The OpenMP runtimes loaded now (torch's), found once: finding them reads every loaded library."""
+    return ThreadpoolController().select(user_api="openmp")
+
+
+@contextmanager
+def torch_on_this_thread() -> Iterator[None]:
+    """torch's CPU ops of the calling thread run on it alone while inside, for small tensors after
+    an ONNX Runtime run, where waking torch's threads costs more than they save. OpenMP's thread
+    count is each thread's own, so other threads keep theirs; torch.set_num_threads would also
+    change the count that threads starting meanwhile take for good."""
+    torch.get_num_threads()  # torch sets a thread's count when it first works there: before the limit
+    with _openmp().limit(limits=1):
+        yield
 
 
 def workers() -> int:

@@ -32,3 +32,21 @@ def test_a_task_on_the_shared_pool_runs_its_items_one_by_one():
     """Inside the pool, waiting on the pool could deadlock it: the items run inline."""
     with pytest.raises(threading.BrokenBarrierError):
         parallel.submit(_both_at_once).result(timeout=10)
+
+
+def test_torch_on_this_thread_holds_for_the_calling_thread_alone_and_ends_with_the_block():
+    import torch
+
+    before = torch.get_num_threads()
+    seen = {}
+
+    def other_thread() -> None:
+        torch.ones(3).sum()  # its first torch work: it takes its count then
+        seen["other"] = torch.get_num_threads()
+
+    with parallel.torch_on_this_thread():
+        seen["inside"] = torch.get_num_threads()
+        other = threading.Thread(target=other_thread)
+        other.start()
+        other.join()
+    assert seen == {"inside": 1, "other": before} and torch.get_num_threads() == before

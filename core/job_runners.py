@@ -56,6 +56,11 @@ def check_fine_tune(config: FineTuneConfig, registry: ModelRegistry, datasets_di
         raise InvalidRequest(f"{config.base_model!r} is served from ONNX alone: it has no torch network to "
                              f"fine-tune", field="base_model")
     dataset = describe_dataset(datasets_dir, config.dataset_id)
+    if max(dataset["counts"].values(), default=0) < 2:
+        raise InvalidRequest(f"data set {config.dataset_id!r} has one image per class, and a fine-tune measures itself "
+                             f"on images it does not train on (val_fraction of each class, at least one where a class "
+                             f"has two): upload a data set with at least one class of 2 images or more",
+                             field="dataset_id")
     check_name(config.output_model, "output_model")
     if config.output_model in BUILTIN_MODELS:
         raise InvalidRequest(f"output_model {config.output_model!r} is a built-in model's name", field="output_model")

@@ -94,7 +94,8 @@ def evaluate(network: nn.Module, pixels: torch.Tensor, labels: torch.Tensor, nor
             total_loss += nn.functional.cross_entropy(logits, truth, reduction="sum").item()
             for actual, predicted in zip(truth.tolist(), logits.argmax(dim=1).tolist()):
                 confusion[actual, predicted] += 1
-    per_class = (confusion.diag().float() / confusion.sum(dim=1).clamp(min=1).float()).tolist()
+    counts = confusion.sum(dim=1)  # a class with no validation image has no accuracy: None
+    per_class = [correct / count if count else None for correct, count in zip(confusion.diag().tolist(), counts.tolist())]
     return {"loss": total_loss / max(len(labels), 1),
             "accuracy": confusion.diag().sum().item() / max(len(labels), 1),
             "per_class_accuracy": per_class, "confusion_matrix": confusion.tolist()}

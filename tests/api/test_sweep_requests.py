@@ -74,3 +74,16 @@ def test_a_choice_repeated_or_null_where_the_field_takes_no_null_is_a_422(client
     response = client.post("/v1/jobs/sweep", json={"base": {**BASE, "dataset_id": shapes}, "space": space})
     assert response.status_code == 422 and words in response.json()["detail"], response.text
     assert response.json()["errors"][0]["field"] == f"space.{next(iter(space))}"
+
+
+def test_a_data_set_of_one_image_per_class_is_refused_for_training_as_it_leaves_nothing_to_validate_on(client):
+    """Each class keeps at least one image for training, so with one image each no validation
+    image is left, and the fine-tune would report metrics it never measured."""
+    single = client.post("/v1/datasets", files=[upload(shapes_archive(per_class=1), "one.zip", "application/zip")])
+    assert single.status_code == 201, single.text
+    base = {**BASE, "dataset_id": single.json()["id"]}
+    for path, body in (("/v1/jobs/fine-tune", base),
+                       ("/v1/jobs/sweep", {"base": base, "space": {"lr": {"log_uniform": [1e-4, 1]}}})):
+        refused = client.post(path, json=body)
+        assert refused.status_code == 422 and "one image per class" in refused.json()["detail"], refused.text
+        assert refused.json()["errors"][0]["field"].endswith("dataset_id"), refused.json()

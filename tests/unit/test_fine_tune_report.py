@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 from core.models.catalog import load_builtin
 from core.training import data
 from core.training.config import Augmentation, FineTuneConfig
-from core.training.finetune import fine_tune
+from core.training.finetune import evaluate, fine_tune
 from core.explain import METHODS
 from core.training.report import BACKGROUND_WARNING, background_reliance, beyond_warning, central_mask, \
     fine_tune_report, gradcam_maps, score_layer, write_report
@@ -140,3 +140,13 @@ def test_a_class_is_flagged_only_when_its_images_show_reliance_beyond_chance():
     assert not beyond_warning([0.52, 0.48, 0.55, 0.51])  # above 0.5 on average, within chance
     assert beyond_warning([0.66, 0.7, 0.62, 0.68])
     assert not beyond_warning([0.7, float("nan"), float("nan")])  # flat maps have no score
+
+
+def test_a_class_without_validation_images_has_no_accuracy_rather_than_zero():
+    network = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 2 * 2, 3))
+    with torch.no_grad():  # class 0 for every image
+        network[1].weight.zero_()
+        network[1].bias.copy_(torch.tensor([1.0, 0.0, 0.0]))
+    pixels, labels = torch.zeros((3, 3, 2, 2), dtype=torch.uint8), torch.tensor([0, 0, 1])
+    measured = evaluate(network, pixels, labels, lambda batch: batch.float(), 3, 2, torch.device("cpu"))
+    assert measured["per_class_accuracy"] == [1.0, 0.0, None] and measured["accuracy"] == pytest.approx(2 / 3)

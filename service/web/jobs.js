@@ -239,7 +239,8 @@ function stopAll() {
 function title(job) {
   const params = job.params || {};
   if (job.type === "fine-tune") {
-    return [el("span", { class: "job-kind" }, KINDS["fine-tune"]), el("span", {}, `${params.base_model} → `, el("b", {}, params.output_model))];
+    return [el("span", { class: "job-kind" }, KINDS["fine-tune"]), el("span", {}, `${params.base_model} → `, el("b", {}, params.output_model),
+      params.trial ? ` · trial ${params.trial.number} of a sweep` : "")];
   }
   if (job.type === "sweep") {
     const base = params.base || {};
@@ -289,7 +290,12 @@ function upsertCard(job, { prepend = false } = {}) {
     card.progress.replaceChildren();
     card.live.replaceChildren();
     revokeUrls(card);
-    card.body.replaceChildren(...renderResult(job, card));
+    try {
+      card.body.replaceChildren(...renderResult(job, card));
+    } catch (error) {   // one job's result this page cannot draw must not stop the rest of the list
+      console.error(error);
+      card.body.replaceChildren(el("pre", {}, JSON.stringify(job.result, null, 2)));
+    }
   }
 }
 
@@ -333,7 +339,7 @@ function renderResult(job, card) {
   if (job.state === "cancelled") return [el("p", { class: "muted" }, "Cancelled.")];
   if (job.state === "pruned") return [el("p", { class: "muted" }, "Pruned by its sweep.")];
   if (!job.result) return [];
-  if (job.type === "fine-tune") return fineTuneResult(job.result, card);
+  if (job.type === "fine-tune") return job.params?.trial ? trialResult(job.result) : fineTuneResult(job.result, card);
   if (job.type === "activation-maximization") return maximizationResult(job, card);
   if (job.type === "explain-dataset") return explainDatasetResult(job.result, card);
   return [el("pre", {}, JSON.stringify(job.type === "sweep" ? job.result.best : job.result, null, 2))];
@@ -359,6 +365,21 @@ function fineTuneResult(result, card) {
       confusionMatrix(metrics.confusion_matrix, metrics.classes),
       accuracyBars(metrics.per_class_accuracy)),
     result.report ? fineTuneReport(result.report, card) : null,
+  ];
+}
+
+// A sweep's trial keeps its metrics, and its weights only until the sweep publishes the best trial.
+function trialResult(result) {
+  const metrics = result.metrics || {};
+  const history = metrics.history || [];
+  const series = (key) => history.map((h) => [h.epoch, h[key]]);
+  return [
+    el("div", { class: "result-summary" },
+      stat("Trial", `${result.trial}`), stat("Validation accuracy", pct(metrics.val_accuracy)),
+      stat("Validation loss", fmtNumber(metrics.val_loss, 3)),
+      stat("Best epoch", `${metrics.best_epoch} of ${history.length}${metrics.stopped_early ? " (stopped early)" : ""}`)),
+    history.length ? el("div", { class: "charts" },
+      lineChart([{ name: "train loss", points: series("train_loss") }, { name: "validation loss", points: series("val_loss"), dashed: true }], { title: "Loss per epoch" })) : null,
   ];
 }
 

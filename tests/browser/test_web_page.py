@@ -313,6 +313,38 @@ def test_an_explain_dataset_job_shows_each_class_mean_map_and_its_downloads(page
     card.screenshot(path=str(shots / "explain-dataset-result-laptop.png"))
 
 
+def test_a_sweep_and_its_trials_all_show_in_the_job_list(page, service, tmp_path, shots):
+    """A trial's result has metrics but no model: its card once failed, and every card after it
+    was never drawn."""
+    archive = tiny_dataset(tmp_path).read_bytes()
+    created = httpx.post(f"{service.url}/v1/datasets", files=[upload(archive, "pets.zip", "application/zip")],
+                         data={"name": "pets-sweep"}, timeout=60)
+    assert created.status_code == 201, created.text
+    base = {"dataset_id": created.json()["id"], "output_model": "swept", "epochs": 1, "batch_size": 4,
+            "input_size": 64, "strategy": "feature_extraction"}
+    sweep = httpx.post(f"{service.url}/v1/jobs/sweep", timeout=30,
+                       json={"base": base, "space": {"lr": {"log_uniform": [1e-3, 1e-2]}}, "trials": 2})
+    assert sweep.status_code == 202, sweep.text
+    sweep_id = sweep.json()["id"]
+    page.goto(f"{service.url}/#jobs")
+    page.wait_for_selector("body[data-ready=jobs]")
+    card = page.locator(f'.job-card[data-job-id="{sweep_id}"]')
+    page.wait_for_function("(id) => document.querySelector(`.job-card[data-job-id='${id}']`)?.dataset.state === 'succeeded'",
+                           arg=sweep_id, timeout=180_000)
+    page.reload()  # the list drawn afresh, with the finished trials in it
+    page.wait_for_selector("body[data-ready=jobs]")
+    card.wait_for()
+    jobs = httpx.get(f"{service.url}/v1/jobs", timeout=30).json()["data"]
+    trials = [job["id"] for job in jobs if job["params"].get("trial", {}).get("sweep") == sweep_id]
+    assert len(trials) == 2
+    page.wait_for_function("(count) => document.querySelectorAll('.job-card').length === count", arg=len(jobs))
+    for trial in trials:
+        trial_card = page.locator(f'.job-card[data-job-id="{trial}"]')
+        assert "trial" in trial_card.locator(".job-title").inner_text()
+        assert trial_card.locator(".result-summary .stat", has_text="Validation accuracy").count() == 1
+    card.screenshot(path=str(shots / "sweep-laptop.png"))
+
+
 def test_activation_maximization_results_show_as_a_gallery(page, service, shots):
     page.goto(f"{service.url}/#jobs")
     page.wait_for_selector("body[data-ready=jobs]")

@@ -70,7 +70,9 @@ def _cam_layer(net: nn.Module, runs: dict[str, Run]) -> str:
     children = [(name, module) for name, module in net.named_children()
                 if _is_feature_map(runs.get(name)) and not isinstance(module, _POOLING)]
     if not children:
-        raise ValueError("the network has no top-level layer that outputs a feature map")
+        raise InvalidRequest(f"{type(net).__name__} has no top-level layer that outputs a feature map, as a "
+                             f"convolutional network's last stage does: vision transformers and other networks "
+                             f"without one are not supported", field="architecture")
     order = list(runs)
     return max(children, key=lambda child: order.index(child[0]))[0]
 

@@ -65,12 +65,18 @@ def check_model_name(name: str) -> str:
     return name
 
 
+TORCHVISION_TRANSFORMERS = ("vit_", "swin_")
+
+
 def check_architecture(architecture: str) -> str:
     if architecture.startswith(TIMM_PREFIX):
         import timm
 
         if timm.is_model(architecture[len(TIMM_PREFIX):]):
             return architecture
+    elif architecture.startswith(TORCHVISION_TRANSFORMERS):
+        raise InvalidRequest(f"{architecture!r} is a vision transformer, which is not supported: its explanations "
+                             f"would land on the patch embedding; use a convolutional network", field="architecture")
     elif architecture in torchvision_architectures():
         return architecture
     raise InvalidRequest(f"unknown architecture {architecture!r}: use a torchvision classification builder "

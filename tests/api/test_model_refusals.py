@@ -121,6 +121,17 @@ def test_unknown_architectures_and_bad_preprocessing_are_422(client, small_resne
     assert_refused(post_weights(client, weights_of(small_resnet), cam_layer="fc"), 422, "cam_layer", "feature map")
 
 
+def test_vision_transformers_are_422_saying_so(client):
+    """torchvision's by name; timm's (many names) once built: they have no feature map to explain."""
+    assert_refused(client.post("/v1/models", data={"name": "mine", "architecture": "vit_b_16"},
+                               files={"weights": ("w", b"unread")}), 422, "architecture", "vision transformer")
+    timm = pytest.importorskip("timm")
+    vit = timm.create_model("vit_tiny_patch16_224", num_classes=3, pretrained=False)
+    refused = client.post("/v1/models", data={"name": "mine", "architecture": "timm:vit_tiny_patch16_224"},
+                          files={"weights": ("w", weights_of(vit))})
+    assert_refused(refused, 422, "architecture", "vision transformers and other networks without one")
+
+
 def onnx_classifier(external_data: bool = False, domain: str = "", side: int = 32) -> onnx.ModelProto:
     weight = numpy_helper.from_array(np.ones((4, 3), dtype=np.float32), "weight")
     nodes = [helper.make_node("GlobalAveragePool", ["pixels"], ["pooled"]),

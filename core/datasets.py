@@ -142,19 +142,21 @@ def _safe_path(name: str) -> PurePosixPath:
     return path
 
 
-def _declared_zip_entries(blob: bytes) -> int:
-    """The entry count in the zip's end-of-central-directory record (zip64's when it overflows),
-    read before zipfile builds an object per entry; 0 when there is no readable record."""
+def _zip_entry_bound(blob: bytes) -> int:
+    """The most entries zipfile could build an object for, read before it does: the count in the
+    end-of-central-directory record (zip64's where there is one), or where more, the headers that
+    the central directory holds (zipfile reads as many as the directory's size holds, whatever the
+    count says); 0 when there is no readable record."""
     end = blob.rfind(b"PK\x05\x06", max(0, len(blob) - 65_557))
     if end < 0 or end + 22 > len(blob):
         return 0
-    count = int.from_bytes(blob[end + 10:end + 12], "little")
-    locator = end - 20
-    if count == 0xFFFF and locator >= 0 and blob[locator:locator + 4] == b"PK\x06\x07":
-        record = int.from_bytes(blob[locator + 8:locator + 16], "little")
-        if blob[record:record + 4] == b"PK\x06\x06":
-            count = int.from_bytes(blob[record + 32:record + 40], "little")
-    return count
+    count, size, directory_end = (int.from_bytes(blob[end + 10:end + 12], "little"),
+                                  int.from_bytes(blob[end + 12:end + 16], "little"), end)
+    record = end - 20 - 56  # zipfile reads zip64's record right before its locator
+    if record >= 0 and blob[end - 20:end - 16] == b"PK\x06\x07" and blob[record:record + 4] == b"PK\x06\x06":
+        count, size, directory_end = (int.from_bytes(blob[record + 32:record + 40], "little"),
+                                      int.from_bytes(blob[record + 40:record + 48], "little"), record)
+    return max(count, blob.count(b"PK\x01\x02", max(0, directory_end - size), directory_end))
 
 
 def _too_many(count: int, limits: ArchiveLimits, exact: bool = True) -> TooManyFiles:
@@ -163,9 +165,9 @@ def _too_many(count: int, limits: ArchiveLimits, exact: bool = True) -> TooManyF
 
 
 def _zip_entries(blob: bytes, limits: ArchiveLimits, budget: _Budget) -> Iterator[_Entry]:
-    declared = _declared_zip_entries(blob)
-    if declared > limits.max_files:
-        raise _too_many(declared, limits)
+    bound = _zip_entry_bound(blob)
+    if bound > limits.max_files:
+        raise _too_many(bound, limits)
     try:
         archive = zipfile.ZipFile(io.BytesIO(blob))
     except (zipfile.BadZipFile, ValueError) as error:
@@ -200,13 +202,31 @@ def _zip_entries(blob: bytes, limits: ArchiveLimits, budget: _Budget) -> Iterato
             yield _Entry(path, lambda info=info: _Metered(archive.open(info), budget))
 
 
+class _BoundedTarInfo(tarfile.TarInfo):
+    """Refuses a header that tarfile would read whole into memory (pax, GNU long name or link)
+    when it declares more than a header needs, and GNU sparse files, whose maps chain on."""
+
+    MAX_HEADER_BYTES = 64 * 1024
+    HEADERS = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
+               tarfile.GNUTYPE_LONGLINK)
+
+    def _proc_member(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in self.HEADERS and self.size > self.MAX_HEADER_BYTES:
+            raise InvalidRequest(f"the archive has a header of {self.size} bytes (entry {self.name!r}); the limit "
+                                 f"is {self.MAX_HEADER_BYTES}", field="file")
+        if self.type == tarfile.GNUTYPE_SPARSE:
+            raise InvalidRequest(f"archive entry {self.name!r} is a sparse file, which is not supported",
+                                 field="file")
+        return super()._proc_member(tar)
+
+
 def _tar_entries(blob: bytes, limits: ArchiveLimits, budget: _Budget) -> Iterator[_Entry]:
     """One pass over the stream (no seeking back): each entry must be read when it is yielded.
     gzip, not tarfile, inflates: tarfile's own "r|gz" copies its whole inflated buffer again
     on every 10 KiB read, so skipping a highly compressed entry took time quadratic in it."""
     try:
         tar = _Metered(gzip.GzipFile(fileobj=io.BytesIO(blob), mode="rb"), budget)
-        archive = tarfile.open(fileobj=tar, mode="r|")
+        archive = tarfile.open(fileobj=tar, mode="r|", tarinfo=_BoundedTarInfo)
     except CORRUPT as error:
         raise _corrupt(error) from None
     with archive:

@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from core.datasets import ArchiveLimits, ingest_archive, uploaded_names
-from core.errors import PayloadTooLarge
+from core.errors import PayloadTooLarge, TooManyFiles
 from service.app import create_app
 from service.settings import Settings
 from support import SHAPE_CLASSES, chelsea, encode, shapes_archive, upload
@@ -303,6 +303,43 @@ def test_a_zip_with_too_many_entries_is_refused_from_its_directory(strict_client
         for index in range(50_000):
             archive.writestr(f"cat/{index}.jpg", b"")
     assert_refused(post(strict_client, buffer.getvalue()), 413, "50000 files")
+
+
+def test_a_zip_whose_directory_holds_more_headers_than_its_count_says_is_refused_before_they_are_read(
+        tmp_path, monkeypatch):
+    """zipfile reads every header the central directory's size holds, whatever the end record's
+    count says: a million headers under a count of 1 took 10 s and 470 MB before the file limit."""
+    one = bytes(stored_zip({"cat/a.jpg": b"x"}))
+    directory = one.index(b"PK\x01\x02")
+    end = one.index(b"PK\x05\x06")
+    header = one[directory:end]
+    copies = 2_000
+    record = bytearray(one[end:])
+    record[12:16] = (len(header) * copies).to_bytes(4, "little")  # the directory's size; the count stays 1
+    forged = one[:directory] + header * copies + bytes(record)
+
+    def unread(*args, **kwargs):
+        raise AssertionError("zipfile was asked to read the directory")
+
+    monkeypatch.setattr(zipfile, "ZipFile", unread)
+    limits = ArchiveLimits(max_files=10, max_total_bytes=10**7, max_image_pixels=10**7, max_seconds=60)
+    with pytest.raises(TooManyFiles, match="holds 2000 files"):
+        ingest_archive(forged, tmp_path, None, limits)
+
+
+def test_a_tar_header_that_declares_megabytes_is_refused_before_it_is_read(client):
+    """tarfile reads a pax or GNU long-name header whole: 1.9 MB of gzip declaring a 1.9 GB pax
+    header took the API to 5 GB."""
+    for kind in (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK):
+        info = tarfile.TarInfo("././@PaxHeader")
+        info.type, info.size = kind, 50 * 2**20
+        buffer = io.BytesIO()
+        with gzip.GzipFile(fileobj=buffer, mode="wb", compresslevel=9) as stream:
+            stream.write(info.tobuf(tarfile.USTAR_FORMAT))
+            for _ in range(50):
+                stream.write(b"\0" * 2**20)
+            stream.write(b"\0" * 1024)
+        assert_refused(post(client, buffer.getvalue(), "data.tar.gz"), 422, "header of 52428800 bytes")
 
 
 def test_ingest_has_a_time_limit_and_leaves_nothing_behind(tmp_path):

@@ -101,11 +101,22 @@ def _check_fit(architecture: str, expected: dict[str, torch.Tensor], state: dict
     aside: they are the classes)."""
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(key for key in set(expected) & set(state) if not key.startswith(classifier + ".")
-                   and tuple(expected[key].shape) != tuple(state[key].shape))
+    rows = state[f"{classifier}.weight"].shape[0]
+
+    def shape(key: str) -> tuple[int, ...]:
+        wanted = tuple(expected[key].shape)
+        return (rows, *wanted[1:]) if key.startswith(classifier + ".") else wanted
+
+    wrong = sorted(key for key in set(expected) & set(state) if shape(key) != tuple(state[key].shape))
     if missing or unexpected or wrong:
         raise InvalidRequest(f"weights do not fit {architecture}: missing {missing[:5]}, unexpected {unexpected[:5]}, "
                              f"other shapes {wrong[:5]}", field="weights")
+    if rows == 0:
+        raise InvalidRequest(f"the classifier {classifier!r} has no rows: a model needs at least one class",
+                             field="weights")
+    complex_ = sorted(key for key, tensor in state.items() if tensor.is_complex())
+    if complex_:
+        raise InvalidRequest(f"weights {complex_[:5]} are complex numbers; a network's are real", field="weights")
 
 
 def default_input_size(architecture: str, network: nn.Module) -> int:

@@ -102,6 +102,22 @@ def test_a_model_with_nan_logits_is_422(client, small_resnet):
     assert client.get("/v1/models/mine").status_code == 404  # nothing was published
 
 
+@pytest.mark.parametrize("key, tensor, words", [
+    ("fc.bias", torch.zeros(7), "fc.bias"),           # 4 rows of weights, 7 biases
+    ("fc.weight", torch.zeros(4, 7), "fc.weight"),    # 7 features in, where resnet18 pools 512
+    ("fc.weight", torch.zeros(0, 512), "no rows"),
+    ("layer1.0.conv1.weight", torch.zeros(64, 64, 3, 3, dtype=torch.complex64), "complex"),
+])
+def test_classifier_rows_that_do_not_fit_and_complex_weights_are_422_on_the_weights(client, small_resnet, key, tensor,
+                                                                                  words):
+    """They once read as a problem of input_size, or passed with the imaginary part dropped."""
+    state = {name: value.clone() for name, value in small_resnet.state_dict().items()}
+    state[key] = tensor
+    if key == "fc.weight" and len(tensor) == 0:
+        state["fc.bias"] = torch.zeros(0)
+    assert_refused(post_weights(client, save(state)), 422, "weights", words)
+
+
 def test_a_label_count_that_differs_from_the_classifier_is_422(client, small_resnet):
     response = client.post("/v1/models", data={"name": "mine", "architecture": "resnet18", "input_size": 64},
                            files={"weights": ("w.safetensors", weights_of(small_resnet)),

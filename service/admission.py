@@ -62,6 +62,31 @@ class ModelQueues:
                 del self.in_flight[version]
 
 
+class PixelBudget:
+    """Decoded pixels that the explanations in flight in this process hold together: an
+    explanation keeps its images decoded until its pictures are drawn, and a few small files can
+    decode to gigabytes. Beyond the budget, 503 with Retry-After at once. A request holds what its
+    headers declare, at most the whole budget, so that one within GAZER_MAX_REQUEST_PIXELS is
+    served alone. Used on the event loop only, so it needs no lock."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    @contextmanager
+    def holding(self, pixels: int) -> Iterator[None]:
+        pixels = min(pixels, self.limit)
+        if self.held + pixels > self.limit:
+            raise ServiceBusy(f"the explanations in flight hold {self.held} decoded pixels and this request's images "
+                              f"declare {pixels}, past GAZER_MAX_EXPLAINED_PIXELS ({self.limit}); retry later",
+                              headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+        self.held += pixels
+        try:
+            yield
+        finally:
+            self.held -= pixels
+
+
 class RefuseWhenQueueFull:
     """POST /v1/models/{model}/predict or /explain while that model's queue is full: 503 before
     the upload is read and parsed. Placed inside KeysBeforeBodies: whether a model is busy is

@@ -18,7 +18,7 @@ from core.errors import GazerError
 from core.parallel import single_threaded_blas
 from core.models.registry import ModelRegistry
 from core.storage import Storage
-from service.admission import ModelQueues, RefuseWhenQueueFull
+from service.admission import ModelQueues, PixelBudget, RefuseWhenQueueFull
 from service.auth import KeyStore, KeysBeforeBodies, requires
 from service.errors import PROBLEM_RESPONSES, install_error_handlers
 from service.limits import RequestSizeLimit
@@ -81,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.compute_limiter = RateLimiter("forward passes", settings.compute_per_second, settings.compute_burst)
     app.state.event_streams = StreamSlots(settings.max_event_streams, settings.max_event_streams_per_client)
     app.state.model_queues = ModelQueues(settings.max_queued_per_model)
+    app.state.explained_pixels = PixelBudget(settings.max_explained_pixels)
     install_error_handlers(app)
     # Outermost last: ids and metrics, then Host, Origin and CORS, then keys and scopes (their
     # 401s and 403s carry CORS headers, and come before anything reads a body), then a full

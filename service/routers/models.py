@@ -7,7 +7,7 @@ import base64
 import dataclasses
 import logging
 import time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Callable, Literal
 
 import anyio
 import numpy as np
@@ -19,7 +19,7 @@ from core import cancellation, parallel, pipeline
 from core.encoding import MEDIA_TYPES
 from core.errors import InvalidRequest
 from core.explain.faithfulness import DEFAULT_STEPS, Faithfulness
-from core.imaging import decode_images, preprocess
+from core.imaging import declared_pixels, decode_images, preprocess
 from core.models.spec import ModelSpec
 from core.names import MAX_INDEX, MAX_TOP_K, OUTPUTS
 from schemas import models as wire
@@ -75,6 +75,24 @@ def _decode_all(blobs: list[bytes], settings: Settings, on_stage: pipeline.OnSta
     images = decode_images(blobs, settings.max_image_pixels, settings.max_request_pixels)
     on_stage("decode", time.perf_counter() - started)
     return images
+
+
+async def _decoded_and_explained(request: Request, blobs: list[bytes], settings: Settings, on_stage: pipeline.OnStage,
+                                 what: str, explain: Callable[[list], list[pipeline.ImageResult]]
+                                 ) -> list[pipeline.ImageResult]:
+    """`blobs` decoded on the CPU pool, then explained on one of the explanation threads; dropped
+    where its client has gone."""
+    async with client_watch(request) as gone:
+        def work(images: list) -> list[pipeline.ImageResult]:
+            with cancellation.for_client(gone):
+                return explain(images)
+
+        try:
+            images = await asyncio.wrap_future(parallel.submit(lambda: _decode_all(blobs, settings, on_stage)))
+            return await anyio.to_thread.run_sync(work, images, limiter=request.app.state.explanation_threads)
+        except cancellation.ClientGone as gone_error:
+            log.info("%s dropped: %s", what, gone_error.detail)
+            raise
 
 
 @router.get("", response_model=wire.ModelList)
@@ -204,23 +222,15 @@ async def explain(
     with admitted(request, model):
         async with explanation_slot(request):
             blobs = await read_uploads(file, settings)
-            request.app.state.compute_limiter.take(client_id(caller, request), cost)
-            metrics.batch_size.labels("explain").observe(len(blobs))
-            on_stage = metrics.stage_recorder(model.spec.id)
-
-            async with client_watch(request) as gone:
-                def work(images: list) -> list[pipeline.ImageResult]:
-                    with cancellation.for_client(gone):
-                        return pipeline.explain(model, images, method, target, layer, options, top_k, wanted, resize,
-                                                faithfulness, on_stage, overlay_format)
-
-                try:
-                    images = await asyncio.wrap_future(parallel.submit(lambda: _decode_all(blobs, settings, on_stage)))
-                    results = await anyio.to_thread.run_sync(work, images,
-                                                             limiter=request.app.state.explanation_threads)
-                except cancellation.ClientGone as gone_error:
-                    log.info("%s on %s dropped: %s", method, model.spec.ref, gone_error.detail)
-                    raise
+            # its images stay decoded until its pictures are drawn: held against the process's budget
+            with request.app.state.explained_pixels.holding(sum(declared_pixels(blob) for blob in blobs)):
+                request.app.state.compute_limiter.take(client_id(caller, request), cost)
+                metrics.batch_size.labels("explain").observe(len(blobs))
+                on_stage = metrics.stage_recorder(model.spec.id)
+                results = await _decoded_and_explained(
+                    request, blobs, settings, on_stage, f"{method} on {model.spec.ref}",
+                    lambda images: pipeline.explain(model, images, method, target, layer, options, top_k, wanted,
+                                                    resize, faithfulness, on_stage, overlay_format))
     if image_answer is not None:
         return Response(results[0].explanation.overlay, media_type=MEDIA_TYPES[image_answer])
     return _json(wire.ExplainResponse(model=_ref(model.spec), results=[_explain_result(r) for r in results]))

@@ -7,7 +7,11 @@ import threading
 import time
 
 
+from fastapi.testclient import TestClient
+
 from core.explain import METHODS
+from service.app import create_app
+from service.settings import Settings
 from support import chelsea, encode, upload
 from tests.conftest import MODEL
 from tests.held_method import GRADIENT_LAYER, HeldGradCAM
@@ -44,3 +48,32 @@ def test_a_request_that_finds_every_slot_busy_gets_503(one_slot_client, monkeypa
         running.join(timeout=120)
     assert slow[0].status_code == 200
     assert one_slot_client.post(EXPLAIN, files=photo, data={"method": "saliency"}).status_code == 200
+
+
+def test_explanations_hold_their_decoded_pixels_against_a_budget(data_dir, monkeypatch):
+    """Their images stay decoded until their pictures are drawn: a few small files declaring
+    gigapixels, sent at once, would otherwise add up past the machine's memory."""
+    held = HeldGradCAM()
+    monkeypatch.setitem(METHODS, "gradcam", held)
+    photo = chelsea()  # 451 x 300: 135 300 pixels
+    settings = Settings(data_dir=data_dir, max_explained_pixels=200_000)
+    with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as client:
+        slow: list = []
+        running = threading.Thread(target=lambda: slow.append(
+            client.post(EXPLAIN, files=[upload(encode(photo))],
+                        data={"method": "gradcam", "layer": GRADIENT_LAYER, "outputs": "map"})))
+        running.start()
+        try:
+            assert held.started.wait(timeout=60), "the first explanation never started"
+            busy = client.post(EXPLAIN, files=[upload(encode(photo))], data={"method": "saliency", "outputs": "map"})
+            assert busy.status_code == 503 and busy.headers["retry-after"] == "1", busy.text
+            assert "GAZER_MAX_EXPLAINED_PIXELS" in busy.json()["detail"]
+        finally:
+            held.release.set()
+            running.join(timeout=120)
+        assert slow[0].status_code == 200
+        assert client.app.state.explained_pixels.held == 0
+        # alone, a request over the budget (two photos) is served: it holds the whole budget
+        two = client.post(EXPLAIN, files=[upload(encode(photo)), upload(encode(photo))],
+                          data={"method": "saliency", "outputs": "map"})
+        assert two.status_code == 200, two.text

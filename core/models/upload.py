@@ -26,7 +26,7 @@ from core.models import onnx_probe
 from core.models.adapted import TIMM_PREFIX, adapt, classifier_name, construct, torchvision_architectures
 from core.models.layers import feeds_a_linear_head, targetable_layers
 from core.models.spec import ModelSpec
-from core.names import BUILTIN_MODELS, ONNX_ARCHITECTURE
+from core.names import BUILTIN_MODELS, MAX_INDEX, ONNX_ARCHITECTURE
 from core.params import check_params, param
 from core.storage import check_name
 
@@ -95,6 +95,13 @@ def read_state_dict(blob: bytes) -> dict[str, torch.Tensor]:
         raise InvalidRequest(f"weights are not a valid .safetensors file: {error}", field="weights") from None
 
 
+def check_class_count(classes: int, field: str) -> int:
+    """At least one class, and no more than a target may name (every answer holds a row of them)."""
+    if not 1 <= classes <= MAX_INDEX:
+        raise InvalidRequest(f"the model has {classes} classes; a served model has 1 to {MAX_INDEX}", field=field)
+    return classes
+
+
 def _check_fit(architecture: str, expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor],
                classifier: str) -> None:
     """The uploaded tensors are the architecture's, with the same shapes (the classifier's rows
@@ -111,9 +118,7 @@ def _check_fit(architecture: str, expected: dict[str, torch.Tensor], state: dict
     if missing or unexpected or wrong:
         raise InvalidRequest(f"weights do not fit {architecture}: missing {missing[:5]}, unexpected {unexpected[:5]}, "
                              f"other shapes {wrong[:5]}", field="weights")
-    if rows == 0:
-        raise InvalidRequest(f"the classifier {classifier!r} has no rows: a model needs at least one class",
-                             field="weights")
+    check_class_count(rows, "weights")
     complex_ = sorted(key for key, tensor in state.items() if tensor.is_complex())
     if complex_:
         raise InvalidRequest(f"weights {complex_[:5]} are complex numbers; a network's are real", field="weights")
@@ -338,7 +343,7 @@ def onnx_model(name: str, blob: bytes, labels: list[str] | None, preprocessing: 
     check_params(replace(preprocessing, input_size=input_size))
     _rename_output(model, model.graph.output[0].name, "logits")
     serialized = model.SerializeToString()
-    classes = _check_runs(serialized, input_size, limits)
+    classes = check_class_count(_check_runs(serialized, input_size, limits), "onnx")
     spec = _spec(name, ONNX_ARCHITECTURE, _labels(labels, classes), preprocessing, input_size, "", "",
                  False, f"ONNX classifier uploaded as {name}")
     return replace(spec, batch_sizes=onnx_probe.batches(limits.max_batch)), serialized

@@ -105,7 +105,7 @@ def test_a_model_with_nan_logits_is_422(client, small_resnet):
 @pytest.mark.parametrize("key, tensor, words", [
     ("fc.bias", torch.zeros(7), "fc.bias"),           # 4 rows of weights, 7 biases
     ("fc.weight", torch.zeros(4, 7), "fc.weight"),    # 7 features in, where resnet18 pools 512
-    ("fc.weight", torch.zeros(0, 512), "no rows"),
+    ("fc.weight", torch.zeros(0, 512), "0 classes; a served model has 1 to"),
     ("layer1.0.conv1.weight", torch.zeros(64, 64, 3, 3, dtype=torch.complex64), "complex"),
 ])
 def test_classifier_rows_that_do_not_fit_and_complex_weights_are_422_on_the_weights(client, small_resnet, key, tensor,
@@ -148,8 +148,8 @@ def test_vision_transformers_are_422_saying_so(client):
     assert_refused(refused, 422, "architecture", "vision transformers and other networks without one")
 
 
-def onnx_classifier(external_data: bool = False, domain: str = "", side: int = 32) -> onnx.ModelProto:
-    weight = numpy_helper.from_array(np.ones((4, 3), dtype=np.float32), "weight")
+def onnx_classifier(external_data: bool = False, domain: str = "", side: int = 32, classes: int = 4) -> onnx.ModelProto:
+    weight = numpy_helper.from_array(np.ones((classes, 3), dtype=np.float32), "weight")
     nodes = [helper.make_node("GlobalAveragePool", ["pixels"], ["pooled"]),
              helper.make_node("Flatten", ["pooled"], ["flat"]),
              helper.make_node("Gemm", ["flat", "weight"], ["scores"], transB=1)]
@@ -157,7 +157,7 @@ def onnx_classifier(external_data: bool = False, domain: str = "", side: int = 3
         nodes.append(helper.make_node("Mystery", ["scores"], ["extra"], domain=domain))
     graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("pixels", TensorProto.FLOAT,
                                                                               ["n", 3, side, side])],
-                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["n", 4])],
+                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["n", classes])],
                               initializer=[weight])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     if external_data:
@@ -197,6 +197,13 @@ def test_onnx_with_external_data_or_custom_operators_is_422(client):
     served = client.post("/v1/models", data={"name": "tiny-onnx", "input_size": 32},
                          files={"onnx": ("m.onnx", onnx_classifier().SerializeToString())})
     assert served.status_code == 201, served.text
+
+
+def test_an_onnx_model_of_more_classes_than_a_target_can_name_is_422(client):
+    """Every answer holds a row of its classes: a 208-byte file expanded to 2 million of them."""
+    refused = client.post("/v1/models", data={"name": "wide", "input_size": 32}, files={
+        "onnx": ("m.onnx", onnx_classifier(classes=100_001).SerializeToString())})
+    assert_refused(refused, 422, "onnx", "100001 classes; a served model has 1 to 100000")
 
 
 def with_initializers_as_inputs(model: onnx.ModelProto, count: int) -> onnx.ModelProto:

@@ -23,6 +23,7 @@ from service.auth import KeyStore, KeysBeforeBodies, requires
 from service.errors import PROBLEM_RESPONSES, install_error_handlers
 from service.limits import RequestSizeLimit
 from service.metrics import Metrics
+from service.dependencies import DATASET_INGESTS
 from service.negotiation import acceptable
 from service.guards import RefuseForeignOrigins, RefuseUnknownHosts
 from service.queue import JobQueue
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # every other blocking call of the app shares
         app.state.explanation_threads = anyio.CapacityLimiter(settings.max_concurrent_explanations)
         app.state.upload_slots = anyio.Semaphore(1)
+        app.state.dataset_slots = anyio.Semaphore(DATASET_INGESTS)
         with ExitStack() as on_shutdown:  # also unwinds what started if a later step fails
             redis_url = settings.redis_url
             if redis_url is None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import fcntl
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Annotated, AsyncIterator
 
 import anyio
@@ -127,3 +127,13 @@ async def upload_slot(request: Request) -> AsyncIterator[None]:
 
 
 UPLOAD_LOCK_POLL_SECONDS = 0.05
+# Data set uploads extracted at once by one API process: each holds its archive (up to
+# GAZER_MAX_DATASET_BYTES) in memory meanwhile.
+DATASET_INGESTS = 2
+
+
+def dataset_slot(request: Request) -> AbstractAsyncContextManager[None]:
+    """One of the process's DATASET_INGESTS, waited for up to GAZER_EXPLAIN_QUEUE_SECONDS."""
+    wait = request.app.state.settings.explain_queue_seconds
+    return taken(request.app.state.dataset_slots, wait,
+                 f"{DATASET_INGESTS} other data set uploads kept the server busy for {wait:g} s; retry later")

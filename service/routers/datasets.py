@@ -13,7 +13,7 @@ from core import cancellation, datasets
 from core.storage import check_name
 from schemas.datasets import Dataset, DatasetList
 from service.auth import Caller, CallerDep
-from service.dependencies import QueueDep, SettingsDep, StorageDep
+from service.dependencies import QueueDep, SettingsDep, StorageDep, dataset_slot
 from service.disconnects import client_watch
 from service.quotas import check_dataset_quota
 
@@ -30,21 +30,22 @@ async def upload_dataset(
     if name is not None:
         check_name(name, "name")
     check_dataset_quota(caller, storage, settings)  # before the work; again as the data set appears
-    blob = await file.read()
+    async with dataset_slot(request):
+        blob = await file.read()
 
-    @contextmanager
-    def within_quota() -> Iterator[None]:
-        with queue.claim_lock(caller.owner):
-            check_dataset_quota(caller, storage, settings)
-            yield
+        @contextmanager
+        def within_quota() -> Iterator[None]:
+            with queue.claim_lock(caller.owner):
+                check_dataset_quota(caller, storage, settings)
+                yield
 
-    def ingest(gone: threading.Event) -> dict:
-        with cancellation.for_client(gone):
-            return datasets.ingest_archive(blob, storage.datasets, name, settings.archive_limits, caller.owner,
-                                           within_quota)
+        def ingest(gone: threading.Event) -> dict:
+            with cancellation.for_client(gone):
+                return datasets.ingest_archive(blob, storage.datasets, name, settings.archive_limits, caller.owner,
+                                               within_quota)
 
-    async with client_watch(request) as gone:
-        return Dataset(**await run_in_threadpool(ingest, gone))
+        async with client_watch(request) as gone:
+            return Dataset(**await run_in_threadpool(ingest, gone))
 
 
 # Plain `def` from here on: these read and delete files, so FastAPI runs them in its thread pool.

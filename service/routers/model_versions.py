@@ -80,27 +80,26 @@ async def upload_model(
     given = {"mean": tuple(mean) if mean else None, "std": tuple(std) if std else None, "input_size": input_size,
              "resize_size": resize_size, "interpolation": interpolation}
     preprocessing = upload.Preprocessing(**{key: value for key, value in given.items() if value is not None})
+    check_name(name, "name")
     class_names = _labels(await _read(labels, MAX_LABELS_BYTES, "labels"))
     if onnx is not None:
-        blob = await _read(onnx, settings.max_model_bytes, "onnx")
-
-        def register() -> ModelSpec:
+        def register(blob: bytes) -> ModelSpec:
             limits = upload.OnnxCheckLimits(settings.onnx_check_memory_bytes, settings.onnx_check_seconds,
                                             settings.max_batch)
             spec, checked = upload.onnx_model(name, blob, class_names, preprocessing, limits)
             return registry.register_onnx(spec, checked)
     else:
-        blob = await _read(weights, settings.max_model_bytes, "weights")
-
-        def register() -> ModelSpec:
+        def register(blob: bytes) -> ModelSpec:
             spec, network = upload.torch_model(name, architecture, blob, class_names, preprocessing, cam_layer)
             return registry.register_network(spec, network)
 
-    check_name(name, "name")
+    model_file, field = (onnx, "onnx") if onnx is not None else (weights, "weights")
     mark = await run_in_threadpool(_claim, caller, registry.storage, queue, name, settings)
     try:
         async with upload_slot(request):
-            spec = await run_in_threadpool(register)
+            # read from the spooled upload only now: uploads waiting for the slot hold no model in memory
+            blob = await _read(model_file, settings.max_model_bytes, field)
+            spec = await run_in_threadpool(register, blob)
     except Exception:  # refused: the claim holds nothing, unless another upload or job holds it
         versions.end_upload(mark)
         await run_in_threadpool(_release, caller, registry.storage, queue, name)

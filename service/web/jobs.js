@@ -11,6 +11,7 @@ const FORMS = { "fine-tune": "finetune-form", "activation-maximization": "maximi
 const cards = new Map();     // job id -> {root, ...}
 const streams = new Map();   // job id -> AbortController of its event stream
 let datasets = [];
+let datasetsUnlisted = false;   // the last listing failed (a 403 for a key without the jobs scope, say)
 let formsBuilt = false;
 const MISTAKES_SHOWN = 8;
 const KINDS = { "fine-tune": "Fine-tune", sweep: "Sweep", "explain-dataset": "Explain data set", "activation-maximization": "Activation maximization" };
@@ -83,7 +84,7 @@ function fillDatasetSelect(select, chosen) {
   const keep = chosen || select.value;
   select.replaceChildren(...(datasets.length
     ? datasets.map((d) => el("option", { value: d.id }, `${d.name} · ${d.classes.length} classes, ${d.images} images`))
-    : [el("option", { value: "" }, "Upload a data set first")]));
+    : [el("option", { value: "" }, datasetsUnlisted ? "The data sets could not be listed" : "Upload a data set first")]));
   if (keep && datasets.some((d) => d.id === keep)) select.value = keep;
 }
 
@@ -117,9 +118,12 @@ async function loadDatasets(select) {
   try {
     datasets = (await api("/v1/datasets")).data.sort((a, b) => b.created_at - a.created_at);
   } catch (error) {
+    datasetsUnlisted = true;
     $("dataset-message").replaceChildren(problemBox(error, "Could not list the data sets"));
+    for (const node of document.querySelectorAll(".dataset-select")) fillDatasetSelect(node, select);
     return;
   }
+  datasetsUnlisted = false;
   const list = $("dataset-list");
   list.replaceChildren(...datasets.map((d) => el("li", {},
     el("div", { class: "ds-main" }, el("b", {}, d.name), el("span", { class: "muted" }, ` ${d.id.slice(0, 8)}`)),

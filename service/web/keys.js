@@ -7,6 +7,7 @@ let memoryKey = null;      // used when localStorage is not available
 let pending = null;        // {promise, resolve, manage} while the dialog is open
 let dialog = null;         // the <dialog> and its parts, built on first use
 let needed = false;        // the service has answered 401 at least once
+let rejectedKey = null;    // the stored key the service last answered 401 to
 
 export function currentKey() {
   try { return localStorage.getItem(STORAGE) || null; } catch { return memoryKey; }
@@ -33,6 +34,7 @@ const keyIcon = () => svgEl("svg", { viewBox: "0 0 24 24", "aria-hidden": "true"
 // Called by api.js for a 401: resolves to the key to retry with, or null when the person cancels.
 export function askForKey({ problem, rejected } = {}) {
   needed = true;
+  if (rejected) rejectedKey = currentKey();
   renderButton();
   return openDialog({ manage: false, problem, rejected });
 }
@@ -70,7 +72,7 @@ function showState(parts, { manage, problem, rejected }) {
     parts.error.replaceChildren(el("strong", {}, "The key was not accepted. "),
       problem?.detail ? `${problem.detail.charAt(0).toUpperCase()}${problem.detail.slice(1)}.` : "Check it and try again.");
   }
-  parts.current.replaceChildren(...(key ? ["Current key ", el("code", {}, keyLabel(key))] : []));
+  parts.current.replaceChildren(...(key ? ["Current key ", el("code", {}, keyLabel(key)), key === rejectedKey ? " (not accepted)" : ""] : []));
   parts.current.hidden = !key;
   parts.forget.hidden = !key;
   parts.input.placeholder = key ? "Paste a new key" : "gz_…";
@@ -133,11 +135,15 @@ function renderButton() {
   const button = document.getElementById("key-btn");
   if (!button) return;
   const key = currentKey();
-  const state = key ? "set" : needed ? "needed" : "none";
+  const state = key ? (key === rejectedKey ? "rejected" : "set") : needed ? "needed" : "none";
   button.dataset.state = state;
-  button.title = key ? `API key set (${keyLabel(key)}): change or forget it`
-    : needed ? "This service needs an API key: set one" : "Set an API key (only needed when the service asks for one)";
-  button.querySelector(".key-state").textContent = key ? "set" : needed ? "needed" : "not set";
+  button.title = {
+    set: `API key set (${key && keyLabel(key)}): change or forget it`,
+    rejected: `The service did not accept the key ${key && keyLabel(key)}: change it`,
+    needed: "This service needs an API key: set one",
+    none: "Set an API key (only needed when the service asks for one)",
+  }[state];
+  button.querySelector(".key-state").textContent = { set: "set", rejected: "not accepted", needed: "needed", none: "not set" }[state];
 }
 
 export function initKeyControl() {

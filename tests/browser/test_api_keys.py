@@ -162,6 +162,9 @@ def test_a_wrong_stored_key_shows_the_dialog_and_the_top_bar_changes_it(browser,
         page.goto(f"{keyed.url}/#models")
         page.wait_for_selector(f"{DIALOG} .key-error:not([hidden])")
         assert "not accepted" in page.locator(".key-error").inner_text()
+        # the top bar says so too, not "set"
+        assert page.locator("#key-btn").get_attribute("data-state") == "rejected"
+        assert page.locator("#key-btn .key-state").inner_text() == "not accepted"
         # cancelling leaves the 401 as a problem, with a way back to the dialog
         page.get_by_role("button", name="Cancel").click()
         problem = page.locator("#model-list .problem")
@@ -170,9 +173,11 @@ def test_a_wrong_stored_key_shows_the_dialog_and_the_top_bar_changes_it(browser,
         problem.get_by_role("button", name="Enter API key").click()
         page.locator(DIALOG).wait_for()
         assert "gz_12345678_" in page.locator(".key-current").inner_text()
+        assert "(not accepted)" in page.locator(".key-current").inner_text()
         page.screenshot(path=str(shots / "api-key-dialog-manage-laptop.png"), animations="disabled")
         enter_key(page, keys["admin"])
         page.wait_for_selector('.model-card[data-model="efficientnet_lite0"]')
+        assert page.locator("#key-btn").get_attribute("data-state") == "set"
         # forget from the top bar: the next call asks again
         page.click("#key-btn")
         page.get_by_role("button", name="Forget key").click()
@@ -194,6 +199,10 @@ def test_a_key_without_the_scope_gets_a_readable_403_not_the_dialog(browser, key
         text = problem.inner_text()
         assert "403" in text and "scope" in text, text
         assert page.locator(DIALOG).count() == 0
+        # the fine-tune form does not tell the person to upload a data set they may not list
+        page.wait_for_function("[...document.querySelectorAll('.dataset-select option')]"
+                               ".some((option) => option.textContent === 'The data sets could not be listed')")
+        assert "Upload a data set first" not in page.locator(".dataset-select").first.inner_text()
     finally:
         context.close()
     assert not errors, errors

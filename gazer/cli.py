@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from gazer import grid
 from gazer.calls import DEFAULT_MODEL
-from gazer.client import Client, default_url
+from gazer.client import DEFAULT_URL, Client, default_url
 from gazer.errors import ApiError
 from schemas.api_keys import SCOPES, create_key, read_key_file, revoke_key
 from schemas.jobs import FineTuneRequest, Job
@@ -129,9 +129,13 @@ def add_fine_tune_flags(parser: argparse.ArgumentParser) -> list[str]:
             continue
         parse, choices = kind
         described = (field.description or "").replace("%", "%%")
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=parse, choices=choices, default=None,
-                            help=f"{described} (default {field.default})".lstrip() if field.default is not None
-                            else described)
+        shown = f"{described} (default {field.default})".lstrip() if field.default is not None else described
+        if parse is _boolean:  # --bfloat16 / --no-bfloat16
+            parser.add_argument("--" + name.replace("_", "-"), dest=name, action=argparse.BooleanOptionalAction,
+                                default=None, help=shown)
+        else:
+            parser.add_argument("--" + name.replace("_", "-"), dest=name, type=parse, choices=choices, default=None,
+                                help=shown)
         names.append(name)
     return names
 
@@ -334,7 +338,7 @@ def follow(client: Client, job_id: str, url: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gazer", description="Predict and explain image classifiers with a "
                                                                "Gazer service; fine-tune them on your images.")
-    parser.add_argument("--url", default=default_url(), help="the service (default $GAZER_URL, else %(default)s)")
+    parser.add_argument("--url", default=default_url(), help=f"the service (default $GAZER_URL, else {DEFAULT_URL})")
     parser.add_argument("--api-key", default=None, help="the key to send (default $GAZER_API_KEY)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -489,6 +493,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return status
     except ApiError as error:
         print(f"gazer: {error.status} {error.title}: {error.detail}", file=sys.stderr)
+        if error.status == 401:
+            print("  give this command the key with --api-key KEY or GAZER_API_KEY", file=sys.stderr)
         for field_error in error.extras.get("errors") or []:
             print(f"  {field_error.get('field')}: {field_error.get('message')}", file=sys.stderr)
         if error.extras.get("valid"):

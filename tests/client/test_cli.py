@@ -162,3 +162,15 @@ def test_ctrl_c_leaves_the_job_running_and_says_how_to_cancel(live, gazer, datas
     assert gazer.wait(job_id, timeout=120).state == "cancelled"
     shown = gazer_cli(live, "jobs", "show", job_id)
     assert shown.returncode == 0 and '"state": "cancelled"' in shown.stdout
+
+
+def test_a_boolean_field_is_a_bare_flag_and_help_names_the_built_in_url():
+    from gazer.cli import build_parser
+
+    def bfloat16(*flags: str):
+        return build_parser().parse_args(["finetune", "--dataset", "d", "--output", "o", *flags]).bfloat16
+
+    assert (bfloat16("--bfloat16"), bfloat16("--no-bfloat16"), bfloat16()) == (True, False, None)
+    shown = subprocess.run([sys.executable, "-m", "gazer", "--help"], capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "GAZER_URL": "http://elsewhere:9"})
+    assert "default $GAZER_URL, else http://127.0.0.1:8000" in " ".join(shown.stdout.split()), shown.stdout

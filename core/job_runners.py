@@ -12,7 +12,7 @@ from core import memory
 from core.datasets import dataset_images, describe_dataset
 from core.dataset_explain.runner import explain_dataset, explain_dataset_config
 from core.errors import InvalidRequest
-from core.jobs import JobCancelled, Progress, ShouldStop
+from core.jobs import JobCancelled, Progress, ShouldStop, share_of
 from core.models.layers import targetable_layers
 from core.models.registry import ModelRegistry
 from core.names import BUILTIN_MODELS, ONNX_ARCHITECTURE
@@ -102,6 +102,7 @@ def run_fine_tune(job_id: str, params: dict[str, Any], progress: Progress, shoul
     summary = write_report(report, context.storage.job_artifacts(job_id),
                            lambda name: context.artifact_url(job_id, name))
     spec = context.registry.register_network(trained.spec, trained.network, trained.metrics)
+    progress(1.0)  # exported: the finished job's progress names no phase
     metrics = trained.metrics
     lr_finder = lr_finder_result(metrics, context.storage.job_artifacts(job_id),
                                  lambda name: context.artifact_url(job_id, name))
@@ -113,13 +114,6 @@ def run_fine_tune(job_id: str, params: dict[str, Any], progress: Progress, shoul
 
 
 TRAINING_SHARE = 0.9  # of a fine-tune's progress; its report takes the rest
-
-
-def share_of(progress: Progress, low: float, high: float) -> Progress:
-    """`progress` for one part of a job: its fractions 0..1 mapped onto low..high."""
-    def report(fraction: float, **details: Any) -> None:
-        progress(low + fraction * (high - low), **details)
-    return report
 
 
 def maximization_config(params: dict[str, Any]) -> MaximizationConfig:

@@ -9,6 +9,13 @@ Progress = Callable[..., None]
 ShouldStop = Callable[[], bool]
 
 
+def share_of(progress: Progress, low: float, high: float) -> Progress:
+    """`progress` for one part of a job: its fractions 0..1 mapped onto low..high."""
+    def report(fraction: float, **details: object) -> None:
+        progress(low + fraction * (high - low), **details)
+    return report
+
+
 class JobCancelled(Exception):
     """Raised inside a job body when its should_stop() said yes."""
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from core.errors import InvalidRequest
-from core.jobs import JobCancelled, Progress, ShouldStop
+from core.jobs import JobCancelled, Progress, ShouldStop, share_of
 from core.models.architectures import build_network
 from core.models.layers import feeds_a_linear_head
 from core.models.spec import ModelSpec
@@ -189,7 +189,8 @@ def find_lr(network: nn.Module, config: FineTuneConfig, spec: ModelSpec, split: 
 
     steps = steps_for(-(-len(split.train_labels) // config.batch_size))
     return lr_range_test(network, optimizer, cycled(), should_stop, steps=steps,
-                         step_report=lambda step, steps: progress(0.0, phase="lr range test", step=step, steps=steps))
+                         step_report=lambda step, steps: progress(step / steps, phase="lr range test", step=step,
+                                                                  steps=steps))
 
 
 class BestEpoch:
@@ -228,8 +229,12 @@ def fine_tune(config: FineTuneConfig, base_spec: ModelSpec, base_network: nn.Mod
         split = load_data(config, spec, items, max_pixels)
         generator = torch.Generator().manual_seed(config.seed)
         lr_curve = None
-        if config.lr == "auto":
-            lr_curve = find_lr(network, config, spec, split, generator, device, should_stop, progress)
+        if config.lr == "auto":  # its share of the progress: its steps' share of all the training steps
+            per_epoch = -(-len(split.train_labels) // config.batch_size)
+            share = steps_for(per_epoch) / (steps_for(per_epoch) + config.epochs * per_epoch)
+            lr_curve = find_lr(network, config, spec, split, generator, device, should_stop,
+                               share_of(progress, 0.0, share))
+            progress = share_of(progress, share, 1.0)
             config = replace(config, lr=lr_curve.chosen)
         optimizer = make_optimizer(config, network)
         history: list[dict] = []

@@ -41,6 +41,7 @@ def test_fine_tune_then_predict_with_the_new_model(api, workers):
     done = wait_for(api, job["id"], ("succeeded", "failed"), timeout=600)
     assert done["state"] == "succeeded", done
     assert done["result"]["model"] == {"id": "shapes", "version": 1}
+    assert done["progress"] == {"fraction": 1.0}  # no phase ("exporting") left showing
     metrics = done["result"]["metrics"]
     assert len(metrics["history"]) >= 1 and len(metrics["confusion_matrix"]) == 3
     assert set(metrics["per_class_accuracy"]) == set(SHAPE_CLASSES)

@@ -7,6 +7,7 @@ import io
 import itertools
 import math
 
+import pytest
 import torch
 from PIL import Image
 from torch import nn
@@ -96,11 +97,16 @@ def test_lr_auto_in_a_fine_tune_runs_the_range_test_and_trains_at_the_chosen_rat
     spec, network = ModelRegistry(Storage(tmp_path / "data"), 1).load_network("efficientnet_lite0")
     config = fine_tune_config({"dataset_id": "shapes", "output_model": "auto", "strategy": "feature_extraction",
                                "epochs": 1, "batch_size": 4, "input_size": 32, "lr": "auto"})
-    phases = []
+    reports = []
     trained = fine_tune(config, spec, network, list(SHAPE_CLASSES), items,
-                        lambda fraction, **details: phases.append(details.get("phase")), lambda: False,
+                        lambda fraction, **details: reports.append((fraction, details.get("phase"))), lambda: False,
                         torch.device("cpu"), 10**7)
     curve = trained.metrics["lr_finder"]
-    assert "lr range test" in phases
+    # the range test moves the bar through its share (its 30 steps against 3 of training), which
+    # the training then takes on from; it sat at 0 before
+    testing = [fraction for fraction, phase in reports if phase == "lr range test"]
+    assert testing[-1] == pytest.approx(30 / 33) and testing == sorted(testing)
+    fractions = [fraction for fraction, _ in reports]
+    assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
     assert 1e-7 <= curve["chosen"] <= 10 and len(curve["lrs"]) == len(curve["losses"]) <= 30
     assert trained.metrics["history"][0]["train_loss"] > 0

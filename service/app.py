@@ -114,5 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(web.router)
     app.mount("/static", web.static_files(), name="static")
     app.include_router(docs.router)
+    if app.state.keys is None:
+        docs.document_no_keys(app)
     app.mount(docs.ASSETS_PATH, docs.assets(), name="docs-assets")
     return app

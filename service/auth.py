@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Callable
 
 from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader, HTTPBearer
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -109,7 +110,14 @@ def check_scope(caller: Caller, scope: str) -> None:
                         f"{', '.join(caller.key.scopes) if caller.key else 'none'}")
 
 
-async def get_caller(request: Request) -> Caller:
+# Declared for the OpenAPI schema, so that /docs can send a key ("Authorize"); presented_key
+# reads the headers itself.
+_BEARER = HTTPBearer(auto_error=False, description="an API key (`gazer keys create`), where the service needs keys")
+_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False, description="the same key, in a header of its own")
+
+
+async def get_caller(request: Request, _bearer: Annotated[object, Depends(_BEARER)],
+                     _header: Annotated[object, Depends(_KEY_HEADER)]) -> Caller:
     return authenticate(request.app.state.keys, request.headers)
 
 

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+from unittest.mock import ANY
 
 import anyio
 import pytest
@@ -239,6 +240,16 @@ def test_gazer_keys_creates_lists_and_revokes_and_the_service_follows_at_once(ap
     assert api.get("/v1/jobs", headers=as_(keys, "alice")).status_code == 200  # the others stay
     again = gazer_keys("revoke", identifier, file=keys[0])
     assert again.returncode == 1 and "no key" in again.stderr
+
+
+def test_a_keyed_services_schema_names_its_keys_so_that_the_docs_page_can_send_one(api):
+    schema = api.get("/openapi.json").json()
+    assert schema["components"]["securitySchemes"] == {
+        "HTTPBearer": {"type": "http", "scheme": "bearer", "description": ANY},
+        "APIKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key", "description": ANY}}
+    assert schema["paths"]["/v1/models/{model}/predict"]["post"]["security"] == [{"HTTPBearer": []},
+                                                                                 {"APIKeyHeader": []}]
+    assert "security" not in schema["paths"]["/healthz"]["get"]
 
 
 def test_pages_of_other_origins_and_unknown_hosts_are_refused(api, keys, client):

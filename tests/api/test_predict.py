@@ -120,3 +120,6 @@ def test_openapi_documents_the_endpoints_and_their_fields(client):
     methods = explain_form["properties"]["method"]["description"]
     assert "integrated_gradients (steps, baseline)" in methods and "smoothgrad (samples, noise)" in methods
     assert "<= 512" in explain_form["properties"]["steps"]["description"]
+    # an open service takes no key, and says so (test_api_keys: a keyed one documents its keys)
+    assert "securitySchemes" not in schema["components"]
+    assert "security" not in schema["paths"]["/v1/models/{model}/predict"]["post"]

@@ -95,15 +95,17 @@ def declared_pixels(data: bytes) -> int:
     return width * height
 
 
-def decode_images(blobs: list[bytes], max_pixels: int, max_total_pixels: int) -> list[Image.Image]:
+def decode_images(blobs: list[bytes], max_pixels: int, max_total_pixels: int,
+                  names: list[str | None] | None = None) -> list[Image.Image]:
     """decode_image for each upload, in parallel, once the headers show that all of them
     together stay within `max_total_pixels` (decoded, they are all in memory at once).
-    Errors name the file's index."""
+    Errors name the file: its index, and its name where `names` has one."""
     def decode(index: int) -> Image.Image:
         try:
             return decode_image(blobs[index], max_pixels)
         except GazerError as error:
-            error.detail = f"file {index}: {error.detail}"
+            name = names[index] if names else None
+            error.detail = f"file {index}{f' ({name[:100]!r})' if name else ''}: {error.detail}"
             raise
 
     declared = [declared_pixels(blob) for blob in blobs]

@@ -23,6 +23,7 @@ from schemas.api_keys import SCOPES, create_key, read_key_file, revoke_key
 from schemas.jobs import FineTuneRequest, Job
 
 INTERRUPTED = 130  # what a shell reports for a command stopped by SIGINT
+VALID_SHOWN = 20  # of a refusal's valid values (a model's layers can be hundreds)
 # FineTuneRequest fields that get their own, shorter, required flags.
 FINE_TUNE_REQUIRED = {"dataset_id": "--dataset", "output_model": "--output"}
 
@@ -39,6 +40,11 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
                          for value, width, right in zip(values, widths, numeric)).rstrip()
 
     return "\n".join([line(headers)] + [line(row) for row in cells])
+
+
+def class_name(index: int, label: str) -> str:
+    """`281 tabby`; a model without labels names its classes by their index: `2`, once."""
+    return str(index) if label == str(index) else f"{index} {label}"
 
 
 def parse_value(text: str) -> Any:
@@ -162,7 +168,7 @@ def cmd_explain(client: Client, args: argparse.Namespace) -> int:
     if args.heatmap:
         Path(args.heatmap).write_bytes(explanation.heatmap or b"")
     target = explanation.target
-    print(f"{explanation.method}: class {target.index} {target.label} (p={target.probability:.4f}), "
+    print(f"{explanation.method}: class {class_name(target.index, target.label)} (p={target.probability:.4f}), "
           f"layer {explanation.layer or '-'}, {explanation.timings_ms.get('model', 0):.0f} ms -> {args.output}")
     if explanation.gate is not None:
         gate = explanation.gate
@@ -182,7 +188,7 @@ def cmd_compare(client: Client, args: argparse.Namespace) -> int:
         target = explanation.target.index  # every tile explains the first one's class
         milliseconds = explanation.timings_ms.get("model", 0.0)
         tiles.append(grid.Tile(explanation.overlay_image or b"", f"{method}  {milliseconds:.0f} ms"))
-        print(f"{method}: class {target} {explanation.target.label}, {milliseconds:.0f} ms")
+        print(f"{method}: class {class_name(target, explanation.target.label)}, {milliseconds:.0f} ms")
     grid.grid(tiles).save(args.output, format="PNG")
     print(f"-> {args.output}")
     return 0
@@ -497,8 +503,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("  give this command the key with --api-key KEY or GAZER_API_KEY", file=sys.stderr)
         for field_error in error.extras.get("errors") or []:
             print(f"  {field_error.get('field')}: {field_error.get('message')}", file=sys.stderr)
-        if error.extras.get("valid"):
-            print(f"  valid: {', '.join(map(str, error.extras['valid']))}", file=sys.stderr)
+        valid = error.extras.get("valid") or []
+        if valid:
+            more = f", ... ({len(valid) - VALID_SHOWN} more)" if len(valid) > VALID_SHOWN else ""
+            print(f"  valid: {', '.join(map(str, valid[:VALID_SHOWN]))}{more}", file=sys.stderr)
         return 1
     except httpx.TransportError as error:
         print(f"gazer: cannot reach {args.url}: {error}", file=sys.stderr)

@@ -70,16 +70,16 @@ def _base64(blob: bytes | None) -> str | None:
     return base64.b64encode(blob).decode("ascii") if blob is not None else None
 
 
-def _decode_all(blobs: list[bytes], settings: Settings, on_stage: pipeline.OnStage) -> list:
+def _decode_all(blobs: list[bytes], names: list[str | None], settings: Settings, on_stage: pipeline.OnStage) -> list:
     started = time.perf_counter()
-    images = decode_images(blobs, settings.max_image_pixels, settings.max_request_pixels)
+    images = decode_images(blobs, settings.max_image_pixels, settings.max_request_pixels, names)
     on_stage("decode", time.perf_counter() - started)
     return images
 
 
-async def _decoded_and_explained(request: Request, blobs: list[bytes], settings: Settings, on_stage: pipeline.OnStage,
-                                 what: str, explain: Callable[[list], list[pipeline.ImageResult]]
-                                 ) -> list[pipeline.ImageResult]:
+async def _decoded_and_explained(request: Request, blobs: list[bytes], names: list[str | None], settings: Settings,
+                                 on_stage: pipeline.OnStage, what: str,
+                                 explain: Callable[[list], list[pipeline.ImageResult]]) -> list[pipeline.ImageResult]:
     """`blobs` decoded on the CPU pool, then explained on one of the explanation threads; dropped
     where its client has gone."""
     async with client_watch(request) as gone:
@@ -88,7 +88,7 @@ async def _decoded_and_explained(request: Request, blobs: list[bytes], settings:
                 return explain(images)
 
         try:
-            images = await asyncio.wrap_future(parallel.submit(lambda: _decode_all(blobs, settings, on_stage)))
+            images = await asyncio.wrap_future(parallel.submit(lambda: _decode_all(blobs, names, settings, on_stage)))
             return await anyio.to_thread.run_sync(work, images, limiter=request.app.state.explanation_threads)
         except cancellation.ClientGone as gone_error:
             log.info("%s dropped: %s", what, gone_error.detail)
@@ -124,7 +124,7 @@ async def predict(request: Request, model: ModelDep, settings: SettingsDep, metr
         on_stage = metrics.stage_recorder(model.spec.id)
 
         def prepare() -> np.ndarray:
-            images = _decode_all(blobs, settings, on_stage)
+            images = _decode_all(blobs, [upload.filename for upload in file], settings, on_stage)
             started = time.perf_counter()
             batch, _ = preprocess(images, model.spec, resize)
             on_stage("preprocess", time.perf_counter() - started)
@@ -228,7 +228,7 @@ async def explain(
                 metrics.batch_size.labels("explain").observe(len(blobs))
                 on_stage = metrics.stage_recorder(model.spec.id)
                 results = await _decoded_and_explained(
-                    request, blobs, settings, on_stage, f"{method} on {model.spec.ref}",
+                    request, blobs, [upload.filename for upload in file], settings, on_stage, f"{method} on {model.spec.ref}",
                     lambda images: pipeline.explain(model, images, method, target, layer, options, top_k, wanted,
                                                     resize, faithfulness, on_stage, overlay_format))
     if image_answer is not None:

@@ -63,14 +63,15 @@ def assert_still_serving(client) -> None:
 def test_unreadable_files_are_422(client, blob, detail):
     for path in (PREDICT, EXPLAIN):
         body = assert_problem(client.post(path, files=[upload(blob)]), 422, "invalid-image")
-        assert detail in body["detail"] and body["detail"].startswith("file 0:")
+        assert detail in body["detail"] and body["detail"].startswith("file 0 ('image.jpg'):")
     assert_still_serving(client)
 
 
 def test_the_bad_file_is_named_in_a_batch(client):
-    files = [upload(encode(chelsea())), upload(b"garbage")]
-    body = assert_problem(client.post(PREDICT, files=files), 422, "invalid-image")
-    assert body["detail"].startswith("file 1:")
+    files = [upload(encode(chelsea()), "cat.jpg"), upload(b"garbage", "notes.jpg")]
+    for path in (PREDICT, EXPLAIN):
+        body = assert_problem(client.post(path, files=files), 422, "invalid-image")
+        assert body["detail"].startswith("file 1 ('notes.jpg'):"), body
 
 
 @pytest.mark.parametrize("width, height", [(30000, 30000), (8000, 8000)])

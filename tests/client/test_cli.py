@@ -174,3 +174,17 @@ def test_a_boolean_field_is_a_bare_flag_and_help_names_the_built_in_url():
     shown = subprocess.run([sys.executable, "-m", "gazer", "--help"], capture_output=True, text=True, timeout=60,
                            env={**os.environ, "GAZER_URL": "http://elsewhere:9"})
     assert "default $GAZER_URL, else http://127.0.0.1:8000" in " ".join(shown.stdout.split()), shown.stdout
+
+
+def test_a_refusals_long_list_of_valid_values_is_cut_short(live, photos):
+    refused = gazer_cli(live, "explain", str(photos["chelsea"]), "--method", "gradcam", "--layer", "nowhere",
+                        "-o", os.devnull)
+    assert refused.returncode == 1 and "no targetable layer 'nowhere'" in refused.stderr, refused.stderr
+    valid = next(line for line in refused.stderr.splitlines() if line.strip().startswith("valid:"))
+    assert valid.count(",") == 20 and valid.endswith("more)"), valid
+
+
+def test_a_class_without_a_label_is_named_once():
+    from gazer.cli import class_name
+
+    assert (class_name(2, "2"), class_name(281, "tabby")) == ("2", "281 tabby")  # not "class 2 2"

@@ -153,6 +153,16 @@ def upload_model(name: str, *, architecture: str | None = None, weights: FileInp
     return Call("POST", "/v1/models", _reader(ModelRef), data=data, files=files)
 
 
+def pin(name: str, version: int) -> Call[ModelRef]:
+    """A plain `name` means `version` from now on (a rollback)."""
+    return Call("PUT", f"/v1/models/{_segment(name)}/default", _reader(ModelRef), json={"version": version})
+
+
+def delete_model(ref: str) -> Call[None]:
+    """`name@version`: that version; a plain name: every version."""
+    return Call("DELETE", f"/v1/models/{_segment(ref)}", _nothing)
+
+
 def upload_dataset(archive: IO[bytes] | bytes, file_name: str, name: str | None = None) -> Call[Dataset]:
     return Call("POST", "/v1/datasets", _reader(Dataset), data=_given(name=name),
                 files=[("file", (file_name, archive, "application/octet-stream"))])
@@ -164,6 +174,10 @@ def datasets() -> Call[DatasetList]:
 
 def dataset(dataset_id: str) -> Call[Dataset]:
     return Call("GET", f"/v1/datasets/{_segment(dataset_id)}", _reader(Dataset))
+
+
+def delete_dataset(dataset_id: str) -> Call[None]:
+    return Call("DELETE", f"/v1/datasets/{_segment(dataset_id)}", _nothing)
 
 
 def fine_tune(dataset_id: str, output_model: str, **options: Any) -> Call[Job]:
@@ -178,8 +192,21 @@ def activation_maximization(target: dict[str, Any], model: str = DEFAULT_MODEL, 
                 json={"model": model, "target": target, **options})
 
 
-def jobs(state: str | None = None, type: str | None = None) -> Call[JobList]:
-    return Call("GET", "/v1/jobs", _reader(JobList), params=_given(state=state, type=type))
+def sweep(base: dict[str, Any], space: dict[str, Any], **options: Any) -> Call[Job]:
+    """`base`: a fine-tune's fields (dataset_id, output_model, ...); `space`: the fields to search,
+    e.g. {"lr": {"log_uniform": [1e-4, 1e-1]}}; `options`: trials, parallel, metric, ... (SweepRequest)."""
+    return Call("POST", "/v1/jobs/sweep", _reader(Job), json={"base": base, "space": space, **options})
+
+
+def explain_dataset(dataset_id: str, model: str = DEFAULT_MODEL, **options: Any) -> Call[Job]:
+    """`options`: method, layer, faithfulness and the method's own (ExplainDatasetRequest)."""
+    return Call("POST", "/v1/jobs/explain-dataset", _reader(Job),
+                json={"dataset_id": dataset_id, "model": model, **options})
+
+
+def jobs(state: str | None = None, type: str | None = None, parent: str | None = None) -> Call[JobList]:
+    """`parent`: the trials of that sweep."""
+    return Call("GET", "/v1/jobs", _reader(JobList), params=_given(state=state, type=type, parent=parent))
 
 
 def job(job_id: str) -> Call[Job]:

@@ -217,16 +217,58 @@ def cmd_datasets_ls(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_finetune(client: Client, args: argparse.Namespace) -> int:
+def cmd_datasets_show(client: Client, args: argparse.Namespace) -> int:
+    print(client.dataset(args.dataset_id).model_dump_json(indent=2))
+    return 0
+
+
+def cmd_datasets_delete(client: Client, args: argparse.Namespace) -> int:
+    client.delete_dataset(args.dataset_id)
+    print(f"dataset {args.dataset_id} deleted")
+    return 0
+
+
+def fine_tune_options(args: argparse.Namespace) -> dict[str, Any]:
     options = {name: getattr(args, name) for name in args.fine_tune_flags if getattr(args, name) is not None}
-    options = merged(options, key_values(args.set, "--set"))
-    job = client.fine_tune(args.dataset_id, args.output_model, **options)
+    return merged(options, key_values(args.set, "--set"))
+
+
+def submitted(client: Client, job: Job, args: argparse.Namespace) -> int:
     print(f"job {job.id} {job.state}", flush=True)
     return 0 if args.no_follow else follow(client, job.id, args.url)
 
 
+def cmd_finetune(client: Client, args: argparse.Namespace) -> int:
+    return submitted(client, client.fine_tune(args.dataset_id, args.output_model, **fine_tune_options(args)), args)
+
+
+def cmd_sweep(client: Client, args: argparse.Namespace) -> int:
+    try:
+        space = json.loads(args.space)
+    except json.JSONDecodeError as error:
+        raise SystemExit(f"gazer: --space is not JSON: {error}") from None
+    base = {"dataset_id": args.dataset_id, "output_model": args.output_model, **fine_tune_options(args)}
+    options = {name: getattr(args, name) for name in ("trials", "parallel", "metric") if getattr(args, name) is not None}
+    return submitted(client, client.sweep(base, space, **options), args)
+
+
+def cmd_explain_dataset(client: Client, args: argparse.Namespace) -> int:
+    given = {"method": args.method, "layer": args.layer, "options": key_values(args.option, "--option") or None}
+    options = {name: value for name, value in given.items() if value is not None}
+    return submitted(client, client.explain_dataset(args.dataset_id, args.model, faithfulness=args.faithfulness,
+                                                    **options), args)
+
+
+def cmd_maximize(client: Client, args: argparse.Namespace) -> int:
+    if bool(args.classes) == bool(args.layer):
+        raise SystemExit("gazer: give --class (repeatable) or --layer with --channel")
+    target = {"classes": args.classes} if args.classes else {"layer": args.layer, "channels": args.channels}
+    return submitted(client, client.activation_maximization(target, args.model, **key_values(args.option, "--option")),
+                     args)
+
+
 def cmd_jobs_ls(client: Client, args: argparse.Namespace) -> int:
-    found = client.jobs(args.state, args.type)
+    found = client.jobs(args.state, args.type, args.parent)
     rows = [(job.id, job.type, job.state, f"{100 * (job.progress or {}).get('fraction', 0):.0f}%",
              time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.created_at))) for job in found.data]
     print(table(("id", "type", "state", "progress", "created"), rows))
@@ -249,6 +291,17 @@ def cmd_jobs_follow(client: Client, args: argparse.Namespace) -> int:
     return follow(client, args.job_id, args.url)
 
 
+def cmd_jobs_artifacts(client: Client, args: argparse.Namespace) -> int:
+    """Every artifact the job's result links to, written under --output."""
+    names = client.artifacts(args.job_id)
+    folder = Path(args.output)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / Path(name).name).write_bytes(client.artifact(args.job_id, name))
+        print(folder / Path(name).name)
+    return 0
+
+
 def cmd_models_ls(client: Client, args: argparse.Namespace) -> int:
     found = client.models()
     print(table(("id", "version", "architecture", "input", "classes", "description"),
@@ -267,6 +320,25 @@ def cmd_models_show(client: Client, args: argparse.Namespace) -> int:
           f"  methods {', '.join(detail.methods)}\n"
           f"  attention {', '.join(detail.attention) or 'none'}\n"
           f"  weights {detail.weights_digest}")
+    return 0
+
+
+def cmd_models_versions(client: Client, args: argparse.Namespace) -> int:
+    found = client.versions(args.name)
+    print(table(("version", "architecture", "state", "default", "description"),
+                [(v.version, v.architecture, v.state, "yes" if v.default else "", v.description) for v in found.data]))
+    return 0
+
+
+def cmd_models_pin(client: Client, args: argparse.Namespace) -> int:
+    ref = client.pin(args.name, args.version)
+    print(f"{ref.id} means {ref.id}@{ref.version} from now on")
+    return 0
+
+
+def cmd_models_delete(client: Client, args: argparse.Namespace) -> int:
+    client.delete_model(args.ref)
+    print(f"model {args.ref} deleted")
     return 0
 
 
@@ -392,6 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--name", default=None, help="a name to show (default the id)")
     sub.add_argument("--quiet", "-q", action="store_true", help="print the data set's id only")
     command(datasets, "ls", cmd_datasets_ls, "list data sets")
+    command(datasets, "show", cmd_datasets_show, "a data set's description as JSON").add_argument("dataset_id", metavar="ID")
+    command(datasets, "delete", cmd_datasets_delete, "delete a data set").add_argument("dataset_id", metavar="ID")
 
     sub = command(commands, "finetune", cmd_finetune,
                   "fine-tune a model on a data set and follow the job's progress until it ends")
@@ -400,18 +474,65 @@ def build_parser() -> argparse.ArgumentParser:
                      help="any other field, e.g. head.hidden=128 or augmentation.flip=false; repeatable")
     sub.add_argument("--no-follow", action="store_true", help="submit, print the job id and return")
 
+    sub = command(commands, "sweep", cmd_sweep, "search fine-tune settings: trials of the fine-tune these flags "
+                                              "describe, over --space; the best trial's model is published")
+    sub.set_defaults(fine_tune_flags=add_fine_tune_flags(sub))
+    sub.add_argument("--space", required=True, metavar="JSON",
+                     help='the fields to search, e.g. \'{"lr": {"log_uniform": [1e-4, 1e-1]}, '
+                          '"head.dropout": {"choice": [0, 0.3]}}\'')
+    sub.add_argument("--trials", type=int, default=None, help="how many (server default)")
+    sub.add_argument("--parallel", type=int, default=None, help="trials at once (server default)")
+    sub.add_argument("--metric", default=None, help="what the best trial has the most of (server default)")
+    sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="any other field of the base fine-tune; repeatable")
+    sub.add_argument("--no-follow", action="store_true", help="submit, print the job id and return")
+
+    sub = command(commands, "explain-dataset", cmd_explain_dataset,
+                  "explain every image of a data set on a worker (fetch the results with: gazer jobs artifacts ID)")
+    sub.add_argument("dataset_id", metavar="DATASET")
+    model_flag(sub)
+    sub.add_argument("--method", default=None, help="gradcam (default), cam, saliency, ... (see /docs)")
+    sub.add_argument("--layer", default=None, help="layer to explain (default the model's CAM layer)")
+    sub.add_argument("--faithfulness", action="store_true", help="also score each map by deletion and insertion")
+    sub.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                     help="a method option, e.g. steps=32; repeatable")
+    sub.add_argument("--no-follow", action="store_true", help="submit, print the job id and return")
+
+    sub = command(commands, "maximize", cmd_maximize,
+                  "activation maximization: what a class (or channel) looks like to the network "
+                  "(fetch the images with: gazer jobs artifacts ID)")
+    model_flag(sub)
+    sub.add_argument("--class", dest="classes", type=int, action="append", default=[], metavar="N",
+                     help="a class index; repeatable")
+    sub.add_argument("--layer", default=None, help="instead of classes: a layer, with --channel")
+    sub.add_argument("--channel", dest="channels", type=int, action="append", default=[], metavar="N",
+                     help="a channel of --layer; repeatable")
+    sub.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                     help="e.g. steps=200, size=128, lr=0.05; repeatable")
+    sub.add_argument("--no-follow", action="store_true", help="submit, print the job id and return")
+
     jobs = group("jobs", "list, show, follow and cancel jobs")
     sub = command(jobs, "ls", cmd_jobs_ls, "list jobs")
     sub.add_argument("--state", default=None, choices=typing.get_args(Job.model_fields["state"].annotation))
-    sub.add_argument("--type", default=None, help="fine-tune or activation-maximization")
+    sub.add_argument("--type", default=None, help="fine-tune, sweep, explain-dataset or activation-maximization")
+    sub.add_argument("--parent", default=None, metavar="ID", help="the trials of sweep ID")
+    sub = command(jobs, "artifacts", cmd_jobs_artifacts, "write the files a finished job made into a folder")
+    sub.add_argument("job_id", metavar="ID")
+    sub.add_argument("--output", "-o", default=".", help="the folder (default the current one)")
     for name, run, text in (("show", cmd_jobs_show, "a job's record as JSON"),
                             ("cancel", cmd_jobs_cancel, "cancel a job (a running one stops at its next step)"),
                             ("follow", cmd_jobs_follow, "a job's progress bar until it ends")):
         command(jobs, name, run, text).add_argument("job_id", metavar="ID")
 
-    models = group("models", "list, describe and upload models")
+    models = group("models", "list, describe, upload, pin and delete models")
     command(models, "ls", cmd_models_ls, "list models")
     command(models, "show", cmd_models_show, "describe a model").add_argument("name", metavar="NAME")
+    command(models, "versions", cmd_models_versions, "a model's versions").add_argument("name", metavar="NAME")
+    sub = command(models, "pin", cmd_models_pin, "make a plain NAME mean VERSION (a rollback)")
+    sub.add_argument("name", metavar="NAME")
+    sub.add_argument("version", type=int, metavar="VERSION")
+    command(models, "delete", cmd_models_delete, "delete NAME@VERSION, or every version of NAME") \
+        .add_argument("ref", metavar="NAME[@VERSION]")
     sub = command(models, "upload", cmd_models_upload,
                   "upload a model: --architecture with --weights (.safetensors), or --onnx")
     sub.add_argument("name", metavar="NAME")

@@ -98,6 +98,12 @@ class Client:
         """`architecture` with `weights` (.safetensors), or `onnx`; see gazer.calls.upload_model."""
         return self._send(calls.upload_model(name, **fields))
 
+    def pin(self, name: str, version: int) -> ModelRef:
+        return self._send(calls.pin(name, version))
+
+    def delete_model(self, ref: str) -> None:
+        return self._send(calls.delete_model(ref))
+
     def upload_dataset(self, source: str | os.PathLike[str] | bytes, name: str | None = None) -> Dataset:
         """`source`: a folder with one folder of images per class (zipped here), a .zip or
         .tar.gz archive, or an archive's bytes."""
@@ -110,14 +116,23 @@ class Client:
     def dataset(self, dataset_id: str) -> Dataset:
         return self._send(calls.dataset(dataset_id))
 
+    def delete_dataset(self, dataset_id: str) -> None:
+        return self._send(calls.delete_dataset(dataset_id))
+
     def fine_tune(self, dataset_id: str, output_model: str, **options: Any) -> Job:
         return self._send(calls.fine_tune(dataset_id, output_model, **options))
+
+    def sweep(self, base: dict[str, Any], space: dict[str, Any], **options: Any) -> Job:
+        return self._send(calls.sweep(base, space, **options))
+
+    def explain_dataset(self, dataset_id: str, model: str = DEFAULT_MODEL, **options: Any) -> Job:
+        return self._send(calls.explain_dataset(dataset_id, model, **options))
 
     def activation_maximization(self, target: dict[str, Any], model: str = DEFAULT_MODEL, **options: Any) -> Job:
         return self._send(calls.activation_maximization(target, model, **options))
 
-    def jobs(self, state: str | None = None, type: str | None = None) -> JobList:
-        return self._send(calls.jobs(state, type))
+    def jobs(self, state: str | None = None, type: str | None = None, parent: str | None = None) -> JobList:
+        return self._send(calls.jobs(state, type, parent))
 
     def job(self, job_id: str) -> Job:
         return self._send(calls.job(job_id))
@@ -200,6 +215,12 @@ class AsyncClient:
     async def upload_model(self, name: str, **fields: Any) -> ModelRef:
         return await self._send(calls.upload_model(name, **fields))
 
+    async def pin(self, name: str, version: int) -> ModelRef:
+        return await self._send(calls.pin(name, version))
+
+    async def delete_model(self, ref: str) -> None:
+        return await self._send(calls.delete_model(ref))
+
     async def upload_dataset(self, source: str | os.PathLike[str] | bytes, name: str | None = None) -> Dataset:
         with ExitStack() as stack:  # zipping a folder blocks: it runs in a thread
             file_name, archive = await asyncio.to_thread(stack.enter_context, _dataset_source(source))
@@ -211,15 +232,24 @@ class AsyncClient:
     async def dataset(self, dataset_id: str) -> Dataset:
         return await self._send(calls.dataset(dataset_id))
 
+    async def delete_dataset(self, dataset_id: str) -> None:
+        return await self._send(calls.delete_dataset(dataset_id))
+
     async def fine_tune(self, dataset_id: str, output_model: str, **options: Any) -> Job:
         return await self._send(calls.fine_tune(dataset_id, output_model, **options))
+
+    async def sweep(self, base: dict[str, Any], space: dict[str, Any], **options: Any) -> Job:
+        return await self._send(calls.sweep(base, space, **options))
+
+    async def explain_dataset(self, dataset_id: str, model: str = DEFAULT_MODEL, **options: Any) -> Job:
+        return await self._send(calls.explain_dataset(dataset_id, model, **options))
 
     async def activation_maximization(self, target: dict[str, Any], model: str = DEFAULT_MODEL,
                                       **options: Any) -> Job:
         return await self._send(calls.activation_maximization(target, model, **options))
 
-    async def jobs(self, state: str | None = None, type: str | None = None) -> JobList:
-        return await self._send(calls.jobs(state, type))
+    async def jobs(self, state: str | None = None, type: str | None = None, parent: str | None = None) -> JobList:
+        return await self._send(calls.jobs(state, type, parent))
 
     async def job(self, job_id: str) -> Job:
         return await self._send(calls.job(job_id))

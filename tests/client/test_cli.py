@@ -16,6 +16,7 @@ from PIL import Image, ImageOps
 
 from gazer import grid
 from support import chelsea, coffee
+from tests.api.test_model_refusals import onnx_classifier
 
 CAT_CLASSES = {str(index) for index in range(281, 286)}
 TINY_FINE_TUNE = ["--strategy", "feature_extraction", "--epochs", "1", "--batch-size", "4", "--input-size", "64",
@@ -188,3 +189,36 @@ def test_a_class_without_a_label_is_named_once():
     from gazer.cli import class_name
 
     assert (class_name(2, "2"), class_name(281, "tabby")) == ("2", "281 tabby")  # not "class 2 2"
+
+
+def test_sweep_explain_dataset_maximize_and_the_management_commands(live, gazer, dataset_id, tmp_path):
+    swept = gazer_cli(live, "sweep", "--dataset", dataset_id, "--output", "cli-swept", *TINY_FINE_TUNE,
+                      "--space", '{"lr": {"log_uniform": [0.001, 0.01]}}', "--trials", "2", timeout=300)
+    assert swept.returncode == 0 and "100%" in swept.stderr, swept.stdout + swept.stderr
+    sweep_id = swept.stdout.split()[1]
+    trials = gazer_cli(live, "jobs", "ls", "--parent", sweep_id)
+    assert trials.stdout.count("fine-tune") == 2, trials.stdout
+    versions = gazer_cli(live, "models", "versions", "cli-swept")
+    assert versions.returncode == 0 and versions.stdout.splitlines()[1].split()[:2] == ["1", "efficientnet_lite0"]
+
+    explained = gazer_cli(live, "explain-dataset", dataset_id, "--method", "cam", "--faithfulness", timeout=300)
+    assert explained.returncode == 0, explained.stdout + explained.stderr
+    written = gazer_cli(live, "jobs", "artifacts", explained.stdout.split()[1], "-o", str(tmp_path / "maps"))
+    assert written.returncode == 0 and {path.suffix for path in (tmp_path / "maps").iterdir()} >= {".csv", ".zip"}
+
+    maximized = gazer_cli(live, "maximize", "--class", "130", "--option", "steps=2", "--option", "size=64")
+    assert maximized.returncode == 0, maximized.stdout + maximized.stderr
+    gazer_cli(live, "jobs", "artifacts", maximized.stdout.split()[1], "-o", str(tmp_path / "flamingo"))
+    assert Image.open(tmp_path / "flamingo" / "target-0.png").size == (64, 64)
+
+    for _ in range(2):
+        gazer.upload_model("cli-tiny", onnx=onnx_classifier().SerializeToString(), input_size=32)
+    assert gazer_cli(live, "models", "pin", "cli-tiny", "1").stdout.strip() == "cli-tiny means cli-tiny@1 from now on"
+    assert gazer_cli(live, "models", "delete", "cli-tiny@2").returncode == 0
+    assert [version.version for version in gazer.versions("cli-tiny").data] == [1]
+
+    shown = gazer_cli(live, "datasets", "show", dataset_id)
+    assert shown.returncode == 0 and f'"id": "{dataset_id}"' in shown.stdout
+    spare = gazer_cli(live, "datasets", "upload", str(pet_folder(tmp_path)), "--quiet").stdout.strip()
+    assert gazer_cli(live, "datasets", "delete", spare).stdout.strip() == f"dataset {spare} deleted"
+    assert spare not in gazer_cli(live, "datasets", "ls").stdout

@@ -16,7 +16,8 @@ from PIL import Image
 from gazer.client import ApiError, AsyncClient
 from gazer.results import ExplainResponse, JobEvent
 from schemas.models import PredictResponse
-from support import chelsea, encode
+from support import chelsea, encode, shapes_archive
+from tests.api.test_model_refusals import onnx_classifier
 
 CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 
@@ -95,3 +96,29 @@ def test_async_client_predicts_follows_a_job_and_fetches_its_artifacts(live):
     assert all(event.kind == "progress" and not event.job.finished for event in events[:-1])
     assert names == ["target-0.png"]
     assert Image.open(io.BytesIO(png)).size == (64, 64)
+
+
+def test_sweeps_data_set_explanations_pins_and_deletions_from_the_client(gazer, live):
+    dataset = gazer.upload_dataset(shapes_archive(per_class=3), name="client-shapes")
+    explained = gazer.explain_dataset(dataset.id, method="cam")
+    base = {"dataset_id": dataset.id, "output_model": "client-swept", "epochs": 1, "batch_size": 4,
+            "input_size": 32, "strategy": "feature_extraction"}
+    sweep = gazer.sweep(base, {"lr": {"log_uniform": [1e-3, 1e-2]}}, trials=2)
+    assert gazer.wait(explained.id, timeout=300).state == "succeeded"
+    assert gazer.wait(sweep.id, timeout=300).state == "succeeded"
+
+    async def trials_then_delete() -> list[str]:
+        async with AsyncClient(live.url) as client:
+            found = await client.jobs(parent=sweep.id)
+            await client.delete_dataset(dataset.id)
+            return [job.params["trial"]["sweep"] for job in found.data]
+
+    assert asyncio.run(trials_then_delete()) == [sweep.id, sweep.id]
+    assert dataset.id not in [item.id for item in gazer.datasets().data]
+
+    tiny = onnx_classifier().SerializeToString()
+    for _ in range(2):
+        gazer.upload_model("client-tiny", onnx=tiny, input_size=32)
+    assert gazer.pin("client-tiny", 1).version == 1 and gazer.model("client-tiny").version == 1
+    gazer.delete_model("client-tiny@2")
+    assert [version.version for version in gazer.versions("client-tiny").data] == [1]

@@ -7,7 +7,10 @@ import { downloadBlob, el, fill, fmtMs, fmtNumber, fmtTime, pct, problemBox, spi
 
 const $ = (id) => document.getElementById(id);
 const TERMINAL = new Set(["succeeded", "failed", "cancelled", "pruned"]);
-const FORMS = { "fine-tune": "finetune-form", "activation-maximization": "maximize-form" };
+const FORMS = { "fine-tune": "finetune-form", sweep: "sweep-form", "explain-dataset": "explain-dataset-form",
+  "activation-maximization": "maximize-form" };
+const SUBMIT = { "fine-tune": "Start fine-tuning", sweep: "Start the sweep", "explain-dataset": "Explain the data set",
+  "activation-maximization": "Start activation maximization" };
 const cards = new Map();     // job id -> {root, ...}
 const streams = new Map();   // job id -> AbortController of its event stream
 let datasets = [];
@@ -53,7 +56,7 @@ async function buildForms() {
     renderObject(spec, schema, form, { custom: customInput, split: true });
     const message = el("div", { class: "form-message" });
     form.append(el("div", { class: "actions" },
-      el("button", { class: "btn primary", type: "submit" }, kind === "fine-tune" ? "Start fine-tuning" : "Start activation maximization"),
+      el("button", { class: "btn primary", type: "submit" }, SUBMIT[kind]),
       el("button", { class: "btn ghost", type: "reset" }, "Reset to defaults")), message);
     form.addEventListener("submit", (event) => { event.preventDefault(); submitJob(kind, form, message); });
   }
@@ -61,17 +64,18 @@ async function buildForms() {
 }
 
 function customInput(path, schema) {
-  if (path === "dataset_id") {
+  const field = path.replace(/^base\./, "");   // a sweep's base is a fine-tune's fields
+  if (field === "dataset_id") {
     const select = el("select", { name: path, "data-type": "string", required: true, class: "dataset-select" });
     fillDatasetSelect(select);
     return select;
   }
-  if (path === "base_model" || path === "model") {
+  if (field === "base_model" || field === "model") {
     const input = inputFor(schema, { name: path });
     input.setAttribute("list", "model-ids");
     return input;
   }
-  if (path === "output_model") {
+  if (field === "output_model") {
     const input = inputFor(schema, { name: path, required: true });
     input.placeholder = "e.g. pets";
     input.pattern = "[A-Za-z0-9_.\\-]{1,64}";
@@ -98,10 +102,10 @@ async function refreshModelList() {
 
 async function submitJob(kind, form, message) {
   message.replaceChildren();
-  const body = collectObject(form);
   const button = form.querySelector("button[type=submit]");
   button.disabled = true;
   try {
+    const body = collectObject(form);   // throws on a field that is not JSON
     const job = await api(`/v1/jobs/${kind}`, { method: "POST", json: body });
     toast(`Job ${job.id.slice(0, 8)} queued`, "success");
     upsertCard(job, { prepend: true });

@@ -74,6 +74,10 @@ export function inputFor(schema, { name, value, required } = {}) {
       step: s.type === "integer" ? 1 : "any", min, max, value: current ?? "", required,
       placeholder: current === undefined || current === null ? "default" : null });
   }
+  if (s.type === "object") {
+    return el("input", { type: "text", name, "data-type": "json", required, autocomplete: "off", spellcheck: "false",
+      placeholder: "JSON, e.g. {\"steps\": 32}" });
+  }
   if (s.type === "array") {
     return el("input", { type: "text", name, "data-type": `array:${s.items?.type || "string"}`,
       value: Array.isArray(current) ? current.join(", ") : "", placeholder: "comma-separated" });
@@ -100,6 +104,13 @@ export function readInput(input) {
   if (raw === "") return undefined;
   if (type === "integer") return Number.parseInt(raw, 10);
   if (type === "number") return Number(raw);
+  if (type === "json") {
+    try {
+      return JSON.parse(raw);
+    } catch (error) {
+      throw new Error(`${input.name} is not JSON: ${error.message}`);
+    }
+  }
   if (type?.startsWith("array:")) {
     const itemType = type.slice(6);
     const items = raw.split(/[\s,]+/).filter(Boolean);
@@ -142,7 +153,7 @@ export function renderObject(spec, schema, container, { prefix = "", custom, spl
   for (const [name, raw] of ordered) {
     const property = resolve(spec, raw);
     const path = prefix ? `${prefix}.${name}` : name;
-    if (property.type === "object" || property.properties) {
+    if (property.properties) {   // a free-form object (a method's options, a sweep's space) is one JSON field
       nested.push([name, property, path, raw.description || property.description, required.has(name)]);
       continue;
     }

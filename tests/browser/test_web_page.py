@@ -345,6 +345,40 @@ def test_a_sweep_and_its_trials_all_show_in_the_job_list(page, service, tmp_path
     card.screenshot(path=str(shots / "sweep-laptop.png"))
 
 
+def test_a_sweep_and_a_data_set_explanation_start_from_their_forms(page, service, tmp_path, shots):
+    archive = tiny_dataset(tmp_path).read_bytes()
+    created = httpx.post(f"{service.url}/v1/datasets", files=[upload(archive, "pets.zip", "application/zip")],
+                         data={"name": "pets-forms"}, timeout=60)
+    assert created.status_code == 201, created.text
+    page.goto(f"{service.url}/#jobs")
+    page.wait_for_selector("body[data-ready=jobs]")
+
+    page.click('[data-jobform="explain-dataset"]')
+    form = page.locator("#explain-dataset-form")
+    form.locator('[name="dataset_id"]').select_option(created.json()["id"])
+    form.locator('[name="method"]').fill("saliency")
+    form.locator('[name="options"]').fill("{not json")
+    form.locator("button[type=submit]").click()
+    assert "options is not JSON" in form.locator(".form-message").inner_text()
+    form.locator('[name="options"]').fill("{}")
+    form.locator("button[type=submit]").click()
+    card = page.locator(".job-card", has_text="Explain data set").first
+    page.wait_for_function("(card) => card.dataset.state === 'succeeded'", arg=card.element_handle(), timeout=120_000)
+
+    page.click('[data-jobform="sweep"]')
+    form = page.locator("#sweep-form")
+    form.locator('[name="base.dataset_id"]').select_option(created.json()["id"])
+    form.locator('[name="base.output_model"]').fill("web-swept")
+    form.locator('[name="base.epochs"]').fill("1")
+    form.locator('[name="space"]').fill('{"lr": {"log_uniform": [0.001, 0.01]}}')
+    form.locator("button[type=submit]").click()
+    sweep = page.locator(".job-card", has_text="web-swept").first
+    sweep.wait_for()
+    assert "Sweep" in sweep.locator(".job-title").inner_text()
+    page.screenshot(path=str(shots / "sweep-form-laptop.png"))
+    assert httpx.delete(f"{service.url}/v1/jobs/{sweep.get_attribute('data-job-id')}", timeout=30).status_code == 202
+
+
 def test_activation_maximization_results_show_as_a_gallery(page, service, shots):
     page.goto(f"{service.url}/#jobs")
     page.wait_for_selector("body[data-ready=jobs]")

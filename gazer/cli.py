@@ -297,8 +297,11 @@ def cmd_jobs_artifacts(client: Client, args: argparse.Namespace) -> int:
     folder = Path(args.output)
     folder.mkdir(parents=True, exist_ok=True)
     for name in names:
-        (folder / Path(name).name).write_bytes(client.artifact(args.job_id, name))
-        print(folder / Path(name).name)
+        path = folder / Path(name).name  # the service names them; never a path out of the folder
+        if Path(name).name in ("", ".", ".."):
+            continue
+        path.write_bytes(client.artifact(args.job_id, name))
+        print(path)
     return 0
 
 

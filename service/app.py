@@ -20,10 +20,10 @@ from core.models.registry import ModelRegistry
 from core.storage import Storage
 from service.admission import ModelQueues, PixelBudget, RefuseWhenQueueFull
 from service.auth import KeyStore, KeysBeforeBodies, requires
+from service.dependencies import DATASET_INGESTS
 from service.errors import PROBLEM_RESPONSES, install_error_handlers
 from service.limits import RequestSizeLimit
 from service.metrics import Metrics
-from service.dependencies import DATASET_INGESTS
 from service.negotiation import acceptable
 from service.guards import RefuseForeignOrigins, RefuseUnknownHosts
 from service.queue import JobQueue

@@ -14,7 +14,7 @@ from core.params import bounds, doc, field_types
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # NaN or inf: "a finite number", not a bound
 
 
 def wire_model(config: type, name: str, base: type[BaseModel] = Strict,

@@ -87,3 +87,11 @@ def test_a_data_set_of_one_image_per_class_is_refused_for_training_as_it_leaves_
         refused = client.post(path, json=body)
         assert refused.status_code == 422 and "one image per class" in refused.json()["detail"], refused.text
         assert refused.json()["errors"][0]["field"].endswith("dataset_id"), refused.json()
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
+def test_a_number_that_is_not_finite_is_refused_as_such(client, value):
+    """Python's JSON reads NaN and Infinity; they were refused as over a bound ("less than or equal to 10")."""
+    body = '{"dataset_id": "x", "output_model": "y", "lr": %s}' % value
+    refused = client.post("/v1/jobs/fine-tune", content=body, headers={"Content-Type": "application/json"})
+    assert refused.status_code == 422 and "finite number" in refused.text, refused.text

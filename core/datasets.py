@@ -18,6 +18,7 @@ import io
 import itertools
 import json
 import shutil
+import struct
 import tarfile
 import time
 import uuid
@@ -142,21 +143,24 @@ def _safe_path(name: str) -> PurePosixPath:
     return path
 
 
-def _zip_entry_bound(blob: bytes) -> int:
-    """The most entries zipfile could build an object for, read before it does: the count in the
-    end-of-central-directory record (zip64's where there is one), or where more, the headers that
-    the central directory holds (zipfile reads as many as the directory's size holds, whatever the
-    count says); 0 when there is no readable record."""
-    end = blob.rfind(b"PK\x05\x06", max(0, len(blob) - 65_557))
-    if end < 0 or end + 22 > len(blob):
-        return 0
-    count, size, directory_end = (int.from_bytes(blob[end + 10:end + 12], "little"),
-                                  int.from_bytes(blob[end + 12:end + 16], "little"), end)
-    record = end - 20 - 56  # zipfile reads zip64's record right before its locator
-    if record >= 0 and blob[end - 20:end - 16] == b"PK\x06\x07" and blob[record:record + 4] == b"PK\x06\x06":
-        count, size, directory_end = (int.from_bytes(blob[record + 32:record + 40], "little"),
-                                      int.from_bytes(blob[record + 40:record + 48], "little"), record)
-    return max(count, blob.count(b"PK\x01\x02", max(0, directory_end - size), directory_end))
+def _zip_entry_bound(blob: bytes) -> tuple[int, bool]:
+    """The most entries zipfile could build an object for, read before it does, and whether that
+    is the end record's count (else the headers counted in the central directory, which zipfile
+    reads as far as the directory's size says, whatever the count): found with zipfile's own
+    reader of the end record, so that no forged record reads differently here; (0, True) when
+    there is none."""
+    try:
+        record = zipfile._EndRecData(io.BytesIO(blob))  # what ZipFile itself calls first
+    except (OSError, zipfile.BadZipFile, struct.error):
+        return 0, True
+    if not record:
+        return 0, True
+    count, size = record[zipfile._ECD_ENTRIES_TOTAL], record[zipfile._ECD_SIZE]
+    directory_end = record[zipfile._ECD_LOCATION]
+    if record[zipfile._ECD_SIGNATURE] == zipfile.stringEndArchive64:
+        directory_end -= zipfile.sizeEndCentDir64 + zipfile.sizeEndCentDir64Locator
+    headers = blob.count(b"PK\x01\x02", max(0, directory_end - size), max(0, directory_end))
+    return (count, True) if count >= headers else (headers, False)
 
 
 def _too_many(count: int, limits: ArchiveLimits, exact: bool = True) -> TooManyFiles:
@@ -165,9 +169,9 @@ def _too_many(count: int, limits: ArchiveLimits, exact: bool = True) -> TooManyF
 
 
 def _zip_entries(blob: bytes, limits: ArchiveLimits, budget: _Budget) -> Iterator[_Entry]:
-    bound = _zip_entry_bound(blob)
+    bound, exact = _zip_entry_bound(blob)
     if bound > limits.max_files:
-        raise _too_many(bound, limits)
+        raise _too_many(bound, limits, exact)
     try:
         archive = zipfile.ZipFile(io.BytesIO(blob))
     except (zipfile.BadZipFile, ValueError) as error:
@@ -204,20 +208,39 @@ def _zip_entries(blob: bytes, limits: ArchiveLimits, budget: _Budget) -> Iterato
 
 class _BoundedTarInfo(tarfile.TarInfo):
     """Refuses a header that tarfile would read whole into memory (pax, GNU long name or link)
-    when it declares more than a header needs, and GNU sparse files, whose maps chain on."""
+    when it declares more than a header needs, and GNU sparse files of every format, whose maps
+    run on as long as the archive says (overrides of tarfile's own steps, Python 3.11's)."""
 
     MAX_HEADER_BYTES = 64 * 1024
+    # tarfile reads the headers before an entry by recursion, one level each: 600 of them were a
+    # RecursionError; a real entry has at most a global and a pax header, a long name and a long link
+    MAX_CHAINED_HEADERS = 16
     HEADERS = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
                tarfile.GNUTYPE_LONGLINK)
 
     def _proc_member(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
-        if self.type in self.HEADERS and self.size > self.MAX_HEADER_BYTES:
+        if self.type == tarfile.GNUTYPE_SPARSE:
+            self._refuse_sparse()
+        if self.type not in self.HEADERS:
+            return super()._proc_member(tar)
+        if self.size > self.MAX_HEADER_BYTES:
             raise InvalidRequest(f"the archive has a header of {self.size} bytes (entry {self.name!r}); the limit "
                                  f"is {self.MAX_HEADER_BYTES}", field="file")
-        if self.type == tarfile.GNUTYPE_SPARSE:
-            raise InvalidRequest(f"archive entry {self.name!r} is a sparse file, which is not supported",
+        chained = getattr(tar, "gazer_chained_headers", 0)
+        if chained >= self.MAX_CHAINED_HEADERS:
+            raise InvalidRequest(f"the archive has over {self.MAX_CHAINED_HEADERS} extended headers before one entry",
                                  field="file")
-        return super()._proc_member(tar)
+        tar.gazer_chained_headers = chained + 1
+        try:
+            return super()._proc_member(tar)
+        finally:
+            tar.gazer_chained_headers = chained
+
+    def _refuse_sparse(self, member: tarfile.TarInfo | None = None, *_: object) -> None:
+        name = (member or self).name  # a pax header's sparse map describes the member after it
+        raise InvalidRequest(f"archive entry {name!r} is a sparse file, which is not supported", field="file")
+
+    _proc_gnusparse_00 = _proc_gnusparse_01 = _proc_gnusparse_10 = _refuse_sparse  # pax's sparse formats
 
 
 def _tar_entries(blob: bytes, limits: ArchiveLimits, budget: _Budget) -> Iterator[_Entry]:

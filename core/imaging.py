@@ -96,10 +96,11 @@ def declared_pixels(data: bytes) -> int:
 
 
 def decode_images(blobs: list[bytes], max_pixels: int, max_total_pixels: int,
-                  names: list[str | None] | None = None) -> list[Image.Image]:
+                  names: list[str | None] | None = None, declared: list[int] | None = None) -> list[Image.Image]:
     """decode_image for each upload, in parallel, once the headers show that all of them
     together stay within `max_total_pixels` (decoded, they are all in memory at once).
-    Errors name the file: its index, and its name where `names` has one."""
+    Errors name the file: its index, and its name where `names` has one. `declared`: each
+    one's declared_pixels, where the caller has read them already."""
     def decode(index: int) -> Image.Image:
         try:
             return decode_image(blobs[index], max_pixels)
@@ -108,7 +109,7 @@ def decode_images(blobs: list[bytes], max_pixels: int, max_total_pixels: int,
             error.detail = f"file {index}{f' ({name[:100]!r})' if name else ''}: {error.detail}"
             raise
 
-    declared = [declared_pixels(blob) for blob in blobs]
+    declared = declared if declared is not None else [declared_pixels(blob) for blob in blobs]
     for index, pixels in enumerate(declared):
         if pixels > max_pixels:
             decode(index)  # refused from its header, with its own message

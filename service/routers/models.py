@@ -70,15 +70,16 @@ def _base64(blob: bytes | None) -> str | None:
     return base64.b64encode(blob).decode("ascii") if blob is not None else None
 
 
-def _decode_all(blobs: list[bytes], names: list[str | None], settings: Settings, on_stage: pipeline.OnStage) -> list:
+def _decode_all(blobs: list[bytes], names: list[str | None], settings: Settings, on_stage: pipeline.OnStage,
+                declared: list[int] | None = None) -> list:
     started = time.perf_counter()
-    images = decode_images(blobs, settings.max_image_pixels, settings.max_request_pixels, names)
+    images = decode_images(blobs, settings.max_image_pixels, settings.max_request_pixels, names, declared)
     on_stage("decode", time.perf_counter() - started)
     return images
 
 
-async def _decoded_and_explained(request: Request, blobs: list[bytes], names: list[str | None], settings: Settings,
-                                 on_stage: pipeline.OnStage, what: str,
+async def _decoded_and_explained(request: Request, blobs: list[bytes], declared: list[int], names: list[str | None],
+                                 settings: Settings, on_stage: pipeline.OnStage, what: str,
                                  explain: Callable[[list], list[pipeline.ImageResult]]) -> list[pipeline.ImageResult]:
     """`blobs` decoded on the CPU pool, then explained on one of the explanation threads; dropped
     where its client has gone."""
@@ -88,7 +89,8 @@ async def _decoded_and_explained(request: Request, blobs: list[bytes], names: li
                 return explain(images)
 
         try:
-            images = await asyncio.wrap_future(parallel.submit(lambda: _decode_all(blobs, names, settings, on_stage)))
+            images = await asyncio.wrap_future(parallel.submit(
+                lambda: _decode_all(blobs, names, settings, on_stage, declared)))
             return await anyio.to_thread.run_sync(work, images, limiter=request.app.state.explanation_threads)
         except cancellation.ClientGone as gone_error:
             log.info("%s dropped: %s", what, gone_error.detail)
@@ -222,13 +224,18 @@ async def explain(
     with admitted(request, model):
         async with explanation_slot(request):
             blobs = await read_uploads(file, settings)
-            # its images stay decoded until its pictures are drawn: held against the process's budget
-            with request.app.state.explained_pixels.holding(sum(declared_pixels(blob) for blob in blobs)):
+            # headers on the CPU pool: a crafted PNG's take seconds to read
+            declared = await asyncio.wrap_future(parallel.submit(lambda: [declared_pixels(blob) for blob in blobs]))
+            # its images stay decoded until its pictures are drawn: held against the process's
+            # budget; a request over its own limit holds none (decoding refuses it, 413)
+            total = sum(declared)
+            with request.app.state.explained_pixels.holding(total if total <= settings.max_request_pixels else 0):
                 request.app.state.compute_limiter.take(client_id(caller, request), cost)
                 metrics.batch_size.labels("explain").observe(len(blobs))
                 on_stage = metrics.stage_recorder(model.spec.id)
                 results = await _decoded_and_explained(
-                    request, blobs, [upload.filename for upload in file], settings, on_stage, f"{method} on {model.spec.ref}",
+                    request, blobs, declared, [upload.filename for upload in file], settings, on_stage,
+                    f"{method} on {model.spec.ref}",
                     lambda images: pipeline.explain(model, images, method, target, layer, options, top_k, wanted,
                                                     resize, faithfulness, on_stage, overlay_format))
     if image_answer is not None:

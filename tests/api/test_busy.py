@@ -56,7 +56,7 @@ def test_explanations_hold_their_decoded_pixels_against_a_budget(data_dir, monke
     held = HeldGradCAM()
     monkeypatch.setitem(METHODS, "gradcam", held)
     photo = chelsea()  # 451 x 300: 135 300 pixels
-    settings = Settings(data_dir=data_dir, max_explained_pixels=200_000)
+    settings = Settings(data_dir=data_dir, max_explained_pixels=200_000, max_request_pixels=250_000)
     with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as client:
         slow: list = []
         running = threading.Thread(target=lambda: slow.append(
@@ -68,12 +68,15 @@ def test_explanations_hold_their_decoded_pixels_against_a_budget(data_dir, monke
             busy = client.post(EXPLAIN, files=[upload(encode(photo))], data={"method": "saliency", "outputs": "map"})
             assert busy.status_code == 503 and busy.headers["retry-after"] == "1", busy.text
             assert "GAZER_MAX_EXPLAINED_PIXELS" in busy.json()["detail"]
+            # one over its own limit is told so (413), not to retry what can never pass
+            over = client.post(EXPLAIN, files=[upload(encode(photo))] * 2, data={"method": "saliency"})
+            assert over.status_code == 413 and "250000" in over.json()["detail"], over.text
         finally:
             held.release.set()
             running.join(timeout=120)
         assert slow[0].status_code == 200
         assert client.app.state.explained_pixels.held == 0
-        # alone, a request over the budget (two photos) is served: it holds the whole budget
-        two = client.post(EXPLAIN, files=[upload(encode(photo)), upload(encode(photo))],
-                          data={"method": "saliency", "outputs": "map"})
-        assert two.status_code == 200, two.text
+        # alone, a request over the budget (but within its own limit) is served: it holds the whole budget
+        wide = encode(photo.resize((600, 350)))  # 210 000 pixels
+        alone = client.post(EXPLAIN, files=[upload(wide)], data={"method": "saliency", "outputs": "map"})
+        assert alone.status_code == 200, alone.text

@@ -159,7 +159,7 @@ def pin(name: str, version: int) -> Call[ModelRef]:
 
 
 def delete_model(ref: str) -> Call[None]:
-    """`name@version`: that version; a plain name: every version."""
+    """`ref`: NAME@VERSION, the version to delete (a plain name is refused, 422)."""
     return Call("DELETE", f"/v1/models/{_segment(ref)}", _nothing)
 
 

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Callable, Literal, Sequence
 import httpx
 from tqdm import tqdm
 
-from gazer import grid
+from gazer import calls, grid
 from gazer.calls import DEFAULT_MODEL
 from gazer.client import DEFAULT_URL, Client, default_url
 from gazer.errors import ApiError
@@ -249,6 +249,8 @@ def cmd_sweep(client: Client, args: argparse.Namespace) -> int:
         raise SystemExit(f"gazer: --space is not JSON: {error}") from None
     base = {"dataset_id": args.dataset_id, "output_model": args.output_model, **fine_tune_options(args)}
     options = {name: getattr(args, name) for name in ("trials", "parallel", "metric") if getattr(args, name) is not None}
+    if args.sweep_seed is not None:
+        options["seed"] = args.sweep_seed
     return submitted(client, client.sweep(base, space, **options), args)
 
 
@@ -260,11 +262,11 @@ def cmd_explain_dataset(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_maximize(client: Client, args: argparse.Namespace) -> int:
-    if bool(args.classes) == bool(args.layer):
-        raise SystemExit("gazer: give --class (repeatable) or --layer with --channel")
+    if bool(args.classes) == bool(args.layer) or bool(args.channels) != bool(args.layer):
+        raise SystemExit("gazer: give --class (repeatable), or --layer with --channel (repeatable)")
     target = {"classes": args.classes} if args.classes else {"layer": args.layer, "channels": args.channels}
-    return submitted(client, client.activation_maximization(target, args.model, **key_values(args.option, "--option")),
-                     args)
+    options = {"model": args.model, **key_values(args.option, "--option")}
+    return submitted(client, client.activation_maximization(target, **options), args)
 
 
 def cmd_jobs_ls(client: Client, args: argparse.Namespace) -> int:
@@ -293,13 +295,18 @@ def cmd_jobs_follow(client: Client, args: argparse.Namespace) -> int:
 
 def cmd_jobs_artifacts(client: Client, args: argparse.Namespace) -> int:
     """Every artifact the job's result links to, written under --output."""
-    names = client.artifacts(args.job_id)
+    job = client.job(args.job_id)
+    if not job.finished:
+        print(f"gazer: job {job.id} is {job.state}: its files come when it ends (gazer jobs follow {job.id})",
+              file=sys.stderr)
+        return 1
+    names = calls.artifact_names(job)
     folder = Path(args.output)
     folder.mkdir(parents=True, exist_ok=True)
     for name in names:
-        path = folder / Path(name).name  # the service names them; never a path out of the folder
-        if Path(name).name in ("", ".", ".."):
+        if Path(name).name in ("", ".", ".."):  # the service names them; never a path out of the folder
             continue
+        path = folder / Path(name).name
         path.write_bytes(client.artifact(args.job_id, name))
         print(path)
     return 0
@@ -486,6 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--trials", type=int, default=None, help="how many (server default)")
     sub.add_argument("--parallel", type=int, default=None, help="trials at once (server default)")
     sub.add_argument("--metric", default=None, help="what the best trial has the most of (server default)")
+    sub.add_argument("--sweep-seed", type=int, default=None, help="the sampler's seed (--seed is each trial's)")
     sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="any other field of the base fine-tune; repeatable")
     sub.add_argument("--no-follow", action="store_true", help="submit, print the job id and return")
@@ -534,8 +542,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command(models, "pin", cmd_models_pin, "make a plain NAME mean VERSION (a rollback)")
     sub.add_argument("name", metavar="NAME")
     sub.add_argument("version", type=int, metavar="VERSION")
-    command(models, "delete", cmd_models_delete, "delete NAME@VERSION, or every version of NAME") \
-        .add_argument("ref", metavar="NAME[@VERSION]")
+    command(models, "delete", cmd_models_delete, "delete one version of a model") \
+        .add_argument("ref", metavar="NAME@VERSION")
     sub = command(models, "upload", cmd_models_upload,
                   "upload a model: --architecture with --weights (.safetensors), or --onnx")
     sub.add_argument("name", metavar="NAME")

@@ -1,7 +1,7 @@
 // Talking to the Gazer API: JSON in and out, problem+json errors turned into ApiError. Every call
 // carries the API key kept in localStorage (`Authorization: Bearer`); a 401 asks for a key
 // (see keys.js) and retries the call with it.
-import { askForKey, currentKey } from "./keys.js";
+import { askForKey, currentKey, keyAccepted } from "./keys.js";
 
 export class ApiError extends Error {
   constructor(problem) {
@@ -29,7 +29,10 @@ export async function authFetch(path, init = {}) {
     const headers = new Headers(init.headers || {});
     if (sent) headers.set("Authorization", `Bearer ${sent}`);
     const response = await fetch(path, { ...init, headers });
-    if (response.status !== 401) return response;
+    if (response.status !== 401) {
+      if (sent) keyAccepted(sent);
+      return response;
+    }
     if (currentKey() && currentKey() !== sent) continue;   // a newer key was saved meanwhile
     const problem = await problemOf(response.clone());
     const key = await askForKey({ problem, rejected: Boolean(sent) });

@@ -122,6 +122,7 @@ async function loadDatasets(select) {
   try {
     datasets = (await api("/v1/datasets")).data.sort((a, b) => b.created_at - a.created_at);
   } catch (error) {
+    datasets = [];   // not the last listing's, which may be another key's
     datasetsUnlisted = true;
     $("dataset-message").replaceChildren(problemBox(error, "Could not list the data sets"));
     for (const node of document.querySelectorAll(".dataset-select")) fillDatasetSelect(node, select);

@@ -39,6 +39,15 @@ export function askForKey({ problem, rejected } = {}) {
   return openDialog({ manage: false, problem, rejected });
 }
 
+// Called by api.js for an answer other than 401 to a call that carried `key`: a key the service
+// refused before (not yet in its key file, say) is no longer shown as refused.
+export function keyAccepted(key) {
+  if (key === rejectedKey) {
+    rejectedKey = null;
+    renderButton();
+  }
+}
+
 // The top-bar control (and the "Enter API key" button of a 401 problem): set, change or forget.
 export function manageKey() {
   return openDialog({ manage: true });

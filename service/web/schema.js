@@ -76,7 +76,7 @@ export function inputFor(schema, { name, value, required } = {}) {
   }
   if (s.type === "object") {
     return el("input", { type: "text", name, "data-type": "json", required, autocomplete: "off", spellcheck: "false",
-      placeholder: "JSON, e.g. {\"steps\": 32}" });
+      placeholder: "JSON" });
   }
   if (s.type === "array") {
     return el("input", { type: "text", name, "data-type": `array:${s.items?.type || "string"}`,

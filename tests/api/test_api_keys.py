@@ -306,7 +306,8 @@ def test_model_names_and_data_sets_are_held_per_key_within_quotas(keys, tmp_path
 def test_requests_of_one_key_sent_at_once_cannot_pass_its_quota_together(keys, tmp_path, monkeypatch):
     """Quota 1: four data sets and eight new model names asked for at the same moment; one of
     each is taken, and the others are refused. A data set appears a while after its last quota
-    check here, so that without the key's lock all four would pass that check first."""
+    check here, so that without the key's lock the uploads extracted at once (two) would all pass
+    that check first."""
     ingest = datasets.ingest_archive
 
     def ingest_slowly(*args):

@@ -72,6 +72,24 @@ def explain(page) -> None:
     page.wait_for_selector(".result-card .map-canvas[data-target]")
 
 
+def uploaded_tiny_dataset(service, folder: Path, name: str) -> str:
+    """tiny_dataset uploaded under `name`; its id."""
+    created = httpx.post(f"{service.url}/v1/datasets", files=[upload(tiny_dataset(folder).read_bytes(), "pets.zip",
+                                                                    "application/zip")],
+                         data={"name": name}, timeout=60)
+    assert created.status_code == 201, created.text
+    return created.json()["id"]
+
+
+def submitted_then_listed(page, service, kind: str, body: dict):
+    """A job of `kind` submitted through the API, then the jobs view open: its id and its card."""
+    job = httpx.post(f"{service.url}/v1/jobs/{kind}", timeout=30, json=body)
+    assert job.status_code == 202, job.text
+    page.goto(f"{service.url}/#jobs")
+    page.wait_for_selector("body[data-ready=jobs]")
+    return job.json()["id"], page.locator(f'.job-card[data-job-id="{job.json()["id"]}"]')
+
+
 def tiny_dataset(folder: Path) -> Path:
     """2 classes x 4 real photos (random crops of chelsea and coffee), as a class-folder zip."""
     rng = random.Random(0)
@@ -284,17 +302,9 @@ def test_a_fine_tunes_mistakes_show_with_grad_cam_for_both_classes(page, service
 
 
 def test_an_explain_dataset_job_shows_each_class_mean_map_and_its_downloads(page, service, tmp_path, shots):
-    archive = tiny_dataset(tmp_path).read_bytes()
-    created = httpx.post(f"{service.url}/v1/datasets", files=[upload(archive, "pets.zip", "application/zip")],
-                         data={"name": "pets-maps"}, timeout=60)
-    assert created.status_code == 201, created.text
-    job = httpx.post(f"{service.url}/v1/jobs/explain-dataset", timeout=30,
-                     json={"dataset_id": created.json()["id"], "method": "gradcam", "faithfulness": True})
-    assert job.status_code == 202, job.text
-    job_id = job.json()["id"]
-    page.goto(f"{service.url}/#jobs")
-    page.wait_for_selector("body[data-ready=jobs]")
-    card = page.locator(f'.job-card[data-job-id="{job_id}"]')
+    dataset = uploaded_tiny_dataset(service, tmp_path, "pets-maps")
+    job_id, card = submitted_then_listed(page, service, "explain-dataset",
+                                         {"dataset_id": dataset, "method": "gradcam", "faithfulness": True})
     page.wait_for_function("(id) => document.querySelectorAll(`.job-card[data-job-id='${id}'] .class-mean img`).length === 2",
                            arg=job_id, timeout=120_000)
     assert card.get_attribute("data-state") == "succeeded"
@@ -316,19 +326,11 @@ def test_an_explain_dataset_job_shows_each_class_mean_map_and_its_downloads(page
 def test_a_sweep_and_its_trials_all_show_in_the_job_list(page, service, tmp_path, shots):
     """A trial's result has metrics but no model: its card once failed, and every card after it
     was never drawn."""
-    archive = tiny_dataset(tmp_path).read_bytes()
-    created = httpx.post(f"{service.url}/v1/datasets", files=[upload(archive, "pets.zip", "application/zip")],
-                         data={"name": "pets-sweep"}, timeout=60)
-    assert created.status_code == 201, created.text
-    base = {"dataset_id": created.json()["id"], "output_model": "swept", "epochs": 1, "batch_size": 4,
+    dataset = uploaded_tiny_dataset(service, tmp_path, "pets-sweep")
+    base = {"dataset_id": dataset, "output_model": "swept", "epochs": 1, "batch_size": 4,
             "input_size": 64, "strategy": "feature_extraction"}
-    sweep = httpx.post(f"{service.url}/v1/jobs/sweep", timeout=30,
-                       json={"base": base, "space": {"lr": {"log_uniform": [1e-3, 1e-2]}}, "trials": 2})
-    assert sweep.status_code == 202, sweep.text
-    sweep_id = sweep.json()["id"]
-    page.goto(f"{service.url}/#jobs")
-    page.wait_for_selector("body[data-ready=jobs]")
-    card = page.locator(f'.job-card[data-job-id="{sweep_id}"]')
+    sweep_id, card = submitted_then_listed(page, service, "sweep", {
+        "base": base, "space": {"lr": {"log_uniform": [1e-3, 1e-2]}}, "trials": 2})
     page.wait_for_function("(id) => document.querySelector(`.job-card[data-job-id='${id}']`)?.dataset.state === 'succeeded'",
                            arg=sweep_id, timeout=180_000)
     page.reload()  # the list drawn afresh, with the finished trials in it
@@ -346,16 +348,13 @@ def test_a_sweep_and_its_trials_all_show_in_the_job_list(page, service, tmp_path
 
 
 def test_a_sweep_and_a_data_set_explanation_start_from_their_forms(page, service, tmp_path, shots):
-    archive = tiny_dataset(tmp_path).read_bytes()
-    created = httpx.post(f"{service.url}/v1/datasets", files=[upload(archive, "pets.zip", "application/zip")],
-                         data={"name": "pets-forms"}, timeout=60)
-    assert created.status_code == 201, created.text
+    dataset = uploaded_tiny_dataset(service, tmp_path, "pets-forms")
     page.goto(f"{service.url}/#jobs")
     page.wait_for_selector("body[data-ready=jobs]")
 
     page.click('[data-jobform="explain-dataset"]')
     form = page.locator("#explain-dataset-form")
-    form.locator('[name="dataset_id"]').select_option(created.json()["id"])
+    form.locator('[name="dataset_id"]').select_option(dataset)
     form.locator('[name="method"]').fill("saliency")
     form.locator('[name="options"]').fill("{not json")
     form.locator("button[type=submit]").click()
@@ -367,7 +366,7 @@ def test_a_sweep_and_a_data_set_explanation_start_from_their_forms(page, service
 
     page.click('[data-jobform="sweep"]')
     form = page.locator("#sweep-form")
-    form.locator('[name="base.dataset_id"]').select_option(created.json()["id"])
+    form.locator('[name="base.dataset_id"]').select_option(dataset)
     form.locator('[name="base.output_model"]').fill("web-swept")
     form.locator('[name="base.epochs"]').fill("1")
     form.locator('[name="space"]').fill('{"lr": {"log_uniform": [0.001, 0.01]}}')

@@ -362,13 +362,13 @@ function fineTuneResult(result, card) {
   return [
     el("div", { class: "result-summary" },
       stat("Model", ref), stat("Validation accuracy", pct(metrics.val_accuracy)), stat("Validation loss", fmtNumber(metrics.val_loss, 3)),
-      stat("Best epoch", `${metrics.best_epoch} of ${history.length}${metrics.stopped_early ? " (stopped early)" : ""}`),
+      bestEpoch(metrics),
       metrics.train_images_per_second ? stat("Training speed", `${fmtNumber(metrics.train_images_per_second, 1)} img/s`) : null),
     el("div", { class: "result-links" },
       el("a", { class: "btn primary small", href: `#explain?model=${encodeURIComponent(ref)}` }, `Explain with ${ref}`),
       el("a", { class: "btn ghost small", href: `#models?model=${encodeURIComponent(result.model.id)}` }, "Model details")),
     el("div", { class: "charts" },
-      lineChart([{ name: "train loss", points: series("train_loss") }, { name: "validation loss", points: series("val_loss"), dashed: true }], { title: "Loss per epoch" }),
+      lossChart(history),
       lineChart([{ name: "train accuracy", points: series("train_accuracy") }, { name: "validation accuracy", points: series("val_accuracy"), dashed: true }],
         { title: "Accuracy per epoch", percent: true, yMin: 0, yMax: 1 }),
       confusionMatrix(metrics.confusion_matrix, metrics.classes),
@@ -380,16 +380,22 @@ function fineTuneResult(result, card) {
 // A sweep's trial keeps its metrics, and its weights only until the sweep publishes the best trial.
 function trialResult(result) {
   const metrics = result.metrics || {};
-  const history = metrics.history || [];
-  const series = (key) => history.map((h) => [h.epoch, h[key]]);
   return [
     el("div", { class: "result-summary" },
       stat("Trial", `${result.trial}`), stat("Validation accuracy", pct(metrics.val_accuracy)),
-      stat("Validation loss", fmtNumber(metrics.val_loss, 3)),
-      stat("Best epoch", `${metrics.best_epoch} of ${history.length}${metrics.stopped_early ? " (stopped early)" : ""}`)),
-    history.length ? el("div", { class: "charts" },
-      lineChart([{ name: "train loss", points: series("train_loss") }, { name: "validation loss", points: series("val_loss"), dashed: true }], { title: "Loss per epoch" })) : null,
+      stat("Validation loss", fmtNumber(metrics.val_loss, 3)), bestEpoch(metrics)),
+    metrics.history?.length ? el("div", { class: "charts" }, lossChart(metrics.history)) : null,
   ];
+}
+
+function bestEpoch(metrics) {
+  return stat("Best epoch", `${metrics.best_epoch} of ${(metrics.history || []).length}${metrics.stopped_early ? " (stopped early)" : ""}`);
+}
+
+function lossChart(history) {
+  const series = (key) => history.map((h) => [h.epoch, h[key]]);
+  return lineChart([{ name: "train loss", points: series("train_loss") }, { name: "validation loss", points: series("val_loss"), dashed: true }],
+    { title: "Loss per epoch" });
 }
 
 // The validation report: where each class's evidence lies, and the mistakes with their Grad-CAM

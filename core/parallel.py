@@ -14,7 +14,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence, TypeVar
 
-import torch
 from threadpoolctl import ThreadpoolController, threadpool_limits
 
 Item = TypeVar("Item")
@@ -70,6 +69,8 @@ def torch_on_this_thread() -> Iterator[None]:
     an ONNX Runtime run, where waking torch's threads costs more than they save. OpenMP's thread
     count is each thread's own, so other threads keep theirs; torch.set_num_threads would also
     change the count that threads starting meanwhile take for good."""
+    import torch  # here, not at import: the pool's other users (decoding, PNGs) need no torch
+
     torch.get_num_threads()  # torch sets a thread's count when it first works there: before the limit
     with _openmp().limit(limits=1):
         yield

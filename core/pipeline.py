@@ -265,7 +265,7 @@ def _run_method(model: LoadedModel, method_name: str, inputs: torch.Tensor, want
     if from_feature_map(model, method_name, layer):
         # from the same forward's feature map, with no backward: no hooks, so no lock. Weighing
         # Lite0's 1280 x 7 x 7 map on torch's two threads took more CPU than the ONNX Runtime
-        # forward (a Grad-CAM request: 17.8 core-ms, 10.2 on this thread alone)
+        # forward (a Grad-CAM map request: 17.8 core-ms, 11.2 on this thread alone)
         with torch_on_this_thread():
             return at_classifier_layer(method, model.network, inputs, wanted, spec.classifier_layer,
                                        onnx_features(model))

@@ -142,12 +142,20 @@ class _Epoch:
     seconds: float
 
 
+def batches_per_epoch(split: _Data, config: FineTuneConfig) -> int:
+    return -(-len(split.train_labels) // config.batch_size)
+
+
+def lr_test_steps(split: _Data, config: FineTuneConfig) -> int:
+    return steps_for(batches_per_epoch(split, config))
+
+
 def train_epoch(network: nn.Module, optimizer: torch.optim.Optimizer, split: _Data, config: FineTuneConfig,
                 spec: ModelSpec, generator: torch.Generator, device: torch.device,
                 report: Callable[[int, int, dict], None], should_stop: ShouldStop) -> _Epoch:
     """One pass over the training images, augmented; `report(step, steps, metrics)` after each step."""
     normalize = data.Normalizer(spec)
-    steps = -(-len(split.train_labels) // config.batch_size)
+    steps = batches_per_epoch(split, config)
     epoch = _Epoch(0, 0, 0.0, 0.0)
     started = time.perf_counter()
     for step, indices in enumerate(data.batches(len(split.train_labels), config.batch_size, True, generator)):
@@ -187,8 +195,7 @@ def find_lr(network: nn.Module, config: FineTuneConfig, spec: ModelSpec, split: 
                                              spec.input_size, generator)
                 yield normalize(squares), split.train_labels[indices].to(device)
 
-    steps = steps_for(-(-len(split.train_labels) // config.batch_size))
-    return lr_range_test(network, optimizer, cycled(), should_stop, steps=steps,
+    return lr_range_test(network, optimizer, cycled(), should_stop, steps=lr_test_steps(split, config),
                          step_report=lambda step, steps: progress(step / steps, phase="lr range test", step=step,
                                                                   steps=steps))
 
@@ -230,8 +237,8 @@ def fine_tune(config: FineTuneConfig, base_spec: ModelSpec, base_network: nn.Mod
         generator = torch.Generator().manual_seed(config.seed)
         lr_curve = None
         if config.lr == "auto":  # its share of the progress: its steps' share of all the training steps
-            per_epoch = -(-len(split.train_labels) // config.batch_size)
-            share = steps_for(per_epoch) / (steps_for(per_epoch) + config.epochs * per_epoch)
+            testing = lr_test_steps(split, config)
+            share = testing / (testing + config.epochs * batches_per_epoch(split, config))
             lr_curve = find_lr(network, config, spec, split, generator, device, should_stop,
                                share_of(progress, 0.0, share))
             progress = share_of(progress, share, 1.0)

@@ -14,7 +14,9 @@ from core.runtime.devices import onnx_providers
 
 
 SECOND_SESSION_MAX_BYTES = 64 * 2**20  # Lite0-2, ResNet-18 and EfficientNet-B0 fit; ResNet-50 (98 MB) does not
-SPIN_MICROSECONDS = 100  # 50 and 200 measured the same here; ORT's default spin is far longer
+# Long enough to bridge the gaps between a run's nodes; at 100 us a loaded server's spinning
+# threads took 20% of ORT's throughput beside decoding (bench.ort_spinning)
+SPIN_MICROSECONDS = 10
 
 
 class OnnxPredictor:

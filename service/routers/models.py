@@ -13,7 +13,7 @@ import anyio
 import numpy as np
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 
 from core import cancellation, parallel, pipeline
 from core.encoding import MEDIA_TYPES
@@ -35,6 +35,21 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
+MAX_LIST_PARTS = 1024  # of one comma-listed form field: its parsing stays cheap whatever the part's size
+
+
+def _comma_separated(values: object) -> object:
+    """A repeated form field's values, each of which may be a comma list: `target=281,130` is
+    `target=281&target=130`; empty parts are dropped."""
+    if not isinstance(values, list):
+        return values
+    parts = [part.strip() for value in values for part in (value.split(",") if isinstance(value, str) else [value])]
+    if len(parts) > MAX_LIST_PARTS:
+        raise ValueError(f"at most {MAX_LIST_PARTS} values")
+    return [part for part in parts if part != ""]
+
+
+CommaList = BeforeValidator(_comma_separated)
 Files = Annotated[list[UploadFile], File(description="one or more images (JPEG, PNG, WebP, TIFF, BMP, GIF)")]
 TopK = Annotated[int, Form(ge=1, le=MAX_TOP_K, description="how many classes to return per image")]
 Resize = Annotated[str, Form(description="crop: the model's own preprocessing (short side to S + 32, centre crop "
@@ -150,9 +165,7 @@ def _explain_outputs(image_answer: str | None, files: int, outputs: list[str] | 
     """What to render: the request's outputs (the field repeated, or a comma list), else the
     overlay for an image answer, else the operator's default; refused where an image answer
     cannot carry what was asked."""
-    given = outputs is not None
-    outputs = [part.strip() for value in outputs or [] for part in value.split(",") if part.strip()]
-    if given and not outputs:
+    if outputs is not None and not outputs:
         raise InvalidRequest("outputs names nothing: name any of heatmap, overlay, map, or leave the field out "
                              "for the default", field="outputs", valid=list(OUTPUTS))
     if image_answer is None:
@@ -196,15 +209,15 @@ async def explain(
     file: Files,
     options: Annotated[dict[str, Any], Depends(method_options)],
     method: Annotated[str | None, Form(description=methods_description())] = None,
-    target: Annotated[list[Annotated[int, Field(ge=0, lt=MAX_INDEX)]] | None,
-                      Form(description="class index; one for all files or one per file; "
-                                                         "default each image's top-1")] = None,
+    target: Annotated[Annotated[list[Annotated[int, Field(ge=0, lt=MAX_INDEX)]], CommaList] | None,
+                      Form(description="class index; one for all files or one per file (the field repeated "
+                                       "or comma-separated); default each image's top-1")] = None,
     layer: Annotated[str | None, Form(description="layer to explain; default the model's CAM layer")] = None,
     top_k: TopK = 5,
     resize: Resize = "crop",
     faithfulness: Annotated[bool, Form(description="also score each map by deletion and insertion "
                                                    f"(2 x {DEFAULT_STEPS + 1} forward passes per image)")] = False,
-    outputs: Annotated[list[str] | None, Form(description="any of heatmap, overlay, map (the raw [0, 1] map), the "
+    outputs: Annotated[Annotated[list[str], CommaList] | None, Form(description="any of heatmap, overlay, map (the raw [0, 1] map), the "
                                                           "field repeated or comma-separated; default heatmap and overlay")] = None,
     overlay_format: Annotated[Literal["jpeg", "png", "webp"], Form(
         description="the overlay's format: jpeg (quality 75, a tenth of PNG's size), png (lossless) or webp; "

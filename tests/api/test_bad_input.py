@@ -164,7 +164,8 @@ def test_wrong_number_of_targets_is_422(client):
 
 @pytest.mark.parametrize("form, field", [
     ({"top_k": "abc"}, "top_k"), ({"top_k": 0}, "top_k"), ({"top_k": -3}, "top_k"),
-    ({"target": "cat"}, "target"), ({"method": "integrated_gradients", "steps": 0}, "steps"),
+    ({"target": "cat"}, "target"), ({"target": "281,cat"}, "target"), ({"target": "1," * 1025}, "target"),
+    ({"method": "integrated_gradients", "steps": 0}, "steps"),
     ({"method": "integrated_gradients", "steps": 100000}, "steps"),
     ({"method": "smoothgrad", "samples": 0}, "samples"), ({"method": "smoothgrad", "noise": 3}, "noise"),
     ({"method": "rise", "masks": 8001}, "masks"), ({"method": "rise", "p": 0}, "p"),

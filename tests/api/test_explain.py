@@ -85,6 +85,8 @@ def test_gradcam_on_a_batch_with_a_target_per_image(client, chelsea_jpeg):
     body = explain(client, files, method="gradcam", target=[281, 285]).json()
     assert [r["explanation"]["target"]["index"] for r in body["results"]] == [281, 285]
     assert body["results"][0]["explanation"]["target"]["label"] == "tabby, tabby cat"
+    listed = explain(client, files, method="gradcam", target=["281, 285"]).json()  # as a comma list
+    assert [r["explanation"]["target"]["index"] for r in listed["results"]] == [281, 285]
 
 
 def test_one_target_applies_to_every_image(client, chelsea_jpeg):

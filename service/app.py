@@ -22,7 +22,7 @@ from service.admission import ModelQueues, PixelBudget, RefuseWhenQueueFull
 from service.auth import KeyStore, KeysBeforeBodies, requires
 from service.dependencies import DATASET_INGESTS
 from service.errors import PROBLEM_RESPONSES, install_error_handlers
-from service.limits import RequestSizeLimit
+from service.limits import RefuseUnfinishedMultipart, RequestSizeLimit
 from service.metrics import Metrics
 from service.negotiation import acceptable
 from service.guards import RefuseForeignOrigins, RefuseUnknownHosts
@@ -87,7 +87,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     # Outermost last: ids and metrics, then Host, Origin and CORS, then keys and scopes (their
     # 401s and 403s carry CORS headers, and come before anything reads a body), then a full
-    # queue's early 503 (told only to callers with a key), then the request rate, then the size limit.
+    # queue's early 503 (told only to callers with a key), then the request rate, then the size limit,
+    # then a multipart body's closing delimiter.
+    app.add_middleware(RefuseUnfinishedMultipart)
     app.add_middleware(RequestSizeLimit, max_bytes=settings.max_request_bytes,
                        per_path={"/v1/datasets": settings.max_dataset_bytes, "/v1/models": settings.max_model_bytes},
                        idle_seconds=settings.body_idle_seconds,

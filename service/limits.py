@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import anyio
+from python_multipart.multipart import parse_options_header
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -71,3 +72,39 @@ class RequestSizeLimit:
     def _too_slow(self, received: int, waited: float) -> str:
         return (f"the request body sent {received} bytes in {waited:.1f} s; it must average "
                 f"{self.min_bytes_per_second:g} bytes/s after its first {self.idle_seconds:g} s")
+
+
+class RefuseUnfinishedMultipart:
+    """A multipart body that ends before its closing delimiter (`--BOUNDARY--`) is a 400 that
+    says so. python-multipart reports no such truncation, and the parts it never finished would
+    be missing: a cut-off upload was a 422 "file: Field required"."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        media_type, params = parse_options_header(dict(scope["headers"]).get(b"content-type", b""))
+        boundary = params.get(b"boundary")
+        if media_type != b"multipart/form-data" or not boundary:
+            await self.app(scope, receive, send)
+            return
+        closing = b"--" + boundary + b"--"
+        overlap = len(closing) - 1
+        seen, tail = False, b""  # tail: the body's last bytes, where a delimiter split between two parts begins
+
+        async def checked_receive() -> dict:
+            nonlocal seen, tail
+            message = await receive()
+            if seen or message["type"] != "http.request":
+                return message
+            chunk = message.get("body", b"")
+            seen = closing in chunk or closing in tail + chunk[:overlap]
+            tail = chunk[-overlap:] if len(chunk) >= overlap else (tail + chunk)[-overlap:]
+            if not seen and not message.get("more_body", False):
+                raise HTTPException(400, "the multipart body ends before its closing boundary: the upload was cut off")
+            return message
+
+        await self.app(scope, checked_receive, send)

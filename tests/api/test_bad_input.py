@@ -225,6 +225,19 @@ def test_upload_over_the_request_limit_is_413(strict_client):
     assert_still_serving(strict_client)
 
 
+def test_a_multipart_body_cut_off_before_its_closing_boundary_is_400(client):
+    blob, content_type = multipart_body([("cat.jpg", encode(chelsea()))], {"top_k": 3})
+    cut = client.post(PREDICT, content=blob[:len(blob) // 2], headers={"Content-Type": content_type})
+    assert "closing boundary" in assert_problem(cut, 400, "bad-request")["detail"]
+
+    def chunks(size: int):  # the delimiter split across two chunks is still found
+        for start in range(0, len(blob), size):
+            yield blob[start:start + size]
+    for size in (7, 4096):
+        whole = client.post(PREDICT, content=chunks(size), headers={"Content-Type": content_type})
+        assert whole.status_code == 200 and len(whole.json()["results"][0]["predictions"]) == 3, size
+
+
 def test_chunked_upload_over_the_request_limit_is_413(strict_client):
     blob, content_type = multipart_body([("big.bin", bytes(300_000))])
 

@@ -341,6 +341,9 @@ def onnx_model(name: str, blob: bytes, labels: list[str] | None, preprocessing: 
     if fixed[2] not in (None, input_size) or fixed[3] not in (None, input_size):
         raise InvalidRequest(f"the ONNX input is {fixed[2]}x{fixed[3]}, not {input_size}", field="input_size")
     check_params(replace(preprocessing, input_size=input_size))
+    declared = model.graph.output[0].type.tensor_type.shape.dim
+    if len(declared) == 2 and declared[1].HasField("dim_value"):  # refused before any run where it says so
+        check_class_count(declared[1].dim_value, "onnx")
     _rename_output(model, model.graph.output[0].name, "logits")
     serialized = model.SerializeToString()
     classes = check_class_count(_check_runs(serialized, input_size, limits), "onnx")

@@ -148,7 +148,9 @@ def test_vision_transformers_are_422_saying_so(client):
     assert_refused(refused, 422, "architecture", "vision transformers and other networks without one")
 
 
-def onnx_classifier(external_data: bool = False, domain: str = "", side: int = 32, classes: int = 4) -> onnx.ModelProto:
+def onnx_classifier(external_data: bool = False, domain: str = "", side: int = 32, classes: int = 4,
+                    declared_classes: int | str | None = None) -> onnx.ModelProto:
+    """`declared_classes`: the output's class dimension as the graph declares it (a name: not declared)."""
     weight = numpy_helper.from_array(np.ones((classes, 3), dtype=np.float32), "weight")
     nodes = [helper.make_node("GlobalAveragePool", ["pixels"], ["pooled"]),
              helper.make_node("Flatten", ["pooled"], ["flat"]),
@@ -157,7 +159,8 @@ def onnx_classifier(external_data: bool = False, domain: str = "", side: int = 3
         nodes.append(helper.make_node("Mystery", ["scores"], ["extra"], domain=domain))
     graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("pixels", TensorProto.FLOAT,
                                                                               ["n", 3, side, side])],
-                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["n", classes])],
+                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT,
+                                                              ["n", declared_classes or classes])],
                               initializer=[weight])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     if external_data:
@@ -199,11 +202,16 @@ def test_onnx_with_external_data_or_custom_operators_is_422(client):
     assert served.status_code == 201, served.text
 
 
-def test_an_onnx_model_of_more_classes_than_a_target_can_name_is_422(client):
-    """Every answer holds a row of its classes: a 208-byte file expanded to 2 million of them."""
-    refused = client.post("/v1/models", data={"name": "wide", "input_size": 32}, files={
+def test_an_onnx_model_of_more_classes_than_a_target_can_name_is_422(client, monkeypatch):
+    """Every answer holds a row of its classes: a 208-byte file expanded to 2 million of them.
+    Where the graph declares its class count, no run is needed to refuse it."""
+    undeclared = client.post("/v1/models", data={"name": "wide", "input_size": 32}, files={
+        "onnx": ("m.onnx", onnx_classifier(classes=100_001, declared_classes="k").SerializeToString())})
+    assert_refused(undeclared, 422, "onnx", "100001 classes; a served model has 1 to 100000")
+    monkeypatch.setattr(model_upload, "_check_runs", lambda *args: pytest.fail("the file was run"))
+    declared = client.post("/v1/models", data={"name": "wide", "input_size": 32}, files={
         "onnx": ("m.onnx", onnx_classifier(classes=100_001).SerializeToString())})
-    assert_refused(refused, 422, "onnx", "100001 classes; a served model has 1 to 100000")
+    assert_refused(declared, 422, "onnx", "100001 classes; a served model has 1 to 100000")
 
 
 def with_initializers_as_inputs(model: onnx.ModelProto, count: int) -> onnx.ModelProto:

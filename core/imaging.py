@@ -107,6 +107,7 @@ def decode_images(blobs: list[bytes], max_pixels: int, max_total_pixels: int,
         except GazerError as error:
             name = names[index] if names else None
             error.detail = f"file {index}{f' ({name[:100]!r})' if name else ''}: {error.detail}"
+            error.extra.setdefault("field", f"file.{index}")  # where a client shows it: by that file
             raise
 
     declared = declared if declared is not None else [declared_pixels(blob) for blob in blobs]

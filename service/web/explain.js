@@ -421,11 +421,19 @@ async function explainAll() {
     }));
   } catch (error) {
     for (const image of images) image.card.mapSlot.classList.remove("loading");
-    showNotice(error, images.length > 1 ? `Explaining ${images.length} images` : `Explaining ${images[0].name}`);
+    const culprit = fileAtFault(error, images);
+    if (culprit) culprit.card.error.replaceChildren(problemBox(error, `Explaining ${culprit.name}`));
+    else showNotice(error, images.length > 1 ? `Explaining ${images.length} images` : `Explaining ${images[0].name}`);
   } finally {
     setBusy(button, false);
     updateButtons();
   }
+}
+
+// The image whose file the service refused (its problem names the field `file.N`), if one is.
+function fileAtFault(error, images) {
+  const field = error?.problem?.errors?.map((item) => /^file\.(\d+)$/.exec(item.field)).find(Boolean);
+  return field ? images[Number(field[1])] ?? null : null;
 }
 
 async function explainOne(image, target) {

@@ -72,6 +72,7 @@ def test_the_bad_file_is_named_in_a_batch(client):
     for path in (PREDICT, EXPLAIN):
         body = assert_problem(client.post(path, files=files), 422, "invalid-image")
         assert body["detail"].startswith("file 1 ('notes.jpg'):"), body
+        assert [error["field"] for error in body["errors"]] == ["file.1"]  # for a client to show it by that file
 
 
 @pytest.mark.parametrize("width, height", [(30000, 30000), (8000, 8000)])

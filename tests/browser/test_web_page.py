@@ -202,6 +202,16 @@ def test_an_unreadable_file_shows_the_problem_title_and_detail(page, service, ph
     assert expected["title"] in text and expected["detail"] in text
     assert problem.locator(".problem-title strong").is_visible()
     page.screenshot(path=str(shots / "error-laptop.png"))
+    # beside a good photo, the refusal shows on the broken file's own card
+    page.reload()
+    page.wait_for_selector("body[data-ready=explain]")
+    page.wait_for_function("document.querySelector('#method-select').options.length > 0")
+    page.set_input_files("#file-input", [str(photos / "chelsea.jpg"), str(photos / "broken.jpg")])
+    page.click("#explain-btn")
+    card_problem = page.locator(".result-card", has_text="broken.jpg").locator(".card-error .problem")
+    card_problem.wait_for()
+    assert "file 1 ('broken.jpg')" in card_problem.inner_text()
+    assert page.locator(".result-card", has_text="chelsea.jpg").locator(".problem").count() == 0
 
 
 def test_fine_tune_from_the_form_shows_live_progress_then_plots(page, service, tmp_path, photos, shots):

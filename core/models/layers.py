@@ -42,12 +42,13 @@ def trace(net: nn.Module, input_size: int) -> dict[str, Run]:
 
 
 def targetable_layers(network: nn.Module, input_size: int) -> dict[str, int]:
-    """Named modules that run exactly once per forward and output a 4-D feature map, in
-    registration order, with the channels of that map."""
+    """Named modules that run exactly once per forward and output a 4-D feature map of more than
+    one position at `input_size`, in registration order, with the channels of that map. A 1 x 1
+    map (a global pool's) has nowhere to point: every map of it is one value, drawn blank."""
     runs = trace(network, input_size)
     return {name: runs[name].shape[1] for name, _ in network.named_modules()
             if name and name in runs and runs[name].calls == 1 and runs[name].shape is not None
-            and len(runs[name].shape) == 4}
+            and len(runs[name].shape) == 4 and runs[name].shape[2] * runs[name].shape[3] > 1}
 
 
 def feeds_a_linear_head(network: nn.Module, cam_layer: str, classifier_layer: str, input_size: int) -> bool:

@@ -182,7 +182,8 @@ def torch_model(name: str, architecture: str, weights: bytes, labels: list[str] 
             example = torch.rand(2, 3, input_size, input_size, generator=torch.Generator().manual_seed(0)) * 2 - 1
             finite = bool(torch.isfinite(network(example)).all())
         layer = cam_layer or network.anatomy.cam_layer
-        targetable = layer in targetable_layers(network, input_size)
+        layers = targetable_layers(network, input_size)
+        targetable = layer in layers
         linear = targetable and layer == network.anatomy.cam_layer and finite and feeds_a_linear_head(
             network, layer, network.anatomy.classifier_layer, input_size)
     except MemoryError:
@@ -195,8 +196,8 @@ def torch_model(name: str, architecture: str, weights: bytes, labels: list[str] 
     if not finite:
         raise InvalidRequest("the model's logits are NaN or infinite", field="weights")
     if not targetable:
-        raise InvalidRequest(f"cam_layer {layer!r} is not a layer that outputs a feature map once per forward",
-                             field="cam_layer")
+        raise InvalidRequest(f"cam_layer {layer!r} is not a layer that outputs a feature map larger than 1 x 1 "
+                             f"once per forward at {input_size}x{input_size}", field="cam_layer", valid=list(layers))
     anatomy = network.anatomy
     spec = _spec(name, architecture, _labels(labels, num_classes), preprocessing, input_size, layer,
                  anatomy.classifier_layer, linear, f"{architecture} uploaded as {name}")

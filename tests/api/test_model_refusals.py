@@ -137,6 +137,20 @@ def test_unknown_architectures_and_bad_preprocessing_are_422(client, small_resne
     assert_refused(post_weights(client, weights_of(small_resnet), cam_layer="fc"), 422, "cam_layer", "feature map")
 
 
+def test_a_layer_of_a_1x1_map_is_not_offered_to_explain(client, small_resnet):
+    """A global pool's map has one position: every explanation of it was a blank map."""
+    refused = assert_refused(post_weights(client, weights_of(small_resnet), cam_layer="avgpool"), 422, "cam_layer",
+                             "larger than 1 x 1")
+    assert "layer4" in refused["valid"] and "avgpool" not in refused["valid"]
+    served = post_weights(client, weights_of(small_resnet), name="pooled")
+    assert served.status_code == 201, served.text
+    layers = client.get("/v1/models/pooled").json()["layers"]
+    assert "layer4" in layers and "avgpool" not in layers
+    explained = client.post("/v1/models/pooled/explain", files=[upload(encode(chelsea()))],
+                            data={"method": "gradcam", "layer": "avgpool"})
+    assert_refused(explained, 422, "layer", "no targetable layer 'avgpool'")
+
+
 def test_vision_transformers_are_422_saying_so(client):
     """torchvision's by name; timm's (many names) once built: they have no feature map to explain."""
     assert_refused(client.post("/v1/models", data={"name": "mine", "architecture": "vit_b_16"},

@@ -162,6 +162,14 @@ def test_vision_transformers_are_422_saying_so(client):
     assert_refused(refused, 422, "architecture", "vision transformers and other networks without one")
 
 
+def test_timm_weights_under_a_torchvision_name_are_told_the_prefix(client):
+    timm = pytest.importorskip("timm")
+    network = timm.create_model("efficientnet_b0", num_classes=3, pretrained=False)
+    refused = client.post("/v1/models", data={"name": "mine", "architecture": "efficientnet_b0"},
+                          files={"weights": ("w", weights_of(network))})
+    assert_refused(refused, 422, "weights", "timm's weights? architecture=timm:efficientnet_b0")
+
+
 def onnx_classifier(external_data: bool = False, domain: str = "", side: int = 32, classes: int = 4,
                     declared_classes: int | str | None = None) -> onnx.ModelProto:
     """`declared_classes`: the output's class dimension as the graph declares it (a name: not declared)."""

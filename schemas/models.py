@@ -76,8 +76,8 @@ class ExplainResponse(BaseModel):
 
 
 class Preprocessing(BaseModel):
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, float, float] = Field(description="for pixels in 0..1, as an upload gives them")
+    std: tuple[float, float, float] = Field(description="for pixels in 0..1, as an upload gives them")
     resize_short_side_to: int
     center_crop: int
     interpolation: str

@@ -17,6 +17,7 @@ from core.storage import Storage, check_name
 from schemas import models as wire
 from service.auth import Caller, CallerDep, requires
 from service.dependencies import QueueDep, RegistryDep, SettingsDep, upload_slot
+from service.form_fields import CommaList
 from service.queue import JobQueue
 from service.quotas import claim_model_name, release_unused_claim
 from service.settings import Settings
@@ -65,8 +66,10 @@ async def upload_model(
     onnx: Annotated[UploadFile | None, File(description="instead of architecture + weights: a self-contained "
                                                         "ONNX classifier, NCHW float32 in, logits out")] = None,
     labels: Annotated[UploadFile | None, File(description="text, one class name per line; default the indices")] = None,
-    mean: Annotated[list[float] | None, Form(description="3 numbers, pixels in 0..1; default ImageNet's")] = None,
-    std: Annotated[list[float] | None, Form(description="3 numbers, pixels in 0..1; default ImageNet's")] = None,
+    mean: Annotated[Annotated[list[float], CommaList] | None, Form(
+        description="3 numbers for pixels in 0..1, the field repeated or comma-separated; default ImageNet's")] = None,
+    std: Annotated[Annotated[list[float], CommaList] | None, Form(
+        description="3 numbers for pixels in 0..1, the field repeated or comma-separated; default ImageNet's")] = None,
     input_size: Annotated[int | None, Form(description="default the architecture's (299 for inception_v3)",
                                            **field_bounds(upload.Preprocessing, "input_size"))] = None,
     resize_size: Annotated[int | None, Form(description="short side before the centre crop; default "

@@ -13,7 +13,7 @@ import anyio
 import numpy as np
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import Response
-from pydantic import BaseModel, BeforeValidator, Field
+from pydantic import BaseModel, Field
 
 from core import cancellation, parallel, pipeline
 from core.encoding import MEDIA_TYPES
@@ -27,6 +27,7 @@ from service.dependencies import (MetricsDep, ModelDep, RegistryDep, SettingsDep
                                   read_uploads)
 from service.auth import CallerDep
 from service.disconnects import client_watch
+from service.form_fields import CommaList
 from service.method_options import method_options, methods_description
 from service.negotiation import preferred_image
 from service.rate_limits import client_id
@@ -35,21 +36,6 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
-MAX_LIST_PARTS = 1024  # of one comma-listed form field: its parsing stays cheap whatever the part's size
-
-
-def _comma_separated(values: object) -> object:
-    """A repeated form field's values, each of which may be a comma list: `target=281,130` is
-    `target=281&target=130`; empty parts are dropped."""
-    if not isinstance(values, list):
-        return values
-    parts = [part.strip() for value in values for part in (value.split(",") if isinstance(value, str) else [value])]
-    if len(parts) > MAX_LIST_PARTS:
-        raise ValueError(f"at most {MAX_LIST_PARTS} values")
-    return [part for part in parts if part != ""]
-
-
-CommaList = BeforeValidator(_comma_separated)
 Files = Annotated[list[UploadFile], File(description="one or more images (JPEG, PNG, WebP, TIFF, BMP, GIF)")]
 TopK = Annotated[int, Form(ge=1, le=MAX_TOP_K, description="how many classes to return per image")]
 Resize = Annotated[str, Form(description="crop: the model's own preprocessing (short side to S + 32, centre crop "
@@ -60,6 +46,10 @@ def _summary(spec: ModelSpec) -> wire.ModelSummary:
     return wire.ModelSummary(id=spec.id, version=spec.version, architecture=spec.architecture,
                              input_size=spec.input_size, num_classes=spec.num_classes,
                              description=spec.description)
+
+
+def _unit_scale(values: tuple[float, ...]) -> tuple[float, ...]:
+    return tuple(round(value / 255.0, 6) for value in values)
 
 
 def _ref(spec: ModelSpec) -> wire.ModelRef:
@@ -127,7 +117,9 @@ def describe_model(model: ModelDep, registry: RegistryDep) -> wire.ModelDetail:
         methods=model.methods, default_method=pipeline.default_method(model), attention=model.attention,
         weights_digest=spec.weights_digest,
         status=registry.state(spec.ref)["state"],
-        preprocessing=wire.Preprocessing(mean=spec.mean, std=spec.std, center_crop=spec.input_size,
+        # for pixels in 0..1, as an upload gives them (a spec keeps them for 0..255)
+        preprocessing=wire.Preprocessing(mean=_unit_scale(spec.mean), std=_unit_scale(spec.std),
+                                         center_crop=spec.input_size,
                                          resize_short_side_to=spec.input_size + spec.resize_margin,
                                          interpolation=spec.interpolation))
 

@@ -137,6 +137,14 @@ def test_unknown_architectures_and_bad_preprocessing_are_422(client, small_resne
     assert_refused(post_weights(client, weights_of(small_resnet), cam_layer="fc"), 422, "cam_layer", "feature map")
 
 
+def test_mean_and_std_read_back_as_they_were_given(client, small_resnet):
+    """On the 0..1 scale of an upload, the field repeated or as a comma list."""
+    served = post_weights(client, weights_of(small_resnet), name="scaled", mean="0.5, 0.4,0.3", std=[0.2, 0.25, 0.3])
+    assert served.status_code == 201, served.text
+    preprocessing = client.get("/v1/models/scaled").json()["preprocessing"]
+    assert preprocessing["mean"] == [0.5, 0.4, 0.3] and preprocessing["std"] == [0.2, 0.25, 0.3]
+
+
 def test_a_layer_of_a_1x1_map_is_not_offered_to_explain(client, small_resnet):
     """A global pool's map has one position: every explanation of it was a blank map."""
     refused = assert_refused(post_weights(client, weights_of(small_resnet), cam_layer="avgpool"), 422, "cam_layer",

@@ -29,7 +29,8 @@ def test_models_listing_and_detail(client):
     detail = client.get(f"/v1/models/{MODEL}").json()
     assert detail["input_size"] == 224 and detail["num_classes"] == 1000
     assert detail["default_layer"] == "head" and "head" in detail["layers"] and "blocks.10" in detail["layers"]
-    assert detail["preprocessing"]["mean"] == [127.0] * 3 and detail["preprocessing"]["std"] == [128.0] * 3
+    # for pixels in 0..1, as an upload gives them: EfficientNet-Lite's 127 and 128 of 255
+    assert detail["preprocessing"]["mean"] == [0.498039] * 3 and detail["preprocessing"]["std"] == [0.501961] * 3
     assert "gradcam" in detail["methods"]
 
 

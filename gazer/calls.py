@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from gazer.errors import ApiError
 from gazer.results import ExplainResponse, JobEvent
 from schemas.datasets import Dataset, DatasetList
-from schemas.jobs import Job, JobList
+from schemas.jobs import ArtifactList, Job, JobList
 from schemas.models import DEFAULT_MODEL, ModelDetail, ModelList, ModelRef, PredictResponse, VersionList
 
 T = TypeVar("T")
@@ -226,23 +226,9 @@ def artifact(job_id: str, name: str) -> Call[bytes]:
     return Call("GET", f"/v1/jobs/{_segment(job_id)}/artifacts/{quote(name, safe='')}", _content)
 
 
-def artifact_names(job: Job) -> list[str]:
-    """The artifacts a finished job's result links to, in the order it lists them."""
-    prefix = f"/v1/jobs/{job.id}/artifacts/"
-    found: list[str] = []
-
-    def walk(value: Any) -> None:
-        if isinstance(value, str) and value.startswith(prefix) and value[len(prefix):] not in found:
-            found.append(value[len(prefix):])
-        elif isinstance(value, dict):
-            for item in value.values():
-                walk(item)
-        elif isinstance(value, list):
-            for item in value:
-                walk(item)
-
-    walk(job.result)
-    return found
+def artifacts(job_id: str) -> Call[ArtifactList]:
+    """Every file the job has written so far."""
+    return Call("GET", f"/v1/jobs/{_segment(job_id)}/artifacts", _reader(ArtifactList))
 
 
 class EventParser:

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Callable, Literal, Sequence
 import httpx
 from tqdm import tqdm
 
-from gazer import calls, grid
+from gazer import grid
 from gazer.calls import DEFAULT_MODEL
 from gazer.client import DEFAULT_URL, Client, default_url
 from gazer.errors import ApiError
@@ -294,13 +294,13 @@ def cmd_jobs_follow(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_jobs_artifacts(client: Client, args: argparse.Namespace) -> int:
-    """Every artifact the job's result links to, written under --output."""
+    """Every file the job wrote, written under --output."""
     job = client.job(args.job_id)
     if not job.finished:
         print(f"gazer: job {job.id} is {job.state}: its files come when it ends (gazer jobs follow {job.id})",
               file=sys.stderr)
         return 1
-    names = calls.artifact_names(job)
+    names = client.artifacts(job.id)
     folder = Path(args.output)
     folder.mkdir(parents=True, exist_ok=True)
     for name in names:

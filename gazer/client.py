@@ -165,8 +165,8 @@ class Client:
                         return
 
     def artifacts(self, job_id: str) -> list[str]:
-        """Names of the artifacts the job's result links to (fetch each with `artifact`)."""
-        return calls.artifact_names(self.job(job_id))
+        """Names of every file the job has written so far (fetch each with `artifact`)."""
+        return [found.name for found in self._send(calls.artifacts(job_id)).data]
 
     def artifact(self, job_id: str, name: str) -> bytes:
         return self._send(calls.artifact(job_id, name))
@@ -280,7 +280,7 @@ class AsyncClient:
                         return
 
     async def artifacts(self, job_id: str) -> list[str]:
-        return calls.artifact_names(await self.job(job_id))
+        return [found.name for found in (await self._send(calls.artifacts(job_id))).data]
 
     async def artifact(self, job_id: str, name: str) -> bytes:
         return await self._send(calls.artifact(job_id, name))

@@ -74,6 +74,17 @@ class JobList(BaseModel):
     count: int
 
 
+class Artifact(BaseModel):
+    name: str
+    url: str
+    bytes: int
+
+
+class ArtifactList(BaseModel):
+    data: list[Artifact]
+    count: int
+
+
 def artifact_url(job_id: str, name: str) -> str:
     """Where clients fetch a job's artifact (the route in service/routers/jobs.py)."""
     return f"/v1/jobs/{job_id}/artifacts/{name}"

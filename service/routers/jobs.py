@@ -22,8 +22,8 @@ from core.job_runners import ACTIVATION_MAXIMIZATION, EXPLAIN_DATASET, FINE_TUNE
 from core.jobs import TERMINAL
 from core.sweeps import SWEEP, heaviest_trials, sweep_config
 from core.visualize.activation_max import validate as validate_maximization
-from schemas.jobs import ActivationMaximizationRequest, ExplainDatasetRequest, FineTuneRequest, Job, JobList, \
-    SweepRequest
+from schemas.jobs import ActivationMaximizationRequest, Artifact, ArtifactList, ExplainDatasetRequest, FineTuneRequest, \
+    Job, JobList, SweepRequest
 from schemas.problems import Problem, problem
 from service.auth import Caller, CallerDep
 from service.dependencies import QueueDep, RegistryDep, SettingsDep, StorageDep
@@ -188,6 +188,25 @@ async def job_events(job_id: str, request: Request, queue: QueueDep, caller: Cal
 
 def _event(kind: str, body: Problem) -> str:
     return f"event: {kind}\ndata: {body.model_dump_json(exclude_none=True)}\n\n"
+
+
+# a job writes a few dozen (a data set's explanation: a few per class); a listing stops here
+MAX_ARTIFACTS_LISTED = 10_000
+
+
+@router.get("/{job_id}/artifacts", response_model=ArtifactList)
+def list_artifacts(job_id: str, queue: QueueDep, storage: StorageDep, caller: CallerDep) -> ArtifactList:
+    """Every file the job has written so far, by name (a running job's list grows)."""
+    _visible_job(job_id, queue, caller)
+    folder = storage.job_artifacts(job_id)
+    found = []
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if len(found) == MAX_ARTIFACTS_LISTED:
+            break
+        if not path.name.startswith(".") and path.is_file():
+            found.append(Artifact(name=path.name, url=f"/v1/jobs/{job_id}/artifacts/{path.name}",
+                                  bytes=path.stat().st_size))
+    return ArtifactList(data=found, count=len(found))
 
 
 @router.get("/{job_id}/artifacts/{name}", response_class=FileResponse)

@@ -30,7 +30,8 @@ export async function authFetch(path, init = {}) {
     if (sent) headers.set("Authorization", `Bearer ${sent}`);
     const response = await fetch(path, { ...init, headers });
     if (response.status !== 401) {
-      if (sent) keyAccepted(sent);
+      // only /v1 routes check keys: an open one (the API description, say) answering says nothing
+      if (sent && path.startsWith("/v1/")) keyAccepted(sent);
       return response;
     }
     if (currentKey() && currentKey() !== sent) continue;   // a newer key was saved meanwhile

@@ -51,6 +51,9 @@ def test_fine_tune_then_predict_with_the_new_model(api, workers):
     assert len(document["mistakes"]) == report["mistakes"] and len(document["classes"]) == 3
     mean_maps = [entry["mean_gradcam"]["picture"] for entry in document["classes"] if "mean_gradcam" in entry]
     assert mean_maps and api.get(mean_maps[0]).headers["content-type"] == "image/png"
+    listed = api.get(f"/v1/jobs/{job['id']}/artifacts").json()  # the report's pictures too, not only report.json
+    assert listed["count"] == len(listed["data"]) and {item["url"] for item in listed["data"]} >= {report["url"],
+                                                                                                   *mean_maps}
 
     detail = api.get("/v1/models/shapes").json()  # served at once, no restart
     assert detail["num_classes"] == 3 and detail["input_size"] == 64 and detail["version"] == 1

@@ -159,10 +159,19 @@ def cmd_predict(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+# the overlay's format, from the name it is written to
+OVERLAY_SUFFIXES = {".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
+
+
 def cmd_explain(client: Client, args: argparse.Namespace) -> int:
     outputs = ["overlay"] + (["heatmap"] if args.heatmap else [])
-    answer = client.explain(Path(args.image), args.model, args.method, args.target, args.layer, outputs=outputs,
-                            overlay_format="png", **key_values(args.option, "--option"))
+    if sys.stderr.isatty():  # Score-CAM or IG on a large model takes a while: say what is running
+        print(f"explaining {args.image} ({args.method or 'the default method'} on {args.model})...", file=sys.stderr,
+              flush=True)
+    answer = client.explain(Path(args.image), args.model, args.method, args.target, args.layer,
+                            resize=args.resize, outputs=outputs,
+                            overlay_format=OVERLAY_SUFFIXES.get(Path(args.output).suffix.lower(), "png"),
+                            **key_values(args.option, "--option"))
     explanation = answer.results[0].explanation
     Path(args.output).write_bytes(explanation.overlay_image or b"")
     if args.heatmap:
@@ -183,8 +192,8 @@ def cmd_compare(client: Client, args: argparse.Namespace) -> int:
         raise SystemExit("gazer: --methods names at least one method")
     tiles, target = [], args.target
     for method in methods:
-        explanation = client.explain(Path(args.image), args.model, method, target, outputs=["overlay"]) \
-            .results[0].explanation
+        explanation = client.explain(Path(args.image), args.model, method, target, args.layer, outputs=["overlay"],
+                                     overlay_format="png").results[0].explanation
         target = explanation.target.index  # every tile explains the first one's class
         milliseconds = explanation.timings_ms.get("model", 0.0)
         tiles.append(grid.Tile(explanation.overlay_image or b"", f"{method}  {milliseconds:.0f} ms"))
@@ -449,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--top-k", "-k", type=int, default=None, help="classes per image (server default 5)")
     sub.add_argument("--resize", choices=("crop", "stretch"), default=None)
 
-    sub = command(commands, "explain", cmd_explain, "write one image's explanation overlay as a PNG")
+    sub = command(commands, "explain", cmd_explain, "write one image's explanation overlay (PNG, JPEG or WebP)")
     sub.add_argument("image", metavar="IMG")
     model_flag(sub)
     sub.add_argument("--method", default=None, help="gradcam (default), cam, saliency, ... (see /docs)")
@@ -457,7 +466,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--layer", default=None, help="layer to explain (default the model's CAM layer)")
     sub.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                      help="a method option, e.g. steps=32 or baseline=blur; repeatable")
-    sub.add_argument("--output", "-o", required=True, help="the overlay PNG to write")
+    sub.add_argument("--output", "-o", required=True,
+                     help="the overlay to write: PNG, or JPEG or WebP by its name's ending (.jpg, .webp)")
+    sub.add_argument("--resize", choices=("crop", "stretch"), default=None,
+                     help="crop (default): the model's own preprocessing; stretch: the whole image")
     sub.add_argument("--heatmap", default=None, metavar="PATH", help="also write the grey heatmap PNG here")
 
     sub = command(commands, "compare", cmd_compare, "one grid image of several methods' overlays")
@@ -465,6 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_flag(sub)
     sub.add_argument("--methods", required=True, help="comma-separated, e.g. gradcam,layercam,saliency")
     sub.add_argument("--target", type=int, default=None, help="class index (default the top-1)")
+    sub.add_argument("--layer", default=None, help="layer to explain (default the model's CAM layer)")
     sub.add_argument("--output", "-o", required=True, help="the grid PNG to write")
 
     datasets = group("datasets", "upload and list data sets")

@@ -81,6 +81,10 @@ def test_explain_writes_the_overlay(live, photos, tmp_path):
     assert "class 281" in done.stdout
     overlay = Image.open(tmp_path / "overlay.png")
     assert overlay.format == "PNG" and overlay.size == chelsea().size
+    for name, format_ in (("overlay.jpg", "JPEG"), ("overlay.webp", "WEBP")):  # the format the name says
+        done = gazer_cli(live, "explain", str(photos["chelsea"]), "--resize", "stretch", "-o", str(tmp_path / name))
+        assert done.returncode == 0, done.stderr
+        assert Image.open(tmp_path / name).format == format_
 
 
 def test_compare_writes_one_labelled_grid(live, photos, tmp_path):

@@ -335,7 +335,8 @@ def cmd_models_show(client: Client, args: argparse.Namespace) -> int:
           f"  {detail.description}\n"
           f"  input {detail.input_size} (resize short side to {pre.resize_short_side_to}, {pre.interpolation}; "
           f"mean {[round(v, 4) for v in pre.mean]}, std {[round(v, 4) for v in pre.std]})\n"
-          f"  default layer {detail.default_layer}; {len(detail.layers)} targetable layers\n"
+          f"  default layer {detail.default_layer or 'none (an ONNX model: occlusion and rise)'}; "
+          f"{len(detail.layers)} targetable layers\n"
           f"  methods {', '.join(detail.methods)}\n"
           f"  attention {', '.join(detail.attention) or 'none'}\n"
           f"  weights {detail.weights_digest}")

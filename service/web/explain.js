@@ -127,7 +127,7 @@ async function selectModel(ref) {
 
   const layer = $("layer-select");
   if (layer) {
-    layer.replaceChildren(el("option", { value: "" }, `default (${detail.default_layer})`),
+    layer.replaceChildren(el("option", { value: "" }, detail.default_layer ? `default (${detail.default_layer})` : "none: an ONNX model"),
       ...detail.layers.filter((l) => l !== detail.default_layer).map((l) => el("option", { value: l }, l)));
   }
   const chips = $("compare-methods");
@@ -419,6 +419,8 @@ async function explainAll() {
       images[index].target = result.explanation.target.index;
       return showMap(images[index], result, elapsed);
     }));
+    const first = images[0].card.root;  // on a phone the results start below the form
+    if (first.getBoundingClientRect().top > window.innerHeight) first.scrollIntoView({ block: "start" });
   } catch (error) {
     for (const image of images) image.card.mapSlot.classList.remove("loading");
     const culprit = fileAtFault(error, images);

@@ -71,7 +71,7 @@ async function describe(card, id) {
   card.spec.append(...[
     row("Preprocessing", `resize short side to ${p.resize_short_side_to} (${p.interpolation}), centre crop ${p.center_crop}`),
     row("Mean / std", el("span", { class: "mono" }, `[${round(p.mean)}] / [${round(p.std)}]`)),
-    row("CAM layer", el("code", {}, detail.default_layer)),
+    row("CAM layer", detail.default_layer ? el("code", {}, detail.default_layer) : "none: an ONNX model, explained by occlusion and RISE"),
     detail.attention?.length ? row("Attention", detail.attention.join(", ")) : null,
     row("Weights", el("code", { class: "digest", title: detail.weights_digest }, detail.weights_digest.slice(0, 16)))].filter(Boolean));
   card.more.replaceChildren(

@@ -419,6 +419,9 @@ def test_phone_width_layout_holds(browser, service, photos, shots):
         open_explain(page, service, photos / "chelsea.jpg")
         explain(page)
         assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+        # the result scrolled into view: below the form, it was off screen
+        top = page.evaluate("document.querySelector('.result-card').getBoundingClientRect().top")
+        assert 0 <= top < PHONE["height"], top
         page.screenshot(path=str(shots / "explain-phone.png"), full_page=True)
         page.goto(f"{service.url}/#jobs")
         page.wait_for_selector("body[data-ready=jobs]")

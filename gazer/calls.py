@@ -3,6 +3,7 @@ only send a `Call` and hand the answer to its `read`, so the two never drift apa
 
 from __future__ import annotations
 
+import io
 import json
 import mimetypes
 import os
@@ -12,6 +13,7 @@ from typing import IO, Any, Callable, Generic, Iterable, TypeVar
 from urllib.parse import quote
 
 import httpx
+from PIL import Image
 from pydantic import BaseModel
 
 from gazer.errors import ApiError
@@ -23,8 +25,8 @@ from schemas.models import DEFAULT_MODEL, ModelDetail, ModelList, ModelRef, Pred
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
 
-# An image to send: a path, the file's bytes, or (file name, bytes).
-ImageInput = str | os.PathLike[str] | bytes | tuple[str, bytes]
+# An image to send: a path, the file's bytes, (file name, bytes), or a PIL image (sent as PNG).
+ImageInput = str | os.PathLike[str] | bytes | tuple[str, bytes] | Image.Image
 # A file to upload: a path, bytes, or an open binary file.
 FileInput = str | os.PathLike[str] | bytes | IO[bytes]
 
@@ -80,6 +82,10 @@ def _given(**fields: Any) -> dict[str, Any]:
 def image_file(image: ImageInput, index: int) -> tuple[str, tuple[str, bytes, str]]:
     if isinstance(image, bytes):
         name, blob = f"image-{index}", image
+    elif isinstance(image, Image.Image):
+        encoded = io.BytesIO()
+        image.save(encoded, format="PNG")
+        name, blob = f"image-{index}.png", encoded.getvalue()
     elif isinstance(image, tuple):
         name, blob = image
     else:
@@ -98,7 +104,7 @@ def upload_file(field_name: str, value: FileInput, default_name: str) -> tuple[s
 
 
 def _images(images: ImageInput | Iterable[ImageInput]) -> list[ImageInput]:
-    if isinstance(images, (str, os.PathLike, bytes, tuple)):
+    if isinstance(images, (str, os.PathLike, bytes, tuple, Image.Image)):
         return [images]
     return list(images)
 

@@ -57,6 +57,7 @@ class RenderedExplanation:
     faithfulness: Faithfulness | None = None
     gate: GateRange | None = None   # attention maps: the raw gate's range over the image
     overlay_format: str = "jpeg"
+    flat: bool = False              # one value everywhere: nothing pointed at
 
 
 @dataclass
@@ -246,7 +247,7 @@ def explain(model: LoadedModel, images: list[Image.Image], method_name: str,
             method_name, Prediction(target, model.spec.labels[target], float(probabilities[index, target])),
             layer, heatmap_png, overlay, np.round(maps[index], 4).tolist() if "map" in outputs else None,
             {**timings, "render": (time.perf_counter() - started) * 1000}, scores[index],
-            result.gates[index] if result.gates else None, overlay_format))
+            result.gates[index] if result.gates else None, overlay_format, not maps[index].max() > 0))
 
     cancellation.check()  # batched with others, this request's own client may have gone meanwhile
     rendering = time.perf_counter()

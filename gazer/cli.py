@@ -179,6 +179,9 @@ def cmd_explain(client: Client, args: argparse.Namespace) -> int:
     target = explanation.target
     print(f"{explanation.method}: class {class_name(target.index, target.label)} (p={target.probability:.4f}), "
           f"layer {explanation.layer or '-'}, {explanation.timings_ms.get('model', 0):.0f} ms -> {args.output}")
+    if explanation.flat and explanation.gate is None:
+        print("the map is flat (all zeros): this method found nothing to point at for this class at this layer; "
+              "try another layer or method")
     if explanation.gate is not None:
         gate = explanation.gate
         print(f"gate {gate.min:.3f}..{gate.max:.3f} (mean {gate.mean:.3f})"

@@ -60,6 +60,8 @@ class Explanation(BaseModel):
     faithfulness: FaithfulnessScores | None = Field(None, description="with faithfulness=true: deletion and "
                                                                       "insertion (Petsiuk et al. 2018)")
     timings_ms: dict[str, float]
+    flat: bool = Field(False, description="the map is one value everywhere, so all zeros: the method found "
+                                          "nothing to point at for this class at this layer")
     gate: GateRange | None = Field(None, description="attention maps: the raw gate's range over the image, before "
                                                      "the map is scaled to [0, 1] (residual gates: 1 = unchanged, "
                                                      "up to 2; sigmoid gates: 0 to 1); null for other methods")

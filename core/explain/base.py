@@ -100,11 +100,14 @@ def target_score(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def normalize_maps(maps: torch.Tensor) -> np.ndarray:
-    """Per image, min-max scale to [0, 1] (the scaling pytorch-grad-cam uses)."""
+    """Per image, min-max scale to [0, 1]; a map of one value everywhere is all zeros.
+    pytorch-grad-cam divides by the range + 1e-7 instead, which leaves a map of small values
+    (an untrained network's gradients, say) far below 1 while its heatmap is stretched to 255;
+    on maps whose range is well above 1e-7 the two agree."""
     flat = maps.detach().float().flatten(1)
-    low = flat.min(dim=1, keepdim=True).values
-    scaled = flat - low
-    scaled = scaled / (scaled.max(dim=1, keepdim=True).values + 1e-7)
+    scaled = flat - flat.min(dim=1, keepdim=True).values
+    spread = scaled.max(dim=1, keepdim=True).values
+    scaled = scaled / torch.where(spread > 0, spread, torch.ones_like(spread))
     return scaled.view_as(maps).cpu().numpy()
 
 

@@ -185,6 +185,7 @@ def _explain_result(result: pipeline.ImageResult) -> wire.ExplainResult:
         map=explanation.map,
         faithfulness=_faithfulness(explanation.faithfulness),
         timings_ms=explanation.timings_ms,
+        flat=explanation.flat,
         gate=wire.GateRange(**dataclasses.asdict(explanation.gate)) if explanation.gate else None))
 
 

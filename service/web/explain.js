@@ -333,6 +333,8 @@ async function showMap(image, result, elapsed) {
     el("span", { class: "tag" }, state.model),
     explanation.layer ? el("span", { class: "tag subtle", title: "layer explained" }, explanation.layer) : null,
     explanation.gate ? gateTag(explanation.gate) : null,
+    explanation.flat && !explanation.gate ? el("span", { class: "tag subtle warn", title: "the map is one value everywhere: "
+      + "this method found nothing to point at for this class at this layer; try another layer or method" }, "flat map") : null,
     el("span", { class: "tag subtle", title: `server: ${Object.entries(explanation.timings_ms).map(([k, v]) => `${k} ${fmtMs(v)}`).join(", ")}` },
       `${fmtMs(totalMs(explanation.timings_ms))} server · ${fmtMs(elapsed)} total`));
   renderPredictions(image);

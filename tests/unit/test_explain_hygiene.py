@@ -21,6 +21,7 @@ from torch.nn.modules import module as module_globals
 
 from core.errors import InvalidRequest, UnknownLayer
 from core.explain import METHODS
+from core.explain.base import normalize_maps
 
 LAYER = "features.relu2"
 TENSOR_TYPES = (torch.Tensor, nn.Parameter)
@@ -307,3 +308,11 @@ def test_options_at_the_limits_are_accepted(method, options):
     net, inputs = make_net(), make_inputs(count=1, size=8)
     maps = METHODS[method](net, inputs, None, layer_for(method), **options).maps
     assert np.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1
+
+
+def test_maps_of_small_values_scale_to_one_and_a_constant_map_is_all_zeros():
+    """An untrained network's gradients are tiny: its map still spans [0, 1], as its heatmap does."""
+    tiny = torch.tensor([[[0.0, 1e-9], [3e-9, 2e-9]], [[5.0, 5.0], [5.0, 5.0]]])
+    scaled = normalize_maps(tiny)
+    assert scaled[0].max() == 1.0 and scaled[0].min() == 0.0 and np.allclose(scaled[0], [[0, 1 / 3], [1, 2 / 3]])
+    assert (scaled[1] == 0).all()

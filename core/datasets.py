@@ -410,7 +410,7 @@ def ingest_archive(blob: bytes, datasets_dir: Path, name: str | None, limits: Ar
 
 
 def _dataset_dir(datasets_dir: Path, dataset_id: str) -> Path:
-    if not dataset_id.isalnum():
+    if not dataset_id.isalnum() or len(dataset_id) > 64:  # a longer name is the OS's ENAMETOOLONG, a 500
         raise NotFound(f"no data set {dataset_id!r}")
     folder = datasets_dir / dataset_id
     if not (folder / "dataset.json").exists():

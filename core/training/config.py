@@ -35,7 +35,7 @@ class Head:
 
 @dataclass(frozen=True)
 class FineTuneConfig:
-    dataset_id: str = param(doc="a data set uploaded to /v1/datasets")
+    dataset_id: str = param(max_length=64, doc="a data set uploaded to /v1/datasets")
     output_model: str = param(doc="name of the new model; each run adds a version")
     base_model: str = param(DEFAULT_MODEL, doc="the model to start from: NAME or NAME@VERSION")
     strategy: Strategy = param("fine_tune", doc="feature_extraction: the head only; fine_tune: the head, then "

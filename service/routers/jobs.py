@@ -214,6 +214,6 @@ def get_artifact(job_id: str, name: str, queue: QueueDep, storage: StorageDep, c
     _visible_job(job_id, queue, caller)
     folder = storage.job_artifacts(job_id)
     path = folder / name
-    if name.startswith(".") or Path(name).name != name or not path.is_file():
+    if name.startswith(".") or len(name) > 255 or Path(name).name != name or not path.is_file():
         raise NotFound(f"job {job_id} has no artifact {name!r}")
     return FileResponse(path)

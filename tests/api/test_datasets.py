@@ -157,6 +157,11 @@ def test_unsafe_class_and_data_set_names_are_refused(client):
     assert_refused(post(client, zip_of({"c@t!/a.jpg": PHOTO, "dog/b.jpg": PHOTO})), 422, "class")
     assert_refused(post(client, zip_of(GOOD), name="../x"), 422, "name")
     assert client.get("/v1/datasets/..%2F..").status_code == 404
+    long = "a" * 300  # longer than a file name may be: it was the OS's ENAMETOOLONG, a 500
+    assert client.get(f"/v1/datasets/{long}").status_code == 404
+    assert client.delete(f"/v1/datasets/{long}").status_code == 404
+    fine_tune = client.post("/v1/jobs/fine-tune", json={"dataset_id": long, "output_model": "x"})
+    assert fine_tune.status_code == 422, fine_tune.text
 
 
 def test_tar_of_a_folder_made_with_dot_is_accepted(client):

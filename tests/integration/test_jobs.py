@@ -85,6 +85,7 @@ def test_activation_maximization_end_to_end(api, workers):
     history = done["result"]["activation_per_step"]
     assert len(history) == 25 and history[-1][0] > history[0][0]
     assert api.get(f"/v1/jobs/{job['id']}/artifacts/..%2Fsecret").status_code == 404
+    assert api.get(f"/v1/jobs/{job['id']}/artifacts/{'a' * 300}").status_code == 404  # not ENAMETOOLONG's 500
 
 
 def test_layer_channels_as_one_batch(api, workers):

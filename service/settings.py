@@ -48,6 +48,9 @@ class Settings(SharedSettings):
     # and the Host names answered (default: loopback names when open, any with keys).
     cors_origins: str = ""
     allowed_hosts: str = ""
+    # proxies whose X-Forwarded-For names the client (comma-separated addresses, or *); none by
+    # default: uvicorn's own default trusts 127.0.0.1, so any local client could pick its address
+    trusted_proxies: str = ""
     # Connections and requests in flight per API process; beyond it uvicorn answers 503.
     max_connections: int = Field(1000, ge=1)
     # uvicorn processes serving one port; each loads its own models and keeps its own limits.

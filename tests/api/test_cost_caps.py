@@ -219,3 +219,12 @@ def test_a_slowloris_connection_is_closed_at_the_header_deadline(tmp_path):
                     closed_after = time.perf_counter() - started
                     break
         assert closed_after is not None and 1.5 < closed_after < 6, closed_after
+
+
+def test_x_forwarded_for_does_not_change_who_a_client_is(tmp_path):
+    """uvicorn trusts 127.0.0.1's X-Forwarded-For by default: each request could pick a new
+    address, and with it a fresh rate limit. Only GAZER_TRUSTED_PROXIES are believed."""
+    with LiveService(tmp_path, requests_per_second=0.01, request_burst=2) as service:
+        answers = [httpx.get(f"{service.url}/v1/models", headers={"X-Forwarded-For": f"10.9.9.{index}"}, timeout=30)
+                   for index in range(3)]
+        assert [answer.status_code for answer in answers] == [200, 200, 429], [a.text for a in answers]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import logging.config
+import re
 from contextvars import ContextVar
 from datetime import datetime, timezone
 from typing import Any
@@ -14,10 +15,19 @@ job_id: ContextVar[str | None] = ContextVar("job_id", default=None)
 
 # uvicorn's access log passes these as its record's args.
 _ACCESS_FIELDS = ("client", "method", "path", "http_version", "status")
+# a key sent in a query string (the service reads keys from headers only) is not logged
+_SECRET_PARAMETER = re.compile(r"([?&][^=&]*(?:key|token|auth|secret|password)[^=&]*=)[^&]*", re.IGNORECASE)
+
+
+def _redacted(path: object) -> object:
+    return _SECRET_PARAMETER.sub(r"\1[redacted]", path) if isinstance(path, str) and "?" in path else path
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
+        if record.name == "uvicorn.access" and isinstance(record.args, tuple) and len(record.args) == 5:
+            client, method, path, version, status = record.args
+            record.args = (client, method, _redacted(path), version, status)
         entry: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
             "level": record.levelname,

@@ -31,6 +31,7 @@ from service.quotas import claim_model_name
 from service.rate_limits import client_id
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+JOB_TYPES = (FINE_TUNE, SWEEP, ACTIVATION_MAXIMIZATION, EXPLAIN_DATASET)
 KEEPALIVE_SECONDS = 15.0
 # An event stream reads its job every 0.25 s while it changes, backing off to 2 s while not.
 FIRST_POLL_SECONDS, LONGEST_POLL_SECONDS = 0.25, 2.0
@@ -122,7 +123,9 @@ def submit_explain_dataset(body: ExplainDatasetRequest, request: Request, respon
 @router.get("", response_model=JobList)
 def list_jobs(queue: QueueDep, caller: CallerDep, state: str | None = None, type: str | None = None,
               parent: str | None = None) -> JobList:
-    """Newest first; `parent=ID`: the trials of sweep ID."""
+    """Newest first, among the newest 2000 a caller can see; `parent=ID`: the trials of sweep ID."""
+    if type is not None and type not in JOB_TYPES:
+        raise InvalidRequest(f"unknown job type {type!r}", field="type", valid=list(JOB_TYPES))
     jobs = queue.store.list(state=state, job_type=type, owner=None if caller.sees_all else caller.owner,
                             parent=parent)
     return JobList(data=[Job(**job) for job in jobs], count=len(jobs))

@@ -130,6 +130,9 @@ def test_a_client_with_its_limit_of_jobs_queued_or_running_gets_429_until_one_en
         assert refused.headers["retry-after"] == "30" and refused.json()["type"].endswith("too-many-jobs")
         assert "2 jobs queued or running" in refused.json()["detail"]
         assert api.get("/v1/jobs").json()["count"] == 2
+        assert api.get("/v1/jobs", params={"type": "activation-maximization"}).json()["count"] == 2
+        unknown = api.get("/v1/jobs", params={"type": "nope"})
+        assert unknown.status_code == 422 and "fine-tune" in unknown.json()["valid"]
         api.delete(jobs[0].headers["location"])
         assert api.post("/v1/jobs/activation-maximization", json=body).status_code == 202
 

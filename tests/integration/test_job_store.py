@@ -27,6 +27,9 @@ def test_listing_reads_past_the_first_page_and_filters(tmp_path):
         assert [job["params"]["n"] for job in maximizations] == [n for n in range(249, -1, -1) if n % 3 == 0]
         store.redis.delete(f"gazer:job:{created[-1]['id']}")  # an index entry whose record is gone
         assert store.list(limit=1)[0]["id"] == created[-2]["id"]
+        # a filter that matches little reads no further than `scanned` records
+        assert len(store.list(job_type="activation_maximization", limit=1000, scanned=100)) == 33
+        assert store.list(job_type="nothing-matches", scanned=100) == []
 
 
 

@@ -1,19 +1,25 @@
-"""uvicorn's httptools protocol with two deadlines uvicorn lacks. A connection whose next request
-has not finished its headers within the header deadline is closed (slowloris: a byte of headers
-every few seconds would hold it for ever). And a request answered before its body was complete
+"""uvicorn's httptools protocol with two deadlines and a cap uvicorn lacks. A connection whose next
+request has not finished its headers within the header deadline is closed (slowloris: a byte of
+headers every few seconds would hold it for ever). A request answered before its body was complete
 (401, 403, 408, 413, an early 503) gets the linger deadline to send the rest, which uvicorn reads
-and throws away, with no timeout of its own: then its connection is closed."""
+and throws away, with no timeout of its own: then its connection is closed. And one address holds
+at most `per_address` connections of a process at once: uvicorn's limit counts every open
+connection, so one address holding them all, idle, had every other client answered 503."""
 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 
-def with_deadlines(header_seconds: float, linger_seconds: float) -> type[HttpToolsProtocol]:
+def with_deadlines(header_seconds: float, linger_seconds: float, per_address: int) -> type[HttpToolsProtocol]:
+    open_from: Counter[str] = Counter()  # this process's connections by peer address
+
     class DeadlineProtocol(HttpToolsProtocol):
         _deadline: asyncio.TimerHandle | None = None
+        _counted: str | None = None
 
         def _arm(self, seconds: float, why: str) -> None:
             if self._deadline is None:
@@ -31,6 +37,15 @@ def with_deadlines(header_seconds: float, linger_seconds: float) -> type[HttpToo
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            peer = transport.get_extra_info("peername")
+            address = peer[0] if isinstance(peer, tuple) and peer else None
+            if address is not None and open_from[address] >= per_address:
+                self.logger.info("closing a connection from %s, which holds %d already", address, per_address)
+                transport.close()
+                return
+            if address is not None:
+                open_from[address] += 1
+                self._counted = address
             self._arm(header_seconds, f"request headers took over {header_seconds:g} s")
 
         def on_message_begin(self) -> None:
@@ -57,18 +72,25 @@ def with_deadlines(header_seconds: float, linger_seconds: float) -> type[HttpToo
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            if self._counted is not None:
+                open_from[self._counted] -= 1
+                if not open_from[self._counted]:
+                    del open_from[self._counted]
+                self._counted = None
             super().connection_lost(exc)
 
     return DeadlineProtocol
 
 
 def __getattr__(name: str) -> type[HttpToolsProtocol]:
-    """`service.http_protocol:FROM_SETTINGS`, the protocol with GAZER_HEADER_SECONDS' deadline and
-    GAZER_BODY_IDLE_SECONDS' to linger, built when it is imported by name: what uvicorn's worker
-    processes receive (a class made in a function cannot be sent to them)."""
+    """`service.http_protocol:FROM_SETTINGS`, the protocol with GAZER_HEADER_SECONDS' deadline,
+    GAZER_BODY_IDLE_SECONDS' to linger and GAZER_MAX_CONNECTIONS_PER_ADDRESS, built when it is
+    imported by name: what uvicorn's worker processes receive (a class made in a function cannot
+    be sent to them)."""
     if name == "FROM_SETTINGS":
         from service.settings import Settings
 
         settings = Settings()
-        return with_deadlines(settings.header_seconds, settings.body_idle_seconds)
+        return with_deadlines(settings.header_seconds, settings.body_idle_seconds,
+                              settings.max_connections_per_address)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -53,6 +53,8 @@ class Settings(SharedSettings):
     trusted_proxies: str = ""
     # Connections and requests in flight per API process; beyond it uvicorn answers 503.
     max_connections: int = Field(1000, ge=1)
+    # of one process; behind a proxy every connection comes from the proxy: raise it there
+    max_connections_per_address: int = Field(256, ge=1)
     # uvicorn processes serving one port; each loads its own models and keeps its own limits.
     api_processes: int = Field(1, ge=1, le=64)
     # A request body that sends nothing for this long before it is complete gets 408, and so

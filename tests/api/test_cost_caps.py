@@ -231,3 +231,23 @@ def test_x_forwarded_for_does_not_change_who_a_client_is(tmp_path):
         answers = [httpx.get(f"{service.url}/v1/models", headers={"X-Forwarded-For": f"10.9.9.{index}"}, timeout=30)
                    for index in range(3)]
         assert [answer.status_code for answer in answers] == [200, 200, 429], [a.text for a in answers]
+
+
+def test_one_address_holds_at_most_its_share_of_the_connections(tmp_path):
+    """Idle connections from one address, as many as uvicorn's limit, had every client answered
+    503; past GAZER_MAX_CONNECTIONS_PER_ADDRESS they are closed at once, and other addresses served."""
+    with LiveService(tmp_path, max_connections_per_address=4) as service:
+        idle = [socket.create_connection(("127.0.0.1", service.port), timeout=30) for _ in range(4)]
+        try:
+            time.sleep(0.5)
+            with socket.create_connection(("127.0.0.1", service.port), timeout=30) as fifth:
+                fifth.settimeout(5)
+                started = time.perf_counter()
+                assert fifth.recv(1) == b"" and time.perf_counter() - started < 3  # closed, not at the header deadline
+            other = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=30)
+            assert other.get(f"{service.url}/v1/models").status_code == 200
+        finally:
+            for connection in idle:
+                connection.close()
+        time.sleep(0.5)
+        assert httpx.get(f"{service.url}/v1/models", timeout=30).status_code == 200

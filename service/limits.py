@@ -20,8 +20,10 @@ class RequestSizeLimit:
     limits for some paths (matched exactly). A body that sends nothing for `idle_seconds`
     before it is complete gets 408, and so does one that falls behind an average of
     `min_bytes_per_second` once its first `idle_seconds` are past: a byte now and then would
-    otherwise hold the connection for as long as its client likes. Both count only the time
-    spent waiting for the client, not the server's own between two reads of the body."""
+    otherwise hold the connection for as long as its client likes. Bytes sent ahead of that
+    pace earn at most `2 * idle_seconds` of waiting: 250 MB sent at once, then a byte every
+    20 s, held its parts in memory for hours. Both count only the time spent waiting for the
+    client, not the server's own between two reads of the body."""
 
     def __init__(self, app: ASGIApp, max_bytes: int, per_path: dict[str, int] | None = None,
                  idle_seconds: float = 30.0, min_bytes_per_second: float = 16384) -> None:
@@ -46,23 +48,27 @@ class RequestSizeLimit:
         received = 0
         complete = False
         waited = 0.0  # seconds spent waiting for the client's next part
+        most_ahead = 2 * self.idle_seconds
+        ahead = self.idle_seconds  # seconds the client may still wait: what it sent earns more
 
         async def limited_receive() -> dict:
-            nonlocal received, complete, waited
+            nonlocal received, complete, waited, ahead
             if complete:  # what comes after the body is the disconnect, whenever it comes
                 return await receive()
-            behind_in = self.idle_seconds + received / self.min_bytes_per_second - waited
-            if behind_in <= 0:
+            if ahead <= 0:
                 raise HTTPException(408, self._too_slow(received, waited))
             asked = time.monotonic()
-            with anyio.move_on_after(min(self.idle_seconds, behind_in)) as wait:
+            with anyio.move_on_after(min(self.idle_seconds, ahead)) as wait:
                 message = await receive()
-            waited += time.monotonic() - asked
+            this_wait = time.monotonic() - asked
+            waited += this_wait
             if wait.cancelled_caught:
                 raise HTTPException(408, f"the request body sent nothing for {self.idle_seconds:g} s"
-                                    if self.idle_seconds <= behind_in else self._too_slow(received, waited))
+                                    if self.idle_seconds <= ahead else self._too_slow(received, waited))
             complete = message["type"] != "http.request" or not message.get("more_body", False)
-            received += len(message.get("body", b""))
+            body = len(message.get("body", b""))
+            received += body
+            ahead = min(most_ahead, ahead - this_wait + body / self.min_bytes_per_second)
             if received > limit:
                 raise HTTPException(PayloadTooLarge.status, f"the request body is over the limit of {limit} bytes")
             return message
@@ -71,7 +77,8 @@ class RequestSizeLimit:
 
     def _too_slow(self, received: int, waited: float) -> str:
         return (f"the request body sent {received} bytes in {waited:.1f} s; it must average "
-                f"{self.min_bytes_per_second:g} bytes/s after its first {self.idle_seconds:g} s")
+                f"{self.min_bytes_per_second:g} bytes/s after its first {self.idle_seconds:g} s, and bytes "
+                f"sent ahead of that earn at most {2 * self.idle_seconds:g} s of waiting")
 
 
 class RefuseUnfinishedMultipart:

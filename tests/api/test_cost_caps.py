@@ -187,6 +187,23 @@ def test_a_body_that_trickles_gets_408_once_it_falls_behind_the_minimum_rate(slo
     assert "answered before it was complete, was not complete 2 s later" in slow_body_service.log()
 
 
+def test_a_body_sent_ahead_then_trickled_earns_only_a_little_waiting(slow_body_service):
+    """900 bytes at once are 18 s at 50 bytes/s; then a byte every 1.5 s (never idle for 2 s).
+    Counted as an average, that held the connection about 20 s; the bytes sent ahead earn at
+    most 4 s of waiting, so it is cut off about 4 s in."""
+    with socket.create_connection(("127.0.0.1", slow_body_service.port), timeout=30) as ahead:
+        ahead.sendall(PROMISED_BODY + b"--x\r\n" + b"a" * 895)
+        started = time.perf_counter()
+        for _ in range(60):
+            if select.select([ahead], [], [], 1.5)[0]:
+                break
+            ahead.sendall(b"a")
+        answer = read_answer(ahead)
+        answered_after = time.perf_counter() - started
+    assert answer.startswith("HTTP/1.1 408") and "at most 4 s of waiting" in answer, answer
+    assert answered_after < 9, answered_after
+
+
 def closed_while_trickling(connection: socket.socket, seconds: float = 15) -> float:
     """Sends a byte every 0.5 s (the rest of a body already answered) until the server closes the
     connection; how long that took (`seconds` if it did not)."""

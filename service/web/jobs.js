@@ -13,6 +13,11 @@ const SUBMIT = { "fine-tune": "Start fine-tuning", sweep: "Start the sweep", "ex
   "activation-maximization": "Start activation maximization" };
 const cards = new Map();     // job id -> {root, ...}
 const streams = new Map();   // job id -> AbortController of its event stream
+// Chromium opens at most 6 connections to one host: more streams than this left none for the
+// page's own calls (cancel, refresh, explain hung); the other unfinished jobs are polled
+const MAX_STREAMS = 3;
+const POLL_MS = 3000;
+let poller = null;
 let datasets = [];
 let datasetsUnlisted = false;   // the last listing failed (a 403 for a key without the jobs scope, say)
 let formsBuilt = false;
@@ -205,6 +210,10 @@ async function loadJobs() {
 // send the API key, unlike EventSource), closed at its `end` event, aborted when no longer needed.
 function follow(job) {
   if (streams.has(job.id) || TERMINAL.has(job.state)) return;
+  if (streams.size >= MAX_STREAMS) {
+    poller ??= setInterval(pollUnfollowed, POLL_MS);
+    return;
+  }
   const controller = new AbortController();
   streams.set(job.id, controller);
   const card = cards.get(job.id);
@@ -243,6 +252,35 @@ function stopFollowing(id) {
 
 function stopAll() {
   for (const id of [...streams.keys()]) stopFollowing(id);
+  clearInterval(poller);
+  poller = null;
+}
+
+// The unfinished jobs without a stream, from one listing every POLL_MS; each takes a stream
+// when one is free.
+async function pollUnfollowed() {
+  const waiting = [...cards.entries()].filter(([id, card]) => !streams.has(id) && !TERMINAL.has(card.root.dataset.state));
+  if (!waiting.length) {
+    clearInterval(poller);
+    poller = null;
+    return;
+  }
+  let jobs;
+  try {
+    jobs = (await api("/v1/jobs")).data;
+  } catch {
+    return;   // tried again at the next tick
+  }
+  for (const job of jobs) {
+    const card = cards.get(job.id);
+    if (!card || streams.has(job.id)) continue;
+    const before = card.root.dataset.state;
+    upsertCard(job);
+    if (!TERMINAL.has(before) && TERMINAL.has(job.state)) {
+      toast(`${KINDS[job.type] ?? job.type} ${job.state}`, job.state === "succeeded" ? "success" : "info");
+    }
+    follow(job);
+  }
 }
 
 function title(job) {

@@ -388,6 +388,32 @@ def test_a_sweep_and_a_data_set_explanation_start_from_their_forms(page, service
     assert httpx.delete(f"{service.url}/v1/jobs/{sweep.get_attribute('data-job-id')}", timeout=30).status_code == 202
 
 
+def test_many_unfinished_jobs_leave_the_page_connections_of_its_own(page, service):
+    """Chromium opens at most 6 connections to a host: a stream per unfinished job took them all
+    and the page's own calls hung. Three jobs are followed live, the others polled."""
+    body = {"model": "efficientnet_lite0", "target": {"class": 130}, "steps": 10000, "size": 32}
+    ids = []
+    try:
+        for _ in range(6):
+            job = httpx.post(f"{service.url}/v1/jobs/activation-maximization", json=body, timeout=30)
+            assert job.status_code == 202, job.text
+            ids.append(job.json()["id"])
+        page.goto(f"{service.url}/#jobs")
+        page.wait_for_selector("body[data-ready=jobs]")
+        page.wait_for_function("document.querySelectorAll('.job-card[data-live]').length === 3")
+        seconds = page.evaluate("""async () => {
+            const started = performance.now();
+            await fetch("/v1/models");
+            return (performance.now() - started) / 1000;
+        }""")
+        assert seconds < 5, seconds
+    finally:
+        for job_id in ids:
+            httpx.delete(f"{service.url}/v1/jobs/{job_id}", timeout=30)
+    for job_id in ids:  # the polled cards catch up too
+        page.locator(f'.job-card[data-job-id="{job_id}"][data-state="cancelled"]').wait_for(timeout=30_000)
+
+
 def test_activation_maximization_results_show_as_a_gallery(page, service, shots):
     page.goto(f"{service.url}/#jobs")
     page.wait_for_selector("body[data-ready=jobs]")

@@ -81,6 +81,12 @@ def submit_sweep(body: SweepRequest, request: Request, response: Response, queue
     """Trials of the base fine-tune over `space`, each a fine-tune job with `parent` = the sweep."""
     params = body.model_dump()
     config = sweep_config(params)
+    # its trials run beside it, outside its client's count: held to what that count leaves
+    most_parallel = settings.max_active_jobs_per_client - 1
+    if config.parallel is not None and config.parallel > most_parallel:
+        raise InvalidRequest(f"parallel {config.parallel}: a client's jobs queued or running at once are at most "
+                             f"{settings.max_active_jobs_per_client} (GAZER_MAX_ACTIVE_JOBS_PER_CLIENT), the sweep "
+                             f"one of them, so at most {most_parallel} trials run at once", field="parallel")
     with _references_in_body():
         caller.check_owns(describe_dataset(storage.datasets, config.base.dataset_id).get("owner"),
                           f"data set {config.base.dataset_id!r}")

@@ -133,6 +133,10 @@ def test_a_client_with_its_limit_of_jobs_queued_or_running_gets_429_until_one_en
         assert api.get("/v1/jobs", params={"type": "activation-maximization"}).json()["count"] == 2
         unknown = api.get("/v1/jobs", params={"type": "nope"})
         assert unknown.status_code == 422 and "fine-tune" in unknown.json()["valid"]
+        # a sweep's trials run outside its client's count: at most what the count leaves
+        sweep = api.post("/v1/jobs/sweep", json={"base": {"dataset_id": "abc", "output_model": "swept"},
+                                                 "space": {"lr": {"log_uniform": [1e-4, 1e-2]}}, "parallel": 2})
+        assert sweep.status_code == 422 and "at most 1 trials run at once" in sweep.json()["detail"], sweep.text
         api.delete(jobs[0].headers["location"])
         assert api.post("/v1/jobs/activation-maximization", json=body).status_code == 202
 

@@ -132,7 +132,7 @@ def default_method(model: LoadedModel) -> str:
 
 def _resolve_method(model: LoadedModel, method_name: str) -> Method:
     if method_name not in METHODS:
-        raise UnknownMethod(f"unknown method {method_name!r}", field="method", valid=sorted(METHODS))
+        raise UnknownMethod(f"unknown method {method_name!r}", field="method", valid=model.methods)
     method = METHODS[method_name]
     if method_name not in model.methods:
         needs = ("gradients, and the model is served from ONNX alone" if model.network is None

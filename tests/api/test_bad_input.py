@@ -96,6 +96,7 @@ def test_unknown_method_is_422_listing_the_valid_ones(client):
     body = assert_problem(client.post(EXPLAIN, files=[upload(encode(chelsea()))], data={"method": "magic"}),
                           422, "unknown-method")
     assert "gradcam" in body["valid"] and "integrated_gradients" in body["valid"]
+    assert "attention" not in body["valid"]  # what this model answers: it has no attention module
 
 
 def test_unknown_layer_is_422_listing_the_valid_ones(client):

@@ -14,7 +14,7 @@ from collections import Counter
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 
-def with_deadlines(header_seconds: float, linger_seconds: float, per_address: int) -> type[HttpToolsProtocol]:
+def guarded_protocol(header_seconds: float, linger_seconds: float, per_address: int) -> type[HttpToolsProtocol]:
     open_from: Counter[str] = Counter()  # this process's connections by peer address
 
     class DeadlineProtocol(HttpToolsProtocol):
@@ -91,6 +91,6 @@ def __getattr__(name: str) -> type[HttpToolsProtocol]:
         from service.settings import Settings
 
         settings = Settings()
-        return with_deadlines(settings.header_seconds, settings.body_idle_seconds,
+        return guarded_protocol(settings.header_seconds, settings.body_idle_seconds,
                               settings.max_connections_per_address)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

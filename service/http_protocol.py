@@ -92,5 +92,5 @@ def __getattr__(name: str) -> type[HttpToolsProtocol]:
 
         settings = Settings()
         return guarded_protocol(settings.header_seconds, settings.body_idle_seconds,
-                              settings.max_connections_per_address)
+                                settings.max_connections_per_address)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

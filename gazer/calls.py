@@ -84,7 +84,8 @@ def image_file(image: ImageInput, index: int) -> tuple[str, tuple[str, bytes, st
         name, blob = f"image-{index}", image
     elif isinstance(image, Image.Image):
         encoded = io.BytesIO()
-        image.save(encoded, format="PNG")
+        storable = image if image.mode in ("1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16") else image.convert("RGB")
+        storable.save(encoded, format="PNG")  # CMYK, YCbCr, LAB, HSV and F are not
         name, blob = f"image-{index}.png", encoded.getvalue()
     elif isinstance(image, tuple):
         name, blob = image

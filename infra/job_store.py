@@ -164,16 +164,19 @@ class JobStore:
         return job
 
     def list(self, state: str | None = None, job_type: str | None = None, limit: int = 100,
-             owner: str | None = None, parent: str | None = None, scanned: int = 2000) -> list[dict[str, Any]]:
+             owner: str | None = None, parent: str | None = None, scanned: int | None = 2000) -> list[dict[str, Any]]:
         """Newest first; only `owner`'s when given, read from its own set rather than from every
         job; 100 ids at a time, their records in one round trip, among the newest `scanned` (a
-        filter that matches nothing reads no further)."""
+        filter that matches nothing reads no further; a sweep's trials, by `parent`, are read in
+        full)."""
         if state is not None and state not in STATES:
             raise InvalidRequest(f"unknown state {state!r}", field="state", valid=list(STATES))
         index = _INDEX if owner is None else _owned_key(owner)
         jobs: list[dict[str, Any]] = []
         start = 0
-        while len(jobs) < limit and start < scanned and (job_ids := self.redis.zrevrange(index, start, start + 99)):
+        scanned = scanned if parent is None else None  # a sweep's trials are all listed, however old it is
+        while len(jobs) < limit and (scanned is None or start < scanned) and \
+                (job_ids := self.redis.zrevrange(index, start, start + 99)):
             start += 100
             with self.redis.pipeline(transaction=False) as reads:
                 for job_id in job_ids:

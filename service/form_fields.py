@@ -12,10 +12,11 @@ def _comma_separated(values: object) -> object:
     `target=281&target=130`; empty parts are dropped."""
     if not isinstance(values, list):
         return values
-    parts = [part.strip() for value in values for part in (value.split(",") if isinstance(value, str) else [value])]
+    parts = [part.strip() for value in values if isinstance(value, str) for part in value.split(",")]
     if len(parts) > MAX_LIST_PARTS:
         raise ValueError(f"at most {MAX_LIST_PARTS} values")
-    return [part for part in parts if part != ""]
+    # anything else (a file part, say) is left for the field's own type to refuse
+    return [part for part in parts if part != ""] + [value for value in values if not isinstance(value, str)]
 
 
 CommaList = BeforeValidator(_comma_separated)

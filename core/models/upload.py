@@ -84,13 +84,16 @@ def check_architecture(architecture: str) -> str:
                          f"convnext_tiny, ...) or timm:NAME", field="architecture")
 
 
-def _timm_hint(architecture: str) -> str:
-    """Where torchvision's `architecture` refused the weights and timm has a model of that name."""
-    if architecture.startswith(TIMM_PREFIX):
-        return ""
+def _timm_hint(architecture: str, state: dict[str, torch.Tensor]) -> str:
+    """Where torchvision's `architecture` refused weights whose names are those of timm's model of
+    that name (built on the meta device: names only)."""
     import timm
 
-    return f"; timm's weights? architecture={TIMM_PREFIX}{architecture}" if timm.is_model(architecture) else ""
+    if architecture.startswith(TIMM_PREFIX) or not timm.is_model(architecture):
+        return ""
+    with torch.device("meta"):
+        names = set(timm.create_model(architecture, pretrained=False).state_dict())
+    return f"; timm's weights? architecture={TIMM_PREFIX}{architecture}" if names == set(state) else ""
 
 
 def read_state_dict(blob: bytes) -> dict[str, torch.Tensor]:
@@ -126,7 +129,7 @@ def _check_fit(architecture: str, expected: dict[str, torch.Tensor], state: dict
     wrong = sorted(key for key in set(expected) & set(state) if shape(key) != tuple(state[key].shape))
     if missing or unexpected or wrong:
         raise InvalidRequest(f"weights do not fit {architecture}: missing {missing[:5]}, unexpected {unexpected[:5]}, "
-                             f"other shapes {wrong[:5]}{_timm_hint(architecture)}", field="weights")
+                             f"other shapes {wrong[:5]}{_timm_hint(architecture, state)}", field="weights")
     check_class_count(rows, "weights")
     complex_ = sorted(key for key, tensor in state.items() if tensor.is_complex())
     if complex_:
@@ -179,7 +182,7 @@ def torch_model(name: str, architecture: str, weights: bytes, labels: list[str] 
     classifier = classifier_name(probe)
     if f"{classifier}.weight" not in state or state[f"{classifier}.weight"].dim() != 2:
         raise InvalidRequest(f"weights have no 2-D {classifier + '.weight'!r}: not a state dict of {architecture}"
-                             f"{_timm_hint(architecture)}", field="weights")
+                             f"{_timm_hint(architecture, state)}", field="weights")
     _check_fit(architecture, probe.state_dict(), state, classifier)
     num_classes = state[f"{classifier}.weight"].shape[0]
     input_size = preprocessing.input_size or default_input_size(architecture, probe)

@@ -17,6 +17,7 @@ SECOND_SESSION_MAX_BYTES = 64 * 2**20  # Lite0-2, ResNet-18 and EfficientNet-B0 
 # Long enough to bridge the gaps between a run's nodes; at 100 us a loaded server's spinning
 # threads took 20% of ORT's throughput beside decoding (bench.ort_spinning)
 SPIN_MICROSECONDS = 10
+SPIN_DURATION_SINCE = (1, 32)  # the ONNX Runtime release checked to know session.intra_op.spin_duration_us
 
 
 class OnnxPredictor:
@@ -139,7 +140,14 @@ def _session(path: Path, threads: int) -> onnxruntime.InferenceSession:
     # a core for nothing under a server's uneven load, taken from the decoding of the next requests.
     # Never spinning, they sleep between the graph's nodes too, and each node waits for a wake-up.
     # A spin bounded to SPIN_MICROSECONDS keeps them awake within a run only (bench.ort_spinning).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    # An ONNX Runtime without the bounded spin ignores its key and would spin its default instead.
+    bounded = _release(onnxruntime.__version__) >= SPIN_DURATION_SINCE
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if bounded else "0")
     options.add_session_config_entry("session.intra_op.spin_duration_us", str(SPIN_MICROSECONDS))
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     return onnxruntime.InferenceSession(str(path), options, providers=onnx_providers())
+
+
+def _release(version: str) -> tuple[int, int]:
+    major, minor = version.split(".")[:2]
+    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)

@@ -23,7 +23,7 @@ from core.jobs import TERMINAL
 from core.sweeps import SWEEP, heaviest_trials, sweep_config
 from core.visualize.activation_max import validate as validate_maximization
 from schemas.jobs import ActivationMaximizationRequest, Artifact, ArtifactList, ExplainDatasetRequest, FineTuneRequest, \
-    Job, JobList, SweepRequest
+    Job, JobList, SweepRequest, artifact_url
 from schemas.problems import Problem, problem
 from service.auth import Caller, CallerDep
 from service.dependencies import QueueDep, RegistryDep, SettingsDep, StorageDep
@@ -213,8 +213,7 @@ def list_artifacts(job_id: str, queue: QueueDep, storage: StorageDep, caller: Ca
         if len(found) == MAX_ARTIFACTS_LISTED:
             break
         if not path.name.startswith(".") and path.is_file():
-            found.append(Artifact(name=path.name, url=f"/v1/jobs/{job_id}/artifacts/{path.name}",
-                                  bytes=path.stat().st_size))
+            found.append(Artifact(name=path.name, url=artifact_url(job_id, path.name), bytes=path.stat().st_size))
     return ArtifactList(data=found, count=len(found))
 
 

@@ -164,6 +164,13 @@ def test_wrong_number_of_targets_is_422(client):
     assert_problem(client.post(EXPLAIN, files=files, data={"target": [1, 2]}), 422, "invalid-request")
 
 
+def test_a_list_field_sent_as_a_file_is_422(client):
+    """A file part where a comma-listed field belongs is the field's own 422, not a 500."""
+    for field in ("target", "outputs"):
+        response = client.post(EXPLAIN, files=[upload(encode(chelsea())), (field, ("t.txt", b"281", "text/plain"))])
+        assert response.status_code == 422, (field, response.text)
+
+
 @pytest.mark.parametrize("form, field", [
     ({"top_k": "abc"}, "top_k"), ({"top_k": 0}, "top_k"), ({"top_k": -3}, "top_k"),
     ({"target": "cat"}, "target"), ({"target": "281,cat"}, "target"), ({"target": "1," * 1025}, "target"),

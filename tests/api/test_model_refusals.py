@@ -15,6 +15,7 @@ import time
 import numpy as np
 import onnx
 import pytest
+import timm
 import torch
 import torchvision
 from fastapi.testclient import TestClient
@@ -163,7 +164,6 @@ def test_vision_transformers_are_422_saying_so(client):
     """torchvision's by name; timm's (many names) once built: they have no feature map to explain."""
     assert_refused(client.post("/v1/models", data={"name": "mine", "architecture": "vit_b_16"},
                                files={"weights": ("w", b"unread")}), 422, "architecture", "vision transformer")
-    timm = pytest.importorskip("timm")
     vit = timm.create_model("vit_tiny_patch16_224", num_classes=3, pretrained=False)
     refused = client.post("/v1/models", data={"name": "mine", "architecture": "timm:vit_tiny_patch16_224"},
                           files={"weights": ("w", weights_of(vit))})
@@ -187,12 +187,15 @@ def test_a_map_with_nothing_to_point_at_says_it_is_flat(client):
     assert np.asarray(explained["efficientnet_lite0"]["map"]).max() == 1
 
 
-def test_timm_weights_under_a_torchvision_name_are_told_the_prefix(client):
-    timm = pytest.importorskip("timm")
+def test_timm_weights_under_a_torchvision_name_are_told_the_prefix(client, small_resnet):
     network = timm.create_model("efficientnet_b0", num_classes=3, pretrained=False)
     refused = client.post("/v1/models", data={"name": "mine", "architecture": "efficientnet_b0"},
                           files={"weights": ("w", weights_of(network))})
     assert_refused(refused, 422, "weights", "timm's weights? architecture=timm:efficientnet_b0")
+    # torchvision's resnet18 weights under resnet50 (a timm name too) are not timm's
+    wrong = assert_refused(post_weights(client, weights_of(small_resnet), architecture="resnet50"), 422, "weights",
+                           "do not fit resnet50")
+    assert "timm" not in wrong["detail"]
 
 
 def onnx_classifier(external_data: bool = False, domain: str = "", side: int = 32, classes: int = 4,

@@ -66,7 +66,8 @@ def test_a_bad_file_is_one_error_type_with_the_problem_fields(gazer, photos):
         gazer.predict(("notes.jpg", b"this is not an image"))
     error = raised.value
     assert (error.status, error.title) == (422, "Unprocessable content")
-    assert error.type == "/problems/invalid-image" and "not an image" in error.detail and error.extras == {}
+    assert error.type == "/problems/invalid-image" and "not an image" in error.detail
+    assert error.extras == {"errors": [{"field": "file.0", "message": error.detail}]}  # which file, for a client
 
     with pytest.raises(ApiError) as raised:  # the extras come along
         gazer.explain(photos["chelsea"], method="no-such-method")

@@ -456,6 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
     def model_flag(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--model", "-m", default=DEFAULT_MODEL, help="NAME or NAME@VERSION (default %(default)s)")
 
+    def no_follow_flag(sub: argparse.ArgumentParser) -> None:  # the job commands follow their job unless told
+        sub.add_argument("--no-follow", action="store_true", help="submit, print the job id and return")
+
     sub = command(commands, "predict", cmd_predict, "top classes of each image, as a table")
     sub.add_argument("images", nargs="+", metavar="IMG")
     model_flag(sub)
@@ -499,7 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.set_defaults(fine_tune_flags=add_fine_tune_flags(sub))
     sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="any other field, e.g. head.hidden=128 or augmentation.flip=false; repeatable")
-    sub.add_argument("--no-follow", action="store_true", help="submit, print the job id and return")
+    no_follow_flag(sub)
 
     sub = command(commands, "sweep", cmd_sweep, "search fine-tune settings: trials of the fine-tune these flags "
                                               "describe, over --space; the best trial's model is published")
@@ -513,7 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--sweep-seed", type=int, default=None, help="the sampler's seed (--seed is each trial's)")
     sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="any other field of the base fine-tune; repeatable")
-    sub.add_argument("--no-follow", action="store_true", help="submit, print the job id and return")
+    no_follow_flag(sub)
 
     sub = command(commands, "explain-dataset", cmd_explain_dataset,
                   "explain every image of a data set on a worker (fetch the results with: gazer jobs artifacts ID)")
@@ -524,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--faithfulness", action="store_true", help="also score each map by deletion and insertion")
     sub.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                      help="a method option, e.g. steps=32; repeatable")
-    sub.add_argument("--no-follow", action="store_true", help="submit, print the job id and return")
+    no_follow_flag(sub)
 
     sub = command(commands, "maximize", cmd_maximize,
                   "activation maximization: what a class (or channel) looks like to the network "
@@ -537,7 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a channel of --layer; repeatable")
     sub.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                      help="e.g. steps=200, size=128, lr=0.05; repeatable")
-    sub.add_argument("--no-follow", action="store_true", help="submit, print the job id and return")
+    no_follow_flag(sub)
 
     jobs = group("jobs", "list, show, follow and cancel jobs")
     sub = command(jobs, "ls", cmd_jobs_ls, "list jobs")

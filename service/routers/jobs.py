@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from core.dataset_explain.runner import check_explain_dataset, explain_dataset_config
 from core.datasets import describe_dataset
 from core.errors import InvalidRequest, NotFound
-from core.job_runners import ACTIVATION_MAXIMIZATION, EXPLAIN_DATASET, FINE_TUNE, check_fine_tune, \
+from core.job_runners import ACTIVATION_MAXIMIZATION, EXPLAIN_DATASET, FINE_TUNE, RUNNERS, check_fine_tune, \
     check_maximization_memory, fine_tune_config, maximization_config
 from core.jobs import TERMINAL
 from core.sweeps import SWEEP, heaviest_trials, sweep_config
@@ -31,7 +31,7 @@ from service.quotas import claim_model_name
 from service.rate_limits import client_id
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-JOB_TYPES = (FINE_TUNE, SWEEP, ACTIVATION_MAXIMIZATION, EXPLAIN_DATASET)
+JOB_TYPES = (*RUNNERS, SWEEP)  # what a worker runs, and the sweeps that make fine-tunes
 KEEPALIVE_SECONDS = 15.0
 # An event stream reads its job every 0.25 s while it changes, backing off to 2 s while not.
 FIRST_POLL_SECONDS, LONGEST_POLL_SECONDS = 0.25, 2.0

@@ -259,8 +259,7 @@ function stopAll() {
 // The unfinished jobs without a stream, from one listing every POLL_MS; each takes a stream
 // when one is free.
 async function pollUnfollowed() {
-  const waiting = [...cards.entries()].filter(([id, card]) => !streams.has(id) && !TERMINAL.has(card.root.dataset.state));
-  if (!waiting.length) {
+  if (![...cards.entries()].some(([id, card]) => !streams.has(id) && !TERMINAL.has(card.root.dataset.state))) {
     clearInterval(poller);
     poller = null;
     return;

@@ -236,8 +236,9 @@ def main() -> None:
                                                            "outputs": "heatmap"}),
     }
     results: dict[str, dict[int, LoadResult]] = {}
-    # every client of this generator comes from one address: lift the per-client request rate limit
-    unlimited = {"requests_per_second": 1e6, "request_burst": 1000000}
+    # every client of this generator comes from one address: lift the per-client limits
+    unlimited = {"requests_per_second": 1e6, "request_burst": 1000000, "max_queued_per_client": 1000000,
+                 "max_explanations_per_client": 1000000}
     # All servers run at once and each load runs on them back to back, since this machine's speed
     # drifts over minutes: a ratio is only honest between runs made side by side.
     with running_server_process(**unlimited) as (port, pids), _before_server(args.before, unlimited) as before, \

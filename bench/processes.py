@@ -34,6 +34,7 @@ MB = 1024 * 1024
 
 def start_service(processes: int, data_dir: Path, port: int) -> subprocess.Popen:
     env = {**os.environ, "PORT": str(port), "GAZER_DATA_DIR": str(data_dir), "GAZER_ACCESS_LOG": "0",
+           "GAZER_MAX_QUEUED_PER_CLIENT": "1000000",  # every client of this bench comes from one address
            "GAZER_API_PROCESSES": str(processes)}
     env.pop("GAZER_REDIS_URL", None)
     log = open(data_dir / f"service-{processes}.log", "wb")  # noqa: SIM115 (the child holds it)

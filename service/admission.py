@@ -1,7 +1,10 @@
 """A bounded queue per model version: requests in flight for one beyond the limit are answered
 503 with Retry-After at once, so that the latency of admitted requests stays bounded under
 overload. A request takes its place in the route, once its caller is known and its upload read;
-while the queue is already full, `RefuseWhenQueueFull` answers before the upload is read."""
+while the queue is already full, `RefuseWhenQueueFull` answers before the upload is read.
+One client (a key, or an address when the service is open) holds at most its share of a
+queue, and of the explanation slots: beyond it, 429 with Retry-After, so that one client
+cannot fill them for everyone."""
 
 from __future__ import annotations
 
@@ -14,20 +17,23 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core.errors import ServiceBusy
 from service.errors import gazer_error_response
+from service.rate_limits import too_many
 
 RETRY_AFTER_SECONDS = 1
 
 
 class ModelQueues:
     """Counts requests per model version (`m`, `m@1` and `m@01` count as one while `m` means
-    version 1); used on the event loop only, so it needs no lock."""
+    version 1), and of those each client's; used on the event loop only, so it needs no lock."""
 
     # path spellings remembered (each one resolved to a model); past this many, forgotten
     MAX_SPELLINGS = 4096
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, per_client: int) -> None:
         self.limit = limit
+        self.per_client = per_client
         self.in_flight: Counter[str] = Counter()
+        self.of_client: Counter[tuple[str, str]] = Counter()  # (version, client)
         # the model as a path spelt it -> (the version it meant, when the route last resolved it)
         self.versions: dict[str, tuple[str, float]] = {}
 
@@ -45,21 +51,57 @@ class ModelQueues:
                            f"retry shortly", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
     @contextmanager
-    def admitted(self, model: str, version: str) -> Iterator[None]:
+    def admitted(self, model: str, version: str, client: str) -> Iterator[None]:
         """`model`: as the request's path spells it; `version`: the model version it resolved to
-        (ModelSpec.ref)."""
+        (ModelSpec.ref); `client`: whom it counts against (rate_limits.client_id)."""
         if len(self.versions) >= self.MAX_SPELLINGS and model not in self.versions:
             self.versions.clear()
         self.versions[model] = (version, time.monotonic())
         if self.in_flight[version] >= self.limit:
             raise self.busy(model)
-        self.in_flight[version] += 1
-        try:
+        if self.of_client[version, client] >= self.per_client:
+            raise too_many(f"this client already has {self.per_client} requests in flight for model {model!r} "
+                           f"(GAZER_MAX_QUEUED_PER_CLIENT); wait for an answer first", RETRY_AFTER_SECONDS)
+        with _counted(self.in_flight, version), _counted(self.of_client, (version, client)):
             yield
+
+
+class ExplanationSlots:
+    """Explanations in flight over all models, and of those each client's; used on the event
+    loop only, so it needs no lock."""
+
+    def __init__(self, total: int, per_client: int) -> None:
+        self.total = total
+        self.per_client = per_client
+        self.in_use = 0
+        self.of_client: Counter[str] = Counter()
+
+    @contextmanager
+    def taken(self, client: str) -> Iterator[None]:
+        if self.in_use >= self.total:
+            raise ServiceBusy(f"all {self.total} explanation slots are busy; retry later",
+                              headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+        if self.of_client[client] >= self.per_client:
+            raise too_many(f"this client already has {self.per_client} explanations in flight "
+                           f"(GAZER_MAX_EXPLANATIONS_PER_CLIENT); wait for an answer first", RETRY_AFTER_SECONDS)
+        self.in_use += 1
+        try:
+            with _counted(self.of_client, client):
+                yield
         finally:
-            self.in_flight[version] -= 1
-            if not self.in_flight[version]:
-                del self.in_flight[version]
+            self.in_use -= 1
+
+
+@contextmanager
+def _counted(counts: Counter, key: object) -> Iterator[None]:
+    """`counts[key]` one higher while the block runs; a key back at 0 is dropped."""
+    counts[key] += 1
+    try:
+        yield
+    finally:
+        counts[key] -= 1
+        if not counts[key]:
+            del counts[key]
 
 
 class PixelBudget:

@@ -18,7 +18,7 @@ from core.errors import GazerError
 from core.parallel import single_threaded_blas
 from core.models.registry import ModelRegistry
 from core.storage import Storage
-from service.admission import ModelQueues, PixelBudget, RefuseWhenQueueFull
+from service.admission import ExplanationSlots, ModelQueues, PixelBudget, RefuseWhenQueueFull
 from service.auth import KeyStore, KeysBeforeBodies, requires
 from service.dependencies import DATASET_INGESTS
 from service.errors import PROBLEM_RESPONSES, install_error_handlers
@@ -49,7 +49,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                                        runtime).observe(images)),
                                  onnx_fp16=settings.onnx_fp16, bfloat16=settings.cuda_bfloat16)
         app.state.registry = registry
-        app.state.explanation_slots = anyio.Semaphore(settings.max_concurrent_explanations)
         # explanations wait on their model's batcher in threads of their own, not in the 40 that
         # every other blocking call of the app shares
         app.state.explanation_threads = anyio.CapacityLimiter(settings.max_concurrent_explanations)
@@ -82,7 +81,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.request_limiter = RateLimiter("requests", settings.requests_per_second, settings.request_burst)
     app.state.compute_limiter = RateLimiter("forward passes", settings.compute_per_second, settings.compute_burst)
     app.state.event_streams = StreamSlots(settings.max_event_streams, settings.max_event_streams_per_client)
-    app.state.model_queues = ModelQueues(settings.max_queued_per_model)
+    app.state.model_queues = ModelQueues(settings.max_queued_per_model, settings.max_queued_per_client)
+    app.state.explanation_slots = ExplanationSlots(settings.max_concurrent_explanations,
+                                                   settings.max_explanations_per_client)
     app.state.explained_pixels = PixelBudget(settings.max_explained_pixels)
     install_error_handlers(app)
     # Outermost last: ids and metrics, then Host, Origin and CORS, then keys and scopes (their

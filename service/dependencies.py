@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import fcntl
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Annotated, AsyncIterator
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, asynccontextmanager, contextmanager
+from typing import Annotated, AsyncIterator, Iterator
 
 import anyio
 from fastapi import Depends, Request, UploadFile
@@ -13,8 +13,10 @@ from starlette.concurrency import run_in_threadpool
 from core.errors import PayloadTooLarge, ServiceBusy, TooManyFiles
 from core.models.registry import LoadedModel, ModelRegistry
 from core.storage import Storage
+from service.auth import Caller
 from service.metrics import Metrics
 from service.queue import JobQueue
+from service.rate_limits import client_id
 from service.settings import Settings
 
 
@@ -81,25 +83,20 @@ async def taken(slots: anyio.Semaphore, wait_seconds: float, busy: str) -> Async
         slots.release()
 
 
-@asynccontextmanager
-async def explanation_slot(request: Request) -> AsyncIterator[None]:
-    """One of the app's explanation slots (`max_concurrent_explanations`), or 503 at once."""
-    slots: anyio.Semaphore = request.app.state.explanation_slots
-    try:
-        slots.acquire_nowait()
-    except anyio.WouldBlock:
-        raise ServiceBusy(f"all {request.app.state.settings.max_concurrent_explanations} explanation slots are "
-                          f"busy; retry later", headers={"Retry-After": "1"}) from None
-    try:
-        with request.app.state.metrics.explain_slots_in_use.track_inprogress():
-            yield
-    finally:
-        slots.release()
+@contextmanager
+def explanation_slot(request: Request, caller: Caller) -> Iterator[None]:
+    """One of the app's explanation slots (`max_concurrent_explanations`), or 503 at once; 429
+    once this client holds its share (`max_explanations_per_client`)."""
+    with request.app.state.explanation_slots.taken(client_id(caller, request)), \
+            request.app.state.metrics.explain_slots_in_use.track_inprogress():
+        yield
 
 
-def admitted(request: Request, model: LoadedModel):
-    """A place in the model version's bounded queue, or 503 with Retry-After at once."""
-    return request.app.state.model_queues.admitted(request.path_params["model"], model.spec.ref)
+def admitted(request: Request, model: LoadedModel, caller: Caller) -> AbstractContextManager[None]:
+    """A place in the model version's bounded queue, or 503 with Retry-After at once; 429 once
+    this client holds its share of it."""
+    return request.app.state.model_queues.admitted(request.path_params["model"], model.spec.ref,
+                                                   client_id(caller, request))
 
 
 @asynccontextmanager

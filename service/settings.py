@@ -24,6 +24,10 @@ class Settings(SharedSettings):
     max_queued_per_model: int = Field(24, ge=1)
     # Explanations in flight at once over all models; beyond it 503 at once.
     max_concurrent_explanations: int = Field(32, ge=1)
+    # One client's share (its key, or its address when open) of a model's queue and of the
+    # explanation slots; beyond it 429 with Retry-After, so that one client cannot fill them.
+    max_queued_per_client: int = Field(12, ge=1)
+    max_explanations_per_client: int = Field(16, ge=1)
     # Decoded pixels those explanations hold together (their images, as the headers declare them);
     # beyond it 503 at once. Four requests at GAZER_MAX_REQUEST_PIXELS: about 2.6 GB as Pillow holds RGB.
     max_explained_pixels: int = Field(640_000_000, ge=1)

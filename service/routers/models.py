@@ -125,9 +125,9 @@ def describe_model(model: ModelDep, registry: RegistryDep) -> wire.ModelDetail:
 
 
 @router.post("/{model}/predict", response_model=wire.PredictResponse)
-async def predict(request: Request, model: ModelDep, settings: SettingsDep, metrics: MetricsDep, file: Files,
-                  top_k: TopK = 5, resize: Resize = "crop") -> Response:
-    with admitted(request, model):
+async def predict(request: Request, model: ModelDep, settings: SettingsDep, metrics: MetricsDep, caller: CallerDep,
+                  file: Files, top_k: TopK = 5, resize: Resize = "crop") -> Response:
+    with admitted(request, model, caller):
         blobs = await read_uploads(file, settings)
         metrics.batch_size.labels("predict").observe(len(blobs))
         on_stage = metrics.stage_recorder(model.spec.id)
@@ -227,23 +227,22 @@ async def explain(
                              f"steps, samples or masks", field="file", cost=cost, budget=settings.max_explain_cost)
     # the form is read by now: a slot held from here waits on no upload; a request refused
     # (503, 413) has spent none of its client's compute
-    with admitted(request, model):
-        async with explanation_slot(request):
-            blobs = await read_uploads(file, settings)
-            # headers on the CPU pool: a crafted PNG's take seconds to read
-            declared = await asyncio.wrap_future(parallel.submit(lambda: [declared_pixels(blob) for blob in blobs]))
-            # its images stay decoded until its pictures are drawn: held against the process's
-            # budget; a request over its own limit holds none (decoding refuses it, 413)
-            total = sum(declared)
-            with request.app.state.explained_pixels.holding(total if total <= settings.max_request_pixels else 0):
-                request.app.state.compute_limiter.take(client_id(caller, request), cost)
-                metrics.batch_size.labels("explain").observe(len(blobs))
-                on_stage = metrics.stage_recorder(model.spec.id)
-                results = await _decoded_and_explained(
-                    request, blobs, declared, [upload.filename for upload in file], settings, on_stage,
-                    f"{method} on {model.spec.ref}",
-                    lambda images: pipeline.explain(model, images, method, target, layer, options, top_k, wanted,
-                                                    resize, faithfulness, on_stage, overlay_format))
+    with admitted(request, model, caller), explanation_slot(request, caller):
+        blobs = await read_uploads(file, settings)
+        # headers on the CPU pool: a crafted PNG's take seconds to read
+        declared = await asyncio.wrap_future(parallel.submit(lambda: [declared_pixels(blob) for blob in blobs]))
+        # its images stay decoded until its pictures are drawn: held against the process's
+        # budget; a request over its own limit holds none (decoding refuses it, 413)
+        total = sum(declared)
+        with request.app.state.explained_pixels.holding(total if total <= settings.max_request_pixels else 0):
+            request.app.state.compute_limiter.take(client_id(caller, request), cost)
+            metrics.batch_size.labels("explain").observe(len(blobs))
+            on_stage = metrics.stage_recorder(model.spec.id)
+            results = await _decoded_and_explained(
+                request, blobs, declared, [upload.filename for upload in file], settings, on_stage,
+                f"{method} on {model.spec.ref}",
+                lambda images: pipeline.explain(model, images, method, target, layer, options, top_k, wanted,
+                                                resize, faithfulness, on_stage, overlay_format))
     if image_answer is not None:
         return Response(results[0].explanation.overlay, media_type=MEDIA_TYPES[image_answer])
     return _json(wire.ExplainResponse(model=_ref(model.spec), results=[_explain_result(r) for r in results]))

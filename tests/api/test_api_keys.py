@@ -22,6 +22,7 @@ from fastapi.testclient import TestClient
 from safetensors.torch import save
 
 from core import datasets
+from core.explain import METHODS
 from core.models import versions
 from schemas.api_keys import create_key
 from service.__main__ import refusal
@@ -31,6 +32,7 @@ from service.settings import Settings
 from support import chelsea, encode, shapes_archive, upload
 from tests.api.test_model_refusals import onnx_classifier
 from tests.conftest import MODEL
+from tests.held_method import GRADIENT_LAYER, HeldGradCAM
 
 
 @pytest.fixture(scope="module")
@@ -164,6 +166,38 @@ def test_a_full_queue_is_told_only_to_requests_with_a_known_key(api, keys):
         assert_problem(api.post(f"/v1/models/{MODEL}/predict", headers=as_(keys, "predictor")), 503, "in flight")
     finally:
         del queues.in_flight[version], queues.versions[MODEL]
+
+
+def test_one_key_holds_at_most_its_share_of_a_model_queue_and_of_the_explanation_slots(api, keys, monkeypatch):
+    """Beyond its share a key is told 429 with Retry-After, while another key is still served."""
+    queues, slots = api.app.state.model_queues, api.app.state.explanation_slots
+    monkeypatch.setattr(queues, "per_client", 2)
+    monkeypatch.setattr(slots, "per_client", 1)
+    held = HeldGradCAM()
+    monkeypatch.setitem(METHODS, "gradcam", held)
+    photo = upload(encode(chelsea()))
+    explain = f"/v1/models/{MODEL}/explain"
+    predict = f"/v1/models/{MODEL}/predict"
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(api.post, explain, files=[photo], headers=as_(keys, "predictor"),
+                           data={"method": "gradcam", "layer": GRADIENT_LAYER, "outputs": "heatmap"})
+        assert held.started.wait(60)
+        try:
+            refused = assert_problem(api.post(explain, files=[photo], data={"method": "cam"},
+                                              headers=as_(keys, "predictor")), 429, "GAZER_MAX_EXPLANATIONS_PER_CLIENT")
+            assert refused["status"] == 429
+            assert api.post(explain, files=[photo], data={"method": "cam"}, headers=as_(keys, "admin")).status_code == 200
+            assert api.post(predict, files=[photo], headers=as_(keys, "predictor")).status_code == 200  # its 2nd place
+            monkeypatch.setattr(queues, "per_client", 1)
+            answer = api.post(predict, files=[photo], headers=as_(keys, "predictor"))
+            assert_problem(answer, 429, "GAZER_MAX_QUEUED_PER_CLIENT")
+            assert answer.headers["Retry-After"] == "1"
+            assert api.post(predict, files=[photo], headers=as_(keys, "admin")).status_code == 200
+        finally:
+            held.release.set()
+        assert slow.result(60).status_code == 200
+    assert not queues.in_flight and not queues.of_client and not slots.of_client and slots.in_use == 0
+    assert api.post(predict, files=[photo], headers=as_(keys, "predictor")).status_code == 200
 
 
 def test_readiness_names_uploaded_models_only_to_keys_and_load_failures_name_no_server_paths(api, keys):

@@ -17,6 +17,7 @@ from core.errors import ServiceBusy
 from core.explain import METHODS
 from service.admission import ModelQueues
 from service.app import create_app
+from service.rate_limits import TooManyRequests
 from service.settings import Settings
 from support import foolbox_imagenet_photos, upload
 from tests.conftest import MODEL
@@ -149,16 +150,28 @@ def test_a_long_explanation_does_not_hold_the_model_for_a_short_one(small_queue_
 
 
 def test_spellings_of_one_version_share_its_queue():
-    queues = ModelQueues(limit=2)
-    with queues.admitted("m", "m@1"), queues.admitted("m@01", "m@1"):  # `m` means version 1 here
+    queues = ModelQueues(limit=2, per_client=2)
+    with queues.admitted("m", "m@1", "a"), queues.admitted("m@01", "m@1", "a"):  # `m` means version 1 here
         assert queues.full("m") and queues.full("m@01") and queues.full("m@1")
         with pytest.raises(ServiceBusy):
-            with queues.admitted("m@1", "m@1"):
+            with queues.admitted("m@1", "m@1", "b"):
                 pass
         assert not queues.full("m@2") and not queues.full("other")
         queues.versions["m"] = ("m@1", time.monotonic() - 2)  # not resolved lately: `m` may mean another version now
         assert not queues.full("m") and queues.full("m@1")
     assert not queues.in_flight and not queues.full("m")
+
+
+def test_one_client_holds_at_most_its_share_of_a_queue():
+    queues = ModelQueues(limit=3, per_client=2)
+    with queues.admitted("m", "m@1", "a"), queues.admitted("m", "m@1", "a"):
+        with pytest.raises(TooManyRequests) as refused:
+            with queues.admitted("m@1", "m@1", "a"):
+                pass
+        assert refused.value.status == 429 and refused.value.extra["headers"] == {"Retry-After": "1"}
+        with queues.admitted("other", "other@1", "a"), queues.admitted("m", "m@1", "b"):  # another model, client
+            assert queues.full("m")
+    assert not queues.in_flight and not queues.of_client
 
 
 def test_a_plain_name_and_its_version_share_one_queue_over_http(small_queue_client, photos):

@@ -29,6 +29,6 @@ def create_celery(settings: WorkerSettings, metrics: WorkerMetrics | None = None
 
     @app.task(name=RUN_JOB_TASK)
     def run_job(job_id: str) -> str:
-        return tasks.run_job(job_id, store, context, metrics, sweeps)
+        return tasks.run_job(job_id, store, context, metrics, sweeps, settings.max_job_seconds)
 
     return app

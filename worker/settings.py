@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from infra.settings import SharedSettings
 
 
 class WorkerSettings(SharedSettings):
     redis_url: str  # required: `make run` and docker-compose pass the one the API uses
     worker_metrics_port: int | None = None  # serve Prometheus metrics on this port
+    # A job (a sweep counting its own waiting, each trial its own run) that has run this long
+    # stops at its next step and fails with `job-time-limit`.
+    max_job_seconds: float = Field(24 * 3600.0, gt=0)

@@ -46,17 +46,26 @@ def _progress_report(store: JobStore, job_id: str) -> Callable[..., None]:
     return report
 
 
-def _stop_check(store: JobStore, job_id: str, worker: str) -> Callable[[], bool]:
-    """`should_stop` for the runner. While Redis cannot be read the job goes on: if the outage
-    outlasts the lease, the next check that gets through finds it reaped and stops it."""
-    def should_stop() -> bool:
-        try:
-            return store.should_stop(job_id, worker)
-        except redis.RedisError as error:
-            log.warning("job %s: could not read the job record (%s); going on", job_id, error)
-            return False
+class _StopCheck:
+    """`should_stop` for the runner: yes once the job's record says so (cancelled, or reaped as
+    lost), or once the job has run for `max_seconds`. While Redis cannot be read the job goes
+    on: if the outage outlasts the lease, the next check that gets through finds it reaped."""
 
-    return should_stop
+    def __init__(self, store: JobStore, job_id: str, worker: str, max_seconds: float) -> None:
+        self.store, self.job_id, self.worker = store, job_id, worker
+        self.max_seconds = max_seconds
+        self.deadline = time.monotonic() + max_seconds
+        self.out_of_time = False
+
+    def __call__(self) -> bool:
+        if time.monotonic() > self.deadline:
+            self.out_of_time = True
+            return True
+        try:
+            return self.store.should_stop(self.job_id, self.worker)
+        except redis.RedisError as error:
+            log.warning("job %s: could not read the job record (%s); going on", self.job_id, error)
+            return False
 
 
 def _runner(job: dict, sweeps: SweepHost) -> Callable[..., dict[str, Any]]:
@@ -67,7 +76,8 @@ def _runner(job: dict, sweeps: SweepHost) -> Callable[..., dict[str, Any]]:
     return RUNNERS[job["type"]]
 
 
-def run_job(job_id: str, store: JobStore, context: JobContext, metrics: WorkerMetrics, sweeps: SweepHost) -> str:
+def run_job(job_id: str, store: JobStore, context: JobContext, metrics: WorkerMetrics, sweeps: SweepHost,
+            max_seconds: float) -> str:
     token = logs.job_id.set(job_id)
     try:
         worker = worker_name()
@@ -75,7 +85,7 @@ def run_job(job_id: str, store: JobStore, context: JobContext, metrics: WorkerMe
             log.info("job %s is not queued any more (cancelled, running elsewhere or done); skipped", job_id)
             return "skipped"
         job = store.get(job_id)
-        run = partial(_run_measured, job, store, context, worker, metrics, _runner(job, sweeps))
+        run = partial(_run_measured, job, store, context, worker, metrics, _runner(job, sweeps), max_seconds)
         if job["type"] == SWEEP:  # it waits on its trials: on a thread, so this worker's one slot runs them
             threading.Thread(target=run, name=f"sweep-{job_id}", daemon=True).start()
             return "detached"
@@ -85,12 +95,12 @@ def run_job(job_id: str, store: JobStore, context: JobContext, metrics: WorkerMe
 
 
 def _run_measured(job: dict, store: JobStore, context: JobContext, worker: str, metrics: WorkerMetrics,
-                  runner: Callable[..., dict[str, Any]]) -> str:
+                  runner: Callable[..., dict[str, Any]], max_seconds: float) -> str:
     token = logs.job_id.set(job["id"])
     try:
         started = time.perf_counter()
         with metrics.running.track_inprogress():
-            state = _run(job, store, context, worker, runner)
+            state = _run(job, store, context, worker, runner, max_seconds)
         metrics.record(job["type"], state, time.perf_counter() - started)
         return state
     finally:
@@ -116,16 +126,22 @@ def _end(store: JobStore, job_id: str, state: str, **fields: object) -> str:
     return state
 
 
-def _run(job: dict, store: JobStore, context: JobContext, worker: str, runner: Callable[..., dict[str, Any]]) -> str:
+def _run(job: dict, store: JobStore, context: JobContext, worker: str, runner: Callable[..., dict[str, Any]],
+         max_seconds: float) -> str:
     """Runs a claimed job to its end; the state it ended in."""
     job_id = job["id"]
     stop = threading.Event()
     beating = threading.Thread(target=_heartbeat, args=(store, job_id, stop), daemon=True)
     beating.start()
+    should_stop = _StopCheck(store, job_id, worker, max_seconds)
     try:
-        result = runner(job_id, job["params"], _progress_report(store, job_id), _stop_check(store, job_id, worker),
-                        context)
+        result = runner(job_id, job["params"], _progress_report(store, job_id), should_stop, context)
     except JobCancelled:
+        if should_stop.out_of_time:  # stopped as a cancelled job is, with what it had not finished
+            return _end(store, job_id, "failed", error=problem(
+                422, "job-time-limit", f"the job ran past this worker's limit of {max_seconds:g} s "
+                                       f"(GAZER_MAX_JOB_SECONDS) and was stopped; ask for less work "
+                                       f"(fewer epochs, steps, images or trials)").model_dump(exclude_none=True))
         return _end(store, job_id, "cancelled")
     except JobPruned as pruned:
         return _end(store, job_id, "pruned", result={"pruned": str(pruned)})

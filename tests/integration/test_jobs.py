@@ -108,6 +108,21 @@ def test_cancel_a_running_job(api, workers):
     assert done["state"] == "cancelled"
 
 
+def test_a_job_past_the_workers_time_limit_fails_and_says_so(api, workers, start_worker):
+    workers().stop()  # the module's worker must not take the job; `workers()` starts another later
+    limited = start_worker(max_job_seconds=4)
+    try:
+        job = submit(api, "activation-maximization", long_maximization())
+        done = wait_for(api, job["id"], ("failed", "cancelled", "succeeded"), timeout=120)
+        assert done["state"] == "failed", done
+        assert done["error"]["type"] == "/problems/job-time-limit" and "GAZER_MAX_JOB_SECONDS" in done["error"]["detail"]
+        assert done["progress"]["step"] >= 1  # it ran until the limit, then stopped at its next step
+        quick = submit(api, "activation-maximization", long_maximization(steps=2))  # the worker serves on
+        assert wait_for(api, quick["id"], ("failed", "cancelled", "succeeded"), timeout=120)["state"] == "succeeded"
+    finally:
+        limited.stop()
+
+
 def test_cancel_a_queued_job_before_it_runs(api, workers):
     workers()
     blocker = submit(api, "activation-maximization", long_maximization())

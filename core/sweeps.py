@@ -39,7 +39,8 @@ class SweepConfig:
                                                  '{"log_uniform": [lo, hi]}, {"uniform": [lo, hi]}, '
                                                  '{"int": [lo, hi]} or {"choice": [...]}')
     trials: int = param(20, ge=1, le=MAX_TRIALS, doc="fine-tune jobs to run in all")
-    parallel: int | None = param(None, ge=1, le=64, doc="trials running at once; default: the live workers")
+    parallel: int | None = param(None, ge=1, le=64, doc="trials running at once; default: the live workers, "
+                                                               "at most GAZER_MAX_ACTIVE_JOBS_PER_CLIENT - 1")
     metric: Metric = param("val_accuracy", doc="what the best trial is best at (the best epoch's value)")
     seed: int = param(0, ge=0, le=2**32 - 1, doc="the sampler's seed: the same seed samples the same values")
 

@@ -39,6 +39,10 @@ class SharedSettings(BaseSettings):
     # On a GPU, the gradient CAM methods (Grad-CAM and its kin) run in bfloat16 autocast; ignored on
     # the CPU. Off by default: slower for EfficientNet-Lite0 on an H200 (README, Measured on a lent GPU).
     cuda_bfloat16: bool = False
+    # Jobs one client (key, or address when open) may have queued or running, over all API
+    # processes (a sweep counts once, its trials not); beyond it 429. A sweep runs at most one
+    # fewer trials at once (the worker reads it for a sweep that names no `parallel`).
+    max_active_jobs_per_client: int = Field(16, ge=1)
     # What one job may need; jobs estimated above it are refused before they are queued.
     worker_memory_bytes: int = Field(default_factory=lambda: int(0.8 * physical_memory()), ge=1)
 

@@ -68,12 +68,14 @@ def suggest(trial: optuna.Trial, dimension: Dimension) -> Any:
 
 class SweepHost:
     """What a coordinator needs beyond core: the job store, a way to send a job's message to the
-    queue (`send(job_id)`), and the Redis holding the studies."""
+    queue (`send(job_id)`), the Redis holding the studies, and the most trials a sweep that
+    names no `parallel` runs at once (beside it, within its client's active jobs)."""
 
-    def __init__(self, store: JobStore, send: Callable[[str], None], redis_url: str) -> None:
+    def __init__(self, store: JobStore, send: Callable[[str], None], redis_url: str, most_parallel: int) -> None:
         self.store = store
         self.send = send
         self.redis_url = redis_url
+        self.most_parallel = most_parallel
 
     def storage(self, sweep_id: str) -> JournalStorage:
         return JournalStorage(JournalRedisBackend(self.redis_url, prefix=f"{_PREFIX}{sweep_id}:"))
@@ -229,7 +231,7 @@ class _Coordinator:
 def run_sweep(job_id: str, params: dict[str, Any], progress: Progress, should_stop: ShouldStop,
               context: JobContext, host: SweepHost) -> dict[str, Any]:
     config = sweep_config(params)
-    parallel = config.parallel or max(1, len(host.store.live_workers()))
+    parallel = config.parallel or max(1, min(len(host.store.live_workers()), host.most_parallel))
     coordinator = _Coordinator(job_id, config, params, host, context)
     try:
         coordinator.run(progress, should_stop, parallel)

@@ -82,9 +82,6 @@ class Settings(SharedSettings):
     max_event_streams: int = Field(1000, ge=1)
     max_event_streams_per_client: int = Field(100, ge=1)
     event_stream_seconds: float = Field(3600.0, gt=0)
-    # Jobs one client (key, or address when open) may have queued or running, over all API
-    # processes (a sweep counts once, its trials not); beyond it 429.
-    max_active_jobs_per_client: int = Field(16, ge=1)
     # Job records one client keeps (any state); beyond it, once another of its jobs is queued,
     # its oldest ended jobs go, with their artifacts, as retention would take them later.
     max_jobs_kept_per_client: int = Field(1000, ge=1)

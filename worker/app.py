@@ -25,7 +25,8 @@ def create_celery(settings: WorkerSettings, metrics: WorkerMetrics | None = None
     context = JobContext(storage, registry, settings.max_image_pixels, artifact_url)
     store = JobStore.from_url(settings.redis_url, settings.job_lease_seconds)
     metrics = metrics or WorkerMetrics()
-    sweeps = SweepHost(store, lambda job_id: app.send_task(RUN_JOB_TASK, args=[job_id]), settings.redis_url)
+    sweeps = SweepHost(store, lambda job_id: app.send_task(RUN_JOB_TASK, args=[job_id]), settings.redis_url,
+                       most_parallel=settings.max_active_jobs_per_client - 1)
 
     @app.task(name=RUN_JOB_TASK)
     def run_job(job_id: str) -> str:

@@ -9,10 +9,12 @@ import time
 import pytest
 
 from core.errors import TooManyJobs
+from core.job_runners import JobContext
+from core.jobs import JobCancelled
 from core.storage import Storage
 from infra.embedded_redis import EmbeddedRedis
 from infra.job_store import JobStore
-from infra.sweeps import SweepHost
+from infra.sweeps import SweepHost, run_sweep
 from service.queue import JobQueue
 
 
@@ -111,12 +113,37 @@ def test_a_client_may_have_its_limit_of_jobs_queued_or_running_across_processes(
 def test_a_sweeps_trials_do_not_count_against_its_client(redis_server):
     store = JobStore.from_url(redis_server.url, lease_seconds=60)
     sweep = store.create("sweep", {}, owner="carol", client="key:carol", limit=1)
-    host = SweepHost(store, send=lambda job_id: None, redis_url=redis_server.url)
+    host = SweepHost(store, send=lambda job_id: None, redis_url=redis_server.url, most_parallel=15)
     trials = [host.submit_trial(sweep["id"], {"n": n}, "carol") for n in range(3)]
     assert [job["id"] for job in store.active_jobs("key:carol")] == [sweep["id"]]
     assert all(store.get(trial)["owner"] == "carol" for trial in trials)
     with pytest.raises(TooManyJobs):
         store.create("sweep", {}, owner="carol", client="key:carol", limit=1)
+
+
+def test_a_sweep_that_names_no_parallel_runs_a_trial_per_live_worker_within_its_clients_share(redis_server,
+                                                                                              tmp_path):
+    """Three live workers, a client's share of one job beside its sweep: one trial at a time."""
+    store = JobStore.from_url(redis_server.url, lease_seconds=60)
+    for worker in ("w1", "w2", "w3"):
+        store.worker_alive(worker)
+    sent: list[str] = []
+    host = SweepHost(store, send=sent.append, redis_url=redis_server.url, most_parallel=1)
+    base = {"base_model": "efficientnet_lite0", "dataset_id": "d", "output_model": "m"}
+    params = {"base": base, "space": {"lr": {"log_uniform": [1e-4, 1e-2]}}, "trials": 4}
+    sweep = store.create("sweep", params, owner=None, client="address:x", limit=1)
+    context = JobContext(Storage(tmp_path), None, 10**6, lambda job_id, name: name)
+    checks = []
+
+    def should_stop() -> bool:  # stops the sweep on its third look: by then it has launched all it will
+        checks.append(len(sent))
+        return len(checks) >= 3
+
+    with pytest.raises(JobCancelled):
+        run_sweep(sweep["id"], params, lambda *args, **kwargs: None, should_stop, context, host)
+    assert len(sent) == 1, sent
+    for worker in ("w1", "w2", "w3"):
+        store.worker_gone(worker)
 
 
 def test_a_client_keeps_a_bounded_number_of_job_records_its_oldest_ended_ones_going_first(redis_server, tmp_path):

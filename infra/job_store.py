@@ -56,6 +56,11 @@ def _kept_key(client: str) -> str:
     return f"gazer:kept:{client}"
 
 
+def _children_key(parent: str) -> str:
+    """The jobs that job `parent` made (a sweep's trials), by when they were made."""
+    return f"gazer:children:{parent}"
+
+
 def _owned_key(owner: str) -> str:
     """API key `owner`'s jobs (a sweep's trials too), by when they were made: what it lists."""
     return f"gazer:owned:{owner}"
@@ -105,6 +110,8 @@ class JobStore:
             transaction.zadd(_INDEX, {fields["id"]: fields["created_at"]})
             if fields["owner"]:
                 transaction.zadd(_owned_key(fields["owner"]), {fields["id"]: fields["created_at"]})
+            if fields["parent"]:
+                transaction.zadd(_children_key(fields["parent"]), {fields["id"]: fields["created_at"]})
             if active:
                 transaction.sadd(active, fields["id"])
                 transaction.zadd(_kept_key(client), {fields["id"]: fields["created_at"]})
@@ -269,8 +276,7 @@ class JobStore:
             rows = reads.execute()
         expired = {job_id: client for job_id, (state, finished_at, client) in zip(candidates, rows)
                    if state is None or (state in TERMINAL and float(finished_at or 0) < finished_before)}
-        self._delete(expired)
-        return list(expired)
+        return self._delete(expired)
 
     def trim_finished(self, client: str, keep: int) -> list[str]:
         """Deletes the records of `client`'s oldest ended jobs until it keeps at most `keep`;
@@ -285,28 +291,46 @@ class JobStore:
                 reads.hget(_key(job_id), "state")
             states = reads.execute()
         ended = [job_id for job_id, state in zip(candidates, states) if state is None or state in TERMINAL]
-        trimmed = {job_id: client for job_id in ended[:excess]}
-        self._delete(trimmed)
-        return list(trimmed)
+        return self._delete({job_id: client for job_id in ended[:excess]})
 
-    def _delete(self, records: dict[str, str | None]) -> None:
+    def _delete(self, records: dict[str, str | None]) -> list[str]:
         """Job id -> its client: the records, their index entries and their place among the
-        client's and the owner's."""
+        client's, the owner's and the parent's, with the ended jobs each one made (a sweep's
+        trials, which count against no client); returns the ids of every record deleted."""
         if not records:
-            return
+            return []
+        records = {**records, **self._ended_children(records)}
         with self.redis.pipeline(transaction=False) as reads:
             for job_id in records:
-                reads.hget(_key(job_id), "owner")
-            owners = reads.execute()
+                reads.hmget(_key(job_id), ("owner", "parent"))
+            rows = reads.execute()
         with self.redis.pipeline(transaction=True) as writes:
-            writes.delete(*[_key(job_id) for job_id in records])
+            writes.delete(*[_key(job_id) for job_id in records], *[_children_key(job_id) for job_id in records])
             writes.zrem(_INDEX, *records)
-            for (job_id, client), owner in zip(records.items(), owners):
+            for (job_id, client), (owner, parent) in zip(records.items(), rows):
                 if client:
                     writes.zrem(_kept_key(client), job_id)
                 if owner:
                     writes.zrem(_owned_key(owner), job_id)
+                if parent:
+                    writes.zrem(_children_key(parent), job_id)
             writes.execute()
+        return list(records)
+
+    def _ended_children(self, parents: dict[str, str | None]) -> dict[str, None]:
+        """The jobs that `parents` made and that have ended (a trial still running keeps its
+        record until retention takes it)."""
+        with self.redis.pipeline(transaction=False) as reads:
+            for job_id in parents:
+                reads.zrange(_children_key(job_id), 0, -1)
+            children = [child for made in reads.execute() for child in made if child not in parents]
+        if not children:
+            return {}
+        with self.redis.pipeline(transaction=False) as reads:
+            for child in children:
+                reads.hget(_key(child), "state")
+            states = reads.execute()
+        return {child: None for child, state in zip(children, states) if state is None or state in TERMINAL}
 
     def worker_alive(self, worker: str) -> None:
         self.redis.zadd(_WORKERS, {worker: time.time()})

@@ -173,3 +173,27 @@ def test_a_client_keeps_a_bounded_number_of_job_records_its_oldest_ended_ones_go
     assert queue.store.exists(running) and queue.store.get(running)["state"] == "running"
     assert queue.store.redis.zcard("gazer:kept:key:erin") == 5 and queue.store.exists(other)
     assert [job_id for job_id in ended if queue.store.exists(job_id)] == []
+
+
+def test_a_trimmed_sweep_takes_its_ended_trials_with_it(redis_server, tmp_path):
+    """Trials count against no client: without their sweep's trim they would stay until
+    retention, however many sweeps its client submitted and cancelled."""
+    queue = JobQueue(redis_server.url, lease_seconds=60, visibility_timeout=3600)
+    storage = Storage(tmp_path)
+    host = SweepHost(queue.store, send=lambda job_id: None, redis_url=redis_server.url, most_parallel=15)
+
+    def submit(job_type: str) -> str:
+        return queue.submit(job_type, {}, "gina", "key:gina", limit=3, keep=1, storage=storage)["id"]
+
+    sweep = submit("sweep")
+    ended, running = (host.submit_trial(sweep, {}, "gina") for _ in range(2))
+    queue.store.cancel(ended)
+    assert queue.store.claim(running, "worker")
+    storage.job_artifacts(ended).mkdir(parents=True)
+    queue.store.cancel(sweep)
+    later = submit("fine_tune")  # gina keeps 1: her sweep goes, with its ended trial and that one's files
+    assert not queue.store.exists(sweep) and not queue.store.exists(ended)
+    assert not storage.job_artifacts(ended).exists()
+    assert queue.store.exists(running) and queue.store.exists(later)  # a running trial stays until retention
+    listed = [job["id"] for job in queue.store.list(owner="gina")]
+    assert ended not in listed and running in listed and later in listed

@@ -163,22 +163,50 @@ def cmd_predict(client: Client, args: argparse.Namespace) -> int:
 OVERLAY_SUFFIXES = {".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
 
 
+OVERLAY_ENDINGS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
+
+
 def cmd_explain(client: Client, args: argparse.Namespace) -> int:
-    outputs = ["overlay"] + (["heatmap"] if args.heatmap else [])
+    """One image: its overlay to the file -o names. Several: -o (and --heatmap) name folders,
+    each image's pictures named after it."""
+    images = [Path(image) for image in args.images]
+    if len(images) == 1:
+        explain_one(client, args, images[0], Path(args.output), Path(args.heatmap) if args.heatmap else None)
+        return 0
+    stems = [image.stem for image in images]
+    clash = next((stem for stem in stems if stems.count(stem) > 1), None)
+    if clash is not None:
+        raise SystemExit(f"gazer: two images are named {clash!r}, and with several images each overlay is named "
+                         f"after its image; rename one")
+    folders = [Path(args.output)] + ([Path(args.heatmap)] if args.heatmap else [])
+    for folder in folders:
+        if folder.exists() and not folder.is_dir():
+            raise SystemExit(f"gazer: {folder} is a file; with several images, -o and --heatmap name folders")
+        folder.mkdir(parents=True, exist_ok=True)
+    ending = OVERLAY_ENDINGS[args.format or "png"]
+    for image in images:
+        explain_one(client, args, image, folders[0] / f"{image.stem}{ending}",
+                    folders[1] / f"{image.stem}.png" if args.heatmap else None)
+    return 0
+
+
+def explain_one(client: Client, args: argparse.Namespace, image: Path, output: Path, heatmap: Path | None) -> None:
+    outputs = ["overlay"] + (["heatmap"] if heatmap else [])
     if sys.stderr.isatty():  # Score-CAM or IG on a large model takes a while: say what is running
-        print(f"explaining {args.image} ({args.method or 'the default method'} on {args.model})...", file=sys.stderr,
+        print(f"explaining {image} ({args.method or 'the default method'} on {args.model})...", file=sys.stderr,
               flush=True)
-    answer = client.explain(Path(args.image), args.model, args.method, args.target, args.layer,
+    answer = client.explain(image, args.model, args.method, args.target, args.layer,
                             resize=args.resize, outputs=outputs,
-                            overlay_format=OVERLAY_SUFFIXES.get(Path(args.output).suffix.lower(), "png"),
+                            overlay_format=args.format or OVERLAY_SUFFIXES.get(output.suffix.lower(), "png"),
                             **key_values(args.option, "--option"))
     explanation = answer.results[0].explanation
-    Path(args.output).write_bytes(explanation.overlay_image or b"")
-    if args.heatmap:
-        Path(args.heatmap).write_bytes(explanation.heatmap or b"")
+    output.write_bytes(explanation.overlay_image or b"")
+    if heatmap:
+        heatmap.write_bytes(explanation.heatmap or b"")
     target = explanation.target
-    print(f"{explanation.method}: class {class_name(target.index, target.label)} (p={target.probability:.4f}), "
-          f"layer {explanation.layer or '-'}, {explanation.timings_ms.get('model', 0):.0f} ms -> {args.output}")
+    named = f"{image.name}: " if len(args.images) > 1 else ""
+    print(f"{named}{explanation.method}: class {class_name(target.index, target.label)} (p={target.probability:.4f}), "
+          f"layer {explanation.layer or '-'}, {explanation.timings_ms.get('model', 0):.0f} ms -> {output}")
     if explanation.flat and explanation.gate is None:
         print("the map is flat (all zeros): this method found nothing to point at for this class at this layer; "
               "try another layer or method")
@@ -186,7 +214,6 @@ def cmd_explain(client: Client, args: argparse.Namespace) -> int:
         gate = explanation.gate
         print(f"gate {gate.min:.3f}..{gate.max:.3f} (mean {gate.mean:.3f})"
               + (": flat, so the map is all zeros" if gate.flat else ""))
-    return 0
 
 
 def cmd_compare(client: Client, args: argparse.Namespace) -> int:
@@ -465,8 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--top-k", "-k", type=int, default=None, help="classes per image (server default 5)")
     sub.add_argument("--resize", choices=("crop", "stretch"), default=None)
 
-    sub = command(commands, "explain", cmd_explain, "write one image's explanation overlay (PNG, JPEG or WebP)")
-    sub.add_argument("image", metavar="IMG")
+    sub = command(commands, "explain", cmd_explain, "write each image's explanation overlay (PNG, JPEG or WebP)")
+    sub.add_argument("images", nargs="+", metavar="IMG")
     model_flag(sub)
     sub.add_argument("--method", default=None, help="gradcam (default), cam, saliency, ... (see /docs)")
     sub.add_argument("--target", type=int, default=None, help="class index (default the top-1)")
@@ -474,10 +501,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                      help="a method option, e.g. steps=32 or baseline=blur; repeatable")
     sub.add_argument("--output", "-o", required=True,
-                     help="the overlay to write: PNG, or JPEG or WebP by its name's ending (.jpg, .webp)")
+                     help="the overlay to write: PNG, or JPEG or WebP by its name's ending (.jpg, .webp); with "
+                          "several images a folder, each overlay named after its image")
+    sub.add_argument("--format", choices=tuple(OVERLAY_ENDINGS), default=None,
+                     help="the overlay's format (default: by -o's ending; png for a folder)")
     sub.add_argument("--resize", choices=("crop", "stretch"), default=None,
                      help="crop (default): the model's own preprocessing; stretch: the whole image")
-    sub.add_argument("--heatmap", default=None, metavar="PATH", help="also write the grey heatmap PNG here")
+    sub.add_argument("--heatmap", default=None, metavar="PATH",
+                     help="also write the grey heatmap PNG here (with several images a folder)")
 
     sub = command(commands, "compare", cmd_compare, "one grid image of several methods' overlays")
     sub.add_argument("image", metavar="IMG")

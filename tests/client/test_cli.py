@@ -87,6 +87,24 @@ def test_explain_writes_the_overlay(live, photos, tmp_path):
         assert Image.open(tmp_path / name).format == format_
 
 
+def test_explain_of_several_images_writes_each_ones_pictures_into_folders(live, photos, tmp_path):
+    overlays, heatmaps = tmp_path / "overlays", tmp_path / "maps"
+    images = [str(photos["chelsea"]), str(photos["coffee"])]
+    done = gazer_cli(live, "explain", *images, "--method", "cam", "--format", "webp", "--heatmap", str(heatmaps),
+                     "-o", str(overlays))
+    assert done.returncode == 0, done.stderr
+    assert sorted(path.name for path in overlays.iterdir()) == ["chelsea.webp", "coffee.webp"]
+    assert sorted(path.name for path in heatmaps.iterdir()) == ["chelsea.png", "coffee.png"]
+    overlay = Image.open(overlays / "chelsea.webp")
+    assert overlay.format == "WEBP" and overlay.size == chelsea().size
+    assert Image.open(overlays / "coffee.webp").size == coffee().size
+    assert [line.split(":")[0] for line in done.stdout.splitlines()] == ["chelsea.jpg", "coffee.jpg"]
+    twice = gazer_cli(live, "explain", images[0], images[0], "-o", str(tmp_path / "again"))
+    assert twice.returncode != 0 and "two images are named 'chelsea'" in twice.stderr
+    into_a_file = gazer_cli(live, "explain", *images, "-o", str(overlays / "chelsea.webp"))
+    assert into_a_file.returncode != 0 and "name folders" in into_a_file.stderr
+
+
 def test_compare_writes_one_labelled_grid(live, photos, tmp_path):
     methods = ["cam", "gradcam", "saliency"]
     done = gazer_cli(live, "compare", str(photos["chelsea"]), "--methods", ",".join(methods),

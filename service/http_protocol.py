@@ -9,13 +9,21 @@ connection, so one address holding them all, idle, had every other client answer
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 
+# A refused connection is logged once per address in this many seconds, with the count since:
+# a line per connection would let one address write the log as fast as it can connect.
+REFUSALS_LOGGED_EVERY_SECONDS = 10.0
+_REFUSING_ADDRESSES = 4096  # addresses whose refusals are counted; beyond, all forgotten
+
+
 def guarded_protocol(header_seconds: float, linger_seconds: float, per_address: int) -> type[HttpToolsProtocol]:
     open_from: Counter[str] = Counter()  # this process's connections by peer address
+    refused: dict[str, tuple[float, int]] = {}  # address -> (when last logged, refused since)
 
     class DeadlineProtocol(HttpToolsProtocol):
         _deadline: asyncio.TimerHandle | None = None
@@ -40,13 +48,25 @@ def guarded_protocol(header_seconds: float, linger_seconds: float, per_address: 
             peer = transport.get_extra_info("peername")
             address = peer[0] if isinstance(peer, tuple) and peer else None
             if address is not None and open_from[address] >= per_address:
-                self.logger.info("closing a connection from %s, which holds %d already", address, per_address)
+                self._log_refusal(address)
                 transport.close()
                 return
             if address is not None:
                 open_from[address] += 1
                 self._counted = address
             self._arm(header_seconds, f"request headers took over {header_seconds:g} s")
+
+        def _log_refusal(self, address: str) -> None:
+            now = time.monotonic()
+            logged_at, since = refused.get(address, (float("-inf"), 0))
+            if now - logged_at < REFUSALS_LOGGED_EVERY_SECONDS:
+                refused[address] = (logged_at, since + 1)
+                return
+            if len(refused) >= _REFUSING_ADDRESSES and address not in refused:
+                refused.clear()
+            refused[address] = (now, 0)
+            self.logger.info("closing a connection from %s, which holds %d already%s", address, per_address,
+                             f" ({since} more refused since the last such line)" if since else "")
 
         def on_message_begin(self) -> None:
             super().on_message_begin()

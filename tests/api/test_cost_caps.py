@@ -272,6 +272,11 @@ def test_one_address_holds_at_most_its_share_of_the_connections(tmp_path):
                 fifth.settimeout(5)
                 started = time.perf_counter()
                 assert fifth.recv(1) == b"" and time.perf_counter() - started < 3  # closed, not at the header deadline
+            for _ in range(20):
+                with socket.create_connection(("127.0.0.1", service.port), timeout=30) as refused:
+                    refused.settimeout(5)
+                    assert refused.recv(1) == b""
+            assert service.log().count("closing a connection from 127.0.0.1,") == 1  # a line per 10 s, not each
             other = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=30)
             assert other.get(f"{service.url}/v1/models").status_code == 200
         finally:

@@ -2,8 +2,8 @@
 request has not finished its headers within the header deadline is closed (slowloris: a byte of
 headers every few seconds would hold it for ever). A request answered before its body was complete
 (401, 403, 408, 413, an early 503) gets the linger deadline to send the rest, which uvicorn reads
-and throws away, with no timeout of its own: then its connection is closed. And one address holds
-at most `per_address` connections of a process at once: uvicorn's limit counts every open
+and throws away, with no timeout of its own: then its connection is closed. And one address (an
+IPv6 one's /64) holds at most `per_address` connections of a process at once: uvicorn's limit counts every open
 connection, so one address holding them all, idle, had every other client answered 503."""
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import time
 from collections import Counter
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from service.addresses import address_group
 
 
 # A refused connection is logged once per address in this many seconds, with the count since:
@@ -46,7 +48,7 @@ def guarded_protocol(header_seconds: float, linger_seconds: float, per_address: 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             peer = transport.get_extra_info("peername")
-            address = peer[0] if isinstance(peer, tuple) and peer else None
+            address = address_group(peer[0]) if isinstance(peer, tuple) and peer else None
             if address is not None and open_from[address] >= per_address:
                 self._log_refusal(address)
                 transport.close()

@@ -14,6 +14,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core.errors import GazerError
+from service.addresses import address_group
 from service.auth import Caller, KeyStore, authenticate
 from service.errors import gazer_error_response
 
@@ -107,7 +108,7 @@ def client_id(caller: Caller, request: Request) -> str:
 def _client(caller: Caller, address: str | None) -> str:
     if caller.owner is not None:
         return key_client(caller.owner)
-    return f"address:{address or 'unknown'}"
+    return f"address:{address_group(address) if address else 'unknown'}"
 
 
 def key_client(owner: str) -> str:

@@ -254,6 +254,19 @@ def test_x_forwarded_for_does_not_change_who_a_client_is(tmp_path):
         assert [answer.status_code for answer in answers] == [200, 200, 429], [a.text for a in answers]
 
 
+def test_a_trusted_proxy_names_the_client_and_an_ipv6_client_is_its_64(tmp_path):
+    """Behind GAZER_TRUSTED_PROXIES each forwarded address has its own limits, but a host may
+    take any address of its IPv6 /64: the addresses of one /64 share them."""
+    with LiveService(tmp_path, trusted_proxies="127.0.0.1", requests_per_second=0.01, request_burst=1) as service:
+        def status(forwarded_for: str) -> int:
+            return httpx.get(f"{service.url}/v1/models", headers={"X-Forwarded-For": forwarded_for}, timeout=30
+                             ).status_code
+
+        assert [status(address) for address in ("10.9.9.1", "10.9.9.2", "10.9.9.1")] == [200, 200, 429]
+        assert [status(address) for address in ("2001:db8::1", "2001:db8::ffff:2", "2001:db8:0:1::1")] == [
+            200, 429, 200]
+
+
 def test_one_address_holds_at_most_its_share_of_the_connections(tmp_path):
     """Idle connections from one address, as many as uvicorn's limit, had every client answered
     503; past GAZER_MAX_CONNECTIONS_PER_ADDRESS they are closed at once, and other addresses served."""

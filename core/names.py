@@ -23,3 +23,6 @@ MAX_TOP_K = 1000
 
 # What explain can return: PNGs of the map alone and over the photo, and the raw map.
 OUTPUTS = ("heatmap", "overlay", "map")
+# The longer side a large JPEG keeps when it is decoded at a smaller scale (core.imaging), for
+# the pictures of an explanation.
+PICTURE_SIDE = 1000

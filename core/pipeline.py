@@ -208,7 +208,7 @@ def explain(model: LoadedModel, images: list[Image.Image], method_name: str,
             overlay_format: str = "jpeg") -> list[ImageResult]:
     """`options`: the method's own (its `Options`); one it does not take is refused.
     `outputs`: `heatmap` (a grey PNG) and `overlay` (in `overlay_format`, see
-    encoding.IMAGE_FORMATS) the image's size, `map` the raw [0, 1] map at the explained
+    encoding.IMAGE_FORMATS) the decoded image's size, `map` the raw [0, 1] map at the explained
     layer's (or the input's) resolution. `resize`: see imaging.RESIZE_MODES.
     `faithfulness`: each map's deletion and insertion scores, on ONNX Runtime."""
     method, checked, layer = _plan(model, method_name, layer, options)

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.names import DEFAULT_MODEL  # noqa: F401  (the clients' default, from its one place)
-from core.names import FLAT_GATE_RANGE
+from core.names import FLAT_GATE_RANGE, PICTURE_SIDE
 
 
 class ModelRef(BaseModel):
@@ -50,10 +50,12 @@ class Explanation(BaseModel):
     method: str
     target: Prediction
     layer: str | None = Field(description="the layer explained; null for input-gradient methods")
-    heatmap_png: str | None = Field(description="base64 8-bit grey PNG, the uploaded image's size; "
-                                                "255 = most important, 0 outside the model's centre crop")
+    heatmap_png: str | None = Field(description="base64 8-bit grey PNG, the uploaded image's size (a large JPEG's: "
+                                                "the 1/2, 1/4 or 1/8 of it that it was decoded at, at least "
+                                                f"{PICTURE_SIDE} px on its longer side); 255 = most important, 0 "
+                                                "outside the model's centre crop")
     overlay: str | None = Field(description="base64 image in `overlay_format`: the colour-mapped heatmap blended "
-                                            "over the uploaded image, the image's size")
+                                            "over the uploaded image, the heatmap's size")
     overlay_format: Literal["jpeg", "png", "webp"] | None = Field(description="the overlay's format; null without one")
     map: list[list[float]] | None = Field(None, description="with outputs=map: the raw [0, 1] map at the "
                                                              "explained layer's or the input's resolution")

@@ -136,7 +136,8 @@ def explain_dataset(config: ExplainDatasetConfig, model: LoadedModel, datasets_d
             for index in range(start, min(start + config.batch_size, len(items))):
                 path, label = items[index]
                 try:
-                    decoded[index] = imaging.decode_image(path.read_bytes(), max_image_pixels)
+                    decoded[index] = imaging.decode_image(path.read_bytes(), max_image_pixels,
+                                                          imaging.needed_sides(model.spec))
                 except GazerError as error:
                     file = f"{classes[label]}/{path.name}"
                     table.writerow({"file": file, "uploaded_as": uploaded_as.get(file, file), "class": classes[label],

@@ -19,7 +19,7 @@ from core import cancellation, parallel, pipeline
 from core.encoding import MEDIA_TYPES
 from core.errors import InvalidRequest
 from core.explain.faithfulness import DEFAULT_STEPS, Faithfulness
-from core.imaging import declared_pixels, decode_images, preprocess
+from core.imaging import declared_pixels, decode_images, needed_sides, preprocess
 from core.models.spec import ModelSpec
 from core.names import MAX_INDEX, MAX_TOP_K, OUTPUTS
 from schemas import models as wire
@@ -76,15 +76,16 @@ def _base64(blob: bytes | None) -> str | None:
 
 
 def _decode_all(blobs: list[bytes], names: list[str | None], settings: Settings, on_stage: pipeline.OnStage,
-                declared: list[int] | None = None) -> list:
+                spec: ModelSpec, declared: list[int] | None = None) -> list:
     started = time.perf_counter()
-    images = decode_images(blobs, settings.max_image_pixels, settings.max_request_pixels, names, declared)
+    images = decode_images(blobs, settings.max_image_pixels, settings.max_request_pixels, names, declared,
+                           needed_sides(spec))
     on_stage("decode", time.perf_counter() - started)
     return images
 
 
 async def _decoded_and_explained(request: Request, blobs: list[bytes], declared: list[int], names: list[str | None],
-                                 settings: Settings, on_stage: pipeline.OnStage, what: str,
+                                 settings: Settings, on_stage: pipeline.OnStage, spec: ModelSpec, what: str,
                                  explain: Callable[[list], list[pipeline.ImageResult]]) -> list[pipeline.ImageResult]:
     """`blobs` decoded on the CPU pool, then explained on one of the explanation threads; dropped
     where its client has gone."""
@@ -95,7 +96,7 @@ async def _decoded_and_explained(request: Request, blobs: list[bytes], declared:
 
         try:
             images = await asyncio.wrap_future(parallel.submit(
-                lambda: _decode_all(blobs, names, settings, on_stage, declared)))
+                lambda: _decode_all(blobs, names, settings, on_stage, spec, declared)))
             return await anyio.to_thread.run_sync(work, images, limiter=request.app.state.explanation_threads)
         except cancellation.ClientGone as gone_error:
             log.info("%s dropped: %s", what, gone_error.detail)
@@ -133,7 +134,7 @@ async def predict(request: Request, model: ModelDep, settings: SettingsDep, metr
         on_stage = metrics.stage_recorder(model.spec.id)
 
         def prepare() -> np.ndarray:
-            images = _decode_all(blobs, [upload.filename for upload in file], settings, on_stage)
+            images = _decode_all(blobs, [upload.filename for upload in file], settings, on_stage, model.spec)
             started = time.perf_counter()
             batch, _ = preprocess(images, model.spec, resize)
             on_stage("preprocess", time.perf_counter() - started)
@@ -239,7 +240,7 @@ async def explain(
             metrics.batch_size.labels("explain").observe(len(blobs))
             on_stage = metrics.stage_recorder(model.spec.id)
             results = await _decoded_and_explained(
-                request, blobs, declared, [upload.filename for upload in file], settings, on_stage,
+                request, blobs, declared, [upload.filename for upload in file], settings, on_stage, model.spec,
                 f"{method} on {model.spec.ref}",
                 lambda images: pipeline.explain(model, images, method, target, layer, options, top_k, wanted,
                                                 resize, faithfulness, on_stage, overlay_format))

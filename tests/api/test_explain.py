@@ -71,6 +71,18 @@ def test_tiny_and_thin_images_get_a_full_heatmap(client, width, height):
     assert heatmap.max() == 255
 
 
+def test_a_large_jpegs_pictures_come_at_the_scale_it_was_decoded_at_and_predict_agrees(client):
+    """2400 x 1600 decodes at half its size (core.imaging.needed_sides), for predict as for explain."""
+    photo = encode(chelsea().resize((2400, 1600), Image.Resampling.BICUBIC))
+    explanation = explain(client, [upload(photo)], method="cam").json()["results"][0]
+    assert decode_png(base64.b64decode(explanation["explanation"]["heatmap_png"])).shape == (800, 1200)
+    assert decode_picture(base64.b64decode(explanation["explanation"]["overlay"]), "jpeg").shape == (800, 1200, 3)
+    predicted = client.post(f"/v1/models/{MODEL}/predict", files=[upload(photo)]).json()["results"][0]
+    top, explained_top = predicted["predictions"][0], explanation["predictions"][0]
+    assert top["index"] == explained_top["index"] in range(281, 286)
+    assert top["probability"] == pytest.approx(explained_top["probability"], abs=1e-5)
+
+
 def test_stretch_explains_the_whole_image(client, chelsea_jpeg):
     """Nothing is cropped, so the map reaches the left and right edges the centre crop cuts."""
     body = explain(client, [upload(chelsea_jpeg)], method="gradcam", resize="stretch").json()

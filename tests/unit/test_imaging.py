@@ -9,9 +9,10 @@ import pytest
 from PIL import Image
 
 from core.errors import GazerError, ImageTooLarge, InvalidImage
-from core.imaging import (JET, MAX_JPEG_SCANS, CropBox, crop_box, decode_image, decode_images, overlay, preprocess,
-                          resize_map)
+from core.imaging import (JET, MAX_JPEG_SCANS, CropBox, crop_box, decode_image, decode_images,
+                          needed_sides, overlay, preprocess, resize_map)
 from core.models.catalog import builtin_spec
+from core.names import PICTURE_SIDE
 from support import chelsea, encode, foolbox_imagenet_photos, with_last_scan_repeated
 
 
@@ -151,3 +152,33 @@ def test_the_overlay_is_half_photo_half_jet_colour_inside_the_crop_box_and_the_p
     expected = pixels.copy()
     expected[top:bottom, left:right] = (pixels[top:bottom, left:right] >> 1) + (JET[heat[top:bottom, left:right]] >> 1)
     assert blended.dtype == np.uint8 and np.array_equal(blended, expected)
+
+
+def test_a_large_jpeg_decodes_at_the_smallest_scale_that_keeps_what_the_model_and_the_pictures_need():
+    spec = builtin_spec("efficientnet_lite0")
+    shorter, longer = needed_sides(spec)
+    assert shorter == 2 * (spec.input_size + spec.resize_margin) and longer == PICTURE_SIDE
+    photo = chelsea().resize((4032, 3024), Image.Resampling.BICUBIC)
+    assert decode_image(encode(photo), 10**8, (shorter, longer)).size == (1008, 756)  # 1/4
+    assert decode_image(encode(photo.transpose(Image.Transpose.ROTATE_90)), 10**8, (shorter, longer)).size == (756, 1008)
+    assert decode_image(encode(photo.resize((2400, 1800))), 10**8, (shorter, longer)).size == (1200, 900)  # 1/2
+    assert decode_image(encode(photo.resize((1500, 1000))), 10**8, (shorter, longer)).size == (1500, 1000)
+    assert decode_image(encode(photo, "PNG"), 10**8, (shorter, longer)).size == (4032, 3024)  # only JPEGs
+    assert decode_image(encode(photo), 10**8).size == (4032, 3024)  # asked for nothing: the whole image
+
+
+def test_the_model_input_of_a_jpeg_decoded_smaller_moves_as_little_as_reducing_gap_moves_it():
+    """Against an exact resize of the whole decoded photo, within 3 pixel levels both ways."""
+    spec = builtin_spec("efficientnet_lite0")
+    blob = encode(chelsea().resize((4032, 3024), Image.Resampling.BICUBIC), quality=90)
+    whole = decode_image(blob, 10**8)
+    smaller = decode_image(blob, 10**8, needed_sides(spec))
+    inputs, boxes = preprocess([whole, smaller], spec)
+    box = boxes[0]
+    exact = np.asarray(whole.resize((spec.input_size,) * 2, Image.Resampling.BICUBIC,
+                                    box=(box.left, box.top, box.right, box.bottom)), dtype=np.float32)
+    exact = (exact.transpose(2, 0, 1) - np.asarray(spec.mean, np.float32)[:, None, None]) \
+        / np.asarray(spec.std, np.float32)[:, None, None]
+    levels = [np.abs(one - exact).max() * max(spec.std) for one in inputs]
+    assert max(levels) <= 4, levels
+

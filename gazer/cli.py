@@ -159,10 +159,8 @@ def cmd_predict(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-# the overlay's format, from the name it is written to
+# the overlay's format, from the name it is written to; and the name's ending for a format
 OVERLAY_SUFFIXES = {".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
-
-
 OVERLAY_ENDINGS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
 
 

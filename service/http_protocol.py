@@ -3,8 +3,9 @@ request has not finished its headers within the header deadline is closed (slowl
 headers every few seconds would hold it for ever). A request answered before its body was complete
 (401, 403, 408, 413, an early 503) gets the linger deadline to send the rest, which uvicorn reads
 and throws away, with no timeout of its own: then its connection is closed. And one address (an
-IPv6 one's /64) holds at most `per_address` connections of a process at once: uvicorn's limit counts every open
-connection, so one address holding them all, idle, had every other client answered 503."""
+IPv6 one's /64) holds at most `per_address` connections of a process at once: uvicorn's limit
+counts every open connection, so one address holding them all, idle, had every other client
+answered 503."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from collections import Counter
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from service.addresses import address_group
-
 
 # A refused connection is logged once per address in this many seconds, with the count since:
 # a line per connection would let one address write the log as fast as it can connect.

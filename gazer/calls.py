@@ -238,8 +238,15 @@ def artifacts(job_id: str) -> Call[ArtifactList]:
     return Call("GET", f"/v1/jobs/{_segment(job_id)}/artifacts", _reader(ArtifactList))
 
 
+class StreamExpired(Exception):
+    """The server ended a job's event stream at its time limit (GAZER_EVENT_STREAM_SECONDS):
+    connect again."""
+
+
 class EventParser:
-    """Server-sent events, fed one line at a time (without its line break)."""
+    """Server-sent events, fed one line at a time (without its line break). A job's events are
+    returned; `expired` raises StreamExpired, and `error` (the job store cannot be read) the
+    problem it carries as ApiError."""
 
     def __init__(self) -> None:
         self._kind = "message"
@@ -249,9 +256,13 @@ class EventParser:
         if line == "":
             if not self._data:
                 return None
-            event = JobEvent(self._kind, Job.model_validate(json.loads("\n".join(self._data))))
+            kind, data = self._kind, json.loads("\n".join(self._data))
             self._kind, self._data = "message", []
-            return event
+            if kind == "expired":
+                raise StreamExpired(data.get("detail", "the event stream expired"))
+            if kind == "error":
+                raise ApiError.from_problem(data, 503)
+            return JobEvent(kind, Job.model_validate(data))
         if line.startswith(":"):
             return None
         name, _, value = line.partition(":")

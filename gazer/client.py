@@ -150,7 +150,16 @@ class Client:
         return job
 
     def events(self, job_id: str) -> Iterator[JobEvent]:
-        """The job's server-sent events until its `end` event."""
+        """The job's server-sent events until its `end` event, over as many streams as that
+        takes (each lasts the server's GAZER_EVENT_STREAM_SECONDS)."""
+        while True:
+            try:
+                yield from self._event_stream(job_id)
+                return
+            except calls.StreamExpired:
+                continue
+
+    def _event_stream(self, job_id: str) -> Iterator[JobEvent]:
         call = calls.events(job_id)
         with self._http.stream(**call.request(), timeout=STREAM_TIMEOUT) as response:
             if response.is_error:
@@ -266,6 +275,15 @@ class AsyncClient:
         return job
 
     async def events(self, job_id: str) -> AsyncIterator[JobEvent]:
+        while True:
+            try:
+                async for event in self._event_stream(job_id):
+                    yield event
+                return
+            except calls.StreamExpired:
+                continue
+
+    async def _event_stream(self, job_id: str) -> AsyncIterator[JobEvent]:
         call = calls.events(job_id)
         async with self._http.stream(**call.request(), timeout=STREAM_TIMEOUT) as response:
             if response.is_error:

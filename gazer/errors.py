@@ -32,9 +32,15 @@ class ApiError(Exception):
             body = None
         if not isinstance(body, dict):
             return cls("about:blank", response.reason_phrase, response.status_code, response.text[:500])
+        return cls.from_problem(body, response.status_code, response.reason_phrase)
+
+    @classmethod
+    def from_problem(cls, body: dict[str, Any], status: int = 500, title: str = "Error") -> "ApiError":
+        """From a problem's fields (an answer's body, or an event stream's `error`); `status`
+        and `title` where it names none."""
         extras = {key: value for key, value in body.items() if key not in PROBLEM_FIELDS}
-        return cls(str(body.get("type", "about:blank")), str(body.get("title", response.reason_phrase)),
-                   int(body.get("status", response.status_code)), str(body.get("detail", "")), extras)
+        return cls(str(body.get("type", "about:blank")), str(body.get("title", title)),
+                   int(body.get("status", status)), str(body.get("detail", "")), extras)
 
     def problem(self) -> dict[str, Any]:
         """The problem as the server sent it."""

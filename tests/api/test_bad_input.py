@@ -199,6 +199,15 @@ def test_an_option_the_method_does_not_take_is_422_naming_it(client, method, opt
     assert f"{method} takes no option {option!r}" in body["detail"]
 
 
+@pytest.mark.parametrize("field", ["step", "foo"])
+def test_a_field_no_method_takes_is_422_naming_it_not_dropped(client, field):
+    """A misspelled option (`step`) was dropped by the form, and the method ran at its default."""
+    body = assert_problem(client.post(EXPLAIN, files=[upload(encode(chelsea()))],
+                                      data={"method": "integrated_gradients", field: "4"}), 422, "invalid-request")
+    assert body["errors"][0]["field"] == field and f"unknown field {field!r}" in body["detail"]
+    assert {"steps", "method", "file", "outputs"} <= set(body["valid"])
+
+
 @pytest.mark.parametrize("path", [PREDICT, EXPLAIN])
 def test_unknown_resize_is_422_listing_the_valid_ones(client, path):
     body = assert_problem(client.post(path, files=[upload(encode(chelsea()))], data={"resize": "squeeze"}),

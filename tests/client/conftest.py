@@ -12,9 +12,14 @@ from support import chelsea, coffee, encode
 from tests.live_service import LiveService
 
 
+# Event streams end after this long (`event: expired`), so that following a job of more than a few
+# seconds, as the fine-tunes here take, goes over several streams as an hour-long job's would.
+EVENT_STREAM_SECONDS = 4
+
+
 @pytest.fixture(scope="session")
 def live(tmp_path_factory):
-    with LiveService(tmp_path_factory.mktemp("gazer-live")) as service:
+    with LiveService(tmp_path_factory.mktemp("gazer-live"), event_stream_seconds=EVENT_STREAM_SECONDS) as service:
         yield service
 
 

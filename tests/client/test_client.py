@@ -7,17 +7,20 @@ import asyncio
 import contextlib
 import io
 import re
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from gazer.calls import EventParser
 from gazer.client import ApiError, AsyncClient
 from gazer.results import ExplainResponse, JobEvent
 from schemas.models import PredictResponse
 from support import chelsea, encode, shapes_archive
 from tests.api.test_model_refusals import onnx_classifier
+from tests.client.conftest import EVENT_STREAM_SECONDS
 
 CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 
@@ -82,6 +85,34 @@ def test_a_bad_file_is_one_error_type_with_the_problem_fields(gazer, photos):
     with pytest.raises(ApiError) as raised:
         gazer.model("no-such-model")
     assert raised.value.status == 404 and raised.value.problem()["type"] == "/problems/unknown-model"
+
+
+def test_following_a_job_outlasts_the_servers_event_streams(gazer):
+    """Each stream ends with `event: expired` after EVENT_STREAM_SECONDS; events() connects again
+    until the job's `end`, as `gazer jobs follow` and the fine-tune commands do."""
+    job = gazer.activation_maximization({"class": 130}, steps=100000, size=64)
+    started, cancelled = time.monotonic(), False
+    try:
+        for event in gazer.events(job.id):
+            if event.kind == "end":
+                break
+            if time.monotonic() - started > 2.5 * EVENT_STREAM_SECONDS and not cancelled:
+                gazer.cancel(job.id)  # past two streams' ends: now let it end
+                cancelled = True
+    finally:
+        with contextlib.suppress(ApiError):
+            gazer.cancel(job.id)
+    assert cancelled and event.kind == "end" and event.job.state == "cancelled"
+
+
+def test_an_event_streams_error_is_raised_as_the_problem_it_carries():
+    parser = EventParser()
+    for line in ("event: error", 'data: {"type": "/problems/queue-unavailable", "title": "Service Unavailable", '
+                                 '"status": 503, "detail": "the job store cannot be read now"}'):
+        assert parser.feed(line) is None
+    with pytest.raises(ApiError) as raised:
+        parser.feed("")
+    assert raised.value.status == 503 and raised.value.type == "/problems/queue-unavailable"
 
 
 def test_async_client_predicts_follows_a_job_and_fetches_its_artifacts(live):

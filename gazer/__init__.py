@@ -1,0 +1,7 @@
+"""The Python client of Gazer: `from gazer import Client` (or AsyncClient); an error answer is
+raised as ApiError."""
+
+from gazer.client import AsyncClient, Client
+from gazer.errors import ApiError
+
+__all__ = ["ApiError", "AsyncClient", "Client"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import mimetypes
+import numbers
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,9 +75,18 @@ def _segment(value: str) -> str:
 
 
 def _given(**fields: Any) -> dict[str, Any]:
-    """Form fields without the unset ones; lists become repeated fields."""
-    return {name: list(value) if isinstance(value, tuple) else value
+    """Form fields without the unset ones; lists and tuples become repeated fields."""
+    return {name: [_plain(item) for item in value] if isinstance(value, (tuple, list)) else _plain(value)
             for name, value in fields.items() if value is not None}
+
+
+def _plain(value: Any) -> Any:
+    """numpy's numbers (what argmax gives) as Python's, the only ones httpx sends."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    return value
 
 
 def image_file(image: ImageInput, index: int) -> tuple[str, tuple[str, bytes, str]]:
@@ -119,16 +129,16 @@ def predict(images: ImageInput | Iterable[ImageInput], model: str = DEFAULT_MODE
 
 def explain(images: ImageInput | Iterable[ImageInput], model: str = DEFAULT_MODEL, method: str | None = None,
             target: int | list[int] | None = None, layer: str | None = None, top_k: int | None = None,
-            resize: str | None = None, faithfulness: bool | None = None, outputs: Iterable[str] | None = None,
+            resize: str | None = None, faithfulness: bool | None = None, outputs: str | Iterable[str] | None = None,
             overlay_format: str | None = None, **options: Any) -> Call[ExplainResponse]:
-    """`overlay_format`: jpeg (the server's default), png or webp. `options`: the method's own
+    """`outputs`: "heatmap", "map", ... or several. `overlay_format`: jpeg (the server's default), png or webp. `options`: the method's own
     (steps, baseline, samples, noise, window, stride, masks, seed, cells, p); GET /docs lists
     which method takes which."""
     files = [image_file(image, index) for index, image in enumerate(_images(images))]
-    data = _given(method=method, target=[target] if isinstance(target, int) else target, layer=layer,
+    data = _given(method=method, target=[target] if isinstance(target, numbers.Integral) else target, layer=layer,
                   top_k=top_k, resize=resize, faithfulness=faithfulness,
-                  outputs=",".join(outputs) if outputs is not None else None, overlay_format=overlay_format,
-                  **options)
+                  outputs=outputs if outputs is None or isinstance(outputs, str) else ",".join(outputs),
+                  overlay_format=overlay_format, **options)
     return Call("POST", f"/v1/models/{_segment(model)}/explain", _reader(ExplainResponse), data=data, files=files)
 
 

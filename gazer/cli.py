@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import sys
@@ -160,15 +161,34 @@ def cmd_predict(client: Client, args: argparse.Namespace) -> int:
 
 
 # the overlay's format, from the name it is written to; and the name's ending for a format
-OVERLAY_SUFFIXES = {".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
+OVERLAY_SUFFIXES = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
 OVERLAY_ENDINGS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
+# Client.explain's own arguments: what --option may not name
+EXPLAIN_ARGUMENTS = set(inspect.signature(Client.explain).parameters) - {"self", "options"} | {"overlay_format"}
+
+
+def picture_format(path: Path, chosen: str | None = None) -> str:
+    """`chosen`, else the format `path`'s ending names (PNG without one); a usage error for an
+    ending that names another format (.gif was written as PNG)."""
+    if chosen is not None:
+        return chosen
+    if path.suffix and path.suffix.lower() not in OVERLAY_SUFFIXES:
+        raise SystemExit(f"gazer: {path} names no picture format written here: end it in .png, .jpg or .webp "
+                         f"(or give --format)")
+    return OVERLAY_SUFFIXES.get(path.suffix.lower(), "png")
 
 
 def cmd_explain(client: Client, args: argparse.Namespace) -> int:
     """One image: its overlay to the file -o names. Several: -o (and --heatmap) name folders,
     each image's pictures named after it."""
     images = [Path(image) for image in args.images]
+    options = key_values(args.option, "--option")
+    taken = sorted(set(options) & EXPLAIN_ARGUMENTS)
+    if taken:
+        raise SystemExit(f"gazer: --option {taken[0]}=...: --option is for a method's own options (steps=32, "
+                         f"baseline=blur, ...); {taken[0]} is not one of them (see gazer explain --help)")
     if len(images) == 1:
+        picture_format(Path(args.output), args.format)
         explain_one(client, args, images[0], Path(args.output), Path(args.heatmap) if args.heatmap else None)
         return 0
     stems = [image.stem for image in images]
@@ -195,7 +215,7 @@ def explain_one(client: Client, args: argparse.Namespace, image: Path, output: P
               flush=True)
     answer = client.explain(image, args.model, args.method, args.target, args.layer,
                             resize=args.resize, outputs=outputs,
-                            overlay_format=args.format or OVERLAY_SUFFIXES.get(output.suffix.lower(), "png"),
+                            overlay_format=picture_format(output, args.format),
                             **key_values(args.option, "--option"))
     explanation = answer.results[0].explanation
     output.write_bytes(explanation.overlay_image or b"")
@@ -218,6 +238,7 @@ def cmd_compare(client: Client, args: argparse.Namespace) -> int:
     methods = [method.strip() for method in args.methods.split(",") if method.strip()]
     if not methods:
         raise SystemExit("gazer: --methods names at least one method")
+    picture_format(Path(args.output))
     tiles, target = [], args.target
     for method in methods:
         explanation = client.explain(Path(args.image), args.model, method, target, args.layer, outputs=["overlay"],
@@ -226,7 +247,7 @@ def cmd_compare(client: Client, args: argparse.Namespace) -> int:
         milliseconds = explanation.timings_ms.get("model", 0.0)
         tiles.append(grid.Tile(explanation.overlay_image or b"", f"{method}  {milliseconds:.0f} ms"))
         print(f"{method}: class {class_name(target, explanation.target.label)}, {milliseconds:.0f} ms")
-    grid.grid(tiles).save(args.output, format="PNG")
+    grid.grid(tiles).save(args.output, format=picture_format(Path(args.output)).upper())
     print(f"-> {args.output}")
     return 0
 
@@ -271,8 +292,11 @@ def fine_tune_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def submitted(client: Client, job: Job, args: argparse.Namespace) -> int:
+    if args.no_follow:  # the id alone, for a script: J=$(gazer finetune ... --no-follow)
+        print(job.id)
+        return 0
     print(f"job {job.id} {job.state}", flush=True)
-    return 0 if args.no_follow else follow(client, job.id, args.url)
+    return follow(client, job.id, args.url)
 
 
 def cmd_finetune(client: Client, args: argparse.Namespace) -> int:
@@ -425,6 +449,11 @@ def describe_end(job: Job) -> str:
         accuracy = (job.result.get("metrics") or {}).get("val_accuracy")
         scored = f" (val_accuracy {accuracy:.3f})" if isinstance(accuracy, (int, float)) else ""
         return f"job {job.id} succeeded: model {made['id']}@{made['version']}{scored}"
+    if job.state == "succeeded" and job.type == "sweep" and job.result and job.result.get("output_model"):
+        made, best = job.result["output_model"], job.result.get("best") or {}
+        scored = f" (trial {best['number']}, {job.result.get('metric')} {best['value']:.3f})" \
+            if isinstance(best.get("value"), (int, float)) else ""
+        return f"job {job.id} succeeded: model {made['id']}@{made['version']}{scored}; every trial: gazer jobs show {job.id}"
     if job.error:
         return f"job {job.id} {job.state}: {job.error.get('detail', job.error)}"
     if job.state == "succeeded" and job.result:
@@ -482,7 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--model", "-m", default=DEFAULT_MODEL, help="NAME or NAME@VERSION (default %(default)s)")
 
     def no_follow_flag(sub: argparse.ArgumentParser) -> None:  # the job commands follow their job unless told
-        sub.add_argument("--no-follow", action="store_true", help="submit, print the job id and return")
+        sub.add_argument("--no-follow", action="store_true", help="submit, print the job id alone and return")
 
     sub = command(commands, "predict", cmd_predict, "top classes of each image, as a table")
     sub.add_argument("images", nargs="+", metavar="IMG")

@@ -105,6 +105,20 @@ def test_explain_of_several_images_writes_each_ones_pictures_into_folders(live, 
     assert into_a_file.returncode != 0 and "name folders" in into_a_file.stderr
 
 
+def test_explain_and_compare_refuse_what_they_cannot_write_and_options_that_are_flags(live, photos, tmp_path):
+    for args in (["explain", str(photos["chelsea"]), "-o", str(tmp_path / "x.gif")],
+                 ["compare", str(photos["chelsea"]), "--methods", "cam", "-o", str(tmp_path / "x.bmp")]):
+        refused = gazer_cli(live, *args)
+        assert refused.returncode != 0 and "names no picture format" in refused.stderr, refused.stderr
+    for option in ("outputs=map", "method=saliency", "overlay_format=png"):
+        refused = gazer_cli(live, "explain", str(photos["chelsea"]), "--option", option, "-o", str(tmp_path / "x.png"))
+        assert refused.returncode != 0 and "is for a method's own options" in refused.stderr, refused.stderr
+        assert "Traceback" not in refused.stderr
+    assert not list(tmp_path.iterdir())
+    compared = gazer_cli(live, "compare", str(photos["chelsea"]), "--methods", "cam", "-o", str(tmp_path / "g.jpg"))
+    assert compared.returncode == 0 and Image.open(tmp_path / "g.jpg").format == "JPEG", compared.stderr
+
+
 def test_compare_writes_one_labelled_grid(live, photos, tmp_path):
     methods = ["cam", "gradcam", "saliency"]
     done = gazer_cli(live, "compare", str(photos["chelsea"]), "--methods", ",".join(methods),
@@ -222,15 +236,19 @@ def test_sweep_explain_dataset_maximize_and_the_management_commands(live, gazer,
     assert trials.stdout.count("fine-tune") == 2, trials.stdout
     versions = gazer_cli(live, "models", "versions", "cli-swept")
     assert versions.returncode == 0 and versions.stdout.splitlines()[1].split()[:2] == ["1", "efficientnet_lite0"]
+    assert "succeeded: model cli-swept@1 (trial" in swept.stdout  # the model it published, named
 
     explained = gazer_cli(live, "explain-dataset", dataset_id, "--method", "cam", "--faithfulness", timeout=300)
     assert explained.returncode == 0, explained.stdout + explained.stderr
     written = gazer_cli(live, "jobs", "artifacts", explained.stdout.split()[1], "-o", str(tmp_path / "maps"))
     assert written.returncode == 0 and {path.suffix for path in (tmp_path / "maps").iterdir()} >= {".csv", ".zip"}
 
-    maximized = gazer_cli(live, "maximize", "--class", "130", "--option", "steps=2", "--option", "size=64")
+    maximized = gazer_cli(live, "maximize", "--class", "130", "--option", "steps=2", "--option", "size=64",
+                          "--no-follow")
     assert maximized.returncode == 0, maximized.stdout + maximized.stderr
-    gazer_cli(live, "jobs", "artifacts", maximized.stdout.split()[1], "-o", str(tmp_path / "flamingo"))
+    job_id = maximized.stdout.strip()  # the id alone, for a script
+    assert gazer.wait(job_id, timeout=120).state == "succeeded"
+    gazer_cli(live, "jobs", "artifacts", job_id, "-o", str(tmp_path / "flamingo"))
     assert Image.open(tmp_path / "flamingo" / "target-0.png").size == (64, 64)
 
     for _ in range(2):

@@ -87,10 +87,21 @@ def test_a_bad_file_is_one_error_type_with_the_problem_fields(gazer, photos):
     assert raised.value.status == 404 and raised.value.problem()["type"] == "/problems/unknown-model"
 
 
+def test_numpy_numbers_and_one_output_named_as_a_string_are_sent_as_meant(gazer):
+    probabilities = np.array([0.1, 0.9])
+    answer = gazer.explain(encode(chelsea()), method="cam", target=np.int64(281) + np.argmax(probabilities) - 1,
+                           top_k=np.int64(2), outputs="map")
+    explanation = answer.results[0].explanation
+    assert explanation.target.index == 281 and len(answer.results[0].predictions) == 2
+    assert explanation.map_array is not None and explanation.heatmap is None and explanation.overlay_image is None
+    from gazer import Client  # the package names its client
+    assert Client is type(gazer)
+
+
 def test_following_a_job_outlasts_the_servers_event_streams(gazer):
     """Each stream ends with `event: expired` after EVENT_STREAM_SECONDS; events() connects again
     until the job's `end`, as `gazer jobs follow` and the fine-tune commands do."""
-    job = gazer.activation_maximization({"class": 130}, steps=100000, size=64)
+    job = gazer.activation_maximization({"class": 130}, steps=10000, size=64)
     started, cancelled = time.monotonic(), False
     try:
         for event in gazer.events(job.id):

@@ -151,9 +151,15 @@ def add_fine_tune_flags(parser: argparse.ArgumentParser) -> list[str]:
 
 
 def cmd_predict(client: Client, args: argparse.Namespace) -> int:
-    answer = client.predict([Path(image) for image in args.images], args.model, args.top_k, args.resize)
-    rows = [(Path(image).name, rank, p.index, p.label, round(p.probability, 4))
-            for image, result in zip(args.images, answer.results)
+    images = [Path(image) for image in args.images]
+    folder = next((image for image in images if image.is_dir()), None)
+    if folder is not None:
+        raise SystemExit(f"gazer: {folder} is a folder; name its images ({folder / '*.jpg'})")
+    names = [image.name for image in images]
+    shown = names if len(set(names)) == len(names) else [str(image) for image in images]  # a/0.jpg, b/0.jpg
+    answer = client.predict(images, args.model, args.top_k, args.resize)
+    rows = [(name, rank, p.index, p.label, f"{p.probability:.4f}")
+            for name, result in zip(shown, answer.results)
             for rank, p in enumerate(result.predictions, start=1)]
     print(f"model {answer.model.id}@{answer.model.version}")
     print(table(("image", "rank", "class", "label", "probability"), rows))
@@ -395,6 +401,16 @@ def cmd_models_show(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models_labels(client: Client, args: argparse.Namespace) -> int:
+    labels = client.model(args.name).labels
+    found = [(index, label) for index, label in enumerate(labels) if args.text.lower() in label.lower()]
+    if not found:
+        print(f"gazer: no class of {args.name} has {args.text!r} in its name", file=sys.stderr)
+        return 1
+    print(table(("class", "label"), found))
+    return 0
+
+
 def cmd_models_versions(client: Client, args: argparse.Namespace) -> int:
     found = client.versions(args.name)
     print(table(("version", "architecture", "state", "default", "description"),
@@ -616,6 +632,9 @@ def build_parser() -> argparse.ArgumentParser:
     models = group("models", "list, describe, upload, pin and delete models")
     command(models, "ls", cmd_models_ls, "list models")
     command(models, "show", cmd_models_show, "describe a model").add_argument("name", metavar="NAME")
+    sub = command(models, "labels", cmd_models_labels, "a model's classes by index (what --target counts)")
+    sub.add_argument("name", metavar="NAME")
+    sub.add_argument("text", nargs="?", default="", metavar="TEXT", help="only the labels holding TEXT (any case)")
     command(models, "versions", cmd_models_versions, "a model's versions").add_argument("name", metavar="NAME")
     sub = command(models, "pin", cmd_models_pin, "make a plain NAME mean VERSION (a rollback)")
     sub.add_argument("name", metavar="NAME")

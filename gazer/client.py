@@ -37,6 +37,11 @@ def default_url() -> str:
     return os.environ.get("GAZER_URL") or DEFAULT_URL
 
 
+def with_scheme(url: str) -> str:
+    """`localhost:8000` as http://localhost:8000 (httpx would read `localhost` as the scheme)."""
+    return url if "://" in url else f"http://{url}"
+
+
 def _auth_headers(api_key: str | None, headers: dict[str, str] | None) -> dict[str, str]:
     """`api_key` (default $GAZER_API_KEY) as a bearer token, beside the caller's headers."""
     key = api_key or os.environ.get("GAZER_API_KEY")
@@ -56,7 +61,7 @@ class Client:
 
     def __init__(self, url: str | None = None, *, timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
                  headers: dict[str, str] | None = None, api_key: str | None = None) -> None:
-        self.url = url or default_url()
+        self.url = with_scheme(url or default_url())
         self._http = httpx.Client(base_url=self.url, timeout=timeout, headers=_auth_headers(api_key, headers))
 
     def close(self) -> None:
@@ -186,7 +191,7 @@ class AsyncClient:
 
     def __init__(self, url: str | None = None, *, timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
                  headers: dict[str, str] | None = None, api_key: str | None = None) -> None:
-        self.url = url or default_url()
+        self.url = with_scheme(url or default_url())
         self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout, headers=_auth_headers(api_key, headers))
 
     async def aclose(self) -> None:

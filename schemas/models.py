@@ -97,6 +97,7 @@ class ModelSummary(BaseModel):
 
 
 class ModelDetail(ModelSummary):
+    labels: list[str] = Field(description="the class names, by index: what `target` counts")
     default_layer: str
     layers: list[str]
     methods: list[str]

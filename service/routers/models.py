@@ -114,7 +114,7 @@ def list_models(registry: RegistryDep) -> wire.ModelList:
 def describe_model(model: ModelDep, registry: RegistryDep) -> wire.ModelDetail:
     spec = model.spec
     return wire.ModelDetail(
-        **_summary(spec).model_dump(), default_layer=spec.cam_layer, layers=list(model.layers),
+        **_summary(spec).model_dump(), labels=list(spec.labels), default_layer=spec.cam_layer, layers=list(model.layers),
         methods=model.methods, default_method=pipeline.default_method(model), attention=model.attention,
         weights_digest=spec.weights_digest,
         status=registry.state(spec.ref)["state"],

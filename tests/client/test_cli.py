@@ -74,6 +74,17 @@ def test_predict_prints_a_table(live, photos):
     assert rows[0][2] in CAT_CLASSES and 0 < float(rows[0][-1]) <= 1
 
 
+def test_models_labels_finds_a_class_by_name_and_a_url_may_leave_out_its_scheme(live, photos):
+    found = gazer_cli(live, "models", "labels", "efficientnet_lite0", "TABBY")
+    assert found.returncode == 0 and found.stdout.splitlines()[1].split()[:2] == ["281", "tabby,"], found.stdout
+    assert gazer_cli(live, "models", "labels", "efficientnet_lite0", "no such thing").returncode == 1
+    schemeless = subprocess.run([sys.executable, "-m", "gazer", "models", "ls"], capture_output=True, text=True,
+                                env={**os.environ, "GAZER_URL": live.url.removeprefix("http://")}, timeout=60)
+    assert schemeless.returncode == 0 and "efficientnet_lite0" in schemeless.stdout, schemeless.stderr
+    folder = gazer_cli(live, "predict", str(photos["chelsea"].parent))
+    assert folder.returncode != 0 and "is a folder; name its images" in folder.stderr
+
+
 def test_explain_writes_the_overlay(live, photos, tmp_path):
     done = gazer_cli(live, "explain", str(photos["chelsea"]), "--method", "gradcam", "--target", "281",
                      "-o", str(tmp_path / "overlay.png"))

@@ -54,7 +54,7 @@ def test_explain_decodes_the_pictures_and_the_map(gazer, photos):
 
 def test_the_readmes_python_example_runs_as_written(live, photos, tmp_path, monkeypatch):
     readme = (Path(__file__).parents[2] / "README.md").read_text()
-    example = re.search(r"```python\n(from gazer.client import Client\n.*?)```", readme, re.S).group(1)
+    example = re.search(r"```python\n(from gazer import Client\n.*?)```", readme, re.S).group(1)
     (tmp_path / "cat.jpg").write_bytes(photos["chelsea"].read_bytes())
     monkeypatch.chdir(tmp_path)
     printed = io.StringIO()

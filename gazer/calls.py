@@ -131,9 +131,9 @@ def explain(images: ImageInput | Iterable[ImageInput], model: str = DEFAULT_MODE
             target: int | list[int] | None = None, layer: str | None = None, top_k: int | None = None,
             resize: str | None = None, faithfulness: bool | None = None, outputs: str | Iterable[str] | None = None,
             overlay_format: str | None = None, **options: Any) -> Call[ExplainResponse]:
-    """`outputs`: "heatmap", "map", ... or several. `overlay_format`: jpeg (the server's default), png or webp. `options`: the method's own
-    (steps, baseline, samples, noise, window, stride, masks, seed, cells, p); GET /docs lists
-    which method takes which."""
+    """`outputs`: one of heatmap, overlay, map, or several. `overlay_format`: jpeg (the server's
+    default), png or webp. `options`: the method's own (steps, baseline, samples, noise, window,
+    stride, masks, seed, cells, p); GET /docs lists which method takes which."""
     files = [image_file(image, index) for index, image in enumerate(_images(images))]
     data = _given(method=method, target=[target] if isinstance(target, numbers.Integral) else target, layer=layer,
                   top_k=top_k, resize=resize, faithfulness=faithfulness,

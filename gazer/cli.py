@@ -194,8 +194,7 @@ def cmd_explain(client: Client, args: argparse.Namespace) -> int:
         raise SystemExit(f"gazer: --option {taken[0]}=...: --option is for a method's own options (steps=32, "
                          f"baseline=blur, ...); {taken[0]} is not one of them (see gazer explain --help)")
     if len(images) == 1:
-        picture_format(Path(args.output), args.format)
-        explain_one(client, args, images[0], Path(args.output), Path(args.heatmap) if args.heatmap else None)
+        explain_one(client, args, options, images[0], Path(args.output), Path(args.heatmap) if args.heatmap else None)
         return 0
     stems = [image.stem for image in images]
     clash = next((stem for stem in stems if stems.count(stem) > 1), None)
@@ -209,20 +208,20 @@ def cmd_explain(client: Client, args: argparse.Namespace) -> int:
         folder.mkdir(parents=True, exist_ok=True)
     ending = OVERLAY_ENDINGS[args.format or "png"]
     for image in images:
-        explain_one(client, args, image, folders[0] / f"{image.stem}{ending}",
+        explain_one(client, args, options, image, folders[0] / f"{image.stem}{ending}",
                     folders[1] / f"{image.stem}.png" if args.heatmap else None)
     return 0
 
 
-def explain_one(client: Client, args: argparse.Namespace, image: Path, output: Path, heatmap: Path | None) -> None:
+def explain_one(client: Client, args: argparse.Namespace, options: dict[str, Any], image: Path, output: Path,
+                heatmap: Path | None) -> None:
     outputs = ["overlay"] + (["heatmap"] if heatmap else [])
     if sys.stderr.isatty():  # Score-CAM or IG on a large model takes a while: say what is running
         print(f"explaining {image} ({args.method or 'the default method'} on {args.model})...", file=sys.stderr,
               flush=True)
     answer = client.explain(image, args.model, args.method, args.target, args.layer,
                             resize=args.resize, outputs=outputs,
-                            overlay_format=picture_format(output, args.format),
-                            **key_values(args.option, "--option"))
+                            overlay_format=picture_format(output, args.format), **options)
     explanation = answer.results[0].explanation
     output.write_bytes(explanation.overlay_image or b"")
     if heatmap:

@@ -367,6 +367,9 @@ def cmd_jobs_artifacts(client: Client, args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     names = client.artifacts(job.id)
+    if not names:
+        print(f"job {job.id} ({job.type}, {job.state}) wrote no files", file=sys.stderr)
+        return 0
     folder = Path(args.output)
     folder.mkdir(parents=True, exist_ok=True)
     for name in names:
@@ -479,7 +482,7 @@ def describe_end(job: Job) -> str:
 def follow(client: Client, job_id: str, url: str) -> int:
     """A progress bar from the job's events until it ends: 0 if it succeeded, 1 if not, 130 on
     Ctrl-C, which leaves the job running."""
-    bar = tqdm(total=100, desc=f"job {job_id[:8]}", unit="%", file=sys.stderr,
+    bar = tqdm(total=100, desc=f"job {job_id}", unit="%", file=sys.stderr,
                bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}{postfix}")
     last: Job | None = None
     try:
@@ -499,7 +502,20 @@ def follow(client: Client, job_id: str, url: str) -> int:
         print(f"gazer: the event stream of job {job_id} ended early; see: gazer jobs show {job_id}", file=sys.stderr)
         return 1
     print(describe_end(last), file=sys.stdout if last.state == "succeeded" else sys.stderr)
+    if last.state == "succeeded":
+        print_pinned_elsewhere(client, last)
     return 0 if last.state == "succeeded" else 1
+
+
+def print_pinned_elsewhere(client: Client, job: Job) -> None:
+    """A model the job published that its plain name does not mean (pinned to another version)."""
+    made = (job.result or {}).get("model") or (job.result or {}).get("output_model")
+    if not isinstance(made, dict):
+        return
+    default = next((version.version for version in client.versions(made["id"]).data if version.default), None)
+    if default is not None and default != made["version"]:
+        print(f"{made['id']} still means {made['id']}@{default} (pinned): ask for {made['id']}@{made['version']}, "
+              f"or serve it as {made['id']} with: gazer models pin {made['id']} {made['version']}")
 
 
 # ---------------------------------------------------------------- arguments
@@ -730,7 +746,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if error.status == 401:
             print("  give this command the key with --api-key KEY or GAZER_API_KEY", file=sys.stderr)
         for field_error in error.extras.get("errors") or []:
-            print(f"  {field_error.get('field')}: {field_error.get('message')}", file=sys.stderr)
+            if str(field_error.get("message")) not in error.detail:  # said once is enough
+                print(f"  {field_error.get('field')}: {field_error.get('message')}", file=sys.stderr)
         valid = error.extras.get("valid") or []
         if valid:
             more = f", ... ({len(valid) - VALID_SHOWN} more)" if len(valid) > VALID_SHOWN else ""

@@ -159,6 +159,11 @@ def test_finetune_follows_to_the_end_and_the_model_is_listed(live, dataset_id):
     assert any(line.split()[:2] == ["pets", "1"] for line in listed.stdout.splitlines()), listed.stdout
     shown = gazer_cli(live, "models", "show", "pets")
     assert shown.returncode == 0 and "2 classes" in shown.stdout
+    assert "pinned" not in done.stdout
+    assert gazer_cli(live, "models", "pin", "pets", "1").returncode == 0
+    again = gazer_cli(live, "finetune", "--dataset", dataset_id, "--output", "pets", *TINY_FINE_TUNE, timeout=240)
+    assert "succeeded: model pets@2" in again.stdout, again.stdout + again.stderr
+    assert "pets still means pets@1 (pinned)" in again.stdout and "gazer models pin pets 2" in again.stdout
 
 
 def test_follow_names_a_model_only_for_a_fine_tune_and_a_closed_pipe_is_quiet(live, gazer):

@@ -82,11 +82,9 @@ def _given(**fields: Any) -> dict[str, Any]:
 
 def _plain(value: Any) -> Any:
     """numpy's numbers (what argmax gives) as Python's, the only ones httpx sends."""
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        return int(value)
-    if isinstance(value, numbers.Real):
-        return float(value)
-    return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return value
+    return int(value) if isinstance(value, numbers.Integral) else float(value)
 
 
 def image_file(image: ImageInput, index: int) -> tuple[str, tuple[str, bytes, str]]:

@@ -158,6 +158,9 @@ def cmd_predict(client: Client, args: argparse.Namespace) -> int:
     names = [image.name for image in images]
     shown = names if len(set(names)) == len(names) else [str(image) for image in images]  # a/0.jpg, b/0.jpg
     answer = client.predict(images, args.model, args.top_k, args.resize)
+    if args.json:
+        print(answer.model_dump_json(indent=2))
+        return 0
     rows = [(name, rank, p.index, p.label, f"{p.probability:.4f}")
             for name, result in zip(shown, answer.results)
             for rank, p in enumerate(result.predictions, start=1)]
@@ -220,7 +223,7 @@ def explain_one(client: Client, args: argparse.Namespace, options: dict[str, Any
         print(f"explaining {image} ({args.method or 'the default method'} on {args.model})...", file=sys.stderr,
               flush=True)
     answer = client.explain(image, args.model, args.method, args.target, args.layer,
-                            resize=args.resize, outputs=outputs,
+                            resize=args.resize, outputs=outputs, faithfulness=args.faithfulness or None,
                             overlay_format=picture_format(output, args.format), **options)
     explanation = answer.results[0].explanation
     output.write_bytes(explanation.overlay_image or b"")
@@ -230,6 +233,10 @@ def explain_one(client: Client, args: argparse.Namespace, options: dict[str, Any
     named = f"{image.name}: " if len(args.images) > 1 else ""
     print(f"{named}{explanation.method}: class {class_name(target.index, target.label)} (p={target.probability:.4f}), "
           f"layer {explanation.layer or '-'}, {explanation.timings_ms.get('model', 0):.0f} ms -> {output}")
+    if explanation.faithfulness is not None:
+        scores = explanation.faithfulness
+        print(f"faithfulness: deletion {scores.deletion:.3f} (lower is better), insertion {scores.insertion:.3f} "
+              f"(higher is better), {scores.steps} steps")
     if explanation.flat and explanation.gate is None:
         print("the map is flat (all zeros): this method found nothing to point at for this class at this layer; "
               "try another layer or method")
@@ -244,6 +251,10 @@ def cmd_compare(client: Client, args: argparse.Namespace) -> int:
     if not methods:
         raise SystemExit("gazer: --methods names at least one method")
     picture_format(Path(args.output))
+    offered = client.model(args.model).methods
+    unknown = [method for method in methods if method not in offered]
+    if unknown:
+        raise SystemExit(f"gazer: {args.model} offers no method {unknown[0]!r}; it offers {', '.join(offered)}")
     tiles, target = [], args.target
     for method in methods:
         explanation = client.explain(Path(args.image), args.model, method, target, args.layer, outputs=["overlay"],
@@ -549,6 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_flag(sub)
     sub.add_argument("--top-k", "-k", type=int, default=None, help="classes per image (server default 5)")
     sub.add_argument("--resize", choices=("crop", "stretch"), default=None)
+    sub.add_argument("--json", action="store_true", help="the API's answer as JSON, not a table")
 
     sub = command(commands, "explain", cmd_explain, "write each image's explanation overlay (PNG, JPEG or WebP)")
     sub.add_argument("images", nargs="+", metavar="IMG")
@@ -567,6 +579,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="crop (default): the model's own preprocessing; stretch: the whole image")
     sub.add_argument("--heatmap", default=None, metavar="PATH",
                      help="also write the grey heatmap PNG here (with several images a folder)")
+    sub.add_argument("--faithfulness", action="store_true",
+                     help="also score the map by deletion and insertion (about 34 more forward passes an image)")
 
     sub = command(commands, "compare", cmd_compare, "one grid image of several methods' overlays")
     sub.add_argument("image", metavar="IMG")
@@ -574,7 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--methods", required=True, help="comma-separated, e.g. gradcam,layercam,saliency")
     sub.add_argument("--target", type=int, default=None, help="class index (default the top-1)")
     sub.add_argument("--layer", default=None, help="layer to explain (default the model's CAM layer)")
-    sub.add_argument("--output", "-o", required=True, help="the grid PNG to write")
+    sub.add_argument("--output", "-o", required=True, help="the grid to write: PNG, or JPEG or WebP by its ending")
 
     datasets = group("datasets", "upload and list data sets")
     sub = command(datasets, "upload", cmd_datasets_upload,

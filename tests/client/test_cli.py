@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -83,6 +84,16 @@ def test_models_labels_finds_a_class_by_name_and_a_url_may_leave_out_its_scheme(
     assert schemeless.returncode == 0 and "efficientnet_lite0" in schemeless.stdout, schemeless.stderr
     folder = gazer_cli(live, "predict", str(photos["chelsea"].parent))
     assert folder.returncode != 0 and "is a folder; name its images" in folder.stderr
+
+
+def test_predict_as_json_explain_with_faithfulness_and_compare_checks_its_methods_first(live, photos, tmp_path):
+    answered = gazer_cli(live, "predict", str(photos["chelsea"]), "--top-k", "2", "--json")
+    assert answered.returncode == 0 and len(json.loads(answered.stdout)["results"][0]["predictions"]) == 2
+    scored = gazer_cli(live, "explain", str(photos["chelsea"]), "--method", "cam", "--faithfulness",
+                       "-o", str(tmp_path / "scored.png"))
+    assert scored.returncode == 0 and "faithfulness: deletion 0." in scored.stdout, scored.stdout + scored.stderr
+    refused = gazer_cli(live, "compare", str(photos["chelsea"]), "--methods", "cam,bogus", "-o", str(tmp_path / "g.png"))
+    assert refused.returncode != 0 and "offers no method 'bogus'" in refused.stderr and "cam:" not in refused.stdout
 
 
 def test_explain_writes_the_overlay(live, photos, tmp_path):

@@ -53,9 +53,21 @@ def needed_sides(spec: ModelSpec) -> tuple[int, int]:
     return 2 * (spec.input_size + spec.resize_margin), PICTURE_SIDE
 
 
+def smaller_scale(width: int, height: int, at_least: tuple[int, int] | None) -> int:
+    """1, 2, 4 or 8: what an image of `width` x `height` is divided by when it is decoded
+    (needed_sides), by the rule Pillow's JPEG draft follows."""
+    if at_least is None:
+        return 1
+    shorter, longer = at_least
+    wanted_width, wanted_height = (longer, shorter) if width >= height else (shorter, longer)
+    fits = min(width // wanted_width, height // wanted_height)
+    return next((scale for scale in (8, 4, 2) if fits >= scale), 1)
+
+
 def decode_image(data: bytes, max_pixels: int, at_least: tuple[int, int] | None = None) -> Image.Image:
-    """Decode an upload to an RGB image, honouring EXIF orientation; a JPEG at the smallest of
-    1/2, 1/4 and 1/8 of its size that keeps (shorter, longer) sides `at_least` (needed_sides).
+    """Decode an upload to an RGB image, honouring EXIF orientation, at the smallest of 1/2, 1/4
+    and 1/8 of its size that keeps (shorter, longer) sides `at_least` (needed_sides): a JPEG
+    decoded so by libjpeg, any other image shrunk so (a box filter) once decoded.
 
     Raises InvalidImage for anything that is not a complete image and ImageTooLarge for
     images whose header declares more than `max_pixels` pixels (checked before decoding).
@@ -80,6 +92,7 @@ def decode_image(data: bytes, max_pixels: int, at_least: tuple[int, int] | None 
         if at_least is not None:
             shorter, longer = at_least
             image.draft(None, (longer, shorter) if width >= height else (shorter, longer))
+    scale = smaller_scale(*image.size, at_least)  # 1 for a JPEG drafted already
     try:
         image.load()
     except Image.DecompressionBombError as error:
@@ -92,7 +105,8 @@ def decode_image(data: bytes, max_pixels: int, at_least: tuple[int, int] | None 
         image = ImageOps.exif_transpose(image)
     except Exception:  # a damaged EXIF block: the pixels are fine, keep them as stored
         pass
-    return _to_rgb(image)
+    image = _to_rgb(image)
+    return image.reduce(scale) if scale > 1 else image
 
 
 def _check_jpeg_scans(data: bytes) -> None:
@@ -103,14 +117,15 @@ def _check_jpeg_scans(data: bytes) -> None:
         raise InvalidImage(f"the JPEG has {scans} scans; the limit is {MAX_JPEG_SCANS}")
 
 
-def declared_pixels(data: bytes) -> int:
-    """Width x height as the header declares them, without decoding; 0 when the header
-    cannot be read (decode_image then says why)."""
+def declared_pixels(data: bytes, at_least: tuple[int, int] | None = None) -> int:
+    """Width x height as the header declares them, divided as decode_image divides them with
+    `at_least`, without decoding; 0 when the header cannot be read (decode_image then says why)."""
     try:
         width, height = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS).size
     except Exception:
         return 0
-    return width * height
+    scale = smaller_scale(width, height, at_least)
+    return (width // scale) * (height // scale)
 
 
 def decode_images(blobs: list[bytes], max_pixels: int, max_total_pixels: int,

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from core.errors import GazerError, ImageTooLarge, InvalidImage
-from core.imaging import (JET, MAX_JPEG_SCANS, CropBox, crop_box, decode_image, decode_images,
+from core.imaging import (JET, MAX_JPEG_SCANS, CropBox, crop_box, declared_pixels, decode_image, decode_images,
                           needed_sides, overlay, preprocess, resize_map)
 from core.models.catalog import builtin_spec
 from core.names import PICTURE_SIDE
@@ -163,8 +163,10 @@ def test_a_large_jpeg_decodes_at_the_smallest_scale_that_keeps_what_the_model_an
     assert decode_image(encode(photo.transpose(Image.Transpose.ROTATE_90)), 10**8, (shorter, longer)).size == (756, 1008)
     assert decode_image(encode(photo.resize((2400, 1800))), 10**8, (shorter, longer)).size == (1200, 900)  # 1/2
     assert decode_image(encode(photo.resize((1500, 1000))), 10**8, (shorter, longer)).size == (1500, 1000)
-    assert decode_image(encode(photo, "PNG"), 10**8, (shorter, longer)).size == (4032, 3024)  # only JPEGs
     assert decode_image(encode(photo), 10**8).size == (4032, 3024)  # asked for nothing: the whole image
+    png = encode(photo, "PNG")  # decoded whole, then shrunk as a JPEG would be decoded
+    assert decode_image(png, 10**8, (shorter, longer)).size == (1008, 756)
+    assert declared_pixels(png) == 4032 * 3024 and declared_pixels(png, (shorter, longer)) == 1008 * 756
 
 
 def test_the_model_input_of_a_jpeg_decoded_smaller_moves_as_little_as_reducing_gap_moves_it():

@@ -32,7 +32,7 @@ from typing import IO, Callable, Iterator
 from core import cancellation
 from core.errors import GazerError, InvalidRequest, NotFound, PayloadTooLarge, StorageFailed, TooManyFiles
 from core.imaging import decode_image
-from core.parallel import parallel_map
+from core.parallel import cpu_count, parallel_map
 from core.storage import check_name
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -352,8 +352,13 @@ def _place_images(paths: list[PurePosixPath], staged: list[_Staged], staging: Pa
             return error.detail
         return None
 
+    # a few at a time: the pool is shared, and a request's decoding queued behind 200 images
+    # waited 5 s
+    items, reasons = [item for item, _ in placed], []
+    for start in range(0, len(items), cpu_count()):
+        reasons += parallel_map(problem, items[start:start + cpu_count()])
     extracted = _Extracted({}, [], {})
-    for (item, (label, filename)), reason in zip(placed, parallel_map(problem, [item for item, _ in placed])):
+    for (item, (label, filename)), reason in zip(placed, reasons):
         if reason is not None:
             extracted.unreadable.append({"file": str(item.path), "reason": reason})
             continue

@@ -1,6 +1,7 @@
 """Whom a client address stands for: an IPv4 address itself, an IPv6 address its /64 (one
 site's network, in which a host may take any of 2^64 addresses, and with each a fresh share
-of every per-address limit)."""
+of every per-address limit), and every loopback address one client (this machine, which may
+connect from any of 127.0.0.0/8)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ def address_group(address: str) -> str:
         ip = ipaddress.ip_address(address)
     except ValueError:
         return address
+    if ip.is_loopback or (ip.version == 6 and ip.ipv4_mapped is not None and ip.ipv4_mapped.is_loopback):
+        return "loopback"
     if ip.version == 4:
         return address
     if ip.ipv4_mapped is not None:

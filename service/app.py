@@ -31,6 +31,7 @@ from service.rate_limits import LimitRequestsBeforeBodies, RateLimiter, StreamSl
 from service.retention import sweep_forever
 from service.request_context import RequestContext
 from service.routers import datasets, docs, health, jobs, metrics, model_versions, models, web
+from service.routers.jobs import JOB_BODY_BYTES, JOB_TYPES
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # then a multipart body's closing delimiter.
     app.add_middleware(RefuseUnfinishedMultipart)
     app.add_middleware(RequestSizeLimit, max_bytes=settings.max_request_bytes,
-                       per_path={"/v1/datasets": settings.max_dataset_bytes, "/v1/models": settings.max_model_bytes},
+                       per_path={"/v1/datasets": settings.max_dataset_bytes, "/v1/models": settings.max_model_bytes,
+                                 **{f"/v1/jobs/{kind}": JOB_BODY_BYTES for kind in JOB_TYPES}},
                        idle_seconds=settings.body_idle_seconds,
                        min_bytes_per_second=settings.body_min_bytes_per_second)
     app.add_middleware(LimitRequestsBeforeBodies, limiter=app.state.request_limiter, keys=app.state.keys)

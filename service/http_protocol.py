@@ -50,7 +50,7 @@ def guarded_protocol(header_seconds: float, linger_seconds: float, per_address: 
             peer = transport.get_extra_info("peername")
             address = address_group(peer[0]) if isinstance(peer, tuple) and peer else None
             if address is not None and open_from[address] >= per_address:
-                self._log_refusal(address)
+                self._log_refusal(address, peer[0])
                 transport.close()
                 return
             if address is not None:
@@ -58,7 +58,7 @@ def guarded_protocol(header_seconds: float, linger_seconds: float, per_address: 
                 self._counted = address
             self._arm(header_seconds, f"request headers took over {header_seconds:g} s")
 
-        def _log_refusal(self, address: str) -> None:
+        def _log_refusal(self, address: str, peer: str) -> None:
             now = time.monotonic()
             logged_at, since = refused.get(address, (float("-inf"), 0))
             if now - logged_at < REFUSALS_LOGGED_EVERY_SECONDS:
@@ -67,8 +67,8 @@ def guarded_protocol(header_seconds: float, linger_seconds: float, per_address: 
             if len(refused) >= _REFUSING_ADDRESSES and address not in refused:
                 refused.clear()
             refused[address] = (now, 0)
-            self.logger.info("closing a connection from %s, which holds %d already%s", address, per_address,
-                             f" ({since} more refused since the last such line)" if since else "")
+            self.logger.info("closing a connection from %s, whose client (%s) holds %d already%s", peer, address,
+                             per_address, f" ({since} more refused since the last such line)" if since else "")
 
         def on_message_begin(self) -> None:
             super().on_message_begin()

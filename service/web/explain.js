@@ -107,6 +107,13 @@ async function modelDetail(ref) {
 }
 
 async function selectModel(ref) {
+  if (state.model !== ref) {   // another model's classes: a chosen class, and its map, are not this one's
+    for (const image of state.images || []) {
+      image.target = null;
+      image.result = null;
+      image.card?.predictions.replaceChildren();   // the old model's classes, which a click would explain
+    }
+  }
   state.model = ref;
   let detail;
   try {
@@ -380,7 +387,7 @@ function baseForm(method, { faithfulness } = {}) {
   form.append("method", method);
   form.append("outputs", "heatmap");
   const topK = readInput($("opt-top-k"));
-  if (topK) form.append("top_k", topK);
+  if (topK !== null && topK !== undefined && topK !== "") form.append("top_k", topK);
   form.append("resize", $("opt-resize").value);
   const layer = $("layer-select")?.value;
   if (layer) form.append("layer", layer);

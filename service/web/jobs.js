@@ -134,6 +134,7 @@ async function loadDatasets(select) {
     return;
   }
   datasetsUnlisted = false;
+  $("dataset-message").querySelector(".problem")?.remove();   // an earlier listing's error
   const list = $("dataset-list");
   list.replaceChildren(...datasets.map((d) => el("li", {},
     el("div", { class: "ds-main" }, el("b", {}, d.name), el("span", { class: "muted" }, ` ${d.id.slice(0, 8)}`)),
@@ -194,6 +195,15 @@ async function loadJobs() {
   jobs.sort((a, b) => b.created_at - a.created_at);
   const list = $("job-list");
   list.querySelector(".empty")?.remove();
+  list.querySelector(":scope > .problem")?.remove();   // an earlier listing's error
+  const listed = new Set(jobs.map((job) => job.id));
+  for (const [id, card] of [...cards]) {   // another key's, or gone: not kept on show
+    if (listed.has(id)) continue;
+    stopFollowing(id);
+    revokeUrls(card);
+    card.root.remove();
+    cards.delete(id);
+  }
   for (const job of jobs) {
     upsertCard(job);
     list.append(cards.get(job.id).root);   // keeps the newest first
@@ -355,7 +365,7 @@ function renderProgress(card, job) {
   if (progress.epoch) parts.push(`epoch ${progress.epoch}/${job.params.epochs ?? "?"}`);
   if (progress.step && progress.steps) parts.push(`step ${progress.step}/${progress.steps}`);
   const metrics = progress.metrics || {};
-  const shown = Object.entries(metrics).filter(([, v]) => typeof v === "number" || Array.isArray(v)).slice(0, 4)
+  const shown = Object.entries(metrics).filter(([k, v]) => k !== "epoch" && (typeof v === "number" || Array.isArray(v))).slice(0, 4)
     .map(([k, v]) => `${k.replace(/_/g, " ")} ${Array.isArray(v) ? v.map((x) => fmtNumber(x, 3)).join(", ") : k.includes("accuracy") ? pct(v) : fmtNumber(v, 3)}`);
   fill(card.progress,
     el("div", { class: "progress-track", role: "progressbar", "aria-valuemin": 0, "aria-valuemax": 100, "aria-valuenow": Math.round(fraction * 100) },

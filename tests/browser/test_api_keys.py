@@ -48,7 +48,8 @@ def keys(tmp_path_factory):
     path = tmp_path_factory.mktemp("keys") / "keys.json"
     admin, _ = create_key(path, ["admin"], "browser tests")
     predict_only, _ = create_key(path, ["predict"], "browser tests, predict only")
-    return {"path": path, "admin": admin, "predict": predict_only}
+    jobs_only, _ = create_key(path, ["jobs"], "browser tests, jobs only")
+    return {"path": path, "admin": admin, "predict": predict_only, "jobs": jobs_only}
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +152,28 @@ def test_a_job_streams_progress_with_the_key_and_its_images_load(browser, keyed,
         assert page.locator(DIALOG).count() == 0
         page.evaluate("window.scrollTo(0, 0)")
         page.screenshot(path=str(shots / "jobs-keyed-laptop.png"), animations="disabled")
+    finally:
+        context.close()
+    assert not errors, errors
+
+
+def test_another_keys_job_list_does_not_keep_the_last_keys_cards_or_errors(browser, keyed, keys):
+    context, page, errors = new_page(browser, keys["admin"])
+    try:
+        page.goto(f"{keyed.url}/#jobs")
+        page.wait_for_selector("body[data-ready=jobs]")
+        start_flamingo_maximization(page)
+        page.wait_for_selector(".job-card")
+        page.click("#key-btn")
+        enter_key(page, keys["predict"])   # no jobs scope: the listing's 403
+        page.click("#jobs-refresh")
+        page.wait_for_selector("#job-list .problem")
+        page.click("#key-btn")
+        enter_key(page, keys["jobs"])      # sees its own jobs: none
+        page.click("#jobs-refresh")
+        page.wait_for_selector("#job-list .empty")
+        assert page.locator(".job-card").count() == 0 and page.locator("#job-list .problem").count() == 0
+        assert page.locator("#dataset-message .problem").count() == 0
     finally:
         context.close()
     assert not errors, errors

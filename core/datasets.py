@@ -354,9 +354,9 @@ def _place_images(paths: list[PurePosixPath], staged: list[_Staged], staging: Pa
 
     # a few at a time: the pool is shared, and a request's decoding queued behind 200 images
     # waited 5 s
-    items, reasons = [item for item, _ in placed], []
-    for start in range(0, len(items), cpu_count()):
-        reasons += parallel_map(problem, items[start:start + cpu_count()])
+    items, reasons, chunk = [item for item, _ in placed], [], cpu_count()
+    for start in range(0, len(items), chunk):
+        reasons += parallel_map(problem, items[start:start + chunk])
     extracted = _Extracted({}, [], {})
     for (item, (label, filename)), reason in zip(placed, reasons):
         if reason is not None:

@@ -92,7 +92,9 @@ def decode_image(data: bytes, max_pixels: int, at_least: tuple[int, int] | None 
         if at_least is not None:
             shorter, longer = at_least
             image.draft(None, (longer, shorter) if width >= height else (shorter, longer))
-    scale = smaller_scale(*image.size, at_least)  # 1 for a JPEG drafted already
+        scale = 1  # drafted: libjpeg decodes it at that scale itself
+    else:
+        scale = smaller_scale(width, height, at_least)
     try:
         image.load()
     except Image.DecompressionBombError as error:
@@ -117,15 +119,16 @@ def _check_jpeg_scans(data: bytes) -> None:
         raise InvalidImage(f"the JPEG has {scans} scans; the limit is {MAX_JPEG_SCANS}")
 
 
-def declared_pixels(data: bytes, at_least: tuple[int, int] | None = None) -> int:
-    """Width x height as the header declares them, divided as decode_image divides them with
-    `at_least`, without decoding; 0 when the header cannot be read (decode_image then says why)."""
+def declared_pixels(data: bytes, at_least: tuple[int, int] | None = None) -> tuple[int, int]:
+    """(width x height as the header declares them, the pixels decode_image keeps of them with
+    `at_least`), without decoding; (0, 0) when the header cannot be read (decode_image then says
+    why)."""
     try:
         width, height = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS).size
     except Exception:
-        return 0
+        return 0, 0
     scale = smaller_scale(width, height, at_least)
-    return (width // scale) * (height // scale)
+    return width * height, (width // scale) * (height // scale)
 
 
 def decode_images(blobs: list[bytes], max_pixels: int, max_total_pixels: int,
@@ -144,7 +147,7 @@ def decode_images(blobs: list[bytes], max_pixels: int, max_total_pixels: int,
             error.extra.setdefault("field", f"file.{index}")  # where a client shows it: by that file
             raise
 
-    declared = declared if declared is not None else [declared_pixels(blob) for blob in blobs]
+    declared = declared if declared is not None else [declared_pixels(blob)[0] for blob in blobs]
     for index, pixels in enumerate(declared):
         if pixels > max_pixels:
             decode(index)  # refused from its header, with its own message

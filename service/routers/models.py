@@ -231,13 +231,14 @@ async def explain(
     with admitted(request, model, caller), explanation_slot(request, caller):
         blobs = await read_uploads(file, settings)
         # headers on the CPU pool: a crafted PNG's take seconds to read
-        sides = needed_sides(model.spec)
-        declared, held = await asyncio.wrap_future(parallel.submit(lambda: (
-            [declared_pixels(blob) for blob in blobs], sum(declared_pixels(blob, sides) for blob in blobs))))
+        pixels = await asyncio.wrap_future(parallel.submit(
+            lambda: [declared_pixels(blob, needed_sides(model.spec)) for blob in blobs]))
+        declared = [whole for whole, _ in pixels]
         # its images stay decoded until its pictures are drawn, at the scale they are decoded
         # at: held against the process's budget; a request over its own limit holds none
         # (decoding refuses it, 413)
-        with request.app.state.explained_pixels.holding(held if sum(declared) <= settings.max_request_pixels else 0):
+        held = sum(kept for _, kept in pixels) if sum(declared) <= settings.max_request_pixels else 0
+        with request.app.state.explained_pixels.holding(held):
             request.app.state.compute_limiter.take(client_id(caller, request), cost)
             metrics.batch_size.labels("explain").observe(len(blobs))
             on_stage = metrics.stage_recorder(model.spec.id)

@@ -197,7 +197,7 @@ async function loadJobs() {
   list.querySelector(".empty")?.remove();
   list.querySelector(":scope > .problem")?.remove();   // an earlier listing's error
   const listed = new Set(jobs.map((job) => job.id));
-  for (const [id, card] of [...cards]) {   // another key's, or gone: not kept on show
+  for (const [id, card] of [...cards]) {   // not listed now (another key's, or removed): not shown
     if (listed.has(id)) continue;
     stopFollowing(id);
     revokeUrls(card);

@@ -1,9 +1,13 @@
 """Job metrics read from Redis at scrape time: jobs by type and state, queue depth and job
-durations, over the newest `limit` job records (so a scrape costs at most that many reads)."""
+durations, over the newest `limit` job records. A reading serves every scrape for `max_age`
+seconds, and concurrent scrapes wait for one reading, so that however often /metrics is asked,
+Redis is read at most that many records a second."""
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections import Counter
 from typing import Callable, Iterator
 
@@ -44,9 +48,12 @@ class JobsCollector(Collector):
     """`store` returns the job store, or None before the app has one (then only the families,
     without samples, are given)."""
 
-    def __init__(self, store: Callable[[], JobStore | None], limit: int = 10_000) -> None:
+    def __init__(self, store: Callable[[], JobStore | None], limit: int = 10_000, max_age: float = 1.0) -> None:
         self.store = store
         self.limit = limit
+        self.max_age = max_age
+        self._lock = threading.Lock()
+        self._reading: tuple[float, tuple[Metric, ...]] | None = None  # (when, families) of the last read
 
     def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, HistogramMetricFamily]:
         return (
@@ -62,17 +69,30 @@ class JobsCollector(Collector):
         return iter(self._families())
 
     def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            if self._reading is not None and time.monotonic() - self._reading[0] < self.max_age:
+                return iter(self._reading[1])
+            started = time.monotonic()
+            families = self._read()
+            if families is None:
+                return iter(self._families())
+            self._reading = started, families
+            return iter(families)
+
+    def _read(self) -> tuple[Metric, ...] | None:
+        """The families with their samples; None without a store or when Redis fails."""
         jobs, records, depth, durations = families = self._families()
         store = self.store()
-        if store is not None:
-            try:
-                rows = store.summaries(self.limit)
-                records.add_metric([], store.count())
-                depth.add_metric([], queue_depth(store.redis))
-            except redis.RedisError as error:
-                log.warning("job metrics not read from Redis: %s", error)
-                return iter(self._families())
-            for (job_type, state), count in sorted(Counter((r["type"], r["state"]) for r in rows).items()):
-                jobs.add_metric([job_type, state], count)
-            _duration_histogram(rows, durations)
-        return iter(families)
+        if store is None:
+            return None
+        try:
+            rows = store.summaries(self.limit)
+            records.add_metric([], store.count())
+            depth.add_metric([], queue_depth(store.redis))
+        except redis.RedisError as error:
+            log.warning("job metrics not read from Redis: %s", error)
+            return None
+        for (job_type, state), count in sorted(Counter((r["type"], r["state"]) for r in rows).items()):
+            jobs.add_metric([job_type, state], count)
+        _duration_histogram(rows, durations)
+        return families

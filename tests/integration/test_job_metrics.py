@@ -1,13 +1,19 @@
 """Job metrics: the API reads jobs by type and state and the queue depth from Redis at scrape
-time; a worker started with GAZER_WORKER_METRICS_PORT serves its own job metrics."""
+time, at most once a second however many scrape; a worker started with
+GAZER_WORKER_METRICS_PORT serves its own job metrics."""
 
 from __future__ import annotations
 
 import json
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from infra.embedded_redis import EmbeddedRedis
+from infra.job_metrics import JobsCollector
+from infra.job_store import JobStore
 from tests.integration.conftest import wait_for
 from tests.live_service import free_port
 
@@ -53,3 +59,32 @@ def test_queued_then_finished_job_in_api_and_worker_metrics(api, start_worker):
     entries = [json.loads(line) for line in worker.log().splitlines() if line.strip()]  # JSON lines only
     assert any(e["message"].endswith(" ready.") for e in entries)
     assert any(e["message"] == f"worker metrics on port {port}" for e in entries)
+
+
+def test_scrapes_share_one_reading_a_second(tmp_path):
+    """64 concurrent scrapes cost Redis what one does; a job made after a reading shows once the
+    reading is a second old."""
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        store = JobStore.from_url(server.url, lease_seconds=60)
+        for _ in range(50):
+            store.create(JOB_TYPE, {})
+
+        def queued(collector: JobsCollector) -> float:
+            jobs = next(family for family in collector.collect() if family.name == "gazer_jobs")
+            return sum(sample.value for sample in jobs.samples)
+
+        def commands_run_by(scrapes) -> int:  # each INFO counts itself
+            before = store.redis.info("stats")["total_commands_processed"]
+            scrapes()
+            return store.redis.info("stats")["total_commands_processed"] - before - 1
+
+        one_scrape = commands_run_by(lambda: queued(JobsCollector(lambda: store)))
+        assert one_scrape > 50  # each record is read
+        collector = JobsCollector(lambda: store, max_age=1.0)
+        with ThreadPoolExecutor(16) as pool:
+            assert commands_run_by(lambda: list(pool.map(lambda _: queued(collector), range(64)))) == one_scrape
+        read_at = time.monotonic()
+        store.create(JOB_TYPE, {})
+        assert queued(collector) == 50
+        time.sleep(max(0.0, read_at + 1.05 - time.monotonic()))
+        assert queued(collector) == 51

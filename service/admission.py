@@ -3,8 +3,8 @@
 overload. A request takes its place in the route, once its caller is known and its upload read;
 while the queue is already full, `RefuseWhenQueueFull` answers before the upload is read.
 One client (a key, or an address when the service is open) holds at most its share of a
-queue, and of the explanation slots: beyond it, 429 with Retry-After, so that one client
-cannot fill them for everyone."""
+queue, of the explanation slots and of the explained pixels: beyond it, 429 with Retry-After,
+so that one client cannot fill them for everyone."""
 
 from __future__ import annotations
 
@@ -105,28 +105,40 @@ def _counted(counts: Counter, key: object) -> Iterator[None]:
 
 
 class PixelBudget:
-    """Decoded pixels that the explanations in flight in this process hold together: an
-    explanation keeps its images decoded until its pictures are drawn, and a few small files can
-    decode to gigabytes. Beyond the budget, 503 with Retry-After at once. A request holds what its
-    headers declare, at most the whole budget, so that one within GAZER_MAX_REQUEST_PIXELS is
-    served alone. Used on the event loop only, so it needs no lock."""
+    """Decoded pixels that the explanations in flight in this process hold together, and of
+    those each client's: an explanation keeps its images decoded until its pictures are drawn,
+    and a few small files can decode to gigabytes. Beyond the budget, 503 with Retry-After at
+    once; beyond a client's share, 429. A request holds what its headers declare, at most the
+    whole budget (and at most its client's share of it), so that one within
+    GAZER_MAX_REQUEST_PIXELS is served alone. Used on the event loop only, so it needs no lock."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, per_client: int) -> None:
         self.limit = limit
+        self.per_client = per_client
         self.held = 0
+        self.of_client: Counter[str] = Counter()
 
     @contextmanager
-    def holding(self, pixels: int) -> Iterator[None]:
+    def holding(self, pixels: int, client: str) -> Iterator[None]:
         pixels = min(pixels, self.limit)
+        share = min(pixels, self.per_client)
         if self.held + pixels > self.limit:
             raise ServiceBusy(f"the explanations in flight hold {self.held} decoded pixels and this request's images "
                               f"declare {pixels}, past GAZER_MAX_EXPLAINED_PIXELS ({self.limit}); retry later",
                               headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+        if self.of_client[client] + share > self.per_client:
+            raise too_many(f"this client's explanations in flight hold {self.of_client[client]} decoded pixels and "
+                           f"this request's images declare {pixels}, past GAZER_MAX_EXPLAINED_PIXELS_PER_CLIENT "
+                           f"({self.per_client}); wait for an answer first", RETRY_AFTER_SECONDS)
         self.held += pixels
+        self.of_client[client] += share
         try:
             yield
         finally:
             self.held -= pixels
+            self.of_client[client] -= share
+            if not self.of_client[client]:
+                del self.of_client[client]
 
 
 class RefuseWhenQueueFull:

@@ -238,8 +238,9 @@ async def explain(
         # at: held against the process's budget; a request over its own limit holds none
         # (decoding refuses it, 413)
         held = sum(kept for _, kept in pixels) if sum(declared) <= settings.max_request_pixels else 0
-        with request.app.state.explained_pixels.holding(held):
-            request.app.state.compute_limiter.take(client_id(caller, request), cost)
+        client = client_id(caller, request)
+        with request.app.state.explained_pixels.holding(held, client):
+            request.app.state.compute_limiter.take(client, cost)
             metrics.batch_size.labels("explain").observe(len(blobs))
             on_stage = metrics.stage_recorder(model.spec.id)
             results = await _decoded_and_explained(

@@ -200,6 +200,31 @@ def test_one_key_holds_at_most_its_share_of_a_model_queue_and_of_the_explanation
     assert api.post(predict, files=[photo], headers=as_(keys, "predictor")).status_code == 200
 
 
+def test_one_key_holds_at_most_its_share_of_the_explained_pixels(api, keys, monkeypatch):
+    """chelsea is 135,300 pixels: a key holding one explanation of it has no room for a second
+    under a share of 200,000 (429), while another key is served."""
+    pixels = api.app.state.explained_pixels
+    monkeypatch.setattr(pixels, "per_client", 200_000)
+    held = HeldGradCAM()
+    monkeypatch.setitem(METHODS, "gradcam", held)
+    photo = upload(encode(chelsea()))
+    explain = f"/v1/models/{MODEL}/explain"
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(api.post, explain, files=[photo], headers=as_(keys, "predictor"),
+                           data={"method": "gradcam", "layer": GRADIENT_LAYER, "outputs": "heatmap"})
+        assert held.started.wait(60)
+        try:
+            answer = api.post(explain, files=[photo], data={"method": "cam"}, headers=as_(keys, "predictor"))
+            assert_problem(answer, 429, "GAZER_MAX_EXPLAINED_PIXELS_PER_CLIENT")
+            assert answer.headers["Retry-After"] == "1"
+            assert api.post(explain, files=[photo], data={"method": "cam"}, headers=as_(keys, "admin")).status_code == 200
+        finally:
+            held.release.set()
+        assert slow.result(60).status_code == 200
+    assert pixels.held == 0 and not pixels.of_client
+    assert api.post(explain, files=[photo], data={"method": "cam"}, headers=as_(keys, "predictor")).status_code == 200
+
+
 def test_readiness_names_uploaded_models_only_to_keys_and_load_failures_name_no_server_paths(api, keys):
     uploaded = api.post("/v1/models", data={"name": "secret-customer-model"}, headers=as_(keys, "admin"),
                         files={"onnx": ("m.onnx", onnx_classifier().SerializeToString())})

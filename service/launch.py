@@ -1,7 +1,8 @@
 """`make run`: the whole service in one command: Redis (embedded unless GAZER_REDIS_URL is
 set), one Celery worker and the API, supervised: a child that dies (killed for memory, say) is
-started again with backoff while the others keep serving. Ctrl-C stops them together.
-GAZER_API_PROCESSES=N: the API child serves the port from N processes (service/__main__.py),
+started again with backoff while the others keep serving. Ctrl-C stops them together. What
+would stop the API at every start (its port taken, an open service on a public HOST) stops
+`make run` before anything starts, with the reason. GAZER_API_PROCESSES=N: the API child serves the port from N processes (service/__main__.py),
 all on the Redis started here, which their environment names."""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,6 +20,7 @@ from core.storage import Storage
 from infra.embedded_redis import EmbeddedRedis
 from infra.logs import configure_logging
 from infra.processes import stop_process
+from service.__main__ import refusal
 from service.settings import Settings
 
 log = logging.getLogger("gazer.launch")
@@ -70,9 +73,24 @@ class Child:
             stop_process(self.process)
 
 
+def port_taken(host: str, port: int) -> str | None:
+    """Why the API could not listen on host:port now, or None."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.create_server((host, port), family=family):
+            return None
+    except OSError as error:
+        return (f"cannot listen on {host}:{port}: {error.strerror or error}. Another Gazer, or another server, may "
+                f"hold it: stop it, or choose another port (PORT={port + 1} make run).")
+
+
 def main() -> None:
     configure_logging()
     settings = Settings()
+    host, port = os.environ.get("HOST", "127.0.0.1"), int(os.environ.get("PORT", "8000"))
+    if (why := refusal(settings, host) or port_taken(host, port)) is not None:
+        print(why, file=sys.stderr)
+        sys.exit(2)
     env = dict(os.environ)
     embedded = None
     if not settings.redis_url:

@@ -1,0 +1,33 @@
+"""`make run` (`python -m service.launch`) stops at once, with the reason, where the API could not
+start (its port taken, an open service on a public HOST), instead of starting it again forever."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+from tests.live_service import ROOT
+
+
+def launch(tmp_path, **env: str) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "GAZER_DATA_DIR": str(tmp_path), "PYTHONPATH": str(ROOT), **env}
+    environment.pop("GAZER_REDIS_URL", None)
+    return subprocess.run([sys.executable, "-m", "service.launch"], cwd=ROOT, env=environment, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_a_taken_port_stops_make_run_before_anything_starts(tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as holder:
+        port = holder.getsockname()[1]
+        ended = launch(tmp_path, PORT=str(port))
+    assert ended.returncode == 2, ended.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in ended.stderr and f"PORT={port + 1} make run" in ended.stderr
+    assert not (tmp_path / "redis").exists()  # no Redis, worker or API was started
+
+
+def test_an_open_service_on_a_public_host_stops_make_run(tmp_path):
+    ended = launch(tmp_path, HOST="0.0.0.0", PORT="0")
+    assert ended.returncode == 2 and "GAZER_API_KEYS" in ended.stderr, ended.stderr
+    assert not (tmp_path / "redis").exists()

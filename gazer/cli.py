@@ -465,6 +465,8 @@ def describe_progress(job: Job) -> str:
         parts.append(f"epoch {progress['epoch']}" + (f"/{epochs}" if epochs else ""))
     if "step" in progress and "steps" in progress:
         parts.append(f"step {progress['step']}/{progress['steps']}")
+    if "images" in progress and "total" in progress:
+        parts.append(f"{progress['images']}/{progress['total']} images")
     for name, value in (progress.get("metrics") or {}).items():
         if isinstance(value, float):
             parts.append(f"{name} {value:.3g}")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from core import imaging
+from core.jobs import JobCancelled, ShouldStop
 from core.models.spec import ModelSpec
 from core.training.config import Augmentation
 
@@ -28,13 +30,24 @@ def stratified_split(items: list[tuple[Path, int]], val_fraction: float,
     return train, val
 
 
-def load_squares(items: list[tuple[Path, int]], spec: ModelSpec, max_pixels: int) -> tuple[torch.Tensor, torch.Tensor]:
+LOADED_BETWEEN_LOOKS = 32  # images decoded between two looks at should_stop and two reports
+
+
+def load_squares(items: list[tuple[Path, int]], spec: ModelSpec, max_pixels: int,
+                 should_stop: ShouldStop = lambda: False,
+                 loaded: Callable[[int], None] = lambda count: None) -> tuple[torch.Tensor, torch.Tensor]:
     """Each image's centre square resized to input_size + resize_margin (uint8 NCHW) as
     imaging.resize_region does it, so the centre crop of it is the spec's preprocessing of the
-    original (identical on chelsea; within a pixel level where reducing_gap applies)."""
+    original (identical on chelsea; within a pixel level where reducing_gap applies). Every
+    LOADED_BETWEEN_LOOKS images it is told `loaded(count)`, and raises JobCancelled once
+    should_stop() says so: a large data set takes minutes to decode."""
     side = spec.input_size + spec.resize_margin
     pixels = torch.empty((len(items), 3, side, side), dtype=torch.uint8)
     for index, (path, _) in enumerate(items):
+        if index % LOADED_BETWEEN_LOOKS == 0 and index:
+            if should_stop():
+                raise JobCancelled()
+            loaded(index)
         image = imaging.decode_image(path.read_bytes(), max_pixels)
         short = min(image.size)
         left, top = (image.width - short) / 2, (image.height - short) / 2

@@ -129,9 +129,16 @@ class _Data:
     val_labels: torch.Tensor
 
 
-def load_data(config: FineTuneConfig, spec: ModelSpec, items: list, max_pixels: int) -> _Data:
+def load_data(config: FineTuneConfig, spec: ModelSpec, items: list, max_pixels: int, progress: Progress,
+              should_stop: ShouldStop) -> _Data:
     train_items, val_items = data.stratified_split(items, config.val_fraction, config.seed)
-    return _Data(*data.load_squares(train_items, spec, max_pixels), *data.load_squares(val_items, spec, max_pixels))
+
+    def loaded(before: int) -> Callable[[int], None]:
+        return lambda count: progress(0.0, phase="loading images", images=before + count, total=len(items))
+
+    progress(0.0, phase="loading images", images=0, total=len(items))
+    return _Data(*data.load_squares(train_items, spec, max_pixels, should_stop, loaded(0)),
+                 *data.load_squares(val_items, spec, max_pixels, should_stop, loaded(len(train_items))))
 
 
 @dataclass
@@ -232,8 +239,7 @@ def fine_tune(config: FineTuneConfig, base_spec: ModelSpec, base_network: nn.Mod
         torch.manual_seed(config.seed)
         spec, network = new_network(config, base_spec, base_network, classes)
         fast_layout(network.to(device))
-        progress(0.0, phase="loading images", images=len(items))
-        split = load_data(config, spec, items, max_pixels)
+        split = load_data(config, spec, items, max_pixels, progress, should_stop)
         generator = torch.Generator().manual_seed(config.seed)
         lr_curve = None
         if config.lr == "auto":  # its share of the progress: its steps' share of all the training steps

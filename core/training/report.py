@@ -175,7 +175,7 @@ def validation_report(config: FineTuneConfig, spec: ModelSpec, network: nn.Modul
     seed), on a copy of the trained `network` moved to `device`; its time includes loading the images."""
     started = time.perf_counter()
     _, val_items = data.stratified_split(items, config.val_fraction, config.seed)
-    pixels, labels = data.load_squares(val_items, spec, max_pixels)
+    pixels, labels = data.load_squares(val_items, spec, max_pixels, should_stop)
     copy_on_device = copy.deepcopy(network).to(device).eval()
     report = fine_tune_report(copy_on_device, spec, pixels, labels, [f"{path.parent.name}/{path.name}"
                                                                     for path, _ in val_items],

@@ -364,6 +364,7 @@ function renderProgress(card, job) {
   if (progress.phase) parts.push(progress.phase);
   if (progress.epoch) parts.push(`epoch ${progress.epoch}/${job.params.epochs ?? "?"}`);
   if (progress.step && progress.steps) parts.push(`step ${progress.step}/${progress.steps}`);
+  if (progress.images != null && progress.total) parts.push(`${progress.images}/${progress.total} images`);
   const metrics = progress.metrics || {};
   const shown = Object.entries(metrics).filter(([k, v]) => k !== "epoch" && (typeof v === "number" || Array.isArray(v))).slice(0, 4)
     .map(([k, v]) => `${k.replace(/_/g, " ")} ${Array.isArray(v) ? v.map((x) => fmtNumber(x, 3)).join(", ") : k.includes("accuracy") ? pct(v) : fmtNumber(v, 3)}`);

@@ -254,6 +254,16 @@ def test_a_class_without_a_label_is_named_once():
     assert (class_name(2, "2"), class_name(281, "tabby")) == ("2", "281 tabby")  # not "class 2 2"
 
 
+def test_progress_names_the_phase_and_the_images_done():
+    from gazer.cli import describe_progress
+    from schemas.jobs import Job
+
+    job = Job(id="j", type="fine-tune", state="running", result=None, error=None, params={"epochs": 3}, attempts=1,
+              progress={"fraction": 0.0, "phase": "loading images", "images": 64, "total": 900},
+              cancel_requested=False, created_at=0.0, started_at=1.0, finished_at=None)
+    assert describe_progress(job) == "running loading images 64/900 images"
+
+
 def test_sweep_explain_dataset_maximize_and_the_management_commands(live, gazer, dataset_id, tmp_path):
     swept = gazer_cli(live, "sweep", "--dataset", dataset_id, "--output", "cli-swept", *TINY_FINE_TUNE,
                       "--space", '{"lr": {"log_uniform": [0.001, 0.01]}}', "--trials", "2", timeout=300)

@@ -1,0 +1,32 @@
+"""Loading a fine-tune's images: its progress is told as it goes, and it stops when the job
+is cancelled or out of time (a large data set takes minutes to decode)."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from core.jobs import JobCancelled
+from core.models.catalog import builtin_spec
+from core.training import data
+from core.training.data import LOADED_BETWEEN_LOOKS
+
+
+def test_loading_tells_its_progress_and_stops_when_told(tmp_path):
+    spec = builtin_spec("efficientnet_lite0")
+    items = []
+    for index in range(3 * LOADED_BETWEEN_LOOKS + 5):
+        path = tmp_path / f"{index}.png"
+        Image.new("RGB", (300, 260), (index, 100, 200)).save(path)
+        items.append((path, index % 2))
+    told: list[int] = []
+    pixels, labels = data.load_squares(items, spec, 10**8, loaded=told.append)
+    side = spec.input_size + spec.resize_margin
+    assert pixels.shape == (len(items), 3, side, side) and labels.tolist() == [index % 2 for index in range(len(items))]
+    assert told == [LOADED_BETWEEN_LOOKS, 2 * LOADED_BETWEEN_LOOKS, 3 * LOADED_BETWEEN_LOOKS]
+    assert pixels[7, 0].unique().tolist() == [7]  # each image in its place
+
+    looks = []
+    with pytest.raises(JobCancelled):
+        data.load_squares(items, spec, 10**8, should_stop=lambda: looks.append(1) or len(looks) == 2)
+    assert len(looks) == 2  # stopped at its second look, after 2 * LOADED_BETWEEN_LOOKS images

@@ -4,6 +4,11 @@ The record is the truth for clients; the Celery message only carries the job id.
 claims a job atomically (queued -> running) so a redelivered message never runs it twice,
 and keeps a heartbeat on it; a running job whose heartbeat is older than the lease is
 failed as "worker lost" the next time anyone reads it.
+
+Clients take turns: a message is a worker's turn to run a queued job, and the worker claims
+(`claim_next`) the oldest queued job of the client whose last job started longest ago (its own
+job, unless another client's waits), so that one client's 16 long jobs, queued first, do not
+keep every other client waiting behind them. A sweep's trials take their sweep's client's turns.
 """
 
 from __future__ import annotations
@@ -67,6 +72,39 @@ def _owned_key(owner: str) -> str:
 
 
 _WORKERS = "gazer:workers"  # sorted set: worker name -> when it last said it was alive
+_WAITING = "gazer:waiting"  # sorted set: queued job id -> when it was made
+_TURNS = "gazer:turns"      # sorted set: client -> when a worker last started one of its jobs
+WAITING_LOOKED_AT = 256     # the oldest queued jobs a worker chooses among
+TURNS_REMEMBERED_SECONDS = 2 * 86400  # a client served longer ago than this counts as never served
+
+# The message's own job joins the waiting set if it is queued (a record made before the set was);
+# then, among the oldest waiting jobs (ids that are not queued any more leave the set), the one
+# whose client was served longest ago (never: 0), the oldest of those, is claimed as _CLAIM does.
+# KEYS: waiting, turns; ARGV: now, worker, the message's job id, how many to look at, forget before.
+_CLAIM_NEXT = """
+local prefix = 'gazer:job:'
+local named = redis.call('HMGET', prefix .. ARGV[3], 'state', 'created_at')
+if named[1] == 'queued' then redis.call('ZADD', KEYS[1], 'NX', named[2], ARGV[3]) end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[5])
+local best, best_served, best_turn
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[4]) - 1)) do
+  local job = redis.call('HMGET', prefix .. id, 'state', 'turn')
+  if job[1] ~= 'queued' then
+    redis.call('ZREM', KEYS[1], id)
+  else
+    local turn = job[2] or ''
+    local served = tonumber(redis.call('ZSCORE', KEYS[2], turn) or '0')
+    if best == nil or served < best_served then best, best_served, best_turn = id, served, turn end
+  end
+end
+if best == nil then return false end
+local key = prefix .. best
+redis.call('HSET', key, 'state', 'running', 'started_at', ARGV[1], 'heartbeat_at', ARGV[1], 'worker', ARGV[2])
+redis.call('HINCRBY', key, 'attempts', 1)
+redis.call('ZREM', KEYS[1], best)
+redis.call('ZADD', KEYS[2], ARGV[1], best_turn)
+return best
+"""
 
 
 class JobStore:
@@ -75,6 +113,7 @@ class JobStore:
         self.lease_seconds = lease_seconds
         self._claim = client.register_script(_CLAIM)
         self._finish = client.register_script(_FINISH)
+        self._claim_next = client.register_script(_CLAIM_NEXT)
 
     @classmethod
     def from_url(cls, url: str, lease_seconds: float) -> "JobStore":
@@ -84,11 +123,13 @@ class JobStore:
                parent: str | None = None, client: str | None = None, limit: int | None = None) -> dict[str, Any]:
         """A `queued` record, in one transaction with its index entry. `owner`: the API key id;
         `parent`: the job that made this one (a sweep, for its trials); `client`: whom the job
-        counts against, TooManyJobs when it already has `limit` jobs queued or running."""
+        counts against, TooManyJobs when it already has `limit` jobs queued or running. Its turn
+        (see the module's words) is its client's, or its parent's."""
         job_id = uuid.uuid4().hex
+        turn = client or (self.redis.hget(_key(parent), "turn") if parent else None) or ""
         fields = {"id": job_id, "type": job_type, "state": "queued", "params": json.dumps(params),
                   "progress": json.dumps({"fraction": 0.0}), "created_at": time.time(), "attempts": 0,
-                  "owner": owner or "", "parent": parent or "", "client": client or ""}
+                  "owner": owner or "", "parent": parent or "", "client": client or "", "turn": turn}
         if not self._add(fields, client, limit):
             self.active_jobs(client)  # drops jobs that ended unseen (a lost worker's), then once more
             if not self._add(fields, client, limit):
@@ -108,6 +149,7 @@ class JobStore:
             transaction.multi()
             transaction.hset(_key(fields["id"]), mapping=fields)
             transaction.zadd(_INDEX, {fields["id"]: fields["created_at"]})
+            transaction.zadd(_WAITING, {fields["id"]: fields["created_at"]})
             if fields["owner"]:
                 transaction.zadd(_owned_key(fields["owner"]), {fields["id"]: fields["created_at"]})
             if fields["parent"]:
@@ -236,7 +278,15 @@ class JobStore:
         return [dict(zip(fields, row)) for row in rows if row[0] is not None]
 
     def claim(self, job_id: str, worker: str) -> bool:
+        """Job `job_id`, if still queued, is `worker`'s now (out of turn: see claim_next)."""
         return bool(self._claim(keys=[_key(job_id)], args=[time.time(), worker]))
+
+    def claim_next(self, job_id: str, worker: str) -> str | None:
+        """On a message for job `job_id`: the queued job whose turn it is (see the module's
+        words), now `worker`'s; None when no job is queued."""
+        now = time.time()
+        return self._claim_next(keys=[_WAITING, _TURNS], args=[now, worker, job_id, WAITING_LOOKED_AT,
+                                                                now - TURNS_REMEMBERED_SECONDS])
 
     def heartbeat(self, job_id: str) -> None:
         self.redis.hset(_key(job_id), "heartbeat_at", time.time())

@@ -78,12 +78,19 @@ def _runner(job: dict, sweeps: SweepHost) -> Callable[..., dict[str, Any]]:
 
 def run_job(job_id: str, store: JobStore, context: JobContext, metrics: WorkerMetrics, sweeps: SweepHost,
             max_seconds: float) -> str:
+    """`job_id`: the job the message names; the job run is the one whose turn it is
+    (JobStore.claim_next), most often that one."""
+    worker = worker_name()
+    claimed = store.claim_next(job_id, worker)
+    if claimed is None:
+        log.info("job %s is not queued any more (cancelled, running elsewhere or done), nor any other; skipped",
+                 job_id)
+        return "skipped"
+    if claimed != job_id:
+        log.info("a message for job %s runs job %s: its client's turn", job_id, claimed)
+    job_id = claimed
     token = logs.job_id.set(job_id)
     try:
-        worker = worker_name()
-        if not store.claim(job_id, worker):
-            log.info("job %s is not queued any more (cancelled, running elsewhere or done); skipped", job_id)
-            return "skipped"
         job = store.get(job_id)
         run = partial(_run_measured, job, store, context, worker, metrics, _runner(job, sweeps), max_seconds)
         if job["type"] == SWEEP:  # it waits on its trials: on a thread, so this worker's one slot runs them

@@ -1,6 +1,6 @@
 """The job index on a real redis-server: listing pages through it, newest first, and a key's
 through its own jobs; each client's queued and running jobs, counted against its limit; the
-records each client keeps."""
+records each client keeps; clients taking turns at the workers."""
 
 from __future__ import annotations
 
@@ -33,6 +33,34 @@ def test_listing_reads_past_the_first_page_and_filters(tmp_path):
         assert len(store.list(job_type="activation_maximization", limit=1000, scanned=100)) == 33
         assert store.list(job_type="nothing-matches", scanned=100) == []
 
+
+
+def test_clients_take_turns_whichever_job_a_message_names(tmp_path):
+    """Alice queues three jobs, then Bob one, then Carol a sweep with a trial: each message runs
+    the oldest job of the client served longest ago (a trial takes its sweep's client's turns);
+    a cancelled job is passed over; with nothing queued a message runs nothing."""
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        store = JobStore.from_url(server.url, lease_seconds=60)
+
+        def made(client: str | None = None, parent: str | None = None) -> str:
+            return store.create("fine_tune", {}, client=client, parent=parent)["id"]
+
+        alice = [made("key:alice") for _ in range(3)]
+        bob = made("key:bob")
+        messages = iter([*alice, bob])
+        assert [store.claim_next(next(messages), "w") for _ in range(3)] == [alice[0], bob, alice[1]]
+        sweep = made("key:carol")
+        trial = made(parent=sweep)
+        dave = made("key:dave")
+        store.cancel(dave)
+        assert [store.claim_next(message, "w") for message in (next(messages), sweep, trial, dave)] == [
+            sweep, alice[2], trial, None]
+        assert all(store.get(job_id)["state"] == "running" for job_id in [*alice, bob, sweep, trial])
+        assert store.get(dave)["state"] == "cancelled" and store.get(trial)["attempts"] == 1
+
+        older = made("key:erin")  # a record made before the waiting set was: its own message finds it
+        store.redis.zrem("gazer:waiting", older)
+        assert store.claim_next(older, "w") == older and store.claim_next(older, "w") is None
 
 
 def test_a_keys_listing_reads_its_own_jobs_not_every_job(tmp_path):

@@ -17,15 +17,16 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from service.addresses import address_group
 
-# A refused connection is logged once per address in this many seconds, with the count since:
-# a line per connection would let one address write the log as fast as it can connect.
-REFUSALS_LOGGED_EVERY_SECONDS = 10.0
-_REFUSING_ADDRESSES = 4096  # addresses whose refusals are counted; beyond, all forgotten
+# A connection refused or closed for being slow is logged once per address and reason in this
+# many seconds, with the count since: a line per connection would let one address write the log
+# as fast as it can connect.
+CLOSES_LOGGED_EVERY_SECONDS = 10.0
+_COUNTED_ADDRESSES = 4096  # (address, reason) pairs whose closes are counted; beyond, all forgotten
 
 
 def guarded_protocol(header_seconds: float, linger_seconds: float, per_address: int) -> type[HttpToolsProtocol]:
     open_from: Counter[str] = Counter()  # this process's connections by peer address
-    refused: dict[str, tuple[float, int]] = {}  # address -> (when last logged, refused since)
+    closed: dict[tuple[str | None, str], tuple[float, int]] = {}  # (address, reason) -> (last logged, closed since)
 
     class DeadlineProtocol(HttpToolsProtocol):
         _deadline: asyncio.TimerHandle | None = None
@@ -42,7 +43,9 @@ def guarded_protocol(header_seconds: float, linger_seconds: float, per_address: 
 
         def _too_slow(self, why: str) -> None:
             self._deadline = None
-            self.logger.info("closing a connection whose %s", why)
+            peer = self.transport.get_extra_info("peername")
+            self._log_close(self._counted, why, f"closing a connection from {peer[0] if peer else 'an unknown peer'} "
+                                                f"({self._counted}), whose {why}")
             self.transport.close()
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -50,7 +53,8 @@ def guarded_protocol(header_seconds: float, linger_seconds: float, per_address: 
             peer = transport.get_extra_info("peername")
             address = address_group(peer[0]) if isinstance(peer, tuple) and peer else None
             if address is not None and open_from[address] >= per_address:
-                self._log_refusal(address, peer[0])
+                self._log_close(address, "refused", f"closing a connection from {peer[0]}, whose client ({address}) "
+                                                    f"holds {per_address} already")
                 transport.close()
                 return
             if address is not None:
@@ -58,17 +62,16 @@ def guarded_protocol(header_seconds: float, linger_seconds: float, per_address: 
                 self._counted = address
             self._arm(header_seconds, f"request headers took over {header_seconds:g} s")
 
-        def _log_refusal(self, address: str, peer: str) -> None:
+        def _log_close(self, address: str | None, reason: str, line: str) -> None:
             now = time.monotonic()
-            logged_at, since = refused.get(address, (float("-inf"), 0))
-            if now - logged_at < REFUSALS_LOGGED_EVERY_SECONDS:
-                refused[address] = (logged_at, since + 1)
+            logged_at, since = closed.get((address, reason), (float("-inf"), 0))
+            if now - logged_at < CLOSES_LOGGED_EVERY_SECONDS:
+                closed[address, reason] = (logged_at, since + 1)
                 return
-            if len(refused) >= _REFUSING_ADDRESSES and address not in refused:
-                refused.clear()
-            refused[address] = (now, 0)
-            self.logger.info("closing a connection from %s, whose client (%s) holds %d already%s", peer, address,
-                             per_address, f" ({since} more refused since the last such line)" if since else "")
+            if len(closed) >= _COUNTED_ADDRESSES and (address, reason) not in closed:
+                closed.clear()
+            closed[address, reason] = (now, 0)
+            self.logger.info("%s%s", line, f" ({since} more since this line was last logged)" if since else "")
 
         def on_message_begin(self) -> None:
             super().on_message_begin()

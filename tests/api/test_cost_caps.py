@@ -243,6 +243,17 @@ def test_a_slowloris_connection_is_closed_at_the_header_deadline(tmp_path):
                     closed_after = time.perf_counter() - started
                     break
         assert closed_after is not None and 1.5 < closed_after < 6, closed_after
+        stalled = [socket.create_connection(("127.0.0.1", service.port), timeout=10) for _ in range(5)]
+        try:
+            for connection in stalled:
+                connection.sendall(b"GET /healthz HTTP/1.1\r\n")
+            assert all(connection.recv(1) == b"" for connection in stalled)  # each closed at its deadline
+        finally:
+            for connection in stalled:
+                connection.close()
+        time.sleep(0.5)
+        # one line for the six closes within 10 s, not one each
+        assert service.log().count("whose request headers took over 2 s") == 1, service.log()
 
 
 def test_x_forwarded_for_does_not_change_who_a_client_is(tmp_path):

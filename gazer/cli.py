@@ -10,6 +10,7 @@ import sys
 import time
 import types
 import typing
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Callable, Literal, Sequence
 
@@ -176,6 +177,9 @@ OVERLAY_ENDINGS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
 EXPLAIN_ARGUMENTS = set(inspect.signature(Client.explain).parameters) - {"self", "options"} | {"overlay_format"}
 
 
+STDOUT = "-"  # as -o: standard output
+
+
 def picture_format(path: Path, chosen: str | None = None) -> str:
     """`chosen`, else the format `path`'s ending names (PNG without one); a usage error for an
     ending that names another format (.gif was written as PNG)."""
@@ -199,6 +203,9 @@ def cmd_explain(client: Client, args: argparse.Namespace) -> int:
     if len(images) == 1:
         explain_one(client, args, options, images[0], Path(args.output), Path(args.heatmap) if args.heatmap else None)
         return 0
+    if args.output == STDOUT:
+        raise SystemExit("gazer: -o - writes one image's overlay to standard output; with several images, "
+                         "-o names a folder")
     stems = [image.stem for image in images]
     clash = next((stem for stem in stems if stems.count(stem) > 1), None)
     if clash is not None:
@@ -226,24 +233,31 @@ def explain_one(client: Client, args: argparse.Namespace, options: dict[str, Any
                             resize=args.resize, outputs=outputs, faithfulness=args.faithfulness or None,
                             overlay_format=picture_format(output, args.format), **options)
     explanation = answer.results[0].explanation
-    output.write_bytes(explanation.overlay_image or b"")
+    to_stdout = str(output) == STDOUT
+    if to_stdout:  # the picture is the output; what is said of it goes to standard error
+        sys.stdout.buffer.write(explanation.overlay_image or b"")
+        sys.stdout.flush()
+    else:
+        output.write_bytes(explanation.overlay_image or b"")
     if heatmap:
         heatmap.write_bytes(explanation.heatmap or b"")
+    say = partial(print, file=sys.stderr if to_stdout else sys.stdout)
     target = explanation.target
     named = f"{image.name}: " if len(args.images) > 1 else ""
-    print(f"{named}{explanation.method}: class {class_name(target.index, target.label)} (p={target.probability:.4f}), "
-          f"layer {explanation.layer or '-'}, {explanation.timings_ms.get('model', 0):.0f} ms -> {output}")
+    say(f"{named}{explanation.method}: class {class_name(target.index, target.label)} (p={target.probability:.4f}), "
+        f"layer {explanation.layer or '-'}, {explanation.timings_ms.get('model', 0):.0f} ms -> "
+        f"{'standard output' if to_stdout else output}")
     if explanation.faithfulness is not None:
         scores = explanation.faithfulness
-        print(f"faithfulness: deletion {scores.deletion:.3f} (lower is better), insertion {scores.insertion:.3f} "
-              f"(higher is better), {scores.steps} steps")
+        say(f"faithfulness: deletion {scores.deletion:.3f} (lower is better), insertion {scores.insertion:.3f} "
+            f"(higher is better), {scores.steps} steps")
     if explanation.flat and explanation.gate is None:
-        print("the map is flat (all zeros): this method found nothing to point at for this class at this layer; "
-              "try another layer or method")
+        say("the map is flat (all zeros): this method found nothing to point at for this class at this layer; "
+            "try another layer or method")
     if explanation.gate is not None:
         gate = explanation.gate
-        print(f"gate {gate.min:.3f}..{gate.max:.3f} (mean {gate.mean:.3f})"
-              + (": flat, so the map is all zeros" if gate.flat else ""))
+        say(f"gate {gate.min:.3f}..{gate.max:.3f} (mean {gate.mean:.3f})"
+            + (": flat, so the map is all zeros" if gate.flat else ""))
 
 
 def cmd_compare(client: Client, args: argparse.Namespace) -> int:
@@ -573,8 +587,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                      help="a method option, e.g. steps=32 or baseline=blur; repeatable")
     sub.add_argument("--output", "-o", required=True,
-                     help="the overlay to write: PNG, or JPEG or WebP by its name's ending (.jpg, .webp); with "
-                          "several images a folder, each overlay named after its image")
+                     help="the overlay to write: PNG, or JPEG or WebP by its name's ending (.jpg, .webp); - for "
+                          "standard output; with several images a folder, each overlay named after its image")
     sub.add_argument("--format", choices=tuple(OVERLAY_ENDINGS), default=None,
                      help="the overlay's format (default: by -o's ending; png for a folder)")
     sub.add_argument("--resize", choices=("crop", "stretch"), default=None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -107,6 +108,12 @@ def test_explain_writes_the_overlay(live, photos, tmp_path):
         done = gazer_cli(live, "explain", str(photos["chelsea"]), "--resize", "stretch", "-o", str(tmp_path / name))
         assert done.returncode == 0, done.stderr
         assert Image.open(tmp_path / name).format == format_
+    piped = subprocess.run([sys.executable, "-m", "gazer", "explain", str(photos["chelsea"]), "-o", "-", "--format",
+                            "jpeg"], env=cli_env(live), capture_output=True, timeout=120)
+    assert piped.returncode == 0 and b"-> standard output" in piped.stderr, piped.stderr
+    assert Image.open(io.BytesIO(piped.stdout)).format == "JPEG"
+    several = gazer_cli(live, "explain", str(photos["chelsea"]), str(photos["coffee"]), "-o", "-")
+    assert several.returncode != 0 and "-o - writes one image's overlay" in several.stderr, several.stderr
 
 
 def test_explain_of_several_images_writes_each_ones_pictures_into_folders(live, photos, tmp_path):

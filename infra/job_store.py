@@ -1,14 +1,17 @@
 """Job records in Redis: what was asked, its state, progress, result and error.
 
-The record is the truth for clients; the Celery message only carries the job id. A worker
-claims a job atomically (queued -> running) so a redelivered message never runs it twice,
-and keeps a heartbeat on it; a running job whose heartbeat is older than the lease is
-failed as "worker lost" the next time anyone reads it.
+The record is the truth for clients. A worker claims a job atomically (queued -> running), so
+no job runs twice, and keeps a heartbeat on it; a running job whose heartbeat is older than the
+lease is failed as "worker lost" the next time anyone reads it.
 
-Clients take turns: a message is a worker's turn to run a queued job, and the worker claims
-(`claim_next`) the oldest queued job of the client whose last job started longest ago (its own
-job, unless another client's waits), so that one client's 16 long jobs, queued first, do not
-keep every other client waiting behind them. A sweep's trials take their sweep's client's turns.
+Clients take turns. A job's Celery message, once sent, is one turn at a worker: the worker
+claims (`claim_next`) the oldest queued job of the turn (a client; a sweep's trials take their
+sweep's client's) that was served longest ago, a turn's last service being when a job of it last
+started or ended, or for a turn not served lately, when its oldest waiting job was made. So one
+client's 16 long jobs, queued first, do not keep everyone else's behind them, and a client
+that is new, or new again, goes before older clients only with jobs made before they were last
+served. Each job sends one message, so there are as many turns as queued jobs; a message left
+over (its job cancelled or discarded, or redelivered) runs a job out of its order or nothing.
 """
 
 from __future__ import annotations
@@ -28,24 +31,6 @@ from schemas.problems import problem
 _INDEX = "gazer:jobs"
 # What a client waits before submitting again when it has its limit of jobs queued or running.
 RETRY_AFTER_SECONDS = 30
-
-# queued -> running, only if still queued and not cancelled; returns 1 when claimed.
-_CLAIM = """
-if redis.call('HGET', KEYS[1], 'state') ~= 'queued' then return 0 end
-redis.call('HSET', KEYS[1], 'state', 'running', 'started_at', ARGV[1], 'heartbeat_at', ARGV[1], 'worker', ARGV[2])
-redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-return 1
-"""
-# queued or running -> a terminal state (a reaped, cancelled or finished job stays as it is);
-# the job leaves its client's active set (KEYS[2], when it has one).
-_FINISH = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if state ~= 'running' and state ~= 'queued' then return 0 end
-redis.call('HSET', KEYS[1], 'state', ARGV[1], 'finished_at', ARGV[2], 'result', ARGV[3], 'error', ARGV[4])
-if KEYS[2] then redis.call('SREM', KEYS[2], ARGV[5]) end
-return 1
-"""
-
 
 def _key(job_id: str) -> str:
     return f"gazer:job:{job_id}"
@@ -72,38 +57,93 @@ def _owned_key(owner: str) -> str:
 
 
 _WORKERS = "gazer:workers"  # sorted set: worker name -> when it last said it was alive
-_WAITING = "gazer:waiting"  # sorted set: queued job id -> when it was made
-_TURNS = "gazer:turns"      # sorted set: client -> when a worker last started one of its jobs
-WAITING_LOOKED_AT = 256     # the oldest queued jobs a worker chooses among
-TURNS_REMEMBERED_SECONDS = 2 * 86400  # a client served longer ago than this counts as never served
+_WAITING_TURNS = "gazer:waiting-turns"  # set: the turns (clients) with a job waiting
+_TURNS = "gazer:turns"  # sorted set: turn -> when a job of it last started or ended
+TURNS_REMEMBERED_SECONDS = 2 * 86400  # a turn idle longer than this is forgotten
 
-# The message's own job joins the waiting set if it is queued (a record made before the set was);
-# then, among the oldest waiting jobs (ids that are not queued any more leave the set), the one
-# whose client was served longest ago (never: 0), the oldest of those, is claimed as _CLAIM does.
-# KEYS: waiting, turns; ARGV: now, worker, the message's job id, how many to look at, forget before.
-_CLAIM_NEXT = """
-local prefix = 'gazer:job:'
-local named = redis.call('HMGET', prefix .. ARGV[3], 'state', 'created_at')
-if named[1] == 'queued' then redis.call('ZADD', KEYS[1], 'NX', named[2], ARGV[3]) end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[5])
-local best, best_served, best_turn
-for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[4]) - 1)) do
-  local job = redis.call('HMGET', prefix .. id, 'state', 'turn')
-  if job[1] ~= 'queued' then
-    redis.call('ZREM', KEYS[1], id)
+# Lua shared by the scripts below. They reach job records and waiting sets by names they make
+# (gazer:job:ID, gazer:waiting:TURN), as a standalone Redis allows. KEYS[1] and KEYS[2] are
+# _WAITING_TURNS and _TURNS in each.
+_LUA_COMMON = """
+local function record(id) return 'gazer:job:' .. id end
+local function waiting(turn) return 'gazer:waiting:' .. turn end
+local function turn_of(job) return redis.call('HGET', record(job), 'turn') or '' end
+local function leave(job, turn)
+  redis.call('ZREM', waiting(turn), job)
+  if redis.call('ZCARD', waiting(turn)) == 0 then redis.call('SREM', KEYS[1], turn) end
+end
+-- queued -> running, its turn served now
+local function take(job, turn, now, worker)
+  redis.call('HSET', record(job), 'state', 'running', 'started_at', now, 'heartbeat_at', now, 'worker', worker)
+  redis.call('HINCRBY', record(job), 'attempts', 1)
+  leave(job, turn)
+  redis.call('ZADD', KEYS[2], now, turn)
+end
+"""
+# Job ARGV[3], if still queued: ARGV[2]'s now (out of turn); returns 1 when claimed.
+# ARGV: now, worker, job id.
+_CLAIM = _LUA_COMMON + """
+if redis.call('HGET', record(ARGV[3]), 'state') ~= 'queued' then return 0 end
+take(ARGV[3], turn_of(ARGV[3]), ARGV[1], ARGV[2])
+return 1
+"""
+# The queued job whose turn it is (see the module's words), claimed for ARGV[2]; false when none.
+# A turn's score is when a job of it last started or ended, else when its oldest waiting job was
+# made; the lowest wins, then the older job. The message's own job (ARGV[3]) waits first, if it
+# is queued and not waiting yet (its submitter failed to say so). Ids that are not queued any
+# more leave the waiting sets, and empty sets their turn. ARGV: now, worker, job id, forget before.
+_CLAIM_NEXT = _LUA_COMMON + """
+local named = redis.call('HMGET', record(ARGV[3]), 'state', 'created_at', 'turn')
+if named[1] == 'queued' then
+  redis.call('ZADD', waiting(named[3] or ''), 'NX', named[2], ARGV[3])
+  redis.call('SADD', KEYS[1], named[3] or '')
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[4])
+local best_turn, best_job, best_score, best_made
+for _, turn in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local job, made
+  while true do
+    local first = redis.call('ZRANGE', waiting(turn), 0, 0, 'WITHSCORES')
+    if #first == 0 then break end
+    if redis.call('HGET', record(first[1]), 'state') == 'queued' then
+      job, made = first[1], tonumber(first[2])
+      break
+    end
+    redis.call('ZREM', waiting(turn), first[1])
+  end
+  if job == nil then
+    redis.call('SREM', KEYS[1], turn)
   else
-    local turn = job[2] or ''
-    local served = tonumber(redis.call('ZSCORE', KEYS[2], turn) or '0')
-    if best == nil or served < best_served then best, best_served, best_turn = id, served, turn end
+    local score = tonumber(redis.call('ZSCORE', KEYS[2], turn) or made)
+    if best_job == nil or score < best_score or (score == best_score and made < best_made) then
+      best_turn, best_job, best_score, best_made = turn, job, score, made
+    end
   end
 end
-if best == nil then return false end
-local key = prefix .. best
-redis.call('HSET', key, 'state', 'running', 'started_at', ARGV[1], 'heartbeat_at', ARGV[1], 'worker', ARGV[2])
-redis.call('HINCRBY', key, 'attempts', 1)
-redis.call('ZREM', KEYS[1], best)
-redis.call('ZADD', KEYS[2], ARGV[1], best_turn)
-return best
+if best_job == nil then return false end
+take(best_job, best_turn, ARGV[1], ARGV[2])
+return best_job
+"""
+# Job ARGV[1], made at ARGV[2], waits for its turn, if it is still queued.
+_WAIT = _LUA_COMMON + """
+if redis.call('HGET', record(ARGV[1]), 'state') ~= 'queued' then return 0 end
+local turn = turn_of(ARGV[1])
+redis.call('ZADD', waiting(turn), 'NX', ARGV[2], ARGV[1])
+redis.call('SADD', KEYS[1], turn)
+return 1
+"""
+# Queued or running -> a terminal state (a reaped, cancelled or finished job stays as it is): it
+# leaves its client's active set (KEYS[3], when it has one) and its waiting set; a job that ran
+# serves its turn now. ARGV: state, now, result, error, job id.
+_FINISH = _LUA_COMMON + """
+local state = redis.call('HGET', record(ARGV[5]), 'state')
+if state ~= 'running' and state ~= 'queued' then return 0 end
+redis.call('HSET', record(ARGV[5]), 'state', ARGV[1], 'finished_at', ARGV[2], 'result', ARGV[3], 'error', ARGV[4])
+if KEYS[3] then redis.call('SREM', KEYS[3], ARGV[5]) end
+local turn = turn_of(ARGV[5])
+leave(ARGV[5], turn)
+if state == 'running' then redis.call('ZADD', KEYS[2], ARGV[2], turn) end
+return 1
 """
 
 
@@ -114,6 +154,7 @@ class JobStore:
         self._claim = client.register_script(_CLAIM)
         self._finish = client.register_script(_FINISH)
         self._claim_next = client.register_script(_CLAIM_NEXT)
+        self._wait = client.register_script(_WAIT)
 
     @classmethod
     def from_url(cls, url: str, lease_seconds: float) -> "JobStore":
@@ -149,7 +190,6 @@ class JobStore:
             transaction.multi()
             transaction.hset(_key(fields["id"]), mapping=fields)
             transaction.zadd(_INDEX, {fields["id"]: fields["created_at"]})
-            transaction.zadd(_WAITING, {fields["id"]: fields["created_at"]})
             if fields["owner"]:
                 transaction.zadd(_owned_key(fields["owner"]), {fields["id"]: fields["created_at"]})
             if fields["parent"]:
@@ -179,11 +219,20 @@ class JobStore:
         return active
 
     def discard(self, job_id: str) -> None:
-        """Remove a record whose message could not be sent, so that no job waits for nothing."""
-        client = self.redis.hget(_key(job_id), "client")
-        self._delete({job_id: client})
-        if client:
-            self.redis.srem(_active_key(client), job_id)
+        """Remove a record whose message could not be sent, so that no job waits for nothing;
+        unless a worker has claimed it (the message was sent after all): then it runs."""
+        def unqueue(transaction: redis.client.Pipeline) -> bool:
+            if transaction.hget(_key(job_id), "state") != "queued":
+                return False
+            transaction.multi()
+            transaction.hset(_key(job_id), "state", "cancelled")  # no worker claims it from here
+            return True
+
+        if self.redis.transaction(unqueue, _key(job_id), value_from_callable=True):
+            client = self.redis.hget(_key(job_id), "client")
+            self._delete({job_id: client})
+            if client:
+                self.redis.srem(_active_key(client), job_id)
 
     def get(self, job_id: str) -> dict[str, Any]:
         raw = self.redis.hgetall(_key(job_id))
@@ -277,16 +326,22 @@ class JobStore:
             rows = reads.execute()
         return [dict(zip(fields, row)) for row in rows if row[0] is not None]
 
+    def wait_for_turn(self, job: dict[str, Any]) -> None:
+        """Job `job` (as `create` returned it), its message sent, waits for its turn (see the
+        module's words). Not before its message is sent: a worker could take its turn, and a job
+        whose message failed is discarded. Should this fail, its message makes it wait."""
+        self._wait(keys=[_WAITING_TURNS, _TURNS], args=[job["id"], job["created_at"]])
+
     def claim(self, job_id: str, worker: str) -> bool:
-        """Job `job_id`, if still queued, is `worker`'s now (out of turn: see claim_next)."""
-        return bool(self._claim(keys=[_key(job_id)], args=[time.time(), worker]))
+        """Job `job_id`, if still queued, is `worker`'s now, out of turn."""
+        return bool(self._claim(keys=[_WAITING_TURNS, _TURNS], args=[time.time(), worker, job_id]))
 
     def claim_next(self, job_id: str, worker: str) -> str | None:
         """On a message for job `job_id`: the queued job whose turn it is (see the module's
         words), now `worker`'s; None when no job is queued."""
         now = time.time()
-        return self._claim_next(keys=[_WAITING, _TURNS], args=[now, worker, job_id, WAITING_LOOKED_AT,
-                                                                now - TURNS_REMEMBERED_SECONDS])
+        return self._claim_next(keys=[_WAITING_TURNS, _TURNS],
+                                args=[now, worker, job_id, now - TURNS_REMEMBERED_SECONDS])
 
     def heartbeat(self, job_id: str) -> None:
         self.redis.hset(_key(job_id), "heartbeat_at", time.time())
@@ -298,7 +353,7 @@ class JobStore:
     def finish(self, job_id: str, state: str, result: Any = None, error: dict[str, Any] | None = None) -> bool:
         assert state in TERMINAL
         client = self.redis.hget(_key(job_id), "client")  # set once, at create
-        return bool(self._finish(keys=[_key(job_id)] + ([_active_key(client)] if client else []), args=[
+        return bool(self._finish(keys=[_WAITING_TURNS, _TURNS] + ([_active_key(client)] if client else []), args=[
             state, time.time(), json.dumps(result) if result is not None else "",
             json.dumps(error) if error is not None else "", job_id]))
 

@@ -15,6 +15,7 @@ import logging
 import math
 import shutil
 import time
+from contextlib import suppress
 from typing import Any, Callable
 
 import optuna
@@ -92,6 +93,8 @@ class SweepHost:
         except Exception:  # kombu's and redis's connection errors alike: no record waits for nothing
             self.store.discard(job["id"])
             raise
+        with suppress(redis.RedisError):  # else it waits from when a worker receives its message
+            self.store.wait_for_turn(job)
         return job["id"]
 
     def report_epoch(self, trial: dict[str, Any], epoch: int, value: float) -> bool:

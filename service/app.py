@@ -85,7 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.model_queues = ModelQueues(settings.max_queued_per_model, settings.max_queued_per_client)
     app.state.explanation_slots = ExplanationSlots(settings.max_concurrent_explanations,
                                                    settings.max_explanations_per_client)
-    app.state.explained_pixels = PixelBudget(settings.max_explained_pixels, settings.max_explained_pixels_per_client)
+    app.state.explained_pixels = PixelBudget(settings.max_explained_pixels, settings.explained_pixels_per_client)
     install_error_handlers(app)
     # Outermost last: ids and metrics, then Host, Origin and CORS, then keys and scopes (their
     # 401s and 403s carry CORS headers, and come before anything reads a body), then a full

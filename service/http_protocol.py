@@ -44,8 +44,8 @@ def guarded_protocol(header_seconds: float, linger_seconds: float, per_address: 
         def _too_slow(self, why: str) -> None:
             self._deadline = None
             peer = self.transport.get_extra_info("peername")
-            self._log_close(self._counted, why, f"closing a connection from {peer[0] if peer else 'an unknown peer'} "
-                                                f"({self._counted}), whose {why}")
+            who = peer[0] if isinstance(peer, tuple) and peer else "an unknown peer"
+            self._log_close(self._counted, why, f"closing a connection from {who}, whose {why}")
             self.transport.close()
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]

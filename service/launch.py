@@ -74,14 +74,20 @@ class Child:
 
 
 def port_taken(host: str, port: int) -> str | None:
-    """Why the API could not listen on host:port now, or None."""
+    """Why the API could not listen on host:port now (on each address `host` names), or None."""
     try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        with socket.create_server((host, port), family=family):
-            return None
+        addresses = {(family, address[0]) for family, _, _, _, address in
+                     socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)}
     except OSError as error:
-        return (f"cannot listen on {host}:{port}: {error.strerror or error}. Another Gazer, or another server, may "
-                f"hold it: stop it, or choose another port (PORT={port + 1} make run).")
+        return f"cannot listen on {host}:{port}: {error.strerror or error} (HOST names no address here)"
+    for family, address in sorted(addresses):
+        try:
+            with socket.create_server((address, port), family=family):
+                pass
+        except OSError as error:
+            return (f"cannot listen on {host}:{port}: {error.strerror or error}. Another Gazer, or another server, "
+                    f"may hold it: stop it, or choose another port (PORT={port + 1} make run).")
+    return None
 
 
 def main() -> None:

@@ -51,6 +51,8 @@ class JobQueue:
             except redis.RedisError:
                 log.error("job %s: its message was not sent and its record could not be removed", job["id"])
             raise QueueUnavailable(f"the job queue cannot take jobs now: {error}") from None
+        with suppress(redis.RedisError):  # else it waits from when a worker receives its message
+            self.store.wait_for_turn(job)
         try:  # after the job is queued: a refused submit takes nothing away
             for job_id in self.store.trim_finished(client, keep):
                 shutil.rmtree(storage.job_artifacts(job_id), ignore_errors=True)

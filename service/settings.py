@@ -30,9 +30,9 @@ class Settings(SharedSettings):
     max_explanations_per_client: int = Field(16, ge=1)
     # Decoded pixels those explanations hold together (their images, as the headers declare them);
     # beyond it 503 at once. Four requests at GAZER_MAX_REQUEST_PIXELS: about 2.6 GB as Pillow holds RGB.
-    # One client's share of them; beyond it 429.
+    # One client's share of them (default half); beyond it 429.
     max_explained_pixels: int = Field(640_000_000, ge=1)
-    max_explained_pixels_per_client: int = Field(320_000_000, ge=1)
+    max_explained_pixels_per_client: int | None = Field(None, ge=1)
     # Concurrent requests' images run together, up to this many per model run; an idle model
     # runs what it has at once, unless batch_wait_ms asks it to wait for more.
     max_batch: int = Field(32, ge=1, le=1024)
@@ -103,6 +103,10 @@ class Settings(SharedSettings):
         if listed:
             return listed
         return ["*"] if self.api_keys else list(LOOPBACK_NAMES)
+
+    @property
+    def explained_pixels_per_client(self) -> int:
+        return min(self.max_explained_pixels_per_client or max(1, self.max_explained_pixels // 2), self.max_explained_pixels)
 
     @field_validator("explain_outputs")
     @classmethod

@@ -1,4 +1,5 @@
-"""The one task: run a job by id. Claiming is atomic, so a redelivered message is a no-op."""
+"""The one task: a job message is a turn to run the queued job whose turn it is (JobStore.claim_next).
+Claiming is atomic, so no job runs twice; a message left over runs nothing."""
 
 from __future__ import annotations
 
@@ -83,18 +84,16 @@ def run_job(job_id: str, store: JobStore, context: JobContext, metrics: WorkerMe
     worker = worker_name()
     claimed = store.claim_next(job_id, worker)
     if claimed is None:
-        log.info("job %s is not queued any more (cancelled, running elsewhere or done), nor any other; skipped",
-                 job_id)
+        log.info("no job is queued (job %s was cancelled, or runs or ran already); nothing run", job_id)
         return "skipped"
-    if claimed != job_id:
-        log.info("a message for job %s runs job %s: its client's turn", job_id, claimed)
-    job_id = claimed
-    token = logs.job_id.set(job_id)
+    token = logs.job_id.set(claimed)
     try:
-        job = store.get(job_id)
+        if claimed != job_id:
+            log.info("a message for job %s runs job %s: its turn", job_id, claimed)
+        job = store.get(claimed)
         run = partial(_run_measured, job, store, context, worker, metrics, _runner(job, sweeps), max_seconds)
         if job["type"] == SWEEP:  # it waits on its trials: on a thread, so this worker's one slot runs them
-            threading.Thread(target=run, name=f"sweep-{job_id}", daemon=True).start()
+            threading.Thread(target=run, name=f"sweep-{claimed}", daemon=True).start()
             return "detached"
         return run()
     finally:

@@ -39,8 +39,8 @@ def load_squares(items: list[tuple[Path, int]], spec: ModelSpec, max_pixels: int
     """Each image's centre square resized to input_size + resize_margin (uint8 NCHW) as
     imaging.resize_region does it, so the centre crop of it is the spec's preprocessing of the
     original (identical on chelsea; within a pixel level where reducing_gap applies). Every
-    LOADED_BETWEEN_LOOKS images it is told `loaded(count)`, and raises JobCancelled once
-    should_stop() says so: a large data set takes minutes to decode."""
+    LOADED_BETWEEN_LOOKS images, and at the end, it is told `loaded(count)`; it raises
+    JobCancelled once should_stop() says so: a large data set takes minutes to decode."""
     side = spec.input_size + spec.resize_margin
     pixels = torch.empty((len(items), 3, side, side), dtype=torch.uint8)
     for index, (path, _) in enumerate(items):
@@ -53,6 +53,7 @@ def load_squares(items: list[tuple[Path, int]], spec: ModelSpec, max_pixels: int
         left, top = (image.width - short) / 2, (image.height - short) / 2
         square = imaging.resize_region(image, (left, top, left + short, top + short), side, spec)
         pixels[index] = torch.from_numpy(np.asarray(square).transpose(2, 0, 1).copy())
+    loaded(len(items))
     labels = torch.tensor([label for _, label in items], dtype=torch.long)
     return pixels, labels
 

@@ -76,6 +76,7 @@ def test_explanations_hold_their_decoded_pixels_against_a_budget(data_dir, monke
             running.join(timeout=120)
         assert slow[0].status_code == 200
         assert client.app.state.explained_pixels.held == 0
+        assert client.app.state.explained_pixels.per_client == 100_000  # a client's share: half, by default
         # alone, a request over the budget (but within its own limit) is served: it holds the whole budget
         wide = encode(photo.resize((600, 350)))  # 210 000 pixels
         alone = client.post(EXPLAIN, files=[upload(wide)], data={"method": "saliency", "outputs": "map"})

@@ -36,31 +36,44 @@ def test_listing_reads_past_the_first_page_and_filters(tmp_path):
 
 
 def test_clients_take_turns_whichever_job_a_message_names(tmp_path):
-    """Alice queues three jobs, then Bob one, then Carol a sweep with a trial: each message runs
-    the oldest job of the client served longest ago (a trial takes its sweep's client's turns);
-    a cancelled job is passed over; with nothing queued a message runs nothing."""
+    """Each message runs the oldest job of the client served longest ago: served when a job of
+    it last started or ended, else when its oldest waiting job was made. A trial takes its
+    sweep's client's turns; a cancelled or discarded job is passed over; a job whose submitter
+    never said it waits is found by its own message; with nothing queued a message runs nothing."""
     with EmbeddedRedis(tmp_path / "redis") as server:
         store = JobStore.from_url(server.url, lease_seconds=60)
 
-        def made(client: str | None = None, parent: str | None = None) -> str:
-            return store.create("fine_tune", {}, client=client, parent=parent)["id"]
+        def made(client: str | None = None, parent: str | None = None, waits: bool = True) -> str:
+            job = store.create("fine_tune", {}, client=client, parent=parent)
+            if waits:  # as JobQueue.submit and SweepHost.submit_trial do once its message is sent
+                store.wait_for_turn(job)
+            return job["id"]
 
-        alice = [made("key:alice") for _ in range(3)]
-        bob = made("key:bob")
-        messages = iter([*alice, bob])
-        assert [store.claim_next(next(messages), "w") for _ in range(3)] == [alice[0], bob, alice[1]]
-        sweep = made("key:carol")
+        alice = [made("key:alice") for _ in range(4)]
+        assert store.claim_next(alice[0], "w") == alice[0]
+        bob = [made("key:bob") for _ in range(2)]  # made while Alice's first job runs
+        assert store.finish(alice[0], "succeeded")  # so Alice was served after Bob's jobs were made
+        assert [store.claim_next(message, "w") for message in alice[1:3]] == [bob[0], alice[1]]
+        assert store.finish(bob[0], "succeeded") and store.finish(alice[1], "succeeded")
+        sweep = made("key:carol")  # made after Bob and Alice were served: after their waiting jobs
+        assert [store.claim_next(message, "w") for message in (alice[3], bob[1], sweep)] == [
+            bob[1], alice[2], sweep]  # Bob was served before Alice
         trial = made(parent=sweep)
-        dave = made("key:dave")
-        store.cancel(dave)
-        assert [store.claim_next(message, "w") for message in (next(messages), sweep, trial, dave)] == [
-            sweep, alice[2], trial, None]
-        assert all(store.get(job_id)["state"] == "running" for job_id in [*alice, bob, sweep, trial])
-        assert store.get(dave)["state"] == "cancelled" and store.get(trial)["attempts"] == 1
+        cancelled, discarded = made("key:dave"), made("key:erin")
+        store.cancel(cancelled)
+        store.discard(discarded)
+        assert [store.claim_next(message, "w") for message in (trial, cancelled, discarded)] == [
+            alice[3], trial, None]  # the sweep was served after Alice
+        assert store.get(cancelled)["state"] == "cancelled" and not store.exists(discarded)
+        assert store.get(trial)["attempts"] == 1 and store.get(trial)["state"] == "running"
 
-        older = made("key:erin")  # a record made before the waiting set was: its own message finds it
-        store.redis.zrem("gazer:waiting", older)
-        assert store.claim_next(older, "w") == older and store.claim_next(older, "w") is None
+        unsaid = made("key:frank", waits=False)  # its submitter failed to say it waits
+        assert store.claim_next(unsaid, "w") == unsaid and store.claim_next(unsaid, "w") is None
+        running = made("key:gina")
+        assert store.claim(running, "w")
+        store.discard(running)  # its message was sent after all, and a worker runs it: it stays
+        assert store.get(running)["state"] == "running"
+        assert store.redis.smembers("gazer:waiting-turns") == set()  # nothing waits, no set is left
 
 
 def test_a_keys_listing_reads_its_own_jobs_not_every_job(tmp_path):

@@ -13,7 +13,8 @@ from tests.live_service import ROOT
 
 def launch(tmp_path, **env: str) -> subprocess.CompletedProcess:
     environment = {**os.environ, "GAZER_DATA_DIR": str(tmp_path), "PYTHONPATH": str(ROOT), **env}
-    environment.pop("GAZER_REDIS_URL", None)
+    for name in ("GAZER_REDIS_URL", "GAZER_API_KEYS", "GAZER_ALLOW_OPEN"):
+        environment.pop(name, None)
     return subprocess.run([sys.executable, "-m", "service.launch"], cwd=ROOT, env=environment, capture_output=True,
                           text=True, timeout=60)
 

@@ -23,7 +23,7 @@ def test_loading_tells_its_progress_and_stops_when_told(tmp_path):
     pixels, labels = data.load_squares(items, spec, 10**8, loaded=told.append)
     side = spec.input_size + spec.resize_margin
     assert pixels.shape == (len(items), 3, side, side) and labels.tolist() == [index % 2 for index in range(len(items))]
-    assert told == [LOADED_BETWEEN_LOOKS, 2 * LOADED_BETWEEN_LOOKS, 3 * LOADED_BETWEEN_LOOKS]
+    assert told == [LOADED_BETWEEN_LOOKS, 2 * LOADED_BETWEEN_LOOKS, 3 * LOADED_BETWEEN_LOOKS, len(items)]
     assert pixels[7, 0].unique().tolist() == [7]  # each image in its place
 
     looks = []

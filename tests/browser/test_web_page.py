@@ -282,6 +282,47 @@ def test_fine_tune_from_the_form_shows_live_progress_then_plots(page, service, t
     assert gate.endswith("· flat") == (high - low < FLAT_GATE_RANGE), gate
 
 
+def test_the_fine_tune_form_sends_lr_as_auto_or_a_number(page, service, tmp_path):
+    """`lr` is a number or "auto" (an anyOf): the form kept only the number's branch, so the
+    learning-rate range test could not be asked for."""
+    dataset = uploaded_tiny_dataset(service, tmp_path, "pets-lr")
+    page.goto(f"{service.url}/#jobs")
+    page.wait_for_selector("body[data-ready=jobs]")
+    form = page.locator("#finetune-form")
+    form.locator('[name="dataset_id"]').select_option(dataset)
+    form.locator('[name="output_model"]').fill("pets-lr")
+    form.locator('[name="epochs"]').fill("1")
+    form.locator('[name="input_size"]').fill("64")
+    lr = form.locator('[name="lr"]')
+    assert lr.input_value() == "0.001"                                   # the default, still a number
+    offered = "(input) => [...input.list.options].map((option) => option.value)"
+    assert lr.evaluate(offered) == ["auto"]
+    assert page.locator('#sweep-form [name="base.lr"]').evaluate(offered) == ["auto"]   # a sweep's base too
+    assert '"auto"' in form.locator(".field", has=page.locator('[name="lr"]')).locator(".hint").inner_text()
+    posted: list = []
+    page.on("request", lambda request: posted.append(request.post_data_json)
+            if request.method == "POST" and request.url.endswith("/v1/jobs/fine-tune") else None)
+    lr.fill("fast")
+    form.locator("button[type=submit]").click()
+    assert 'lr takes a number or "auto", not "fast"' in form.locator(".form-message").inner_text()
+    assert posted == []
+    started = []
+    try:
+        for typed, sent in (("auto", "auto"), ("0.02", 0.02)):
+            lr.fill(typed)
+            with page.expect_response(lambda response: response.url.endswith("/v1/jobs/fine-tune")) as answer:
+                form.locator("button[type=submit]").click()
+            assert answer.value.status == 202, answer.value.text()
+            started.append(answer.value.json()["id"])
+            assert posted[-1]["lr"] == sent and type(posted[-1]["lr"]) is type(sent)
+            job = httpx.get(f"{service.url}/v1/jobs/{started[-1]}", timeout=30).json()
+            assert job["params"]["lr"] == sent
+            page.locator(f'.job-card[data-job-id="{started[-1]}"]').wait_for()
+    finally:
+        for job_id in started:
+            httpx.delete(f"{service.url}/v1/jobs/{job_id}", timeout=30)
+
+
 def test_a_fine_tunes_mistakes_show_with_grad_cam_for_both_classes(page, service, shots):
     """Both classes hold the same photo: of the two validation images, one labelled each way, the
     model must get one wrong."""

@@ -398,6 +398,55 @@ def test_a_sweep_and_its_trials_all_show_in_the_job_list(page, service, tmp_path
     card.screenshot(path=str(shots / "sweep-laptop.png"))
 
 
+def test_a_sweeps_card_shows_its_trials_live_then_the_best_and_its_model(page, service, tmp_path, shots):
+    """A sweep's card showed its result as raw JSON: it shows a table of its trials (job, the
+    values tried, state, validation accuracy), read again while the sweep runs, the best trial
+    marked and the model it published named."""
+    dataset = uploaded_tiny_dataset(service, tmp_path, "pets-trials")
+    # 3 epochs: the second trial runs for seconds after the first has ended, while the page looks
+    base = {"dataset_id": dataset, "output_model": "trialled", "epochs": 3, "batch_size": 4,
+            "input_size": 64, "strategy": "feature_extraction"}
+    space = {"lr": {"log_uniform": [1e-3, 1e-2]}, "head.dropout": {"uniform": [0, 0.5]}}
+    sweep_id, card = submitted_then_listed(page, service, "sweep", {
+        "base": base, "space": space, "trials": 2, "parallel": 1})
+    # the trials' states each time the table changes while the sweep has not ended
+    page.evaluate("""(id) => {
+      window.__trialStates = [];
+      new MutationObserver(() => {
+        const card = document.querySelector(`.job-card[data-job-id='${id}']`);
+        if (!card || !["queued", "running"].includes(card.dataset.state)) return;
+        const states = [...card.querySelectorAll('.trials-table tbody tr')].map((row) => row.dataset.state);
+        if (states.length) window.__trialStates.push(states);
+      }).observe(document.querySelector('#job-list'), {subtree: true, childList: true, attributes: true});
+    }""", sweep_id)
+    page.wait_for_function("(id) => document.querySelector(`.job-card[data-job-id='${id}']`)?.dataset.state === 'succeeded'",
+                           arg=sweep_id, timeout=180_000)
+    seen = page.evaluate("window.__trialStates")
+    # one trial at a time: the first ended while the sweep still ran, and the table showed it
+    assert any("succeeded" in states for states in seen), seen
+    assert any("running" in states or "queued" in states for states in seen), seen
+    result = httpx.get(f"{service.url}/v1/jobs/{sweep_id}", timeout=30).json()["result"]
+    table = card.locator(".trials-table")
+    assert table.locator("thead th").all_inner_texts() == ["Trial", "Job", "lr", "head.dropout", "State", "Val accuracy"]
+    assert table.locator("tbody tr").count() == 2
+    page.wait_for_function("(id) => [...document.querySelectorAll(`.job-card[data-job-id='${id}'] .trials-table tbody tr`)]"
+                           ".every((row) => row.dataset.state === 'succeeded')", arg=sweep_id)
+    for trial in result["trials"]:
+        cells = table.locator(f'tr[data-job-id="{trial["job_id"]}"] td').all_inner_texts()
+        assert cells[0].startswith(f"#{trial['number']}") and cells[1] == trial["job_id"][:8], cells
+        assert float(cells[2]) == pytest.approx(trial["params"]["lr"], rel=0.01), cells
+        assert float(cells[3]) == pytest.approx(trial["params"]["head.dropout"], rel=0.01, abs=1e-3), cells
+        assert cells[4].lower() == "succeeded" and cells[5] == f"{trial['value'] * 100:.1f}%", cells
+    best = table.locator("tr.best")
+    assert best.count() == 1 and best.get_attribute("data-job-id") == result["best"]["job_id"]
+    assert "best" in best.locator("td").first.inner_text()
+    published = f"{result['output_model']['id']}@{result['output_model']['version']}"
+    assert card.locator(".stat", has_text="Published").inner_text().endswith(published)
+    assert card.get_by_role("link", name=f"Explain with {published}").is_visible()
+    assert card.locator("pre").count() == 0                                   # no raw JSON
+    card.screenshot(path=str(shots / "sweep-trials-laptop.png"))
+
+
 def test_a_sweep_and_a_data_set_explanation_start_from_their_forms(page, service, tmp_path, shots):
     dataset = uploaded_tiny_dataset(service, tmp_path, "pets-forms")
     page.goto(f"{service.url}/#jobs")

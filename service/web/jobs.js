@@ -36,6 +36,7 @@ export async function initJobs() {
     });
   }
   document.body.append(el("datalist", { id: "model-ids" }));
+  window.addEventListener("gazer:models-changed", () => refreshModelList());
   await Promise.all([buildForms(), loadDatasets()]);
 }
 

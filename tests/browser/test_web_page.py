@@ -16,6 +16,7 @@ from PIL import Image
 
 from core.names import FLAT_GATE_RANGE
 from support import chelsea, coffee, encode, upload
+from tests.api.test_model_refusals import onnx_classifier
 from tests.browser.chromium import LAPTOP, PHONE, PIXEL_DIFF, start_flamingo_maximization
 from tests.live_service import LiveService
 
@@ -524,6 +525,114 @@ def test_models_view_lists_every_spec(page, service, shots):
     for expected in ("efficientnet_lite0", "224 × 224", "1,000", "centre crop 224", "gradcam", "v1"):
         assert expected in text, expected
     page.screenshot(path=str(shots / "models-laptop.png"))
+
+
+def resnet18_weights(path: Path, classes: int) -> Path:
+    """A resnet18 state dict with `classes` outputs (random weights), as .safetensors."""
+    import torch
+    import torchvision
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    network = torchvision.models.resnet18(num_classes=classes)
+    save_file({key: value.contiguous() for key, value in network.state_dict().items()}, str(path))
+    return path
+
+
+def model_options(page) -> list[str]:
+    return page.evaluate("[...document.querySelectorAll('#model-select option')].map((option) => option.value)")
+
+
+def test_models_are_uploaded_pinned_and_deleted_from_the_models_view(page, service, tmp_path, shots):
+    """The page could only read models: it uploads safetensors (with an architecture) or ONNX,
+    pins a version and deletes a version or a model, each after a confirm step; the API's
+    refusals show as problems, and the explain picker follows every change."""
+    weights = resnet18_weights(tmp_path / "resnet18.safetensors", classes=3)
+    (tmp_path / "labels.txt").write_text("ant\nbee\ncicada\n")
+    (tmp_path / "tiny.onnx").write_bytes(onnx_classifier().SerializeToString())
+    (tmp_path / "broken.safetensors").write_bytes(b"not a safetensors file")
+    page.goto(f"{service.url}/#explain")   # the explain view's picker is there, to be kept up to date
+    page.wait_for_function("document.querySelector('#method-select').options.length > 0")
+    page.click('[data-view="models"]')
+    page.wait_for_selector("body[data-ready=models]")
+    page.locator(".upload-panel > summary").click()
+    form = page.locator("#model-upload-form")
+    message = form.locator("#upload-message")
+
+    # safetensors weights: the architecture, the file, labels and an input size
+    form.locator("#upload-name").fill("web-upload")
+    form.locator("#upload-architecture").fill("resnet18")
+    form.locator("#upload-file").set_input_files(str(weights))
+    form.locator("#upload-labels").set_input_files(str(tmp_path / "labels.txt"))
+    form.locator(".more.options > summary").click()
+    form.locator('[name="input_size"]').fill("64")
+    form.get_by_role("button", name="Upload").click()
+    message.locator(".ok").wait_for(timeout=120_000)
+    assert "Uploaded web-upload@1" in message.inner_text()
+    card = page.locator('.model-card[data-model="web-upload"]')
+    card.wait_for()
+    text = card.inner_text()
+    assert "resnet18" in text and "64 × 64" in text, text
+    described = httpx.get(f"{service.url}/v1/models/web-upload", timeout=60).json()
+    assert described["labels"] == ["ant", "bee", "cicada"] and described["input_size"] == 64
+
+    # an ONNX file as its second version: no architecture asked for
+    form.locator('input[name="format"][value="onnx"]').check()
+    assert form.locator("#upload-architecture").is_hidden() and form.locator('[name="cam_layer"]').is_hidden()
+    assert form.locator("#upload-file").get_attribute("accept") == ".onnx"
+    form.locator("#upload-name").fill("web-upload")
+    form.locator("#upload-file").set_input_files(str(tmp_path / "tiny.onnx"))
+    form.locator('[name="input_size"]').fill("32")
+    form.get_by_role("button", name="Upload").click()
+    page.wait_for_function("document.querySelector('#upload-message .ok')?.textContent.includes('web-upload@2')",
+                           timeout=120_000)
+    page.wait_for_function("document.querySelectorAll('.model-card[data-model=\"web-upload\"] tbody tr').length === 2")
+    assert {"web-upload", "web-upload@1", "web-upload@2"} <= set(model_options(page))   # read again, unasked
+
+    # a refused upload shows the API's problem
+    form.locator('input[name="format"][value="weights"]').check()
+    form.locator("#upload-name").fill("web-broken")
+    form.locator("#upload-architecture").fill("resnet18")
+    form.locator("#upload-file").set_input_files(str(tmp_path / "broken.safetensors"))
+    form.get_by_role("button", name="Upload").click()
+    expected = httpx.post(f"{service.url}/v1/models", data={"name": "web-broken", "architecture": "resnet18"},
+                          files={"weights": ("broken.safetensors", b"not a safetensors file")}, timeout=60).json()
+    problem = message.locator(".problem")
+    problem.wait_for()
+    assert expected["status"] == 422 and expected["detail"] in problem.inner_text() and "422" in problem.inner_text()
+
+    # pin version 1: asked first
+    card.get_by_role("button", name="Pin web-upload@1").click()
+    assert "From now on web-upload means web-upload@1" in card.locator(".confirm").inner_text()
+    card.locator(".confirm").get_by_role("button", name="Pin v1").click()
+    card.locator('tr[data-version="1"] .tag', has_text="pinned").wait_for()
+    assert httpx.get(f"{service.url}/v1/models/web-upload/versions", timeout=30).json()["pinned"] == 1
+    page.screenshot(path=str(shots / "models-manage-laptop.png"), full_page=True)
+
+    # delete version 2: cancelled, then confirmed
+    card.get_by_role("button", name="Delete web-upload@2").click()
+    card.locator(".confirm").get_by_role("button", name="Cancel").click()
+    assert card.locator(".confirm").count() == 0
+    assert len(httpx.get(f"{service.url}/v1/models/web-upload/versions", timeout=30).json()["data"]) == 2
+    card.get_by_role("button", name="Delete web-upload@2").click()
+    card.locator(".confirm").get_by_role("button", name="Delete v2").click()
+    page.wait_for_function("document.querySelectorAll('.model-card[data-model=\"web-upload\"] tbody tr').length === 1")
+    assert [v["version"] for v in httpx.get(f"{service.url}/v1/models/web-upload/versions", timeout=30).json()["data"]] == [1]
+    page.wait_for_function("![...document.querySelectorAll('#model-select option')].some((o) => o.value === 'web-upload@2')")
+
+    # a built-in model is refused (409), and its card says why
+    builtin = page.locator('.model-card[data-model="efficientnet_lite0"]')
+    builtin.get_by_role("button", name="Delete efficientnet_lite0@1").click()
+    builtin.locator(".confirm").get_by_role("button", name="Delete v1").click()
+    builtin.locator(".problem").wait_for()
+    assert "409" in builtin.locator(".problem").inner_text() and "built in" in builtin.locator(".problem").inner_text()
+
+    # the whole model
+    card.get_by_role("button", name="Delete model web-upload").click()
+    card.locator(".confirm").get_by_role("button", name="Delete model").click()
+    card.wait_for(state="detached")
+    assert "web-upload" not in [m["id"] for m in httpx.get(f"{service.url}/v1/models", timeout=30).json()["data"]]
+    page.wait_for_function("![...document.querySelectorAll('#model-select option')].some((o) => o.value.startsWith('web-upload'))")
 
 
 def test_phone_width_layout_holds(browser, service, photos, shots):

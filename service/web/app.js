@@ -3,12 +3,12 @@ import { api } from "./api.js";
 import { initExplain, showExplain } from "./explain.js";
 import { initJobs, showJobs } from "./jobs.js";
 import { initKeyControl } from "./keys.js";
-import { showModels } from "./models.js";
+import { initModels, showModels } from "./models.js";
 
 const VIEWS = {
   explain: { init: initExplain, show: showExplain },
   jobs: { init: initJobs, show: showJobs },
-  models: { show: showModels },
+  models: { init: initModels, show: showModels },
 };
 const started = new Map();
 

@@ -13,6 +13,7 @@ const state = {
   schema: null,           // explainSchema(openapi)
   details: new Map(),     // model ref -> GET /v1/models/{ref}
   model: null,            // selected ref
+  served: null,           // what it meant when last looked up: NAME@VERSION
   method: null,
   optionValues: {},       // method -> {option: value}
   images: [],             // {key, file, name, url, original (HTMLImageElement|null), card, target, result, maps: []}
@@ -44,6 +45,11 @@ export async function initExplain() {
   $("compare-btn").addEventListener("click", () => { const image = activeImage(); if (image) compare(image); });
 
   buildToolbar();
+  // a model uploaded, pinned or deleted: the picker read again, and what a name means too
+  window.addEventListener("gazer:models-changed", () => {
+    state.details.clear();
+    if (state.schema) refreshModels(null, { keepMissing: false, reselect: true });
+  });
   try {
     state.schema = explainSchema(await openapi());
   } catch (error) {
@@ -70,7 +76,9 @@ function clearNotice() {
 }
 
 // ------------------------------------------------------------------------------------------------ models
-async function refreshModels(wanted) {
+// `keepMissing`: a wanted model the list lacks stays chosen (its 404 shows); `reselect`: the
+// chosen name is looked up again even if it is still chosen (it may mean another version now).
+async function refreshModels(wanted, { keepMissing = true, reselect = false } = {}) {
   const select = $("model-select");
   let models;
   try {
@@ -91,11 +99,12 @@ async function refreshModels(wanted) {
         versions.map((v) => el("option", { value: `${model.id}@${v.version}` }, `${model.id}@${v.version}${v.state === "failed" ? "  (failed)" : ""}`))));
     }
   }
-  if (previous && ![...select.options].some((o) => o.value === previous)) {
+  const listed = [...select.options].some((o) => o.value === previous);
+  if (previous && !listed && keepMissing) {
     select.append(el("option", { value: previous }, previous));
   }
-  select.value = previous || select.options[0]?.value || "";
-  if (select.value && select.value !== state.model) await selectModel(select.value);
+  select.value = previous && (listed || keepMissing) ? previous : select.options[0]?.value || "";
+  if (select.value && (reselect || select.value !== state.model)) await selectModel(select.value);
   else if (!select.value) updateButtons();
 }
 
@@ -106,14 +115,17 @@ async function modelDetail(ref) {
   return state.details.get(ref);
 }
 
-async function selectModel(ref) {
-  if (state.model !== ref) {   // another model's classes: a chosen class, and its map, are not this one's
-    for (const image of state.images || []) {
-      image.target = null;
-      image.result = null;
-      image.card?.predictions.replaceChildren();   // the old model's classes, which a click would explain
-    }
+// Another model's classes: a chosen class, and its map, are not this one's.
+function forgetTargets() {
+  for (const image of state.images || []) {
+    image.target = null;
+    image.result = null;
+    image.card?.predictions.replaceChildren();   // the old model's classes, which a click would explain
   }
+}
+
+async function selectModel(ref) {
+  if (state.model !== ref) forgetTargets();
   state.model = ref;
   let detail;
   try {
@@ -123,6 +135,9 @@ async function selectModel(ref) {
     return;
   }
   if (state.model !== ref) return;
+  const served = `${detail.id}@${detail.version}`;
+  if (state.served && state.served !== served) forgetTargets();   // the same name, another version now
+  state.served = served;
   const methods = state.schema.order.filter((m) => detail.methods.includes(m))
     .concat(detail.methods.filter((m) => !state.schema.order.includes(m)));
   const select = $("method-select");

@@ -3,7 +3,8 @@
 import { api, apiBlob, ApiError, eventStream, modelsWithVersions, openapi, resolve } from "./api.js";
 import { accuracyBars, bars, confusionMatrix, lineChart } from "./plot.js";
 import { collectObject, inputFor, renderObject } from "./schema.js";
-import { downloadBlob, el, fill, fmtMs, fmtNumber, fmtTime, pct, problemBox, spinner, toast } from "./ui.js";
+import { showSweep, stopSweep } from "./sweep.js";
+import { downloadBlob, el, fill, fmtMs, fmtNumber, fmtTime, pct, problemBox, spinner, stat, toast } from "./ui.js";
 
 const $ = (id) => document.getElementById(id);
 const TERMINAL = new Set(["succeeded", "failed", "cancelled", "pruned"]);
@@ -35,6 +36,7 @@ export async function initJobs() {
     });
   }
   document.body.append(el("datalist", { id: "model-ids" }));
+  window.addEventListener("gazer:models-changed", () => refreshModelList());
   await Promise.all([buildForms(), loadDatasets()]);
 }
 
@@ -188,7 +190,7 @@ async function loadJobs() {
   } catch (error) {
     $("job-list").replaceChildren(problemBox(error, "Could not list the jobs"));
     stopAll();
-    for (const card of cards.values()) revokeUrls(card);
+    for (const card of cards.values()) { revokeUrls(card); stopSweep(card); }
     cards.clear();
     return;
   }
@@ -201,6 +203,7 @@ async function loadJobs() {
     if (listed.has(id)) continue;
     stopFollowing(id);
     revokeUrls(card);
+    stopSweep(card);
     card.root.remove();
     cards.delete(id);
   }
@@ -262,6 +265,7 @@ function stopFollowing(id) {
 
 function stopAll() {
   for (const id of [...streams.keys()]) stopFollowing(id);
+  for (const card of cards.values()) stopSweep(card);
   clearInterval(poller);
   poller = null;
 }
@@ -353,6 +357,7 @@ function upsertCard(job, { prepend = false } = {}) {
       card.body.replaceChildren(el("pre", {}, JSON.stringify(job.result, null, 2)));
     }
   }
+  if (job.type === "sweep") showSweep(card, job);   // its trials, live while it runs
 }
 
 function renderProgress(card, job) {
@@ -399,7 +404,8 @@ function renderResult(job, card) {
   if (job.type === "fine-tune") return job.params?.trial ? trialResult(job.result) : fineTuneResult(job.result, card);
   if (job.type === "activation-maximization") return maximizationResult(job, card);
   if (job.type === "explain-dataset") return explainDatasetResult(job.result, card);
-  return [el("pre", {}, JSON.stringify(job.type === "sweep" ? job.result.best : job.result, null, 2))];
+  if (job.type === "sweep") return [];   // its trials: showSweep
+  return [el("pre", {}, JSON.stringify(job.result, null, 2))];
 }
 
 function fineTuneResult(result, card) {
@@ -556,8 +562,4 @@ function maximizationResult(job, card) {
     el("p", { class: "muted" }, `${count} image${count === 1 ? "" : "s"} from ${result.model.id}@${result.model.version}`),
     chart ? el("div", { class: "charts" }, chart) : null,
   ];
-}
-
-function stat(label, value) {
-  return el("div", { class: "stat" }, el("span", { class: "stat-label" }, label), el("span", { class: "stat-value" }, value));
 }

@@ -5,12 +5,67 @@ import { el, humanize } from "./ui.js";
 
 const escapeRegExp = (text) => text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 
+// An anyOf's branches without null: one for a nullable field (its type, with `nullable`), several
+// for a union of scalars (`lr`: a number or "auto"), kept as `union` beside the first branch's
+// type and bounds.
 function nonNull(schema) {
   if (schema?.anyOf) {
     const options = schema.anyOf.filter((s) => s.type !== "null");
-    return { ...schema, ...options[0], nullable: schema.anyOf.length > options.length, anyOf: undefined };
+    const union = options.length > 1 && options.every(isScalar) ? options : undefined;
+    return { ...schema, ...options[0], nullable: schema.anyOf.length > options.length, anyOf: undefined, union };
   }
   return schema;
+}
+
+const isScalar = (schema) => ["number", "integer", "string", "boolean"].includes(schema.type);
+
+// The fixed values a branch takes (`"auto"`), if it names them.
+const wordsOf = (branch) => (branch.const !== undefined ? [branch.const] : branch.enum || []);
+
+// What a union takes, in words: `a number or "auto"`.
+function unionText(branches) {
+  const parts = branches.flatMap((b) => {
+    const words = wordsOf(b);
+    if (words.length) return words.map((w) => JSON.stringify(w));
+    return [{ number: "a number", integer: "a whole number", boolean: "true or false", string: "text" }[b.type]];
+  });
+  return parts.length > 1 ? `${parts.slice(0, -1).join(", ")} or ${parts[parts.length - 1]}` : parts.join("");
+}
+
+// One <datalist> per set of words, shared by the inputs that offer them.
+function wordList(words) {
+  const id = `words-${words.map((w) => String(w).replace(/\W/g, "_")).join("-")}`;
+  if (!document.getElementById(id)) {
+    document.body.append(el("datalist", { id }, words.map((w) => el("option", { value: String(w) }))));
+  }
+  return id;
+}
+
+// A union of scalars as one text box: its words offered in a list, a number typed as itself.
+function unionInput(s, { name, value, required }) {
+  const words = s.union.flatMap(wordsOf);
+  return el("input", { type: "text", name, "data-type": "union", "data-union": JSON.stringify(s.union), required,
+    value: value ?? "", list: words.length ? wordList(words) : null, autocomplete: "off", spellcheck: "false",
+    placeholder: unionText(s.union).replace(/^a /, "") });
+}
+
+// A union's text as the branch it fits: a named value first (as the schema writes it), then a number,
+// a boolean or free text, in the schema's order.
+function unionValue(input, raw) {
+  const branches = JSON.parse(input.dataset.union);
+  for (const branch of branches) {
+    const word = wordsOf(branch).find((w) => String(w).toLowerCase() === raw.toLowerCase());
+    if (word !== undefined) return word;
+  }
+  for (const branch of branches) {
+    if (wordsOf(branch).length) continue;
+    const number = Number(raw);
+    if (branch.type === "number" && Number.isFinite(number)) return number;
+    if (branch.type === "integer" && Number.isInteger(number)) return number;
+    if (branch.type === "boolean" && (raw === "true" || raw === "false")) return raw === "true";
+    if (branch.type === "string") return raw;
+  }
+  throw new Error(`${input.name} takes ${unionText(branches)}, not ${JSON.stringify(raw)}`);
 }
 
 function parseBounds(text, into) {
@@ -59,6 +114,7 @@ export function explainSchema(spec) {
 export function inputFor(schema, { name, value, required } = {}) {
   const s = nonNull(schema);
   const current = value !== undefined ? value : s.default;
+  if (s.union) return unionInput(s, { name, value: current, required });
   if (s.enum) {
     return el("select", { name, "data-type": "enum" },
       s.nullable ? el("option", { value: "" }, "default") : null,
@@ -102,6 +158,7 @@ export function readInput(input) {
   if (type === "boolean") return input.checked;
   const raw = input.value.trim();
   if (raw === "") return undefined;
+  if (type === "union") return unionValue(input, raw);
   if (type === "integer") return Number.parseInt(raw, 10);
   if (type === "number") return Number(raw);
   if (type === "json") {
@@ -128,7 +185,8 @@ function fieldRow(spec, name, schema, path, required, custom) {
   const bounds = boundsText(s);
   const defaultText = s.default !== undefined && s.type !== "boolean" && !(Array.isArray(s.default) && !s.default.length)
     ? `default ${Array.isArray(s.default) ? s.default.join(", ") : s.default}` : (s.nullable && !required ? "optional" : "");
-  const hint = [s.description, [defaultText, bounds].filter(Boolean).join("; ")].filter(Boolean).join(" · ");
+  const kinds = s.union ? unionText(s.union) : "";
+  const hint = [s.description, [defaultText, kinds, bounds].filter(Boolean).join("; ")].filter(Boolean).join(" · ");
   if (input.dataset.type === "boolean") {
     return el("div", { class: "field check-field" },
       el("label", { class: "check", for: id }, input, humanize(name)),

@@ -10,6 +10,7 @@ import pytest
 
 from schemas.api_keys import create_key
 from support import chelsea, encode
+from tests.api.test_model_refusals import onnx_classifier
 from tests.browser.chromium import LAPTOP, PHONE, PIXEL_DIFF, start_flamingo_maximization
 from tests.live_service import LiveService
 
@@ -226,6 +227,36 @@ def test_a_key_without_the_scope_gets_a_readable_403_not_the_dialog(browser, key
         page.wait_for_function("[...document.querySelectorAll('.dataset-select option')]"
                                ".some((option) => option.textContent === 'The data sets could not be listed')")
         assert "Upload a data set first" not in page.locator(".dataset-select").first.inner_text()
+    finally:
+        context.close()
+    assert not errors, errors
+
+
+def test_a_key_without_the_admin_scope_is_told_why_models_are_not_uploaded_pinned_or_deleted(browser, keyed, keys,
+                                                                                             tmp_path):
+    onnx_file = tmp_path / "tiny.onnx"
+    onnx_file.write_bytes(onnx_classifier().SerializeToString())
+    context, page, errors = new_page(browser, keys["predict"])   # reads models, may not change them
+    try:
+        page.goto(f"{keyed.url}/#models")
+        card = page.locator('.model-card[data-model="efficientnet_lite0"]')
+        card.wait_for()
+        page.locator(".upload-panel > summary").click()
+        form = page.locator("#model-upload-form")
+        form.locator('input[name="format"][value="onnx"]').check()
+        form.locator("#upload-name").fill("keyed-upload")
+        form.locator("#upload-file").set_input_files(str(onnx_file))
+        form.get_by_role("button", name="Upload").click()
+        problem = form.locator("#upload-message .problem")
+        problem.wait_for()
+        assert "403" in problem.inner_text() and "'admin' scope" in problem.inner_text(), problem.inner_text()
+        for button, confirm in (("Pin efficientnet_lite0@1", "Pin v1"), ("Delete efficientnet_lite0@1", "Delete v1")):
+            card.get_by_role("button", name=button).click()
+            card.locator(".confirm").get_by_role("button", name=confirm).click()
+            refused = card.locator(".model-message .problem")
+            refused.wait_for()
+            assert "403" in refused.inner_text() and "'admin' scope" in refused.inner_text(), refused.inner_text()
+        assert page.locator(DIALOG).count() == 0
     finally:
         context.close()
     assert not errors, errors

@@ -16,6 +16,7 @@ from PIL import Image
 
 from core.names import FLAT_GATE_RANGE
 from support import chelsea, coffee, encode, upload
+from tests.api.test_model_refusals import onnx_classifier
 from tests.browser.chromium import LAPTOP, PHONE, PIXEL_DIFF, start_flamingo_maximization
 from tests.live_service import LiveService
 
@@ -282,6 +283,47 @@ def test_fine_tune_from_the_form_shows_live_progress_then_plots(page, service, t
     assert gate.endswith("· flat") == (high - low < FLAT_GATE_RANGE), gate
 
 
+def test_the_fine_tune_form_sends_lr_as_auto_or_a_number(page, service, tmp_path):
+    """`lr` is a number or "auto" (an anyOf): the form kept only the number's branch, so the
+    learning-rate range test could not be asked for."""
+    dataset = uploaded_tiny_dataset(service, tmp_path, "pets-lr")
+    page.goto(f"{service.url}/#jobs")
+    page.wait_for_selector("body[data-ready=jobs]")
+    form = page.locator("#finetune-form")
+    form.locator('[name="dataset_id"]').select_option(dataset)
+    form.locator('[name="output_model"]').fill("pets-lr")
+    form.locator('[name="epochs"]').fill("1")
+    form.locator('[name="input_size"]').fill("64")
+    lr = form.locator('[name="lr"]')
+    assert lr.input_value() == "0.001"                                   # the default, still a number
+    offered = "(input) => [...input.list.options].map((option) => option.value)"
+    assert lr.evaluate(offered) == ["auto"]
+    assert page.locator('#sweep-form [name="base.lr"]').evaluate(offered) == ["auto"]   # a sweep's base too
+    assert '"auto"' in form.locator(".field", has=page.locator('[name="lr"]')).locator(".hint").inner_text()
+    posted: list = []
+    page.on("request", lambda request: posted.append(request.post_data_json)
+            if request.method == "POST" and request.url.endswith("/v1/jobs/fine-tune") else None)
+    lr.fill("fast")
+    form.locator("button[type=submit]").click()
+    assert 'lr takes a number or "auto", not "fast"' in form.locator(".form-message").inner_text()
+    assert posted == []
+    started = []
+    try:
+        for typed, sent in (("auto", "auto"), ("0.02", 0.02)):
+            lr.fill(typed)
+            with page.expect_response(lambda response: response.url.endswith("/v1/jobs/fine-tune")) as answer:
+                form.locator("button[type=submit]").click()
+            assert answer.value.status == 202, answer.value.text()
+            started.append(answer.value.json()["id"])
+            assert posted[-1]["lr"] == sent and type(posted[-1]["lr"]) is type(sent)
+            job = httpx.get(f"{service.url}/v1/jobs/{started[-1]}", timeout=30).json()
+            assert job["params"]["lr"] == sent
+            page.locator(f'.job-card[data-job-id="{started[-1]}"]').wait_for()
+    finally:
+        for job_id in started:
+            httpx.delete(f"{service.url}/v1/jobs/{job_id}", timeout=30)
+
+
 def test_a_fine_tunes_mistakes_show_with_grad_cam_for_both_classes(page, service, shots):
     """Both classes hold the same photo: of the two validation images, one labelled each way, the
     model must get one wrong."""
@@ -355,6 +397,55 @@ def test_a_sweep_and_its_trials_all_show_in_the_job_list(page, service, tmp_path
         assert "trial" in trial_card.locator(".job-title").inner_text()
         assert trial_card.locator(".result-summary .stat", has_text="Validation accuracy").count() == 1
     card.screenshot(path=str(shots / "sweep-laptop.png"))
+
+
+def test_a_sweeps_card_shows_its_trials_live_then_the_best_and_its_model(page, service, tmp_path, shots):
+    """A sweep's card showed its result as raw JSON: it shows a table of its trials (job, the
+    values tried, state, validation accuracy), read again while the sweep runs, the best trial
+    marked and the model it published named."""
+    dataset = uploaded_tiny_dataset(service, tmp_path, "pets-trials")
+    # 3 epochs: the second trial runs for seconds after the first has ended, while the page looks
+    base = {"dataset_id": dataset, "output_model": "trialled", "epochs": 3, "batch_size": 4,
+            "input_size": 64, "strategy": "feature_extraction"}
+    space = {"lr": {"log_uniform": [1e-3, 1e-2]}, "head.dropout": {"uniform": [0, 0.5]}}
+    sweep_id, card = submitted_then_listed(page, service, "sweep", {
+        "base": base, "space": space, "trials": 2, "parallel": 1})
+    # the trials' states each time the table changes while the sweep has not ended
+    page.evaluate("""(id) => {
+      window.__trialStates = [];
+      new MutationObserver(() => {
+        const card = document.querySelector(`.job-card[data-job-id='${id}']`);
+        if (!card || !["queued", "running"].includes(card.dataset.state)) return;
+        const states = [...card.querySelectorAll('.trials-table tbody tr')].map((row) => row.dataset.state);
+        if (states.length) window.__trialStates.push(states);
+      }).observe(document.querySelector('#job-list'), {subtree: true, childList: true, attributes: true});
+    }""", sweep_id)
+    page.wait_for_function("(id) => document.querySelector(`.job-card[data-job-id='${id}']`)?.dataset.state === 'succeeded'",
+                           arg=sweep_id, timeout=180_000)
+    seen = page.evaluate("window.__trialStates")
+    # one trial at a time: the first ended while the sweep still ran, and the table showed it
+    assert any("succeeded" in states for states in seen), seen
+    assert any("running" in states or "queued" in states for states in seen), seen
+    result = httpx.get(f"{service.url}/v1/jobs/{sweep_id}", timeout=30).json()["result"]
+    table = card.locator(".trials-table")
+    assert table.locator("thead th").all_inner_texts() == ["Trial", "Job", "lr", "head.dropout", "State", "Val accuracy"]
+    assert table.locator("tbody tr").count() == 2
+    page.wait_for_function("(id) => [...document.querySelectorAll(`.job-card[data-job-id='${id}'] .trials-table tbody tr`)]"
+                           ".every((row) => row.dataset.state === 'succeeded')", arg=sweep_id)
+    for trial in result["trials"]:
+        cells = table.locator(f'tr[data-job-id="{trial["job_id"]}"] td').all_inner_texts()
+        assert cells[0].startswith(f"#{trial['number']}") and cells[1] == trial["job_id"][:8], cells
+        assert float(cells[2]) == pytest.approx(trial["params"]["lr"], rel=0.01), cells
+        assert float(cells[3]) == pytest.approx(trial["params"]["head.dropout"], rel=0.01, abs=1e-3), cells
+        assert cells[4].lower() == "succeeded" and cells[5] == f"{trial['value'] * 100:.1f}%", cells
+    best = table.locator("tr.best")
+    assert best.count() == 1 and best.get_attribute("data-job-id") == result["best"]["job_id"]
+    assert "best" in best.locator("td").first.inner_text()
+    published = f"{result['output_model']['id']}@{result['output_model']['version']}"
+    assert card.locator(".stat", has_text="Published").inner_text().endswith(published)
+    assert card.get_by_role("link", name=f"Explain with {published}").is_visible()
+    assert card.locator("pre").count() == 0                                   # no raw JSON
+    card.screenshot(path=str(shots / "sweep-trials-laptop.png"))
 
 
 def test_a_sweep_and_a_data_set_explanation_start_from_their_forms(page, service, tmp_path, shots):
@@ -434,6 +525,114 @@ def test_models_view_lists_every_spec(page, service, shots):
     for expected in ("efficientnet_lite0", "224 × 224", "1,000", "centre crop 224", "gradcam", "v1"):
         assert expected in text, expected
     page.screenshot(path=str(shots / "models-laptop.png"))
+
+
+def resnet18_weights(path: Path, classes: int) -> Path:
+    """A resnet18 state dict with `classes` outputs (random weights), as .safetensors."""
+    import torch
+    import torchvision
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    network = torchvision.models.resnet18(num_classes=classes)
+    save_file({key: value.contiguous() for key, value in network.state_dict().items()}, str(path))
+    return path
+
+
+def model_options(page) -> list[str]:
+    return page.evaluate("[...document.querySelectorAll('#model-select option')].map((option) => option.value)")
+
+
+def test_models_are_uploaded_pinned_and_deleted_from_the_models_view(page, service, tmp_path, shots):
+    """The page could only read models: it uploads safetensors (with an architecture) or ONNX,
+    pins a version and deletes a version or a model, each after a confirm step; the API's
+    refusals show as problems, and the explain picker follows every change."""
+    weights = resnet18_weights(tmp_path / "resnet18.safetensors", classes=3)
+    (tmp_path / "labels.txt").write_text("ant\nbee\ncicada\n")
+    (tmp_path / "tiny.onnx").write_bytes(onnx_classifier().SerializeToString())
+    (tmp_path / "broken.safetensors").write_bytes(b"not a safetensors file")
+    page.goto(f"{service.url}/#explain")   # the explain view's picker is there, to be kept up to date
+    page.wait_for_function("document.querySelector('#method-select').options.length > 0")
+    page.click('[data-view="models"]')
+    page.wait_for_selector("body[data-ready=models]")
+    page.locator(".upload-panel > summary").click()
+    form = page.locator("#model-upload-form")
+    message = form.locator("#upload-message")
+
+    # safetensors weights: the architecture, the file, labels and an input size
+    form.locator("#upload-name").fill("web-upload")
+    form.locator("#upload-architecture").fill("resnet18")
+    form.locator("#upload-file").set_input_files(str(weights))
+    form.locator("#upload-labels").set_input_files(str(tmp_path / "labels.txt"))
+    form.locator(".more.options > summary").click()
+    form.locator('[name="input_size"]').fill("64")
+    form.get_by_role("button", name="Upload").click()
+    message.locator(".ok").wait_for(timeout=120_000)
+    assert "Uploaded web-upload@1" in message.inner_text()
+    card = page.locator('.model-card[data-model="web-upload"]')
+    card.wait_for()
+    text = card.inner_text()
+    assert "resnet18" in text and "64 × 64" in text, text
+    described = httpx.get(f"{service.url}/v1/models/web-upload", timeout=60).json()
+    assert described["labels"] == ["ant", "bee", "cicada"] and described["input_size"] == 64
+
+    # an ONNX file as its second version: no architecture asked for
+    form.locator('input[name="format"][value="onnx"]').check()
+    assert form.locator("#upload-architecture").is_hidden() and form.locator('[name="cam_layer"]').is_hidden()
+    assert form.locator("#upload-file").get_attribute("accept") == ".onnx"
+    form.locator("#upload-name").fill("web-upload")
+    form.locator("#upload-file").set_input_files(str(tmp_path / "tiny.onnx"))
+    form.locator('[name="input_size"]').fill("32")
+    form.get_by_role("button", name="Upload").click()
+    page.wait_for_function("document.querySelector('#upload-message .ok')?.textContent.includes('web-upload@2')",
+                           timeout=120_000)
+    page.wait_for_function("document.querySelectorAll('.model-card[data-model=\"web-upload\"] tbody tr').length === 2")
+    assert {"web-upload", "web-upload@1", "web-upload@2"} <= set(model_options(page))   # read again, unasked
+
+    # a refused upload shows the API's problem
+    form.locator('input[name="format"][value="weights"]').check()
+    form.locator("#upload-name").fill("web-broken")
+    form.locator("#upload-architecture").fill("resnet18")
+    form.locator("#upload-file").set_input_files(str(tmp_path / "broken.safetensors"))
+    form.get_by_role("button", name="Upload").click()
+    expected = httpx.post(f"{service.url}/v1/models", data={"name": "web-broken", "architecture": "resnet18"},
+                          files={"weights": ("broken.safetensors", b"not a safetensors file")}, timeout=60).json()
+    problem = message.locator(".problem")
+    problem.wait_for()
+    assert expected["status"] == 422 and expected["detail"] in problem.inner_text() and "422" in problem.inner_text()
+
+    # pin version 1: asked first
+    card.get_by_role("button", name="Pin web-upload@1").click()
+    assert "From now on web-upload means web-upload@1" in card.locator(".confirm").inner_text()
+    card.locator(".confirm").get_by_role("button", name="Pin v1").click()
+    card.locator('tr[data-version="1"] .tag', has_text="pinned").wait_for()
+    assert httpx.get(f"{service.url}/v1/models/web-upload/versions", timeout=30).json()["pinned"] == 1
+    page.screenshot(path=str(shots / "models-manage-laptop.png"), full_page=True)
+
+    # delete version 2: cancelled, then confirmed
+    card.get_by_role("button", name="Delete web-upload@2").click()
+    card.locator(".confirm").get_by_role("button", name="Cancel").click()
+    assert card.locator(".confirm").count() == 0
+    assert len(httpx.get(f"{service.url}/v1/models/web-upload/versions", timeout=30).json()["data"]) == 2
+    card.get_by_role("button", name="Delete web-upload@2").click()
+    card.locator(".confirm").get_by_role("button", name="Delete v2").click()
+    page.wait_for_function("document.querySelectorAll('.model-card[data-model=\"web-upload\"] tbody tr').length === 1")
+    assert [v["version"] for v in httpx.get(f"{service.url}/v1/models/web-upload/versions", timeout=30).json()["data"]] == [1]
+    page.wait_for_function("![...document.querySelectorAll('#model-select option')].some((o) => o.value === 'web-upload@2')")
+
+    # a built-in model is refused (409), and its card says why
+    builtin = page.locator('.model-card[data-model="efficientnet_lite0"]')
+    builtin.get_by_role("button", name="Delete efficientnet_lite0@1").click()
+    builtin.locator(".confirm").get_by_role("button", name="Delete v1").click()
+    builtin.locator(".problem").wait_for()
+    assert "409" in builtin.locator(".problem").inner_text() and "built in" in builtin.locator(".problem").inner_text()
+
+    # the whole model
+    card.get_by_role("button", name="Delete model web-upload").click()
+    card.locator(".confirm").get_by_role("button", name="Delete model").click()
+    card.wait_for(state="detached")
+    assert "web-upload" not in [m["id"] for m in httpx.get(f"{service.url}/v1/models", timeout=30).json()["data"]]
+    page.wait_for_function("![...document.querySelectorAll('#model-select option')].some((o) => o.value.startsWith('web-upload'))")
 
 
 def test_phone_width_layout_holds(browser, service, photos, shots):

@@ -173,6 +173,11 @@ def pin(name: str, version: int) -> Call[ModelRef]:
     return Call("PUT", f"/v1/models/{_segment(name)}/default", _reader(ModelRef), json={"version": version})
 
 
+def unpin(name: str) -> Call[ModelRef]:
+    """A plain `name` means its newest version that loads again; the answer says which."""
+    return Call("DELETE", f"/v1/models/{_segment(name)}/default", _reader(ModelRef))
+
+
 def delete_model(ref: str) -> Call[None]:
     """`ref`: NAME@VERSION, the version to delete (a plain name is refused, 422)."""
     return Call("DELETE", f"/v1/models/{_segment(ref)}", _nothing)

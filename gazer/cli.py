@@ -451,6 +451,12 @@ def cmd_models_pin(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models_unpin(client: Client, args: argparse.Namespace) -> int:
+    ref = client.unpin(args.name)
+    print(f"{ref.id} means its newest version again: {ref.id}@{ref.version}")
+    return 0
+
+
 def cmd_models_delete(client: Client, args: argparse.Namespace) -> int:
     client.delete_model(args.ref)
     print(f"model {args.ref} deleted")
@@ -684,6 +690,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command(models, "pin", cmd_models_pin, "make a plain NAME mean VERSION (a rollback)")
     sub.add_argument("name", metavar="NAME")
     sub.add_argument("version", type=int, metavar="VERSION")
+    command(models, "unpin", cmd_models_unpin, "make a plain NAME mean its newest version again") \
+        .add_argument("name", metavar="NAME")
     command(models, "delete", cmd_models_delete, "delete one version of a model") \
         .add_argument("ref", metavar="NAME@VERSION")
     sub = command(models, "upload", cmd_models_upload,

@@ -106,6 +106,9 @@ class Client:
     def pin(self, name: str, version: int) -> ModelRef:
         return self._send(calls.pin(name, version))
 
+    def unpin(self, name: str) -> ModelRef:
+        return self._send(calls.unpin(name))
+
     def delete_model(self, ref: str) -> None:
         return self._send(calls.delete_model(ref))
 
@@ -231,6 +234,9 @@ class AsyncClient:
 
     async def pin(self, name: str, version: int) -> ModelRef:
         return await self._send(calls.pin(name, version))
+
+    async def unpin(self, name: str) -> ModelRef:
+        return await self._send(calls.unpin(name))
 
     async def delete_model(self, ref: str) -> None:
         return await self._send(calls.delete_model(ref))

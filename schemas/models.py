@@ -94,6 +94,8 @@ class ModelSummary(BaseModel):
     input_size: int
     num_classes: int
     description: str
+    builtin: bool = Field(False, description="a built-in model: it has one version, which cannot be pinned "
+                                             "or deleted")
 
 
 class ModelDetail(ModelSummary):

@@ -136,7 +136,7 @@ def requires(scope: str) -> Callable:
 # The scope each /v1 route requires, by method (None: any) and path: what the routers' `requires`
 # dependencies say, told here from the request line alone, before the body is read.
 ROUTE_SCOPES = (("POST", re.compile(r"/v1/models/?"), "admin"),
-                ("PUT", re.compile(r"/v1/models/[^/]+/default/?"), "admin"),
+                (None, re.compile(r"/v1/models/[^/]+/default/?"), "admin"),  # PUT pins, DELETE unpins
                 ("DELETE", re.compile(r"/v1/models/[^/]+/?"), "admin"),
                 (None, re.compile(r"/v1/models(/.*)?"), "predict"),
                 (None, re.compile(r"/v1/(datasets|jobs)(/.*)?"), "jobs"))

@@ -318,6 +318,14 @@ class ModelRegistry:
             raise InvalidRequest(f"model {name!r} has no version {version}; versions: {available}", field="version")
         versions.pin_version(self.storage.models, name, version)
 
+    def unpin(self, name: str) -> None:
+        """A plain `name` means its newest version that loads again."""
+        if name in BUILTIN_MODELS:
+            raise Conflict(f"{name!r} is built in: it has only version 1", field="model")
+        if not self.versions(name):
+            raise UnknownModel(f"unknown model {name!r}")
+        versions.unpin(self.storage.models, name)
+
     def state(self, ref: str) -> dict[str, object]:
         """`ready` (with its version), `failed` (with the reason) or `not_loaded`."""
         ref = self.spec(ref).ref

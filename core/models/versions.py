@@ -157,7 +157,7 @@ def delete_version(models_dir: Path, name: str, version: int) -> None:
         raise UnknownModel(f"model {name!r} has no version {version}") from None
     shutil.rmtree(aside)
     if pinned_version(models_dir, name) == version:
-        (models_dir / name / PIN).unlink(missing_ok=True)
+        unpin(models_dir, name)
 
 
 def name_owner(models_dir: Path, name: str) -> str | None:
@@ -238,6 +238,10 @@ def pinned_version(models_dir: Path, name: str) -> int | None:
 
 def pin_version(models_dir: Path, name: str, version: int) -> None:
     _write_atomically(models_dir / name / PIN, str(version))
+
+
+def unpin(models_dir: Path, name: str) -> None:
+    (models_dir / name / PIN).unlink(missing_ok=True)
 
 
 def read_spec(models_dir: Path, name: str, version: int) -> ModelSpec:

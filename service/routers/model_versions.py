@@ -145,6 +145,13 @@ def pin_default(name: str, body: wire.PinRequest, registry: RegistryDep) -> wire
     return wire.ModelRef(id=name, version=body.version)
 
 
+@router.delete("/{name}/default", response_model=wire.ModelRef, dependencies=[ADMIN])
+def unpin_default(name: str, registry: RegistryDep) -> wire.ModelRef:
+    """Undoes a pin: a plain `name` resolves to its newest version that loads; answers that version."""
+    registry.unpin(name)
+    return wire.ModelRef(id=name, version=registry.spec(name).version)
+
+
 @router.delete("/{model}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[ADMIN])
 def delete_version(model: str, registry: RegistryDep) -> None:
     """`NAME@VERSION`; built-in models cannot be deleted (409)."""

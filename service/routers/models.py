@@ -21,7 +21,7 @@ from core.errors import InvalidRequest
 from core.explain.faithfulness import DEFAULT_STEPS, Faithfulness
 from core.imaging import declared_pixels, decode_images, needed_sides, preprocess
 from core.models.spec import ModelSpec
-from core.names import MAX_INDEX, MAX_TOP_K, OUTPUTS
+from core.names import BUILTIN_MODELS, MAX_INDEX, MAX_TOP_K, OUTPUTS
 from schemas import models as wire
 from service.dependencies import (MetricsDep, ModelDep, RegistryDep, SettingsDep, admitted, explanation_slot,
                                   read_uploads)
@@ -45,7 +45,7 @@ Resize = Annotated[str, Form(description="crop: the model's own preprocessing (s
 def _summary(spec: ModelSpec) -> wire.ModelSummary:
     return wire.ModelSummary(id=spec.id, version=spec.version, architecture=spec.architecture,
                              input_size=spec.input_size, num_classes=spec.num_classes,
-                             description=spec.description)
+                             description=spec.description, builtin=spec.id in BUILTIN_MODELS)
 
 
 def _unit_scale(values: tuple[float, ...]) -> tuple[float, ...]:

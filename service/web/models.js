@@ -75,10 +75,10 @@ function summaryCard(summary, versions) {
     el("p", { class: "hint" }, "Loads the model into the service."));
   card.message = el("div", { class: "model-message" });
   const all = versions?.data.map((v) => v.version) || [];
-  card.append(...[card.head, card.spec, card.more, versionsTable(card, summary.id, versions), card.message,
+  card.append(...[card.head, card.spec, card.more, versionsTable(card, summary, versions), card.message,
     el("div", { class: "actions" },
       el("a", { class: "btn small", href: `#explain?model=${encodeURIComponent(summary.id)}` }, "Explain with this model"),
-      all.length ? el("button", { class: "btn ghost small danger", type: "button", "aria-label": `Delete model ${summary.id}`,
+      all.length && !summary.builtin ? el("button", { class: "btn ghost small danger", type: "button", "aria-label": `Delete model ${summary.id}`,
         onclick: () => confirmDeleteModel(card, summary.id, all) }, "Delete model") : null)].filter(Boolean));
   return card;
 }
@@ -109,9 +109,13 @@ async function describe(card, id) {
       el("div", { class: "layer-list" }, detail.layers.map((l) => el("code", { class: l === detail.default_layer ? "default" : null }, l)))));
 }
 
-function versionsTable(card, id, versions) {
+// A built-in model has one version, which is neither pinned nor deleted: no buttons for it.
+function versionsTable(card, { id, builtin }, versions) {
   if (!versions) return null;
   const only = versions.data.length === 1;
+  const pinning = (v) => builtin ? null : versions.pinned === v.version
+    ? el("button", { class: "btn ghost small", type: "button", "aria-label": `Unpin ${id}`, onclick: () => confirmUnpin(card, id) }, "Unpin")
+    : el("button", { class: "btn ghost small", type: "button", "aria-label": `Pin ${id}@${v.version}`, onclick: () => confirmPin(card, id, v.version) }, "Pin");
   return el("div", { class: "versions" }, el("h4", {}, "Versions"),
     el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "Version"), el("th", {}, "State"), el("th", {}, ""))),
       el("tbody", {}, versions.data.map((v) => el("tr", { dataset: { version: v.version } },
@@ -120,9 +124,8 @@ function versionsTable(card, id, versions) {
         el("td", {}, v.state.replace(/_/g, " ")),
         el("td", {}, el("div", { class: "version-actions" },
           el("a", { href: `#explain?model=${encodeURIComponent(`${id}@${v.version}`)}` }, "Explain"),
-          versions.pinned === v.version ? null : el("button", { class: "btn ghost small", type: "button", "aria-label": `Pin ${id}@${v.version}`,
-            onclick: () => confirmPin(card, id, v.version) }, "Pin"),
-          el("button", { class: "btn ghost small danger", type: "button", "aria-label": `Delete ${id}@${v.version}`,
+          pinning(v),
+          builtin ? null : el("button", { class: "btn ghost small danger", type: "button", "aria-label": `Delete ${id}@${v.version}`,
             onclick: () => confirmDeleteVersion(card, id, v.version, { pinned: versions.pinned === v.version, only }) }, "Delete"))))))));
 }
 
@@ -146,6 +149,12 @@ function confirmPin(card, id, version) {
   confirmThen(card, `From now on ${id} means ${id}@${version}, for every client, until another version is pinned.`,
     `Pin v${version}`, () => changeModels(card, id, `${id} means ${id}@${version} now`,
       () => api(`/v1/models/${encodeURIComponent(id)}/default`, { method: "PUT", json: { version } })), { danger: false });
+}
+
+function confirmUnpin(card, id) {
+  confirmThen(card, `From now on ${id} means its newest version that loads, for every client.`, "Unpin",
+    () => changeModels(card, id, `${id} means its newest version now`,
+      () => api(`/v1/models/${encodeURIComponent(id)}/default`, { method: "DELETE" })), { danger: false });
 }
 
 function confirmDeleteVersion(card, id, version, { pinned, only }) {

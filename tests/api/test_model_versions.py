@@ -55,6 +55,14 @@ def test_versions_can_be_listed_pinned_and_deleted(client):
     assert client.get("/v1/models/pets").json()["version"] == 1
     assert client.put("/v1/models/pets/default", json={"version": 9}).status_code == 422
     assert client.put("/v1/models/pets/default", json={"version": 0}).status_code == 422
+    unpinned = client.delete("/v1/models/pets/default")
+    assert unpinned.status_code == 200 and unpinned.json() == {"id": "pets", "version": 3}
+    assert served_version(client, "pets") == 3 and client.get("/v1/models/pets/versions").json()["pinned"] is None
+    assert client.delete("/v1/models/nothing/default").status_code == 404
+    assert client.delete("/v1/models/efficientnet_lite0/default").status_code == 409
+    builtin = {m["id"]: m["builtin"] for m in client.get("/v1/models").json()["data"]}
+    assert builtin["efficientnet_lite0"] is True and builtin["pets"] is False
+    assert client.put("/v1/models/pets/default", json={"version": 1}).status_code == 200
 
     assert client.delete("/v1/models/pets@1").status_code == 204  # the pinned one: the pin goes with it
     listed = client.get("/v1/models/pets/versions").json()

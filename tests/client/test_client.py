@@ -166,5 +166,7 @@ def test_sweeps_data_set_explanations_pins_and_deletions_from_the_client(gazer, 
     for _ in range(2):
         gazer.upload_model("client-tiny", onnx=tiny, input_size=32)
     assert gazer.pin("client-tiny", 1).version == 1 and gazer.model("client-tiny").version == 1
+    assert gazer.unpin("client-tiny").version == 2 and gazer.model("client-tiny").version == 2
+    assert gazer.pin("client-tiny", 1).version == 1
     gazer.delete_model("client-tiny@2")
     assert [version.version for version in gazer.versions("client-tiny").data] == [1]

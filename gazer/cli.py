@@ -200,6 +200,8 @@ def cmd_explain(client: Client, args: argparse.Namespace) -> int:
     if taken:
         raise SystemExit(f"gazer: --option {taken[0]}=...: --option is for a method's own options (steps=32, "
                          f"baseline=blur, ...); {taken[0]} is not one of them (see gazer explain --help)")
+    if args.target is not None:
+        args.target = class_index(client, args.model, args.target)
     if len(images) == 1:
         explain_one(client, args, options, images[0], Path(args.output), Path(args.heatmap) if args.heatmap else None)
         return 0
@@ -269,7 +271,7 @@ def cmd_compare(client: Client, args: argparse.Namespace) -> int:
     unknown = [method for method in methods if method not in offered]
     if unknown:
         raise SystemExit(f"gazer: {args.model} offers no method {unknown[0]!r}; it offers {', '.join(offered)}")
-    tiles, target = [], args.target
+    tiles, target = [], None if args.target is None else class_index(client, args.model, args.target)
     for method in methods:
         explanation = client.explain(Path(args.image), args.model, method, target, args.layer, outputs=["overlay"],
                                      overlay_format="png").results[0].explanation
@@ -355,7 +357,8 @@ def cmd_explain_dataset(client: Client, args: argparse.Namespace) -> int:
 def cmd_maximize(client: Client, args: argparse.Namespace) -> int:
     if bool(args.classes) == bool(args.layer) or bool(args.channels) != bool(args.layer):
         raise SystemExit("gazer: give --class (repeatable), or --layer with --channel (repeatable)")
-    target = {"classes": args.classes} if args.classes else {"layer": args.layer, "channels": args.channels}
+    target = {"classes": [class_index(client, args.model, given) for given in args.classes]} if args.classes \
+        else {"layer": args.layer, "channels": args.channels}
     options = {"model": args.model, **key_values(args.option, "--option")}
     return submitted(client, client.activation_maximization(target, **options), args)
 
@@ -426,6 +429,24 @@ def cmd_models_show(client: Client, args: argparse.Namespace) -> int:
           f"  attention {', '.join(detail.attention) or 'none'}\n"
           f"  weights {detail.weights_digest}")
     return 0
+
+
+def class_index(client: Client, model: str, given: str) -> int:
+    """A class named by its index, or by its label (any case): the one label equal to it, else
+    the one holding it; a usage error names the candidates when several hold it."""
+    if given.isdigit():
+        return int(given)
+    labels = client.model(model).labels
+    wanted = given.strip().lower()
+    equal = [index for index, label in enumerate(labels) if label.lower() == wanted]
+    holding = [index for index, label in enumerate(labels) if wanted in label.lower()]
+    found = equal or holding
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise SystemExit(f"gazer: no class of {model} is named {given!r} (see gazer models labels {model} TEXT)")
+    named = ", ".join(f"{index} {labels[index]}" for index in found[:8]) + (", ..." if len(found) > 8 else "")
+    raise SystemExit(f"gazer: {len(found)} classes of {model} hold {given!r}: {named}; give the index")
 
 
 def cmd_models_labels(client: Client, args: argparse.Namespace) -> int:
@@ -588,7 +609,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("images", nargs="+", metavar="IMG")
     model_flag(sub)
     sub.add_argument("--method", default=None, help="gradcam (default), cam, saliency, ... (see /docs)")
-    sub.add_argument("--target", type=int, default=None, help="class index (default the top-1)")
+    sub.add_argument("--target", default=None, metavar="N|LABEL",
+                     help="the class, by index or label (tabby; default the top-1)")
     sub.add_argument("--layer", default=None, help="layer to explain (default the model's CAM layer)")
     sub.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                      help="a method option, e.g. steps=32 or baseline=blur; repeatable")
@@ -608,7 +630,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("image", metavar="IMG")
     model_flag(sub)
     sub.add_argument("--methods", required=True, help="comma-separated, e.g. gradcam,layercam,saliency")
-    sub.add_argument("--target", type=int, default=None, help="class index (default the top-1)")
+    sub.add_argument("--target", default=None, metavar="N|LABEL",
+                     help="the class, by index or label (tabby; default the top-1)")
     sub.add_argument("--layer", default=None, help="layer to explain (default the model's CAM layer)")
     sub.add_argument("--output", "-o", required=True, help="the grid to write: PNG, or JPEG or WebP by its ending")
 
@@ -658,8 +681,8 @@ def build_parser() -> argparse.ArgumentParser:
                   "activation maximization: what a class (or channel) looks like to the network "
                   "(fetch the images with: gazer jobs artifacts ID)")
     model_flag(sub)
-    sub.add_argument("--class", dest="classes", type=int, action="append", default=[], metavar="N",
-                     help="a class index; repeatable")
+    sub.add_argument("--class", dest="classes", action="append", default=[], metavar="N|LABEL",
+                     help="a class, by index or label (flamingo); repeatable")
     sub.add_argument("--layer", default=None, help="instead of classes: a layer, with --channel")
     sub.add_argument("--channel", dest="channels", type=int, action="append", default=[], metavar="N",
                      help="a channel of --layer; repeatable")

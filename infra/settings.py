@@ -4,9 +4,11 @@ data lives, Redis, job leases and the limits on what a client's files may cost."
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
+from typing import Self
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.datasets import ArchiveLimits
@@ -24,14 +26,14 @@ class SharedSettings(BaseSettings):
     data_dir: Path = Path("var")
     # The API starts an embedded redis-server without one; the worker needs the API's.
     redis_url: str | None = None
-    job_lease_seconds: float = 60.0
-    visibility_timeout: float = LONGEST_JOB_SECONDS
-    max_image_pixels: int = 40_000_000
-    max_dataset_bytes: int = 500 * 1024 * 1024
-    max_dataset_uncompressed_bytes: int = 2 * 1024**3
-    max_dataset_files: int = 20_000
+    job_lease_seconds: float = Field(60.0, gt=0)
+    visibility_timeout: float = Field(LONGEST_JOB_SECONDS, gt=0)
+    max_image_pixels: int = Field(40_000_000, ge=1)
+    max_dataset_bytes: int = Field(500 * 1024 * 1024, ge=1)
+    max_dataset_uncompressed_bytes: int = Field(2 * 1024**3, ge=1)
+    max_dataset_files: int = Field(20_000, ge=1)
     max_dataset_ingest_seconds: float = Field(600.0, gt=0)
-    max_model_bytes: int = 1024**3          # an uploaded model (weights or ONNX file)
+    max_model_bytes: int = Field(1024**3, ge=1)  # an uploaded model (weights or ONNX file)
     max_loaded_models: int = Field(8, ge=1)  # beyond this, the least recently used is unloaded
     # For the API's and the worker's models. On a GPU, built-in models predict from a float16 ONNX
     # export (agreeing with torch within core.models.onnx_export.FP16_AGREEMENT_TOLERANCE); ignored on the CPU.
@@ -45,6 +47,19 @@ class SharedSettings(BaseSettings):
     max_active_jobs_per_client: int = Field(16, ge=1)
     # What one job may need; jobs estimated above it are refused before they are queued.
     worker_memory_bytes: int = Field(default_factory=lambda: int(0.8 * physical_memory()), ge=1)
+
+    @classmethod
+    def from_environment(cls) -> Self:
+        """The settings, or, where a GAZER_ variable is wrong, exit 2 with a line for each."""
+        try:
+            return cls()
+        except ValidationError as invalid:
+            for error in invalid.errors():
+                name = "GAZER_" + "_".join(str(part) for part in error["loc"]).upper()
+                given = os.environ.get(name)
+                why = "must be set" if error["type"] == "missing" else error["msg"]
+                print(f"{name}{'' if given is None else '=' + given}: {why}", file=sys.stderr)
+            sys.exit(2)
 
     @property
     def archive_limits(self) -> ArchiveLimits:

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 Scope = Literal["predict", "jobs", "admin"]
 SCOPES: tuple[str, ...] = ("predict", "jobs", "admin")
@@ -49,8 +49,19 @@ def key_id(key: str) -> str | None:
     return parts[1]
 
 
-def read_key_file(path: Path) -> KeyFile:
-    if not path.exists():
+def why_unreadable(error: OSError | ValueError) -> str:
+    """One line on why read_key_file failed."""
+    if isinstance(error, ValidationError):
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        return f"{first['msg']}{f' at {where}' if where else ''}"
+    return (error.strerror if isinstance(error, OSError) else None) or str(error).splitlines()[0]
+
+
+def read_key_file(path: Path, missing_ok: bool = True) -> KeyFile:
+    """The keys; none where the file is missing and `missing_ok`. OSError or ValueError where
+    it cannot be read."""
+    if missing_ok and not path.exists():
         return KeyFile()
     return KeyFile.model_validate_json(path.read_text())
 

@@ -23,6 +23,7 @@ import uvicorn
 from core.storage import Storage
 from infra.embedded_redis import EmbeddedRedis
 from infra.logs import configure_logging, logging_config
+from schemas.api_keys import read_key_file, why_unreadable
 from service.settings import Settings
 
 log = logging.getLogger("gazer.service")
@@ -38,7 +39,14 @@ def is_loopback(host: str) -> bool:
 
 
 def refusal(settings: Settings, host: str) -> str | None:
-    """Why the service may not start on `host`, or None."""
+    """Why the service may not start on `host`, or None: a key file that cannot be read (every
+    request would be refused, though the service said it was ready), or no keys off loopback."""
+    if settings.api_keys is not None:
+        try:
+            read_key_file(settings.api_keys, missing_ok=False)
+        except (OSError, ValueError) as error:
+            return (f"GAZER_API_KEYS={settings.api_keys}: not a key file this service can read "
+                    f"({why_unreadable(error)}); `gazer keys create --scopes admin` writes one with its first key")
     if settings.api_keys is None and not settings.allow_open and not is_loopback(host):
         return (f"refusing to serve {host} without API keys: anyone who reaches the port could delete data and "
                 f"publish models. Set GAZER_API_KEYS (create one with `gazer keys create --scopes admin`), "
@@ -65,7 +73,7 @@ def shared_by_processes(settings: Settings) -> Iterator[None]:
 
 def main() -> None:
     configure_logging()  # uvicorn applies the same config again; this covers what comes before it
-    settings = Settings()
+    settings = Settings.from_environment()
     host = os.environ.get("HOST", "127.0.0.1")
     if (why := refusal(settings, host)) is not None:
         print(why, file=sys.stderr)

@@ -4,6 +4,7 @@ open (and binds loopback only, see service.__main__)."""
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from dataclasses import dataclass
@@ -16,8 +17,10 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core.errors import GazerError, NotFound
-from schemas.api_keys import KeyFile, KeyRecord, find_key, read_key_file
+from schemas.api_keys import KeyFile, KeyRecord, find_key, read_key_file, why_unreadable
 from service.errors import gazer_error_response
+
+log = logging.getLogger(__name__)
 
 
 class Unauthorized(GazerError):
@@ -59,7 +62,8 @@ class Caller:
 
 class KeyStore:
     """The key file, read again when it changes on disk, so that `gazer keys create` takes
-    effect without a restart."""
+    effect without a restart. A change that cannot be read (a bad hand edit, say) is logged
+    once, and the keys read before it stay in force."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -75,8 +79,12 @@ class KeyStore:
             stamp = None
         with self._lock:
             if stamp != self._stamp:
-                self._keys = read_key_file(self.path) if stamp else KeyFile()
                 self._stamp = stamp
+                try:
+                    self._keys = read_key_file(self.path) if stamp else KeyFile()
+                except (OSError, ValueError) as error:
+                    log.error("the key file %s cannot be read (%s); the %d keys read before stay in force until "
+                              "it is fixed", self.path, why_unreadable(error), len(self._keys.keys))
             return self._keys
 
 

@@ -92,7 +92,7 @@ def port_taken(host: str, port: int) -> str | None:
 
 def main() -> None:
     configure_logging()
-    settings = Settings()
+    settings = Settings.from_environment()
     host, port = os.environ.get("HOST", "127.0.0.1"), int(os.environ.get("PORT", "8000"))
     if (why := refusal(settings, host) or port_taken(host, port)) is not None:
         print(why, file=sys.stderr)

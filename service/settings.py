@@ -15,10 +15,10 @@ LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
 
 class Settings(SharedSettings):
     default_model: str = DEFAULT_MODEL
-    max_request_bytes: int = 50 * 1024 * 1024
-    max_file_bytes: int = 20 * 1024 * 1024
-    max_request_pixels: int = 160_000_000  # all images of one request: about 480 MB decoded
-    max_files: int = 64
+    max_request_bytes: int = Field(50 * 1024 * 1024, ge=1)
+    max_file_bytes: int = Field(20 * 1024 * 1024, ge=1)
+    max_request_pixels: int = Field(160_000_000, ge=1)  # all images of one request: about 480 MB decoded
+    max_files: int = Field(64, ge=1)
     # Requests in flight per model (decoding, queued or running); beyond it 503 with
     # Retry-After at once, so that admitted requests are answered in bounded time.
     max_queued_per_model: int = Field(24, ge=1)

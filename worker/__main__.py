@@ -26,7 +26,7 @@ def main() -> None:
     configure_logging()
     single_threaded_blas()
     signals.setup_logging.connect(_keep_our_logging, weak=False)
-    settings = WorkerSettings()
+    settings = WorkerSettings.from_environment()
     metrics = WorkerMetrics()
     if settings.worker_metrics_port is not None:
         metrics.serve(settings.worker_metrics_port)

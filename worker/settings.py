@@ -9,7 +9,7 @@ from infra.settings import SharedSettings
 
 class WorkerSettings(SharedSettings):
     redis_url: str  # required: `make run` and docker-compose pass the one the API uses
-    worker_metrics_port: int | None = None  # serve Prometheus metrics on this port
+    worker_metrics_port: int | None = Field(None, ge=1, le=65535)  # serve Prometheus metrics on this port
     # A job (a sweep counting its own waiting, each trial its own run) that has run this long
     # stops at its next step and fails with `job-time-limit`.
     max_job_seconds: float = Field(24 * 3600.0, gt=0)

@@ -3,6 +3,7 @@ with a real key file and Redis; the keys are made the way `gazer keys create` ma
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -338,7 +339,34 @@ def test_without_keys_the_service_will_not_listen_beyond_loopback(tmp_path):
     assert refusal(Settings(data_dir=tmp_path), "127.0.0.1") is None
     assert refusal(Settings(data_dir=tmp_path), "::1") is None
     assert refusal(Settings(data_dir=tmp_path, allow_open=True), "0.0.0.0") is None
+    create_key(tmp_path / "keys.json", ["admin"])
     assert refusal(Settings(data_dir=tmp_path, api_keys=tmp_path / "keys.json"), "0.0.0.0") is None
+
+
+def test_a_key_file_that_cannot_be_read_stops_the_start_and_a_bad_edit_keeps_the_keys_before_it(tmp_path, caplog):
+    """A mistyped GAZER_API_KEYS started a service that said it was ready and refused every key
+    (401); a file that is not JSON answered 500 to every request."""
+    for path, words in ((tmp_path / "typo.json", "No such file"), (tmp_path / "bad.json", "Invalid JSON")):
+        if path.name == "bad.json":
+            path.write_text("not json")
+        why = refusal(Settings(data_dir=tmp_path, api_keys=path), "127.0.0.1")
+        assert why is not None and str(path) in why and words in why and "gazer keys create" in why, why
+    env = {**os.environ, "GAZER_API_KEYS": str(tmp_path / "typo.json"), "PORT": "1", "GAZER_DATA_DIR": str(tmp_path)}
+    refused = subprocess.run([sys.executable, "-m", "service"], env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "GAZER_API_KEYS=" in refused.stderr, refused.stderr
+
+    path = tmp_path / "keys.json"
+    key, _ = create_key(path, ["admin"])
+    settings = Settings(data_dir=tmp_path / "data", api_keys=path)
+    with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as api:
+        assert api.get("/v1/models", headers={"X-API-Key": key}).status_code == 200
+        path.write_text(path.read_text()[:-5])  # a hand edit gone wrong
+        with caplog.at_level(logging.ERROR, logger="service.auth"):
+            for _ in range(3):
+                assert api.get("/v1/models", headers={"X-API-Key": key}).status_code == 200
+        assert [record.message for record in caplog.records].count(
+            next(record.message for record in caplog.records if "cannot be read" in record.message)) == 1
+        assert "the 1 keys read before stay in force" in caplog.text
 
 
 def test_model_names_and_data_sets_are_held_per_key_within_quotas(keys, tmp_path):

@@ -85,6 +85,10 @@ def test_models_labels_finds_a_class_by_name_and_a_url_may_leave_out_its_scheme(
     assert schemeless.returncode == 0 and "efficientnet_lite0" in schemeless.stdout, schemeless.stderr
     folder = gazer_cli(live, "predict", str(photos["chelsea"].parent))
     assert folder.returncode != 0 and "is a folder; name its images" in folder.stderr
+    by_label = gazer_cli(live, "explain", str(photos["chelsea"]), "--target", "tabby", "-o", os.devnull)
+    assert by_label.returncode == 0 and "class 281 tabby" in by_label.stdout, by_label.stdout + by_label.stderr
+    several = gazer_cli(live, "explain", str(photos["chelsea"]), "--target", "cat", "-o", os.devnull)
+    assert several.returncode != 0 and "classes of efficientnet_lite0 hold 'cat'" in several.stderr, several.stderr
 
 
 def test_predict_as_json_explain_with_faithfulness_and_compare_checks_its_methods_first(live, photos, tmp_path):
@@ -287,11 +291,12 @@ def test_sweep_explain_dataset_maximize_and_the_management_commands(live, gazer,
     written = gazer_cli(live, "jobs", "artifacts", explained.stdout.split()[1], "-o", str(tmp_path / "maps"))
     assert written.returncode == 0 and {path.suffix for path in (tmp_path / "maps").iterdir()} >= {".csv", ".zip"}
 
-    maximized = gazer_cli(live, "maximize", "--class", "130", "--option", "steps=2", "--option", "size=64",
-                          "--no-follow")
+    maximized = gazer_cli(live, "maximize", "--class", "Flamingo", "--option", "steps=2", "--option", "size=64",
+                          "--no-follow")  # by its label
     assert maximized.returncode == 0, maximized.stdout + maximized.stderr
     job_id = maximized.stdout.strip()  # the id alone, for a script
     assert gazer.wait(job_id, timeout=120).state == "succeeded"
+    assert gazer.job(job_id).params["target"]["classes"] == [130]
     gazer_cli(live, "jobs", "artifacts", job_id, "-o", str(tmp_path / "flamingo"))
     assert Image.open(tmp_path / "flamingo" / "target-0.png").size == (64, 64)
 

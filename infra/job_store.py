@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import time
 import uuid
+from contextlib import suppress
 from typing import Any
 
 import redis
@@ -27,6 +29,8 @@ import redis
 from core.errors import InvalidRequest, NotFound, TooManyJobs
 from core.jobs import STATES, TERMINAL
 from schemas.problems import problem
+
+log = logging.getLogger(__name__)
 
 _INDEX = "gazer:jobs"
 # What a client waits before submitting again when it has its limit of jobs queued or running.
@@ -132,6 +136,15 @@ redis.call('ZADD', waiting(turn), 'NX', ARGV[2], ARGV[1])
 redis.call('SADD', KEYS[1], turn)
 return 1
 """
+# Running on worker ARGV[2], and not asked to cancel -> queued again, to run afresh; 1 when so.
+# ARGV: job id, worker.
+_REQUEUE = _LUA_COMMON + """
+local job = redis.call('HMGET', record(ARGV[1]), 'state', 'worker', 'cancel_requested')
+if job[1] ~= 'running' or job[2] ~= ARGV[2] or job[3] == '1' then return 0 end
+redis.call('HSET', record(ARGV[1]), 'state', 'queued', 'progress', '{"fraction": 0.0}')
+redis.call('HDEL', record(ARGV[1]), 'started_at', 'heartbeat_at', 'worker')
+return 1
+"""
 # Queued or running -> a terminal state (a reaped, cancelled or finished job stays as it is): it
 # leaves its client's active set (KEYS[3], when it has one) and its waiting set; a job that ran
 # serves its turn now. ARGV: state, now, result, error, job id.
@@ -155,6 +168,7 @@ class JobStore:
         self._finish = client.register_script(_FINISH)
         self._claim_next = client.register_script(_CLAIM_NEXT)
         self._wait = client.register_script(_WAIT)
+        self._requeue = client.register_script(_REQUEUE)
 
     @classmethod
     def from_url(cls, url: str, lease_seconds: float) -> "JobStore":
@@ -243,9 +257,11 @@ class JobStore:
     def _current(self, job_id: str, raw: dict[str, str]) -> dict[str, Any]:
         """The record, failed first as worker-lost if it runs with an expired lease."""
         if raw["state"] == "running" and time.time() - float(raw.get("heartbeat_at", 0)) > self.lease_seconds:
-            self.finish(job_id, "failed", error=problem(
-                500, "worker-lost", "the worker running this job stopped (killed or crashed) without finishing "
-                                    "it; submit the job again").model_dump(exclude_none=True))
+            if self.finish(job_id, "failed", error=problem(
+                    500, "worker-lost", "the worker running this job stopped (killed or crashed) without finishing "
+                                        "it; submit the job again").model_dump(exclude_none=True)):
+                log.warning("job %s (%s) failed as lost: its worker %s sent no heartbeat for %.0f s", job_id,
+                            raw["type"], raw.get("worker", "?"), time.time() - float(raw.get("heartbeat_at", 0)))
             raw = self.redis.hgetall(_key(job_id))
         return self._decode(raw)
 
@@ -317,14 +333,22 @@ class JobStore:
         return self.redis.zcard(_INDEX)
 
     def summaries(self, limit: int) -> list[dict[str, str]]:
-        """type, state, started_at and finished_at of the newest `limit` jobs, as stored (no
-        lease check, so a reader changes nothing); one round trip for the records."""
-        fields = ("type", "state", "started_at", "finished_at")
+        """type, state, started_at and finished_at of the newest `limit` jobs; one round trip
+        for the records. A running job whose lease ran out is failed as lost first, as any read
+        of it would (a dashboard showed a killed worker's job running until someone read it)."""
+        fields = ("type", "state", "started_at", "finished_at", "heartbeat_at")
+        job_ids = self.redis.zrevrange(_INDEX, 0, limit - 1)
         with self.redis.pipeline(transaction=False) as reads:
-            for job_id in self.redis.zrevrange(_INDEX, 0, limit - 1):
+            for job_id in job_ids:
                 reads.hmget(_key(job_id), fields)
-            rows = reads.execute()
-        return [dict(zip(fields, row)) for row in rows if row[0] is not None]
+            rows = [dict(zip(fields, row)) for row in reads.execute()]
+        now = time.time()
+        for job_id, row in zip(job_ids, rows):
+            if row["state"] == "running" and now - float(row["heartbeat_at"] or 0) > self.lease_seconds:
+                with suppress(NotFound):
+                    job = self.get(job_id)
+                    row.update(state=job["state"], finished_at=str(job["finished_at"] or ""))
+        return [row for row in rows if row["type"] is not None]
 
     def wait_for_turn(self, job: dict[str, Any]) -> None:
         """Job `job` (as `create` returned it), its message sent, waits for its turn (see the
@@ -342,6 +366,12 @@ class JobStore:
         now = time.time()
         return self._claim_next(keys=[_WAITING_TURNS, _TURNS],
                                 args=[now, worker, job_id, now - TURNS_REMEMBERED_SECONDS])
+
+    def requeue(self, job_id: str, worker: str) -> bool:
+        """Job `job_id`, running on `worker`, queued again to run afresh (its worker is stopping);
+        False where it is not so, or its client asked to cancel it. Its message must be sent,
+        then `wait_for_turn`."""
+        return bool(self._requeue(keys=[_WAITING_TURNS, _TURNS], args=[job_id, worker]))
 
     def heartbeat(self, job_id: str) -> None:
         self.redis.hset(_key(job_id), "heartbeat_at", time.time())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 
+import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -87,6 +88,16 @@ def _documented_methods(request: Request) -> str | None:
     return ", ".join(sorted(method.upper() for method in paths[best]))
 
 
+async def _redis_error(request: Request, error: redis.RedisError) -> JSONResponse:
+    """Redis (jobs, data set claims, quotas) away: a 503 to retry, one warning line, not a 500
+    with a traceback. Routes that can say more (a submit) raise QueueUnavailable themselves."""
+    log.warning("Redis cannot be reached for %s %s: %s", request.method, request.url.path, error)
+    response = problem_response(503, "queue-unavailable", f"the job store (Redis) cannot be reached now ({error}); "
+                                                          f"retry shortly")
+    response.headers["retry-after"] = str(RETRY_AFTER_SECONDS)
+    return response
+
+
 async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     response = problem_response(500, "internal-error", "the server failed to handle this request; it is logged")
@@ -99,4 +110,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(errors.GazerError, _gazer_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(redis.RedisError, _redis_error)
     app.add_exception_handler(Exception, _unexpected_error)

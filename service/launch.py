@@ -14,12 +14,12 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import suppress
 from dataclasses import dataclass
 
 from core.storage import Storage
 from infra.embedded_redis import EmbeddedRedis
 from infra.logs import configure_logging
-from infra.processes import stop_process
 from service.__main__ import refusal
 from service.settings import Settings
 
@@ -43,7 +43,8 @@ class Child:
     restarts: int = 0
 
     def start(self) -> None:
-        self.process = subprocess.Popen([sys.executable, "-m", self.module], env=self.env)
+        # a process group of its own: stopping it stops what it started (uvicorn's API processes)
+        self.process = subprocess.Popen([sys.executable, "-m", self.module], env=self.env, start_new_session=True)
         self.started_at = time.monotonic()
         self.restart_at = None
 
@@ -68,9 +69,18 @@ class Child:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
 
-    def wait(self) -> None:
-        if self.process is not None:
-            stop_process(self.process)
+    def wait(self, deadline: float) -> None:
+        """Waits for it to exit until `deadline` (time.monotonic), then kills its group; either
+        way, what it started and left behind goes too."""
+        if self.process is None:
+            return
+        try:
+            self.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning("%s (pid %d) did not stop in time (GAZER_STOP_SECONDS); killed", self.module, self.process.pid)
+        with suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
 
 
 def port_taken(host: str, port: int) -> str | None:
@@ -124,10 +134,11 @@ def main() -> None:
                 child.watch(now)
             time.sleep(0.25)
     finally:
-        for child in children:  # all get SIGTERM at once, then each is waited for
+        for child in children:  # all get SIGTERM at once, then are waited for together
             child.terminate()
+        deadline = time.monotonic() + settings.stop_seconds
         for child in children:
-            child.wait()
+            child.wait(deadline)
         if embedded is not None:
             embedded.stop()
 

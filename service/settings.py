@@ -63,6 +63,9 @@ class Settings(SharedSettings):
     max_connections_per_address: int = Field(256, ge=1)
     # uvicorn processes serving one port; each loads its own models and keeps its own limits.
     api_processes: int = Field(1, ge=1, le=64)
+    # How long `make run` gives its processes to stop, together, before it kills them: the worker
+    # puts its running job back in the queue at the job's next step, the API answers what is in flight.
+    stop_seconds: float = Field(30.0, gt=0)
     # A request body that sends nothing for this long before it is complete gets 408, and so
     # does one that averages under body_min_bytes_per_second after that long; a connection
     # whose request headers are not complete this long after they began is closed.

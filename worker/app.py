@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from celery import Celery
+from celery import Celery, signals
 
 from core.job_runners import JobContext
 from core.models.registry import ModelRegistry
@@ -24,12 +24,16 @@ def create_celery(settings: WorkerSettings, metrics: WorkerMetrics | None = None
                              bfloat16=settings.cuda_bfloat16)
     context = JobContext(storage, registry, settings.max_image_pixels, artifact_url)
     store = JobStore.from_url(settings.redis_url, settings.job_lease_seconds)
-    metrics = metrics or WorkerMetrics()
-    sweeps = SweepHost(store, lambda job_id: app.send_task(RUN_JOB_TASK, args=[job_id]), settings.redis_url,
-                       most_parallel=settings.max_active_jobs_per_client - 1)
+
+    def send(job_id: str) -> None:
+        app.send_task(RUN_JOB_TASK, args=[job_id])
+
+    sweeps = SweepHost(store, send, settings.redis_url, most_parallel=settings.max_active_jobs_per_client - 1)
+    worker = tasks.Worker(store, context, metrics or WorkerMetrics(), sweeps, send, settings.max_job_seconds)
+    signals.worker_shutting_down.connect(lambda **_: worker.stopping.set(), weak=False)
 
     @app.task(name=RUN_JOB_TASK)
     def run_job(job_id: str) -> str:
-        return tasks.run_job(job_id, store, context, metrics, sweeps, settings.max_job_seconds)
+        return tasks.run_job(job_id, worker)
 
     return app

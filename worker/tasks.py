@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from contextlib import suppress
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable
 
@@ -47,20 +49,41 @@ def _progress_report(store: JobStore, job_id: str) -> Callable[..., None]:
     return report
 
 
+@dataclass(frozen=True)
+class Worker:
+    """What the task runs jobs with. `send` sends a job's message; `stopping` is set when the
+    worker is told to stop (SIGTERM: a restart, `make run` ending): a running job then stops at
+    its next step and goes back to the queue, to run afresh, where it would have been lost."""
+
+    store: JobStore
+    context: JobContext
+    metrics: WorkerMetrics
+    sweeps: SweepHost
+    send: Callable[[str], None]
+    max_seconds: float
+    stopping: threading.Event = field(default_factory=threading.Event)
+
+
 class _StopCheck:
     """`should_stop` for the runner: yes once the job's record says so (cancelled, or reaped as
-    lost), or once the job has run for `max_seconds`. While Redis cannot be read the job goes
-    on: if the outage outlasts the lease, the next check that gets through finds it reaped."""
+    lost), once the job has run for `max_seconds`, or once the worker is stopping (not for a
+    sweep, which waits on a thread of its own). While Redis cannot be read the job goes on: if
+    the outage outlasts the lease, the next check that gets through finds it reaped."""
 
-    def __init__(self, store: JobStore, job_id: str, worker: str, max_seconds: float) -> None:
+    def __init__(self, store: JobStore, job_id: str, worker: str, max_seconds: float,
+                 stopping: threading.Event | None) -> None:
         self.store, self.job_id, self.worker = store, job_id, worker
         self.max_seconds = max_seconds
         self.deadline = time.monotonic() + max_seconds
-        self.out_of_time = False
+        self.stopping = stopping
+        self.out_of_time = self.interrupted = False
 
     def __call__(self) -> bool:
         if time.monotonic() > self.deadline:
             self.out_of_time = True
+            return True
+        if self.stopping is not None and self.stopping.is_set():
+            self.interrupted = True
             return True
         try:
             return self.store.should_stop(self.job_id, self.worker)
@@ -77,12 +100,11 @@ def _runner(job: dict, sweeps: SweepHost) -> Callable[..., dict[str, Any]]:
     return RUNNERS[job["type"]]
 
 
-def run_job(job_id: str, store: JobStore, context: JobContext, metrics: WorkerMetrics, sweeps: SweepHost,
-            max_seconds: float) -> str:
+def run_job(job_id: str, worker: Worker) -> str:
     """`job_id`: the job the message names; the job run is the one whose turn it is
     (JobStore.claim_next), most often that one."""
-    worker = worker_name()
-    claimed = store.claim_next(job_id, worker)
+    name = worker_name()
+    claimed = worker.store.claim_next(job_id, name)
     if claimed is None:
         log.info("no job is queued (job %s was cancelled, or runs or ran already); nothing run", job_id)
         return "skipped"
@@ -90,8 +112,8 @@ def run_job(job_id: str, store: JobStore, context: JobContext, metrics: WorkerMe
     try:
         if claimed != job_id:
             log.info("a message for job %s runs job %s: its turn", job_id, claimed)
-        job = store.get(claimed)
-        run = partial(_run_measured, job, store, context, worker, metrics, _runner(job, sweeps), max_seconds)
+        job = worker.store.get(claimed)
+        run = partial(_run_measured, job, worker, name)
         if job["type"] == SWEEP:  # it waits on its trials: on a thread, so this worker's one slot runs them
             threading.Thread(target=run, name=f"sweep-{claimed}", daemon=True).start()
             return "detached"
@@ -100,17 +122,41 @@ def run_job(job_id: str, store: JobStore, context: JobContext, metrics: WorkerMe
         logs.job_id.reset(token)
 
 
-def _run_measured(job: dict, store: JobStore, context: JobContext, worker: str, metrics: WorkerMetrics,
-                  runner: Callable[..., dict[str, Any]], max_seconds: float) -> str:
+def _run_measured(job: dict, worker: Worker, name: str) -> str:
     token = logs.job_id.set(job["id"])
     try:
+        log.info("job %s (%s) started, attempt %d", job["id"], job["type"], job["attempts"])
         started = time.perf_counter()
-        with metrics.running.track_inprogress():
-            state = _run(job, store, context, worker, runner, max_seconds)
-        metrics.record(job["type"], state, time.perf_counter() - started)
+        with worker.metrics.running.track_inprogress():
+            state = _run(job, worker, name)
+        seconds = time.perf_counter() - started
+        worker.metrics.record(job["type"], state, seconds)
+        log.info("job %s (%s) ended %s after %.1f s", job["id"], job["type"], state, seconds)
         return state
     finally:
         logs.job_id.reset(token)
+
+
+def _requeue(job_id: str, worker: Worker, name: str) -> str:
+    """Back in the queue, its message sent again: `queued`; else as its record says (a cancel
+    asked for meanwhile is honoured)."""
+    try:
+        if not worker.store.requeue(job_id, name):
+            return _end(worker.store, job_id, "cancelled")
+    except redis.RedisError as error:
+        log.error("job %s could not go back to the queue (%s); it reads as lost once its lease passes", job_id, error)
+        return "lost"
+    try:
+        worker.send(job_id)
+    except Exception as error:  # kombu's and redis's connection errors alike: no record waits for nothing
+        log.error("job %s: its message could not be sent again (%s)", job_id, error)
+        return _end(worker.store, job_id, "failed", error=problem(
+            503, "worker-stopped", "the worker running this job was stopped, and the job could not be queued "
+                                   "again; submit it again").model_dump(exclude_none=True))
+    with suppress(redis.RedisError):  # else it waits from when a worker receives its message
+        worker.store.wait_for_turn(worker.store.get(job_id))
+    log.warning("job %s goes back to the queue, to run afresh: this worker is stopping", job_id)
+    return "queued"
 
 
 def _end(store: JobStore, job_id: str, state: str, **fields: object) -> str:
@@ -119,6 +165,8 @@ def _end(store: JobStore, job_id: str, state: str, **fields: object) -> str:
     for attempt in range(_END_ATTEMPTS):
         try:
             if store.finish(job_id, state, **fields):
+                if (error := fields.get("error")) is not None:
+                    log.warning("job %s failed: %s: %s", job_id, error["type"], error["detail"])
                 return state
             ended = store.get(job_id)["state"]
             log.warning("job %s ended %s here, but its record had already ended %s; nothing more is written",
@@ -132,17 +180,19 @@ def _end(store: JobStore, job_id: str, state: str, **fields: object) -> str:
     return state
 
 
-def _run(job: dict, store: JobStore, context: JobContext, worker: str, runner: Callable[..., dict[str, Any]],
-         max_seconds: float) -> str:
-    """Runs a claimed job to its end; the state it ended in."""
-    job_id = job["id"]
+def _run(job: dict, worker: Worker, name: str) -> str:
+    """Runs a claimed job to its end; the state it ended in (`queued` when it went back)."""
+    job_id, store, max_seconds = job["id"], worker.store, worker.max_seconds
     stop = threading.Event()
     beating = threading.Thread(target=_heartbeat, args=(store, job_id, stop), daemon=True)
     beating.start()
-    should_stop = _StopCheck(store, job_id, worker, max_seconds)
+    should_stop = _StopCheck(store, job_id, name, max_seconds, None if job["type"] == SWEEP else worker.stopping)
     try:
-        result = runner(job_id, job["params"], _progress_report(store, job_id), should_stop, context)
+        result = _runner(job, worker.sweeps)(job_id, job["params"], _progress_report(store, job_id), should_stop,
+                                             worker.context)
     except JobCancelled:
+        if should_stop.interrupted:
+            return _requeue(job_id, worker, name)
         if should_stop.out_of_time:  # stopped as a cancelled job is, with what it had not finished
             return _end(store, job_id, "failed", error=problem(
                 422, "job-time-limit", f"the job ran past this worker's limit of {max_seconds:g} s "

@@ -1,6 +1,6 @@
 """`make run` with GAZER_API_PROCESSES=2: two uvicorn processes answer one port, both on the
 supervisor's Redis (neither starts its own), and /metrics, answered by either, counts the
-requests of both."""
+requests of both; stopping `make run` stops all of them."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ HEALTHZ = re.compile(r'^gazer_http_requests_total\{method="GET",route="/healthz"
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    with LiveService(tmp_path_factory.mktemp("two-apis"), api_processes=2, access_log=0) as live:
+    with LiveService(tmp_path_factory.mktemp("two-apis"), api_processes=2, access_log=0, stop_seconds=3) as live:
         yield live
 
 
@@ -72,3 +72,18 @@ def test_metrics_from_either_process_count_the_requests_of_both(service):
     assert {answer.status_code for answer in on_fresh_connections(service, "/healthz", 24)} == {200}
     counts = [healthz_count() - before for _ in range(4)]  # scrapes land on either process
     assert counts == [24.0] * 4
+
+
+def test_make_run_stops_every_process_it_started_even_a_stuck_one(service):
+    """The API's supervisor, stuck (SIGSTOP), is killed at GAZER_STOP_SECONDS, and with it its
+    API processes: killing the supervisor alone left them serving on their own. Last: it ends
+    the module's service."""
+    started = [process for process in psutil.Process(service.process.pid).children(recursive=True)]
+    supervisor = next(process for process in started if process.cmdline()[-2:] == ["-m", "service"])
+    assert len(api_processes(service)) == 2
+    supervisor.suspend()
+    service.process.terminate()
+    service.process.wait(timeout=60)
+    gone, alive = psutil.wait_procs(started, timeout=10)
+    assert not alive, [(process.pid, process.cmdline()) for process in alive]
+    assert "did not stop in time (GAZER_STOP_SECONDS); killed" in service.log()

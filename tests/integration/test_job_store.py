@@ -76,6 +76,19 @@ def test_clients_take_turns_whichever_job_a_message_names(tmp_path):
         assert store.redis.smembers("gazer:waiting-turns") == set()  # nothing waits, no set is left
 
 
+def test_a_lost_job_reads_as_failed_in_the_summaries_too(tmp_path):
+    """The metrics' reading: a job whose worker died showed as running until someone read it."""
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        store = JobStore.from_url(server.url, lease_seconds=1.0)
+        lost, alive = (store.create("fine_tune", {})["id"] for _ in range(2))
+        assert store.claim(lost, "gone") and store.claim(alive, "here")
+        time.sleep(1.2)
+        store.heartbeat(alive)
+        states = {row["type"] + row["state"] for row in store.summaries(10)}
+        assert states == {"fine_tunefailed", "fine_tunerunning"}
+        assert store.get(lost)["error"]["type"] == "/problems/worker-lost" and store.get(alive)["state"] == "running"
+
+
 def test_a_keys_listing_reads_its_own_jobs_not_every_job(tmp_path):
     """Its cost follows the key's own jobs (a sweep's trials included), not all the others'; an
     ended job trimmed or expired leaves its owner's set; jobs made before the owned sets existed

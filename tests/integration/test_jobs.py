@@ -143,6 +143,23 @@ def test_progress_events_stream(api, workers):
     assert len(fractions) >= 2 and fractions == sorted(fractions)
 
 
+def test_a_worker_told_to_stop_puts_its_running_job_back_in_the_queue(api, workers):
+    """SIGTERM (a restart, `make run` ending) waited for the job to finish, then the worker was
+    killed and the job read as lost; now it stops at its next step and the job runs afresh on the
+    next worker."""
+    worker = workers()
+    job = submit(api, "activation-maximization", long_maximization(400))
+    wait_for(api, job["id"], ("running",), timeout=120, condition=lambda j: (j["progress"] or {}).get("step", 0) >= 1)
+    worker.process.terminate()
+    worker.process.wait(timeout=30)
+    queued = api.get(f"/v1/jobs/{job['id']}").json()
+    assert queued["state"] == "queued" and queued["progress"] == {"fraction": 0.0} and queued["attempts"] == 1, queued
+    assert "goes back to the queue, to run afresh: this worker is stopping" in worker.log()
+    workers()
+    done = wait_for(api, job["id"], ("succeeded", "failed"), timeout=300)
+    assert done["state"] == "succeeded" and done["attempts"] == 2
+
+
 def test_worker_killed_mid_job_leaves_the_job_failed(api, workers):
     worker = workers()
     job = submit(api, "activation-maximization", long_maximization())

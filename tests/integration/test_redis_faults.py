@@ -1,5 +1,5 @@
 """Faults around Redis with real processes: Redis stopped under a running job, a job reaped as
-lost while its worker still runs it, and a submit while Redis is down. Each ends in a recovery
+lost while its worker still runs it, and a submit and reads while Redis is down. Each ends in a recovery
 or a clear error, with nothing stuck and nothing run twice."""
 
 from __future__ import annotations
@@ -60,6 +60,10 @@ def test_a_submit_while_redis_is_down_is_a_503_and_leaves_nothing(api, workers, 
         refused = api.post("/v1/jobs/activation-maximization", json=long_maximization(steps=3))
         assert refused.status_code == 503, refused.text
         assert refused.headers["retry-after"] and "cannot take jobs now" in refused.json()["detail"]
+        for read in ("/v1/jobs", "/v1/jobs/0123456789abcdef0123456789abcdef"):  # reads were a 500
+            answer = api.get(read)
+            assert answer.status_code == 503 and answer.headers["retry-after"], answer.text
+            assert "Redis" in answer.json()["detail"] and answer.json()["type"] == "/problems/queue-unavailable"
     finally:
         redis_server.start()
     assert api.get("/v1/jobs").json()["count"] == before

@@ -43,7 +43,9 @@ def test_monitoring_services_are_an_optional_profile():
 def test_prometheus_scrapes_the_api_and_the_worker_where_compose_serves_them():
     services = compose()["services"]
     scrape = yaml.safe_load((ROOT / "monitoring/prometheus.yml").read_text())["scrape_configs"]
-    targets = {job["job_name"]: (job.get("metrics_path", "/metrics"), job["static_configs"][0]["targets"])
+    targets = {job["job_name"]: (job.get("metrics_path", "/metrics"), [
+                   f"{name}:{found['port']}" for found in job["dns_sd_configs"] for name in found["names"]
+                   if found["type"] == "A"])
                for job in scrape}
     api_env, worker_env = services["api"]["environment"], services["worker"]["environment"]
     assert targets["gazer-api"] == ("/metrics", [f"api:{api_env['PORT']}"])

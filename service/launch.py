@@ -1,9 +1,11 @@
 """`make run`: the whole service in one command: Redis (embedded unless GAZER_REDIS_URL is
 set), one Celery worker and the API, supervised: a child that dies (killed for memory, say) is
-started again with backoff while the others keep serving. Ctrl-C stops them together. What
-would stop the API at every start (its port taken, an open service on a public HOST) stops
-`make run` before anything starts, with the reason. GAZER_API_PROCESSES=N: the API child serves the port from N processes (service/__main__.py),
-all on the Redis started here, which their environment names."""
+started again with backoff while the others keep serving. Ctrl-C (or SIGTERM) stops them
+together, each with what it started, killed past GAZER_STOP_SECONDS. What would stop the API at
+every start (its port taken, an unreadable key file, an open service on a public HOST) stops
+`make run` before anything starts, with the reason. GAZER_API_PROCESSES=N: the API child serves
+the port from N processes (service/__main__.py), all on the Redis started here, which their
+environment names."""
 
 from __future__ import annotations
 

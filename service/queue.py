@@ -101,6 +101,16 @@ class JobQueue:
         except redis.RedisError as error:
             raise QueueUnavailable(f"the job queue cannot be read now: {error}") from None
 
+    def jobs_using_dataset(self, dataset_id: str) -> list[str]:
+        """The queued and running jobs (among the newest records) that read data set `dataset_id`:
+        fine-tunes, sweeps and data set explanations."""
+        try:
+            active = [job for state in ("queued", "running") for job in self.store.list(state=state, limit=1000)]
+        except redis.RedisError as error:
+            raise QueueUnavailable(f"the job queue cannot be read now: {error}") from None
+        return [job["id"] for job in active
+                if dataset_id in (job["params"].get("dataset_id"), (job["params"].get("base") or {}).get("dataset_id"))]
+
     def close(self) -> None:
         self.celery.close()
         self.store.redis.close()

@@ -4,6 +4,7 @@ with its own CUDA_VISIBLE_DEVICES). CUDA is first touched inside this process, b
 from __future__ import annotations
 
 import logging
+import sys
 
 from celery import signals
 
@@ -29,7 +30,12 @@ def main() -> None:
     settings = WorkerSettings.from_environment()
     metrics = WorkerMetrics()
     if settings.worker_metrics_port is not None:
-        metrics.serve(settings.worker_metrics_port)
+        try:
+            metrics.serve(settings.worker_metrics_port)
+        except OSError as error:
+            print(f"GAZER_WORKER_METRICS_PORT={settings.worker_metrics_port}: cannot serve metrics there "
+                  f"({error.strerror or error})", file=sys.stderr)
+            sys.exit(2)
         log.info("worker metrics on port %d", settings.worker_metrics_port)
     app = create_celery(settings, metrics)
     with Presence(JobStore.from_url(settings.redis_url, settings.job_lease_seconds)):

@@ -10,6 +10,7 @@ from fastapi import APIRouter, File, Form, Request, UploadFile, status
 from starlette.concurrency import run_in_threadpool
 
 from core import cancellation, datasets
+from core.errors import Conflict
 from core.storage import check_name
 from schemas.datasets import Dataset, DatasetList
 from service.auth import Caller, CallerDep
@@ -61,8 +62,12 @@ def describe_dataset(dataset_id: str, storage: StorageDep, caller: CallerDep) ->
 
 
 @router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_dataset(dataset_id: str, storage: StorageDep, caller: CallerDep) -> None:
+def delete_dataset(dataset_id: str, storage: StorageDep, caller: CallerDep, queue: QueueDep) -> None:
+    """409 while a queued or running job reads it (it would fail part way)."""
     _visible(dataset_id, storage, caller)
+    if using := queue.jobs_using_dataset(dataset_id):
+        raise Conflict(f"data set {dataset_id!r} is read by {len(using)} queued or running job(s) "
+                       f"({', '.join(using[:5])}); cancel them, or delete it once they end", field="dataset_id")
     datasets.delete_dataset(storage.datasets, dataset_id)
 
 

@@ -44,3 +44,9 @@ def test_a_setting_out_of_range_is_named_in_one_line():
         assert ended.stderr.strip() == "GAZER_JOB_LEASE_SECONDS=-5: Input should be greater than 0", ended.stderr
     ended = launch(ROOT / "var-never-made", "worker")
     assert ended.returncode == 2 and ended.stderr.strip() == "GAZER_REDIS_URL: must be set", ended.stderr
+    with socket.create_server(("0.0.0.0", 0)) as holder:  # a taken metrics port was a traceback
+        port = holder.getsockname()[1]
+        ended = launch(ROOT / "var-never-made", "worker", GAZER_REDIS_URL="redis://127.0.0.1:1",
+                       GAZER_WORKER_METRICS_PORT=str(port))
+    assert ended.returncode == 2 and ended.stderr.strip().startswith(
+        f"GAZER_WORKER_METRICS_PORT={port}: cannot serve metrics there"), ended.stderr

@@ -169,34 +169,41 @@ def test_a_full_queue_is_told_only_to_requests_with_a_known_key(api, keys):
         del queues.in_flight[version], queues.versions[MODEL]
 
 
+@contextmanager
+def explaining(api, keys, monkeypatch, who: str, photo) -> Iterator[None]:
+    """A Grad-CAM of key `who` held in flight while the block runs; answered 200 after it."""
+    held = HeldGradCAM()
+    monkeypatch.setitem(METHODS, "gradcam", held)
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(api.post, f"/v1/models/{MODEL}/explain", files=[photo], headers=as_(keys, who),
+                           data={"method": "gradcam", "layer": GRADIENT_LAYER, "outputs": "heatmap"})
+        assert held.started.wait(60)
+        try:
+            yield
+        finally:
+            held.release.set()
+        assert slow.result(60).status_code == 200
+
+
 def test_one_key_holds_at_most_its_share_of_a_model_queue_and_of_the_explanation_slots(api, keys, monkeypatch):
     """Beyond its share a key is told 429 with Retry-After, while another key is still served."""
     queues, slots = api.app.state.model_queues, api.app.state.explanation_slots
     monkeypatch.setattr(queues, "per_client", 2)
     monkeypatch.setattr(slots, "per_client", 1)
-    held = HeldGradCAM()
-    monkeypatch.setitem(METHODS, "gradcam", held)
     photo = upload(encode(chelsea()))
     explain = f"/v1/models/{MODEL}/explain"
     predict = f"/v1/models/{MODEL}/predict"
-    with ThreadPoolExecutor(1) as pool:
-        slow = pool.submit(api.post, explain, files=[photo], headers=as_(keys, "predictor"),
-                           data={"method": "gradcam", "layer": GRADIENT_LAYER, "outputs": "heatmap"})
-        assert held.started.wait(60)
-        try:
-            refused = assert_problem(api.post(explain, files=[photo], data={"method": "cam"},
-                                              headers=as_(keys, "predictor")), 429, "GAZER_MAX_EXPLANATIONS_PER_CLIENT")
-            assert refused["status"] == 429
-            assert api.post(explain, files=[photo], data={"method": "cam"}, headers=as_(keys, "admin")).status_code == 200
-            assert api.post(predict, files=[photo], headers=as_(keys, "predictor")).status_code == 200  # its 2nd place
-            monkeypatch.setattr(queues, "per_client", 1)
-            answer = api.post(predict, files=[photo], headers=as_(keys, "predictor"))
-            assert_problem(answer, 429, "GAZER_MAX_QUEUED_PER_CLIENT")
-            assert answer.headers["Retry-After"] == "1"
-            assert api.post(predict, files=[photo], headers=as_(keys, "admin")).status_code == 200
-        finally:
-            held.release.set()
-        assert slow.result(60).status_code == 200
+    with explaining(api, keys, monkeypatch, "predictor", photo):
+        refused = assert_problem(api.post(explain, files=[photo], data={"method": "cam"},
+                                          headers=as_(keys, "predictor")), 429, "GAZER_MAX_EXPLANATIONS_PER_CLIENT")
+        assert refused["status"] == 429
+        assert api.post(explain, files=[photo], data={"method": "cam"}, headers=as_(keys, "admin")).status_code == 200
+        assert api.post(predict, files=[photo], headers=as_(keys, "predictor")).status_code == 200  # its 2nd place
+        monkeypatch.setattr(queues, "per_client", 1)
+        answer = api.post(predict, files=[photo], headers=as_(keys, "predictor"))
+        assert_problem(answer, 429, "GAZER_MAX_QUEUED_PER_CLIENT")
+        assert answer.headers["Retry-After"] == "1"
+        assert api.post(predict, files=[photo], headers=as_(keys, "admin")).status_code == 200
     assert not queues.in_flight and not queues.of_client and not slots.of_client and slots.in_use == 0
     assert api.post(predict, files=[photo], headers=as_(keys, "predictor")).status_code == 200
 
@@ -206,22 +213,13 @@ def test_one_key_holds_at_most_its_share_of_the_explained_pixels(api, keys, monk
     under a share of 200,000 (429), while another key is served."""
     pixels = api.app.state.explained_pixels
     monkeypatch.setattr(pixels, "per_client", 200_000)
-    held = HeldGradCAM()
-    monkeypatch.setitem(METHODS, "gradcam", held)
     photo = upload(encode(chelsea()))
     explain = f"/v1/models/{MODEL}/explain"
-    with ThreadPoolExecutor(1) as pool:
-        slow = pool.submit(api.post, explain, files=[photo], headers=as_(keys, "predictor"),
-                           data={"method": "gradcam", "layer": GRADIENT_LAYER, "outputs": "heatmap"})
-        assert held.started.wait(60)
-        try:
-            answer = api.post(explain, files=[photo], data={"method": "cam"}, headers=as_(keys, "predictor"))
-            assert_problem(answer, 429, "GAZER_MAX_EXPLAINED_PIXELS_PER_CLIENT")
-            assert answer.headers["Retry-After"] == "1"
-            assert api.post(explain, files=[photo], data={"method": "cam"}, headers=as_(keys, "admin")).status_code == 200
-        finally:
-            held.release.set()
-        assert slow.result(60).status_code == 200
+    with explaining(api, keys, monkeypatch, "predictor", photo):
+        answer = api.post(explain, files=[photo], data={"method": "cam"}, headers=as_(keys, "predictor"))
+        assert_problem(answer, 429, "GAZER_MAX_EXPLAINED_PIXELS_PER_CLIENT")
+        assert answer.headers["Retry-After"] == "1"
+        assert api.post(explain, files=[photo], data={"method": "cam"}, headers=as_(keys, "admin")).status_code == 200
     assert pixels.held == 0 and not pixels.of_client
     assert api.post(explain, files=[photo], data={"method": "cam"}, headers=as_(keys, "predictor")).status_code == 200
 

@@ -6,6 +6,7 @@ as a problem. Screenshots of the dialog land in test-output/screenshots/."""
 from __future__ import annotations
 
 
+import httpx
 import pytest
 
 from schemas.api_keys import create_key
@@ -236,10 +237,13 @@ def test_a_key_without_the_admin_scope_is_told_why_models_are_not_uploaded_pinne
                                                                                              tmp_path):
     onnx_file = tmp_path / "tiny.onnx"
     onnx_file.write_bytes(onnx_classifier().SerializeToString())
+    uploaded = httpx.post(f"{keyed.url}/v1/models", headers={"X-API-Key": keys["admin"]}, data={"name": "keyed-tiny", "input_size": 32},
+                          files={"onnx": ("tiny.onnx", onnx_file.read_bytes())}, timeout=120)
+    assert uploaded.status_code == 201, uploaded.text
     context, page, errors = new_page(browser, keys["predict"])   # reads models, may not change them
     try:
         page.goto(f"{keyed.url}/#models")
-        card = page.locator('.model-card[data-model="efficientnet_lite0"]')
+        card = page.locator('.model-card[data-model="keyed-tiny"]')
         card.wait_for()
         page.locator(".upload-panel > summary").click()
         form = page.locator("#model-upload-form")
@@ -250,7 +254,7 @@ def test_a_key_without_the_admin_scope_is_told_why_models_are_not_uploaded_pinne
         problem = form.locator("#upload-message .problem")
         problem.wait_for()
         assert "403" in problem.inner_text() and "'admin' scope" in problem.inner_text(), problem.inner_text()
-        for button, confirm in (("Pin efficientnet_lite0@1", "Pin v1"), ("Delete efficientnet_lite0@1", "Delete v1")):
+        for button, confirm in (("Pin keyed-tiny@1", "Pin v1"), ("Delete keyed-tiny@1", "Delete v1")):
             card.get_by_role("button", name=button).click()
             card.locator(".confirm").get_by_role("button", name=confirm).click()
             refused = card.locator(".model-message .problem")

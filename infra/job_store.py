@@ -32,6 +32,9 @@ from schemas.problems import problem
 
 log = logging.getLogger(__name__)
 
+# A Redis command (or connection) that takes longer fails (RedisError: a 503 to the client) rather
+# than hold a request, a scrape or a worker's heartbeat for as long as Redis hangs.
+REDIS_SOCKET_SECONDS = 10.0
 _INDEX = "gazer:jobs"
 # What a client waits before submitting again when it has its limit of jobs queued or running.
 RETRY_AFTER_SECONDS = 30
@@ -172,7 +175,8 @@ class JobStore:
 
     @classmethod
     def from_url(cls, url: str, lease_seconds: float) -> "JobStore":
-        return cls(redis.Redis.from_url(url, decode_responses=True), lease_seconds)
+        return cls(redis.Redis.from_url(url, decode_responses=True, socket_timeout=REDIS_SOCKET_SECONDS,
+                                        socket_connect_timeout=REDIS_SOCKET_SECONDS), lease_seconds)
 
     def create(self, job_type: str, params: dict[str, Any], owner: str | None = None,
                parent: str | None = None, client: str | None = None, limit: int | None = None) -> dict[str, Any]:

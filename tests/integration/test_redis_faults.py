@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import time
 
+import psutil
 import redis
 
 from infra.embedded_redis import EmbeddedRedis
+from infra.job_store import REDIS_SOCKET_SECONDS
 from support import shapes_archive, upload
 from tests.integration.conftest import LEASE_SECONDS, make_client, wait_for
 from tests.integration.test_jobs import long_maximization, submit
@@ -69,6 +71,21 @@ def test_a_submit_while_redis_is_down_is_a_503_and_leaves_nothing(api, workers, 
     assert api.get("/v1/jobs").json()["count"] == before
     job = submit(api, "activation-maximization", long_maximization(steps=3))
     assert wait_for(api, job["id"], ("succeeded", "failed"), timeout=120)["state"] == "succeeded"
+
+
+def test_a_hung_redis_is_a_503_in_bounded_time(api, redis_server):
+    """Redis stopped (SIGSTOP), not gone: a job listing waited as long as it hung."""
+    hung = psutil.Process(redis_server.process.pid)
+    hung.suspend()
+    try:
+        started = time.monotonic()
+        answer = api.get("/v1/jobs")
+        waited = time.monotonic() - started
+    finally:
+        hung.resume()
+    assert answer.status_code == 503 and answer.headers["retry-after"], answer.text
+    assert REDIS_SOCKET_SECONDS - 1 < waited < REDIS_SOCKET_SECONDS + 10, waited
+    assert api.get("/v1/jobs").status_code == 200
 
 
 def test_readiness_reports_redis_and_the_live_workers(api, workers, redis_server):

@@ -99,3 +99,11 @@ class StorageFailed(GazerError):
 
     code = "storage-failed"
     status = 507
+
+
+class StorageFull(GazerError):
+    """The data folder's free space is under its floor (GAZER_MIN_FREE_DISK_BYTES): nothing new
+    is taken in, so that what runs (Redis's saves, jobs' results) still has room."""
+
+    code = "storage-full"
+    status = 507

@@ -8,9 +8,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.errors import InvalidRequest
+from core.errors import InvalidRequest, StorageFull
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def _size(count: int) -> str:
+    return f"{count / 2**30:.2f} GiB" if count >= 2**30 else f"{count / 2**20:.1f} MiB"
 
 
 def check_name(name: str, what: str) -> str:
@@ -23,7 +27,25 @@ def check_name(name: str, what: str) -> str:
 
 @dataclass(frozen=True)
 class Storage:
+    """`min_free_bytes`: the free space that new uploads, data sets and jobs must leave (check_room)."""
+
     root: Path
+    min_free_bytes: int = 0
+
+    def free_bytes(self) -> int:
+        """Free space on the file system that holds the data folder (or will, before it exists)."""
+        folder = self.root.absolute()
+        while not folder.exists():
+            folder = folder.parent
+        return shutil.disk_usage(folder).free
+
+    def check_room(self, incoming: int = 0) -> None:
+        """Refuses (507) what would leave less than `min_free_bytes` free, counting `incoming` bytes."""
+        free = self.free_bytes()
+        if free - incoming < self.min_free_bytes:
+            raise StorageFull(f"the data folder has {_size(free)} free, and keeps at least {_size(self.min_free_bytes)} "
+                              f"(GAZER_MIN_FREE_DISK_BYTES) for what is running: nothing new is stored until an "
+                              f"operator frees space" + (f" ({_size(incoming)} were asked for)" if incoming else ""))
 
     @property
     def onnx_cache(self) -> Path:

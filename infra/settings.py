@@ -24,6 +24,10 @@ class SharedSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GAZER_")
 
     data_dir: Path = Path("var")
+    # Uploads, data sets and jobs that would leave less free space than this where data_dir is
+    # are refused (507), and a worker fails a job that would start below it: the room left is
+    # for what already runs (Redis's saves, running jobs' results).
+    min_free_disk_bytes: int = Field(1024**3, ge=0)
     # The API starts an embedded redis-server without one; the worker needs the API's.
     redis_url: str | None = None
     job_lease_seconds: float = Field(60.0, gt=0)

@@ -22,7 +22,7 @@ from service.admission import ExplanationSlots, ModelQueues, PixelBudget, Refuse
 from service.auth import KeyStore, KeysBeforeBodies, requires
 from service.dependencies import DATASET_INGESTS
 from service.errors import PROBLEM_RESPONSES, install_error_handlers
-from service.limits import RefuseUnfinishedMultipart, RequestSizeLimit
+from service.limits import RefuseUnfinishedMultipart, RequestSizeLimit, RoomBeforeUploads
 from service.metrics import Metrics
 from service.negotiation import acceptable
 from service.guards import RefuseForeignOrigins, RefuseUnknownHosts
@@ -39,11 +39,11 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    storage = Storage(settings.data_dir, settings.min_free_disk_bytes)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         single_threaded_blas()
-        storage = Storage(settings.data_dir)
         registry = ModelRegistry(storage, settings.max_loaded_models, resident=(settings.default_model,),
                                  batching=Batching(settings.max_batch, settings.batch_wait_ms / 1000,
                                                    lambda runtime, images: app.state.metrics.run_size.labels(
@@ -77,7 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Gazer", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,  # routers.docs
                   description="Predictions and explanations (CAM, Grad-CAM, saliency, ...) for image classifiers.")
     app.state.settings = settings
-    app.state.metrics = Metrics(app.state, settings.max_concurrent_explanations)
+    app.state.metrics = Metrics(app.state, settings.max_concurrent_explanations, storage)
     app.state.keys = KeyStore(settings.api_keys) if settings.api_keys else None
     app.state.request_limiter = RateLimiter("requests", settings.requests_per_second, settings.request_burst)
     app.state.compute_limiter = RateLimiter("forward passes", settings.compute_per_second, settings.compute_burst)
@@ -90,13 +90,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Outermost last: ids and metrics, then Host, Origin and CORS, then keys and scopes (their
     # 401s and 403s carry CORS headers, and come before anything reads a body), then a full
     # queue's early 503 (told only to callers with a key), then the request rate, then the size limit,
-    # then a multipart body's closing delimiter.
+    # then an upload's room on disk, then a multipart body's closing delimiter.
     app.add_middleware(RefuseUnfinishedMultipart)
     app.add_middleware(RequestSizeLimit, max_bytes=settings.max_request_bytes,
                        per_path={"/v1/datasets": settings.max_dataset_bytes, "/v1/models": settings.max_model_bytes,
                                  **{f"/v1/jobs/{kind}": JOB_BODY_BYTES for kind in JOB_TYPES}},
                        idle_seconds=settings.body_idle_seconds,
                        min_bytes_per_second=settings.body_min_bytes_per_second)
+    app.add_middleware(RoomBeforeUploads, storage=storage)
     app.add_middleware(LimitRequestsBeforeBodies, limiter=app.state.request_limiter, keys=app.state.keys)
     app.add_middleware(RefuseWhenQueueFull, queues=app.state.model_queues)
     app.add_middleware(KeysBeforeBodies, keys=app.state.keys)

@@ -10,8 +10,11 @@ from python_multipart.multipart import parse_options_header
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from core.errors import PayloadTooLarge
-from service.errors import problem_response
+from core.errors import PayloadTooLarge, StorageFull
+from core.storage import Storage
+from service.errors import gazer_error_response, problem_response
+
+UPLOAD_PATHS = ("/v1/models", "/v1/datasets")
 
 
 class RequestSizeLimit:
@@ -115,3 +118,22 @@ class RefuseUnfinishedMultipart:
             return message
 
         await self.app(scope, checked_receive, send)
+
+
+class RoomBeforeUploads:
+    """An upload (a model, a data set) that would leave the data folder with less free space than
+    its floor, counting its declared length, is a 507 before its body is read (Storage.check_room)."""
+
+    def __init__(self, app: ASGIApp, storage: Storage) -> None:
+        self.app = app
+        self.storage = storage
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].rstrip("/") in UPLOAD_PATHS:
+            declared = dict(scope["headers"]).get(b"content-length", b"")
+            try:
+                self.storage.check_room(int(declared) if declared.isdigit() and len(declared) <= 18 else 0)
+            except StorageFull as full:
+                await gazer_error_response(full)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

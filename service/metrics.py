@@ -13,6 +13,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
+from core.storage import Storage
 from infra.job_metrics import JobsCollector
 
 UNMATCHED_ROUTE = "unmatched"
@@ -44,10 +45,32 @@ class ModelsCollector(Collector):
         return iter((loaded, failed))
 
 
-class Metrics:
-    """`state`: the app's state, read at scrape time for its model registry and job queue."""
+class StorageCollector(Collector):
+    """The data folder's free space, and the floor under which nothing new is stored."""
 
-    def __init__(self, state: object, explanation_slots: int) -> None:
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+
+    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        return (GaugeMetricFamily("gazer_storage_free_bytes", "Free space where the data folder is"),
+                GaugeMetricFamily("gazer_storage_min_free_bytes", "Free space below which uploads, data sets and "
+                                  "jobs are refused (GAZER_MIN_FREE_DISK_BYTES)"))
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        free, floor = self._families()
+        free.add_metric([], self.storage.free_bytes())
+        floor.add_metric([], self.storage.min_free_bytes)
+        return iter((free, floor))
+
+
+class Metrics:
+    """`state`: the app's state, read at scrape time for its model registry and job queue;
+    `storage`: the data folder, for its free space."""
+
+    def __init__(self, state: object, explanation_slots: int, storage: Storage) -> None:
         self.registry = registry = CollectorRegistry()
         self.requests = Counter("gazer_http_requests", "HTTP requests by route template, method and status",
                                 ["route", "method", "status"], registry=registry)
@@ -71,7 +94,7 @@ class Metrics:
         slots = Gauge("gazer_explain_slots", "Explanation slots in all", multiprocess_mode="livesum",
                       registry=registry)
         slots.set(explanation_slots)
-        live = [ModelsCollector(state), JobsCollector(lambda: getattr(getattr(state, "queue", None), "store", None))]
+        live = [ModelsCollector(state), StorageCollector(storage), JobsCollector(lambda: getattr(getattr(state, "queue", None), "store", None))]
         for collector in live:
             registry.register(collector)
         self.exposition = registry

@@ -19,7 +19,7 @@ from worker.settings import WorkerSettings
 def create_celery(settings: WorkerSettings, metrics: WorkerMetrics | None = None) -> Celery:
     app = Celery("gazer")
     app.conf.update(celery_config(settings.redis_url, settings.visibility_timeout))
-    storage = Storage(settings.data_dir)
+    storage = Storage(settings.data_dir, settings.min_free_disk_bytes)
     registry = ModelRegistry(storage, settings.max_loaded_models, onnx_fp16=settings.onnx_fp16,
                              bfloat16=settings.cuda_bfloat16)
     context = JobContext(storage, registry, settings.max_image_pixels, artifact_url)

@@ -188,6 +188,7 @@ def _run(job: dict, worker: Worker, name: str) -> str:
     beating.start()
     should_stop = _StopCheck(store, job_id, name, max_seconds, None if job["type"] == SWEEP else worker.stopping)
     try:
+        worker.context.storage.check_room()  # queued while there was room: a clear failure now, not a full disk later
         result = _runner(job, worker.sweeps)(job_id, job["params"], _progress_report(store, job_id), should_stop,
                                              worker.context)
     except JobCancelled:

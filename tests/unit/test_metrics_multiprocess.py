@@ -11,10 +11,10 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[2]
-COUNT_ONE = ("from types import SimpleNamespace\nfrom service.metrics import Metrics\n"
-             "Metrics(SimpleNamespace(), 2).observe_request('/v1/models/{model}/predict', 'POST', 200, 0.01)\n")
-RENDER = ("import sys\nfrom types import SimpleNamespace\nfrom service.metrics import Metrics\n"
-          "sys.stdout.write(Metrics(SimpleNamespace(), 2).render().decode())\n")
+MAKE = ("from pathlib import Path\nfrom types import SimpleNamespace\nfrom core.storage import Storage\n"
+        "from service.metrics import Metrics\nmetrics = Metrics(SimpleNamespace(), 2, Storage(Path('var'), 12345))\n")
+COUNT_ONE = (MAKE + "metrics.observe_request('/v1/models/{model}/predict', 'POST', 200, 0.01)\n")
+RENDER = MAKE + "import sys\nsys.stdout.write(metrics.render().decode())\n"
 
 
 def test_counts_from_several_processes_add_up(tmp_path):
@@ -29,4 +29,5 @@ def test_counts_from_several_processes_add_up(tmp_path):
     assert samples[("gazer_http_requests_total", labels)] == 2
     assert samples[("gazer_http_request_duration_seconds_count", labels[:2])] == 2
     assert ("gazer_jobs", ()) not in samples and ("gazer_models_loaded", ()) not in samples  # no app state here
+    assert samples[("gazer_storage_min_free_bytes", ())] == 12345 and samples[("gazer_storage_free_bytes", ())] > 0
     assert samples[("gazer_explain_slots", ())] == 2  # the answering process's own: the two that ended are gone

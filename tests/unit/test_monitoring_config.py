@@ -13,6 +13,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from core.storage import Storage
 from service.metrics import Metrics
 from worker.metrics import WorkerMetrics
 
@@ -22,7 +23,7 @@ SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), 
 
 
 def exported_names() -> set[str]:
-    texts = [Metrics(SimpleNamespace(), 1).render(), generate_latest(WorkerMetrics().registry)]
+    texts = [Metrics(SimpleNamespace(), 1, Storage(ROOT / 'var')).render(), generate_latest(WorkerMetrics().registry)]
     return {family.name + suffix for text in texts for family in text_string_to_metric_families(text.decode())
             for suffix in SUFFIXES[family.type]}
 
@@ -64,7 +65,7 @@ def test_every_dashboard_query_uses_an_exported_metric():
             assert names and names <= exported, (panel["title"], names - exported)
             used |= names
     for family in ("gazer_http_requests_total", "gazer_inference_seconds_bucket", "gazer_jobs",
-                   "gazer_queue_depth", "gazer_worker_job_duration_seconds_bucket"):
+                   "gazer_queue_depth", "gazer_worker_job_duration_seconds_bucket", "gazer_storage_free_bytes"):
         assert family in used
     provider = yaml.safe_load((ROOT / "monitoring/grafana/provisioning/dashboards/gazer.yml").read_text())
     grafana_mounts = dict(volume.split(":")[:2] for volume in compose()["services"]["grafana"]["volumes"])

@@ -1,0 +1,74 @@
+"""A data folder under its floor of free space (GAZER_MIN_FREE_DISK_BYTES), on a real small disk:
+uploads, data sets and jobs are refused with 507 before anything is written, a job queued while
+there was room fails at its start with the same problem, /metrics shows the free space, and once
+space is freed everything is taken again."""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from support import shapes_archive, upload
+from tests.integration.conftest import Worker, make_client, wait_for
+from tests.integration.test_jobs import long_maximization
+from tests.small_disk import small_disk
+
+MiB = 1024**2
+FLOOR = 48 * MiB
+
+
+def gauge(api, name: str) -> float:
+    text = api.get("/metrics").text
+    return next(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+                if sample.name == name)
+
+
+def fill_to_floor(disk, storage_free: float, leave: int) -> None:
+    """A file that leaves `leave` bytes free on `disk`."""
+    with open(disk / "filler", "wb") as filler:
+        os.posix_fallocate(filler.fileno(), 0, int(storage_free) - leave)
+
+
+def test_under_the_floor_nothing_new_is_stored_until_space_is_freed(redis_server, tmp_path):
+    with small_disk(tmp_path / "disk", "128m") as disk, \
+            make_client(redis_server, disk, min_free_disk_bytes=FLOOR) as api:  # the built-in model's ONNX: 18 MB
+        assert gauge(api, "gazer_storage_min_free_bytes") == FLOOR
+        queued = api.post("/v1/jobs/activation-maximization", json=long_maximization(steps=5))
+        assert queued.status_code == 202, queued.text  # no worker yet: it waits, queued while there was room
+        assert api.post("/v1/datasets", files=[upload(shapes_archive(per_class=2), "s.zip", "application/zip")]
+                        ).status_code == 201
+        # over the room left, counting its declared length: refused before its body is read
+        big = api.post("/v1/datasets", files=[upload(os.urandom(80 * MiB), "big.zip", "application/zip")])
+        assert big.status_code == 507 and big.json()["type"].endswith("/storage-full"), big.text
+        assert "80.0 MiB were asked for" in big.json()["detail"]
+
+        fill_to_floor(disk, gauge(api, "gazer_storage_free_bytes"), leave=FLOOR - 4 * MiB)
+        assert gauge(api, "gazer_storage_free_bytes") < FLOOR
+        refused = [api.post("/v1/datasets", files=[upload(shapes_archive(per_class=2), "s.zip", "application/zip")]),
+                   api.post("/v1/models", data={"name": "mine", "architecture": "resnet18"},
+                            files={"weights": ("w.safetensors", b"0" * 1000)}),
+                   api.post("/v1/jobs/activation-maximization", json=long_maximization(steps=5))]
+        for response in refused:
+            assert response.status_code == 507, response.text
+            problem = response.json()
+            assert problem["type"].endswith("/storage-full") and "GAZER_MIN_FREE_DISK_BYTES" in problem["detail"]
+        assert len(api.get("/v1/datasets").json()["data"]) == 1 and api.get("/v1/jobs").json()["count"] == 1
+        assert not (disk / "models").exists()
+
+        worker = Worker(redis_server.url, disk, tmp_path / "worker.log", min_free_disk_bytes=FLOOR)
+        try:
+            failed = wait_for(api, queued.json()["id"], ("failed", "succeeded"), timeout=120)
+        finally:
+            worker.stop()
+        assert failed["state"] == "failed" and failed["error"]["type"].endswith("/storage-full"), failed
+        assert not (disk / "artifacts" / failed["id"]).exists()
+
+        (disk / "filler").unlink()
+        assert gauge(api, "gazer_storage_free_bytes") > FLOOR
+        again = api.post("/v1/datasets", files=[upload(shapes_archive(per_class=2), "s.zip", "application/zip")])
+        assert again.status_code == 201, again.text
+        job = api.post("/v1/jobs/activation-maximization", json=long_maximization(steps=5))
+        assert job.status_code == 202, job.text
+        assert api.delete(f"/v1/jobs/{job.json()['id']}").status_code == 202
+

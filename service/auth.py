@@ -145,7 +145,7 @@ def requires(scope: str) -> Callable:
 # dependencies say, told here from the request line alone, before the body is read.
 ROUTE_SCOPES = (("POST", re.compile(r"/v1/models/?"), "admin"),
                 (None, re.compile(r"/v1/models/[^/]+/default/?"), "admin"),  # PUT pins, DELETE unpins
-                ("DELETE", re.compile(r"/v1/models/[^/]+/?"), "admin"),
+                ("DELETE", re.compile(r"/v1/models/[^/]+/?"), "jobs"),  # and the name's own key (quotas)
                 (None, re.compile(r"/v1/models(/.*)?"), "predict"),
                 (None, re.compile(r"/v1/(datasets|jobs)(/.*)?"), "jobs"))
 

@@ -1,4 +1,4 @@
-"""What one API key may keep: data sets, and model names. A key holds a name while the name has
+"""What one API key may keep: data sets, model names, and versions of each name. A key holds a name while the name has
 a published version, an upload runs under it, or one of the key's queued or running jobs will
 publish there; a claim that ended with nothing published (a job cancelled or failed, an upload
 refused) holds nothing, so it neither counts against the quota nor keeps other keys out.
@@ -42,7 +42,8 @@ def check_dataset_quota(caller: Caller, storage: Storage, settings: Settings) ->
 
 def claim_model_name(caller: Caller, storage: Storage, queue: JobQueue, name: str, settings: Settings) -> None:
     """Before a fine-tune or upload publishes under `name`: the name is this key's, or free
-    and within the key's quota (then it becomes this key's). Under `queue.claim_lock`."""
+    and within the key's quota (then it becomes this key's), and it has room for one more
+    version. Under `queue.claim_lock`."""
     if caller.owner is None or name in BUILTIN_MODELS:  # built-in names are refused elsewhere
         return
     holder = _holder(storage, queue, name)
@@ -55,10 +56,29 @@ def claim_model_name(caller: Caller, storage: Storage, queue: JobQueue, name: st
         if len(held) >= settings.max_models_per_key:
             raise QuotaExceeded(f"this key holds {len(held)} model names, its quota (GAZER_MAX_MODELS_PER_KEY); "
                                 f"delete one first or publish a new version of one of {', '.join(held[:10])}")
+    if not caller.grants("admin"):
+        _check_version_room(storage, queue, caller.owner, name, settings.max_versions_per_model)
     if holder is None:
         versions.release_name(storage.models, name)  # a claim that holds nothing any more
     if versions.claim_name(storage.models, name, caller.owner) != caller.owner and not caller.grants("admin"):
         raise _taken(name)  # another key claimed it just now
+
+
+def _check_version_room(storage: Storage, queue: JobQueue, owner: str, name: str, most: int) -> None:
+    published = versions.versions(storage.models, name)
+    coming = sum(1 for job in queue.active_jobs(key_client(owner)) if _publishes_to(job) == name)
+    if len(published) + coming >= most:
+        raise QuotaExceeded(f"model {name!r} has {len(published)} versions and {coming} queued or running jobs that "
+                            f"will publish there, its limit (GAZER_MAX_VERSIONS_PER_MODEL); delete a version first "
+                            f"(DELETE /v1/models/{name}@VERSION, oldest {published[0] if published else '-'}) "
+                            f"or publish under another name")
+
+
+def check_may_delete_versions(caller: Caller, storage: Storage, name: str) -> None:
+    """Versions of `name` may be deleted by an admin key, and by the key that holds the name."""
+    if not caller.grants("admin") and versions.name_owner(storage.models, name) != caller.owner:
+        raise Forbidden(f"versions of model {name!r} may be deleted only by the key that holds the name, "
+                        f"or by a key with admin")
 
 
 def release_unused_claim(caller: Caller, storage: Storage, queue: JobQueue, name: str) -> None:
@@ -105,10 +125,13 @@ def _names_held(storage: Storage, queue: JobQueue, owner: str, claiming: str) ->
 
 def _publishing_to(queue: JobQueue, owner: str) -> set[str]:
     """The model names the key's queued and running fine-tunes and sweeps will publish under."""
-    names = set()
-    for job in queue.active_jobs(key_client(owner)):
-        if job["type"] == FINE_TUNE:
-            names.add(job["params"]["output_model"])
-        elif job["type"] == SWEEP:
-            names.add(job["params"]["base"]["output_model"])
-    return names
+    return {name for job in queue.active_jobs(key_client(owner)) if (name := _publishes_to(job)) is not None}
+
+
+def _publishes_to(job: dict) -> str | None:
+    """The model name a fine-tune or a sweep publishes under (a sweep: its best trial's model)."""
+    if job["type"] == FINE_TUNE:
+        return job["params"]["output_model"]
+    if job["type"] == SWEEP:
+        return job["params"]["base"]["output_model"]
+    return None

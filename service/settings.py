@@ -95,6 +95,9 @@ class Settings(SharedSettings):
     # What one API key may keep (keys with `admin` are not counted for model names).
     max_datasets_per_key: int = Field(50, ge=1)
     max_models_per_key: int = Field(20, ge=1)
+    # Versions one model name may have, counting the key's jobs that will publish there; the key
+    # that holds the name may delete its versions to make room.
+    max_versions_per_model: int = Field(20, ge=1)
 
     @property
     def cors_origin_list(self) -> list[str]:

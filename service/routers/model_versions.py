@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from core.errors import InvalidRequest, PayloadTooLarge
 from core.models import upload, versions
+from core.models.registry import parse_ref
 from core.models.spec import ModelSpec
 from core.params import field_bounds
 from core.storage import Storage, check_name
@@ -19,11 +20,11 @@ from service.auth import Caller, CallerDep, requires
 from service.dependencies import QueueDep, RegistryDep, SettingsDep, upload_slot
 from service.form_fields import CommaList
 from service.queue import JobQueue
-from service.quotas import claim_model_name, release_unused_claim
+from service.quotas import check_may_delete_versions, claim_model_name, release_unused_claim
 from service.settings import Settings
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
-ADMIN, PREDICT = Depends(requires("admin")), Depends(requires("predict"))
+ADMIN, JOBS, PREDICT = Depends(requires("admin")), Depends(requires("jobs")), Depends(requires("predict"))
 
 MAX_LABELS_BYTES = 4 * 1024 * 1024
 
@@ -152,7 +153,9 @@ def unpin_default(name: str, registry: RegistryDep) -> wire.ModelRef:
     return wire.ModelRef(id=name, version=registry.spec(name).version)
 
 
-@router.delete("/{model}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[ADMIN])
-def delete_version(model: str, registry: RegistryDep) -> None:
-    """`NAME@VERSION`; built-in models cannot be deleted (409)."""
+@router.delete("/{model}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[JOBS])
+def delete_version(model: str, registry: RegistryDep, caller: CallerDep) -> None:
+    """`NAME@VERSION`, by an admin key or the key that holds NAME (the one whose fine-tunes
+    publish there); built-in models cannot be deleted (409)."""
+    check_may_delete_versions(caller, registry.storage, parse_ref(model)[0])
     registry.delete(model)

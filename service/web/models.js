@@ -131,7 +131,7 @@ function versionsTable(card, { id, builtin }, versions) {
 
 // ------------------------------------------------------------------------------------------------ pin, delete
 // A change every client sees asks first: the question and its two buttons in the card's message
-// area; the API's refusal (403 without the admin scope, 409 for a built-in model, ...) shows there.
+// area; the API's refusal (403 for a key that may not, 409 for a built-in model, ...) shows there.
 function confirmThen(card, question, verb, action, { danger = true } = {}) {
   const yes = el("button", { class: `btn small ${danger ? "danger" : "primary"}`, type: "button" }, verb);
   const no = el("button", { class: "btn small ghost", type: "button", onclick: () => card.message.replaceChildren() }, "Cancel");

@@ -83,7 +83,8 @@ def test_each_scope_opens_its_routes_and_no_others(api, keys):
     assert_problem(api.get("/v1/jobs", headers=as_(keys, "predictor")), 403, "'jobs' scope")
     assert_problem(api.post(f"/v1/models/{MODEL}/predict", files=photo, headers=as_(keys, "alice")), 403,
                    "'predict' scope")
-    assert_problem(api.delete("/v1/models/pets@1", headers=as_(keys, "alice")), 403, "'admin' scope")
+    assert_problem(api.delete("/v1/models/pets@1", headers=as_(keys, "predictor")), 403, "'jobs' scope")
+    assert_problem(api.delete("/v1/models/pets@1", headers=as_(keys, "alice")), 403, "only by the key that holds")
     assert_problem(api.put("/v1/models/pets/default", json={"version": 1}, headers=as_(keys, "predictor")), 403,
                    "'admin' scope")
     assert api.post(f"/v1/models/{MODEL}/predict", files=photo, headers=as_(keys, "admin")).status_code == 200
@@ -505,3 +506,34 @@ def test_a_name_is_held_while_it_has_a_version_or_a_job_that_will_publish_there(
 
         assert fine_tune("bob", "fourth").status_code == 202
         assert not (models / "first").exists()  # bob's claim, its job cancelled: released as he claimed another
+
+
+def test_a_name_has_at_most_its_limit_of_versions_and_its_key_may_delete_them_to_make_room(keys, tmp_path):
+    """Limit 2, counting the versions published and the key's jobs that will publish there."""
+    settings = Settings(data_dir=tmp_path, api_keys=keys[0], max_versions_per_model=2)
+    with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as api:
+        fine_tune = fine_tunes_of_alice_and_bob(api, keys)
+
+        def cancel(job) -> None:
+            assert api.delete(job.headers["location"], headers=as_(keys, "admin")).json()["state"] == "cancelled"
+
+        def publish_as_admin() -> None:  # an admin may publish beyond the limit
+            published = api.post("/v1/models", data={"name": "mine", "architecture": "resnet18", "input_size": 64},
+                                 files={"weights": ("w.safetensors", resnet18_weights())}, headers=as_(keys, "admin"))
+            assert published.status_code == 201, published.text
+
+        queued = [fine_tune("alice", "mine") for _ in range(2)]
+        assert [job.status_code for job in queued] == [202, 202]
+        assert_problem(fine_tune("alice", "mine"), 403, "GAZER_MAX_VERSIONS_PER_MODEL")
+        cancel(queued[0])
+        publish_as_admin()
+        assert_problem(fine_tune("alice", "mine"), 403, "has 1 versions and 1 queued or running jobs")
+        cancel(queued[1])
+        publish_as_admin()
+        assert_problem(fine_tune("alice", "mine"), 403, "has 2 versions and 0 queued or running jobs")
+        assert_problem(api.delete("/v1/models/mine@1", headers=as_(keys, "bob")), 403, "only by the key that holds")
+        assert_problem(api.delete("/v1/models/mine@1", headers=as_(keys, "predictor")), 403, "'jobs' scope")
+        assert api.delete("/v1/models/mine@1", headers=as_(keys, "alice")).status_code == 204
+        assert api.get("/v1/models/mine/versions", headers=as_(keys, "admin")).json()["count"] == 1
+        assert fine_tune("alice", "mine").status_code == 202
+        assert_problem(fine_tune("alice", "mine"), 403, "GAZER_MAX_VERSIONS_PER_MODEL")

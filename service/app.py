@@ -68,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             sweeping = asyncio.create_task(sweep_forever(app.state.queue.store, storage,
                                                          settings.job_retention_days * 86400))
             on_shutdown.callback(sweeping.cancel)
+            on_shutdown.callback(asyncio.create_task(app.state.metrics.refresh_models_forever()).cancel)
             try:
                 await run_in_threadpool(registry.get, settings.default_model)
             except GazerError as error:

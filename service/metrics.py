@@ -8,10 +8,12 @@ import os
 from pathlib import Path
 from typing import Callable, Iterator
 
+import anyio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
+from starlette.concurrency import run_in_threadpool
 
 from core.storage import Storage
 from infra.job_metrics import JobsCollector
@@ -20,29 +22,7 @@ UNMATCHED_ROUTE = "unmatched"
 _METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _IMAGES = (1, 2, 4, 8, 16, 32, 64)
-
-
-class ModelsCollector(Collector):
-    """Loaded and failed models, from the ModelRegistry's status (in the answering process)."""
-
-    def __init__(self, state: object) -> None:
-        self.state = state
-
-    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
-        return (GaugeMetricFamily("gazer_models_loaded", "Models loaded and serving"),
-                GaugeMetricFamily("gazer_models_failed", "Models whose last load failed"))
-
-    def describe(self) -> Iterator[Metric]:
-        return iter(self._families())
-
-    def collect(self) -> Iterator[Metric]:
-        loaded, failed = self._families()
-        registry = getattr(self.state, "registry", None)
-        if registry is not None:
-            states = [status["state"] for status in registry.status().values()]
-            loaded.add_metric([], states.count("ready"))
-            failed.add_metric([], states.count("failed"))
-        return iter((loaded, failed))
+MODELS_REFRESH_SECONDS = 5.0
 
 
 class StorageCollector(Collector):
@@ -67,7 +47,7 @@ class StorageCollector(Collector):
 
 
 class Metrics:
-    """`state`: the app's state, read at scrape time for its model registry and job queue;
+    """`state`: the app's state, read for its model registry and job queue;
     `storage`: the data folder, for its free space."""
 
     def __init__(self, state: object, explanation_slots: int, storage: Storage) -> None:
@@ -94,7 +74,14 @@ class Metrics:
         slots = Gauge("gazer_explain_slots", "Explanation slots in all", multiprocess_mode="livesum",
                       registry=registry)
         slots.set(explanation_slots)
-        live = [ModelsCollector(state), StorageCollector(storage), JobsCollector(lambda: getattr(getattr(state, "queue", None), "store", None))]
+        # Each API process serves models of its own: with several, each sets its own values (at its
+        # scrapes and every MODELS_REFRESH_SECONDS) and the most of any live one is shown, one series.
+        self.models_loaded = Gauge("gazer_models_loaded", "Models loaded and serving (with several API processes, "
+                                   "the most that one serves)", multiprocess_mode="livemax", registry=registry)
+        self.models_failed = Gauge("gazer_models_failed", "Models whose last load failed (with several API "
+                                   "processes, the most in one)", multiprocess_mode="livemax", registry=registry)
+        self.state = state
+        live = [StorageCollector(storage), JobsCollector(lambda: getattr(getattr(state, "queue", None), "store", None))]
         for collector in live:
             registry.register(collector)
         self.exposition = registry
@@ -104,7 +91,21 @@ class Metrics:
             for collector in live:
                 self.exposition.register(collector)
 
+    def refresh_models(self) -> None:
+        """This process's loaded and failed models, from its ModelRegistry (reads the models folder)."""
+        registry = getattr(self.state, "registry", None)
+        if registry is not None:
+            states = [status["state"] for status in registry.status().values()]
+            self.models_loaded.set(states.count("ready"))
+            self.models_failed.set(states.count("failed"))
+
+    async def refresh_models_forever(self) -> None:
+        while True:
+            await anyio.sleep(MODELS_REFRESH_SECONDS)
+            await run_in_threadpool(self.refresh_models)
+
     def render(self) -> bytes:
+        self.refresh_models()
         if folder := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             forget_dead_processes(folder)
         return generate_latest(self.exposition)

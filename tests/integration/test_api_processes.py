@@ -12,9 +12,12 @@ import httpx
 import psutil
 import pytest
 
+from service.metrics import MODELS_REFRESH_SECONDS
+from support import chelsea, encode, upload
 from tests.live_service import LiveService
 
 ANSWERED = re.compile(r'^gazer_http_requests_answered\{pid="(\d+)"\} ([0-9.e+]+)$', re.MULTILINE)
+LOADED = re.compile(r'^gazer_models_loaded ([0-9.e+]+)$', re.MULTILINE)
 HEALTHZ = re.compile(r'^gazer_http_requests_total\{method="GET",route="/healthz",status="200"\} ([0-9.e+]+)$',
                      re.MULTILINE)
 
@@ -72,6 +75,24 @@ def test_metrics_from_either_process_count_the_requests_of_both(service):
     assert {answer.status_code for answer in on_fresh_connections(service, "/healthz", 24)} == {200}
     counts = [healthz_count() - before for _ in range(4)]  # scrapes land on either process
     assert counts == [24.0] * 4
+
+
+def test_loaded_models_read_the_same_from_either_process(service):
+    """A second model, loaded by whichever process takes one predict: once each process has
+    refreshed its gauge, scrapes answered by either count it (the most that one process serves);
+    each process's own count made them alternate."""
+    predicted = httpx.post(f"{service.url}/v1/models/efficientnet_lite1/predict", files=[upload(encode(chelsea()))],
+                           timeout=120)
+    assert predicted.status_code == 200, predicted.text
+    time.sleep(MODELS_REFRESH_SECONDS + 1)
+    before, loaded, deadline = answered_by(service), set(), time.time() + 60
+    while True:  # until both processes have answered scrapes
+        loaded |= {float(LOADED.search(scrape.text).group(1)) for scrape in on_fresh_connections(service, "/metrics", 8)}
+        after = answered_by(service)
+        if all(after[pid] > before[pid] + 1 for pid in after):
+            break
+        assert time.time() < deadline, (before, after)
+    assert loaded == {2.0}
 
 
 def test_make_run_stops_every_process_it_started_even_a_stuck_one(service):

@@ -9,7 +9,6 @@ answered by any of them counts the requests of all."""
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import shutil
@@ -23,35 +22,10 @@ import uvicorn
 from core.storage import Storage
 from infra.embedded_redis import EmbeddedRedis
 from infra.logs import configure_logging, logging_config
-from schemas.api_keys import read_key_file, why_unreadable
 from service.settings import Settings
+from service.start_checks import refusal
 
 log = logging.getLogger("gazer.service")
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def refusal(settings: Settings, host: str) -> str | None:
-    """Why the service may not start on `host`, or None: a key file that cannot be read (every
-    request would be refused, though the service said it was ready), or no keys off loopback."""
-    if settings.api_keys is not None:
-        try:
-            read_key_file(settings.api_keys, missing_ok=False)
-        except (OSError, ValueError) as error:
-            return (f"GAZER_API_KEYS={settings.api_keys}: not a key file this service can read "
-                    f"({why_unreadable(error)}); `gazer keys create --scopes admin` writes one with its first key")
-    if settings.api_keys is None and not settings.allow_open and not is_loopback(host):
-        return (f"refusing to serve {host} without API keys: anyone who reaches the port could delete data and "
-                f"publish models. Set GAZER_API_KEYS (create one with `gazer keys create --scopes admin`), "
-                f"or GAZER_ALLOW_OPEN=1 to run open anyway.")
-    return None
 
 
 @contextmanager

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,8 +21,8 @@ from dataclasses import dataclass
 from core.storage import Storage
 from infra.embedded_redis import EmbeddedRedis
 from infra.logs import configure_logging
-from service.__main__ import refusal
 from service.settings import Settings
+from service.start_checks import port_taken, refusal
 
 log = logging.getLogger("gazer.launch")
 
@@ -83,23 +82,6 @@ class Child:
         with suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
-
-
-def port_taken(host: str, port: int) -> str | None:
-    """Why the API could not listen on host:port now (on each address `host` names), or None."""
-    try:
-        addresses = {(family, address[0]) for family, _, _, _, address in
-                     socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)}
-    except OSError as error:
-        return f"cannot listen on {host}:{port}: {error.strerror or error} (HOST names no address here)"
-    for family, address in sorted(addresses):
-        try:
-            with socket.create_server((address, port), family=family):
-                pass
-        except OSError as error:
-            return (f"cannot listen on {host}:{port}: {error.strerror or error}. Another Gazer, or another server, "
-                    f"may hold it: stop it, or choose another port (PORT={port + 1} make run).")
-    return None
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ from core import datasets
 from core.explain import METHODS
 from core.models import versions
 from schemas.api_keys import create_key
-from service.__main__ import refusal
+from service.start_checks import refusal
 from service.app import create_app
 from service.auth import KeysBeforeBodies, required_scope
 from service.settings import Settings

@@ -1,0 +1,52 @@
+"""Why the API may not start as configured, told in one line before anything starts: `python -m
+service` and `make run` exit 2 with it."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+from schemas.api_keys import read_key_file, why_unreadable
+from service.settings import Settings
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def refusal(settings: Settings, host: str) -> str | None:
+    """Why the service may not start on `host`, or None: a key file that cannot be read (every
+    request would be refused, though the service said it was ready), or no keys off loopback."""
+    if settings.api_keys is not None:
+        try:
+            read_key_file(settings.api_keys, missing_ok=False)
+        except (OSError, ValueError) as error:
+            return (f"GAZER_API_KEYS={settings.api_keys}: not a key file this service can read "
+                    f"({why_unreadable(error)}); `gazer keys create --scopes admin` writes one with its first key")
+    if settings.api_keys is None and not settings.allow_open and not is_loopback(host):
+        return (f"refusing to serve {host} without API keys: anyone who reaches the port could delete data and "
+                f"publish models. Set GAZER_API_KEYS (create one with `gazer keys create --scopes admin`), "
+                f"or GAZER_ALLOW_OPEN=1 to run open anyway.")
+    return None
+
+
+def port_taken(host: str, port: int) -> str | None:
+    """Why the API could not listen on host:port now (on each address `host` names), or None."""
+    try:
+        addresses = {(family, address[0]) for family, _, _, _, address in
+                     socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)}
+    except OSError as error:
+        return f"cannot listen on {host}:{port}: {error.strerror or error} (HOST names no address here)"
+    for family, address in sorted(addresses):
+        try:
+            with socket.create_server((address, port), family=family):
+                pass
+        except OSError as error:
+            return (f"cannot listen on {host}:{port}: {error.strerror or error}. Another Gazer, or another server, "
+                    f"may hold it: stop it, or choose another port (PORT={port + 1} make run).")
+    return None

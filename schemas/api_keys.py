@@ -16,8 +16,8 @@ from typing import Iterator, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-Scope = Literal["predict", "jobs", "admin"]
-SCOPES: tuple[str, ...] = ("predict", "jobs", "admin")
+Scope = Literal["predict", "jobs", "metrics", "admin"]
+SCOPES: tuple[str, ...] = ("predict", "jobs", "metrics", "admin")
 PREFIX = "gz_"
 
 

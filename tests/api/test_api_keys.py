@@ -41,7 +41,7 @@ def keys(tmp_path_factory):
     path = tmp_path_factory.mktemp("keys") / "keys.json"
     made = {name: create_key(path, scopes, label=name)[0]
             for name, scopes in (("predictor", ["predict"]), ("alice", ["jobs"]), ("bob", ["jobs"]),
-                                 ("admin", ["admin"]))}
+                                 ("prometheus", ["metrics"]), ("admin", ["admin"]))}
     return path, made
 
 
@@ -71,9 +71,15 @@ def test_a_missing_or_unknown_key_is_401_with_a_challenge(api):
     assert_problem(api.get("/v1/jobs", headers={"Authorization": "Bearer not-even-shaped"}), 401, "not known")
 
 
-def test_health_metrics_and_the_page_need_no_key(api):
-    for path in ("/healthz", "/readyz", "/metrics", "/"):
+def test_health_and_the_page_need_no_key_and_metrics_need_the_metrics_scope(api, keys):
+    for path in ("/healthz", "/readyz", "/"):
         assert api.get(path).status_code == 200, path
+    assert api.get("/metrics").status_code == 401
+    assert_problem(api.get("/metrics", headers=as_(keys, "predictor")), 403, "'metrics' scope")
+    for who in ("prometheus", "admin"):
+        scraped = api.get("/metrics", headers=as_(keys, who))
+        assert scraped.status_code == 200 and "gazer_http_requests_total" in scraped.text, who
+    assert_problem(api.get("/v1/jobs", headers=as_(keys, "prometheus")), 403, "'jobs' scope")
 
 
 def test_each_scope_opens_its_routes_and_no_others(api, keys):

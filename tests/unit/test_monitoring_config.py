@@ -19,6 +19,7 @@ from worker.metrics import WorkerMetrics
 
 yaml = pytest.importorskip("yaml")  # PyYAML comes with the test dependencies, not declared by us
 ROOT = Path(__file__).resolve().parents[2]
+KEY_FILE = "./monitoring/metrics-key"
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
 
 
@@ -37,8 +38,18 @@ def test_monitoring_services_are_an_optional_profile():
     assert services["prometheus"]["profiles"] == ["monitoring"] == services["grafana"]["profiles"]
     assert all("profiles" not in services[name] for name in ("redis", "api", "worker"))
     mounts = {volume.split(":")[0] for name in ("prometheus", "grafana") for volume in services[name]["volumes"]}
-    for mount in mounts:
+    for mount in mounts - {KEY_FILE}:  # the key is the operator's to make, never in the repository
         assert (ROOT / mount).exists(), mount
+    assert KEY_FILE in mounts and KEY_FILE.removeprefix("./") in (ROOT / ".gitignore").read_text().split()
+    for name in ("prometheus", "grafana"):
+        assert all(port.startswith("127.0.0.1:") for port in services[name]["ports"]), name
+
+
+def test_prometheus_scrapes_the_api_with_the_metrics_key_that_compose_mounts():
+    volumes = dict(volume.split(":")[:2] for volume in compose()["services"]["prometheus"]["volumes"])
+    api = next(job for job in yaml.safe_load((ROOT / "monitoring/prometheus.yml").read_text())["scrape_configs"]
+               if job["job_name"] == "gazer-api")
+    assert api["authorization"] == {"type": "Bearer", "credentials_file": volumes[KEY_FILE]}
 
 
 def test_prometheus_scrapes_the_api_and_the_worker_where_compose_serves_them():

@@ -179,7 +179,7 @@ def unpin(name: str) -> Call[ModelRef]:
 
 
 def delete_model(ref: str) -> Call[None]:
-    """`ref`: NAME@VERSION, the version to delete (a plain name is refused, 422)."""
+    """`ref`: NAME@VERSION, the version to delete, or a plain NAME: every version of it."""
     return Call("DELETE", f"/v1/models/{_segment(ref)}", _nothing)
 
 

@@ -480,7 +480,7 @@ def cmd_models_unpin(client: Client, args: argparse.Namespace) -> int:
 
 def cmd_models_delete(client: Client, args: argparse.Namespace) -> int:
     client.delete_model(args.ref)
-    print(f"model {args.ref} deleted")
+    print(f"model {args.ref} deleted" + ("" if "@" in args.ref else ", every version"))
     return 0
 
 
@@ -715,8 +715,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("version", type=int, metavar="VERSION")
     command(models, "unpin", cmd_models_unpin, "make a plain NAME mean its newest version again") \
         .add_argument("name", metavar="NAME")
-    command(models, "delete", cmd_models_delete, "delete one version of a model") \
-        .add_argument("ref", metavar="NAME@VERSION")
+    command(models, "delete", cmd_models_delete, "delete one version of a model (NAME@VERSION), or every "
+                                                  "version (NAME)").add_argument("ref", metavar="NAME[@VERSION]")
     sub = command(models, "upload", cmd_models_upload,
                   "upload a model: --architecture with --weights (.safetensors), or --onnx")
     sub.add_argument("name", metavar="NAME")

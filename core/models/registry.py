@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from contextlib import suppress
 from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Callable, Hashable
@@ -296,13 +297,27 @@ class ModelRegistry:
     def register_onnx(self, spec: ModelSpec, onnx_model: bytes) -> ModelSpec:
         return versions.save_onnx_version(self.storage.models, spec, onnx_model)
 
-    def delete(self, ref: str) -> None:
+    def delete(self, ref: str) -> list[int]:
+        """`NAME@VERSION`: that version; a plain `NAME`: every version it has. The versions deleted
+        (a version another request deleted meanwhile is not among them)."""
         name, version = parse_ref(ref)
         if name in BUILTIN_MODELS:
             raise Conflict(f"{name!r} is built in and cannot be deleted", field="model")
-        if version is None:
-            raise InvalidRequest("name the version to delete: NAME@VERSION", field="model")
-        spec = self.spec(ref)
+        if version is not None:
+            self._delete_version(name, version)
+            return [version]
+        found = self.versions(name)
+        if not found:
+            raise UnknownModel(f"unknown model {name!r}")
+        deleted = []
+        for number in found:
+            with suppress(UnknownModel):
+                self._delete_version(name, number)
+                deleted.append(number)
+        return deleted
+
+    def _delete_version(self, name: str, version: int) -> None:
+        spec = self.spec(f"{name}@{version}")
         versions.delete_version(self.storage.models, name, version)
         with self._order_lock:
             self._loaded.pop(spec.ref, None)

@@ -155,7 +155,8 @@ def unpin_default(name: str, registry: RegistryDep) -> wire.ModelRef:
 
 @router.delete("/{model}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[JOBS])
 def delete_version(model: str, registry: RegistryDep, caller: CallerDep) -> None:
-    """`NAME@VERSION`, by an admin key or the key that holds NAME (the one whose fine-tunes
-    publish there); built-in models cannot be deleted (409)."""
+    """`NAME@VERSION`: that version; a plain `NAME`: every version (the model). By an admin key or
+    the key that holds NAME (the one whose fine-tunes publish there); built-in models cannot be
+    deleted (409)."""
     check_may_delete_versions(caller, registry.storage, parse_ref(model)[0])
     registry.delete(model)

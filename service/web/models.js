@@ -167,45 +167,22 @@ function confirmDeleteVersion(card, id, version, { pinned, only }) {
 
 function confirmDeleteModel(card, id, all) {
   confirmThen(card, `Delete ${id} and every version of it (${all.map((v) => `v${v}`).join(", ")})? Its files are removed.`,
-    "Delete model", () => changeModels(card, id, `${id} deleted`, () => deleteVersions(id, all)));
+    "Delete model", () => changeModels(card, id, `${id} deleted`,
+      () => api(`/v1/models/${encodeURIComponent(id)}`, { method: "DELETE" })));
 }
 
-// The API deletes one version at a time: each in turn; one already gone is not an error.
-async function deleteVersions(id, all) {
-  let deleted = 0;
-  try {
-    for (const version of all) {
-      try {
-        await api(`/v1/models/${encodeURIComponent(`${id}@${version}`)}`, { method: "DELETE" });
-      } catch (error) {
-        if (error.problem?.status !== 404) throw error;
-      }
-      deleted += 1;
-    }
-  } catch (error) {
-    error.changedSomething = deleted > 0;
-    throw error;
-  }
-}
-
-// Runs a change; on success (or a partial one) the lists are read again everywhere; a refusal
-// shows the problem on the model's card.
+// Runs a change; on success the lists are read again everywhere; a refusal shows the problem on
+// the model's card.
 async function changeModels(card, id, done, change) {
-  let failure = null;
   try {
     await change();
   } catch (error) {
-    failure = error;
+    card.message?.replaceChildren(problemBox(error, "Not changed"));
+    return;
   }
-  if (!failure || failure.changedSomething) {
-    window.dispatchEvent(new CustomEvent("gazer:models-changed"));
-    await showModels();
-    if (!failure) toast(done, "success");
-  }
-  if (failure) {
-    const shown = $("model-list").querySelector(`[data-model="${CSS.escape(id)}"]`) || card;
-    shown.message?.replaceChildren(problemBox(failure, failure.changedSomething ? "Stopped part way" : "Not changed"));
-  }
+  window.dispatchEvent(new CustomEvent("gazer:models-changed"));
+  await showModels();
+  toast(done, "success");
 }
 
 // ------------------------------------------------------------------------------------------------ upload

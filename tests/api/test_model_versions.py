@@ -71,8 +71,15 @@ def test_versions_can_be_listed_pinned_and_deleted(client):
     assert client.delete("/v1/models/pets@1").status_code == 404
     assert client.delete("/v1/models/pets@3").status_code == 204
     assert publish(client, "pets", 4) == 4  # a deleted number is never given again
-    assert client.delete("/v1/models/pets").status_code == 422  # which version?
     assert client.post("/v1/models/pets@1/predict", files=[upload(encode(chelsea()))]).status_code == 404
+    assert client.put("/v1/models/pets/default", json={"version": 4}).status_code == 200
+    assert client.delete("/v1/models/pets").status_code == 204  # the model: every version, and its pin
+    assert client.get("/v1/models/pets/versions").status_code == 404
+    assert "pets" not in {m["id"] for m in client.get("/v1/models").json()["data"]}
+    assert client.post("/v1/models/pets/predict", files=[upload(encode(chelsea()))]).status_code == 404
+    assert client.delete("/v1/models/pets").status_code == 404
+    assert client.delete("/v1/models/efficientnet_lite0").status_code == 409
+    assert publish(client, "pets", 5) == 5  # numbers are not given again, even after the whole model went
 
 
 def test_a_plain_name_means_the_newest_version_that_loads(client):

@@ -305,6 +305,10 @@ def test_sweep_explain_dataset_maximize_and_the_management_commands(live, gazer,
     assert gazer_cli(live, "models", "pin", "cli-tiny", "1").stdout.strip() == "cli-tiny means cli-tiny@1 from now on"
     assert gazer_cli(live, "models", "delete", "cli-tiny@2").returncode == 0
     assert [version.version for version in gazer.versions("cli-tiny").data] == [1]
+    gazer.upload_model("cli-tiny", onnx=onnx_classifier().SerializeToString(), input_size=32)
+    deleted = gazer_cli(live, "models", "delete", "cli-tiny")
+    assert deleted.stdout.strip() == "model cli-tiny deleted, every version", deleted.stdout + deleted.stderr
+    assert "cli-tiny" not in [model.id for model in gazer.models().data]
 
     shown = gazer_cli(live, "datasets", "show", dataset_id)
     assert shown.returncode == 0 and f'"id": "{dataset_id}"' in shown.stdout

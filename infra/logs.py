@@ -44,6 +44,16 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class ApiProcessDeaths(logging.Filter):
+    """uvicorn's supervisor tells at INFO that an API process died (it starts another): a crash,
+    told here at WARNING, where alerts on the log look."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING and re.fullmatch(r"Child process \[\d+\] died", record.getMessage()):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def logging_config(level: str = "INFO") -> dict[str, Any]:
     """A dictConfig: the root logger and uvicorn's own loggers, all through JsonFormatter
     to stderr (uvicorn.run takes it as `log_config`)."""
@@ -51,11 +61,12 @@ def logging_config(level: str = "INFO") -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"json": {"()": JsonFormatter}},
+        "filters": {"api_process_deaths": {"()": ApiProcessDeaths}},
         "handlers": {"json": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
         "root": {"handlers": ["json"], "level": level},
         "loggers": {
             "uvicorn": {"handlers": ["json"], "level": level, "propagate": False},
-            "uvicorn.error": {"level": level},
+            "uvicorn.error": {"level": level, "filters": ["api_process_deaths"]},
             "uvicorn.access": {"handlers": ["json"], "level": level, "propagate": False},
         },
     }

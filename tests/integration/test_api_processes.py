@@ -4,6 +4,7 @@ requests of both; stopping `make run` stops all of them."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -40,12 +41,18 @@ def on_fresh_connections(service: LiveService, path: str, count: int) -> list[ht
 
 
 def api_processes(service: LiveService) -> set[int]:
-    """The uvicorn worker processes: children of `python -m service`, a child of `make run`."""
+    """The live uvicorn worker processes: children of `python -m service`, a child of `make run`."""
     for child in psutil.Process(service.process.pid).children():
         if child.cmdline()[-2:] == ["-m", "service"]:
-            return {process.pid for process in child.children()
-                    if "resource_tracker" not in " ".join(process.cmdline())}
+            return {process.pid for process in child.children() if _serving(process)}
     raise AssertionError("no `python -m service` child of make run")
+
+
+def _serving(process: psutil.Process) -> bool:
+    try:
+        return "resource_tracker" not in " ".join(process.cmdline())
+    except (psutil.ZombieProcess, psutil.NoSuchProcess):  # died, not yet reaped by its supervisor
+        return False
 
 
 def test_two_processes_answer_one_port_and_are_each_ready(service):
@@ -93,6 +100,17 @@ def test_loaded_models_read_the_same_from_either_process(service):
             break
         assert time.time() < deadline, (before, after)
     assert loaded == {2.0}
+
+
+def test_an_api_process_that_dies_is_replaced_and_logged_as_a_warning(service):
+    killed = min(api_processes(service))
+    psutil.Process(killed).kill()
+    deadline = time.time() + 60
+    while len(api_processes(service) - {killed}) < 2:  # uvicorn's supervisor starts another
+        assert time.time() < deadline, service.log()[-3000:]
+        time.sleep(0.2)
+    died = [json.loads(line) for line in service.log().splitlines() if f"Child process [{killed}] died" in line]
+    assert [line["level"] for line in died] == ["WARNING"], died
 
 
 def test_make_run_stops_every_process_it_started_even_a_stuck_one(service):

@@ -360,6 +360,16 @@ class JobStore:
         whose message failed is discarded. Should this fail, its message makes it wait."""
         self._wait(keys=[_WAITING_TURNS, _TURNS], args=[job["id"], job["created_at"]])
 
+    def waiting_since(self, before: float, limit: int) -> list[str]:
+        """Up to `limit` jobs waiting for their turn since before `before` (when they were made),
+        oldest first; an id whose job has just been claimed or ended may be among them."""
+        found: list[tuple[float, str]] = []
+        for turn in self.redis.smembers(_WAITING_TURNS):
+            waiting = self.redis.zrangebyscore(f"gazer:waiting:{turn}", "-inf", before, start=0, num=limit,
+                                               withscores=True)
+            found += [(score, job_id) for job_id, score in waiting]
+        return [job_id for _, job_id in sorted(found)[:limit]]
+
     def claim(self, job_id: str, worker: str) -> bool:
         """Job `job_id`, if still queued, is `worker`'s now, out of turn."""
         return bool(self._claim(keys=[_WAITING_TURNS, _TURNS], args=[time.time(), worker, job_id]))

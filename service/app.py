@@ -26,7 +26,7 @@ from service.limits import RefuseUnfinishedMultipart, RequestSizeLimit, RoomBefo
 from service.metrics import Metrics
 from service.negotiation import acceptable
 from service.guards import RefuseForeignOrigins, RefuseUnknownHosts
-from service.queue import JobQueue
+from service.queue import JobQueue, resend_lost_messages_forever
 from service.rate_limits import LimitRequestsBeforeBodies, RateLimiter, StreamSlots
 from service.retention import sweep_forever
 from service.request_context import RequestContext
@@ -69,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                                          settings.job_retention_days * 86400))
             on_shutdown.callback(sweeping.cancel)
             on_shutdown.callback(asyncio.create_task(app.state.metrics.refresh_models_forever()).cancel)
+            on_shutdown.callback(asyncio.create_task(resend_lost_messages_forever(app.state.queue)).cancel)
             try:
                 await run_in_threadpool(registry.get, settings.default_model)
             except GazerError as error:

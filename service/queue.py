@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
+import time
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from typing import Any, Iterator
 
 import redis
 from celery import Celery
 
+from starlette.concurrency import run_in_threadpool
+
 from core.errors import ServiceBusy, StorageFailed
 from core.storage import Storage
-
 from infra.celery_config import RUN_JOB_TASK, celery_config
+from infra.job_metrics import queue_depth
 from infra.job_store import JobStore
 
 
 log = logging.getLogger(__name__)
 CLAIM_LOCK_SECONDS = 30  # how long a claim lock is held at most, and waited for
+# A job that has waited this long while no message is in the queue has lost its message.
+LOST_MESSAGE_SECONDS = 60.0
+_RESEND_LOCK = "gazer:resend-lock"
+MOST_RESENT = 1000
 
 
 class QueueUnavailable(ServiceBusy):
@@ -113,6 +121,33 @@ class JobQueue:
         return [job["id"] for job in active
                 if dataset_id in (job["params"].get("dataset_id"), (job["params"].get("base") or {}).get("dataset_id"))]
 
+    def resend_lost_messages(self, waited_seconds: float = LOST_MESSAGE_SECONDS) -> int:
+        """Each job sends one message, and a message runs whichever job's turn it is, so while
+        jobs wait there are messages in the queue, or in a worker's hands on their way to a
+        claim. With none in the queue, a job that has waited `waited_seconds` lost its message
+        (its worker died between taking it and claiming, or Redis lost it) and would wait for
+        the visibility timeout, a week: it gets one again. Too many do no harm: a message with
+        no job waiting runs nothing. Once per `waited_seconds` among API processes; the count sent."""
+        if queue_depth(self.store.redis) > 0 or \
+                not self.store.redis.set(_RESEND_LOCK, "1", nx=True, ex=max(1, round(waited_seconds))):
+            return 0
+        stranded = self.store.waiting_since(time.time() - waited_seconds, MOST_RESENT)
+        for job_id in stranded:
+            self.celery.send_task(RUN_JOB_TASK, args=[job_id])
+        if stranded:
+            log.warning("%d jobs waited %g s with no message in the queue (a worker died holding one, or Redis "
+                        "lost them); sent them again", len(stranded), waited_seconds)
+        return len(stranded)
+
     def close(self) -> None:
         self.celery.close()
         self.store.redis.close()
+
+
+async def resend_lost_messages_forever(queue: JobQueue) -> None:
+    while True:
+        await asyncio.sleep(LOST_MESSAGE_SECONDS)
+        try:
+            await run_in_threadpool(queue.resend_lost_messages)
+        except Exception:  # Redis away: the next round tries again
+            log.exception("lost job messages could not be looked for")

@@ -284,15 +284,17 @@ class JobStore:
     def list(self, state: str | None = None, job_type: str | None = None, limit: int = 100,
              owner: str | None = None, parent: str | None = None, scanned: int | None = 2000) -> list[dict[str, Any]]:
         """Newest first; only `owner`'s when given, read from its own set rather than from every
-        job; 100 ids at a time, their records in one round trip, among the newest `scanned` (a
-        filter that matches nothing reads no further; a sweep's trials, by `parent`, are read in
-        full)."""
+        job, and only `parent`'s trials, from the sweep's own set, all of them however old; 100
+        ids at a time, their records in one round trip, among the newest `scanned` (a filter that
+        matches nothing reads no further)."""
         if state is not None and state not in STATES:
             raise InvalidRequest(f"unknown state {state!r}", field="state", valid=list(STATES))
-        index = _INDEX if owner is None else _owned_key(owner)
+        if parent is not None:
+            index, scanned = _children_key(parent), None
+        else:
+            index = _INDEX if owner is None else _owned_key(owner)
         jobs: list[dict[str, Any]] = []
         start = 0
-        scanned = scanned if parent is None else None  # a sweep's trials are all listed, however old it is
         while len(jobs) < limit and (scanned is None or start < scanned) and \
                 (job_ids := self.redis.zrevrange(index, start, start + 99)):
             start += 100
@@ -311,22 +313,24 @@ class JobStore:
                     jobs.append(job)
         return jobs[:limit]
 
-    def index_owners(self) -> int:
-        """Puts every job of an owner in its owner's set, again (it changes nothing there): jobs
-        made before the sets existed, or by an older process during an upgrade. Returns how many
-        jobs have an owner."""
+    def index_jobs(self) -> int:
+        """Puts every job of an owner in its owner's set, and every trial in its sweep's, again
+        (it changes nothing there): jobs made before those sets existed, or by an older process
+        during an upgrade. Returns how many jobs have an owner."""
         indexed = 0
         entries = self.redis.zscan_iter(_INDEX, count=1000)  # a cursor: jobs deleted meanwhile skip no others
         while page := list(itertools.islice(entries, 1000)):
             with self.redis.pipeline(transaction=False) as reads:
                 for job_id, _ in page:
-                    reads.hget(_key(job_id), "owner")
-                owners = reads.execute()
+                    reads.hmget(_key(job_id), "owner", "parent")
+                found = reads.execute()
             with self.redis.pipeline(transaction=False) as writes:
-                for (job_id, created_at), owner in zip(page, owners):
+                for (job_id, created_at), (owner, parent) in zip(page, found):
                     if owner:
                         writes.zadd(_owned_key(owner), {job_id: created_at})
                         indexed += 1
+                    if parent:
+                        writes.zadd(_children_key(parent), {job_id: created_at})
                 writes.execute()
         return indexed
 

@@ -36,13 +36,14 @@ def sweep_expired_jobs(store: JobStore, storage: Storage, retention_seconds: flo
 
 
 async def sweep_forever(store: JobStore, storage: Storage, retention_seconds: float) -> None:
-    """Also, until it has worked once in this process, puts every job in its key's job set
-    (JobStore.index_owners): an upgraded Redis's old jobs are listed to their keys again."""
+    """Also, until it has worked once in this process, puts every job in its key's job set and
+    every trial in its sweep's (JobStore.index_jobs): an upgraded Redis's old jobs are listed to
+    their keys, and old sweeps' trials with their sweep, again."""
     owners_indexed = False
     while True:
         try:
             if not owners_indexed:
-                indexed = await run_in_threadpool(store.index_owners)
+                indexed = await run_in_threadpool(store.index_jobs)
                 log.info("%d jobs of API keys are in their keys' job sets", indexed)
                 owners_indexed = True
             removed = await run_in_threadpool(sweep_expired_jobs, store, storage, retention_seconds)

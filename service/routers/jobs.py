@@ -20,7 +20,7 @@ from core.errors import InvalidRequest, NotFound
 from core.job_runners import ACTIVATION_MAXIMIZATION, EXPLAIN_DATASET, FINE_TUNE, RUNNERS, check_fine_tune, \
     check_maximization_memory, fine_tune_config, maximization_config
 from core.jobs import TERMINAL
-from core.sweeps import SWEEP, heaviest_trials, sweep_config
+from core.sweeps import MAX_TRIALS, SWEEP, heaviest_trials, sweep_config
 from core.visualize.activation_max import validate as validate_maximization
 from schemas.jobs import ActivationMaximizationRequest, Artifact, ArtifactList, ExplainDatasetRequest, FineTuneRequest, \
     Job, JobList, SweepRequest, artifact_url
@@ -132,11 +132,12 @@ def submit_explain_dataset(body: ExplainDatasetRequest, request: Request, respon
 @router.get("", response_model=JobList)
 def list_jobs(queue: QueueDep, caller: CallerDep, state: str | None = None, type: str | None = None,
               parent: str | None = None) -> JobList:
-    """Newest first, among the newest 2000 a caller can see; `parent=ID`: the trials of sweep ID."""
+    """Newest first: up to 100 among the newest 2000 a caller can see; `parent=ID`: every trial of
+    sweep ID."""
     if type is not None and type not in JOB_TYPES:
         raise InvalidRequest(f"unknown job type {type!r}", field="type", valid=list(JOB_TYPES))
     jobs = queue.store.list(state=state, job_type=type, owner=None if caller.sees_all else caller.owner,
-                            parent=parent)
+                            parent=parent, limit=100 if parent is None else MAX_TRIALS)
     return JobList(data=[Job(**job) for job in jobs], count=len(jobs))
 
 

@@ -90,9 +90,10 @@ def test_a_lost_job_reads_as_failed_in_the_summaries_too(tmp_path):
 
 
 def test_a_keys_listing_reads_its_own_jobs_not_every_job(tmp_path):
-    """Its cost follows the key's own jobs (a sweep's trials included), not all the others'; an
-    ended job trimmed or expired leaves its owner's set; jobs made before the owned sets existed
-    are put in them."""
+    """Its cost follows the key's own jobs (a sweep's trials included), not all the others', and a
+    sweep's trials are read from the sweep's own set (a parent that is no sweep cost every job
+    record); an ended job trimmed or expired leaves its owner's set; jobs made before the owned
+    and trial sets existed are put in them."""
     with EmbeddedRedis(tmp_path / "redis") as server:
         store = JobStore.from_url(server.url, lease_seconds=60)
         alices = [store.create("fine_tune", {"n": index}, owner="alice", client="key:alice") for index in range(3)]
@@ -108,8 +109,9 @@ def test_a_keys_listing_reads_its_own_jobs_not_every_job(tmp_path):
         listed, records_read = reads(lambda: store.list(owner="alice"))
         assert [job["id"] for job in listed] == [trial["id"], *[job["id"] for job in reversed(alices)]]
         assert records_read == 4
-        listed, _ = reads(lambda: store.list(owner="alice", parent=alices[0]["id"]))
-        assert [job["id"] for job in listed] == [trial["id"]]
+        listed, records_read = reads(lambda: store.list(owner="alice", parent=alices[0]["id"]))
+        assert [job["id"] for job in listed] == [trial["id"]] and records_read == 1  # the sweep's own set
+        assert reads(lambda: store.list(parent="no-such-sweep")) == ([], 0)
         assert len(store.list(owner="mallory", limit=1000)) == 300 and len(store.list(limit=1000)) == 304
 
         store.cancel(alices[1]["id"])
@@ -119,10 +121,12 @@ def test_a_keys_listing_reads_its_own_jobs_not_every_job(tmp_path):
         assert store.expire_finished(time.time() + 1) == [alices[2]["id"]]
         assert store.redis.zcard("gazer:owned:alice") == 2
 
-        store.redis.delete("gazer:owned:alice", "gazer:owned:mallory")  # as a Redis kept from before
-        assert store.index_owners() == 302 and store.index_owners() == 302  # again: the same sets
+        store.redis.delete("gazer:owned:alice", "gazer:owned:mallory", f"gazer:children:{alices[0]['id']}")  # as a
+        assert store.list(parent=alices[0]["id"]) == []  # Redis kept from before those sets
+        assert store.index_jobs() == 302 and store.index_jobs() == 302  # again: the same sets
         assert [job["id"] for job in store.list(owner="alice")] == [trial["id"], alices[0]["id"]]
         assert len(store.list(owner="mallory", limit=1000)) == 300
+        assert [job["id"] for job in store.list(parent=alices[0]["id"])] == [trial["id"]]
 
 def test_a_client_may_have_its_limit_of_jobs_queued_or_running_across_processes(redis_server):
     first, second = (JobStore.from_url(redis_server.url, lease_seconds=1.0) for _ in range(2))  # two API processes

@@ -3,7 +3,9 @@ Claiming is atomic, so no job runs twice; a message left over runs nothing."""
 
 from __future__ import annotations
 
+import errno
 import logging
+import shutil
 import threading
 import time
 from contextlib import suppress
@@ -206,6 +208,12 @@ def _run(job: dict, worker: Worker, name: str) -> str:
         return _end(store, job_id, "failed",
                     error=problem(error.status, error.code, error.detail).model_dump(exclude_none=True))
     except Exception as error:  # the job fails, the worker lives on
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            shutil.rmtree(worker.context.storage.job_artifacts(job_id), ignore_errors=True)  # what it wrote, freed
+            return _end(store, job_id, "failed", error=problem(
+                507, "storage-failed", f"the data folder is full ({error.strerror}): the job's results could not be "
+                                       f"written; submit it again once an operator has freed space"
+            ).model_dump(exclude_none=True))
         log.exception("job %s failed", job_id)
         return _end(store, job_id, "failed", error=problem(
             500, "job-crashed", f"the job stopped on an unexpected {type(error).__name__}; see the worker log"

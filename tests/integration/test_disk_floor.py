@@ -72,3 +72,21 @@ def test_under_the_floor_nothing_new_is_stored_until_space_is_freed(redis_server
         assert job.status_code == 202, job.text
         assert api.delete(f"/v1/jobs/{job.json()['id']}").status_code == 202
 
+
+
+def test_a_job_that_fills_the_disk_fails_as_a_full_data_folder(redis_server, tmp_path):
+    """No floor here: the disk fills while a data set explanation writes its heatmaps."""
+    with small_disk(tmp_path / "disk", "128m") as disk, make_client(redis_server, disk, min_free_disk_bytes=0) as api:
+        created = api.post("/v1/datasets", files=[upload(shapes_archive(per_class=10), "s.zip", "application/zip")])
+        assert created.status_code == 201, created.text
+        fill_to_floor(disk, gauge(api, "gazer_storage_free_bytes"), leave=8 * 1024)
+        job = api.post("/v1/jobs/explain-dataset", json={"dataset_id": created.json()["id"], "method": "cam"})
+        assert job.status_code == 202, job.text
+        worker = Worker(redis_server.url, disk, tmp_path / "worker.log", min_free_disk_bytes=0)
+        try:
+            failed = wait_for(api, job.json()["id"], ("failed", "succeeded"), timeout=120)
+        finally:
+            worker.stop()
+        assert failed["state"] == "failed" and failed["error"]["type"].endswith("/storage-failed"), failed
+        assert failed["error"]["status"] == 507 and "full" in failed["error"]["detail"]
+        assert not (disk / "artifacts" / failed["id"]).exists()  # what it had written is freed

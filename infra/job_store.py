@@ -11,7 +11,8 @@ started or ended, or for a turn not served lately, when its oldest waiting job w
 client's 16 long jobs, queued first, do not keep everyone else's behind them, and a client
 that is new, or new again, goes before older clients only with jobs made before they were last
 served. Each job sends one message, so there are as many turns as queued jobs; a message left
-over (its job cancelled or discarded, or redelivered) runs a job out of its order or nothing.
+over (its job cancelled or discarded, redelivered, or sent again by the API for a job whose
+message looked lost: JobQueue.resend_lost_messages) runs a job out of its order or nothing.
 """
 
 from __future__ import annotations
@@ -364,14 +365,13 @@ class JobStore:
         whose message failed is discarded. Should this fail, its message makes it wait."""
         self._wait(keys=[_WAITING_TURNS, _TURNS], args=[job["id"], job["created_at"]])
 
-    def waiting_since(self, before: float, limit: int) -> list[str]:
-        """Up to `limit` jobs waiting for their turn since before `before` (when they were made),
-        oldest first; an id whose job has just been claimed or ended may be among them."""
+    def waiting(self, limit: int) -> list[str]:
+        """Up to `limit` jobs waiting for their turn, oldest first; an id whose job has just been
+        claimed or ended may be among them."""
         found: list[tuple[float, str]] = []
         for turn in self.redis.smembers(_WAITING_TURNS):
-            waiting = self.redis.zrangebyscore(f"gazer:waiting:{turn}", "-inf", before, start=0, num=limit,
-                                               withscores=True)
-            found += [(score, job_id) for job_id, score in waiting]
+            oldest = self.redis.zrange(f"gazer:waiting:{turn}", 0, limit - 1, withscores=True)
+            found += [(created_at, job_id) for job_id, created_at in oldest]
         return [job_id for _, job_id in sorted(found)[:limit]]
 
     def claim(self, job_id: str, worker: str) -> bool:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-import time
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from typing import Any, Iterator
 
@@ -23,9 +22,9 @@ from infra.job_store import JobStore
 
 log = logging.getLogger(__name__)
 CLAIM_LOCK_SECONDS = 30  # how long a claim lock is held at most, and waited for
-# A job that has waited this long while no message is in the queue has lost its message.
-LOST_MESSAGE_SECONDS = 60.0
+LOST_MESSAGE_SECONDS = 60.0  # how often the API looks for jobs that lost their message
 _RESEND_LOCK = "gazer:resend-lock"
+_STRANDED = "gazer:stranded"  # the jobs waiting with no message in the queue at the last look
 MOST_RESENT = 1000
 
 
@@ -121,22 +120,34 @@ class JobQueue:
         return [job["id"] for job in active
                 if dataset_id in (job["params"].get("dataset_id"), (job["params"].get("base") or {}).get("dataset_id"))]
 
-    def resend_lost_messages(self, waited_seconds: float = LOST_MESSAGE_SECONDS) -> int:
+    def resend_lost_messages(self, period: float = LOST_MESSAGE_SECONDS) -> int:
         """Each job sends one message, and a message runs whichever job's turn it is, so while
         jobs wait there are messages in the queue, or in a worker's hands on their way to a
-        claim. With none in the queue, a job that has waited `waited_seconds` lost its message
-        (its worker died between taking it and claiming, or Redis lost it) and would wait for
-        the visibility timeout, a week: it gets one again. Too many do no harm: a message with
-        no job waiting runs nothing. Once per `waited_seconds` among API processes; the count sent."""
-        if queue_depth(self.store.redis) > 0 or \
-                not self.store.redis.set(_RESEND_LOCK, "1", nx=True, ex=max(1, round(waited_seconds))):
+        claim, which takes milliseconds. A job seen waiting at two looks in a row (one look per
+        half `period` among API processes), each with no message in the queue, lost its message
+        (its worker died between taking it and claiming, or Redis lost it) and would wait for the
+        visibility timeout, a week: it gets one again. A message too many does no harm: with no
+        job waiting it runs nothing. The count sent."""
+        redis = self.store.redis
+        if not redis.set(_RESEND_LOCK, "1", nx=True, ex=max(1, round(period / 2))):
+            return 0  # another API process has just looked
+        if queue_depth(redis) > 0:
+            redis.delete(_STRANDED)
             return 0
-        stranded = self.store.waiting_since(time.time() - waited_seconds, MOST_RESENT)
+        waiting = self.store.waiting(MOST_RESENT)
+        seen_before = redis.smembers(_STRANDED)
+        stranded = [job_id for job_id in waiting if job_id in seen_before]
+        with redis.pipeline() as writes:
+            writes.delete(_STRANDED)
+            if waiting:
+                writes.sadd(_STRANDED, *waiting)
+                writes.expire(_STRANDED, max(1, round(3 * period)))
+            writes.execute()
         for job_id in stranded:
             self.celery.send_task(RUN_JOB_TASK, args=[job_id])
         if stranded:
-            log.warning("%d jobs waited %g s with no message in the queue (a worker died holding one, or Redis "
-                        "lost them); sent them again", len(stranded), waited_seconds)
+            log.warning("%d jobs waited with no message in the queue (a worker died holding one, or Redis lost "
+                        "them); sent them again", len(stranded))
         return len(stranded)
 
     def close(self) -> None:

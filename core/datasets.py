@@ -307,10 +307,11 @@ class _Staged:
     file: Path
 
 
-def _stage(entries: Iterator[_Entry], raw: Path, limits: ArchiveLimits,
-           budget: _Budget) -> tuple[list[PurePosixPath], list[_Staged]]:
+def _stage(entries: Iterator[_Entry], raw: Path, limits: ArchiveLimits, budget: _Budget,
+           room: Callable[[int], None]) -> tuple[list[PurePosixPath], list[_Staged]]:
     """Stream the archive once (its reads charged to `budget`), and write the entries that
-    may be images to `raw`. Returns every file's path and the staged candidates."""
+    may be images to `raw`, each once `room(its size)` lets it. Returns every file's path and
+    the staged candidates."""
     paths: list[PurePosixPath] = []
     staged: list[_Staged] = []
     for entry in entries:
@@ -319,6 +320,7 @@ def _stage(entries: Iterator[_Entry], raw: Path, limits: ArchiveLimits,
         if not _may_be_an_image(entry.path):
             continue
         data = entry.read(limits.max_file_bytes)
+        room(len(data))
         file = raw / f"{len(staged):06d}"
         file.write_bytes(data)
         staged.append(_Staged(entry.path, file))
@@ -382,10 +384,12 @@ def _check_classes(extracted: _Extracted) -> None:
 
 def ingest_archive(blob: bytes, datasets_dir: Path, name: str | None, limits: ArchiveLimits,
                    owner: str | None = None,
-                   admitted: Callable[[], AbstractContextManager[None]] = nullcontext) -> dict:
+                   admitted: Callable[[], AbstractContextManager[None]] = nullcontext,
+                   room: Callable[[int], None] = lambda size: None) -> dict:
     """Extract a class-per-folder archive into a new data set and return its description.
     `owner`: who may see it (an API key id; None when the service is open). `admitted()` is
-    entered around the moment the data set appears (the caller's quota check, under a lock)."""
+    entered around the moment the data set appears (the caller's quota check, under a lock).
+    `room(size)` is asked before each file is written (Storage.check_room), and may refuse it."""
     budget = _Budget(limits.max_seconds, limits.max_total_bytes)
     entries = _entries(blob, limits, budget)
     dataset_id = uuid.uuid4().hex[:12]
@@ -393,7 +397,7 @@ def ingest_archive(blob: bytes, datasets_dir: Path, name: str | None, limits: Ar
     raw = staging / ".raw"
     try:
         raw.mkdir(parents=True)
-        paths, staged = _stage(entries, raw, limits, budget)
+        paths, staged = _stage(entries, raw, limits, budget, room)
         extracted = _place_images(paths, staged, staging, limits, budget)
         _check_classes(extracted)
         shutil.rmtree(raw)

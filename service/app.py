@@ -94,12 +94,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # queue's early 503 (told only to callers with a key), then the request rate, then the size limit,
     # then an upload's room on disk, then a multipart body's closing delimiter.
     app.add_middleware(RefuseUnfinishedMultipart)
+    app.add_middleware(RoomBeforeUploads, storage=storage)
     app.add_middleware(RequestSizeLimit, max_bytes=settings.max_request_bytes,
                        per_path={"/v1/datasets": settings.max_dataset_bytes, "/v1/models": settings.max_model_bytes,
                                  **{f"/v1/jobs/{kind}": JOB_BODY_BYTES for kind in JOB_TYPES}},
                        idle_seconds=settings.body_idle_seconds,
                        min_bytes_per_second=settings.body_min_bytes_per_second)
-    app.add_middleware(RoomBeforeUploads, storage=storage)
     app.add_middleware(LimitRequestsBeforeBodies, limiter=app.state.request_limiter, keys=app.state.keys)
     app.add_middleware(RefuseWhenQueueFull, queues=app.state.model_queues)
     app.add_middleware(KeysBeforeBodies, keys=app.state.keys)

@@ -4,6 +4,7 @@ process's files, plus what is read at scrape time."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Callable, Iterator
@@ -18,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from core.storage import Storage
 from infra.job_metrics import JobsCollector
 
+log = logging.getLogger(__name__)
 UNMATCHED_ROUTE = "unmatched"
 _METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -102,7 +104,10 @@ class Metrics:
     async def refresh_models_forever(self) -> None:
         while True:
             await anyio.sleep(MODELS_REFRESH_SECONDS)
-            await run_in_threadpool(self.refresh_models)
+            try:
+                await run_in_threadpool(self.refresh_models)
+            except Exception:  # the models folder unreadable for a moment: the next round tries again
+                log.exception("the model gauges could not be refreshed")
 
     def render(self) -> bytes:
         self.refresh_models()

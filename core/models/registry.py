@@ -298,22 +298,21 @@ class ModelRegistry:
         return versions.save_onnx_version(self.storage.models, spec, onnx_model)
 
     def delete(self, ref: str) -> list[int]:
-        """`NAME@VERSION`: that version; a plain `NAME`: every version it has. The versions deleted
-        (a version another request deleted meanwhile is not among them)."""
+        """`NAME@VERSION`: that version; a plain `NAME`: every version it has now, and its pin (a
+        version that a job or upload publishes meanwhile stays). The versions deleted (one that
+        another request deleted meanwhile is not among them)."""
         name, version = parse_ref(ref)
         if name in BUILTIN_MODELS:
             raise Conflict(f"{name!r} is built in and cannot be deleted", field="model")
         if version is not None:
             self._delete_version(name, version)
             return [version]
-        found = self.versions(name)
-        if not found:
-            raise UnknownModel(f"unknown model {name!r}")
         deleted = []
-        for number in found:
+        for number in self.versions(name):
             with suppress(UnknownModel):
                 self._delete_version(name, number)
                 deleted.append(number)
+        versions.unpin(self.storage.models, name)
         return deleted
 
     def _delete_version(self, name: str, version: int) -> None:
@@ -352,7 +351,11 @@ class ModelRegistry:
         return {"state": "not_loaded"}
 
     def status(self) -> dict[str, dict[str, object]]:
-        return {model_id: self.state(model_id) for model_id in self.model_ids()}
+        found = {}
+        for model_id in self.model_ids():
+            with suppress(UnknownModel):  # deleted since it was listed
+                found[model_id] = self.state(model_id)
+        return found
 
 
 def _without_cause(error: Exception) -> str:

@@ -43,7 +43,7 @@ async def upload_dataset(
         def ingest(gone: threading.Event) -> dict:
             with cancellation.for_client(gone):
                 return datasets.ingest_archive(blob, storage.datasets, name, settings.archive_limits, caller.owner,
-                                               within_quota)
+                                               within_quota, storage.check_room)
 
         async with client_watch(request) as gone:
             return Dataset(**await run_in_threadpool(ingest, gone))

@@ -73,6 +73,7 @@ def submit_fine_tune(body: FineTuneRequest, request: Request, response: Response
         caller.check_owns(describe_dataset(storage.datasets, body.dataset_id).get("owner"),
                           f"data set {body.dataset_id!r}")
         check_fine_tune(fine_tune_config(params), registry, storage.datasets, settings.worker_memory_bytes)
+    storage.check_room()  # before the name is claimed (JobQueue.submit checks again)
     with queue.claim_lock(caller.owner, body.output_model):
         claim_model_name(caller, storage, queue, body.output_model, settings)
         return _submit(FINE_TUNE, params, queue, caller, request, settings, response)
@@ -95,6 +96,7 @@ def submit_sweep(body: SweepRequest, request: Request, response: Response, queue
                           f"data set {config.base.dataset_id!r}")
         for heaviest in heaviest_trials(params):
             check_fine_tune(fine_tune_config(heaviest), registry, storage.datasets, settings.worker_memory_bytes)
+    storage.check_room()  # before the name is claimed (JobQueue.submit checks again)
     with queue.claim_lock(caller.owner, config.base.output_model):
         claim_model_name(caller, storage, queue, config.base.output_model, settings)
         return _submit(SWEEP, params, queue, caller, request, settings, response)

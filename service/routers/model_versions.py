@@ -103,6 +103,7 @@ async def upload_model(
         async with upload_slot(request):
             # read from the spooled upload only now: uploads waiting for the slot hold no model in memory
             blob = await _read(model_file, settings.max_model_bytes, field)
+            registry.storage.check_room(len(blob) * (1 if onnx is not None else 2))  # weights + their ONNX export
             spec = await run_in_threadpool(register, blob)
     except Exception:  # refused: the claim holds nothing, unless another upload or job holds it
         versions.end_upload(mark)

@@ -171,18 +171,23 @@ function confirmDeleteModel(card, id, all) {
       () => api(`/v1/models/${encodeURIComponent(id)}`, { method: "DELETE" })));
 }
 
-// Runs a change; on success the lists are read again everywhere; a refusal shows the problem on
-// the model's card.
+// Runs a change; then the lists are read again everywhere (a failure may have changed part of it:
+// some versions deleted), and a refusal shows the problem on the model's card.
 async function changeModels(card, id, done, change) {
+  let failure = null;
   try {
     await change();
   } catch (error) {
-    card.message?.replaceChildren(problemBox(error, "Not changed"));
-    return;
+    failure = error;
   }
   window.dispatchEvent(new CustomEvent("gazer:models-changed"));
   await showModels();
-  toast(done, "success");
+  if (!failure) {
+    toast(done, "success");
+    return;
+  }
+  const shown = $("model-list").querySelector(`[data-model="${CSS.escape(id)}"]`) || card;
+  shown.message?.replaceChildren(problemBox(failure, "Not done"));
 }
 
 // ------------------------------------------------------------------------------------------------ upload

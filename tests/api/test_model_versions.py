@@ -74,6 +74,7 @@ def test_versions_can_be_listed_pinned_and_deleted(client):
     assert client.post("/v1/models/pets@1/predict", files=[upload(encode(chelsea()))]).status_code == 404
     assert client.put("/v1/models/pets/default", json={"version": 4}).status_code == 200
     assert client.delete("/v1/models/pets").status_code == 204  # the model: every version, and its pin
+    assert not (client.app.state.registry.storage.models / "pets" / "default").exists()
     assert client.get("/v1/models/pets/versions").status_code == 404
     assert "pets" not in {m["id"] for m in client.get("/v1/models").json()["data"]}
     assert client.post("/v1/models/pets/predict", files=[upload(encode(chelsea()))]).status_code == 404

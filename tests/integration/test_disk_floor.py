@@ -5,7 +5,9 @@ space is freed everything is taken again."""
 
 from __future__ import annotations
 
+import io
 import os
+import zipfile
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -22,6 +24,14 @@ def gauge(api, name: str) -> float:
     text = api.get("/metrics").text
     return next(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
                 if sample.name == name)
+
+
+def zip_of_zeros(count: int, size: int) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for index in range(count):
+            archive.writestr(f"zeros/{index}.png", bytes(size))
+    return buffer.getvalue()
 
 
 def fill_to_floor(disk, storage_free: float, leave: int) -> None:
@@ -42,6 +52,10 @@ def test_under_the_floor_nothing_new_is_stored_until_space_is_freed(redis_server
         big = api.post("/v1/datasets", files=[upload(os.urandom(80 * MiB), "big.zip", "application/zip")])
         assert big.status_code == 507 and big.json()["type"].endswith("/storage-full"), big.text
         assert "80.0 MiB were asked for" in big.json()["detail"]
+        # small, but 72 MiB once unpacked: refused as it is written, and nothing is left
+        unpacked = api.post("/v1/datasets", files=[upload(zip_of_zeros(8, 9 * MiB), "z.zip", "application/zip")])
+        assert unpacked.status_code == 507 and unpacked.json()["type"].endswith("/storage-full"), unpacked.text
+        assert list((disk / "datasets").iterdir()) != [] and not list((disk / "datasets").glob(".*.partial"))
 
         fill_to_floor(disk, gauge(api, "gazer_storage_free_bytes"), leave=FLOOR - 4 * MiB)
         assert gauge(api, "gazer_storage_free_bytes") < FLOOR

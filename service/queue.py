@@ -10,7 +10,6 @@ from typing import Any, Iterator
 
 import redis
 from celery import Celery
-
 from starlette.concurrency import run_in_threadpool
 
 from core.errors import ServiceBusy, StorageFailed
@@ -128,16 +127,16 @@ class JobQueue:
         (its worker died between taking it and claiming, or Redis lost it) and would wait for the
         visibility timeout, a week: it gets one again. A message too many does no harm: with no
         job waiting it runs nothing. The count sent."""
-        redis = self.store.redis
-        if not redis.set(_RESEND_LOCK, "1", nx=True, ex=max(1, round(period / 2))):
+        client = self.store.redis
+        if not client.set(_RESEND_LOCK, "1", nx=True, ex=max(1, round(period / 2))):
             return 0  # another API process has just looked
-        if queue_depth(redis) > 0:
-            redis.delete(_STRANDED)
+        if queue_depth(client) > 0:
+            client.delete(_STRANDED)
             return 0
         waiting = self.store.waiting(MOST_RESENT)
-        seen_before = redis.smembers(_STRANDED)
+        seen_before = client.smembers(_STRANDED)
         stranded = [job_id for job_id in waiting if job_id in seen_before]
-        with redis.pipeline() as writes:
+        with client.pipeline() as writes:
             writes.delete(_STRANDED)
             if waiting:
                 writes.sadd(_STRANDED, *waiting)

@@ -1,8 +1,9 @@
-"""What one API key may keep: data sets, model names, and versions of each name. A key holds a name while the name has
-a published version, an upload runs under it, or one of the key's queued or running jobs will
-publish there; a claim that ended with nothing published (a job cancelled or failed, an upload
-refused) holds nothing, so it neither counts against the quota nor keeps other keys out.
-Others, unless they hold `admin`, may not publish under a name a key holds.
+"""What one API key may keep: data sets, model names, and versions of each name. A key holds a
+name while the name has a published version, an upload runs under it, or one of the key's
+queued or running jobs will publish there; a claim that ended with nothing published (a job
+cancelled or failed, an upload refused) holds nothing, so it neither counts against the quota
+nor keeps other keys out. Others, unless they hold `admin`, may not publish under a name a key
+holds, and only the key that holds a name (or an admin) may delete its versions.
 
 Each check runs under the key's lock (`JobQueue.claim_lock`) together with what makes its claim
 hold (the queued job, the upload's mark, the data set's folder), so that two requests of one key

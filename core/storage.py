@@ -43,9 +43,10 @@ class Storage:
         """Refuses (507) what would leave less than `min_free_bytes` free, counting `incoming` bytes."""
         free = self.free_bytes()
         if free - incoming < self.min_free_bytes:
-            raise StorageFull(f"the data folder has {_size(free)} free, and keeps at least {_size(self.min_free_bytes)} "
-                              f"(GAZER_MIN_FREE_DISK_BYTES) for what is running: nothing new is stored until an "
-                              f"operator frees space" + (f" ({_size(incoming)} were asked for)" if incoming else ""))
+            raise StorageFull(f"the data folder has {_size(free)} free, and keeps at least "
+                              f"{_size(self.min_free_bytes)} (GAZER_MIN_FREE_DISK_BYTES) for what is running: nothing "
+                              f"new is stored until an operator frees space"
+                              + (f" ({_size(incoming)} were asked for)" if incoming else ""))
 
     @property
     def onnx_cache(self) -> Path:

@@ -67,8 +67,9 @@ def _field_name(item: dict) -> str:
 
 
 async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-    code = errors.PayloadTooLarge.code if error.status_code == errors.PayloadTooLarge.status else \
-        TITLES.get(error.status_code, "http-error").lower().replace(" ", "-")
+    # the two that the body limits raise as HTTPExceptions, while the body is read
+    code = {errors.PayloadTooLarge.status: errors.PayloadTooLarge.code, errors.StorageFull.status: errors.StorageFull.code
+            }.get(error.status_code) or TITLES.get(error.status_code, "http-error").lower().replace(" ", "-")
     response = problem_response(error.status_code, code, str(error.detail))
     response.headers.update(error.headers or {})
     if error.status_code == 405 and (allowed := _documented_methods(request)):

@@ -122,18 +122,40 @@ class RefuseUnfinishedMultipart:
 
 class RoomBeforeUploads:
     """An upload (a model, a data set) that would leave the data folder with less free space than
-    its floor, counting its declared length, is a 507 before its body is read (Storage.check_room)."""
+    its floor is a 507 (Storage.check_room): counting its declared length before its body is
+    read, and again as its body arrives, every CHECK_EVERY_BYTES, counting the part at hand (the
+    parts before it are spooled to disk by then, where the temporary folder shares the data
+    folder's disk), so that a body without a length, or several at once, stop near the floor."""
+
+    CHECK_EVERY_BYTES = 4 * 2**20
 
     def __init__(self, app: ASGIApp, storage: Storage) -> None:
         self.app = app
         self.storage = storage
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].rstrip("/") in UPLOAD_PATHS:
-            declared = dict(scope["headers"]).get(b"content-length", b"")
-            try:
-                self.storage.check_room(int(declared) if declared.isdigit() and len(declared) <= 18 else 0)
-            except StorageFull as full:
-                await gazer_error_response(full)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"].rstrip("/") not in UPLOAD_PATHS:
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        try:
+            self.storage.check_room(int(declared) if declared.isdigit() and len(declared) <= 18 else 0)
+        except StorageFull as full:
+            await gazer_error_response(full)(scope, receive, send)
+            return
+        received = checked_at = 0
+
+        async def checked_receive() -> dict:
+            nonlocal received, checked_at
+            message = await receive()
+            part = len(message.get("body", b""))
+            received += part
+            if received - checked_at >= self.CHECK_EVERY_BYTES:
+                checked_at = received
+                try:
+                    self.storage.check_room(part)
+                except StorageFull as full:  # as an HTTPException: FastAPI makes others raised here a 400
+                    raise HTTPException(StorageFull.status, full.detail) from None
+            return message
+
+        await self.app(scope, checked_receive, send)

@@ -71,9 +71,9 @@ class LoadedModel:
 def parse_ref(ref: str) -> tuple[str, int | None]:
     """`name` (its default version) or `name@N`; a name that could not be a folder of ours
     (`../x`, `a/b`) is refused before anything reads the disk."""
-    name, _, version = ref.partition("@")
+    name, at, version = ref.partition("@")
     check_name(name, "model")
-    if version and not (version.isascii() and version.isdigit() and len(version) <= 9):
+    if at and not (version.isascii() and version.isdigit() and len(version) <= 9):  # `name@` too
         raise UnknownModel(f"bad model reference {ref[:80]!r}: use NAME or NAME@VERSION (up to 9 digits)")
     return name, int(version) if version else None
 

@@ -538,6 +538,7 @@ def test_a_name_has_at_most_its_limit_of_versions_and_its_key_may_delete_them_to
         publish_as_admin()
         assert_problem(fine_tune("alice", "mine"), 403, "has 2 versions and 0 queued or running jobs")
         assert_problem(api.delete("/v1/models/mine@1", headers=as_(keys, "bob")), 403, "only by the key that holds")
+        assert_problem(api.delete(f"/v1/models/{MODEL}", headers=as_(keys, "bob")), 409, "built in")
         assert_problem(api.delete("/v1/models/mine@1", headers=as_(keys, "predictor")), 403, "'jobs' scope")
         assert api.delete("/v1/models/mine@1", headers=as_(keys, "alice")).status_code == 204
         assert api.get("/v1/models/mine/versions", headers=as_(keys, "admin")).json()["count"] == 1

@@ -73,6 +73,7 @@ def test_versions_can_be_listed_pinned_and_deleted(client):
     assert publish(client, "pets", 4) == 4  # a deleted number is never given again
     assert client.post("/v1/models/pets@1/predict", files=[upload(encode(chelsea()))]).status_code == 404
     assert client.put("/v1/models/pets/default", json={"version": 4}).status_code == 200
+    assert client.delete("/v1/models/pets@").status_code == 404  # a version left empty is no whole model
     assert client.delete("/v1/models/pets").status_code == 204  # the model: every version, and its pin
     assert not (client.app.state.registry.storage.models / "pets" / "default").exists()
     assert client.get("/v1/models/pets/versions").status_code == 404

@@ -52,6 +52,11 @@ def test_under_the_floor_nothing_new_is_stored_until_space_is_freed(redis_server
         big = api.post("/v1/datasets", files=[upload(os.urandom(80 * MiB), "big.zip", "application/zip")])
         assert big.status_code == 507 and big.json()["type"].endswith("/storage-full"), big.text
         assert "80.0 MiB were asked for" in big.json()["detail"]
+        # no declared length: refused as its body arrives
+        body = b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"c.zip\"\r\n\r\n" + \
+            os.urandom(80 * MiB) + b"\r\n--b--\r\n"
+        chunked = api.post("/v1/datasets", content=iter([body]), headers={"content-type": "multipart/form-data; boundary=b"})
+        assert chunked.status_code == 507 and chunked.json()["type"].endswith("/storage-full"), chunked.text
         # small, but 72 MiB once unpacked: refused as it is written, and nothing is left
         unpacked = api.post("/v1/datasets", files=[upload(zip_of_zeros(8, 9 * MiB), "z.zip", "application/zip")])
         assert unpacked.status_code == 507 and unpacked.json()["type"].endswith("/storage-full"), unpacked.text

@@ -254,12 +254,13 @@ def test_a_key_without_the_admin_scope_is_told_why_models_are_not_uploaded_pinne
         problem = form.locator("#upload-message .problem")
         problem.wait_for()
         assert "403" in problem.inner_text() and "'admin' scope" in problem.inner_text(), problem.inner_text()
-        for button, confirm in (("Pin keyed-tiny@1", "Pin v1"), ("Delete keyed-tiny@1", "Delete v1")):
+        for button, confirm, scope in (("Pin keyed-tiny@1", "Pin v1", "'admin' scope"),
+                                       ("Delete keyed-tiny@1", "Delete v1", "'jobs' scope")):  # and the name's key
             card.get_by_role("button", name=button).click()
             card.locator(".confirm").get_by_role("button", name=confirm).click()
             refused = card.locator(".model-message .problem")
             refused.wait_for()
-            assert "403" in refused.inner_text() and "'admin' scope" in refused.inner_text(), refused.inner_text()
+            assert "403" in refused.inner_text() and scope in refused.inner_text(), refused.inner_text()
         assert page.locator(DIALOG).count() == 0
     finally:
         context.close()

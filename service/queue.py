@@ -41,9 +41,7 @@ class JobQueue:
                limit: int, keep: int, storage: Storage) -> dict[str, Any]:
         """The record and its message both exist, or neither does (503); 429 when `client`
         already has `limit` jobs queued or running. Once the job is queued, where `client` keeps
-        more than `keep` job records, its oldest ended jobs go, their artifacts too. 507 when
-        the data folder is under its floor of free space: each job writes its results there."""
-        storage.check_room()
+        more than `keep` job records, its oldest ended jobs go, their artifacts too."""
         try:
             job = self.store.create(job_type, params, owner, client=client, limit=limit)
         except redis.OutOfMemoryError:

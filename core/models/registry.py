@@ -297,23 +297,20 @@ class ModelRegistry:
     def register_onnx(self, spec: ModelSpec, onnx_model: bytes) -> ModelSpec:
         return versions.save_onnx_version(self.storage.models, spec, onnx_model)
 
-    def delete(self, ref: str) -> list[int]:
-        """`NAME@VERSION`: that version; a plain `NAME`: every version it has now, and its pin (a
-        version that a job or upload publishes meanwhile stays). The versions deleted (one that
-        another request deleted meanwhile is not among them)."""
+    def delete(self, ref: str) -> None:
+        """`NAME@VERSION`: that version; a plain `NAME`: every version it has now (one another
+        request deletes meanwhile is skipped, one a job or upload publishes meanwhile stays),
+        then its pin."""
         name, version = parse_ref(ref)
         if name in BUILTIN_MODELS:
             raise Conflict(f"{name!r} is built in and cannot be deleted", field="model")
         if version is not None:
             self._delete_version(name, version)
-            return [version]
-        deleted = []
+            return
         for number in self.versions(name):
             with suppress(UnknownModel):
                 self._delete_version(name, number)
-                deleted.append(number)
         versions.unpin(self.storage.models, name)
-        return deleted
 
     def _delete_version(self, name: str, version: int) -> None:
         spec = self.spec(f"{name}@{version}")

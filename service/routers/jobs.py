@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Iterator
 
 import redis
-from fastapi import APIRouter, Request, Response, status
+from fastapi import APIRouter, Depends, Request, Response, status
 from fastapi.responses import FileResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -40,6 +40,15 @@ KEEPALIVE_SECONDS = 15.0
 FIRST_POLL_SECONDS, LONGEST_POLL_SECONDS = 0.25, 2.0
 
 
+def _room_for_results(storage: StorageDep) -> None:
+    """Every job writes its results to the data folder: none is taken below its floor of free
+    space (507), checked before a fine-tune or sweep claims its model name."""
+    storage.check_room()
+
+
+ROOM = Depends(_room_for_results)
+
+
 @contextmanager
 def _references_in_body() -> Iterator[None]:
     """An unknown model or data set named in a request body is a 422, not a 404."""
@@ -65,7 +74,7 @@ def _submit(job_type: str, params: dict[str, Any], queue: QueueDep, caller: Call
     return Job(**job)
 
 
-@router.post("/fine-tune", response_model=Job, status_code=status.HTTP_202_ACCEPTED)
+@router.post("/fine-tune", response_model=Job, status_code=status.HTTP_202_ACCEPTED, dependencies=[ROOM])
 def submit_fine_tune(body: FineTuneRequest, request: Request, response: Response, queue: QueueDep,
                      registry: RegistryDep, storage: StorageDep, caller: CallerDep, settings: SettingsDep) -> Job:
     params = body.model_dump()
@@ -73,13 +82,12 @@ def submit_fine_tune(body: FineTuneRequest, request: Request, response: Response
         caller.check_owns(describe_dataset(storage.datasets, body.dataset_id).get("owner"),
                           f"data set {body.dataset_id!r}")
         check_fine_tune(fine_tune_config(params), registry, storage.datasets, settings.worker_memory_bytes)
-    storage.check_room()  # before the name is claimed (JobQueue.submit checks again)
     with queue.claim_lock(caller.owner, body.output_model):
         claim_model_name(caller, storage, queue, body.output_model, settings)
         return _submit(FINE_TUNE, params, queue, caller, request, settings, response)
 
 
-@router.post("/sweep", response_model=Job, status_code=status.HTTP_202_ACCEPTED)
+@router.post("/sweep", response_model=Job, status_code=status.HTTP_202_ACCEPTED, dependencies=[ROOM])
 def submit_sweep(body: SweepRequest, request: Request, response: Response, queue: QueueDep,
                  registry: RegistryDep, storage: StorageDep, caller: CallerDep, settings: SettingsDep) -> Job:
     """Trials of the base fine-tune over `space`, each a fine-tune job with `parent` = the sweep."""
@@ -96,13 +104,12 @@ def submit_sweep(body: SweepRequest, request: Request, response: Response, queue
                           f"data set {config.base.dataset_id!r}")
         for heaviest in heaviest_trials(params):
             check_fine_tune(fine_tune_config(heaviest), registry, storage.datasets, settings.worker_memory_bytes)
-    storage.check_room()  # before the name is claimed (JobQueue.submit checks again)
     with queue.claim_lock(caller.owner, config.base.output_model):
         claim_model_name(caller, storage, queue, config.base.output_model, settings)
         return _submit(SWEEP, params, queue, caller, request, settings, response)
 
 
-@router.post("/activation-maximization", response_model=Job, status_code=status.HTTP_202_ACCEPTED)
+@router.post("/activation-maximization", response_model=Job, status_code=status.HTTP_202_ACCEPTED, dependencies=[ROOM])
 def submit_activation_maximization(body: ActivationMaximizationRequest, request: Request, response: Response,
                                    queue: QueueDep, registry: RegistryDep, caller: CallerDep,
                                    settings: SettingsDep) -> Job:
@@ -115,7 +122,7 @@ def submit_activation_maximization(body: ActivationMaximizationRequest, request:
     return _submit(ACTIVATION_MAXIMIZATION, params, queue, caller, request, settings, response)
 
 
-@router.post("/explain-dataset", response_model=Job, status_code=status.HTTP_202_ACCEPTED)
+@router.post("/explain-dataset", response_model=Job, status_code=status.HTTP_202_ACCEPTED, dependencies=[ROOM])
 def submit_explain_dataset(body: ExplainDatasetRequest, request: Request, response: Response, queue: QueueDep,
                            registry: RegistryDep, storage: StorageDep, caller: CallerDep,
                            settings: SettingsDep) -> Job:

@@ -5,13 +5,11 @@ space is freed everything is taken again."""
 
 from __future__ import annotations
 
-import io
 import os
-import zipfile
-
-from prometheus_client.parser import text_string_to_metric_families
 
 from support import shapes_archive, upload
+from tests.api.test_datasets import zip_of
+from tests.api.test_metrics import scrape, value
 from tests.integration.conftest import Worker, make_client, wait_for
 from tests.integration.test_jobs import long_maximization
 from tests.small_disk import small_disk
@@ -21,17 +19,7 @@ FLOOR = 48 * MiB
 
 
 def gauge(api, name: str) -> float:
-    text = api.get("/metrics").text
-    return next(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
-                if sample.name == name)
-
-
-def zip_of_zeros(count: int, size: int) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for index in range(count):
-            archive.writestr(f"zeros/{index}.png", bytes(size))
-    return buffer.getvalue()
+    return value(scrape(api), name)
 
 
 def fill_to_floor(disk, storage_free: float, leave: int) -> None:
@@ -59,7 +47,8 @@ def test_under_the_floor_nothing_new_is_stored_until_space_is_freed(redis_server
                            headers={"content-type": "multipart/form-data; boundary=b"})
         assert chunked.status_code == 507 and chunked.json()["type"].endswith("/storage-full"), chunked.text
         # small, but 72 MiB once unpacked: refused as it is written, and nothing is left
-        unpacked = api.post("/v1/datasets", files=[upload(zip_of_zeros(8, 9 * MiB), "z.zip", "application/zip")])
+        zeros = zip_of({f"zeros/{index}.png": bytes(9 * MiB) for index in range(8)})
+        unpacked = api.post("/v1/datasets", files=[upload(zeros, "z.zip", "application/zip")])
         assert unpacked.status_code == 507 and unpacked.json()["type"].endswith("/storage-full"), unpacked.text
         assert len(list((disk / "datasets").iterdir())) == 1  # the first one alone: no .partial folder
 

@@ -405,9 +405,11 @@ def test_a_sweeps_card_shows_its_trials_live_then_the_best_and_its_model(page, s
     values tried, state, validation accuracy), read again while the sweep runs, the best trial
     marked and the model it published named."""
     dataset = uploaded_tiny_dataset(service, tmp_path, "pets-trials")
-    # 3 epochs: the second trial runs for seconds after the first has ended, while the page looks
-    base = {"dataset_id": dataset, "output_model": "trialled", "epochs": 3, "batch_size": 4,
-            "input_size": 64, "strategy": "feature_extraction"}
+    # 30 epochs, none stopped early: the second trial runs for seconds after the first has ended,
+    # while the page reads them every 3 s (with 3 epochs, stopped after 4, it ran for 0.3 s, and a
+    # quiet machine published the sweep before the page had read the first trial's end)
+    base = {"dataset_id": dataset, "output_model": "trialled", "epochs": 30, "early_stopping_patience": 30,
+            "batch_size": 4, "input_size": 64, "strategy": "feature_extraction"}
     space = {"lr": {"log_uniform": [1e-3, 1e-2]}, "head.dropout": {"uniform": [0, 0.5]}}
     sweep_id, card = submitted_then_listed(page, service, "sweep", {
         "base": base, "space": space, "trials": 2, "parallel": 1})

@@ -1,5 +1,5 @@
-"""Every GPU figure in one run: predictions on ONNX Runtime and through the service, what decoding
-the photos on the device would give (not served), Grad-CAM, integrated gradients, Score-CAM,
+"""Every GPU figure in one run: predictions on ONNX Runtime and through the service, decoding the
+photos on the device (GAZER_DECODE_ON_DEVICE), Grad-CAM, integrated gradients, Score-CAM,
 fine-tuning and activation maximization, on the device that core.runtime.devices picks (CUDA when
 there is one).
 
@@ -8,7 +8,8 @@ there is one).
 
 EfficientNet-Lite0 at 224 as the service loads it. Prints the two goals' ratios: service predict
 throughput against raw ONNX Runtime at batch 256 (goal >= 0.5) and Grad-CAM at batch 1 against a
-forward (goal <= 1.5x). The service runs with one API process, then with four.
+forward (goal <= 1.5x). The service runs with one API process, then with four, decoding on the
+CPU, then with one decoding on the device.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from torch import nn
 
 from bench.common import (Client, ignore_progress, interleaved, report, run_timed, running_server_process,
                           scratch_dir, served_model)
-from core import imaging
+from core import device_preprocessing, imaging
 from core.explain import METHODS
 from core.explain.baselines import make_baseline
 from core.models.onnx_export import ensure_onnx
@@ -179,23 +180,24 @@ def service_predict(model: LoadedModel, sizes: Sizes, raw: dict[int, float]) -> 
     rows = [("decode + preprocess of one photo, CPU ms", f"{milliseconds:.2f}"),
             (f"  so {cpu_count()} cores decode at most, images/s", f"{bound:.0f}")]
     top = sizes.predict_batches[-1]
-    for processes in sizes.api_processes:
+    for processes, on_device in [(processes, False) for processes in sizes.api_processes] + [(1, True)]:
         port = free_port()
-        with running_server_process(port, api_processes=str(processes)):
+        where = "decoding on the device" if on_device else "decoding on the CPU"
+        with running_server_process(port, api_processes=str(processes), decode_on_device=str(on_device)):
             client = Client(port)
             path = f"/v1/models/{MODEL}/predict"
             if processes == 1:
                 timings = interleaved({"one": lambda: client.post(path, *single)}, sizes.rounds, sizes.per_round,
                                       sizes.warmup)
-                rows.append(("1 image per request, p50 ms", f"{timings['one']:.2f}"))
+                rows.append((f"1 image per request, {where}, p50 ms", f"{timings['one']:.2f}"))
             closed_loop(port, many, max(1, top // sizes.request_images), min(2.0, sizes.load_seconds))  # warm-up
             for in_flight in sizes.predict_batches:
                 clients = max(1, in_flight // sizes.request_images)
                 started = time.perf_counter()
                 answered, latencies = closed_loop(port, many, clients, sizes.load_seconds)
                 images_per_second = answered * sizes.request_images / (time.perf_counter() - started)
-                rows.append((f"{processes} API process(es), {clients} clients x {sizes.request_images} images, "
-                             f"images/s", f"{images_per_second:.0f} (p50 {statistics.median(latencies) * 1000:.0f} "
+                rows.append((f"{processes} API process(es), {where}, {clients} clients x {sizes.request_images} "
+                             f"images, images/s", f"{images_per_second:.0f} (p50 {statistics.median(latencies) * 1000:.0f} "
                                           f"ms per request)"))
             if top in raw:  # absent where the raw ONNX Runtime part failed
                 rows.append((f"  service / raw ONNX Runtime at batch {top}",
@@ -205,34 +207,16 @@ def service_predict(model: LoadedModel, sizes: Sizes, raw: dict[int, float]) -> 
 
 
 def device_decode(model: LoadedModel, sizes: Sizes, raw: dict[int, float]) -> None:
-    """Not served: what decoding on the device (nvJPEG, through torchvision.io.decode_jpeg) would
-    give. A batch of the photos decoded, resized (bilinear, antialiased) and cropped there, in
-    images/s, against the CPU's decode bound and raw ONNX Runtime, and how far its pixels are from
-    the served preprocessing's (in 0-255 levels)."""
-    from torch.nn import functional
-    from torchvision.io import decode_jpeg
-
-    device, spec, size = model.device, model.spec, model.spec.input_size
-    blobs = [torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8) for path, _ in foolbox_imagenet_photos()]
-    mean = torch.tensor(spec.mean, device=device)[:, None, None]
-    std = torch.tensor(spec.std, device=device)[:, None, None]
-
-    def preprocessed(encoded: list[torch.Tensor]) -> torch.Tensor:
-        crops = []
-        for image in decode_jpeg(encoded, device=device):
-            height, width = image.shape[1:]
-            scale = (size + spec.resize_margin) / min(height, width)
-            resized = (round(height * scale), round(width * scale))
-            image = functional.interpolate(image[None].float(), size=resized, mode="bilinear", antialias=True)
-            top, left = (resized[0] - size) // 2, (resized[1] - size) // 2
-            crops.append(image[0, :, top:top + size, left:left + size])
-        return (torch.stack(crops) - mean) / std
-
+    """core.device_preprocessing alone (GAZER_DECODE_ON_DEVICE's path): a batch of the photos
+    decoded (nvJPEG) and preprocessed on the device, in images/s, against the CPU's decode bound
+    and raw ONNX Runtime, and how far its pixels are from the CPU path's (in 0-255 levels)."""
+    device, spec = model.device, model.spec
+    blobs = [path.read_bytes() for path, _ in foolbox_imagenet_photos()]
     batch = [blobs[index % len(blobs)] for index in range(sizes.decode_batch)]
-    timings = interleaved({"device": synced(lambda: preprocessed(batch), device)}, sizes.rounds,
-                          max(1, sizes.per_round // 5), sizes.warmup)
-    levels = (preprocessed(blobs).cpu() - torch.from_numpy(imaging.preprocess(photos(), spec)[0])).abs() \
-        * torch.tensor(spec.std)[:, None, None]
+    timings = interleaved({"device": lambda: device_preprocessing.preprocess(batch, spec, "crop", device)},
+                          sizes.rounds, max(1, sizes.per_round // 5), sizes.warmup)
+    levels = (device_preprocessing.preprocess(blobs, spec, "crop", device).cpu()
+              - torch.from_numpy(imaging.preprocess(photos(), spec)[0])).abs() * torch.tensor(spec.std)[:, None, None]
     milliseconds, bound = decode_bound(model)
     per_second = sizes.decode_batch * 1000 / timings["device"]
     rows = [(f"{sizes.decode_batch} photos decoded and preprocessed on {device}, images/s", f"{per_second:.0f}"),
@@ -241,9 +225,8 @@ def device_decode(model: LoadedModel, sizes: Sizes, raw: dict[int, float]) -> No
     if raw:
         top = max(raw)
         rows.append((f"  against raw ONNX Runtime at batch {top}", f"{per_second / raw[top]:.2f}x"))
-    rows.append(("  pixels against the served preprocessing, mean / max levels",
-                 f"{levels.mean():.2f} / {levels.max():.1f}"))
-    report("decoding on the device (not served; torchvision.io.decode_jpeg)", rows)
+    rows.append(("  pixels against the CPU path's, mean / max levels", f"{levels.mean():.2f} / {levels.max():.1f}"))
+    report("decoding on the device (core.device_preprocessing)", rows)
 
 
 def gradcam(model: LoadedModel, sizes: Sizes) -> None:

@@ -225,12 +225,15 @@ def resize_region(image: Image.Image, box: tuple[float, float, float, float], si
     return image.resize((side, side), _INTERPOLATION[spec.interpolation], box=box, reducing_gap=3.0)
 
 
-def _resized_area(image: Image.Image, spec: ModelSpec) -> int:
-    """Pixels of the whole resized image on torchvision's grid: for a 40000 x 1 image, billions,
-    so such images take the crop region's resize instead (the same pixels within a level)."""
-    width, height, _, _ = _torchvision_geometry(image.width, image.height, spec.input_size,
-                                                spec.input_size + spec.resize_margin)
-    return width * height
+def _whole_image_resized(width: int, height: int, spec: ModelSpec, resize: str) -> bool:
+    """Whether the model's input is the whole image resized then cropped (torchvision's way),
+    not the crop box resized: not where the whole resized image would be over 4 inputs' pixels
+    (a 40000 x 1 image: billions), which take the crop box's resize (the same pixels within a level)."""
+    if not (spec.torchvision_resize and resize == "crop"):
+        return False
+    resized_width, resized_height, _, _ = _torchvision_geometry(width, height, spec.input_size,
+                                                                spec.input_size + spec.resize_margin)
+    return resized_width * resized_height <= 4 * spec.input_size ** 2
 
 
 def _torchvision_resize(image: Image.Image, spec: ModelSpec) -> Image.Image:
@@ -254,9 +257,8 @@ def preprocess(images: list[Image.Image], spec: ModelSpec,
     def one(index: int) -> CropBox:
         image = images[index]
         box = crop_box(image.width, image.height, spec, resize)
-        crop = _torchvision_resize(image, spec) if spec.torchvision_resize and resize == "crop" \
-            and _resized_area(image, spec) <= 4 * size * size else \
-            resize_region(image, (box.left, box.top, box.right, box.bottom), size, spec)
+        crop = _torchvision_resize(image, spec) if _whole_image_resized(image.width, image.height, spec, resize) \
+            else resize_region(image, (box.left, box.top, box.right, box.bottom), size, spec)
         # uint8 HWC -> float32 CHW in one pass, then scaled in place: 3x faster than arithmetic
         # on the transposed float view, with the same float32 results.
         np.subtract(np.asarray(crop).transpose(2, 0, 1), mean, out=batch[index], dtype=np.float32)
@@ -266,28 +268,71 @@ def preprocess(images: list[Image.Image], spec: ModelSpec,
     return batch, parallel_map(one, range(len(images)))
 
 
+def resize_matrices(width: int, height: int, spec: ModelSpec, resize: str = "crop") -> tuple[np.ndarray, np.ndarray]:
+    """preprocess's resize of a width x height image as two matrices, (S, height) for its rows
+    and (S, width) for its columns, in Pillow's fixed point: the input is
+    round(rows @ round(pixels @ columns.T)) per channel, rounding as Pillow does after each
+    pass (it runs the passes in either order, so a pixel can differ by a level or two). Pillow's
+    reducing_gap is not followed: for a reduction over 6x it moves pixels by about a level."""
+    size = spec.input_size
+    if _whole_image_resized(width, height, spec, resize):
+        resized_width, resized_height, left, top = _torchvision_geometry(width, height, size, size + spec.resize_margin)
+        rows = resample_weights(height, resized_height, spec.interpolation, fixed_point=True)[top:top + size]
+        columns = resample_weights(width, resized_width, spec.interpolation, fixed_point=True)[left:left + size]
+        return rows, columns
+    box = crop_box(width, height, spec, resize)
+    return (resample_weights(height, size, spec.interpolation, box.top, box.bottom, fixed_point=True),
+            resample_weights(width, size, spec.interpolation, box.left, box.right, fixed_point=True))
+
+
 # Up to this many rows and columns a map is resized by two small matrix products (a few
 # multiply-adds per pixel). Side by side, numpy's BLAS on one thread: 7 x 7 -> 448 x 448 in
 # 0.4 ms where Pillow's float resize took 1.2-1.7, and 14 x 14 -> 1500 x 1000 in 2 ms against 9.5-10.4.
 _MATRIX_RESIZE_MAX = 32
 
 
-@functools.lru_cache(maxsize=16)  # a served model's maps come in a few sizes; 0.06 ms each to build
-def bilinear_weights(source: int, size: int) -> np.ndarray:
-    """(size, source) float32 matrix, read-only: Pillow's BILINEAR resampling of `source` samples
-    to `size` along one axis (its triangle filter, widened by the scale when shrinking, each
-    row's weights summing to 1)."""
-    scale = source / size
-    support = max(scale, 1.0)
-    centres = (np.arange(size) + 0.5) * scale
+def _bilinear(x: np.ndarray) -> np.ndarray:
+    return np.maximum(0.0, 1.0 - np.abs(x))
+
+
+def _bicubic(x: np.ndarray) -> np.ndarray:
+    """Pillow's cubic convolution, a = -0.5."""
+    x = np.abs(x)
+    return np.where(x < 1.0, (1.5 * x - 2.5) * x * x + 1, np.where(x < 2.0, (((x - 5) * x + 8) * x - 4) * -0.5, 0.0))
+
+
+_FILTERS = {"bilinear": (_bilinear, 1.0), "bicubic": (_bicubic, 2.0)}
+_PRECISION_BITS = 32 - 8 - 2  # Pillow's fixed point for 8-bit images
+
+
+def resample_weights(source: int, size: int, interpolation: str = "bilinear", start: float = 0.0,
+                     stop: float | None = None, fixed_point: bool = False) -> np.ndarray:
+    """(size, source) float32 matrix: Pillow's resampling of samples `start`..`stop` (default:
+    all `source`) to `size` along one axis, its filter widened by the scale when shrinking and
+    each row's weights summing to 1; `fixed_point`: rounded as Pillow rounds them for 8-bit images."""
+    kernel, support = _FILTERS[interpolation]
+    stop = source if stop is None else stop
+    scale = (stop - start) / size
+    widening = max(scale, 1.0)
+    support *= widening
+    centres = start + (np.arange(size) + 0.5) * scale
     first = np.maximum((centres - support + 0.5).astype(np.int64), 0)
-    stop = np.minimum((centres + support + 0.5).astype(np.int64), source)
+    ends = np.minimum((centres + support + 0.5).astype(np.int64), source)
     taps = first[:, None] + np.arange(2 * int(np.ceil(support)) + 1)
-    weights = np.maximum(0.0, 1.0 - np.abs(taps + 0.5 - centres[:, None]) / support) * (taps < stop[:, None])
+    weights = kernel((taps + 0.5 - centres[:, None]) / widening) * (taps < ends[:, None])
     weights /= weights.sum(axis=1, keepdims=True)
+    if fixed_point:
+        one = float(1 << _PRECISION_BITS)
+        weights = np.trunc(weights * one + np.where(weights < 0, -0.5, 0.5)) / one
     matrix = np.zeros((size, source + taps.shape[1]))
     matrix[np.arange(size)[:, None], taps] = weights
-    matrix = matrix[:, :source].astype(np.float32)
+    return matrix[:, :source].astype(np.float32)
+
+
+@functools.lru_cache(maxsize=16)  # a served model's maps come in a few sizes; 0.06 ms each to build
+def bilinear_weights(source: int, size: int) -> np.ndarray:
+    """resample_weights for a float map, read-only: Pillow's BILINEAR resampling of an "F" image."""
+    matrix = resample_weights(source, size)
     matrix.flags.writeable = False
     return matrix
 

@@ -101,7 +101,7 @@ def onnx_runs(model: LoadedModel) -> Batcher:
                          runners=model.predictor.concurrent_runs)
 
 
-def submit_onnx(model: LoadedModel, outputs: tuple[str, ...], batch: np.ndarray,
+def submit_onnx(model: LoadedModel, outputs: tuple[str, ...], batch: np.ndarray | torch.Tensor,
                 gone: threading.Event | None = None) -> Future:
     """A future of `outputs` (a list of arrays) for `batch`, run with other requests' inputs."""
     return onnx_runs(model).submit(outputs, batch, len(batch), gone)

@@ -61,7 +61,7 @@ class Metrics:
         self.unavailable = Counter("gazer_http_503_responses", "503 answers (busy, model not ready) by route template",
                                    ["route"], registry=registry)
         self.inference = Histogram("gazer_inference_seconds", "Inference time by model and stage (decode, "
-                                   "preprocess, ort, explain:<method>, faithfulness, render)",
+                                   "preprocess, device_preprocess, ort, explain:<method>, faithfulness, render)",
                                    ["model", "stage"], buckets=_SECONDS, registry=registry)
         # with several API processes, one series per process (label `pid`): who answered how many
         self.answered = Gauge("gazer_http_requests_answered", "HTTP requests answered by this API process",

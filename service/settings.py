@@ -37,6 +37,10 @@ class Settings(SharedSettings):
     # runs what it has at once, unless batch_wait_ms asks it to wait for more.
     max_batch: int = Field(32, ge=1, le=1024)
     batch_wait_ms: float = Field(0.0, ge=0, le=1000)
+    # Predict decodes and preprocesses JPEGs on the model's device (nvJPEG on a GPU) instead of
+    # the CPU cores (core.device_preprocessing). Off by default: not measured on a GPU yet; on a
+    # CPU it only costs more.
+    decode_on_device: bool = False
     # An uploaded ONNX model's check runs in a child process, batches of 1, 2, 4, ... max_batch
     # images: the address space it may take beyond that process's own, and the seconds before it
     # is killed (VGG-16 at 224 takes 26 s here, on the one thread the check runs on).

@@ -7,11 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime
+import torch
 
 from core.errors import ModelNotReady
 from core.parallel import cpu_count
 from core.runtime.devices import onnx_providers
 
+# An input batch: on the host, or a float32 torch tensor where core.device_preprocessing made it
+Batch = np.ndarray | torch.Tensor
 
 SECOND_SESSION_MAX_BYTES = 64 * 2**20  # Lite0-2, ResNet-18 and EfficientNet-B0 fit; ResNet-50 (98 MB) does not
 # Long enough to bridge the gaps between a run's nodes; at 100 us a loaded server's spinning
@@ -62,10 +65,12 @@ class OnnxPredictor:
     def providers(self) -> list[str]:
         return self.session.get_providers()
 
-    def run(self, outputs: list[str], batch: np.ndarray) -> list[np.ndarray]:
+    def run(self, outputs: list[str], batch: Batch) -> list[np.ndarray]:
         """`outputs` for `batch`; on the GPU through I/O binding."""
         if self.bound_device is not None:
             return self.run_bound(outputs, batch, self.bound_device)
+        if isinstance(batch, torch.Tensor):
+            batch = batch.cpu().numpy()
         with self._lock:
             crowded = self._in_flight > 0 and self.concurrent_runs > 1
             self._in_flight += 1
@@ -83,12 +88,19 @@ class OnnxPredictor:
                 self._shared_session = _session(self.path, threads=max(1, cpu_count() // self.concurrent_runs))
             return self._shared_session
 
-    def run_bound(self, outputs: list[str], batch: np.ndarray, device: str) -> list[np.ndarray]:
-        """With I/O binding: the input copied to `device` once, only `outputs` allocated there
-        and copied back (ORT's plain run stages both through its own host buffers)."""
+    def run_bound(self, outputs: list[str], batch: Batch, device: str) -> list[np.ndarray]:
+        """With I/O binding: the input copied to `device` once (read where it is, when a tensor
+        there already holds it), only `outputs` allocated there and copied back (ORT's plain run
+        stages both through its own host buffers)."""
         binding = self.session.io_binding()
-        binding.bind_ortvalue_input(self.input_name,
-                                    onnxruntime.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(batch), device, 0))
+        if isinstance(batch, torch.Tensor) and batch.device.type == device:
+            batch = batch.float().contiguous()  # kept referenced until the run ends
+            binding.bind_input(self.input_name, device, batch.device.index or 0, np.float32, tuple(batch.shape),
+                               batch.data_ptr())
+        else:
+            host = batch.cpu().numpy() if isinstance(batch, torch.Tensor) else batch
+            binding.bind_ortvalue_input(self.input_name,
+                                        onnxruntime.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(host), device, 0))
         for name in outputs:
             binding.bind_output(name, device)
         self.session.run_with_iobinding(binding)
@@ -101,10 +113,10 @@ class OnnxPredictor:
         logits, features = self.run(["logits", "features"], batch)
         return logits, features
 
-    def run_batches(self, outputs: tuple[str, ...], batches: list[np.ndarray]) -> list[list[np.ndarray]]:
+    def run_batches(self, outputs: tuple[str, ...], batches: list[Batch]) -> list[list[np.ndarray]]:
         """`outputs` of several input batches in one session run (or in parts: run_sizes), split
         back per batch."""
-        joined = batches[0] if len(batches) == 1 else np.concatenate(batches)
+        joined = batches[0] if len(batches) == 1 else _joined(batches)
         bounds = np.cumsum([0, *self.run_sizes(len(joined))])
         runs = [self._run_rows(outputs, joined[start:end]) for start, end in zip(bounds, bounds[1:])]
         results = runs[0] if len(runs) == 1 else [np.concatenate(parts) for parts in zip(*runs)]
@@ -124,13 +136,24 @@ class OnnxPredictor:
             count -= size
         return sizes
 
-    def _run_rows(self, outputs: tuple[str, ...], batch: np.ndarray) -> list[np.ndarray]:
+    def _run_rows(self, outputs: tuple[str, ...], batch: Batch) -> list[np.ndarray]:
         results = self.run(list(outputs), batch)
         for name, result in zip(outputs, results):
             if result.shape[:1] != (len(batch),):  # split, its rows would go to the wrong requests
                 raise ModelNotReady(f"the model's {name!r} output has shape {result.shape} for a batch of "
                                     f"{len(batch)} images, not one row per image; it cannot be served")
         return results
+
+
+def _joined(batches: list[Batch]) -> Batch:
+    """One batch of several; on the device of the first tensor among them, if any."""
+    tensors = [batch for batch in batches if isinstance(batch, torch.Tensor)]
+    if not tensors:
+        return np.concatenate(batches)
+    device = tensors[0].device
+    return torch.cat([batch.to(device) if isinstance(batch, torch.Tensor) else torch.from_numpy(batch).to(device)
+                      for batch in batches])
+
 
 def _session(path: Path, threads: int) -> onnxruntime.InferenceSession:
     options = onnxruntime.SessionOptions()

@@ -11,11 +11,12 @@ from typing import Annotated, Any, Callable, Literal
 
 import anyio
 import numpy as np
+import torch
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from core import cancellation, parallel, pipeline
+from core import cancellation, device_preprocessing, parallel, pipeline
 from core.encoding import MEDIA_TYPES
 from core.errors import InvalidRequest
 from core.explain.faithfulness import DEFAULT_STEPS, Faithfulness
@@ -133,7 +134,18 @@ async def predict(request: Request, model: ModelDep, settings: SettingsDep, metr
         metrics.batch_size.labels("predict").observe(len(blobs))
         on_stage = metrics.stage_recorder(model.spec.id)
 
-        def prepare() -> np.ndarray:
+        def prepare() -> np.ndarray | torch.Tensor:
+            if settings.decode_on_device and device_preprocessing.decodable(
+                    blobs, settings.max_image_pixels, settings.max_request_pixels):
+                started = time.perf_counter()
+                device = torch.device(model.predictor.bound_device or model.device.type)  # where ORT reads it
+                try:
+                    batch = device_preprocessing.preprocess(blobs, model.spec, resize, device)
+                except RuntimeError as error:  # the decoder refused a file: the CPU path says why, or decodes it
+                    log.info("decoding on %s failed, decoding with Pillow: %s", device, error)
+                else:
+                    on_stage("device_preprocess", time.perf_counter() - started)
+                    return batch
             images = _decode_all(blobs, [upload.filename for upload in file], settings, on_stage, model.spec)
             started = time.perf_counter()
             batch, _ = preprocess(images, model.spec, resize)

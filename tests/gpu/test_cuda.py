@@ -12,19 +12,20 @@ import onnxruntime
 import pytest
 import torch
 
-from core import pipeline
+from core import device_preprocessing, pipeline
 from core.explain import METHODS
-from core.imaging import preprocess
+from core.imaging import decode_image, needed_sides, preprocess
 from core.models.catalog import load_builtin
 from core.models.onnx_export import FP16_AGREEMENT_TOLERANCE, ensure_onnx, max_logit_difference
 from core.models.registry import ModelRegistry
+from core.pipeline import softmax
 from core.runtime.devices import fast_layout, fast_math, images_per_pass, onnx_providers, torch_device
 from core.runtime.onnx_predictor import OnnxPredictor
 from core.storage import Storage
 from core.training import data
 from core.training.config import Augmentation, FineTuneConfig
 from core.training.finetune import fine_tune
-from support import chelsea, shape_image
+from support import chelsea, encode, foolbox_imagenet_photos, shape_image
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 CUDA = torch.device("cuda")
@@ -176,3 +177,28 @@ def test_the_gpus_larger_passes_give_the_maps_of_the_cpus_passes(lite0, method, 
         larger = METHODS[method](network, inputs, None, layer, **options)
         smaller = METHODS[method](network, inputs, None, layer, **options, **cpu_pass)
     assert np.abs(larger.maps - smaller.maps).max() < 1e-3
+
+
+def test_decoding_on_the_gpu_agrees_with_the_cpu_path(lite0, tmp_path):
+    """nvJPEG's decoding rounds its own way: the input within a level on average, and the same
+    predictions, read by ONNX Runtime from the GPU tensor in place where it runs there."""
+    spec, network = lite0
+    photos = [path.read_bytes() for path, _ in foolbox_imagenet_photos()]
+    blobs = photos + [encode(chelsea().resize((300, 451)), quality=90), encode(chelsea().convert("L"))]
+    assert device_preprocessing.decodable(blobs, 10**8, 10**9)
+    on_gpu = device_preprocessing.preprocess(blobs, spec, "crop", CUDA)
+    served, _ = preprocess([decode_image(blob, 10**8, needed_sides(spec)) for blob in blobs], spec)
+    assert on_gpu.device.type == "cuda"
+    levels = (on_gpu.cpu() - torch.from_numpy(served)).abs() * torch.tensor(spec.std)[:, None, None]
+    assert levels.mean() < 1.0, levels.mean()
+    predictor = OnnxPredictor(ensure_onnx(network, spec, tmp_path))
+    ours = softmax(predictor.run_batches(("logits",), [on_gpu])[0][0])
+    theirs = softmax(predictor.run_batches(("logits",), [served])[0][0])
+    assert (ours.argmax(axis=1) == theirs.argmax(axis=1)).all()
+    assert np.abs(ours - theirs).max() < 0.02
+
+
+def test_a_damaged_jpeg_is_refused_on_the_gpu_so_the_cpu_path_answers(lite0):
+    photo = encode(chelsea())
+    with pytest.raises(RuntimeError):
+        device_preprocessing.preprocess([photo[: len(photo) // 2]], lite0[0], "crop", CUDA)

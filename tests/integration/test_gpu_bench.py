@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SECTIONS = ("ONNX Runtime, efficientnet_lite0", "service predict over HTTP", "Grad-CAM at the default layer, batch 1",
+SECTIONS = ("ONNX Runtime, efficientnet_lite0", "service predict over HTTP", "decoding on the device",
+            "Grad-CAM at the default layer, batch 1",
             "integrated gradients", "Score-CAM", "fine-tuning", "activation maximization")
 
 

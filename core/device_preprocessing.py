@@ -26,12 +26,15 @@ from core import imaging
 from core.models.spec import ModelSpec
 
 _EXIF_ORIENTATION = 0x0112
+# Larger photos take the CPU path, which decodes them at a reduced scale (imaging.needed_sides);
+# here one would be decoded whole, and its float copy for the resize takes 12 bytes a pixel.
+MAX_PIXELS = 4096 * 4096
 
 
 def decodable(blobs: list[bytes], max_pixels: int, max_total_pixels: int) -> bool:
     """Whether every upload is a JPEG that decodes on the device to what decode_image gives:
     YCbCr or grey (no CMYK, no Adobe colour transform), with no EXIF rotation, no more scans
-    than imaging.MAX_JPEG_SCANS, and within the pixel limits. It reads headers only."""
+    than imaging.MAX_JPEG_SCANS, and within the pixel limits (and MAX_PIXELS). It reads headers only."""
     total = 0
     for blob in blobs:
         try:
@@ -42,7 +45,7 @@ def decodable(blobs: list[bytes], max_pixels: int, max_total_pixels: int) -> boo
         pixels = image.width * image.height
         total += pixels
         if (image.format != "JPEG" or image.mode not in ("RGB", "L") or orientation != 1 or pixels == 0
-                or pixels > max_pixels or "adobe" in image.info
+                or pixels > min(max_pixels, MAX_PIXELS) or "adobe" in image.info
                 or blob.count(b"\xff\xda") > imaging.MAX_JPEG_SCANS):
             return False
     return total <= max_total_pixels

@@ -111,6 +111,8 @@ def test_only_what_it_decodes_as_pillow_would_is_taken():
     for why, blobs in refused.items():
         assert not device_preprocessing.decodable(blobs, 10**6, 10**7), why
     assert not device_preprocessing.decodable([photo] * 8, 10**6, 7 * 451 * 300), "the request's pixels together"
+    large = encode(Image.new("RGB", (4097, 4096)))
+    assert not device_preprocessing.decodable([large], 10**8, 10**8), "decoded at a reduced scale on the CPU"
 
 
 def test_a_damaged_jpeg_is_refused_by_the_decoder_so_the_cpu_path_answers():

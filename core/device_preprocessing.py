@@ -9,7 +9,7 @@ Pillow's two passes); nvJPEG's decoding differs from libjpeg-turbo's by its own 
 its agreement is tested where a GPU is lent (tests/gpu).
 
 Only uploads it decodes as the CPU path would are taken (`decodable`): JPEGs in colour or grey,
-upright, within the limits. For any other request, and where the decoder refuses a file, the
+upright, within the limits, and of bounded cost here. For any other request, and where the decoder refuses a file, the
 CPU path decodes every file, and refuses what it refuses.
 """
 
@@ -17,24 +17,35 @@ from __future__ import annotations
 
 import functools
 import io
+import threading
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
 
 from core import imaging
+from core.errors import InvalidRequest
 from core.models.spec import ModelSpec
 
 _EXIF_ORIENTATION = 0x0112
 # Larger photos take the CPU path, which decodes them at a reduced scale (imaging.needed_sides);
-# here one would be decoded whole, and its float copy for the resize takes 12 bytes a pixel.
+# here one is decoded whole. A side is bounded too: each size's resize matrices are kept.
 MAX_PIXELS = 4096 * 4096
+MAX_SIDE = 4096
+# nvJPEG decodes a progressive JPEG's scans on the CPU, holding torchvision's decoder lock for
+# all: larger progressive ones (up to imaging.MAX_JPEG_SCANS scans) take the CPU path.
+MAX_PROGRESSIVE_PIXELS = 2 * 1024 * 1024
+# One preprocess at a time on CUDA: torchvision's nvJPEG decoding writes on a stream of its own
+# without waiting for the caller's, where another thread's freed buffers may still be read.
+_cuda_lock = threading.Lock()
 
 
 def decodable(blobs: list[bytes], max_pixels: int, max_total_pixels: int) -> bool:
     """Whether every upload is a JPEG that decodes on the device to what decode_image gives:
     YCbCr or grey (no CMYK, no Adobe colour transform), with no EXIF rotation, no more scans
-    than imaging.MAX_JPEG_SCANS, and within the pixel limits (and MAX_PIXELS). It reads headers only."""
+    than imaging.MAX_JPEG_SCANS, and within the pixel limits and this module's bounds. It reads
+    the headers and counts the scans' markers; it decodes nothing."""
     total = 0
     for blob in blobs:
         try:
@@ -44,38 +55,68 @@ def decodable(blobs: list[bytes], max_pixels: int, max_total_pixels: int) -> boo
             return False
         pixels = image.width * image.height
         total += pixels
+        most = MAX_PROGRESSIVE_PIXELS if "progressive" in image.info else MAX_PIXELS
         if (image.format != "JPEG" or image.mode not in ("RGB", "L") or orientation != 1 or pixels == 0
-                or pixels > min(max_pixels, MAX_PIXELS) or "adobe" in image.info
+                or pixels > min(max_pixels, most) or max(image.size) > MAX_SIDE or "adobe" in image.info
                 or blob.count(b"\xff\xda") > imaging.MAX_JPEG_SCANS):
             return False
     return total <= max_total_pixels
 
 
-@functools.lru_cache(maxsize=64)  # uploads come in a few sizes
-def _matrices(width: int, height: int, spec: ModelSpec, resize: str,
-              device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+@dataclass(frozen=True)
+class _Resize:
+    """imaging.resize_matrices on the device, cut to the rows and columns of the image they read."""
+
+    rows: torch.Tensor      # (S, last_row - first_row)
+    columns: torch.Tensor   # (last_column - first_column, S)
+    first_row: int
+    last_row: int
+    first_column: int
+    last_column: int
+
+
+def _span(weights: np.ndarray) -> tuple[int, int]:
+    """The first and past-the-last source sample that any output reads."""
+    used = np.flatnonzero(np.any(weights != 0, axis=0))
+    return int(used[0]), int(used[-1]) + 1
+
+
+@functools.lru_cache(maxsize=16)  # uploads come in a few sizes; each entry at most 2 x 4096 x S floats
+def _resize(width: int, height: int, spec: ModelSpec, resize: str, device: torch.device) -> _Resize:
     rows, columns = imaging.resize_matrices(width, height, spec, resize)
-    return torch.from_numpy(rows).to(device), torch.from_numpy(columns.T.copy()).to(device)
+    (first_row, last_row), (first_column, last_column) = _span(rows), _span(columns)
+    return _Resize(torch.from_numpy(rows[:, first_row:last_row].copy()).to(device),
+                   torch.from_numpy(columns[:, first_column:last_column].T.copy()).to(device),
+                   first_row, last_row, first_column, last_column)
 
 
 def preprocess(blobs: list[bytes], spec: ModelSpec, resize: str, device: torch.device) -> torch.Tensor:
     """`blobs` (each `decodable`) -> float32 NCHW batch on `device`, normalized as the spec says,
     as imaging.preprocess makes it; on CUDA, finished before it returns (ONNX Runtime reads it
     on a stream of its own). Raises RuntimeError where the decoder refuses a file."""
+    if resize not in imaging.RESIZE_MODES:
+        raise InvalidRequest(f"unknown resize {resize!r}", field="resize", valid=list(imaging.RESIZE_MODES))
+    if device.type != "cuda":
+        return _preprocess(blobs, spec, resize, device)
+    with _cuda_lock:
+        torch.cuda.current_stream(device).synchronize()
+        batch = _preprocess(blobs, spec, resize, device)
+        torch.cuda.current_stream(device).synchronize()
+        return batch
+
+
+def _preprocess(blobs: list[bytes], spec: ModelSpec, resize: str, device: torch.device) -> torch.Tensor:
     from torchvision.io import ImageReadMode, decode_jpeg  # here: only GPU nodes' predicts need it
 
-    imaging.crop_box(1, 1, spec, resize)  # refuses an unknown resize as the CPU path does
     size = spec.input_size
     images = decode_jpeg([torch.frombuffer(bytearray(blob), dtype=torch.uint8) for blob in blobs],
                          mode=ImageReadMode.RGB, device=device)
     batch = torch.empty((len(blobs), 3, size, size), dtype=torch.float32, device=device)
     for index, image in enumerate(images):
-        rows, columns = _matrices(image.shape[2], image.shape[1], spec, resize, device)
-        across = torch.floor(image.float() @ columns + 0.5).clamp_(0, 255)
-        batch[index] = torch.floor(rows @ across + 0.5).clamp_(0, 255)
+        plan = _resize(image.shape[2], image.shape[1], spec, resize, device)
+        pixels = image[:, plan.first_row:plan.last_row, plan.first_column:plan.last_column].float()
+        across = torch.floor(pixels @ plan.columns + 0.5).clamp_(0, 255)
+        batch[index] = torch.floor(plan.rows @ across + 0.5).clamp_(0, 255)
     mean = torch.from_numpy(np.asarray(spec.mean, dtype=np.float32)).to(device)[:, None, None]
     inverse_std = torch.from_numpy(1.0 / np.asarray(spec.std, dtype=np.float32)).to(device)[:, None, None]
-    batch.sub_(mean).mul_(inverse_std)
-    if device.type == "cuda":
-        torch.cuda.current_stream(device).synchronize()
-    return batch
+    return batch.sub_(mean).mul_(inverse_std)

@@ -95,6 +95,7 @@ class OnnxPredictor:
         binding = self.session.io_binding()
         if isinstance(batch, torch.Tensor) and batch.device.type == device:
             batch = batch.float().contiguous()  # kept referenced until the run ends
+            torch.cuda.current_stream(batch.device).synchronize()  # ORT reads it on a stream of its own
             binding.bind_input(self.input_name, device, batch.device.index or 0, np.float32, tuple(batch.shape),
                                batch.data_ptr())
         else:

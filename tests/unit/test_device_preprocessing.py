@@ -100,6 +100,7 @@ def test_only_what_it_decodes_as_pillow_would_is_taken():
     rotated = chelsea().getexif()
     rotated[0x0112] = 6
     assert device_preprocessing.decodable([photo, encode(chelsea().convert("L"))], 10**6, 10**6)
+    assert device_preprocessing.decodable([encode(Image.new("RGB", (1400, 1400)), progressive=True)], 10**7, 10**7)
     refused = {
         "a PNG": [encode(chelsea(), "PNG")],
         "a CMYK JPEG": [encode(chelsea().convert("CMYK"))],
@@ -107,11 +108,13 @@ def test_only_what_it_decodes_as_pillow_would_is_taken():
         "too many scans": [with_last_scan_repeated(encode(chelsea(), progressive=True), imaging.MAX_JPEG_SCANS)],
         "not an image": [b"\xff\xd8\xff" + b"\x00" * 100],
         "one of two files over the pixel limit": [photo, encode(chelsea().resize((1001, 1000)))],
+        "a side over 4096": [encode(Image.new("RGB", (4097, 8)))],
+        "a progressive one over 2 megapixels": [encode(Image.new("RGB", (1500, 1500)), progressive=True)],
     }
     for why, blobs in refused.items():
         assert not device_preprocessing.decodable(blobs, 10**6, 10**7), why
     assert not device_preprocessing.decodable([photo] * 8, 10**6, 7 * 451 * 300), "the request's pixels together"
-    large = encode(Image.new("RGB", (4097, 4096)))
+    large = encode(Image.new("RGB", (4096, 4097)))
     assert not device_preprocessing.decodable([large], 10**8, 10**8), "decoded at a reduced scale on the CPU"
 
 

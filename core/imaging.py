@@ -272,8 +272,8 @@ def resize_matrices(width: int, height: int, spec: ModelSpec, resize: str = "cro
     """preprocess's resize of a width x height image as two matrices, (S, height) for its rows
     and (S, width) for its columns, in Pillow's fixed point: the input is
     round(rows @ round(pixels @ columns.T)) per channel, rounding as Pillow does after each
-    pass (it runs the passes in either order, so a pixel can differ by a level or two). Pillow's
-    reducing_gap is not followed: for a reduction over 6x it moves pixels by about a level."""
+    pass (Pillow runs the passes in either order, so a few pixels differ by up to 7 levels).
+    Pillow's reducing_gap is not followed: for a reduction over 6x it moves pixels by about a level."""
     size = spec.input_size
     if _whole_image_resized(width, height, spec, resize):
         resized_width, resized_height, left, top = _torchvision_geometry(width, height, size, size + spec.resize_margin)

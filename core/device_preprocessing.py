@@ -59,7 +59,7 @@ def decodable(blobs: list[bytes], max_pixels: int, max_total_pixels: int) -> boo
         most = MAX_PROGRESSIVE_PIXELS if "progressive" in image.info else MAX_PIXELS
         if (image.format != "JPEG" or image.mode not in ("RGB", "L") or orientation != 1 or pixels == 0
                 or pixels > min(max_pixels, most) or max(image.size) > MAX_SIDE or "adobe" in image.info
-                or blob.count(b"\xff\xda") > imaging.MAX_JPEG_SCANS):
+                or imaging.jpeg_scans(blob) > imaging.MAX_JPEG_SCANS):
             return False
     return total <= max_total_pixels
 

@@ -111,10 +111,14 @@ def decode_image(data: bytes, max_pixels: int, at_least: tuple[int, int] | None 
     return image.reduce(scale) if scale > 1 else image
 
 
+def jpeg_scans(data: bytes) -> int:
+    """A JPEG's start-of-scan markers, counted by their bytes, which entropy-coded data cannot
+    hold (a 0xFF there is followed by 0x00); other segments (EXIF, ICC) may add a few by chance."""
+    return data.count(b"\xff\xda")
+
+
 def _check_jpeg_scans(data: bytes) -> None:
-    """Counts start-of-scan markers by their bytes, which entropy-coded data cannot hold (a 0xFF
-    there is followed by 0x00); other segments (EXIF, ICC) may add a few by chance."""
-    scans = data.count(b"\xff\xda")
+    scans = jpeg_scans(data)
     if scans > MAX_JPEG_SCANS:
         raise InvalidImage(f"the JPEG has {scans} scans; the limit is {MAX_JPEG_SCANS}")
 

@@ -210,7 +210,7 @@ def device_decode(model: LoadedModel, sizes: Sizes, raw: dict[int, float]) -> No
     """core.device_preprocessing alone (GAZER_DECODE_ON_DEVICE's path): a batch of the photos
     decoded (nvJPEG) and preprocessed on the device, in images/s, against the CPU's decode bound
     and raw ONNX Runtime, and how far its pixels are from the CPU path's (in 0-255 levels)."""
-    device, spec = model.device, model.spec
+    device, spec = model.predictor.input_device, model.spec  # as the service picks it
     blobs = [path.read_bytes() for path, _ in foolbox_imagenet_photos()]
     batch = [blobs[index % len(blobs)] for index in range(sizes.decode_batch)]
     timings = interleaved({"device": lambda: device_preprocessing.preprocess(batch, spec, "crop", device)},

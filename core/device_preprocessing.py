@@ -26,7 +26,6 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from core import imaging
-from core.errors import InvalidRequest
 from core.models.spec import ModelSpec
 
 _EXIF_ORIENTATION = 0x0112
@@ -95,8 +94,7 @@ def preprocess(blobs: list[bytes], spec: ModelSpec, resize: str, device: torch.d
     """`blobs` (each `decodable`) -> float32 NCHW batch on `device`, normalized as the spec says,
     as imaging.preprocess makes it; on CUDA, finished before it returns (ONNX Runtime reads it
     on a stream of its own). Raises RuntimeError where the decoder refuses a file."""
-    if resize not in imaging.RESIZE_MODES:
-        raise InvalidRequest(f"unknown resize {resize!r}", field="resize", valid=list(imaging.RESIZE_MODES))
+    imaging.check_resize(resize)  # before decoding
     if device.type != "cuda":
         return _preprocess(blobs, spec, resize, device)
     with _cuda_lock:

@@ -188,10 +188,14 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 RESIZE_MODES = ("crop", "stretch")
 
 
-def crop_box(width: int, height: int, spec: ModelSpec, resize: str = "crop") -> CropBox:
-    """The region of the image the model sees, in original pixels."""
+def check_resize(resize: str) -> None:
     if resize not in RESIZE_MODES:
         raise InvalidRequest(f"unknown resize {resize!r}", field="resize", valid=list(RESIZE_MODES))
+
+
+def crop_box(width: int, height: int, spec: ModelSpec, resize: str = "crop") -> CropBox:
+    """The region of the image the model sees, in original pixels."""
+    check_resize(resize)
     if resize == "stretch":
         return CropBox(0.0, 0.0, float(width), float(height))
     if spec.torchvision_resize:

@@ -62,6 +62,12 @@ class OnnxPredictor:
         return 2 if self.bound_device is None and cpu_count() >= 2 and self._small else 1
 
     @property
+    def input_device(self) -> torch.device:
+        """Where a run reads its input without a copy: ONNX Runtime's CUDA device (its default, 0)
+        when it runs there, else the CPU."""
+        return torch.device("cuda", 0) if self.bound_device == "cuda" else torch.device("cpu")
+
+    @property
     def providers(self) -> list[str]:
         return self.session.get_providers()
 
@@ -93,10 +99,10 @@ class OnnxPredictor:
         there already holds it), only `outputs` allocated there and copied back (ORT's plain run
         stages both through its own host buffers)."""
         binding = self.session.io_binding()
-        if isinstance(batch, torch.Tensor) and batch.device.type == device:
+        if isinstance(batch, torch.Tensor) and batch.device == self.input_device:
             batch = batch.float().contiguous()  # kept referenced until the run ends
             torch.cuda.current_stream(batch.device).synchronize()  # ORT reads it on a stream of its own
-            binding.bind_input(self.input_name, device, batch.device.index or 0, np.float32, tuple(batch.shape),
+            binding.bind_input(self.input_name, device, self.input_device.index, np.float32, tuple(batch.shape),
                                batch.data_ptr())
         else:
             host = batch.cpu().numpy() if isinstance(batch, torch.Tensor) else batch

@@ -138,8 +138,7 @@ async def predict(request: Request, model: ModelDep, settings: SettingsDep, metr
             if settings.decode_on_device and device_preprocessing.decodable(
                     blobs, settings.max_image_pixels, settings.max_request_pixels):
                 started = time.perf_counter()
-                # where ONNX Runtime reads its input: its CUDA device (0, its default), else the CPU
-                device = torch.device("cuda", 0) if model.predictor.bound_device == "cuda" else torch.device("cpu")
+                device = model.predictor.input_device
                 try:
                     batch = device_preprocessing.preprocess(blobs, model.spec, resize, device)
                 except RuntimeError as error:  # the decoder refused a file: the CPU path says why, or decodes it

@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.settings import Settings
 from support import chelsea, encode, foolbox_imagenet_photos, upload
+from tests.api.test_metrics import scrape, value
 from tests.conftest import MODEL
 
 PREDICT = f"/v1/models/{MODEL}/predict"
@@ -29,9 +30,7 @@ def predict(client: TestClient, blobs: list[bytes], **fields) -> list[list[dict]
 
 
 def stage_count(client: TestClient, stage: str) -> float:
-    text = client.get("/metrics").text
-    prefix = f'gazer_inference_seconds_count{{model="{MODEL}",stage="{stage}"}} '
-    return sum(float(line[len(prefix):]) for line in text.splitlines() if line.startswith(prefix))
+    return value(scrape(client), "gazer_inference_seconds_count", model=MODEL, stage=stage)
 
 
 @pytest.mark.parametrize("resize", ["crop", "stretch"])

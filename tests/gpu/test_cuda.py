@@ -207,7 +207,7 @@ def test_damaged_jpegs_are_refused_on_the_gpu_as_pillow_refuses_them(lite0):
         corrupt = np.frombuffer(photo, dtype=np.uint8).copy()
         corrupt[rng.integers(600, len(photo), 8)] = rng.integers(0, 256, 8, dtype=np.uint8)
         damaged.append(corrupt.tobytes())
-    for index, blob in enumerate(damaged):
+    for blob in damaged:
         try:
             decode_image(blob, 10**8)
         except Exception:

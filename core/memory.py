@@ -5,8 +5,6 @@ batch 4 and 16 alike; larger networks need more, so the estimate counts 3 KB."""
 
 from __future__ import annotations
 
-import math
-
 ACTIVATION_BYTES_PER_PIXEL = 3000
 BASELINE_BYTES = 1024**3  # the worker process, torch, the network and its optimizer state
 # The confusion matrix lives as a tensor, then as Python ints in the result (and its JSON).
@@ -27,4 +25,5 @@ def maximization_bytes(targets: int, size: int) -> int:
 
 
 def describe(size: int) -> str:
-    return f"{size / 1024**3:.1f} GiB" if size >= 1024**3 / 10 else f"{math.ceil(size / 1024**2)} MiB"
+    """A byte count as people read it, in messages."""
+    return f"{size / 1024**3:.1f} GiB" if size >= 1024**3 else f"{size / 1024**2:.1f} MiB"

@@ -9,12 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import InvalidRequest, StorageFull
+from core.memory import describe
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-
-def _size(count: int) -> str:
-    return f"{count / 2**30:.2f} GiB" if count >= 2**30 else f"{count / 2**20:.1f} MiB"
 
 
 def check_name(name: str, what: str) -> str:
@@ -43,10 +40,10 @@ class Storage:
         """Refuses (507) what would leave less than `min_free_bytes` free, counting `incoming` bytes."""
         free = self.free_bytes()
         if free - incoming < self.min_free_bytes:
-            raise StorageFull(f"the data folder has {_size(free)} free, and keeps at least "
-                              f"{_size(self.min_free_bytes)} (GAZER_MIN_FREE_DISK_BYTES) for what is running: nothing "
+            raise StorageFull(f"the data folder has {describe(free)} free, and keeps at least "
+                              f"{describe(self.min_free_bytes)} (GAZER_MIN_FREE_DISK_BYTES) for what is running: nothing "
                               f"new is stored until an operator frees space"
-                              + (f" ({_size(incoming)} were asked for)" if incoming else ""))
+                              + (f" ({describe(incoming)} were asked for)" if incoming else ""))
 
     @property
     def onnx_cache(self) -> Path:

@@ -1,11 +1,14 @@
-"""uvicorn's httptools protocol with two deadlines and a cap uvicorn lacks. A connection whose next
-request has not finished its headers within the header deadline is closed (slowloris: a byte of
-headers every few seconds would hold it for ever). A request answered before its body was complete
-(401, 403, 408, 413, an early 503) gets the linger deadline to send the rest, which uvicorn reads
-and throws away, with no timeout of its own: then its connection is closed. And one address (an
+"""uvicorn's httptools protocol with two deadlines and two caps uvicorn lacks. A connection whose
+next request has not finished its headers within the header deadline is closed (slowloris: a byte
+of headers every few seconds would hold it for ever). A request answered before its body was
+complete (401, 403, 408, 413, an early 503) gets the linger deadline to send the rest, which uvicorn
+reads and throws away, with no timeout of its own: then its connection is closed. One address (an
 IPv6 one's /64) holds at most `per_address` connections of a process at once: uvicorn's limit
 counts every open connection, so one address holding them all, idle, had every other client
-answered 503."""
+answered 503. And what is not body (a request's line and headers, a chunk's size line, a chunked
+body's trailers) is at most MAX_HEAD_BYTES at a stretch: httptools joins the pieces of a header
+as they arrive, at a cost that grows with the square of its length, on the event loop, and nothing
+bounded them (a 30 MB header got its 200; 170 MB of trailers held the loop for 30 s)."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from collections import Counter
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from schemas.problems import problem
 from service.addresses import address_group
 
 # A connection refused or closed for being slow is logged once per address and reason in this
@@ -22,6 +26,9 @@ from service.addresses import address_group
 # as fast as it can connect.
 CLOSES_LOGGED_EVERY_SECONDS = 10.0
 _COUNTED_ADDRESSES = 4096  # (address, reason) pairs whose closes are counted; beyond, all forgotten
+MAX_HEAD_BYTES = 64 * 1024
+_HEAD_TOO_LONG = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/problem+json\r\n"
+                  b"connection: close\r\ncontent-length: %d\r\n\r\n%s")
 
 
 def guarded_protocol(header_seconds: float, linger_seconds: float, per_address: int) -> type[HttpToolsProtocol]:
@@ -31,6 +38,15 @@ def guarded_protocol(header_seconds: float, linger_seconds: float, per_address: 
     class DeadlineProtocol(HttpToolsProtocol):
         _deadline: asyncio.TimerHandle | None = None
         _counted: str | None = None
+        # A request's line and headers, counted up to their end as each read arrives, and any
+        # other stretch of what is not body: bytes since the parser last passed a landmark (a
+        # message's start, its headers' end, a chunk's size line, a chunk's end), where those of
+        # a read that passed one are not counted (so such a stretch may take one read more).
+        _awaiting_headers = True
+        _head_bytes = 0
+        _not_body = 0
+        _passed_landmark = False
+        _body_in_read = 0
 
         def _arm(self, seconds: float, why: str) -> None:
             if self._deadline is None:
@@ -73,14 +89,56 @@ def guarded_protocol(header_seconds: float, linger_seconds: float, per_address: 
             closed[address, reason] = (now, 0)
             self.logger.info("%s%s", line, f" ({since} more since this line was last logged)" if since else "")
 
+        def data_received(self, data: bytes) -> None:
+            if self._awaiting_headers:
+                end = data.find(b"\r\n\r\n")
+                self._head_bytes += len(data) if end < 0 else end
+                if self._head_bytes > MAX_HEAD_BYTES:
+                    self._too_long()
+                    return
+            self._passed_landmark, self._body_in_read = False, 0
+            super().data_received(data)
+            self._not_body = 0 if self._passed_landmark else self._not_body + len(data) - self._body_in_read
+            if self._not_body > MAX_HEAD_BYTES and not self.transport.is_closing():
+                self._too_long()
+
+        def _too_long(self) -> None:
+            self._disarm()
+            peer = self.transport.get_extra_info("peername")
+            who = peer[0] if isinstance(peer, tuple) and peer else "an unknown peer"
+            what = "request headers" if self._awaiting_headers else "chunk size line or trailers"
+            self._log_close(self._counted, what, f"closing a connection from {who}, whose {what} ran over "
+                                                   f"{MAX_HEAD_BYTES} bytes")
+            if self._awaiting_headers:  # no answer has begun: say why
+                detail = f"a request's line and headers may take at most {MAX_HEAD_BYTES} bytes"
+                body = problem(431, "headers-too-large", detail).model_dump_json(exclude_none=True).encode()
+                self.transport.write(_HEAD_TOO_LONG % (len(body), body))
+            self.transport.close()
+
+        def _landmark(self) -> None:
+            self._passed_landmark, self._not_body = True, 0
+
         def on_message_begin(self) -> None:
+            self._landmark()
             super().on_message_begin()
             self._unset_keepalive_if_required()  # armed when an early-answered body ended in the same read
             self._arm(header_seconds, f"request headers took over {header_seconds:g} s")
 
         def on_headers_complete(self) -> None:
+            self._landmark()
+            self._awaiting_headers, self._head_bytes = False, 0
             self._disarm()
             super().on_headers_complete()
+
+        def on_body(self, body: bytes) -> None:
+            self._body_in_read += len(body)
+            super().on_body(body)
+
+        def on_chunk_header(self) -> None:  # httptools calls what its protocol has
+            self._landmark()
+
+        def on_chunk_complete(self) -> None:
+            self._landmark()
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
@@ -89,6 +147,8 @@ def guarded_protocol(header_seconds: float, linger_seconds: float, per_address: 
                                           f"{linger_seconds:g} s later")
 
         def on_message_complete(self) -> None:
+            self._landmark()
+            self._awaiting_headers = True
             if self._deadline is not None and self.cycle.response_complete:  # the body answered early, now complete
                 self._disarm()
                 self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive,

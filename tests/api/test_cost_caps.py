@@ -13,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
+from service.http_protocol import MAX_HEAD_BYTES
 from service.settings import Settings
 from support import chelsea, encode, shapes_archive, upload
 from tests.api.test_api_keys import post_lazily
@@ -254,6 +255,32 @@ def test_a_slowloris_connection_is_closed_at_the_header_deadline(tmp_path):
         time.sleep(0.5)
         # one line for the six closes within 10 s, not one each
         assert service.log().count("whose request headers took over 2 s") == 1, service.log()
+
+
+def test_headers_and_trailers_past_their_cap_are_cut_off(tmp_path):
+    """httptools joins the pieces of a header as they arrive, at a cost that grows with the
+    square of its length, on the event loop: a request's headers past MAX_HEAD_BYTES get 431, and
+    endless trailers are closed long before the body's deadline (30 s: they held the loop that
+    long), while other requests are answered throughout."""
+    with LiveService(tmp_path) as service:
+        with socket.create_connection(("127.0.0.1", service.port), timeout=30) as big:
+            big.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * (2 * MAX_HEAD_BYTES) + b"\r\n\r\n")
+            answer = read_answer(big)
+        assert answer.startswith("HTTP/1.1 431") and '"type":"/problems/headers-too-large"' in answer, answer
+        assert httpx.get(f"{service.url}/healthz", headers={"X-Padding": "a" * 40000}, timeout=30).status_code == 200
+        with socket.create_connection(("127.0.0.1", service.port), timeout=30) as trailing:
+            trailing.sendall(b"POST /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                             b"1\r\nx\r\n0\r\nX-Trailer: ")
+            started = time.perf_counter()
+            try:
+                while time.perf_counter() - started < 20:
+                    trailing.sendall(b"a" * 65536)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            closed_after = time.perf_counter() - started
+        assert closed_after < 5, closed_after
+        assert httpx.get(f"{service.url}/healthz", timeout=5).status_code == 200
+        assert "whose chunk size line or trailers ran over" in service.log()
 
 
 def test_x_forwarded_for_does_not_change_who_a_client_is(tmp_path):

@@ -72,6 +72,7 @@ def run_trial(job_id: str, params: dict[str, Any], progress: Progress, should_st
     (folder / SPEC).write_text(trained.spec.to_json())
     (folder / METRICS).write_text(json.dumps(finite(trained.metrics)))
     kept = {key: trained.metrics[key] for key in RESULT_METRICS if key in trained.metrics}
+    progress(1.0)  # also where it stopped early, before its last epoch
     return {"trial": trial["number"], "metrics": finite(kept)}
 
 

@@ -260,13 +260,16 @@ class JobStore:
         return self._current(job_id, raw)
 
     def _current(self, job_id: str, raw: dict[str, str]) -> dict[str, Any]:
-        """The record, failed first as worker-lost if it runs with an expired lease."""
+        """The record, failed first as worker-lost if it runs with an expired lease; the jobs it
+        made (a sweep's trials), which nothing would collect, then cancelled."""
         if raw["state"] == "running" and time.time() - float(raw.get("heartbeat_at", 0)) > self.lease_seconds:
             if self.finish(job_id, "failed", error=problem(
                     500, "worker-lost", "the worker running this job stopped (killed or crashed) without finishing "
                                         "it; submit the job again").model_dump(exclude_none=True)):
                 log.warning("job %s (%s) failed as lost: its worker %s sent no heartbeat for %.0f s", job_id,
                             raw["type"], raw.get("worker", "?"), time.time() - float(raw.get("heartbeat_at", 0)))
+                for child in self.redis.zrange(_children_key(job_id), 0, -1):
+                    self.cancel(child)
             raw = self.redis.hgetall(_key(job_id))
         return self._decode(raw)
 

@@ -7,6 +7,10 @@ or running, so every worker takes one. Each trial reports its epochs to the stud
 (`SweepHost.report_epoch`) and stops `pruned` when the pruner says so; the coordinator tells the
 study how each trial ended, and at the end registers the best trial's model as the base's
 `output_model`, drops the other trials' weights and measures the parameters' importances.
+
+When its worker is told to stop (a restart, `make run` ending), a sweep goes back to the queue
+as any job does, but keeps its study and its trials' weights, and leaves its trials running: the
+next worker to take it picks up from them.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import shutil
+import threading
 import time
 from contextlib import suppress
 from typing import Any, Callable
@@ -67,16 +72,23 @@ def suggest(trial: optuna.Trial, dimension: Dimension) -> Any:
     return trial.suggest_float(dimension.name, dimension.low, dimension.high, log=dimension.kind == "log_uniform")
 
 
+class SweepInterrupted(JobCancelled):
+    """Its worker is stopping: the sweep goes back to the queue, its study and trials kept."""
+
+
 class SweepHost:
     """What a coordinator needs beyond core: the job store, a way to send a job's message to the
-    queue (`send(job_id)`), the Redis holding the studies, and the most trials a sweep that
-    names no `parallel` runs at once (beside it, within its client's active jobs)."""
+    queue (`send(job_id)`), the Redis holding the studies, the most trials a sweep that names no
+    `parallel` runs at once (beside it, within its client's active jobs), and the worker's
+    `stopping` event."""
 
-    def __init__(self, store: JobStore, send: Callable[[str], None], redis_url: str, most_parallel: int) -> None:
+    def __init__(self, store: JobStore, send: Callable[[str], None], redis_url: str, most_parallel: int,
+                 stopping: threading.Event | None = None) -> None:
         self.store = store
         self.send = send
         self.redis_url = redis_url
         self.most_parallel = most_parallel
+        self.stopping = stopping or threading.Event()
 
     def storage(self, sweep_id: str) -> JournalStorage:
         return JournalStorage(JournalRedisBackend(self.redis_url, prefix=f"{_PREFIX}{sweep_id}:"))
@@ -119,7 +131,26 @@ class _Coordinator:
             pruner=make_pruner(startup_trials(config.trials)),
             direction="maximize" if config.maximize else "minimize", load_if_exists=True)
         self.trials: list[dict[str, Any]] = []   # one record per trial, in the order asked
-        self.running: dict[str, tuple[optuna.Trial, dict[str, Any]]] = {}  # child job id -> its trial
+        self.running: dict[str, tuple[int, dict[str, Any]]] = {}  # child job id -> its trial's number
+
+    def resume(self) -> int:
+        """The trials an earlier run of this sweep launched (none on its first run), with the
+        study's word on each: how many it launched. A trial asked for but never submitted (the
+        worker stopped in between) is told failed, and another is asked in its place."""
+        children = {job["params"]["trial"]["number"]: job
+                    for job in self.host.store.list(parent=self.job_id, limit=self.config.trials)}
+        for frozen in self.study.get_trials(deepcopy=False):
+            child = children.get(frozen.number)
+            if child is None:
+                if frozen.state == TrialState.RUNNING:
+                    self.study.tell(frozen.number, state=TrialState.FAIL)
+                continue
+            record = {"number": frozen.number, "job_id": child["id"], "params": dict(frozen.params),
+                      "state": child["state"], "value": self._value(child)}
+            self.trials.append(record)
+            if frozen.state == TrialState.RUNNING:  # its end not yet told: collect tells it
+                self.running[child["id"]] = (frozen.number, record)
+        return len(self.trials)
 
     def launch(self) -> None:
         trial = self.study.ask()
@@ -134,7 +165,7 @@ class _Coordinator:
             raise
         record = {"number": trial.number, "job_id": child, "params": values, "state": "queued", "value": None}
         self.trials.append(record)
-        self.running[child] = (trial, record)
+        self.running[child] = (trial.number, record)
 
     def collect(self) -> None:
         """Tells the study about every trial that ended since the last look."""
@@ -144,17 +175,22 @@ class _Coordinator:
             if job["state"] not in TERMINAL:
                 continue
             del self.running[child]
-            value = job["result"]["metrics"][self.config.metric] if job["state"] == "succeeded" else None
-            if value is None and job["state"] == "succeeded":  # it diverged (NaN): no value to compare
+            record["value"] = self._value(job)
+            if job["state"] == "succeeded" and record["value"] is None:  # it diverged (NaN): no value to compare
                 self.study.tell(trial, state=TrialState.FAIL)
             elif job["state"] == "succeeded":
-                record["value"] = value
-                self.study.tell(trial, value)
+                self.study.tell(trial, record["value"])
             else:
                 self.study.tell(trial, state=_ENDS[job["state"]])
-                if job["state"] == "pruned":
-                    history = job["progress"].get("metrics") or {}
-                    record["value"] = history.get(self.config.metric)
+
+    def _value(self, job: dict[str, Any]) -> float | None:
+        """A trial job's metric: its result's where it succeeded, its last epoch's where it was
+        pruned (None where it diverged, or ended otherwise)."""
+        if job["state"] == "succeeded":
+            return job["result"]["metrics"][self.config.metric]
+        if job["state"] == "pruned":
+            return (job["progress"].get("metrics") or {}).get(self.config.metric)
+        return None
 
     def ranked(self) -> list[dict[str, Any]]:
         """The trials that finished with a value, best first."""
@@ -180,10 +216,16 @@ class _Coordinator:
             time.sleep(POLL_SECONDS)
             self.collect()
 
+    def interrupted(self) -> bool:
+        return self.host.stopping.is_set()
+
     def run(self, progress: Progress, should_stop: ShouldStop, parallel: int) -> None:
-        launched = 0
+        launched = self.resume()
         while launched < self.config.trials or self.running:
             if should_stop():
+                if self.interrupted():
+                    raise SweepInterrupted("this worker is stopping: the sweep goes back to the queue; its trials "
+                                           "run on")
                 self.cancel_running(wait_seconds=2 * self.host.store.lease_seconds + 10)
                 raise JobCancelled("the sweep was cancelled; its running trials were cancelled too")
             while launched < self.config.trials and len(self.running) < parallel:
@@ -218,6 +260,8 @@ class _Coordinator:
             spec, network, metrics = load_trial(trial_folder(self.context.storage, {"sweep": self.job_id,
                                                                                     "number": record["number"]}))
             if should_stop():
+                if self.interrupted():
+                    raise SweepInterrupted("this worker is stopping: the sweep goes back to the queue")
                 raise JobCancelled("the sweep was stopped before its best model was published")
             try:
                 published = self.context.registry.register_network(spec, network, metrics)
@@ -240,12 +284,21 @@ def run_sweep(job_id: str, params: dict[str, Any], progress: Progress, should_st
         coordinator.run(progress, should_stop, parallel)
         importances = coordinator.importances()
         model = coordinator.publish_best(should_stop)
-    finally:  # the losing trials' weights (and the winner's copy) are not kept
-        shutil.rmtree(context.storage.job_artifacts(job_id) / "trials", ignore_errors=True)
-        try:
-            host.drop_study(job_id)
-        except redis.RedisError as error:
-            log.warning("sweep %s: its study could not be removed from Redis (%s)", job_id, error)
+    except SweepInterrupted:
+        raise  # the next run picks up from the study and the trials
+    except BaseException:
+        _drop_trials(job_id, host, context)
+        raise
+    _drop_trials(job_id, host, context)
     coordinator.report(progress)
     return {"output_model": model, "metric": config.metric, "parallel": parallel, "best": coordinator.best(),
             "importances": importances, "trials": coordinator.trials}
+
+
+def _drop_trials(job_id: str, host: SweepHost, context: JobContext) -> None:
+    """The ended sweep's study, and its trials' weights (the winner's is published by now)."""
+    shutil.rmtree(context.storage.job_artifacts(job_id) / "trials", ignore_errors=True)
+    try:
+        host.drop_study(job_id)
+    except redis.RedisError as error:
+        log.warning("sweep %s: its study could not be removed from Redis (%s)", job_id, error)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from celery import Celery, signals
 
 from core.job_runners import JobContext
@@ -28,8 +30,10 @@ def create_celery(settings: WorkerSettings, metrics: WorkerMetrics | None = None
     def send(job_id: str) -> None:
         app.send_task(RUN_JOB_TASK, args=[job_id])
 
-    sweeps = SweepHost(store, send, settings.redis_url, most_parallel=settings.max_active_jobs_per_client - 1)
-    worker = tasks.Worker(store, context, metrics or WorkerMetrics(), sweeps, send, settings.max_job_seconds)
+    stopping = threading.Event()
+    sweeps = SweepHost(store, send, settings.redis_url, most_parallel=settings.max_active_jobs_per_client - 1,
+                       stopping=stopping)
+    worker = tasks.Worker(store, context, metrics or WorkerMetrics(), sweeps, send, settings.max_job_seconds, stopping)
     signals.worker_shutting_down.connect(lambda **_: worker.stopping.set(), weak=False)
 
     @app.task(name=RUN_JOB_TASK)

@@ -55,7 +55,8 @@ def _progress_report(store: JobStore, job_id: str) -> Callable[..., None]:
 class Worker:
     """What the task runs jobs with. `send` sends a job's message; `stopping` is set when the
     worker is told to stop (SIGTERM: a restart, `make run` ending): a running job then stops at
-    its next step and goes back to the queue, to run afresh, where it would have been lost."""
+    its next step and goes back to the queue, to run afresh (a sweep picks up from its trials),
+    where it would have been lost."""
 
     store: JobStore
     context: JobContext
@@ -68,12 +69,12 @@ class Worker:
 
 class _StopCheck:
     """`should_stop` for the runner: yes once the job's record says so (cancelled, or reaped as
-    lost), once the job has run for `max_seconds`, or once the worker is stopping (not for a
-    sweep, which waits on a thread of its own). While Redis cannot be read the job goes on: if
-    the outage outlasts the lease, the next check that gets through finds it reaped."""
+    lost), once the job has run for `max_seconds`, or once the worker is stopping. While Redis
+    cannot be read the job goes on: if the outage outlasts the lease, the next check that gets
+    through finds it reaped."""
 
     def __init__(self, store: JobStore, job_id: str, worker: str, max_seconds: float,
-                 stopping: threading.Event | None) -> None:
+                 stopping: threading.Event) -> None:
         self.store, self.job_id, self.worker = store, job_id, worker
         self.max_seconds = max_seconds
         self.deadline = time.monotonic() + max_seconds
@@ -84,7 +85,7 @@ class _StopCheck:
         if time.monotonic() > self.deadline:
             self.out_of_time = True
             return True
-        if self.stopping is not None and self.stopping.is_set():
+        if self.stopping.is_set():
             self.interrupted = True
             return True
         try:
@@ -116,8 +117,10 @@ def run_job(job_id: str, worker: Worker) -> str:
             log.info("a message for job %s runs job %s: its turn", job_id, claimed)
         job = worker.store.get(claimed)
         run = partial(_run_measured, job, worker, name)
-        if job["type"] == SWEEP:  # it waits on its trials: on a thread, so this worker's one slot runs them
-            threading.Thread(target=run, name=f"sweep-{claimed}", daemon=True).start()
+        if job["type"] == SWEEP:
+            # it waits on its trials: on a thread, so this worker's one slot runs them; not a daemon,
+            # so that a stopping worker's process waits for it to go back to the queue
+            threading.Thread(target=run, name=f"sweep-{claimed}").start()
             return "detached"
         return run()
     finally:
@@ -188,7 +191,7 @@ def _run(job: dict, worker: Worker, name: str) -> str:
     stop = threading.Event()
     beating = threading.Thread(target=_heartbeat, args=(store, job_id, stop), daemon=True)
     beating.start()
-    should_stop = _StopCheck(store, job_id, name, max_seconds, None if job["type"] == SWEEP else worker.stopping)
+    should_stop = _StopCheck(store, job_id, name, max_seconds, worker.stopping)
     try:
         worker.context.storage.check_room()  # queued while there was room: a clear failure now, not a full disk later
         result = _runner(job, worker.sweeps)(job_id, job["params"], _progress_report(store, job_id), should_stop,

@@ -89,6 +89,22 @@ def test_a_lost_job_reads_as_failed_in_the_summaries_too(tmp_path):
         assert store.get(lost)["error"]["type"] == "/problems/worker-lost" and store.get(alive)["state"] == "running"
 
 
+def test_a_sweep_reaped_as_lost_cancels_its_trials(tmp_path):
+    """Its worker killed, nothing collects the sweep's trials: they ran on for nothing."""
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        store = JobStore.from_url(server.url, lease_seconds=1.0)
+        host = SweepHost(store, send=lambda job_id: None, redis_url=server.url, most_parallel=15)
+        sweep = store.create("sweep", {})["id"]
+        assert store.claim(sweep, "gone")
+        queued, running, ended = (host.submit_trial(sweep, {"n": n}, None) for n in range(3))
+        assert store.claim(running, "here") and store.claim(ended, "here") and store.finish(ended, "succeeded")
+        time.sleep(1.2)
+        store.heartbeat(running)
+        assert store.get(sweep)["error"]["type"] == "/problems/worker-lost"
+        assert store.get(queued)["state"] == "cancelled" and store.get(ended)["state"] == "succeeded"
+        assert store.get(running)["state"] == "running" and store.should_stop(running, "here")
+
+
 def test_a_keys_listing_reads_its_own_jobs_not_every_job(tmp_path):
     """Its cost follows the key's own jobs (a sweep's trials included), not all the others', and a
     sweep's trials are read from the sweep's own set (a parent that is no sweep cost every job

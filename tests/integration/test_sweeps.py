@@ -71,6 +71,7 @@ def test_a_sweep_runs_trials_in_parallel_prunes_those_behind_and_serves_the_best
     assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:])), spans  # two ran at once
     assert any(record["state"] == "pruned" for record in result["trials"]), result["trials"]
     assert {trial["state"] for trial in trials} <= {"succeeded", "pruned"}
+    assert all(trial["progress"]["fraction"] == 1.0 for trial in trials if trial["state"] == "succeeded"), trials
 
     finished = [r for r in result["trials"] if r["state"] == "succeeded" and r["value"] is not None]
     assert result["best"]["value"] == min(record["value"] for record in finished)
@@ -125,3 +126,30 @@ def test_a_sweep_survives_a_worker_killed_under_one_of_its_trials(api, dataset, 
     assert api.get(f"/v1/jobs/{lost[0]['id']}").json()["error"]["type"] == "/problems/worker-lost"
     assert sorted(states.values()) == ["failed", "succeeded", "succeeded"]
     assert done["result"]["output_model"] == {"id": "survivor", "version": 1}
+
+
+def test_a_sweep_whose_worker_stops_goes_back_to_the_queue_and_picks_up_its_trials(api, dataset, two_workers,
+                                                                                    start_worker, redis_server):
+    """SIGTERM (a restart, `make run` ending) on the sweep's worker: the sweep was lost with the
+    process (its thread a daemon), failing worker-lost, while its trials ran on for nothing. Now
+    it goes back to the queue as any job does, keeping its study and trials, and the next worker
+    picks up from them: the trials it had launched are among the three, none launched twice."""
+    store = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    sweep = submit_sweep(api, {"base": {**TRIAL, "epochs": 4, "early_stopping_patience": 4, "dataset_id": dataset,
+                                        "output_model": "resumed"},
+                               "space": {"lr": {"log_uniform": [1e-3, 1e-2]}}, "trials": 3, "parallel": 2})
+    wait_for_trials(api, sweep["id"], running=1)
+    coordinator = store.hget(f"gazer:job:{sweep['id']}", "worker")
+    stopped = next(worker for worker in two_workers if coordinator.endswith(f":{worker.process.pid}"))
+    launched = {trial["id"] for trial in trials_of(api, sweep["id"])}
+    stopped.stop()
+    assert stopped.process.returncode == 0 and f"job {sweep['id']} goes back to the queue" in stopped.log()
+    assert api.get(f"/v1/jobs/{sweep['id']}").json()["state"] == "queued"
+    start_worker()  # in its place
+    done = wait_for(api, sweep["id"], ("succeeded", "failed", "cancelled"), timeout=300)
+    assert done["state"] == "succeeded" and done["attempts"] == 2, (done["error"], done["result"])
+    trials = done["result"]["trials"]
+    assert sorted(record["number"] for record in trials) == [0, 1, 2], trials
+    assert launched <= {record["job_id"] for record in trials} and len(trials_of(api, sweep["id"])) == 3
+    assert done["result"]["output_model"] == {"id": "resumed", "version": 1}
+    assert not list(store.scan_iter(match=f"gazer:optuna:{sweep['id']}:*"))  # its study, dropped at its end

@@ -6,7 +6,9 @@ from __future__ import annotations
 import base64
 import importlib.util
 import io
+import struct
 import uuid
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +61,18 @@ def multipart(files: list[tuple[str, bytes]], fields: dict[str, object] | None =
                      f"Content-Type: application/octet-stream\r\n\r\n".encode() + blob + b"\r\n")
     parts.append(f"--{boundary}--\r\n".encode())
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+def png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def png_with_empty_chunks(before_data: int, after_data: int = 0) -> bytes:
+    """A 1 x 1 PNG with `before_data` and `after_data` empty ancillary chunks around its pixels."""
+    header = png_chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0))
+    pixels = png_chunk(b"IDAT", zlib.compress(b"\x00\x00\x00\x00"))
+    return (b"\x89PNG\r\n\x1a\n" + header + png_chunk(b"abCd", b"") * before_data + pixels
+            + png_chunk(b"abCd", b"") * after_data + png_chunk(b"IEND", b""))
 
 
 def png_size(blob: bytes) -> tuple[int, int]:

@@ -26,6 +26,7 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from core import imaging
+from core.image_structure import check_structure
 from core.models.spec import ModelSpec
 
 _EXIF_ORIENTATION = 0x0112
@@ -49,6 +50,7 @@ def decodable(blobs: list[bytes], max_pixels: int, max_total_pixels: int) -> boo
     total = 0
     for blob in blobs:
         try:
+            check_structure(blob)
             image = Image.open(io.BytesIO(blob), formats=("JPEG",))
             orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
         except Exception:  # not a JPEG, or a header too damaged to read: the CPU path says which

@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from core.errors import GazerError, ImageTooLarge, InvalidImage, InvalidRequest
+from core.image_structure import check_structure
 from core.parallel import parallel_map
 from core.models.spec import ModelSpec
 from core.names import PICTURE_SIDE
@@ -74,6 +75,7 @@ def decode_image(data: bytes, max_pixels: int, at_least: tuple[int, int] | None 
     """
     if not data:
         raise InvalidImage("the file is empty")
+    check_structure(data)
     try:
         image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except Image.DecompressionBombError as error:
@@ -128,6 +130,7 @@ def declared_pixels(data: bytes, at_least: tuple[int, int] | None = None) -> tup
     `at_least`), without decoding; (0, 0) when the header cannot be read (decode_image then says
     why)."""
     try:
+        check_structure(data)
         width, height = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS).size
     except Exception:
         return 0, 0

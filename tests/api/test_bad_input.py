@@ -22,7 +22,8 @@ from service.limits import RequestSizeLimit
 from service.settings import Settings
 from tests.conftest import MODEL
 from support import multipart as multipart_body
-from support import chelsea, decode_png, encode, png_size, upload, with_last_scan_repeated
+from support import (chelsea, decode_png, encode, png_chunk, png_size, png_with_empty_chunks, upload,
+                     with_last_scan_repeated)
 
 PREDICT = f"/v1/models/{MODEL}/predict"
 EXPLAIN = f"/v1/models/{MODEL}/explain"
@@ -31,11 +32,9 @@ CATS = range(281, 294)
 
 def png_declaring(width: int, height: int) -> bytes:
     """A tiny, valid-looking PNG whose header declares width x height pixels."""
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-            + chunk(b"IEND", b""))
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+            + png_chunk(b"IEND", b""))
 
 
 def assert_problem(response, status: int, problem_type: str) -> dict:
@@ -59,6 +58,7 @@ def assert_still_serving(client) -> None:
     (encode(chelsea())[:4000], "truncated"),
     (encode(chelsea(), "PNG")[:3000], "truncated"),
     (with_last_scan_repeated(encode(chelsea(), progressive=True), 150), "160 scans; the limit is"),
+    (png_with_empty_chunks(200_000), "chunks, the most one of 2400069 bytes may have"),
 ])
 def test_unreadable_files_are_422(client, blob, detail):
     for path in (PREDICT, EXPLAIN):

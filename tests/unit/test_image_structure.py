@@ -1,0 +1,85 @@
+"""Files made of nothing but structure that Pillow walks in Python (empty PNG chunks, JPEG
+segments and fill bytes, GIF extension blocks) are refused before it opens them; real files of
+every format pass, however they were encoded."""
+
+from __future__ import annotations
+
+import io
+import time
+import zlib
+
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image
+
+from core.errors import InvalidImage
+from core.image_structure import allowed_units, check_structure
+from core.imaging import declared_pixels, decode_image
+from support import chelsea, encode, foolbox_imagenet_photos, png_chunk, png_with_empty_chunks
+
+
+def tiny_jpeg() -> bytes:
+    return encode(Image.new("RGB", (8, 8), (200, 30, 30)))
+
+
+def gif_with_comment_blocks(blocks: int) -> bytes:
+    """A 1 x 1 GIF whose comment extension holds `blocks` one-byte sub-blocks."""
+    plain = encode(Image.new("P", (1, 1)), "GIF")
+    image = plain.index(b"\x2c")
+    return plain[:image] + b"\x21\xfe" + b"\x01a" * blocks + b"\x00" + plain[image:]
+
+
+def real_files() -> dict[str, bytes]:
+    files = {path.name: path.read_bytes() for path, _ in foolbox_imagenet_photos()[:5]}
+    for name in ("chelsea", "camera", "coffee"):
+        image = Image.fromarray(getattr(skimage.data, name)())
+        for fmt, options in (("PNG", {}), ("PNG", {"optimize": True}), ("JPEG", {}), ("JPEG", {"progressive": True}),
+                             ("GIF", {}), ("WEBP", {}), ("TIFF", {}), ("BMP", {})):
+            files[f"{name} {fmt} {options}"] = encode(image, fmt, **options)
+    frames = [Image.fromarray(skimage.data.camera()).rotate(angle) for angle in range(0, 360, 45)]
+    animated = io.BytesIO()
+    frames[0].save(animated, "GIF", save_all=True, append_images=frames[1:], comment=b"x" * 20000, loop=0)
+    files["animated GIF with a long comment"] = animated.getvalue()
+    # a PNG whose data comes in chunks of 1 KB, smaller than any common encoder's
+    signature_and_header = encode(chelsea(), "PNG")[:33]
+    data = zlib.compress(b"".join(b"\x00" + row.tobytes() for row in np.asarray(chelsea())))
+    files["PNG in 1 KB chunks"] = (signature_and_header + b"".join(png_chunk(b"IDAT", data[start:start + 1024])
+                                                                   for start in range(0, len(data), 1024))
+                                   + png_chunk(b"IEND", b""))
+    return files
+
+
+def test_real_files_of_every_format_pass_and_decode():
+    for name, blob in real_files().items():
+        check_structure(blob)
+        assert decode_image(blob, 10**8).size[0] > 0, name
+
+
+@pytest.mark.parametrize("crafted, what", [
+    (png_with_empty_chunks(1_500_000), "chunks"),
+    (png_with_empty_chunks(0, 1_000_000), "chunks"),  # after the pixels: Pillow reads them as it loads
+    (tiny_jpeg()[:2] + b"\xff\xfe\x00\x02" * 1_000_000 + tiny_jpeg()[2:], "segments and fill bytes"),
+    (tiny_jpeg()[:2] + b"\xff" * 10_000_000 + tiny_jpeg()[2:], "segments and fill bytes"),
+    (gif_with_comment_blocks(5_000_000), "extension blocks"),
+])
+def test_a_file_of_nothing_but_structure_is_refused_before_pillow_walks_it(crafted, what):
+    """Pillow took 0.1 to 0.35 s per MB to open these (an 18 MB PNG of empty chunks: 3.8 s)."""
+    started = time.perf_counter()
+    with pytest.raises(InvalidImage, match=f"more than {allowed_units(len(crafted))} {what}"):
+        decode_image(crafted, 10**8)
+    assert declared_pixels(crafted) == (0, 0)
+    assert time.perf_counter() - started < 1.0
+
+
+def test_the_allowance_is_exact():
+    """1000 units, and one more per 256 bytes of file: the most empty chunks that fit pass."""
+    def units(empty: int) -> int:
+        return empty + 3  # with IHDR, IDAT and IEND
+
+    most = next(empty for empty in range(2000)
+                if units(empty + 1) > allowed_units(len(png_with_empty_chunks(empty + 1))))
+    assert units(most) <= allowed_units(len(png_with_empty_chunks(most))) and most > 1000
+    assert decode_image(png_with_empty_chunks(most), 10**6).size == (1, 1)
+    with pytest.raises(InvalidImage):
+        decode_image(png_with_empty_chunks(most + 1), 10**6)

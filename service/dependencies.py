@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from core.errors import PayloadTooLarge, ServiceBusy, TooManyFiles
 from core.models.registry import LoadedModel, ModelRegistry
 from core.storage import Storage
-from service.auth import Caller
+from service.auth import Caller, CallerDep
 from service.metrics import Metrics
 from service.queue import JobQueue
 from service.rate_limits import client_id
@@ -49,9 +49,24 @@ QueueDep = Annotated[JobQueue, Depends(get_queue)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
 
-async def get_model(model: str, registry: RegistryDep) -> LoadedModel:
+# What a model load is charged to its client, in forward passes of its compute bucket: about a
+# second of CPU (Lite1 or Lite2 here), a hundred Lite0 forwards. Asking in turn for more models
+# than GAZER_MAX_LOADED_MODELS made every request a load, uncharged.
+MODEL_LOAD_COST = 100
+
+
+def load_model(registry: ModelRegistry, ref: str, request: Request, caller: Caller) -> LoadedModel:
+    """`ref`, loaded where it is not, at MODEL_LOAD_COST of its caller's compute (else 429); an
+    unknown model is a 404, uncharged."""
+    if not registry.is_loaded(registry.spec(ref).ref):
+        limiter = request.app.state.compute_limiter
+        limiter.take(client_id(caller, request), min(MODEL_LOAD_COST, limiter.burst))
+    return registry.get(ref)
+
+
+async def get_model(model: str, registry: RegistryDep, request: Request, caller: CallerDep) -> LoadedModel:
     """The model named in the path, loaded (off the event loop) on first use."""
-    return registry.loaded(model) or await run_in_threadpool(registry.get, model)
+    return registry.loaded(model) or await run_in_threadpool(load_model, registry, model, request, caller)
 
 
 ModelDep = Annotated[LoadedModel, Depends(get_model)]

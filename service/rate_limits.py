@@ -1,10 +1,12 @@
 """Per client (an API key, or the address when the service is open): token buckets for
-requests and for compute (forward-equivalents), and a cap on open event streams. Over a
-limit is a 429 with `Retry-After`. All of it lives in the event loop's thread, so no locks."""
+requests and for compute (forward-equivalents, model loads among them), and a cap on open event
+streams. Over a limit is a 429 with `Retry-After`. Event streams live in the event loop's thread;
+compute is also taken from routes' threads (a job submission's model load), so buckets lock."""
 
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections import OrderedDict
 from typing import Callable
@@ -56,16 +58,18 @@ class RateLimiter:
         self.burst = burst
         self.max_clients = max_clients
         self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        self._lock = threading.Lock()
 
     def take(self, client: str, amount: float = 1.0) -> None:
         if amount > self.burst:
             raise too_many(f"this needs {amount:g} {self.what} at once; a client may hold at most {self.burst:g}",
                            amount / self.rate)
-        bucket = self._buckets.pop(client, None) or TokenBucket(self.rate, self.burst)
-        self._buckets[client] = bucket
-        while len(self._buckets) > self.max_clients:
-            self._buckets.popitem(last=False)
-        wait = bucket.take(amount)
+        with self._lock:
+            bucket = self._buckets.pop(client, None) or TokenBucket(self.rate, self.burst)
+            self._buckets[client] = bucket
+            while len(self._buckets) > self.max_clients:
+                self._buckets.popitem(last=False)
+            wait = bucket.take(amount)
         if wait > 0:
             raise too_many(f"over the limit of {self.rate:g} {self.what} per second (bursts of {self.burst:g}); "
                            f"retry in {wait:.1f} s", wait)

@@ -26,7 +26,7 @@ from schemas.jobs import ActivationMaximizationRequest, Artifact, ArtifactList, 
     Job, JobList, SweepRequest, artifact_url
 from schemas.problems import Problem, problem
 from service.auth import Caller, CallerDep
-from service.dependencies import QueueDep, RegistryDep, SettingsDep, StorageDep
+from service.dependencies import QueueDep, RegistryDep, SettingsDep, StorageDep, load_model
 from service.quotas import claim_model_name
 from service.rate_limits import client_id
 
@@ -116,7 +116,7 @@ def submit_activation_maximization(body: ActivationMaximizationRequest, request:
     params = body.as_params()
     config = maximization_config(params)
     with _references_in_body():
-        model = registry.get(config.model)
+        model = load_model(registry, config.model, request, caller)
     validate_maximization(config, model.spec, model.layers)
     check_maximization_memory(config, model.spec.input_size, settings.worker_memory_bytes)
     return _submit(ACTIVATION_MAXIMIZATION, params, queue, caller, request, settings, response)
@@ -133,7 +133,7 @@ def submit_explain_dataset(body: ExplainDatasetRequest, request: Request, respon
     with _references_in_body():
         dataset = describe_dataset(storage.datasets, config.dataset_id)
         caller.check_owns(dataset.get("owner"), f"data set {config.dataset_id!r}")
-        model = registry.get(config.model)
+        model = load_model(registry, config.model, request, caller)
     check_explain_dataset(config, model, dataset["images"], settings.max_explain_cost, settings.max_explain_job_cost)
     return _submit(EXPLAIN_DATASET, params, queue, caller, request, settings, response)
 

@@ -13,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
+from service.dependencies import MODEL_LOAD_COST
 from service.http_protocol import MAX_HEAD_BYTES
 from service.settings import Settings
 from support import chelsea, encode, shapes_archive, upload
@@ -69,6 +70,23 @@ def test_compute_over_the_rate_is_429(limited):
     second = limited.post(EXPLAIN, files=photos(1), data={"method": "integrated_gradients", "steps": 50})
     assert second.status_code == 429 and "forward passes per second" in second.json()["detail"]
     assert int(second.headers["retry-after"]) >= 5
+
+
+def test_a_model_load_is_charged_to_its_clients_compute(data_dir):
+    """Asking in turn for more models than stay loaded made every request a load (about a second
+    of CPU, one at a time for every client), uncharged: a load now costs MODEL_LOAD_COST forward
+    passes of its client's bucket. A loaded model, or an unknown one, costs nothing."""
+    settings = Settings(data_dir=data_dir, max_loaded_models=1, compute_per_second=1,
+                        compute_burst=2 * MODEL_LOAD_COST)
+    with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as client:
+        assert client.get("/v1/models/no-such-model").status_code == 404
+        answers = [client.get(f"/v1/models/{model}") for model in ("efficientnet_lite1", "efficientnet_lite2",
+                                                                    "efficientnet_lite1")]
+        assert [answer.status_code for answer in answers] == [200, 200, 429], answers[-1].text
+        assert "forward passes per second" in answers[2].json()["detail"]
+        assert int(answers[2].headers["retry-after"]) >= MODEL_LOAD_COST - 10
+        assert client.get("/v1/models/efficientnet_lite2").status_code == 200  # loaded: nothing to charge
+        assert client.post(f"/v1/models/{MODEL}/predict", files=photos(1)).status_code == 200  # the resident one
 
 
 def test_event_streams_are_capped_per_client_and_expire(limited):
@@ -264,7 +282,8 @@ def test_headers_and_trailers_past_their_cap_are_cut_off(tmp_path):
     long), while other requests are answered throughout."""
     with LiveService(tmp_path) as service:
         with socket.create_connection(("127.0.0.1", service.port), timeout=30) as big:
-            big.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * (2 * MAX_HEAD_BYTES) + b"\r\n\r\n")
+            big.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * (2 * MAX_HEAD_BYTES)
+                        + b"\r\n\r\n")
             answer = read_answer(big)
         assert answer.startswith("HTTP/1.1 431") and '"type":"/problems/headers-too-large"' in answer, answer
         assert httpx.get(f"{service.url}/healthz", headers={"X-Padding": "a" * 40000}, timeout=30).status_code == 200

@@ -13,6 +13,7 @@ from safetensors.torch import save
 
 from core.models import versions
 from service.app import create_app
+from service.dependencies import MODEL_LOAD_COST
 from service.settings import Settings
 from support import chelsea, encode, upload
 
@@ -117,3 +118,17 @@ def test_one_loaded_model_besides_the_resident_default_still_serves(tmp_path):
         assert served_version(client, "solo") == 1
         assert served_version(client, "solo") == 1
         assert client.get("/readyz").status_code == 200
+
+
+def test_only_a_load_is_charged_to_its_clients_compute(tmp_path):
+    """A model that is loaded costs nothing to ask for again, however it is named; a load costs
+    MODEL_LOAD_COST forward passes, so cycling through more versions than stay loaded (here one
+    beside the resident default) runs out."""
+    settings = Settings(data_dir=tmp_path, max_loaded_models=2, compute_per_second=1,
+                        compute_burst=3 * MODEL_LOAD_COST)
+    with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as client:
+        assert [publish(client, "tight", seed) for seed in (1, 2, 3)] == [1, 2, 3]
+        assert [served_version(client, ref) for ref in ("tight", "tight@3") * 5] == [3] * 10  # one load
+        statuses = [client.get(f"/v1/models/tight@{version}").status_code for version in (1, 2, 1)]
+        assert statuses == [200, 200, 429], statuses  # the second and third loads, then none left
+        assert client.get("/v1/models/tight@2").status_code == 200  # loaded: nothing to charge

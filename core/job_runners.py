@@ -101,11 +101,12 @@ def run_fine_tune(job_id: str, params: dict[str, Any], progress: Progress, shoul
         raise JobCancelled("the job was stopped before its model was published")
     summary = write_report(report, context.storage.job_artifacts(job_id),
                            lambda name: context.artifact_url(job_id, name))
-    spec = context.registry.register_network(trained.spec, trained.network, trained.metrics)
-    progress(1.0)  # exported: the finished job's progress names no phase
     metrics = trained.metrics
     lr_finder = lr_finder_result(metrics, context.storage.job_artifacts(job_id),
                                  lambda name: context.artifact_url(job_id, name))
+    # last: a failure after it (a full disk) would leave a version published by a failed job
+    spec = context.registry.register_network(trained.spec, trained.network, trained.metrics)
+    progress(1.0)  # exported: the finished job's progress names no phase
     return {"model": {"id": spec.id, "version": spec.version}, **lr_finder,
             "metrics": {key: metrics[key] for key in ("val_accuracy", "val_loss", "best_epoch", "per_class_accuracy",
                                                       "confusion_matrix", "classes", "history",

@@ -660,7 +660,8 @@ def build_parser() -> argparse.ArgumentParser:
                           '"head.dropout": {"choice": [0, 0.3]}}\'')
     sub.add_argument("--trials", type=int, default=None, help="how many (server default)")
     sub.add_argument("--parallel", type=int, default=None, help="trials at once (server default)")
-    sub.add_argument("--metric", default=None, help="what the best trial has the most of (server default)")
+    sub.add_argument("--metric", default=None, help="what the best trial is best at: val_accuracy (highest) or "
+                                                    "val_loss (lowest); default val_accuracy")
     sub.add_argument("--sweep-seed", type=int, default=None, help="the sampler's seed (--seed is each trial's)")
     sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="any other field of the base fine-tune; repeatable")
@@ -813,6 +814,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if valid:
             more = f", ... ({len(valid) - VALID_SHOWN} more)" if len(valid) > VALID_SHOWN else ""
             print(f"  valid: {', '.join(map(str, valid[:VALID_SHOWN]))}{more}", file=sys.stderr)
+        return 1
+    except (httpx.ReadTimeout, httpx.WriteTimeout) as error:  # reached, but it did not answer, or take the upload
+        print(f"gazer: {args.url} did not answer in time ({type(error).__name__}): {error}", file=sys.stderr)
         return 1
     except httpx.TransportError as error:
         print(f"gazer: cannot reach {args.url}: {error}", file=sys.stderr)

@@ -44,6 +44,7 @@ def guarded_protocol(header_seconds: float, linger_seconds: float, per_address: 
         # a read that passed one are not counted (so such a stretch may take one read more).
         _awaiting_headers = True
         _head_bytes = 0
+        _head_tail = b""  # the last bytes of the headers so far
         _not_body = 0
         _passed_landmark = False
         _body_in_read = 0
@@ -90,9 +91,11 @@ def guarded_protocol(header_seconds: float, linger_seconds: float, per_address: 
             self.logger.info("%s%s", line, f" ({since} more since this line was last logged)" if since else "")
 
         def data_received(self, data: bytes) -> None:
-            if self._awaiting_headers:
-                end = data.find(b"\r\n\r\n")
-                self._head_bytes += len(data) if end < 0 else end
+            if self._awaiting_headers:  # up to their end, which may have begun in the read before
+                seen = self._head_tail + data
+                end = seen.find(b"\r\n\r\n")
+                self._head_bytes += len(data) if end < 0 else max(0, end - len(self._head_tail))
+                self._head_tail = seen[-3:]
                 if self._head_bytes > MAX_HEAD_BYTES:
                     self._too_long()
                     return
@@ -126,7 +129,7 @@ def guarded_protocol(header_seconds: float, linger_seconds: float, per_address: 
 
         def on_headers_complete(self) -> None:
             self._landmark()
-            self._awaiting_headers, self._head_bytes = False, 0
+            self._awaiting_headers, self._head_bytes, self._head_tail = False, 0, b""
             self._disarm()
             super().on_headers_complete()
 

@@ -287,6 +287,13 @@ def test_headers_and_trailers_past_their_cap_are_cut_off(tmp_path):
             answer = read_answer(big)
         assert answer.startswith("HTTP/1.1 431") and '"type":"/problems/headers-too-large"' in answer, answer
         assert httpx.get(f"{service.url}/healthz", headers={"X-Padding": "a" * 40000}, timeout=30).status_code == 200
+        body = b"a" * (2 * MAX_HEAD_BYTES)
+        head = f"POST /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        with socket.create_connection(("127.0.0.1", service.port), timeout=30) as split:
+            split.sendall(head[:-2])  # the headers' end split across two reads, the body after it
+            time.sleep(0.3)
+            split.sendall(head[-2:] + body)
+            assert split.recv(65536).startswith(b"HTTP/1.1 405"), "the body was taken for headers"
         with socket.create_connection(("127.0.0.1", service.port), timeout=30) as trailing:
             trailing.sendall(b"POST /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
                              b"1\r\nx\r\n0\r\nX-Trailer: ")

@@ -286,7 +286,10 @@ def run_sweep(job_id: str, params: dict[str, Any], progress: Progress, should_st
         model = coordinator.publish_best(should_stop)
     except SweepInterrupted:
         raise  # the next run picks up from the study and the trials
-    except BaseException:
+    except BaseException:  # cancelled, or crashed: trials still running would run on for nothing
+        for child in coordinator.running:
+            with suppress(Exception):
+                host.store.cancel(child)
         _drop_trials(job_id, host, context)
         raise
     _drop_trials(job_id, host, context)

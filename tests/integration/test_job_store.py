@@ -220,6 +220,28 @@ def test_a_sweep_that_names_no_parallel_runs_a_trial_per_live_worker_within_its_
         store.worker_gone(worker)
 
 
+def test_a_sweep_that_crashes_cancels_its_trials_and_drops_its_study(redis_server, tmp_path):
+    """Its coordinator stopped on an error (Redis refusing a write, say): its trials ran on, for
+    nothing, and its study stayed in Redis."""
+    store = JobStore.from_url(redis_server.url, lease_seconds=60)
+    sent: list[str] = []
+    host = SweepHost(store, send=sent.append, redis_url=redis_server.url, most_parallel=2)
+    base = {"base_model": "efficientnet_lite0", "dataset_id": "d", "output_model": "m"}
+    params = {"base": base, "space": {"lr": {"log_uniform": [1e-4, 1e-2]}}, "trials": 4, "parallel": 2}
+    sweep = store.create("sweep", params)
+    context = JobContext(Storage(tmp_path), None, 10**6, lambda job_id, name: name)
+
+    def should_stop() -> bool:
+        if sent:
+            raise RuntimeError("the coordinator crashed")
+        return False
+
+    with pytest.raises(RuntimeError):
+        run_sweep(sweep["id"], params, lambda *args, **kwargs: None, should_stop, context, host)
+    assert len(sent) == 2 and {store.get(trial)["state"] for trial in sent} == {"cancelled"}
+    assert not list(store.redis.scan_iter(match=f"gazer:optuna:{sweep['id']}:*"))
+
+
 def test_a_client_keeps_a_bounded_number_of_job_records_its_oldest_ended_ones_going_first(redis_server, tmp_path):
     """A submit-and-cancel loop does not grow Redis and the disk without end: beyond `keep`
     records, the client's oldest ended jobs go (records and artifacts); live jobs never do."""

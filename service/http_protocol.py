@@ -92,7 +92,7 @@ def guarded_protocol(header_seconds: float, linger_seconds: float, per_address: 
 
         def data_received(self, data: bytes) -> None:
             if self._awaiting_headers:  # up to their end, which may have begun in the read before
-                seen = self._head_tail + data
+                seen = self._head_tail + data if self._head_tail else data
                 end = seen.find(b"\r\n\r\n")
                 self._head_bytes += len(data) if end < 0 else max(0, end - len(self._head_tail))
                 self._head_tail = seen[-3:]

@@ -409,10 +409,14 @@ class JobStore:
             json.dumps(error) if error is not None else "", job_id]))
 
     def cancel(self, job_id: str) -> dict[str, Any]:
-        """A queued job is cancelled at once; a running one stops at its next step."""
+        """A queued job is cancelled at once, with the jobs it made (a sweep back in the queue
+        leaves its trials running, for the next run to pick up); a running one stops at its
+        next step."""
         job = self.get(job_id)
         if job["state"] == "queued":
-            self.finish(job_id, "cancelled")
+            if self.finish(job_id, "cancelled"):
+                for child in self.redis.zrange(_children_key(job_id), 0, -1):
+                    self.cancel(child)
         elif job["state"] == "running":
             self.redis.hset(_key(job_id), "cancel_requested", "1")
         return self.get(job_id)

@@ -89,8 +89,9 @@ def test_a_lost_job_reads_as_failed_in_the_summaries_too(tmp_path):
         assert store.get(lost)["error"]["type"] == "/problems/worker-lost" and store.get(alive)["state"] == "running"
 
 
-def test_a_sweep_reaped_as_lost_cancels_its_trials(tmp_path):
-    """Its worker killed, nothing collects the sweep's trials: they ran on for nothing."""
+def test_a_sweep_reaped_as_lost_or_cancelled_while_queued_cancels_its_trials(tmp_path):
+    """Its worker killed, or cancelled while back in the queue, nothing collects the sweep's
+    trials: they ran on for nothing."""
     with EmbeddedRedis(tmp_path / "redis") as server:
         store = JobStore.from_url(server.url, lease_seconds=1.0)
         host = SweepHost(store, send=lambda job_id: None, redis_url=server.url, most_parallel=15)
@@ -103,6 +104,11 @@ def test_a_sweep_reaped_as_lost_cancels_its_trials(tmp_path):
         assert store.get(sweep)["error"]["type"] == "/problems/worker-lost"
         assert store.get(queued)["state"] == "cancelled" and store.get(ended)["state"] == "succeeded"
         assert store.get(running)["state"] == "running" and store.should_stop(running, "here")
+
+        requeued = store.create("sweep", {})["id"]  # its worker stopped: back in the queue, its trials running
+        trial = host.submit_trial(requeued, {"n": 0}, None)
+        assert store.claim(trial, "here")
+        assert store.cancel(requeued)["state"] == "cancelled" and store.should_stop(trial, "here")
 
 
 def test_a_keys_listing_reads_its_own_jobs_not_every_job(tmp_path):

@@ -32,7 +32,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalRedisBackend
 from optuna.trial import TrialState
 
-from core.errors import InvalidRequest
+from core.errors import InvalidRequest, NotFound
 from core.job_runners import FINE_TUNE, JobContext
 from core.jobs import TERMINAL, JobCancelled, Progress, ShouldStop
 from core.sweep_trials import load_trial, trial_folder
@@ -48,6 +48,29 @@ _ENDS = {"succeeded": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "failed"
 
 def study_name(sweep_id: str) -> str:
     return f"sweep-{sweep_id}"
+
+
+def _drop_study(client: redis.Redis, sweep_id: str) -> None:
+    keys = list(client.scan_iter(match=f"{_PREFIX}{sweep_id}:*", count=1000))
+    if keys:
+        client.delete(*keys)
+
+
+def drop_ended_studies(store: JobStore) -> list[str]:
+    """The studies left behind by sweeps that ended without dropping theirs (lost with their
+    worker, cancelled while back in the queue, Redis refusing the drop) or whose record is gone;
+    a queued or running sweep keeps its own. Returns the sweeps' ids."""
+    sweeps = {key[len(_PREFIX):].split(":", 1)[0] for key in store.redis.scan_iter(match=f"{_PREFIX}*", count=1000)}
+    ended = []
+    for sweep_id in sorted(sweeps):
+        try:
+            state = store.get(sweep_id)["state"]  # a lost one is reaped here
+        except NotFound:
+            state = None
+        if state is None or state in TERMINAL:
+            _drop_study(store.redis, sweep_id)
+            ended.append(sweep_id)
+    return ended
 
 
 def startup_trials(trials: int) -> int:
@@ -94,9 +117,7 @@ class SweepHost:
         return JournalStorage(JournalRedisBackend(self.redis_url, prefix=f"{_PREFIX}{sweep_id}:"))
 
     def drop_study(self, sweep_id: str) -> None:
-        keys = list(self.store.redis.scan_iter(match=f"{_PREFIX}{sweep_id}:*", count=1000))
-        if keys:
-            self.store.redis.delete(*keys)
+        _drop_study(self.store.redis, sweep_id)
 
     def submit_trial(self, sweep_id: str, params: dict[str, Any], owner: str | None) -> str:
         job = self.store.create(FINE_TUNE, params, owner, parent=sweep_id)

@@ -1,6 +1,7 @@
 """Retention: finished jobs and their artifacts expire `GAZER_JOB_RETENTION_DAYS` after they
-end. Data sets and model versions stay until deleted. The API sweeps when it starts and then
-every hour; several API processes sweeping at once delete nothing twice (Redis decides)."""
+end, and the Optuna studies of sweeps that ended without removing theirs go at the next sweep.
+Data sets and model versions stay until deleted. The API sweeps when it starts and then every
+hour; several API processes sweeping at once delete nothing twice (Redis decides)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from core.storage import Storage
 from infra.job_store import JobStore
+from infra.sweeps import drop_ended_studies
 
 log = logging.getLogger(__name__)
 SWEEP_EVERY_SECONDS = 3600.0
@@ -49,6 +51,9 @@ async def sweep_forever(store: JobStore, storage: Storage, retention_seconds: fl
             removed = await run_in_threadpool(sweep_expired_jobs, store, storage, retention_seconds)
             if removed:
                 log.info("retention: removed %d finished jobs and their artifacts", len(removed))
+            studies = await run_in_threadpool(drop_ended_studies, store)
+            if studies:
+                log.info("retention: removed the studies of %d sweeps that ended without removing them", len(studies))
         except Exception:  # Redis away, a folder in use: the next sweep tries again
             log.exception("retention sweep failed")
         await asyncio.sleep(SWEEP_EVERY_SECONDS)

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import time
 
+import optuna
+
 from core.storage import Storage
 from infra.job_store import JobStore
+from infra.sweeps import SweepHost, drop_ended_studies, study_name
 from service.retention import sweep_expired_jobs
 
 
@@ -32,3 +35,19 @@ def test_finished_jobs_and_their_artifacts_expire(redis_server, tmp_path):
     assert all(store.exists(job["id"]) for job in (queued, running, recent))
     assert storage.job_artifacts(running["id"]).exists()
     assert old["id"] not in [job["id"] for job in store.list()]
+
+
+def test_the_studies_of_sweeps_that_ended_without_removing_them_go(redis_server):
+    """Lost with its worker, or cancelled while back in the queue, a sweep leaves its study in
+    Redis (which refuses writes when full); a queued or running sweep keeps its own."""
+    store = JobStore.from_url(redis_server.url, lease_seconds=60)
+    host = SweepHost(store, send=lambda job_id: None, redis_url=redis_server.url, most_parallel=1)
+    ended, queued, running = (store.create("sweep", {})["id"] for _ in range(3))
+    gone = "f" * 32  # its record expired
+    assert store.claim(running, "worker") and store.finish(ended, "failed", error={"detail": "lost"})
+    for sweep in (ended, queued, running, gone):
+        optuna.create_study(study_name=study_name(sweep), storage=host.storage(sweep)).ask()
+
+    assert sorted(drop_ended_studies(store)) == sorted([ended, gone])
+    left = {key.split(":")[2] for key in store.redis.scan_iter(match="gazer:optuna:*")}
+    assert left == {queued, running}

@@ -260,16 +260,13 @@ class JobStore:
         return self._current(job_id, raw)
 
     def _current(self, job_id: str, raw: dict[str, str]) -> dict[str, Any]:
-        """The record, failed first as worker-lost if it runs with an expired lease; the jobs it
-        made (a sweep's trials), which nothing would collect, then cancelled."""
+        """The record, failed first as worker-lost if it runs with an expired lease."""
         if raw["state"] == "running" and time.time() - float(raw.get("heartbeat_at", 0)) > self.lease_seconds:
             if self.finish(job_id, "failed", error=problem(
                     500, "worker-lost", "the worker running this job stopped (killed or crashed) without finishing "
                                         "it; submit the job again").model_dump(exclude_none=True)):
                 log.warning("job %s (%s) failed as lost: its worker %s sent no heartbeat for %.0f s", job_id,
                             raw["type"], raw.get("worker", "?"), time.time() - float(raw.get("heartbeat_at", 0)))
-                for child in self.redis.zrange(_children_key(job_id), 0, -1):
-                    self.cancel(child)
             raw = self.redis.hgetall(_key(job_id))
         return self._decode(raw)
 
@@ -402,21 +399,24 @@ class JobStore:
         self.redis.hset(_key(job_id), mapping={"progress": json.dumps(progress), "heartbeat_at": time.time()})
 
     def finish(self, job_id: str, state: str, result: Any = None, error: dict[str, Any] | None = None) -> bool:
+        """The job's end, unless it had ended already (False); the jobs it made that have not
+        ended (a sweep's trials: lost with its worker, cancelled while back in the queue, crashed)
+        are cancelled, since nothing would collect them."""
         assert state in TERMINAL
         client = self.redis.hget(_key(job_id), "client")  # set once, at create
-        return bool(self._finish(keys=[_WAITING_TURNS, _TURNS] + ([_active_key(client)] if client else []), args=[
+        ended = bool(self._finish(keys=[_WAITING_TURNS, _TURNS] + ([_active_key(client)] if client else []), args=[
             state, time.time(), json.dumps(result) if result is not None else "",
             json.dumps(error) if error is not None else "", job_id]))
+        if ended:
+            for child in self.redis.zrange(_children_key(job_id), 0, -1):
+                self.cancel(child)
+        return ended
 
     def cancel(self, job_id: str) -> dict[str, Any]:
-        """A queued job is cancelled at once, with the jobs it made (a sweep back in the queue
-        leaves its trials running, for the next run to pick up); a running one stops at its
-        next step."""
+        """A queued job is cancelled at once; a running one stops at its next step."""
         job = self.get(job_id)
         if job["state"] == "queued":
-            if self.finish(job_id, "cancelled"):
-                for child in self.redis.zrange(_children_key(job_id), 0, -1):
-                    self.cancel(child)
+            self.finish(job_id, "cancelled")
         elif job["state"] == "running":
             self.redis.hset(_key(job_id), "cancel_requested", "1")
         return self.get(job_id)

@@ -305,12 +305,11 @@ def run_sweep(job_id: str, params: dict[str, Any], progress: Progress, should_st
         coordinator.run(progress, should_stop, parallel)
         importances = coordinator.importances()
         model = coordinator.publish_best(should_stop)
-    except SweepInterrupted:
-        raise  # the next run picks up from the study and the trials
-    except BaseException:  # cancelled, or crashed: trials still running would run on for nothing
-        for child in coordinator.running:
-            with suppress(Exception):
-                host.store.cancel(child)
+    except SweepInterrupted:  # the next run picks up from the study and the trials
+        if host.store.cancel_requested(job_id):  # unless it was also cancelled: then it goes back no more
+            _drop_trials(job_id, host, context)
+        raise
+    except BaseException:  # cancelled, or crashed (its end, written next, cancels the trials still running)
         _drop_trials(job_id, host, context)
         raise
     _drop_trials(job_id, host, context)

@@ -4,6 +4,7 @@ records each client keeps; clients taking turns at the workers."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -16,6 +17,8 @@ from infra.embedded_redis import EmbeddedRedis
 from infra.job_store import JobStore
 from infra.sweeps import SweepHost, run_sweep
 from service.queue import JobQueue
+from worker import tasks
+from worker.metrics import WorkerMetrics
 
 
 def test_listing_reads_past_the_first_page_and_filters(tmp_path):
@@ -244,8 +247,35 @@ def test_a_sweep_that_crashes_cancels_its_trials_and_drops_its_study(redis_serve
 
     with pytest.raises(RuntimeError):
         run_sweep(sweep["id"], params, lambda *args, **kwargs: None, should_stop, context, host)
-    assert len(sent) == 2 and {store.get(trial)["state"] for trial in sent} == {"cancelled"}
+    assert len(sent) == 2 and {store.get(trial)["state"] for trial in sent} == {"queued"}
+    assert store.finish(sweep["id"], "failed", error={"detail": "crashed"})  # as its worker writes its end
+    assert {store.get(trial)["state"] for trial in sent} == {"cancelled"}
     assert not list(store.redis.scan_iter(match=f"gazer:optuna:{sweep['id']}:*"))
+
+
+def test_a_sweep_cancelled_as_its_worker_stops_ends_cancelled_with_its_trials_and_study(redis_server, tmp_path):
+    """The stop is seen first, so the sweep would go back to the queue, keeping its trials and
+    study, but the cancel stands: nothing may be left running or kept for a next run."""
+    store = JobStore.from_url(redis_server.url, lease_seconds=60)
+    sent: list[str] = []
+    stopping = threading.Event()
+    host = SweepHost(store, send=sent.append, redis_url=redis_server.url, most_parallel=2, stopping=stopping)
+    base = {"base_model": "efficientnet_lite0", "dataset_id": "d", "output_model": "m"}
+    params = {"base": base, "space": {"lr": {"log_uniform": [1e-4, 1e-2]}}, "trials": 4, "parallel": 2}
+    sweep = store.create("sweep", params)["id"]
+    assert store.claim(sweep, "w1")
+    context = JobContext(Storage(tmp_path), None, 10**6, lambda job_id, name: name)
+    worker = tasks.Worker(store, context, WorkerMetrics(), host, sent.append, 3600, stopping)
+    running = threading.Thread(target=tasks._run, args=(store.get(sweep), worker, "w1"))
+    running.start()
+    while len(sent) < 2:
+        time.sleep(0.05)
+    store.cancel(sweep)
+    stopping.set()
+    running.join(30)
+    assert store.get(sweep)["state"] == "cancelled"
+    assert [store.get(trial)["state"] for trial in sent] == ["cancelled", "cancelled"]
+    assert not list(store.redis.scan_iter(match=f"gazer:optuna:{sweep}:*"))
 
 
 def test_a_client_keeps_a_bounded_number_of_job_records_its_oldest_ended_ones_going_first(redis_server, tmp_path):

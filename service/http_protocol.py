@@ -38,16 +38,15 @@ def guarded_protocol(header_seconds: float, linger_seconds: float, per_address: 
     class DeadlineProtocol(HttpToolsProtocol):
         _deadline: asyncio.TimerHandle | None = None
         _counted: str | None = None
-        # A request's line and headers, counted up to their end as each read arrives, and any
-        # other stretch of what is not body: bytes since the parser last passed a landmark (a
+        # What is not body, at a stretch: bytes since the parser last passed a landmark (a
         # message's start, its headers' end, a chunk's size line, a chunk's end), where those of
-        # a read that passed one are not counted (so such a stretch may take one read more).
-        _awaiting_headers = True
-        _head_bytes = 0
-        _head_tail = b""  # the last bytes of the headers so far
+        # a read that passed one are not counted (so a stretch may take one read more); and a
+        # request's line and headers, measured exactly once they are complete.
         _not_body = 0
         _passed_landmark = False
         _body_in_read = 0
+        _in_headers = False
+        _refused = False  # closing: what the parser still calls back with is ignored
 
         def _arm(self, seconds: float, why: str) -> None:
             if self._deadline is None:
@@ -91,28 +90,21 @@ def guarded_protocol(header_seconds: float, linger_seconds: float, per_address: 
             self.logger.info("%s%s", line, f" ({since} more since this line was last logged)" if since else "")
 
         def data_received(self, data: bytes) -> None:
-            if self._awaiting_headers:  # up to their end, which may have begun in the read before
-                seen = self._head_tail + data if self._head_tail else data
-                end = seen.find(b"\r\n\r\n")
-                self._head_bytes += len(data) if end < 0 else max(0, end - len(self._head_tail))
-                self._head_tail = seen[-3:]
-                if self._head_bytes > MAX_HEAD_BYTES:
-                    self._too_long()
-                    return
             self._passed_landmark, self._body_in_read = False, 0
             super().data_received(data)
             self._not_body = 0 if self._passed_landmark else self._not_body + len(data) - self._body_in_read
-            if self._not_body > MAX_HEAD_BYTES and not self.transport.is_closing():
+            if self._not_body > MAX_HEAD_BYTES and not self._refused:
                 self._too_long()
 
         def _too_long(self) -> None:
+            self._refused = True
             self._disarm()
             peer = self.transport.get_extra_info("peername")
             who = peer[0] if isinstance(peer, tuple) and peer else "an unknown peer"
-            what = "request headers" if self._awaiting_headers else "chunk size line or trailers"
+            what = "request headers" if self._in_headers else "chunk size line or trailers"
             self._log_close(self._counted, what, f"closing a connection from {who}, whose {what} ran over "
                                                    f"{MAX_HEAD_BYTES} bytes")
-            if self._awaiting_headers:  # no answer has begun: say why
+            if self._in_headers and (self.cycle is None or self.cycle.response_complete):  # none in flight: say why
                 detail = f"a request's line and headers may take at most {MAX_HEAD_BYTES} bytes"
                 body = problem(431, "headers-too-large", detail).model_dump_json(exclude_none=True).encode()
                 self.transport.write(_HEAD_TOO_LONG % (len(body), body))
@@ -122,20 +114,30 @@ def guarded_protocol(header_seconds: float, linger_seconds: float, per_address: 
             self._passed_landmark, self._not_body = True, 0
 
         def on_message_begin(self) -> None:
+            if self._refused:
+                return
             self._landmark()
+            self._in_headers = True
             super().on_message_begin()
             self._unset_keepalive_if_required()  # armed when an early-answered body ended in the same read
             self._arm(header_seconds, f"request headers took over {header_seconds:g} s")
 
         def on_headers_complete(self) -> None:
+            if self._refused:
+                return
             self._landmark()
-            self._awaiting_headers, self._head_bytes, self._head_tail = False, 0, b""
             self._disarm()
+            # the request line (method, version and spaces in at most 20 bytes) and each header line
+            if len(self.url) + 20 + sum(len(name) + len(value) + 4 for name, value in self.headers) > MAX_HEAD_BYTES:
+                self._too_long()
+                return
+            self._in_headers = False
             super().on_headers_complete()
 
         def on_body(self, body: bytes) -> None:
             self._body_in_read += len(body)
-            super().on_body(body)
+            if not self._refused:
+                super().on_body(body)
 
         def on_chunk_header(self) -> None:  # httptools calls what its protocol has
             self._landmark()
@@ -150,8 +152,9 @@ def guarded_protocol(header_seconds: float, linger_seconds: float, per_address: 
                                           f"{linger_seconds:g} s later")
 
         def on_message_complete(self) -> None:
+            if self._refused:
+                return
             self._landmark()
-            self._awaiting_headers = True
             if self._deadline is not None and self.cycle.response_complete:  # the body answered early, now complete
                 self._disarm()
                 self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive,

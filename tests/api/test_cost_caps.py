@@ -294,6 +294,15 @@ def test_headers_and_trailers_past_their_cap_are_cut_off(tmp_path):
             time.sleep(0.3)
             split.sendall(head[-2:] + body)
             assert split.recv(65536).startswith(b"HTTP/1.1 405"), "the body was taken for headers"
+        with socket.create_connection(("127.0.0.1", service.port), timeout=30) as pipelined:
+            # a request and the start of the next one, whose headers end in the next read
+            pipelined.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" + head[:-2])
+            time.sleep(0.3)
+            pipelined.sendall(head[-2:] + body)
+            answers = b""
+            while answers.count(b"HTTP/1.1 ") < 2 and (chunk := pipelined.recv(65536)):
+                answers += chunk
+            assert answers.startswith(b"HTTP/1.1 200") and b"HTTP/1.1 405" in answers, answers
         with socket.create_connection(("127.0.0.1", service.port), timeout=30) as trailing:
             trailing.sendall(b"POST /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
                              b"1\r\nx\r\n0\r\nX-Trailer: ")

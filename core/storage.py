@@ -41,8 +41,8 @@ class Storage:
         free = self.free_bytes()
         if free - incoming < self.min_free_bytes:
             raise StorageFull(f"the data folder has {describe(free)} free, and keeps at least "
-                              f"{describe(self.min_free_bytes)} (GAZER_MIN_FREE_DISK_BYTES) for what is running: nothing "
-                              f"new is stored until an operator frees space"
+                              f"{describe(self.min_free_bytes)} (GAZER_MIN_FREE_DISK_BYTES) for what is running: "
+                              f"nothing new is stored until an operator frees space"
                               + (f" ({describe(incoming)} were asked for)" if incoming else ""))
 
     @property

@@ -57,8 +57,8 @@ MODEL_LOAD_COST = 100
 
 def load_model(registry: ModelRegistry, ref: str, request: Request, caller: Caller) -> LoadedModel:
     """`ref`, loaded where it is not, at MODEL_LOAD_COST of its caller's compute (else 429); an
-    unknown model is a 404, uncharged."""
-    if not registry.is_loaded(registry.spec(ref).ref):
+    unknown model (404) or one whose load failed (503 until it is tried again) is not charged."""
+    if registry.state(ref)["state"] == "not_loaded":
         limiter = request.app.state.compute_limiter
         limiter.take(client_id(caller, request), min(MODEL_LOAD_COST, limiter.burst))
     return registry.get(ref)

@@ -156,11 +156,6 @@ class ModelRegistry:
             return self._touch(f"{ref}@1")
         return None
 
-    def is_loaded(self, ref: str) -> bool:
-        """Whether `ref` (name@version, as a spec names it) is loaded."""
-        with self._order_lock:
-            return ref in self._loaded
-
     def _touch(self, ref: str) -> LoadedModel | None:
         """The loaded model, marked as the most recently used."""
         with self._order_lock:

@@ -121,14 +121,18 @@ def test_one_loaded_model_besides_the_resident_default_still_serves(tmp_path):
 
 
 def test_only_a_load_is_charged_to_its_clients_compute(tmp_path):
-    """A model that is loaded costs nothing to ask for again, however it is named; a load costs
-    MODEL_LOAD_COST forward passes, so cycling through more versions than stay loaded (here one
-    beside the resident default) runs out."""
+    """A model that is loaded costs nothing to ask for again, however it is named, nor does one
+    whose load failed (503); a load costs MODEL_LOAD_COST forward passes, so cycling through more
+    versions than stay loaded (here one beside the resident default) runs out."""
     settings = Settings(data_dir=tmp_path, max_loaded_models=2, compute_per_second=1,
                         compute_burst=3 * MODEL_LOAD_COST)
     with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as client:
         assert [publish(client, "tight", seed) for seed in (1, 2, 3)] == [1, 2, 3]
+        broken = versions.version_dir(client.app.state.registry.storage.models, "tight", 1) / versions.ONNX
+        broken.write_bytes(b"corrupted on disk")
+        failed = [client.get("/v1/models/tight@1").status_code for _ in range(4)]
+        assert failed == [503] * 4, failed  # the first load charged, the failed model not
         assert [served_version(client, ref) for ref in ("tight", "tight@3") * 5] == [3] * 10  # one load
-        statuses = [client.get(f"/v1/models/tight@{version}").status_code for version in (1, 2, 1)]
-        assert statuses == [200, 200, 429], statuses  # the second and third loads, then none left
+        statuses = [client.get(f"/v1/models/tight@{version}").status_code for version in (2, 3)]
+        assert statuses == [200, 429], statuses  # the third load, then none left
         assert client.get("/v1/models/tight@2").status_code == 200  # loaded: nothing to charge

@@ -82,11 +82,11 @@ class _StopCheck:
         self.out_of_time = self.interrupted = False
 
     def __call__(self) -> bool:
+        if self.stopping.is_set():  # first: a sweep's coordinator then keeps its trials for the next run
+            self.interrupted = True
+            return True
         if time.monotonic() > self.deadline:
             self.out_of_time = True
-            return True
-        if self.stopping.is_set():
-            self.interrupted = True
             return True
         try:
             return self.store.should_stop(self.job_id, self.worker)

@@ -116,9 +116,6 @@ class SweepHost:
     def storage(self, sweep_id: str) -> JournalStorage:
         return JournalStorage(JournalRedisBackend(self.redis_url, prefix=f"{_PREFIX}{sweep_id}:"))
 
-    def drop_study(self, sweep_id: str) -> None:
-        _drop_study(self.store.redis, sweep_id)
-
     def submit_trial(self, sweep_id: str, params: dict[str, Any], owner: str | None) -> str:
         job = self.store.create(FINE_TUNE, params, owner, parent=sweep_id)
         try:
@@ -301,18 +298,17 @@ def run_sweep(job_id: str, params: dict[str, Any], progress: Progress, should_st
     config = sweep_config(params)
     parallel = config.parallel or max(1, min(len(host.store.live_workers()), host.most_parallel))
     coordinator = _Coordinator(job_id, config, params, host, context)
+    kept = False  # for the next run, which picks up from the study and the trials
     try:
         coordinator.run(progress, should_stop, parallel)
         importances = coordinator.importances()
         model = coordinator.publish_best(should_stop)
-    except SweepInterrupted:  # the next run picks up from the study and the trials
-        if host.store.cancel_requested(job_id):  # unless it was also cancelled: then it goes back no more
+    except SweepInterrupted:
+        kept = not host.store.cancel_requested(job_id)  # cancelled as well: it goes back no more
+        raise
+    finally:  # cancelled or crashed too: its end, written next, cancels the trials still running
+        if not kept:
             _drop_trials(job_id, host, context)
-        raise
-    except BaseException:  # cancelled, or crashed (its end, written next, cancels the trials still running)
-        _drop_trials(job_id, host, context)
-        raise
-    _drop_trials(job_id, host, context)
     coordinator.report(progress)
     return {"output_model": model, "metric": config.metric, "parallel": parallel, "best": coordinator.best(),
             "importances": importances, "trials": coordinator.trials}
@@ -322,6 +318,6 @@ def _drop_trials(job_id: str, host: SweepHost, context: JobContext) -> None:
     """The ended sweep's study, and its trials' weights (the winner's is published by now)."""
     shutil.rmtree(context.storage.job_artifacts(job_id) / "trials", ignore_errors=True)
     try:
-        host.drop_study(job_id)
+        _drop_study(host.store.redis, job_id)
     except redis.RedisError as error:
         log.warning("sweep %s: its study could not be removed from Redis (%s)", job_id, error)

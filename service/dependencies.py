@@ -56,12 +56,12 @@ MODEL_LOAD_COST = 100
 
 
 def load_model(registry: ModelRegistry, ref: str, request: Request, caller: Caller) -> LoadedModel:
-    """`ref`, loaded where it is not, at MODEL_LOAD_COST of its caller's compute (else 429); an
-    unknown model (404) or one whose load failed (503 until it is tried again) is not charged."""
-    if registry.state(ref)["state"] == "not_loaded":
-        limiter = request.app.state.compute_limiter
-        limiter.take(client_id(caller, request), min(MODEL_LOAD_COST, limiter.burst))
-    return registry.get(ref)
+    """`ref`, loaded where it is not, at MODEL_LOAD_COST of its caller's compute (else 429). Only
+    the request that loads it pays: not one that waited while another loaded it, nor one for an
+    unknown model (404) or one whose load failed (503 until it is tried again)."""
+    limiter = request.app.state.compute_limiter
+    return registry.get(ref, before_load=lambda: limiter.take(client_id(caller, request),
+                                                               min(MODEL_LOAD_COST, limiter.burst)))
 
 
 async def get_model(model: str, registry: RegistryDep, request: Request, caller: CallerDep) -> LoadedModel:

@@ -164,16 +164,18 @@ class ModelRegistry:
                 self._loaded.move_to_end(ref)
             return model
 
-    def get(self, ref: str) -> LoadedModel:
+    def get(self, ref: str, before_load: Callable[[], None] = lambda: None) -> LoadedModel:
         """The model loaded (on first use); for a plain name without a pin, an older version
-        when the newer ones fail to load for good."""
+        when the newer ones fail to load for good. `before_load` runs, under the load lock, just
+        before each load this call makes (not when another call loads it meanwhile); what it
+        raises, the call raises, loading nothing."""
         name, version = parse_ref(ref)
         if version is not None or name in BUILTIN_MODELS or self.pinned(name) is not None:
-            return self._get(self.spec(ref))
+            return self._get(self.spec(ref), before_load)
         for candidate in reversed(self.versions(name)):
             spec = self.spec(f"{name}@{candidate}")
             try:
-                return self._get(spec)
+                return self._get(spec, before_load)
             except ModelNotReady:
                 if spec.ref not in self._failures:  # may pass: say so rather than serve an older one
                     raise
@@ -189,7 +191,7 @@ class ModelRegistry:
             self._failures.pop(ref, None)
             self._failed_at.pop(ref, None)
 
-    def _get(self, spec: ModelSpec) -> LoadedModel:
+    def _get(self, spec: ModelSpec, before_load: Callable[[], None]) -> LoadedModel:
         loaded = self._touch(spec.ref)
         if loaded is not None:
             return loaded
@@ -200,6 +202,7 @@ class ModelRegistry:
             if spec.ref in self._failures:  # another request failed to load it while we waited
                 raise ModelNotReady(f"model {spec.ref!r} is not served: {self._failures[spec.ref]}")
             if spec.ref not in self._loaded:
+                before_load()
                 try:
                     self._load(spec)
                 except GazerError:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import select
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -87,6 +88,17 @@ def test_a_model_load_is_charged_to_its_clients_compute(data_dir):
         assert int(answers[2].headers["retry-after"]) >= MODEL_LOAD_COST - 10
         assert client.get("/v1/models/efficientnet_lite2").status_code == 200  # loaded: nothing to charge
         assert client.post(f"/v1/models/{MODEL}/predict", files=photos(1)).status_code == 200  # the resident one
+
+
+def test_requests_that_wait_for_one_load_are_not_charged_for_it(data_dir):
+    """Only the request that loads a model pays for the load: four at once for the same model
+    that is not loaded, with compute for one load, all get it (each was charged before)."""
+    settings = Settings(data_dir=data_dir, compute_per_second=1, compute_burst=MODEL_LOAD_COST)
+    with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as client, \
+            ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: client.get("/v1/models/efficientnet_lite1"), range(4)))
+        assert [answer.status_code for answer in answers] == [200] * 4, [answer.text for answer in answers]
+        assert client.app.state.registry.state("efficientnet_lite1")["state"] == "ready"
 
 
 def test_event_streams_are_capped_per_client_and_expire(limited):

@@ -21,7 +21,11 @@ def celery_config(redis_url: str, visibility_timeout: float = LONGEST_JOB_SECOND
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "broker_transport_options": {"visibility_timeout": visibility_timeout},
+        # kombu looks for unacknowledged messages past the timeout every 10 s, but scans only one
+        # look in 10: a message would wait up to 100 s beyond its timeout (a short one in tests)
+        "broker_transport_options": {"visibility_timeout": visibility_timeout,
+                                     "unacked_restore_interval": min(10, max(1, round(visibility_timeout))),
+                                     "unacked_restore_throttle": 1},
         "broker_connection_retry_on_startup": True,
         "worker_hijack_root_logger": False,
     }

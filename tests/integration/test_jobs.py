@@ -186,14 +186,16 @@ def test_job_records_survive_an_api_restart(redis_server, shared_dir, api, worke
 
 def test_a_job_longer_than_the_visibility_timeout_runs_once(api, workers, start_worker):
     workers().stop()
-    impatient = [start_worker(visibility_timeout=2), start_worker(visibility_timeout=2)]
-    job = submit(api, "activation-maximization", {**long_maximization(60), "size": 96})
+    impatient = [start_worker(visibility_timeout=1), start_worker(visibility_timeout=1)]
+    # about 6 s here (60 steps took 2.1 s: too close to the timeout plus a look for expired messages)
+    job = submit(api, "activation-maximization", {**long_maximization(200), "size": 96})
     done = wait_for(api, job["id"], ("succeeded", "failed"), timeout=300)
     assert done["state"] == "succeeded" and done["attempts"] == 1
     deadline = time.time() + 20
     while time.time() < deadline and not any("nothing run" in w.log() for w in impatient):
         time.sleep(0.5)
-    assert any("nothing run" in w.log() for w in impatient), "the message was never redelivered"
+    assert any("nothing run" in w.log() for w in impatient), \
+        "the message was never redelivered: " + "\n-----\n".join(w.log()[-4000:] for w in impatient)
     for worker in impatient:
         worker.stop()
 

@@ -97,7 +97,7 @@ async def _decoded_and_explained(request: Request, blobs: list[bytes], declared:
 
         try:
             images = await asyncio.wrap_future(parallel.submit(
-                lambda: _decode_all(blobs, names, settings, on_stage, spec, declared)))
+                lambda: _decode_all(blobs, names, settings, on_stage, spec, declared), spread=len(blobs) > 1))
             return await anyio.to_thread.run_sync(work, images, limiter=request.app.state.explanation_threads)
         except cancellation.ClientGone as gone_error:
             log.info("%s dropped: %s", what, gone_error.detail)

@@ -341,8 +341,9 @@ class ModelRegistry:
         versions.unpin(self.storage.models, name)
 
     def state(self, ref: str) -> dict[str, object]:
-        """`ready` (with its version), `failed` (with the reason) or `not_loaded`."""
+        """`ready` (with its version), `failed` (with the reason, until it is tried again) or `not_loaded`."""
         ref = self.spec(ref).ref
+        self._forget_stale_failure(ref)
         loaded = self._loaded.get(ref)
         if loaded is not None:
             return {"state": "ready", "version": loaded.spec.version}

@@ -40,5 +40,6 @@ def test_a_model_that_fails_to_load_is_not_served_and_says_why_until_it_is_tried
     assert status["state"] == "failed" and "loading failed" in status["reason"]
     cached.unlink()  # mended (or the failure was one that passes): the next try after the wait serves it
     monkeypatch.setattr(registry_module, "RETRY_FAILED_LOAD_SECONDS", 0.0)
+    assert registry.status()["efficientnet_lite1"]["state"] == "not_loaded"  # the wait is over: it will be tried
     assert registry.get("efficientnet_lite1").spec.id == "efficientnet_lite1"
     assert registry.status()["efficientnet_lite1"]["state"] == "ready"

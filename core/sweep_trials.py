@@ -26,8 +26,13 @@ WEIGHTS, SPEC, METRICS = "weights.safetensors", "spec.json", "metrics.json"
 RESULT_METRICS = ("val_accuracy", "val_loss", "best_epoch", "history", "stopped_early", "lr_finder")
 
 
+def trials_folder(storage: Storage, sweep_id: str) -> Path:
+    """Where a sweep's trials keep their weights, one folder each, until the sweep ends."""
+    return storage.job_artifacts(sweep_id) / "trials"
+
+
 def trial_folder(storage: Storage, trial: dict[str, Any]) -> Path:
-    return storage.job_artifacts(trial["sweep"]) / "trials" / str(int(trial["number"]))
+    return trials_folder(storage, trial["sweep"]) / str(int(trial["number"]))
 
 
 def finite(value: Any) -> Any:

@@ -49,6 +49,12 @@ class SweepConfig:
         return self.metric == "val_accuracy"
 
 
+def most_parallel_trials(max_active_jobs_per_client: int) -> int:
+    """A sweep's trials run beside it, outside its client's count of active jobs: held to what
+    that count leaves (the API refuses more; a worker runs no more by default)."""
+    return max_active_jobs_per_client - 1
+
+
 def sweep_config(params: dict[str, Any]) -> SweepConfig:
     """The config of wire params, its space parsed and checked against the base fine-tune."""
     config = from_params(SweepConfig, params)

@@ -35,7 +35,7 @@ from optuna.trial import TrialState
 from core.errors import InvalidRequest, NotFound
 from core.job_runners import FINE_TUNE, JobContext
 from core.jobs import TERMINAL, JobCancelled, Progress, ShouldStop
-from core.sweep_trials import load_trial, trial_folder
+from core.sweep_trials import load_trial, trial_folder, trials_folder
 from core.sweeps import Dimension, NoTrialSucceeded, SweepConfig, parse_space, sweep_config, with_values
 from infra.job_store import JobStore
 
@@ -316,7 +316,7 @@ def run_sweep(job_id: str, params: dict[str, Any], progress: Progress, should_st
 
 def _drop_trials(job_id: str, host: SweepHost, context: JobContext) -> None:
     """The ended sweep's study, and its trials' weights (the winner's is published by now)."""
-    shutil.rmtree(context.storage.job_artifacts(job_id) / "trials", ignore_errors=True)
+    shutil.rmtree(trials_folder(context.storage, job_id), ignore_errors=True)
     try:
         _drop_study(host.store.redis, job_id)
     except redis.RedisError as error:

@@ -9,6 +9,7 @@ from celery import Celery, signals
 from core.job_runners import JobContext
 from core.models.registry import ModelRegistry
 from core.storage import Storage
+from core.sweeps import most_parallel_trials
 from infra.celery_config import RUN_JOB_TASK, celery_config
 from infra.job_store import JobStore
 from infra.sweeps import SweepHost
@@ -31,8 +32,8 @@ def create_celery(settings: WorkerSettings, metrics: WorkerMetrics | None = None
         app.send_task(RUN_JOB_TASK, args=[job_id])
 
     stopping = threading.Event()
-    sweeps = SweepHost(store, send, settings.redis_url, most_parallel=settings.max_active_jobs_per_client - 1,
-                       stopping=stopping)
+    sweeps = SweepHost(store, send, settings.redis_url,
+                       most_parallel=most_parallel_trials(settings.max_active_jobs_per_client), stopping=stopping)
     worker = tasks.Worker(store, context, metrics or WorkerMetrics(), sweeps, send, settings.max_job_seconds, stopping)
     signals.worker_shutting_down.connect(lambda **_: worker.stopping.set(), weak=False)
 

@@ -20,7 +20,7 @@ from core.errors import InvalidRequest, NotFound
 from core.job_runners import ACTIVATION_MAXIMIZATION, EXPLAIN_DATASET, FINE_TUNE, RUNNERS, check_fine_tune, \
     check_maximization_memory, fine_tune_config, maximization_config
 from core.jobs import TERMINAL
-from core.sweeps import MAX_TRIALS, SWEEP, heaviest_trials, sweep_config
+from core.sweeps import MAX_TRIALS, SWEEP, heaviest_trials, most_parallel_trials, sweep_config
 from core.visualize.activation_max import validate as validate_maximization
 from schemas.jobs import ActivationMaximizationRequest, Artifact, ArtifactList, ExplainDatasetRequest, FineTuneRequest, \
     Job, JobList, SweepRequest, artifact_url
@@ -93,8 +93,7 @@ def submit_sweep(body: SweepRequest, request: Request, response: Response, queue
     """Trials of the base fine-tune over `space`, each a fine-tune job with `parent` = the sweep."""
     params = body.model_dump()
     config = sweep_config(params)
-    # its trials run beside it, outside its client's count: held to what that count leaves
-    most_parallel = settings.max_active_jobs_per_client - 1
+    most_parallel = most_parallel_trials(settings.max_active_jobs_per_client)
     if config.parallel is not None and config.parallel > most_parallel:
         raise InvalidRequest(f"parallel {config.parallel}: a client's jobs queued or running at once are at most "
                              f"{settings.max_active_jobs_per_client} (GAZER_MAX_ACTIVE_JOBS_PER_CLIENT), the sweep "

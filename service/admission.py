@@ -108,8 +108,8 @@ class PixelBudget:
     """Decoded pixels that the explanations in flight in this process hold together, and of
     those each client's: an explanation keeps its images decoded until its pictures are drawn,
     and a few small files can decode to gigabytes. Beyond the budget, 503 with Retry-After at
-    once; beyond a client's share, 429. A request holds what its headers declare, at most the
-    whole budget (and at most its client's share of it), so that one within
+    once; beyond a client's share, 429. A request holds the pixels its images decode to (their
+    declared size, less where a JPEG is decoded at a reduced scale), at most the whole budget (and at most its client's share of it), so that one within
     GAZER_MAX_REQUEST_PIXELS is served alone. Used on the event loop only, so it needs no lock."""
 
     def __init__(self, limit: int, per_client: int) -> None:
@@ -124,11 +124,11 @@ class PixelBudget:
         share = min(pixels, self.per_client)
         if self.held + pixels > self.limit:
             raise ServiceBusy(f"the explanations in flight hold {self.held} decoded pixels and this request's images "
-                              f"declare {pixels}, past GAZER_MAX_EXPLAINED_PIXELS ({self.limit}); retry later",
+                              f"decode to {pixels}, past GAZER_MAX_EXPLAINED_PIXELS ({self.limit}); retry later",
                               headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
         if self.of_client[client] + share > self.per_client:
             raise too_many(f"this client's explanations in flight hold {self.of_client[client]} decoded pixels and "
-                           f"this request's images declare {pixels}, past GAZER_MAX_EXPLAINED_PIXELS_PER_CLIENT "
+                           f"this request's images decode to {pixels}, past GAZER_MAX_EXPLAINED_PIXELS_PER_CLIENT "
                            f"({self.per_client}); wait for an answer first", RETRY_AFTER_SECONDS)
         self.held += pixels
         self.of_client[client] += share

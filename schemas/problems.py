@@ -30,10 +30,13 @@ class Problem(BaseModel):
     detail: str
     errors: list[FieldError] | None = None
     valid: list[str] | None = None
+    # an explanation over its budget: what it costs and what it may cost, in forward passes
+    cost: int | None = None
+    budget: int | None = None
 
 
 def problem(status: int, code: str, detail: str, errors: list[FieldError] | None = None,
-            valid: list[str] | None = None) -> Problem:
+            valid: list[str] | None = None, cost: int | None = None, budget: int | None = None) -> Problem:
     """The one builder: `type` from the stable `code`, `title` from the status; texts and lists
     bounded (MAX_*), however much of a request they echo."""
     if errors is not None:
@@ -42,7 +45,7 @@ def problem(status: int, code: str, detail: str, errors: list[FieldError] | None
     if valid is not None:
         valid = [shorten(value, MAX_NAME_CHARS) for value in valid[:MAX_VALID_VALUES]]
     return Problem(type=f"/problems/{code}", title=TITLES.get(status, "Error"), status=status,
-                   detail=shorten(detail, MAX_TEXT_CHARS), errors=errors, valid=valid)
+                   detail=shorten(detail, MAX_TEXT_CHARS), errors=errors, valid=valid, cost=cost, budget=budget)
 
 
 def shorten(text: str, limit: int) -> str:

@@ -29,8 +29,8 @@ PROBLEM_RESPONSES: dict[int | str, dict] = {
 
 
 def problem_response(status: int, code: str, detail: str, errors_: list[FieldError] | None = None,
-                     valid: list[str] | None = None) -> JSONResponse:
-    body = problem(status, code, detail, errors_, valid)
+                     valid: list[str] | None = None, cost: int | None = None, budget: int | None = None) -> JSONResponse:
+    body = problem(status, code, detail, errors_, valid, cost, budget)
     return JSONResponse(body.model_dump(exclude_none=True), status_code=status, media_type=PROBLEM_JSON)
 
 
@@ -44,7 +44,8 @@ def gazer_error_response(error: errors.GazerError) -> JSONResponse:
     field_errors = [FieldError(field=str(field), message=error.detail)] if field else None
     valid = error.extra.get("valid")
     response = problem_response(error.status, error.code, error.detail, field_errors,
-                                [str(v) for v in valid] if valid else None)
+                                [str(v) for v in valid] if valid else None, error.extra.get("cost"),
+                                error.extra.get("budget"))
     response.headers.update(error.extra.get("headers", {}))
     if error.status == 503:
         response.headers.setdefault("retry-after", str(RETRY_AFTER_SECONDS))

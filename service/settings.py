@@ -115,6 +115,12 @@ class Settings(SharedSettings):
         return ["*"] if self.api_keys else list(LOOPBACK_NAMES)
 
     @property
+    def explain_budget(self) -> int:
+        """The most one explain request may cost: GAZER_MAX_EXPLAIN_COST, and no more than a
+        client's compute bucket holds, or its 429 could never pass."""
+        return min(self.max_explain_cost, self.compute_burst)
+
+    @property
     def explained_pixels_per_client(self) -> int:
         return min(self.max_explained_pixels_per_client or max(1, self.max_explained_pixels // 2), self.max_explained_pixels)
 

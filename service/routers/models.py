@@ -234,10 +234,10 @@ async def explain(
     wanted = _explain_outputs(image_answer, len(file), outputs, faithfulness, settings)
     overlay_format = image_answer or overlay_format
     cost = pipeline.explain_cost(model, method, layer, options, len(file), faithfulness, wanted)
-    if cost > settings.max_explain_cost:
+    if cost > settings.explain_budget:
         raise InvalidRequest(f"this explanation costs {cost} forward passes ({method} on {len(file)} files); the "
-                             f"budget of one request is {settings.max_explain_cost}: send fewer files or fewer "
-                             f"steps, samples or masks", field="file", cost=cost, budget=settings.max_explain_cost)
+                             f"budget of one request is {settings.explain_budget}: send fewer files or fewer "
+                             f"steps, samples or masks", field="file", cost=cost, budget=settings.explain_budget)
     # the form is read by now: a slot held from here waits on no upload; a request refused
     # (503, 413) has spent none of its client's compute
     with admitted(request, model, caller), explanation_slot(request, caller):

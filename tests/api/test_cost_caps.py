@@ -35,6 +35,7 @@ def test_an_explanation_over_the_budget_is_422_with_its_cost(client):
     assert refused.status_code == 422, refused.text
     assert "costs 65536 forward passes" in refused.json()["detail"] and "budget of one request is 8192" in \
         refused.json()["detail"]
+    assert (refused.json()["cost"], refused.json()["budget"]) == (65536, 8192)  # for a client to split it by
     scorecam = client.post(EXPLAIN, files=photos(8), data={"method": "scorecam"})  # 1280 channels at head
     assert scorecam.status_code == 422 and "scorecam on 8 files" in scorecam.json()["detail"]
     assert client.post(EXPLAIN, files=photos(2), data={"method": "gradcam"}).status_code == 200
@@ -71,6 +72,9 @@ def test_compute_over_the_rate_is_429(limited):
     second = limited.post(EXPLAIN, files=photos(1), data={"method": "integrated_gradients", "steps": 50})
     assert second.status_code == 429 and "forward passes per second" in second.json()["detail"]
     assert int(second.headers["retry-after"]) >= 5
+    # more than the bucket holds (120 here) could never pass: a 422 that gives the cost, not a 429
+    over = limited.post(EXPLAIN, files=photos(1), data={"method": "integrated_gradients", "steps": 100})
+    assert over.status_code == 422 and over.json()["cost"] == 200 and over.json()["budget"] == 120, over.text
 
 
 def test_a_model_load_is_charged_to_its_clients_compute(data_dir):

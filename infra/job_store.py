@@ -151,10 +151,13 @@ return 1
 """
 # Queued or running -> a terminal state (a reaped, cancelled or finished job stays as it is): it
 # leaves its client's active set (KEYS[3], when it has one) and its waiting set; a job that ran
-# serves its turn now. ARGV: state, now, result, error, job id.
+# serves its turn now. ARGV: state, now, result, error, job id, and '' or a time: then only a job
+# running with no heartbeat since (a reap, which read the record before a heartbeat or a new claim).
 _FINISH = _LUA_COMMON + """
 local state = redis.call('HGET', record(ARGV[5]), 'state')
 if state ~= 'running' and state ~= 'queued' then return 0 end
+if ARGV[6] ~= '' and (state ~= 'running' or
+    tonumber(redis.call('HGET', record(ARGV[5]), 'heartbeat_at') or '0') > tonumber(ARGV[6])) then return 0 end
 redis.call('HSET', record(ARGV[5]), 'state', ARGV[1], 'finished_at', ARGV[2], 'result', ARGV[3], 'error', ARGV[4])
 if KEYS[3] then redis.call('SREM', KEYS[3], ARGV[5]) end
 local turn = turn_of(ARGV[5])
@@ -264,7 +267,8 @@ class JobStore:
         if raw["state"] == "running" and time.time() - float(raw.get("heartbeat_at", 0)) > self.lease_seconds:
             if self.finish(job_id, "failed", error=problem(
                     500, "worker-lost", "the worker running this job stopped (killed or crashed) without finishing "
-                                        "it; submit the job again").model_dump(exclude_none=True)):
+                                        "it; submit the job again").model_dump(exclude_none=True),
+                           silent_since=time.time() - self.lease_seconds):
                 log.warning("job %s (%s) failed as lost: its worker %s sent no heartbeat for %.0f s", job_id,
                             raw["type"], raw.get("worker", "?"), time.time() - float(raw.get("heartbeat_at", 0)))
             raw = self.redis.hgetall(_key(job_id))
@@ -398,15 +402,17 @@ class JobStore:
         progress = {"fraction": round(max(0.0, min(1.0, fraction)), 4), **details}
         self.redis.hset(_key(job_id), mapping={"progress": json.dumps(progress), "heartbeat_at": time.time()})
 
-    def finish(self, job_id: str, state: str, result: Any = None, error: dict[str, Any] | None = None) -> bool:
+    def finish(self, job_id: str, state: str, result: Any = None, error: dict[str, Any] | None = None,
+               silent_since: float | None = None) -> bool:
         """The job's end, unless it had ended already (False); the jobs it made that have not
         ended (a sweep's trials: lost with its worker, cancelled while back in the queue, crashed)
-        are cancelled, since nothing would collect them."""
+        are cancelled, since nothing would collect them. `silent_since`: only if it is running
+        with no heartbeat since then (else False)."""
         assert state in TERMINAL
         client = self.redis.hget(_key(job_id), "client")  # set once, at create
         ended = bool(self._finish(keys=[_WAITING_TURNS, _TURNS] + ([_active_key(client)] if client else []), args=[
             state, time.time(), json.dumps(result) if result is not None else "",
-            json.dumps(error) if error is not None else "", job_id]))
+            json.dumps(error) if error is not None else "", job_id, "" if silent_since is None else repr(silent_since)]))
         if ended:
             for child in self.redis.zrange(_children_key(job_id), 0, -1):
                 self.cancel(child)

@@ -92,6 +92,22 @@ def test_a_lost_job_reads_as_failed_in_the_summaries_too(tmp_path):
         assert store.get(lost)["error"]["type"] == "/problems/worker-lost" and store.get(alive)["state"] == "running"
 
 
+def test_a_reap_that_read_the_record_before_a_heartbeat_leaves_the_job_running(tmp_path):
+    """A reader found the lease expired, then the worker (stalled, say) beat before the reader
+    failed the job: it was failed as worker-lost while it ran on."""
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        store = JobStore.from_url(server.url, lease_seconds=1.0)
+        stalled = store.create("fine_tune", {})["id"]
+        assert store.claim(stalled, "slow")
+        time.sleep(1.2)
+        read_before = store.redis.hgetall(f"gazer:job:{stalled}")
+        store.heartbeat(stalled)
+        assert store._current(stalled, read_before)["state"] == "running"
+        assert store.get(stalled)["state"] == "running"
+        time.sleep(1.2)
+        assert store.get(stalled)["error"]["type"] == "/problems/worker-lost"  # silent since: reaped
+
+
 def test_a_sweep_reaped_as_lost_or_cancelled_while_queued_cancels_its_trials(tmp_path):
     """Its worker killed, or cancelled while back in the queue, nothing collects the sweep's
     trials: they ran on for nothing."""

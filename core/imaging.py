@@ -215,8 +215,13 @@ def _torchvision_geometry(width: int, height: int, size: int, short_side: int) -
         resized_width, resized_height = short_side, int(short_side * height / width)
     else:
         resized_width, resized_height = int(short_side * width / height), short_side
-    return (resized_width, resized_height, int(round((resized_width - size) / 2.0)),
-            int(round((resized_height - size) / 2.0)))
+    return resized_width, resized_height, centre_offset(resized_width, size), centre_offset(resized_height, size)
+
+
+def centre_offset(outer: int, inner: int) -> int:
+    """Where torchvision's `CenterCrop` starts an `inner` window in `outer` pixels (an odd
+    difference rounds half to even: 21.5 -> 22)."""
+    return int(round((outer - inner) / 2.0))
 
 
 def _torchvision_crop_box(width: int, height: int, size: int, short_side: int) -> CropBox:

@@ -116,7 +116,7 @@ class Normalizer:
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         if pixels.shape[-1] != self.size:
-            margin = (pixels.shape[-1] - self.size) // 2
+            margin = imaging.centre_offset(pixels.shape[-1], self.size)  # as serving crops
             pixels = pixels[..., margin:margin + self.size, margin:margin + self.size]
         return (pixels.float() - self.mean.to(pixels.device)) / self.std.to(pixels.device)
 

@@ -178,9 +178,12 @@ def explain_cost(model: LoadedModel, method_name: str, layer: str | None, option
     method, checked, layer = _plan(model, method_name, layer, options)
     _check_outputs(outputs, model, method, images)
     method = METHODS["cam"] if from_feature_map(model, method_name, layer) else method  # one forward
-    channels = model.layers.get(layer, 0) if layer else 0
-    per_image = method.cost(checked, model.spec.input_size, channels)
+    per_image = _cost_per_image(model, method, checked, layer)
     return images * (per_image + (2 * (FAITHFULNESS_STEPS + 1) if faithfulness else 0))
+
+
+def _cost_per_image(model: LoadedModel, method: Method, options: dict[str, object], layer: str | None) -> int:
+    return method.cost(options, model.spec.input_size, model.layers.get(layer, 0) if layer else 0)
 
 
 # The most raw map values one request returns (`outputs=map`): 64 maps of Lite2's 260 x 260
@@ -275,8 +278,7 @@ def _run_method(model: LoadedModel, method_name: str, inputs: torch.Tensor, want
         return method(model.network, inputs, wanted, layer, score=onnx_scorer(model), input_mean=spec.mean,
                       input_std=spec.std, **options)
     targets = wanted if wanted is not None else torch.full((len(inputs),), TOP_CLASS, dtype=torch.long)
-    channels = model.layers.get(layer, 0) if layer else 0
-    long = method.cost(options, spec.input_size, channels) > LONG_COST
+    long = _cost_per_image(model, method, options, layer) > LONG_COST
     key = (method_name, layer, json.dumps(options, sort_keys=True), long)
     runs, step = torch_runs(model), torch_images_per_run(model)
     return joined([runs(key, (inputs[start:start + step], targets[start:start + step]), len(inputs[start:start + step]))

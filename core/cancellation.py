@@ -35,8 +35,8 @@ def current() -> threading.Event | None:
     return _gone.get()
 
 
-def check(gone: threading.Event | None = None) -> None:
-    """Raises ClientGone once `gone` (by default this block's event, see for_client) is set."""
-    gone = gone or _gone.get()
+def check() -> None:
+    """Raises ClientGone once this block's client has gone (see for_client)."""
+    gone = _gone.get()
     if gone is not None and gone.is_set():
         raise ClientGone("the client closed the connection; its work was dropped")

@@ -116,10 +116,6 @@ class OnnxPredictor:
     def logits(self, batch: np.ndarray) -> np.ndarray:
         return self.run(["logits"], batch)[0]
 
-    def logits_and_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        logits, features = self.run(["logits", "features"], batch)
-        return logits, features
-
     def run_batches(self, outputs: tuple[str, ...], batches: list[Batch]) -> list[list[np.ndarray]]:
         """`outputs` of several input batches in one session run (or in parts: run_sizes), split
         back per batch."""

@@ -105,7 +105,7 @@ def test_io_binding_on_the_gpu_agrees_with_the_cpu(lite0, tmp_path):
     assert on_gpu.bound_device == "cuda"
     assert on_gpu.session.get_provider_options()["CUDAExecutionProvider"]["use_tf32"] == "0"  # IEEE float32
     batch = preprocess([chelsea()] * 4, spec)[0]
-    bound = on_gpu.logits_and_features(batch)
+    bound = on_gpu.run(["logits", "features"], batch)
     plain = on_gpu.session.run(["logits", "features"], {on_gpu.input_name: batch})
     for got, expected in zip(bound, plain):
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-3 * max(1.0, float(np.abs(expected).max())))

@@ -3,11 +3,16 @@
 Refused: absolute paths, `..`, links, devices and anything that is not a plain file or
 folder; encrypted entries and compression methods other than stored and deflated; damaged
 archives; more than `max_files` entries and more than `max_total_bytes` decompressed, both
-counted while the archive streams by, before anything is kept; more than `max_seconds` in all.
+counted while the archive streams by, before anything is kept; more than `max_seconds` in all;
+a path over MAX_PATH_BYTES.
 Every byte decompressed counts, kept or skipped: a tar.gz's whole tar (headers and non-image
 files too), a zip's image entries (it never inflates the others). Time and bytes are checked
 on every read, so one huge entry cannot outrun them. Every image is decoded, on the shared CPU
-pool; unreadable ones are listed and left out. At least two classes must keep at least one image.
+pool; unreadable ones are left out, the first MAX_UNREADABLE_LISTED of them listed. At least two
+classes must keep at least one image.
+
+A data set's folder holds its description (dataset.json) and, alone in a small file, its owner:
+a listing or a quota check reads the owners first, and parses only the descriptions it shows.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ class ArchiveLimits:
 
 
 DESCRIPTION = "dataset.json"
+OWNER = ".owner"  # the API key id that holds it ("" for none); hidden, so never a class's name
 UPLOADED_AS = "uploaded-as.json"  # images are kept as class/NNNNNN.ext; what each was called in the archive
 # What zipfile inflates a piece at a time; anything else is refused up front. zipfile hands
 # bzip2 and LZMA data to their decompressors with no output bound (a 324-byte bzip2 entry made
@@ -60,6 +66,10 @@ ZIP_ENCRYPTED, ZIP_PATCHED, ZIP_STRONGLY_ENCRYPTED = 0x1, 0x20, 0x40
 READ_BYTES = 1024**2  # one read from an archive; the ingest's time and bytes are checked between reads
 # What a damaged archive raises while it is read: bad CRC, cut streams, bad headers.
 CORRUPT = (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile)
+# An entry's path, in UTF-8: each is kept while the archive is read, and in the error that names
+# it (8,000 names of 60 KB made a 480 MB description and answer)
+MAX_PATH_BYTES = 1024
+MAX_UNREADABLE_LISTED = 20  # in a description; `unreadable_count` counts them all
 
 
 def _corrupt(error: Exception) -> InvalidRequest:
@@ -137,6 +147,10 @@ class _Entry:
 
 
 def _safe_path(name: str) -> PurePosixPath:
+    size = len(name.encode("utf-8", "surrogateescape"))
+    if size > MAX_PATH_BYTES:
+        raise InvalidRequest(f"archive entry {name[:100]!r}... has a path of {size} bytes; the limit is "
+                             f"{MAX_PATH_BYTES}", field="file")
     path = PurePosixPath(name.replace("\\", "/"))
     if path.is_absolute() or ".." in path.parts or (path.parts and ":" in path.parts[0]):
         raise InvalidRequest(f"archive entry {name!r} points outside the archive", field="file")
@@ -330,7 +344,8 @@ def _stage(entries: Iterator[_Entry], raw: Path, limits: ArchiveLimits, budget: 
 @dataclass
 class _Extracted:
     counts: dict[str, int]
-    unreadable: list[dict[str, str]]
+    unreadable: list[dict[str, str]]  # the first MAX_UNREADABLE_LISTED
+    unreadable_count: int
     uploaded_as: dict[str, str]  # each kept image's `class/file` name -> its path in the archive
 
 
@@ -359,10 +374,12 @@ def _place_images(paths: list[PurePosixPath], staged: list[_Staged], staging: Pa
     items, reasons, chunk = [item for item, _ in placed], [], cpu_count()
     for start in range(0, len(items), chunk):
         reasons += parallel_map(problem, items[start:start + chunk])
-    extracted = _Extracted({}, [], {})
+    extracted = _Extracted({}, [], 0, {})
     for (item, (label, filename)), reason in zip(placed, reasons):
         if reason is not None:
-            extracted.unreadable.append({"file": str(item.path), "reason": reason})
+            if extracted.unreadable_count < MAX_UNREADABLE_LISTED:
+                extracted.unreadable.append({"file": str(item.path), "reason": reason})
+            extracted.unreadable_count += 1
             continue
         index = extracted.counts.get(label, 0)
         (staging / label).mkdir(exist_ok=True)
@@ -377,7 +394,7 @@ def _check_classes(extracted: _Extracted) -> None:
     if len(extracted.counts) >= 2:
         return
     unread = extracted.unreadable
-    listed = f"; {len(unread)} unreadable: {[item['file'] for item in unread][:20]}" if unread else ""
+    listed = f"; {extracted.unreadable_count} unreadable: {[item['file'] for item in unread]}" if unread else ""
     raise InvalidRequest(f"a data set needs at least 2 classes (folders) with readable images; found "
                          f"{len(extracted.counts)}: {sorted(extracted.counts)}{listed}", field="file")
 
@@ -404,8 +421,10 @@ def ingest_archive(blob: bytes, datasets_dir: Path, name: str | None, limits: Ar
         counts = extracted.counts
         description = {"id": dataset_id, "name": name or dataset_id, "classes": sorted(counts),
                        "counts": dict(sorted(counts.items())), "images": sum(counts.values()),
-                       "unreadable": extracted.unreadable, "created_at": time.time(), "owner": owner}
+                       "unreadable": extracted.unreadable, "unreadable_count": extracted.unreadable_count,
+                       "created_at": time.time(), "owner": owner}
         (staging / DESCRIPTION).write_text(json.dumps(description, indent=1))
+        (staging / OWNER).write_text(owner or "")
         (staging / UPLOADED_AS).write_text(json.dumps(extracted.uploaded_as))
         with admitted():
             staging.rename(datasets_dir / dataset_id)
@@ -428,21 +447,49 @@ def _dataset_dir(datasets_dir: Path, dataset_id: str) -> Path:
 
 
 def describe_dataset(datasets_dir: Path, dataset_id: str) -> dict:
-    return json.loads((_dataset_dir(datasets_dir, dataset_id) / "dataset.json").read_text())
+    return _description(_dataset_dir(datasets_dir, dataset_id))
 
 
-def list_datasets(datasets_dir: Path) -> list[dict]:
-    if not datasets_dir.exists():
-        return []
-    found = []
-    for path in datasets_dir.glob("*/dataset.json"):
-        if path.parent.name.startswith("."):  # one still being written
+def _description(folder: Path) -> dict:
+    description = json.loads((folder / DESCRIPTION).read_text())
+    description.setdefault("unreadable_count", len(description["unreadable"]))  # stored before it was counted
+    return description
+
+
+def _owner(folder: Path) -> str | None:
+    """FileNotFoundError once the data set is gone."""
+    try:
+        return (folder / OWNER).read_text().strip() or None
+    except FileNotFoundError:  # stored before the owner had a file of its own
+        return _description(folder).get("owner")
+
+
+def _stored(datasets_dir: Path) -> Iterator[tuple[Path, str | None]]:
+    """(folder, owner) of each data set stored whole (not one being written)."""
+    for path in datasets_dir.glob("*/" + DESCRIPTION) if datasets_dir.exists() else ():
+        if path.parent.name.startswith("."):
             continue
         try:
-            found.append(json.loads(path.read_text()))
+            yield path.parent, _owner(path.parent)
+        except FileNotFoundError:  # deleted meanwhile
+            continue
+
+
+def list_datasets(datasets_dir: Path, visible: Callable[[str | None], bool] = lambda owner: True) -> list[dict]:
+    """The descriptions of the data sets whose owner is `visible`, newest first."""
+    found = []
+    for folder, owner in _stored(datasets_dir):
+        if not visible(owner):
+            continue
+        try:
+            found.append(_description(folder))
         except FileNotFoundError:  # deleted meanwhile
             continue
     return sorted(found, key=lambda item: item["created_at"], reverse=True)
+
+
+def count_owned(datasets_dir: Path, owner: str) -> int:
+    return sum(1 for _, held_by in _stored(datasets_dir) if held_by == owner)
 
 
 def delete_dataset(datasets_dir: Path, dataset_id: str) -> None:

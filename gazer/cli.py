@@ -297,6 +297,9 @@ def cmd_datasets_upload(client: Client, args: argparse.Namespace) -> int:
           f"({counts})")
     for item in dataset.unreadable:
         print(f"  skipped {item.file}: {item.reason}", file=sys.stderr)
+    if dataset.unreadable_count > len(dataset.unreadable):
+        print(f"  and {dataset.unreadable_count - len(dataset.unreadable)} more unreadable files skipped",
+              file=sys.stderr)
     return 0
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class Unreadable(BaseModel):
@@ -16,7 +16,10 @@ class Dataset(BaseModel):
     classes: list[str]
     counts: dict[str, int]
     images: int
-    unreadable: list[Unreadable]
+    unreadable: list[Unreadable] = Field(description="the first files left out (at most 20), each with why")
+    # a server from before it was counted listed them all
+    unreadable_count: int = Field(default_factory=lambda data: len(data["unreadable"]),
+                                  description="files left out because they could not be read")
     created_at: float
     owner: str | None = None
 

@@ -35,7 +35,7 @@ def check_dataset_quota(caller: Caller, storage: Storage, settings: Settings) ->
     """Refuses a new data set of a key at its quota."""
     if caller.owner is None:
         return
-    held = sum(1 for item in datasets.list_datasets(storage.datasets) if item.get("owner") == caller.owner)
+    held = datasets.count_owned(storage.datasets, caller.owner)
     if held >= settings.max_datasets_per_key:
         raise QuotaExceeded(f"this key holds {held} data sets, its quota (GAZER_MAX_DATASETS_PER_KEY); "
                             f"delete one first")

@@ -52,7 +52,7 @@ async def upload_dataset(
 # Plain `def` from here on: these read and delete files, so FastAPI runs them in its thread pool.
 @router.get("", response_model=DatasetList)
 def list_datasets(storage: StorageDep, caller: CallerDep) -> DatasetList:
-    found = [item for item in datasets.list_datasets(storage.datasets) if caller.sees(item.get("owner"))]
+    found = datasets.list_datasets(storage.datasets, caller.sees)
     return DatasetList(data=[Dataset(**item) for item in found], count=len(found))
 
 

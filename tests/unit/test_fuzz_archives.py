@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from core.datasets import ArchiveLimits, ingest_archive
+from core.datasets import OWNER, ArchiveLimits, ingest_archive
 from core.errors import GazerError
 
 LIMITS = ArchiveLimits(max_files=12, max_total_bytes=256 * 1024, max_image_pixels=64 * 64,
@@ -187,7 +187,8 @@ def test_any_archive_is_ingested_or_refused_cleanly(blob):
         stored = datasets / description["id"]
         assert [path.name for path in datasets.iterdir()] == [description["id"]]
         assert not any(path.is_symlink() for path in stored.rglob("*"))
-        assert not any(part.startswith(".") for path in stored.rglob("*") for part in path.relative_to(stored).parts)
+        kept = [path.relative_to(stored) for path in stored.rglob("*") if path != stored / OWNER]
+        assert not any(part.startswith(".") for path in kept for part in path.parts)  # nothing staged is left
         assert sorted(path.name for path in stored.iterdir() if path.is_dir()) == description["classes"]
         assert len(description["classes"]) >= 2
         for label, count in description["counts"].items():

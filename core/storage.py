@@ -69,10 +69,10 @@ class Storage:
         return self.root / "artifacts" / job_id
 
     def partial_folders(self) -> list[Path]:
-        """What an interrupted ingest, save or delete leaves: `.<id>.partial` data sets and a
-        model's `.staging-*` and `.deleting-*` folders."""
-        return [*self.datasets.glob(".*.partial"), *self.models.glob("*/.staging-*"),
-                *self.models.glob("*/.deleting-*")]
+        """What an interrupted ingest, save or delete leaves: `.<id>.partial` and `.deleting-*`
+        data sets and a model's `.staging-*` and `.deleting-*` folders."""
+        return [*self.datasets.glob(".*.partial"), *self.datasets.glob(".deleting-*"),
+                *self.models.glob("*/.staging-*"), *self.models.glob("*/.deleting-*")]
 
     def sweep_partial_folders(self, older_than_seconds: float = 3600.0) -> list[Path]:
         """Remove partial folders not touched for `older_than_seconds`: old enough that no live

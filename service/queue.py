@@ -84,6 +84,12 @@ class JobQueue:
         `wait=False`: QueueUnavailable at once when another request holds it."""
         return self._lock(f"gazer:model-name-lock:{name}", f"another submit under model name {name!r}", wait)
 
+    def dataset_lock(self, dataset_id: str) -> AbstractContextManager[None]:
+        """Held while a job that reads data set `dataset_id` is queued, and while a delete looks
+        for such jobs and sets the data set aside: the delete sees the job, or the job sees no
+        data set. Taken after claim_lock's, by whoever holds that."""
+        return self._lock(f"gazer:dataset-lock:{dataset_id}", f"another request on data set {dataset_id!r}")
+
     @contextmanager
     def _lock(self, key: str, holder: str, wait: bool = True) -> Iterator[None]:
         lock = self.store.redis.lock(key, timeout=CLAIM_LOCK_SECONDS, blocking_timeout=CLAIM_LOCK_SECONDS)

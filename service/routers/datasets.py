@@ -65,10 +65,17 @@ def describe_dataset(dataset_id: str, storage: StorageDep, caller: CallerDep) ->
 def delete_dataset(dataset_id: str, storage: StorageDep, caller: CallerDep, queue: QueueDep) -> None:
     """409 while a queued or running job reads it (it would fail part way)."""
     _visible(dataset_id, storage, caller)
-    if using := queue.jobs_using_dataset(dataset_id):
-        raise Conflict(f"data set {dataset_id!r} is read by {len(using)} queued or running job(s) "
-                       f"({', '.join(using[:5])}); cancel them, or delete it once they end", field="dataset_id")
-    datasets.delete_dataset(storage.datasets, dataset_id)
+
+    @contextmanager
+    def unread() -> Iterator[None]:
+        with queue.dataset_lock(dataset_id):
+            if using := queue.jobs_using_dataset(dataset_id):
+                raise Conflict(f"data set {dataset_id!r} is read by {len(using)} queued or running job(s) "
+                               f"({', '.join(using[:5])}); cancel them, or delete it once they end",
+                               field="dataset_id")
+            yield
+
+    datasets.delete_dataset(storage.datasets, dataset_id, unread)
 
 
 def _visible(dataset_id: str, storage: StorageDep, caller: Caller) -> dict:

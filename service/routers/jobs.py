@@ -58,6 +58,16 @@ def _references_in_body() -> Iterator[None]:
         raise InvalidRequest(error.detail) from None
 
 
+@contextmanager
+def _dataset_kept(queue: QueueDep, storage: StorageDep, dataset_id: str) -> Iterator[None]:
+    """Held while a job that reads data set `dataset_id` is queued: a delete looks for such jobs
+    under the same lock, so it sees this one, or it came first and the data set is gone (422)."""
+    with queue.dataset_lock(dataset_id):
+        with _references_in_body():
+            describe_dataset(storage.datasets, dataset_id)
+        yield
+
+
 def _visible_job(job_id: str, queue: QueueDep, caller: Caller) -> dict[str, Any]:
     """The job's record; 404 for a job of another key, unless the caller holds `admin`."""
     job = queue.store.get(job_id)
@@ -82,7 +92,7 @@ def submit_fine_tune(body: FineTuneRequest, request: Request, response: Response
         caller.check_owns(describe_dataset(storage.datasets, body.dataset_id).get("owner"),
                           f"data set {body.dataset_id!r}")
         check_fine_tune(fine_tune_config(params), registry, storage.datasets, settings.worker_memory_bytes)
-    with queue.claim_lock(caller.owner, body.output_model):
+    with queue.claim_lock(caller.owner, body.output_model), _dataset_kept(queue, storage, body.dataset_id):
         claim_model_name(caller, storage, queue, body.output_model, settings)
         return _submit(FINE_TUNE, params, queue, caller, request, settings, response)
 
@@ -103,7 +113,8 @@ def submit_sweep(body: SweepRequest, request: Request, response: Response, queue
                           f"data set {config.base.dataset_id!r}")
         for heaviest in heaviest_trials(params):
             check_fine_tune(fine_tune_config(heaviest), registry, storage.datasets, settings.worker_memory_bytes)
-    with queue.claim_lock(caller.owner, config.base.output_model):
+    with queue.claim_lock(caller.owner, config.base.output_model), \
+            _dataset_kept(queue, storage, config.base.dataset_id):
         claim_model_name(caller, storage, queue, config.base.output_model, settings)
         return _submit(SWEEP, params, queue, caller, request, settings, response)
 
@@ -134,7 +145,8 @@ def submit_explain_dataset(body: ExplainDatasetRequest, request: Request, respon
         caller.check_owns(dataset.get("owner"), f"data set {config.dataset_id!r}")
         model = load_model(registry, config.model, request, caller)
     check_explain_dataset(config, model, dataset["images"], settings.max_explain_cost, settings.max_explain_job_cost)
-    return _submit(EXPLAIN_DATASET, params, queue, caller, request, settings, response)
+    with _dataset_kept(queue, storage, config.dataset_id):
+        return _submit(EXPLAIN_DATASET, params, queue, caller, request, settings, response)
 
 
 @router.get("", response_model=JobList)

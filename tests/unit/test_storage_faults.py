@@ -40,8 +40,8 @@ def test_a_full_disk_during_a_version_save_is_a_clear_error_and_leaves_nothing(f
 
 def test_the_sweep_removes_old_partial_folders_only(tmp_path):
     storage = Storage(tmp_path)
-    old = [storage.datasets / ".abc.partial", storage.models / "pets" / ".staging-1",
-           storage.models / "pets" / ".deleting-3-x"]
+    old = [storage.datasets / ".abc.partial", storage.datasets / ".deleting-def-x",
+           storage.models / "pets" / ".staging-1", storage.models / "pets" / ".deleting-3-x"]
     fresh = storage.models / "pets" / ".staging-2"
     kept = [storage.models / "pets" / "1", storage.datasets / "abc"]
     for folder in old + [fresh] + kept:

@@ -36,7 +36,7 @@ from typing import IO, Callable, Iterator
 
 from core import cancellation
 from core.errors import GazerError, InvalidRequest, NotFound, PayloadTooLarge, StorageFailed, TooManyFiles
-from core.imaging import decode_image
+from core.imaging import declared_pixels, decode_image
 from core.parallel import cpu_count, parallel_map
 from core.storage import check_name
 
@@ -319,6 +319,7 @@ def _may_be_an_image(path: PurePosixPath) -> bool:
 class _Staged:
     path: PurePosixPath
     file: Path
+    pixels: int  # as its header declares them; 0 where it cannot be read
 
 
 def _stage(entries: Iterator[_Entry], raw: Path, limits: ArchiveLimits, budget: _Budget,
@@ -337,7 +338,7 @@ def _stage(entries: Iterator[_Entry], raw: Path, limits: ArchiveLimits, budget: 
         room(len(data))
         file = raw / f"{len(staged):06d}"
         file.write_bytes(data)
-        staged.append(_Staged(entry.path, file))
+        staged.append(_Staged(entry.path, file, declared_pixels(data)[0]))
     return paths, staged
 
 
@@ -350,9 +351,10 @@ class _Extracted:
 
 
 def _place_images(paths: list[PurePosixPath], staged: list[_Staged], staging: Path, limits: ArchiveLimits,
-                  budget: _Budget) -> _Extracted:
-    """Decode the candidates on the shared CPU pool; move each readable one to
-    staging/<class>/<index><suffix> and list the others."""
+                  budget: _Budget, charge: Callable[[int], None]) -> _Extracted:
+    """Decode the candidates on the shared CPU pool, once `charge` has taken what they declare
+    (those over max_image_pixels are refused from their headers, and cost nothing); move each
+    readable one to staging/<class>/<index><suffix> and list the others."""
     strip_root = _strips_one_root(paths)
     placed = [(item, _class_and_file(item.path, strip_root)) for item in staged]
     placed = [(item, where) for item, where in placed if where is not None]
@@ -360,6 +362,7 @@ def _place_images(paths: list[PurePosixPath], staged: list[_Staged], staging: Pa
         check_name(label, "class")
         if label in (DESCRIPTION, UPLOADED_AS):
             raise InvalidRequest(f"a class may not be named {label!r}", field="file")
+    charge(sum(item.pixels for item, _ in placed if item.pixels <= limits.max_image_pixels))
 
     def problem(item: _Staged) -> str | None:
         budget.check()
@@ -402,11 +405,14 @@ def _check_classes(extracted: _Extracted) -> None:
 def ingest_archive(blob: bytes, datasets_dir: Path, name: str | None, limits: ArchiveLimits,
                    owner: str | None = None,
                    admitted: Callable[[], AbstractContextManager[None]] = nullcontext,
-                   room: Callable[[int], None] = lambda size: None) -> dict:
+                   room: Callable[[int], None] = lambda size: None,
+                   charge: Callable[[int], None] = lambda pixels: None) -> dict:
     """Extract a class-per-folder archive into a new data set and return its description.
     `owner`: who may see it (an API key id; None when the service is open). `admitted()` is
     entered around the moment the data set appears (the caller's quota check, under a lock).
-    `room(size)` is asked before each file is written (Storage.check_room), and may refuse it."""
+    `room(size)` is asked before each file is written (Storage.check_room), and may refuse it.
+    `charge(pixels)` is told what the images to decode declare before any is (the client's
+    compute), and may refuse them."""
     budget = _Budget(limits.max_seconds, limits.max_total_bytes)
     entries = _entries(blob, limits, budget)
     dataset_id = uuid.uuid4().hex[:12]
@@ -415,7 +421,7 @@ def ingest_archive(blob: bytes, datasets_dir: Path, name: str | None, limits: Ar
     try:
         raw.mkdir(parents=True)
         paths, staged = _stage(entries, raw, limits, budget, room)
-        extracted = _place_images(paths, staged, staging, limits, budget)
+        extracted = _place_images(paths, staged, staging, limits, budget, charge)
         _check_classes(extracted)
         shutil.rmtree(raw)
         counts = extracted.counts

@@ -3,8 +3,8 @@
 overload. A request takes its place in the route, once its caller is known and its upload read;
 while the queue is already full, `RefuseWhenQueueFull` answers before the upload is read.
 One client (a key, or an address when the service is open) holds at most its share of a
-queue, of the explanation slots and of the explained pixels: beyond it, 429 with Retry-After,
-so that one client cannot fill them for everyone."""
+queue, of the explanation slots, of the explained pixels and of the data set ingests: beyond it,
+429 with Retry-After, so that one client cannot fill them for everyone."""
 
 from __future__ import annotations
 
@@ -66,30 +66,45 @@ class ModelQueues:
             yield
 
 
-class ExplanationSlots:
-    """Explanations in flight over all models, and of those each client's; used on the event
-    loop only, so it needs no lock."""
+class ClientShares:
+    """How many of something (`what`, limited by the setting `setting`) each client holds: at
+    most `per_client` at once, beyond which a 429 with Retry-After. Used on the event loop only,
+    so it needs no lock."""
+
+    def __init__(self, per_client: int, what: str, setting: str) -> None:
+        self.per_client = per_client
+        self.what = what
+        self.setting = setting
+        self.of_client: Counter[str] = Counter()
+
+    @contextmanager
+    def held(self, client: str) -> Iterator[None]:
+        if self.of_client[client] >= self.per_client:
+            raise too_many(f"this client already has {self.per_client} {self.what} ({self.setting}); wait for "
+                           f"an answer first", RETRY_AFTER_SECONDS)
+        with _counted(self.of_client, client):
+            yield
+
+
+class ExplanationSlots(ClientShares):
+    """Explanations in flight over all models, and of those each client's."""
 
     def __init__(self, total: int, per_client: int) -> None:
+        super().__init__(per_client, "explanations in flight", "GAZER_MAX_EXPLANATIONS_PER_CLIENT")
         self.total = total
-        self.per_client = per_client
         self.in_use = 0
-        self.of_client: Counter[str] = Counter()
 
     @contextmanager
     def taken(self, client: str) -> Iterator[None]:
         if self.in_use >= self.total:
             raise ServiceBusy(f"all {self.total} explanation slots are busy; retry later",
                               headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
-        if self.of_client[client] >= self.per_client:
-            raise too_many(f"this client already has {self.per_client} explanations in flight "
-                           f"(GAZER_MAX_EXPLANATIONS_PER_CLIENT); wait for an answer first", RETRY_AFTER_SECONDS)
-        self.in_use += 1
-        try:
-            with _counted(self.of_client, client):
+        with self.held(client):
+            self.in_use += 1
+            try:
                 yield
-        finally:
-            self.in_use -= 1
+            finally:
+                self.in_use -= 1
 
 
 @contextmanager

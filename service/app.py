@@ -18,7 +18,7 @@ from core.errors import GazerError
 from core.parallel import single_threaded_blas
 from core.models.registry import ModelRegistry
 from core.storage import Storage
-from service.admission import ExplanationSlots, ModelQueues, PixelBudget, RefuseWhenQueueFull
+from service.admission import ClientShares, ExplanationSlots, ModelQueues, PixelBudget, RefuseWhenQueueFull
 from service.auth import KeyStore, KeysBeforeBodies, requires
 from service.dependencies import DATASET_INGESTS
 from service.errors import PROBLEM_RESPONSES, install_error_handlers
@@ -87,6 +87,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.model_queues = ModelQueues(settings.max_queued_per_model, settings.max_queued_per_client)
     app.state.explanation_slots = ExplanationSlots(settings.max_concurrent_explanations,
                                                    settings.max_explanations_per_client)
+    app.state.dataset_ingests = ClientShares(settings.max_dataset_ingests_per_client, "data set uploads in progress",
+                                             "GAZER_MAX_DATASET_INGESTS_PER_CLIENT")
     app.state.explained_pixels = PixelBudget(settings.max_explained_pixels, settings.explained_pixels_per_client)
     install_error_handlers(app)
     # Outermost last: ids and metrics, then Host, Origin and CORS, then keys and scopes (their

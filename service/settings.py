@@ -28,6 +28,8 @@ class Settings(SharedSettings):
     # explanation slots; beyond it 429 with Retry-After, so that one client cannot fill them.
     max_queued_per_client: int = Field(12, ge=1)
     max_explanations_per_client: int = Field(16, ge=1)
+    # Data set uploads one client may have extracted (or waiting for a slot) at once in a process.
+    max_dataset_ingests_per_client: int = Field(1, ge=1)
     # Decoded pixels those explanations hold together (their images, as the headers declare them);
     # beyond it 503 at once. Four requests at GAZER_MAX_REQUEST_PIXELS: about 2.6 GB as Pillow holds RGB.
     # One client's share of them (default half); beyond it 429.

@@ -14,7 +14,7 @@ from core.errors import Conflict
 from core.storage import check_name
 from schemas.datasets import Dataset, DatasetList
 from service.auth import Caller, CallerDep
-from service.dependencies import QueueDep, SettingsDep, StorageDep, dataset_slot
+from service.dependencies import QueueDep, SettingsDep, StorageDep, charge_decoding, dataset_slot
 from service.disconnects import client_watch
 from service.quotas import check_dataset_quota
 
@@ -31,7 +31,7 @@ async def upload_dataset(
     if name is not None:
         check_name(name, "name")
     check_dataset_quota(caller, storage, settings)  # before the work; again as the data set appears
-    async with dataset_slot(request):
+    async with dataset_slot(request, caller):
         blob = await file.read()
 
         @contextmanager
@@ -43,7 +43,7 @@ async def upload_dataset(
         def ingest(gone: threading.Event) -> dict:
             with cancellation.for_client(gone):
                 return datasets.ingest_archive(blob, storage.datasets, name, settings.archive_limits, caller.owner,
-                                               within_quota, storage.check_room)
+                                               within_quota, storage.check_room, charge_decoding(request, caller))
 
         async with client_watch(request) as gone:
             return Dataset(**await run_in_threadpool(ingest, gone))

@@ -31,6 +31,7 @@ from service.app import create_app
 from service.auth import KeysBeforeBodies, required_scope
 from service.settings import Settings
 from support import chelsea, encode, shapes_archive, upload
+from tests.api.test_datasets import held_ingests
 from tests.api.test_model_refusals import onnx_classifier
 from tests.conftest import MODEL
 from tests.held_method import GRADIENT_LAYER, HeldGradCAM
@@ -395,6 +396,34 @@ def test_model_names_and_data_sets_are_held_per_key_within_quotas(keys, tmp_path
 
 
 
+def test_a_key_has_one_data_set_extracted_at_a_time(keys, tmp_path, monkeypatch):
+    """Two uploads of one client held both ingest slots for 90 s (300 WebPs declaring 6300x6300
+    each, in 4.3 KB), and another key's waited 62.5 s for a 503. Now a key's second upload is a
+    429 at once, and another key's takes the other slot."""
+    release, started = held_ingests(monkeypatch)
+    settings = Settings(data_dir=tmp_path, api_keys=keys[0])
+    with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as api, \
+            ThreadPoolExecutor(3) as pool:
+        archive = upload(shapes_archive(per_class=2), "shapes.zip", "application/zip")
+
+        def send(who: str):
+            return api.post("/v1/datasets", files=[archive], headers=as_(keys, who))
+
+        alices = pool.submit(send, "alice")
+        try:
+            assert started.acquire(timeout=60), "alice's upload never started"
+            again = pool.submit(send, "alice").result(timeout=10)
+            assert_problem(again, 429, "GAZER_MAX_DATASET_INGESTS_PER_CLIENT")
+            assert again.headers["Retry-After"] == "1"
+            bobs = pool.submit(send, "bob")
+            assert started.acquire(timeout=10), "bob's upload never started"
+        finally:
+            release.set()
+        assert [alices.result().status_code, bobs.result().status_code] == [201, 201]
+        assert send("alice").status_code == 201  # its share is free again
+    assert not api.app.state.dataset_ingests.of_client
+
+
 def test_a_keys_listing_and_quota_parse_no_other_keys_descriptions(keys, tmp_path):
     """Every description was parsed before the owner was checked: 480 MB of alice's made bob's
     listing take 1.4 s. Here hers cannot be parsed at all, and bob's listing and quota check
@@ -423,8 +452,8 @@ def test_requests_of_one_key_sent_at_once_cannot_pass_its_quota_together(keys, t
     that check first."""
     ingest = datasets.ingest_archive
 
-    def ingest_slowly(*args):
-        *rest, admitted, room = args
+    def ingest_slowly(*args, **kwargs):
+        *rest, admitted, room, charge = args
 
         @contextmanager
         def slowly() -> Iterator[None]:
@@ -432,10 +461,11 @@ def test_requests_of_one_key_sent_at_once_cannot_pass_its_quota_together(keys, t
                 time.sleep(0.3)
                 yield
 
-        return ingest(*rest, slowly, room)
+        return ingest(*rest, slowly, room, charge)
 
     monkeypatch.setattr(datasets, "ingest_archive", ingest_slowly)
-    settings = Settings(data_dir=tmp_path, api_keys=keys[0], max_datasets_per_key=1, max_models_per_key=1)
+    settings = Settings(data_dir=tmp_path, api_keys=keys[0], max_datasets_per_key=1, max_models_per_key=1,
+                        max_dataset_ingests_per_client=4)
     with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as api, \
             ThreadPoolExecutor(8) as pool:
         archive = upload(shapes_archive(per_class=2), "shapes.zip", "application/zip")

@@ -472,18 +472,44 @@ def test_ingest_has_a_time_limit_and_leaves_nothing_behind(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_data_set_uploads_are_extracted_two_at_a_time(data_dir, monkeypatch):
-    """Each holds its archive in memory while it is extracted: a third waits for a slot, then 503."""
+def test_decoding_a_data_set_is_charged_to_its_clients_compute(tmp_path):
+    """300 lossless WebPs of 1.6 KB declaring 6300x6300 (441 ms each to decode) in a 4.3 KB tar.gz
+    held an ingest slot for 90 s, uncharged; with 3,000 the ingest ran into its time limit, a 413
+    that took nothing, and could be sent again at once. A forward pass per megapixel declared is
+    taken from the client's compute before any image is decoded: 30 here, where the bucket holds
+    40 and refills a token in 100 s."""
+    settings = Settings(data_dir=tmp_path, compute_burst=40, compute_per_second=0.01)
+    six_megapixels = encode(Image.new("RGB", (3000, 2000)), "PNG")
+    archive = zip_of({f"{('cat', 'dog')[index % 2]}/{index}.png": six_megapixels for index in range(5)})
+    with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as client:
+        assert post(client, archive).status_code == 201
+        refused = assert_refused(post(client, archive), 429, "(30000000 pixels as their headers declare) costs 30")
+        assert refused["type"] == "/problems/too-many-requests"
+        over = zip_of({f"{('cat', 'dog')[index % 2]}/{index}.png": six_megapixels for index in range(7)})
+        assert_refused(post(client, over), 429, "needs 42 forward passes at once; a client may hold at most 40")
+        assert post(client, zip_of(GOOD)).status_code == 201  # two small photos: a forward pass
+        assert len(client.get("/v1/datasets").json()["data"]) == 2
+
+
+def held_ingests(monkeypatch) -> tuple[threading.Event, threading.Semaphore]:
+    """Ingests wait for the event once begun (each releases the semaphore as it begins)."""
     release, started = threading.Event(), threading.Semaphore(0)
     ingest = datasets.ingest_archive
 
-    def held(*args):
+    def held(*args, **kwargs):
         started.release()
         assert release.wait(timeout=60), "the test never released the held ingests"
-        return ingest(*args)
+        return ingest(*args, **kwargs)
 
     monkeypatch.setattr(datasets, "ingest_archive", held)
-    settings = Settings(data_dir=data_dir, explain_queue_seconds=0.5)
+    return release, started
+
+
+def test_data_set_uploads_are_extracted_two_at_a_time(data_dir, monkeypatch):
+    """Each holds its archive in memory while it is extracted: a third waits for a slot, then 503
+    (one client here: its share of the slots raised to let it try)."""
+    release, started = held_ingests(monkeypatch)
+    settings = Settings(data_dir=data_dir, explain_queue_seconds=0.5, max_dataset_ingests_per_client=3)
     with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as client, \
             ThreadPoolExecutor(2) as pool:
         archive = shapes_archive(per_class=2)

@@ -305,9 +305,9 @@ def _class_and_file(path: PurePosixPath, strip_root: bool) -> tuple[str, str] | 
 
 
 def _strips_one_root(paths: list[PurePosixPath]) -> bool:
-    """Whether every class folder sits inside one top folder (`pets/cat/1.png`)."""
-    roots = {path.parts[0] for path in paths if len(path.parts) > 1}
-    return len(roots) == 1 and all(len(path.parts) >= 3 for path in paths if not path.name.startswith("."))
+    """Whether every image (`paths`: those _may_be_an_image took) sits in a class folder inside
+    one top folder (`pets/cat/1.png`); other files (`pets/README.txt`) have no say."""
+    return len({path.parts[0] for path in paths}) == 1 and all(len(path.parts) == 3 for path in paths)
 
 
 def _may_be_an_image(path: PurePosixPath) -> bool:
@@ -323,15 +323,12 @@ class _Staged:
 
 
 def _stage(entries: Iterator[_Entry], raw: Path, limits: ArchiveLimits, budget: _Budget,
-           room: Callable[[int], None]) -> tuple[list[PurePosixPath], list[_Staged]]:
+           room: Callable[[int], None]) -> list[_Staged]:
     """Stream the archive once (its reads charged to `budget`), and write the entries that
-    may be images to `raw`, each once `room(its size)` lets it. Returns every file's path and
-    the staged candidates."""
-    paths: list[PurePosixPath] = []
+    may be images to `raw`, each once `room(its size)` lets it."""
     staged: list[_Staged] = []
     for entry in entries:
         budget.check()
-        paths.append(entry.path)
         if not _may_be_an_image(entry.path):
             continue
         data = entry.read(limits.max_file_bytes)
@@ -339,7 +336,7 @@ def _stage(entries: Iterator[_Entry], raw: Path, limits: ArchiveLimits, budget: 
         file = raw / f"{len(staged):06d}"
         file.write_bytes(data)
         staged.append(_Staged(entry.path, file, declared_pixels(data)[0]))
-    return paths, staged
+    return staged
 
 
 @dataclass
@@ -350,12 +347,12 @@ class _Extracted:
     uploaded_as: dict[str, str]  # each kept image's `class/file` name -> its path in the archive
 
 
-def _place_images(paths: list[PurePosixPath], staged: list[_Staged], staging: Path, limits: ArchiveLimits,
-                  budget: _Budget, charge: Callable[[int], None]) -> _Extracted:
+def _place_images(staged: list[_Staged], staging: Path, limits: ArchiveLimits, budget: _Budget,
+                  charge: Callable[[int], None]) -> _Extracted:
     """Decode the candidates on the shared CPU pool, once `charge` has taken what they declare
     (those over max_image_pixels are refused from their headers, and cost nothing); move each
     readable one to staging/<class>/<index><suffix> and list the others."""
-    strip_root = _strips_one_root(paths)
+    strip_root = _strips_one_root([item.path for item in staged])
     placed = [(item, _class_and_file(item.path, strip_root)) for item in staged]
     placed = [(item, where) for item, where in placed if where is not None]
     for _, (label, _) in placed:
@@ -420,8 +417,8 @@ def ingest_archive(blob: bytes, datasets_dir: Path, name: str | None, limits: Ar
     raw = staging / ".raw"
     try:
         raw.mkdir(parents=True)
-        paths, staged = _stage(entries, raw, limits, budget, room)
-        extracted = _place_images(paths, staged, staging, limits, budget, charge)
+        staged = _stage(entries, raw, limits, budget, room)
+        extracted = _place_images(staged, staging, limits, budget, charge)
         _check_classes(extracted)
         shutil.rmtree(raw)
         counts = extracted.counts

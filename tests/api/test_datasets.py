@@ -158,6 +158,15 @@ def test_one_wrapping_folder_is_accepted(client):
     assert dataset["classes"] == ["cat", "dog"]
 
 
+@pytest.mark.parametrize("beside", ["pets/README.txt", "LICENSE", "pets/.DS_Store", "pets/notes/todo.txt"])
+def test_files_that_are_not_images_do_not_keep_the_wrapping_folder(client, beside):
+    """pets/cat/*.jpg, pets/dog/*.jpg and pets/README.txt was refused: "needs at least 2 classes
+    ... found 0", the README's two parts keeping `pets` as the only class folder."""
+    response = post(client, zip_of({beside: b"text", **{f"pets/{name}": blob for name, blob in GOOD.items()}}))
+    assert response.status_code == 201, response.text
+    assert response.json()["classes"] == ["cat", "dog"]
+
+
 def test_unreadable_images_are_listed_not_fatal(client):
     dataset = post(client, zip_of({**GOOD, "cat/broken.jpg": PHOTO[:200], "dog/text.png": b"hello"})).json()
     assert dataset["counts"] == {"cat": 1, "dog": 1}

@@ -81,7 +81,7 @@ class Batcher:
         self._changed = threading.Condition()
         self._threads: set[threading.Thread] = set()
         self._idle = 0  # threads waiting for work
-        self._long_running = False
+        self._long_running = 0  # long batches running now (more than one on more than one runner)
 
     def submit(self, key: Hashable, payload: Any, size: int, gone: threading.Event | None = None) -> Future:
         """A future of the payload's result. `gone`: the client's event (default: the one
@@ -108,7 +108,7 @@ class Batcher:
 
     def running_long(self) -> bool:
         """Whether long work is running now (and pausing for short work)."""
-        return self._long_running
+        return self._long_running > 0
 
     def waiting(self) -> int:
         """Images waiting to run."""
@@ -201,13 +201,15 @@ class Batcher:
         long = self._is_long(key)
         _local.pause = self._run_one_short if long else None
         if long:
-            self._long_running = True
+            with self._changed:
+                self._long_running += 1
         try:
             yield
         finally:
             _local.pause = previous
             if long:
-                self._long_running = False
+                with self._changed:
+                    self._long_running -= 1
 
     def _run_one_short(self) -> None:
         batch = self._next_batch(block=False, short_only=True)

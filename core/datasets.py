@@ -9,7 +9,8 @@ Every byte decompressed counts, kept or skipped: a tar.gz's whole tar (headers a
 files too), a zip's image entries (it never inflates the others). Time and bytes are checked
 on every read, so one huge entry cannot outrun them. Every image is decoded, on the shared CPU
 pool; unreadable ones are left out, the first MAX_UNREADABLE_LISTED of them listed. At least two
-classes must keep at least one image.
+classes must keep at least one image, and at most `max_classes` class folders are taken (counted
+before any image is decoded).
 
 A data set's folder holds its description (dataset.json) and, alone in a small file, its owner:
 a listing or a quota check reads the owners first, and parses only the descriptions it shows.
@@ -52,6 +53,7 @@ class ArchiveLimits:
     max_image_pixels: int
     max_file_bytes: int = 50 * 1024**2
     max_seconds: float = 600.0
+    max_classes: int = 1000
 
 
 DESCRIPTION = "dataset.json"
@@ -359,6 +361,9 @@ def _place_images(staged: list[_Staged], staging: Path, limits: ArchiveLimits, b
         check_name(label, "class")
         if label in (DESCRIPTION, UPLOADED_AS):
             raise InvalidRequest(f"a class may not be named {label!r}", field="file")
+    if (classes := len({label for _, (label, _) in placed})) > limits.max_classes:
+        raise InvalidRequest(f"the archive has {classes} class folders; a data set has at most {limits.max_classes} "
+                             f"(GAZER_MAX_CLASSES)", field="file", classes=classes, limit=limits.max_classes)
     charge(sum(item.pixels for item, _ in placed if item.pixels <= limits.max_image_pixels))
 
     def problem(item: _Staged) -> str | None:

@@ -46,9 +46,10 @@ def fine_tune_config(params: dict[str, Any]) -> FineTuneConfig:
 
 
 def check_fine_tune(config: FineTuneConfig, registry: ModelRegistry, datasets_dir: Path,
-                    memory_limit: int | None = None) -> None:
+                    memory_limit: int | None = None, max_classes: int | None = None) -> None:
     """What can be checked before queueing: the values, the base model and the data set
-    exist, the name is free, and the estimated memory fits `memory_limit` bytes."""
+    exist, the data set has at most `max_classes` classes, the name is free, and the estimated
+    memory fits `memory_limit` bytes."""
     check_params(config)
     check_name(config.base_model.partition("@")[0], "base_model")
     base = registry.spec(config.base_model)
@@ -56,6 +57,10 @@ def check_fine_tune(config: FineTuneConfig, registry: ModelRegistry, datasets_di
         raise InvalidRequest(f"{config.base_model!r} is served from ONNX alone: it has no torch network to "
                              f"fine-tune", field="base_model")
     dataset = describe_dataset(datasets_dir, config.dataset_id)
+    if max_classes is not None and len(dataset["classes"]) > max_classes:
+        raise InvalidRequest(f"data set {config.dataset_id!r} has {len(dataset['classes'])} classes; a fine-tune "
+                             f"trains at most {max_classes} (GAZER_MAX_CLASSES)", field="dataset_id",
+                             classes=len(dataset["classes"]), limit=max_classes)
     if max(dataset["counts"].values(), default=0) < 2:
         raise InvalidRequest(f"data set {config.dataset_id!r} has one image per class, and a fine-tune measures itself "
                              f"on images it does not train on (val_fraction of each class, at least one where a class "

@@ -37,6 +37,9 @@ class SharedSettings(BaseSettings):
     max_dataset_uncompressed_bytes: int = Field(2 * 1024**3, ge=1)
     max_dataset_files: int = Field(20_000, ge=1)
     max_dataset_ingest_seconds: float = Field(600.0, gt=0)
+    # Class folders in a data set, and so classes in a fine-tune (ImageNet's 1000): a fine-tune's
+    # confusion matrix, held in memory and written out, grows with the square (10,000 classes: 600 MB).
+    max_classes: int = Field(ArchiveLimits.max_classes, ge=2)
     max_model_bytes: int = Field(1024**3, ge=1)  # an uploaded model (weights or ONNX file)
     max_loaded_models: int = Field(8, ge=1)  # beyond this, the least recently used is unloaded
     # For the API's and the worker's models. On a GPU, built-in models predict from a float16 ONNX
@@ -68,4 +71,5 @@ class SharedSettings(BaseSettings):
     @property
     def archive_limits(self) -> ArchiveLimits:
         return ArchiveLimits(max_files=self.max_dataset_files, max_total_bytes=self.max_dataset_uncompressed_bytes,
-                             max_image_pixels=self.max_image_pixels, max_seconds=self.max_dataset_ingest_seconds)
+                             max_image_pixels=self.max_image_pixels, max_seconds=self.max_dataset_ingest_seconds,
+                             max_classes=self.max_classes)

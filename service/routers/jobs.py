@@ -91,7 +91,8 @@ def submit_fine_tune(body: FineTuneRequest, request: Request, response: Response
     with _references_in_body():
         caller.check_owns(describe_dataset(storage.datasets, body.dataset_id).get("owner"),
                           f"data set {body.dataset_id!r}")
-        check_fine_tune(fine_tune_config(params), registry, storage.datasets, settings.worker_memory_bytes)
+        check_fine_tune(fine_tune_config(params), registry, storage.datasets, settings.worker_memory_bytes,
+                        settings.max_classes)
     with queue.claim_lock(caller.owner, body.output_model), _dataset_kept(queue, storage, body.dataset_id):
         claim_model_name(caller, storage, queue, body.output_model, settings)
         return _submit(FINE_TUNE, params, queue, caller, request, settings, response)
@@ -112,7 +113,8 @@ def submit_sweep(body: SweepRequest, request: Request, response: Response, queue
         caller.check_owns(describe_dataset(storage.datasets, config.base.dataset_id).get("owner"),
                           f"data set {config.base.dataset_id!r}")
         for heaviest in heaviest_trials(params):
-            check_fine_tune(fine_tune_config(heaviest), registry, storage.datasets, settings.worker_memory_bytes)
+            check_fine_tune(fine_tune_config(heaviest), registry, storage.datasets, settings.worker_memory_bytes,
+                            settings.max_classes)
     with queue.claim_lock(caller.owner, config.base.output_model), \
             _dataset_kept(queue, storage, config.base.dataset_id):
         claim_model_name(caller, storage, queue, config.base.output_model, settings)

@@ -243,6 +243,33 @@ def test_too_few_classes_and_not_an_archive(client):
     assert_refused(post(client, b"PK\x03\x04 truncated"), 422, "corrupt")
 
 
+def classes_archive(classes: int) -> bytes:
+    """`classes` class folders of two 8x8 PNGs each: 10,000 of them zip to 3.4 MB."""
+    tiny = encode(chelsea().resize((8, 8)), "PNG")
+    return zip_of({f"c{index:05d}/{copy}.png": tiny for index in range(classes) for copy in range(2)})
+
+
+def test_more_classes_than_the_limit_are_refused_at_upload_and_for_a_fine_tune(client, data_dir):
+    """A fine-tune on 10,000 classes wrote a 600 MB confusion matrix and peaked its worker at
+    10.4 GB; at 3,000 its job record took 18 MB of Redis. A data set has at most
+    GAZER_MAX_CLASSES (1000) class folders, counted before any image is decoded."""
+    many = classes_archive(1001)
+    started = time.perf_counter()
+    refused = assert_refused(post(client, many), 422, "the archive has 1001 class folders; a data set has at most "
+                                                      "1000 (GAZER_MAX_CLASSES)")
+    assert time.perf_counter() - started < 5 and refused["errors"][0]["field"] == "file"
+    assert post(client, classes_archive(1000)).status_code == 201
+    # one kept under a higher limit (before it, or with the setting raised since) is no fine-tune's
+    older = ingest_archive(many, data_dir / "datasets", None, ArchiveLimits(max_files=4000, max_total_bytes=10**8,
+                                                                            max_image_pixels=10**6, max_classes=2000))
+    fine_tune = client.post("/v1/jobs/fine-tune", json={"dataset_id": older["id"], "output_model": "many"})
+    assert_refused(fine_tune, 422, f"data set {older['id']!r} has 1001 classes; a fine-tune trains at most 1000 "
+                                   f"(GAZER_MAX_CLASSES)")
+    sweep = client.post("/v1/jobs/sweep", json={"base": {"dataset_id": older["id"], "output_model": "many"},
+                                                "space": {"lr": {"log_uniform": [1e-4, 1e-2]}}})
+    assert_refused(sweep, 422, "has 1001 classes")
+
+
 def test_unsafe_class_and_data_set_names_are_refused(client):
     assert_refused(post(client, zip_of({"c@t!/a.jpg": PHOTO, "dog/b.jpg": PHOTO})), 422, "class")
     assert_refused(post(client, zip_of(GOOD), name="../x"), 422, "name")

@@ -3,8 +3,10 @@ reporting through `progress(fraction, **details)` and stopping when `should_stop
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -104,22 +106,38 @@ def run_fine_tune(job_id: str, params: dict[str, Any], progress: Progress, shoul
     progress(1.0, phase="exporting")
     if should_stop():  # a job reaped as lost while it trained publishes nothing
         raise JobCancelled("the job was stopped before its model was published")
-    summary = write_report(report, context.storage.job_artifacts(job_id),
-                           lambda name: context.artifact_url(job_id, name))
+    folder, url = context.storage.job_artifacts(job_id), partial(context.artifact_url, job_id)
+    summary = write_report(report, folder, url)
     metrics = trained.metrics
-    lr_finder = lr_finder_result(metrics, context.storage.job_artifacts(job_id),
-                                 lambda name: context.artifact_url(job_id, name))
+    lr_finder = lr_finder_result(metrics, folder, url)
+    confusion = confusion_matrix_result(metrics, folder, url)
     # last: a failure after it (a full disk) would leave a version published by a failed job
     spec = context.registry.register_network(trained.spec, trained.network, trained.metrics)
     progress(1.0)  # exported: the finished job's progress names no phase
     return {"model": {"id": spec.id, "version": spec.version}, **lr_finder,
-            "metrics": {key: metrics[key] for key in ("val_accuracy", "val_loss", "best_epoch", "per_class_accuracy",
-                                                      "confusion_matrix", "classes", "history",
-                                                      "train_images_per_second", "stopped_early")},
+            "metrics": {**{key: metrics[key] for key in ("val_accuracy", "val_loss", "best_epoch", "per_class_accuracy",
+                                                         "classes", "history", "train_images_per_second",
+                                                         "stopped_early")}, **confusion},
             "report": {**summary, "training_seconds": round(training_seconds, 3)}}
 
 
 TRAINING_SHARE = 0.9  # of a fine-tune's progress; its report takes the rest
+CONFUSION_FILE = "confusion-matrix.json"
+# A fine-tune's result, its job record in Redis, holds its confusion matrix up to this many classes,
+# about as many as the web page draws legibly; CONFUSION_FILE and the version's metrics.json hold it
+# whatever the count (3,000 classes made an 18 MB record).
+MAX_CONFUSION_CLASSES_IN_RESULT = 32
+
+
+def confusion_matrix_result(metrics: dict[str, Any], folder: Path, url: Callable[[str], str]) -> dict[str, Any]:
+    """A fine-tune result's `confusion_matrix` (None beyond MAX_CONFUSION_CLASSES_IN_RESULT
+    classes) and `confusion_matrix_url`, CONFUSION_FILE's URL, written to `folder` first."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / CONFUSION_FILE).write_text(json.dumps({"classes": metrics["classes"],
+                                                     "matrix": metrics["confusion_matrix"]}))
+    small = len(metrics["classes"]) <= MAX_CONFUSION_CLASSES_IN_RESULT
+    return {"confusion_matrix": metrics["confusion_matrix"] if small else None,
+            "confusion_matrix_url": url(CONFUSION_FILE)}
 
 
 def maximization_config(params: dict[str, Any]) -> MaximizationConfig:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 ACTIVATION_BYTES_PER_PIXEL = 3000
 BASELINE_BYTES = 1024**3  # the worker process, torch, the network and its optimizer state
-# The confusion matrix lives as a tensor, then as Python ints in the result (and its JSON).
+# The confusion matrix lives as a tensor, then as Python ints written as JSON (a job artifact, metrics.json).
 CONFUSION_BYTES_PER_CELL = 48
 
 

@@ -425,10 +425,17 @@ function fineTuneResult(result, card) {
       lossChart(history),
       lineChart([{ name: "train accuracy", points: series("train_accuracy") }, { name: "validation accuracy", points: series("val_accuracy"), dashed: true }],
         { title: "Accuracy per epoch", percent: true, yMin: 0, yMax: 1 }),
-      confusionMatrix(metrics.confusion_matrix, metrics.classes),
+      metrics.confusion_matrix ? confusionMatrix(metrics.confusion_matrix, metrics.classes) : confusionFile(metrics),
       accuracyBars(metrics.per_class_accuracy)),
     result.report ? fineTuneReport(result.report, card) : null,
   ];
+}
+
+// Too many classes to draw (the result leaves the matrix out): the whole matrix as a file.
+function confusionFile(metrics) {
+  return el("figure", { class: "chart-figure" }, el("figcaption", {}, "Confusion matrix (validation, best epoch)"),
+    el("p", { class: "muted" }, `${(metrics.classes || []).length} classes: too many to draw here.`),
+    metrics.confusion_matrix_url ? downloadButton(metrics.confusion_matrix_url, "confusion-matrix.json", "Download confusion-matrix.json") : null);
 }
 
 // A sweep's trial keeps its metrics, and its weights only until the sweep publishes the best trial.

@@ -21,7 +21,7 @@ from core.datasets import ArchiveLimits, ingest_archive, uploaded_names
 from core.errors import InvalidRequest, PayloadTooLarge, TooManyFiles
 from service.app import create_app
 from service.settings import Settings
-from support import SHAPE_CLASSES, chelsea, encode, shapes_archive, upload
+from support import SHAPE_CLASSES, chelsea, classes_archive, encode, shapes_archive, upload
 
 
 def zip_of(entries: dict[str, bytes]) -> bytes:
@@ -241,12 +241,6 @@ def test_too_few_classes_and_not_an_archive(client):
     assert_refused(post(client, zip_of({"cat/a.jpg": PHOTO})), 422, "at least 2 classes")
     assert_refused(post(client, b"plain text, not an archive"), 422, ".zip or .tar.gz")
     assert_refused(post(client, b"PK\x03\x04 truncated"), 422, "corrupt")
-
-
-def classes_archive(classes: int) -> bytes:
-    """`classes` class folders of two 8x8 PNGs each: 10,000 of them zip to 3.4 MB."""
-    tiny = encode(chelsea().resize((8, 8)), "PNG")
-    return zip_of({f"c{index:05d}/{copy}.png": tiny for index in range(classes) for copy in range(2)})
 
 
 def test_more_classes_than_the_limit_are_refused_at_upload_and_for_a_fine_tune(client, data_dir):

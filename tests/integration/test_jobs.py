@@ -44,6 +44,8 @@ def test_fine_tune_then_predict_with_the_new_model(api, workers):
     assert done["progress"] == {"fraction": 1.0}  # no phase ("exporting") left showing
     metrics = done["result"]["metrics"]
     assert len(metrics["history"]) >= 1 and len(metrics["confusion_matrix"]) == 3
+    assert api.get(metrics["confusion_matrix_url"]).json() == {"classes": metrics["classes"],
+                                                               "matrix": metrics["confusion_matrix"]}
     assert set(metrics["per_class_accuracy"]) == set(SHAPE_CLASSES)
     report = done["result"]["report"]  # what it got wrong and where it looks (core/training/report.py)
     assert set(report["background_reliance"]) == set(SHAPE_CLASSES) and report["seconds"] > 0

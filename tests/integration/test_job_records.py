@@ -1,0 +1,55 @@
+"""A job's record in Redis (512 MB, `noeviction`, shared by every client) stays small whatever
+the job was asked: a fine-tune's confusion matrix goes to an artifact beyond a few classes. Run
+in this process, on the real runners, registry and data sets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from core.datasets import ArchiveLimits, ingest_archive
+from core.job_runners import MAX_CONFUSION_CLASSES_IN_RESULT, JobContext, confusion_matrix_result, run_fine_tune
+from core.models.registry import ModelRegistry
+from core.storage import Storage
+from schemas.jobs import artifact_url
+from support import classes_archive
+
+LIMITS = ArchiveLimits(max_files=1000, max_total_bytes=10**8, max_image_pixels=10**6)
+
+
+@pytest.fixture(scope="module")
+def context(tmp_path_factory):
+    storage = Storage(tmp_path_factory.mktemp("records"))
+    return JobContext(storage, ModelRegistry(storage, max_loaded=2), 10**6, artifact_url)
+
+
+def fine_tune_params(dataset_id: str, output_model: str) -> dict:
+    return {"dataset_id": dataset_id, "output_model": output_model, "strategy": "feature_extraction", "epochs": 1,
+            "input_size": 32, "batch_size": 64}
+
+
+def quiet(*args, **kwargs) -> None:
+    return None
+
+
+def test_a_fine_tune_of_many_classes_keeps_its_confusion_matrix_out_of_its_record(context):
+    """3,000 classes made an 18 MB record: the matrix is in the result up to
+    MAX_CONFUSION_CLASSES_IN_RESULT classes, and whole in confusion-matrix.json and metrics.json."""
+    classes = MAX_CONFUSION_CLASSES_IN_RESULT + 1
+    dataset = ingest_archive(classes_archive(classes), context.storage.datasets, None, LIMITS)
+    result = run_fine_tune("many-classes", fine_tune_params(dataset["id"], "many"), quiet, lambda: False, context)
+    metrics = result["metrics"]
+    assert metrics["confusion_matrix"] is None and len(metrics["classes"]) == classes
+    assert metrics["confusion_matrix_url"] == artifact_url("many-classes", "confusion-matrix.json")
+    whole = json.loads((context.storage.job_artifacts("many-classes") / "confusion-matrix.json").read_text())
+    assert whole["classes"] == metrics["classes"] and [len(row) for row in whole["matrix"]] == [classes] * classes
+    assert sum(map(sum, whole["matrix"])) == classes  # one validation image per class
+    published = json.loads((context.storage.models / "many" / "1" / "metrics.json").read_text())
+    assert published["confusion_matrix"] == whole["matrix"]
+    assert len(json.dumps(result)) < 20_000
+
+    few = {"classes": [f"c{index}" for index in range(MAX_CONFUSION_CLASSES_IN_RESULT)],
+           "confusion_matrix": [[1] * MAX_CONFUSION_CLASSES_IN_RESULT] * MAX_CONFUSION_CLASSES_IN_RESULT}
+    drawn = confusion_matrix_result(few, context.storage.job_artifacts("few"), lambda name: name)
+    assert drawn == {"confusion_matrix": few["confusion_matrix"], "confusion_matrix_url": "confusion-matrix.json"}

@@ -89,6 +89,14 @@ class TooManyFiles(GazerError):
     status = 413
 
 
+class ResultTooLarge(GazerError):
+    """A job's result is more than its record in the job store may hold: the job fails with this
+    rather than fill the store that every client's jobs share."""
+
+    code = "result-too-large"
+    status = 422
+
+
 class ModelNotReady(GazerError):
     code = "model-not-ready"
     status = 503

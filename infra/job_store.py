@@ -27,7 +27,7 @@ from typing import Any
 
 import redis
 
-from core.errors import InvalidRequest, NotFound, TooManyJobs
+from core.errors import InvalidRequest, NotFound, ResultTooLarge, TooManyJobs
 from core.jobs import STATES, TERMINAL
 from schemas.problems import problem
 
@@ -39,6 +39,11 @@ REDIS_SOCKET_SECONDS = 10.0
 _INDEX = "gazer:jobs"
 # What a client waits before submitting again when it has its limit of jobs queued or running.
 RETRY_AFTER_SECONDS = 30
+# The most a job's result takes in its record, as JSON. The largest a job makes within its limits is
+# about 420 KB (a fine-tune of 1000 classes with 64-character names over 500 epochs; activation
+# maximization of 64 targets: 320 KB); one record of 600 MB took Redis, shared by every client, past
+# its maxmemory, and then every job's writes failed.
+MAX_RESULT_BYTES = 1024**2
 
 def _key(job_id: str) -> str:
     return f"gazer:job:{job_id}"
@@ -168,9 +173,10 @@ return 1
 
 
 class JobStore:
-    def __init__(self, client: redis.Redis, lease_seconds: float) -> None:
+    def __init__(self, client: redis.Redis, lease_seconds: float, max_result_bytes: int = MAX_RESULT_BYTES) -> None:
         self.redis = client
         self.lease_seconds = lease_seconds
+        self.max_result_bytes = max_result_bytes
         self._claim = client.register_script(_CLAIM)
         self._finish = client.register_script(_FINISH)
         self._claim_next = client.register_script(_CLAIM_NEXT)
@@ -407,12 +413,17 @@ class JobStore:
         """The job's end, unless it had ended already (False); the jobs it made that have not
         ended (a sweep's trials: lost with its worker, cancelled while back in the queue, crashed)
         are cancelled, since nothing would collect them. `silent_since`: only if it is running
-        with no heartbeat since then (else False)."""
+        with no heartbeat since then (else False). A result over `max_result_bytes` of JSON is
+        not written: ResultTooLarge, the record left as it was."""
         assert state in TERMINAL
+        encoded = json.dumps(result) if result is not None else ""
+        if len(encoded) > self.max_result_bytes:
+            raise ResultTooLarge(f"the job's result is {len(encoded)} bytes of JSON, and a job's record holds at most "
+                                 f"{self.max_result_bytes}: ask for less (fewer targets, steps or classes)")
         client = self.redis.hget(_key(job_id), "client")  # set once, at create
         ended = bool(self._finish(keys=[_WAITING_TURNS, _TURNS] + ([_active_key(client)] if client else []), args=[
-            state, time.time(), json.dumps(result) if result is not None else "",
-            json.dumps(error) if error is not None else "", job_id, "" if silent_since is None else repr(silent_since)]))
+            state, time.time(), encoded, json.dumps(error) if error is not None else "", job_id,
+            "" if silent_since is None else repr(silent_since)]))
         if ended:
             for child in self.redis.zrange(_children_key(job_id), 0, -1):
                 self.cancel(child)

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import redis
 
-from core.errors import GazerError
+from core.errors import GazerError, ResultTooLarge
 from core.job_runners import FINE_TUNE, RUNNERS, JobContext
 from core.jobs import JobCancelled, JobPruned
 from core.sweep_trials import run_trial
@@ -166,7 +166,8 @@ def _requeue(job_id: str, worker: Worker, name: str) -> str:
 
 def _end(store: JobStore, job_id: str, state: str, **fields: object) -> str:
     """Writes the job's end, retrying while Redis is away (1, 2, 4, 8 s); the state its record
-    ends in: another one when the record had already ended (reaped as lost, or cancelled)."""
+    ends in: another one when the record had already ended (reaped as lost, or cancelled), and
+    `failed` (result-too-large) for a result more than a record holds (JobStore.finish)."""
     for attempt in range(_END_ATTEMPTS):
         try:
             if store.finish(job_id, state, **fields):
@@ -177,6 +178,9 @@ def _end(store: JobStore, job_id: str, state: str, **fields: object) -> str:
             log.warning("job %s ended %s here, but its record had already ended %s; nothing more is written",
                         job_id, state, ended)
             return ended
+        except ResultTooLarge as refused:
+            return _end(store, job_id, "failed",
+                        error=problem(refused.status, refused.code, refused.detail).model_dump(exclude_none=True))
         except redis.RedisError as error:
             log.warning("job %s: its end could not be written (%s); trying again", job_id, error)
             if attempt + 1 < _END_ATTEMPTS:

@@ -1,6 +1,7 @@
 """A job's record in Redis (512 MB, `noeviction`, shared by every client) stays small whatever
-the job was asked: a fine-tune's confusion matrix goes to an artifact beyond a few classes. Run
-in this process, on the real runners, registry and data sets."""
+the job was asked: a fine-tune's confusion matrix goes to an artifact beyond a few classes, and a
+result over the bound fails its job rather than fill Redis. Run in this process, on the real
+runners, registry, data sets and a real redis-server."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ from core.datasets import ArchiveLimits, ingest_archive
 from core.job_runners import MAX_CONFUSION_CLASSES_IN_RESULT, JobContext, confusion_matrix_result, run_fine_tune
 from core.models.registry import ModelRegistry
 from core.storage import Storage
+from infra.embedded_redis import EmbeddedRedis
+from infra.job_store import MAX_RESULT_BYTES, JobStore
 from schemas.jobs import artifact_url
 from support import classes_archive
+from worker import tasks
 
 LIMITS = ArchiveLimits(max_files=1000, max_total_bytes=10**8, max_image_pixels=10**6)
 
@@ -53,3 +57,22 @@ def test_a_fine_tune_of_many_classes_keeps_its_confusion_matrix_out_of_its_recor
            "confusion_matrix": [[1] * MAX_CONFUSION_CLASSES_IN_RESULT] * MAX_CONFUSION_CLASSES_IN_RESULT}
     drawn = confusion_matrix_result(few, context.storage.job_artifacts("few"), lambda name: name)
     assert drawn == {"confusion_matrix": few["confusion_matrix"], "confusion_matrix_url": "confusion-matrix.json"}
+
+
+def test_a_result_over_the_bound_fails_its_job_and_is_not_written(tmp_path):
+    """A 600 MB result took Redis past its maxmemory: its writes failed four times, and every
+    client's with them."""
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        store = JobStore.from_url(server.url, lease_seconds=60)
+        job = store.create("activation-maximization", {})
+        assert store.claim(job["id"], "w")
+        result = {"activation_per_step": [[0.5]] * (MAX_RESULT_BYTES // 6)}
+        assert tasks._end(store, job["id"], "succeeded", result=result) == "failed"
+        ended = store.get(job["id"])
+        assert ended["state"] == "failed" and ended["result"] is None
+        assert ended["error"]["type"] == "/problems/result-too-large"
+        assert f"a job's record holds at most {MAX_RESULT_BYTES}" in ended["error"]["detail"]
+        assert len(store.redis.hget(f"gazer:job:{job['id']}", "error")) < 1000
+        fits = store.create("activation-maximization", {})
+        assert store.claim(fits["id"], "w")
+        assert tasks._end(store, fits["id"], "succeeded", result={"activation_per_step": [[0.5]] * 1000}) == "succeeded"

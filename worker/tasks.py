@@ -186,7 +186,41 @@ def _end(store: JobStore, job_id: str, state: str, **fields: object) -> str:
             if attempt + 1 < _END_ATTEMPTS:
                 time.sleep(2 ** attempt)
     log.error("job %s: its end (%s) was never written; it will read as lost once its lease passes", job_id, state)
-    return state
+    return "lost"
+
+
+def _published(job: dict, result: dict[str, Any]) -> str | None:
+    """The model version a finished job's result names as the one it published: a fine-tune's
+    (a sweep's trial keeps its model in its sweep's folder), a sweep's best trial's."""
+    model = result.get("output_model") if job["type"] == SWEEP else \
+        result.get("model") if job["type"] == FINE_TUNE else None
+    return f"{model['id']}@{model['version']}" if model else None
+
+
+def _succeed(job: dict, result: dict[str, Any], worker: Worker) -> str:
+    """Writes a finished job's end. A job publishes its model before its end can name it; where
+    the record does not end `succeeded` (a result too large to hold, Redis refusing every try, the
+    record reaped as lost meanwhile) that version is withdrawn, so that no model is left published
+    by a job that reads as failed. An end never written is tried once more as a
+    failure that says so, rather than read as worker-lost once the lease passes."""
+    store, job_id = worker.store, job["id"]
+    ended = _end(store, job_id, "succeeded", result=result)
+    if ended == "succeeded":
+        return ended
+    withdrawn = ""
+    if (published := _published(job, result)) is not None:
+        try:
+            worker.context.registry.delete(published)
+            withdrawn = f"; the model version it published, {published}, was withdrawn"
+            log.warning("job %s ended %s: the model version it published, %s, is withdrawn", job_id, ended, published)
+        except (GazerError, OSError) as error:
+            log.error("job %s ended %s, and %s, which it published, could not be withdrawn: %s", job_id, ended,
+                      published, error)
+    if ended != "lost":
+        return ended
+    return _end(store, job_id, "failed", error=problem(
+        503, "result-not-recorded", f"the job finished, but the job store did not take its result{withdrawn}; "
+                                    f"submit it again").model_dump(exclude_none=True))
 
 
 def _run(job: dict, worker: Worker, name: str) -> str:
@@ -227,4 +261,4 @@ def _run(job: dict, worker: Worker, name: str) -> str:
         ).model_dump(exclude_none=True))
     finally:
         stop.set()
-    return _end(store, job_id, "succeeded", result=result)
+    return _succeed(job, result, worker)

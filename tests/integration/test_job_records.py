@@ -6,18 +6,22 @@ runners, registry, data sets and a real redis-server."""
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
+import redis
 
 from core.datasets import ArchiveLimits, ingest_archive
 from core.job_runners import MAX_CONFUSION_CLASSES_IN_RESULT, JobContext, confusion_matrix_result, run_fine_tune
 from core.models.registry import ModelRegistry
+from core.models.versions import versions
 from core.storage import Storage
 from infra.embedded_redis import EmbeddedRedis
 from infra.job_store import MAX_RESULT_BYTES, JobStore
 from schemas.jobs import artifact_url
 from support import classes_archive
 from worker import tasks
+from worker.metrics import WorkerMetrics
 
 LIMITS = ArchiveLimits(max_files=1000, max_total_bytes=10**8, max_image_pixels=10**6)
 
@@ -76,3 +80,32 @@ def test_a_result_over_the_bound_fails_its_job_and_is_not_written(tmp_path):
         fits = store.create("activation-maximization", {})
         assert store.claim(fits["id"], "w")
         assert tasks._end(store, fits["id"], "succeeded", result={"activation_per_step": [[0.5]] * 1000}) == "succeeded"
+
+
+def worker_of(store: JobStore, context: JobContext) -> tasks.Worker:
+    """What the worker runs a job with; no sweep or message is involved here."""
+    return tasks.Worker(store, context, WorkerMetrics(), None, lambda job_id: None, 3600, threading.Event())
+
+
+def test_a_fine_tune_whose_end_cannot_be_recorded_leaves_no_model_published(context, tmp_path):
+    """It published its version, then its result failed to be written four times (Redis past its
+    maxmemory): the job read failed/worker-lost, and models/bigc10k/1 stayed, served to anyone."""
+    dataset = ingest_archive(classes_archive(2), context.storage.datasets, None, LIMITS)
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        connection = redis.Redis.from_url(server.url, decode_responses=True)
+        store = JobStore(connection, lease_seconds=60, max_result_bytes=500)  # less than a fine-tune's result
+        job = store.create("fine-tune", fine_tune_params(dataset["id"], "unrecorded"))
+        assert store.claim(job["id"], "w")
+        assert tasks._run(store.get(job["id"]), worker_of(store, context), "w") == "failed"
+        assert store.get(job["id"])["error"]["type"] == "/problems/result-too-large"
+        assert versions(context.storage.models, "unrecorded") == []
+
+        store = JobStore(connection, lease_seconds=60)
+        job = store.create("fine-tune", fine_tune_params(dataset["id"], "unrecorded"))
+        assert store.claim(job["id"], "w")
+        connection.config_set("maxmemory", 1)  # far below what it holds: every write refused from here
+        try:
+            assert tasks._run(store.get(job["id"]), worker_of(store, context), "w") == "lost"
+        finally:
+            connection.config_set("maxmemory", 0)
+        assert versions(context.storage.models, "unrecorded") == []

@@ -162,7 +162,7 @@ def run_activation_maximization(job_id: str, params: dict[str, Any], progress: P
         images.append({"target": described, "url": context.artifact_url(job_id, name),
                        "activation": result.activations[index], "probability": result.probabilities[index]})
     return {"model": {"id": spec.id, "version": spec.version}, "images": images,
-            "activation_per_step": result.history}
+            "activation_per_step": result.history, "activation_steps": result.history_steps}
 
 
 def run_explain_dataset(job_id: str, params: dict[str, Any], progress: Progress, should_stop: ShouldStop,

@@ -29,8 +29,22 @@ _COLOR_SQRT = _COLOR_SQRT / _COLOR_SQRT.norm(dim=0).max()
 class MaximizationResult:
     images: np.ndarray                  # (targets, size, size, 3) uint8
     activations: list[float]            # final activation per target
-    history: list[list[float]]          # per step, the activation of each target
+    history: list[list[float]]          # per kept step (history_steps), the activation of each target
     probabilities: list[float | None] = field(default_factory=list)  # class targets: p(class)
+    history_steps: list[int] = field(default_factory=list)  # the step, from 1, of each history row
+
+
+# Steps the history keeps: a job's record grows with targets x these, not with `steps` (64 targets
+# over 10,000 steps made a 5.8 MB record, 578 bytes a step).
+MAX_HISTORY_STEPS = 500
+
+
+def kept_steps(steps: int) -> list[int]:
+    """The steps, from 1, whose activations the history keeps: every one up to MAX_HISTORY_STEPS,
+    else that many evenly spaced, the first and the last among them."""
+    if steps <= MAX_HISTORY_STEPS:
+        return list(range(1, steps + 1))
+    return [round(1 + index * (steps - 1) / (MAX_HISTORY_STEPS - 1)) for index in range(MAX_HISTORY_STEPS)]
 
 
 class _Image(nn.Module):
@@ -162,6 +176,8 @@ def maximize(network: nn.Module, spec: ModelSpec, config: MaximizationConfig, pr
     optimizer = torch.optim.Adam(image.parameters(), lr=config.lr)
     objective = _Objective(network, spec, config, device)
     history: list[list[float]] = []
+    keep = kept_steps(config.steps)
+    kept = set(keep)
     was_training = network.training
     network.eval()
     try:
@@ -172,13 +188,14 @@ def maximize(network: nn.Module, spec: ModelSpec, config: MaximizationConfig, pr
             if config.blur_sigma > 0 and config.blur_every and (step + 1) % config.blur_every == 0:
                 with torch.no_grad():
                     image.set_from(gaussian_blur(image(), config.blur_sigma))
-            history.append([round(value, 4) for value in reached.cpu().tolist()])
-            progress((step + 1) / config.steps, step=step + 1, steps=config.steps,
-                     metrics={"activation": history[-1]})
+            activation = [round(value, 4) for value in reached.cpu().tolist()]
+            if step + 1 in kept:
+                history.append(activation)
+            progress((step + 1) / config.steps, step=step + 1, steps=config.steps, metrics={"activation": activation})
         with torch.no_grad():
             rgb = image()
             final, probabilities = objective.final(rgb)
     finally:
         network.train(was_training)
     pixels = (rgb.permute(0, 2, 3, 1).cpu().numpy() * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
-    return MaximizationResult(pixels, final.cpu().tolist(), history, probabilities)
+    return MaximizationResult(pixels, final.cpu().tolist(), history, probabilities, keep)

@@ -554,10 +554,11 @@ function artifactImage(url, alt, card) {
 function maximizationResult(job, card) {
   const result = job.result;
   const history = result.activation_per_step || [];
+  const steps = result.activation_steps || history.map((row, index) => index + 1);   // older results: every step
   const count = result.images.length;
   const label = (target) => target.label !== undefined ? `${target.label}` : `${target.layer} · channel ${target.channel}`;
   const chart = history.length > 1 ? lineChart(result.images.slice(0, 4).map((image, i) => ({
-    name: label(image.target), points: history.map((row, step) => [step + 1, row[i]]) })), { title: "Activation per step", xLabel: "step" }) : null;
+    name: label(image.target), points: history.map((row, index) => [steps[index], row[i]]) })), { title: "Activation per step", xLabel: "step" }) : null;
   return [
     el("div", { class: "gallery" }, result.images.map((image) => el("figure", { class: "gallery-item" },
       artifactImage(image.url, label(image.target), card),

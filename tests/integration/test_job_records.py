@@ -1,6 +1,7 @@
 """A job's record in Redis (512 MB, `noeviction`, shared by every client) stays small whatever
-the job was asked: a fine-tune's confusion matrix goes to an artifact beyond a few classes, and a
-result over the bound fails its job rather than fill Redis. Run in this process, on the real
+the job was asked: a fine-tune's confusion matrix goes to an artifact beyond a few classes, an
+activation maximization keeps at most 500 steps of its history, and a result over the bound fails
+its job rather than fill Redis. Run in this process, on the real
 runners, registry, data sets and a real redis-server."""
 
 from __future__ import annotations
@@ -10,12 +11,17 @@ import threading
 
 import pytest
 import redis
+import torch
+from torch import nn
 
 from core.datasets import ArchiveLimits, ingest_archive
 from core.job_runners import MAX_CONFUSION_CLASSES_IN_RESULT, JobContext, confusion_matrix_result, run_fine_tune
 from core.models.registry import ModelRegistry
+from core.models.spec import ModelSpec
 from core.models.versions import versions
 from core.storage import Storage
+from core.visualize.activation_max import maximize
+from core.visualize.config import MaximizationConfig, Target
 from infra.embedded_redis import EmbeddedRedis
 from infra.job_store import MAX_RESULT_BYTES, JobStore
 from schemas.jobs import artifact_url
@@ -109,3 +115,25 @@ def test_a_fine_tune_whose_end_cannot_be_recorded_leaves_no_model_published(cont
         finally:
             connection.config_set("maxmemory", 0)
         assert versions(context.storage.models, "unrecorded") == []
+
+
+def test_an_activation_maximization_keeps_a_bounded_history_however_many_steps():
+    """Each step added a row for every target: 64 targets made 578 bytes a step, 5.8 MB at the
+    10,000 steps allowed. At most 500 evenly spaced steps are kept, the first and the last among
+    them; progress still reports every step. On a network small enough to run 751 steps at once."""
+    torch.manual_seed(0)
+    network = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                            nn.Linear(4, 3))
+    spec = ModelSpec("tiny", 1, "tiny", ("a", "b", "c"), 32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), 0, "bilinear",
+                     "0", "4")
+    config = MaximizationConfig(Target(classes=(1, 2)), steps=751, size=32, blur_every=0, jitter=0,
+                                parameterization="pixel")
+    reported = []
+    result = maximize(network, spec, config, lambda fraction, **details: reported.append(details), lambda: False, {})
+    assert len(result.history) == 500  # all 751 were kept
+    assert len(result.history_steps) == 500
+    steps = result.history_steps
+    assert steps[0] == 1 and steps[-1] == 751 and sorted(set(steps)) == steps
+    assert len(reported) == 751 and all(len(row) == 2 for row in result.history)
+    for row, step in zip(result.history, result.history_steps):
+        assert row == reported[step - 1]["metrics"]["activation"]

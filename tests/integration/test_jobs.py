@@ -86,6 +86,7 @@ def test_activation_maximization_end_to_end(api, workers):
     assert Image.open(io.BytesIO(png.content)).size == (96, 96)
     history = done["result"]["activation_per_step"]
     assert len(history) == 25 and history[-1][0] > history[0][0]
+    assert done["result"]["activation_steps"] == list(range(1, 26))  # every step, up to 500
     assert api.get(f"/v1/jobs/{job['id']}/artifacts/..%2Fsecret").status_code == 404
     assert api.get(f"/v1/jobs/{job['id']}/artifacts/{'a' * 300}").status_code == 404  # not ENAMETOOLONG's 500
 

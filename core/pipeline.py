@@ -191,13 +191,20 @@ def _cost_per_image(model: LoadedModel, method: Method, options: dict[str, objec
 MAX_MAP_VALUES = 64 * 260 * 260
 
 
+def most_raw_maps(model: LoadedModel, method: Method) -> int | None:
+    """How many raw maps (`outputs=map`) one explain returns at most: as many at the input's
+    resolution as MAX_MAP_VALUES holds; None (no bound) for a layer method, whose map has its
+    layer's resolution, smaller than the input's."""
+    return None if isinstance(method, LayerMethod) else MAX_MAP_VALUES // model.spec.input_size ** 2
+
+
 def _check_outputs(outputs: tuple[str, ...], model: LoadedModel, method: Method, images: int) -> None:
     for output in outputs:
         if output not in OUTPUTS:
             raise InvalidRequest(f"unknown output {output!r}", field="outputs", valid=list(OUTPUTS))
-    # a layer method's map has its layer's resolution, smaller than the input's
-    values = 0 if isinstance(method, LayerMethod) else images * model.spec.input_size ** 2
-    if "map" in outputs and values > MAX_MAP_VALUES:
+    most = most_raw_maps(model, method)
+    if "map" in outputs and most is not None and images > most:
+        values = images * model.spec.input_size ** 2
         raise InvalidRequest(f"outputs=map would return {values} values ({images} maps of "
                              f"{model.spec.input_size} x {model.spec.input_size}); a request returns at most "
                              f"{MAX_MAP_VALUES}: send fewer files, or ask for the heatmap", field="outputs")

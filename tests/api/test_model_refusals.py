@@ -23,13 +23,15 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from safetensors.torch import save
 
+from core.dataset_explain.runner import explain_dataset, explain_dataset_config
+from core.datasets import ArchiveLimits, ingest_archive
 from core.errors import InvalidRequest
 from core.models import upload as model_upload
 from core.models.registry import ModelRegistry
 from core.pipeline import MAX_MAP_VALUES
 from service.app import create_app
 from service.settings import Settings
-from support import chelsea, encode, upload
+from support import chelsea, encode, shapes_archive, upload
 
 
 @pytest.fixture(scope="module")
@@ -222,11 +224,17 @@ def onnx_classifier(external_data: bool = False, domain: str = "", side: int = 3
     return model
 
 
-def test_raw_maps_are_bounded_per_request(client):
-    """outputs=map returns each map at the input's resolution: at 1024 x 1024, five are over the budget."""
+@pytest.fixture(scope="module")
+def wide_onnx(client):
+    """A tiny ONNX classifier at 1024 x 1024: four of its maps fit in one answer."""
     response = client.post("/v1/models", data={"name": "wide-onnx", "input_size": 1024},
                            files={"onnx": ("m.onnx", onnx_classifier(side=1024).SerializeToString())})
     assert response.status_code == 201, response.text
+    return "wide-onnx"
+
+
+def test_raw_maps_are_bounded_per_request(client, wide_onnx):
+    """outputs=map returns each map at the input's resolution: at 1024 x 1024, five are over the budget."""
     photos = [upload(encode(chelsea()))] * 5
     cheap = {"window": 224, "stride": 224}  # a few dozen occluded inputs per image: under the compute budget
     refused = client.post("/v1/models/wide-onnx/explain", files=photos, data={"outputs": "map", **cheap})
@@ -237,6 +245,22 @@ def test_raw_maps_are_bounded_per_request(client):
                         data={"outputs": "heatmap,map", **cheap})
     assert small.status_code == 200, small.text
     assert np.asarray(small.json()["results"][0]["explanation"]["map"]).shape == (1024, 1024)
+
+
+def test_a_data_sets_explanation_takes_as_many_images_a_batch_as_their_maps_fit(client, wide_onnx, tmp_path):
+    """An explain-dataset job asks for each image's raw map (its class's mean map is made of them):
+    Inception v3 at 299 px with saliency at batch_size 64 was queued, then failed at its first batch
+    ("outputs=map would return 4380649 values"). A batch holds as many as one answer's maps may."""
+    registry = client.app.state.registry
+    limits = ArchiveLimits(max_files=10, max_total_bytes=10**7, max_image_pixels=10**7)
+    dataset = ingest_archive(shapes_archive(per_class=2), registry.storage.datasets, None, limits)
+    config = explain_dataset_config({"dataset_id": dataset["id"], "model": wide_onnx, "method": "occlusion",
+                                     "options": {"window": 224, "stride": 224}, "batch_size": 8})
+    started = []
+    result = explain_dataset(config, registry.get(wide_onnx), registry.storage.datasets, tmp_path, lambda name: name,
+                             10**7, lambda fraction, **details: started.append(details["images"]), lambda: False)
+    assert result["explained"] == 6 and result["failed"] == 0
+    assert started == [0, 4, 6]  # MAX_MAP_VALUES // 1024**2 = 4 a batch, where 8 were asked for
 
 
 def test_onnx_with_external_data_or_custom_operators_is_422(client):

@@ -31,23 +31,28 @@ def window_starts(size: int, window: int, stride: int) -> list[int]:
     return starts
 
 
+def window_positions(height: int, width: int, window: int, stride: int) -> list[tuple[int, int]]:
+    """(top, left) of each window over an image; more than MAX_POSITIONS is an InvalidRequest.
+    `cost` asks first, so that a request refused here is refused before anything runs or is charged."""
+    starts = (window_starts(height, min(window, height), stride), window_starts(width, min(window, width), stride))
+    if len(starts[0]) * len(starts[1]) > MAX_POSITIONS:
+        raise InvalidRequest(f"window {window} with stride {stride} needs {len(starts[0]) * len(starts[1])} occluded "
+                             f"inputs per image at {width}x{height}; the limit is {MAX_POSITIONS}: use a larger "
+                             f"stride", field="stride")
+    return [(top, left) for top in starts[0] for left in starts[1]]
+
+
 class Occlusion(PerturbationMethod):
     Options = OcclusionOptions
 
     def cost(self, options, input_size, layer_channels) -> int:
-        window = min(options["window"], input_size)
-        return len(window_starts(input_size, window, options["stride"])) ** 2 + 1
+        return len(window_positions(input_size, input_size, options["window"], options["stride"])) + 1
 
     def perturb(self, score, image, baseline, target, probability, window: int = Options.window,
                 stride: int = Options.stride) -> torch.Tensor:
         height, width = image.shape[-2:]
         window_h, window_w = min(window, height), min(window, width)
-        positions = [(top, left) for top in window_starts(height, window_h, stride)
-                     for left in window_starts(width, window_w, stride)]
-        if len(positions) > MAX_POSITIONS:
-            raise InvalidRequest(f"window {window} with stride {stride} needs {len(positions)} occluded inputs per "
-                                 f"image at {width}x{height}; the limit is {MAX_POSITIONS}: use a larger stride",
-                                 field="stride")
+        positions = window_positions(height, width, window, stride)
         drops = torch.zeros((height, width), dtype=torch.float64, device=image.device)
         covered = torch.zeros_like(drops)
         for start in range(0, len(positions), BATCH):

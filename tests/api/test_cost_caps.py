@@ -41,6 +41,21 @@ def test_an_explanation_over_the_budget_is_422_with_its_cost(client):
     assert client.post(EXPLAIN, files=photos(2), data={"method": "gradcam"}).status_code == 200
 
 
+def test_occlusion_over_its_window_positions_is_refused_before_it_runs_or_is_queued(client):
+    """Window 4, stride 3 at 224 px is 5625 occluded inputs per image, over occlusion's 4096, at a
+    cost (5626) within the budget: the request was charged, decoded and preprocessed before its
+    422, and an explain-dataset job was queued, then failed. Its cost says no first."""
+    occlusion = {"method": "occlusion", "window": 4, "stride": 3}
+    refused = client.post(EXPLAIN, files=photos(1), data=occlusion)
+    assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == "stride", refused.text
+    assert "needs 5625 occluded inputs per image at 224x224; the limit is 4096" in refused.json()["detail"]
+    dataset = client.post("/v1/datasets", files=[upload(shapes_archive(per_class=1), "shapes.zip", "application/zip")])
+    assert dataset.status_code == 201, dataset.text
+    job = client.post("/v1/jobs/explain-dataset", json={"dataset_id": dataset.json()["id"], "method": "occlusion",
+                                                        "options": {"window": 4, "stride": 3}})
+    assert job.status_code == 422 and "needs 5625 occluded inputs" in job.json()["detail"], job.text
+
+
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory):
     settings = Settings(data_dir=tmp_path_factory.mktemp("limited"), requests_per_second=1, request_burst=3,

@@ -382,7 +382,7 @@ def test_extreme_shapes_and_occlusion_costs_stay_bounded(client):
     assert predicted.status_code == 200, predicted.text
     refused = client.post("/v1/models/efficientnet_lite0/explain", files=[upload(encode(chelsea()))],
                           data={"method": "occlusion", "window": 4, "stride": 1})  # 48,841 inputs at 224
-    assert_refused(refused, 422, "file", "costs 48842 forward passes")
+    assert_refused(refused, 422, "stride", "needs 48841 occluded inputs per image at 224x224; the limit is 4096")
 
 
 def onnx_graph(nodes, initializers=()) -> bytes:

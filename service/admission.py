@@ -124,8 +124,9 @@ class PixelBudget:
     those each client's: an explanation keeps its images decoded until its pictures are drawn,
     and a few small files can decode to gigabytes. Beyond the budget, 503 with Retry-After at
     once; beyond a client's share, 429. A request holds the pixels its images decode to (their
-    declared size, less where a JPEG is decoded at a reduced scale), at most the whole budget (and at most its client's share of it), so that one within
-    GAZER_MAX_REQUEST_PIXELS is served alone. Used on the event loop only, so it needs no lock."""
+    declared size, less where a JPEG is decoded at a reduced scale), at most the whole budget
+    (and at most its client's share of it), so that one within GAZER_MAX_REQUEST_PIXELS is served
+    alone. Used on the event loop only, so it needs no lock."""
 
     def __init__(self, limit: int, per_client: int) -> None:
         self.limit = limit

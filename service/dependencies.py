@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import math
-from contextlib import AbstractAsyncContextManager, AbstractContextManager, asynccontextmanager, contextmanager
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 from typing import Annotated, AsyncIterator, Callable, Iterator
 
 import anyio

@@ -29,7 +29,8 @@ PROBLEM_RESPONSES: dict[int | str, dict] = {
 
 
 def problem_response(status: int, code: str, detail: str, errors_: list[FieldError] | None = None,
-                     valid: list[str] | None = None, cost: int | None = None, budget: int | None = None) -> JSONResponse:
+                     valid: list[str] | None = None, cost: int | None = None,
+                     budget: int | None = None) -> JSONResponse:
     body = problem(status, code, detail, errors_, valid, cost, budget)
     return JSONResponse(body.model_dump(exclude_none=True), status_code=status, media_type=PROBLEM_JSON)
 

@@ -25,7 +25,7 @@ from service.errors import PROBLEM_RESPONSES, install_error_handlers
 from service.limits import RefuseUnfinishedMultipart, RequestSizeLimit, RoomBeforeUploads
 from service.metrics import Metrics
 from service.negotiation import acceptable
-from service.guards import RefuseForeignOrigins, RefuseUnknownHosts
+from service.guards import BrowserHeaders, RefuseForeignOrigins, RefuseUnknownHosts
 from service.queue import JobQueue, resend_lost_messages_forever
 from service.rate_limits import LimitRequestsBeforeBodies, RateLimiter, StreamSlots
 from service.retention import sweep_forever
@@ -91,10 +91,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                              "GAZER_MAX_DATASET_INGESTS_PER_CLIENT")
     app.state.explained_pixels = PixelBudget(settings.max_explained_pixels, settings.explained_pixels_per_client)
     install_error_handlers(app)
-    # Outermost last: ids and metrics, then Host, Origin and CORS, then keys and scopes (their
-    # 401s and 403s carry CORS headers, and come before anything reads a body), then a full
-    # queue's early 503 (told only to callers with a key), then the request rate, then the size limit,
-    # then an upload's room on disk, then a multipart body's closing delimiter.
+    # Outermost last: the headers for browsers, ids and metrics, then Host, Origin and CORS, then
+    # keys and scopes (their 401s and 403s carry CORS headers, and come before anything reads a
+    # body), then a full queue's early 503 (told only to callers with a key), then the request rate,
+    # then the size limit, then an upload's room on disk, then a multipart body's closing delimiter.
     app.add_middleware(RefuseUnfinishedMultipart)
     app.add_middleware(RoomBeforeUploads, storage=storage)
     app.add_middleware(RequestSizeLimit, max_bytes=settings.max_request_bytes,
@@ -112,6 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RefuseForeignOrigins, allowed=settings.cors_origin_list)
     app.add_middleware(RefuseUnknownHosts, allowed=settings.allowed_host_list)
     app.add_middleware(RequestContext, metrics=app.state.metrics)  # outside the size limit: its 413s count too
+    app.add_middleware(BrowserHeaders)  # on every answer, errors of the middleware within included
     app.include_router(health.router)
     app.include_router(model_versions.router, dependencies=[Depends(acceptable)], responses=PROBLEM_RESPONSES)
     app.include_router(models.router, dependencies=[Depends(requires("predict")), Depends(acceptable)],

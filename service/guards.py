@@ -1,11 +1,14 @@
 """What a browser could be tricked into sending. A page of another origin may not call the API:
 its simple form posts need no preflight, so CORS headers alone would not stop them; only the
-origins of `GAZER_CORS_ORIGINS` may. And the Host header must name this service, so that a
-rebound DNS name cannot make a page's origin look like ours."""
+origins of `GAZER_CORS_ORIGINS` may. The Host header must name this service, so that a rebound
+DNS name cannot make a page's origin look like ours. And no page may show ours in a frame: a
+page of another port of the same host framed the web page, whose stored key then deleted a model
+at two clicks (clickjacking)."""
 
 from __future__ import annotations
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import problem_response
 
@@ -49,3 +52,39 @@ class RefuseForeignOrigins:
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+# The web page loads its own scripts and styles (and sets style attributes), draws images from
+# data: and blob: URLs, and calls its own origin; the API documentation pages (Swagger UI, ReDoc)
+# start from inline scripts, and ReDoc runs a worker from a blob: URL.
+PAGE_POLICY = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
+               "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+DOCS_POLICY = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+               "img-src 'self' data: blob:; worker-src 'self' blob:; object-src 'none'; base-uri 'none'; "
+               "frame-ancestors 'none'")
+DOCS_PATHS = ("/docs", "/redoc")
+
+
+class BrowserHeaders:
+    """On every answer: no framing (CSP frame-ancestors, and X-Frame-Options for older browsers),
+    no content sniffing, no referrer, and a content security policy."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        policy = DOCS_POLICY if scope["path"].rstrip("/") in DOCS_PATHS else PAGE_POLICY
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers.setdefault("content-security-policy", policy)
+                headers.setdefault("x-frame-options", "DENY")
+                headers.setdefault("x-content-type-options", "nosniff")
+                headers.setdefault("referrer-policy", "no-referrer")
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

@@ -3,6 +3,7 @@ an ONNX file), list versions, pin the default version, delete a version."""
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
 from typing import Annotated
 
@@ -47,7 +48,17 @@ def _labels(blob: bytes | None) -> list[str] | None:
         raise InvalidRequest("labels must be UTF-8 text, one class name per line", field="labels") from None
     while lines and not lines[-1].strip():
         lines.pop()
+    for number, line in enumerate(lines, 1):
+        if unsafe := [character for character in line if _unsafe_in_a_label(character)]:
+            raise InvalidRequest(f"labels line {number} holds {ascii(unsafe[0])}: a class name may not hold control "
+                                 f"or text-direction characters (they rewrite terminals and what a page shows)",
+                                 field="labels")
     return [line.strip() for line in lines]
+
+
+def _unsafe_in_a_label(character: str) -> bool:
+    return unicodedata.category(character) == "Cc" or "\u202a" <= character <= "\u202e" or \
+        "\u2066" <= character <= "\u2069"
 
 
 @router.post("", response_model=wire.ModelRef, status_code=status.HTTP_201_CREATED, dependencies=[ADMIN])

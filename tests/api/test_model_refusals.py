@@ -128,6 +128,18 @@ def test_a_label_count_that_differs_from_the_classifier_is_422(client, small_res
     assert_refused(response, 422, "labels", "4 classes")
 
 
+@pytest.mark.parametrize("label, shown", [("\x1b]0;PWNED\x07cat", "'\\x1b'"), ("red\x1b[31m", "'\\x1b'"),
+                                          ("\u202egpj.exe", "'\\u202e'")])
+def test_labels_with_control_or_direction_characters_are_422(client, small_resnet, label, shown):
+    """An admin's labels reached other keys' terminals through the CLI (a window title set, the
+    screen cleared) and could turn what a page shows around."""
+    labels = f"cat\ndog\n{label}\nbird\n".encode()
+    response = client.post("/v1/models", data={"name": "mine", "architecture": "resnet18", "input_size": 64},
+                           files={"weights": ("w.safetensors", weights_of(small_resnet)),
+                                  "labels": ("labels.txt", labels)})
+    assert_refused(response, 422, "labels", f"line 3 holds {shown}")
+
+
 def test_unknown_architectures_and_bad_preprocessing_are_422(client, small_resnet):
     assert_refused(client.post("/v1/models", data={"name": "mine", "architecture": "resnet9000"},
                                files={"weights": ("w", weights_of(small_resnet))}), 422, "architecture", "unknown")

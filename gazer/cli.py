@@ -6,12 +6,14 @@ import argparse
 import inspect
 import json
 import os
+import secrets
 import sys
 import time
 import types
 import typing
+from collections import Counter
 from functools import partial
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Annotated, Any, Callable, Literal, Sequence
 
 import httpx
@@ -391,7 +393,8 @@ def cmd_jobs_follow(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_jobs_artifacts(client: Client, args: argparse.Namespace) -> int:
-    """Every file the job wrote, written under --output."""
+    """Every file the job wrote, written under --output (default a folder named after the job): each a
+    new file unless --force; a name the service should never list is skipped, and the status is 1."""
     job = client.job(args.job_id)
     if not job.finished:
         print(f"gazer: job {job.id} is {job.state}: its files come when it ends (gazer jobs follow {job.id})",
@@ -401,15 +404,46 @@ def cmd_jobs_artifacts(client: Client, args: argparse.Namespace) -> int:
     if not names:
         print(f"job {job.id} ({job.type}, {job.state}) wrote no files", file=sys.stderr)
         return 0
-    folder = Path(args.output)
+    twice = next((name for name, count in Counter(names).items() if count > 1), None)
+    if twice is not None:
+        raise SystemExit(f"gazer: the service listed {twice!r} twice among job {job.id}'s files; nothing written")
+    folder = Path(args.output or args.job_id)
     folder.mkdir(parents=True, exist_ok=True)
+    refused = [name for name in names if not plain_file_name(name)]
     for name in names:
-        if Path(name).name in ("", ".", ".."):  # the service names them; never a path out of the folder
+        if name in refused:
+            print(f"gazer: skipped {name!r}, which the service listed: not a plain file name", file=sys.stderr)
             continue
-        path = folder / Path(name).name
-        path.write_bytes(client.artifact(args.job_id, name))
-        print(path)
-    return 0
+        try:
+            save_artifact(client, args.job_id, name, folder / name, replace=args.force)
+        except FileExistsError:
+            raise SystemExit(f"gazer: {folder / name} exists; --force replaces the job's files") from None
+        print(folder / name)
+    return 1 if refused else 0
+
+
+def plain_file_name(name: str) -> bool:
+    """Whether an artifact's name, as the server listed it, can be a file in the output folder: the
+    service lists only plain names (no leading dot, no folder or drive, nothing unprintable); any other
+    would write outside the folder, or a dotfile such as .bashrc in it."""
+    return (name != "" and name.isprintable() and not name.startswith(".") and not any(sep in name for sep in "/\\")
+            and name == PurePosixPath(name).name == PureWindowsPath(name).name)
+
+
+def save_artifact(client: Client, job_id: str, name: str, path: Path, replace: bool) -> None:
+    """The artifact written to `path`, a new file; with `replace`, written beside it and then put in
+    place of whatever is there (a link is replaced, never written through). A download that fails
+    leaves nothing behind."""
+    written = path.with_name(f".gazer-{secrets.token_hex(8)}.part") if replace else path
+    file = open(written, "xb")  # never an existing file, nor through a link
+    try:
+        with file:
+            file.write(client.artifact(job_id, name))
+        if replace:
+            os.replace(written, path)
+    except BaseException:
+        written.unlink(missing_ok=True)
+        raise
 
 
 def cmd_models_ls(client: Client, args: argparse.Namespace) -> int:
@@ -701,7 +735,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--parent", default=None, metavar="ID", help="the trials of sweep ID")
     sub = command(jobs, "artifacts", cmd_jobs_artifacts, "write the files a finished job made into a folder")
     sub.add_argument("job_id", metavar="ID")
-    sub.add_argument("--output", "-o", default=".", help="the folder (default the current one)")
+    sub.add_argument("--output", "-o", default=None, help="the folder (default ./ID, made if need be)")
+    sub.add_argument("--force", action="store_true", help="replace files already in the folder (by default "
+                                                          "an existing file is an error)")
     for name, run, text in (("show", cmd_jobs_show, "a job's record as JSON"),
                             ("cancel", cmd_jobs_cancel, "cancel a job (a running one stops at its next step)"),
                             ("follow", cmd_jobs_follow, "a job's progress bar until it ends")):

@@ -1,0 +1,57 @@
+"""The `gazer` command against a service that misbehaves: a real HTTP server (fake_service) answers
+what a malicious or broken one would, and the CLI must neither write where it was not asked, nor
+hand the terminal what the server sent, nor fall over with a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.client.fake_service import Answer, FakeService, gazer_at, job, json_answer
+
+
+def artifacts_service(names: list[str], contents: dict[str, bytes] | None = None) -> FakeService:
+    """A finished job j1 listing `names`, each answering `contents[name]`, else `name`'s own bytes."""
+    listed = [{"name": name, "url": f"/v1/jobs/j1/artifacts/{name}", "bytes": 1} for name in names]
+    answers = {"/v1/jobs/j1": json_answer(job("j1")),
+               "/v1/jobs/j1/artifacts": json_answer({"data": listed, "count": len(listed)})}
+    answers.update({f"/v1/jobs/j1/artifacts/{name}": Answer(200, (contents or {}).get(name, name.encode()))
+                    for name in names})
+    return FakeService(answers)
+
+
+def test_artifacts_go_to_a_new_folder_and_names_that_are_not_plain_file_names_are_refused(tmp_path):
+    (tmp_path / ".bashrc").write_text("mine")
+    hostile = [".bashrc", "../.profile", "a/x", "b\\x", "x\x00y", "C:evil", "..", "", "ok.png"]
+    with artifacts_service(hostile) as service:
+        done = gazer_at(service, "jobs", "artifacts", "j1", cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    assert (tmp_path / ".bashrc").read_text() == "mine" and not (tmp_path / ".profile").exists()
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".bashrc", "j1"]
+    written = tmp_path / "j1"
+    assert [path.name for path in written.iterdir()] == ["ok.png"] and (written / "ok.png").read_bytes() == b"ok.png"
+    assert done.stdout.splitlines() == [str(Path("j1") / "ok.png")]
+    refused = [line for line in done.stderr.splitlines() if "not a plain file name" in line]
+    assert len(refused) == len(hostile) - 1, done.stderr
+
+
+def test_artifacts_never_replace_a_file_or_follow_a_link_unless_forced(tmp_path):
+    victim, folder = tmp_path / "victim", tmp_path / "out"
+    victim.write_text("precious")
+    folder.mkdir()
+    (folder / "ok.png").symlink_to(victim)
+    with artifacts_service(["ok.png"]) as service:
+        refused = gazer_at(service, "jobs", "artifacts", "j1", "-o", str(folder))
+        assert refused.returncode == 1 and "exists" in refused.stderr and "--force" in refused.stderr, refused.stderr
+        assert victim.read_text() == "precious" and (folder / "ok.png").is_symlink()
+        forced = gazer_at(service, "jobs", "artifacts", "j1", "-o", str(folder), "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert victim.read_text() == "precious"  # the link was replaced, not written through
+    assert not (folder / "ok.png").is_symlink() and (folder / "ok.png").read_bytes() == b"ok.png"
+    assert [path.name for path in folder.iterdir()] == ["ok.png"]  # no temporary file left
+
+
+def test_a_name_listed_twice_is_an_error_before_anything_is_written(tmp_path):
+    with artifacts_service(["x.png", "y.png", "x.png"]) as service:
+        done = gazer_at(service, "jobs", "artifacts", "j1", "-o", str(tmp_path / "out"))
+    assert done.returncode == 1 and "'x.png' twice" in done.stderr, done.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

@@ -14,9 +14,10 @@ import typing
 from collections import Counter
 from functools import partial
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Annotated, Any, Callable, Literal, Sequence
+from typing import Annotated, Any, Callable, Literal, Sequence, TextIO
 
 import httpx
+from pydantic import BaseModel
 from tqdm import tqdm
 
 from gazer import grid
@@ -32,9 +33,31 @@ VALID_SHOWN = 20  # of a refusal's valid values (a model's layers can be hundred
 FINE_TUNE_REQUIRED = {"dataset_id": "--dataset", "output_model": "--output"}
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """Columns padded to their widest cell; numbers right-aligned."""
-    cells = [[str(value) for value in row] for row in rows]
+# C0, DEL and C1 control characters. In what a server sent (a label, a problem's detail) they could
+# move the cursor, clear the screen or retitle the window; they are printed written out (\x1b).
+VISIBLE = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7f, 0xa0))}
+# JSON has C0 escaped already (its line breaks are the layout); DEL and C1 as JSON's own escapes.
+VISIBLE_IN_JSON = {code: f"\\u{code:04x}" for code in range(0x7f, 0xa0)}
+
+
+def shown(text: object) -> str:
+    """`text` with its control characters written out, so that printing it moves and sets nothing."""
+    return str(text).translate(VISIBLE)
+
+
+def say(*lines: object, file: TextIO | None = None, flush: bool = False) -> None:
+    """Each of `lines` as a line of its own, shown: how the CLI prints, since most of it quotes the server."""
+    for line in lines:
+        print(shown(line), file=file, flush=flush)
+
+
+def say_json(answer: BaseModel) -> None:
+    print(answer.model_dump_json(indent=2).translate(VISIBLE_IN_JSON))
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    """Lines of columns padded to their widest cell; numbers right-aligned."""
+    cells = [[shown(value) for value in row] for row in rows]
     widths = [max([len(header)] + [len(row[column]) for row in cells]) for column, header in enumerate(headers)]
     numeric = [bool(rows) and all(isinstance(row[column], (int, float)) for row in rows)
                for column in range(len(headers))]
@@ -43,7 +66,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
         return "  ".join(value.rjust(width) if right else value.ljust(width)
                          for value, width, right in zip(values, widths, numeric)).rstrip()
 
-    return "\n".join([line(headers)] + [line(row) for row in cells])
+    return [line(headers)] + [line(row) for row in cells]
 
 
 def class_name(index: int, label: str) -> str:
@@ -162,13 +185,13 @@ def cmd_predict(client: Client, args: argparse.Namespace) -> int:
     shown = names if len(set(names)) == len(names) else [str(image) for image in images]  # a/0.jpg, b/0.jpg
     answer = client.predict(images, args.model, args.top_k, args.resize)
     if args.json:
-        print(answer.model_dump_json(indent=2))
+        say_json(answer)
         return 0
     rows = [(name, rank, p.index, p.label, f"{p.probability:.4f}")
             for name, result in zip(shown, answer.results)
             for rank, p in enumerate(result.predictions, start=1)]
-    print(f"model {answer.model.id}@{answer.model.version}")
-    print(table(("image", "rank", "class", "label", "probability"), rows))
+    say(f"model {answer.model.id}@{answer.model.version}")
+    say(*table(("image", "rank", "class", "label", "probability"), rows))
     return 0
 
 
@@ -231,8 +254,8 @@ def explain_one(client: Client, args: argparse.Namespace, options: dict[str, Any
                 heatmap: Path | None) -> None:
     outputs = ["overlay"] + (["heatmap"] if heatmap else [])
     if sys.stderr.isatty():  # Score-CAM or IG on a large model takes a while: say what is running
-        print(f"explaining {image} ({args.method or 'the default method'} on {args.model})...", file=sys.stderr,
-              flush=True)
+        say(f"explaining {image} ({args.method or 'the default method'} on {args.model})...", file=sys.stderr,
+            flush=True)
     answer = client.explain(image, args.model, args.method, args.target, args.layer,
                             resize=args.resize, outputs=outputs, faithfulness=args.faithfulness or None,
                             overlay_format=picture_format(output, args.format), **options)
@@ -245,23 +268,23 @@ def explain_one(client: Client, args: argparse.Namespace, options: dict[str, Any
         output.write_bytes(explanation.overlay_image or b"")
     if heatmap:
         heatmap.write_bytes(explanation.heatmap or b"")
-    say = partial(print, file=sys.stderr if to_stdout else sys.stdout)
+    tell = partial(say, file=sys.stderr if to_stdout else sys.stdout)
     target = explanation.target
     named = f"{image.name}: " if len(args.images) > 1 else ""
-    say(f"{named}{explanation.method}: class {class_name(target.index, target.label)} (p={target.probability:.4f}), "
-        f"layer {explanation.layer or '-'}, {explanation.timings_ms.get('model', 0):.0f} ms -> "
-        f"{'standard output' if to_stdout else output}")
+    tell(f"{named}{explanation.method}: class {class_name(target.index, target.label)} (p={target.probability:.4f}), "
+         f"layer {explanation.layer or '-'}, {explanation.timings_ms.get('model', 0):.0f} ms -> "
+         f"{'standard output' if to_stdout else output}")
     if explanation.faithfulness is not None:
         scores = explanation.faithfulness
-        say(f"faithfulness: deletion {scores.deletion:.3f} (lower is better), insertion {scores.insertion:.3f} "
-            f"(higher is better), {scores.steps} steps")
+        tell(f"faithfulness: deletion {scores.deletion:.3f} (lower is better), insertion {scores.insertion:.3f} "
+             f"(higher is better), {scores.steps} steps")
     if explanation.flat and explanation.gate is None:
-        say("the map is flat (all zeros): this method found nothing to point at for this class at this layer; "
-            "try another layer or method")
+        tell("the map is flat (all zeros): this method found nothing to point at for this class at this layer; "
+             "try another layer or method")
     if explanation.gate is not None:
         gate = explanation.gate
-        say(f"gate {gate.min:.3f}..{gate.max:.3f} (mean {gate.mean:.3f})"
-            + (": flat, so the map is all zeros" if gate.flat else ""))
+        tell(f"gate {gate.min:.3f}..{gate.max:.3f} (mean {gate.mean:.3f})"
+             + (": flat, so the map is all zeros" if gate.flat else ""))
 
 
 def cmd_compare(client: Client, args: argparse.Namespace) -> int:
@@ -280,9 +303,9 @@ def cmd_compare(client: Client, args: argparse.Namespace) -> int:
         target = explanation.target.index  # every tile explains the first one's class
         milliseconds = explanation.timings_ms.get("model", 0.0)
         tiles.append(grid.Tile(explanation.overlay_image or b"", f"{method}  {milliseconds:.0f} ms"))
-        print(f"{method}: class {class_name(target, explanation.target.label)}, {milliseconds:.0f} ms")
+        say(f"{method}: class {class_name(target, explanation.target.label)}, {milliseconds:.0f} ms")
     grid.grid(tiles).save(args.output, format=picture_format(Path(args.output)).upper())
-    print(f"-> {args.output}")
+    say(f"-> {args.output}")
     return 0
 
 
@@ -292,34 +315,34 @@ def cmd_datasets_upload(client: Client, args: argparse.Namespace) -> int:
     except ValueError as error:
         raise SystemExit(f"gazer: {error}") from None
     if args.quiet:
-        print(dataset.id)
+        say(dataset.id)
         return 0
     counts = ", ".join(f"{name} {count}" for name, count in dataset.counts.items())
-    print(f"dataset {dataset.id} ({dataset.name}): {dataset.images} images in {len(dataset.classes)} classes "
-          f"({counts})")
+    say(f"dataset {dataset.id} ({dataset.name}): {dataset.images} images in {len(dataset.classes)} classes "
+        f"({counts})")
     for item in dataset.unreadable:
-        print(f"  skipped {item.file}: {item.reason}", file=sys.stderr)
+        say(f"  skipped {item.file}: {item.reason}", file=sys.stderr)
     if dataset.unreadable_count > len(dataset.unreadable):
-        print(f"  and {dataset.unreadable_count - len(dataset.unreadable)} more unreadable files skipped",
-              file=sys.stderr)
+        say(f"  and {dataset.unreadable_count - len(dataset.unreadable)} more unreadable files skipped",
+            file=sys.stderr)
     return 0
 
 
 def cmd_datasets_ls(client: Client, args: argparse.Namespace) -> int:
     found = client.datasets()
-    print(table(("id", "name", "images", "classes"),
-                [(d.id, d.name, d.images, ",".join(d.classes)) for d in found.data]))
+    say(*table(("id", "name", "images", "classes"),
+               [(d.id, d.name, d.images, ",".join(d.classes)) for d in found.data]))
     return 0
 
 
 def cmd_datasets_show(client: Client, args: argparse.Namespace) -> int:
-    print(client.dataset(args.dataset_id).model_dump_json(indent=2))
+    say_json(client.dataset(args.dataset_id))
     return 0
 
 
 def cmd_datasets_delete(client: Client, args: argparse.Namespace) -> int:
     client.delete_dataset(args.dataset_id)
-    print(f"dataset {args.dataset_id} deleted")
+    say(f"dataset {args.dataset_id} deleted")
     return 0
 
 
@@ -330,9 +353,9 @@ def fine_tune_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def submitted(client: Client, job: Job, args: argparse.Namespace) -> int:
     if args.no_follow:  # the id alone, for a script: J=$(gazer finetune ... --no-follow)
-        print(job.id)
+        say(job.id)
         return 0
-    print(f"job {job.id} {job.state}", flush=True)
+    say(f"job {job.id} {job.state}", flush=True)
     return follow(client, job.id, args.url)
 
 
@@ -372,19 +395,19 @@ def cmd_jobs_ls(client: Client, args: argparse.Namespace) -> int:
     found = client.jobs(args.state, args.type, args.parent)
     rows = [(job.id, job.type, job.state, f"{100 * (job.progress or {}).get('fraction', 0):.0f}%",
              time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.created_at))) for job in found.data]
-    print(table(("id", "type", "state", "progress", "created"), rows))
+    say(*table(("id", "type", "state", "progress", "created"), rows))
     return 0
 
 
 def cmd_jobs_show(client: Client, args: argparse.Namespace) -> int:
-    print(client.job(args.job_id).model_dump_json(indent=2))
+    say_json(client.job(args.job_id))
     return 0
 
 
 def cmd_jobs_cancel(client: Client, args: argparse.Namespace) -> int:
     job = client.cancel(args.job_id)
-    print(f"job {job.id} {job.state}" + (" (cancel requested: it stops at its next step)"
-                                          if job.cancel_requested and not job.finished else ""))
+    say(f"job {job.id} {job.state}" + (" (cancel requested: it stops at its next step)"
+                                        if job.cancel_requested and not job.finished else ""))
     return 0
 
 
@@ -397,12 +420,12 @@ def cmd_jobs_artifacts(client: Client, args: argparse.Namespace) -> int:
     new file unless --force; a name the service should never list is skipped, and the status is 1."""
     job = client.job(args.job_id)
     if not job.finished:
-        print(f"gazer: job {job.id} is {job.state}: its files come when it ends (gazer jobs follow {job.id})",
-              file=sys.stderr)
+        say(f"gazer: job {job.id} is {job.state}: its files come when it ends (gazer jobs follow {job.id})",
+            file=sys.stderr)
         return 1
     names = client.artifacts(job.id)
     if not names:
-        print(f"job {job.id} ({job.type}, {job.state}) wrote no files", file=sys.stderr)
+        say(f"job {job.id} ({job.type}, {job.state}) wrote no files", file=sys.stderr)
         return 0
     twice = next((name for name, count in Counter(names).items() if count > 1), None)
     if twice is not None:
@@ -412,13 +435,13 @@ def cmd_jobs_artifacts(client: Client, args: argparse.Namespace) -> int:
     refused = [name for name in names if not plain_file_name(name)]
     for name in names:
         if name in refused:
-            print(f"gazer: skipped {name!r}, which the service listed: not a plain file name", file=sys.stderr)
+            say(f"gazer: skipped {name!r}, which the service listed: not a plain file name", file=sys.stderr)
             continue
         try:
             save_artifact(client, args.job_id, name, folder / name, replace=args.force)
         except FileExistsError:
             raise SystemExit(f"gazer: {folder / name} exists; --force replaces the job's files") from None
-        print(folder / name)
+        say(folder / name)
     return 1 if refused else 0
 
 
@@ -448,23 +471,23 @@ def save_artifact(client: Client, job_id: str, name: str, path: Path, replace: b
 
 def cmd_models_ls(client: Client, args: argparse.Namespace) -> int:
     found = client.models()
-    print(table(("id", "version", "architecture", "input", "classes", "description"),
-                [(m.id, m.version, m.architecture, m.input_size, m.num_classes, m.description) for m in found.data]))
+    say(*table(("id", "version", "architecture", "input", "classes", "description"),
+               [(m.id, m.version, m.architecture, m.input_size, m.num_classes, m.description) for m in found.data]))
     return 0
 
 
 def cmd_models_show(client: Client, args: argparse.Namespace) -> int:
     detail = client.model(args.name)
     pre = detail.preprocessing
-    print(f"{detail.id}@{detail.version}: {detail.architecture}, {detail.num_classes} classes, {detail.status}\n"
-          f"  {detail.description}\n"
-          f"  input {detail.input_size} (resize short side to {pre.resize_short_side_to}, {pre.interpolation}; "
-          f"mean {[round(v, 4) for v in pre.mean]}, std {[round(v, 4) for v in pre.std]})\n"
-          f"  default layer {detail.default_layer or 'none (an ONNX model: occlusion and rise)'}; "
-          f"{len(detail.layers)} targetable layers\n"
-          f"  methods {', '.join(detail.methods)}\n"
-          f"  attention {', '.join(detail.attention) or 'none'}\n"
-          f"  weights {detail.weights_digest}")
+    say(f"{detail.id}@{detail.version}: {detail.architecture}, {detail.num_classes} classes, {detail.status}",
+        f"  {detail.description}",
+        f"  input {detail.input_size} (resize short side to {pre.resize_short_side_to}, {pre.interpolation}; "
+        f"mean {[round(v, 4) for v in pre.mean]}, std {[round(v, 4) for v in pre.std]})",
+        f"  default layer {detail.default_layer or 'none (an ONNX model: occlusion and rise)'}; "
+        f"{len(detail.layers)} targetable layers",
+        f"  methods {', '.join(detail.methods)}",
+        f"  attention {', '.join(detail.attention) or 'none'}",
+        f"  weights {detail.weights_digest}")
     return 0
 
 
@@ -490,34 +513,34 @@ def cmd_models_labels(client: Client, args: argparse.Namespace) -> int:
     labels = client.model(args.name).labels
     found = [(index, label) for index, label in enumerate(labels) if args.text.lower() in label.lower()]
     if not found:
-        print(f"gazer: no class of {args.name} has {args.text!r} in its name", file=sys.stderr)
+        say(f"gazer: no class of {args.name} has {args.text!r} in its name", file=sys.stderr)
         return 1
-    print(table(("class", "label"), found))
+    say(*table(("class", "label"), found))
     return 0
 
 
 def cmd_models_versions(client: Client, args: argparse.Namespace) -> int:
     found = client.versions(args.name)
-    print(table(("version", "architecture", "state", "default", "description"),
-                [(v.version, v.architecture, v.state, "yes" if v.default else "", v.description) for v in found.data]))
+    say(*table(("version", "architecture", "state", "default", "description"),
+               [(v.version, v.architecture, v.state, "yes" if v.default else "", v.description) for v in found.data]))
     return 0
 
 
 def cmd_models_pin(client: Client, args: argparse.Namespace) -> int:
     ref = client.pin(args.name, args.version)
-    print(f"{ref.id} means {ref.id}@{ref.version} from now on")
+    say(f"{ref.id} means {ref.id}@{ref.version} from now on")
     return 0
 
 
 def cmd_models_unpin(client: Client, args: argparse.Namespace) -> int:
     ref = client.unpin(args.name)
-    print(f"{ref.id} means its newest version again: {ref.id}@{ref.version}")
+    say(f"{ref.id} means its newest version again: {ref.id}@{ref.version}")
     return 0
 
 
 def cmd_models_delete(client: Client, args: argparse.Namespace) -> int:
     client.delete_model(args.ref)
-    print(f"model {args.ref} deleted" + ("" if "@" in args.ref else ", every version"))
+    say(f"model {args.ref} deleted" + ("" if "@" in args.ref else ", every version"))
     return 0
 
 
@@ -526,7 +549,7 @@ def cmd_models_upload(client: Client, args: argparse.Namespace) -> int:
                               labels=args.labels, mean=args.mean, std=args.std, input_size=args.input_size,
                               resize_size=args.resize_size, interpolation=args.interpolation,
                               cam_layer=args.cam_layer)
-    print(f"model {ref.id}@{ref.version}")
+    say(f"model {ref.id}@{ref.version}")
     return 0
 
 
@@ -580,19 +603,19 @@ def follow(client: Client, job_id: str, url: str) -> int:
         for event in client.events(job_id):
             last = event.job
             bar.n = round(100 * (last.progress or {}).get("fraction", 0.0), 1)
-            bar.set_postfix_str(describe_progress(last), refresh=False)
+            bar.set_postfix_str(shown(describe_progress(last)), refresh=False)
             bar.refresh()
     except KeyboardInterrupt:
         bar.close()
         target = "" if url == default_url() else f" --url {url}"
-        print(f"\njob {job_id} is still running; cancel it with: gazer{target} jobs cancel {job_id}",
-              file=sys.stderr, flush=True)
+        say("", f"job {job_id} is still running; cancel it with: gazer{target} jobs cancel {job_id}",
+            file=sys.stderr, flush=True)
         return INTERRUPTED
     bar.close()
     if last is None or not last.finished:
-        print(f"gazer: the event stream of job {job_id} ended early; see: gazer jobs show {job_id}", file=sys.stderr)
+        say(f"gazer: the event stream of job {job_id} ended early; see: gazer jobs show {job_id}", file=sys.stderr)
         return 1
-    print(describe_end(last), file=sys.stdout if last.state == "succeeded" else sys.stderr)
+    say(describe_end(last), file=sys.stdout if last.state == "succeeded" else sys.stderr)
     if last.state == "succeeded":
         print_pinned_elsewhere(client, last)
     return 0 if last.state == "succeeded" else 1
@@ -605,8 +628,8 @@ def print_pinned_elsewhere(client: Client, job: Job) -> None:
         return
     default = next((version.version for version in client.versions(made["id"]).data if version.default), None)
     if default is not None and default != made["version"]:
-        print(f"{made['id']} still means {made['id']}@{default} (pinned): ask for {made['id']}@{made['version']}, "
-              f"or serve it as {made['id']} with: gazer models pin {made['id']} {made['version']}")
+        say(f"{made['id']} still means {made['id']}@{default} (pinned): ask for {made['id']}@{made['version']}, "
+            f"or serve it as {made['id']} with: gazer models pin {made['id']} {made['version']}")
 
 
 # ---------------------------------------------------------------- arguments
@@ -791,7 +814,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _no_key_file(args: argparse.Namespace) -> bool:
     if args.file is None:
-        print("gazer: name the key file with --file or GAZER_API_KEYS", file=sys.stderr)
+        say("gazer: name the key file with --file or GAZER_API_KEYS", file=sys.stderr)
     return args.file is None
 
 
@@ -799,14 +822,14 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     scopes = [scope.strip() for scope in args.scopes.split(",") if scope.strip()]
     unknown = sorted(set(scopes) - set(SCOPES))
     if not scopes or unknown:
-        print(f"gazer: scopes must be some of {', '.join(SCOPES)}; got {args.scopes!r}", file=sys.stderr)
+        say(f"gazer: scopes must be some of {', '.join(SCOPES)}; got {args.scopes!r}", file=sys.stderr)
         return 2
     if _no_key_file(args):
         return 2
     key, record = create_key(args.file, scopes, args.label)
-    print(key)
-    print(f"key {record.id} ({', '.join(record.scopes)}) added to {args.file}; the key is not stored, "
-          f"keep it now", file=sys.stderr)
+    say(key)
+    say(f"key {record.id} ({', '.join(record.scopes)}) added to {args.file}; the key is not stored, "
+        f"keep it now", file=sys.stderr)
     return 0
 
 
@@ -814,9 +837,9 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     if _no_key_file(args):
         return 2
     records = read_key_file(args.file).keys
-    print(table(["id", "scopes", "label", "created"],
-                [(record.id, ",".join(record.scopes), record.label,
-                  time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created_at))) for record in records]))
+    say(*table(["id", "scopes", "label", "created"],
+               [(record.id, ",".join(record.scopes), record.label,
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created_at))) for record in records]))
     return 0
 
 
@@ -826,10 +849,10 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
     try:
         record = revoke_key(args.file, args.id)
     except KeyError:
-        print(f"gazer: {args.file} has no key {args.id!r}; `gazer keys list` shows the ids", file=sys.stderr)
+        say(f"gazer: {args.file} has no key {args.id!r}; `gazer keys list` shows the ids", file=sys.stderr)
         return 1
-    print(f"key {record.id} ({', '.join(record.scopes)}{', ' + record.label if record.label else ''}) revoked",
-          file=sys.stderr)
+    say(f"key {record.id} ({', '.join(record.scopes)}{', ' + record.label if record.label else ''}) revoked",
+        file=sys.stderr)
     return 0
 
 
@@ -843,28 +866,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.flush()  # where a closed pipe shows, below, rather than at exit
             return status
     except ApiError as error:
-        print(f"gazer: {error.status} {error.title}: {error.detail}", file=sys.stderr)
+        say(f"gazer: {error.status} {error.title}: {error.detail}", file=sys.stderr)
         if error.status == 401:
-            print("  give this command the key with --api-key KEY or GAZER_API_KEY", file=sys.stderr)
+            say("  give this command the key with --api-key KEY or GAZER_API_KEY", file=sys.stderr)
         for field_error in error.extras.get("errors") or []:
             if str(field_error.get("message")) not in error.detail:  # said once is enough
-                print(f"  {field_error.get('field')}: {field_error.get('message')}", file=sys.stderr)
+                say(f"  {field_error.get('field')}: {field_error.get('message')}", file=sys.stderr)
         valid = error.extras.get("valid") or []
         if valid:
             more = f", ... ({len(valid) - VALID_SHOWN} more)" if len(valid) > VALID_SHOWN else ""
-            print(f"  valid: {', '.join(map(str, valid[:VALID_SHOWN]))}{more}", file=sys.stderr)
+            say(f"  valid: {', '.join(map(str, valid[:VALID_SHOWN]))}{more}", file=sys.stderr)
         return 1
     except (httpx.ReadTimeout, httpx.WriteTimeout) as error:  # reached, but it did not answer, or take the upload
-        print(f"gazer: {args.url} did not answer in time ({type(error).__name__}): {error}", file=sys.stderr)
+        say(f"gazer: {args.url} did not answer in time ({type(error).__name__}): {error}", file=sys.stderr)
         return 1
     except httpx.TransportError as error:
-        print(f"gazer: cannot reach {args.url}: {error}", file=sys.stderr)
+        say(f"gazer: cannot reach {args.url}: {error}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # `gazer jobs show ID | head`: the reader has had what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
         return 1
     except OSError as error:
-        print(f"gazer: {error}", file=sys.stderr)
+        say(f"gazer: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return INTERRUPTED
+    except SystemExit as refusal:  # a usage error, which may quote the server (a label): shown as the rest
+        raise SystemExit(shown(refusal.code) if isinstance(refusal.code, str) else refusal.code) from None

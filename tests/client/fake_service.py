@@ -29,8 +29,8 @@ def json_answer(value: Any, status: int = 200, **headers: str) -> Answer:
     return Answer(status, json.dumps(value).encode(), {"Content-Type": "application/json", **headers})
 
 
-def problem(status: int, **fields: Any) -> Answer:
-    return Answer(status, json.dumps(fields).encode(), {"Content-Type": "application/problem+json"})
+def problem(http_status: int, **fields: Any) -> Answer:
+    return Answer(http_status, json.dumps(fields).encode(), {"Content-Type": "application/problem+json"})
 
 
 def events(*blocks: str) -> Answer:

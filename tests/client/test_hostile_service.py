@@ -4,9 +4,10 @@ hand the terminal what the server sent, nor fall over with a traceback."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from tests.client.fake_service import Answer, FakeService, gazer_at, job, json_answer
+from tests.client.fake_service import Answer, FakeService, events, gazer_at, job, json_answer, model, problem
 
 
 def artifacts_service(names: list[str], contents: dict[str, bytes] | None = None) -> FakeService:
@@ -55,3 +56,39 @@ def test_a_name_listed_twice_is_an_error_before_anything_is_written(tmp_path):
         done = gazer_at(service, "jobs", "artifacts", "j1", "-o", str(tmp_path / "out"))
     assert done.returncode == 1 and "'x.png' twice" in done.stderr, done.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+ESCAPES = "\x1b]0;pwned\x07\x1b[2J\x9b31m\x7f"  # retitle the window, clear the screen, C1 CSI, DEL
+
+
+def control_characters(text: str) -> set[str]:
+    """The C0 (but a line break), DEL and C1 characters in `text`."""
+    return {char for char in text if char != "\n" and (ord(char) < 0x20 or 0x7f <= ord(char) < 0xa0)}
+
+
+def test_what_the_server_says_reaches_the_terminal_with_its_control_characters_written_out():
+    detail = model("m" + ESCAPES, labels=["cat" + ESCAPES, "cat2"], default_layer="layer4", layers=["layer4"],
+                   methods=["gradcam"], default_method="gradcam", attention=[], weights_digest="d", status="ready",
+                   preprocessing={"resize_short_side_to": 256, "center_crop": 224, "interpolation": "bilinear",
+                                  "mean": [0.5] * 3, "std": [0.5] * 3}, description="a\nfake line" + ESCAPES)
+    running = job("j1", "running", progress={"fraction": 0.5, "phase": "phase" + ESCAPES})
+    ended = job("j1", "failed", error={"detail": "failed" + ESCAPES})
+    with FakeService({"/v1/models": json_answer({"data": [detail], "count": 1}),
+                      "/v1/models/m": json_answer(detail),
+                      "/v1/models/bad": problem(422, type="about:blank", title="Unprocessable" + ESCAPES, status=422,
+                                                detail="refused" + ESCAPES,
+                                                errors=[{"field": "f" + ESCAPES, "message": "m" + ESCAPES}],
+                                                valid=["v" + ESCAPES]),
+                      "/v1/jobs/j1": json_answer(ended),
+                      "/v1/jobs/j1/events": events(f"event: progress\ndata: {json.dumps(running)}",
+                                                   f"event: end\ndata: {json.dumps(ended)}")}) as service:
+        runs = {"ls": gazer_at(service, "models", "ls"), "labels": gazer_at(service, "models", "labels", "m"),
+                "show": gazer_at(service, "models", "show", "m"), "problem": gazer_at(service, "models", "show", "bad"),
+                "refusal": gazer_at(service, "explain", "x.jpg", "-m", "m", "--target", "cat", "-o", "x.png"),
+                "follow": gazer_at(service, "jobs", "follow", "j1"), "json": gazer_at(service, "jobs", "show", "j1")}
+    for name, run in runs.items():
+        assert not control_characters(run.stdout + run.stderr.replace("\r", "")), (name, run.stdout, run.stderr)
+        assert "\\x1b]0;pwned\\x07\\x1b[2J\\x9b31m\\x7f" in run.stdout + run.stderr or name == "json", (name, run)
+    assert runs["show"].stdout.splitlines()[1] == "  a\\x0afake line" + r"\x1b]0;pwned\x07\x1b[2J\x9b31m\x7f"
+    assert all(runs[name].returncode == 1 for name in ("problem", "refusal", "follow")), runs
+    assert json.loads(runs["json"].stdout)["error"]["detail"] == "failed" + ESCAPES  # still the JSON it was

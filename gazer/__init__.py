@@ -2,6 +2,6 @@
 raised as ApiError."""
 
 from gazer.client import AsyncClient, Client
-from gazer.errors import ApiError
+from gazer.errors import ApiError, BadAnswer
 
-__all__ = ["ApiError", "AsyncClient", "Client"]
+__all__ = ["ApiError", "AsyncClient", "BadAnswer", "Client"]

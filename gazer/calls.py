@@ -8,16 +8,17 @@ import json
 import mimetypes
 import numbers
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Callable, Generic, Iterable, TypeVar
+from typing import IO, Any, Callable, Generic, Iterable, Iterator, TypeVar
 from urllib.parse import quote
 
 import httpx
 from PIL import Image
 from pydantic import BaseModel
 
-from gazer.errors import ApiError
+from gazer.errors import ApiError, BadAnswer
 from gazer.results import ExplainResponse, JobEvent
 from schemas.datasets import Dataset, DatasetList
 from schemas.jobs import ArtifactList, Job, JobList
@@ -25,6 +26,13 @@ from schemas.models import DEFAULT_MODEL, ModelDetail, ModelList, ModelRef, Pred
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
+
+# The most of an answer read into memory (JSON, an error's body). The largest the service sends is
+# an explain answer with raw maps, under 40 MiB; artifacts are streamed to a file instead.
+MAX_ANSWER_BYTES = 64 * 2**20
+# The most of one line of a job's event stream, and of one event's data (a job record, at most about 1 MiB).
+MAX_EVENT_CHARACTERS = 16 * 2**20
+LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 # An image to send: a path, the file's bytes, (file name, bytes), or a PIL image (sent as PNG).
 ImageInput = str | os.PathLike[str] | bytes | tuple[str, bytes] | Image.Image
@@ -58,16 +66,43 @@ def checked(response: httpx.Response) -> httpx.Response:
     return response
 
 
+class AnswerLimit:
+    """Counts what is read of a streamed answer: BadAnswer once its Content-Length, or what has come,
+    is over MAX_ANSWER_BYTES."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self.left = MAX_ANSWER_BYTES
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > MAX_ANSWER_BYTES:
+            self.refuse(f"says it is {int(declared)} bytes")
+
+    def take(self, chunk: bytes) -> bytes:
+        self.left -= len(chunk)
+        if self.left < 0:
+            self.refuse("is larger")
+        return chunk
+
+    def refuse(self, why: str) -> None:
+        request = self.response.request
+        raise BadAnswer(f"the answer to {request.method} {request.url.path} {why}; this client reads at most "
+                        f"{MAX_ANSWER_BYTES // 2**20} MiB of an answer", self.response.status_code)
+
+
+def completed(response: httpx.Response, body: bytes) -> httpx.Response:
+    """A streamed `response` as httpx's `request` would have returned it, `body` (decoded) read."""
+    headers = [(name, value) for name, value in response.headers.multi_items()
+               if name.lower() not in ("content-encoding", "content-length")]
+    return httpx.Response(response.status_code, headers=headers, content=body, request=response.request,
+                          extensions=response.extensions, default_encoding=response.default_encoding)
+
+
 def _reader(model: type[M]) -> Callable[[httpx.Response], M]:
     return lambda response: model.model_validate_json(checked(response).content)
 
 
 def _nothing(response: httpx.Response) -> None:
     checked(response)
-
-
-def _content(response: httpx.Response) -> bytes:
-    return checked(response).content
 
 
 def _segment(value: str) -> str:
@@ -242,8 +277,9 @@ def events(job_id: str) -> Call[None]:
     return Call("GET", f"/v1/jobs/{_segment(job_id)}/events", _nothing)
 
 
-def artifact(job_id: str, name: str) -> Call[bytes]:
-    return Call("GET", f"/v1/jobs/{_segment(job_id)}/artifacts/{quote(name, safe='')}", _content)
+def artifact(job_id: str, name: str) -> Call[None]:
+    """Streamed: the file is written a chunk at a time (Client.write_artifact), not read by `read`."""
+    return Call("GET", f"/v1/jobs/{_segment(job_id)}/artifacts/{quote(name, safe='')}", _nothing)
 
 
 def artifacts(job_id: str) -> Call[ArtifactList]:
@@ -257,20 +293,39 @@ class StreamExpired(Exception):
 
 
 class EventParser:
-    """Server-sent events, fed one line at a time (without its line break). A job's events are
-    returned; `expired` raises StreamExpired, and `error` (the job store cannot be read) the
-    problem it carries as ApiError."""
+    """Server-sent events, fed as the stream's text comes (`feed_text`) or a line at a time
+    (`feed`, without its line break). A job's events are returned; `expired` raises StreamExpired,
+    and `error` (the job store cannot be read) the problem it carries as ApiError. A line, or an
+    event's data, over MAX_EVENT_CHARACTERS is a BadAnswer."""
 
     def __init__(self) -> None:
         self._kind = "message"
         self._data: list[str] = []
+        self._size = 0  # of the event's data so far
+        self._partial = ""  # the start of a line whose break has not come
+
+    def feed_text(self, text: str) -> Iterator[JobEvent]:
+        text = self._partial + text
+        whole = len(text) - 1 if text.endswith("\r") else len(text)  # its \n may come next
+        *lines, rest = LINE_BREAK.split(text[:whole])
+        self._partial = rest + text[whole:]
+        self._check(len(self._partial))
+        for line in lines:
+            event = self.feed(line)
+            if event is not None:
+                yield event
+
+    def _check(self, size: int) -> None:
+        if self._size + size > MAX_EVENT_CHARACTERS:
+            raise BadAnswer(f"a line or an event of the job's event stream is over "
+                            f"{MAX_EVENT_CHARACTERS // 2**20} Mi characters")
 
     def feed(self, line: str) -> JobEvent | None:
         if line == "":
             if not self._data:
                 return None
             kind, data = self._kind, json.loads("\n".join(self._data))
-            self._kind, self._data = "message", []
+            self._kind, self._data, self._size = "message", [], 0
             if kind == "expired":
                 raise StreamExpired(data.get("detail", "the event stream expired"))
             if kind == "error":
@@ -283,5 +338,7 @@ class EventParser:
         if name == "event":
             self._kind = value
         elif name == "data":
+            self._check(len(value))
+            self._size += len(value)
             self._data.append(value)
         return None

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from gazer import grid
 from gazer.calls import DEFAULT_MODEL
 from gazer.client import DEFAULT_URL, Client, default_url
-from gazer.errors import ApiError
+from gazer.errors import ApiError, BadAnswer
 from schemas.api_keys import SCOPES, create_key, read_key_file, revoke_key
 from schemas.jobs import FineTuneRequest, Job
 
@@ -461,7 +461,7 @@ def save_artifact(client: Client, job_id: str, name: str, path: Path, replace: b
     file = open(written, "xb")  # never an existing file, nor through a link
     try:
         with file:
-            file.write(client.artifact(job_id, name))
+            client.write_artifact(job_id, name, file)
         if replace:
             os.replace(written, path)
     except BaseException:
@@ -865,6 +865,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             status = args.run(client, args)
             sys.stdout.flush()  # where a closed pipe shows, below, rather than at exit
             return status
+    except BadAnswer as error:
+        say(f"gazer: unexpected answer from {args.url}: {error.detail}", file=sys.stderr)
+        return 1
     except ApiError as error:
         say(f"gazer: {error.status} {error.title}: {error.detail}", file=sys.stderr)
         if error.status == 401:

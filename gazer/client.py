@@ -5,9 +5,10 @@ raised as `ApiError`."""
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import time
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack, asynccontextmanager, contextmanager, nullcontext
 from typing import IO, Any, AsyncIterator, ContextManager, Iterable, Iterator, TypeVar
 
 import httpx
@@ -31,6 +32,7 @@ DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
 # The event stream is quiet while a job waits or between steps: no read timeout.
 STREAM_TIMEOUT = httpx.Timeout(None, connect=10.0)
 POLL_SECONDS = 0.5
+CHUNK_BYTES = 2**20  # of an artifact, written as it comes
 
 
 def default_url() -> str:
@@ -46,6 +48,17 @@ def _auth_headers(api_key: str | None, headers: dict[str, str] | None) -> dict[s
     """`api_key` (default $GAZER_API_KEY) as a bearer token, beside the caller's headers."""
     key = api_key or os.environ.get("GAZER_API_KEY")
     return {**({"Authorization": f"Bearer {key}"} if key else {}), **(headers or {})}
+
+
+def _whole(response: httpx.Response) -> httpx.Response:
+    """A streamed answer read whole, up to calls.MAX_ANSWER_BYTES."""
+    limit = calls.AnswerLimit(response)
+    return calls.completed(response, b"".join([limit.take(chunk) for chunk in response.iter_bytes()]))
+
+
+async def _awhole(response: httpx.Response) -> httpx.Response:
+    limit = calls.AnswerLimit(response)
+    return calls.completed(response, b"".join([limit.take(chunk) async for chunk in response.aiter_bytes()]))
 
 
 def _dataset_source(source: str | os.PathLike[str] | bytes) -> ContextManager[tuple[str, IO[bytes] | bytes]]:
@@ -74,7 +87,16 @@ class Client:
         self.close()
 
     def _send(self, call: calls.Call[T]) -> T:
-        return call.read(self._http.request(**call.request()))
+        with self._http.stream(**call.request()) as response:
+            return call.read(_whole(response))
+
+    @contextmanager
+    def _stream(self, call: calls.Call[None], **options: Any) -> Iterator[httpx.Response]:
+        """A streamed answer to read as it comes; an error answer is raised, read up to its limit."""
+        with self._http.stream(**call.request(), **options) as response:
+            if response.is_error:
+                calls.checked(_whole(response))
+            yield response
 
     def predict(self, images: ImageInput | Iterable[ImageInput], model: str = DEFAULT_MODEL,
                 top_k: int | None = None, resize: str | None = None) -> PredictResponse:
@@ -168,25 +190,29 @@ class Client:
                 continue
 
     def _event_stream(self, job_id: str) -> Iterator[JobEvent]:
-        call = calls.events(job_id)
-        with self._http.stream(**call.request(), timeout=STREAM_TIMEOUT) as response:
-            if response.is_error:
-                response.read()
-                raise ApiError.from_response(response)
+        with self._stream(calls.events(job_id), timeout=STREAM_TIMEOUT) as response:
             parser = calls.EventParser()
-            for line in response.iter_lines():
-                event = parser.feed(line)
-                if event is not None:
+            for text in response.iter_text():
+                for event in parser.feed_text(text):
                     yield event
                     if event.kind == "end":
                         return
 
     def artifacts(self, job_id: str) -> list[str]:
-        """Names of every file the job has written so far (fetch each with `artifact`)."""
+        """Names of every file the job has written so far (fetch each with `write_artifact` or `artifact`)."""
         return [found.name for found in self._send(calls.artifacts(job_id)).data]
 
+    def write_artifact(self, job_id: str, name: str, file: IO[bytes]) -> None:
+        """The artifact written into the open binary `file` as it comes, never held whole in memory."""
+        with self._stream(calls.artifact(job_id, name)) as response:
+            for chunk in response.iter_bytes(CHUNK_BYTES):
+                file.write(chunk)
+
     def artifact(self, job_id: str, name: str) -> bytes:
-        return self._send(calls.artifact(job_id, name))
+        """The artifact's bytes, held in memory: `write_artifact` for a large one."""
+        held = io.BytesIO()
+        self.write_artifact(job_id, name, held)
+        return held.getvalue()
 
 
 class AsyncClient:
@@ -207,7 +233,15 @@ class AsyncClient:
         await self.aclose()
 
     async def _send(self, call: calls.Call[T]) -> T:
-        return call.read(await self._http.request(**call.request()))
+        async with self._http.stream(**call.request()) as response:
+            return call.read(await _awhole(response))
+
+    @asynccontextmanager
+    async def _stream(self, call: calls.Call[None], **options: Any) -> AsyncIterator[httpx.Response]:
+        async with self._http.stream(**call.request(), **options) as response:
+            if response.is_error:
+                calls.checked(await _awhole(response))
+            yield response
 
     async def predict(self, images: ImageInput | Iterable[ImageInput], model: str = DEFAULT_MODEL,
                       top_k: int | None = None, resize: str | None = None) -> PredictResponse:
@@ -295,15 +329,10 @@ class AsyncClient:
                 continue
 
     async def _event_stream(self, job_id: str) -> AsyncIterator[JobEvent]:
-        call = calls.events(job_id)
-        async with self._http.stream(**call.request(), timeout=STREAM_TIMEOUT) as response:
-            if response.is_error:
-                await response.aread()
-                raise ApiError.from_response(response)
+        async with self._stream(calls.events(job_id), timeout=STREAM_TIMEOUT) as response:
             parser = calls.EventParser()
-            async for line in response.aiter_lines():
-                event = parser.feed(line)
-                if event is not None:
+            async for text in response.aiter_text():
+                for event in parser.feed_text(text):
                     yield event
                     if event.kind == "end":
                         return
@@ -311,5 +340,13 @@ class AsyncClient:
     async def artifacts(self, job_id: str) -> list[str]:
         return [found.name for found in (await self._send(calls.artifacts(job_id))).data]
 
+    async def write_artifact(self, job_id: str, name: str, file: IO[bytes]) -> None:
+        """The artifact written into the open binary `file` as it comes (the writes block)."""
+        async with self._stream(calls.artifact(job_id, name)) as response:
+            async for chunk in response.aiter_bytes(CHUNK_BYTES):
+                file.write(chunk)
+
     async def artifact(self, job_id: str, name: str) -> bytes:
-        return await self._send(calls.artifact(job_id, name))
+        held = io.BytesIO()
+        await self.write_artifact(job_id, name, held)
+        return held.getvalue()

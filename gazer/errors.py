@@ -45,3 +45,11 @@ class ApiError(Exception):
     def problem(self) -> dict[str, Any]:
         """The problem as the server sent it."""
         return {"type": self.type, "title": self.title, "status": self.status, "detail": self.detail, **self.extras}
+
+
+class BadAnswer(ApiError):
+    """An answer this client cannot read: larger than it reads into memory, or an event stream that
+    breaks the protocol. `status` is the answer's HTTP status."""
+
+    def __init__(self, detail: str, status: int = 200) -> None:
+        super().__init__("about:blank", "Unexpected answer", status, detail)

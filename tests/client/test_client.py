@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import re
 import time
 from pathlib import Path
@@ -124,6 +125,18 @@ def test_an_event_streams_error_is_raised_as_the_problem_it_carries():
     with pytest.raises(ApiError) as raised:
         parser.feed("")
     assert raised.value.status == 503 and raised.value.type == "/problems/queue-unavailable"
+
+
+def test_the_event_stream_is_split_into_lines_however_its_text_comes():
+    record = json.dumps({"id": "j", "type": "fine-tune", "state": "running", "progress": None, "result": None,
+                         "error": None, "params": {}, "attempts": 1, "cancel_requested": False, "created_at": 0.0,
+                         "started_at": None, "finished_at": None})
+    stream = f": hello\r\nevent: progress\r\ndata: {record}\r\n\r\nevent: end\rdata: {record}\n\n"
+    for size in (1, 2, 7, len(stream)):  # a \r\n split between two chunks is one line break
+        parser = EventParser()
+        chunks = [stream[start:start + size] for start in range(0, len(stream), size)]
+        found = [event.kind for chunk in chunks for event in parser.feed_text(chunk)]
+        assert found == ["progress", "end"], size
 
 
 def test_async_client_predicts_follows_a_job_and_fetches_its_artifacts(live):

@@ -5,9 +5,14 @@ hand the terminal what the server sent, nor fall over with a traceback."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Callable, Iterator
 
-from tests.client.fake_service import Answer, FakeService, events, gazer_at, job, json_answer, model, problem
+from tests.client.fake_service import (ROOT, Answer, FakeService, events, gazer_at, job, json_answer, model,
+                                       problem)
 
 
 def artifacts_service(names: list[str], contents: dict[str, bytes] | None = None) -> FakeService:
@@ -92,3 +97,52 @@ def test_what_the_server_says_reaches_the_terminal_with_its_control_characters_w
     assert runs["show"].stdout.splitlines()[1] == "  a\\x0afake line" + r"\x1b]0;pwned\x07\x1b[2J\x9b31m\x7f"
     assert all(runs[name].returncode == 1 for name in ("problem", "refusal", "follow")), runs
     assert json.loads(runs["json"].stdout)["error"]["detail"] == "failed" + ESCAPES  # still the JSON it was
+
+
+MiB = 2**20
+# `python -m gazer` that says, last, the most memory it held: VmHWM (ru_maxrss would count the test's own
+# process too, which it was forked from)
+MEASURED = ("import atexit, re, runpy, sys; atexit.register(lambda: print(re.search(r'VmHWM:.*', "
+            "open('/proc/self/status').read()).group(), file=sys.stderr)); sys.argv[0] = 'gazer'; "
+            "runpy.run_module('gazer', run_name='__main__')")
+
+
+def peak_bytes(run: subprocess.CompletedProcess) -> int:
+    return 1024 * int(run.stderr.split()[-2])  # VmHWM: N kB
+
+
+def megabytes(count: int, content: bytes = b"\0") -> Callable[[], Iterator[bytes]]:
+    return lambda: (content * MiB for _ in range(count))
+
+
+def test_an_artifact_is_streamed_to_its_file_not_held_in_memory(tmp_path):
+    size = 256
+    service = artifacts_service(["big.bin"])
+    service.answers["/v1/jobs/j1/artifacts/big.bin"] = Answer(200, megabytes(size), {"Content-Length": str(size * MiB)})
+    with service:
+        done = subprocess.run([sys.executable, "-c", MEASURED, "--url", service.url, "jobs", "artifacts", "j1", "-o",
+                               str(tmp_path)], env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+                              text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "big.bin").stat().st_size == size * MiB
+    assert peak_bytes(done) < 128 * MiB, peak_bytes(done)  # the CLI alone is about 60 MiB
+
+
+def test_a_json_answer_over_64_mib_is_refused_by_its_length_or_as_it_comes():
+    declared = Answer(200, megabytes(100, b" "), {"Content-Type": "application/json", "Content-Length": str(100 * MiB)})
+    endless = Answer(200, megabytes(100, b" "), {"Content-Type": "application/json"})  # no length: until it closes
+    for answer in (declared, endless):
+        with FakeService({"/v1/models": answer}) as service:
+            done = gazer_at(service, "models", "ls")
+        assert done.returncode == 1, done.stderr
+        assert done.stderr.strip().startswith(f"gazer: unexpected answer from {service.url}: the answer to GET "
+                                              f"/v1/models "), done.stderr
+        assert "at most 64 MiB" in done.stderr and len(done.stderr.splitlines()) == 1
+
+
+def test_an_event_line_over_16_mi_characters_is_refused():
+    line = Answer(200, lambda: iter([b"event: progress\ndata: ", *megabytes(20, b"x")(), b"\n\n"]),
+                  {"Content-Type": "text/event-stream"})
+    with FakeService({"/v1/jobs/j1/events": line}) as service:
+        done = gazer_at(service, "jobs", "follow", "j1")
+    assert done.returncode == 1 and "over 16 Mi characters" in done.stderr, done.stderr

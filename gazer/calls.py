@@ -18,7 +18,7 @@ import httpx
 from PIL import Image
 from pydantic import BaseModel
 
-from gazer.errors import ApiError, BadAnswer
+from gazer.errors import ApiError, BadAnswer, shortened
 from gazer.results import ExplainResponse, JobEvent
 from schemas.datasets import Dataset, DatasetList
 from schemas.jobs import ArtifactList, Job, JobList
@@ -61,7 +61,8 @@ class Call(Generic[T]):
 
 
 def checked(response: httpx.Response) -> httpx.Response:
-    if response.is_error:
+    """`response` if it is a success (2xx); else its ApiError, a redirect's too (they are not followed)."""
+    if not response.is_success:
         raise ApiError.from_response(response)
     return response
 
@@ -320,11 +321,21 @@ class EventParser:
             raise BadAnswer(f"a line or an event of the job's event stream is over "
                             f"{MAX_EVENT_CHARACTERS // 2**20} Mi characters")
 
+    def _event_data(self) -> dict[str, Any]:
+        text = "\n".join(self._data)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            data = None
+        if not isinstance(data, dict):
+            raise BadAnswer(f"an event of the job's event stream is not a JSON object: {shortened(text)!r}")
+        return data
+
     def feed(self, line: str) -> JobEvent | None:
         if line == "":
             if not self._data:
                 return None
-            kind, data = self._kind, json.loads("\n".join(self._data))
+            kind, data = self._kind, self._event_data()
             self._kind, self._data, self._size = "message", [], 0
             if kind == "expired":
                 raise StreamExpired(data.get("detail", "the event stream expired"))

@@ -17,13 +17,14 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Annotated, Any, Callable, Literal, Sequence, TextIO
 
 import httpx
+import pydantic
 from pydantic import BaseModel
 from tqdm import tqdm
 
 from gazer import grid
 from gazer.calls import DEFAULT_MODEL
 from gazer.client import DEFAULT_URL, Client, default_url
-from gazer.errors import ApiError, BadAnswer
+from gazer.errors import ApiError, BadAnswer, shortened
 from schemas.api_keys import SCOPES, create_key, read_key_file, revoke_key
 from schemas.jobs import FineTuneRequest, Job
 
@@ -600,18 +601,17 @@ def follow(client: Client, job_id: str, url: str) -> int:
                bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}{postfix}")
     last: Job | None = None
     try:
-        for event in client.events(job_id):
-            last = event.job
-            bar.n = round(100 * (last.progress or {}).get("fraction", 0.0), 1)
-            bar.set_postfix_str(shown(describe_progress(last)), refresh=False)
-            bar.refresh()
+        with bar:  # closed, its line ended, however following ends: what is said next has a line of its own
+            for event in client.events(job_id):
+                last = event.job
+                bar.n = round(100 * (last.progress or {}).get("fraction", 0.0), 1)
+                bar.set_postfix_str(shown(describe_progress(last)), refresh=False)
+                bar.refresh()
     except KeyboardInterrupt:
-        bar.close()
         target = "" if url == default_url() else f" --url {url}"
         say("", f"job {job_id} is still running; cancel it with: gazer{target} jobs cancel {job_id}",
             file=sys.stderr, flush=True)
         return INTERRUPTED
-    bar.close()
     if last is None or not last.finished:
         say(f"gazer: the event stream of job {job_id} ended early; see: gazer jobs show {job_id}", file=sys.stderr)
         return 1
@@ -856,6 +856,34 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def problem_notes(error: ApiError) -> list[str]:
+    """What a refusal adds to its detail: how to give a key, each field's error, the values taken."""
+    notes = ["  give this command the key with --api-key KEY or GAZER_API_KEY"] if error.status == 401 else []
+    errors = error.extras.get("errors")
+    for field_error in errors if isinstance(errors, list) else [] if errors is None else [errors]:
+        if not isinstance(field_error, dict):
+            notes.append(f"  {field_error}")
+        elif str(field_error.get("message")) not in error.detail:  # said once is enough
+            notes.append(f"  {field_error.get('field')}: {field_error.get('message')}")
+    valid = error.extras.get("valid") or []
+    valid = valid if isinstance(valid, list) else [valid]
+    if valid:
+        more = f", ... ({len(valid) - VALID_SHOWN} more)" if len(valid) > VALID_SHOWN else ""
+        notes.append(f"  valid: {', '.join(map(str, valid[:VALID_SHOWN]))}{more}")
+    return notes
+
+
+def unexpected(error: Exception) -> str:
+    """What was wrong with an answer, on one line and short: a refusal by a wire model names its first field."""
+    if isinstance(error, BadAnswer):
+        return error.detail
+    if isinstance(error, pydantic.ValidationError):
+        first, count = error.errors()[0], error.error_count()
+        where = ".".join(map(str, first["loc"])) or "the answer"
+        return f"not a {error.title}: {where}: {first['msg']}" + (f" (and {count - 1} more)" if count > 1 else "")
+    return shortened(f"{type(error).__name__}: {error}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "local", False):
@@ -865,20 +893,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             status = args.run(client, args)
             sys.stdout.flush()  # where a closed pipe shows, below, rather than at exit
             return status
-    except BadAnswer as error:
-        say(f"gazer: unexpected answer from {args.url}: {error.detail}", file=sys.stderr)
+    # an answer that is not what the API answers: unreadable, refused by the wire models (ValidationError is a
+    # ValueError), or with a field of the wrong type, or missing, where a command reads it
+    except (BadAnswer, httpx.DecodingError, ValueError, KeyError, TypeError) as error:
+        say(f"gazer: unexpected answer from {args.url}: {unexpected(error)}", file=sys.stderr)
         return 1
     except ApiError as error:
-        say(f"gazer: {error.status} {error.title}: {error.detail}", file=sys.stderr)
-        if error.status == 401:
-            say("  give this command the key with --api-key KEY or GAZER_API_KEY", file=sys.stderr)
-        for field_error in error.extras.get("errors") or []:
-            if str(field_error.get("message")) not in error.detail:  # said once is enough
-                say(f"  {field_error.get('field')}: {field_error.get('message')}", file=sys.stderr)
-        valid = error.extras.get("valid") or []
-        if valid:
-            more = f", ... ({len(valid) - VALID_SHOWN} more)" if len(valid) > VALID_SHOWN else ""
-            say(f"  valid: {', '.join(map(str, valid[:VALID_SHOWN]))}{more}", file=sys.stderr)
+        say(f"gazer: {error.status} {error.title}: {error.detail}", *problem_notes(error), file=sys.stderr)
         return 1
     except (httpx.ReadTimeout, httpx.WriteTimeout) as error:  # reached, but it did not answer, or take the upload
         say(f"gazer: {args.url} did not answer in time ({type(error).__name__}): {error}", file=sys.stderr)

@@ -94,7 +94,7 @@ class Client:
     def _stream(self, call: calls.Call[None], **options: Any) -> Iterator[httpx.Response]:
         """A streamed answer to read as it comes; an error answer is raised, read up to its limit."""
         with self._http.stream(**call.request(), **options) as response:
-            if response.is_error:
+            if not response.is_success:
                 calls.checked(_whole(response))
             yield response
 
@@ -239,7 +239,7 @@ class AsyncClient:
     @asynccontextmanager
     async def _stream(self, call: calls.Call[None], **options: Any) -> AsyncIterator[httpx.Response]:
         async with self._http.stream(**call.request(), **options) as response:
-            if response.is_error:
+            if not response.is_success:
                 calls.checked(await _awhole(response))
             yield response
 

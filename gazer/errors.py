@@ -7,7 +7,13 @@ from typing import Any
 
 import httpx
 
-PROBLEM_FIELDS = ("type", "title", "status", "detail")
+# A problem's own fields, and the type each must have for the body to be read as a problem.
+PROBLEM_FIELDS = {"type": str, "title": str, "status": int, "detail": str}
+SHOWN_CHARACTERS = 500  # of an answer that is not a problem, kept as the detail
+
+
+def shortened(text: str) -> str:
+    return text if len(text) <= SHOWN_CHARACTERS else text[:SHOWN_CHARACTERS] + "..."
 
 
 class ApiError(Exception):
@@ -24,27 +30,39 @@ class ApiError(Exception):
 
     @classmethod
     def from_response(cls, response: httpx.Response) -> "ApiError":
-        """From a problem+json body; an answer without one (a proxy's page) keeps its text as
-        the detail."""
+        """From a problem+json body; an answer without one (a proxy's page) keeps its text,
+        shortened, as the detail. A redirect says where to, since it is not followed."""
+        if 300 <= response.status_code < 400:
+            return cls("about:blank", response.reason_phrase, response.status_code,
+                       f"a redirect to {response.headers.get('Location', 'nowhere')!r}, which this client does not "
+                       f"follow: give the service's own address")
         try:
             body = response.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
             body = None
-        if not isinstance(body, dict):
-            return cls("about:blank", response.reason_phrase, response.status_code, response.text[:500])
-        return cls.from_problem(body, response.status_code, response.reason_phrase)
+        return cls.from_problem(body, response.status_code, response.reason_phrase, response.text)
 
     @classmethod
-    def from_problem(cls, body: dict[str, Any], status: int = 500, title: str = "Error") -> "ApiError":
+    def from_problem(cls, body: Any, status: int = 500, title: str = "Error", raw: str | None = None) -> "ApiError":
         """From a problem's fields (an answer's body, or an event stream's `error`); `status`
-        and `title` where it names none."""
+        and `title` where it names none. A body that is not a problem (a status "five hundred")
+        is kept as the detail, shortened: `raw`, the text it came as, else its JSON."""
+        if not is_problem(body):
+            return cls("about:blank", title, status, shortened(json.dumps(body) if raw is None else raw))
         extras = {key: value for key, value in body.items() if key not in PROBLEM_FIELDS}
-        return cls(str(body.get("type", "about:blank")), str(body.get("title", title)),
-                   int(body.get("status", status)), str(body.get("detail", "")), extras)
+        return cls(body.get("type", "about:blank"), body.get("title", title), body.get("status", status),
+                   body.get("detail", ""), extras)
 
     def problem(self) -> dict[str, Any]:
         """The problem as the server sent it."""
         return {"type": self.type, "title": self.title, "status": self.status, "detail": self.detail, **self.extras}
+
+
+def is_problem(body: Any) -> bool:
+    """An object whose problem fields, those it has, have their types (a status is a number, not true)."""
+    return isinstance(body, dict) and all(
+        isinstance(body[name], kind) and not isinstance(body[name], bool)
+        for name, kind in PROBLEM_FIELDS.items() if name in body)
 
 
 class BadAnswer(ApiError):

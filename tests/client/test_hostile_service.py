@@ -146,3 +146,30 @@ def test_an_event_line_over_16_mi_characters_is_refused():
     with FakeService({"/v1/jobs/j1/events": line}) as service:
         done = gazer_at(service, "jobs", "follow", "j1")
     assert done.returncode == 1 and "over 16 Mi characters" in done.stderr, done.stderr
+
+
+def test_a_malformed_or_unexpected_answer_is_one_line_of_error_not_a_traceback():
+    fine_tune = job("j1", type="fine-tune", result={"model": "not an object"})
+    answers = {"/v1/models": Answer(302, b"", {"Location": "https://elsewhere.example/v1/models"}),
+               "/v1/models/typed": problem(500, status="five hundred", detail="boom"),
+               "/v1/models/listed": problem(422, title="Unprocessable Entity", status=422, detail="refused",
+                                            errors="abc", valid=5),
+               "/v1/jobs": json_answer({"data": [{"id": "j1"}], "count": 1}),
+               "/v1/jobs/j1/events": events("event: progress\ndata: {not json"),
+               "/v1/jobs/j2/events": events(f"event: end\ndata: {json.dumps(fine_tune)}")}
+    with FakeService(answers) as service:
+        runs = {"redirect": gazer_at(service, "models", "ls"), "typed": gazer_at(service, "models", "show", "typed"),
+                "listed": gazer_at(service, "models", "show", "listed"), "record": gazer_at(service, "jobs", "ls"),
+                "event": gazer_at(service, "jobs", "follow", "j1"), "end": gazer_at(service, "jobs", "follow", "j2")}
+    for name, run in runs.items():
+        assert run.returncode == 1 and "Traceback" not in run.stderr, (name, run.stderr)
+    said = {name: [line for line in run.stderr.replace("\r", "\n").splitlines() if line and not line.startswith("job ")]
+            for name, run in runs.items()}  # without the progress bar
+    assert said["redirect"] == ["gazer: 302 Found: a redirect to 'https://elsewhere.example/v1/models', which this "
+                                "client does not follow: give the service's own address"]
+    assert said["typed"] == ['gazer: 500 Internal Server Error: {"status": "five hundred", "detail": "boom"}']
+    assert said["listed"] == ["gazer: 422 Unprocessable Entity: refused", "  abc", "  valid: 5"]
+    unexpected = f"gazer: unexpected answer from {service.url}: "
+    assert said["record"] == [unexpected + "not a JobList: data.0.type: Field required (and 10 more)"]
+    assert said["event"] == [unexpected + "an event of the job's event stream is not a JSON object: '{not json'"]
+    assert len(said["end"]) == 1 and said["end"][0].startswith(unexpected + "TypeError: "), said["end"]

@@ -508,10 +508,12 @@ def count_owned(datasets_dir: Path, owner: str) -> int:
 
 
 def delete_dataset(datasets_dir: Path, dataset_id: str,
-                   admitted: Callable[[], AbstractContextManager[None]] = nullcontext) -> None:
+                   admitted: Callable[[], AbstractContextManager[None]] = nullcontext,
+                   remove: Callable[[Path], None] = shutil.rmtree) -> None:
     """Renamed aside inside `admitted()` (the caller's check that no job reads it, under a lock),
-    which makes it gone at once for every lookup, listing and other delete; then removed, which
-    takes seconds for thousands of files."""
+    which makes it gone at once for every lookup, listing and other delete; then `remove`d, which
+    takes seconds for thousands of files (a caller may do it later: an interrupted removal is
+    swept at the next start, Storage.partial_folders)."""
     folder = _dataset_dir(datasets_dir, dataset_id)
     aside = datasets_dir / f".deleting-{dataset_id}-{uuid.uuid4().hex}"
     with admitted():
@@ -519,7 +521,7 @@ def delete_dataset(datasets_dir: Path, dataset_id: str,
             folder.rename(aside)
         except FileNotFoundError:  # another delete took it first
             raise _unknown(dataset_id) from None
-    shutil.rmtree(aside)
+    remove(aside)
 
 
 def uploaded_names(datasets_dir: Path, dataset_id: str) -> dict[str, str]:

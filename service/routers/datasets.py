@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 from contextlib import contextmanager
 from typing import Annotated, Iterator
 
-from fastapi import APIRouter, File, Form, Request, UploadFile, status
+from fastapi import APIRouter, BackgroundTasks, File, Form, Request, UploadFile, status
 from starlette.concurrency import run_in_threadpool
 
 from core import cancellation, datasets
@@ -62,8 +63,10 @@ def describe_dataset(dataset_id: str, storage: StorageDep, caller: CallerDep) ->
 
 
 @router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_dataset(dataset_id: str, storage: StorageDep, caller: CallerDep, queue: QueueDep) -> None:
-    """409 while a queued or running job reads it (it would fail part way)."""
+def delete_dataset(dataset_id: str, storage: StorageDep, caller: CallerDep, queue: QueueDep,
+                   after_answer: BackgroundTasks) -> None:
+    """409 while a queued or running job reads it (it would fail part way). Its files are removed
+    once the answer is sent: 20,000 of them took 33 s, and it is gone for every request at once."""
     _visible(dataset_id, storage, caller)
 
     @contextmanager
@@ -75,7 +78,8 @@ def delete_dataset(dataset_id: str, storage: StorageDep, caller: CallerDep, queu
                                field="dataset_id")
             yield
 
-    datasets.delete_dataset(storage.datasets, dataset_id, unread)
+    datasets.delete_dataset(storage.datasets, dataset_id, unread,
+                            remove=lambda aside: after_answer.add_task(shutil.rmtree, aside, ignore_errors=True))
 
 
 def _visible(dataset_id: str, storage: StorageDep, caller: Caller) -> dict:

@@ -893,9 +893,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             status = args.run(client, args)
             sys.stdout.flush()  # where a closed pipe shows, below, rather than at exit
             return status
-    # an answer that is not what the API answers: unreadable, refused by the wire models (ValidationError is a
-    # ValueError), or with a field of the wrong type, or missing, where a command reads it
-    except (BadAnswer, httpx.DecodingError, ValueError, KeyError, TypeError) as error:
+    # an answer that is not what the API answers: unreadable, refused by the wire models, or with a field
+    # of the wrong type, or missing, where a command reads it
+    except (BadAnswer, httpx.DecodingError, pydantic.ValidationError, json.JSONDecodeError, KeyError,
+            TypeError) as error:
         say(f"gazer: unexpected answer from {args.url}: {unexpected(error)}", file=sys.stderr)
         return 1
     except ApiError as error:

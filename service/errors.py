@@ -10,10 +10,12 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import get_route_path
 
 from core import errors
 from infra.logs import request_id
 from schemas.problems import TITLES, FieldError, Problem, problem
+from service.browser_policy import browser_headers
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +106,10 @@ async def _redis_error(request: Request, error: redis.RedisError) -> JSONRespons
 async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     response = problem_response(500, "internal-error", "the server failed to handle this request; it is logged")
-    if (rid := request_id.get()) is not None:  # answered outside RequestContext, which adds it elsewhere
+    # answered outside every middleware, RequestContext and BrowserHeaders among them
+    if (rid := request_id.get()) is not None:
         response.headers["x-request-id"] = rid
+    response.headers.update(browser_headers(get_route_path(request.scope)))
     return response
 
 

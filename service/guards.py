@@ -1,15 +1,16 @@
 """What a browser could be tricked into sending. A page of another origin may not call the API:
 its simple form posts need no preflight, so CORS headers alone would not stop them; only the
 origins of `GAZER_CORS_ORIGINS` may. The Host header must name this service, so that a rebound
-DNS name cannot make a page's origin look like ours. And no page may show ours in a frame: a
-page of another port of the same host framed the web page, whose stored key then deleted a model
-at two clicks (clickjacking)."""
+DNS name cannot make a page's origin look like ours. And every answer carries the headers of
+service.browser_policy (no framing, no sniffing, a content security policy)."""
 
 from __future__ import annotations
 
 from starlette.datastructures import MutableHeaders
+from starlette.routing import get_route_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.browser_policy import browser_headers
 from service.errors import problem_response
 
 
@@ -54,20 +55,10 @@ class RefuseForeignOrigins:
         await self.app(scope, receive, send)
 
 
-# The web page loads its own scripts and styles (and sets style attributes), draws images from
-# data: and blob: URLs, and calls its own origin; the API documentation pages (Swagger UI, ReDoc)
-# start from inline scripts, and ReDoc runs a worker from a blob: URL.
-PAGE_POLICY = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
-               "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
-DOCS_POLICY = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
-               "img-src 'self' data: blob:; worker-src 'self' blob:; object-src 'none'; base-uri 'none'; "
-               "frame-ancestors 'none'")
-DOCS_PATHS = ("/docs", "/redoc")
-
 
 class BrowserHeaders:
-    """On every answer: no framing (CSP frame-ancestors, and X-Frame-Options for older browsers),
-    no content sniffing, no referrer, and a content security policy."""
+    """browser_headers on every answer (but a 500 of an unhandled error, which Starlette answers
+    outside every middleware: its handler adds them)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -76,15 +67,13 @@ class BrowserHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        policy = DOCS_POLICY if scope["path"].rstrip("/") in DOCS_PATHS else PAGE_POLICY
+        added = browser_headers(get_route_path(scope))
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
-                headers.setdefault("content-security-policy", policy)
-                headers.setdefault("x-frame-options", "DENY")
-                headers.setdefault("x-content-type-options", "nosniff")
-                headers.setdefault("referrer-policy", "no-referrer")
+                for name, value in added.items():
+                    headers.setdefault(name, value)
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

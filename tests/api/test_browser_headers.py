@@ -6,7 +6,10 @@ pages (their inline scripts)."""
 from __future__ import annotations
 
 import pytest
+from fastapi.testclient import TestClient
 
+from service.app import create_app
+from service.settings import Settings
 from tests.conftest import MODEL
 
 
@@ -25,3 +28,24 @@ def test_only_the_documentation_pages_may_run_inline_scripts(client):
     for path in ("/docs", "/redoc"):
         assert "script-src 'self' 'unsafe-inline'" in client.get(path).headers["content-security-policy"]
     assert "script-src" not in client.get("/").headers["content-security-policy"]  # default-src 'self' holds
+
+
+def test_behind_a_root_path_the_documentation_keeps_its_policy(data_dir):
+    """Under a root path (a proxy's prefix) the docs got the page's policy, which blocks their scripts."""
+    with TestClient(create_app(Settings(data_dir=data_dir)), base_url="http://localhost", root_path="/gazer") as client:
+        docs = client.get("/gazer/docs")
+        assert docs.status_code == 200 and "script-src 'self' 'unsafe-inline'" in docs.headers["content-security-policy"]
+
+
+def test_a_500_of_an_unhandled_error_carries_them_too(data_dir):
+    """Starlette answers an unhandled error outside every middleware."""
+    app = create_app(Settings(data_dir=data_dir))
+
+    def broken() -> None:
+        raise RuntimeError("a bug")
+
+    app.add_api_route("/broken", broken)
+    with TestClient(app, base_url="http://localhost", raise_server_exceptions=False) as client:
+        answer = client.get("/broken")
+        assert answer.status_code == 500 and answer.headers["x-frame-options"] == "DENY"
+        assert "frame-ancestors 'none'" in answer.headers["content-security-policy"]

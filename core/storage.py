@@ -76,12 +76,14 @@ class Storage:
 
     def sweep_partial_folders(self, older_than_seconds: float = 3600.0) -> list[Path]:
         """Remove partial folders not touched for `older_than_seconds`: old enough that no live
-        process (this one or another sharing the folder) is still writing them."""
+        process (this one or another sharing the folder) is still writing them. Those set aside
+        to be deleted (`.deleting-*`) go whatever their age: nothing writes them, and a removal
+        cut short leaves them looking fresh (it touches them as it goes)."""
         now = time.time()
         swept = []
         for folder in self.partial_folders():
             try:
-                if now - folder.stat().st_mtime < older_than_seconds:
+                if not folder.name.startswith(".deleting-") and now - folder.stat().st_mtime < older_than_seconds:
                     continue
                 shutil.rmtree(folder)
             except FileNotFoundError:  # another process swept it first

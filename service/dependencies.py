@@ -11,7 +11,7 @@ import anyio
 from fastapi import Depends, Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
-from core.errors import PayloadTooLarge, ServiceBusy, TooManyFiles
+from core.errors import InvalidRequest, PayloadTooLarge, ServiceBusy, TooManyFiles
 from core.models.registry import LoadedModel, ModelRegistry
 from core.storage import Storage
 from service.auth import Caller, CallerDep
@@ -74,12 +74,18 @@ DECODED_PIXELS_PER_FORWARD = 1_000_000
 
 def charge_decoding(request: Request, caller: Caller) -> Callable[[int], None]:
     """What a data set upload calls with the pixels its images declare, before any is decoded:
-    takes them from its client's compute bucket, else 429 (datasets.ingest_archive's `charge`)."""
+    takes them from its client's compute bucket, else 429; more than the bucket holds is a 422
+    with the cost and the budget, since no wait would let it pass (datasets.ingest_archive's `charge`)."""
     limiter = request.app.state.compute_limiter
     client = client_id(caller, request)
 
     def charge(pixels: int) -> None:
         cost = math.ceil(pixels / DECODED_PIXELS_PER_FORWARD)
+        if cost > limiter.burst:
+            raise InvalidRequest(f"decoding the archive's images ({pixels} pixels as their headers declare) costs "
+                                 f"{cost} forward passes of compute, and a client's bucket holds {limiter.burst:g} "
+                                 f"(GAZER_COMPUTE_BURST): upload fewer images, or smaller ones", field="file",
+                                 cost=cost, budget=int(limiter.burst))
         try:
             limiter.take(client, cost)
         except TooManyRequests as refused:

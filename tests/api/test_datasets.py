@@ -516,7 +516,9 @@ def test_decoding_a_data_set_is_charged_to_its_clients_compute(tmp_path):
         refused = assert_refused(post(client, archive), 429, "(30000000 pixels as their headers declare) costs 30")
         assert refused["type"] == "/problems/too-many-requests"
         over = zip_of({f"{('cat', 'dog')[index % 2]}/{index}.png": six_megapixels for index in range(7)})
-        assert_refused(post(client, over), 429, "needs 42 forward passes at once; a client may hold at most 40")
+        too_many = assert_refused(post(client, over), 422, "costs 42 forward passes of compute, and a client's "
+                                                           "bucket holds 40")  # no wait would let it pass
+        assert (too_many["cost"], too_many["budget"]) == (42, 40)
         assert post(client, zip_of(GOOD)).status_code == 201  # two small photos: a forward pass
         assert len(client.get("/v1/datasets").json()["data"]) == 2
 

@@ -92,8 +92,12 @@ def key_values(pairs: Sequence[str], flag: str) -> dict[str, Any]:
             raise SystemExit(f"gazer: {flag} takes KEY=VALUE, not {pair!r}")
         *parents, leaf = key.split(".")
         node = values
-        for parent in parents:
+        for depth, parent in enumerate(parents, 1):
             node = node.setdefault(parent, {})
+            if not isinstance(node, dict):
+                raise SystemExit(f"gazer: {flag} {pair!r}: {'.'.join(parents[:depth])} was given a value of its own")
+        if isinstance(node.get(leaf), dict):
+            raise SystemExit(f"gazer: {flag} {pair!r}: {key} has fields set on their own ({key}.NAME=VALUE)")
         node[leaf] = parse_value(text)
     return values
 

@@ -265,6 +265,16 @@ def test_a_class_without_a_label_is_named_once():
     assert (class_name(2, "2"), class_name(281, "tabby")) == ("2", "281 tabby")  # not "class 2 2"
 
 
+def test_set_that_gives_a_field_both_a_value_and_fields_is_a_usage_error():
+    """`--set head=1 --set head.hidden=64` was a TypeError, shown as the server's fault."""
+    from gazer.cli import key_values
+
+    assert key_values(["head.hidden=64", "head.dropout=0.2"], "--set") == {"head": {"hidden": 64, "dropout": 0.2}}
+    for pairs in (["head=1", "head.hidden=64"], ["head.hidden=64", "head=1"]):
+        with pytest.raises(SystemExit, match="head"):
+            key_values(pairs, "--set")
+
+
 def test_progress_names_the_phase_and_the_images_done():
     from gazer.cli import describe_progress
     from schemas.jobs import Job

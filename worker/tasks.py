@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import redis
 
-from core.errors import GazerError, ResultTooLarge
+from core.errors import GazerError, NotFound, ResultTooLarge
 from core.job_runners import FINE_TUNE, RUNNERS, JobContext
 from core.jobs import JobCancelled, JobPruned
 from core.sweep_trials import run_trial
@@ -166,15 +166,20 @@ def _requeue(job_id: str, worker: Worker, name: str) -> str:
 
 def _end(store: JobStore, job_id: str, state: str, **fields: object) -> str:
     """Writes the job's end, retrying while Redis is away (1, 2, 4, 8 s); the state its record
-    ends in: another one when the record had already ended (reaped as lost, or cancelled), and
-    `failed` (result-too-large) for a result more than a record holds (JobStore.finish)."""
+    ends in: another one when the record had already ended (reaped as lost, or cancelled), `gone`
+    when it is no more, and `failed` (result-too-large) for a result more than a record holds
+    (JobStore.finish)."""
     for attempt in range(_END_ATTEMPTS):
         try:
             if store.finish(job_id, state, **fields):
                 if (error := fields.get("error")) is not None:
                     log.warning("job %s failed: %s: %s", job_id, error["type"], error["detail"])
                 return state
-            ended = store.get(job_id)["state"]
+            try:
+                ended = store.get(job_id)["state"]
+            except NotFound:  # reaped as lost, then trimmed (its client's kept records) or expired
+                log.warning("job %s ended %s here, but its record is gone; nothing is written", job_id, state)
+                return "gone"
             log.warning("job %s ended %s here, but its record had already ended %s; nothing more is written",
                         job_id, state, ended)
             return ended

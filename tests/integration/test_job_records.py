@@ -86,6 +86,10 @@ def test_a_result_over_the_bound_fails_its_job_and_is_not_written(tmp_path):
         fits = store.create("activation-maximization", {})
         assert store.claim(fits["id"], "w")
         assert tasks._end(store, fits["id"], "succeeded", result={"activation_per_step": [[0.5]] * 1000}) == "succeeded"
+        gone = store.create("fine-tune", {})  # reaped as lost, then its record trimmed, while it ran on
+        assert store.claim(gone["id"], "w")
+        store.redis.delete(f"gazer:job:{gone['id']}")
+        assert tasks._end(store, gone["id"], "succeeded", result={}) == "gone"  # was NotFound, past the withdrawal
 
 
 def worker_of(store: JobStore, context: JobContext) -> tasks.Worker:

@@ -363,7 +363,7 @@ def _place_images(staged: list[_Staged], staging: Path, limits: ArchiveLimits, b
             raise InvalidRequest(f"a class may not be named {label!r}", field="file")
     if (classes := len({label for _, (label, _) in placed})) > limits.max_classes:
         raise InvalidRequest(f"the archive has {classes} class folders; a data set has at most {limits.max_classes} "
-                             f"(GAZER_MAX_CLASSES)", field="file", classes=classes, limit=limits.max_classes)
+                             f"(GAZER_MAX_CLASSES)", field="file")
     charge(sum(item.pixels for item, _ in placed if item.pixels <= limits.max_image_pixels))
 
     def problem(item: _Staged) -> str | None:

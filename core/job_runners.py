@@ -61,8 +61,7 @@ def check_fine_tune(config: FineTuneConfig, registry: ModelRegistry, datasets_di
     dataset = describe_dataset(datasets_dir, config.dataset_id)
     if max_classes is not None and len(dataset["classes"]) > max_classes:
         raise InvalidRequest(f"data set {config.dataset_id!r} has {len(dataset['classes'])} classes; a fine-tune "
-                             f"trains at most {max_classes} (GAZER_MAX_CLASSES)", field="dataset_id",
-                             classes=len(dataset["classes"]), limit=max_classes)
+                             f"trains at most {max_classes} (GAZER_MAX_CLASSES)", field="dataset_id")
     if max(dataset["counts"].values(), default=0) < 2:
         raise InvalidRequest(f"data set {config.dataset_id!r} has one image per class, and a fine-tune measures itself "
                              f"on images it does not train on (val_fraction of each class, at least one where a class "

@@ -65,8 +65,9 @@ def describe_dataset(dataset_id: str, storage: StorageDep, caller: CallerDep) ->
 @router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_dataset(dataset_id: str, storage: StorageDep, caller: CallerDep, queue: QueueDep,
                    after_answer: BackgroundTasks) -> None:
-    """409 while a queued or running job reads it (it would fail part way). Its files are removed
-    once the answer is sent: 20,000 of them took 33 s, and it is gone for every request at once."""
+    """409 while a queued or running job reads it (it would fail part way). It is gone for every
+    request at once; its files are removed after the answer is sent (a reviewer's 20,000 took
+    33 s on a busy machine)."""
     _visible(dataset_id, storage, caller)
 
     @contextmanager

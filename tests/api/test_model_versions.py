@@ -4,6 +4,7 @@ recently used first."""
 
 from __future__ import annotations
 
+import shutil
 
 import pytest
 import torch
@@ -29,6 +30,7 @@ def client(tmp_path_factory):
     settings = Settings(data_dir=tmp_path_factory.mktemp("versions"), max_loaded_models=3)
     with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as test_client:
         yield test_client
+    shutil.rmtree(settings.data_dir)  # the uploaded models: gigabytes of the host's disk otherwise kept to the end
 
 
 def publish(client, name: str, seed: int) -> int:

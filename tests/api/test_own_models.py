@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import io
+import shutil
 
 import numpy as np
 import pytest
@@ -108,6 +109,7 @@ def client(tmp_path_factory):
     settings = Settings(data_dir=tmp_path_factory.mktemp("own-models"), max_loaded_models=3, max_batch=8)
     with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as test_client:
         yield test_client
+    shutil.rmtree(settings.data_dir)  # the uploaded models: gigabytes of the host's disk otherwise kept to the end
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))

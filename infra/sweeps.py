@@ -20,6 +20,7 @@ import math
 import shutil
 import threading
 import time
+import warnings
 from contextlib import suppress
 from typing import Any, Callable
 
@@ -114,7 +115,10 @@ class SweepHost:
         self.stopping = stopping or threading.Event()
 
     def storage(self, sweep_id: str) -> JournalStorage:
-        return JournalStorage(JournalRedisBackend(self.redis_url, prefix=f"{_PREFIX}{sweep_id}:"))
+        with warnings.catch_warnings():  # "experimental" since optuna 3.1: a WARNING line per worker, not news to read
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            backend = JournalRedisBackend(self.redis_url, prefix=f"{_PREFIX}{sweep_id}:")
+        return JournalStorage(backend)
 
     def submit_trial(self, sweep_id: str, params: dict[str, Any], owner: str | None) -> str:
         job = self.store.create(FINE_TUNE, params, owner, parent=sweep_id)

@@ -20,6 +20,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from schemas.problems import problem
 from service.addresses import address_group
+from service.browser_policy import browser_headers
 
 # A connection refused or closed for being slow is logged once per address and reason in this
 # many seconds, with the count since: a line per connection would let one address write the log
@@ -28,7 +29,8 @@ CLOSES_LOGGED_EVERY_SECONDS = 10.0
 _COUNTED_ADDRESSES = 4096  # (address, reason) pairs whose closes are counted; beyond, all forgotten
 MAX_HEAD_BYTES = 64 * 1024
 _HEAD_TOO_LONG = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/problem+json\r\n"
-                  b"connection: close\r\ncontent-length: %d\r\n\r\n%s")
+                  + b"".join(f"{name}: {value}\r\n".encode() for name, value in browser_headers("/").items())
+                  + b"connection: close\r\ncontent-length: %d\r\n\r\n%s")
 
 
 def guarded_protocol(header_seconds: float, linger_seconds: float, per_address: int) -> type[HttpToolsProtocol]:

@@ -317,6 +317,7 @@ def test_headers_and_trailers_past_their_cap_are_cut_off(tmp_path):
                         + b"\r\n\r\n")
             answer = read_answer(big)
         assert answer.startswith("HTTP/1.1 431") and '"type":"/problems/headers-too-large"' in answer, answer
+        assert "x-frame-options: DENY" in answer and "x-content-type-options: nosniff" in answer, answer
         assert httpx.get(f"{service.url}/healthz", headers={"X-Padding": "a" * 40000}, timeout=30).status_code == 200
         body = b"a" * (2 * MAX_HEAD_BYTES)
         head = f"POST /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n\r\n".encode()

@@ -73,7 +73,8 @@ class EfficientNetLite(nn.Module):
     @property
     def anatomy(self) -> Anatomy:
         return Anatomy(
-            cam_layer=self.cam_layer, classifier_layer="classifier", head_layers=("hidden", "classifier", "attention"),
+            cam_layer=self.cam_layer, classifier_layer="classifier",
+            head_layers=("dropout", "hidden", "classifier", "attention"),  # dropout: in train mode while fine-tuning
             blocks=("stem", *(f"blocks.{index}" for index in range(len(self.blocks))), "head"),
             stages=(("head",), *(tuple(f"blocks.{index}" for index in stage) for stage in self.block_stages()),
                     ("stem",)))

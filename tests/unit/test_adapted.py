@@ -70,3 +70,27 @@ def test_frozen_parts_keep_their_batchnorm_statistics():
     assert torch.equal(frozen.running_mean, before[0]) and not frozen.weight.requires_grad
     assert not torch.equal(trained.running_mean, before[1]) and trained.weight.requires_grad
     assert network.layer1[0].conv1.weight.grad is None
+
+
+@pytest.mark.parametrize("architecture, strategy", [("efficientnet_lite0", "feature_extraction"),
+                                                    ("efficientnet_lite0", "fine_tune"),
+                                                    ("resnet18", "feature_extraction")])
+def test_the_heads_dropout_drops_while_training(architecture, strategy):
+    """A sweep over head.dropout found the same loss for every value: Lite's dropout stayed in eval mode.
+    Compared: what the classifier is given, in two training forwards of the same batch."""
+    images = torch.randn(8, 3, 64, 64)
+    given = {}
+    for dropout in (0.0, 0.5):
+        network = build_network(architecture, 3, 64, dropout=dropout)
+        config = FineTuneConfig(dataset_id="x", output_model="y", strategy=strategy, unfreeze_blocks=2)
+        set_trainable(network, head_modules(network) + trainable_backbone(network, config, epoch=1))
+        inputs = []
+        classifier = network.get_submodule(network.anatomy.classifier_layer)
+        classifier.register_forward_pre_hook(lambda module, args: inputs.append(args[0].detach().clone()))
+        for seed in (0, 1):
+            torch.manual_seed(seed)
+            network(images)
+        assert inputs[0].abs().max() > 0
+        given[dropout] = inputs
+    assert torch.equal(*given[0.0])  # nothing else draws at random on the way
+    assert not torch.equal(*given[0.5])

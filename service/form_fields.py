@@ -1,8 +1,13 @@
-"""Form fields whose value is a list: the field repeated, or a comma list in one value."""
+"""Multipart form fields: those whose value is a list (the field repeated, or a comma list in one
+value), and the refusal of a field that a route does not declare."""
 
 from __future__ import annotations
 
+from fastapi import Request
+from fastapi.routing import APIRoute
 from pydantic import BeforeValidator
+
+from core.errors import InvalidRequest
 
 MAX_LIST_PARTS = 1024  # of one comma-listed form field: its parsing stays cheap whatever the part's size
 
@@ -20,3 +25,29 @@ def _comma_separated(values: object) -> object:
 
 
 CommaList = BeforeValidator(_comma_separated)
+
+
+async def refuse_unknown_fields(request: Request) -> None:
+    """A dependency of the multipart routes: a form field that the route does not declare is refused,
+    not dropped as FastAPI would drop it: a misspelled `topk` would run at the default."""
+    await check_fields(request)
+
+
+async def check_fields(request: Request, takers: str = "this route", note: str = "") -> None:
+    """Refuses the first undeclared field: "not one `takers` takes`note`". The form is the one
+    FastAPI has read already."""
+    declared = _declared(request.scope["route"])
+    unknown = sorted(set((await request.form()).keys()) - declared)
+    if unknown:
+        raise InvalidRequest(f"unknown field {unknown[0]!r}: not one {takers} takes{note}", field=unknown[0],
+                             valid=sorted(declared))
+
+
+def _declared(route: APIRoute) -> frozenset[str]:
+    """The form fields `route` declares, its dependencies' included."""
+    names, pending = set(), [route.dependant]
+    while pending:
+        dependant = pending.pop()
+        names.update(param.alias for param in dependant.body_params)
+        pending.extend(dependant.dependencies)
+    return frozenset(names)

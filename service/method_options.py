@@ -8,11 +8,10 @@ import inspect
 from typing import Annotated, Any, Optional
 
 from fastapi import Form, Request
-from fastapi.routing import APIRoute
 
-from core.errors import InvalidRequest
 from core.explain import METHODS
 from core.params import bounds, describe_bounds, doc, field_types
+from service.form_fields import check_fields
 
 
 def _takers() -> dict[str, list[tuple[str, dataclasses.Field, Any]]]:
@@ -65,22 +64,8 @@ async def method_options(request: Request, **given: Any) -> dict[str, Any]:
     """A dependency: the options the client sent (for core.pipeline.explain to check). A form
     field that the route does not declare is refused, not dropped: FastAPI would drop a
     misspelled option (`step`), and the method would run at its default."""
-    declared = _form_fields(request.scope["route"])
-    unknown = sorted(set((await request.form()).keys()) - declared)
-    if unknown:
-        raise InvalidRequest(f"unknown field {unknown[0]!r}: not one this route or any method takes "
-                             f"(a method refuses the others' options by name)", field=unknown[0], valid=sorted(declared))
+    await check_fields(request, "this route or any method", " (a method refuses the others' options by name)")
     return {name: value for name, value in given.items() if value is not None}
-
-
-def _form_fields(route: APIRoute) -> frozenset[str]:
-    """The form fields `route` declares, its dependencies' included."""
-    names, pending = set(), [route.dependant]
-    while pending:
-        dependant = pending.pop()
-        names.update(param.alias for param in dependant.body_params)
-        pending.extend(dependant.dependencies)
-    return frozenset(names)
 
 
 method_options.__signature__ = inspect.Signature(  # type: ignore[attr-defined]

@@ -7,7 +7,7 @@ import threading
 from contextlib import contextmanager
 from typing import Annotated, Iterator
 
-from fastapi import APIRouter, BackgroundTasks, File, Form, Request, UploadFile, status
+from fastapi import APIRouter, BackgroundTasks, Depends, File, Form, Request, UploadFile, status
 from starlette.concurrency import run_in_threadpool
 
 from core import cancellation, datasets
@@ -17,12 +17,14 @@ from schemas.datasets import Dataset, DatasetList
 from service.auth import Caller, CallerDep
 from service.dependencies import QueueDep, SettingsDep, StorageDep, charge_decoding, dataset_slot
 from service.disconnects import client_watch
+from service.form_fields import refuse_unknown_fields
 from service.quotas import check_dataset_quota
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
 
-@router.post("", response_model=Dataset, status_code=status.HTTP_201_CREATED)
+@router.post("", response_model=Dataset, status_code=status.HTTP_201_CREATED,
+             dependencies=[Depends(refuse_unknown_fields)])
 async def upload_dataset(
     request: Request,
     storage: StorageDep, settings: SettingsDep, caller: CallerDep, queue: QueueDep,

@@ -19,7 +19,7 @@ from core.storage import Storage, check_name
 from schemas import models as wire
 from service.auth import Caller, CallerDep, requires
 from service.dependencies import QueueDep, RegistryDep, SettingsDep, upload_slot
-from service.form_fields import CommaList
+from service.form_fields import CommaList, refuse_unknown_fields
 from service.queue import JobQueue
 from service.quotas import check_may_delete_versions, claim_model_name, release_unused_claim
 from service.settings import Settings
@@ -61,7 +61,8 @@ def _unsafe_in_a_label(character: str) -> bool:
         "\u2066" <= character <= "\u2069"
 
 
-@router.post("", response_model=wire.ModelRef, status_code=status.HTTP_201_CREATED, dependencies=[ADMIN])
+@router.post("", response_model=wire.ModelRef, status_code=status.HTTP_201_CREATED,
+             dependencies=[ADMIN, Depends(refuse_unknown_fields)])
 async def upload_model(
     request: Request,
     response: Response,

@@ -28,7 +28,7 @@ from service.dependencies import (MetricsDep, ModelDep, RegistryDep, SettingsDep
                                   read_uploads)
 from service.auth import CallerDep
 from service.disconnects import client_watch
-from service.form_fields import CommaList
+from service.form_fields import CommaList, refuse_unknown_fields
 from service.method_options import method_options, methods_description
 from service.negotiation import preferred_image
 from service.rate_limits import client_id
@@ -126,7 +126,7 @@ def describe_model(model: ModelDep, registry: RegistryDep) -> wire.ModelDetail:
                                          interpolation=spec.interpolation))
 
 
-@router.post("/{model}/predict", response_model=wire.PredictResponse)
+@router.post("/{model}/predict", response_model=wire.PredictResponse, dependencies=[Depends(refuse_unknown_fields)])
 async def predict(request: Request, model: ModelDep, settings: SettingsDep, metrics: MetricsDep, caller: CallerDep,
                   file: Files, top_k: TopK = 5, resize: Resize = "crop") -> Response:
     with admitted(request, model, caller):

@@ -208,6 +208,20 @@ def test_a_field_no_method_takes_is_422_naming_it_not_dropped(client, field):
     assert {"steps", "method", "file", "outputs"} <= set(body["valid"])
 
 
+@pytest.mark.parametrize("path, files, data, field, valid", [
+    (PREDICT, {"file": ("cat.png", b"x")}, {"topk": "1"}, "topk", {"file", "top_k", "resize"}),
+    (PREDICT, {"image": ("cat.png", b"x")}, {}, "image", {"file", "top_k", "resize"}),
+    ("/v1/datasets", {"file": ("d.zip", b"x")}, {"title": "pets"}, "title", {"file", "name"}),
+    ("/v1/models", {"weights": ("w.safetensors", b"x")}, {"name": "m", "architecture": "resnet18", "inputsize": "64"},
+     "inputsize", {"weights", "onnx", "input_size"}),
+])
+def test_a_field_the_route_does_not_take_is_422_naming_it_not_dropped(client, path, files, data, field, valid):
+    """`topk=1` gave five classes, and `image=@cat.jpg` a 422 about a missing `file` that did not say why."""
+    body = assert_problem(client.post(path, files=files, data=data), 422, "invalid-request")
+    assert body["errors"][0]["field"] == field and f"unknown field {field!r}" in body["detail"], body
+    assert valid <= set(body["valid"]), body
+
+
 @pytest.mark.parametrize("path", [PREDICT, EXPLAIN])
 def test_unknown_resize_is_422_listing_the_valid_ones(client, path):
     body = assert_problem(client.post(path, files=[upload(encode(chelsea()))], data={"resize": "squeeze"}),

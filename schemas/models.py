@@ -99,15 +99,16 @@ class ModelSummary(BaseModel):
 
 
 class ModelDetail(ModelSummary):
-    labels: list[str] = Field(description="the class names, by index: what `target` counts")
     default_layer: str
-    layers: list[str]
     methods: list[str]
     default_method: str  # what explain runs when a request names no method
     attention: list[str]
     preprocessing: Preprocessing
     weights_digest: str
     status: str
+    # the long lists last, so that the answer's first lines say what the model is
+    layers: list[str]
+    labels: list[str] = Field(description="the class names, by index: what `target` counts")
 
 
 class ModelList(BaseModel):

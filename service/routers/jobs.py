@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from core.dataset_explain.runner import check_explain_dataset, explain_dataset_config
 from core.datasets import describe_dataset
-from core.errors import InvalidRequest, NotFound
+from core.errors import InvalidRequest, NotFound, UnknownModel
 from core.job_runners import ACTIVATION_MAXIMIZATION, EXPLAIN_DATASET, FINE_TUNE, RUNNERS, check_fine_tune, \
     check_maximization_memory, fine_tune_config, maximization_config
 from core.jobs import TERMINAL
@@ -50,20 +50,21 @@ ROOM = Depends(_room_for_results)
 
 
 @contextmanager
-def _references_in_body() -> Iterator[None]:
-    """An unknown model or data set named in a request body is a 422, not a 404."""
+def _references_in_body(dataset: str = "dataset_id", model: str = "model") -> Iterator[None]:
+    """An unknown model or data set named in a request body is a 422, not a 404, whose field is
+    the one that names it: `model` or `dataset`."""
     try:
         yield
     except NotFound as error:
-        raise InvalidRequest(error.detail) from None
+        raise InvalidRequest(error.detail, field=model if isinstance(error, UnknownModel) else dataset) from None
 
 
 @contextmanager
-def _dataset_kept(queue: QueueDep, storage: StorageDep, dataset_id: str) -> Iterator[None]:
-    """Held while a job that reads data set `dataset_id` is queued: a delete looks for such jobs
-    under the same lock, so it sees this one, or it came first and the data set is gone (422)."""
+def _dataset_kept(queue: QueueDep, storage: StorageDep, dataset_id: str, field: str = "dataset_id") -> Iterator[None]:
+    """Held while a job that reads data set `dataset_id` (the body's `field`) is queued: a delete looks
+    for such jobs under the same lock, so it sees this one, or it came first and the data set is gone (422)."""
     with queue.dataset_lock(dataset_id):
-        with _references_in_body():
+        with _references_in_body(dataset=field):
             describe_dataset(storage.datasets, dataset_id)
         yield
 
@@ -88,7 +89,7 @@ def _submit(job_type: str, params: dict[str, Any], queue: QueueDep, caller: Call
 def submit_fine_tune(body: FineTuneRequest, request: Request, response: Response, queue: QueueDep,
                      registry: RegistryDep, storage: StorageDep, caller: CallerDep, settings: SettingsDep) -> Job:
     params = body.model_dump()
-    with _references_in_body():
+    with _references_in_body(model="base_model"):
         caller.check_owns(describe_dataset(storage.datasets, body.dataset_id).get("owner"),
                           f"data set {body.dataset_id!r}")
         check_fine_tune(fine_tune_config(params), registry, storage.datasets, settings.worker_memory_bytes,
@@ -109,14 +110,14 @@ def submit_sweep(body: SweepRequest, request: Request, response: Response, queue
         raise InvalidRequest(f"parallel {config.parallel}: a client's jobs queued or running at once are at most "
                              f"{settings.max_active_jobs_per_client} (GAZER_MAX_ACTIVE_JOBS_PER_CLIENT), the sweep "
                              f"one of them, so at most {most_parallel} trials run at once", field="parallel")
-    with _references_in_body():
+    with _references_in_body(dataset="base.dataset_id", model="base.base_model"):
         caller.check_owns(describe_dataset(storage.datasets, config.base.dataset_id).get("owner"),
                           f"data set {config.base.dataset_id!r}")
         for heaviest in heaviest_trials(params):
             check_fine_tune(fine_tune_config(heaviest), registry, storage.datasets, settings.worker_memory_bytes,
                             settings.max_classes)
     with queue.claim_lock(caller.owner, config.base.output_model), \
-            _dataset_kept(queue, storage, config.base.dataset_id):
+            _dataset_kept(queue, storage, config.base.dataset_id, "base.dataset_id"):
         claim_model_name(caller, storage, queue, config.base.output_model, settings)
         return _submit(SWEEP, params, queue, caller, request, settings, response)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import sys
 
+import optuna
 from celery import signals
 
 from infra.job_store import JobStore
@@ -25,6 +26,8 @@ def _keep_our_logging(**_: object) -> None:
 
 def main() -> None:
     configure_logging()
+    optuna.logging.disable_default_handler()  # its lines go through the JSON log, not to stderr of their own
+    optuna.logging.enable_propagation()
     single_threaded_blas()
     signals.setup_logging.connect(_keep_our_logging, weak=False)
     settings = WorkerSettings.from_environment()

@@ -4,6 +4,7 @@ it, so both workers' one slot runs trials."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -85,6 +86,11 @@ def test_a_sweep_runs_trials_in_parallel_prunes_those_behind_and_serves_the_best
     served = api.post("/v1/models/swept/predict", files=[upload(disc, "disc.png", "image/png")])
     assert served.status_code == 200, served.text
     assert served.json()["model"] == {"id": "swept", "version": 1}
+    # Optuna wrote its own "[I 2026-...] A new study created ..." lines beside the JSON ones
+    lines = [line for worker in two_workers for line in worker.log().splitlines() if line.strip()]
+    entries = [json.loads(line) for line in lines if line.startswith("{")]
+    assert len(entries) == len(lines), [line for line in lines if not line.startswith("{")][:5]
+    assert any(entry["logger"].startswith("optuna") for entry in entries)
 
 
 def test_cancelling_a_sweep_cancels_its_running_trials(api, dataset, two_workers):

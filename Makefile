@@ -8,7 +8,7 @@ TCMALLOC = $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.
 # glibc malloc makes batched torch on CPU 1.6-3x slower (page faults); tcmalloc fixes that.
 RUN_ENV = $(if $(TCMALLOC),LD_PRELOAD=$(TCMALLOC))
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test bench clean clean-data help
 
 setup: $(VENV)/.installed
 
@@ -40,4 +40,16 @@ bench: setup
 	$(RUN_ENV) $(PY) -m bench.run_all
 
 clean:
-	rm -rf $(VENV) var .pytest_cache
+	rm -rf $(VENV) .pytest_cache
+
+# what the service keeps: uploaded models, data sets, jobs and their artifacts, the embedded Redis
+clean-data:
+	rm -rf var
+
+help:
+	@echo "make run         set up .venv and start the API, a worker and Redis on PORT (default 8000)"
+	@echo "make test        set up .venv and run the tests (PYTEST_ARGS=... passes options to pytest)"
+	@echo "make bench       set up .venv and run the benchmarks (bench/), printing ratios measured side by side"
+	@echo "make setup       only set up .venv"
+	@echo "make clean       remove .venv and pytest's cache (the service's data in var/ stays)"
+	@echo "make clean-data  remove var/: every uploaded model, data set, job and artifact"

@@ -24,16 +24,21 @@ class OcclusionOptions:
 
 
 def window_starts(size: int, window: int, stride: int) -> list[int]:
-    """Offsets of the windows along one side; the last one ends at the border, so every pixel is covered."""
+    """Offsets of the windows along one side; the last one ends at the border. A stride over the
+    window leaves pixels between windows that none covers: an InvalidRequest (their map would be 0 / 0)."""
     starts = list(range(0, size - window + 1, stride))
     if starts[-1] != size - window:
         starts.append(size - window)
+    if any(later - earlier > window for earlier, later in zip(starts, starts[1:])):
+        raise InvalidRequest(f"stride {stride} is larger than window {window}: the pixels between windows would "
+                             f"be covered by none; use a stride of at most {window}", field="stride")
     return starts
 
 
 def window_positions(height: int, width: int, window: int, stride: int) -> list[tuple[int, int]]:
-    """(top, left) of each window over an image; more than MAX_POSITIONS is an InvalidRequest.
-    `cost` asks first, so that a request refused here is refused before anything runs or is charged."""
+    """(top, left) of each window over an image, covering every pixel; more than MAX_POSITIONS, or
+    pixels left uncovered, is an InvalidRequest. `cost` asks first, so that a request refused here
+    is refused before anything runs or is charged."""
     starts = (window_starts(height, min(window, height), stride), window_starts(width, min(window, width), stride))
     if len(starts[0]) * len(starts[1]) > MAX_POSITIONS:
         raise InvalidRequest(f"window {window} with stride {stride} needs {len(starts[0]) * len(starts[1])} occluded "

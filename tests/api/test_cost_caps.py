@@ -10,6 +10,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -54,6 +55,22 @@ def test_occlusion_over_its_window_positions_is_refused_before_it_runs_or_is_que
     job = client.post("/v1/jobs/explain-dataset", json={"dataset_id": dataset.json()["id"], "method": "occlusion",
                                                         "options": {"window": 4, "stride": 3}})
     assert job.status_code == 422 and "needs 5625 occluded inputs" in job.json()["detail"], job.text
+
+
+@pytest.mark.parametrize("window, stride, refused", [(16, 64, True), (16, 17, True), (16, 16, False),
+                                                     (200, 210, False)])  # 200 wide: starts 0 and 24 cover it
+def test_occlusion_whose_windows_leave_pixels_uncovered_is_refused(client, window, stride, refused):
+    """Window 16, stride 64 answered a map of NaN (0 / 0 between the windows), called flat, with
+    faithfulness scores from an order of NaNs."""
+    answer = client.post(EXPLAIN, files=photos(1), data={"method": "occlusion", "window": window, "stride": stride,
+                                                         "outputs": "map"})
+    if refused:
+        assert answer.status_code == 422 and answer.json()["errors"][0]["field"] == "stride", answer.text
+        assert f"stride {stride} is larger than window {window}" in answer.json()["detail"]
+    else:
+        assert answer.status_code == 200, answer.text
+        values = np.array(answer.json()["results"][0]["explanation"]["map"], dtype=float)
+        assert np.isfinite(values).all() and values.max() > 0
 
 
 @pytest.fixture(scope="module")

@@ -86,9 +86,11 @@ def augment_batch(squares: torch.Tensor, augmentation: Augmentation, output_size
     forward[:, 0, 0], forward[:, 0, 1] = cos * flip, (cos * tan - sin)
     forward[:, 1, 0], forward[:, 1, 1] = sin * flip, (sin * tan + cos)
     forward = forward * scale[:, None, None]
-    window = output_size / squares.shape[-1]
+    side = squares.shape[-1]
     theta = torch.zeros(count, 2, 3)
-    theta[:, :, :2] = torch.linalg.inv(forward) * window
+    theta[:, :, :2] = torch.linalg.inv(forward) * (output_size / side)
+    # centred where serving crops: an odd margin puts the window half a pixel off the centre
+    theta[:, :, 2] = (2 * imaging.centre_offset(side, output_size) - (side - output_size)) / side
     grid = F.affine_grid(theta.to(device), [count, 3, output_size, output_size], align_corners=False)
     images = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
     jitter = augmentation.color_jitter

@@ -14,6 +14,7 @@ from core import imaging
 from core.jobs import JobCancelled
 from core.models.catalog import builtin_spec
 from core.training import data
+from core.training.config import Augmentation
 from core.training.data import LOADED_BETWEEN_LOOKS
 from support import chelsea
 
@@ -48,3 +49,9 @@ def test_training_crops_a_square_where_serving_does_with_an_odd_margin(tmp_path)
     trained_on = data.Normalizer(spec)(data.load_squares([(tmp_path / "square.png", 0)], spec, 10**8)[0])
     served, _ = imaging.preprocess([square], spec, "crop")
     assert torch.equal(trained_on, torch.as_tensor(served))
+    # training batches go through the augmentation's resampling, which centred its window exactly:
+    # half a pixel from serving's crop, 2.35 levels off on average
+    unchanged = Augmentation(flip=False, rotation=0, zoom=0, shear=0, color_jitter=0)
+    squares = data.load_squares([(tmp_path / "square.png", 0)], spec, 10**8)[0]
+    augmented = data.Normalizer(spec)(data.augment_batch(squares, unchanged, spec.input_size, torch.Generator()))
+    assert (augmented - trained_on).abs().max() * spec.std[0] < 0.01  # in pixel levels

@@ -124,6 +124,11 @@ class Normalizer:
 
 
 def batches(count: int, batch_size: int, shuffle: bool, generator: torch.Generator):
+    """Indices in batches of `batch_size`; a last batch of one image joins the one before it, since
+    BatchNorm cannot train on one image whose feature map is 1 x 1 (Lite0's head at input_size 32)."""
     order = torch.randperm(count, generator=generator) if shuffle else torch.arange(count)
-    for start in range(0, count, batch_size):
-        yield order[start:start + batch_size]
+    starts = list(range(0, count, batch_size))
+    if len(starts) > 1 and count - starts[-1] == 1:
+        starts.pop()
+    for start, end in zip(starts, starts[1:] + [count]):
+        yield order[start:end]

@@ -55,3 +55,35 @@ def test_training_crops_a_square_where_serving_does_with_an_odd_margin(tmp_path)
     squares = data.load_squares([(tmp_path / "square.png", 0)], spec, 10**8)[0]
     augmented = data.Normalizer(spec)(data.augment_batch(squares, unchanged, spec.input_size, torch.Generator()))
     assert (augmented - trained_on).abs().max() * spec.std[0] < 0.01  # in pixel levels
+
+
+@pytest.mark.parametrize("count, batch_size, sizes", [(10, 3, [3, 3, 4]), (9, 3, [3, 3, 3]), (1, 3, [1]),
+                                                      (4, 3, [4]), (2, 3, [2])])
+def test_a_last_batch_of_one_image_joins_the_one_before(count, batch_size, sizes):
+    batches = list(data.batches(count, batch_size, True, torch.Generator().manual_seed(0)))
+    assert [len(batch) for batch in batches] == sizes and sorted(torch.cat(batches).tolist()) == list(range(count))
+
+
+def test_fine_tuning_at_input_size_32_whatever_the_last_batch(tmp_path):
+    """10 training images in batches of 3 left one image alone, whose 1 x 1 feature map a training
+    BatchNorm refused: "Expected more than 1 value per channel when training"."""
+    import numpy as np
+
+    from core.job_runners import fine_tune_config
+    from core.models.registry import ModelRegistry
+    from core.storage import Storage
+    from core.training.finetune import fine_tune
+    from support import SHAPE_CLASSES, shape_image
+
+    rng, items = np.random.default_rng(0), []
+    for label, kind in enumerate(SHAPE_CLASSES[:2]):
+        for index in range(6):
+            shape_image(kind, rng, 48).save(path := tmp_path / f"{kind}-{index}.png")
+            items.append((path, label))
+    spec, network = ModelRegistry(Storage(tmp_path / "data"), 1).load_network("efficientnet_lite0")
+    config = fine_tune_config({"dataset_id": "shapes", "output_model": "small", "strategy": "fine_tune",
+                               "unfreeze_blocks": 1, "epochs": 2, "batch_size": 3, "input_size": 32,
+                               "val_fraction": 1 / 6})
+    trained = fine_tune(config, spec, network, list(SHAPE_CLASSES[:2]), items, lambda *a, **k: None, lambda: False,
+                        torch.device("cpu"), 10**7)
+    assert len(trained.metrics["history"]) == 2

@@ -7,7 +7,9 @@ What differs per architecture is read from the network itself, once, by one forw
   is not a pooling layer (`layer4`, `features`, `Mixed_7c`, timm's `bn2`, ...);
 - the blocks: the top-level children up to the CAM layer, containers opened one level
   (`features.0`, `layer4.1`, timm's `blocks.6`), in the order they run;
-- the stages: runs of blocks with the same output resolution.
+- the stages: runs of blocks with the same output resolution;
+- the neck: pretrained layers between the CAM layer and the classifier, if any (VGG's first
+  linear layers), the top stage and the last blocks.
 Attention modules go after the last block of the top stages, applied by forward hooks, so the
 original network's module names (and its state-dict keys) stay as they were: an uploaded
 state dict loads as it is, and layers are named as the user knows them (`layer4`, `fc`).
@@ -93,6 +95,25 @@ def _blocks(net: nn.Module, runs: dict[str, Run], cam_layer: str) -> list[str]:
     return sorted(blocks, key=order.index)
 
 
+def _neck(net: nn.Module, runs: dict[str, Run], cam_layer: str, classifier: str) -> list[str]:
+    """Pretrained layers between the CAM layer and the classifier (VGG's and MobileNetV3's first
+    linear layers, timm MobileNetV3's `conv_head`), with the activations and dropouts among them:
+    the top-level children that run after the CAM layer, the classifier's container opened one
+    level, from the first that has parameters on; none where only pooling and dropout lie between."""
+    order = list(runs)
+    after = []
+    for name, module in net.named_children():
+        if name not in runs or order.index(name) <= order.index(cam_layer):
+            continue
+        if classifier.startswith(name + "."):
+            inner = [f"{name}.{child}" for child, _ in module.named_children()]
+            after += inner[:inner.index(classifier)] if classifier in inner else []
+        elif name != classifier:
+            after.append(name)
+    holding = [index for index, name in enumerate(after) if any(True for _ in net.get_submodule(name).parameters())]
+    return after[holding[0]:] if holding else []
+
+
 def _stages(blocks: list[str], runs: dict[str, Run]) -> list[list[str]]:
     """Blocks grouped by output resolution, top stage first, each stage's last block first."""
     stages: list[list[str]] = []
@@ -146,8 +167,10 @@ def adapt(architecture: str, num_classes: int, input_size: int, head_hidden: int
                                        for block, channels in points})
     for block, _ in points:
         network.get_submodule(block).register_forward_hook(_attend(network.attention[_point_name(block)]))
-    network.anatomy = Anatomy(cam_layer, classifier_layer, (classifier, "attention"), tuple(blocks),
-                              tuple(tuple(stage) for stage in stages))
+    # the neck trains as the top stage: first to unfreeze, at the backbone's learning rate
+    neck = _neck(network, runs, cam_layer, classifier)
+    network.anatomy = Anatomy(cam_layer, classifier_layer, (classifier, "attention"), tuple(blocks + neck),
+                              tuple(tuple(stage) for stage in ([neck[::-1]] if neck else []) + stages))
     return network
 
 

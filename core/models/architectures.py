@@ -55,12 +55,32 @@ class EfficientNetLite(nn.Module):
             stages[-1].append(index)
         return stages
 
-    def attention_points(self) -> list[tuple[str, int, int]]:
-        """Where attention can go, top first: after the head, then after each block stage; with
-        each point's channels and stride."""
+    def _strides(self) -> list[int]:
+        """The stem's output stride, then each block's."""
         strides = [self.stem[0].stride[0]]
         for block in self.blocks:
             strides.append(strides[-1] * block._depthwise_conv.stride[0])
+        return strides
+
+    def resolution_stages(self) -> list[tuple[str, ...]]:
+        """Stem, blocks and head grouped by the resolution of their output, top first, each stage's
+        last block first: what gradual unfreezing adds an epoch at a time (adapted models' stages)."""
+        strides = self._strides()
+        named = [("stem", strides[0]), *((f"blocks.{index}", strides[index + 1]) for index in range(len(self.blocks))),
+                 ("head", strides[-1])]
+        stages: list[list[str]] = []
+        previous = None
+        for name, stride in reversed(named):
+            if stride != previous:
+                stages.append([])
+                previous = stride
+            stages[-1].append(name)
+        return [tuple(stage) for stage in stages]
+
+    def attention_points(self) -> list[tuple[str, int, int]]:
+        """Where attention can go, top first: after the head, then after each block stage; with
+        each point's channels and stride."""
+        strides = self._strides()
         return [("after_head", self.head[0].out_channels, strides[-1])] + [
             (f"after_block_{stage[0]}", self.blocks[stage[0]]._block_args.output_filters, strides[stage[0] + 1])
             for stage in self.block_stages()]
@@ -76,8 +96,7 @@ class EfficientNetLite(nn.Module):
             cam_layer=self.cam_layer, classifier_layer="classifier",
             head_layers=("dropout", "hidden", "classifier", "attention"),  # dropout: in train mode while fine-tuning
             blocks=("stem", *(f"blocks.{index}" for index in range(len(self.blocks))), "head"),
-            stages=(("head",), *(tuple(f"blocks.{index}" for index in stage) for stage in self.block_stages()),
-                    ("stem",)))
+            stages=tuple(self.resolution_stages()))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)

@@ -31,12 +31,15 @@ class FineTuneResult:
 
 def trainable_backbone(network: nn.Module, config: FineTuneConfig, epoch: int) -> list[nn.Module]:
     """The backbone modules that train in this epoch (0-based), besides the head: none for
-    feature extraction; the top `unfreeze_blocks` blocks from the second epoch on for fine_tune;
-    one more stage each epoch for gradual_unfreeze."""
+    feature extraction; the top `unfreeze_blocks` blocks that hold parameters from the second
+    epoch on for fine_tune; one more stage each epoch for gradual_unfreeze."""
     if config.strategy == "feature_extraction" or (config.strategy == "fine_tune" and epoch == 0):
         return []
-    if config.strategy == "fine_tune":
-        names = network.anatomy.blocks[-config.unfreeze_blocks:]
+    if config.strategy == "fine_tune":  # with the activations and dropouts after them
+        blocks = network.anatomy.blocks
+        holding = [index for index, name in enumerate(blocks)
+                   if any(True for _ in network.get_submodule(name).parameters())]
+        names = blocks[holding[-config.unfreeze_blocks] if len(holding) >= config.unfreeze_blocks else 0:]
     else:
         names = [name for stage in network.anatomy.stages[:epoch] for name in stage]
     return [network.get_submodule(name) for name in names]

@@ -20,6 +20,9 @@ from core.training.finetune import head_modules, set_trainable, trainable_backbo
     ("mobilenet_v2", 64, "features", "classifier.1", ("features.18", "features.17", "features.16", "features.15",
                                                       "features.14")),
     ("timm:tf_efficientnet_lite0", 64, "bn2", "classifier", ("bn2", "conv_head", "blocks.6", "blocks.5")),
+    # Lite's own: stages of one resolution, as gradual_unfreeze promises (they were runs of equal channels: 9)
+    ("efficientnet_lite0", 224, "head", "classifier",
+     ("head", "blocks.15", "blocks.14", "blocks.13", "blocks.12", "blocks.11")),
 ])
 def test_the_anatomy_is_read_from_the_network(architecture, size, cam_layer, classifier, top_stage):
     network = build_network(architecture, 5, size)
@@ -94,3 +97,24 @@ def test_the_heads_dropout_drops_while_training(architecture, strategy):
         given[dropout] = inputs
     assert torch.equal(*given[0.0])  # nothing else draws at random on the way
     assert not torch.equal(*given[0.5])
+
+
+@pytest.mark.parametrize("architecture, neck", [
+    ("mobilenet_v3_small", ("classifier.0", "classifier.1", "classifier.2")),  # linear, hardswish, dropout
+    ("timm:mobilenetv3_small_050", ("conv_head", "norm_head", "act2", "flatten")),
+    ("mobilenet_v2", ()),  # only a dropout before the classifier: head.dropout takes its place
+])
+def test_pretrained_layers_between_the_cam_layer_and_the_classifier_unfreeze_first(architecture, neck):
+    """MobileNetV3's and VGG's first linear layers, and timm MobileNetV3's conv_head, trained in no
+    strategy (every block unfrozen), and their dropout stayed in eval mode."""
+    network = build_network(architecture, 3, 64, dropout=0.2)
+    assert network.anatomy.blocks[len(network.anatomy.blocks) - len(neck):] == neck
+    if neck:
+        assert network.anatomy.stages[0] == neck[::-1]
+    for strategy, epoch in (("feature_extraction", 3), ("fine_tune", 1), ("gradual_unfreeze", 1)):
+        config = FineTuneConfig(dataset_id="x", output_model="y", strategy=strategy, unfreeze_blocks=1)
+        set_trainable(network, head_modules(network) + trainable_backbone(network, config, epoch))
+        modules = [network.get_submodule(name) for name in neck]
+        trains = strategy != "feature_extraction"
+        assert all(module.training == trains for module in modules), (strategy, neck)
+        assert all(parameter.requires_grad == trains for module in modules for parameter in module.parameters())

@@ -21,8 +21,8 @@ import time
 import warnings
 
 from core.explain import METHODS
-from support import (POINTING_GAME_BACKGROUNDS, POINTING_TOLERANCE, encode, pointing_game_cases, pointing_hit,
-                          upload)
+from support import (POINTING_GAME_BACKGROUNDS, POINTING_TOLERANCE, encode, point_in_box, pointing_game_cases,
+                     pointing_hit, upload)
 
 MODEL = "efficientnet_lite0"
 # Bounded settings: the defaults (50 steps, 25 samples, Score-CAM over the 1280-channel head, 1000 RISE
@@ -77,8 +77,9 @@ def main(argv: list[str] | None = None) -> None:
     from service.app import create_app
     from service.settings import Settings
 
-    cases = [(encode(image, "PNG", compress_level=1), box, label)
-             for image, box, label in pointing_game_cases(seed=args.seed)][:args.cases]
+    composites = list(pointing_game_cases(seed=args.seed))[:args.cases]
+    cases = [(encode(image, "PNG", compress_level=1), box, label) for image, box, label in composites]
+    sizes = [image.width for image, _, _ in composites]
     per_background = 20  # cases come as 20 photos on each background in turn
     settings = ", ".join(f"{method} {' '.join(f'{k}={v}' for k, v in options.items())}"
                          for method, options in OPTIONS.items())
@@ -89,6 +90,10 @@ def main(argv: list[str] | None = None) -> None:
         f"{name:>8}" for name in POINTING_GAME_BACKGROUNDS) + f"{'seconds':>9}"
     print(header)
     print("-" * len(header))
+    # what a map that points nowhere scores: a blank heatmap's peak is the centroid of every pixel, the centre
+    centre = [(point_in_box(((size - 1) / 2, (size - 1) / 2), box, POINTING_TOLERANCE),
+               point_in_box(((size - 1) / 2, (size - 1) / 2), box)) for (_, box, _), size in zip(cases, sizes)]
+    _print_row("centre (chance)", [hit for hit, _ in centre], [strict for _, strict in centre], per_background, 0.0)
     with tempfile.TemporaryDirectory() as data_dir, \
             TestClient(base_url="http://localhost", app=create_app(Settings(data_dir=data_dir)), raise_server_exceptions=True) as client:
         for method in methods:
@@ -97,10 +102,14 @@ def main(argv: list[str] | None = None) -> None:
             except Unanswered as refusal:
                 print(f"{method:<22}  n/a: {refusal}", flush=True)
                 continue
-            parts = [hits[i * per_background:(i + 1) * per_background] for i in range(len(POINTING_GAME_BACKGROUNDS))]
-            by_background = "".join(f"{f'{sum(p)}/{len(p)}' if p else '-':>8}" for p in parts)
-            print(f"{method:<22}{f'{sum(hits)}/{len(hits)}':>8}{sum(hits) / max(len(hits), 1):>7.0%}"
-                  f"{sum(strict) / max(len(strict), 1):>8.0%}{by_background}{seconds:>9.1f}", flush=True)
+            _print_row(method, hits, strict, per_background, seconds)
+
+
+def _print_row(name: str, hits: list[bool], strict: list[bool], per_background: int, seconds: float) -> None:
+    parts = [hits[i * per_background:(i + 1) * per_background] for i in range(len(POINTING_GAME_BACKGROUNDS))]
+    by_background = "".join(f"{f'{sum(p)}/{len(p)}' if p else '-':>8}" for p in parts)
+    print(f"{name:<22}{f'{sum(hits)}/{len(hits)}':>8}{sum(hits) / max(len(hits), 1):>7.0%}"
+          f"{sum(strict) / max(len(strict), 1):>8.0%}{by_background}{seconds:>9.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,10 @@ def fine_tune_config(params: dict[str, Any]) -> FineTuneConfig:
     return from_params(FineTuneConfig, params)
 
 
+# Below it a network of stride 32 (EfficientNet-Lite, ResNet, ...) ends on 1 x 1 feature maps
+SMALLEST_INPUT_FOR_ONE_IMAGE_BATCHES = 64
+
+
 def check_fine_tune(config: FineTuneConfig, registry: ModelRegistry, datasets_dir: Path,
                     memory_limit: int | None = None, max_classes: int | None = None) -> None:
     """What can be checked before queueing: the values, the base model and the data set
@@ -67,6 +71,12 @@ def check_fine_tune(config: FineTuneConfig, registry: ModelRegistry, datasets_di
                              f"on images it does not train on (val_fraction of each class, at least one where a class "
                              f"has two): upload a data set with at least one class of 2 images or more",
                              field="dataset_id")
+    input_size = config.input_size or base.input_size
+    if config.batch_size == 1 and config.strategy != "feature_extraction" and \
+            input_size < SMALLEST_INPUT_FOR_ONE_IMAGE_BATCHES:
+        raise InvalidRequest(f"batch_size 1 at input_size {input_size}: the last feature maps are 1 x 1 there, where "
+                             f"a BatchNorm layer cannot train on one image: use a batch_size of 2 or more, or an "
+                             f"input_size of {SMALLEST_INPUT_FOR_ONE_IMAGE_BATCHES} or more", field="batch_size")
     check_name(config.output_model, "output_model")
     if config.output_model in BUILTIN_MODELS:
         raise InvalidRequest(f"output_model {config.output_model!r} is a built-in model's name", field="output_model")

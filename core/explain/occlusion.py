@@ -20,7 +20,9 @@ MAX_POSITIONS = 4096  # window positions per image: a bounded cost (window 4, st
 class OcclusionOptions:
     window: int = param(32, ge=4, le=224, doc="side of the occluding square, in input pixels "
                                               "(at most the whole input)")
-    stride: int = param(16, ge=1, le=224, doc="step between window positions, in input pixels")
+    stride: int = param(16, ge=1, le=224, doc="step between window positions, in input pixels; the windows "
+                                              "must cover every pixel (a stride over the window that leaves a gap "
+                                              "is refused)")
 
 
 def window_starts(size: int, window: int, stride: int) -> list[int]:

@@ -25,7 +25,7 @@ from torch import nn
 
 from core.attention import choose_points, make_attention
 from core.errors import InvalidRequest
-from core.models.anatomy import Anatomy
+from core.models.anatomy import Anatomy, first_with_parameters, stages_by_resolution
 from core.models.layers import Run, trace
 
 TIMM_PREFIX = "timm:"
@@ -99,7 +99,8 @@ def _neck(net: nn.Module, runs: dict[str, Run], cam_layer: str, classifier: str)
     """Pretrained layers between the CAM layer and the classifier (VGG's and MobileNetV3's first
     linear layers, timm MobileNetV3's `conv_head`), with the activations and dropouts among them:
     the top-level children that run after the CAM layer, the classifier's container opened one
-    level, from the first that has parameters on; none where only pooling and dropout lie between."""
+    level, from the first that has parameters (and the dropout before it) on; none where only pooling
+    and dropout lie between."""
     order = list(runs)
     after = []
     for name, module in net.named_children():
@@ -110,21 +111,11 @@ def _neck(net: nn.Module, runs: dict[str, Run], cam_layer: str, classifier: str)
             after += inner[:inner.index(classifier)] if classifier in inner else []
         elif name != classifier:
             after.append(name)
-    holding = [index for index, name in enumerate(after) if any(True for _ in net.get_submodule(name).parameters())]
-    return after[holding[0]:] if holding else []
+    return after[first_with_parameters([net.get_submodule(name) for name in after]):]
 
 
-def _stages(blocks: list[str], runs: dict[str, Run]) -> list[list[str]]:
-    """Blocks grouped by output resolution, top stage first, each stage's last block first."""
-    stages: list[list[str]] = []
-    previous = None
-    for name in reversed(blocks):
-        resolution = runs[name].shape[2:]
-        if resolution != previous:
-            stages.append([])
-            previous = resolution
-        stages[-1].append(name)
-    return stages
+def _stages(blocks: list[str], runs: dict[str, Run]) -> list[tuple[str, ...]]:
+    return stages_by_resolution([(name, runs[name].shape[2:]) for name in blocks])
 
 
 def new_head(in_features: int, num_classes: int, hidden: int, dropout: float) -> nn.Sequential:
@@ -170,7 +161,7 @@ def adapt(architecture: str, num_classes: int, input_size: int, head_hidden: int
     # the neck trains as the top stage: first to unfreeze, at the backbone's learning rate
     neck = _neck(network, runs, cam_layer, classifier)
     network.anatomy = Anatomy(cam_layer, classifier_layer, (classifier, "attention"), tuple(blocks + neck),
-                              tuple(tuple(stage) for stage in ([neck[::-1]] if neck else []) + stages))
+                              tuple(([tuple(neck[::-1])] if neck else []) + stages))
     return network
 
 

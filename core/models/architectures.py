@@ -13,7 +13,7 @@ from torch import nn
 
 from core.attention import choose_points, make_attention
 from core.models.adapted import adapt
-from core.models.anatomy import Anatomy
+from core.models.anatomy import Anatomy, stages_by_resolution
 from core.names import EFFICIENTNET_LITE_SIZES
 
 
@@ -66,16 +66,8 @@ class EfficientNetLite(nn.Module):
         """Stem, blocks and head grouped by the resolution of their output, top first, each stage's
         last block first: what gradual unfreezing adds an epoch at a time (adapted models' stages)."""
         strides = self._strides()
-        named = [("stem", strides[0]), *((f"blocks.{index}", strides[index + 1]) for index in range(len(self.blocks))),
-                 ("head", strides[-1])]
-        stages: list[list[str]] = []
-        previous = None
-        for name, stride in reversed(named):
-            if stride != previous:
-                stages.append([])
-                previous = stride
-            stages[-1].append(name)
-        return [tuple(stage) for stage in stages]
+        blocks = [(f"blocks.{index}", strides[index + 1]) for index in range(len(self.blocks))]
+        return stages_by_resolution([("stem", strides[0]), *blocks, ("head", strides[-1])])
 
     def attention_points(self) -> list[tuple[str, int, int]]:
         """Where attention can go, top first: after the head, then after each block stage; with

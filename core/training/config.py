@@ -40,7 +40,9 @@ class FineTuneConfig:
     base_model: str = param(DEFAULT_MODEL, doc="the model to start from: NAME or NAME@VERSION")
     strategy: Strategy = param("fine_tune", doc="feature_extraction: the head only; fine_tune: the head, then "
                                                 "the top unfreeze_blocks blocks from epoch 2; gradual_unfreeze: "
-                                                "one more stage each epoch (stages: blocks of one resolution)")
+                                                "one more stage each epoch (stages: blocks of one resolution; "
+                                                "pretrained layers between the last feature map and the "
+                                                "classifier, as VGG's, come first)")
     epochs: int = param(5, ge=1, le=500)
     batch_size: int = param(16, ge=1, le=512)
     optimizer: Optimizer = param("adamw")
@@ -58,7 +60,9 @@ class FineTuneConfig:
     bfloat16: bool = param(False, doc="on a GPU, train in bfloat16 autocast (weights stay float32); "
                                       "ignored on the CPU")
     unfreeze_blocks: int = param(6, ge=1, le=1000, doc="fine_tune: top backbone blocks unfrozen after epoch 1 "
-                                                       "(EfficientNet-Lite's last conv counts as one)")
+                                                       "(EfficientNet-Lite's last conv counts as one, and so does "
+                                                       "each linear layer between the last feature map and the "
+                                                       "classifier, as VGG's)")
     attention: AttentionType = param("none", doc="attention modules to add; they train with the head")
     attention_stages: int = param(1, ge=1, le=7, doc="after the last feature stage, or after each of the top N "
                                                      "(of those at attention_stride, when given)")

@@ -123,12 +123,22 @@ class Normalizer:
         return (pixels.float() - self.mean.to(pixels.device)) / self.std.to(pixels.device)
 
 
-def batches(count: int, batch_size: int, shuffle: bool, generator: torch.Generator):
-    """Indices in batches of `batch_size`; a last batch of one image joins the one before it, since
-    BatchNorm cannot train on one image whose feature map is 1 x 1 (Lite0's head at input_size 32)."""
-    order = torch.randperm(count, generator=generator) if shuffle else torch.arange(count)
+def _batch_starts(count: int, batch_size: int) -> list[int]:
+    """Batches of `batch_size`; a last batch of one image joins the one before it, since BatchNorm
+    cannot train on one image whose feature map is 1 x 1 (Lite0's head at input_size 32)."""
     starts = list(range(0, count, batch_size))
     if len(starts) > 1 and count - starts[-1] == 1:
         starts.pop()
+    return starts
+
+
+def batch_count(count: int, batch_size: int) -> int:
+    return len(_batch_starts(count, batch_size))
+
+
+def batches(count: int, batch_size: int, shuffle: bool, generator: torch.Generator):
+    """Indices of `count` images in batch_count(count, batch_size) batches."""
+    order = torch.randperm(count, generator=generator) if shuffle else torch.arange(count)
+    starts = _batch_starts(count, batch_size)
     for start, end in zip(starts, starts[1:] + [count]):
         yield order[start:end]

@@ -13,6 +13,7 @@ from torch import nn
 
 from core.errors import InvalidRequest
 from core.jobs import JobCancelled, Progress, ShouldStop, share_of
+from core.models.anatomy import first_with_parameters
 from core.models.architectures import build_network
 from core.models.layers import feeds_a_linear_head
 from core.models.spec import ModelSpec
@@ -35,11 +36,9 @@ def trainable_backbone(network: nn.Module, config: FineTuneConfig, epoch: int) -
     epoch on for fine_tune; one more stage each epoch for gradual_unfreeze."""
     if config.strategy == "feature_extraction" or (config.strategy == "fine_tune" and epoch == 0):
         return []
-    if config.strategy == "fine_tune":  # with the activations and dropouts after them
+    if config.strategy == "fine_tune":  # with the activations and dropouts among them
         blocks = network.anatomy.blocks
-        holding = [index for index, name in enumerate(blocks)
-                   if any(True for _ in network.get_submodule(name).parameters())]
-        names = blocks[holding[-config.unfreeze_blocks] if len(holding) >= config.unfreeze_blocks else 0:]
+        names = blocks[first_with_parameters([network.get_submodule(name) for name in blocks], config.unfreeze_blocks):]
     else:
         names = [name for stage in network.anatomy.stages[:epoch] for name in stage]
     return [network.get_submodule(name) for name in names]
@@ -153,7 +152,7 @@ class _Epoch:
 
 
 def batches_per_epoch(split: _Data, config: FineTuneConfig) -> int:
-    return -(-len(split.train_labels) // config.batch_size)
+    return data.batch_count(len(split.train_labels), config.batch_size)
 
 
 def lr_test_steps(split: _Data, config: FineTuneConfig) -> int:

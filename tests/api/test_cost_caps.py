@@ -186,6 +186,19 @@ def test_jobs_that_would_not_fit_in_a_worker_are_refused_with_the_estimate(tmp_p
         assert api.post("/v1/jobs/activation-maximization", json={**many, "size": 64}).status_code == 202
 
 
+def test_one_image_batches_on_one_pixel_feature_maps_are_refused_before_queueing(tmp_path):
+    """A training BatchNorm refuses one image whose feature map is 1 x 1: the job failed on the worker."""
+    with TestClient(base_url="http://localhost", app=create_app(Settings(data_dir=tmp_path))) as api:
+        archive = upload(shapes_archive(per_class=2), "shapes.zip", "application/zip")
+        body = {"dataset_id": api.post("/v1/datasets", files=[archive]).json()["id"], "output_model": "tiny",
+                "batch_size": 1, "input_size": 32}
+        refused = api.post("/v1/jobs/fine-tune", json=body)
+        assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == "batch_size", refused.text
+        assert "1 x 1" in refused.json()["detail"]
+        for fits in ({"strategy": "feature_extraction"}, {"input_size": 64}, {"batch_size": 2}):
+            assert api.post("/v1/jobs/fine-tune", json={**body, **fits}).status_code == 202, fits
+
+
 def test_a_client_with_its_limit_of_jobs_queued_or_running_gets_429_until_one_ends(tmp_path):
     settings = Settings(data_dir=tmp_path, max_active_jobs_per_client=2)
     with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as api:

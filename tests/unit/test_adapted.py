@@ -99,20 +99,24 @@ def test_the_heads_dropout_drops_while_training(architecture, strategy):
     assert not torch.equal(*given[0.5])
 
 
-@pytest.mark.parametrize("architecture, neck", [
-    ("mobilenet_v3_small", ("classifier.0", "classifier.1", "classifier.2")),  # linear, hardswish, dropout
-    ("timm:mobilenetv3_small_050", ("conv_head", "norm_head", "act2", "flatten")),
-    ("mobilenet_v2", ()),  # only a dropout before the classifier: head.dropout takes its place
+@pytest.mark.parametrize("architecture, size, neck", [
+    ("mobilenet_v3_small", 64, ("classifier.0", "classifier.1", "classifier.2")),  # linear, hardswish, dropout
+    ("timm:mobilenetv3_small_050", 64, ("conv_head", "norm_head", "act2", "flatten")),
+    ("alexnet", 128, tuple(f"classifier.{index}" for index in range(6))),  # a dropout first
+    ("mobilenet_v2", 64, ()),  # only a dropout before the classifier: head.dropout takes its place
 ])
-def test_pretrained_layers_between_the_cam_layer_and_the_classifier_unfreeze_first(architecture, neck):
+def test_pretrained_layers_between_the_cam_layer_and_the_classifier_unfreeze_first(architecture, size, neck):
     """MobileNetV3's and VGG's first linear layers, and timm MobileNetV3's conv_head, trained in no
     strategy (every block unfrozen), and their dropout stayed in eval mode."""
-    network = build_network(architecture, 3, 64, dropout=0.2)
-    assert network.anatomy.blocks[len(network.anatomy.blocks) - len(neck):] == neck
+    network = build_network(architecture, 3, size, dropout=0.2)
+    blocks, cam_layer = network.anatomy.blocks, network.anatomy.cam_layer
+    backbone, tail = blocks[:len(blocks) - len(neck)], blocks[len(blocks) - len(neck):]
+    assert tail == neck and (backbone[-1] == cam_layer or backbone[-1].startswith(cam_layer + ".")), blocks
     if neck:
         assert network.anatomy.stages[0] == neck[::-1]
     for strategy, epoch in (("feature_extraction", 3), ("fine_tune", 1), ("gradual_unfreeze", 1)):
-        config = FineTuneConfig(dataset_id="x", output_model="y", strategy=strategy, unfreeze_blocks=1)
+        layers = sum(1 for name in neck if any(True for _ in network.get_submodule(name).parameters()))
+        config = FineTuneConfig(dataset_id="x", output_model="y", strategy=strategy, unfreeze_blocks=max(layers, 1))
         set_trainable(network, head_modules(network) + trainable_backbone(network, config, epoch))
         modules = [network.get_submodule(name) for name in neck]
         trains = strategy != "feature_extraction"

@@ -62,6 +62,7 @@ def test_training_crops_a_square_where_serving_does_with_an_odd_margin(tmp_path)
 def test_a_last_batch_of_one_image_joins_the_one_before(count, batch_size, sizes):
     batches = list(data.batches(count, batch_size, True, torch.Generator().manual_seed(0)))
     assert [len(batch) for batch in batches] == sizes and sorted(torch.cat(batches).tolist()) == list(range(count))
+    assert data.batch_count(count, batch_size) == len(sizes)  # what the progress bar counts
 
 
 def test_fine_tuning_at_input_size_32_whatever_the_last_batch(tmp_path):

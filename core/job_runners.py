@@ -47,7 +47,8 @@ def fine_tune_config(params: dict[str, Any]) -> FineTuneConfig:
     return from_params(FineTuneConfig, params)
 
 
-# Below it a network of stride 32 (EfficientNet-Lite, ResNet, ...) ends on 1 x 1 feature maps
+# Under it the last feature maps of a network of stride 32 may be 1 x 1 (Lite0's and ResNet-18's at 32),
+# where a training BatchNorm has one value per channel from one image
 SMALLEST_INPUT_FOR_ONE_IMAGE_BATCHES = 64
 
 
@@ -74,15 +75,16 @@ def check_fine_tune(config: FineTuneConfig, registry: ModelRegistry, datasets_di
     input_size = config.input_size or base.input_size
     if config.batch_size == 1 and config.strategy != "feature_extraction" and \
             input_size < SMALLEST_INPUT_FOR_ONE_IMAGE_BATCHES:
-        raise InvalidRequest(f"batch_size 1 at input_size {input_size}: the last feature maps are 1 x 1 there, where "
-                             f"a BatchNorm layer cannot train on one image: use a batch_size of 2 or more, or an "
-                             f"input_size of {SMALLEST_INPUT_FOR_ONE_IMAGE_BATCHES} or more", field="batch_size")
+        raise InvalidRequest(f"batch_size 1 at input_size {input_size}: under {SMALLEST_INPUT_FOR_ONE_IMAGE_BATCHES} "
+                             f"the last feature maps may be 1 x 1, where a BatchNorm layer cannot train on one image: "
+                             f"use a batch_size of 2 or more, or an input_size of "
+                             f"{SMALLEST_INPUT_FOR_ONE_IMAGE_BATCHES} or more", field="batch_size")
     check_name(config.output_model, "output_model")
     if config.output_model in BUILTIN_MODELS:
         raise InvalidRequest(f"output_model {config.output_model!r} is a built-in model's name", field="output_model")
     if memory_limit is not None:
         needed = memory.training_bytes(dataset["images"], len(dataset["classes"]), config.batch_size,
-                                       config.input_size or base.input_size, base.resize_margin)
+                                       input_size, base.resize_margin)
         check_memory(needed, memory_limit, f"fine-tuning on {dataset['images']} images in "
                                            f"{len(dataset['classes'])} classes at batch {config.batch_size}",
                      "batch_size")

@@ -61,8 +61,8 @@ class FineTuneConfig:
                                       "ignored on the CPU")
     unfreeze_blocks: int = param(6, ge=1, le=1000, doc="fine_tune: top backbone blocks unfrozen after epoch 1 "
                                                        "(EfficientNet-Lite's last conv counts as one, and so does "
-                                                       "each linear layer between the last feature map and the "
-                                                       "classifier, as VGG's)")
+                                                       "each layer with weights between the last feature map and "
+                                                       "the classifier, as VGG's linear layers)")
     attention: AttentionType = param("none", doc="attention modules to add; they train with the head")
     attention_stages: int = param(1, ge=1, le=7, doc="after the last feature stage, or after each of the top N "
                                                      "(of those at attention_stride, when given)")

@@ -20,7 +20,7 @@ from core.errors import InvalidRequest, NotFound, UnknownModel
 from core.job_runners import ACTIVATION_MAXIMIZATION, EXPLAIN_DATASET, FINE_TUNE, RUNNERS, check_fine_tune, \
     check_maximization_memory, fine_tune_config, maximization_config
 from core.jobs import TERMINAL
-from core.sweeps import MAX_TRIALS, SWEEP, heaviest_trials, most_parallel_trials, sweep_config
+from core.sweeps import MAX_TRIALS, SWEEP, checked_trials, most_parallel_trials, parse_space, sweep_config
 from core.visualize.activation_max import validate as validate_maximization
 from schemas.jobs import ActivationMaximizationRequest, Artifact, ArtifactList, ExplainDatasetRequest, FineTuneRequest, \
     Job, JobList, SweepRequest, artifact_url
@@ -57,6 +57,21 @@ def _references_in_body(dataset: str = "dataset_id", model: str = "model") -> It
         yield
     except NotFound as error:
         raise InvalidRequest(error.detail, field=model if isinstance(error, UnknownModel) else dataset) from None
+
+
+@contextmanager
+def _named_in_sweep(space: dict[str, Any]) -> Iterator[None]:
+    """A trial's refusal names the field as the sweep body has it: `space.NAME` where the space
+    samples it, else `base.NAME`."""
+    try:
+        yield
+    except InvalidRequest as error:
+        field = error.extra.get("field")
+        if not field:
+            raise
+        sampled = {dimension.name for dimension in parse_space(space)}
+        named = f"space.{field}" if field in sampled else f"base.{field}"
+        raise type(error)(error.detail, field=named, **{k: v for k, v in error.extra.items() if k != "field"}) from None
 
 
 @contextmanager
@@ -113,9 +128,10 @@ def submit_sweep(body: SweepRequest, request: Request, response: Response, queue
     with _references_in_body(dataset="base.dataset_id", model="base.base_model"):
         caller.check_owns(describe_dataset(storage.datasets, config.base.dataset_id).get("owner"),
                           f"data set {config.base.dataset_id!r}")
-        for heaviest in heaviest_trials(params):
-            check_fine_tune(fine_tune_config(heaviest), registry, storage.datasets, settings.worker_memory_bytes,
-                            settings.max_classes)
+        with _named_in_sweep(params["space"]):
+            for trial in checked_trials(params):
+                check_fine_tune(fine_tune_config(trial), registry, storage.datasets, settings.worker_memory_bytes,
+                                settings.max_classes)
     with queue.claim_lock(caller.owner, config.base.output_model), \
             _dataset_kept(queue, storage, config.base.dataset_id, "base.dataset_id"):
         claim_model_name(caller, storage, queue, config.base.output_model, settings)

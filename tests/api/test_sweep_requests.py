@@ -66,6 +66,19 @@ def test_the_memory_check_of_a_null_input_size_uses_the_base_models_size(shapes,
         client.delete(response.headers["location"])
 
 
+@pytest.mark.parametrize("base, space, field", [
+    ({"input_size": 32}, {"batch_size": {"choice": [1, 8]}}, "space.batch_size"),
+    ({"input_size": 32, "batch_size": 1}, {"strategy": {"choice": ["feature_extraction", "fine_tune"]}},
+     "base.batch_size"),
+    ({"batch_size": 1}, {"input_size": {"int": [32, 96]}}, "base.batch_size"),
+])
+def test_a_space_that_can_sample_one_image_batches_on_small_inputs_is_refused(client, shapes, base, space, field):
+    """Only the heaviest trials were checked, so such trials were queued and failed on the worker."""
+    response = client.post("/v1/jobs/sweep", json={"base": {**BASE, "dataset_id": shapes, **base}, "space": space})
+    assert response.status_code == 422 and "1 x 1" in response.json()["detail"], response.text
+    assert response.json()["errors"][0]["field"] == field
+
+
 @pytest.mark.parametrize("space, words", [
     ({"batch_size": {"choice": [1, 1.0]}}, "distinct"),
     ({"batch_size": {"choice": [None, 4]}}, "must be a int"),

@@ -11,7 +11,7 @@ import pytest
 from core.errors import InvalidRequest
 from core.jobs import JobPruned
 from core.sweep_trials import pruned_when_told
-from core.sweeps import Dimension, heaviest_trials, parse_space, sweep_config, with_values
+from core.sweeps import Dimension, checked_trials, parse_space, sweep_config, with_values
 from infra.sweeps import make_sampler, suggest
 
 BASE = {"dataset_id": "d", "output_model": "out"}
@@ -74,14 +74,19 @@ def test_a_bad_space_is_refused_naming_the_parameter(space, field, words):
     assert refused.value.extra["field"] == field and words in refused.value.detail, refused.value.detail
 
 
-def test_the_memory_check_sees_the_largest_batch_and_size_a_space_can_sample():
+def test_the_checks_see_the_largest_batch_and_size_a_space_can_sample_and_the_smallest():
     params = sweep({"batch_size": {"int": [4, 64]}, "input_size": {"choice": [64, None, 128]},
                     "lr": {"log_uniform": [1e-4, 1]}})
     # null is the base model's size, which may be larger than any size given: both are checked
-    assert heaviest_trials(params) == [{**BASE, "batch_size": 64, "input_size": 128},
-                                       {**BASE, "batch_size": 64, "input_size": None}]
-    assert heaviest_trials(sweep({"input_size": {"choice": [None]}})) == [{**BASE, "input_size": None}]
-    assert heaviest_trials(sweep({"batch_size": {"choice": [8, 2]}})) == [{**BASE, "batch_size": 8}]
+    assert checked_trials(params) == [{**BASE, "batch_size": 64, "input_size": 128},
+                                      {**BASE, "batch_size": 64, "input_size": None},
+                                      {**BASE, "batch_size": 4, "input_size": 64}]
+    assert checked_trials(sweep({"input_size": {"choice": [None]}})) == [{**BASE, "input_size": None}]
+    assert checked_trials(sweep({"batch_size": {"choice": [8, 2]}})) == [{**BASE, "batch_size": 8},
+                                                                         {**BASE, "batch_size": 2}]
+    # the bottom corner trains the backbone where the space can (one-image batches are refused only then)
+    strategies = sweep({"strategy": {"choice": ["feature_extraction", "gradual_unfreeze"]}})
+    assert checked_trials(strategies)[-1] == {**BASE, "strategy": "gradual_unfreeze"}
     assert with_values({"head": {"hidden": 8}}, {"head.dropout": 0.3}) == {"head": {"hidden": 8, "dropout": 0.3}}
 
 

@@ -257,7 +257,7 @@ def explain(model: LoadedModel, images: list[Image.Image], method_name: str,
             method_name, Prediction(target, model.spec.labels[target], float(probabilities[index, target])),
             layer, heatmap_png, overlay, np.round(maps[index], 4).tolist() if "map" in outputs else None,
             {**timings, "render": (time.perf_counter() - started) * 1000}, scores[index],
-            result.gates[index] if result.gates else None, overlay_format, not maps[index].max() > 0))
+            result.gates[index] if result.gates else None, overlay_format, _is_flat(maps[index])))
 
     cancellation.check()  # batched with others, this request's own client may have gone meanwhile
     rendering = time.perf_counter()
@@ -358,10 +358,19 @@ def _torch_batch(model: LoadedModel, key: tuple, payloads: list[tuple[torch.Tens
                 torch.tensor_split(result.targets, ends))]
 
 
-def _faithfulness(model: LoadedModel, batch: np.ndarray, maps: np.ndarray, chosen: np.ndarray) -> list[Faithfulness]:
+def _faithfulness(model: LoadedModel, batch: np.ndarray, maps: np.ndarray,
+                  chosen: np.ndarray) -> list[Faithfulness | None]:
+    """None for a flat map: it ranks no pixel above another, so its scores would measure the
+    order pixels are stored in."""
     score, inputs = onnx_scorer(model), torch.from_numpy(batch)
     return [deletion_and_insertion(score, inputs[index], maps[index], int(chosen[index]), model.spec.mean,
-                                   model.spec.std) for index in range(len(maps))]
+                                   model.spec.std) if not _is_flat(maps[index]) else None
+            for index in range(len(maps))]
+
+
+def _is_flat(saliency: np.ndarray) -> bool:
+    """One value everywhere (maps are min-max scaled, so all zeros)."""
+    return not saliency.max() > 0
 
 
 def _pictures(image: Image.Image, box: imaging.CropBox, saliency: np.ndarray,

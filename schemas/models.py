@@ -60,7 +60,8 @@ class Explanation(BaseModel):
     map: list[list[float]] | None = Field(None, description="with outputs=map: the raw [0, 1] map at the "
                                                              "explained layer's or the input's resolution")
     faithfulness: FaithfulnessScores | None = Field(None, description="with faithfulness=true: deletion and "
-                                                                      "insertion (Petsiuk et al. 2018)")
+                                                                      "insertion (Petsiuk et al. 2018); null for "
+                                                                      "a flat map, which ranks no pixel first")
     timings_ms: dict[str, float]
     flat: bool = Field(False, description="the map is one value everywhere, so all zeros: the method found "
                                           "nothing to point at for this class at this layer")

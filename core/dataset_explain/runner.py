@@ -129,7 +129,7 @@ def explain_dataset(config: ExplainDatasetConfig, model: LoadedModel, datasets_d
     names = _zip_names(items, classes)
     sums: dict[int, np.ndarray] = {}
     rows: dict[int, list[dict]] = {index: [] for index in range(len(classes))}
-    columns = ["file", "uploaded_as", "class", "predicted_index", "predicted_label", "probability", "heatmap"] + \
+    columns = ["file", "uploaded_as", "class", "predicted_index", "predicted_label", "probability", "heatmap", "flat"] + \
         (["deletion", "insertion"] if config.faithfulness else []) + ["error"]
     layer, batch = None, batch_size(config, model)
     with zipfile.ZipFile(folder / HEATMAPS, "w", zipfile.ZIP_STORED) as heatmaps, \
@@ -178,7 +178,7 @@ def _row(file: str, uploaded_as: str, label: str, heatmap: str,
          explanation: pipeline.RenderedExplanation) -> dict[str, Any]:
     row = {"file": file, "uploaded_as": uploaded_as, "class": label, "predicted_index": explanation.target.index,
            "predicted_label": explanation.target.label, "probability": round(explanation.target.probability, 6),
-           "heatmap": heatmap}
+           "heatmap": heatmap, "flat": explanation.flat}
     if explanation.faithfulness is not None:
         row.update(deletion=round(explanation.faithfulness.deletion, 6),
                    insertion=round(explanation.faithfulness.insertion, 6))
@@ -196,7 +196,10 @@ def _class_summary(index: int, label: str, rows: list[dict], total: np.ndarray |
     (folder / name).write_bytes(encode_png(imaging.JET[imaging.place_heatmap(mean_map, box, size, size)]))
     summary["mean_map"] = url(name)
     summary["mean_probability"] = round(float(np.mean([row["probability"] for row in rows])), 4)
+    scored = [row for row in rows if "deletion" in row]  # flat maps have no scores
     if faithfulness:
-        summary["deletion"] = round(float(np.mean([row["deletion"] for row in rows])), 4)
-        summary["insertion"] = round(float(np.mean([row["insertion"] for row in rows])), 4)
+        summary["scored"] = len(scored)
+    if scored:
+        summary["deletion"] = round(float(np.mean([row["deletion"] for row in scored])), 4)
+        summary["insertion"] = round(float(np.mean([row["insertion"] for row in scored])), 4)
     return summary

@@ -497,7 +497,11 @@ function fineTuneReport(report, card) {
 // An explain-dataset job: per class its mean map, plus the heatmaps and the table to download.
 function explainDatasetResult(result, card) {
   const classes = result.classes || [];
-  const faithful = classes.some((entry) => entry.deletion !== undefined);
+  const faithful = classes.some((entry) => entry.scored !== undefined);
+  // flat maps rank no pixel first, so they have no deletion or insertion score
+  const scores = (entry) => !entry.scored ? "no faithfulness scores: every map flat"
+    : `deletion ${fmtNumber(entry.deletion, 3)} · insertion ${fmtNumber(entry.insertion, 3)}`
+      + (entry.scored < entry.images ? ` (${entry.scored} scored, the rest flat)` : "");
   return [
     el("div", { class: "result-summary" },
       stat("Model", `${result.model.id}@${result.model.version}`), stat("Method", `${result.method}${result.layer ? ` at ${result.layer}` : ""}`),
@@ -507,7 +511,7 @@ function explainDatasetResult(result, card) {
       artifactImage(entry.mean_map, `mean map of ${entry.label}`, card),
       el("figcaption", {}, el("b", {}, entry.label),
         el("span", { class: "muted block" }, `${entry.images} image${entry.images === 1 ? "" : "s"} · mean top-1 p ${pct(entry.mean_probability)}`),
-        faithful ? el("span", { class: "muted block" }, `deletion ${fmtNumber(entry.deletion, 3)} · insertion ${fmtNumber(entry.insertion, 3)}`) : null)))),
+        faithful ? el("span", { class: "muted block" }, scores(entry)) : null)))),
     el("div", { class: "result-links" },
       downloadButton(result.heatmaps, "heatmaps.zip", "Download heatmaps (zip)"),
       downloadButton(result.table, "explanations.csv", "Download table (CSV)")),

@@ -186,19 +186,23 @@ def test_vision_transformers_are_422_saying_so(client):
 
 def test_a_map_with_nothing_to_point_at_says_it_is_flat(client):
     """A model whose classes all score the same (one weight for all): no occluded patch changes
-    a probability, so its map is all zeros, and says so; a real model's map peaks at 1."""
+    a probability, so its map is all zeros, and says so; a real model's map peaks at 1. A flat
+    map ranks no pixel first, so it has no faithfulness scores (they had measured raster order)."""
     served = client.post("/v1/models", data={"name": "averaging", "input_size": 32},
                          files={"onnx": ("m.onnx", onnx_classifier().SerializeToString())})
     assert served.status_code == 201, served.text
     explained = {}
     for model in ("averaging", "efficientnet_lite0"):
         answer = client.post(f"/v1/models/{model}/explain", files=[upload(encode(chelsea()))],
-                             data={"method": "occlusion", "window": 32, "stride": 32, "outputs": "map"})
+                             data={"method": "occlusion", "window": 32, "stride": 32, "outputs": "map",
+                                   "faithfulness": "true"})
         assert answer.status_code == 200, answer.text
         explained[model] = answer.json()["results"][0]["explanation"]
     assert explained["averaging"]["flat"] is True and np.asarray(explained["averaging"]["map"]).max() == 0
     assert explained["efficientnet_lite0"]["flat"] is False
     assert np.asarray(explained["efficientnet_lite0"]["map"]).max() == 1
+    assert explained["averaging"]["faithfulness"] is None
+    assert 0 <= explained["efficientnet_lite0"]["faithfulness"]["deletion"] <= 1
 
 
 def test_timm_weights_under_a_torchvision_name_are_told_the_prefix(client, small_resnet):

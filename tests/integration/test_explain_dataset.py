@@ -59,11 +59,16 @@ def test_every_image_explained_with_faithfulness(api, workers, shapes_dataset):
         assert row["uploaded_as"] == f"{row['class']}/{int(stored.stem):03d}.png"  # shapes_archive's own name
         assert 0 <= int(row["predicted_index"]) < 1000 and row["predicted_label"]
         assert 0 < float(row["probability"]) <= 1
-        assert 0 <= float(row["deletion"]) <= 1 and 0 <= float(row["insertion"]) <= 1
+        if row["flat"] == "True":  # ranks no pixel first: no scores
+            assert row["deletion"] == row["insertion"] == ""
+        else:
+            assert row["flat"] == "False" and 0 <= float(row["deletion"]) <= 1 and 0 <= float(row["insertion"]) <= 1
 
     assert [entry["label"] for entry in result["classes"]] == sorted(SHAPE_CLASSES)
     for entry in result["classes"]:
-        assert entry["images"] == PER_CLASS and 0 <= entry["deletion"] <= 1 and 0 <= entry["insertion"] <= 1
+        scored = [row for row in rows if row["class"] == entry["label"] and row["flat"] == "False"]
+        assert entry["images"] == PER_CLASS and entry["scored"] == len(scored) > 0
+        assert 0 <= entry["deletion"] <= 1 and 0 <= entry["insertion"] <= 1
         mean_map = Image.open(io.BytesIO(api.get(entry["mean_map"]).content))
         assert mean_map.mode == "RGB" and mean_map.size == (224, 224)
 

@@ -129,7 +129,8 @@ def explain_dataset(config: ExplainDatasetConfig, model: LoadedModel, datasets_d
     names = _zip_names(items, classes)
     sums: dict[int, np.ndarray] = {}
     rows: dict[int, list[dict]] = {index: [] for index in range(len(classes))}
-    columns = ["file", "uploaded_as", "class", "predicted_index", "predicted_label", "probability", "heatmap", "flat"] + \
+    columns = ["file", "uploaded_as", "class", "predicted_index", "predicted_label", "probability", "heatmap",
+               "flat"] + \
         (["deletion", "insertion"] if config.faithfulness else []) + ["error"]
     layer, batch = None, batch_size(config, model)
     with zipfile.ZipFile(folder / HEATMAPS, "w", zipfile.ZIP_STORED) as heatmaps, \

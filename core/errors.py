@@ -48,6 +48,12 @@ class UnsupportedMethod(InvalidRequest):
     code = "unsupported-method"
 
 
+class NonFiniteScores(InvalidRequest):
+    """The model scored an input NaN or infinite, so no probability follows from it."""
+
+    code = "non-finite-scores"
+
+
 class Conflict(GazerError):
     """The request clashes with what exists (a built-in model's name, say)."""
 

@@ -3,7 +3,8 @@ that it stopped because it was asked to."""
 
 from __future__ import annotations
 
-from typing import Callable
+import math
+from typing import Any, Callable
 
 Progress = Callable[..., None]
 ShouldStop = Callable[[], bool]
@@ -14,6 +15,18 @@ def share_of(progress: Progress, low: float, high: float) -> Progress:
     def report(fraction: float, **details: object) -> None:
         progress(low + fraction * (high - low), **details)
     return report
+
+
+def finite(value: Any) -> Any:
+    """`value` with every NaN or infinite float (a diverged loss, say) made None: JSON has no
+    such numbers, and a browser's JSON.parse refuses Python's NaN."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(item) for item in value]
+    return value
 
 
 class JobCancelled(Exception):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import threading
 from contextlib import nullcontext
 import time
@@ -17,7 +18,8 @@ from PIL import Image
 from core import cancellation, imaging
 from core.batching import Batcher
 from core.encoding import IMAGE_FORMATS, MAX_SIDE, encode_image
-from core.errors import InvalidRequest, TargetOutOfRange, UnknownLayer, UnknownMethod, UnsupportedMethod
+from core.errors import InvalidRequest, NonFiniteScores, TargetOutOfRange, UnknownLayer, UnknownMethod, \
+    UnsupportedMethod
 from core.explain import METHODS
 from core.explain.base import TOP_CLASS, Explanation, GateRange, LayerMethod, Method
 from core.explain.cam import FeatureSource, at_classifier_layer
@@ -71,6 +73,17 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
+def probabilities(model: LoadedModel, logits: np.ndarray) -> np.ndarray:
+    """Each image's softmax. An image that the model scores NaN or infinite has none: a 422
+    naming the file (an upload's check sees random inputs only, so such a model can be served)."""
+    finite = np.isfinite(logits).all(axis=1)
+    if not finite.all():
+        index = int(np.flatnonzero(~finite)[0])
+        raise NonFiniteScores(f"file {index}: model {model.spec.ref!r} scored it NaN or infinite, so it has no "
+                              f"probabilities; the model, not the image, is at fault", field=f"file.{index}")
+    return softmax(logits)
+
+
 def top_predictions(probabilities: np.ndarray, spec: ModelSpec, top_k: int) -> list[list[Prediction]]:
     """The top_k classes of each image (all of them when the model has fewer)."""
     if top_k < 1:
@@ -92,7 +105,8 @@ def predict(model: LoadedModel, images: list[Image.Image], top_k: int = 5,
 
 
 def ranked(model: LoadedModel, logits: np.ndarray, top_k: int) -> list[ImageResult]:
-    return [ImageResult(predictions) for predictions in top_predictions(softmax(logits), model.spec, top_k)]
+    return [ImageResult(predictions) for predictions in
+            top_predictions(probabilities(model, logits), model.spec, top_k)]
 
 
 def onnx_runs(model: LoadedModel) -> Batcher:
@@ -238,7 +252,8 @@ def explain(model: LoadedModel, images: list[Image.Image], method_name: str,
     result = _run_method(model, method_name, torch.from_numpy(batch), wanted, layer, checked)
     explained = time.perf_counter()
     maps, chosen = result.maps, result.targets.cpu().numpy()
-    probabilities = softmax(result.logits.float().cpu().numpy())
+    probs = probabilities(model, result.logits.float().cpu().numpy())
+    _check_finite(model, method_name, maps)
     timings = {"preprocess": (preprocessed - started) * 1000, "model": (explained - preprocessed) * 1000}
     on_stage("preprocess", preprocessed - started)
     on_stage(f"explain:{method_name}", explained - preprocessed)
@@ -247,14 +262,14 @@ def explain(model: LoadedModel, images: list[Image.Image], method_name: str,
         scores = _faithfulness(model, batch, maps, chosen)
         timings["faithfulness"] = (time.perf_counter() - explained) * 1000
         on_stage("faithfulness", timings["faithfulness"] / 1000)
-    predictions = top_predictions(probabilities, model.spec, top_k)
+    predictions = top_predictions(probs, model.spec, top_k)
 
     def render(index: int) -> ImageResult:
         started = time.perf_counter()
         heatmap_png, overlay = _pictures(images[index], boxes[index], maps[index], outputs, overlay_format)
         target = int(chosen[index])
         return ImageResult(predictions[index], RenderedExplanation(
-            method_name, Prediction(target, model.spec.labels[target], float(probabilities[index, target])),
+            method_name, Prediction(target, model.spec.labels[target], float(probs[index, target])),
             layer, heatmap_png, overlay, np.round(maps[index], 4).tolist() if "map" in outputs else None,
             {**timings, "render": (time.perf_counter() - started) * 1000}, scores[index],
             result.gates[index] if result.gates else None, overlay_format, _is_flat(maps[index])))
@@ -363,9 +378,23 @@ def _faithfulness(model: LoadedModel, batch: np.ndarray, maps: np.ndarray,
     """None for a flat map: it ranks no pixel above another, so its scores would measure the
     order pixels are stored in."""
     score, inputs = onnx_scorer(model), torch.from_numpy(batch)
-    return [deletion_and_insertion(score, inputs[index], maps[index], int(chosen[index]), model.spec.mean,
-                                   model.spec.std) if not _is_flat(maps[index]) else None
-            for index in range(len(maps))]
+    scores = [deletion_and_insertion(score, inputs[index], maps[index], int(chosen[index]), model.spec.mean,
+                                     model.spec.std) if not _is_flat(maps[index]) else None
+              for index in range(len(maps))]
+    for index, measured in enumerate(scores):
+        if measured is not None and not math.isfinite(measured.deletion + measured.insertion):
+            raise NonFiniteScores(f"file {index}: model {model.spec.ref!r} scored a masked copy of it NaN or "
+                                  f"infinite, so its faithfulness cannot be measured", field="faithfulness")
+    return scores
+
+
+def _check_finite(model: LoadedModel, method_name: str, maps: np.ndarray) -> None:
+    finite = np.isfinite(maps.reshape(len(maps), -1)).all(axis=1)
+    if not finite.all():
+        index = int(np.flatnonzero(~finite)[0])
+        raise NonFiniteScores(f"file {index}: its {method_name} map came out NaN or infinite, as model "
+                              f"{model.spec.ref!r} scored a perturbed copy of it (or its gradients) so",
+                              field=f"file.{index}")
 
 
 def _is_flat(saliency: np.ndarray) -> bool:

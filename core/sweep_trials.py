@@ -5,7 +5,6 @@ its model goes to the sweep's folder, not the registry: the sweep registers the 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -13,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from core.datasets import dataset_images
 from core.job_runners import JobContext, check_fine_tune, fine_tune_config
-from core.jobs import JobCancelled, JobPruned, Progress, ShouldStop
+from core.jobs import JobCancelled, JobPruned, Progress, ShouldStop, finite
 from core.models.registry import build_for
 from core.models.spec import ModelSpec
 from core.runtime.devices import torch_device
@@ -33,18 +32,6 @@ def trials_folder(storage: Storage, sweep_id: str) -> Path:
 
 def trial_folder(storage: Storage, trial: dict[str, Any]) -> Path:
     return trials_folder(storage, trial["sweep"]) / str(int(trial["number"]))
-
-
-def finite(value: Any) -> Any:
-    """`value` with every NaN or infinite float (a diverged trial's loss) made None: JSON has
-    no such numbers."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: finite(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite(item) for item in value]
-    return value
 
 
 def pruned_when_told(progress: Progress, trial: dict[str, Any], report_epoch: ReportEpoch) -> Progress:

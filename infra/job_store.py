@@ -28,7 +28,7 @@ from typing import Any
 import redis
 
 from core.errors import InvalidRequest, NotFound, ResultTooLarge, TooManyJobs
-from core.jobs import STATES, TERMINAL
+from core.jobs import STATES, TERMINAL, finite
 from schemas.problems import problem
 
 log = logging.getLogger(__name__)
@@ -406,7 +406,7 @@ class JobStore:
 
     def report_progress(self, job_id: str, fraction: float, **details: Any) -> None:
         progress = {"fraction": round(max(0.0, min(1.0, fraction)), 4), **details}
-        self.redis.hset(_key(job_id), mapping={"progress": json.dumps(progress), "heartbeat_at": time.time()})
+        self.redis.hset(_key(job_id), mapping={"progress": json.dumps(finite(progress)), "heartbeat_at": time.time()})
 
     def finish(self, job_id: str, state: str, result: Any = None, error: dict[str, Any] | None = None,
                silent_since: float | None = None) -> bool:
@@ -414,9 +414,10 @@ class JobStore:
         ended (a sweep's trials: lost with its worker, cancelled while back in the queue, crashed)
         are cancelled, since nothing would collect them. `silent_since`: only if it is running
         with no heartbeat since then (else False). A result over `max_result_bytes` of JSON is
-        not written: ResultTooLarge, the record left as it was."""
+        not written: ResultTooLarge, the record left as it was. NaN and infinities (in progress
+        too) are written as null: JSON has no such numbers."""
         assert state in TERMINAL
-        encoded = json.dumps(result) if result is not None else ""
+        encoded = json.dumps(finite(result)) if result is not None else ""
         if len(encoded) > self.max_result_bytes:
             raise ResultTooLarge(f"the job's result is {len(encoded)} bytes of JSON, and a job's record holds at most "
                                  f"{self.max_result_bytes}: ask for less (fewer targets, steps or classes)")

@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
+from PIL import Image
 
 from core import cancellation, imaging, pipeline
 from core.datasets import dataset_images, uploaded_names
 from core.dataset_explain.config import ExplainDatasetConfig
-from core.errors import GazerError, InvalidRequest
+from core.errors import GazerError, InvalidRequest, NonFiniteScores
 from core.explain import METHODS
 from core.jobs import JobCancelled, Progress, ShouldStop
 from core.models.registry import LoadedModel
@@ -154,11 +155,14 @@ def explain_dataset(config: ExplainDatasetConfig, model: LoadedModel, datasets_d
             if not decoded:
                 continue
             with stopping_within(should_stop):
-                results = pipeline.explain(model, list(decoded.values()), config.method, None, config.layer,
-                                           config.options, top_k=1, outputs=("heatmap", "map"),
-                                           faithfulness=config.faithfulness)
-            for index, result in zip(decoded, results):
+                results = _explained(model, config, decoded)
+            for index, result in results.items():
                 path, label = items[index]
+                if isinstance(result, str):
+                    file = f"{classes[label]}/{path.name}"
+                    table.writerow({"file": file, "uploaded_as": uploaded_as.get(file, file), "class": classes[label],
+                                    "error": result})
+                    continue
                 layer = result.explanation.layer
                 heatmaps.writestr(names[index], result.explanation.heatmap_png)
                 sums[label] = sums.get(label, 0) + np.asarray(result.explanation.map, dtype=np.float64)
@@ -173,6 +177,25 @@ def explain_dataset(config: ExplainDatasetConfig, model: LoadedModel, datasets_d
     return {"model": {"id": model.spec.id, "version": model.spec.version}, "dataset_id": config.dataset_id,
             "method": config.method, "layer": layer, "images": len(items), "explained": explained,
             "failed": len(items) - explained, "heatmaps": url(HEATMAPS), "table": url(TABLE), "classes": summary}
+
+
+def _explained(model: LoadedModel, config: ExplainDatasetConfig,
+               images: dict[int, Image.Image]) -> dict[int, pipeline.ImageResult | str]:
+    """Each image's explanation, or where the model scores it NaN or infinite, why it has none
+    (the batch is then explained one image at a time, to tell which)."""
+    def explain(batch: list[Image.Image]) -> list[pipeline.ImageResult]:
+        return pipeline.explain(model, batch, config.method, None, config.layer, config.options, top_k=1,
+                                outputs=("heatmap", "map"), faithfulness=config.faithfulness)
+    try:
+        return dict(zip(images, explain(list(images.values()))))
+    except NonFiniteScores:
+        results: dict[int, pipeline.ImageResult | str] = {}
+        for index, image in images.items():
+            try:
+                results[index] = explain([image])[0]
+            except NonFiniteScores as error:
+                results[index] = error.detail.partition(": ")[2]  # not "file 0", its index in a batch of one
+        return results
 
 
 def _row(file: str, uploaded_as: str, label: str, heatmap: str,

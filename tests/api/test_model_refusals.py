@@ -4,6 +4,7 @@ leave the models folder, built-in names."""
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -11,6 +12,7 @@ import pickle
 import subprocess
 import sys
 import time
+import zipfile
 
 import numpy as np
 import onnx
@@ -277,6 +279,71 @@ def test_a_data_sets_explanation_takes_as_many_images_a_batch_as_their_maps_fit(
                              10**7, lambda fraction, **details: started.append(details["images"]), lambda: False)
     assert result["explained"] == 6 and result["failed"] == 0
     assert started == [0, 4, 6]  # MAX_MAP_VALUES // 1024**2 = 4 a batch, where 8 were asked for
+
+
+def dark_is_nan_onnx(side: int = 32) -> onnx.ModelProto:
+    """Scores log(1 + each channel's mean): finite on the upload check's inputs in [-1, 1] and on
+    light photos, NaN on a dark one (normalized, its channels' means are under -1)."""
+    one = numpy_helper.from_array(np.array(1.0, dtype=np.float32), "one")
+    nodes = [helper.make_node("GlobalAveragePool", ["pixels"], ["pooled"]),
+             helper.make_node("Flatten", ["pooled"], ["flat"]),
+             helper.make_node("Add", ["flat", "one"], ["shifted"]),
+             helper.make_node("Log", ["shifted"], ["scores"])]
+    graph = helper.make_graph(nodes, "dark-is-nan",
+                              [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["n", 3, side, side])],
+                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["n", 3])], initializer=[one])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.fixture(scope="module")
+def dark_is_nan(client):
+    served = client.post("/v1/models", data={"name": "dark-is-nan", "input_size": 32},
+                         files={"onnx": ("m.onnx", dark_is_nan_onnx().SerializeToString())})
+    assert served.status_code == 201, served.text  # the upload check's random inputs score finite
+    return "dark-is-nan"
+
+
+def two_tone(left: tuple[int, int, int], right: tuple[int, int, int]) -> bytes:
+    image = Image.new("RGB", (48, 48), left)
+    image.paste(right, (24, 0, 48, 48))
+    return encode(image)
+
+
+LIGHT, DARK = two_tone((250, 240, 230), (190, 200, 210)), two_tone((10, 20, 30), (40, 30, 20))
+
+
+def test_an_image_that_a_model_scores_nan_is_a_422_naming_it_not_null_probabilities(client, dark_is_nan):
+    """Such a model answered 200 with "probability": null (the schema's float), which the
+    project's own client refused as an unexpected answer."""
+    assert client.post(f"/v1/models/{dark_is_nan}/predict", files=[upload(LIGHT)]).status_code == 200
+    for route, data in (("predict", {}), ("explain", {"method": "occlusion", "window": 16, "stride": 16})):
+        refused = client.post(f"/v1/models/{dark_is_nan}/{route}", files=[upload(LIGHT), upload(DARK)], data=data)
+        body = assert_refused(refused, 422, "file.1", "scored it NaN or infinite")
+        assert body["type"].endswith("non-finite-scores"), body
+    # deletion blacks the light image out, down to a copy the model scores NaN
+    refused = client.post(f"/v1/models/{dark_is_nan}/explain", files=[upload(LIGHT)],
+                          data={"method": "occlusion", "window": 16, "stride": 16, "faithfulness": "true"})
+    assert_refused(refused, 422, "faithfulness", "scored a masked copy of it NaN or infinite")
+
+
+def test_a_data_sets_images_that_a_model_scores_nan_are_rows_with_their_error(client, dark_is_nan, tmp_path):
+    """The job had succeeded with NaN probabilities and scores, which its event stream sent as
+    bare NaN (not JSON: the web page's JSON.parse threw)."""
+    registry = client.app.state.registry
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as files:
+        for name, image in (("light/1.png", LIGHT), ("dark/2.png", DARK), ("light/3.png", LIGHT)):
+            files.writestr(name, image)
+    limits = ArchiveLimits(max_files=10, max_total_bytes=10**7, max_image_pixels=10**7)
+    dataset = ingest_archive(archive.getvalue(), registry.storage.datasets, None, limits)
+    config = explain_dataset_config({"dataset_id": dataset["id"], "model": dark_is_nan, "method": "occlusion",
+                                     "options": {"window": 16, "stride": 16}})
+    result = explain_dataset(config, registry.get(dark_is_nan), registry.storage.datasets, tmp_path, lambda name: name,
+                             10**7, lambda fraction, **details: None, lambda: False)
+    assert result["explained"] == 2 and result["failed"] == 1
+    rows = {row["file"].split("/")[0]: row for row in csv.DictReader(open(tmp_path / "explanations.csv"))}
+    assert "scored it NaN or infinite" in rows["dark"]["error"] and not rows["dark"]["probability"]
+    assert not rows["light"]["error"] and 0 < float(rows["light"]["probability"]) <= 1
 
 
 def test_onnx_with_external_data_or_custom_operators_is_422(client):

@@ -4,6 +4,7 @@ records each client keeps; clients taking turns at the workers."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -36,6 +37,25 @@ def test_listing_reads_past_the_first_page_and_filters(tmp_path):
         assert len(store.list(job_type="activation_maximization", limit=1000, scanned=100)) == 33
         assert store.list(job_type="nothing-matches", scanned=100) == []
 
+
+
+def test_nan_and_infinities_are_stored_as_null_so_every_record_and_event_is_json(tmp_path):
+    """Python's json.dumps writes NaN, which no JSON parser (a browser's JSON.parse) reads: a
+    diverged loss in a progress report or a result ended up in the job's event stream."""
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        store = JobStore.from_url(server.url, lease_seconds=60)
+        job = store.create("fine_tune", {})["id"]
+        assert store.claim_next(job, "w") == job
+        store.report_progress(job, 0.5, loss=float("nan"), history=[1.0, float("inf")])
+        stored = store.redis.hget(f"gazer:job:{job}", "progress")
+        assert json.loads(stored, parse_constant=refuse) == {"fraction": 0.5, "loss": None, "history": [1.0, None]}
+        assert store.finish(job, "succeeded", {"deletion": float("-inf"), "kept": 0.25})
+        assert json.loads(store.redis.hget(f"gazer:job:{job}", "result"), parse_constant=refuse) == \
+            {"deletion": None, "kept": 0.25}
+
+
+def refuse(constant: str) -> None:
+    raise ValueError(f"not JSON: {constant}")
 
 
 def test_clients_take_turns_whichever_job_a_message_names(tmp_path):

@@ -12,7 +12,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from core.training.lr_finder import LrCurve, lr_range_test, plot_png, steepest
+import numpy as np
+
+from core.training.lr_finder import SMOOTHING, LrCurve, lr_range_test, plot_png, valley
 
 
 def blobs(seed: int = 0, count: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,11 +66,32 @@ def test_the_range_test_picks_a_rate_where_the_loss_falls_and_leaves_the_model_a
     assert losses[1] < 0.3 and not losses[1000] < losses[1], losses
 
 
-def test_steepest_descent_on_a_known_curve():
+def test_the_valley_of_a_known_curve():
     lrs = [10 ** (-6 + i * 0.1) for i in range(61)]
     # a smooth step down centred at 1e-3, flat elsewhere, then a blow-up at the end
     losses = [1 - 0.8 / (1 + math.exp(-4 * (math.log10(lr) + 3))) + (5 if i > 57 else 0) for i, lr in enumerate(lrs)]
-    assert 10 ** -3.3 < steepest(lrs, losses) < 10 ** -2.7
+    assert 10 ** -3.3 < valley(lrs, losses) < 10 ** -2.7
+
+
+def smoothed(raw: list[float]) -> list[float]:
+    """As lr_range_test smooths the loss: a debiased exponential moving average."""
+    average, out = 0.0, []
+    for step, value in enumerate(raw):
+        average = SMOOTHING * average + (1 - SMOOTHING) * value
+        out.append(average / (1 - SMOOTHING ** (step + 1)))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_a_short_noisy_range_test_picks_a_rate_where_the_loss_falls_not_a_dip_of_noise(seed):
+    """A tiny data set's 30 steps: the loss flat but noisy up to 1e-4, falling to 0.8, then
+    diverging. The steepest single step (before) chose a noise dip under 1e-4 for 4 of these 10."""
+    rng = np.random.default_rng(seed)
+    lrs = [1e-7 * (10 / 1e-7) ** (k / 29) for k in range(30)]
+    raw = [1.6 + 0.15 * rng.standard_normal() if lr < 1e-4
+           else 1.6 - 0.75 * (math.log10(lr) + 4) / 3.9 + 0.05 * rng.standard_normal() if lr < 0.8
+           else 1.0 + 3 * (math.log10(lr) + 0.1) for lr in lrs]
+    assert 1e-4 < valley(lrs, smoothed(raw)) < 0.8
 
 
 def test_the_curve_plot_is_a_png():
@@ -79,7 +102,6 @@ def test_the_curve_plot_is_a_png():
 
 
 def test_lr_auto_in_a_fine_tune_runs_the_range_test_and_trains_at_the_chosen_rate(tmp_path):
-    import numpy as np
 
     from core.job_runners import fine_tune_config
     from core.models.registry import ModelRegistry

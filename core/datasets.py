@@ -8,9 +8,9 @@ a path over MAX_PATH_BYTES.
 Every byte decompressed counts, kept or skipped: a tar.gz's whole tar (headers and non-image
 files too), a zip's image entries (it never inflates the others). Time and bytes are checked
 on every read, so one huge entry cannot outrun them. Every image is decoded, on the shared CPU
-pool; unreadable ones are left out, the first MAX_UNREADABLE_LISTED of them listed. At least two
-classes must keep at least one image, and at most `max_classes` class folders are taken (counted
-before any image is decoded).
+pool; unreadable ones are left out, as are images outside the CLASS/IMAGE layout, the first
+MAX_UNREADABLE_LISTED of them listed with why. At least two classes must keep at least one
+image, and at most `max_classes` class folders are taken (counted before any image is decoded).
 
 A data set's folder holds its description (dataset.json) and, alone in a small file, its owner:
 a listing or a quota check reads the owners first, and parses only the descriptions it shows.
@@ -312,9 +312,17 @@ def _strips_one_root(paths: list[PurePosixPath]) -> bool:
     return len({path.parts[0] for path in paths}) == 1 and all(len(path.parts) == 3 for path in paths)
 
 
-def _may_be_an_image(path: PurePosixPath) -> bool:
-    return (path.suffix.lower() in IMAGE_SUFFIXES and 2 <= len(path.parts) <= 3
+def _named_as_an_image(path: PurePosixPath) -> bool:
+    return (path.suffix.lower() in IMAGE_SUFFIXES
             and not any(part.startswith(".") or part == "__MACOSX" for part in path.parts))
+
+
+def _may_be_an_image(path: PurePosixPath) -> bool:
+    return _named_as_an_image(path) and 2 <= len(path.parts) <= 3
+
+
+OUTSIDE_THE_LAYOUT = ("outside the layout: an image goes in CLASS/IMAGE, or ROOT/CLASS/IMAGE when every image "
+                      "is inside the same ROOT folder")
 
 
 @dataclass(frozen=True)
@@ -325,37 +333,50 @@ class _Staged:
 
 
 def _stage(entries: Iterator[_Entry], raw: Path, limits: ArchiveLimits, budget: _Budget,
-           room: Callable[[int], None]) -> list[_Staged]:
+           room: Callable[[int], None]) -> tuple[list[_Staged], list[PurePosixPath]]:
     """Stream the archive once (its reads charged to `budget`), and write the entries that
-    may be images to `raw`, each once `room(its size)` lets it."""
+    may be images to `raw`, each once `room(its size)` lets it; and the paths of images too
+    deep or too shallow to be in a class folder, which are not read."""
     staged: list[_Staged] = []
+    misplaced: list[PurePosixPath] = []
     for entry in entries:
         budget.check()
         if not _may_be_an_image(entry.path):
+            if _named_as_an_image(entry.path):
+                misplaced.append(entry.path)
             continue
         data = entry.read(limits.max_file_bytes)
         room(len(data))
         file = raw / f"{len(staged):06d}"
         file.write_bytes(data)
         staged.append(_Staged(entry.path, file, declared_pixels(data)[0]))
-    return staged
+    return staged, misplaced
 
 
 @dataclass
 class _Extracted:
     counts: dict[str, int]
-    unreadable: list[dict[str, str]]  # the first MAX_UNREADABLE_LISTED
+    unreadable: list[dict[str, str]]  # images left out, the first MAX_UNREADABLE_LISTED
     unreadable_count: int
     uploaded_as: dict[str, str]  # each kept image's `class/file` name -> its path in the archive
 
+    def leave_out(self, path: PurePosixPath, reason: str) -> None:
+        if self.unreadable_count < MAX_UNREADABLE_LISTED:
+            self.unreadable.append({"file": str(path), "reason": reason})
+        self.unreadable_count += 1
 
-def _place_images(staged: list[_Staged], staging: Path, limits: ArchiveLimits, budget: _Budget,
-                  charge: Callable[[int], None]) -> _Extracted:
+
+def _place_images(staged: list[_Staged], misplaced: list[PurePosixPath], staging: Path, limits: ArchiveLimits,
+                  budget: _Budget, charge: Callable[[int], None]) -> _Extracted:
     """Decode the candidates on the shared CPU pool, once `charge` has taken what they declare
     (those over max_image_pixels are refused from their headers, and cost nothing); move each
-    readable one to staging/<class>/<index><suffix> and list the others."""
+    readable one to staging/<class>/<index><suffix> and list the others, and the images outside
+    the layout (`misplaced`, and those that a class folder does not hold directly)."""
+    extracted = _Extracted({}, [], 0, {})
     strip_root = _strips_one_root([item.path for item in staged])
     placed = [(item, _class_and_file(item.path, strip_root)) for item in staged]
+    for path in misplaced + [item.path for item, where in placed if where is None]:
+        extracted.leave_out(path, OUTSIDE_THE_LAYOUT)
     placed = [(item, where) for item, where in placed if where is not None]
     for _, (label, _) in placed:
         check_name(label, "class")
@@ -379,12 +400,9 @@ def _place_images(staged: list[_Staged], staging: Path, limits: ArchiveLimits, b
     items, reasons, chunk = [item for item, _ in placed], [], cpu_count()
     for start in range(0, len(items), chunk):
         reasons += parallel_map(problem, items[start:start + chunk])
-    extracted = _Extracted({}, [], 0, {})
     for (item, (label, filename)), reason in zip(placed, reasons):
         if reason is not None:
-            if extracted.unreadable_count < MAX_UNREADABLE_LISTED:
-                extracted.unreadable.append({"file": str(item.path), "reason": reason})
-            extracted.unreadable_count += 1
+            extracted.leave_out(item.path, reason)
             continue
         index = extracted.counts.get(label, 0)
         (staging / label).mkdir(exist_ok=True)
@@ -399,7 +417,7 @@ def _check_classes(extracted: _Extracted) -> None:
     if len(extracted.counts) >= 2:
         return
     unread = extracted.unreadable
-    listed = f"; {extracted.unreadable_count} unreadable: {[item['file'] for item in unread]}" if unread else ""
+    listed = f"; {extracted.unreadable_count} left out: {[item['file'] for item in unread]}" if unread else ""
     raise InvalidRequest(f"a data set needs at least 2 classes (folders) with readable images; found "
                          f"{len(extracted.counts)}: {sorted(extracted.counts)}{listed}", field="file")
 
@@ -422,8 +440,8 @@ def ingest_archive(blob: bytes, datasets_dir: Path, name: str | None, limits: Ar
     raw = staging / ".raw"
     try:
         raw.mkdir(parents=True)
-        staged = _stage(entries, raw, limits, budget, room)
-        extracted = _place_images(staged, staging, limits, budget, charge)
+        staged, misplaced = _stage(entries, raw, limits, budget, room)
+        extracted = _place_images(staged, misplaced, staging, limits, budget, charge)
         _check_classes(extracted)
         shutil.rmtree(raw)
         counts = extracted.counts

@@ -328,7 +328,7 @@ def cmd_datasets_upload(client: Client, args: argparse.Namespace) -> int:
     for item in dataset.unreadable:
         say(f"  skipped {item.file}: {item.reason}", file=sys.stderr)
     if dataset.unreadable_count > len(dataset.unreadable):
-        say(f"  and {dataset.unreadable_count - len(dataset.unreadable)} more unreadable files skipped",
+        say(f"  and {dataset.unreadable_count - len(dataset.unreadable)} more images skipped",
             file=sys.stderr)
     return 0
 

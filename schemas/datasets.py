@@ -19,7 +19,8 @@ class Dataset(BaseModel):
     unreadable: list[Unreadable] = Field(description="the first files left out (at most 20), each with why")
     # a server from before it was counted listed them all
     unreadable_count: int = Field(default_factory=lambda data: len(data["unreadable"]),
-                                  description="files left out because they could not be read")
+                                  description="image files left out: unreadable, or outside the "
+                                              "CLASS/IMAGE layout")
     created_at: float
     owner: str | None = None
 

@@ -141,7 +141,7 @@ async function loadDatasets(select) {
   list.replaceChildren(...datasets.map((d) => el("li", {},
     el("div", { class: "ds-main" }, el("b", {}, d.name), el("span", { class: "muted" }, ` ${d.id.slice(0, 8)}`)),
     el("div", { class: "ds-meta" }, `${d.classes.length} classes · ${d.images} images`,
-      d.unreadable_count ? el("span", { class: "warn", title: d.unreadable.map((u) => `${u.file}: ${u.reason}`).join("\n") }, ` · ${d.unreadable_count} unreadable`) : null),
+      d.unreadable_count ? el("span", { class: "warn", title: d.unreadable.map((u) => `${u.file}: ${u.reason}`).join("\n") }, ` · ${d.unreadable_count} left out`) : null),
     el("div", { class: "ds-classes" }, d.classes.slice(0, 12).map((c) => el("span", { class: "chip static" }, c, el("small", {}, d.counts[c]))),
       d.classes.length > 12 ? el("span", { class: "muted" }, ` +${d.classes.length - 12}`) : null),
     el("button", { class: "btn ghost small", type: "button", onclick: () => useDataset(d.id) }, "Fine-tune on this"))));
@@ -173,7 +173,7 @@ async function uploadDataset(event) {
     event.target.reset();
     await loadDatasets(created.id);
     message.replaceChildren(el("p", { class: "ok" }, `Uploaded ${created.name}: ${created.classes.length} classes, ${created.images} images`,
-      created.unreadable_count ? ` (${created.unreadable_count} unreadable files skipped)` : ""));
+      created.unreadable_count ? ` (${created.unreadable_count} images left out: unreadable or outside the CLASS/IMAGE layout; hover the data set for each)` : ""));
   } catch (error) {
     message.replaceChildren(problemBox(error, "The data set was not stored"));
   } finally {

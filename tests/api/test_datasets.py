@@ -167,6 +167,20 @@ def test_files_that_are_not_images_do_not_keep_the_wrapping_folder(client, besid
     assert response.json()["classes"] == ["cat", "dog"]
 
 
+@pytest.mark.parametrize("extra, left_out", [
+    ({"cat/kittens/3.jpg": PHOTO, "dog/a/b/4.jpg": PHOTO, "5.jpg": PHOTO},
+     ["5.jpg", "cat/kittens/3.jpg", "dog/a/b/4.jpg"]),
+    ({"pets/cat/1.jpg": PHOTO, "pets/dog/2.jpg": PHOTO}, ["pets/cat/1.jpg", "pets/dog/2.jpg"]),
+])
+def test_images_outside_the_class_folder_layout_are_listed_with_why_not_dropped(client, extra, left_out):
+    """Images in a folder inside a class folder, or under a wrapping folder that not every image
+    shares, vanished without a word (unreadable_count 0)."""
+    dataset = post(client, zip_of({**GOOD, **extra})).json()
+    assert dataset["counts"] == {"cat": 1, "dog": 1} and dataset["unreadable_count"] == len(left_out)
+    assert sorted(item["file"] for item in dataset["unreadable"]) == left_out
+    assert all("outside the layout" in item["reason"] for item in dataset["unreadable"])
+
+
 def test_unreadable_images_are_listed_not_fatal(client):
     dataset = post(client, zip_of({**GOOD, "cat/broken.jpg": PHOTO[:200], "dog/text.png": b"hello"})).json()
     assert dataset["counts"] == {"cat": 1, "dog": 1}

@@ -5,6 +5,7 @@ and no external data (which could point at any file on the server)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -317,13 +318,30 @@ def _check_operators(graph) -> None:
             from_pixels.update(node.output)
 
 
-def _rename_output(model, old: str, new: str) -> None:
-    for node in model.graph.node:
+def _rename(graph, old: str, new: str) -> None:
+    for node in graph.node:
         node.output[:] = [new if name == old else name for name in node.output]
         node.input[:] = [new if name == old else name for name in node.input]
-    for output in model.graph.output:
-        if output.name == old:
-            output.name = new
+    for entry in [*graph.input, *graph.output, *graph.initializer, *graph.value_info]:
+        if entry.name == old:
+            entry.name = new
+
+
+def _names(graph) -> set[str]:
+    return {name for node in graph.node for name in [*node.input, *node.output]} | \
+        {entry.name for entry in [*graph.input, *graph.output, *graph.initializer, *graph.value_info]}
+
+
+def _name_output_logits(graph) -> None:
+    """The first output is served as `logits`: a tensor of the graph that already has that
+    name (the input, an inner tensor, another output) is renamed out of its way first."""
+    first = graph.output[0].name
+    if first == "logits":
+        return
+    names = _names(graph)
+    if "logits" in names:
+        _rename(graph, "logits", next(f"logits_{n}" for n in itertools.count(1) if f"logits_{n}" not in names))
+    _rename(graph, first, "logits")
 
 
 def onnx_model(name: str, blob: bytes, labels: list[str] | None, preprocessing: Preprocessing,
@@ -357,7 +375,7 @@ def onnx_model(name: str, blob: bytes, labels: list[str] | None, preprocessing: 
     declared = model.graph.output[0].type.tensor_type.shape.dim
     if len(declared) == 2 and declared[1].HasField("dim_value"):  # refused before any run where it says so
         check_class_count(declared[1].dim_value, "onnx")
-    _rename_output(model, model.graph.output[0].name, "logits")
+    _name_output_logits(model.graph)
     serialized = model.SerializeToString()
     classes = check_class_count(_check_runs(serialized, input_size, limits), "onnx")
     spec = _spec(name, ONNX_ARCHITECTURE, _labels(labels, classes), preprocessing, input_size, "", "",

@@ -346,6 +346,37 @@ def test_a_data_sets_images_that_a_model_scores_nan_are_rows_with_their_error(cl
     assert not rows["light"]["error"] and 0 < float(rows["light"]["probability"]) <= 1
 
 
+def graph_using_the_name_logits(where: str) -> onnx.ModelProto:
+    """A 4-class classifier whose graph names a tensor `logits` that is not its first output."""
+    names = {"input": ("logits", "flat", "scores"), "inner": ("pixels", "logits", "scores"),
+             "second output": ("pixels", "flat", "probs")}[where]
+    pixels, flat, scores = names
+    weight = numpy_helper.from_array(np.ones((4, 3), dtype=np.float32), "weight")
+    nodes = [helper.make_node("GlobalAveragePool", [pixels], ["pooled"]),
+             helper.make_node("Flatten", ["pooled"], [flat]),
+             helper.make_node("Gemm", [flat, "weight"], [scores], transB=1)]
+    outputs = [helper.make_tensor_value_info(scores, TensorProto.FLOAT, ["n", 4])]
+    if where == "second output":
+        nodes.append(helper.make_node("Identity", [scores], ["logits"]))
+        outputs.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 4]))
+    graph = helper.make_graph(nodes, "named", [helper.make_tensor_value_info(pixels, TensorProto.FLOAT,
+                                                                            ["n", 3, 32, 32])],
+                              outputs, initializer=[weight])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("where", ["input", "inner", "second output"])
+def test_an_onnx_graph_that_already_names_a_tensor_logits_is_served(client, where):
+    """The upload renames the first output `logits`: such graphs were refused ("Duplicate
+    definition of name (logits)"), a clash of the service's own making."""
+    name = f"named-{where.replace(' ', '-')}"
+    served = client.post("/v1/models", data={"name": name, "input_size": 32},
+                         files={"onnx": ("m.onnx", graph_using_the_name_logits(where).SerializeToString())})
+    assert served.status_code == 201, served.text
+    answer = client.post(f"/v1/models/{name}/predict", files=[upload(encode(chelsea()))])
+    assert answer.status_code == 200 and len(answer.json()["results"][0]["predictions"]) == 4, answer.text
+
+
 def test_onnx_with_external_data_or_custom_operators_is_422(client):
     for model, words in ((onnx_classifier(external_data=True), "external data"),
                          (onnx_classifier(domain="com.evil"), "custom operator")):

@@ -672,7 +672,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command(commands, "explain", cmd_explain, "write each image's explanation overlay (PNG, JPEG or WebP)")
     sub.add_argument("images", nargs="+", metavar="IMG")
     model_flag(sub)
-    sub.add_argument("--method", default=None, help="gradcam (default), cam, saliency, ... (see /docs)")
+    sub.add_argument("--method", default=None, help="cam, saliency, ... (see /docs); default the model's own: "
+                                                     "gradcam, or occlusion for a model served from ONNX alone")
     sub.add_argument("--target", default=None, metavar="N|LABEL",
                      help="the class, by index or label (tabby; default the top-1)")
     sub.add_argument("--layer", default=None, help="layer to explain (default the model's CAM layer)")
@@ -735,7 +736,8 @@ def build_parser() -> argparse.ArgumentParser:
                   "explain every image of a data set on a worker (fetch the results with: gazer jobs artifacts ID)")
     sub.add_argument("dataset_id", metavar="DATASET")
     model_flag(sub)
-    sub.add_argument("--method", default=None, help="gradcam (default), cam, saliency, ... (see /docs)")
+    sub.add_argument("--method", default=None, help="cam, saliency, ... (see /docs); default the model's own: "
+                                                     "gradcam, or occlusion for a model served from ONNX alone")
     sub.add_argument("--layer", default=None, help="layer to explain (default the model's CAM layer)")
     sub.add_argument("--faithfulness", action="store_true", help="also score each map by deletion and insertion")
     sub.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",

@@ -16,8 +16,10 @@ MAX_OPTIONS = 16
 class ExplainDatasetConfig:
     dataset_id: str = param(max_length=64, doc="a data set uploaded to /v1/datasets")
     model: str = param(DEFAULT_MODEL, max_length=80, doc="NAME or NAME@VERSION")
-    method: str = param("gradcam", max_length=64, doc="an explanation method the model answers "
-                                                      "(GET /v1/models/{model} lists them)")
+    method: str | None = param(None, max_length=64, doc="an explanation method the model answers "
+                                                           "(GET /v1/models/{model} lists them); default the "
+                                                           "model's own: gradcam, or occlusion for a model "
+                                                           "served from ONNX alone")
     options: dict[str, Any] = param(factory=dict, max_length=MAX_OPTIONS,
                                     doc="the method's own options, as for /explain: steps, baseline, samples, "
                                         "noise, window, stride, masks, seed, cells, p")

@@ -12,6 +12,7 @@ import csv
 import threading
 import zipfile
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -32,8 +33,11 @@ HEATMAPS = "heatmaps.zip"
 TABLE = "explanations.csv"
 
 
-def explain_dataset_config(params: dict[str, Any]) -> ExplainDatasetConfig:
+def explain_dataset_config(params: dict[str, Any], model: LoadedModel | None = None) -> ExplainDatasetConfig:
+    """The checked config; given the `model`, with its default method where none is named."""
     config = from_params(ExplainDatasetConfig, params)
+    if config.method is None and model is not None:
+        config = replace(config, method=pipeline.default_method(model))
     check_params(config)
     _check_option_types(config.method, config.options)
     return config

@@ -163,9 +163,11 @@ def submit_explain_dataset(body: ExplainDatasetRequest, request: Request, respon
         dataset = describe_dataset(storage.datasets, config.dataset_id)
         caller.check_owns(dataset.get("owner"), f"data set {config.dataset_id!r}")
         model = load_model(registry, config.model, request, caller)
+    config = explain_dataset_config(params, model)
     check_explain_dataset(config, model, dataset["images"], settings.max_explain_cost, settings.max_explain_job_cost)
     with _dataset_kept(queue, storage, config.dataset_id):
-        return _submit(EXPLAIN_DATASET, params, queue, caller, request, settings, response)
+        return _submit(EXPLAIN_DATASET, {**params, "method": config.method}, queue, caller, request, settings,
+                       response)
 
 
 @router.get("", response_model=JobList)

@@ -377,6 +377,19 @@ def test_an_onnx_graph_that_already_names_a_tensor_logits_is_served(client, wher
     assert answer.status_code == 200 and len(answer.json()["results"][0]["predictions"]) == 4, answer.text
 
 
+def test_a_data_set_explained_without_a_method_gets_the_models_own(client):
+    """gradcam was the default for every model, so a model served from ONNX alone was refused
+    ("cannot answer gradcam") unless a method was named; /explain already used its own."""
+    served = client.post("/v1/models", data={"name": "onnx-default-method", "input_size": 32},
+                         files={"onnx": ("m.onnx", onnx_classifier().SerializeToString())})
+    assert served.status_code == 201, served.text
+    dataset = client.post("/v1/datasets", files=[upload(shapes_archive(per_class=1), "s.zip", "application/zip")])
+    for model, method in (("onnx-default-method", "occlusion"), ("efficientnet_lite0", "gradcam")):
+        job = client.post("/v1/jobs/explain-dataset", json={"dataset_id": dataset.json()["id"], "model": model})
+        assert job.status_code == 202 and job.json()["params"]["method"] == method, job.text
+        client.delete(job.headers["location"])
+
+
 def test_onnx_with_external_data_or_custom_operators_is_422(client):
     for model, words in ((onnx_classifier(external_data=True), "external data"),
                          (onnx_classifier(domain="com.evil"), "custom operator")):

@@ -1,7 +1,10 @@
 """Multipart form fields: those whose value is a list (the field repeated, or a comma list in one
-value), and the refusal of a field that a route does not declare."""
+value), and the refusal of a field that a route does not declare or of one value sent twice."""
 
 from __future__ import annotations
+
+from types import UnionType
+from typing import Annotated, Union, get_args, get_origin
 
 from fastapi import Request
 from fastapi.routing import APIRoute
@@ -34,20 +37,36 @@ async def refuse_unknown_fields(request: Request) -> None:
 
 
 async def check_fields(request: Request, takers: str = "this route", note: str = "") -> None:
-    """Refuses the first undeclared field: "not one `takers` takes`note`". The form is the one
+    """Refuses the first undeclared field ("not one `takers` takes`note`"), and a field of one
+    value sent more than once, of which FastAPI would keep the last alone. The form is the one
     FastAPI has read already."""
     declared = _declared(request.scope["route"])
-    unknown = sorted(set((await request.form()).keys()) - declared)
+    form = await request.form()
+    unknown = sorted(set(form.keys()) - set(declared))
     if unknown:
         raise InvalidRequest(f"unknown field {unknown[0]!r}: not one {takers} takes{note}", field=unknown[0],
                              valid=sorted(declared))
+    repeated = sorted(name for name in set(form.keys()) if not declared[name] and len(form.getlist(name)) > 1)
+    if repeated:
+        raise InvalidRequest(f"field {repeated[0]!r} was sent {len(form.getlist(repeated[0]))} times; it takes one "
+                             f"value", field=repeated[0])
 
 
-def _declared(route: APIRoute) -> frozenset[str]:
-    """The form fields `route` declares, its dependencies' included."""
-    names, pending = set(), [route.dependant]
+def _declared(route: APIRoute) -> dict[str, bool]:
+    """The form fields `route` declares, its dependencies' included: whether each takes a list."""
+    fields, pending = {}, [route.dependant]
     while pending:
         dependant = pending.pop()
-        names.update(param.alias for param in dependant.body_params)
+        fields.update((param.alias, _takes_many(param.field_info.annotation)) for param in dependant.body_params)
         pending.extend(dependant.dependencies)
-    return frozenset(names)
+    return fields
+
+
+def _takes_many(annotation: object) -> bool:
+    """Whether a field of this type takes a list (the field repeated), through Optional and Annotated."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _takes_many(get_args(annotation)[0])
+    if origin in (Union, UnionType):
+        return any(_takes_many(member) for member in get_args(annotation))
+    return origin in (list, tuple, set, frozenset)

@@ -93,6 +93,11 @@ async def upload_model(
 ) -> wire.ModelRef:
     if (onnx is None) == (weights is None) or (weights is not None and not architecture):
         raise InvalidRequest("send either `architecture` with `weights` (.safetensors) or `onnx`", field="weights")
+    if onnx is not None:
+        for field, value in (("architecture", architecture), ("cam_layer", cam_layer)):
+            if value is not None:
+                raise InvalidRequest(f"`{field}` goes with `weights`: an ONNX model is served as its file says, "
+                                     f"with no torch network or CAM layer", field=field)
     given = {"mean": tuple(mean) if mean else None, "std": tuple(std) if std else None, "input_size": input_size,
              "resize_size": resize_size, "interpolation": interpolation}
     preprocessing = upload.Preprocessing(**{key: value for key, value in given.items() if value is not None})

@@ -222,6 +222,27 @@ def test_a_field_the_route_does_not_take_is_422_naming_it_not_dropped(client, pa
     assert valid <= set(body["valid"]), body
 
 
+@pytest.mark.parametrize("path, files, data, field", [
+    ("/v1/datasets", [("file", ("a.zip", b"PK")), ("file", ("b.zip", b"PK"))], {}, "file"),
+    ("/v1/models", [("onnx", ("a.onnx", b"x")), ("onnx", ("b.onnx", b"y"))], {"name": "m"}, "onnx"),
+    (PREDICT, [upload(encode(chelsea()))], {"top_k": ["1", "3"]}, "top_k"),
+    (EXPLAIN, [upload(encode(chelsea()))], {"method": ["saliency", "gradcam"]}, "method"),
+])
+def test_a_field_of_one_value_sent_twice_is_422_not_the_last_kept(client, path, files, data, field):
+    """The last was used without a word: two `file` parts to /v1/datasets, a good zip and then
+    two bytes, answered that the data set must be an archive."""
+    body = assert_problem(client.post(path, files=files, data=data), 422, "invalid-request")
+    assert body["errors"][0]["field"] == field and "sent 2 times; it takes one value" in body["detail"], body
+
+
+@pytest.mark.parametrize("field, value", [("cam_layer", "features"), ("architecture", "resnet18")])
+def test_an_onnx_upload_refuses_the_fields_of_a_weights_upload(client, field, value):
+    """They were dropped without a word (201)."""
+    body = assert_problem(client.post("/v1/models", files={"onnx": ("m.onnx", b"x")}, data={"name": "m", field: value}),
+                          422, "invalid-request")
+    assert body["errors"][0]["field"] == field and "goes with `weights`" in body["detail"], body
+
+
 @pytest.mark.parametrize("path", [PREDICT, EXPLAIN])
 def test_unknown_resize_is_422_listing_the_valid_ones(client, path):
     body = assert_problem(client.post(path, files=[upload(encode(chelsea()))], data={"resize": "squeeze"}),

@@ -56,18 +56,34 @@ def gazer_error_response(error: errors.GazerError) -> JSONResponse:
 
 
 async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-    field_errors = [FieldError(field=_field_name(item), message=item["msg"]) for item in error.errors()]
+    messages: dict[str, list[str]] = {}  # a union's members each refuse the value: one field, their words joined
+    for item in error.errors():
+        messages.setdefault(_field_name(item), []).append(item["msg"])
+    field_errors = [FieldError(field=field, message=_either(said)) for field, said in messages.items()]
     detail = "; ".join(f"{item.field}: {item.message}" for item in field_errors)
     return problem_response(422, "validation-error", detail, field_errors)
 
 
+# how pydantic names a union's member in an error's location: `constrained-float`, `literal['auto']`
+_UNION_MEMBER = re.compile(r"[a-z]+-[a-z-]+(\[.*\])?|[a-z]+\[.*\]")
+
+
 def _field_name(item: dict) -> str:
     """`steps`, `target.classes.0`: the field as the routes' own checks name it, without where
-    it came from (body, query, path); `body` for the body as a whole, or JSON that does not parse."""
+    it came from (body, query, path) or which member of a union refused it (`lr`, not
+    `lr.constrained-float`); `body` for the body as a whole, or JSON that does not parse."""
     location, *inside = [str(part) for part in item["loc"]]
     if not inside or item["type"] == "json_invalid":  # ("body", 17): 17 is the character where parsing failed
         return location
-    return ".".join(inside)
+    return ".".join(part for part in inside if not _UNION_MEMBER.fullmatch(part))
+
+
+def _either(messages: list[str]) -> str:
+    """"Input should be a finite number", "Input should be 'auto'" -> "... a finite number, or 'auto'"."""
+    first, *others = messages
+    prefix = "Input should be "
+    return ", or ".join([first, *(message.removeprefix(prefix) if first.startswith(prefix) else message
+                                  for message in others)])
 
 
 async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:

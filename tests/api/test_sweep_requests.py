@@ -108,3 +108,5 @@ def test_a_number_that_is_not_finite_is_refused_as_such(client, value):
     body = '{"dataset_id": "x", "output_model": "y", "lr": %s}' % value
     refused = client.post("/v1/jobs/fine-tune", content=body, headers={"Content-Type": "application/json"})
     assert refused.status_code == 422 and "finite number" in refused.text, refused.text
+    # one error, on `lr` itself: not one on `lr.constrained-float` and one on `lr.literal['auto']`
+    assert refused.json()["errors"] == [{"field": "lr", "message": "Input should be a finite number, or 'auto'"}]

@@ -379,7 +379,10 @@ def _place_images(staged: list[_Staged], misplaced: list[PurePosixPath], staging
         extracted.leave_out(path, OUTSIDE_THE_LAYOUT)
     placed = [(item, where) for item, where in placed if where is not None]
     for _, (label, _) in placed:
-        check_name(label, "class")
+        try:
+            check_name(label, "class folder")
+        except InvalidRequest as error:  # named by the field that holds it, as the archive's other faults are
+            raise InvalidRequest(error.detail, field="file") from None
         if label in (DESCRIPTION, UPLOADED_AS):
             raise InvalidRequest(f"a class may not be named {label!r}", field="file")
     if (classes := len({label for _, (label, _) in placed})) > limits.max_classes:

@@ -279,7 +279,9 @@ def test_more_classes_than_the_limit_are_refused_at_upload_and_for_a_fine_tune(c
 
 
 def test_unsafe_class_and_data_set_names_are_refused(client):
-    assert_refused(post(client, zip_of({"c@t!/a.jpg": PHOTO, "dog/b.jpg": PHOTO})), 422, "class")
+    refused = post(client, zip_of({"c@t!/a.jpg": PHOTO, "dog/b.jpg": PHOTO}))
+    assert_refused(refused, 422, "class folder")
+    assert refused.json()["errors"][0]["field"] == "file"  # the field that holds it; there is no `class`
     assert_refused(post(client, zip_of(GOOD), name="../x"), 422, "name")
     assert client.get("/v1/datasets/..%2F..").status_code == 404
     long = "a" * 300  # longer than a file name may be: it was the OS's ENAMETOOLONG, a 500

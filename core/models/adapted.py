@@ -18,7 +18,10 @@ state dict loads as it is, and layers are named as the user knows them (`layer4`
 from __future__ import annotations
 
 import math
+import threading
 from collections import OrderedDict
+from contextlib import contextmanager, nullcontext
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -48,6 +51,36 @@ def construct(architecture: str) -> nn.Module:
 
     options = {"aux_logits": False, "init_weights": False} if architecture in ("inception_v3", "googlenet") else {}
     return torchvision.models.get_model(architecture, weights=None, **options)
+
+
+def construct_on_meta(architecture: str) -> nn.Module:
+    """The architecture on the meta device: its names and shapes, nothing allocated."""
+    with _regnet_widths_on_the_cpu() if architecture.startswith("regnet_") else nullcontext(), torch.device("meta"):
+        return construct(architecture)
+
+
+_REGNET_PATCH = threading.Lock()
+
+
+@contextmanager
+def _regnet_widths_on_the_cpu() -> Iterator[None]:
+    """RegNet's builders compute their block widths with tensors and read them back, which the
+    meta device cannot do: that arithmetic (a few numbers) runs on the CPU while this is held.
+    Another thread building a RegNet meanwhile computes its widths on the CPU too, as it would."""
+    from torchvision.models import regnet
+
+    with _REGNET_PATCH:
+        original = regnet.BlockParams.__dict__["from_init_params"]
+
+        def on_the_cpu(cls: type, *args: Any, **kwargs: Any) -> Any:
+            with torch.device("cpu"):
+                return original.__func__(cls, *args, **kwargs)
+
+        regnet.BlockParams.from_init_params = classmethod(on_the_cpu)
+        try:
+            yield
+        finally:
+            regnet.BlockParams.from_init_params = original
 
 
 def classifier_name(net: nn.Module) -> str:

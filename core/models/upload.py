@@ -24,7 +24,7 @@ from torch import nn
 
 from core.errors import Conflict, GazerError, InvalidRequest
 from core.models import onnx_probe
-from core.models.adapted import TIMM_PREFIX, adapt, classifier_name, construct, torchvision_architectures
+from core.models.adapted import TIMM_PREFIX, adapt, classifier_name, construct_on_meta, torchvision_architectures
 from core.models.layers import feeds_a_linear_head, targetable_layers
 from core.models.spec import ModelSpec
 from core.names import BUILTIN_MODELS, MAX_INDEX, ONNX_ARCHITECTURE
@@ -175,11 +175,7 @@ def torch_model(name: str, architecture: str, weights: bytes, labels: list[str] 
     check_preprocessing(preprocessing)
     state = {key: value for key, value in read_state_dict(weights).items()
              if not key.startswith(_TRAINING_ONLY_PREFIXES)}
-    try:
-        with torch.device("meta"):  # shapes only: nothing is allocated before the weights are known to fit
-            probe = construct(architecture)
-    except NotImplementedError:  # a builder that computes with tensors (RegNet): build it for real
-        probe = construct(architecture)
+    probe = construct_on_meta(architecture)  # nothing is allocated before the weights are known to fit
     classifier = classifier_name(probe)
     if f"{classifier}.weight" not in state or state[f"{classifier}.weight"].dim() != 2:
         raise InvalidRequest(f"weights have no 2-D {classifier + '.weight'!r}: not a state dict of {architecture}"

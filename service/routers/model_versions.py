@@ -49,6 +49,8 @@ def _labels(blob: bytes | None) -> list[str] | None:
     while lines and not lines[-1].strip():
         lines.pop()
     for number, line in enumerate(lines, 1):
+        if not line.strip():  # names may repeat (ImageNet has two cranes), but a class needs one
+            raise InvalidRequest(f"labels line {number} is empty: every class needs a name", field="labels")
         if unsafe := [character for character in line if _unsafe_in_a_label(character)]:
             raise InvalidRequest(f"labels line {number} holds {ascii(unsafe[0])}: a class name may not hold control "
                                  f"or text-direction characters (they rewrite terminals and what a page shows)",

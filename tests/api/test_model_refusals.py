@@ -142,6 +142,16 @@ def test_labels_with_control_or_direction_characters_are_422(client, small_resne
     assert_refused(response, 422, "labels", f"line 3 holds {shown}")
 
 
+def test_an_empty_label_line_is_422_and_repeated_names_are_kept(client, small_resnet):
+    """A blank line between names made a class named "" (accepted). Names may repeat: ImageNet
+    has two cranes, the bird and the machine."""
+    upload_with = lambda labels: client.post(  # noqa: E731
+        "/v1/models", data={"name": "labelled", "architecture": "resnet18", "input_size": 64},
+        files={"weights": ("w.safetensors", weights_of(small_resnet)), "labels": ("labels.txt", labels)})
+    assert_refused(upload_with(b"cat\n\ndog\nbird\n"), 422, "labels", "line 2 is empty")
+    assert upload_with(b"crane\ndog\ncrane\nbird\n\n").status_code == 201  # trailing blank lines are no class
+
+
 def test_unknown_architectures_and_bad_preprocessing_are_422(client, small_resnet):
     assert_refused(client.post("/v1/models", data={"name": "mine", "architecture": "resnet9000"},
                                files={"weights": ("w", weights_of(small_resnet))}), 422, "architecture", "unknown")

@@ -249,6 +249,7 @@ class _Coordinator:
                     raise SweepInterrupted("this worker is stopping: the sweep goes back to the queue; its trials "
                                            "run on")
                 self.cancel_running(wait_seconds=2 * self.host.store.lease_seconds + 10)
+                self.report(progress)  # its last word: the trials it cancelled, no longer running
                 raise JobCancelled("the sweep was cancelled; its running trials were cancelled too")
             while launched < self.config.trials and len(self.running) < parallel:
                 self.launch()

@@ -171,7 +171,8 @@ def run_activation_maximization(job_id: str, params: dict[str, Any], progress: P
         name = f"target-{index}.png"
         (folder / name).write_bytes(encode_png(pixels))
         images.append({"target": described, "url": context.artifact_url(job_id, name),
-                       "activation": result.activations[index], "probability": result.probabilities[index]})
+                       "activation": result.activations[index], "probability": result.probabilities[index],
+                       "served_probability": result.served_probabilities[index]})
     return {"model": {"id": spec.id, "version": spec.version}, "images": images,
             "activation_per_step": result.history, "activation_steps": result.history_steps}
 

@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
+from core import imaging
 from core.errors import InvalidRequest, UnknownLayer
 from core.explain.base import capture
 from core.explain.baselines import gaussian_blur
@@ -32,6 +34,7 @@ class MaximizationResult:
     history: list[list[float]]          # per kept step (history_steps), the activation of each target
     probabilities: list[float | None] = field(default_factory=list)  # class targets: p(class)
     history_steps: list[int] = field(default_factory=list)  # the step, from 1, of each history row
+    served_probabilities: list[float | None] = field(default_factory=list)  # class targets: p(class) through predict
 
 
 # Steps the history keeps: a job's record grows with targets x these, not with `steps` (64 targets
@@ -138,6 +141,15 @@ class _Objective:
             self.logits(rgb)
         return captured.activation[self.rows, self.targets].mean(dim=(1, 2))
 
+    def served(self, network: nn.Module, spec: ModelSpec, pixels: np.ndarray) -> list[float | None]:
+        """p(class) of each picture as predict sees it: resized and centre-cropped to the model's
+        input, as its PNG would be (unlike `final`'s, at `size` as it was optimized)."""
+        if not self.by_class:
+            return [None] * len(self.rows)
+        batch, _ = imaging.preprocess([Image.fromarray(picture) for picture in pixels], spec)
+        scores = network(torch.from_numpy(batch).to(self.rows.device))
+        return torch.softmax(scores.float(), dim=1)[self.rows, self.targets].cpu().tolist()
+
     def final(self, rgb: torch.Tensor) -> tuple[torch.Tensor, list[float | None]]:
         """Each target's activation, and p(class) for class targets."""
         if not self.by_class:
@@ -195,7 +207,8 @@ def maximize(network: nn.Module, spec: ModelSpec, config: MaximizationConfig, pr
         with torch.no_grad():
             rgb = image()
             final, probabilities = objective.final(rgb)
+            pixels = (rgb.permute(0, 2, 3, 1).cpu().numpy() * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
+            served = objective.served(network, spec, pixels)
     finally:
         network.train(was_training)
-    pixels = (rgb.permute(0, 2, 3, 1).cpu().numpy() * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
-    return MaximizationResult(pixels, final.cpu().tolist(), history, probabilities, keep)
+    return MaximizationResult(pixels, final.cpu().tolist(), history, probabilities, keep, served)

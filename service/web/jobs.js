@@ -570,7 +570,9 @@ function maximizationResult(job, card) {
         el("b", {}, label(image.target)),
         image.target.class !== undefined ? el("span", { class: "muted" }, ` class ${image.target.class}`) : null,
         el("span", { class: "muted block" }, `activation ${fmtNumber(image.activation, 3)}`,
-          image.probability !== null && image.probability !== undefined ? ` · p ${pct(image.probability)}` : ""))))),
+          image.probability !== null && image.probability !== undefined ? ` · p ${pct(image.probability)}` : "",
+          image.served_probability !== null && image.served_probability !== undefined
+            ? ` · through predict ${pct(image.served_probability)}` : ""))))),
     el("p", { class: "muted" }, `${count} image${count === 1 ? "" : "s"} from ${result.model.id}@${result.model.version}`),
     chart ? el("div", { class: "charts" }, chart) : null,
   ];

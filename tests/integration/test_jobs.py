@@ -84,6 +84,12 @@ def test_activation_maximization_end_to_end(api, workers):
     png = api.get(image["url"])
     assert png.status_code == 200 and png.headers["content-type"] == "image/png"
     assert Image.open(io.BytesIO(png.content)).size == (96, 96)
+    # `probability` is at 96 px, as optimized; `served_probability` is what predict gives its PNG
+    # (resized and cropped to 224): a user found flamingo at 1.0 by the one, outside the top 3 by the other
+    predicted = api.post("/v1/models/efficientnet_lite0/predict", files=[upload(png.content, "am.png", "image/png")],
+                         data={"top_k": 1000}).json()["results"][0]["predictions"]
+    served = next(prediction["probability"] for prediction in predicted if prediction["index"] == 130)
+    assert abs(image["served_probability"] - served) < 1e-3 and 0 <= image["probability"] <= 1
     history = done["result"]["activation_per_step"]
     assert len(history) == 25 and history[-1][0] > history[0][0]
     assert done["result"]["activation_steps"] == list(range(1, 26))  # every step, up to 500

@@ -129,8 +129,9 @@ def _check_fit(architecture: str, expected: dict[str, torch.Tensor], state: dict
 
     wrong = sorted(key for key in set(expected) & set(state) if shape(key) != tuple(state[key].shape))
     if missing or unexpected or wrong:
+        hint = _timm_hint(architecture, state) if missing or unexpected else ""  # same names: not timm's
         raise InvalidRequest(f"weights do not fit {architecture}: missing {missing[:5]}, unexpected {unexpected[:5]}, "
-                             f"other shapes {wrong[:5]}{_timm_hint(architecture, state)}", field="weights")
+                             f"other shapes {wrong[:5]}{hint}", field="weights")
     check_class_count(rows, "weights")
     complex_ = sorted(key for key, tensor in state.items() if tensor.is_complex())
     if complex_:

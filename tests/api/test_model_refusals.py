@@ -226,6 +226,11 @@ def test_timm_weights_under_a_torchvision_name_are_told_the_prefix(client, small
     wrong = assert_refused(post_weights(client, weights_of(small_resnet), architecture="resnet50"), 422, "weights",
                            "do not fit resnet50")
     assert "timm" not in wrong["detail"]
+    # resnet18's names are timm's too: a wrong shape under them is no sign of timm's weights
+    state = {key: value.contiguous() for key, value in small_resnet.state_dict().items()}
+    state["conv1.weight"] = state["conv1.weight"].reshape(32, 6, 7, 7).contiguous()
+    reshaped = assert_refused(post_weights(client, save(state)), 422, "weights", "other shapes ['conv1.weight']")
+    assert "timm" not in reshaped["detail"]
 
 
 def onnx_classifier(external_data: bool = False, domain: str = "", side: int = 32, classes: int = 4,

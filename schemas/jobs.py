@@ -13,7 +13,7 @@ from core.names import MAX_INDEX
 from core.sweeps import SweepConfig
 from core.training.config import FineTuneConfig
 from core.visualize.config import MaximizationConfig, Target
-from schemas.params import wire_model
+from schemas.params import NOT_A_BOOLEAN, wire_model
 
 FineTuneRequest = wire_model(FineTuneConfig, "FineTuneRequest")
 SweepRequest = wire_model(SweepConfig, "SweepRequest", overrides={"base": FineTuneRequest})
@@ -25,7 +25,8 @@ ExplainDatasetRequest = wire_model(ExplainDatasetConfig, "ExplainDatasetRequest"
 
 class MaximizationTarget(wire_model(Target, "TargetFields",  # type: ignore[misc]
                                     overrides={"classes": tuple[Index, ...], "channels": tuple[Index, ...]})):
-    class_: int | None = Field(None, alias="class", ge=0, lt=MAX_INDEX, description='shorthand for "classes": [N]')
+    class_: Annotated[Index, NOT_A_BOOLEAN] | None = Field(None, alias="class",
+                                                           description='shorthand for "classes": [N]')
 
     @model_validator(mode="after")
     def one_kind(self) -> "MaximizationTarget":

@@ -110,3 +110,20 @@ def test_a_number_that_is_not_finite_is_refused_as_such(client, value):
     assert refused.status_code == 422 and "finite number" in refused.text, refused.text
     # one error, on `lr` itself: not one on `lr.constrained-float` and one on `lr.literal['auto']`
     assert refused.json()["errors"] == [{"field": "lr", "message": "Input should be a finite number, or 'auto'"}]
+
+
+@pytest.mark.parametrize("path, body, field", [
+    ("/v1/jobs/fine-tune", {"dataset_id": "x", "output_model": "y", "lr": True}, "lr"),
+    ("/v1/jobs/fine-tune", {"dataset_id": "x", "output_model": "y", "epochs": True}, "epochs"),
+    ("/v1/jobs/sweep", {"base": {**BASE, "batch_size": True}, "space": {"lr": {"uniform": [0.1, 0.2]}}},
+     "base.batch_size"),
+    ("/v1/jobs/activation-maximization", {"target": {"class": True}}, "target.class"),
+    ("/v1/jobs/activation-maximization", {"target": {"classes": [1, False]}}, "target.classes.1"),
+    ("/v1/jobs/explain-dataset", {"dataset_id": "x", "batch_size": True}, "batch_size"),
+])
+def test_true_or_false_for_a_number_is_refused_not_read_as_one_or_zero(client, path, body, field):
+    """pydantic reads true as 1: `"lr": true` trained at 1.0, `{"class": true}` maximized class 1."""
+    refused = client.post(path, json=body)
+    assert refused.status_code == 422, refused.text
+    assert {"field": field, "message": "Input should be a number, not true or false"} in refused.json()["errors"] or \
+        (field == "lr" and "not true or false, or 'auto'" in refused.text), refused.json()

@@ -233,7 +233,8 @@ def cmd_explain(client: Client, args: argparse.Namespace) -> int:
     if args.target is not None:
         args.target = class_index(client, args.model, args.target)
     if len(images) == 1:
-        explain_one(client, args, options, images[0], Path(args.output), Path(args.heatmap) if args.heatmap else None)
+        explain_one(client, args, options, images[0], images[0].read_bytes(), Path(args.output),
+                    Path(args.heatmap) if args.heatmap else None)
         return 0
     if args.output == STDOUT:
         raise SystemExit("gazer: -o - writes one image's overlay to standard output; with several images, "
@@ -249,19 +250,61 @@ def cmd_explain(client: Client, args: argparse.Namespace) -> int:
             raise SystemExit(f"gazer: {folder} is a file; with several images, -o and --heatmap name folders")
         folder.mkdir(parents=True, exist_ok=True)
     ending = OVERLAY_ENDINGS[args.format or "png"]
-    for image in images:
-        explain_one(client, args, options, image, folders[0] / f"{image.stem}{ending}",
-                    folders[1] / f"{image.stem}.png" if args.heatmap else None)
+    failed = [given for given, image in zip(args.images, images)
+              if not explained(client, args, options, given, folders[0] / f"{image.stem}{ending}",
+                               folders[1] / f"{image.stem}.png" if args.heatmap else None)]
+    if failed:
+        say(f"gazer: {len(failed)} of {len(images)} images not explained: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 
-def explain_one(client: Client, args: argparse.Namespace, options: dict[str, Any], image: Path, output: Path,
-                heatmap: Path | None) -> None:
+def explained(client: Client, args: argparse.Namespace, options: dict[str, Any], given: str, output: Path,
+              heatmap: Path | None) -> bool:
+    """One of several images explained; or False, its failure said naming it as it was `given`, so that
+    the others are still explained. A refusal of the request as a whole (the model, the method, the key)
+    would refuse every image: it ends the command."""
+    image = Path(given)
+    try:
+        blob = image.read_bytes()
+    except OSError as error:
+        say(f"gazer: {given}: {error.strerror or error}", file=sys.stderr)
+        return False
+    try:
+        explain_one(client, args, options, image, blob, output, heatmap)
+    except ApiError as error:
+        if not about_the_image(error):
+            raise
+        say(f"gazer: {error.status} {error.title}: {naming_the_file(error.detail, image.name, given)}",
+            file=sys.stderr)
+        return False
+    return True
+
+
+def about_the_image(error: ApiError) -> bool:
+    """Whether the refusal of a one-image request is about its image: the service names the file in
+    the detail (`file 0 ('a.jpg'): ...`) or as the field in error (`file.0`)."""
+    errors = error.extras.get("errors")
+    fields = [found.get("field") for found in errors if isinstance(found, dict)] if isinstance(errors, list) else []
+    return error.detail.startswith("file 0") or "file.0" in fields
+
+
+def naming_the_file(detail: str, sent_name: str, given: str) -> str:
+    """A one-image refusal's detail with its file named as it was given, not as the request's first
+    (`file 0 ('a.jpg')`, which the service writes whichever image of the command it was)."""
+    for named in (f"file 0 ({sent_name[:100]!r})", f"file 0 ({sent_name})", "file 0"):
+        if detail.startswith(named):
+            return given + detail[len(named):]
+    return detail
+
+
+def explain_one(client: Client, args: argparse.Namespace, options: dict[str, Any], image: Path, blob: bytes,
+                output: Path, heatmap: Path | None) -> None:
     outputs = ["overlay"] + (["heatmap"] if heatmap else [])
     if sys.stderr.isatty():  # Score-CAM or IG on a large model takes a while: say what is running
         say(f"explaining {image} ({args.method or 'the default method'} on {args.model})...", file=sys.stderr,
             flush=True)
-    answer = client.explain(image, args.model, args.method, args.target, args.layer,
+    answer = client.explain((image.name, blob), args.model, args.method, args.target, args.layer,
                             resize=args.resize, outputs=outputs, faithfulness=args.faithfulness or None,
                             overlay_format=picture_format(output, args.format), **options)
     explanation = answer.results[0].explanation

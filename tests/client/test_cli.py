@@ -138,6 +138,23 @@ def test_explain_of_several_images_writes_each_ones_pictures_into_folders(live, 
     assert into_a_file.returncode != 0 and "name folders" in into_a_file.stderr
 
 
+def test_explain_of_several_images_explains_every_one_it_can_and_names_each_failure_as_given(live, photos, tmp_path):
+    unreadable, missing = tmp_path / "notes" / "bad.jpg", tmp_path / "gone.jpg"
+    unreadable.parent.mkdir()
+    unreadable.write_bytes(b"this is not an image")
+    images = [str(photos["chelsea"]), str(unreadable), str(missing), str(photos["coffee"])]
+    done = gazer_cli(live, "explain", *images, "--method", "cam", "-o", str(tmp_path / "overlays"))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert sorted(path.name for path in (tmp_path / "overlays").iterdir()) == ["chelsea.png", "coffee.png"]
+    assert [line.split(":")[0] for line in done.stdout.splitlines()] == ["chelsea.jpg", "coffee.jpg"]
+    said = done.stderr.splitlines()
+    assert said[0].startswith(f"gazer: 422 Unprocessable content: {unreadable}: "), said  # not "file 0 ('bad.jpg')"
+    assert said[1:] == [f"gazer: {missing}: No such file or directory",
+                        f"gazer: 2 of 4 images not explained: {unreadable}, {missing}"], said
+    refused = gazer_cli(live, "explain", *images, "--method", "bogus", "-o", str(tmp_path / "none"))
+    assert refused.returncode == 1 and refused.stderr.count("unknown method 'bogus'") == 1, refused.stderr  # once
+
+
 def test_explain_and_compare_refuse_what_they_cannot_write_and_options_that_are_flags(live, photos, tmp_path):
     for args in (["explain", str(photos["chelsea"]), "-o", str(tmp_path / "x.gif")],
                  ["compare", str(photos["chelsea"]), "--methods", "cam", "-o", str(tmp_path / "x.bmp")]):

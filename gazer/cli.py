@@ -245,9 +245,14 @@ def cmd_explain(client: Client, args: argparse.Namespace) -> int:
         raise SystemExit(f"gazer: two images are named {clash!r}, and with several images each overlay is named "
                          f"after its image; rename one")
     folders = [Path(args.output)] + ([Path(args.heatmap)] if args.heatmap else [])
-    for folder in folders:
+    for flag, folder in zip(("-o", "--heatmap"), folders):
         if folder.exists() and not folder.is_dir():
             raise SystemExit(f"gazer: {folder} is a file; with several images, -o and --heatmap name folders")
+        if not folder.exists() and folder.suffix.lower() in OVERLAY_SUFFIXES:
+            raise SystemExit(f"gazer: {flag} {folder} names a picture, but with several images {flag} names a "
+                             f"folder, each picture named after its image; give a folder ({flag} "
+                             f"{folder.with_suffix('')}/), or one image")
+    for folder in folders:
         folder.mkdir(parents=True, exist_ok=True)
     ending = OVERLAY_ENDINGS[args.format or "png"]
     failed = [given for given, image in zip(args.images, images)

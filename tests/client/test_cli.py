@@ -164,6 +164,12 @@ def test_explain_and_compare_refuse_what_they_cannot_write_and_options_that_are_
         refused = gazer_cli(live, "explain", str(photos["chelsea"]), "--option", option, "-o", str(tmp_path / "x.png"))
         assert refused.returncode != 0 and "is for a method's own options" in refused.stderr, refused.stderr
         assert "Traceback" not in refused.stderr
+    images = [str(photos["chelsea"]), str(photos["coffee"])]
+    for pictures in (["-o", str(tmp_path / "x.png")],
+                     ["-o", str(tmp_path / "x"), "--heatmap", str(tmp_path / "h.JPG")]):
+        refused = gazer_cli(live, "explain", *images, *pictures)  # a folder named x.png was made
+        assert refused.returncode == 1 and f"{pictures[-2]} {pictures[-1]} names a picture" in refused.stderr, \
+            refused.stderr
     assert not list(tmp_path.iterdir())
     compared = gazer_cli(live, "compare", str(photos["chelsea"]), "--methods", "cam", "-o", str(tmp_path / "g.jpg"))
     assert compared.returncode == 0 and Image.open(tmp_path / "g.jpg").format == "JPEG", compared.stderr

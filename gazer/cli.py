@@ -181,11 +181,16 @@ def add_fine_tune_flags(parser: argparse.ArgumentParser) -> list[str]:
 # ---------------------------------------------------------------- commands
 
 
-def cmd_predict(client: Client, args: argparse.Namespace) -> int:
-    images = [Path(image) for image in args.images]
+def refuse_folders(images: Sequence[Path]) -> None:
+    """A usage error for a folder among the images, which would otherwise be read as a file."""
     folder = next((image for image in images if image.is_dir()), None)
     if folder is not None:
         raise SystemExit(f"gazer: {folder} is a folder; name its images ({folder / '*.jpg'})")
+
+
+def cmd_predict(client: Client, args: argparse.Namespace) -> int:
+    images = [Path(image) for image in args.images]
+    refuse_folders(images)
     names = [image.name for image in images]
     shown = names if len(set(names)) == len(names) else [str(image) for image in images]  # a/0.jpg, b/0.jpg
     answer = client.predict(images, args.model, args.top_k, args.resize)
@@ -225,6 +230,7 @@ def cmd_explain(client: Client, args: argparse.Namespace) -> int:
     """One image: its overlay to the file -o names. Several: -o (and --heatmap) name folders,
     each image's pictures named after it."""
     images = [Path(image) for image in args.images]
+    refuse_folders(images)
     options = key_values(args.option, "--option")
     taken = sorted(set(options) & EXPLAIN_ARGUMENTS)
     if taken:
@@ -344,6 +350,7 @@ def cmd_compare(client: Client, args: argparse.Namespace) -> int:
     methods = [method.strip() for method in args.methods.split(",") if method.strip()]
     if not methods:
         raise SystemExit("gazer: --methods names at least one method")
+    refuse_folders([Path(args.image)])
     picture_format(Path(args.output))
     offered = client.model(args.model).methods
     unknown = [method for method in methods if method not in offered]

@@ -83,8 +83,12 @@ def test_models_labels_finds_a_class_by_name_and_a_url_may_leave_out_its_scheme(
     schemeless = subprocess.run([sys.executable, "-m", "gazer", "models", "ls"], capture_output=True, text=True,
                                 env={**os.environ, "GAZER_URL": live.url.removeprefix("http://")}, timeout=60)
     assert schemeless.returncode == 0 and "efficientnet_lite0" in schemeless.stdout, schemeless.stderr
-    folder = gazer_cli(live, "predict", str(photos["chelsea"].parent))
-    assert folder.returncode != 0 and "is a folder; name its images" in folder.stderr
+    folder = photos["chelsea"].parent
+    for args in (["predict", str(folder)], ["explain", str(folder), "-o", os.devnull],
+                 ["explain", str(photos["chelsea"]), str(folder), "-o", os.devnull],
+                 ["compare", str(folder), "--methods", "cam", "-o", os.devnull]):
+        refused = gazer_cli(live, *args)
+        assert refused.returncode == 1 and f"{folder} is a folder; name its images" in refused.stderr, refused.stderr
     by_label = gazer_cli(live, "explain", str(photos["chelsea"]), "--target", "tabby", "-o", os.devnull)
     assert by_label.returncode == 0 and "class 281 tabby" in by_label.stdout, by_label.stdout + by_label.stderr
     several = gazer_cli(live, "explain", str(photos["chelsea"]), "--target", "cat", "-o", os.devnull)

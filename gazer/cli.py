@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import io
 import json
 import os
 import secrets
@@ -226,6 +227,20 @@ def picture_format(path: Path, chosen: str | None = None) -> str:
     return OVERLAY_SUFFIXES.get(path.suffix.lower(), "png")
 
 
+def write_picture(output: Path, picture: bytes) -> None:
+    """`picture` into the file `output` names, or to standard output for -o -."""
+    if str(output) == STDOUT:
+        sys.stdout.buffer.write(picture)
+        sys.stdout.flush()
+    else:
+        output.write_bytes(picture)
+
+
+def telling(to_stdout: bool) -> Callable[..., None]:
+    """`say` where what is said of a picture goes: standard error when the picture is the output."""
+    return partial(say, file=sys.stderr if to_stdout else sys.stdout)
+
+
 def cmd_explain(client: Client, args: argparse.Namespace) -> int:
     """One image: its overlay to the file -o names. Several: -o (and --heatmap) name folders,
     each image's pictures named after it."""
@@ -320,14 +335,10 @@ def explain_one(client: Client, args: argparse.Namespace, options: dict[str, Any
                             overlay_format=picture_format(output, args.format), **options)
     explanation = answer.results[0].explanation
     to_stdout = str(output) == STDOUT
-    if to_stdout:  # the picture is the output; what is said of it goes to standard error
-        sys.stdout.buffer.write(explanation.overlay_image or b"")
-        sys.stdout.flush()
-    else:
-        output.write_bytes(explanation.overlay_image or b"")
+    write_picture(output, explanation.overlay_image or b"")
     if heatmap:
         heatmap.write_bytes(explanation.heatmap or b"")
-    tell = partial(say, file=sys.stderr if to_stdout else sys.stdout)
+    tell = telling(to_stdout)
     target = explanation.target
     named = f"{image.name}: " if len(args.images) > 1 else ""
     tell(f"{named}{explanation.method}: class {class_name(target.index, target.label)} (p={target.probability:.4f}), "
@@ -351,21 +362,25 @@ def cmd_compare(client: Client, args: argparse.Namespace) -> int:
     if not methods:
         raise SystemExit("gazer: --methods names at least one method")
     refuse_folders([Path(args.image)])
-    picture_format(Path(args.output))
+    output = Path(args.output)
+    chosen = picture_format(output, args.format)
     offered = client.model(args.model).methods
     unknown = [method for method in methods if method not in offered]
     if unknown:
         raise SystemExit(f"gazer: {args.model} offers no method {unknown[0]!r}; it offers {', '.join(offered)}")
     tiles, target = [], None if args.target is None else class_index(client, args.model, args.target)
+    tell = telling(args.output == STDOUT)
     for method in methods:
         explanation = client.explain(Path(args.image), args.model, method, target, args.layer, outputs=["overlay"],
                                      overlay_format="png").results[0].explanation
         target = explanation.target.index  # every tile explains the first one's class
         milliseconds = explanation.timings_ms.get("model", 0.0)
         tiles.append(grid.Tile(explanation.overlay_image or b"", f"{method}  {milliseconds:.0f} ms"))
-        say(f"{method}: class {class_name(target, explanation.target.label)}, {milliseconds:.0f} ms")
-    grid.grid(tiles).save(args.output, format=picture_format(Path(args.output)).upper())
-    say(f"-> {args.output}")
+        tell(f"{method}: class {class_name(target, explanation.target.label)}, {milliseconds:.0f} ms")
+    encoded = io.BytesIO()
+    grid.grid(tiles).save(encoded, format=chosen.upper())
+    write_picture(output, encoded.getvalue())
+    tell(f"-> {'standard output' if args.output == STDOUT else output}")
     return 0
 
 
@@ -753,7 +768,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--target", default=None, metavar="N|LABEL",
                      help="the class, by index or label (tabby; default the top-1)")
     sub.add_argument("--layer", default=None, help="layer to explain (default the model's CAM layer)")
-    sub.add_argument("--output", "-o", required=True, help="the grid to write: PNG, or JPEG or WebP by its ending")
+    sub.add_argument("--output", "-o", required=True,
+                     help="the grid to write: PNG, or JPEG or WebP by its name's ending (.jpg, .webp); - for "
+                          "standard output")
+    sub.add_argument("--format", choices=tuple(OVERLAY_ENDINGS), default=None,
+                     help="the grid's format (default: by -o's ending; png for standard output)")
 
     datasets = group("datasets", "upload and list data sets")
     sub = command(datasets, "upload", cmd_datasets_upload,

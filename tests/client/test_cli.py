@@ -198,6 +198,18 @@ def test_compare_writes_one_labelled_grid(live, photos, tmp_path):
     assert all(f"{method}: class" in done.stdout for method in methods)
 
 
+def test_compare_writes_to_standard_output_and_takes_a_format_as_explain_does(live, photos, tmp_path):
+    piped = subprocess.run([sys.executable, "-m", "gazer", "compare", str(photos["chelsea"]), "--methods", "cam",
+                            "-o", "-", "--format", "webp"], capture_output=True, timeout=120, cwd=tmp_path,
+                           env={**cli_env(live), "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    assert piped.returncode == 0, piped.stderr
+    assert Image.open(io.BytesIO(piped.stdout)).format == "WEBP" and not list(tmp_path.iterdir())  # no file "-"
+    assert b"cam: class" in piped.stderr and b"-> standard output" in piped.stderr, piped.stderr
+    named = gazer_cli(live, "compare", str(photos["chelsea"]), "--methods", "cam", "-o", str(tmp_path / "g.gif"),
+                      "--format", "jpeg")  # the format given, whatever the name
+    assert named.returncode == 0 and Image.open(tmp_path / "g.gif").format == "JPEG", named.stderr
+
+
 def test_finetune_follows_to_the_end_and_the_model_is_listed(live, dataset_id):
     done = gazer_cli(live, "finetune", "--dataset", dataset_id, "--output", "pets", *TINY_FINE_TUNE, timeout=240)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -691,19 +691,29 @@ def follow(client: Client, job_id: str, url: str) -> int:
         return 1
     say(describe_end(last), file=sys.stdout if last.state == "succeeded" else sys.stderr)
     if last.state == "succeeded":
-        print_pinned_elsewhere(client, last)
+        print_plain_name_elsewhere(client, last)
     return 0 if last.state == "succeeded" else 1
 
 
-def print_pinned_elsewhere(client: Client, job: Job) -> None:
-    """A model the job published that its plain name does not mean (pinned to another version)."""
+def print_plain_name_elsewhere(client: Client, job: Job) -> None:
+    """A model the job published that its plain name does not mean: the name is pinned to another
+    version, or (not pinned) means its newest version that loads, a newer one or an older one."""
     made = (job.result or {}).get("model") or (job.result or {}).get("output_model")
     if not isinstance(made, dict):
         return
-    default = next((version.version for version in client.versions(made["id"]).data if version.default), None)
-    if default is not None and default != made["version"]:
-        say(f"{made['id']} still means {made['id']}@{default} (pinned): ask for {made['id']}@{made['version']}, "
-            f"or serve it as {made['id']} with: gazer models pin {made['id']} {made['version']}")
+    name, version = made["id"], made["version"]
+    found = client.versions(name)
+    if found.default == version:
+        return
+    if found.pinned is not None and found.pinned == found.default:
+        say(f"{name} still means {name}@{found.default} (pinned): ask for {name}@{version}, "
+            f"or serve it as {name} with: gazer models pin {name} {version}")
+    elif found.default > version:
+        say(f"{name} means its newest version, {name}@{found.default}, published since: ask for {name}@{version}")
+    else:
+        state = next((listed.state for listed in found.data if listed.version == version), "gone")
+        say(f"{name} means {name}@{found.default}, its newest version that loads ({name}@{version}: {state}; "
+            f"see gazer models versions {name})")
 
 
 # ---------------------------------------------------------------- arguments

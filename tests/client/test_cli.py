@@ -227,6 +227,27 @@ def test_finetune_follows_to_the_end_and_the_model_is_listed(live, dataset_id):
     assert "pets still means pets@1 (pinned)" in again.stdout and "gazer models pin pets 2" in again.stdout
 
 
+def test_a_model_published_under_a_name_that_means_another_version_is_said_pinned_only_if_it_is(gazer, capsys):
+    from gazer.cli import print_plain_name_elsewhere
+    from schemas.jobs import Job
+
+    for _ in range(2):  # as if a fine-tune published @1 and an upload @2 came while it was followed
+        gazer.upload_model("cli-unpinned", onnx=onnx_classifier().SerializeToString(), input_size=32)
+    ended = Job(id="j", type="fine-tune", state="succeeded", result={"model": {"id": "cli-unpinned", "version": 1}},
+                error=None, params={}, attempts=1, progress={"fraction": 1.0}, cancel_requested=False, created_at=0.0,
+                started_at=1.0, finished_at=2.0)
+    try:
+        assert gazer.versions("cli-unpinned").pinned is None
+        print_plain_name_elsewhere(gazer, ended)
+        assert capsys.readouterr().out == ("cli-unpinned means its newest version, cli-unpinned@2, published since: "
+                                           "ask for cli-unpinned@1\n")
+        gazer.pin("cli-unpinned", 2)
+        print_plain_name_elsewhere(gazer, ended)
+        assert capsys.readouterr().out.startswith("cli-unpinned still means cli-unpinned@2 (pinned): ")
+    finally:
+        gazer.delete_model("cli-unpinned")
+
+
 def test_follow_names_a_model_only_for_a_fine_tune_and_a_closed_pipe_is_quiet(live, gazer):
     job = gazer.activation_maximization({"class": 130}, steps=2)
     followed = gazer_cli(live, "jobs", "follow", job.id)

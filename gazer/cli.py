@@ -634,7 +634,10 @@ def cmd_models_upload(client: Client, args: argparse.Namespace) -> int:
 def describe_progress(job: Job) -> str:
     progress = job.progress or {}
     parts = [job.state]
-    if "phase" in progress and not job.finished:
+    trials = progress.get("trials")
+    if isinstance(trials, dict) and "total" in trials:  # a sweep: its phase is "trials", which this says
+        parts.append(describe_trials(trials, progress.get("best"), job.params.get("metric", "val_accuracy")))
+    elif "phase" in progress and not job.finished:
         parts.append(str(progress["phase"]))
     if "epoch" in progress:
         epochs = job.params.get("epochs")
@@ -647,6 +650,15 @@ def describe_progress(job: Job) -> str:
         if isinstance(value, float):
             parts.append(f"{name} {value:.3g}")
     return " ".join(parts)
+
+
+def describe_trials(trials: dict[str, Any], best: Any, metric: str) -> str:
+    """A sweep's progress: `2/3 trials done, 1 running, 1 pruned, best val_accuracy 0.750 (trial 1)`."""
+    said = [f"{trials.get('done', 0)}/{trials['total']} trials done"]
+    said += [f"{trials[state]} {state}" for state in ("running", "pruned", "failed") if trials.get(state)]
+    if isinstance(best, dict) and isinstance(best.get("value"), (int, float)):
+        said.append(f"best {metric} {best['value']:.3f} (trial {best.get('number')})")
+    return ", ".join(said)
 
 
 def describe_end(job: Job) -> str:

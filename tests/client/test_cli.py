@@ -345,10 +345,32 @@ def test_progress_names_the_phase_and_the_images_done():
     assert describe_progress(job) == "running loading images 64/900 images"
 
 
+def test_a_sweeps_progress_counts_its_trials_and_names_the_best_so_far():
+    from gazer.cli import describe_progress
+    from schemas.jobs import Job
+
+    def sweep(trials: dict, best: dict | None, metric: str = "val_accuracy") -> Job:  # as infra/sweeps.py reports
+        return Job(id="s", type="sweep", state="running", result=None, error=None, params={"metric": metric},
+                   attempts=1, progress={"fraction": trials["done"] / trials["total"], "phase": "trials",
+                                         "trials": trials, "best": best},
+                   cancel_requested=False, created_at=0.0, started_at=1.0, finished_at=None)
+
+    counts = {"total": 3, "done": 2, "running": 1, "pruned": 0, "succeeded": 2, "failed": 0}
+    best = {"number": 1, "job_id": "t1", "value": 0.75, "params": {"lr": 0.01}}
+    assert describe_progress(sweep(counts, best)) == \
+        "running 2/3 trials done, 1 running, best val_accuracy 0.750 (trial 1)"
+    started = {**counts, "done": 0, "succeeded": 0}
+    assert describe_progress(sweep(started, None, "val_loss")) == "running 0/3 trials done, 1 running"
+    pruned = {**counts, "done": 3, "running": 0, "pruned": 1, "failed": 1, "succeeded": 1}
+    assert describe_progress(sweep(pruned, {**best, "value": 0.25}, "val_loss")) == \
+        "running 3/3 trials done, 1 pruned, 1 failed, best val_loss 0.250 (trial 1)"
+
+
 def test_sweep_explain_dataset_maximize_and_the_management_commands(live, gazer, dataset_id, tmp_path):
     swept = gazer_cli(live, "sweep", "--dataset", dataset_id, "--output", "cli-swept", *TINY_FINE_TUNE,
                       "--space", '{"lr": {"log_uniform": [0.001, 0.01]}}', "--trials", "2", timeout=300)
     assert swept.returncode == 0 and "100%" in swept.stderr, swept.stdout + swept.stderr
+    assert "/2 trials done" in swept.stderr, swept.stderr  # the bar counts the trials
     sweep_id = swept.stdout.split()[1]
     trials = gazer_cli(live, "jobs", "ls", "--parent", sweep_id)
     assert trials.stdout.count("fine-tune") == 2, trials.stdout

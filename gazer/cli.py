@@ -553,13 +553,16 @@ def cmd_models_ls(client: Client, args: argparse.Namespace) -> int:
 
 def cmd_models_show(client: Client, args: argparse.Namespace) -> int:
     detail = client.model(args.name)
+    if args.json:  # every field, the layers and labels among them
+        say_json(detail)
+        return 0
     pre = detail.preprocessing
     say(f"{detail.id}@{detail.version}: {detail.architecture}, {detail.num_classes} classes, {detail.status}",
         f"  {detail.description}",
         f"  input {detail.input_size} (resize short side to {pre.resize_short_side_to}, {pre.interpolation}; "
         f"mean {[round(v, 4) for v in pre.mean]}, std {[round(v, 4) for v in pre.std]})",
         f"  default layer {detail.default_layer or 'none (an ONNX model: occlusion and rise)'}; "
-        f"{len(detail.layers)} targetable layers",
+        f"{len(detail.layers)} targetable layers (gazer models show {detail.id} --json lists them)",
         f"  methods {', '.join(detail.methods)}",
         f"  attention {', '.join(detail.attention) or 'none'}",
         f"  weights {detail.weights_digest}")
@@ -870,7 +873,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = group("models", "list, describe, upload, pin and delete models")
     command(models, "ls", cmd_models_ls, "list models")
-    command(models, "show", cmd_models_show, "describe a model").add_argument("name", metavar="NAME")
+    sub = command(models, "show", cmd_models_show, "describe a model")
+    sub.add_argument("name", metavar="NAME")
+    sub.add_argument("--json", action="store_true", help="the API's whole description as JSON: its layers, "
+                                                         "labels, methods, ...")
     sub = command(models, "labels", cmd_models_labels, "a model's classes by index (what --target counts)")
     sub.add_argument("name", metavar="NAME")
     sub.add_argument("text", nargs="?", default="", metavar="TEXT", help="only the labels holding TEXT (any case)")

@@ -210,6 +210,15 @@ def test_compare_writes_to_standard_output_and_takes_a_format_as_explain_does(li
     assert named.returncode == 0 and Image.open(tmp_path / "g.gif").format == "JPEG", named.stderr
 
 
+def test_models_show_says_how_many_layers_and_as_json_lists_them(live, gazer):
+    shown = gazer_cli(live, "models", "show", "efficientnet_lite0")
+    layers = gazer.model("efficientnet_lite0").layers
+    assert shown.returncode == 0 and f"{len(layers)} targetable layers" in shown.stdout, shown.stderr
+    described = gazer_cli(live, "models", "show", "efficientnet_lite0", "--json")
+    assert described.returncode == 0, described.stderr
+    assert json.loads(described.stdout)["layers"] == layers and len(layers) > 100
+
+
 def test_finetune_follows_to_the_end_and_the_model_is_listed(live, dataset_id):
     done = gazer_cli(live, "finetune", "--dataset", dataset_id, "--output", "pets", *TINY_FINE_TUNE, timeout=240)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -460,10 +460,23 @@ def cmd_explain_dataset(client: Client, args: argparse.Namespace) -> int:
 def cmd_maximize(client: Client, args: argparse.Namespace) -> int:
     if bool(args.classes) == bool(args.layer) or bool(args.channels) != bool(args.layer):
         raise SystemExit("gazer: give --class (repeatable), or --layer with --channel (repeatable)")
-    target = {"classes": [class_index(client, args.model, given) for given in args.classes]} if args.classes \
+    target = {"classes": job_classes(client, args.model, args.classes)} if args.classes \
         else {"layer": args.layer, "channels": args.channels}
     options = {"model": args.model, **key_values(args.option, "--option")}
     return submitted(client, client.activation_maximization(target, **options), args)
+
+
+def job_classes(client: Client, model: str, given: Sequence[str]) -> list[int]:
+    """Each class's index, for a job: a label is looked up in the model's labels, which a key with only the
+    'jobs' scope may not read, though it may submit the job with the indexes."""
+    try:
+        return [class_index(client, model, named) for named in given]
+    except ApiError as error:
+        if error.status != 403:
+            raise
+        raise SystemExit(f"gazer: a class given by its label is looked up in {model}'s labels, which needs a key "
+                         f"with the 'predict' scope ({error.detail}); give the class by its index (e.g. --class 130): "
+                         f"the job itself needs only the 'jobs' scope") from None
 
 
 def cmd_jobs_ls(client: Client, args: argparse.Namespace) -> int:

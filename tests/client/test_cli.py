@@ -17,8 +17,10 @@ import pytest
 from PIL import Image, ImageOps
 
 from gazer import grid
+from schemas.api_keys import create_key
 from support import chelsea, coffee
 from tests.api.test_model_refusals import onnx_classifier
+from tests.live_service import LiveService
 
 CAT_CLASSES = {str(index) for index in range(281, 286)}
 TINY_FINE_TUNE = ["--strategy", "feature_extraction", "--epochs", "1", "--batch-size", "4", "--input-size", "64",
@@ -306,6 +308,21 @@ def test_ctrl_c_leaves_the_job_running_and_says_how_to_cancel(live, gazer, datas
     assert gazer.wait(job_id, timeout=120).state == "cancelled"
     shown = gazer_cli(live, "jobs", "show", job_id)
     assert shown.returncode == 0 and '"state": "cancelled"' in shown.stdout
+
+
+def test_a_label_needs_the_predict_scope_to_be_looked_up_and_a_class_index_does_not(tmp_path_factory):
+    keys = tmp_path_factory.mktemp("keys") / "keys.json"
+    jobs_only, _ = create_key(keys, ["jobs"], "cli tests, jobs only")
+    with LiveService(tmp_path_factory.mktemp("keyed-service"), api_keys=keys) as keyed:
+        def maximize(given: str) -> subprocess.CompletedProcess:
+            return subprocess.run([sys.executable, "-m", "gazer", "--api-key", jobs_only, "maximize", "--class", given,
+                                   "--option", "steps=2", "--option", "size=64", "--no-follow"], env=cli_env(keyed),
+                                  capture_output=True, text=True, timeout=120)
+
+        by_label, by_index = maximize("flamingo"), maximize("130")
+    assert by_label.returncode == 1 and "needs a key with the 'predict' scope" in by_label.stderr, by_label.stderr
+    assert "give the class by its index (e.g. --class 130)" in by_label.stderr, by_label.stderr
+    assert by_index.returncode == 0 and by_index.stdout.strip(), by_index.stderr  # the job's id
 
 
 def test_a_boolean_field_is_a_bare_flag_and_help_names_the_built_in_url():

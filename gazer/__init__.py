@@ -1,7 +1,7 @@
 """The Python client of Gazer: `from gazer import Client` (or AsyncClient); an error answer is
-raised as ApiError."""
+raised as ApiError, no answer (the service down, the connection broken) as NoAnswer, both a GazerError."""
 
 from gazer.client import AsyncClient, Client
-from gazer.errors import ApiError, BadAnswer
+from gazer.errors import ApiError, BadAnswer, GazerError, NoAnswer
 
-__all__ = ["ApiError", "AsyncClient", "BadAnswer", "Client"]
+__all__ = ["ApiError", "AsyncClient", "BadAnswer", "Client", "GazerError", "NoAnswer"]

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from gazer import grid
 from gazer.calls import DEFAULT_MODEL
 from gazer.client import DEFAULT_URL, Client, default_url
-from gazer.errors import ApiError, BadAnswer, shortened
+from gazer.errors import ApiError, BadAnswer, NoAnswer, shortened
 from schemas.api_keys import SCOPES, create_key, read_key_file, revoke_key
 from schemas.jobs import FineTuneRequest, Job
 
@@ -1023,11 +1023,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ApiError as error:
         say(f"gazer: {error.status} {error.title}: {error.detail}", *problem_notes(error), file=sys.stderr)
         return 1
-    except (httpx.ReadTimeout, httpx.WriteTimeout) as error:  # reached, but it did not answer, or take the upload
-        say(f"gazer: {args.url} did not answer in time ({type(error).__name__}): {error}", file=sys.stderr)
-        return 1
-    except httpx.TransportError as error:
-        say(f"gazer: cannot reach {args.url}: {error}", file=sys.stderr)
+    except NoAnswer as error:  # not reached, or reached but it did not answer (or take the upload) in time
+        say(f"gazer: {error}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # `gazer jobs show ID | head`: the reader has had what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit

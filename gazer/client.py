@@ -1,6 +1,7 @@
 """Python clients for the Gazer API on httpx: `Client` blocks, `AsyncClient` awaits. Both send
 the calls that gazer.calls builds and return the wire models of schemas/; an error answer is
-raised as `ApiError`."""
+raised as `ApiError`, and no answer (the service cannot be reached, the connection breaks or times
+out) as `NoAnswer`, httpx's error its `__cause__`: both are a `GazerError`."""
 
 from __future__ import annotations
 
@@ -16,13 +17,13 @@ import httpx
 from gazer import calls
 from gazer.archive import dataset_archive
 from gazer.calls import DEFAULT_MODEL, ImageInput
-from gazer.errors import ApiError
+from gazer.errors import ApiError, GazerError, NoAnswer
 from gazer.results import ExplainResponse, JobEvent
 from schemas.datasets import Dataset, DatasetList
 from schemas.jobs import Job, JobList
 from schemas.models import ModelDetail, ModelList, ModelRef, PredictResponse, VersionList
 
-__all__ = ["ApiError", "AsyncClient", "Client", "DEFAULT_URL", "JobEvent", "default_url"]
+__all__ = ["ApiError", "AsyncClient", "Client", "DEFAULT_URL", "GazerError", "JobEvent", "NoAnswer", "default_url"]
 
 T = TypeVar("T")
 
@@ -50,6 +51,15 @@ def _auth_headers(api_key: str | None, headers: dict[str, str] | None) -> dict[s
     return {**({"Authorization": f"Bearer {key}"} if key else {}), **(headers or {})}
 
 
+@contextmanager
+def _answering(url: str) -> Iterator[None]:
+    """httpx's transport errors (refused, reset, timed out) raised as NoAnswer, each its cause."""
+    try:
+        yield
+    except httpx.TransportError as error:
+        raise NoAnswer(url, error) from error
+
+
 def _whole(response: httpx.Response) -> httpx.Response:
     """A streamed answer read whole, up to calls.MAX_ANSWER_BYTES."""
     limit = calls.AnswerLimit(response)
@@ -70,7 +80,8 @@ def _dataset_source(source: str | os.PathLike[str] | bytes) -> ContextManager[tu
 
 class Client:
     """Blocking client: `with Client("http://host:8000") as gazer: gazer.predict("cat.jpg")`.
-    `url` defaults to $GAZER_URL, else http://127.0.0.1:8000."""
+    `url` defaults to $GAZER_URL, else http://127.0.0.1:8000. Every call raises ApiError for an error
+    answer, NoAnswer where none came."""
 
     def __init__(self, url: str | None = None, *, timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
                  headers: dict[str, str] | None = None, api_key: str | None = None) -> None:
@@ -87,13 +98,13 @@ class Client:
         self.close()
 
     def _send(self, call: calls.Call[T]) -> T:
-        with self._http.stream(**call.request()) as response:
+        with _answering(self.url), self._http.stream(**call.request()) as response:
             return call.read(_whole(response))
 
     @contextmanager
     def _stream(self, call: calls.Call[None], **options: Any) -> Iterator[httpx.Response]:
         """A streamed answer to read as it comes; an error answer is raised, read up to its limit."""
-        with self._http.stream(**call.request(), **options) as response:
+        with _answering(self.url), self._http.stream(**call.request(), **options) as response:
             if not response.is_success:
                 calls.checked(_whole(response))
             yield response
@@ -233,15 +244,17 @@ class AsyncClient:
         await self.aclose()
 
     async def _send(self, call: calls.Call[T]) -> T:
-        async with self._http.stream(**call.request()) as response:
-            return call.read(await _awhole(response))
+        with _answering(self.url):
+            async with self._http.stream(**call.request()) as response:
+                return call.read(await _awhole(response))
 
     @asynccontextmanager
     async def _stream(self, call: calls.Call[None], **options: Any) -> AsyncIterator[httpx.Response]:
-        async with self._http.stream(**call.request(), **options) as response:
-            if not response.is_success:
-                calls.checked(await _awhole(response))
-            yield response
+        with _answering(self.url):
+            async with self._http.stream(**call.request(), **options) as response:
+                if not response.is_success:
+                    calls.checked(await _awhole(response))
+                yield response
 
     async def predict(self, images: ImageInput | Iterable[ImageInput], model: str = DEFAULT_MODEL,
                       top_k: int | None = None, resize: str | None = None) -> PredictResponse:

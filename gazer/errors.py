@@ -1,4 +1,5 @@
-"""The one exception the client raises for an error answer from the API."""
+"""What the client raises: `ApiError` for an error answer from the API, `NoAnswer` where none came;
+both are a `GazerError`."""
 
 from __future__ import annotations
 
@@ -16,7 +17,11 @@ def shortened(text: str) -> str:
     return text if len(text) <= SHOWN_CHARACTERS else text[:SHOWN_CHARACTERS] + "..."
 
 
-class ApiError(Exception):
+class GazerError(Exception):
+    """Any error of the Gazer client: an error answer (ApiError), or none (NoAnswer)."""
+
+
+class ApiError(GazerError):
     """An RFC 9457 problem: `type`, `title`, `status`, `detail`, and in `extras` whatever else
     the body carried (`errors`, the offending fields; `valid`, the accepted values)."""
 
@@ -71,3 +76,19 @@ class BadAnswer(ApiError):
 
     def __init__(self, detail: str, status: int = 200) -> None:
         super().__init__("about:blank", "Unexpected answer", status, detail)
+
+
+# Timeouts after the service was reached: it is up, but did not answer or take the upload in time.
+ANSWER_TIMEOUTS = (httpx.ReadTimeout, httpx.WriteTimeout)
+
+
+class NoAnswer(GazerError):
+    """No answer, or not a whole one: the service could not be reached (down, a wrong address), or the
+    connection broke or timed out. `url` is the service's, `timed_out` whether it was reached but did not
+    answer in time; the httpx error is the `__cause__`."""
+
+    def __init__(self, url: str, error: httpx.TransportError) -> None:
+        self.url = url
+        self.timed_out = isinstance(error, ANSWER_TIMEOUTS)
+        super().__init__(f"{url} did not answer in time ({type(error).__name__}): {error}" if self.timed_out
+                         else f"cannot reach {url}: {error}")

@@ -15,6 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import httpx
+
+from gazer import Client, GazerError, NoAnswer
 from gazer.calls import EventParser
 from gazer.client import ApiError, AsyncClient
 from gazer.results import ExplainResponse, JobEvent
@@ -22,6 +25,8 @@ from schemas.models import PredictResponse
 from support import chelsea, encode, shapes_archive
 from tests.api.test_model_refusals import onnx_classifier
 from tests.client.conftest import EVENT_STREAM_SECONDS
+from tests.client.fake_service import Answer, FakeService
+from tests.live_service import free_port
 
 CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 
@@ -86,6 +91,31 @@ def test_a_bad_file_is_one_error_type_with_the_problem_fields(gazer, photos):
     with pytest.raises(ApiError) as raised:
         gazer.model("no-such-model")
     assert raised.value.status == 404 and raised.value.problem()["type"] == "/problems/unknown-model"
+
+
+def test_no_answer_is_a_gazer_error_with_httpxs_as_its_cause(photos):
+    """The service down (nothing listens on the port), or an answer cut short (a streamed artifact
+    shorter than its Content-Length): NoAnswer, as the CLI's one line says, not httpx's own error."""
+    down = f"http://127.0.0.1:{free_port()}"
+    with Client(down) as gazer, pytest.raises(NoAnswer) as raised:
+        gazer.explain(photos["chelsea"])
+    assert isinstance(raised.value, GazerError) and not isinstance(raised.value, ApiError)
+    assert isinstance(raised.value.__cause__, httpx.ConnectError) and not raised.value.timed_out
+    assert str(raised.value).startswith(f"cannot reach {down}: ") and raised.value.url == down
+
+    async def explain_async() -> None:
+        async with AsyncClient(down) as client:
+            await client.explain(photos["chelsea"])
+
+    with pytest.raises(NoAnswer) as raised:
+        asyncio.run(explain_async())
+    assert isinstance(raised.value.__cause__, httpx.ConnectError)
+
+    cut_short = Answer(200, b"0123456789", {"Content-Length": "100"})
+    with FakeService({"/v1/jobs/j1/artifacts/big.bin": cut_short}) as service, Client(service.url) as gazer, \
+            pytest.raises(NoAnswer) as raised:
+        gazer.write_artifact("j1", "big.bin", io.BytesIO())
+    assert isinstance(raised.value.__cause__, httpx.RemoteProtocolError), raised.value.__cause__
 
 
 def test_numpy_numbers_and_one_output_named_as_a_string_are_sent_as_meant(gazer):

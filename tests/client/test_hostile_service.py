@@ -148,6 +148,14 @@ def test_an_event_line_over_16_mi_characters_is_refused():
     assert done.returncode == 1 and "over 16 Mi characters" in done.stderr, done.stderr
 
 
+def test_a_service_that_is_down_is_one_line_of_error_not_a_traceback():
+    down = FakeService({})  # its port, with nothing listening on it
+    down.server.server_close()
+    done = gazer_at(down, "models", "ls")
+    assert done.returncode == 1 and done.stderr.startswith(f"gazer: cannot reach {down.url}: "), done.stderr
+    assert len(done.stderr.splitlines()) == 1
+
+
 def test_a_malformed_or_unexpected_answer_is_one_line_of_error_not_a_traceback():
     fine_tune = job("j1", type="fine-tune", result={"model": "not an object"})
     answers = {"/v1/models": Answer(302, b"", {"Location": "https://elsewhere.example/v1/models"}),

@@ -378,13 +378,17 @@ def _faithfulness(model: LoadedModel, batch: np.ndarray, maps: np.ndarray,
     """None for a flat map: it ranks no pixel above another, so its scores would measure the
     order pixels are stored in."""
     score, inputs = onnx_scorer(model), torch.from_numpy(batch)
-    scores = [deletion_and_insertion(score, inputs[index], maps[index], int(chosen[index]), model.spec.mean,
-                                     model.spec.std) if not _is_flat(maps[index]) else None
-              for index in range(len(maps))]
-    for index, measured in enumerate(scores):
-        if measured is not None and not math.isfinite(measured.deletion + measured.insertion):
+    scores: list[Faithfulness | None] = []
+    for index in range(len(maps)):
+        if _is_flat(maps[index]):
+            scores.append(None)
+            continue
+        measured = deletion_and_insertion(score, inputs[index], maps[index], int(chosen[index]), model.spec.mean,
+                                          model.spec.std)
+        if not math.isfinite(measured.deletion + measured.insertion):
             raise NonFiniteScores(f"file {index}: model {model.spec.ref!r} scored a masked copy of it NaN or "
                                   f"infinite, so its faithfulness cannot be measured", field="faithfulness")
+        scores.append(measured)
     return scores
 
 

@@ -198,9 +198,9 @@ def check_space(dimensions: list[Dimension], base: dict[str, Any]) -> None:
 def checked_trials(params: dict[str, Any]) -> list[dict[str, Any]]:
     """The trials whose checks every trial passes: the base fine-tune with the memory-deciding
     values (batch and input size) at the top of their ranges, two when `input_size` may be null
-    (the base model's size, unknown here): one at null, one at the largest size given; and the
-    one at the bottom of both, with a strategy that trains the backbone where the space has one
-    (one-image batches on small inputs are refused only for those)."""
+    (the base model's size, unknown here): one at null, one at the largest size given; and those
+    at the bottom of both (null too), with a strategy that trains the backbone where the space has
+    one (one-image batches on small inputs are refused only for those)."""
     dimensions = {dimension.name: dimension for dimension in parse_space(params["space"])}
     top: dict[str, Any] = {}
     bottom: dict[str, Any] = {}
@@ -211,12 +211,13 @@ def checked_trials(params: dict[str, Any]) -> list[dict[str, Any]]:
         training = [strategy for strategy in extremes(dimensions["strategy"]) if strategy != "feature_extraction"]
         bottom["strategy"] = training[0] if training else "feature_extraction"
     if "input_size" not in dimensions:
-        heaviest = [with_values(params["base"], top)]
+        heaviest, lightest = [with_values(params["base"], top)], [with_values(params["base"], bottom)]
     else:
         sizes = extremes(dimensions["input_size"])
         given = [size for size in sizes if size is not None]
-        largest = ([max(given)] if given else []) + ([None] if None in sizes else [])
-        heaviest = [with_values(params["base"], {**top, "input_size": size}) for size in largest]
-        bottom["input_size"] = min(given) if given else None
-    lightest = with_values(params["base"], bottom)
-    return heaviest + ([lightest] if lightest not in heaviest else [])
+        null = [None] if None in sizes else []  # the base model's size: larger or smaller than those given
+        heaviest = [with_values(params["base"], {**top, "input_size": size})
+                    for size in ([max(given)] if given else []) + null]
+        lightest = [with_values(params["base"], {**bottom, "input_size": size})
+                    for size in ([min(given)] if given else []) + null]
+    return heaviest + [trial for trial in lightest if trial not in heaviest]

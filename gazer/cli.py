@@ -671,7 +671,7 @@ def describe_progress(job: Job) -> str:
 def describe_trials(trials: dict[str, Any], best: Any, metric: str) -> str:
     """A sweep's progress: `2/3 trials done, 1 running, 1 pruned, best val_accuracy 0.750 (trial 1)`."""
     said = [f"{trials.get('done', 0)}/{trials['total']} trials done"]
-    said += [f"{trials[state]} {state}" for state in ("running", "pruned", "failed") if trials.get(state)]
+    said += [f"{trials[state]} {state}" for state in ("running", "pruned", "failed", "cancelled") if trials.get(state)]
     if isinstance(best, dict) and isinstance(best.get("value"), (int, float)):
         said.append(f"best {metric} {best['value']:.3f} (trial {best.get('number')})")
     return ", ".join(said)
@@ -730,7 +730,12 @@ def print_plain_name_elsewhere(client: Client, job: Job) -> None:
     if not isinstance(made, dict):
         return
     name, version = made["id"], made["version"]
-    found = client.versions(name)
+    try:
+        found = client.versions(name)
+    except ApiError as error:
+        if error.status == 403:  # a key of the 'jobs' scope alone may not read models: nothing more to say
+            return
+        raise
     if found.default == version:
         return
     if found.pinned is not None and found.pinned == found.default:

@@ -228,7 +228,8 @@ class _Coordinator:
         ended = sum(count.values())
         progress(ended / self.config.trials, phase="trials", trials={
             "total": self.config.trials, "done": ended, "running": len(self.running), "pruned": count["pruned"],
-            "succeeded": count["succeeded"], "failed": count["failed"] + count["cancelled"]}, best=self.best())
+            "succeeded": count["succeeded"], "failed": count["failed"], "cancelled": count["cancelled"]},
+            best=self.best())
 
     def cancel_running(self, wait_seconds: float) -> None:
         for child in self.running:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.names import DEFAULT_MODEL  # noqa: F401  (the clients' default, from its one place)
 from core.names import FLAT_GATE_RANGE, PICTURE_SIDE
+from schemas.params import NOT_A_BOOLEAN
 
 
 class ModelRef(BaseModel):
@@ -135,4 +136,4 @@ class VersionList(BaseModel):
 class PinRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    version: int = Field(ge=1, le=2**31 - 1)
+    version: Annotated[int, Field(ge=1, le=2**31 - 1), NOT_A_BOOLEAN]

@@ -65,8 +65,8 @@ def wire_model(config: type, name: str, base: type[BaseModel] = Strict,
             default = {}
         limits = bounds(field)
         if limits and typing.get_origin(annotation) in (Union, types.UnionType):
-            # `float | Literal["auto"]`: the bounds are the number's
-            annotation = Union[tuple(Annotated[member, Field(**limits)] if member in (int, float) else member
+            # `float | Literal["auto"]`: the bounds are the number's; `str | None`: the string's
+            annotation = Union[tuple(Annotated[member, Field(**limits)] if member in (int, float, str) else member
                                      for member in typing.get_args(annotation))]
             limits = {}
         fields[field.name] = (numbers_not_booleans(annotation), Field(**default, description=doc(field) or None,

@@ -142,6 +142,11 @@ def explain_dataset(config: ExplainDatasetConfig, model: LoadedModel, datasets_d
             open(folder / TABLE, "w", newline="") as table_file:
         table = csv.DictWriter(table_file, columns)
         table.writeheader()
+
+        def write_error(path: Path, label: int, error: str) -> None:
+            file = f"{classes[label]}/{path.name}"
+            table.writerow({"file": file, "uploaded_as": uploaded_as.get(file, file), "class": classes[label],
+                            "error": error})
         for start in range(0, len(items), batch):
             if should_stop():
                 raise JobCancelled()
@@ -153,9 +158,7 @@ def explain_dataset(config: ExplainDatasetConfig, model: LoadedModel, datasets_d
                     decoded[index] = imaging.decode_image(path.read_bytes(), max_image_pixels,
                                                           imaging.needed_sides(model.spec))
                 except GazerError as error:
-                    file = f"{classes[label]}/{path.name}"
-                    table.writerow({"file": file, "uploaded_as": uploaded_as.get(file, file), "class": classes[label],
-                                    "error": error.detail})
+                    write_error(path, label, error.detail)
             if not decoded:
                 continue
             with stopping_within(should_stop):
@@ -163,9 +166,7 @@ def explain_dataset(config: ExplainDatasetConfig, model: LoadedModel, datasets_d
             for index, result in results.items():
                 path, label = items[index]
                 if isinstance(result, str):
-                    file = f"{classes[label]}/{path.name}"
-                    table.writerow({"file": file, "uploaded_as": uploaded_as.get(file, file), "class": classes[label],
-                                    "error": result})
+                    write_error(path, label, result)
                     continue
                 layer = result.explanation.layer
                 heatmaps.writestr(names[index], result.explanation.heatmap_png)
@@ -192,7 +193,9 @@ def _explained(model: LoadedModel, config: ExplainDatasetConfig,
                                 outputs=("heatmap", "map"), faithfulness=config.faithfulness)
     try:
         return dict(zip(images, explain(list(images.values()))))
-    except NonFiniteScores:
+    except NonFiniteScores as error:
+        if len(images) == 1:
+            return {next(iter(images)): error.detail.partition(": ")[2]}
         results: dict[int, pipeline.ImageResult | str] = {}
         for index, image in images.items():
             try:

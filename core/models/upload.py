@@ -176,7 +176,11 @@ def torch_model(name: str, architecture: str, weights: bytes, labels: list[str] 
     check_preprocessing(preprocessing)
     state = {key: value for key, value in read_state_dict(weights).items()
              if not key.startswith(_TRAINING_ONLY_PREFIXES)}
-    probe = construct_on_meta(architecture)  # nothing is allocated before the weights are known to fit
+    try:
+        probe = construct_on_meta(architecture)  # nothing is allocated before the weights are known to fit
+    except NotImplementedError as error:  # a builder that the meta device cannot run (every one today can)
+        raise InvalidRequest(f"{architecture} cannot be described before it is built ({error}), and is not built "
+                             f"for weights not yet known to fit it", field="architecture") from None
     classifier = classifier_name(probe)
     if f"{classifier}.weight" not in state or state[f"{classifier}.weight"].dim() != 2:
         raise InvalidRequest(f"weights have no 2-D {classifier + '.weight'!r}: not a state dict of {architecture}"

@@ -59,7 +59,7 @@ def valley(lrs: list[float], losses: list[float]) -> float:
             if usable[i] < usable[j] and longest[i] < longest[j] + 1:
                 longest[i] = longest[j] + 1
             if longest[end] < longest[i]:
-                end, start = i, i - longest[i]
+                end, start = i, i - longest[i] + 1
     third = (end - start) / 3
     return float(usable_lrs[start + int(third) + int(third / 2)])
 

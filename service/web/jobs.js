@@ -497,9 +497,10 @@ function fineTuneReport(report, card) {
 // An explain-dataset job: per class its mean map, plus the heatmaps and the table to download.
 function explainDatasetResult(result, card) {
   const classes = result.classes || [];
-  const faithful = classes.some((entry) => entry.scored !== undefined);
-  // flat maps rank no pixel first, so they have no deletion or insertion score
-  const scores = (entry) => !entry.scored ? "no faithfulness scores: every map flat"
+  const faithful = classes.some((entry) => entry.scored !== undefined || entry.deletion !== undefined);
+  // flat maps rank no pixel first, so they have no deletion or insertion score (results from before
+  // flat maps were left out have scores and no `scored`)
+  const scores = (entry) => entry.scored === 0 ? "no faithfulness scores: every map flat"
     : `deletion ${fmtNumber(entry.deletion, 3)} · insertion ${fmtNumber(entry.insertion, 3)}`
       + (entry.scored < entry.images ? ` (${entry.scored} scored, the rest flat)` : "");
   return [

@@ -4,7 +4,10 @@ fields (422 naming `space.NAME`), its bounds, its base fine-tune's references.""
 from __future__ import annotations
 
 import pytest
+import torch
+import torchvision
 from fastapi.testclient import TestClient
+from safetensors.torch import save
 
 from core.memory import training_bytes
 from service.app import create_app
@@ -68,8 +71,8 @@ def test_the_memory_check_of_a_null_input_size_uses_the_base_models_size(shapes,
 
 @pytest.mark.parametrize("base, space, field", [
     ({"input_size": 32}, {"batch_size": {"choice": [1, 8]}}, "space.batch_size"),
-    ({"input_size": 32, "batch_size": 1}, {"strategy": {"choice": ["feature_extraction", "fine_tune"]}},
-     "base.batch_size"),
+    ({"input_size": 32, "batch_size": 1, "strategy": "feature_extraction"},
+     {"strategy": {"choice": ["feature_extraction", "fine_tune"]}}, "base.batch_size"),
     ({"batch_size": 1}, {"input_size": {"int": [32, 96]}}, "base.batch_size"),
 ])
 def test_a_space_that_can_sample_one_image_batches_on_small_inputs_is_refused(client, shapes, base, space, field):
@@ -77,6 +80,21 @@ def test_a_space_that_can_sample_one_image_batches_on_small_inputs_is_refused(cl
     response = client.post("/v1/jobs/sweep", json={"base": {**BASE, "dataset_id": shapes, **base}, "space": space})
     assert response.status_code == 422 and "1 x 1" in response.json()["detail"], response.text
     assert response.json()["errors"][0]["field"] == field
+
+
+def test_a_null_input_size_is_checked_at_the_bottom_too_a_base_model_may_be_small(client, shapes):
+    """null is the base model's size: 32 for this one, under the sizes given, so its one-image
+    batches would fail on the worker."""
+    torch.manual_seed(0)
+    weights = save({key: value.contiguous() for key, value in
+                    torchvision.models.resnet18(num_classes=2).state_dict().items()})
+    uploaded = client.post("/v1/models", data={"name": "small-base", "architecture": "resnet18", "input_size": 32},
+                           files={"weights": ("w.safetensors", weights)})
+    assert uploaded.status_code == 201, uploaded.text
+    base = {**BASE, "dataset_id": shapes, "base_model": "small-base"}
+    space = {"batch_size": {"choice": [1, 8]}, "input_size": {"choice": [None, 128]}}
+    response = client.post("/v1/jobs/sweep", json={"base": base, "space": space})
+    assert response.status_code == 422 and "1 x 1" in response.json()["detail"], response.text
 
 
 @pytest.mark.parametrize("space, words", [

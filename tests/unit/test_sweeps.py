@@ -80,7 +80,8 @@ def test_the_checks_see_the_largest_batch_and_size_a_space_can_sample_and_the_sm
     # null is the base model's size, which may be larger than any size given: both are checked
     assert checked_trials(params) == [{**BASE, "batch_size": 64, "input_size": 128},
                                       {**BASE, "batch_size": 64, "input_size": None},
-                                      {**BASE, "batch_size": 4, "input_size": 64}]
+                                      {**BASE, "batch_size": 4, "input_size": 64},
+                                      {**BASE, "batch_size": 4, "input_size": None}]
     assert checked_trials(sweep({"input_size": {"choice": [None]}})) == [{**BASE, "input_size": None}]
     assert checked_trials(sweep({"batch_size": {"choice": [8, 2]}})) == [{**BASE, "batch_size": 8},
                                                                          {**BASE, "batch_size": 2}]

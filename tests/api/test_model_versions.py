@@ -58,6 +58,8 @@ def test_versions_can_be_listed_pinned_and_deleted(client):
     assert client.get("/v1/models/pets").json()["version"] == 1
     assert client.put("/v1/models/pets/default", json={"version": 9}).status_code == 422
     assert client.put("/v1/models/pets/default", json={"version": 0}).status_code == 422
+    refused = client.put("/v1/models/pets/default", json={"version": True})  # was read as version 1
+    assert refused.status_code == 422 and "not true or false" in refused.text, refused.text
     unpinned = client.delete("/v1/models/pets/default")
     assert unpinned.status_code == 200 and unpinned.json() == {"id": "pets", "version": 3}
     assert served_version(client, "pets") == 3 and client.get("/v1/models/pets/versions").json()["pinned"] is None

@@ -145,3 +145,13 @@ def test_true_or_false_for_a_number_is_refused_not_read_as_one_or_zero(client, p
     assert refused.status_code == 422, refused.text
     assert {"field": field, "message": "Input should be a number, not true or false"} in refused.json()["errors"] or \
         (field == "lr" and "not true or false, or 'auto'" in refused.text), refused.json()
+
+
+def test_explain_datasets_method_keeps_its_bound_now_that_it_may_be_null(client):
+    """`str | None` lost the 64-character bound (only numbers kept theirs in a union): a long name
+    passed validation and was refused later, as another kind of problem."""
+    refused = client.post("/v1/jobs/explain-dataset", json={"dataset_id": "x", "method": "m" * 65})
+    assert refused.status_code == 422 and refused.json()["type"].endswith("validation-error"), refused.text
+    assert refused.json()["errors"][0]["field"] == "method"
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["ExplainDatasetRequest"]
+    assert {"type": "string", "maxLength": 64} in schema["properties"]["method"]["anyOf"]

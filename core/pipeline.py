@@ -76,12 +76,22 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def probabilities(model: LoadedModel, logits: np.ndarray) -> np.ndarray:
     """Each image's softmax. An image that the model scores NaN or infinite has none: a 422
     naming the file (an upload's check sees random inputs only, so such a model can be served)."""
-    finite = np.isfinite(logits).all(axis=1)
-    if not finite.all():
-        index = int(np.flatnonzero(~finite)[0])
-        raise NonFiniteScores(f"file {index}: model {model.spec.ref!r} scored it NaN or infinite, so it has no "
-                              f"probabilities; the model, not the image, is at fault", field=f"file.{index}")
+    index = _first_not_finite(logits)
+    if index is not None:
+        raise _not_finite(index, f"model {model.spec.ref!r} scored it NaN or infinite, so it has no probabilities; "
+                                 f"the model, not the image, is at fault", f"file.{index}")
     return softmax(logits)
+
+
+def _first_not_finite(values: np.ndarray) -> int | None:
+    """The first image (along the first axis) with a NaN or infinite value, if any."""
+    finite = np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+    return None if finite.all() else int(np.flatnonzero(~finite)[0])
+
+
+def _not_finite(index: int, why: str, field: str) -> NonFiniteScores:
+    """`why` apart too: an explain-dataset job writes it in the image's row, where "file N" means nothing."""
+    return NonFiniteScores(f"file {index}: {why}", field=field, why=why)
 
 
 def top_predictions(probabilities: np.ndarray, spec: ModelSpec, top_k: int) -> list[list[Prediction]]:
@@ -253,7 +263,9 @@ def explain(model: LoadedModel, images: list[Image.Image], method_name: str,
     explained = time.perf_counter()
     maps, chosen = result.maps, result.targets.cpu().numpy()
     probs = probabilities(model, result.logits.float().cpu().numpy())
-    _check_finite(model, method_name, maps)
+    if (index := _first_not_finite(maps)) is not None:
+        raise _not_finite(index, f"its {method_name} map came out NaN or infinite, as model {model.spec.ref!r} "
+                                 f"scored a perturbed copy of it (or its gradients) so", f"file.{index}")
     timings = {"preprocess": (preprocessed - started) * 1000, "model": (explained - preprocessed) * 1000}
     on_stage("preprocess", preprocessed - started)
     on_stage(f"explain:{method_name}", explained - preprocessed)
@@ -386,19 +398,10 @@ def _faithfulness(model: LoadedModel, batch: np.ndarray, maps: np.ndarray,
         measured = deletion_and_insertion(score, inputs[index], maps[index], int(chosen[index]), model.spec.mean,
                                           model.spec.std)
         if not math.isfinite(measured.deletion + measured.insertion):
-            raise NonFiniteScores(f"file {index}: model {model.spec.ref!r} scored a masked copy of it NaN or "
-                                  f"infinite, so its faithfulness cannot be measured", field="faithfulness")
+            raise _not_finite(index, f"model {model.spec.ref!r} scored a masked copy of it NaN or infinite, so "
+                                     f"its faithfulness cannot be measured", "faithfulness")
         scores.append(measured)
     return scores
-
-
-def _check_finite(model: LoadedModel, method_name: str, maps: np.ndarray) -> None:
-    finite = np.isfinite(maps.reshape(len(maps), -1)).all(axis=1)
-    if not finite.all():
-        index = int(np.flatnonzero(~finite)[0])
-        raise NonFiniteScores(f"file {index}: its {method_name} map came out NaN or infinite, as model "
-                              f"{model.spec.ref!r} scored a perturbed copy of it (or its gradients) so",
-                              field=f"file.{index}")
 
 
 def _is_flat(saliency: np.ndarray) -> bool:

@@ -195,13 +195,13 @@ def _explained(model: LoadedModel, config: ExplainDatasetConfig,
         return dict(zip(images, explain(list(images.values()))))
     except NonFiniteScores as error:
         if len(images) == 1:
-            return {next(iter(images)): error.detail.partition(": ")[2]}
+            return {next(iter(images)): error.extra["why"]}
         results: dict[int, pipeline.ImageResult | str] = {}
         for index, image in images.items():
             try:
                 results[index] = explain([image])[0]
-            except NonFiniteScores as error:
-                results[index] = error.detail.partition(": ")[2]  # not "file 0", its index in a batch of one
+            except NonFiniteScores as alone:
+                results[index] = alone.extra["why"]
         return results
 
 

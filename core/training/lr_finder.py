@@ -1,7 +1,8 @@
 """The learning-rate range test (Smith 2017, "Cyclical Learning Rates", as fastai's `lr_find`):
 train on mini-batches with a learning rate rising exponentially from `start` to `end`, smooth
 the loss (an exponential moving average, debiased), stop once it diverges (4x its best), and
-pick a rate in the longest valley of the smoothed loss (fastai's `valley`). The network's weights are put back after."""
+pick a rate in the longest valley of the smoothed loss (fastai's `valley`). The network's
+weights are put back after."""
 
 from __future__ import annotations
 

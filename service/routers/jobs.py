@@ -158,11 +158,10 @@ def submit_explain_dataset(body: ExplainDatasetRequest, request: Request, respon
     """Every image of a data set explained on a worker: predictions, heatmaps (one zip), a CSV,
     per-class mean maps and, with `faithfulness`, deletion and insertion scores."""
     params = body.model_dump()
-    config = explain_dataset_config(params)
     with _references_in_body():
-        dataset = describe_dataset(storage.datasets, config.dataset_id)
-        caller.check_owns(dataset.get("owner"), f"data set {config.dataset_id!r}")
-        model = load_model(registry, config.model, request, caller)
+        dataset = describe_dataset(storage.datasets, body.dataset_id)
+        caller.check_owns(dataset.get("owner"), f"data set {body.dataset_id!r}")
+        model = load_model(registry, body.model, request, caller)
     config = explain_dataset_config(params, model)
     check_explain_dataset(config, model, dataset["images"], settings.max_explain_cost, settings.max_explain_job_cost)
     with _dataset_kept(queue, storage, config.dataset_id):

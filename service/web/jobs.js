@@ -507,7 +507,7 @@ function explainDatasetResult(result, card) {
     el("div", { class: "result-summary" },
       stat("Model", `${result.model.id}@${result.model.version}`), stat("Method", `${result.method}${result.layer ? ` at ${result.layer}` : ""}`),
       stat("Explained", `${fmtNumber(result.explained)} of ${fmtNumber(result.images)}`),
-      result.failed ? stat("Unreadable", fmtNumber(result.failed)) : null),
+      result.failed ? stat("Not explained", fmtNumber(result.failed)) : null),   // each with its error in the table
     el("div", { class: "gallery" }, classes.filter((entry) => entry.mean_map).map((entry) => el("figure", { class: "gallery-item class-mean" },
       artifactImage(entry.mean_map, `mean map of ${entry.label}`, card),
       el("figcaption", {}, el("b", {}, entry.label),

@@ -38,7 +38,7 @@ def pruned_when_told(progress: Progress, trial: dict[str, Any], report_epoch: Re
     """`progress` that also reports each finished epoch's metric; raises JobPruned when the
     pruner says this trial will not catch up."""
     def report(fraction: float, **details: Any) -> None:
-        progress(fraction, **details)  # the job store writes NaN as null
+        progress(fraction, **finite(details))
         metrics = details.get("metrics") or {}
         if trial["metric"] in metrics and report_epoch(trial, details["epoch"], metrics[trial["metric"]]):
             raise JobPruned(f"pruned after epoch {details['epoch']}: its {trial['metric']} "
@@ -65,7 +65,7 @@ def run_trial(job_id: str, params: dict[str, Any], progress: Progress, should_st
     (folder / METRICS).write_text(json.dumps(finite(trained.metrics)))
     kept = {key: trained.metrics[key] for key in RESULT_METRICS if key in trained.metrics}
     progress(1.0)  # also where it stopped early, before its last epoch
-    return {"trial": trial["number"], "metrics": kept}  # the job store writes NaN as null
+    return {"trial": trial["number"], "metrics": finite(kept)}
 
 
 def load_trial(folder: Path) -> tuple[ModelSpec, Any, dict[str, Any]]:

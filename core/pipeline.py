@@ -167,8 +167,17 @@ def _resolve_method(model: LoadedModel, method_name: str) -> Method:
     return method
 
 
+def layer_methods(model: LoadedModel) -> list[str]:
+    """The model's methods that explain at a layer (and take `layer`)."""
+    return [name for name in model.methods if METHODS[name].uses_layer]
+
+
 def _resolve_layer(model: LoadedModel, method_name: str, layer: str | None) -> str | None:
     method = METHODS[method_name]
+    if layer and not method.uses_layer:
+        raise InvalidRequest(f"{method_name} explains the input's pixels and takes no layer: leave layer out, or "
+                             f"choose a method that does ({', '.join(layer_methods(model))})", field="layer",
+                             valid=layer_methods(model))
     if layer and layer not in model.layers:
         raise UnknownLayer(f"model {model.spec.id!r} has no targetable layer {layer!r}",
                            field="layer", valid=list(model.layers))

@@ -364,15 +364,19 @@ def cmd_compare(client: Client, args: argparse.Namespace) -> int:
     refuse_folders([Path(args.image)])
     output = Path(args.output)
     chosen = picture_format(output, args.format)
-    offered = client.model(args.model).methods
+    detail = client.model(args.model)
+    offered = detail.methods
     unknown = [method for method in methods if method not in offered]
     if unknown:
         raise SystemExit(f"gazer: {args.model} offers no method {unknown[0]!r}; it offers {', '.join(offered)}")
     tiles, target = [], None if args.target is None else class_index(client, args.model, args.target)
     tell = telling(args.output == STDOUT)
     for method in methods:
-        explanation = client.explain(Path(args.image), args.model, method, target, args.layer, outputs=["overlay"],
-                                     overlay_format="png").results[0].explanation
+        at_layer = method in detail.layer_methods
+        if args.layer and not at_layer:
+            tell(f"{method} takes no layer: it explains the input's pixels")
+        explanation = client.explain(Path(args.image), args.model, method, target, args.layer if at_layer else None,
+                                     outputs=["overlay"], overlay_format="png").results[0].explanation
         target = explanation.target.index  # every tile explains the first one's class
         milliseconds = explanation.timings_ms.get("model", 0.0)
         tiles.append(grid.Tile(explanation.overlay_image or b"", f"{method}  {milliseconds:.0f} ms"))

@@ -50,7 +50,7 @@ class GateRange(BaseModel):
 class Explanation(BaseModel):
     method: str
     target: Prediction
-    layer: str | None = Field(description="the layer explained; null for input-gradient methods")
+    layer: str | None = Field(description="the layer explained; null for methods that explain the input's pixels")
     heatmap_png: str | None = Field(description="base64 8-bit grey PNG, the uploaded image's size (a large JPEG's: "
                                                 "the 1/2, 1/4 or 1/8 of it that it was decoded at, at least "
                                                 f"{PICTURE_SIDE} px on its longer side); 255 = most important, 0 "
@@ -103,6 +103,7 @@ class ModelSummary(BaseModel):
 class ModelDetail(ModelSummary):
     default_layer: str
     methods: list[str]
+    layer_methods: list[str] = Field(description="those of `methods` that explain at a layer, and so take `layer`")
     default_method: str  # what explain runs when a request names no method
     attention: list[str]
     preprocessing: Preprocessing

@@ -116,7 +116,7 @@ def describe_model(model: ModelDep, registry: RegistryDep) -> wire.ModelDetail:
     spec = model.spec
     return wire.ModelDetail(
         **_summary(spec).model_dump(), labels=list(spec.labels), default_layer=spec.cam_layer, layers=list(model.layers),
-        methods=model.methods, default_method=pipeline.default_method(model), attention=model.attention,
+        methods=model.methods, layer_methods=pipeline.layer_methods(model), default_method=pipeline.default_method(model), attention=model.attention,
         weights_digest=spec.weights_digest,
         status=registry.state(spec.ref)["state"],
         # for pixels in 0..1, as an upload gives them (a spec keeps them for 0..255)
@@ -218,7 +218,8 @@ async def explain(
     target: Annotated[Annotated[list[Annotated[int, Field(ge=0, lt=MAX_INDEX)]], CommaList] | None,
                       Form(description="class index; one for all files or one per file (the field repeated "
                                        "or comma-separated); default each image's top-1")] = None,
-    layer: Annotated[str | None, Form(description="layer to explain; default the model's CAM layer")] = None,
+    layer: Annotated[str | None, Form(description="layer to explain, for a method that takes one (the model's "
+                                                  "`layer_methods`); default the model's CAM layer")] = None,
     top_k: TopK = 5,
     resize: Resize = "crop",
     faithfulness: Annotated[bool, Form(description="also score each map by deletion and insertion "

@@ -138,6 +138,7 @@ async function selectModel(ref) {
   const served = `${detail.id}@${detail.version}`;
   if (state.served && state.served !== served) forgetTargets();   // the same name, another version now
   state.served = served;
+  state.layerMethods = detail.layer_methods;
   const methods = state.schema.order.filter((m) => detail.methods.includes(m))
     .concat(detail.methods.filter((m) => !state.schema.order.includes(m)));
   const select = $("method-select");
@@ -151,6 +152,7 @@ async function selectModel(ref) {
   if (layer) {
     layer.replaceChildren(el("option", { value: "" }, detail.default_layer ? `default (${detail.default_layer})` : "none: an ONNX model"),
       ...detail.layers.filter((l) => l !== detail.default_layer).map((l) => el("option", { value: l }, l)));
+    showLayerUse(keep);
   }
   const chips = $("compare-methods");
   const checked = new Set(chips.querySelectorAll("input:checked").length
@@ -162,8 +164,21 @@ async function selectModel(ref) {
   updateButtons();
 }
 
+// a method that explains the input's pixels takes no layer: the select is off, and no form sends it
+function takesLayer(method) {
+  return (state.layerMethods || []).includes(method);
+}
+
+function showLayerUse(method) {
+  const layer = $("layer-select");
+  if (!layer) return;
+  layer.disabled = !takesLayer(method);
+  layer.title = layer.disabled ? `${method} explains the input's pixels, at no layer` : "";
+}
+
 function selectMethod(method) {
   state.method = method;
+  showLayerUse(method);
   const container = $("method-options");
   container.replaceChildren();
   const options = state.schema.options[method] || [];
@@ -405,7 +420,7 @@ function baseForm(method, { faithfulness } = {}) {
   if (topK !== null && topK !== undefined && topK !== "") form.append("top_k", topK);
   form.append("resize", $("opt-resize").value);
   const layer = $("layer-select")?.value;
-  if (layer) form.append("layer", layer);
+  if (layer && takesLayer(method)) form.append("layer", layer);
   if (faithfulness ?? $("faithfulness").checked) form.append("faithfulness", "true");
   methodFields(form, method);
   return form;

@@ -124,6 +124,17 @@ def test_a_body_with_thousands_of_invalid_values_lists_a_bounded_number(client):
     assert len(body["errors"]) == MAX_FIELD_ERRORS and len(response.content) < 20_000, len(response.content)
 
 
+@pytest.mark.parametrize("method", ["saliency", "integrated_gradients", "smoothgrad", "occlusion", "rise"])
+def test_a_layer_sent_to_a_method_that_explains_the_input_is_refused_naming_those_that_take_one(client, method):
+    """It was dropped: `layer: null` in the answer, a map of the input's pixels all the same."""
+    body = assert_problem(client.post(EXPLAIN, files=[upload(encode(chelsea()))],
+                                      data={"method": method, "layer": "blocks.3"}), 422, "invalid-request")
+    assert body["errors"][0]["field"] == "layer" and f"{method} explains the input's pixels" in body["detail"]
+    detail = client.get(f"/v1/models/{MODEL}").json()
+    assert body["valid"] == detail["layer_methods"] and "gradcam" in body["valid"] and method not in body["valid"]
+    assert set(detail["layer_methods"]) < set(detail["methods"])
+
+
 def test_cam_only_at_the_classifier_layer(client):
     body = assert_problem(client.post(EXPLAIN, files=[upload(encode(chelsea()))],
                                       data={"method": "cam", "layer": "blocks.3"}), 422, "unknown-layer")

@@ -178,6 +178,12 @@ def test_compare_shows_four_methods_side_by_side(page, service, photos, shots):
     checked = page.locator("#compare-methods input:checked")
     assert sorted(checked.evaluate_all("nodes => nodes.map(n => n.value)")) == \
         ["gradcam", "integrated_gradients", "saliency", "smoothgrad"]
+    page.select_option("#method-select", "saliency")
+    assert page.locator("#layer-select").is_disabled()  # it explains the input's pixels
+    page.select_option("#method-select", "gradcam")
+    assert page.locator("#layer-select").is_enabled()
+    # a layer, which only gradcam takes: the page sends it to gradcam alone (the others would be refused)
+    page.evaluate("document.querySelector('#layer-select').value = 'blocks.15'")
     page.click("#compare-btn")
     page.wait_for_function("document.querySelectorAll('.compare-cell .map-canvas[data-target]').length === 4",
                            timeout=90_000)

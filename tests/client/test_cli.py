@@ -198,6 +198,10 @@ def test_compare_writes_one_labelled_grid(live, photos, tmp_path):
     assert np.abs(tiles[0] - tiles[2]).mean() > 1  # cam and saliency look different
     assert all((label < 128).sum() > 50 for label in labels)  # dark text in every label strip
     assert all(f"{method}: class" in done.stdout for method in methods)
+    at_a_layer = gazer_cli(live, "compare", str(photos["chelsea"]), "--methods", "gradcam,saliency", "--layer",
+                           "blocks.15", "-o", str(tmp_path / "layer.png"))  # the layer goes to gradcam alone
+    assert at_a_layer.returncode == 0, at_a_layer.stderr
+    assert "saliency takes no layer" in at_a_layer.stdout and "gradcam takes" not in at_a_layer.stdout
 
 
 def test_compare_writes_to_standard_output_and_takes_a_format_as_explain_does(live, photos, tmp_path):

@@ -175,9 +175,10 @@ def layer_methods(model: LoadedModel) -> list[str]:
 def _resolve_layer(model: LoadedModel, method_name: str, layer: str | None) -> str | None:
     method = METHODS[method_name]
     if layer and not method.uses_layer:
-        raise InvalidRequest(f"{method_name} explains the input's pixels and takes no layer: leave layer out, or "
-                             f"choose a method that does ({', '.join(layer_methods(model))})", field="layer",
-                             valid=layer_methods(model))
+        takers = layer_methods(model)
+        raise InvalidRequest(f"{method_name} explains the input's pixels and takes no layer: leave layer out"
+                             + (f", or choose a method that does ({', '.join(takers)})" if takers else ""),
+                             field="layer", valid=takers)
     if layer and layer not in model.layers:
         raise UnknownLayer(f"model {model.spec.id!r} has no targetable layer {layer!r}",
                            field="layer", valid=list(model.layers))

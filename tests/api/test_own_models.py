@@ -192,6 +192,9 @@ def test_the_same_network_uploaded_as_onnx_gives_the_same_top5(client, uploaded)
     assert [p["index"] for p in from_onnx[0]["predictions"]] == [p["index"] for p in from_torch[0]["predictions"]]
     described = client.get(f"/v1/models/{name}-onnx").json()
     assert described["methods"] == ["occlusion", "rise"] and described["architecture"] == "onnx"
+    assert described["layer_methods"] == [] and described["layers"] == []
+    at_a_layer = client.post(f"/v1/models/{name}-onnx/explain", files=photos, data={"layer": "layer4"})
+    assert at_a_layer.status_code == 422 and at_a_layer.json()["detail"].endswith("takes no layer: leave layer out")
     assert described["default_method"] == "occlusion"
     assert client.get(f"/v1/models/{name}").json()["default_method"] == "gradcam"
     refused = client.post(f"/v1/models/{name}-onnx/explain", files=photos, data={"method": "gradcam"})

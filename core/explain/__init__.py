@@ -33,10 +33,13 @@ METHODS = {
 }
 
 
-def supported_methods(linear_head: bool, spatial_attention: bool, gradients: bool = True) -> list[str]:
+def supported_methods(linear_head: bool, spatial_attention: bool, gradients: bool = True,
+                      guided: bool = False) -> list[str]:
     """The methods a model with this head and these attention modules can answer; without
-    `gradients` (a model served from ONNX alone), the model-agnostic ones only."""
+    `gradients` (a model served from ONNX alone), the model-agnostic ones only; the guided ones
+    where `guided` (its network's activations are ReLUs: guided_backprop.guides)."""
     return sorted(name for name, method in METHODS.items()
                   if (gradients or method.model_agnostic)
                   and (linear_head or not method.needs_linear_head)
-                  and (spatial_attention or not method.needs_spatial_attention))
+                  and (spatial_attention or not method.needs_spatial_attention)
+                  and (guided or not method.needs_guided_activations))

@@ -130,6 +130,7 @@ class Method:
     default_layer_only = False        # only at the layer that feeds the classifier (CAM)
     needs_linear_head = False         # reads the classifier's weights: no hidden head layer
     needs_spatial_attention = False   # only for models with a spatial attention module
+    needs_guided_activations = False  # only for networks of ReLUs (core.explain.guided_backprop.guides)
     scores_masked_inputs = False      # takes `score`: logits of input batches, no gradients
     takes_feature_source = False      # takes `features`: logits and feature map from any forward (CAM)
     # a CAM-family `combine` that reads only the activations and their gradients, not the model
@@ -230,6 +231,10 @@ class PerturbationMethod(Method):
     rest of the batch."""
 
     model_agnostic = True
+    # its raw map is signed (a probability's drop: below 0 where hiding a region helps the
+    # target), and the map shows the evidence for the target alone, 0 for no effect, as the CAM
+    # family's ReLU does; min-max scaled, no effect would show as heat
+    signed = False
 
     def __call__(self, model: nn.Module | None, inputs: torch.Tensor, targets: torch.Tensor | None,
                  layer: str | None = None, score: Score | None = None,
@@ -247,7 +252,7 @@ class PerturbationMethod(Method):
             maps = torch.stack([self.perturb(score, inputs[index], baseline[index], int(targets[index]),
                                              float(probabilities[index]), **options)
                                 for index in range(inputs.shape[0])])
-        return Explanation(normalize_maps(maps), logits.detach(), targets)
+        return Explanation(normalize_maps(maps.clamp(min=0) if self.signed else maps), logits.detach(), targets)
 
     def perturb(self, score: Score, image: torch.Tensor, baseline: torch.Tensor, target: int,
                 probability: float, **options: Any) -> torch.Tensor:

@@ -11,6 +11,18 @@ from torch import nn
 from core.explain.base import InputMethod, input_gradients
 
 GUIDED_ACTIVATIONS = (nn.ReLU, nn.ReLU6)
+# Those that gate rather than activate (SE and attention modules): guided backprop leaves them as
+# they are, as captum does
+_GATES = {"Sigmoid", "Hardsigmoid", "HardSigmoid", "Softmax", "Softmin", "LogSoftmax", "Tanh", "MultiheadAttention"}
+_ACTIVATION_MODULES = ("torch.nn.modules.activation", "timm.layers.activations")
+
+
+def guides(network: nn.Module) -> bool:
+    """Whether guided backprop guides `network`: its activations are ReLU or ReLU6 modules. On
+    SiLU, GELU or Hardswish ones it would be the plain input gradient under another name."""
+    activations = [module for module in network.modules()
+                   if type(module).__module__.startswith(_ACTIVATION_MODULES) and type(module).__name__ not in _GATES]
+    return bool(activations) and all(isinstance(module, GUIDED_ACTIVATIONS) for module in activations)
 
 
 @contextmanager
@@ -29,6 +41,8 @@ def guided_relus(model: nn.Module) -> Iterator[None]:
 
 
 class GuidedBackprop(InputMethod):
+    needs_guided_activations = True
+
     def attribute(self, model, inputs, targets, layer=None, **options):
         with guided_relus(model):
             return input_gradients(model, inputs, targets)

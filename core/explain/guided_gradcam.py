@@ -12,6 +12,7 @@ from core.explain.guided_backprop import GuidedBackprop
 
 class GuidedGradCAM(InputMethod):
     uses_layer = True
+    needs_guided_activations = True
 
     def cost(self, options, input_size, layer_channels) -> int:
         return 4  # Grad-CAM and guided backpropagation

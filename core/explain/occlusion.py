@@ -1,6 +1,7 @@
 """Occlusion (Zeiler & Fergus 2014; captum's Occlusion): a window of the black baseline slides
 over the image; a pixel's map value is the mean, over the windows covering it, of the drop in the
-target's probability when that window is occluded. Needs only logits: model-agnostic."""
+target's probability when that window is occluded, where it drops (a rise is shown as 0, no
+effect). Needs only logits: model-agnostic."""
 
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ def window_positions(height: int, width: int, window: int, stride: int) -> list[
 
 class Occlusion(PerturbationMethod):
     Options = OcclusionOptions
+    signed = True
 
     def cost(self, options, input_size, layer_channels) -> int:
         return len(window_positions(input_size, input_size, options["window"], options["stride"])) + 1

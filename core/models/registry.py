@@ -18,6 +18,7 @@ from core.batching import Batcher, Batching, RunBatch
 from core.attention import attention_modules, spatial_gates
 from core.errors import Conflict, GazerError, InvalidRequest, ModelNotReady, UnknownModel
 from core.explain import supported_methods
+from core.explain.guided_backprop import guides
 from core.models import catalog, versions
 from core.names import BUILTIN_MODELS, ONNX_ARCHITECTURE
 from core.models.architectures import build_network
@@ -265,7 +266,7 @@ class ModelRegistry:
         network = fast_layout(network.to(device))
         layers = targetable_layers(network, spec.input_size)
         gates = spatial_gates(network)
-        methods = supported_methods(spec.linear_head, bool(gates), gradients=True)
+        methods = supported_methods(spec.linear_head, bool(gates), gradients=True, guided=guides(network))
         self._store(LoadedModel(spec, network, predictor, layers, device, methods, attention_modules(network), gates,
                                 self.batching, self.bfloat16))
         log.info("model %s loaded (providers %s)", spec.ref, predictor.providers)

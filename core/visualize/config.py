@@ -35,7 +35,7 @@ class MaximizationConfig:
     jitter: int = param(8, ge=0, le=64, doc="random shift, pixels")
     size: int | None = param(None, ge=32, le=512, doc="image side; default the model's input size")
     seed: int = param(0, ge=0, le=2**32 - 1)
-    parameterization: Parameterization = param("fft", doc="pixel, or fft: a decorrelated Fourier basis")
+    parameterization: Parameterization = param("fft", doc="pixel, or fft: a decorrelated Fourier basis, as Lucid's")
 
     @property
     def count(self) -> int:

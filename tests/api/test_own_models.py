@@ -169,6 +169,12 @@ def test_the_model_describes_itself_and_every_method_returns_a_valid_map(client,
     assert {"gradcam", "saliency", "integrated_gradients", "occlusion", "rise"} <= set(described["methods"])
     assert ("cam" in described["methods"]) == (architecture in {"resnet18", "inception_v3", "efficientnet_b0",
                                                                 "timm:resnet18"})
+    guided = architecture in {"resnet18", "vgg11_bn", "densenet121", "timm:resnet18"}  # ReLU modules
+    assert ("guided_backprop" in described["methods"]) == guided == ("guided_gradcam" in described["methods"])
+    if not guided:  # SiLU, GELU, Hardswish, or inception's functional ReLU: nothing to guide
+        refused = client.post(f"/v1/models/{name}/explain", files=[upload(encode(chelsea()))],
+                              data={"method": "guided_backprop"})
+        assert refused.status_code == 422 and "ReLU modules" in refused.json()["detail"], refused.text
     photo = [upload(encode(chelsea()))]
     for method in described["methods"]:
         response = client.post(f"/v1/models/{name}/explain", files=photo,

@@ -21,8 +21,9 @@ from pytorch_grad_cam.utils.image import scale_cam_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from core.explain import METHODS
+from core.explain import METHODS, supported_methods
 from core.explain.base import normalize_maps
+from core.explain.guided_backprop import guides
 from core.explain.smoothgrad import smoothgrad_noise
 
 MAP_TOL = 1e-4
@@ -190,6 +191,23 @@ def test_guided_backprop_matches_captum():
     assert max_diff(reference, plain) > 1e-3 * float(plain.abs().max())
     maps = METHODS["guided_backprop"](net, inputs, targets_tensor()).maps
     assert_maps_close(maps, channel_max_abs(reference))
+
+
+@pytest.mark.parametrize("activation, guided", [(torch.nn.ReLU, True), (torch.nn.ReLU6, True),
+                                                 (torch.nn.SiLU, False), (torch.nn.GELU, False),
+                                                 (torch.nn.Hardswish, False)])
+def test_guided_backprop_is_offered_only_where_it_differs_from_the_plain_gradient(activation, guided):
+    """On SiLU, GELU or Hardswish it is the input gradient under another name: not offered."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), activation(), torch.nn.Conv2d(8, 8, 3), activation(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 4),
+                              torch.nn.Sigmoid()).double().eval()  # a gate, which is not guided
+    inputs = torch.randn(2, 3, 12, 12, dtype=torch.float64)
+    guided_map, _, _ = METHODS["guided_backprop"].attribute(net, inputs, torch.tensor([0, 1]))
+    plain = captum_attr.Saliency(net).attribute(inputs, target=torch.tensor([0, 1]), abs=False)
+    assert (max_diff(guided_map, plain) > 1e-6) == guided == guides(net)
+    assert ({"guided_backprop", "guided_gradcam"} <= set(supported_methods(True, False, guided=guides(net)))) == guided
+    assert not guides(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Flatten()))  # no activation modules
 
 
 @pytest.mark.parametrize("steps", [1, 7, 32])

@@ -170,7 +170,19 @@ def test_occlusion_matches_captum():
             inputs, sliding_window_shapes=(3, window, window), strides=(3, stride, stride), baselines=baseline,
             target=torch.tensor(targets))
         assert torch.equal(reference[:, 0], reference[:, 2])  # windows span the channels
-        assert np.abs(ours.maps - normalize_maps(reference[:, 0])).max() < 1e-6, (window, stride)
+        # the map shows where hiding the window lowers the target's probability
+        assert np.abs(ours.maps - normalize_maps(reference[:, 0].clamp(min=0))).max() < 1e-6, (window, stride)
+
+
+def test_occlusion_shows_no_effect_as_0_and_a_window_that_helps_the_target_as_no_evidence():
+    """Hiding another class's region raises the target's probability (a negative drop). Min-max
+    scaled, that put everything else, background included, at 0.2-0.3 of the heat."""
+    explanation = explain("occlusion", make_inputs(1), [0], window=4, stride=2)
+    (top, left, bottom, right), (other_top, other_left, other_bottom, other_right) = REGIONS[0], REGIONS[1]
+    heat = explanation.maps[0]
+    assert heat[top + 1:bottom - 1, left + 1:right - 1].min() > 0.5
+    assert heat[other_top:other_bottom, other_left:other_right].max() == 0  # a region that competes
+    assert heat[:, :2].max() == 0 and heat[30:, :16].max() == 0  # nothing there
 
 
 def test_occlusion_covers_the_border_where_the_stride_does_not_reach_it():

@@ -73,7 +73,8 @@ def control_characters(text: str) -> set[str]:
 
 def test_what_the_server_says_reaches_the_terminal_with_its_control_characters_written_out():
     detail = model("m" + ESCAPES, labels=["cat" + ESCAPES, "cat2"], default_layer="layer4", layers=["layer4"],
-                   methods=["gradcam"], default_method="gradcam", attention=[], weights_digest="d", status="ready",
+                   methods=["gradcam"], layer_methods=["gradcam"], default_method="gradcam", attention=[],
+                   weights_digest="d", status="ready",
                    preprocessing={"resize_short_side_to": 256, "center_crop": 224, "interpolation": "bilinear",
                                   "mean": [0.5] * 3, "std": [0.5] * 3}, description="a\nfake line" + ESCAPES)
     running = job("j1", "running", progress={"fraction": 0.5, "phase": "phase" + ESCAPES})

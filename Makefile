@@ -28,7 +28,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: setup
-	PORT=$(PORT) $(RUN_ENV) $(PY) -m service.launch
+	exec env PORT=$(PORT) $(RUN_ENV) $(PY) -m service.launch  # exec: make's SIGTERM reaches the launcher, not sh
 
 test: setup
 	$(RUN_ENV) $(PY) -m pytest $(PYTEST_ARGS)

@@ -65,8 +65,17 @@ class Storage:
     def upload_lock(self) -> Path:
         return self.root / "upload.lock"
 
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
+
+    @property
+    def folders(self) -> list[Path]:
+        """Where it writes: the data folder and its folders."""
+        return [self.root, self.onnx_cache, self.datasets, self.models, self.redis, self.artifacts]
+
     def job_artifacts(self, job_id: str) -> Path:
-        return self.root / "artifacts" / job_id
+        return self.artifacts / job_id
 
     def partial_folders(self) -> list[Path]:
         """What an interrupted ingest, save or delete leaves: `.<id>.partial` and `.deleting-*`

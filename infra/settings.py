@@ -4,12 +4,13 @@ data lives, Redis, job leases and the limits on what a client's files may cost."
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Self
 
 from pydantic import Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from core.datasets import ArchiveLimits
 from infra.celery_config import LONGEST_JOB_SECONDS
@@ -60,6 +61,13 @@ class SharedSettings(BaseSettings):
         """The settings, or, where a GAZER_ variable is wrong, exit 2 with a line for each."""
         try:
             return cls()
+        except SettingsError as unparsed:  # a list or a mapping that is not JSON
+            field = re.search(r'field "(\w+)"', str(unparsed))
+            name = f"GAZER_{field.group(1).upper()}" if field else "a GAZER_ variable"
+            given = os.environ.get(name)
+            print(f"{name}{'' if given is None else '=' + given}: must be JSON (a list as [\"a\", \"b\"])",
+                  file=sys.stderr)
+            sys.exit(2)
         except ValidationError as invalid:
             for error in invalid.errors():
                 name = "GAZER_" + "_".join(str(part) for part in error["loc"]).upper()

@@ -23,7 +23,7 @@ from core.storage import Storage
 from infra.embedded_redis import EmbeddedRedis
 from infra.logs import configure_logging, logging_config
 from service.settings import Settings
-from service.start_checks import refusal
+from service.start_checks import listening_port, refusal
 
 log = logging.getLogger("gazer.service")
 
@@ -45,6 +45,12 @@ def shared_by_processes(settings: Settings) -> Iterator[None]:
         yield
 
 
+def graceful_seconds(settings: Settings) -> float:
+    """How long a stopping API waits for its requests to be answered: most of GAZER_STOP_SECONDS,
+    leaving time to shut down what it runs."""
+    return max(settings.stop_seconds - 5.0, settings.stop_seconds / 2)
+
+
 def main() -> None:
     configure_logging()  # uvicorn applies the same config again; this covers what comes before it
     settings = Settings.from_environment()
@@ -55,7 +61,7 @@ def main() -> None:
     processes = settings.api_processes
     with shared_by_processes(settings) if processes > 1 else nullcontext():
         uvicorn.run("service.app:create_app", factory=True, host=host, workers=processes,
-                    port=int(os.environ.get("PORT", "8000")), log_level="info", log_config=logging_config(),
+                    port=listening_port(), log_level="info", log_config=logging_config(),
                     access_log=os.environ.get("GAZER_ACCESS_LOG", "1") != "0",
                     limit_concurrency=settings.max_connections, timeout_keep_alive=5,
                     ws="none",  # no WebSocket routes; an upgrade would move a connection off the protocol that counts it
@@ -63,7 +69,10 @@ def main() -> None:
                     # by name: worker processes import it (a class made in a function cannot be sent)
                     http="service.http_protocol:FROM_SETTINGS",
                     # a process loading its models answers the supervisor's pings late
-                    timeout_worker_healthcheck=60)
+                    timeout_worker_healthcheck=60,
+                    # what is still running then is cancelled, so that the API stops within
+                    # GAZER_STOP_SECONDS, before `make run` kills it and what it answers
+                    timeout_graceful_shutdown=graceful_seconds(settings))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,9 @@ from service.browser_policy import browser_headers
 CLOSES_LOGGED_EVERY_SECONDS = 10.0
 _COUNTED_ADDRESSES = 4096  # (address, reason) pairs whose closes are counted; beyond, all forgotten
 MAX_HEAD_BYTES = 64 * 1024
+# Set in an unfinished request's ASGI scope when the server begins to stop: uvicorn waits for
+# every response to complete, and a job's event stream would complete only with its job.
+SERVER_STOPPING = "gazer.server_stopping"
 _HEAD_TOO_LONG = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/problem+json\r\n"
                   + b"".join(f"{name}: {value}\r\n".encode() for name, value in browser_headers("/").items())
                   + b"connection: close\r\ncontent-length: %d\r\n\r\n%s")
@@ -162,6 +165,11 @@ def guarded_protocol(header_seconds: float, linger_seconds: float, per_address: 
                 self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive,
                                                                     self.timeout_keep_alive_handler)
             super().on_message_complete()
+
+        def shutdown(self) -> None:
+            if self.cycle is not None and not self.cycle.response_complete:
+                self.cycle.scope[SERVER_STOPPING] = True  # type: ignore[literal-required]
+            super().shutdown()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()

@@ -19,10 +19,10 @@ from contextlib import suppress
 from dataclasses import dataclass
 
 from core.storage import Storage
-from infra.embedded_redis import EmbeddedRedis
+from infra.embedded_redis import EmbeddedRedis, FolderInUse
 from infra.logs import configure_logging
 from service.settings import Settings
-from service.start_checks import port_taken, refusal
+from service.start_checks import listening_port, port_taken, refusal
 
 log = logging.getLogger("gazer.launch")
 
@@ -87,14 +87,18 @@ class Child:
 def main() -> None:
     configure_logging()
     settings = Settings.from_environment()
-    host, port = os.environ.get("HOST", "127.0.0.1"), int(os.environ.get("PORT", "8000"))
+    host, port = os.environ.get("HOST", "127.0.0.1"), listening_port()
     if (why := refusal(settings, host) or port_taken(host, port)) is not None:
         print(why, file=sys.stderr)
         sys.exit(2)
     env = dict(os.environ)
     embedded = None
     if not settings.redis_url:
-        embedded = EmbeddedRedis(Storage(settings.data_dir).redis).start()
+        try:
+            embedded = EmbeddedRedis(Storage(settings.data_dir).redis).start()
+        except FolderInUse as in_use:
+            print(in_use, file=sys.stderr)
+            sys.exit(2)
         env["GAZER_REDIS_URL"] = embedded.url
         log.info("embedded redis-server at %s (data in %s)", embedded.url, embedded.data_dir)
     children = [Child("worker", env), Child("service", env)]

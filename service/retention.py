@@ -29,7 +29,7 @@ def sweep_expired_jobs(store: JobStore, storage: Storage, retention_seconds: flo
         removed += expired
         for job_id in expired:
             shutil.rmtree(storage.job_artifacts(job_id), ignore_errors=True)
-    artifacts = storage.root / "artifacts"
+    artifacts = storage.artifacts
     for folder in artifacts.iterdir() if artifacts.is_dir() else []:
         if folder.stat().st_mtime < cutoff and not store.exists(folder.name):
             shutil.rmtree(folder, ignore_errors=True)

@@ -4,8 +4,12 @@ service` and `make run` exit 2 with it."""
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
+import sys
+import tempfile
 
+from core.storage import Storage
 from schemas.api_keys import read_key_file, why_unreadable
 from service.settings import Settings
 
@@ -19,9 +23,21 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def listening_port() -> int:
+    """$PORT (default 8000), or exit 2 with a line saying what is wrong with it."""
+    given = os.environ.get("PORT", "8000")
+    if not given.strip().isdigit() or int(given) > 65535:
+        print(f"PORT={given}: must be a port number, 0 to 65535", file=sys.stderr)
+        sys.exit(2)
+    return int(given)
+
+
 def refusal(settings: Settings, host: str) -> str | None:
-    """Why the service may not start on `host`, or None: a key file that cannot be read (every
-    request would be refused, though the service said it was ready), or no keys off loopback."""
+    """Why the service may not start on `host`, or None: a data folder it cannot write (each upload
+    and job would fail, though it said it was ready), a key file that cannot be read (every
+    request would be refused), or no keys off loopback."""
+    if (why := unwritable(Storage(settings.data_dir))) is not None:
+        return why
     if settings.api_keys is not None:
         try:
             read_key_file(settings.api_keys, missing_ok=False)
@@ -32,6 +48,22 @@ def refusal(settings: Settings, host: str) -> str | None:
         return (f"refusing to serve {host} without API keys: anyone who reaches the port could delete data and "
                 f"publish models. Set GAZER_API_KEYS (create one with `gazer keys create --scopes admin`), "
                 f"or GAZER_ALLOW_OPEN=1 to run open anyway.")
+    return None
+
+
+def unwritable(storage: Storage) -> str | None:
+    """Why the data folder, or a folder of it that exists, cannot be written, or None."""
+    try:
+        storage.root.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        return f"GAZER_DATA_DIR={storage.root}: cannot make it ({error.strerror or error})"
+    for folder in storage.folders:
+        try:
+            if folder.is_dir():
+                with tempfile.TemporaryFile(dir=folder):
+                    pass
+        except OSError as error:
+            return f"GAZER_DATA_DIR={storage.root}: cannot write in {folder} ({error.strerror or error})"
     return None
 
 

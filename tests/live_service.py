@@ -32,8 +32,11 @@ class LiveService:
         env = {**os.environ, "PORT": str(self.port), "GAZER_DATA_DIR": str(data_dir), "PYTHONPATH": str(ROOT)}
         env.pop("GAZER_REDIS_URL", None)
         env.update({f"GAZER_{key.upper()}": str(value) for key, value in settings.items()})
+        # a process group of its own, as a terminal gives `make run`: what a test sends the group
+        # (a Ctrl-C's SIGINT) reaches the service alone
         self.process = subprocess.Popen([sys.executable, "-m", "service.launch"], cwd=ROOT, env=env,
-                                        stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT)
+                                        stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT,
+                                        start_new_session=True)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -34,12 +34,12 @@ def main() -> None:
     metrics = WorkerMetrics()
     if settings.worker_metrics_port is not None:
         try:
-            metrics.serve(settings.worker_metrics_port)
+            metrics.serve(settings.worker_metrics_port, settings.worker_metrics_host)
         except OSError as error:
-            print(f"GAZER_WORKER_METRICS_PORT={settings.worker_metrics_port}: cannot serve metrics there "
-                  f"({error.strerror or error})", file=sys.stderr)
+            print(f"GAZER_WORKER_METRICS_PORT={settings.worker_metrics_port}: cannot serve metrics there, on "
+                  f"{settings.worker_metrics_host} ({error.strerror or error})", file=sys.stderr)
             sys.exit(2)
-        log.info("worker metrics on port %d", settings.worker_metrics_port)
+        log.info("worker metrics on %s port %d", settings.worker_metrics_host, settings.worker_metrics_port)
     app = create_celery(settings, metrics)
     with Presence(JobStore.from_url(settings.redis_url, settings.job_lease_seconds)):
         app.worker_main(["--quiet", "worker", "--pool=solo", "--concurrency=1", "--loglevel=INFO",  # no banner

@@ -20,5 +20,5 @@ class WorkerMetrics:
         self.duration.labels(job_type, state).observe(seconds)
         self.finished.labels(job_type, state).inc()
 
-    def serve(self, port: int) -> None:
-        start_http_server(port, registry=self.registry)
+    def serve(self, port: int, host: str) -> None:
+        start_http_server(port, addr=host, registry=self.registry)

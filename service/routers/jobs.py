@@ -27,6 +27,7 @@ from schemas.jobs import ActivationMaximizationRequest, Artifact, ArtifactList, 
 from schemas.problems import Problem, problem
 from service.auth import Caller, CallerDep
 from service.dependencies import QueueDep, RegistryDep, SettingsDep, StorageDep, load_model
+from service.http_protocol import SERVER_STOPPING
 from service.quotas import claim_model_name
 from service.rate_limits import client_id
 
@@ -198,8 +199,9 @@ def cancel_job(job_id: str, queue: QueueDep, caller: CallerDep) -> Job:
 async def job_events(job_id: str, request: Request, queue: QueueDep, caller: CallerDep,
                      settings: SettingsDep) -> StreamingResponse:
     """Server-sent events: one `progress` event per change, then `end` with the final record.
-    A stream lasts at most `event_stream_seconds` (then `expired`: connect again); if the job
-    store cannot be read it ends with `error` (a problem). Comments keep idle streams alive."""
+    A stream lasts at most `event_stream_seconds`, and ends when the server begins to stop (then
+    `expired`: connect again); if the job store cannot be read it ends with `error` (a problem).
+    Comments keep idle streams alive."""
     first = await run_in_threadpool(_visible_job, job_id, queue, caller)
     release = request.app.state.event_streams.acquire(client_id(caller, request))
 
@@ -225,6 +227,10 @@ async def job_events(job_id: str, request: Request, queue: QueueDep, caller: Cal
                 if time.monotonic() > deadline:
                     yield _event("expired", problem(408, "stream-expired", f"event streams last "
                                                     f"{settings.event_stream_seconds:g} s; connect again"))
+                    return
+                if request.scope.get(SERVER_STOPPING):
+                    yield _event("expired", problem(503, "server-stopping", "this server is stopping; connect again "
+                                                    "(to it once it is back, or to another)"))
                     return
                 await asyncio.sleep(pause)
                 try:

@@ -232,8 +232,11 @@ function follow(job) {
   const card = cards.get(job.id);
   if (card) card.root.dataset.live = "true";
   let ended = false;
+  let expired = false;
   const onEvent = (type, data) => {
-    if (type === "progress") {
+    if (type === "expired") {
+      expired = true;   // its time is up, or the server is stopping: the poller follows it again
+    } else if (type === "progress") {
       upsertCard(JSON.parse(data));
     } else if (type === "end") {
       ended = true;
@@ -248,6 +251,10 @@ function follow(job) {
     .catch((error) => {
       if (controller.signal.aborted || error.name === "AbortError") return;
       if (streams.get(job.id) === controller) streams.delete(job.id);
+      if (expired) {
+        poller ??= setInterval(pollUnfollowed, POLL_MS);
+        return;
+      }
       const current = cards.get(job.id);
       if (current) {
         delete current.root.dataset.live;

@@ -3,6 +3,7 @@ started again while the API keeps answering, and so is the embedded Redis; jobs 
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -98,3 +99,37 @@ def test_a_killed_embedded_redis_is_started_again_with_its_data(service):
         time.sleep(0.5)
     assert kept.json()["state"] == "succeeded"  # appended to the AOF before the kill
     assert run_a_job(service)["state"] == "succeeded"
+
+
+def test_ctrl_c_puts_the_running_job_back_in_the_queue_and_ends_event_streams_with_a_word(tmp_path):
+    """A terminal's Ctrl-C signals `make run`'s whole process group. The embedded Redis was in it
+    and stopped at once, so the worker could not put its job back ("could not go back to the
+    queue"), and the job was lost. An open event stream held the API until it was killed, 30 s
+    later, cutting the stream off mid-transfer."""
+    with LiveService(tmp_path) as service:
+        with httpx.Client(base_url=service.url, timeout=30) as client:
+            job = client.post("/v1/jobs/activation-maximization", json={
+                "model": "efficientnet_lite0", "target": {"class": 1}, "steps": 10000, "size": 64}).json()
+            deadline = time.time() + 120
+            while client.get(f"/v1/jobs/{job['id']}").json()["state"] != "running":
+                assert time.time() < deadline, service.log()[-3000:]
+                time.sleep(0.2)
+            events: list[str] = []
+            with client.stream("GET", f"/v1/jobs/{job['id']}/events") as stream:
+                lines = stream.iter_lines()
+                events.append(next(lines))  # the stream is open: its first event came
+                started = time.monotonic()
+                os.killpg(service.process.pid, signal.SIGINT)
+                events += list(lines)
+        assert service.process.wait(timeout=60) == 0
+        stopped_in = time.monotonic() - started
+    log = service.log()
+    assert "event: expired" in events and any("/problems/server-stopping" in line for line in events), events[-5:]
+    assert stopped_in < 15 and "did not stop in time" not in log, (stopped_in, log[-3000:])
+    assert f"job {job['id']} goes back to the queue" in log and "could not go back" not in log, log[-3000:]
+    with LiveService(tmp_path) as again:  # the same data folder: the job runs afresh
+        deadline = time.time() + 120
+        while (state := httpx.get(f"{again.url}/v1/jobs/{job['id']}").json()["state"]) == "queued":
+            assert time.time() < deadline, again.log()[-3000:]
+            time.sleep(0.5)
+        assert state == "running", again.log()[-3000:]

@@ -9,6 +9,9 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
+from infra.embedded_redis import EmbeddedRedis, FolderInUse
 from tests.live_service import ROOT
 
 
@@ -50,3 +53,53 @@ def test_a_setting_out_of_range_is_named_in_one_line():
                        GAZER_WORKER_METRICS_PORT=str(port))
     assert ended.returncode == 2 and ended.stderr.strip().startswith(
         f"GAZER_WORKER_METRICS_PORT={port}: cannot serve metrics there"), ended.stderr
+
+
+def test_a_second_make_run_on_one_data_folder_is_refused_naming_the_first(tmp_path):
+    """Two on one folder loaded one append-only file, and each one's worker ran the queued jobs
+    of both: one job ran twice and published two versions."""
+    with EmbeddedRedis(tmp_path / "redis") as first, socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        probe.close()
+        ended = launch(tmp_path, PORT=str(port))
+        assert ended.returncode == 2, ended.stderr
+        assert ended.stderr.strip() == (
+            f"another Gazer's embedded redis-server runs on {tmp_path / 'redis'} (pid {os.getpid()}, its redis-server "
+            f"pid {first.process.pid}); a second would run its jobs again. Stop that one, or give this one a folder "
+            f"of its own (GAZER_DATA_DIR)")
+        assert first.process.poll() is None  # the first goes on
+
+
+def test_the_folder_stays_locked_while_a_redis_server_left_behind_runs(tmp_path):
+    """A launcher killed with -9 leaves its redis-server running on the folder: the lock is
+    shared with it, so the next `make run` is refused until it is gone."""
+    left = EmbeddedRedis(tmp_path).start()
+    try:
+        left._lock.close()  # as the launcher's death closes it
+        with pytest.raises(FolderInUse, match=f"its redis-server pid {left.process.pid}"):
+            EmbeddedRedis(tmp_path).start()
+        left.process.kill()
+        left.process.wait()
+        with EmbeddedRedis(tmp_path) as next_one:
+            assert next_one.process.poll() is None
+    finally:
+        left._lock = None
+        left.stop()
+
+
+def test_a_wrong_port_list_setting_or_data_folder_is_named_in_one_line(tmp_path):
+    """Each was a traceback: int('abc'), an OverflowError from bind, pydantic-settings' SettingsError,
+    a FileNotFoundError from making the folder."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    cases = [({"PORT": "abc"}, "PORT=abc: must be a port number, 0 to 65535"),
+             ({"PORT": "99999"}, "PORT=99999: must be a port number, 0 to 65535"),
+             ({"GAZER_EXPLAIN_OUTPUTS": "heatmap"},
+              'GAZER_EXPLAIN_OUTPUTS=heatmap: must be JSON (a list as ["a", "b"])'),
+             ({"GAZER_DATA_DIR": str(a_file / "data")},
+              f"GAZER_DATA_DIR={a_file / 'data'}: cannot make it (Not a directory)")]
+    for env, line in cases:
+        for module in ("service", "service.launch"):
+            ended = launch(tmp_path, module, **env)
+            assert ended.returncode == 2 and ended.stderr.strip() == line, (module, ended.stderr)

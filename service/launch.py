@@ -3,7 +3,8 @@ set), one Celery worker and the API, supervised: a child that dies (killed for m
 started again with backoff while the others keep serving. Ctrl-C (or SIGTERM) stops them
 together, each with what it started, killed past GAZER_STOP_SECONDS. What would stop the API at
 every start (its port taken, an unreadable key file, an open service on a public HOST) stops
-`make run` before anything starts, with the reason. GAZER_API_PROCESSES=N: the API child serves
+`make run` before anything starts, with the reason; a child that exits saying it cannot start
+as configured (exit 2: the worker's metrics port taken, say) stops it after. GAZER_API_PROCESSES=N: the API child serves
 the port from N processes (service/__main__.py), all on the Redis started here, which their
 environment names."""
 
@@ -26,6 +27,7 @@ from service.start_checks import listening_port, port_taken, refusal
 
 log = logging.getLogger("gazer.launch")
 
+REFUSED = 2  # what the API and the worker exit with where they cannot start as configured
 FIRST_DELAY_SECONDS = 1.0
 LONGEST_DELAY_SECONDS = 30.0
 STABLE_SECONDS = 60.0  # a child up this long starts its backoff afresh when it dies
@@ -90,7 +92,7 @@ def main() -> None:
     host, port = os.environ.get("HOST", "127.0.0.1"), listening_port()
     if (why := refusal(settings, host) or port_taken(host, port)) is not None:
         print(why, file=sys.stderr)
-        sys.exit(2)
+        sys.exit(REFUSED)
     env = dict(os.environ)
     embedded = None
     if not settings.redis_url:
@@ -98,13 +100,13 @@ def main() -> None:
             embedded = EmbeddedRedis(Storage(settings.data_dir).redis).start()
         except FolderInUse as in_use:
             print(in_use, file=sys.stderr)
-            sys.exit(2)
+            sys.exit(REFUSED)
         env["GAZER_REDIS_URL"] = embedded.url
         log.info("embedded redis-server at %s (data in %s)", embedded.url, embedded.data_dir)
     children = [Child("worker", env), Child("service", env)]
     for child in children:
         child.start()
-    stopping = False
+    stopping, refused = False, None
 
     def stop(*_: object) -> None:
         nonlocal stopping
@@ -115,6 +117,11 @@ def main() -> None:
     try:
         while not stopping:
             now = time.monotonic()
+            # started again, it would fail the same way, for ever
+            refused = next((child for child in children if child.process.poll() == REFUSED), None)
+            if refused is not None:
+                log.error("%s cannot start as configured (its line above says why); stopping", refused.module)
+                break
             if embedded is not None and embedded.process is not None and embedded.process.poll() is not None:
                 log.error("the embedded redis-server exited with %s; starting it again", embedded.process.returncode)
                 embedded.start()  # the same port and data folder (AOF), so clients reconnect
@@ -129,6 +136,8 @@ def main() -> None:
             child.wait(deadline)
         if embedded is not None:
             embedded.stop()
+    if refused is not None:
+        sys.exit(REFUSED)
 
 
 if __name__ == "__main__":

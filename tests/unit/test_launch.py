@@ -103,3 +103,16 @@ def test_a_wrong_port_list_setting_or_data_folder_is_named_in_one_line(tmp_path)
         for module in ("service", "service.launch"):
             ended = launch(tmp_path, module, **env)
             assert ended.returncode == 2 and ended.stderr.strip() == line, (module, ended.stderr)
+
+
+def test_a_worker_that_cannot_start_as_configured_stops_make_run_instead_of_starting_again_for_ever(tmp_path):
+    """It was started again after 1, 2, 4, ... 30 s, for ever, while /readyz said ready."""
+    with socket.create_server(("127.0.0.1", 0)) as holder, socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        probe.close()
+        taken = holder.getsockname()[1]
+        ended = launch(tmp_path, PORT=str(port), GAZER_WORKER_METRICS_PORT=str(taken))
+    assert ended.returncode == 2, ended.stderr[-2000:]
+    assert f"GAZER_WORKER_METRICS_PORT={taken}: cannot serve metrics there, on 127.0.0.1" in ended.stderr
+    assert "worker cannot start as configured" in ended.stderr and "starting it again" not in ended.stderr

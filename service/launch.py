@@ -2,9 +2,10 @@
 set), one Celery worker and the API, supervised: a child that dies (killed for memory, say) is
 started again with backoff while the others keep serving. Ctrl-C (or SIGTERM) stops them
 together, each with what it started, killed past GAZER_STOP_SECONDS. What would stop the API at
-every start (its port taken, an unreadable key file, an open service on a public HOST) stops
-`make run` before anything starts, with the reason; a child that exits saying it cannot start
-as configured (exit 2: the worker's metrics port taken, say) stops it after. GAZER_API_PROCESSES=N: the API child serves
+every start (its port taken, an unreadable key file, an open service on a public HOST, a data
+folder it cannot write or that another embedded Redis runs on) stops `make run` before anything
+starts, with the reason; a child that exits saying it cannot start as configured (exit 2: the
+worker's metrics port taken, say) stops it after. GAZER_API_PROCESSES=N: the API child serves
 the port from N processes (service/__main__.py), all on the Redis started here, which their
 environment names."""
 

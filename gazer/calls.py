@@ -9,6 +9,7 @@ import mimetypes
 import numbers
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Callable, Generic, Iterable, Iterator, TypeVar
@@ -18,7 +19,7 @@ import httpx
 from PIL import Image
 from pydantic import BaseModel
 
-from gazer.errors import ApiError, BadAnswer, shortened
+from gazer.errors import ApiError, BadAnswer, NoAnswer, shortened
 from gazer.results import ExplainResponse, JobEvent
 from schemas.datasets import Dataset, DatasetList
 from schemas.jobs import ArtifactList, Job, JobList
@@ -289,8 +290,35 @@ def artifacts(job_id: str) -> Call[ArtifactList]:
 
 
 class StreamExpired(Exception):
-    """The server ended a job's event stream at its time limit (GAZER_EVENT_STREAM_SECONDS):
-    connect again."""
+    """The server ended a job's event stream at its time limit (GAZER_EVENT_STREAM_SECONDS), or
+    as it began to stop (`server_stopping`): connect again."""
+
+    def __init__(self, detail: str, server_stopping: bool) -> None:
+        super().__init__(detail)
+        self.server_stopping = server_stopping
+
+
+# After a stream ended with the server stopping, a follower connects again every
+# RECONNECT_PAUSE_SECONDS while nothing answers, for RECONNECT_SECONDS: a restart's time.
+RECONNECT_SECONDS, RECONNECT_PAUSE_SECONDS = 120.0, 1.0
+
+
+class Reconnection:
+    """When a job's follower connects again: at once after a stream's time limit; after the
+    server said it was stopping, once it answers again (NoAnswer meanwhile), for a while."""
+
+    def __init__(self) -> None:
+        self._stopping_since: float | None = None
+
+    def expired(self, expired: StreamExpired) -> None:
+        self._stopping_since = time.monotonic() if expired.server_stopping else None
+
+    def pause_after(self, error: NoAnswer) -> float:
+        """The seconds to wait before connecting again; `error` is raised again where the server
+        did not say it was stopping, or has not answered for RECONNECT_SECONDS since."""
+        if self._stopping_since is None or time.monotonic() - self._stopping_since > RECONNECT_SECONDS:
+            raise error
+        return RECONNECT_PAUSE_SECONDS
 
 
 class EventParser:
@@ -338,7 +366,8 @@ class EventParser:
             kind, data = self._kind, self._event_data()
             self._kind, self._data, self._size = "message", [], 0
             if kind == "expired":
-                raise StreamExpired(data.get("detail", "the event stream expired"))
+                raise StreamExpired(str(data.get("detail", "the event stream expired")),
+                                    str(data.get("type", "")).endswith("/server-stopping"))
             if kind == "error":
                 raise ApiError.from_problem(data, 503)
             return JobEvent(kind, Job.model_validate(data))

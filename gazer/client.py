@@ -192,13 +192,17 @@ class Client:
 
     def events(self, job_id: str) -> Iterator[JobEvent]:
         """The job's server-sent events until its `end` event, over as many streams as that
-        takes (each lasts the server's GAZER_EVENT_STREAM_SECONDS)."""
+        takes (each lasts the server's GAZER_EVENT_STREAM_SECONDS), and across a restart of the
+        server (calls.Reconnection)."""
+        reconnection = calls.Reconnection()
         while True:
             try:
                 yield from self._event_stream(job_id)
                 return
-            except calls.StreamExpired:
-                continue
+            except calls.StreamExpired as expired:
+                reconnection.expired(expired)
+            except NoAnswer as error:
+                time.sleep(reconnection.pause_after(error))
 
     def _event_stream(self, job_id: str) -> Iterator[JobEvent]:
         with self._stream(calls.events(job_id), timeout=STREAM_TIMEOUT) as response:
@@ -333,13 +337,16 @@ class AsyncClient:
         return job
 
     async def events(self, job_id: str) -> AsyncIterator[JobEvent]:
+        reconnection = calls.Reconnection()
         while True:
             try:
                 async for event in self._event_stream(job_id):
                     yield event
                 return
-            except calls.StreamExpired:
-                continue
+            except calls.StreamExpired as expired:
+                reconnection.expired(expired)
+            except NoAnswer as error:
+                await asyncio.sleep(reconnection.pause_after(error))
 
     async def _event_stream(self, job_id: str) -> AsyncIterator[JobEvent]:
         async with self._stream(calls.events(job_id), timeout=STREAM_TIMEOUT) as response:

@@ -25,8 +25,8 @@ def free_port() -> int:
 
 
 class LiveService:
-    def __init__(self, data_dir: Path, **settings: object) -> None:
-        self.port = free_port()
+    def __init__(self, data_dir: Path, port: int | None = None, **settings: object) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = data_dir / "service.log"
         env = {**os.environ, "PORT": str(self.port), "GAZER_DATA_DIR": str(data_dir), "PYTHONPATH": str(ROOT)}

@@ -12,6 +12,8 @@ import httpx
 import psutil
 import pytest
 
+from gazer import Client
+from gazer.results import JobEvent
 from tests.live_service import LiveService
 
 
@@ -105,8 +107,17 @@ def test_ctrl_c_puts_the_running_job_back_in_the_queue_and_ends_event_streams_wi
     """A terminal's Ctrl-C signals `make run`'s whole process group. The embedded Redis was in it
     and stopped at once, so the worker could not put its job back ("could not go back to the
     queue"), and the job was lost. An open event stream held the API until it was killed, 30 s
-    later, cutting the stream off mid-transfer."""
+    later, cutting the stream off mid-transfer. The client follows the job across the restart."""
     with LiveService(tmp_path) as service:
+        follower = Client(service.url)
+        followed: list[JobEvent | BaseException] = []
+
+        def follow(job_id: str) -> None:
+            try:
+                followed.extend(follower.events(job_id))
+            except BaseException as error:
+                followed.append(error)
+
         with httpx.Client(base_url=service.url, timeout=30) as client:
             job = client.post("/v1/jobs/activation-maximization", json={
                 "model": "efficientnet_lite0", "target": {"class": 1}, "steps": 10000, "size": 64}).json()
@@ -115,6 +126,8 @@ def test_ctrl_c_puts_the_running_job_back_in_the_queue_and_ends_event_streams_wi
                 assert time.time() < deadline, service.log()[-3000:]
                 time.sleep(0.2)
             events: list[str] = []
+            following = threading.Thread(target=follow, args=(job["id"],))
+            following.start()
             with client.stream("GET", f"/v1/jobs/{job['id']}/events") as stream:
                 lines = stream.iter_lines()
                 events.append(next(lines))  # the stream is open: its first event came
@@ -127,9 +140,14 @@ def test_ctrl_c_puts_the_running_job_back_in_the_queue_and_ends_event_streams_wi
     assert "event: expired" in events and any("/problems/server-stopping" in line for line in events), events[-5:]
     assert stopped_in < 15 and "did not stop in time" not in log, (stopped_in, log[-3000:])
     assert f"job {job['id']} goes back to the queue" in log and "could not go back" not in log, log[-3000:]
-    with LiveService(tmp_path) as again:  # the same data folder: the job runs afresh
+    with LiveService(tmp_path, port=service.port) as again:  # the same data folder: the job runs afresh
         deadline = time.time() + 120
         while (state := httpx.get(f"{again.url}/v1/jobs/{job['id']}").json()["state"]) == "queued":
             assert time.time() < deadline, again.log()[-3000:]
             time.sleep(0.5)
         assert state == "running", again.log()[-3000:]
+        assert following.is_alive()  # still following, through the restart
+        assert httpx.delete(f"{again.url}/v1/jobs/{job['id']}").status_code in (200, 202)
+        following.join(timeout=60)
+    assert not any(isinstance(event, BaseException) for event in followed), followed[-3:]
+    assert followed[-1].kind == "end" and followed[-1].job.state == "cancelled", followed[-1]

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 import pytest
 from fastapi.testclient import TestClient
 
+from core.storage import Storage
+from infra.embedded_redis import EmbeddedRedis
 from service.app import create_app
 from service.settings import Settings
 
@@ -23,7 +26,24 @@ def data_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def client(data_dir):
+def session_redis(data_dir):
+    """The Redis of every app on the session's data folder, as API processes on one folder share
+    one (an embedded one each would be a second on the folder: refused)."""
+    with EmbeddedRedis(Storage(data_dir).redis) as server:
+        yield server.url
+
+
+@pytest.fixture(scope="session")
+def app_settings(data_dir, session_redis) -> Callable[..., Settings]:
+    """Settings of an app on the session's data folder and Redis, with the keywords given."""
+    def settings(**overrides: object) -> Settings:
+        return Settings(data_dir=data_dir, redis_url=session_redis, **overrides)
+    return settings
+
+
+@pytest.fixture(scope="session")
+def client(app_settings):
     """The real app with the real EfficientNet-Lite0, over the ASGI interface."""
-    with TestClient(base_url="http://localhost", app=create_app(Settings(data_dir=data_dir)), raise_server_exceptions=False) as test_client:
+    app = create_app(app_settings())
+    with TestClient(base_url="http://localhost", app=app, raise_server_exceptions=False) as test_client:
         yield test_client

@@ -6,13 +6,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.settings import Settings
 
 QUEUE_SECONDS = 0.5
 
 
 @pytest.fixture(scope="module")
-def one_slot_client(data_dir):
-    settings = Settings(data_dir=data_dir, max_concurrent_explanations=1, explain_queue_seconds=QUEUE_SECONDS)
+def one_slot_client(app_settings):
+    settings = app_settings(max_concurrent_explanations=1, explain_queue_seconds=QUEUE_SECONDS)
     with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as client:
         yield client

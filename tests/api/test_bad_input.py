@@ -19,7 +19,6 @@ from core.imaging import crop_box
 from schemas.problems import MAX_FIELD_ERRORS, MAX_TEXT_CHARS
 from service.app import create_app
 from service.limits import RequestSizeLimit
-from service.settings import Settings
 from tests.conftest import MODEL
 from support import multipart as multipart_body
 from support import (chelsea, decode_png, encode, png_chunk, png_size, png_with_empty_chunks, upload,
@@ -272,8 +271,8 @@ def test_png_answer_needs_exactly_one_file(client):
 
 
 @pytest.fixture(scope="module")
-def strict_client(data_dir):
-    settings = Settings(data_dir=data_dir, max_file_bytes=60_000, max_request_bytes=200_000, max_files=3,
+def strict_client(app_settings):
+    settings = app_settings(max_file_bytes=60_000, max_request_bytes=200_000, max_files=3,
                         max_request_pixels=1_000_000)
     with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as client:
         yield client
@@ -417,9 +416,9 @@ def test_faithfulness_needs_a_json_answer(client):
 
 
 @pytest.mark.parametrize("setting", [{"max_concurrent_explanations": 0}, {"explain_queue_seconds": 0}])
-def test_explanation_slot_settings_must_allow_explanations(data_dir, setting):
+def test_explanation_slot_settings_must_allow_explanations(app_settings, setting):
     with pytest.raises(ValueError):
-        Settings(data_dir=data_dir, **setting)
+        app_settings(**setting)
 
 
 def test_a_content_length_of_thousands_of_digits_is_413_not_500():

@@ -18,7 +18,6 @@ from core.explain import METHODS
 from service.admission import ModelQueues
 from service.app import create_app
 from service.rate_limits import TooManyRequests
-from service.settings import Settings
 from support import foolbox_imagenet_photos, upload
 from tests.conftest import MODEL
 from tests.held_method import GRADIENT_LAYER, HeldGradCAM
@@ -28,8 +27,8 @@ QUEUE = 4  # requests in flight per model
 
 
 @pytest.fixture(scope="module")
-def small_queue_client(data_dir):
-    settings = Settings(data_dir=data_dir, max_queued_per_model=QUEUE)
+def small_queue_client(app_settings):
+    settings = app_settings(max_queued_per_model=QUEUE)
     with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as client:
         yield client
 
@@ -197,10 +196,10 @@ def test_a_version_of_thousands_of_digits_is_a_clear_4xx(small_queue_client, pho
     assert response.status_code == 404 and "up to 9 digits" in response.json()["detail"]
 
 
-def test_a_large_gradient_request_runs_in_parts_of_at_most_the_largest_batch(data_dir, photos, monkeypatch):
+def test_a_large_gradient_request_runs_in_parts_of_at_most_the_largest_batch(app_settings, photos, monkeypatch):
     """Each image's forward and backward holds tens of MB: a request of many images is split
     so that no torch run takes more than GAZER_MAX_BATCH (fewer for large inputs)."""
-    settings = Settings(data_dir=data_dir, max_batch=2)
+    settings = app_settings(max_batch=2)
     with TestClient(base_url="http://localhost", app=create_app(settings)) as client:
         fields = {"method": "saliency", "outputs": "map"}
         alone = [client.post(EXPLAIN, files=[upload(photo)], data=fields).json()["results"][0]["explanation"]["map"]

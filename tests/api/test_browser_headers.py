@@ -9,7 +9,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.settings import Settings
 from tests.conftest import MODEL
 
 
@@ -30,16 +29,16 @@ def test_only_the_documentation_pages_may_run_inline_scripts(client):
     assert "script-src" not in client.get("/").headers["content-security-policy"]  # default-src 'self' holds
 
 
-def test_behind_a_root_path_the_documentation_keeps_its_policy(data_dir):
+def test_behind_a_root_path_the_documentation_keeps_its_policy(app_settings):
     """Under a root path (a proxy's prefix) the docs got the page's policy, which blocks their scripts."""
-    with TestClient(create_app(Settings(data_dir=data_dir)), base_url="http://localhost", root_path="/gazer") as client:
+    with TestClient(create_app(app_settings()), base_url="http://localhost", root_path="/gazer") as client:
         docs = client.get("/gazer/docs")
         assert docs.status_code == 200 and "script-src 'self' 'unsafe-inline'" in docs.headers["content-security-policy"]
 
 
-def test_a_500_of_an_unhandled_error_carries_them_too(data_dir):
+def test_a_500_of_an_unhandled_error_carries_them_too(app_settings):
     """Starlette answers an unhandled error outside every middleware."""
-    app = create_app(Settings(data_dir=data_dir))
+    app = create_app(app_settings())
 
     def broken() -> None:
         raise RuntimeError("a bug")

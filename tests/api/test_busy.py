@@ -11,7 +11,6 @@ from fastapi.testclient import TestClient
 
 from core.explain import METHODS
 from service.app import create_app
-from service.settings import Settings
 from support import chelsea, encode, upload
 from tests.conftest import MODEL
 from tests.held_method import GRADIENT_LAYER, HeldGradCAM
@@ -50,13 +49,13 @@ def test_a_request_that_finds_every_slot_busy_gets_503(one_slot_client, monkeypa
     assert one_slot_client.post(EXPLAIN, files=photo, data={"method": "saliency"}).status_code == 200
 
 
-def test_explanations_hold_their_decoded_pixels_against_a_budget(data_dir, monkeypatch):
+def test_explanations_hold_their_decoded_pixels_against_a_budget(app_settings, monkeypatch):
     """Their images stay decoded until their pictures are drawn: a few small files declaring
     gigapixels, sent at once, would otherwise add up past the machine's memory."""
     held = HeldGradCAM()
     monkeypatch.setitem(METHODS, "gradcam", held)
     photo = chelsea()  # 451 x 300: 135 300 pixels
-    settings = Settings(data_dir=data_dir, max_explained_pixels=200_000, max_request_pixels=250_000)
+    settings = app_settings(max_explained_pixels=200_000, max_request_pixels=250_000)
     with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as client:
         slow: list = []
         running = threading.Thread(target=lambda: slow.append(

@@ -109,11 +109,11 @@ def test_compute_over_the_rate_is_429(limited):
     assert over.status_code == 422 and over.json()["cost"] == 200 and over.json()["budget"] == 120, over.text
 
 
-def test_a_model_load_is_charged_to_its_clients_compute(data_dir):
+def test_a_model_load_is_charged_to_its_clients_compute(app_settings):
     """Asking in turn for more models than stay loaded made every request a load (about a second
     of CPU, one at a time for every client), uncharged: a load now costs MODEL_LOAD_COST forward
     passes of its client's bucket. A loaded model, or an unknown one, costs nothing."""
-    settings = Settings(data_dir=data_dir, max_loaded_models=1, compute_per_second=1,
+    settings = app_settings(max_loaded_models=1, compute_per_second=1,
                         compute_burst=2 * MODEL_LOAD_COST)
     with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as client:
         assert client.get("/v1/models/no-such-model").status_code == 404
@@ -126,10 +126,10 @@ def test_a_model_load_is_charged_to_its_clients_compute(data_dir):
         assert client.post(f"/v1/models/{MODEL}/predict", files=photos(1)).status_code == 200  # the resident one
 
 
-def test_requests_that_wait_for_one_load_are_not_charged_for_it(data_dir):
+def test_requests_that_wait_for_one_load_are_not_charged_for_it(app_settings):
     """Only the request that loads a model pays for the load: four at once for the same model
     that is not loaded, with compute for one load, all get it (each was charged before)."""
-    settings = Settings(data_dir=data_dir, compute_per_second=1, compute_burst=MODEL_LOAD_COST)
+    settings = app_settings(compute_per_second=1, compute_burst=MODEL_LOAD_COST)
     with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as client, \
             ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(lambda _: client.get("/v1/models/efficientnet_lite1"), range(4)))

@@ -555,11 +555,11 @@ def held_ingests(monkeypatch) -> tuple[threading.Event, threading.Semaphore]:
     return release, started
 
 
-def test_data_set_uploads_are_extracted_two_at_a_time(data_dir, monkeypatch):
+def test_data_set_uploads_are_extracted_two_at_a_time(app_settings, monkeypatch):
     """Each holds its archive in memory while it is extracted: a third waits for a slot, then 503
     (one client here: its share of the slots raised to let it try)."""
     release, started = held_ingests(monkeypatch)
-    settings = Settings(data_dir=data_dir, explain_queue_seconds=0.5, max_dataset_ingests_per_client=3)
+    settings = app_settings(explain_queue_seconds=0.5, max_dataset_ingests_per_client=3)
     with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as client, \
             ThreadPoolExecutor(2) as pool:
         archive = shapes_archive(per_class=2)

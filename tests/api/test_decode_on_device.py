@@ -8,7 +8,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.settings import Settings
 from support import chelsea, encode, foolbox_imagenet_photos, upload
 from tests.api.test_metrics import scrape, value
 from tests.conftest import MODEL
@@ -17,8 +16,8 @@ PREDICT = f"/v1/models/{MODEL}/predict"
 
 
 @pytest.fixture(scope="module")
-def on_device_client(data_dir):
-    settings = Settings(data_dir=data_dir, decode_on_device=True)
+def on_device_client(app_settings):
+    settings = app_settings(decode_on_device=True)
     with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as client:
         yield client
 

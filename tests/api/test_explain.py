@@ -20,7 +20,6 @@ from core.explain.faithfulness import deletion_and_insertion
 from core.imaging import crop_box, decode_image, preprocess
 from service.app import create_app
 from service.negotiation import preferred_image
-from service.settings import Settings
 from tests.conftest import MODEL
 from support import chelsea, coffee, decode_picture, decode_png, encode, foolbox_imagenet_photos, png_size, upload
 
@@ -344,13 +343,13 @@ def test_an_accept_header_that_allows_nothing_a_route_answers_is_406(client, che
     assert overlay.status_code == 200 and overlay.headers["content-type"] == "image/png"
 
 
-def test_the_default_outputs_are_a_setting(data_dir, chelsea_jpeg):
-    settings = Settings(data_dir=data_dir, explain_outputs=("heatmap",))
+def test_the_default_outputs_are_a_setting(app_settings, chelsea_jpeg):
+    settings = app_settings(explain_outputs=("heatmap",))
     with TestClient(base_url="http://localhost", app=create_app(settings)) as heatmap_only:
         explanation = explain(heatmap_only, [upload(chelsea_jpeg)], method="cam").json()["results"][0]["explanation"]
     assert explanation["heatmap_png"] and explanation["overlay"] is None
     with pytest.raises(ValueError, match="explain_outputs"):
-        Settings(data_dir=data_dir, explain_outputs=("thumbnail",))
+        app_settings(explain_outputs=("thumbnail",))
 
 
 def test_faithfulness_scores_gradcam_above_its_own_inverted_map(client, chelsea_jpeg):

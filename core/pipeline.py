@@ -161,8 +161,9 @@ def _resolve_method(model: LoadedModel, method_name: str) -> Method:
     if method_name not in model.methods:
         needs = ("gradients, and the model is served from ONNX alone" if model.network is None
                  else "spatial attention" if method.needs_spatial_attention
-                 else "a network whose activations are ReLU modules (on SiLU, GELU or Hardswish ones, or a "
-                      "functional ReLU, it would be the plain gradient: saliency)" if method.needs_guided_activations
+                 else "a network whose activations are all ReLU modules (through SiLU, GELU or Hardswish ones, or "
+                      "a functional ReLU, nothing is guided: it would be the plain gradient, saliency, in part or in "
+                      "whole)" if method.needs_guided_activations
                  else "the logits to be a linear classifier of the pooled CAM layer")
         raise UnsupportedMethod(f"model {model.spec.ref!r} cannot answer {method_name}: it needs {needs}; "
                                 f"it answers {', '.join(model.methods)}", field="method", valid=model.methods)

@@ -793,7 +793,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "gradcam, or occlusion for a model served from ONNX alone")
     sub.add_argument("--target", default=None, metavar="N|LABEL",
                      help="the class, by index or label (tabby; default the top-1)")
-    sub.add_argument("--layer", default=None, help="layer to explain (default the model's CAM layer)")
+    sub.add_argument("--layer", default=None,
+                     help="layer to explain, for a method that takes one (default the model's CAM layer)")
     sub.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                      help="a method option, e.g. steps=32 or baseline=blur; repeatable")
     sub.add_argument("--output", "-o", required=True,
@@ -814,7 +815,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--methods", required=True, help="comma-separated, e.g. gradcam,layercam,saliency")
     sub.add_argument("--target", default=None, metavar="N|LABEL",
                      help="the class, by index or label (tabby; default the top-1)")
-    sub.add_argument("--layer", default=None, help="layer to explain (default the model's CAM layer)")
+    sub.add_argument("--layer", default=None,
+                     help="layer to explain, for a method that takes one (default the model's CAM layer)")
     sub.add_argument("--output", "-o", required=True,
                      help="the grid to write: PNG, or JPEG or WebP by its name's ending (.jpg, .webp); - for "
                           "standard output")
@@ -859,7 +861,8 @@ def build_parser() -> argparse.ArgumentParser:
     model_flag(sub)
     sub.add_argument("--method", default=None, help="cam, saliency, ... (see /docs); default the model's own: "
                                                      "gradcam, or occlusion for a model served from ONNX alone")
-    sub.add_argument("--layer", default=None, help="layer to explain (default the model's CAM layer)")
+    sub.add_argument("--layer", default=None,
+                     help="layer to explain, for a method that takes one (default the model's CAM layer)")
     sub.add_argument("--faithfulness", action="store_true", help="also score each map by deletion and insertion")
     sub.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                      help="a method option, e.g. steps=32; repeatable")

@@ -46,6 +46,40 @@ class FolderInUse(RuntimeError):
     """Another embedded redis-server runs on this data folder."""
 
 
+def locked(data_dir: Path) -> IO[str]:
+    """The folder's lock file, locked (flock, exclusive) until it is closed, in this process and in
+    every child it is passed to. FolderInUse, naming the holder, where another holds it."""
+    lock = open(data_dir / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read(200).strip() or "which did not say its pid"
+        lock.close()
+        raise FolderInUse(f"another Gazer's embedded redis-server runs on {data_dir} ({holder}); a second would "
+                          f"run its jobs again. Stop that one, or give this one a folder of its own "
+                          f"(GAZER_DATA_DIR)") from None
+    return lock
+
+
+def in_use(data_dir: Path) -> str | None:
+    """Why an embedded redis-server may not start on `data_dir` now, or None."""
+    if not (data_dir / LOCK_FILE).exists():
+        return None
+    try:
+        locked(data_dir).close()
+    except FolderInUse as taken:
+        return str(taken)
+    return None
+
+
+def _say_holder(lock: IO[str], holder: str) -> None:
+    lock.seek(0)
+    lock.truncate()
+    lock.write(holder + "\n")
+    lock.flush()
+
+
 class EmbeddedRedis:
     """`maxmemory` bounds what job records and queues may take; with `noeviction`, a write past
     it fails with Redis's OOM error instead of silently dropping jobs. The data folder is locked
@@ -65,48 +99,39 @@ class EmbeddedRedis:
 
     def start(self, timeout: float = 20.0) -> "EmbeddedRedis":
         """Starts it, or starts it again (on the same port and folder) after it died. FolderInUse
-        where another one runs on the folder."""
+        where another one runs on the folder; whatever fails, the folder is left unlocked."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        lock = self._locked()
-        self.process = subprocess.Popen(
-            [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
-             "--appendonly", "yes", "--maxmemory", self.maxmemory, "--maxmemory-policy", "noeviction",
-             "--save", "60 1", "--protected-mode", "yes"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, pass_fds=(lock.fileno(),),
-            # a session of its own: a terminal's Ctrl-C, sent to the launcher's process group, must
-            # not stop it before the worker has put its job back in the queue
-            start_new_session=True)
-        lock.seek(0)
-        lock.truncate()
-        lock.write(f"pid {os.getpid()}, its redis-server pid {self.process.pid}\n")
-        lock.flush()
+        if self._lock is None:
+            self._lock = locked(self.data_dir)
+        try:
+            _say_holder(self._lock, f"pid {os.getpid()}")
+            self.process = subprocess.Popen(
+                [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
+                 "--appendonly", "yes", "--maxmemory", self.maxmemory, "--maxmemory-policy", "noeviction",
+                 "--save", "60 1", "--protected-mode", "yes"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, pass_fds=(self._lock.fileno(),),
+                # a session of its own: a terminal's Ctrl-C, sent to the launcher's process group,
+                # must not stop it before the worker has put its job back in the queue
+                start_new_session=True)
+            _say_holder(self._lock, f"pid {os.getpid()}, its redis-server pid {self.process.pid}")
+            self._wait_for_pong(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_for_pong(self, timeout: float) -> None:
+        assert self.process is not None
         deadline = time.time() + timeout
         client = redis.Redis.from_url(self.url)
         while True:
             try:
                 client.ping()
-                return self
+                return
             except redis.ConnectionError:
                 if self.process.poll() is not None or time.time() > deadline:
-                    self.stop()
                     raise RuntimeError(f"redis-server did not start on port {self.port}") from None
                 time.sleep(0.05)
-
-    def _locked(self) -> IO[str]:
-        if self._lock is not None:
-            return self._lock
-        lock = open(self.data_dir / LOCK_FILE, "a+")
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            holder = lock.read(200).strip() or "which did not say its pid"
-            lock.close()
-            raise FolderInUse(f"another Gazer's embedded redis-server runs on {self.data_dir} ({holder}); a second "
-                              f"would run its jobs again. Stop that one, or give this one a folder of its own "
-                              f"(GAZER_DATA_DIR)") from None
-        self._lock = lock
-        return lock
 
     def stop(self) -> None:
         if self.process:

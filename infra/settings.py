@@ -15,6 +15,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 from core.datasets import ArchiveLimits
 from infra.celery_config import LONGEST_JOB_SECONDS
 
+# What the API, the worker and `make run` exit with where they cannot start as configured (a line
+# on stderr says why): `make run` does not start such a child again.
+EXIT_REFUSED = 2
+
 
 def physical_memory() -> int:
     """This machine's memory: the default guess for a worker's (set it where workers differ)."""
@@ -67,14 +71,14 @@ class SharedSettings(BaseSettings):
             given = os.environ.get(name)
             print(f"{name}{'' if given is None else '=' + given}: must be JSON (a list as [\"a\", \"b\"])",
                   file=sys.stderr)
-            sys.exit(2)
+            sys.exit(EXIT_REFUSED)
         except ValidationError as invalid:
             for error in invalid.errors():
                 name = "GAZER_" + "_".join(str(part) for part in error["loc"]).upper()
                 given = os.environ.get(name)
                 why = "must be set" if error["type"] == "missing" else error["msg"]
                 print(f"{name}{'' if given is None else '=' + given}: {why}", file=sys.stderr)
-            sys.exit(2)
+            sys.exit(EXIT_REFUSED)
 
     @property
     def archive_limits(self) -> ArchiveLimits:

@@ -22,6 +22,7 @@ import uvicorn
 from core.storage import Storage
 from infra.embedded_redis import EmbeddedRedis
 from infra.logs import configure_logging, logging_config
+from infra.settings import EXIT_REFUSED
 from service.settings import Settings
 from service.start_checks import listening_port, refusal
 
@@ -57,7 +58,7 @@ def main() -> None:
     host = os.environ.get("HOST", "127.0.0.1")
     if (why := refusal(settings, host)) is not None:
         print(why, file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_REFUSED)
     processes = settings.api_processes
     with shared_by_processes(settings) if processes > 1 else nullcontext():
         uvicorn.run("service.app:create_app", factory=True, host=host, workers=processes,

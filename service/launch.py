@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from core.storage import Storage
 from infra.embedded_redis import EmbeddedRedis, FolderInUse
 from infra.logs import configure_logging
+from infra.settings import EXIT_REFUSED
 from service.settings import Settings
 from service.start_checks import listening_port, port_taken, refusal
 
 log = logging.getLogger("gazer.launch")
 
-REFUSED = 2  # what the API and the worker exit with where they cannot start as configured
 FIRST_DELAY_SECONDS = 1.0
 LONGEST_DELAY_SECONDS = 30.0
 STABLE_SECONDS = 60.0  # a child up this long starts its backoff afresh when it dies
@@ -45,6 +45,8 @@ class Child:
     deaths: int = 0
     restart_at: float | None = None
     restarts: int = 0
+    refused: bool = False  # exited at its first start saying it cannot start as configured
+
 
     def start(self) -> None:
         # a process group of its own: stopping it stops what it started (uvicorn's API processes)
@@ -57,6 +59,9 @@ class Child:
         if self.process.poll() is None:
             if now - self.started_at > STABLE_SECONDS:
                 self.deaths = 0
+            return
+        if self.process.returncode == EXIT_REFUSED and not self.restarts:
+            self.refused = True  # started again, it would fail the same way, for ever
             return
         if self.restart_at is None:
             self.deaths += 1
@@ -93,41 +98,39 @@ def main() -> None:
     host, port = os.environ.get("HOST", "127.0.0.1"), listening_port()
     if (why := refusal(settings, host) or port_taken(host, port)) is not None:
         print(why, file=sys.stderr)
-        sys.exit(REFUSED)
+        sys.exit(EXIT_REFUSED)
     env = dict(os.environ)
     embedded = None
     if not settings.redis_url:
         try:
             embedded = EmbeddedRedis(Storage(settings.data_dir).redis).start()
-        except FolderInUse as in_use:
-            print(in_use, file=sys.stderr)
-            sys.exit(REFUSED)
+        except FolderInUse as taken:  # since `refusal` looked
+            print(taken, file=sys.stderr)
+            sys.exit(EXIT_REFUSED)
         env["GAZER_REDIS_URL"] = embedded.url
         log.info("embedded redis-server at %s (data in %s)", embedded.url, embedded.data_dir)
     children = [Child("worker", env), Child("service", env)]
     for child in children:
         child.start()
-    stopping, refused = False, None
+    stopping = False
 
     def stop(*_: object) -> None:
         nonlocal stopping
         stopping = True
 
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    for name in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: its terminal closed
+        signal.signal(name, stop)
     try:
         while not stopping:
             now = time.monotonic()
-            # started again, it would fail the same way, for ever
-            refused = next((child for child in children if child.process.poll() == REFUSED), None)
-            if refused is not None:
-                log.error("%s cannot start as configured (its line above says why); stopping", refused.module)
-                break
             if embedded is not None and embedded.process is not None and embedded.process.poll() is not None:
                 log.error("the embedded redis-server exited with %s; starting it again", embedded.process.returncode)
                 embedded.start()  # the same port and data folder (AOF), so clients reconnect
             for child in children:
                 child.watch(now)
+            if refused := [child.module for child in children if child.refused]:
+                log.error("%s cannot start as configured (its line above says why); stopping", refused[0])
+                break
             time.sleep(0.25)
     finally:
         for child in children:  # all get SIGTERM at once, then are waited for together
@@ -137,8 +140,8 @@ def main() -> None:
             child.wait(deadline)
         if embedded is not None:
             embedded.stop()
-    if refused is not None:
-        sys.exit(REFUSED)
+    if any(child.refused for child in children):
+        sys.exit(EXIT_REFUSED)
 
 
 if __name__ == "__main__":

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 import sys
 import tempfile
 
 from core.storage import Storage
+from infra.embedded_redis import in_use
+from infra.settings import EXIT_REFUSED
 from schemas.api_keys import read_key_file, why_unreadable
 from service.settings import Settings
 
@@ -26,17 +29,18 @@ def is_loopback(host: str) -> bool:
 def listening_port() -> int:
     """$PORT (default 8000), or exit 2 with a line saying what is wrong with it."""
     given = os.environ.get("PORT", "8000")
-    if not given.strip().isdigit() or int(given) > 65535:
+    if not re.fullmatch(r"\d{1,5}", given.strip(), re.ASCII) or int(given) > 65535:
         print(f"PORT={given}: must be a port number, 0 to 65535", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_REFUSED)
     return int(given)
 
 
 def refusal(settings: Settings, host: str) -> str | None:
     """Why the service may not start on `host`, or None: a data folder it cannot write (each upload
-    and job would fail, though it said it was ready), a key file that cannot be read (every
-    request would be refused), or no keys off loopback."""
-    if (why := unwritable(Storage(settings.data_dir))) is not None:
+    and job would fail, though it said it was ready) or whose embedded Redis another runs, a key
+    file that cannot be read (every request would be refused), or no keys off loopback."""
+    storage = Storage(settings.data_dir)
+    if (why := unwritable(storage) or (in_use(storage.redis) if settings.redis_url is None else None)) is not None:
         return why
     if settings.api_keys is not None:
         try:

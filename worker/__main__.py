@@ -11,6 +11,7 @@ from celery import signals
 
 from infra.job_store import JobStore
 from infra.logs import configure_logging
+from infra.settings import EXIT_REFUSED
 from core.parallel import single_threaded_blas
 from worker.app import create_celery
 from worker.metrics import WorkerMetrics
@@ -38,7 +39,7 @@ def main() -> None:
         except OSError as error:
             print(f"GAZER_WORKER_METRICS_PORT={settings.worker_metrics_port}: cannot serve metrics there, on "
                   f"{settings.worker_metrics_host} ({error.strerror or error})", file=sys.stderr)
-            sys.exit(2)
+            sys.exit(EXIT_REFUSED)
         log.info("worker metrics on %s port %d", settings.worker_metrics_host, settings.worker_metrics_port)
     app = create_celery(settings, metrics)
     with Presence(JobStore.from_url(settings.redis_url, settings.job_lease_seconds)):

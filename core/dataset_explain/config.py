@@ -23,6 +23,7 @@ class ExplainDatasetConfig:
     options: dict[str, Any] = param(factory=dict, max_length=MAX_OPTIONS,
                                     doc="the method's own options, as for /explain: steps, baseline, samples, "
                                         "noise, window, stride, masks, seed, cells, p")
-    layer: str | None = param(None, max_length=200, doc="the layer to explain; default the model's CAM layer")
+    layer: str | None = param(None, max_length=200,
+                              doc="the layer to explain, for a method that takes one; default the model's CAM layer")
     faithfulness: bool = param(False, doc="also score each map by deletion and insertion")
     batch_size: int = param(8, ge=1, le=64, doc="images explained together")

@@ -231,10 +231,10 @@ class PerturbationMethod(Method):
     rest of the batch."""
 
     model_agnostic = True
-    # its raw map is signed (a probability's drop: below 0 where hiding a region helps the
+    # True: its raw map is signed (a probability's drop: below 0 where hiding a region helps the
     # target), and the map shows the evidence for the target alone, 0 for no effect, as the CAM
     # family's ReLU does; min-max scaled, no effect would show as heat
-    signed = False
+    evidence_only = False
 
     def __call__(self, model: nn.Module | None, inputs: torch.Tensor, targets: torch.Tensor | None,
                  layer: str | None = None, score: Score | None = None,
@@ -252,7 +252,7 @@ class PerturbationMethod(Method):
             maps = torch.stack([self.perturb(score, inputs[index], baseline[index], int(targets[index]),
                                              float(probabilities[index]), **options)
                                 for index in range(inputs.shape[0])])
-        return Explanation(normalize_maps(maps.clamp(min=0) if self.signed else maps), logits.detach(), targets)
+        return Explanation(normalize_maps(maps.clamp(min=0) if self.evidence_only else maps), logits.detach(), targets)
 
     def perturb(self, score: Score, image: torch.Tensor, baseline: torch.Tensor, target: int,
                 probability: float, **options: Any) -> torch.Tensor:

@@ -18,8 +18,9 @@ _ACTIVATION_MODULES = ("torch.nn.modules.activation", "timm.layers.activations")
 
 
 def guides(network: nn.Module) -> bool:
-    """Whether guided backprop guides `network`: its activations are ReLU or ReLU6 modules. On
-    SiLU, GELU or Hardswish ones it would be the plain input gradient under another name."""
+    """Whether guided backprop guides `network`: its activations are all ReLU or ReLU6 modules.
+    Through SiLU, GELU or Hardswish ones it would be the plain input gradient, in part or in
+    whole, under another name."""
     activations = [module for module in network.modules()
                    if type(module).__module__.startswith(_ACTIVATION_MODULES) and type(module).__name__ not in _GATES]
     return bool(activations) and all(isinstance(module, GUIDED_ACTIVATIONS) for module in activations)

@@ -52,7 +52,7 @@ def window_positions(height: int, width: int, window: int, stride: int) -> list[
 
 class Occlusion(PerturbationMethod):
     Options = OcclusionOptions
-    signed = True
+    evidence_only = True
 
     def cost(self, options, input_size, layer_channels) -> int:
         return len(window_positions(input_size, input_size, options["window"], options["stride"])) + 1

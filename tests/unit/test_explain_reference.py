@@ -321,7 +321,9 @@ def test_each_image_gets_its_own_target(method):
     image = make_inputs(1)
     inputs = image.repeat(3, 1, 1, 1)
     options = OPTIONS.get(method, {})
-    batch = METHODS[method](net, inputs, targets_tensor(), LAYER_OF[method], **options).maps
+    explained = METHODS[method](net, inputs, targets_tensor(), LAYER_OF[method], **options)
+    assert explained.targets.tolist() == list(TARGETS)
+    batch = explained.maps
     for index, target in enumerate(TARGETS):
         alone = METHODS[method](net, image, torch.tensor([target]), LAYER_OF[method], **options).maps[0]
         assert max_diff(batch[index], alone) <= 1e-5

@@ -62,12 +62,13 @@ def test_a_second_make_run_on_one_data_folder_is_refused_naming_the_first(tmp_pa
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
         probe.close()
-        ended = launch(tmp_path, PORT=str(port))
-        assert ended.returncode == 2, ended.stderr
-        assert ended.stderr.strip() == (
-            f"another Gazer's embedded redis-server runs on {tmp_path / 'redis'} (pid {os.getpid()}, its redis-server "
-            f"pid {first.process.pid}); a second would run its jobs again. Stop that one, or give this one a folder "
-            f"of its own (GAZER_DATA_DIR)")
+        for module in ("service.launch", "service"):  # `python -m service` starts one of its own too
+            ended = launch(tmp_path, module, PORT=str(port))
+            assert ended.returncode == 2, ended.stderr
+            assert ended.stderr.strip() == (
+                f"another Gazer's embedded redis-server runs on {tmp_path / 'redis'} (pid {os.getpid()}, its "
+                f"redis-server pid {first.process.pid}); a second would run its jobs again. Stop that one, or give "
+                f"this one a folder of its own (GAZER_DATA_DIR)")
         assert first.process.poll() is None  # the first goes on
 
 

@@ -57,7 +57,7 @@ def test_queued_then_finished_job_in_api_and_worker_metrics(api, start_worker):
 
     entries = [json.loads(line) for line in worker.log().splitlines() if line.strip()]  # JSON lines only
     assert any(e["message"].endswith(" ready.") for e in entries)
-    assert any(e["message"] == f"worker metrics on port {port}" for e in entries)
+    assert any(e["message"] == f"worker metrics on 127.0.0.1 port {port}" for e in entries)
     told = [e["message"] for e in entries if e.get("job_id") == job["id"]]  # a job is followed by its id
     assert f"job {job['id']} ({job_type}) started, attempt 1" in told, told
     assert any(line.startswith(f"job {job['id']} ({job_type}) ended succeeded after ") for line in told), told

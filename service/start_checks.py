@@ -40,7 +40,9 @@ def refusal(settings: Settings, host: str) -> str | None:
     and job would fail, though it said it was ready) or whose embedded Redis another runs, a key
     file that cannot be read (every request would be refused), or no keys off loopback."""
     storage = Storage(settings.data_dir)
-    if (why := unwritable(storage) or (in_use(storage.redis) if settings.redis_url is None else None)) is not None:
+    if (why := unwritable(storage)) is not None:
+        return why
+    if settings.redis_url is None and (why := in_use(storage.redis)) is not None:
         return why
     if settings.api_keys is not None:
         try:

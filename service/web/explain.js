@@ -152,7 +152,6 @@ async function selectModel(ref) {
   if (layer) {
     layer.replaceChildren(el("option", { value: "" }, detail.default_layer ? `default (${detail.default_layer})` : "none: an ONNX model"),
       ...detail.layers.filter((l) => l !== detail.default_layer).map((l) => el("option", { value: l }, l)));
-    showLayerUse(keep);
   }
   const chips = $("compare-methods");
   const checked = new Set(chips.querySelectorAll("input:checked").length

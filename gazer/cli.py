@@ -375,8 +375,18 @@ def cmd_compare(client: Client, args: argparse.Namespace) -> int:
         at_layer = method in detail.layer_methods
         if args.layer and not at_layer:
             tell(f"{method} takes no layer: it explains the input's pixels")
-        explanation = client.explain(Path(args.image), args.model, method, target, args.layer if at_layer else None,
-                                     outputs=["overlay"], overlay_format="png").results[0].explanation
+
+        def explained(layer: str | None) -> Any:
+            return client.explain(Path(args.image), args.model, method, target, layer, outputs=["overlay"],
+                                  overlay_format="png").results[0].explanation
+        try:
+            explanation = explained(args.layer if at_layer else None)
+        except ApiError as refused:
+            if not (args.layer and at_layer and refuses_layer(refused)):
+                raise
+            # cam explains only at the classifier's layer, attention only at a gate: the tile shows its own
+            tell(f"{method}: {refused.detail}; shown at its own layer")
+            explanation = explained(None)
         target = explanation.target.index  # every tile explains the first one's class
         milliseconds = explanation.timings_ms.get("model", 0.0)
         tiles.append(grid.Tile(explanation.overlay_image or b"", f"{method}  {milliseconds:.0f} ms"))
@@ -386,6 +396,11 @@ def cmd_compare(client: Client, args: argparse.Namespace) -> int:
     write_picture(output, encoded.getvalue())
     tell(f"-> {'standard output' if args.output == STDOUT else output}")
     return 0
+
+
+def refuses_layer(error: ApiError) -> bool:
+    return error.status == 422 and any(isinstance(field, dict) and field.get("field") == "layer"
+                                       for field in error.extras.get("errors") or [])
 
 
 def cmd_datasets_upload(client: Client, args: argparse.Namespace) -> int:

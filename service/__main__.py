@@ -24,7 +24,7 @@ from infra.embedded_redis import EmbeddedRedis
 from infra.logs import configure_logging, logging_config
 from infra.settings import EXIT_REFUSED
 from service.settings import Settings
-from service.start_checks import listening_port, refusal
+from service.start_checks import listening_port, refusal, unknown_default_model, unknown_variables
 
 log = logging.getLogger("gazer.service")
 
@@ -54,9 +54,11 @@ def graceful_seconds(settings: Settings) -> float:
 
 def main() -> None:
     configure_logging()  # uvicorn applies the same config again; this covers what comes before it
+    for line in unknown_variables(dict(os.environ)):
+        log.warning(line)
     settings = Settings.from_environment()
     host = os.environ.get("HOST", "127.0.0.1")
-    if (why := refusal(settings, host)) is not None:
+    if (why := refusal(settings, host) or unknown_default_model(settings)) is not None:
         print(why, file=sys.stderr)
         sys.exit(EXIT_REFUSED)
     processes = settings.api_processes

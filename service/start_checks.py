@@ -1,8 +1,9 @@
 """Why the API may not start as configured, told in one line before anything starts: `python -m
-service` and `make run` exit 2 with it."""
+service` and `make run` exit 2 with it; and the GAZER_ variables that nothing reads."""
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
@@ -15,6 +16,11 @@ from infra.embedded_redis import in_use
 from infra.settings import EXIT_REFUSED
 from schemas.api_keys import read_key_file, why_unreadable
 from service.settings import Settings
+from worker.settings import WorkerSettings  # `make run` gives the API and the worker one environment
+
+# GAZER_ variables read outside the settings classes: the Python client's and the CLI's, uvicorn's
+# access log, docker-compose's Redis password
+OTHER_VARIABLES = frozenset({"GAZER_URL", "GAZER_API_KEY", "GAZER_ACCESS_LOG", "GAZER_REDIS_PASSWORD"})
 
 
 def is_loopback(host: str) -> bool:
@@ -55,6 +61,35 @@ def refusal(settings: Settings, host: str) -> str | None:
                 f"publish models. Set GAZER_API_KEYS (create one with `gazer keys create --scopes admin`), "
                 f"or GAZER_ALLOW_OPEN=1 to run open anyway.")
     return None
+
+
+def unknown_default_model(settings: Settings) -> str | None:
+    """Why GAZER_DEFAULT_MODEL names no model this service has, or None: the API would start,
+    log why it could not load it, and never be ready."""
+    from core.errors import GazerError  # here: the launcher imports this module, and stays without torch
+    from core.models.registry import ModelRegistry
+
+    try:
+        ModelRegistry(Storage(settings.data_dir), max_loaded=1).spec(settings.default_model)
+    except GazerError as error:
+        return f"GAZER_DEFAULT_MODEL={settings.default_model}: {error.detail}"
+    return None
+
+
+def unknown_variables(environment: dict[str, str]) -> list[str]:
+    """A line for each GAZER_ variable that nothing reads, which a misspelling would otherwise be
+    silently, naming the closest that is read (names are read whatever their case, as settings are)."""
+    known = OTHER_VARIABLES | {f"GAZER_{field.upper()}" for settings in (Settings, WorkerSettings)
+                               for field in settings.model_fields}
+    lines = []
+    for name in sorted(name.upper() for name in environment if name.upper().startswith("GAZER_")):
+        if name not in known:
+            # compared without the prefix, which every name shares
+            close = difflib.get_close_matches(name.removeprefix("GAZER_"),
+                                              [other.removeprefix("GAZER_") for other in known], n=1)
+            lines.append(f"{name} is not a Gazer setting; it is ignored"
+                         + (f" (did you mean GAZER_{close[0]}?)" if close else ""))
+    return lines
 
 
 def unwritable(storage: Storage) -> str | None:

@@ -202,6 +202,11 @@ def test_compare_writes_one_labelled_grid(live, photos, tmp_path):
                            "blocks.15", "-o", str(tmp_path / "layer.png"))  # the layer goes to gradcam alone
     assert at_a_layer.returncode == 0, at_a_layer.stderr
     assert "saliency takes no layer" in at_a_layer.stdout and "gradcam takes" not in at_a_layer.stdout
+    with_cam = gazer_cli(live, "compare", str(photos["chelsea"]), "--methods", "cam,gradcam", "--layer",
+                         "blocks.15", "-o", str(tmp_path / "cam.png"))  # cam explains at the classifier's layer only
+    assert with_cam.returncode == 0, with_cam.stderr
+    assert "cam: cam works only at the layer that feeds the classifier, 'head'; shown at its own layer" \
+        in with_cam.stdout, with_cam.stdout
 
 
 def test_compare_writes_to_standard_output_and_takes_a_format_as_explain_does(live, photos, tmp_path):

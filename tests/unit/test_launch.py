@@ -4,6 +4,7 @@ a setting out of its range stops the API, the worker and `make run` with a line 
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -117,3 +118,23 @@ def test_a_worker_that_cannot_start_as_configured_stops_make_run_instead_of_star
     assert ended.returncode == 2, ended.stderr[-2000:]
     assert f"GAZER_WORKER_METRICS_PORT={taken}: cannot serve metrics there, on 127.0.0.1" in ended.stderr
     assert "worker cannot start as configured" in ended.stderr and "starting it again" not in ended.stderr
+
+
+def test_a_default_model_that_is_not_here_stops_the_api_and_make_run(tmp_path):
+    """The API started, logged that it could not load it, and was never ready."""
+    for module in ("service", "service.launch"):
+        ended = launch(tmp_path, module, PORT="0", GAZER_DEFAULT_MODEL="efficientnet_lite9")
+        assert ended.returncode == 2, ended.stderr[-2000:]
+        assert ("GAZER_DEFAULT_MODEL=efficientnet_lite9: no model 'efficientnet_lite9'; known: efficientnet_lite0, "
+                "efficientnet_lite1, efficientnet_lite2") in ended.stderr, ended.stderr[-2000:]
+
+
+def test_a_misspelled_setting_is_named_with_the_closest_one():
+    """A GAZER_ variable that nothing reads was ignored without a word."""
+    ended = launch(ROOT / "var-never-made", "service", GAZER_MAX_BATCHES="4", gazer_nonsense="1",
+                   GAZER_URL="http://elsewhere", GAZER_JOB_LEASE_SECONDS="-5")
+    warned = [json.loads(line)["message"] for line in ended.stdout.splitlines() + ended.stderr.splitlines()
+              if line.startswith("{")]
+    assert warned == ["GAZER_MAX_BATCHES is not a Gazer setting; it is ignored (did you mean GAZER_MAX_BATCH?)",
+                      "GAZER_NONSENSE is not a Gazer setting; it is ignored"], ended.stderr
+    assert ended.returncode == 2  # and the settings are still checked after

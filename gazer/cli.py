@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from tqdm import tqdm
 
 from gazer import grid
-from gazer.calls import DEFAULT_MODEL
+from gazer.calls import DEFAULT_MODEL, RECONNECT_SECONDS
 from gazer.client import DEFAULT_URL, Client, default_url
 from gazer.errors import ApiError, BadAnswer, NoAnswer, shortened
 from schemas.api_keys import SCOPES, create_key, read_key_file, revoke_key
@@ -723,7 +723,11 @@ def follow(client: Client, job_id: str, url: str) -> int:
     last: Job | None = None
     try:
         with bar:  # closed, its line ended, however following ends: what is said next has a line of its own
-            for event in client.events(job_id):
+            def server_stopping() -> None:
+                bar.set_postfix_str(f"the server is stopping: following again once it answers (up to "
+                                    f"{RECONNECT_SECONDS:.0f} s)")
+
+            for event in client.events(job_id, on_server_stopping=server_stopping):
                 last = event.job
                 bar.n = round(100 * (last.progress or {}).get("fraction", 0.0), 1)
                 bar.set_postfix_str(shown(describe_progress(last)), refresh=False)

@@ -10,7 +10,7 @@ import io
 import os
 import time
 from contextlib import ExitStack, asynccontextmanager, contextmanager, nullcontext
-from typing import IO, Any, AsyncIterator, ContextManager, Iterable, Iterator, TypeVar
+from typing import IO, Any, AsyncIterator, Callable, ContextManager, Iterable, Iterator, TypeVar
 
 import httpx
 
@@ -190,10 +190,10 @@ class Client:
             time.sleep(poll)
         return job
 
-    def events(self, job_id: str) -> Iterator[JobEvent]:
+    def events(self, job_id: str, on_server_stopping: Callable[[], None] = lambda: None) -> Iterator[JobEvent]:
         """The job's server-sent events until its `end` event, over as many streams as that
         takes (each lasts the server's GAZER_EVENT_STREAM_SECONDS), and across a restart of the
-        server (calls.Reconnection)."""
+        server (calls.Reconnection), which `on_server_stopping` is told of when it begins."""
         reconnection = calls.Reconnection()
         while True:
             try:
@@ -201,6 +201,8 @@ class Client:
                 return
             except calls.StreamExpired as expired:
                 reconnection.expired(expired)
+                if expired.server_stopping:
+                    on_server_stopping()
             except NoAnswer as error:
                 time.sleep(reconnection.pause_after(error))
 
@@ -336,7 +338,8 @@ class AsyncClient:
             await asyncio.sleep(poll)
         return job
 
-    async def events(self, job_id: str) -> AsyncIterator[JobEvent]:
+    async def events(self, job_id: str,
+                     on_server_stopping: Callable[[], None] = lambda: None) -> AsyncIterator[JobEvent]:
         reconnection = calls.Reconnection()
         while True:
             try:
@@ -345,6 +348,8 @@ class AsyncClient:
                 return
             except calls.StreamExpired as expired:
                 reconnection.expired(expired)
+                if expired.server_stopping:
+                    on_server_stopping()
             except NoAnswer as error:
                 await asyncio.sleep(reconnection.pause_after(error))
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -14,7 +16,7 @@ import pytest
 
 from gazer import Client
 from gazer.results import JobEvent
-from tests.live_service import LiveService
+from tests.live_service import ROOT, LiveService
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +130,12 @@ def test_ctrl_c_puts_the_running_job_back_in_the_queue_and_ends_event_streams_wi
             events: list[str] = []
             following = threading.Thread(target=follow, args=(job["id"],))
             following.start()
+            cli = subprocess.Popen([sys.executable, "-m", "gazer", "--url", service.url, "jobs", "follow", job["id"]],
+                                   cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            bar: list[str] = []  # its progress bar, drawn when made, then at the stream's first event
+            while sum(job["id"] in line for line in bar) < 2:
+                bar.append(cli.stderr.readline())
+                assert bar[-1] and len(bar) < 10, bar
             with client.stream("GET", f"/v1/jobs/{job['id']}/events") as stream:
                 lines = stream.iter_lines()
                 events.append(next(lines))  # the stream is open: its first event came
@@ -151,3 +159,7 @@ def test_ctrl_c_puts_the_running_job_back_in_the_queue_and_ends_event_streams_wi
         following.join(timeout=60)
     assert not any(isinstance(event, BaseException) for event in followed), followed[-3:]
     assert followed[-1].kind == "end" and followed[-1].job.state == "cancelled", followed[-1]
+    said, complained = cli.communicate(timeout=60)  # `gazer jobs follow` too, saying why it waits
+    complained = "".join(bar) + complained
+    assert cli.returncode == 1 and "cancelled" in said + complained, (said, complained)
+    assert "the server is stopping: following again once it answers" in complained, complained

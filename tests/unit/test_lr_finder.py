@@ -99,6 +99,9 @@ def test_the_curve_plot_is_a_png():
     image = Image.open(io.BytesIO(plot_png(curve)))
     assert image.format == "PNG" and image.size == (640, 400)
     assert curve.as_dict()["chosen"] == 1e-3 and len(curve.as_dict()["losses"]) == 5
+    assert "note" not in curve.as_dict()  # it found where the loss blows up
+    unbounded = LrCurve([1e-5, 1e-4, 1e-3, 1e-2, 1e-1], [1.0, 0.9, 0.5, 0.4, 0.3], 1e-3, False).as_dict()
+    assert "found no rate that is too high" in unbounded["note"]
 
 
 def test_lr_auto_in_a_fine_tune_runs_the_range_test_and_trains_at_the_chosen_rate(tmp_path):

@@ -5,6 +5,7 @@ every format pass, however they were encoded."""
 from __future__ import annotations
 
 import io
+import struct
 import time
 import zlib
 
@@ -36,6 +37,32 @@ def gif_with_stray_bytes(count: int) -> bytes:
     return plain[:image] + b"\x00" * count + plain[image:]
 
 
+def tiff_of_one_row_strips(rows: int) -> bytes:
+    """A 1 x `rows` grey TIFF, a strip per row, every strip the same byte."""
+    tags = [(256, 3, 1, 1), (257, 4, 1, rows), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1), (273, 3, rows, None),
+            (277, 3, 1, 1), (278, 4, 1, 1), (279, 3, rows, None)]
+    position, directory, arrays = 16 + 2 + 12 * len(tags) + 4, struct.pack("<H", len(tags)), []
+    for tag, kind, count, value in tags:
+        if value is None:
+            arrays.append(struct.pack("<H", 8 if tag == 273 else 1) * count)
+            directory += struct.pack("<HHII", tag, kind, count, position)
+            position += len(arrays[-1])
+        else:
+            directory += struct.pack("<HHIHH" if kind == 3 else "<HHII", tag, kind, count, value, *([0] * (kind == 3)))
+    return b"II*\x00" + struct.pack("<I", 16) + b"\x80" * 8 + directory + struct.pack("<I", 0) + b"".join(arrays)
+
+
+def rle8_bmp(width: int, height: int) -> bytes:
+    """A grey BMP compressed by run lengths, every pixel a run of its own."""
+    pixels = b"".join(bytes(value for x in range(width) for value in (1, (x + y) % 256)) + b"\x00\x00"  # end of line
+                      for y in range(height)) + b"\x00\x01"  # end of the picture
+    palette = b"".join(bytes([i, i, i, 0]) for i in range(256))
+    offset = 14 + 40 + len(palette)
+    header = struct.pack("<2sIHHI", b"BM", offset + len(pixels), 0, 0, offset)
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 8, 1, len(pixels), 2835, 2835, 256, 0)
+    return header + info + palette + pixels
+
+
 def real_files() -> dict[str, bytes]:
     files = {path.name: path.read_bytes() for path, _ in foolbox_imagenet_photos()[:5]}
     for name in ("chelsea", "camera", "coffee"):
@@ -53,6 +80,10 @@ def real_files() -> dict[str, bytes]:
     files["animated PNG of 1500 frames"] = apng.getvalue()
     files["JPEG with a 60 KB EXIF block"] = encode(chelsea(), exif=b"Exif\x00\x00" + b"\x00" * 60000)
     files["CMYK JPEG"] = encode(chelsea().convert("CMYK"))
+    narrow = Image.fromarray(skimage.data.camera()[:, :200])
+    files["TIFF of a strip per row"] = encode(narrow, "TIFF", strip_size=200)
+    files["LZW TIFF"] = encode(chelsea(), "TIFF", compression="tiff_lzw")
+    files["run-length BMP"] = rle8_bmp(300, 200)
     # a PNG whose data comes in chunks of 1 KB, smaller than any common encoder's
     signature_and_header = encode(chelsea(), "PNG")[:33]
     data = zlib.compress(b"".join(b"\x00" + row.tobytes() for row in np.asarray(chelsea())))
@@ -78,6 +109,8 @@ def test_real_files_of_every_format_pass_and_decode():
     (tiny_jpeg()[:2] + b"\xff\x00" * 2_000_000 + tiny_jpeg()[2:], "segments, padding"),  # escaped 0xFFs
     (gif_with_comment_blocks(5_000_000), "extension blocks"),
     (gif_with_stray_bytes(4_000_000), "extension blocks and stray bytes"),
+    # 10 s and 1.3 GB to open, 23 s more to decode
+    (tiff_of_one_row_strips(4_500_000), "directory entries, strips and tiles"),
 ])
 def test_a_file_of_nothing_but_structure_is_refused_before_pillow_walks_it(crafted, what):
     """Pillow took 0.1 to 0.35 s per MB to open these (an 18 MB PNG of empty chunks: 3.8 s)."""
@@ -99,3 +132,12 @@ def test_the_allowance_is_exact():
     assert decode_image(png_with_empty_chunks(most), 10**6).size == (1, 1)
     with pytest.raises(InvalidImage):
         decode_image(png_with_empty_chunks(most + 1), 10**6)
+
+
+def test_a_large_run_length_bmp_is_refused_before_pillow_decodes_it_in_python():
+    """Pillow's BMP run-length decoder is Python: 20 MB of one-pixel runs took 2.8 s."""
+    crafted = rle8_bmp(2000, 600)
+    started = time.perf_counter()
+    with pytest.raises(InvalidImage, match="a run-length compressed BMP may be at most 2097152 bytes"):
+        decode_image(crafted, 10**8)
+    assert time.perf_counter() - started < 1.0

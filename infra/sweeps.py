@@ -323,6 +323,8 @@ def run_sweep(job_id: str, params: dict[str, Any], progress: Progress, should_st
 def _drop_trials(job_id: str, host: SweepHost, context: JobContext) -> None:
     """The ended sweep's study, and its trials' weights (the winner's is published by now)."""
     shutil.rmtree(trials_folder(context.storage, job_id), ignore_errors=True)
+    with suppress(OSError):  # the sweep's own folder, unless something else is in it
+        trials_folder(context.storage, job_id).parent.rmdir()
     try:
         _drop_study(host.store.redis, job_id)
     except redis.RedisError as error:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import redis
 
+from core.storage import Storage
 from support import encode, shape_image, shapes_archive, upload
 from tests.integration.conftest import wait_for
 
@@ -55,7 +56,7 @@ def wait_for_trials(api, sweep_id: str, running: int, timeout: float = 120) -> l
         time.sleep(0.2)
 
 
-def test_a_sweep_runs_trials_in_parallel_prunes_those_behind_and_serves_the_best(api, dataset, two_workers):
+def test_a_sweep_runs_trials_in_parallel_prunes_those_behind_and_serves_the_best(api, dataset, two_workers, shared_dir):
     sweep = submit_sweep(api, {"base": {**TRIAL, "dataset_id": dataset, "output_model": "swept"},
                                "space": {"lr": {"log_uniform": [1e-3, 10]}, "head.dropout": {"uniform": [0, 0.5]}},
                                "trials": 6, "metric": "val_loss", "seed": 7})
@@ -82,6 +83,7 @@ def test_a_sweep_runs_trials_in_parallel_prunes_those_behind_and_serves_the_best
 
     assert result["output_model"] == {"id": "swept", "version": 1}
     assert api.get("/v1/models/swept/versions").json()["count"] == 1  # the losers were never registered
+    assert not Storage(shared_dir).job_artifacts(sweep["id"]).exists()  # its trials' weights went, and their folder
     disc = encode(shape_image("disc", np.random.default_rng(5), 64), "PNG")
     served = api.post("/v1/models/swept/predict", files=[upload(disc, "disc.png", "image/png")])
     assert served.status_code == 200, served.text

@@ -1,5 +1,5 @@
 """Settings that the API and the worker share, read from GAZER_* environment variables: where
-data lives, Redis, job leases and the limits on what a client's files may cost."""
+data lives, Redis, job leases and the limits on what a client's files may cost; and the worker's own."""
 
 from __future__ import annotations
 
@@ -85,3 +85,17 @@ class SharedSettings(BaseSettings):
         return ArchiveLimits(max_files=self.max_dataset_files, max_total_bytes=self.max_dataset_uncompressed_bytes,
                              max_image_pixels=self.max_image_pixels, max_seconds=self.max_dataset_ingest_seconds,
                              max_classes=self.max_classes)
+
+
+class WorkerSettings(SharedSettings):
+    """The worker's (here, beside the shared ones, so that the API can tell a worker's variable
+    from a misspelled one: `make run` gives both one environment)."""
+
+    redis_url: str  # required: `make run` and docker-compose pass the one the API uses
+    worker_metrics_port: int | None = Field(None, ge=1, le=65535)  # serve Prometheus metrics on this port
+    # and on this address: loopback unless told (the metrics have no key; docker-compose's
+    # Prometheus reaches the worker's container on its network, so it says 0.0.0.0)
+    worker_metrics_host: str = Field("127.0.0.1", min_length=1, max_length=255)
+    # A job (a sweep counting its own waiting, each trial its own run) that has run this long
+    # stops at its next step and fails with `job-time-limit`.
+    max_job_seconds: float = Field(24 * 3600.0, gt=0)

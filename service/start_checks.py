@@ -13,10 +13,9 @@ import tempfile
 
 from core.storage import Storage
 from infra.embedded_redis import in_use
-from infra.settings import EXIT_REFUSED
+from infra.settings import EXIT_REFUSED, WorkerSettings
 from schemas.api_keys import read_key_file, why_unreadable
 from service.settings import Settings
-from worker.settings import WorkerSettings  # `make run` gives the API and the worker one environment
 
 # GAZER_ variables read outside the settings classes: the Python client's and the CLI's, uvicorn's
 # access log, docker-compose's Redis password

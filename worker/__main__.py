@@ -11,12 +11,11 @@ from celery import signals
 
 from infra.job_store import JobStore
 from infra.logs import configure_logging
-from infra.settings import EXIT_REFUSED
+from infra.settings import EXIT_REFUSED, WorkerSettings
 from core.parallel import single_threaded_blas
 from worker.app import create_celery
 from worker.metrics import WorkerMetrics
 from worker.presence import Presence
-from worker.settings import WorkerSettings
 
 log = logging.getLogger("gazer.worker")
 

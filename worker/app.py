@@ -12,11 +12,11 @@ from core.storage import Storage
 from core.sweeps import most_parallel_trials
 from infra.celery_config import RUN_JOB_TASK, celery_config
 from infra.job_store import JobStore
+from infra.settings import WorkerSettings
 from infra.sweeps import SweepHost
 from schemas.jobs import artifact_url
 from worker import tasks
 from worker.metrics import WorkerMetrics
-from worker.settings import WorkerSettings
 
 
 def create_celery(settings: WorkerSettings, metrics: WorkerMetrics | None = None) -> Celery:

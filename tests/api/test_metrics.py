@@ -128,7 +128,7 @@ def test_slots_in_use_and_503s_on_an_app_of_its_own(one_slot_client, monkeypatch
 
 
 class Served:
-    """`python -m service` on a free port, its output in a file; no default model, so it starts fast."""
+    """`python -m service` on a free port, its output in a file."""
 
     def __init__(self, data_dir: Path, **env: str) -> None:
         self.url = f"http://127.0.0.1:{free_port()}"
@@ -136,7 +136,7 @@ class Served:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "service"], cwd=ROOT, stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT,
             env={**os.environ, "PORT": self.url.rsplit(":", 1)[1], "GAZER_DATA_DIR": str(data_dir),
-                 "GAZER_DEFAULT_MODEL": "no_such_model", "PYTHONPATH": str(ROOT), **env})
+                 "PYTHONPATH": str(ROOT), **env})
 
     def wait(self) -> "Served":
         deadline = time.time() + 120
@@ -170,7 +170,8 @@ def test_python_m_service_logs_json_lines_with_the_request_id_and_honours_access
     access = [e for e in entries if e.get("request_id") == "look-for-me"]
     assert access and access[0]["logger"] == "uvicorn.access" and access[0]["status"] == 200
     assert access[0]["path"] == "/healthz" and access[0]["method"] == "GET"
-    assert any(e["logger"] == "service.app" and "no_such_model" in e["message"] for e in entries)
+    assert any(e["logger"] == "core.models.registry" and "efficientnet_lite0@1 loaded" in e["message"]
+               for e in entries)
     assert any(e["logger"] == "uvicorn.error" for e in entries)
     quiet_entries = [json.loads(line) for line in quiet.lines() if line.strip()]
     assert quiet_entries and not any(e["logger"] == "uvicorn.access" for e in quiet_entries)

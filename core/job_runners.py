@@ -10,6 +10,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
 from core import memory
 from core.datasets import dataset_images, describe_dataset
 from core.dataset_explain.runner import explain_dataset, explain_dataset_config
@@ -17,7 +19,8 @@ from core.errors import InvalidRequest
 from core.jobs import JobCancelled, Progress, ShouldStop, share_of
 from core.models.layers import targetable_layers
 from core.models.registry import ModelRegistry
-from core.names import BUILTIN_MODELS, ONNX_ARCHITECTURE
+from core.models.adapted import adapt, construct_on_meta
+from core.names import BUILTIN_MODELS, EFFICIENTNET_LITE_SIZES, ONNX_ARCHITECTURE
 from core.params import check_params, from_params
 from core.png import encode_png
 from core.runtime.devices import torch_device
@@ -73,6 +76,8 @@ def check_fine_tune(config: FineTuneConfig, registry: ModelRegistry, datasets_di
                              f"has two): upload a data set with at least one class of 2 images or more",
                              field="dataset_id")
     input_size = config.input_size or base.input_size
+    if input_size != base.input_size:
+        check_explainable_at(base.architecture, input_size)
     if config.batch_size == 1 and config.strategy != "feature_extraction" and \
             input_size < SMALLEST_INPUT_FOR_ONE_IMAGE_BATCHES:
         raise InvalidRequest(f"batch_size 1 at input_size {input_size}: under {SMALLEST_INPUT_FOR_ONE_IMAGE_BATCHES} "
@@ -88,6 +93,21 @@ def check_fine_tune(config: FineTuneConfig, registry: ModelRegistry, datasets_di
         check_memory(needed, memory_limit, f"fine-tuning on {dataset['images']} images in "
                                            f"{len(dataset['classes'])} classes at batch {config.batch_size}",
                      "batch_size")
+
+
+def check_explainable_at(architecture: str, input_size: int) -> None:
+    """Refuses an input size at which an uploaded architecture's last feature map is 1 x 1 (found
+    on the meta device: no memory, no arithmetic); a built-in one is explained at any size."""
+    if architecture in EFFICIENTNET_LITE_SIZES:
+        return
+    try:
+        network = construct_on_meta(architecture)
+        with torch.device("meta"):  # the new classifier too
+            adapt(architecture, 2, input_size, network=network)
+    except InvalidRequest:
+        raise
+    except Exception:  # an operator the meta device lacks: the fine-tune itself will tell
+        return
 
 
 def check_maximization_memory(config: MaximizationConfig, input_size: int, memory_limit: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import threading
@@ -170,6 +171,11 @@ def _resolve_method(model: LoadedModel, method_name: str) -> Method:
     return method
 
 
+def method_options(model: LoadedModel) -> dict[str, list[str]]:
+    """The options each of the model's methods takes."""
+    return {name: [field.name for field in dataclasses.fields(METHODS[name].Options)] for name in model.methods}
+
+
 def layer_methods(model: LoadedModel) -> list[str]:
     """The model's methods that explain at a layer (and take `layer`)."""
     return [name for name in model.methods if METHODS[name].uses_layer]
@@ -213,7 +219,7 @@ def explain_cost(model: LoadedModel, method_name: str, layer: str | None, option
     runs. Refuses what explain would refuse: an unknown method, layer, option or output, or
     raw maps over MAX_MAP_VALUES."""
     method, checked, layer = _plan(model, method_name, layer, options)
-    _check_outputs(outputs, model, method, images)
+    _check_outputs(outputs, model, method_name, layer, images)
     method = METHODS["cam"] if from_feature_map(model, method_name, layer) else method  # one forward
     per_image = _cost_per_image(model, method, checked, layer)
     return images * (per_image + (2 * (FAITHFULNESS_STEPS + 1) if faithfulness else 0))
@@ -228,23 +234,30 @@ def _cost_per_image(model: LoadedModel, method: Method, options: dict[str, objec
 MAX_MAP_VALUES = 64 * 260 * 260
 
 
-def most_raw_maps(model: LoadedModel, method: Method) -> int | None:
-    """How many raw maps (`outputs=map`) one explain returns at most: as many at the input's
-    resolution as MAX_MAP_VALUES holds; None (no bound) for a layer method, whose map has its
-    layer's resolution, smaller than the input's."""
-    return None if isinstance(method, LayerMethod) else MAX_MAP_VALUES // model.spec.input_size ** 2
+def map_positions(model: LoadedModel, method_name: str, layer: str | None) -> int:
+    """The values of one raw map of `method_name` at `layer` (None: its default): the layer's
+    height x width for a layer method (a padding layer's is larger than the input: Lite0's stem
+    padding is 225 x 225), else the input's."""
+    layer = _resolve_layer(model, method_name, layer)
+    at_layer = model.map_positions.get(layer or "") if isinstance(METHODS[method_name], LayerMethod) else None
+    return at_layer or model.spec.input_size ** 2
 
 
-def _check_outputs(outputs: tuple[str, ...], model: LoadedModel, method: Method, images: int) -> None:
+def most_raw_maps(model: LoadedModel, method_name: str, layer: str | None) -> int:
+    """How many raw maps (`outputs=map`) one explain returns at most: as many as MAX_MAP_VALUES holds."""
+    return MAX_MAP_VALUES // map_positions(model, method_name, layer)
+
+
+def _check_outputs(outputs: tuple[str, ...], model: LoadedModel, method_name: str, layer: str | None,
+                   images: int) -> None:
     for output in outputs:
         if output not in OUTPUTS:
             raise InvalidRequest(f"unknown output {output!r}", field="outputs", valid=list(OUTPUTS))
-    most = most_raw_maps(model, method)
-    if "map" in outputs and most is not None and images > most:
-        values = images * model.spec.input_size ** 2
-        raise InvalidRequest(f"outputs=map would return {values} values ({images} maps of "
-                             f"{model.spec.input_size} x {model.spec.input_size}); a request returns at most "
-                             f"{MAX_MAP_VALUES}: send fewer files, or ask for the heatmap", field="outputs")
+    if "map" in outputs and images > most_raw_maps(model, method_name, layer):
+        positions = map_positions(model, method_name, layer)
+        raise InvalidRequest(f"outputs=map would return {images * positions} values ({images} maps of {positions} "
+                             f"each); a request returns at most {MAX_MAP_VALUES}: send fewer files, or ask for the "
+                             f"heatmap", field="outputs")
 
 
 def explain(model: LoadedModel, images: list[Image.Image], method_name: str,
@@ -259,7 +272,7 @@ def explain(model: LoadedModel, images: list[Image.Image], method_name: str,
     layer's (or the input's) resolution. `resize`: see imaging.RESIZE_MODES.
     `faithfulness`: each map's deletion and insertion scores, on ONNX Runtime."""
     method, checked, layer = _plan(model, method_name, layer, options)
-    _check_outputs(outputs, model, method, len(images))
+    _check_outputs(outputs, model, method_name, layer, len(images))
     if overlay_format not in IMAGE_FORMATS:
         raise InvalidRequest(f"unknown overlay_format {overlay_format!r}", field="overlay_format",
                              valid=list(IMAGE_FORMATS))

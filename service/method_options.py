@@ -54,7 +54,8 @@ def _parameters() -> list[inspect.Parameter]:
     for option, takers in _takers().items():
         annotation = takers[0][2]
         description = "; ".join(_describe(method, field) for method, field, _ in takers)
-        form = Form(description=description, **_envelope([field for _, field, _ in takers]))
+        finite = {"allow_inf_nan": False} if annotation is float else {}  # NaN: "a finite number", not a bound
+        form = Form(description=description, **finite, **_envelope([field for _, field, _ in takers]))
         parameters.append(inspect.Parameter(option, inspect.Parameter.KEYWORD_ONLY, default=None,
                                             annotation=Annotated[Optional[annotation], form]))
     return parameters

@@ -81,8 +81,7 @@ def batch_size(config: ExplainDatasetConfig, model: LoadedModel) -> int:
     """Images explained together: `batch_size`, or fewer where their raw maps (the mean maps are
     made of them) would be more than one explain returns (pipeline.most_raw_maps); at least one.
     Inception v3 at 299 px with saliency took 48 images a batch: 64 failed the job at its first."""
-    most = pipeline.most_raw_maps(model, METHODS[config.method])
-    return config.batch_size if most is None else max(1, min(config.batch_size, most))
+    return max(1, min(config.batch_size, pipeline.most_raw_maps(model, config.method, config.layer)))
 
 
 @contextmanager

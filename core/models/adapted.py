@@ -101,9 +101,15 @@ def _is_feature_map(run: Run | None) -> bool:
         and run.shape[2] * run.shape[3] > 1
 
 
-def _cam_layer(net: nn.Module, runs: dict[str, Run]) -> str:
+def _cam_layer(net: nn.Module, runs: dict[str, Run], input_size: int) -> str:
     children = [(name, module) for name, module in net.named_children()
                 if _is_feature_map(runs.get(name)) and not isinstance(module, _POOLING)]
+    shrunk = [name for name, module in net.named_children() if not isinstance(module, _POOLING)
+              and (run := runs.get(name)) is not None and run.shape is not None and len(run.shape) == 4]
+    if not children and shrunk:
+        raise InvalidRequest(f"at input_size {input_size} {type(net).__name__}'s feature maps shrink to 1 x 1 "
+                             f"({shrunk[-1]!r}): a map of one position has nowhere to point; give a larger "
+                             f"input_size", field="input_size")
     if not children:
         raise InvalidRequest(f"{type(net).__name__} has no top-level layer that outputs a feature map, as a "
                              f"convolutional network's last stage does: vision transformers and other networks "
@@ -181,7 +187,7 @@ def adapt(architecture: str, num_classes: int, input_size: int, head_hidden: int
         network.set_submodule(classifier, new_head(in_features, num_classes, head_hidden, dropout or 0.0))
         classifier_layer = f"{classifier}.linear"
     runs = trace(network, input_size)
-    cam_layer = _cam_layer(network, runs)
+    cam_layer = _cam_layer(network, runs, input_size)
     blocks = _blocks(network, runs, cam_layer)
     stages = _stages(blocks, runs)
     candidates = [(stage[0], runs[stage[0]].shape[1], _stride(input_size, runs[stage[0]].shape[-1]))

@@ -41,14 +41,21 @@ def trace(net: nn.Module, input_size: int) -> dict[str, Run]:
     return {name: Run(name, calls, shape) for name, (calls, shape) in runs.items()}
 
 
-def targetable_layers(network: nn.Module, input_size: int) -> dict[str, int]:
+def targetable_maps(network: nn.Module, input_size: int) -> dict[str, tuple[int, int]]:
     """Named modules that run exactly once per forward and output a 4-D feature map of more than
-    one position at `input_size`, in registration order, with the channels of that map. A 1 x 1
-    map (a global pool's) has nowhere to point: every map of it is one value, drawn blank."""
+    one position at `input_size`, in registration order, with the channels and the positions
+    (height x width) of that map. A 1 x 1 map (a global pool's) has nowhere to point: every map of
+    it is one value, drawn blank."""
     runs = trace(network, input_size)
-    return {name: runs[name].shape[1] for name, _ in network.named_modules()
+    return {name: (runs[name].shape[1], runs[name].shape[2] * runs[name].shape[3])
+            for name, _ in network.named_modules()
             if name and name in runs and runs[name].calls == 1 and runs[name].shape is not None
             and len(runs[name].shape) == 4 and runs[name].shape[2] * runs[name].shape[3] > 1}
+
+
+def targetable_layers(network: nn.Module, input_size: int) -> dict[str, int]:
+    """targetable_maps' layers with their channels."""
+    return {name: channels for name, (channels, _) in targetable_maps(network, input_size).items()}
 
 
 def feeds_a_linear_head(network: nn.Module, cam_layer: str, classifier_layer: str, input_size: int) -> bool:

@@ -22,7 +22,7 @@ from core.explain.guided_backprop import guides
 from core.models import catalog, versions
 from core.names import BUILTIN_MODELS, ONNX_ARCHITECTURE
 from core.models.architectures import build_network
-from core.models.layers import targetable_layers
+from core.models.layers import targetable_maps
 from core.models.onnx_export import (AGREEMENT_TOLERANCE, FP16_AGREEMENT_TOLERANCE, ensure_onnx,
                                      max_logit_difference)
 from core.models.spec import ModelSpec
@@ -49,6 +49,7 @@ class LoadedModel:
     spatial_gates: list[str]
     batching: Batching = field(default_factory=Batching)
     bfloat16: bool = False           # gradient CAM methods in bfloat16 autocast on CUDA (fast_math)
+    map_positions: dict[str, int] = field(default_factory=dict)  # targetable layers' map height x width
     # Explainers attach hooks to `network`; one batch at a time may hold them (reentrant: a
     # short batch may run inside a long one's pause, on the same thread).
     lock: threading.RLock = field(default_factory=threading.RLock)
@@ -264,11 +265,12 @@ class ModelRegistry:
         # rounding, yet on a random input whose logits reach 1e4 (a torchvision EfficientNet-B0
         # with test-made weights) that rounding alone reached 0.7x the check's tolerance.
         network = fast_layout(network.to(device))
-        layers = targetable_layers(network, spec.input_size)
+        maps = targetable_maps(network, spec.input_size)
         gates = spatial_gates(network)
         methods = supported_methods(spec.linear_head, bool(gates), gradients=True, guided=guides(network))
-        self._store(LoadedModel(spec, network, predictor, layers, device, methods, attention_modules(network), gates,
-                                self.batching, self.bfloat16))
+        self._store(LoadedModel(spec, network, predictor, {name: channels for name, (channels, _) in maps.items()},
+                                device, methods, attention_modules(network), gates, self.batching, self.bfloat16,
+                                {name: positions for name, (_, positions) in maps.items()}))
         log.info("model %s loaded (providers %s)", spec.ref, predictor.providers)
 
     def _store(self, model: LoadedModel) -> None:

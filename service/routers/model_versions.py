@@ -43,7 +43,9 @@ def _labels(blob: bytes | None) -> list[str] | None:
     if blob is None:
         return None
     try:
-        lines = blob.decode("utf-8-sig").splitlines()
+        # lines end at \n (or \r\n) alone: splitlines also splits at U+2028, \x1c, \x85, ... which
+        # shifted every name after one holding it by a class
+        lines = [line.removesuffix("\r") for line in blob.decode("utf-8-sig").split("\n")]
     except UnicodeDecodeError:
         raise InvalidRequest("labels must be UTF-8 text, one class name per line", field="labels") from None
     while lines and not lines[-1].strip():
@@ -58,9 +60,13 @@ def _labels(blob: bytes | None) -> list[str] | None:
     return [line.strip() for line in lines]
 
 
+_TEXT_DIRECTION = {"\u061c", "\u200e", "\u200f", *map(chr, range(0x202A, 0x202F)), *map(chr, range(0x2066, 0x206A))}
+
+
 def _unsafe_in_a_label(character: str) -> bool:
-    return unicodedata.category(character) == "Cc" or "\u202a" <= character <= "\u202e" or \
-        "\u2066" <= character <= "\u2069"
+    """Control characters, line and paragraph separators, and the marks, embeddings, overrides and
+    isolates that set the direction of text."""
+    return unicodedata.category(character) in ("Cc", "Zl", "Zp") or character in _TEXT_DIRECTION
 
 
 @router.post("", response_model=wire.ModelRef, status_code=status.HTTP_201_CREATED,
@@ -147,8 +153,17 @@ def _release(caller: Caller, storage: Storage, queue: JobQueue, name: str) -> No
 
 
 # Plain `def` from here on: these read the models folder, so FastAPI runs them in its thread pool.
+def _plain(name: str) -> str:
+    """A model's name, as /versions and /default take it: `mv@1` was refused as a name of bad letters."""
+    if "@" in name:
+        raise InvalidRequest(f"{name[:80]!r} names a version; this takes the model's name alone "
+                             f"({name.partition('@')[0][:64]!r})", field="name")
+    return name
+
+
 @router.get("/{name}/versions", response_model=wire.VersionList, dependencies=[PREDICT])
 def list_versions(name: str, registry: RegistryDep) -> wire.VersionList:
+    name = _plain(name)
     default = registry.spec(name).version
     found = [registry.spec(f"{name}@{version}") for version in registry.versions(name)]
     return wire.VersionList(
@@ -162,14 +177,14 @@ def list_versions(name: str, registry: RegistryDep) -> wire.VersionList:
 def pin_default(name: str, body: wire.PinRequest, registry: RegistryDep) -> wire.ModelRef:
     """A plain `name` resolves to this version from now on (a rollback); without a pin, to the
     newest version that loads."""
-    registry.pin(name, body.version)
+    registry.pin(_plain(name), body.version)
     return wire.ModelRef(id=name, version=body.version)
 
 
 @router.delete("/{name}/default", response_model=wire.ModelRef, dependencies=[ADMIN])
 def unpin_default(name: str, registry: RegistryDep) -> wire.ModelRef:
     """Undoes a pin: a plain `name` resolves to its newest version that loads; answers that version."""
-    registry.unpin(name)
+    registry.unpin(_plain(name))
     return wire.ModelRef(id=name, version=registry.spec(name).version)
 
 

@@ -197,6 +197,14 @@ def test_bad_parameters_are_422_naming_the_field(client, form, field):
     assert any(field in error["field"] for error in response.json()["errors"])
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_number_that_is_not_finite_is_named_so(client, value):
+    """`p=nan` was refused as "should be less than or equal to 1"."""
+    response = client.post(EXPLAIN, files=[upload(encode(chelsea()))], data={"method": "rise", "p": value})
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"] == [{"field": "p", "message": "Input should be a finite number"}]
+
+
 @pytest.mark.parametrize("method, option, value", [
     ("gradcam", "steps", 32), ("cam", "samples", 4), ("integrated_gradients", "noise", 0.1),
     ("smoothgrad", "baseline", "blur"), ("scorecam", "steps", 8), ("smoothgrad", "seed", 3),

@@ -30,6 +30,7 @@ from core.datasets import ArchiveLimits, ingest_archive
 from core.errors import InvalidRequest
 from core.models import upload as model_upload
 from core.models.registry import ModelRegistry
+from core import pipeline
 from core.pipeline import MAX_MAP_VALUES
 from service.app import create_app
 from service.settings import Settings
@@ -131,7 +132,10 @@ def test_a_label_count_that_differs_from_the_classifier_is_422(client, small_res
 
 
 @pytest.mark.parametrize("label, shown", [("\x1b]0;PWNED\x07cat", "'\\x1b'"), ("red\x1b[31m", "'\\x1b'"),
-                                          ("\u202egpj.exe", "'\\u202e'")])
+                                          ("\u202egpj.exe", "'\\u202e'"), ("a\u200fb", "'\\u200f'"),
+                                          # split off as a line of their own before, shifting the names after
+                                          ("cat\u2028dog", "'\\u2028'"), ("cat\x85dog", "'\\x85'"),
+                                          ("cat\x1edog", "'\\x1e'")])
 def test_labels_with_control_or_direction_characters_are_422(client, small_resnet, label, shown):
     """An admin's labels reached other keys' terminals through the CLI (a window title set, the
     screen cleared) and could turn what a page shows around."""
@@ -272,12 +276,42 @@ def test_raw_maps_are_bounded_per_request(client, wide_onnx):
     cheap = {"window": 224, "stride": 224}  # a few dozen occluded inputs per image: under the compute budget
     refused = client.post("/v1/models/wide-onnx/explain", files=photos, data={"outputs": "map", **cheap})
     assert refused.status_code == 422, refused.text
-    assert f"outputs=map would return 5242880 values (5 maps of 1024 x 1024); a request returns at most " \
+    assert f"outputs=map would return 5242880 values (5 maps of 1048576 each); a request returns at most " \
         f"{MAX_MAP_VALUES}" in refused.json()["detail"]
     small = client.post("/v1/models/wide-onnx/explain", files=photos[:1],
                         data={"outputs": "heatmap,map", **cheap})
     assert small.status_code == 200, small.text
     assert np.asarray(small.json()["results"][0]["explanation"]["map"]).shape == (1024, 1024)
+
+
+def test_raw_maps_at_a_layer_are_bounded_by_the_layers_resolution(client):
+    """A layer method's maps were not bounded: a layer's map can be larger than the input (Lite0's stem
+    padding: 225 x 225 at 224), and 64 maps of an uploaded network's first layer at 1024 px made a
+    228 MB answer of 16.8 million values."""
+    lite0 = client.app.state.registry.get("efficientnet_lite0")
+    assert pipeline.map_positions(lite0, "gradcam", "stem.0.static_padding") == 225 * 225
+    assert pipeline.most_raw_maps(lite0, "gradcam", "stem.0.static_padding") == MAX_MAP_VALUES // 225**2 == 85
+    assert pipeline.map_positions(lite0, "gradcam", None) == 7 * 7  # at its CAM layer, `head`
+    assert pipeline.map_positions(lite0, "saliency", None) == 224 * 224
+    with pytest.raises(InvalidRequest, match=r"would return 4353750 values \(86 maps of 50625 each\)"):
+        pipeline.explain_cost(lite0, "gradcam", "stem.0.static_padding", None, 86, outputs=("map",))
+
+
+def test_an_input_size_where_the_last_feature_map_is_one_position_is_named(client):
+    """It was blamed on the architecture ("vision transformers ... are not supported") at upload, and
+    a fine-tune at that size was queued, then failed on the worker with the same words."""
+    torch.manual_seed(0)
+    weights = weights_of(torchvision.models.mobilenet_v3_small(num_classes=4).eval())
+    upload_at = lambda size: client.post(  # noqa: E731
+        "/v1/models", data={"name": "mobile", "architecture": "mobilenet_v3_small", "input_size": size},
+        files={"weights": ("w.safetensors", weights)})
+    assert_refused(upload_at(32), 422, "input_size", "at input_size 32 MobileNetV3's feature maps shrink to 1 x 1")
+    assert upload_at(64).status_code == 201
+    limits = ArchiveLimits(max_files=10, max_total_bytes=10**7, max_image_pixels=10**7)
+    dataset = ingest_archive(shapes_archive(per_class=2), client.app.state.registry.storage.datasets, None, limits)
+    fine_tune = client.post("/v1/jobs/fine-tune", json={"base_model": "mobile", "dataset_id": dataset["id"],
+                                                        "output_model": "mobile-32", "input_size": 32})
+    assert_refused(fine_tune, 422, "input_size", "feature maps shrink to 1 x 1")
 
 
 def test_a_data_sets_explanation_takes_as_many_images_a_batch_as_their_maps_fit(client, wide_onnx, tmp_path):
@@ -509,6 +543,14 @@ def test_model_references_in_paths_never_leave_the_models_folder(client, path):
                      client.put(f"/v1/models/{path}/default", json={"version": 1})):
         assert response.status_code in (404, 422), (path, response.status_code, response.text)
         assert response.headers["content-type"] == "application/problem+json"
+
+
+def test_a_version_where_a_models_name_is_taken_is_named_as_such(client, wide_onnx):
+    """`wide-onnx@1` was refused as a name "of 1-64 letters, digits, ..."."""
+    for response in (client.get(f"/v1/models/{wide_onnx}@1/versions"),
+                     client.put(f"/v1/models/{wide_onnx}@1/default", json={"version": 1}),
+                     client.delete(f"/v1/models/{wide_onnx}@1/default")):
+        assert_refused(response, 422, "name", f"'{wide_onnx}@1' names a version; this takes the model's name alone")
 
 
 def test_built_in_names_are_409(client, small_resnet):

@@ -194,15 +194,29 @@ def cmd_predict(client: Client, args: argparse.Namespace) -> int:
     refuse_folders(images)
     names = [image.name for image in images]
     shown = names if len(set(names)) == len(names) else [str(image) for image in images]  # a/0.jpg, b/0.jpg
-    answer = client.predict(images, args.model, args.top_k, args.resize)
-    if args.json:
-        say_json(answer)
+    if args.json:  # one answer, as the API gives it: all of them or a refusal
+        say_json(client.predict(images, args.model, args.top_k, args.resize))
         return 0
-    rows = [(name, rank, p.index, p.label, f"{p.probability:.4f}")
-            for name, result in zip(shown, answer.results)
+    pending, failed = list(range(len(images))), []
+    while True:  # an image the service refuses is named, and the others are predicted without it
+        try:
+            answer = client.predict([images[index] for index in pending], args.model, args.top_k, args.resize)
+            break
+        except ApiError as refused:
+            at_fault = [int(field[len("file."):]) for field in refused_fields(refused)
+                        if field.startswith("file.") and field[len("file."):].isdigit()]
+            if len(pending) == 1 or not at_fault or at_fault[0] >= len(pending):
+                raise
+            say(f"gazer: {shown[pending[at_fault[0]]]}: {refused.detail}", file=sys.stderr)
+            failed.append(shown[pending.pop(at_fault[0])])
+    rows = [(shown[index], rank, p.index, p.label, f"{p.probability:.4f}")
+            for index, result in zip(pending, answer.results)
             for rank, p in enumerate(result.predictions, start=1)]
     say(f"model {answer.model.id}@{answer.model.version}")
     say(*table(("image", "rank", "class", "label", "probability"), rows))
+    if failed:
+        say(f"gazer: {len(failed)} of {len(images)} images not predicted: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -219,6 +233,10 @@ STDOUT = "-"  # as -o: standard output
 def picture_format(path: Path, chosen: str | None = None) -> str:
     """`chosen`, else the format `path`'s ending names (PNG without one); a usage error for an
     ending that names another format (.gif was written as PNG)."""
+    named = OVERLAY_SUFFIXES.get(path.suffix.lower())
+    if chosen is not None and named is not None and named != chosen and str(path) != STDOUT:
+        raise SystemExit(f"gazer: {path} names a {named.upper()} file and --format says {chosen}: "
+                         f"end it in {OVERLAY_ENDINGS[chosen]}, or leave --format out")
     if chosen is not None:
         return chosen
     if path.suffix and path.suffix.lower() not in OVERLAY_SUFFIXES:
@@ -241,21 +259,29 @@ def telling(to_stdout: bool) -> Callable[..., None]:
     return partial(say, file=sys.stderr if to_stdout else sys.stdout)
 
 
+def method_options(pairs: Sequence[str]) -> dict[str, Any]:
+    """--option KEY=VALUE: a method's own options (steps=32, baseline=blur, ...), not explain's flags."""
+    options = key_values(pairs, "--option")
+    taken = sorted(set(options) & EXPLAIN_ARGUMENTS)
+    if taken:
+        raise SystemExit(f"gazer: --option {taken[0]}=...: --option is for a method's own options (steps=32, "
+                         f"baseline=blur, ...); {taken[0]} is not one of them (see gazer explain --help)")
+    return options
+
+
 def cmd_explain(client: Client, args: argparse.Namespace) -> int:
     """One image: its overlay to the file -o names. Several: -o (and --heatmap) name folders,
     each image's pictures named after it."""
     images = [Path(image) for image in args.images]
     refuse_folders(images)
-    options = key_values(args.option, "--option")
-    taken = sorted(set(options) & EXPLAIN_ARGUMENTS)
-    if taken:
-        raise SystemExit(f"gazer: --option {taken[0]}=...: --option is for a method's own options (steps=32, "
-                         f"baseline=blur, ...); {taken[0]} is not one of them (see gazer explain --help)")
+    options = method_options(args.option)
     if args.target is not None:
         args.target = class_index(client, args.model, args.target)
     if len(images) == 1:
-        explain_one(client, args, options, images[0], images[0].read_bytes(), Path(args.output),
-                    Path(args.heatmap) if args.heatmap else None)
+        ending = OVERLAY_ENDINGS[args.format or "png"]
+        explain_one(client, args, options, images[0], images[0].read_bytes(),
+                    Path(STDOUT) if args.output == STDOUT else picture_in(args.output, images[0], ending),
+                    picture_in(args.heatmap, images[0], ".png") if args.heatmap else None)
         return 0
     if args.output == STDOUT:
         raise SystemExit("gazer: -o - writes one image's overlay to standard output; with several images, "
@@ -283,6 +309,16 @@ def cmd_explain(client: Client, args: argparse.Namespace) -> int:
         say(f"gazer: {len(failed)} of {len(images)} images not explained: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def picture_in(given: str, image: Path, ending: str) -> Path:
+    """Where one image's picture goes: in the folder `given` names (one that exists, or a name ending
+    in a slash: made), named after the image, as with several images; else `given` itself."""
+    path = Path(given)
+    if given.endswith(("/", os.sep)) or path.is_dir():
+        path.mkdir(parents=True, exist_ok=True)
+        return path / f"{image.stem}{ending}"
+    return path
 
 
 def explained(client: Client, args: argparse.Namespace, options: dict[str, Any], given: str, output: Path,
@@ -362,6 +398,7 @@ def cmd_compare(client: Client, args: argparse.Namespace) -> int:
     if not methods:
         raise SystemExit("gazer: --methods names at least one method")
     refuse_folders([Path(args.image)])
+    options = method_options(args.option)
     output = Path(args.output)
     chosen = picture_format(output, args.format)
     detail = client.model(args.model)
@@ -375,16 +412,20 @@ def cmd_compare(client: Client, args: argparse.Namespace) -> int:
         at_layer = method in detail.layer_methods
         if args.layer and not at_layer:
             tell(f"{method} takes no layer: it explains the input's pixels")
+        taken = detail.method_options.get(method, [])
+        if untaken := [name for name in options if name not in taken]:
+            tell(f"{method} takes no option {', '.join(untaken)}: shown without")
+        sent = {name: value for name, value in options.items() if name in taken}
 
         def explained(layer: str | None) -> Any:
             return client.explain(Path(args.image), args.model, method, target, layer, outputs=["overlay"],
-                                  overlay_format="png").results[0].explanation
+                                  overlay_format="png", **sent).results[0].explanation
         try:
             explanation = explained(args.layer if at_layer else None)
         except ApiError as refused:
-            if not (args.layer and at_layer and refuses_layer(refused)):
+            if not (args.layer and at_layer and "layer" in refused_fields(refused)):
                 raise
-            # cam explains only at the classifier's layer, attention only at a gate: the tile shows its own
+            # cam explains at the classifier's layer only, attention at a gate: its tile shows its own
             tell(f"{method}: {refused.detail}; shown at its own layer")
             explanation = explained(None)
         target = explanation.target.index  # every tile explains the first one's class
@@ -398,9 +439,11 @@ def cmd_compare(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def refuses_layer(error: ApiError) -> bool:
-    return error.status == 422 and any(isinstance(field, dict) and field.get("field") == "layer"
-                                       for field in error.extras.get("errors") or [])
+def refused_fields(error: ApiError) -> set[str]:
+    """The fields a 422 names."""
+    if error.status != 422:
+        return set()
+    return {str(field.get("field")) for field in error.extras.get("errors") or [] if isinstance(field, dict)}
 
 
 def cmd_datasets_upload(client: Client, args: argparse.Namespace) -> int:
@@ -649,6 +692,16 @@ def cmd_models_unpin(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_models_delete(client: Client, args: argparse.Namespace) -> int:
+    """NAME@VERSION at once; every version of NAME after a yes, asked on a terminal, else --yes."""
+    if "@" not in args.ref and not args.yes:
+        versions = ", ".join(f"v{version.version}" for version in client.versions(args.ref).data)
+        if not sys.stdin.isatty():
+            raise SystemExit(f"gazer: deleting model {args.ref} deletes every version of it ({versions}): "
+                             f"add --yes, or name one version ({args.ref}@N)")
+        if input(f"delete model {args.ref} and every version of it ({versions})? [y/N] ").strip().lower() \
+                not in ("y", "yes"):
+            say("nothing deleted")
+            return 1
     client.delete_model(args.ref)
     say(f"model {args.ref} deleted" + ("" if "@" in args.ref else ", every version"))
     return 0
@@ -841,6 +894,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "standard output")
     sub.add_argument("--format", choices=tuple(OVERLAY_ENDINGS), default=None,
                      help="the grid's format (default: by -o's ending; png for standard output)")
+    sub.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                     help="a method's own option (steps=32, baseline=blur, ...), sent to the methods that take it; "
+                          "repeatable")
 
     datasets = group("datasets", "upload and list data sets")
     sub = command(datasets, "upload", cmd_datasets_upload,
@@ -930,8 +986,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("version", type=int, metavar="VERSION")
     command(models, "unpin", cmd_models_unpin, "make a plain NAME mean its newest version again") \
         .add_argument("name", metavar="NAME")
-    command(models, "delete", cmd_models_delete, "delete one version of a model (NAME@VERSION), or every "
-                                                  "version (NAME)").add_argument("ref", metavar="NAME[@VERSION]")
+    sub = command(models, "delete", cmd_models_delete, "delete one version of a model (NAME@VERSION), or every "
+                                                        "version (NAME: asks first)")
+    sub.add_argument("ref", metavar="NAME[@VERSION]")
+    sub.add_argument("--yes", action="store_true", help="delete every version of NAME without asking")
     sub = command(models, "upload", cmd_models_upload,
                   "upload a model: --architecture with --weights (.safetensors), or --onnx")
     sub.add_argument("name", metavar="NAME")

@@ -18,6 +18,11 @@ class Explanation(wire.Explanation):
         return base64.b64decode(self.heatmap_png) if self.heatmap_png is not None else None
 
     @property
+    def heatmap_image(self) -> bytes | None:
+        """`heatmap`, named as `overlay_image` is."""
+        return self.heatmap
+
+    @property
     def overlay_image(self) -> bytes | None:
         """The overlay file's bytes, in `overlay_format` (asked for with outputs=overlay, a default)."""
         return base64.b64decode(self.overlay) if self.overlay is not None else None

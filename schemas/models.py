@@ -104,6 +104,9 @@ class ModelDetail(ModelSummary):
     default_layer: str
     methods: list[str]
     layer_methods: list[str] = Field(description="those of `methods` that explain at a layer, and so take `layer`")
+    method_options: dict[str, list[str]] = Field(
+        default_factory=dict, description="the options each of `methods` takes (steps, baseline, ...); "
+                                          "an option a method does not take is a 422")
     default_method: str  # what explain runs when a request names no method
     attention: list[str]
     preprocessing: Preprocessing

@@ -78,6 +78,17 @@ def test_predict_prints_a_table(live, photos):
     assert rows[0][2] in CAT_CLASSES and 0 < float(rows[0][-1]) <= 1
 
 
+def test_predict_of_several_images_predicts_every_one_it_can_and_names_each_refused(live, photos, tmp_path):
+    """One unreadable file made the whole command a 422, and the good photos got no table."""
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a picture")
+    done = gazer_cli(live, "predict", str(photos["chelsea"]), str(broken), str(photos["coffee"]), "--top-k", "1")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert [line.split()[0] for line in done.stdout.splitlines()[2:]] == ["chelsea.jpg", "coffee.jpg"]
+    assert "gazer: broken.jpg: file 1 ('broken.jpg')" in done.stderr
+    assert "1 of 3 images not predicted: broken.jpg" in done.stderr
+
+
 def test_models_labels_finds_a_class_by_name_and_a_url_may_leave_out_its_scheme(live, photos):
     found = gazer_cli(live, "models", "labels", "efficientnet_lite0", "TABBY")
     assert found.returncode == 0 and found.stdout.splitlines()[1].split()[:2] == ["281", "tabby,"], found.stdout
@@ -142,6 +153,17 @@ def test_explain_of_several_images_writes_each_ones_pictures_into_folders(live, 
     assert twice.returncode != 0 and "two images are named 'chelsea'" in twice.stderr
     into_a_file = gazer_cli(live, "explain", *images, "-o", str(overlays / "chelsea.webp"))
     assert into_a_file.returncode != 0 and "name folders" in into_a_file.stderr
+    # one image, as a glob of one matches: a folder (a new one named with a slash, or one that
+    # exists) holds its pictures as it would several's; they were written as files named `new` and
+    # `overlays`, or failed with "Is a directory"
+    one = gazer_cli(live, "explain", images[0], "--method", "cam", "-o", f"{tmp_path / 'new'}/",
+                    "--heatmap", f"{tmp_path / 'new-maps'}/")
+    assert one.returncode == 0, one.stderr
+    assert [path.name for path in (tmp_path / "new").iterdir()] == ["chelsea.png"]
+    assert Image.open(tmp_path / "new-maps" / "chelsea.png").size == chelsea().size
+    again = gazer_cli(live, "explain", images[1], "-o", str(overlays))
+    assert again.returncode == 0, again.stderr
+    assert Image.open(overlays / "coffee.png").format == "PNG"
 
 
 def test_explain_of_several_images_explains_every_one_it_can_and_names_each_failure_as_given(live, photos, tmp_path):
@@ -166,6 +188,9 @@ def test_explain_and_compare_refuse_what_they_cannot_write_and_options_that_are_
                  ["compare", str(photos["chelsea"]), "--methods", "cam", "-o", str(tmp_path / "x.bmp")]):
         refused = gazer_cli(live, *args)
         assert refused.returncode != 0 and "names no picture format" in refused.stderr, refused.stderr
+    for args in (["explain", str(photos["chelsea"])], ["compare", str(photos["chelsea"]), "--methods", "cam"]):
+        refused = gazer_cli(live, *args, "-o", str(tmp_path / "x.png"), "--format", "jpeg")  # JPEG in x.png was
+        assert refused.returncode != 0 and "names a PNG file and --format says jpeg" in refused.stderr, refused.stderr
     for option in ("outputs=map", "method=saliency", "overlay_format=png"):
         refused = gazer_cli(live, "explain", str(photos["chelsea"]), "--option", option, "-o", str(tmp_path / "x.png"))
         assert refused.returncode != 0 and "is for a method's own options" in refused.stderr, refused.stderr
@@ -207,6 +232,15 @@ def test_compare_writes_one_labelled_grid(live, photos, tmp_path):
     assert with_cam.returncode == 0, with_cam.stderr
     assert "cam: cam works only at the layer that feeds the classifier, 'head'; shown at its own layer" \
         in with_cam.stdout, with_cam.stdout
+    # a method's options go to the methods that take them (compare took none)
+    with_steps = gazer_cli(live, "compare", str(photos["chelsea"]), "--methods", "gradcam,integrated_gradients",
+                           "--option", "steps=4", "--option", "baseline=blur", "-o", str(tmp_path / "ig.png"))
+    assert with_steps.returncode == 0, with_steps.stderr
+    assert "gradcam takes no option steps, baseline: shown without" in with_steps.stdout, with_steps.stdout
+    assert "integrated_gradients takes" not in with_steps.stdout
+    wrong = gazer_cli(live, "compare", str(photos["chelsea"]), "--methods", "integrated_gradients",
+                      "--option", "steps=0", "-o", str(tmp_path / "no.png"))  # a value out of bounds is still refused
+    assert wrong.returncode == 1 and "steps" in wrong.stderr, wrong.stderr
 
 
 def test_compare_writes_to_standard_output_and_takes_a_format_as_explain_does(live, photos, tmp_path):
@@ -433,7 +467,11 @@ def test_sweep_explain_dataset_maximize_and_the_management_commands(live, gazer,
     assert gazer_cli(live, "models", "delete", "cli-tiny@2").returncode == 0
     assert [version.version for version in gazer.versions("cli-tiny").data] == [1]
     gazer.upload_model("cli-tiny", onnx=onnx_classifier().SerializeToString(), input_size=32)
-    deleted = gazer_cli(live, "models", "delete", "cli-tiny")
+    unasked = gazer_cli(live, "models", "delete", "cli-tiny")  # every version went at once, unasked
+    assert unasked.returncode == 1 and "deletes every version of it (v1, v3): add --yes" in unasked.stderr, \
+        unasked.stderr
+    assert [version.version for version in gazer.versions("cli-tiny").data] == [1, 3]
+    deleted = gazer_cli(live, "models", "delete", "cli-tiny", "--yes")
     assert deleted.stdout.strip() == "model cli-tiny deleted, every version", deleted.stdout + deleted.stderr
     assert "cli-tiny" not in [model.id for model in gazer.models().data]
 

@@ -49,6 +49,7 @@ def test_explain_decodes_the_pictures_and_the_map(gazer, photos):
     assert isinstance(answer, ExplainResponse)
     explanation = answer.results[0].explanation
     heatmap = Image.open(io.BytesIO(explanation.heatmap))
+    assert explanation.heatmap_image == explanation.heatmap  # named as overlay_image is
     overlay = Image.open(io.BytesIO(explanation.overlay_image))
     assert heatmap.format == overlay.format == "PNG" and explanation.overlay_format == "png"
     assert heatmap.size == overlay.size == chelsea().size and heatmap.mode == "L"

@@ -2,7 +2,7 @@
 // compare several methods side by side.
 import { api, ApiError, modelsWithVersions, openapi } from "./api.js";
 import { colourBar, colourHeatmap, composite, loadImage } from "./heatmap.js";
-import { explainSchema, inputFor, readInput } from "./schema.js";
+import { explainSchema, inputFor, plainText, readInput } from "./schema.js";
 import { downloadBlob, el, fill, fmtMs, fmtNumber, humanize, pct, problemBox, spinner } from "./ui.js";
 
 // four different views: at the default layer `cam` would repeat Grad-CAM's map (core/explain/cam.py, at_classifier_layer)
@@ -208,9 +208,9 @@ function renderGeneralOptions() {
     (resizeChoices.length ? resizeChoices : [props.resize.default]).map((c) => el("option", { value: c, selected: c === props.resize.default }, c)));
   const layer = el("select", { id: "layer-select", name: "layer" });
   container.append(
-    el("div", { class: "field" }, el("label", { for: "opt-top-k" }, "Top classes"), topK, el("p", { class: "hint" }, props.top_k.description)),
-    el("div", { class: "field" }, el("label", { for: "opt-resize" }, "Resize"), resize, el("p", { class: "hint" }, props.resize.description)),
-    el("div", { class: "field wide" }, el("label", { for: "layer-select" }, "Layer"), layer, el("p", { class: "hint" }, props.layer.description)));
+    el("div", { class: "field" }, el("label", { for: "opt-top-k" }, "Top classes"), topK, el("p", { class: "hint" }, plainText(props.top_k.description))),
+    el("div", { class: "field" }, el("label", { for: "opt-resize" }, "Resize"), resize, el("p", { class: "hint" }, plainText(props.resize.description))),
+    el("div", { class: "field wide" }, el("label", { for: "layer-select" }, "Layer"), layer, el("p", { class: "hint" }, plainText(props.layer.description))));
 }
 
 function updateButtons() {
@@ -441,29 +441,41 @@ async function explainAll() {
   clearNotice();
   const button = $("explain-btn");
   setBusy(button, true, "Explaining…");
-  const form = baseForm(state.method);
-  for (const image of state.images) {
-    form.append("file", image.file, image.name);
+  let pending = [...state.images];
+  for (const image of pending) {
     image.card.error.replaceChildren();
     image.card.mapSlot.classList.add("loading");
   }
-  const images = [...state.images];
-  const started = performance.now();
   try {
-    const body = await post(form);
-    const elapsed = performance.now() - started;
-    await Promise.all(body.results.map((result, index) => {
-      images[index].result = result;
-      images[index].target = result.explanation.target.index;
-      return showMap(images[index], result, elapsed);
-    }));
-    const first = images[0].card.root;  // on a phone the results start below the form
-    if (first.getBoundingClientRect().top > window.innerHeight) first.scrollIntoView({ block: "start" });
-  } catch (error) {
-    for (const image of images) image.card.mapSlot.classList.remove("loading");
-    const culprit = fileAtFault(error, images);
-    if (culprit) culprit.card.error.replaceChildren(problemBox(error, `Explaining ${culprit.name}`));
-    else showNotice(error, images.length > 1 ? `Explaining ${images.length} images` : `Explaining ${images[0].name}`);
+    while (pending.length) {
+      const form = baseForm(state.method);
+      for (const image of pending) form.append("file", image.file, image.name);
+      const started = performance.now();
+      try {
+        const body = await post(form);
+        const elapsed = performance.now() - started;
+        const images = pending;
+        await Promise.all(body.results.map((result, index) => {
+          images[index].result = result;
+          images[index].target = result.explanation.target.index;
+          return showMap(images[index], result, elapsed);
+        }));
+        const first = images[0].card.root;  // on a phone the results start below the form
+        if (first.getBoundingClientRect().top > window.innerHeight) first.scrollIntoView({ block: "start" });
+        return;
+      } catch (error) {
+        const culprit = fileAtFault(error, pending);
+        if (!culprit) {
+          for (const image of pending) image.card.mapSlot.classList.remove("loading");
+          showNotice(error, pending.length > 1 ? `Explaining ${pending.length} images` : `Explaining ${pending[0].name}`);
+          return;
+        }
+        // one file refused (unreadable, too large): said on its card, and the others explained without it
+        culprit.card.mapSlot.classList.remove("loading");
+        culprit.card.error.replaceChildren(problemBox(error, `Explaining ${culprit.name}`));
+        pending = pending.filter((image) => image !== culprit);
+      }
+    }
   } finally {
     setBusy(button, false);
     updateButtons();

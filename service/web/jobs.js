@@ -2,7 +2,7 @@
 // from the OpenAPI schemas, follow jobs live over server-sent events, cancel, read the results.
 import { api, apiBlob, ApiError, eventStream, modelsWithVersions, openapi, resolve } from "./api.js";
 import { accuracyBars, bars, confusionMatrix, lineChart } from "./plot.js";
-import { collectObject, inputFor, renderObject } from "./schema.js";
+import { collectObject, inputFor, plainText, renderObject } from "./schema.js";
 import { showSweep, stopSweep } from "./sweep.js";
 import { downloadBlob, el, fill, fmtMs, fmtNumber, fmtTime, pct, problemBox, spinner, stat, toast } from "./ui.js";
 
@@ -59,7 +59,7 @@ async function buildForms() {
     const form = $(id);
     const schema = resolve(spec, spec.paths[`/v1/jobs/${kind}`].post.requestBody.content["application/json"].schema);
     form.replaceChildren();
-    if (schema.description) form.append(el("p", { class: "hint" }, schema.description));
+    if (schema.description) form.append(el("p", { class: "hint" }, plainText(schema.description)));
     renderObject(spec, schema, form, { custom: customInput, split: true });
     const message = el("div", { class: "form-message" });
     form.append(el("div", { class: "actions" },

@@ -153,14 +153,16 @@ export function boundsText(schema) {
   return parts.join(", ");
 }
 
+// A description as the page shows it: the API document's `code` marks (Markdown, for /docs) dropped
+export const plainText = (text) => (text || "").replace(/`([^`]*)`/g, "$1");
+
 export function readInput(input) {
   const type = input.dataset.type;
   if (type === "boolean") return input.checked;
   const raw = input.value.trim();
   if (raw === "") return undefined;
   if (type === "union") return unionValue(input, raw);
-  if (type === "integer") return Number.parseInt(raw, 10);
-  if (type === "number") return Number(raw);
+  if (type === "integer" || type === "number") return numberIn(input, raw, type);
   if (type === "json") {
     try {
       return JSON.parse(raw);
@@ -171,9 +173,21 @@ export function readInput(input) {
   if (type?.startsWith("array:")) {
     const itemType = type.slice(6);
     const items = raw.split(/[\s,]+/).filter(Boolean);
-    return itemType === "integer" || itemType === "number" ? items.map(Number) : items;
+    return itemType === "integer" || itemType === "number" ? items.map((item) => numberIn(input, item, itemType)) : items;
   }
   return raw;
+}
+
+// A number as typed, or an error naming the field: parseInt and Number made "flamingo" NaN (sent as null)
+// and "12abc" 12, and the answer named a field the user never saw that way
+function numberIn(input, text, type) {
+  const whole = /^[+-]?\d+$/.test(text);
+  const value = Number(text);
+  if (text === "" || !Number.isFinite(value) || (type === "integer" && !whole)) {
+    const label = input.closest(".field")?.querySelector("label")?.textContent?.replace(/\s*\*$/, "").trim() || input.name;
+    throw new Error(`${label}: "${text}" is not ${type === "integer" ? "a whole number" : "a number"}`);
+  }
+  return value;
 }
 
 function fieldRow(spec, name, schema, path, required, custom) {
@@ -186,7 +200,7 @@ function fieldRow(spec, name, schema, path, required, custom) {
   const defaultText = s.default !== undefined && s.type !== "boolean" && !(Array.isArray(s.default) && !s.default.length)
     ? `default ${Array.isArray(s.default) ? s.default.join(", ") : s.default}` : (s.nullable && !required ? "optional" : "");
   const kinds = s.union ? unionText(s.union) : "";
-  const hint = [s.description, [defaultText, kinds, bounds].filter(Boolean).join("; ")].filter(Boolean).join(" · ");
+  const hint = [plainText(s.description), [defaultText, kinds, bounds].filter(Boolean).join("; ")].filter(Boolean).join(" · ");
   if (input.dataset.type === "boolean") {
     return el("div", { class: "field check-field" },
       el("label", { class: "check", for: id }, input, humanize(name)),

@@ -222,6 +222,8 @@ def test_an_unreadable_file_shows_the_problem_title_and_detail(page, service, ph
     card_problem.wait_for()
     assert "file 1 ('broken.jpg')" in card_problem.inner_text()
     assert page.locator(".result-card", has_text="chelsea.jpg").locator(".problem").count() == 0
+    # and the good photo is explained without it (it stayed at "Press Explain" before)
+    page.locator(".result-card", has_text="chelsea.jpg").locator(".map-canvas[data-target]").wait_for()
 
 
 def test_fine_tune_from_the_form_shows_live_progress_then_plots(page, service, tmp_path, photos, shots):
@@ -526,6 +528,25 @@ def test_activation_maximization_results_show_as_a_gallery(page, service, shots)
     item = card.locator(".gallery-item").first
     assert "flamingo" in item.inner_text() and "activation" in item.inner_text()
     assert item.locator("img").evaluate("image => image.naturalWidth") == 64
+
+
+def test_a_number_field_given_words_says_so_before_anything_is_sent(page, service):
+    """A class typed as its name went as null (Number("flamingo") is NaN), and the answer named a
+    field the user never saw: "target.classes.0: Input should be a valid integer"."""
+    page.goto(f"{service.url}/#jobs")
+    page.wait_for_selector("body[data-ready=jobs]")
+    page.click('[data-jobform="activation-maximization"]')
+    form = page.locator("#maximize-form")
+    assert "channels of layer" in form.inner_text() and "`" not in form.inner_text()  # the API's Markdown marks
+    sent = []
+    page.on("request", lambda request: sent.append(request.url) if request.method == "POST" else None)
+    classes = form.locator('[name="target.classes"]')  # a list, typed as text (a number field takes no words)
+    for typed in ("flamingo", "130, 12abc"):
+        classes.fill(typed)
+        form.locator("button[type=submit]").click()
+        word = typed.split(", ")[-1]
+        form.locator(".problem", has_text=f'"{word}" is not a whole number').wait_for(timeout=5000)
+    assert not sent
 
 
 def test_models_view_lists_every_spec(page, service, shots):

@@ -17,10 +17,11 @@ from core.errors import InvalidImage
 BASE_UNITS = 1000
 BYTES_PER_UNIT = 256
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# TIFF field types Pillow reads as one bytes object (BYTE, ASCII, SBYTE, UNDEFINED), and the sizes
-# of the others, each of whose values it unpacks into a Python object
-_TIFF_BYTE_TYPES = {1, 2, 6, 7}
-_TIFF_SIZES = {3: 2, 4: 4, 5: 8, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8, 17: 8, 18: 8}
+# TIFF field types Pillow reads as one bytes object (BYTE, ASCII, UNDEFINED), and the sizes of the
+# others, each of whose values it unpacks into a Python object
+_TIFF_BYTE_TYPES = {1, 2, 7}
+_TIFF_SIZES = {3: 2, 4: 4, 5: 8, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8, 17: 8, 18: 8}  # others: 1
+_TIFF_COMPRESSION = 259  # 1: none
 _TIFF_SUB_DIRECTORIES = {34665, 34853, 40965}  # Exif, GPS, interoperability: read for the orientation
 # Each strip or tile is a piece Pillow decodes on its own (StripOffsets, TileOffsets): a unit each;
 # other numbers are unpacked in C, 1/16 of a unit each (5 million, 20 MB, take 180 MB as Python ints)
@@ -113,8 +114,9 @@ def _gif_blocks(data: bytes, most: int) -> int:
 
 def _tiff_values(data: bytes, most: int) -> int:
     """The entries of a TIFF's first directory and of the Exif and GPS ones it points to, its strips
-    or tiles, and a sixteenth of the other numbers their tags hold (as many as the file has room
-    for: Pillow skips a tag whose values are not there)."""
+    or tiles where they are stored raw (Pillow reads each as a piece of its own in Python; libtiff
+    reads compressed ones), and a sixteenth of the other numbers their tags hold (as many as the
+    file has room for: Pillow skips a tag whose values are not there)."""
     order = "little" if data[:2] == b"II" else "big"
     big = data[2:4] in (b"+\x00", b"\x00+")  # BigTIFF: 8-byte counts and offsets
     counted, offset_size = (8, 8) if big else (2, 4)
@@ -123,28 +125,33 @@ def _tiff_values(data: bytes, most: int) -> int:
     def number(at: int, size: int) -> int:
         return int.from_bytes(data[at:at + size], order)
 
-    directories, seen, count = [number(8, 8) if big else number(4, 4)], set(), 0
+    directories, seen, count, pieces, raw = [number(8, 8) if big else number(4, 4)], set(), 0, 0, True
     while directories and count <= most:
         position = directories.pop()
         if position in seen or position + counted > len(data):
             continue
         seen.add(position)
-        entries = number(position, counted)
+        entries = min(number(position, counted), (len(data) - position - counted) // entry_size)
         count += entries
         for at in range(position + counted, position + counted + entry_size * min(entries, most + 1), entry_size):
-            if count > most or at + entry_size > len(data):
+            if count > most:
                 break
             tag, kind, values = number(at, 2), number(at + 2, 2), number(at + 4, offset_size)
-            if kind not in _TIFF_BYTE_TYPES:
-                values = min(values, len(data) // _TIFF_SIZES.get(kind, 1))
-                count += values if tag in _TIFF_PIECES else values // _TIFF_NUMBERS_PER_UNIT
+            values = min(values, len(data) // _TIFF_SIZES.get(kind, 1))
+            if tag in _TIFF_PIECES:
+                pieces += values
+            elif kind not in _TIFF_BYTE_TYPES:
+                count += values // _TIFF_NUMBERS_PER_UNIT
+            if tag == _TIFF_COMPRESSION and len(seen) == 1:
+                raw = number(at + 4 + offset_size, 2 if kind == 3 else offset_size) == 1
             if tag in _TIFF_SUB_DIRECTORIES:
                 directories.append(number(at + 4 + offset_size, offset_size))
-    return count
+    return count + (pieces if raw else pieces // _TIFF_NUMBERS_PER_UNIT)
 
 
 def _check_bmp(data: bytes) -> None:
-    compression = int.from_bytes(data[30:34], "little") if len(data) >= 34 else 0
+    info_size = int.from_bytes(data[14:18], "little") if len(data) >= 18 else 0
+    compression = int.from_bytes(data[30:34], "little") if len(data) >= 34 and info_size >= 40 else 0  # not OS/2's
     if compression in (1, 2) and len(data) > BMP_RLE_MAX_BYTES:  # RLE8, RLE4
         raise InvalidImage(f"a run-length compressed BMP may be at most {BMP_RLE_MAX_BYTES} bytes (this one is "
                            f"{len(data)}): it decodes slowly; send it as PNG")

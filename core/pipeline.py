@@ -279,7 +279,7 @@ def explain(model: LoadedModel, images: list[Image.Image], method_name: str,
     longest = max(max(image.size) for image in images)
     if "overlay" in outputs and longest > MAX_SIDE[overlay_format]:
         raise InvalidRequest(f"an overlay in {overlay_format} can be at most {MAX_SIDE[overlay_format]} pixels on a "
-                             f"side, and an image here is {longest}: ask for overlay_format=png",
+                             f"side, and an image here is {longest}: ask for overlay_format=png (or Accept: image/png)",
                              field="overlay_format")
     wanted = _resolve_targets(targets, len(images), model.spec)
     started = time.perf_counter()

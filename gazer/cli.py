@@ -197,23 +197,25 @@ def cmd_predict(client: Client, args: argparse.Namespace) -> int:
     if args.json:  # one answer, as the API gives it: all of them or a refusal
         say_json(client.predict(images, args.model, args.top_k, args.resize))
         return 0
-    pending, failed = list(range(len(images))), []
-    while True:  # an image the service refuses is named, and the others are predicted without it
+    pending, failed, answer = list(range(len(images))), [], None
+    while pending:  # an image the service refuses is named, and the others are predicted without it
         try:
             answer = client.predict([images[index] for index in pending], args.model, args.top_k, args.resize)
             break
         except ApiError as refused:
-            at_fault = [int(field[len("file."):]) for field in refused_fields(refused)
-                        if field.startswith("file.") and field[len("file."):].isdigit()]
-            if len(pending) == 1 or not at_fault or at_fault[0] >= len(pending):
+            at = file_at_fault(refused)
+            if at is None or at >= len(pending):  # the request itself (the model, the key): every image's
                 raise
-            say(f"gazer: {shown[pending[at_fault[0]]]}: {refused.detail}", file=sys.stderr)
-            failed.append(shown[pending.pop(at_fault[0])])
-    rows = [(shown[index], rank, p.index, p.label, f"{p.probability:.4f}")
-            for index, result in zip(pending, answer.results)
-            for rank, p in enumerate(result.predictions, start=1)]
-    say(f"model {answer.model.id}@{answer.model.version}")
-    say(*table(("image", "rank", "class", "label", "probability"), rows))
+            index = pending.pop(at)
+            say(f"gazer: {refused.status} {refused.title}: "
+                f"{naming_the_file(refused.detail, images[index].name, shown[index], at)}", file=sys.stderr)
+            failed.append(shown[index])
+    if answer is not None:
+        rows = [(shown[index], rank, p.index, p.label, f"{p.probability:.4f}")
+                for index, result in zip(pending, answer.results)
+                for rank, p in enumerate(result.predictions, start=1)]
+        say(f"model {answer.model.id}@{answer.model.version}")
+        say(*table(("image", "rank", "class", "label", "probability"), rows))
     if failed:
         say(f"gazer: {len(failed)} of {len(images)} images not predicted: {', '.join(failed)}", file=sys.stderr)
         return 1
@@ -343,18 +345,25 @@ def explained(client: Client, args: argparse.Namespace, options: dict[str, Any],
     return True
 
 
+def file_at_fault(error: ApiError) -> int | None:
+    """The request's file that a refusal names as its field (`file.N`), whatever its status (an
+    unreadable file is a 422, one of too many pixels a 413); None where it names none."""
+    errors = error.extras.get("errors")
+    fields = [found.get("field") for found in errors if isinstance(found, dict)] if isinstance(errors, list) else []
+    return min((int(field[len("file."):]) for field in fields if isinstance(field, str) and field.startswith("file.")
+                and field[len("file."):].isdigit()), default=None)
+
+
 def about_the_image(error: ApiError) -> bool:
     """Whether the refusal of a one-image request is about its image: the service names the file in
     the detail (`file 0 ('a.jpg'): ...`) or as the field in error (`file.0`)."""
-    errors = error.extras.get("errors")
-    fields = [found.get("field") for found in errors if isinstance(found, dict)] if isinstance(errors, list) else []
-    return error.detail.startswith("file 0") or "file.0" in fields
+    return error.detail.startswith("file 0") or file_at_fault(error) == 0
 
 
-def naming_the_file(detail: str, sent_name: str, given: str) -> str:
-    """A one-image refusal's detail with its file named as it was given, not as the request's first
+def naming_the_file(detail: str, sent_name: str, given: str, index: int = 0) -> str:
+    """A refusal's detail with its file named as it was given, not as the request's `index`th
     (`file 0 ('a.jpg')`, which the service writes whichever image of the command it was)."""
-    for named in (f"file 0 ({sent_name[:100]!r})", f"file 0 ({sent_name})", "file 0"):
+    for named in (f"file {index} ({sent_name[:100]!r})", f"file {index} ({sent_name})", f"file {index}"):
         if detail.startswith(named):
             return given + detail[len(named):]
     return detail
@@ -406,6 +415,13 @@ def cmd_compare(client: Client, args: argparse.Namespace) -> int:
     unknown = [method for method in methods if method not in offered]
     if unknown:
         raise SystemExit(f"gazer: {args.model} offers no method {unknown[0]!r}; it offers {', '.join(offered)}")
+    if args.layer and args.layer not in detail.layers:  # else each method would fall back to its own, unsaid
+        raise SystemExit(f"gazer: {args.model} has no layer {args.layer!r} (gazer models show {args.model} --json "
+                         f"lists them)")
+    taken_by_any = {option for method in methods for option in detail.method_options.get(method, [])}
+    if nowhere := sorted(set(options) - taken_by_any):
+        raise SystemExit(f"gazer: none of {', '.join(methods)} takes option {nowhere[0]!r}"
+                         + (f"; they take {', '.join(sorted(taken_by_any))}" if taken_by_any else ""))
     tiles, target = [], None if args.target is None else class_index(client, args.model, args.target)
     tell = telling(args.output == STDOUT)
     for method in methods:
@@ -658,7 +674,8 @@ def class_index(client: Client, model: str, given: str) -> int:
         return found[0]
     if not found:
         raise SystemExit(f"gazer: no class of {model} is named {given!r} (see gazer models labels {model} TEXT)")
-    named = ", ".join(f"{index} {labels[index]}" for index in found[:8]) + (", ..." if len(found) > 8 else "")
+    # a label may hold commas ("bullfrog, Rana catesbeiana"): each one quoted, after its index
+    named = "; ".join(f"{index} {labels[index]!r}" for index in found[:8]) + ("; ..." if len(found) > 8 else "")
     raise SystemExit(f"gazer: {len(found)} classes of {model} hold {given!r}: {named}; give the index")
 
 
@@ -698,8 +715,9 @@ def cmd_models_delete(client: Client, args: argparse.Namespace) -> int:
         if not sys.stdin.isatty():
             raise SystemExit(f"gazer: deleting model {args.ref} deletes every version of it ({versions}): "
                              f"add --yes, or name one version ({args.ref}@N)")
-        if input(f"delete model {args.ref} and every version of it ({versions})? [y/N] ").strip().lower() \
-                not in ("y", "yes"):
+        print(shown(f"delete model {args.ref} and every version of it ({versions})? [y/N] "), end="",
+              file=sys.stderr, flush=True)
+        if input().strip().lower() not in ("y", "yes"):
             say("nothing deleted")
             return 1
     client.delete_model(args.ref)

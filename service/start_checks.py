@@ -11,6 +11,8 @@ import socket
 import sys
 import tempfile
 
+from core.errors import GazerError
+from core.models.refs import check_ref
 from core.storage import Storage
 from infra.embedded_redis import in_use
 from infra.settings import EXIT_REFUSED, WorkerSettings
@@ -65,11 +67,8 @@ def refusal(settings: Settings, host: str) -> str | None:
 def unknown_default_model(settings: Settings) -> str | None:
     """Why GAZER_DEFAULT_MODEL names no model this service has, or None: the API would start,
     log why it could not load it, and never be ready."""
-    from core.errors import GazerError  # here: the launcher imports this module, and stays without torch
-    from core.models.registry import ModelRegistry
-
     try:
-        ModelRegistry(Storage(settings.data_dir), max_loaded=1).spec(settings.default_model)
+        check_ref(Storage(settings.data_dir).models, settings.default_model)
     except GazerError as error:
         return f"GAZER_DEFAULT_MODEL={settings.default_model}: {error.detail}"
     return None

@@ -64,7 +64,12 @@ def check_explain_dataset(config: ExplainDatasetConfig, model: LoadedModel, imag
                           max_image_cost: int | None = None, max_job_cost: int | None = None) -> int:
     """What explain would refuse (method, layer, options), and the budgets: forward-equivalents
     per image and for the whole data set. The job's cost."""
-    per_image = pipeline.explain_cost(model, config.method, config.layer, config.options, 1, config.faithfulness)
+    try:
+        per_image = pipeline.explain_cost(model, config.method, config.layer, config.options, 1, config.faithfulness)
+    except InvalidRequest as refused:  # an option is named as the job's body holds it, as its type check names it
+        if refused.extra.get("field") in config.options:
+            refused.extra["field"] = f"options.{refused.extra['field']}"
+        raise
     if max_image_cost is not None and per_image > max_image_cost:
         raise InvalidRequest(f"{config.method} costs {per_image} forward passes per image here; the budget is "
                              f"{max_image_cost} (GAZER_MAX_EXPLAIN_COST): fewer steps, samples or masks",

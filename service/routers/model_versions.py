@@ -3,6 +3,7 @@ an ONNX file), list versions, pin the default version, delete a version."""
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from pathlib import Path
 from typing import Annotated
@@ -12,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from core.errors import InvalidRequest, PayloadTooLarge
 from core.models import upload, versions
-from core.models.registry import parse_ref
+from core.models.refs import parse_ref
 from core.models.spec import ModelSpec
 from core.params import field_bounds
 from core.storage import Storage, check_name
@@ -43,9 +44,9 @@ def _labels(blob: bytes | None) -> list[str] | None:
     if blob is None:
         return None
     try:
-        # lines end at \n (or \r\n) alone: splitlines also splits at U+2028, \x1c, \x85, ... which
+        # lines end at \n, \r\n or \r alone: splitlines also splits at U+2028, \x1c, \x85, ... which
         # shifted every name after one holding it by a class
-        lines = [line.removesuffix("\r") for line in blob.decode("utf-8-sig").split("\n")]
+        lines = re.split(r"\r\n|\r|\n", blob.decode("utf-8-sig"))
     except UnicodeDecodeError:
         raise InvalidRequest("labels must be UTF-8 text, one class name per line", field="labels") from None
     while lines and not lines[-1].strip():

@@ -2,7 +2,7 @@
 // compare several methods side by side.
 import { api, ApiError, modelsWithVersions, openapi } from "./api.js";
 import { colourBar, colourHeatmap, composite, loadImage } from "./heatmap.js";
-import { explainSchema, inputFor, plainText, readInput } from "./schema.js";
+import { explainSchema, inputFor, plainText } from "./schema.js";
 import { downloadBlob, el, fill, fmtMs, fmtNumber, humanize, pct, problemBox, spinner } from "./ui.js";
 
 // four different views: at the default layer `cam` would repeat Grad-CAM's map (core/explain/cam.py, at_classifier_layer)
@@ -187,8 +187,10 @@ function selectMethod(method) {
     const id = `opt-${method}-${option.name}`.replace(/\W/g, "-");
     const input = inputFor(option, { name: option.name, value: values[option.name] ?? option.default });
     input.id = id;
-    input.addEventListener("input", () => { values[option.name] = readInput(input); });
-    input.addEventListener("change", () => { values[option.name] = readInput(input); });
+    // kept as typed: the form sends text, and the service names a value it cannot take (422)
+    const keep = () => { values[option.name] = input.type === "checkbox" ? input.checked : input.value.trim(); };
+    input.addEventListener("input", keep);
+    input.addEventListener("change", keep);
     const bounds = [option.minimum !== undefined ? `${option.minimum}` : null, option.maximum !== undefined ? `${option.maximum}` : null];
     const range = bounds[0] !== null && bounds[1] !== null ? `${bounds[0]}–${bounds[1]}` : "";
     container.append(el("div", { class: "field" },
@@ -415,8 +417,8 @@ function baseForm(method, { faithfulness } = {}) {
   const form = new FormData();
   form.append("method", method);
   form.append("outputs", "heatmap");
-  const topK = readInput($("opt-top-k"));
-  if (topK !== null && topK !== undefined && topK !== "") form.append("top_k", topK);
+  const topK = $("opt-top-k").value.trim();
+  if (topK !== "") form.append("top_k", topK);
   form.append("resize", $("opt-resize").value);
   const layer = $("layer-select")?.value;
   if (layer && takesLayer(method)) form.append("layer", layer);

@@ -3,7 +3,7 @@
 // whole model. A change is announced as `gazer:models-changed`, so that the other views' model
 // lists (the explain picker, the jobs forms' suggestions) are read again.
 import { api, openapi, resolve } from "./api.js";
-import { collectObject, renderObject } from "./schema.js";
+import { collectObject, plainText, renderObject } from "./schema.js";
 import { el, fmtNumber, problemBox, spinner, toast } from "./ui.js";
 
 const $ = (id) => document.getElementById(id);
@@ -193,7 +193,7 @@ async function changeModels(card, id, done, change) {
 // ------------------------------------------------------------------------------------------------ upload
 function uploadForm(spec, body) {
   const props = body.properties;
-  const hint = (name, fallback) => el("p", { class: "hint" }, props[name]?.description || fallback);
+  const hint = (name, fallback) => el("p", { class: "hint" }, plainText(props[name]?.description) || fallback);
   const name = el("input", { type: "text", id: "upload-name", name: "name", required: true, pattern: "[A-Za-z0-9_.\\-]{1,64}",
     placeholder: "e.g. defects", list: "upload-names", autocomplete: "off", spellcheck: "false" });
   const architecture = el("input", { type: "text", id: "upload-architecture", name: "architecture", required: true,
@@ -230,7 +230,7 @@ function uploadForm(spec, body) {
   const sync = () => {
     const format = form.elements.format.value;
     file.accept = FORMATS[format].accept;
-    fileHint.textContent = props[FORMATS[format].field]?.description || "";
+    fileHint.textContent = plainText(props[FORMATS[format].field]?.description);
     forWeights.hidden = format !== "weights";
     architecture.disabled = format !== "weights";   // a hidden required field would block the form
     const camLayer = options.querySelector('[name="cam_layer"]');

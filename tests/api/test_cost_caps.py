@@ -55,6 +55,10 @@ def test_occlusion_over_its_window_positions_is_refused_before_it_runs_or_is_que
     job = client.post("/v1/jobs/explain-dataset", json={"dataset_id": dataset.json()["id"], "method": "occlusion",
                                                         "options": {"window": 4, "stride": 3}})
     assert job.status_code == 422 and "needs 5625 occluded inputs" in job.json()["detail"], job.text
+    assert job.json()["errors"][0]["field"] == "options.stride"  # as the body holds it
+    untaken = client.post("/v1/jobs/explain-dataset", json={"dataset_id": dataset.json()["id"], "method": "gradcam",
+                                                            "options": {"steps": 3}})
+    assert untaken.status_code == 422 and untaken.json()["errors"][0]["field"] == "options.steps", untaken.text
 
 
 @pytest.mark.parametrize("window, stride, refused", [(16, 64, True), (16, 17, True), (16, 16, False),

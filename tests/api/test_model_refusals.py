@@ -154,6 +154,9 @@ def test_an_empty_label_line_is_422_and_repeated_names_are_kept(client, small_re
         files={"weights": ("w.safetensors", weights_of(small_resnet)), "labels": ("labels.txt", labels)})
     assert_refused(upload_with(b"cat\n\ndog\nbird\n"), 422, "labels", "line 2 is empty")
     assert upload_with(b"crane\ndog\ncrane\nbird\n\n").status_code == 201  # trailing blank lines are no class
+    for ends in (b"\r\n", b"\r"):  # Windows' and old Macs' line ends
+        assert upload_with(ends.join([b"cat", b"dog", b"fox", b"bird", b""])).status_code == 201
+    assert client.get("/v1/models/labelled").json()["labels"] == ["cat", "dog", "fox", "bird"]
 
 
 def test_unknown_architectures_and_bad_preprocessing_are_422(client, small_resnet):
@@ -508,15 +511,26 @@ def test_an_onnx_file_of_empty_nodes_is_refused_before_protobuf_parses_it(client
     fields = b"\x08\x07" * (model_upload.MAX_ONNX_FIELDS + 1)  # a number a field, unpacked
     assert_refused(client.post("/v1/models", data={"name": "many-fields", "input_size": 32},
                                files={"onnx": ("m.onnx", fields)}), 422, "onnx", "fields")
+    # a group, which protobuf skips unparsed, switched the count off before the nodes after it
+    grouped = b"\x08\x07" + protobuf_length(100 << 3 | 3) + protobuf_length(100 << 3 | 4) + bomb[2:]
+    assert_refused(client.post("/v1/models", data={"name": "grouped", "input_size": 32},
+                               files={"onnx": ("m.onnx", grouped)}), 422, "onnx", "a protobuf group")
+    long_number = b"\x08" + b"\xff" * 300_000 + b"\x01"  # each byte made the number longer: 2.3 s for 320 KB
+    assert_refused(client.post("/v1/models", data={"name": "long-number", "input_size": 32},
+                               files={"onnx": ("m.onnx", long_number)}), 422, "onnx", "a number of over 10 bytes")
     assert not parsed
 
 
 def test_weights_of_very_many_tensors_are_refused_before_they_are_made(client, monkeypatch):
     """300 000 empty tensors (17.6 MB) took 4.4 s and 1 GB to load before the names were checked."""
     blob = save({f"t{index}": torch.zeros(0) for index in range(model_upload.MAX_TENSORS + 1)})
+    header_end = 8 + int.from_bytes(blob[:8], "little")
+    header = blob[8:header_end].replace(b'"data_offsets"', b'"data_offset\\u0073"')  # JSON reads it the same
+    escaped_blob = len(header).to_bytes(8, "little") + header + blob[header_end:]
     made = []
     monkeypatch.setattr(model_upload, "load_safetensors", lambda blob: made.append(blob))
-    assert_refused(post_weights(client, blob), 422, "weights", f"over {model_upload.MAX_TENSORS} tensors")
+    for weights in (blob, escaped_blob):
+        assert_refused(post_weights(client, weights), 422, "weights", f"over {model_upload.MAX_TENSORS} tensors")
     assert not made
 
 

@@ -530,6 +530,20 @@ def test_activation_maximization_results_show_as_a_gallery(page, service, shots)
     assert item.locator("img").evaluate("image => image.naturalWidth") == 64
 
 
+def test_a_method_option_is_sent_as_typed_and_a_value_the_service_refuses_is_named(page, service, photos):
+    """An option typed as 2.5 was sent as 2 (parseInt); the service names what it cannot take."""
+    open_explain(page, service, photos / "chelsea.jpg")
+    page.select_option("#method-select", "integrated_gradients")
+    steps = page.locator("#method-options input[name=steps]")
+    steps.fill("2.5")  # parseInt sent 2, which the service took
+    page.click("#explain-btn")
+    problem = page.locator(".problem", has_text="steps").first
+    problem.wait_for()
+    assert "integer" in problem.inner_text()
+    steps.fill("4")
+    explain(page)
+
+
 def test_a_number_field_given_words_says_so_before_anything_is_sent(page, service):
     """A class typed as its name went as null (Number("flamingo") is NaN), and the answer named a
     field the user never saw: "target.classes.0: Input should be a valid integer"."""

@@ -12,7 +12,7 @@ import zlib
 import numpy as np
 import pytest
 import skimage.data
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from core.errors import InvalidImage
 from core.image_structure import allowed_units, check_structure
@@ -37,14 +37,15 @@ def gif_with_stray_bytes(count: int) -> bytes:
     return plain[:image] + b"\x00" * count + plain[image:]
 
 
-def tiff_of_one_row_strips(rows: int) -> bytes:
-    """A 1 x `rows` grey TIFF, a strip per row, every strip the same byte."""
-    tags = [(256, 3, 1, 1), (257, 4, 1, rows), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1), (273, 3, rows, None),
-            (277, 3, 1, 1), (278, 4, 1, 1), (279, 3, rows, None)]
+def tiff_of_one_row_strips(rows: int, kind: int = 3) -> bytes:
+    """A 1 x `rows` grey TIFF, a strip per row, every strip the same byte; its strips' offsets and
+    sizes of TIFF type `kind` (3: SHORT, 1: BYTE, 6: SBYTE)."""
+    tags = [(256, 3, 1, 1), (257, 4, 1, rows), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
+            (273, kind, rows, None), (277, 3, 1, 1), (278, 4, 1, 1), (279, kind, rows, None)]
     position, directory, arrays = 16 + 2 + 12 * len(tags) + 4, struct.pack("<H", len(tags)), []
     for tag, kind, count, value in tags:
         if value is None:
-            arrays.append(struct.pack("<H", 8 if tag == 273 else 1) * count)
+            arrays.append(struct.pack("<H" if kind == 3 else "<B", 8 if tag == 273 else 1) * count)
             directory += struct.pack("<HHII", tag, kind, count, position)
             position += len(arrays[-1])
         else:
@@ -84,6 +85,11 @@ def real_files() -> dict[str, bytes]:
     files["TIFF of a strip per row"] = encode(narrow, "TIFF", strip_size=200)
     files["LZW TIFF"] = encode(chelsea(), "TIFF", compression="tiff_lzw")
     files["run-length BMP"] = rle8_bmp(300, 200)
+    page = Image.new("1", (2480, 3508), 1)  # an A4 page scanned at 300 dpi, a strip per row
+    for y in range(100, 3400, 40):
+        ImageDraw.Draw(page).text((100, y), "The quick brown fox jumps over the lazy dog " * 6, fill=0)
+    for compression in ("group4", "tiff_lzw", "packbits"):  # libtiff reads the strips: refused for no gain before
+        files[f"{compression} TIFF of a strip per row"] = encode(page, "TIFF", compression=compression, strip_size=310)
     # a PNG whose data comes in chunks of 1 KB, smaller than any common encoder's
     signature_and_header = encode(chelsea(), "PNG")[:33]
     data = zlib.compress(b"".join(b"\x00" + row.tobytes() for row in np.asarray(chelsea())))
@@ -111,6 +117,8 @@ def test_real_files_of_every_format_pass_and_decode():
     (gif_with_stray_bytes(4_000_000), "extension blocks and stray bytes"),
     # 10 s and 1.3 GB to open, 23 s more to decode
     (tiff_of_one_row_strips(4_500_000), "directory entries, strips and tiles"),
+    (tiff_of_one_row_strips(500_000, kind=1), "directory entries, strips and tiles"),  # offsets as bytes
+    (tiff_of_one_row_strips(500_000, kind=6), "directory entries, strips and tiles"),  # as signed bytes
 ])
 def test_a_file_of_nothing_but_structure_is_refused_before_pillow_walks_it(crafted, what):
     """Pillow took 0.1 to 0.35 s per MB to open these (an 18 MB PNG of empty chunks: 3.8 s)."""

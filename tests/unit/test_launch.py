@@ -138,3 +138,13 @@ def test_a_misspelled_setting_is_named_with_the_closest_one():
     assert warned == ["GAZER_MAX_BATCHES is not a Gazer setting; it is ignored (did you mean GAZER_MAX_BATCH?)",
                       "GAZER_NONSENSE is not a Gazer setting; it is ignored"], ended.stderr
     assert ended.returncode == 2  # and the settings are still checked after
+
+
+def test_make_run_and_the_api_processes_supervisor_load_no_torch():
+    """They only start and watch others; torch would cost each about 700 MB (the default model's
+    start check once imported it through the registry)."""
+    loaded = subprocess.run([sys.executable, "-c", "import sys, service.launch, service.__main__; "
+                             "print(sorted({'torch', 'onnxruntime'} & set(sys.modules)))"],
+                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                            timeout=60)
+    assert loaded.returncode == 0 and loaded.stdout.strip() == "[]", loaded.stdout + loaded.stderr

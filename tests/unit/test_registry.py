@@ -7,7 +7,8 @@ import pytest
 from core.errors import InvalidRequest, ModelNotReady, UnknownModel
 from core.models.onnx_export import onnx_path
 from core.models import registry as registry_module
-from core.models.registry import ModelRegistry, parse_ref
+from core.models.refs import parse_ref
+from core.models.registry import ModelRegistry
 from core.storage import Storage, check_name
 
 

@@ -1,9 +1,9 @@
 """What Pillow walks in Python before its C decoders take over, counted at a bounded cost before
 it opens an upload, step by step as Pillow takes them: a PNG's chunks (to its end, or an animated
 one's second frame), a JPEG's segments, padding and stray bytes up to its first scan (past an end
-of image too), a GIF's extension sub-blocks and stray bytes up to its first image, a TIFF's directory entries and
-the numbers its tags hold (one tile per strip: 4.5 million strips of one row took 10 s and 1.3 GB
-to open, and 23 s more to decode). Each costs
+of image too), a GIF's extension sub-blocks and stray bytes up to its first image, a TIFF's
+directory entries and uncompressed strips or tiles (4.5 million strips of one row took 10 s and
+1.3 GB to open, and 23 s more to decode). Each costs
 Pillow microseconds, and a file can be made of nothing else: 18 MB of empty PNG chunks took 3.8 s
 to open (twice per request: headers, then decoding), 10 MB of JPEG padding 3.5 s, where a photo
 that size decodes in tens of milliseconds. A file may have `allowed_units` of them, generous for

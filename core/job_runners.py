@@ -17,9 +17,9 @@ from core.datasets import dataset_images, describe_dataset
 from core.dataset_explain.runner import explain_dataset, explain_dataset_config
 from core.errors import InvalidRequest
 from core.jobs import JobCancelled, Progress, ShouldStop, share_of
+from core.models.adapted import adapt, construct_on_meta
 from core.models.layers import targetable_layers
 from core.models.registry import ModelRegistry
-from core.models.adapted import adapt, construct_on_meta
 from core.names import BUILTIN_MODELS, EFFICIENTNET_LITE_SIZES, ONNX_ARCHITECTURE
 from core.params import check_params, from_params
 from core.png import encode_png

@@ -75,8 +75,8 @@ def unknown_default_model(settings: Settings) -> str | None:
 
 
 def unknown_variables(environment: dict[str, str]) -> list[str]:
-    """A line for each GAZER_ variable that nothing reads, which a misspelling would otherwise be
-    silently, naming the closest that is read (names are read whatever their case, as settings are)."""
+    """A line for each GAZER_ variable that nothing reads (a misspelt one was ignored without a
+    word), naming the closest one that is read; names in any case, as the settings read them."""
     known = OTHER_VARIABLES | {f"GAZER_{field.upper()}" for settings in (Settings, WorkerSettings)
                                for field in settings.model_fields}
     lines = []

@@ -20,7 +20,6 @@ from core.errors import Conflict, GazerError, InvalidRequest, ModelNotReady, Unk
 from core.explain import supported_methods
 from core.explain.guided_backprop import guides
 from core.models import catalog, refs, versions
-from core.models.refs import parse_ref
 from core.names import BUILTIN_MODELS, ONNX_ARCHITECTURE
 from core.models.architectures import build_network
 from core.models.layers import targetable_maps
@@ -148,7 +147,7 @@ class ModelRegistry:
         when the newer ones fail to load for good. `before_load` runs, under the load lock, just
         before each load this call makes (not when another call loads it meanwhile); what it
         raises, the call raises, loading nothing."""
-        name, version = parse_ref(ref)
+        name, version = refs.parse_ref(ref)
         if version is not None or name in BUILTIN_MODELS or self.pinned(name) is not None:
             return self._get(self.spec(ref), before_load)
         for candidate in reversed(self.versions(name)):
@@ -284,7 +283,7 @@ class ModelRegistry:
         """`NAME@VERSION`: that version; a plain `NAME`: every version it has now (one another
         request deletes meanwhile is skipped, one a job or upload publishes meanwhile stays),
         then its pin."""
-        name, version = parse_ref(ref)
+        name, version = refs.parse_ref(ref)
         if name in BUILTIN_MODELS:
             raise Conflict(f"{name!r} is built in and cannot be deleted", field="model")
         if version is not None:

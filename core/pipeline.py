@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import threading
@@ -173,7 +172,7 @@ def _resolve_method(model: LoadedModel, method_name: str) -> Method:
 
 def method_options(model: LoadedModel) -> dict[str, list[str]]:
     """The options each of the model's methods takes."""
-    return {name: [field.name for field in dataclasses.fields(METHODS[name].Options)] for name in model.methods}
+    return {name: METHODS[name].option_names for name in model.methods}
 
 
 def layer_methods(model: LoadedModel) -> list[str]:

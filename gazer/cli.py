@@ -348,10 +348,8 @@ def explained(client: Client, args: argparse.Namespace, options: dict[str, Any],
 def file_at_fault(error: ApiError) -> int | None:
     """The request's file that a refusal names as its field (`file.N`), whatever its status (an
     unreadable file is a 422, one of too many pixels a 413); None where it names none."""
-    errors = error.extras.get("errors")
-    fields = [found.get("field") for found in errors if isinstance(found, dict)] if isinstance(errors, list) else []
-    return min((int(field[len("file."):]) for field in fields if isinstance(field, str) and field.startswith("file.")
-                and field[len("file."):].isdigit()), default=None)
+    return min((int(field[len("file."):]) for field in refused_fields(error)
+                if field.startswith("file.") and field[len("file."):].isdigit()), default=None)
 
 
 def about_the_image(error: ApiError) -> bool:
@@ -456,10 +454,10 @@ def cmd_compare(client: Client, args: argparse.Namespace) -> int:
 
 
 def refused_fields(error: ApiError) -> set[str]:
-    """The fields a 422 names."""
-    if error.status != 422:
-        return set()
-    return {str(field.get("field")) for field in error.extras.get("errors") or [] if isinstance(field, dict)}
+    """The fields a refusal names in its `errors`."""
+    errors = error.extras.get("errors")
+    return {str(found.get("field")) for found in errors if isinstance(found, dict)} if isinstance(errors, list) \
+        else set()
 
 
 def cmd_datasets_upload(client: Client, args: argparse.Namespace) -> int:

@@ -34,7 +34,7 @@ def methods_description() -> str:
     """The `method` field's description: every method with the options it takes."""
     listed = []
     for name, method in METHODS.items():
-        options = [field.name for field in dataclasses.fields(method.Options)]
+        options = method.option_names
         listed.append(f"{name} ({', '.join(options)})" if options else name)
     return ("one of: " + "; ".join(listed) + ". Default gradcam, or occlusion for a model served from ONNX "
             "alone. Options a method does not take are refused (422).")

@@ -143,10 +143,15 @@ class Method:
         are checked ones (every default filled in)."""
         return 2
 
+    @property
+    def option_names(self) -> list[str]:
+        """The options this method takes (its `Options`' fields)."""
+        return [field.name for field in dataclasses.fields(self.Options)]
+
     def options(self, name: str, given: dict[str, Any]) -> dict[str, Any]:
         """The client's options checked against `Options` (every default filled in): an option
         this method does not take, or a value out of bounds, is an InvalidRequest naming it."""
-        known = [field.name for field in dataclasses.fields(self.Options)]
+        known = self.option_names
         for option in given:
             if option not in known:
                 takes = f"its options are {', '.join(known)}" if known else "it takes none"

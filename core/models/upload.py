@@ -167,12 +167,19 @@ def _labels(labels: list[str] | None, num_classes: int) -> tuple[str, ...]:
     return tuple(labels)
 
 
-def _spec(name: str, architecture: str, labels: tuple[str, ...], preprocessing: Preprocessing, input_size: int,
-          cam_layer: str, classifier_layer: str, linear_head: bool, description: str) -> ModelSpec:
+def _resize_size(preprocessing: Preprocessing, input_size: int) -> int:
+    """The short side before the centre crop: as given, else the crop's over 0.875; checked
+    before anything is built or run."""
     resize_size = preprocessing.resize_size or round(input_size / 0.875)
     if resize_size < input_size:
         raise InvalidRequest(f"resize_size {resize_size} is smaller than input_size {input_size}",
                              field="resize_size")
+    return resize_size
+
+
+def _spec(name: str, architecture: str, labels: tuple[str, ...], preprocessing: Preprocessing, input_size: int,
+          cam_layer: str, classifier_layer: str, linear_head: bool, description: str) -> ModelSpec:
+    resize_size = _resize_size(preprocessing, input_size)
     return ModelSpec(
         id=name, version=0, architecture=architecture, labels=labels, input_size=input_size,
         mean=tuple(255.0 * value for value in preprocessing.mean), std=tuple(255.0 * value for value in preprocessing.std),
@@ -200,6 +207,7 @@ def torch_model(name: str, architecture: str, weights: bytes, labels: list[str] 
     _check_fit(architecture, probe.state_dict(), state, classifier)
     num_classes = state[f"{classifier}.weight"].shape[0]
     input_size = preprocessing.input_size or default_input_size(architecture, probe)
+    _resize_size(preprocessing, input_size)
     try:
         network = adapt(architecture, num_classes, input_size)
         network.load_state_dict(state, strict=False)
@@ -442,6 +450,7 @@ def onnx_model(name: str, blob: bytes, labels: list[str] | None, preprocessing: 
     if fixed[2] not in (None, input_size) or fixed[3] not in (None, input_size):
         raise InvalidRequest(f"the ONNX input is {fixed[2]}x{fixed[3]}, not {input_size}", field="input_size")
     check_params(replace(preprocessing, input_size=input_size))
+    _resize_size(preprocessing, input_size)
     declared = model.graph.output[0].type.tensor_type.shape.dim
     if len(declared) == 2 and declared[1].HasField("dim_value"):  # refused before any run where it says so
         check_class_count(declared[1].dim_value, "onnx")

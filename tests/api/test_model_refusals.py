@@ -468,6 +468,16 @@ def test_an_onnx_model_of_more_classes_than_a_target_can_name_is_422(client, mon
     assert_refused(declared, 422, "onnx", "100001 classes; a served model has 1 to 100000")
 
 
+def test_a_resize_smaller_than_the_input_is_refused_before_anything_runs(client, small_resnet, monkeypatch):
+    monkeypatch.setattr(model_upload, "_check_runs", lambda *args: pytest.fail("the file was run"))
+    monkeypatch.setattr(model_upload, "adapt", lambda *args: pytest.fail("the network was built"))
+    onnx_upload = client.post("/v1/models", data={"name": "cropped", "input_size": 40, "resize_size": 36}, files={
+        "onnx": ("m.onnx", onnx_classifier(side=40).SerializeToString())})
+    assert_refused(onnx_upload, 422, "resize_size", "resize_size 36 is smaller than input_size 40")
+    weights = post_weights(client, weights_of(small_resnet), "cropped", resize_size=63)
+    assert_refused(weights, 422, "resize_size", "resize_size 63 is smaller than input_size 64")
+
+
 def with_initializers_as_inputs(model: onnx.ModelProto, count: int) -> onnx.ModelProto:
     """`count` unused scalar initializers, each also listed as a graph input (as old exporters did)."""
     for index in range(count):

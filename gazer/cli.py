@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from gazer import grid
 from gazer.calls import DEFAULT_MODEL, RECONNECT_SECONDS
+from gazer.classes import UnknownClass
 from gazer.client import DEFAULT_URL, Client, default_url
 from gazer.errors import ApiError, BadAnswer, NoAnswer, shortened
 from schemas.api_keys import SCOPES, create_key, read_key_file, revoke_key
@@ -659,22 +660,13 @@ def cmd_models_show(client: Client, args: argparse.Namespace) -> int:
 
 
 def class_index(client: Client, model: str, given: str) -> int:
-    """A class named by its index, or by its label (any case): the one label equal to it, else
-    the one holding it; a usage error names the candidates when several hold it."""
-    if given.isdigit():
-        return int(given)
-    labels = client.model(model).labels
-    wanted = given.strip().lower()
-    equal = [index for index, label in enumerate(labels) if label.lower() == wanted]
-    holding = [index for index, label in enumerate(labels) if wanted in label.lower()]
-    found = equal or holding
-    if len(found) == 1:
-        return found[0]
-    if not found:
-        raise SystemExit(f"gazer: no class of {model} is named {given!r} (see gazer models labels {model} TEXT)")
-    # a label may hold commas ("bullfrog, Rana catesbeiana"): each one quoted, after its index
-    named = "; ".join(f"{index} {labels[index]!r}" for index in found[:8]) + ("; ..." if len(found) > 8 else "")
-    raise SystemExit(f"gazer: {len(found)} classes of {model} hold {given!r}: {named}; give the index")
+    """A class named by its index, or by its label (Client.class_index); a usage error names the
+    candidates when several hold it."""
+    try:
+        return client.class_index(model, given)
+    except UnknownClass as unknown:
+        hint = "" if unknown.candidates else f" (see gazer models labels {model} TEXT)"
+        raise SystemExit(f"gazer: {unknown}{hint}") from None
 
 
 def cmd_models_labels(client: Client, args: argparse.Namespace) -> int:

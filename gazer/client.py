@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import numbers
 import os
 import time
 from contextlib import ExitStack, asynccontextmanager, contextmanager, nullcontext
@@ -17,13 +18,15 @@ import httpx
 from gazer import calls
 from gazer.archive import dataset_archive
 from gazer.calls import DEFAULT_MODEL, ImageInput
+from gazer.classes import UnknownClass, as_index, class_index
 from gazer.errors import ApiError, GazerError, NoAnswer
 from gazer.results import ExplainResponse, JobEvent
 from schemas.datasets import Dataset, DatasetList
 from schemas.jobs import Job, JobList
 from schemas.models import ModelDetail, ModelList, ModelRef, PredictResponse, VersionList
 
-__all__ = ["ApiError", "AsyncClient", "Client", "DEFAULT_URL", "GazerError", "JobEvent", "NoAnswer", "default_url"]
+__all__ = ["ApiError", "AsyncClient", "Client", "DEFAULT_URL", "GazerError", "JobEvent", "NoAnswer", "UnknownClass",
+           "default_url"]
 
 T = TypeVar("T")
 
@@ -34,6 +37,23 @@ DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
 STREAM_TIMEOUT = httpx.Timeout(None, connect=10.0)
 POLL_SECONDS = 0.5
 CHUNK_BYTES = 2**20  # of an artifact, written as it comes
+
+
+# a class by its index or its label
+Target = int | str
+
+
+def _labels_in(target: Target | Iterable[Target] | None) -> bool:
+    """Whether `target` names a class by its label, which needs the model's labels."""
+    given = [] if target is None else [target] if isinstance(target, (str, numbers.Integral)) else target
+    return any(as_index(one) is None for one in given)
+
+
+def _indexes(model: str, labels: list[str], target: Target | Iterable[Target] | None) -> int | list[int] | None:
+    """`target` as class indexes; `labels`, the model's, are needed only where it names a label."""
+    if target is None or isinstance(target, (str, numbers.Integral)):
+        return None if target is None else class_index(model, labels, target)
+    return [class_index(model, labels, one) for one in target]
 
 
 def default_url() -> str:
@@ -114,14 +134,22 @@ class Client:
         return self._send(calls.predict(images, model, top_k, resize))
 
     def explain(self, images: ImageInput | Iterable[ImageInput], model: str = DEFAULT_MODEL,
-                method: str | None = None, target: int | list[int] | None = None, layer: str | None = None,
+                method: str | None = None, target: Target | Iterable[Target] | None = None, layer: str | None = None,
                 top_k: int | None = None, resize: str | None = None, faithfulness: bool | None = None,
                 outputs: Iterable[str] | None = None, **options: Any) -> ExplainResponse:
         """Each result's `explanation.heatmap` is PNG bytes, `.overlay_image` the overlay file's
         bytes (JPEG unless `overlay_format` says otherwise), `.map_array` the raw map as a numpy
-        array (with outputs including "map")."""
+        array (with outputs including "map"). `target`: a class index or label (as class_index
+        takes it), one for all images or one per image."""
+        target = _indexes(model, self.model(model).labels if _labels_in(target) else [], target)
         return self._send(calls.explain(images, model, method, target, layer, top_k, resize, faithfulness,
                                         outputs, **options))
+
+    def class_index(self, model: str, given: int | str) -> int:
+        """A class of `model` by its index or its label (gazer.classes.class_index: "tabby" is 281
+        of ImageNet's); UnknownClass names the candidates where none or several hold it."""
+        index = as_index(given)
+        return index if index is not None else class_index(model, self.model(model).labels, given)
 
     def models(self) -> ModelList:
         return self._send(calls.models())
@@ -267,11 +295,17 @@ class AsyncClient:
         return await self._send(calls.predict(images, model, top_k, resize))
 
     async def explain(self, images: ImageInput | Iterable[ImageInput], model: str = DEFAULT_MODEL,
-                      method: str | None = None, target: int | list[int] | None = None, layer: str | None = None,
-                      top_k: int | None = None, resize: str | None = None, faithfulness: bool | None = None,
-                      outputs: Iterable[str] | None = None, **options: Any) -> ExplainResponse:
+                      method: str | None = None, target: Target | Iterable[Target] | None = None,
+                      layer: str | None = None, top_k: int | None = None, resize: str | None = None,
+                      faithfulness: bool | None = None, outputs: Iterable[str] | None = None,
+                      **options: Any) -> ExplainResponse:
+        target = _indexes(model, (await self.model(model)).labels if _labels_in(target) else [], target)
         return await self._send(calls.explain(images, model, method, target, layer, top_k, resize, faithfulness,
                                               outputs, **options))
+
+    async def class_index(self, model: str, given: int | str) -> int:
+        index = as_index(given)
+        return index if index is not None else class_index(model, (await self.model(model)).labels, given)
 
     async def models(self) -> ModelList:
         return await self._send(calls.models())

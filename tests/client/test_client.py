@@ -19,7 +19,7 @@ import httpx
 
 from gazer import Client, GazerError, NoAnswer
 from gazer.calls import EventParser
-from gazer.client import ApiError, AsyncClient
+from gazer.client import ApiError, AsyncClient, UnknownClass
 from gazer.results import ExplainResponse, JobEvent
 from schemas.models import PredictResponse
 from support import chelsea, encode, shapes_archive
@@ -57,6 +57,26 @@ def test_explain_decodes_the_pictures_and_the_map(gazer, photos):
     side = gazer.model("efficientnet_lite0").input_size // 32  # EfficientNet's last feature map
     assert isinstance(raw, np.ndarray) and raw.shape == (side, side)
     assert raw.min() >= 0 and raw.max() <= 1 and raw.max() > 0
+
+
+def test_a_target_may_be_a_class_label_as_on_the_command_line(gazer, live, photos):
+    by_label = gazer.explain([photos["chelsea"]] * 2, method="gradcam", target=["Egyptian cat", "tiger"],
+                             outputs="map")
+    assert [result.explanation.target.index for result in by_label.results] == [285, 292]
+    by_index = gazer.explain(photos["chelsea"], method="gradcam", target=285, outputs="map")
+    assert by_index.results[0].explanation.map == by_label.results[0].explanation.map
+    assert gazer.class_index("efficientnet_lite0", "TABBY") == 281 and gazer.class_index("efficientnet_lite0", 7) == 7
+    with pytest.raises(UnknownClass, match="classes of efficientnet_lite0 hold 'cat'") as several:
+        gazer.explain(photos["chelsea"], target="cat")
+    assert {281, 285} <= set(several.value.candidates)
+    with pytest.raises(UnknownClass, match="no class of efficientnet_lite0 is named 'zebu'"):
+        gazer.class_index("efficientnet_lite0", "zebu")
+
+    async def from_async() -> tuple[int, int]:
+        async with AsyncClient(live.url) as client:
+            answer = await client.explain(photos["chelsea"], method="gradcam", target="tiger cat", outputs="map")
+            return answer.results[0].explanation.target.index, await client.class_index("efficientnet_lite0", "tabby")
+    assert asyncio.run(from_async()) == (282, 281)
 
 
 def test_the_readmes_python_example_runs_as_written(live, photos, tmp_path, monkeypatch):

@@ -127,6 +127,7 @@ class Method:
     # The options a client may set, their defaults and bounds (fields made with core.params.param).
     Options: type = NoOptions
     uses_layer = False
+    map_at_layer = False              # its map has its layer's resolution, not the input's
     default_layer_only = False        # only at the layer that feeds the classifier (CAM)
     needs_linear_head = False         # reads the classifier's weights: no hidden head layer
     needs_spatial_attention = False   # only for models with a spatial attention module
@@ -169,6 +170,7 @@ class LayerMethod(Method):
     """CAM family: a map over a layer's channels, weighted by what `weigh` says."""
 
     uses_layer = True
+    map_at_layer = True
     needs_gradients = True
 
     def __call__(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor | None,

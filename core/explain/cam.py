@@ -61,6 +61,7 @@ def torch_features(model: nn.Module, layer: str) -> FeatureSource:
 
 class CAM(Method):
     uses_layer = True
+    map_at_layer = True
     default_layer_only = True
     needs_linear_head = True
     takes_feature_source = True

@@ -295,7 +295,9 @@ def test_raw_maps_at_a_layer_are_bounded_by_the_layers_resolution(client):
     assert pipeline.map_positions(lite0, "gradcam", "stem.0.static_padding") == 225 * 225
     assert pipeline.most_raw_maps(lite0, "gradcam", "stem.0.static_padding") == MAX_MAP_VALUES // 225**2 == 85
     assert pipeline.map_positions(lite0, "gradcam", None) == 7 * 7  # at its CAM layer, `head`
+    assert pipeline.map_positions(lite0, "cam", None) == 7 * 7
     assert pipeline.map_positions(lite0, "saliency", None) == 224 * 224
+    assert pipeline.map_positions(lite0, "guided_gradcam", None) == 224 * 224  # Grad-CAM's map times the pixels'
     with pytest.raises(InvalidRequest, match=r"would return 4353750 values \(86 maps of 50625 each\)"):
         pipeline.explain_cost(lite0, "gradcam", "stem.0.static_padding", None, 86, outputs=("map",))
 

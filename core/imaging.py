@@ -143,26 +143,36 @@ def decode_images(blobs: list[bytes], max_pixels: int, max_total_pixels: int,
                   at_least: tuple[int, int] | None = None) -> list[Image.Image]:
     """decode_image for each upload, in parallel, once the headers show that all of them
     together stay within `max_total_pixels` (decoded, they are all in memory at once).
-    Errors name the file: its index, and its name where `names` has one. `declared`: each
-    one's declared_pixels, where the caller has read them already."""
-    def decode(index: int) -> Image.Image:
+    Errors name the file: its index, and its name where `names` has one; the first file's
+    refusal names the others refused too. `declared`: each one's declared_pixels, where the
+    caller has read them already."""
+    def decode(index: int) -> Image.Image | GazerError:
         try:
             return decode_image(blobs[index], max_pixels, at_least)
         except GazerError as error:
             name = names[index] if names else None
             error.detail = f"file {index}{f' ({name[:100]!r})' if name else ''}: {error.detail}"
             error.extra.setdefault("field", f"file.{index}")  # where a client shows it: by that file
-            raise
+            return error
 
     declared = declared if declared is not None else [declared_pixels(blob)[0] for blob in blobs]
-    for index, pixels in enumerate(declared):
-        if pixels > max_pixels:
-            decode(index)  # refused from its header, with its own message
+    # refused from their headers, with their own messages
+    _refuse_any([decode(index) for index, pixels in enumerate(declared) if pixels > max_pixels])
     if sum(declared) > max_total_pixels:
         raise ImageTooLarge(f"the {len(blobs)} images declare {sum(declared)} pixels together; "
                             f"the limit for one request is {max_total_pixels}")
+    images = parallel_map(decode, range(len(blobs)))
+    _refuse_any(images)
+    return images
 
-    return parallel_map(decode, range(len(blobs)))
+
+def _refuse_any(decoded: list[Image.Image | GazerError]) -> None:
+    """The first file's refusal, naming the others refused (`more_fields`: their fields and
+    details), so that a client drops them all at once rather than one request at a time."""
+    refused = [error for error in decoded if isinstance(error, GazerError)]
+    if refused:
+        refused[0].extra["more_fields"] = [(error.extra["field"], error.detail) for error in refused[1:]]
+        raise refused[0]
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

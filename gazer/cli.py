@@ -199,18 +199,20 @@ def cmd_predict(client: Client, args: argparse.Namespace) -> int:
         say_json(client.predict(images, args.model, args.top_k, args.resize))
         return 0
     pending, failed, answer = list(range(len(images))), [], None
-    while pending:  # an image the service refuses is named, and the others are predicted without it
+    while pending:  # the images the service refuses are named, and the others are predicted without them
         try:
             answer = client.predict([images[index] for index in pending], args.model, args.top_k, args.resize)
             break
         except ApiError as refused:
-            at = file_at_fault(refused)
-            if at is None or at >= len(pending):  # the request itself (the model, the key): every image's
+            at_fault = files_at_fault(refused)
+            if not at_fault or max(at_fault) >= len(pending):  # the request itself (the model, the key)
                 raise
-            index = pending.pop(at)
-            say(f"gazer: {refused.status} {refused.title}: "
-                f"{naming_the_file(refused.detail, images[index].name, shown[index], at)}", file=sys.stderr)
-            failed.append(shown[index])
+            for at, detail in sorted(at_fault.items()):
+                index = pending[at]
+                say(f"gazer: {refused.status} {refused.title}: "
+                    f"{naming_the_file(detail, images[index].name, shown[index], at)}", file=sys.stderr)
+                failed.append(shown[index])
+            pending = [index for at, index in enumerate(pending) if at not in at_fault]
     if answer is not None:
         rows = [(shown[index], rank, p.index, p.label, f"{p.probability:.4f}")
                 for index, result in zip(pending, answer.results)
@@ -346,17 +348,17 @@ def explained(client: Client, args: argparse.Namespace, options: dict[str, Any],
     return True
 
 
-def file_at_fault(error: ApiError) -> int | None:
-    """The request's file that a refusal names as its field (`file.N`), whatever its status (an
-    unreadable file is a 422, one of too many pixels a 413); None where it names none."""
-    return min((int(field[len("file."):]) for field in refused_fields(error)
-                if field.startswith("file.") and field[len("file."):].isdigit()), default=None)
+def files_at_fault(error: ApiError) -> dict[int, str]:
+    """The request's files that a refusal names as its fields (`file.N`), whatever its status (an
+    unreadable file is a 422, one of too many pixels a 413), each with what is said of it."""
+    return {int(field[len("file."):]): said for field, said in refused_fields(error).items()
+            if field.startswith("file.") and field[len("file."):].isdigit()}
 
 
 def about_the_image(error: ApiError) -> bool:
     """Whether the refusal of a one-image request is about its image: the service names the file in
     the detail (`file 0 ('a.jpg'): ...`) or as the field in error (`file.0`)."""
-    return error.detail.startswith("file 0") or file_at_fault(error) == 0
+    return error.detail.startswith("file 0") or 0 in files_at_fault(error)
 
 
 def naming_the_file(detail: str, sent_name: str, given: str, index: int = 0) -> str:
@@ -454,11 +456,11 @@ def cmd_compare(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def refused_fields(error: ApiError) -> set[str]:
-    """The fields a refusal names in its `errors`."""
+def refused_fields(error: ApiError) -> dict[str, str]:
+    """The fields a refusal names in its `errors`, each with what it says of it."""
     errors = error.extras.get("errors")
-    return {str(found.get("field")) for found in errors if isinstance(found, dict)} if isinstance(errors, list) \
-        else set()
+    return {str(found.get("field")): str(found.get("message", error.detail)) for found in errors
+            if isinstance(found, dict)} if isinstance(errors, list) else {}
 
 
 def cmd_datasets_upload(client: Client, args: argparse.Namespace) -> int:

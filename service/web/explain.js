@@ -466,16 +466,19 @@ async function explainAll() {
         if (first.getBoundingClientRect().top > window.innerHeight) first.scrollIntoView({ block: "start" });
         return;
       } catch (error) {
-        const culprit = fileAtFault(error, pending);
-        if (!culprit) {
+        const culprits = filesAtFault(error, pending);
+        if (!culprits.size) {
           for (const image of pending) image.card.mapSlot.classList.remove("loading");
           showNotice(error, pending.length > 1 ? `Explaining ${pending.length} images` : `Explaining ${pending[0].name}`);
           return;
         }
-        // one file refused (unreadable, too large): said on its card, and the others explained without it
-        culprit.card.mapSlot.classList.remove("loading");
-        culprit.card.error.replaceChildren(problemBox(error, `Explaining ${culprit.name}`));
-        pending = pending.filter((image) => image !== culprit);
+        // files refused (unreadable, too large): each said on its card, and the others explained without them
+        for (const [culprit, detail] of culprits) {
+          culprit.card.mapSlot.classList.remove("loading");
+          const own = { ...error, problem: { ...error.problem, detail, errors: [] } };
+          culprit.card.error.replaceChildren(problemBox(own, `Explaining ${culprit.name}`));
+        }
+        pending = pending.filter((image) => !culprits.has(image));
       }
     }
   } finally {
@@ -484,10 +487,17 @@ async function explainAll() {
   }
 }
 
-// The image whose file the service refused (its problem names the field `file.N`), if one is.
-function fileAtFault(error, images) {
-  const field = error?.problem?.errors?.map((item) => /^file\.(\d+)$/.exec(item.field)).find(Boolean);
-  return field ? images[Number(field[1])] ?? null : null;
+// The images whose files the service refused (its problem names their fields, `file.N`), each with
+// what it says of that file; none where the refusal is the request's (the model, the key).
+function filesAtFault(error, images) {
+  const found = new Map();
+  for (const item of error?.problem?.errors ?? []) {
+    const index = /^file\.(\d+)$/.exec(item.field);
+    const image = index ? images[Number(index[1])] : undefined;
+    if (!image) return new Map();
+    found.set(image, item.message);
+  }
+  return found;
 }
 
 async function explainOne(image, target) {

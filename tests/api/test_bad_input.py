@@ -74,6 +74,20 @@ def test_the_bad_file_is_named_in_a_batch(client):
         assert [error["field"] for error in body["errors"]] == ["file.1"]  # for a client to show it by that file
 
 
+def test_every_bad_file_of_a_batch_is_named_at_once(client):
+    """A client dropped the refused file and sent the rest again, once per bad file."""
+    huge = png_declaring(30000, 30000)
+    files = [upload(b"garbage", "notes.jpg"), upload(encode(chelsea()), "cat.jpg"), upload(huge, "huge.png"),
+             upload(b"", "empty.jpg")]
+    for path in (PREDICT, EXPLAIN):
+        body = assert_problem(client.post(path, files=files), 422, "invalid-image")  # the first file's status
+        assert body["detail"].startswith("file 0 ('notes.jpg'): the file is not an image"), body
+        said = {error["field"]: error["message"] for error in body["errors"]}
+        assert list(said) == ["file.0", "file.2", "file.3"], said
+        assert said["file.2"].startswith("file 2 ('huge.png'): image declares too many pixels"), said
+        assert said["file.3"] == "file 3 ('empty.jpg'): the file is empty", said
+
+
 @pytest.mark.parametrize("width, height", [(30000, 30000), (8000, 8000)])
 def test_decompression_bombs_are_refused_before_decoding(client, width, height):
     blob = png_declaring(width, height)

@@ -44,6 +44,7 @@ def photos(tmp_path_factory):
     (folder / "chelsea.jpg").write_bytes(encode(chelsea()))
     (folder / "coffee.jpg").write_bytes(encode(coffee()))
     (folder / "broken.jpg").write_bytes(b"this is a text file, not a JPEG\n" * 4)
+    (folder / "empty.jpg").write_bytes(b"")
     return folder
 
 
@@ -212,18 +213,24 @@ def test_an_unreadable_file_shows_the_problem_title_and_detail(page, service, ph
     assert expected["title"] in text and expected["detail"] in text
     assert problem.locator(".problem-title strong").is_visible()
     page.screenshot(path=str(shots / "error-laptop.png"))
-    # beside a good photo, the refusal shows on the broken file's own card
+    # beside a good photo, each refusal shows on the broken file's own card
     page.reload()
     page.wait_for_selector("body[data-ready=explain]")
     page.wait_for_function("document.querySelector('#method-select').options.length > 0")
-    page.set_input_files("#file-input", [str(photos / "chelsea.jpg"), str(photos / "broken.jpg")])
+    explains: list[str] = []
+    page.on("request", lambda request: explains.append(request.url) if request.url.endswith("/explain") else None)
+    page.set_input_files("#file-input", [str(photos / name) for name in ("broken.jpg", "chelsea.jpg", "empty.jpg")])
     page.click("#explain-btn")
     card_problem = page.locator(".result-card", has_text="broken.jpg").locator(".card-error .problem")
     card_problem.wait_for()
-    assert "file 1 ('broken.jpg')" in card_problem.inner_text()
+    assert "file 0 ('broken.jpg'): the file is not an image" in card_problem.inner_text()
+    assert "empty" not in card_problem.inner_text()
+    empty_problem = page.locator(".result-card", has_text="empty.jpg").locator(".card-error .problem")
+    assert "file 2 ('empty.jpg'): the file is empty" in empty_problem.inner_text()
     assert page.locator(".result-card", has_text="chelsea.jpg").locator(".problem").count() == 0
-    # and the good photo is explained without it (it stayed at "Press Explain" before)
+    # and the good photo is explained without them (it stayed at "Press Explain" before), in one more request
     page.locator(".result-card", has_text="chelsea.jpg").locator(".map-canvas[data-target]").wait_for()
+    assert len(explains) == 2, explains
 
 
 def test_fine_tune_from_the_form_shows_live_progress_then_plots(page, service, tmp_path, photos, shots):

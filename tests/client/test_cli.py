@@ -80,13 +80,16 @@ def test_predict_prints_a_table(live, photos):
 
 def test_predict_of_several_images_predicts_every_one_it_can_and_names_each_refused(live, photos, tmp_path):
     """One unreadable file made the whole command a 422, and the good photos got no table."""
-    broken = tmp_path / "broken.jpg"
+    broken, empty = tmp_path / "broken.jpg", tmp_path / "empty.jpg"
     broken.write_bytes(b"not a picture")
-    done = gazer_cli(live, "predict", str(photos["chelsea"]), str(broken), str(photos["coffee"]), "--top-k", "1")
+    empty.write_bytes(b"")
+    done = gazer_cli(live, "predict", str(photos["chelsea"]), str(broken), str(photos["coffee"]), str(empty),
+                     "--top-k", "1")
     assert done.returncode == 1, done.stdout + done.stderr
     assert [line.split()[0] for line in done.stdout.splitlines()[2:]] == ["chelsea.jpg", "coffee.jpg"]
     assert ": broken.jpg: the file is not an image" in done.stderr and "file 1" not in done.stderr, done.stderr
-    assert "1 of 3 images not predicted: broken.jpg" in done.stderr
+    assert ": empty.jpg: the file is empty" in done.stderr and "file 3" not in done.stderr, done.stderr
+    assert "2 of 4 images not predicted: broken.jpg, empty.jpg" in done.stderr
 
 
 def test_models_labels_finds_a_class_by_name_and_a_url_may_leave_out_its_scheme(live, photos):

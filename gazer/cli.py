@@ -251,11 +251,13 @@ def picture_format(path: Path, chosen: str | None = None) -> str:
 
 
 def write_picture(output: Path, picture: bytes) -> None:
-    """`picture` into the file `output` names, or to standard output for -o -."""
+    """`picture` into the file `output` names (its folder made now, once there is a picture to
+    put there), or to standard output for -o -."""
     if str(output) == STDOUT:
         sys.stdout.buffer.write(picture)
         sys.stdout.flush()
     else:
+        output.parent.mkdir(parents=True, exist_ok=True)
         output.write_bytes(picture)
 
 
@@ -304,8 +306,6 @@ def cmd_explain(client: Client, args: argparse.Namespace) -> int:
             raise SystemExit(f"gazer: {flag} {folder} names a picture, but with several images {flag} names a "
                              f"folder, each picture named after its image; give a folder ({flag} "
                              f"{folder.with_suffix('')}/), or one image")
-    for folder in folders:
-        folder.mkdir(parents=True, exist_ok=True)
     ending = OVERLAY_ENDINGS[args.format or "png"]
     failed = [given for given, image in zip(args.images, images)
               if not explained(client, args, options, given, folders[0] / f"{image.stem}{ending}",
@@ -318,10 +318,10 @@ def cmd_explain(client: Client, args: argparse.Namespace) -> int:
 
 def picture_in(given: str, image: Path, ending: str) -> Path:
     """Where one image's picture goes: in the folder `given` names (one that exists, or a name ending
-    in a slash: made), named after the image, as with several images; else `given` itself."""
+    in a slash: made when the picture is written), named after the image, as with several images;
+    else `given` itself."""
     path = Path(given)
     if given.endswith(("/", os.sep)) or path.is_dir():
-        path.mkdir(parents=True, exist_ok=True)
         return path / f"{image.stem}{ending}"
     return path
 
@@ -383,7 +383,7 @@ def explain_one(client: Client, args: argparse.Namespace, options: dict[str, Any
     to_stdout = str(output) == STDOUT
     write_picture(output, explanation.overlay_image or b"")
     if heatmap:
-        heatmap.write_bytes(explanation.heatmap or b"")
+        write_picture(heatmap, explanation.heatmap or b"")
     tell = telling(to_stdout)
     target = explanation.target
     named = f"{image.name}: " if len(args.images) > 1 else ""

@@ -185,6 +185,9 @@ def test_explain_of_several_images_explains_every_one_it_can_and_names_each_fail
                         f"gazer: 2 of 4 images not explained: {unreadable}, {missing}"], said
     refused = gazer_cli(live, "explain", *images, "--method", "bogus", "-o", str(tmp_path / "none"))
     assert refused.returncode == 1 and refused.stderr.count("unknown method 'bogus'") == 1, refused.stderr  # once
+    # a folder is made once there is a picture to put in it: a refusal left it empty
+    alone = gazer_cli(live, "explain", str(unreadable), "-o", f"{tmp_path / 'unmade'}/")
+    assert alone.returncode == 1 and not (tmp_path / "unmade").exists() and not (tmp_path / "none").exists()
 
 
 def test_explain_and_compare_refuse_what_they_cannot_write_and_options_that_are_flags(live, photos, tmp_path):

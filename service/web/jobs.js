@@ -466,10 +466,12 @@ function lossChart(history) {
     { title: "Loss per epoch" });
 }
 
-// The validation report: where each class's evidence lies, and the mistakes with their Grad-CAM
-// maps for the predicted and the true class (from report.json, fetched with the key).
+// The validation report: where each class's evidence lies (per class the mean Grad-CAM of the images
+// it got right), and the mistakes with their Grad-CAM maps for the predicted and the true class (from
+// report.json, fetched with the key).
 function fineTuneReport(report, card) {
   const flagged = report.background_reliance_flagged || [];
+  const means = el("div", { class: "gallery report-means" });
   const mistakes = el("div", { class: "gallery report-mistakes" });
   const section = el("section", { class: "report" },
     el("h3", {}, "Validation report"),
@@ -479,8 +481,18 @@ function fineTuneReport(report, card) {
     el("div", { class: "charts" }, bars(
       `Background reliance (${report.score_method} at ${report.score_layer}); flagged: more evidence near the border than inside`,
       report.background_reliance, (value) => fmtNumber(value, 2), flagged)),
+    means,
     mistakes,
     el("div", { class: "result-links" }, downloadButton(report.url, "report.json", "Download report.json")));
+  means.append(el("p", { class: "muted" }, spinner(), " Loading the report"));
+  api(report.url).then((document_) => {
+    fill(means, document_.classes.map((entry) => el("figure", { class: "gallery-item class-mean" },
+      entry.mean_gradcam ? artifactImage(entry.mean_gradcam.picture, `mean Grad-CAM of ${entry.label}`, card)
+        : el("div", { class: "gallery-frame muted" }, "none right"),
+      el("figcaption", {}, el("b", {}, entry.label),
+        el("span", { class: "muted block" }, `mean Grad-CAM of the ${entry.correct} of ${entry.images} validation `
+          + `image${entry.images === 1 ? "" : "s"} it got right`)))));
+  }).catch((error) => means.replaceChildren(problemBox(error, "Could not load the report")));
   if (report.mistakes) {
     mistakes.append(el("p", { class: "muted" }, spinner(), " Loading the mistakes"));
     api(report.url).then((document_) => {

@@ -281,6 +281,11 @@ def test_fine_tune_from_the_form_shows_live_progress_then_plots(page, service, t
         report.get_by_role("button", name="Download report.json").click()
     document = json.loads(Path(download.value.path()).read_text())
     assert [entry["label"] for entry in document["classes"]] == ["cat", "coffee"]
+    # per class, the mean Grad-CAM of the validation images it got right (a class with none says so)
+    right = sum(1 for entry in document["classes"] if "mean_gradcam" in entry)
+    page.wait_for_function("(n) => document.querySelectorAll('.report-means .gallery-frame img').length === n", arg=right)
+    assert report.locator(".report-means figure").count() == 2
+    assert report.locator(".report-means figure", has_text="none right").count() == 2 - right
     # each mistake with pictures is drawn: the crop and Grad-CAM for both classes
     mistakes = sum(1 for mistake in document["mistakes"] if "pictures" in mistake)
     page.wait_for_function("(n) => document.querySelectorAll('.report-mistakes .gallery-frame img').length === 3 * n",

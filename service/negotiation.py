@@ -33,16 +33,22 @@ def media_qualities(accept: str) -> dict[str, float]:
 
 def preferred_image(accept: str, media_types: dict[str, str]) -> str | None:
     """The key of `media_types` (format -> media type) that an Accept header asks for most, if
-    it asks for one (by name or image/*, q above 0) at least as much as for JSON; ties go to the
-    first listed. A bare */* asks for JSON."""
+    it asks for one (by name or image/*) more than for JSON; among images, ties go to the first
+    listed. A bare */*, or an image asked for as much as JSON (a client generated from the
+    OpenAPI schema lists every type), asks for JSON."""
     qualities = media_qualities(accept)
     json_quality = quality(qualities, "application/json")
     best, best_quality = None, 0.0
     for name, media_type in media_types.items():
         wanted = qualities.get(media_type, qualities.get("image/*", 0.0))
-        if wanted > best_quality and wanted >= json_quality:
+        if wanted > best_quality and wanted > json_quality:
             best, best_quality = name, wanted
     return best
+
+
+def accepts_json(accept: str) -> bool:
+    """Whether an Accept header allows JSON (no header allows everything)."""
+    return not accept.strip() or quality(media_qualities(accept), "application/json") > 0
 
 
 def quality(qualities: dict[str, float], media_type: str) -> float:

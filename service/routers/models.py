@@ -30,7 +30,7 @@ from service.auth import CallerDep
 from service.disconnects import client_watch
 from service.form_fields import CommaList, refuse_unknown_fields
 from service.method_options import method_options, methods_description
-from service.negotiation import preferred_image
+from service.negotiation import accepts_json, preferred_image
 from service.rate_limits import client_id
 from service.settings import Settings
 
@@ -167,25 +167,31 @@ async def predict(request: Request, model: ModelDep, settings: SettingsDep, metr
                                                for r in results]))
 
 
-def _explain_outputs(image_answer: str | None, files: int, outputs: list[str] | None, faithfulness: bool,
-                     settings: Settings) -> tuple[str, ...]:
-    """What to render: the request's outputs (the field repeated, or a comma list), else the
-    overlay for an image answer, else the operator's default; refused where an image answer
-    cannot carry what was asked."""
+def _explain_answer(accept: str, files: int, outputs: list[str] | None, faithfulness: bool,
+                    settings: Settings) -> tuple[str | None, tuple[str, ...]]:
+    """The image format to answer in (None: JSON), as the Accept header prefers, and what to
+    render: the request's outputs (the field repeated, or a comma list), else the overlay for an
+    image answer, else the operator's default. Where an image cannot carry what was asked, JSON
+    if the header allows it, else a refusal saying why."""
     if outputs is not None and not outputs:
         raise InvalidRequest("outputs names nothing: name any of heatmap, overlay, map, or leave the field out "
                              "for the default", field="outputs", valid=list(OUTPUTS))
+    image_answer = preferred_image(accept, MEDIA_TYPES)
     if image_answer is None:
-        return tuple(outputs or settings.explain_outputs)
-    accept = f"Accept: {MEDIA_TYPES[image_answer]}"
+        return None, tuple(outputs or settings.explain_outputs)
+    said = f"Accept: {MEDIA_TYPES[image_answer]}"
     if files != 1:
-        raise InvalidRequest(f"{accept} answers one overlay image, so send exactly one file", field="file")
-    if outputs and "overlay" not in outputs:
-        raise InvalidRequest(f"{accept} answers the overlay, so outputs must include it", field="outputs")
-    if faithfulness:
-        raise InvalidRequest(f"{accept} answers the overlay alone, with no room for faithfulness scores; "
-                             "ask for JSON", field="faithfulness")
-    return tuple(outputs or ["overlay"])
+        why = InvalidRequest(f"{said} answers one overlay image, so send exactly one file", field="file")
+    elif outputs and "overlay" not in outputs:
+        why = InvalidRequest(f"{said} answers the overlay, so outputs must include it", field="outputs")
+    elif faithfulness:
+        why = InvalidRequest(f"{said} answers the overlay alone, with no room for faithfulness scores; ask for JSON",
+                             field="faithfulness")
+    else:
+        return image_answer, tuple(outputs or ["overlay"])
+    if accepts_json(accept):
+        return None, tuple(outputs or settings.explain_outputs)
+    raise why
 
 
 def _explain_result(result: pipeline.ImageResult) -> wire.ExplainResult:
@@ -233,8 +239,8 @@ async def explain(
                     "an Accept header for an image decides it instead")] = "jpeg",
 ) -> Response:
     method = pipeline.default_method(model) if method is None else method
-    image_answer = preferred_image(request.headers.get("accept", ""), MEDIA_TYPES)
-    wanted = _explain_outputs(image_answer, len(file), outputs, faithfulness, settings)
+    image_answer, wanted = _explain_answer(request.headers.get("accept", ""), len(file), outputs, faithfulness,
+                                           settings)
     overlay_format = image_answer or overlay_format
     cost = pipeline.explain_cost(model, method, layer, options, len(file), faithfulness, wanted)
     if cost > settings.explain_budget:
@@ -263,6 +269,8 @@ async def explain(
                 f"{method} on {model.spec.ref}",
                 lambda images: pipeline.explain(model, images, method, target, layer, options, top_k, wanted,
                                                 resize, faithfulness, on_stage, overlay_format))
-    if image_answer is not None:
-        return Response(results[0].explanation.overlay, media_type=MEDIA_TYPES[image_answer])
-    return _json(wire.ExplainResponse(model=_ref(model.spec), results=[_explain_result(r) for r in results]))
+    answer = Response(results[0].explanation.overlay, media_type=MEDIA_TYPES[image_answer]) \
+        if image_answer is not None else \
+        _json(wire.ExplainResponse(model=_ref(model.spec), results=[_explain_result(r) for r in results]))
+    answer.headers["Vary"] = "Accept"  # for caches: the same request answers JSON or an image
+    return answer

@@ -314,7 +314,8 @@ def test_cam_from_the_served_onnx_forward_matches_cam_from_torch(client, monkeyp
 
 
 @pytest.mark.parametrize("accept, image", [
-    ("image/png", "png"), ("IMAGE/PNG", "png"), ("application/json, image/png", "png"),
+    ("image/png", "png"), ("IMAGE/PNG", "png"), ("application/json, image/png", None),
+    ("application/json, image/jpeg, image/png, image/webp", None), ("application/json;q=0.5, image/*", "png"),
     ("image/png;q=0", None), ("application/json;q=0.9, image/png;q=0.5", None),
     ("image/png;q=0.8, application/json;q=0.5", "png"), ("", None), ("*/*", None), ("image/png;q=x", None),
     ("image/webp", "webp"), ("image/jpeg;q=0.5, image/webp;q=0.9", "webp"), ("image/png, image/jpeg", "png"),
@@ -323,6 +324,24 @@ def test_cam_from_the_served_onnx_forward_matches_cam_from_torch(client, monkeyp
 ])
 def test_accept_header_negotiation(accept, image):
     assert preferred_image(accept, MEDIA_TYPES) == image
+
+
+def test_an_image_answer_that_cannot_carry_the_request_falls_back_to_json_where_it_is_accepted(client, chelsea_jpeg):
+    """A client generated from the OpenAPI schema sends every type the route lists: it got the PNG
+    for one file and a 422 for two."""
+    generated = "application/json, image/jpeg, image/png, image/webp"
+    for files, fields in (([chelsea_jpeg], {}), ([chelsea_jpeg] * 2, {}), ([chelsea_jpeg], {"outputs": "map"})):
+        answer = client.post(f"/v1/models/{MODEL}/explain", files=[upload(blob) for blob in files],
+                             data={"method": "cam", **fields}, headers={"Accept": generated})
+        assert answer.status_code == 200 and answer.headers["content-type"] == "application/json", answer.text
+        assert len(answer.json()["results"]) == len(files) and answer.headers["vary"] == "Accept"
+    prefers_images = "image/webp, application/json;q=0.5"
+    one = client.post(f"/v1/models/{MODEL}/explain", files=[upload(chelsea_jpeg)], data={"method": "cam"},
+                      headers={"Accept": prefers_images})
+    assert one.headers["content-type"] == "image/webp" and one.headers["vary"] == "Accept"
+    two = client.post(f"/v1/models/{MODEL}/explain", files=[upload(chelsea_jpeg)] * 2, data={"method": "cam"},
+                      headers={"Accept": prefers_images})
+    assert two.status_code == 200 and two.headers["content-type"] == "application/json", two.text
 
 
 def test_an_accept_header_that_allows_nothing_a_route_answers_is_406(client, chelsea_jpeg):

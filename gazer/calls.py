@@ -17,9 +17,10 @@ from urllib.parse import quote
 
 import httpx
 from PIL import Image
+import pydantic
 from pydantic import BaseModel
 
-from gazer.errors import ApiError, BadAnswer, NoAnswer, shortened
+from gazer.errors import ApiError, BadAnswer, NoAnswer, refusal_by_model, shortened
 from gazer.results import ExplainResponse, JobEvent
 from schemas.datasets import Dataset, DatasetList
 from schemas.jobs import ArtifactList, Job, JobList
@@ -100,7 +101,21 @@ def completed(response: httpx.Response, body: bytes) -> httpx.Response:
 
 
 def _reader(model: type[M]) -> Callable[[httpx.Response], M]:
-    return lambda response: model.model_validate_json(checked(response).content)
+    def read(response: httpx.Response) -> M:
+        return validated(model, checked(response).content, response)
+    return read
+
+
+def validated(model: type[M], content: bytes | dict, response: httpx.Response | None = None) -> M:
+    """`content` (JSON, or what it was parsed to) as `model`; BadAnswer where it is not one (a
+    proxy's page, another service at the address)."""
+    try:
+        return model.model_validate_json(content) if isinstance(content, bytes) else model.model_validate(content)
+    except pydantic.ValidationError as error:
+        where = f"the answer to {response.request.method} {response.request.url.path}" if response is not None \
+            else "an event of the job's event stream"
+        raise BadAnswer(f"{where} is {refusal_by_model(error)}",
+                        response.status_code if response is not None else 200) from None
 
 
 def _nothing(response: httpx.Response) -> None:
@@ -132,7 +147,7 @@ def image_file(image: ImageInput, index: int) -> tuple[str, tuple[str, bytes, st
         storable = image if image.mode in ("1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16") else image.convert("RGB")
         storable.save(encoded, format="PNG")  # CMYK, YCbCr, LAB, HSV and F are not
         name, blob = f"image-{index}.png", encoded.getvalue()
-    elif isinstance(image, tuple):
+    elif _named_bytes(image):
         name, blob = image
     else:
         path = Path(image)
@@ -150,9 +165,14 @@ def upload_file(field_name: str, value: FileInput, default_name: str) -> tuple[s
 
 
 def _images(images: ImageInput | Iterable[ImageInput]) -> list[ImageInput]:
-    if isinstance(images, (str, os.PathLike, bytes, tuple, Image.Image)):
+    """One image, or several: a (name, bytes) pair is one; any other tuple, several (paths, say)."""
+    if isinstance(images, (str, os.PathLike, bytes, Image.Image)) or _named_bytes(images):
         return [images]
     return list(images)
+
+
+def _named_bytes(image: object) -> bool:
+    return isinstance(image, tuple) and len(image) == 2 and isinstance(image[0], str) and isinstance(image[1], bytes)
 
 
 def predict(images: ImageInput | Iterable[ImageInput], model: str = DEFAULT_MODEL, top_k: int | None = None,
@@ -370,7 +390,7 @@ class EventParser:
                                     str(data.get("type", "")).endswith("/server-stopping"))
             if kind == "error":
                 raise ApiError.from_problem(data, 503)
-            return JobEvent(kind, Job.model_validate(data))
+            return JobEvent(kind, validated(Job, data))
         if line.startswith(":"):
             return None
         name, _, value = line.partition(":")

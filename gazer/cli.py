@@ -26,7 +26,7 @@ from gazer import grid
 from gazer.calls import DEFAULT_MODEL, RECONNECT_SECONDS
 from gazer.classes import UnknownClass
 from gazer.client import DEFAULT_URL, Client, default_url
-from gazer.errors import ApiError, BadAnswer, NoAnswer, shortened
+from gazer.errors import ApiError, BadAnswer, EndedEarly, NoAnswer, refusal_by_model, shortened
 from schemas.api_keys import SCOPES, create_key, read_key_file, revoke_key
 from schemas.jobs import FineTuneRequest, Job
 
@@ -795,6 +795,9 @@ def follow(client: Client, job_id: str, url: str) -> int:
                 bar.n = round(100 * (last.progress or {}).get("fraction", 0.0), 1)
                 bar.set_postfix_str(shown(describe_progress(last)), refresh=False)
                 bar.refresh()
+    except EndedEarly as error:
+        say(f"gazer: {error.detail}; see: gazer jobs show {job_id}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         target = "" if url == default_url() else f" --url {url}"
         say("", f"job {job_id} is still running; cancel it with: gazer{target} jobs cancel {job_id}",
@@ -1098,9 +1101,7 @@ def unexpected(error: Exception) -> str:
     if isinstance(error, BadAnswer):
         return error.detail
     if isinstance(error, pydantic.ValidationError):
-        first, count = error.errors()[0], error.error_count()
-        where = ".".join(map(str, first["loc"])) or "the answer"
-        return f"not a {error.title}: {where}: {first['msg']}" + (f" (and {count - 1} more)" if count > 1 else "")
+        return refusal_by_model(error)
     return shortened(f"{type(error).__name__}: {error}")
 
 

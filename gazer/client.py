@@ -19,7 +19,7 @@ from gazer import calls
 from gazer.archive import dataset_archive
 from gazer.calls import DEFAULT_MODEL, ImageInput
 from gazer.classes import UnknownClass, as_index, class_index
-from gazer.errors import ApiError, GazerError, NoAnswer
+from gazer.errors import ApiError, EndedEarly, GazerError, NoAnswer
 from gazer.results import ExplainResponse, JobEvent
 from schemas.datasets import Dataset, DatasetList
 from schemas.jobs import Job, JobList
@@ -242,6 +242,7 @@ class Client:
                     yield event
                     if event.kind == "end":
                         return
+        raise EndedEarly(job_id)  # not as `expired`, which is followed again
 
     def artifacts(self, job_id: str) -> list[str]:
         """Names of every file the job has written so far (fetch each with `write_artifact` or `artifact`)."""
@@ -374,6 +375,9 @@ class AsyncClient:
 
     async def events(self, job_id: str,
                      on_server_stopping: Callable[[], None] = lambda: None) -> AsyncIterator[JobEvent]:
+        """As Client.events. To stop before the job ends, iterate within `contextlib.aclosing(...)`:
+        an async generator left early keeps its stream (one of the client's) open until it is
+        collected."""
         reconnection = calls.Reconnection()
         while True:
             try:
@@ -395,6 +399,7 @@ class AsyncClient:
                     yield event
                     if event.kind == "end":
                         return
+        raise EndedEarly(job_id)  # not as `expired`, which is followed again
 
     async def artifacts(self, job_id: str) -> list[str]:
         return [found.name for found in (await self._send(calls.artifacts(job_id))).data]

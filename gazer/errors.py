@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import httpx
+import pydantic
 
 # A problem's own fields, and the type each must have for the body to be read as a problem.
 PROBLEM_FIELDS = {"type": str, "title": str, "status": int, "detail": str}
@@ -63,6 +64,13 @@ class ApiError(GazerError):
         return {"type": self.type, "title": self.title, "status": self.status, "detail": self.detail, **self.extras}
 
 
+def refusal_by_model(error: pydantic.ValidationError) -> str:
+    """A wire model's refusal on one line: its first field, and how many more."""
+    first, count = error.errors()[0], error.error_count()
+    where = ".".join(map(str, first["loc"])) or "the answer"
+    return f"not a {error.title}: {where}: {first['msg']}" + (f" (and {count - 1} more)" if count > 1 else "")
+
+
 def is_problem(body: Any) -> bool:
     """An object whose problem fields, those it has, have their types (a status is a number, not true)."""
     return isinstance(body, dict) and all(
@@ -76,6 +84,13 @@ class BadAnswer(ApiError):
 
     def __init__(self, detail: str, status: int = 200) -> None:
         super().__init__("about:blank", "Unexpected answer", status, detail)
+
+
+class EndedEarly(BadAnswer):
+    """A job's event stream that the server closed before the job's `end` event."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"the event stream of job {job_id} ended before the job did")
 
 
 # Timeouts after the service was reached: it is up, but did not answer or take the upload in time.

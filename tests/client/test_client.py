@@ -150,6 +150,14 @@ def test_numpy_numbers_and_one_output_named_as_a_string_are_sent_as_meant(gazer)
     assert Client is type(gazer)
 
 
+def test_a_tuple_of_paths_is_several_images_and_a_name_with_bytes_is_one(gazer, photos):
+    """A tuple of two paths was sent as one image named after the first, holding the second's path."""
+    paths = (photos["chelsea"], photos["coffee"])
+    assert len(gazer.predict(paths).results) == 2
+    named = gazer.predict(("cat.jpg", Path(photos["chelsea"]).read_bytes()))
+    assert len(named.results) == 1 and named.results[0].predictions[0].index in CAT_CLASSES
+
+
 def test_following_a_job_outlasts_the_servers_event_streams(gazer):
     """Each stream ends with `event: expired` after EVENT_STREAM_SECONDS; events() connects again
     until the job's `end`, as `gazer jobs follow` and the fine-tune commands do."""

@@ -4,6 +4,7 @@ hand the terminal what the server sent, nor fall over with a traceback."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -11,6 +12,10 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterator
 
+import pytest
+
+from gazer import BadAnswer, Client, GazerError
+from gazer.client import AsyncClient
 from tests.client.fake_service import (ROOT, Answer, FakeService, events, gazer_at, job, json_answer, model,
                                        problem)
 
@@ -179,6 +184,34 @@ def test_a_malformed_or_unexpected_answer_is_one_line_of_error_not_a_traceback()
     assert said["typed"] == ['gazer: 500 Internal Server Error: {"status": "five hundred", "detail": "boom"}']
     assert said["listed"] == ["gazer: 422 Unprocessable Entity: refused", "  abc", "  valid: 5"]
     unexpected = f"gazer: unexpected answer from {service.url}: "
-    assert said["record"] == [unexpected + "not a JobList: data.0.type: Field required (and 10 more)"]
+    assert said["record"] == [unexpected + "the answer to GET /v1/jobs is not a JobList: data.0.type: Field required "
+                                           "(and 10 more)"]
     assert said["event"] == [unexpected + "an event of the job's event stream is not a JSON object: '{not json'"]
     assert len(said["end"]) == 1 and said["end"][0].startswith(unexpected + "TypeError: "), said["end"]
+
+
+def test_the_python_client_raises_its_own_errors_for_answers_it_cannot_read(tmp_path):
+    """A page or record that is not the API's raised pydantic's ValidationError, and an event stream
+    closed before its job's end ended `events()` as if the job had."""
+    answers = {"/v1/models": Answer(200, b"<html>a proxy's page</html>", {"Content-Type": "text/html"}),
+               "/v1/datasets": json_answer({"data": "x"}),
+               "/v1/jobs/j1/events": events(f"event: progress\ndata: {json.dumps(job('j1'))}"),
+               "/v1/jobs/j1": json_answer(job("j1"))}
+    with FakeService(answers) as service, Client(service.url) as client:
+        with pytest.raises(BadAnswer, match="the answer to GET /v1/models is not a ModelList"):
+            client.models()
+        with pytest.raises(GazerError, match="the answer to GET /v1/datasets is not a DatasetList: data"):
+            client.datasets()
+        seen = []
+        with pytest.raises(BadAnswer, match="the event stream of job j1 ended before the job did"):
+            for event in client.events("j1"):
+                seen.append(event.kind)
+        assert seen == ["progress"]
+
+        async def follow() -> list[str]:
+            async with AsyncClient(service.url) as awaiting:
+                return [event.kind async for event in awaiting.events("j1")]
+        with pytest.raises(BadAnswer, match="ended before the job did"):
+            asyncio.run(follow())
+        follows = gazer_at(service, "jobs", "follow", "j1")
+    assert follows.returncode == 1 and "ended before the job did; see: gazer jobs show j1" in follows.stderr

@@ -7,7 +7,7 @@ import threading
 from contextlib import contextmanager
 from typing import Annotated, Iterator
 
-from fastapi import APIRouter, BackgroundTasks, Depends, File, Form, Request, UploadFile, status
+from fastapi import APIRouter, BackgroundTasks, Depends, File, Form, Request, Response, UploadFile, status
 from starlette.concurrency import run_in_threadpool
 
 from core import cancellation, datasets
@@ -26,7 +26,7 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 @router.post("", response_model=Dataset, status_code=status.HTTP_201_CREATED,
              dependencies=[Depends(refuse_unknown_fields)])
 async def upload_dataset(
-    request: Request,
+    request: Request, response: Response,
     storage: StorageDep, settings: SettingsDep, caller: CallerDep, queue: QueueDep,
     file: Annotated[UploadFile, File(description=".zip or .tar.gz with one folder of images per class")],
     name: Annotated[str | None, Form(description="a name to show; default the id")] = None,
@@ -49,7 +49,9 @@ async def upload_dataset(
                                                within_quota, storage.check_room, charge_decoding(request, caller))
 
         async with client_watch(request) as gone:
-            return Dataset(**await run_in_threadpool(ingest, gone))
+            dataset = Dataset(**await run_in_threadpool(ingest, gone))
+    response.headers["Location"] = f"/v1/datasets/{dataset.id}"
+    return dataset
 
 
 # Plain `def` from here on: these read and delete files, so FastAPI runs them in its thread pool.
@@ -64,7 +66,7 @@ def describe_dataset(dataset_id: str, storage: StorageDep, caller: CallerDep) ->
     return Dataset(**_visible(dataset_id, storage, caller))
 
 
-@router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
 def delete_dataset(dataset_id: str, storage: StorageDep, caller: CallerDep, queue: QueueDep,
                    after_answer: BackgroundTasks) -> None:
     """409 while a queued or running job reads it (it would fail part way). It is gone for every

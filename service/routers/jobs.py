@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from core.dataset_explain.runner import check_explain_dataset, explain_dataset_config
 from core.datasets import describe_dataset
-from core.errors import InvalidRequest, NotFound, UnknownModel
+from core.errors import Conflict, InvalidRequest, NotFound, UnknownModel
 from core.job_runners import ACTIVATION_MAXIMIZATION, EXPLAIN_DATASET, FINE_TUNE, RUNNERS, check_fine_tune, \
     check_maximization_memory, fine_tune_config, maximization_config
 from core.jobs import TERMINAL
@@ -189,8 +188,11 @@ def get_job(job_id: str, queue: QueueDep, caller: CallerDep) -> Job:
 
 @router.delete("/{job_id}", response_model=Job, status_code=status.HTTP_202_ACCEPTED)
 def cancel_job(job_id: str, queue: QueueDep, caller: CallerDep) -> Job:
-    """A queued job ends `cancelled` at once; a running one stops at its next step."""
-    _visible_job(job_id, queue, caller)
+    """A queued job ends `cancelled` at once; a running one stops at its next step; one that has
+    ended is a 409."""
+    record = _visible_job(job_id, queue, caller)
+    if record["state"] in TERMINAL:
+        raise Conflict(f"job {job_id} has already ended ({record['state']}): there is nothing to cancel")
     return Job(**queue.store.cancel(job_id))
 
 
@@ -212,7 +214,7 @@ async def job_events(job_id: str, request: Request, queue: QueueDep, caller: Cal
             quiet_since = time.monotonic()
             pause = FIRST_POLL_SECONDS
             while True:
-                snapshot = json.dumps(job)
+                snapshot = Job(**job).model_dump_json()  # as GET /v1/jobs/{id} shows it (no owner)
                 if snapshot != last:
                     kind = "end" if job["state"] in TERMINAL else "progress"
                     yield f"event: {kind}\ndata: {snapshot}\n\n"

@@ -189,7 +189,7 @@ def unpin_default(name: str, registry: RegistryDep) -> wire.ModelRef:
     return wire.ModelRef(id=name, version=registry.spec(name).version)
 
 
-@router.delete("/{model}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[JOBS])
+@router.delete("/{model}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response, dependencies=[JOBS])
 def delete_version(model: str, registry: RegistryDep, caller: CallerDep) -> None:
     """`NAME@VERSION`: that version; a plain `NAME`: every version (the model). By an admin key or
     the key that holds NAME (the one whose fine-tunes publish there); built-in models cannot be

@@ -141,6 +141,10 @@ def test_cancel_a_queued_job_before_it_runs(api, workers):
     wait_for(api, blocker["id"], ("cancelled",), timeout=60)
     time.sleep(1)
     assert api.get(f"/v1/jobs/{queued['id']}").json()["attempts"] == 0
+    # an ended job has nothing to cancel: it was a 202 that changed nothing
+    again = api.delete(f"/v1/jobs/{queued['id']}")
+    assert again.status_code == 409 and again.json()["detail"] == (
+        f"job {queued['id']} has already ended (cancelled): there is nothing to cancel"), again.text
 
 
 def test_progress_events_stream(api, workers):
@@ -150,6 +154,7 @@ def test_progress_events_stream(api, workers):
     assert events[-1][0] == "end" and events[-1][1]["state"] == "succeeded"
     fractions = [data["progress"]["fraction"] for kind, data in events if kind == "progress"]
     assert len(fractions) >= 2 and fractions == sorted(fractions)
+    assert events[-1][1] == api.get(f"/v1/jobs/{job['id']}").json()  # as GET shows it: not the record's owner
 
 
 def test_a_worker_told_to_stop_puts_its_running_job_back_in_the_queue(api, workers):

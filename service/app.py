@@ -14,10 +14,10 @@ from starlette.concurrency import run_in_threadpool
 
 from infra.embedded_redis import EmbeddedRedis
 from core.batching import Batching
-from core.errors import GazerError
 from core.parallel import single_threaded_blas
 from core.models.registry import ModelRegistry
 from core.storage import Storage
+from service import default_model
 from service.admission import ClientShares, ExplanationSlots, ModelQueues, PixelBudget, RefuseWhenQueueFull
 from service.auth import KeyStore, KeysBeforeBodies, requires
 from service.dependencies import DATASET_INGESTS
@@ -70,10 +70,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             on_shutdown.callback(sweeping.cancel)
             on_shutdown.callback(asyncio.create_task(app.state.metrics.refresh_models_forever()).cancel)
             on_shutdown.callback(asyncio.create_task(resend_lost_messages_forever(app.state.queue)).cancel)
-            try:
-                await run_in_threadpool(registry.get, settings.default_model)
-            except GazerError as error:
-                log.error("default model %s not loaded: %s", settings.default_model, error.detail)
+            said = await default_model.load(registry, settings.default_model)
+            on_shutdown.callback(asyncio.create_task(
+                default_model.keep_loaded_forever(registry, settings.default_model, said)).cancel)
             yield
 
     app = FastAPI(title="Gazer", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,  # routers.docs

@@ -92,7 +92,7 @@ class ModelRegistry:
         self.onnx_fp16 = onnx_fp16
         self.bfloat16 = bfloat16
         self.max_loaded = max_loaded
-        self.resident = resident
+        self.resident = {refs.parse_ref(ref)[0] for ref in resident}  # names: `m@1` keeps m's versions
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
         self._failures: dict[str, str] = {}  # ref -> why it failed to load
         self._failed_at: dict[str, float] = {}

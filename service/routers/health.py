@@ -8,6 +8,8 @@ import redis
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from core.errors import GazerError
+from core.models.refs import parse_ref
 from service.auth import Unauthorized, authenticate
 from service.dependencies import QueueDep, RegistryDep, SettingsDep
 
@@ -29,9 +31,13 @@ def readyz(request: Request, registry: RegistryDep, settings: SettingsDep, queue
     uploaded ones. Plain `def`: it reads the models folder and Redis, so FastAPI runs it in its
     thread pool."""
     models = registry.status()
-    model_ready = models.get(settings.default_model, {}).get("state") == "ready"
+    try:
+        model_ready = registry.state(settings.default_model)["state"] == "ready"  # NAME@V too
+    except GazerError:  # deleted since the start
+        model_ready = False
     if not _may_list_models(request):
-        models = {name: state for name, state in models.items() if name == settings.default_model}
+        name = parse_ref(settings.default_model)[0]
+        models = {model: state for model, state in models.items() if model == name}
     try:
         workers: int | None = len(queue.store.live_workers())
         redis_state = "ready"

@@ -5,6 +5,7 @@ recently used first."""
 from __future__ import annotations
 
 import shutil
+import time
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from fastapi.testclient import TestClient
 from safetensors.torch import save
 
 from core.models import versions
+from service import default_model
 from service.app import create_app
 from service.dependencies import MODEL_LOAD_COST
 from service.settings import Settings
@@ -140,3 +142,27 @@ def test_only_a_load_is_charged_to_its_clients_compute(tmp_path):
         statuses = [client.get(f"/v1/models/tight@{version}").status_code for version in (2, 3)]
         assert statuses == [200, 429], statuses  # the third load, then none left
         assert client.get("/v1/models/tight@2").status_code == 200  # loaded: nothing to charge
+
+
+def test_the_default_model_is_ready_under_a_version_and_is_loaded_again_when_its_name_means_another(
+        tmp_path, monkeypatch):
+    """`efficientnet_lite0@1` as the default was never ready (readiness looked it up among names);
+    a new version of the default model's name stayed unloaded, and the service not ready, until a
+    request for it came, which a balancer sends to no instance that is not ready."""
+    monkeypatch.setattr(default_model, "CHECK_SECONDS", 0.1)
+    with TestClient(base_url="http://localhost", app=create_app(Settings(data_dir=tmp_path / "a",
+                    default_model="efficientnet_lite0@1"))) as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["default_model"] == "efficientnet_lite0@1", ready.text
+    data = tmp_path / "b"
+    with TestClient(base_url="http://localhost", app=create_app(Settings(data_dir=data))) as client:
+        publish(client, "tiny", 1)
+    with TestClient(base_url="http://localhost", app=create_app(Settings(data_dir=data, default_model="tiny"))) \
+            as client:
+        assert client.get("/readyz").json()["models"]["tiny"] == {"state": "ready", "version": 1}
+        publish(client, "tiny", 2)
+        deadline = time.monotonic() + 30
+        while (ready := client.get("/readyz")).status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert ready.status_code == 200 and ready.json()["models"]["tiny"] == {"state": "ready", "version": 2}
+        assert set(client.app.state.registry._loaded) >= {"tiny@1", "tiny@2"}  # both resident, no request sent

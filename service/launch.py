@@ -64,15 +64,23 @@ class Child:
             self.refused = True  # started again, it would fail the same way, for ever
             return
         if self.restart_at is None:
+            self._signal_group(signal.SIGTERM)  # what it started outlives it (uvicorn's API processes, on its port)
             self.deaths += 1
             delay = min(LONGEST_DELAY_SECONDS, FIRST_DELAY_SECONDS * 2 ** (self.deaths - 1))
             self.restart_at = now + delay
             log.error("%s (pid %d) exited with %s; starting it again in %.0f s", self.module, self.process.pid,
                       self.process.returncode, delay)
         elif now >= self.restart_at:
+            self._signal_group(signal.SIGKILL)
             self.start()
             self.restarts += 1
             log.info("%s started again (pid %d)", self.module, self.process.pid)
+
+    def _signal_group(self, signal_number: int) -> None:
+        """`signal_number` to the process group the child led (it is its pid), if any of it is left."""
+        assert self.process is not None
+        with suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal_number)
 
     def terminate(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -87,8 +95,7 @@ class Child:
             self.process.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             log.warning("%s (pid %d) did not stop in time (GAZER_STOP_SECONDS); killed", self.module, self.process.pid)
-        with suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
+        self._signal_group(signal.SIGKILL)
         self.process.wait()
 
 
@@ -112,16 +119,16 @@ def main() -> None:
     children = [Child("worker", env), Child("service", env)]
     for child in children:
         child.start()
-    stopping = False
+    stopping: int | None = None  # the signal that asked
 
-    def stop(*_: object) -> None:
+    def stop(signal_number: int, _: object) -> None:
         nonlocal stopping
-        stopping = True
+        stopping = signal_number
 
     for name in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: its terminal closed
         signal.signal(name, stop)
     try:
-        while not stopping:
+        while stopping is None:
             now = time.monotonic()
             if embedded is not None and embedded.process is not None and embedded.process.poll() is not None:
                 log.error("the embedded redis-server exited with %s; starting it again", embedded.process.returncode)
@@ -132,6 +139,8 @@ def main() -> None:
                 log.error("%s cannot start as configured (its line above says why); stopping", refused[0])
                 break
             time.sleep(0.25)
+        if stopping is not None:
+            log.info("%s received: stopping", signal.Signals(stopping).name)
     finally:
         for child in children:  # all get SIGTERM at once, then are waited for together
             child.terminate()

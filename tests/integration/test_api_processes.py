@@ -115,6 +115,27 @@ def test_an_api_process_that_dies_is_replaced_and_logged_as_a_warning(service):
     assert [line["level"] for line in died] == ["WARNING"], died
 
 
+def test_a_killed_supervisor_takes_its_api_processes_with_it_and_is_started_again(service):
+    """Its API processes outlived it, serving the port, and every new supervisor failed to bind
+    it ("Address already in use"), then outlived make run too."""
+    supervisor = next(child for child in psutil.Process(service.process.pid).children()
+                      if child.cmdline()[-2:] == ["-m", "service"])
+    orphans = [psutil.Process(pid) for pid in api_processes(service)]
+    supervisor.kill()
+    gone, alive = psutil.wait_procs(orphans, timeout=30)
+    assert not alive, [(process.pid, process.cmdline()) for process in alive]
+    deadline = time.time() + 180
+    while True:  # the new supervisor's processes load the model, then answer
+        try:
+            if httpx.get(f"{service.url}/readyz", timeout=5).status_code == 200 and len(api_processes(service)) == 2:
+                break
+        except (httpx.TransportError, AssertionError, psutil.NoSuchProcess):
+            pass
+        assert time.time() < deadline, service.log()[-3000:]
+        time.sleep(0.5)
+    assert "Address already in use" not in service.log()
+
+
 def test_make_run_stops_every_process_it_started_even_a_stuck_one(service):
     """The API's supervisor, stuck (SIGSTOP), is killed at GAZER_STOP_SECONDS, and with it its
     API processes: killing the supervisor alone left them serving on their own. Last: it ends

@@ -65,7 +65,7 @@ class Metrics:
                                    ["model", "stage"], buckets=_SECONDS, registry=registry)
         # with several API processes, one series per process (label `pid`): who answered how many
         self.answered = Gauge("gazer_http_requests_answered", "HTTP requests answered by this API process",
-                              multiprocess_mode="all", registry=registry)
+                              multiprocess_mode="liveall", registry=registry)
         self.batch_size = Histogram("gazer_batch_size", "Images per request", ["endpoint"], buckets=_IMAGES,
                                     registry=registry)
         self.run_size = Histogram("gazer_model_run_images", "Images per model run, requests batched together "

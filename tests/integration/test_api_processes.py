@@ -113,6 +113,7 @@ def test_an_api_process_that_dies_is_replaced_and_logged_as_a_warning(service):
         time.sleep(0.2)
     died = [json.loads(line) for line in service.log().splitlines() if f"Child process [{killed}] died" in line]
     assert [line["level"] for line in died] == ["WARNING"], died
+    assert killed not in answered_by(service)  # a dead process's share is no longer shown
 
 
 def test_a_killed_supervisor_takes_its_api_processes_with_it_and_is_started_again(service):

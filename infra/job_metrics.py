@@ -1,5 +1,7 @@
-"""Job metrics read from Redis at scrape time: jobs by type and state, queue depth and job
-durations, over the newest `limit` job records. A reading serves every scrape for `max_age`
+"""Job metrics read from Redis at scrape time: jobs by type and state over the newest `limit`
+job records, and the queue depth. (Job durations are the workers' own histogram: one rebuilt
+here from the records kept would lose counts as records expire, which Prometheus reads as a
+counter's reset.) A reading serves every scrape for `max_age`
 seconds, and concurrent scrapes wait for one reading, so that however often /metrics is asked,
 Redis is read at most that many records a second."""
 
@@ -12,7 +14,7 @@ from collections import Counter
 from typing import Callable, Iterator
 
 import redis
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from infra.celery_config import QUEUE
@@ -20,7 +22,6 @@ from infra.job_store import JobStore
 
 log = logging.getLogger(__name__)
 
-JOB_SECONDS_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400, float("inf"))
 # kombu's Redis transport keeps priorities 3, 6 and 9 in lists of their own beside QUEUE.
 _QUEUE_KEYS = (QUEUE, *(f"{QUEUE}\x06\x16{priority}" for priority in (3, 6, 9)))
 
@@ -31,17 +32,6 @@ def queue_depth(client: redis.Redis) -> int:
         for key in _QUEUE_KEYS:
             reads.llen(key)
         return sum(reads.execute())
-
-
-def _duration_histogram(rows: list[dict[str, str]], family: HistogramMetricFamily) -> None:
-    durations: dict[str, list[float]] = {}
-    for row in rows:
-        if row["started_at"] and row["finished_at"]:
-            durations.setdefault(row["type"], []).append(float(row["finished_at"]) - float(row["started_at"]))
-    for job_type, seconds in sorted(durations.items()):
-        buckets = [(str(bound), sum(1 for s in seconds if s <= bound)) for bound in JOB_SECONDS_BUCKETS]
-        buckets[-1] = ("+Inf", len(seconds))
-        family.add_metric([job_type], buckets, sum(seconds))
 
 
 class JobsCollector(Collector):
@@ -55,14 +45,12 @@ class JobsCollector(Collector):
         self._lock = threading.Lock()
         self._reading: tuple[float, tuple[Metric, ...]] | None = None  # (when, families) of the last read
 
-    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, HistogramMetricFamily]:
+    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
         return (
             GaugeMetricFamily("gazer_jobs", f"Jobs by type and state (among the newest {self.limit})",
                               labels=["type", "state"]),
             GaugeMetricFamily("gazer_job_records", "Job records kept in Redis"),
             GaugeMetricFamily("gazer_queue_depth", "Job messages waiting in the Celery queue for a worker"),
-            HistogramMetricFamily("gazer_job_duration_seconds", "Run time (started to finished) of finished jobs "
-                                  f"by type (among the newest {self.limit})", labels=["type"]),
         )
 
     def describe(self) -> Iterator[Metric]:
@@ -81,7 +69,7 @@ class JobsCollector(Collector):
 
     def _read(self) -> tuple[Metric, ...] | None:
         """The families with their samples; None without a store or when Redis fails."""
-        jobs, records, depth, durations = families = self._families()
+        jobs, records, depth = families = self._families()
         store = self.store()
         if store is None:
             return None
@@ -94,5 +82,4 @@ class JobsCollector(Collector):
             return None
         for (job_type, state), count in sorted(Counter((r["type"], r["state"]) for r in rows).items()):
             jobs.add_metric([job_type, state], count)
-        _duration_histogram(rows, durations)
         return families

@@ -66,7 +66,7 @@ def main() -> None:
         uvicorn.run("service.app:create_app", factory=True, host=host, workers=processes,
                     port=listening_port(), log_level="info", log_config=logging_config(),
                     access_log=os.environ.get("GAZER_ACCESS_LOG", "1") != "0",
-                    limit_concurrency=settings.max_connections, timeout_keep_alive=5,
+                    timeout_keep_alive=5,  # GAZER_MAX_CONNECTIONS: the protocol's, answered by the app
                     ws="none",  # no WebSocket routes; an upgrade would move a connection off the protocol that counts it
                     proxy_headers=bool(settings.trusted_proxies), forwarded_allow_ips=settings.trusted_proxies or None,
                     # by name: worker processes import it (a class made in a function cannot be sent)

@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core.errors import ServiceBusy
 from service.errors import gazer_error_response
+from service.http_protocol import OVER_CAPACITY
 from service.rate_limits import too_many
 
 RETRY_AFTER_SECONDS = 1
@@ -173,4 +174,21 @@ class RefuseWhenQueueFull:
                     and self.queues.full(parts[2]):
                 await gazer_error_response(self.queues.busy(parts[2]))(scope, receive, send)
                 return
+        await self.app(scope, receive, send)
+
+
+class RefuseOverCapacity:
+    """A request the HTTP protocol marked OVER_CAPACITY (GAZER_MAX_CONNECTIONS connections or
+    requests in flight in this process): 503 with Retry-After at once. Placed inside
+    RequestContext, so that it carries the request id and is counted."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get(OVER_CAPACITY):
+            busy = ServiceBusy("this API process has GAZER_MAX_CONNECTIONS connections or requests in flight; "
+                               "retry shortly", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+            await gazer_error_response(busy)(scope, receive, send)
+            return
         await self.app(scope, receive, send)

@@ -18,7 +18,8 @@ from core.parallel import single_threaded_blas
 from core.models.registry import ModelRegistry
 from core.storage import Storage
 from service import default_model
-from service.admission import ClientShares, ExplanationSlots, ModelQueues, PixelBudget, RefuseWhenQueueFull
+from service.admission import (ClientShares, ExplanationSlots, ModelQueues, PixelBudget, RefuseOverCapacity,
+                               RefuseWhenQueueFull)
 from service.auth import KeyStore, KeysBeforeBodies, requires
 from service.dependencies import DATASET_INGESTS
 from service.errors import PROBLEM_RESPONSES, install_error_handlers
@@ -110,6 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            expose_headers=["X-Request-ID", "Location", "Retry-After"])
     app.add_middleware(RefuseForeignOrigins, allowed=settings.cors_origin_list)
     app.add_middleware(RefuseUnknownHosts, allowed=settings.allowed_host_list)
+    app.add_middleware(RefuseOverCapacity)
     app.add_middleware(RequestContext, metrics=app.state.metrics)  # outside the size limit: its 413s count too
     app.add_middleware(BrowserHeaders)  # on every answer, errors of the middleware within included
     app.include_router(health.router)

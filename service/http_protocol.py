@@ -8,7 +8,11 @@ counts every open connection, so one address holding them all, idle, had every o
 answered 503. And what is not body (a request's line and headers, a chunk's size line, a chunked
 body's trailers) is at most MAX_HEAD_BYTES at a stretch: httptools joins the pieces of a header
 as they arrive, at a cost that grows with the square of its length, on the event loop, and nothing
-bounded them (a 30 MB header got its 200; 170 MB of trailers held the loop for 30 s)."""
+bounded them (a 30 MB header got its 200; 170 MB of trailers held the loop for 30 s). Beyond
+`max_in_flight` connections or requests in flight (uvicorn's limit_concurrency, counted as it
+counts them), a request is marked OVER_CAPACITY for the app to answer 503, as its other 503s
+(uvicorn's own answer was plain text, without Retry-After or the request id, and no metric
+counted it)."""
 
 from __future__ import annotations
 
@@ -31,12 +35,14 @@ MAX_HEAD_BYTES = 64 * 1024
 # Set in an unfinished request's ASGI scope when the server begins to stop: uvicorn waits for
 # every response to complete, and a job's event stream would complete only with its job.
 SERVER_STOPPING = "gazer.server_stopping"
+OVER_CAPACITY = "gazer.over_capacity"
 _HEAD_TOO_LONG = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/problem+json\r\n"
                   + b"".join(f"{name}: {value}\r\n".encode() for name, value in browser_headers("/").items())
                   + b"connection: close\r\ncontent-length: %d\r\n\r\n%s")
 
 
-def guarded_protocol(header_seconds: float, linger_seconds: float, per_address: int) -> type[HttpToolsProtocol]:
+def guarded_protocol(header_seconds: float, linger_seconds: float, per_address: int,
+                     max_in_flight: int | None = None) -> type[HttpToolsProtocol]:
     open_from: Counter[str] = Counter()  # this process's connections by peer address
     closed: dict[tuple[str | None, str], tuple[float, int]] = {}  # (address, reason) -> (last logged, closed since)
 
@@ -137,6 +143,9 @@ def guarded_protocol(header_seconds: float, linger_seconds: float, per_address: 
                 self._too_long()
                 return
             self._in_headers = False
+            if max_in_flight is not None and (len(self.connections) >= max_in_flight
+                                              or len(self.tasks) >= max_in_flight):
+                self.scope[OVER_CAPACITY] = True  # type: ignore[literal-required]
             super().on_headers_complete()
 
         def on_body(self, body: bytes) -> None:
@@ -185,7 +194,8 @@ def guarded_protocol(header_seconds: float, linger_seconds: float, per_address: 
 
 def __getattr__(name: str) -> type[HttpToolsProtocol]:
     """`service.http_protocol:FROM_SETTINGS`, the protocol with GAZER_HEADER_SECONDS' deadline,
-    GAZER_BODY_IDLE_SECONDS' to linger and GAZER_MAX_CONNECTIONS_PER_ADDRESS, built when it is
+    GAZER_BODY_IDLE_SECONDS' to linger, GAZER_MAX_CONNECTIONS_PER_ADDRESS and
+    GAZER_MAX_CONNECTIONS, built when it is
     imported by name: what uvicorn's worker processes receive (a class made in a function cannot
     be sent to them)."""
     if name == "FROM_SETTINGS":
@@ -193,5 +203,5 @@ def __getattr__(name: str) -> type[HttpToolsProtocol]:
 
         settings = Settings()
         return guarded_protocol(settings.header_seconds, settings.body_idle_seconds,
-                                settings.max_connections_per_address)
+                                settings.max_connections_per_address, settings.max_connections)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -54,6 +54,22 @@ class ApiProcessDeaths(logging.Filter):
         return True
 
 
+# what probes and Prometheus ask every few seconds: their answers in the access log only when they fail
+QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+class QuietProbes(logging.Filter):
+    """Drops uvicorn's access line for a successful GET of QUIET_PATHS: a probe every few
+    seconds and a scrape, per process, drowned the requests' lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        if len(args) == 5:  # uvicorn's: client, method, path (with its query), version, status
+            _, method, path, _, status = args
+            return not (method == "GET" and str(path).split("?")[0] in QUIET_PATHS and 200 <= int(status) < 300)
+        return True
+
+
 def logging_config(level: str = "INFO") -> dict[str, Any]:
     """A dictConfig: the root logger and uvicorn's own loggers, all through JsonFormatter
     to stderr (uvicorn.run takes it as `log_config`)."""
@@ -61,13 +77,13 @@ def logging_config(level: str = "INFO") -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"json": {"()": JsonFormatter}},
-        "filters": {"api_process_deaths": {"()": ApiProcessDeaths}},
+        "filters": {"api_process_deaths": {"()": ApiProcessDeaths}, "quiet_probes": {"()": QuietProbes}},
         "handlers": {"json": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
         "root": {"handlers": ["json"], "level": level},
         "loggers": {
             "uvicorn": {"handlers": ["json"], "level": level, "propagate": False},
             "uvicorn.error": {"level": level, "filters": ["api_process_deaths"]},
-            "uvicorn.access": {"handlers": ["json"], "level": level, "propagate": False},
+            "uvicorn.access": {"handlers": ["json"], "level": level, "propagate": False, "filters": ["quiet_probes"]},
         },
     }
 

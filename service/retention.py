@@ -46,7 +46,8 @@ async def sweep_forever(store: JobStore, storage: Storage, retention_seconds: fl
         try:
             if not owners_indexed:
                 indexed = await run_in_threadpool(store.index_jobs)
-                log.info("%d jobs of API keys are in their keys' job sets", indexed)
+                if indexed:
+                    log.info("%d jobs of API keys are in their keys' job sets", indexed)
                 owners_indexed = True
             removed = await run_in_threadpool(sweep_expired_jobs, store, storage, retention_seconds)
             if removed:

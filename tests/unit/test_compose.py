@@ -40,6 +40,14 @@ def test_the_api_runs_with_keys_and_can_be_scaled():
     assert api["ports"] == ["8000-8009:8000"]  # one host port per replica
 
 
+def test_the_api_checks_jobs_against_the_workers_memory_limit_not_its_hosts():
+    limit = services()["worker"]["deploy"]["resources"]["limits"]["memory"]
+    assert limit.endswith("g")
+    worker_bytes = int(limit[:-1]) * 2**30
+    for name in ("api", "worker"):
+        assert int(services()[name]["environment"]["GAZER_WORKER_MEMORY_BYTES"]) == int(0.8 * worker_bytes)
+
+
 def test_the_image_runs_as_a_user_of_its_own():
     lines = (ROOT / "Dockerfile").read_text().splitlines()
     users = [line.split()[1] for line in lines if line.startswith("USER ")]

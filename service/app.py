@@ -25,6 +25,7 @@ from service.dependencies import DATASET_INGESTS
 from service.errors import PROBLEM_RESPONSES, install_error_handlers
 from service.limits import RefuseUnfinishedMultipart, RequestSizeLimit, RoomBeforeUploads
 from service.metrics import Metrics
+from service.openapi import correcting
 from service.negotiation import acceptable
 from service.guards import BrowserHeaders, RefuseForeignOrigins, RefuseUnknownHosts
 from service.queue import JobQueue, resend_lost_messages_forever
@@ -126,6 +127,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(web.router)
     app.mount("/static", web.static_files(), name="static")
     app.include_router(docs.router)
+    app.openapi = correcting(app.openapi)  # type: ignore[method-assign]
     if app.state.keys is None:
         docs.document_no_keys(app)
     app.mount(docs.ASSETS_PATH, docs.assets(), name="docs-assets")

@@ -23,7 +23,9 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={200: {"description": "ready"},
+                                   503: {"description": "not ready (the default model or Redis): the same fields",
+                                         "content": {"application/json": {}}}})
 def readyz(request: Request, registry: RegistryDep, settings: SettingsDep, queue: QueueDep) -> JSONResponse:
     """Ready when the default model is loaded (its ONNX and torch logits agree) and Redis
     answers. Live workers are counted, not required: predictions need none. Where keys are

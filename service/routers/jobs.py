@@ -6,10 +6,10 @@ import asyncio
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator
+from typing import Annotated, Any, AsyncIterator, Iterator
 
 import redis
-from fastapi import APIRouter, Depends, Request, Response, status
+from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.responses import FileResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -18,7 +18,7 @@ from core.datasets import describe_dataset
 from core.errors import Conflict, InvalidRequest, NotFound, UnknownModel
 from core.job_runners import ACTIVATION_MAXIMIZATION, EXPLAIN_DATASET, FINE_TUNE, RUNNERS, check_fine_tune, \
     check_maximization_memory, fine_tune_config, maximization_config
-from core.jobs import TERMINAL
+from core.jobs import STATES, TERMINAL
 from core.sweeps import MAX_TRIALS, SWEEP, checked_trials, most_parallel_trials, parse_space, sweep_config
 from core.visualize.activation_max import validate as validate_maximization
 from schemas.jobs import ActivationMaximizationRequest, Artifact, ArtifactList, ExplainDatasetRequest, FineTuneRequest, \
@@ -170,7 +170,9 @@ def submit_explain_dataset(body: ExplainDatasetRequest, request: Request, respon
 
 
 @router.get("", response_model=JobList)
-def list_jobs(queue: QueueDep, caller: CallerDep, state: str | None = None, type: str | None = None,
+def list_jobs(queue: QueueDep, caller: CallerDep,
+              state: Annotated[str | None, Query(json_schema_extra={"enum": list(STATES)})] = None,
+              type: Annotated[str | None, Query(json_schema_extra={"enum": list(JOB_TYPES)})] = None,
               parent: str | None = None) -> JobList:
     """Newest first: up to 100 among the newest 2000 a caller can see; `parent=ID`: every trial of
     sweep ID."""

@@ -20,7 +20,7 @@ from core import cancellation, device_preprocessing, parallel, pipeline
 from core.encoding import MEDIA_TYPES
 from core.errors import InvalidRequest
 from core.explain.faithfulness import DEFAULT_STEPS, Faithfulness
-from core.imaging import declared_pixels, decode_images, needed_sides, preprocess
+from core.imaging import RESIZE_MODES, declared_pixels, decode_images, needed_sides, preprocess
 from core.models.spec import ModelSpec
 from core.names import BUILTIN_MODELS, MAX_INDEX, MAX_TOP_K, OUTPUTS
 from schemas import models as wire
@@ -40,7 +40,8 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 Files = Annotated[list[UploadFile], File(description="one or more images (JPEG, PNG, WebP, TIFF, BMP, GIF)")]
 TopK = Annotated[int, Form(ge=1, le=MAX_TOP_K, description="how many classes to return per image")]
 Resize = Annotated[str, Form(description="crop: the model's own preprocessing (short side to S + 32, centre crop "
-                                         "S); stretch: the whole image resized to S x S, nothing cut off")]
+                                         "S); stretch: the whole image resized to S x S, nothing cut off",
+                              json_schema_extra={"enum": list(RESIZE_MODES)})]
 
 
 def _summary(spec: ModelSpec) -> wire.ModelSummary:

@@ -121,6 +121,20 @@ def test_openapi_documents_the_endpoints_and_their_fields(client):
     methods = explain_form["properties"]["method"]["description"]
     assert "integrated_gradients (steps, baseline)" in methods and "smoothgrad (samples, noise)" in methods
     assert "<= 512" in explain_form["properties"]["steps"]["description"]
+    # errors as they are sent (problem+json alone), and the headers a client reads
+    responses = [(path, method, status, response) for path, operations in schema["paths"].items()
+                 for method, operation in operations.items() for status, response in operation["responses"].items()]
+    problems = [response for where, _, status, response in responses if int(status) >= 400 and where != "/readyz"]
+    assert problems and all(list(response["content"]) == ["application/problem+json"] for response in problems)
+    created = [(path, status) for path, method, status, response in responses
+               if method == "post" and status in ("201", "202")]
+    assert created and all("Location" in schema["paths"][path]["post"]["responses"][status]["headers"]
+                           for path, status in created)
+    assert all("Retry-After" in response["headers"] for _, _, status, response in responses
+               if status in ("429", "503") and "application/problem+json" in response.get("content", {}))
+    assert "503" in schema["paths"]["/readyz"]["get"]["responses"]
+    artifact = schema["paths"]["/v1/jobs/{job_id}/artifacts/{name}"]["get"]["responses"]["200"]
+    assert list(artifact["content"]) == ["application/octet-stream"]
     # an open service takes no key, and says so (test_api_keys: a keyed one documents its keys)
     assert "securitySchemes" not in schema["components"]
     assert "security" not in schema["paths"]["/v1/models/{model}/predict"]["post"]

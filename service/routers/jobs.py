@@ -11,6 +11,7 @@ from typing import Annotated, Any, AsyncIterator, Iterator
 import redis
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.responses import FileResponse, StreamingResponse
+from starlette.staticfiles import NotModifiedResponse
 from starlette.concurrency import run_in_threadpool
 
 from core.dataset_explain.runner import check_explain_dataset, explain_dataset_config
@@ -271,11 +272,17 @@ def list_artifacts(job_id: str, queue: QueueDep, storage: StorageDep, caller: Ca
     return ArtifactList(data=found, count=len(found))
 
 
-@router.get("/{job_id}/artifacts/{name}", response_class=FileResponse)
-def get_artifact(job_id: str, name: str, queue: QueueDep, storage: StorageDep, caller: CallerDep) -> FileResponse:
+@router.api_route("/{job_id}/artifacts/{name}", methods=["GET", "HEAD"], response_class=FileResponse)
+def get_artifact(job_id: str, name: str, request: Request, queue: QueueDep, storage: StorageDep,
+                 caller: CallerDep) -> Response:
+    """The file (HEAD: its headers); 304 where `If-None-Match` names its ETag."""
     _visible_job(job_id, queue, caller)
     folder = storage.job_artifacts(job_id)
     path = folder / name
     if name.startswith(".") or len(name) > 255 or Path(name).name != name or not path.is_file():
         raise NotFound(f"job {job_id} has no artifact {name!r}")
-    return FileResponse(path)
+    response = FileResponse(path, stat_result=path.stat())  # its ETag is known now
+    asked = [tag.strip().removeprefix("W/") for tag in request.headers.get("if-none-match", "").split(",")]
+    if response.headers["etag"] in asked or "*" in asked:
+        return NotModifiedResponse(response.headers)
+    return response

@@ -83,6 +83,12 @@ def test_activation_maximization_end_to_end(api, workers):
     assert image["target"] == {"class": 130, "label": "flamingo"}
     png = api.get(image["url"])
     assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    # a cache revalidates it (If-None-Match: 304 with the ETag), and HEAD gives its headers alone
+    cached = api.get(image["url"], headers={"If-None-Match": png.headers["etag"]})
+    assert cached.status_code == 304 and cached.content == b"" and cached.headers["etag"] == png.headers["etag"]
+    assert api.get(image["url"], headers={"If-None-Match": '"other"'}).content == png.content
+    head = api.head(image["url"])
+    assert head.status_code == 200 and head.content == b"" and head.headers["content-length"] == str(len(png.content))
     assert Image.open(io.BytesIO(png.content)).size == (96, 96)
     # `probability` is at 96 px, as optimized; `served_probability` is what predict gives its PNG
     # (resized and cropped to 224): a user found flamingo at 1.0 by the one, outside the top 3 by the other

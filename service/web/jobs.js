@@ -392,6 +392,12 @@ async function cancelJob(id, button) {
   try {
     upsertCard(await api(`/v1/jobs/${encodeURIComponent(id)}`, { method: "DELETE" }));
   } catch (error) {
+    if (error?.problem?.status === 409) {   // it ended meanwhile: shown as it ended
+      try {
+        upsertCard(await api(`/v1/jobs/${encodeURIComponent(id)}`));
+        return;
+      } catch { /* the refusal is shown instead */ }
+    }
     cards.get(id)?.live.replaceChildren(problemBox(error, "Cancel failed"));
   } finally {
     button.disabled = false;

@@ -156,22 +156,25 @@ def decode_images(blobs: list[bytes], max_pixels: int, max_total_pixels: int,
             return error
 
     declared = declared if declared is not None else [declared_pixels(blob)[0] for blob in blobs]
-    # refused from their headers, with their own messages
-    _refuse_any([decode(index) for index, pixels in enumerate(declared) if pixels > max_pixels])
-    if sum(declared) > max_total_pixels:
+    # refused from their headers, with their own messages, before anything is decoded
+    too_large = {index: decode(index) for index, pixels in enumerate(declared) if pixels > max_pixels}
+    rest = [index for index in range(len(blobs)) if index not in too_large]
+    if sum(declared[index] for index in rest) > max_total_pixels:
+        _refuse_any(list(too_large.values()))
         raise ImageTooLarge(f"the {len(blobs)} images declare {sum(declared)} pixels together; "
                             f"the limit for one request is {max_total_pixels}")
-    images = parallel_map(decode, range(len(blobs)))
+    decoded = dict(zip(rest, parallel_map(decode, rest)))
+    images = [too_large[index] if index in too_large else decoded[index] for index in range(len(blobs))]
     _refuse_any(images)
     return images
 
 
 def _refuse_any(decoded: list[Image.Image | GazerError]) -> None:
-    """The first file's refusal, naming the others refused (`more_fields`: their fields and
-    details), so that a client drops them all at once rather than one request at a time."""
+    """The first file's refusal, naming every file refused (`file_errors`: their fields, details
+    and statuses), so that a client drops them all at once rather than one request at a time."""
     refused = [error for error in decoded if isinstance(error, GazerError)]
     if refused:
-        refused[0].extra["more_fields"] = [(error.extra["field"], error.detail) for error in refused[1:]]
+        refused[0].extra["file_errors"] = [(error.extra["field"], error.detail, error.status) for error in refused]
         raise refused[0]
 
 

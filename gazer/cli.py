@@ -28,6 +28,7 @@ from gazer.classes import UnknownClass
 from gazer.client import DEFAULT_URL, Client, default_url
 from gazer.errors import ApiError, BadAnswer, EndedEarly, NoAnswer, refusal_by_model, shortened
 from schemas.api_keys import SCOPES, create_key, read_key_file, revoke_key
+from schemas.problems import TITLES
 from schemas.jobs import FineTuneRequest, Job
 
 INTERRUPTED = 130  # what a shell reports for a command stopped by SIGINT
@@ -207,10 +208,11 @@ def cmd_predict(client: Client, args: argparse.Namespace) -> int:
             at_fault = files_at_fault(refused)
             if not at_fault or max(at_fault) >= len(pending):  # the request itself (the model, the key)
                 raise
-            for at, detail in sorted(at_fault.items()):
+            for at, (status, detail) in sorted(at_fault.items()):
                 index = pending[at]
-                say(f"gazer: {refused.status} {refused.title}: "
-                    f"{naming_the_file(detail, images[index].name, shown[index], at)}", file=sys.stderr)
+                title = refused.title if status == refused.status else TITLES.get(status, "Error")
+                say(f"gazer: {status} {title}: {naming_the_file(detail, images[index].name, shown[index], at)}",
+                    file=sys.stderr)
                 failed.append(shown[index])
             pending = [index for at, index in enumerate(pending) if at not in at_fault]
     if answer is not None:
@@ -348,11 +350,18 @@ def explained(client: Client, args: argparse.Namespace, options: dict[str, Any],
     return True
 
 
-def files_at_fault(error: ApiError) -> dict[int, str]:
+def files_at_fault(error: ApiError) -> dict[int, tuple[int, str]]:
     """The request's files that a refusal names as its fields (`file.N`), whatever its status (an
-    unreadable file is a 422, one of too many pixels a 413), each with what is said of it."""
-    return {int(field[len("file."):]): said for field, said in refused_fields(error).items()
-            if field.startswith("file.") and field[len("file."):].isdigit()}
+    unreadable file is a 422, one of too many pixels a 413), each with its own status (the
+    answer's, where it gives none) and what is said of it."""
+    errors = error.extras.get("errors")
+    found = {}
+    for item in errors if isinstance(errors, list) else []:
+        field, status = (item.get("field"), item.get("status")) if isinstance(item, dict) else (None, None)
+        if isinstance(field, str) and field.startswith("file.") and field[len("file."):].isdigit():
+            own = status if isinstance(status, int) and not isinstance(status, bool) else error.status
+            found[int(field[len("file."):])] = (own, str(item.get("message", error.detail)))
+    return found
 
 
 def about_the_image(error: ApiError) -> bool:
@@ -456,11 +465,11 @@ def cmd_compare(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def refused_fields(error: ApiError) -> dict[str, str]:
-    """The fields a refusal names in its `errors`, each with what it says of it."""
+def refused_fields(error: ApiError) -> set[str]:
+    """The fields a refusal names in its `errors`."""
     errors = error.extras.get("errors")
-    return {str(found.get("field")): str(found.get("message", error.detail)) for found in errors
-            if isinstance(found, dict)} if isinstance(errors, list) else {}
+    return {str(found.get("field")) for found in errors if isinstance(found, dict)} if isinstance(errors, list) \
+        else set()
 
 
 def cmd_datasets_upload(client: Client, args: argparse.Namespace) -> int:

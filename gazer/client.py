@@ -43,17 +43,25 @@ CHUNK_BYTES = 2**20  # of an artifact, written as it comes
 Target = int | str
 
 
-def _labels_in(target: Target | Iterable[Target] | None) -> bool:
-    """Whether `target` names a class by its label, which needs the model's labels."""
-    given = [] if target is None else [target] if isinstance(target, (str, numbers.Integral)) else target
-    return any(as_index(one) is None for one in given)
+def _targets(target: Target | Iterable[Target] | None) -> list[Target] | None:
+    """`target` as a list (one for every image, or one per image), read once: a generator too."""
+    if target is None:
+        return None
+    if isinstance(target, (str, numbers.Integral)):
+        return [target]
+    if not isinstance(target, Iterable):
+        raise TypeError(f"target: a class index or label, or one per image; got {type(target).__name__}")
+    return list(target)
 
 
-def _indexes(model: str, labels: list[str], target: Target | Iterable[Target] | None) -> int | list[int] | None:
-    """`target` as class indexes; `labels`, the model's, are needed only where it names a label."""
-    if target is None or isinstance(target, (str, numbers.Integral)):
-        return None if target is None else class_index(model, labels, target)
-    return [class_index(model, labels, one) for one in target]
+def _labels_in(targets: list[Target] | None) -> bool:
+    """Whether `targets` name a class by its label, which needs the model's labels."""
+    return any(as_index(one) is None for one in targets or [])
+
+
+def _indexes(model: str, labels: list[str], targets: list[Target] | None) -> list[int] | None:
+    """`targets` as class indexes; `labels`, the model's, are needed only where one is a label."""
+    return None if targets is None else [class_index(model, labels, one) for one in targets]
 
 
 def default_url() -> str:
@@ -141,7 +149,8 @@ class Client:
         bytes (JPEG unless `overlay_format` says otherwise), `.map_array` the raw map as a numpy
         array (with outputs including "map"). `target`: a class index or label (as class_index
         takes it), one for all images or one per image."""
-        target = _indexes(model, self.model(model).labels if _labels_in(target) else [], target)
+        targets = _targets(target)
+        target = _indexes(model, self.model(model).labels if _labels_in(targets) else [], targets)
         return self._send(calls.explain(images, model, method, target, layer, top_k, resize, faithfulness,
                                         outputs, **options))
 
@@ -300,7 +309,8 @@ class AsyncClient:
                       layer: str | None = None, top_k: int | None = None, resize: str | None = None,
                       faithfulness: bool | None = None, outputs: Iterable[str] | None = None,
                       **options: Any) -> ExplainResponse:
-        target = _indexes(model, (await self.model(model)).labels if _labels_in(target) else [], target)
+        targets = _targets(target)
+        target = _indexes(model, (await self.model(model)).labels if _labels_in(targets) else [], targets)
         return await self._send(calls.explain(images, model, method, target, layer, top_k, resize, faithfulness,
                                               outputs, **options))
 

@@ -21,6 +21,8 @@ MAX_VALID_VALUES = 1000
 class FieldError(BaseModel):
     field: str
     message: str
+    # a refused file's own status, where a request's files are refused each for its reason (413, 422)
+    status: int | None = None
 
 
 class Problem(BaseModel):
@@ -40,8 +42,8 @@ def problem(status: int, code: str, detail: str, errors: list[FieldError] | None
     """The one builder: `type` from the stable `code`, `title` from the status; texts and lists
     bounded (MAX_*), however much of a request they echo."""
     if errors is not None:
-        errors = [FieldError(field=shorten(error.field, MAX_NAME_CHARS), message=shorten(error.message, MAX_TEXT_CHARS))
-                  for error in errors[:MAX_FIELD_ERRORS]]
+        errors = [FieldError(field=shorten(error.field, MAX_NAME_CHARS), message=shorten(error.message, MAX_TEXT_CHARS),
+                             status=error.status) for error in errors[:MAX_FIELD_ERRORS]]
     if valid is not None:
         valid = [shorten(value, MAX_NAME_CHARS) for value in valid[:MAX_VALID_VALUES]]
     return Problem(type=f"/problems/{code}", title=TITLES.get(status, "Error"), status=status,

@@ -10,7 +10,7 @@ import anyio
 from starlette.concurrency import run_in_threadpool
 
 from core.errors import GazerError
-from core.models.registry import ModelRegistry
+from core.models.registry import RETRY_FAILED_LOAD_SECONDS, ModelRegistry
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +30,11 @@ async def load(registry: ModelRegistry, ref: str, said: str | None = None) -> st
 
 
 async def keep_loaded_forever(registry: ModelRegistry, ref: str, said: str | None = None) -> None:
-    """load() every CHECK_SECONDS; each new reason it cannot load is logged once."""
+    """load() every CHECK_SECONDS, or RETRY_FAILED_LOAD_SECONDS after a load that failed (one that
+    may pass later, a full disk say, is not remembered as failed, and each try rebuilds the
+    network); each new reason it cannot load is logged once."""
     while True:
-        await anyio.sleep(CHECK_SECONDS)
+        await anyio.sleep(CHECK_SECONDS if said is None else RETRY_FAILED_LOAD_SECONDS)
         try:
             said = await load(registry, ref, said)
         except Exception:  # the models folder unreadable for a moment: the next round tries again

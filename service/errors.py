@@ -44,9 +44,9 @@ async def _gazer_error(request: Request, error: errors.GazerError) -> JSONRespon
 def gazer_error_response(error: errors.GazerError) -> JSONResponse:
     """A domain error's problem, with the headers it carries (and Retry-After on a 503)."""
     field = error.extra.get("field")
-    field_errors = [FieldError(field=str(field), message=error.detail)] + \
-        [FieldError(field=str(other), message=said) for other, said in error.extra.get("more_fields", ())] \
-        if field else None
+    field_errors = [FieldError(field=str(file), message=said, status=status)
+                    for file, said, status in error.extra["file_errors"]] if "file_errors" in error.extra \
+        else [FieldError(field=str(field), message=error.detail)] if field else None
     valid = error.extra.get("valid")
     response = problem_response(error.status, error.code, error.detail, field_errors,
                                 [str(v) for v in valid] if valid else None, error.extra.get("cost"),

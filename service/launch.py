@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import suppress
 from dataclasses import dataclass
 
 from core.storage import Storage
@@ -46,6 +45,7 @@ class Child:
     restart_at: float | None = None
     restarts: int = 0
     refused: bool = False  # exited at its first start saying it cannot start as configured
+    orphans: bool = False  # its process group outlived it, when it last died
 
 
     def start(self) -> None:
@@ -64,23 +64,28 @@ class Child:
             self.refused = True  # started again, it would fail the same way, for ever
             return
         if self.restart_at is None:
-            self._signal_group(signal.SIGTERM)  # what it started outlives it (uvicorn's API processes, on its port)
+            # what it started outlives it (uvicorn's API processes, on its port)
+            self.orphans = self._signal_group(signal.SIGTERM)
             self.deaths += 1
             delay = min(LONGEST_DELAY_SECONDS, FIRST_DELAY_SECONDS * 2 ** (self.deaths - 1))
             self.restart_at = now + delay
             log.error("%s (pid %d) exited with %s; starting it again in %.0f s", self.module, self.process.pid,
                       self.process.returncode, delay)
         elif now >= self.restart_at:
-            self._signal_group(signal.SIGKILL)
+            if self.orphans:  # else its group is gone, and its number may be another's by now
+                self._signal_group(signal.SIGKILL)
             self.start()
             self.restarts += 1
             log.info("%s started again (pid %d)", self.module, self.process.pid)
 
-    def _signal_group(self, signal_number: int) -> None:
-        """`signal_number` to the process group the child led (it is its pid), if any of it is left."""
+    def _signal_group(self, signal_number: int) -> bool:
+        """`signal_number` to the process group the child led (it is its pid); whether any of it was left."""
         assert self.process is not None
-        with suppress(ProcessLookupError, PermissionError):
+        try:
             os.killpg(self.process.pid, signal_number)
+            return True
+        except (ProcessLookupError, PermissionError):
+            return False
 
     def terminate(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -473,9 +473,11 @@ async function explainAll() {
           return;
         }
         // files refused (unreadable, too large): each said on its card, and the others explained without them
-        for (const [culprit, detail] of culprits) {
+        for (const [culprit, item] of culprits) {
           culprit.card.mapSlot.classList.remove("loading");
-          const own = { ...error, problem: { ...error.problem, detail, errors: [] } };
+          const status = item.status ?? error.problem.status;
+          const title = status === error.problem.status ? error.problem.title : `Refused (${status})`;
+          const own = { ...error, problem: { ...error.problem, status, title, detail: item.message, errors: [] } };
           culprit.card.error.replaceChildren(problemBox(own, `Explaining ${culprit.name}`));
         }
         pending = pending.filter((image) => !culprits.has(image));
@@ -488,14 +490,14 @@ async function explainAll() {
 }
 
 // The images whose files the service refused (its problem names their fields, `file.N`), each with
-// what it says of that file; none where the refusal is the request's (the model, the key).
+// its error (what is said of that file, its own status); none where the refusal is the request's.
 function filesAtFault(error, images) {
   const found = new Map();
   for (const item of error?.problem?.errors ?? []) {
     const index = /^file\.(\d+)$/.exec(item.field);
     const image = index ? images[Number(index[1])] : undefined;
     if (!image) return new Map();
-    found.set(image, item.message);
+    found.set(image, item);
   }
   return found;
 }

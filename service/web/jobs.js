@@ -22,6 +22,7 @@ let poller = null;
 let datasets = [];
 let datasetsUnlisted = false;   // the last listing failed (a 403 for a key without the jobs scope, say)
 let formsBuilt = false;
+const MEANS_SHOWN = 32;     // classes whose mean Grad-CAM a report draws (each a request of its own)
 const MISTAKES_SHOWN = 8;
 const KINDS = { "fine-tune": "Fine-tune", sweep: "Sweep", "explain-dataset": "Explain data set", "activation-maximization": "Activation maximization" };
 
@@ -491,17 +492,21 @@ function fineTuneReport(report, card) {
     mistakes,
     el("div", { class: "result-links" }, downloadButton(report.url, "report.json", "Download report.json")));
   means.append(el("p", { class: "muted" }, spinner(), " Loading the report"));
-  api(report.url).then((document_) => {
-    fill(means, document_.classes.map((entry) => el("figure", { class: "gallery-item class-mean" },
+  const loading = api(report.url);
+  loading.then((document_) => {
+    const shown = document_.classes.slice(0, MEANS_SHOWN);
+    fill(means, shown.map((entry) => el("figure", { class: "gallery-item class-mean" },
       entry.mean_gradcam ? artifactImage(entry.mean_gradcam.picture, `mean Grad-CAM of ${entry.label}`, card)
         : el("div", { class: "gallery-frame muted" }, "none right"),
       el("figcaption", {}, el("b", {}, entry.label),
         el("span", { class: "muted block" }, `mean Grad-CAM of the ${entry.correct} of ${entry.images} validation `
-          + `image${entry.images === 1 ? "" : "s"} it got right`)))));
+          + `image${entry.images === 1 ? "" : "s"} it got right`)))),
+      document_.classes.length > shown.length
+        ? el("p", { class: "muted" }, `${shown.length} of ${document_.classes.length} classes shown; all are in report.json`) : null);
   }).catch((error) => means.replaceChildren(problemBox(error, "Could not load the report")));
   if (report.mistakes) {
     mistakes.append(el("p", { class: "muted" }, spinner(), " Loading the mistakes"));
-    api(report.url).then((document_) => {
+    loading.then((document_) => {
       const shown = document_.mistakes.filter((mistake) => mistake.pictures).slice(0, MISTAKES_SHOWN);
       fill(mistakes, shown.map((mistake) => el("figure", { class: "gallery-item mistake" },
         el("div", { class: "mistake-pictures" },

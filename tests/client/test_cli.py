@@ -19,6 +19,7 @@ from PIL import Image, ImageOps
 from gazer import grid
 from schemas.api_keys import create_key
 from support import chelsea, coffee
+from tests.api.test_bad_input import png_declaring
 from tests.api.test_model_refusals import onnx_classifier
 from tests.live_service import LiveService
 
@@ -80,16 +81,20 @@ def test_predict_prints_a_table(live, photos):
 
 def test_predict_of_several_images_predicts_every_one_it_can_and_names_each_refused(live, photos, tmp_path):
     """One unreadable file made the whole command a 422, and the good photos got no table."""
-    broken, empty = tmp_path / "broken.jpg", tmp_path / "empty.jpg"
+    broken, empty, large = tmp_path / "broken.jpg", tmp_path / "empty.jpg", tmp_path / "large.png"
     broken.write_bytes(b"not a picture")
     empty.write_bytes(b"")
+    large.write_bytes(png_declaring(8000, 8000))
     done = gazer_cli(live, "predict", str(photos["chelsea"]), str(broken), str(photos["coffee"]), str(empty),
-                     "--top-k", "1")
+                     str(large), "--top-k", "1")
     assert done.returncode == 1, done.stdout + done.stderr
     assert [line.split()[0] for line in done.stdout.splitlines()[2:]] == ["chelsea.jpg", "coffee.jpg"]
-    assert ": broken.jpg: the file is not an image" in done.stderr and "file 1" not in done.stderr, done.stderr
-    assert ": empty.jpg: the file is empty" in done.stderr and "file 3" not in done.stderr, done.stderr
-    assert "2 of 4 images not predicted: broken.jpg, empty.jpg" in done.stderr
+    said = done.stderr.splitlines()
+    assert said[0] == "gazer: 422 Unprocessable content: broken.jpg: the file is not an image in a supported " \
+                      "format (JPEG, PNG, WEBP, BMP, GIF, TIFF)", said  # not "file 1 ('broken.jpg')"
+    assert said[1] == "gazer: 422 Unprocessable content: empty.jpg: the file is empty", said
+    assert said[2].startswith("gazer: 413 Content too large: large.png: image is 8000x8000"), said  # its own status
+    assert said[3] == "gazer: 3 of 5 images not predicted: broken.jpg, empty.jpg, large.png", said
 
 
 def test_models_labels_finds_a_class_by_name_and_a_url_may_leave_out_its_scheme(live, photos):

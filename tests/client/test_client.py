@@ -65,6 +65,10 @@ def test_a_target_may_be_a_class_label_as_on_the_command_line(gazer, live, photo
     assert [result.explanation.target.index for result in by_label.results] == [285, 292]
     by_index = gazer.explain(photos["chelsea"], method="gradcam", target=285, outputs="map")
     assert by_index.results[0].explanation.map == by_label.results[0].explanation.map
+    generated = gazer.explain([photos["chelsea"]] * 2, method="cam", target=(n for n in (285, "tiger")), outputs="map")
+    assert [result.explanation.target.index for result in generated.results] == [285, 292]  # it was left out
+    with pytest.raises(TypeError, match="target: a class index or label"):
+        gazer.explain(photos["chelsea"], target=3.0)
     assert gazer.class_index("efficientnet_lite0", "TABBY") == 281 and gazer.class_index("efficientnet_lite0", 7) == 7
     with pytest.raises(UnknownClass, match="classes of efficientnet_lite0 hold 'cat'") as several:
         gazer.explain(photos["chelsea"], target="cat")

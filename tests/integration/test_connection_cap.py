@@ -24,6 +24,7 @@ def test_a_request_past_the_connection_cap_is_a_counted_503_problem_with_retry_a
                 connection.close()
         assert refused.status_code == 503 and refused.headers["content-type"] == "application/problem+json"
         assert refused.headers["retry-after"] == "1" and refused.headers["x-request-id"] == "over-the-cap"
+        assert refused.headers["connection"] == "close"  # its place over the cap is given back
         assert "GAZER_MAX_CONNECTIONS" in refused.json()["detail"], refused.text
         metrics = httpx.get(f"{service.url}/metrics", timeout=10).text
         counted = re.findall(r'^gazer_http_503_responses_total\{route="[^"]*"\} ([0-9.]+)$', metrics, re.MULTILINE)

@@ -211,9 +211,10 @@ def cmd_predict(client: Client, args: argparse.Namespace) -> int:
             for at, (status, detail) in sorted(at_fault.items()):
                 index = pending[at]
                 title = refused.title if status == refused.status else TITLES.get(status, "Error")
-                say(f"gazer: {status} {title}: {naming_the_file(detail, images[index].name, shown[index], at)}",
+                given = args.images[index]  # named as given, as explain names them
+                say(f"gazer: {status} {title}: {naming_the_file(detail, images[index].name, given, at)}",
                     file=sys.stderr)
-                failed.append(shown[index])
+                failed.append(given)
             pending = [index for at, index in enumerate(pending) if at not in at_fault]
     if answer is not None:
         rows = [(shown[index], rank, p.index, p.label, f"{p.probability:.4f}")

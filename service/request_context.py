@@ -7,7 +7,7 @@ import re
 import time
 import uuid
 
-from starlette.routing import Mount
+from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from infra.logs import request_id
@@ -24,13 +24,17 @@ def accepted_id(sent: bytes | None) -> str:
 
 def route_template(scope: Scope) -> str | None:
     """The template of the route that answered, never the raw path; None when the router did not
-    match (or was never reached). FastAPI's routes leave themselves in the scope; a mount (the
-    static files) leaves its app as the endpoint."""
+    match (or was never reached). FastAPI's routes leave themselves in the scope; Starlette's
+    (FastAPI's own /openapi.json) leave their endpoint, and a mount (the static files) its app."""
     if "route" in scope:
         return scope["route"].path
-    mounted = next((route for route in scope["app"].router.routes
-                    if isinstance(route, Mount) and route.app is scope.get("endpoint", ...)), None)
-    return f"{mounted.path}/{{path}}" if mounted is not None else None
+    endpoint = scope.get("endpoint", ...)
+    for route in scope["app"].router.routes:
+        if isinstance(route, Mount) and route.app is endpoint:
+            return f"{route.path}/{{path}}"
+        if isinstance(route, Route) and route.endpoint is endpoint:
+            return route.path
+    return None
 
 
 class RequestContext:

@@ -83,10 +83,10 @@ def test_unmatched_paths_share_one_label(client):
 
 
 def test_the_web_page_its_files_and_the_docs_count_under_their_templates(client):
-    for path in ("/", "/static/app.js", "/docs", "/docs-assets/swagger-ui.css"):
+    for path in ("/", "/static/app.js", "/docs", "/docs-assets/swagger-ui.css", "/openapi.json"):
         assert client.get(path).status_code == 200, path
     samples = scrape(client)
-    for route in ("/", "/static/{path}", "/docs", "/docs-assets/{path}"):
+    for route in ("/", "/static/{path}", "/docs", "/docs-assets/{path}", "/openapi.json"):  # it was `unmatched`
         assert value(samples, "gazer_http_requests_total", route=route, method="GET", status="200") >= 1, route
 
 
@@ -162,14 +162,16 @@ def test_python_m_service_logs_json_lines_with_the_request_id_and_honours_access
     logged, quiet = Served(tmp_path / "on"), Served(tmp_path / "off", GAZER_ACCESS_LOG="0")
     try:
         for served in (logged.wait(), quiet.wait()):
-            assert httpx.get(f"{served.url}/healthz", headers={"X-Request-ID": "look-for-me"}).status_code == 200
+            assert httpx.get(f"{served.url}/v1/models", headers={"X-Request-ID": "look-for-me"}).status_code == 200
+            assert httpx.get(f"{served.url}/healthz", headers={"X-Request-ID": "a-probe"}).status_code == 200
         time.sleep(0.5)
     finally:
         logged.stop(), quiet.stop()
     entries = [json.loads(line) for line in logged.lines() if line.strip()]  # every line is one JSON object
     access = [e for e in entries if e.get("request_id") == "look-for-me"]
     assert access and access[0]["logger"] == "uvicorn.access" and access[0]["status"] == 200
-    assert access[0]["path"] == "/healthz" and access[0]["method"] == "GET"
+    assert access[0]["path"] == "/v1/models" and access[0]["method"] == "GET"
+    assert not [e for e in entries if e.get("request_id") == "a-probe"]  # a successful probe is no access line
     assert any(e["logger"] == "core.models.registry" and "efficientnet_lite0@1 loaded" in e["message"]
                for e in entries)
     assert any(e["logger"] == "uvicorn.error" for e in entries)

@@ -89,12 +89,12 @@ def test_predict_of_several_images_predicts_every_one_it_can_and_names_each_refu
                      str(large), "--top-k", "1")
     assert done.returncode == 1, done.stdout + done.stderr
     assert [line.split()[0] for line in done.stdout.splitlines()[2:]] == ["chelsea.jpg", "coffee.jpg"]
-    said = done.stderr.splitlines()
-    assert said[0] == "gazer: 422 Unprocessable content: broken.jpg: the file is not an image in a supported " \
-                      "format (JPEG, PNG, WEBP, BMP, GIF, TIFF)", said  # not "file 1 ('broken.jpg')"
-    assert said[1] == "gazer: 422 Unprocessable content: empty.jpg: the file is empty", said
-    assert said[2].startswith("gazer: 413 Content too large: large.png: image is 8000x8000"), said  # its own status
-    assert said[3] == "gazer: 3 of 5 images not predicted: broken.jpg, empty.jpg, large.png", said
+    said = done.stderr.splitlines()  # each named as given, as explain names them (not "file 1 ('broken.jpg')")
+    assert said[0] == f"gazer: 422 Unprocessable content: {broken}: the file is not an image in a supported " \
+                      "format (JPEG, PNG, WEBP, BMP, GIF, TIFF)", said
+    assert said[1] == f"gazer: 422 Unprocessable content: {empty}: the file is empty", said
+    assert said[2].startswith(f"gazer: 413 Content too large: {large}: image is 8000x8000"), said  # its own status
+    assert said[3] == f"gazer: 3 of 5 images not predicted: {broken}, {empty}, {large}", said
 
 
 def test_models_labels_finds_a_class_by_name_and_a_url_may_leave_out_its_scheme(live, photos):

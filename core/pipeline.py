@@ -235,8 +235,8 @@ MAX_MAP_VALUES = 64 * 260 * 260
 
 def map_positions(model: LoadedModel, method_name: str, layer: str | None) -> int:
     """The values of one raw map of `method_name` at `layer` (None: its default): the layer's
-    height x width for a method whose map is its layer's (the CAM family; a padding layer's is larger than the input: Lite0's stem
-    padding is 225 x 225), else the input's."""
+    height x width for a method whose map is its layer's (the CAM family; a padding layer's is
+    larger than the input: Lite0's stem padding is 225 x 225), else the input's."""
     layer = _resolve_layer(model, method_name, layer)
     at_layer = model.map_positions.get(layer or "") if METHODS[method_name].map_at_layer else None
     return at_layer or model.spec.input_size ** 2

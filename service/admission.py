@@ -189,7 +189,8 @@ class RefuseOverCapacity:
         if scope["type"] == "http" and scope.get(OVER_CAPACITY):
             # closed after the answer, as uvicorn's was: a kept connection would keep its place over the cap
             busy = ServiceBusy("this API process has GAZER_MAX_CONNECTIONS connections or requests in flight; "
-                               "retry shortly", headers={"Retry-After": str(RETRY_AFTER_SECONDS), "Connection": "close"})
+                               "retry shortly",
+                               headers={"Retry-After": str(RETRY_AFTER_SECONDS), "Connection": "close"})
             await gazer_error_response(busy)(scope, receive, send)
             return
         await self.app(scope, receive, send)

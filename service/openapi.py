@@ -15,6 +15,7 @@ _HEADERS = {
     "Retry-After": "seconds to wait before trying again",
     "WWW-Authenticate": "Bearer: the key goes in `Authorization: Bearer KEY` (or `X-API-Key`)",
 }
+_PROBLEM_HEADERS = {"401": ["WWW-Authenticate"], "429": ["Retry-After"], "503": ["Retry-After"]}
 
 
 def _header(name: str) -> dict[str, Any]:
@@ -22,14 +23,13 @@ def _header(name: str) -> dict[str, Any]:
 
 
 def corrected(schema: dict[str, Any]) -> dict[str, Any]:
-    for path, operations in schema.get("paths", {}).items():
+    for operations in schema.get("paths", {}).values():
         for method, operation in operations.items():
             for status, response in operation.get("responses", {}).items():
                 content = response.get("content", {})
                 if status.isdigit() and int(status) >= 400 and PROBLEM_JSON in content:
                     content.pop("application/json", None)
-                headers = {"401": ["WWW-Authenticate"], "429": ["Retry-After"], "503": ["Retry-After"]}.get(status, []) \
-                    if PROBLEM_JSON in content else []
+                headers = _PROBLEM_HEADERS.get(status, []) if PROBLEM_JSON in content else []
                 if method == "post" and status in ("201", "202"):
                     headers = ["Location"]
                 for name in headers:

@@ -90,7 +90,8 @@ def test_upload_list_get_delete(client, fmt):
     assert dataset["name"] == "shapes" and dataset["classes"] == sorted(SHAPE_CLASSES)
     assert dataset["counts"] == {kind: 3 for kind in SHAPE_CLASSES} and dataset["images"] == 9
     assert dataset["id"] in [d["id"] for d in client.get("/v1/datasets").json()["data"]]
-    assert client.get(response.headers["Location"]).json() == dataset == client.get(f"/v1/datasets/{dataset['id']}").json()
+    assert client.get(response.headers["Location"]).json() == dataset
+    assert client.get(f"/v1/datasets/{dataset['id']}").json() == dataset
     deleted = client.delete(f"/v1/datasets/{dataset['id']}")
     assert deleted.status_code == 204 and deleted.content == b"" and "content-type" not in deleted.headers
     assert client.get(f"/v1/datasets/{dataset['id']}").status_code == 404

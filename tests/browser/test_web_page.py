@@ -283,7 +283,8 @@ def test_fine_tune_from_the_form_shows_live_progress_then_plots(page, service, t
     assert [entry["label"] for entry in document["classes"]] == ["cat", "coffee"]
     # per class, the mean Grad-CAM of the validation images it got right (a class with none says so)
     right = sum(1 for entry in document["classes"] if "mean_gradcam" in entry)
-    page.wait_for_function("(n) => document.querySelectorAll('.report-means .gallery-frame img').length === n", arg=right)
+    page.wait_for_function("(n) => document.querySelectorAll('.report-means .gallery-frame img').length === n",
+                           arg=right)
     assert report.locator(".report-means figure").count() == 2
     assert report.locator(".report-means figure", has_text="none right").count() == 2 - right
     # each mistake with pictures is drawn: the crop and Grad-CAM for both classes

@@ -93,7 +93,8 @@ def test_cancel_stops_within_a_batch(api, workers, shapes_dataset):
     done = wait_for(api, job["id"], ("cancelled", "failed", "succeeded"), timeout=30)
     assert done["state"] == "cancelled", done
     # what it wrote stays, whole: a zip that opens (no image was explained before the cancel) and the table's header
-    listed = {artifact["name"]: artifact["url"] for artifact in api.get(f"/v1/jobs/{job['id']}/artifacts").json()["data"]}
+    listed = {artifact["name"]: artifact["url"]
+              for artifact in api.get(f"/v1/jobs/{job['id']}/artifacts").json()["data"]}
     assert set(listed) == {"heatmaps.zip", "explanations.csv"}, listed
     assert zipfile.ZipFile(io.BytesIO(api.get(listed["heatmaps.zip"]).content)).namelist() == []
     assert api.get(listed["explanations.csv"]).text.startswith("file,uploaded_as,class,")

@@ -61,7 +61,8 @@ async function buildForms() {
     const schema = resolve(spec, spec.paths[`/v1/jobs/${kind}`].post.requestBody.content["application/json"].schema);
     form.replaceChildren();
     if (schema.description) form.append(el("p", { class: "hint" }, plainText(schema.description)));
-    renderObject(spec, schema, form, { custom: customInput, split: true });
+    renderObject(spec, schema, form, { custom: (path, field) => customInput(path, field, id), split: true });
+    suggestFromModel(form);
     const message = el("div", { class: "form-message" });
     form.append(el("div", { class: "actions" },
       el("button", { class: "btn primary", type: "submit" }, SUBMIT[kind]),
@@ -71,8 +72,14 @@ async function buildForms() {
   refreshModelList();
 }
 
-function customInput(path, schema) {
+function customInput(path, schema, formId) {
   const field = path.replace(/^base\./, "");   // a sweep's base is a fine-tune's fields
+  if (field === "method" || field === "layer" || field === "target.layer") {
+    // the chosen model's methods or layers offered (suggestFromModel), any text still taken
+    const input = inputFor(schema, { name: path });
+    input.setAttribute("list", `${formId}-${field === "method" ? "methods" : "layers"}`);
+    return input;
+  }
   if (field === "dataset_id") {
     const select = el("select", { name: path, "data-type": "string", required: true, class: "dataset-select" });
     fillDatasetSelect(select);
@@ -90,6 +97,30 @@ function customInput(path, schema) {
     return input;
   }
   return null;
+}
+
+// A form's method and layer fields offer the methods and layers of the model its model field names,
+// read from the model's detail whenever that field changes (and for its default at once).
+function suggestFromModel(form) {
+  const model = form.querySelector("input[name='model']");
+  if (!model || !form.querySelector(`[list^='${form.id}-']`)) return;
+  const lists = { methods: el("datalist", { id: `${form.id}-methods` }), layers: el("datalist", { id: `${form.id}-layers` }) };
+  form.append(lists.methods, lists.layers);
+  const fill = async () => {
+    const ref = model.value.trim() || model.placeholder;
+    try {
+      const detail = await api(`/v1/models/${encodeURIComponent(ref)}`);
+      if (model.value.trim() && model.value.trim() !== ref) return;   // changed again meanwhile
+      lists.methods.replaceChildren(...detail.methods.map((name) => el("option", { value: name })));
+      lists.layers.replaceChildren(...detail.layers.map((name) => el("option", { value: name })));
+    } catch {
+      lists.methods.replaceChildren();   // an unknown model: nothing to offer (the submit says why)
+      lists.layers.replaceChildren();
+    }
+  };
+  model.addEventListener("change", fill);
+  form.addEventListener("reset", () => setTimeout(fill));
+  fill();
 }
 
 function fillDatasetSelect(select, chosen) {

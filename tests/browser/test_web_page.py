@@ -543,6 +543,29 @@ def test_activation_maximization_results_show_as_a_gallery(page, service, shots)
     assert item.locator("img").evaluate("image => image.naturalWidth") == 64
 
 
+def test_job_forms_offer_the_chosen_models_methods_and_layers(page, service):
+    """The model, method and layer fields of job forms were free text with nothing offered but models."""
+    page.goto(f"{service.url}/#jobs")
+    page.wait_for_selector("body[data-ready=jobs]")
+    detail = httpx.get(f"{service.url}/v1/models/efficientnet_lite0", timeout=30).json()
+
+    def offered(list_id: str) -> list[str]:
+        return page.evaluate("(id) => [...document.getElementById(id).options].map((o) => o.value)", list_id)
+
+    form = page.locator("#explain-dataset-form")
+    assert form.locator("input[name=method]").get_attribute("list") == "explain-dataset-form-methods"
+    assert form.locator("input[name=layer]").get_attribute("list") == "explain-dataset-form-layers"
+    page.wait_for_function("document.getElementById('explain-dataset-form-layers').options.length > 0")
+    assert offered("explain-dataset-form-methods") == detail["methods"]
+    assert offered("explain-dataset-form-layers") == detail["layers"]
+    assert page.locator("#maximize-form input[name='target.layer']").get_attribute("list") == "maximize-form-layers"
+    page.wait_for_function("document.getElementById('maximize-form-layers').options.length > 0")
+    # another model: its own (an unknown one offers nothing)
+    page.evaluate("""() => { const input = document.querySelector("#explain-dataset-form input[name=model]");
+                              input.value = 'no-such-model'; input.dispatchEvent(new Event('change')); }""")
+    page.wait_for_function("document.getElementById('explain-dataset-form-layers').options.length === 0")
+
+
 def test_a_method_option_is_sent_as_typed_and_a_value_the_service_refuses_is_named(page, service, photos):
     """An option typed as 2.5 was sent as 2 (parseInt); the service names what it cannot take."""
     open_explain(page, service, photos / "chelsea.jpg")

@@ -340,7 +340,7 @@ def _before_server(revision: str | None, settings: dict) -> Iterator[tuple[int, 
 def _goals(results: dict[str, dict[int, LoadResult]], bound: float | None) -> None:
     predict = results.get("predict", {})
     print("\n== goals")
-    if 1 in predict and 8 in predict:
+    if 8 in predict:
         for clients in (32, 128):
             if clients in predict:
                 outcome = predict[clients]

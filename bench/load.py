@@ -38,6 +38,7 @@ class LoadResult:
     statuses: dict[int, int] = field(default_factory=dict)
     retry_after_missing: int = 0  # 503s without Retry-After
     server_cpu: float = 0.0  # cores the server processes used on average
+    generator_cpu: float = 0.0  # cores this load generator used on average, beside the server
 
     @property
     def ok_per_second(self) -> float:
@@ -53,7 +54,7 @@ class LoadResult:
         codes = ", ".join(f"{code}: {count}" for code, count in sorted(self.statuses.items()))
         warn = f"  ({self.retry_after_missing} 503s without Retry-After)" if self.retry_after_missing else ""
         return (f"{self.ok_per_second:7.1f} req/s  p50 {self.percentile(0.5):7.1f} ms  p99 {self.percentile(0.99):7.1f} ms"
-                f"  server {self.server_cpu:4.2f} cores  [{codes}]{warn}")
+                f"  server {self.server_cpu:4.2f} cores (generator {self.generator_cpu:4.2f})  [{codes}]{warn}")
 
 
 def gazer_body(path: str, fields: dict[str, object] | None = None) -> BodyFor:
@@ -124,9 +125,10 @@ def closed_loop(port: int, body_for: BodyFor, clients: int, seconds: float, serv
     for thread in threads:
         thread.start()
     time.sleep(max(0.0, begin - time.perf_counter()))
-    cpu_before = _server_cpu_seconds(server_pids)
+    cpu_before, own_before = _server_cpu_seconds(server_pids), time.process_time()
     time.sleep(max(0.0, end - time.perf_counter()))
     result.server_cpu = (_server_cpu_seconds(server_pids) - cpu_before) / seconds
+    result.generator_cpu = (time.process_time() - own_before) / seconds
     for thread in threads:
         thread.join()
     return result

@@ -101,7 +101,7 @@ def test_a_bad_file_is_one_error_type_with_the_problem_fields(gazer, photos):
     error = raised.value
     assert (error.status, error.title) == (422, "Unprocessable content")
     assert error.type == "/problems/invalid-image" and "not an image" in error.detail
-    assert error.extras == {"errors": [{"field": "file.0", "message": error.detail}]}  # which file, for a client
+    assert error.extras == {"errors": [{"field": "file.0", "message": error.detail, "status": 422}]}  # which file
 
     with pytest.raises(ApiError) as raised:  # the extras come along
         gazer.explain(photos["chelsea"], method="no-such-method")

@@ -355,10 +355,9 @@ def files_at_fault(error: ApiError) -> dict[int, tuple[int, str]]:
     """The request's files that a refusal names as its fields (`file.N`), whatever its status (an
     unreadable file is a 422, one of too many pixels a 413), each with its own status (the
     answer's, where it gives none) and what is said of it."""
-    errors = error.extras.get("errors")
     found = {}
-    for item in errors if isinstance(errors, list) else []:
-        field, status = (item.get("field"), item.get("status")) if isinstance(item, dict) else (None, None)
+    for item in field_errors(error):
+        field, status = item.get("field"), item.get("status")
         if isinstance(field, str) and field.startswith("file.") and field[len("file."):].isdigit():
             own = status if isinstance(status, int) and not isinstance(status, bool) else error.status
             found[int(field[len("file."):])] = (own, str(item.get("message", error.detail)))
@@ -466,11 +465,15 @@ def cmd_compare(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def field_errors(error: ApiError) -> list[dict[str, Any]]:
+    """A refusal's `errors`, those that are objects (what the service sends; a proxy's may be anything)."""
+    errors = error.extras.get("errors")
+    return [found for found in errors if isinstance(found, dict)] if isinstance(errors, list) else []
+
+
 def refused_fields(error: ApiError) -> set[str]:
     """The fields a refusal names in its `errors`."""
-    errors = error.extras.get("errors")
-    return {str(found.get("field")) for found in errors if isinstance(found, dict)} if isinstance(errors, list) \
-        else set()
+    return {str(found.get("field")) for found in field_errors(error)}
 
 
 def cmd_datasets_upload(client: Client, args: argparse.Namespace) -> int:

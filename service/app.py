@@ -127,8 +127,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(web.router)
     app.mount("/static", web.static_files(), name="static")
     app.include_router(docs.router)
-    app.openapi = correcting(app.openapi)  # type: ignore[method-assign]
-    if app.state.keys is None:
-        docs.document_no_keys(app)
+    app.openapi = correcting(app.openapi, keys_required=app.state.keys is not None)  # type: ignore[method-assign]
     app.mount(docs.ASSETS_PATH, docs.assets(), name="docs-assets")
     return app

@@ -18,10 +18,10 @@ CHECK_SECONDS = 5.0
 
 
 async def load(registry: ModelRegistry, ref: str, said: str | None = None) -> str | None:
-    """`ref` loaded unless it is already; why it is not, logged unless it is `said` (the last reason)."""
+    """`ref` loaded unless it is already (the registry answers a loaded one at once); why it is not,
+    logged unless it is `said` (the last reason)."""
     try:
-        if await run_in_threadpool(lambda: registry.state(ref)["state"]) != "ready":
-            await run_in_threadpool(registry.get, ref)
+        await run_in_threadpool(registry.get, ref)
         return None
     except GazerError as error:
         if error.detail != said:

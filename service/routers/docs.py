@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import fastapi_offline
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
@@ -33,22 +33,6 @@ def redoc(request: Request) -> HTMLResponse:
     return get_redoc_html(openapi_url=f"{root}{request.app.openapi_url}", title=f"{request.app.title} API",
                           redoc_js_url=f"{root}{ASSETS_PATH}/redoc.standalone.js",
                           redoc_favicon_url=f"{root}{ASSETS_PATH}/favicon.png", with_google_fonts=False)
-
-
-def document_no_keys(app: FastAPI) -> None:
-    """An open service's schema names no security schemes (service.auth declares them for the
-    /v1 routes): its routes take no key."""
-    generate = app.openapi
-
-    def openapi() -> dict:
-        schema = generate()
-        schema.get("components", {}).pop("securitySchemes", None)
-        for operations in schema["paths"].values():
-            for operation in operations.values():
-                operation.pop("security", None)
-        return schema
-
-    app.openapi = openapi
 
 
 def assets() -> StaticFiles:

@@ -157,9 +157,11 @@ def test_ctrl_c_puts_the_running_job_back_in_the_queue_and_ends_event_streams_wi
         assert following.is_alive()  # still following, through the restart
         assert httpx.delete(f"{again.url}/v1/jobs/{job['id']}").status_code in (200, 202)
         following.join(timeout=60)
+        # `gazer jobs follow` too, saying why it waits: with this server up, as it connects again
+        # once a second (the job may end, cancelled, before it has)
+        said, complained = cli.communicate(timeout=60)
     assert not any(isinstance(event, BaseException) for event in followed), followed[-3:]
     assert followed[-1].kind == "end" and followed[-1].job.state == "cancelled", followed[-1]
-    said, complained = cli.communicate(timeout=60)  # `gazer jobs follow` too, saying why it waits
     complained = "".join(bar) + complained
     assert cli.returncode == 1 and "cancelled" in said + complained, (said, complained)
     assert "the server is stopping: following again once it answers" in complained, complained

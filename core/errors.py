@@ -54,6 +54,14 @@ class NonFiniteScores(InvalidRequest):
     code = "non-finite-scores"
 
 
+class ModelFailed(InvalidRequest):
+    """An operator of the model's graph refused the values it computed from an input (an index
+    out of range, an integer division by zero): the upload's check, on random inputs, did not meet
+    them. `why` as for NonFiniteScores."""
+
+    code = "model-failed"
+
+
 class Conflict(GazerError):
     """The request clashes with what exists (a built-in model's name, say)."""
 

@@ -22,7 +22,7 @@ from PIL import Image
 from core import cancellation, imaging, pipeline
 from core.datasets import dataset_images, uploaded_names
 from core.dataset_explain.config import ExplainDatasetConfig
-from core.errors import GazerError, InvalidRequest, NonFiniteScores
+from core.errors import GazerError, InvalidRequest, ModelFailed, NonFiniteScores
 from core.explain import METHODS
 from core.jobs import JobCancelled, Progress, ShouldStop
 from core.models.registry import LoadedModel
@@ -190,21 +190,21 @@ def explain_dataset(config: ExplainDatasetConfig, model: LoadedModel, datasets_d
 
 def _explained(model: LoadedModel, config: ExplainDatasetConfig,
                images: dict[int, Image.Image]) -> dict[int, pipeline.ImageResult | str]:
-    """Each image's explanation, or where the model scores it NaN or infinite, why it has none
-    (the batch is then explained one image at a time, to tell which)."""
+    """Each image's explanation, or where the model scores it NaN or infinite or fails on it, why
+    it has none (the batch is then explained one image at a time, to tell which)."""
     def explain(batch: list[Image.Image]) -> list[pipeline.ImageResult]:
         return pipeline.explain(model, batch, config.method, None, config.layer, config.options, top_k=1,
                                 outputs=("heatmap", "map"), faithfulness=config.faithfulness)
     try:
         return dict(zip(images, explain(list(images.values()))))
-    except NonFiniteScores as error:
+    except (NonFiniteScores, ModelFailed) as error:
         if len(images) == 1:
             return {next(iter(images)): error.extra["why"]}
         results: dict[int, pipeline.ImageResult | str] = {}
         for index, image in images.items():
             try:
                 results[index] = explain([image])[0]
-            except NonFiniteScores as alone:
+            except (NonFiniteScores, ModelFailed) as alone:
                 results[index] = alone.extra["why"]
         return results
 

@@ -145,9 +145,14 @@ def _check_fit(architecture: str, expected: dict[str, torch.Tensor], state: dict
         raise InvalidRequest(f"weights do not fit {architecture}: missing {missing[:5]}, unexpected {unexpected[:5]}, "
                              f"other shapes {wrong[:5]}{hint}", field="weights")
     check_class_count(rows, "weights")
-    complex_ = sorted(key for key, tensor in state.items() if tensor.is_complex())
-    if complex_:
-        raise InvalidRequest(f"weights {complex_[:5]} are complex numbers; a network's are real", field="weights")
+    # load_state_dict casts what it copies: integers, booleans or complex numbers would be served as
+    # other weights than those sent
+    not_floats = sorted(key for key in set(expected) & set(state)
+                      if expected[key].is_floating_point() and not state[key].is_floating_point())
+    if not_floats:
+        given = ", ".join(f"{key} {str(state[key].dtype).removeprefix('torch.')}" for key in not_floats[:5])
+        raise InvalidRequest(f"weights are not all floating-point numbers, as the network's are: {given}",
+                             field="weights")
 
 
 def default_input_size(architecture: str, network: nn.Module) -> int:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from pathlib import Path
 
 import numpy as np
 import onnxruntime
 import torch
+from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument
 
-from core.errors import ModelNotReady
+from core.errors import ModelFailed, ModelNotReady
 from core.parallel import cpu_count
 from core.runtime.devices import onnx_providers
 
@@ -21,6 +23,7 @@ SECOND_SESSION_MAX_BYTES = 64 * 2**20  # Lite0-2, ResNet-18 and EfficientNet-B0 
 # threads took 20% of ORT's throughput beside decoding (bench.ort_spinning)
 SPIN_MICROSECONDS = 10
 SPIN_DURATION_SINCE = (1, 32)  # the ONNX Runtime release checked to know session.intra_op.spin_duration_us
+_NODE_FAILED = re.compile(r"while running (\S+) node\. Name:'([^']*)' Status Message: (.*)", re.DOTALL)
 
 
 class OnnxPredictor:
@@ -72,7 +75,17 @@ class OnnxPredictor:
         return self.session.get_providers()
 
     def run(self, outputs: list[str], batch: Batch) -> list[np.ndarray]:
-        """`outputs` for `batch`; on the GPU through I/O binding."""
+        """`outputs` for `batch`; on the GPU through I/O binding. ModelFailed where a node of the
+        graph failed on the values it was given."""
+        try:
+            return self._run(outputs, batch)
+        except (Fail, InvalidArgument) as error:
+            failed = _node_failure(error)
+            if failed is None:
+                raise
+            raise failed from error
+
+    def _run(self, outputs: list[str], batch: Batch) -> list[np.ndarray]:
         if self.bound_device is not None:
             return self.run_bound(outputs, batch, self.bound_device)
         if isinstance(batch, torch.Tensor):
@@ -177,3 +190,15 @@ def _session(path: Path, threads: int) -> onnxruntime.InferenceSession:
 def _release(version: str) -> tuple[int, int]:
     major, minor = version.split(".")[:2]
     return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
+
+
+def _node_failure(error: Exception) -> ModelFailed | None:
+    """ONNX Runtime's error for a node that failed on the values it computed, as ModelFailed;
+    None for any other (an allocation that failed, an input the service gave wrongly)."""
+    found = _NODE_FAILED.search(str(error))
+    if found is None or "allocate" in found[3]:
+        return None
+    operator, name, message = found.groups()
+    why = (f"the model's {operator} node{f' {name!r}' if name else ''} failed on this input "
+           f"({message.strip()[:300]}); the model, not the image, is at fault")
+    return ModelFailed(why, why=why)

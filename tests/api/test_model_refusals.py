@@ -112,16 +112,28 @@ def test_a_model_with_nan_logits_is_422(client, small_resnet):
     ("fc.bias", torch.zeros(7), "fc.bias"),           # 4 rows of weights, 7 biases
     ("fc.weight", torch.zeros(4, 7), "fc.weight"),    # 7 features in, where resnet18 pools 512
     ("fc.weight", torch.zeros(0, 512), "0 classes; a served model has 1 to"),
-    ("layer1.0.conv1.weight", torch.zeros(64, 64, 3, 3, dtype=torch.complex64), "complex"),
+    ("layer1.0.conv1.weight", torch.zeros(64, 64, 3, 3, dtype=torch.complex64), "layer1.0.conv1.weight complex64"),
+    ("layer1.0.conv1.weight", torch.ones(64, 64, 3, 3, dtype=torch.uint16), "layer1.0.conv1.weight uint16"),
+    ("bn1.weight", torch.ones(64, dtype=torch.bool), "bn1.weight bool"),
 ])
-def test_classifier_rows_that_do_not_fit_and_complex_weights_are_422_on_the_weights(client, small_resnet, key, tensor,
-                                                                                  words):
-    """They once read as a problem of input_size, or passed with the imaginary part dropped."""
+def test_classifier_rows_that_do_not_fit_and_weights_not_floating_point_are_422_on_the_weights(
+        client, small_resnet, key, tensor, words):
+    """They once read as a problem of input_size, or passed cast to floats: the imaginary part
+    dropped, integers and booleans taken for weights."""
     state = {name: value.clone() for name, value in small_resnet.state_dict().items()}
     state[key] = tensor
     if key == "fc.weight" and len(tensor) == 0:
         state["fc.bias"] = torch.zeros(0)
     assert_refused(post_weights(client, save(state)), 422, "weights", words)
+
+
+def test_half_precision_weights_are_served(client, small_resnet):
+    """Float16 and bfloat16 are how weights are often kept; the batch norms' counters stay integers."""
+    for dtype in (torch.float16, torch.bfloat16):
+        state = {key: value.to(dtype) if value.is_floating_point() else value
+                 for key, value in small_resnet.state_dict().items()}
+        served = post_weights(client, save(state), name=f"half-{str(dtype).removeprefix('torch.')}")
+        assert served.status_code == 201, served.text
 
 
 def test_a_label_count_that_differs_from_the_classifier_is_422(client, small_resnet):
@@ -399,6 +411,53 @@ def test_a_data_sets_images_that_a_model_scores_nan_are_rows_with_their_error(cl
     rows = {row["file"].split("/")[0]: row for row in csv.DictReader(open(tmp_path / "explanations.csv"))}
     assert "scored it NaN or infinite" in rows["dark"]["error"] and not rows["dark"]["probability"]
     assert not rows["light"]["error"] and 0 < float(rows["light"]["probability"]) <= 1
+
+
+def light_fails_onnx(side: int = 32) -> onnx.ModelProto:
+    """Scores a row of a 2-row table picked by the floor of the largest channel mean: rows -2 to 1
+    exist, for the upload check's inputs in [-1, 1] and dark photos (normalized, their means are
+    under -1); a light photo's, over 2, has none, and ONNX Runtime's Gather fails on it."""
+    table = numpy_helper.from_array(np.eye(2, 3, dtype=np.float32), "table")
+    nodes = [helper.make_node("GlobalAveragePool", ["pixels"], ["pooled"]),
+             helper.make_node("Flatten", ["pooled"], ["flat"]),
+             helper.make_node("ReduceMax", ["flat"], ["largest"], axes=[1], keepdims=0),
+             helper.make_node("Floor", ["largest"], ["floored"]),
+             helper.make_node("Cast", ["floored"], ["row"], to=TensorProto.INT64),
+             helper.make_node("Gather", ["table", "row"], ["scores"], axis=0)]
+    graph = helper.make_graph(nodes, "light-fails",
+                              [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["n", 3, side, side])],
+                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["n", 3])],
+                              initializer=[table])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_an_image_that_a_models_graph_fails_on_is_a_422_and_the_model_still_serves(client, tmp_path):
+    """ONNX Runtime's error (an index out of range here; an integer division by zero is another)
+    was an unhandled 500, as if the service had failed; in a data set, it failed the whole job."""
+    served = client.post("/v1/models", data={"name": "light-fails", "input_size": 32},
+                         files={"onnx": ("m.onnx", light_fails_onnx().SerializeToString())})
+    assert served.status_code == 201, served.text  # the upload check's random inputs pass
+    for route, data in (("predict", {}), ("explain", {"method": "occlusion", "window": 16, "stride": 16})):
+        refused = client.post(f"/v1/models/light-fails/{route}", files=[upload(DARK), upload(LIGHT)], data=data)
+        assert refused.status_code == 422 and refused.headers["content-type"] == "application/problem+json"
+        body = refused.json()
+        assert body["type"].endswith("/model-failed") and "Gather node failed on this input" in body["detail"], body
+        assert "out of data bounds" in body["detail"] and "the model, not the image, is at fault" in body["detail"]
+    assert client.post("/v1/models/light-fails/predict", files=[upload(DARK)]).status_code == 200
+    registry = client.app.state.registry
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as files:
+        for name, image in (("light/1.png", LIGHT), ("dark/2.png", DARK), ("dark/3.png", DARK)):
+            files.writestr(name, image)
+    limits = ArchiveLimits(max_files=10, max_total_bytes=10**7, max_image_pixels=10**7)
+    dataset = ingest_archive(archive.getvalue(), registry.storage.datasets, None, limits)
+    config = explain_dataset_config({"dataset_id": dataset["id"], "model": "light-fails", "method": "occlusion",
+                                     "options": {"window": 16, "stride": 16}})
+    result = explain_dataset(config, registry.get("light-fails"), registry.storage.datasets, tmp_path,
+                             lambda name: name, 10**7, lambda fraction, **details: None, lambda: False)
+    assert result["explained"] == 2 and result["failed"] == 1
+    rows = {row["file"].split("/")[0]: row for row in csv.DictReader(open(tmp_path / "explanations.csv"))}
+    assert "Gather node failed on this input" in rows["light"]["error"], rows
 
 
 def graph_using_the_name_logits(where: str) -> onnx.ModelProto:

@@ -59,14 +59,14 @@ QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 class QuietProbes(logging.Filter):
-    """Drops uvicorn's access line for a successful GET of QUIET_PATHS: a probe every few
-    seconds and a scrape, per process, drowned the requests' lines."""
+    """Drops uvicorn's access line for a successful GET or HEAD of QUIET_PATHS: a probe every
+    few seconds and a scrape, per process, drowned the requests' lines."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args if isinstance(record.args, tuple) else ()
         if len(args) == 5:  # uvicorn's: client, method, path (with its query), version, status
             _, method, path, _, status = args
-            return not (method == "GET" and str(path).split("?")[0] in QUIET_PATHS and 200 <= int(status) < 300)
+            return not (method in ("GET", "HEAD") and str(path).split("?")[0] in QUIET_PATHS and 200 <= int(status) < 300)
         return True
 
 

@@ -28,6 +28,7 @@ from service.metrics import Metrics
 from service.openapi import correcting
 from service.negotiation import acceptable
 from service.guards import BrowserHeaders, RefuseForeignOrigins, RefuseUnknownHosts
+from service.head_requests import HeadAsGet
 from service.queue import JobQueue, resend_lost_messages_forever
 from service.rate_limits import LimitRequestsBeforeBodies, RateLimiter, StreamSlots
 from service.retention import sweep_forever
@@ -95,7 +96,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Outermost last: the headers for browsers, ids and metrics, then Host, Origin and CORS, then
     # keys and scopes (their 401s and 403s carry CORS headers, and come before anything reads a
     # body), then a full queue's early 503 (told only to callers with a key), then the request rate,
-    # then the size limit, then an upload's room on disk, then a multipart body's closing delimiter.
+    # then the size limit, then an upload's room on disk, then a multipart body's closing delimiter,
+    # then HEAD as GET (metrics, logs and limits see HEAD).
+    app.add_middleware(HeadAsGet, router=app.router)
     app.add_middleware(RefuseUnfinishedMultipart)
     app.add_middleware(RoomBeforeUploads, storage=storage)
     app.add_middleware(RequestSizeLimit, max_bytes=settings.max_request_bytes,

@@ -31,6 +31,6 @@ def test_a_path_without_a_query_is_logged_as_it_came():
 def test_successful_probes_and_scrapes_are_not_logged_and_failed_ones_are():
     quiet = QuietProbes()
     assert not quiet.filter(access_record("/readyz", 200)) and not quiet.filter(access_record("/metrics?x=1", 200))
-    assert not quiet.filter(access_record("/healthz", 200))
+    assert not quiet.filter(access_record("/healthz", 200)) and not quiet.filter(access_record("/healthz", 200, "HEAD"))
     assert quiet.filter(access_record("/readyz", 503)) and quiet.filter(access_record("/metrics", 401))
     assert quiet.filter(access_record("/v1/models", 200)) and quiet.filter(access_record("/readyz", 200, "POST"))

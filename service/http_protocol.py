@@ -2,7 +2,12 @@
 next request has not finished its headers within the header deadline is closed (slowloris: a byte
 of headers every few seconds would hold it for ever). A request answered before its body was
 complete (401, 403, 408, 413, an early 503) gets the linger deadline to send the rest, which uvicorn
-reads and throws away, with no timeout of its own: then its connection is closed. One address (an
+reads and throws away, with no timeout of its own: then its connection is closed. An answer its
+client stops reading (the transport's buffer past its high-water mark, and not shrinking) gets the
+same linger deadline, renewed while any of it goes out, then its connection is aborted: uvicorn
+hands the transport a whole answer
+and waits for it to drain for ever, so a client that read nothing held each answer (13 MB for 64
+explanations) in the process's memory for as long as it stayed connected. One address (an
 IPv6 one's /64) holds at most `per_address` connections of a process at once: uvicorn's limit
 counts every open connection, so one address holding them all, idle, had every other client
 answered 503. And what is not body (a request's line and headers, a chunk's size line, a chunked
@@ -17,6 +22,9 @@ counted it)."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import struct
+import termios
 import time
 from collections import Counter
 
@@ -48,6 +56,8 @@ def guarded_protocol(header_seconds: float, linger_seconds: float, per_address: 
 
     class DeadlineProtocol(HttpToolsProtocol):
         _deadline: asyncio.TimerHandle | None = None
+        _unread: asyncio.TimerHandle | None = None  # while writing is paused: the answer's deadline
+        _unsent = 0  # bytes still to send when that deadline was set
         _counted: str | None = None
         # What is not body, at a stretch: bytes since the parser last passed a landmark (a
         # message's start, its headers' end, a chunk's size line, a chunk's end), where those of
@@ -70,10 +80,51 @@ def guarded_protocol(header_seconds: float, linger_seconds: float, per_address: 
 
         def _too_slow(self, why: str) -> None:
             self._deadline = None
-            peer = self.transport.get_extra_info("peername")
-            who = peer[0] if isinstance(peer, tuple) and peer else "an unknown peer"
-            self._log_close(self._counted, why, f"closing a connection from {who}, whose {why}")
+            self._log_close(self._counted, why, f"closing a connection from {self._who()}, whose {why}")
             self.transport.close()
+
+        def _who(self) -> str:
+            peer = self.transport.get_extra_info("peername")
+            return peer[0] if isinstance(peer, tuple) and peer else "an unknown peer"
+
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            self._watch_unread()
+
+        def resume_writing(self) -> None:
+            super().resume_writing()
+            self._unwatch_unread()
+
+        def _watch_unread(self) -> None:
+            self._unsent = self._still_to_send()
+            self._unread = self.loop.call_later(linger_seconds, self._check_unread)
+
+        def _still_to_send(self) -> int:
+            """The transport's buffer and the socket's send queue: the transport writes more only
+            once the kernel has sent half its queue (seconds at a slow client's pace), while each
+            byte the client reads leaves the queue."""
+            try:
+                queued = struct.unpack("i", fcntl.ioctl(self.transport.get_extra_info("socket").fileno(),
+                                                        termios.TIOCOUTQ, b"\0" * 4))[0]
+            except (AttributeError, OSError):  # closed meanwhile, or not Linux's socket
+                queued = 0
+            return self.transport.get_write_buffer_size() + queued
+
+        def _unwatch_unread(self) -> None:
+            if self._unread is not None:
+                self._unread.cancel()
+                self._unread = None
+
+        def _check_unread(self) -> None:
+            """Called while writing stays paused (or a closed connection's answer is still
+            going out): watched again where some went out, else aborted."""
+            if self._still_to_send() < self._unsent:
+                self._watch_unread()
+                return
+            self._unread = None
+            why = f"client read none of its answer for {linger_seconds:g} s"
+            self._log_close(self._counted, why, f"closing a connection from {self._who()}, whose {why}")
+            self.transport.abort()
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -110,8 +161,7 @@ def guarded_protocol(header_seconds: float, linger_seconds: float, per_address: 
         def _too_long(self) -> None:
             self._refused = True
             self._disarm()
-            peer = self.transport.get_extra_info("peername")
-            who = peer[0] if isinstance(peer, tuple) and peer else "an unknown peer"
+            who = self._who()
             what = "request headers" if self._in_headers else "chunk size line or trailers"
             self._log_close(self._counted, what, f"closing a connection from {who}, whose {what} ran over "
                                                    f"{MAX_HEAD_BYTES} bytes")
@@ -182,6 +232,7 @@ def guarded_protocol(header_seconds: float, linger_seconds: float, per_address: 
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            self._unwatch_unread()
             if self._counted is not None:
                 open_from[self._counted] -= 1
                 if not open_from[self._counted]:

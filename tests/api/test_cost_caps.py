@@ -306,6 +306,53 @@ def closed_while_trickling(connection: socket.socket, seconds: float = 15) -> fl
     return time.perf_counter() - started
 
 
+def test_an_answer_that_its_client_does_not_read_is_dropped_after_the_idle_deadline(slow_body_service):
+    """uvicorn hands the transport a whole answer and waits for it to drain: a client that read
+    none of it held it (here 48 PNG overlays and heatmaps, 13 MB) in the server's memory for as
+    long as it stayed connected. Now the connection is aborted once nothing has gone out for 2 s."""
+    request = httpx.Request("POST", f"{slow_body_service.url}{EXPLAIN}",
+                            files=[upload(encode(chelsea()), f"{index}.jpg") for index in range(48)],
+                            data={"method": "cam", "outputs": "heatmap,overlay", "overlay_format": "png"})
+    head = "".join(f"{name}: {value}\r\n" for name, value in request.headers.items())
+    with socket.socket() as unread:
+        unread.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: the window stays small
+        unread.connect(("127.0.0.1", slow_body_service.port))
+        unread.sendall(f"POST {EXPLAIN} HTTP/1.1\r\n{head}\r\n".encode() + request.read())
+        deadline = time.time() + 60
+        while "read none of its answer for 2 s" not in slow_body_service.log():
+            assert time.time() < deadline, slow_body_service.log()[-3000:]
+            time.sleep(0.5)
+        unread.settimeout(10)
+        received = 0
+        try:
+            while chunk := unread.recv(1 << 20):
+                received += len(chunk)
+        except ConnectionResetError:
+            pass
+    assert 0 < received < 8 * 2**20, received  # what the kernels held; the rest was dropped
+
+
+def test_an_answer_read_slowly_but_steadily_is_sent_whole(slow_body_service):
+    """A client reading 256 KB/s (64 KB every 0.25 s) falls behind a 4 MB answer for longer than
+    2 s: the server's socket, its send queue full, takes more only once half of it (over a MB)
+    has gone. It reads all along, so nothing is cut off."""
+    files = [upload(encode(chelsea()), f"{index}.jpg") for index in range(16)]
+    data = {"method": "cam", "outputs": "heatmap,overlay", "overlay_format": "png"}
+    request = httpx.Request("POST", f"{slow_body_service.url}{EXPLAIN}", files=files, data=data)
+    head = "".join(f"{name}: {value}\r\n" for name, value in request.headers.items())
+    with socket.socket() as slow:
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        slow.connect(("127.0.0.1", slow_body_service.port))
+        slow.sendall(f"POST {EXPLAIN} HTTP/1.1\r\n{head}Connection: close\r\n\r\n".encode() + request.read())
+        answer = b""
+        while chunk := slow.recv(64 * 1024):
+            answer += chunk
+            time.sleep(0.25)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and len(body) > 4 * 10**6, head
+    assert len(httpx.Response(200, content=body).json()["results"]) == 16
+
+
 def test_a_slowloris_connection_is_closed_at_the_header_deadline(tmp_path):
     """Headers trickle in a byte at a time; after the deadline the server hangs up, while a
     normal request on another connection is answered throughout."""

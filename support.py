@@ -50,8 +50,9 @@ def upload(blob: bytes, name: str = "image.jpg", content_type: str = "image/jpeg
     return ("file", (name, blob, content_type))
 
 
-def multipart(files: list[tuple[str, bytes]], fields: dict[str, object] | None = None) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
+def multipart(files: list[tuple[str, bytes]], fields: dict[str, object] | None = None,
+              boundary: str | None = None) -> tuple[bytes, str]:
+    boundary = boundary or uuid.uuid4().hex
     parts = []
     for name, value in (fields or {}).items():
         for item in value if isinstance(value, list) else [value]:

@@ -149,7 +149,10 @@ class _Entry:
 
 
 def _safe_path(name: str) -> PurePosixPath:
-    size = len(name.encode("utf-8", "surrogateescape"))
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:  # tarfile keeps the bytes of a name that is not UTF-8 as surrogates
+        raise InvalidRequest(f"archive entry {name!r} has a name that is not UTF-8", field="file") from None
     if size > MAX_PATH_BYTES:
         raise InvalidRequest(f"archive entry {name[:100]!r}... has a path of {size} bytes; the limit is "
                              f"{MAX_PATH_BYTES}", field="file")
@@ -286,6 +289,9 @@ def _tar_entries(blob: bytes, limits: ArchiveLimits, budget: _Budget) -> Iterato
                 continue
             if not member.isfile():
                 raise InvalidRequest(f"archive entry {member.name!r} is not a regular file", field="file")
+            if member.size > budget.max_bytes - budget.spent:  # skipped, its missing data took one read a 10 KiB
+                raise PayloadTooLarge(f"archive entry {member.name!r} declares {member.size} bytes, more than the "
+                                      f"archive may hold uncompressed ({budget.max_bytes} bytes)")
             yield _Entry(path, lambda member=member: archive.extractfile(member))
 
 

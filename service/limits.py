@@ -85,9 +85,10 @@ class RequestSizeLimit:
 
 
 class RefuseUnfinishedMultipart:
-    """A multipart body that ends before its closing delimiter (`--BOUNDARY--`) is a 400 that
-    says so. python-multipart reports no such truncation, and the parts it never finished would
-    be missing: a cut-off upload was a 422 "file: Field required"."""
+    """A multipart body that ends before its closing delimiter (`--BOUNDARY--` at the start of a
+    line) is a 400 that says so. python-multipart reports no such truncation, and the parts it never
+    finished would be missing: a cut-off upload was a 422 "file: Field required". Within a line,
+    the same bytes are a part's data (a file may hold them), not its end."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -101,9 +102,11 @@ class RefuseUnfinishedMultipart:
         if media_type != b"multipart/form-data" or not boundary:
             await self.app(scope, receive, send)
             return
-        closing = b"--" + boundary + b"--"
+        closing = b"\r\n--" + boundary + b"--"
         overlap = len(closing) - 1
-        seen, tail = False, b""  # tail: the body's last bytes, where a delimiter split between two parts begins
+        # tail: the body's last bytes, where a delimiter split between two chunks begins; first a
+        # line break, as if before the body, which may close at once (no parts)
+        seen, tail = False, b"\r\n"
 
         async def checked_receive() -> dict:
             nonlocal seen, tail

@@ -515,6 +515,36 @@ def test_a_tar_header_that_declares_megabytes_is_refused_before_it_is_read(clien
         assert_refused(post(client, buffer.getvalue(), "data.tar.gz"), 422, "header of 52428800 bytes")
 
 
+@pytest.mark.parametrize("name", [b"\xff\xfe.png", b"dog/\xff.png"])  # outside the layout; an image kept
+def test_a_tar_entry_name_that_is_not_utf8_is_refused_and_nothing_is_kept(client, data_dir, name):
+    """tarfile keeps such a name's bytes as surrogates: the upload was a 500 that had kept the
+    data set, whose description then made every listing a 500; kept as an image, it crashed the
+    explain-dataset job that wrote its name into a table."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz", format=tarfile.GNU_FORMAT, errors="surrogateescape") as archive:
+        for info, blob in [file_info(entry, data) for entry, data in GOOD.items()]:
+            archive.addfile(info, io.BytesIO(blob))
+        info, blob = file_info(name.decode("utf-8", "surrogateescape"), PHOTO)
+        archive.addfile(info, io.BytesIO(blob))
+    before = client.get("/v1/datasets").json()["count"]
+    assert_refused(post(client, buffer.getvalue(), "data.tar.gz"), 422, "has a name that is not UTF-8")
+    listed = client.get("/v1/datasets")
+    assert listed.status_code == 200 and listed.json()["count"] == before
+
+
+def test_a_tar_entry_that_declares_more_than_the_archive_may_hold_is_refused_at_its_header(client):
+    """230 bytes of tar.gz declaring a 1 TiB file with no data: tarfile skipped it one empty 10 KiB
+    read at a time, an API core busy for about 450 s (past 2 TiB, the ingest's time limit)."""
+    declared = tarfile.TarInfo("readme.txt")
+    declared.size = 2**40
+    raw = b"".join(info.tobuf(tarfile.GNU_FORMAT) + blob + bytes(-len(blob) % 512)
+                   for info, blob in [file_info(entry, data) for entry, data in GOOD.items()])
+    blob = gzip.compress(raw + declared.tobuf(tarfile.GNU_FORMAT) + bytes(1024))
+    started = time.perf_counter()
+    assert_refused(post(client, blob, "data.tar.gz"), 413, "'readme.txt' declares 1099511627776 bytes")
+    assert time.perf_counter() - started < 5
+
+
 def test_ingest_has_a_time_limit_and_leaves_nothing_behind(tmp_path):
     limits = ArchiveLimits(max_files=10, max_total_bytes=10**7, max_image_pixels=10**7, max_seconds=1e-9)
     with pytest.raises(PayloadTooLarge, match="took more than"):

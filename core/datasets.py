@@ -202,6 +202,7 @@ def _zip_entries(blob: bytes, limits: ArchiveLimits, budget: _Budget) -> Iterato
         infos = archive.infolist()
         if len(infos) > limits.max_files:
             raise _too_many(len(infos), limits)
+        _refuse_overlaps(infos)
         for info in infos:
             if not info.filename:  # zipfile's is_dir() would index an empty name
                 raise InvalidRequest("an archive entry has an empty name", field="file")
@@ -223,6 +224,17 @@ def _zip_entries(blob: bytes, limits: ArchiveLimits, budget: _Budget) -> Iterato
                                      f"{info.compress_type}, which is not supported (store or deflate it)",
                                      field="file")
             yield _Entry(path, lambda info=info: _Metered(archive.open(info), budget))
+
+
+def _refuse_overlaps(infos: list[zipfile.ZipInfo]) -> None:
+    """Entries whose data overlap, the zip bomb's way past deflate's 1,032:1 (500 entries of a
+    79 KB zip read one 50 MiB stream: 2 GiB staged before the size limit stopped it); the Python
+    3.11 zipfile does not check. An entry takes at least its 30-byte local header and its data."""
+    ordered = sorted(infos, key=lambda info: info.header_offset)
+    for info, after in zip(ordered, ordered[1:]):
+        if after.header_offset < info.header_offset + 30 + info.compress_size:
+            raise InvalidRequest(f"archive entries {info.filename!r} and {after.filename!r} overlap in the zip "
+                                 f"(one's data would be read as the other's)", field="file")
 
 
 class _BoundedTarInfo(tarfile.TarInfo):

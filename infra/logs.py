@@ -66,7 +66,8 @@ class QuietProbes(logging.Filter):
         args = record.args if isinstance(record.args, tuple) else ()
         if len(args) == 5:  # uvicorn's: client, method, path (with its query), version, status
             _, method, path, _, status = args
-            return not (method in ("GET", "HEAD") and str(path).split("?")[0] in QUIET_PATHS and 200 <= int(status) < 300)
+            probe = method in ("GET", "HEAD") and str(path).split("?")[0] in QUIET_PATHS
+            return not (probe and 200 <= int(status) < 300)
         return True
 
 

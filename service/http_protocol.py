@@ -3,11 +3,10 @@ next request has not finished its headers within the header deadline is closed (
 of headers every few seconds would hold it for ever). A request answered before its body was
 complete (401, 403, 408, 413, an early 503) gets the linger deadline to send the rest, which uvicorn
 reads and throws away, with no timeout of its own: then its connection is closed. An answer its
-client stops reading (the transport's buffer past its high-water mark, and not shrinking) gets the
-same linger deadline, renewed while any of it goes out, then its connection is aborted: uvicorn
-hands the transport a whole answer
-and waits for it to drain for ever, so a client that read nothing held each answer (13 MB for 64
-explanations) in the process's memory for as long as it stayed connected. One address (an
+client stops reading (the transport's buffer past its high-water mark) gets the same deadline,
+renewed while any of it goes out, then its connection is aborted: uvicorn hands the transport a
+whole answer and waits for it to drain for ever, so a client that read nothing held each answer
+(13 MB for 64 explanations) in the process's memory for as long as it stayed connected. One address (an
 IPv6 one's /64) holds at most `per_address` connections of a process at once: uvicorn's limit
 counts every open connection, so one address holding them all, idle, had every other client
 answered 503. And what is not body (a request's line and headers, a chunk's size line, a chunked
@@ -89,7 +88,8 @@ def guarded_protocol(header_seconds: float, linger_seconds: float, per_address: 
 
         def pause_writing(self) -> None:
             super().pause_writing()
-            self._watch_unread()
+            if self._unread is None:
+                self._watch_unread()
 
         def resume_writing(self) -> None:
             super().resume_writing()

@@ -17,13 +17,25 @@ class HeadAsGet:
         if scope["type"] != "http" or scope["method"] != "HEAD" or self._answered_as_head(scope):
             await self.app(scope, receive, send)
             return
+        answered = False
 
-        async def without_body(message: Message) -> None:
-            if message["type"] == "http.response.body":
-                message = {**message, "body": b""}
+        async def headers_only(message: Message) -> None:
+            """The answer ends with its headers: the server then tells the app its client has
+            gone, which stops a streamed one (an event stream would run until its job ended,
+            holding the connection)."""
+            nonlocal answered
+            if answered:
+                return
             await send(message)
+            if message["type"] == "http.response.start":
+                answered = True
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-        await self.app({**scope, "method": "GET"}, receive, without_body)
+        as_get = {**scope, "method": "GET"}
+        try:
+            await self.app(as_get, receive, headers_only)
+        finally:  # the route that answered, for the request's metrics
+            scope.update({key: as_get[key] for key in ("route", "endpoint") if key in as_get})
 
     def _answered_as_head(self, scope: Scope) -> bool:
         return any(route.matches(scope)[0] is Match.FULL for route in self.router.routes)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import socket
 import struct
 import termios
 import time
@@ -104,8 +105,8 @@ def guarded_protocol(header_seconds: float, linger_seconds: float, per_address: 
             once the kernel has sent half its queue (seconds at a slow client's pace), while each
             byte the client reads leaves the queue."""
             try:
-                queued = struct.unpack("i", fcntl.ioctl(self.transport.get_extra_info("socket").fileno(),
-                                                        termios.TIOCOUTQ, b"\0" * 4))[0]
+                connection = self.transport.get_extra_info("socket")
+                queued = struct.unpack("i", fcntl.ioctl(connection.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
             except (AttributeError, OSError):  # closed meanwhile, or not Linux's socket
                 queued = 0
             return self.transport.get_write_buffer_size() + queued
@@ -124,6 +125,12 @@ def guarded_protocol(header_seconds: float, linger_seconds: float, per_address: 
             self._unread = None
             why = f"client read none of its answer for {linger_seconds:g} s"
             self._log_close(self._counted, why, f"closing a connection from {self._who()}, whose {why}")
+            try:  # a reset, which drops the socket's queue too (closed, the kernel sends it, then ends
+                # the answer short as if whole, to a client that does not count its bytes)
+                self.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                                                   struct.pack("ii", 1, 0))
+            except (AttributeError, OSError):
+                pass
             self.transport.abort()
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]

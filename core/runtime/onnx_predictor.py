@@ -24,6 +24,8 @@ SECOND_SESSION_MAX_BYTES = 64 * 2**20  # Lite0-2, ResNet-18 and EfficientNet-B0 
 SPIN_MICROSECONDS = 10
 SPIN_DURATION_SINCE = (1, 32)  # the ONNX Runtime release checked to know session.intra_op.spin_duration_us
 _NODE_FAILED = re.compile(r"while running (\S+) node\. Name:'([^']*)' Status Message: (.*)", re.DOTALL)
+# what the machine did, not the graph: a node's allocation, or a CUDA library's failure
+_MACHINE_FAILED = re.compile(r"alloc|out of memory|cuda|cublas|cudnn|cufft|curand", re.IGNORECASE)
 
 
 class OnnxPredictor:
@@ -80,7 +82,7 @@ class OnnxPredictor:
         try:
             return self._run(outputs, batch)
         except (Fail, InvalidArgument) as error:
-            failed = _node_failure(error)
+            failed = node_failure(error)
             if failed is None:
                 raise
             raise failed from error
@@ -192,11 +194,11 @@ def _release(version: str) -> tuple[int, int]:
     return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
 
 
-def _node_failure(error: Exception) -> ModelFailed | None:
+def node_failure(error: Exception) -> ModelFailed | None:
     """ONNX Runtime's error for a node that failed on the values it computed, as ModelFailed;
-    None for any other (an allocation that failed, an input the service gave wrongly)."""
+    None for any other (the machine's failure, an input the service gave wrongly)."""
     found = _NODE_FAILED.search(str(error))
-    if found is None or "allocate" in found[3]:
+    if found is None or _MACHINE_FAILED.search(found[3]):
         return None
     operator, name, message = found.groups()
     why = (f"the model's {operator} node{f' {name!r}' if name else ''} failed on this input "

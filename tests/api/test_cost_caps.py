@@ -306,10 +306,10 @@ def closed_while_trickling(connection: socket.socket, seconds: float = 15) -> fl
     return time.perf_counter() - started
 
 
-def test_an_answer_that_its_client_does_not_read_is_dropped_after_the_idle_deadline(slow_body_service):
+def test_an_answer_that_its_client_does_not_read_is_reset_after_the_idle_deadline(slow_body_service):
     """uvicorn hands the transport a whole answer and waits for it to drain: a client that read
     none of it held it (here 48 PNG overlays and heatmaps, 13 MB) in the server's memory for as
-    long as it stayed connected. Now the connection is aborted once nothing has gone out for 2 s."""
+    long as it stayed connected. Now the connection is reset once nothing has gone out for 2 s."""
     request = httpx.Request("POST", f"{slow_body_service.url}{EXPLAIN}",
                             files=[upload(encode(chelsea()), f"{index}.jpg") for index in range(48)],
                             data={"method": "cam", "outputs": "heatmap,overlay", "overlay_format": "png"})
@@ -317,19 +317,20 @@ def test_an_answer_that_its_client_does_not_read_is_dropped_after_the_idle_deadl
     with socket.socket() as unread:
         unread.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: the window stays small
         unread.connect(("127.0.0.1", slow_body_service.port))
+        logged = len(slow_body_service.log())
         unread.sendall(f"POST {EXPLAIN} HTTP/1.1\r\n{head}\r\n".encode() + request.read())
         deadline = time.time() + 60
-        while "read none of its answer for 2 s" not in slow_body_service.log():
+        while "read none of its answer for 2 s" not in slow_body_service.log()[logged:]:
             assert time.time() < deadline, slow_body_service.log()[-3000:]
             time.sleep(0.5)
         unread.settimeout(10)
-        received = 0
+        received, reset = 0, False
         try:
             while chunk := unread.recv(1 << 20):
                 received += len(chunk)
-        except ConnectionResetError:
-            pass
-    assert 0 < received < 8 * 2**20, received  # what the kernels held; the rest was dropped
+        except ConnectionResetError:  # not an end, which some clients would take for the whole answer
+            reset = True
+    assert reset and received < 4 * 2**20, received
 
 
 def test_an_answer_read_slowly_but_steadily_is_sent_whole(slow_body_service):

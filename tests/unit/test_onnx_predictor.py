@@ -17,7 +17,7 @@ from core.imaging import decode_image, preprocess
 from core.models.catalog import load_builtin
 from core.models.onnx_export import ensure_onnx
 from core.runtime import onnx_predictor
-from core.runtime.onnx_predictor import OnnxPredictor
+from core.runtime.onnx_predictor import OnnxPredictor, node_failure
 from support import foolbox_imagenet_photos
 
 
@@ -140,3 +140,24 @@ def test_an_uploaded_graph_runs_only_at_its_checked_batch_sizes_with_the_same_ro
     assert checked.run_sizes(13) == [4, 4, 4, 1]
     assert OnnxPredictor(path, max_batch=3, batch_sizes=(1, 2, 4)).run_sizes(7) == [2, 2, 2, 1]
     assert OnnxPredictor(path, max_batch=4).run_sizes(13) == [4, 4, 4, 1]  # a graph of ours: any size
+
+
+@pytest.mark.parametrize("message, the_models", [
+    ("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Non-zero status code returned while running Gather node. "
+     "Name:'pick' Status Message: indices element out of data bounds, idx=2 must be within the inclusive range "
+     "[-2,1]", True),
+    ("[ONNXRuntimeError] : 1 : FAIL : Non-zero status code returned while running Div node. Name:'' Status "
+     "Message: element_wise_ops.cc:703 Compute Integer division by zero", True),
+    ("[ONNXRuntimeError] : 1 : FAIL : Non-zero status code returned while running Conv node. Name:'c' Status "
+     "Message: CUDNN failure 4: CUDNN_STATUS_INTERNAL_ERROR", False),
+    ("[ONNXRuntimeError] : 1 : FAIL : Non-zero status code returned while running MatMul node. Name:'m' Status "
+     "Message: Failed to allocate memory for requested buffer of size 1073741824", False),
+    ("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Got invalid dimensions for input: pixels", False),
+])
+def test_a_node_that_fails_on_its_values_is_the_models_fault_and_the_machines_failures_are_not(message, the_models):
+    """A 422 says "the model, not the image, is at fault": not for a GPU library's error or an
+    allocation (the machine's), nor for an input the service shaped wrongly (its own bug, a 500)."""
+    failed = node_failure(Exception(message))
+    assert (failed is not None) == the_models
+    if failed is not None:
+        assert failed.status == 422 and "node" in failed.detail and failed.extra["why"] == failed.detail

@@ -71,6 +71,7 @@ def _owned_key(owner: str) -> str:
 
 _WORKERS = "gazer:workers"  # sorted set: worker name -> when it last said it was alive
 _WAITING_TURNS = "gazer:waiting-turns"  # set: the turns (clients) with a job waiting
+_ALL_ACTIVE = "gazer:active-jobs"  # set: every queued or running job, trials too (ended ones leave it when read)
 _TURNS = "gazer:turns"  # sorted set: turn -> when a job of it last started or ended
 TURNS_REMEMBERED_SECONDS = 2 * 86400  # a turn idle longer than this is forgotten
 
@@ -218,6 +219,7 @@ class JobStore:
             transaction.multi()
             transaction.hset(_key(fields["id"]), mapping=fields)
             transaction.zadd(_INDEX, {fields["id"]: fields["created_at"]})
+            transaction.sadd(_ALL_ACTIVE, fields["id"])
             if fields["owner"]:
                 transaction.zadd(_owned_key(fields["owner"]), {fields["id"]: fields["created_at"]})
             if fields["parent"]:
@@ -229,10 +231,12 @@ class JobStore:
 
         return self.redis.transaction(write, *([active] if active else []), value_from_callable=True)
 
-    def active_jobs(self, client: str) -> list[dict[str, Any]]:
-        """`client`'s queued and running jobs; on the way, a running one whose lease ran out is
-        failed as lost, and ids whose record ended or is gone leave the set."""
-        job_ids = sorted(self.redis.smembers(_active_key(client)))
+    def active_jobs(self, client: str | None = None) -> list[dict[str, Any]]:
+        """`client`'s queued and running jobs, or every one (however old, where a listing reads
+        the newest); on the way, a running one whose lease ran out is failed as lost, and ids
+        whose record ended or is gone leave the set."""
+        active_set = _ALL_ACTIVE if client is None else _active_key(client)
+        job_ids = sorted(self.redis.smembers(active_set))
         with self.redis.pipeline(transaction=False) as reads:
             for job_id in job_ids:
                 reads.hgetall(_key(job_id))
@@ -241,7 +245,7 @@ class JobStore:
         for job_id, raw in zip(job_ids, records):
             job = self._current(job_id, raw) if raw else None
             if job is None or job["state"] in TERMINAL:
-                self.redis.srem(_active_key(client), job_id)
+                self.redis.srem(active_set, job_id)
             else:
                 active.append(job)
         return active
@@ -325,18 +329,21 @@ class JobStore:
         return jobs[:limit]
 
     def index_jobs(self) -> int:
-        """Puts every job of an owner in its owner's set, and every trial in its sweep's, again
-        (it changes nothing there): jobs made before those sets existed, or by an older process
-        during an upgrade. Returns how many jobs have an owner."""
+        """Puts every job of an owner in its owner's set, every trial in its sweep's, and every
+        queued or running job in the set of them all, again (it changes nothing there): jobs made
+        before those sets existed, or by an older process during an upgrade. Returns how many jobs
+        have an owner."""
         indexed = 0
         entries = self.redis.zscan_iter(_INDEX, count=1000)  # a cursor: jobs deleted meanwhile skip no others
         while page := list(itertools.islice(entries, 1000)):
             with self.redis.pipeline(transaction=False) as reads:
                 for job_id, _ in page:
-                    reads.hmget(_key(job_id), "owner", "parent")
+                    reads.hmget(_key(job_id), "owner", "parent", "state")
                 found = reads.execute()
             with self.redis.pipeline(transaction=False) as writes:
-                for (job_id, created_at), (owner, parent) in zip(page, found):
+                for (job_id, created_at), (owner, parent, state) in zip(page, found):
+                    if state in ("queued", "running"):
+                        writes.sadd(_ALL_ACTIVE, job_id)
                     if owner:
                         writes.zadd(_owned_key(owner), {job_id: created_at})
                         indexed += 1

@@ -114,10 +114,11 @@ class JobQueue:
             raise QueueUnavailable(f"the job queue cannot be read now: {error}") from None
 
     def jobs_using_dataset(self, dataset_id: str) -> list[str]:
-        """The queued and running jobs (among the newest records) that read data set `dataset_id`:
-        fine-tunes, sweeps and data set explanations."""
+        """The queued and running jobs, however old, that read data set `dataset_id`: fine-tunes,
+        sweeps (and their trials) and data set explanations (among the newest 2,000 records,
+        one submitted before 2,000 others was missed, and its data set deleted under it)."""
         try:
-            active = [job for state in ("queued", "running") for job in self.store.list(state=state, limit=1000)]
+            active = self.store.active_jobs()
         except redis.RedisError as error:
             raise QueueUnavailable(f"the job queue cannot be read now: {error}") from None
         return [job["id"] for job in active

@@ -38,9 +38,9 @@ def sweep_expired_jobs(store: JobStore, storage: Storage, retention_seconds: flo
 
 
 async def sweep_forever(store: JobStore, storage: Storage, retention_seconds: float) -> None:
-    """Also, until it has worked once in this process, puts every job in its key's job set and
-    every trial in its sweep's (JobStore.index_jobs): an upgraded Redis's old jobs are listed to
-    their keys, and old sweeps' trials with their sweep, again."""
+    """Also, until it has worked once in this process, puts every job in its key's job set,
+    every trial in its sweep's and every queued or running job in the set of them all
+    (JobStore.index_jobs): an upgraded Redis's old jobs are found there too."""
     owners_indexed = False
     while True:
         try:

@@ -85,6 +85,13 @@ def _dataset_kept(queue: QueueDep, storage: StorageDep, dataset_id: str, field: 
         yield
 
 
+def _version_now(registry: RegistryDep, ref: str) -> str:
+    """`NAME@VERSION` for what `ref` means now: a job is checked against that version and runs it
+    (by a plain name, the worker ran whatever version it meant when the job started, which its
+    memory and cost limits had never seen)."""
+    return registry.spec(ref).ref
+
+
 def _visible_job(job_id: str, queue: QueueDep, caller: Caller) -> dict[str, Any]:
     """The job's record; 404 for a job of another key, unless the caller holds `admin`."""
     job = queue.store.get(job_id)
@@ -108,6 +115,7 @@ def submit_fine_tune(body: FineTuneRequest, request: Request, response: Response
     with _references_in_body(model="base_model"):
         caller.check_owns(describe_dataset(storage.datasets, body.dataset_id).get("owner"),
                           f"data set {body.dataset_id!r}")
+        params["base_model"] = _version_now(registry, body.base_model)
         check_fine_tune(fine_tune_config(params), registry, storage.datasets, settings.worker_memory_bytes,
                         settings.max_classes)
     with queue.claim_lock(caller.owner, body.output_model), _dataset_kept(queue, storage, body.dataset_id):
@@ -120,6 +128,8 @@ def submit_sweep(body: SweepRequest, request: Request, response: Response, queue
                  registry: RegistryDep, storage: StorageDep, caller: CallerDep, settings: SettingsDep) -> Job:
     """Trials of the base fine-tune over `space`, each a fine-tune job with `parent` = the sweep."""
     params = body.model_dump()
+    with _references_in_body(dataset="base.dataset_id", model="base.base_model"):
+        params["base"]["base_model"] = _version_now(registry, params["base"]["base_model"])
     config = sweep_config(params)
     most_parallel = most_parallel_trials(settings.max_active_jobs_per_client)
     if config.parallel is not None and config.parallel > most_parallel:
@@ -149,7 +159,8 @@ def submit_activation_maximization(body: ActivationMaximizationRequest, request:
         model = load_model(registry, config.model, request, caller)
     validate_maximization(config, model.spec, model.layers)
     check_maximization_memory(config, model.spec.input_size, settings.worker_memory_bytes)
-    return _submit(ACTIVATION_MAXIMIZATION, params, queue, caller, request, settings, response)
+    return _submit(ACTIVATION_MAXIMIZATION, {**params, "model": model.spec.ref}, queue, caller, request, settings,
+                   response)
 
 
 @router.post("/explain-dataset", response_model=Job, status_code=status.HTTP_202_ACCEPTED, dependencies=[ROOM])
@@ -166,8 +177,8 @@ def submit_explain_dataset(body: ExplainDatasetRequest, request: Request, respon
     config = explain_dataset_config(params, model)
     check_explain_dataset(config, model, dataset["images"], settings.max_explain_cost, settings.max_explain_job_cost)
     with _dataset_kept(queue, storage, config.dataset_id):
-        return _submit(EXPLAIN_DATASET, {**params, "method": config.method}, queue, caller, request, settings,
-                       response)
+        return _submit(EXPLAIN_DATASET, {**params, "model": model.spec.ref, "method": config.method}, queue, caller,
+                       request, settings, response)
 
 
 @router.get("", response_model=JobList)

@@ -166,3 +166,20 @@ def test_the_default_model_is_ready_under_a_version_and_is_loaded_again_when_its
             time.sleep(0.1)
         assert ready.status_code == 200 and ready.json()["models"]["tiny"] == {"state": "ready", "version": 2}
         assert set(client.app.state.registry._loaded) >= {"tiny@1", "tiny@2"}  # both resident, no request sent
+
+
+def test_a_job_runs_the_version_its_model_name_meant_when_it_was_checked(client):
+    """A plain name was kept in the job and looked up again when a worker took it: a version
+    published meanwhile (a larger input size, say) ran unchecked by the job's memory and cost
+    limits. The job now names the version it was checked against."""
+    first = publish(client, "pinned-by-job", seed=4)
+    queued = client.post("/v1/jobs/activation-maximization",
+                         json={"model": "pinned-by-job", "target": {"class": 1}, "steps": 5, "size": 64})
+    assert queued.status_code == 202, queued.text
+    second = publish(client, "pinned-by-job", seed=5)
+    assert second == first + 1 and served_version(client, "pinned-by-job") == second
+    job = client.get(queued.headers["Location"]).json()  # no worker here: still queued
+    assert job["state"] == "queued" and job["params"]["model"] == f"pinned-by-job@{first}", job["params"]
+    built_in = client.post("/v1/jobs/activation-maximization",
+                           json={"model": "efficientnet_lite0", "target": {"class": 1}, "steps": 5, "size": 64})
+    assert built_in.json()["params"]["model"] == "efficientnet_lite0@1"

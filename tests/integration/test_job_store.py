@@ -365,3 +365,26 @@ def test_a_trimmed_sweep_takes_its_ended_trials_with_it(redis_server, tmp_path):
     assert queue.store.exists(running) and queue.store.exists(later)  # a running trial stays until retention
     listed = [job["id"] for job in queue.store.list(owner="gina")]
     assert ended not in listed and running in listed and later in listed
+
+
+def test_a_data_sets_jobs_are_found_however_many_jobs_came_after_them(redis_server, tmp_path):
+    """Only the newest 2,000 records were read: a job queued before 2,000 others (a busy server
+    during a long fine-tune) was missed, and its data set deleted under it. A sweep's trial counts
+    too, and an ended job does not."""
+    queue = JobQueue(redis_server.url, lease_seconds=60, visibility_timeout=3600)
+    reader = queue.store.create("explain-dataset", {"dataset_id": "old"}, client="key:ann")
+    sweep = queue.store.create("sweep", {"base": {"dataset_id": "swept"}}, client="key:ann")
+    trial = queue.store.create("fine-tune", {"dataset_id": "swept"}, parent=sweep["id"])
+    ended = queue.store.create("fine-tune", {"dataset_id": "old"}, client="key:ann")
+    queue.store.finish(ended["id"], "cancelled")
+    with queue.store.redis.pipeline(transaction=False) as later:
+        for index in range(2100):
+            later.hset(f"gazer:job:later{index}", mapping={"id": f"later{index}", "type": "fine-tune",
+                                                            "state": "succeeded"})
+            later.zadd("gazer:jobs", {f"later{index}": time.time() + 1})
+        later.execute()
+    assert queue.jobs_using_dataset("old") == [reader["id"]]
+    assert sorted(queue.jobs_using_dataset("swept")) == sorted([sweep["id"], trial["id"]])
+    queue.store.redis.delete("gazer:active-jobs")  # as a Redis kept from before the set
+    queue.store.index_jobs()
+    assert queue.jobs_using_dataset("old") == [reader["id"]]

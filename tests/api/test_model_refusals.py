@@ -393,22 +393,29 @@ def test_an_image_that_a_model_scores_nan_is_a_422_naming_it_not_null_probabilit
     assert_refused(refused, 422, "faithfulness", "scored a masked copy of it NaN or infinite")
 
 
-def test_a_data_sets_images_that_a_model_scores_nan_are_rows_with_their_error(client, dark_is_nan, tmp_path):
-    """The job had succeeded with NaN probabilities and scores, which its event stream sent as
-    bare NaN (not JSON: the web page's JSON.parse threw)."""
+def explained_by_class(client, model: str, images: dict[str, bytes], folder) -> tuple[dict, dict[str, dict]]:
+    """An explain-dataset job's result on a data set of `images` (CLASS/FILE: bytes), run here by
+    occlusion, and its table's rows by class."""
     registry = client.app.state.registry
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w") as files:
-        for name, image in (("light/1.png", LIGHT), ("dark/2.png", DARK), ("light/3.png", LIGHT)):
+        for name, image in images.items():
             files.writestr(name, image)
     limits = ArchiveLimits(max_files=10, max_total_bytes=10**7, max_image_pixels=10**7)
     dataset = ingest_archive(archive.getvalue(), registry.storage.datasets, None, limits)
-    config = explain_dataset_config({"dataset_id": dataset["id"], "model": dark_is_nan, "method": "occlusion",
+    config = explain_dataset_config({"dataset_id": dataset["id"], "model": model, "method": "occlusion",
                                      "options": {"window": 16, "stride": 16}})
-    result = explain_dataset(config, registry.get(dark_is_nan), registry.storage.datasets, tmp_path, lambda name: name,
+    result = explain_dataset(config, registry.get(model), registry.storage.datasets, folder, lambda name: name,
                              10**7, lambda fraction, **details: None, lambda: False)
+    return result, {row["file"].split("/")[0]: row for row in csv.DictReader(open(folder / "explanations.csv"))}
+
+
+def test_a_data_sets_images_that_a_model_scores_nan_are_rows_with_their_error(client, dark_is_nan, tmp_path):
+    """The job had succeeded with NaN probabilities and scores, which its event stream sent as
+    bare NaN (not JSON: the web page's JSON.parse threw)."""
+    result, rows = explained_by_class(client, dark_is_nan, {"light/1.png": LIGHT, "dark/2.png": DARK,
+                                                            "light/3.png": LIGHT}, tmp_path)
     assert result["explained"] == 2 and result["failed"] == 1
-    rows = {row["file"].split("/")[0]: row for row in csv.DictReader(open(tmp_path / "explanations.csv"))}
     assert "scored it NaN or infinite" in rows["dark"]["error"] and not rows["dark"]["probability"]
     assert not rows["light"]["error"] and 0 < float(rows["light"]["probability"]) <= 1
 
@@ -444,19 +451,9 @@ def test_an_image_that_a_models_graph_fails_on_is_a_422_and_the_model_still_serv
         assert body["type"].endswith("/model-failed") and "Gather node failed on this input" in body["detail"], body
         assert "out of data bounds" in body["detail"] and "the model, not the image, is at fault" in body["detail"]
     assert client.post("/v1/models/light-fails/predict", files=[upload(DARK)]).status_code == 200
-    registry = client.app.state.registry
-    archive = io.BytesIO()
-    with zipfile.ZipFile(archive, "w") as files:
-        for name, image in (("light/1.png", LIGHT), ("dark/2.png", DARK), ("dark/3.png", DARK)):
-            files.writestr(name, image)
-    limits = ArchiveLimits(max_files=10, max_total_bytes=10**7, max_image_pixels=10**7)
-    dataset = ingest_archive(archive.getvalue(), registry.storage.datasets, None, limits)
-    config = explain_dataset_config({"dataset_id": dataset["id"], "model": "light-fails", "method": "occlusion",
-                                     "options": {"window": 16, "stride": 16}})
-    result = explain_dataset(config, registry.get("light-fails"), registry.storage.datasets, tmp_path,
-                             lambda name: name, 10**7, lambda fraction, **details: None, lambda: False)
+    result, rows = explained_by_class(client, "light-fails", {"light/1.png": LIGHT, "dark/2.png": DARK,
+                                                              "dark/3.png": DARK}, tmp_path)
     assert result["explained"] == 2 and result["failed"] == 1
-    rows = {row["file"].split("/")[0]: row for row in csv.DictReader(open(tmp_path / "explanations.csv"))}
     assert "Gather node failed on this input" in rows["light"]["error"], rows
 
 

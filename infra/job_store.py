@@ -71,7 +71,7 @@ def _owned_key(owner: str) -> str:
 
 _WORKERS = "gazer:workers"  # sorted set: worker name -> when it last said it was alive
 _WAITING_TURNS = "gazer:waiting-turns"  # set: the turns (clients) with a job waiting
-_ALL_ACTIVE = "gazer:active-jobs"  # set: every queued or running job, trials too (ended ones leave it when read)
+_ALL_ACTIVE = "gazer:active-jobs"  # set: every queued or running job, trials too
 _TURNS = "gazer:turns"  # sorted set: turn -> when a job of it last started or ended
 TURNS_REMEMBERED_SECONDS = 2 * 86400  # a turn idle longer than this is forgotten
 
@@ -433,6 +433,7 @@ class JobStore:
             state, time.time(), encoded, json.dumps(error) if error is not None else "", job_id,
             "" if silent_since is None else repr(silent_since)]))
         if ended:
+            self.redis.srem(_ALL_ACTIVE, job_id)  # else when read (a crash between): the set stays their size
             for child in self.redis.zrange(_children_key(job_id), 0, -1):
                 self.cancel(child)
         return ended

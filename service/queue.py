@@ -114,9 +114,9 @@ class JobQueue:
             raise QueueUnavailable(f"the job queue cannot be read now: {error}") from None
 
     def jobs_using_dataset(self, dataset_id: str) -> list[str]:
-        """The queued and running jobs, however old, that read data set `dataset_id`: fine-tunes,
-        sweeps (and their trials) and data set explanations (among the newest 2,000 records,
-        one submitted before 2,000 others was missed, and its data set deleted under it)."""
+        """The queued and running jobs that read data set `dataset_id` (fine-tunes, sweeps and
+        their trials, data set explanations), however old: read from the newest 2,000 records, a
+        job submitted before 2,000 others was missed, and its data set deleted under it."""
         try:
             active = self.store.active_jobs()
         except redis.RedisError as error:

@@ -377,6 +377,7 @@ def test_a_data_sets_jobs_are_found_however_many_jobs_came_after_them(redis_serv
     trial = queue.store.create("fine-tune", {"dataset_id": "swept"}, parent=sweep["id"])
     ended = queue.store.create("fine-tune", {"dataset_id": "old"}, client="key:ann")
     queue.store.finish(ended["id"], "cancelled")
+    assert ended["id"] not in queue.store.redis.smembers("gazer:active-jobs")  # it leaves as it ends
     with queue.store.redis.pipeline(transaction=False) as later:
         for index in range(2100):
             later.hset(f"gazer:job:later{index}", mapping={"id": f"later{index}", "type": "fine-tune",

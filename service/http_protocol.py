@@ -1,10 +1,10 @@
-"""uvicorn's httptools protocol with two deadlines and two caps uvicorn lacks. A connection whose
+"""uvicorn's httptools protocol with three deadlines and two caps uvicorn lacks. A connection whose
 next request has not finished its headers within the header deadline is closed (slowloris: a byte
 of headers every few seconds would hold it for ever). A request answered before its body was
 complete (401, 403, 408, 413, an early 503) gets the linger deadline to send the rest, which uvicorn
 reads and throws away, with no timeout of its own: then its connection is closed. An answer its
 client stops reading (the transport's buffer past its high-water mark) gets the same deadline,
-renewed while any of it goes out, then its connection is aborted: uvicorn hands the transport a
+renewed while any of it goes out, then its connection is reset: uvicorn hands the transport a
 whole answer and waits for it to drain for ever, so a client that read nothing held each answer
 (13 MB for 64 explanations) in the process's memory for as long as it stayed connected. One address (an
 IPv6 one's /64) holds at most `per_address` connections of a process at once: uvicorn's limit

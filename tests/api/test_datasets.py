@@ -320,6 +320,14 @@ def test_zip_entries_whose_data_overlap_are_refused(client):
     second = blob.index(b"PK\x01\x02", blob.index(b"PK\x01\x02") + 1)  # dog/b.jpg's directory record
     blob[second + 42:second + 46] = struct.pack("<I", 0)  # its local header: cat/a.jpg's
     assert_refused(post(client, bytes(blob)), 422, "'cat/a.jpg' and 'dog/b.jpg' overlap")
+    # the bomb's own shape, which zipfile reads without a complaint: cat/a.jpg's directory record
+    # three times more, each entry its data again (before, a data set of 4 copies of one photo)
+    blob = zip_of(GOOD)
+    directory, end = blob.index(b"PK\x01\x02"), blob.index(b"PK\x05\x06")
+    records = blob[directory:end] + blob[directory:blob.index(b"PK\x01\x02", directory + 1)] * 3
+    forged = blob[:directory] + records + struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 5, 5, len(records),
+                                                      directory, 0)
+    assert_refused(post(client, forged), 422, "'cat/a.jpg' and 'cat/a.jpg' overlap")
 
 
 def test_archive_over_the_uncompressed_total_is_413(strict_client):

@@ -8,6 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
+from service.settings import Settings
 from tests.conftest import MODEL
 
 
@@ -33,10 +34,12 @@ def test_head_where_only_post_is_answered_is_405(client):
     assert head.status_code == 405 and head.content == b"" and head.headers["allow"] == "POST"
 
 
-def test_head_of_an_event_stream_ends_with_its_headers_and_frees_its_slot(app_settings):
+def test_head_of_an_event_stream_ends_with_its_headers_and_frees_its_slot(tmp_path):
     """The stream ran on behind an answer that had ended, for as long as the job (or an hour):
-    the connection's next request waited behind it, and it held the client's one stream."""
-    settings = app_settings(max_event_streams_per_client=1)
+    the connection's next request waited behind it, and it held the client's one stream. A data
+    folder of its own, so its Redis too: the job it queues stays queued, which the session's
+    Redis would count for the other tests."""
+    settings = Settings(data_dir=tmp_path, max_event_streams_per_client=1)
     with TestClient(base_url="http://localhost", app=create_app(settings)) as client:
         job = client.post("/v1/jobs/activation-maximization",
                           json={"model": MODEL, "target": {"class": 1}, "steps": 10, "size": 64}).json()

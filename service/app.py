@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from contextlib import ExitStack, asynccontextmanager
 from typing import AsyncIterator
@@ -38,6 +39,15 @@ from service.routers.jobs import JOB_BODY_BYTES, JOB_TYPES
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+def out_of_the_collectors_way() -> None:
+    """Moves what imports and the default model made (about 490,000 objects) out of reach of the
+    garbage collector's full collections: each scanned them all, every 15-30 s under load, holding
+    the GIL, so every request stopped for 100-300 ms. Undone at shutdown (gc.unfreeze), so that a
+    cycle among them can still be collected once the app is gone."""
+    gc.collect()
+    gc.freeze()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -76,6 +86,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             said = await default_model.load(registry, settings.default_model)
             on_shutdown.callback(asyncio.create_task(
                 default_model.keep_loaded_forever(registry, settings.default_model, said)).cancel)
+            out_of_the_collectors_way()
+            on_shutdown.callback(gc.unfreeze)
             yield
 
     app = FastAPI(title="Gazer", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,  # routers.docs

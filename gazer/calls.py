@@ -92,6 +92,23 @@ class AnswerLimit:
                         f"{MAX_ANSWER_BYTES // 2**20} MiB of an answer", self.response.status_code)
 
 
+def one_coding_at_most(response: httpx.Response) -> None:
+    """BadAnswer for an answer in more than one content coding (`gzip, gzip`): httpx undoes each
+    in turn on every chunk before AnswerLimit counts it, so a few KB of stacked gzip held gigabytes.
+    Called on every answer as it comes (httpx's response hook), before its body is read."""
+    codings = [coding for value in response.headers.get_list("Content-Encoding")
+               for coding in value.split(",") if coding.strip().lower() not in ("", "identity")]
+    if len(codings) > 1:
+        request = response.request
+        raise BadAnswer(f"the answer to {request.method} {request.url.path} is in {len(codings)} content codings "
+                        f"({', '.join(coding.strip() for coding in codings)}); this client reads one at most",
+                        response.status_code)
+
+
+async def one_coding_at_most_async(response: httpx.Response) -> None:
+    one_coding_at_most(response)
+
+
 def completed(response: httpx.Response, body: bytes) -> httpx.Response:
     """A streamed `response` as httpx's `request` would have returned it, `body` (decoded) read."""
     headers = [(name, value) for name, value in response.headers.multi_items()
@@ -116,6 +133,18 @@ def validated(model: type[M], content: bytes | dict, response: httpx.Response | 
             else "an event of the job's event stream"
         raise BadAnswer(f"{where} is {refusal_by_model(error)}",
                         response.status_code if response is not None else 200) from None
+
+
+def _one_result_per_image(model: type[M], images: int) -> Callable[[httpx.Response], M]:
+    """A predict or explain answer, with as many results as images were sent: BadAnswer else."""
+    def read(response: httpx.Response) -> M:
+        answer = _reader(model)(response)
+        results = len(answer.results)  # type: ignore[attr-defined]
+        if results != images:
+            raise BadAnswer(f"the answer to {response.request.method} {response.request.url.path} has {results} "
+                            f"results for the {images} images sent", response.status_code)
+        return answer
+    return read
 
 
 def _nothing(response: httpx.Response) -> None:
@@ -178,7 +207,7 @@ def _named_bytes(image: object) -> bool:
 def predict(images: ImageInput | Iterable[ImageInput], model: str = DEFAULT_MODEL, top_k: int | None = None,
             resize: str | None = None) -> Call[PredictResponse]:
     files = [image_file(image, index) for index, image in enumerate(_images(images))]
-    return Call("POST", f"/v1/models/{_segment(model)}/predict", _reader(PredictResponse),
+    return Call("POST", f"/v1/models/{_segment(model)}/predict", _one_result_per_image(PredictResponse, len(files)),
                 data=_given(top_k=top_k, resize=resize), files=files)
 
 
@@ -194,7 +223,8 @@ def explain(images: ImageInput | Iterable[ImageInput], model: str = DEFAULT_MODE
                   top_k=top_k, resize=resize, faithfulness=faithfulness,
                   outputs=outputs if outputs is None or isinstance(outputs, str) else ",".join(outputs),
                   overlay_format=overlay_format, **options)
-    return Call("POST", f"/v1/models/{_segment(model)}/explain", _reader(ExplainResponse), data=data, files=files)
+    return Call("POST", f"/v1/models/{_segment(model)}/explain", _one_result_per_image(ExplainResponse, len(files)),
+                data=data, files=files)
 
 
 def models() -> Call[ModelList]:
@@ -319,19 +349,27 @@ class StreamExpired(Exception):
 
 
 # After a stream ended with the server stopping, a follower connects again every
-# RECONNECT_PAUSE_SECONDS while nothing answers, for RECONNECT_SECONDS: a restart's time.
+# RECONNECT_PAUSE_SECONDS while nothing answers, for RECONNECT_SECONDS: a restart's time. It never
+# connects more often than every RECONNECT_PAUSE_SECONDS (a server that ends each stream at once).
 RECONNECT_SECONDS, RECONNECT_PAUSE_SECONDS = 120.0, 1.0
 
 
 class Reconnection:
-    """When a job's follower connects again: at once after a stream's time limit; after the
-    server said it was stopping, once it answers again (NoAnswer meanwhile), for a while."""
+    """When a job's follower connects again: at once after a stream's time limit, unless the stream
+    began under RECONNECT_PAUSE_SECONDS ago; after the server said it was stopping, once it answers
+    again (NoAnswer meanwhile), for a while."""
 
     def __init__(self) -> None:
         self._stopping_since: float | None = None
+        self._connected_at = -RECONNECT_PAUSE_SECONDS
 
-    def expired(self, expired: StreamExpired) -> None:
+    def connecting(self) -> None:
+        self._connected_at = time.monotonic()
+
+    def expired(self, expired: StreamExpired) -> float:
+        """The seconds to wait before connecting again."""
         self._stopping_since = time.monotonic() if expired.server_stopping else None
+        return max(0.0, self._connected_at + RECONNECT_PAUSE_SECONDS - time.monotonic())
 
     def pause_after(self, error: NoAnswer) -> float:
         """The seconds to wait before connecting again; `error` is raised again where the server

@@ -33,8 +33,9 @@ T = TypeVar("T")
 DEFAULT_URL = "http://127.0.0.1:8000"
 # Explanations and model uploads can take minutes on a CPU.
 DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
-# The event stream is quiet while a job waits or between steps: no read timeout.
-STREAM_TIMEOUT = httpx.Timeout(None, connect=10.0)
+# The server keeps a quiet event stream alive with a comment at least every 17 s (15 s, and a poll
+# of at most 2 s): a stream silent for longer than this is broken (a half-open connection).
+STREAM_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 POLL_SECONDS = 0.5
 CHUNK_BYTES = 2**20  # of an artifact, written as it comes
 
@@ -114,7 +115,8 @@ class Client:
     def __init__(self, url: str | None = None, *, timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
                  headers: dict[str, str] | None = None, api_key: str | None = None) -> None:
         self.url = with_scheme(url or default_url())
-        self._http = httpx.Client(base_url=self.url, timeout=timeout, headers=_auth_headers(api_key, headers))
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, headers=_auth_headers(api_key, headers),
+                                  event_hooks={"response": [calls.one_coding_at_most]})
 
     def close(self) -> None:
         self._http.close()
@@ -233,13 +235,14 @@ class Client:
         server (calls.Reconnection), which `on_server_stopping` is told of when it begins."""
         reconnection = calls.Reconnection()
         while True:
+            reconnection.connecting()
             try:
                 yield from self._event_stream(job_id)
                 return
             except calls.StreamExpired as expired:
-                reconnection.expired(expired)
                 if expired.server_stopping:
                     on_server_stopping()
+                time.sleep(reconnection.expired(expired))
             except NoAnswer as error:
                 time.sleep(reconnection.pause_after(error))
 
@@ -276,7 +279,8 @@ class AsyncClient:
     def __init__(self, url: str | None = None, *, timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
                  headers: dict[str, str] | None = None, api_key: str | None = None) -> None:
         self.url = with_scheme(url or default_url())
-        self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout, headers=_auth_headers(api_key, headers))
+        self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout, headers=_auth_headers(api_key, headers),
+                                       event_hooks={"response": [calls.one_coding_at_most_async]})
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -390,14 +394,15 @@ class AsyncClient:
         collected."""
         reconnection = calls.Reconnection()
         while True:
+            reconnection.connecting()
             try:
                 async for event in self._event_stream(job_id):
                     yield event
                 return
             except calls.StreamExpired as expired:
-                reconnection.expired(expired)
                 if expired.server_stopping:
                     on_server_stopping()
+                await asyncio.sleep(reconnection.expired(expired))
             except NoAnswer as error:
                 await asyncio.sleep(reconnection.pause_after(error))
 

@@ -9,7 +9,14 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw, ImageFont
 
+from gazer.errors import BadAnswer
+
 TILE_WIDTH = 320
+# A tile fits TILE_WIDTH x MAX_TILE_HEIGHT (a tall overlay is narrower), and an overlay over
+# MAX_OVERLAY_PIXELS (twice the service's default GAZER_MAX_IMAGE_PIXELS, under Pillow's own
+# warning) is not decoded: an answer's few bytes cannot make gigabytes of tiles.
+MAX_TILE_HEIGHT = 4 * TILE_WIDTH
+MAX_OVERLAY_PIXELS = 80_000_000
 LABEL_HEIGHT = 28
 MAX_COLUMNS = 4
 FONT_SIZE = 16
@@ -30,9 +37,18 @@ def layout(tiles: int) -> tuple[int, int]:
 
 
 def _scaled(png: bytes) -> Image.Image:
-    image = Image.open(io.BytesIO(png)).convert("RGB")
-    height = max(1, round(image.height * TILE_WIDTH / image.width))
-    return image.resize((TILE_WIDTH, height), Image.Resampling.LANCZOS)
+    """The overlay scaled to fit a tile; BadAnswer if it is not an image, or larger than any the
+    service makes."""
+    try:
+        image = Image.open(io.BytesIO(png))
+        if image.width * image.height > MAX_OVERLAY_PIXELS:
+            raise BadAnswer(f"an overlay is {image.width} x {image.height} pixels; this client draws at most "
+                            f"{MAX_OVERLAY_PIXELS:,}")
+        scale = min(TILE_WIDTH / image.width, MAX_TILE_HEIGHT / image.height)
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        return image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
+    except (OSError, Image.DecompressionBombError) as error:
+        raise BadAnswer(f"an overlay is not an image this client can draw ({error})") from None
 
 
 def grid(tiles: list[Tile]) -> Image.Image:

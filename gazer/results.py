@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import base64
+import binascii
 from dataclasses import dataclass
 
 import numpy as np
+from pydantic import field_validator
 
 from schemas import models as wire
 from schemas.jobs import Job
 
 
 class Explanation(wire.Explanation):
+    @field_validator("heatmap_png", "overlay")
+    @classmethod
+    def _base64(cls, value: str | None) -> str | None:
+        """Refused when read, as the rest of a malformed answer is, rather than when the file is taken."""
+        if value is not None:
+            try:
+                base64.b64decode(value, validate=True)
+            except binascii.Error as error:
+                raise ValueError(f"not base64 ({error})") from None
+        return value
+
     @property
     def heatmap(self) -> bytes | None:
         """The heatmap PNG file's bytes (asked for with outputs=heatmap, a default)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -54,6 +55,8 @@ class Metrics:
 
     def __init__(self, state: object, explanation_slots: int, storage: Storage) -> None:
         self.registry = registry = CollectorRegistry()
+        self._observed: set[str] = set()  # models with inference series
+        self._observed_lock = threading.Lock()
         self.requests = Counter("gazer_http_requests", "HTTP requests by route template, method and status",
                                 ["route", "method", "status"], registry=registry)
         self.latency = Histogram("gazer_http_request_duration_seconds", "HTTP request latency by route template",
@@ -100,6 +103,18 @@ class Metrics:
             states = [status["state"] for status in registry.status().values()]
             self.models_loaded.set(states.count("ready"))
             self.models_failed.set(states.count("failed"))
+            self._forget_deleted_models(set(registry.model_ids()))
+
+    def _forget_deleted_models(self, served: set[str]) -> None:
+        """Drops the inference series of models deleted since, so that names made and deleted do
+        not pile up. In one process only: prometheus-client cannot remove series from the files
+        that several processes share."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            return
+        with self._observed_lock:
+            gone, self._observed = self._observed - served, self._observed & served
+        for model in gone:
+            self.inference.remove_by_labels({"model": model})
 
     async def refresh_models_forever(self) -> None:
         while True:
@@ -127,7 +142,9 @@ class Metrics:
     def stage_recorder(self, model: str) -> Callable[[str, float], None]:
         """An `on_stage` for core.pipeline that records into the inference histogram."""
         def record(stage: str, seconds: float) -> None:
-            self.inference.labels(model, stage).observe(seconds)
+            with self._observed_lock:
+                self._observed.add(model)
+                self.inference.labels(model, stage).observe(seconds)
         return record
 
 

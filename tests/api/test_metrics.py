@@ -19,6 +19,7 @@ from core.explain import METHODS
 from service.app import create_app
 from service.settings import Settings
 from support import chelsea, coffee, encode, upload
+from tests.api.test_model_refusals import onnx_classifier
 from tests.conftest import MODEL
 from tests.held_method import GRADIENT_LAYER, HeldGradCAM
 from tests.live_service import ROOT, free_port
@@ -70,6 +71,20 @@ def test_predict_and_explain_are_counted_by_route_template_and_timed_by_stage(cl
     assert value(after, "gazer_explain_slots") == 32 and value(after, "gazer_explain_slots_in_use") == 0
     assert value(after, "gazer_queue_depth") == 0  # the embedded Redis, with no jobs sent
     assert ("gazer_job_records", frozenset()) in after
+
+
+def test_a_deleted_models_series_are_dropped(client):
+    """Else names made and deleted pile up: about 54 series each, one upload, predict and delete
+    a second."""
+    served = client.post("/v1/models", data={"name": "metered", "input_size": 32},
+                         files={"onnx": ("m.onnx", onnx_classifier().SerializeToString())})
+    assert served.status_code == 201, served.text
+    assert client.post("/v1/models/metered/predict", files=[upload(encode(chelsea()))]).status_code == 200
+    assert value(scrape(client), "gazer_inference_seconds_count", model="metered", stage="ort") == 1
+    assert client.delete(f"/v1/models/metered@{served.json()['version']}").status_code == 204
+    left = [labels for name, labels in scrape(client) if dict(labels).get("model") == "metered"]
+    assert not left
+    assert value(scrape(client), "gazer_inference_seconds_count", model=MODEL, stage="ort") >= 1
 
 
 def test_unmatched_paths_share_one_label(client):

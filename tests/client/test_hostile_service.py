@@ -5,17 +5,30 @@ hand the terminal what the server sent, nor fall over with a traceback."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import gzip
+import io
+import itertools
 import json
 import os
+import re
 import subprocess
 import sys
+import time
+import zlib
 from pathlib import Path
 from typing import Callable, Iterator
 
+import httpx
 import pytest
+from PIL import Image
 
-from gazer import BadAnswer, Client, GazerError
+from gazer import BadAnswer, Client, GazerError, NoAnswer
+from gazer import client as gazer_client
+from gazer.calls import RECONNECT_PAUSE_SECONDS
 from gazer.client import AsyncClient
+from gazer.grid import MAX_TILE_HEIGHT, TILE_WIDTH, Tile, grid
+from support import chelsea, encode
 from tests.client.fake_service import (ROOT, Answer, FakeService, events, gazer_at, job, json_answer, model,
                                        problem)
 
@@ -215,3 +228,97 @@ def test_the_python_client_raises_its_own_errors_for_answers_it_cannot_read(tmp_
             asyncio.run(follow())
         follows = gazer_at(service, "jobs", "follow", "j1")
     assert follows.returncode == 1 and "ended before the job did; see: gazer jobs show j1" in follows.stderr
+
+
+def test_an_answer_in_stacked_codings_is_refused_before_it_is_decoded():
+    """httpx undid each coding of `gzip, gzip` on every chunk before the 64 MiB count saw it: 1.8 KB
+    of answer held 2 GB. One coding is still read (and counted as it is decoded)."""
+    inner = zlib.compressobj(9, wbits=31)
+    layer = inner.compress(b" " * (256 * MiB)) + inner.flush()
+    outer = zlib.compressobj(9, wbits=31)
+    stacked = Answer(200, outer.compress(layer) + outer.flush(),
+                     {"Content-Type": "application/json", "Content-Encoding": "gzip, gzip"})
+    with FakeService({"/v1/models": stacked}) as service:
+        done = subprocess.run([sys.executable, "-c", MEASURED, "--url", service.url, "models", "ls"],
+                              env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
+        with Client(service.url) as client, pytest.raises(BadAnswer, match=r"in 2 content codings \(gzip, gzip\)"):
+            client.models()
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith(f"gazer: unexpected answer from {service.url}: the answer to GET /v1/models is in "
+                                  f"2 content codings (gzip, gzip); this client reads one at most"), done.stderr
+    assert peak_bytes(done) < 128 * MiB, peak_bytes(done)
+    one = Answer(200, gzip.compress(json.dumps({"data": [], "count": 0}).encode()),
+                 {"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    with FakeService({"/v1/models": one}) as service, Client(service.url) as client:
+        assert client.models().data == []
+
+
+def explain_answer(results: int = 1, overlay: str | None = None) -> Answer:
+    overlay = overlay if overlay is not None else base64.b64encode(b"\x89PNG").decode()
+    top = {"index": 1, "label": "cat", "probability": 0.9}
+    result = {"predictions": [top], "explanation": {
+        "method": "cam", "target": top, "layer": "head", "heatmap_png": None, "overlay": overlay,
+        "overlay_format": "png", "timings_ms": {}}}
+    return json_answer({"model": {"id": "m", "version": 1}, "results": [result] * results})
+
+
+def test_an_explain_answer_without_the_images_results_or_with_a_picture_not_in_base64_is_one_line_of_error(tmp_path):
+    photo = tmp_path / "cat.jpg"
+    photo.write_bytes(encode(chelsea()))
+    for answer, said in ((explain_answer(results=0), "has 0 results for the 1 images sent"),
+                         (explain_answer(results=2), "has 2 results for the 1 images sent"),
+                         (explain_answer(overlay="not*base64!"), "overlay: Value error, not base64")):
+        with FakeService({"/v1/models/m/explain": answer}) as service:
+            done = gazer_at(service, "explain", str(photo), "--model", "m", "-o", str(tmp_path / "o.png"))
+            with Client(service.url) as client, pytest.raises(BadAnswer, match=re.escape(said)):
+                client.explain(photo, "m")
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+        assert done.stderr.startswith(f"gazer: unexpected answer from {service.url}: ") and said in done.stderr, \
+            done.stderr
+        assert not (tmp_path / "o.png").exists()
+
+
+def test_the_job_follower_connects_again_at_most_once_a_second_however_soon_streams_expire():
+    """A stream that expires as it opens was connected to again at once: 2,600 requests in 5 s."""
+    expiring = events(f"event: progress\ndata: {json.dumps(job('j1', state='running'))}",
+                      'event: expired\ndata: {"type": "/problems/stream-expired", "detail": "expired"}')
+    with FakeService({"/v1/jobs/j1/events": expiring}) as service, Client(service.url) as client:
+        started = time.monotonic()
+        seen = list(itertools.islice(client.events("j1"), 4))
+        took = time.monotonic() - started
+    assert [event.kind for event in seen] == ["progress"] * 4
+    assert took >= 3 * RECONNECT_PAUSE_SECONDS * 0.9, took
+
+
+def test_a_silent_event_stream_is_no_answer_not_a_wait_for_ever(monkeypatch):
+    """The service says something at least every 17 s; a stream silent for longer (a half-open
+    connection) hung `jobs follow` for good. Here the limit is 1 s instead of 60."""
+    def silent() -> Iterator[bytes]:
+        yield f"event: progress\ndata: {json.dumps(job('j1', state='running'))}\n\n".encode()
+        time.sleep(5)
+    assert gazer_client.STREAM_TIMEOUT.read is not None and 17 < gazer_client.STREAM_TIMEOUT.read <= 120
+    monkeypatch.setattr(gazer_client, "STREAM_TIMEOUT", httpx.Timeout(1.0, connect=10.0))
+    with FakeService({"/v1/jobs/j1/events": Answer(200, silent, {"Content-Type": "text/event-stream"})}) as service, \
+            Client(service.url) as client:
+        seen, started = [], time.monotonic()
+        with pytest.raises(NoAnswer, match="did not answer in time"):
+            for event in client.events("j1"):
+                seen.append(event.kind)
+    assert seen == ["progress"] and time.monotonic() - started < 4
+
+
+def png(width: int, height: int, mode: str = "RGB") -> bytes:
+    encoded = io.BytesIO()
+    Image.new(mode, (width, height)).save(encoded, "PNG")
+    return encoded.getvalue()
+
+
+def test_compare_fits_each_overlay_in_its_tile_and_refuses_what_is_not_a_drawable_image():
+    """A 1 x 2,000 overlay (84 bytes) was scaled to 320 x 640,000: 1.6 GB held, and 61 GB at 1 x 200,000."""
+    tall = grid([Tile(png(1, 2_000), "tall"), Tile(png(640, 480), "photo")])
+    assert tall.size == (2 * TILE_WIDTH, MAX_TILE_HEIGHT + 28)
+    for refused, said in ((png(9_000, 9_000, "1"), "is 9000 x 9000 pixels; this client draws at most 80,000,000"),
+                          (png(20_000, 15_000, "1"), "could be decompression bomb"),
+                          (b"not an image", "not an image this client can draw")):
+        with pytest.raises(BadAnswer, match=said):
+            grid([Tile(refused, "x")])

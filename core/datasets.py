@@ -326,9 +326,11 @@ def _class_and_file(path: PurePosixPath, strip_root: bool) -> tuple[str, str] | 
 
 
 def _strips_one_root(paths: list[PurePosixPath]) -> bool:
-    """Whether every image (`paths`: those _may_be_an_image took) sits in a class folder inside
-    one top folder (`pets/cat/1.png`); other files (`pets/README.txt`) have no say."""
-    return len({path.parts[0] for path in paths}) == 1 and all(len(path.parts) == 3 for path in paths)
+    """Whether every image (`paths`: those _may_be_an_image took) sits inside one top folder, some
+    in class folders there (`pets/cat/1.png`): an image beside them (`pets/cover.png`) is then
+    outside the layout, not the one image of class `pets` (one top folder as CLASS/IMAGE is a
+    single class, never a data set). Other files (`pets/README.txt`) have no say."""
+    return len({path.parts[0] for path in paths}) == 1 and any(len(path.parts) == 3 for path in paths)
 
 
 def _named_as_an_image(path: PurePosixPath) -> bool:

@@ -13,9 +13,10 @@ CONFUSION_BYTES_PER_CELL = 48
 
 def training_bytes(images: int, classes: int, batch_size: int, input_size: int, resize_margin: int) -> int:
     """A fine-tune: every image preloaded as uint8 squares of input_size + resize_margin, one
-    batch's activations and gradients, and the confusion matrix."""
+    batch's activations and gradients (a batch holds at most every image), and the confusion matrix."""
     side = input_size + resize_margin
-    return (BASELINE_BYTES + images * 3 * side * side + batch_size * input_size ** 2 * ACTIVATION_BYTES_PER_PIXEL
+    batch = min(batch_size, images)
+    return (BASELINE_BYTES + images * 3 * side * side + batch * input_size ** 2 * ACTIVATION_BYTES_PER_PIXEL
             + classes ** 2 * CONFUSION_BYTES_PER_CELL)
 
 

@@ -195,7 +195,12 @@ def _resolve_layer(model: LoadedModel, method_name: str, layer: str | None) -> s
     if method.needs_spatial_attention:
         gates = model.spatial_gates
         if layer and layer not in gates:
-            raise UnknownLayer(f"{method_name} shows a spatial attention gate", field="layer", valid=gates)
+            # an attention module, as the model's `attention` lists it, names the gate inside it
+            inside = [gate for gate in gates if gate.startswith(f"{layer}.")]
+            if len(inside) != 1:
+                raise UnknownLayer(f"{method_name} shows a spatial attention gate, named here or by the attention "
+                                   f"module that holds it; {layer!r} is neither", field="layer", valid=gates)
+            layer = inside[0]
         return layer or gates[0]
     layer = layer or model.spec.cam_layer
     if method.default_layer_only and layer != model.spec.cam_layer:

@@ -35,10 +35,14 @@ class Problem(BaseModel):
     # an explanation over its budget: what it costs and what it may cost, in forward passes
     cost: int | None = None
     budget: int | None = None
+    # a job over a worker's memory: its estimate and the worker's limit, in bytes
+    estimate_bytes: int | None = None
+    limit_bytes: int | None = None
 
 
 def problem(status: int, code: str, detail: str, errors: list[FieldError] | None = None,
-            valid: list[str] | None = None, cost: int | None = None, budget: int | None = None) -> Problem:
+            valid: list[str] | None = None, cost: int | None = None, budget: int | None = None,
+            estimate_bytes: int | None = None, limit_bytes: int | None = None) -> Problem:
     """The one builder: `type` from the stable `code`, `title` from the status; texts and lists
     bounded (MAX_*), however much of a request they echo."""
     if errors is not None:
@@ -47,7 +51,8 @@ def problem(status: int, code: str, detail: str, errors: list[FieldError] | None
     if valid is not None:
         valid = [shorten(value, MAX_NAME_CHARS) for value in valid[:MAX_VALID_VALUES]]
     return Problem(type=f"/problems/{code}", title=TITLES.get(status, "Error"), status=status,
-                   detail=shorten(detail, MAX_TEXT_CHARS), errors=errors, valid=valid, cost=cost, budget=budget)
+                   detail=shorten(detail, MAX_TEXT_CHARS), errors=errors, valid=valid, cost=cost, budget=budget,
+                   estimate_bytes=estimate_bytes, limit_bytes=limit_bytes)
 
 
 def shorten(text: str, limit: int) -> str:

@@ -31,9 +31,9 @@ PROBLEM_RESPONSES: dict[int | str, dict] = {
 
 
 def problem_response(status: int, code: str, detail: str, errors_: list[FieldError] | None = None,
-                     valid: list[str] | None = None, cost: int | None = None,
-                     budget: int | None = None) -> JSONResponse:
-    body = problem(status, code, detail, errors_, valid, cost, budget)
+                     valid: list[str] | None = None, cost: int | None = None, budget: int | None = None,
+                     estimate_bytes: int | None = None, limit_bytes: int | None = None) -> JSONResponse:
+    body = problem(status, code, detail, errors_, valid, cost, budget, estimate_bytes, limit_bytes)
     return JSONResponse(body.model_dump(exclude_none=True), status_code=status, media_type=PROBLEM_JSON)
 
 
@@ -50,7 +50,8 @@ def gazer_error_response(error: errors.GazerError) -> JSONResponse:
     valid = error.extra.get("valid")
     response = problem_response(error.status, error.code, error.detail, field_errors,
                                 [str(v) for v in valid] if valid else None, error.extra.get("cost"),
-                                error.extra.get("budget"))
+                                error.extra.get("budget"), error.extra.get("estimate_bytes"),
+                                error.extra.get("limit_bytes"))
     response.headers.update(error.extra.get("headers", {}))
     if error.status == 503:
         response.headers.setdefault("retry-after", str(RETRY_AFTER_SECONDS))

@@ -90,6 +90,12 @@ class JobQueue:
         data set. Taken after claim_lock's, by whoever holds that."""
         return self._lock(f"gazer:dataset-lock:{dataset_id}", f"another request on data set {dataset_id!r}")
 
+    def model_lock(self, name: str) -> AbstractContextManager[None]:
+        """Held while a job that reads a version of model `name` is queued, and while a delete
+        looks for such jobs and deletes: the delete sees the job, or the job sees no version.
+        Taken after claim_lock's and dataset_lock's, by whoever holds those."""
+        return self._lock(f"gazer:model-read-lock:{name}", f"another request on model {name!r}")
+
     @contextmanager
     def _lock(self, key: str, holder: str, wait: bool = True) -> Iterator[None]:
         lock = self.store.redis.lock(key, timeout=CLAIM_LOCK_SECONDS, blocking_timeout=CLAIM_LOCK_SECONDS)
@@ -123,6 +129,16 @@ class JobQueue:
             raise QueueUnavailable(f"the job queue cannot be read now: {error}") from None
         return [job["id"] for job in active
                 if dataset_id in (job["params"].get("dataset_id"), (job["params"].get("base") or {}).get("dataset_id"))]
+
+    def jobs_using_model(self, name: str, version: int | None) -> list[str]:
+        """The queued and running jobs that read model `name` (that version; None: any): fine-tunes
+        and sweeps from it, its activation maximizations and data set explanations. Their
+        references are NAME@VERSION, resolved at submit."""
+        try:
+            active = self.store.active_jobs()
+        except redis.RedisError as error:
+            raise QueueUnavailable(f"the job queue cannot be read now: {error}") from None
+        return [job["id"] for job in active if any(_reads(ref, name, version) for ref in _model_references(job["params"]))]
 
     def resend_lost_messages(self, period: float = LOST_MESSAGE_SECONDS) -> int:
         """Each job sends one message, and a message runs whichever job's turn it is, so while
@@ -166,3 +182,14 @@ async def resend_lost_messages_forever(queue: JobQueue) -> None:
             await run_in_threadpool(queue.resend_lost_messages)
         except Exception:  # Redis away: the next round tries again
             log.exception("lost job messages could not be looked for")
+
+
+def _model_references(params: dict[str, Any]) -> list[object]:
+    return [params.get("base_model"), params.get("model"), (params.get("base") or {}).get("base_model")]
+
+
+def _reads(ref: object, name: str, version: int | None) -> bool:
+    if not isinstance(ref, str):
+        return False
+    read_name, _, read_version = ref.partition("@")
+    return read_name == name and (version is None or read_version == str(version))

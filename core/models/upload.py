@@ -398,6 +398,24 @@ def _check_operators(graph) -> None:
             from_pixels.update(node.output)
 
 
+# operators that only move a tensor's values about: a Softmax behind them still made the output
+_RESHAPING = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze"}
+
+
+def _check_logits_out(graph) -> None:
+    """A first output made by Softmax holds probabilities, which would be served as logits and
+    pass through softmax again (a top class at 0.40 instead of 0.53, and no word of it).
+    LogSoftmax's are logits as good as any. Nodes are in order (_check_operators), so the walk ends."""
+    made_by = {output: node for node in graph.node for output in node.output}
+    node = made_by.get(graph.output[0].name)
+    while node is not None and node.op_type in _RESHAPING:
+        node = made_by.get(node.input[0])
+    if node is not None and node.op_type == "Softmax":
+        raise InvalidRequest(f"the ONNX classifier's first output comes from a Softmax node ({node.name!r}): "
+                             f"probabilities, which would be served as logits and pass through softmax again; "
+                             f"export the network without its final softmax (logits out)", field="onnx")
+
+
 def _rename(graph, old: str, new: str) -> None:
     for node in graph.node:
         node.output[:] = [new if name == old else name for name in node.output]
@@ -459,6 +477,7 @@ def onnx_model(name: str, blob: bytes, labels: list[str] | None, preprocessing: 
     declared = model.graph.output[0].type.tensor_type.shape.dim
     if len(declared) == 2 and declared[1].HasField("dim_value"):  # refused before any run where it says so
         check_class_count(declared[1].dim_value, "onnx")
+    _check_logits_out(model.graph)
     _name_output_logits(model.graph)
     serialized = model.SerializeToString()
     classes = check_class_count(_check_runs(serialized, input_size, limits), "onnx")

@@ -20,6 +20,7 @@ from core.errors import Conflict, InvalidRequest, NotFound, UnknownModel
 from core.job_runners import ACTIVATION_MAXIMIZATION, EXPLAIN_DATASET, FINE_TUNE, RUNNERS, check_fine_tune, \
     check_maximization_memory, fine_tune_config, maximization_config
 from core.jobs import STATES, TERMINAL
+from core.models.refs import parse_ref
 from core.sweeps import MAX_TRIALS, SWEEP, checked_trials, most_parallel_trials, parse_space, sweep_config
 from core.visualize.activation_max import validate as validate_maximization
 from schemas.jobs import ActivationMaximizationRequest, Artifact, ArtifactList, ExplainDatasetRequest, FineTuneRequest, \
@@ -85,6 +86,17 @@ def _dataset_kept(queue: QueueDep, storage: StorageDep, dataset_id: str, field: 
         yield
 
 
+@contextmanager
+def _model_kept(queue: QueueDep, registry: RegistryDep, ref: str, field: str) -> Iterator[None]:
+    """Held while a job that reads model version `ref` (NAME@VERSION, the body's `field`) is
+    queued: a delete looks for such jobs under the same lock, so it sees this one, or it came first
+    and the version is gone (422)."""
+    with queue.model_lock(parse_ref(ref)[0]):
+        with _references_in_body(model=field):
+            registry.spec(ref)
+        yield
+
+
 def _version_now(registry: RegistryDep, ref: str) -> str:
     """`NAME@VERSION` for what `ref` means now: a job is checked against that version and runs it
     (by a plain name, the worker ran whatever version it meant when the job started, which its
@@ -118,7 +130,8 @@ def submit_fine_tune(body: FineTuneRequest, request: Request, response: Response
         params["base_model"] = _version_now(registry, body.base_model)
         check_fine_tune(fine_tune_config(params), registry, storage.datasets, settings.worker_memory_bytes,
                         settings.max_classes)
-    with queue.claim_lock(caller.owner, body.output_model), _dataset_kept(queue, storage, body.dataset_id):
+    with queue.claim_lock(caller.owner, body.output_model), _dataset_kept(queue, storage, body.dataset_id), \
+            _model_kept(queue, registry, params["base_model"], "base_model"):
         claim_model_name(caller, storage, queue, body.output_model, settings)
         return _submit(FINE_TUNE, params, queue, caller, request, settings, response)
 
@@ -144,7 +157,8 @@ def submit_sweep(body: SweepRequest, request: Request, response: Response, queue
                 check_fine_tune(fine_tune_config(trial), registry, storage.datasets, settings.worker_memory_bytes,
                                 settings.max_classes)
     with queue.claim_lock(caller.owner, config.base.output_model), \
-            _dataset_kept(queue, storage, config.base.dataset_id, "base.dataset_id"):
+            _dataset_kept(queue, storage, config.base.dataset_id, "base.dataset_id"), \
+            _model_kept(queue, registry, params["base"]["base_model"], "base.base_model"):
         claim_model_name(caller, storage, queue, config.base.output_model, settings)
         return _submit(SWEEP, params, queue, caller, request, settings, response)
 
@@ -159,8 +173,9 @@ def submit_activation_maximization(body: ActivationMaximizationRequest, request:
         model = load_model(registry, config.model, request, caller)
     validate_maximization(config, model.spec, model.layers)
     check_maximization_memory(config, model.spec.input_size, settings.worker_memory_bytes)
-    return _submit(ACTIVATION_MAXIMIZATION, {**params, "model": model.spec.ref}, queue, caller, request, settings,
-                   response)
+    with _model_kept(queue, registry, model.spec.ref, "model"):
+        return _submit(ACTIVATION_MAXIMIZATION, {**params, "model": model.spec.ref}, queue, caller, request, settings,
+                       response)
 
 
 @router.post("/explain-dataset", response_model=Job, status_code=status.HTTP_202_ACCEPTED, dependencies=[ROOM])
@@ -176,7 +191,7 @@ def submit_explain_dataset(body: ExplainDatasetRequest, request: Request, respon
         model = load_model(registry, body.model, request, caller)
     config = explain_dataset_config(params, model)
     check_explain_dataset(config, model, dataset["images"], settings.max_explain_cost, settings.max_explain_job_cost)
-    with _dataset_kept(queue, storage, config.dataset_id):
+    with _dataset_kept(queue, storage, config.dataset_id), _model_kept(queue, registry, model.spec.ref, "model"):
         return _submit(EXPLAIN_DATASET, {**params, "model": model.spec.ref, "method": config.method}, queue, caller,
                        request, settings, response)
 

@@ -11,9 +11,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile, status
 from starlette.concurrency import run_in_threadpool
 
-from core.errors import InvalidRequest, PayloadTooLarge
+from core.errors import Conflict, InvalidRequest, PayloadTooLarge
 from core.models import upload, versions
 from core.models.refs import parse_ref
+from core.names import BUILTIN_MODELS
 from core.models.spec import ModelSpec
 from core.params import field_bounds
 from core.storage import Storage, check_name
@@ -190,9 +191,14 @@ def unpin_default(name: str, registry: RegistryDep) -> wire.ModelRef:
 
 
 @router.delete("/{model}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response, dependencies=[JOBS])
-def delete_version(model: str, registry: RegistryDep, caller: CallerDep) -> None:
+def delete_version(model: str, registry: RegistryDep, caller: CallerDep, queue: QueueDep) -> None:
     """`NAME@VERSION`: that version; a plain `NAME`: every version (the model). By an admin key or
     the key that holds NAME (the one whose fine-tunes publish there); built-in models cannot be
-    deleted (409)."""
-    check_may_delete_versions(caller, registry.storage, parse_ref(model)[0])
-    registry.delete(model)
+    deleted (409), nor a version that queued or running jobs read (409 naming them)."""
+    name, version = parse_ref(model)
+    check_may_delete_versions(caller, registry.storage, name)
+    with queue.model_lock(name):
+        if name not in BUILTIN_MODELS and (using := queue.jobs_using_model(name, version)):  # those: the registry's 409
+            raise Conflict(f"model {model!r} is read by {len(using)} queued or running job(s) "
+                           f"({', '.join(using[:5])}); cancel them, or delete it once they end", field="model")
+        registry.delete(model)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from core.memory import training_bytes
 from service.app import create_app
 from service.dependencies import MODEL_LOAD_COST
 from service.http_protocol import MAX_HEAD_BYTES
@@ -181,9 +182,14 @@ def test_jobs_that_would_not_fit_in_a_worker_are_refused_with_the_estimate(tmp_p
         body = {"dataset_id": dataset["id"], "output_model": "big", "batch_size": 64, "input_size": 512}
         refused = api.post("/v1/jobs/fine-tune", json=body)
         assert refused.status_code == 422, refused.text
-        assert "would need about 47.9 GiB of memory; a worker has 4.0 GiB" in refused.json()["detail"]
+        assert "would need about 5.4 GiB of memory; a worker has 4.0 GiB" in refused.json()["detail"]
         assert refused.json()["errors"][0]["field"] == "batch_size"
+        # the fields the README promises, in bytes
+        assert refused.json()["estimate_bytes"] == training_bytes(6, 3, 6, 512, 32)
+        assert refused.json()["limit_bytes"] == 4 * 1024**3
         assert api.post("/v1/jobs/fine-tune", json={**body, "batch_size": 8, "input_size": 64}).status_code == 202
+        # a batch holds at most the data set's 6 images: batch 256 at 64 px was counted as 4.2 GiB
+        assert api.post("/v1/jobs/fine-tune", json={**body, "batch_size": 256, "input_size": 64}).status_code == 202
         many = {"model": MODEL, "target": {"classes": list(range(64))}, "size": 512, "steps": 10}
         refused = api.post("/v1/jobs/activation-maximization", json=many)
         assert refused.status_code == 422 and "64 targets at 512 px would need about" in refused.json()["detail"]

@@ -169,6 +169,16 @@ def test_files_that_are_not_images_do_not_keep_the_wrapping_folder(client, besid
     assert response.json()["classes"] == ["cat", "dog"]
 
 
+def test_an_image_beside_the_class_folders_of_a_wrapping_folder_is_left_out_not_a_class(client):
+    """pets/cat/*.jpg, pets/dog/*.jpg and pets/cover.jpg was refused: "needs at least 2 classes
+    ... found 1: ['pets']", every real image left out."""
+    dataset = post(client, zip_of({"pets/cover.jpg": PHOTO, **{f"pets/{name}": blob for name, blob in GOOD.items()}}))
+    assert dataset.status_code == 201, dataset.text
+    assert dataset.json()["counts"] == {"cat": 1, "dog": 1}
+    assert [item["file"] for item in dataset.json()["unreadable"]] == ["pets/cover.jpg"]
+    assert "outside the layout" in dataset.json()["unreadable"][0]["reason"]
+
+
 @pytest.mark.parametrize("extra, left_out", [
     ({"cat/kittens/3.jpg": PHOTO, "dog/a/b/4.jpg": PHOTO, "5.jpg": PHOTO},
      ["5.jpg", "cat/kittens/3.jpg", "dog/a/b/4.jpg"]),

@@ -276,6 +276,30 @@ def onnx_classifier(external_data: bool = False, domain: str = "", side: int = 3
     return model
 
 
+def ending_in(op_types: list[str]) -> onnx.ModelProto:
+    """onnx_classifier with `op_types` applied to its scores, in turn."""
+    model = onnx_classifier()
+    before = model.graph.output[0].name
+    for index, op_type in enumerate(op_types):
+        model.graph.node.append(helper.make_node(op_type, [before], [f"out{index}"], name=f"{op_type.lower()}{index}",
+                                                 **({"axis": 1} if "Softmax" in op_type else {})))
+        before = f"out{index}"
+    model.graph.output[0].name = before
+    return model
+
+
+def test_an_onnx_graph_that_ends_in_softmax_is_refused_as_it_returns_probabilities(client):
+    """Its probabilities were served as logits, through softmax again: 0.40 / 0.30 / 0.30 where
+    the same weights gave 0.53 / 0.25 / 0.23, and no word of it."""
+    for ending in (["Softmax"], ["Softmax", "Identity", "Flatten"]):
+        refused = client.post("/v1/models", data={"name": "probabilities", "input_size": 32},
+                              files={"onnx": ("m.onnx", ending_in(ending).SerializeToString())})
+        assert_refused(refused, 422, "onnx", "comes from a Softmax node ('softmax0'): probabilities")
+    served = client.post("/v1/models", data={"name": "log-probabilities", "input_size": 32},
+                         files={"onnx": ("m.onnx", ending_in(["LogSoftmax"]).SerializeToString())})
+    assert served.status_code == 201, served.text
+
+
 @pytest.fixture(scope="module")
 def wide_onnx(client):
     """A tiny ONNX classifier at 1024 x 1024: four of its maps fit in one answer."""

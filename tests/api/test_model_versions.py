@@ -183,3 +183,19 @@ def test_a_job_runs_the_version_its_model_name_meant_when_it_was_checked(client)
     built_in = client.post("/v1/jobs/activation-maximization",
                            json={"model": "efficientnet_lite0", "target": {"class": 1}, "steps": 5, "size": 64})
     assert built_in.json()["params"]["model"] == "efficientnet_lite0@1"
+
+
+def test_a_version_that_a_queued_job_reads_is_not_deleted(client):
+    """Deleted under a queued job, it failed the job (`unknown-model`) once a worker took it, where
+    a data set is kept. This app's jobs stay queued: no worker runs here."""
+    publish(client, "in-use", 1)
+    publish(client, "in-use", 2)
+    job = client.post("/v1/jobs/activation-maximization",
+                      json={"model": "in-use@1", "target": {"classes": [0]}, "size": 64, "steps": 1})
+    assert job.status_code == 202, job.text
+    for ref in ("in-use@1", "in-use"):
+        refused = client.delete(f"/v1/models/{ref}")
+        assert refused.status_code == 409 and job.json()["id"] in refused.json()["detail"], refused.text
+    assert client.delete("/v1/models/in-use@2").status_code == 204  # one that no job reads
+    assert client.delete(f"/v1/jobs/{job.json()['id']}").json()["state"] == "cancelled"
+    assert client.delete("/v1/models/in-use").status_code == 204

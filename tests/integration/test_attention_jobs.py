@@ -111,6 +111,10 @@ def test_fine_tuned_model_lists_its_attention_and_answers_attention_maps_only_wi
         other = explain(api, name, files, layer=gate)
         assert other.status_code == 200, other.text
         assert other.json()["results"][0]["explanation"]["layer"] == gate
+    for module, gate in zip(modules, gates):  # or by the module the model's `attention` lists
+        by_module = explain(api, name, files, layer=module)
+        assert by_module.status_code == 200, by_module.text
+        assert by_module.json()["results"][0]["explanation"]["layer"] == gate
     wrong = explain(api, name, files, layer="head")
     assert wrong.status_code == 422, wrong.text
     assert wrong.json()["type"] == "/problems/unknown-layer" and wrong.json()["valid"] == gates

@@ -15,6 +15,8 @@ def test_the_parts_of_a_fine_tune_estimate():
     assert 47 * 10**6 < many_classes - small < 49 * 10**6  # a 1000 x 1000 confusion matrix, as a tensor and as JSON
     many_images = memory.training_bytes(images=200_000, classes=4, batch_size=8, input_size=224, resize_margin=32)
     assert many_images - small > 39 * 10**9  # every image preloaded as 256 x 256 x 3 bytes
+    few_images = memory.training_bytes(images=8, classes=2, batch_size=128, input_size=224, resize_margin=32)
+    assert few_images == memory.training_bytes(images=8, classes=2, batch_size=8, input_size=224, resize_margin=32)
 
 
 def test_activation_maximization_grows_with_targets_and_size():

@@ -54,6 +54,7 @@ class LoadResult:
         codes = ", ".join(f"{code}: {count}" for code, count in sorted(self.statuses.items()))
         warn = f"  ({self.retry_after_missing} 503s without Retry-After)" if self.retry_after_missing else ""
         return (f"{self.ok_per_second:7.1f} req/s  p50 {self.percentile(0.5):7.1f} ms  p99 {self.percentile(0.99):7.1f} ms"
+                f"  max {self.percentile(1.0):7.1f} ms"
                 f"  server {self.server_cpu:4.2f} cores (generator {self.generator_cpu:4.2f})  [{codes}]{warn}")
 
 

@@ -611,6 +611,8 @@ def cmd_jobs_artifacts(client: Client, args: argparse.Namespace) -> int:
     if twice is not None:
         raise SystemExit(f"gazer: the service listed {twice!r} twice among job {job.id}'s files; nothing written")
     folder = Path(args.output or args.job_id)
+    if folder.exists() and not folder.is_dir():
+        raise SystemExit(f"gazer: {folder} is a file: --output names the folder the job's files go in")
     folder.mkdir(parents=True, exist_ok=True)
     refused = [name for name in names if not plain_file_name(name)]
     for name in names:
@@ -1142,8 +1144,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `gazer jobs show ID | head`: the reader has had what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
         return 1
-    except OSError as error:
-        say(f"gazer: {error}", file=sys.stderr)
+    except OSError as error:  # a local file: as other commands say it (`gazer: nosuchdir: No such file or directory`)
+        say(f"gazer: {error.filename}: {error.strerror}" if error.filename and error.strerror else f"gazer: {error}",
+            file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return INTERRUPTED

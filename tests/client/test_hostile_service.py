@@ -322,3 +322,15 @@ def test_compare_fits_each_overlay_in_its_tile_and_refuses_what_is_not_a_drawabl
                           (b"not an image", "not an image this client can draw")):
         with pytest.raises(BadAnswer, match=said):
             grid([Tile(refused, "x")])
+
+
+def test_local_file_errors_say_which_file_and_what_is_wrong_not_an_errno(tmp_path):
+    """`[Errno 17] File exists: 'j1/report.json'` and `[Errno 2] No such file or directory: 'nosuchdir'`."""
+    (tmp_path / "report.json").write_text("mine")
+    with artifacts_service(["a.txt"]) as service:
+        into_a_file = gazer_at(service, "jobs", "artifacts", "j1", "-o", str(tmp_path / "report.json"))
+        missing = gazer_at(service, "datasets", "upload", "nosuchdir", cwd=tmp_path)
+    assert into_a_file.returncode == 1 and into_a_file.stderr.strip() == \
+        f"gazer: {tmp_path / 'report.json'} is a file: --output names the folder the job's files go in"
+    assert missing.returncode == 1 and missing.stderr.strip() == "gazer: nosuchdir: No such file or directory"
+    assert (tmp_path / "report.json").read_text() == "mine"

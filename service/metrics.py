@@ -55,7 +55,7 @@ class Metrics:
 
     def __init__(self, state: object, explanation_slots: int, storage: Storage) -> None:
         self.registry = registry = CollectorRegistry()
-        self._observed: set[str] = set()  # models with inference series
+        self._observed: set[tuple[str, str]] = set()  # (model, stage) of each inference series
         self._observed_lock = threading.Lock()
         self.requests = Counter("gazer_http_requests", "HTTP requests by route template, method and status",
                                 ["route", "method", "status"], registry=registry)
@@ -103,18 +103,23 @@ class Metrics:
             states = [status["state"] for status in registry.status().values()]
             self.models_loaded.set(states.count("ready"))
             self.models_failed.set(states.count("failed"))
-            self._forget_deleted_models(set(registry.model_ids()))
+            self._forget_deleted_models(registry.model_ids)
 
-    def _forget_deleted_models(self, served: set[str]) -> None:
+    def _forget_deleted_models(self, served: Callable[[], list[str]]) -> None:
         """Drops the inference series of models deleted since, so that names made and deleted do
         not pile up. In one process only: prometheus-client cannot remove series from the files
-        that several processes share."""
+        that several processes share. What was observed is read before the models on disk, so a
+        model uploaded and used meanwhile keeps its series."""
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             return
         with self._observed_lock:
-            gone, self._observed = self._observed - served, self._observed & served
-        for model in gone:
-            self.inference.remove_by_labels({"model": model})
+            observed = set(self._observed)
+        on_disk = set(served())
+        gone = {(model, stage) for model, stage in observed if model not in on_disk}
+        with self._observed_lock:
+            self._observed -= gone
+            for model, stage in gone:
+                self.inference.remove(model, stage)
 
     async def refresh_models_forever(self) -> None:
         while True:
@@ -143,7 +148,7 @@ class Metrics:
         """An `on_stage` for core.pipeline that records into the inference histogram."""
         def record(stage: str, seconds: float) -> None:
             with self._observed_lock:
-                self._observed.add(model)
+                self._observed.add((model, stage))
                 self.inference.labels(model, stage).observe(seconds)
         return record
 

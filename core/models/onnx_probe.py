@@ -47,6 +47,10 @@ def probe(path: str, input_size: int, max_batch: int) -> dict:
                              f"{batch} it is {logits.shape}"}
         if not np.isfinite(logits).all():
             return {"error": "the model's logits are NaN or infinite"}
+        if logits.shape[1] > 1 and (logits >= 0).all() and np.allclose(logits.sum(axis=1), 1, atol=1e-4):
+            return {"error": "the first ONNX output holds probabilities (each row non-negative, summing to 1), not "
+                             "logits: they would be served through softmax again; export the network without its "
+                             "final softmax (logits out)"}
         classes.add(logits.shape[1])
     if len(classes) != 1:
         return {"error": f"the number of classes changes with the batch size: {sorted(classes)} for batches of "

@@ -405,7 +405,8 @@ _RESHAPING = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze"}
 def _check_logits_out(graph) -> None:
     """A first output made by Softmax holds probabilities, which would be served as logits and
     pass through softmax again (a top class at 0.40 instead of 0.53, and no word of it).
-    LogSoftmax's are logits as good as any. Nodes are in order (_check_operators), so the walk ends."""
+    LogSoftmax's are logits as good as any. Nodes are in order (_check_operators), so the walk ends.
+    This names the node; the check's runs refuse any output of probabilities (onnx_probe), however made."""
     made_by = {output: node for node in graph.node for output in node.output}
     node = made_by.get(graph.output[0].name)
     while node is not None and node.op_type in _RESHAPING:

@@ -277,13 +277,23 @@ def onnx_classifier(external_data: bool = False, domain: str = "", side: int = 3
 
 
 def ending_in(op_types: list[str]) -> onnx.ModelProto:
-    """onnx_classifier with `op_types` applied to its scores, in turn."""
+    """onnx_classifier with `op_types` applied to its scores, in turn; `Exp/Sum/Div` is a softmax
+    written out by hand."""
     model = onnx_classifier()
     before = model.graph.output[0].name
     for index, op_type in enumerate(op_types):
-        model.graph.node.append(helper.make_node(op_type, [before], [f"out{index}"], name=f"{op_type.lower()}{index}",
-                                                 **({"axis": 1} if "Softmax" in op_type else {})))
-        before = f"out{index}"
+        out, options = f"out{index}", {"axis": 1} if "Softmax" in op_type else {"to": TensorProto.FLOAT} \
+            if op_type == "Cast" else {}
+        if op_type == "Exp/Sum/Div":
+            model.graph.node.extend([
+                helper.make_node("Exp", [before], [f"exp{index}"]),
+                helper.make_node("ReduceSum", [f"exp{index}", "axes"], [f"sum{index}"], keepdims=1),
+                helper.make_node("Div", [f"exp{index}", f"sum{index}"], [out])])
+            model.graph.initializer.append(numpy_helper.from_array(np.array([1], dtype=np.int64), "axes"))
+        else:
+            model.graph.node.append(helper.make_node(op_type, [before], [out], name=f"{op_type.lower()}{index}",
+                                                     **options))
+        before = out
     model.graph.output[0].name = before
     return model
 
@@ -291,10 +301,13 @@ def ending_in(op_types: list[str]) -> onnx.ModelProto:
 def test_an_onnx_graph_that_ends_in_softmax_is_refused_as_it_returns_probabilities(client):
     """Its probabilities were served as logits, through softmax again: 0.40 / 0.30 / 0.30 where
     the same weights gave 0.53 / 0.25 / 0.23, and no word of it."""
-    for ending in (["Softmax"], ["Softmax", "Identity", "Flatten"]):
+    for ending, said in ((["Softmax"], "comes from a Softmax node ('softmax0'): probabilities"),
+                         (["Softmax", "Identity", "Flatten"], "comes from a Softmax node ('softmax0'): probabilities"),
+                         (["Softmax", "Cast", "Transpose", "Transpose"], "holds probabilities (each row non-negative"),
+                         (["Exp/Sum/Div"], "holds probabilities (each row non-negative")):
         refused = client.post("/v1/models", data={"name": "probabilities", "input_size": 32},
                               files={"onnx": ("m.onnx", ending_in(ending).SerializeToString())})
-        assert_refused(refused, 422, "onnx", "comes from a Softmax node ('softmax0'): probabilities")
+        assert_refused(refused, 422, "onnx", said)
     served = client.post("/v1/models", data={"name": "log-probabilities", "input_size": 32},
                          files={"onnx": ("m.onnx", ending_in(["LogSoftmax"]).SerializeToString())})
     assert served.status_code == 201, served.text

@@ -57,8 +57,8 @@ def test_a_null_input_size_choice_is_the_base_models_size(client, shapes):
 
 def test_the_memory_check_of_a_null_input_size_uses_the_base_models_size(shapes, app_settings):
     """At 64 px the heaviest trial fits this worker; at the base model's 224 px it does not."""
-    fits = training_bytes(4, 2, 512, 64, 32)
-    settings = app_settings(worker_memory_bytes=2 * fits)
+    fits, too_large = training_bytes(6, 3, 512, 64, 32), training_bytes(6, 3, 512, 224, 32)  # a batch: its 6 images
+    settings = app_settings(worker_memory_bytes=(fits + too_large) // 2)
     with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as client:
         base = {**BASE, "dataset_id": shapes, "batch_size": 512}
         response = client.post("/v1/jobs/sweep", json={"base": base, "space": {"input_size": {"choice": [64, None]}}})

@@ -119,26 +119,26 @@ class JobQueue:
         except redis.RedisError as error:
             raise QueueUnavailable(f"the job queue cannot be read now: {error}") from None
 
-    def jobs_using_dataset(self, dataset_id: str) -> list[str]:
-        """The queued and running jobs that read data set `dataset_id` (fine-tunes, sweeps and
-        their trials, data set explanations), however old: read from the newest 2,000 records, a
-        job submitted before 2,000 others was missed, and its data set deleted under it."""
+    def jobs_using_dataset(self, dataset_id: str) -> list[dict[str, Any]]:
+        """The queued and running jobs (their records) that read data set `dataset_id` (fine-tunes,
+        sweeps and their trials, data set explanations), however old: read from the newest 2,000
+        records, a job submitted before 2,000 others was missed, and its data set deleted under it."""
         try:
             active = self.store.active_jobs()
         except redis.RedisError as error:
             raise QueueUnavailable(f"the job queue cannot be read now: {error}") from None
-        return [job["id"] for job in active
+        return [job for job in active
                 if dataset_id in (job["params"].get("dataset_id"), (job["params"].get("base") or {}).get("dataset_id"))]
 
-    def jobs_using_model(self, name: str, version: int | None) -> list[str]:
-        """The queued and running jobs that read model `name` (that version; None: any): fine-tunes
+    def jobs_using_model(self, name: str, version: int | None) -> list[dict[str, Any]]:
+        """The queued and running jobs (their records) that read model `name` (that version; None: any): fine-tunes
         and sweeps from it, its activation maximizations and data set explanations. Their
         references are NAME@VERSION, resolved at submit."""
         try:
             active = self.store.active_jobs()
         except redis.RedisError as error:
             raise QueueUnavailable(f"the job queue cannot be read now: {error}") from None
-        return [job["id"] for job in active if any(_reads(ref, name, version) for ref in _model_references(job["params"]))]
+        return [job for job in active if any(_reads(ref, name, version) for ref in _model_references(job["params"]))]
 
     def resend_lost_messages(self, period: float = LOST_MESSAGE_SECONDS) -> int:
         """Each job sends one message, and a message runs whichever job's turn it is, so while

@@ -14,7 +14,7 @@ from __future__ import annotations
 from contextlib import suppress
 
 from core import datasets
-from core.errors import GazerError
+from core.errors import Conflict, GazerError
 from core.job_runners import FINE_TUNE
 from core.models import versions
 from core.names import BUILTIN_MODELS
@@ -139,3 +139,12 @@ def _publishes_to(job: dict) -> str | None:
     if job["type"] == SWEEP:
         return job["params"]["base"]["output_model"]
     return None
+
+
+def still_read(what: str, jobs: list[dict], caller: Caller, field: str) -> Conflict:
+    """The 409 for deleting `what` while `jobs` read it, naming those the caller may see (a model's
+    readers can be other keys' jobs, whose ids are theirs)."""
+    seen = [job["id"] for job in jobs if caller.sees(job["owner"])]
+    named = f" ({', '.join(seen[:5])}{', ...' if len(seen) > 5 else ''})" if seen else ""
+    return Conflict(f"{what} is read by {len(jobs)} queued or running job(s){named}; cancel "
+                    f"{'them' if len(seen) == len(jobs) else 'yours'}, or delete it once they end", field=field)

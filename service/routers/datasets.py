@@ -11,14 +11,13 @@ from fastapi import APIRouter, BackgroundTasks, Depends, File, Form, Request, Re
 from starlette.concurrency import run_in_threadpool
 
 from core import cancellation, datasets
-from core.errors import Conflict
 from core.storage import check_name
 from schemas.datasets import Dataset, DatasetList
 from service.auth import Caller, CallerDep
 from service.dependencies import QueueDep, SettingsDep, StorageDep, charge_decoding, dataset_slot
 from service.disconnects import client_watch
 from service.form_fields import refuse_unknown_fields
-from service.quotas import check_dataset_quota
+from service.quotas import check_dataset_quota, still_read
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -78,9 +77,7 @@ def delete_dataset(dataset_id: str, storage: StorageDep, caller: CallerDep, queu
     def unread() -> Iterator[None]:
         with queue.dataset_lock(dataset_id):
             if using := queue.jobs_using_dataset(dataset_id):
-                raise Conflict(f"data set {dataset_id!r} is read by {len(using)} queued or running job(s) "
-                               f"({', '.join(using[:5])}); cancel them, or delete it once they end",
-                               field="dataset_id")
+                raise still_read(f"data set {dataset_id!r}", using, caller, "dataset_id")
             yield
 
     datasets.delete_dataset(storage.datasets, dataset_id, unread,

@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile, status
 from starlette.concurrency import run_in_threadpool
 
-from core.errors import Conflict, InvalidRequest, PayloadTooLarge
+from core.errors import InvalidRequest, PayloadTooLarge
 from core.models import upload, versions
 from core.models.refs import parse_ref
 from core.names import BUILTIN_MODELS
@@ -23,7 +23,7 @@ from service.auth import Caller, CallerDep, requires
 from service.dependencies import QueueDep, RegistryDep, SettingsDep, upload_slot
 from service.form_fields import CommaList, refuse_unknown_fields
 from service.queue import JobQueue
-from service.quotas import check_may_delete_versions, claim_model_name, release_unused_claim
+from service.quotas import check_may_delete_versions, claim_model_name, release_unused_claim, still_read
 from service.settings import Settings
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -199,6 +199,5 @@ def delete_version(model: str, registry: RegistryDep, caller: CallerDep, queue: 
     check_may_delete_versions(caller, registry.storage, name)
     with queue.model_lock(name):
         if name not in BUILTIN_MODELS and (using := queue.jobs_using_model(name, version)):  # those: the registry's 409
-            raise Conflict(f"model {model!r} is read by {len(using)} queued or running job(s) "
-                           f"({', '.join(using[:5])}); cancel them, or delete it once they end", field="model")
+            raise still_read(f"model {model!r}", using, caller, "model")
         registry.delete(model)

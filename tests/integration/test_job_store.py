@@ -384,8 +384,8 @@ def test_a_data_sets_jobs_are_found_however_many_jobs_came_after_them(redis_serv
                                                             "state": "succeeded"})
             later.zadd("gazer:jobs", {f"later{index}": time.time() + 1})
         later.execute()
-    assert queue.jobs_using_dataset("old") == [reader["id"]]
-    assert sorted(queue.jobs_using_dataset("swept")) == sorted([sweep["id"], trial["id"]])
+    assert [job["id"] for job in queue.jobs_using_dataset("old")] == [reader["id"]]
+    assert sorted(job["id"] for job in queue.jobs_using_dataset("swept")) == sorted([sweep["id"], trial["id"]])
     queue.store.redis.delete("gazer:active-jobs")  # as a Redis kept from before the set
     queue.store.index_jobs()
-    assert queue.jobs_using_dataset("old") == [reader["id"]]
+    assert [job["id"] for job in queue.jobs_using_dataset("old")] == [reader["id"]]

@@ -242,8 +242,14 @@ def map_positions(model: LoadedModel, method_name: str, layer: str | None) -> in
     """The values of one raw map of `method_name` at `layer` (None: its default): the layer's
     height x width for a method whose map is its layer's (the CAM family; a padding layer's is
     larger than the input: Lite0's stem padding is 225 x 225), else the input's."""
-    layer = _resolve_layer(model, method_name, layer)
-    at_layer = model.map_positions.get(layer or "") if METHODS[method_name].map_at_layer else None
+    return _positions(model, method_name, _resolve_layer(model, method_name, layer))
+
+
+def _positions(model: LoadedModel, method_name: str, resolved: str | None) -> int:
+    """map_positions at the layer the method runs at, resolved once: the default layer is not
+    checked again (a CAM layer whose map is 1 x 1, under 64 px, is no targetable layer, yet the
+    default: checked again, it failed every outputs=map and every data set explanation)."""
+    at_layer = model.map_positions.get(resolved or "") if METHODS[method_name].map_at_layer else None
     return at_layer or model.spec.input_size ** 2
 
 
@@ -254,11 +260,12 @@ def most_raw_maps(model: LoadedModel, method_name: str, layer: str | None) -> in
 
 def _check_outputs(outputs: tuple[str, ...], model: LoadedModel, method_name: str, layer: str | None,
                    images: int) -> None:
+    """`layer`: resolved (_resolve_layer)."""
     for output in outputs:
         if output not in OUTPUTS:
             raise InvalidRequest(f"unknown output {output!r}", field="outputs", valid=list(OUTPUTS))
-    if "map" in outputs and images > most_raw_maps(model, method_name, layer):
-        positions = map_positions(model, method_name, layer)
+    positions = _positions(model, method_name, layer)
+    if "map" in outputs and images > MAX_MAP_VALUES // positions:
         raise InvalidRequest(f"outputs=map would return {images * positions} values ({images} maps of {positions} "
                              f"each); a request returns at most {MAX_MAP_VALUES}: send fewer files, or ask for the "
                              f"heatmap", field="outputs")

@@ -141,10 +141,10 @@ def _publishes_to(job: dict) -> str | None:
     return None
 
 
-def still_read(what: str, jobs: list[dict], caller: Caller, field: str) -> Conflict:
-    """The 409 for deleting `what` while `jobs` read it, naming those the caller may see (a model's
-    readers can be other keys' jobs, whose ids are theirs)."""
-    seen = [job["id"] for job in jobs if caller.sees(job["owner"])]
-    named = f" ({', '.join(seen[:5])}{', ...' if len(seen) > 5 else ''})" if seen else ""
-    return Conflict(f"{what} is read by {len(jobs)} queued or running job(s){named}; cancel "
-                    f"{'them' if len(seen) == len(jobs) else 'yours'}, or delete it once they end", field=field)
+def check_unread(what: str, jobs: list[dict], caller: Caller, field: str) -> None:
+    """A 409 for deleting `what` while `jobs` that the caller may cancel (its own; all for admin or
+    an open service) read it. Other keys' jobs do not hold it: they could keep a version from its
+    holder for as long as they resubmit, and fail with `unknown-model` instead."""
+    if mine := [job["id"] for job in jobs if caller.sees(job["owner"])]:
+        raise Conflict(f"{what} is read by {len(mine)} queued or running job(s) ({', '.join(mine[:5])}"
+                       f"{', ...' if len(mine) > 5 else ''}); cancel them, or delete it once they end", field=field)

@@ -17,7 +17,7 @@ from service.auth import Caller, CallerDep
 from service.dependencies import QueueDep, SettingsDep, StorageDep, charge_decoding, dataset_slot
 from service.disconnects import client_watch
 from service.form_fields import refuse_unknown_fields
-from service.quotas import check_dataset_quota, still_read
+from service.quotas import check_dataset_quota, check_unread
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -76,8 +76,7 @@ def delete_dataset(dataset_id: str, storage: StorageDep, caller: CallerDep, queu
     @contextmanager
     def unread() -> Iterator[None]:
         with queue.dataset_lock(dataset_id):
-            if using := queue.jobs_using_dataset(dataset_id):
-                raise still_read(f"data set {dataset_id!r}", using, caller, "dataset_id")
+            check_unread(f"data set {dataset_id!r}", queue.jobs_using_dataset(dataset_id), caller, "dataset_id")
             yield
 
     datasets.delete_dataset(storage.datasets, dataset_id, unread,

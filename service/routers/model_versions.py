@@ -23,7 +23,7 @@ from service.auth import Caller, CallerDep, requires
 from service.dependencies import QueueDep, RegistryDep, SettingsDep, upload_slot
 from service.form_fields import CommaList, refuse_unknown_fields
 from service.queue import JobQueue
-from service.quotas import check_may_delete_versions, claim_model_name, release_unused_claim, still_read
+from service.quotas import check_may_delete_versions, claim_model_name, release_unused_claim, check_unread
 from service.settings import Settings
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -198,6 +198,6 @@ def delete_version(model: str, registry: RegistryDep, caller: CallerDep, queue: 
     name, version = parse_ref(model)
     check_may_delete_versions(caller, registry.storage, name)
     with queue.model_lock(name):
-        if name not in BUILTIN_MODELS and (using := queue.jobs_using_model(name, version)):  # those: the registry's 409
-            raise still_read(f"model {model!r}", using, caller, "model")
+        if name not in BUILTIN_MODELS:  # those: the registry's 409
+            check_unread(f"model {model!r}", queue.jobs_using_model(name, version), caller, "model")
         registry.delete(model)

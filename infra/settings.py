@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Self
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from core.datasets import ArchiveLimits
@@ -26,9 +26,18 @@ def physical_memory() -> int:
 
 
 class SharedSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="GAZER_")
+    # no `inf` or `nan` in any number: `inf` seconds passed every check, then crashed both processes
+    model_config = SettingsConfigDict(env_prefix="GAZER_", allow_inf_nan=False)
 
     data_dir: Path = Path("var")
+
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _not_empty(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():  # else Path("") is the working folder, unsaid
+            raise ValueError("must name a folder (unset, it is var)")
+        return value
+
     # Uploads, data sets and jobs that would leave less free space than this where data_dir is
     # are refused (507), and a worker fails a job that would start below it: the room left is
     # for what already runs (Redis's saves, running jobs' results).

@@ -56,6 +56,19 @@ def test_a_setting_out_of_range_is_named_in_one_line():
         f"GAZER_WORKER_METRICS_PORT={port}: cannot serve metrics there"), ended.stderr
 
 
+def test_infinite_numbers_and_an_empty_data_folder_are_refused_in_one_line(tmp_path):
+    """GAZER_VISIBILITY_TIMEOUT=inf passed, then crashed the API and the worker at every start
+    (OverflowError), each started again for ever; an empty GAZER_DATA_DIR put the data in the
+    working folder, unsaid."""
+    for name, value, said in (("GAZER_VISIBILITY_TIMEOUT", "inf", "Input should be a finite number"),
+                              ("GAZER_JOB_LEASE_SECONDS", "nan", "Input should be a finite number"),
+                              ("GAZER_DATA_DIR", "", "Value error, must name a folder (unset, it is var)")):
+        for module in ("worker", "service.launch"):
+            ended = launch(tmp_path, module, GAZER_REDIS_URL="redis://x:1", **{name: value})
+            assert ended.returncode == 2 and ended.stderr.strip() == f"{name}={value}: {said}", ended.stderr
+    assert not (tmp_path / "redis").exists()
+
+
 def test_a_second_make_run_on_one_data_folder_is_refused_naming_the_first(tmp_path):
     """Two on one folder loaded one append-only file, and each one's worker ran the queued jobs
     of both: one job ran twice and published two versions."""

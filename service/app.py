@@ -11,7 +11,6 @@ from typing import AsyncIterator
 import anyio
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from starlette.concurrency import run_in_threadpool
 
 from infra.embedded_redis import EmbeddedRedis
 from core.batching import Batching
@@ -77,8 +76,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 log.info("no GAZER_REDIS_URL: started an embedded redis-server at %s", redis_url)
             app.state.queue = JobQueue(redis_url, settings.job_lease_seconds, settings.visibility_timeout)
             on_shutdown.callback(app.state.queue.close)
-            for swept in await run_in_threadpool(storage.sweep_partial_folders):
-                log.warning("removed %s, left behind by an interrupted ingest, save or delete", swept)
             sweeping = asyncio.create_task(sweep_forever(app.state.queue.store, storage,
                                                          settings.job_retention_days * 86400))
             on_shutdown.callback(sweeping.cancel)

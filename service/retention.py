@@ -38,12 +38,16 @@ def sweep_expired_jobs(store: JobStore, storage: Storage, retention_seconds: flo
 
 
 async def sweep_forever(store: JobStore, storage: Storage, retention_seconds: float) -> None:
-    """Also, until it has worked once in this process, puts every job in its key's job set,
-    every trial in its sweep's and every queued or running job in the set of them all
-    (JobStore.index_jobs): an upgraded Redis's old jobs are found there too."""
+    """Also removes partial folders an hour old (Storage.sweep_partial_folders), and, until it has
+    worked once in this process, puts every job in its key's job set, every trial in its sweep's
+    and every queued or running job in the set of them all (JobStore.index_jobs): an upgraded
+    Redis's old jobs are found there too."""
     owners_indexed = False
     while True:
         try:
+            # at start, and from then on: a worker killed while it published leaves one while the API runs
+            for swept in await run_in_threadpool(storage.sweep_partial_folders):
+                log.warning("removed %s, left behind by an interrupted ingest, save or delete", swept)
             if not owners_indexed:
                 indexed = await run_in_threadpool(store.index_jobs)
                 if indexed:

@@ -3,6 +3,8 @@ retention go, with their artifacts; newer, queued and running ones stay."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import time
 
 import optuna
@@ -10,6 +12,7 @@ import optuna
 from core.storage import Storage
 from infra.job_store import JobStore
 from infra.sweeps import SweepHost, drop_ended_studies, study_name
+from service import retention
 from service.retention import sweep_expired_jobs
 
 
@@ -51,3 +54,22 @@ def test_the_studies_of_sweeps_that_ended_without_removing_them_go(redis_server)
     assert sorted(drop_ended_studies(store)) == sorted([ended, gone])
     left = {key.split(":")[2] for key in store.redis.scan_iter(match="gazer:optuna:*")}
     assert left == {queued, running}
+
+
+def test_a_staging_folder_left_while_the_api_runs_is_swept_by_the_next_round(redis_server, tmp_path, monkeypatch):
+    """A worker killed while it published left `.staging-*` until the API's next start: only the
+    start swept."""
+    store, storage = JobStore.from_url(redis_server.url, lease_seconds=60), Storage(tmp_path)
+    left = storage.models / "pets" / ".staging-1"
+    monkeypatch.setattr(retention, "SWEEP_EVERY_SECONDS", 0.5)
+
+    async def rounds() -> None:
+        sweeping = asyncio.create_task(retention.sweep_forever(store, storage, retention_seconds=3600.0))
+        await asyncio.sleep(0.2)  # the first round has run
+        left.mkdir(parents=True)
+        os.utime(left, (time.time() - 3700, time.time() - 3700))
+        await asyncio.sleep(1.0)
+        sweeping.cancel()
+
+    asyncio.run(rounds())
+    assert not left.exists()

@@ -202,14 +202,24 @@ def _published(job: dict, result: dict[str, Any]) -> str | None:
     return f"{model['id']}@{model['version']}" if model else None
 
 
+def _cancel_requested(store: JobStore, job_id: str) -> bool:
+    try:
+        return store.cancel_requested(job_id)
+    except redis.RedisError:  # _end's retries say what they find
+        return False
+
+
 def _succeed(job: dict, result: dict[str, Any], worker: Worker) -> str:
     """Writes a finished job's end. A job publishes its model before its end can name it; where
     the record does not end `succeeded` (a result too large to hold, Redis refusing every try, the
-    record reaped as lost meanwhile) that version is withdrawn, so that no model is left published
-    by a job that reads as failed. An end never written is tried once more as a
+    record reaped as lost meanwhile, a cancel asked for while it published) that version is
+    withdrawn, so that no model is left published by a job that reads as failed or cancelled. An end never written is tried once more as a
     failure that says so, rather than read as worker-lost once the lease passes."""
     store, job_id = worker.store, job["id"]
-    ended = _end(store, job_id, "succeeded", result=result)
+    if _cancel_requested(store, job_id):  # after its last stop check (publishing): withdrawn below
+        ended = _end(store, job_id, "cancelled")
+    else:
+        ended = _end(store, job_id, "succeeded", result=result)
     if ended == "succeeded":
         return ended
     withdrawn = ""

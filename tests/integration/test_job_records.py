@@ -121,6 +121,32 @@ def test_a_fine_tune_whose_end_cannot_be_recorded_leaves_no_model_published(cont
         assert versions(context.storage.models, "unrecorded") == []
 
 
+def test_a_fine_tune_cancelled_while_it_publishes_ends_cancelled_with_no_model_published(context, tmp_path,
+                                                                                          monkeypatch):
+    """Its DELETE answered 202 (cancel requested), then the job ended succeeded and its version
+    stayed published: nothing looked at the cancel after the last stop check."""
+    dataset = ingest_archive(classes_archive(2), context.storage.datasets, None, LIMITS)
+    reporting = tasks._progress_report
+
+    def cancelled_once_published(store: JobStore, job_id: str):
+        report = reporting(store, job_id)
+
+        def progress(fraction: float, **details) -> None:
+            report(fraction, **details)
+            if fraction == 1.0 and not details:  # published: past the runner's last stop check
+                store.cancel(job_id)
+        return progress
+
+    monkeypatch.setattr(tasks, "_progress_report", cancelled_once_published)
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        store = JobStore.from_url(server.url, lease_seconds=60)
+        job = store.create("fine-tune", fine_tune_params(dataset["id"], "cancelled-late"))
+        assert store.claim(job["id"], "w")
+        assert tasks._run(store.get(job["id"]), worker_of(store, context), "w") == "cancelled"
+        assert store.get(job["id"])["state"] == "cancelled"
+        assert versions(context.storage.models, "cancelled-late") == []
+
+
 def test_an_activation_maximization_keeps_a_bounded_history_however_many_steps():
     """Each step added a row for every target: 64 targets made 578 bytes a step, 5.8 MB at the
     10,000 steps allowed. At most 500 evenly spaced steps are kept, the first and the last among

@@ -18,6 +18,7 @@ from contextlib import ExitStack, contextmanager, nullcontext
 from typing import Iterator
 
 import uvicorn
+from uvicorn.main import STARTUP_FAILURE
 
 from core.storage import Storage
 from infra.embedded_redis import EmbeddedRedis
@@ -52,6 +53,19 @@ def graceful_seconds(settings: Settings) -> float:
     return max(settings.stop_seconds - 5.0, settings.stop_seconds / 2)
 
 
+@contextmanager
+def refused_if_it_cannot_start() -> Iterator[None]:
+    """uvicorn's exit when the app's start fails (its lifespan: a GAZER_REDIS_URL without a
+    scheme) or its port cannot be taken, as EXIT_REFUSED: `make run` started it again for ever."""
+    try:
+        yield
+    except SystemExit as ended:
+        if ended.code != STARTUP_FAILURE:
+            raise
+        print("the API could not start: the lines above say why", file=sys.stderr)
+        sys.exit(EXIT_REFUSED)
+
+
 def main() -> None:
     configure_logging()  # uvicorn applies the same config again; this covers what comes before it
     for line in unknown_variables(dict(os.environ)):
@@ -62,7 +76,7 @@ def main() -> None:
         print(why, file=sys.stderr)
         sys.exit(EXIT_REFUSED)
     processes = settings.api_processes
-    with shared_by_processes(settings) if processes > 1 else nullcontext():
+    with shared_by_processes(settings) if processes > 1 else nullcontext(), refused_if_it_cannot_start():
         uvicorn.run("service.app:create_app", factory=True, host=host, workers=processes,
                     port=listening_port(), log_level="info", log_config=logging_config(),
                     access_log=os.environ.get("GAZER_ACCESS_LOG", "1") != "0",

@@ -69,6 +69,18 @@ def test_infinite_numbers_and_an_empty_data_folder_are_refused_in_one_line(tmp_p
     assert not (tmp_path / "redis").exists()
 
 
+def test_an_api_whose_start_fails_stops_make_run(tmp_path):
+    """A Redis URL without its scheme failed the API's start (uvicorn's exit 3), and `make run`
+    started it again, for ever."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ended = launch(tmp_path, PORT=str(port), GAZER_REDIS_URL="localhost:6379")
+    assert ended.returncode == 2, ended.stderr
+    assert "the API could not start: the lines above say why" in ended.stderr
+    assert "Redis URL must specify one of the following schemes" in ended.stderr + ended.stdout
+
+
 def test_a_second_make_run_on_one_data_folder_is_refused_naming_the_first(tmp_path):
     """Two on one folder loaded one append-only file, and each one's worker ran the queued jobs
     of both: one job ran twice and published two versions."""

@@ -213,8 +213,9 @@ def _succeed(job: dict, result: dict[str, Any], worker: Worker) -> str:
     """Writes a finished job's end. A job publishes its model before its end can name it; where
     the record does not end `succeeded` (a result too large to hold, Redis refusing every try, the
     record reaped as lost meanwhile, a cancel asked for while it published) that version is
-    withdrawn, so that no model is left published by a job that reads as failed or cancelled. An end never written is tried once more as a
-    failure that says so, rather than read as worker-lost once the lease passes."""
+    withdrawn, so that no model is left published by a job that reads as failed or cancelled. An
+    end never written is tried once more as a failure that says so, rather than read as
+    worker-lost once the lease passes."""
     store, job_id = worker.store, job["id"]
     if _cancel_requested(store, job_id):  # after its last stop check (publishing): withdrawn below
         ended = _end(store, job_id, "cancelled")

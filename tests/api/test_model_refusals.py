@@ -461,7 +461,8 @@ def light_fails_onnx(side: int = 32) -> onnx.ModelProto:
     """Scores a row of a 2-row table picked by the floor of the largest channel mean: rows -2 to 1
     exist, for the upload check's inputs in [-1, 1] and dark photos (normalized, their means are
     under -1); a light photo's, over 2, has none, and ONNX Runtime's Gather fails on it."""
-    table = numpy_helper.from_array(np.eye(2, 3, dtype=np.float32), "table")
+    # rows of 1 and -1: one-hot rows of 1 and 0 would read as probabilities, refused at upload
+    table = numpy_helper.from_array(np.eye(2, 3, dtype=np.float32) * 2 - 1, "table")
     nodes = [helper.make_node("GlobalAveragePool", ["pixels"], ["pooled"]),
              helper.make_node("Flatten", ["pooled"], ["flat"]),
              helper.make_node("ReduceMax", ["flat"], ["largest"], axes=[1], keepdims=0),

@@ -42,9 +42,9 @@ log = logging.getLogger(__name__)
 
 def out_of_the_collectors_way() -> None:
     """Moves what imports and the default model made (about 490,000 objects) out of reach of the
-    garbage collector's full collections, which scanned them all with the GIL held: under load at 8
-    clients, one every 40-60 s stopped every request for 300-470 ms on this machine (280 ms
-    measured in process, 0.01 ms once frozen). Undone at shutdown (gc.unfreeze), so that a cycle
+    garbage collector's full collections, which scanned them all with the GIL held (280 ms in
+    process, 0.01 ms once frozen): under 8-client load, one in each of two probed runs (15 and 40 s)
+    stopped every request for 312 and 470 ms. Undone at shutdown (gc.unfreeze), so that a cycle
     among them can still be collected once the app is gone."""
     gc.collect()
     gc.freeze()

@@ -20,6 +20,8 @@ from infra.job_store import JobStore
 
 
 log = logging.getLogger(__name__)
+JOB_STORE_FULL = ("the job store is full (Redis reached its maxmemory); finished jobs must expire or be deleted "
+                  "before new ones are taken")
 CLAIM_LOCK_SECONDS = 30  # how long a claim lock is held at most, and waited for
 LOST_MESSAGE_SECONDS = 60.0  # how often the API looks for jobs that lost their message
 _RESEND_LOCK = "gazer:resend-lock"
@@ -45,8 +47,7 @@ class JobQueue:
         try:
             job = self.store.create(job_type, params, owner, client=client, limit=limit)
         except redis.OutOfMemoryError:
-            raise StorageFailed("the job store is full (Redis reached its maxmemory); finished jobs must expire "
-                                "or be deleted before new ones are taken") from None
+            raise StorageFailed(JOB_STORE_FULL) from None
         except redis.RedisError as error:
             raise QueueUnavailable(f"the job queue cannot take jobs now: {error}") from None
         try:
@@ -101,9 +102,11 @@ class JobQueue:
         lock = self.store.redis.lock(key, timeout=CLAIM_LOCK_SECONDS, blocking_timeout=CLAIM_LOCK_SECONDS)
         try:
             acquired = lock.acquire(blocking=wait)
+        except redis.OutOfMemoryError:  # a lock is a write too
+            raise StorageFailed(JOB_STORE_FULL) from None
         except redis.RedisError as error:
-            raise QueueUnavailable(f"Redis, which holds this key's quotas and claims, cannot be reached now: "
-                                   f"{error}") from None
+            raise QueueUnavailable(f"the job queue cannot take jobs now, nor tell which jobs hold what: Redis, which "
+                                   f"holds its locks, cannot be reached ({error})") from None
         if not acquired:
             raise QueueUnavailable(f"{holder} is still in progress; retry")
         try:

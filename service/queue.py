@@ -115,8 +115,8 @@ class JobQueue:
             with suppress(redis.RedisError):  # it expires by itself
                 lock.release()
 
-    def active_jobs(self, client: str) -> list[dict[str, Any]]:
-        """`client`'s queued and running jobs (503 when Redis cannot be read)."""
+    def active_jobs(self, client: str | None = None) -> list[dict[str, Any]]:
+        """`client`'s queued and running jobs, or everyone's (503 when Redis cannot be read)."""
         try:
             return self.store.active_jobs(client)
         except redis.RedisError as error:
@@ -126,10 +126,7 @@ class JobQueue:
         """The queued and running jobs (their records) that read data set `dataset_id` (fine-tunes,
         sweeps and their trials, data set explanations), however old: read from the newest 2,000
         records, a job submitted before 2,000 others was missed, and its data set deleted under it."""
-        try:
-            active = self.store.active_jobs()
-        except redis.RedisError as error:
-            raise QueueUnavailable(f"the job queue cannot be read now: {error}") from None
+        active = self.active_jobs()
         return [job for job in active
                 if dataset_id in (job["params"].get("dataset_id"), (job["params"].get("base") or {}).get("dataset_id"))]
 
@@ -137,10 +134,7 @@ class JobQueue:
         """The queued and running jobs (their records) that read model `name` (that version; None: any): fine-tunes
         and sweeps from it, its activation maximizations and data set explanations. Their
         references are NAME@VERSION, resolved at submit."""
-        try:
-            active = self.store.active_jobs()
-        except redis.RedisError as error:
-            raise QueueUnavailable(f"the job queue cannot be read now: {error}") from None
+        active = self.active_jobs()
         return [job for job in active if any(_reads(ref, name, version) for ref in _model_references(job["params"]))]
 
     def resend_lost_messages(self, period: float = LOST_MESSAGE_SECONDS) -> int:

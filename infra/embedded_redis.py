@@ -15,7 +15,7 @@ from typing import IO
 
 import redis
 
-from infra.processes import stop_process
+from infra.processes import ended_with_this_process, stop_process
 
 
 def redis_server_binary() -> str:
@@ -84,7 +84,7 @@ class EmbeddedRedis:
     """`maxmemory` bounds what job records and queues may take; with `noeviction`, a write past
     it fails with Redis's OOM error instead of silently dropping jobs. The data folder is locked
     (flock) from start to stop, the lock shared with the redis-server, so that it holds while
-    either runs: a redis-server left behind by a killed launcher keeps the next one out too."""
+    either runs: a redis-server still stopping after its launcher was killed keeps the next one out too."""
 
     def __init__(self, data_dir: Path, port: int | None = None, maxmemory: str = "512mb") -> None:
         self.data_dir = data_dir
@@ -112,7 +112,7 @@ class EmbeddedRedis:
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, pass_fds=(self._lock.fileno(),),
                 # a session of its own: a terminal's Ctrl-C, sent to the launcher's process group,
                 # must not stop it before the worker has put its job back in the queue
-                start_new_session=True)
+                start_new_session=True, preexec_fn=ended_with_this_process())
             _say_holder(self._lock, f"pid {os.getpid()}, its redis-server pid {self.process.pid}")
             self._wait_for_pong(timeout)
         except BaseException:

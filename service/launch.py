@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from core.storage import Storage
 from infra.embedded_redis import EmbeddedRedis, FolderInUse
 from infra.logs import configure_logging
+from infra.processes import ended_with_this_process
 from infra.settings import EXIT_REFUSED
 from service.settings import Settings
 from service.start_checks import listening_port, port_taken, refusal
@@ -49,8 +50,10 @@ class Child:
 
 
     def start(self) -> None:
-        # a process group of its own: stopping it stops what it started (uvicorn's API processes)
-        self.process = subprocess.Popen([sys.executable, "-m", self.module], env=self.env, start_new_session=True)
+        # a process group of its own: stopping it stops what it started (uvicorn's API processes);
+        # and a SIGTERM if the launcher is killed, which cannot stop it then
+        self.process = subprocess.Popen([sys.executable, "-m", self.module], env=self.env, start_new_session=True,
+                                        preexec_fn=ended_with_this_process())
         self.started_at = time.monotonic()
         self.restart_at = None
 

@@ -10,10 +10,11 @@ import socket
 import subprocess
 import sys
 
+import psutil
 import pytest
 
 from infra.embedded_redis import EmbeddedRedis, FolderInUse
-from tests.live_service import ROOT
+from tests.live_service import ROOT, LiveService
 
 
 def launch(tmp_path, module: str = "service.launch", **env: str) -> subprocess.CompletedProcess:
@@ -173,3 +174,23 @@ def test_make_run_and_the_api_processes_supervisor_load_no_torch():
                             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
                             timeout=60)
     assert loaded.returncode == 0 and loaded.stdout.strip() == "[]", loaded.stdout + loaded.stderr
+
+
+def test_a_launcher_killed_with_sigkill_takes_the_api_the_worker_and_redis_with_it(tmp_path):
+    """They ran on in sessions of their own, holding the port, the data folder and the jobs."""
+    with LiveService(tmp_path) as service:
+        launched = psutil.Process(service.process.pid).children(recursive=True)
+        assert {"redis-server", "worker", "service"} <= {_role(child) for child in launched}
+        service.process.kill()
+        service.process.wait()
+        _, alive = psutil.wait_procs(launched, timeout=60)
+        for child in alive:
+            child.kill()
+        assert not alive, [child.cmdline() for child in alive]
+    with LiveService(tmp_path, port=service.port):  # the port and the folder are free again
+        pass
+
+
+def _role(process: psutil.Process) -> str:
+    command = process.cmdline()
+    return command[2] if command[1:2] == ["-m"] else process.name()

@@ -1,10 +1,10 @@
 """`make run`: the whole service in one command: Redis (embedded unless GAZER_REDIS_URL is
 set), one Celery worker and the API, supervised: a child that dies (killed for memory, say) is
 started again with backoff while the others keep serving. Ctrl-C (or SIGTERM) stops them
-together, each with what it started, killed past GAZER_STOP_SECONDS. What would stop the API at
-every start (its port taken, an unreadable key file, an open service on a public HOST, a data
-folder it cannot write or that another embedded Redis runs on) stops `make run` before anything
-starts, with the reason; a child that exits saying it cannot start as configured (exit 2: the
+together, each with what it started, killed past GAZER_STOP_SECONDS or at a second Ctrl-C.
+What would stop the API at every start (its port taken, an unreadable key file, an open service
+on a public HOST, a data folder it cannot write or that another embedded Redis runs on) stops
+`make run` before anything starts, with the reason; a child that exits saying it cannot start as configured (exit 2: the
 worker's metrics port taken, say) stops it after. GAZER_API_PROCESSES=N: the API child serves
 the port from N processes (service/__main__.py), all on the Redis started here, which their
 environment names."""
@@ -90,6 +90,11 @@ class Child:
         except (ProcessLookupError, PermissionError):
             return False
 
+    def kill(self) -> None:
+        """It and what it started, now."""
+        if self.process is not None:
+            self._signal_group(signal.SIGKILL)
+
     def terminate(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
@@ -131,6 +136,10 @@ def main() -> None:
 
     def stop(signal_number: int, _: object) -> None:
         nonlocal stopping
+        if stopping is not None:  # asked twice: the wait for them is over
+            log.warning("%s received again: killing them now", signal.Signals(signal_number).name)
+            for child in children:
+                child.kill()
         stopping = signal_number
 
     for name in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: its terminal closed
@@ -148,7 +157,7 @@ def main() -> None:
                 break
             time.sleep(0.25)
         if stopping is not None:
-            log.info("%s received: stopping", signal.Signals(stopping).name)
+            log.info("%s received: stopping (once more to kill them now)", signal.Signals(stopping).name)
     finally:
         for child in children:  # all get SIGTERM at once, then are waited for together
             child.terminate()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -165,3 +166,24 @@ def test_ctrl_c_puts_the_running_job_back_in_the_queue_and_ends_event_streams_wi
     complained = "".join(bar) + complained
     assert cli.returncode == 1 and "cancelled" in said + complained, (said, complained)
     assert "the server is stopping: following again once it answers" in complained, complained
+
+
+def test_a_second_ctrl_c_kills_what_the_first_is_waiting_for(tmp_path):
+    """The first waits up to GAZER_STOP_SECONDS for the requests in flight, here an upload; a
+    second did nothing more."""
+    with LiveService(tmp_path, stop_seconds=120) as service:
+        launched = psutil.Process(service.process.pid).children(recursive=True)
+        with socket.create_connection(("127.0.0.1", service.port)) as upload:
+            upload.sendall(b"POST /v1/models/efficientnet_lite0/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                           b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 1000000\r\n\r\n--b\r\n")
+            time.sleep(1)
+            os.killpg(service.process.pid, signal.SIGINT)
+            with pytest.raises(subprocess.TimeoutExpired):
+                service.process.wait(timeout=5)  # the API answers the upload, given the time
+            started = time.monotonic()
+            os.killpg(service.process.pid, signal.SIGINT)
+            service.process.wait(timeout=30)
+        stopped_in = time.monotonic() - started
+        _, alive = psutil.wait_procs(launched, timeout=10)
+    assert not alive and stopped_in < 10, (alive, stopped_in)
+    assert "SIGINT received again: killing them now" in service.log()

@@ -37,6 +37,7 @@ from core.errors import InvalidRequest, NotFound
 from core.job_runners import FINE_TUNE, JobContext
 from core.jobs import TERMINAL, JobCancelled, Progress, ShouldStop
 from core.sweep_trials import load_trial, trial_folder, trials_folder
+from core.storage import Storage
 from core.sweeps import Dimension, NoTrialSucceeded, SweepConfig, parse_space, sweep_config, with_values
 from infra.job_store import JobStore
 
@@ -57,10 +58,10 @@ def _drop_study(client: redis.Redis, sweep_id: str) -> None:
         client.delete(*keys)
 
 
-def drop_ended_studies(store: JobStore) -> list[str]:
-    """The studies left behind by sweeps that ended without dropping theirs (lost with their
-    worker, cancelled while back in the queue, Redis refusing the drop) or whose record is gone;
-    a queued or running sweep keeps its own. Returns the sweeps' ids."""
+def drop_ended_studies(store: JobStore, storage: Storage) -> list[str]:
+    """The studies, and the trials' weights, left behind by sweeps that ended without dropping
+    theirs (lost with their worker, cancelled while back in the queue, Redis refusing the drop) or
+    whose record is gone; a queued or running sweep keeps its own. Returns the sweeps' ids."""
     sweeps = {key[len(_PREFIX):].split(":", 1)[0] for key in store.redis.scan_iter(match=f"{_PREFIX}*", count=1000)}
     ended = []
     for sweep_id in sorted(sweeps):
@@ -69,6 +70,7 @@ def drop_ended_studies(store: JobStore) -> list[str]:
         except NotFound:
             state = None
         if state is None or state in TERMINAL:
+            _drop_weights(storage, sweep_id)
             _drop_study(store.redis, sweep_id)
             ended.append(sweep_id)
     return ended
@@ -223,21 +225,25 @@ class _Coordinator:
         ranked = [record for record in self.ranked() if not record.get("refused")]
         return {key: ranked[0][key] for key in ("number", "job_id", "value", "params")} if ranked else None
 
-    def report(self, progress: Progress) -> None:
+    def report(self, progress: Progress, stopped: int = 0) -> None:
+        """`stopped`: trials the sweep's own cancel ended, which count as ended but not as done."""
         count = {state: sum(record["state"] == state for record in self.trials) for state in TERMINAL}
-        ended = sum(count.values())
-        progress(ended / self.config.trials, phase="trials", trials={
-            "total": self.config.trials, "done": ended, "running": len(self.running), "pruned": count["pruned"],
+        done = sum(count.values()) - stopped
+        progress(done / self.config.trials, phase="trials", trials={
+            "total": self.config.trials, "done": done, "running": len(self.running), "pruned": count["pruned"],
             "succeeded": count["succeeded"], "failed": count["failed"], "cancelled": count["cancelled"]},
             best=self.best())
 
-    def cancel_running(self, wait_seconds: float) -> None:
+    def cancel_running(self, wait_seconds: float) -> int:
+        """Cancels the running trials and waits for their ends; how many ended cancelled."""
+        stopping = [record for _, record in self.running.values()]
         for child in self.running:
             self.host.store.cancel(child)
         deadline = time.monotonic() + wait_seconds
         while self.running and time.monotonic() < deadline:
             time.sleep(POLL_SECONDS)
             self.collect()
+        return sum(record["state"] == "cancelled" for record in stopping)
 
     def interrupted(self) -> bool:
         return self.host.stopping.is_set()
@@ -249,8 +255,8 @@ class _Coordinator:
                 if self.interrupted():
                     raise SweepInterrupted("this worker is stopping: the sweep goes back to the queue; its trials "
                                            "run on")
-                self.cancel_running(wait_seconds=2 * self.host.store.lease_seconds + 10)
-                self.report(progress)  # its last word: the trials it cancelled, no longer running
+                stopped = self.cancel_running(wait_seconds=2 * self.host.store.lease_seconds + 10)
+                self.report(progress, stopped)  # its last word: the trials it cancelled, no longer running
                 raise JobCancelled("the sweep was cancelled; its running trials were cancelled too")
             while launched < self.config.trials and len(self.running) < parallel:
                 self.launch()
@@ -320,11 +326,16 @@ def run_sweep(job_id: str, params: dict[str, Any], progress: Progress, should_st
             "importances": importances, "trials": coordinator.trials}
 
 
+def _drop_weights(storage: Storage, sweep_id: str) -> None:
+    """Its trials' weights, about 13 MB each for EfficientNet-Lite0."""
+    shutil.rmtree(trials_folder(storage, sweep_id), ignore_errors=True)
+    with suppress(OSError):  # the sweep's own folder, unless something else is in it
+        trials_folder(storage, sweep_id).parent.rmdir()
+
+
 def _drop_trials(job_id: str, host: SweepHost, context: JobContext) -> None:
     """The ended sweep's study, and its trials' weights (the winner's is published by now)."""
-    shutil.rmtree(trials_folder(context.storage, job_id), ignore_errors=True)
-    with suppress(OSError):  # the sweep's own folder, unless something else is in it
-        trials_folder(context.storage, job_id).parent.rmdir()
+    _drop_weights(context.storage, job_id)
     try:
         _drop_study(host.store.redis, job_id)
     except redis.RedisError as error:

@@ -1,5 +1,6 @@
 """Retention: finished jobs and their artifacts expire `GAZER_JOB_RETENTION_DAYS` after they
-end, and the Optuna studies of sweeps that ended without removing theirs go at the next sweep.
+end, and the Optuna studies and trials' weights of sweeps that ended without removing theirs go
+at the next sweep.
 Data sets and model versions stay until deleted. The API sweeps when it starts and then every
 hour; several API processes sweeping at once delete nothing twice (Redis decides)."""
 
@@ -56,9 +57,10 @@ async def sweep_forever(store: JobStore, storage: Storage, retention_seconds: fl
             removed = await run_in_threadpool(sweep_expired_jobs, store, storage, retention_seconds)
             if removed:
                 log.info("retention: removed %d finished jobs and their artifacts", len(removed))
-            studies = await run_in_threadpool(drop_ended_studies, store)
+            studies = await run_in_threadpool(drop_ended_studies, store, storage)
             if studies:
-                log.info("retention: removed the studies of %d sweeps that ended without removing them", len(studies))
+                log.info("retention: removed the studies and trials of %d sweeps that ended without removing them",
+                         len(studies))
         except Exception:  # Redis away, a folder in use: the next sweep tries again
             log.exception("retention sweep failed")
         await asyncio.sleep(SWEEP_EVERY_SECONDS)

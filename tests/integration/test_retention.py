@@ -10,6 +10,7 @@ import time
 import optuna
 
 from core.storage import Storage
+from core.sweep_trials import trials_folder
 from infra.job_store import JobStore
 from infra.sweeps import SweepHost, drop_ended_studies, study_name
 from service import retention
@@ -40,20 +41,26 @@ def test_finished_jobs_and_their_artifacts_expire(redis_server, tmp_path):
     assert old["id"] not in [job["id"] for job in store.list()]
 
 
-def test_the_studies_of_sweeps_that_ended_without_removing_them_go(redis_server):
+def test_the_studies_and_trials_of_sweeps_that_ended_without_removing_them_go(redis_server, tmp_path):
     """Lost with its worker, or cancelled while back in the queue, a sweep leaves its study in
-    Redis (which refuses writes when full); a queued or running sweep keeps its own."""
-    store = JobStore.from_url(redis_server.url, lease_seconds=60)
+    Redis (which refuses writes when full), and its trials' weights (13 MB each) until its record
+    expired; a queued or running sweep keeps its own."""
+    store, storage = JobStore.from_url(redis_server.url, lease_seconds=60), Storage(tmp_path)
     host = SweepHost(store, send=lambda job_id: None, redis_url=redis_server.url, most_parallel=1)
     ended, queued, running = (store.create("sweep", {})["id"] for _ in range(3))
     gone = "f" * 32  # its record expired
     assert store.claim(running, "worker") and store.finish(ended, "failed", error={"detail": "lost"})
     for sweep in (ended, queued, running, gone):
         optuna.create_study(study_name=study_name(sweep), storage=host.storage(sweep)).ask()
+        (trials_folder(storage, sweep) / "0").mkdir(parents=True)
+        (trials_folder(storage, sweep) / "0" / "model.safetensors").write_bytes(b"weights")
+    (storage.job_artifacts(ended) / "report.json").write_text("{}")  # not the trials': it stays
 
-    assert sorted(drop_ended_studies(store)) == sorted([ended, gone])
+    assert sorted(drop_ended_studies(store, storage)) == sorted([ended, gone])
     left = {key.split(":")[2] for key in store.redis.scan_iter(match="gazer:optuna:*")}
     assert left == {queued, running}
+    assert {sweep for sweep in (ended, queued, running, gone) if trials_folder(storage, sweep).exists()} == left
+    assert (storage.job_artifacts(ended) / "report.json").exists() and not storage.job_artifacts(gone).exists()
 
 
 def test_a_staging_folder_left_while_the_api_runs_is_swept_by_the_next_round(redis_server, tmp_path, monkeypatch):

@@ -103,9 +103,10 @@ def test_cancelling_a_sweep_cancels_its_running_trials(api, dataset, two_workers
     assert api.delete(f"/v1/jobs/{sweep['id']}").status_code == 202
     ended = wait_for(api, sweep["id"], ("succeeded", "failed", "cancelled"), timeout=60)
     assert ended["state"] == "cancelled", ended
-    # its last progress counts the trials it cancelled as ended (it said `running: 2`)
+    # its last progress counts the trials it cancelled as ended (it said `running: 2`), not as done
     trials = ended["progress"]["trials"]
     assert trials["running"] == 0 and trials["cancelled"] == 2 and trials["failed"] == 0, ended
+    assert ended["progress"]["fraction"] == 0.0, ended  # with trials=2 it said 100%
     for trial_id in running:
         assert api.get(f"/v1/jobs/{trial_id}").json()["state"] == "cancelled"
     assert len(trials_of(api, sweep["id"])) == 2  # no trial was started after the cancel

@@ -182,15 +182,14 @@ def _zip_entry_bound(blob: bytes) -> tuple[int, bool]:
     return (count, True) if count >= headers else (headers, False)
 
 
-def _too_many(count: int, limits: ArchiveLimits, exact: bool = True) -> TooManyFiles:
-    held = f"{count}" if exact else f"more than {limits.max_files}"
-    return TooManyFiles(f"the archive holds {held} files; the limit is {limits.max_files}")
+def _too_many(held: str, limits: ArchiveLimits) -> TooManyFiles:
+    return TooManyFiles(f"the archive {held} files; the limit is {limits.max_files}")
 
 
 def _zip_entries(blob: bytes, limits: ArchiveLimits, budget: _Budget) -> Iterator[_Entry]:
-    bound, exact = _zip_entry_bound(blob)
-    if bound > limits.max_files:
-        raise _too_many(bound, limits, exact)
+    bound, from_count = _zip_entry_bound(blob)
+    if bound > limits.max_files:  # a count may be forged: it is what the archive says, not what it holds
+        raise _too_many(f"says it holds {bound}" if from_count else f"holds more than {limits.max_files}", limits)
     try:
         archive = zipfile.ZipFile(io.BytesIO(blob))
     except (zipfile.BadZipFile, ValueError) as error:
@@ -201,7 +200,7 @@ def _zip_entries(blob: bytes, limits: ArchiveLimits, budget: _Budget) -> Iterato
     with archive:
         infos = archive.infolist()
         if len(infos) > limits.max_files:
-            raise _too_many(len(infos), limits)
+            raise _too_many(f"holds {len(infos)}", limits)
         _refuse_overlaps(infos)
         for info in infos:
             if not info.filename:  # zipfile's is_dir() would index an empty name
@@ -292,7 +291,7 @@ def _tar_entries(blob: bytes, limits: ArchiveLimits, budget: _Budget) -> Iterato
             if member is None:
                 return
             if count > limits.max_files:
-                raise _too_many(count, limits, exact=False)
+                raise _too_many(f"holds more than {limits.max_files}", limits)
             archive.members.clear()  # tarfile keeps every member it has seen
             path = _safe_path(member.name)
             if member.issym() or member.islnk():

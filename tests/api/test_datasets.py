@@ -474,6 +474,16 @@ def test_a_zip_with_too_many_entries_is_refused_from_its_directory(strict_client
     assert_refused(post(strict_client, buffer.getvalue()), 413, "50000 files")
 
 
+def test_a_zip_whose_count_says_more_files_than_it_holds_is_refused_in_its_own_words(tmp_path):
+    """A 100-byte zip whose end record says 65535 files was "the archive holds 65535 files"."""
+    one = bytearray(stored_zip({"cat/a.jpg": b"x"}))
+    end = one.index(b"PK\x05\x06")
+    one[end + 8:end + 12] = (65535).to_bytes(2, "little") * 2  # entries on this disk, and in all
+    limits = ArchiveLimits(max_files=10, max_total_bytes=10**7, max_image_pixels=10**7, max_seconds=60)
+    with pytest.raises(TooManyFiles, match="^the archive says it holds 65535 files; the limit is 10$"):
+        ingest_archive(bytes(one), tmp_path, None, limits)
+
+
 @pytest.mark.parametrize("offset", [None, b"PK\x05\x06"])
 def test_a_zip_whose_directory_holds_more_headers_than_its_count_says_is_refused_before_they_are_read(
         tmp_path, monkeypatch, offset):

@@ -109,7 +109,10 @@ def decode_image(data: bytes, max_pixels: int, at_least: tuple[int, int] | None 
         image = ImageOps.exif_transpose(image)
     except Exception:  # a damaged EXIF block: the pixels are fine, keep them as stored
         pass
-    image = _to_rgb(image)
+    try:
+        image = _to_rgb(image)
+    except ValueError as error:  # a mode Pillow opens but cannot convert
+        raise InvalidImage(f"the image's colour mode {image.mode} cannot be read as RGB ({error})") from None
     return image.reduce(scale) if scale > 1 else image
 
 
@@ -160,16 +163,16 @@ def decode_images(blobs: list[bytes], max_pixels: int, max_total_pixels: int,
     too_large = {index: decode(index) for index, pixels in enumerate(declared) if pixels > max_pixels}
     rest = [index for index in range(len(blobs)) if index not in too_large]
     if sum(declared[index] for index in rest) > max_total_pixels:
-        _refuse_any(list(too_large.values()))
+        refuse_any(list(too_large.values()))
         raise ImageTooLarge(f"the {len(blobs)} images declare {sum(declared)} pixels together; "
                             f"the limit for one request is {max_total_pixels}")
     decoded = dict(zip(rest, parallel_map(decode, rest)))
     images = [too_large[index] if index in too_large else decoded[index] for index in range(len(blobs))]
-    _refuse_any(images)
+    refuse_any(images)
     return images
 
 
-def _refuse_any(decoded: list[Image.Image | GazerError]) -> None:
+def refuse_any(decoded: list[Image.Image | GazerError]) -> None:
     """The first file's refusal, naming every file refused (`file_errors`: their fields, details
     and statuses), so that a client drops them all at once rather than one request at a time."""
     refused = [error for error in decoded if isinstance(error, GazerError)]
@@ -188,10 +191,15 @@ def _to_rgb(image: Image.Image) -> Image.Image:
             peak = 1.0
         else:
             peak = 255.0
-        image = Image.fromarray(np.clip(values * (255.0 / peak) + 0.5, 0, 255).astype(np.uint8), "L")
+        grey = Image.fromarray(np.clip(values * (255.0 / peak) + 0.5, 0, 255).astype(np.uint8), "L")
+        key = image.info.get("transparency")  # a 16-bit key value (PNG's tRNS): the pixels that hold it
+        image = grey if not isinstance(key, int) else \
+            Image.merge("LA", (grey, Image.fromarray(np.where(np.asarray(image) == key, 0, 255).astype(np.uint8))))
     if image.mode in ("P", "L", "RGB") and "transparency" in image.info:  # a palette entry or 8-bit key colour
         image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+    if image.mode == "La":  # premultiplied, which Pillow converts only to LA
+        image = image.convert("LA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa"):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)

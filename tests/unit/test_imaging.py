@@ -23,6 +23,33 @@ def test_a_transparent_key_colour_becomes_white_like_alpha_does():
     assert np.asarray(rgb)[:4].min() == 255 and np.asarray(rgb)[4:].max() == 90
     grey = decode_image(encode(Image.fromarray(pixels[..., 0], "L"), "PNG", transparency=0), 10**6)
     assert np.asarray(grey)[:4].min() == 255 and np.asarray(grey)[4:].max() == 90
+    # a 16-bit grey key: it was dropped with the 16 bits, so its pixels were black
+    deep = decode_image(encode(Image.fromarray(pixels[..., 0].astype(np.uint16) * 257), "PNG", transparency=0), 10**6)
+    assert np.asarray(deep)[:4].min() == 255 and np.asarray(deep)[4:].max() == 90
+
+
+def test_a_premultiplied_grey_tiff_is_read_and_a_mode_pillow_cannot_convert_is_a_422():
+    """Grey with associated alpha (TIFF ExtraSamples 1) opens as "La", which Pillow converts only
+    to LA: a 500 on predict and explain."""
+    pixels = np.stack([np.full((8, 8), 45, dtype=np.uint8), np.full((8, 8), 128, dtype=np.uint8)], axis=-1)
+    pixels[:4, :, 1] = 255
+    unassociated = encode(Image.fromarray(pixels, "LA"), "TIFF")
+    extra_samples = b"\x52\x01\x03\x00\x01\x00\x00\x00"  # tag 338, SHORT, one value: 2 (unassociated)
+    associated = unassociated.replace(extra_samples + b"\x02\x00", extra_samples + b"\x01\x00")
+    assert Image.open(io.BytesIO(associated)).mode == "La"
+    decoded = np.asarray(decode_image(associated, 10**6))
+    assert decoded.shape == (8, 8, 3) and np.all(decoded[:4] == 45)  # opaque
+    assert np.all(np.abs(decoded[4:].astype(int) - (90 * 128 + 255 * 127) // 255) <= 2)  # 45 premultiplied at 128
+
+
+def test_a_colour_mode_that_cannot_become_rgb_is_a_422(monkeypatch):
+    def refuse(image, *args, **kwargs):
+        raise ValueError(f"conversion from {image.mode} to RGB not supported")
+
+    monkeypatch.setattr(Image.Image, "convert", refuse)
+    with pytest.raises(InvalidImage, match="colour mode L cannot be read as RGB") as refused:
+        decode_image(encode(Image.fromarray(np.zeros((8, 8), dtype=np.uint8), "L"), "PNG"), 10**6)
+    assert refused.value.status == 422
 
 
 def test_float_images_in_zero_to_one_keep_their_brightness():

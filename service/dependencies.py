@@ -12,6 +12,7 @@ from fastapi import Depends, Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from core.errors import InvalidRequest, PayloadTooLarge, ServiceBusy, TooManyFiles
+from core.imaging import refuse_any
 from core.models.registry import LoadedModel, ModelRegistry
 from core.storage import Storage
 from service.auth import Caller, CallerDep
@@ -107,13 +108,11 @@ ModelDep = Annotated[LoadedModel, Depends(get_model)]
 async def read_uploads(files: list[UploadFile], settings: Settings) -> list[bytes]:
     if len(files) > settings.max_files:
         raise TooManyFiles(f"{len(files)} files in one request; the limit is {settings.max_files}")
-    blobs = []
-    for index, upload in enumerate(files):
-        if upload.size is not None and upload.size > settings.max_file_bytes:
-            raise PayloadTooLarge(f"file {index} ({upload.filename}) is {upload.size} bytes; "
-                                  f"the limit is {settings.max_file_bytes}")
-        blobs.append(await upload.read())
-    return blobs
+    refuse_any([PayloadTooLarge(f"file {index}{f' ({upload.filename[:100]!r})' if upload.filename else ''} is "
+                                f"{upload.size} bytes; the limit is {settings.max_file_bytes}", field=f"file.{index}")
+                for index, upload in enumerate(files)
+                if upload.size is not None and upload.size > settings.max_file_bytes])
+    return [await upload.read() for upload in files]
 
 
 @asynccontextmanager

@@ -1,5 +1,6 @@
 """Multipart form fields: those whose value is a list (the field repeated, or a comma list in one
-value), and the refusal of a field that a route does not declare or of one value sent twice."""
+value), and the refusal of a field that a route does not declare, of one value sent twice, or of
+a query parameter."""
 
 from __future__ import annotations
 
@@ -38,9 +39,15 @@ async def refuse_unknown_fields(request: Request) -> None:
 
 async def check_fields(request: Request, takers: str = "this route", note: str = "") -> None:
     """Refuses the first undeclared field ("not one `takers` takes`note`"), and a field of one
-    value sent more than once, of which FastAPI would keep the last alone. The form is the one
+    value sent more than once, of which FastAPI would keep the last alone; and a query parameter,
+    which these routes do not read (`?method=...` ran the default method). The form is the one
     FastAPI has read already."""
-    declared = _declared(request.scope["route"])
+    route = request.scope["route"]
+    queried = sorted(set(request.query_params) - {param.alias for param in route.dependant.query_params})
+    if queried:
+        raise InvalidRequest(f"query parameter {queried[0]!r}: {takers} reads its fields from the form "
+                             f"(multipart/form-data), not from the URL", field=queried[0])
+    declared = _declared(route)
     form = await request.form()
     unknown = sorted(set(form.keys()) - set(declared))
     if unknown:

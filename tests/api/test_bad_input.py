@@ -256,6 +256,16 @@ def test_a_field_the_route_does_not_take_is_422_naming_it_not_dropped(client, pa
     assert valid <= set(body["valid"]), body
 
 
+@pytest.mark.parametrize("path, query", [(PREDICT, "top_k=1"), (EXPLAIN, "method=nonexistent"),
+                                         (EXPLAIN, "method=cam&steps=4"), ("/v1/datasets", "name=pets")])
+def test_a_query_parameter_is_422_not_dropped(client, path, query):
+    """`predict?top_k=1` gave five classes, `explain?method=nonexistent` a Grad-CAM."""
+    name = query.split("=")[0]
+    body = assert_problem(client.post(f"{path}?{query}", files=[upload(encode(chelsea()))]), 422, "invalid-request")
+    assert body["errors"][0]["field"] == name and f"query parameter {name!r}" in body["detail"], body
+    assert "from the form (multipart/form-data), not from the URL" in body["detail"]
+
+
 @pytest.mark.parametrize("path, files, data, field", [
     ("/v1/datasets", [("file", ("a.zip", b"PK")), ("file", ("b.zip", b"PK"))], {}, "file"),
     ("/v1/models", [("onnx", ("a.onnx", b"x")), ("onnx", ("b.onnx", b"y"))], {"name": "m"}, "onnx"),
@@ -351,6 +361,15 @@ def test_file_over_the_file_limit_is_413(strict_client):
     assert 60_000 < len(blob) < 200_000
     assert_problem(strict_client.post(PREDICT, files=[upload(blob, "noisy.png", "image/png")]), 413,
                    "payload-too-large")
+    # every file over it is named by its field, as a refused image is: the 413 named the first alone, by no field
+    over = encode(Image.fromarray(noisy[:150, :150]), "PNG")
+    assert 60_000 < len(over) < 80_000  # two, and a small one, stay under the request's 200 000
+    small = encode(chelsea().resize((64, 43)))
+    body = assert_problem(strict_client.post(PREDICT, files=[upload(small), upload(over, "a.png", "image/png"),
+                                                             upload(over, "b.png", "image/png")]),
+                          413, "payload-too-large")
+    assert [error["field"] for error in body["errors"]] == ["file.1", "file.2"], body
+    assert body["detail"] == f"file 1 ('a.png') is {len(over)} bytes; the limit is 60000", body
 
 
 def test_images_declaring_too_many_pixels_together_are_413(strict_client):

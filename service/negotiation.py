@@ -33,14 +33,14 @@ def media_qualities(accept: str) -> dict[str, float]:
 
 def preferred_image(accept: str, media_types: dict[str, str]) -> str | None:
     """The key of `media_types` (format -> media type) that an Accept header asks for most, if
-    it asks for one (by name or image/*) more than for JSON; among images, ties go to the first
-    listed. A bare */*, or an image asked for as much as JSON (a client generated from the
-    OpenAPI schema lists every type), asks for JSON."""
+    it asks for one (by name, image/* or */*) more than for JSON; among images, ties go to the
+    first listed. A bare */*, or an image asked for as much as JSON (a client generated from the
+    OpenAPI schema lists every type), asks for JSON; */* with JSON refused (q=0) asks for an image."""
     qualities = media_qualities(accept)
     json_quality = quality(qualities, "application/json")
     best, best_quality = None, 0.0
     for name, media_type in media_types.items():
-        wanted = qualities.get(media_type, qualities.get("image/*", 0.0))
+        wanted = quality(qualities, media_type)
         if wanted > best_quality and wanted > json_quality:
             best, best_quality = name, wanted
     return best

@@ -321,6 +321,9 @@ def test_cam_from_the_served_onnx_forward_matches_cam_from_torch(client, monkeyp
     ("image/webp", "webp"), ("image/jpeg;q=0.5, image/webp;q=0.9", "webp"), ("image/png, image/jpeg", "png"),
     ("image/*", "png"), ("image/png;q=0, image/*", "jpeg"), ("application/*, image/*;q=0.5", None),
     ("*/*, image/webp;q=0.5", None), ("image/webp, */*;q=0.1", "webp"),
+    # JSON refused, images allowed through */*: JSON was the answer
+    ("application/json;q=0, */*", "png"), ("*/*;q=0.1, application/json;q=0", "png"),
+    ("image/png;q=0, application/json;q=0, */*", "jpeg"),
 ])
 def test_accept_header_negotiation(accept, image):
     assert preferred_image(accept, MEDIA_TYPES) == image

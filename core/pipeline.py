@@ -69,6 +69,8 @@ class ImageResult:
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
+    """In float32 at least: a float16 graph's 70,000 exponentials overflowed its sum (65,504)."""
+    logits = logits.astype(np.promote_types(logits.dtype, np.float32), copy=False)
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
     return shifted / shifted.sum(axis=1, keepdims=True)
 
@@ -135,7 +137,8 @@ def onnx_run(model: LoadedModel, outputs: tuple[str, ...], batch: np.ndarray) ->
     return onnx_runs(model)(outputs, batch, len(batch))
 
 
-def _resolve_targets(targets: list[int] | None, count: int, spec: ModelSpec) -> torch.Tensor | None:
+def resolve_targets(targets: list[int] | None, count: int, spec: ModelSpec) -> torch.Tensor | None:
+    """The class each of `count` images is explained for (None: each one's top-1), or why not."""
     if not targets:
         return None
     if len(targets) not in (1, count):
@@ -292,7 +295,7 @@ def explain(model: LoadedModel, images: list[Image.Image], method_name: str,
         raise InvalidRequest(f"an overlay in {overlay_format} can be at most {MAX_SIDE[overlay_format]} pixels on a "
                              f"side, and an image here is {longest}: ask for overlay_format=png (or Accept: image/png)",
                              field="overlay_format")
-    wanted = _resolve_targets(targets, len(images), model.spec)
+    wanted = resolve_targets(targets, len(images), model.spec)
     started = time.perf_counter()
     batch, boxes = imaging.preprocess(images, model.spec, resize)
     preprocessed = time.perf_counter()

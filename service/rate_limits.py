@@ -75,6 +75,13 @@ class RateLimiter:
                            f"retry in {wait:.1f} s", wait)
 
 
+    def give_back(self, client: str, amount: float) -> None:
+        """Returns what `take` took for work that was refused before it ran."""
+        with self._lock:
+            if (bucket := self._buckets.get(client)) is not None:
+                bucket.tokens = min(bucket.burst, bucket.tokens + amount)
+
+
 class StreamSlots:
     """Open event streams, in all and per client."""
 

@@ -18,9 +18,9 @@ from pydantic import BaseModel, Field
 
 from core import cancellation, device_preprocessing, parallel, pipeline
 from core.encoding import MEDIA_TYPES
-from core.errors import InvalidRequest
+from core.errors import GazerError, InvalidRequest
 from core.explain.faithfulness import DEFAULT_STEPS, Faithfulness
-from core.imaging import RESIZE_MODES, declared_pixels, decode_images, needed_sides, preprocess
+from core.imaging import RESIZE_MODES, check_resize, declared_pixels, decode_images, needed_sides, preprocess
 from core.models.spec import ModelSpec
 from core.names import BUILTIN_MODELS, MAX_INDEX, MAX_TOP_K, OUTPUTS
 from schemas import models as wire
@@ -88,17 +88,22 @@ def _decode_all(blobs: list[bytes], names: list[str | None], settings: Settings,
 
 async def _decoded_and_explained(request: Request, blobs: list[bytes], declared: list[int], names: list[str | None],
                                  settings: Settings, on_stage: pipeline.OnStage, spec: ModelSpec, what: str,
-                                 explain: Callable[[list], list[pipeline.ImageResult]]) -> list[pipeline.ImageResult]:
+                                 explain: Callable[[list], list[pipeline.ImageResult]],
+                                 refused: Callable[[], None]) -> list[pipeline.ImageResult]:
     """`blobs` decoded on the CPU pool, then explained on one of the explanation threads; dropped
-    where its client has gone."""
+    where its client has gone. `refused` is called where a file is refused (413, 422)."""
     async with client_watch(request) as gone:
         def work(images: list) -> list[pipeline.ImageResult]:
             with cancellation.for_client(gone):
                 return explain(images)
 
         try:
-            images = await asyncio.wrap_future(parallel.submit(
-                lambda: _decode_all(blobs, names, settings, on_stage, spec, declared), spread=len(blobs) > 1))
+            try:
+                images = await asyncio.wrap_future(parallel.submit(
+                    lambda: _decode_all(blobs, names, settings, on_stage, spec, declared), spread=len(blobs) > 1))
+            except GazerError:
+                refused()
+                raise
             return await anyio.to_thread.run_sync(work, images, limiter=request.app.state.explanation_threads)
         except cancellation.ClientGone as gone_error:
             log.info("%s dropped: %s", what, gone_error.detail)
@@ -132,6 +137,7 @@ def describe_model(model: ModelDep, registry: RegistryDep) -> wire.ModelDetail:
 @router.post("/{model}/predict", response_model=wire.PredictResponse, dependencies=[Depends(refuse_unknown_fields)])
 async def predict(request: Request, model: ModelDep, settings: SettingsDep, metrics: MetricsDep, caller: CallerDep,
                   file: Files, top_k: TopK = 5, resize: Resize = "crop") -> Response:
+    check_resize(resize)
     with admitted(request, model, caller):
         blobs = await read_uploads(file, settings)
         metrics.batch_size.labels("predict").observe(len(blobs))
@@ -244,12 +250,14 @@ async def explain(
                                            settings)
     overlay_format = image_answer or overlay_format
     cost = pipeline.explain_cost(model, method, layer, options, len(file), faithfulness, wanted)
+    check_resize(resize)
+    pipeline.resolve_targets(target, len(file), model.spec)
     if cost > settings.explain_budget:
         raise InvalidRequest(f"this explanation costs {cost} forward passes ({method} on {len(file)} files); the "
                              f"budget of one request is {settings.explain_budget}: send fewer files or fewer "
                              f"steps, samples or masks", field="file", cost=cost, budget=settings.explain_budget)
     # the form is read by now: a slot held from here waits on no upload; a request refused
-    # (503, 413) has spent none of its client's compute
+    # (503, 413, a file that is not an image) has spent none of its client's compute
     with admitted(request, model, caller), explanation_slot(request, caller):
         blobs = await read_uploads(file, settings)
         # headers on the CPU pool: a crafted PNG's take seconds to read
@@ -262,14 +270,16 @@ async def explain(
         held = sum(kept for _, kept in pixels) if sum(declared) <= settings.max_request_pixels else 0
         client = client_id(caller, request)
         with request.app.state.explained_pixels.holding(held, client):
-            request.app.state.compute_limiter.take(client, cost)
+            compute = request.app.state.compute_limiter
+            compute.take(client, cost)
             metrics.batch_size.labels("explain").observe(len(blobs))
             on_stage = metrics.stage_recorder(model.spec.id)
             results = await _decoded_and_explained(
                 request, blobs, declared, [upload.filename for upload in file], settings, on_stage, model.spec,
                 f"{method} on {model.spec.ref}",
                 lambda images: pipeline.explain(model, images, method, target, layer, options, top_k, wanted,
-                                                resize, faithfulness, on_stage, overlay_format))
+                                                resize, faithfulness, on_stage, overlay_format),
+                lambda: compute.give_back(client, cost))
     answer = Response(results[0].explanation.overlay, media_type=MEDIA_TYPES[image_answer]) \
         if image_answer is not None else \
         _json(wire.ExplainResponse(model=_ref(model.spec), results=[_explain_result(r) for r in results]))

@@ -114,6 +114,23 @@ def test_compute_over_the_rate_is_429(limited):
     assert over.status_code == 422 and over.json()["cost"] == 200 and over.json()["budget"] == 120, over.text
 
 
+def test_a_refused_explanation_is_not_charged(tmp_path):
+    """A bad resize or target, a file that is not an image or one over the pixel limit: each
+    refusal took the request's whole cost, so the next good request was a 429."""
+    settings = Settings(data_dir=tmp_path, compute_per_second=0.01, compute_burst=120, max_image_pixels=200_000)
+    big = encode(chelsea().resize((600, 400)))
+    refusals = [({"resize": "Crop"}, photos(1), 422), ({"target": "1000"}, photos(1), 422),
+                ({"target": "1,2"}, photos(1), 422), ({}, [upload(b"not an image", "a.jpg")], 422),
+                ({}, [upload(big, "big.jpg")], 413), ({}, photos(1) + [upload(b"GIF89a", "b.gif")], 422)]
+    ig = {"method": "integrated_gradients", "steps": 50}  # 100 forward passes
+    with TestClient(base_url="http://localhost", app=create_app(settings)) as client:
+        for fields, files, status in refusals:
+            refused = client.post(EXPLAIN, files=files, data={**ig, **fields})
+            assert refused.status_code == status, (fields, refused.text)
+        assert client.post(EXPLAIN, files=photos(1), data=ig).status_code == 200
+        assert client.post(EXPLAIN, files=photos(1), data=ig).status_code == 429  # and charged once it ran
+
+
 def test_a_model_load_is_charged_to_its_clients_compute(app_settings):
     """Asking in turn for more models than stay loaded made every request a load (about a second
     of CPU, one at a time for every client), uncharged: a load now costs MODEL_LOAD_COST forward

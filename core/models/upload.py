@@ -73,7 +73,14 @@ def check_architecture(architecture: str) -> str:
     if architecture.startswith(TIMM_PREFIX):
         import timm
 
-        if timm.is_model(architecture[len(TIMM_PREFIX):]):
+        name = architecture[len(TIMM_PREFIX):]
+        if timm.is_model(name):
+            base, tag = timm.models.split_model_name_tag(name)
+            if tag and not timm.list_pretrained(name):  # is_model takes any tag; building the model does not
+                tags = [known.partition(".")[2] for known in timm.list_pretrained(f"{base}.*")]
+                raise InvalidRequest(f"timm's {base} has no tag {tag!r}: leave the tag out"
+                                     + (f", or use one of {', '.join(tags[:20])}" if tags else ""),
+                                     field="architecture")
             return architecture
     elif architecture.startswith(TORCHVISION_TRANSFORMERS):
         raise InvalidRequest(f"{architecture!r} is a vision transformer, which is not supported: its explanations "
@@ -118,6 +125,9 @@ def read_state_dict(blob: bytes) -> dict[str, torch.Tensor]:
         return load_safetensors(blob)
     except (SafetensorError, ValueError, RuntimeError) as error:
         raise InvalidRequest(f"weights are not a valid .safetensors file: {error}", field="weights") from None
+    except KeyError as error:  # a dtype the safetensors format has and torch lacks (F8_E8M0, F4, F6_E2M3)
+        raise InvalidRequest(f"the weights hold a dtype torch cannot load: {error}; save them in float32",
+                             field="weights") from None
 
 
 def check_class_count(classes: int, field: str) -> int:
@@ -130,8 +140,9 @@ def check_class_count(classes: int, field: str) -> int:
 def _check_fit(architecture: str, expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor],
                classifier: str) -> None:
     """The uploaded tensors are the architecture's, with the same shapes (the classifier's rows
-    aside: they are the classes)."""
-    missing = sorted(set(expected) - set(state))
+    aside: they are the classes). BatchNorm's step counts may be left out, as torch's strict
+    loading allows: evaluation never reads them."""
+    missing = sorted(key for key in set(expected) - set(state) if not key.endswith(".num_batches_tracked"))
     unexpected = sorted(set(state) - set(expected))
     rows = state[f"{classifier}.weight"].shape[0]
 
@@ -269,6 +280,9 @@ def _messages(message) -> Iterator:
 MAX_ONNX_MESSAGES = 100_000
 # Fields of any kind the count may read: a real export's numbers come packed, a field for all.
 MAX_ONNX_FIELDS = 2_000_000
+# Numbers in packed varint fields (int64_data, dims, ints): 1 byte each in the file, 4 or 8 parsed.
+MAX_ONNX_PACKED_NUMBERS = 4_000_000
+_BYTES_THAT_END_A_NUMBER = bytes(range(0x80))
 
 
 def count_onnx_messages(blob: bytes) -> int:
@@ -277,7 +291,9 @@ def count_onnx_messages(blob: bytes) -> int:
     about 130 bytes parsed, so 30 MB of them took the API 1.9 GB. Stops past MAX_ONNX_MESSAGES.
     Refuses a file of over MAX_ONNX_FIELDS fields, and what no ONNX writer makes and the walk
     cannot bound: a number of over 10 bytes (protobuf's most), a group (skipped unparsed by protobuf,
-    it could hide any number of nodes). A file cut short ends the walk: the parser says what is wrong."""
+    it could hide any number of nodes); and one of over MAX_ONNX_PACKED_NUMBERS numbers packed as
+    varints (100 MB of zeros in an int64_data took 2 GB parsed). A file cut short ends the walk: the
+    parser says what is wrong."""
     from google.protobuf.descriptor import FieldDescriptor
     from onnx import ModelProto
 
@@ -294,7 +310,10 @@ def count_onnx_messages(blob: bytes) -> int:
                 return value, position
         raise not_onnx(f"a number of over 10 bytes at byte {position - 10}")
 
-    pending, messages, fields = [(ModelProto.DESCRIPTOR, 0, len(blob))], 1, 0
+    varints = {FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_INT32,
+               FieldDescriptor.TYPE_UINT32, FieldDescriptor.TYPE_SINT32, FieldDescriptor.TYPE_SINT64,
+               FieldDescriptor.TYPE_BOOL, FieldDescriptor.TYPE_ENUM}
+    pending, messages, fields, packed = [(ModelProto.DESCRIPTOR, 0, len(blob))], 1, 0, 0
     try:
         while pending:
             descriptor, position, end = pending.pop()
@@ -317,6 +336,13 @@ def count_onnx_messages(blob: bytes) -> int:
                         if messages > MAX_ONNX_MESSAGES:
                             return messages
                         pending.append((field.message_type, position, min(position + length, end)))
+                    elif field is not None and field.type in varints:  # packed: one number per last byte
+                        run = blob[position:min(position + length, end)]
+                        packed += len(run) - len(run.translate(None, _BYTES_THAT_END_A_NUMBER))
+                        if packed > MAX_ONNX_PACKED_NUMBERS:
+                            raise InvalidRequest(f"the ONNX file packs over {MAX_ONNX_PACKED_NUMBERS} integers "
+                                                 f"outside raw_data, each parsed into 8 bytes: a real export keeps "
+                                                 f"its tensors in raw_data", field="onnx")
                     position += length
                 else:
                     raise not_onnx(f"a protobuf group or wire type {kind} at byte {position}, which ONNX "

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 import torch
-from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument
+from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, NoSuchFile
 
 from core.errors import ModelFailed, ModelNotReady
 from core.parallel import cpu_count
@@ -103,10 +103,14 @@ class OnnxPredictor:
                 self._in_flight -= 1
 
     def _shared(self) -> onnxruntime.InferenceSession:
-        """The session for runs beside another: made on first need (a copy of the model's weights)."""
+        """The session for runs beside another: made on first need (a copy of the model's weights);
+        the main one where the model's file is gone (its version deleted while requests ran)."""
         with self._making_shared:
             if self._shared_session is None:
-                self._shared_session = _session(self.path, threads=max(1, cpu_count() // self.concurrent_runs))
+                try:
+                    self._shared_session = _session(self.path, threads=max(1, cpu_count() // self.concurrent_runs))
+                except NoSuchFile:
+                    self._shared_session = self.session
             return self._shared_session
 
     def run_bound(self, outputs: list[str], batch: Batch, device: str) -> list[np.ndarray]:

@@ -127,6 +127,25 @@ def test_classifier_rows_that_do_not_fit_and_weights_not_floating_point_are_422_
     assert_refused(post_weights(client, save(state)), 422, "weights", words)
 
 
+def test_weights_without_batchnorms_step_counts_are_served(client, small_resnet):
+    """torch's strict loading takes them (evaluation never reads the counts): they were a 422."""
+    state = {key: value.contiguous() for key, value in small_resnet.state_dict().items()
+             if not key.endswith(".num_batches_tracked")}
+    torchvision.models.resnet18(num_classes=4).load_state_dict(state, strict=True)
+    served = post_weights(client, save(state), name="no-step-counts")
+    assert served.status_code == 201, served.text
+    answer = client.post("/v1/models/no-step-counts/predict", files=[upload(encode(chelsea()))])
+    assert answer.status_code == 200, answer.text
+
+
+def test_weights_of_a_dtype_torch_lacks_are_422(client):
+    """safetensors names float8 e8m0, float4 and float6 dtypes that torch cannot make: a 500 (KeyError)."""
+    for dtype, size in (("F8_E8M0", 2048), ("F4", 1024), ("F6_E2M3", 1536)):  # 4 x 512 values
+        header = json.dumps({"fc.weight": {"dtype": dtype, "shape": [4, 512], "data_offsets": [0, size]}}).encode()
+        blob = len(header).to_bytes(8, "little") + header + bytes(size)
+        assert_refused(post_weights(client, blob), 422, "weights", f"a dtype torch cannot load: '{dtype}'")
+
+
 def test_half_precision_weights_are_served(client, small_resnet):
     """Float16 and bfloat16 are how weights are often kept; the batch norms' counters stay integers."""
     for dtype in (torch.float16, torch.bfloat16):
@@ -141,6 +160,18 @@ def test_a_label_count_that_differs_from_the_classifier_is_422(client, small_res
                            files={"weights": ("w.safetensors", weights_of(small_resnet)),
                                   "labels": ("labels.txt", b"cat\ndog\n")})
     assert_refused(response, 422, "labels", "4 classes")
+
+
+def test_a_label_over_256_characters_is_422(client, small_resnet):
+    """One label had no limit but the file's 4 MiB: 4000-character names made a 6 KB predict
+    request a 260 MB answer."""
+    def with_labels(last: str):
+        return client.post("/v1/models", data={"name": "long-names", "architecture": "resnet18", "input_size": 64},
+                           files={"weights": ("w.safetensors", weights_of(small_resnet)),
+                                  "labels": ("labels.txt", f"cat\ndog\nfox\n{last}\n".encode())})
+    assert_refused(with_labels("b" * 257), 422, "labels", "labels line 4 is 257 characters long; a class name has "
+                                                          "at most 256")
+    assert with_labels("  " + "b" * 256 + "  ").status_code == 201  # stripped, as it is kept
 
 
 @pytest.mark.parametrize("label, shown", [("\x1b]0;PWNED\x07cat", "'\\x1b'"), ("red\x1b[31m", "'\\x1b'"),
@@ -174,6 +205,10 @@ def test_an_empty_label_line_is_422_and_repeated_names_are_kept(client, small_re
 def test_unknown_architectures_and_bad_preprocessing_are_422(client, small_resnet):
     assert_refused(client.post("/v1/models", data={"name": "mine", "architecture": "resnet9000"},
                                files={"weights": ("w", weights_of(small_resnet))}), 422, "architecture", "unknown")
+    # timm takes any tag as a model's name, then refused to build it: a 500
+    assert_refused(client.post("/v1/models", data={"name": "mine", "architecture": "timm:resnet18.no_such_tag"},
+                               files={"weights": ("w", weights_of(small_resnet))}), 422, "architecture",
+                   "timm's resnet18 has no tag 'no_such_tag': leave the tag out, or use one of a1_in1k")
     squeezenet = client.post("/v1/models", data={"name": "mine", "architecture": "squeezenet1_0"},
                              files={"weights": ("w", weights_of(torchvision.models.squeezenet1_0(num_classes=4)))})
     assert_refused(squeezenet, 422, "architecture", "no linear classifier")
@@ -526,6 +561,30 @@ def test_an_onnx_graph_that_already_names_a_tensor_logits_is_served(client, wher
     assert answer.status_code == 200 and len(answer.json()["results"][0]["predictions"]) == 4, answer.text
 
 
+def test_float16_logits_of_many_classes_are_ranked_in_float32(client):
+    """The softmax ran in the graph's float16: 70,000 exponentials overflowed its sum, so every
+    probability was 0 and predict answered class 0, where explain answered the right one."""
+    classes, best = 70_000, 64_540
+    bias = np.zeros(classes, dtype=np.float32)
+    bias[best] = 0.01  # e^-0.01 x 70,000 > 65,504, float16's largest
+    nodes = [helper.make_node("GlobalAveragePool", ["pixels"], ["pooled"]),
+             helper.make_node("Flatten", ["pooled"], ["flat"]),
+             helper.make_node("Gemm", ["flat", "weight", "bias"], ["scores"], transB=1),
+             helper.make_node("Cast", ["scores"], ["half"], to=TensorProto.FLOAT16)]
+    graph = helper.make_graph(nodes, "half", [helper.make_tensor_value_info("pixels", TensorProto.FLOAT,
+                                                                            ["n", 3, 32, 32])],
+                              [helper.make_tensor_value_info("half", TensorProto.FLOAT16, ["n", classes])],
+                              initializer=[numpy_helper.from_array(np.zeros((classes, 3), dtype=np.float32), "weight"),
+                                           numpy_helper.from_array(bias, "bias")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    served = client.post("/v1/models", data={"name": "half-logits", "input_size": 32},
+                         files={"onnx": ("m.onnx", model.SerializeToString())})
+    assert served.status_code == 201, served.text
+    answer = client.post("/v1/models/half-logits/predict", files=[upload(encode(chelsea()))], data={"top_k": 2})
+    top = answer.json()["results"][0]["predictions"]
+    assert top[0]["index"] == best and top[0]["probability"] > top[1]["probability"] > 0, top
+
+
 def test_a_data_set_explained_without_a_method_gets_the_models_own(client):
     """gradcam was the default for every model, so a model served from ONNX alone was refused
     ("cannot answer gradcam") unless a method was named; /explain already used its own."""
@@ -624,6 +683,22 @@ def test_an_onnx_file_of_empty_nodes_is_refused_before_protobuf_parses_it(client
     long_number = b"\x08" + b"\xff" * 300_000 + b"\x01"  # each byte made the number longer: 2.3 s for 320 KB
     assert_refused(client.post("/v1/models", data={"name": "long-number", "input_size": 32},
                                files={"onnx": ("m.onnx", long_number)}), 422, "onnx", "a number of over 10 bytes")
+    assert not parsed
+
+
+def test_an_onnx_file_of_packed_integers_is_refused_before_protobuf_parses_it(client, monkeypatch):
+    """A packed int64 costs 1 byte of file and 8 parsed: 100 MB of zeros in one initializer's
+    int64_data took the API process from 1.3 to 3.4 GB, and the upload was accepted."""
+    model = onnx_classifier()
+    count = model_upload.MAX_ONNX_PACKED_NUMBERS + 1
+    model.graph.initializer.append(onnx.helper.make_tensor("unused", onnx.TensorProto.INT64, [count],
+                                                           np.zeros(count, dtype=np.int64)))
+    packed = model.SerializeToString()
+    assert len(packed) < count + 100_000  # a byte a number
+    parsed = []
+    monkeypatch.setattr(onnx, "load_from_string", lambda blob: parsed.append(blob))
+    refused = client.post("/v1/models", data={"name": "packed", "input_size": 32}, files={"onnx": ("m.onnx", packed)})
+    assert_refused(refused, 422, "onnx", f"packs over {model_upload.MAX_ONNX_PACKED_NUMBERS} integers")
     assert not parsed
 
 

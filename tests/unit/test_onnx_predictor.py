@@ -65,6 +65,36 @@ def test_a_run_beside_another_takes_the_second_session_with_the_same_numbers(pre
     assert predictor._in_flight == 0
 
 
+def test_a_run_beside_another_after_the_models_file_is_gone_takes_the_main_session(predictor_and_batch, tmp_path,
+                                                                                   monkeypatch):
+    """A version deleted while its requests ran: the second session, made from the file on first
+    need, was a 500 (NoSuchFile)."""
+    predictor, batch = predictor_and_batch
+    copy = tmp_path / "model.onnx"
+    copy.write_bytes(predictor.path.read_bytes())
+    deleted = OnnxPredictor(copy)
+    if deleted.concurrent_runs < 2:
+        pytest.skip("one core: one run at a time")
+    alone = deleted.run(["logits"], batch)
+    copy.unlink()
+    held = HeldSession(deleted.session)
+    monkeypatch.setattr(deleted, "session", held)
+    results: list = []
+    threads = [threading.Thread(target=lambda: results.append(deleted.run(["logits"], batch))) for _ in range(2)]
+    threads[0].start()
+    assert held.running.wait(30)
+    threads[1].start()  # beside it: no second session can be made now
+    deadline = time.monotonic() + 30
+    while held.calls < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    held.release.set()
+    for thread in threads:
+        thread.join(30)
+    assert held.calls == 2 and len(results) == 2, results
+    for result in results:
+        np.testing.assert_array_equal(result[0], alone[0])
+
+
 def test_a_model_over_the_size_cap_keeps_one_session_when_runs_overlap(predictor_and_batch, monkeypatch):
     predictor, batch = predictor_and_batch
     monkeypatch.setattr(onnx_predictor, "SECOND_SESSION_MAX_BYTES", predictor.path.stat().st_size - 1)

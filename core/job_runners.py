@@ -85,7 +85,7 @@ def check_fine_tune(config: FineTuneConfig, registry: ModelRegistry, datasets_di
                              f"use a batch_size of 2 or more, or an input_size of "
                              f"{SMALLEST_INPUT_FOR_ONE_IMAGE_BATCHES} or more", field="batch_size")
     check_name(config.output_model, "output_model")
-    if config.output_model in BUILTIN_MODELS:
+    if config.output_model.casefold() in BUILTIN_MODELS:
         raise InvalidRequest(f"output_model {config.output_model!r} is a built-in model's name", field="output_model")
     if memory_limit is not None:
         needed = memory.training_bytes(dataset["images"], len(dataset["classes"]), config.batch_size,

@@ -61,7 +61,7 @@ def check_preprocessing(preprocessing: Preprocessing) -> None:
 
 def check_model_name(name: str) -> str:
     check_name(name, "name")
-    if name in BUILTIN_MODELS:
+    if name.casefold() in BUILTIN_MODELS:  # EfficientNet_Lite0 too: a look-alike, easily taken for it
         raise Conflict(f"{name!r} is a built-in model's name; choose another", field="name")
     return name
 
@@ -131,9 +131,13 @@ def read_state_dict(blob: bytes) -> dict[str, torch.Tensor]:
 
 
 def check_class_count(classes: int, field: str) -> int:
-    """At least one class, and no more than a target may name (every answer holds a row of them)."""
-    if not 1 <= classes <= MAX_INDEX:
-        raise InvalidRequest(f"the model has {classes} classes; a served model has 1 to {MAX_INDEX}", field=field)
+    """At least two classes (the softmax of one is always 1: a sigmoid classifier's one logit
+    ranked every image 100% its class), and no more than a target may name."""
+    if classes == 1:
+        raise InvalidRequest("the model has 1 output, whose softmax is always 1: a served model's outputs are one "
+                             "logit per class; for a sigmoid classifier, output the logits (0, z)", field=field)
+    if not 2 <= classes <= MAX_INDEX:
+        raise InvalidRequest(f"the model has {classes} classes; a served model has 2 to {MAX_INDEX}", field=field)
     return classes
 
 
@@ -491,8 +495,10 @@ def onnx_model(name: str, blob: bytes, labels: list[str] | None, preprocessing: 
                              field="onnx")
     dims = inputs[0].type.tensor_type.shape.dim
     fixed = [dim.dim_value if dim.HasField("dim_value") else None for dim in dims]
-    if len(fixed) != 4 or fixed[1] not in (3, None):
-        raise InvalidRequest(f"the ONNX input must be NCHW with 3 channels; it is {fixed}", field="onnx")
+    if len(fixed) != 4 or fixed[1] not in (3, None) or (fixed[1] is None and fixed[3] == 3):
+        channels_last = " (channels last, NHWC?)" if len(fixed) == 4 and fixed[3] == 3 else ""
+        raise InvalidRequest(f"the ONNX input must be NCHW with 3 channels; it is {fixed}{channels_last}",
+                             field="onnx")
     if fixed[0] is not None:
         raise InvalidRequest(f"the ONNX input's batch dimension is fixed at {fixed[0]}; export it dynamic "
                              f"(dynamic_axes)", field="onnx")

@@ -111,7 +111,8 @@ def test_a_model_with_nan_logits_is_422(client, small_resnet):
 @pytest.mark.parametrize("key, tensor, words", [
     ("fc.bias", torch.zeros(7), "fc.bias"),           # 4 rows of weights, 7 biases
     ("fc.weight", torch.zeros(4, 7), "fc.weight"),    # 7 features in, where resnet18 pools 512
-    ("fc.weight", torch.zeros(0, 512), "0 classes; a served model has 1 to"),
+    ("fc.weight", torch.zeros(0, 512), "0 classes; a served model has 2 to"),
+    ("fc.weight", torch.zeros(1, 512), "1 output, whose softmax is always 1"),  # every image was 100% class 0
     ("layer1.0.conv1.weight", torch.zeros(64, 64, 3, 3, dtype=torch.complex64), "layer1.0.conv1.weight complex64"),
     ("layer1.0.conv1.weight", torch.ones(64, 64, 3, 3, dtype=torch.uint16), "layer1.0.conv1.weight uint16"),
     ("bn1.weight", torch.ones(64, dtype=torch.bool), "bn1.weight bool"),
@@ -122,8 +123,8 @@ def test_classifier_rows_that_do_not_fit_and_weights_not_floating_point_are_422_
     dropped, integers and booleans taken for weights."""
     state = {name: value.clone() for name, value in small_resnet.state_dict().items()}
     state[key] = tensor
-    if key == "fc.weight" and len(tensor) == 0:
-        state["fc.bias"] = torch.zeros(0)
+    if key == "fc.weight" and len(tensor) < 2:
+        state["fc.bias"] = torch.zeros(len(tensor))
     assert_refused(post_weights(client, save(state)), 422, "weights", words)
 
 
@@ -561,6 +562,23 @@ def test_an_onnx_graph_that_already_names_a_tensor_logits_is_served(client, wher
     assert answer.status_code == 200 and len(answer.json()["results"][0]["predictions"]) == 4, answer.text
 
 
+def test_a_channels_last_onnx_input_is_named_as_such(client):
+    """[n, h, w, 3] with free sides was refused as "the ONNX input is Nonex3, not 32", on input_size."""
+    nodes = [helper.make_node("Transpose", ["pixels"], ["nchw"], perm=[0, 3, 1, 2]),
+             helper.make_node("GlobalAveragePool", ["nchw"], ["pooled"]),
+             helper.make_node("Flatten", ["pooled"], ["flat"]),
+             helper.make_node("Gemm", ["flat", "weight"], ["scores"], transB=1)]
+    graph = helper.make_graph(nodes, "nhwc", [helper.make_tensor_value_info("pixels", TensorProto.FLOAT,
+                                                                            ["n", "h", "w", 3])],
+                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["n", 4])],
+                              initializer=[numpy_helper.from_array(np.ones((4, 3), dtype=np.float32), "weight")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    refused = client.post("/v1/models", data={"name": "nhwc", "input_size": 32},
+                          files={"onnx": ("m.onnx", model.SerializeToString())})
+    assert_refused(refused, 422, "onnx", "must be NCHW with 3 channels; it is [None, None, None, 3] (channels last, "
+                                         "NHWC?)")
+
+
 def test_float16_logits_of_many_classes_are_ranked_in_float32(client):
     """The softmax ran in the graph's float16: 70,000 exponentials overflowed its sum, so every
     probability was 0 and predict answered class 0, where explain answered the right one."""
@@ -750,6 +768,8 @@ def test_a_version_where_a_models_name_is_taken_is_named_as_such(client, wide_on
 
 def test_built_in_names_are_409(client, small_resnet):
     assert_refused(post_weights(client, weights_of(small_resnet), name="efficientnet_lite0"), 409, "name", "built-in")
+    # a look-alike in other case was served beside it
+    assert_refused(post_weights(client, weights_of(small_resnet), name="EfficientNet_Lite0"), 409, "name", "built-in")
     assert client.delete("/v1/models/efficientnet_lite0@1").status_code == 409
     assert client.put("/v1/models/efficientnet_lite0/default", json={"version": 1}).status_code == 409
 

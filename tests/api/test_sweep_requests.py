@@ -119,6 +119,13 @@ def test_a_data_set_of_one_image_per_class_is_refused_for_training_as_it_leaves_
         assert refused.json()["errors"][0]["field"].endswith("dataset_id"), refused.json()
 
 
+@pytest.mark.parametrize("name", ["efficientnet_lite1", "EfficientNet_Lite1"])  # a look-alike was published
+def test_a_fine_tune_may_not_publish_under_a_built_in_name(client, shapes, name):
+    refused = client.post("/v1/jobs/fine-tune", json={**BASE, "dataset_id": shapes, "output_model": name})
+    assert refused.status_code == 422 and "is a built-in model's name" in refused.json()["detail"], refused.text
+    assert refused.json()["errors"][0]["field"] == "output_model"
+
+
 @pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
 def test_a_number_that_is_not_finite_is_refused_as_such(client, value):
     """Python's JSON reads NaN and Infinity; they were refused as over a bound ("less than or equal to 10")."""

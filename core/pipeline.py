@@ -274,6 +274,18 @@ def _check_outputs(outputs: tuple[str, ...], model: LoadedModel, method_name: st
                              f"heatmap", field="outputs")
 
 
+def check_overlay_sides(images: list[Image.Image], outputs: tuple[str, ...], overlay_format: str) -> None:
+    """Whether `overlay_format` can hold the overlays of these decoded images."""
+    if overlay_format not in IMAGE_FORMATS:
+        raise InvalidRequest(f"unknown overlay_format {overlay_format!r}", field="overlay_format",
+                             valid=list(IMAGE_FORMATS))
+    longest = max(max(image.size) for image in images)
+    if "overlay" in outputs and longest > MAX_SIDE[overlay_format]:
+        raise InvalidRequest(f"an overlay in {overlay_format} can be at most {MAX_SIDE[overlay_format]} pixels on a "
+                             f"side, and an image here is {longest}: ask for overlay_format=png (or Accept: image/png)",
+                             field="overlay_format")
+
+
 def explain(model: LoadedModel, images: list[Image.Image], method_name: str,
             targets: list[int] | None = None, layer: str | None = None,
             options: dict[str, object] | None = None, top_k: int = 5,
@@ -287,14 +299,7 @@ def explain(model: LoadedModel, images: list[Image.Image], method_name: str,
     `faithfulness`: each map's deletion and insertion scores, on ONNX Runtime."""
     method, checked, layer = _plan(model, method_name, layer, options)
     _check_outputs(outputs, model, method_name, layer, len(images))
-    if overlay_format not in IMAGE_FORMATS:
-        raise InvalidRequest(f"unknown overlay_format {overlay_format!r}", field="overlay_format",
-                             valid=list(IMAGE_FORMATS))
-    longest = max(max(image.size) for image in images)
-    if "overlay" in outputs and longest > MAX_SIDE[overlay_format]:
-        raise InvalidRequest(f"an overlay in {overlay_format} can be at most {MAX_SIDE[overlay_format]} pixels on a "
-                             f"side, and an image here is {longest}: ask for overlay_format=png (or Accept: image/png)",
-                             field="overlay_format")
+    check_overlay_sides(images, outputs, overlay_format)
     wanted = resolve_targets(targets, len(images), model.spec)
     started = time.perf_counter()
     batch, boxes = imaging.preprocess(images, model.spec, resize)

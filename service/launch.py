@@ -32,6 +32,9 @@ log = logging.getLogger("gazer.launch")
 FIRST_DELAY_SECONDS = 1.0
 LONGEST_DELAY_SECONDS = 30.0
 STABLE_SECONDS = 60.0  # a child up this long starts its backoff afresh when it dies
+# A signal this soon after the first is the same stop delivered twice (GNU make passes on what its
+# process group got, which the launcher got too), not a second Ctrl-C.
+SAME_STOP_SECONDS = 1.0
 
 
 @dataclass
@@ -133,14 +136,16 @@ def main() -> None:
     for child in children:
         child.start()
     stopping: int | None = None  # the signal that asked
+    asked_at = 0.0
 
     def stop(signal_number: int, _: object) -> None:
-        nonlocal stopping
-        if stopping is not None:  # asked twice: the wait for them is over
+        nonlocal stopping, asked_at
+        if stopping is None:
+            stopping, asked_at = signal_number, time.monotonic()
+        elif time.monotonic() - asked_at >= SAME_STOP_SECONDS:  # asked twice: the wait for them is over
             log.warning("%s received again: killing them now", signal.Signals(signal_number).name)
             for child in children:
                 child.kill()
-        stopping = signal_number
 
     for name in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: its terminal closed
         signal.signal(name, stop)

@@ -76,8 +76,9 @@ def check_architecture(architecture: str) -> str:
         name = architecture[len(TIMM_PREFIX):]
         if timm.is_model(name):
             base, tag = timm.models.split_model_name_tag(name)
-            if tag and not timm.list_pretrained(name):  # is_model takes any tag; building the model does not
-                tags = [known.partition(".")[2] for known in timm.list_pretrained(f"{base}.*")]
+            tagged = timm.list_models(include_tags=True)  # no pattern: a tag of "*" matched every one
+            if tag and name not in tagged:  # is_model takes any tag; building the model does not
+                tags = [known.partition(".")[2] for known in tagged if known.partition(".")[0] == base]
                 raise InvalidRequest(f"timm's {base} has no tag {tag!r}: leave the tag out"
                                      + (f", or use one of {', '.join(tags[:20])}" if tags else ""),
                                      field="architecture")

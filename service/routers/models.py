@@ -88,10 +88,11 @@ def _decode_all(blobs: list[bytes], names: list[str | None], settings: Settings,
 
 async def _decoded_and_explained(request: Request, blobs: list[bytes], declared: list[int], names: list[str | None],
                                  settings: Settings, on_stage: pipeline.OnStage, spec: ModelSpec, what: str,
-                                 explain: Callable[[list], list[pipeline.ImageResult]],
+                                 check: Callable[[list], None], explain: Callable[[list], list[pipeline.ImageResult]],
                                  refused: Callable[[], None]) -> list[pipeline.ImageResult]:
-    """`blobs` decoded on the CPU pool, then explained on one of the explanation threads; dropped
-    where its client has gone. `refused` is called where a file is refused (413, 422)."""
+    """`blobs` decoded on the CPU pool and `check`ed, then explained on one of the explanation
+    threads; dropped where its client has gone. `refused` is called where a file or the check
+    refuses (413, 422): nothing has run then."""
     async with client_watch(request) as gone:
         def work(images: list) -> list[pipeline.ImageResult]:
             with cancellation.for_client(gone):
@@ -101,6 +102,7 @@ async def _decoded_and_explained(request: Request, blobs: list[bytes], declared:
             try:
                 images = await asyncio.wrap_future(parallel.submit(
                     lambda: _decode_all(blobs, names, settings, on_stage, spec, declared), spread=len(blobs) > 1))
+                check(images)
             except GazerError:
                 refused()
                 raise
@@ -277,6 +279,7 @@ async def explain(
             results = await _decoded_and_explained(
                 request, blobs, declared, [upload.filename for upload in file], settings, on_stage, model.spec,
                 f"{method} on {model.spec.ref}",
+                lambda images: pipeline.check_overlay_sides(images, wanted, overlay_format),
                 lambda images: pipeline.explain(model, images, method, target, layer, options, top_k, wanted,
                                                 resize, faithfulness, on_stage, overlay_format),
                 lambda: compute.give_back(client, cost))

@@ -115,13 +115,15 @@ def test_compute_over_the_rate_is_429(limited):
 
 
 def test_a_refused_explanation_is_not_charged(tmp_path):
-    """A bad resize or target, a file that is not an image or one over the pixel limit: each
-    refusal took the request's whole cost, so the next good request was a 429."""
+    """A bad resize or target, a file that is not an image or one over the pixel limit, an overlay
+    its format cannot hold: each refusal took the request's whole cost, so the next good request
+    was a 429."""
     settings = Settings(data_dir=tmp_path, compute_per_second=0.01, compute_burst=120, max_image_pixels=200_000)
-    big = encode(chelsea().resize((600, 400)))
+    big, wide = encode(chelsea().resize((600, 400))), encode(chelsea().resize((16_400, 10)))
     refusals = [({"resize": "Crop"}, photos(1), 422), ({"target": "1000"}, photos(1), 422),
                 ({"target": "1,2"}, photos(1), 422), ({}, [upload(b"not an image", "a.jpg")], 422),
-                ({}, [upload(big, "big.jpg")], 413), ({}, photos(1) + [upload(b"GIF89a", "b.gif")], 422)]
+                ({}, [upload(big, "big.jpg")], 413), ({}, photos(1) + [upload(b"GIF89a", "b.gif")], 422),
+                ({"overlay_format": "webp"}, [upload(wide, "wide.jpg")], 422)]  # over WebP's 16383 px
     ig = {"method": "integrated_gradients", "steps": 50}  # 100 forward passes
     with TestClient(base_url="http://localhost", app=create_app(settings)) as client:
         for fields, files, status in refusals:

@@ -207,9 +207,11 @@ def test_unknown_architectures_and_bad_preprocessing_are_422(client, small_resne
     assert_refused(client.post("/v1/models", data={"name": "mine", "architecture": "resnet9000"},
                                files={"weights": ("w", weights_of(small_resnet))}), 422, "architecture", "unknown")
     # timm takes any tag as a model's name, then refused to build it: a 500
-    assert_refused(client.post("/v1/models", data={"name": "mine", "architecture": "timm:resnet18.no_such_tag"},
-                               files={"weights": ("w", weights_of(small_resnet))}), 422, "architecture",
-                   "timm's resnet18 has no tag 'no_such_tag': leave the tag out, or use one of a1_in1k")
+    for tag in ("no_such_tag", "*", "a?_in1k"):  # not read as a pattern: "*" matched every tag
+        assert_refused(client.post("/v1/models", data={"name": "mine", "architecture": f"timm:resnet18.{tag}"},
+                                   files={"weights": ("w", weights_of(small_resnet))}), 422, "architecture",
+                       f"timm's resnet18 has no tag '{tag}': leave the tag out, or use one of a1_in1k")
+    assert model_upload.check_architecture("timm:convnext_atto_rms.untrained")  # a tag with no weights is one
     squeezenet = client.post("/v1/models", data={"name": "mine", "architecture": "squeezenet1_0"},
                              files={"weights": ("w", weights_of(torchvision.models.squeezenet1_0(num_classes=4)))})
     assert_refused(squeezenet, 422, "architecture", "no linear classifier")

@@ -85,7 +85,7 @@ class SharedSettings(BaseSettings):
             for error in invalid.errors():
                 name = "GAZER_" + "_".join(str(part) for part in error["loc"]).upper()
                 given = os.environ.get(name)
-                why = "must be set" if error["type"] == "missing" else error["msg"]
+                why = "must be set" if error["type"] == "missing" else error["msg"].removeprefix("Value error, ")
                 print(f"{name}{'' if given is None else '=' + given}: {why}", file=sys.stderr)
             sys.exit(EXIT_REFUSED)
 

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 Scope = Literal["predict", "jobs", "metrics", "admin"]
 SCOPES: tuple[str, ...] = ("predict", "jobs", "metrics", "admin")
@@ -35,6 +35,17 @@ class KeyRecord(BaseModel):
 
 class KeyFile(BaseModel):
     keys: list[KeyRecord] = []
+
+    @model_validator(mode="after")
+    def _one_record_per_id(self) -> "KeyFile":
+        """An id is its key's owner: two records of one id (a hand-merged file, a corrected record
+        appended) shared what they own, or the first alone counted."""
+        seen: set[str] = set()
+        for record in self.keys:
+            if record.id in seen:
+                raise ValueError(f"key id {record.id} appears twice; each key has one record")
+            seen.add(record.id)
+        return self
 
 
 def digest(key: str) -> str:

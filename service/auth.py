@@ -80,6 +80,8 @@ class KeyStore:
         with self._lock:
             if stamp != self._stamp:
                 self._stamp = stamp
+                if stamp is None and self._keys.keys:  # fails closed; say so, or every 401 is a mystery
+                    log.error("the key file %s is gone: no key is accepted until it is back", self.path)
                 try:
                     self._keys = read_key_file(self.path) if stamp else KeyFile()
                 except (OSError, ValueError) as error:

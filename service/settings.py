@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 from pydantic import Field, field_validator
@@ -60,8 +61,8 @@ class Settings(SharedSettings):
     # and the Host names answered (default: loopback names when open, any with keys).
     cors_origins: str = ""
     allowed_hosts: str = ""
-    # proxies whose X-Forwarded-For names the client (comma-separated addresses, or *); none by
-    # default: uvicorn's own default trusts 127.0.0.1, so any local client could pick its address
+    # proxies whose X-Forwarded-For names the client (comma-separated addresses or networks); none
+    # by default: uvicorn's own default trusts 127.0.0.1, so any local client could pick its address
     trusted_proxies: str = ""
     # Connections and requests in flight per API process; beyond it uvicorn answers 503.
     max_connections: int = Field(1000, ge=1)
@@ -125,6 +126,22 @@ class Settings(SharedSettings):
     @property
     def explained_pixels_per_client(self) -> int:
         return min(self.max_explained_pixels_per_client or max(1, self.max_explained_pixels // 2), self.max_explained_pixels)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_addresses(cls, proxies: str) -> str:
+        """uvicorn trusts what it cannot read as an address as a name that no peer has, so that
+        X-Forwarded-For was ignored without a word; and with `*` it takes the header's first entry,
+        which the client writes, whatever the proxies append after it."""
+        for entry in (part.strip() for part in proxies.split(",") if part.strip()):
+            if entry == "*":
+                raise ValueError("* would take the address each client writes into X-Forwarded-For: name the "
+                                 "proxies' addresses or networks (10.0.0.0/8, say)")
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or network (names are not resolved)") from None
+        return proxies
 
     @field_validator("explain_outputs")
     @classmethod

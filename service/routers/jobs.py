@@ -26,7 +26,7 @@ from core.visualize.activation_max import validate as validate_maximization
 from schemas.jobs import ActivationMaximizationRequest, Artifact, ArtifactList, ExplainDatasetRequest, FineTuneRequest, \
     Job, JobList, SweepRequest, artifact_url
 from schemas.problems import Problem, problem
-from service.auth import Caller, CallerDep
+from service.auth import Caller, CallerDep, Unauthorized, authenticate
 from service.dependencies import QueueDep, RegistryDep, SettingsDep, StorageDep, load_model
 from service.http_protocol import SERVER_STOPPING
 from service.quotas import claim_model_name
@@ -264,6 +264,10 @@ async def job_events(job_id: str, request: Request, queue: QueueDep, caller: Cal
                                                     "(to it once it is back, or to another)"))
                     return
                 await asyncio.sleep(pause)
+                if _key_withdrawn(request):
+                    yield _event("error", problem(401, "unauthorized", "this stream's API key was revoked, or no "
+                                                  "longer holds the jobs scope"))
+                    return
                 try:
                     job = await run_in_threadpool(queue.store.get, job_id)
                 except redis.RedisError as error:
@@ -274,6 +278,16 @@ async def job_events(job_id: str, request: Request, queue: QueueDep, caller: Cal
             release()
 
     return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def _key_withdrawn(request: Request) -> bool:
+    """Whether the key a stream was opened with is gone from the key file, or lost its scope: a
+    stream opened before its key was revoked went on for up to an hour, to the job's result."""
+    try:
+        caller = authenticate(request.app.state.keys, request.headers)
+    except Unauthorized:
+        return True
+    return not caller.grants("jobs")
 
 
 def _event(kind: str, body: Problem) -> str:

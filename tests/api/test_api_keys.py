@@ -3,6 +3,7 @@ with a real key file and Redis; the keys are made the way `gazer keys create` ma
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -25,7 +26,7 @@ from safetensors.torch import save
 from core import datasets
 from core.explain import METHODS
 from core.models import versions
-from schemas.api_keys import create_key
+from schemas.api_keys import create_key, revoke_key
 from service.start_checks import refusal
 from service.app import create_app
 from service.auth import KeysBeforeBodies, required_scope
@@ -124,7 +125,7 @@ def post_lazily(api: TestClient, path: str, headers: dict[str, str], mebibytes: 
              "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
              "headers": [(name.lower().encode(), value.encode()) for name, value in
                          {**headers, "Host": "localhost", "Content-Type": "multipart/form-data; boundary=b"}.items()],
-             "client": ("127.0.0.1", 5555), "server": ("localhost", 80), "state": {}}
+             "client": ("testclient", 50000), "server": ("localhost", 80), "state": {}}  # as TestClient's
     api.portal.call(api.app, scope, receive, send)
     return status, max(0, min(given - 1, mebibytes))
 
@@ -375,6 +376,25 @@ def test_a_key_file_that_cannot_be_read_stops_the_start_and_a_bad_edit_keeps_the
         assert "the 1 keys read before stay in force" in caplog.text
 
 
+def test_a_key_file_with_an_id_twice_is_refused_and_a_file_gone_is_logged(tmp_path, caplog):
+    """Two records of one id shared what they own, or a corrected record appended was ignored (the
+    first one counted); a file gone (a deploy's mv, then cp) refused every key without a word."""
+    path = tmp_path / "keys.json"
+    key, _ = create_key(path, ["admin"])
+    record = json.loads(path.read_text())["keys"][0]
+    path.write_text(json.dumps({"keys": [record, {**record, "scopes": ["predict"]}]}))
+    why = refusal(Settings(data_dir=tmp_path, api_keys=path), "127.0.0.1")
+    assert why is not None and f"key id {record['id']} appears twice" in why, why
+    path.write_text(json.dumps({"keys": [record]}))
+    settings = Settings(data_dir=tmp_path / "data", api_keys=path)
+    with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as api:
+        assert api.get("/v1/models", headers={"X-API-Key": key}).status_code == 200
+        path.rename(tmp_path / "moved.json")
+        with caplog.at_level(logging.ERROR, logger="service.auth"):
+            assert api.get("/v1/models", headers={"X-API-Key": key}).status_code == 401
+        assert f"the key file {path} is gone: no key is accepted until it is back" in caplog.text
+
+
 def test_model_names_and_data_sets_are_held_per_key_within_quotas(keys, tmp_path):
     settings = Settings(data_dir=tmp_path, api_keys=keys[0], max_datasets_per_key=1, max_models_per_key=1)
     with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as api:
@@ -382,6 +402,8 @@ def test_model_names_and_data_sets_are_held_per_key_within_quotas(keys, tmp_path
         alices = api.post("/v1/datasets", files=[archive], headers=as_(keys, "alice")).json()
         assert_problem(api.post("/v1/datasets", files=[archive], headers=as_(keys, "alice")), 403,
                        "GAZER_MAX_DATASETS_PER_KEY")
+        # before the upload is read: a key at its quota had any number of 500 MB uploads taken in
+        assert post_lazily(api, "/v1/datasets", as_(keys, "alice"), mebibytes=40) == (403, 0)
         bobs = api.post("/v1/datasets", files=[archive], headers=as_(keys, "bob")).json()
 
         def fine_tune(who: str, dataset: dict, output: str):
@@ -415,6 +437,7 @@ def test_a_key_has_one_data_set_extracted_at_a_time(keys, tmp_path, monkeypatch)
             again = pool.submit(send, "alice").result(timeout=10)
             assert_problem(again, 429, "GAZER_MAX_DATASET_INGESTS_PER_CLIENT")
             assert again.headers["Retry-After"] == "1"
+            assert post_lazily(api, "/v1/datasets", as_(keys, "alice"), mebibytes=40) == (429, 0)  # unread
             bobs = pool.submit(send, "bob")
             assert started.acquire(timeout=10), "bob's upload never started"
         finally:
@@ -518,6 +541,26 @@ def resnet18_weights() -> bytes:
     torch.manual_seed(0)
     network = torchvision.models.resnet18(num_classes=3)
     return save({key: value.contiguous() for key, value in network.state_dict().items()})
+
+
+def test_an_event_stream_ends_when_its_key_is_revoked(tmp_path):
+    """A stream opened before its key was revoked went on for up to an hour, to the job's result."""
+    path = tmp_path / "keys.json"
+    key, record = create_key(path, ["jobs"])
+    settings = Settings(data_dir=tmp_path / "data", api_keys=path, event_stream_seconds=10)  # else: expired
+    with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as api:
+        job = api.post("/v1/jobs/activation-maximization", headers={"X-API-Key": key},
+                       json={"model": MODEL, "target": {"class": 1}, "steps": 10, "size": 64})
+        assert job.status_code == 202, job.text
+        try:
+            with api.stream("GET", f"/v1/jobs/{job.json()['id']}/events", headers={"X-API-Key": key}) as stream:
+                lines = stream.iter_lines()
+                assert next(lines) == "event: progress"
+                revoke_key(path, record.id)
+                said = list(lines)
+            assert "event: error" in said and '"status":401' in "".join(said), said
+        finally:
+            api.delete(f"/v1/jobs/{job.json()['id']}", headers={"X-API-Key": create_key(path, ["admin"])[0]})
 
 
 def test_a_name_is_held_while_it_has_a_version_or_a_job_that_will_publish_there(keys, tmp_path):

@@ -63,7 +63,7 @@ def test_infinite_numbers_and_an_empty_data_folder_are_refused_in_one_line(tmp_p
     working folder, unsaid."""
     for name, value, said in (("GAZER_VISIBILITY_TIMEOUT", "inf", "Input should be a finite number"),
                               ("GAZER_JOB_LEASE_SECONDS", "nan", "Input should be a finite number"),
-                              ("GAZER_DATA_DIR", "", "Value error, must name a folder (unset, it is var)")):
+                              ("GAZER_DATA_DIR", "", "must name a folder (unset, it is var)")):
         for module in ("worker", "service.launch"):
             ended = launch(tmp_path, module, GAZER_REDIS_URL="redis://x:1", **{name: value})
             assert ended.returncode == 2 and ended.stderr.strip() == f"{name}={value}: {said}", ended.stderr
@@ -126,7 +126,14 @@ def test_a_wrong_port_list_setting_or_data_folder_is_named_in_one_line(tmp_path)
              ({"GAZER_EXPLAIN_OUTPUTS": "heatmap"},
               'GAZER_EXPLAIN_OUTPUTS=heatmap: must be JSON (a list as ["a", "b"])'),
              ({"GAZER_DATA_DIR": str(a_file / "data")},
-              f"GAZER_DATA_DIR={a_file / 'data'}: cannot make it (Not a directory)")]
+              f"GAZER_DATA_DIR={a_file / 'data'}: cannot make it (Not a directory)"),
+             # uvicorn took a name for one no peer has, ignoring the header unsaid; and * the client's own word
+             ({"GAZER_TRUSTED_PROXIES": "10.0.0.0/8, localhost"},
+              "GAZER_TRUSTED_PROXIES=10.0.0.0/8, localhost: 'localhost' is not an IP address or network (names are "
+              "not resolved)"),
+             ({"GAZER_TRUSTED_PROXIES": "*"},
+              "GAZER_TRUSTED_PROXIES=*: * would take the address each client writes into X-Forwarded-For: name the "
+              "proxies' addresses or networks (10.0.0.0/8, say)")]
     for env, line in cases:
         for module in ("service", "service.launch"):
             ended = launch(tmp_path, module, **env)

@@ -1,7 +1,8 @@
 """A bounded queue per model version: requests in flight for one beyond the limit are answered
 503 with Retry-After at once, so that the latency of admitted requests stays bounded under
 overload. A request takes its place in the route, once its caller is known and its upload read;
-while the queue is already full, `RefuseWhenQueueFull` answers before the upload is read.
+while the queue or the caller's share is already full, `RefuseBeforeBodies` answers before the
+upload is read.
 One client (a key, or an address when the service is open) holds at most its share of a
 queue, of the explanation slots, of the explained pixels and of the data set ingests: beyond it,
 429 with Retry-After, so that one client cannot fill them for everyone."""
@@ -13,12 +14,17 @@ from collections import Counter
 from contextlib import contextmanager
 from typing import Iterator
 
+import anyio
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from core.errors import ServiceBusy
+from core.errors import GazerError, ServiceBusy
+from core.storage import Storage
+from service.auth import KeyStore
 from service.errors import gazer_error_response
 from service.http_protocol import OVER_CAPACITY
-from service.rate_limits import too_many
+from service.quotas import check_dataset_quota
+from service.rate_limits import scope_caller, too_many
+from service.settings import Settings
 
 RETRY_AFTER_SECONDS = 1
 
@@ -39,13 +45,16 @@ class ModelQueues:
         self.versions: dict[str, tuple[str, float]] = {}
 
     def full(self, model: str) -> bool:
-        """`model`: as a path spells it. A spelling the route has not resolved within
-        RETRY_AFTER_SECONDS counts as a queue of its own (empty), so the route resolves it again:
-        `m` pinned to a new version is not held to the old version's full queue for long."""
+        """`model`: as a path spells it."""
+        return self.in_flight[self._resolved(model)] >= self.limit
+
+    def _resolved(self, model: str) -> str:
+        """The version a path's spelling of a model meant when the route last resolved it. A
+        spelling not resolved within RETRY_AFTER_SECONDS counts as a queue of its own (empty), so
+        the route resolves it again: `m` pinned to a new version is not held to the old version's
+        full queue for long."""
         version, resolved_at = self.versions.get(model, (model, 0.0))
-        if time.monotonic() - resolved_at > RETRY_AFTER_SECONDS:
-            version = model
-        return self.in_flight[version] >= self.limit
+        return version if time.monotonic() - resolved_at <= RETRY_AFTER_SECONDS else model
 
     def busy(self, model: str) -> ServiceBusy:
         return ServiceBusy(f"model {model!r} has {self.limit} requests in flight (GAZER_MAX_QUEUED_PER_MODEL); "
@@ -58,13 +67,21 @@ class ModelQueues:
         if len(self.versions) >= self.MAX_SPELLINGS and model not in self.versions:
             self.versions.clear()
         self.versions[model] = (version, time.monotonic())
-        if self.in_flight[version] >= self.limit:
-            raise self.busy(model)
-        if self.of_client[version, client] >= self.per_client:
-            raise too_many(f"this client already has {self.per_client} requests in flight for model {model!r} "
-                           f"(GAZER_MAX_QUEUED_PER_CLIENT); wait for an answer first", RETRY_AFTER_SECONDS)
+        if refused := self.refusal(model, client, version):
+            raise refused
         with _counted(self.in_flight, version), _counted(self.of_client, (version, client)):
             yield
+
+    def refusal(self, model: str, client: str, version: str | None = None) -> GazerError | None:
+        """Why a request for `model` (as a path spells it; `version`, where the route resolved it)
+        would not be admitted now: its queue full (503), or `client`'s share of it (429)."""
+        version = version or self._resolved(model)
+        if self.in_flight[version] >= self.limit:
+            return self.busy(model)
+        if self.of_client[version, client] >= self.per_client:
+            return too_many(f"this client already has {self.per_client} requests in flight for model {model!r} "
+                            f"(GAZER_MAX_QUEUED_PER_CLIENT); wait for an answer first", RETRY_AFTER_SECONDS)
+        return None
 
 
 class ClientShares:
@@ -80,11 +97,16 @@ class ClientShares:
 
     @contextmanager
     def held(self, client: str) -> Iterator[None]:
-        if self.of_client[client] >= self.per_client:
-            raise too_many(f"this client already has {self.per_client} {self.what} ({self.setting}); wait for "
-                           f"an answer first", RETRY_AFTER_SECONDS)
+        if refused := self.refusal(client):
+            raise refused
         with _counted(self.of_client, client):
             yield
+
+    def refusal(self, client: str) -> GazerError | None:
+        if self.of_client[client] >= self.per_client:
+            return too_many(f"this client already has {self.per_client} {self.what} ({self.setting}); wait for "
+                            f"an answer first", RETRY_AFTER_SECONDS)
+        return None
 
 
 class ExplanationSlots(ClientShares):
@@ -158,23 +180,49 @@ class PixelBudget:
                 del self.of_client[client]
 
 
-class RefuseWhenQueueFull:
-    """POST /v1/models/{model}/predict or /explain while that model's queue is full: 503 before
-    the upload is read and parsed. Placed inside KeysBeforeBodies: whether a model is busy is
-    told only to callers with a key, where keys are required."""
+class RefuseBeforeBodies:
+    """Answers before the upload is read and parsed what the route would refuse from what is known
+    now: POST /v1/models/{model}/predict or /explain while that model's queue is full (503), or
+    the caller's share of it or of the explanation slots (429); POST /v1/datasets while the
+    caller has its share of uploads in progress (429) or its key its quota of data sets (403).
+    Otherwise a client at its limits could make the service take in any number of uploads (a data
+    set's: 500 MB) to refuse each. The routes check again, as they count. Placed inside
+    KeysBeforeBodies: whether a model is busy is told only to callers with a key, where keys are
+    required."""
 
-    def __init__(self, app: ASGIApp, queues: ModelQueues) -> None:
+    def __init__(self, app: ASGIApp, keys: KeyStore | None, queues: ModelQueues, explanations: ExplanationSlots,
+                 ingests: ClientShares, storage: Storage, settings: Settings) -> None:
         self.app = app
+        self.keys = keys
         self.queues = queues
+        self.explanations = explanations
+        self.ingests = ingests
+        self.storage = storage
+        self.settings = settings
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
-            parts = scope["path"].strip("/").split("/")
-            if len(parts) == 4 and parts[:2] == ["v1", "models"] and parts[3] in ("predict", "explain") \
-                    and self.queues.full(parts[2]):
-                await gazer_error_response(self.queues.busy(parts[2]))(scope, receive, send)
+            try:
+                await self._check(scope["path"].strip("/").split("/"), scope)
+            except GazerError as refused:
+                await gazer_error_response(refused)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+    async def _check(self, parts: list[str], scope: Scope) -> None:
+        predicts = len(parts) == 4 and parts[:2] == ["v1", "models"] and parts[3] in ("predict", "explain")
+        if not predicts and parts != ["v1", "datasets"]:
+            return
+        caller, client = scope_caller(self.keys, scope)
+        if predicts:
+            refused = self.queues.refusal(parts[2], client) or \
+                (self.explanations.refusal(client) if parts[3] == "explain" else None)
+        else:
+            refused = self.ingests.refusal(client)
+            if refused is None:  # reads the data sets' descriptions
+                await anyio.to_thread.run_sync(check_dataset_quota, caller, self.storage, self.settings)
+        if refused is not None:
+            raise refused
 
 
 class RefuseOverCapacity:

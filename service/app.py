@@ -19,7 +19,7 @@ from core.models.registry import ModelRegistry
 from core.storage import Storage
 from service import default_model
 from service.admission import (ClientShares, ExplanationSlots, ModelQueues, PixelBudget, RefuseOverCapacity,
-                               RefuseWhenQueueFull)
+                               RefuseBeforeBodies)
 from service.auth import KeyStore, KeysBeforeBodies, requires
 from service.dependencies import DATASET_INGESTS
 from service.errors import PROBLEM_RESPONSES, install_error_handlers
@@ -105,7 +105,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     # Outermost last: the headers for browsers, ids and metrics, then Host, Origin and CORS, then
     # keys and scopes (their 401s and 403s carry CORS headers, and come before anything reads a
-    # body), then a full queue's early 503 (told only to callers with a key), then the request rate,
+    # body), then a full queue's early 503 and a full share's 429 or quota's 403 (told only to callers
+    # with a key), then the request rate,
     # then the size limit, then an upload's room on disk, then a multipart body's closing delimiter,
     # then HEAD as GET (metrics, logs and limits see HEAD).
     app.add_middleware(HeadAsGet, router=app.router)
@@ -117,7 +118,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                        idle_seconds=settings.body_idle_seconds,
                        min_bytes_per_second=settings.body_min_bytes_per_second)
     app.add_middleware(LimitRequestsBeforeBodies, limiter=app.state.request_limiter, keys=app.state.keys)
-    app.add_middleware(RefuseWhenQueueFull, queues=app.state.model_queues)
+    app.add_middleware(RefuseBeforeBodies, keys=app.state.keys, queues=app.state.model_queues,
+                       explanations=app.state.explanation_slots, ingests=app.state.dataset_ingests, storage=storage,
+                       settings=settings)
     app.add_middleware(KeysBeforeBodies, keys=app.state.keys)
     if settings.cors_origin_list:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list, allow_methods=["*"],

@@ -116,6 +116,13 @@ def client_id(caller: Caller, request: Request) -> str:
     return _client(caller, request.client.host if request.client else None)
 
 
+def scope_caller(keys: KeyStore | None, scope: Scope) -> tuple[Caller, str]:
+    """A request's caller and client_id, from its ASGI scope, before its body is read (a
+    middleware's); Unauthorized as authenticate."""
+    caller = authenticate(keys, Headers(scope=scope))
+    return caller, _client(caller, scope["client"][0] if scope.get("client") else None)
+
+
 def _client(caller: Caller, address: str | None) -> str:
     if caller.owner is not None:
         return key_client(caller.owner)
@@ -129,8 +136,8 @@ def key_client(owner: str) -> str:
 class LimitRequestsBeforeBodies:
     """One token of the client's request bucket for each /v1 request, taken before its body is
     read: a client over its rate gets its 429 without the service taking in its upload first.
-    Placed inside KeysBeforeBodies (a key is known and good by then) and RefuseWhenQueueFull
-    (a request refused for a full queue is not charged)."""
+    Placed inside KeysBeforeBodies (a key is known and good by then) and RefuseBeforeBodies
+    (a request refused for a full queue or a client's share is not charged)."""
 
     def __init__(self, app: ASGIApp, limiter: RateLimiter, keys: KeyStore | None) -> None:
         self.app = app
@@ -140,8 +147,7 @@ class LimitRequestsBeforeBodies:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and (scope["path"] + "/").startswith("/v1/"):
             try:
-                caller = authenticate(self.keys, Headers(scope=scope))
-                self.limiter.take(_client(caller, scope["client"][0] if scope.get("client") else None))
+                self.limiter.take(scope_caller(self.keys, scope)[1])
             except GazerError as refused:
                 await gazer_error_response(refused)(scope, receive, send)
                 return

@@ -32,12 +32,17 @@ async function route() {
   document.body.dataset.ready = name;
 }
 
+// Asked at load, then every READINESS_SECONDS while the page is shown: it said "ready" of a
+// service long gone.
+const READINESS_SECONDS = 15;
+
 async function readiness() {
   const badge = document.getElementById("service-state");
   try {
     await api("/readyz");
     badge.textContent = "ready";
     badge.className = "service-state ok";
+    badge.title = "";
   } catch (error) {
     badge.textContent = "not ready";
     badge.className = "service-state bad";
@@ -50,3 +55,4 @@ window.addEventListener("gazer:key-changed", () => route());   // a key set from
 initKeyControl();
 route();
 readiness();
+setInterval(() => { if (document.visibilityState === "visible") readiness(); }, READINESS_SECONDS * 1000);

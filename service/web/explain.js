@@ -67,10 +67,13 @@ export async function showExplain(params) {
 function showNotice(error, context) {
   state.notice?.remove();
   state.notice = problemBox(error, context);
+  state.notice.dataset.context = context;
   $("explain-results").prepend(state.notice);
 }
 
-function clearNotice() {
+// `context`: only a notice said of that (a 401 listing the models, gone once a key lists them)
+function clearNotice(context) {
+  if (context !== undefined && state.notice?.dataset.context !== context) return;
   state.notice?.remove();
   state.notice = null;
 }
@@ -87,6 +90,7 @@ async function refreshModels(wanted, { keepMissing = true, reselect = false } = 
     showNotice(error, "Could not list the models");
     return;
   }
+  clearNotice("Could not list the models");
   const previous = wanted || state.model || select.value;
   select.replaceChildren();
   for (const model of models) {
@@ -95,7 +99,7 @@ async function refreshModels(wanted, { keepMissing = true, reselect = false } = 
       select.append(el("option", { value: model.id }, `${model.id}  ·  v${model.version}`));
     } else {
       select.append(el("optgroup", { label: model.id },
-        el("option", { value: model.id }, `${model.id}  ·  newest (v${model.version})`),
+        el("option", { value: model.id }, `${model.id}  ·  default (v${model.version})`),
         versions.map((v) => el("option", { value: `${model.id}@${v.version}` }, `${model.id}@${v.version}${v.state === "failed" ? "  (failed)" : ""}`))));
     }
   }
@@ -348,7 +352,7 @@ function gateTag(gate) {
 
 const totalMs = (timings) => Object.values(timings || {}).reduce((a, b) => a + b, 0);
 
-async function showMap(image, result, elapsed) {
+async function showMap(image, result, elapsed, model) {
   const card = image.card;
   const explanation = result.explanation;
   const width = image.original?.naturalWidth;
@@ -368,7 +372,7 @@ async function showMap(image, result, elapsed) {
   fill(card.root.querySelector(".map-caption"),
     el("span", {}, el("b", {}, explanation.method), " · ", t.label, " ", el("span", { class: "muted" }, `(${pct(t.probability)})`)));
   fill(card.meta,
-    el("span", { class: "tag" }, state.model),
+    el("span", { class: "tag" }, model),
     explanation.layer ? el("span", { class: "tag subtle", title: "layer explained" }, explanation.layer) : null,
     explanation.gate ? gateTag(explanation.gate) : null,
     explanation.flat && !explanation.gate ? el("span", { class: "tag subtle warn", title: "the map is one value everywhere: "
@@ -427,8 +431,10 @@ function baseForm(method, { faithfulness } = {}) {
   return form;
 }
 
-async function post(form) {
-  return api(`/v1/models/${encodeURIComponent(state.model)}/explain`, { method: "POST", form });
+// `model`: the one selected when the work began; an answer that comes back after another was
+// selected is dropped (it was shown under the new model's name, with the old one's classes)
+async function post(form, model) {
+  return api(`/v1/models/${encodeURIComponent(model)}/explain`, { method: "POST", form });
 }
 
 function setBusy(button, busy, label) {
@@ -443,6 +449,7 @@ async function explainAll() {
   clearNotice();
   const button = $("explain-btn");
   setBusy(button, true, "Explaining…");
+  const model = state.model;
   let pending = [...state.images];
   for (const image of pending) {
     image.card.error.replaceChildren();
@@ -454,19 +461,27 @@ async function explainAll() {
       for (const image of pending) form.append("file", image.file, image.name);
       const started = performance.now();
       try {
-        const body = await post(form);
+        const body = await post(form, model);
         const elapsed = performance.now() - started;
         const images = pending;
+        if (state.model !== model) {
+          for (const image of images) image.card.mapSlot.classList.remove("loading");
+          return;
+        }
         await Promise.all(body.results.map((result, index) => {
           images[index].result = result;
           images[index].target = result.explanation.target.index;
-          return showMap(images[index], result, elapsed);
+          return showMap(images[index], result, elapsed, model);
         }));
         const first = images[0].card.root;  // on a phone the results start below the form
         if (first.getBoundingClientRect().top > window.innerHeight) first.scrollIntoView({ block: "start" });
         return;
       } catch (error) {
         const culprits = filesAtFault(error, pending);
+        if (state.model !== model) {
+          for (const image of pending) image.card.mapSlot.classList.remove("loading");
+          return;
+        }
         if (!culprits.size) {
           for (const image of pending) image.card.mapSlot.classList.remove("loading");
           showNotice(error, pending.length > 1 ? `Explaining ${pending.length} images` : `Explaining ${pending[0].name}`);
@@ -512,15 +527,19 @@ async function explainOne(image, target) {
   const form = baseForm(state.method);
   form.append("target", target);
   form.append("file", image.file, image.name);
+  const model = state.model;
   const started = performance.now();
   try {
-    const body = await post(form);
+    const body = await post(form, model);
+    if (state.model !== model) return;
     image.result = body.results[0];
     image.target = target;
-    await showMap(image, image.result, performance.now() - started);
+    await showMap(image, image.result, performance.now() - started, model);
   } catch (error) {
+    if (state.model === model) image.card.error.replaceChildren(problemBox(error, `Explaining class ${target}`));
+  } finally {
     image.card.mapSlot.classList.remove("loading");
-    image.card.error.replaceChildren(problemBox(error, `Explaining class ${target}`));
+    for (const button of image.card.predictions.querySelectorAll(".prediction.pending")) button.classList.remove("pending");
   }
 }
 
@@ -546,6 +565,7 @@ async function compare(image) {
     return { method, canvas, slot, info, save, root };
   });
   const target = image.target;
+  const model = state.model;
   fill(card.compareArea,
     el("div", { class: "compare-title" }, el("h4", {}, "Compared"),
       el("span", { class: "muted" }, target !== null ? `class ${target}${image.result ? ` · ${image.result.explanation.target.label}` : ""}` : "top-1 class")),
@@ -553,13 +573,23 @@ async function compare(image) {
   image.maps = image.maps.filter((m) => m.canvas === card.explanationCanvas);
   try {
     for (const cell of cells) {
+      if (state.model !== model) {  // the classes and maps are another model's from here on
+        cell.slot.classList.remove("loading");
+        fill(cell.info, el("span", { class: "muted" }, "not run: another model was chosen"));
+        continue;
+      }
       const form = baseForm(cell.method, { faithfulness });
       if (target !== null) form.append("target", target);
       form.append("file", image.file, image.name);
       const started = performance.now();
       try {
-        const body = await post(form);
+        const body = await post(form, model);
         const elapsed = performance.now() - started;
+        if (state.model !== model) {
+          cell.slot.classList.remove("loading");
+          fill(cell.info, el("span", { class: "muted" }, "dropped: another model was chosen"));
+          continue;
+        }
         const explanation = body.results[0].explanation;
         const heat = await colourHeatmap(explanation.heatmap_png, image.original?.naturalWidth, image.original?.naturalHeight);
         cell.slot.classList.remove("loading");

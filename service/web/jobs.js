@@ -32,7 +32,10 @@ export async function initJobs() {
   window.addEventListener("pagehide", stopAll);
   for (const tab of document.querySelectorAll("[data-jobform]")) {
     tab.addEventListener("click", () => {
-      for (const other of document.querySelectorAll("[data-jobform]")) other.classList.toggle("active", other === tab);
+      for (const other of document.querySelectorAll("[data-jobform]")) {
+        other.classList.toggle("active", other === tab);
+        other.setAttribute("aria-selected", String(other === tab));   // what a screen reader says is shown
+      }
       for (const [kind, id] of Object.entries(FORMS)) $(id).hidden = kind !== tab.dataset.jobform;
     });
   }

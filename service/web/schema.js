@@ -234,6 +234,9 @@ export function renderObject(spec, schema, container, { prefix = "", custom, spl
   container.append(grid);
   const optional = split ? el("details", { class: "more options", open: window.matchMedia("(min-width: 700px)").matches },
     el("summary", {}, "Options", el("span", { class: "muted" }, " · every field with its default")), optionalGrid) : null;
+  // a field the browser refuses inside closed Options: opened, so that its message shows (else the
+  // form did not submit, and said nothing)
+  optional?.addEventListener("invalid", () => { optional.open = true; }, true);
   for (const [name, property, path, description, isRequired] of nested) {
     const fieldset = el("fieldset", { class: "nested", "data-object": path },
       el("legend", {}, humanize(name)), description ? el("p", { class: "hint" }, description) : null);

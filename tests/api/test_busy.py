@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from core.explain import METHODS
 from service.app import create_app
 from support import chelsea, encode, upload
+from tests.api.test_api_keys import post_lazily
 from tests.conftest import MODEL
 from tests.held_method import GRADIENT_LAYER, HeldGradCAM
 
@@ -80,3 +81,28 @@ def test_explanations_hold_their_decoded_pixels_against_a_budget(app_settings, m
         wide = encode(photo.resize((600, 350)))  # 210 000 pixels
         alone = client.post(EXPLAIN, files=[upload(wide)], data={"method": "saliency", "outputs": "map"})
         assert alone.status_code == 200, alone.text
+
+
+def test_a_client_at_its_share_is_refused_before_its_upload_is_read(app_settings, monkeypatch):
+    """The 429 for a client's share of a model's queue or of the explanation slots came once its
+    whole upload was in: 20 uploads of 8 MB from one key were taken in at once, 8 to be refused."""
+    held = HeldGradCAM()
+    monkeypatch.setitem(METHODS, "gradcam", held)
+    settings = app_settings(max_queued_per_client=2, max_explanations_per_client=1)
+    with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as client:
+        photo = [upload(encode(chelsea()))]
+        slow: list = []
+        running = threading.Thread(target=lambda: slow.append(client.post(
+            EXPLAIN, files=photo, data={"method": "gradcam", "layer": GRADIENT_LAYER, "outputs": "map"})))
+        running.start()
+        try:
+            assert held.started.wait(timeout=60), "the first explanation never started"
+            status, read = post_lazily(client, EXPLAIN, {}, mebibytes=40)
+            assert (status, read) == (429, 0)  # its share of the explanation slots
+            assert client.post(f"/v1/models/{MODEL}/predict", files=photo).status_code == 200  # one left in the queue
+            monkeypatch.setattr(client.app.state.model_queues, "per_client", 1)
+            assert post_lazily(client, f"/v1/models/{MODEL}/predict", {}, mebibytes=40) == (429, 0)  # its queue share
+        finally:
+            held.release.set()
+            running.join(timeout=120)
+    assert slow[0].status_code == 200

@@ -173,6 +173,23 @@ def test_clicking_the_second_class_explains_that_class(page, service, photos):
     assert page.locator(".result-card .prediction.selected").get_attribute("data-index") == index
 
 
+def test_an_answer_for_a_model_no_longer_chosen_is_dropped(page, service, photos):
+    """Another model chosen while an explanation ran: the old model's map and classes were shown
+    under the new model's name, and a click on one of them sent its class to the new model."""
+    open_explain(page, service, photos / "chelsea.jpg")
+    page.select_option("#method-select", "integrated_gradients")  # slow enough to choose another meanwhile
+    page.click("#explain-btn")
+    page.wait_for_selector("#explain-btn.busy")
+    page.select_option("#model-select", "efficientnet_lite1")
+    page.wait_for_selector("#explain-btn:not(.busy)", timeout=120_000)
+    assert page.locator(".result-card .map-canvas[data-target]").count() == 0
+    assert page.locator(".result-card .prediction").count() == 0
+    assert page.locator(".result-card .map-slot.loading").count() == 0
+    page.select_option("#method-select", "gradcam")
+    explain(page)  # the chosen model's own, tagged with its name
+    assert page.locator(".result-card .card-meta .tag").first.inner_text() == "efficientnet_lite1"
+
+
 def test_compare_shows_four_methods_side_by_side(page, service, photos, shots):
     open_explain(page, service, photos / "chelsea.jpg")
     explain(page)
@@ -305,6 +322,25 @@ def test_fine_tune_from_the_form_shows_live_progress_then_plots(page, service, t
     low, high = (float(value) for value in gate.split()[1].rstrip(",").split("–"))
     assert 0 <= low <= high <= 2, gate   # a residual gate: x * (1 + tanh(z))
     assert gate.endswith("· flat") == (high - low < FLAT_GATE_RANGE), gate
+
+
+def test_a_field_the_browser_refuses_inside_closed_options_opens_them(page, service, tmp_path):
+    """Closed (as they start on a phone), the form did not submit and said nothing: the browser
+    could not show its message on a field it could not focus."""
+    dataset = uploaded_tiny_dataset(service, tmp_path, "pets-invalid")
+    page.goto(f"{service.url}/#jobs")
+    page.wait_for_selector("body[data-ready=jobs]")
+    form = page.locator("#finetune-form")
+    form.locator('[name="dataset_id"]').select_option(dataset)
+    form.locator('[name="output_model"]').fill("pets-invalid")
+    form.locator('[name="epochs"]').fill("1.5")
+    form.locator("details.options").evaluate("(details) => { details.open = false; }")
+    posted: list = []
+    page.on("request", lambda request: posted.append(request.url) if request.method == "POST" else None)
+    form.locator("button[type=submit]").click()
+    page.wait_for_function("document.querySelector('#finetune-form details.options').open")
+    assert form.locator('[name="epochs"]').evaluate("(input) => input.validity.valid") is False
+    assert not posted
 
 
 def test_the_fine_tune_form_sends_lr_as_auto_or_a_number(page, service, tmp_path):

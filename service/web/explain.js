@@ -539,7 +539,9 @@ async function explainOne(image, target) {
     if (state.model === model) image.card.error.replaceChildren(problemBox(error, `Explaining class ${target}`));
   } finally {
     image.card.mapSlot.classList.remove("loading");
-    for (const button of image.card.predictions.querySelectorAll(".prediction.pending")) button.classList.remove("pending");
+    for (const button of image.card.predictions.querySelectorAll(".prediction.pending")) {
+      button.classList.remove("pending");
+    }
   }
 }
 

@@ -324,15 +324,21 @@ def test_fine_tune_from_the_form_shows_live_progress_then_plots(page, service, t
     assert gate.endswith("· flat") == (high - low < FLAT_GATE_RANGE), gate
 
 
-def test_a_field_the_browser_refuses_inside_closed_options_opens_them(page, service, tmp_path):
-    """Closed (as they start on a phone), the form did not submit and said nothing: the browser
-    could not show its message on a field it could not focus."""
-    dataset = uploaded_tiny_dataset(service, tmp_path, "pets-invalid")
+def fine_tune_form(page, service, tmp_path, name: str):
+    """The jobs view's fine-tune form, on a tiny data set uploaded as `name`, to publish as `name`."""
+    dataset = uploaded_tiny_dataset(service, tmp_path, name)
     page.goto(f"{service.url}/#jobs")
     page.wait_for_selector("body[data-ready=jobs]")
     form = page.locator("#finetune-form")
     form.locator('[name="dataset_id"]').select_option(dataset)
-    form.locator('[name="output_model"]').fill("pets-invalid")
+    form.locator('[name="output_model"]').fill(name)
+    return form
+
+
+def test_a_field_the_browser_refuses_inside_closed_options_opens_them(page, service, tmp_path):
+    """Closed (as they start on a phone), the form did not submit and said nothing: the browser
+    could not show its message on a field it could not focus."""
+    form = fine_tune_form(page, service, tmp_path, "pets-invalid")
     form.locator('[name="epochs"]').fill("1.5")
     form.locator("details.options").evaluate("(details) => { details.open = false; }")
     posted: list = []
@@ -346,12 +352,7 @@ def test_a_field_the_browser_refuses_inside_closed_options_opens_them(page, serv
 def test_the_fine_tune_form_sends_lr_as_auto_or_a_number(page, service, tmp_path):
     """`lr` is a number or "auto" (an anyOf): the form kept only the number's branch, so the
     learning-rate range test could not be asked for."""
-    dataset = uploaded_tiny_dataset(service, tmp_path, "pets-lr")
-    page.goto(f"{service.url}/#jobs")
-    page.wait_for_selector("body[data-ready=jobs]")
-    form = page.locator("#finetune-form")
-    form.locator('[name="dataset_id"]').select_option(dataset)
-    form.locator('[name="output_model"]').fill("pets-lr")
+    form = fine_tune_form(page, service, tmp_path, "pets-lr")
     form.locator('[name="epochs"]').fill("1")
     form.locator('[name="input_size"]').fill("64")
     lr = form.locator('[name="lr"]')

@@ -77,22 +77,29 @@ def test_a_run_beside_another_after_the_models_file_is_gone_takes_the_main_sessi
         pytest.skip("one core: one run at a time")
     alone = deleted.run(["logits"], batch)
     copy.unlink()
-    held = HeldSession(deleted.session)
-    monkeypatch.setattr(deleted, "session", held)
+    results, held = two_runs_on_a_held_main_session(deleted, batch, monkeypatch)  # no second session can be made
+    assert held.calls == 2 and len(results) == 2, results
+    for result in results:
+        np.testing.assert_array_equal(result[0], alone[0])
+
+
+def two_runs_on_a_held_main_session(predictor, batch, monkeypatch) -> tuple[list, HeldSession]:
+    """Two runs of `batch`, the second started while the first holds the main session: their
+    results, and the main session (released once both have asked it, or after 30 s)."""
+    held = HeldSession(predictor.session)
+    monkeypatch.setattr(predictor, "session", held)
     results: list = []
-    threads = [threading.Thread(target=lambda: results.append(deleted.run(["logits"], batch))) for _ in range(2)]
+    threads = [threading.Thread(target=lambda: results.append(predictor.run(["logits"], batch))) for _ in range(2)]
     threads[0].start()
     assert held.running.wait(30)
-    threads[1].start()  # beside it: no second session can be made now
+    threads[1].start()
     deadline = time.monotonic() + 30
     while held.calls < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
     held.release.set()
     for thread in threads:
         thread.join(30)
-    assert held.calls == 2 and len(results) == 2, results
-    for result in results:
-        np.testing.assert_array_equal(result[0], alone[0])
+    return results, held
 
 
 def test_a_model_over_the_size_cap_keeps_one_session_when_runs_overlap(predictor_and_batch, monkeypatch):
@@ -100,19 +107,7 @@ def test_a_model_over_the_size_cap_keeps_one_session_when_runs_overlap(predictor
     monkeypatch.setattr(onnx_predictor, "SECOND_SESSION_MAX_BYTES", predictor.path.stat().st_size - 1)
     large = OnnxPredictor(predictor.path)
     assert large.concurrent_runs == 1
-    held = HeldSession(large.session)
-    monkeypatch.setattr(large, "session", held)
-    results: list = []
-    threads = [threading.Thread(target=lambda: results.append(large.run(["logits"], batch))) for _ in range(2)]
-    threads[0].start()
-    assert held.running.wait(30)
-    threads[1].start()
-    deadline = time.monotonic() + 30
-    while held.calls < 2 and time.monotonic() < deadline:  # the second run waits on the same session
-        time.sleep(0.01)
-    held.release.set()
-    for thread in threads:
-        thread.join(30)
+    results, held = two_runs_on_a_held_main_session(large, batch, monkeypatch)  # the second waits on the same one
     assert held.calls == 2 and len(results) == 2 and large._shared_session is None
     np.testing.assert_array_equal(results[0][0], results[1][0])
 

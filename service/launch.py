@@ -4,10 +4,11 @@ started again with backoff while the others keep serving. Ctrl-C (or SIGTERM) st
 together, each with what it started, killed past GAZER_STOP_SECONDS or at a second Ctrl-C.
 What would stop the API at every start (its port taken, an unreadable key file, an open service
 on a public HOST, a data folder it cannot write or that another embedded Redis runs on) stops
-`make run` before anything starts, with the reason; a child that exits saying it cannot start as configured (exit 2: the
-worker's metrics port taken, say) stops it after. GAZER_API_PROCESSES=N: the API child serves
-the port from N processes (service/__main__.py), all on the Redis started here, which their
-environment names."""
+`make run` before anything starts, with the reason; a child that exits saying it cannot start
+as configured (exit 2: the worker's metrics port taken, say) stops it after. Killed outright,
+it takes its children with it (infra.processes.ended_with_this_process). GAZER_API_PROCESSES=N:
+the API child serves the port from N processes (service/__main__.py), all on the Redis started
+here, which their environment names."""
 
 from __future__ import annotations
 

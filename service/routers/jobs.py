@@ -26,7 +26,7 @@ from core.visualize.activation_max import validate as validate_maximization
 from schemas.jobs import ActivationMaximizationRequest, Artifact, ArtifactList, ExplainDatasetRequest, FineTuneRequest, \
     Job, JobList, SweepRequest, artifact_url
 from schemas.problems import Problem, problem
-from service.auth import Caller, CallerDep, Unauthorized, authenticate
+from service.auth import Caller, CallerDep, Unauthorized, authenticate, required_scope
 from service.dependencies import QueueDep, RegistryDep, SettingsDep, StorageDep, load_model
 from service.http_protocol import SERVER_STOPPING
 from service.quotas import claim_model_name
@@ -266,7 +266,7 @@ async def job_events(job_id: str, request: Request, queue: QueueDep, caller: Cal
                 await asyncio.sleep(pause)
                 if _key_withdrawn(request):
                     yield _event("error", problem(401, "unauthorized", "this stream's API key was revoked, or no "
-                                                  "longer holds the jobs scope"))
+                                                  "longer holds the scope it needs"))
                     return
                 try:
                     job = await run_in_threadpool(queue.store.get, job_id)
@@ -287,7 +287,8 @@ def _key_withdrawn(request: Request) -> bool:
         caller = authenticate(request.app.state.keys, request.headers)
     except Unauthorized:
         return True
-    return not caller.grants("jobs")
+    needed = required_scope("GET", request.scope["path"])
+    return needed is not None and not caller.grants(needed)
 
 
 def _event(kind: str, body: Problem) -> str:

@@ -546,6 +546,7 @@ async function explainOne(image, target) {
 }
 
 async function compare(image) {
+  if (image.comparing) return;   // a second click on the card's button ran every method twice
   const methods = [...$("compare-methods").querySelectorAll("input:checked")].map((i) => i.value);
   const card = image.card;
   card.error.replaceChildren();
@@ -555,6 +556,7 @@ async function compare(image) {
   }
   const button = $("compare-btn");
   setBusy(button, true, "Comparing…");
+  image.comparing = true;
   const faithfulness = $("faithfulness").checked;
   const cells = methods.map((method) => {
     const canvas = el("canvas", { class: "map-canvas", "aria-label": `${method} map` });
@@ -611,6 +613,7 @@ async function compare(image) {
       }
     }
   } finally {
+    image.comparing = false;
     setBusy(button, false);
     updateButtons();
   }

@@ -450,40 +450,46 @@ async function explainAll() {
   const button = $("explain-btn");
   setBusy(button, true, "Explaining…");
   const model = state.model;
-  let pending = [...state.images];
-  for (const image of pending) {
+  // groups of images, one request each: all at first, halved while the service finds a request too large
+  const groups = [[...state.images]];
+  const stopWaiting = () => {
+    for (const image of groups.flat()) image.card.mapSlot.classList.remove("loading");
+  };
+  for (const image of state.images) {
     image.card.error.replaceChildren();
     image.card.mapSlot.classList.add("loading");
   }
+  let shown = false;
   try {
-    while (pending.length) {
+    while (groups.length) {
+      const pending = groups[0];
       const form = baseForm(state.method);
       for (const image of pending) form.append("file", image.file, image.name);
       const started = performance.now();
       try {
         const body = await post(form, model);
         const elapsed = performance.now() - started;
-        const images = pending;
-        if (state.model !== model) {
-          for (const image of images) image.card.mapSlot.classList.remove("loading");
-          return;
-        }
+        if (state.model !== model) return stopWaiting();
+        groups.shift();
         await Promise.all(body.results.map((result, index) => {
-          images[index].result = result;
-          images[index].target = result.explanation.target.index;
-          return showMap(images[index], result, elapsed, model);
+          pending[index].result = result;
+          pending[index].target = result.explanation.target.index;
+          return showMap(pending[index], result, elapsed, model);
         }));
-        const first = images[0].card.root;  // on a phone the results start below the form
-        if (first.getBoundingClientRect().top > window.innerHeight) first.scrollIntoView({ block: "start" });
-        return;
+        const first = pending[0].card.root;  // on a phone the results start below the form
+        if (!shown && first.getBoundingClientRect().top > window.innerHeight) first.scrollIntoView({ block: "start" });
+        shown = true;
       } catch (error) {
         const culprits = filesAtFault(error, pending);
-        if (state.model !== model) {
-          for (const image of pending) image.card.mapSlot.classList.remove("loading");
-          return;
+        if (state.model !== model) return stopWaiting();
+        if (!culprits.size && error.problem?.status === 413 && pending.length > 1) {
+          // over a limit of one request (its bytes, files or pixels), not of a file: sent in halves
+          const half = Math.ceil(pending.length / 2);
+          groups.splice(0, 1, pending.slice(0, half), pending.slice(half));
+          continue;
         }
         if (!culprits.size) {
-          for (const image of pending) image.card.mapSlot.classList.remove("loading");
+          stopWaiting();
           showNotice(error, pending.length > 1 ? `Explaining ${pending.length} images` : `Explaining ${pending[0].name}`);
           return;
         }
@@ -495,7 +501,9 @@ async function explainAll() {
           const own = { ...error, problem: { ...error.problem, status, title, detail: item.message, errors: [] } };
           culprit.card.error.replaceChildren(problemBox(own, `Explaining ${culprit.name}`));
         }
-        pending = pending.filter((image) => !culprits.has(image));
+        const rest = pending.filter((image) => !culprits.has(image));
+        if (rest.length) groups[0] = rest;
+        else groups.shift();
       }
     }
   } finally {

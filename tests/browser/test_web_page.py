@@ -12,6 +12,7 @@ import zipfile
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -755,6 +756,28 @@ def test_models_are_uploaded_pinned_and_deleted_from_the_models_view(page, servi
     card.wait_for(state="detached")
     assert "web-upload" not in [m["id"] for m in httpx.get(f"{service.url}/v1/models", timeout=30).json()["data"]]
     page.wait_for_function("![...document.querySelectorAll('#model-select option')].some((o) => o.value.startsWith('web-upload'))")
+
+
+def test_images_over_one_requests_limit_are_explained_in_smaller_requests(page, service, tmp_path):
+    # five 12.8 MB photos of noise: 64 MB in one request, over the 50 MB a request may hold
+    noise = np.random.default_rng(0).integers(0, 256, (2600, 2600, 3), dtype=np.uint8)
+    paths = []
+    for index in range(5):
+        paths.append(tmp_path / f"large-{index}.jpg")
+        Image.fromarray(np.roll(noise, index, axis=0)).save(paths[-1], "JPEG", quality=100)
+    assert sum(path.stat().st_size for path in paths) > 50 * 1024 * 1024
+    page.goto(f"{service.url}/#explain")
+    page.wait_for_selector("body[data-ready=explain]")
+    page.wait_for_function("document.querySelector('#method-select').options.length > 0")
+    page.select_option("#method-select", "cam")
+    answers: list[int] = []
+    page.on("response", lambda response: answers.append(response.status) if response.url.endswith("/explain") else None)
+    page.set_input_files("#file-input", [str(path) for path in paths])
+    page.click("#explain-btn")
+    page.wait_for_function("document.querySelectorAll('.result-card .map-canvas[data-target]').length === 5",
+                           timeout=120_000)
+    assert answers == [413, 200, 200], answers  # then halves: 3 photos (38 MB) and 2
+    assert page.locator(".results .problem, .card-error .problem").count() == 0
 
 
 def test_phone_width_layout_holds(browser, service, photos, shots):

@@ -806,6 +806,44 @@ def test_phone_width_layout_holds(browser, service, photos, shots):
     assert not errors, errors
 
 
+def test_long_names_keep_the_layout_within_a_narrow_phone(browser, service, photos, tmp_path, shots):
+    long_class = ("a_class_folder_name_without_a_space_" * 2)[:64]  # the longest allowed
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, photo in ((long_class, chelsea()), ("coffee", coffee())):
+            for index in range(2):
+                archive.writestr(f"set/{name}/{index}.jpg", encode(photo.resize((96, 64))))
+    name = ("a-data-set-name-without-a-space-" * 2)[:64]
+    created = httpx.post(f"{service.url}/v1/datasets", files=[upload(buffer.getvalue(), "set.zip", "application/zip")],
+                         data={"name": name}, timeout=60)
+    assert created.status_code == 201, created.text
+    photo = tmp_path / ("a-photo-whose-file-name-goes-on-and-on-with-no-space-to-break-at-all" * 2 + ".jpg")
+    photo.write_bytes((photos / "chelsea.jpg").read_bytes())
+    narrow = {"width": 320, "height": 640}
+    context = browser.new_context(viewport=narrow, device_scale_factor=2, is_mobile=True, has_touch=True, bypass_csp=True)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    wider = """() => [...document.querySelectorAll('body *')].filter((e) => e.getClientRects().length
+        && e.getBoundingClientRect().right > document.documentElement.clientWidth + 1
+        && !e.closest('.table-scroll, .versions-scroll, [hidden]')).map((e) => e.className || e.tagName).slice(0, 8)"""
+    try:
+        open_explain(page, service, photo)
+        explain(page)
+        assert page.evaluate("document.documentElement.scrollWidth") <= narrow["width"], page.evaluate(wider)
+        page.goto(f"{service.url}/#jobs")
+        page.wait_for_selector("body[data-ready=jobs]")
+        page.get_by_text(name[:40]).first.wait_for()
+        assert page.evaluate("document.documentElement.scrollWidth") <= narrow["width"], page.evaluate(wider)
+        # the job forms' tabs wrap rather than clip their labels
+        for tab in page.locator(".segmented button").all():
+            assert tab.evaluate("(b) => b.scrollHeight <= b.clientHeight && b.scrollWidth <= b.clientWidth"), tab.inner_text()
+        page.screenshot(path=str(shots / "jobs-long-names-320.png"), full_page=True)
+    finally:
+        context.close()
+    assert not errors, errors
+
+
 def test_the_page_runs_under_its_content_security_policy(browser, service, photos):
     """Each view, and an explanation drawn, with nothing refused by the policy (no inline script,
     images from data: and blob: URLs, calls to its own origin)."""

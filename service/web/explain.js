@@ -244,10 +244,18 @@ async function addFiles(files) {
 }
 
 function addThumb(image) {
-  const thumb = el("div", { class: "thumb", title: image.name, dataset: { key: image.key } },
+  const thumb = el("div", { class: "thumb", title: image.name, tabindex: "0", role: "button", "aria-label": `Show ${image.name}`,
+                           dataset: { key: image.key } },
     image.original ? el("img", { src: image.url, alt: image.name }) : el("span", { class: "thumb-missing" }, "?"),
     el("button", { class: "thumb-remove", type: "button", "aria-label": `Remove ${image.name}`, onclick: (event) => { event.stopPropagation(); removeImage(image); } }, "×"));
-  thumb.addEventListener("click", () => { setActive(image); image.card.root.scrollIntoView({ behavior: "smooth", block: "nearest" }); });
+  const show = () => { setActive(image); image.card.root.scrollIntoView({ behavior: "smooth", block: "nearest" }); };
+  thumb.addEventListener("click", show);
+  thumb.addEventListener("keydown", (event) => {
+    if (event.target === thumb && (event.key === "Enter" || event.key === " ")) {
+      event.preventDefault();
+      show();
+    }
+  });
   image.thumb = thumb;
   $("thumbs").append(thumb);
 }

@@ -160,6 +160,15 @@ async function submitJob(kind, form, message) {
 }
 
 // ------------------------------------------------------------------------------------------------ data sets
+// the files an upload left out, each with why, opened by a click or a key (a hover alone reached no phone or keyboard)
+function leftOut(d) {
+  const more = d.unreadable_count - d.unreadable.length;
+  return el("details", { class: "ds-left-out" },
+    el("summary", { class: "warn" }, `${d.unreadable_count} ${d.unreadable_count === 1 ? "file" : "files"} left out`),
+    el("ul", {}, d.unreadable.map((u) => el("li", {}, `${u.file}: ${u.reason}`)),
+      more > 0 ? el("li", { class: "muted" }, `and ${more} more`) : null));
+}
+
 async function loadDatasets(select) {
   try {
     datasets = (await api("/v1/datasets")).data.sort((a, b) => b.created_at - a.created_at);
@@ -175,10 +184,10 @@ async function loadDatasets(select) {
   const list = $("dataset-list");
   list.replaceChildren(...datasets.map((d) => el("li", {},
     el("div", { class: "ds-main" }, el("b", {}, d.name), el("span", { class: "muted" }, ` ${d.id.slice(0, 8)}`)),
-    el("div", { class: "ds-meta" }, `${d.classes.length} classes · ${d.images} images`,
-      d.unreadable_count ? el("span", { class: "warn", title: d.unreadable.map((u) => `${u.file}: ${u.reason}`).join("\n") }, ` · ${d.unreadable_count} left out`) : null),
+    el("div", { class: "ds-meta" }, `${d.classes.length} classes · ${d.images} images`),
     el("div", { class: "ds-classes" }, d.classes.slice(0, 12).map((c) => el("span", { class: "chip static" }, c, el("small", {}, d.counts[c]))),
       d.classes.length > 12 ? el("span", { class: "muted" }, ` +${d.classes.length - 12}`) : null),
+    d.unreadable_count ? leftOut(d) : null,
     el("button", { class: "btn ghost small", type: "button", onclick: () => useDataset(d.id) }, "Fine-tune on this"))));
   if (!datasets.length) list.append(el("li", { class: "empty-line" }, "No data sets yet."));
   for (const node of document.querySelectorAll(".dataset-select")) fillDatasetSelect(node, select);
@@ -208,7 +217,7 @@ async function uploadDataset(event) {
     event.target.reset();
     await loadDatasets(created.id);
     message.replaceChildren(el("p", { class: "ok" }, `Uploaded ${created.name}: ${created.classes.length} classes, ${created.images} images`,
-      created.unreadable_count ? ` (${created.unreadable_count} images left out: unreadable or outside the CLASS/IMAGE layout; hover the data set for each)` : ""));
+      created.unreadable_count ? ` (${created.unreadable_count} images left out: unreadable or outside the CLASS/IMAGE layout; the data set's list says why for each)` : ""));
   } catch (error) {
     message.replaceChildren(problemBox(error, "The data set was not stored"));
   } finally {

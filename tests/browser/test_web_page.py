@@ -780,6 +780,46 @@ def test_images_over_one_requests_limit_are_explained_in_smaller_requests(page, 
     assert page.locator(".results .problem, .card-error .problem").count() == 0
 
 
+def test_a_data_sets_left_out_files_are_listed_with_why_on_a_click(page, service, tmp_path):
+    buffer = io.BytesIO(tiny_dataset(tmp_path).read_bytes())
+    with zipfile.ZipFile(buffer, "a") as archive:
+        archive.writestr("pets/cat/broken.jpg", b"this is a text file, not a JPEG\n")
+    created = httpx.post(f"{service.url}/v1/datasets", files=[upload(buffer.getvalue(), "pets.zip", "application/zip")],
+                         data={"name": "with-a-broken-file"}, timeout=60)
+    assert created.status_code == 201, created.text
+    (reason,) = created.json()["unreadable"]
+    page.goto(f"{service.url}/#jobs")
+    page.wait_for_selector("body[data-ready=jobs]")
+    entry = page.locator(".dataset-list li", has_text="with-a-broken-file")
+    summary = entry.locator(".ds-left-out summary")
+    assert summary.inner_text() == "1 file left out"
+    listed = entry.locator(".ds-left-out li")
+    assert not listed.is_visible()
+    summary.focus()
+    page.keyboard.press("Enter")
+    assert listed.inner_text() == f"{reason['file']}: {reason['reason']}"
+
+
+def test_a_thumbnail_is_chosen_from_the_keyboard(page, service, photos):
+    open_explain(page, service, photos / "chelsea.jpg")
+    page.set_input_files("#file-input", str(photos / "coffee.jpg"))
+    thumbs = page.locator("#thumbs .thumb")
+    thumbs.nth(1).wait_for()
+    thumbs.nth(0).click()
+    assert "active" in thumbs.nth(0).get_attribute("class")
+    page.keyboard.press("Tab")  # from the first thumbnail to its remove button
+    page.keyboard.press("Tab")  # to the second thumbnail
+    assert page.evaluate("document.activeElement.getAttribute('aria-label')") == "Show coffee.jpg"
+    page.keyboard.press("Enter")
+    assert "active" in thumbs.nth(1).get_attribute("class")
+    assert "active" not in thumbs.nth(0).get_attribute("class")
+    page.keyboard.press("Shift+Tab")
+    page.keyboard.press("Shift+Tab")
+    page.keyboard.press(" ")
+    assert "active" in thumbs.nth(0).get_attribute("class")
+    assert thumbs.count() == 2  # the keys chose; they removed nothing
+
+
 def test_phone_width_layout_holds(browser, service, photos, shots):
     context = browser.new_context(viewport=PHONE, device_scale_factor=2, is_mobile=True, has_touch=True, bypass_csp=True)
     page = context.new_page()

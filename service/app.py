@@ -36,6 +36,7 @@ from service.request_context import RequestContext
 from service.routers import datasets, docs, health, jobs, metrics, model_versions, models, web
 from service.routers.jobs import JOB_BODY_BYTES, JOB_TYPES
 from service.settings import Settings
+from service.stopping import AnswerRequestsCutByTheStop
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # body), then a full queue's early 503 and a full share's 429 or quota's 403 (told only to callers
     # with a key), then the request rate,
     # then the size limit, then an upload's room on disk, then a multipart body's closing delimiter,
-    # then HEAD as GET (metrics, logs and limits see HEAD).
+    # then HEAD as GET (metrics, logs and limits see HEAD). Within the ids and metrics, a request the
+    # stop cuts is answered 503.
     app.add_middleware(HeadAsGet, router=app.router)
     app.add_middleware(RefuseUnfinishedMultipart)
     app.add_middleware(RoomBeforeUploads, storage=storage)
@@ -129,6 +131,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RefuseForeignOrigins, allowed=settings.cors_origin_list)
     app.add_middleware(RefuseUnknownHosts, allowed=settings.allowed_host_list)
     app.add_middleware(RefuseOverCapacity)
+    app.add_middleware(AnswerRequestsCutByTheStop)
     app.add_middleware(RequestContext, metrics=app.state.metrics)  # outside the size limit: its 413s count too
     app.add_middleware(BrowserHeaders)  # on every answer, errors of the middleware within included
     app.include_router(health.router)

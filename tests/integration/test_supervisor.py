@@ -3,6 +3,7 @@ started again while the API keeps answering, and so is the embedded Redis; jobs 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -189,3 +190,23 @@ def test_a_second_ctrl_c_kills_what_the_first_is_waiting_for(tmp_path):
         _, alive = psutil.wait_procs(launched, timeout=10)
     assert not alive and stopped_in < 10, (alive, stopped_in)
     assert "SIGINT received again: killing them now" in service.log()
+
+
+def test_a_request_the_stop_cuts_is_answered_503_not_a_plain_500(tmp_path):
+    """GAZER_STOP_SECONDS=10: the API waits 5 s for an upload in flight, then cancels it. uvicorn
+    answered that with a plain-text 500 "Internal Server Error"."""
+    with LiveService(tmp_path, stop_seconds=10) as service:
+        with socket.create_connection(("127.0.0.1", service.port)) as upload:
+            upload.sendall(b"POST /v1/models/efficientnet_lite0/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                           b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 1000000\r\n\r\n--b\r\n")
+            time.sleep(1)
+            os.killpg(service.process.pid, signal.SIGINT)
+            upload.settimeout(60)
+            answer = b""
+            while chunk := upload.recv(65536):  # the answer closes the connection
+                answer += chunk
+        service.process.wait(timeout=60)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 "), answer[:500]
+    assert b"retry-after: 1" in head.lower() and b"application/problem+json" in head.lower(), head
+    assert json.loads(body)["detail"].startswith("the service is stopping"), body

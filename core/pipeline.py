@@ -60,6 +60,7 @@ class RenderedExplanation:
     gate: GateRange | None = None   # attention maps: the raw gate's range over the image
     overlay_format: str = "jpeg"
     flat: bool = False              # one value everywhere: nothing pointed at
+    crop: tuple[int, int, int, int] | None = None  # (left, top, right, bottom) of the heatmap the model saw
 
 
 @dataclass
@@ -329,7 +330,8 @@ def explain(model: LoadedModel, images: list[Image.Image], method_name: str,
             method_name, Prediction(target, model.spec.labels[target], float(probs[index, target])),
             layer, heatmap_png, overlay, np.round(maps[index], 4).tolist() if "map" in outputs else None,
             {**timings, "render": (time.perf_counter() - started) * 1000}, scores[index],
-            result.gates[index] if result.gates else None, overlay_format, _is_flat(maps[index])))
+            result.gates[index] if result.gates else None, overlay_format, _is_flat(maps[index]),
+            boxes[index].rounded()))
 
     cancellation.check()  # batched with others, this request's own client may have gone meanwhile
     rendering = time.perf_counter()

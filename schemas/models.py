@@ -47,6 +47,16 @@ class GateRange(BaseModel):
                                    "all zeros instead of stretched noise")
 
 
+class CropRegion(BaseModel):
+    """The part of the heatmap's pixels the model saw (its centre crop, or the whole image with
+    resize=stretch): right and bottom exclusive. The heatmap is 0 outside it, where nothing was
+    explained, and the overlay leaves the image untinted."""
+    left: int
+    top: int
+    right: int
+    bottom: int
+
+
 class Explanation(BaseModel):
     method: str
     target: Prediction
@@ -64,6 +74,8 @@ class Explanation(BaseModel):
                                                                       "insertion (Petsiuk et al. 2018); null for "
                                                                       "a flat map, which ranks no pixel first")
     timings_ms: dict[str, float]
+    crop: CropRegion | None = Field(None, description="where in the heatmap's (and overlay's) pixels the model "
+                                                      "looked (absent from services before it)")
     flat: bool = Field(False, description="the map is one value everywhere, so all zeros: the method found "
                                           "nothing to point at for this class at this layer")
     gate: GateRange | None = Field(None, description="attention maps: the raw gate's range over the image, before "

@@ -216,6 +216,8 @@ def _explain_result(result: pipeline.ImageResult) -> wire.ExplainResult:
         faithfulness=_faithfulness(explanation.faithfulness),
         timings_ms=explanation.timings_ms,
         flat=explanation.flat,
+        crop=wire.CropRegion(**dict(zip(("left", "top", "right", "bottom"), explanation.crop)))
+        if explanation.crop else None,
         gate=wire.GateRange(**dataclasses.asdict(explanation.gate)) if explanation.gate else None))
 
 

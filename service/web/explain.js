@@ -365,7 +365,7 @@ async function showMap(image, result, elapsed, model) {
   const explanation = result.explanation;
   const width = image.original?.naturalWidth;
   const height = image.original?.naturalHeight;
-  const heat = await colourHeatmap(explanation.heatmap_png, width, height);
+  const heat = await colourHeatmap(explanation.heatmap_png, width, height, explanation.crop);
   image.heat = heat;
   card.mapSlot.classList.remove("empty-map", "loading");
   card.mapSlot.replaceChildren(card.explanationCanvas);
@@ -611,7 +611,8 @@ async function compare(image) {
           continue;
         }
         const explanation = body.results[0].explanation;
-        const heat = await colourHeatmap(explanation.heatmap_png, image.original?.naturalWidth, image.original?.naturalHeight);
+        const { naturalWidth, naturalHeight } = image.original ?? {};
+        const heat = await colourHeatmap(explanation.heatmap_png, naturalWidth, naturalHeight, explanation.crop);
         cell.slot.classList.remove("loading");
         cell.slot.replaceChildren(cell.canvas);
         cell.canvas.dataset.target = explanation.target.index;

@@ -22,8 +22,10 @@ export function loadImage(src) {
   });
 }
 
-// A canvas with the coloured heatmap (from base64 grey PNG) at the image's natural size.
-export async function colourHeatmap(base64png, width, height) {
+// A canvas with the coloured heatmap (from base64 grey PNG) at the image's natural size; with the
+// answer's `crop` (in the PNG's pixels), transparent outside it, where the model saw nothing (as the
+// API's overlay leaves it untinted), not coloured as the lowest value.
+export async function colourHeatmap(base64png, width, height, crop) {
   const grey = await loadImage(`data:image/png;base64,${base64png}`);
   const canvas = document.createElement("canvas");
   canvas.width = width || grey.naturalWidth;
@@ -32,12 +34,20 @@ export async function colourHeatmap(base64png, width, height) {
   context.drawImage(grey, 0, 0, canvas.width, canvas.height);
   const pixels = context.getImageData(0, 0, canvas.width, canvas.height);
   const data = pixels.data;
-  for (let i = 0; i < data.length; i += 4) {
-    const v = data[i] * 3;
-    data[i] = JET[v];
-    data[i + 1] = JET[v + 1];
-    data[i + 2] = JET[v + 2];
-    data[i + 3] = 255;
+  const sx = canvas.width / grey.naturalWidth;
+  const sy = canvas.height / grey.naturalHeight;
+  const [left, top, right, bottom] = crop
+    ? [Math.round(crop.left * sx), Math.round(crop.top * sy), Math.round(crop.right * sx), Math.round(crop.bottom * sy)]
+    : [0, 0, canvas.width, canvas.height];
+  for (let y = 0, i = 0; y < canvas.height; y++) {
+    const row = y >= top && y < bottom;
+    for (let x = 0; x < canvas.width; x++, i += 4) {
+      const v = data[i] * 3;
+      data[i] = JET[v];
+      data[i + 1] = JET[v + 1];
+      data[i + 2] = JET[v + 2];
+      data[i + 3] = row && x >= left && x < right ? 255 : 0;
+    }
   }
   context.putImageData(pixels, 0, 0);
   return canvas;

@@ -56,6 +56,7 @@ def test_every_method_honours_the_contract(client, chelsea_jpeg, method):
     left, top, right, bottom = crop_box(451, 300, client.app.state.registry.spec(MODEL)).rounded()
     assert heatmap.max() == 255
     assert heatmap[:, :left].max() == 0 and heatmap[:, right:].max() == 0  # outside the centre crop
+    assert explanation["crop"] == {"left": left, "top": top, "right": right, "bottom": bottom}
     assert set(explanation["timings_ms"]) == {"preprocess", "model", "render"}
 
 
@@ -75,6 +76,9 @@ def test_a_large_jpegs_pictures_come_at_the_scale_it_was_decoded_at_and_predict_
     photo = encode(chelsea().resize((2400, 1600), Image.Resampling.BICUBIC))
     explanation = explain(client, [upload(photo)], method="cam").json()["results"][0]
     assert decode_png(base64.b64decode(explanation["explanation"]["heatmap_png"])).shape == (800, 1200)
+    # the crop in the heatmap's pixels: 1200 x 800's centre crop, not 2400 x 1600's
+    left, top, right, bottom = crop_box(1200, 800, client.app.state.registry.spec(MODEL)).rounded()
+    assert explanation["explanation"]["crop"] == {"left": left, "top": top, "right": right, "bottom": bottom}
     assert decode_picture(base64.b64decode(explanation["explanation"]["overlay"]), "jpeg").shape == (800, 1200, 3)
     predicted = client.post(f"/v1/models/{MODEL}/predict", files=[upload(photo)]).json()["results"][0]
     top, explained_top = predicted["predictions"][0], explanation["predictions"][0]
@@ -88,6 +92,7 @@ def test_stretch_explains_the_whole_image(client, chelsea_jpeg):
     heatmap = decode_png(base64.b64decode(body["results"][0]["explanation"]["heatmap_png"]))
     assert heatmap.shape == (300, 451)
     assert heatmap[:, :5].max() > 0 and heatmap[:, -5:].max() > 0
+    assert body["results"][0]["explanation"]["crop"] == {"left": 0, "top": 0, "right": 451, "bottom": 300}
     assert body["results"][0]["predictions"][0]["index"] in range(281, 286)
 
 

@@ -119,6 +119,21 @@ def test_explain_draws_an_overlay_that_differs_from_the_original(page, service, 
     canvas = ".result-card .map-canvas"
     overlay_diff = page.evaluate(PIXEL_DIFF, [canvas, ".result-card img.original"])
     assert overlay_diff > 10, overlay_diff
+    # left of the centre crop (451 x 300: x < 94) the model saw nothing: the photo shows untinted,
+    # as in the API's own overlay, not tinted as the lowest value
+    outside = page.evaluate("""() => {
+      const map = document.querySelector('.result-card .map-canvas');
+      const original = document.querySelector('.result-card img.original');
+      const copy = document.createElement('canvas');
+      copy.width = original.naturalWidth; copy.height = original.naturalHeight;
+      copy.getContext('2d').drawImage(original, 0, 0);
+      const a = map.getContext('2d').getImageData(0, 0, 90, 300).data;
+      const b = copy.getContext('2d').getImageData(0, 0, 90, 300).data;
+      let worst = 0;
+      for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i] - b[i]));
+      return [map.width, worst];
+    }""")
+    assert outside == [451, 0], outside
     assert page.locator(".result-card .prediction").count() == 5
     assert "tabby" in page.locator(".result-card .prediction.selected").inner_text().lower() or \
         "cat" in page.locator(".result-card .prediction.selected").inner_text().lower()

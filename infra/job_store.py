@@ -17,6 +17,7 @@ message looked lost: JobQueue.resend_lost_messages) runs a job out of its order 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 # A Redis command (or connection) that takes longer fails (RedisError: a 503 to the client) rather
 # than hold a request, a scrape or a worker's heartbeat for as long as Redis hangs.
 REDIS_SOCKET_SECONDS = 10.0
+# Readiness probes give up sooner (Kubernetes' after 1 s by default): readiness's reads fail after this.
+READINESS_REDIS_SECONDS = 2.0
 _INDEX = "gazer:jobs"
 # What a client waits before submitting again when it has its limit of jobs queued or running.
 RETRY_AFTER_SECONDS = 30
@@ -524,11 +527,27 @@ class JobStore:
     def worker_gone(self, worker: str) -> None:
         self.redis.zrem(_WORKERS, worker)
 
-    def live_workers(self) -> list[str]:
-        """Workers heard from within the lease; older entries are dropped on the way."""
+    def live_workers(self, client: redis.Redis | None = None) -> list[str]:
+        """Workers heard from within the lease; older entries are dropped on the way. `client`:
+        another connection to the same Redis (`quick`)."""
+        client = client or self.redis
         cutoff = time.time() - self.lease_seconds
-        self.redis.zremrangebyscore(_WORKERS, "-inf", cutoff)
-        return self.redis.zrangebyscore(_WORKERS, cutoff, "+inf")
+        client.zremrangebyscore(_WORKERS, "-inf", cutoff)
+        return client.zrangebyscore(_WORKERS, cutoff, "+inf")
+
+    @functools.cached_property
+    def quick(self) -> redis.Redis:
+        """The same Redis on connections whose reads give up after READINESS_REDIS_SECONDS."""
+        pool = self.redis.connection_pool
+        return redis.Redis(connection_pool=redis.ConnectionPool(
+            connection_class=pool.connection_class,
+            **{**pool.connection_kwargs, "socket_timeout": READINESS_REDIS_SECONDS,
+               "socket_connect_timeout": READINESS_REDIS_SECONDS}))
+
+    def close(self) -> None:
+        self.redis.close()
+        if "quick" in self.__dict__:
+            self.quick.close()
 
     def should_stop(self, job_id: str, worker: str) -> bool:
         """Whether the job running on `worker` must stop: cancelled, reaped as lost (its lease ran

@@ -169,7 +169,7 @@ class JobQueue:
 
     def close(self) -> None:
         self.celery.close()
-        self.store.redis.close()
+        self.store.close()
 
 
 async def resend_lost_messages_forever(queue: JobQueue) -> None:

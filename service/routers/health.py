@@ -41,7 +41,7 @@ def readyz(request: Request, registry: RegistryDep, settings: SettingsDep, queue
         name = parse_ref(settings.default_model)[0]
         models = {model: state for model, state in models.items() if model == name}
     try:
-        workers: int | None = len(queue.store.live_workers())
+        workers: int | None = len(queue.store.live_workers(queue.store.quick))  # a probe's time
         redis_state = "ready"
     except redis.RedisError as error:
         log.warning("readiness: Redis is unreachable: %s", error)

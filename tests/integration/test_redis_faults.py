@@ -10,7 +10,7 @@ import psutil
 import redis
 
 from infra.embedded_redis import EmbeddedRedis
-from infra.job_store import REDIS_SOCKET_SECONDS
+from infra.job_store import READINESS_REDIS_SECONDS, REDIS_SOCKET_SECONDS
 from support import shapes_archive, upload
 from tests.integration.conftest import LEASE_SECONDS, make_client, wait_for
 from tests.integration.test_jobs import long_maximization, submit
@@ -86,6 +86,23 @@ def test_a_hung_redis_is_a_503_in_bounded_time(api, redis_server):
     assert answer.status_code == 503 and answer.headers["retry-after"], answer.text
     assert REDIS_SOCKET_SECONDS - 1 < waited < REDIS_SOCKET_SECONDS + 10, waited
     assert api.get("/v1/jobs").status_code == 200
+
+
+def test_readiness_answers_within_a_probes_time_while_redis_hangs(api, redis_server):
+    """Redis stopped (SIGSTOP): readiness waited out REDIS_SOCKET_SECONDS (10 s), where a probe
+    gives up after a second or two."""
+    assert api.get("/readyz").status_code == 200
+    hung = psutil.Process(redis_server.process.pid)
+    hung.suspend()
+    try:
+        started = time.monotonic()
+        answer = api.get("/readyz")
+        waited = time.monotonic() - started
+    finally:
+        hung.resume()
+    assert answer.status_code == 503 and answer.json()["redis"].startswith("unreachable"), answer.text
+    assert waited < READINESS_REDIS_SECONDS + 1, waited
+    assert api.get("/readyz").status_code == 200
 
 
 def test_readiness_reports_redis_and_the_live_workers(api, workers, redis_server):

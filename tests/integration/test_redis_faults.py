@@ -73,16 +73,21 @@ def test_a_submit_while_redis_is_down_is_a_503_and_leaves_nothing(api, workers, 
     assert wait_for(api, job["id"], ("succeeded", "failed"), timeout=120)["state"] == "succeeded"
 
 
-def test_a_hung_redis_is_a_503_in_bounded_time(api, redis_server):
-    """Redis stopped (SIGSTOP), not gone: a job listing waited as long as it hung."""
+def while_hung(redis_server, call):
+    """`call`'s answer and how long it took with Redis stopped (SIGSTOP), not gone."""
     hung = psutil.Process(redis_server.process.pid)
     hung.suspend()
     try:
         started = time.monotonic()
-        answer = api.get("/v1/jobs")
-        waited = time.monotonic() - started
+        answer = call()
+        return answer, time.monotonic() - started
     finally:
         hung.resume()
+
+
+def test_a_hung_redis_is_a_503_in_bounded_time(api, redis_server):
+    """Redis stopped (SIGSTOP), not gone: a job listing waited as long as it hung."""
+    answer, waited = while_hung(redis_server, lambda: api.get("/v1/jobs"))
     assert answer.status_code == 503 and answer.headers["retry-after"], answer.text
     assert REDIS_SOCKET_SECONDS - 1 < waited < REDIS_SOCKET_SECONDS + 10, waited
     assert api.get("/v1/jobs").status_code == 200
@@ -92,14 +97,7 @@ def test_readiness_answers_within_a_probes_time_while_redis_hangs(api, redis_ser
     """Redis stopped (SIGSTOP): readiness waited out REDIS_SOCKET_SECONDS (10 s), where a probe
     gives up after a second or two."""
     assert api.get("/readyz").status_code == 200
-    hung = psutil.Process(redis_server.process.pid)
-    hung.suspend()
-    try:
-        started = time.monotonic()
-        answer = api.get("/readyz")
-        waited = time.monotonic() - started
-    finally:
-        hung.resume()
+    answer, waited = while_hung(redis_server, lambda: api.get("/readyz"))
     assert answer.status_code == 503 and answer.json()["redis"].startswith("unreachable"), answer.text
     assert waited < READINESS_REDIS_SECONDS + 1, waited
     assert api.get("/readyz").status_code == 200

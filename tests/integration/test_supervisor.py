@@ -169,14 +169,20 @@ def test_ctrl_c_puts_the_running_job_back_in_the_queue_and_ends_event_streams_wi
     assert "the server is stopping: following again once it answers" in complained, complained
 
 
+def upload_in_flight(port: int) -> socket.socket:
+    """A connection whose predict upload has begun and sends nothing more."""
+    upload = socket.create_connection(("127.0.0.1", port))
+    upload.sendall(b"POST /v1/models/efficientnet_lite0/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                   b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 1000000\r\n\r\n--b\r\n")
+    return upload
+
+
 def test_a_second_ctrl_c_kills_what_the_first_is_waiting_for(tmp_path):
     """The first waits up to GAZER_STOP_SECONDS for the requests in flight, here an upload; a
     second did nothing more. One within a second of the first is the same stop, delivered twice."""
     with LiveService(tmp_path, stop_seconds=120) as service:
         launched = psutil.Process(service.process.pid).children(recursive=True)
-        with socket.create_connection(("127.0.0.1", service.port)) as upload:
-            upload.sendall(b"POST /v1/models/efficientnet_lite0/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                           b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 1000000\r\n\r\n--b\r\n")
+        with upload_in_flight(service.port):
             time.sleep(1)
             os.killpg(service.process.pid, signal.SIGINT)
             time.sleep(0.05)
@@ -196,9 +202,7 @@ def test_a_request_the_stop_cuts_is_answered_503_not_a_plain_500(tmp_path):
     """GAZER_STOP_SECONDS=10: the API waits 5 s for an upload in flight, then cancels it. uvicorn
     answered that with a plain-text 500 "Internal Server Error"."""
     with LiveService(tmp_path, stop_seconds=10) as service:
-        with socket.create_connection(("127.0.0.1", service.port)) as upload:
-            upload.sendall(b"POST /v1/models/efficientnet_lite0/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                           b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 1000000\r\n\r\n--b\r\n")
+        with upload_in_flight(service.port) as upload:
             time.sleep(1)
             os.killpg(service.process.pid, signal.SIGINT)
             upload.settimeout(60)

@@ -470,7 +470,11 @@ async function explainAll() {
   let shown = false;
   try {
     while (groups.length) {
-      const pending = groups[0];
+      const pending = groups[0] = groups[0].filter((image) => state.images.includes(image));  // not those removed since
+      if (!pending.length) {
+        groups.shift();
+        continue;
+      }
       const form = baseForm(state.method);
       for (const image of pending) form.append("file", image.file, image.name);
       const started = performance.now();

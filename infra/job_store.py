@@ -17,7 +17,6 @@ message looked lost: JobQueue.resend_lost_messages) runs a job out of its order 
 
 from __future__ import annotations
 
-import functools
 import itertools
 import json
 import logging
@@ -179,6 +178,13 @@ return 1
 class JobStore:
     def __init__(self, client: redis.Redis, lease_seconds: float, max_result_bytes: int = MAX_RESULT_BYTES) -> None:
         self.redis = client
+        # the same Redis for readiness, on connections of their own whose reads give up sooner
+        # (no connection is made until one is used)
+        pool = client.connection_pool
+        self.quick = redis.Redis(connection_pool=redis.ConnectionPool(
+            connection_class=pool.connection_class,
+            **{**pool.connection_kwargs, "socket_timeout": READINESS_REDIS_SECONDS,
+               "socket_connect_timeout": READINESS_REDIS_SECONDS}))
         self.lease_seconds = lease_seconds
         self.max_result_bytes = max_result_bytes
         self._claim = client.register_script(_CLAIM)
@@ -535,19 +541,9 @@ class JobStore:
         client.zremrangebyscore(_WORKERS, "-inf", cutoff)
         return client.zrangebyscore(_WORKERS, cutoff, "+inf")
 
-    @functools.cached_property
-    def quick(self) -> redis.Redis:
-        """The same Redis on connections whose reads give up after READINESS_REDIS_SECONDS."""
-        pool = self.redis.connection_pool
-        return redis.Redis(connection_pool=redis.ConnectionPool(
-            connection_class=pool.connection_class,
-            **{**pool.connection_kwargs, "socket_timeout": READINESS_REDIS_SECONDS,
-               "socket_connect_timeout": READINESS_REDIS_SECONDS}))
-
     def close(self) -> None:
         self.redis.close()
-        if "quick" in self.__dict__:
-            self.quick.close()
+        self.quick.close()
 
     def should_stop(self, job_id: str, worker: str) -> bool:
         """Whether the job running on `worker` must stop: cancelled, reaped as lost (its lease ran

@@ -18,7 +18,6 @@ a listing or a quota check reads the owners first, and parses only the descripti
 
 from __future__ import annotations
 
-import errno
 import gzip
 import io
 import itertools
@@ -36,7 +35,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Callable, Iterator
 
 from core import cancellation
-from core.errors import GazerError, InvalidRequest, NotFound, PayloadTooLarge, StorageFailed, TooManyFiles
+from core.errors import GazerError, InvalidRequest, NotFound, PayloadTooLarge, TooManyFiles, storage_failure
 from core.imaging import declared_pixels, decode_image
 from core.parallel import cpu_count, parallel_map
 from core.storage import check_name
@@ -479,8 +478,7 @@ def ingest_archive(blob: bytes, datasets_dir: Path, name: str | None, limits: Ar
             staging.rename(datasets_dir / dataset_id)
         return description
     except OSError as error:  # the data folder refused a write: a full disk, permissions
-        full = "the data folder is full: " if error.errno in (errno.ENOSPC, errno.EDQUOT) else ""
-        raise StorageFailed(f"could not store the data set: {full}{error.strerror or error}") from None
+        raise storage_failure("could not store the data set", error) from None
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

@@ -3,6 +3,8 @@ whether the API raises it or a job record stores it."""
 
 from __future__ import annotations
 
+import errno
+
 
 class GazerError(Exception):
     """Base class: `code` is the stable problem type, `detail` the human text."""
@@ -117,10 +119,25 @@ class ModelNotReady(GazerError):
 
 
 class StorageFailed(GazerError):
-    """The data folder refused a write (full disk, permissions): nothing was kept."""
+    """The data folder ran out of room during a write (a full disk, a quota): nothing was kept."""
 
     code = "storage-failed"
     status = 507
+
+
+class StorageUnwritable(GazerError):
+    """The data folder refused a write for a reason more room would not fix (permissions, a
+    read-only mount, an I/O error): the operator's to fix, so a 500, and nothing was kept."""
+
+    code = "storage-unwritable"
+    status = 500
+
+
+def storage_failure(what: str, error: OSError) -> GazerError:
+    """The error for a write to the data folder that raised `error`, `what` saying what was lost."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFailed(f"{what}: the data folder is full: {error.strerror or error}")
+    return StorageUnwritable(f"{what}: {error.strerror or error}")
 
 
 class StorageFull(GazerError):

@@ -23,11 +23,12 @@ PROBLEM_JSON = "application/problem+json"
 # What a 503 (busy, queue or model not ready) tells the client to wait before trying again.
 RETRY_AFTER_SECONDS = 5
 # The problems any /v1 route can answer with (auth, Host/Origin guards, size limit, rate limits,
-# unknown names, conflicts, bad values, busy, full disk), documented in the OpenAPI schema.
+# unknown names, conflicts, bad values, an unwritable data folder, busy, full disk), documented in
+# the OpenAPI schema.
 PROBLEM_RESPONSES: dict[int | str, dict] = {
     status: {"model": Problem, "description": TITLES[status],
              "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
-    for status in (400, 401, 403, 404, 406, 408, 409, 413, 422, 429, 503, 507)}
+    for status in (400, 401, 403, 404, 406, 408, 409, 413, 422, 429, 500, 503, 507)}
 
 
 def problem_response(status: int, code: str, detail: str, errors_: list[FieldError] | None = None,

@@ -136,8 +136,16 @@ def explain_dataset(config: ExplainDatasetConfig, model: LoadedModel, datasets_d
     uploaded_as = uploaded_names(datasets_dir, config.dataset_id)
     folder.mkdir(parents=True, exist_ok=True)
     names = _zip_names(items, classes)
+    # Items come class by class: a class's mean map is written, and its sum let go, once the
+    # batches have passed it, so that memory holds one class's sum, not one per class.
     sums: dict[int, np.ndarray] = {}
     rows: dict[int, list[dict]] = {index: [] for index in range(len(classes))}
+    summary: list[dict[str, Any]] = []
+
+    def summarize_classes_below(label: int) -> None:
+        for index in range(len(summary), label):
+            summary.append(_class_summary(index, classes[index], rows[index], sums.pop(index, None),
+                                          model.spec.input_size, folder, url, config.faithfulness))
     columns = ["file", "uploaded_as", "class", "predicted_index", "predicted_label", "probability", "heatmap",
                "flat"] + \
         (["deletion", "insertion"] if config.faithfulness else []) + ["error"]
@@ -179,9 +187,10 @@ def explain_dataset(config: ExplainDatasetConfig, model: LoadedModel, datasets_d
                 row = _row(file, uploaded_as.get(file, file), classes[label], names[index], result.explanation)
                 table.writerow(row)
                 rows[label].append(row)
+            end = start + batch
+            summarize_classes_below(items[end][1] if end < len(items) else len(classes))
+    summarize_classes_below(len(classes))  # and those with no image
     progress(1.0, phase="explaining", images=len(items), total=len(items))
-    summary = [_class_summary(index, label, rows[index], sums.get(index), model.spec.input_size, folder, url,
-                              config.faithfulness) for index, label in enumerate(classes)]
     explained = sum(len(kept) for kept in rows.values())
     return {"model": {"id": model.spec.id, "version": model.spec.version}, "dataset_id": config.dataset_id,
             "method": config.method, "layer": layer, "images": len(items), "explained": explained,

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from core.errors import InvalidRequest, ModelNotReady, StorageFailed, UnknownModel
+from core.errors import InvalidRequest, ModelNotReady, UnknownModel, storage_failure
 from core.models.catalog import file_digest
 from core.models.refs import versions
 from core.models.onnx_export import export_onnx
@@ -93,7 +93,7 @@ def _publish(models_dir: Path, spec: ModelSpec, metrics: dict, write: Callable[[
             return final
         raise ModelNotReady(f"could not number a new version of {spec.id!r}: {_PUBLISH_ATTEMPTS} tries collided")
     except OSError as error:
-        raise StorageFailed(f"could not save a version of {spec.id!r}: {error.strerror or error}") from None
+        raise storage_failure(f"could not save a version of {spec.id!r}", error) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -422,6 +422,28 @@ def test_a_data_sets_explanation_takes_as_many_images_a_batch_as_their_maps_fit(
     assert started == [0, 4, 6]  # MAX_MAP_VALUES // 1024**2 = 4 a batch, where 8 were asked for
 
 
+def test_a_data_sets_class_mean_maps_are_written_as_the_batches_pass_each_class(client, wide_onnx, tmp_path):
+    """The sum of a class's maps was kept for every class to the job's end: 1000 classes of 224 x
+    224 saliency maps held 400 MB. Items come class by class, so each class is done, and its sum
+    let go, once the batches have passed it."""
+    registry = client.app.state.registry
+    limits = ArchiveLimits(max_files=10, max_total_bytes=10**7, max_image_pixels=10**7)
+    dataset = ingest_archive(shapes_archive(per_class=2), registry.storage.datasets, None, limits)
+    config = explain_dataset_config({"dataset_id": dataset["id"], "model": wide_onnx, "method": "occlusion",
+                                     "options": {"window": 224, "stride": 224}, "batch_size": 2})
+    written_before_batch = []
+
+    def progress(fraction, **details):
+        written_before_batch.append(sorted(path.name for path in tmp_path.glob("class-*-mean.png")))
+
+    result = explain_dataset(config, registry.get(wide_onnx), registry.storage.datasets, tmp_path, lambda name: name,
+                             10**7, progress, lambda: False)
+    assert written_before_batch == [[], ["class-0-mean.png"], ["class-0-mean.png", "class-1-mean.png"],
+                                    ["class-0-mean.png", "class-1-mean.png", "class-2-mean.png"]]
+    assert [(entry["index"], entry["images"], entry["mean_map"]) for entry in result["classes"]] == \
+        [(index, 2, f"class-{index}-mean.png") for index in range(3)]
+
+
 def dark_is_nan_onnx(side: int = 32) -> onnx.ModelProto:
     """Scores log(1 + each channel's mean): finite on the upload check's inputs in [-1, 1] and on
     light photos, NaN on a dark one (normalized, its channels' means are under -1)."""

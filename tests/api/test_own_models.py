@@ -43,16 +43,16 @@ CHEAP = {"integrated_gradients": {"steps": 4}, "smoothgrad": {"samples": 3}, "ri
          "occlusion": {"window": 32, "stride": 32}}
 
 
-def reference_network(architecture: str, size: int, seed: int = 0) -> torch.nn.Module:
-    """Built with the libraries themselves, not with Gazer's code."""
+def reference_network(architecture: str, size: int, seed: int = 0, **options) -> torch.nn.Module:
+    """Built with the libraries themselves, not with Gazer's code; `options` for torchvision's builder."""
     torch.manual_seed(seed)
     if architecture.startswith("timm:"):
         network = timm.create_model(architecture[5:], pretrained=False, num_classes=CLASSES)
-    elif architecture == "inception_v3":
-        network = torchvision.models.inception_v3(weights=None, num_classes=CLASSES, aux_logits=False,
-                                                  init_weights=False)
+    elif architecture in ("inception_v3", "googlenet"):
+        network = torchvision.models.get_model(architecture, weights=None, num_classes=CLASSES, aux_logits=False,
+                                               init_weights=False, **options)
     else:
-        network = torchvision.models.get_model(architecture, weights=None, num_classes=CLASSES)
+        network = torchvision.models.get_model(architecture, weights=None, num_classes=CLASSES, **options)
     photos = torch.cat([reference_preprocessing(size)(image)[None] for image in (chelsea(), coffee())])
     photos = torch.cat([photos, photos.flip(-1)])
     with torch.no_grad():
@@ -213,3 +213,24 @@ def test_the_same_network_uploaded_as_onnx_gives_the_same_top5(client, uploaded)
     assert by_default.json()["results"][0]["explanation"]["method"] == "occlusion"
     assert client.post(f"/v1/models/{name}/explain", files=photos).json()["results"][0]["explanation"]["method"] \
         == "gradcam"
+
+
+def test_a_network_with_transform_input_is_served_as_torchvision_runs_it_with_half_mean_and_std(client):
+    """torchvision builds GoogLeNet (and Inception v3) with `transform_input=True` when it loads its
+    ImageNet weights, so one fine-tuned from them has it, and its state dict does not say so. That
+    step turns ImageNet-normalized pixels into pixels normalized by 0.5 and 0.5: uploaded with
+    `mean` and `std` 0.5, as the README says, it predicts as torchvision does."""
+    size = 128
+    network = reference_network("googlenet", size, transform_input=True)
+    response = client.post("/v1/models", data={"name": "googlenet-tv", "architecture": "googlenet", "input_size": size,
+                                               "mean": "0.5,0.5,0.5", "std": "0.5,0.5,0.5"},
+                           files={"weights": ("model.safetensors", safetensors_of(network))})
+    assert response.status_code == 201, response.text
+    images = [chelsea(), coffee()]
+    served = client.post("/v1/models/googlenet-tv/predict", data={"top_k": 3},
+                         files=[upload(encode(image, "PNG"), "x.png") for image in images]).json()["results"]
+    for image, result in zip(images, served):
+        expected = torchvision_log_probabilities(network, image, size)
+        assert [p["index"] for p in result["predictions"]] == torch.argsort(expected, descending=True)[:3].tolist()
+        log_probabilities = np.log([max(p["probability"], 1e-30) for p in result["predictions"]])
+        assert np.abs(log_probabilities - expected.sort(descending=True).values[:3].numpy()).max() < 0.05

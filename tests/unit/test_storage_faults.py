@@ -4,6 +4,7 @@ out-of-memory. Each ends in a clear error and leaves nothing half-written behind
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 import time
 
@@ -12,7 +13,7 @@ import torch
 
 from core import cancellation
 from core.datasets import ArchiveLimits, ingest_archive
-from core.errors import ModelNotReady, StorageFailed
+from core.errors import ModelNotReady, StorageFailed, StorageUnwritable
 from core.models import registry as registry_module
 from core.models.registry import ModelRegistry
 from core.models.versions import save_onnx_version, versions
@@ -36,6 +37,17 @@ def test_a_full_disk_during_a_version_save_is_a_clear_error_and_leaves_nothing(f
     assert versions(models_dir, spec.id) == []
     assert list((models_dir / spec.id).iterdir()) == []
     assert StorageFailed.status == 507
+
+
+def test_a_data_folder_that_refuses_writes_is_a_500_not_a_full_disk(full_disk, tmp_path):
+    """A read-only mount (or permissions) is the operator's to fix: more room would not help."""
+    spec = ModelRegistry(Storage(tmp_path / "spec-source"), max_loaded=1).spec("efficientnet_lite0")
+    models_dir = full_disk / "models"
+    models_dir.mkdir()
+    subprocess.run(["mount", "-o", "remount,ro", str(full_disk)], check=True)
+    with pytest.raises(StorageUnwritable, match="could not save a version of 'efficientnet_lite0': Read-only") as raised:
+        save_onnx_version(models_dir, spec, b"\0" * 1000)
+    assert raised.value.status == 500 and "full" not in raised.value.detail
 
 
 def test_the_sweep_removes_old_partial_folders_and_any_set_aside_to_delete(tmp_path):

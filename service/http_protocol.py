@@ -16,7 +16,9 @@ bounded them (a 30 MB header got its 200; 170 MB of trailers held the loop for 3
 `max_in_flight` connections or requests in flight (uvicorn's limit_concurrency, counted as it
 counts them), a request is marked OVER_CAPACITY for the app to answer 503, as its other 503s
 (uvicorn's own answer was plain text, without Retry-After or the request id, and no metric
-counted it)."""
+counted it). A client's end of stream is taken for a client gone, as uvicorn takes it, even after a
+whole request: a half-close (`nc -N`) cannot be told from a client that closed and left, and
+dropping the work of one that left is what keeps a model free for the others."""
 
 from __future__ import annotations
 

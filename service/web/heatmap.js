@@ -53,7 +53,9 @@ export async function colourHeatmap(base64png, width, height, crop) {
   return canvas;
 }
 
-// Draw the original with the heatmap over it at `opacity`, or the heatmap alone.
+// Draw the original with the heatmap over it at `opacity`, or the heatmap alone: then, outside the
+// crop, where the map is transparent, the photo faded to grey, so that what the model did not see
+// still shows, and shows as not explained.
 export function composite(target, original, heat, { opacity = 0.5, heatmapOnly = false } = {}) {
   const width = heat.width;
   const height = heat.height;
@@ -63,6 +65,11 @@ export function composite(target, original, heat, { opacity = 0.5, heatmapOnly =
   context.globalAlpha = 1;
   context.clearRect(0, 0, width, height);
   if (heatmapOnly) {
+    context.filter = "grayscale(1)";
+    context.globalAlpha = 0.35;
+    context.drawImage(original, 0, 0, width, height);
+    context.filter = "none";
+    context.globalAlpha = 1;
     context.drawImage(heat, 0, 0);
     return;
   }

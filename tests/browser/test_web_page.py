@@ -144,6 +144,26 @@ def test_explain_draws_an_overlay_that_differs_from_the_original(page, service, 
     page.check("#heatmap-only")
     heat_only = page.evaluate(PIXEL_DIFF, [canvas, ".result-card img.original"])
     assert heat_only > overlay_diff
+    # the heatmap alone: opaque colours inside the crop; outside it, not blank, the photo faded to grey
+    inside, outside = page.evaluate("""() => {
+      const map = document.querySelector('.result-card .map-canvas').getContext('2d');
+      const sample = (x) => {
+        const data = map.getImageData(x, 30, 40, 240).data;
+        const alphas = new Set(), greys = new Set();
+        let coloured = 0;
+        for (let i = 0; i < data.length; i += 4) {
+          alphas.add(data[i + 3]);
+          greys.add(data[i]);
+          const [r, g, b] = [data[i], data[i + 1], data[i + 2]];
+          if (Math.max(r, g, b) - Math.min(r, g, b) > 2) coloured++;
+        }
+        return [[...alphas], greys.size, coloured];
+      };
+      return [sample(200), sample(20)];
+    }""")
+    assert inside[0] == [255] and inside[2] > 0, inside
+    alphas, greys, coloured = outside
+    assert len(alphas) == 1 and 50 < alphas[0] < 120 and coloured == 0 and greys > 20, outside
     page.uncheck("#heatmap-only")
     page.screenshot(path=str(shots / "explain-laptop.png"), full_page=True)
     # any map downloads as a PNG

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import os
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 
@@ -72,12 +73,18 @@ def ensure_onnx(network: nn.Module, spec: ModelSpec, cache_dir: Path, half: bool
     return path
 
 
+# torch's ONNX exporter keeps its state in globals, and catch_warnings swaps the process's filters:
+# two exports at once (two models' first loads, an upload meanwhile) failed one of them ("GLOBALS.
+# in_onnx_export must be True") and could leave every warning ignored for good.
+_EXPORTING = threading.Lock()
+
+
 def export_onnx(network: nn.Module, input_size: int, path: Path, half: bool = False) -> None:
     """`half`: weights and activations in float16 (for GPUs; agrees within FP16_AGREEMENT_TOLERANCE),
-    input and outputs float32 all the same."""
+    input and outputs float32 all the same. One export at a time in a process."""
     example = torch.zeros(1, 3, input_size, input_size)
     wrapper = (_HalfPrecision(network) if half else _LogitsAndFeatures(network)).eval()
-    with warnings.catch_warnings():
+    with _EXPORTING, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             wrapper, (example,), str(path), dynamo=False, opset_version=17,

@@ -3,6 +3,9 @@ stages, attention placed by hooks, frozen BatchNorm statistics, ONNX export that
 
 from __future__ import annotations
 
+import threading
+import warnings
+
 import pytest
 import torch
 
@@ -58,6 +61,30 @@ def test_fine_tuning_heads_and_attention_keep_the_original_names(tmp_path):
     assert torch.allclose(attended[1], plain, rtol=0, atol=1e-6)
     export_onnx(tuned, 64, tmp_path / "tuned.onnx")
     assert max_logit_difference(tuned, OnnxPredictor(tmp_path / "tuned.onnx"), 64)[0] < 1e-4
+
+
+def test_exports_at_once_in_threads_all_succeed_and_leave_the_warning_filters_as_they_were(tmp_path):
+    """Two models' first loads at once, or an upload meanwhile: torch's exporter keeps its state in
+    globals (one of them failed: "GLOBALS.in_onnx_export must be True"), and catch_warnings swaps
+    the process's filters (every warning could stay ignored for good)."""
+    networks = [build_network("resnet18", 3, 32).eval() for _ in range(4)]
+    filters = list(warnings.filters)
+    failures = []
+
+    def export(index: int) -> None:
+        try:
+            for round_ in range(2):
+                export_onnx(networks[index], 32, tmp_path / f"{index}-{round_}.onnx")
+        except Exception as error:
+            failures.append(repr(error))
+
+    threads = [threading.Thread(target=export, args=(index,)) for index in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == [] and warnings.filters == filters
+    assert max_logit_difference(networks[3], OnnxPredictor(tmp_path / "3-1.onnx"), 32)[0] < 1e-4
 
 
 def test_frozen_parts_keep_their_batchnorm_statistics():

@@ -406,18 +406,24 @@ def test_an_input_size_where_the_last_feature_map_is_one_position_is_named(clien
     assert_refused(fine_tune, 422, "input_size", "feature maps shrink to 1 x 1")
 
 
+def explain_shapes(client, model: str, batch_size: int, folder, progress) -> dict:
+    """An explain-dataset job's work, run here: 3 classes of 2 shapes each, by occlusion in one window."""
+    registry = client.app.state.registry
+    limits = ArchiveLimits(max_files=10, max_total_bytes=10**7, max_image_pixels=10**7)
+    dataset = ingest_archive(shapes_archive(per_class=2), registry.storage.datasets, None, limits)
+    config = explain_dataset_config({"dataset_id": dataset["id"], "model": model, "method": "occlusion",
+                                     "options": {"window": 224, "stride": 224}, "batch_size": batch_size})
+    return explain_dataset(config, registry.get(model), registry.storage.datasets, folder, lambda name: name, 10**7,
+                           progress, lambda: False)
+
+
 def test_a_data_sets_explanation_takes_as_many_images_a_batch_as_their_maps_fit(client, wide_onnx, tmp_path):
     """An explain-dataset job asks for each image's raw map (its class's mean map is made of them):
     Inception v3 at 299 px with saliency at batch_size 64 was queued, then failed at its first batch
     ("outputs=map would return 4380649 values"). A batch holds as many as one answer's maps may."""
-    registry = client.app.state.registry
-    limits = ArchiveLimits(max_files=10, max_total_bytes=10**7, max_image_pixels=10**7)
-    dataset = ingest_archive(shapes_archive(per_class=2), registry.storage.datasets, None, limits)
-    config = explain_dataset_config({"dataset_id": dataset["id"], "model": wide_onnx, "method": "occlusion",
-                                     "options": {"window": 224, "stride": 224}, "batch_size": 8})
     started = []
-    result = explain_dataset(config, registry.get(wide_onnx), registry.storage.datasets, tmp_path, lambda name: name,
-                             10**7, lambda fraction, **details: started.append(details["images"]), lambda: False)
+    result = explain_shapes(client, wide_onnx, 8, tmp_path,
+                            lambda fraction, **details: started.append(details["images"]))
     assert result["explained"] == 6 and result["failed"] == 0
     assert started == [0, 4, 6]  # MAX_MAP_VALUES // 1024**2 = 4 a batch, where 8 were asked for
 
@@ -426,18 +432,12 @@ def test_a_data_sets_class_mean_maps_are_written_as_the_batches_pass_each_class(
     """The sum of a class's maps was kept for every class to the job's end: 1000 classes of 224 x
     224 saliency maps held 400 MB. Items come class by class, so each class is done, and its sum
     let go, once the batches have passed it."""
-    registry = client.app.state.registry
-    limits = ArchiveLimits(max_files=10, max_total_bytes=10**7, max_image_pixels=10**7)
-    dataset = ingest_archive(shapes_archive(per_class=2), registry.storage.datasets, None, limits)
-    config = explain_dataset_config({"dataset_id": dataset["id"], "model": wide_onnx, "method": "occlusion",
-                                     "options": {"window": 224, "stride": 224}, "batch_size": 2})
     written_before_batch = []
 
     def progress(fraction, **details):
         written_before_batch.append(sorted(path.name for path in tmp_path.glob("class-*-mean.png")))
 
-    result = explain_dataset(config, registry.get(wide_onnx), registry.storage.datasets, tmp_path, lambda name: name,
-                             10**7, progress, lambda: False)
+    result = explain_shapes(client, wide_onnx, 2, tmp_path, progress)
     assert written_before_batch == [[], ["class-0-mean.png"], ["class-0-mean.png", "class-1-mean.png"],
                                     ["class-0-mean.png", "class-1-mean.png", "class-2-mean.png"]]
     assert [(entry["index"], entry["images"], entry["mean_map"]) for entry in result["classes"]] == \

@@ -66,18 +66,25 @@ def _address_space_bytes() -> int:
     raise OSError("no VmSize in /proc/self/status")
 
 
+def cap_memory(memory_bytes: int) -> None:
+    """Caps this process's address space at what it has now plus `memory_bytes` (a MemoryError,
+    or a failed allocation, past it), and makes it the first the kernel kills if the machine runs
+    out of memory all the same."""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as oom_score:
+            oom_score.write("1000")
+    except OSError:  # a sandbox that refuses it: the cap still holds
+        pass
+    limit = _address_space_bytes() + memory_bytes
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
 def main(argv: list[str]) -> None:
     path, input_size, max_batch, memory_bytes = argv[0], int(argv[1]), int(argv[2]), int(argv[3])
     import numpy  # noqa: F401  (imported before the cap, like onnxruntime: their own size is not the model's)
     import onnxruntime  # noqa: F401
 
-    try:  # if the machine runs out of memory all the same, this process goes first
-        with open("/proc/self/oom_score_adj", "w") as oom_score:
-            oom_score.write("1000")
-    except OSError:  # a sandbox that refuses it: the cap below still holds
-        pass
-    limit = _address_space_bytes() + memory_bytes
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    cap_memory(memory_bytes)
     try:
         answer = probe(path, input_size, max_batch)
     except MemoryError:

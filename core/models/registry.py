@@ -264,17 +264,12 @@ class ModelRegistry:
     def register_network(self, spec: ModelSpec, network: nn.Module, metrics: dict | None = None) -> ModelSpec:
         """Publish a new version of `spec.id` with its ONNX export, unless its torch and ONNX
         Runtime logits disagree (or are not finite): then InvalidRequest says why."""
-        def verify(onnx_file: Path) -> None:
-            try:
-                predictor = OnnxPredictor(onnx_file)
-            except Exception as error:  # onnxruntime's own exception types
-                raise InvalidRequest(f"ONNX Runtime cannot load the exported model: {str(error)[:300]}") from None
-            try:
-                check_agreement(network, predictor, spec.input_size)
-            except ModelNotReady as refused:
-                raise InvalidRequest(f"the model is refused: {refused.detail}") from None
+        return versions.save_version(self.storage.models, spec, network, metrics or {},
+                                     agreeing_export(network, spec.input_size))
 
-        return versions.save_version(self.storage.models, spec, network, metrics or {}, verify)
+    def register_checked(self, name: str, check: Callable[[Path], ModelSpec]) -> ModelSpec:
+        """Publish a new version of `name` whose files `check(staging)` writes (versions.save_checked_version)."""
+        return versions.save_checked_version(self.storage.models, name, check)
 
     def register_onnx(self, spec: ModelSpec, onnx_model: bytes) -> ModelSpec:
         return versions.save_onnx_version(self.storage.models, spec, onnx_model)
@@ -342,6 +337,22 @@ def _without_cause(error: Exception) -> str:
     """What clients are told of a load's failure: its kind, not its message, which names server
     paths (the log has it all)."""
     return f"{type(error).__name__} (the server log has the cause)"
+
+
+def agreeing_export(network: nn.Module, input_size: int) -> Callable[[Path], None]:
+    """A check of `network`'s ONNX export: InvalidRequest unless ONNX Runtime loads it and agrees
+    with torch (check_agreement)."""
+    def verify(onnx_file: Path) -> None:
+        try:
+            predictor = OnnxPredictor(onnx_file)
+        except Exception as error:  # onnxruntime's own exception types
+            raise InvalidRequest(f"ONNX Runtime cannot load the exported model: {str(error)[:300]}") from None
+        try:
+            check_agreement(network, predictor, input_size)
+        except ModelNotReady as refused:
+            raise InvalidRequest(f"the model is refused: {refused.detail}") from None
+
+    return verify
 
 
 def check_agreement(network: nn.Module, predictor: OnnxPredictor, input_size: int,

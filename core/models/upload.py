@@ -15,13 +15,14 @@ import sys
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import IO, Iterator, Literal
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from torch import nn
 
+from core import errors as errors_module
 from core.errors import Conflict, GazerError, InvalidRequest
 from core.models import onnx_probe
 from core.models.adapted import TIMM_PREFIX, adapt, classifier_name, construct_on_meta, torchvision_architectures
@@ -257,6 +258,56 @@ def torch_model(name: str, architecture: str, weights: bytes, labels: list[str] 
     spec = _spec(name, architecture, _labels(labels, num_classes), preprocessing, input_size, layer,
                  anatomy.classifier_layer, linear, f"{architecture} uploaded as {name}")
     return spec, network
+
+
+@dataclass(frozen=True)
+class WeightsCheckLimits:
+    """What an uploaded torch model's check (weights_check: its build, first runs, export and
+    agreement) may cost: memory beyond the checking process's own, and seconds."""
+
+    memory_bytes: int
+    seconds: float
+
+
+def checked_torch_model(staging: Path, name: str, architecture: str, weights: bytes, labels: list[str] | None,
+                        preprocessing: Preprocessing, cam_layer: str | None, limits: WeightsCheckLimits) -> ModelSpec:
+    """torch_model, then its weights and ONNX export written into `staging` (versions.write_network),
+    in a child process capped at `limits`; the spec. What needs no torch is checked here first."""
+    from core.models import weights_check
+
+    check_model_name(name)
+    check_architecture(architecture)
+    check_preprocessing(preprocessing)
+    request = {"name": name, "architecture": architecture, "labels": labels, "cam_layer": cam_layer,
+               "preprocessing": {field: getattr(preprocessing, field) for field in Preprocessing.__dataclass_fields__}}
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "request.json").write_text(json.dumps(request))
+        with open(Path(folder) / "out", "wb+") as out, open(Path(folder) / "err", "wb+") as err:
+            try:
+                child = subprocess.run([sys.executable, "-m", weights_check.__name__, str(limits.memory_bytes),
+                                        str(Path(folder) / "request.json")], cwd=staging, env=_child_environment(),
+                                       input=weights, stdout=out, stderr=err, timeout=limits.seconds)
+            except subprocess.TimeoutExpired:
+                raise InvalidRequest(f"building, running and exporting {architecture} took longer than "
+                                     f"{limits.seconds:g} s (GAZER_WEIGHTS_CHECK_SECONDS)", field="weights") from None
+            printed, errors = _printed(out, err)
+    if child.returncode < 0 and child.returncode != -signal.SIGKILL:
+        raise InvalidRequest(f"checking the model stopped it ({signal.Signals(-child.returncode).name})",
+                             field="weights")
+    if child.returncode > 0 or (child.returncode == 0 and not printed):
+        raise RuntimeError(f"the weights check itself failed (exit {child.returncode}): {errors}")
+    answer = json.loads(printed[-1]) if child.returncode == 0 else {"error": "memory"}  # SIGKILL: the OOM killer
+    error = answer.get("error")
+    if error == "memory":
+        raise InvalidRequest(f"building, running and exporting {architecture} needed more than "
+                             f"{limits.memory_bytes / 2**20:.0f} MiB of memory (GAZER_WEIGHTS_CHECK_MEMORY_BYTES)",
+                             field="weights")
+    if error is not None:
+        kind = getattr(errors_module, error["kind"], None)
+        if not (isinstance(kind, type) and issubclass(kind, GazerError)):
+            raise RuntimeError(f"the weights check failed with an unknown {error['kind']}: {error['detail']}")
+        raise kind(error["detail"], **error["extra"])
+    return ModelSpec.from_json(json.dumps(answer["spec"]))
 
 
 @dataclass(frozen=True)
@@ -525,6 +576,22 @@ _OUT_OF_MEMORY = ("bad_alloc", "bad allocation", "Failed to allocate")
 _STDERR_KEPT = 2000
 
 
+def _child_environment() -> dict[str, str]:
+    """A checking child's: what finds Python, this code and the allocator, and no secret."""
+    environment = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).resolve().parents[2]), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    environment.update({name: os.environ[name] for name in ("LD_PRELOAD", "LD_LIBRARY_PATH") if name in os.environ})
+    return environment
+
+
+def _printed(out: IO[bytes], err: IO[bytes]) -> tuple[list[str], str]:
+    """A checking child's lines on stdout, and the end of its stderr."""
+    out.seek(0)
+    printed = out.read(10_000).decode(errors="replace").strip().splitlines()
+    err.seek(max(0, err.seek(0, os.SEEK_END) - _STDERR_KEPT))
+    return printed, err.read().decode(errors="replace")
+
+
 def _check_runs(serialized: bytes, input_size: int, limits: OnnxCheckLimits) -> int:
     """The number of classes, from runs on random batches (onnx_probe.batches) in a child process
     capped at `limits.memory_bytes` and killed after `limits.seconds`. The file lies alone in an
@@ -533,23 +600,18 @@ def _check_runs(serialized: bytes, input_size: int, limits: OnnxCheckLimits) -> 
     memory = f"{limits.memory_bytes / 2**20:.0f} MiB"
     *fewer, most = onnx_probe.batches(limits.max_batch)
     sizes = f"{', '.join(map(str, fewer))} and {most}" if fewer else str(most)
-    environment = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": os.pathsep.join(
-        [str(Path(__file__).resolve().parents[2]), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    environment.update({name: os.environ[name] for name in ("LD_PRELOAD", "LD_LIBRARY_PATH") if name in os.environ})
     with tempfile.TemporaryDirectory() as folder:
         (Path(folder) / "model.onnx").write_bytes(serialized)
         with open(Path(folder) / "out", "wb+") as out, open(Path(folder) / "err", "wb+") as err:
             try:
                 child = subprocess.run([sys.executable, "-m", onnx_probe.__name__, "model.onnx", str(input_size),
                                         str(limits.max_batch), str(limits.memory_bytes)],
-                                       cwd=folder, env=environment, stdout=out, stderr=err, timeout=limits.seconds)
+                                       cwd=folder, env=_child_environment(), stdout=out, stderr=err,
+                                       timeout=limits.seconds)
             except subprocess.TimeoutExpired:
                 raise InvalidRequest(f"ONNX Runtime took longer than {limits.seconds:g} s on batches of {sizes} "
                                      f"images (GAZER_ONNX_CHECK_SECONDS)", field="onnx") from None
-            out.seek(0)
-            printed = out.read(10_000).decode(errors="replace").strip().splitlines()
-            err.seek(max(0, err.seek(0, os.SEEK_END) - _STDERR_KEPT))
-            errors = err.read().decode(errors="replace")
+            printed, errors = _printed(out, err)
     if child.returncode < 0 and child.returncode != -signal.SIGKILL:
         raise InvalidRequest(f"ONNX Runtime stopped on the model ({signal.Signals(-child.returncode).name})",
                              field="onnx")

@@ -42,58 +42,72 @@ def version_dir(models_dir: Path, name: str, version: int) -> Path:
     return models_dir / name / str(version)
 
 
+def write_network(staging: Path, spec: ModelSpec, network: nn.Module,
+                  verify: Callable[[Path], None] | None = None) -> str:
+    """WEIGHTS and ONNX of `network` into `staging`, and the digest of the weights; `verify(onnx_file)`
+    runs on the export and may raise to keep the version out."""
+    network.cpu().eval()
+    save_file({key: value.contiguous() for key, value in network.state_dict().items()}, str(staging / WEIGHTS))
+    try:
+        export_onnx(network, spec.input_size, staging / ONNX)
+    except (RuntimeError, ValueError, TypeError, torch.onnx.errors.OnnxExporterError) as error:
+        raise InvalidRequest(f"the network cannot be exported to ONNX at {spec.input_size}x{spec.input_size}: "
+                             f"{str(error)[:300]}", field="input_size") from None
+    if verify is not None:
+        verify(staging / ONNX)
+    return file_digest(staging / WEIGHTS)
+
+
 def save_version(models_dir: Path, spec: ModelSpec, network: nn.Module, metrics: dict,
                  verify: Callable[[Path], None] | None = None) -> ModelSpec:
-    """Write a new version of `spec.id` and return its spec (version number and digest set).
-    `verify(onnx_file)` runs on the staged export and may raise to keep the version out."""
-    def write(staging: Path) -> str:
-        network.cpu().eval()
-        save_file({key: value.contiguous() for key, value in network.state_dict().items()}, str(staging / WEIGHTS))
-        try:
-            export_onnx(network, spec.input_size, staging / ONNX)
-        except (RuntimeError, ValueError, TypeError, torch.onnx.errors.OnnxExporterError) as error:
-            raise InvalidRequest(f"the network cannot be exported to ONNX at {spec.input_size}x{spec.input_size}: "
-                                 f"{str(error)[:300]}", field="input_size") from None
-        if verify is not None:
-            verify(staging / ONNX)
-        return file_digest(staging / WEIGHTS)
+    """Write a new version of `spec.id` and return its spec (version number and digest set)."""
+    return _publish(models_dir, spec.id, metrics, lambda staging: (spec, write_network(staging, spec, network, verify)))
 
-    return _publish(models_dir, spec, metrics, write)
+
+def save_checked_version(models_dir: Path, name: str, check: Callable[[Path], ModelSpec]) -> ModelSpec:
+    """A new version of `name` whose WEIGHTS and ONNX `check(staging)` writes (write_network, in a
+    process of its own), returning their spec."""
+    def write(staging: Path) -> tuple[ModelSpec, str]:
+        spec = check(staging)
+        return spec, file_digest(staging / WEIGHTS)
+
+    return _publish(models_dir, name, {}, write)
 
 
 def save_onnx_version(models_dir: Path, spec: ModelSpec, onnx_model: bytes) -> ModelSpec:
     """A new version served from an ONNX file alone (no torch network)."""
-    def write(staging: Path) -> str:
+    def write(staging: Path) -> tuple[ModelSpec, str]:
         (staging / ONNX).write_bytes(onnx_model)
-        return file_digest(staging / ONNX)
+        return spec, file_digest(staging / ONNX)
 
-    return _publish(models_dir, spec, {}, write)
+    return _publish(models_dir, spec.id, {}, write)
 
 
-def _publish(models_dir: Path, spec: ModelSpec, metrics: dict, write: Callable[[Path], str]) -> ModelSpec:
-    staging = models_dir / spec.id / f".staging-{uuid.uuid4().hex}"
+def _publish(models_dir: Path, name: str, metrics: dict, write: Callable[[Path], tuple[ModelSpec, str]]) -> ModelSpec:
+    """`write(staging)`: the version's files into `staging`; their spec and digest."""
+    staging = models_dir / name / f".staging-{uuid.uuid4().hex}"
     try:
-        (models_dir / spec.id).mkdir(parents=True, exist_ok=True)
+        (models_dir / name).mkdir(parents=True, exist_ok=True)
         staging.mkdir()
-        digest = write(staging)
+        spec, digest = write(staging)
         (staging / METRICS).write_text(json.dumps(metrics, indent=1))
         for _ in range(_PUBLISH_ATTEMPTS):
-            version = max(versions(models_dir, spec.id) + [_last_version(models_dir, spec.id)]) + 1
+            version = max(versions(models_dir, name) + [_last_version(models_dir, name)]) + 1
             final = replace(spec, version=version, weights_digest=digest)
             (staging / SPEC).write_text(final.to_json())
             _fsync_folder(staging)
             try:
-                staging.rename(version_dir(models_dir, spec.id, version))
+                staging.rename(version_dir(models_dir, name, version))
             except OSError as error:
                 if error.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                     raise
                 continue  # another job took this number first
-            _fsync(models_dir / spec.id)
-            _record_last(models_dir, spec.id, version)
+            _fsync(models_dir / name)
+            _record_last(models_dir, name, version)
             return final
-        raise ModelNotReady(f"could not number a new version of {spec.id!r}: {_PUBLISH_ATTEMPTS} tries collided")
+        raise ModelNotReady(f"could not number a new version of {name!r}: {_PUBLISH_ATTEMPTS} tries collided")
     except OSError as error:
-        raise storage_failure(f"could not save a version of {spec.id!r}", error) from None
+        raise storage_failure(f"could not save a version of {name!r}", error) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -127,8 +127,9 @@ async def upload_model(
             return registry.register_onnx(spec, checked)
     else:
         def register(blob: bytes) -> ModelSpec:
-            spec, network = upload.torch_model(name, architecture, blob, class_names, preprocessing, cam_layer)
-            return registry.register_network(spec, network)
+            limits = upload.WeightsCheckLimits(settings.weights_check_memory_bytes, settings.weights_check_seconds)
+            return registry.register_checked(name, lambda staging: upload.checked_torch_model(
+                staging, name, architecture, blob, class_names, preprocessing, cam_layer, limits))
 
     model_file, field = (onnx, "onnx") if onnx is not None else (weights, "weights")
     mark = await run_in_threadpool(_claim, caller, registry.storage, queue, name, settings)

@@ -101,6 +101,27 @@ def test_weights_of_another_architecture_are_422(client, other):
     assert_refused(post_weights(client, weights), 422, "weights", "resnet18")
 
 
+@pytest.mark.parametrize("limit, words", [({"weights_check_seconds": 2}, "took longer than 2 s"),
+                                          ({"weights_check_memory_bytes": 64 * 2**20}, "needed more than 64 MiB")])
+def test_a_weights_upload_is_checked_in_a_process_capped_in_time_and_memory(tmp_path, small_resnet, limit, words):
+    """Its build, first runs, export and agreement ran in the API's own process, without a time cap:
+    ConvNeXt-Large at 1024 px took over 2 minutes and 1.3 GB there. The check's process is killed
+    at its limit, the answer is a 422 naming the setting, and nothing of the version is left."""
+    settings = Settings(data_dir=tmp_path, **limit)
+    with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as capped:
+        started = time.perf_counter()
+        response = post_weights(capped, weights_of(small_resnet), name="capped")
+        answered_after = time.perf_counter() - started
+        detail = assert_refused(response, 422, "weights", words)["detail"]
+        assert f"GAZER_{next(iter(limit)).upper()}" in detail
+        assert answered_after < 10, answered_after
+        assert capped.get("/v1/models/capped").status_code == 404
+        assert list((tmp_path / "models" / "capped").iterdir()) == []  # no staging folder left
+    uncapped = Settings(data_dir=tmp_path)  # the same upload is served: it is the cap that decides
+    with TestClient(base_url="http://localhost", app=create_app(uncapped), raise_server_exceptions=False) as client:
+        assert post_weights(client, weights_of(small_resnet), name="capped").status_code == 201
+
+
 def test_a_model_with_nan_logits_is_422(client, small_resnet):
     state = {key: value.clone() for key, value in small_resnet.state_dict().items()}
     state["fc.bias"][0] = float("nan")

@@ -1,0 +1,58 @@
+"""An uploaded torch model's build, first runs, ONNX export and agreement check, in a process of
+its own: `python -m core.models.weights_check MEMORY_BYTES REQUEST_FILE`, run in a new version's
+staging folder, with the upload's safetensors on stdin and its form's fields in REQUEST_FILE
+(JSON). Before it reads them it caps its own address space at what it has then plus
+MEMORY_BYTES, and the caller kills it at its time limit: the largest architectures at 1024 px
+took minutes and gigabytes, which the API's own process spent before. It writes the version's
+weights and ONNX export into the folder (versions.write_network) and prints one JSON line:
+{"spec"}, {"error": {"kind", "detail", "extra"}} (a core.errors class) or {"error": "memory"}."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from core.models.onnx_probe import cap_memory
+
+# how torch words a failed allocation, in the error a step raises
+_OUT_OF_MEMORY = ("can't allocate memory", "DefaultCPUAllocator", "bad_alloc", "Failed to allocate")
+
+
+def check(request: dict, weights: bytes) -> dict:
+    from core.errors import GazerError
+    from core.models import upload
+    from core.models.registry import agreeing_export
+    from core.models.versions import write_network
+
+    try:
+        preprocessing = upload.Preprocessing(**{field: tuple(value) if isinstance(value, list) else value
+                                                for field, value in request["preprocessing"].items()})
+        spec, network = upload.torch_model(request["name"], request["architecture"], weights, request["labels"],
+                                           preprocessing, request["cam_layer"])
+        del weights
+        write_network(Path.cwd(), spec, network, agreeing_export(network, spec.input_size))
+    except GazerError as error:
+        if any(words in error.detail for words in _OUT_OF_MEMORY):
+            return {"error": "memory"}
+        return {"error": {"kind": type(error).__name__, "detail": error.detail, "extra": error.extra}}
+    return {"spec": json.loads(spec.to_json())}
+
+
+def main(argv: list[str]) -> None:
+    memory_bytes, request = int(argv[0]), json.loads(Path(argv[1]).read_text())
+    import torch  # noqa: F401  (imported before the cap, with what checking uses: their own size is not the model's)
+    import torchvision  # noqa: F401
+    import onnxruntime  # noqa: F401
+    import core.models.registry  # noqa: F401
+
+    cap_memory(memory_bytes)
+    try:
+        answer = check(request, sys.stdin.buffer.read())
+    except MemoryError:
+        answer = {"error": "memory"}
+    print(json.dumps(answer), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

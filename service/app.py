@@ -23,7 +23,7 @@ from service.admission import (ClientShares, ExplanationSlots, ModelQueues, Pixe
 from service.auth import KeyStore, KeysBeforeBodies, requires
 from service.dependencies import DATASET_INGESTS
 from service.errors import PROBLEM_RESPONSES, install_error_handlers
-from service.limits import RefuseUnfinishedMultipart, RequestSizeLimit, RoomBeforeUploads
+from service.limits import JSON_BODY_BYTES, RefuseUnfinishedMultipart, RequestSizeLimit, RoomBeforeUploads
 from service.metrics import Metrics
 from service.openapi import correcting
 from service.negotiation import acceptable
@@ -34,7 +34,7 @@ from service.rate_limits import LimitRequestsBeforeBodies, RateLimiter, StreamSl
 from service.retention import sweep_forever
 from service.request_context import RequestContext
 from service.routers import datasets, docs, health, jobs, metrics, model_versions, models, web
-from service.routers.jobs import JOB_BODY_BYTES, JOB_TYPES
+from service.routers.jobs import JOB_TYPES
 from service.settings import Settings
 from service.stopping import AnswerRequestsCutByTheStop
 
@@ -116,7 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RoomBeforeUploads, storage=storage)
     app.add_middleware(RequestSizeLimit, max_bytes=settings.max_request_bytes,
                        per_path={"/v1/datasets": settings.max_dataset_bytes, "/v1/models": settings.max_model_bytes,
-                                 **{f"/v1/jobs/{kind}": JOB_BODY_BYTES for kind in JOB_TYPES}},
+                                 **{f"/v1/jobs/{kind}": JSON_BODY_BYTES for kind in JOB_TYPES}},
                        idle_seconds=settings.body_idle_seconds,
                        min_bytes_per_second=settings.body_min_bytes_per_second)
     app.add_middleware(LimitRequestsBeforeBodies, limiter=app.state.request_limiter, keys=app.state.keys)

@@ -15,18 +15,30 @@ from core.storage import Storage
 from service.errors import gazer_error_response, problem_response
 
 UPLOAD_PATHS = ("/v1/models", "/v1/datasets")
+# Any JSON body (a job, a pin), and one with no type, which FastAPI reads as JSON: a sweep's largest
+# space is a few KB; parsing 48 MB of JSON held the event loop for 2 s.
+JSON_BODY_BYTES = 1024**2
+
+
+def is_json(scope: Scope) -> bool:
+    """Whether FastAPI would parse the body as JSON: typed so, or not typed at all."""
+    declared = dict(scope["headers"]).get(b"content-type")
+    if declared is None:
+        return True
+    media_type = parse_options_header(declared)[0].lower()
+    return media_type == b"application/json" or media_type.endswith(b"+json")
 
 
 class RequestSizeLimit:
     """Answers 413 when Content-Length is over the limit, and stops reading a body sent
     without a length (chunked) with a 413 as soon as it passes the limit. `per_path`: other
-    limits for some paths (matched exactly). A body that sends nothing for `idle_seconds`
-    before it is complete gets 408, and so does one that falls behind an average of
-    `min_bytes_per_second` once its first `idle_seconds` are past: a byte now and then would
-    otherwise hold the connection for as long as its client likes. Bytes sent ahead of that
-    pace earn at most `2 * idle_seconds` of waiting: 250 MB sent at once, then a byte every
-    20 s, held its parts in memory for hours. Both count only the time spent waiting for the
-    client, not the server's own between two reads of the body."""
+    limits for some paths (matched exactly); a JSON body's is at most JSON_BODY_BYTES. A body
+    that sends nothing for `idle_seconds` before it is complete gets 408, and so does one that
+    falls behind an average of `min_bytes_per_second` once its first `idle_seconds` are past: a
+    byte now and then would otherwise hold the connection for as long as its client likes.
+    Bytes sent ahead of that pace earn at most `2 * idle_seconds` of waiting: 250 MB sent at
+    once, then a byte every 20 s, held its parts in memory for hours. Both count only the time
+    spent waiting for the client, not the server's own between two reads of the body."""
 
     def __init__(self, app: ASGIApp, max_bytes: int, per_path: dict[str, int] | None = None,
                  idle_seconds: float = 30.0, min_bytes_per_second: float = 16384) -> None:
@@ -41,6 +53,8 @@ class RequestSizeLimit:
             await self.app(scope, receive, send)
             return
         limit = self.per_path.get(scope["path"].rstrip("/"), self.max_bytes)
+        if is_json(scope):
+            limit = min(limit, JSON_BODY_BYTES)
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and (len(declared) > 18 or int(declared) > limit):
             size = declared.decode() if len(declared) <= 18 else "over 10**18"  # int() refuses 4300+ digits

@@ -34,9 +34,6 @@ from service.rate_limits import client_id
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 JOB_TYPES = (*RUNNERS, SWEEP)  # what a worker runs, and the sweeps that make fine-tunes
-# A job's JSON body: a sweep's largest space is a few KB; parsing 48 MB of JSON held the event
-# loop for 2 s
-JOB_BODY_BYTES = 1024**2
 KEEPALIVE_SECONDS = 15.0
 # An event stream reads its job every 0.25 s while it changes, backing off to 2 s while not.
 FIRST_POLL_SECONDS, LONGEST_POLL_SECONDS = 0.25, 2.0

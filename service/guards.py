@@ -27,12 +27,15 @@ class RefuseUnknownHosts:
         self.allowed = None if "*" in allowed else {name.lower() for name in allowed}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self.allowed is not None:
-            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
-            if host_name(host).lower() not in self.allowed:
-                response = problem_response(400, "unknown-host", f"Host {host!r} is not served here; "
-                                                                 f"GAZER_ALLOWED_HOSTS lists the names answered")
-                await response(scope, receive, send)
+        if scope["type"] == "http":
+            hosts = [value.decode("latin-1") for name, value in scope["headers"] if name == b"host"]
+            refusal = None
+            if len(hosts) > 1:  # RFC 9112 3.2; the checks here and the app could read different ones
+                refusal = f"a request names its Host once; this one names {len(hosts)}"
+            elif self.allowed is not None and host_name(host := (hosts or [""])[0]).lower() not in self.allowed:
+                refusal = f"Host {host!r} is not served here; GAZER_ALLOWED_HOSTS lists the names answered"
+            if refusal is not None:
+                await problem_response(400, "unknown-host", refusal)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 

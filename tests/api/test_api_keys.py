@@ -327,6 +327,9 @@ def test_pages_of_other_origins_and_unknown_hosts_are_refused(api, keys, client)
     # open (no keys): only loopback names, so a rebound DNS name cannot reach the service
     assert_problem(client.get("/healthz", headers={"Host": "attacker.example"}), 400, "attacker.example")
     assert client.get("/healthz", headers={"Host": "127.0.0.1:8000"}).status_code == 200
+    # two Host headers: the check read the last, where a proxy or the app may read the first
+    twice = client.get("/healthz", headers=[("Host", "attacker.example"), ("Host", "localhost")])
+    assert_problem(twice, 400, "names 2")
 
 
 def test_allowed_cors_origins_get_cors_headers(tmp_path):

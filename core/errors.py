@@ -34,6 +34,12 @@ class InvalidRequest(GazerError):
     status = 422
 
 
+class ExplanationTooLong(InvalidRequest):
+    """Stopped at its time limit: an explanation of this model this long needs to ask for less."""
+
+    code = "explain-time-limit"
+
+
 class UnknownMethod(InvalidRequest):
     code = "unknown-method"
 

@@ -49,6 +49,10 @@ class Settings(SharedSettings):
     # is killed (VGG-16 at 224 takes 26 s here, on the one thread the check runs on).
     onnx_check_memory_bytes: int = Field(4 * 1024**3, ge=64 * 2**20)
     onnx_check_seconds: float = Field(60.0, gt=0, le=3600)
+    # An uploaded torch model's check, in a process of its own too (its build, first runs, ONNX
+    # export and agreement with ONNX Runtime): the same two caps.
+    weights_check_memory_bytes: int = Field(4 * 1024**3, ge=64 * 2**20)
+    weights_check_seconds: float = Field(120.0, gt=0, le=3600)
     # How long a model upload waits for the one upload slot before 503.
     explain_queue_seconds: float = Field(60.0, gt=0)
     # What explain returns when a request names no `outputs` (JSON, e.g. ["heatmap"]).
@@ -82,6 +86,10 @@ class Settings(SharedSettings):
     # One explain request may cost this many forward-equivalents (files x steps, samples, masks
     # or channels; a backward counts as one); more is a 422 that gives the cost.
     max_explain_cost: int = Field(8192, ge=1)
+    # How long one explain request's explanation may run (from when a thread takes it up) before it
+    # is stopped at its next model run, a 422: the cost counts forwards, not what a model's forward
+    # costs (ResNet-18 at 1024 px took 1.35 CPU-s a unit, Lite0 at 224 17 ms).
+    explain_seconds: float = Field(300.0, gt=0, le=86400)
     # One explain-dataset job may cost this many (its images x the cost of one; each image is held
     # to max_explain_cost as well).
     max_explain_job_cost: int = Field(2_000_000, ge=1)

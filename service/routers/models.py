@@ -6,6 +6,7 @@ import asyncio
 import base64
 import dataclasses
 import logging
+import threading
 import time
 from typing import Annotated, Any, Callable, Literal
 
@@ -18,7 +19,7 @@ from pydantic import BaseModel, Field
 
 from core import cancellation, device_preprocessing, parallel, pipeline
 from core.encoding import MEDIA_TYPES
-from core.errors import GazerError, InvalidRequest
+from core.errors import ExplanationTooLong, GazerError, InvalidRequest
 from core.explain.faithfulness import DEFAULT_STEPS, Faithfulness
 from core.imaging import RESIZE_MODES, check_resize, declared_pixels, decode_images, needed_sides, preprocess
 from core.models.spec import ModelSpec
@@ -91,12 +92,23 @@ async def _decoded_and_explained(request: Request, blobs: list[bytes], declared:
                                  check: Callable[[list], None], explain: Callable[[list], list[pipeline.ImageResult]],
                                  refused: Callable[[], None]) -> list[pipeline.ImageResult]:
     """`blobs` decoded on the CPU pool and `check`ed, then explained on one of the explanation
-    threads; dropped where its client has gone. `refused` is called where a file or the check
-    refuses (413, 422): nothing has run then."""
+    threads; dropped where its client has gone, and stopped (ExplanationTooLong) once it has run
+    for GAZER_EXPLAIN_SECONDS. `refused` is called where a file or the check refuses (413, 422):
+    nothing has run then."""
+    out_of_time = threading.Event()
     async with client_watch(request) as gone:
+        def stop() -> None:
+            out_of_time.set()
+            gone.set()  # its work is dropped as if its client had gone
+
         def work(images: list) -> list[pipeline.ImageResult]:
-            with cancellation.for_client(gone):
-                return explain(images)
+            deadline = threading.Timer(settings.explain_seconds, stop)
+            deadline.start()
+            try:
+                with cancellation.for_client(gone):
+                    return explain(images)
+            finally:
+                deadline.cancel()
 
         try:
             try:
@@ -108,6 +120,9 @@ async def _decoded_and_explained(request: Request, blobs: list[bytes], declared:
                 raise
             return await anyio.to_thread.run_sync(work, images, limiter=request.app.state.explanation_threads)
         except cancellation.ClientGone as gone_error:
+            if out_of_time.is_set():
+                raise ExplanationTooLong(f"{what} ran for {settings.explain_seconds:g} s (GAZER_EXPLAIN_SECONDS) and "
+                                         f"was stopped: ask for less (fewer files, steps, samples or masks)") from None
             log.info("%s dropped: %s", what, gone_error.detail)
             raise
 

@@ -16,7 +16,8 @@ from pathlib import Path
 from core.models.onnx_probe import cap_memory
 
 # how torch words a failed allocation, in the error a step raises
-_OUT_OF_MEMORY = ("can't allocate memory", "DefaultCPUAllocator", "bad_alloc", "Failed to allocate")
+_OUT_OF_MEMORY = ("can't allocate memory", "DefaultCPUAllocator", "bad_alloc", "Failed to allocate",
+                  "Could not allocate")
 
 
 def check(request: dict, weights: bytes) -> dict:

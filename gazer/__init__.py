@@ -3,6 +3,6 @@ raised as ApiError, no answer (the service down, the connection broken) as NoAns
 
 from gazer.classes import UnknownClass
 from gazer.client import AsyncClient, Client
-from gazer.errors import ApiError, BadAnswer, GazerError, NoAnswer
+from gazer.errors import ApiError, BadAnswer, EmptyName, GazerError, NoAnswer
 
-__all__ = ["ApiError", "AsyncClient", "BadAnswer", "Client", "GazerError", "NoAnswer", "UnknownClass"]
+__all__ = ["ApiError", "AsyncClient", "BadAnswer", "Client", "EmptyName", "GazerError", "NoAnswer", "UnknownClass"]

@@ -20,10 +20,10 @@ from PIL import Image
 import pydantic
 from pydantic import BaseModel
 
-from gazer.errors import ApiError, BadAnswer, NoAnswer, refusal_by_model, shortened
+from gazer.errors import ApiError, BadAnswer, EmptyName, NoAnswer, refusal_by_model, shortened
 from gazer.results import ExplainResponse, JobEvent
 from schemas.datasets import Dataset, DatasetList
-from schemas.jobs import ArtifactList, Job, JobList
+from schemas.jobs import ArtifactList, ExplainDatasetRequest, Job, JobList
 from schemas.models import DEFAULT_MODEL, ModelDetail, ModelList, ModelRef, PredictResponse, VersionList
 
 T = TypeVar("T")
@@ -151,8 +151,24 @@ def _nothing(response: httpx.Response) -> None:
     checked(response)
 
 
-def _segment(value: str) -> str:
+def _segment(value: str, named: str) -> str:
+    """`value` as a path segment; EmptyName where it is empty, which would ask for another path
+    (`/v1/jobs/` for a job, which the service redirects to the list)."""
+    if not value:
+        raise EmptyName(f"{named} is empty")
     return quote(value, safe="@")
+
+
+def _model(name: str) -> str:
+    return _segment(name, "the model's name")
+
+
+def _dataset(dataset_id: str) -> str:
+    return _segment(dataset_id, "the data set's id")
+
+
+def _job(job_id: str) -> str:
+    return _segment(job_id, "the job's id")
 
 
 def _given(**fields: Any) -> dict[str, Any]:
@@ -207,7 +223,7 @@ def _named_bytes(image: object) -> bool:
 def predict(images: ImageInput | Iterable[ImageInput], model: str = DEFAULT_MODEL, top_k: int | None = None,
             resize: str | None = None) -> Call[PredictResponse]:
     files = [image_file(image, index) for index, image in enumerate(_images(images))]
-    return Call("POST", f"/v1/models/{_segment(model)}/predict", _one_result_per_image(PredictResponse, len(files)),
+    return Call("POST", f"/v1/models/{_model(model)}/predict", _one_result_per_image(PredictResponse, len(files)),
                 data=_given(top_k=top_k, resize=resize), files=files)
 
 
@@ -223,7 +239,7 @@ def explain(images: ImageInput | Iterable[ImageInput], model: str = DEFAULT_MODE
                   top_k=top_k, resize=resize, faithfulness=faithfulness,
                   outputs=outputs if outputs is None or isinstance(outputs, str) else ",".join(outputs),
                   overlay_format=overlay_format, **options)
-    return Call("POST", f"/v1/models/{_segment(model)}/explain", _one_result_per_image(ExplainResponse, len(files)),
+    return Call("POST", f"/v1/models/{_model(model)}/explain", _one_result_per_image(ExplainResponse, len(files)),
                 data=data, files=files)
 
 
@@ -232,11 +248,11 @@ def models() -> Call[ModelList]:
 
 
 def model(name: str) -> Call[ModelDetail]:
-    return Call("GET", f"/v1/models/{_segment(name)}", _reader(ModelDetail))
+    return Call("GET", f"/v1/models/{_model(name)}", _reader(ModelDetail))
 
 
 def versions(name: str) -> Call[VersionList]:
-    return Call("GET", f"/v1/models/{_segment(name)}/versions", _reader(VersionList))
+    return Call("GET", f"/v1/models/{_model(name)}/versions", _reader(VersionList))
 
 
 def upload_model(name: str, *, architecture: str | None = None, weights: FileInput | None = None,
@@ -257,17 +273,17 @@ def upload_model(name: str, *, architecture: str | None = None, weights: FileInp
 
 def pin(name: str, version: int) -> Call[ModelRef]:
     """A plain `name` means `version` from now on (a rollback)."""
-    return Call("PUT", f"/v1/models/{_segment(name)}/default", _reader(ModelRef), json={"version": version})
+    return Call("PUT", f"/v1/models/{_model(name)}/default", _reader(ModelRef), json={"version": version})
 
 
 def unpin(name: str) -> Call[ModelRef]:
     """A plain `name` means its newest version that loads again; the answer says which."""
-    return Call("DELETE", f"/v1/models/{_segment(name)}/default", _reader(ModelRef))
+    return Call("DELETE", f"/v1/models/{_model(name)}/default", _reader(ModelRef))
 
 
 def delete_model(ref: str) -> Call[None]:
     """`ref`: NAME@VERSION, the version to delete, or a plain NAME: every version of it."""
-    return Call("DELETE", f"/v1/models/{_segment(ref)}", _nothing)
+    return Call("DELETE", f"/v1/models/{_model(ref)}", _nothing)
 
 
 def upload_dataset(archive: IO[bytes] | bytes, file_name: str, name: str | None = None) -> Call[Dataset]:
@@ -280,11 +296,11 @@ def datasets() -> Call[DatasetList]:
 
 
 def dataset(dataset_id: str) -> Call[Dataset]:
-    return Call("GET", f"/v1/datasets/{_segment(dataset_id)}", _reader(Dataset))
+    return Call("GET", f"/v1/datasets/{_dataset(dataset_id)}", _reader(Dataset))
 
 
 def delete_dataset(dataset_id: str) -> Call[None]:
-    return Call("DELETE", f"/v1/datasets/{_segment(dataset_id)}", _nothing)
+    return Call("DELETE", f"/v1/datasets/{_dataset(dataset_id)}", _nothing)
 
 
 def fine_tune(dataset_id: str, output_model: str, **options: Any) -> Call[Job]:
@@ -305,10 +321,22 @@ def sweep(base: dict[str, Any], space: dict[str, Any], **options: Any) -> Call[J
     return Call("POST", "/v1/jobs/sweep", _reader(Job), json={"base": base, "space": space, **options})
 
 
-def explain_dataset(dataset_id: str, model: str = DEFAULT_MODEL, **options: Any) -> Call[Job]:
-    """`options`: method, layer, faithfulness and the method's own (ExplainDatasetRequest)."""
+# ExplainDatasetRequest's own fields; explain_dataset sends any other keyword as a method option
+EXPLAIN_DATASET_FIELDS = set(ExplainDatasetRequest.model_fields)
+
+
+def explain_dataset(dataset_id: str, model: str = DEFAULT_MODEL, options: dict[str, Any] | None = None,
+                    **fields: Any) -> Call[Job]:
+    """`fields`: ExplainDatasetRequest's own (method, layer, faithfulness, batch_size); any other
+    keyword is a method option (steps, baseline, ...), as for explain, sent in the request's
+    `options` with those `options` holds."""
+    method_options = {**(options or {}), **{name: value for name, value in fields.items()
+                                            if name not in EXPLAIN_DATASET_FIELDS}}
+    body = {name: value for name, value in fields.items() if name in EXPLAIN_DATASET_FIELDS}
+    if method_options:
+        body["options"] = method_options
     return Call("POST", "/v1/jobs/explain-dataset", _reader(Job),
-                json={"dataset_id": dataset_id, "model": model, **options})
+                json={"dataset_id": dataset_id, "model": model, **body})
 
 
 def jobs(state: str | None = None, type: str | None = None, parent: str | None = None) -> Call[JobList]:
@@ -317,26 +345,26 @@ def jobs(state: str | None = None, type: str | None = None, parent: str | None =
 
 
 def job(job_id: str) -> Call[Job]:
-    return Call("GET", f"/v1/jobs/{_segment(job_id)}", _reader(Job))
+    return Call("GET", f"/v1/jobs/{_job(job_id)}", _reader(Job))
 
 
 def cancel(job_id: str) -> Call[Job]:
-    return Call("DELETE", f"/v1/jobs/{_segment(job_id)}", _reader(Job))
+    return Call("DELETE", f"/v1/jobs/{_job(job_id)}", _reader(Job))
 
 
 def events(job_id: str) -> Call[None]:
     """Streamed: the answer is read line by line through `EventParser`, not by `read`."""
-    return Call("GET", f"/v1/jobs/{_segment(job_id)}/events", _nothing)
+    return Call("GET", f"/v1/jobs/{_job(job_id)}/events", _nothing)
 
 
 def artifact(job_id: str, name: str) -> Call[None]:
     """Streamed: the file is written a chunk at a time (Client.write_artifact), not read by `read`."""
-    return Call("GET", f"/v1/jobs/{_segment(job_id)}/artifacts/{quote(name, safe='')}", _nothing)
+    return Call("GET", f"/v1/jobs/{_job(job_id)}/artifacts/{quote(name, safe='')}", _nothing)
 
 
 def artifacts(job_id: str) -> Call[ArtifactList]:
     """Every file the job has written so far."""
-    return Call("GET", f"/v1/jobs/{_segment(job_id)}/artifacts", _reader(ArtifactList))
+    return Call("GET", f"/v1/jobs/{_job(job_id)}/artifacts", _reader(ArtifactList))
 
 
 class StreamExpired(Exception):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import inspect
 import io
 import json
@@ -13,6 +14,7 @@ import time
 import types
 import typing
 from collections import Counter
+from contextlib import ExitStack
 from functools import partial
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Annotated, Any, Callable, Literal, Sequence, TextIO
@@ -24,9 +26,9 @@ from tqdm import tqdm
 
 from gazer import grid
 from gazer.calls import DEFAULT_MODEL, RECONNECT_SECONDS
-from gazer.classes import UnknownClass
+from gazer.classes import UnknownClass, as_index
 from gazer.client import DEFAULT_URL, Client, default_url
-from gazer.errors import ApiError, BadAnswer, EndedEarly, NoAnswer, refusal_by_model, shortened
+from gazer.errors import ApiError, BadAnswer, EmptyName, EndedEarly, NoAnswer, refusal_by_model, shortened
 from schemas.api_keys import SCOPES, create_key, read_key_file, revoke_key
 from schemas.problems import TITLES
 from schemas.jobs import FineTuneRequest, Job
@@ -285,13 +287,14 @@ def cmd_explain(client: Client, args: argparse.Namespace) -> int:
     images = [Path(image) for image in args.images]
     refuse_folders(images)
     options = method_options(args.option)
-    if args.target is not None:
-        args.target = class_index(client, args.model, args.target)
     if len(images) == 1:
         ending = OVERLAY_ENDINGS[args.format or "png"]
-        explain_one(client, args, options, images[0], images[0].read_bytes(),
-                    Path(STDOUT) if args.output == STDOUT else picture_in(args.output, images[0], ending),
-                    picture_in(args.heatmap, images[0], ".png") if args.heatmap else None)
+        output = Path(STDOUT) if args.output == STDOUT else picture_in(args.output, images[0], ending)
+        heatmap = picture_in(args.heatmap, images[0], ".png") if args.heatmap else None
+        refuse_one_path_for_both(output, heatmap)
+        if args.target is not None:
+            args.target = class_index(client, args.model, args.target)
+        explain_one(client, args, options, images[0], images[0].read_bytes(), output, heatmap)
         return 0
     if args.output == STDOUT:
         raise SystemExit("gazer: -o - writes one image's overlay to standard output; with several images, "
@@ -310,13 +313,31 @@ def cmd_explain(client: Client, args: argparse.Namespace) -> int:
                              f"folder, each picture named after its image; give a folder ({flag} "
                              f"{folder.with_suffix('')}/), or one image")
     ending = OVERLAY_ENDINGS[args.format or "png"]
-    failed = [given for given, image in zip(args.images, images)
-              if not explained(client, args, options, given, folders[0] / f"{image.stem}{ending}",
-                               folders[1] / f"{image.stem}.png" if args.heatmap else None)]
+    outputs = [(folders[0] / f"{image.stem}{ending}", folders[1] / f"{image.stem}.png" if args.heatmap else None)
+               for image in images]
+    for output, heatmap in outputs:
+        refuse_one_path_for_both(output, heatmap)
+    if args.target is not None:
+        args.target = class_index(client, args.model, args.target)
+    failed = [given for given, (output, heatmap) in zip(args.images, outputs)
+              if not explained(client, args, options, given, output, heatmap)]
     if failed:
         say(f"gazer: {len(failed)} of {len(images)} images not explained: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def refuse_one_path_for_both(output: Path, heatmap: Path | None) -> None:
+    """A usage error where the overlay and the heatmap would be written to the same place: the
+    heatmap would replace the overlay, or both would go to standard output, one after the other."""
+    if heatmap is None:
+        return
+    if str(output) == STDOUT and str(heatmap) == STDOUT:
+        raise SystemExit("gazer: -o - and --heatmap - both name standard output, which takes one picture; "
+                         "write one of them to a file")
+    if STDOUT not in (str(output), str(heatmap)) and output.resolve() == heatmap.resolve():
+        raise SystemExit(f"gazer: -o and --heatmap would both write {output}; give them different names "
+                         f"or folders")
 
 
 def picture_in(given: str, image: Path, ending: str) -> Path:
@@ -416,9 +437,11 @@ def cmd_compare(client: Client, args: argparse.Namespace) -> int:
     methods = [method.strip() for method in args.methods.split(",") if method.strip()]
     if not methods:
         raise SystemExit("gazer: --methods names at least one method")
-    refuse_folders([Path(args.image)])
+    image = Path(args.image)
+    refuse_folders([image])
     options = method_options(args.option)
-    output = Path(args.output)
+    output = Path(STDOUT) if args.output == STDOUT else \
+        picture_in(args.output, image, OVERLAY_ENDINGS[args.format or "png"])
     chosen = picture_format(output, args.format)
     detail = client.model(args.model)
     offered = detail.methods
@@ -543,7 +566,8 @@ def cmd_sweep(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_explain_dataset(client: Client, args: argparse.Namespace) -> int:
-    given = {"method": args.method, "layer": args.layer, "options": key_values(args.option, "--option") or None}
+    given = {"method": args.method, "layer": args.layer, "batch_size": args.batch_size,
+             "options": key_values(args.option, "--option") or None}
     options = {name: value for name, value in given.items() if value is not None}
     return submitted(client, client.explain_dataset(args.dataset_id, args.model, faithfulness=args.faithfulness,
                                                     **options), args)
@@ -561,8 +585,9 @@ def cmd_maximize(client: Client, args: argparse.Namespace) -> int:
 def job_classes(client: Client, model: str, given: Sequence[str]) -> list[int]:
     """Each class's index, for a job: a label is looked up in the model's labels, which a key with only the
     'jobs' scope may not read, though it may submit the job with the indexes."""
-    try:
-        return [class_index(client, model, named) for named in given]
+    try:  # an index is sent as given, looked up in nothing the 'jobs' scope may not read
+        return [index if (index := as_index(named)) is not None else class_index(client, model, named)
+                for named in given]
     except ApiError as error:
         if error.status != 403:
             raise
@@ -724,7 +749,12 @@ def cmd_models_delete(client: Client, args: argparse.Namespace) -> int:
                              f"add --yes, or name one version ({args.ref}@N)")
         print(shown(f"delete model {args.ref} and every version of it ({versions})? [y/N] "), end="",
               file=sys.stderr, flush=True)
-        if input().strip().lower() not in ("y", "yes"):
+        try:
+            answer = input()
+        except EOFError:  # the input ended (Ctrl-D): no answer, which is no
+            answer = ""
+            print(file=sys.stderr)
+        if answer.strip().lower() not in ("y", "yes"):
             say("nothing deleted")
             return 1
     client.delete_model(args.ref)
@@ -793,19 +823,28 @@ def describe_end(job: Job) -> str:
     return f"job {job.id} {job.state}"
 
 
+def progress_bar(job_id: str) -> tqdm:
+    return tqdm(total=100, desc=f"job {job_id}", unit="%", file=sys.stderr,
+                bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}{postfix}")
+
+
 def follow(client: Client, job_id: str, url: str) -> int:
     """A progress bar from the job's events until it ends: 0 if it succeeded, 1 if not, 130 on
     Ctrl-C, which leaves the job running."""
-    bar = tqdm(total=100, desc=f"job {job_id}", unit="%", file=sys.stderr,
-               bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}{postfix}")
     last: Job | None = None
+    bar: tqdm | None = None  # drawn from the job's first event: a job that is not there gets none
     try:
-        with bar:  # closed, its line ended, however following ends: what is said next has a line of its own
+        with ExitStack() as closing:  # the bar closed, its line ended, however following ends
             def server_stopping() -> None:
-                bar.set_postfix_str(f"the server is stopping: following again once it answers (up to "
-                                    f"{RECONNECT_SECONDS:.0f} s)")
+                said = f"the server is stopping: following again once it answers (up to {RECONNECT_SECONDS:.0f} s)"
+                if bar is None:
+                    say(said, file=sys.stderr, flush=True)
+                else:
+                    bar.set_postfix_str(said)
 
             for event in client.events(job_id, on_server_stopping=server_stopping):
+                if bar is None:
+                    bar = closing.enter_context(progress_bar(job_id))
                 last = event.job
                 bar.n = round(100 * (last.progress or {}).get("fraction", 0.0), 1)
                 bar.set_postfix_str(shown(describe_progress(last)), refresh=False)
@@ -856,11 +895,20 @@ def print_plain_name_elsewhere(client: Client, job: Job) -> None:
 # ---------------------------------------------------------------- arguments
 
 
+def installed_version() -> str:
+    """The version of the installed `gazer` distribution (pyproject.toml's), or where it is not installed, so."""
+    try:
+        return importlib.metadata.version("gazer")
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gazer", description="Predict and explain image classifiers with a "
                                                                "Gazer service; fine-tune them on your images.")
     parser.add_argument("--url", default=default_url(), help=f"the service (default $GAZER_URL, else {DEFAULT_URL})")
     parser.add_argument("--api-key", default=None, help="the key to send (default $GAZER_API_KEY)")
+    parser.add_argument("--version", action="version", version=f"gazer {installed_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(group: Any, name: str, run: Callable[[Client, argparse.Namespace], int], text: str) \
@@ -919,7 +967,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="layer to explain, for a method that takes one (default the model's CAM layer)")
     sub.add_argument("--output", "-o", required=True,
                      help="the grid to write: PNG, or JPEG or WebP by its name's ending (.jpg, .webp); - for "
-                          "standard output")
+                          "standard output; a folder (one that exists, or a name ending in /): the grid named "
+                          "after the image")
     sub.add_argument("--format", choices=tuple(OVERLAY_ENDINGS), default=None,
                      help="the grid's format (default: by -o's ending; png for standard output)")
     sub.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
@@ -967,6 +1016,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--layer", default=None,
                      help="layer to explain, for a method that takes one (default the model's CAM layer)")
     sub.add_argument("--faithfulness", action="store_true", help="also score each map by deletion and insertion")
+    sub.add_argument("--batch-size", type=int, default=None, metavar="N",
+                     help="images explained together (1-64; server default 8)")
     sub.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                      help="a method option, e.g. steps=32; repeatable")
     no_follow_flag(sub)
@@ -1137,6 +1188,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except ApiError as error:
         say(f"gazer: {error.status} {error.title}: {error.detail}", *problem_notes(error), file=sys.stderr)
+        return 1
+    except EmptyName as error:  # refused before any request, as a usage error
+        say(f"gazer: {error}", file=sys.stderr)
         return 1
     except NoAnswer as error:  # not reached, or reached but it did not answer (or take the upload) in time
         say(f"gazer: {error}", file=sys.stderr)

@@ -65,6 +65,15 @@ def _indexes(model: str, labels: list[str], targets: list[Target] | None) -> lis
     return None if targets is None else [class_index(model, labels, one) for one in targets]
 
 
+def _class_of(model: str, detail: ModelDetail, given: int | str) -> int:
+    """`given` as a class index of the model `detail` describes: UnknownClass for a label none or
+    several hold (gazer.classes.class_index), and for an index it has no class of."""
+    index = class_index(model, detail.labels, given)
+    if not 0 <= index < detail.num_classes:
+        raise UnknownClass(f"{model} has no class {index}: its classes are 0 to {detail.num_classes - 1}", [])
+    return index
+
+
 def default_url() -> str:
     return os.environ.get("GAZER_URL") or DEFAULT_URL
 
@@ -158,9 +167,9 @@ class Client:
 
     def class_index(self, model: str, given: int | str) -> int:
         """A class of `model` by its index or its label (gazer.classes.class_index: "tabby" is 281
-        of ImageNet's); UnknownClass names the candidates where none or several hold it."""
-        index = as_index(given)
-        return index if index is not None else class_index(model, self.model(model).labels, given)
+        of ImageNet's); UnknownClass names the candidates where none or several hold it, and is
+        raised for an index the model has no class of."""
+        return _class_of(model, self.model(model), given)
 
     def models(self) -> ModelList:
         return self._send(calls.models())
@@ -206,6 +215,8 @@ class Client:
         return self._send(calls.sweep(base, space, **options))
 
     def explain_dataset(self, dataset_id: str, model: str = DEFAULT_MODEL, **options: Any) -> Job:
+        """`options`: method, layer, faithfulness, batch_size, and the method's own (steps=32, ...) as
+        explain takes them, or in a dict as `options=`; see gazer.calls.explain_dataset."""
         return self._send(calls.explain_dataset(dataset_id, model, **options))
 
     def activation_maximization(self, target: dict[str, Any], model: str = DEFAULT_MODEL, **options: Any) -> Job:
@@ -319,8 +330,7 @@ class AsyncClient:
                                               outputs, **options))
 
     async def class_index(self, model: str, given: int | str) -> int:
-        index = as_index(given)
-        return index if index is not None else class_index(model, (await self.model(model)).labels, given)
+        return _class_of(model, await self.model(model), given)
 
     async def models(self) -> ModelList:
         return await self._send(calls.models())

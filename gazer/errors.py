@@ -12,6 +12,7 @@ import pydantic
 # A problem's own fields, and the type each must have for the body to be read as a problem.
 PROBLEM_FIELDS = {"type": str, "title": str, "status": int, "detail": str}
 SHOWN_CHARACTERS = 500  # of an answer that is not a problem, kept as the detail
+BEGINNING_SHOWN = 80  # of an error answer that is not JSON (a proxy's page)
 
 
 def shortened(text: str) -> str:
@@ -36,8 +37,9 @@ class ApiError(GazerError):
 
     @classmethod
     def from_response(cls, response: httpx.Response) -> "ApiError":
-        """From a problem+json body; an answer without one (a proxy's page) keeps its text,
-        shortened, as the detail. A redirect says where to, since it is not followed."""
+        """From a problem+json body; JSON that is not a problem keeps its text, shortened, as the
+        detail. An answer that is not JSON at all (a proxy's page, another server at the address) is
+        a BadAnswer. A redirect says where to, since it is not followed."""
         if 300 <= response.status_code < 400:
             return cls("about:blank", response.reason_phrase, response.status_code,
                        f"a redirect to {response.headers.get('Location', 'nowhere')!r}, which this client does not "
@@ -45,7 +47,7 @@ class ApiError(GazerError):
         try:
             body = response.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
-            body = None
+            return BadAnswer.not_json(response)
         return cls.from_problem(body, response.status_code, response.reason_phrase, response.text)
 
     @classmethod
@@ -85,12 +87,25 @@ class BadAnswer(ApiError):
     def __init__(self, detail: str, status: int = 200) -> None:
         super().__init__("about:blank", "Unexpected answer", status, detail)
 
+    @classmethod
+    def not_json(cls, response: httpx.Response) -> "BadAnswer":
+        """An error answer that is not JSON: its status, its type and how it begins, on one line."""
+        request = response.request
+        kind = response.headers.get("Content-Type") or "no Content-Type"
+        begins = " ".join(response.text.split())[:BEGINNING_SHOWN]
+        return cls(f"the answer to {request.method} {request.url.path} is {response.status_code} "
+                   f"{response.reason_phrase}, not JSON ({kind}), beginning {begins!r}", response.status_code)
+
 
 class EndedEarly(BadAnswer):
     """A job's event stream that the server closed before the job's `end` event."""
 
     def __init__(self, job_id: str) -> None:
         super().__init__(f"the event stream of job {job_id} ended before the job did")
+
+
+class EmptyName(GazerError, ValueError):
+    """An empty model name, job id or data set id, refused before any request: it would name another path."""
 
 
 # Timeouts after the service was reached: it is up, but did not answer or take the upload in time.

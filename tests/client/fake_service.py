@@ -53,21 +53,24 @@ def model(model_id: str, **fields: Any) -> dict[str, Any]:
 
 class FakeService:
     """`with FakeService({"/v1/models": json_answer(...)}) as service:` serves on service.url; a
-    path it was not given is a 404 problem. Paths are matched unquoted, without their query."""
+    path it was not given is a 404 problem. Paths are matched unquoted, without their query.
+    `received` holds each request as (method, path, body), in the order they came."""
 
     def __init__(self, answers: dict[str, Answer]) -> None:
         self.answers = answers
+        self.received: list[tuple[str, str, bytes]] = []
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
-        answers = self.answers
+        answers, received = self.answers, self.received
 
         class Handler(BaseHTTPRequestHandler):
             def answer(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 path = unquote(urlsplit(self.path).path)
+                received.append((self.command, path, body))
                 found = answers.get(path) or problem(404, title="Not Found", status=404, detail=f"no {path}")
                 self.send_response(found.status)
                 for name, value in found.headers.items():

@@ -1,10 +1,13 @@
-"""The `gazer` command as a real subprocess against the live service."""
+"""The `gazer` command as a real subprocess against the live service (and, where the service's own answers
+do not matter, against fake_service's)."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import io
 import json
 import os
+import pty
 import signal
 import subprocess
 import sys
@@ -21,6 +24,7 @@ from schemas.api_keys import create_key
 from support import chelsea, coffee
 from tests.api.test_bad_input import png_declaring
 from tests.api.test_model_refusals import onnx_classifier
+from tests.client.fake_service import ROOT, FakeService, gazer_at, job, json_answer
 from tests.live_service import LiveService
 
 CAT_CLASSES = {str(index) for index in range(281, 286)}
@@ -497,3 +501,95 @@ def test_sweep_explain_dataset_maximize_and_the_management_commands(live, gazer,
     spare = gazer_cli(live, "datasets", "upload", str(pet_folder(tmp_path)), "--quiet").stdout.strip()
     assert gazer_cli(live, "datasets", "delete", spare).stdout.strip() == f"dataset {spare} deleted"
     assert spare not in gazer_cli(live, "datasets", "ls").stdout
+
+
+def test_explain_refuses_an_overlay_and_a_heatmap_written_to_the_same_place(photos, tmp_path):
+    """-o and --heatmap naming one file, or one folder, wrote the heatmap over the overlay, said `-> same.png`
+    of a file that held the heatmap, and exited 0."""
+    images = [str(photos["chelsea"]), str(photos["coffee"])]
+    with FakeService({}) as service:
+        runs = {"same.png": gazer_at(service, "explain", images[0], "-o", "same.png", "--heatmap", "same.png",
+                                     cwd=tmp_path),
+                "one/chelsea.png": gazer_at(service, "explain", images[0], "-o", "one/", "--heatmap", "one/",
+                                            cwd=tmp_path),
+                "both/chelsea.png": gazer_at(service, "explain", *images, "-o", "both", "--heatmap", "both",
+                                             cwd=tmp_path),
+                str(tmp_path / "x.png"): gazer_at(service, "explain", images[0], "-o", str(tmp_path / "x.png"),
+                                                  "--heatmap", "x.png", "--target", "tabby", cwd=tmp_path)}
+    for written, run in runs.items():
+        assert run.returncode == 1 and run.stderr.strip() == \
+            f"gazer: -o and --heatmap would both write {written}; give them different names or folders", run.stderr
+    assert service.received == [] and not list(tmp_path.iterdir())  # refused before the label was looked up
+
+
+def test_explain_refuses_to_write_both_pictures_to_standard_output(photos, tmp_path):
+    """`-o - --heatmap -` wrote the overlay and the heatmap to standard output, one PNG after the other, and
+    exited 0."""
+    with FakeService({}) as service:
+        run = gazer_at(service, "explain", str(photos["chelsea"]), "-o", "-", "--heatmap", "-", cwd=tmp_path)
+    assert run.returncode == 1 and run.stdout == "" and run.stderr.strip() == \
+        "gazer: -o - and --heatmap - both name standard output, which takes one picture; write one of them to a file"
+    assert service.received == [] and not list(tmp_path.iterdir())
+
+
+def test_models_delete_takes_the_end_of_the_input_at_its_question_as_no():
+    """Ctrl-D at the `[y/N]` question (the input ended) fell over with an EOFError traceback."""
+    one_version = {"version": 1, "architecture": "resnet18", "description": "", "default": True, "state": "ready"}
+    terminal, its_end = pty.openpty()
+    with FakeService({"/v1/models/m/versions": json_answer({"data": [one_version], "count": 1, "default": 1,
+                                                            "pinned": None})}) as service:
+        asking = subprocess.Popen([sys.executable, "-m", "gazer", "--url", service.url, "models", "delete", "m"],
+                                  stdin=its_end, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  env={**os.environ, "PYTHONPATH": str(ROOT)})
+        os.close(its_end)
+        os.write(terminal, b"\x04")  # Ctrl-D, on a line of its own: the end of the input
+        out, err = asking.communicate(timeout=60)
+    os.close(terminal)
+    assert asking.returncode == 1 and out == "nothing deleted\n" and "Traceback" not in err, err
+    assert "[y/N]" in err and [method for method, _, _ in service.received] == ["GET"]  # no DELETE
+
+
+def test_explain_dataset_takes_a_batch_size():
+    """explain-dataset had no --batch-size, and `--option batch_size=4` went into the method's options,
+    which the service refused."""
+    with FakeService({"/v1/jobs/explain-dataset": json_answer(job("j1"), 202)}) as service:
+        done = gazer_at(service, "explain-dataset", "d1", "--batch-size", "4", "--option", "steps=2", "--no-follow")
+    assert done.returncode == 0 and done.stdout.strip() == "j1", done.stderr
+    [(_, _, body)] = service.received
+    assert json.loads(body) == {"dataset_id": "d1", "model": "efficientnet_lite0", "faithfulness": False,
+                                "batch_size": 4, "options": {"steps": 2}}
+
+
+def test_compare_writes_its_grid_into_a_folder_as_explain_does(live, photos, tmp_path):
+    """`-o new/` wrote a file named `new`, and `-o` an existing folder ran every method, then failed with
+    `Is a directory`."""
+    (tmp_path / "existing").mkdir()
+    for given, written in ((f"{tmp_path}/new/", tmp_path / "new" / "chelsea.png"),
+                           (str(tmp_path / "existing"), tmp_path / "existing" / "chelsea.png")):
+        done = gazer_cli(live, "compare", str(photos["chelsea"]), "--methods", "cam", "-o", given)
+        assert done.returncode == 0 and f"-> {written}" in done.stdout, done.stderr
+        assert Image.open(written).format == "PNG"
+
+
+def test_an_empty_job_id_or_model_name_is_refused_before_any_request():
+    """`gazer jobs show ""` asked for /v1/jobs/, which the service redirects to the list of jobs, and said
+    `307 Temporary Redirect: ... give the service's own address`."""
+    with FakeService({}) as service:
+        job_shown, model_shown = gazer_at(service, "jobs", "show", ""), gazer_at(service, "models", "show", "")
+    assert job_shown.returncode == 1 and job_shown.stderr == "gazer: the job's id is empty\n", job_shown.stderr
+    assert model_shown.returncode == 1 and model_shown.stderr == "gazer: the model's name is empty\n", \
+        model_shown.stderr
+    assert service.received == []
+
+
+def test_version_prints_the_installed_version():
+    """`gazer --version` was refused: `the following arguments are required: COMMAND`."""
+    shown = subprocess.run([sys.executable, "-m", "gazer", "--version"], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and shown.stdout == f"gazer {importlib.metadata.version('gazer')}\n", shown.stderr
+
+
+def test_following_a_job_that_is_not_there_draws_no_progress_bar():
+    """`gazer jobs follow nope` drew a 0% progress bar before saying that there is no such job."""
+    with FakeService({}) as service:
+        done = gazer_at(service, "jobs", "follow", "nope")
+    assert done.returncode == 1 and done.stderr == "gazer: 404 Not Found: no /v1/jobs/nope/events\n", done.stderr

@@ -7,8 +7,14 @@ import asyncio
 import contextlib
 import io
 import json
+import os
 import re
+import subprocess
+import sys
+import threading
 import time
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +23,7 @@ from PIL import Image
 
 import httpx
 
-from gazer import Client, GazerError, NoAnswer
+from gazer import BadAnswer, Client, EmptyName, GazerError, NoAnswer
 from gazer.calls import EventParser
 from gazer.client import ApiError, AsyncClient, UnknownClass
 from gazer.results import ExplainResponse, JobEvent
@@ -25,7 +31,7 @@ from schemas.models import PredictResponse
 from support import chelsea, encode, shapes_archive
 from tests.api.test_model_refusals import onnx_classifier
 from tests.client.conftest import EVENT_STREAM_SECONDS
-from tests.client.fake_service import Answer, FakeService
+from tests.client.fake_service import ROOT, Answer, FakeService, job, json_answer
 from tests.live_service import free_port
 
 CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
@@ -246,3 +252,80 @@ def test_sweeps_data_set_explanations_pins_and_deletions_from_the_client(gazer, 
     assert gazer.pin("client-tiny", 1).version == 1
     gazer.delete_model("client-tiny@2")
     assert [version.version for version in gazer.versions("client-tiny").data] == [1]
+
+
+def test_explain_dataset_sends_a_methods_options_given_as_keywords_in_options():
+    """`explain_dataset(ds, method="integrated_gradients", steps=4)` sent steps beside the request's own
+    fields, which the service refused (422: extra inputs are not permitted); only options={"steps": 4} worked."""
+    with FakeService({"/v1/jobs/explain-dataset": json_answer(job("j1"), 202)}) as service:
+        with Client(service.url) as client:
+            client.explain_dataset("d1", method="integrated_gradients", steps=4, batch_size=2)
+            client.explain_dataset("d1", options={"steps": 4, "baseline": "blur"}, baseline="black")
+
+        async def submit() -> None:
+            async with AsyncClient(service.url) as awaiting:
+                await awaiting.explain_dataset("d1", "m", layer="head", steps=4)
+        asyncio.run(submit())
+    assert [json.loads(body) for _, _, body in service.received] == [
+        {"dataset_id": "d1", "model": "efficientnet_lite0", "method": "integrated_gradients", "batch_size": 2,
+         "options": {"steps": 4}},
+        {"dataset_id": "d1", "model": "efficientnet_lite0", "options": {"steps": 4, "baseline": "black"}},
+        {"dataset_id": "d1", "model": "m", "layer": "head", "options": {"steps": 4}}]
+
+
+class QuietFiles(SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_an_error_page_of_a_server_that_is_not_gazer_is_a_bad_answer(tmp_path):
+    """The 404 page of a server that is not Gazer (`python -m http.server`) was a plain ApiError, and the
+    CLI printed 500 characters of its HTML: `gazer: 404 File not found: <!DOCTYPE HTML>...`."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(QuietFiles, directory=str(tmp_path)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    said = "the answer to GET /v1/models is 404 File not found, not JSON (text/html"
+    try:
+        with Client(url) as client, pytest.raises(BadAnswer, match=re.escape(said)) as raised:
+            client.models()
+        listed = subprocess.run([sys.executable, "-m", "gazer", "--url", url, "models", "ls"], capture_output=True,
+                                text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert raised.value.status == 404 and "<!DOCTYPE HTML>" in raised.value.detail
+    assert listed.returncode == 1 and listed.stderr.startswith(f"gazer: unexpected answer from {url}: {said}"), \
+        listed.stderr
+    assert len(listed.stderr.splitlines()) == 1 and len(listed.stderr) < 300, listed.stderr
+
+
+def test_an_empty_id_or_name_is_refused_before_any_request():
+    """An empty job id asked for /v1/jobs/, which the service redirects to the list of jobs: a 307 that
+    told the user to give the service's own address."""
+    with FakeService({}) as service:
+        with Client(service.url) as client:
+            for call, said in ((partial(client.job, ""), "the job's id is empty"),
+                               (partial(client.model, ""), "the model's name is empty"),
+                               (partial(client.delete_dataset, ""), "the data set's id is empty")):
+                with pytest.raises(EmptyName, match=said):
+                    call()
+
+        async def cancel() -> None:
+            async with AsyncClient(service.url) as awaiting:
+                await awaiting.cancel("")
+        with pytest.raises(EmptyName, match="the job's id is empty"):
+            asyncio.run(cancel())
+    assert service.received == []
+
+
+def test_a_class_index_the_model_has_no_class_of_is_an_unknown_class(gazer, live):
+    """`class_index("efficientnet_lite0", 5000)` returned 5000, for a model of 1,000 classes."""
+    with pytest.raises(UnknownClass, match="efficientnet_lite0 has no class 5000: its classes are 0 to 999"):
+        gazer.class_index("efficientnet_lite0", 5000)
+    assert gazer.class_index("efficientnet_lite0", "999") == 999
+
+    async def from_async() -> int:
+        async with AsyncClient(live.url) as client:
+            return await client.class_index("efficientnet_lite0", 1000)
+    with pytest.raises(UnknownClass, match="efficientnet_lite0 has no class 1000"):
+        asyncio.run(from_async())

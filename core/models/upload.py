@@ -290,7 +290,7 @@ def checked_torch_model(staging: Path, name: str, architecture: str, weights: by
             except subprocess.TimeoutExpired:
                 raise InvalidRequest(f"building, running and exporting {architecture} took longer than "
                                      f"{limits.seconds:g} s (GAZER_WEIGHTS_CHECK_SECONDS)", field="weights") from None
-            printed, errors = _printed(out, err)
+            printed, errors = _printed(out, err, most=-1)  # the spec, with every label the upload gave
     if child.returncode < 0 and child.returncode != -signal.SIGKILL:
         raise InvalidRequest(f"checking the model stopped it ({signal.Signals(-child.returncode).name})",
                              field="weights")
@@ -584,10 +584,10 @@ def _child_environment() -> dict[str, str]:
     return environment
 
 
-def _printed(out: IO[bytes], err: IO[bytes]) -> tuple[list[str], str]:
-    """A checking child's lines on stdout, and the end of its stderr."""
+def _printed(out: IO[bytes], err: IO[bytes], most: int = 10_000) -> tuple[list[str], str]:
+    """A checking child's lines on stdout (its first `most` bytes; -1: all), and the end of its stderr."""
     out.seek(0)
-    printed = out.read(10_000).decode(errors="replace").strip().splitlines()
+    printed = out.read(most).decode(errors="replace").strip().splitlines()
     err.seek(max(0, err.seek(0, os.SEEK_END) - _STDERR_KEPT))
     return printed, err.read().decode(errors="replace")
 

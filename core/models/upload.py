@@ -15,7 +15,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, Iterator, Literal
+from typing import Iterator, Literal
 
 import torch
 from safetensors import SafetensorError
@@ -282,21 +282,11 @@ def checked_torch_model(staging: Path, name: str, architecture: str, weights: by
                "preprocessing": {field: getattr(preprocessing, field) for field in Preprocessing.__dataclass_fields__}}
     with tempfile.TemporaryDirectory() as folder:
         (Path(folder) / "request.json").write_text(json.dumps(request))
-        with open(Path(folder) / "out", "wb+") as out, open(Path(folder) / "err", "wb+") as err:
-            try:
-                child = subprocess.run([sys.executable, "-m", weights_check.__name__, str(limits.memory_bytes),
-                                        str(Path(folder) / "request.json")], cwd=staging, env=_child_environment(),
-                                       input=weights, stdout=out, stderr=err, timeout=limits.seconds)
-            except subprocess.TimeoutExpired:
-                raise InvalidRequest(f"building, running and exporting {architecture} took longer than "
-                                     f"{limits.seconds:g} s (GAZER_WEIGHTS_CHECK_SECONDS)", field="weights") from None
-            printed, errors = _printed(out, err, most=-1)  # the spec, with every label the upload gave
-    if child.returncode < 0 and child.returncode != -signal.SIGKILL:
-        raise InvalidRequest(f"checking the model stopped it ({signal.Signals(-child.returncode).name})",
-                             field="weights")
-    if child.returncode > 0 or (child.returncode == 0 and not printed):
-        raise RuntimeError(f"the weights check itself failed (exit {child.returncode}): {errors}")
-    answer = json.loads(printed[-1]) if child.returncode == 0 else {"error": "memory"}  # SIGKILL: the OOM killer
+        answer = _child_answer([weights_check.__name__, str(limits.memory_bytes), str(Path(folder) / "request.json")],
+                               Path(folder), staging, limits.seconds, "weights", "the weights check", stdin=weights,
+                               most=-1,  # the spec, with every label the upload gave
+                               too_long=f"building, running and exporting {architecture} took longer than "
+                                        f"{limits.seconds:g} s (GAZER_WEIGHTS_CHECK_SECONDS)")
     error = answer.get("error")
     if error == "memory":
         raise InvalidRequest(f"building, running and exporting {architecture} needed more than "
@@ -584,12 +574,27 @@ def _child_environment() -> dict[str, str]:
     return environment
 
 
-def _printed(out: IO[bytes], err: IO[bytes], most: int = 10_000) -> tuple[list[str], str]:
-    """A checking child's lines on stdout (its first `most` bytes; -1: all), and the end of its stderr."""
-    out.seek(0)
-    printed = out.read(most).decode(errors="replace").strip().splitlines()
-    err.seek(max(0, err.seek(0, os.SEEK_END) - _STDERR_KEPT))
-    return printed, err.read().decode(errors="replace")
+def _child_answer(argv: list[str], folder: Path, cwd: Path, seconds: float, field: str, check: str, *,
+                  too_long: str, stdin: bytes | None = None, most: int = 10_000) -> dict:
+    """The JSON line a checking child (`python -m ARGV`, run in `cwd`) prints last, of the first
+    `most` bytes it prints (-1: all), its output kept in `folder`; InvalidRequest `too_long` once it
+    has run for `seconds`, or where a signal stopped it; {"error": "memory"} where it was killed
+    (the OOM killer)."""
+    with open(folder / "out", "wb+") as out, open(folder / "err", "wb+") as err:
+        try:
+            child = subprocess.run([sys.executable, "-m", *argv], cwd=cwd, env=_child_environment(), input=stdin,
+                                   stdout=out, stderr=err, timeout=seconds)
+        except subprocess.TimeoutExpired:
+            raise InvalidRequest(too_long, field=field) from None
+        out.seek(0)
+        printed = out.read(most).decode(errors="replace").strip().splitlines()
+        err.seek(max(0, err.seek(0, os.SEEK_END) - _STDERR_KEPT))
+        errors = err.read().decode(errors="replace")
+    if child.returncode < 0 and child.returncode != -signal.SIGKILL:
+        raise InvalidRequest(f"{check} stopped on the model ({signal.Signals(-child.returncode).name})", field=field)
+    if child.returncode > 0 or (child.returncode == 0 and not printed):
+        raise RuntimeError(f"{check} itself failed (exit {child.returncode}): {errors}")
+    return json.loads(printed[-1]) if child.returncode == 0 else {"error": "memory"}
 
 
 def _check_runs(serialized: bytes, input_size: int, limits: OnnxCheckLimits) -> int:
@@ -602,22 +607,10 @@ def _check_runs(serialized: bytes, input_size: int, limits: OnnxCheckLimits) -> 
     sizes = f"{', '.join(map(str, fewer))} and {most}" if fewer else str(most)
     with tempfile.TemporaryDirectory() as folder:
         (Path(folder) / "model.onnx").write_bytes(serialized)
-        with open(Path(folder) / "out", "wb+") as out, open(Path(folder) / "err", "wb+") as err:
-            try:
-                child = subprocess.run([sys.executable, "-m", onnx_probe.__name__, "model.onnx", str(input_size),
-                                        str(limits.max_batch), str(limits.memory_bytes)],
-                                       cwd=folder, env=_child_environment(), stdout=out, stderr=err,
-                                       timeout=limits.seconds)
-            except subprocess.TimeoutExpired:
-                raise InvalidRequest(f"ONNX Runtime took longer than {limits.seconds:g} s on batches of {sizes} "
-                                     f"images (GAZER_ONNX_CHECK_SECONDS)", field="onnx") from None
-            printed, errors = _printed(out, err)
-    if child.returncode < 0 and child.returncode != -signal.SIGKILL:
-        raise InvalidRequest(f"ONNX Runtime stopped on the model ({signal.Signals(-child.returncode).name})",
-                             field="onnx")
-    if child.returncode > 0 or (child.returncode == 0 and not printed):
-        raise RuntimeError(f"the ONNX check itself failed (exit {child.returncode}): {errors}")
-    answer = json.loads(printed[-1]) if child.returncode == 0 else {"error": "memory"}  # SIGKILL: the OOM killer
+        answer = _child_answer([onnx_probe.__name__, "model.onnx", str(input_size), str(limits.max_batch),
+                                str(limits.memory_bytes)], Path(folder), Path(folder), limits.seconds, "onnx",
+                               "the ONNX check", too_long=f"ONNX Runtime took longer than {limits.seconds:g} s on "
+                                                          f"batches of {sizes} images (GAZER_ONNX_CHECK_SECONDS)")
     error = answer.get("error", "")
     if error == "memory" or any(words in error for words in _OUT_OF_MEMORY):
         raise InvalidRequest(f"ONNX Runtime needed more than {memory} of memory to load the model and run batches "

@@ -105,7 +105,7 @@ def test_weights_of_another_architecture_are_422(client, other):
                                           ({"weights_check_memory_bytes": 64 * 2**20}, "needed more than 64 MiB")])
 def test_a_weights_upload_is_checked_in_a_process_capped_in_time_and_memory(tmp_path, small_resnet, limit, words):
     """Its build, first runs, export and agreement ran in the API's own process, without a time cap:
-    ConvNeXt-Large at 1024 px took over 2 minutes and 1.3 GB there. The check's process is killed
+    ConvNeXt-Large at 1024 px took 4 minutes and about 9 GB there. The check's process is killed
     at its limit, the answer is a 422 naming the setting, and nothing of the version is left."""
     settings = Settings(data_dir=tmp_path, **limit)
     with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as capped:

@@ -1189,10 +1189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ApiError as error:
         say(f"gazer: {error.status} {error.title}: {error.detail}", *problem_notes(error), file=sys.stderr)
         return 1
-    except EmptyName as error:  # refused before any request, as a usage error
-        say(f"gazer: {error}", file=sys.stderr)
-        return 1
-    except NoAnswer as error:  # not reached, or reached but it did not answer (or take the upload) in time
+    except (EmptyName, NoAnswer) as error:  # refused before any request; or not reached, or no answer in time
         say(f"gazer: {error}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # `gazer jobs show ID | head`: the reader has had what it wanted

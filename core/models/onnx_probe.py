@@ -13,6 +13,11 @@ import resource
 import sys
 
 
+# How ONNX Runtime and torch word a failed allocation, in the error a check's step raises.
+OUT_OF_MEMORY_WORDS = ("bad_alloc", "bad allocation", "Failed to allocate", "Could not allocate",
+                       "can't allocate memory", "DefaultCPUAllocator")
+
+
 def batches(max_batch: int) -> tuple[int, ...]:
     """The batch sizes an uploaded graph is checked at, and the only ones it is then run at
     (OnnxPredictor.run_sizes: 7 images run as 4 + 2 + 1): powers of two below `max_batch`, and

@@ -561,8 +561,6 @@ def onnx_model(name: str, blob: bytes, labels: list[str] | None, preprocessing: 
     return replace(spec, batch_sizes=onnx_probe.batches(limits.max_batch)), serialized
 
 
-# how ONNX Runtime words a failed allocation, in the check's error
-_OUT_OF_MEMORY = ("bad_alloc", "bad allocation", "Failed to allocate")
 _STDERR_KEPT = 2000
 
 
@@ -612,7 +610,7 @@ def _check_runs(serialized: bytes, input_size: int, limits: OnnxCheckLimits) -> 
                                "the ONNX check", too_long=f"ONNX Runtime took longer than {limits.seconds:g} s on "
                                                           f"batches of {sizes} images (GAZER_ONNX_CHECK_SECONDS)")
     error = answer.get("error", "")
-    if error == "memory" or any(words in error for words in _OUT_OF_MEMORY):
+    if error == "memory" or any(words in error for words in onnx_probe.OUT_OF_MEMORY_WORDS):
         raise InvalidRequest(f"ONNX Runtime needed more than {memory} of memory to load the model and run batches "
                              f"of {sizes} images (GAZER_ONNX_CHECK_MEMORY_BYTES, GAZER_MAX_BATCH)", field="onnx")
     if error:

@@ -13,11 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from core.models.onnx_probe import cap_memory
-
-# how torch words a failed allocation, in the error a step raises
-_OUT_OF_MEMORY = ("can't allocate memory", "DefaultCPUAllocator", "bad_alloc", "Failed to allocate",
-                  "Could not allocate")
+from core.models.onnx_probe import OUT_OF_MEMORY_WORDS, cap_memory
 
 
 def check(request: dict, weights: bytes) -> dict:
@@ -34,7 +30,7 @@ def check(request: dict, weights: bytes) -> dict:
         del weights
         write_network(Path.cwd(), spec, network, agreeing_export(network, spec.input_size))
     except GazerError as error:
-        if any(words in error.detail for words in _OUT_OF_MEMORY):
+        if any(words in error.detail for words in OUT_OF_MEMORY_WORDS):
             return {"error": "memory"}
         return {"error": {"kind": type(error).__name__, "detail": error.detail, "extra": error.extra}}
     return {"spec": json.loads(spec.to_json())}

@@ -8,7 +8,7 @@ TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not f
           405: "Method not allowed", 406: "Not acceptable", 408: "Request timeout", 409: "Conflict",
           413: "Content too large", 422: "Unprocessable content", 429: "Too many requests",
           431: "Request header fields too large",
-          500: "Internal server error", 503: "Service unavailable", 507: "Insufficient storage"}
+          500: "Internal server error", 501: "Not implemented", 503: "Service unavailable", 507: "Insufficient storage"}
 
 # Messages echo what a client sent (an unknown layer, a parameter's name); a problem holds at
 # most this much of each text, a long one keeping its start and end around an ellipsis.

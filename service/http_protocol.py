@@ -16,7 +16,9 @@ bounded them (a 30 MB header got its 200; 170 MB of trailers held the loop for 3
 `max_in_flight` connections or requests in flight (uvicorn's limit_concurrency, counted as it
 counts them), a request is marked OVER_CAPACITY for the app to answer 503, as its other 503s
 (uvicorn's own answer was plain text, without Retry-After or the request id, and no metric
-counted it). A client's end of stream is taken for a client gone, as uvicorn takes it, even after a
+counted it). A request with a transfer coding other than chunked gets 501 and its connection
+closed: httptools read `gzip, chunked` as chunked and handed the app the coded bytes as the body.
+A client's end of stream is taken for a client gone, as uvicorn takes it, even after a
 whole request: a half-close (`nc -N`) cannot be told from a client that closed and left, and
 dropping the work of one that left is what keeps a model free for the others."""
 
@@ -46,9 +48,15 @@ MAX_HEAD_BYTES = 64 * 1024
 # every response to complete, and a job's event stream would complete only with its job.
 SERVER_STOPPING = "gazer.server_stopping"
 OVER_CAPACITY = "gazer.over_capacity"
-_HEAD_TOO_LONG = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/problem+json\r\n"
-                  + b"".join(f"{name}: {value}\r\n".encode() for name, value in browser_headers("/").items())
-                  + b"connection: close\r\ncontent-length: %d\r\n\r\n%s")
+
+
+def _closing_answer(status: int, reason: str, code: str, detail: str) -> bytes:
+    """A problem answered by the protocol itself, before or instead of the app, on a connection it
+    then closes."""
+    body = problem(status, code, detail).model_dump_json(exclude_none=True).encode()
+    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/problem+json\r\n".encode()
+            + b"".join(f"{name}: {value}\r\n".encode() for name, value in browser_headers("/").items())
+            + b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
 
 
 def guarded_protocol(header_seconds: float, linger_seconds: float, per_address: int,
@@ -175,10 +183,20 @@ def guarded_protocol(header_seconds: float, linger_seconds: float, per_address: 
             self._log_close(self._counted, what, f"closing a connection from {who}, whose {what} ran over "
                                                    f"{MAX_HEAD_BYTES} bytes")
             if self._in_headers and (self.cycle is None or self.cycle.response_complete):  # none in flight: say why
-                detail = f"a request's line and headers may take at most {MAX_HEAD_BYTES} bytes"
-                body = problem(431, "headers-too-large", detail).model_dump_json(exclude_none=True).encode()
-                self.transport.write(_HEAD_TOO_LONG % (len(body), body))
+                self.transport.write(_closing_answer(431, "Request Header Fields Too Large", "headers-too-large",
+                                                     f"a request's line and headers may take at most "
+                                                     f"{MAX_HEAD_BYTES} bytes"))
             self.transport.close()
+
+        def _unknown_coding(self) -> bytes | None:
+            """A transfer coding other than chunked, which httptools passes (`gzip, chunked`)
+            and would hand the app as the body's bytes, still coded."""
+            for name, value in self.headers:
+                if name == b"transfer-encoding":
+                    for coding in value.split(b","):
+                        if coding.strip().lower() not in (b"chunked", b""):
+                            return coding.strip()
+            return None
 
         def _landmark(self) -> None:
             self._passed_landmark, self._not_body = True, 0
@@ -202,6 +220,16 @@ def guarded_protocol(header_seconds: float, linger_seconds: float, per_address: 
                 self._too_long()
                 return
             self._in_headers = False
+            coding = self._unknown_coding()
+            if coding is not None:  # RFC 9112 6.1: 501
+                self._refused = True
+                if self.cycle is None or self.cycle.response_complete:  # none in flight: say why
+                    self.transport.write(_closing_answer(
+                        501, "Not Implemented", "transfer-coding-not-implemented",
+                        f"the transfer coding {coding[:40].decode(errors='replace')!r} is not implemented: "
+                        f"send the body as it is, with a Content-Length, or chunked"))
+                self.transport.close()
+                return
             if max_in_flight is not None and (len(self.connections) >= max_in_flight
                                               or len(self.tasks) >= max_in_flight):
                 self.scope[OVER_CAPACITY] = True  # type: ignore[literal-required]

@@ -115,3 +115,17 @@ def test_trailers_past_the_cap_close_the_connection_without_an_answer():
     head = b"POST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\nX-Trailer: "
     answers, closed = served([head] + [b"a" * 8192] * 100)
     assert answers == [] and closed
+
+
+@pytest.mark.parametrize("codings", [b"gzip, chunked", b"gzip", b"x-custom,chunked"])
+def test_a_transfer_coding_other_than_chunked_gets_501_and_the_connection_closed(codings):
+    """httptools passed `gzip, chunked` on as chunked: the app got the gzip stream for the body."""
+    answers, closed = served([b"POST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: %s\r\n\r\n"
+                              b"5\r\nhello\r\n0\r\n\r\n" % codings])
+    assert answers == [b"HTTP/1.1 501 Not Implemented"] and closed
+
+
+def test_chunked_in_any_case_is_served():
+    answers, closed = served([b"POST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: Chunked\r\n\r\n"
+                              b"5\r\nhello\r\n0\r\n\r\n"])
+    assert answers == [b"HTTP/1.1 200 OK"] and not closed

@@ -51,14 +51,14 @@ def upload(blob: bytes, name: str = "image.jpg", content_type: str = "image/jpeg
 
 
 def multipart(files: list[tuple[str, bytes]], fields: dict[str, object] | None = None,
-              boundary: str | None = None) -> tuple[bytes, str]:
+              boundary: str | None = None, file_field: str = "file") -> tuple[bytes, str]:
     boundary = boundary or uuid.uuid4().hex
     parts = []
     for name, value in (fields or {}).items():
         for item in value if isinstance(value, list) else [value]:
             parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{item}\r\n'.encode())
     for filename, blob in files:
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{file_field}"; filename="{filename}"\r\n'
                      f"Content-Type: application/octet-stream\r\n\r\n".encode() + blob + b"\r\n")
     parts.append(f"--{boundary}--\r\n".encode())
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"

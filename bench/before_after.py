@@ -2,17 +2,18 @@
 requests interleaved in one run: revision BEFORE (default HEAD~1) against revision AFTER
 (default this working tree).
 
-  python -m bench.before_after [BEFORE [AFTER]]
+  python -m bench.before_after [BEFORE [AFTER]] [--only TEXT]
 
 Both servers use this checkout's Python environment; revisions are checked out into temporary
-git worktrees, removed afterwards. EfficientNet-Lite0 at 224 on CPU, chelsea (and the foolbox photos, 512 x 512).
+git worktrees, removed afterwards. EfficientNet-Lite0 at 224 on CPU, chelsea (and the foolbox photos, 512 x 512),
+and uploads of one ResNet-18's weights (random, 10 classes) at 64 px.
 Each row: median ms per request of each version, and the median over rounds of after/before.
 """
 
 from __future__ import annotations
 
+import argparse
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -42,12 +43,30 @@ def cases() -> dict[str, tuple[str, tuple[bytes, str], int]]:
         "scorecam at blocks.15": (EXPLAIN, multipart(photo, {"method": "scorecam", "layer": "blocks.15"}), 1),
         "gradcam, 8 images": (EXPLAIN, multipart(photo * 8, {"method": "gradcam", "outputs": "heatmap"}), 2),
         "gradcam + faithfulness": (EXPLAIN, multipart(photo, {"method": "gradcam", "faithfulness": "true"}), 3),
+        # 11 versions of one model (under GAZER_MAX_VERSIONS_PER_MODEL's 20): warm-up, then 5 rounds of 2
+        "upload: ResNet-18 safetensors at 64 px": ("/v1/models", multipart(
+            [("resnet18.safetensors", resnet18_weights())], {"name": "uploaded", "architecture": "resnet18",
+                                                             "input_size": 64}, file_field="weights"), 2),
     }
 
 
+def resnet18_weights() -> bytes:
+    import torch
+    import torchvision
+    from safetensors.torch import save
+
+    torch.manual_seed(0)
+    network = torchvision.models.resnet18(num_classes=10)
+    return save({key: value.contiguous() for key, value in network.state_dict().items()})
+
+
 def main() -> None:
-    before_revision = sys.argv[1] if len(sys.argv) > 1 else "HEAD~1"
-    after_revision = sys.argv[2] if len(sys.argv) > 2 else None
+    parser = argparse.ArgumentParser(description="two revisions' servers side by side")
+    parser.add_argument("before", nargs="?", default="HEAD~1")
+    parser.add_argument("after", nargs="?", help="default: this working tree")
+    parser.add_argument("--only", default="", help="only the cases whose name holds this text")
+    arguments = parser.parse_args()
+    before_revision, after_revision = arguments.before, arguments.after
     with tempfile.TemporaryDirectory(prefix="gazer-before-after-") as folder:
         checkouts = {"before": Path(folder) / "before", "after": Path(folder) / "after" if after_revision else None}
         for name, revision in (("before", before_revision), ("after", after_revision)):
@@ -60,6 +79,8 @@ def main() -> None:
                 # fresh connections: the first server closes an idle keep-alive while the second starts
                 before, after = Client(8765), Client(8766)
                 for name, (path, body, per_round) in cases().items():
+                    if arguments.only not in name:
+                        continue
                     times = interleaved({"before": lambda: before.post(path, *body),
                                          "after": lambda: after.post(path, *body)},
                                         rounds=5, per_round=per_round, warmup=1)

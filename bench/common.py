@@ -101,7 +101,7 @@ class Client:
             self.connection.request("POST", path, body=body, headers={"Content-Type": content_type})
             response = self.connection.getresponse()
         payload = response.read()
-        if response.status != 200:
+        if not 200 <= response.status < 300:
             raise RuntimeError(f"{path}: {response.status} {payload[:300]!r}")
         return payload
 

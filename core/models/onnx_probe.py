@@ -1,6 +1,6 @@
-"""An uploaded ONNX classifier's first runs, in a process of its own: `python -m core.models.onnx_probe
-FILE INPUT_SIZE MAX_BATCH MEMORY_BYTES`. Before it loads the model it caps its own address space at
-what it has then plus MEMORY_BYTES, so a graph that allocates without bound (a ConstantOfShape or
+"""An uploaded ONNX classifier's first runs, in a process of its own (checking_process):
+`main([FILE, INPUT_SIZE, MAX_BATCH, MEMORY_BYTES], receive)`. Before it loads the model it caps
+its own address space at what it has then plus MEMORY_BYTES, so a graph that allocates without bound (a ConstantOfShape or
 Expand to a size written in the file, or one that grows faster than the batch) fails here instead
 of taking the server's memory; the caller kills it at its time limit. It runs random images at
 each batch size of `batches(MAX_BATCH)`, the only sizes serving then runs
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import resource
-import sys
+from typing import Callable
 
 
 # How ONNX Runtime and torch word a failed allocation, in the error a check's step raises.
@@ -84,7 +84,8 @@ def cap_memory(memory_bytes: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str], receive: Callable[[], bytes]) -> None:
+    """`receive`: unused, the model is FILE."""
     path, input_size, max_batch, memory_bytes = argv[0], int(argv[1]), int(argv[2]), int(argv[3])
     import numpy  # noqa: F401  (imported before the cap, like onnxruntime: their own size is not the model's)
     import onnxruntime  # noqa: F401
@@ -95,7 +96,3 @@ def main(argv: list[str]) -> None:
     except MemoryError:
         answer = {"error": "memory"}
     print(json.dumps(answer), flush=True)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -8,10 +8,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,6 +21,7 @@ from torch import nn
 from core import errors as errors_module
 from core.errors import Conflict, GazerError, InvalidRequest
 from core.models import onnx_probe
+from core.models.checking_process import child_answer
 from core.models.adapted import TIMM_PREFIX, adapt, classifier_name, construct_on_meta, torchvision_architectures
 from core.models.layers import feeds_a_linear_head, targetable_layers
 from core.models.spec import ModelSpec
@@ -282,7 +279,7 @@ def checked_torch_model(staging: Path, name: str, architecture: str, weights: by
                "preprocessing": {field: getattr(preprocessing, field) for field in Preprocessing.__dataclass_fields__}}
     with tempfile.TemporaryDirectory() as folder:
         (Path(folder) / "request.json").write_text(json.dumps(request))
-        answer = _child_answer([weights_check.__name__, str(limits.memory_bytes), str(Path(folder) / "request.json")],
+        answer = child_answer([weights_check.__name__, str(limits.memory_bytes), str(Path(folder) / "request.json")],
                                Path(folder), staging, limits.seconds, "weights", "the weights check", stdin=weights,
                                most=-1,  # the spec, with every label the upload gave
                                too_long=f"building, running and exporting {architecture} took longer than "
@@ -561,40 +558,6 @@ def onnx_model(name: str, blob: bytes, labels: list[str] | None, preprocessing: 
     return replace(spec, batch_sizes=onnx_probe.batches(limits.max_batch)), serialized
 
 
-_STDERR_KEPT = 2000
-
-
-def _child_environment() -> dict[str, str]:
-    """A checking child's: what finds Python, this code and the allocator, and no secret."""
-    environment = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": os.pathsep.join(
-        [str(Path(__file__).resolve().parents[2]), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    environment.update({name: os.environ[name] for name in ("LD_PRELOAD", "LD_LIBRARY_PATH") if name in os.environ})
-    return environment
-
-
-def _child_answer(argv: list[str], folder: Path, cwd: Path, seconds: float, field: str, check: str, *,
-                  too_long: str, stdin: bytes | None = None, most: int = 10_000) -> dict:
-    """The JSON line a checking child (`python -m ARGV`, run in `cwd`) prints last, of the first
-    `most` bytes it prints (-1: all), its output kept in `folder`; InvalidRequest `too_long` once it
-    has run for `seconds`, or where a signal stopped it; {"error": "memory"} where it was killed
-    (the OOM killer)."""
-    with open(folder / "out", "wb+") as out, open(folder / "err", "wb+") as err:
-        try:
-            child = subprocess.run([sys.executable, "-m", *argv], cwd=cwd, env=_child_environment(), input=stdin,
-                                   stdout=out, stderr=err, timeout=seconds)
-        except subprocess.TimeoutExpired:
-            raise InvalidRequest(too_long, field=field) from None
-        out.seek(0)
-        printed = out.read(most).decode(errors="replace").strip().splitlines()
-        err.seek(max(0, err.seek(0, os.SEEK_END) - _STDERR_KEPT))
-        errors = err.read().decode(errors="replace")
-    if child.returncode < 0 and child.returncode != -signal.SIGKILL:
-        raise InvalidRequest(f"{check} stopped on the model ({signal.Signals(-child.returncode).name})", field=field)
-    if child.returncode > 0 or (child.returncode == 0 and not printed):
-        raise RuntimeError(f"{check} itself failed (exit {child.returncode}): {errors}")
-    return json.loads(printed[-1]) if child.returncode == 0 else {"error": "memory"}
-
-
 def _check_runs(serialized: bytes, input_size: int, limits: OnnxCheckLimits) -> int:
     """The number of classes, from runs on random batches (onnx_probe.batches) in a child process
     capped at `limits.memory_bytes` and killed after `limits.seconds`. The file lies alone in an
@@ -605,7 +568,7 @@ def _check_runs(serialized: bytes, input_size: int, limits: OnnxCheckLimits) -> 
     sizes = f"{', '.join(map(str, fewer))} and {most}" if fewer else str(most)
     with tempfile.TemporaryDirectory() as folder:
         (Path(folder) / "model.onnx").write_bytes(serialized)
-        answer = _child_answer([onnx_probe.__name__, "model.onnx", str(input_size), str(limits.max_batch),
+        answer = child_answer([onnx_probe.__name__, "model.onnx", str(input_size), str(limits.max_batch),
                                 str(limits.memory_bytes)], Path(folder), Path(folder), limits.seconds, "onnx",
                                "the ONNX check", too_long=f"ONNX Runtime took longer than {limits.seconds:g} s on "
                                                           f"batches of {sizes} images (GAZER_ONNX_CHECK_SECONDS)")

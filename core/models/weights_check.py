@@ -1,6 +1,6 @@
 """An uploaded torch model's build, first runs, ONNX export and agreement check, in a process of
-its own: `python -m core.models.weights_check MEMORY_BYTES REQUEST_FILE`, run in a new version's
-staging folder, with the upload's safetensors on stdin and its form's fields in REQUEST_FILE
+its own (checking_process): `main([MEMORY_BYTES, REQUEST_FILE], receive)`, run in a new version's
+staging folder, `receive()` giving the upload's safetensors and REQUEST_FILE its form's fields
 (JSON). Before it reads them it caps its own address space at what it has then plus
 MEMORY_BYTES, and the caller kills it at its time limit: the largest architectures at 1024 px
 took minutes and gigabytes, which the API's own process spent before. It writes the version's
@@ -10,8 +10,8 @@ weights and ONNX export into the folder (versions.write_network) and prints one 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
+from typing import Callable
 
 from core.models.onnx_probe import OUT_OF_MEMORY_WORDS, cap_memory
 
@@ -36,7 +36,7 @@ def check(request: dict, weights: bytes) -> dict:
     return {"spec": json.loads(spec.to_json())}
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str], receive: Callable[[], bytes]) -> None:
     memory_bytes, request = int(argv[0]), json.loads(Path(argv[1]).read_text())
     import torch  # noqa: F401  (imported before the cap, with what checking uses: their own size is not the model's)
     import torchvision  # noqa: F401
@@ -45,11 +45,7 @@ def main(argv: list[str]) -> None:
 
     cap_memory(memory_bytes)
     try:
-        answer = check(request, sys.stdin.buffer.read())
+        answer = check(request, receive())
     except MemoryError:
         answer = {"error": "memory"}
     print(json.dumps(answer), flush=True)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

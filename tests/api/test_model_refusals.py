@@ -28,7 +28,7 @@ from safetensors.torch import save
 from core.dataset_explain.runner import explain_dataset, explain_dataset_config
 from core.datasets import ArchiveLimits, ingest_archive
 from core.errors import InvalidRequest
-from core.models import upload as model_upload
+from core.models import checking_process, upload as model_upload
 from core.models.registry import ModelRegistry
 from core import pipeline
 from core.pipeline import MAX_MAP_VALUES
@@ -108,6 +108,7 @@ def test_a_weights_upload_is_checked_in_a_process_capped_in_time_and_memory(tmp_
     ConvNeXt-Large at 1024 px took 4 minutes and about 9 GB there. The check's process is killed
     at its limit, the answer is a 422 naming the setting, and nothing of the version is left."""
     settings = Settings(data_dir=tmp_path, **limit)
+    checking_process.start_server()  # the time limit counts from the check's start, not the server's
     with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as capped:
         started = time.perf_counter()
         response = post_weights(capped, weights_of(small_resnet), name="capped")

@@ -11,6 +11,7 @@ from typing import Annotated, Any, AsyncIterator, Iterator
 import redis
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.responses import FileResponse, StreamingResponse
+from starlette.responses import MalformedRangeHeader
 from starlette.staticfiles import NotModifiedResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -310,6 +311,18 @@ def list_artifacts(job_id: str, queue: QueueDep, storage: StorageDep, caller: Ca
     return ArtifactList(data=found, count=len(found))
 
 
+class ArtifactFile(FileResponse):
+    """A Range that does not parse, or whose end comes before its start, is ignored and the whole
+    file sent (RFC 9110 14.2), where Starlette answered a plain-text 400."""
+
+    @classmethod
+    def _parse_range_header(cls, http_range: str, file_size: int) -> list[tuple[int, int]]:
+        try:
+            return super()._parse_range_header(http_range, file_size)
+        except MalformedRangeHeader:
+            return []
+
+
 @router.head("/{job_id}/artifacts/{name}", include_in_schema=False)  # one operation in the schema, one id
 @router.get("/{job_id}/artifacts/{name}", response_class=FileResponse)
 def get_artifact(job_id: str, name: str, request: Request, queue: QueueDep, storage: StorageDep,
@@ -320,7 +333,7 @@ def get_artifact(job_id: str, name: str, request: Request, queue: QueueDep, stor
     path = folder / name
     if name.startswith(".") or len(name) > 255 or Path(name).name != name or not path.is_file():
         raise NotFound(f"job {job_id} has no artifact {name!r}")
-    response = FileResponse(path, stat_result=path.stat())  # its ETag is known now
+    response = ArtifactFile(path, stat_result=path.stat())  # its ETag is known now
     asked = [tag.strip().removeprefix("W/") for tag in request.headers.get("if-none-match", "").split(",")]
     if response.headers["etag"] in asked or "*" in asked:
         return NotModifiedResponse(response.headers)

@@ -87,6 +87,14 @@ def test_activation_maximization_end_to_end(api, workers):
     cached = api.get(image["url"], headers={"If-None-Match": png.headers["etag"]})
     assert cached.status_code == 304 and cached.content == b"" and cached.headers["etag"] == png.headers["etag"]
     assert api.get(image["url"], headers={"If-None-Match": '"other"'}).content == png.content
+    # a Range is served (206); one that does not parse, or ends before it starts, is ignored (RFC 9110 14.2)
+    part = api.get(image["url"], headers={"Range": "bytes=1-3"})
+    assert part.status_code == 206 and part.content == png.content[1:4], part.text
+    for malformed in ("bytes=abc", "pages=0-5", "bytes=5-2", "bytes"):
+        whole = api.get(image["url"], headers={"Range": malformed})
+        assert whole.status_code == 200 and whole.content == png.content, (malformed, whole.text)
+    beyond = api.get(image["url"], headers={"Range": f"bytes={len(png.content)}-"})
+    assert beyond.status_code == 416 and beyond.headers["content-range"] == f"bytes */{len(png.content)}"
     head = api.head(image["url"])
     assert head.status_code == 200 and head.content == b"" and head.headers["content-length"] == str(len(png.content))
     assert Image.open(io.BytesIO(png.content)).size == (96, 96)

@@ -223,14 +223,23 @@ def _plan(model: LoadedModel, method_name: str, layer: str | None,
 
 def explain_cost(model: LoadedModel, method_name: str, layer: str | None, options: dict[str, object] | None,
                  images: int, faithfulness: bool = False, outputs: tuple[str, ...] = ()) -> int:
-    """What explain would cost, in forward-equivalents (a backward counts as one), before it
-    runs. Refuses what explain would refuse: an unknown method, layer, option or output, or
-    raw maps over MAX_MAP_VALUES."""
+    """What explain would cost, in forward-equivalents (a backward counts as one) of the
+    budget's reference model, EfficientNet-Lite0 at 224 (flops.REFERENCE_FLOPS: a larger model's
+    forward counts as several), before it runs. Refuses what explain would refuse: an unknown
+    method, layer, option or output, or raw maps over MAX_MAP_VALUES."""
     method, checked, layer = _plan(model, method_name, layer, options)
     _check_outputs(outputs, model, method_name, layer, images)
     method = METHODS["cam"] if from_feature_map(model, method_name, layer) else method  # one forward
     per_image = _cost_per_image(model, method, checked, layer)
-    return images * (per_image + (2 * (FAITHFULNESS_STEPS + 1) if faithfulness else 0))
+    forwards = images * (per_image + (2 * (FAITHFULNESS_STEPS + 1) if faithfulness else 0))
+    return max(forwards, round(model.forward_cost * forwards))
+
+
+def forward_cost_note(model: LoadedModel) -> str:
+    """What a cost's refusal says of a model whose forward counts as more than one."""
+    if model.forward_cost == 1:
+        return ""
+    return f", a forward of {model.spec.ref} counting as {model.forward_cost:.1f} of EfficientNet-Lite0 at 224's"
 
 
 def _cost_per_image(model: LoadedModel, method: Method, options: dict[str, object], layer: str | None) -> int:

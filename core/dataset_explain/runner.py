@@ -71,7 +71,8 @@ def check_explain_dataset(config: ExplainDatasetConfig, model: LoadedModel, imag
             refused.extra["field"] = f"options.{refused.extra['field']}"
         raise
     if max_image_cost is not None and per_image > max_image_cost:
-        raise InvalidRequest(f"{config.method} costs {per_image} forward passes per image here; the budget is "
+        raise InvalidRequest(f"{config.method} costs {per_image} forward passes per image here"
+                             f"{pipeline.forward_cost_note(model)}; the budget is "
                              f"{max_image_cost} (GAZER_MAX_EXPLAIN_COST): fewer steps, samples or masks",
                              field="options", cost=per_image, budget=max_image_cost)
     total = per_image * images

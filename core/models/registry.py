@@ -22,6 +22,7 @@ from core.explain.guided_backprop import guides
 from core.models import catalog, refs, versions
 from core.names import BUILTIN_MODELS, ONNX_ARCHITECTURE
 from core.models.architectures import build_network
+from core.models.flops import network_flops, onnx_flops, relative_cost
 from core.models.layers import targetable_maps
 from core.models.onnx_export import (AGREEMENT_TOLERANCE, FP16_AGREEMENT_TOLERANCE, ensure_onnx,
                                      max_logit_difference)
@@ -50,6 +51,7 @@ class LoadedModel:
     batching: Batching = field(default_factory=Batching)
     bfloat16: bool = False           # gradient CAM methods in bfloat16 autocast on CUDA (fast_math)
     map_positions: dict[str, int] = field(default_factory=dict)  # targetable layers' map height x width
+    forward_cost: float = 1.0  # one forward in forwards of the explain budget's reference (flops.relative_cost)
     # Explainers attach hooks to `network`; one batch at a time may hold them (reentrant: a
     # short batch may run inside a long one's pause, on the same thread).
     lock: threading.RLock = field(default_factory=threading.RLock)
@@ -240,13 +242,14 @@ class ModelRegistry:
         # After the check, which compares the file with the weights: the layout changes only
         # rounding, yet on a random input whose logits reach 1e4 (a torchvision EfficientNet-B0
         # with test-made weights) that rounding alone reached 0.7x the check's tolerance.
+        forward_cost = relative_cost(network_flops(network, spec.input_size))
         network = fast_layout(network.to(device))
         maps = targetable_maps(network, spec.input_size)
         gates = spatial_gates(network)
         methods = supported_methods(spec.linear_head, bool(gates), gradients=True, guided=guides(network))
         self._store(LoadedModel(spec, network, predictor, {name: channels for name, (channels, _) in maps.items()},
                                 device, methods, attention_modules(network), gates, self.batching, self.bfloat16,
-                                {name: positions for name, (_, positions) in maps.items()}))
+                                {name: positions for name, (_, positions) in maps.items()}, forward_cost))
         log.info("model %s loaded (providers %s)", spec.ref, predictor.providers)
 
     def _store(self, model: LoadedModel) -> None:
@@ -259,7 +262,8 @@ class ModelRegistry:
         # since have changed; 1 and 3 are sure (a new upload of the file runs at larger sizes).
         batch_sizes = spec.batch_sizes or (1, 3)
         return LoadedModel(spec, None, OnnxPredictor(onnx_file, self.batching.max_batch, batch_sizes), {},
-                           torch.device("cpu"), supported_methods(False, False, gradients=False), [], [], self.batching)
+                           torch.device("cpu"), supported_methods(False, False, gradients=False), [], [], self.batching,
+                           forward_cost=relative_cost(onnx_flops(onnx_file, spec.input_size)))
 
     def register_network(self, spec: ModelSpec, network: nn.Module, metrics: dict | None = None) -> ModelSpec:
         """Publish a new version of `spec.id` with its ONNX export, unless its torch and ONNX

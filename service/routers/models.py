@@ -275,9 +275,10 @@ async def explain(
     check_resize(resize)
     pipeline.resolve_targets(target, len(file), model.spec)
     if cost > settings.explain_budget:
-        raise InvalidRequest(f"this explanation costs {cost} forward passes ({method} on {len(file)} files); the "
-                             f"budget of one request is {settings.explain_budget}: send fewer files or fewer "
-                             f"steps, samples or masks", field="file", cost=cost, budget=settings.explain_budget)
+        raise InvalidRequest(f"this explanation costs {cost} forward passes ({method} on {len(file)} files"
+                             f"{pipeline.forward_cost_note(model)}); the budget of one request is "
+                             f"{settings.explain_budget}: send fewer files or fewer steps, samples or masks",
+                             field="file", cost=cost, budget=settings.explain_budget)
     # the form is read by now: a slot held from here waits on no upload; a request refused
     # (503, 413, a file that is not an image) has spent none of its client's compute
     with admitted(request, model, caller), explanation_slot(request, caller):

@@ -2,9 +2,11 @@
 process (multiprocessing's forkserver) that has imported torch, torchvision, ONNX and ONNX
 Runtime once: a new interpreter per check spent about 5 s of each upload importing them (more on
 a busy machine). The server starts with a check and stops IDLE_SECONDS after the last one ends,
-or with this process: it holds about 400 MB of its own. Each check's child runs in its own folder
-with an environment that holds no secret, its output in files, and is killed at its time limit;
-its module caps its own memory (onnx_probe.cap_memory)."""
+or with this process: it holds about 400 MB of its own. Each check's child runs in its own folder,
+its os.environ emptied of all but what finds Python, this code and the allocator (nothing it runs
+reads a secret from it; code that took the child over could still read this process's
+environment through /proc, as it could from a child of this process), its output in files, and
+is killed at its time limit; its module caps its own memory (onnx_probe.cap_memory)."""
 
 from __future__ import annotations
 
@@ -84,7 +86,7 @@ def start_server() -> None:
 
 
 def _environment() -> dict[str, str]:
-    """A checking child's: what finds Python, this code and the allocator, and no secret."""
+    """A checking child's os.environ: what finds Python, this code and the allocator."""
     environment = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": os.pathsep.join(
         [str(Path(__file__).resolve().parents[2]), *filter(None, [os.environ.get("PYTHONPATH")])])}
     environment.update({name: os.environ[name] for name in ("LD_PRELOAD", "LD_LIBRARY_PATH") if name in os.environ})

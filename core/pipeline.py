@@ -232,7 +232,7 @@ def explain_cost(model: LoadedModel, method_name: str, layer: str | None, option
     method = METHODS["cam"] if from_feature_map(model, method_name, layer) else method  # one forward
     per_image = _cost_per_image(model, method, checked, layer)
     forwards = images * (per_image + (2 * (FAITHFULNESS_STEPS + 1) if faithfulness else 0))
-    return max(forwards, round(model.forward_cost * forwards))
+    return round(model.forward_cost * forwards)  # forward_cost >= 1: never under `forwards`
 
 
 def forward_cost_note(model: LoadedModel) -> str:

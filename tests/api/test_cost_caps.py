@@ -36,32 +36,35 @@ def photos(count: int) -> list:
     return [upload(PHOTO, f"{index}.jpg") for index in range(count)]
 
 
-def test_a_larger_models_forward_counts_as_the_reference_forwards_it_costs(client, tmp_path):
+def test_a_larger_models_forward_counts_as_the_reference_forwards_it_costs(tmp_path):
     """The budget counted forwards, whatever they cost: RISE with 50 masks on a ResNet-18 uploaded
     at 1024 px ran 108 s, about 80x what one unit of Lite0's budget buys. A forward of a model now
     counts as its FLOPs over Lite0's at 224, counted by torch for weights and from the graph for
-    an ONNX file."""
-    torch.manual_seed(0)
-    network = torchvision.models.resnet18(num_classes=10).eval()
-    weights = save({key: value.contiguous() for key, value in network.state_dict().items()})
-    assert client.post("/v1/models", data={"name": "heavier", "architecture": "resnet18", "input_size": 224},
-                       files={"weights": ("w.safetensors", weights)}).status_code == 201
-    exported = tmp_path / "heavier.onnx"
-    torch.onnx.export(network, (torch.zeros(1, 3, 224, 224),), str(exported), dynamo=False, input_names=["pixels"],
-                      output_names=["logits"], dynamic_axes={"pixels": {0: "batch"}})
-    assert client.post("/v1/models", data={"name": "heavier-onnx", "input_size": 224},
-                       files={"onnx": ("m.onnx", exported.read_bytes())}).status_code == 201
-    forwards = 2 * 5001  # RISE with 5000 masks on 2 photos: over the budget even on Lite0, so nothing runs
-    costs = {}
-    for model in (MODEL, "heavier", "heavier-onnx"):
-        refused = client.post(f"/v1/models/{model}/explain", files=photos(2), data={"method": "rise", "masks": 5000})
-        assert refused.status_code == 422, refused.text
-        costs[model] = refused.json()["cost"]
-        assert ("counting as 4." in refused.json()["detail"]) == (model != MODEL), refused.json()["detail"]
-    assert costs[MODEL] == forwards
-    scale = network_flops(network, 224) / REFERENCE_FLOPS
-    assert 4 < scale < 5 and costs["heavier"] == round(scale * forwards), costs
-    assert costs["heavier-onnx"] == pytest.approx(costs["heavier"], rel=0.01), costs
+    an ONNX file. An app of its own: the session's lists only the built-in models."""
+    with TestClient(base_url="http://localhost", app=create_app(Settings(data_dir=tmp_path / "data")),
+                    raise_server_exceptions=False) as client:
+        torch.manual_seed(0)
+        network = torchvision.models.resnet18(num_classes=10).eval()
+        weights = save({key: value.contiguous() for key, value in network.state_dict().items()})
+        assert client.post("/v1/models", data={"name": "heavier", "architecture": "resnet18", "input_size": 224},
+                           files={"weights": ("w.safetensors", weights)}).status_code == 201
+        exported = tmp_path / "heavier.onnx"
+        torch.onnx.export(network, (torch.zeros(1, 3, 224, 224),), str(exported), dynamo=False, input_names=["pixels"],
+                          output_names=["logits"], dynamic_axes={"pixels": {0: "batch"}})
+        assert client.post("/v1/models", data={"name": "heavier-onnx", "input_size": 224},
+                           files={"onnx": ("m.onnx", exported.read_bytes())}).status_code == 201
+        forwards = 2 * 5001  # RISE with 5000 masks on 2 photos: over the budget even on Lite0, so nothing runs
+        costs = {}
+        for model in (MODEL, "heavier", "heavier-onnx"):
+            refused = client.post(f"/v1/models/{model}/explain", files=photos(2),
+                                  data={"method": "rise", "masks": 5000})
+            assert refused.status_code == 422, refused.text
+            costs[model] = refused.json()["cost"]
+            assert ("counting as 4." in refused.json()["detail"]) == (model != MODEL), refused.json()["detail"]
+        assert costs[MODEL] == forwards
+        scale = network_flops(network, 224) / REFERENCE_FLOPS
+        assert 4 < scale < 5 and costs["heavier"] == round(scale * forwards), costs
+        assert costs["heavier-onnx"] == pytest.approx(costs["heavier"], rel=0.01), costs
 
 
 def test_an_explanation_over_the_budget_is_422_with_its_cost(client):

@@ -3,7 +3,7 @@ process (multiprocessing's forkserver) that has imported torch, torchvision, ONN
 Runtime once: a new interpreter per check spent about 5 s of each upload importing them (more on
 a busy machine). The server starts with a check and stops IDLE_SECONDS after the last one ends,
 or with this process: it holds about 400 MB of its own. Each check's child runs in its own folder,
-its os.environ emptied of all but what finds Python, this code and the allocator (nothing it runs
+its os.environ emptied of all but PATH and the allocator's variables (nothing it runs
 reads a secret from it; code that took the child over could still read this process's
 environment through /proc, as it could from a child of this process), its output in files, and
 is killed at its time limit; its module caps its own memory (onnx_probe.cap_memory)."""
@@ -29,6 +29,8 @@ from core.errors import InvalidRequest
 PRELOADED = ("core.models.weights_check", "core.models.onnx_probe", "core.models.registry", "core.models.upload",
              "torch", "torchvision", "torch.onnx", "onnx", "onnxruntime", "numpy", "safetensors.torch")
 IDLE_SECONDS = 300.0
+# What a child's os.environ keeps of the server's (this process's, when the server started).
+_KEPT_VARIABLES = ("PATH", "LD_PRELOAD", "LD_LIBRARY_PATH")
 _STDERR_KEPT = 2000
 
 
@@ -85,23 +87,15 @@ def start_server() -> None:
         child.close()
 
 
-def _environment() -> dict[str, str]:
-    """A checking child's os.environ: what finds Python, this code and the allocator."""
-    environment = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": os.pathsep.join(
-        [str(Path(__file__).resolve().parents[2]), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    environment.update({name: os.environ[name] for name in ("LD_PRELOAD", "LD_LIBRARY_PATH") if name in os.environ})
-    return environment
-
-
-def _child(module: str, argv: list[str], cwd: str, out: str, err: str, environment: dict[str, str],
-           stdin: Connection) -> None:
+def _child(module: str, argv: list[str], cwd: str, out: str, err: str, stdin: Connection) -> None:
     for descriptor, path in ((1, out), (2, err)):
         opened = os.open(path, os.O_WRONLY | os.O_APPEND)
         os.dup2(opened, descriptor)
         os.close(opened)
     os.chdir(cwd)
+    kept = {name: os.environ[name] for name in _KEPT_VARIABLES if name in os.environ}
     os.environ.clear()
-    os.environ.update(environment)
+    os.environ.update(kept)
     importlib.import_module(module).main(argv, stdin.recv_bytes)
 
 
@@ -126,7 +120,7 @@ def child_answer(argv: list[str], folder: Path, cwd: Path, seconds: float, field
     with _SERVER.held() as context:
         receiving, sending = context.Pipe(duplex=False)
         child = context.Process(target=_child, args=(argv[0], argv[1:], str(cwd), str(folder / "out"),
-                                                     str(folder / "err"), _environment(), receiving), daemon=True)
+                                                     str(folder / "err"), receiving), daemon=True)
         child.start()  # returns once the server (started by the first check) has forked the child
         receiving.close()
         sender = threading.Thread(target=_send, args=(sending, stdin), daemon=True)

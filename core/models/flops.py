@@ -37,7 +37,7 @@ def onnx_flops(path: Path, input_size: int) -> int | None:
     1 x 3 x `input_size` x `input_size`; None where shape inference leaves the shape a
     convolution or matrix product needs unknown."""
     import onnx
-    from onnx import TensorProto, helper, shape_inference
+    from onnx import helper, shape_inference
 
     model = onnx.load(str(path), load_external_data=False)
     graph = model.graph
@@ -47,7 +47,6 @@ def onnx_flops(path: Path, input_size: int) -> int | None:
         graph.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
         graph.initializer.remove(tensor)
     image = next(value for value in graph.input if value.name not in initialized)
-    image.type.tensor_type.elem_type = image.type.tensor_type.elem_type or TensorProto.FLOAT
     for dimension, size in zip(image.type.tensor_type.shape.dim, (1, 3, input_size, input_size)):
         dimension.Clear()
         dimension.dim_value = size

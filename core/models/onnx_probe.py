@@ -2,9 +2,9 @@
 `main([FILE, INPUT_SIZE, MAX_BATCH, MEMORY_BYTES], receive)`. Before it loads the model it caps
 its own address space at what it has then plus MEMORY_BYTES, so a graph that allocates without
 bound (a ConstantOfShape or Expand to a size written in the file, or one that grows faster than
-the batch) fails here instead of taking the server's memory; the caller kills it at its time limit. It runs random images at
-each batch size of `batches(MAX_BATCH)`, the only sizes serving then runs
-(OnnxPredictor.run_sizes), and prints one JSON line: {"classes"} or {"error"}."""
+the batch) fails here instead of taking the server's memory; the caller kills it at its time
+limit. It runs random images at each batch size of `batches(MAX_BATCH)`, the only sizes serving
+then runs (OnnxPredictor.run_sizes), and prints one JSON line: {"classes"} or {"error"}."""
 
 from __future__ import annotations
 

@@ -176,7 +176,8 @@ def test_a_worker_told_to_stop_puts_its_running_job_back_in_the_queue(api, worke
     killed and the job read as lost; now it stops at its next step and the job runs afresh on the
     next worker."""
     worker = workers()
-    job = submit(api, "activation-maximization", long_maximization(400))
+    # 32 px: the job runs twice, and at 64 px its second run passed 300 s when two suites shared the cores
+    job = submit(api, "activation-maximization", {**long_maximization(400), "size": 32})
     wait_for(api, job["id"], ("running",), timeout=120, condition=lambda j: (j["progress"] or {}).get("step", 0) >= 1)
     worker.process.terminate()
     worker.process.wait(timeout=30)

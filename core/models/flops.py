@@ -1,25 +1,23 @@
 """What one image's forward pass costs: twice the multiply-adds of its convolutions and matrix
 products, which are nearly all of a CNN's, counted by torch on a forward of the network
-(network_flops), or from an uploaded ONNX graph's inferred shapes (onnx_flops). The explain
+(network_flops), or on a profiled run of an uploaded ONNX graph (onnx_flops). The explain
 budget counts forward passes of EfficientNet-Lite0 at 224 (REFERENCE_FLOPS); a forward of a
 larger model counts as many of those as it costs (relative_cost)."""
 
 from __future__ import annotations
 
-import logging
+import json
 import math
 from pathlib import Path
 
 import torch
 from torch import nn
 
-log = logging.getLogger(__name__)
-
 # EfficientNet-Lite0 at 224, as network_flops counts it (tests/unit/test_flops.py).
 REFERENCE_FLOPS = 770_375_104
-# Initializers of at most this many values keep their data for shape inference (a Reshape's
-# target shape); larger ones, weights, are read by their shape alone.
-_VALUES_KEPT = 64
+# ONNX Runtime's profile takes about 600 bytes a node run (150 KB for EfficientNet-Lite0's 250
+# nodes): this bounds the run onnx_flops reads at about 50,000 node runs.
+MAX_PROFILE_BYTES = 32 * 2**20
 
 
 def network_flops(network: nn.Module, input_size: int) -> int:
@@ -32,47 +30,54 @@ def network_flops(network: nn.Module, input_size: int) -> int:
     return counter.get_total_flops()
 
 
-def onnx_flops(path: Path, input_size: int) -> int | None:
-    """The FLOPs of one image's forward through the ONNX model at `path`, its input
-    1 x 3 x `input_size` x `input_size`; None where shape inference leaves the shape a
-    convolution or matrix product needs unknown."""
-    import onnx
-    from onnx import helper, shape_inference
+def onnx_flops(path: str, input_size: int) -> int | None:
+    """The FLOPs of one image's forward through the ONNX model at `path` (1 x 3 x `input_size`
+    x `input_size`, zeros), from the shapes of the convolutions and matrix products ONNX Runtime
+    ran, unoptimized (the graph's own nodes) and with its profiler on: shapes computed in the
+    graph are known, and a node in a loop counts each time it ran. None where the profile passes
+    MAX_PROFILE_BYTES."""
+    import numpy as np
+    import onnxruntime
 
-    model = onnx.load(str(path), load_external_data=False)
-    graph = model.graph
-    initialized = {tensor.name: list(tensor.dims) for tensor in graph.initializer}
-    weights = [tensor for tensor in graph.initializer if math.prod(tensor.dims) > _VALUES_KEPT]
-    for tensor in weights:
-        graph.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
-        graph.initializer.remove(tensor)
-    image = next(value for value in graph.input if value.name not in initialized)
-    for dimension, size in zip(image.type.tensor_type.shape.dim, (1, 3, input_size, input_size)):
-        dimension.Clear()
-        dimension.dim_value = size
-    inferred = shape_inference.infer_shapes(model, data_prop=True).graph  # data_prop: shapes computed in the graph
-    shapes = dict(initialized)
-    for value in [*inferred.input, *inferred.value_info, *inferred.output]:
-        dims = value.type.tensor_type.shape.dim
-        if all(dimension.HasField("dim_value") for dimension in dims):
-            shapes[value.name] = [dimension.dim_value for dimension in dims]
-    total = 0
-    for node in inferred.node:
-        if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
-            continue
-        first, second, out = (shapes.get(node.input[0]), shapes.get(node.input[1]), shapes.get(node.output[0]))
-        if first is None or second is None or out is None:
-            log.warning("%s: no shape for %s node %r: its FLOPs are not counted", path.name, node.op_type, node.name)
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    options.enable_profiling = True
+    options.profile_file_prefix = str(Path(path).with_name("flops"))
+    options.add_session_config_entry("session.disable_prepacking", "1")  # a packed weight leaves the profile
+    session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    session.run(None, {session.get_inputs()[0].name: np.zeros((1, 3, input_size, input_size), np.float32)})
+    profile = Path(session.end_profiling())
+    try:
+        if profile.stat().st_size > MAX_PROFILE_BYTES:
             return None
-        if node.op_type == "Conv":  # each output value: in-channels / groups x kernel multiply-adds
-            total += 2 * math.prod(out) * math.prod(second[1:])
-        elif node.op_type == "ConvTranspose":  # each input value: out-channels / groups x kernel
-            total += 2 * math.prod(first) * math.prod(second[1:])
-        else:
-            transposed = node.op_type == "Gemm" and any(attribute.name == "transA" and attribute.i
-                                                        for attribute in node.attribute)
-            total += 2 * math.prod(out) * (first[-2] if transposed else first[-1])
+        events = json.loads(profile.read_text())
+    finally:
+        profile.unlink()
+    total = 0
+    for event in events:
+        arguments = event.get("args", {})
+        if event.get("cat") == "Node" and arguments.get("op_name") in _COUNTED:
+            inputs, outputs = ([next(iter(shape.values())) for shape in arguments[key]]
+                               for key in ("input_type_shape", "output_type_shape"))
+            if len(inputs) < 2 or not outputs:
+                raise ValueError(f"ONNX Runtime's profile gives no shapes for {event.get('name')!r}")
+            total += _node_flops(arguments["op_name"], inputs[0], inputs[1], outputs[0])
     return total
+
+
+_COUNTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def _node_flops(op: str, first: list[int], second: list[int], out: list[int]) -> int:
+    if op == "Conv":  # each output value: in-channels / groups x kernel multiply-adds
+        return 2 * math.prod(out) * math.prod(second[1:])
+    if op == "ConvTranspose":  # each input value: out-channels / groups x kernel
+        return 2 * math.prod(first) * math.prod(second[1:])
+    if op == "MatMul":
+        return 2 * math.prod(out) * first[-1]
+    return 2 * math.prod(out) * (math.prod(first) // out[0]) if out[0] else 0  # Gemm: A is M x K, or K x M
 
 
 def relative_cost(flops: int | None) -> float:

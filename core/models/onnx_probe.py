@@ -4,13 +4,16 @@ its own address space at what it has then plus MEMORY_BYTES, so a graph that all
 bound (a ConstantOfShape or Expand to a size written in the file, or one that grows faster than
 the batch) fails here instead of taking the server's memory; the caller kills it at its time
 limit. It runs random images at each batch size of `batches(MAX_BATCH)`, the only sizes serving
-then runs (OnnxPredictor.run_sizes), and prints one JSON line: {"classes"} or {"error"}."""
+then runs (OnnxPredictor.run_sizes), counts one image's FLOPs (flops.onnx_flops), and prints one
+JSON line: {"classes", "flops"} or {"error"}."""
 
 from __future__ import annotations
 
 import json
 import resource
 from typing import Callable
+
+from core.models.flops import MAX_PROFILE_BYTES, onnx_flops
 
 
 # How ONNX Runtime and torch word a failed allocation, in the error a check's step raises.
@@ -60,7 +63,15 @@ def probe(path: str, input_size: int, max_batch: int) -> dict:
     if len(classes) != 1:
         return {"error": f"the number of classes changes with the batch size: {sorted(classes)} for batches of "
                          f"{batches(max_batch)}"}
-    return {"classes": classes.pop()}
+    try:
+        flops = onnx_flops(path, input_size)
+    except Exception as error:
+        return {"error": f"cannot count the model's FLOPs on ONNX Runtime's unoptimized run: {str(error)[:300]}"}
+    if flops is None:
+        return {"error": f"the model runs too many nodes on one image to count its cost: ONNX Runtime's profile of "
+                         f"one image's run passed {MAX_PROFILE_BYTES // 2**20} MiB, about 50,000 nodes run (a CNN "
+                         f"runs a few hundred)"}
+    return {"classes": classes.pop(), "flops": flops}
 
 
 def _address_space_bytes() -> int:

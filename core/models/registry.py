@@ -22,7 +22,7 @@ from core.explain.guided_backprop import guides
 from core.models import catalog, refs, versions
 from core.names import BUILTIN_MODELS, ONNX_ARCHITECTURE
 from core.models.architectures import build_network
-from core.models.flops import network_flops, onnx_flops, relative_cost
+from core.models.flops import network_flops, relative_cost
 from core.models.layers import targetable_maps
 from core.models.onnx_export import (AGREEMENT_TOLERANCE, FP16_AGREEMENT_TOLERANCE, ensure_onnx,
                                      max_logit_difference)
@@ -261,9 +261,12 @@ class ModelRegistry:
         # Uploaded before the sizes were kept: checked at 1, 3 and a GAZER_MAX_BATCH that may
         # since have changed; 1 and 3 are sure (a new upload of the file runs at larger sizes).
         batch_sizes = spec.batch_sizes or (1, 3)
+        if spec.flops is None:
+            log.warning("model %s was uploaded before its FLOPs were counted: its forward counts as "
+                        "EfficientNet-Lite0's in the explain budget until it is uploaded again", spec.ref)
         return LoadedModel(spec, None, OnnxPredictor(onnx_file, self.batching.max_batch, batch_sizes), {},
                            torch.device("cpu"), supported_methods(False, False, gradients=False), [], [], self.batching,
-                           forward_cost=relative_cost(onnx_flops(onnx_file, spec.input_size)))
+                           forward_cost=relative_cost(spec.flops))
 
     def register_network(self, spec: ModelSpec, network: nn.Module, metrics: dict | None = None) -> ModelSpec:
         """Publish a new version of `spec.id` with its ONNX export, unless its torch and ONNX

@@ -42,6 +42,9 @@ class ModelSpec:
     # An uploaded ONNX graph: the batch sizes its check ran, the only ones it is run at
     # (core.models.onnx_probe.batches). None: a graph of ours, run at any size.
     batch_sizes: tuple[int, ...] | None = None
+    # An uploaded ONNX graph: one image's forward's FLOPs, counted by its check (flops.onnx_flops).
+    # None: a network of ours, counted when it loads, or a graph uploaded before the count.
+    flops: int | None = None
 
     @property
     def num_classes(self) -> int:

@@ -552,14 +552,15 @@ def onnx_model(name: str, blob: bytes, labels: list[str] | None, preprocessing: 
     _check_logits_out(model.graph)
     _name_output_logits(model.graph)
     serialized = model.SerializeToString()
-    classes = check_class_count(_check_runs(serialized, input_size, limits), "onnx")
-    spec = _spec(name, ONNX_ARCHITECTURE, _labels(labels, classes), preprocessing, input_size, "", "",
-                 False, f"ONNX classifier uploaded as {name}")
-    return replace(spec, batch_sizes=onnx_probe.batches(limits.max_batch)), serialized
+    classes, flops = _check_runs(serialized, input_size, limits)
+    spec = _spec(name, ONNX_ARCHITECTURE, _labels(labels, check_class_count(classes, "onnx")), preprocessing,
+                 input_size, "", "", False, f"ONNX classifier uploaded as {name}")
+    return replace(spec, batch_sizes=onnx_probe.batches(limits.max_batch), flops=flops), serialized
 
 
-def _check_runs(serialized: bytes, input_size: int, limits: OnnxCheckLimits) -> int:
-    """The number of classes, from runs on random batches (onnx_probe.batches) in a child process
+def _check_runs(serialized: bytes, input_size: int, limits: OnnxCheckLimits) -> tuple[int, int]:
+    """The number of classes, from runs on random batches (onnx_probe.batches), and one image's
+    FLOPs (flops.onnx_flops), in a child process
     capped at `limits.memory_bytes` and killed after `limits.seconds`. The file lies alone in an
     empty folder: no path in it can resolve to anything of ours (checking_process)."""
     memory = f"{limits.memory_bytes / 2**20:.0f} MiB"
@@ -577,4 +578,4 @@ def _check_runs(serialized: bytes, input_size: int, limits: OnnxCheckLimits) -> 
                              f"of {sizes} images (GAZER_ONNX_CHECK_MEMORY_BYTES, GAZER_MAX_BATCH)", field="onnx")
     if error:
         raise InvalidRequest(error, field="onnx")
-    return answer["classes"]
+    return answer["classes"], answer["flops"]

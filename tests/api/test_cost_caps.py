@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 from safetensors.torch import save
 
 from core.memory import training_bytes
+from core.models.architectures import build_network
 from core.models.flops import REFERENCE_FLOPS, network_flops
 from service.app import create_app
 from service.dependencies import MODEL_LOAD_COST
@@ -39,10 +40,10 @@ def photos(count: int) -> list:
 def test_a_larger_models_forward_counts_as_the_reference_forwards_it_costs(tmp_path):
     """The budget counted forwards, whatever they cost: RISE with 50 masks on a ResNet-18 uploaded
     at 1024 px ran 108 s, about 80x what one unit of Lite0's budget buys. A forward of a model now
-    counts as its FLOPs over Lite0's at 224, counted by torch for weights and from the graph for
-    an ONNX file. An app of its own: the session's lists only the built-in models."""
-    with TestClient(base_url="http://localhost", app=create_app(Settings(data_dir=tmp_path / "data")),
-                    raise_server_exceptions=False) as client:
+    counts as its FLOPs over Lite0's at 224, counted by torch for weights and on a run of an ONNX
+    file. An app of its own: the session's lists only the built-in models."""
+    settings = Settings(data_dir=tmp_path / "data", max_batch=4)  # an ONNX upload's check runs batches up to it
+    with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as client:
         torch.manual_seed(0)
         network = torchvision.models.resnet18(num_classes=10).eval()
         weights = save({key: value.contiguous() for key, value in network.state_dict().items()})
@@ -53,18 +54,28 @@ def test_a_larger_models_forward_counts_as_the_reference_forwards_it_costs(tmp_p
                           output_names=["logits"], dynamic_axes={"pixels": {0: "batch"}})
         assert client.post("/v1/models", data={"name": "heavier-onnx", "input_size": 224},
                            files={"onnx": ("m.onnx", exported.read_bytes())}).status_code == 201
+        # A graph that computes its padding sizes (Lite's static padding): shape inference cannot
+        # follow them, and such a graph counted as 1 before its FLOPs were counted on a run.
+        lite = build_network("efficientnet_lite0", 10, 320).eval()
+        torch.onnx.export(lite, (torch.zeros(1, 3, 320, 320),), str(exported), dynamo=False, input_names=["pixels"],
+                          output_names=["logits"], dynamic_axes={"pixels": {0: "batch"}})
+        assert client.post("/v1/models", data={"name": "padded-onnx", "input_size": 320},
+                           files={"onnx": ("m.onnx", exported.read_bytes())}).status_code == 201
         forwards = 2 * 5001  # RISE with 5000 masks on 2 photos: over the budget even on Lite0, so nothing runs
-        costs = {}
-        for model in (MODEL, "heavier", "heavier-onnx"):
+        costs, notes = {}, {}
+        for model in (MODEL, "heavier", "heavier-onnx", "padded-onnx"):
             refused = client.post(f"/v1/models/{model}/explain", files=photos(2),
                                   data={"method": "rise", "masks": 5000})
             assert refused.status_code == 422, refused.text
-            costs[model] = refused.json()["cost"]
-            assert ("counting as 4." in refused.json()["detail"]) == (model != MODEL), refused.json()["detail"]
-        assert costs[MODEL] == forwards
+            costs[model], notes[model] = refused.json()["cost"], refused.json()["detail"]
+        assert costs[MODEL] == forwards and "counting as" not in notes[MODEL]
         scale = network_flops(network, 224) / REFERENCE_FLOPS
         assert 4 < scale < 5 and costs["heavier"] == round(scale * forwards), costs
         assert costs["heavier-onnx"] == pytest.approx(costs["heavier"], rel=0.01), costs
+        assert "counting as 4.7" in notes["heavier"] and "counting as 4.7" in notes["heavier-onnx"], notes
+        padded = network_flops(lite, 320) / REFERENCE_FLOPS
+        assert costs["padded-onnx"] == pytest.approx(padded * forwards, rel=0.01) and "counting as 2.0" in \
+            notes["padded-onnx"], (padded, costs, notes)
 
 
 def test_an_explanation_over_the_budget_is_422_with_its_cost(client):

@@ -120,6 +120,8 @@ class ModelDetail(ModelSummary):
         default_factory=dict, description="the options each of `methods` takes (steps, baseline, ...); "
                                           "an option a method does not take is a 422")
     default_method: str  # what explain runs when a request names no method
+    forward_cost: float = Field(1.0, description="what one forward pass of this model counts for in the explain "
+                                                 "budget, in forward passes of EfficientNet-Lite0 at 224 (at least 1)")
     attention: list[str]
     preprocessing: Preprocessing
     weights_digest: str

@@ -144,7 +144,8 @@ def describe_model(model: ModelDep, registry: RegistryDep) -> wire.ModelDetail:
         **_summary(spec).model_dump(), labels=list(spec.labels), default_layer=spec.cam_layer, layers=list(model.layers),
         methods=model.methods, layer_methods=pipeline.layer_methods(model),
         method_options=pipeline.method_options(model),
-        default_method=pipeline.default_method(model), attention=model.attention,
+        default_method=pipeline.default_method(model), forward_cost=round(model.forward_cost, 2),
+        attention=model.attention,
         weights_digest=spec.weights_digest,
         status=registry.state(spec.ref)["state"],
         # for pixels in 0..1, as an upload gives them (a spec keeps them for 0..255)

@@ -46,9 +46,10 @@ class Settings(SharedSettings):
     decode_on_device: bool = False
     # An uploaded ONNX model's check runs in a child process, batches of 1, 2, 4, ... max_batch
     # images: the address space it may take beyond that process's own, and the seconds before it
-    # is killed (VGG-16 at 224 takes 26 s here, on the one thread the check runs on).
+    # is killed (VGG-16 at 224 takes 49 s here, 13 of them counting its FLOPs, on the one thread
+    # the check runs on).
     onnx_check_memory_bytes: int = Field(4 * 1024**3, ge=64 * 2**20)
-    onnx_check_seconds: float = Field(60.0, gt=0, le=3600)
+    onnx_check_seconds: float = Field(120.0, gt=0, le=3600)
     # An uploaded torch model's check, in a process of its own too (its build, first runs, ONNX
     # export and agreement with ONNX Runtime): the same two caps. ConvNeXt-Large (754 MiB of
     # weights) at 224 needs over 4 GiB: its weights are held as the upload, as tensors, in the

@@ -1,23 +1,26 @@
 """What one image's forward pass costs: twice the multiply-adds of its convolutions and matrix
 products, which are nearly all of a CNN's, counted by torch on a forward of the network
-(network_flops), or on a profiled run of an uploaded ONNX graph (onnx_flops). The explain
+(network_flops), or from the shapes on a run of an uploaded ONNX graph (onnx_flops). The explain
 budget counts forward passes of EfficientNet-Lite0 at 224 (REFERENCE_FLOPS); a forward of a
 larger model counts as many of those as it costs (relative_cost)."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
+import onnx
 import torch
+from onnx import helper
 from torch import nn
 
 # EfficientNet-Lite0 at 224, as network_flops counts it (tests/unit/test_flops.py).
 REFERENCE_FLOPS = 770_375_104
-# ONNX Runtime's profile takes about 600 bytes a node run (150 KB for EfficientNet-Lite0's 250
-# nodes): this bounds the run onnx_flops reads at about 50,000 node runs.
-MAX_PROFILE_BYTES = 32 * 2**20
+# The batch sizes an uploaded graph's FLOPs are counted at: one whose count per image grows
+# between them is refused (onnx_probe), as its cost would grow with the batch.
+COUNTED_BATCHES = (1, 2)
+# Operators that read nothing of their input but its shape.
+_SHAPE_ONLY = {"Shape", "Size"}
 
 
 def network_flops(network: nn.Module, input_size: int) -> int:
@@ -30,54 +33,81 @@ def network_flops(network: nn.Module, input_size: int) -> int:
     return counter.get_total_flops()
 
 
-def onnx_flops(path: str, input_size: int) -> int | None:
-    """The FLOPs of one image's forward through the ONNX model at `path` (1 x 3 x `input_size`
-    x `input_size`, zeros), from the shapes of the convolutions and matrix products ONNX Runtime
-    ran, unoptimized (the graph's own nodes) and with its profiler on: shapes computed in the
-    graph are known, and a node in a loop counts each time it ran. None where the profile passes
-    MAX_PROFILE_BYTES."""
+def onnx_flops(path: str, input_size: int, batches: tuple[int, ...] = (1,)) -> list[int]:
+    """The FLOPs of one forward through the ONNX model at `path` of each of `batches` images (its
+    input `batch` x 3 x `input_size` x `input_size`, zeros), from the shapes of every value on
+    that run: the graph runs, unoptimized, with each value's shape as an extra output, so shapes
+    computed in the graph (padding sizes) are known. A convolution or matrix product (Conv,
+    ConvTranspose, Gemm, MatMul, Einsum) counts twice its multiply-adds, a pooling window or LRN
+    its window's values for each value out, and any other node but Shape and Size one for each
+    value it reads or writes, whichever is more."""
     import numpy as np
     import onnxruntime
 
+    model = onnx.load(path)
+    graph = model.graph
+    nodes = list(graph.node)
+    values = list(dict.fromkeys(name for node in nodes for name in (*node.input, *node.output) if name))
+    taps = [f"gazer.shape.{index}" for index in range(len(values))]
+    graph.node.extend(helper.make_node("Shape", [name], [tap]) for name, tap in zip(values, taps))
+    graph.output.extend(helper.make_tensor_value_info(tap, onnx.TensorProto.INT64, [None]) for tap in taps)
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.intra_op_num_threads = options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    options.enable_profiling = True
-    options.profile_file_prefix = str(Path(path).with_name("flops"))
-    options.add_session_config_entry("session.disable_prepacking", "1")  # a packed weight leaves the profile
-    session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    session.run(None, {session.get_inputs()[0].name: np.zeros((1, 3, input_size, input_size), np.float32)})
-    profile = Path(session.end_profiling())
+    # the weights in a file of their own: serialized with the graph, they took a buffer of the
+    # file's size, past what the check's capped address space had left for a VGG-16
+    tapped, weights = Path(path).with_name("tapped.onnx"), Path(path).with_name("tapped.weights")
     try:
-        if profile.stat().st_size > MAX_PROFILE_BYTES:
-            return None
-        events = json.loads(profile.read_text())
+        onnx.save_model(model, str(tapped), save_as_external_data=True, location=weights.name)
+        del model, graph
+        session = onnxruntime.InferenceSession(str(tapped), options, providers=["CPUExecutionProvider"])
     finally:
-        profile.unlink()
-    total = 0
-    for event in events:
-        arguments = event.get("args", {})
-        if event.get("cat") == "Node" and arguments.get("op_name") in _COUNTED:
-            inputs, outputs = ([next(iter(shape.values())) for shape in arguments[key]]
-                               for key in ("input_type_shape", "output_type_shape"))
-            if len(inputs) < 2 or not outputs:
-                raise ValueError(f"ONNX Runtime's profile gives no shapes for {event.get('name')!r}")
-            total += _node_flops(arguments["op_name"], inputs[0], inputs[1], outputs[0])
-    return total
+        tapped.unlink(missing_ok=True)
+        weights.unlink(missing_ok=True)
+    counts = []
+    for batch in batches:
+        image = np.zeros((batch, 3, input_size, input_size), np.float32)
+        ran = session.run(taps, {session.get_inputs()[0].name: image})
+        shapes = dict(zip(values, (shape.tolist() for shape in ran)))
+        counts.append(sum(_node_flops(node, [shapes[name] for name in node.input if name],
+                                      [shapes[name] for name in node.output if name]) for node in nodes))
+    return counts
 
 
-_COUNTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+def _node_flops(node: onnx.NodeProto, inputs: list[list[int]], outputs: list[list[int]]) -> int:
+    attributes = {attribute.name: helper.get_attribute_value(attribute) for attribute in node.attribute}
+    out = outputs[0] if outputs else []
+    if node.op_type == "Conv":  # each output value: in-channels / groups x kernel multiply-adds
+        return 2 * math.prod(out) * math.prod(inputs[1][1:])
+    if node.op_type == "ConvTranspose":  # each input value: out-channels / groups x kernel
+        return 2 * math.prod(inputs[0]) * math.prod(inputs[1][1:])
+    if node.op_type == "MatMul":
+        return 2 * math.prod(out) * inputs[0][-1]
+    if node.op_type == "Gemm":  # A is M x K, or K x M
+        return 2 * math.prod(out) * (math.prod(inputs[0]) // out[0]) if out[0] else 0
+    if node.op_type == "Einsum":
+        return 2 * math.prod(out) * _summed_size(attributes["equation"].decode(), inputs)
+    if node.op_type in ("MaxPool", "AveragePool"):
+        return math.prod(out) * math.prod(attributes["kernel_shape"])
+    if node.op_type == "LRN":
+        return math.prod(out) * attributes["size"]
+    if node.op_type in _SHAPE_ONLY:
+        return 0
+    return max(sum(math.prod(shape) for shape in inputs), sum(math.prod(shape) for shape in outputs))
 
 
-def _node_flops(op: str, first: list[int], second: list[int], out: list[int]) -> int:
-    if op == "Conv":  # each output value: in-channels / groups x kernel multiply-adds
-        return 2 * math.prod(out) * math.prod(second[1:])
-    if op == "ConvTranspose":  # each input value: out-channels / groups x kernel
-        return 2 * math.prod(first) * math.prod(second[1:])
-    if op == "MatMul":
-        return 2 * math.prod(out) * first[-1]
-    return 2 * math.prod(out) * (math.prod(first) // out[0]) if out[0] else 0  # Gemm: A is M x K, or K x M
+def _summed_size(equation: str, inputs: list[list[int]]) -> int:
+    """The product of the sizes of the indices an Einsum sums over (those not in its output)."""
+    terms, _, result = equation.replace(" ", "").partition("->")
+    sizes: dict[str, int] = {}
+    for term, shape in zip(terms.split(","), inputs):
+        before, _, after = term.partition("...")
+        for letter, size in [*zip(before, shape), *zip(after[::-1], shape[::-1])]:
+            sizes[letter] = max(sizes.get(letter, 1), size)
+    letters = terms.replace(",", "").replace(".", "")
+    kept = set(result) if "->" in equation else {letter for letter in letters if letters.count(letter) == 1}
+    return math.prod(size for letter, size in sizes.items() if letter not in kept)
 
 
 def relative_cost(flops: int | None) -> float:

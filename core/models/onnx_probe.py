@@ -4,8 +4,8 @@ its own address space at what it has then plus MEMORY_BYTES, so a graph that all
 bound (a ConstantOfShape or Expand to a size written in the file, or one that grows faster than
 the batch) fails here instead of taking the server's memory; the caller kills it at its time
 limit. It runs random images at each batch size of `batches(MAX_BATCH)`, the only sizes serving
-then runs (OnnxPredictor.run_sizes), counts one image's FLOPs (flops.onnx_flops), and prints one
-JSON line: {"classes", "flops"} or {"error"}."""
+then runs (OnnxPredictor.run_sizes), counts the FLOPs of one image and of two (flops.onnx_flops:
+more per image for two is refused), and prints one JSON line: {"classes", "flops"} or {"error"}."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import json
 import resource
 from typing import Callable
 
-from core.models.flops import MAX_PROFILE_BYTES, onnx_flops
+from core.models.flops import COUNTED_BATCHES, onnx_flops
 
 
 # How ONNX Runtime and torch word a failed allocation, in the error a check's step raises.
@@ -63,15 +63,17 @@ def probe(path: str, input_size: int, max_batch: int) -> dict:
     if len(classes) != 1:
         return {"error": f"the number of classes changes with the batch size: {sorted(classes)} for batches of "
                          f"{batches(max_batch)}"}
+    del session  # its memory, before the count's session holds the weights again
     try:
-        flops = onnx_flops(path, input_size)
+        counts = onnx_flops(path, input_size, COUNTED_BATCHES)
     except Exception as error:
-        return {"error": f"cannot count the model's FLOPs on ONNX Runtime's unoptimized run: {str(error)[:300]}"}
-    if flops is None:
-        return {"error": f"the model runs too many nodes on one image to count its cost: ONNX Runtime's profile of "
-                         f"one image's run passed {MAX_PROFILE_BYTES // 2**20} MiB, about 50,000 nodes run (a CNN "
-                         f"runs a few hundred)"}
-    return {"classes": classes.pop(), "flops": flops}
+        return {"error": f"cannot count the model's FLOPs: {str(error)[:300]}"}
+    # per image, shape arithmetic (the same at every batch size) makes a larger batch's count a little lower
+    if counts[1] / COUNTED_BATCHES[1] > 1.01 * counts[0]:
+        return {"error": f"the model's FLOPs per image grow with the batch size ({counts[0]:,} for one image, "
+                         f"{counts[1]:,} for {COUNTED_BATCHES[1]}): a graph whose cost grows with the batch is not "
+                         f"served"}
+    return {"classes": classes.pop(), "flops": counts[0]}
 
 
 def _address_space_bytes() -> int:

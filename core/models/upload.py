@@ -117,6 +117,9 @@ def read_state_dict(blob: bytes) -> dict[str, torch.Tensor]:
     # the header, JSON, holds an object per tensor: its braces are structure, which no escape can
     # write (a key can: "data_offset\u0073" is "data_offsets"); braces in names only count more
     header_end = 8 + int.from_bytes(blob[:8], "little")
+    if header_end > len(blob) or blob[8:9] != b"{":  # an ONNX file's bytes read as a length counted its braces
+        raise InvalidRequest("weights are not a .safetensors file (an 8-byte header length, then a JSON header); "
+                             "an ONNX file goes in the onnx field, with no architecture", field="weights")
     if blob.count(b"{", 8, header_end) - 1 > MAX_TENSORS:
         raise InvalidRequest(f"the weights hold over {MAX_TENSORS} tensors: far more than a network's",
                              field="weights")
@@ -429,7 +432,7 @@ _OPERATORS = {
     "GatherND", "Gelu", "Gemm", "GlobalAveragePool", "GlobalLpPool", "GlobalMaxPool", "Greater", "GreaterOrEqual",
     "GroupNormalization", "HardSigmoid", "HardSwish", "Hardmax", "Identity", "InstanceNormalization", "IsInf",
     "IsNaN", "LRN", "LayerNormalization", "LeakyRelu", "Less", "LessOrEqual", "Log", "LogSoftmax",
-    "LpNormalization", "LpPool", "MatMul", "Max", "MaxPool", "Mean", "Min", "Mish", "Mod", "Mul", "Neg", "Not",
+    "LpNormalization", "MatMul", "Max", "MaxPool", "Mean", "Min", "Mish", "Mod", "Mul", "Neg", "Not",
     "Or", "PRelu", "Pad", "Pow", "Range", "Reciprocal", "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp",
     "ReduceMax", "ReduceMean", "ReduceMin", "ReduceProd", "ReduceSum", "ReduceSumSquare", "Relu", "Reshape",
     "Resize", "Round", "Selu", "Shape", "Shrink", "Sigmoid", "Sign", "Size", "Slice", "Softmax", "Softplus",

@@ -169,6 +169,17 @@ def test_weights_of_a_dtype_torch_lacks_are_422(client):
         assert_refused(post_weights(client, blob), 422, "weights", f"a dtype torch cannot load: '{dtype}'")
 
 
+def test_an_onnx_file_sent_as_weights_is_422_pointing_at_the_onnx_field(client, tmp_path):
+    """Its first 8 bytes read as a header length reached past the file, whose braces were then
+    counted as tensors: "the weights hold over 20000 tensors" for any such file over about 5 MB."""
+    exported = tmp_path / "model.onnx"
+    torch.onnx.export(torchvision.models.resnet18(num_classes=4).eval(), (torch.zeros(1, 3, 64, 64),), str(exported),
+                      dynamo=False)
+    assert_refused(post_weights(client, exported.read_bytes()), 422, "weights",
+                   "weights are not a .safetensors file (an 8-byte header length, then a JSON header); an ONNX file "
+                   "goes in the onnx field")
+
+
 def test_half_precision_weights_are_served(client, small_resnet):
     """Float16 and bfloat16 are how weights are often kept; the batch norms' counters stay integers."""
     for dtype in (torch.float16, torch.bfloat16):
@@ -1023,11 +1034,17 @@ def test_the_checks_memory_cap_decides():
 
 
 def test_a_model_whose_memory_grows_faster_than_the_batch_is_measured_at_the_largest_served_batch():
-    """64 KiB x n^2: 0.6 MiB at a batch of 3, 64 MiB at 32 (GAZER_MAX_BATCH), over a 48 MiB cap."""
+    """64 KiB x n^2: 0.6 MiB at a batch of 3, 64 MiB at 32 (GAZER_MAX_BATCH), over a 48 MiB cap.
+    Within the cap (batches up to 8) its cost still grows faster than the batch: its FLOPs per
+    image, counted at 1 and 2 images, are refused (a count at one image served it, charged as
+    one image's whatever the batch it then ran in)."""
     blob = batch_squared_onnx(16384)
     with pytest.raises(InvalidRequest, match="more than 48 MiB of memory"):
         check(blob, memory_bytes=48 * 2**20, max_batch=32)
-    assert check(blob, memory_bytes=48 * 2**20, max_batch=8) == 3
+    with pytest.raises(InvalidRequest, match=r"FLOPs per image grow with the batch size \(.* for one image, "
+                                             r".* for 2\)"):
+        check(blob, memory_bytes=48 * 2**20, max_batch=8)
+    assert check(batch_squared_onnx(1), max_batch=8) == 3  # grows too, by a value an image: within 1%
 
 
 def batch_five_onnx() -> bytes:

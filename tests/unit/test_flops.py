@@ -1,4 +1,4 @@
-"""core.models.flops: a forward's FLOPs, counted by torch and on ONNX Runtime's profiled run."""
+"""core.models.flops: a forward's FLOPs, counted by torch and from the shapes on an ONNX graph's run."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import torch
 import torchvision
 from onnx import TensorProto, helper, numpy_helper
 
-from core.models import flops
 from core.models.architectures import build_network
 from core.models.flops import REFERENCE_FLOPS, network_flops, onnx_flops, relative_cost
 
@@ -27,57 +26,71 @@ def test_the_reference_is_lite0_at_224_as_counted():
 @pytest.mark.parametrize("architecture, size", [("resnet18", 96), ("mobilenet_v3_small", 128), ("efficientnet_b0", 96),
                                                 ("convnext_tiny", 64)])
 def test_an_onnx_graph_counts_what_its_network_does(tmp_path, architecture, size):
-    """ConvNeXt's linear layers are MatMuls on weights that ONNX Runtime packs, which its profile
-    then leaves out: the count's session packs nothing."""
+    """Within 5% (MobileNet-V3-small's activations and squeezes: 3%): the graph's other nodes
+    count a value each, which torch's count leaves out."""
     network = torchvision.models.get_model(architecture, num_classes=10).eval()
-    counted = onnx_flops(export(network, size, tmp_path / "model.onnx"), size)
-    assert counted == pytest.approx(network_flops(network, size), rel=0.01), (counted, network_flops(network, size))
-    assert [path.name for path in tmp_path.iterdir()] == ["model.onnx"]  # the profile is gone
+    counted = onnx_flops(export(network, size, tmp_path / "model.onnx"), size, (1, 2))
+    torch_count = network_flops(network, size)
+    assert torch_count <= counted[0] == pytest.approx(torch_count, rel=0.05), (counted, torch_count)
+    assert counted[1] == pytest.approx(2 * counted[0], rel=1e-4)
+    assert [path.name for path in tmp_path.iterdir()] == ["model.onnx"]
 
 
 def test_padding_sizes_computed_in_the_graph_are_known_on_a_run(tmp_path):
     """Lite's static padding: shape inference could not follow it, so the graph counted as 1."""
     network = build_network("efficientnet_lite0", 10, 320).eval()
-    assert onnx_flops(export(network, 320, tmp_path / "lite0.onnx"), 320) == network_flops(network, 320)
+    counted = onnx_flops(export(network, 320, tmp_path / "lite0.onnx"), 320)[0]
+    assert counted == pytest.approx(network_flops(network, 320), rel=0.02)
 
 
-def looped_convolution(path, times: int) -> str:
-    """A 3 x 3 convolution run `times` times by a Loop, then global pooling and a 3 -> 10 Gemm."""
-    body = helper.make_graph(
-        [helper.make_node("Conv", ["x_in", "w"], ["x_out"], pads=[1, 1, 1, 1]),
-         helper.make_node("Identity", ["go_in"], ["go_out"])], "body",
-        [helper.make_tensor_value_info("step", TensorProto.INT64, []),
-         helper.make_tensor_value_info("go_in", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("x_in", TensorProto.FLOAT, None)],
-        [helper.make_tensor_value_info("go_out", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("x_out", TensorProto.FLOAT, None)])
-    constants = [numpy_helper.from_array(np.ones((3, 3, 3, 3), np.float32) / 27, "w"),
-                 numpy_helper.from_array(np.array(times, np.int64), "times"),
-                 numpy_helper.from_array(np.array(True), "go"),
-                 numpy_helper.from_array(np.ones((10, 3), np.float32), "head")]
-    graph = helper.make_graph(
-        [helper.make_node("Loop", ["times", "go", "pixels"], ["features"], body=body),
-         helper.make_node("ReduceMean", ["features"], ["pooled"], axes=[2, 3], keepdims=0),
-         helper.make_node("Gemm", ["pooled", "head"], ["logits"], transB=1)], "looped",
-        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", 3, 32, 32])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])], constants)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+def graph(path, nodes: list, constants: dict, size: int) -> str:
+    made = helper.make_graph(
+        nodes, "graph", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, size, size])],
+        [helper.make_tensor_value_info(nodes[-1].output[0], TensorProto.FLOAT, ["batch", 10])],
+        [numpy_helper.from_array(value, name) for name, value in constants.items()])
+    model = helper.make_model(made, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     onnx.save(model, str(path))
     return str(path)
 
 
-def test_a_node_in_a_loop_counts_each_time_it_ran(tmp_path):
-    convolution, head = 2 * 32 * 32 * 3 * 27, 2 * 10 * 3
-    assert onnx_flops(looped_convolution(tmp_path / "once.onnx", 1), 32) == convolution + head
-    assert onnx_flops(looped_convolution(tmp_path / "often.onnx", 50), 32) == 50 * convolution + head
+HEAD = {"head": np.ones((10, 64), np.float32)}
+POOLED_HEAD = [helper.make_node("GlobalAveragePool", ["features"], ["pooled"]),
+               helper.make_node("Flatten", ["pooled"], ["flat"]),
+               helper.make_node("Gemm", ["flat", "head"], ["y"], transB=1)]
 
 
-def test_a_run_too_long_to_count_is_none(tmp_path, monkeypatch):
-    path = looped_convolution(tmp_path / "often.onnx", 200)
-    assert onnx_flops(path, 32) is not None
-    monkeypatch.setattr(flops, "MAX_PROFILE_BYTES", 50_000)  # ONNX Runtime's profile of 400 node runs passes it
-    assert onnx_flops(path, 32) is None
+def test_an_einsum_counts_as_the_convolution_it_computes(tmp_path):
+    """A 1x1 convolution written as an Einsum counted as the values it wrote, 1/3 of its work per value."""
+    weights = {"w": np.ones((64, 3, 1, 1), np.float32), "w2": np.ones((64, 3), np.float32), **HEAD}
+    convolution = graph(tmp_path / "conv.onnx", [helper.make_node("Conv", ["x", "w"], ["features"]), *POOLED_HEAD],
+                        weights, 32)
+    einsum = graph(tmp_path / "einsum.onnx", [helper.make_node("Einsum", ["x", "w2"], ["features"],
+                                                               equation="bchw,oc->bohw"), *POOLED_HEAD], weights, 32)
+    assert onnx_flops(einsum, 32) == onnx_flops(convolution, 32)
+    assert onnx_flops(convolution, 32)[0] > 2 * 32 * 32 * 64 * 3
+
+
+def test_a_pooling_window_counts_its_values(tmp_path):
+    weights = {"w": np.ones((64, 3, 1, 1), np.float32), **HEAD}
+    pooled = graph(tmp_path / "pool.onnx", [helper.make_node("Conv", ["x", "w"], ["c"]),
+                                            helper.make_node("MaxPool", ["c"], ["features"], kernel_shape=[15, 15],
+                                                             pads=[7] * 4), *POOLED_HEAD], weights, 32)
+    assert onnx_flops(pooled, 32)[0] >= 64 * 32 * 32 * 15 * 15
+
+
+def test_a_kernel_tiled_by_the_batch_size_counts_more_per_image_in_a_larger_batch(tmp_path):
+    """Tile's repeats may come from the input's shape: its cost per image grows with the batch
+    (onnx_probe refuses it)."""
+    constants = {"w": np.ones((64, 3, 1, 1), np.float32), "ones": np.array([1, 1], np.int64),
+                 "start": np.array([0], np.int64), "end": np.array([1], np.int64), **HEAD}
+    tiled = graph(tmp_path / "tiled.onnx", [
+        helper.make_node("Shape", ["x"], ["shape"]), helper.make_node("Slice", ["shape", "start", "end"], ["batch"]),
+        helper.make_node("Concat", ["ones", "batch", "batch"], ["repeats"], axis=0),
+        helper.make_node("Tile", ["w", "repeats"], ["kernel"]),
+        helper.make_node("Conv", ["x", "kernel"], ["features"], auto_pad="SAME_UPPER"), *POOLED_HEAD], constants, 32)
+    one, two = onnx_flops(tiled, 32, (1, 2))
+    assert two / 2 > 3 * one
 
 
 def test_a_smaller_model_costs_what_the_reference_does():

@@ -233,8 +233,8 @@ def cmd_predict(client: Client, args: argparse.Namespace) -> int:
 # the overlay's format, from the name it is written to; and the name's ending for a format
 OVERLAY_SUFFIXES = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
 OVERLAY_ENDINGS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
-# Client.explain's own arguments: what --option may not name
-EXPLAIN_ARGUMENTS = set(inspect.signature(Client.explain).parameters) - {"self", "options"} | {"overlay_format"}
+# Client.explain's own arguments, and the API's field of the images: what --option may not name
+EXPLAIN_ARGUMENTS = set(inspect.signature(Client.explain).parameters) - {"self", "options"} | {"overlay_format", "file"}
 
 
 STDOUT = "-"  # as -o: standard output
@@ -596,6 +596,10 @@ def job_classes(client: Client, model: str, given: Sequence[str]) -> list[int]:
                          f"the job itself needs only the 'jobs' scope") from None
 
 
+# the job types whose commands here are named otherwise
+JOB_TYPE_OF_COMMAND = {"finetune": "fine-tune", "maximize": "activation-maximization"}
+
+
 def cmd_jobs_ls(client: Client, args: argparse.Namespace) -> int:
     found = client.jobs(args.state, args.type, args.parent)
     rows = [(job.id, job.type, job.state, f"{100 * (job.progress or {}).get('fraction', 0):.0f}%",
@@ -760,6 +764,22 @@ def cmd_models_delete(client: Client, args: argparse.Namespace) -> int:
     client.delete_model(args.ref)
     say(f"model {args.ref} deleted" + ("" if "@" in args.ref else ", every version"))
     return 0
+
+
+class ThreeNumbers(argparse.Action):
+    """Three numbers, as three arguments or as one comma list (as the API takes them)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        parts = [part for value in values for part in value.split(",") if part.strip()]
+        try:
+            numbers = [float(part) for part in parts]
+        except ValueError:
+            numbers = []
+        if len(numbers) != 3:
+            parser.error(f"argument {option_string}: three numbers, as 0.5 0.5 0.5 or 0.5,0.5,0.5; got "
+                         f"{' '.join(values)}")
+        setattr(namespace, self.dest, numbers)
 
 
 def cmd_models_upload(client: Client, args: argparse.Namespace) -> int:
@@ -1038,7 +1058,9 @@ def build_parser() -> argparse.ArgumentParser:
     jobs = group("jobs", "list, show, follow and cancel jobs")
     sub = command(jobs, "ls", cmd_jobs_ls, "list jobs")
     sub.add_argument("--state", default=None, choices=typing.get_args(Job.model_fields["state"].annotation))
-    sub.add_argument("--type", default=None, help="fine-tune, sweep, explain-dataset or activation-maximization")
+    sub.add_argument("--type", default=None, type=lambda given: JOB_TYPE_OF_COMMAND.get(given, given),
+                     help="fine-tune, sweep, explain-dataset or activation-maximization (or the commands' names: "
+                          "finetune, maximize)")
     sub.add_argument("--parent", default=None, metavar="ID", help="the trials of sweep ID")
     sub = command(jobs, "artifacts", cmd_jobs_artifacts, "write the files a finished job made into a folder")
     sub.add_argument("job_id", metavar="ID")
@@ -1076,8 +1098,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--weights", type=Path, default=None, help=".safetensors state dict")
     sub.add_argument("--onnx", type=Path, default=None, help="a self-contained ONNX classifier")
     sub.add_argument("--labels", type=Path, default=None, help="text file, one class name per line")
-    sub.add_argument("--mean", type=float, nargs=3, default=None)
-    sub.add_argument("--std", type=float, nargs=3, default=None)
+    for flag in ("--mean", "--std"):
+        sub.add_argument(flag, nargs="+", action=ThreeNumbers, default=None, metavar="N",
+                         help="three numbers, as 0.5 0.5 0.5 or 0.5,0.5,0.5")
     sub.add_argument("--input-size", type=int, default=None)
     sub.add_argument("--resize-size", type=int, default=None)
     sub.add_argument("--interpolation", choices=("bilinear", "bicubic"), default=None)

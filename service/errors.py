@@ -62,7 +62,7 @@ def gazer_error_response(error: errors.GazerError) -> JSONResponse:
 async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
     messages: dict[str, list[str]] = {}  # a union's members each refuse the value: one field, their words joined
     for item in error.errors():
-        messages.setdefault(_field_name(item), []).append(item["msg"])
+        messages.setdefault(_field_name(item), []).append(_message(item))
     field_errors = [FieldError(field=field, message=_either(said)) for field, said in messages.items()]
     detail = "; ".join(f"{item.field}: {item.message}" for item in field_errors)
     return problem_response(422, "validation-error", detail, field_errors)
@@ -82,6 +82,12 @@ def _field_name(item: dict) -> str:
     return ".".join(part for part in inside if not _UNION_MEMBER.fullmatch(part))
 
 
+def _message(item: dict) -> str:
+    if "Expected UploadFile" in item["msg"]:  # a text part where a file belongs: `-F file=x`, not `-F file=@x`
+        return f"must be a file, sent as a file part (curl: -F {_field_name(item).split('.')[0]}=@PATH), not as text"
+    return item["msg"]
+
+
 def _either(messages: list[str]) -> str:
     """"Input should be a finite number", "Input should be 'auto'" -> "... a finite number, or 'auto'"."""
     first, *others = messages
@@ -94,7 +100,10 @@ async def _http_error(request: Request, error: StarletteHTTPException) -> JSONRe
     # the two that the body limits raise as HTTPExceptions, while the body is read
     code = {errors.PayloadTooLarge.status: errors.PayloadTooLarge.code, errors.StorageFull.status: errors.StorageFull.code
             }.get(error.status_code) or TITLES.get(error.status_code, "http-error").lower().replace(" ", "-")
-    response = problem_response(error.status_code, code, str(error.detail))
+    detail = str(error.detail)
+    if error.status_code == 404 and detail == "Not Found":  # Starlette's router: no route has the path
+        detail = f"no route is at {request.url.path[:200]} (the API's paths start with /v1/: see /docs)"
+    response = problem_response(error.status_code, code, detail)
     response.headers.update(error.headers or {})
     if error.status_code == 405 and (allowed := _documented_methods(request)):
         response.headers["allow"] = allowed  # Starlette names only the first matching route's methods

@@ -299,6 +299,22 @@ def test_missing_file_is_422(client):
     assert body["errors"][0]["field"].endswith("file")
 
 
+def test_a_file_field_sent_as_text_is_422_saying_how_to_send_a_file(client):
+    """`curl -F file=cat.jpg` (no @) sends the text: pydantic's words were "Expected UploadFile,
+    received: <class 'str'>"."""
+    for path, field in ((PREDICT, "file"), ("/v1/models", "onnx"), ("/v1/datasets", "file")):
+        body = assert_problem(client.post(path, data={field: "cat.jpg", "name": "text-sent"} if path != PREDICT
+                                          else {field: "cat.jpg"}), 422, "validation-error")
+        assert f"must be a file, sent as a file part (curl: -F {field}=@PATH), not as text" in body["detail"], body
+
+
+def test_a_path_no_route_has_is_404_naming_it(client):
+    """A client given the URL with /v1 at its end asked for /v1/v1/models: Starlette's "Not Found"."""
+    body = assert_problem(client.get("/v1/v1/models"), 404, "not-found")
+    assert body["detail"] == "no route is at /v1/v1/models (the API's paths start with /v1/: see /docs)", body
+    assert len(assert_problem(client.get("/" + "x" * 5000), 404, "not-found")["detail"]) < 300
+
+
 def test_png_answer_needs_exactly_one_file(client):
     response = client.post(EXPLAIN, files=[upload(encode(chelsea()))] * 2, headers={"Accept": "image/png"})
     assert_problem(response, 422, "invalid-request")

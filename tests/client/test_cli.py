@@ -207,7 +207,7 @@ def test_explain_and_compare_refuse_what_they_cannot_write_and_options_that_are_
     for args in (["explain", str(photos["chelsea"])], ["compare", str(photos["chelsea"]), "--methods", "cam"]):
         refused = gazer_cli(live, *args, "-o", str(tmp_path / "x.png"), "--format", "jpeg")  # JPEG in x.png was
         assert refused.returncode != 0 and "names a PNG file and --format says jpeg" in refused.stderr, refused.stderr
-    for option in ("outputs=map", "method=saliency", "overlay_format=png"):
+    for option in ("outputs=map", "method=saliency", "overlay_format=png", "file=x"):
         refused = gazer_cli(live, "explain", str(photos["chelsea"]), "--option", option, "-o", str(tmp_path / "x.png"))
         assert refused.returncode != 0 and "is for a method's own options" in refused.stderr, refused.stderr
         assert "Traceback" not in refused.stderr
@@ -367,6 +367,9 @@ def test_ctrl_c_leaves_the_job_running_and_says_how_to_cancel(live, gazer, datas
     assert job.state in ("queued", "running") and not job.cancel_requested
 
     assert gazer_cli(live, "jobs", "ls").stdout.count(job_id) == 1
+    for named in ("finetune", "fine-tune"):  # the command's name, or the API's
+        assert gazer_cli(live, "jobs", "ls", "--type", named).stdout.count(job_id) == 1
+    assert job_id not in gazer_cli(live, "jobs", "ls", "--type", "maximize").stdout
     cancelled = gazer_cli(live, "jobs", "cancel", job_id)
     assert cancelled.returncode == 0 and job_id in cancelled.stdout
     assert gazer.wait(job_id, timeout=120).state == "cancelled"
@@ -399,6 +402,21 @@ def test_a_boolean_field_is_a_bare_flag_and_help_names_the_built_in_url():
     shown = subprocess.run([sys.executable, "-m", "gazer", "--help"], capture_output=True, text=True, timeout=60,
                            env={**os.environ, "GAZER_URL": "http://elsewhere:9"})
     assert "default $GAZER_URL, else http://127.0.0.1:8000" in " ".join(shown.stdout.split()), shown.stdout
+
+
+def test_mean_and_std_take_three_numbers_as_arguments_or_as_the_apis_comma_list(capsys):
+    from gazer.cli import build_parser
+
+    def parsed(*flags: str):
+        found = build_parser().parse_args(["models", "upload", "mine", "--onnx", "m.onnx", *flags])
+        return found.mean, found.std
+
+    assert parsed("--mean", "0.5", "0.4", "0.3", "--std", "0.2,0.2,0.2") == ([0.5, 0.4, 0.3], [0.2, 0.2, 0.2])
+    assert parsed("--mean", "0.5,", "0.4,", "0.3") == ([0.5, 0.4, 0.3], None) and parsed() == (None, None)
+    for wrong in (["0.5,0.5"], ["0.5", "a", "0.5"]):
+        with pytest.raises(SystemExit):
+            parsed("--std", *wrong)
+        assert "argument --std: three numbers, as 0.5 0.5 0.5 or 0.5,0.5,0.5" in capsys.readouterr().err
 
 
 def test_a_refusals_long_list_of_valid_values_is_cut_short(live, photos):

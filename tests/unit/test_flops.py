@@ -71,6 +71,19 @@ def test_an_einsum_counts_as_the_convolution_it_computes(tmp_path):
     assert onnx_flops(convolution, 32)[0] > 2 * 32 * 32 * 64 * 3
 
 
+def test_a_graph_whose_names_are_the_taps_own_counts_the_same(tmp_path):
+    """A value or an unused initializer named as a tap was a duplicate name: the count failed."""
+    weights = {"w": np.ones((64, 3, 1, 1), np.float32), **HEAD}
+    plain = graph(tmp_path / "plain.onnx", [helper.make_node("Conv", ["x", "w"], ["features"]), *POOLED_HEAD],
+                  weights, 32)
+    named = graph(tmp_path / "named.onnx", [helper.make_node("Conv", ["x", "w"], ["gazer.shape.0"]),
+                                            helper.make_node("Identity", ["gazer.shape.0"], ["features"]),
+                                            *POOLED_HEAD], {**weights, "gazer.shape.1": np.ones(1, np.float32)}, 32)
+    identity = 64 * 32 * 32
+    assert onnx_flops(named, 32, (1, 2)) == [count + batch * identity
+                                             for count, batch in zip(onnx_flops(plain, 32, (1, 2)), (1, 2))]
+
+
 def test_a_pooling_window_counts_its_values(tmp_path):
     weights = {"w": np.ones((64, 3, 1, 1), np.float32), **HEAD}
     pooled = graph(tmp_path / "pool.onnx", [helper.make_node("Conv", ["x", "w"], ["c"]),

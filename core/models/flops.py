@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
-import onnx
 import torch
-from onnx import helper
 from torch import nn
 
 # EfficientNet-Lite0 at 224, as network_flops counts it (tests/unit/test_flops.py).
@@ -42,7 +41,9 @@ def onnx_flops(path: str, input_size: int, batches: tuple[int, ...] = (1,)) -> l
     its window's values for each value out, and any other node but Shape and Size one for each
     value it reads or writes, whichever is more."""
     import numpy as np
+    import onnx
     import onnxruntime
+    from onnx import helper
 
     model = onnx.load(path)
     graph = model.graph
@@ -79,34 +80,36 @@ def onnx_flops(path: str, input_size: int, batches: tuple[int, ...] = (1,)) -> l
     finally:
         tapped.unlink(missing_ok=True)
         weights.unlink(missing_ok=True)
+    attributes = [{attribute.name: helper.get_attribute_value(attribute) for attribute in node.attribute}
+                  for node in nodes]
     counts = []
     for batch in batches:
         image = np.zeros((batch, 3, input_size, input_size), np.float32)
         ran = session.run(list(taps.values()), {session.get_inputs()[0].name: image})
         shapes = dict(zip(values, (shape.tolist() for shape in ran)))
-        counts.append(sum(_node_flops(node, [shapes[name] for name in node.input if name],
-                                      [shapes[name] for name in node.output if name]) for node in nodes))
+        counts.append(sum(_node_flops(node.op_type, given, [shapes[name] for name in node.input if name],
+                                      [shapes[name] for name in node.output if name])
+                          for node, given in zip(nodes, attributes)))
     return counts
 
 
-def _node_flops(node: onnx.NodeProto, inputs: list[list[int]], outputs: list[list[int]]) -> int:
-    attributes = {attribute.name: helper.get_attribute_value(attribute) for attribute in node.attribute}
+def _node_flops(op: str, attributes: dict[str, Any], inputs: list[list[int]], outputs: list[list[int]]) -> int:
     out = outputs[0] if outputs else []
-    if node.op_type == "Conv":  # each output value: in-channels / groups x kernel multiply-adds
+    if op == "Conv":  # each output value: in-channels / groups x kernel multiply-adds
         return 2 * math.prod(out) * math.prod(inputs[1][1:])
-    if node.op_type == "ConvTranspose":  # each input value: out-channels / groups x kernel
+    if op == "ConvTranspose":  # each input value: out-channels / groups x kernel
         return 2 * math.prod(inputs[0]) * math.prod(inputs[1][1:])
-    if node.op_type == "MatMul":
+    if op == "MatMul":
         return 2 * math.prod(out) * inputs[0][-1]
-    if node.op_type == "Gemm":  # A is M x K, or K x M
+    if op == "Gemm":  # A is M x K, or K x M
         return 2 * math.prod(out) * (math.prod(inputs[0]) // out[0]) if out[0] else 0
-    if node.op_type == "Einsum":
+    if op == "Einsum":
         return 2 * math.prod(out) * _summed_size(attributes["equation"].decode(), inputs)
-    if node.op_type in ("MaxPool", "AveragePool"):
+    if op in ("MaxPool", "AveragePool"):
         return math.prod(out) * math.prod(attributes["kernel_shape"])
-    if node.op_type == "LRN":
+    if op == "LRN":
         return math.prod(out) * attributes["size"]
-    if node.op_type in _SHAPE_ONLY:
+    if op in _SHAPE_ONLY:
         return 0
     return max(sum(math.prod(shape) for shape in inputs), sum(math.prod(shape) for shape in outputs))
 

@@ -563,9 +563,9 @@ def onnx_model(name: str, blob: bytes, labels: list[str] | None, preprocessing: 
 
 def _check_runs(serialized: bytes, input_size: int, limits: OnnxCheckLimits) -> tuple[int, int]:
     """The number of classes, from runs on random batches (onnx_probe.batches), and one image's
-    FLOPs (flops.onnx_flops), in a child process
-    capped at `limits.memory_bytes` and killed after `limits.seconds`. The file lies alone in an
-    empty folder: no path in it can resolve to anything of ours (checking_process)."""
+    FLOPs (flops.onnx_flops), in a child process capped at `limits.memory_bytes` and killed after
+    `limits.seconds`. The file lies alone in an empty folder: no path in it can resolve to
+    anything of ours (checking_process)."""
     memory = f"{limits.memory_bytes / 2**20:.0f} MiB"
     *fewer, most = onnx_probe.batches(limits.max_batch)
     sizes = f"{', '.join(map(str, fewer))} and {most}" if fewer else str(most)

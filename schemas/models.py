@@ -121,7 +121,9 @@ class ModelDetail(ModelSummary):
                                           "an option a method does not take is a 422")
     default_method: str  # what explain runs when a request names no method
     forward_cost: float = Field(1.0, description="what one forward pass of this model counts for in the explain "
-                                                 "budget, in forward passes of EfficientNet-Lite0 at 224 (at least 1)")
+                                                 "budget, in forward passes of EfficientNet-Lite0 at 224 (at least "
+                                                 "1): its FLOPs over Lite0's, or for an uploaded ONNX file the most "
+                                                 "an image took on its check's runs over Lite0's time, where more")
     attention: list[str]
     preprocessing: Preprocessing
     weights_digest: str

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Callable
 
 import pytest
 from fastapi.testclient import TestClient
 
+from core.models.onnx_export import reference_onnx
 from core.storage import Storage
 from infra.embedded_redis import EmbeddedRedis
 from service.app import create_app
@@ -23,6 +25,12 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("gazer-data")
+
+
+@pytest.fixture(scope="session")
+def timing_reference(data_dir) -> Path:
+    """What an ONNX upload's check times its runs against, exported once into the session's cache."""
+    return reference_onnx(Storage(data_dir).onnx_cache)
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,8 @@
 products, which are nearly all of a CNN's, counted by torch on a forward of the network
 (network_flops), or from the shapes on a run of an uploaded ONNX graph (onnx_flops). The explain
 budget counts forward passes of EfficientNet-Lite0 at 224 (REFERENCE_FLOPS); a forward of a
-larger model counts as many of those as it costs (relative_cost)."""
+larger model counts as many of those as it costs (relative_cost): for an uploaded ONNX graph, as
+many as its FLOPs or its time on the check's runs (relative_time), whichever is more."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-# EfficientNet-Lite0 at 224, as network_flops counts it (tests/unit/test_flops.py).
+REFERENCE_ARCHITECTURE, REFERENCE_INPUT_SIZE = "efficientnet_lite0", 224
+# The reference, as network_flops counts it (tests/unit/test_flops.py).
 REFERENCE_FLOPS = 770_375_104
 # The batch sizes an uploaded graph's FLOPs are counted at: one whose count per image grows
 # between them is refused (onnx_probe), as its cost would grow with the batch.
@@ -127,7 +129,8 @@ def _summed_size(equation: str, inputs: list[list[int]]) -> int:
     return math.prod(size for letter, size in sizes.items() if letter not in kept)
 
 
-def relative_cost(flops: int | None) -> float:
-    """A forward pass of `flops` in forward passes of the reference, at least 1 (and 1 where
-    unknown): a smaller model's explanations cost what Lite0's do."""
-    return max(1.0, (flops or 0) / REFERENCE_FLOPS)
+def relative_cost(flops: int | None, time_ratio: float | None = None) -> float:
+    """A forward pass of `flops` in forward passes of the reference, or `time_ratio` (an uploaded
+    graph's time over the reference's) where that is more, at least 1 (and 1 where unknown): a
+    smaller model's explanations cost what Lite0's do."""
+    return max(1.0, (flops or 0) / REFERENCE_FLOPS, time_ratio or 0.0)

@@ -9,12 +9,15 @@ import tempfile
 import threading
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
 from core.explain.base import capture
+from core.models.architectures import build_network
+from core.models.flops import REFERENCE_ARCHITECTURE, REFERENCE_INPUT_SIZE
 from core.models.spec import ModelSpec
 
 AGREEMENT_TOLERANCE = 1e-4  # times max(1, the largest |logit|)
@@ -59,18 +62,33 @@ def ensure_onnx(network: nn.Module, spec: ModelSpec, cache_dir: Path, half: bool
     """Return the cached ONNX file for this spec's weights (computing in float16 when `half`),
     exporting it first if needed."""
     path = onnx_path(cache_dir, spec, half)
-    if path.exists():
-        return path
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=cache_dir, suffix=".onnx.partial")
+    if not path.exists():
+        _export_to(path, lambda temporary: export_onnx(network, spec.input_size, temporary, half))
+    return path
+
+
+def reference_onnx(cache_dir: Path) -> Path:
+    """The explain budget's reference network (flops.REFERENCE_ARCHITECTURE) as ONNX Runtime serves
+    it, exported once, with random weights (a run's time does not depend on them): what an
+    uploaded ONNX graph's check times its runs against (relative_time)."""
+    path = cache_dir / f"reference-{REFERENCE_ARCHITECTURE}-{REFERENCE_INPUT_SIZE}.onnx"
+    if not path.exists():
+        network = build_network(REFERENCE_ARCHITECTURE, 1000, REFERENCE_INPUT_SIZE).eval()
+        _export_to(path, lambda temporary: export_onnx(network, REFERENCE_INPUT_SIZE, temporary))
+    return path
+
+
+def _export_to(path: Path, export: Callable[[Path], None]) -> None:
+    """`export` to a file beside `path`, renamed to it once complete."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".onnx.partial")
     os.close(handle)
     try:
-        export_onnx(network, spec.input_size, Path(temporary), half)
+        export(Path(temporary))
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
-    return path
 
 
 # torch's ONNX exporter keeps its state in globals, and catch_warnings swaps the process's filters:

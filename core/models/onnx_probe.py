@@ -1,19 +1,23 @@
 """An uploaded ONNX classifier's first runs, in a process of its own (checking_process):
-`main([FILE, INPUT_SIZE, MAX_BATCH, MEMORY_BYTES], receive)`. Before it loads the model it caps
-its own address space at what it has then plus MEMORY_BYTES, so a graph that allocates without
-bound (a ConstantOfShape or Expand to a size written in the file, or one that grows faster than
-the batch) fails here instead of taking the server's memory; the caller kills it at its time
+`main([FILE, INPUT_SIZE, MAX_BATCH, MEMORY_BYTES, REFERENCE], receive)`. Before it loads the model
+it caps its own address space at what it has then plus MEMORY_BYTES, so a graph that allocates
+without bound (a ConstantOfShape or Expand to a size written in the file, or one that grows faster
+than the batch) fails here instead of taking the server's memory; the caller kills it at its time
 limit. It runs random images at each batch size of `batches(MAX_BATCH)`, the only sizes serving
-then runs (OnnxPredictor.run_sizes), counts the FLOPs of one image and of two (flops.onnx_flops:
-more per image for two is refused), and prints one JSON line: {"classes", "flops"} or {"error"}."""
+then runs (OnnxPredictor.run_sizes), timing each size against the REFERENCE ONNX file
+(relative_time), counts the FLOPs of one image and of two (flops.onnx_flops: more per image for
+two is refused), and prints one JSON line: {"classes", "flops", "time_ratio"} or {"error"}.
+`time_ratio`: the most an image took at any size, over what one of the reference took at it."""
 
 from __future__ import annotations
 
+import functools
 import json
 import resource
 from typing import Callable
 
 from core.models.flops import COUNTED_BATCHES, onnx_flops
+from core.models.relative_time import Reference, seconds_per_run, user_seconds
 
 
 # How ONNX Runtime and torch word a failed allocation, in the error a check's step raises.
@@ -29,7 +33,7 @@ def batches(max_batch: int) -> tuple[int, ...]:
     return tuple(sorted({2**power for power in range(max_batch.bit_length()) if 2**power < max_batch} | {max_batch}))
 
 
-def probe(path: str, input_size: int, max_batch: int) -> dict:
+def probe(path: str, input_size: int, max_batch: int, reference: Reference) -> dict:
     import numpy as np
     import onnxruntime
 
@@ -40,11 +44,14 @@ def probe(path: str, input_size: int, max_batch: int) -> dict:
         session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises its own exception types
         return {"error": f"ONNX Runtime cannot load the model: {str(error)[:300]}"}
-    classes = set()
+    classes, time_ratio = set(), 0.0
     for batch in batches(max_batch):
         example = np.random.default_rng(0).uniform(-1, 1, (batch, 3, input_size, input_size)).astype(np.float32)
+        run = functools.partial(session.run, ["logits"], {session.get_inputs()[0].name: example})
         try:
-            logits = session.run(["logits"], {session.get_inputs()[0].name: example})[0]
+            start = user_seconds()
+            logits = run()[0]
+            seconds = seconds_per_run(run, user_seconds() - start)
         except Exception as error:
             return {"error": f"ONNX Runtime cannot run the model on a batch of {batch} at {input_size}x{input_size}: "
                              f"{str(error)[:300]}"}
@@ -60,6 +67,7 @@ def probe(path: str, input_size: int, max_batch: int) -> dict:
                              "logits: they would be served through softmax again; export the network without its "
                              "final softmax (logits out)"}
         classes.add(logits.shape[1])
+        time_ratio = max(time_ratio, seconds / batch / reference.seconds_per_image(batch))
     if len(classes) != 1:
         return {"error": f"the number of classes changes with the batch size: {sorted(classes)} for batches of "
                          f"{batches(max_batch)}"}
@@ -73,7 +81,7 @@ def probe(path: str, input_size: int, max_batch: int) -> dict:
         return {"error": f"the model's FLOPs per image grow with the batch size ({counts[0]:,} for one image, "
                          f"{counts[1]:,} for {COUNTED_BATCHES[1]}): a graph whose cost grows with the batch is not "
                          f"served"}
-    return {"classes": classes.pop(), "flops": counts[0]}
+    return {"classes": classes.pop(), "flops": counts[0], "time_ratio": round(time_ratio, 2)}
 
 
 def _address_space_bytes() -> int:
@@ -100,12 +108,11 @@ def cap_memory(memory_bytes: int) -> None:
 def main(argv: list[str], receive: Callable[[], bytes]) -> None:
     """`receive`: unused, the model is FILE."""
     path, input_size, max_batch, memory_bytes = argv[0], int(argv[1]), int(argv[2]), int(argv[3])
-    import numpy  # noqa: F401  (imported before the cap, like onnxruntime: their own size is not the model's)
-    import onnxruntime  # noqa: F401
+    reference = Reference(argv[4], max_batch)  # before the cap, like numpy and onnxruntime: not the model's
 
     cap_memory(memory_bytes)
     try:
-        answer = probe(path, input_size, max_batch)
+        answer = probe(path, input_size, max_batch, reference)
     except MemoryError:
         answer = {"error": "memory"}
     print(json.dumps(answer), flush=True)

@@ -266,7 +266,7 @@ class ModelRegistry:
                         "EfficientNet-Lite0's in the explain budget until it is uploaded again", spec.ref)
         return LoadedModel(spec, None, OnnxPredictor(onnx_file, self.batching.max_batch, batch_sizes), {},
                            torch.device("cpu"), supported_methods(False, False, gradients=False), [], [], self.batching,
-                           forward_cost=relative_cost(spec.flops))
+                           forward_cost=relative_cost(spec.flops, spec.time_ratio))
 
     def register_network(self, spec: ModelSpec, network: nn.Module, metrics: dict | None = None) -> ModelSpec:
         """Publish a new version of `spec.id` with its ONNX export, unless its torch and ONNX

@@ -45,6 +45,9 @@ class ModelSpec:
     # An uploaded ONNX graph: one image's forward's FLOPs, counted by its check (flops.onnx_flops).
     # None: a network of ours, counted when it loads, or a graph uploaded before the count.
     flops: int | None = None
+    # An uploaded ONNX graph: the most an image took at any size its check ran, over what one of
+    # the explain budget's reference took at that size (relative_time). None: as for `flops`.
+    time_ratio: float | None = None
 
     @property
     def num_classes(self) -> int:

@@ -516,8 +516,10 @@ def _name_output_logits(graph) -> None:
 
 
 def onnx_model(name: str, blob: bytes, labels: list[str] | None, preprocessing: Preprocessing,
-               limits: OnnxCheckLimits) -> tuple[ModelSpec, bytes]:
-    """A checked ONNX classifier (its first output renamed `logits`) and its spec."""
+               limits: OnnxCheckLimits, reference: Path) -> tuple[ModelSpec, bytes]:
+    """A checked ONNX classifier (its first output renamed `logits`) and its spec. `reference`:
+    the explain budget's reference as ONNX (onnx_export.reference_onnx), which the check's runs
+    are timed against."""
     import onnx
 
     check_model_name(name)
@@ -555,30 +557,33 @@ def onnx_model(name: str, blob: bytes, labels: list[str] | None, preprocessing: 
     _check_logits_out(model.graph)
     _name_output_logits(model.graph)
     serialized = model.SerializeToString()
-    classes, flops = _check_runs(serialized, input_size, limits)
-    spec = _spec(name, ONNX_ARCHITECTURE, _labels(labels, check_class_count(classes, "onnx")), preprocessing,
-                 input_size, "", "", False, f"ONNX classifier uploaded as {name}")
-    return replace(spec, batch_sizes=onnx_probe.batches(limits.max_batch), flops=flops), serialized
+    answer = _check_runs(serialized, input_size, limits, reference)
+    spec = _spec(name, ONNX_ARCHITECTURE, _labels(labels, check_class_count(answer["classes"], "onnx")),
+                 preprocessing, input_size, "", "", False, f"ONNX classifier uploaded as {name}")
+    return replace(spec, batch_sizes=onnx_probe.batches(limits.max_batch), flops=answer["flops"],
+                   time_ratio=answer["time_ratio"]), serialized
 
 
-def _check_runs(serialized: bytes, input_size: int, limits: OnnxCheckLimits) -> tuple[int, int]:
-    """The number of classes, from runs on random batches (onnx_probe.batches), and one image's
-    FLOPs (flops.onnx_flops), in a child process capped at `limits.memory_bytes` and killed after
-    `limits.seconds`. The file lies alone in an empty folder: no path in it can resolve to
-    anything of ours (checking_process)."""
+def _check_runs(serialized: bytes, input_size: int, limits: OnnxCheckLimits, reference: Path) -> dict:
+    """onnx_probe's answer: the number of classes, from runs on random batches (onnx_probe.batches)
+    timed against the `reference` ONNX file (time_ratio), and one image's FLOPs (flops.onnx_flops),
+    from a child process capped at `limits.memory_bytes` and killed after `limits.seconds`. The
+    file lies alone in an empty folder: no path in it can resolve to anything of ours
+    (checking_process)."""
     memory = f"{limits.memory_bytes / 2**20:.0f} MiB"
     *fewer, most = onnx_probe.batches(limits.max_batch)
     sizes = f"{', '.join(map(str, fewer))} and {most}" if fewer else str(most)
     with tempfile.TemporaryDirectory() as folder:
         (Path(folder) / "model.onnx").write_bytes(serialized)
-        answer = child_answer([onnx_probe.__name__, "model.onnx", str(input_size), str(limits.max_batch),
-                                str(limits.memory_bytes)], Path(folder), Path(folder), limits.seconds, "onnx",
-                               "the ONNX check", too_long=f"ONNX Runtime took longer than {limits.seconds:g} s on "
-                                                          f"batches of {sizes} images (GAZER_ONNX_CHECK_SECONDS)")
+        argv = [onnx_probe.__name__, "model.onnx", str(input_size), str(limits.max_batch), str(limits.memory_bytes),
+                str(reference)]
+        answer = child_answer(argv, Path(folder), Path(folder), limits.seconds, "onnx", "the ONNX check",
+                              too_long=f"ONNX Runtime took longer than {limits.seconds:g} s on batches of {sizes} "
+                                       f"images (GAZER_ONNX_CHECK_SECONDS)")
     error = answer.get("error", "")
     if error == "memory" or any(words in error for words in onnx_probe.OUT_OF_MEMORY_WORDS):
         raise InvalidRequest(f"ONNX Runtime needed more than {memory} of memory to load the model and run batches "
                              f"of {sizes} images (GAZER_ONNX_CHECK_MEMORY_BYTES, GAZER_MAX_BATCH)", field="onnx")
     if error:
         raise InvalidRequest(error, field="onnx")
-    return answer["classes"], answer["flops"]
+    return answer

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -12,7 +13,8 @@ from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFil
 from starlette.concurrency import run_in_threadpool
 
 from core.errors import InvalidRequest, PayloadTooLarge
-from core.models import upload, versions
+from core.models import refs, upload, versions
+from core.models.onnx_export import reference_onnx
 from core.models.refs import parse_ref
 from core.names import BUILTIN_MODELS
 from core.models.spec import ModelSpec
@@ -123,13 +125,22 @@ async def upload_model(
         def register(blob: bytes) -> ModelSpec:
             limits = upload.OnnxCheckLimits(settings.onnx_check_memory_bytes, settings.onnx_check_seconds,
                                             settings.max_batch)
-            spec, checked = upload.onnx_model(name, blob, class_names, preprocessing, limits)
-            return registry.register_onnx(spec, checked)
+            reference = reference_onnx(registry.storage.onnx_cache)
+            spec, checked = upload.onnx_model(name, blob, class_names, preprocessing, limits, reference)
+            return registry.register_onnx(labelled(spec), checked)
     else:
         def register(blob: bytes) -> ModelSpec:
             limits = upload.WeightsCheckLimits(settings.weights_check_memory_bytes, settings.weights_check_seconds)
-            return registry.register_checked(name, lambda staging: upload.checked_torch_model(
-                staging, name, architecture, blob, class_names, preprocessing, cam_layer, limits))
+            return registry.register_checked(name, lambda staging: labelled(upload.checked_torch_model(
+                staging, name, architecture, blob, class_names, preprocessing, cam_layer, limits)))
+
+    def labelled(spec: ModelSpec) -> ModelSpec:
+        """Sent without labels, a version keeps the newest earlier version's, where it has as many classes."""
+        earlier = refs.versions(registry.storage.models, name)
+        if class_names is not None or not earlier:
+            return spec
+        kept = registry.spec(f"{name}@{max(earlier)}").labels
+        return replace(spec, labels=kept) if len(kept) == spec.num_classes else spec
 
     model_file, field = (onnx, "onnx") if onnx is not None else (weights, "weights")
     mark = await run_in_threadpool(_claim, caller, registry.storage, queue, name, settings)

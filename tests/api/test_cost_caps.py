@@ -73,13 +73,17 @@ def test_a_larger_models_forward_counts_as_the_reference_forwards_it_costs(tmp_p
         assert 4 < scale < 5 and costs["heavier"] == round(scale * forwards), costs
         assert costs["heavier-onnx"] == pytest.approx(costs["heavier"], rel=0.01), costs
         assert "counting as 4.7" in notes["heavier"] and "counting as 4.7" in notes["heavier-onnx"], notes
-        padded = network_flops(lite, 320) / REFERENCE_FLOPS
-        # the graph's other nodes count a value each (1.5% more here), which torch's count leaves out
-        assert costs["padded-onnx"] == pytest.approx(padded * forwards, rel=0.03), (padded, costs)
-        assert f"counting as {costs['padded-onnx'] / forwards:.1f}" in notes["padded-onnx"], notes
         described = {model: client.get(f"/v1/models/{model}").json()["forward_cost"] for model in costs}
-        assert described == {MODEL: 1.0, "heavier": round(scale, 2), "heavier-onnx": pytest.approx(scale, abs=0.05),
-                             "padded-onnx": pytest.approx(padded, rel=0.03)}, described
+        assert described[MODEL] == 1.0 and described["heavier"] == round(scale, 2), described
+        # ResNet-18 takes 2.3-3.3x Lite0's time on this CPU: its FLOPs decide
+        assert described["heavier-onnx"] == pytest.approx(scale, abs=0.05), described
+        # Lite0 at 320 takes 1.9-2.2x Lite0's CPU time per image at 1 to 4 images here (up to 3.7x at
+        # 32): its time may decide, but never below its FLOPs (the graph's other nodes count a value
+        # each, 1.5% more than torch's count here)
+        padded = network_flops(lite, 320) / REFERENCE_FLOPS
+        assert padded * 0.99 < described["padded-onnx"] < padded * 2.5, (padded, described)
+        assert costs["padded-onnx"] == pytest.approx(described["padded-onnx"] * forwards, rel=0.01), costs
+        assert f"counting as {costs['padded-onnx'] / forwards:.1f}" in notes["padded-onnx"], notes
 
 
 def test_an_explanation_over_the_budget_is_422_with_its_cost(client):

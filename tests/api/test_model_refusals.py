@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -29,7 +30,9 @@ from core.dataset_explain.runner import explain_dataset, explain_dataset_config
 from core.datasets import ArchiveLimits, ingest_archive
 from core.errors import InvalidRequest
 from core.models import checking_process, upload as model_upload
+from core.models.flops import REFERENCE_FLOPS, relative_cost
 from core.models.registry import ModelRegistry
+from core.models.spec import ModelSpec
 from core import pipeline
 from core.pipeline import MAX_MAP_VALUES
 from service.app import create_app
@@ -1008,11 +1011,59 @@ def slow_onnx(products: int) -> bytes:
                        numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero")])
 
 
-def check(blob: bytes, memory_bytes: int = 4 * 2**30, seconds: float = 60.0, max_batch: int = 32) -> int:
+def check(blob: bytes, reference: Path, memory_bytes: int = 4 * 2**30, seconds: float = 60.0,
+          max_batch: int = 32) -> int:
     """The number of classes the upload's check finds (InvalidRequest when it refuses)."""
+    return len(checked_spec(blob, reference, memory_bytes, seconds, max_batch).labels)
+
+
+def checked_spec(blob: bytes, reference: Path, memory_bytes: int = 4 * 2**30, seconds: float = 60.0,
+                 max_batch: int = 32) -> ModelSpec:
     limits = model_upload.OnnxCheckLimits(memory_bytes, seconds, max_batch)
-    spec, _ = model_upload.onnx_model("checked", blob, None, model_upload.Preprocessing(input_size=32), limits)
-    return len(spec.labels)
+    return model_upload.onnx_model("checked", blob, None, model_upload.Preprocessing(input_size=32), limits,
+                                   reference)[0]
+
+
+def elementwise_onnx(channels: int, layers: int) -> bytes:
+    """A 1x1 convolution to `channels`, then `layers` Softplus over them."""
+    nodes = [helper.make_node("Conv", ["pixels", "w"], ["h0"]),
+             *(helper.make_node("Softplus", [f"h{index}"], [f"h{index + 1}"]) for index in range(layers)),
+             helper.make_node("GlobalAveragePool", [f"h{layers}"], ["pooled"]),
+             helper.make_node("Flatten", ["pooled"], ["flat"]), helper.make_node("Gemm", ["flat", "head"], ["scores"])]
+    return onnx_graph(nodes, [numpy_helper.from_array(np.full((channels, 3, 1, 1), 0.1, np.float32), "w"),
+                              numpy_helper.from_array(np.full((channels, 3), 0.1, np.float32), "head")])
+
+
+def test_an_onnx_graph_slower_than_its_flops_say_is_charged_its_time(timing_reference):
+    """Each value a Softplus writes counts as one FLOP, and costs hundreds of times what one of
+    Lite0's convolutions' FLOPs does on this CPU: this graph counts 0.5% of Lite0's FLOPs and took
+    about 4x its time (charged 1 before its runs were timed)."""
+    spec = checked_spec(elementwise_onnx(256, 8), timing_reference)
+    assert spec.flops < REFERENCE_FLOPS / 100 and spec.time_ratio > 2, spec
+    assert relative_cost(spec.flops, spec.time_ratio) == spec.time_ratio
+    light = checked_spec(elementwise_onnx(16, 1), timing_reference)
+    assert light.time_ratio < 0.5 and relative_cost(light.flops, light.time_ratio) == 1.0, light
+
+
+def test_an_onnx_graph_whose_cost_grows_only_in_larger_batches_is_charged_its_slowest(timing_reference):
+    """A kernel tiled to 4 x (batch // 4) + 1: 1x1 for one image and for two, where the FLOPs are
+    counted (a growth there is refused), 33x33 for 32, 1089 times the work per image. Its runs
+    are timed at every size it is served at."""
+    constants = {"w": np.full((512, 3, 1, 1), 0.01, np.float32), "head": np.full((512, 3), 0.1, np.float32),
+                 "ones": np.array([1, 1], np.int64), "start": np.array([0], np.int64), "end": np.array([1], np.int64),
+                 "four": np.array([4], np.int64), "one": np.array([1], np.int64)}
+    blob = onnx_graph([
+        helper.make_node("Shape", ["pixels"], ["shape"]), helper.make_node("Slice", ["shape", "start", "end"], ["n"]),
+        helper.make_node("Div", ["n", "four"], ["quarter"]), helper.make_node("Mul", ["quarter", "four"], ["whole"]),
+        helper.make_node("Add", ["whole", "one"], ["side"]),
+        helper.make_node("Concat", ["ones", "side", "side"], ["repeats"], axis=0),
+        helper.make_node("Tile", ["w", "repeats"], ["kernel"]),
+        helper.make_node("Conv", ["pixels", "kernel"], ["features"], auto_pad="SAME_UPPER"),
+        helper.make_node("GlobalAveragePool", ["features"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["flat"]), helper.make_node("Gemm", ["flat", "head"], ["scores"])],
+        [numpy_helper.from_array(value, name) for name, value in constants.items()])
+    spec = checked_spec(blob, timing_reference)
+    assert spec.flops < REFERENCE_FLOPS / 100 and spec.time_ratio > 2, spec
 
 
 def test_an_onnx_model_that_allocates_without_bound_is_422_and_the_server_carries_on(client):
@@ -1024,27 +1075,29 @@ def test_an_onnx_model_that_allocates_without_bound_is_422_and_the_server_carrie
     assert predicted.status_code == 200, predicted.text
 
 
-def test_the_checks_memory_cap_decides():
+def test_the_checks_memory_cap_decides(timing_reference):
     """1 GiB of zeros: refused under a 256 MiB cap (this machine could give it), served under 4 GiB."""
     blob = constant_sized_onnx([256, 1024, 1024])
     with pytest.raises(InvalidRequest, match=r"more than 256 MiB of memory to load the model and run batches of "
                                              r"1, 2, 4, 8, 16 and 32 images"):
-        check(blob, memory_bytes=256 * 2**20)
-    assert check(blob) == 3
+        check(blob, timing_reference, memory_bytes=256 * 2**20)
+    assert check(blob, timing_reference) == 3
 
 
-def test_a_model_whose_memory_grows_faster_than_the_batch_is_measured_at_the_largest_served_batch():
+def test_a_model_whose_memory_grows_faster_than_the_batch_is_measured_at_the_largest_served_batch(
+        timing_reference):
     """64 KiB x n^2: 0.6 MiB at a batch of 3, 64 MiB at 32 (GAZER_MAX_BATCH), over a 48 MiB cap.
     Within the cap (batches up to 8) its cost still grows faster than the batch: its FLOPs per
     image, counted at 1 and 2 images, are refused (a count at one image served it, charged as
     one image's whatever the batch it then ran in)."""
     blob = batch_squared_onnx(16384)
     with pytest.raises(InvalidRequest, match="more than 48 MiB of memory"):
-        check(blob, memory_bytes=48 * 2**20, max_batch=32)
+        check(blob, timing_reference, memory_bytes=48 * 2**20, max_batch=32)
     with pytest.raises(InvalidRequest, match=r"FLOPs per image grow with the batch size \(.* for one image, "
                                              r".* for 2\)"):
-        check(blob, memory_bytes=48 * 2**20, max_batch=8)
-    assert check(batch_squared_onnx(1), max_batch=8) == 3  # grows too, by a value an image: within 1%
+        check(blob, timing_reference, memory_bytes=48 * 2**20, max_batch=8)
+    # grows too, by a value an image: within 1%
+    assert check(batch_squared_onnx(1), timing_reference, max_batch=8) == 3
 
 
 def batch_five_onnx() -> bytes:
@@ -1095,7 +1148,7 @@ def test_an_onnx_model_whose_sizes_come_from_pixel_values_is_422(client, through
     assert_refused(response, 422, "onnx", words)
 
 
-def test_an_onnx_graph_must_list_its_nodes_in_the_order_they_run_and_define_no_functions():
+def test_an_onnx_graph_must_list_its_nodes_in_the_order_they_run_and_define_no_functions(timing_reference):
     """ONNX Runtime sorts the nodes itself: listed out of order, a size made from the pixels after
     the node that reads it would slip past a check that reads the list in order."""
     graph = onnx.load_from_string(pixel_sized_onnx(through_a_shape=False))
@@ -1104,21 +1157,21 @@ def test_an_onnx_graph_must_list_its_nodes_in_the_order_they_run_and_define_no_f
     graph.graph.ClearField("node")
     graph.graph.node.extend([nodes[reading], *nodes[:reading], *nodes[reading + 1:]])
     with pytest.raises(InvalidRequest, match=r"\(ConstantOfShape\) comes before an input it needs"):
-        check(graph.SerializeToString())
+        check(graph.SerializeToString(), timing_reference)
     with_function = onnx.load_from_string(onnx_graph(POOLED + [helper.make_node("Identity", ["flat"], ["scores"])]))
     with_function.functions.append(helper.make_function("", "Twice", ["x"], ["y"], [
         helper.make_node("Add", ["x", "x"], ["y"])], [helper.make_opsetid("", 17)]))
     with pytest.raises(InvalidRequest, match="defines local functions"):
-        check(with_function.SerializeToString())
+        check(with_function.SerializeToString(), timing_reference)
 
 
-def test_an_onnx_model_slower_than_the_check_allows_is_422_in_that_time():
+def test_an_onnx_model_slower_than_the_check_allows_is_422_in_that_time(timing_reference):
     """400 products take seconds here: the check stops at its 1 s."""
     started = time.monotonic()
     with pytest.raises(InvalidRequest, match=r"longer than 1 s on batches of 1, 2, 4, 8, 16 and 32 images"):
-        check(slow_onnx(400), seconds=1.0)
+        check(slow_onnx(400), timing_reference, seconds=1.0)
     assert time.monotonic() - started < 10
-    assert check(slow_onnx(2)) == 3
+    assert check(slow_onnx(2), timing_reference) == 3
 
 
 def test_uploads_take_turns_over_all_api_processes(tmp_path):

@@ -199,3 +199,24 @@ def test_a_version_that_a_queued_job_reads_is_not_deleted(client):
     assert client.delete("/v1/models/in-use@2").status_code == 204  # one that no job reads
     assert client.delete(f"/v1/jobs/{job.json()['id']}").json()["state"] == "cancelled"
     assert client.delete("/v1/models/in-use").status_code == 204
+
+
+def test_a_version_sent_without_labels_keeps_the_newest_earlier_versions_where_the_classes_match(client):
+    """A new-user review uploaded version 2 without its labels file and lost version 1's names."""
+    def labels_of(ref: str) -> list[str]:
+        return client.get(f"/v1/models/{ref}").json()["labels"]
+
+    names = "rust\ndent\nscratch\n"
+    response = client.post("/v1/models", data={"name": "labelled", "architecture": "resnet18", "input_size": 64},
+                           files={"weights": ("w.safetensors", resnet_weights(0)), "labels": ("l.txt", names)})
+    assert response.status_code == 201, response.text
+    assert publish(client, "labelled", 1) == 2
+    assert labels_of("labelled@2") == ["rust", "dent", "scratch"]
+    torch.manual_seed(2)
+    wider = torchvision.models.resnet18(num_classes=4)
+    response = client.post("/v1/models", data={"name": "labelled", "architecture": "resnet18", "input_size": 64},
+                           files={"weights": ("w.safetensors", save(wider.state_dict()))})
+    assert response.status_code == 201 and labels_of("labelled@3") == ["0", "1", "2", "3"], response.text
+    response = client.post("/v1/models", data={"name": "labelled", "architecture": "resnet18", "input_size": 64},
+                           files={"weights": ("w.safetensors", resnet_weights(3)), "labels": ("l.txt", "a\nb\nc\n")})
+    assert response.status_code == 201 and labels_of("labelled@4") == ["a", "b", "c"], response.text

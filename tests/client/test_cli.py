@@ -427,6 +427,16 @@ def test_a_refusals_long_list_of_valid_values_is_cut_short(live, photos):
     assert valid.count(",") == 20 and valid.endswith("more)"), valid
 
 
+def test_an_unknown_option_is_shown_the_options_not_explains_own_fields(live, photos):
+    """The API lists every field its explain route takes; --option may name only a method's."""
+    refused = gazer_cli(live, "explain", str(photos["chelsea"]), "--option", "stepz=4", "-o", os.devnull)
+    assert refused.returncode == 1 and "unknown field 'stepz'" in refused.stderr, refused.stderr
+    valid = next(line for line in refused.stderr.splitlines() if line.strip().startswith("valid:"))
+    shown = valid.split(":", 1)[1].strip().split(", ")
+    assert {"baseline", "steps", "samples", "masks", "window"} <= set(shown), valid  # the methods' options
+    assert not {"file", "method", "target", "layer", "outputs", "top_k", "resize", "faithfulness"} & set(shown), valid
+
+
 def test_a_class_without_a_label_is_named_once():
     from gazer.cli import class_name
 

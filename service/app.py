@@ -15,6 +15,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from infra.embedded_redis import EmbeddedRedis
 from core.batching import Batching
 from core.parallel import single_threaded_blas
+from core.runtime.denormals import flush_denormals
 from core.models.registry import ModelRegistry
 from core.storage import Storage
 from service import default_model
@@ -58,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         single_threaded_blas()
+        flush_denormals()  # on the thread that starts the app's others
         registry = ModelRegistry(storage, settings.max_loaded_models, resident=(settings.default_model,),
                                  batching=Batching(settings.max_batch, settings.batch_wait_ms / 1000,
                                                    lambda runtime, images: app.state.metrics.run_size.labels(

@@ -13,6 +13,7 @@ from infra.job_store import JobStore
 from infra.logs import configure_logging
 from infra.settings import EXIT_REFUSED, WorkerSettings
 from core.parallel import single_threaded_blas
+from core.runtime.denormals import flush_denormals
 from worker.app import create_celery
 from worker.metrics import WorkerMetrics
 from worker.presence import Presence
@@ -29,6 +30,7 @@ def main() -> None:
     optuna.logging.disable_default_handler()  # its lines go through the JSON log, not to stderr of their own
     optuna.logging.enable_propagation()
     single_threaded_blas()
+    flush_denormals()
     signals.setup_logging.connect(_keep_our_logging, weak=False)
     settings = WorkerSettings.from_environment()
     metrics = WorkerMetrics()

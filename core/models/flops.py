@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from core.runtime.denormals import flush_denormals_in
+
 REFERENCE_ARCHITECTURE, REFERENCE_INPUT_SIZE = "efficientnet_lite0", 224
 # The reference, as network_flops counts it (tests/unit/test_flops.py).
 REFERENCE_FLOPS = 770_375_104
@@ -72,6 +74,7 @@ def onnx_flops(path: str, input_size: int, batches: tuple[int, ...] = (1,)) -> l
     options.execution_order = onnxruntime.ExecutionOrder.PRIORITY_BASED
     options.intra_op_num_threads = options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    flush_denormals_in(options)
     # the weights in a file of their own: serialized with the graph, they took a buffer of the
     # file's size, past what the check's capped address space had left for a VGG-16
     tapped, weights = Path(path).with_name("tapped.onnx"), Path(path).with_name("tapped.weights")

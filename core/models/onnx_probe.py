@@ -18,6 +18,7 @@ from typing import Callable
 
 from core.models.flops import COUNTED_BATCHES, onnx_flops
 from core.models.relative_time import Reference, seconds_per_run, user_seconds
+from core.runtime.denormals import flush_denormals, flush_denormals_in
 
 
 # How ONNX Runtime and torch word a failed allocation, in the error a check's step raises.
@@ -40,6 +41,7 @@ def probe(path: str, input_size: int, max_batch: int, reference: Reference) -> d
     options = onnxruntime.SessionOptions()  # as the server makes it (its CPU memory arena too), on one thread
     options.intra_op_num_threads = options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only: a file's warnings could fill the caller's memory
+    flush_denormals_in(options)
     try:
         session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises its own exception types
@@ -108,6 +110,7 @@ def cap_memory(memory_bytes: int) -> None:
 def main(argv: list[str], receive: Callable[[], bytes]) -> None:
     """`receive`: unused, the model is FILE."""
     path, input_size, max_batch, memory_bytes = argv[0], int(argv[1]), int(argv[2]), int(argv[3])
+    flush_denormals()  # as where the model is served
     reference = Reference(argv[4], max_batch)  # before the cap, like numpy and onnxruntime: not the model's
 
     cap_memory(memory_bytes)

@@ -13,6 +13,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, N
 
 from core.errors import ModelFailed, ModelNotReady
 from core.parallel import cpu_count
+from core.runtime.denormals import flush_denormals_in
 from core.runtime.devices import onnx_providers
 
 # An input batch: on the host, or a float32 torch tensor where core.device_preprocessing made it
@@ -190,6 +191,7 @@ def _session(path: Path, threads: int) -> onnxruntime.InferenceSession:
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if bounded else "0")
     options.add_session_config_entry("session.intra_op.spin_duration_us", str(SPIN_MICROSECONDS))
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    flush_denormals_in(options)
     return onnxruntime.InferenceSession(str(path), options, providers=onnx_providers())
 
 

@@ -1097,7 +1097,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--architecture", default=None, help="a torchvision builder (resnet50, ...) or timm:NAME")
     sub.add_argument("--weights", type=Path, default=None, help=".safetensors state dict")
     sub.add_argument("--onnx", type=Path, default=None, help="a self-contained ONNX classifier")
-    sub.add_argument("--labels", type=Path, default=None, help="text file, one class name per line")
+    sub.add_argument("--labels", type=Path, default=None,
+                     help="text file, one class name per line (default: the newest earlier version's, where it has "
+                          "as many classes, else 0, 1, ...)")
     for flag in ("--mean", "--std"):
         sub.add_argument(flag, nargs="+", action=ThreeNumbers, default=None, metavar="N",
                          help="three numbers, as 0.5 0.5 0.5 or 0.5,0.5,0.5")

@@ -96,7 +96,9 @@ async def upload_model(
                                                            "(pickles are refused)")] = None,
     onnx: Annotated[UploadFile | None, File(description="instead of architecture + weights: a self-contained "
                                                         "ONNX classifier, NCHW float32 in, logits out")] = None,
-    labels: Annotated[UploadFile | None, File(description="text, one class name per line; default the indices")] = None,
+    labels: Annotated[UploadFile | None, File(
+        description="text, one class name per line; default the newest earlier version's where it has as many "
+                    "classes, else the indices")] = None,
     mean: Annotated[Annotated[list[float], CommaList] | None, Form(
         description="3 numbers for pixels in 0..1, the field repeated or comma-separated; default ImageNet's")] = None,
     std: Annotated[Annotated[list[float], CommaList] | None, Form(

@@ -1181,9 +1181,7 @@ def problem_notes(error: ApiError) -> list[str]:
             notes.append(f"  {field_error.get('field')}: {field_error.get('message')}")
     valid = error.extras.get("valid") or []
     valid = valid if isinstance(valid, list) else [valid]
-    fields = [field_error.get("field") for field_error in errors if isinstance(field_error, dict)] \
-        if isinstance(errors, list) else []
-    if fields and fields[0] not in valid:  # an unknown field: only --option sends a name the user chose
+    if "file" in valid:  # explain's fields, refusing an unknown one: --option may name only a method's
         valid = [name for name in valid if name not in EXPLAIN_ARGUMENTS]
     if valid:
         more = f", ... ({len(valid) - VALID_SHOWN} more)" if len(valid) > VALID_SHOWN else ""

@@ -1,8 +1,9 @@
 """An uploaded ONNX graph's runs timed against the explain budget's reference, EfficientNet-Lite0
 at 224 (flops.REFERENCE_ARCHITECTURE, exported by onnx_export.reference_onnx), in the check's
-process, size by size, the two sessions taking turns: the time ratio is a floor under the FLOPs
-ratio (flops.relative_cost). FLOPs count a value for each element-wise operator, whose time on
-this CPU can be hundreds of times that (Mish: 454x, Relu: 13x, against Lite0's convolutions)."""
+process, size by size (the reference at each size the first time it is needed): the time ratio
+is a floor under the FLOPs ratio (flops.relative_cost). FLOPs count a value for each element-wise
+operator, whose time on this CPU can be hundreds of times that (an attacker review measured Mish
+at 454x, Relu at 13x, against Lite0's convolutions)."""
 
 from __future__ import annotations
 

@@ -123,6 +123,15 @@ async def upload_model(
     preprocessing = upload.Preprocessing(**{key: value for key, value in given.items() if value is not None})
     check_name(name, "name")
     class_names = _labels(await _read(labels, MAX_LABELS_BYTES, "labels"))
+
+    def labelled(spec: ModelSpec) -> ModelSpec:
+        """Sent without labels, a version keeps the newest earlier version's, where it has as many classes."""
+        earlier = refs.versions(registry.storage.models, name)
+        if class_names is not None or not earlier:
+            return spec
+        kept = registry.spec(f"{name}@{max(earlier)}").labels
+        return replace(spec, labels=kept) if len(kept) == spec.num_classes else spec
+
     if onnx is not None:
         def register(blob: bytes) -> ModelSpec:
             limits = upload.OnnxCheckLimits(settings.onnx_check_memory_bytes, settings.onnx_check_seconds,
@@ -135,14 +144,6 @@ async def upload_model(
             limits = upload.WeightsCheckLimits(settings.weights_check_memory_bytes, settings.weights_check_seconds)
             return registry.register_checked(name, lambda staging: labelled(upload.checked_torch_model(
                 staging, name, architecture, blob, class_names, preprocessing, cam_layer, limits)))
-
-    def labelled(spec: ModelSpec) -> ModelSpec:
-        """Sent without labels, a version keeps the newest earlier version's, where it has as many classes."""
-        earlier = refs.versions(registry.storage.models, name)
-        if class_names is not None or not earlier:
-            return spec
-        kept = registry.spec(f"{name}@{max(earlier)}").labels
-        return replace(spec, labels=kept) if len(kept) == spec.num_classes else spec
 
     model_file, field = (onnx, "onnx") if onnx is not None else (weights, "weights")
     mark = await run_in_threadpool(_claim, caller, registry.storage, queue, name, settings)

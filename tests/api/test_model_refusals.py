@@ -1037,7 +1037,7 @@ def elementwise_onnx(channels: int, layers: int) -> bytes:
 def test_an_onnx_graph_slower_than_its_flops_say_is_charged_its_time(timing_reference):
     """Each value a Softplus writes counts as one FLOP, and costs hundreds of times what one of
     Lite0's convolutions' FLOPs does on this CPU: this graph counts 0.5% of Lite0's FLOPs and took
-    about 4x its time (charged 1 before its runs were timed)."""
+    3.3-3.8x its time (charged 1 before its runs were timed)."""
     spec = checked_spec(elementwise_onnx(256, 8), timing_reference)
     assert spec.flops < REFERENCE_FLOPS / 100 and spec.time_ratio > 2, spec
     assert relative_cost(spec.flops, spec.time_ratio) == spec.time_ratio

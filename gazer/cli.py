@@ -699,7 +699,8 @@ def cmd_models_show(client: Client, args: argparse.Namespace) -> int:
         f"mean {[round(v, 4) for v in pre.mean]}, std {[round(v, 4) for v in pre.std]})",
         f"  default layer {detail.default_layer or 'none (an ONNX model: occlusion and rise)'}; "
         f"{len(detail.layers)} targetable layers (gazer models show {detail.id} --json lists them)",
-        f"  methods {', '.join(detail.methods)}",
+        f"  methods {', '.join(detail.methods)}; a forward counts {detail.forward_cost:g} in the explain budget "
+        f"(forwards of efficientnet_lite0 at 224)",
         f"  attention {', '.join(detail.attention) or 'none'}",
         f"  weights {detail.weights_digest}")
     return 0

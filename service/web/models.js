@@ -102,6 +102,7 @@ async function describe(card, id) {
     row("Mean / std", el("span", { class: "mono" }, `[${round(p.mean)}] / [${round(p.std)}]`)),
     row("CAM layer", detail.default_layer ? el("code", {}, detail.default_layer) : "none: an ONNX model, explained by occlusion and RISE"),
     detail.attention?.length ? row("Attention", detail.attention.join(", ")) : null,
+    row("Explain cost", `a forward counts ${detail.forward_cost} (forwards of efficientnet_lite0 at 224)`),
     row("Weights", el("code", { class: "digest", title: detail.weights_digest }, detail.weights_digest.slice(0, 16)))].filter(Boolean));
   card.more.replaceChildren(
     el("div", { class: "methods" }, el("h4", {}, "Methods"), el("div", { class: "chips" }, detail.methods.map((m) => el("span", { class: "chip static" }, m)))),

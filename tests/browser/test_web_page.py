@@ -677,7 +677,8 @@ def test_models_view_lists_every_spec(page, service, shots):
     page.wait_for_selector('.model-card[data-model="efficientnet_lite0"]')
     card = page.locator('.model-card[data-model="efficientnet_lite0"]')
     text = card.inner_text()
-    for expected in ("efficientnet_lite0", "224 × 224", "1,000", "centre crop 224", "gradcam", "v1"):
+    for expected in ("efficientnet_lite0", "224 × 224", "1,000", "centre crop 224", "gradcam", "v1",
+                     "a forward counts 1 (forwards of efficientnet_lite0 at 224)"):
         assert expected in text, expected
     page.screenshot(path=str(shots / "models-laptop.png"))
 

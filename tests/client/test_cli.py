@@ -280,6 +280,7 @@ def test_models_show_says_how_many_layers_and_as_json_lists_them(live, gazer):
     shown = gazer_cli(live, "models", "show", "efficientnet_lite0")
     layers = gazer.model("efficientnet_lite0").layers
     assert shown.returncode == 0 and f"{len(layers)} targetable layers" in shown.stdout, shown.stderr
+    assert "a forward counts 1 in the explain budget" in shown.stdout, shown.stdout
     described = gazer_cli(live, "models", "show", "efficientnet_lite0", "--json")
     assert described.returncode == 0, described.stderr
     assert json.loads(described.stdout)["layers"] == layers and len(layers) > 100

@@ -1,9 +1,10 @@
 """An uploaded ONNX classifier's first runs, in a process of its own (checking_process):
-`main([FILE, INPUT_SIZE, MAX_BATCH, MEMORY_BYTES, REFERENCE], receive)`. Before it loads the model
-it caps its own address space at what it has then plus MEMORY_BYTES, so a graph that allocates
-without bound (a ConstantOfShape or Expand to a size written in the file, or one that grows faster
-than the batch) fails here instead of taking the server's memory; the caller kills it at its time
-limit. It runs random images at each batch size of `batches(MAX_BATCH)`, the only sizes serving
+`main([FILE, INPUT_SIZE, MAX_BATCH, MEMORY_BYTES, REFERENCE, MEAN, STD], receive)`. Before it
+loads the model it caps its own address space at what it has then plus MEMORY_BYTES, so a graph
+that allocates without bound (a ConstantOfShape or Expand to a size written in the file, or one
+that grows faster than the batch) fails here instead of taking the server's memory; the caller
+kills it at its time limit. It runs random pixels, normalized by MEAN and STD (comma lists) as
+serving normalizes photos, at each batch size of `batches(MAX_BATCH)`, the only sizes serving
 then runs (OnnxPredictor.run_sizes), timing each size against the REFERENCE ONNX file
 (relative_time), counts the FLOPs of one image and of two (flops.onnx_flops: more per image for
 two is refused), and prints one JSON line: {"classes", "flops", "time_ratio"} or {"error"}.
@@ -34,7 +35,8 @@ def batches(max_batch: int) -> tuple[int, ...]:
     return tuple(sorted({2**power for power in range(max_batch.bit_length()) if 2**power < max_batch} | {max_batch}))
 
 
-def probe(path: str, input_size: int, max_batch: int, reference: Reference) -> dict:
+def probe(path: str, input_size: int, max_batch: int, reference: Reference, mean: tuple[float, ...],
+          std: tuple[float, ...]) -> dict:
     import numpy as np
     import onnxruntime
 
@@ -48,7 +50,7 @@ def probe(path: str, input_size: int, max_batch: int, reference: Reference) -> d
         return {"error": f"ONNX Runtime cannot load the model: {str(error)[:300]}"}
     classes, time_ratio = set(), 0.0
     for batch in batches(max_batch):
-        example = np.random.default_rng(0).uniform(-1, 1, (batch, 3, input_size, input_size)).astype(np.float32)
+        example = served_values(batch, input_size, mean, std)
         run = functools.partial(session.run, ["logits"], {session.get_inputs()[0].name: example})
         try:
             start = user_seconds()
@@ -86,6 +88,16 @@ def probe(path: str, input_size: int, max_batch: int, reference: Reference) -> d
     return {"classes": classes.pop(), "flops": counts[0], "time_ratio": round(time_ratio, 2)}
 
 
+def served_values(batch: int, input_size: int, mean: tuple[float, ...], std: tuple[float, ...]):
+    """Random pixels, normalized as serving normalizes a photo's: the values a served graph reads.
+    On values of another range (-1..1), a graph that tested for a value beyond it (|x| > 1.01, as
+    a third of photos' values are under ImageNet's mean and std) ran a slow path only when served."""
+    import numpy as np
+
+    pixels = np.random.default_rng(0).uniform(0, 1, (batch, 3, input_size, input_size)).astype(np.float32)
+    return (pixels - np.float32(mean)[:, None, None]) / np.float32(std)[:, None, None]
+
+
 def _address_space_bytes() -> int:
     with open("/proc/self/status") as status:
         for line in status:
@@ -110,12 +122,13 @@ def cap_memory(memory_bytes: int) -> None:
 def main(argv: list[str], receive: Callable[[], bytes]) -> None:
     """`receive`: unused, the model is FILE."""
     path, input_size, max_batch, memory_bytes = argv[0], int(argv[1]), int(argv[2]), int(argv[3])
+    mean, std = (tuple(map(float, values.split(","))) for values in argv[5:7])
     flush_denormals()  # as where the model is served
     reference = Reference(argv[4], max_batch)  # before the cap, like numpy and onnxruntime: not the model's
 
     cap_memory(memory_bytes)
     try:
-        answer = probe(path, input_size, max_batch, reference)
+        answer = probe(path, input_size, max_batch, reference, mean, std)
     except MemoryError:
         answer = {"error": "memory"}
     print(json.dumps(answer), flush=True)

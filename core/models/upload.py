@@ -432,7 +432,7 @@ _OPERATORS = {
     "GatherND", "Gelu", "Gemm", "GlobalAveragePool", "GlobalLpPool", "GlobalMaxPool", "Greater", "GreaterOrEqual",
     "GroupNormalization", "HardSigmoid", "HardSwish", "Hardmax", "Identity", "InstanceNormalization", "IsInf",
     "IsNaN", "LRN", "LayerNormalization", "LeakyRelu", "Less", "LessOrEqual", "Log", "LogSoftmax",
-    "LpNormalization", "MatMul", "Max", "MaxPool", "Mean", "Min", "Mish", "Mod", "Mul", "Neg", "Not",
+    "LpNormalization", "MatMul", "Max", "MaxPool", "Mean", "Min", "Mish", "Mul", "Neg", "Not",
     "Or", "PRelu", "Pad", "Pow", "Range", "Reciprocal", "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp",
     "ReduceMax", "ReduceMean", "ReduceMin", "ReduceProd", "ReduceSum", "ReduceSumSquare", "Relu", "Reshape",
     "Resize", "Round", "Selu", "Shape", "Shrink", "Sigmoid", "Sign", "Size", "Slice", "Softmax", "Softplus",
@@ -557,26 +557,27 @@ def onnx_model(name: str, blob: bytes, labels: list[str] | None, preprocessing: 
     _check_logits_out(model.graph)
     _name_output_logits(model.graph)
     serialized = model.SerializeToString()
-    answer = _check_runs(serialized, input_size, limits, reference)
+    answer = _check_runs(serialized, replace(preprocessing, input_size=input_size), limits, reference)
     spec = _spec(name, ONNX_ARCHITECTURE, _labels(labels, check_class_count(answer["classes"], "onnx")),
                  preprocessing, input_size, "", "", False, f"ONNX classifier uploaded as {name}")
     return replace(spec, batch_sizes=onnx_probe.batches(limits.max_batch), flops=answer["flops"],
                    time_ratio=answer["time_ratio"]), serialized
 
 
-def _check_runs(serialized: bytes, input_size: int, limits: OnnxCheckLimits, reference: Path) -> dict:
-    """onnx_probe's answer: the number of classes, from runs on random batches (onnx_probe.batches)
-    timed against the `reference` ONNX file (time_ratio), and one image's FLOPs (flops.onnx_flops),
-    from a child process capped at `limits.memory_bytes` and killed after `limits.seconds`. The
-    file lies alone in an empty folder: no path in it can resolve to anything of ours
-    (checking_process)."""
+def _check_runs(serialized: bytes, preprocessing: Preprocessing, limits: OnnxCheckLimits, reference: Path) -> dict:
+    """onnx_probe's answer: the number of classes, from runs on batches of random pixels normalized
+    by `preprocessing` (onnx_probe.batches) timed against the `reference` ONNX file (time_ratio),
+    and one image's FLOPs (flops.onnx_flops), from a child process capped at `limits.memory_bytes`
+    and killed after `limits.seconds`. The file lies alone in an empty folder: no path in it can
+    resolve to anything of ours (checking_process)."""
     memory = f"{limits.memory_bytes / 2**20:.0f} MiB"
     *fewer, most = onnx_probe.batches(limits.max_batch)
     sizes = f"{', '.join(map(str, fewer))} and {most}" if fewer else str(most)
     with tempfile.TemporaryDirectory() as folder:
         (Path(folder) / "model.onnx").write_bytes(serialized)
-        argv = [onnx_probe.__name__, "model.onnx", str(input_size), str(limits.max_batch), str(limits.memory_bytes),
-                str(reference)]
+        argv = [onnx_probe.__name__, "model.onnx", str(preprocessing.input_size), str(limits.max_batch),
+                str(limits.memory_bytes), str(reference), ",".join(map(str, preprocessing.mean)),
+                ",".join(map(str, preprocessing.std))]
         answer = child_answer(argv, Path(folder), Path(folder), limits.seconds, "onnx", "the ONNX check",
                               too_long=f"ONNX Runtime took longer than {limits.seconds:g} s on batches of {sizes} "
                                        f"images (GAZER_ONNX_CHECK_SECONDS)")

@@ -1045,6 +1045,21 @@ def test_an_onnx_graph_slower_than_its_flops_say_is_charged_its_time(timing_refe
     assert light.time_ratio < 0.5 and relative_cost(light.flops, light.time_ratio) == 1.0, light
 
 
+def test_the_checks_inputs_hold_the_values_serving_feeds(timing_reference):
+    """Photos normalized by ImageNet's mean and std reach -2.1..2.6. The check ran values in -1..1,
+    which a graph could tell from photos' (|x| > 1.01) to take a slow path (fmod on NaN: 14x its
+    charge, an attacker review) or give NaN logits only when served: this one is refused now."""
+    blob = onnx_graph([*POOLED, helper.make_node("Abs", ["pixels"], ["size"]),
+                       helper.make_node("Sub", ["size", "limit"], ["over"]),
+                       helper.make_node("Relu", ["over"], ["beyond"]),
+                       helper.make_node("ReduceMax", ["beyond"], ["most"], keepdims=0),
+                       helper.make_node("Neg", ["most"], ["negative"]), helper.make_node("Sqrt", ["negative"], ["nan"]),
+                       helper.make_node("Add", ["flat", "nan"], ["scores"])],
+                      [numpy_helper.from_array(np.array(1.01, np.float32), "limit")])
+    with pytest.raises(InvalidRequest, match="the model's logits are NaN or infinite"):
+        check(blob, timing_reference)
+
+
 def test_denormal_values_are_served_as_zero(client):
     """A graph can make photos' values denormal where the check's uniform input stays normal, and
     each operation on a denormal takes a slow path on this CPU (69-91x Lite0's time for a graph

@@ -14,9 +14,9 @@ from typing import Callable
 from core.models.flops import REFERENCE_INPUT_SIZE
 from core.runtime.denormals import flush_denormals_in
 
-# The reference runs at most this many images at once: its CPU time per image is flat with the
-# batch (11.0-11.7 ms from 1 to 32 images on one thread here), its memory, held from before the
-# check's memory cap, is not (340 MB at 32 images).
+# The reference runs at most this many images at once: its CPU time per image does not grow with
+# the batch (8.0-11.7 ms an image from 1 to 32 images on one thread here, with no trend), its
+# memory, held from before the check's memory cap, does (340 MB at 32 images).
 REFERENCE_MAX_BATCH = 4
 TIMING_SECONDS = 0.2
 

@@ -8,7 +8,8 @@ serving normalizes photos, at each batch size of `batches(MAX_BATCH)`, the only 
 then runs (OnnxPredictor.run_sizes), timing each size against the REFERENCE ONNX file
 (relative_time), counts the FLOPs of one image and of two (flops.onnx_flops: more per image for
 two is refused), and prints one JSON line: {"classes", "flops", "time_ratio"} or {"error"}.
-`time_ratio`: the most an image took at any size, over what one of the reference took at it."""
+`time_ratio`: the most an image took at any size, over what one of the reference took in a batch
+of that size (of at most relative_time.REFERENCE_MAX_BATCH)."""
 
 from __future__ import annotations
 

@@ -46,7 +46,8 @@ class ModelSpec:
     # None: a network of ours, counted when it loads, or a graph uploaded before the count.
     flops: int | None = None
     # An uploaded ONNX graph: the most an image took at any size its check ran, over what one of
-    # the explain budget's reference took at that size (relative_time). None: as for `flops`.
+    # the explain budget's reference took in a batch of that size, or of at most 4 (relative_time).
+    # None: as for `flops`.
     time_ratio: float | None = None
 
     @property

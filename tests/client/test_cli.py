@@ -304,7 +304,7 @@ def test_finetune_follows_to_the_end_and_the_model_is_listed(live, dataset_id):
 
 
 def test_a_model_published_under_a_name_that_means_another_version_is_said_pinned_only_if_it_is(gazer, capsys):
-    from gazer.cli import print_plain_name_elsewhere
+    from gazer.cli.following import print_plain_name_elsewhere
     from schemas.jobs import Job
 
     for _ in range(2):  # as if a fine-tune published @1 and an upload @2 came while it was followed
@@ -394,7 +394,7 @@ def test_a_label_needs_the_predict_scope_to_be_looked_up_and_a_class_index_does_
 
 
 def test_a_boolean_field_is_a_bare_flag_and_help_names_the_built_in_url():
-    from gazer.cli import build_parser
+    from gazer.cli.parser import build_parser
 
     def bfloat16(*flags: str):
         return build_parser().parse_args(["finetune", "--dataset", "d", "--output", "o", *flags]).bfloat16
@@ -406,7 +406,7 @@ def test_a_boolean_field_is_a_bare_flag_and_help_names_the_built_in_url():
 
 
 def test_mean_and_std_take_three_numbers_as_arguments_or_as_the_apis_comma_list(capsys):
-    from gazer.cli import build_parser
+    from gazer.cli.parser import build_parser
 
     def parsed(*flags: str):
         found = build_parser().parse_args(["models", "upload", "mine", "--onnx", "m.onnx", *flags])
@@ -439,14 +439,14 @@ def test_an_unknown_option_is_shown_the_options_not_explains_own_fields(live, ph
 
 
 def test_a_class_without_a_label_is_named_once():
-    from gazer.cli import class_name
+    from gazer.cli.output import class_name
 
     assert (class_name(2, "2"), class_name(281, "tabby")) == ("2", "281 tabby")  # not "class 2 2"
 
 
 def test_set_that_gives_a_field_both_a_value_and_fields_is_a_usage_error():
     """`--set head=1 --set head.hidden=64` was a TypeError, shown as the server's fault."""
-    from gazer.cli import key_values
+    from gazer.cli.arguments import key_values
 
     assert key_values(["head.hidden=64", "head.dropout=0.2"], "--set") == {"head": {"hidden": 64, "dropout": 0.2}}
     for pairs in (["head=1", "head.hidden=64"], ["head.hidden=64", "head=1"]):
@@ -455,7 +455,7 @@ def test_set_that_gives_a_field_both_a_value_and_fields_is_a_usage_error():
 
 
 def test_progress_names_the_phase_and_the_images_done():
-    from gazer.cli import describe_progress
+    from gazer.cli.following import describe_progress
     from schemas.jobs import Job
 
     job = Job(id="j", type="fine-tune", state="running", result=None, error=None, params={"epochs": 3}, attempts=1,
@@ -465,7 +465,7 @@ def test_progress_names_the_phase_and_the_images_done():
 
 
 def test_a_sweeps_progress_counts_its_trials_and_names_the_best_so_far():
-    from gazer.cli import describe_progress
+    from gazer.cli.following import describe_progress
     from schemas.jobs import Job
 
     def sweep(trials: dict, best: dict | None, metric: str = "val_accuracy") -> Job:  # as infra/sweeps.py reports

@@ -38,6 +38,14 @@ class SharedSettings(BaseSettings):
             raise ValueError("must name a folder (unset, it is var)")
         return value
 
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        """A relative folder is taken from the working folder at start: an upload's check runs in a
+        folder of its own, where the relative `var` of `make run` named nothing (every ONNX upload
+        was a 500)."""
+        return value.absolute()
+
     # Uploads, data sets and jobs that would leave less free space than this where data_dir is
     # are refused (507), and a worker fails a job that would start below it: the room left is
     # for what already runs (Redis's saves, running jobs' results).

@@ -85,6 +85,8 @@ def _field_name(item: dict) -> str:
 def _message(item: dict) -> str:
     if "Expected UploadFile" in item["msg"]:  # a text part where a file belongs: `-F file=x`, not `-F file=@x`
         return f"must be a file, sent as a file part (curl: -F {_field_name(item).split('.')[0]}=@PATH), not as text"
+    if item["type"] in ("float_parsing", "int_parsing") and isinstance(item.get("input"), str):
+        return f"{item['msg']}, not {item['input'][:40]!r}"  # `mean=[0.5,0.5,0.5]`: '[0.5' and '0.5]'
     return item["msg"]
 
 
@@ -102,7 +104,10 @@ async def _http_error(request: Request, error: StarletteHTTPException) -> JSONRe
             }.get(error.status_code) or TITLES.get(error.status_code, "http-error").lower().replace(" ", "-")
     detail = str(error.detail)
     if error.status_code == 404 and detail == "Not Found":  # Starlette's router: no route has the path
-        detail = f"no route is at {request.url.path[:200]} (the API's paths start with /v1/: see /docs)"
+        path = request.url.path
+        where = "/v1/ twice: the API's paths start with one; see /docs" if path.startswith("/v1/v1/") else \
+            "see /docs" if path.startswith("/v1/") else "the API's paths start with /v1/: see /docs"
+        detail = f"no route is at {path[:200]} ({where})"
     response = problem_response(error.status_code, code, detail)
     response.headers.update(error.headers or {})
     if error.status_code == 405 and (allowed := _documented_methods(request)):

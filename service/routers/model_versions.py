@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFil
 from starlette.concurrency import run_in_threadpool
 
 from core.errors import InvalidRequest, PayloadTooLarge
-from core.models import refs, upload, versions
+from core.models import onnx_upload, refs, upload, versions
 from core.models.onnx_export import reference_onnx
 from core.models.refs import parse_ref
 from core.names import BUILTIN_MODELS
@@ -100,15 +100,19 @@ async def upload_model(
         description="text, one class name per line; default the newest earlier version's where it has as many "
                     "classes, else the indices")] = None,
     mean: Annotated[Annotated[list[float], CommaList] | None, Form(
-        description="3 numbers for pixels in 0..1, the field repeated or comma-separated; default ImageNet's")] = None,
+        description="3 numbers for pixels in 0..1, the field repeated or comma-separated; default a timm model's "
+                    "own, else ImageNet's")] = None,
     std: Annotated[Annotated[list[float], CommaList] | None, Form(
-        description="3 numbers for pixels in 0..1, the field repeated or comma-separated; default ImageNet's")] = None,
+        description="3 numbers for pixels in 0..1, the field repeated or comma-separated; default a timm model's "
+                    "own, else ImageNet's")] = None,
     input_size: Annotated[int | None, Form(description="default the architecture's (299 for inception_v3)",
                                            **field_bounds(upload.Preprocessing, "input_size"))] = None,
-    resize_size: Annotated[int | None, Form(description="short side before the centre crop; default "
+    resize_size: Annotated[int | None, Form(description="short side before the centre crop; default input_size "
+                                                        "over a timm model's crop fraction, else "
                                                         "round(input_size / 0.875)",
                                             **field_bounds(upload.Preprocessing, "resize_size"))] = None,
-    interpolation: Annotated[str, Form(description="bilinear or bicubic")] = "bilinear",
+    interpolation: Annotated[str | None, Form(description="bilinear or bicubic; default a timm model's own, "
+                                                          "else bilinear")] = None,
     cam_layer: Annotated[str | None, Form(description="default: the feature map that global pooling sees")] = None,
 ) -> wire.ModelRef:
     if (onnx is None) == (weights is None) or (weights is not None and not architecture):
@@ -134,10 +138,10 @@ async def upload_model(
 
     if onnx is not None:
         def register(blob: bytes) -> ModelSpec:
-            limits = upload.OnnxCheckLimits(settings.onnx_check_memory_bytes, settings.onnx_check_seconds,
+            limits = onnx_upload.OnnxCheckLimits(settings.onnx_check_memory_bytes, settings.onnx_check_seconds,
                                             settings.max_batch)
             reference = reference_onnx(registry.storage.onnx_cache)
-            spec, checked = upload.onnx_model(name, blob, class_names, preprocessing, limits, reference)
+            spec, checked = onnx_upload.onnx_model(name, blob, class_names, preprocessing, limits, reference)
             return registry.register_onnx(labelled(spec), checked)
     else:
         def register(blob: bytes) -> ModelSpec:

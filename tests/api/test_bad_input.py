@@ -311,7 +311,11 @@ def test_a_file_field_sent_as_text_is_422_saying_how_to_send_a_file(client):
 def test_a_path_no_route_has_is_404_naming_it(client):
     """A client given the URL with /v1 at its end asked for /v1/v1/models: Starlette's "Not Found"."""
     body = assert_problem(client.get("/v1/v1/models"), 404, "not-found")
-    assert body["detail"] == "no route is at /v1/v1/models (the API's paths start with /v1/: see /docs)", body
+    assert body["detail"] == "no route is at /v1/v1/models (/v1/ twice: the API's paths start with one; see /docs)"
+    assert assert_problem(client.get("/models"), 404, "not-found")["detail"] == \
+        "no route is at /models (the API's paths start with /v1/: see /docs)"
+    assert assert_problem(client.get("/v1/health/ready"), 404, "not-found")["detail"] == \
+        "no route is at /v1/health/ready (see /docs)"  # it starts with /v1/: no word that it does not
     assert len(assert_problem(client.get("/" + "x" * 5000), 404, "not-found")["detail"]) < 300
 
 

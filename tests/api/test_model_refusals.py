@@ -29,7 +29,7 @@ from safetensors.torch import save
 from core.dataset_explain.runner import explain_dataset, explain_dataset_config
 from core.datasets import ArchiveLimits, ingest_archive
 from core.errors import InvalidRequest
-from core.models import checking_process, upload as model_upload
+from core.models import checking_process, onnx_upload, upload as model_upload
 from core.models.flops import REFERENCE_FLOPS, relative_cost
 from core.models.registry import ModelRegistry
 from core.models.spec import ModelSpec
@@ -251,7 +251,12 @@ def test_unknown_architectures_and_bad_preprocessing_are_422(client, small_resne
     squeezenet = client.post("/v1/models", data={"name": "mine", "architecture": "squeezenet1_0"},
                              files={"weights": ("w", weights_of(torchvision.models.squeezenet1_0(num_classes=4)))})
     assert_refused(squeezenet, 422, "architecture", "no linear classifier")
-    assert_refused(post_weights(client, weights_of(small_resnet), mean=[0.5, 0.5]), 422, "mean", "length")
+    assert_refused(post_weights(client, weights_of(small_resnet), mean=[0.5, 0.5]), 422, "mean",
+                   "mean takes 3 numbers, one per channel (RGB), comma-separated (0.5,0.5,0.5) or the field repeated")
+    assert_refused(post_weights(client, weights_of(small_resnet), std=[58.4, 57.1, 57.4]), 422, "std",
+                   "for pixels in 0..255, divide by 255")
+    bracketed = post_weights(client, weights_of(small_resnet), mean="[0.5,0.5,0.5]")  # JSON's list
+    assert bracketed.status_code == 422 and "not '[0.5'" in bracketed.json()["detail"], bracketed.text
     assert_refused(post_weights(client, weights_of(small_resnet), interpolation="lanczos"), 422, "interpolation",
                    "bilinear")
     assert_refused(post_weights(client, weights_of(small_resnet), cam_layer="fc"), 422, "cam_layer", "feature map")
@@ -322,8 +327,17 @@ def test_timm_weights_under_a_torchvision_name_are_told_the_prefix(client, small
     # resnet18's names are timm's too: a wrong shape under them is no sign of timm's weights
     state = {key: value.contiguous() for key, value in small_resnet.state_dict().items()}
     state["conv1.weight"] = state["conv1.weight"].reshape(32, 6, 7, 7).contiguous()
-    reshaped = assert_refused(post_weights(client, save(state)), 422, "weights", "other shapes ['conv1.weight']")
+    reshaped = assert_refused(post_weights(client, save(state)), 422, "weights",
+                              "other shapes [conv1.weight (32, 6, 7, 7) where resnet18 has (64, 3, 7, 7)]")
     assert "timm" not in reshaped["detail"]
+
+
+@pytest.mark.parametrize("prefix", ["module.", "model."])
+def test_weights_whose_every_name_has_a_prefix_are_told_it(client, small_resnet, prefix):
+    """DataParallel's state dict names every tensor `module.NAME`, a Lightning module's `model.NAME`."""
+    state = {prefix + key: value.contiguous() for key, value in small_resnet.state_dict().items()}
+    assert_refused(post_weights(client, save(state)), 422, "weights",
+                   f"every name starts with {prefix!r}: save the network's own state dict")
 
 
 def onnx_classifier(external_data: bool = False, domain: str = "", side: int = 32, classes: int = 4,
@@ -374,9 +388,11 @@ def ending_in(op_types: list[str]) -> onnx.ModelProto:
 
 def test_an_onnx_graph_that_ends_in_softmax_is_refused_as_it_returns_probabilities(client):
     """Its probabilities were served as logits, through softmax again: 0.40 / 0.30 / 0.30 where
-    the same weights gave 0.53 / 0.25 / 0.23, and no word of it."""
+    the same weights gave 0.53 / 0.25 / 0.23, and no word of it (a sigmoid's 0.33 served as 0.23)."""
     for ending, said in ((["Softmax"], "comes from a Softmax node ('softmax0'): probabilities"),
                          (["Softmax", "Identity", "Flatten"], "comes from a Softmax node ('softmax0'): probabilities"),
+                         (["Sigmoid"], "comes from a Sigmoid node ('sigmoid0'): probabilities"),
+                         (["HardSigmoid", "Flatten"], "comes from a HardSigmoid node ('hardsigmoid0'): probabilities"),
                          (["Softmax", "Cast", "Transpose", "Transpose"], "holds probabilities (each row non-negative"),
                          (["Exp/Sum/Div"], "holds probabilities (each row non-negative")):
         refused = client.post("/v1/models", data={"name": "probabilities", "input_size": 32},
@@ -385,6 +401,15 @@ def test_an_onnx_graph_that_ends_in_softmax_is_refused_as_it_returns_probabiliti
     served = client.post("/v1/models", data={"name": "log-probabilities", "input_size": 32},
                          files={"onnx": ("m.onnx", ending_in(["LogSoftmax"]).SerializeToString())})
     assert served.status_code == 201, served.text
+
+
+def test_an_onnx_graph_of_another_input_type_than_float32_is_refused(client):
+    """A float16 export was refused by ONNX Runtime's own words ("Unexpected input data type")."""
+    model = onnx_classifier()
+    model.graph.input[0].type.tensor_type.elem_type = TensorProto.FLOAT16
+    refused = client.post("/v1/models", data={"name": "half", "input_size": 32},
+                          files={"onnx": ("m.onnx", model.SerializeToString())})
+    assert_refused(refused, 422, "onnx", "the ONNX input is FLOAT16; the service feeds FLOAT (float32)")
 
 
 @pytest.fixture(scope="module")
@@ -695,18 +720,18 @@ def test_an_onnx_model_of_more_classes_than_a_target_can_name_is_422(client, mon
     undeclared = client.post("/v1/models", data={"name": "wide", "input_size": 32}, files={
         "onnx": ("m.onnx", onnx_classifier(classes=100_001, declared_classes="k").SerializeToString())})
     assert_refused(undeclared, 422, "onnx", "100001 classes; a served model has 2 to 100000")
-    monkeypatch.setattr(model_upload, "_check_runs", lambda *args: pytest.fail("the file was run"))
+    monkeypatch.setattr(onnx_upload, "_check_runs", lambda *args: pytest.fail("the file was run"))
     declared = client.post("/v1/models", data={"name": "wide", "input_size": 32}, files={
         "onnx": ("m.onnx", onnx_classifier(classes=100_001).SerializeToString())})
     assert_refused(declared, 422, "onnx", "100001 classes; a served model has 2 to 100000")
 
 
 def test_a_resize_smaller_than_the_input_is_refused_before_anything_runs(client, small_resnet, monkeypatch):
-    monkeypatch.setattr(model_upload, "_check_runs", lambda *args: pytest.fail("the file was run"))
+    monkeypatch.setattr(onnx_upload, "_check_runs", lambda *args: pytest.fail("the file was run"))
     monkeypatch.setattr(model_upload, "adapt", lambda *args: pytest.fail("the network was built"))
-    onnx_upload = client.post("/v1/models", data={"name": "cropped", "input_size": 40, "resize_size": 36}, files={
+    onnx_file = client.post("/v1/models", data={"name": "cropped", "input_size": 40, "resize_size": 36}, files={
         "onnx": ("m.onnx", onnx_classifier(side=40).SerializeToString())})
-    assert_refused(onnx_upload, 422, "resize_size", "resize_size 36 is smaller than input_size 40")
+    assert_refused(onnx_file, 422, "resize_size", "resize_size 36 is smaller than input_size 40")
     weights = post_weights(client, weights_of(small_resnet), "cropped", resize_size=63)
     assert_refused(weights, 422, "resize_size", "resize_size 63 is smaller than input_size 64")
 
@@ -727,7 +752,7 @@ def test_an_onnx_file_of_many_entries_costs_the_api_little(client, monkeypatch):
         "onnx": ("m.onnx", with_initializers_as_inputs(onnx_classifier(), 10_000).SerializeToString())})
     assert served.status_code == 201, served.text
     assert time.perf_counter() - started < 15
-    monkeypatch.setattr(model_upload, "MAX_ONNX_MESSAGES", 1000)
+    monkeypatch.setattr(onnx_upload, "MAX_ONNX_MESSAGES", 1000)
     refused = client.post("/v1/models", data={"name": "too-many", "input_size": 32}, files={
         "onnx": ("m.onnx", with_initializers_as_inputs(onnx_classifier(), 1000).SerializeToString())})
     assert_refused(refused, 422, "onnx", "over 1000 nodes, tensors, attributes")
@@ -749,9 +774,9 @@ def test_an_onnx_file_of_empty_nodes_is_refused_before_protobuf_parses_it(client
     monkeypatch.setattr(onnx, "load_from_string", lambda blob: parsed.append(blob))
     refused = client.post("/v1/models", data={"name": "empty-nodes", "input_size": 32},
                           files={"onnx": ("m.onnx", bomb)})
-    assert_refused(refused, 422, "onnx", f"over {model_upload.MAX_ONNX_MESSAGES} nodes, tensors")
+    assert_refused(refused, 422, "onnx", f"over {onnx_upload.MAX_ONNX_MESSAGES} nodes, tensors")
     assert not parsed
-    fields = b"\x08\x07" * (model_upload.MAX_ONNX_FIELDS + 1)  # a number a field, unpacked
+    fields = b"\x08\x07" * (onnx_upload.MAX_ONNX_FIELDS + 1)  # a number a field, unpacked
     assert_refused(client.post("/v1/models", data={"name": "many-fields", "input_size": 32},
                                files={"onnx": ("m.onnx", fields)}), 422, "onnx", "fields")
     # a group, which protobuf skips unparsed, switched the count off before the nodes after it
@@ -768,7 +793,7 @@ def test_an_onnx_file_of_packed_integers_is_refused_before_protobuf_parses_it(cl
     """A packed int64 costs 1 byte of file and 8 parsed: 100 MB of zeros in one initializer's
     int64_data took the API process from 1.3 to 3.4 GB, and the upload was accepted."""
     model = onnx_classifier()
-    count = model_upload.MAX_ONNX_PACKED_NUMBERS + 1
+    count = onnx_upload.MAX_ONNX_PACKED_NUMBERS + 1
     model.graph.initializer.append(onnx.helper.make_tensor("unused", onnx.TensorProto.INT64, [count],
                                                            np.zeros(count, dtype=np.int64)))
     packed = model.SerializeToString()
@@ -776,7 +801,7 @@ def test_an_onnx_file_of_packed_integers_is_refused_before_protobuf_parses_it(cl
     parsed = []
     monkeypatch.setattr(onnx, "load_from_string", lambda blob: parsed.append(blob))
     refused = client.post("/v1/models", data={"name": "packed", "input_size": 32}, files={"onnx": ("m.onnx", packed)})
-    assert_refused(refused, 422, "onnx", f"packs over {model_upload.MAX_ONNX_PACKED_NUMBERS} integers")
+    assert_refused(refused, 422, "onnx", f"packs over {onnx_upload.MAX_ONNX_PACKED_NUMBERS} integers")
     assert not parsed
 
 
@@ -799,7 +824,7 @@ def test_the_count_before_parsing_is_the_count_after():
     torch.onnx.export(torchvision.models.resnet18(num_classes=3).eval(), torch.rand(1, 3, 32, 32), export,
                       dynamo=False, input_names=["input"], output_names=["logits"])
     for blob in (model.SerializeToString(), export.getvalue()):
-        assert model_upload.count_onnx_messages(blob) == sum(1 for _ in model_upload._messages(
+        assert onnx_upload.count_onnx_messages(blob) == sum(1 for _ in onnx_upload._messages(
             onnx.load_from_string(blob)))
 
 
@@ -1019,8 +1044,8 @@ def check(blob: bytes, reference: Path, memory_bytes: int = 4 * 2**30, seconds: 
 
 def checked_spec(blob: bytes, reference: Path, memory_bytes: int = 4 * 2**30, seconds: float = 60.0,
                  max_batch: int = 32) -> ModelSpec:
-    limits = model_upload.OnnxCheckLimits(memory_bytes, seconds, max_batch)
-    return model_upload.onnx_model("checked", blob, None, model_upload.Preprocessing(input_size=32), limits,
+    limits = onnx_upload.OnnxCheckLimits(memory_bytes, seconds, max_batch)
+    return onnx_upload.onnx_model("checked", blob, None, model_upload.Preprocessing(input_size=32), limits,
                                    reference)[0]
 
 

@@ -56,7 +56,7 @@ def reference_network(architecture: str, size: int, seed: int = 0, **options) ->
                                                init_weights=False, **options)
     else:
         network = torchvision.models.get_model(architecture, weights=None, num_classes=CLASSES, **options)
-    photos = torch.cat([reference_preprocessing(size)(image)[None] for image in (chelsea(), coffee())])
+    photos = torch.cat([reference_preprocessing(size, network)(image)[None] for image in (chelsea(), coffee())])
     photos = torch.cat([photos, photos.flip(-1)])
     with torch.no_grad():
         for module in network.modules():
@@ -95,15 +95,20 @@ NEVER_FLAT = {"saliency", "integrated_gradients", "smoothgrad", "guided_backprop
 LABELS = "\n".join(f"class {index}" for index in range(CLASSES)).encode()
 
 
-def reference_preprocessing(size: int) -> transforms.Compose:
+def reference_preprocessing(size: int, network: torch.nn.Module | None = None) -> transforms.Compose:
+    """torchvision's pipeline; for a timm network, timm's own, from its data config (its mean, std,
+    interpolation and crop), which an upload that does not say otherwise is served with."""
+    if hasattr(network, "pretrained_cfg"):
+        return timm.data.create_transform(**timm.data.resolve_data_config({"input_size": (3, size, size)},
+                                                                           model=network))
     return transforms.Compose([transforms.Resize(round(size / 0.875)), transforms.CenterCrop(size),
                                transforms.ToTensor(),
                                transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
 
 
-def torchvision_log_probabilities(network: torch.nn.Module, image: Image.Image, size: int) -> torch.Tensor:
+def reference_log_probabilities(network: torch.nn.Module, image: Image.Image, size: int) -> torch.Tensor:
     with torch.no_grad():
-        return torch.log_softmax(network(reference_preprocessing(size)(image)[None])[0], dim=0)
+        return torch.log_softmax(network(reference_preprocessing(size, network)(image)[None])[0], dim=0)
 
 
 @pytest.fixture(scope="module")
@@ -128,13 +133,13 @@ def uploaded(request, client):
     return architecture, name, network, size
 
 
-def test_top5_equals_the_torchvision_reference_pipeline(client, uploaded):
+def test_top5_equals_the_reference_pipeline_torchvisions_or_timms(client, uploaded):
     architecture, name, network, size = uploaded
     images = [chelsea(), coffee()]
     response = client.post(f"/v1/models/{name}/predict", files=[upload(encode(image, "PNG"), "x.png") for image in images])
     assert response.status_code == 200, response.text
     for image, result in zip(images, response.json()["results"]):
-        expected = torchvision_log_probabilities(network, image, size)
+        expected = reference_log_probabilities(network, image, size)
         top = torch.argsort(expected, descending=True)
         gaps = expected[top[:5]] - expected[top[1:6]]
         assert gaps.min() > 0.05, f"logits not separated: {gaps}"  # 20x the rounding seen here
@@ -196,7 +201,10 @@ def test_the_model_describes_itself_and_every_method_returns_a_valid_map(client,
 
 def test_the_same_network_uploaded_as_onnx_gives_the_same_top5(client, uploaded):
     architecture, name, network, size = uploaded
-    response = client.post("/v1/models", data={"name": f"{name}-onnx", "input_size": size},
+    served_with = client.get(f"/v1/models/{name}").json()["preprocessing"]  # timm's own, for a timm model
+    given = {"mean": served_with["mean"], "std": served_with["std"], "interpolation": served_with["interpolation"],
+             "resize_size": served_with["resize_short_side_to"]}  # what an ONNX file does not say
+    response = client.post("/v1/models", data={"name": f"{name}-onnx", "input_size": size, **given},
                            files={"onnx": ("model.onnx", onnx_of(network, size)), "labels": ("labels.txt", LABELS)})
     assert response.status_code == 201, response.text
     photos = [upload(encode(chelsea()))]
@@ -237,7 +245,44 @@ def test_a_network_with_transform_input_is_served_as_torchvision_runs_it_with_ha
     served = client.post("/v1/models/googlenet-tv/predict", data={"top_k": 3},
                          files=[upload(encode(image, "PNG"), "x.png") for image in images]).json()["results"]
     for image, result in zip(images, served):
-        expected = torchvision_log_probabilities(network, image, size)
+        expected = reference_log_probabilities(network, image, size)
         assert [p["index"] for p in result["predictions"]] == torch.argsort(expected, descending=True)[:3].tolist()
         log_probabilities = np.log([max(p["probability"], 1e-30) for p in result["predictions"]])
         assert np.abs(log_probabilities - expected.sort(descending=True).values[:3].numpy()).max() < 0.05
+
+
+def test_a_timm_model_uploaded_without_preprocessing_is_served_with_timms_own(client):
+    """timm's MobileNetV3 ports from TensorFlow are normalized by 0.5: served with ImageNet's mean
+    and std, as before, this one gave 0.69 / 0.31 where timm's pipeline gives 0.57 / 0.43."""
+    architecture, size = "timm:tf_mobilenetv3_small_minimal_100", 128
+    network = reference_network(architecture, size)
+    response = client.post("/v1/models", data={"name": "tf-mobilenet", "architecture": architecture,
+                                               "input_size": size},
+                           files={"weights": ("model.safetensors", safetensors_of(network))})
+    assert response.status_code == 201, response.text
+    described = client.get("/v1/models/tf-mobilenet").json()["preprocessing"]
+    assert described["mean"] == described["std"] == [0.5, 0.5, 0.5]
+    assert (described["interpolation"], described["resize_short_side_to"]) == ("bilinear", 146)  # floor(128 / 0.875)
+    images = [chelsea(), coffee()]
+    served = client.post("/v1/models/tf-mobilenet/predict", data={"top_k": 3},
+                         files=[upload(encode(image, "PNG"), "x.png") for image in images]).json()["results"]
+    for image, result in zip(images, served):
+        expected = reference_log_probabilities(network, image, size).sort(descending=True)
+        assert [p["index"] for p in result["predictions"]] == expected.indices[:3].tolist()
+        log_probabilities = np.log([max(p["probability"], 1e-30) for p in result["predictions"]])
+        assert np.abs(log_probabilities - expected.values[:3].numpy()).max() < 0.05
+
+
+def test_an_onnx_upload_is_checked_under_a_data_folder_named_from_the_working_folder(tmp_path, monkeypatch):
+    """`make run` keeps its data in `var`, GAZER_DATA_DIR's default: the ONNX check's child runs in
+    a folder of its own, where the timing reference's relative path named nothing, and every ONNX
+    upload was a 500."""
+    from tests.api.test_model_refusals import onnx_classifier
+
+    monkeypatch.chdir(tmp_path)
+    settings = Settings(data_dir="var")
+    assert settings.data_dir == tmp_path / "var"
+    with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as client:
+        response = client.post("/v1/models", data={"name": "relative", "input_size": 32},
+                               files={"onnx": ("m.onnx", onnx_classifier().SerializeToString())})
+        assert response.status_code == 201, response.text

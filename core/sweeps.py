@@ -198,11 +198,12 @@ def check_space(dimensions: list[Dimension], base: dict[str, Any]) -> None:
 def checked_trials(params: dict[str, Any]) -> list[dict[str, Any]]:
     """The trials whose checks every trial passes: the base fine-tune with the memory-deciding
     values (batch and input size) at the top of their ranges, two when `input_size` may be null
-    (the base model's size, unknown here): one at null, one at the largest size given; and those
-    at the bottom of both (null too), with a strategy that trains the backbone where the space has
-    one (one-image batches on small inputs are refused only for those)."""
+    (the base model's size, unknown here): one at null, one at the largest size given, and with
+    the most epochs (no trial costs more than the costliest of these); and those at the bottom of
+    both (null too), with a strategy that trains the backbone where the space has one (one-image
+    batches on small inputs are refused only for those)."""
     dimensions = {dimension.name: dimension for dimension in parse_space(params["space"])}
-    top: dict[str, Any] = {}
+    top: dict[str, Any] = {"epochs": max(extremes(dimensions["epochs"]))} if "epochs" in dimensions else {}
     bottom: dict[str, Any] = {}
     if "batch_size" in dimensions:
         top["batch_size"] = max(extremes(dimensions["batch_size"]))

@@ -6,7 +6,8 @@ from pydantic import BaseModel
 
 TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found",
           405: "Method not allowed", 406: "Not acceptable", 408: "Request timeout", 409: "Conflict",
-          413: "Content too large", 422: "Unprocessable content", 429: "Too many requests",
+          413: "Content too large", 416: "Range not satisfiable", 422: "Unprocessable content",
+          429: "Too many requests",
           431: "Request header fields too large",
           500: "Internal server error", 501: "Not implemented", 503: "Service unavailable", 507: "Insufficient storage"}
 

@@ -52,6 +52,9 @@ def claim_model_name(caller: Caller, storage: Storage, queue: JobQueue, name: st
         if caller.grants("admin"):
             return
         raise _taken(name)
+    if not caller.grants("admin") and (other := _look_alike_of_anothers(storage, queue, name, caller.owner)):
+        raise Forbidden(f"model name {name!r} differs only in case from {other!r}, which belongs to another key; "
+                        f"choose another output_model", field="output_model")
     if holder is None and not caller.grants("admin"):
         held = _names_held(storage, queue, caller.owner, claiming=name)
         if len(held) >= settings.max_models_per_key:
@@ -91,6 +94,16 @@ def release_unused_claim(caller: Caller, storage: Storage, queue: JobQueue, name
     if caller.owner is not None and versions.name_owner(storage.models, name) == caller.owner \
             and _holder(storage, queue, name) is None:
         versions.release_name(storage.models, name)
+
+
+def _look_alike_of_anothers(storage: Storage, queue: JobQueue, name: str, owner: str) -> str | None:
+    """A name that another key holds and that differs from `name` only in case: `Shared` beside
+    `shared` was listed as a model of its own, easily taken for the other's (and one folder on a
+    data volume that ignores case)."""
+    folded = name.casefold()
+    names = [path.name for path in storage.models.iterdir() if path.is_dir()] if storage.models.is_dir() else []
+    return next((other for other in sorted(names) if other != name and other.casefold() == folded
+                 and _holder(storage, queue, other) not in (None, owner)), None)
 
 
 def _taken(name: str) -> Forbidden:

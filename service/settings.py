@@ -96,6 +96,10 @@ class Settings(SharedSettings):
     # One explain-dataset job may cost this many (its images x the cost of one; each image is held
     # to max_explain_cost as well).
     max_explain_job_cost: int = Field(2_000_000, ge=1)
+    # One fine-tune, sweep (all its trials) or activation maximization may cost this many
+    # forward-equivalents, estimated before it is queued (core.job_costs: a training step's image
+    # counts a forward and a backward at the job's size); more is a 422 that gives the cost.
+    max_job_cost: int = Field(2_000_000, ge=1)
     # Token buckets per client (key, or address when open): requests, and explain compute.
     requests_per_second: float = Field(100.0, gt=0)
     request_burst: int = Field(500, ge=1)

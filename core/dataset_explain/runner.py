@@ -33,6 +33,20 @@ HEATMAPS = "heatmaps.zip"
 TABLE = "explanations.csv"
 
 
+# What makes a spreadsheet read a cell as a formula (OWASP's list): a class folder's name or a
+# label, which the uploader chose, would run as one where whoever downloads the table opens it.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+class _SpreadsheetSafeWriter(csv.DictWriter):
+    """A DictWriter that writes a text cell starting as a formula does with a `'` before it,
+    which spreadsheets show as text and do not display."""
+
+    def writerow(self, rowdict: dict) -> Any:
+        return super().writerow({key: f"'{value}" if isinstance(value, str) and value.startswith(_FORMULA_STARTS)
+                                 else value for key, value in rowdict.items()})
+
+
 def explain_dataset_config(params: dict[str, Any], model: LoadedModel | None = None) -> ExplainDatasetConfig:
     """The checked config; given the `model`, with its default method where none is named."""
     config = from_params(ExplainDatasetConfig, params)
@@ -153,7 +167,7 @@ def explain_dataset(config: ExplainDatasetConfig, model: LoadedModel, datasets_d
     layer, batch = None, batch_size(config, model)
     with zipfile.ZipFile(folder / HEATMAPS, "w", zipfile.ZIP_STORED) as heatmaps, \
             open(folder / TABLE, "w", newline="") as table_file:
-        table = csv.DictWriter(table_file, columns)
+        table = _SpreadsheetSafeWriter(table_file, columns)
         table.writeheader()
 
         def write_error(path: Path, label: int, error: str) -> None:

@@ -55,8 +55,15 @@ def construct(architecture: str) -> nn.Module:
 
 def construct_on_meta(architecture: str) -> nn.Module:
     """The architecture on the meta device: its names and shapes, nothing allocated."""
-    with _regnet_widths_on_the_cpu() if architecture.startswith("regnet_") else nullcontext(), torch.device("meta"):
+    with on_meta(architecture):
         return construct(architecture)
+
+
+@contextmanager
+def on_meta(architecture: str) -> Iterator[None]:
+    """Networks of `architecture` are built on the meta device meanwhile (RegNet's too)."""
+    with _regnet_widths_on_the_cpu() if architecture.startswith("regnet_") else nullcontext(), torch.device("meta"):
+        yield
 
 
 _REGNET_PATCH = threading.Lock()

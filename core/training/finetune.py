@@ -84,12 +84,17 @@ def transfer_backbone(source: nn.Module, target: nn.Module) -> None:
 
 
 def evaluate(network: nn.Module, pixels: torch.Tensor, labels: torch.Tensor, normalize: data.Normalizer,
-             num_classes: int, batch_size: int, device: torch.device) -> dict:
+             num_classes: int, batch_size: int, device: torch.device, should_stop: ShouldStop) -> dict:
+    """Loss, accuracy and confusion over the validation images; JobCancelled when should_stop()
+    says so between batches (190 images at 1024 px took 236 s: a cancel, the job's time limit or a
+    worker's stop waited for all of them, and a stop killed the worker, losing its job)."""
     network.eval()
     confusion = torch.zeros((num_classes, num_classes), dtype=torch.long)
     total_loss = 0.0
     with torch.no_grad():
         for start in range(0, len(labels), batch_size):
+            if should_stop():
+                raise JobCancelled()
             inputs = normalize(pixels[start:start + batch_size].to(device))
             truth = labels[start:start + batch_size]
             logits = network(inputs).float().cpu()
@@ -264,7 +269,7 @@ def fine_tune(config: FineTuneConfig, base_spec: ModelSpec, base_network: nn.Mod
 
             done = train_epoch(network, optimizer, split, config, spec, generator, device, report, should_stop)
             validation = evaluate(network, split.val_pixels, split.val_labels, data.Normalizer(spec),
-                                  len(classes), config.batch_size, device)
+                                  len(classes), config.batch_size, device, should_stop)
             epochs.append(done)
             history.append({"epoch": epoch + 1, "train_loss": done.loss_sum / done.images,
                             "train_accuracy": done.correct / done.images, "val_loss": validation["loss"],

@@ -11,7 +11,7 @@ from typing import Annotated, Any, AsyncIterator, Iterator
 import redis
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.responses import FileResponse, StreamingResponse
-from starlette.responses import MalformedRangeHeader
+from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 from starlette.staticfiles import NotModifiedResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -20,15 +20,20 @@ from core.datasets import describe_dataset
 from core.errors import Conflict, InvalidRequest, NotFound, UnknownModel
 from core.job_runners import ACTIVATION_MAXIMIZATION, EXPLAIN_DATASET, FINE_TUNE, RUNNERS, check_fine_tune, \
     check_maximization_memory, fine_tune_config, maximization_config
+from core.job_costs import check_job_cost, fine_tune_cost, maximization_cost
 from core.jobs import STATES, TERMINAL
 from core.models.refs import parse_ref
+from core.models.registry import ModelRegistry, network_forward_cost
+from core.storage import Storage
 from core.sweeps import MAX_TRIALS, SWEEP, checked_trials, most_parallel_trials, parse_space, sweep_config
+from core.training.config import FineTuneConfig
 from core.visualize.activation_max import validate as validate_maximization
 from schemas.jobs import ActivationMaximizationRequest, Artifact, ArtifactList, ExplainDatasetRequest, FineTuneRequest, \
     Job, JobList, SweepRequest, artifact_url
 from schemas.problems import Problem, problem
 from service.auth import Caller, CallerDep, Unauthorized, authenticate, required_scope
 from service.dependencies import QueueDep, RegistryDep, SettingsDep, StorageDep, load_model
+from service.errors import problem_response
 from service.http_protocol import SERVER_STOPPING
 from service.quotas import claim_model_name
 from service.rate_limits import client_id
@@ -118,6 +123,16 @@ def _submit(job_type: str, params: dict[str, Any], queue: QueueDep, caller: Call
     return Job(**job)
 
 
+def _fine_tune_cost(config: FineTuneConfig, registry: ModelRegistry, storage: Storage) -> tuple[int, str]:
+    """The fine-tune's cost (job_costs), and what it is of."""
+    base = registry.spec(config.base_model)
+    size = config.input_size or base.input_size
+    images = describe_dataset(storage.datasets, config.dataset_id)["images"]
+    forward = network_forward_cost(base, size)
+    return fine_tune_cost(config, images, forward), \
+        f"{config.epochs} epochs of {images} images at {size} px, a forward of {base.ref} counting {forward:.3g}"
+
+
 @router.post("/fine-tune", response_model=Job, status_code=status.HTTP_202_ACCEPTED, dependencies=[ROOM])
 def submit_fine_tune(body: FineTuneRequest, request: Request, response: Response, queue: QueueDep,
                      registry: RegistryDep, storage: StorageDep, caller: CallerDep, settings: SettingsDep) -> Job:
@@ -126,8 +141,10 @@ def submit_fine_tune(body: FineTuneRequest, request: Request, response: Response
         caller.check_owns(describe_dataset(storage.datasets, body.dataset_id).get("owner"),
                           f"data set {body.dataset_id!r}")
         params["base_model"] = _version_now(registry, body.base_model)
-        check_fine_tune(fine_tune_config(params), registry, storage.datasets, settings.worker_memory_bytes,
-                        settings.max_classes)
+        config = fine_tune_config(params)
+        check_fine_tune(config, registry, storage.datasets, settings.worker_memory_bytes, settings.max_classes)
+        cost, described = _fine_tune_cost(config, registry, storage)
+        check_job_cost(cost, settings.max_job_cost, f"this fine-tune ({described})", "epochs")
     with queue.claim_lock(caller.owner, body.output_model), _dataset_kept(queue, storage, body.dataset_id), \
             _model_kept(queue, registry, params["base_model"], "base_model"):
         claim_model_name(caller, storage, queue, body.output_model, settings)
@@ -150,10 +167,15 @@ def submit_sweep(body: SweepRequest, request: Request, response: Response, queue
     with _references_in_body(dataset="base.dataset_id", model="base.base_model"):
         caller.check_owns(describe_dataset(storage.datasets, config.base.dataset_id).get("owner"),
                           f"data set {config.base.dataset_id!r}")
+        costliest = 0
         with _named_in_sweep(params["space"]):
             for trial in checked_trials(params):
-                check_fine_tune(fine_tune_config(trial), registry, storage.datasets, settings.worker_memory_bytes,
+                trial_config = fine_tune_config(trial)
+                check_fine_tune(trial_config, registry, storage.datasets, settings.worker_memory_bytes,
                                 settings.max_classes)
+                costliest = max(costliest, _fine_tune_cost(trial_config, registry, storage)[0])
+        check_job_cost(config.trials * costliest, settings.max_job_cost,
+                       f"this sweep ({config.trials} trials, the costliest {costliest})", "trials")
     with queue.claim_lock(caller.owner, config.base.output_model), \
             _dataset_kept(queue, storage, config.base.dataset_id, "base.dataset_id"), \
             _model_kept(queue, registry, params["base"]["base_model"], "base.base_model"):
@@ -171,6 +193,9 @@ def submit_activation_maximization(body: ActivationMaximizationRequest, request:
         model = load_model(registry, config.model, request, caller)
     validate_maximization(config, model.spec, model.layers)
     check_maximization_memory(config, model.spec.input_size, settings.worker_memory_bytes)
+    size = config.size or model.spec.input_size
+    check_job_cost(maximization_cost(config, network_forward_cost(model.spec, size)), settings.max_job_cost,
+                   f"this activation maximization ({config.count} images, {config.steps} steps at {size} px)", "steps")
     with _model_kept(queue, registry, model.spec.ref, "model"):
         return _submit(ACTIVATION_MAXIMIZATION, {**params, "model": model.spec.ref}, queue, caller, request, settings,
                        response)
@@ -333,8 +358,18 @@ def get_artifact(job_id: str, name: str, request: Request, queue: QueueDep, stor
     path = folder / name
     if name.startswith(".") or len(name) > 255 or Path(name).name != name or not path.is_file():
         raise NotFound(f"job {job_id} has no artifact {name!r}")
-    response = ArtifactFile(path, stat_result=path.stat())  # its ETag is known now
+    size = (stat := path.stat()).st_size
+    response = ArtifactFile(path, stat_result=stat)  # its ETag is known now
     asked = [tag.strip().removeprefix("W/") for tag in request.headers.get("if-none-match", "").split(",")]
     if response.headers["etag"] in asked or "*" in asked:
         return NotModifiedResponse(response.headers)
+    if_range, wanted = request.headers.get("if-range"), request.headers.get("range")
+    if wanted is not None and (if_range is None or response._should_use_range(if_range)):
+        try:
+            ArtifactFile._parse_range_header(wanted, size)
+        except RangeNotSatisfiable:  # Starlette's own answer is a plain-text 416
+            refused = problem_response(416, "range-not-satisfiable", f"the Range {wanted[:100]!r} starts at or past "
+                                                                      f"the end of {name} ({size} bytes)")
+            refused.headers["content-range"] = f"bytes */{size}"
+            return refused
     return response

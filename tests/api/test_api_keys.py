@@ -417,6 +417,9 @@ def test_model_names_and_data_sets_are_held_per_key_within_quotas(keys, tmp_path
         assert fine_tune("alice", alices, "alices").status_code == 202  # a new version of her own name
         assert_problem(fine_tune("alice", alices, "another"), 403, "GAZER_MAX_MODELS_PER_KEY")
         assert_problem(fine_tune("bob", bobs, "alices"), 403, "belongs to another key")
+        for look_alike in ("Alices", "ALICES"):  # each was a model of bob's listed beside hers
+            assert_problem(fine_tune("bob", bobs, look_alike), 403, "differs only in case from 'alices', which "
+                                                                    "belongs to another key")
         assert fine_tune("admin", alices, "alices").status_code == 202
 
 

@@ -4,6 +4,7 @@ a client that has gone away being dropped."""
 
 from __future__ import annotations
 
+import math
 import select
 import socket
 import time
@@ -280,6 +281,46 @@ def test_jobs_that_would_not_fit_in_a_worker_are_refused_with_the_estimate(tmp_p
         refused = api.post("/v1/jobs/activation-maximization", json=many)
         assert refused.status_code == 422 and "64 targets at 512 px would need about" in refused.json()["detail"]
         assert api.post("/v1/jobs/activation-maximization", json={**many, "size": 64}).status_code == 202
+
+
+def lite0_forwards(side: int) -> float:
+    """What a forward of EfficientNet-Lite0 at `side` costs, in forwards at 224."""
+    return network_flops(build_network("efficientnet_lite0", 1000, 224), side) / REFERENCE_FLOPS
+
+
+def test_training_jobs_over_the_job_budget_are_refused_with_their_cost(tmp_path):
+    """An activation maximization of 64 classes for 10,000 steps, a fine-tune at 1024 px for 500
+    epochs: accepted, each would have held a worker for days (1.45 s a step for 4 classes here)."""
+    settings = Settings(data_dir=tmp_path, max_job_cost=100_000)
+    with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as api:
+        many = {"model": MODEL, "target": {"classes": list(range(64))}, "steps": 10_000}
+        refused = api.post("/v1/jobs/activation-maximization", json=many).json()
+        assert refused["status"] == 422 and refused["errors"][0]["field"] == "steps", refused
+        assert (refused["cost"], refused["budget"]) == (2 * 64 * 10_000, 100_000)  # Lite0 at its own 224: 1 a forward
+        assert "this activation maximization (64 images, 10000 steps at 224 px) costs about 1280000" in refused["detail"]
+        larger = api.post("/v1/jobs/activation-maximization", json={**many, "target": {"classes": list(range(8))},
+                                                                     "size": 448, "steps": 10_000}).json()
+        assert larger["cost"] == math.ceil(2 * 8 * 10_000 * lite0_forwards(448)), larger
+        assert 3.9 < lite0_forwards(448) < 4  # at twice the side, nearly four times the FLOPs
+        assert api.post("/v1/jobs/activation-maximization", json={**many, "steps": 100}).status_code == 202
+
+        archive = upload(shapes_archive(per_class=2), "shapes.zip", "application/zip")
+        body = {"dataset_id": api.post("/v1/datasets", files=[archive]).json()["id"], "output_model": "long",
+                "epochs": 500, "early_stopping_patience": 500, "input_size": 1024, "batch_size": 2}
+        refused = api.post("/v1/jobs/fine-tune", json=body).json()
+        assert refused["status"] == 422 and refused["errors"][0]["field"] == "epochs", refused
+        assert refused["cost"] == math.ceil(2 * lite0_forwards(1024) * (500 * 6 + 6)), refused  # 6 images, lr given
+        assert "this fine-tune (500 epochs of 6 images at 1024 px" in refused["detail"]
+        assert api.post("/v1/jobs/fine-tune", json={**body, "epochs": 3, "input_size": 64}).status_code == 202
+        sweep = {"base": {**body, "epochs": 100, "input_size": 224}, "space": {"lr": {"log_uniform": [1e-4, 1e-2]}},
+                 "trials": 200}
+        refused = api.post("/v1/jobs/sweep", json=sweep).json()
+        assert refused["status"] == 422 and refused["errors"][0]["field"] == "trials", refused
+        assert refused["cost"] == 200 * 2 * (100 * 6 + 6), refused
+        # every trial counted at the most epochs the space holds
+        over = {**sweep, "base": {**sweep["base"], "epochs": 1}, "space": {"epochs": {"int": [1, 100]}}}
+        assert api.post("/v1/jobs/sweep", json=over).json()["cost"] == 200 * 2 * (100 * 6 + 6)
+        assert api.post("/v1/jobs/sweep", json={**over, "trials": 4}).status_code == 202
 
 
 def test_one_image_batches_on_one_pixel_feature_maps_are_refused_before_queueing(tmp_path):

@@ -95,6 +95,10 @@ def test_activation_maximization_end_to_end(api, workers):
         assert whole.status_code == 200 and whole.content == png.content, (malformed, whole.text)
     beyond = api.get(image["url"], headers={"Range": f"bytes={len(png.content)}-"})
     assert beyond.status_code == 416 and beyond.headers["content-range"] == f"bytes */{len(png.content)}"
+    assert beyond.headers["content-type"] == "application/problem+json"  # Starlette's was plain text
+    assert beyond.json()["type"] == "/problems/range-not-satisfiable", beyond.text
+    stale = api.get(image["url"], headers={"Range": f"bytes={len(png.content)}-", "If-Range": '"other"'})
+    assert stale.status_code == 200 and stale.content == png.content  # the Range is for another version: ignored
     head = api.head(image["url"])
     assert head.status_code == 200 and head.content == b"" and head.headers["content-length"] == str(len(png.content))
     assert Image.open(io.BytesIO(png.content)).size == (96, 96)

@@ -42,3 +42,26 @@ def test_the_default_layer_of_a_model_fine_tuned_at_32_px_gives_raw_maps_and_dat
     explained = run_explain_dataset("small-explain", {"dataset_id": dataset["id"], "model": model.spec.ref,
                                                       "method": "gradcam"}, quiet, lambda: False, context)
     assert explained["layer"] == model.spec.cam_layer and explained["explained"] == 9 and explained["failed"] == 0
+
+
+def test_a_data_set_explanations_table_writes_no_cell_a_spreadsheet_runs_as_a_formula(context):
+    """The archive's one top folder is not a class, so it is not a checked name: `=1+1+cmd|...`
+    reached the table's uploaded_as cells as a formula, run where whoever downloads it opens it."""
+    import csv
+    import io
+    import zipfile
+
+    root = "=1+1+cmd|' -C calc'!A0"
+    with zipfile.ZipFile(io.BytesIO(shapes_archive(per_class=2))) as source:
+        packed = io.BytesIO()
+        with zipfile.ZipFile(packed, "w") as archive:
+            for name in source.namelist():
+                archive.writestr(f"{root}/{name}", source.read(name))
+    dataset = ingest_archive(packed.getvalue(), context.storage.datasets, None, LIMITS)
+    explained = run_explain_dataset("formula-table", {"dataset_id": dataset["id"], "model": "efficientnet_lite0",
+                                                      "method": "cam"}, quiet, lambda: False, context)
+    table = context.storage.job_artifacts("formula-table") / "explanations.csv"
+    rows = list(csv.DictReader(io.StringIO(table.read_text())))
+    assert len(rows) == explained["explained"] == 6
+    assert all(row["uploaded_as"].startswith(f"'{root}/") for row in rows), rows[0]
+    assert not any(cell.startswith(("=", "+", "-", "@")) for row in rows for cell in row.values())

@@ -191,8 +191,9 @@ def explain_one(client: Client, args: argparse.Namespace, options: dict[str, Any
         tell(f"faithfulness: deletion {scores.deletion:.3f} (lower is better), insertion {scores.insertion:.3f} "
              f"(higher is better), {scores.steps} steps")
     if explanation.flat and explanation.gate is None:
-        tell("the map is flat (all zeros): this method found nothing to point at for this class at this layer; "
-             "try another layer or method")
+        at_layer = f" at layer {explanation.layer}; try another layer or method" if explanation.layer else \
+            "; try another method"
+        tell(f"the map is flat (all zeros): this method found nothing to point at for this class{at_layer}")
     if explanation.gate is not None:
         gate = explanation.gate
         tell(f"gate {gate.min:.3f}..{gate.max:.3f} (mean {gate.mean:.3f})"

@@ -69,7 +69,9 @@ def describe_end(job: Job) -> str:
 
 
 def progress_bar(job_id: str) -> tqdm:
-    return tqdm(total=100, desc=f"job {job_id}", unit="%", file=sys.stderr,
+    """On a terminal, a bar redrawn in place; elsewhere (a log, a pipe) none, where its redraws
+    ran into one line: `follow` writes a line of its own each tenth of the way and each phase."""
+    return tqdm(total=100, desc=f"job {job_id}", unit="%", file=sys.stderr, disable=not sys.stderr.isatty(),
                 bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}{postfix}")
 
 
@@ -78,6 +80,7 @@ def follow(client: Client, job_id: str, url: str) -> int:
     Ctrl-C, which leaves the job running."""
     last: Job | None = None
     bar: tqdm | None = None  # drawn from the job's first event: a job that is not there gets none
+    told: tuple | None = None  # without a terminal: the tenth, state and phase last written
     try:
         with ExitStack() as closing:  # the bar closed, its line ended, however following ends
             def server_stopping() -> None:
@@ -91,7 +94,11 @@ def follow(client: Client, job_id: str, url: str) -> int:
                 if bar is None:
                     bar = closing.enter_context(progress_bar(job_id))
                 last = event.job
-                bar.n = round(100 * (last.progress or {}).get("fraction", 0.0), 1)
+                percent = round(100 * (last.progress or {}).get("fraction", 0.0), 1)
+                if bar.disable and (now := (percent // 10, last.state, (last.progress or {}).get("phase"))) != told:
+                    told = now
+                    say(f"job {job_id} {percent:3.0f}% {describe_progress(last)}", file=sys.stderr, flush=True)
+                bar.n = percent
                 bar.set_postfix_str(shown(describe_progress(last)), refresh=False)
                 bar.refresh()
     except EndedEarly as error:

@@ -26,8 +26,9 @@ def cmd_models_show(client: Client, args: argparse.Namespace) -> int:
         f"  {detail.description}",
         f"  input {detail.input_size} (resize short side to {pre.resize_short_side_to}, {pre.interpolation}; "
         f"mean {[round(v, 4) for v in pre.mean]}, std {[round(v, 4) for v in pre.std]})",
-        f"  default layer {detail.default_layer or 'none (an ONNX model: occlusion and rise)'}; "
-        f"{len(detail.layers)} targetable layers (gazer models show {detail.id} --json lists them)",
+        f"  default layer {detail.default_layer}; {len(detail.layers)} targetable layers (gazer models show "
+        f"{detail.id} --json lists them)" if detail.layers else "  no layers to explain (an ONNX model: occlusion "
+                                                                 "and rise explain its input)",
         f"  methods {', '.join(detail.methods)}; a forward counts {detail.forward_cost:g} in the explain budget "
         f"(forwards of efficientnet_lite0 at 224)",
         f"  attention {', '.join(detail.attention) or 'none'}",

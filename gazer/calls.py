@@ -339,9 +339,11 @@ def explain_dataset(dataset_id: str, model: str = DEFAULT_MODEL, options: dict[s
                 json={"dataset_id": dataset_id, "model": model, **body})
 
 
-def jobs(state: str | None = None, type: str | None = None, parent: str | None = None) -> Call[JobList]:
-    """`parent`: the trials of that sweep."""
-    return Call("GET", "/v1/jobs", _reader(JobList), params=_given(state=state, type=type, parent=parent))
+def jobs(state: str | None = None, type: str | None = None, parent: str | None = None, limit: int | None = None,
+         before: str | None = None) -> Call[JobList]:
+    """`parent`: the trials of that sweep; `before`: a page's `next`, for the jobs older than its last."""
+    return Call("GET", "/v1/jobs", _reader(JobList), params=_given(state=state, type=type, parent=parent,
+                                                                    limit=limit, before=before))
 
 
 def job(job_id: str) -> Call[Job]:

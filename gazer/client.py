@@ -222,8 +222,9 @@ class Client:
     def activation_maximization(self, target: dict[str, Any], model: str = DEFAULT_MODEL, **options: Any) -> Job:
         return self._send(calls.activation_maximization(target, model, **options))
 
-    def jobs(self, state: str | None = None, type: str | None = None, parent: str | None = None) -> JobList:
-        return self._send(calls.jobs(state, type, parent))
+    def jobs(self, state: str | None = None, type: str | None = None, parent: str | None = None,
+             limit: int | None = None, before: str | None = None) -> JobList:
+        return self._send(calls.jobs(state, type, parent, limit, before))
 
     def job(self, job_id: str) -> Job:
         return self._send(calls.job(job_id))
@@ -380,8 +381,9 @@ class AsyncClient:
                                       **options: Any) -> Job:
         return await self._send(calls.activation_maximization(target, model, **options))
 
-    async def jobs(self, state: str | None = None, type: str | None = None, parent: str | None = None) -> JobList:
-        return await self._send(calls.jobs(state, type, parent))
+    async def jobs(self, state: str | None = None, type: str | None = None, parent: str | None = None,
+                   limit: int | None = None, before: str | None = None) -> JobList:
+        return await self._send(calls.jobs(state, type, parent, limit, before))
 
     async def job(self, job_id: str) -> Job:
         return await self._send(calls.job(job_id))

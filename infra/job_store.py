@@ -306,21 +306,28 @@ class JobStore:
         return job
 
     def list(self, state: str | None = None, job_type: str | None = None, limit: int = 100,
-             owner: str | None = None, parent: str | None = None, scanned: int | None = 2000) -> list[dict[str, Any]]:
-        """Newest first; only `owner`'s when given, read from its own set rather than from every
-        job, and only `parent`'s trials, from the sweep's own set, all of them however old; 100
-        ids at a time, their records in one round trip, among the newest `scanned` (a filter that
-        matches nothing reads no further)."""
+             owner: str | None = None, parent: str | None = None, scanned: int | None = 2000,
+             before: str | None = None) -> list[dict[str, Any]]:
+        """Newest first, older than job `before` where given (the last of a page); only `owner`'s
+        when given, read from its own set rather than from every job, and only `parent`'s trials,
+        from the sweep's own set, all of them however old; 100 ids at a time, their records in one
+        round trip, among the `scanned` next (a filter that matches nothing reads no further)."""
         if state is not None and state not in STATES:
             raise InvalidRequest(f"unknown state {state!r}", field="state", valid=list(STATES))
         if parent is not None:
             index, scanned = _children_key(parent), None
         else:
             index = _INDEX if owner is None else _owned_key(owner)
+        newest = "+inf"
+        if before is not None:
+            if (created_at := self.redis.zscore(index, before)) is None:
+                raise InvalidRequest(f"no job {before[:100]!r} among those listed here: `before` takes the id of a "
+                                     f"listed job (a page's `next`)", field="before")
+            newest = f"({created_at!r}"
         jobs: list[dict[str, Any]] = []
         start = 0
         while len(jobs) < limit and (scanned is None or start < scanned) and \
-                (job_ids := self.redis.zrevrange(index, start, start + 99)):
+                (job_ids := self.redis.zrevrangebyscore(index, newest, "-inf", start=start, num=100)):
             start += 100
             with self.redis.pipeline(transaction=False) as reads:
                 for job_id in job_ids:

@@ -73,6 +73,7 @@ class Job(BaseModel):
 class JobList(BaseModel):
     data: list[Job]
     count: int
+    next: str | None = None  # where the page is full: the `before` of the next page, which may be empty
 
 
 class Artifact(BaseModel):

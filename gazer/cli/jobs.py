@@ -87,10 +87,12 @@ JOB_TYPE_OF_COMMAND = {"finetune": "fine-tune", "maximize": "activation-maximiza
 
 
 def cmd_jobs_ls(client: Client, args: argparse.Namespace) -> int:
-    found = client.jobs(args.state, args.type, args.parent)
+    found = client.jobs(args.state, args.type, args.parent, args.limit, args.before)
     rows = [(job.id, job.type, job.state, f"{100 * (job.progress or {}).get('fraction', 0):.0f}%",
              time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.created_at))) for job in found.data]
     say(*table(("id", "type", "state", "progress", "created"), rows))
+    if found.next is not None:
+        say(f"older jobs: gazer jobs ls --before {found.next} (with the same filters)", file=sys.stderr)
     return 0
 
 

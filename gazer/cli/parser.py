@@ -171,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="fine-tune, sweep, explain-dataset or activation-maximization (or the commands' names: "
                           "finetune, maximize)")
     sub.add_argument("--parent", default=None, metavar="ID", help="the trials of sweep ID")
+    sub.add_argument("--limit", type=int, default=None, metavar="N", help="at most N jobs (server default 100)")
+    sub.add_argument("--before", default=None, metavar="ID", help="only jobs older than job ID (the last listed)")
     sub = command(jobs, "artifacts", cmd_jobs_artifacts, "write the files a finished job made into a folder")
     sub.add_argument("job_id", metavar="ID")
     sub.add_argument("--output", "-o", default=None, help="the folder (default ./ID, made if need be)")

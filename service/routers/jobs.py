@@ -223,14 +223,21 @@ def submit_explain_dataset(body: ExplainDatasetRequest, request: Request, respon
 def list_jobs(queue: QueueDep, caller: CallerDep,
               state: Annotated[str | None, Query(json_schema_extra={"enum": list(STATES)})] = None,
               type: Annotated[str | None, Query(json_schema_extra={"enum": list(JOB_TYPES)})] = None,
-              parent: str | None = None) -> JobList:
-    """Newest first: up to 100 among the newest 2000 a caller can see; `parent=ID`: every trial of
-    sweep ID."""
+              parent: str | None = None,
+              limit: Annotated[int | None, Query(ge=1, le=MAX_TRIALS, description="at most this many (default "
+                                                                                  "100; a sweep's trials: all)")] = None,
+              before: Annotated[str | None, Query(max_length=64, description="only jobs older than this one: "
+                                                                              "the last page's `next`")] = None,
+              ) -> JobList:
+    """Newest first: up to `limit` among the next 2000 a caller can see; `parent=ID`: the trials of
+    sweep ID, all of them by default. `next`, where the page is full, is the `before` of the next."""
     if type is not None and type not in JOB_TYPES:
         raise InvalidRequest(f"unknown job type {type!r}", field="type", valid=list(JOB_TYPES))
+    limit = limit or (100 if parent is None else MAX_TRIALS)
     jobs = queue.store.list(state=state, job_type=type, owner=None if caller.sees_all else caller.owner,
-                            parent=parent, limit=100 if parent is None else MAX_TRIALS)
-    return JobList(data=[Job(**job) for job in jobs], count=len(jobs))
+                            parent=parent, limit=limit, before=before)
+    return JobList(data=[Job(**job) for job in jobs], count=len(jobs),
+                   next=jobs[-1]["id"] if len(jobs) == limit else None)
 
 
 @router.get("/{job_id}", response_model=Job)

@@ -37,7 +37,7 @@ def test_a_sweep_over_a_missing_data_set_is_a_422_and_no_job(client):
     response = client.post("/v1/jobs/sweep", json={"base": BASE, "space": {"lr": {"log_uniform": [1e-4, 1]}}})
     assert response.status_code == 422 and "no-such-set" in response.json()["detail"], response.text
     assert client.get("/v1/jobs", params={"type": "sweep"}).json()["count"] == before
-    assert client.get("/v1/jobs", params={"parent": "0" * 32}).json() == {"data": [], "count": 0}
+    assert client.get("/v1/jobs", params={"parent": "0" * 32}).json() == {"data": [], "count": 0, "next": None}
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from core.errors import TooManyJobs
+from core.errors import InvalidRequest, TooManyJobs
 from core.job_runners import JobContext
 from core.jobs import JobCancelled
 from core.storage import Storage
@@ -36,6 +36,16 @@ def test_listing_reads_past_the_first_page_and_filters(tmp_path):
         # a filter that matches little reads no further than `scanned` records
         assert len(store.list(job_type="activation_maximization", limit=1000, scanned=100)) == 33
         assert store.list(job_type="nothing-matches", scanned=100) == []
+        # a page at a time: each older than the last of the one before, to the oldest
+        pages, before = [], None
+        while page := store.list(limit=100, before=before):
+            pages.append([job["id"] for job in page])
+            before = page[-1]["id"]
+        assert [len(page) for page in pages] == [100, 100, 49] and sum(pages, []) == newest_first[1:]
+        assert [job["params"]["n"] for job in store.list(job_type="activation_maximization", limit=2,
+                                                           before=created[200]["id"])] == [198, 195]
+        with pytest.raises(InvalidRequest, match="no job 'nope' among those listed here"):
+            store.list(before="nope")
 
 
 

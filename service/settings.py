@@ -99,7 +99,7 @@ class Settings(SharedSettings):
     # One fine-tune, sweep (all its trials) or activation maximization may cost this many
     # forward-equivalents, estimated before it is queued (core.job_costs: a training step's image
     # counts a forward and a backward at the job's size); more is a 422 that gives the cost.
-    max_job_cost: int = Field(2_000_000, ge=1)
+    max_job_cost: int = Field(500_000, ge=1)
     # Token buckets per client (key, or address when open): requests, and explain compute.
     requests_per_second: float = Field(100.0, gt=0)
     request_burst: int = Field(500, ge=1)

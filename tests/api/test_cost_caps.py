@@ -291,6 +291,7 @@ def lite0_forwards(side: int) -> float:
 def test_training_jobs_over_the_job_budget_are_refused_with_their_cost(tmp_path):
     """An activation maximization of 64 classes for 10,000 steps, a fine-tune at 1024 px for 500
     epochs: accepted, each would have held a worker for days (1.45 s a step for 4 classes here)."""
+    assert Settings(data_dir=tmp_path).max_job_cost < 2 * 64 * 10_000  # the default refuses the first
     settings = Settings(data_dir=tmp_path, max_job_cost=100_000)
     with TestClient(base_url="http://localhost", app=create_app(settings), raise_server_exceptions=False) as api:
         many = {"model": MODEL, "target": {"classes": list(range(64))}, "steps": 10_000}
@@ -348,6 +349,12 @@ def test_a_client_with_its_limit_of_jobs_queued_or_running_gets_429_until_one_en
         assert "2 jobs queued or running" in refused.json()["detail"]
         assert api.get("/v1/jobs").json()["count"] == 2
         assert api.get("/v1/jobs", params={"type": "activation-maximization"}).json()["count"] == 2
+        newest = api.get("/v1/jobs", params={"limit": 1}).json()  # a page at a time, the next older than its last
+        assert [job["id"] for job in newest["data"]] == [newest["next"]] == [jobs[1].json()["id"]], newest
+        older = api.get("/v1/jobs", params={"limit": 1, "before": newest["next"]}).json()
+        assert [job["id"] for job in older["data"]] == [jobs[0].json()["id"]]
+        assert api.get("/v1/jobs", params={"before": older["next"]}).json() == {"data": [], "count": 0, "next": None}
+        assert api.get("/v1/jobs", params={"before": "nope"}).status_code == 422
         unknown = api.get("/v1/jobs", params={"type": "nope"})
         assert unknown.status_code == 422 and "fine-tune" in unknown.json()["valid"]
         # a sweep's trials run outside its client's count: at most what the count leaves

@@ -224,8 +224,9 @@ def list_jobs(queue: QueueDep, caller: CallerDep,
               state: Annotated[str | None, Query(json_schema_extra={"enum": list(STATES)})] = None,
               type: Annotated[str | None, Query(json_schema_extra={"enum": list(JOB_TYPES)})] = None,
               parent: str | None = None,
-              limit: Annotated[int | None, Query(ge=1, le=MAX_TRIALS, description="at most this many (default "
-                                                                                  "100; a sweep's trials: all)")] = None,
+              limit: Annotated[int | None, Query(ge=1, le=MAX_TRIALS,
+                                                 description="at most this many (default 100; a sweep's trials: "
+                                                             "all)")] = None,
               before: Annotated[str | None, Query(max_length=64, description="only jobs older than this one: "
                                                                               "the last page's `next`")] = None,
               ) -> JobList:

@@ -298,7 +298,8 @@ def test_training_jobs_over_the_job_budget_are_refused_with_their_cost(tmp_path)
         refused = api.post("/v1/jobs/activation-maximization", json=many).json()
         assert refused["status"] == 422 and refused["errors"][0]["field"] == "steps", refused
         assert (refused["cost"], refused["budget"]) == (2 * 64 * 10_000, 100_000)  # Lite0 at its own 224: 1 a forward
-        assert "this activation maximization (64 images, 10000 steps at 224 px) costs about 1280000" in refused["detail"]
+        assert "this activation maximization (64 images, 10000 steps at 224 px) costs about 1280000" \
+            in refused["detail"]
         larger = api.post("/v1/jobs/activation-maximization", json={**many, "target": {"classes": list(range(8))},
                                                                      "size": 448, "steps": 10_000}).json()
         assert larger["cost"] == math.ceil(2 * 8 * 10_000 * lite0_forwards(448)), larger

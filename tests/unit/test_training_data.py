@@ -4,6 +4,7 @@ is cancelled or out of time (a large data set takes minutes to decode)."""
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 import torch
@@ -65,27 +66,33 @@ def test_a_last_batch_of_one_image_joins_the_one_before(count, batch_size, sizes
     assert data.batch_count(count, batch_size) == len(sizes)  # what the progress bar counts
 
 
-def test_fine_tuning_at_input_size_32_whatever_the_last_batch(tmp_path):
-    """10 training images in batches of 3 left one image alone, whose 1 x 1 feature map a training
-    BatchNorm refused: "Expected more than 1 value per channel when training"."""
+def shapes_and_lite0(folder, per_class: int) -> tuple[list, Any, torch.nn.Module]:
+    """(path, label) items of generated shape photos of two classes, and Lite0's spec and network."""
     import numpy as np
 
-    from core.job_runners import fine_tune_config
     from core.models.registry import ModelRegistry
     from core.storage import Storage
-    from core.training.finetune import fine_tune
     from support import SHAPE_CLASSES, shape_image
 
     rng, items = np.random.default_rng(0), []
     for label, kind in enumerate(SHAPE_CLASSES[:2]):
-        for index in range(6):
-            shape_image(kind, rng, 48).save(path := tmp_path / f"{kind}-{index}.png")
+        for index in range(per_class):
+            shape_image(kind, rng, 48).save(path := folder / f"{kind}-{index}.png")
             items.append((path, label))
-    spec, network = ModelRegistry(Storage(tmp_path / "data"), 1).load_network("efficientnet_lite0")
+    return items, *ModelRegistry(Storage(folder / "data"), 1).load_network("efficientnet_lite0")
+
+
+def test_fine_tuning_at_input_size_32_whatever_the_last_batch(tmp_path):
+    """10 training images in batches of 3 left one image alone, whose 1 x 1 feature map a training
+    BatchNorm refused: "Expected more than 1 value per channel when training"."""
+    from core.job_runners import fine_tune_config
+    from core.training.finetune import fine_tune
+
+    items, spec, network = shapes_and_lite0(tmp_path, 6)
     config = fine_tune_config({"dataset_id": "shapes", "output_model": "small", "strategy": "fine_tune",
                                "unfreeze_blocks": 1, "epochs": 2, "batch_size": 3, "input_size": 32,
                                "val_fraction": 1 / 6})
-    trained = fine_tune(config, spec, network, list(SHAPE_CLASSES[:2]), items, lambda *a, **k: None, lambda: False,
+    trained = fine_tune(config, spec, network, ["a", "b"], items, lambda *a, **k: None, lambda: False,
                         torch.device("cpu"), 10**7)
     assert len(trained.metrics["history"]) == 2
 
@@ -93,20 +100,10 @@ def test_fine_tuning_at_input_size_32_whatever_the_last_batch(tmp_path):
 def test_a_fine_tune_stops_between_validation_batches_when_told(tmp_path):
     """The validation pass looked at nothing: 190 images at 1024 px took 236 s, which a cancel,
     the job's time limit or a worker's stop (then killed, its job lost) had to wait out."""
-    import numpy as np
-
     from core.job_runners import fine_tune_config
-    from core.models.registry import ModelRegistry
-    from core.storage import Storage
     from core.training.finetune import fine_tune
-    from support import SHAPE_CLASSES, shape_image
 
-    rng, items = np.random.default_rng(0), []
-    for label, kind in enumerate(SHAPE_CLASSES[:2]):
-        for index in range(8):
-            shape_image(kind, rng, 48).save(path := tmp_path / f"{kind}-{index}.png")
-            items.append((path, label))
-    spec, network = ModelRegistry(Storage(tmp_path / "data"), 1).load_network("efficientnet_lite0")
+    items, spec, network = shapes_and_lite0(tmp_path, 8)
     config = fine_tune_config({"dataset_id": "shapes", "output_model": "small", "strategy": "feature_extraction",
                                "epochs": 1, "batch_size": 2, "input_size": 32, "val_fraction": 0.5})
     reported: list[dict] = []
@@ -117,6 +114,6 @@ def test_a_fine_tune_stops_between_validation_batches_when_told(tmp_path):
         return looks[-1]
 
     with pytest.raises(JobCancelled):
-        fine_tune(config, spec, network, list(SHAPE_CLASSES[:2]), items, lambda *a, **k: reported.append(k),
-                  should_stop, torch.device("cpu"), 10**7)
+        fine_tune(config, spec, network, ["a", "b"], items, lambda *a, **k: reported.append(k), should_stop,
+                  torch.device("cpu"), 10**7)
     assert not any("val_accuracy" in (told.get("metrics") or {}) for told in reported)  # validation never ended

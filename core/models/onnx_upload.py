@@ -289,7 +289,7 @@ def onnx_model(name: str, blob: bytes, labels: list[str] | None, preprocessing: 
     serialized = model.SerializeToString()
     answer = _check_runs(serialized, preprocessing, limits, reference)
     spec = uploaded_spec(name, ONNX_ARCHITECTURE, labels_for(labels, check_class_count(answer["classes"], "onnx")),
-                 preprocessing, input_size, "", "", False, f"ONNX classifier uploaded as {name}")
+                         preprocessing, input_size, "", "", False, f"ONNX classifier uploaded as {name}")
     return replace(spec, batch_sizes=onnx_probe.batches(limits.max_batch), flops=answer["flops"],
                    time_ratio=answer["time_ratio"]), serialized
 

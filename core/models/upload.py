@@ -297,7 +297,7 @@ def torch_model(name: str, architecture: str, weights: bytes, labels: list[str] 
                              f"once per forward at {input_size}x{input_size}", field="cam_layer", valid=list(layers))
     anatomy = network.anatomy
     spec = uploaded_spec(name, architecture, labels_for(labels, num_classes), preprocessing, input_size, layer,
-                 anatomy.classifier_layer, linear, f"{architecture} uploaded as {name}")
+                         anatomy.classifier_layer, linear, f"{architecture} uploaded as {name}")
     return spec, network
 
 

@@ -85,7 +85,7 @@ def follow(client: Client, job_id: str, url: str) -> int:
         with ExitStack() as closing:  # the bar closed, its line ended, however following ends
             def server_stopping() -> None:
                 said = f"the server is stopping: following again once it answers (up to {RECONNECT_SECONDS:.0f} s)"
-                if bar is None:
+                if bar is None or bar.disable:  # no bar, or none drawn (standard error is no terminal)
                     say(said, file=sys.stderr, flush=True)
                 else:
                     bar.set_postfix_str(said)

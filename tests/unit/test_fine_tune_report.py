@@ -148,5 +148,6 @@ def test_a_class_without_validation_images_has_no_accuracy_rather_than_zero():
         network[1].weight.zero_()
         network[1].bias.copy_(torch.tensor([1.0, 0.0, 0.0]))
     pixels, labels = torch.zeros((3, 3, 2, 2), dtype=torch.uint8), torch.tensor([0, 0, 1])
-    measured = evaluate(network, pixels, labels, lambda batch: batch.float(), 3, 2, torch.device("cpu"))
+    measured = evaluate(network, pixels, labels, lambda batch: batch.float(), 3, 2, torch.device("cpu"),
+                        lambda: False)
     assert measured["per_class_accuracy"] == [1.0, 0.0, None] and measured["accuracy"] == pytest.approx(2 / 3)

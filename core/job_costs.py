@@ -1,8 +1,8 @@
 """What a training job costs, estimated before it is queued, in the explain budget's unit:
 forwards of EfficientNet-Lite0 at 224 (flops.relative_cost), a backward counting as one, as it
-does for an explanation. One job is held to GAZER_MAX_JOB_COST: a fine-tune at 1024 px for 500
-epochs, or an activation maximization of 64 classes for 10,000 steps, was accepted and would
-have held a worker for days, then failed at its time limit with nothing kept."""
+does for an explanation. One job is held to GAZER_MAX_JOB_COST: a fine-tune of 5,000 images at
+1024 px for 500 epochs, or an activation maximization of 64 classes for 10,000 steps, was
+accepted and would have held a worker for days, then failed at its time limit with nothing kept."""
 
 from __future__ import annotations
 

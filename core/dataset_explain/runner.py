@@ -39,8 +39,8 @@ _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 class _SpreadsheetSafeWriter(csv.DictWriter):
-    """A DictWriter that writes a text cell starting as a formula does with a `'` before it,
-    which spreadsheets show as text and do not display."""
+    """A DictWriter that writes a text cell starting as a formula does with a `'` before it, which
+    makes a spreadsheet read the cell as text (OWASP's advice for CSV injection)."""
 
     def writerow(self, rowdict: dict) -> Any:
         return super().writerow({key: f"'{value}" if isinstance(value, str) and value.startswith(_FORMULA_STARTS)

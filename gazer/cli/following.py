@@ -94,13 +94,14 @@ def follow(client: Client, job_id: str, url: str) -> int:
                 if bar is None:
                     bar = closing.enter_context(progress_bar(job_id))
                 last = event.job
-                percent = round(100 * (last.progress or {}).get("fraction", 0.0), 1)
-                if bar.disable and (now := (percent // 10, last.state, (last.progress or {}).get("phase"))) != told:
+                percent, described = round(100 * (last.progress or {}).get("fraction", 0.0), 1), describe_progress(last)
+                if not bar.disable:
+                    bar.n = percent
+                    bar.set_postfix_str(shown(described), refresh=False)
+                    bar.refresh()
+                elif (now := (percent // 10, last.state, (last.progress or {}).get("phase"))) != told:
                     told = now
-                    say(f"job {job_id} {percent:3.0f}% {describe_progress(last)}", file=sys.stderr, flush=True)
-                bar.n = percent
-                bar.set_postfix_str(shown(describe_progress(last)), refresh=False)
-                bar.refresh()
+                    say(f"job {job_id} {percent:3.0f}% {described}", file=sys.stderr, flush=True)
     except EndedEarly as error:
         say(f"gazer: {error.detail}; see: gazer jobs show {job_id}", file=sys.stderr)
         return 1
